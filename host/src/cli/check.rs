@@ -1,0 +1,34 @@
+use std::path::Path;
+use std::process::ExitCode;
+
+use sluice::pipeline::{load_plugin, plugin_spec};
+use sluice::runtime::Runtime;
+use sluice::supervisor::runtime_options;
+
+/// Validates the config and loads (compiles, checks the world of, and
+/// initialises) every plugin. Reports every problem, not just the first.
+pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = sluice::config::load(path)?;
+    let runtime = super::tokio_runtime()?;
+    runtime.block_on(async {
+        let wasm = Runtime::new(&runtime_options(&config))?;
+        let mut problems = 0;
+        for (name, pipeline) in &config.pipelines {
+            let loaded = match plugin_spec(name, pipeline) {
+                Ok(spec) => load_plugin(&wasm, spec).await,
+                Err(err) => Err(err),
+            };
+            match loaded {
+                Ok(plugin) => println!("ok    pipeline `{name}`: plugin {} ({}, sha256 {})", plugin.name(), bytesize::ByteSize::b(plugin.size() as u64), plugin.digest()),
+                Err(err) => {
+                    problems += 1;
+                    println!("error pipeline `{name}`: {err}");
+                }
+            }
+        }
+        if config.pipelines.is_empty() {
+            println!("warning: {} configures no pipelines", path.display());
+        }
+        Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
+}

@@ -1,0 +1,105 @@
+//! Command-line interface. `anyhow` lives here, at the edge: library errors
+//! are typed, and this layer adds the context a user needs.
+
+mod check;
+mod inspect;
+mod logging;
+mod run;
+mod test_plugin;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "WebAssembly-plugin event stream processor")]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "SLUICE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipelines of a config until their sources end or SIGINT/SIGTERM.
+    Run {
+        /// The config file (TOML).
+        config: PathBuf,
+    },
+    /// Validate a config and load every plugin in it, without running.
+    Check {
+        /// The config file (TOML).
+        config: PathBuf,
+    },
+    /// Plugin author tools.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a component's world, imports, exports, size and digest.
+    Inspect {
+        /// The component (.wasm).
+        plugin: PathBuf,
+    },
+    /// Run events through a plugin and print each result as a JSON line.
+    Test {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// Events file (JSON lines, or raw lines with --format lines); `-` for stdin.
+        #[arg(long)]
+        events: PathBuf,
+        /// Plugin config entries, repeatable: --config key=value.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// How each line becomes an event.
+        #[arg(long, value_enum, default_value = "json")]
+        format: InputFormat,
+        /// Per-event timeout.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Memory cap per instance, e.g. 64MiB.
+        #[arg(long, default_value = "64MiB")]
+        memory: bytesize::ByteSize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InputFormat {
+    Json,
+    Lines,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::Check { config } => check::check(&config),
+        Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory }) => {
+            test_plugin::test(&plugin, &events, &config, format, timeout, memory)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,48 @@
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = sluice::config::load(path)?;
+    if config.pipelines.is_empty() {
+        anyhow::bail!("{}: no pipelines configured", path.display());
+    }
+    let runtime = super::tokio_runtime()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let reports = sluice::supervisor::run(config, shutdown)
+            .await
+            .context("cannot start the WebAssembly runtime")?;
+        let failed: Vec<_> = reports.iter().filter(|r| r.error.is_some()).collect();
+        for report in &failed {
+            eprintln!("pipeline `{}` failed: {}", report.name, report.error.as_deref().unwrap_or(""));
+        }
+        Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
+}
+
+/// First SIGINT/SIGTERM: drain. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!("cannot listen for SIGTERM: {err}");
+            return;
+        }
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            tracing::info!("signal received: stopping intake and draining (signal again to exit now)");
+            shutdown.cancel();
+        }
+    }
+    tracing::warn!("second signal: exiting without draining");
+    std::process::exit(130);
+}

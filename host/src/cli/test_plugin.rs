@@ -1,0 +1,115 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use sluice::codec::encode_record;
+use sluice::config::{LineFormat, WasiGrants};
+use sluice::event::Disposition;
+use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
+use sluice::sink::Record;
+use sluice::source::lines::LineSource;
+use sluice::source::{Settlement, Source};
+
+use super::InputFormat;
+
+/// Runs each event through the plugin once (no retries) and prints one JSON
+/// line per event: its outputs, its error, or the trap.
+pub fn test(
+    plugin: &Path,
+    events: &Path,
+    config: &[String],
+    format: InputFormat,
+    timeout: Duration,
+    memory: bytesize::ByteSize,
+) -> anyhow::Result<ExitCode> {
+    let config = config
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--config `{kv}`: expected KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let runtime = Runtime::new(&RuntimeOptions::default())?;
+    let spec = PluginSpec {
+        pipeline: "plugin-test".into(),
+        path: plugin.to_path_buf(),
+        sha256: None,
+        config,
+        wasi: WasiGrants { stderr: true, ..WasiGrants::default() },
+        timeout,
+        memory: memory.as_u64(),
+    };
+    let loaded = LoadedPlugin::load(&runtime, spec)?;
+    let format = match format {
+        InputFormat::Json => LineFormat::Json,
+        InputFormat::Lines => LineFormat::Lines,
+    };
+    // Read everything first: plugin calls must not run inside the async
+    // runtime (WASI's blocking calls would stall it), and test files are small.
+    let rt = super::tokio_runtime()?;
+    let deliveries = rt.block_on(async {
+        let mut source = open(events, format).await?;
+        let mut all = Vec::new();
+        while let Some(delivery) = source.next().await? {
+            all.push(delivery);
+        }
+        anyhow::Ok(all)
+    })?;
+    drop(rt);
+    {
+        let mut instance = loaded.instantiate()?;
+        let mut failures = 0;
+        for delivery in deliveries {
+            let event = delivery.event;
+            let line = if let Some(defect) = delivery.defect {
+                failures += 1;
+                json!({ "event": event.id, "undecodable": defect })
+            } else {
+                match instance.handle(std::slice::from_ref(&event)) {
+                    Ok(mut results) => match results.pop() {
+                        Some(Ok(outputs)) => json!({ "event": event.id, "outputs": outputs.into_iter().map(output_json).collect::<Vec<_>>() }),
+                        Some(Err(err)) => {
+                            failures += 1;
+                            let disposition = match err.disposition {
+                                Disposition::Retryable => "retryable",
+                                Disposition::Reject => "reject",
+                            };
+                            json!({ "event": event.id, "error": { "disposition": disposition, "message": err.message } })
+                        }
+                        None => json!({ "event": event.id, "trap": "no result" }),
+                    },
+                    Err(err) => {
+                        failures += 1;
+                        instance = loaded.instantiate()?;
+                        json!({ "event": event.id, "trap": err.to_string() })
+                    }
+                }
+            };
+            delivery.ack.settle(Settlement::Done);
+            println!("{line}");
+        }
+        eprintln!("{failures} event(s) failed");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn open(path: &Path, format: LineFormat) -> anyhow::Result<LineSource> {
+    if path == PathBuf::from("-") {
+        return Ok(LineSource::stdin(format));
+    }
+    Ok(LineSource::file(path.to_path_buf(), format, false, None).await?)
+}
+
+fn output_json(output: sluice::event::Output) -> Value {
+    let reply = output.reply;
+    let record = Record { destination: output.destination, key: output.key, payload: output.payload, headers: output.headers };
+    let mut value: Value = serde_json::from_slice(&encode_record(&record)).unwrap_or(Value::Null);
+    if reply {
+        value["reply"] = Value::Bool(true);
+    }
+    value
+}

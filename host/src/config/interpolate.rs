@@ -1,0 +1,110 @@
+//! `${NAME}` and `${NAME:-default}` references in the config text, resolved
+//! before parsing so they work in any value. `$$` is a literal `$`.
+//!
+//! Values are substituted into the text, never logged: secrets passed this way
+//! stay out of logs and the admin API because only the parsed config is kept.
+
+/// An unresolvable reference, with the 1-based line it is on.
+#[derive(Debug)]
+pub struct InterpolateError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Replaces every `${NAME}` / `${NAME:-default}` in `text` using `env`.
+pub fn interpolate(
+    text: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<String, InterpolateError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut line = 1;
+    while let Some(pos) = rest.find('$') {
+        let (before, after) = rest.split_at(pos);
+        line += before.matches('\n').count();
+        out.push_str(before);
+        if let Some(tail) = after.strip_prefix("$$") {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail.find('}').ok_or_else(|| InterpolateError {
+                line,
+                message: "unterminated `${`: expected `${NAME}` or `${NAME:-default}`".into(),
+            })?;
+            let reference = &tail[..end];
+            let (name, default) = match reference.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (reference, None),
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(InterpolateError {
+                    line,
+                    message: format!(
+                        "`${{{reference}}}` is not a valid reference: names use A-Z, 0-9 and _"
+                    ),
+                });
+            }
+            match (env(name), default) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(InterpolateError {
+                        line,
+                        message: format!(
+                            "environment variable `{name}` is not set (use `${{{name}:-default}}` for a fallback)"
+                        ),
+                    })
+                }
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "TOKEN").then(|| "s3cret".to_owned())
+    }
+
+    #[test]
+    fn substitutes_defaults_and_escapes() -> Result<(), InterpolateError> {
+        assert_eq!(interpolate("a=${TOKEN}", &env)?, "a=s3cret");
+        assert_eq!(interpolate("a=${MISSING:-x}", &env)?, "a=x");
+        assert_eq!(interpolate("a=${MISSING:-}", &env)?, "a=");
+        assert_eq!(interpolate("cost=$$5 $x", &env)?, "cost=$5 $x");
+        Ok(())
+    }
+
+    #[test]
+    fn missing_variable_names_line_and_variable() {
+        let err = interpolate("a=1\nb=2\nc=${NOPE}", &env).err();
+        let err = err.map(|e| (e.line, e.message));
+        assert_eq!(
+            err,
+            Some((
+                3,
+                "environment variable `NOPE` is not set (use `${NOPE:-default}` for a fallback)"
+                    .to_owned()
+            ))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_references() {
+        assert!(interpolate("${a b}", &env).is_err());
+        assert!(interpolate("${TOKEN", &env).is_err());
+        assert!(interpolate("${}", &env).is_err());
+    }
+}

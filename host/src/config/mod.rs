@@ -1,0 +1,58 @@
+//! The configuration file: typed, strict (unknown keys are errors) and
+//! self-documenting. The doc comments on these types are the reference in
+//! `docs/configuration.md`; keep both in step.
+//!
+//! Loading is three steps: [`interpolate`] `${ENV}` references in the raw
+//! text, deserialize with serde (which names the offending key and line), then
+//! [`validate`] the cross-field rules serde cannot express.
+
+mod error;
+mod interpolate;
+mod model;
+mod validate;
+
+pub use error::ConfigError;
+pub use interpolate::interpolate;
+pub use model::*;
+
+use std::path::Path;
+
+/// Reads, interpolates, parses and validates a config file. Relative paths in
+/// the file are resolved against the file's own directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path, |name| std::env::var(name).ok())
+}
+
+/// Parses config text. `file` names the source in errors and anchors relative
+/// paths; `env` resolves `${NAME}` references (injectable for tests).
+pub fn parse(
+    text: &str,
+    file: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let text = interpolate(text, &env).map_err(|e| ConfigError::Env {
+        file: file.to_path_buf(),
+        line: e.line,
+        message: e.message,
+    })?;
+    let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    config.resolve_paths(base);
+    validate::validate(&config).map_err(|e| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        pipeline: e.pipeline,
+        key: e.key,
+        message: e.message,
+    })?;
+    Ok(config)
+}

@@ -1,0 +1,396 @@
+//! The config schema. Every field's doc comment is user documentation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// The whole file: process-wide runtime settings and named pipelines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings. Optional.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Pipelines by name. Each runs independently: one failing does not stop
+    /// the others.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// Settings shared by every pipeline in the process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Where compiled plugins are cached, keyed by the plugin's sha256 and the
+    /// engine's settings. JavaScript and Python plugins take seconds to
+    /// compile and milliseconds to load from here. Unset: no cache. The
+    /// directory must be writable only by the user running sluice: cached
+    /// machine code is trusted when loaded.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// `on-demand` (default) allocates instance memory as needed;
+    /// `pooling` pre-reserves slots, which makes instantiation ~35% faster and
+    /// pays off for plugins that use a fresh instance per event.
+    #[serde(default)]
+    pub allocator: Allocator,
+    /// How long a shutdown waits for in-flight events before handing them
+    /// back to their source. Default 30s: under Kafka's default session
+    /// timeout (45s), so a drain never outlives the group membership.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            allocator: Allocator::default(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Instance memory strategy; see [`RuntimeConfig::allocator`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocator {
+    #[default]
+    OnDemand,
+    Pooling,
+}
+
+/// One pipeline: source → plugin → sinks, under a policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// The WebAssembly component that handles each event.
+    pub plugin: PluginConfig,
+    /// The default route: outputs without a destination, or whose destination
+    /// names no route, go here (a destination is then the topic/subject).
+    pub sink: SinkConfig,
+    /// Named extra sinks. An output whose destination equals a route's name
+    /// goes to that route's sink.
+    #[serde(default)]
+    pub routes: BTreeMap<String, SinkConfig>,
+    /// Where events go that were rejected or ran out of attempts. Required:
+    /// without it a failing event would have nowhere to go but the floor.
+    pub dead_letter: Option<SinkConfig>,
+    /// Retry, timeout, memory and concurrency rules.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// Event sources. More kinds (Kafka, NATS, JetStream) plug in here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Lines of a file. Ends at end of file unless `follow` is set.
+    File {
+        /// The file to read.
+        path: PathBuf,
+        /// How each line becomes an event.
+        #[serde(default)]
+        format: LineFormat,
+        /// Keep reading as the file grows (like `tail -f`) instead of ending
+        /// the pipeline at end of file.
+        #[serde(default)]
+        follow: bool,
+        /// A file where the source records how many lines are done (every
+        /// output durably written), so a restart resumes after them instead
+        /// of from the top. Unset: always start at line 1.
+        #[serde(default)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Lines of the process's standard input; ends at end of input.
+    Stdin {
+        /// How each line becomes an event.
+        #[serde(default)]
+        format: LineFormat,
+    },
+}
+
+/// How a line of text becomes an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LineFormat {
+    /// Each line is a JSON object in the event encoding of
+    /// `docs/configuration.md` (payload, key, headers, id…).
+    #[default]
+    Json,
+    /// Each line is the payload, as is.
+    Lines,
+}
+
+/// The plugin of a pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path to the component (`.wasm`).
+    pub path: PathBuf,
+    /// Expected sha256 of the file, hex. When set, any other file is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Passed to the plugin's `init` as key/value strings. Nested tables
+    /// flatten to dotted keys (`set.env = "x"` → key `set.env`); numbers and
+    /// booleans become their text.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// WASI capabilities granted to the plugin. Everything not listed here is
+    /// denied.
+    #[serde(default)]
+    pub wasi: WasiGrants,
+}
+
+impl PluginConfig {
+    /// The `config` table as the flat key/value list handed to `init`.
+    pub fn init_config(&self) -> Result<Vec<(String, String)>, String> {
+        let mut flat = Vec::new();
+        flatten("", &self.config, &mut flat)?;
+        Ok(flat)
+    }
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    for (key, value) in table {
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::String(s) => out.push((key, s.clone())),
+            toml::Value::Integer(i) => out.push((key, i.to_string())),
+            toml::Value::Float(f) => out.push((key, f.to_string())),
+            toml::Value::Boolean(b) => out.push((key, b.to_string())),
+            toml::Value::Datetime(d) => out.push((key, d.to_string())),
+            toml::Value::Table(t) => flatten(&key, t, out)?,
+            toml::Value::Array(_) => {
+                return Err(format!(
+                    "`{key}` is an array; plugin config values are strings, numbers or booleans"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Capabilities a plugin may use. The default is none: no files, no
+/// environment, no network, no stdio. Clocks and random numbers are always
+/// available because language runtimes (JavaScript, Python, Rust's std
+/// hash maps) need them to start.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasiGrants {
+    /// Environment variables passed through by name.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Let the plugin write to the host's stdout (off: it is discarded).
+    #[serde(default)]
+    pub stdout: bool,
+    /// Let the plugin write to the host's stderr (off: it is discarded).
+    #[serde(default)]
+    pub stderr: bool,
+    /// Directories the plugin may read, guest path → host path.
+    #[serde(default)]
+    pub read_dirs: BTreeMap<String, PathBuf>,
+}
+
+/// Output destinations. More kinds (Kafka, NATS) plug in here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// The process's standard output.
+    Stdout {
+        /// How each record is written.
+        #[serde(default)]
+        format: RecordFormat,
+    },
+    /// A file, appended to (created if missing).
+    File {
+        /// The file to append to.
+        path: PathBuf,
+        /// How each record is written.
+        #[serde(default)]
+        format: RecordFormat,
+        /// Call fsync before acknowledging (slower; survives a power cut, not
+        /// only a crash).
+        #[serde(default)]
+        fsync: bool,
+    },
+}
+
+/// How a sink writes a record as a line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordFormat {
+    /// One JSON object per record, with payload, key, headers and destination
+    /// (the same encoding a file source reads).
+    #[default]
+    Json,
+    /// The payload alone, followed by a newline.
+    Payload,
+}
+
+/// Per-pipeline rules for failures, limits and parallelism.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Attempts per event, the first included, before a retryable failure
+    /// goes to the dead letter. Default 5.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Delay between attempts.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// Wall-clock limit for one event's handler call; a guest still running
+    /// is interrupted and the attempt counts as a retryable failure.
+    /// Default 5s.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Linear memory cap per plugin instance. Default 64 MiB.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Plugin instances working in parallel (lanes). Default 1.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// What order events keep across lanes.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Events handed to the plugin per call, at most. Batching amortises the
+    /// ~1 µs cost of a component call; a batch never waits to fill up.
+    /// Default 64.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            backoff: BackoffConfig::default(),
+            timeout: default_timeout(),
+            memory: default_memory(),
+            concurrency: default_concurrency(),
+            ordering: Ordering::default(),
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_memory() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_concurrency() -> usize {
+    1
+}
+fn default_batch_size() -> usize {
+    64
+}
+
+/// Order guarantees between events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ordering {
+    /// Events of one source partition are handled and published in order
+    /// (a file or stdin is one partition; a Kafka partition is one).
+    #[default]
+    Partition,
+    /// Events with the same key (within a partition) keep their order;
+    /// different keys run in parallel.
+    Key,
+    /// No order: any lane takes any event.
+    None,
+}
+
+/// Exponential backoff: `initial × multiplier^(attempt-1)`, capped at `max`,
+/// each delay spread by ±`jitter` (a fraction) so retries of many events do
+/// not arrive in lockstep.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// Delay before the second attempt. Default 100ms.
+    #[serde(default = "default_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    /// Longest delay. Default 30s.
+    #[serde(default = "default_max_delay", with = "humantime_serde")]
+    pub max: Duration,
+    /// Growth per attempt. Default 2.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// Random spread, 0 to 1. Default 0.2 (±20%).
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: default_initial(),
+            max: default_max_delay(),
+            multiplier: default_multiplier(),
+            jitter: default_jitter(),
+        }
+    }
+}
+
+fn default_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_delay() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+
+impl Config {
+    /// Makes relative paths relative to `base` (the config file's folder).
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(dir) = self.runtime.cache_dir.as_mut() {
+            fix(dir);
+        }
+        for pipeline in self.pipelines.values_mut() {
+            if let SourceConfig::File { path, checkpoint, .. } = &mut pipeline.source {
+                fix(path);
+                if let Some(checkpoint) = checkpoint {
+                    fix(checkpoint);
+                }
+            }
+            fix(&mut pipeline.plugin.path);
+            for dir in pipeline.plugin.wasi.read_dirs.values_mut() {
+                fix(dir);
+            }
+            let sinks = std::iter::once(&mut pipeline.sink)
+                .chain(pipeline.routes.values_mut())
+                .chain(pipeline.dead_letter.as_mut());
+            for sink in sinks {
+                if let SinkConfig::File { path, .. } = sink {
+                    fix(path);
+                }
+            }
+        }
+    }
+}

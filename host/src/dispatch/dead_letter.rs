@@ -1,0 +1,92 @@
+//! Dead-letter records: the original event, untouched, plus headers that say
+//! why it failed. Keeping the event as it was (key, payload, headers) means a
+//! record can be replayed to its source as is once the `sluice-dlq-*`
+//! headers are stripped.
+//!
+//! | header | value |
+//! |---|---|
+//! | `sluice-dlq-reason` | `rejected`, `retries-exhausted` or `undecodable` |
+//! | `sluice-dlq-message` | the handler's message, the trap or the decode error |
+//! | `sluice-dlq-attempts` | attempts made |
+//! | `sluice-dlq-pipeline` | pipeline name |
+//! | `sluice-dlq-plugin` | plugin name |
+//! | `sluice-dlq-plugin-digest` | sha256 of the plugin version that failed it |
+//! | `sluice-dlq-event-id` | the event's id (its source position) |
+//! | `sluice-dlq-source` | topic, subject or file it came from |
+//! | `sluice-dlq-first-failure`, `sluice-dlq-last-failure` | RFC 3339 UTC times |
+
+use std::time::SystemTime;
+
+use crate::event::{text_header, Event};
+use crate::sink::Record;
+
+/// Why an event is dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The handler said it can never succeed.
+    Rejected,
+    /// Retryable failures used up `max_attempts`.
+    RetriesExhausted,
+    /// The source could not decode it into an event.
+    Undecodable,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::RetriesExhausted => "retries-exhausted",
+            Reason::Undecodable => "undecodable",
+        }
+    }
+}
+
+/// An event's failure history.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+    pub attempts: u32,
+    pub first: SystemTime,
+    pub last: SystemTime,
+}
+
+/// Builds the dead-letter record for `event`.
+pub fn record(event: &Event, failure: &Failure, pipeline: &str, plugin: &str, digest: &str) -> Record {
+    let mut headers = event.headers.clone();
+    headers.extend([
+        text_header("sluice-dlq-reason", failure.reason.as_str()),
+        text_header("sluice-dlq-message", failure.message.clone()),
+        text_header("sluice-dlq-attempts", failure.attempts.to_string()),
+        text_header("sluice-dlq-pipeline", pipeline),
+        text_header("sluice-dlq-plugin", plugin),
+        text_header("sluice-dlq-plugin-digest", digest),
+        text_header("sluice-dlq-event-id", event.id.clone()),
+        text_header("sluice-dlq-source", event.source.clone()),
+        text_header("sluice-dlq-first-failure", rfc3339(failure.first)),
+        text_header("sluice-dlq-last-failure", rfc3339(failure.last)),
+    ]);
+    Record {
+        destination: None,
+        key: event.key.clone(),
+        payload: event.payload.clone(),
+        headers,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_utc_times() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,42 @@
+//! The dispatcher's view of a plugin: something that makes handlers, and a
+//! handler that takes a batch. The wasm runtime implements it; dispatcher
+//! tests use scripted handlers, and hot reload will swap the factory.
+
+use crate::event::Event;
+use crate::runtime::instance::HandleResult;
+use crate::runtime::{CallError, Instance, LoadedPlugin};
+
+/// A live handler, used by one lane. Dropped after any [`CallError`].
+pub trait Handler: Send + 'static {
+    /// One result per event, in order, or a failure of the whole call.
+    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError>;
+}
+
+/// Makes handlers: one per lane, and a fresh one after a failure.
+pub trait HandlerFactory: Send + Sync + 'static {
+    fn create(&self) -> Result<Box<dyn Handler>, String>;
+    /// Plugin name, for logs and dead-letter records.
+    fn name(&self) -> &str;
+    /// Plugin version (the component's sha256), for dead-letter records.
+    fn digest(&self) -> &str;
+}
+
+impl Handler for Instance {
+    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+        Instance::handle(self, events)
+    }
+}
+
+impl HandlerFactory for LoadedPlugin {
+    fn create(&self) -> Result<Box<dyn Handler>, String> {
+        self.instantiate()
+            .map(|i| Box::new(i) as Box<dyn Handler>)
+            .map_err(|e| e.to_string())
+    }
+    fn name(&self) -> &str {
+        LoadedPlugin::name(self)
+    }
+    fn digest(&self) -> &str {
+        LoadedPlugin::digest(self)
+    }
+}

@@ -1,0 +1,274 @@
+//! One lane: a plugin instance, its queue, and the completer that turns sink
+//! receipts into source acks, in order.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::{self, Failure, Reason};
+use super::{DispatchError, Dispatcher, Handler, Inbox, Stats};
+use crate::event::{Disposition, Event, HandlerError, Output};
+use crate::runtime::instance::HandleResult;
+use crate::runtime::CallError;
+use crate::sink::Receipt;
+use crate::source::{Ack, Delivery, Settlement};
+
+/// Events whose outputs are sent but not yet durable. Bounds the work in
+/// flight per lane: when the sinks lag, the lane waits here.
+const IN_FLIGHT: usize = 4096;
+
+/// An event done by the lane, waiting for its receipts.
+struct Pending {
+    ack: Ack,
+    receipts: Vec<Receipt>,
+}
+
+/// Why one attempt failed.
+enum Failed {
+    Handler(HandlerError),
+    Call(CallError),
+}
+
+impl Failed {
+    fn message(&self) -> String {
+        match self {
+            Failed::Handler(e) => e.message.clone(),
+            Failed::Call(e) => e.to_string(),
+        }
+    }
+}
+
+pub(super) struct Lane {
+    id: usize,
+    d: Arc<Dispatcher>,
+    handler: Option<Box<dyn Handler>>,
+    shutdown: CancellationToken,
+    failed: CancellationToken,
+    /// Set once an event was handed back: every later event of this lane is
+    /// handed back too, so none overtakes it.
+    abandoning: bool,
+}
+
+impl Lane {
+    pub fn new(id: usize, d: Arc<Dispatcher>, shutdown: CancellationToken, failed: CancellationToken) -> Self {
+        Self {
+            id,
+            d,
+            handler: None,
+            shutdown,
+            failed,
+            abandoning: false,
+        }
+    }
+
+    pub async fn run(mut self, mut inbox: Inbox) -> Result<(), DispatchError> {
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        let completer = tokio::spawn(complete(rx, self.d.stats.clone(), self.failed.clone()));
+        let mut batch = Vec::with_capacity(self.d.batch_size);
+        let mut outcome = Ok(());
+        while inbox.recv_many(&mut batch, self.d.batch_size).await > 0 {
+            if let Err(err) = self.process(std::mem::take(&mut batch), &tx).await {
+                self.failed.cancel();
+                outcome = Err(err);
+                break;
+            }
+        }
+        drop(tx);
+        let completed = completer
+            .await
+            .unwrap_or_else(|e| Err(DispatchError::Lane(format!("lane {} completer: {e}", self.id))));
+        outcome.and(completed)
+    }
+
+    async fn process(&mut self, batch: Vec<Delivery>, done: &mpsc::Sender<Pending>) -> Result<(), DispatchError> {
+        if self.abandoning || self.failed.is_cancelled() {
+            Stats::add(&self.d.stats.abandoned, batch.len() as u64);
+            return Ok(()); // dropping the acks hands the events back
+        }
+        let mut events = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match delivery.defect {
+                Some(defect) => {
+                    let now = SystemTime::now();
+                    let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
+                    self.dead_letter(&delivery.event, &failure, delivery.ack, done).await?;
+                }
+                None => {
+                    events.push(delivery.event);
+                    acks.push(delivery.ack);
+                }
+            }
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let count = events.len();
+        let (events, result) = self.call(events).await?;
+        match result {
+            Ok(results) => {
+                for ((event, ack), result) in events.into_iter().zip(acks).zip(results) {
+                    self.conclude(event, ack, result.map_err(Failed::Handler), done).await?;
+                }
+            }
+            Err(err) if count == 1 => {
+                for (event, ack) in events.into_iter().zip(acks) {
+                    self.conclude(event, ack, Err(Failed::Call(err.clone())), done).await?;
+                }
+            }
+            Err(err) => {
+                // Which event caused it is unknown: run each alone, on a
+                // fresh instance, so only the culprit pays an attempt.
+                tracing::warn!(pipeline = %self.d.pipeline, lane = self.id, "a batch of {count} failed ({err}); handling its events one by one");
+                for (event, ack) in events.into_iter().zip(acks) {
+                    let (mut alone, result) = self.call(vec![event]).await?;
+                    let Some(event) = alone.pop() else { continue };
+                    self.conclude(event, ack, single(result), done).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries `event` until it succeeds, is rejected or runs out of
+    /// attempts, then sends its outputs or its dead-letter record.
+    async fn conclude(
+        &mut self,
+        mut event: Event,
+        ack: Ack,
+        mut result: Result<Vec<Output>, Failed>,
+        done: &mpsc::Sender<Pending>,
+    ) -> Result<(), DispatchError> {
+        let mut first_failure = None;
+        loop {
+            let failed = match result {
+                Ok(outputs) => return self.publish(&event, outputs, ack, done).await,
+                Err(failed) => failed,
+            };
+            let now = SystemTime::now();
+            let first = *first_failure.get_or_insert(now);
+            let message = failed.message();
+            if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
+                let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
+                return self.dead_letter(&event, &failure, ack, done).await;
+            }
+            Stats::add(&self.d.stats.failures, 1);
+            if !self.d.retry.should_retry(event.attempt) {
+                let failure = Failure { reason: Reason::RetriesExhausted, message, attempts: event.attempt, first, last: now };
+                return self.dead_letter(&event, &failure, ack, done).await;
+            }
+            let delay = self.d.retry.delay(event.attempt);
+            tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, attempt = event.attempt, ?delay, "attempt failed, retrying: {message}");
+            let interrupted = self.shutdown.is_cancelled()
+                || tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    _ = self.shutdown.cancelled() => true,
+                };
+            if interrupted {
+                // No retries during a drain: hand it back, and everything
+                // after it in this lane, to keep the order.
+                self.abandoning = true;
+                Stats::add(&self.d.stats.abandoned, 1);
+                ack.settle(Settlement::Abandon);
+                return Ok(());
+            }
+            event.attempt += 1;
+            Stats::add(&self.d.stats.retries, 1);
+            let (mut alone, next) = self.call(vec![event]).await?;
+            event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
+            result = single(next);
+        }
+    }
+
+    async fn publish(&mut self, event: &Event, outputs: Vec<Output>, ack: Ack, done: &mpsc::Sender<Pending>) -> Result<(), DispatchError> {
+        let stats = &self.d.stats;
+        if outputs.is_empty() {
+            Stats::add(&stats.filtered, 1);
+        }
+        let mut receipts = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            match self.d.router.route(output, event.reply_to.as_deref()) {
+                Some((sink, record)) => receipts.push(sink.send(record).await?),
+                None => Stats::add(&stats.replies_dropped, 1),
+            }
+        }
+        Stats::add(&stats.outputs, receipts.len() as u64);
+        self.hand_over(Pending { ack, receipts }, done).await
+    }
+
+    async fn dead_letter(&mut self, event: &Event, failure: &Failure, ack: Ack, done: &mpsc::Sender<Pending>) -> Result<(), DispatchError> {
+        let d = &self.d;
+        tracing::warn!(
+            pipeline = %d.pipeline,
+            event = %event.id,
+            reason = failure.reason.as_str(),
+            attempts = failure.attempts,
+            "dead-lettering event: {}", failure.message
+        );
+        let record = dead_letter::record(event, failure, &d.pipeline, d.factory.name(), d.factory.digest());
+        let receipt = d.dead_letter.send(record).await?;
+        Stats::add(&d.stats.dead_lettered, 1);
+        self.hand_over(Pending { ack, receipts: vec![receipt] }, done).await
+    }
+
+    async fn hand_over(&mut self, pending: Pending, done: &mpsc::Sender<Pending>) -> Result<(), DispatchError> {
+        done.send(pending)
+            .await
+            .map_err(|_| DispatchError::Lane(format!("lane {} completer stopped", self.id)))
+    }
+
+    /// Runs the plugin on a blocking thread (guest code must not stall the
+    /// async runtime), creating an instance first if the last one failed.
+    async fn call(&mut self, events: Vec<Event>) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
+        let handler = self.handler.take();
+        let factory = self.d.factory.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut handler = match handler {
+                Some(handler) => handler,
+                None => match factory.create() {
+                    Ok(handler) => handler,
+                    Err(e) => return (None, events, Err(CallError::Start(e))),
+                },
+            };
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&events)))
+                .unwrap_or_else(|_| Err(CallError::Trap("the host panicked while calling the plugin".into())));
+            let keep = result.is_ok().then_some(handler);
+            (keep, events, result)
+        })
+        .await
+        .map_err(|e| DispatchError::Lane(format!("plugin call: {e}")))?;
+        let (handler, events, result) = joined;
+        self.handler = handler;
+        Ok((events, result))
+    }
+}
+
+/// The result of a one-event call as that event's result.
+fn single(result: Result<Vec<HandleResult>, CallError>) -> Result<Vec<Output>, Failed> {
+    match result {
+        Ok(mut results) => match results.pop() {
+            Some(r) => r.map_err(Failed::Handler),
+            None => Err(Failed::Call(CallError::Contract("no result for the event".into()))),
+        },
+        Err(e) => Err(Failed::Call(e)),
+    }
+}
+
+/// Waits for each event's receipts in order, then acks it.
+async fn complete(mut rx: mpsc::Receiver<Pending>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
+    while let Some(Pending { ack, receipts }) = rx.recv().await {
+        for receipt in receipts {
+            if let Err(err) = receipt.wait().await {
+                failed.cancel();
+                Stats::add(&stats.abandoned, 1 + rx.len() as u64);
+                return Err(err.into()); // `ack` and the queue drop: handed back
+            }
+        }
+        ack.settle(Settlement::Done);
+        Stats::add(&stats.acked, 1);
+    }
+    Ok(())
+}

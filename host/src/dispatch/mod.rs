@@ -1,0 +1,158 @@
+//! The pipeline driver: source → lanes → plugin → sinks → acknowledgement.
+//!
+//! Intake reads deliveries and hands each to a lane: by partition (default),
+//! by key, or to whichever lane is free (`ordering = "none"`). A lane owns one
+//! plugin instance and handles its queue in order, a batch per call. Each
+//! event ends in exactly one of three ways: its outputs are sent, it is
+//! dead-lettered, or (at shutdown or on a sink failure) it is abandoned for
+//! redelivery. A lane's completer then waits for the sink receipts, in order,
+//! and only then settles the source ack: at-least-once, never "acked but
+//! not written".
+//!
+//! Retries happen inside the lane, after the policy's backoff, so later
+//! events of the same lane wait: order is kept even through failures.
+
+pub mod dead_letter;
+pub mod handler;
+mod lane;
+pub mod policy;
+pub mod route;
+pub mod stats;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+pub use handler::{Handler, HandlerFactory};
+pub use policy::RetryPolicy;
+pub use route::Router;
+pub use stats::{Stats, StatsSnapshot};
+
+use crate::config::Ordering;
+use crate::sink::{Sink, SinkError};
+use crate::source::{Delivery, Source, SourceError};
+
+/// Why a pipeline stopped before its source ended.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("source failed: {0}")]
+    Source(#[from] SourceError),
+    #[error("sink failed: {0}")]
+    Sink(#[from] SinkError),
+    #[error("a lane stopped unexpectedly: {0}")]
+    Lane(String),
+}
+
+/// Everything a pipeline's lanes share.
+pub struct Dispatcher {
+    pub pipeline: String,
+    pub factory: Arc<dyn HandlerFactory>,
+    pub router: Router,
+    pub dead_letter: Arc<dyn Sink>,
+    pub retry: RetryPolicy,
+    pub concurrency: usize,
+    pub ordering: Ordering,
+    pub batch_size: usize,
+    pub stats: Arc<Stats>,
+}
+
+/// A lane's inbox: its own queue, or the queue all lanes share.
+enum Inbox {
+    Own(mpsc::Receiver<Delivery>),
+    Shared(Arc<Mutex<mpsc::Receiver<Delivery>>>),
+}
+
+impl Inbox {
+    async fn recv_many(&mut self, buf: &mut Vec<Delivery>, limit: usize) -> usize {
+        match self {
+            Inbox::Own(rx) => rx.recv_many(buf, limit).await,
+            Inbox::Shared(rx) => rx.lock().await.recv_many(buf, limit).await,
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Runs until the source ends (then drains), `shutdown` fires (then
+    /// drains without retrying), or a source or sink fails.
+    pub async fn run(self, mut source: Box<dyn Source>, shutdown: CancellationToken) -> Result<(), DispatchError> {
+        let lanes = self.concurrency.max(1);
+        let queue = self.batch_size * 2;
+        let failed = CancellationToken::new();
+        let stats = self.stats.clone();
+        let ordering = self.ordering;
+        let shared = Arc::new(self);
+
+        let (senders, inboxes): (Vec<_>, Vec<_>) = if ordering == Ordering::None {
+            let (tx, rx) = mpsc::channel(queue * lanes);
+            let rx = Arc::new(Mutex::new(rx));
+            (vec![tx], (0..lanes).map(|_| Inbox::Shared(rx.clone())).collect())
+        } else {
+            (0..lanes)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(queue);
+                    (tx, Inbox::Own(rx))
+                })
+                .unzip()
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (id, inbox) in inboxes.into_iter().enumerate() {
+            let lane = lane::Lane::new(id, shared.clone(), shutdown.clone(), failed.clone());
+            tasks.spawn(lane.run(inbox));
+        }
+
+        let mut outcome = Ok(());
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = failed.cancelled() => break,
+                next = source.next() => next,
+            };
+            let delivery = match next {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => break,
+                Err(err) => {
+                    outcome = Err(DispatchError::Source(err));
+                    break;
+                }
+            };
+            Stats::add(&stats.received, 1);
+            let lane = match ordering {
+                Ordering::None => 0,
+                Ordering::Partition => delivery.partition as usize % senders.len(),
+                Ordering::Key => key_lane(&delivery, senders.len()),
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = failed.cancelled() => break,
+                sent = senders[lane].send(delivery) => if sent.is_err() { break },
+            }
+        }
+        drop(senders);
+
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.unwrap_or_else(|e| Err(DispatchError::Lane(e.to_string())));
+            if let (Err(err), Ok(())) = (result, &outcome) {
+                outcome = Err(err);
+            }
+        }
+        let closed = source.close().await;
+        outcome?;
+        closed?;
+        Ok(())
+    }
+}
+
+/// Same partition and key → same lane; keyless events follow the partition.
+fn key_lane(delivery: &Delivery, lanes: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    delivery.partition.hash(&mut hasher);
+    delivery.event.key.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,34 @@
+//! Sluice: a WebAssembly-plugin event stream processor.
+//!
+//! The modules follow the path of one event through the host:
+//!
+//! 1. [`config`]: the TOML file, strict and typed, with `${ENV}` interpolation.
+//!    It describes pipelines; each pipeline is one source, one plugin, sinks and
+//!    a policy.
+//! 2. [`source`]: where events come from (a file, stdin; brokers plug in here).
+//!    A source yields [`source::Delivery`]s: an [`event::Event`] plus an
+//!    acknowledgement handle that is settled only once the event is done.
+//! 3. [`dispatch`]: the pipeline driver. It assigns deliveries to ordered
+//!    lanes, calls the plugin through [`runtime`], applies the retry
+//!    [`dispatch::policy`], routes outputs to sinks and dead-letters what fails.
+//! 4. [`runtime`]: wasmtime. One engine per process, compiled components
+//!    cached, instances with memory caps, epoch deadlines and denied-by-default
+//!    WASI. A trap fails one call and the instance is replaced.
+//! 5. [`sink`]: where outputs and dead-letter records go (stdout, a file;
+//!    brokers plug in here). A sink reports when a record is durably accepted,
+//!    and only then is the source acknowledged.
+//!
+//! [`pipeline`] assembles one pipeline from its config and [`supervisor`]
+//! runs many of them in one process, isolated from each other, until they end
+//! or a shutdown signal drains them. [`codec`] holds the JSON-lines encoding
+//! shared by the file and stdio sources and sinks.
+
+pub mod codec;
+pub mod config;
+pub mod dispatch;
+pub mod event;
+pub mod pipeline;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod supervisor;

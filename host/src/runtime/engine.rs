@@ -1,0 +1,169 @@
+//! Engine defaults, in one place, with the reason for each.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::instance::PluginState;
+use crate::config::Allocator;
+
+/// How often the epoch advances. Per-event deadlines are counted in these
+/// ticks, so this is their resolution. Epochs cost 3–15% per call where fuel
+/// costs 25–55% (measured, see `../shared/TOOLCHAINS.md`), and a 5 ms tick is
+/// a thread waking 200 times a second: negligible.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Process-wide runtime settings, taken from `[runtime]` in the config.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    pub allocator: Allocator,
+    /// The largest memory cap of any pipeline: the pooling allocator reserves
+    /// slots of this size.
+    pub max_memory: u64,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The wasmtime engine, the linker with our imports and WASI, and the
+/// compiled-component cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<PluginState>>,
+    cache_dir: Option<PathBuf>,
+    _ticker: Arc<EpochTicker>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot configure the WebAssembly engine: {0:#}")]
+    Engine(wasmtime::Error),
+    #[error("cannot link host functions: {0:#}")]
+    Link(wasmtime::Error),
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(std::io::Error),
+}
+
+impl Runtime {
+    pub fn new(options: &RuntimeOptions) -> Result<Self, EngineError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Deadlines: a guest stuck in a loop is interrupted at the next tick
+        // past its deadline (see `EPOCH_TICK`).
+        config.epoch_interruption(true);
+        // 512 KiB of wasm stack (wasmtime's default), stated so it is visible.
+        config.max_wasm_stack(512 * 1024);
+        if options.allocator == Allocator::Pooling {
+            let mut pool = PoolingAllocationConfig::new();
+            // Slots sized for the biggest memory cap of any pipeline; 1,000
+            // instances is far above a realistic lane count and keeps the
+            // virtual reservation reasonable.
+            pool.max_memory_size(options.max_memory.max(1 << 20) as usize);
+            pool.total_component_instances(1_000);
+            pool.total_core_instances(2_000);
+            pool.total_memories(2_000);
+            pool.total_tables(2_000);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(EngineError::Engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(EngineError::Link)?;
+        super::host::add_to_linker(&mut linker).map_err(EngineError::Link)?;
+        let ticker = EpochTicker::start(engine.clone()).map_err(EngineError::Ticker)?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir: options.cache_dir.clone(),
+            _ticker: Arc::new(ticker),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(super) fn linker(&self) -> &Linker<PluginState> {
+        &self.linker
+    }
+
+    /// Compiles `bytes`, or loads the precompiled artifact from the cache.
+    /// Returns whether the cache answered (for logs and metrics).
+    pub(super) fn compile(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, bool)> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(&self.engine, bytes)?, false));
+        };
+        let path = self.cache_path(dir, digest);
+        if path.exists() {
+            // SAFETY: the artifact was written by `precompile_component` of an
+            // engine with the same compatibility hash (it is in the file
+            // name), into a directory the operator keeps private.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok((component, true)),
+                Err(err) => tracing::warn!(path = %path.display(), "ignoring unusable cached component: {err:#}"),
+            }
+        }
+        let compiled = self.engine.precompile_component(bytes)?;
+        if let Err(err) = write_atomically(dir, &path, &compiled) {
+            tracing::warn!(path = %path.display(), "cannot write the component cache: {err}");
+        }
+        // SAFETY: these bytes were produced just above by this engine.
+        let component = unsafe { Component::deserialize(&self.engine, &compiled)? };
+        Ok((component, false))
+    }
+
+    fn cache_path(&self, dir: &Path, digest: &str) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let mut key = Sha256::new();
+        key.update(digest.as_bytes());
+        key.update(hasher.finish().to_le_bytes());
+        dir.join(format!("{}.cwasm", hex::encode(&key.finalize()[..16])))
+    }
+}
+
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Imports the host provides to plugins: structured logging.
+
+use std::time::Instant;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::bindings::sluice::plugin::log::{self, Level};
+use super::instance::PluginState;
+
+pub(super) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    log::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+}
+
+/// Lines a plugin may log per second on average; bursts up to
+/// [`LOG_BURST`]. A guest logging in a hot loop would otherwise flood the
+/// host's log pipeline; what is dropped is counted and reported.
+const LOG_RATE_PER_SEC: f64 = 100.0;
+const LOG_BURST: f64 = 200.0;
+
+/// Who is logging, and the token bucket that limits it.
+pub(crate) struct GuestLog {
+    pub pipeline: String,
+    pub plugin: String,
+    /// The event (or first event of the batch) being handled, for context.
+    pub current_event: Option<String>,
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+}
+
+impl GuestLog {
+    pub fn new(pipeline: String, plugin: String) -> Self {
+        Self {
+            pipeline,
+            plugin,
+            current_event: None,
+            tokens: LOG_BURST,
+            refilled: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * LOG_RATE_PER_SEC).min(LOG_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+impl log::Host for PluginState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        let log = &mut self.log;
+        if !log.admit() {
+            return;
+        }
+        if log.dropped > 0 {
+            tracing::warn!(
+                target: "sluice::guest",
+                pipeline = %log.pipeline,
+                plugin = %log.plugin,
+                dropped = log.dropped,
+                "plugin log lines dropped by the rate limit ({LOG_RATE_PER_SEC}/s)"
+            );
+            log.dropped = 0;
+        }
+        let event = log.current_event.as_deref().unwrap_or("-");
+        let fields = Fields(&fields);
+        macro_rules! emit {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "sluice::guest",
+                    $level,
+                    pipeline = %log.pipeline,
+                    plugin = %log.plugin,
+                    event = %event,
+                    fields = %fields,
+                    "{message}"
+                )
+            };
+        }
+        match level {
+            Level::Trace => emit!(tracing::Level::TRACE),
+            Level::Debug => emit!(tracing::Level::DEBUG),
+            Level::Info => emit!(tracing::Level::INFO),
+            Level::Warn => emit!(tracing::Level::WARN),
+            Level::Error => emit!(tracing::Level::ERROR),
+        }
+    }
+}
+
+/// Guest fields rendered as `k=v k=v` in one log field: guest keys are not
+/// known at compile time, so they cannot be tracing fields of their own.
+struct Fields<'a>(&'a [(String, String)]);
+
+impl std::fmt::Display for Fields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{k}={v:?}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! One live plugin instance: its store (memory cap, deadline, WASI) and the
+//! calls into it.
+//!
+//! An instance is owned by one lane and used from one thread at a time. After
+//! any [`CallError`] it must be dropped: a trapped guest may have left its
+//! memory in any state, so the next event always gets a fresh instance.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::Plugin;
+use super::engine::EPOCH_TICK;
+use super::host::GuestLog;
+use crate::event::{Event, HandlerError, Output};
+
+/// The result of handling one event.
+pub type HandleResult = Result<Vec<Output>, HandlerError>;
+
+/// Why a call into the guest failed as a whole. Every variant is a failed
+/// attempt for each event of the call (retryable), and the instance is spent.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("handler timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("plugin exceeded its memory cap of {limit} bytes")]
+    MemoryLimit { limit: u64 },
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin broke the contract: {0}")]
+    Contract(String),
+    #[error("cannot start a plugin instance: {0}")]
+    Start(String),
+}
+
+/// Per-instance state inside the wasmtime store.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+    pub(crate) log: GuestLog,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory and remembers that it said no, so the trap that
+/// usually follows (an allocator abort) is reported as what it is.
+struct MemoryCap {
+    limit: u64,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired as u64 <= self.limit;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million is far past any real
+        // plugin and stops a guest from growing one without bound.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// A live instance, ready to handle events.
+pub struct Instance {
+    store: Store<PluginState>,
+    plugin: Plugin,
+    timeout: Duration,
+    memory_limit: u64,
+    stderr: StderrTail,
+}
+
+impl Instance {
+    pub(super) fn new(
+        mut store: Store<PluginState>,
+        plugin: Plugin,
+        timeout: Duration,
+        memory_limit: u64,
+        stderr: StderrTail,
+    ) -> Self {
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        Self {
+            store,
+            plugin,
+            timeout,
+            memory_limit,
+            stderr,
+        }
+    }
+
+    pub(super) fn state(
+        wasi: WasiCtx,
+        memory_limit: u64,
+        log: GuestLog,
+    ) -> PluginState {
+        PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                limit: memory_limit,
+                hit: false,
+            },
+            log,
+        }
+    }
+
+    /// Calls the plugin's `init` with its configuration. `Ok(Err(msg))` is
+    /// the plugin refusing its config.
+    pub(super) fn init(&mut self, config: &[(String, String)]) -> Result<Result<(), String>, CallError> {
+        self.arm(1);
+        let result = self.plugin.sluice_plugin_handler().call_init(&mut self.store, config);
+        result.map_err(|err| self.classify(err, 1))
+    }
+
+    /// Handles a batch: one call to `handle` for a single event, one call to
+    /// `handle-batch` for several. The deadline is the per-event timeout times
+    /// the number of events.
+    pub fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+        self.store.data_mut().log.current_event = events.first().map(|e| e.id.clone());
+        self.arm(events.len());
+        let handler = self.plugin.sluice_plugin_handler();
+        let result = match events {
+            [event] => handler
+                .call_handle(&mut self.store, event)
+                .map(|r| vec![r]),
+            _ => handler.call_handle_batch(&mut self.store, events),
+        };
+        let results = result.map_err(|err| self.classify(err, events.len()))?;
+        if results.len() != events.len() {
+            return Err(CallError::Contract(format!(
+                "handle-batch returned {} results for {} events",
+                results.len(),
+                events.len()
+            )));
+        }
+        Ok(results)
+    }
+
+    /// Sets the deadline for a call covering `events` events.
+    fn arm(&mut self, events: usize) {
+        let budget = self.timeout.saturating_mul(events.max(1) as u32);
+        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
+        // One extra tick: the current tick may be about to end.
+        self.store.set_epoch_deadline(ticks as u64 + 1);
+    }
+
+    fn classify(&mut self, err: wasmtime::Error, events: usize) -> CallError {
+        if self.store.data().limiter.hit {
+            return CallError::MemoryLimit {
+                limit: self.memory_limit,
+            };
+        }
+        if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
+            return CallError::Timeout(self.timeout.saturating_mul(events.max(1) as u32));
+        }
+        let mut message = match err.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{err:#}"),
+        };
+        let stderr = self.stderr.take();
+        let stderr = stderr.trim();
+        if !stderr.is_empty() {
+            message.push_str("; guest stderr: ");
+            message.push_str(stderr);
+        }
+        CallError::Trap(message)
+    }
+}
+
+/// The last few KiB a guest wrote to stderr, kept in memory (not shown)
+/// when stderr is not granted, so a panic message can explain a trap.
+#[derive(Clone, Default)]
+pub(super) struct StderrTail(Arc<Mutex<VecDeque<u8>>>);
+
+const STDERR_TAIL: usize = 2048;
+
+impl StderrTail {
+    fn push(&self, bytes: &[u8]) {
+        if let Ok(mut tail) = self.0.lock() {
+            tail.extend(bytes);
+            let excess = tail.len().saturating_sub(STDERR_TAIL);
+            tail.drain(..excess);
+        }
+    }
+
+    fn take(&self) -> String {
+        match self.0.lock() {
+            Ok(mut tail) => {
+                let bytes: Vec<u8> = tail.drain(..).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for StderrTail {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for StderrTail {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for StderrTail {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl OutputStream for StderrTail {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for StderrTail {
+    async fn ready(&mut self) {}
+}

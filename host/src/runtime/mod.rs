@@ -1,0 +1,21 @@
+//! The WebAssembly runtime: everything that touches wasmtime lives here.
+//!
+//! - [`engine`]: the one process-wide engine and its defaults (epoch ticks for
+//!   deadlines, allocator, the compiled-component cache).
+//! - [`plugin`]: loading and validating a component into a
+//!   [`LoadedPlugin`]: digest, sha256 pin, world check, `init`.
+//! - [`instance`]: one live instance with its store, limits and WASI context;
+//!   calling the handler and classifying traps.
+//! - [`host`]: the imports we provide to guests (logging).
+//! - [`bindings`]: the single `bindgen!` of the WIT world.
+
+pub mod bindings;
+pub mod engine;
+mod host;
+pub mod instance;
+pub mod plugin;
+mod wasi;
+
+pub use engine::{Runtime, RuntimeOptions};
+pub use instance::{CallError, Instance};
+pub use plugin::{LoadError, LoadedPlugin, PluginSpec};

@@ -1,0 +1,222 @@
+//! Loading a plugin: read, check the pin, compile (or load from cache),
+//! check the world, and prove `init` accepts the config, all before any
+//! event reaches it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Store;
+
+use super::bindings::PluginPre;
+use super::engine::Runtime;
+use super::host::GuestLog;
+use super::instance::{CallError, Instance, StderrTail};
+use crate::config::WasiGrants;
+
+/// The world every plugin must implement.
+pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
+
+/// What to load and under which limits.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Pipeline name, for logs.
+    pub pipeline: String,
+    pub path: PathBuf,
+    /// Expected sha256 (hex); any other file is refused.
+    pub sha256: Option<String>,
+    /// Handed to `init`.
+    pub config: Vec<(String, String)>,
+    pub wasi: WasiGrants,
+    /// Per-event deadline.
+    pub timeout: Duration,
+    /// Linear memory cap per instance, bytes.
+    pub memory: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read plugin {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("plugin {} has sha256 {actual} but the config pins {expected}", path.display())]
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("plugin {} is not a WebAssembly file (it does not start with `\\0asm`)", path.display())]
+    NotWasm { path: PathBuf },
+    #[error("plugin {} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target, or wrap it with `wasm-tools component new`", path.display())]
+    CoreModule { path: PathBuf },
+    #[error("plugin {} is not a valid component: {detail}", path.display())]
+    Invalid { path: PathBuf, detail: String },
+    #[error("plugin {} does not implement the world {WORLD}: {detail}", path.display())]
+    WrongWorld { path: PathBuf, detail: String },
+    #[error("plugin {} failed to start: {detail}", path.display())]
+    Start { path: PathBuf, detail: String },
+    #[error("plugin {} refused its configuration: {message}", path.display())]
+    InitRejected { path: PathBuf, message: String },
+    #[error("plugin {} failed in init: {source}", path.display())]
+    InitFailed { path: PathBuf, source: CallError },
+}
+
+/// A compiled, validated plugin from which instances are made. Cheap to
+/// clone; shared by the lanes of a pipeline.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spec: PluginSpec,
+    name: String,
+    digest: String,
+    size: usize,
+    runtime: Runtime,
+    component: Component,
+    pre: PluginPre<super::instance::PluginState>,
+    load_time: Duration,
+    cache_hit: bool,
+}
+
+impl LoadedPlugin {
+    /// Loads and validates, including one instantiation and `init`, so a
+    /// plugin that is loaded is one that has accepted its config.
+    pub fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        let path = spec.path.clone();
+        let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if let Some(expected) = &spec.sha256 {
+            if !expected.eq_ignore_ascii_case(&digest) {
+                return Err(LoadError::DigestMismatch {
+                    path,
+                    expected: expected.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        check_header(&path, &bytes)?;
+        let (component, cache_hit) = runtime.compile(&bytes, &digest).map_err(|e| LoadError::Invalid {
+            path: path.clone(),
+            detail: format!("{e:#}"),
+        })?;
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld {
+                path: path.clone(),
+                detail: format!("it imports something the host does not provide: {e:#}"),
+            })?;
+        let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+            path: path.clone(),
+            detail: format!("{e:#}"),
+        })?;
+        let name = plugin_name(&path);
+        let plugin = Self {
+            inner: Arc::new(Inner {
+                spec,
+                name,
+                digest,
+                size: bytes.len(),
+                runtime: runtime.clone(),
+                component,
+                pre,
+                load_time: Duration::ZERO,
+                cache_hit,
+            }),
+        };
+        drop(plugin.instantiate()?);
+        let mut plugin = plugin;
+        if let Some(inner) = Arc::get_mut(&mut plugin.inner) {
+            inner.load_time = started.elapsed();
+        }
+        Ok(plugin)
+    }
+
+    /// A fresh instance with its config applied through `init`.
+    pub fn instantiate(&self) -> Result<Instance, LoadError> {
+        let inner = &*self.inner;
+        let spec = &inner.spec;
+        let path = &spec.path;
+        let stderr = StderrTail::default();
+        let wasi = super::wasi::context(&spec.wasi, stderr.clone()).map_err(|e| LoadError::Start {
+            path: path.clone(),
+            detail: format!("cannot grant WASI capabilities: {e:#}"),
+        })?;
+        let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone());
+        let state = Instance::state(wasi, spec.memory, log);
+        let mut store = Store::new(inner.runtime.engine(), state);
+        // The deadline applies from the first instruction: a guest whose
+        // start function loops must not hang the load.
+        store.set_epoch_deadline(ticks(spec.timeout));
+        store.epoch_deadline_trap();
+        let bindings = inner.pre.instantiate(&mut store).map_err(|e| LoadError::Start {
+            path: path.clone(),
+            detail: format!("{e:#}"),
+        })?;
+        let mut instance = Instance::new(store, bindings, spec.timeout, spec.memory, stderr);
+        match instance.init(&spec.config) {
+            Ok(Ok(())) => Ok(instance),
+            Ok(Err(message)) => Err(LoadError::InitRejected {
+                path: path.clone(),
+                message,
+            }),
+            Err(source) => Err(LoadError::InitFailed {
+                path: path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Short name for logs and metrics: the file stem.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+    /// sha256 of the component file, hex.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+    pub fn spec(&self) -> &PluginSpec {
+        &self.inner.spec
+    }
+    pub fn component(&self) -> &Component {
+        &self.inner.component
+    }
+    /// Time taken by [`LoadedPlugin::load`], compile or cache load included.
+    pub fn load_time(&self) -> Duration {
+        self.inner.load_time
+    }
+    /// Whether the compiled component came from the cache.
+    pub fn cache_hit(&self) -> bool {
+        self.inner.cache_hit
+    }
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    timeout.as_nanos().div_ceil(super::engine::EPOCH_TICK.as_nanos()) as u64 + 1
+}
+
+fn plugin_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into())
+}
+
+/// Distinguishes "not wasm" and "a core module" from a component before
+/// handing the bytes to the compiler, whose errors for these are cryptic.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule { path: path.to_path_buf() }),
+        Some([0, b'a', b's', b'm', ..]) => Ok(()),
+        _ => Err(LoadError::NotWasm { path: path.to_path_buf() }),
+    }
+}

@@ -1,0 +1,103 @@
+//! Sinks: where outputs and dead-letter records go.
+//!
+//! [`Sink::send`] queues a record (waiting while the sink's queue is full:
+//! that is the backpressure that slows a pipeline down to what its sink can
+//! take) and returns a [`Receipt`] that resolves once the record is durably
+//! accepted: written and flushed for a file, acknowledged for a broker. A
+//! source is acknowledged only after every receipt of its event resolves.
+//!
+//! Implementations: [`lines`] (stdout or a file). Brokers implement the same
+//! trait.
+
+pub mod lines;
+
+use tokio::sync::watch;
+
+use crate::event::Header;
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Topic or subject on this sink; `None` means the sink's default.
+    pub destination: Option<String>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<Header>,
+}
+
+/// A sink failure. The pipeline stops without acknowledging the affected
+/// events, so they are delivered again after a restart.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot open {what}: {message}")]
+    Open { what: String, message: String },
+    #[error("cannot write to {what}: {message}")]
+    Write { what: String, message: String },
+    #[error("{what} is closed")]
+    Closed { what: String },
+}
+
+/// Resolves when a record is durably accepted.
+#[must_use = "a record is only durable once its receipt resolves"]
+pub struct Receipt(ReceiptKind);
+
+enum ReceiptKind {
+    /// Ordered sinks publish a watermark: record `seq` is durable once the
+    /// watermark reaches it. No allocation per record.
+    Watermark {
+        seq: u64,
+        durable: watch::Receiver<Durable>,
+    },
+    Ready(Result<(), SinkError>),
+}
+
+/// The durable watermark of an ordered sink, or the error that stopped it.
+#[derive(Debug, Clone)]
+pub enum Durable {
+    UpTo(u64),
+    Failed(SinkError),
+}
+
+impl Receipt {
+    pub fn watermark(seq: u64, durable: watch::Receiver<Durable>) -> Self {
+        Self(ReceiptKind::Watermark { seq, durable })
+    }
+
+    pub fn ready(result: Result<(), SinkError>) -> Self {
+        Self(ReceiptKind::Ready(result))
+    }
+
+    /// Waits until the record is durable, or its sink failed.
+    pub async fn wait(self) -> Result<(), SinkError> {
+        match self.0 {
+            ReceiptKind::Ready(result) => result,
+            ReceiptKind::Watermark { seq, mut durable } => {
+                let reached = durable
+                    .wait_for(|d| match d {
+                        Durable::UpTo(n) => *n >= seq,
+                        Durable::Failed(_) => true,
+                    })
+                    .await;
+                match reached.as_deref() {
+                    Ok(Durable::UpTo(_)) => Ok(()),
+                    Ok(Durable::Failed(err)) => Err(err.clone()),
+                    Err(_) => Err(SinkError::Closed { what: "sink".into() }),
+                }
+            }
+        }
+    }
+}
+
+/// Where records go.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Queues a record, waiting for room; the receipt says when it is
+    /// durable. Records sent by one task are published in the order sent.
+    async fn send(&self, record: Record) -> Result<Receipt, SinkError>;
+
+    /// Flushes what is queued and stops. Later sends fail.
+    async fn close(&self) -> Result<(), SinkError>;
+
+    /// A short description for logs, e.g. `file:out.jsonl`.
+    fn describe(&self) -> String;
+}

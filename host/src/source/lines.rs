@@ -1,0 +1,287 @@
+//! A file or stdin, one event per line.
+//!
+//! The position is the line number. With a checkpoint file, the number of
+//! lines done is recorded as acks arrive (at most every
+//! [`CHECKPOINT_INTERVAL`], and at close), and a restart skips them: lines
+//! are processed at least once across restarts. Blank lines are skipped but
+//! counted, so ids stay stable.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+
+use super::progress::Progress;
+use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceError};
+use crate::codec::decode_event;
+use crate::config::LineFormat;
+use crate::event::{now_ms, Event};
+
+/// How often a moving commit point is written to the checkpoint file.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a followed file is checked for new lines.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// Longest line accepted; a longer one is dead-lettered, truncated, as a
+/// defect rather than growing memory without bound.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+pub struct LineSource {
+    name: String,
+    reader: Box<dyn AsyncBufRead + Send + Unpin>,
+    format: LineFormat,
+    follow: bool,
+    line: u64,
+    buf: Vec<u8>,
+    ledger: Arc<Mutex<Ledger>>,
+    checkpoint: Option<PathBuf>,
+    last_write: Instant,
+}
+
+/// What is done, shared with the acks.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    progress: Progress,
+    pub done: u64,
+    pub abandoned: u64,
+    dirty: bool,
+}
+
+impl LineSource {
+    /// Reads `path`, resuming after the lines recorded in `checkpoint`.
+    pub async fn file(
+        path: PathBuf,
+        format: LineFormat,
+        follow: bool,
+        checkpoint: Option<PathBuf>,
+    ) -> Result<Self, SourceError> {
+        let what = format!("file {}", path.display());
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|source| SourceError::Open { what: what.clone(), source })?;
+        let resume = match &checkpoint {
+            Some(cp) => read_checkpoint(cp).await?,
+            None => 0,
+        };
+        let mut source = Self::new(path.display().to_string(), Box::new(BufReader::with_capacity(256 * 1024, file)), format, follow);
+        source.checkpoint = checkpoint;
+        source.skip(resume).await?;
+        Ok(source)
+    }
+
+    pub fn stdin(format: LineFormat) -> Self {
+        Self::new("stdin".into(), Box::new(BufReader::new(tokio::io::stdin())), format, false)
+    }
+
+    /// Any reader; used by tests and by `sluice plugin test`.
+    pub fn new(name: String, reader: Box<dyn AsyncBufRead + Send + Unpin>, format: LineFormat, follow: bool) -> Self {
+        Self {
+            name,
+            reader,
+            format,
+            follow,
+            line: 0,
+            buf: Vec::new(),
+            ledger: Arc::new(Mutex::new(Ledger::default())),
+            checkpoint: None,
+            last_write: Instant::now(),
+        }
+    }
+
+    /// Counts of settled events so far.
+    pub fn ledger(&self) -> Arc<Mutex<Ledger>> {
+        self.ledger.clone()
+    }
+
+    async fn skip(&mut self, lines: u64) -> Result<(), SourceError> {
+        while self.line < lines {
+            self.buf.clear();
+            let n = self.read_line().await?;
+            if n == 0 {
+                break;
+            }
+            self.line += 1;
+        }
+        if let Ok(mut ledger) = self.ledger.lock() {
+            ledger.progress = Progress::starting_at(self.line + 1);
+        }
+        Ok(())
+    }
+
+    async fn read_line(&mut self) -> Result<usize, SourceError> {
+        let reader = &mut self.reader;
+        let mut total = 0;
+        loop {
+            let chunk = reader.fill_buf().await.map_err(|source| SourceError::Read {
+                what: self.name.clone(),
+                source,
+            })?;
+            if chunk.is_empty() {
+                return Ok(total);
+            }
+            let (take, finished) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            let room = MAX_LINE.saturating_sub(self.buf.len());
+            self.buf.extend_from_slice(&chunk[..take.min(room)]);
+            reader.consume(take);
+            total += take;
+            if finished {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn write_checkpoint_if_due(&mut self, force: bool) -> Result<(), SourceError> {
+        let Some(path) = &self.checkpoint else { return Ok(()) };
+        if !force && self.last_write.elapsed() < CHECKPOINT_INTERVAL {
+            return Ok(());
+        }
+        let committed = match self.ledger.lock() {
+            Ok(mut ledger) if ledger.dirty || force => {
+                ledger.dirty = false;
+                ledger.progress.committed()
+            }
+            _ => return Ok(()),
+        };
+        self.last_write = Instant::now();
+        // Lines below the commit point are done: record how many.
+        let done = committed.saturating_sub(1);
+        let tmp = path.with_extension("tmp");
+        let io = |source| SourceError::Read { what: format!("checkpoint {}", path.display()), source };
+        std::fs::write(&tmp, format!("{done}\n")).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    fn delivery(&self, line: u64, raw: &[u8]) -> Delivery {
+        let id = format!("{}:{line}", self.name);
+        let now = now_ms();
+        let (event, defect) = match self.format {
+            LineFormat::Lines => (self.raw_event(id, raw, now), None),
+            LineFormat::Json => match decode_event(raw, &self.name, id.clone(), now) {
+                Ok(event) => (event, None),
+                Err(err) => (self.raw_event(id, raw, now), Some(format!("line {line}: {err}"))),
+            },
+        };
+        let defect = if raw.len() >= MAX_LINE {
+            Some(format!("line {line} is longer than {MAX_LINE} bytes (truncated)"))
+        } else {
+            defect
+        };
+        Delivery {
+            event,
+            partition: 0,
+            defect,
+            ack: Ack::new(LineAck {
+                line,
+                ledger: self.ledger.clone(),
+            }),
+        }
+    }
+
+    fn raw_event(&self, id: String, raw: &[u8], now: u64) -> Event {
+        Event {
+            id,
+            source: self.name.clone(),
+            key: None,
+            payload: raw.to_vec(),
+            headers: Vec::new(),
+            timestamp_ms: now,
+            attempt: 1,
+            reply_to: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for LineSource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        loop {
+            self.write_checkpoint_if_due(false)?;
+            let n = self.read_line().await?;
+            let complete = self.buf.last() == Some(&b'\n');
+            if n == 0 || (!complete && self.follow) {
+                if !self.follow {
+                    // End of input; a partial last line was handled below.
+                    return Ok(None);
+                }
+                // A followed file: keep a partial line until its newline
+                // arrives, and poll for growth. Cancel-safe: the partial line
+                // stays in `buf`.
+                tokio::time::sleep(FOLLOW_POLL).await;
+                continue;
+            }
+            self.line += 1;
+            let mut raw = std::mem::take(&mut self.buf);
+            while matches!(raw.last(), Some(b'\n' | b'\r')) {
+                raw.pop();
+            }
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                // Blank: done by definition, so the commit point can pass it.
+                LineAck { line: self.line, ledger: self.ledger.clone() }.settle_line(Settlement::Done);
+                continue;
+            }
+            return Ok(Some(self.delivery(self.line, &raw)));
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), SourceError> {
+        self.write_checkpoint_if_due(true)?;
+        if let Ok(ledger) = self.ledger.lock() {
+            if ledger.abandoned > 0 && self.checkpoint.is_none() {
+                tracing::warn!(
+                    source = %self.name,
+                    abandoned = ledger.abandoned,
+                    "events were not finished and this source has no checkpoint: they are not recorded anywhere"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+struct LineAck {
+    line: u64,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl LineAck {
+    fn settle_line(self, settlement: Settlement) {
+        if let Ok(mut ledger) = self.ledger.lock() {
+            match settlement {
+                Settlement::Done => {
+                    ledger.done += 1;
+                    if ledger.progress.done(self.line).is_some() {
+                        ledger.dirty = true;
+                    }
+                }
+                Settlement::Redeliver { .. } | Settlement::Abandon => ledger.abandoned += 1,
+            }
+        }
+    }
+}
+
+impl Acknowledge for LineAck {
+    fn settle(self: Box<Self>, settlement: Settlement) {
+        (*self).settle_line(settlement);
+    }
+}
+
+async fn read_checkpoint(path: &PathBuf) -> Result<u64, SourceError> {
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => text.trim().parse().map_err(|e| SourceError::Open {
+            what: format!("checkpoint {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("expected a line count: {e}")),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(SourceError::Open {
+            what: format!("checkpoint {}", path.display()),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,113 @@
+//! Sources: where events come from.
+//!
+//! A [`Source`] yields [`Delivery`]s. Each carries an [`Ack`] that the
+//! dispatcher settles exactly once, and only after every output of the event
+//! (or its dead-letter record) has been durably accepted by its sink. That is
+//! the whole at-least-once contract: a source commits a position only when
+//! its ack says [`Settlement::Done`]; anything else comes back.
+//!
+//! Implementations: [`lines`] (a file or stdin). Brokers (Kafka, NATS,
+//! JetStream) implement the same trait.
+
+pub mod lines;
+pub mod progress;
+
+use std::time::Duration;
+
+use crate::event::Event;
+
+/// One event taken from a source, with what is needed to settle it.
+pub struct Delivery {
+    pub event: Event,
+    /// The source's unit of ordering (a Kafka partition; files and stdin are
+    /// one partition). Events of one partition stay in order under the
+    /// default `ordering = "partition"`.
+    pub partition: u32,
+    /// Set when the source could not decode the message into an event (bad
+    /// JSON, say). The event then carries the raw bytes as its payload and
+    /// goes straight to the dead letter with this reason: nothing is dropped,
+    /// and the plugin never sees it.
+    pub defect: Option<String>,
+    pub ack: Ack,
+}
+
+/// How an event ended, as far as its source is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Outputs or dead-letter record durably accepted: commit the position.
+    Done,
+    /// Ask the broker to deliver it again after `delay` (JetStream nak with
+    /// delay). Sources that cannot redeliver treat it as [`Settlement::Abandon`].
+    Redeliver { delay: Duration },
+    /// Not done and not committed (shutdown, sink failure): the event must be
+    /// delivered again after a restart.
+    Abandon,
+}
+
+/// The source-specific half of an acknowledgement.
+pub trait Acknowledge: Send + 'static {
+    fn settle(self: Box<Self>, settlement: Settlement);
+}
+
+/// An acknowledgement handle. Settle it once; dropping it unsettled counts as
+/// [`Settlement::Abandon`], so a task that dies cannot commit by accident.
+pub struct Ack(Option<Box<dyn Acknowledge>>);
+
+impl Ack {
+    pub fn new(inner: impl Acknowledge) -> Self {
+        Self(Some(Box::new(inner)))
+    }
+
+    /// An ack that does nothing, for sources with no position (and tests).
+    pub fn noop() -> Self {
+        Self(None)
+    }
+
+    pub fn settle(mut self, settlement: Settlement) {
+        if let Some(inner) = self.0.take() {
+            inner.settle(settlement);
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            inner.settle(Settlement::Abandon);
+        }
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Ack(pending)" } else { "Ack(settled)" })
+    }
+}
+
+/// A source failure. The pipeline stops; events not yet acknowledged are
+/// redelivered after a restart.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open {what}: {source}")]
+    Open { what: String, source: std::io::Error },
+    #[error("cannot read {what}: {source}")]
+    Read { what: String, source: std::io::Error },
+}
+
+/// Where events come from.
+#[async_trait::async_trait]
+pub trait Source: Send + 'static {
+    /// The next delivery; `None` when the source has ended (end of a file
+    /// not followed). Must be cancel-safe: the dispatcher drops a pending
+    /// call to stop intake at shutdown.
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError>;
+
+    /// Called once at the end, after every delivery was settled (or dropped
+    /// at a shutdown deadline): commit what is done, release connections.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    /// A short description for logs, e.g. `file:events.jsonl`.
+    fn describe(&self) -> String;
+}

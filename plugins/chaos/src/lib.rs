@@ -1,0 +1,111 @@
+//! `chaos`: misbehaves on demand, so tests and demos can drive every failure
+//! path of the host from the input data alone. The payload (a trailing
+//! newline ignored) selects the behaviour; the first matching rule wins:
+//!
+//! | payload          | result                                                              |
+//! |------------------|---------------------------------------------------------------------|
+//! | `ok:<text>`      | one output, payload `<text>`                                        |
+//! | `retry:<n>`      | retryable `transient failure (attempt <a> of <n>)` while attempt ≤ n, then one output `recovered after <attempt-1> failures` |
+//! | `reject[:<msg>]` | rejected with `<msg>` (default `rejected by rule`)                  |
+//! | `trap`           | panics, which traps the instance                                    |
+//! | `loop`           | spins forever, until the host's timeout interrupts it               |
+//! | `oom`            | allocates 1 MiB blocks until memory runs out, which traps           |
+//! | `log:<text>`     | logs `<text>` at info with field `event=<id>`, outputs `<text>`     |
+//! | `reply:<text>`   | one reply output, payload `<text>`                                  |
+//! | `fanout:<n>`     | `n` outputs with payloads `0` … `n-1`                               |
+//! | anything else    | the event unchanged (key, payload, headers)                         |
+//!
+//! A malformed count (`retry:x`, `fanout:-1`) is rejected.
+//!
+//! Config:
+//! - `init_error` (optional): `init` fails with this message, to test how the
+//!   host refuses a plugin.
+
+use std::hint::black_box;
+
+use sluice_plugin::{log, Config, Event, HandlerError, Output, Plugin};
+
+struct Chaos;
+
+impl Plugin for Chaos {
+    fn init(config: Config) -> Result<Self, String> {
+        config.deny_unknown(&["init_error"])?;
+        match config.get("init_error") {
+            Some(message) => Err(message.to_owned()),
+            None => Ok(Chaos),
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<Vec<Output>, HandlerError> {
+        let text = std::str::from_utf8(&event.payload).unwrap_or_default();
+        let rule = text
+            .strip_suffix('\n')
+            .map_or(text, |t| t.strip_suffix('\r').unwrap_or(t));
+
+        if let Some(text) = rule.strip_prefix("ok:") {
+            return Ok(vec![Output::new(text)]);
+        }
+        if let Some(n) = rule.strip_prefix("retry:") {
+            let n: u32 = count(rule, n)?;
+            if event.attempt <= n {
+                return Err(HandlerError::retryable(format!(
+                    "transient failure (attempt {} of {n})",
+                    event.attempt
+                )));
+            }
+            return Ok(vec![Output::new(format!(
+                "recovered after {} failures",
+                event.attempt - 1
+            ))]);
+        }
+        if rule == "reject" {
+            return Err(HandlerError::reject("rejected by rule"));
+        }
+        if let Some(message) = rule.strip_prefix("reject:") {
+            return Err(HandlerError::reject(message));
+        }
+        match rule {
+            "trap" => panic!("chaos: trap requested"),
+            "loop" => spin(),
+            "oom" => exhaust_memory(),
+            _ => {}
+        }
+        if let Some(text) = rule.strip_prefix("log:") {
+            log::with_fields(log::Level::Info, text, &[("event", &event.id)]);
+            return Ok(vec![Output::new(text)]);
+        }
+        if let Some(text) = rule.strip_prefix("reply:") {
+            return Ok(vec![Output::reply(text)]);
+        }
+        if let Some(n) = rule.strip_prefix("fanout:") {
+            let n: u32 = count(rule, n)?;
+            return Ok((0..n).map(|i| Output::new(i.to_string())).collect());
+        }
+        Ok(vec![Output::from(event)])
+    }
+}
+
+fn count(rule: &str, n: &str) -> Result<u32, HandlerError> {
+    n.parse()
+        .map_err(|e| HandlerError::reject(format!("chaos: bad count in `{rule}`: {e}")))
+}
+
+/// Burns CPU forever; `black_box` keeps the optimiser from proving the loop
+/// empty and removing it (an infinite loop without side effects is UB).
+fn spin() -> ! {
+    loop {
+        black_box(());
+    }
+}
+
+/// Keeps every block alive and written to, so the memory is really committed
+/// and the allocator eventually fails, aborting the instance.
+fn exhaust_memory() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![0xa5; 1 << 20]);
+        black_box(&mut hoard);
+    }
+}
+
+sluice_plugin::export!(Chaos);

@@ -1,0 +1,86 @@
+//! `json_enricher`: filters and enriches JSON-object events. The object keeps
+//! its field order; the output has the event's key and headers, with
+//! `content-type: application/json` replacing any incoming `content-type`.
+//! A payload that is not a JSON object is rejected (dead-lettered).
+//!
+//! Config (all optional; any other key refuses the load):
+//! - `require`: a field name; events without that field are dropped.
+//! - `drop_if`: `field=value`; events whose `field` is the string `value` are
+//!   dropped.
+//! - `set.<field>`: adds `<field>` with this string value, or overwrites it.
+//! - `event_id_field`: a field name that receives the event's id.
+//!
+//! Filters look at the incoming object, before any field is set.
+
+use serde_json::{Map, Value};
+use sluice_plugin::{Config, Event, HandlerError, Output, Plugin};
+
+struct JsonEnricher {
+    require: Option<String>,
+    drop_if: Option<(String, String)>,
+    set: Vec<(String, String)>,
+    event_id_field: Option<String>,
+}
+
+impl Plugin for JsonEnricher {
+    fn init(config: Config) -> Result<Self, String> {
+        config.deny_unknown(&["require", "drop_if", "set.*", "event_id_field"])?;
+        let drop_if = match config.get("drop_if") {
+            None => None,
+            Some(rule) => match rule.split_once('=') {
+                Some((field, value)) if !field.is_empty() => {
+                    Some((field.to_owned(), value.to_owned()))
+                }
+                _ => return Err(format!("`drop_if` must be `field=value`, got `{rule}`")),
+            },
+        };
+        let set = config
+            .with_prefix("set.")
+            .map(|(field, value)| match field {
+                "" => Err("`set.` needs a field name, as in `set.team`".to_owned()),
+                _ => Ok((field.to_owned(), value.to_owned())),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(JsonEnricher {
+            require: config.get("require").map(str::to_owned),
+            drop_if,
+            set,
+            event_id_field: config.get("event_id_field").map(str::to_owned),
+        })
+    }
+
+    fn handle(&mut self, event: Event) -> Result<Vec<Output>, HandlerError> {
+        let mut object: Map<String, Value> = serde_json::from_slice(&event.payload)
+            .map_err(|e| HandlerError::reject(format!("payload is not a JSON object: {e}")))?;
+
+        if self
+            .require
+            .as_ref()
+            .is_some_and(|field| !object.contains_key(field))
+        {
+            return Ok(vec![]);
+        }
+        if let Some((field, value)) = &self.drop_if {
+            if object.get(field).and_then(Value::as_str) == Some(value.as_str()) {
+                return Ok(vec![]);
+            }
+        }
+        for (field, value) in &self.set {
+            object.insert(field.clone(), Value::String(value.clone()));
+        }
+        if let Some(field) = &self.event_id_field {
+            object.insert(field.clone(), Value::String(event.id.clone()));
+        }
+
+        let mut output = Output::json(&object)?;
+        output.key = event.key;
+        output.headers = event
+            .headers
+            .into_iter()
+            .filter(|h| h.key != "content-type")
+            .collect();
+        Ok(vec![output.with_header("content-type", "application/json")])
+    }
+}
+
+sluice_plugin::export!(JsonEnricher);
