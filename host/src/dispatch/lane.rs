@@ -142,6 +142,11 @@ impl Lane {
         mut result: Result<Vec<Output>, Failed>,
         done: &mpsc::Sender<Pending>,
     ) -> Result<(), DispatchError> {
+        if self.abandoning {
+            Stats::add(&self.d.stats.abandoned, 1);
+            ack.settle(Settlement::Abandon);
+            return Ok(());
+        }
         let mut first_failure = None;
         loop {
             let failed = match result {

@@ -1,1 +1,423 @@
+//! Dispatcher tests with scripted handlers, in-memory sources and sinks, and
+//! paused time: retries, backoff timing, dead letters, ordering, the
+//! ack-after-durable rule, sink failures and shutdown.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::BackoffConfig;
+use crate::event::{Disposition, Event, HandlerError, Output};
+use crate::runtime::instance::HandleResult;
+use crate::runtime::CallError;
+use crate::sink::{Receipt, Record};
+use crate::source::{Ack, Acknowledge, Delivery, Settlement};
+
+type Settlements = Arc<Mutex<Vec<(String, Settlement)>>>;
+
+struct RecordingAck {
+    id: String,
+    log: Settlements,
+}
+
+impl Acknowledge for RecordingAck {
+    fn settle(self: Box<Self>, settlement: Settlement) {
+        if let Ok(mut log) = self.log.lock() {
+            log.push((self.id, settlement));
+        }
+    }
+}
+
+/// A source that yields prepared deliveries, then either ends or (if
+/// `hold_open`) waits forever, as a broker would.
+struct VecSource {
+    items: VecDeque<Delivery>,
+    hold_open: bool,
+}
+
+#[async_trait::async_trait]
+impl Source for VecSource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        match self.items.pop_front() {
+            Some(d) => Ok(Some(d)),
+            None if self.hold_open => std::future::pending().await,
+            None => Ok(None),
+        }
+    }
+    fn describe(&self) -> String {
+        "vec".into()
+    }
+}
+
+fn event(id: &str, payload: &str) -> Event {
+    Event {
+        id: id.into(),
+        source: "test".into(),
+        key: None,
+        payload: payload.as_bytes().to_vec(),
+        headers: Vec::new(),
+        timestamp_ms: 0,
+        attempt: 1,
+        reply_to: None,
+    }
+}
+
+fn source(events: Vec<(Event, u32)>, log: &Settlements, hold_open: bool) -> Box<dyn Source> {
+    let items = events
+        .into_iter()
+        .map(|(event, partition)| Delivery {
+            ack: Ack::new(RecordingAck { id: event.id.clone(), log: log.clone() }),
+            event,
+            partition,
+            defect: None,
+        })
+        .collect();
+    Box::new(VecSource { items, hold_open })
+}
+
+/// How a [`MemorySink`] answers.
+#[derive(Clone, Copy, PartialEq)]
+enum SinkMode {
+    Ok,
+    /// Every send's receipt fails.
+    Fail,
+    /// Receipts resolve only when `release` is fired.
+    Held,
+}
+
+struct MemorySink {
+    records: Mutex<Vec<Record>>,
+    mode: SinkMode,
+    held: Mutex<Vec<oneshot::Sender<()>>>,
+}
+
+impl MemorySink {
+    fn new(mode: SinkMode) -> Arc<Self> {
+        Arc::new(Self { records: Mutex::new(Vec::new()), mode, held: Mutex::new(Vec::new()) })
+    }
+    fn payloads(&self) -> Vec<String> {
+        self.records
+            .lock()
+            .map(|r| r.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect())
+            .unwrap_or_default()
+    }
+    fn release(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            for tx in held.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for MemorySink {
+    async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
+        if let Ok(mut records) = self.records.lock() {
+            records.push(record);
+        }
+        Ok(match self.mode {
+            SinkMode::Ok => Receipt::ready(Ok(())),
+            SinkMode::Fail => Receipt::ready(Err(SinkError::Write { what: "memory".into(), message: "disk on fire".into() })),
+            SinkMode::Held => {
+                let (tx, rx) = oneshot::channel();
+                if let Ok(mut held) = self.held.lock() {
+                    held.push(tx);
+                }
+                let (durable_tx, durable) = tokio::sync::watch::channel(crate::sink::Durable::UpTo(0));
+                tokio::spawn(async move {
+                    let _ = rx.await;
+                    let _ = durable_tx.send(crate::sink::Durable::UpTo(1));
+                    durable_tx.closed().await;
+                });
+                Receipt::watermark(1, durable)
+            }
+        })
+    }
+    async fn close(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+type Script = dyn Fn(&Event, usize) -> Result<HandleResult, CallError> + Send + Sync;
+
+/// A handler factory driven by a closure of (event, events in this call).
+/// Records every call as (event id, attempt, batch size, time).
+struct Scripted {
+    script: Arc<Script>,
+    calls: Arc<Mutex<Vec<(String, u32, usize, Instant)>>>,
+}
+
+struct ScriptedHandler {
+    script: Arc<Script>,
+    calls: Arc<Mutex<Vec<(String, u32, usize, Instant)>>>,
+}
+
+impl Handler for ScriptedHandler {
+    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+        let now = Instant::now();
+        let mut results = Vec::new();
+        for e in events {
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push((e.id.clone(), e.attempt, events.len(), now));
+            }
+            results.push((self.script)(e, events.len())?);
+        }
+        Ok(results)
+    }
+}
+
+impl HandlerFactory for Scripted {
+    fn create(&self) -> Result<Box<dyn Handler>, String> {
+        Ok(Box::new(ScriptedHandler { script: self.script.clone(), calls: self.calls.clone() }))
+    }
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    fn digest(&self) -> &str {
+        "feedface"
+    }
+}
+
+fn echo(e: &Event) -> HandleResult {
+    Ok(vec![Output { destination: None, key: e.key.clone(), payload: e.payload.clone(), headers: vec![], reply: false }])
+}
+
+fn retryable(msg: &str) -> HandleResult {
+    Err(HandlerError { disposition: Disposition::Retryable, message: msg.into() })
+}
+
+struct Harness {
+    out: Arc<MemorySink>,
+    dlq: Arc<MemorySink>,
+    calls: Arc<Mutex<Vec<(String, u32, usize, Instant)>>>,
+    dispatcher: Dispatcher,
+}
+
+fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + Send + Sync + 'static, mode: SinkMode) -> Harness {
+    let out = MemorySink::new(mode);
+    let dlq = MemorySink::new(SinkMode::Ok);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let dispatcher = Dispatcher {
+        pipeline: "p".into(),
+        factory: Arc::new(Scripted { script: Arc::new(script), calls: calls.clone() }),
+        router: Router::new(out.clone(), HashMap::new()),
+        dead_letter: dlq.clone(),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff: BackoffConfig { initial: Duration::from_millis(100), max: Duration::from_secs(10), multiplier: 2.0, jitter: 0.0 },
+        },
+        concurrency: 1,
+        ordering: Ordering::Partition,
+        batch_size: 16,
+        stats: Arc::new(Stats::default()),
+    };
+    Harness { out, dlq, calls, dispatcher }
+}
+
+fn header<'a>(r: &'a Record, key: &str) -> Option<&'a str> {
+    crate::event::header(&r.headers, key).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn settlements(log: &Settlements) -> Vec<(String, Settlement)> {
+    log.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_with_backoff_then_succeeds() -> Result<(), DispatchError> {
+    let h = harness(|e, _| Ok(if e.attempt < 3 { retryable("busy") } else { echo(e) }), SinkMode::Ok);
+    let log = Settlements::default();
+    let stats = h.dispatcher.stats.clone();
+    h.dispatcher.run(source(vec![(event("a", "x"), 0)], &log, false), CancellationToken::new()).await?;
+
+    assert_eq!(h.out.payloads(), vec!["x"]);
+    assert!(h.dlq.payloads().is_empty());
+    assert_eq!(settlements(&log), vec![("a".into(), Settlement::Done)]);
+    let calls = h.calls.lock().map(|c| c.clone()).unwrap_or_default();
+    let attempts: Vec<u32> = calls.iter().map(|c| c.1).collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    // Backoff: 100 ms after attempt 1, 200 ms after attempt 2 (no jitter).
+    assert_eq!(calls[1].3 - calls[0].3, Duration::from_millis(100));
+    assert_eq!(calls[2].3 - calls[1].3, Duration::from_millis(200));
+    let s = stats.snapshot();
+    assert_eq!((s.failures, s.retries, s.acked, s.dead_lettered), (2, 2, 1, 0));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_dead_letter_the_original_event() -> Result<(), DispatchError> {
+    let h = harness(|_, _| Ok(retryable("still down")), SinkMode::Ok);
+    let log = Settlements::default();
+    let mut e = event("a", "payload");
+    e.headers.push(crate::event::text_header("trace", "t1"));
+    h.dispatcher.run(source(vec![(e, 0)], &log, false), CancellationToken::new()).await?;
+
+    assert!(h.out.payloads().is_empty());
+    let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(dlq.len(), 1);
+    let r = &dlq[0];
+    assert_eq!(r.payload, b"payload");
+    assert_eq!(header(r, "trace"), Some("t1"), "original headers kept");
+    assert_eq!(header(r, "sluice-dlq-reason"), Some("retries-exhausted"));
+    assert_eq!(header(r, "sluice-dlq-attempts"), Some("3"));
+    assert_eq!(header(r, "sluice-dlq-message"), Some("still down"));
+    assert_eq!(header(r, "sluice-dlq-plugin-digest"), Some("feedface"));
+    assert_eq!(header(r, "sluice-dlq-event-id"), Some("a"));
+    assert_eq!(settlements(&log), vec![("a".into(), Settlement::Done)], "dead-lettered events are done");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn reject_dead_letters_at_once() -> Result<(), DispatchError> {
+    let h = harness(
+        |e, _| Ok(if e.payload == b"bad" { Err(HandlerError { disposition: Disposition::Reject, message: "malformed".into() }) } else { echo(e) }),
+        SinkMode::Ok,
+    );
+    let log = Settlements::default();
+    let start = Instant::now();
+    h.dispatcher
+        .run(source(vec![(event("a", "bad"), 0), (event("b", "good"), 0)], &log, false), CancellationToken::new())
+        .await?;
+    assert_eq!(Instant::now(), start, "no backoff for a reject");
+    assert_eq!(h.out.payloads(), vec!["good"]);
+    let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0], "sluice-dlq-reason"), Some("rejected"));
+    assert_eq!(header(&dlq[0], "sluice-dlq-attempts"), Some("1"));
+    assert_eq!(h.calls.lock().map(|c| c.len()).unwrap_or(0), 2, "called once per event");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trapping_batch_is_rerun_one_by_one() -> Result<(), DispatchError> {
+    // A batch containing "trap" fails as a whole; alone, only "trap" fails.
+    let h = harness(
+        |e, _| if e.payload == b"trap" { Err(CallError::Trap("boom".into())) } else { Ok(echo(e)) },
+        SinkMode::Ok,
+    );
+    let log = Settlements::default();
+    let events = ["1", "2", "trap", "3"].iter().enumerate().map(|(i, p)| (event(&format!("e{i}"), p), 0)).collect();
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+    assert_eq!(h.out.payloads(), vec!["1", "2", "3"], "order kept around the culprit");
+    let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0], "sluice-dlq-message"), Some("plugin trapped: boom"));
+    assert_eq!(header(&dlq[0], "sluice-dlq-attempts"), Some("3"));
+    assert_eq!(settlements(&log).len(), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_partition_order_holds_across_lanes() -> Result<(), DispatchError> {
+    let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    h.dispatcher.concurrency = 4;
+    h.dispatcher.batch_size = 3;
+    let log = Settlements::default();
+    let events = (0..400).map(|i| (event(&format!("{i}"), &format!("{}:{i}", i % 5)), i % 5)).collect();
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+    let out = h.out.payloads();
+    assert_eq!(out.len(), 400);
+    for partition in 0..5 {
+        let seq: Vec<u32> = out
+            .iter()
+            .filter_map(|p| p.split_once(':'))
+            .filter(|(part, _)| *part == partition.to_string())
+            .filter_map(|(_, i)| i.parse().ok())
+            .collect();
+        let mut sorted = seq.clone();
+        sorted.sort_unstable();
+        assert_eq!(seq, sorted, "partition {partition} out of order");
+        assert_eq!(seq.len(), 80);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn acks_wait_for_durable_receipts() -> Result<(), DispatchError> {
+    let h = harness(|e, _| Ok(echo(e)), SinkMode::Held);
+    let log = Settlements::default();
+    let out = h.out.clone();
+    let run = tokio::spawn(h.dispatcher.run(source(vec![(event("a", "x"), 0)], &log, false), CancellationToken::new()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out.payloads().is_empty() {
+        assert!(Instant::now() < deadline, "output never sent");
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(settlements(&log).is_empty(), "acked before the sink said durable");
+    out.release();
+    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    assert_eq!(settlements(&log), vec![("a".into(), Settlement::Done)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_sink_stops_the_pipeline_without_acking() {
+    let h = harness(|e, _| Ok(echo(e)), SinkMode::Fail);
+    let log = Settlements::default();
+    let result = h
+        .dispatcher
+        .run(source(vec![(event("a", "x"), 0), (event("b", "y"), 0)], &log, false), CancellationToken::new())
+        .await;
+    assert!(matches!(result, Err(DispatchError::Sink(_))), "{result:?}");
+    assert!(
+        settlements(&log).iter().all(|(_, s)| *s == Settlement::Abandon),
+        "nothing may be acked when its output was not written: {:?}",
+        settlements(&log)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_hands_back_an_event_waiting_to_retry_and_those_behind_it() -> Result<(), DispatchError> {
+    let h = harness(|e, _| Ok(if e.payload == b"flaky" { retryable("busy") } else { echo(e) }), SinkMode::Ok);
+    let log = Settlements::default();
+    let shutdown = CancellationToken::new();
+    let calls = h.calls.clone();
+    let events = vec![(event("a", "ok"), 0), (event("b", "flaky"), 0), (event("c", "ok"), 0)];
+    let run = tokio::spawn(h.dispatcher.run(source(events, &log, true), shutdown.clone()));
+    // Wait until "b" failed once and is waiting for its backoff.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !calls.lock().map(|c| c.iter().any(|c| c.0 == "b")).unwrap_or(false) {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    shutdown.cancel();
+    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    let s = settlements(&log);
+    assert!(s.contains(&("a".into(), Settlement::Done)), "{s:?}");
+    assert!(s.contains(&("b".into(), Settlement::Abandon)), "{s:?}");
+    assert!(s.contains(&("c".into(), Settlement::Abandon)), "c must not overtake b: {s:?}");
+    assert_eq!(h.out.payloads(), vec!["ok"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn undecodable_deliveries_skip_the_plugin() -> Result<(), DispatchError> {
+    let h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    let log = Settlements::default();
+    let source = Box::new(VecSource {
+        items: VecDeque::from(vec![Delivery {
+            event: event("x", "{not json"),
+            partition: 0,
+            defect: Some("line 1: not a valid event".into()),
+            ack: Ack::new(RecordingAck { id: "x".into(), log: log.clone() }),
+        }]),
+        hold_open: false,
+    });
+    h.dispatcher.run(source, CancellationToken::new()).await?;
+    assert_eq!(h.calls.lock().map(|c| c.len()).unwrap_or(1), 0);
+    let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].payload, b"{not json");
+    assert_eq!(header(&dlq[0], "sluice-dlq-reason"), Some("undecodable"));
+    assert_eq!(settlements(&log), vec![("x".into(), Settlement::Done)]);
+    Ok(())
+}
