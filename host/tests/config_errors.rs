@@ -295,7 +295,33 @@ fn valid_configs_load_with_env_interpolation() -> TestResult {
     assert_eq!(get("region"), Some("eu-west"), "default used");
     assert_eq!(get("empty"), Some(""), "empty default");
     assert_eq!(get("price"), Some("$5"), "`$$` is a literal `$`");
-    assert_eq!(get("greeting"), Some("hello $USER"), "a `$` not followed by `{` is kept");
+    assert_eq!(get("greeting"), Some("hello $USER"), "a `$` not followed by `{{` is kept");
     assert_eq!(p.policy.max_attempts, 7, "a number from a default");
+    Ok(())
+}
+
+#[test]
+fn the_documented_example_loads() -> TestResult {
+    // The "complete annotated example" of docs/configuration.md must stay
+    // valid. Every variable it references is set, to `value-of-NAME`.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let text = std::fs::read_to_string(&docs)?;
+    let start = text
+        .find("```toml\n# sluice.toml: complete example")
+        .ok_or("no complete example in docs/configuration.md")?;
+    let block = &text[start + "```toml\n".len()..];
+    let block = &block[..block.find("```").ok_or("the example block is not closed")?];
+    let config = sluice::config::parse(block, &docs.with_file_name("sluice.toml"), |name| {
+        Some(format!("value-of-{name}"))
+    })?;
+    assert_eq!(config.pipelines.len(), 2);
+    let flat = config
+        .pipelines
+        .get("orders")
+        .ok_or("no pipeline `orders`")?
+        .plugin
+        .init_config()?;
+    let keys: Vec<&str> = flat.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["api_token", "max_items", "require", "set.env", "strict"], "as the example's comment says");
     Ok(())
 }

@@ -1,9 +1,17 @@
 //! Structured logging into the host's log stream.
 //!
-//! The host tags every line with the pipeline, plugin and event id and
-//! rate-limits it per plugin, so log freely but do not repeat those tags as
-//! fields. Outside a component (native unit tests) these calls panic: the
-//! import only exists when the host provides it.
+//! The host tags every line with the pipeline and plugin, so do not repeat
+//! those as fields. It also tags the id of the event being handled, but
+//! during a `handle-batch` call that is the id of the batch's first event:
+//! add the event id as a field where the exact event matters. Lines are
+//! rate-limited per plugin instance (100 a second on average, bursts of 200);
+//! the excess is dropped and counted.
+//!
+//! Outside a component (native unit tests) the import does not exist: a call
+//! reaches an `unreachable!()` stub in an `extern "C"` function, a panic that
+//! cannot unwind, so it aborts the whole test binary instead of failing one
+//! test. Keep log calls out of natively tested paths, or guard them with
+//! `if cfg!(target_arch = "wasm32")`.
 
 pub use crate::bindings::sluice::plugin::log::Level;
 

@@ -27,10 +27,15 @@ pub fn interpolate(
             out.push('$');
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
-            let end = tail.find('}').ok_or_else(|| InterpolateError {
-                line,
-                message: "unterminated `${`: expected `${NAME}` or `${NAME:-default}`".into(),
-            })?;
+            // A reference ends on its own line: a `}` further down belongs
+            // to something else (an inline table, say).
+            let end = tail
+                .find(['}', '\n'])
+                .filter(|&end| tail[end..].starts_with('}'))
+                .ok_or_else(|| InterpolateError {
+                    line,
+                    message: "`${` is not closed on this line: write `${NAME}` or `${NAME:-default}`, or `$${` for a literal `${`".into(),
+                })?;
             let reference = &tail[..end];
             let (name, default) = match reference.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
@@ -44,7 +49,7 @@ pub fn interpolate(
                 return Err(InterpolateError {
                     line,
                     message: format!(
-                        "`${{{reference}}}` is not a valid reference: names use A-Z, 0-9 and _"
+                        "`${{{reference}}}` is not a valid reference: write `${{NAME}}` or `${{NAME:-default}}`, where NAME has only letters, digits and `_`"
                     ),
                 });
             }
@@ -55,7 +60,7 @@ pub fn interpolate(
                     return Err(InterpolateError {
                         line,
                         message: format!(
-                            "environment variable `{name}` is not set (use `${{{name}:-default}}` for a fallback)"
+                            "environment variable `{name}` is not set: set it, or write `${{{name}:-default}}` to fall back to a default"
                         ),
                     })
                 }
@@ -95,7 +100,7 @@ mod tests {
             err,
             Some((
                 3,
-                "environment variable `NOPE` is not set (use `${NOPE:-default}` for a fallback)"
+                "environment variable `NOPE` is not set: set it, or write `${NOPE:-default}` to fall back to a default"
                     .to_owned()
             ))
         );
@@ -106,5 +111,8 @@ mod tests {
         assert!(interpolate("${a b}", &env).is_err());
         assert!(interpolate("${TOKEN", &env).is_err());
         assert!(interpolate("${}", &env).is_err());
+        // The `}` of a later line does not close a reference.
+        let err = interpolate("a = \"${TOKEN\"\nb = { c = 1 }", &env).err();
+        assert_eq!(err.map(|e| (e.line, e.message.starts_with("`${` is not closed"))), Some((1, true)));
     }
 }

@@ -16,18 +16,17 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
         .filter(|(_, p)| matches!(p.source, SourceConfig::Stdin { .. }))
         .map(|(name, _)| name)
         .collect();
-    if let [_, second, ..] = stdin_users.as_slice() {
+    if let [first, second, ..] = stdin_users.as_slice() {
         return Err(Violation {
             pipeline: (*second).clone(),
             key: "source.kind".into(),
             message: format!(
-                "stdin is already the source of pipeline `{}`; only one pipeline can read it",
-                stdin_users[0]
+                "stdin is already the source of pipeline `{first}`; only one pipeline can read it, so give `{second}` another source"
             ),
         });
     }
     for (name, pipeline) in &config.pipelines {
-        validate_pipeline(pipeline).map_err(|(key, message)| Violation {
+        validate_pipeline(name, pipeline).map_err(|(key, message)| Violation {
             pipeline: name.clone(),
             key: key.into(),
             message,
@@ -36,16 +35,22 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
     Ok(())
 }
 
-fn validate_pipeline(p: &PipelineConfig) -> Result<(), (&'static str, String)> {
+fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str, String)> {
     let policy = &p.policy;
     if p.dead_letter.is_none() {
         return Err((
             "dead_letter",
-            "missing: rejected events and events out of attempts need somewhere to go; add a [pipelines.<name>.dead_letter] sink".into(),
+            format!(
+                "missing: events that are rejected or run out of attempts need somewhere to go; add one under [pipelines.{}], e.g. `dead_letter = {{ kind = \"file\", path = \"dead-letter.jsonl\" }}`",
+                table_key(name)
+            ),
         ));
     }
     if policy.max_attempts == 0 {
-        return Err(("policy.max_attempts", "must be at least 1 (the first attempt counts)".into()));
+        return Err((
+            "policy.max_attempts",
+            "must be at least 1, got 0 (the first attempt counts: 1 means no retries)".into(),
+        ));
     }
     if policy.concurrency == 0 || policy.concurrency > 1024 {
         return Err(("policy.concurrency", format!("must be between 1 and 1024, got {}", policy.concurrency)));
@@ -54,29 +59,67 @@ fn validate_pipeline(p: &PipelineConfig) -> Result<(), (&'static str, String)> {
         return Err(("policy.batch_size", format!("must be between 1 and 4096, got {}", policy.batch_size)));
     }
     if policy.timeout.is_zero() {
-        return Err(("policy.timeout", "must be greater than zero".into()));
+        return Err(("policy.timeout", "must be greater than zero, e.g. \"5s\" or \"250ms\"".into()));
     }
     if policy.memory.as_u64() < 1024 * 1024 {
         return Err(("policy.memory", format!("must be at least 1 MiB, got {}", policy.memory)));
     }
     let backoff = &policy.backoff;
     if !(backoff.multiplier >= 1.0 && backoff.multiplier.is_finite()) {
-        return Err(("policy.backoff.multiplier", format!("must be a number ≥ 1, got {}", backoff.multiplier)));
+        return Err((
+            "policy.backoff.multiplier",
+            format!("must be a number ≥ 1 (1 keeps every delay the same), got {}", backoff.multiplier),
+        ));
     }
     if !(0.0..=1.0).contains(&backoff.jitter) {
-        return Err(("policy.backoff.jitter", format!("must be between 0 and 1, got {}", backoff.jitter)));
+        return Err((
+            "policy.backoff.jitter",
+            format!("must be a fraction between 0 and 1 (0.2 spreads each delay by ±20%), got {}", backoff.jitter),
+        ));
     }
     if backoff.initial > backoff.max {
         return Err((
             "policy.backoff.initial",
-            format!("{:?} is longer than policy.backoff.max ({:?})", backoff.initial, backoff.max),
+            format!(
+                "{} is longer than policy.backoff.max ({}): the first delay cannot exceed the longest; lower `initial` or raise `max`",
+                humantime::format_duration(backoff.initial),
+                humantime::format_duration(backoff.max)
+            ),
         ));
     }
     if let Some(pin) = &p.plugin.sha256 {
         if pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(("plugin.sha256", "must be 64 hexadecimal characters".into()));
+            // The pin is not echoed: it may come from an environment variable.
+            let got = match pin.chars().count() {
+                _ if pin.starts_with("sha256:") => "drop the `sha256:` prefix".to_owned(),
+                64 => "it has characters other than 0-9 and a-f".to_owned(),
+                n => format!("got {n} characters"),
+            };
+            return Err((
+                "plugin.sha256",
+                format!("must be 64 hexadecimal characters, as printed by `sha256sum` or `sluice plugin inspect`; {got}"),
+            ));
         }
     }
-    p.plugin.init_config().map_err(|m| ("plugin.config", m))?;
+    p.plugin.init_config().map_err(|m| {
+        (
+            "plugin.config",
+            format!("{m}: join the items into one string (e.g. \"a,b\") and split it in the plugin"),
+        )
+    })?;
     Ok(())
+}
+
+/// `name` as it must be written in a TOML table header: bare when it can be,
+/// quoted otherwise.
+fn table_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
 }

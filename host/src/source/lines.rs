@@ -102,6 +102,8 @@ impl LineSource {
             }
             self.line += 1;
         }
+        // The last skipped line must not prefix the first line read next.
+        self.buf.clear();
         if let Ok(mut ledger) = self.ledger.lock() {
             ledger.progress = Progress::starting_at(self.line + 1);
         }

@@ -13,6 +13,8 @@
 //! | `log:<text>`     | logs `<text>` at info with field `event=<id>`, outputs `<text>`     |
 //! | `reply:<text>`   | one reply output, payload `<text>`                                  |
 //! | `fanout:<n>`     | `n` outputs with payloads `0` … `n-1`                               |
+//! | `env:<NAME>`     | one output: the variable's value, or `unset` (sandbox tests)        |
+//! | `read:<path>`    | one output: the file's contents, or `denied: <error>` (sandbox tests) |
 //! | anything else    | the event unchanged (key, payload, headers)                         |
 //!
 //! A malformed count (`retry:x`, `fanout:-1`) is rejected.
@@ -80,6 +82,14 @@ impl Plugin for Chaos {
         if let Some(n) = rule.strip_prefix("fanout:") {
             let n: u32 = count(rule, n)?;
             return Ok((0..n).map(|i| Output::new(i.to_string())).collect());
+        }
+        if let Some(name) = rule.strip_prefix("env:") {
+            let value = std::env::var(name).unwrap_or_else(|_| "unset".into());
+            return Ok(vec![Output::new(value)]);
+        }
+        if let Some(path) = rule.strip_prefix("read:") {
+            let content = std::fs::read_to_string(path).unwrap_or_else(|e| format!("denied: {e}"));
+            return Ok(vec![Output::new(content)]);
         }
         Ok(vec![Output::from(event)])
     }

@@ -1,0 +1,251 @@
+//! The dispatch path, WASM against native, in one run.
+//!
+//! - `call/*`: one plugin call over a batch, the guest being the Rust
+//!   `passthrough` component, against a native function doing the same work
+//!   (copy key, payload and headers into one output).
+//! - `pipeline/*`: the whole dispatcher (intake, lane, plugin, router, sink,
+//!   completer, ack) from an in-memory source to a sink that accepts at once,
+//!   with the wasm plugin and with a native handler.
+//!
+//! After criterion's own report, a table of events/s and WASM/native ratios
+//! is printed from criterion's estimates. Needs the plugins built
+//! (`./dev plugins`); `SLUICE_PLUGIN_DIR` overrides where they are.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use tokio_util::sync::CancellationToken;
+
+use sluice::config::{BackoffConfig, Ordering, WasiGrants};
+use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, RetryPolicy, Router, Stats};
+use sluice::event::{Event, Header, Output};
+use sluice::runtime::instance::HandleResult;
+use sluice::runtime::{CallError, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
+use sluice::sink::{Receipt, Record, Sink, SinkError};
+use sluice::source::{Ack, Delivery, Source, SourceError};
+
+const SIZES: [(usize, &str); 2] = [(100, "100B"), (10 * 1024, "10KiB")];
+const BATCHES: [usize; 3] = [1, 64, 256];
+const PIPELINE_EVENTS: usize = 20_000;
+
+fn plugin_path() -> PathBuf {
+    let dir = std::env::var_os("SLUICE_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release")
+    });
+    dir.join("passthrough.wasm")
+}
+
+fn event(i: usize, size: usize) -> Event {
+    Event {
+        id: format!("bench:{i}"),
+        source: "bench".into(),
+        key: Some(format!("k{}", i % 16).into_bytes()),
+        payload: vec![b'x'; size],
+        headers: vec![Header { key: "content-type".into(), value: b"text/plain".to_vec() }],
+        timestamp_ms: 1_700_000_000_000,
+        attempt: 1,
+        reply_to: None,
+    }
+}
+
+/// What `passthrough` does, natively.
+fn native_passthrough(events: &[Event]) -> Vec<HandleResult> {
+    events
+        .iter()
+        .map(|e| {
+            Ok(vec![Output {
+                destination: None,
+                key: e.key.clone(),
+                payload: e.payload.clone(),
+                headers: e.headers.clone(),
+                reply: false,
+            }])
+        })
+        .collect()
+}
+
+struct Native;
+impl Handler for Native {
+    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+        Ok(native_passthrough(events))
+    }
+}
+impl HandlerFactory for Native {
+    fn create(&self) -> Result<Box<dyn Handler>, String> {
+        Ok(Box::new(Native))
+    }
+    fn name(&self) -> &str {
+        "native"
+    }
+    fn digest(&self) -> &str {
+        "native"
+    }
+}
+
+struct MemorySource(VecDeque<Event>);
+#[async_trait::async_trait]
+impl Source for MemorySource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        Ok(self.0.pop_front().map(|event| Delivery { event, partition: 0, defect: None, ack: Ack::noop() }))
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// Accepts every record at once: measures the dispatcher, not a disk.
+struct NullSink;
+#[async_trait::async_trait]
+impl Sink for NullSink {
+    async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
+        std::hint::black_box(record);
+        Ok(Receipt::ready(Ok(())))
+    }
+    async fn close(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "null".into()
+    }
+}
+
+fn load(runtime: &Runtime) -> LoadedPlugin {
+    let spec = PluginSpec {
+        pipeline: "bench".into(),
+        path: plugin_path(),
+        sha256: None,
+        config: Vec::new(),
+        wasi: WasiGrants::default(),
+        timeout: Duration::from_secs(5),
+        memory: 256 << 20,
+    };
+    match LoadedPlugin::load(runtime, spec) {
+        Ok(plugin) => plugin,
+        Err(err) => {
+            eprintln!("cannot load the passthrough plugin ({err}); build it with ./dev plugins");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn bench_calls(c: &mut Criterion, plugin: &LoadedPlugin) {
+    let mut group = c.benchmark_group("call");
+    for (size, label) in SIZES {
+        for batch in BATCHES {
+            let events: Vec<Event> = (0..batch).map(|i| event(i, size)).collect();
+            group.throughput(Throughput::Elements(batch as u64));
+            let id = format!("{label}/batch{batch}");
+            group.bench_function(BenchmarkId::new("native", &id), |b| {
+                b.iter(|| std::hint::black_box(native_passthrough(&events)))
+            });
+            let mut instance = match plugin.instantiate() {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            group.bench_function(BenchmarkId::new("wasm", &id), |b| {
+                b.iter(|| std::hint::black_box(instance.handle(&events).map(|r| r.len()).unwrap_or(0)))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
+    Dispatcher {
+        pipeline: "bench".into(),
+        factory,
+        router: Router::new(Arc::new(NullSink), HashMap::new()),
+        dead_letter: Arc::new(NullSink),
+        retry: RetryPolicy { max_attempts: 1, backoff: BackoffConfig::default() },
+        concurrency: 1,
+        ordering: Ordering::Partition,
+        batch_size: batch,
+        stats: Arc::new(Stats::default()),
+    }
+}
+
+fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+    for (size, label) in SIZES {
+        let events: Vec<Event> = (0..PIPELINE_EVENTS).map(|i| event(i, size)).collect();
+        group.throughput(Throughput::Elements(PIPELINE_EVENTS as u64));
+        for (name, factory) in [("native", Arc::new(Native) as Arc<dyn HandlerFactory>), ("wasm", Arc::new(plugin.clone()))] {
+            group.bench_function(BenchmarkId::new(name, format!("{label}/batch64")), |b| {
+                b.iter_batched(
+                    || MemorySource(events.clone().into()),
+                    |source| {
+                        rt.block_on(dispatcher(factory.clone(), 64).run(Box::new(source), CancellationToken::new()))
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Reads criterion's mean estimate (ns per iteration) for one benchmark.
+fn mean_ns(group: &str, function: &str, param: &str) -> Option<f64> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/criterion")
+        .join(group)
+        .join(function)
+        .join(param.replace('/', "_"))
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["mean"]["point_estimate"].as_f64()
+}
+
+fn report() {
+    println!("\n| path | payload | batch | native events/s | wasm events/s | wasm/native |");
+    println!("|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (_, label) in SIZES {
+        for batch in BATCHES {
+            rows.push(("call", label, batch, format!("{label}/batch{batch}"), batch as f64));
+        }
+        rows.push(("pipeline", label, 64, format!("{label}/batch64"), PIPELINE_EVENTS as f64));
+    }
+    for (group, label, batch, param, per_iter) in rows {
+        if let (Some(native), Some(wasm)) = (mean_ns(group, "native", &param), mean_ns(group, "wasm", &param)) {
+            let rate = |ns: f64| per_iter / (ns / 1e9);
+            println!(
+                "| {group} | {label} | {batch} | {:.0} | {:.0} | {:.2} |",
+                rate(native),
+                rate(wasm),
+                rate(wasm) / rate(native)
+            );
+        }
+    }
+}
+
+fn main() {
+    let runtime = match Runtime::new(&RuntimeOptions::default()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let plugin = load(&runtime);
+    let mut c = Criterion::default().configure_from_args();
+    bench_calls(&mut c, &plugin);
+    bench_pipeline(&mut c, &plugin);
+    c.final_summary();
+    report();
+}

@@ -1,0 +1,407 @@
+//! Helpers shared by the end-to-end tests: where the binary and the plugins
+//! are, a scratch folder per test with its config and events, running the
+//! binary under a deadline, and reading JSON-lines files back.
+//!
+//! Nothing here sleeps and hopes: anything that waits polls a condition
+//! until a deadline and fails with what it was waiting for.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// How long a whole `sluice` run may take before the test gives up. Generous:
+/// a debug build compiling a component takes a second or two on a busy
+/// machine, and the slowest test handles a few thousand events.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often [`wait_for`] looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The workspace root (the folder holding `host/`, `plugins/`, `tests/`).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The `sluice` binary under test: `$SLUICE_BIN`, or the workspace's debug
+/// build. Panics with how to build it when it is missing, so a fresh checkout
+/// gets an instruction rather than "No such file or directory".
+pub fn sluice_bin() -> PathBuf {
+    let path = std::env::var_os("SLUICE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug/sluice"));
+    assert!(
+        path.is_file(),
+        "the sluice binary is missing at {}: run `cargo build -p sluice` first \
+         (or set SLUICE_BIN to the binary to test); `./dev test` does both",
+        path.display()
+    );
+    path
+}
+
+/// The component of example plugin `name` (`chaos`, `uppercase`…). Panics
+/// with how to build the plugins when it is missing.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = root()
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "plugin {name} is missing at {}: run `bash scripts/build-plugins.sh` first",
+        path.display()
+    );
+    path
+}
+
+/// sha256 of a file, hex: what the host reports as a plugin's digest.
+pub fn sha256_hex(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Where compiled components are cached between runs of the suite. Keyed by
+/// the component's sha256 and the engine's settings (see
+/// `host/src/runtime/engine.rs`), so a rebuilt plugin or host never loads a
+/// stale artefact; it only spares each test the second or two of compiling.
+pub fn compile_cache() -> PathBuf {
+    root().join("target/sluice-tests/compiled")
+}
+
+/// A path or string as a TOML basic string, quotes included. JSON string
+/// escapes are valid TOML escapes.
+pub fn toml_str(text: impl AsRef<str>) -> String {
+    serde_json::Value::String(text.as_ref().to_owned()).to_string()
+}
+
+/// [`toml_str`] for a path.
+pub fn toml_path(path: &Path) -> String {
+    toml_str(path.to_string_lossy())
+}
+
+/// A `[runtime]` table using the shared [`compile_cache`].
+pub fn runtime_table() -> String {
+    format!("[runtime]\ncache_dir = {}\n", toml_path(&compile_cache()))
+}
+
+/// A one-pipeline config: `events.jsonl` → `plugin` → `out.jsonl`, failures to
+/// `dlq.jsonl` (all relative to the config's folder). `plugin_config` and
+/// `policy` are TOML lines for the plugin's `config` and `policy` tables.
+pub fn one_pipeline(name: &str, plugin_name: &str, plugin_config: &str, policy: &str) -> String {
+    format!(
+        r#"{runtime}
+[pipelines.{name}]
+source = {{ kind = "file", path = "events.jsonl" }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+
+[pipelines.{name}.plugin]
+path = {plugin}
+
+[pipelines.{name}.plugin.config]
+{plugin_config}
+
+[pipelines.{name}.policy]
+{policy}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin(plugin_name)),
+    )
+}
+
+/// An event line of the file source's JSON encoding with only a payload.
+pub fn event(payload: &str) -> Value {
+    serde_json::json!({ "payload": payload })
+}
+
+/// A scratch folder for one test: config, events, outputs. Removed when
+/// dropped (kept, with its path printed, when `SLUICE_KEEP_TMP` is set).
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Result<Self> {
+        let keep = std::env::var_os("SLUICE_KEEP_TMP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-e2e-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .context("creating a temporary folder")?;
+        if keep {
+            eprintln!("scratch folder kept: {}", dir.path().display());
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes a file (creating folders), replacing it.
+    pub fn write(&self, relative: &str, contents: impl AsRef<[u8]>) -> Result<PathBuf> {
+        let path = self.path(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Writes `events` as JSON lines, replacing the file.
+    pub fn write_events(&self, relative: &str, events: &[Value]) -> Result<PathBuf> {
+        self.write(relative, jsonl(events))
+    }
+
+    /// Appends `events` as JSON lines.
+    pub fn append_events(&self, relative: &str, events: &[Value]) -> Result<()> {
+        use std::io::Write;
+        let path = self.path(relative);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {} to append", path.display()))?;
+        file.write_all(jsonl(events).as_bytes())
+            .with_context(|| format!("appending to {}", path.display()))
+    }
+
+    /// The file as text; a missing file reads as empty.
+    pub fn read(&self, relative: &str) -> Result<String> {
+        read_or_empty(&self.path(relative))
+    }
+
+    /// Every line of a JSON-lines file, parsed; a missing file has none.
+    pub fn read_jsonl(&self, relative: &str) -> Result<Vec<Value>> {
+        read_jsonl(&self.path(relative))
+    }
+
+    /// Complete lines (newline-terminated) in a file so far; a missing file
+    /// has none. For polling a file that is still being written.
+    pub fn count_lines(&self, relative: &str) -> usize {
+        std::fs::read(self.path(relative))
+            .map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+            .unwrap_or(0)
+    }
+
+    /// A `sluice` command running in this folder.
+    pub fn sluice(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(sluice_bin());
+        command.args(args).current_dir(self.dir());
+        command
+    }
+
+    /// Runs `sluice args…` in this folder to completion, within [`RUN_TIMEOUT`].
+    pub fn run(&self, args: &[&str]) -> Result<Finished> {
+        Running::spawn(self.sluice(args))?.wait(RUN_TIMEOUT)
+    }
+}
+
+fn jsonl(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+fn read_or_empty(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Every line of a JSON-lines file, parsed; a missing file has none.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
+    parse_jsonl(&read_or_empty(path)?).with_context(|| format!("in {}", path.display()))
+}
+
+/// Parses JSON lines (blank lines skipped).
+pub fn parse_jsonl(text: &str) -> Result<Vec<Value>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("line {} is not JSON: {line}", i + 1)))
+        .collect()
+}
+
+/// The `payload` field of each record, as text.
+pub fn payloads(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["payload"].as_str().unwrap_or("<no text payload>").to_owned())
+        .collect()
+}
+
+/// The first header `name` of a record, whichever header encoding it uses
+/// (an object, or an array of `[name, value]` pairs when a name repeats).
+pub fn header<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
+    match &record["headers"] {
+        Value::Object(map) => map.get(name).and_then(Value::as_str),
+        Value::Array(pairs) => pairs
+            .iter()
+            .find(|pair| pair[0].as_str() == Some(name))
+            .and_then(|pair| pair[1].as_str()),
+        _ => None,
+    }
+}
+
+/// Polls `probe` every few milliseconds until it yields a value or `within`
+/// passes; the error names `what` was awaited.
+pub fn poll_until<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until `condition` holds, or fails after `within` naming `what`.
+pub fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) -> Result<()> {
+    poll_until(what, within, || Ok(condition().then_some(())))
+}
+
+/// How a process ended, with everything it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Fails with the process's output unless it exited with status 0.
+    pub fn ensure_success(&self) -> Result<&Self> {
+        if !self.status.success() {
+            bail!("sluice exited with {}\n--- stdout\n{}\n--- stderr\n{}", self.status, self.stdout, self.stderr);
+        }
+        Ok(self)
+    }
+
+    /// Fails with the process's output if it exited with status 0.
+    pub fn ensure_failure(&self) -> Result<&Self> {
+        if self.status.success() {
+            bail!("sluice exited with 0 but should have failed\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        }
+        Ok(self)
+    }
+}
+
+/// A process under test, its output collected as it runs. Dropping it kills
+/// the process, so a failing test leaves nothing behind.
+pub struct Running {
+    child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    pub fn spawn(mut command: Command) -> Result<Self> {
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
+        let stdout = child.stdout.take().map(collect);
+        let stderr = child.stderr.take().map(collect);
+        Ok(Self { child, stdout, stderr })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM, as a service manager does to stop a service.
+    pub fn terminate(&self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .context("running `kill`")?;
+        if !status.success() {
+            bail!("`kill -TERM {}` failed: {status}", self.pid());
+        }
+        Ok(())
+    }
+
+    /// Waits until `condition` holds while the process keeps running. Fails
+    /// early if the process exits first, and on either failure kills it and
+    /// reports what it printed.
+    pub fn wait_until(&mut self, what: &str, within: Duration, mut condition: impl FnMut() -> bool) -> Result<()> {
+        let child = &mut self.child;
+        let outcome = poll_until(what, within, || {
+            if condition() {
+                return Ok(Some(()));
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("sluice exited ({status}) while we waited for {what}");
+            }
+            Ok(None)
+        });
+        if let Err(err) = outcome {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let (stdout, stderr) = self.output();
+            bail!("{err}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit within `within`; kills it and fails
+    /// (with what it printed) otherwise.
+    pub fn wait(mut self, within: Duration) -> Result<Finished> {
+        let child = &mut self.child;
+        let status = poll_until("sluice to exit", within, || Ok(child.try_wait()?));
+        let status = match status {
+            Ok(status) => status,
+            Err(err) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let (stdout, stderr) = self.output();
+                bail!("{err}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+            }
+        };
+        let (stdout, stderr) = self.output();
+        Ok(Finished { status, stdout, stderr })
+    }
+
+    fn output(&mut self) -> (String, String) {
+        let text = |handle: Option<JoinHandle<Vec<u8>>>| {
+            handle
+                .and_then(|h| h.join().ok())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default()
+        };
+        (text(self.stdout.take()), text(self.stderr.take()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn collect(mut stream: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        bytes
+    })
+}
