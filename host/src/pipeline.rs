@@ -99,7 +99,8 @@ async fn open_source(config: &SourceConfig) -> Result<Box<dyn Source>, SourceErr
             format,
             follow,
             checkpoint,
-        } => Box::new(LineSource::file(path.clone(), *format, *follow, checkpoint.clone()).await?),
+            name,
+        } => Box::new(LineSource::file(name.clone(), path.clone(), *format, *follow, checkpoint.clone()).await?),
         SourceConfig::Stdin { format } => Box::new(LineSource::stdin(*format)),
     })
 }

@@ -196,7 +196,7 @@ fn valid_configs_load_with_defaults_applied() -> TestResult {
     assert_eq!(config.runtime.shutdown_timeout, Duration::from_secs(30));
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     match &p.source {
-        SourceConfig::File { path, format, follow, checkpoint } => {
+        SourceConfig::File { path, format, follow, checkpoint, .. } => {
             assert_eq!(path, &dir.join("events.jsonl"), "relative to the config's folder");
             assert_eq!((*format, *follow, checkpoint), (LineFormat::Json, false, &None));
         }
@@ -231,7 +231,7 @@ fn valid_configs_load_with_everything_set() -> TestResult {
 
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     match &p.source {
-        SourceConfig::File { path, format, follow, checkpoint } => {
+        SourceConfig::File { path, format, follow, checkpoint, .. } => {
             assert_eq!(path, &dir.join("data/orders.jsonl"));
             assert_eq!((*format, *follow), (LineFormat::Json, true));
             assert_eq!(checkpoint, &Some(dir.join("state/orders.checkpoint")));

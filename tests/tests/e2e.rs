@@ -90,7 +90,7 @@ fn quickstart_prints_the_expected_output() -> Result<()> {
     assert_eq!(dlq.len(), 1, "{dlq:#?}");
     assert_eq!(dlq[0]["payload"], "this is not JSON");
     assert_eq!(dlq_header(&dlq[0], "sluice-dlq-reason")?, "rejected");
-    assert_eq!(dlq_header(&dlq[0], "sluice-dlq-event-id")?, "examples/quickstart/events.jsonl:5");
+    assert_eq!(dlq_header(&dlq[0], "sluice-dlq-event-id")?, "events.jsonl:5");
     assert!(dlq_header(&dlq[0], "sluice-dlq-message")?.starts_with("payload is not a JSON object"));
     Ok(())
 }
@@ -142,7 +142,7 @@ backoff = { initial = "20ms", max = "20ms", multiplier = 1.0, jitter = 0.0 }"#,
     assert_eq!(h("sluice-dlq-plugin")?, "chaos");
     assert_eq!(h("sluice-dlq-plugin-digest")?, sha256_hex(&plugin("chaos"))?);
     assert_eq!(h("sluice-dlq-event-id")?, "evt-1");
-    assert_eq!(h("sluice-dlq-source")?, "./events.jsonl");
+    assert_eq!(h("sluice-dlq-source")?, "events.jsonl");
 
     let first = humantime::parse_rfc3339(h("sluice-dlq-first-failure")?)?;
     let last = humantime::parse_rfc3339(h("sluice-dlq-last-failure")?)?;
@@ -230,7 +230,7 @@ fn an_undecodable_line_is_dead_lettered_as_is() -> Result<()> {
     assert_eq!(record["payload"], "this is not json", "the raw line");
     assert_eq!(dlq_header(&record, "sluice-dlq-reason")?, "undecodable");
     assert_eq!(dlq_header(&record, "sluice-dlq-attempts")?, "0", "the plugin never saw it");
-    assert_eq!(dlq_header(&record, "sluice-dlq-event-id")?, "./events.jsonl:2");
+    assert_eq!(dlq_header(&record, "sluice-dlq-event-id")?, "events.jsonl:2");
     let message = dlq_header(&record, "sluice-dlq-message")?;
     assert!(message.starts_with("line 2: not a valid event"), "{message}");
     Ok(())
@@ -293,7 +293,7 @@ fn a_trap_inside_a_batch_only_fails_its_culprit() -> Result<()> {
     assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), expected, "the 199 others, in order");
     let record = only_dead_letter(&scratch)?;
     assert_eq!(record["payload"], "trap");
-    assert_eq!(dlq_header(&record, "sluice-dlq-event-id")?, "./events.jsonl:101");
+    assert_eq!(dlq_header(&record, "sluice-dlq-event-id")?, "events.jsonl:101");
     assert!(
         finished.stderr.contains("handling its events one by one"),
         "the trap hit a batch (not a single event), which was then split:\n{}",

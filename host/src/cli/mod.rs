@@ -83,6 +83,16 @@ enum InputFormat {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    if !matches!(cli.command, Command::Run { .. }) {
+        // The tools print reports; `sluice plugin inspect x | head` should
+        // end quietly like any Unix tool. `run` keeps SIGPIPE ignored (Rust's
+        // default) so a closed stdout sink is an error the pipeline reports.
+        // SAFETY: called before any thread is spawned; restores the default
+        // disposition of one signal.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),

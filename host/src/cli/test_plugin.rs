@@ -101,7 +101,7 @@ async fn open(path: &Path, format: LineFormat) -> anyhow::Result<LineSource> {
     if path == PathBuf::from("-") {
         return Ok(LineSource::stdin(format));
     }
-    Ok(LineSource::file(path.to_path_buf(), format, false, None).await?)
+    Ok(LineSource::file(path.display().to_string(), path.to_path_buf(), format, false, None).await?)
 }
 
 fn output_json(output: sluice::event::Output) -> Value {

@@ -34,14 +34,25 @@ pub fn parse(
     file: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let text = interpolate(text, &env).map_err(|e| ConfigError::Env {
+    // Remember what came from the environment: error messages quote config
+    // text, and a secret must not reach a log through them.
+    let substituted = std::cell::RefCell::new(Vec::new());
+    let recording_env = |name: &str| {
+        let value = env(name);
+        if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
+            substituted.borrow_mut().push(v.clone());
+        }
+        value
+    };
+    let text = interpolate(text, &recording_env).map_err(|e| ConfigError::Env {
         file: file.to_path_buf(),
         line: e.line,
         message: e.message,
     })?;
+    let secrets = substituted.into_inner();
     let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
         file: file.to_path_buf(),
-        message: e.to_string().trim_end().to_owned(),
+        message: mask(e.to_string().trim_end(), &secrets),
     })?;
     let base = file
         .parent()
@@ -52,7 +63,31 @@ pub fn parse(
         file: file.to_path_buf(),
         pipeline: e.pipeline,
         key: e.key,
-        message: e.message,
+        message: mask(&e.message, &secrets),
     })?;
     Ok(config)
+}
+
+/// Replaces every substituted environment value in `message` with `***`.
+fn mask(message: &str, secrets: &[String]) -> String {
+    let mut masked = message.to_owned();
+    for secret in secrets {
+        masked = masked.replace(secret.as_str(), "***");
+    }
+    masked
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn environment_values_never_appear_in_errors() {
+        let env = |name: &str| (name == "TOKEN").then(|| "s3cr\"et".to_owned());
+        let text = "[runtime]\nshutdown_timeout = \"${TOKEN}\"\n";
+        let err = super::parse(text, Path::new("c.toml"), env).err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(!err.is_empty());
+        assert!(!err.contains("s3cr"), "{err}");
+    }
 }

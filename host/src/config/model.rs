@@ -109,6 +109,11 @@ pub enum SourceConfig {
         /// of from the top. Unset: always start at line 1.
         #[serde(default)]
         checkpoint: Option<PathBuf>,
+        /// The path as written in the config, before it was resolved: event
+        /// ids (`<name>:<line>`) use it, so they do not change with the
+        /// directory sluice is started from.
+        #[serde(skip)]
+        name: String,
     },
     /// Lines of the process's standard input; ends at end of input.
     Stdin {
@@ -373,7 +378,8 @@ impl Config {
             fix(dir);
         }
         for pipeline in self.pipelines.values_mut() {
-            if let SourceConfig::File { path, checkpoint, .. } = &mut pipeline.source {
+            if let SourceConfig::File { path, checkpoint, name, .. } = &mut pipeline.source {
+                *name = path.display().to_string();
                 fix(path);
                 if let Some(checkpoint) = checkpoint {
                     fix(checkpoint);

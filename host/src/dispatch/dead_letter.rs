@@ -14,6 +14,8 @@
 //! | `sluice-dlq-event-id` | the event's id (its source position) |
 //! | `sluice-dlq-source` | topic, subject or file it came from |
 //! | `sluice-dlq-first-failure`, `sluice-dlq-last-failure` | RFC 3339 UTC times |
+//! | `sluice-dlq-timestamp` | the event's own timestamp, ms since the epoch |
+//! | `sluice-dlq-reply-to` | the event's reply-to, when it had one |
 
 use std::time::SystemTime;
 
@@ -65,7 +67,11 @@ pub fn record(event: &Event, failure: &Failure, pipeline: &str, plugin: &str, di
         text_header("sluice-dlq-source", event.source.clone()),
         text_header("sluice-dlq-first-failure", rfc3339(failure.first)),
         text_header("sluice-dlq-last-failure", rfc3339(failure.last)),
+        text_header("sluice-dlq-timestamp", event.timestamp_ms.to_string()),
     ]);
+    if let Some(reply_to) = &event.reply_to {
+        headers.push(text_header("sluice-dlq-reply-to", reply_to.clone()));
+    }
     Record {
         destination: None,
         key: event.key.clone(),

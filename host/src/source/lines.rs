@@ -49,7 +49,9 @@ pub struct Ledger {
 
 impl LineSource {
     /// Reads `path`, resuming after the lines recorded in `checkpoint`.
+    /// `name` prefixes event ids (`<name>:<line>`).
     pub async fn file(
+        name: String,
         path: PathBuf,
         format: LineFormat,
         follow: bool,
@@ -63,7 +65,7 @@ impl LineSource {
             Some(cp) => read_checkpoint(cp).await?,
             None => 0,
         };
-        let mut source = Self::new(path.display().to_string(), Box::new(BufReader::with_capacity(256 * 1024, file)), format, follow);
+        let mut source = Self::new(name, Box::new(BufReader::with_capacity(256 * 1024, file)), format, follow);
         source.checkpoint = checkpoint;
         source.skip(resume).await?;
         Ok(source)
@@ -149,11 +151,10 @@ impl LineSource {
         };
         self.last_write = Instant::now();
         // Lines below the commit point are done: record how many.
-        let done = committed.saturating_sub(1);
-        let tmp = path.with_extension("tmp");
-        let io = |source| SourceError::Read { what: format!("checkpoint {}", path.display()), source };
-        std::fs::write(&tmp, format!("{done}\n")).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        write_checkpoint(path, committed.saturating_sub(1)).map_err(|source| SourceError::Checkpoint {
+            path: path.clone(),
+            source,
+        })
     }
 
     fn delivery(&self, line: u64, raw: &[u8]) -> Delivery {
@@ -274,6 +275,21 @@ impl Acknowledge for LineAck {
     }
 }
 
+/// Replaces the checkpoint atomically and durably: write a sibling file,
+/// fsync it, rename it over the old one.
+fn write_checkpoint(path: &std::path::Path, done: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    writeln!(file, "{done}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 async fn read_checkpoint(path: &PathBuf) -> Result<u64, SourceError> {
     match tokio::fs::read_to_string(path).await {
         Ok(text) => text.trim().parse().map_err(|e| SourceError::Open {
@@ -285,5 +301,85 @@ async fn read_checkpoint(path: &PathBuf) -> Result<u64, SourceError> {
             what: format!("checkpoint {}", path.display()),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    async fn drain(source: &mut LineSource) -> std::result::Result<Vec<Delivery>, SourceError> {
+        let mut all = Vec::new();
+        while let Some(d) = source.next().await? {
+            all.push(d);
+        }
+        Ok(all)
+    }
+
+    #[tokio::test]
+    async fn resumes_after_the_checkpoint_with_the_next_line_intact() -> Result {
+        let dir = tempfile::tempdir()?;
+        let events = dir.path().join("in.jsonl");
+        let checkpoint = dir.path().join("state/in.checkpoint");
+        std::fs::write(&events, "{\"payload\":\"a\"}\n\n{\"payload\":\"b\"}\n{\"payload\":\"c\"}\n{\"payload\":\"d\"}\n")?;
+
+        let mut first = LineSource::file("in".into(), events.clone(), LineFormat::Json, false, Some(checkpoint.clone())).await?;
+        let mut got = drain(&mut first).await?;
+        assert_eq!(got.len(), 4, "the blank line is skipped");
+        // Lines 1-3 done (3 out of order), line 4 ("c") handed back, 5 done.
+        let d = got.pop();
+        let c = got.pop();
+        for delivery in got.into_iter().rev() {
+            delivery.ack.settle(Settlement::Done);
+        }
+        if let Some(c) = c {
+            c.ack.settle(Settlement::Abandon);
+        }
+        if let Some(d) = d {
+            d.ack.settle(Settlement::Done);
+        }
+        first.close().await?;
+        assert_eq!(std::fs::read_to_string(&checkpoint)?.trim(), "3");
+
+        let mut second = LineSource::file("in".into(), events, LineFormat::Json, false, Some(checkpoint)).await?;
+        let again = drain(&mut second).await?;
+        let seen: Vec<(&str, &[u8], bool)> =
+            again.iter().map(|d| (d.event.id.as_str(), d.event.payload.as_slice(), d.defect.is_none())).collect();
+        assert_eq!(seen, vec![("in:4", &b"c"[..], true), ("in:5", &b"d"[..], true)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_followed_file_keeps_a_partial_line_until_its_newline() -> Result {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("grow.txt");
+        std::fs::write(&path, "one\ntw")?;
+        let mut source = LineSource::file("grow".into(), path.clone(), LineFormat::Lines, true, None).await?;
+        let first = source.next().await?.ok_or("first line")?;
+        assert_eq!(first.event.payload, b"one");
+        let pending = tokio::spawn(async move { source.next().await.map(|d| d.map(|d| d.event.payload)) });
+        tokio::time::sleep(FOLLOW_POLL * 3).await;
+        assert!(!pending.is_finished(), "a partial line must not be emitted");
+        std::fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(b"o\n")
+        })?;
+        let second = tokio::time::timeout(Duration::from_secs(5), pending).await???;
+        assert_eq!(second.as_deref(), Some(&b"two"[..]));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn undecodable_lines_become_defects_with_the_raw_bytes() -> Result {
+        let reader = Box::new(BufReader::new(&b"{\"payload\":\"ok\"}\nnot json\r\n"[..]));
+        let mut source = LineSource::new("mem".into(), reader, LineFormat::Json, false);
+        let got = drain(&mut source).await?;
+        assert_eq!(got.len(), 2);
+        assert!(got[0].defect.is_none());
+        assert_eq!(got[1].event.payload, b"not json");
+        assert!(got[1].defect.as_deref().unwrap_or("").starts_with("line 2: not a valid event"));
+        Ok(())
     }
 }

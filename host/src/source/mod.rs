@@ -92,6 +92,8 @@ pub enum SourceError {
     Open { what: String, source: std::io::Error },
     #[error("cannot read {what}: {source}")]
     Read { what: String, source: std::io::Error },
+    #[error("cannot write checkpoint {}: {source}", path.display())]
+    Checkpoint { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Where events come from.
