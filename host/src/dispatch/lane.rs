@@ -16,9 +16,10 @@ use crate::runtime::CallError;
 use crate::sink::Receipt;
 use crate::source::{Ack, Delivery, Settlement};
 
-/// Events whose outputs are sent but not yet durable. Bounds the work in
-/// flight per lane: when the sinks lag, the lane waits here.
-const IN_FLIGHT: usize = 4096;
+/// Batches whose outputs are sent but not yet durable. Bounds the work in
+/// flight per lane (at most this many batches): when the sinks lag, the lane
+/// waits here.
+const IN_FLIGHT_BATCHES: usize = 64;
 
 /// An event done by the lane, waiting for its receipts.
 struct Pending {
@@ -50,6 +51,9 @@ pub(super) struct Lane {
     /// Set once an event was handed back: every later event of this lane is
     /// handed back too, so none overtakes it.
     abandoning: bool,
+    /// Concluded events of the current batch, handed to the completer in one
+    /// message per batch rather than one per event.
+    concluded: Vec<Pending>,
 }
 
 impl Lane {
@@ -61,16 +65,19 @@ impl Lane {
             shutdown,
             failed,
             abandoning: false,
+            concluded: Vec::new(),
         }
     }
 
     pub async fn run(mut self, mut inbox: Inbox) -> Result<(), DispatchError> {
-        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        let (tx, rx) = mpsc::channel(IN_FLIGHT_BATCHES);
         let completer = tokio::spawn(complete(rx, self.d.stats.clone(), self.failed.clone()));
         let mut batch = Vec::with_capacity(self.d.batch_size);
         let mut outcome = Ok(());
         while inbox.recv_many(&mut batch, self.d.batch_size).await > 0 {
-            if let Err(err) = self.process(std::mem::take(&mut batch), &tx).await {
+            let processed = self.process(std::mem::take(&mut batch), &tx).await;
+            let flushed = self.flush(&tx).await;
+            if let Err(err) = processed.and(flushed) {
                 self.failed.cancel();
                 outcome = Err(err);
                 break;
@@ -83,7 +90,7 @@ impl Lane {
         outcome.and(completed)
     }
 
-    async fn process(&mut self, batch: Vec<Delivery>, done: &mpsc::Sender<Pending>) -> Result<(), DispatchError> {
+    async fn process(&mut self, batch: Vec<Delivery>, done: &mpsc::Sender<Vec<Pending>>) -> Result<(), DispatchError> {
         if self.abandoning || self.failed.is_cancelled() {
             Stats::add(&self.d.stats.abandoned, batch.len() as u64);
             return Ok(()); // dropping the acks hands the events back
@@ -95,7 +102,7 @@ impl Lane {
                 Some(defect) => {
                     let now = SystemTime::now();
                     let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
-                    self.dead_letter(&delivery.event, &failure, delivery.ack, done).await?;
+                    self.dead_letter(&delivery.event, &failure, delivery.ack).await?;
                 }
                 None => {
                     events.push(delivery.event);
@@ -140,7 +147,7 @@ impl Lane {
         mut event: Event,
         ack: Ack,
         mut result: Result<Vec<Output>, Failed>,
-        done: &mpsc::Sender<Pending>,
+        done: &mpsc::Sender<Vec<Pending>>,
     ) -> Result<(), DispatchError> {
         if self.abandoning {
             Stats::add(&self.d.stats.abandoned, 1);
@@ -150,7 +157,7 @@ impl Lane {
         let mut first_failure = None;
         loop {
             let failed = match result {
-                Ok(outputs) => return self.publish(&event, outputs, ack, done).await,
+                Ok(outputs) => return self.publish(&event, outputs, ack).await,
                 Err(failed) => failed,
             };
             let now = SystemTime::now();
@@ -158,13 +165,15 @@ impl Lane {
             let message = failed.message();
             if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
                 let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
-                return self.dead_letter(&event, &failure, ack, done).await;
+                return self.dead_letter(&event, &failure, ack).await;
             }
             Stats::add(&self.d.stats.failures, 1);
             if !self.d.retry.should_retry(event.attempt) {
                 let failure = Failure { reason: Reason::RetriesExhausted, message, attempts: event.attempt, first, last: now };
-                return self.dead_letter(&event, &failure, ack, done).await;
+                return self.dead_letter(&event, &failure, ack).await;
             }
+            // What is already concluded should not wait for this retry.
+            self.flush(done).await?;
             let delay = self.d.retry.delay(event.attempt);
             tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, attempt = event.attempt, ?delay, "attempt failed, retrying: {message}");
             let interrupted = self.shutdown.is_cancelled()
@@ -188,7 +197,7 @@ impl Lane {
         }
     }
 
-    async fn publish(&mut self, event: &Event, outputs: Vec<Output>, ack: Ack, done: &mpsc::Sender<Pending>) -> Result<(), DispatchError> {
+    async fn publish(&mut self, event: &Event, outputs: Vec<Output>, ack: Ack) -> Result<(), DispatchError> {
         let stats = &self.d.stats;
         if outputs.is_empty() {
             Stats::add(&stats.filtered, 1);
@@ -201,10 +210,11 @@ impl Lane {
             }
         }
         Stats::add(&stats.outputs, receipts.len() as u64);
-        self.hand_over(Pending { ack, receipts }, done).await
+        self.concluded.push(Pending { ack, receipts });
+        Ok(())
     }
 
-    async fn dead_letter(&mut self, event: &Event, failure: &Failure, ack: Ack, done: &mpsc::Sender<Pending>) -> Result<(), DispatchError> {
+    async fn dead_letter(&mut self, event: &Event, failure: &Failure, ack: Ack) -> Result<(), DispatchError> {
         let d = &self.d;
         tracing::warn!(
             pipeline = %d.pipeline,
@@ -216,11 +226,16 @@ impl Lane {
         let record = dead_letter::record(event, failure, &d.pipeline, d.factory.name(), d.factory.digest());
         let receipt = d.dead_letter.send(record).await?;
         Stats::add(&d.stats.dead_lettered, 1);
-        self.hand_over(Pending { ack, receipts: vec![receipt] }, done).await
+        self.concluded.push(Pending { ack, receipts: vec![receipt] });
+        Ok(())
     }
 
-    async fn hand_over(&mut self, pending: Pending, done: &mpsc::Sender<Pending>) -> Result<(), DispatchError> {
-        done.send(pending)
+    /// Hands the concluded events to the completer.
+    async fn flush(&mut self, done: &mpsc::Sender<Vec<Pending>>) -> Result<(), DispatchError> {
+        if self.concluded.is_empty() {
+            return Ok(());
+        }
+        done.send(std::mem::take(&mut self.concluded))
             .await
             .map_err(|_| DispatchError::Lane(format!("lane {} completer stopped", self.id)))
     }
@@ -263,17 +278,28 @@ fn single(result: Result<Vec<HandleResult>, CallError>) -> Result<Vec<Output>, F
 }
 
 /// Waits for each event's receipts in order, then acks it.
-async fn complete(mut rx: mpsc::Receiver<Pending>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
-    while let Some(Pending { ack, receipts }) = rx.recv().await {
-        for receipt in receipts {
-            if let Err(err) = receipt.wait().await {
-                failed.cancel();
-                Stats::add(&stats.abandoned, 1 + rx.len() as u64);
-                return Err(err.into()); // `ack` and the queue drop: handed back
+async fn complete(mut rx: mpsc::Receiver<Vec<Pending>>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
+    while let Some(batch) = rx.recv().await {
+        let mut acked = 0;
+        let mut events = batch.into_iter();
+        while let Some(Pending { ack, receipts }) = events.next() {
+            for receipt in receipts {
+                if let Err(err) = receipt.wait().await {
+                    failed.cancel();
+                    Stats::add(&stats.acked, acked);
+                    // `ack`, the rest of this batch and the queue drop: handed back.
+                    let mut queued = 1 + events.len();
+                    while let Ok(batch) = rx.try_recv() {
+                        queued += batch.len();
+                    }
+                    Stats::add(&stats.abandoned, queued as u64);
+                    return Err(err.into());
+                }
             }
+            ack.settle(Settlement::Done);
+            acked += 1;
         }
-        ack.settle(Settlement::Done);
-        Stats::add(&stats.acked, 1);
+        Stats::add(&stats.acked, acked);
     }
     Ok(())
 }

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Mutex};
 
+/// A std mutex: held only for a counter bump and a non-blocking enqueue.
+type SyncMutex<T> = std::sync::Mutex<T>;
+
 use super::{Durable, Receipt, Record, Sink, SinkError};
 use crate::codec::encode_record;
 use crate::config::RecordFormat;
@@ -19,9 +22,9 @@ const QUEUE: usize = 4096;
 pub struct LineSink {
     what: String,
     format: RecordFormat,
-    /// Sender and the sequence number of the next record, under one lock so
-    /// sequence order equals queue order.
-    tx: Mutex<(Option<mpsc::Sender<Vec<u8>>>, u64)>,
+    /// The queue, and the sequence number of the last record queued, under
+    /// one lock so sequence order equals queue order. `None` once closed.
+    tx: SyncMutex<(Option<mpsc::Sender<Vec<u8>>>, u64)>,
     durable: watch::Receiver<Durable>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -65,7 +68,7 @@ impl LineSink {
         Self {
             what,
             format,
-            tx: Mutex::new((Some(tx), 0)),
+            tx: SyncMutex::new((Some(tx), 0)),
             durable,
             writer: Mutex::new(Some(writer)),
         }
@@ -121,19 +124,24 @@ impl Sink for LineSink {
                 line
             }
         };
-        let mut guard = self.tx.lock().await;
-        let (tx, next) = &mut *guard;
-        let tx = tx.as_ref().ok_or_else(|| SinkError::Closed { what: self.what.clone() })?;
+        let closed = || SinkError::Closed { what: self.what.clone() };
+        let tx = self.tx.lock().map_err(|_| closed())?.0.clone().ok_or_else(closed)?;
         if let Durable::Failed(err) = &*self.durable.borrow() {
             return Err(err.clone());
         }
-        tx.send(line).await.map_err(|_| SinkError::Closed { what: self.what.clone() })?;
-        *next += 1;
-        Ok(Receipt::watermark(*next, self.durable.clone()))
+        // Wait for room without holding the lock, then number and enqueue
+        // in one step.
+        let permit = tx.reserve_owned().await.map_err(|_| closed())?;
+        let mut guard = self.tx.lock().map_err(|_| closed())?;
+        guard.1 += 1;
+        permit.send(line);
+        Ok(Receipt::watermark(guard.1, self.durable.clone()))
     }
 
     async fn close(&self) -> Result<(), SinkError> {
-        self.tx.lock().await.0.take();
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.0.take();
+        }
         if let Some(writer) = self.writer.lock().await.take() {
             let _ = writer.await;
         }
