@@ -3,6 +3,52 @@
 use crate::{Event, HandlerError};
 
 impl Event {
+    /// An event with this payload and neutral everything else (id `test:1`,
+    /// source `test`, attempt 1): for unit tests of a plugin's `handle`.
+    /// Adjust it with the `with_*` methods.
+    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        Event {
+            id: "test:1".into(),
+            source: "test".into(),
+            key: None,
+            payload: payload.into(),
+            headers: Vec::new(),
+            timestamp_ms: 0,
+            attempt: 1,
+            reply_to: None,
+        }
+    }
+
+    /// Sets the id.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Appends a header.
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push(crate::Header { key: key.into(), value: value.into() });
+        self
+    }
+
+    /// Sets the delivery attempt (1 = first), to test retry logic.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Sets `reply-to`, as for a request.
+    pub fn with_reply_to(mut self, reply_to: impl Into<String>) -> Self {
+        self.reply_to = Some(reply_to.into());
+        self
+    }
+
     /// The value of the first header called `name`.
     ///
     /// Names compare exactly: Kafka header keys are case-sensitive and the
@@ -76,6 +122,13 @@ pub(crate) mod tests {
         assert_eq!(e.header_str("a"), Some("1"));
         assert_eq!(e.header_str("b"), None);
         assert_eq!(e.headers_all("a").collect::<Vec<_>>(), [b"1", b"2"]);
+    }
+
+    #[test]
+    fn builder_makes_test_events() {
+        let e = Event::new("hi").with_id("x:2").with_key("k").with_header("a", "1").with_attempt(3).with_reply_to("inbox");
+        assert_eq!((e.id.as_str(), e.attempt, e.reply_to.as_deref()), ("x:2", 3, Some("inbox")));
+        assert_eq!((e.key.as_deref(), e.header_str("a"), e.payload.as_slice()), (Some(&b"k"[..]), Some("1"), &b"hi"[..]));
     }
 
     #[test]

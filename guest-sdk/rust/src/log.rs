@@ -7,22 +7,25 @@
 //! rate-limited per plugin instance (100 a second on average, bursts of 200);
 //! the excess is dropped and counted.
 //!
-//! Outside a component (native unit tests) the import does not exist: a call
-//! reaches an `unreachable!()` stub in an `extern "C"` function, a panic that
-//! cannot unwind, so it aborts the whole test binary instead of failing one
-//! test. Keep log calls out of natively tested paths, or guard them with
-//! `if cfg!(target_arch = "wasm32")`.
+//! Outside a component (native unit tests of a plugin) there is no host to
+//! log to: lines are printed to stderr instead, so code that logs can be
+//! tested natively as it is.
 
 pub use crate::bindings::sluice::plugin::log::Level;
 
 /// Logs `message` at `level` with key/value `fields`, e.g.
 /// `with_fields(Level::Warn, "slow lookup", &[("ms", &ms.to_string())])`.
 pub fn with_fields(level: Level, message: &str, fields: &[(&str, &str)]) {
-    let fields: Vec<(String, String)> = fields
-        .iter()
-        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    crate::bindings::sluice::plugin::log::log(level, message, &fields);
+    #[cfg(target_arch = "wasm32")]
+    {
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        crate::bindings::sluice::plugin::log::log(level, message, &fields);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[{level:?}] {message} {fields:?}");
 }
 
 /// Logs at [`Level::Trace`].

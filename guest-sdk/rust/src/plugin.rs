@@ -113,7 +113,10 @@ macro_rules! export {
                 }
             }
 
-    $crate::bindings::export!(SluiceGuest with_types_in $crate::bindings);
+            // Only a wasm build has the component's export symbols; a native
+            // build (`cargo test`, `cargo build` by mistake) links without them.
+            #[cfg(target_arch = "wasm32")]
+            $crate::bindings::export!(SluiceGuest with_types_in $crate::bindings);
         };
     };
 }
