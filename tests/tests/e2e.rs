@@ -682,3 +682,71 @@ fn replies_go_to_reply_to_and_are_dropped_without_one() -> Result<()> {
     assert_eq!(scratch.read("dlq.jsonl")?, "", "a reply nobody waits for is not a failure");
     Ok(())
 }
+
+// stdin and stdout ------------------------------------------------------------
+
+/// Raw lines on stdin → uppercase → payload lines on stdout; the pipeline
+/// (and the process) ends at end of input, every line handled.
+#[test]
+fn stdin_to_stdout_with_raw_lines() -> Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let scratch = Scratch::new()?;
+    scratch.write(
+        "sluice.toml",
+        format!(
+            r#"{runtime}
+[pipelines.shout]
+source = {{ kind = "stdin", format = "lines" }}
+sink = {{ kind = "stdout", format = "payload" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+"#,
+            runtime = runtime_table(),
+            plugin = toml_path(&plugin("uppercase")),
+        ),
+    )?;
+    let mut command = scratch.sluice(&["run", "sluice.toml"]);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().context("starting sluice")?;
+    let input: String = (0..500).map(|i| format!("line {i}\n")).collect();
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+    while child.try_wait()?.is_none() {
+        ensure!(std::time::Instant::now() < deadline, "sluice did not end at end of input");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    let output = child.wait_with_output()?;
+    ensure!(output.status.success(), "exit {:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    let expected: String = (0..500).map(|i| format!("LINE {i}\n")).collect();
+    assert_eq!(String::from_utf8(output.stdout)?, expected);
+    assert_eq!(scratch.read("dlq.jsonl")?, "");
+    Ok(())
+}
+
+/// `plugin test --expect` is a plugin's regression test: the same run passes,
+/// a changed expectation fails and says which line.
+#[test]
+fn plugin_test_expect_compares_with_a_kept_run() -> Result<()> {
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &[event("ok:a"), event("reject:no"), event("fanout:2")])?;
+    let wasm = plugin("chaos");
+    let wasm = wasm.to_string_lossy();
+    let first = scratch.run(&["plugin", "test", &wasm, "--events", "events.jsonl"])?;
+    first.ensure_success()?;
+    scratch.write("expected.jsonl", &first.stdout)?;
+
+    let same = scratch.run(&["plugin", "test", &wasm, "--events", "events.jsonl", "--expect", "expected.jsonl"])?;
+    same.ensure_success()?;
+    assert!(same.stderr.contains("all 3 line(s) match"), "{}", same.stderr);
+
+    scratch.write("expected.jsonl", first.stdout.replace("\"a\"", "\"b\""))?;
+    let differs = scratch.run(&["plugin", "test", &wasm, "--events", "events.jsonl", "--expect", "expected.jsonl"])?;
+    differs.ensure_failure()?;
+    assert!(differs.stderr.contains("line 1:"), "{}", differs.stderr);
+    assert!(differs.stderr.contains("1 line(s) differ"), "{}", differs.stderr);
+    Ok(())
+}

@@ -71,6 +71,10 @@ enum PluginCommand {
         /// Memory cap per instance, e.g. 64MiB.
         #[arg(long, default_value = "64MiB")]
         memory: bytesize::ByteSize,
+        /// Compare the printed lines with this file (as written by an earlier
+        /// run) and exit 1 on any difference: a plugin's regression test.
+        #[arg(long, value_name = "FILE")]
+        expect: Option<PathBuf>,
     },
 }
 
@@ -97,8 +101,9 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory }) => {
-            test_plugin::test(&plugin, &events, &config, format, timeout, memory)
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect };
+            test_plugin::test(&plugin, &events, &options)
         }
     };
     match result {

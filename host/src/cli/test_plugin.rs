@@ -15,16 +15,21 @@ use sluice::source::{Settlement, Source};
 
 use super::InputFormat;
 
+/// `sluice plugin test` settings besides the plugin and the events.
+pub struct Options {
+    pub config: Vec<String>,
+    pub format: InputFormat,
+    pub timeout: Duration,
+    pub memory: bytesize::ByteSize,
+    pub expect: Option<PathBuf>,
+}
+
 /// Runs each event through the plugin once (no retries) and prints one JSON
-/// line per event: its outputs, its error, or the trap.
-pub fn test(
-    plugin: &Path,
-    events: &Path,
-    config: &[String],
-    format: InputFormat,
-    timeout: Duration,
-    memory: bytesize::ByteSize,
-) -> anyhow::Result<ExitCode> {
+/// line per event: its outputs, its error, or the trap. With `expect`, the
+/// lines must equal that file's.
+pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<ExitCode> {
+    let Options { config, format, timeout, memory, expect } = options;
+    let (format, timeout, memory) = (*format, *timeout, *memory);
     let config = config
         .iter()
         .map(|kv| {
@@ -63,6 +68,7 @@ pub fn test(
     {
         let mut instance = loaded.instantiate()?;
         let mut failures = 0;
+        let mut printed = Vec::new();
         for delivery in deliveries {
             let event = delivery.event;
             let line = if let Some(defect) = delivery.defect {
@@ -91,9 +97,43 @@ pub fn test(
             };
             delivery.ack.settle(Settlement::Done);
             println!("{line}");
+            printed.push(line.to_string());
         }
         eprintln!("{failures} event(s) failed");
+        match expect {
+            None => Ok(ExitCode::SUCCESS),
+            Some(path) => compare(path, &printed),
+        }
+    }
+}
+
+/// Compares printed lines with an expectation file, JSON value by value (so
+/// key order and spacing in the file do not matter).
+fn compare(path: &Path, printed: &[String]) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --expect file {}", path.display()))?;
+    let expected: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut differences = 0;
+    for i in 0..expected.len().max(printed.len()) {
+        let want = expected.get(i).map(|l| serde_json::from_str::<Value>(l).map_err(|e| (l, e)));
+        let got = printed.get(i).and_then(|l| serde_json::from_str::<Value>(l).ok());
+        let same = matches!((&want, &got), (Some(Ok(w)), Some(g)) if w == g);
+        if !same {
+            differences += 1;
+            let want = match want {
+                Some(Ok(w)) => w.to_string(),
+                Some(Err((line, e))) => format!("{line} (not JSON: {e})"),
+                None => "(nothing)".into(),
+            };
+            let got = printed.get(i).map_or("(nothing)", String::as_str);
+            eprintln!("line {}:\n  expected {want}\n  got      {got}", i + 1);
+        }
+    }
+    if differences == 0 {
+        eprintln!("all {} line(s) match {}", printed.len(), path.display());
         Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{differences} line(s) differ from {}", path.display());
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -55,6 +55,22 @@ impl GuestLog {
     }
 }
 
+impl Drop for GuestLog {
+    /// Lines dropped since the last line that got through would otherwise go
+    /// unreported when the instance ends (end of run, or a trap).
+    fn drop(&mut self) {
+        if self.dropped > 0 {
+            tracing::warn!(
+                target: "sluice::guest",
+                pipeline = %self.pipeline,
+                plugin = %self.plugin,
+                dropped = self.dropped,
+                "plugin log lines dropped by the rate limit ({LOG_RATE_PER_SEC}/s)"
+            );
+        }
+    }
+}
+
 impl log::Host for PluginState {
     fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         let log = &mut self.log;
