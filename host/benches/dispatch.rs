@@ -30,6 +30,8 @@ use sluice::source::{Ack, Delivery, Source, SourceError};
 const SIZES: [(usize, &str); 2] = [(100, "100B"), (10 * 1024, "10KiB")];
 const BATCHES: [usize; 3] = [1, 64, 256];
 const PIPELINE_EVENTS: usize = 20_000;
+/// Batch size of the pipeline runs (the config default is 64).
+const PIPE_BATCH: usize = 256;
 
 fn plugin_path() -> PathBuf {
     let dir = std::env::var_os("SLUICE_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
@@ -166,6 +168,7 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
         concurrency: 1,
         ordering: Ordering::Partition,
         batch_size: batch,
+        batch_bytes: 32 << 20,
         stats: Arc::new(Stats::default()),
     }
 }
@@ -184,11 +187,11 @@ fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
         let events: Vec<Event> = (0..PIPELINE_EVENTS).map(|i| event(i, size)).collect();
         group.throughput(Throughput::Elements(PIPELINE_EVENTS as u64));
         for (name, factory) in [("native", Arc::new(Native) as Arc<dyn HandlerFactory>), ("wasm", Arc::new(plugin.clone()))] {
-            group.bench_function(BenchmarkId::new(name, format!("{label}/batch64")), |b| {
+            group.bench_function(BenchmarkId::new(name, format!("{label}/batch{PIPE_BATCH}")), |b| {
                 b.iter_batched(
                     || MemorySource(events.clone().into()),
                     |source| {
-                        rt.block_on(dispatcher(factory.clone(), 64).run(Box::new(source), CancellationToken::new()))
+                        rt.block_on(dispatcher(factory.clone(), PIPE_BATCH).run(Box::new(source), CancellationToken::new()))
                     },
                     criterion::BatchSize::LargeInput,
                 )
@@ -219,7 +222,7 @@ fn report() {
         for batch in BATCHES {
             rows.push(("call", label, batch, format!("{label}/batch{batch}"), batch as f64));
         }
-        rows.push(("pipeline", label, 64, format!("{label}/batch64"), PIPELINE_EVENTS as f64));
+        rows.push(("pipeline", label, PIPE_BATCH, format!("{label}/batch{PIPE_BATCH}"), PIPELINE_EVENTS as f64));
     }
     for (group, label, batch, param, per_iter) in rows {
         if let (Some(native), Some(wasm)) = (mean_ns(group, "native", &param), mean_ns(group, "wasm", &param)) {
@@ -231,6 +234,26 @@ fn report() {
                 rate(wasm) / rate(native)
             );
         }
+    }
+}
+
+/// One pipeline run outside criterion, to show the batch sizes it formed.
+fn batch_sizes(plugin: &LoadedPlugin) {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else { return };
+    for (name, factory) in [("native", Arc::new(Native) as Arc<dyn HandlerFactory>), ("wasm", Arc::new(plugin.clone()))] {
+        let d = dispatcher(factory, PIPE_BATCH);
+        let stats = d.stats.clone();
+        let source = MemorySource((0..PIPELINE_EVENTS).map(|i| event(i, 100)).collect());
+        let started = std::time::Instant::now();
+        let _ = rt.block_on(d.run(Box::new(source), CancellationToken::new()));
+        let s = stats.snapshot();
+        println!(
+            "pipeline {name}: {} events in {} plugin calls (mean batch {:.1}) in {:?}",
+            s.received,
+            s.calls,
+            s.received as f64 / s.calls.max(1) as f64,
+            started.elapsed()
+        );
     }
 }
 
@@ -247,5 +270,6 @@ fn main() {
     bench_calls(&mut c, &plugin);
     bench_pipeline(&mut c, &plugin);
     c.final_summary();
+    batch_sizes(&plugin);
     report();
 }

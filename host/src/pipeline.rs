@@ -87,6 +87,7 @@ pub async fn build(
         concurrency: policy.concurrency,
         ordering: policy.ordering,
         batch_size: policy.batch_size,
+        batch_bytes: (policy.memory.as_u64() / 8) as usize,
         stats: Arc::new(Stats::default()),
     };
     Ok((dispatcher, source))

@@ -213,7 +213,7 @@ fn valid_configs_load_with_defaults_applied() -> TestResult {
     assert_eq!(policy.max_attempts, 5);
     assert_eq!(policy.timeout, Duration::from_secs(5));
     assert_eq!(policy.memory.as_u64(), 64 * 1024 * 1024);
-    assert_eq!((policy.concurrency, policy.batch_size), (1, 64));
+    assert_eq!((policy.concurrency, policy.batch_size), (1, 256));
     assert_eq!(policy.ordering, Ordering::Partition);
     let backoff = &policy.backoff;
     assert_eq!((backoff.initial, backoff.max), (Duration::from_millis(100), Duration::from_secs(30)));

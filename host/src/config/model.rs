@@ -271,8 +271,10 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub ordering: Ordering,
     /// Events handed to the plugin per call, at most. Batching amortises the
-    /// ~1 µs cost of a component call; a batch never waits to fill up.
-    /// Default 64.
+    /// cost of a component call and of handing work to the plugin thread; a
+    /// batch never waits to fill up. A call also carries at most an eighth of
+    /// `memory` in payload bytes (a larger event goes alone), so big events
+    /// cannot exhaust the instance. Default 256 (see docs/benchmarks.md).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
 }
@@ -304,7 +306,7 @@ fn default_concurrency() -> usize {
     1
 }
 fn default_batch_size() -> usize {
-    64
+    256
 }
 
 /// Order guarantees between events.

@@ -1,5 +1,6 @@
-//! One lane: a plugin instance, its queue, and the completer that turns sink
-//! receipts into source acks, in order.
+//! One lane: a plugin instance and its queue. The lane calls the plugin,
+//! retries failures and decides each event's fate, in order; [`super::publish`]
+//! sends what it decided and acknowledges the source.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -9,23 +10,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{self, Failure, Reason};
+use super::publish::{self, Conclusion};
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats};
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
 use crate::runtime::CallError;
-use crate::sink::Receipt;
 use crate::source::{Ack, Delivery, Settlement};
-
-/// Batches whose outputs are sent but not yet durable. Bounds the work in
-/// flight per lane (at most this many batches): when the sinks lag, the lane
-/// waits here.
-const IN_FLIGHT_BATCHES: usize = 64;
-
-/// An event done by the lane, waiting for its receipts.
-struct Pending {
-    ack: Ack,
-    receipts: Vec<Receipt>,
-}
 
 /// Why one attempt failed.
 enum Failed {
@@ -51,9 +41,9 @@ pub(super) struct Lane {
     /// Set once an event was handed back: every later event of this lane is
     /// handed back too, so none overtakes it.
     abandoning: bool,
-    /// Concluded events of the current batch, handed to the completer in one
+    /// Concluded events of the current batch, handed to the publisher in one
     /// message per batch rather than one per event.
-    concluded: Vec<Pending>,
+    concluded: Vec<Conclusion>,
 }
 
 impl Lane {
@@ -70,27 +60,30 @@ impl Lane {
     }
 
     pub async fn run(mut self, mut inbox: Inbox) -> Result<(), DispatchError> {
-        let (tx, rx) = mpsc::channel(IN_FLIGHT_BATCHES);
-        let completer = tokio::spawn(complete(rx, self.d.stats.clone(), self.failed.clone()));
+        let (tx, publisher) = publish::start(self.d.clone(), self.failed.clone());
         let mut batch = Vec::with_capacity(self.d.batch_size);
         let mut outcome = Ok(());
-        while inbox.recv_many(&mut batch, self.d.batch_size).await > 0 {
-            let processed = self.process(std::mem::take(&mut batch), &tx).await;
-            let flushed = self.flush(&tx).await;
-            if let Err(err) = processed.and(flushed) {
-                self.failed.cancel();
-                outcome = Err(err);
-                break;
+        'lane: while inbox.recv_many(&mut batch, self.d.batch_size).await > 0 {
+            for call in split_by_bytes(std::mem::take(&mut batch), self.d.batch_bytes) {
+                let processed = self.process(call, &tx).await;
+                let flushed = self.flush(&tx).await;
+                if let Err(err) = processed.and(flushed) {
+                    self.failed.cancel();
+                    outcome = Err(err);
+                    break 'lane;
+                }
             }
         }
         drop(tx);
-        let completed = completer
+        let published = publisher
             .await
-            .unwrap_or_else(|e| Err(DispatchError::Lane(format!("lane {} completer: {e}", self.id))));
-        outcome.and(completed)
+            .unwrap_or_else(|e| Err(DispatchError::Lane(format!("lane {} publisher: {e}", self.id))));
+        // A sink failure stops the publisher first and the lane only sees a
+        // closed queue: report the cause, not the symptom.
+        published.and(outcome)
     }
 
-    async fn process(&mut self, batch: Vec<Delivery>, done: &mpsc::Sender<Vec<Pending>>) -> Result<(), DispatchError> {
+    async fn process(&mut self, batch: Vec<Delivery>, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
         if self.abandoning || self.failed.is_cancelled() {
             Stats::add(&self.d.stats.abandoned, batch.len() as u64);
             return Ok(()); // dropping the acks hands the events back
@@ -102,7 +95,7 @@ impl Lane {
                 Some(defect) => {
                     let now = SystemTime::now();
                     let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
-                    self.dead_letter(&delivery.event, &failure, delivery.ack).await?;
+                    self.dead_letter(&delivery.event, &failure, delivery.ack);
                 }
                 None => {
                     events.push(delivery.event);
@@ -147,7 +140,7 @@ impl Lane {
         mut event: Event,
         ack: Ack,
         mut result: Result<Vec<Output>, Failed>,
-        done: &mpsc::Sender<Vec<Pending>>,
+        done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
         if self.abandoning {
             Stats::add(&self.d.stats.abandoned, 1);
@@ -157,7 +150,10 @@ impl Lane {
         let mut first_failure = None;
         loop {
             let failed = match result {
-                Ok(outputs) => return self.publish(&event, outputs, ack).await,
+                Ok(outputs) => {
+                    self.publish(&event, outputs, ack);
+                    return Ok(());
+                }
                 Err(failed) => failed,
             };
             let now = SystemTime::now();
@@ -165,12 +161,14 @@ impl Lane {
             let message = failed.message();
             if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
                 let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
-                return self.dead_letter(&event, &failure, ack).await;
+                self.dead_letter(&event, &failure, ack);
+                return Ok(());
             }
             Stats::add(&self.d.stats.failures, 1);
             if !self.d.retry.should_retry(event.attempt) {
                 let failure = Failure { reason: Reason::RetriesExhausted, message, attempts: event.attempt, first, last: now };
-                return self.dead_letter(&event, &failure, ack).await;
+                self.dead_letter(&event, &failure, ack);
+                return Ok(());
             }
             // What is already concluded should not wait for this retry.
             self.flush(done).await?;
@@ -197,24 +195,11 @@ impl Lane {
         }
     }
 
-    async fn publish(&mut self, event: &Event, outputs: Vec<Output>, ack: Ack) -> Result<(), DispatchError> {
-        let stats = &self.d.stats;
-        if outputs.is_empty() {
-            Stats::add(&stats.filtered, 1);
-        }
-        let mut receipts = Vec::with_capacity(outputs.len());
-        for output in outputs {
-            match self.d.router.route(output, event.reply_to.as_deref()) {
-                Some((sink, record)) => receipts.push(sink.send(record).await?),
-                None => Stats::add(&stats.replies_dropped, 1),
-            }
-        }
-        Stats::add(&stats.outputs, receipts.len() as u64);
-        self.concluded.push(Pending { ack, receipts });
-        Ok(())
+    fn publish(&mut self, event: &Event, outputs: Vec<Output>, ack: Ack) {
+        self.concluded.push(Conclusion::Outputs { outputs, reply_to: event.reply_to.clone(), ack });
     }
 
-    async fn dead_letter(&mut self, event: &Event, failure: &Failure, ack: Ack) -> Result<(), DispatchError> {
+    fn dead_letter(&mut self, event: &Event, failure: &Failure, ack: Ack) {
         let d = &self.d;
         tracing::warn!(
             pipeline = %d.pipeline,
@@ -224,25 +209,24 @@ impl Lane {
             "dead-lettering event: {}", failure.message
         );
         let record = dead_letter::record(event, failure, &d.pipeline, d.factory.name(), d.factory.digest());
-        let receipt = d.dead_letter.send(record).await?;
         Stats::add(&d.stats.dead_lettered, 1);
-        self.concluded.push(Pending { ack, receipts: vec![receipt] });
-        Ok(())
+        self.concluded.push(Conclusion::DeadLetter { record, ack });
     }
 
-    /// Hands the concluded events to the completer.
-    async fn flush(&mut self, done: &mpsc::Sender<Vec<Pending>>) -> Result<(), DispatchError> {
+    /// Hands the concluded events to the publisher.
+    async fn flush(&mut self, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
         if self.concluded.is_empty() {
             return Ok(());
         }
         done.send(std::mem::take(&mut self.concluded))
             .await
-            .map_err(|_| DispatchError::Lane(format!("lane {} completer stopped", self.id)))
+            .map_err(|_| DispatchError::Lane(format!("lane {} publisher stopped", self.id)))
     }
 
     /// Runs the plugin on a blocking thread (guest code must not stall the
     /// async runtime), creating an instance first if the last one failed.
     async fn call(&mut self, events: Vec<Event>) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
+        Stats::add(&self.d.stats.calls, 1);
         let handler = self.handler.take();
         let factory = self.d.factory.clone();
         let joined = tokio::task::spawn_blocking(move || {
@@ -266,6 +250,31 @@ impl Lane {
     }
 }
 
+/// Splits deliveries into runs of at most `budget` payload bytes, in order;
+/// an event larger than the budget goes alone.
+fn split_by_bytes(batch: Vec<Delivery>, budget: usize) -> Vec<Vec<Delivery>> {
+    let total: usize = batch.iter().map(|d| d.event.payload.len()).sum();
+    if total <= budget {
+        return vec![batch];
+    }
+    let mut calls = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for delivery in batch {
+        let size = delivery.event.payload.len();
+        if !current.is_empty() && bytes + size > budget {
+            calls.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(delivery);
+    }
+    if !current.is_empty() {
+        calls.push(current);
+    }
+    calls
+}
+
 /// The result of a one-event call as that event's result.
 fn single(result: Result<Vec<HandleResult>, CallError>) -> Result<Vec<Output>, Failed> {
     match result {
@@ -277,29 +286,3 @@ fn single(result: Result<Vec<HandleResult>, CallError>) -> Result<Vec<Output>, F
     }
 }
 
-/// Waits for each event's receipts in order, then acks it.
-async fn complete(mut rx: mpsc::Receiver<Vec<Pending>>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
-    while let Some(batch) = rx.recv().await {
-        let mut acked = 0;
-        let mut events = batch.into_iter();
-        while let Some(Pending { ack, receipts }) = events.next() {
-            for receipt in receipts {
-                if let Err(err) = receipt.wait().await {
-                    failed.cancel();
-                    Stats::add(&stats.acked, acked);
-                    // `ack`, the rest of this batch and the queue drop: handed back.
-                    let mut queued = 1 + events.len();
-                    while let Ok(batch) = rx.try_recv() {
-                        queued += batch.len();
-                    }
-                    Stats::add(&stats.abandoned, queued as u64);
-                    return Err(err.into());
-                }
-            }
-            ack.settle(Settlement::Done);
-            acked += 1;
-        }
-        Stats::add(&stats.acked, acked);
-    }
-    Ok(())
-}

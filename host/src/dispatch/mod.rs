@@ -16,6 +16,7 @@ pub mod dead_letter;
 pub mod handler;
 mod lane;
 pub mod policy;
+mod publish;
 pub mod route;
 pub mod stats;
 
@@ -55,6 +56,10 @@ pub struct Dispatcher {
     pub concurrency: usize,
     pub ordering: Ordering,
     pub batch_size: usize,
+    /// Payload bytes handed to the plugin per call, at most (a single larger
+    /// event still goes alone). Keeps a batch of big events from exhausting
+    /// the instance's memory cap: `pipeline.rs` sets it to an eighth of it.
+    pub batch_bytes: usize,
     pub stats: Arc<Stats>,
 }
 

@@ -24,6 +24,8 @@ macro_rules! stats {
 stats! {
     /// Deliveries taken from the source.
     received,
+    /// Calls into the plugin (`received / calls` is the mean batch size).
+    calls,
     /// Outputs sent to sinks (replies included).
     outputs,
     /// Events the plugin filtered out (zero outputs).

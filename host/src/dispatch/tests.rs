@@ -218,6 +218,7 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
         concurrency: 1,
         ordering: Ordering::Partition,
         batch_size: 16,
+        batch_bytes: 1 << 20,
         stats: Arc::new(Stats::default()),
     };
     Harness { out, dlq, calls, dispatcher }
@@ -419,5 +420,22 @@ async fn undecodable_deliveries_skip_the_plugin() -> Result<(), DispatchError> {
     assert_eq!(dlq[0].payload, b"{not json");
     assert_eq!(header(&dlq[0], "sluice-dlq-reason"), Some("undecodable"));
     assert_eq!(settlements(&log), vec![("x".into(), Settlement::Done)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn batches_are_split_to_stay_within_the_byte_budget() -> Result<(), DispatchError> {
+    let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    h.dispatcher.batch_bytes = 10;
+    let log = Settlements::default();
+    // 4+4 fit in 10 bytes; the third 4 starts a new call; 20 goes alone.
+    let payloads = ["aaaa", "bbbb", "cccc", "dddddddddddddddddddd", "e"];
+    let events = payloads.iter().enumerate().map(|(i, p)| (event(&i.to_string(), p), 0)).collect();
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+    assert_eq!(h.out.payloads(), payloads);
+    let sizes: Vec<usize> = h.calls.lock().map(|c| c.iter().map(|c| c.2).collect()).unwrap_or_default();
+    // Each event records the size of the call it was in.
+    assert!(sizes.iter().all(|&n| n <= 2), "{sizes:?}");
+    assert_eq!(sizes[3], 1, "an event over the budget goes alone");
     Ok(())
 }

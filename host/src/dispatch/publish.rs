@@ -1,0 +1,139 @@
+//! The two stages after a lane: the publisher routes each concluded event's
+//! outputs (or dead-letter record) to its sinks, and the completer waits for
+//! the sinks' receipts, in order, before acknowledging the source.
+//!
+//! They run as tasks of their own so that sending batch N overlaps with the
+//! plugin handling batch N+1, and waiting for durability overlaps with both.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{DispatchError, Dispatcher, Stats};
+use crate::event::Output;
+use crate::sink::{Receipt, Record};
+use crate::source::{Ack, Settlement};
+
+/// Batches queued between stages. Bounds the work in flight per lane: when
+/// the sinks lag, the publisher waits for room, then the lane waits here.
+pub(super) const QUEUED_BATCHES: usize = 32;
+
+/// How the lane finished one event.
+pub(super) enum Conclusion {
+    /// Handled: publish these outputs (replies go to `reply_to`).
+    Outputs {
+        outputs: Vec<Output>,
+        reply_to: Option<String>,
+        ack: Ack,
+    },
+    /// Failed for good: publish this dead-letter record.
+    DeadLetter { record: Record, ack: Ack },
+}
+
+/// An event sent, waiting for its receipts.
+struct Pending {
+    ack: Ack,
+    receipts: Vec<Receipt>,
+}
+
+/// Starts the publisher and completer of one lane; returns the queue to feed
+/// and a handle resolving to the first failure of either.
+pub(super) fn start(
+    d: Arc<Dispatcher>,
+    failed: CancellationToken,
+) -> (mpsc::Sender<Vec<Conclusion>>, tokio::task::JoinHandle<Result<(), DispatchError>>) {
+    let (conclusions, rx) = mpsc::channel(QUEUED_BATCHES);
+    let (pending, pending_rx) = mpsc::channel(QUEUED_BATCHES);
+    let completer = tokio::spawn(complete(pending_rx, d.stats.clone(), failed.clone()));
+    let handle = tokio::spawn(async move {
+        let published = publish(rx, pending, &d, &failed).await;
+        let completed = completer
+            .await
+            .unwrap_or_else(|e| Err(DispatchError::Lane(format!("completer: {e}"))));
+        published.and(completed)
+    });
+    (conclusions, handle)
+}
+
+async fn publish(
+    mut rx: mpsc::Receiver<Vec<Conclusion>>,
+    pending: mpsc::Sender<Vec<Pending>>,
+    d: &Dispatcher,
+    failed: &CancellationToken,
+) -> Result<(), DispatchError> {
+    let stats = &d.stats;
+    while let Some(batch) = rx.recv().await {
+        let mut sent = Vec::with_capacity(batch.len());
+        for conclusion in batch {
+            let result = match conclusion {
+                Conclusion::Outputs { outputs, reply_to, ack } => {
+                    if outputs.is_empty() {
+                        Stats::add(&stats.filtered, 1);
+                    }
+                    let mut receipts = Vec::with_capacity(outputs.len());
+                    let mut result = Ok(());
+                    for output in outputs {
+                        match d.router.route(output, reply_to.as_deref()) {
+                            Some((sink, record)) => match sink.send(record).await {
+                                Ok(receipt) => receipts.push(receipt),
+                                Err(err) => {
+                                    result = Err(err);
+                                    break;
+                                }
+                            },
+                            None => Stats::add(&stats.replies_dropped, 1),
+                        }
+                    }
+                    Stats::add(&stats.outputs, receipts.len() as u64);
+                    result.map(|()| Pending { ack, receipts })
+                }
+                Conclusion::DeadLetter { record, ack } => {
+                    d.dead_letter.send(record).await.map(|receipt| Pending { ack, receipts: vec![receipt] })
+                }
+            };
+            match result {
+                Ok(p) => sent.push(p),
+                Err(err) => {
+                    // What was sent before may still become durable: let the
+                    // completer settle it; everything else is handed back.
+                    failed.cancel();
+                    let _ = pending.send(sent).await;
+                    return Err(err.into());
+                }
+            }
+        }
+        if pending.send(sent).await.is_err() {
+            // The completer stopped on a failure; it reports it.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Waits for each event's receipts in order, then acks it.
+async fn complete(mut rx: mpsc::Receiver<Vec<Pending>>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
+    while let Some(batch) = rx.recv().await {
+        let mut acked = 0;
+        let mut events = batch.into_iter();
+        while let Some(Pending { ack, receipts }) = events.next() {
+            for receipt in receipts {
+                if let Err(err) = receipt.wait().await {
+                    failed.cancel();
+                    Stats::add(&stats.acked, acked);
+                    // `ack`, the rest of this batch and the queue drop: handed back.
+                    let mut queued = 1 + events.len();
+                    while let Ok(batch) = rx.try_recv() {
+                        queued += batch.len();
+                    }
+                    Stats::add(&stats.abandoned, queued as u64);
+                    return Err(err.into());
+                }
+            }
+            ack.settle(Settlement::Done);
+            acked += 1;
+        }
+        Stats::add(&stats.acked, acked);
+    }
+    Ok(())
+}
