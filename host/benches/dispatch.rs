@@ -169,6 +169,7 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
         ordering: Ordering::Partition,
         batch_size: batch,
         batch_bytes: 32 << 20,
+        timeout: Duration::from_secs(5),
         stats: Arc::new(Stats::default()),
     }
 }

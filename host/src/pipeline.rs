@@ -88,6 +88,7 @@ pub async fn build(
         ordering: policy.ordering,
         batch_size: policy.batch_size,
         batch_bytes: (policy.memory.as_u64() / 8) as usize,
+        timeout: policy.timeout,
         stats: Arc::new(Stats::default()),
     };
     Ok((dispatcher, source))

@@ -199,6 +199,20 @@ fn an_infinite_loop_is_interrupted_by_the_timeout() -> Result<()> {
     Ok(())
 }
 
+/// A guest blocked in a host call (a 60 s sleep) cannot be interrupted by an
+/// epoch; the lane's watchdog stops waiting for it shortly after the deadline
+/// and the next event is handled by a fresh instance. The run must end long
+/// before the sleep would.
+#[test]
+fn a_guest_sleeping_in_a_host_call_is_cut_by_the_watchdog() -> Result<()> {
+    let started = std::time::Instant::now();
+    let record = culprit_then_ok("sleep:60000", r#"timeout = "200ms""#)?;
+    let message = dlq_header(&record, "sluice-dlq-message")?;
+    assert!(message.contains("timed out"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the run waited for the sleep: {:?}", started.elapsed());
+    Ok(())
+}
+
 #[test]
 fn a_memory_hog_hits_the_memory_cap() -> Result<()> {
     let record = culprit_then_ok("oom", r#"memory = "16MiB""#)?;

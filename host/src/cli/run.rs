@@ -10,7 +10,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{}: no pipelines configured", path.display());
     }
     let runtime = super::tokio_runtime()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         let reports = sluice::supervisor::run(config, shutdown)
@@ -21,7 +21,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             eprintln!("pipeline `{}` failed: {}", report.name, report.error.as_deref().unwrap_or(""));
         }
         Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-    })
+    });
+    // A plugin call abandoned by the watchdog may still hold a blocking
+    // thread; do not wait for it to exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 /// First SIGINT/SIGTERM: drain. Second: exit at once.

@@ -4,7 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,12 @@ use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
 use crate::runtime::CallError;
 use crate::source::{Ack, Delivery, Settlement};
+
+/// How long past its deadline a call may run before the lane stops waiting
+/// for it. Epochs stop guest code at the deadline; only a guest blocked in a
+/// host call (a sleep, a poll) outlives it. Its thread is then left to finish
+/// on its own, and the lane carries on with a fresh instance.
+pub const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
 
 /// Why one attempt failed.
 enum Failed {
@@ -229,23 +235,40 @@ impl Lane {
         Stats::add(&self.d.stats.calls, 1);
         let handler = self.handler.take();
         let factory = self.d.factory.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        // Shared, not moved, so the lane keeps the events if it must stop
+        // waiting for the call.
+        let events = Arc::new(events);
+        let input = events.clone();
+        let call = tokio::task::spawn_blocking(move || {
             let mut handler = match handler {
                 Some(handler) => handler,
                 None => match factory.create() {
                     Ok(handler) => handler,
-                    Err(e) => return (None, events, Err(CallError::Start(e))),
+                    Err(e) => return (None, Err(CallError::Start(e))),
                 },
             };
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&events)))
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&input)))
                 .unwrap_or_else(|_| Err(CallError::Trap("the host panicked while calling the plugin".into())));
             let keep = result.is_ok().then_some(handler);
-            (keep, events, result)
-        })
-        .await
-        .map_err(|e| DispatchError::Lane(format!("plugin call: {e}")))?;
-        let (handler, events, result) = joined;
-        self.handler = handler;
+            (keep, result)
+        });
+        let budget = self.d.timeout.saturating_mul(events.len().max(1) as u32);
+        let result = match tokio::time::timeout(budget + WATCHDOG_GRACE, call).await {
+            Ok(joined) => {
+                let (handler, result) = joined.map_err(|e| DispatchError::Lane(format!("plugin call: {e}")))?;
+                self.handler = handler;
+                result
+            }
+            Err(_) => {
+                tracing::warn!(
+                    pipeline = %self.d.pipeline,
+                    lane = self.id,
+                    "plugin call overran its deadline by {WATCHDOG_GRACE:?} (blocked in a host call?); abandoning its instance"
+                );
+                Err(CallError::Timeout(budget))
+            }
+        };
+        let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
         Ok((events, result))
     }
 }

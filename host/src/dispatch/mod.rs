@@ -14,7 +14,7 @@
 
 pub mod dead_letter;
 pub mod handler;
-mod lane;
+pub mod lane;
 pub mod policy;
 mod publish;
 pub mod route;
@@ -60,6 +60,11 @@ pub struct Dispatcher {
     /// event still goes alone). Keeps a batch of big events from exhausting
     /// the instance's memory cap: `pipeline.rs` sets it to an eighth of it.
     pub batch_bytes: usize,
+    /// Per-event handler timeout (`policy.timeout`). The runtime enforces it
+    /// with epochs; the lane also stops waiting for a call that overruns it
+    /// by [`lane::WATCHDOG_GRACE`] (a guest blocked inside a host call, such
+    /// as a long sleep, cannot be interrupted by an epoch).
+    pub timeout: std::time::Duration,
     pub stats: Arc<Stats>,
 }
 

@@ -219,6 +219,7 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
         ordering: Ordering::Partition,
         batch_size: 16,
         batch_bytes: 1 << 20,
+        timeout: Duration::from_secs(5),
         stats: Arc::new(Stats::default()),
     };
     Harness { out, dlq, calls, dispatcher }

@@ -13,6 +13,7 @@
 //! | `log:<text>`     | logs `<text>` at info with field `event=<id>`, outputs `<text>`     |
 //! | `reply:<text>`   | one reply output, payload `<text>`                                  |
 //! | `fanout:<n>`     | `n` outputs with payloads `0` … `n-1`                               |
+//! | `sleep:<ms>`     | sleeps in the host (a blocking WASI call), then outputs `slept`     |
 //! | `env:<NAME>`     | one output: the variable's value, or `unset` (sandbox tests)        |
 //! | `read:<path>`    | one output: the file's contents, or `denied: <error>` (sandbox tests) |
 //! | anything else    | the event unchanged (key, payload, headers)                         |
@@ -82,6 +83,11 @@ impl Plugin for Chaos {
         if let Some(n) = rule.strip_prefix("fanout:") {
             let n: u32 = count(rule, n)?;
             return Ok((0..n).map(|i| Output::new(i.to_string())).collect());
+        }
+        if let Some(ms) = rule.strip_prefix("sleep:") {
+            let ms: u64 = count(rule, ms)?.into();
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            return Ok(vec![Output::new("slept")]);
         }
         if let Some(name) = rule.strip_prefix("env:") {
             let value = std::env::var(name).unwrap_or_else(|_| "unset".into());
