@@ -138,7 +138,7 @@ fn compare(path: &Path, printed: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 async fn open(path: &Path, format: LineFormat) -> anyhow::Result<LineSource> {
-    if path == PathBuf::from("-") {
+    if path == Path::new("-") {
         return Ok(LineSource::stdin(format));
     }
     Ok(LineSource::file(path.display().to_string(), path.to_path_buf(), format, false, None).await?)

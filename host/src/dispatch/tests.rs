@@ -20,6 +20,9 @@ use crate::source::{Ack, Acknowledge, Delivery, Settlement};
 
 type Settlements = Arc<Mutex<Vec<(String, Settlement)>>>;
 
+/// Every handler call: (event id, attempt, events in the call, time).
+type Calls = Arc<Mutex<Vec<(String, u32, usize, Instant)>>>;
+
 struct RecordingAck {
     id: String,
     log: Settlements,
@@ -153,12 +156,12 @@ type Script = dyn Fn(&Event, usize) -> Result<HandleResult, CallError> + Send + 
 /// Records every call as (event id, attempt, batch size, time).
 struct Scripted {
     script: Arc<Script>,
-    calls: Arc<Mutex<Vec<(String, u32, usize, Instant)>>>,
+    calls: Calls,
 }
 
 struct ScriptedHandler {
     script: Arc<Script>,
-    calls: Arc<Mutex<Vec<(String, u32, usize, Instant)>>>,
+    calls: Calls,
 }
 
 impl Handler for ScriptedHandler {
@@ -198,7 +201,7 @@ fn retryable(msg: &str) -> HandleResult {
 struct Harness {
     out: Arc<MemorySink>,
     dlq: Arc<MemorySink>,
-    calls: Arc<Mutex<Vec<(String, u32, usize, Instant)>>>,
+    calls: Calls,
     dispatcher: Dispatcher,
 }
 
