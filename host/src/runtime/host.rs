@@ -55,10 +55,10 @@ impl GuestLog {
     }
 }
 
-impl Drop for GuestLog {
-    /// Lines dropped since the last line that got through would otherwise go
-    /// unreported when the instance ends (end of run, or a trap).
-    fn drop(&mut self) {
+impl GuestLog {
+    /// Reports, once, how many lines the rate limit dropped since the last
+    /// report.
+    fn report_dropped(&mut self) {
         if self.dropped > 0 {
             tracing::warn!(
                 target: "sluice::guest",
@@ -67,7 +67,16 @@ impl Drop for GuestLog {
                 dropped = self.dropped,
                 "plugin log lines dropped by the rate limit ({LOG_RATE_PER_SEC}/s)"
             );
+            self.dropped = 0;
         }
+    }
+}
+
+impl Drop for GuestLog {
+    /// Lines dropped since the last line that got through would otherwise go
+    /// unreported when the instance ends (end of run, or a trap).
+    fn drop(&mut self) {
+        self.report_dropped();
     }
 }
 
@@ -77,16 +86,7 @@ impl log::Host for PluginState {
         if !log.admit() {
             return;
         }
-        if log.dropped > 0 {
-            tracing::warn!(
-                target: "sluice::guest",
-                pipeline = %log.pipeline,
-                plugin = %log.plugin,
-                dropped = log.dropped,
-                "plugin log lines dropped by the rate limit ({LOG_RATE_PER_SEC}/s)"
-            );
-            log.dropped = 0;
-        }
+        log.report_dropped();
         let event = log.current_event.as_deref().unwrap_or("-");
         let fields = Fields(&fields);
         macro_rules! emit {
