@@ -764,3 +764,18 @@ fn plugin_test_expect_compares_with_a_kept_run() -> Result<()> {
     assert!(differs.stderr.contains("1 line(s) differ"), "{}", differs.stderr);
     Ok(())
 }
+
+/// Guest logs reach the host's log with the plugin's name, and a chatty
+/// guest is rate-limited (burst 200, then 100/s), with the drop reported.
+#[test]
+fn guest_logs_are_forwarded_and_rate_limited() -> Result<()> {
+    let events: Vec<Value> = (0..1000).map(|i| event(&format!("log:line {i}"))).collect();
+    let (scratch, finished) = run_one("chaos", "", "", &events)?;
+    assert_eq!(scratch.read_jsonl("out.jsonl")?.len(), 1000, "logging never costs an event");
+    assert!(finished.stderr.contains("line 0"), "first lines are forwarded:\n{}", finished.stderr);
+    assert!(finished.stderr.contains("plugin=chaos"), "tagged with the plugin:\n{}", finished.stderr);
+    let forwarded = finished.stderr.lines().filter(|l| l.contains("sluice::guest") && l.contains(" line ")).count();
+    assert!((200..1000).contains(&forwarded), "burst of 200 then limited, got {forwarded}");
+    assert!(finished.stderr.contains("dropped by the rate limit"), "{}", finished.stderr);
+    Ok(())
+}
