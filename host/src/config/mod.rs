@@ -4,7 +4,7 @@
 //!
 //! Loading is three steps: [`interpolate`] `${ENV}` references in the raw
 //! text, deserialize with serde (which names the offending key and line), then
-//! [`validate`] the cross-field rules serde cannot express.
+//! `validate` the cross-field rules serde cannot express.
 
 mod error;
 mod interpolate;

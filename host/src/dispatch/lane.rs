@@ -1,5 +1,5 @@
 //! One lane: a plugin instance and its queue. The lane calls the plugin,
-//! retries failures and decides each event's fate, in order; [`super::publish`]
+//! retries failures and decides each event's fate, in order; `publish`
 //! sends what it decided and acknowledges the source.
 
 use std::panic::AssertUnwindSafe;

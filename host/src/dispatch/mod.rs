@@ -5,9 +5,10 @@
 //! plugin instance and handles its queue in order, a batch per call. Each
 //! event ends in exactly one of three ways: its outputs are sent, it is
 //! dead-lettered, or (at shutdown or on a sink failure) it is abandoned for
-//! redelivery. A lane's completer then waits for the sink receipts, in order,
-//! and only then settles the source ack: at-least-once, never "acked but
-//! not written".
+//! redelivery. Behind each lane, `publish` sends what the lane decided
+//! (outputs or dead-letter records) and its completer waits for the sink
+//! receipts, in order, and only then settles the source ack: at-least-once,
+//! never "acked but not written".
 //!
 //! Retries happen inside the lane, after the policy's backoff, so later
 //! events of the same lane wait: order is kept even through failures.

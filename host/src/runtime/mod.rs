@@ -6,7 +6,7 @@
 //!   [`LoadedPlugin`]: digest, sha256 pin, world check, `init`.
 //! - [`instance`]: one live instance with its store, limits and WASI context;
 //!   calling the handler and classifying traps.
-//! - [`host`]: the imports we provide to guests (logging).
+//! - `host`: the imports we provide to guests (logging).
 //! - [`bindings`]: the single `bindgen!` of the WIT world.
 
 pub mod bindings;
