@@ -130,3 +130,13 @@ fn a_trap_spends_the_instance_and_a_fresh_one_works() -> Result {
     assert_eq!(run_one(&chaos, "ok:again")?, "again");
     Ok(())
 }
+
+#[test]
+fn the_memory_cap_applies_from_instantiation() -> Result {
+    // Rust components start with 17 pages (1.06 MiB) of linear memory.
+    let runtime = Runtime::new(&RuntimeOptions::default())?;
+    let spec = PluginSpec { memory: 1 << 20, ..spec("uppercase", WasiGrants::default()) };
+    let err = LoadedPlugin::load(&runtime, spec).err().ok_or("a 1 MiB cap must refuse a 1.06 MiB start")?;
+    assert!(err.to_string().contains("exceeds memory limits"), "{err}");
+    Ok(())
+}

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -88,30 +88,18 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub(super) fn new(
-        mut store: Store<PluginState>,
-        plugin: Plugin,
-        timeout: Duration,
-        memory_limit: u64,
-        stderr: StderrTail,
-    ) -> Self {
-        store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
-        Self {
-            store,
-            plugin,
-            timeout,
-            memory_limit,
-            stderr,
-        }
-    }
-
-    pub(super) fn state(
+    /// A store with every limit in force before the first instruction: the
+    /// memory cap (so instantiation's initial memory and a start function's
+    /// growth are capped too) and a deadline of one `timeout` (so a start
+    /// function that loops cannot hang the load).
+    pub(super) fn store(
+        engine: &Engine,
         wasi: WasiCtx,
-        memory_limit: u64,
         log: GuestLog,
-    ) -> PluginState {
-        PluginState {
+        memory_limit: u64,
+        timeout: Duration,
+    ) -> Store<PluginState> {
+        let state = PluginState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryCap {
@@ -119,6 +107,28 @@ impl Instance {
                 hit: false,
             },
             log,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(timeout));
+        store
+    }
+
+    /// Wraps an instantiated store made by [`Instance::store`].
+    pub(super) fn new(
+        store: Store<PluginState>,
+        plugin: Plugin,
+        timeout: Duration,
+        memory_limit: u64,
+        stderr: StderrTail,
+    ) -> Self {
+        Self {
+            store,
+            plugin,
+            timeout,
+            memory_limit,
+            stderr,
         }
     }
 
@@ -157,9 +167,7 @@ impl Instance {
     /// Sets the deadline for a call covering `events` events.
     fn arm(&mut self, events: usize) {
         let budget = self.timeout.saturating_mul(events.max(1) as u32);
-        let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
-        // One extra tick: the current tick may be about to end.
-        self.store.set_epoch_deadline(ticks as u64 + 1);
+        self.store.set_epoch_deadline(deadline_ticks(budget));
     }
 
     fn classify(&mut self, err: wasmtime::Error, events: usize) -> CallError {
@@ -183,6 +191,12 @@ impl Instance {
         }
         CallError::Trap(message)
     }
+}
+
+/// Epoch ticks for a deadline `budget` from now, plus one: the current tick
+/// may be about to end.
+fn deadline_ticks(budget: Duration) -> u64 {
+    budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64 + 1
 }
 
 /// The last few KiB a guest wrote to stderr, kept in memory (not shown)

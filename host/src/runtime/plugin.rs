@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
-use wasmtime::Store;
 
 use super::bindings::PluginPre;
 use super::engine::Runtime;
@@ -150,12 +149,7 @@ impl LoadedPlugin {
             detail: format!("cannot grant WASI capabilities: {e:#}"),
         })?;
         let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone());
-        let state = Instance::state(wasi, spec.memory, log);
-        let mut store = Store::new(inner.runtime.engine(), state);
-        // The deadline applies from the first instruction: a guest whose
-        // start function loops must not hang the load.
-        store.set_epoch_deadline(ticks(spec.timeout));
-        store.epoch_deadline_trap();
+        let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.memory, spec.timeout);
         let bindings = inner.pre.instantiate(&mut store).map_err(|e| LoadError::Start {
             path: path.clone(),
             detail: format!("{e:#}"),
@@ -199,10 +193,6 @@ impl LoadedPlugin {
     pub fn cache_hit(&self) -> bool {
         self.inner.cache_hit
     }
-}
-
-fn ticks(timeout: Duration) -> u64 {
-    timeout.as_nanos().div_ceil(super::engine::EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
 fn plugin_name(path: &Path) -> String {
