@@ -53,9 +53,10 @@ pub struct Failure {
     pub last: SystemTime,
 }
 
-/// Builds the dead-letter record for `event`.
-pub fn record(event: &Event, failure: &Failure, pipeline: &str, plugin: &str, digest: &str) -> Record {
-    let mut headers = event.headers.clone();
+/// Builds the dead-letter record for `event`, moving its key, payload and
+/// headers into the record.
+pub fn record(event: Event, failure: &Failure, pipeline: &str, plugin: &str, digest: &str) -> Record {
+    let mut headers = event.headers;
     headers.extend([
         text_header("sluice-dlq-reason", failure.reason.as_str()),
         text_header("sluice-dlq-message", failure.message.clone()),
@@ -63,19 +64,19 @@ pub fn record(event: &Event, failure: &Failure, pipeline: &str, plugin: &str, di
         text_header("sluice-dlq-pipeline", pipeline),
         text_header("sluice-dlq-plugin", plugin),
         text_header("sluice-dlq-plugin-digest", digest),
-        text_header("sluice-dlq-event-id", event.id.clone()),
-        text_header("sluice-dlq-source", event.source.clone()),
+        text_header("sluice-dlq-event-id", event.id),
+        text_header("sluice-dlq-source", event.source),
         text_header("sluice-dlq-first-failure", rfc3339(failure.first)),
         text_header("sluice-dlq-last-failure", rfc3339(failure.last)),
         text_header("sluice-dlq-timestamp", event.timestamp_ms.to_string()),
     ]);
-    if let Some(reply_to) = &event.reply_to {
-        headers.push(text_header("sluice-dlq-reply-to", reply_to.clone()));
+    if let Some(reply_to) = event.reply_to {
+        headers.push(text_header("sluice-dlq-reply-to", reply_to));
     }
     Record {
         destination: None,
-        key: event.key.clone(),
-        payload: event.payload.clone(),
+        key: event.key,
+        payload: event.payload,
         headers,
     }
 }

@@ -101,7 +101,7 @@ impl Lane {
                 Some(defect) => {
                     let now = SystemTime::now();
                     let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
-                    self.dead_letter(&delivery.event, &failure, delivery.ack);
+                    self.dead_letter(delivery.event, &failure, delivery.ack);
                 }
                 None => {
                     events.push(delivery.event);
@@ -149,15 +149,14 @@ impl Lane {
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
         if self.abandoning {
-            Stats::add(&self.d.stats.abandoned, 1);
-            ack.settle(Settlement::Abandon);
+            self.hand_back(ack);
             return Ok(());
         }
         let mut first_failure = None;
         loop {
             let failed = match result {
                 Ok(outputs) => {
-                    self.publish(&event, outputs, ack);
+                    self.concluded.push(Conclusion::Outputs { outputs, reply_to: event.reply_to, ack });
                     return Ok(());
                 }
                 Err(failed) => failed,
@@ -167,13 +166,13 @@ impl Lane {
             let message = failed.message();
             if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
                 let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
-                self.dead_letter(&event, &failure, ack);
+                self.dead_letter(event, &failure, ack);
                 return Ok(());
             }
             Stats::add(&self.d.stats.failures, 1);
             if !self.d.retry.should_retry(event.attempt) {
                 let failure = Failure { reason: Reason::RetriesExhausted, message, attempts: event.attempt, first, last: now };
-                self.dead_letter(&event, &failure, ack);
+                self.dead_letter(event, &failure, ack);
                 return Ok(());
             }
             // What is already concluded should not wait for this retry.
@@ -189,8 +188,7 @@ impl Lane {
                 // No retries during a drain: hand it back, and everything
                 // after it in this lane, to keep the order.
                 self.abandoning = true;
-                Stats::add(&self.d.stats.abandoned, 1);
-                ack.settle(Settlement::Abandon);
+                self.hand_back(ack);
                 return Ok(());
             }
             event.attempt += 1;
@@ -201,11 +199,13 @@ impl Lane {
         }
     }
 
-    fn publish(&mut self, event: &Event, outputs: Vec<Output>, ack: Ack) {
-        self.concluded.push(Conclusion::Outputs { outputs, reply_to: event.reply_to.clone(), ack });
+    /// Hands an unfinished event back to its source (redelivered later).
+    fn hand_back(&self, ack: Ack) {
+        Stats::add(&self.d.stats.abandoned, 1);
+        ack.settle(Settlement::Abandon);
     }
 
-    fn dead_letter(&mut self, event: &Event, failure: &Failure, ack: Ack) {
+    fn dead_letter(&mut self, event: Event, failure: &Failure, ack: Ack) {
         let d = &self.d;
         tracing::warn!(
             pipeline = %d.pipeline,

@@ -17,7 +17,7 @@ use crate::source::{Ack, Settlement};
 
 /// Batches queued between stages. Bounds the work in flight per lane: when
 /// the sinks lag, the publisher waits for room, then the lane waits here.
-pub(super) const QUEUED_BATCHES: usize = 32;
+const QUEUED_BATCHES: usize = 32;
 
 /// How the lane finished one event.
 pub(super) enum Conclusion {
