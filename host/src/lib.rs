@@ -21,12 +21,14 @@
 //! [`pipeline`] assembles one pipeline from its config and [`supervisor`]
 //! runs many of them in one process, isolated from each other, until they end
 //! or a shutdown signal drains them. [`codec`] holds the JSON-lines encoding
-//! shared by the file and stdio sources and sinks.
+//! shared by the file and stdio sources and sinks, [`fs`] the atomic file
+//! write used by checkpoints and the compiled-component cache.
 
 pub mod codec;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod fs;
 pub mod pipeline;
 pub mod runtime;
 pub mod sink;

@@ -108,7 +108,7 @@ impl Runtime {
             }
         }
         let compiled = self.engine.precompile_component(bytes)?;
-        if let Err(err) = write_atomically(dir, &path, &compiled) {
+        if let Err(err) = crate::fs::write_atomically(&path, &compiled) {
             tracing::warn!(path = %path.display(), "cannot write the component cache: {err}");
         }
         // SAFETY: these bytes were produced just above by this engine.
@@ -125,13 +125,6 @@ impl Runtime {
         key.update(hasher.finish().to_le_bytes());
         dir.join(format!("{}.cwasm", hex::encode(&key.finalize()[..16])))
     }
-}
-
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.

@@ -151,7 +151,8 @@ impl LineSource {
         };
         self.last_write = Instant::now();
         // Lines below the commit point are done: record how many.
-        write_checkpoint(path, committed.saturating_sub(1)).map_err(|source| SourceError::Checkpoint {
+        let done = committed.saturating_sub(1);
+        crate::fs::write_atomically(path, format!("{done}\n").as_bytes()).map_err(|source| SourceError::Checkpoint {
             path: path.clone(),
             source,
         })
@@ -273,21 +274,6 @@ impl Acknowledge for LineAck {
     fn settle(self: Box<Self>, settlement: Settlement) {
         (*self).settle_line(settlement);
     }
-}
-
-/// Replaces the checkpoint atomically and durably: write a sibling file,
-/// fsync it, rename it over the old one.
-fn write_checkpoint(path: &std::path::Path, done: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    writeln!(file, "{done}")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 async fn read_checkpoint(path: &PathBuf) -> Result<u64, SourceError> {
