@@ -170,6 +170,7 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
         batch_size: batch,
         batch_bytes: 32 << 20,
         timeout: Duration::from_secs(5),
+        redeliver: false,
         stats: Arc::new(Stats::default()),
     }
 }

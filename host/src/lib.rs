@@ -5,7 +5,7 @@
 //! 1. [`config`]: the TOML file, strict and typed, with `${ENV}` interpolation.
 //!    It describes pipelines; each pipeline is one source, one plugin, sinks and
 //!    a policy.
-//! 2. [`source`]: where events come from (a file, stdin; brokers plug in here).
+//! 2. [`source`]: where events come from (a file, stdin, core NATS, JetStream).
 //!    A source yields [`source::Delivery`]s: an [`event::Event`] plus an
 //!    acknowledgement handle that is settled only once the event is done.
 //! 3. [`dispatch`]: the pipeline driver. It assigns deliveries to ordered
@@ -14,21 +14,23 @@
 //! 4. [`runtime`]: wasmtime. One engine per process, compiled components
 //!    cached, instances with memory caps, epoch deadlines and denied-by-default
 //!    WASI. A trap fails one call and the instance is replaced.
-//! 5. [`sink`]: where outputs and dead-letter records go (stdout, a file;
-//!    brokers plug in here). A sink reports when a record is durably accepted,
+//! 5. [`sink`]: where outputs and dead-letter records go (stdout, a file,
+//!    core NATS, JetStream). A sink reports when a record is durably accepted,
 //!    and only then is the source acknowledged.
 //!
 //! [`pipeline`] assembles one pipeline from its config and [`supervisor`]
 //! runs many of them in one process, isolated from each other, until they end
 //! or a shutdown signal drains them. [`codec`] holds the JSON-lines encoding
 //! shared by the file and stdio sources and sinks, [`fs`] the atomic file
-//! write used by checkpoints and the compiled-component cache.
+//! write used by checkpoints and the compiled-component cache, [`nats`] the
+//! connections and header mapping NATS sources and sinks share.
 
 pub mod codec;
 pub mod config;
 pub mod dispatch;
 pub mod event;
 pub mod fs;
+pub mod nats;
 pub mod pipeline;
 pub mod runtime;
 pub mod sink;

@@ -6,12 +6,16 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{Ordering, PipelineConfig, SinkConfig, SourceConfig};
 use crate::dispatch::{Dispatcher, RetryPolicy, Router, Stats};
+use crate::nats::Connections;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
 use crate::sink::lines::LineSink;
+use crate::sink::nats::{JetStreamSink, NatsSink};
 use crate::sink::{Sink, SinkError};
+use crate::source::jetstream::{JetStreamSettings, JetStreamSource};
 use crate::source::lines::LineSource;
+use crate::source::nats::NatsSource;
 use crate::source::{Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +77,19 @@ pub async fn build(
         Some(sink) => sinks.open(sink).await?,
         None => return Err(BuildError::Config("no dead_letter sink".into())),
     };
-    let source = open_source(&config.source).await?;
+    let source = open_source(config, &sinks.connections).await?;
     let policy = &config.policy;
+    let max_attempts = match source.max_deliveries() {
+        Some(limit) => policy.max_attempts.min(limit),
+        None => policy.max_attempts,
+    };
     let dispatcher = Dispatcher {
         pipeline: name.to_owned(),
         factory: Arc::new(plugin),
-        router: Router::new(default, routes),
+        router: Router::new(default, routes).with_replies(source.reply_sink()),
         dead_letter,
         retry: RetryPolicy {
-            max_attempts: policy.max_attempts,
+            max_attempts,
             backoff: policy.backoff.clone(),
         },
         concurrency: policy.concurrency,
@@ -89,12 +97,21 @@ pub async fn build(
         batch_size: policy.batch_size,
         batch_bytes: (policy.memory.as_u64() / 8) as usize,
         timeout: policy.timeout,
+        redeliver: source.redelivers() && policy.ordering == Ordering::None,
         stats: Arc::new(Stats::default()),
     };
     Ok((dispatcher, source))
 }
 
-async fn open_source(config: &SourceConfig) -> Result<Box<dyn Source>, SourceError> {
+async fn open_source(pipeline: &PipelineConfig, connections: &Connections) -> Result<Box<dyn Source>, SourceError> {
+    let config = &pipeline.source;
+    let connect = || async {
+        let server = config.nats_server().ok_or_else(|| SourceError::Broker { what: "source".into(), message: "not a NATS source".into() })?;
+        connections
+            .get(&server)
+            .await
+            .map_err(|e| SourceError::Broker { what: format!("source {}", e.url), message: e.message })
+    };
     Ok(match config {
         SourceConfig::File {
             path,
@@ -104,32 +121,72 @@ async fn open_source(config: &SourceConfig) -> Result<Box<dyn Source>, SourceErr
             name,
         } => Box::new(LineSource::file(name.clone(), path.clone(), *format, *follow, checkpoint.clone()).await?),
         SourceConfig::Stdin { format } => Box::new(LineSource::stdin(*format)),
+        SourceConfig::Nats { subject, queue_group, .. } => {
+            Box::new(NatsSource::subscribe(connect().await?, subject, queue_group.as_deref()).await?)
+        }
+        SourceConfig::Jetstream {
+            stream,
+            subjects,
+            consumer,
+            filter_subjects,
+            deliver,
+            ack_wait,
+            max_ack_pending,
+            ..
+        } => {
+            let settings = JetStreamSettings {
+                stream: stream.clone(),
+                subjects: subjects.clone(),
+                consumer: consumer.clone(),
+                filter_subjects: filter_subjects.clone(),
+                deliver: *deliver,
+                ack_wait: *ack_wait,
+                max_ack_pending: *max_ack_pending,
+                fetch_batch: pipeline.policy.batch_size,
+            };
+            Box::new(JetStreamSource::open(connect().await?, &settings).await?)
+        }
     })
 }
 
-/// The process's open sinks, shared: two pipelines writing to stdout or to
-/// the same file share one writer, so their lines never interleave.
+/// The process's open sinks and broker connections, shared: two pipelines
+/// writing to stdout or to the same file share one writer, so their lines
+/// never interleave; sources and sinks on one NATS server share a connection.
 #[derive(Default)]
 pub struct SinkSet {
     open: Mutex<HashMap<String, Arc<dyn Sink>>>,
+    pub connections: Connections,
 }
 
 impl SinkSet {
     pub async fn open(&self, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
+        let mut open = self.open.lock().await;
         let key = match config {
             SinkConfig::Stdout { format } => format!("stdout:{format:?}"),
             SinkConfig::File { path, format, .. } => format!("file:{}:{format:?}", path.display()),
+            // Broker sinks are cheap (the connection is shared); each use
+            // gets its own, kept here only to be closed.
+            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } => format!("#{}", open.len()),
         };
-        let mut open = self.open.lock().await;
         if let Some(sink) = open.get(&key) {
             return Ok(sink.clone());
         }
         let sink: Arc<dyn Sink> = match config {
             SinkConfig::Stdout { format } => Arc::new(LineSink::stdout(*format)),
             SinkConfig::File { path, format, fsync } => Arc::new(LineSink::file(path.clone(), *format, *fsync).await?),
+            SinkConfig::Nats { subject, .. } => Arc::new(NatsSink::core(self.connect(config).await?, subject.clone())),
+            SinkConfig::Jetstream { subject, stream, .. } => {
+                Arc::new(JetStreamSink::open(self.connect(config).await?, subject.clone(), stream.clone()).await?)
+            }
         };
         open.insert(key, sink.clone());
         Ok(sink)
+    }
+
+    async fn connect(&self, config: &SinkConfig) -> Result<async_nats::Client, SinkError> {
+        let open_error = |url: String, message: String| SinkError::Open { what: format!("sink {url}"), message };
+        let server = config.nats_server().ok_or_else(|| open_error(String::new(), "not a NATS sink".into()))?;
+        self.connections.get(&server).await.map_err(|e| open_error(e.url, e.message))
     }
 
     /// Flushes and closes every sink; returns the first failure.
@@ -141,6 +198,7 @@ impl SinkSet {
                 first = Err(e);
             }
         }
+        self.connections.close_all().await;
         first
     }
 }

@@ -182,6 +182,7 @@ mod tests {
             destination: Some("d".into()),
             key: Some(vec![0xff]),
             payload: b"plain \"text\"".to_vec(),
+            id: None,
             headers: vec![
                 Header { key: "a".into(), value: b"1".to_vec() },
                 Header { key: "a".into(), value: vec![0xfe] },

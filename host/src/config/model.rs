@@ -89,7 +89,7 @@ pub struct PipelineConfig {
     pub policy: PolicyConfig,
 }
 
-/// Event sources. More kinds (Kafka, NATS, JetStream) plug in here.
+/// Event sources. More kinds (Kafka) plug in here.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
@@ -121,6 +121,134 @@ pub enum SourceConfig {
         #[serde(default)]
         format: LineFormat,
     },
+    /// Core NATS: a subscription. At-most-once: a message that arrives while
+    /// sluice is down, or is in flight when it stops, is gone (use `jetstream`
+    /// when that matters). A message with a reply subject is a request: the
+    /// plugin's reply output (or an error envelope) is published to it.
+    Nats {
+        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
+        #[serde(default)]
+        token: Option<Secret>,
+        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
+        #[serde(default)]
+        credentials: Option<PathBuf>,
+        /// Subject to subscribe to; wildcards (`orders.*`, `orders.>`) allowed.
+        subject: String,
+        /// Queue group: the hosts subscribed with the same group share the
+        /// messages (each goes to one of them). Unset: every host gets all.
+        #[serde(default)]
+        queue_group: Option<String>,
+    },
+    /// A JetStream stream, read through a durable pull consumer. At-least-once:
+    /// a message is acknowledged only after its outputs (or dead-letter record)
+    /// are durably accepted; otherwise the server delivers it again.
+    Jetstream {
+        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
+        #[serde(default)]
+        token: Option<Secret>,
+        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
+        #[serde(default)]
+        credentials: Option<PathBuf>,
+        /// The stream to read.
+        stream: String,
+        /// Subjects of the stream, used only to create it when it does not
+        /// exist. Empty (default): the stream must exist.
+        #[serde(default)]
+        subjects: Vec<String>,
+        /// Durable consumer name. Created if missing (with the settings
+        /// below); bound as it is if it exists. Hosts sharing a consumer share
+        /// the messages.
+        consumer: String,
+        /// Only messages on these subjects (of the stream). Empty: all.
+        #[serde(default)]
+        filter_subjects: Vec<String>,
+        /// Where a new consumer starts: `all` (default) or `new`.
+        #[serde(default)]
+        deliver: DeliverFrom,
+        /// How long the server waits for an acknowledgement before delivering
+        /// a message again. Sluice sends in-progress signals for events that
+        /// take longer (a slow handler, retries in place, a slow sink), so
+        /// this only matters when the host dies. Default 30s.
+        #[serde(default = "default_ack_wait", with = "humantime_serde")]
+        ack_wait: Duration,
+        /// Messages delivered but not yet acknowledged, at most: the bound on
+        /// work in flight for this consumer. Default 2048.
+        #[serde(default = "default_max_ack_pending")]
+        max_ack_pending: usize,
+    },
+}
+
+/// Where a new JetStream consumer starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliverFrom {
+    /// From the first message the stream holds.
+    #[default]
+    All,
+    /// Only messages published after the consumer is created.
+    New,
+}
+
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ack_pending() -> usize {
+    2048
+}
+
+/// A NATS server and how to log in to it (the `url`, `token` and
+/// `credentials` keys of NATS sources and sinks). Sources and sinks naming
+/// the same server share one connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NatsServer {
+    pub url: String,
+    pub token: Option<Secret>,
+    pub credentials: Option<PathBuf>,
+}
+
+impl SourceConfig {
+    /// The NATS server of a NATS or JetStream source.
+    pub fn nats_server(&self) -> Option<NatsServer> {
+        match self {
+            SourceConfig::Nats { url, token, credentials, .. } | SourceConfig::Jetstream { url, token, credentials, .. } => {
+                Some(NatsServer { url: url.clone(), token: token.clone(), credentials: credentials.clone() })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl SinkConfig {
+    /// The NATS server of a NATS or JetStream sink.
+    pub fn nats_server(&self) -> Option<NatsServer> {
+        match self {
+            SinkConfig::Nats { url, token, credentials, .. } | SinkConfig::Jetstream { url, token, credentials, .. } => {
+                Some(NatsServer { url: url.clone(), token: token.clone(), credentials: credentials.clone() })
+            }
+            _ => None,
+        }
+    }
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+
+/// A config value that must never be printed: its `Debug` is `***`.
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// How a line of text becomes an event.
@@ -209,7 +337,7 @@ pub struct WasiGrants {
     pub read_dirs: BTreeMap<String, PathBuf>,
 }
 
-/// Output destinations. More kinds (Kafka, NATS) plug in here.
+/// Output destinations. More kinds (Kafka) plug in here.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SinkConfig {
@@ -230,6 +358,46 @@ pub enum SinkConfig {
         /// only a crash).
         #[serde(default)]
         fsync: bool,
+    },
+    /// Core NATS publish. A record is accepted once the server has it (a
+    /// flush round trip covers each group of records); whether anyone was
+    /// subscribed is not known, as always with core NATS.
+    Nats {
+        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
+        #[serde(default)]
+        token: Option<Secret>,
+        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
+        #[serde(default)]
+        credentials: Option<PathBuf>,
+        /// Subject for outputs without a destination; an output's destination
+        /// (that names no route) is its subject. Unset: every output needs one.
+        #[serde(default)]
+        subject: Option<String>,
+    },
+    /// JetStream publish: a record is accepted once the stream acknowledges
+    /// it. Each record carries a `Nats-Msg-Id` made of the input event's id
+    /// and the output's index, so the stream drops the copies a redelivered
+    /// input would otherwise produce (within its duplicate window).
+    Jetstream {
+        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
+        #[serde(default)]
+        token: Option<Secret>,
+        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
+        #[serde(default)]
+        credentials: Option<PathBuf>,
+        /// Subject for outputs without a destination, as for `nats`.
+        #[serde(default)]
+        subject: Option<String>,
+        /// A stream to create, capturing `subject`, if no stream does yet.
+        /// Unset: a stream must already capture `subject`.
+        #[serde(default)]
+        stream: Option<String>,
     },
 }
 
@@ -380,12 +548,18 @@ impl Config {
             fix(dir);
         }
         for pipeline in self.pipelines.values_mut() {
-            if let SourceConfig::File { path, checkpoint, name, .. } = &mut pipeline.source {
-                *name = path.display().to_string();
-                fix(path);
-                if let Some(checkpoint) = checkpoint {
-                    fix(checkpoint);
+            match &mut pipeline.source {
+                SourceConfig::File { path, checkpoint, name, .. } => {
+                    *name = path.display().to_string();
+                    fix(path);
+                    if let Some(checkpoint) = checkpoint {
+                        fix(checkpoint);
+                    }
                 }
+                SourceConfig::Nats { credentials: Some(creds), .. } | SourceConfig::Jetstream { credentials: Some(creds), .. } => {
+                    fix(creds)
+                }
+                _ => {}
             }
             fix(&mut pipeline.plugin.path);
             for dir in pipeline.plugin.wasi.read_dirs.values_mut() {
@@ -395,8 +569,11 @@ impl Config {
                 .chain(pipeline.routes.values_mut())
                 .chain(pipeline.dead_letter.as_mut());
             for sink in sinks {
-                if let SinkConfig::File { path, .. } = sink {
-                    fix(path);
+                match sink {
+                    SinkConfig::File { path, .. }
+                    | SinkConfig::Nats { credentials: Some(path), .. }
+                    | SinkConfig::Jetstream { credentials: Some(path), .. } => fix(path),
+                    _ => {}
                 }
             }
         }

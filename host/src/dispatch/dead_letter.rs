@@ -78,6 +78,7 @@ pub fn record(event: Event, failure: &Failure, pipeline: &str, plugin: &str, dig
         key: event.key,
         payload: event.payload,
         headers,
+        id: None,
     }
 }
 

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{self, Failure, Reason};
-use super::publish::{self, Conclusion};
+use super::publish::{self, Conclusion, FailedRequest};
+use super::route::Request;
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats};
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
@@ -156,8 +157,19 @@ impl Lane {
         loop {
             let failed = match result {
                 Ok(outputs) => {
-                    self.concluded.push(Conclusion::Outputs { outputs, reply_to: event.reply_to, ack });
-                    return Ok(());
+                    let request = Request::of(event.reply_to.take(), &event.headers);
+                    match self.d.router.check(&outputs, request.as_ref()) {
+                        Ok(()) => {
+                            self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, ack });
+                            return Ok(());
+                        }
+                        // An output that cannot be sent is a plugin bug, like
+                        // an invalid result: reject the event with why.
+                        Err(message) => {
+                            event.reply_to = request.map(|r| r.reply_to);
+                            Failed::Handler(HandlerError { disposition: Disposition::Reject, message })
+                        }
+                    }
                 }
                 Err(failed) => failed,
             };
@@ -175,9 +187,17 @@ impl Lane {
                 self.dead_letter(event, &failure, ack);
                 return Ok(());
             }
+            let delay = self.d.retry.delay(event.attempt);
+            if self.d.redeliver {
+                // The broker redelivers it after the delay (JetStream nak),
+                // and this lane moves on: no order to keep.
+                tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, attempt = event.attempt, ?delay, "attempt failed, handing back for redelivery: {message}");
+                Stats::add(&self.d.stats.redelivered, 1);
+                ack.settle(Settlement::Redeliver { delay });
+                return Ok(());
+            }
             // What is already concluded should not wait for this retry.
             self.flush(done).await?;
-            let delay = self.d.retry.delay(event.attempt);
             tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, attempt = event.attempt, ?delay, "attempt failed, retrying: {message}");
             let interrupted = self.shutdown.is_cancelled()
                 || tokio::select! {
@@ -214,9 +234,19 @@ impl Lane {
             attempts = failure.attempts,
             "dead-lettering event: {}", failure.message
         );
-        let record = dead_letter::record(event, failure, &d.pipeline, d.factory.name(), d.factory.digest());
+        let failed_request = Request::of(event.reply_to.clone(), &event.headers).map(|request| {
+            Box::new(FailedRequest {
+                request,
+                reason: failure.reason,
+                message: failure.message.clone(),
+                event_id: event.id.clone(),
+            })
+        });
+        let id = format!("{}:dlq", event.id);
+        let mut record = dead_letter::record(event, failure, &d.pipeline, d.factory.name(), d.factory.digest());
+        record.id = Some(id);
         Stats::add(&d.stats.dead_lettered, 1);
-        self.concluded.push(Conclusion::DeadLetter { record, ack });
+        self.concluded.push(Conclusion::DeadLetter { record, ack, failed_request });
     }
 
     /// Hands the concluded events to the publisher.

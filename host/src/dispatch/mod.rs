@@ -11,7 +11,10 @@
 //! never "acked but not written".
 //!
 //! Retries happen inside the lane, after the policy's backoff, so later
-//! events of the same lane wait: order is kept even through failures.
+//! events of the same lane wait: order is kept even through failures. When
+//! order does not matter (`ordering = "none"`) and the broker can redeliver
+//! (JetStream), a failed event is handed back with the backoff delay
+//! instead, and the lane moves on.
 
 pub mod dead_letter;
 pub mod handler;
@@ -66,6 +69,10 @@ pub struct Dispatcher {
     /// by [`lane::WATCHDOG_GRACE`] (a guest blocked inside a host call, such
     /// as a long sleep, cannot be interrupted by an epoch).
     pub timeout: std::time::Duration,
+    /// Retryable failures go back to the broker for redelivery after the
+    /// backoff delay (JetStream with `ordering = "none"`) instead of being
+    /// retried in place, which holds up the lane to keep order.
+    pub redeliver: bool,
     pub stats: Arc<Stats>,
 }
 

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::dead_letter::Reason;
+use super::route::{ErrorReply, Request};
 use super::{DispatchError, Dispatcher, Stats};
 use crate::event::Output;
-use crate::sink::{Receipt, Record};
+use crate::sink::{Receipt, Record, SinkError};
 use crate::source::{Ack, Settlement};
 
 /// Batches queued between stages. Bounds the work in flight per lane: when
@@ -21,19 +23,34 @@ const QUEUED_BATCHES: usize = 32;
 
 /// How the lane finished one event.
 pub(super) enum Conclusion {
-    /// Handled: publish these outputs (replies go to `reply_to`).
+    /// Handled: publish these outputs (replies answer `request`).
     Outputs {
         outputs: Vec<Output>,
-        reply_to: Option<String>,
+        event_id: String,
+        request: Option<Request>,
         ack: Ack,
     },
-    /// Failed for good: publish this dead-letter record.
-    DeadLetter { record: Record, ack: Ack },
+    /// Failed for good: publish this dead-letter record, and tell the caller
+    /// if the event was a request.
+    DeadLetter {
+        record: Record,
+        ack: Ack,
+        failed_request: Option<Box<FailedRequest>>,
+    },
+}
+
+/// A request whose handler failed: it gets an error reply.
+pub(super) struct FailedRequest {
+    pub request: Request,
+    pub reason: Reason,
+    pub message: String,
+    pub event_id: String,
 }
 
 /// An event sent, waiting for its receipts.
 struct Pending {
     ack: Ack,
+    settlement: Settlement,
     receipts: Vec<Receipt>,
 }
 
@@ -67,29 +84,18 @@ async fn publish(
         let mut sent = Vec::with_capacity(batch.len());
         for conclusion in batch {
             let result = match conclusion {
-                Conclusion::Outputs { outputs, reply_to, ack } => {
+                Conclusion::Outputs { outputs, event_id, request, ack } => {
                     if outputs.is_empty() {
                         Stats::add(&stats.filtered, 1);
                     }
-                    let mut receipts = Vec::with_capacity(outputs.len());
-                    let mut result = Ok(());
-                    for output in outputs {
-                        match d.router.route(output, reply_to.as_deref()) {
-                            Some((sink, record)) => match sink.send(record).await {
-                                Ok(receipt) => receipts.push(receipt),
-                                Err(err) => {
-                                    result = Err(err);
-                                    break;
-                                }
-                            },
-                            None => Stats::add(&stats.replies_dropped, 1),
-                        }
-                    }
-                    Stats::add(&stats.outputs, receipts.len() as u64);
-                    result.map(|()| Pending { ack, receipts })
+                    send_outputs(d, outputs, &event_id, request.as_ref())
+                        .await
+                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts })
                 }
-                Conclusion::DeadLetter { record, ack } => {
-                    d.dead_letter.send(record).await.map(|receipt| Pending { ack, receipts: vec![receipt] })
+                Conclusion::DeadLetter { record, ack, failed_request } => {
+                    send_dead_letter(d, record, failed_request.as_deref())
+                        .await
+                        .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts })
                 }
             };
             match result {
@@ -111,12 +117,45 @@ async fn publish(
     Ok(())
 }
 
+/// Sends an event's outputs; a request that got no reply gets an error reply,
+/// so its caller never waits for a timeout.
+async fn send_outputs(d: &Dispatcher, outputs: Vec<Output>, event_id: &str, request: Option<&Request>) -> Result<Vec<Receipt>, SinkError> {
+    let stats = &d.stats;
+    let mut receipts = Vec::with_capacity(outputs.len());
+    let mut answered = false;
+    for (index, output) in outputs.into_iter().enumerate() {
+        answered |= output.reply;
+        match d.router.route(output, request, Some(format!("{event_id}:{index}"))) {
+            Some((sink, record)) => receipts.push(sink.send(record).await?),
+            None => Stats::add(&stats.replies_dropped, 1),
+        }
+    }
+    Stats::add(&stats.outputs, receipts.len() as u64);
+    if let (Some(request), false) = (request, answered) {
+        let error = ErrorReply { reason: "no-reply", message: "the handler returned no reply output for this request", event_id };
+        let (sink, record) = d.router.error_reply(request, &error);
+        receipts.push(sink.send(record).await?);
+    }
+    Ok(receipts)
+}
+
+/// Sends a dead-letter record, and the error reply if the event was a request.
+async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&FailedRequest>) -> Result<Vec<Receipt>, SinkError> {
+    let mut receipts = vec![d.dead_letter.send(record).await?];
+    if let Some(failed) = failed {
+        let error = ErrorReply { reason: failed.reason.as_str(), message: &failed.message, event_id: &failed.event_id };
+        let (sink, record) = d.router.error_reply(&failed.request, &error);
+        receipts.push(sink.send(record).await?);
+    }
+    Ok(receipts)
+}
+
 /// Waits for each event's receipts in order, then acks it.
 async fn complete(mut rx: mpsc::Receiver<Vec<Pending>>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
     while let Some(batch) = rx.recv().await {
         let mut acked = 0;
         let mut events = batch.into_iter();
-        while let Some(Pending { ack, receipts }) = events.next() {
+        while let Some(Pending { ack, settlement, receipts }) = events.next() {
             for receipt in receipts {
                 if let Err(err) = receipt.wait().await {
                     failed.cancel();
@@ -130,7 +169,7 @@ async fn complete(mut rx: mpsc::Receiver<Vec<Pending>>, stats: Arc<Stats>, faile
                     return Err(err.into());
                 }
             }
-            ack.settle(Settlement::Done);
+            ack.settle(settlement);
             acked += 1;
         }
         Stats::add(&stats.acked, acked);

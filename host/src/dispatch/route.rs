@@ -1,51 +1,161 @@
-//! Where each output goes: a reply to the event's `reply-to`, a named route,
-//! or the default sink (with the destination as its topic/subject).
+//! Where each output goes: a reply to the request it answers, a named route,
+//! or the default sink (with the destination as its topic/subject); and the
+//! error reply a request gets when its handler fails or does not answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::event::Output;
+use serde_json::json;
+
+use crate::event::{text_header, Header, Output};
 use crate::sink::{Record, Sink};
+
+/// Request headers copied to every reply (and error reply), compared without
+/// regard to case, so a caller can match the answer to its call.
+pub const CORRELATION_HEADERS: [&str; 5] = ["correlation-id", "x-correlation-id", "x-request-id", "traceparent", "tracestate"];
+
+/// What a reply needs to know about the request it answers.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub reply_to: String,
+    /// The request's correlation headers ([`CORRELATION_HEADERS`]).
+    pub correlation: Vec<Header>,
+}
+
+impl Request {
+    /// The request an event is, if it expects a reply.
+    pub fn of(reply_to: Option<String>, headers: &[Header]) -> Option<Self> {
+        let reply_to = reply_to?;
+        let correlation = headers
+            .iter()
+            .filter(|h| CORRELATION_HEADERS.iter().any(|c| h.key.eq_ignore_ascii_case(c)))
+            .cloned()
+            .collect();
+        Some(Self { reply_to, correlation })
+    }
+}
 
 pub struct Router {
     default: Arc<dyn Sink>,
     routes: HashMap<String, Arc<dyn Sink>>,
+    /// The source's own way back for replies (core NATS); otherwise replies
+    /// go to the default sink.
+    replies: Option<Arc<dyn Sink>>,
 }
 
 impl Router {
     pub fn new(default: Arc<dyn Sink>, routes: HashMap<String, Arc<dyn Sink>>) -> Self {
-        Self { default, routes }
+        Self { default, routes, replies: None }
+    }
+
+    /// Sends replies through `sink` instead of the default sink.
+    pub fn with_replies(mut self, sink: Option<Arc<dyn Sink>>) -> Self {
+        self.replies = sink;
+        self
+    }
+
+    fn reply_sink(&self) -> &Arc<dyn Sink> {
+        self.replies.as_ref().unwrap_or(&self.default)
+    }
+
+    /// The sink and destination of `output`; `None` for a reply nobody waits
+    /// for (the event was not a request).
+    fn target<'s, 'o>(&'s self, output: &'o Output, request: Option<&'o Request>) -> Option<(&'s Arc<dyn Sink>, Option<&'o str>)> {
+        if output.reply {
+            return request.map(|r| (self.reply_sink(), Some(r.reply_to.as_str())));
+        }
+        Some(match output.destination.as_deref() {
+            Some(name) => match self.routes.get(name) {
+                Some(route) => (route, None),
+                None => (&self.default, Some(name)),
+            },
+            None => (&self.default, None),
+        })
+    }
+
+    /// Whether every output can be sent where it is going; the first that
+    /// cannot, with why.
+    pub fn check(&self, outputs: &[Output], request: Option<&Request>) -> Result<(), String> {
+        for (index, output) in outputs.iter().enumerate() {
+            if let Some((sink, destination)) = self.target(output, request) {
+                sink.check(destination, output)
+                    .map_err(|why| format!("output {index} cannot go to {}: {why}", sink.describe()))?;
+            }
+        }
+        Ok(())
     }
 
     /// The sink and record for `output`, or `None` for a reply nobody waits
-    /// for (the event had no `reply-to`).
-    pub fn route(&self, output: Output, reply_to: Option<&str>) -> Option<(&Arc<dyn Sink>, Record)> {
-        let Output {
-            destination,
-            key,
-            payload,
-            headers,
-            reply,
-        } = output;
-        let (sink, destination) = if reply {
-            (&self.default, Some(reply_to?.to_owned()))
-        } else {
-            match destination {
-                Some(name) => match self.routes.get(&name) {
-                    Some(route) => (route, None),
-                    None => (&self.default, Some(name)),
-                },
-                None => (&self.default, None),
+    /// for. `id` becomes the record's id (see [`Record::id`]).
+    pub fn route(&self, output: Output, request: Option<&Request>, id: Option<String>) -> Option<(&Arc<dyn Sink>, Record)> {
+        let (sink, destination) = self.target(&output, request)?;
+        let destination = destination.map(str::to_owned);
+        let Output { key, payload, mut headers, reply, .. } = output;
+        if let (true, Some(request)) = (reply, request) {
+            for header in &request.correlation {
+                if !headers.iter().any(|h| h.key.eq_ignore_ascii_case(&header.key)) {
+                    headers.push(header.clone());
+                }
             }
-        };
-        Some((
-            sink,
-            Record {
-                destination,
-                key,
-                payload,
-                headers,
-            },
-        ))
+        }
+        Some((sink, Record { destination, key, payload, headers, id }))
     }
+
+    /// The error reply to `request`, and where it goes.
+    pub fn error_reply(&self, request: &Request, error: &ErrorReply<'_>) -> (&Arc<dyn Sink>, Record) {
+        let code = error.code();
+        let payload = json!({
+            "error": {
+                "code": code,
+                "reason": error.reason,
+                "message": error.message,
+                "event_id": error.event_id,
+            }
+        });
+        let mut headers = request.correlation.clone();
+        // The NATS services convention (ADR-32): clients that know it see an
+        // error without parsing the body.
+        headers.push(text_header("Nats-Service-Error", one_line(error.message)));
+        headers.push(text_header("Nats-Service-Error-Code", code.to_string()));
+        let record = Record {
+            destination: Some(request.reply_to.clone()),
+            key: None,
+            payload: payload.to_string().into_bytes(),
+            headers,
+            id: None,
+        };
+        (self.reply_sink(), record)
+    }
+}
+
+/// Why a request gets an error instead of an answer.
+pub struct ErrorReply<'a> {
+    /// `rejected`, `retries-exhausted`, `undecodable` or `no-reply`.
+    pub reason: &'a str,
+    pub message: &'a str,
+    pub event_id: &'a str,
+}
+
+impl ErrorReply<'_> {
+    /// 400 when the request itself is at fault (rejected, undecodable), 500
+    /// when the handler failed or gave no answer.
+    fn code(&self) -> u16 {
+        match self.reason {
+            "rejected" | "undecodable" => 400,
+            _ => 500,
+        }
+    }
+}
+
+/// `message` on one line and at most 1 KiB, as a header value must be.
+fn one_line(message: &str) -> String {
+    let mut line: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if line.len() > 1024 {
+        let mut end = 1024;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line
 }

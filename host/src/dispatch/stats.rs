@@ -32,11 +32,14 @@ stats! {
     filtered,
     /// Failed attempts: retryable errors, traps, timeouts, memory-cap hits.
     failures,
-    /// Attempts made again after a failure.
+    /// Attempts made again after a failure, in place.
     retries,
+    /// Failed events handed back to the broker to be delivered again after
+    /// the backoff delay (JetStream, `ordering = "none"`).
+    redelivered,
     /// Events sent to the dead letter.
     dead_lettered,
-    /// Events settled as done at the source.
+    /// Events settled as done (or dead-lettered) at the source.
     acked,
     /// Events handed back unfinished (shutdown, sink failure).
     abandoned,

@@ -97,11 +97,13 @@ struct MemorySink {
     records: Mutex<Vec<Record>>,
     mode: SinkMode,
     held: Mutex<Vec<oneshot::Sender<()>>>,
+    /// Payloads this sink refuses in `check`.
+    refuse: Option<&'static str>,
 }
 
 impl MemorySink {
     fn new(mode: SinkMode) -> Arc<Self> {
-        Arc::new(Self { records: Mutex::new(Vec::new()), mode, held: Mutex::new(Vec::new()) })
+        Arc::new(Self { records: Mutex::new(Vec::new()), mode, held: Mutex::new(Vec::new()), refuse: None })
     }
     fn payloads(&self) -> Vec<String> {
         self.records
@@ -141,6 +143,12 @@ impl Sink for MemorySink {
                 Receipt::watermark(1, durable)
             }
         })
+    }
+    fn check(&self, _destination: Option<&str>, output: &Output) -> Result<(), String> {
+        match self.refuse {
+            Some(bad) if output.payload == bad.as_bytes() => Err(format!("{bad:?} is not allowed here")),
+            _ => Ok(()),
+        }
     }
     async fn close(&self) -> Result<(), SinkError> {
         Ok(())
@@ -223,6 +231,7 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
         batch_size: 16,
         batch_bytes: 1 << 20,
         timeout: Duration::from_secs(5),
+        redeliver: false,
         stats: Arc::new(Stats::default()),
     };
     Harness { out, dlq, calls, dispatcher }
@@ -276,7 +285,7 @@ async fn exhausted_retries_dead_letter_the_original_event() -> Result<(), Dispat
     assert_eq!(header(r, "sluice-dlq-message"), Some("still down"));
     assert_eq!(header(r, "sluice-dlq-plugin-digest"), Some("feedface"));
     assert_eq!(header(r, "sluice-dlq-event-id"), Some("a"));
-    assert_eq!(settlements(&log), vec![("a".into(), Settlement::Done)], "dead-lettered events are done");
+    assert_eq!(settlements(&log), vec![("a".into(), Settlement::DeadLettered)], "dead-lettered events are settled as such");
     Ok(())
 }
 
@@ -423,7 +432,7 @@ async fn undecodable_deliveries_skip_the_plugin() -> Result<(), DispatchError> {
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].payload, b"{not json");
     assert_eq!(header(&dlq[0], "sluice-dlq-reason"), Some("undecodable"));
-    assert_eq!(settlements(&log), vec![("x".into(), Settlement::Done)]);
+    assert_eq!(settlements(&log), vec![("x".into(), Settlement::DeadLettered)]);
     Ok(())
 }
 
@@ -441,5 +450,104 @@ async fn batches_are_split_to_stay_within_the_byte_budget() -> Result<(), Dispat
     // Each event records the size of the call it was in.
     assert!(sizes.iter().all(|&n| n <= 2), "{sizes:?}");
     assert_eq!(sizes[3], 1, "an event over the budget goes alone");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_broker_redelivery_a_failure_is_handed_back_with_the_backoff_delay() -> Result<(), DispatchError> {
+    let mut h = harness(|e, _| Ok(if e.payload == b"flaky" { retryable("busy") } else { echo(e) }), SinkMode::Ok);
+    h.dispatcher.redeliver = true;
+    h.dispatcher.ordering = Ordering::None;
+    let log = Settlements::default();
+    let stats = h.dispatcher.stats.clone();
+    let mut last = event("c", "flaky");
+    last.attempt = 3; // the broker's delivery count: the last allowed attempt
+    let events = vec![(event("a", "flaky"), 0), (event("b", "ok"), 0), (last, 0)];
+    let start = Instant::now();
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+
+    assert_eq!(Instant::now(), start, "no waiting in the lane: the broker waits");
+    let s = settlements(&log);
+    assert!(s.contains(&("a".into(), Settlement::Redeliver { delay: Duration::from_millis(100) })), "{s:?}");
+    assert!(s.contains(&("b".into(), Settlement::Done)), "{s:?}");
+    assert!(s.contains(&("c".into(), Settlement::DeadLettered)), "the last attempt dead-letters: {s:?}");
+    assert_eq!(h.out.payloads(), vec!["ok"]);
+    let snapshot = stats.snapshot();
+    assert_eq!((snapshot.redelivered, snapshot.retries, snapshot.dead_lettered), (1, 0, 1));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_output_its_sink_cannot_take_rejects_the_event_instead_of_stopping_the_pipeline() -> Result<(), DispatchError> {
+    let out = Arc::new(MemorySink {
+        records: Mutex::new(Vec::new()),
+        mode: SinkMode::Ok,
+        held: Mutex::new(Vec::new()),
+        refuse: Some("poison"),
+    });
+    let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    h.dispatcher.router = Router::new(out.clone(), HashMap::new());
+    let log = Settlements::default();
+    h.dispatcher
+        .run(source(vec![(event("a", "poison"), 0), (event("b", "fine"), 0)], &log, false), CancellationToken::new())
+        .await?;
+    assert_eq!(out.payloads(), vec!["fine"]);
+    let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0], "sluice-dlq-reason"), Some("rejected"));
+    assert_eq!(header(&dlq[0], "sluice-dlq-message"), Some("output 0 cannot go to memory: \"poison\" is not allowed here"));
+    assert_eq!(dlq[0].id.as_deref(), Some("a:dlq"));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -> Result<(), DispatchError> {
+    let replies = MemorySink::new(SinkMode::Ok);
+    let mut h = harness(
+        |e, _| {
+            Ok(match e.payload.as_slice() {
+                b"bad" => Err(HandlerError { disposition: Disposition::Reject, message: "no such user".into() }),
+                b"silent" => Ok(vec![]),
+                _ => Ok(vec![Output { destination: None, key: None, payload: b"answer".to_vec(), headers: vec![], reply: true }]),
+            })
+        },
+        SinkMode::Ok,
+    );
+    h.dispatcher.router = Router::new(h.out.clone(), HashMap::new()).with_replies(Some(replies.clone()));
+    let request = |id: &str, payload: &str| {
+        let mut e = event(id, payload);
+        e.reply_to = Some(format!("_INBOX.{id}"));
+        e.headers.push(crate::event::text_header("X-Correlation-Id", format!("corr-{id}")));
+        e.headers.push(crate::event::text_header("unrelated", "x"));
+        (e, 0)
+    };
+    let log = Settlements::default();
+    let events = vec![request("a", "hi"), request("b", "bad"), request("c", "silent")];
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+
+    let sent = replies.records.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    let to = |inbox: &str| sent.iter().find(|r| r.destination.as_deref() == Some(inbox)).cloned();
+    let ok = to("_INBOX.a").ok_or_else(|| DispatchError::Lane("no reply to a".into()))?;
+    assert_eq!(ok.payload, b"answer");
+    assert_eq!(header(&ok, "X-Correlation-Id"), Some("corr-a"));
+    assert_eq!(header(&ok, "unrelated"), None, "only correlation headers are copied");
+    assert_eq!(ok.id.as_deref(), Some("a:0"));
+
+    let rejected = to("_INBOX.b").ok_or_else(|| DispatchError::Lane("no reply to b".into()))?;
+    assert_eq!(header(&rejected, "Nats-Service-Error-Code"), Some("400"));
+    assert_eq!(header(&rejected, "Nats-Service-Error"), Some("no such user"));
+    assert_eq!(header(&rejected, "X-Correlation-Id"), Some("corr-b"));
+    let body: serde_json::Value = serde_json::from_slice(&rejected.payload).map_err(|e| DispatchError::Lane(e.to_string()))?;
+    assert_eq!(body["error"]["reason"], "rejected");
+    assert_eq!(body["error"]["event_id"], "b");
+
+    let silent = to("_INBOX.c").ok_or_else(|| DispatchError::Lane("no reply to c".into()))?;
+    assert_eq!(header(&silent, "Nats-Service-Error-Code"), Some("500"));
+    let body: serde_json::Value = serde_json::from_slice(&silent.payload).map_err(|e| DispatchError::Lane(e.to_string()))?;
+    assert_eq!(body["error"]["reason"], "no-reply");
+
+    assert!(h.out.payloads().is_empty(), "replies do not go to the default sink");
+    assert_eq!(h.dlq.payloads(), vec!["bad"]);
     Ok(())
 }

@@ -6,14 +6,18 @@
 //! accepted: written and flushed for a file, acknowledged for a broker. A
 //! source is acknowledged only after every receipt of its event resolves.
 //!
-//! Implementations: [`lines`] (stdout or a file). Brokers implement the same
-//! trait.
+//! Implementations: [`lines`] (stdout or a file) and [`nats`] (core NATS
+//! and JetStream).
 
 pub mod lines;
+pub mod nats;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use tokio::sync::watch;
 
-use crate::event::Header;
+use crate::event::{Header, Output};
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +27,11 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<Header>,
+    /// A stable id: the input event's id and this output's index (`<id>:<n>`,
+    /// `<id>:dlq` for a dead-letter record). The same input handled twice
+    /// gives the same ids, so sinks that deduplicate (JetStream's
+    /// `Nats-Msg-Id`) store its outputs once.
+    pub id: Option<String>,
 }
 
 /// A sink failure. The pipeline stops without acknowledging the affected
@@ -49,6 +58,8 @@ enum ReceiptKind {
         durable: watch::Receiver<Durable>,
     },
     Ready(Result<(), SinkError>),
+    /// Resolves with the broker's acknowledgement (JetStream publish).
+    Pending(Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>),
 }
 
 /// The durable watermark of an ordered sink, or the error that stopped it.
@@ -67,10 +78,15 @@ impl Receipt {
         Self(ReceiptKind::Ready(result))
     }
 
+    pub fn pending(confirmation: Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>) -> Self {
+        Self(ReceiptKind::Pending(confirmation))
+    }
+
     /// Waits until the record is durable, or its sink failed.
     pub async fn wait(self) -> Result<(), SinkError> {
         match self.0 {
             ReceiptKind::Ready(result) => result,
+            ReceiptKind::Pending(confirmation) => confirmation.await,
             ReceiptKind::Watermark { seq, mut durable } => {
                 let reached = durable
                     .wait_for(|d| match d {
@@ -94,6 +110,16 @@ pub trait Sink: Send + Sync + 'static {
     /// Queues a record, waiting for room; the receipt says when it is
     /// durable. Records sent by one task are published in the order sent.
     async fn send(&self, record: Record) -> Result<Receipt, SinkError>;
+
+    /// Whether `output` can be sent to `destination` (`None`: the sink's
+    /// default) at all: a subject that is not valid, a header the broker
+    /// cannot carry, a payload over its limit. The lane asks before
+    /// concluding an event, so such an output fails its event (which is
+    /// dead-lettered with this message) instead of stopping the pipeline.
+    fn check(&self, destination: Option<&str>, output: &Output) -> Result<(), String> {
+        let _ = (destination, output);
+        Ok(())
+    }
 
     /// Flushes what is queued and stops. Later sends fail.
     async fn close(&self) -> Result<(), SinkError>;

@@ -258,7 +258,7 @@ impl LineAck {
     fn settle_line(self, settlement: Settlement) {
         if let Ok(mut ledger) = self.ledger.lock() {
             match settlement {
-                Settlement::Done => {
+                Settlement::Done | Settlement::DeadLettered => {
                     ledger.done += 1;
                     if ledger.progress.done(self.line).is_some() {
                         ledger.dirty = true;

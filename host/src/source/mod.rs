@@ -6,15 +6,19 @@
 //! the whole at-least-once contract: a source commits a position only when
 //! its ack says [`Settlement::Done`]; anything else comes back.
 //!
-//! Implementations: [`lines`] (a file or stdin). Brokers (Kafka, NATS,
-//! JetStream) implement the same trait.
+//! Implementations: [`lines`] (a file or stdin), [`nats`] (core NATS,
+//! at-most-once) and [`jetstream`] (a durable pull consumer).
 
+pub mod jetstream;
 pub mod lines;
+pub mod nats;
 pub mod progress;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::Event;
+use crate::sink::Sink;
 
 /// One event taken from a source, with what is needed to settle it.
 pub struct Delivery {
@@ -34,8 +38,12 @@ pub struct Delivery {
 /// How an event ended, as far as its source is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
-    /// Outputs or dead-letter record durably accepted: commit the position.
+    /// Outputs durably accepted: commit the position.
     Done,
+    /// The dead-letter record is durably accepted: commit the position and
+    /// never deliver it again (JetStream `+TERM`; elsewhere the same as
+    /// [`Settlement::Done`]).
+    DeadLettered,
     /// Ask the broker to deliver it again after `delay` (JetStream nak with
     /// delay). Sources that cannot redeliver treat it as [`Settlement::Abandon`].
     Redeliver { delay: Duration },
@@ -94,6 +102,8 @@ pub enum SourceError {
     Read { what: String, source: std::io::Error },
     #[error("cannot write checkpoint {}: {source}", path.display())]
     Checkpoint { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{what}: {message}")]
+    Broker { what: String, message: String },
 }
 
 /// Where events come from.
@@ -108,6 +118,27 @@ pub trait Source: Send + 'static {
     /// at a shutdown deadline): commit what is done, release connections.
     async fn close(&mut self) -> Result<(), SourceError> {
         Ok(())
+    }
+
+    /// Where replies to this source's requests go, when the source has its
+    /// own way back (core NATS: the request's connection). `None`: replies
+    /// go to the pipeline's default sink with the reply-to as destination.
+    fn reply_sink(&self) -> Option<Arc<dyn Sink>> {
+        None
+    }
+
+    /// Whether [`Settlement::Redeliver`] makes the broker deliver the event
+    /// again after the delay. Then, with `ordering = "none"`, a retryable
+    /// failure is handed back to the broker instead of retried in place.
+    fn redelivers(&self) -> bool {
+        false
+    }
+
+    /// A limit on deliveries the broker enforces itself, lower than the
+    /// pipeline's `max_attempts` would be: the pipeline stops retrying there,
+    /// so the last failure is dead-lettered rather than dropped by the broker.
+    fn max_deliveries(&self) -> Option<u32> {
+        None
     }
 
     /// A short description for logs, e.g. `file:events.jsonl`.

@@ -1,0 +1,229 @@
+//! What NATS sources and sinks share: one connection per server (and login)
+//! for the whole process, and the mapping between event headers and NATS
+//! headers.
+//!
+//! A connection reconnects by itself for as long as the process runs: a
+//! restarted server costs a pause, not a pipeline. Only the first connect is
+//! bounded, so a wrong URL fails the pipeline at start with a clear error.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::Mutex;
+
+use crate::config::NatsServer;
+use crate::event::Header;
+
+/// How long the first connection to a server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The header that carries an event's key: NATS messages have none of
+/// their own.
+pub const KEY_HEADER: &str = "Sluice-Key";
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot connect to NATS at {url}: {message}")]
+pub struct ConnectError {
+    pub url: String,
+    pub message: String,
+}
+
+/// The process's NATS connections, one per server and login.
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<HashMap<NatsServer, Client>>,
+}
+
+impl Connections {
+    /// The connection to `server`, opened on first use.
+    pub async fn get(&self, server: &NatsServer) -> Result<Client, ConnectError> {
+        let mut open = self.open.lock().await;
+        if let Some(client) = open.get(server) {
+            return Ok(client.clone());
+        }
+        let client = connect(server).await?;
+        open.insert(server.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Flushes and drops every connection (at the end of the process).
+    pub async fn close_all(&self) {
+        let clients: Vec<Client> = self.open.lock().await.drain().map(|(_, c)| c).collect();
+        for client in clients {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        }
+    }
+}
+
+async fn connect(server: &NatsServer) -> Result<Client, ConnectError> {
+    let failed = |message: String| ConnectError { url: server.url.clone(), message };
+    let mut options = ConnectOptions::new()
+        .name(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+        .connection_timeout(CONNECT_TIMEOUT)
+        // Keep reconnecting for as long as the process runs; a JetStream
+        // consumer and its in-flight acks resume on the new connection.
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connection (re)established"),
+                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(subscription = sid, "NATS slow consumer: the server dropped messages for a subscription that fell behind")
+                }
+                other => tracing::debug!("NATS: {other}"),
+            }
+        });
+    if let Some(token) = &server.token {
+        options = options.token(token.0.clone());
+    }
+    if let Some(path) = &server.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| failed(format!("credentials file {}: {e}", path.display())))?;
+    }
+    let urls: Vec<&str> = server.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, options.connect(urls.as_slice())).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed(format!("no answer within {CONNECT_TIMEOUT:?}; is the server running?"))),
+    }
+}
+
+/// NATS headers as event headers: every value of every name, in the order
+/// the message carried each name's values. `Sluice-Key` becomes the key.
+pub fn event_headers(map: Option<&HeaderMap>) -> (Vec<Header>, Option<Vec<u8>>) {
+    let Some(map) = map else { return (Vec::new(), None) };
+    let mut headers = Vec::with_capacity(map.len());
+    let mut key = None;
+    for (name, values) in map.iter() {
+        let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case(KEY_HEADER) {
+            key = values.last().map(|v| v.as_str().as_bytes().to_vec());
+            continue;
+        }
+        for value in values {
+            headers.push(Header { key: name.to_owned(), value: value.as_str().as_bytes().to_vec() });
+        }
+    }
+    (headers, key)
+}
+
+/// Why a record cannot be published as a NATS message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unpublishable {
+    #[error("header name {0:?} is not valid in NATS (printable ASCII without `:` or spaces)")]
+    HeaderName(String),
+    #[error("header `{0}` has a value NATS cannot carry (it must be UTF-8 without line breaks)")]
+    HeaderValue(String),
+    #[error("the key is not valid in NATS (the `Sluice-Key` header needs UTF-8 without line breaks)")]
+    Key,
+    #[error("subject {0:?} is not valid for publishing (no spaces, no empty tokens, no wildcards)")]
+    Subject(String),
+    #[error("no subject: the output has no destination and the sink has no default `subject`")]
+    NoSubject,
+    #[error("payload of {size} bytes is over the server's limit of {max}")]
+    TooLarge { size: usize, max: usize },
+}
+
+/// Event headers (and key) as NATS headers.
+pub fn nats_headers(headers: &[Header], key: Option<&[u8]>) -> Result<HeaderMap, Unpublishable> {
+    let mut map = HeaderMap::new();
+    for header in headers {
+        let name: HeaderName = header.key.parse().map_err(|_| Unpublishable::HeaderName(header.key.clone()))?;
+        let value: HeaderValue = std::str::from_utf8(&header.value)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Unpublishable::HeaderValue(header.key.clone()))?;
+        map.append(name, value);
+    }
+    if let Some(key) = key {
+        let value: HeaderValue = std::str::from_utf8(key)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or(Unpublishable::Key)?;
+        map.insert(KEY_HEADER, value);
+    }
+    Ok(map)
+}
+
+/// Checks a subject for publishing: non-empty dot-separated tokens, no
+/// whitespace, no wildcards.
+pub fn publishable_subject(subject: &str) -> Result<(), Unpublishable> {
+    let valid = !subject.is_empty()
+        && subject
+            .split('.')
+            .all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace));
+    if valid {
+        Ok(())
+    } else {
+        Err(Unpublishable::Subject(subject.to_owned()))
+    }
+}
+
+/// Checks a subscription subject: like [`publishable_subject`], but `*`
+/// tokens and a final `>` are allowed.
+pub fn subscribable_subject(subject: &str) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    !subject.is_empty()
+        && tokens.iter().enumerate().all(|(i, token)| {
+            !token.is_empty()
+                && !token.contains(char::is_whitespace)
+                && (*token != ">" || i == tokens.len() - 1)
+                && (!token.contains(['*', '>']) || token.len() == 1)
+        })
+}
+
+/// A stream or consumer name: no dots, wildcards, slashes or whitespace.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+}
+
+/// A partition number for a subject, so `ordering = "partition"` keeps the
+/// messages of one subject in order while subjects run in parallel.
+pub fn subject_partition(subject: &str) -> u32 {
+    // FNV-1a: stable across processes and releases, unlike `DefaultHasher`.
+    subject
+        .bytes()
+        .fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::text_header;
+
+    #[test]
+    fn headers_round_trip_with_repeated_names_and_the_key() {
+        let headers = vec![text_header("a", "1"), text_header("a", "2"), text_header("b", "x y")];
+        let map = nats_headers(&headers, Some(b"k-1"));
+        let map = map.map_err(|e| e.to_string());
+        let (mut back, key) = event_headers(map.as_ref().ok());
+        back.sort_by(|x, y| (&x.key, &x.value).cmp(&(&y.key, &y.value)));
+        assert_eq!(back, headers);
+        assert_eq!(key.as_deref(), Some(&b"k-1"[..]));
+    }
+
+    #[test]
+    fn unrepresentable_headers_are_named() {
+        let bad_value = nats_headers(&[text_header("x", "a\r\nb")], None).err().map(|e| e.to_string());
+        assert!(bad_value.is_some_and(|m| m.contains("`x`")));
+        let bad_name = nats_headers(&[text_header("a:b", "1")], None).err().map(|e| e.to_string());
+        assert!(bad_name.is_some_and(|m| m.contains("\"a:b\"")));
+        assert!(nats_headers(&[], Some(&[0xff, 0xfe])).is_err());
+    }
+
+    #[test]
+    fn subjects() {
+        assert!(publishable_subject("orders.eu.1").is_ok());
+        for bad in ["", "a..b", "a.*", "a.>", "a b", ".a"] {
+            assert!(publishable_subject(bad).is_err(), "{bad}");
+        }
+        assert!(subscribable_subject("orders.*.created") && subscribable_subject("orders.>"));
+        for bad in ["", "a.>.b", "a.b*", "a..b", "a b"] {
+            assert!(!subscribable_subject(bad), "{bad}");
+        }
+        assert!(valid_name("ORDERS_v2") && !valid_name("a.b") && !valid_name(""));
+    }
+}

@@ -1,0 +1,242 @@
+//! NATS sinks: core publish and JetStream publish.
+//!
+//! A core NATS record is accepted once the server has it: a flusher task
+//! follows each group of publishes with one PING/PONG round trip and then
+//! advances the durable watermark. A JetStream record is accepted once the
+//! stream acknowledges it; the record's id goes out as `Nats-Msg-Id`, so a
+//! publish retried after a broker fault (or an output produced again from a
+//! redelivered input) is stored once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::{self, context::Context};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+
+use super::{Durable, Receipt, Record, Sink, SinkError};
+use crate::event::Output;
+use crate::nats::{nats_headers, publishable_subject, Unpublishable};
+
+/// How long a JetStream publish waits for its acknowledgement before it is
+/// sent again (with the same `Nats-Msg-Id`, so never stored twice).
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a publish keeps being retried while no stream answers for its
+/// subject (a restarting server) before the pipeline stops with an error.
+const NO_STREAM_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Core NATS publish.
+pub struct NatsSink {
+    client: Client,
+    subject: Option<String>,
+    describe: String,
+    sent: Arc<AtomicU64>,
+    kick: Arc<Notify>,
+    durable: watch::Receiver<Durable>,
+    flusher: tokio::task::JoinHandle<()>,
+}
+
+impl NatsSink {
+    pub fn core(client: Client, subject: Option<String>) -> Self {
+        let describe = format!("nats:{}", subject.as_deref().unwrap_or("<per output>"));
+        let sent = Arc::new(AtomicU64::new(0));
+        let kick = Arc::new(Notify::new());
+        let (tx, durable) = watch::channel(Durable::UpTo(0));
+        let flusher = tokio::spawn(run_flusher(client.clone(), sent.clone(), kick.clone(), tx));
+        Self { client, subject, describe, sent, kick, durable, flusher }
+    }
+}
+
+/// Advances the watermark after each flush round trip: everything published
+/// before the flush began is then on the server.
+async fn run_flusher(client: Client, sent: Arc<AtomicU64>, kick: Arc<Notify>, durable: watch::Sender<Durable>) {
+    let mut flushed = 0;
+    loop {
+        kick.notified().await;
+        let upto = sent.load(Ordering::Acquire);
+        if upto == flushed {
+            continue;
+        }
+        loop {
+            match client.flush().await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::debug!("NATS flush failed ({err}); retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        flushed = upto;
+        durable.send_replace(Durable::UpTo(upto));
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for NatsSink {
+    async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
+        let failed = |message: String| SinkError::Write { what: self.describe.clone(), message };
+        let (subject, headers) = prepare(&record, self.subject.as_deref()).map_err(|e| failed(e.to_string()))?;
+        self.client
+            .publish_with_headers(subject, headers, Bytes::from(record.payload))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let seq = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        self.kick.notify_one();
+        Ok(Receipt::watermark(seq, self.durable.clone()))
+    }
+
+    fn check(&self, destination: Option<&str>, output: &Output) -> Result<(), String> {
+        check(&self.client, destination.or(self.subject.as_deref()), output)
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        let what = self.describe.clone();
+        let result = self.client.flush().await.map_err(|e| SinkError::Write { what, message: e.to_string() });
+        self.flusher.abort();
+        result
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+/// JetStream publish, awaiting the stream's acknowledgement.
+pub struct JetStreamSink {
+    client: Client,
+    js: Context,
+    subject: Option<String>,
+    describe: String,
+}
+
+impl JetStreamSink {
+    /// Opens the sink, checking that a stream captures its default subject
+    /// (or creating `stream` to capture it).
+    pub async fn open(client: Client, subject: Option<String>, stream: Option<String>) -> Result<Self, SinkError> {
+        let describe = format!("jetstream:{}", subject.as_deref().unwrap_or("<per output>"));
+        let js = jetstream::ContextBuilder::new().ack_timeout(PUBLISH_ACK_TIMEOUT).build(client.clone());
+        let failed = |message: String| SinkError::Open { what: describe.clone(), message };
+        if let Some(subject) = &subject {
+            match (&stream, js.stream_by_subject(subject.clone()).await) {
+                (_, Ok(_)) => {}
+                (Some(name), Err(_)) => {
+                    js.get_or_create_stream(jetstream::stream::Config {
+                        name: name.clone(),
+                        subjects: vec![subject.clone()],
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| failed(format!("cannot create stream `{name}` for subject `{subject}`: {e}")))?;
+                }
+                (None, Err(e)) => {
+                    return Err(failed(format!(
+                        "no stream captures subject `{subject}` ({e}); create one, or set `stream` in the sink config so sluice creates it"
+                    )))
+                }
+            }
+        }
+        Ok(Self { client, js, subject, describe })
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for JetStreamSink {
+    async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
+        let failed = |message: String| SinkError::Write { what: self.describe.clone(), message };
+        let (subject, mut headers) = prepare(&record, self.subject.as_deref()).map_err(|e| failed(e.to_string()))?;
+        if let Some(id) = &record.id {
+            let id = id.parse::<async_nats::HeaderValue>().map_err(|_| failed(format!("event id {id:?} cannot be a Nats-Msg-Id")))?;
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
+        let payload = Bytes::from(record.payload);
+        let publish = Publish { js: self.js.clone(), subject, headers, payload, describe: self.describe.clone() };
+        let first = publish.send().await?;
+        Ok(Receipt::pending(Box::pin(publish.confirm(first))))
+    }
+
+    fn check(&self, destination: Option<&str>, output: &Output) -> Result<(), String> {
+        check(&self.client, destination.or(self.subject.as_deref()), output)
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        let what = self.describe.clone();
+        self.client.flush().await.map_err(|e| SinkError::Write { what, message: e.to_string() })
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+/// One JetStream publish, kept so it can be sent again.
+struct Publish {
+    js: Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    describe: String,
+}
+
+impl Publish {
+    async fn send(&self) -> Result<jetstream::context::PublishAckFuture, SinkError> {
+        self.js
+            .publish_with_headers(self.subject.clone(), self.headers.clone(), self.payload.clone())
+            .await
+            .map_err(|e| SinkError::Write { what: self.describe.clone(), message: e.to_string() })
+    }
+
+    /// Waits for the stream's acknowledgement, publishing again while the
+    /// server is unreachable or restarting.
+    async fn confirm(self, mut pending: jetstream::context::PublishAckFuture) -> Result<(), SinkError> {
+        let mut no_stream_since: Option<Instant> = None;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let err = match pending.await {
+                Ok(_) => return Ok(()),
+                Err(err) => err,
+            };
+            let retry = match err.kind() {
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => true,
+                PublishErrorKind::StreamNotFound => no_stream_since.get_or_insert_with(Instant::now).elapsed() < NO_STREAM_PATIENCE,
+                _ => false,
+            };
+            if !retry {
+                let hint = if err.kind() == PublishErrorKind::StreamNotFound {
+                    format!(" (no stream captures subject `{}`)", self.subject)
+                } else {
+                    String::new()
+                };
+                return Err(SinkError::Write { what: self.describe.clone(), message: format!("{err}{hint}") });
+            }
+            tracing::debug!(sink = %self.describe, subject = %self.subject, "publish not acknowledged ({err}); sending again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            pending = self.send().await?;
+        }
+    }
+}
+
+/// The subject and headers of `record`, or why it cannot be published.
+fn prepare(record: &Record, default: Option<&str>) -> Result<(String, HeaderMap), Unpublishable> {
+    let subject = record.destination.as_deref().or(default).ok_or(Unpublishable::NoSubject)?;
+    publishable_subject(subject)?;
+    let headers = nats_headers(&record.headers, record.key.as_deref())?;
+    Ok((subject.to_owned(), headers))
+}
+
+/// Whether `output` can be published to `subject` on this connection.
+fn check(client: &Client, subject: Option<&str>, output: &Output) -> Result<(), String> {
+    let subject = subject.ok_or(Unpublishable::NoSubject).map_err(|e| e.to_string())?;
+    publishable_subject(subject).map_err(|e| e.to_string())?;
+    nats_headers(&output.headers, output.key.as_deref()).map_err(|e| e.to_string())?;
+    let max = client.server_info().max_payload;
+    // Headers count towards the limit too; leave them some room.
+    let size = output.payload.len();
+    if max > 0 && size + 4096 > max {
+        return Err(Unpublishable::TooLarge { size, max }.to_string());
+    }
+    Ok(())
+}
