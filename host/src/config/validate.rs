@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig};
+use crate::nats::{publishable_subject, subscribable_subject, valid_name};
 
 /// A rule broken, with where.
 pub struct Violation {
@@ -34,6 +35,16 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
             key: key.into(),
             message,
         })?;
+        let sinks = std::iter::once(("sink".to_owned(), &pipeline.sink))
+            .chain(pipeline.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
+            .chain(pipeline.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));
+        for (key, sink) in sinks {
+            validate_nats_sink(sink).map_err(|(field, message)| Violation {
+                pipeline: name.clone(),
+                key: format!("{key}.{field}"),
+                message,
+            })?;
+        }
     }
     validate_files(config)
 }
@@ -140,6 +151,7 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
             ),
         ));
     }
+    validate_nats_source(&p.source)?;
     if let Some(pin) = &p.plugin.sha256 {
         if pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()) {
             // The pin is not echoed: it may come from an environment variable.
@@ -160,6 +172,74 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
             format!("{m}: join the items into one string (e.g. \"a,b\") and split it in the plugin"),
         )
     })?;
+    Ok(())
+}
+
+fn validate_nats_source(source: &SourceConfig) -> Result<(), (&'static str, String)> {
+    match source {
+        SourceConfig::Nats { subject, queue_group, url, .. } => {
+            validate_url(url).map_err(|m| ("source.url", m))?;
+            if !subscribable_subject(subject) {
+                return Err(("source.subject", format!("{subject:?} is not a valid NATS subject: dot-separated tokens without spaces; `*` matches one token, a final `>` the rest")));
+            }
+            if let Some(group) = queue_group {
+                if group.is_empty() || group.contains(char::is_whitespace) {
+                    return Err(("source.queue_group", format!("{group:?} is not a valid queue group name: non-empty, no spaces")));
+                }
+            }
+        }
+        SourceConfig::Jetstream { url, stream, subjects, consumer, filter_subjects, ack_wait, max_ack_pending, .. } => {
+            validate_url(url).map_err(|m| ("source.url", m))?;
+            if !valid_name(stream) {
+                return Err(("source.stream", format!("{stream:?} is not a valid stream name: no spaces, dots, `*`, `>` or slashes")));
+            }
+            if !valid_name(consumer) {
+                return Err(("source.consumer", format!("{consumer:?} is not a valid consumer name: no spaces, dots, `*`, `>` or slashes")));
+            }
+            if let Some(bad) = subjects.iter().chain(filter_subjects).find(|s| !subscribable_subject(s)) {
+                return Err(("source.subjects", format!("{bad:?} is not a valid NATS subject")));
+            }
+            if *ack_wait < std::time::Duration::from_secs(1) {
+                return Err(("source.ack_wait", format!("must be at least 1s, got {}", humantime::format_duration(*ack_wait))));
+            }
+            if *max_ack_pending == 0 || *max_ack_pending > 1_000_000 {
+                return Err(("source.max_ack_pending", format!("must be between 1 and 1000000, got {max_ack_pending}")));
+            }
+        }
+        SourceConfig::File { .. } | SourceConfig::Stdin { .. } => {}
+    }
+    Ok(())
+}
+
+fn validate_nats_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
+    let (url, subject, stream) = match sink {
+        SinkConfig::Nats { url, subject, .. } => (url, subject, &None),
+        SinkConfig::Jetstream { url, subject, stream, .. } => (url, subject, stream),
+        SinkConfig::Stdout { .. } | SinkConfig::File { .. } => return Ok(()),
+    };
+    validate_url(url).map_err(|m| ("url", m))?;
+    if let Some(subject) = subject {
+        publishable_subject(subject).map_err(|e| ("subject", e.to_string()))?;
+    }
+    if let Some(stream) = stream {
+        if !valid_name(stream) {
+            return Err(("stream", format!("{stream:?} is not a valid stream name: no spaces, dots, `*`, `>` or slashes")));
+        }
+        if subject.is_none() {
+            return Err(("stream", "creating a stream needs the sink's `subject` (the subject the stream captures)".into()));
+        }
+    }
+    Ok(())
+}
+
+fn validate_url(urls: &str) -> Result<(), String> {
+    for url in urls.split(',').map(str::trim) {
+        let rest = ["nats://", "tls://", "ws://", "wss://"].iter().find_map(|scheme| url.strip_prefix(scheme)).unwrap_or(url);
+        let host_port = rest.rsplit('@').next().unwrap_or(rest);
+        if url.is_empty() || host_port.is_empty() || host_port.contains(['/', ' ']) {
+            return Err(format!("{url:?} is not a NATS server address; write e.g. \"nats://127.0.0.1:4222\" (several: comma-separated)"));
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,217 @@
+//! A real `nats-server` per test: its own loopback port, JetStream on, its
+//! own file store, so a test can kill and restart its server without
+//! touching the others. `scripts/nats-server.sh install` puts the binary on
+//! the machine (`./dev test` runs it).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+
+use crate::common::poll_until;
+
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    monitor: u16,
+    store: tempfile::TempDir,
+}
+
+fn binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SLUICE_NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/bin"]) {
+        let candidate = PathBuf::from(dir).join("nats-server");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("nats-server is not installed: run `scripts/nats-server.sh install` (or set SLUICE_NATS_SERVER)")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl NatsServer {
+    pub fn start() -> Result<Self> {
+        let store = tempfile::Builder::new().prefix("sluice-nats-").tempdir()?;
+        let mut server = Self { child: None, port: free_port()?, monitor: free_port()?, store };
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let child = Command::new(binary()?)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        self.child = Some(child);
+        let port = self.port;
+        poll_until("nats-server to accept connections", Duration::from_secs(10), || {
+            Ok(TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
+        })?;
+        // JetStream answers only once its store is recovered.
+        poll_until("JetStream to be ready", Duration::from_secs(10), || {
+            Ok(self.monitor_get("/healthz?js-enabled-only=true").ok().filter(|body| body.contains("ok")).map(|_| ()))
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), keeping its store.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.launch()
+    }
+
+    pub async fn client(&self) -> Result<async_nats::Client> {
+        async_nats::connect(self.url()).await.context("connecting the test client")
+    }
+
+    /// A GET on the monitoring port.
+    pub fn monitor_get(&self, path: &str) -> Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.monitor))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+    }
+
+    /// How many client connections subscribe to exactly `subject`.
+    pub fn subscribers(&self, subject: &str) -> Result<usize> {
+        let body = self.monitor_get("/connz?subs=1")?;
+        let connz: serde_json::Value = serde_json::from_str(&body).context("parsing /connz")?;
+        let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+        Ok(connections
+            .iter()
+            .filter(|c| {
+                c["subscriptions_list"]
+                    .as_array()
+                    .is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some(subject)))
+            })
+            .count())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// One message read back from a stream.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub payload: String,
+    pub headers: HashMap<String, String>,
+}
+
+impl Stored {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// Creates a stream capturing `subjects` (file storage).
+pub async fn create_stream(client: &async_nats::Client, name: &str, subjects: &[&str]) -> Result<()> {
+    jetstream::new(client.clone())
+        .create_stream(stream::Config {
+            name: name.into(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating stream {name}"))?;
+    Ok(())
+}
+
+/// How many messages `stream` holds.
+pub async fn stream_len(client: &async_nats::Client, name: &str) -> Result<u64> {
+    let mut stream = jetstream::new(client.clone()).get_stream(name).await?;
+    Ok(stream.info().await?.state.messages)
+}
+
+/// Every message of `stream`, in order, through an ephemeral consumer.
+pub async fn read_stream(client: &async_nats::Client, name: &str) -> Result<Vec<Stored>> {
+    let js = jetstream::new(client.clone());
+    let mut stream = js.get_stream(name).await?;
+    let total = stream.info().await?.state.messages as usize;
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config { ack_policy: consumer::AckPolicy::None, ..Default::default() })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut stored = Vec::with_capacity(total);
+    while stored.len() < total {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .with_context(|| format!("reading stream {name}: {} of {total} messages came", stored.len()))?
+            .context("the message stream ended")??;
+        let headers = message
+            .headers
+            .as_ref()
+            .map(|h| h.iter().map(|(k, v)| (k.to_string(), v.last().map(|v| v.to_string()).unwrap_or_default())).collect())
+            .unwrap_or_default();
+        stored.push(Stored {
+            payload: String::from_utf8_lossy(&message.payload).into_owned(),
+            headers,
+        });
+    }
+    Ok(stored)
+}
+
+/// The consumer's unfinished work: (not yet delivered, delivered but not
+/// acknowledged); `None` while the consumer does not exist yet.
+pub async fn consumer_backlog(client: &async_nats::Client, stream: &str, consumer: &str) -> Result<Option<(u64, usize)>> {
+    let stream = jetstream::new(client.clone()).get_stream(stream).await?;
+    let Ok(mut consumer) = stream.get_consumer::<consumer::pull::Config>(consumer).await else {
+        return Ok(None);
+    };
+    let info = consumer.info().await?;
+    Ok(Some((info.num_pending, info.num_ack_pending)))
+}
+
+/// Publishes to JetStream and waits for every acknowledgement; returns each
+/// message's stream sequence.
+pub async fn publish_all(client: &async_nats::Client, subject: &str, payloads: impl IntoIterator<Item = String>) -> Result<Vec<u64>> {
+    let js = jetstream::new(client.clone());
+    let mut sequences = Vec::new();
+    let mut window = Vec::new();
+    // The context holds a permit per unacknowledged publish: await them in
+    // windows, or publishing stalls once its permits run out.
+    for payload in payloads {
+        window.push(js.publish(subject.to_owned(), payload.into()).await?);
+        if window.len() == 1000 {
+            for ack in window.drain(..) {
+                sequences.push(ack.await?.sequence);
+            }
+        }
+    }
+    for ack in window {
+        sequences.push(ack.await?.sequence);
+    }
+    Ok(sequences)
+}
