@@ -357,6 +357,15 @@ async fn msg_id_deduplicates_the_outputs_of_a_redelivered_input() -> Result<()> 
         host.terminate()?;
         host.wait(WITHIN)?.ensure_success()?;
         if round == 0 {
+            // `ordering = "partition"` (the default) keeps a subject's order,
+            // retries included: outputs follow their inputs' order.
+            let input_of: HashMap<String, u64> = sequences.iter().map(|seq| (format!("IN:{seq}:0"), *seq)).collect();
+            let order: Vec<u64> = read_stream(&client, "OUT")
+                .await?
+                .iter()
+                .filter_map(|o| o.header("Nats-Msg-Id").and_then(|id| input_of.get(id)).copied())
+                .collect();
+            ensure!(order.len() as u64 == expected_out && order.windows(2).all(|w| w[0] < w[1]), "outputs out of input order");
             // Forget every acknowledgement: all inputs are delivered again.
             async_nats::jetstream::new(client.clone()).get_stream("IN").await?.delete_consumer("sluice").await?;
         }
@@ -443,5 +452,31 @@ async fn a_server_that_is_not_there_fails_the_pipeline_with_its_address() -> Res
     let address = format!("127.0.0.1:{port}");
     assert!(finished.stderr.contains(&address), "{}", finished.stderr);
     assert!(finished.stderr.contains("lonely"), "{}", finished.stderr);
+    Ok(())
+}
+
+/// A handler slower than `ack_wait`: in-progress signals keep the server
+/// from delivering the event again while it is being worked on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_is_not_redelivered_while_it_works() -> Result<()> {
+    let server = NatsServer::start()?;
+    let scratch = Scratch::new()?;
+    let client = server.client().await?;
+    jetstream_streams(&client).await?;
+    publish_all(&client, "in.orders", ["sleep:2500".to_owned(), "ok:after".to_owned()]).await?;
+    let host = start(&scratch, &jetstream_pipeline(&server.url(), "timeout = \"10s\"", "1s"), "sluice.toml")?;
+    wait_async("both events to be handled", WITHIN, async || {
+        Ok((consumer_backlog(&client, "IN", "sluice").await? == Some((0, 0)) && stream_len(&client, "OUT").await? == 2).then_some(()))
+    })
+    .await?;
+    let stream = async_nats::jetstream::new(client.clone()).get_stream("IN").await?;
+    let mut consumer = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>("sluice").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info = consumer.info().await?;
+    // Every delivery, redeliveries included, takes a consumer sequence number.
+    assert_eq!(info.delivered.consumer_sequence, 2, "the server redelivered an event still being handled");
+    let outputs: Vec<String> = read_stream(&client, "OUT").await?.into_iter().map(|o| o.payload).collect();
+    assert_eq!(outputs, vec!["slept", "after"]);
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
