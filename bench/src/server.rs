@@ -50,13 +50,14 @@ impl NatsServer {
             .spawn()
             .context("starting nats-server")?;
         let server = Self { child, port, monitor, _store: store };
-        wait_until("nats-server to accept connections", Duration::from_secs(10), || async {
+        wait_until("nats-server to accept connections", Duration::from_secs(10), || async move {
             Ok(TcpStream::connect(("127.0.0.1", port)).is_ok())
         })
         .await?;
         // JetStream answers only once its store is ready.
-        wait_until("JetStream to be ready", Duration::from_secs(10), || async {
-            Ok(server.monitor_get("/healthz?js-enabled-only=true").is_ok_and(|body| body.contains("ok")))
+        let ready = &server;
+        wait_until("JetStream to be ready", Duration::from_secs(10), || async move {
+            Ok(ready.monitor_get("/healthz?js-enabled-only=true").is_ok_and(|body| body.contains("ok")))
         })
         .await?;
         Ok(server)

@@ -480,3 +480,41 @@ async fn a_slow_handler_is_not_redelivered_while_it_works() -> Result<()> {
     host.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
+
+/// `examples/nats/sluice.toml` runs as documented against a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_example_runs_as_documented() -> Result<()> {
+    let server = NatsServer::start()?;
+    let mut command = std::process::Command::new(sluice_bin());
+    command.args(["run", "examples/nats/sluice.toml"]).current_dir(root()).env("NATS_URL", server.url());
+    let host = Running::spawn(command)?;
+    let client = server.client().await?;
+    // The example creates its streams and consumer itself.
+    wait_async("the example's consumer", WITHIN, async || {
+        Ok(consumer_backlog(&client, "ORDERS", "enricher").await.ok().flatten().map(|_| ()))
+    })
+    .await?;
+    let orders = [
+        r#"{"order":1,"user":"alice","total":30}"#,
+        r#"{"order":2,"total":5}"#,
+        "this is not JSON",
+    ];
+    let sequences = publish_all(&client, "orders.new", orders.iter().map(|o| o.to_string())).await?;
+    wait_async("one enriched order and one dead letter", WITHIN, async || {
+        Ok((stream_len(&client, "ORDERS_ENRICHED").await.unwrap_or(0) == 1 && stream_len(&client, "ORDERS_DLQ").await.unwrap_or(0) == 1)
+            .then_some(()))
+    })
+    .await?;
+    let enriched = read_stream(&client, "ORDERS_ENRICHED").await?;
+    let order: serde_json::Value = serde_json::from_str(&enriched[0].payload)?;
+    assert_eq!(order["user"], "alice");
+    assert_eq!(order["env"], "nats-example");
+    assert_eq!(order["event_id"], format!("ORDERS:{}", sequences[0]));
+    assert_eq!(enriched[0].header("Nats-Msg-Id"), Some(format!("ORDERS:{}:0", sequences[0]).as_str()));
+    let dead = read_stream(&client, "ORDERS_DLQ").await?;
+    assert_eq!(dead[0].payload, "this is not JSON");
+    assert_eq!(dead[0].header("sluice-dlq-reason"), Some("rejected"));
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}
