@@ -518,3 +518,38 @@ async fn the_nats_example_runs_as_documented() -> Result<()> {
     host.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
+
+/// A bound consumer with its own `max_deliver` lowers `max_attempts` to it,
+/// so the last delivery's failure is dead-lettered, not dropped in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_max_deliver_ends_in_the_dead_letter_not_in_silence() -> Result<()> {
+    use async_nats::jetstream::consumer;
+    let server = NatsServer::start()?;
+    let scratch = Scratch::new()?;
+    let client = server.client().await?;
+    jetstream_streams(&client).await?;
+    async_nats::jetstream::new(client.clone())
+        .get_stream("IN")
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("sluice".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_deliver: 2,
+            ..Default::default()
+        })
+        .await?;
+    let sequences = publish_all(&client, "in.orders", ["retry:5".to_owned()]).await?;
+    let policy = "max_attempts = 5\nordering = \"none\"\nbackoff = { initial = \"20ms\" }";
+    let host = start(&scratch, &jetstream_pipeline(&server.url(), policy, "30s"), "sluice.toml")?;
+    wait_async("the dead letter", WITHIN, async || Ok((stream_len(&client, "DLQ").await? == 1).then_some(()))).await?;
+    let dead = read_stream(&client, "DLQ").await?;
+    assert_eq!(dead[0].header("sluice-dlq-reason"), Some("retries-exhausted"));
+    assert_eq!(dead[0].header("sluice-dlq-attempts"), Some("2"), "the consumer's limit, not the policy's 5");
+    assert_eq!(dead[0].header("sluice-dlq-event-id"), Some(format!("IN:{}", sequences[0]).as_str()));
+    assert_eq!(stream_len(&client, "OUT").await?, 0);
+    host.terminate()?;
+    let finished = host.wait(WITHIN)?;
+    finished.ensure_success()?;
+    assert!(finished.stderr.contains("max_deliver = 2"), "the limit is warned about at start:\n{}", finished.stderr);
+    Ok(())
+}

@@ -79,10 +79,13 @@ impl Sink for NatsSink {
     async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
         let failed = |message: String| SinkError::Write { what: self.describe.clone(), message };
         let (subject, headers) = prepare(&record, self.subject.as_deref()).map_err(|e| failed(e.to_string()))?;
-        self.client
-            .publish_with_headers(subject, headers, Bytes::from(record.payload))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let payload = Bytes::from(record.payload);
+        let published = if headers.is_empty() {
+            self.client.publish(subject, payload).await
+        } else {
+            self.client.publish_with_headers(subject, headers, payload).await
+        };
+        published.map_err(|e| failed(e.to_string()))?;
         let seq = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
         self.kick.notify_one();
         Ok(Receipt::watermark(seq, self.durable.clone()))

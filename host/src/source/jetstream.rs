@@ -91,7 +91,6 @@ impl JetStreamSource {
                     ..Default::default()
                 })
                 .await
-                .map(|s| js_stream_from_info(s))
                 .map_err(|e| failed(format!("cannot create stream `{}`: {e}", settings.stream)))?,
             Err(err) if is_not_found(&err) => {
                 return Err(failed(format!(
@@ -195,10 +194,6 @@ impl JetStreamSource {
 
 fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
     matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e) if e.code() == 404)
-}
-
-fn js_stream_from_info(stream: jetstream::stream::Stream<jetstream::stream::Info>) -> jetstream::stream::Stream {
-    stream.into()
 }
 
 #[async_trait::async_trait]
