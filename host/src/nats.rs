@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_nats::{Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::NatsServer;
 use crate::event::Header;
@@ -32,25 +34,23 @@ pub struct ConnectError {
 /// The process's NATS connections, one per server and login.
 #[derive(Default)]
 pub struct Connections {
-    open: Mutex<HashMap<NatsServer, Client>>,
+    /// A cell per server, so a server that does not answer delays only the
+    /// pipelines that use it, not every connect behind one lock.
+    open: Mutex<HashMap<NatsServer, Arc<OnceCell<Client>>>>,
 }
 
 impl Connections {
-    /// The connection to `server`, opened on first use.
+    /// The connection to `server`, opened on first use. A failed connect is
+    /// not remembered: the next user tries again.
     pub async fn get(&self, server: &NatsServer) -> Result<Client, ConnectError> {
-        let mut open = self.open.lock().await;
-        if let Some(client) = open.get(server) {
-            return Ok(client.clone());
-        }
-        let client = connect(server).await?;
-        open.insert(server.clone(), client.clone());
-        Ok(client)
+        let cell = self.open.lock().await.entry(server.clone()).or_default().clone();
+        cell.get_or_try_init(|| connect(server)).await.cloned()
     }
 
     /// Flushes and drops every connection (at the end of the process).
     pub async fn close_all(&self) {
-        let clients: Vec<Client> = self.open.lock().await.drain().map(|(_, c)| c).collect();
-        for client in clients {
+        let cells: Vec<_> = self.open.lock().await.drain().map(|(_, c)| c).collect();
+        for client in cells.iter().filter_map(|cell| cell.get()) {
             let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
         }
     }
