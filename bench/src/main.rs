@@ -147,7 +147,7 @@ impl Bench {
         let receiver = self.server.client().await?;
         match mode {
             Mode::Core => {
-                let mut processor = Processor::start(kind, mode, &self.server, &self.sluice).await?;
+                let mut processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
                 processor.wait_ready(mode, kind, &self.server, &producer).await?;
                 let throughput = load::core_throughput(&producer, &receiver, self.events).await?;
                 let latency =
@@ -159,7 +159,7 @@ impl Bench {
                 self.fresh_streams(&producer).await?;
                 load::prefill(&producer, self.events).await?;
                 let timer = load::BacklogTimer::start(&receiver, self.events).await?;
-                let processor = Processor::start(kind, mode, &self.server, &self.sluice).await?;
+                let processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
                 let timed = timer.finish().await;
                 processor.stop().await?; // a processor that died says why here
                 let events_per_sec = timed?;
@@ -167,7 +167,7 @@ impl Bench {
                 let throughput = load::Throughput { events_per_sec, lost };
 
                 self.fresh_streams(&producer).await?;
-                let mut processor = Processor::start(kind, mode, &self.server, &self.sluice).await?;
+                let mut processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
                 processor.wait_ready(mode, kind, &self.server, &producer).await?;
                 let latency =
                     load::latency(&producer, &receiver, Publish::Jetstream, self.rate, WARMUP, self.latency).await?;

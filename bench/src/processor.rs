@@ -86,7 +86,7 @@ pub enum Processor {
 impl Processor {
     /// Starts one; it may still be connecting when this returns (see
     /// [`Processor::wait_ready`]).
-    pub async fn start(kind: Kind, mode: Mode, server: &NatsServer, sluice: &SluiceSetup) -> Result<Self> {
+    pub fn start(kind: Kind, mode: Mode, server: &NatsServer, sluice: &SluiceSetup) -> Result<Self> {
         match kind {
             Kind::Native => Ok(Processor::Native(Native::start(mode, server.url())?)),
             Kind::Sluice => Ok(Processor::Sluice(Sluice::start(mode, &server.url(), sluice)?)),
@@ -185,8 +185,9 @@ async fn native_core(url: &str, stop: oneshot::Receiver<()>) -> Result<()> {
 }
 
 /// JetStream: a durable pull consumer (explicit ack, batches of 256); each
-/// input is published to `bench.out` and acknowledged once the stream has
-/// acknowledged that publish, the same guarantee sluice gives. Publishes are
+/// input is published to `bench.out` with a `Nats-Msg-Id` and acknowledged
+/// once the stream has acknowledged that publish, the same guarantee sluice
+/// gives. Publishes are
 /// pipelined, up to [`MAX_ACK_PENDING`] awaiting their ack, in order.
 async fn native_jetstream(url: &str, stop: oneshot::Receiver<()>) -> Result<()> {
     let client = async_nats::connect(url).await?;
@@ -216,7 +217,12 @@ async fn native_jetstream(url: &str, stop: oneshot::Receiver<()>) -> Result<()> 
             next = inputs.next(), if in_flight.len() < MAX_ACK_PENDING => {
                 let Some(input) = next else { break };
                 let input = input?;
-                let published = js.publish(OUT, input.payload.clone()).await?;
+                // The same deduplication sluice asks for: a Nats-Msg-Id from
+                // the input's stream sequence, so the broker does the same work.
+                let info = input.info().map_err(|e| anyhow!(e))?;
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{}:{}:0", info.stream, info.stream_sequence).as_str());
+                let published = js.publish_with_headers(OUT, headers, input.payload.clone()).await?;
                 in_flight.push_back(async move { published.await.map(|_| input) });
             }
             else => break,
@@ -294,6 +300,12 @@ impl Sluice {
         };
         if !status.success() {
             bail!("sluice exited with {status}:\n{}", self.log_tail());
+        }
+        // Its counters (received, calls: the mean batch size…) say where the
+        // time went; print them beside the figures.
+        let log = std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("pipeline finished")) {
+            eprintln!("sluice: {}", line.split_once("stats=").map_or(line, |(_, s)| s));
         }
         Ok(())
     }

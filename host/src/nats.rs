@@ -127,6 +127,27 @@ pub enum Unpublishable {
     TooLarge { size: usize, max: usize },
 }
 
+/// Whether `headers` (and `key`) can be NATS headers, without building them.
+pub fn check_headers(headers: &[Header], key: Option<&[u8]>) -> Result<(), Unpublishable> {
+    for header in headers {
+        let name_ok = !header.key.is_empty() && header.key.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !name_ok {
+            return Err(Unpublishable::HeaderName(header.key.clone()));
+        }
+        if !valid_value(&header.value) {
+            return Err(Unpublishable::HeaderValue(header.key.clone()));
+        }
+    }
+    match key {
+        Some(key) if !valid_value(key) => Err(Unpublishable::Key),
+        _ => Ok(()),
+    }
+}
+
+fn valid_value(value: &[u8]) -> bool {
+    std::str::from_utf8(value).is_ok() && !value.iter().any(|b| matches!(b, b'\r' | b'\n'))
+}
+
 /// Event headers (and key) as NATS headers.
 pub fn nats_headers(headers: &[Header], key: Option<&[u8]>) -> Result<HeaderMap, Unpublishable> {
     let mut map = HeaderMap::new();

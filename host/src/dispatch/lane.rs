@@ -242,9 +242,9 @@ impl Lane {
                 event_id: event.id.clone(),
             })
         });
-        let id = format!("{}:dlq", event.id);
+        let id = d.dead_letter.wants_ids().then(|| format!("{}:dlq", event.id));
         let mut record = dead_letter::record(event, failure, &d.pipeline, d.factory.name(), d.factory.digest());
-        record.id = Some(id);
+        record.id = id;
         Stats::add(&d.stats.dead_lettered, 1);
         self.concluded.push(Conclusion::DeadLetter { record, ack, failed_request });
     }

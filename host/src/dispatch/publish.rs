@@ -125,7 +125,7 @@ async fn send_outputs(d: &Dispatcher, outputs: Vec<Output>, event_id: &str, requ
     let mut answered = false;
     for (index, output) in outputs.into_iter().enumerate() {
         answered |= output.reply;
-        match d.router.route(output, request, Some(format!("{event_id}:{index}"))) {
+        match d.router.route(output, request, || format!("{event_id}:{index}")) {
             Some((sink, record)) => receipts.push(sink.send(record).await?),
             None => Stats::add(&stats.replies_dropped, 1),
         }

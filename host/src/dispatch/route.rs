@@ -86,8 +86,9 @@ impl Router {
     }
 
     /// The sink and record for `output`, or `None` for a reply nobody waits
-    /// for. `id` becomes the record's id (see [`Record::id`]).
-    pub fn route(&self, output: Output, request: Option<&Request>, id: Option<String>) -> Option<(&Arc<dyn Sink>, Record)> {
+    /// for. `id` makes the record's id (see [`Record::id`]) if its sink
+    /// wants one.
+    pub fn route(&self, output: Output, request: Option<&Request>, id: impl FnOnce() -> String) -> Option<(&Arc<dyn Sink>, Record)> {
         let (sink, destination) = self.target(&output, request)?;
         let destination = destination.map(str::to_owned);
         let Output { key, payload, mut headers, reply, .. } = output;
@@ -98,6 +99,7 @@ impl Router {
                 }
             }
         }
+        let id = sink.wants_ids().then(id);
         Some((sink, Record { destination, key, payload, headers, id }))
     }
 

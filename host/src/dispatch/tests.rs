@@ -144,6 +144,9 @@ impl Sink for MemorySink {
             }
         })
     }
+    fn wants_ids(&self) -> bool {
+        true
+    }
     fn check(&self, _destination: Option<&str>, output: &Output) -> Result<(), String> {
         match self.refuse {
             Some(bad) if output.payload == bad.as_bytes() => Err(format!("{bad:?} is not allowed here")),

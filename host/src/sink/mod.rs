@@ -121,6 +121,12 @@ pub trait Sink: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether records sent here use [`Record::id`] (deduplicating brokers);
+    /// other sinks are spared making one per record.
+    fn wants_ids(&self) -> bool {
+        false
+    }
+
     /// Flushes what is queued and stops. Later sends fail.
     async fn close(&self) -> Result<(), SinkError>;
 

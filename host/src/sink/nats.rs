@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{Durable, Receipt, Record, Sink, SinkError};
 use crate::event::Output;
-use crate::nats::{nats_headers, publishable_subject, Unpublishable};
+use crate::nats::{check_headers, nats_headers, publishable_subject, Unpublishable};
 
 /// How long a JetStream publish waits for its acknowledgement before it is
 /// sent again (with the same `Nats-Msg-Id`, so never stored twice).
@@ -32,6 +32,7 @@ const NO_STREAM_PATIENCE: Duration = Duration::from_secs(30);
 pub struct NatsSink {
     client: Client,
     subject: Option<String>,
+    max_payload: usize,
     describe: String,
     sent: Arc<AtomicU64>,
     kick: Arc<Notify>,
@@ -46,7 +47,8 @@ impl NatsSink {
         let kick = Arc::new(Notify::new());
         let (tx, durable) = watch::channel(Durable::UpTo(0));
         let flusher = tokio::spawn(run_flusher(client.clone(), sent.clone(), kick.clone(), tx));
-        Self { client, subject, describe, sent, kick, durable, flusher }
+        let max_payload = client.server_info().max_payload;
+        Self { client, subject, max_payload, describe, sent, kick, durable, flusher }
     }
 }
 
@@ -92,7 +94,7 @@ impl Sink for NatsSink {
     }
 
     fn check(&self, destination: Option<&str>, output: &Output) -> Result<(), String> {
-        check(&self.client, destination.or(self.subject.as_deref()), output)
+        check(self.max_payload, destination.or(self.subject.as_deref()), output)
     }
 
     async fn close(&self) -> Result<(), SinkError> {
@@ -112,6 +114,7 @@ pub struct JetStreamSink {
     client: Client,
     js: Context,
     subject: Option<String>,
+    max_payload: usize,
     describe: String,
 }
 
@@ -141,7 +144,8 @@ impl JetStreamSink {
                 }
             }
         }
-        Ok(Self { client, js, subject, describe })
+        let max_payload = client.server_info().max_payload;
+        Ok(Self { client, js, subject, max_payload, describe })
     }
 }
 
@@ -161,7 +165,11 @@ impl Sink for JetStreamSink {
     }
 
     fn check(&self, destination: Option<&str>, output: &Output) -> Result<(), String> {
-        check(&self.client, destination.or(self.subject.as_deref()), output)
+        check(self.max_payload, destination.or(self.subject.as_deref()), output)
+    }
+
+    fn wants_ids(&self) -> bool {
+        true
     }
 
     async fn close(&self) -> Result<(), SinkError> {
@@ -230,15 +238,20 @@ fn prepare(record: &Record, default: Option<&str>) -> Result<(String, HeaderMap)
     Ok((subject.to_owned(), headers))
 }
 
-/// Whether `output` can be published to `subject` on this connection.
-fn check(client: &Client, subject: Option<&str>, output: &Output) -> Result<(), String> {
+/// Whether `output` can be published to `subject` on a server taking
+/// messages of up to `max` bytes.
+fn check(max: usize, subject: Option<&str>, output: &Output) -> Result<(), String> {
     let subject = subject.ok_or(Unpublishable::NoSubject).map_err(|e| e.to_string())?;
     publishable_subject(subject).map_err(|e| e.to_string())?;
-    nats_headers(&output.headers, output.key.as_deref()).map_err(|e| e.to_string())?;
-    let max = client.server_info().max_payload;
-    // Headers count towards the limit too; leave them some room.
-    let size = output.payload.len();
-    if max > 0 && size + 4096 > max {
+    check_headers(&output.headers, output.key.as_deref()).map_err(|e| e.to_string())?;
+    // The limit covers the header block too: `NATS/1.0\r\n`, a line per
+    // header, a blank line, and room for the `Nats-Msg-Id` a JetStream sink adds.
+    let headers: usize = output.headers.iter().map(|h| h.key.len() + h.value.len() + 4).sum::<usize>()
+        + output.key.as_ref().map_or(0, |k| k.len() + 14)
+        + 12
+        + 128;
+    let size = output.payload.len() + headers;
+    if max > 0 && size > max {
         return Err(Unpublishable::TooLarge { size, max }.to_string());
     }
     Ok(())

@@ -47,7 +47,7 @@ impl NatsSource {
             subscriber,
             replies: Arc::new(NatsSink::core(client, None)),
             describe: what(),
-            id_prefix: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            id_prefix: format!("nats:{:012x}:", rand::random::<u64>() & 0xffff_ffff_ffff),
             received: 0,
         })
     }
@@ -67,7 +67,12 @@ impl Source for NatsSource {
         let id = crate::event::header(&headers, "Nats-Msg-Id")
             .and_then(|id| std::str::from_utf8(id).ok())
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("nats:{}:{}", self.id_prefix, self.received));
+            .unwrap_or_else(|| {
+                let mut id = String::with_capacity(self.id_prefix.len() + 20);
+                id.push_str(&self.id_prefix);
+                id.push_str(itoa::Buffer::new().format(self.received));
+                id
+            });
         let subject = message.subject.to_string();
         Ok(Some(Delivery {
             partition: subject_partition(&subject),
