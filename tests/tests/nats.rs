@@ -124,7 +124,12 @@ async fn a_queue_group_of_two_hosts_splits_the_load_and_loses_nothing() -> Resul
 
     let n = 4_000;
     for i in 0..n {
-        client.publish("jobs", format!("job-{i}").into()).await?;
+        // Headers travel both ways: NATS headers → event → output → NATS.
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("job-id", i.to_string().as_str());
+        headers.append("tag", "a");
+        headers.append("tag", "b");
+        client.publish_with_headers("jobs", headers, format!("job-{i}").into()).await?;
     }
     client.flush().await?;
     let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
@@ -134,6 +139,11 @@ async fn a_queue_group_of_two_hosts_splits_the_load_and_loses_nothing() -> Resul
             .await
             .with_context(|| format!("{total} of {n} jobs done"))?
             .context("subscription ended")?;
+        let headers = message.headers.as_ref().context("an output without the input's headers")?;
+        let payload = String::from_utf8_lossy(&message.payload);
+        assert_eq!(headers.get("job-id").map(|v| format!("job-{v}")).as_deref(), Some(payload.as_ref()));
+        let tags: Vec<&str> = headers.get_all("tag").map(|v| v.as_str()).collect();
+        assert_eq!(tags, ["a", "b"], "repeated header values kept in order");
         by_host.entry(message.subject.to_string()).or_default().push(String::from_utf8_lossy(&message.payload).into_owned());
         total += 1;
     }
