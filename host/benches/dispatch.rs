@@ -161,7 +161,8 @@ fn bench_calls(c: &mut Criterion, plugin: &LoadedPlugin) {
 fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
     Dispatcher {
         pipeline: "bench".into(),
-        factory,
+        plugin: Arc::new(sluice::dispatch::PluginSlot::new(factory)),
+        paused: tokio::sync::watch::channel(false).1,
         router: Router::new(Arc::new(NullSink), HashMap::new()),
         dead_letter: Arc::new(NullSink),
         retry: RetryPolicy { max_attempts: 1, backoff: BackoffConfig::default() },

@@ -25,6 +25,7 @@
 //! write used by checkpoints and the compiled-component cache, [`nats`] the
 //! connections and header mapping NATS sources and sinks share.
 
+pub mod admin;
 pub mod codec;
 pub mod config;
 pub mod dispatch;
@@ -32,6 +33,7 @@ pub mod event;
 pub mod fs;
 pub mod nats;
 pub mod pipeline;
+pub mod reload;
 pub mod runtime;
 pub mod sink;
 pub mod source;

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::config::{Ordering, PipelineConfig, SinkConfig, SourceConfig};
-use crate::dispatch::{Dispatcher, RetryPolicy, Router, Stats};
+use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
 use crate::nats::Connections;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
 use crate::sink::lines::LineSink;
@@ -52,13 +52,18 @@ pub async fn load_plugin(runtime: &Runtime, spec: PluginSpec) -> Result<LoadedPl
         .map_err(BuildError::from)
 }
 
+/// A pipeline ready to run, and its handles for hot reload and pausing.
+pub struct Built {
+    pub dispatcher: Dispatcher,
+    pub source: Box<dyn Source>,
+    /// The version it starts with (also in `dispatcher.plugin`).
+    pub plugin: LoadedPlugin,
+    /// `true` pauses intake.
+    pub pause: watch::Sender<bool>,
+}
+
 /// Builds the dispatcher and source of pipeline `name`.
-pub async fn build(
-    name: &str,
-    config: &PipelineConfig,
-    runtime: &Runtime,
-    sinks: &SinkSet,
-) -> Result<(Dispatcher, Box<dyn Source>), BuildError> {
+pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks: &SinkSet) -> Result<Built, BuildError> {
     let plugin = load_plugin(runtime, plugin_spec(name, config)?).await?;
     tracing::info!(
         pipeline = name,
@@ -83,9 +88,11 @@ pub async fn build(
         Some(limit) => policy.max_attempts.min(limit),
         None => policy.max_attempts,
     };
+    let (pause, paused) = watch::channel(false);
     let dispatcher = Dispatcher {
         pipeline: name.to_owned(),
-        factory: Arc::new(plugin),
+        plugin: Arc::new(PluginSlot::new(Arc::new(plugin.clone()))),
+        paused,
         router: Router::new(default, routes).with_replies(source.reply_sink()),
         dead_letter,
         retry: RetryPolicy {
@@ -100,7 +107,7 @@ pub async fn build(
         redeliver: source.redelivers() && policy.ordering == Ordering::None,
         stats: Arc::new(Stats::default()),
     };
-    Ok((dispatcher, source))
+    Ok(Built { dispatcher, source, plugin, pause })
 }
 
 async fn open_source(pipeline: &PipelineConfig, connections: &Connections) -> Result<Box<dyn Source>, SourceError> {

@@ -1,15 +1,25 @@
 //! Runs every pipeline of a config in one process. Pipelines are isolated:
 //! one that fails to start or stops on an error is reported, and the others
 //! keep running. A shutdown drains them all within the configured deadline.
+//!
+//! It also applies a changed config while running ([`Supervisor::reload`],
+//! on SIGHUP): pipelines that were added start, removed ones drain and stop,
+//! changed ones restart (or, when only their plugin changed, get the new
+//! version swapped in), and the others are not touched. A config that does
+//! not load changes nothing.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::admin::{self, PipelineHandle, Registry};
+use crate::config::{Config, PipelineConfig};
 use crate::dispatch::StatsSnapshot;
 use crate::pipeline::{self, SinkSet};
+use crate::reload::{self, PluginVersions};
 use crate::runtime::engine::EngineError;
 use crate::runtime::{Runtime, RuntimeOptions};
 
@@ -38,66 +48,237 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
 
 /// Runs all pipelines until each ends or `shutdown` fires and they drain.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Vec<PipelineReport>, EngineError> {
+    let (_keep, reloads) = mpsc::channel(1);
+    run_with_reloads(config, None, shutdown, reloads).await
+}
+
+/// Like [`run`]; each message on `reloads` re-reads `config_path` and
+/// applies what changed.
+pub async fn run_with_reloads(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+    mut reloads: mpsc::Receiver<()>,
+) -> Result<Vec<PipelineReport>, EngineError> {
     let runtime = Runtime::new(&runtime_options(&config))?;
-    let sinks = Arc::new(SinkSet::default());
-    let mut tasks = JoinSet::new();
-    for (name, pipeline_config) in config.pipelines.clone() {
-        let (runtime, sinks, shutdown) = (runtime.clone(), sinks.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            let built = pipeline::build(&name, &pipeline_config, &runtime, &sinks).await;
-            let (dispatcher, source) = match built {
-                Ok(parts) => parts,
-                Err(err) => {
-                    tracing::error!(pipeline = %name, "cannot start pipeline: {err}");
-                    return PipelineReport { name, stats: StatsSnapshot::default(), error: Some(err.to_string()) };
-                }
-            };
-            tracing::info!(pipeline = %name, source = %source.describe(), "pipeline started");
-            let stats = dispatcher.stats.clone();
-            let result = dispatcher.run(source, shutdown).await;
-            let stats = stats.snapshot();
-            match &result {
-                Ok(()) => tracing::info!(pipeline = %name, ?stats, "pipeline finished"),
-                Err(err) => tracing::error!(pipeline = %name, ?stats, "pipeline stopped: {err}"),
-            }
-            PipelineReport { name, stats, error: result.err().map(|e| e.to_string()) }
-        });
+    let (finished_tx, mut finished) = mpsc::channel(64);
+    let mut supervisor = Supervisor {
+        runtime,
+        sinks: Arc::new(SinkSet::default()),
+        registry: Arc::new(RwLock::new(BTreeMap::new())),
+        running: BTreeMap::new(),
+        finished: finished_tx,
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let admin_stop = CancellationToken::new();
+    if let Some(admin) = &config.admin {
+        let token = admin.token.as_ref().map(|t| t.0.clone());
+        match admin::serve(admin.listen, token, supervisor.registry.clone(), admin_stop.clone()).await {
+            Ok(bound) => tracing::info!(%bound, "admin API listening on {bound}"),
+            Err(err) => tracing::error!("cannot start the admin API on {}: {err}", admin.listen),
+        }
+    }
+    for (name, pipeline) in config.pipelines.clone() {
+        supervisor.start(name, pipeline, None);
     }
 
     let mut reports = Vec::new();
-    let mut deadline = None;
-    loop {
-        let joined = match deadline {
-            None => tokio::select! {
-                joined = tasks.join_next() => joined,
-                _ = shutdown.cancelled() => {
-                    tracing::info!("shutting down: draining in-flight events (up to {:?})", config.runtime.shutdown_timeout);
-                    deadline = Some(tokio::time::Instant::now() + config.runtime.shutdown_timeout);
-                    continue;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    while !supervisor.running.is_empty() {
+        let at = deadline.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            Some(ended) = finished.recv() => {
+                // A restarted pipeline's old run ends after its new run is
+                // registered: only the current run's end removes the name.
+                if supervisor.running.get(&ended.name).is_some_and(|r| r.run == ended.run) {
+                    supervisor.running.remove(&ended.name);
+                    if let Ok(mut registry) = supervisor.registry.write() {
+                        registry.remove(&ended.name);
+                    }
                 }
-            },
-            Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
-                Ok(joined) => joined,
-                Err(_) => {
-                    tracing::error!(
-                        pipelines = tasks.len(),
-                        "shutdown deadline passed: abandoning in-flight events; they are redelivered after a restart"
-                    );
-                    tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
-                    break;
+                reports.push(ended.report);
+            }
+            _ = shutdown.cancelled(), if deadline.is_none() => {
+                tracing::info!("shutting down: draining in-flight events (up to {:?})", supervisor.config.runtime.shutdown_timeout);
+                deadline = Some(tokio::time::Instant::now() + supervisor.config.runtime.shutdown_timeout);
+            }
+            Some(()) = reloads.recv(), if deadline.is_none() => {
+                if let Some(path) = &config_path {
+                    supervisor.reload(path).await;
                 }
-            },
-        };
-        match joined {
-            Some(Ok(report)) => reports.push(report),
-            Some(Err(err)) => tracing::error!("a pipeline task failed: {err}"),
-            None => break,
+            }
+            _ = tokio::time::sleep_until(at), if deadline.is_some() => {
+                tracing::error!(
+                    pipelines = supervisor.running.len(),
+                    "shutdown deadline passed: abandoning in-flight events; they are redelivered after a restart"
+                );
+                for (_, running) in std::mem::take(&mut supervisor.running) {
+                    running.task.abort();
+                }
+            }
         }
     }
-    if let Err(err) = sinks.close_all().await {
+    admin_stop.cancel();
+    if let Err(err) = supervisor.sinks.close_all().await {
         tracing::error!("closing sinks: {err}");
     }
     reports.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(reports)
+}
+
+/// A pipeline task's end, tagged with which run of that name it was.
+struct Running {
+    name: String,
+    run: u64,
+    report: PipelineReport,
+}
+
+struct Entry {
+    config: PipelineConfig,
+    run: u64,
+    stop: CancellationToken,
+    task: tokio::task::AbortHandle,
+    /// Resolves once the run's task ended (a restart waits for it).
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+struct Supervisor {
+    runtime: Runtime,
+    sinks: Arc<SinkSet>,
+    registry: Registry,
+    running: BTreeMap<String, Entry>,
+    finished: mpsc::Sender<Running>,
+    config: Config,
+    shutdown: CancellationToken,
+}
+
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Supervisor {
+    /// Starts pipeline `name`, after `after` (a previous run) has ended.
+    fn start(&mut self, name: String, config: PipelineConfig, after: Option<tokio::sync::watch::Receiver<bool>>) {
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stop = self.shutdown.child_token();
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let (runtime, sinks, registry, finished) = (self.runtime.clone(), self.sinks.clone(), self.registry.clone(), self.finished.clone());
+        let (task_name, task_config, task_stop) = (name.clone(), config.clone(), stop.clone());
+        let watch = self.config.runtime.watch_plugins;
+        let task = tokio::spawn(async move {
+            if let Some(mut previous) = after {
+                let _ = previous.wait_for(|ended| *ended).await;
+            }
+            let report = run_pipeline(&task_name, &task_config, &runtime, &sinks, &registry, task_stop, watch).await;
+            let _ = done_tx.send(true);
+            let _ = finished.send(Running { name: task_name, run, report }).await;
+        });
+        self.running.insert(name, Entry { config, run, stop, task: task.abort_handle(), done });
+    }
+
+    /// Re-reads the config and applies what changed.
+    async fn reload(&mut self, path: &std::path::Path) {
+        let new = match crate::config::load(path) {
+            Ok(new) => new,
+            Err(err) => {
+                tracing::error!("config reload refused, nothing changed: {err}");
+                return;
+            }
+        };
+        if new.runtime != self.config.runtime || new.admin != self.config.admin {
+            tracing::warn!("config reload: `[runtime]` and `[admin]` changes take effect at the next restart");
+        }
+        let (mut added, mut removed, mut restarted, mut swapped) = (0, 0, 0, 0);
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            if !new.pipelines.contains_key(&name) {
+                if let Some(entry) = self.running.get(&name) {
+                    tracing::info!(pipeline = %name, "config reload: pipeline removed, draining it");
+                    entry.stop.cancel();
+                    removed += 1;
+                }
+            }
+        }
+        for (name, config) in &new.pipelines {
+            let Some(entry) = self.running.get(name) else {
+                tracing::info!(pipeline = %name, "config reload: new pipeline, starting it");
+                self.start(name.clone(), config.clone(), None);
+                added += 1;
+                continue;
+            };
+            if &entry.config == config {
+                continue;
+            }
+            let mut same_but_plugin = entry.config.clone();
+            same_but_plugin.plugin = config.plugin.clone();
+            let handle = self.registry.read().ok().and_then(|r| r.get(name).cloned());
+            if &same_but_plugin == config && entry.config.policy.timeout == config.policy.timeout {
+                if let (Some(handle), Ok(spec)) = (handle, pipeline::plugin_spec(name, config)) {
+                    tracing::info!(pipeline = %name, "config reload: only the plugin changed, loading the new version");
+                    if handle.versions.reconfigure(spec).await.is_ok() {
+                        if let Some(entry) = self.running.get_mut(name) {
+                            entry.config = config.clone();
+                        }
+                        swapped += 1;
+                    }
+                    continue;
+                }
+            }
+            tracing::info!(pipeline = %name, "config reload: pipeline changed, draining it and starting it again");
+            entry.stop.cancel();
+            let after = entry.done.clone();
+            self.start(name.clone(), config.clone(), Some(after));
+            restarted += 1;
+        }
+        self.config.pipelines = new.pipelines;
+        tracing::info!(added, removed, restarted, swapped, "config reloaded");
+    }
+}
+
+/// Builds, registers and runs one pipeline to its end.
+async fn run_pipeline(
+    name: &str,
+    config: &PipelineConfig,
+    runtime: &Runtime,
+    sinks: &SinkSet,
+    registry: &Registry,
+    stop: CancellationToken,
+    watch: bool,
+) -> PipelineReport {
+    let built = match pipeline::build(name, config, runtime, sinks).await {
+        Ok(built) => built,
+        Err(err) => {
+            tracing::error!(pipeline = %name, "cannot start pipeline: {err}");
+            return PipelineReport { name: name.to_owned(), stats: StatsSnapshot::default(), error: Some(err.to_string()) };
+        }
+    };
+    let dispatcher = built.dispatcher;
+    let versions = Arc::new(PluginVersions::new(name, runtime.clone(), dispatcher.plugin.clone(), built.plugin));
+    let handle = Arc::new(PipelineHandle {
+        name: name.to_owned(),
+        source: built.source.describe(),
+        started_at: crate::dispatch::dead_letter::rfc3339(std::time::SystemTime::now()),
+        versions: versions.clone(),
+        pause: built.pause,
+        stats: dispatcher.stats.clone(),
+    });
+    if let Ok(mut registry) = registry.write() {
+        registry.insert(name.to_owned(), handle);
+    }
+    // The pipeline watches its own plugin file for as long as it runs.
+    let watching = CancellationToken::new();
+    let _stop_watching = watching.clone().drop_guard();
+    if watch {
+        if let Err(err) = reload::watch::spawn(vec![versions], watching) {
+            tracing::warn!(pipeline = %name, "cannot watch the plugin file; reload it through the admin API: {err}");
+        }
+    }
+    tracing::info!(pipeline = %name, source = %built.source.describe(), "pipeline started");
+    let stats = dispatcher.stats.clone();
+    let result = dispatcher.run(built.source, stop).await;
+    let stats = stats.snapshot();
+    match &result {
+        Ok(()) => tracing::info!(pipeline = %name, ?stats, "pipeline finished"),
+        Err(err) => tracing::error!(pipeline = %name, ?stats, "pipeline stopped: {err}"),
+    }
+    PipelineReport { name: name.to_owned(), stats, error: result.err().map(|e| e.to_string()) }
 }

@@ -13,7 +13,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        let reports = sluice::supervisor::run(config, shutdown)
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(watch_hangups(reload_tx));
+        let reports = sluice::supervisor::run_with_reloads(config, Some(path.to_path_buf()), shutdown, reloads)
             .await
             .context("cannot start the WebAssembly runtime")?;
         let failed: Vec<_> = reports.iter().filter(|r| r.error.is_some()).collect();
@@ -49,4 +51,20 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
     tracing::warn!("second signal: exiting without draining");
     std::process::exit(130);
+}
+
+/// SIGHUP: re-read the config and apply what changed. Signals that arrive
+/// while a reload is queued fold into it.
+async fn watch_hangups(reloads: tokio::sync::mpsc::Sender<()>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::error!("cannot listen for SIGHUP (config reload): {err}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        let _ = reloads.try_send(());
+    }
 }

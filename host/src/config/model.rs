@@ -18,10 +18,37 @@ pub struct Config {
     /// the others.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// The admin HTTP API (pipelines, plugin versions, hot reload). Unset:
+    /// no admin server.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// The admin HTTP API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address and port to listen on. Default `127.0.0.1:9090`: loopback
+    /// only; anything else exposes the API to the network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Bearer token the mutating endpoints (reload, upload, rollback,
+    /// pause, resume) require. Unset: those endpoints are disabled. Keep it
+    /// in the environment: `token = "${SLUICE_ADMIN_TOKEN}"`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+fn default_admin_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Settings shared by every pipeline in the process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Where compiled plugins are cached, keyed by the plugin's sha256 and the
@@ -41,6 +68,10 @@ pub struct RuntimeConfig {
     /// timeout (45s), so a drain never outlives the group membership.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Reload a pipeline's plugin when its file changes (hot reload; see
+    /// docs/operations.md). Default true.
+    #[serde(default = "default_true")]
+    pub watch_plugins: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -49,6 +80,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             allocator: Allocator::default(),
             shutdown_timeout: default_shutdown_timeout(),
+            watch_plugins: true,
         }
     }
 }
@@ -67,7 +99,7 @@ pub enum Allocator {
 }
 
 /// One pipeline: source → plugin → sinks, under a policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Where events come from.
@@ -90,7 +122,7 @@ pub struct PipelineConfig {
 }
 
 /// Event sources. More kinds (Kafka) plug in here.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Lines of a file. Ends at end of file unless `follow` is set.
@@ -264,7 +296,7 @@ pub enum LineFormat {
 }
 
 /// The plugin of a pipeline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Path to the component (`.wasm`).
@@ -320,7 +352,7 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -
 /// environment, no network, no stdio. Clocks and random numbers are always
 /// available because language runtimes (JavaScript, Python, Rust's std
 /// hash maps) need them to start.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WasiGrants {
     /// Environment variables passed through by name.
@@ -338,7 +370,7 @@ pub struct WasiGrants {
 }
 
 /// Output destinations. More kinds (Kafka) plug in here.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// The process's standard output.
@@ -414,7 +446,7 @@ pub enum RecordFormat {
 }
 
 /// Per-pipeline rules for failures, limits and parallelism.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Attempts per event, the first included, before a retryable failure
@@ -495,7 +527,7 @@ pub enum Ordering {
 /// Exponential backoff: `initial × multiplier^(attempt-1)`, capped at `max`,
 /// each delay spread by ±`jitter` (a fraction) so retries of many events do
 /// not arrive in lockstep.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     /// Delay before the second attempt. Default 100ms.

@@ -1,6 +1,9 @@
 //! The dispatcher's view of a plugin: something that makes handlers, and a
 //! handler that takes a batch. The wasm runtime implements it; dispatcher
-//! tests use scripted handlers, and hot reload will swap the factory.
+//! tests use scripted handlers, and hot reload swaps the factory
+//! (see [`super::slot`]).
+
+use std::sync::Arc;
 
 use crate::event::Event;
 use crate::runtime::instance::HandleResult;
@@ -19,6 +22,10 @@ pub trait HandlerFactory: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Plugin version (the component's sha256), for dead-letter records.
     fn digest(&self) -> &str;
+    /// The same, shared: every output carries it in a header.
+    fn digest_arc(&self) -> Arc<str> {
+        Arc::from(self.digest())
+    }
 }
 
 impl Handler for Instance {
@@ -38,5 +45,8 @@ impl HandlerFactory for LoadedPlugin {
     }
     fn digest(&self) -> &str {
         LoadedPlugin::digest(self)
+    }
+    fn digest_arc(&self) -> Arc<str> {
+        LoadedPlugin::digest_arc(self)
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::{self, Failure, Reason};
 use super::publish::{self, Conclusion, FailedRequest};
 use super::route::Request;
-use super::{DispatchError, Dispatcher, Handler, Inbox, Stats};
+use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
 use crate::runtime::CallError;
@@ -43,6 +43,8 @@ pub(super) struct Lane {
     id: usize,
     d: Arc<Dispatcher>,
     handler: Option<Box<dyn Handler>>,
+    /// The plugin version `handler` belongs to (and the lane's batches use).
+    version: Arc<Version>,
     shutdown: CancellationToken,
     failed: CancellationToken,
     /// Set once an event was handed back: every later event of this lane is
@@ -55,10 +57,12 @@ pub(super) struct Lane {
 
 impl Lane {
     pub fn new(id: usize, d: Arc<Dispatcher>, shutdown: CancellationToken, failed: CancellationToken) -> Self {
+        let version = d.plugin.current();
         Self {
             id,
             d,
             handler: None,
+            version,
             shutdown,
             failed,
             abandoning: false,
@@ -94,6 +98,11 @@ impl Lane {
         if self.abandoning || self.failed.is_cancelled() {
             Stats::add(&self.d.stats.abandoned, batch.len() as u64);
             return Ok(()); // dropping the acks hands the events back
+        }
+        if self.d.plugin.generation() != self.version.generation {
+            // A new version: this batch and everything after it use it.
+            self.version = self.d.plugin.current();
+            self.handler = None;
         }
         let mut events = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
@@ -160,7 +169,8 @@ impl Lane {
                     let request = Request::of(event.reply_to.take(), &event.headers);
                     match self.d.router.check(&outputs, request.as_ref()) {
                         Ok(()) => {
-                            self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, ack });
+                            let digest = self.version.factory.digest_arc();
+                            self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack });
                             return Ok(());
                         }
                         // An output that cannot be sent is a plugin bug, like
@@ -243,7 +253,8 @@ impl Lane {
             })
         });
         let id = d.dead_letter.wants_ids().then(|| format!("{}:dlq", event.id));
-        let mut record = dead_letter::record(event, failure, &d.pipeline, d.factory.name(), d.factory.digest());
+        let plugin = &self.version.factory;
+        let mut record = dead_letter::record(event, failure, &d.pipeline, plugin.name(), plugin.digest());
         record.id = id;
         Stats::add(&d.stats.dead_lettered, 1);
         self.concluded.push(Conclusion::DeadLetter { record, ack, failed_request });
@@ -264,7 +275,7 @@ impl Lane {
     async fn call(&mut self, events: Vec<Event>) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
         Stats::add(&self.d.stats.calls, 1);
         let handler = self.handler.take();
-        let factory = self.d.factory.clone();
+        let factory = self.version.factory.clone();
         // Shared, not moved, so the lane keeps the events if it must stop
         // waiting for the call.
         let events = Arc::new(events);

@@ -22,17 +22,19 @@ pub mod lane;
 pub mod policy;
 mod publish;
 pub mod route;
+pub mod slot;
 pub mod stats;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
 pub use handler::{Handler, HandlerFactory};
 pub use policy::RetryPolicy;
 pub use route::Router;
+pub use slot::{PluginSlot, Version};
 pub use stats::{Stats, StatsSnapshot};
 
 use crate::config::Ordering;
@@ -53,7 +55,11 @@ pub enum DispatchError {
 /// Everything a pipeline's lanes share.
 pub struct Dispatcher {
     pub pipeline: String,
-    pub factory: Arc<dyn HandlerFactory>,
+    /// The plugin version lanes use; hot reload swaps it between batches.
+    pub plugin: Arc<PluginSlot>,
+    /// While true, intake stops taking events from the source (they stay
+    /// in the broker); in-flight events finish.
+    pub paused: watch::Receiver<bool>,
     pub router: Router,
     pub dead_letter: Arc<dyn Sink>,
     pub retry: RetryPolicy,
@@ -121,11 +127,23 @@ impl Dispatcher {
         }
 
         let mut outcome = Ok(());
+        let mut paused = shared.paused.clone();
         loop {
+            if *paused.borrow() {
+                tracing::info!(pipeline = %shared.pipeline, "paused: no events are taken from the source");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = failed.cancelled() => break,
+                    _ = paused.wait_for(|p| !p) => {}
+                }
+                tracing::info!(pipeline = %shared.pipeline, "resumed");
+            }
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = failed.cancelled() => break,
+                _ = pause_requested(&mut paused) => continue,
                 next = source.next() => next,
             };
             let delivery = match next {
@@ -161,6 +179,13 @@ impl Dispatcher {
         outcome?;
         closed?;
         Ok(())
+    }
+}
+
+/// Resolves when intake should pause; never, once nobody can pause it.
+async fn pause_requested(paused: &mut watch::Receiver<bool>) {
+    if paused.wait_for(|p| *p).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

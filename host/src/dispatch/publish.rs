@@ -13,7 +13,11 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::Reason;
 use super::route::{ErrorReply, Request};
 use super::{DispatchError, Dispatcher, Stats};
-use crate::event::Output;
+use crate::event::{text_header, Output};
+
+/// The header every output carries: the sha256 of the plugin version that
+/// produced it (dead-letter records carry `sluice-dlq-plugin-digest`).
+pub const VERSION_HEADER: &str = "sluice-plugin-digest";
 use crate::sink::{Receipt, Record, SinkError};
 use crate::source::{Ack, Settlement};
 
@@ -28,6 +32,8 @@ pub(super) enum Conclusion {
         outputs: Vec<Output>,
         event_id: String,
         request: Option<Request>,
+        /// The plugin version that produced them.
+        digest: std::sync::Arc<str>,
         ack: Ack,
     },
     /// Failed for good: publish this dead-letter record, and tell the caller
@@ -84,11 +90,11 @@ async fn publish(
         let mut sent = Vec::with_capacity(batch.len());
         for conclusion in batch {
             let result = match conclusion {
-                Conclusion::Outputs { outputs, event_id, request, ack } => {
+                Conclusion::Outputs { outputs, event_id, request, digest, ack } => {
                     if outputs.is_empty() {
                         Stats::add(&stats.filtered, 1);
                     }
-                    send_outputs(d, outputs, &event_id, request.as_ref())
+                    send_outputs(d, outputs, &event_id, request.as_ref(), &digest)
                         .await
                         .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts })
                 }
@@ -119,12 +125,19 @@ async fn publish(
 
 /// Sends an event's outputs; a request that got no reply gets an error reply,
 /// so its caller never waits for a timeout.
-async fn send_outputs(d: &Dispatcher, outputs: Vec<Output>, event_id: &str, request: Option<&Request>) -> Result<Vec<Receipt>, SinkError> {
+async fn send_outputs(
+    d: &Dispatcher,
+    outputs: Vec<Output>,
+    event_id: &str,
+    request: Option<&Request>,
+    digest: &str,
+) -> Result<Vec<Receipt>, SinkError> {
     let stats = &d.stats;
     let mut receipts = Vec::with_capacity(outputs.len());
     let mut answered = false;
-    for (index, output) in outputs.into_iter().enumerate() {
+    for (index, mut output) in outputs.into_iter().enumerate() {
         answered |= output.reply;
+        output.headers.push(text_header(VERSION_HEADER, digest));
         match d.router.route(output, request, || format!("{event_id}:{index}")) {
             Some((sink, record)) => receipts.push(sink.send(record).await?),
             None => Stats::add(&stats.replies_dropped, 1),

@@ -222,7 +222,8 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
     let calls = Arc::new(Mutex::new(Vec::new()));
     let dispatcher = Dispatcher {
         pipeline: "p".into(),
-        factory: Arc::new(Scripted { script: Arc::new(script), calls: calls.clone() }),
+        plugin: Arc::new(super::PluginSlot::new(Arc::new(Scripted { script: Arc::new(script), calls: calls.clone() }))),
+        paused: tokio::sync::watch::channel(false).1,
         router: Router::new(out.clone(), HashMap::new()),
         dead_letter: dlq.clone(),
         retry: RetryPolicy {

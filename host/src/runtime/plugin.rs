@@ -71,7 +71,7 @@ pub struct LoadedPlugin {
 struct Inner {
     spec: PluginSpec,
     name: String,
-    digest: String,
+    digest: Arc<str>,
     size: usize,
     runtime: Runtime,
     component: Component,
@@ -84,12 +84,19 @@ impl LoadedPlugin {
     /// Loads and validates, including one instantiation and `init`, so a
     /// plugin that is loaded is one that has accepted its config.
     pub fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Self, LoadError> {
-        let started = Instant::now();
         let path = spec.path.clone();
         let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
             path: path.clone(),
             source,
         })?;
+        Self::from_bytes(runtime, spec, &bytes)
+    }
+
+    /// Loads a component from memory (an uploaded version); `spec.path`
+    /// names it in errors and gives the plugin its name.
+    pub fn from_bytes(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        let path = spec.path.clone();
         let digest = hex::encode(Sha256::digest(&bytes));
         if let Some(expected) = &spec.sha256 {
             if !expected.eq_ignore_ascii_case(&digest) {
@@ -121,7 +128,7 @@ impl LoadedPlugin {
             inner: Arc::new(Inner {
                 spec,
                 name,
-                digest,
+                digest: Arc::from(digest),
                 size: bytes.len(),
                 runtime: runtime.clone(),
                 component,
@@ -173,6 +180,10 @@ impl LoadedPlugin {
         &self.inner.name
     }
     /// sha256 of the component file, hex.
+    pub fn digest_arc(&self) -> Arc<str> {
+        self.inner.digest.clone()
+    }
+
     pub fn digest(&self) -> &str {
         &self.inner.digest
     }

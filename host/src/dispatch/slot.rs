@@ -1,0 +1,50 @@
+//! Which plugin version a pipeline runs now. Hot reload swaps it; each lane
+//! looks at it between batches, so a swap never splits a batch (or an
+//! event's retries in place) between two versions, and a lane's order is
+//! kept across it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::HandlerFactory;
+
+/// One loaded version.
+pub struct Version {
+    /// Increases with every swap (rollbacks included), so a lane can tell
+    /// "the same version" from "a new load of the same file".
+    pub generation: u64,
+    pub factory: Arc<dyn HandlerFactory>,
+}
+
+pub struct PluginSlot {
+    current: ArcSwap<Version>,
+    generations: AtomicU64,
+}
+
+impl PluginSlot {
+    pub fn new(factory: Arc<dyn HandlerFactory>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Version { generation: 1, factory }),
+            generations: AtomicU64::new(1),
+        }
+    }
+
+    /// The version to use for the next batch.
+    pub fn current(&self) -> Arc<Version> {
+        self.current.load_full()
+    }
+
+    /// The generation of the current version, without taking a reference.
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
+    /// Makes `factory` the current version; returns the generation it got.
+    pub fn swap(&self, factory: Arc<dyn HandlerFactory>) -> u64 {
+        let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
+        self.current.store(Arc::new(Version { generation, factory }));
+        generation
+    }
+}

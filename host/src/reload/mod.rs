@@ -1,0 +1,258 @@
+//! Hot reload: new plugin versions, loaded off the hot path and swapped in
+//! between batches, with the previous version kept for rollback.
+//!
+//! A new version (from the plugin file, an upload or a changed config) is
+//! read, hashed, checked against the pin, compiled, linked against the world
+//! and instantiated once with its `init` config, on a blocking thread, while
+//! the current version keeps serving. Only a version that passes all of that
+//! is swapped in ([`crate::dispatch::PluginSlot`]); anything else is a
+//! rejection: logged, counted and shown by the admin API, and nothing
+//! changes. [`watch`] triggers reloads when plugin files change.
+
+pub mod watch;
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::dispatch::{HandlerFactory, PluginSlot};
+use crate::runtime::{LoadedPlugin, PluginSpec, Runtime};
+
+/// What made a version current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Loaded at start from the config.
+    Start,
+    /// The plugin file changed.
+    FileWatch,
+    /// `POST /pipelines/NAME/reload` (re-read the file).
+    Reload,
+    /// `PUT /pipelines/NAME/plugin` (bytes in the request).
+    Upload,
+    /// `POST /pipelines/NAME/rollback`.
+    Rollback,
+    /// The config changed (SIGHUP) in the plugin section only.
+    Config,
+}
+
+/// A version as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    pub digest: String,
+    pub generation: u64,
+    pub origin: Origin,
+    /// RFC 3339, UTC.
+    pub loaded_at: String,
+    pub load_ms: u64,
+}
+
+/// A version that was refused, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    pub origin: Origin,
+    pub error: String,
+    pub at: String,
+}
+
+/// Everything the admin API shows about a pipeline's plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub path: String,
+    pub current: VersionInfo,
+    pub previous: Option<VersionInfo>,
+    pub reloads: u64,
+    pub rejections: u64,
+    pub last_rejection: Option<Rejection>,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    /// The new version failed a check; the current one keeps serving.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("there is no previous version to roll back to")]
+    NoPrevious,
+}
+
+struct State {
+    spec: PluginSpec,
+    current: (LoadedPlugin, VersionInfo),
+    previous: Option<(LoadedPlugin, VersionInfo)>,
+    reloads: u64,
+    rejections: u64,
+    last_rejection: Option<Rejection>,
+}
+
+/// One pipeline's plugin versions.
+pub struct PluginVersions {
+    pipeline: String,
+    runtime: Runtime,
+    slot: Arc<PluginSlot>,
+    state: Mutex<State>,
+    /// One load at a time per pipeline, so two quick reloads land in order.
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl PluginVersions {
+    pub fn new(pipeline: &str, runtime: Runtime, slot: Arc<PluginSlot>, plugin: LoadedPlugin) -> Self {
+        let info = VersionInfo {
+            digest: plugin.digest().to_owned(),
+            generation: slot.generation(),
+            origin: Origin::Start,
+            loaded_at: now(),
+            load_ms: plugin.load_time().as_millis() as u64,
+        };
+        Self {
+            pipeline: pipeline.to_owned(),
+            runtime,
+            slot,
+            state: Mutex::new(State {
+                spec: plugin.spec().clone(),
+                current: (plugin, info),
+                previous: None,
+                reloads: 0,
+                rejections: 0,
+                last_rejection: None,
+            }),
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Loads the plugin file again (the file changed, or an operator asked).
+    /// An identical file is not swapped in again.
+    pub async fn reload(&self, origin: Origin) -> Result<VersionInfo, ReloadError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let spec = self.spec();
+        let runtime = self.runtime.clone();
+        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&runtime, spec)).await;
+        self.settle(loaded, origin, true)
+    }
+
+    /// Loads an uploaded version. `sha256`, when given, must match it (on top
+    /// of any pin in the config).
+    pub async fn upload(&self, bytes: Vec<u8>, sha256: Option<String>) -> Result<VersionInfo, ReloadError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let mut spec = self.spec();
+        if let (Some(expected), Some(pinned)) = (&sha256, &spec.sha256) {
+            if !expected.eq_ignore_ascii_case(pinned) {
+                return Err(self.reject(Origin::Upload, format!("the upload's sha256 {expected} is not the config's pin {pinned}")));
+            }
+        }
+        if sha256.is_some() {
+            spec.sha256 = sha256;
+        }
+        let runtime = self.runtime.clone();
+        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::from_bytes(&runtime, spec, &bytes)).await;
+        self.settle(loaded, Origin::Upload, false)
+    }
+
+    /// Loads the plugin a changed config describes (SIGHUP).
+    pub async fn reconfigure(&self, spec: PluginSpec) -> Result<VersionInfo, ReloadError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let runtime = self.runtime.clone();
+        let candidate = spec.clone();
+        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&runtime, candidate)).await;
+        let result = self.settle(loaded, Origin::Config, false);
+        if result.is_ok() {
+            if let Ok(mut state) = self.state.lock() {
+                state.spec = spec;
+            }
+        }
+        result
+    }
+
+    /// Makes the previous version current again (and the current one
+    /// previous, so a second rollback undoes the first).
+    pub async fn rollback(&self) -> Result<VersionInfo, ReloadError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let mut state = self.state.lock().map_err(|_| ReloadError::Rejected("state poisoned".into()))?;
+        let (plugin, mut info) = state.previous.take().ok_or(ReloadError::NoPrevious)?;
+        info.generation = self.slot.swap(Arc::new(plugin.clone()));
+        info.origin = Origin::Rollback;
+        info.loaded_at = now();
+        let old = std::mem::replace(&mut state.current, (plugin, info.clone()));
+        state.previous = Some(old);
+        state.reloads += 1;
+        tracing::info!(pipeline = %self.pipeline, digest = &info.digest[..12], generation = info.generation, "rolled back to the previous plugin version");
+        Ok(info)
+    }
+
+    pub fn status(&self) -> Option<PluginStatus> {
+        let state = self.state.lock().ok()?;
+        Some(PluginStatus {
+            name: state.current.0.name().to_owned(),
+            path: state.spec.path.display().to_string(),
+            current: state.current.1.clone(),
+            previous: state.previous.as_ref().map(|(_, info)| info.clone()),
+            reloads: state.reloads,
+            rejections: state.rejections,
+            last_rejection: state.last_rejection.clone(),
+        })
+    }
+
+    /// The plugin file this pipeline's versions come from.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.spec().path
+    }
+
+    fn spec(&self) -> PluginSpec {
+        match self.state.lock() {
+            Ok(state) => state.spec.clone(),
+            Err(poisoned) => poisoned.into_inner().spec.clone(),
+        }
+    }
+
+    fn settle(
+        &self,
+        loaded: Result<Result<LoadedPlugin, crate::runtime::LoadError>, tokio::task::JoinError>,
+        origin: Origin,
+        skip_identical: bool,
+    ) -> Result<VersionInfo, ReloadError> {
+        let plugin = match loaded {
+            Ok(Ok(plugin)) => plugin,
+            Ok(Err(err)) => return Err(self.reject(origin, err.to_string())),
+            Err(err) => return Err(self.reject(origin, format!("the loader stopped: {err}"))),
+        };
+        let mut state = self.state.lock().map_err(|_| ReloadError::Rejected("state poisoned".into()))?;
+        if skip_identical && plugin.digest() == state.current.0.digest() {
+            return Ok(state.current.1.clone());
+        }
+        let generation = self.slot.swap(Arc::new(plugin.clone()) as Arc<dyn HandlerFactory>);
+        let info = VersionInfo {
+            digest: plugin.digest().to_owned(),
+            generation,
+            origin,
+            loaded_at: now(),
+            load_ms: plugin.load_time().as_millis() as u64,
+        };
+        let old = std::mem::replace(&mut state.current, (plugin, info.clone()));
+        state.previous = Some(old);
+        state.reloads += 1;
+        tracing::info!(
+            pipeline = %self.pipeline,
+            digest = &info.digest[..12],
+            generation,
+            ?origin,
+            load_ms = info.load_ms,
+            "new plugin version swapped in"
+        );
+        Ok(info)
+    }
+
+    fn reject(&self, origin: Origin, error: String) -> ReloadError {
+        tracing::error!(pipeline = %self.pipeline, ?origin, "new plugin version rejected, the current one keeps serving: {error}");
+        if let Ok(mut state) = self.state.lock() {
+            state.rejections += 1;
+            state.last_rejection = Some(Rejection { origin, error: error.clone(), at: now() });
+        }
+        ReloadError::Rejected(error)
+    }
+}
+
+fn now() -> String {
+    crate::dispatch::dead_letter::rfc3339(SystemTime::now())
+}
