@@ -136,15 +136,14 @@ impl PluginVersions {
     /// of any pin in the config).
     pub async fn upload(&self, bytes: Vec<u8>, sha256: Option<String>) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
-        let mut spec = self.spec();
-        if let (Some(expected), Some(pinned)) = (&sha256, &spec.sha256) {
-            if !expected.eq_ignore_ascii_case(pinned) {
-                return Err(self.reject(Origin::Upload, format!("the upload's sha256 {expected} is not the config's pin {pinned}")));
+        if let Some(expected) = &sha256 {
+            use sha2::Digest;
+            let actual = hex::encode(sha2::Sha256::digest(&bytes));
+            if !expected.eq_ignore_ascii_case(&actual) {
+                return Err(self.reject(Origin::Upload, format!("the uploaded version has sha256 {actual}, not the {expected} the request expects")));
             }
         }
-        if sha256.is_some() {
-            spec.sha256 = sha256;
-        }
+        let spec = self.spec();
         let runtime = self.runtime.clone();
         let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::from_bytes(&runtime, spec, &bytes)).await;
         self.settle(loaded, Origin::Upload, false)
@@ -214,6 +213,7 @@ impl PluginVersions {
     ) -> Result<VersionInfo, ReloadError> {
         let plugin = match loaded {
             Ok(Ok(plugin)) => plugin,
+            Ok(Err(err)) if origin == Origin::Upload => return Err(self.reject(origin, format!("the uploaded version: {err}"))),
             Ok(Err(err)) => return Err(self.reject(origin, err.to_string())),
             Err(err) => return Err(self.reject(origin, format!("the loader stopped: {err}"))),
         };
