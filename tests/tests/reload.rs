@@ -177,7 +177,7 @@ fn the_admin_api_needs_the_token_for_changes_and_has_none_without_one() -> Resul
     scratch.write("plugin.wasm", std::fs::read(plugin("tag_v1"))?)?;
     scratch.write("events.jsonl", "")?;
     scratch.write("sluice.toml", config(port, Some(TOKEN), "plugin.wasm", ""))?;
-    let mut host = start(&scratch, port)?;
+    let host = start(&scratch, port)?;
     for (method, path) in [("POST", "/pipelines/tags/reload"), ("POST", "/pipelines/tags/rollback"), ("POST", "/pipelines/tags/pause"), ("PUT", "/pipelines/tags/plugin")] {
         let (code, _) = http(port, method, path, None, b"")?;
         ensure!(code == 401, "{method} {path} without a token: {code}");
@@ -197,7 +197,7 @@ fn the_admin_api_needs_the_token_for_changes_and_has_none_without_one() -> Resul
 
     // Without a token configured, changes are off altogether.
     scratch.write("sluice.toml", config(port, None, "plugin.wasm", ""))?;
-    let mut host = start(&scratch, port)?;
+    let host = start(&scratch, port)?;
     let (code, body) = http(port, "POST", "/pipelines/tags/reload", Some(TOKEN), b"")?;
     ensure!(code == 403, "{code} {body}");
     ensure!(body["error"].as_str().is_some_and(|e| e.contains("admin.token")), "{body}");

@@ -30,13 +30,22 @@ pub struct Config {
 pub struct AdminConfig {
     /// Address and port to listen on. Default `127.0.0.1:9090`: loopback
     /// only; anything else exposes the API to the network.
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", deserialize_with = "socket_address")]
     pub listen: std::net::SocketAddr,
     /// Bearer token the mutating endpoints (reload, upload, rollback,
     /// pause, resume) require. Unset: those endpoints are disabled. Keep it
     /// in the environment: `token = "${SLUICE_ADMIN_TOKEN}"`.
     #[serde(default)]
     pub token: Option<Secret>,
+}
+
+fn socket_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<std::net::SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address and port; write e.g. \"127.0.0.1:9090\" (loopback) or \"0.0.0.0:9090\" (every interface)"
+        ))
+    })
 }
 
 fn default_admin_listen() -> std::net::SocketAddr {

@@ -97,7 +97,7 @@ impl LoadedPlugin {
     pub fn from_bytes(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<Self, LoadError> {
         let started = Instant::now();
         let path = spec.path.clone();
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let digest = hex::encode(Sha256::digest(bytes));
         if let Some(expected) = &spec.sha256 {
             if !expected.eq_ignore_ascii_case(&digest) {
                 return Err(LoadError::DigestMismatch {
@@ -107,8 +107,8 @@ impl LoadedPlugin {
                 });
             }
         }
-        check_header(&path, &bytes)?;
-        let (component, cache_hit) = runtime.compile(&bytes, &digest).map_err(|e| LoadError::Invalid {
+        check_header(&path, bytes)?;
+        let (component, cache_hit) = runtime.compile(bytes, &digest).map_err(|e| LoadError::Invalid {
             path: path.clone(),
             detail: format!("{e:#}"),
         })?;
