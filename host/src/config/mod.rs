@@ -82,6 +82,15 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn the_admin_api_listens_on_loopback_unless_told_otherwise() {
+        let text = "[admin]\ntoken = \"${TOKEN}\"\n";
+        let config = super::parse(text, Path::new("c.toml"), |_| Some("t".into())).ok();
+        let admin = config.and_then(|c| c.admin);
+        assert_eq!(admin.as_ref().map(|a| a.listen.to_string()).as_deref(), Some("127.0.0.1:9090"));
+        assert!(admin.is_some_and(|a| a.listen.ip().is_loopback() && format!("{:?}", a.token) == "Some(***)"));
+    }
+
+    #[test]
     fn environment_values_never_appear_in_errors() {
         let env = |name: &str| (name == "TOKEN").then(|| "s3cr\"et".to_owned());
         let text = "[runtime]\nshutdown_timeout = \"${TOKEN}\"\n";
