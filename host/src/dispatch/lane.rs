@@ -45,6 +45,10 @@ pub(super) struct Lane {
     handler: Option<Box<dyn Handler>>,
     /// The plugin version `handler` belongs to (and the lane's batches use).
     version: Arc<Version>,
+    /// The instance of the version just replaced, dropped on the plugin
+    /// thread with the next call: freeing an instance can take a millisecond,
+    /// which the async workers should not spend.
+    retired: Option<Box<dyn Handler>>,
     shutdown: CancellationToken,
     failed: CancellationToken,
     /// Set once an event was handed back: every later event of this lane is
@@ -63,6 +67,7 @@ impl Lane {
             d,
             handler: None,
             version,
+            retired: None,
             shutdown,
             failed,
             abandoning: false,
@@ -102,7 +107,7 @@ impl Lane {
         if self.d.plugin.generation() != self.version.generation {
             // A new version: this batch and everything after it use it.
             self.version = self.d.plugin.current();
-            self.handler = None;
+            self.retired = self.handler.take();
         }
         let mut events = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
@@ -275,12 +280,14 @@ impl Lane {
     async fn call(&mut self, events: Vec<Event>) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
         Stats::add(&self.d.stats.calls, 1);
         let handler = self.handler.take();
+        let retired = self.retired.take();
         let factory = self.version.factory.clone();
         // Shared, not moved, so the lane keeps the events if it must stop
         // waiting for the call.
         let events = Arc::new(events);
         let input = events.clone();
         let call = tokio::task::spawn_blocking(move || {
+            drop(retired);
             let mut handler = match handler {
                 Some(handler) => handler,
                 None => match factory.create() {
