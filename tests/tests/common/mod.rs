@@ -405,3 +405,27 @@ fn collect(mut stream: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
         bytes
     })
 }
+
+/// Checks that every record carries the `sluice-plugin-digest` header of
+/// plugin `name`'s build, then removes it (an empty `headers` goes too), so
+/// records can be compared with fixed expectations: the digest differs from
+/// one machine's build to another's.
+pub fn strip_digest(mut records: Vec<Value>, name: &str) -> Result<Vec<Value>> {
+    let digest = sha256_hex(&plugin(name))?;
+    for record in &mut records {
+        let headers = record
+            .get_mut("headers")
+            .and_then(Value::as_object_mut)
+            .context("a record without headers")?;
+        let found = headers.remove("sluice-plugin-digest");
+        if found.as_ref().and_then(Value::as_str) != Some(digest.as_str()) {
+            bail!("expected sluice-plugin-digest {digest}, found {found:?}");
+        }
+        if headers.is_empty() {
+            if let Some(object) = record.as_object_mut() {
+                object.remove("headers");
+            }
+        }
+    }
+    Ok(records)
+}
