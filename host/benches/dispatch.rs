@@ -172,6 +172,7 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
         batch_bytes: 32 << 20,
         timeout: Duration::from_secs(5),
         redeliver: false,
+        version_header: true,
         stats: Arc::new(Stats::default()),
     }
 }

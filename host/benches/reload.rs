@@ -140,6 +140,7 @@ fn dispatcher(slot: Arc<PluginSlot>, sink: Arc<StampSink>) -> Dispatcher {
         batch_bytes: (MEMORY / 8) as usize,
         timeout: Duration::from_secs(5),
         redeliver: false,
+        version_header: true,
         stats: Arc::new(Stats::default()),
     }
 }

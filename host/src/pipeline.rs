@@ -105,6 +105,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         batch_bytes: (policy.memory.as_u64() / 8) as usize,
         timeout: policy.timeout,
         redeliver: source.redelivers() && policy.ordering == Ordering::None,
+        version_header: policy.version_header,
         stats: Arc::new(Stats::default()),
     };
     Ok(Built { dispatcher, source, plugin, pause })

@@ -783,3 +783,14 @@ fn guest_logs_are_forwarded_and_rate_limited() -> Result<()> {
     assert!(finished.stderr.contains("dropped by the rate limit"), "{}", finished.stderr);
     Ok(())
 }
+
+#[test]
+fn outputs_name_their_plugin_version_unless_told_not_to() -> Result<()> {
+    let (scratch, _) = run_one("chaos", "", "", &[event("ok:one")])?;
+    let outputs = scratch.read_jsonl("out.jsonl")?;
+    ensure!(header(&outputs[0], "sluice-plugin-digest") == Some(sha256_hex(&plugin("chaos"))?.as_str()), "{outputs:?}");
+    let (scratch, _) = run_one("chaos", "", "version_header = false", &[event("ok:two")])?;
+    let outputs = scratch.read_jsonl("out.jsonl")?;
+    ensure!(outputs == [json!({ "payload": "two" })], "{outputs:?}");
+    Ok(())
+}

@@ -79,6 +79,8 @@ pub struct Dispatcher {
     /// backoff delay (JetStream with `ordering = "none"`) instead of being
     /// retried in place, which holds up the lane to keep order.
     pub redeliver: bool,
+    /// Add `sluice-plugin-digest` (the version that made it) to every output.
+    pub version_header: bool,
     pub stats: Arc<Stats>,
 }
 

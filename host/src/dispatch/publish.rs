@@ -137,7 +137,9 @@ async fn send_outputs(
     let mut answered = false;
     for (index, mut output) in outputs.into_iter().enumerate() {
         answered |= output.reply;
-        output.headers.push(text_header(VERSION_HEADER, digest));
+        if d.version_header {
+            output.headers.push(text_header(VERSION_HEADER, digest));
+        }
         match d.router.route(output, request, || format!("{event_id}:{index}")) {
             Some((sink, record)) => receipts.push(sink.send(record).await?),
             None => Stats::add(&stats.replies_dropped, 1),

@@ -236,6 +236,7 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
         batch_bytes: 1 << 20,
         timeout: Duration::from_secs(5),
         redeliver: false,
+        version_header: true,
         stats: Arc::new(Stats::default()),
     };
     Harness { out, dlq, calls, dispatcher }
