@@ -110,6 +110,33 @@ pub fn event_headers(map: Option<&HeaderMap>) -> (Vec<Header>, Option<Vec<u8>>) 
     (headers, key)
 }
 
+/// A NATS message as an event: its subject (also its partition), headers,
+/// key and payload. The rest is what only the source knows: the id (which
+/// may come from the headers), the time, the attempt and who waits for a
+/// reply.
+pub fn message_event(
+    message: &async_nats::Message,
+    id: impl FnOnce(&[Header]) -> String,
+    timestamp_ms: u64,
+    attempt: u32,
+    reply_to: Option<String>,
+) -> (u32, crate::event::Event) {
+    let (headers, key) = event_headers(message.headers.as_ref());
+    let subject = message.subject.to_string();
+    let partition = subject_partition(&subject);
+    let event = crate::event::Event {
+        id: id(&headers),
+        source: subject,
+        key,
+        payload: message.payload.to_vec(),
+        headers,
+        timestamp_ms,
+        attempt,
+        reply_to,
+    };
+    (partition, event)
+}
+
 /// Why a record cannot be published as a NATS message.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Unpublishable {

@@ -70,6 +70,7 @@ pub async fn run_with_reloads(
         finished: finished_tx,
         config: config.clone(),
         shutdown: shutdown.clone(),
+        runs: 0,
     };
     let admin_stop = CancellationToken::new();
     if let Some(admin) = &config.admin {
@@ -151,14 +152,15 @@ struct Supervisor {
     finished: mpsc::Sender<Running>,
     config: Config,
     shutdown: CancellationToken,
+    /// Runs started so far: tells a restarted pipeline's old run from its new one.
+    runs: u64,
 }
-
-static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Supervisor {
     /// Starts pipeline `name`, after `after` (a previous run) has ended.
     fn start(&mut self, name: String, config: PipelineConfig, after: Option<tokio::sync::watch::Receiver<bool>>) {
-        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.runs += 1;
+        let run = self.runs;
         let stop = self.shutdown.child_token();
         let (done_tx, done) = tokio::sync::watch::channel(false);
         let (runtime, sinks, registry, finished) = (self.runtime.clone(), self.sinks.clone(), self.registry.clone(), self.finished.clone());
@@ -211,7 +213,7 @@ impl Supervisor {
             let mut same_but_plugin = entry.config.clone();
             same_but_plugin.plugin = config.plugin.clone();
             let handle = self.registry.read().ok().and_then(|r| r.get(name).cloned());
-            if &same_but_plugin == config && entry.config.policy.timeout == config.policy.timeout {
+            if &same_but_plugin == config {
                 if let (Some(handle), Ok(spec)) = (handle, pipeline::plugin_spec(name, config)) {
                     tracing::info!(pipeline = %name, "config reload: only the plugin changed, loading the new version");
                     if handle.versions.reconfigure(spec).await.is_ok() {

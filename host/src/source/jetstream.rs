@@ -33,8 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceError};
 use crate::config::DeliverFrom;
-use crate::event::Event;
-use crate::nats::{event_headers, subject_partition};
+use crate::nats::message_event;
 
 /// The JetStream part of a pipeline's source config.
 pub struct JetStreamSettings {
@@ -161,10 +160,7 @@ impl JetStreamSource {
         let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1);
         let timestamp_ms = (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
         let jetstream::Message { message, .. } = message;
-        let reply = message.reply.clone();
-        let (headers, key) = event_headers(message.headers.as_ref());
-        let subject = message.subject.to_string();
-        let ack = match reply {
+        let ack = match message.reply.clone() {
             Some(reply) => {
                 let local = self.shared.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Ok(mut in_flight) = self.shared.in_flight.lock() {
@@ -174,21 +170,9 @@ impl JetStreamSource {
             }
             None => Ack::noop(),
         };
-        Ok(Delivery {
-            partition: subject_partition(&subject),
-            event: Event {
-                id,
-                source: subject,
-                key,
-                payload: message.payload.to_vec(),
-                headers,
-                timestamp_ms,
-                attempt,
-                reply_to: None,
-            },
-            defect: None,
-            ack,
-        })
+        // A stored message's reply subject is its ack subject, not a caller.
+        let (partition, event) = message_event(&message, |_| id, timestamp_ms, attempt, None);
+        Ok(Delivery { partition, event, defect: None, ack })
     }
 }
 

@@ -11,8 +11,8 @@ use async_nats::{Client, Subscriber};
 use futures::StreamExt;
 
 use super::{Ack, Delivery, Source, SourceError};
-use crate::event::{now_ms, Event};
-use crate::nats::{event_headers, subject_partition};
+use crate::event::{now_ms, Header};
+use crate::nats::message_event;
 use crate::sink::nats::NatsSink;
 use crate::sink::Sink;
 
@@ -63,32 +63,23 @@ impl Source for NatsSource {
             });
         };
         self.received += 1;
-        let (headers, key) = event_headers(message.headers.as_ref());
-        let id = crate::event::header(&headers, "Nats-Msg-Id")
-            .and_then(|id| std::str::from_utf8(id).ok())
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                let mut id = String::with_capacity(self.id_prefix.len() + 20);
-                id.push_str(&self.id_prefix);
-                id.push_str(itoa::Buffer::new().format(self.received));
-                id
-            });
-        let subject = message.subject.to_string();
-        Ok(Some(Delivery {
-            partition: subject_partition(&subject),
-            event: Event {
-                id,
-                source: subject,
-                key,
-                payload: message.payload.to_vec(),
-                headers,
-                timestamp_ms: now_ms(),
-                attempt: 1,
-                reply_to: message.reply.map(|r| r.to_string()),
-            },
-            defect: None,
-            ack: Ack::noop(),
-        }))
+        let received = self.received;
+        let prefix = &self.id_prefix;
+        // The publisher's `Nats-Msg-Id` if it set one, else ours.
+        let id = |headers: &[Header]| {
+            crate::event::header(headers, "Nats-Msg-Id")
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    let mut id = String::with_capacity(prefix.len() + 20);
+                    id.push_str(prefix);
+                    id.push_str(itoa::Buffer::new().format(received));
+                    id
+                })
+        };
+        let reply_to = message.reply.as_ref().map(|r| r.to_string());
+        let (partition, event) = message_event(&message, id, now_ms(), 1, reply_to);
+        Ok(Some(Delivery { partition, event, defect: None, ack: Ack::noop() }))
     }
 
     async fn close(&mut self) -> Result<(), SourceError> {
