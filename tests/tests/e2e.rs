@@ -7,6 +7,7 @@
 //! (`./dev test` does both). `SLUICE_BIN` picks another binary;
 //! `SLUICE_KEEP_TMP=1` keeps each test's scratch folder for a look.
 
+#[allow(dead_code)] // each test binary uses a different part of it
 mod common;
 
 use std::time::{Duration, SystemTime};

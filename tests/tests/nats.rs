@@ -291,6 +291,23 @@ async fn check_exactly_once(client: &async_nats::Client, sequences: &[u64]) -> R
     Ok(())
 }
 
+/// Waits until every input of the JetStream tests is handled and
+/// acknowledged, stops `host`, then checks the streams against the inputs.
+async fn finish_and_check(what: &str, client: &async_nats::Client, host: Running, sequences: &[u64]) -> Result<()> {
+    let n = sequences.len() as u64;
+    let expected_out = (0..sequences.len()).filter(|i| chaos_expected(*i).is_some()).count() as u64;
+    wait_async(what, WITHIN, async || {
+        let done = consumer_backlog(client, "IN", "sluice").await? == Some((0, 0))
+            && stream_len(client, "OUT").await? >= expected_out
+            && stream_len(client, "DLQ").await? >= n - expected_out;
+        Ok(done.then_some(()))
+    })
+    .await?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    check_exactly_once(client, sequences).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_ten_thousand_events_end_as_exactly_one_output_or_dead_letter() -> Result<()> {
     let server = NatsServer::start()?;
@@ -301,18 +318,7 @@ async fn jetstream_ten_thousand_events_end_as_exactly_one_output_or_dead_letter(
     let sequences = publish_all(&client, "in.orders", (0..n).map(chaos_input)).await?;
     let policy = "max_attempts = 3\nconcurrency = 2\nordering = \"none\"\nbackoff = { initial = \"50ms\", jitter = 0.0 }";
     let host = start(&scratch, &jetstream_pipeline(&server.url(), policy, "30s"), "sluice.toml")?;
-    let expected_out = (0..n).filter(|i| chaos_expected(*i).is_some()).count() as u64;
-    wait_async("every event to be handled and acknowledged", WITHIN, async || {
-        let done = stream_len(&client, "OUT").await? == expected_out
-            && stream_len(&client, "DLQ").await? == (n as u64 - expected_out)
-            && consumer_backlog(&client, "IN", "sluice").await? == Some((0, 0));
-        Ok(done.then_some(()))
-    })
-    .await?;
-    host.terminate()?;
-    let finished = host.wait(WITHIN)?;
-    finished.ensure_success()?;
-    check_exactly_once(&client, &sequences).await
+    finish_and_check("every event to be handled and acknowledged", &client, host, &sequences).await
 }
 
 /// With `ordering = "none"`, a retryable failure is a nak with the policy's
@@ -403,17 +409,7 @@ async fn kill_9_mid_run_loses_nothing_and_duplicates_nothing() -> Result<()> {
     drop(first);
 
     let second = start(&scratch, &config, "sluice.toml")?;
-    let expected_out = (0..n).filter(|i| chaos_expected(*i).is_some()).count() as u64;
-    wait_async("the restarted host to finish", WITHIN, async || {
-        let done = consumer_backlog(&client, "IN", "sluice").await? == Some((0, 0))
-            && stream_len(&client, "OUT").await? >= expected_out
-            && stream_len(&client, "DLQ").await? >= n as u64 - expected_out;
-        Ok(done.then_some(()))
-    })
-    .await?;
-    second.terminate()?;
-    second.wait(WITHIN)?.ensure_success()?;
-    check_exactly_once(&client, &sequences).await
+    finish_and_check("the restarted host to finish", &client, second, &sequences).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,23 +427,13 @@ async fn a_restarted_broker_is_reconnected_to_and_nothing_is_lost() -> Result<()
     // The test's own client reconnects too; publish the second half after.
     let client = server.client().await?;
     sequences.extend(publish_all(&client, "in.orders", (n / 2..n).map(chaos_input)).await?);
-    let expected_out = (0..n).filter(|i| chaos_expected(*i).is_some()).count() as u64;
-    wait_async("the host to reconnect and finish", WITHIN, async || {
-        let done = consumer_backlog(&client, "IN", "sluice").await? == Some((0, 0))
-            && stream_len(&client, "OUT").await? >= expected_out
-            && stream_len(&client, "DLQ").await? >= n as u64 - expected_out;
-        Ok(done.then_some(()))
-    })
-    .await?;
-    host.terminate()?;
-    host.wait(WITHIN)?.ensure_success()?;
-    check_exactly_once(&client, &sequences).await
+    finish_and_check("the host to reconnect and finish", &client, host, &sequences).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_not_there_fails_the_pipeline_with_its_address() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let config = pipeline(
         "lonely",
         "passthrough",

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -15,10 +15,6 @@ use common::*;
 
 const WITHIN: Duration = Duration::from_secs(60);
 const TOKEN: &str = "s3cret-admin-token";
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// One HTTP/1.1 request to the admin API; returns the status and JSON body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Result<(u16, Value)> {
@@ -67,6 +63,18 @@ fn start(scratch: &Scratch, port: u16) -> Result<Running> {
     Ok(host)
 }
 
+/// A scratch folder with `tag_v1` at `plugin_at`, an empty followed event
+/// file and [`config`], and sluice running on it with its admin API up.
+fn tagger(plugin_at: &str, extra: &str) -> Result<(Scratch, u16, Running)> {
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    scratch.write(plugin_at, std::fs::read(plugin("tag_v1"))?)?;
+    scratch.write("events.jsonl", "")?;
+    scratch.write("sluice.toml", config(port, Some(TOKEN), plugin_at, extra))?;
+    let host = start(&scratch, port)?;
+    Ok((scratch, port, host))
+}
+
 fn events(from: usize, to: usize) -> Vec<Value> {
     (from..to).map(|i| event(&format!("e{i}"))).collect()
 }
@@ -82,15 +90,10 @@ fn status(port: u16) -> Result<Value> {
 /// order, and every output names the version that made it.
 #[test]
 fn twenty_swaps_under_load_lose_and_duplicate_nothing() -> Result<()> {
-    let scratch = Scratch::new()?;
-    let port = free_port()?;
+    let (scratch, port, mut host) = tagger("plugin.wasm", "")?;
     let v1 = std::fs::read(plugin("tag_v1"))?;
     let v2 = std::fs::read(plugin("tag_v2"))?;
     let (d1, d2) = (sha256_hex(&plugin("tag_v1"))?, sha256_hex(&plugin("tag_v2"))?);
-    scratch.write("plugin.wasm", &v1)?;
-    scratch.write("events.jsonl", "")?;
-    scratch.write("sluice.toml", config(port, Some(TOKEN), "plugin.wasm", ""))?;
-    let mut host = start(&scratch, port)?;
 
     let (per_round, rounds) = (1_000, 20);
     for round in 0..rounds {
@@ -130,13 +133,8 @@ fn twenty_swaps_under_load_lose_and_duplicate_nothing() -> Result<()> {
 /// keeps serving and the admin API shows the rejection.
 #[test]
 fn bad_versions_are_rejected_and_the_old_one_keeps_serving() -> Result<()> {
-    let scratch = Scratch::new()?;
-    let port = free_port()?;
-    scratch.write("plugin.wasm", std::fs::read(plugin("tag_v1"))?)?;
-    scratch.write("events.jsonl", "")?;
     // `chaos` refuses config keys it does not know; `tag_v1` accepts any.
-    scratch.write("sluice.toml", config(port, Some(TOKEN), "plugin.wasm", "config = { note = \"hi\" }"))?;
-    let mut host = start(&scratch, port)?;
+    let (scratch, port, mut host) = tagger("plugin.wasm", "config = { note = \"hi\" }")?;
     let v1_digest = sha256_hex(&plugin("tag_v1"))?;
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -172,12 +170,7 @@ fn bad_versions_are_rejected_and_the_old_one_keeps_serving() -> Result<()> {
 
 #[test]
 fn the_admin_api_needs_the_token_for_changes_and_has_none_without_one() -> Result<()> {
-    let scratch = Scratch::new()?;
-    let port = free_port()?;
-    scratch.write("plugin.wasm", std::fs::read(plugin("tag_v1"))?)?;
-    scratch.write("events.jsonl", "")?;
-    scratch.write("sluice.toml", config(port, Some(TOKEN), "plugin.wasm", ""))?;
-    let host = start(&scratch, port)?;
+    let (scratch, port, host) = tagger("plugin.wasm", "")?;
     for (method, path) in [("POST", "/pipelines/tags/reload"), ("POST", "/pipelines/tags/rollback"), ("POST", "/pipelines/tags/pause"), ("PUT", "/pipelines/tags/plugin")] {
         let (code, _) = http(port, method, path, None, b"")?;
         ensure!(code == 401, "{method} {path} without a token: {code}");
@@ -209,12 +202,7 @@ fn the_admin_api_needs_the_token_for_changes_and_has_none_without_one() -> Resul
 
 #[test]
 fn pause_holds_events_in_the_source_and_resume_lets_them_through() -> Result<()> {
-    let scratch = Scratch::new()?;
-    let port = free_port()?;
-    scratch.write("plugin.wasm", std::fs::read(plugin("tag_v1"))?)?;
-    scratch.write("events.jsonl", "")?;
-    scratch.write("sluice.toml", config(port, Some(TOKEN), "plugin.wasm", ""))?;
-    let mut host = start(&scratch, port)?;
+    let (scratch, port, mut host) = tagger("plugin.wasm", "")?;
     scratch.append_events("events.jsonl", &events(0, 5))?;
     host.wait_until("the first outputs", WITHIN, || scratch.count_lines("out.jsonl") == 5)?;
     let (code, _) = http(port, "POST", "/pipelines/tags/pause", Some(TOKEN), b"")?;
@@ -237,12 +225,7 @@ fn pause_holds_events_in_the_source_and_resume_lets_them_through() -> Result<()>
 /// loads the new version; a corrupt write is rejected and the old one stays.
 #[test]
 fn a_changed_plugin_file_is_loaded_and_a_broken_one_is_not() -> Result<()> {
-    let scratch = Scratch::new()?;
-    let port = free_port()?;
-    scratch.write("plugins/tagger.wasm", std::fs::read(plugin("tag_v1"))?)?;
-    scratch.write("events.jsonl", "")?;
-    scratch.write("sluice.toml", config(port, Some(TOKEN), "plugins/tagger.wasm", ""))?;
-    let mut host = start(&scratch, port)?;
+    let (scratch, port, mut host) = tagger("plugins/tagger.wasm", "")?;
     let (d1, d2) = (sha256_hex(&plugin("tag_v1"))?, sha256_hex(&plugin("tag_v2"))?);
     let current = |port| status(port).map(|s| s["plugin"]["current"]["digest"].as_str().unwrap_or_default().to_owned());
 

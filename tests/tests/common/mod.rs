@@ -121,6 +121,11 @@ pub fn event(payload: &str) -> Value {
     serde_json::json!({ "payload": payload })
 }
 
+/// A loopback port nothing listens on right now (for a server a test starts).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// A scratch folder for one test: config, events, outputs. Removed when
 /// dropped (kept, with its path printed, when `SLUICE_KEEP_TMP` is set).
 pub struct Scratch {

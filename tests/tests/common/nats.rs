@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
-use crate::common::poll_until;
+use crate::common::{free_port, poll_until};
 
 pub struct NatsServer {
     child: Option<Child>,
@@ -34,10 +34,6 @@ fn binary() -> Result<PathBuf> {
         }
     }
     bail!("nats-server is not installed: run `scripts/nats-server.sh install` (or set SLUICE_NATS_SERVER)")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl NatsServer {
