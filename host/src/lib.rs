@@ -23,7 +23,8 @@
 //! or a shutdown signal drains them. [`codec`] holds the JSON-lines encoding
 //! shared by the file and stdio sources and sinks, [`fs`] the atomic file
 //! write used by checkpoints and the compiled-component cache, [`nats`] the
-//! connections and header mapping NATS sources and sinks share.
+//! connections and header mapping NATS sources and sinks share, [`kafka`]
+//! the client settings, message mapping and transactions of Kafka's.
 
 pub mod admin;
 pub mod codec;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod dispatch;
 pub mod event;
 pub mod fs;
+pub mod kafka;
 pub mod nats;
 pub mod pipeline;
 pub mod reload;

@@ -10,10 +10,13 @@ use crate::config::{Ordering, PipelineConfig, SinkConfig, SourceConfig};
 use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
 use crate::nats::Connections;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
+use crate::kafka::transaction::Transaction;
+use crate::sink::kafka::{KafkaSink, Producers};
 use crate::sink::lines::LineSink;
 use crate::sink::nats::{JetStreamSink, NatsSink};
 use crate::sink::{Sink, SinkError};
 use crate::source::jetstream::{JetStreamSettings, JetStreamSource};
+use crate::source::kafka::{KafkaSettings, KafkaSource};
 use crate::source::lines::LineSource;
 use crate::source::nats::NatsSource;
 use crate::source::{Source, SourceError};
@@ -73,16 +76,19 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         cached = plugin.cache_hit(),
         "plugin loaded"
     );
-    let default = sinks.open(&config.sink).await?;
+    // Exactly-once: every sink writes into the pipeline's own transaction.
+    let transaction = open_transaction(name, config).await?;
+    let open = |sink| sinks.open_for(sink, transaction.as_ref());
+    let default = open(&config.sink).await?;
     let mut routes = HashMap::new();
     for (route, sink) in &config.routes {
-        routes.insert(route.clone(), sinks.open(sink).await?);
+        routes.insert(route.clone(), open(sink).await?);
     }
     let dead_letter = match &config.dead_letter {
-        Some(sink) => sinks.open(sink).await?,
+        Some(sink) => open(sink).await?,
         None => return Err(BuildError::Config("no dead_letter sink".into())),
     };
-    let source = open_source(config, &sinks.connections).await?;
+    let source = open_source(config, &sinks.connections, transaction).await?;
     let policy = &config.policy;
     let max_attempts = match source.max_deliveries() {
         Some(limit) => policy.max_attempts.min(limit),
@@ -111,7 +117,23 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
     Ok(Built { dispatcher, source, plugin, pause })
 }
 
-async fn open_source(pipeline: &PipelineConfig, connections: &Connections) -> Result<Box<dyn Source>, SourceError> {
+/// The transaction of an exactly-once Kafka pipeline.
+async fn open_transaction(name: &str, config: &PipelineConfig) -> Result<Option<Arc<Transaction>>, BuildError> {
+    let SourceConfig::Kafka { brokers, group, exactly_once: true, transactional_id, options, .. } = &config.source else {
+        return Ok(None);
+    };
+    let id = transactional_id.clone().unwrap_or_else(|| format!("sluice-{group}-{name}-{}", crate::kafka::hostname()));
+    let transaction = Transaction::open(crate::kafka::client_config(brokers, options), id)
+        .await
+        .map_err(|e| BuildError::Sink(SinkError::Open { what: format!("kafka:{brokers}"), message: e.to_string() }))?;
+    Ok(Some(transaction))
+}
+
+async fn open_source(
+    pipeline: &PipelineConfig,
+    connections: &Connections,
+    transaction: Option<Arc<Transaction>>,
+) -> Result<Box<dyn Source>, SourceError> {
     let config = &pipeline.source;
     let connect = || async {
         let server = config.nats_server().ok_or_else(|| SourceError::Broker { what: "source".into(), message: "not a NATS source".into() })?;
@@ -154,6 +176,18 @@ async fn open_source(pipeline: &PipelineConfig, connections: &Connections) -> Re
             };
             Box::new(JetStreamSource::open(connect().await?, &settings).await?)
         }
+        SourceConfig::Kafka { brokers, group, topics, pattern, start, commit_interval, options, .. } => {
+            let settings = KafkaSettings {
+                brokers: brokers.clone(),
+                group: group.clone(),
+                topics: topics.clone(),
+                pattern: pattern.clone(),
+                start: *start,
+                commit_interval: *commit_interval,
+                options: options.clone(),
+            };
+            Box::new(KafkaSource::open(&settings, transaction).await?)
+        }
     })
 }
 
@@ -164,6 +198,7 @@ async fn open_source(pipeline: &PipelineConfig, connections: &Connections) -> Re
 pub struct SinkSet {
     open: Mutex<HashMap<String, Arc<dyn Sink>>>,
     pub connections: Connections,
+    pub producers: Producers,
 }
 
 impl SinkSet {
@@ -174,7 +209,7 @@ impl SinkSet {
             SinkConfig::File { path, format, .. } => format!("file:{}:{format:?}", path.display()),
             // Broker sinks are cheap (the connection is shared); each use
             // gets its own, kept here only to be closed.
-            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } => format!("#{}", open.len()),
+            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } | SinkConfig::Kafka { .. } => format!("#{}", open.len()),
         };
         if let Some(sink) = open.get(&key) {
             return Ok(sink.clone());
@@ -186,9 +221,23 @@ impl SinkSet {
             SinkConfig::Jetstream { subject, stream, .. } => {
                 Arc::new(JetStreamSink::open(self.connect(config).await?, subject.clone(), stream.clone()).await?)
             }
+            SinkConfig::Kafka { brokers, topic, options } => {
+                Arc::new(KafkaSink::new(self.producers.get(brokers, options).await?, brokers, topic.clone(), options))
+            }
         };
         open.insert(key, sink.clone());
         Ok(sink)
+    }
+
+    /// Like [`SinkSet::open`]; a Kafka sink of an exactly-once pipeline
+    /// writes into the pipeline's `transaction` and is its own.
+    pub async fn open_for(&self, config: &SinkConfig, transaction: Option<&Arc<Transaction>>) -> Result<Arc<dyn Sink>, SinkError> {
+        match (transaction, config) {
+            (Some(transaction), SinkConfig::Kafka { brokers, topic, options }) => {
+                Ok(Arc::new(KafkaSink::transactional(transaction.clone(), brokers, topic.clone(), options)))
+            }
+            _ => self.open(config).await,
+        }
     }
 
     async fn connect(&self, config: &SinkConfig) -> Result<async_nats::Client, SinkError> {
@@ -207,6 +256,7 @@ impl SinkSet {
             }
         }
         self.connections.close_all().await;
+        self.producers.flush_all().await;
         first
     }
 }

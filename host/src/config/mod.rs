@@ -14,6 +14,7 @@ mod validate;
 pub use error::ConfigError;
 pub use interpolate::interpolate;
 pub use model::*;
+pub use validate::valid_topic;
 
 use std::path::Path;
 

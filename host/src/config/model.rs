@@ -130,7 +130,7 @@ pub struct PipelineConfig {
     pub policy: PolicyConfig,
 }
 
-/// Event sources. More kinds (Kafka) plug in here.
+/// Event sources.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
@@ -223,6 +223,66 @@ pub enum SourceConfig {
         #[serde(default = "default_max_ack_pending")]
         max_ack_pending: usize,
     },
+    /// Kafka: a consumer group reading topics, at-least-once. An event's
+    /// offset is committed only after its outputs (or its dead-letter record)
+    /// are acknowledged by their sinks, in order per partition even when
+    /// events finish out of order. With `exactly_once`, outputs and offsets
+    /// are committed together in Kafka transactions.
+    Kafka {
+        /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+        #[serde(default = "default_kafka_brokers")]
+        brokers: String,
+        /// Consumer group. Hosts with the same group share the partitions.
+        group: String,
+        /// Topics to read. Give `topics` or `pattern`, not both.
+        #[serde(default)]
+        topics: Vec<String>,
+        /// A regular expression over topic names (e.g. `^orders\\..*`):
+        /// every matching topic, including ones created later.
+        #[serde(default)]
+        pattern: Option<String>,
+        /// Where a group with no committed offset starts: `earliest`
+        /// (default) or `latest`.
+        #[serde(default)]
+        start: StartFrom,
+        /// How often done offsets are committed. Default 1s. A crash
+        /// redelivers at most this much work (plus what was in flight).
+        #[serde(default = "default_commit_interval", with = "humantime_serde")]
+        commit_interval: Duration,
+        /// Kafka → plugin → Kafka with transactions: outputs, dead letters
+        /// and input offsets of each interval commit together or not at all.
+        /// Every sink of the pipeline must then be a `kafka` sink on the same
+        /// `brokers`, and readers of the outputs should use `read_committed`.
+        #[serde(default)]
+        exactly_once: bool,
+        /// The transactional id of this host's producer (`exactly_once`).
+        /// Must be stable across restarts of one host and differ between
+        /// hosts of a group. Default `sluice-<group>-<pipeline>-<hostname>`.
+        #[serde(default)]
+        transactional_id: Option<String>,
+        /// Extra librdkafka properties (`security.protocol`, `sasl.*`, …),
+        /// passed as they are. Values are never printed.
+        #[serde(default)]
+        options: BTreeMap<String, Secret>,
+    },
+}
+
+/// Where a Kafka consumer group with no committed offset starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartFrom {
+    /// The oldest offset the partition still holds.
+    #[default]
+    Earliest,
+    /// Only messages produced after the group first joins.
+    Latest,
+}
+
+fn default_kafka_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// Where a new JetStream consumer starts.
@@ -378,7 +438,7 @@ pub struct WasiGrants {
     pub read_dirs: BTreeMap<String, PathBuf>,
 }
 
-/// Output destinations. More kinds (Kafka) plug in here.
+/// Output destinations.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SinkConfig {
@@ -439,6 +499,23 @@ pub enum SinkConfig {
         /// Unset: a stream must already capture `subject`.
         #[serde(default)]
         stream: Option<String>,
+    },
+    /// Kafka produce with an idempotent producer: a record is accepted
+    /// once the partition leader and its in-sync replicas have it
+    /// (`acks=all`). Keys choose partitions the way Java clients do
+    /// (murmur2), so keyed outputs land where a Java producer would put them.
+    Kafka {
+        /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+        #[serde(default = "default_kafka_brokers")]
+        brokers: String,
+        /// Topic for outputs without a destination; an output's destination
+        /// (that names no route) is its topic. Unset: every output needs one.
+        #[serde(default)]
+        topic: Option<String>,
+        /// Extra librdkafka properties (`security.protocol`, `sasl.*`,
+        /// `compression.type`, `linger.ms`, …). Values are never printed.
+        #[serde(default)]
+        options: BTreeMap<String, Secret>,
     },
 }
 

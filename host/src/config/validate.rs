@@ -39,7 +39,7 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
             .chain(pipeline.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
             .chain(pipeline.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));
         for (key, sink) in sinks {
-            validate_nats_sink(sink).map_err(|(field, message)| Violation {
+            validate_nats_sink(sink).and_then(|()| validate_kafka_sink(sink)).map_err(|(field, message)| Violation {
                 pipeline: name.clone(),
                 key: format!("{key}.{field}"),
                 message,
@@ -152,6 +152,7 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
         ));
     }
     validate_nats_source(&p.source)?;
+    validate_kafka_source(p)?;
     if let Some(pin) = &p.plugin.sha256 {
         if pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()) {
             // The pin is not echoed: it may come from an environment variable.
@@ -206,7 +207,103 @@ fn validate_nats_source(source: &SourceConfig) -> Result<(), (&'static str, Stri
                 return Err(("source.max_ack_pending", format!("must be between 1 and 1000000, got {max_ack_pending}")));
             }
         }
-        SourceConfig::File { .. } | SourceConfig::Stdin { .. } => {}
+        SourceConfig::File { .. } | SourceConfig::Stdin { .. } | SourceConfig::Kafka { .. } => {}
+    }
+    Ok(())
+}
+
+/// librdkafka properties sluice sets itself because its guarantees depend on
+/// them; `options` may not override them.
+const KAFKA_SOURCE_OWNED: [&str; 6] =
+    ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "isolation.level", "auto.offset.reset"];
+const KAFKA_SINK_OWNED: [&str; 5] = ["bootstrap.servers", "enable.idempotence", "acks", "transactional.id", "partitioner"];
+
+fn validate_kafka_source(p: &PipelineConfig) -> Result<(), (&'static str, String)> {
+    let SourceConfig::Kafka { brokers, group, topics, pattern, commit_interval, exactly_once, transactional_id, options, .. } = &p.source else {
+        return Ok(());
+    };
+    validate_brokers(brokers).map_err(|m| ("source.brokers", m))?;
+    if group.trim().is_empty() {
+        return Err(("source.group", "must not be empty: hosts with the same group share the partitions".into()));
+    }
+    match (topics.is_empty(), pattern) {
+        (true, None) => return Err(("source.topics", "give the topics to read (`topics = [\"orders\"]`) or a `pattern`".into())),
+        (false, Some(_)) => return Err(("source.pattern", "give `topics` or `pattern`, not both".into())),
+        (true, Some(pattern)) if pattern.is_empty() => return Err(("source.pattern", "must not be empty".into())),
+        _ => {}
+    }
+    if let Some(bad) = topics.iter().find(|t| !valid_topic(t)) {
+        return Err(("source.topics", format!("{bad:?} is not a valid Kafka topic name: 1 to 249 characters of a-z, A-Z, 0-9, `.`, `_` and `-`")));
+    }
+    if *commit_interval < std::time::Duration::from_millis(10) {
+        return Err(("source.commit_interval", format!("must be at least 10ms, got {}", humantime::format_duration(*commit_interval))));
+    }
+    if let Some(owned) = options.keys().find(|k| KAFKA_SOURCE_OWNED.contains(&k.as_str())) {
+        return Err(("source.options", format!("`{owned}` is set by sluice (from the source's own keys and its delivery guarantees) and cannot be overridden")));
+    }
+    if let Some(id) = transactional_id {
+        if !*exactly_once {
+            return Err(("source.transactional_id", "only used with `exactly_once = true`".into()));
+        }
+        if id.trim().is_empty() {
+            return Err(("source.transactional_id", "must not be empty".into()));
+        }
+    }
+    if *exactly_once {
+        let sinks = std::iter::once(("sink".to_owned(), &p.sink))
+            .chain(p.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
+            .chain(p.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));
+        for (key, sink) in sinks {
+            match sink {
+                SinkConfig::Kafka { brokers: sink_brokers, .. } if sink_brokers == brokers => {}
+                SinkConfig::Kafka { brokers: sink_brokers, .. } => {
+                    return Err((
+                        "source.exactly_once",
+                        format!("`{key}` writes to brokers {sink_brokers:?}, the source reads {brokers:?}: a transaction spans one cluster, so with exactly_once every sink must use the source's `brokers`"),
+                    ))
+                }
+                _ => {
+                    return Err((
+                        "source.exactly_once",
+                        format!("`{key}` is not a kafka sink: with exactly_once, outputs and dead letters must be written in the same Kafka transaction as the input offsets"),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_kafka_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
+    let SinkConfig::Kafka { brokers, topic, options } = sink else {
+        return Ok(());
+    };
+    validate_brokers(brokers).map_err(|m| ("brokers", m))?;
+    if let Some(topic) = topic.as_deref().filter(|t| !valid_topic(t)) {
+        return Err(("topic", format!("{topic:?} is not a valid Kafka topic name: 1 to 249 characters of a-z, A-Z, 0-9, `.`, `_` and `-`")));
+    }
+    if let Some(owned) = options.keys().find(|k| KAFKA_SINK_OWNED.contains(&k.as_str())) {
+        return Err(("options", format!("`{owned}` is set by sluice (idempotent, acks=all, Java-compatible partitioning) and cannot be overridden")));
+    }
+    Ok(())
+}
+
+/// Kafka's own rule for topic names.
+pub fn valid_topic(topic: &str) -> bool {
+    (1..=249).contains(&topic.len())
+        && topic != "."
+        && topic != ".."
+        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn validate_brokers(brokers: &str) -> Result<(), String> {
+    for broker in brokers.split(',').map(str::trim) {
+        let ok = broker
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok());
+        if !ok {
+            return Err(format!("{broker:?} is not a Kafka broker address; write host:port, e.g. \"127.0.0.1:9092\" (several: comma-separated)"));
+        }
     }
     Ok(())
 }
@@ -215,7 +312,7 @@ fn validate_nats_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
     let (url, subject, stream) = match sink {
         SinkConfig::Nats { url, subject, .. } => (url, subject, &None),
         SinkConfig::Jetstream { url, subject, stream, .. } => (url, subject, stream),
-        SinkConfig::Stdout { .. } | SinkConfig::File { .. } => return Ok(()),
+        SinkConfig::Stdout { .. } | SinkConfig::File { .. } | SinkConfig::Kafka { .. } => return Ok(()),
     };
     validate_url(url).map_err(|m| ("url", m))?;
     if let Some(subject) = subject {

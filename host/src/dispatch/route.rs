@@ -12,7 +12,17 @@ use crate::sink::{Record, Sink};
 
 /// Request headers copied to every reply (and error reply), compared without
 /// regard to case, so a caller can match the answer to its call.
-pub const CORRELATION_HEADERS: [&str; 5] = ["correlation-id", "x-correlation-id", "x-request-id", "traceparent", "tracestate"];
+/// `kafka_correlationId` and `kafka_replyPartition` are the NestJS Kafka
+/// transport's (the Kafka sink sends a reply to that partition).
+pub const CORRELATION_HEADERS: [&str; 7] = [
+    "correlation-id",
+    "x-correlation-id",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    crate::kafka::CORRELATION_HEADER,
+    crate::kafka::REPLY_PARTITION_HEADER,
+];
 
 /// What a reply needs to know about the request it answers.
 #[derive(Debug, Clone)]

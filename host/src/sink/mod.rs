@@ -6,9 +6,10 @@
 //! accepted: written and flushed for a file, acknowledged for a broker. A
 //! source is acknowledged only after every receipt of its event resolves.
 //!
-//! Implementations: [`lines`] (stdout or a file) and [`nats`] (core NATS
-//! and JetStream).
+//! Implementations: [`lines`] (stdout or a file), [`nats`] (core NATS
+//! and JetStream) and [`kafka`].
 
+pub mod kafka;
 pub mod lines;
 pub mod nats;
 

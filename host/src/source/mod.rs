@@ -7,9 +7,11 @@
 //! its ack says [`Settlement::Done`]; anything else comes back.
 //!
 //! Implementations: [`lines`] (a file or stdin), [`nats`] (core NATS,
-//! at-most-once) and [`jetstream`] (a durable pull consumer).
+//! at-most-once), [`jetstream`] (a durable pull consumer) and [`kafka`] (a
+//! consumer group; at-least-once or exactly-once).
 
 pub mod jetstream;
+pub mod kafka;
 pub mod lines;
 pub mod nats;
 pub mod progress;

@@ -1,0 +1,215 @@
+//! Kafka produce. A record's receipt resolves with its delivery report: the
+//! partition leader has it with every in-sync replica (`acks=all`). The
+//! producer is idempotent, so librdkafka's own retries (a broker restart, a
+//! leader change) never write a record twice or out of order.
+//!
+//! In exactly-once mode the records go through the pipeline's
+//! [`Transaction`] instead, and become visible to `read_committed` readers
+//! when the source commits it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::Mutex;
+
+use super::{Receipt, Record, Sink, SinkError};
+use crate::config::{valid_topic, Secret};
+use crate::event::Output;
+use crate::kafka::transaction::Transaction;
+use crate::kafka::{client_config, Context, OPEN_TIMEOUT, REPLY_PARTITION_HEADER};
+
+/// Kafka's default largest record (`message.max.bytes`), used unless the
+/// sink's options set another.
+const DEFAULT_MAX_BYTES: usize = 1_000_000;
+
+/// The process's idempotent producers, one per cluster and option set:
+/// pipelines writing to one cluster share a producer (its threads, buffers
+/// and connections).
+#[derive(Default)]
+pub struct Producers {
+    open: Mutex<HashMap<(String, BTreeMap<String, Secret>), FutureProducer<Context>>>,
+}
+
+impl Producers {
+    pub async fn get(&self, brokers: &str, options: &BTreeMap<String, Secret>) -> Result<FutureProducer<Context>, SinkError> {
+        let mut open = self.open.lock().await;
+        let key = (brokers.to_owned(), options.clone());
+        if let Some(producer) = open.get(&key) {
+            return Ok(producer.clone());
+        }
+        let what = format!("kafka producer for {brokers}");
+        let mut config = client_config(brokers, options);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Keys pick partitions as Java clients do.
+            .set("partitioner", "murmur2_random");
+        if !options.contains_key("linger.ms") {
+            config.set("linger.ms", "5");
+        }
+        let producer: FutureProducer<Context> = config
+            .create_with_context(Context::new(what.clone()))
+            .map_err(|e| SinkError::Open { what: what.clone(), message: e.to_string() })?;
+        reachable(&producer, brokers).await.map_err(|message| SinkError::Open { what, message })?;
+        open.insert(key, producer.clone());
+        Ok(producer)
+    }
+
+    /// Flushes every producer: what was sent is delivered or has failed.
+    pub async fn flush_all(&self) {
+        let producers: Vec<_> = self.open.lock().await.drain().map(|(_, p)| p).collect();
+        for producer in producers {
+            let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        }
+    }
+}
+
+/// Fails with a clear message when no broker of the cluster answers.
+async fn reachable(producer: &FutureProducer<Context>, brokers: &str) -> Result<(), String> {
+    let producer = producer.clone();
+    let brokers = brokers.to_owned();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, OPEN_TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| format!("no broker of {brokers} answered within {}s ({e}); is Kafka running there?", OPEN_TIMEOUT.as_secs()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("metadata request stopped: {e}")))
+}
+
+enum Via {
+    Idempotent(FutureProducer<Context>),
+    Transaction(Arc<Transaction>),
+}
+
+pub struct KafkaSink {
+    via: Via,
+    topic: Option<String>,
+    max_bytes: usize,
+    describe: String,
+}
+
+impl KafkaSink {
+    /// A sink on a shared idempotent producer.
+    pub fn new(producer: FutureProducer<Context>, brokers: &str, topic: Option<String>, options: &BTreeMap<String, Secret>) -> Self {
+        Self::with(Via::Idempotent(producer), brokers, topic, options)
+    }
+
+    /// A sink writing into an exactly-once pipeline's transaction.
+    pub fn transactional(transaction: Arc<Transaction>, brokers: &str, topic: Option<String>, options: &BTreeMap<String, Secret>) -> Self {
+        Self::with(Via::Transaction(transaction), brokers, topic, options)
+    }
+
+    fn with(via: Via, brokers: &str, topic: Option<String>, options: &BTreeMap<String, Secret>) -> Self {
+        let max_bytes = options
+            .get("message.max.bytes")
+            .and_then(|v| v.0.parse().ok())
+            .unwrap_or(DEFAULT_MAX_BYTES);
+        let describe = match &topic {
+            Some(topic) => format!("kafka:{brokers}/{topic}"),
+            None => format!("kafka:{brokers}"),
+        };
+        Self { via, topic, max_bytes, describe }
+    }
+
+    fn producer(&self) -> &FutureProducer<Context> {
+        match &self.via {
+            Via::Idempotent(producer) => producer,
+            Via::Transaction(transaction) => &transaction.producer,
+        }
+    }
+
+    fn write_error(&self, topic: &str, error: impl std::fmt::Display) -> SinkError {
+        SinkError::Write { what: format!("{} topic `{topic}`", self.describe), message: error.to_string() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaSink {
+    async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
+        let Some(topic) = record.destination.as_deref().or(self.topic.as_deref()) else {
+            return Err(SinkError::Write { what: self.describe.clone(), message: "an output has no destination and the sink has no `topic`".into() });
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        let mut partition = None;
+        for header in &record.headers {
+            // A reply goes to the partition the caller listens on (NestJS).
+            if header.key == REPLY_PARTITION_HEADER && record.destination.is_some() {
+                partition = std::str::from_utf8(&header.value).ok().and_then(|p| p.trim().parse::<i32>().ok());
+            }
+            headers = headers.insert(KafkaHeader { key: &header.key, value: Some(&header.value) });
+        }
+        let mut message = FutureRecord::to(topic).payload(&record.payload).headers(headers);
+        if let Some(key) = &record.key {
+            message = message.key(key);
+        }
+        if let Some(partition) = partition {
+            message = message.partition(partition);
+        }
+        let delivery = loop {
+            let enqueued = {
+                let _open = match &self.via {
+                    Via::Transaction(transaction) => Some(transaction.gate.read().map_err(|_| self.write_error(topic, "transaction gate poisoned"))?),
+                    Via::Idempotent(_) => None,
+                };
+                self.producer().send_result(message)
+            };
+            match enqueued {
+                Ok(delivery) => break delivery,
+                // The producer's queue is full: wait for deliveries to make
+                // room. This is the sink's backpressure.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    message = returned;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, _)) => return Err(self.write_error(topic, error)),
+            }
+        };
+        let what = format!("{} topic `{topic}`", self.describe);
+        Ok(Receipt::pending(Box::pin(async move {
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(SinkError::Write { what, message: error.to_string() }),
+                Err(_) => Err(SinkError::Closed { what }),
+            }
+        })))
+    }
+
+    fn check(&self, destination: Option<&str>, output: &Output) -> Result<(), String> {
+        let topic = match destination.or(self.topic.as_deref()) {
+            Some(topic) => topic,
+            None => return Err("the output has no destination and the sink has no default `topic`".into()),
+        };
+        if !valid_topic(topic) {
+            return Err(format!("{topic:?} is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, `.`, `_`, `-`)"));
+        }
+        let size = output.payload.len()
+            + output.key.as_ref().map_or(0, Vec::len)
+            + output.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>();
+        if size > self.max_bytes {
+            return Err(format!("the record is {size} bytes, over the {} byte limit (`message.max.bytes`)", self.max_bytes));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        if let Via::Idempotent(producer) = &self.via {
+            let producer = producer.clone();
+            let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+            if let Ok(Err(e)) = flushed {
+                return Err(SinkError::Write { what: self.describe.clone(), message: format!("flush at close: {e}") });
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}

@@ -1,0 +1,464 @@
+//! Kafka: a consumer group, at-least-once by default, exactly-once on request.
+//!
+//! At-least-once: librdkafka's auto-commit is off. Each event's offset is
+//! marked done when its ack settles (its outputs or dead-letter record
+//! acknowledged by their sinks), and a committer task commits, every
+//! `commit_interval`, each partition's commit point: the lowest offset not
+//! yet done ([`Tracker`]). So offsets advance in order per partition even
+//! when events finish out of order, and a crash redelivers only work that
+//! was not finished.
+//!
+//! Rebalances: before partitions are revoked, intake is already stopped (the
+//! callback runs inside [`Source::next`]); the source waits up to
+//! `REVOKE_DRAIN` for their in-flight events to finish, then commits their
+//! commit points synchronously. Events still in flight after that are
+//! finished but not committed: the partition's next owner handles them
+//! again, which at-least-once allows.
+//!
+//! Exactly-once: see [`crate::kafka::transaction`]; the source commits the
+//! transaction instead of committing offsets, reads `read_committed`, and a
+//! revoke drains everything in flight and commits the transaction.
+//!
+//! Bounded work: the dispatcher takes events only when a lane has room, and
+//! librdkafka's prefetch is capped (`queued.max.messages.kbytes`), so a slow
+//! plugin or sink slows consumption instead of growing memory.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceError};
+use crate::config::{Secret, StartFrom};
+use crate::kafka::offsets::{Position, TopicPartition, Tracker};
+use crate::kafka::transaction::Transaction;
+use crate::kafka::{client_config, message_event, Context, OPEN_TIMEOUT};
+
+/// How long a revoke waits for the revoked partitions' events to finish.
+const REVOKE_DRAIN: Duration = Duration::from_secs(10);
+
+/// The Kafka part of a pipeline's source config.
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub pattern: Option<String>,
+    pub start: StartFrom,
+    pub commit_interval: Duration,
+    pub options: std::collections::BTreeMap<String, Secret>,
+}
+
+/// What the source, its acks, the committer and the rebalance callback share.
+struct Shared {
+    tracker: Mutex<Tracker>,
+    /// Signalled whenever an event settles (a drain waits on it).
+    settled: Condvar,
+    /// The same, for async waiters.
+    settled_async: tokio::sync::Notify,
+    /// Exactly-once: set when an event was abandoned, so the open
+    /// transaction holds outputs whose offsets it must not commit.
+    tainted: std::sync::atomic::AtomicBool,
+    /// Set by `close`, which commits by itself: the revoke that leaving the
+    /// group triggers then only forgets the partitions.
+    closing: std::sync::atomic::AtomicBool,
+    describe: String,
+}
+
+impl Shared {
+    fn tracker(&self) -> MutexGuard<'_, Tracker> {
+        match self.tracker.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Waits (blocking) until `ready` holds for the tracker or `deadline`.
+    fn wait_blocking(&self, deadline: Instant, ready: impl Fn(&Tracker) -> bool) -> bool {
+        let mut tracker = self.tracker();
+        while !ready(&tracker) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            tracker = match self.settled.wait_timeout(tracker, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+/// Client callbacks of the consumer: logging, plus the revoke handling.
+pub struct SourceContext {
+    base: Context,
+    shared: Arc<Shared>,
+    transaction: Option<Arc<Transaction>>,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.base.log(level, fac, log_message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason)
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else { return };
+        let revoked: Vec<(String, i32)> = list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        if revoked.is_empty() {
+            return;
+        }
+        if self.shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            self.shared.tracker().revoke(&revoked);
+            return;
+        }
+        // Lanes settle events on other threads; waiting here (inside the
+        // consumer's poll, with intake stopped) lets them finish.
+        let deadline = Instant::now() + REVOKE_DRAIN;
+        let drained = blocking_wait(|| match &self.transaction {
+            // A transaction commits everything at once: all must settle.
+            Some(_) => self.shared.wait_blocking(deadline, |t| t.outstanding() == 0),
+            None => self.shared.wait_blocking(deadline, |t| t.outstanding_in(&revoked) == 0),
+        });
+        match &self.transaction {
+            None => {
+                let points = self.shared.tracker().revoke(&revoked);
+                if let Err(e) = commit(consumer, &points, CommitMode::Sync) {
+                    tracing::warn!(source = %self.shared.describe, "commit before a rebalance failed ({e}); the new owner re-reads from the last commit");
+                }
+                tracing::info!(
+                    source = %self.shared.describe,
+                    partitions = revoked.len(),
+                    drained,
+                    "partitions revoked{}",
+                    if drained { "" } else { "; events still in flight are handled again by the next owner" }
+                );
+            }
+            Some(transaction) => {
+                let points = self.shared.tracker().commit_points();
+                let tainted = self.shared.tainted.load(std::sync::atomic::Ordering::SeqCst);
+                let result = match (drained && !tainted, consumer.group_metadata()) {
+                    (true, Some(group)) => blocking_wait(|| transaction.commit_blocking(&points, &group)).map_err(|e| e.to_string()),
+                    _ => Err("in-flight events did not finish in time".into()),
+                };
+                match result {
+                    Ok(()) => tracing::info!(source = %self.shared.describe, "transaction committed before a rebalance"),
+                    Err(e) => {
+                        // The open transaction cannot be committed: mark it,
+                        // so the source aborts it and stops (its events are
+                        // read again from the committed offsets).
+                        self.shared.tainted.store(true, std::sync::atomic::Ordering::SeqCst);
+                        tracing::error!(source = %self.shared.describe, "exactly-once: cannot commit before a rebalance: {e}");
+                    }
+                }
+                self.shared.tracker().revoke(&revoked);
+            }
+        }
+    }
+}
+
+/// Runs a blocking wait from inside the consumer's poll, which runs on an
+/// async worker thread: on a multi-threaded runtime the worker is handed
+/// over first, so other tasks keep running.
+fn blocking_wait<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
+fn commit<C: ConsumerContext>(consumer: &impl Consumer<C>, points: &[(TopicPartition, i64)], mode: CommitMode) -> Result<(), KafkaError> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::with_capacity(points.len());
+    for ((topic, partition), offset) in points {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&list, mode)
+}
+
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    shared: Arc<Shared>,
+    committer: Option<tokio::task::JoinHandle<()>>,
+    transaction: Option<Arc<Transaction>>,
+    commit_interval: Duration,
+    last_commit: Instant,
+    /// A transaction commit in progress (kept across a cancelled `next`).
+    committing: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    describe: String,
+    errors_in_a_row: u32,
+}
+
+impl KafkaSource {
+    /// Joins the group and subscribes. `transaction` makes it exactly-once.
+    pub async fn open(settings: &KafkaSettings, transaction: Option<Arc<Transaction>>) -> Result<Self, SourceError> {
+        let subscription = match &settings.pattern {
+            Some(pattern) if pattern.starts_with('^') => vec![pattern.clone()],
+            Some(pattern) => vec![format!("^{pattern}")],
+            None => settings.topics.clone(),
+        };
+        let describe = format!("kafka:{}/{}", settings.group, subscription.join(","));
+        let failed = |message: String| SourceError::Broker { what: describe.clone(), message };
+        let mut config = client_config(&settings.brokers, &settings.options);
+        config
+            .set("group.id", &settings.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", match settings.start {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            })
+            .set("isolation.level", if transaction.is_some() { "read_committed" } else { "read_uncommitted" });
+        if !settings.options.contains_key("queued.max.messages.kbytes") {
+            // Prefetch per partition; the default (64 MiB) is a lot of memory
+            // for a host running many pipelines.
+            config.set("queued.max.messages.kbytes", "8192");
+        }
+        let shared = Arc::new(Shared {
+            tracker: Mutex::new(Tracker::default()),
+            settled: Condvar::new(),
+            settled_async: tokio::sync::Notify::new(),
+            tainted: std::sync::atomic::AtomicBool::new(false),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            describe: describe.clone(),
+        });
+        let context = SourceContext { base: Context::new(describe.clone()), shared: shared.clone(), transaction: transaction.clone() };
+        let consumer: StreamConsumer<SourceContext> =
+            config.create_with_context(context).map_err(|e| failed(format!("cannot create the consumer: {e}")))?;
+        let consumer = Arc::new(consumer);
+
+        // Fail now, with the reason, rather than wait forever for a cluster
+        // that is not there or topics that do not exist.
+        let probe = consumer.clone();
+        let topics = settings.topics.clone();
+        let brokers = settings.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = probe
+                .fetch_metadata(None, OPEN_TIMEOUT)
+                .map_err(|e| format!("no broker of {brokers} answered within {}s ({e}); is Kafka running there?", OPEN_TIMEOUT.as_secs()))?;
+            for topic in &topics {
+                if !metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none()) {
+                    return Err(format!("topic `{topic}` does not exist on {brokers}; create it (sluice does not create input topics)"));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| failed(format!("metadata request stopped: {e}")))?
+        .map_err(failed)?;
+
+        let names: Vec<&str> = subscription.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|e| failed(format!("cannot subscribe: {e}")))?;
+        let committer = match transaction {
+            Some(_) => None,
+            None => Some(tokio::spawn(run_committer(Arc::downgrade(&consumer), shared.clone(), settings.commit_interval))),
+        };
+        Ok(Self {
+            consumer,
+            shared,
+            committer,
+            transaction,
+            commit_interval: settings.commit_interval,
+            last_commit: Instant::now(),
+            committing: None,
+            describe,
+            errors_in_a_row: 0,
+        })
+    }
+
+    fn delivery(&self, message: &BorrowedMessage<'_>) -> Delivery {
+        let (position, partition) = self.shared.tracker().handed_out(message.topic(), message.partition(), message.offset());
+        let event = message_event(message);
+        Delivery { partition, event, defect: None, ack: Ack::new(KafkaAck { position, shared: self.shared.clone() }) }
+    }
+
+    /// Exactly-once: commits the open transaction when the interval is up.
+    /// Intake stops until every handed-out event has settled.
+    async fn commit_transaction_if_due(&mut self) -> Result<(), SourceError> {
+        let Some(transaction) = self.transaction.clone() else { return Ok(()) };
+        if self.committing.is_none() {
+            if self.last_commit.elapsed() < self.commit_interval {
+                return Ok(());
+            }
+            loop {
+                let settled = self.shared.settled_async.notified();
+                if self.shared.tracker().outstanding() == 0 {
+                    break;
+                }
+                settled.await;
+            }
+            if self.shared.tainted.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(self.broker_error("an event was abandoned inside the open transaction; aborting it (its events are read again after a restart)".into()));
+            }
+            let points = self.shared.tracker().commit_points();
+            let Some(group) = self.consumer.group_metadata() else {
+                return Err(self.broker_error("no consumer group metadata for the transaction".into()));
+            };
+            self.committing = Some(tokio::spawn(async move { transaction.commit(points, group).await.map_err(|e| e.to_string()) }));
+        }
+        if let Some(committing) = self.committing.as_mut() {
+            let result = committing.await.unwrap_or_else(|e| Err(format!("commit task stopped: {e}")));
+            self.committing = None;
+            self.last_commit = Instant::now();
+            result.map_err(|e| self.broker_error(e))?;
+        }
+        Ok(())
+    }
+
+    fn broker_error(&self, message: String) -> SourceError {
+        SourceError::Broker { what: self.describe.clone(), message }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        self.commit_transaction_if_due().await?;
+        loop {
+            let received = match self.transaction {
+                // Wake up at the commit interval even when no message comes.
+                Some(_) => match tokio::time::timeout(self.commit_interval, self.consumer.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        self.commit_transaction_if_due().await?;
+                        continue;
+                    }
+                },
+                None => self.consumer.recv().await,
+            };
+            match received {
+                Ok(message) => {
+                    if self.errors_in_a_row > 0 {
+                        tracing::info!(source = %self.describe, "receiving messages again");
+                        self.errors_in_a_row = 0;
+                    }
+                    return Ok(Some(self.delivery(&message)));
+                }
+                Err(err) => {
+                    if self.errors_in_a_row == 0 || self.errors_in_a_row.is_power_of_two() {
+                        tracing::warn!(source = %self.describe, errors = self.errors_in_a_row + 1, "consuming failed, retrying: {err}");
+                    }
+                    self.errors_in_a_row += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), SourceError> {
+        if let Some(committer) = self.committer.take() {
+            committer.abort();
+        }
+        self.shared.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut outcome = Ok(());
+        match self.transaction.clone() {
+            None => {
+                let points = self.shared.tracker().uncommitted();
+                let consumer = self.consumer.clone();
+                let committed = tokio::task::spawn_blocking(move || commit(&*consumer, &points, CommitMode::Sync).map(|()| points)).await;
+                match committed {
+                    Ok(Ok(points)) => self.shared.tracker().committed(&points),
+                    Ok(Err(e)) => outcome = Err(self.broker_error(format!("final offset commit failed: {e}; the uncommitted events are read again"))),
+                    Err(e) => outcome = Err(self.broker_error(format!("final offset commit stopped: {e}"))),
+                }
+            }
+            Some(transaction) => {
+                if let Some(committing) = self.committing.take() {
+                    let _ = committing.await;
+                }
+                let clean = self.shared.tracker().outstanding() == 0 && !self.shared.tainted.load(std::sync::atomic::Ordering::SeqCst);
+                let group = self.consumer.group_metadata();
+                match (clean, group) {
+                    (true, Some(group)) => {
+                        let points = self.shared.tracker().commit_points();
+                        if let Err(e) = transaction.commit(points, group).await {
+                            outcome = Err(self.broker_error(e.to_string()));
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(source = %self.describe, "exactly-once: events unfinished at close; aborting the open transaction (they are read again)");
+                        if let Err(e) = transaction.abort().await {
+                            outcome = Err(self.broker_error(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        // Leaving the group blocks (a round trip): do it off the async threads.
+        let consumer = self.consumer.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            consumer.unsubscribe();
+        })
+        .await;
+        outcome
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+struct KafkaAck {
+    position: Position,
+    shared: Arc<Shared>,
+}
+
+impl Acknowledge for KafkaAck {
+    fn settle(self: Box<Self>, settlement: Settlement) {
+        {
+            let mut tracker = self.shared.tracker();
+            match settlement {
+                Settlement::Done | Settlement::DeadLettered => tracker.done(&self.position),
+                // Kafka cannot redeliver one event: it comes again only from
+                // the committed offset, after a restart or rebalance.
+                Settlement::Redeliver { .. } | Settlement::Abandon => {
+                    tracker.abandoned(&self.position);
+                    self.shared.tainted.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        self.shared.settled.notify_all();
+        self.shared.settled_async.notify_waiters();
+    }
+}
+
+/// Commits the done commit points every `interval` (at-least-once mode).
+async fn run_committer(consumer: std::sync::Weak<StreamConsumer<SourceContext>>, shared: Arc<Shared>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        ticks.tick().await;
+        let Some(consumer) = consumer.upgrade() else { return };
+        let points = shared.tracker().uncommitted();
+        if points.is_empty() {
+            continue;
+        }
+        let committed = tokio::task::spawn_blocking(move || commit(&*consumer, &points, CommitMode::Sync).map(|()| points)).await;
+        match committed {
+            Ok(Ok(points)) => {
+                shared.tracker().committed(&points);
+                if failures > 0 {
+                    tracing::info!(source = %shared.describe, "offsets committed again");
+                }
+                failures = 0;
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(source = %shared.describe, failures, "offset commit failed ({e}); retrying");
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
