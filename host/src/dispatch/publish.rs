@@ -138,6 +138,9 @@ async fn send_outputs(
     for (index, mut output) in outputs.into_iter().enumerate() {
         answered |= output.reply;
         if d.version_header {
+            // An input that came from another pipeline carries that one's
+            // digest: the output names only the version that made it.
+            output.headers.retain(|h| h.key != VERSION_HEADER);
             output.headers.push(text_header(VERSION_HEADER, digest));
         }
         match d.router.route(output, request, || format!("{event_id}:{index}")) {

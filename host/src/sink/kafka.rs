@@ -31,8 +31,11 @@ const DEFAULT_MAX_BYTES: usize = 1_000_000;
 /// and connections).
 #[derive(Default)]
 pub struct Producers {
-    open: Mutex<HashMap<(String, BTreeMap<String, Secret>), FutureProducer<Context>>>,
+    open: Mutex<HashMap<ClusterKey, FutureProducer<Context>>>,
 }
+
+/// Brokers and extra options: what makes two producers different.
+type ClusterKey = (String, BTreeMap<String, Secret>);
 
 impl Producers {
     pub async fn get(&self, brokers: &str, options: &BTreeMap<String, Secret>) -> Result<FutureProducer<Context>, SinkError> {

@@ -342,6 +342,19 @@ impl Running {
         Ok(())
     }
 
+    /// Kills the process at once (SIGKILL: no drain, no final commit) and
+    /// reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("kill -9 sluice")?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
     /// Waits until `condition` holds while the process keeps running. Fails
     /// early if the process exits first, and on either failure kills it and
     /// reports what it printed.

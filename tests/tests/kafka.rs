@@ -1,0 +1,563 @@
+//! Kafka end to end: the real `sluice` binary against a real Apache Kafka
+//! broker (KRaft, single node, started from the jars `scripts/kafka.sh
+//! install` fetched), driven and checked by an rdkafka client written here,
+//! never through sluice's own code.
+//!
+//! Most tests share one broker per test binary, each with its own topics and
+//! group; the broker-restart test starts its own.
+
+#[allow(dead_code)]
+mod common;
+#[path = "common/kafka.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use common::*;
+use fixture::KafkaBroker;
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+/// A unique name per test (topics and groups), so tests can share a broker.
+fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    for result in admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await? {
+        result.map_err(|(topic, code)| anyhow::anyhow!("creating topic {topic}: {code}"))?;
+    }
+    Ok(())
+}
+
+/// One input message: partition, key, payload, headers.
+struct Input {
+    partition: i32,
+    key: Option<String>,
+    payload: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Input {
+    fn new(partition: i32, payload: impl Into<String>) -> Self {
+        Self { partition, key: None, payload: payload.into(), headers: Vec::new() }
+    }
+}
+
+async fn produce(bootstrap: &str, topic: &str, inputs: &[Input]) -> Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    for window in inputs.chunks(2_000) {
+        let mut pending = Vec::with_capacity(window.len());
+        for input in window {
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in &input.headers {
+                headers = headers.insert(Header { key, value: Some(value) });
+            }
+            let mut record = FutureRecord::to(topic).partition(input.partition).payload(&input.payload).headers(headers);
+            if let Some(key) = &input.key {
+                record = record.key(key);
+            }
+            pending.push(producer.send(record, Duration::from_secs(30)));
+        }
+        for delivery in futures::future::join_all(pending).await {
+            delivery.map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Produces `inputs` in the background at about `per_second`, so a run
+/// lasts long enough for a kill to land in its middle.
+fn produce_paced(bootstrap: &str, topic: &str, inputs: Vec<Input>, per_second: usize) -> tokio::task::JoinHandle<Result<()>> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::spawn(async move {
+        let chunk = (per_second / 10).max(1);
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        for window in inputs.chunks(chunk) {
+            ticks.tick().await;
+            produce(&bootstrap, &topic, window).await?;
+        }
+        Ok(())
+    })
+}
+
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+struct Read {
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    payload: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Read {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `topic` (all partitions, from the start) until `done` says the
+/// messages read so far are enough; `read_committed` skips aborted
+/// transactions. Fails after `within`.
+fn read_until(bootstrap: &str, topic: &str, read_committed: bool, within: Duration, mut done: impl FnMut(&[Read], &BaseConsumer) -> Result<bool>) -> Result<Vec<Read>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" })
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    ensure!(partitions > 0, "topic {topic} has no partitions");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        list.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&list)?;
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while !done(&got, &consumer)? {
+        ensure!(Instant::now() < deadline, "timed out after {within:?} reading {topic} ({} messages read)", got.len());
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => got.push(Read {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                headers: m
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                    .unwrap_or_default(),
+            }),
+            Some(Err(e)) => eprintln!("reader: {e}"),
+            None => {}
+        }
+    }
+    Ok(got)
+}
+
+/// The first `want` messages of `topic`.
+fn read_topic(bootstrap: &str, topic: &str, want: usize, read_committed: bool, within: Duration) -> Result<Vec<Read>> {
+    read_until(bootstrap, topic, read_committed, within, |got, _| Ok(got.len() >= want))
+}
+
+/// Reads `topic` until `n` distinct payloads arrived (duplicates allowed).
+fn read_distinct(bootstrap: &str, topic: &str, n: usize, within: Duration) -> Result<Vec<Read>> {
+    let mut seen = HashSet::new();
+    let mut counted = 0;
+    read_until(bootstrap, topic, false, within, |got, _| {
+        for read in &got[counted..] {
+            seen.insert(read.payload.clone());
+        }
+        counted = got.len();
+        Ok(seen.len() >= n)
+    })
+}
+
+/// Everything `topic` holds now: reads until every partition's position
+/// reaches its end (the topic must have no open transaction).
+fn read_to_end(bootstrap: &str, topic: &str, partitions: i32, read_committed: bool) -> Result<Vec<Read>> {
+    let ends = end_offsets(bootstrap, topic, partitions)?;
+    read_until(bootstrap, topic, read_committed, WITHIN, |_, consumer| {
+        let positions = consumer.position()?;
+        Ok((0..partitions).all(|p| match positions.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o >= ends[p as usize],
+            _ => ends[p as usize] == 0,
+        }))
+    })
+}
+
+/// Offsets the group committed for each partition of `topic` (-1: none).
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create()?;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let offsets = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    Ok((0..partitions)
+        .map(|p| match offsets.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect())
+}
+
+fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    (0..partitions)
+        .map(|p| Ok(consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))
+        .collect()
+}
+
+/// Waits until the group has committed every partition's end offset.
+fn wait_committed_to_end(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let ends = end_offsets(bootstrap, topic, partitions)?;
+    poll_until(&format!("group {group} to commit the end offsets {ends:?} of {topic}"), WITHIN, || {
+        // The group coordinator may still be loading: not yet, not a failure.
+        let now = committed(bootstrap, group, topic, partitions).unwrap_or_default();
+        Ok((now == ends).then_some(now))
+    })
+}
+
+/// One Kafka pipeline's config.
+fn pipeline(name: &str, plugin_name: &str, source: &str, sink: &str, dead_letter: &str, policy: &str) -> String {
+    format!(
+        r#"{runtime}
+shutdown_timeout = "10s"
+
+[pipelines.{name}]
+source = {source}
+sink = {sink}
+dead_letter = {dead_letter}
+
+[pipelines.{name}.plugin]
+path = {plugin}
+
+[pipelines.{name}.policy]
+{policy}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin(plugin_name)),
+    )
+}
+
+fn start(scratch: &Scratch, config: &str, file: &str) -> Result<Running> {
+    scratch.write(file, config)?;
+    Running::spawn(scratch.sluice(&["run", file]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_across_four_partitions_keep_order_and_commit_the_end() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topics(&bootstrap, &[(&input, 4), (&output, 4)]).await?;
+    let n = 10_000;
+    let inputs: Vec<Input> = (0..n)
+        .map(|i| {
+            let p = (i % 4) as i32;
+            Input { partition: p, key: Some(format!("k{p}")), payload: format!("word {i}"), headers: vec![("seq".into(), (i / 4).to_string())] }
+        })
+        .collect();
+    produce(&bootstrap, &input, &inputs).await?;
+
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "upper",
+        "uppercase",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], commit_interval = "200ms" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
+        r#"{ kind = "file", path = "dlq.jsonl" }"#,
+        "concurrency = 4",
+    );
+    let host = start(&scratch, &config, "sluice.toml")?;
+    let outputs = read_topic(&bootstrap, &output, n, false, WITHIN)?;
+    let commits = wait_committed_to_end(&bootstrap, &group, &input, 4)?;
+    assert_eq!(commits, vec![2_500; 4], "each partition committed to its end offset");
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+
+    assert_eq!(outputs.len(), n, "no duplicates in a clean run");
+    // Each input partition's key lands on one output partition, in order.
+    let mut by_key: BTreeMap<String, Vec<(i64, u64, String)>> = BTreeMap::new();
+    for out in &outputs {
+        let seq: u64 = out.header("seq").context("seq header kept")?.parse()?;
+        by_key.entry(out.key.clone().context("key kept")?).or_default().push((out.offset, seq, out.payload.clone()));
+    }
+    assert_eq!(by_key.len(), 4);
+    for (key, mut records) in by_key {
+        records.sort();
+        let seqs: Vec<u64> = records.iter().map(|r| r.1).collect();
+        assert_eq!(seqs, (0..2_500).collect::<Vec<_>>(), "key {key}: outputs in input order");
+        let p: usize = key[1..].parse()?;
+        for (_, seq, payload) in &records {
+            assert_eq!(payload, &format!("WORD {}", seq * 4 + p as u64));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_then_dead_letter_topic_then_the_partition_moves_on() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topics(&bootstrap, &[(&input, 1), (&output, 1), (&dlq, 1)]).await?;
+    let mut poison = Input::new(0, "retry:9");
+    poison.key = Some("poison-key".into());
+    poison.headers = vec![("origin".into(), "test".into())];
+    produce(&bootstrap, &input, &[Input::new(0, "retry:2"), poison, Input::new(0, "ok:after")]).await?;
+
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "chaos",
+        "chaos",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], commit_interval = "100ms" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
+        "max_attempts = 3\nbackoff = { initial = \"10ms\", max = \"20ms\" }",
+    );
+    let host = start(&scratch, &config, "sluice.toml")?;
+    let outputs = read_topic(&bootstrap, &output, 2, false, WITHIN)?;
+    let dead = read_topic(&bootstrap, &dlq, 1, false, WITHIN)?;
+    let commits = wait_committed_to_end(&bootstrap, &group, &input, 1)?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+
+    let payloads: Vec<&str> = outputs.iter().map(|o| o.payload.as_str()).collect();
+    assert_eq!(payloads, ["recovered after 2 failures", "after"], "the retried event, then the one behind the poison");
+    assert_eq!(commits, vec![3]);
+    let dead = &dead[0];
+    assert_eq!(dead.payload, "retry:9", "the original event");
+    assert_eq!(dead.key.as_deref(), Some("poison-key"));
+    assert_eq!(dead.header("origin"), Some("test"), "its headers kept");
+    assert_eq!(dead.header("sluice-dlq-reason"), Some("retries-exhausted"));
+    assert_eq!(dead.header("sluice-dlq-attempts"), Some("3"));
+    assert_eq!(dead.header("sluice-dlq-event-id"), Some(format!("{input}/0/1").as_str()));
+    assert!(dead.header("sluice-dlq-message").is_some_and(|m| m.contains("transient failure (attempt 3 of 9)")), "{dead:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_a_group_and_a_kill_9_loses_nothing() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (input, out_a, out_b, group) = (unique("in"), unique("out-a"), unique("out-b"), unique("group"));
+    create_topics(&bootstrap, &[(&input, 4), (&out_a, 1), (&out_b, 1)]).await?;
+    let n = 20_000;
+    let config = |output: &str| {
+        pipeline(
+            "shared",
+            "passthrough",
+            &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], commit_interval = "100ms", options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }} }}"#),
+            &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
+            r#"{ kind = "file", path = "dlq.jsonl" }"#,
+            "",
+        )
+    };
+    let (a_dir, b_dir) = (Scratch::new()?, Scratch::new()?);
+    let mut a = start(&a_dir, &config(&out_a), "a.toml")?;
+    let b = start(&b_dir, &config(&out_b), "b.toml")?;
+    let producing = produce_paced(&bootstrap, &input, (0..n).map(|i| Input::new((i % 4) as i32, format!("e{i}"))).collect(), 2_000);
+    // Kill once both hosts hold partitions (each has written outputs).
+    poll_until("both hosts to produce outputs", WITHIN, || {
+        let (a_count, b_count) = (end_offsets(&bootstrap, &out_a, 1)?[0], end_offsets(&bootstrap, &out_b, 1)?[0]);
+        Ok((a_count > 500 && b_count > 500).then_some(()))
+    })?;
+    a.kill()?;
+    let killed_at = end_offsets(&bootstrap, &out_a, 1)?[0] + end_offsets(&bootstrap, &out_b, 1)?[0];
+    ensure!(killed_at < n as i64 * 3 / 4, "the run was nearly over before the kill ({killed_at} outputs); the test proves nothing");
+    producing.await??;
+    // Every input reaches an output: the survivor takes the dead host's
+    // partitions after the session timeout and resumes from its commits.
+    let from_a = read_to_end(&bootstrap, &out_a, 1, false)?;
+    let from_b = read_distinct(&bootstrap, &out_b, 1, WITHIN)?;
+    let mut seen: HashSet<String> = from_a.iter().map(|o| o.payload.clone()).collect();
+    poll_until("every input to reach an output", WITHIN * 2, || {
+        let now = read_to_end(&bootstrap, &out_b, 1, false)?;
+        seen.extend(now.into_iter().map(|o| o.payload));
+        Ok((seen.len() >= n).then_some(()))
+    })?;
+    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains(&format!("e{i}"))).collect();
+    assert!(missing.is_empty(), "{} inputs never reached an output, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    ensure!(!from_b.is_empty());
+    wait_committed_to_end(&bootstrap, &group, &input, 4)?;
+    b.terminate()?;
+    b.wait(WITHIN)?.ensure_success()?;
+    let total = end_offsets(&bootstrap, &out_a, 1)?[0] + end_offsets(&bootstrap, &out_b, 1)?[0];
+    eprintln!("outputs: {total} for {n} inputs ({} handled twice after the kill)", total - n as i64);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_kill_9_and_restart() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topics(&bootstrap, &[(&input, 2), (&output, 2), (&dlq, 1)]).await?;
+    let n = 10_000;
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "eos",
+        "passthrough",
+        &format!(
+            r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, commit_interval = "2s", transactional_id = "{group}-tx", options = {{ "session.timeout.ms" = "6000" }} }}"#
+        ),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
+        "",
+    );
+    let mut host = start(&scratch, &config, "sluice.toml")?;
+    let producing = produce_paced(&bootstrap, &input, (0..n).map(|i| Input::new((i % 2) as i32, format!("e{i}"))).collect(), 2_500);
+    // Kill while a transaction is open with records in it: after the first
+    // commit, once the output holds well over what the group committed
+    // (each commit adds one marker per partition, a few at most here).
+    poll_until("an open transaction with records in it", WITHIN, || {
+        let committed_inputs: i64 = committed(&bootstrap, &group, &input, 2).unwrap_or_default().iter().filter(|o| **o > 0).sum();
+        let written: i64 = end_offsets(&bootstrap, &output, 2)?.iter().sum();
+        Ok((committed_inputs > 0 && written - committed_inputs >= 100).then_some(()))
+    })?;
+    host.kill()?;
+    let killed_at: i64 = end_offsets(&bootstrap, &output, 2)?.iter().sum();
+    ensure!(killed_at < n as i64 * 3 / 4, "the run was nearly over before the kill ({killed_at} records); the test proves nothing");
+    producing.await??;
+    let host = start(&scratch, &config, "sluice.toml")?;
+    wait_committed_to_end(&bootstrap, &group, &input, 2)?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+
+    let committed_outputs = read_to_end(&bootstrap, &output, 2, true)?;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for out in &committed_outputs {
+        *counts.entry(out.payload.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).map(|(p, _)| *p).take(10).collect();
+    assert!(twice.is_empty(), "outputs seen more than once by a read_committed reader: {twice:?}");
+    assert_eq!(counts.len(), n, "every input's output");
+    assert_eq!(committed_outputs.len(), n, "and nothing else");
+    // The kill did leave records behind, of the transaction it aborted: a
+    // read_uncommitted reader sees them, a read_committed one did not.
+    let everything = read_to_end(&bootstrap, &output, 2, false)?;
+    assert!(everything.len() > n, "no aborted records: the kill did not hit an open transaction ({} records)", everything.len());
+    eprintln!("read_uncommitted sees {} records, read_committed {n}", everything.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_run_loses_nothing() -> Result<()> {
+    let mut broker = KafkaBroker::start()?;
+    let bootstrap = broker.bootstrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    create_topics(&bootstrap, &[(&input, 2), (&output, 2)]).await?;
+    let n = 10_000;
+    let inputs: Vec<Input> = (0..n / 2).map(|i| Input::new((i % 2) as i32, format!("e{i}"))).collect();
+    produce(&bootstrap, &input, &inputs).await?;
+
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "restart",
+        "passthrough",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], commit_interval = "100ms" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
+        r#"{ kind = "file", path = "dlq.jsonl" }"#,
+        "",
+    );
+    let mut host = start(&scratch, &config, "sluice.toml")?;
+    read_topic(&bootstrap, &output, n / 5, false, WITHIN)?;
+    broker.kill()?;
+
+    // The host keeps running without a broker.
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(host.is_running()?, "sluice exited while the broker was down");
+    broker.restart()?;
+    // The second half arrives after the restart.
+    let rest: Vec<Input> = (n / 2..n).map(|i| Input::new((i % 2) as i32, format!("e{i}"))).collect();
+    produce(&bootstrap, &input, &rest).await?;
+    let all = read_distinct(&bootstrap, &output, n, WITHIN * 2)?;
+    let seen: HashSet<&str> = all.iter().map(|o| o.payload.as_str()).collect();
+    let missing = (0..n).filter(|i| !seen.contains(format!("e{i}").as_str())).count();
+    assert_eq!(missing, 0, "inputs lost across the broker restart");
+    wait_committed_to_end(&bootstrap, &group, &input, 2)?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_reply_topic_gets_its_reply() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (requests, replies, group) = (unique("requests"), unique("replies"), unique("group"));
+    create_topics(&bootstrap, &[(&requests, 1), (&replies, 3)]).await?;
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "rpc",
+        "chaos",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{requests}"], start = "earliest" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}" }}"#),
+        r#"{ kind = "file", path = "dlq.jsonl" }"#,
+        "max_attempts = 1",
+    );
+    let host = start(&scratch, &config, "sluice.toml")?;
+    // The NestJS Kafka transport's request headers.
+    let request = |payload: &str, id: &str| Input {
+        partition: 0,
+        key: None,
+        payload: payload.into(),
+        headers: vec![
+            ("kafka_correlationId".into(), id.into()),
+            ("kafka_replyTopic".into(), replies.clone()),
+            ("kafka_replyPartition".into(), "2".into()),
+        ],
+    };
+    produce(&bootstrap, &requests, &[request("reply:pong", "call-1"), request("reject:bad input", "call-2")]).await?;
+    let got = read_topic(&bootstrap, &replies, 2, false, WITHIN)?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+
+    let by_id: HashMap<&str, &Read> = got.iter().filter_map(|r| Some((r.header("kafka_correlationId")?, r))).collect();
+    let pong = by_id.get("call-1").context("reply to call-1")?;
+    assert_eq!(pong.payload, "pong");
+    assert_eq!(pong.partition, 2, "sent to the partition the caller named");
+    let error = by_id.get("call-2").context("error reply to call-2")?;
+    let body: serde_json::Value = serde_json::from_str(&error.payload)?;
+    assert_eq!(body["error"]["reason"], "rejected");
+    assert_eq!(body["error"]["message"], "bad input");
+    assert_eq!(error.partition, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_or_broker_is_a_clear_startup_error() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let scratch = Scratch::new()?;
+    let missing = unique("nope");
+    let config = pipeline(
+        "bad",
+        "passthrough",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "g", topics = ["{missing}"] }}"#),
+        r#"{ kind = "stdout" }"#,
+        r#"{ kind = "file", path = "dlq.jsonl" }"#,
+        "",
+    );
+    scratch.write("missing.toml", &config)?;
+    let finished = scratch.run(&["run", "missing.toml"])?;
+    finished.ensure_failure()?;
+    assert!(finished.stderr.contains(&format!("topic `{missing}` does not exist on {bootstrap}")), "{}", finished.stderr);
+
+    let port = free_port()?;
+    let config = pipeline(
+        "bad",
+        "passthrough",
+        &format!(r#"{{ kind = "kafka", brokers = "127.0.0.1:{port}", group = "g", topics = ["t"] }}"#),
+        r#"{ kind = "stdout" }"#,
+        r#"{ kind = "file", path = "dlq.jsonl" }"#,
+        "",
+    );
+    scratch.write("unreachable.toml", &config)?;
+    let finished = scratch.run(&["run", "unreachable.toml"])?;
+    finished.ensure_failure()?;
+    assert!(finished.stderr.contains(&format!("no broker of 127.0.0.1:{port} answered")), "{}", finished.stderr);
+    Ok(())
+}
