@@ -314,7 +314,9 @@ fn the_documented_example_loads() -> TestResult {
     let config = sluice::config::parse(block, &docs.with_file_name("sluice.toml"), |name| {
         Some(format!("value-of-{name}"))
     })?;
-    assert_eq!(config.pipelines.len(), 4);
+    assert_eq!(config.pipelines.len(), 5);
+    let kafka = config.pipelines.get("kafka-orders").ok_or("no pipeline `kafka-orders`")?;
+    assert!(matches!(&kafka.source, sluice::config::SourceConfig::Kafka { exactly_once: true, .. }));
     let payments = config.pipelines.get("payments").ok_or("no pipeline `payments`")?;
     assert!(matches!(&payments.source, sluice::config::SourceConfig::Jetstream { stream, .. } if stream == "PAYMENTS"));
     let flat = config
