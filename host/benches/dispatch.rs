@@ -173,6 +173,8 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
         timeout: Duration::from_secs(5),
         redeliver: false,
         version_header: true,
+        max_outputs: 1000,
+        max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
     }
 }

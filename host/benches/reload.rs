@@ -141,6 +141,8 @@ fn dispatcher(slot: Arc<PluginSlot>, sink: Arc<StampSink>) -> Dispatcher {
         timeout: Duration::from_secs(5),
         redeliver: false,
         version_header: true,
+        max_outputs: 1000,
+        max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
     }
 }

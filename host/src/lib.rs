@@ -33,6 +33,7 @@ pub mod dispatch;
 pub mod event;
 pub mod fs;
 pub mod kafka;
+pub mod metrics;
 pub mod nats;
 pub mod pipeline;
 pub mod reload;

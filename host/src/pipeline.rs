@@ -88,7 +88,8 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         Some(sink) => open(sink).await?,
         None => return Err(BuildError::Config("no dead_letter sink".into())),
     };
-    let source = open_source(config, &sinks.connections, transaction).await?;
+    let stats = Arc::new(Stats::default());
+    let source = open_source(config, &sinks.connections, transaction, stats.gauges.source_lag.clone()).await?;
     let policy = &config.policy;
     let max_attempts = match source.max_deliveries() {
         Some(limit) => policy.max_attempts.min(limit),
@@ -112,7 +113,9 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         timeout: policy.timeout,
         redeliver: source.redelivers() && policy.ordering == Ordering::None,
         version_header: policy.version_header,
-        stats: Arc::new(Stats::default()),
+        max_outputs: policy.max_outputs,
+        max_output_bytes: policy.max_output_bytes.as_u64(),
+        stats,
     };
     Ok(Built { dispatcher, source, plugin, pause })
 }
@@ -133,6 +136,7 @@ async fn open_source(
     pipeline: &PipelineConfig,
     connections: &Connections,
     transaction: Option<Arc<Transaction>>,
+    lag: Arc<std::sync::atomic::AtomicI64>,
 ) -> Result<Box<dyn Source>, SourceError> {
     let config = &pipeline.source;
     let connect = || async {
@@ -173,6 +177,7 @@ async fn open_source(
                 ack_wait: *ack_wait,
                 max_ack_pending: *max_ack_pending,
                 fetch_batch: pipeline.policy.batch_size,
+                lag,
             };
             Box::new(JetStreamSource::open(connect().await?, &settings).await?)
         }
@@ -185,6 +190,7 @@ async fn open_source(
                 start: *start,
                 commit_interval: *commit_interval,
                 options: options.clone(),
+                lag,
             };
             Box::new(KafkaSource::open(&settings, transaction).await?)
         }

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, PipelineHandle, Registry};
+use crate::admin::{self, Health, PipelineHandle, PipelineState, Probe, Registry};
 use crate::config::{Config, PipelineConfig};
 use crate::dispatch::StatsSnapshot;
 use crate::pipeline::{self, SinkSet};
@@ -66,6 +66,7 @@ pub async fn run_with_reloads(
         runtime,
         sinks: Arc::new(SinkSet::default()),
         registry: Arc::new(RwLock::new(BTreeMap::new())),
+        health: Health::default(),
         running: BTreeMap::new(),
         finished: finished_tx,
         config: config.clone(),
@@ -75,7 +76,7 @@ pub async fn run_with_reloads(
     let admin_stop = CancellationToken::new();
     if let Some(admin) = &config.admin {
         let token = admin.token.as_ref().map(|t| t.0.clone());
-        match admin::serve(admin.listen, token, supervisor.registry.clone(), admin_stop.clone()).await {
+        match admin::serve(admin.listen, token, supervisor.registry.clone(), supervisor.health.clone(), admin_stop.clone()).await {
             Ok(bound) => tracing::info!(%bound, "admin API listening on {bound}"),
             Err(err) => tracing::error!("cannot start the admin API on {}: {err}", admin.listen),
         }
@@ -94,6 +95,9 @@ pub async fn run_with_reloads(
                 // registered: only the current run's end removes the name.
                 if supervisor.running.get(&ended.name).is_some_and(|r| r.run == ended.run) {
                     supervisor.running.remove(&ended.name);
+                    if !supervisor.config.pipelines.contains_key(&ended.name) {
+                        supervisor.health.remove(&ended.name, ended.run);
+                    }
                     if let Ok(mut registry) = supervisor.registry.write() {
                         registry.remove(&ended.name);
                     }
@@ -148,6 +152,8 @@ struct Supervisor {
     runtime: Runtime,
     sinks: Arc<SinkSet>,
     registry: Registry,
+    /// Pipeline states for `/readyz`.
+    health: Health,
     running: BTreeMap<String, Entry>,
     finished: mpsc::Sender<Running>,
     config: Config,
@@ -163,14 +169,27 @@ impl Supervisor {
         let run = self.runs;
         let stop = self.shutdown.child_token();
         let (done_tx, done) = tokio::sync::watch::channel(false);
-        let (runtime, sinks, registry, finished) = (self.runtime.clone(), self.sinks.clone(), self.registry.clone(), self.finished.clone());
+        let finished = self.finished.clone();
+        self.health.set(&name, run, PipelineState::Starting);
+        let context = RunContext {
+            runtime: self.runtime.clone(),
+            sinks: self.sinks.clone(),
+            registry: self.registry.clone(),
+            health: self.health.clone(),
+            run,
+            watch: self.config.runtime.watch_plugins,
+        };
         let (task_name, task_config, task_stop) = (name.clone(), config.clone(), stop.clone());
-        let watch = self.config.runtime.watch_plugins;
         let task = tokio::spawn(async move {
             if let Some(mut previous) = after {
                 let _ = previous.wait_for(|ended| *ended).await;
             }
-            let report = run_pipeline(&task_name, &task_config, &runtime, &sinks, &registry, task_stop, watch).await;
+            let report = run_pipeline(&task_name, &task_config, &context, task_stop).await;
+            let state = match &report.error {
+                Some(error) => PipelineState::Failed(error.clone()),
+                None => PipelineState::Finished,
+            };
+            context.health.set(&task_name, run, state);
             let _ = done_tx.send(true);
             let _ = finished.send(Running { name: task_name, run, report }).await;
         });
@@ -236,16 +255,21 @@ impl Supervisor {
     }
 }
 
-/// Builds, registers and runs one pipeline to its end.
-async fn run_pipeline(
-    name: &str,
-    config: &PipelineConfig,
-    runtime: &Runtime,
-    sinks: &SinkSet,
-    registry: &Registry,
-    stop: CancellationToken,
+/// What a pipeline's run shares with the supervisor.
+struct RunContext {
+    runtime: Runtime,
+    sinks: Arc<SinkSet>,
+    registry: Registry,
+    health: Health,
+    /// Which run of the pipeline's name this is.
+    run: u64,
+    /// Watch the plugin file for changes.
     watch: bool,
-) -> PipelineReport {
+}
+
+/// Builds, registers and runs one pipeline to its end.
+async fn run_pipeline(name: &str, config: &PipelineConfig, context: &RunContext, stop: CancellationToken) -> PipelineReport {
+    let RunContext { runtime, sinks, registry, health, run, watch } = context;
     let built = match pipeline::build(name, config, runtime, sinks).await {
         Ok(built) => built,
         Err(err) => {
@@ -262,14 +286,16 @@ async fn run_pipeline(
         versions: versions.clone(),
         pause: built.pause,
         stats: dispatcher.stats.clone(),
+        probes: connection_probes(config, sinks).await,
     });
     if let Ok(mut registry) = registry.write() {
         registry.insert(name.to_owned(), handle);
     }
+    health.set(name, *run, PipelineState::Running);
     // The pipeline watches its own plugin file for as long as it runs.
     let watching = CancellationToken::new();
     let _stop_watching = watching.clone().drop_guard();
-    if watch {
+    if *watch {
         if let Err(err) = reload::watch::spawn(vec![versions], watching) {
             tracing::warn!(pipeline = %name, "cannot watch the plugin file; reload it through the admin API: {err}");
         }
@@ -283,4 +309,33 @@ async fn run_pipeline(
         Err(err) => tracing::error!(pipeline = %name, ?stats, "pipeline stopped: {err}"),
     }
     PipelineReport { name: name.to_owned(), stats, error: result.err().map(|e| e.to_string()) }
+}
+
+/// Probes of the NATS connections a pipeline uses (its source's and its
+/// sinks'): not ready while one is disconnected. Kafka clients reconnect on
+/// their own and have no connection state to probe; their trouble shows in
+/// the logs and in `sluice_source_lag`.
+async fn connection_probes(config: &PipelineConfig, sinks: &SinkSet) -> Vec<Probe> {
+    let servers = config
+        .source
+        .nats_server()
+        .into_iter()
+        .chain(std::iter::once(&config.sink).chain(config.routes.values()).chain(config.dead_letter.iter()).filter_map(|s| s.nats_server()));
+    let mut unique = Vec::new();
+    for server in servers {
+        if !unique.contains(&server) {
+            unique.push(server);
+        }
+    }
+    let mut probes = Vec::new();
+    for server in unique {
+        if let Ok(client) = sinks.connections.get(&server).await {
+            let url = server.url.clone();
+            probes.push(Arc::new(move || match client.connection_state() {
+                async_nats::connection::State::Connected => Ok(()),
+                state => Err(format!("NATS connection to {url} is {state:?}")),
+            }) as Probe);
+        }
+    }
+    probes
 }

@@ -8,6 +8,9 @@
 //! | `PUT /pipelines/{name}/plugin[?sha256=…]` | upload a new version (the body is the `.wasm`) | yes |
 //! | `POST /pipelines/{name}/rollback` | back to the previous version | yes |
 //! | `POST /pipelines/{name}/pause`, `/resume` | stop / restart taking events from the source | yes |
+//! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]) | no |
+//! | `GET /healthz` | 200 while the process serves requests | no |
+//! | `GET /readyz` | 200 when every pipeline runs (or finished) and its broker connections are up; 503 with the reasons otherwise | no |
 //!
 //! It listens on loopback unless configured otherwise. Mutating endpoints
 //! need `Authorization: Bearer <admin.token>`; with no token configured they
@@ -26,6 +29,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+pub mod health;
+
+pub use health::{Health, PipelineState, Probe};
+
 use crate::dispatch::{Stats, StatsSnapshot};
 use crate::reload::{Origin, PluginStatus, PluginVersions, ReloadError};
 
@@ -41,6 +48,8 @@ pub struct PipelineHandle {
     pub versions: Arc<PluginVersions>,
     pub pause: tokio::sync::watch::Sender<bool>,
     pub stats: Arc<Stats>,
+    /// Checks of the broker connections it uses, for `/readyz`.
+    pub probes: Vec<Probe>,
 }
 
 /// The running pipelines by name, kept by the supervisor.
@@ -71,16 +80,26 @@ impl PipelineHandle {
 
 struct AdminState {
     registry: Registry,
+    health: Health,
     token: Option<String>,
 }
 
 /// Starts the admin server on `listen`; it stops when `stop` fires. Returns
 /// the address it is bound to (port 0 picks a free one).
-pub async fn serve(listen: SocketAddr, token: Option<String>, registry: Registry, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    listen: SocketAddr,
+    token: Option<String>,
+    registry: Registry,
+    health: Health,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
-    let state = Arc::new(AdminState { registry, token });
+    let state = Arc::new(AdminState { registry, health, token });
     let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .route("/pipelines", get(list))
         .route("/pipelines/{name}", get(show))
         .route("/pipelines/{name}/reload", post(reload))
@@ -151,6 +170,35 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Failure> {
 /// does not tell an attacker how much of a guess was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Answer {
+    let body = crate::metrics::render(&state.registry)
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render metrics: {e}")))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response())
+}
+
+/// Ready when every pipeline runs (or ran to its end) and each running
+/// one's probes pass; otherwise 503 with each pipeline's reason.
+async fn ready(State(state): State<Arc<AdminState>>) -> Answer {
+    let handles: BTreeMap<String, Arc<PipelineHandle>> = match state.registry.read() {
+        Ok(registry) => registry.clone(),
+        Err(_) => BTreeMap::new(),
+    };
+    let mut ready = true;
+    let mut pipelines = serde_json::Map::new();
+    for (name, pipeline_state) in state.health.states() {
+        let problems: Vec<String> = match (&pipeline_state, handles.get(&name)) {
+            (PipelineState::Running, Some(handle)) => handle.probes.iter().filter_map(|probe| probe().err()).collect(),
+            (PipelineState::Running | PipelineState::Finished, _) => Vec::new(),
+            (PipelineState::Starting, _) => vec!["starting".into()],
+            (PipelineState::Failed(reason), _) => vec![reason.clone()],
+        };
+        ready &= problems.is_empty();
+        pipelines.insert(name, json!({ "state": pipeline_state, "ready": problems.is_empty(), "problems": problems }));
+    }
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, Json(json!({ "ready": ready, "pipelines": pipelines }))).into_response())
 }
 
 async fn list(State(state): State<Arc<AdminState>>) -> Answer {

@@ -5,6 +5,7 @@ mod check;
 mod inspect;
 mod logging;
 mod run;
+mod status;
 mod test_plugin;
 
 use std::path::PathBuf;
@@ -39,6 +40,16 @@ enum Command {
     Check {
         /// The config file (TOML).
         config: PathBuf,
+    },
+    /// Show what a running host does: pipelines, plugin versions, rates,
+    /// failures (from its admin API).
+    Status {
+        /// The admin API's address (`[admin] listen` of the running host).
+        #[arg(long, default_value = "127.0.0.1:9090", env = "SLUICE_ADMIN")]
+        admin: String,
+        /// Time between the two samples the rates come from.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
     },
     /// Plugin author tools.
     #[command(subcommand)]
@@ -100,6 +111,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
+        Command::Status { admin, interval } => status::status(&status::Options { admin, interval }),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
         Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect }) => {
             let options = test_plugin::Options { config, format, timeout, memory, expect };

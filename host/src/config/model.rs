@@ -570,6 +570,15 @@ pub struct PolicyConfig {
     /// (every message becomes a message with headers).
     #[serde(default = "default_true")]
     pub version_header: bool,
+    /// Outputs one event may produce, at most. More is treated as a plugin
+    /// bug: the event is rejected (dead-lettered) with the count. Default
+    /// 1000. Bounds what a runaway guest can make the host buffer and send.
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: usize,
+    /// Bytes (payloads, keys and headers) of one event's outputs, at most;
+    /// more rejects the event, as for `max_outputs`. Default 16 MiB.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: ByteSize,
 }
 
 impl Default for PolicyConfig {
@@ -583,10 +592,18 @@ impl Default for PolicyConfig {
             ordering: Ordering::default(),
             batch_size: default_batch_size(),
             version_header: true,
+            max_outputs: default_max_outputs(),
+            max_output_bytes: default_max_output_bytes(),
         }
     }
 }
 
+fn default_max_outputs() -> usize {
+    1000
+}
+fn default_max_output_bytes() -> ByteSize {
+    ByteSize::mib(16)
+}
 fn default_max_attempts() -> u32 {
     5
 }

@@ -122,6 +122,12 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
     if policy.batch_size == 0 || policy.batch_size > 4096 {
         return Err(("policy.batch_size", format!("must be between 1 and 4096, got {}", policy.batch_size)));
     }
+    if policy.max_outputs == 0 {
+        return Err(("policy.max_outputs", "must be at least 1 (a plugin that returns nothing filters the event; that needs no outputs)".into()));
+    }
+    if policy.max_output_bytes.as_u64() == 0 {
+        return Err(("policy.max_output_bytes", "must be more than 0 bytes, e.g. \"16MiB\"".into()));
+    }
     if policy.timeout.is_zero() {
         return Err(("policy.timeout", "must be greater than zero, e.g. \"5s\" or \"250ms\"".into()));
     }

@@ -13,6 +13,10 @@ use crate::runtime::{CallError, Instance, LoadedPlugin};
 pub trait Handler: Send + 'static {
     /// One result per event, in order, or a failure of the whole call.
     fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError>;
+    /// Linear memory the instance holds, in bytes (for the memory gauge).
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Makes handlers: one per lane, and a fresh one after a failure.
@@ -31,6 +35,9 @@ pub trait HandlerFactory: Send + Sync + 'static {
 impl Handler for Instance {
     fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
         Instance::handle(self, events)
+    }
+    fn memory_bytes(&self) -> u64 {
+        Instance::memory_bytes(self)
     }
 }
 

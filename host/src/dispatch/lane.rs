@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::{self, Failure, Reason};
 use super::publish::{self, Conclusion, FailedRequest};
 use super::route::Request;
+use super::stats::ErrorKind;
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
@@ -31,6 +32,18 @@ enum Failed {
 }
 
 impl Failed {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) => ErrorKind::Rejected,
+            Failed::Handler(_) => ErrorKind::Retryable,
+            Failed::Call(CallError::Timeout(_)) => ErrorKind::Timeout,
+            Failed::Call(CallError::MemoryLimit { .. }) => ErrorKind::Memory,
+            Failed::Call(CallError::Trap(_)) => ErrorKind::Trap,
+            Failed::Call(CallError::Contract(_)) => ErrorKind::Contract,
+            Failed::Call(CallError::Start(_)) => ErrorKind::Start,
+        }
+    }
+
     fn message(&self) -> String {
         match self {
             Failed::Handler(e) => e.message.clone(),
@@ -57,6 +70,8 @@ pub(super) struct Lane {
     /// Concluded events of the current batch, handed to the publisher in one
     /// message per batch rather than one per event.
     concluded: Vec<Conclusion>,
+    /// Linear memory of this lane's instance, as last counted in the gauge.
+    memory: u64,
 }
 
 impl Lane {
@@ -72,6 +87,7 @@ impl Lane {
             failed,
             abandoning: false,
             concluded: Vec::new(),
+            memory: 0,
         }
     }
 
@@ -172,7 +188,7 @@ impl Lane {
             let failed = match result {
                 Ok(outputs) => {
                     let request = Request::of(event.reply_to.take(), &event.headers);
-                    match self.d.router.check(&outputs, request.as_ref()) {
+                    match self.within_caps(&outputs).and_then(|()| self.d.router.check(&outputs, request.as_ref())) {
                         Ok(()) => {
                             let digest = self.version.factory.digest_arc();
                             self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack });
@@ -191,6 +207,7 @@ impl Lane {
             let now = SystemTime::now();
             let first = *first_failure.get_or_insert(now);
             let message = failed.message();
+            self.d.stats.errors.add(failed.kind());
             if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
                 let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
                 self.dead_letter(event, &failure, ack);
@@ -275,6 +292,30 @@ impl Lane {
             .map_err(|_| DispatchError::Lane(format!("lane {} publisher stopped", self.id)))
     }
 
+    /// Whether an event's outputs stay within the policy's caps; a guest
+    /// that returns more is buggy or hostile, and its event is rejected.
+    fn within_caps(&self, outputs: &[Output]) -> Result<(), String> {
+        if outputs.len() > self.d.max_outputs {
+            return Err(format!("the plugin returned {} outputs for one event, over policy.max_outputs ({})", outputs.len(), self.d.max_outputs));
+        }
+        let bytes: u64 = outputs
+            .iter()
+            .map(|o| (o.payload.len() + o.key.as_ref().map_or(0, Vec::len) + o.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()) as u64)
+            .sum();
+        if bytes > self.d.max_output_bytes {
+            return Err(format!("the plugin returned {bytes} bytes of outputs for one event, over policy.max_output_bytes ({} bytes)", self.d.max_output_bytes));
+        }
+        Ok(())
+    }
+
+    /// Moves the pipeline's memory gauge by this lane's instance's change.
+    fn set_memory(&mut self, bytes: u64) {
+        if bytes != self.memory {
+            self.d.stats.gauges.memory_changed(bytes as i64 - self.memory as i64);
+            self.memory = bytes;
+        }
+    }
+
     /// Runs the plugin on a blocking thread (guest code must not stall the
     /// async runtime), creating an instance first if the last one failed.
     async fn call(&mut self, events: Vec<Event>) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
@@ -292,19 +333,24 @@ impl Lane {
                 Some(handler) => handler,
                 None => match factory.create() {
                     Ok(handler) => handler,
-                    Err(e) => return (None, Err(CallError::Start(e))),
+                    Err(e) => return (None, Err(CallError::Start(e)), Duration::ZERO, 0),
                 },
             };
+            let started = std::time::Instant::now();
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&input)))
                 .unwrap_or_else(|_| Err(CallError::Trap("the host panicked while calling the plugin".into())));
+            let took = started.elapsed();
             let keep = result.is_ok().then_some(handler);
-            (keep, result)
+            let memory = keep.as_ref().map_or(0, |h| h.memory_bytes());
+            (keep, result, took, memory)
         });
         let budget = self.d.timeout.saturating_mul(events.len().max(1) as u32);
         let result = match tokio::time::timeout(budget + WATCHDOG_GRACE, call).await {
             Ok(joined) => {
-                let (handler, result) = joined.map_err(|e| DispatchError::Lane(format!("plugin call: {e}")))?;
+                let (handler, result, took, memory) = joined.map_err(|e| DispatchError::Lane(format!("plugin call: {e}")))?;
                 self.handler = handler;
+                self.d.stats.timings.call.observe(took.as_secs_f64());
+                self.set_memory(memory);
                 result
             }
             Err(_) => {
@@ -313,11 +359,18 @@ impl Lane {
                     lane = self.id,
                     "plugin call overran its deadline by {WATCHDOG_GRACE:?} (blocked in a host call?); abandoning its instance"
                 );
+                self.set_memory(0);
                 Err(CallError::Timeout(budget))
             }
         };
         let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
         Ok((events, result))
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.set_memory(0);
     }
 }
 

@@ -81,6 +81,10 @@ pub struct Dispatcher {
     pub redeliver: bool,
     /// Add `sluice-plugin-digest` (the version that made it) to every output.
     pub version_header: bool,
+    /// Caps on one event's outputs (`policy.max_outputs`,
+    /// `policy.max_output_bytes`); over them, the event is rejected.
+    pub max_outputs: usize,
+    pub max_output_bytes: u64,
     pub stats: Arc<Stats>,
 }
 

@@ -6,6 +6,7 @@
 //! plugin handling batch N+1, and waiting for durability overlaps with both.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -81,12 +82,13 @@ pub(super) fn start(
 
 async fn publish(
     mut rx: mpsc::Receiver<Vec<Conclusion>>,
-    pending: mpsc::Sender<Vec<Pending>>,
+    pending: mpsc::Sender<(Instant, Vec<Pending>)>,
     d: &Dispatcher,
     failed: &CancellationToken,
 ) -> Result<(), DispatchError> {
     let stats = &d.stats;
     while let Some(batch) = rx.recv().await {
+        let started = Instant::now();
         let mut sent = Vec::with_capacity(batch.len());
         for conclusion in batch {
             let result = match conclusion {
@@ -110,12 +112,13 @@ async fn publish(
                     // What was sent before may still become durable: let the
                     // completer settle it; everything else is handed back.
                     failed.cancel();
-                    let _ = pending.send(sent).await;
+                    Stats::add(&stats.sink_failures, 1);
+                    let _ = pending.send((started, sent)).await;
                     return Err(err.into());
                 }
             }
         }
-        if pending.send(sent).await.is_err() {
+        if pending.send((started, sent)).await.is_err() {
             // The completer stopped on a failure; it reports it.
             return Ok(());
         }
@@ -168,20 +171,22 @@ async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&Failed
     Ok(receipts)
 }
 
-/// Waits for each event's receipts in order, then acks it.
-async fn complete(mut rx: mpsc::Receiver<Vec<Pending>>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
-    while let Some(batch) = rx.recv().await {
+/// Waits for each event's receipts in order, then acks it. Records how long
+/// each batch took from its first send to its last record being durable.
+async fn complete(mut rx: mpsc::Receiver<(Instant, Vec<Pending>)>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
+    while let Some((started, batch)) = rx.recv().await {
         let mut acked = 0;
         let mut events = batch.into_iter();
         while let Some(Pending { ack, settlement, receipts }) = events.next() {
             for receipt in receipts {
                 if let Err(err) = receipt.wait().await {
                     failed.cancel();
+                    Stats::add(&stats.sink_failures, 1);
                     Stats::add(&stats.acked, acked);
                     // `ack`, the rest of this batch and the queue drop: handed back.
                     let mut queued = 1 + events.len();
                     while let Ok(batch) = rx.try_recv() {
-                        queued += batch.len();
+                        queued += batch.1.len();
                     }
                     Stats::add(&stats.abandoned, queued as u64);
                     return Err(err.into());
@@ -190,6 +195,7 @@ async fn complete(mut rx: mpsc::Receiver<Vec<Pending>>, stats: Arc<Stats>, faile
             ack.settle(settlement);
             acked += 1;
         }
+        stats.timings.publish.observe(started.elapsed().as_secs_f64());
         Stats::add(&stats.acked, acked);
     }
     Ok(())

@@ -1,13 +1,23 @@
-//! Per-pipeline counters. Relaxed atomics: each is a tally, read for reports.
+//! Per-pipeline counters, gauges and latency histograms. Relaxed atomics:
+//! each is a tally, read for reports, the admin API and `/metrics`
+//! (rendered by [`crate::metrics`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
 macro_rules! stats {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         #[derive(Debug, Default)]
-        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Failed attempts by kind.
+            pub errors: ErrorCounts,
+            pub gauges: Gauges,
+            pub timings: Timings,
+        }
 
         /// A point-in-time copy of [`Stats`].
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -45,6 +55,109 @@ stats! {
     abandoned,
     /// Replies dropped because the event had no reply-to.
     replies_dropped,
+    /// Records a sink failed to deliver (each stops the pipeline).
+    sink_failures,
+}
+
+/// What a failed attempt was, for `sluice_handler_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The handler returned a retryable error.
+    Retryable,
+    /// The handler rejected the event (or returned an output that cannot be
+    /// sent, or too many or too large outputs).
+    Rejected,
+    Trap,
+    Timeout,
+    /// The instance hit its memory cap.
+    Memory,
+    /// The plugin broke the contract (e.g. a batch result of the wrong length).
+    Contract,
+    /// A new instance could not start (its `init` failed).
+    Start,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 7] =
+        [Self::Retryable, Self::Rejected, Self::Trap, Self::Timeout, Self::Memory, Self::Contract, Self::Start];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Rejected => "rejected",
+            Self::Trap => "trap",
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::Contract => "contract",
+            Self::Start => "start",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ErrorCounts([AtomicU64; 7]);
+
+impl ErrorCounts {
+    pub fn add(&self, kind: ErrorKind) {
+        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, kind: ErrorKind) -> u64 {
+        self.0[kind as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Levels rather than tallies.
+#[derive(Debug)]
+pub struct Gauges {
+    /// Linear memory of the pipeline's live plugin instances, in bytes.
+    pub memory_bytes: AtomicU64,
+    /// The most `memory_bytes` has been.
+    pub memory_peak_bytes: AtomicU64,
+    /// Messages the source's broker holds that the pipeline has not taken
+    /// yet (Kafka consumer lag, JetStream pending); -1 when not known.
+    /// Shared with the source, which reports into it.
+    pub source_lag: Arc<AtomicI64>,
+}
+
+impl Default for Gauges {
+    fn default() -> Self {
+        Self { memory_bytes: AtomicU64::new(0), memory_peak_bytes: AtomicU64::new(0), source_lag: Arc::new(AtomicI64::new(-1)) }
+    }
+}
+
+impl Gauges {
+    /// Instance memory grew (or shrank, when an instance is dropped) by `delta`.
+    pub fn memory_changed(&self, delta: i64) {
+        let now = if delta >= 0 {
+            self.memory_bytes.fetch_add(delta as u64, Ordering::Relaxed) + delta as u64
+        } else {
+            let down = delta.unsigned_abs();
+            self.memory_bytes.fetch_sub(down, Ordering::Relaxed).saturating_sub(down)
+        };
+        self.memory_peak_bytes.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// Latency histograms, in seconds.
+#[derive(Debug)]
+pub struct Timings {
+    /// One plugin call (a batch of up to `policy.batch_size` events).
+    pub call: Histogram,
+    /// From sending an event's records to all of them being durable.
+    pub publish: Histogram,
+}
+
+/// 50 µs to ~3.3 s, doubling: plugin calls and broker round trips both land
+/// in the middle of it.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 17)
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self { call: Histogram::new(latency_buckets()), publish: Histogram::new(latency_buckets()) }
+    }
 }
 
 impl Stats {

@@ -237,6 +237,8 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
         timeout: Duration::from_secs(5),
         redeliver: false,
         version_header: true,
+        max_outputs: 1000,
+        max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
     };
     Harness { out, dlq, calls, dispatcher }

@@ -62,12 +62,18 @@ impl WasiView for PluginState {
 struct MemoryCap {
     limit: u64,
     hit: bool,
+    /// Linear memory granted so far (the largest memory's size; plugins
+    /// have one).
+    granted: u64,
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired as u64 <= self.limit;
         self.hit |= !allowed;
+        if allowed {
+            self.granted = self.granted.max(desired as u64);
+        }
         Ok(allowed)
     }
 
@@ -88,6 +94,11 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Linear memory the instance holds, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.granted
+    }
+
     /// A store with every limit in force before the first instruction: the
     /// memory cap (so instantiation's initial memory and a start function's
     /// growth are capped too) and a deadline of one `timeout` (so a start
@@ -105,6 +116,7 @@ impl Instance {
             limiter: MemoryCap {
                 limit: memory_limit,
                 hit: false,
+                granted: 0,
             },
             log,
         };

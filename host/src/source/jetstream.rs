@@ -46,6 +46,8 @@ pub struct JetStreamSettings {
     pub max_ack_pending: usize,
     /// Messages asked for per pull request.
     pub fetch_batch: usize,
+    /// Where the consumer's pending count is reported (the pipeline's gauge).
+    pub lag: Arc<std::sync::atomic::AtomicI64>,
 }
 
 pub struct JetStreamSource {
@@ -53,6 +55,7 @@ pub struct JetStreamSource {
     shared: Arc<Shared>,
     acker: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    lag: tokio::task::JoinHandle<()>,
     describe: String,
     max_deliver: Option<u32>,
     /// Transient pull errors in a row, to log the first and then quietly.
@@ -148,7 +151,8 @@ impl JetStreamSource {
         });
         let acker = tokio::spawn(run_acker(client, from_sources, describe.clone()));
         let heartbeat = tokio::spawn(run_heartbeat(Arc::downgrade(&shared), ack_wait));
-        Ok(Self { messages, shared, acker, heartbeat, describe, max_deliver, errors_in_a_row: 0 })
+        let lag = tokio::spawn(report_pending(consumer, settings.lag.clone()));
+        Ok(Self { messages, shared, acker, heartbeat, lag, describe, max_deliver, errors_in_a_row: 0 })
     }
 
     fn delivery(&self, message: jetstream::Message) -> Result<Delivery, SourceError> {
@@ -224,6 +228,7 @@ impl Source for JetStreamSource {
 
     async fn close(&mut self) -> Result<(), SourceError> {
         self.heartbeat.abort();
+        self.lag.abort();
         // Every ack is queued by now: push them to the server before leaving.
         let (done, flushed) = oneshot::channel();
         if self.shared.to_acker.send(AckMessage::Flush(done)).is_ok() {
@@ -312,6 +317,18 @@ async fn run_heartbeat(shared: std::sync::Weak<Shared>, ack_wait: Duration) {
         };
         for reply in due {
             let _ = shared.to_acker.send(AckMessage::Send(reply, AckKind::Progress));
+        }
+    }
+}
+
+/// Reports the consumer's pending messages (not yet delivered) every 5 s.
+async fn report_pending(consumer: PullConsumer, lag: Arc<std::sync::atomic::AtomicI64>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(5));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Ok(info) = consumer.get_info().await {
+            lag.store(i64::try_from(info.num_pending).unwrap_or(i64::MAX), std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct KafkaSettings {
     pub start: StartFrom,
     pub commit_interval: Duration,
     pub options: std::collections::BTreeMap<String, Secret>,
+    /// Where the consumer lag is reported (the pipeline's gauge).
+    pub lag: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// What the source, its acks, the committer and the rebalance callback share.
@@ -97,6 +99,7 @@ pub struct SourceContext {
     base: Context,
     shared: Arc<Shared>,
     transaction: Option<Arc<Transaction>>,
+    lag: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl ClientContext for SourceContext {
@@ -105,6 +108,18 @@ impl ClientContext for SourceContext {
     }
     fn error(&self, error: KafkaError, reason: &str) {
         self.base.error(error, reason)
+    }
+    /// librdkafka's statistics (every `statistics.interval.ms`): the
+    /// consumer lag of the assigned partitions, summed.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -231,7 +246,16 @@ impl KafkaSource {
             closing: std::sync::atomic::AtomicBool::new(false),
             describe: describe.clone(),
         });
-        let context = SourceContext { base: Context::new(describe.clone()), shared: shared.clone(), transaction: transaction.clone() };
+        if !settings.options.contains_key("statistics.interval.ms") {
+            // Consumer lag for `sluice_source_lag`.
+            config.set("statistics.interval.ms", "5000");
+        }
+        let context = SourceContext {
+            base: Context::new(describe.clone()),
+            shared: shared.clone(),
+            transaction: transaction.clone(),
+            lag: settings.lag.clone(),
+        };
         let consumer: StreamConsumer<SourceContext> =
             config.create_with_context(context).map_err(|e| failed(format!("cannot create the consumer: {e}")))?;
         let consumer = Arc::new(consumer);

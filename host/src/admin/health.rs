@@ -1,0 +1,58 @@
+//! What `/readyz` answers from: each pipeline's state as the supervisor
+//! last set it, and each running pipeline's connection probes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+/// Where a pipeline is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "kebab-case")]
+pub enum PipelineState {
+    /// Loading its plugin, connecting its source and sinks.
+    Starting,
+    Running,
+    /// Ran to its end (a file source without `follow`).
+    Finished,
+    /// Did not start, or stopped on an error: the reason.
+    Failed(String),
+}
+
+/// A check of something a running pipeline depends on (a broker
+/// connection): `Err` says what is wrong.
+pub type Probe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Pipeline states by name, with the run that set each, so an old run of a
+/// restarted pipeline cannot overwrite the new run's state.
+#[derive(Default, Clone)]
+pub struct Health(Arc<RwLock<BTreeMap<String, (u64, PipelineState)>>>);
+
+impl Health {
+    pub fn set(&self, name: &str, run: u64, state: PipelineState) {
+        if let Ok(mut states) = self.0.write() {
+            match states.get(name) {
+                Some((newer, _)) if *newer > run => {}
+                _ => {
+                    states.insert(name.to_owned(), (run, state));
+                }
+            }
+        }
+    }
+
+    /// Forgets a pipeline removed from the config (if `run` is its last).
+    pub fn remove(&self, name: &str, run: u64) {
+        if let Ok(mut states) = self.0.write() {
+            if states.get(name).is_some_and(|(last, _)| *last == run) {
+                states.remove(name);
+            }
+        }
+    }
+
+    pub fn states(&self) -> BTreeMap<String, PipelineState> {
+        match self.0.read() {
+            Ok(states) => states.iter().map(|(name, (_, state))| (name.clone(), state.clone())).collect(),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `sluice status`: what a running host is doing, as a table, from its
+//! admin API (`GET /pipelines`, sampled twice for rates).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+pub struct Options {
+    /// The admin API's address, e.g. `127.0.0.1:9090`.
+    pub admin: String,
+    /// Time between the two samples the rates come from.
+    pub interval: Duration,
+}
+
+pub fn status(options: &Options) -> Result<ExitCode> {
+    let base = if options.admin.contains("://") { options.admin.clone() } else { format!("http://{}", options.admin) };
+    let first = fetch(&base)?;
+    let started = Instant::now();
+    std::thread::sleep(options.interval);
+    let second = fetch(&base)?;
+    let elapsed = started.elapsed().as_secs_f64().max(0.001);
+    print!("{}", render(&first, &second, elapsed));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fetch(base: &str) -> Result<Value> {
+    let url = format!("{base}/pipelines");
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+    let mut response = agent
+        .get(&url)
+        .call()
+        .with_context(|| format!("cannot reach the admin API at {url}; is `sluice run` running with an [admin] section, and is this its `listen` address?"))?;
+    let body: Value = response.body_mut().read_json().with_context(|| format!("{url} did not answer with JSON"))?;
+    if body.get("pipelines").and_then(Value::as_array).is_none() {
+        bail!("{url} answered without a `pipelines` list: is it a sluice admin API?");
+    }
+    Ok(body)
+}
+
+/// The table: one row per pipeline of `second`, rates from the difference.
+fn render(first: &Value, second: &Value, elapsed: f64) -> String {
+    let empty = Vec::new();
+    let before = first["pipelines"].as_array().unwrap_or(&empty);
+    let now = second["pipelines"].as_array().unwrap_or(&empty);
+    let count = |p: &Value, field: &str| p["stats"][field].as_u64().unwrap_or(0);
+    let header = ["PIPELINE", "STATE", "PLUGIN", "VERSION", "RECEIVED", "IN/S", "OUTPUTS", "OUT/S", "FAILURES", "DEAD", "IN-FLIGHT", "RELOADS"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for pipeline in now {
+        let name = pipeline["name"].as_str().unwrap_or("?");
+        let earlier = before.iter().find(|p| p["name"].as_str() == Some(name));
+        let rate = |field: &str| {
+            let was = earlier.map_or(0, |p| count(p, field));
+            format!("{:.0}", count(pipeline, field).saturating_sub(was) as f64 / elapsed)
+        };
+        let plugin = &pipeline["plugin"];
+        let digest = plugin["current"]["sha256"].as_str().unwrap_or("");
+        let in_flight = count(pipeline, "received").saturating_sub(count(pipeline, "acked") + count(pipeline, "abandoned") + count(pipeline, "redelivered"));
+        rows.push(vec![
+            name.to_owned(),
+            pipeline["state"].as_str().unwrap_or("?").to_owned(),
+            plugin["name"].as_str().unwrap_or("-").to_owned(),
+            digest.get(..12).unwrap_or(digest).to_owned(),
+            count(pipeline, "received").to_string(),
+            rate("received"),
+            count(pipeline, "outputs").to_string(),
+            rate("outputs"),
+            count(pipeline, "failures").to_string(),
+            count(pipeline, "dead_lettered").to_string(),
+            in_flight.to_string(),
+            plugin["reloads"].as_u64().unwrap_or(0).to_string(),
+        ]);
+    }
+    if now.is_empty() {
+        return "no pipelines are running\n".into();
+    }
+    let widths: Vec<usize> = (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+    use serde_json::json;
+
+    #[test]
+    fn rates_come_from_the_difference_between_samples() {
+        let sample = |received: u64, acked: u64| {
+            json!({ "pipelines": [{
+                "name": "orders", "state": "running",
+                "plugin": { "name": "enricher", "reloads": 2, "current": { "sha256": "0123456789abcdef0123" } },
+                "stats": { "received": received, "outputs": acked, "acked": acked, "failures": 1, "dead_lettered": 1, "abandoned": 0, "redelivered": 0 }
+            }]})
+        };
+        let table = render(&sample(100, 90), &sample(300, 280), 2.0);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("PIPELINE  STATE"), "{table}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells, ["orders", "running", "enricher", "0123456789ab", "300", "100", "280", "95", "1", "1", "20", "2"]);
+    }
+}

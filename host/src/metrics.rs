@@ -1,0 +1,156 @@
+//! Prometheus metrics, rendered on each scrape of the admin server's
+//! `/metrics` from the running pipelines' own counters ([`Stats`]), so there
+//! is one source of truth and a removed pipeline's series disappear with it.
+//!
+//! The names and labels are an interface (documented in
+//! docs/operations.md). Labels are `pipeline` and `plugin` (and `kind` for
+//! errors): their number is bounded by the config, never by event data.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry as PromRegistry;
+
+use crate::admin::{PipelineHandle, Registry};
+use crate::dispatch::stats::ErrorKind;
+use crate::dispatch::{Stats, StatsSnapshot};
+
+/// The content type of [`render`]'s output (OpenMetrics text, which
+/// Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The exposition of every running pipeline.
+pub fn render(pipelines: &Registry) -> Result<String, std::fmt::Error> {
+    let mut registry = PromRegistry::default();
+    registry.register_collector(Box::new(Pipelines(pipelines.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+struct Pipelines(Registry);
+
+impl std::fmt::Debug for Pipelines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pipelines")
+    }
+}
+
+/// One pipeline at the time of the scrape.
+struct Row {
+    labels: [(&'static str, String); 2],
+    handle: Arc<PipelineHandle>,
+    counts: StatsSnapshot,
+    reloads: u64,
+    rejections: u64,
+}
+
+impl Row {
+    fn stats(&self) -> &Stats {
+        &self.handle.stats
+    }
+}
+
+type Counts = fn(&Row) -> u64;
+
+/// Counters: name (without `_total`), help, value.
+const COUNTERS: [(&str, &str, Counts); 13] = [
+    ("sluice_events_received", "Events taken from the source.", |r| r.counts.received),
+    ("sluice_plugin_calls", "Calls into the plugin (one per batch).", |r| r.counts.calls),
+    ("sluice_outputs", "Outputs sent to sinks, replies included.", |r| r.counts.outputs),
+    ("sluice_events_filtered", "Events the plugin returned no output for.", |r| r.counts.filtered),
+    ("sluice_retries", "Attempts made again in place after a failure.", |r| r.counts.retries),
+    ("sluice_events_redelivered", "Failed events handed back to the broker to be delivered again later.", |r| r.counts.redelivered),
+    ("sluice_events_dead_lettered", "Events sent to the dead letter.", |r| r.counts.dead_lettered),
+    ("sluice_events_acked", "Events settled at the source (outputs or dead letter durable).", |r| r.counts.acked),
+    ("sluice_events_abandoned", "Events handed back unfinished (shutdown, sink failure).", |r| r.counts.abandoned),
+    ("sluice_replies_dropped", "Reply outputs of events that were not requests.", |r| r.counts.replies_dropped),
+    ("sluice_sink_failures", "Records a sink failed to deliver (each stops the pipeline).", |r| r.counts.sink_failures),
+    ("sluice_plugin_reloads", "Plugin versions swapped in (reload, upload, rollback).", |r| r.reloads),
+    ("sluice_plugin_reload_rejections", "New plugin versions refused (the current one kept serving).", |r| r.rejections),
+];
+
+const GAUGES: [(&str, &str, fn(&Row) -> Option<i64>); 5] = [
+    ("sluice_events_in_flight", "Events taken from the source and not yet settled.", |r| {
+        Some(r.counts.received.saturating_sub(r.counts.acked + r.counts.abandoned + r.counts.redelivered) as i64)
+    }),
+    ("sluice_plugin_memory_bytes", "Linear memory of the pipeline's live plugin instances.", |r| {
+        Some(r.stats().gauges.memory_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64)
+    }),
+    ("sluice_plugin_memory_peak_bytes", "The most linear memory the pipeline's plugin instances held at once.", |r| {
+        Some(r.stats().gauges.memory_peak_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64)
+    }),
+    ("sluice_source_lag", "Messages the broker holds that the pipeline has not taken yet (Kafka consumer lag, JetStream pending).", |r| {
+        Some(r.stats().gauges.source_lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|lag| *lag >= 0)
+    }),
+    ("sluice_pipeline_paused", "1 while intake is paused through the admin API.", |r| Some(i64::from(*r.handle.pause.borrow()))),
+];
+
+impl Collector for Pipelines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let handles: Vec<Arc<PipelineHandle>> = match self.0.read() {
+            Ok(registry) => registry.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let rows: Vec<Row> = handles
+            .into_iter()
+            .map(|handle| {
+                let status = handle.versions.status();
+                let plugin = status.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                Row {
+                    labels: [("pipeline", handle.name.clone()), ("plugin", plugin)],
+                    counts: handle.stats.snapshot(),
+                    reloads: status.as_ref().map_or(0, |s| s.reloads),
+                    rejections: status.as_ref().map_or(0, |s| s.rejections),
+                    handle,
+                }
+            })
+            .collect();
+
+        let info = ConstGauge::new(1i64);
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        info.encode(encoder.encode_descriptor("sluice_build_info", "The running sluice version.", None, MetricType::Gauge)?.encode_family(&version)?)?;
+
+        for (name, help, value) in COUNTERS {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for row in &rows {
+                ConstCounter::new(value(row)).encode(metric.encode_family(&row.labels)?)?;
+            }
+        }
+        let mut errors = encoder.encode_descriptor(
+            "sluice_handler_errors",
+            "Failed attempts, by kind: retryable, rejected, trap, timeout, memory, contract, start.",
+            None,
+            MetricType::Counter,
+        )?;
+        for row in &rows {
+            for kind in ErrorKind::ALL {
+                let labels = [row.labels[0].clone(), row.labels[1].clone(), ("kind", kind.label().to_owned())];
+                ConstCounter::new(row.stats().errors.get(kind)).encode(errors.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, value) in GAUGES {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for row in &rows {
+                if let Some(v) = value(row) {
+                    ConstGauge::new(v).encode(metric.encode_family(&row.labels)?)?;
+                }
+            }
+        }
+        let histograms: [(&str, &str, fn(&Stats) -> &prometheus_client::metrics::histogram::Histogram); 2] = [
+            ("sluice_plugin_call_duration_seconds", "Duration of one plugin call (a batch of events).", |s| &s.timings.call),
+            ("sluice_publish_duration_seconds", "From sending a batch's records to all of them being durable.", |s| &s.timings.publish),
+        ];
+        for (name, help, histogram) in histograms {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for row in &rows {
+                histogram(row.stats()).encode(metric.encode_family(&row.labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
