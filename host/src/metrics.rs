@@ -84,7 +84,7 @@ const GAUGES: [(&str, &str, fn(&Row) -> Option<i64>); 5] = [
     ("sluice_plugin_memory_peak_bytes", "The most linear memory the pipeline's plugin instances held at once.", |r| {
         Some(r.stats().gauges.memory_peak_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64)
     }),
-    ("sluice_source_lag", "Messages the broker holds that the pipeline has not taken yet (Kafka consumer lag, JetStream pending).", |r| {
+    ("sluice_source_lag", "Messages the broker holds that the pipeline has not finished (Kafka consumer lag from the committed offset; JetStream pending plus unacknowledged).", |r| {
         Some(r.stats().gauges.source_lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|lag| *lag >= 0)
     }),
     ("sluice_pipeline_paused", "1 while intake is paused through the admin API.", |r| Some(i64::from(*r.handle.pause.borrow()))),

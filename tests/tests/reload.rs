@@ -4,8 +4,6 @@
 #[allow(dead_code)]
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -18,22 +16,8 @@ const TOKEN: &str = "s3cret-admin-token";
 
 /// One HTTP/1.1 request to the admin API; returns the status and JSON body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Result<(u16, Value)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting to the admin API")?;
-    stream.set_read_timeout(Some(WITHIN))?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).context("no status")?;
-    let json = serde_json::from_str(body).unwrap_or(Value::Null);
-    Ok((status, json))
+    let (status, text) = http_request(port, method, path, token, body)?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
 fn config(port: u16, token: Option<&str>, plugin: &str, extra: &str) -> String {

@@ -55,7 +55,7 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
             format!("{:.0}", count(pipeline, field).saturating_sub(was) as f64 / elapsed)
         };
         let plugin = &pipeline["plugin"];
-        let digest = plugin["current"]["sha256"].as_str().unwrap_or("");
+        let digest = plugin["current"]["digest"].as_str().unwrap_or("-");
         let in_flight = count(pipeline, "received").saturating_sub(count(pipeline, "acked") + count(pipeline, "abandoned") + count(pipeline, "redelivered"));
         rows.push(vec![
             name.to_owned(),
@@ -95,7 +95,7 @@ mod tests {
         let sample = |received: u64, acked: u64| {
             json!({ "pipelines": [{
                 "name": "orders", "state": "running",
-                "plugin": { "name": "enricher", "reloads": 2, "current": { "sha256": "0123456789abcdef0123" } },
+                "plugin": { "name": "enricher", "reloads": 2, "current": { "digest": "0123456789abcdef0123" } },
                 "stats": { "received": received, "outputs": acked, "acked": acked, "failures": 1, "dead_lettered": 1, "abandoned": 0, "redelivered": 0 }
             }]})
         };

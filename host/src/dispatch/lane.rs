@@ -223,14 +223,14 @@ impl Lane {
             if self.d.redeliver {
                 // The broker redelivers it after the delay (JetStream nak),
                 // and this lane moves on: no order to keep.
-                tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, attempt = event.attempt, ?delay, "attempt failed, handing back for redelivery: {message}");
+                tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), event = %event.id, attempt = event.attempt, ?delay, "attempt failed, handing back for redelivery: {message}");
                 Stats::add(&self.d.stats.redelivered, 1);
                 ack.settle(Settlement::Redeliver { delay });
                 return Ok(());
             }
             // What is already concluded should not wait for this retry.
             self.flush(done).await?;
-            tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, attempt = event.attempt, ?delay, "attempt failed, retrying: {message}");
+            tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), event = %event.id, attempt = event.attempt, ?delay, "attempt failed, retrying: {message}");
             let interrupted = self.shutdown.is_cancelled()
                 || tokio::select! {
                     _ = tokio::time::sleep(delay) => false,
@@ -261,6 +261,7 @@ impl Lane {
         let d = &self.d;
         tracing::warn!(
             pipeline = %d.pipeline,
+            version = self.version_tag(),
             event = %event.id,
             reason = failure.reason.as_str(),
             attempts = failure.attempts,
@@ -306,6 +307,12 @@ impl Lane {
             return Err(format!("the plugin returned {bytes} bytes of outputs for one event, over policy.max_output_bytes ({} bytes)", self.d.max_output_bytes));
         }
         Ok(())
+    }
+
+    /// The plugin version for log lines: the first 12 hex digits of its sha256.
+    fn version_tag(&self) -> &str {
+        let digest = self.version.factory.digest();
+        digest.get(..12).unwrap_or(digest)
     }
 
     /// Moves the pipeline's memory gauge by this lane's instance's change.

@@ -114,8 +114,9 @@ pub struct Gauges {
     pub memory_bytes: AtomicU64,
     /// The most `memory_bytes` has been.
     pub memory_peak_bytes: AtomicU64,
-    /// Messages the source's broker holds that the pipeline has not taken
-    /// yet (Kafka consumer lag, JetStream pending); -1 when not known.
+    /// Messages the source's broker holds that the pipeline has not
+    /// finished (Kafka: high watermark minus committed offset; JetStream:
+    /// pending plus unacknowledged); -1 when not known.
     /// Shared with the source, which reports into it.
     pub source_lag: Arc<AtomicI64>,
 }

@@ -21,7 +21,9 @@ const LOG_BURST: f64 = 200.0;
 pub(crate) struct GuestLog {
     pub pipeline: String,
     pub plugin: String,
-    /// The event (or first event of the batch) being handled, for context.
+    /// The plugin version (the first 12 hex digits of its sha256).
+    pub version: String,
+    /// The event being handled, or `FIRST..LAST` for a batch, for context.
     pub current_event: Option<String>,
     tokens: f64,
     refilled: Instant,
@@ -29,10 +31,11 @@ pub(crate) struct GuestLog {
 }
 
 impl GuestLog {
-    pub fn new(pipeline: String, plugin: String) -> Self {
+    pub fn new(pipeline: String, plugin: String, version: String) -> Self {
         Self {
             pipeline,
             plugin,
+            version,
             current_event: None,
             tokens: LOG_BURST,
             refilled: Instant::now(),
@@ -96,6 +99,7 @@ impl log::Host for PluginState {
                     $level,
                     pipeline = %log.pipeline,
                     plugin = %log.plugin,
+                    version = %log.version,
                     event = %event,
                     fields = %fields,
                     "{message}"

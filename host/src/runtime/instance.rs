@@ -156,7 +156,13 @@ impl Instance {
     /// `handle-batch` for several. The deadline is the per-event timeout times
     /// the number of events.
     pub fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
-        self.store.data_mut().log.current_event = events.first().map(|e| e.id.clone());
+        // A batch is one call: the guest's log lines can only be placed
+        // within its range of events (the guest's own fields can say more).
+        self.store.data_mut().log.current_event = match events {
+            [] => None,
+            [one] => Some(one.id.clone()),
+            [first, .., last] => Some(format!("{}..{}", first.id, last.id)),
+        };
         self.arm(events.len());
         let handler = self.plugin.sluice_plugin_handler();
         let result = match events {

@@ -155,7 +155,7 @@ impl LoadedPlugin {
             path: path.clone(),
             detail: format!("cannot grant WASI capabilities: {e:#}"),
         })?;
-        let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone());
+        let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone(), inner.digest.get(..12).unwrap_or(&inner.digest).to_owned());
         let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.memory, spec.timeout);
         let bindings = inner.pre.instantiate(&mut store).map_err(|e| LoadError::Start {
             path: path.clone(),

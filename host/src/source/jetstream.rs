@@ -321,14 +321,17 @@ async fn run_heartbeat(shared: std::sync::Weak<Shared>, ack_wait: Duration) {
     }
 }
 
-/// Reports the consumer's pending messages (not yet delivered) every 5 s.
+/// Reports every 5 s the messages the consumer has not had acknowledged:
+/// pending (not delivered yet) plus delivered and unacknowledged, like a
+/// Kafka consumer lag counts from the committed offset.
 async fn report_pending(consumer: PullConsumer, lag: Arc<std::sync::atomic::AtomicI64>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(5));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         if let Ok(info) = consumer.get_info().await {
-            lag.store(i64::try_from(info.num_pending).unwrap_or(i64::MAX), std::sync::atomic::Ordering::Relaxed);
+            let unacknowledged = info.num_pending.saturating_add(info.num_ack_pending as u64);
+            lag.store(i64::try_from(unacknowledged).unwrap_or(i64::MAX), std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

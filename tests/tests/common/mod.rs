@@ -447,3 +447,24 @@ pub fn strip_digest(mut records: Vec<Value>, name: &str) -> Result<Vec<Value>> {
     }
     Ok(records)
 }
+
+/// One HTTP/1.1 request to a local server (the admin API); returns the
+/// status and the body as text.
+pub fn http_request(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).context("connecting to the admin API")?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).context("no status")?;
+    Ok((status, body.to_owned()))
+}

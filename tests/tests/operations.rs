@@ -1,0 +1,302 @@
+//! Operating sluice: `/metrics`, `/healthz`, `/readyz`, `sluice status`,
+//! output caps and secrets, against the real binary.
+
+#[allow(dead_code)]
+mod common;
+#[path = "common/nats.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use common::*;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// The samples of a Prometheus exposition: `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn metrics(port: u16) -> Result<BTreeMap<String, f64>> {
+    let (status, body) = http_request(port, "GET", "/metrics", None, b"")?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+    Ok(samples(&body))
+}
+
+fn ops_config(port: u16, extra_pipelines: &str) -> String {
+    format!(
+        r#"{runtime}
+[admin]
+listen = "127.0.0.1:{port}"
+
+[pipelines.ops]
+source = {{ kind = "file", path = "events.jsonl", follow = true }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+
+[pipelines.ops.plugin]
+path = {plugin}
+
+[pipelines.ops.policy]
+max_attempts = 2
+backoff = {{ initial = "1ms", max = "2ms" }}
+max_outputs = 5
+{extra_pipelines}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("chaos")),
+    )
+}
+
+#[test]
+fn metrics_count_what_happened_by_pipeline_and_kind() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    scratch.write("events.jsonl", "")?;
+    scratch.write("sluice.toml", ops_config(port, ""))?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
+    // ok, a reject, one retry then success, a trap twice (dead letter), a
+    // fan-out over max_outputs (rejected).
+    let inputs = ["ok:a", "reject:no", "retry:1", "trap", "fanout:3", "fanout:6"];
+    scratch.append_events("events.jsonl", &inputs.iter().map(|p| event(p)).collect::<Vec<_>>())?;
+    host.wait_until("every event settled", WITHIN, || {
+        metrics(port).ok().and_then(|m| m.get(r#"sluice_events_acked_total{pipeline="ops",plugin="chaos"}"#).copied()) == Some(6.0)
+    })?;
+    let m = metrics(port)?;
+    let get = |series: &str| m.get(series).copied().with_context(|| format!("no {series} in {m:#?}"));
+    let labels = r#"pipeline="ops",plugin="chaos""#;
+    assert_eq!(get(&format!("sluice_events_received_total{{{labels}}}"))?, 6.0);
+    assert_eq!(get(&format!("sluice_outputs_total{{{labels}}}"))?, 1.0 + 1.0 + 3.0, "ok, the recovered retry, fanout:3");
+    assert_eq!(get(&format!("sluice_events_dead_lettered_total{{{labels}}}"))?, 3.0, "reject, trap, fanout:6");
+    assert_eq!(get(&format!("sluice_retries_total{{{labels}}}"))?, 2.0, "retry:1 once, trap once");
+    assert_eq!(get(&format!(r#"sluice_handler_errors_total{{{labels},kind="rejected"}}"#))?, 2.0, "reject and the capped fan-out");
+    assert_eq!(get(&format!(r#"sluice_handler_errors_total{{{labels},kind="retryable"}}"#))?, 1.0);
+    assert_eq!(get(&format!(r#"sluice_handler_errors_total{{{labels},kind="trap"}}"#))?, 2.0);
+    assert_eq!(get(&format!(r#"sluice_handler_errors_total{{{labels},kind="timeout"}}"#))?, 0.0);
+    assert_eq!(get(&format!("sluice_events_in_flight{{{labels}}}"))?, 0.0);
+    assert!(get(&format!("sluice_plugin_memory_bytes{{{labels}}}"))? > 0.0, "a live instance holds memory");
+    assert!(get(&format!("sluice_plugin_memory_peak_bytes{{{labels}}}"))? >= get(&format!("sluice_plugin_memory_bytes{{{labels}}}"))?);
+    assert!(get(&format!("sluice_plugin_call_duration_seconds_count{{{labels}}}"))? >= 4.0);
+    assert!(get(&format!("sluice_publish_duration_seconds_count{{{labels}}}"))? >= 1.0);
+    assert_eq!(get(&format!("sluice_pipeline_paused{{{labels}}}"))?, 0.0);
+    assert!(m.keys().any(|k| k.starts_with("sluice_build_info{")), "build info");
+    // A file source has no lag to report: the series is left out.
+    assert!(!m.keys().any(|k| k.starts_with("sluice_source_lag")), "no lag for a file");
+
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    let capped = dead.iter().find(|d| d["payload"] == "fanout:6").context("the capped fan-out is dead-lettered")?;
+    assert!(
+        header(capped, "sluice-dlq-message").is_some_and(|m| m.contains("returned 6 outputs for one event, over policy.max_outputs (5)")),
+        "{capped}"
+    );
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}
+
+#[test]
+fn readyz_names_the_pipeline_that_failed_and_status_prints_the_table() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    scratch.write("events.jsonl", "")?;
+    let broken = r#"
+[pipelines.broken]
+source = { kind = "file", path = "events.jsonl", follow = true }
+sink = { kind = "stdout" }
+dead_letter = { kind = "file", path = "dlq-broken.jsonl" }
+plugin = { path = "missing.wasm" }
+"#;
+    scratch.write("sluice.toml", ops_config(port, broken))?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    host.wait_until("readyz to settle", WITHIN, || {
+        http_request(port, "GET", "/readyz", None, b"").is_ok_and(|(_, body)| body.contains("\"failed\"") && body.contains("\"running\""))
+    })?;
+    let (status, body) = http_request(port, "GET", "/readyz", None, b"")?;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body)?;
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["pipelines"]["ops"]["ready"], true);
+    assert_eq!(body["pipelines"]["broken"]["state"]["state"], "failed");
+    let problem = body["pipelines"]["broken"]["problems"][0].as_str().unwrap_or_default();
+    assert!(problem.contains("missing.wasm"), "the reason names the plugin file: {problem}");
+    let (status, body) = http_request(port, "GET", "/healthz", None, b"")?;
+    assert_eq!((status, body.trim()), (200, "ok"));
+
+    scratch.append_events("events.jsonl", &[event("ok:x"), event("ok:y")])?;
+    host.wait_until("two outputs", WITHIN, || scratch.count_lines("out.jsonl") == 2)?;
+    let status = scratch.run(&["status", "--admin", &format!("127.0.0.1:{port}"), "--interval", "100ms"])?;
+    status.ensure_success()?;
+    let lines: Vec<&str> = status.stdout.lines().collect();
+    assert!(lines[0].starts_with("PIPELINE"), "{}", status.stdout);
+    let row: Vec<&str> = lines.iter().find(|l| l.starts_with("ops ")).context("a row for ops")?.split_whitespace().collect();
+    assert_eq!(&row[..3], ["ops", "running", "chaos"], "{}", status.stdout);
+    assert_eq!(row[4], "2", "received: {}", status.stdout);
+
+    let unreachable = scratch.run(&["status", "--admin", &format!("127.0.0.1:{}", free_port()?)])?;
+    unreachable.ensure_failure()?;
+    assert!(unreachable.stderr.contains("cannot reach the admin API"), "{}", unreachable.stderr);
+    host.terminate()?;
+    host.wait(WITHIN)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_nats_connection_and_lag_follows_jetstream() -> Result<()> {
+    let mut server = fixture::NatsServer::start()?;
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    let url = server.url();
+    let config = format!(
+        r#"{runtime}
+[admin]
+listen = "127.0.0.1:{port}"
+token = "t"
+
+[pipelines.js]
+source = {{ kind = "jetstream", url = "{url}", stream = "IN", subjects = ["in.>"], consumer = "sluice" }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("passthrough")),
+    );
+    scratch.write("sluice.toml", config)?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let ready = || http_request(port, "GET", "/readyz", None, b"").map(|(s, b)| (s, b)).unwrap_or((0, String::new()));
+    host.wait_until("ready", WITHIN, || ready().0 == 200)?;
+
+    // Paused, published messages stay in the stream: the lag shows them.
+    let (status, _) = http_request(port, "POST", "/pipelines/js/pause", Some("t"), b"")?;
+    assert_eq!(status, 200);
+    let client = server.client().await?;
+    let js = async_nats::jetstream::new(client.clone());
+    for i in 0..50 {
+        js.publish(format!("in.{i}"), "x".into()).await?.await?;
+    }
+    host.wait_until("the lag to show 50 pending", WITHIN, || {
+        metrics(port).ok().and_then(|m| m.get(r#"sluice_source_lag{pipeline="js",plugin="passthrough"}"#).copied()).is_some_and(|l| l >= 50.0)
+    })?;
+    http_request(port, "POST", "/pipelines/js/resume", Some("t"), b"")?;
+    host.wait_until("the lag to drain", WITHIN, || {
+        metrics(port).ok().and_then(|m| m.get(r#"sluice_source_lag{pipeline="js",plugin="passthrough"}"#).copied()) == Some(0.0)
+    })?;
+
+    server.kill()?;
+    host.wait_until("not ready while NATS is down", WITHIN, || {
+        let (status, body) = ready();
+        status == 503 && body.contains(&format!("NATS connection to {url}"))
+    })?;
+    server.restart()?;
+    host.wait_until("ready again", WITHIN, || ready().0 == 200)?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}
+
+#[test]
+fn secrets_stay_out_of_logs_the_admin_api_and_metrics() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    let secret = "hunter2-very-secret";
+    scratch.write("events.jsonl", "")?;
+    let config = format!(
+        r#"{runtime}
+[admin]
+listen = "127.0.0.1:{port}"
+token = "${{ADMIN_TOKEN}}"
+
+[pipelines.secretive]
+source = {{ kind = "file", path = "events.jsonl", follow = true }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+
+[pipelines.secretive.plugin]
+path = {plugin}
+config = {{ api_token = "${{ADMIN_TOKEN}}" }}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("passthrough")),
+    );
+    scratch.write("sluice.toml", config)?;
+    let mut command = scratch.sluice(&["run", "sluice.toml"]);
+    command.env("ADMIN_TOKEN", secret).env("SLUICE_LOG", "debug");
+    let mut host = Running::spawn(command)?;
+    host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/pipelines", None, b"").is_ok_and(|(s, _)| s == 200))?;
+    scratch.append_events("events.jsonl", &[json!({"payload": "p"})])?;
+    host.wait_until("one output", WITHIN, || scratch.count_lines("out.jsonl") == 1)?;
+    for path in ["/pipelines", "/pipelines/secretive", "/metrics", "/readyz"] {
+        let (_, body) = http_request(port, "GET", path, None, b"")?;
+        assert!(!body.contains(secret), "{path} leaks the secret: {body}");
+    }
+    // The secret works as the token, so it was read.
+    let (status, _) = http_request(port, "POST", "/pipelines/secretive/pause", Some(secret), b"")?;
+    assert_eq!(status, 200);
+    host.terminate()?;
+    let finished = host.wait(WITHIN)?;
+    finished.ensure_success()?;
+    assert!(!finished.stderr.contains(secret), "the logs leak the secret");
+    assert!(!finished.stdout.contains(secret));
+
+    // A config error about an interpolated value does not echo it either.
+    scratch.write("bad.toml", "[admin]\nlisten = \"${ADMIN_TOKEN}\"\n")?;
+    let mut command = scratch.sluice(&["check", "bad.toml"]);
+    command.env("ADMIN_TOKEN", secret);
+    let output = command.output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(!stderr.contains(secret), "a config error leaks the secret: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn json_logs_carry_pipeline_version_and_event_and_guest_logs_are_rate_limited() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let mut events: Vec<Value> = vec![event("reject:bad")];
+    events.extend((0..600).map(|i| json!({ "id": format!("e{i}"), "payload": format!("log:line {i}") })));
+    scratch.write_events("events.jsonl", &events)?;
+    scratch.write("sluice.toml", one_pipeline("chatty", "chaos", "", ""))?;
+    let finished = scratch.run(&["--log-format", "json", "run", "sluice.toml"])?;
+    finished.ensure_success()?;
+    let lines: Vec<Value> = finished.stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!lines.is_empty(), "JSON log lines: {}", finished.stderr);
+    let digest = sha256_hex(&plugin("chaos"))?;
+    let dead = lines
+        .iter()
+        .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("dead-lettering event")))
+        .context("a dead-letter log line")?;
+    assert_eq!(dead["fields"]["pipeline"], "chatty");
+    assert_eq!(dead["fields"]["version"], &digest[..12]);
+    assert!(dead["fields"]["event"].as_str().is_some_and(|e| e.ends_with(":1")), "{dead}");
+    let guest: Vec<&Value> = lines.iter().filter(|l| l["target"] == "sluice::guest" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("line "))).collect();
+    let first = guest.first().context("guest log lines")?;
+    assert_eq!(first["fields"]["plugin"], "chaos");
+    assert_eq!(first["fields"]["version"], &digest[..12]);
+    // A batch is one call: its log lines carry the batch's range of ids, and
+    // the chaos plugin adds the exact one as its own field.
+    let range = first["fields"]["event"].as_str().context("event field")?;
+    assert!(range.starts_with("events.jsonl:1..") || range == "e0", "{first}");
+    assert!(first["fields"]["fields"].as_str().is_some_and(|f| f.contains("event=\"e0\"")), "{first}");
+    // 600 lines in well under a second: the burst (200) gets through, the
+    // rest is dropped and reported.
+    assert!(guest.len() < 600 && guest.len() >= 200, "{} guest lines", guest.len());
+    let dropped: u64 = lines
+        .iter()
+        .filter(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("plugin log lines dropped")))
+        .filter_map(|l| l["fields"]["dropped"].as_u64())
+        .sum();
+    assert_eq!(dropped as usize + guest.len(), 600, "every line is either logged or counted as dropped");
+    Ok(())
+}
