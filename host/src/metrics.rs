@@ -12,6 +12,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as PromRegistry;
 
@@ -56,6 +57,9 @@ impl Row {
 }
 
 type Counts = fn(&Row) -> u64;
+/// A gauge's value, or `None` to leave the series out (not known).
+type Level = fn(&Row) -> Option<i64>;
+type Timing = fn(&Stats) -> &Histogram;
 
 /// Counters: name (without `_total`), help, value.
 const COUNTERS: [(&str, &str, Counts); 13] = [
@@ -74,7 +78,7 @@ const COUNTERS: [(&str, &str, Counts); 13] = [
     ("sluice_plugin_reload_rejections", "New plugin versions refused (the current one kept serving).", |r| r.rejections),
 ];
 
-const GAUGES: [(&str, &str, fn(&Row) -> Option<i64>); 5] = [
+const GAUGES: [(&str, &str, Level); 5] = [
     ("sluice_events_in_flight", "Events taken from the source and not yet settled.", |r| {
         Some(r.counts.received.saturating_sub(r.counts.acked + r.counts.abandoned + r.counts.redelivered) as i64)
     }),
@@ -141,7 +145,7 @@ impl Collector for Pipelines {
                 }
             }
         }
-        let histograms: [(&str, &str, fn(&Stats) -> &prometheus_client::metrics::histogram::Histogram); 2] = [
+        let histograms: [(&str, &str, Timing); 2] = [
             ("sluice_plugin_call_duration_seconds", "Duration of one plugin call (a batch of events).", |s| &s.timings.call),
             ("sluice_publish_duration_seconds", "From sending a batch's records to all of them being durable.", |s| &s.timings.publish),
         ];
