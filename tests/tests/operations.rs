@@ -175,7 +175,7 @@ plugin = {{ path = {plugin} }}
     );
     scratch.write("sluice.toml", config)?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
-    let ready = || http_request(port, "GET", "/readyz", None, b"").map(|(s, b)| (s, b)).unwrap_or((0, String::new()));
+    let ready = || http_request(port, "GET", "/readyz", None, b"").unwrap_or((0, String::new()));
     host.wait_until("ready", WITHIN, || ready().0 == 200)?;
 
     // Paused, published messages stay in the stream: the lag shows them.
