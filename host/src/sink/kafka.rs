@@ -192,6 +192,11 @@ impl Sink for KafkaSink {
         if !valid_topic(topic) {
             return Err(format!("{topic:?} is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, `.`, `_`, `-`)"));
         }
+        // librdkafka takes header names as C strings: a NUL would cut the
+        // name short without an error.
+        if let Some(header) = output.headers.iter().find(|h| h.key.contains('\0')) {
+            return Err(format!("header name {:?} contains a NUL byte, which Kafka header names cannot carry", header.key));
+        }
         let size = output.payload.len()
             + output.key.as_ref().map_or(0, Vec::len)
             + output.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>();
@@ -214,5 +219,36 @@ impl Sink for KafkaSink {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::event::Header;
+
+    fn sink(options: &BTreeMap<String, Secret>) -> Result<KafkaSink, KafkaError> {
+        // Creating a producer does not connect: nothing listens on port 1.
+        let producer: FutureProducer<Context> = client_config("127.0.0.1:1", options).create_with_context(Context::new("test".into()))?;
+        Ok(KafkaSink::new(producer, "127.0.0.1:1", Some("out".into()), options))
+    }
+
+    fn output(payload: &[u8], headers: Vec<Header>) -> Output {
+        Output { destination: None, key: None, payload: payload.to_vec(), headers, reply: false }
+    }
+
+    #[test]
+    fn outputs_kafka_cannot_carry_are_refused_with_why() -> Result<(), KafkaError> {
+        let options = BTreeMap::from([("message.max.bytes".to_owned(), Secret("1000".into()))]);
+        let sink = sink(&options)?;
+        assert_eq!(sink.check(None, &output(b"fine", vec![])), Ok(()));
+        let nul = output(b"x", vec![Header { key: "a\0b".into(), value: vec![] }]);
+        assert!(sink.check(None, &nul).is_err_and(|why| why.contains("NUL")));
+        let big = output(&[b'x'; 1001], vec![]);
+        assert!(sink.check(None, &big).is_err_and(|why| why.contains("over the 1000 byte limit")));
+        assert!(sink.check(Some("bad topic"), &output(b"x", vec![])).is_err_and(|why| why.contains("not a valid Kafka topic name")));
+        Ok(())
     }
 }
