@@ -10,7 +10,12 @@
 //! - [`processor`]: the native passthrough and the `sluice` child process.
 //! - [`load`]: the producer and the receiver (throughput, latency).
 //! - [`report`]: medians and the markdown table.
+//!
+//! `sluice-bench kafka` does the same for Kafka → passthrough → Kafka,
+//! at-least-once and exactly-once, against a broker started with
+//! `scripts/kafka.sh` (see [`kafka`]).
 
+mod kafka;
 mod load;
 mod processor;
 mod report;
@@ -65,6 +70,31 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         latency_secs: u64,
     },
+    /// Kafka → passthrough → Kafka, at-least-once and exactly-once, sluice vs
+    /// native rdkafka.
+    Kafka {
+        /// Events per throughput run.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Where the markdown report is written (it is printed too).
+        #[arg(long, default_value = "target/bench/kafka.md")]
+        out: PathBuf,
+        /// Runs per measurement; the report shows the median.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Produce rate of the latency runs, events/s.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Length of each latency run after its warm-up, seconds.
+        #[arg(long, default_value_t = 3)]
+        latency_secs: u64,
+        /// Leave out the exactly-once rows.
+        #[arg(long)]
+        no_exactly_once: bool,
+        /// Leave out the `policy.version_header = false` row.
+        #[arg(long)]
+        no_header_row: bool,
+    },
 }
 
 /// Core NATS (at most once) or JetStream (at least once).
@@ -85,7 +115,13 @@ impl Mode {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let Command::Nats { events, out, runs, rate, latency_secs } = Cli::parse().command;
+    let (events, out, runs, rate, latency_secs) = match Cli::parse().command {
+        Command::Nats { events, out, runs, rate, latency_secs } => (events, out, runs, rate, latency_secs),
+        Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row } => {
+            let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row };
+            return kafka::run(args).await;
+        }
+    };
     if events == 0 || runs == 0 {
         bail!("--events and --runs must be at least 1");
     }

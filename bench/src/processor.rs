@@ -52,9 +52,9 @@ impl Kind {
 /// What every sluice run needs: the binary, the plugin, and one compile cache
 /// for the whole bench so only the first run compiles the component.
 pub struct SluiceSetup {
-    bin: PathBuf,
-    plugin: PathBuf,
-    cache: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub plugin: PathBuf,
+    pub cache: tempfile::TempDir,
 }
 
 impl SluiceSetup {

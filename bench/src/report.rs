@@ -40,7 +40,7 @@ impl Row {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => f64::NAN,
@@ -111,7 +111,7 @@ pub fn render(setup: &Setup, rows: &[Row]) -> String {
 }
 
 /// Facts about the machine for the header; "unknown" rather than failing.
-mod machine {
+pub mod machine {
     pub fn cpus() -> usize {
         std::thread::available_parallelism().map_or(0, usize::from)
     }
@@ -139,7 +139,7 @@ mod machine {
         output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown date".into())
     }
 
-    fn output(program: &str, args: &[&str]) -> Option<String> {
+    pub fn output(program: &str, args: &[&str]) -> Option<String> {
         let out = std::process::Command::new(program).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }

@@ -1,0 +1,144 @@
+//! The markdown report: one row per variant, medians over the runs,
+//! throughput as a ratio to the native passthrough with the same guarantee
+//! and to the native at-least-once one.
+
+use std::fmt::Write;
+
+use super::Variant;
+use crate::report::{machine, median};
+
+/// One run of one variant.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub events_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Throughput and latency runs together.
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
+/// Every run of one variant.
+pub struct Row {
+    pub variant: Variant,
+    pub samples: Vec<Sample>,
+}
+
+impl Row {
+    fn throughput(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.events_per_sec).collect())
+    }
+
+    fn p50(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.p50_us as f64).collect())
+    }
+
+    fn p99(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.p99_us as f64).collect())
+    }
+}
+
+/// What the header says about the run.
+pub struct Setup {
+    pub events: u64,
+    pub runs: usize,
+    pub rate: u64,
+    pub latency_secs: u64,
+    pub kafka: String,
+    /// The machine's 1-minute load average at the start and at the end: the
+    /// machine is shared, and a busy one skews every figure.
+    pub load: (String, String),
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Microseconds as milliseconds: one decimal below 100 ms.
+fn millis(us: f64) -> String {
+    let ms = us / 1000.0;
+    if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+pub fn render(setup: &Setup, rows: &[Row], sluice_log: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Kafka → passthrough → Kafka: sluice vs native\n");
+    let _ = writeln!(
+        out,
+        "machine: {} ({} CPUs, load average {} at the start, {} at the end) · Apache Kafka {} (KRaft, single node) · \
+         N = {} events of 100 bytes · {} · median of {} runs\n",
+        machine::cpu_model(),
+        machine::cpus(),
+        setup.load.0,
+        setup.load.1,
+        setup.kafka,
+        setup.events,
+        machine::date(),
+        setup.runs,
+    );
+    let _ = writeln!(
+        out,
+        "| guarantee | processor | throughput (events/s) | vs native, same guarantee | vs native at-least-once | p50 ms | p99 ms | lost | duplicates |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let native_alo = rows.iter().find(|r| r.variant == Variant::NativeAtLeastOnce).map(Row::throughput);
+    for row in rows {
+        let native_same = rows
+            .iter()
+            .find(|r| r.variant.is_native() && r.variant.mode() == row.variant.mode())
+            .map(Row::throughput);
+        let ratio = |base: Option<f64>| base.map_or("–".into(), |n| format!("{:.1}%", 100.0 * row.throughput() / n));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            row.variant.mode(),
+            row.variant.processor(),
+            row.throughput(),
+            ratio(native_same),
+            ratio(native_alo),
+            millis(row.p50()),
+            millis(row.p99()),
+            row.samples.iter().map(|s| s.lost).sum::<u64>(),
+            row.samples.iter().map(|s| s.duplicates).sum::<u64>(),
+        );
+    }
+    let _ = writeln!(out, "\nEvery run, throughput (events/s):\n");
+    for row in rows {
+        let runs: Vec<String> = row.samples.iter().map(|s| format!("{:.0}", s.events_per_sec)).collect();
+        let _ = writeln!(out, "- {} {}: {}", row.variant.mode(), row.variant.processor(), runs.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "\nOne broker (loopback) for the whole run; every trial has fresh topics ({partitions} partitions) \
+         and a fresh consumer group; runs interleave the variants. Every producer is idempotent, \
+         acks=all, linger.ms=5, murmur2_random. sluice: the release binary, a separate process, \
+         running `passthrough.wasm`. native at-least-once: rdkafka StreamConsumer → FutureProducer \
+         on its own tokio runtime and thread, auto-commit every 1 s of offsets stored only after \
+         the output's delivery report. native exactly-once: read_committed BaseConsumer and \
+         transactional BaseProducer on one thread, positions sent to the transaction and \
+         committed every interval. Throughput: {n} events stored in the input topic beforehand, \
+         from the first output to the {n}-th distinct one (start-up and group join excluded; \
+         exactly-once: first output produced to last output committed). Latency: {rate} events/s \
+         for {secs} s after a 0.5 s warm-up on the same processor, send to receive (read_committed). \
+         lost and duplicates: over all runs, throughput and latency runs together.",
+        partitions = super::PARTITIONS,
+        n = setup.events,
+        rate = setup.rate,
+        secs = setup.latency_secs,
+    );
+    if !sluice_log.is_empty() {
+        let _ = writeln!(out, "\nsluice logged {} warnings or errors:\n", sluice_log.len());
+        for line in sluice_log.iter().take(20) {
+            let _ = writeln!(out, "- `{line}`");
+        }
+    }
+    out
+}
