@@ -625,10 +625,18 @@ async fn a_topic_pattern_and_per_key_order() -> Result<()> {
         r#"{ kind = "file", path = "dlq.jsonl" }"#,
         "ordering = \"key\"\nconcurrency = 4\nbatch_size = 8",
     );
-    let host = start(&scratch, &config, "sluice.toml")?;
+    let admin = free_port()?;
+    let config = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{config}");
+    let mut host = start(&scratch, &config, "sluice.toml")?;
     let outputs = read_topic(&bootstrap, &output, per_key * 8, false, WITHIN)?;
     wait_committed_to_end(&bootstrap, &group, &a, 1)?;
     wait_committed_to_end(&bootstrap, &group, &b, 1)?;
+    // The consumer lag (librdkafka statistics, every 5 s) reaches the
+    // metrics, and is 0 once everything is committed.
+    host.wait_until("sluice_source_lag 0", WITHIN, || {
+        http_request(admin, "GET", "/metrics", None, b"")
+            .is_ok_and(|(_, body)| body.lines().any(|l| l == r#"sluice_source_lag{pipeline="pattern",plugin="passthrough"} 0"#))
+    })?;
     host.terminate()?;
     host.wait(WITHIN)?.ensure_success()?;
 
