@@ -15,6 +15,7 @@
 //! at-least-once and exactly-once, against a broker started with
 //! `scripts/kafka.sh` (see [`kafka`]).
 
+mod dashboard;
 mod kafka;
 mod load;
 mod processor;
@@ -95,6 +96,13 @@ enum Command {
         #[arg(long)]
         no_header_row: bool,
     },
+    /// Every benchmark's sluice/native ratios in one markdown table and a PNG
+    /// plot, from the results the benchmarks left under target/.
+    Dashboard {
+        /// The folder for dashboard.md and dashboard.png.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
 }
 
 /// Core NATS (at most once) or JetStream (at least once).
@@ -116,6 +124,7 @@ impl Mode {
 #[tokio::main]
 async fn main() -> Result<()> {
     let (events, out, runs, rate, latency_secs) = match Cli::parse().command {
+        Command::Dashboard { out } => return dashboard::run(&out),
         Command::Nats { events, out, runs, rate, latency_secs } => (events, out, runs, rate, latency_secs),
         Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row } => {
             let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row };
@@ -161,6 +170,7 @@ async fn main() -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&out, table)?;
+    dashboard::save("nats", &report::ratios(&rows))?;
     eprintln!("report written to {}", out.display());
     Ok(())
 }

@@ -57,6 +57,24 @@ pub struct Setup {
     pub latency_secs: u64,
 }
 
+/// Each mode's sluice/native ratios, for the dashboard.
+pub fn ratios(rows: &[Row]) -> Vec<crate::dashboard::Ratio> {
+    let find = |mode: Mode, kind: Kind| rows.iter().find(|r| r.mode == mode && r.kind == kind);
+    [Mode::Core, Mode::Jetstream]
+        .into_iter()
+        .filter_map(|mode| {
+            let (native, sluice) = (find(mode, Kind::Native)?, find(mode, Kind::Sluice)?);
+            Some(crate::dashboard::Ratio {
+                bench: "nats".into(),
+                case: mode.name().into(),
+                throughput: sluice.throughput() / native.throughput(),
+                p50: Some(sluice.p50() / native.p50()),
+                p99: Some(sluice.p99() / native.p99()),
+            })
+        })
+        .collect()
+}
+
 pub fn render(setup: &Setup, rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# NATS → passthrough → NATS: sluice vs native\n");

@@ -162,6 +162,7 @@ pub async fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, table)?;
+    crate::dashboard::save("kafka", &report::ratios(&rows))?;
     eprintln!("report written to {}", args.out.display());
     Ok(())
 }

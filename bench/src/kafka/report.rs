@@ -68,6 +68,24 @@ fn millis(us: f64) -> String {
     }
 }
 
+/// Each sluice variant against the native processor with the same
+/// guarantee, for the dashboard.
+pub fn ratios(rows: &[Row]) -> Vec<crate::dashboard::Ratio> {
+    rows.iter()
+        .filter(|row| !row.variant.is_native())
+        .filter_map(|row| {
+            let native = rows.iter().find(|r| r.variant.is_native() && r.variant.mode() == row.variant.mode())?;
+            Some(crate::dashboard::Ratio {
+                bench: "kafka".into(),
+                case: format!("{} ({})", row.variant.mode(), row.variant.processor()),
+                throughput: row.throughput() / native.throughput(),
+                p50: Some(row.p50() / native.p50()),
+                p99: Some(row.p99() / native.p99()),
+            })
+        })
+        .collect()
+}
+
 pub fn render(setup: &Setup, rows: &[Row], sluice_log: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Kafka → passthrough → Kafka: sluice vs native\n");
