@@ -256,6 +256,16 @@ fn validate_kafka_source(p: &PipelineConfig) -> Result<(), (&'static str, String
         }
     }
     if *exactly_once {
+        let timeout_ms = options.get("transaction.timeout.ms").and_then(|v| v.0.parse::<u64>().ok()).unwrap_or(60_000);
+        if commit_interval.as_millis() as u64 * 2 > timeout_ms {
+            return Err((
+                "source.commit_interval",
+                format!(
+                    "{} is more than half the transaction timeout ({timeout_ms} ms, `transaction.timeout.ms`): the broker would abort transactions before they commit; lower commit_interval",
+                    humantime::format_duration(*commit_interval)
+                ),
+            ));
+        }
         let sinks = std::iter::once(("sink".to_owned(), &p.sink))
             .chain(p.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
             .chain(p.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));

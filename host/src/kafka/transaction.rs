@@ -24,6 +24,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::offsets::TopicPartition;
 use super::Context;
 
+/// The broker aborts a transaction open longer than this
+/// (`transaction.timeout.ms`, unless the source's `options` set it).
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
 /// How long a transaction call may take (init, commit, abort).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -52,8 +56,10 @@ impl Transaction {
             .set("transactional.id", &id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("transaction.timeout.ms", "60000");
+            .set("partitioner", "murmur2_random");
+        if config.get("transaction.timeout.ms").is_none() {
+            config.set("transaction.timeout.ms", DEFAULT_TIMEOUT_MS.to_string());
+        }
         let producer: FutureProducer<Context> =
             config.create_with_context(Context::new(format!("kafka transactional producer {id}"))).map_err(failed)?;
         let producer = blocking(move || {
@@ -66,14 +72,17 @@ impl Transaction {
         Ok(Arc::new(Self { producer, id, gate: std::sync::RwLock::new(()) }))
     }
 
-    /// Commits the open transaction with the consumer's `offsets` (commit
-    /// points: the next offset to read) and begins the next one. The caller
-    /// has made sure no event is in flight. Blocks: call it off the async
-    /// threads.
-    pub fn commit_blocking(&self, offsets: &[(TopicPartition, i64)], group: &ConsumerGroupMetadata) -> Result<(), TransactionError> {
+    /// Commits the open transaction and begins the next one, if `settled`
+    /// (called once the gate is held, so no record can be sent meanwhile)
+    /// returns the consumer's commit points: `None` means events are still
+    /// in flight, and nothing is committed (`Ok(false)`). Computing the
+    /// points under the gate is what keeps a transaction's records and
+    /// offsets in step. Blocks: call it off the async threads.
+    pub fn commit_blocking(&self, settled: impl FnOnce() -> Option<Vec<(TopicPartition, i64)>>, group: &ConsumerGroupMetadata) -> Result<bool, TransactionError> {
         let _exclusive = self.gate.write().map_err(|_| self.error("a sender panicked".into()))?;
+        let Some(offsets) = settled() else { return Ok(false) };
         let mut list = TopicPartitionList::with_capacity(offsets.len());
-        for ((topic, partition), offset) in offsets {
+        for ((topic, partition), offset) in &offsets {
             list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(|e| self.error(format!("bad offset for {topic}/{partition}: {e}")))?;
         }
@@ -84,13 +93,19 @@ impl Transaction {
             self.producer.commit_transaction(CALL_TIMEOUT)?;
             self.producer.begin_transaction()
         })();
-        result.map_err(|e| self.error(format!("commit failed ({e}); the broker aborts the transaction and its events are read again")))
+        result
+            .map(|()| true)
+            .map_err(|e| self.error(format!("commit failed ({e}); the broker aborts the transaction and its events are read again")))
     }
 
     /// [`Transaction::commit_blocking`] on a blocking thread.
-    pub async fn commit(self: &Arc<Self>, offsets: Vec<(TopicPartition, i64)>, group: ConsumerGroupMetadata) -> Result<(), TransactionError> {
+    pub async fn commit(
+        self: &Arc<Self>,
+        settled: impl FnOnce() -> Option<Vec<(TopicPartition, i64)>> + Send + 'static,
+        group: ConsumerGroupMetadata,
+    ) -> Result<bool, TransactionError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.commit_blocking(&offsets, &group))
+        tokio::task::spawn_blocking(move || this.commit_blocking(settled, &group))
             .await
             .unwrap_or_else(|e| Err(self.error(format!("the commit stopped: {e}"))))
     }

@@ -66,6 +66,10 @@ struct Shared {
     /// Set by `close`, which commits by itself: the revoke that leaving the
     /// group triggers then only forgets the partitions.
     closing: std::sync::atomic::AtomicBool,
+    /// Exactly-once: when the transaction was last committed.
+    last_commit: Mutex<Instant>,
+    /// Exactly-once: a commit by the keeper task failed; the source stops.
+    failure: Mutex<Option<String>>,
     describe: String,
 }
 
@@ -157,10 +161,13 @@ impl ConsumerContext for SourceContext {
                 );
             }
             Some(transaction) => {
-                let points = self.shared.tracker().commit_points();
                 let tainted = self.shared.tainted.load(std::sync::atomic::Ordering::SeqCst);
                 let result = match (drained && !tainted, consumer.group_metadata()) {
-                    (true, Some(group)) => blocking_wait(|| transaction.commit_blocking(&points, &group)).map_err(|e| e.to_string()),
+                    (true, Some(group)) => match blocking_wait(|| transaction.commit_blocking(settled_points(&self.shared), &group)) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err("in-flight events did not finish in time".into()),
+                        Err(e) => Err(e.to_string()),
+                    },
                     _ => Err("in-flight events did not finish in time".into()),
                 };
                 match result {
@@ -176,6 +183,16 @@ impl ConsumerContext for SourceContext {
                 self.shared.tracker().revoke(&revoked);
             }
         }
+    }
+}
+
+/// The commit points of an exactly-once source if nothing is in flight,
+/// evaluated by the transaction under its gate.
+fn settled_points(shared: &Arc<Shared>) -> impl FnOnce() -> Option<Vec<(TopicPartition, i64)>> + Send + 'static {
+    let shared = shared.clone();
+    move || {
+        let tracker = shared.tracker();
+        (tracker.outstanding() == 0).then(|| tracker.commit_points())
     }
 }
 
@@ -206,7 +223,6 @@ pub struct KafkaSource {
     committer: Option<tokio::task::JoinHandle<()>>,
     transaction: Option<Arc<Transaction>>,
     commit_interval: Duration,
-    last_commit: Instant,
     /// A transaction commit in progress (kept across a cancelled `next`).
     committing: Option<tokio::task::JoinHandle<Result<(), String>>>,
     describe: String,
@@ -244,6 +260,8 @@ impl KafkaSource {
             settled_async: tokio::sync::Notify::new(),
             tainted: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
+            last_commit: Mutex::new(Instant::now()),
+            failure: Mutex::new(None),
             describe: describe.clone(),
         });
         if !settings.options.contains_key("statistics.interval.ms") {
@@ -282,17 +300,16 @@ impl KafkaSource {
 
         let names: Vec<&str> = subscription.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| failed(format!("cannot subscribe: {e}")))?;
-        let committer = match transaction {
-            Some(_) => None,
-            None => Some(tokio::spawn(run_committer(Arc::downgrade(&consumer), shared.clone(), settings.commit_interval))),
-        };
+        let committer = Some(match &transaction {
+            Some(transaction) => tokio::spawn(run_transaction_keeper(Arc::downgrade(&consumer), shared.clone(), transaction.clone(), settings.commit_interval)),
+            None => tokio::spawn(run_committer(Arc::downgrade(&consumer), shared.clone(), settings.commit_interval)),
+        });
         Ok(Self {
             consumer,
             shared,
             committer,
             transaction,
             commit_interval: settings.commit_interval,
-            last_commit: Instant::now(),
             committing: None,
             describe,
             errors_in_a_row: 0,
@@ -309,8 +326,11 @@ impl KafkaSource {
     /// Intake stops until every handed-out event has settled.
     async fn commit_transaction_if_due(&mut self) -> Result<(), SourceError> {
         let Some(transaction) = self.transaction.clone() else { return Ok(()) };
+        if let Some(failure) = lock(&self.shared.failure).take() {
+            return Err(self.broker_error(failure));
+        }
         if self.committing.is_none() {
-            if self.last_commit.elapsed() < self.commit_interval {
+            if lock(&self.shared.last_commit).elapsed() < self.commit_interval {
                 return Ok(());
             }
             loop {
@@ -323,16 +343,16 @@ impl KafkaSource {
             if self.shared.tainted.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(self.broker_error("an event was abandoned inside the open transaction; aborting it (its events are read again after a restart)".into()));
             }
-            let points = self.shared.tracker().commit_points();
             let Some(group) = self.consumer.group_metadata() else {
                 return Err(self.broker_error("no consumer group metadata for the transaction".into()));
             };
-            self.committing = Some(tokio::spawn(async move { transaction.commit(points, group).await.map_err(|e| e.to_string()) }));
+            let settled = settled_points(&self.shared);
+            self.committing = Some(tokio::spawn(async move { transaction.commit(settled, group).await.map(|_| ()).map_err(|e| e.to_string()) }));
         }
         if let Some(committing) = self.committing.as_mut() {
             let result = committing.await.unwrap_or_else(|e| Err(format!("commit task stopped: {e}")));
             self.committing = None;
-            self.last_commit = Instant::now();
+            *lock(&self.shared.last_commit) = Instant::now();
             result.map_err(|e| self.broker_error(e))?;
         }
         Ok(())
@@ -402,12 +422,11 @@ impl Source for KafkaSource {
                 let clean = self.shared.tracker().outstanding() == 0 && !self.shared.tainted.load(std::sync::atomic::Ordering::SeqCst);
                 let group = self.consumer.group_metadata();
                 match (clean, group) {
-                    (true, Some(group)) => {
-                        let points = self.shared.tracker().commit_points();
-                        if let Err(e) = transaction.commit(points, group).await {
-                            outcome = Err(self.broker_error(e.to_string()));
-                        }
-                    }
+                    (true, Some(group)) => match transaction.commit(settled_points(&self.shared), group).await {
+                        Ok(true) => {}
+                        Ok(false) => outcome = Err(self.broker_error("events were still in flight at close; the transaction was not committed".into())),
+                        Err(e) => outcome = Err(self.broker_error(e.to_string())),
+                    },
                     _ => {
                         tracing::warn!(source = %self.describe, "exactly-once: events unfinished at close; aborting the open transaction (they are read again)");
                         if let Err(e) = transaction.abort().await {
@@ -483,6 +502,49 @@ async fn run_committer(consumer: std::sync::Weak<StreamConsumer<SourceContext>>,
                 }
             }
             Err(_) => return,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Exactly-once: commits the transaction when intake is not doing it,
+/// because the pipeline is paused (intake stopped through the admin API) or
+/// its dispatcher is busy: a transaction left open past the broker's
+/// `transaction.timeout.ms` would be aborted and the pipeline fail. It
+/// commits only when nothing is in flight (checked under the transaction's
+/// gate), so it never splits an event's records from its offset.
+async fn run_transaction_keeper(
+    consumer: std::sync::Weak<StreamConsumer<SourceContext>>,
+    shared: Arc<Shared>,
+    transaction: Arc<Transaction>,
+    interval: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(consumer) = consumer.upgrade() else { return };
+        let due = lock(&shared.last_commit).elapsed() >= interval;
+        if !due || shared.tainted.load(std::sync::atomic::Ordering::SeqCst) || shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        let Some(group) = consumer.group_metadata() else { continue };
+        drop(consumer);
+        match transaction.commit(settled_points(&shared), group).await {
+            Ok(true) => *lock(&shared.last_commit) = Instant::now(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(source = %shared.describe, "exactly-once: {e}");
+                shared.tainted.store(true, std::sync::atomic::Ordering::SeqCst);
+                *lock(&shared.failure) = Some(e.to_string());
+                return;
+            }
         }
     }
 }
