@@ -56,8 +56,11 @@ pub struct KafkaSettings {
 /// What the source, its acks, the committer and the rebalance callback share.
 struct Shared {
     tracker: Mutex<Tracker>,
-    /// Signalled whenever an event settles (a drain waits on it).
+    /// Signalled when an event settles while a drain waits on it.
     settled: Condvar,
+    /// Threads waiting on `settled`: settling skips the (system call of the)
+    /// signal when nobody waits, which is nearly always.
+    waiting: std::sync::atomic::AtomicUsize,
     /// The same, for async waiters.
     settled_async: tokio::sync::Notify,
     /// Exactly-once: set when an event was abandoned, so the open
@@ -84,17 +87,21 @@ impl Shared {
     /// Waits (blocking) until `ready` holds for the tracker or `deadline`.
     fn wait_blocking(&self, deadline: Instant, ready: impl Fn(&Tracker) -> bool) -> bool {
         let mut tracker = self.tracker();
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut done = true;
         while !ready(&tracker) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                done = false;
+                break;
             }
             tracker = match self.settled.wait_timeout(tracker, left) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
-        true
+        self.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        done
     }
 }
 
@@ -257,6 +264,7 @@ impl KafkaSource {
         let shared = Arc::new(Shared {
             tracker: Mutex::new(Tracker::default()),
             settled: Condvar::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             settled_async: tokio::sync::Notify::new(),
             tainted: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -469,7 +477,11 @@ impl Acknowledge for KafkaAck {
                 }
             }
         }
-        self.shared.settled.notify_all();
+        // The waiter registers under the tracker lock, which settling held
+        // just now, so a drain cannot miss this signal.
+        if self.shared.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.shared.settled.notify_all();
+        }
         self.shared.settled_async.notify_waiters();
     }
 }
