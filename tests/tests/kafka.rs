@@ -363,8 +363,9 @@ async fn two_hosts_share_a_group_and_a_kill_9_loses_nothing() -> Result<()> {
     let producing = produce_paced(&bootstrap, &input, (0..n).map(|i| Input::new((i % 4) as i32, format!("e{i}"))).collect(), 2_000);
     // Kill once both hosts hold partitions (each has written outputs).
     poll_until("both hosts to produce outputs", WITHIN, || {
-        let (a_count, b_count) = (end_offsets(&bootstrap, &out_a, 1)?[0], end_offsets(&bootstrap, &out_b, 1)?[0]);
-        Ok((a_count > 500 && b_count > 500).then_some(()))
+        // A metadata hiccup under load is "not yet", not a failure.
+        let count = |topic: &str| end_offsets(&bootstrap, topic, 1).ok().and_then(|e| e.first().copied()).unwrap_or(0);
+        Ok((count(&out_a) > 500 && count(&out_b) > 500).then_some(()))
     })?;
     a.kill()?;
     let killed_at = end_offsets(&bootstrap, &out_a, 1)?[0] + end_offsets(&bootstrap, &out_b, 1)?[0];
@@ -416,7 +417,7 @@ async fn exactly_once_survives_kill_9_and_restart() -> Result<()> {
     // (each commit adds one marker per partition, a few at most here).
     poll_until("an open transaction with records in it", WITHIN, || {
         let committed_inputs: i64 = committed(&bootstrap, &group, &input, 2).unwrap_or_default().iter().filter(|o| **o > 0).sum();
-        let written: i64 = end_offsets(&bootstrap, &output, 2)?.iter().sum();
+        let written: i64 = end_offsets(&bootstrap, &output, 2).unwrap_or_default().iter().sum();
         Ok((committed_inputs > 0 && written - committed_inputs >= 100).then_some(()))
     })?;
     host.kill()?;
