@@ -128,6 +128,26 @@ pub struct PipelineConfig {
     /// Retry, timeout, memory and concurrency rules.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// The wire format of the payloads: `none` (default: payloads are handed
+    /// to the plugin as they are) or `nestjs` (NestJS microservice packets:
+    /// the plugin sees `data`, replies go back as NestJS responses).
+    #[serde(default)]
+    pub codec: Codec,
+}
+
+/// The wire format of a pipeline's payloads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Codec {
+    /// Payloads are handed to the plugin, and replies sent, as they are.
+    #[default]
+    None,
+    /// The NestJS microservices packet format (NATS transport): a request
+    /// `{"pattern", "data", "id"}` reaches the plugin as `data`, with the
+    /// pattern and id in the `nestjs-pattern` and `nestjs-id` headers; a
+    /// reply goes back as `{"response", "isDisposed", "id"}`, an error reply
+    /// as `{"err", "isDisposed", "id"}`.
+    Nestjs,
 }
 
 /// Event sources.

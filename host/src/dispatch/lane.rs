@@ -13,6 +13,8 @@ use super::dead_letter::{self, Failure, Reason};
 use super::publish::{self, Conclusion, FailedRequest};
 use super::route::Request;
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
+use crate::codec::nestjs;
+use crate::config::Codec;
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
 use crate::runtime::CallError;
@@ -111,18 +113,23 @@ impl Lane {
         }
         let mut events = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
+        let codec = self.d.router.codec();
         for delivery in batch {
-            match delivery.defect {
-                Some(defect) => {
-                    let now = SystemTime::now();
-                    let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
-                    self.dead_letter(delivery.event, &failure, delivery.ack);
-                }
-                None => {
-                    events.push(delivery.event);
-                    acks.push(delivery.ack);
-                }
+            let Delivery { mut event, defect, ack, .. } = delivery;
+            // The pipeline's wire codec unwraps the payload the plugin sees.
+            let defect = match (defect, codec) {
+                (Some(defect), _) => Some(defect),
+                (None, Codec::None) => None,
+                (None, Codec::Nestjs) => nestjs::decode(&mut event).err(),
+            };
+            if let Some(defect) = defect {
+                let now = SystemTime::now();
+                let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
+                self.dead_letter(event, &failure, ack);
+                continue;
             }
+            events.push(event);
+            acks.push(ack);
         }
         if events.is_empty() {
             return Ok(());

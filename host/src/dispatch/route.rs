@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::codec::nestjs;
+use crate::config::Codec;
 use crate::event::{text_header, Header, Output};
 use crate::sink::{Record, Sink};
 
@@ -30,6 +32,9 @@ pub struct Request {
     pub reply_to: String,
     /// The request's correlation headers ([`CORRELATION_HEADERS`]).
     pub correlation: Vec<Header>,
+    /// The NestJS packet id (the `nestjs-id` header the `nestjs` codec
+    /// sets), which a NestJS reply carries back.
+    pub packet_id: Option<String>,
 }
 
 impl Request {
@@ -41,7 +46,9 @@ impl Request {
             .filter(|h| CORRELATION_HEADERS.iter().any(|c| h.key.eq_ignore_ascii_case(c)))
             .cloned()
             .collect();
-        Some(Self { reply_to, correlation })
+        let packet_id = crate::event::header(headers, nestjs::ID_HEADER)
+            .map(|id| String::from_utf8_lossy(id).into_owned());
+        Some(Self { reply_to, correlation, packet_id })
     }
 }
 
@@ -51,11 +58,24 @@ pub struct Router {
     /// The source's own way back for replies (core NATS); otherwise replies
     /// go to the default sink.
     replies: Option<Arc<dyn Sink>>,
+    /// How replies and error replies are encoded.
+    codec: Codec,
 }
 
 impl Router {
     pub fn new(default: Arc<dyn Sink>, routes: HashMap<String, Arc<dyn Sink>>) -> Self {
-        Self { default, routes, replies: None }
+        Self { default, routes, replies: None, codec: Codec::None }
+    }
+
+    /// Encodes replies and error replies in `codec`'s format.
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The pipeline's wire codec (the lane decodes inputs with it).
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     /// Sends replies through `sink` instead of the default sink.
@@ -101,8 +121,11 @@ impl Router {
     pub fn route(&self, output: Output, request: Option<&Request>, id: impl FnOnce() -> String) -> Option<(&Arc<dyn Sink>, Record)> {
         let (sink, destination) = self.target(&output, request)?;
         let destination = destination.map(str::to_owned);
-        let Output { key, payload, mut headers, reply, .. } = output;
+        let Output { key, mut payload, mut headers, reply, .. } = output;
         if let (true, Some(request)) = (reply, request) {
+            if self.codec == Codec::Nestjs {
+                payload = nestjs::reply(&payload, request.packet_id.as_deref());
+            }
             for header in &request.correlation {
                 if !headers.iter().any(|h| h.key.eq_ignore_ascii_case(&header.key)) {
                     headers.push(header.clone());
@@ -116,14 +139,21 @@ impl Router {
     /// The error reply to `request`, and where it goes.
     pub fn error_reply(&self, request: &Request, error: &ErrorReply<'_>) -> (&Arc<dyn Sink>, Record) {
         let code = error.code();
-        let payload = json!({
-            "error": {
-                "code": code,
-                "reason": error.reason,
-                "message": error.message,
-                "event_id": error.event_id,
+        let payload = match self.codec {
+            Codec::None => json!({
+                "error": {
+                    "code": code,
+                    "reason": error.reason,
+                    "message": error.message,
+                    "event_id": error.event_id,
+                }
+            })
+            .to_string()
+            .into_bytes(),
+            Codec::Nestjs => {
+                nestjs::error_reply(code, error.reason, error.message, error.event_id, request.packet_id.as_deref())
             }
-        });
+        };
         let mut headers = request.correlation.clone();
         // The NATS services convention (ADR-32): clients that know it see an
         // error without parsing the body.
@@ -132,7 +162,7 @@ impl Router {
         let record = Record {
             destination: Some(request.reply_to.clone()),
             key: None,
-            payload: payload.to_string().into_bytes(),
+            payload,
             headers,
             id: None,
         };
