@@ -174,6 +174,7 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
         redeliver: false,
         version_header: true,
         stats: Arc::new(Stats::default()),
+        idempotency: None,
     }
 }
 

@@ -142,6 +142,7 @@ fn dispatcher(slot: Arc<PluginSlot>, sink: Arc<StampSink>) -> Dispatcher {
         redeliver: false,
         version_header: true,
         stats: Arc::new(Stats::default()),
+        idempotency: None,
     }
 }
 

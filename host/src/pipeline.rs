@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
 
 use crate::config::{Ordering, PipelineConfig, SinkConfig, SourceConfig};
+use crate::dispatch::idempotency::Guard;
 use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
 use crate::nats::Connections;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
@@ -113,6 +114,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         redeliver: source.redelivers() && policy.ordering == Ordering::None,
         version_header: policy.version_header,
         stats: Arc::new(Stats::default()),
+        idempotency: config.idempotency.as_ref().map(Guard::new),
     };
     Ok(Built { dispatcher, source, plugin, pause })
 }

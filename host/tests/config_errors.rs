@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf, MAIN_SEPARATOR};
 use std::time::Duration;
 
 use sluice::config::{
-    Allocator, Codec, Config, LineFormat, Ordering, RecordFormat, SinkConfig, SourceConfig,
+    Allocator, Codec, Config, IdempotencyKey, LineFormat, Ordering, RecordFormat, SinkConfig, SourceConfig,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -278,10 +278,13 @@ fn valid_configs_load_with_everything_set() -> TestResult {
     let stdin = config.pipelines.get("console").ok_or("no pipeline `console`")?;
     assert!(matches!(stdin.source, SourceConfig::Stdin { format: LineFormat::Lines }));
     assert_eq!(stdin.policy.ordering, Ordering::None);
-    assert_eq!(stdin.codec, Codec::None, "off by default");
+    assert_eq!((stdin.codec, &stdin.idempotency), (Codec::None, &None), "off by default");
 
     let users = config.pipelines.get("nestjs-users").ok_or("no pipeline `nestjs-users`")?;
     assert_eq!(users.codec, Codec::Nestjs);
+    let idempotency = users.idempotency.as_ref().ok_or("no idempotency")?;
+    assert_eq!(idempotency.key, IdempotencyKey::Header("Idempotency-Key".into()));
+    assert_eq!((idempotency.window, idempotency.capacity), (Duration::from_secs(60), 1000));
     Ok(())
 }
 

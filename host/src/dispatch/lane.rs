@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{self, Failure, Reason};
+use super::idempotency::Claim;
 use super::publish::{self, Conclusion, FailedRequest};
 use super::route::Request;
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
@@ -128,6 +129,16 @@ impl Lane {
                 self.dead_letter(event, &failure, ack);
                 continue;
             }
+            let ack = match &self.d.idempotency {
+                None => ack,
+                Some(guard) => match guard.claim(&event, ack) {
+                    Claim::New(ack) | Claim::NoKey(ack) => ack,
+                    Claim::Repeat(ack) => {
+                        self.repeat(event, ack);
+                        continue;
+                    }
+                },
+            };
             events.push(event);
             acks.push(ack);
         }
@@ -200,12 +211,14 @@ impl Lane {
             let message = failed.message();
             if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
                 let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
+                self.forget(&event);
                 self.dead_letter(event, &failure, ack);
                 return Ok(());
             }
             Stats::add(&self.d.stats.failures, 1);
             if !self.d.retry.should_retry(event.attempt) {
                 let failure = Failure { reason: Reason::RetriesExhausted, message, attempts: event.attempt, first, last: now };
+                self.forget(&event);
                 self.dead_letter(event, &failure, ack);
                 return Ok(());
             }
@@ -238,6 +251,24 @@ impl Lane {
             let (mut alone, next) = self.call(vec![event]).await?;
             event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
             result = single(next);
+        }
+    }
+
+    /// A repeat of an event already handled: acknowledged without calling
+    /// the plugin (a repeated request gets an error reply).
+    fn repeat(&mut self, event: Event, ack: Ack) {
+        tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "a repeat of an event already handled (idempotency): skipped");
+        Stats::add(&self.d.stats.duplicates, 1);
+        let request = Request::of(event.reply_to, &event.headers);
+        self.concluded.push(Conclusion::Repeat { ack, event_id: event.id, request });
+    }
+
+    /// Dead-lettered events are not remembered by idempotency: the next copy
+    /// the lane takes is handled (its record is written later, in the
+    /// publisher, but the decision is final now).
+    fn forget(&self, event: &Event) {
+        if let Some(guard) = &self.d.idempotency {
+            guard.forget(event);
         }
     }
 

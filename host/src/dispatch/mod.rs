@@ -18,6 +18,7 @@
 
 pub mod dead_letter;
 pub mod handler;
+pub mod idempotency;
 pub mod lane;
 pub mod policy;
 mod publish;
@@ -82,6 +83,9 @@ pub struct Dispatcher {
     /// Add `sluice-plugin-digest` (the version that made it) to every output.
     pub version_header: bool,
     pub stats: Arc<Stats>,
+    /// Skips repeats of events already handled (`idempotency`); `None`:
+    /// every delivery is handled.
+    pub idempotency: Option<Arc<idempotency::Guard>>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.

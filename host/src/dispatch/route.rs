@@ -172,18 +172,21 @@ impl Router {
 
 /// Why a request gets an error instead of an answer.
 pub struct ErrorReply<'a> {
-    /// `rejected`, `retries-exhausted`, `undecodable` or `no-reply`.
+    /// `rejected`, `retries-exhausted`, `undecodable`, `no-reply` or
+    /// `duplicate`.
     pub reason: &'a str,
     pub message: &'a str,
     pub event_id: &'a str,
 }
 
 impl ErrorReply<'_> {
-    /// 400 when the request itself is at fault (rejected, undecodable), 500
-    /// when the handler failed or gave no answer.
+    /// 400 when the request itself is at fault (rejected, undecodable), 409
+    /// for a repeat of a request already handled (idempotency), 500 when the
+    /// handler failed or gave no answer.
     fn code(&self) -> u16 {
         match self.reason {
             "rejected" | "undecodable" => 400,
+            "duplicate" => 409,
             _ => 500,
         }
     }

@@ -45,6 +45,9 @@ stats! {
     abandoned,
     /// Replies dropped because the event had no reply-to.
     replies_dropped,
+    /// Repeats of an event already handled within the idempotency window:
+    /// acknowledged without calling the plugin, nothing sent.
+    duplicates,
 }
 
 impl Stats {

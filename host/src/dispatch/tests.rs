@@ -238,6 +238,7 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
         redeliver: false,
         version_header: true,
         stats: Arc::new(Stats::default()),
+        idempotency: None,
     };
     Harness { out, dlq, calls, dispatcher }
 }
