@@ -646,3 +646,62 @@ async fn a_topic_pattern_and_per_key_order() -> Result<()> {
     }
     Ok(())
 }
+
+/// `sluice dlq replay` from a dead-letter topic a pipeline wrote: to another
+/// topic with `--to`, and to the event's own source topic by default, the
+/// original key, payload and headers restored; a dry run and a filter that
+/// match nothing send nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_from_a_topic_to_a_topic() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (orders, out, dlq, retry, group) = (unique("orders"), unique("out"), unique("dlq"), unique("retry"), unique("group"));
+    create_topics(&bootstrap, &[(&orders, 2), (&out, 1), (&dlq, 2), (&retry, 1)]).await?;
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "kafka-dlq",
+        "chaos",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{orders}"], start = "earliest" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{out}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
+        "max_attempts = 1",
+    );
+    let host = start(&scratch, &config, "sluice.toml")?;
+    let mut rejected = Input::new(1, "reject:r1");
+    rejected.key = Some("k1".into());
+    rejected.headers = vec![("trace".into(), "t-1".into())];
+    produce(&bootstrap, &orders, &[Input::new(0, "ok:a"), rejected, Input::new(0, "ok:b")]).await?;
+    read_topic(&bootstrap, &dlq, 1, false, WITHIN)?;
+    read_topic(&bootstrap, &out, 2, false, WITHIN)?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+
+    let replay = |extra: &[&str]| -> Result<Finished> {
+        let from = format!("kafka:{dlq}");
+        let mut args = vec!["dlq", "replay", "--from", from.as_str(), "--brokers", bootstrap.as_str()];
+        args.extend_from_slice(extra);
+        let finished = scratch.run(&args)?;
+        finished.ensure_success()?;
+        Ok(finished)
+    };
+    let dry = replay(&["--dry-run"])?;
+    ensure!(dry.stdout.contains("rejected at ") && dry.stdout.contains(&format!(": r1) to kafka:{orders}")), "{}", dry.stdout);
+    ensure!(dry.stdout.contains("would replay 1 of 1 records"), "{}", dry.stdout);
+    let none = replay(&["--pipeline", "another"])?;
+    ensure!(none.stdout.contains("replayed 0 of 1 records (1 filtered out"), "{}", none.stdout);
+    ensure!(end_offsets(&bootstrap, &orders, 2)?.iter().sum::<i64>() == 3, "nothing sent by a dry run or an empty filter");
+
+    let to_retry = format!("kafka:{retry}");
+    ensure!(replay(&["--to", &to_retry])?.stdout.contains("replayed 1 of 1 records"));
+    let got = read_topic(&bootstrap, &retry, 1, false, WITHIN)?;
+    assert_eq!((got[0].key.as_deref(), got[0].payload.as_str()), (Some("k1"), "reject:r1"));
+    assert_eq!(got[0].headers, [("trace".to_owned(), "t-1".to_owned())], "sluice-dlq-* headers stripped");
+
+    // By default, back to the topic it came from.
+    replay(&["--pipeline", "kafka-dlq", "--reason", "rejected"])?;
+    let all = read_to_end(&bootstrap, &orders, 2, false)?;
+    assert_eq!(all.len(), 4);
+    let back = all.iter().filter(|r| r.payload == "reject:r1").count();
+    assert_eq!(back, 2, "the original and its replay");
+    Ok(())
+}
