@@ -116,6 +116,13 @@ fn a_missing_file_or_a_bad_source_is_a_clear_error() -> Result<()> {
     let missing = scratch.run(&["dlq", "replay", "--from", "file:nope.jsonl"])?;
     missing.ensure_failure()?;
     assert!(missing.stderr.contains("cannot open dead-letter file nope.jsonl"), "{}", missing.stderr);
+    // A record from a NATS subject, kept in a file: no file of that name
+    // is created by default.
+    scratch.write_events("dlq.jsonl", &[json!({ "payload": "x", "headers": { "sluice-dlq-reason": "rejected", "sluice-dlq-source": "orders.new", "sluice-dlq-event-id": "nats:1" } })])?;
+    let subject = scratch.run(&["dlq", "replay", "--from", "file:dlq.jsonl"])?;
+    subject.ensure_failure()?;
+    assert!(subject.stderr.contains("comes from `orders.new`, which is not a file here"), "{}", subject.stderr);
+    assert!(!scratch.path("orders.new").exists());
     let bad = scratch.run(&["dlq", "replay", "--from", "s3:bucket"])?;
     bad.ensure_failure()?;
     assert!(bad.stderr.contains("write file:PATH, jetstream:STREAM"), "{}", bad.stderr);

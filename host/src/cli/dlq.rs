@@ -164,6 +164,14 @@ async fn run(options: &Options) -> Result<std::process::ExitCode> {
         if name.is_empty() {
             bail!("record of event {} has no sluice-dlq-source: give a destination with --to KIND:NAME", record.event_id);
         }
+        if to.kind == Kind::File && to.name.is_none() && !std::path::Path::new(&name).is_file() {
+            // A file's records name its path; a subject or topic would
+            // become a new file here by mistake.
+            bail!(
+                "record of event {} comes from `{name}`, which is not a file here: run from the folder of the pipeline's config, or give the destination with --to (e.g. --to nats or --to file:PATH)",
+                record.event_id
+            );
+        }
         if options.dry_run {
             let at = record.dead_lettered_at.map(sluice::dispatch::dead_letter::rfc3339).unwrap_or_else(|| "?".into());
             progress.suspend(|| {
