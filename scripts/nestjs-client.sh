@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The NestJS client app of the interoperability test (tests/nestjs/): its npm
 # packages, installed once into .cache/nestjs-client (git-ignored) from the
-# committed package-lock.json, with client.mjs copied beside them.
+# committed package-lock.json, with the apps (*.mjs) copied beside them.
 #
 #   bash scripts/nestjs-client.sh install   # npm ci, when the lock file changed
 #   bash scripts/nestjs-client.sh path      # print the folder to run it from
@@ -23,7 +23,7 @@ case "${1:-}" in
             (cd "$dest" && npm ci --no-audit --no-fund --loglevel=error)
             touch "$dest/node_modules/.complete"
         fi
-        cp "$src/client.mjs" "$dest/client.mjs"
+        cp "$src"/*.mjs "$dest/"
         ;;
     path)
         echo "$dest"

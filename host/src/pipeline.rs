@@ -100,7 +100,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         pipeline: name.to_owned(),
         plugin: Arc::new(PluginSlot::new(Arc::new(plugin.clone()))),
         paused,
-        router: Router::new(default, routes).with_replies(source.reply_sink()).with_codec(config.codec),
+        router: Router::new(default, routes).with_replies(source.reply_sink()).with_codec(config.codec, matches!(config.source, SourceConfig::Kafka { .. })),
         dead_letter,
         retry: RetryPolicy {
             max_attempts,

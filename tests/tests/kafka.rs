@@ -705,3 +705,54 @@ async fn dead_letters_are_replayed_from_a_topic_to_a_topic() -> Result<()> {
     assert_eq!(back, 2, "the original and its replay");
     Ok(())
 }
+
+/// NestJS interoperability on the Kafka transport: a real NestJS
+/// `ClientProxy` (`tests/nestjs/kafka-client.mjs`, kafkajs) calls a pipeline
+/// with `codec = "nestjs"` reading the pattern topics. Its `send` resolves
+/// (and completes: the reply carries `kafka_nest-is-disposed`), a rejected
+/// call rejects with NestJS's error shape (`kafka_nest-err`), and the
+/// emitted event reaches the plugin. Needs `scripts/nestjs-client.sh install`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> Result<()> {
+    let client_dir = root().join(".cache/nestjs-client");
+    let app = client_dir.join("kafka-client.mjs");
+    ensure!(
+        app.is_file() && std::fs::read(&app)? == std::fs::read(root().join("tests/nestjs/kafka-client.mjs"))?,
+        "the NestJS client at {} is missing or stale: run `bash scripts/nestjs-client.sh install`",
+        client_dir.display()
+    );
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    // NestJS names topics after patterns, and replies after `<pattern>.reply`.
+    let out = unique("user-events");
+    create_topics(&bootstrap, &[("get-user", 1), ("get-user.reply", 1), ("user-created", 1), (&out, 1)]).await?;
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "users",
+        "users",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{}", topics = ["get-user", "user-created"] }}"#, unique("sluice")),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{out}" }}"#),
+        r#"{ kind = "file", path = "dlq.jsonl" }"#,
+        "max_attempts = 1",
+    )
+    .replace("[pipelines.users]\n", "[pipelines.users]\ncodec = \"nestjs\"\n");
+    let host = start(&scratch, &config, "sluice.toml")?;
+
+    let mut node = std::process::Command::new("node");
+    node.arg("kafka-client.mjs").arg(&bootstrap).arg(unique("nestjs")).current_dir(&client_dir);
+    let finished = Running::spawn(node)?.wait(RUN_TIMEOUT)?;
+    ensure!(finished.status.success(), "the NestJS client failed\n--- stdout\n{}\n--- stderr\n{}", finished.stdout, finished.stderr);
+    let last = finished.stdout.lines().last().unwrap_or_default();
+    let results: serde_json::Value = serde_json::from_str(last).with_context(|| format!("not JSON: {}", finished.stdout))?;
+    assert_eq!(results.get("failed"), None, "{results}\n{}", finished.stderr);
+    assert_eq!(results["user"], serde_json::json!({"id": 42, "name": "Ada Lovelace"}));
+    let rejected = &results["missing"]["rejected"];
+    assert_eq!((rejected["status"].as_str(), rejected["message"].as_str()), (Some("error"), Some("user 99 not found")), "{results}");
+    assert_eq!(results["emitted"], true);
+    let events = read_topic(&bootstrap, &out, 1, false, WITHIN)?;
+    let payload: serde_json::Value = serde_json::from_str(&events[0].payload)?;
+    assert_eq!(payload, serde_json::json!({"event": "user-created", "user": {"id": 43, "name": "Alan Turing"}}));
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}

@@ -20,6 +20,14 @@
 //!
 //! Decoding hands the plugin `data` as the payload (its JSON text) and puts
 //! the pattern and the id in headers ([`PATTERN_HEADER`], [`ID_HEADER`]).
+//!
+//! NestJS's Kafka transport has no envelope: a message's value is the data,
+//! its topic the pattern; a request carries `kafka_correlationId`,
+//! `kafka_replyTopic` and `kafka_replyPartition` headers (which the host
+//! already honours), and a reply is the value plus a
+//! `kafka_nest-is-disposed` header (without it `lastValueFrom` never
+//! completes), an error reply a `kafka_nest-err` header holding the error as
+//! JSON. With a Kafka source, the codec does that ([`decode_kafka`]).
 //! A payload that is JSON but not a packet (no `pattern` and no `data`) is
 //! what a NestJS server calls an external message: the whole payload is the
 //! data and the subject the pattern, as NestJS does.
@@ -34,6 +42,36 @@ pub const PATTERN_HEADER: &str = "nestjs-pattern";
 /// The header that carries the packet's id (requests only): the reply
 /// carries it back so the client can match it to its call.
 pub const ID_HEADER: &str = "nestjs-id";
+
+/// NestJS's Kafka transport marks the last reply to a request with this
+/// header (any value), and an error reply with [`KAFKA_ERR_HEADER`] (the
+/// error as JSON); its Kafka messages have no envelope.
+pub const KAFKA_DISPOSED_HEADER: &str = "kafka_nest-is-disposed";
+pub const KAFKA_ERR_HEADER: &str = "kafka_nest-err";
+
+/// A message of NestJS's Kafka transport: the value is the data as it is
+/// (no envelope), the topic is the pattern and the `kafka_correlationId`
+/// header the call's id. Only the `nestjs-*` headers are set.
+pub fn decode_kafka(event: &mut Event) {
+    let id = crate::event::header(&event.headers, crate::kafka::CORRELATION_HEADER).map(|id| String::from_utf8_lossy(id).into_owned());
+    event.headers.retain(|h| !h.key.eq_ignore_ascii_case(PATTERN_HEADER) && !h.key.eq_ignore_ascii_case(ID_HEADER));
+    event.headers.push(text_header(PATTERN_HEADER, event.source.clone()));
+    if let Some(id) = id {
+        event.headers.push(text_header(ID_HEADER, id));
+    }
+}
+
+/// The error of an error reply, as NestJS's `RpcException` shapes it, plus
+/// sluice's `code`, `reason` and `event_id`.
+fn error_value(code: u16, reason: &str, message: &str, event_id: &str) -> Value {
+    json!({ "status": "error", "message": message, "code": code, "reason": reason, "event_id": event_id })
+}
+
+/// An error reply of NestJS's Kafka transport: the error as JSON, both as
+/// the value and in the [`KAFKA_ERR_HEADER`] header.
+pub fn kafka_error(code: u16, reason: &str, message: &str, event_id: &str) -> Vec<u8> {
+    error_value(code, reason, message, event_id).to_string().into_bytes()
+}
 
 /// Replaces a NestJS packet payload by its `data`, and records its pattern
 /// and id as headers (any such headers the event already had are dropped,
@@ -117,10 +155,7 @@ pub fn reply(payload: &[u8], id: Option<&str>) -> Vec<u8> {
 /// `code`, `reason` and `event_id`.
 pub fn error_reply(code: u16, reason: &str, message: &str, event_id: &str, id: Option<&str>) -> Vec<u8> {
     let mut packet = Map::new();
-    packet.insert(
-        "err".into(),
-        json!({ "status": "error", "message": message, "code": code, "reason": reason, "event_id": event_id }),
-    );
+    packet.insert("err".into(), error_value(code, reason, message, event_id));
     packet.insert("isDisposed".into(), Value::Bool(true));
     if let Some(id) = id {
         packet.insert("id".into(), Value::String(id.to_owned()));
@@ -177,6 +212,20 @@ mod tests {
         assert_eq!(header(&e.headers, PATTERN_HEADER), Some(&b"get-user"[..]));
         let mut bad = event("not json");
         assert!(decode(&mut bad).is_err_and(|m| m.contains("not JSON")));
+    }
+
+    #[test]
+    fn a_kafka_message_keeps_its_value_and_gets_the_topic_as_pattern() {
+        let mut e = event("plain text, not JSON");
+        e.headers.push(text_header(crate::kafka::CORRELATION_HEADER, "c-7"));
+        decode_kafka(&mut e);
+        assert_eq!(text(&e.payload), "plain text, not JSON");
+        assert_eq!(header(&e.headers, PATTERN_HEADER), Some(&b"get-user"[..]));
+        assert_eq!(header(&e.headers, ID_HEADER), Some(&b"c-7"[..]), "the correlation id, not the spoofed header");
+        assert_eq!(
+            text(&kafka_error(400, "rejected", "no", "e-1")),
+            r#"{"status":"error","message":"no","code":400,"reason":"rejected","event_id":"e-1"}"#
+        );
     }
 
     #[test]

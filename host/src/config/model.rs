@@ -150,7 +150,9 @@ pub enum Codec {
     /// `{"pattern", "data", "id"}` reaches the plugin as `data`, with the
     /// pattern and id in the `nestjs-pattern` and `nestjs-id` headers; a
     /// reply goes back as `{"response", "isDisposed", "id"}`, an error reply
-    /// as `{"err", "isDisposed", "id"}`.
+    /// as `{"err", "isDisposed", "id"}`. With a Kafka source, NestJS's Kafka
+    /// transport: no envelope, replies marked by `kafka_nest-is-disposed`
+    /// and `kafka_nest-err` headers.
     Nestjs,
 }
 

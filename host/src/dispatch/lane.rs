@@ -121,6 +121,10 @@ impl Lane {
             let defect = match (defect, codec) {
                 (Some(defect), _) => Some(defect),
                 (None, Codec::None) => None,
+                (None, Codec::Nestjs) if self.d.router.kafka_transport() => {
+                    nestjs::decode_kafka(&mut event);
+                    None
+                }
                 (None, Codec::Nestjs) => nestjs::decode(&mut event).err(),
             };
             if let Some(defect) = defect {

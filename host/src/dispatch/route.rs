@@ -60,22 +60,32 @@ pub struct Router {
     replies: Option<Arc<dyn Sink>>,
     /// How replies and error replies are encoded.
     codec: Codec,
+    /// The source is Kafka: with `codec = "nestjs"`, NestJS's Kafka
+    /// transport (no envelope; replies marked by headers).
+    kafka: bool,
 }
 
 impl Router {
     pub fn new(default: Arc<dyn Sink>, routes: HashMap<String, Arc<dyn Sink>>) -> Self {
-        Self { default, routes, replies: None, codec: Codec::None }
+        Self { default, routes, replies: None, codec: Codec::None, kafka: false }
     }
 
-    /// Encodes replies and error replies in `codec`'s format.
-    pub fn with_codec(mut self, codec: Codec) -> Self {
+    /// Encodes replies and error replies in `codec`'s format; `kafka`: the
+    /// source is Kafka (NestJS's Kafka transport rather than its NATS one).
+    pub fn with_codec(mut self, codec: Codec, kafka: bool) -> Self {
         self.codec = codec;
+        self.kafka = kafka;
         self
     }
 
     /// The pipeline's wire codec (the lane decodes inputs with it).
     pub fn codec(&self) -> Codec {
         self.codec
+    }
+
+    /// Whether the codec speaks NestJS's Kafka transport.
+    pub fn kafka_transport(&self) -> bool {
+        self.kafka
     }
 
     /// Sends replies through `sink` instead of the default sink.
@@ -123,8 +133,10 @@ impl Router {
         let destination = destination.map(str::to_owned);
         let Output { key, mut payload, mut headers, reply, .. } = output;
         if let (true, Some(request)) = (reply, request) {
-            if self.codec == Codec::Nestjs {
-                payload = nestjs::reply(&payload, request.packet_id.as_deref());
+            match (self.codec, self.kafka) {
+                (Codec::None, _) => {}
+                (Codec::Nestjs, false) => payload = nestjs::reply(&payload, request.packet_id.as_deref()),
+                (Codec::Nestjs, true) => headers.push(Header { key: nestjs::KAFKA_DISPOSED_HEADER.into(), value: vec![0] }),
             }
             for header in &request.correlation {
                 if !headers.iter().any(|h| h.key.eq_ignore_ascii_case(&header.key)) {
@@ -150,6 +162,7 @@ impl Router {
             })
             .to_string()
             .into_bytes(),
+            Codec::Nestjs if self.kafka => nestjs::kafka_error(code, error.reason, error.message, error.event_id),
             Codec::Nestjs => {
                 nestjs::error_reply(code, error.reason, error.message, error.event_id, request.packet_id.as_deref())
             }
@@ -159,6 +172,10 @@ impl Router {
         // error without parsing the body.
         headers.push(text_header("Nats-Service-Error", one_line(error.message)));
         headers.push(text_header("Nats-Service-Error-Code", code.to_string()));
+        if self.codec == Codec::Nestjs && self.kafka {
+            headers.push(Header { key: nestjs::KAFKA_ERR_HEADER.into(), value: payload.clone() });
+            headers.push(Header { key: nestjs::KAFKA_DISPOSED_HEADER.into(), value: vec![0] });
+        }
         let record = Record {
             destination: Some(request.reply_to.clone()),
             key: None,
