@@ -176,6 +176,7 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
         max_outputs: 1000,
         max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
+        idempotency: None,
     }
 }
 

@@ -144,6 +144,7 @@ fn dispatcher(slot: Arc<PluginSlot>, sink: Arc<StampSink>) -> Dispatcher {
         max_outputs: 1000,
         max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
+        idempotency: None,
     }
 }
 

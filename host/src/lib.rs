@@ -25,6 +25,8 @@
 //! write used by checkpoints and the compiled-component cache, [`nats`] the
 //! connections and header mapping NATS sources and sinks share, [`kafka`]
 //! the client settings, message mapping and transactions of Kafka's.
+//! [`replay`] reads dead-letter records back into the events they were, for
+//! `sluice dlq replay`.
 
 pub mod admin;
 pub mod codec;
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod nats;
 pub mod pipeline;
 pub mod reload;
+pub mod replay;
 pub mod runtime;
 pub mod sink;
 pub mod source;

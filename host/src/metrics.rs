@@ -62,7 +62,7 @@ type Level = fn(&Row) -> Option<i64>;
 type Timing = fn(&Stats) -> &Histogram;
 
 /// Counters: name (without `_total`), help, value.
-const COUNTERS: [(&str, &str, Counts); 13] = [
+const COUNTERS: [(&str, &str, Counts); 14] = [
     ("sluice_events_received", "Events taken from the source.", |r| r.counts.received),
     ("sluice_plugin_calls", "Calls into the plugin (one per batch).", |r| r.counts.calls),
     ("sluice_outputs", "Outputs sent to sinks, replies included.", |r| r.counts.outputs),
@@ -73,6 +73,7 @@ const COUNTERS: [(&str, &str, Counts); 13] = [
     ("sluice_events_acked", "Events settled at the source (outputs or dead letter durable).", |r| r.counts.acked),
     ("sluice_events_abandoned", "Events handed back unfinished (shutdown, sink failure).", |r| r.counts.abandoned),
     ("sluice_replies_dropped", "Reply outputs of events that were not requests.", |r| r.counts.replies_dropped),
+    ("sluice_events_duplicate", "Repeats within the idempotency window, acknowledged without a plugin call.", |r| r.counts.duplicates),
     ("sluice_sink_failures", "Records a sink failed to deliver (each stops the pipeline).", |r| r.counts.sink_failures),
     ("sluice_plugin_reloads", "Plugin versions swapped in (reload, upload, rollback).", |r| r.reloads),
     ("sluice_plugin_reload_rejections", "New plugin versions refused (the current one kept serving).", |r| r.rejections),

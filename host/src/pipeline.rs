@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
 
 use crate::config::{Ordering, PipelineConfig, SinkConfig, SourceConfig};
+use crate::dispatch::idempotency::Guard;
 use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
 use crate::nats::Connections;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
@@ -100,7 +101,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         pipeline: name.to_owned(),
         plugin: Arc::new(PluginSlot::new(Arc::new(plugin.clone()))),
         paused,
-        router: Router::new(default, routes).with_replies(source.reply_sink()),
+        router: Router::new(default, routes).with_replies(source.reply_sink()).with_codec(config.codec, matches!(config.source, SourceConfig::Kafka { .. })),
         dead_letter,
         retry: RetryPolicy {
             max_attempts,
@@ -116,6 +117,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         max_outputs: policy.max_outputs,
         max_output_bytes: policy.max_output_bytes.as_u64(),
         stats,
+        idempotency: config.idempotency.as_ref().map(Guard::new),
     };
     Ok(Built { dispatcher, source, plugin, pause })
 }

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf, MAIN_SEPARATOR};
 use std::time::Duration;
 
 use sluice::config::{
-    Allocator, Config, LineFormat, Ordering, RecordFormat, SinkConfig, SourceConfig,
+    Allocator, Codec, Config, IdempotencyKey, LineFormat, Ordering, RecordFormat, SinkConfig, SourceConfig,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -227,7 +227,7 @@ fn valid_configs_load_with_everything_set() -> TestResult {
     assert_eq!(config.runtime.allocator, Allocator::Pooling);
     assert_eq!(config.runtime.cache_dir, Some(dir.join("cache")));
     assert_eq!(config.runtime.shutdown_timeout, Duration::from_secs(20));
-    assert_eq!(config.pipelines.len(), 2);
+    assert_eq!(config.pipelines.len(), 3);
 
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     match &p.source {
@@ -278,6 +278,13 @@ fn valid_configs_load_with_everything_set() -> TestResult {
     let stdin = config.pipelines.get("console").ok_or("no pipeline `console`")?;
     assert!(matches!(stdin.source, SourceConfig::Stdin { format: LineFormat::Lines }));
     assert_eq!(stdin.policy.ordering, Ordering::None);
+    assert_eq!((stdin.codec, &stdin.idempotency), (Codec::None, &None), "off by default");
+
+    let users = config.pipelines.get("nestjs-users").ok_or("no pipeline `nestjs-users`")?;
+    assert_eq!(users.codec, Codec::Nestjs);
+    let idempotency = users.idempotency.as_ref().ok_or("no idempotency")?;
+    assert_eq!(idempotency.key, IdempotencyKey::Header("Idempotency-Key".into()));
+    assert_eq!((idempotency.window, idempotency.capacity), (Duration::from_secs(60), 1000));
     Ok(())
 }
 

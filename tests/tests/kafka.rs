@@ -711,3 +711,113 @@ async fn a_paused_exactly_once_pipeline_still_commits_what_finished() -> Result<
     assert_eq!(outputs.len(), 200, "each input's output once");
     Ok(())
 }
+
+/// `sluice dlq replay` from a dead-letter topic a pipeline wrote: to another
+/// topic with `--to`, and to the event's own source topic by default, the
+/// original key, payload and headers restored; a dry run and a filter that
+/// match nothing send nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_from_a_topic_to_a_topic() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (orders, out, dlq, retry, group) = (unique("orders"), unique("out"), unique("dlq"), unique("retry"), unique("group"));
+    create_topics(&bootstrap, &[(&orders, 2), (&out, 1), (&dlq, 2), (&retry, 1)]).await?;
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "kafka-dlq",
+        "chaos",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{orders}"], start = "earliest" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{out}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
+        "max_attempts = 1",
+    );
+    let host = start(&scratch, &config, "sluice.toml")?;
+    let mut rejected = Input::new(1, "reject:r1");
+    rejected.key = Some("k1".into());
+    rejected.headers = vec![("trace".into(), "t-1".into())];
+    produce(&bootstrap, &orders, &[Input::new(0, "ok:a"), rejected, Input::new(0, "ok:b")]).await?;
+    read_topic(&bootstrap, &dlq, 1, false, WITHIN)?;
+    read_topic(&bootstrap, &out, 2, false, WITHIN)?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+
+    let replay = |extra: &[&str]| -> Result<Finished> {
+        let from = format!("kafka:{dlq}");
+        let mut args = vec!["dlq", "replay", "--from", from.as_str(), "--brokers", bootstrap.as_str()];
+        args.extend_from_slice(extra);
+        let finished = scratch.run(&args)?;
+        finished.ensure_success()?;
+        Ok(finished)
+    };
+    let dry = replay(&["--dry-run"])?;
+    ensure!(dry.stdout.contains("rejected at ") && dry.stdout.contains(&format!(": r1) to kafka:{orders}")), "{}", dry.stdout);
+    ensure!(dry.stdout.contains("would replay 1 of 1 records"), "{}", dry.stdout);
+    let none = replay(&["--pipeline", "another"])?;
+    ensure!(none.stdout.contains("replayed 0 of 1 records (1 filtered out"), "{}", none.stdout);
+    ensure!(end_offsets(&bootstrap, &orders, 2)?.iter().sum::<i64>() == 3, "nothing sent by a dry run or an empty filter");
+
+    let to_retry = format!("kafka:{retry}");
+    ensure!(replay(&["--to", &to_retry])?.stdout.contains("replayed 1 of 1 records"));
+    let got = read_topic(&bootstrap, &retry, 1, false, WITHIN)?;
+    assert_eq!((got[0].key.as_deref(), got[0].payload.as_str()), (Some("k1"), "reject:r1"));
+    assert_eq!(got[0].headers, [("trace".to_owned(), "t-1".to_owned())], "sluice-dlq-* headers stripped");
+
+    // By default, back to the topic it came from.
+    replay(&["--pipeline", "kafka-dlq", "--reason", "rejected"])?;
+    let all = read_to_end(&bootstrap, &orders, 2, false)?;
+    assert_eq!(all.len(), 4);
+    let back = all.iter().filter(|r| r.payload == "reject:r1").count();
+    assert_eq!(back, 2, "the original and its replay");
+    Ok(())
+}
+
+/// NestJS interoperability on the Kafka transport: a real NestJS
+/// `ClientProxy` (`tests/nestjs/kafka-client.mjs`, kafkajs) calls a pipeline
+/// with `codec = "nestjs"` reading the pattern topics. Its `send` resolves
+/// (and completes: the reply carries `kafka_nest-is-disposed`), a rejected
+/// call rejects with NestJS's error shape (`kafka_nest-err`), and the
+/// emitted event reaches the plugin. Needs `scripts/nestjs-client.sh install`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> Result<()> {
+    let client_dir = root().join(".cache/nestjs-client");
+    let app = client_dir.join("kafka-client.mjs");
+    ensure!(
+        app.is_file() && std::fs::read(&app)? == std::fs::read(root().join("tests/nestjs/kafka-client.mjs"))?,
+        "the NestJS client at {} is missing or stale: run `bash scripts/nestjs-client.sh install`",
+        client_dir.display()
+    );
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    // NestJS names topics after patterns, and replies after `<pattern>.reply`.
+    let out = unique("user-events");
+    create_topics(&bootstrap, &[("get-user", 1), ("get-user.reply", 1), ("user-created", 1), (&out, 1)]).await?;
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "users",
+        "users",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{}", topics = ["get-user", "user-created"] }}"#, unique("sluice")),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{out}" }}"#),
+        r#"{ kind = "file", path = "dlq.jsonl" }"#,
+        "max_attempts = 1",
+    )
+    .replace("[pipelines.users]\n", "[pipelines.users]\ncodec = \"nestjs\"\n");
+    let host = start(&scratch, &config, "sluice.toml")?;
+
+    let mut node = std::process::Command::new("node");
+    node.arg("kafka-client.mjs").arg(&bootstrap).arg(unique("nestjs")).current_dir(&client_dir);
+    let finished = Running::spawn(node)?.wait(RUN_TIMEOUT)?;
+    ensure!(finished.status.success(), "the NestJS client failed\n--- stdout\n{}\n--- stderr\n{}", finished.stdout, finished.stderr);
+    let last = finished.stdout.lines().last().unwrap_or_default();
+    let results: serde_json::Value = serde_json::from_str(last).with_context(|| format!("not JSON: {}", finished.stdout))?;
+    assert_eq!(results.get("failed"), None, "{results}\n{}", finished.stderr);
+    assert_eq!(results["user"], serde_json::json!({"id": 42, "name": "Ada Lovelace"}));
+    let rejected = &results["missing"]["rejected"];
+    assert_eq!((rejected["status"].as_str(), rejected["message"].as_str()), (Some("error"), Some("user 99 not found")), "{results}");
+    assert_eq!(results["emitted"], true);
+    let events = read_topic(&bootstrap, &out, 1, false, WITHIN)?;
+    let payload: serde_json::Value = serde_json::from_str(&events[0].payload)?;
+    assert_eq!(payload, serde_json::json!({"event": "user-created", "user": {"id": 43, "name": "Alan Turing"}}));
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! are typed, and this layer adds the context a user needs.
 
 mod check;
+mod dlq;
 mod inspect;
 mod logging;
 mod run;
@@ -54,6 +55,50 @@ enum Command {
     /// Plugin author tools.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Dead-letter tools.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Send dead-lettered events back to their source (or elsewhere): the
+    /// `sluice-dlq-*` headers are stripped, key, payload and headers restored.
+    Replay {
+        /// Where the dead-letter records are: file:PATH (JSON lines),
+        /// jetstream:STREAM[:SUBJECT] or kafka:TOPIC. Reading changes nothing.
+        #[arg(long, value_name = "FROM")]
+        from: dlq::Origin,
+        /// Where the events go: KIND or KIND:NAME, KIND being file, nats,
+        /// jetstream or kafka. KIND alone, or no --to: each record's own source
+        /// (`sluice-dlq-source`: a path, subject or topic), on the kind of
+        /// --from (file → file, jetstream → jetstream, kafka → kafka).
+        #[arg(long, value_name = "TO")]
+        to: Option<dlq::To>,
+        /// Only records of this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only records with this reason (rejected, retries-exhausted,
+        /// undecodable); repeatable.
+        #[arg(long = "reason", value_name = "REASON")]
+        reasons: Vec<String>,
+        /// Only records dead-lettered at or after this time: RFC 3339
+        /// (2026-01-05T10:00:00Z) or a duration ago (30m, 2h, 1d).
+        #[arg(long, value_parser = dlq::parse_time)]
+        since: Option<std::time::SystemTime>,
+        /// Only records dead-lettered before this time (same forms).
+        #[arg(long, value_parser = dlq::parse_time)]
+        until: Option<std::time::SystemTime>,
+        /// Print what would be replayed, and send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// NATS server(s) for jetstream:/nats: sources and destinations.
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Kafka bootstrap servers for kafka: sources and destinations.
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,6 +158,10 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check::check(&config),
         Command::Status { admin, interval } => status::status(&status::Options { admin, interval }),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
+        Command::Dlq(DlqCommand::Replay { from, to, pipeline, reasons, since, until, dry_run, nats_url, brokers }) => {
+            let filter = sluice::replay::Filter { pipeline, reasons, since, until };
+            dlq::replay(&dlq::Options { from, to, filter, dry_run, nats_url, brokers })
+        }
         Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect }) => {
             let options = test_plugin::Options { config, format, timeout, memory, expect };
             test_plugin::test(&plugin, &events, &options)

@@ -16,7 +16,11 @@
 //!   to `<source>:<line>`.
 //! - `destination`: written by sinks (where the output was headed); ignored
 //!   on input.
+//!
+//! [`nestjs`] is the other codec: the NestJS microservices packet format, a
+//! pipeline's optional wire format for payloads (`codec = "nestjs"`).
 
 mod json;
+pub mod nestjs;
 
 pub use json::{decode_event, encode_record, DecodeError};

@@ -128,6 +128,95 @@ pub struct PipelineConfig {
     /// Retry, timeout, memory and concurrency rules.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// The wire format of the payloads: `none` (default: payloads are handed
+    /// to the plugin as they are) or `nestjs` (NestJS microservice packets:
+    /// the plugin sees `data`, replies go back as NestJS responses).
+    #[serde(default)]
+    pub codec: Codec,
+    /// Skip repeats of an event already handled, by key, within a window.
+    /// Unset: every delivery is handled.
+    #[serde(default)]
+    pub idempotency: Option<IdempotencyConfig>,
+}
+
+/// The wire format of a pipeline's payloads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Codec {
+    /// Payloads are handed to the plugin, and replies sent, as they are.
+    #[default]
+    None,
+    /// The NestJS microservices packet format (NATS transport): a request
+    /// `{"pattern", "data", "id"}` reaches the plugin as `data`, with the
+    /// pattern and id in the `nestjs-pattern` and `nestjs-id` headers; a
+    /// reply goes back as `{"response", "isDisposed", "id"}`, an error reply
+    /// as `{"err", "isDisposed", "id"}`. With a Kafka source, NestJS's Kafka
+    /// transport: no envelope, replies marked by `kafka_nest-is-disposed`
+    /// and `kafka_nest-err` headers.
+    Nestjs,
+}
+
+/// Idempotency: a repeat of an event whose key was handled within `window`
+/// is acknowledged without calling the plugin, and nothing is sent for it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// Where the key comes from: `"header:NAME"` (a header, name compared
+    /// without regard to case), `"json:/POINTER"` (a JSON pointer into the
+    /// payload, e.g. `json:/order/id`) or `"event-id"` (the event's id).
+    pub key: IdempotencyKey,
+    /// How long a handled key is remembered. Default 10m.
+    #[serde(default = "default_idempotency_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Keys remembered at most (the least recently seen are forgotten
+    /// first). Each costs about 100 bytes. Default 100000.
+    #[serde(default = "default_idempotency_capacity")]
+    pub capacity: usize,
+}
+
+/// Where an idempotency key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyKey {
+    /// The first header of this name (case-insensitive).
+    Header(String),
+    /// A JSON pointer (RFC 6901) into the payload.
+    Json(String),
+    /// The event's id.
+    EventId,
+}
+
+impl<'de> Deserialize<'de> for IdempotencyKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bad = |why: &str| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not an idempotency key: {why}; write \"header:Idempotency-Key\", \"json:/order/id\" or \"event-id\""
+            ))
+        };
+        if text == "event-id" {
+            return Ok(IdempotencyKey::EventId);
+        }
+        if let Some(name) = text.strip_prefix("header:") {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(bad("the header name is empty or has spaces"));
+            }
+            return Ok(IdempotencyKey::Header(name.to_owned()));
+        }
+        if let Some(pointer) = text.strip_prefix("json:") {
+            if !pointer.starts_with('/') {
+                return Err(bad("a JSON pointer starts with `/`"));
+            }
+            return Ok(IdempotencyKey::Json(pointer.to_owned()));
+        }
+        Err(bad("unknown kind"))
+    }
+}
+
+fn default_idempotency_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_idempotency_capacity() -> usize {
+    100_000
 }
 
 /// Event sources.

@@ -110,6 +110,17 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
             ),
         ));
     }
+    if let Some(idempotency) = &p.idempotency {
+        if idempotency.capacity == 0 || idempotency.capacity > 10_000_000 {
+            return Err((
+                "idempotency.capacity",
+                format!("must be between 1 and 10000000 keys, got {}", idempotency.capacity),
+            ));
+        }
+        if idempotency.window.is_zero() {
+            return Err(("idempotency.window", "must be greater than zero, e.g. \"10m\"".into()));
+        }
+    }
     if policy.max_attempts == 0 {
         return Err((
             "policy.max_attempts",

@@ -10,10 +10,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{self, Failure, Reason};
+use super::idempotency::Claim;
 use super::publish::{self, Conclusion, FailedRequest};
 use super::route::Request;
 use super::stats::ErrorKind;
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
+use crate::codec::nestjs;
+use crate::config::Codec;
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
 use crate::runtime::CallError;
@@ -127,18 +130,37 @@ impl Lane {
         }
         let mut events = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
+        let codec = self.d.router.codec();
         for delivery in batch {
-            match delivery.defect {
-                Some(defect) => {
-                    let now = SystemTime::now();
-                    let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
-                    self.dead_letter(delivery.event, &failure, delivery.ack);
+            let Delivery { mut event, defect, ack, .. } = delivery;
+            // The pipeline's wire codec unwraps the payload the plugin sees.
+            let defect = match (defect, codec) {
+                (Some(defect), _) => Some(defect),
+                (None, Codec::None) => None,
+                (None, Codec::Nestjs) if self.d.router.kafka_transport() => {
+                    nestjs::decode_kafka(&mut event);
+                    None
                 }
-                None => {
-                    events.push(delivery.event);
-                    acks.push(delivery.ack);
-                }
+                (None, Codec::Nestjs) => nestjs::decode(&mut event).err(),
+            };
+            if let Some(defect) = defect {
+                let now = SystemTime::now();
+                let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
+                self.dead_letter(event, &failure, ack);
+                continue;
             }
+            let ack = match &self.d.idempotency {
+                None => ack,
+                Some(guard) => match guard.claim(&event, ack) {
+                    Claim::New(ack) | Claim::NoKey(ack) => ack,
+                    Claim::Repeat(ack) => {
+                        self.repeat(event, ack);
+                        continue;
+                    }
+                },
+            };
+            events.push(event);
+            acks.push(ack);
         }
         if events.is_empty() {
             return Ok(());
@@ -210,12 +232,14 @@ impl Lane {
             self.d.stats.errors.add(failed.kind());
             if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
                 let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
+                self.forget(&event);
                 self.dead_letter(event, &failure, ack);
                 return Ok(());
             }
             Stats::add(&self.d.stats.failures, 1);
             if !self.d.retry.should_retry(event.attempt) {
                 let failure = Failure { reason: Reason::RetriesExhausted, message, attempts: event.attempt, first, last: now };
+                self.forget(&event);
                 self.dead_letter(event, &failure, ack);
                 return Ok(());
             }
@@ -248,6 +272,24 @@ impl Lane {
             let (mut alone, next) = self.call(vec![event]).await?;
             event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
             result = single(next);
+        }
+    }
+
+    /// A repeat of an event already handled: acknowledged without calling
+    /// the plugin (a repeated request gets an error reply).
+    fn repeat(&mut self, event: Event, ack: Ack) {
+        tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "a repeat of an event already handled (idempotency): skipped");
+        Stats::add(&self.d.stats.duplicates, 1);
+        let request = Request::of(event.reply_to, &event.headers);
+        self.concluded.push(Conclusion::Repeat { ack, event_id: event.id, request });
+    }
+
+    /// Dead-lettered events are not remembered by idempotency: the next copy
+    /// the lane takes is handled (its record is written later, in the
+    /// publisher, but the decision is final now).
+    fn forget(&self, event: &Event) {
+        if let Some(guard) = &self.d.idempotency {
+            guard.forget(event);
         }
     }
 

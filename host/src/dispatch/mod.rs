@@ -18,6 +18,7 @@
 
 pub mod dead_letter;
 pub mod handler;
+pub mod idempotency;
 pub mod lane;
 pub mod policy;
 mod publish;
@@ -86,6 +87,9 @@ pub struct Dispatcher {
     pub max_outputs: usize,
     pub max_output_bytes: u64,
     pub stats: Arc<Stats>,
+    /// Skips repeats of events already handled (`idempotency`); `None`:
+    /// every delivery is handled.
+    pub idempotency: Option<Arc<idempotency::Guard>>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.

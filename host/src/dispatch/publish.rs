@@ -44,6 +44,13 @@ pub(super) enum Conclusion {
         ack: Ack,
         failed_request: Option<Box<FailedRequest>>,
     },
+    /// A repeat of an event already handled (idempotency): nothing to send,
+    /// except an error reply if it is a request; acknowledged in its turn.
+    Repeat {
+        ack: Ack,
+        event_id: String,
+        request: Option<Request>,
+    },
 }
 
 /// A request whose handler failed: it gets an error reply.
@@ -104,6 +111,11 @@ async fn publish(
                     send_dead_letter(d, record, failed_request.as_deref())
                         .await
                         .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts })
+                }
+                Conclusion::Repeat { ack, event_id, request } => {
+                    send_repeat_reply(d, &event_id, request.as_ref())
+                        .await
+                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts })
                 }
             };
             match result {
@@ -169,6 +181,19 @@ async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&Failed
         receipts.push(sink.send(record).await?);
     }
     Ok(receipts)
+}
+
+/// A repeated request gets an error reply: its first copy's reply went to
+/// the first caller and is not kept.
+async fn send_repeat_reply(d: &Dispatcher, event_id: &str, request: Option<&Request>) -> Result<Vec<Receipt>, SinkError> {
+    let Some(request) = request else { return Ok(Vec::new()) };
+    let error = ErrorReply {
+        reason: "duplicate",
+        message: "a repeat of a request already handled within the idempotency window; its reply is not kept",
+        event_id,
+    };
+    let (sink, record) = d.router.error_reply(request, &error);
+    Ok(vec![sink.send(record).await?])
 }
 
 /// Waits for each event's receipts in order, then acks it. Records how long

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::codec::nestjs;
+use crate::config::Codec;
 use crate::event::{text_header, Header, Output};
 use crate::sink::{Record, Sink};
 
@@ -30,6 +32,9 @@ pub struct Request {
     pub reply_to: String,
     /// The request's correlation headers ([`CORRELATION_HEADERS`]).
     pub correlation: Vec<Header>,
+    /// The NestJS packet id (the `nestjs-id` header the `nestjs` codec
+    /// sets), which a NestJS reply carries back.
+    pub packet_id: Option<String>,
 }
 
 impl Request {
@@ -41,7 +46,9 @@ impl Request {
             .filter(|h| CORRELATION_HEADERS.iter().any(|c| h.key.eq_ignore_ascii_case(c)))
             .cloned()
             .collect();
-        Some(Self { reply_to, correlation })
+        let packet_id = crate::event::header(headers, nestjs::ID_HEADER)
+            .map(|id| String::from_utf8_lossy(id).into_owned());
+        Some(Self { reply_to, correlation, packet_id })
     }
 }
 
@@ -51,11 +58,34 @@ pub struct Router {
     /// The source's own way back for replies (core NATS); otherwise replies
     /// go to the default sink.
     replies: Option<Arc<dyn Sink>>,
+    /// How replies and error replies are encoded.
+    codec: Codec,
+    /// The source is Kafka: with `codec = "nestjs"`, NestJS's Kafka
+    /// transport (no envelope; replies marked by headers).
+    kafka: bool,
 }
 
 impl Router {
     pub fn new(default: Arc<dyn Sink>, routes: HashMap<String, Arc<dyn Sink>>) -> Self {
-        Self { default, routes, replies: None }
+        Self { default, routes, replies: None, codec: Codec::None, kafka: false }
+    }
+
+    /// Encodes replies and error replies in `codec`'s format; `kafka`: the
+    /// source is Kafka (NestJS's Kafka transport rather than its NATS one).
+    pub fn with_codec(mut self, codec: Codec, kafka: bool) -> Self {
+        self.codec = codec;
+        self.kafka = kafka;
+        self
+    }
+
+    /// The pipeline's wire codec (the lane decodes inputs with it).
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Whether the codec speaks NestJS's Kafka transport.
+    pub fn kafka_transport(&self) -> bool {
+        self.kafka
     }
 
     /// Sends replies through `sink` instead of the default sink.
@@ -101,8 +131,13 @@ impl Router {
     pub fn route(&self, output: Output, request: Option<&Request>, id: impl FnOnce() -> String) -> Option<(&Arc<dyn Sink>, Record)> {
         let (sink, destination) = self.target(&output, request)?;
         let destination = destination.map(str::to_owned);
-        let Output { key, payload, mut headers, reply, .. } = output;
+        let Output { key, mut payload, mut headers, reply, .. } = output;
         if let (true, Some(request)) = (reply, request) {
+            match (self.codec, self.kafka) {
+                (Codec::None, _) => {}
+                (Codec::Nestjs, false) => payload = nestjs::reply(&payload, request.packet_id.as_deref()),
+                (Codec::Nestjs, true) => headers.push(Header { key: nestjs::KAFKA_DISPOSED_HEADER.into(), value: vec![0] }),
+            }
             for header in &request.correlation {
                 if !headers.iter().any(|h| h.key.eq_ignore_ascii_case(&header.key)) {
                     headers.push(header.clone());
@@ -116,23 +151,35 @@ impl Router {
     /// The error reply to `request`, and where it goes.
     pub fn error_reply(&self, request: &Request, error: &ErrorReply<'_>) -> (&Arc<dyn Sink>, Record) {
         let code = error.code();
-        let payload = json!({
-            "error": {
-                "code": code,
-                "reason": error.reason,
-                "message": error.message,
-                "event_id": error.event_id,
+        let payload = match self.codec {
+            Codec::None => json!({
+                "error": {
+                    "code": code,
+                    "reason": error.reason,
+                    "message": error.message,
+                    "event_id": error.event_id,
+                }
+            })
+            .to_string()
+            .into_bytes(),
+            Codec::Nestjs if self.kafka => nestjs::kafka_error(code, error.reason, error.message, error.event_id),
+            Codec::Nestjs => {
+                nestjs::error_reply(code, error.reason, error.message, error.event_id, request.packet_id.as_deref())
             }
-        });
+        };
         let mut headers = request.correlation.clone();
         // The NATS services convention (ADR-32): clients that know it see an
         // error without parsing the body.
         headers.push(text_header("Nats-Service-Error", one_line(error.message)));
         headers.push(text_header("Nats-Service-Error-Code", code.to_string()));
+        if self.codec == Codec::Nestjs && self.kafka {
+            headers.push(Header { key: nestjs::KAFKA_ERR_HEADER.into(), value: payload.clone() });
+            headers.push(Header { key: nestjs::KAFKA_DISPOSED_HEADER.into(), value: vec![0] });
+        }
         let record = Record {
             destination: Some(request.reply_to.clone()),
             key: None,
-            payload: payload.to_string().into_bytes(),
+            payload,
             headers,
             id: None,
         };
@@ -142,18 +189,21 @@ impl Router {
 
 /// Why a request gets an error instead of an answer.
 pub struct ErrorReply<'a> {
-    /// `rejected`, `retries-exhausted`, `undecodable` or `no-reply`.
+    /// `rejected`, `retries-exhausted`, `undecodable`, `no-reply` or
+    /// `duplicate`.
     pub reason: &'a str,
     pub message: &'a str,
     pub event_id: &'a str,
 }
 
 impl ErrorReply<'_> {
-    /// 400 when the request itself is at fault (rejected, undecodable), 500
-    /// when the handler failed or gave no answer.
+    /// 400 when the request itself is at fault (rejected, undecodable), 409
+    /// for a repeat of a request already handled (idempotency), 500 when the
+    /// handler failed or gave no answer.
     fn code(&self) -> u16 {
         match self.reason {
             "rejected" | "undecodable" => 400,
+            "duplicate" => 409,
             _ => 500,
         }
     }

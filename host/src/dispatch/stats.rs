@@ -57,6 +57,9 @@ stats! {
     replies_dropped,
     /// Records a sink failed to deliver (each stops the pipeline).
     sink_failures,
+    /// Repeats of an event already handled within the idempotency window:
+    /// acknowledged without calling the plugin, nothing sent.
+    duplicates,
 }
 
 /// What a failed attempt was, for `sluice_handler_errors_total{kind}`.

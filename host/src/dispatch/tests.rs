@@ -240,6 +240,7 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
         max_outputs: 1000,
         max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
+        idempotency: None,
     };
     Harness { out, dlq, calls, dispatcher }
 }
