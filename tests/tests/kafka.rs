@@ -223,30 +223,9 @@ fn wait_committed_to_end(bootstrap: &str, group: &str, topic: &str, partitions: 
 
 /// One Kafka pipeline's config.
 fn pipeline(name: &str, plugin_name: &str, source: &str, sink: &str, dead_letter: &str, policy: &str) -> String {
-    format!(
-        r#"{runtime}
-shutdown_timeout = "10s"
-
-[pipelines.{name}]
-source = {source}
-sink = {sink}
-dead_letter = {dead_letter}
-
-[pipelines.{name}.plugin]
-path = {plugin}
-
-[pipelines.{name}.policy]
-{policy}
-"#,
-        runtime = runtime_table(),
-        plugin = toml_path(&plugin(plugin_name)),
-    )
+    broker_pipeline(name, plugin_name, [source, sink, dead_letter], policy, "10s")
 }
 
-fn start(scratch: &Scratch, config: &str, file: &str) -> Result<Running> {
-    scratch.write(file, config)?;
-    Running::spawn(scratch.sluice(&["run", file]))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_across_four_partitions_keep_order_and_commit_the_end() -> Result<()> {

@@ -20,33 +20,9 @@ const WITHIN: Duration = Duration::from_secs(60);
 
 /// A pipeline config: `source` and `sink` are inline TOML tables.
 fn pipeline(name: &str, plugin_name: &str, source: &str, sink: &str, dead_letter: &str, policy: &str) -> String {
-    format!(
-        r#"{runtime}
-shutdown_timeout = "5s"
-
-[pipelines.{name}]
-source = {source}
-sink = {sink}
-dead_letter = {dead_letter}
-
-[pipelines.{name}.plugin]
-path = {plugin}
-
-[pipelines.{name}.policy]
-{policy}
-"#,
-        runtime = runtime_table(),
-        plugin = toml_path(&plugin(plugin_name)),
-    )
+    broker_pipeline(name, plugin_name, [source, sink, dead_letter], policy, "5s")
 }
 
-/// Starts `sluice run` on `config` and waits until it subscribes to
-/// `subject` (core NATS is at-most-once: a message published before the
-/// subscription exists reaches nobody).
-fn start(scratch: &Scratch, config: &str, file: &str) -> Result<Running> {
-    scratch.write(file, config)?;
-    Running::spawn(scratch.sluice(&["run", file]))
-}
 
 async fn wait_async<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + within;

@@ -468,3 +468,34 @@ pub fn http_request(port: u16, method: &str, path: &str, token: Option<&str>, bo
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).context("no status")?;
     Ok((status, body.to_owned()))
 }
+
+/// A one-pipeline config for broker tests: `source`, `sink` and
+/// `dead_letter` are inline TOML tables, `policy` the body of its policy
+/// table; the drain at shutdown gets `shutdown_timeout`.
+pub fn broker_pipeline(name: &str, plugin_name: &str, tables: [&str; 3], policy: &str, shutdown_timeout: &str) -> String {
+    let [source, sink, dead_letter] = tables;
+    format!(
+        r#"{runtime}
+shutdown_timeout = "{shutdown_timeout}"
+
+[pipelines.{name}]
+source = {source}
+sink = {sink}
+dead_letter = {dead_letter}
+
+[pipelines.{name}.plugin]
+path = {plugin}
+
+[pipelines.{name}.policy]
+{policy}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin(plugin_name)),
+    )
+}
+
+/// Writes `config` to `file` in `scratch` and starts `sluice run` on it.
+pub fn start(scratch: &Scratch, config: &str, file: &str) -> Result<Running> {
+    scratch.write(file, config)?;
+    Running::spawn(scratch.sluice(&["run", file]))
+}
