@@ -41,9 +41,7 @@ mkdir -p "$(dirname "$out")"
     -o "$work/core.wasm" \
     "$@" "$sdk/sluice.c" "$sdk/sluice_json.c" "$work/gen/plugin.c" "$work/gen/plugin_component_type.o" \
     -Wl,--strip-all
-if "$WASM_TOOLS" print "$work/core.wasm" | grep -q '(import "wasi_snapshot_preview1"'; then
-    "$WASM_TOOLS" component new "$work/core.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
-else
-    "$WASM_TOOLS" component new "$work/core.wasm" -o "$out"
-fi
+# The adapter is only linked in if the module imports WASI preview1 (stdio
+# does; a plugin using no libc I/O imports nothing but the contract).
+"$WASM_TOOLS" component new "$work/core.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
 echo "$out"
