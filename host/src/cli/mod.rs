@@ -75,6 +75,11 @@ enum PluginCommand {
         /// run) and exit 1 on any difference: a plugin's regression test.
         #[arg(long, value_name = "FILE")]
         expect: Option<PathBuf>,
+        /// Keep compiled components here, as `[runtime] cache_dir` does:
+        /// JavaScript and Python plugins take seconds to compile and
+        /// milliseconds to load from the cache.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -101,8 +106,8 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect };
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir };
             test_plugin::test(&plugin, &events, &options)
         }
     };

@@ -58,16 +58,22 @@ impl WasiView for PluginState {
 }
 
 /// Caps linear memory and remembers that it said no, so the trap that
-/// usually follows (an allocator abort) is reported as what it is.
+/// usually follows (an allocator abort) is reported as what it is. Also
+/// keeps the total of the instance's linear memories (a component may have
+/// several), for benchmarks and diagnostics.
 struct MemoryCap {
     limit: u64,
     hit: bool,
+    total: u64,
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired as u64 <= self.limit;
         self.hit |= !allowed;
+        if allowed {
+            self.total += desired.saturating_sub(current) as u64;
+        }
         Ok(allowed)
     }
 
@@ -105,6 +111,7 @@ impl Instance {
             limiter: MemoryCap {
                 limit: memory_limit,
                 hit: false,
+                total: 0,
             },
             log,
         };
@@ -162,6 +169,11 @@ impl Instance {
             )));
         }
         Ok(results)
+    }
+
+    /// Bytes of linear memory the instance holds (all its memories).
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.total
     }
 
     /// Sets the deadline for a call covering `events` events.
