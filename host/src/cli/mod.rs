@@ -4,6 +4,7 @@
 mod check;
 mod inspect;
 mod logging;
+mod new_plugin;
 mod run;
 mod test_plugin;
 
@@ -47,6 +48,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Create a plugin project (code, build.sh, events and expected output)
+    /// that builds and passes `sluice plugin test` as generated.
+    New {
+        /// Project name: lowercase letters, digits, `-` and `_`.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new_plugin::Lang,
+        /// Where to create it. Default: ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Sluice checkout whose guest-sdk/ the project uses. Default:
+        /// the one this binary was built from.
+        #[arg(long, value_name = "CHECKOUT")]
+        sdk: Option<PathBuf>,
+    },
     /// Show a component's world, imports, exports, size and digest.
     Inspect {
         /// The component (.wasm).
@@ -106,6 +123,9 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
+        Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
+            new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
+        }
         Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir }) => {
             let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir };
             test_plugin::test(&plugin, &events, &options)
