@@ -17,6 +17,11 @@ _sluice_tools="$_sluice_cache/tools"
 
 _cargo_install() { # crate version binary
     local bin="$_sluice_tools/bin/$3"
+    # The same version already on the PATH (e.g. ~/.cargo/bin) will do.
+    if [[ ! -x "$bin" ]] && command -v "$3" >/dev/null && "$3" --version 2>/dev/null | grep -q " $2"; then
+        command -v "$3"
+        return
+    fi
     if [[ ! -x "$bin" ]] || ! "$bin" --version 2>/dev/null | grep -q " $2"; then
         echo "==> cargo install --locked $1@$2 into $_sluice_tools (first time only)" >&2
         CARGO_TARGET_DIR="$_sluice_cache/cargo-install-target" \

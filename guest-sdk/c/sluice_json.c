@@ -231,9 +231,9 @@ void sj_format_float(double f, char out[40]) {
         for (int i = 0; i < -kk; i++) *o++ = '0';
         strcpy(o, digits);
     } else if (length == 1) {
-        sprintf(o, "%se%d", digits, kk - 1);
+        sprintf(o, kk - 1 < 0 ? "%se%d" : "%se+%d", digits, kk - 1);
     } else {
-        sprintf(o, "%c.%se%d", digits[0], digits + 1, kk - 1);
+        sprintf(o, kk - 1 < 0 ? "%c.%se%d" : "%c.%se+%d", digits[0], digits + 1, kk - 1);
     }
 }
 

@@ -2,8 +2,8 @@
 // objects keep their field order (a repeated key keeps its first position
 // and its last value), strings are written with serde_json's escapes, and
 // numbers are re-formatted by its rules (integers exact within i64/u64,
-// anything else as the shortest f64 written like Rust's ryu: 1.5, 100000.0,
-// 1e16, 1.2e-7). So the same input gives the same bytes as a Rust plugin.
+// anything else as the shortest f64 written as serde_json does: 1.5, 100000.0,
+// 1e+16, 1.2e-7). So the same input gives the same bytes as a Rust plugin.
 #ifndef SLUICE_JSON_H
 #define SLUICE_JSON_H
 

@@ -4,7 +4,7 @@ package plugin
 // field order (a repeated key keeps its first position and its last value),
 // strings are written with the same escapes, and numbers are re-formatted by
 // serde_json's rules (integers exact within i64/u64; anything else as the
-// shortest f64, written like Rust's `ryu`: 1.5, 100000.0, 1e16, 1.2e-7).
+// shortest f64, as serde_json writes it: 1.5, 100000.0, 1e+16, 1.2e-7).
 // So the same input gives byte-for-byte the same output as a Rust plugin.
 
 import (
@@ -344,7 +344,7 @@ func (p *parser) number() (Value, error) {
 	return Value{Kind: Number, Number: FormatFloat(f)}, nil
 }
 
-// FormatFloat writes f as serde_json (Rust's ryu) does: the shortest digits
+// FormatFloat writes f as serde_json does: the shortest digits
 // that round-trip, in plain notation for magnitudes 1e-5..1e16, otherwise
 // with an exponent; integral values get ".0".
 func FormatFloat(f float64) string {
@@ -375,10 +375,16 @@ func FormatFloat(f float64) string {
 		s = digits[:kk] + "." + digits[kk:]
 	case kk > -5 && kk <= 0:
 		s = "0." + strings.Repeat("0", -kk) + digits
-	case length == 1:
-		s = digits + "e" + strconv.Itoa(kk-1)
 	default:
-		s = digits[:1] + "." + digits[1:] + "e" + strconv.Itoa(kk-1)
+		exp := "e" + strconv.Itoa(kk-1)
+		if kk-1 >= 0 {
+			exp = "e+" + strconv.Itoa(kk-1)
+		}
+		if length == 1 {
+			s = digits + exp
+		} else {
+			s = digits[:1] + "." + digits[1:] + exp
+		}
 	}
 	return sign + s
 }

@@ -242,7 +242,7 @@ export class JsonNumber {
 const I64_MIN = -(2n ** 63n);
 const U64_MAX = 2n ** 64n - 1n;
 
-/** `f` as serde_json (Rust's ryu) writes it: 1.5, 100000.0, 1e16, 1.2e-7, -0.0. */
+/** `f` as serde_json writes it: 1.5, 100000.0, 1e+16, 1.2e-7, -0.0. */
 export function formatFloat(f) {
   if (f === 0) return Object.is(f, -0) ? '-0.0' : '0.0';
   if (!Number.isFinite(f)) return 'null';
@@ -256,8 +256,10 @@ export function formatFloat(f) {
   if (k >= 0 && kk <= 16) text = digits + '0'.repeat(k) + '.0';
   else if (kk > 0 && kk <= 16) text = `${digits.slice(0, kk)}.${digits.slice(kk)}`;
   else if (kk > -5 && kk <= 0) text = `0.${'0'.repeat(-kk)}${digits}`;
-  else if (length === 1) text = `${digits}e${kk - 1}`;
-  else text = `${digits[0]}.${digits.slice(1)}e${kk - 1}`;
+  else {
+    const e = kk - 1 < 0 ? `e${kk - 1}` : `e+${kk - 1}`;
+    text = length === 1 ? digits + e : `${digits[0]}.${digits.slice(1)}${e}`;
+  }
   return sign + text;
 }
 

@@ -178,7 +178,7 @@ def loads(text: str) -> Any:
 def format_float(f: float) -> str:
     """`f` as serde_json (Rust's ryu) writes it: shortest round-trip digits,
     plain notation for magnitudes 1e-5..1e16, else an exponent; integral
-    values get `.0` (1.5, 100000.0, 1e16, 1.2e-7)."""
+    values get `.0` (1.5, 100000.0, 1e+16, 1.2e-7)."""
     if f == 0:
         return "-0.0" if math.copysign(1.0, f) < 0 else "0.0"
     if not math.isfinite(f):
@@ -199,10 +199,9 @@ def format_float(f: float) -> str:
         text = digits[:kk] + "." + digits[kk:]
     elif -5 < kk <= 0:
         text = "0." + "0" * -kk + digits
-    elif length == 1:
-        text = f"{digits}e{kk - 1}"
     else:
-        text = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+        exponent = f"e{kk - 1}" if kk - 1 < 0 else f"e+{kk - 1}"
+        text = (digits if length == 1 else f"{digits[0]}.{digits[1:]}") + exponent
     return sign + text
 
 
