@@ -6,10 +6,11 @@
 // functions of a wasip1 reactor. `build.sh` embeds the WIT and wraps the
 // module into a component with the WASI preview1 reactor adapter.
 //
-// Memory: the host writes arguments into buffers it gets from cabi_realloc,
-// and reads results from buffers this side allocates. All of them are Go
-// byte slices kept alive in `pinned` (Go's collector does not move memory)
-// until the call's post-return, when the host is done reading.
+// Memory: the host writes arguments into an arena through cabi_realloc
+// (see there: no Go allocation may happen outside an export call) and
+// reads results from buffers this side allocates during the call. All are
+// Go byte slices kept alive (Go's collector does not move memory) until
+// the call's post-return, when the host is done reading.
 //
 // Layouts (wasm32, see the Component Model's CanonicalABI.md):
 //   string, list<T>        8 B: ptr u32, len u32
@@ -69,13 +70,56 @@ func lower(b []byte) (uint32, uint32) {
 	return p, n
 }
 
+// The host calls cabi_realloc between calls, where the instance may not
+// call imports; a Go heap allocation there can start a GC, which reads the
+// clock through WASI and traps ("cannot leave component instance"). So
+// arguments go into an arena allocated beforehand: a bump pointer, reset
+// when the call's post-return runs. An argument list larger than what is
+// left falls back to the heap once, and the arena is grown (inside the
+// next export call, where allocating is safe) to fit it from then on.
+var (
+	arena     = make([]byte, 64<<10)
+	arenaUsed uint32
+	arenaPeak uint32
+)
+
 //go:wasmexport cabi_realloc
 func cabiRealloc(old, oldSize, align, newSize uint32) uint32 {
-	p := alloc(newSize, align)
-	if old != 0 && oldSize > 0 && newSize > 0 {
+	if newSize == 0 {
+		return align
+	}
+	base := uint32(uintptr(unsafe.Pointer(&arena[0])))
+	start := (base + arenaUsed + align - 1) &^ (align - 1)
+	var p uint32
+	if start+newSize <= base+uint32(len(arena)) {
+		arenaUsed = start + newSize - base
+		p = start
+	} else {
+		arenaPeak = max(arenaPeak, arenaUsed+newSize+align)
+		p = alloc(newSize, align)
+	}
+	if old != 0 && oldSize > 0 {
 		copy(mem(p, newSize), mem(old, min(oldSize, newSize)))
 	}
 	return p
+}
+
+// growArena runs at the start of each export call: if the last arguments
+// did not fit, the next ones will. The old arena stays pinned until this
+// call's post-return (this call's arguments may be in it).
+func growArena() {
+	if arenaPeak > uint32(len(arena)) {
+		pinned = append(pinned, arena)
+		arena = make([]byte, 2*arenaPeak)
+		arenaPeak = 0
+	}
+}
+
+// release runs at post-return: the host has read the results and is done
+// with the arguments. No allocation here either.
+func release() {
+	pinned = nil
+	arenaUsed = 0
 }
 
 func readPairs(ptr, n uint32) [][2]string {
@@ -180,6 +224,7 @@ func writeResult(a uint32, outs []Output, err error) {
 
 //go:wasmexport sluice:plugin/handler@0.1.0#init
 func wasmInit(ptr, n uint32) uint32 {
+	growArena()
 	ret := alloc(12, 4)
 	if err := initPlugin(readPairs(ptr, n)); err != nil {
 		put8(ret, 1)
@@ -195,6 +240,7 @@ func wasmInit(ptr, n uint32) uint32 {
 //go:wasmexport sluice:plugin/handler@0.1.0#handle
 func wasmHandle(idPtr, idLen, srcPtr, srcLen, keyTag, keyPtr, keyLen, payPtr, payLen, hdrPtr, hdrLen uint32,
 	ts uint64, attempt, rtTag, rtPtr, rtLen uint32) uint32 {
+	growArena()
 	ev := &Event{
 		ID:          str(idPtr, idLen),
 		Source:      str(srcPtr, srcLen),
@@ -218,6 +264,7 @@ func wasmHandle(idPtr, idLen, srcPtr, srcLen, keyTag, keyPtr, keyLen, payPtr, pa
 
 //go:wasmexport sluice:plugin/handler@0.1.0#handle-batch
 func wasmHandleBatch(ptr, n uint32) uint32 {
+	growArena()
 	results := alloc(16*n, 4)
 	for i := uint32(0); i < n; i++ {
 		outs, err := handleOne(readEvent(ptr + 72*i))
@@ -232,13 +279,13 @@ func wasmHandleBatch(ptr, n uint32) uint32 {
 // The host has read the results: every buffer of the call can go.
 
 //go:wasmexport cabi_post_sluice:plugin/handler@0.1.0#init
-func postInit(uint32) { pinned = nil }
+func postInit(uint32) { release() }
 
 //go:wasmexport cabi_post_sluice:plugin/handler@0.1.0#handle
-func postHandle(uint32) { pinned = nil }
+func postHandle(uint32) { release() }
 
 //go:wasmexport cabi_post_sluice:plugin/handler@0.1.0#handle-batch
-func postHandleBatch(uint32) { pinned = nil }
+func postHandleBatch(uint32) { release() }
 
 //go:wasmimport sluice:plugin/log@0.1.0 log
 func hostLog(level, msgPtr, msgLen, fieldsPtr, fieldsLen uint32)
