@@ -325,8 +325,8 @@ pub struct PluginConfig {
     /// `reuse` (default): each lane keeps one instance for every event and
     /// replaces it only after a failure. `fresh`: a new instance (and `init`)
     /// for every event, so nothing an event leaves in memory reaches the
-    /// next. Fresh costs ~15–25 µs per event for Rust, C and Go plugins
-    /// and 0.1–1 ms for JavaScript and Python ones (docs/benchmarks.md,
+    /// next. Fresh costs ~40–60 µs per event for Rust and C plugins and
+    /// ~0.7–1.7 ms for Go, JavaScript and Python ones (docs/benchmarks.md,
     /// "Every language"); see docs/plugins/README.md for the policy.
     #[serde(default)]
     pub instance: InstancePolicy,
