@@ -14,7 +14,9 @@ if ! rustup target list --installed | grep -qx "$target"; then
     rustup target add "$target"
 fi
 
-cargo build --release --target "$target" --manifest-path "$root/plugins/Cargo.toml"
+# --target-dir: the components land in plugins/target even when the caller
+# exports CARGO_TARGET_DIR for the host workspace.
+cargo build --release --target "$target" --manifest-path "$root/plugins/Cargo.toml" --target-dir "$root/plugins/target"
 
 # rustc emits a component (not a core module) for cdylibs on this target.
 out="$root/plugins/target/$target/release"

@@ -123,6 +123,7 @@ fn load(runtime: &Runtime) -> LoadedPlugin {
         wasi: WasiGrants::default(),
         timeout: Duration::from_secs(5),
         memory: 256 << 20,
+        instance: sluice::config::InstancePolicy::Reuse,
     };
     match LoadedPlugin::load(runtime, spec) {
         Ok(plugin) => plugin,

@@ -120,6 +120,7 @@ fn load(runtime: &Runtime, name: &str) -> BenchResult<LoadedPlugin> {
         wasi: WasiGrants::default(),
         timeout: Duration::from_secs(5),
         memory: MEMORY,
+        instance: sluice::config::InstancePolicy::Reuse,
     };
     LoadedPlugin::load(runtime, spec)
         .with_context(|| format!("cannot load {name}; build the plugins with `bash scripts/build-plugins.sh`"))

@@ -44,6 +44,7 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         wasi: config.plugin.wasi.clone(),
         timeout: config.policy.timeout,
         memory: config.policy.memory.as_u64(),
+        instance: config.plugin.instance,
     })
 }
 

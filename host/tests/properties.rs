@@ -137,6 +137,7 @@ fn passthrough() -> Result<&'static LoadedPlugin, String> {
                 wasi: WasiGrants::default(),
                 timeout: Duration::from_secs(5),
                 memory: 64 << 20,
+                instance: sluice::config::InstancePolicy::Reuse,
             };
             let runtime = Runtime::new(&RuntimeOptions::default()).map_err(|e| e.to_string())?;
             LoadedPlugin::load(&runtime, spec).map_err(|e| format!("{e} (build the plugins: bash scripts/build-plugins.sh)"))

@@ -24,6 +24,7 @@ fn spec(name: &str, wasi: WasiGrants) -> PluginSpec {
         wasi,
         timeout: Duration::from_secs(5),
         memory: 32 << 20,
+        instance: sluice::config::InstancePolicy::Reuse,
     }
 }
 

@@ -5,6 +5,7 @@ mod check;
 mod dlq;
 mod inspect;
 mod logging;
+mod new_plugin;
 mod run;
 mod status;
 mod test_plugin;
@@ -103,6 +104,22 @@ enum DlqCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Create a plugin project (code, build.sh, events and expected output)
+    /// that builds and passes `sluice plugin test` as generated.
+    New {
+        /// Project name: lowercase letters, digits, `-` and `_`.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new_plugin::Lang,
+        /// Where to create it. Default: ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Sluice checkout whose guest-sdk/ the project uses. Default:
+        /// the one this binary was built from.
+        #[arg(long, value_name = "CHECKOUT")]
+        sdk: Option<PathBuf>,
+    },
     /// Show a component's world, imports, exports, size and digest.
     Inspect {
         /// The component (.wasm).
@@ -131,6 +148,11 @@ enum PluginCommand {
         /// run) and exit 1 on any difference: a plugin's regression test.
         #[arg(long, value_name = "FILE")]
         expect: Option<PathBuf>,
+        /// Keep compiled components here, as `[runtime] cache_dir` does:
+        /// JavaScript and Python plugins take seconds to compile and
+        /// milliseconds to load from the cache.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -162,8 +184,11 @@ pub fn main() -> ExitCode {
             let filter = sluice::replay::Filter { pipeline, reasons, since, until };
             dlq::replay(&dlq::Options { from, to, filter, dry_run, nats_url, brokers })
         }
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect };
+        Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
+            new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
+        }
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir };
             test_plugin::test(&plugin, &events, &options)
         }
     };

@@ -22,13 +22,14 @@ pub struct Options {
     pub timeout: Duration,
     pub memory: bytesize::ByteSize,
     pub expect: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Runs each event through the plugin once (no retries) and prints one JSON
 /// line per event: its outputs, its error, or the trap. With `expect`, the
 /// lines must equal that file's.
 pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<ExitCode> {
-    let Options { config, format, timeout, memory, expect } = options;
+    let Options { config, format, timeout, memory, expect, cache_dir } = options;
     let (format, timeout, memory) = (*format, *timeout, *memory);
     let config = config
         .iter()
@@ -38,7 +39,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
                 .with_context(|| format!("--config `{kv}`: expected KEY=VALUE"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let runtime = Runtime::new(&RuntimeOptions::default())?;
+    let runtime = Runtime::new(&RuntimeOptions { cache_dir: cache_dir.clone(), ..RuntimeOptions::default() })?;
     let spec = PluginSpec {
         pipeline: "plugin-test".into(),
         path: plugin.to_path_buf(),
@@ -47,6 +48,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         wasi: WasiGrants { stderr: true, ..WasiGrants::default() },
         timeout,
         memory: memory.as_u64(),
+        instance: sluice::config::InstancePolicy::Reuse,
     };
     let loaded = LoadedPlugin::load(&runtime, spec)?;
     let format = match format {

@@ -471,6 +471,23 @@ pub struct PluginConfig {
     /// denied.
     #[serde(default)]
     pub wasi: WasiGrants,
+    /// `reuse` (default): each lane keeps one instance for every event and
+    /// replaces it only after a failure. `fresh`: a new instance (and `init`)
+    /// for every event, so nothing an event leaves in memory reaches the
+    /// next. Fresh costs ~40–60 µs per event for Rust and C plugins and
+    /// ~0.7–1.7 ms for Go, JavaScript and Python ones (docs/benchmarks.md,
+    /// "Every language"); see docs/plugins/README.md for the policy.
+    #[serde(default)]
+    pub instance: InstancePolicy,
+}
+
+/// Instance lifetime; see [`PluginConfig::instance`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstancePolicy {
+    #[default]
+    Reuse,
+    Fresh,
 }
 
 impl PluginConfig {

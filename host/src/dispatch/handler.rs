@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::config::InstancePolicy;
 use crate::event::Event;
 use crate::runtime::instance::HandleResult;
 use crate::runtime::{CallError, Instance, LoadedPlugin};
@@ -41,11 +42,33 @@ impl Handler for Instance {
     }
 }
 
+/// `instance = "fresh"`: a new instance, `init` included, for every event,
+/// dropped after it. Nothing one event leaves in the guest's memory reaches
+/// the next.
+struct FreshPerEvent {
+    plugin: LoadedPlugin,
+}
+
+impl Handler for FreshPerEvent {
+    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            let mut instance = self.plugin.instantiate().map_err(|e| CallError::Start(e.to_string()))?;
+            results.append(&mut instance.handle(std::slice::from_ref(event))?);
+        }
+        Ok(results)
+    }
+}
+
 impl HandlerFactory for LoadedPlugin {
     fn create(&self) -> Result<Box<dyn Handler>, String> {
-        self.instantiate()
-            .map(|i| Box::new(i) as Box<dyn Handler>)
-            .map_err(|e| e.to_string())
+        match self.spec().instance {
+            InstancePolicy::Reuse => self
+                .instantiate()
+                .map(|i| Box::new(i) as Box<dyn Handler>)
+                .map_err(|e| e.to_string()),
+            InstancePolicy::Fresh => Ok(Box::new(FreshPerEvent { plugin: self.clone() })),
+        }
     }
     fn name(&self) -> &str {
         LoadedPlugin::name(self)

@@ -58,21 +58,21 @@ impl WasiView for PluginState {
 }
 
 /// Caps linear memory and remembers that it said no, so the trap that
-/// usually follows (an allocator abort) is reported as what it is.
+/// usually follows (an allocator abort) is reported as what it is. Also
+/// keeps the total of the instance's linear memories (a component may have
+/// several), for benchmarks and diagnostics.
 struct MemoryCap {
     limit: u64,
     hit: bool,
-    /// Linear memory granted so far (the largest memory's size; plugins
-    /// have one).
-    granted: u64,
+    total: u64,
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired as u64 <= self.limit;
         self.hit |= !allowed;
         if allowed {
-            self.granted = self.granted.max(desired as u64);
+            self.total += desired.saturating_sub(current) as u64;
         }
         Ok(allowed)
     }
@@ -94,10 +94,6 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Linear memory the instance holds, in bytes.
-    pub fn memory_bytes(&self) -> u64 {
-        self.store.data().limiter.granted
-    }
 
     /// A store with every limit in force before the first instruction: the
     /// memory cap (so instantiation's initial memory and a start function's
@@ -116,7 +112,7 @@ impl Instance {
             limiter: MemoryCap {
                 limit: memory_limit,
                 hit: false,
-                granted: 0,
+                total: 0,
             },
             log,
         };
@@ -180,6 +176,11 @@ impl Instance {
             )));
         }
         Ok(results)
+    }
+
+    /// Bytes of linear memory the instance holds (all its memories).
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.total
     }
 
     /// Sets the deadline for a call covering `events` events.

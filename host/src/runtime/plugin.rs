@@ -13,7 +13,7 @@ use super::bindings::PluginPre;
 use super::engine::Runtime;
 use super::host::GuestLog;
 use super::instance::{CallError, Instance, StderrTail};
-use crate::config::WasiGrants;
+use crate::config::{InstancePolicy, WasiGrants};
 
 /// The world every plugin must implement.
 pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
@@ -33,6 +33,8 @@ pub struct PluginSpec {
     pub timeout: Duration,
     /// Linear memory cap per instance, bytes.
     pub memory: u64,
+    /// One instance per lane, or one per event.
+    pub instance: InstancePolicy,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@
 //! | `sleep:<ms>`     | sleeps in the host (a blocking WASI call), then outputs `slept`     |
 //! | `env:<NAME>`     | one output: the variable's value, or `unset` (sandbox tests)        |
 //! | `read:<path>`    | one output: the file's contents, or `denied: <error>` (sandbox tests) |
+//! | `calls`          | one output: how many events this instance has handled, this one included (instance-policy tests) |
 //! | anything else    | the event unchanged (key, payload, headers)                         |
 //!
 //! A malformed count (`retry:x`, `fanout:-1`) is rejected.
@@ -28,18 +29,21 @@ use std::hint::black_box;
 
 use sluice_plugin::{log, Config, Event, HandlerError, Output, Plugin};
 
-struct Chaos;
+struct Chaos {
+    calls: u64,
+}
 
 impl Plugin for Chaos {
     fn init(config: Config) -> Result<Self, String> {
         config.deny_unknown(&["init_error"])?;
         match config.get("init_error") {
             Some(message) => Err(message.to_owned()),
-            None => Ok(Chaos),
+            None => Ok(Chaos { calls: 0 }),
         }
     }
 
     fn handle(&mut self, event: Event) -> Result<Vec<Output>, HandlerError> {
+        self.calls += 1;
         let text = std::str::from_utf8(&event.payload).unwrap_or_default();
         let rule = text
             .strip_suffix('\n')
@@ -60,6 +64,9 @@ impl Plugin for Chaos {
                 "recovered after {} failures",
                 event.attempt - 1
             ))]);
+        }
+        if rule == "calls" {
+            return Ok(vec![Output::new(self.calls.to_string())]);
         }
         if rule == "reject" {
             return Err(HandlerError::reject("rejected by rule"));

@@ -9,6 +9,9 @@
 //!   dropped.
 //! - `set.<field>`: adds `<field>` with this string value, or overwrites it.
 //! - `event_id_field`: a field name that receives the event's id.
+//! - `fail_on`: a field name; an event whose field is the string `retryable`,
+//!   `reject` or `trap` fails that way (for testing error handling; the
+//!   same in every language's twin, `json_enricher_{js,py,c,go}`).
 //!
 //! Filters look at the incoming object, before any field is set.
 
@@ -20,11 +23,12 @@ struct JsonEnricher {
     drop_if: Option<(String, String)>,
     set: Vec<(String, String)>,
     event_id_field: Option<String>,
+    fail_on: Option<String>,
 }
 
 impl Plugin for JsonEnricher {
     fn init(config: Config) -> Result<Self, String> {
-        config.deny_unknown(&["require", "drop_if", "set.*", "event_id_field"])?;
+        config.deny_unknown(&["require", "drop_if", "set.*", "event_id_field", "fail_on"])?;
         let drop_if = match config.get("drop_if") {
             None => None,
             Some(rule) => match rule.split_once('=') {
@@ -46,6 +50,7 @@ impl Plugin for JsonEnricher {
             drop_if,
             set,
             event_id_field: config.get("event_id_field").map(str::to_owned),
+            fail_on: config.get("fail_on").map(str::to_owned),
         })
     }
 
@@ -53,6 +58,22 @@ impl Plugin for JsonEnricher {
         let mut object: Map<String, Value> = serde_json::from_slice(&event.payload)
             .map_err(|e| HandlerError::reject(format!("payload is not a JSON object: {e}")))?;
 
+        if let Some(field) = &self.fail_on {
+            match object.get(field).and_then(Value::as_str) {
+                Some("retryable") => {
+                    return Err(HandlerError::retryable(format!(
+                        "asked to fail (retryable) by field `{field}`"
+                    )))
+                }
+                Some("reject") => {
+                    return Err(HandlerError::reject(format!(
+                        "asked to fail (reject) by field `{field}`"
+                    )))
+                }
+                Some("trap") => panic!("asked to trap by field `{field}`"),
+                _ => {}
+            }
+        }
         if self
             .require
             .as_ref()

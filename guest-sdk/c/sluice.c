@@ -1,0 +1,233 @@
+// The `handler` exports of sluice:plugin@0.1.0 on top of the generated
+// bindings, and the helpers declared in sluice.h.
+#include "sluice.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct sluice_failure {
+    bool retryable;
+    char *message;
+};
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) abort(); // out of memory: a trap, reported by the host
+    return p;
+}
+
+static void *dup_bytes(const void *data, size_t len) {
+    void *p = xmalloc(len);
+    if (len) memcpy(p, data, len);
+    return p;
+}
+
+static char *vformat(const char *format, va_list args) {
+    va_list copy;
+    va_copy(copy, args);
+    int n = vsnprintf(NULL, 0, format, copy);
+    va_end(copy);
+    char *out = xmalloc(n > 0 ? (size_t)n + 1 : 1);
+    vsnprintf(out, n > 0 ? (size_t)n + 1 : 1, format, args);
+    return out;
+}
+
+char *sluice_errorf(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    char *out = vformat(format, args);
+    va_end(args);
+    return out;
+}
+
+static sluice_failure_t *failure(bool retryable, const char *format, va_list args) {
+    sluice_failure_t *f = xmalloc(sizeof *f);
+    f->retryable = retryable;
+    f->message = vformat(format, args);
+    return f;
+}
+
+sluice_failure_t *sluice_retryable(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    sluice_failure_t *f = failure(true, format, args);
+    va_end(args);
+    return f;
+}
+
+sluice_failure_t *sluice_reject(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    sluice_failure_t *f = failure(false, format, args);
+    va_end(args);
+    return f;
+}
+
+// ---- config
+
+const char *sluice_config_get(const sluice_config_t *config, const char *key, size_t *len) {
+    size_t n = strlen(key);
+    for (size_t i = 0; i < config->len; i++) {
+        const plugin_string_t *k = &config->ptr[i].f0;
+        if (k->len == n && memcmp(k->ptr, key, n) == 0) {
+            if (len) *len = config->ptr[i].f1.len;
+            return (const char *)config->ptr[i].f1.ptr;
+        }
+    }
+    return NULL;
+}
+
+char *sluice_config_deny_unknown(const sluice_config_t *config, const char *const *known, size_t count) {
+    for (size_t i = 0; i < config->len; i++) {
+        const plugin_string_t *k = &config->ptr[i].f0;
+        bool ok = false;
+        for (size_t j = 0; j < count && !ok; j++) {
+            size_t n = strlen(known[j]);
+            if (n && known[j][n - 1] == '*')
+                ok = k->len >= n - 1 && memcmp(k->ptr, known[j], n - 1) == 0;
+            else
+                ok = k->len == n && memcmp(k->ptr, known[j], n) == 0;
+        }
+        if (ok) continue;
+        if (count == 0)
+            return sluice_errorf("unknown config key `%.*s` (this plugin takes no configuration)", (int)k->len, (const char *)k->ptr);
+        sj_buf list = {0};
+        for (size_t j = 0; j < count; j++) {
+            if (j) sj_buf_append(&list, ", ", 2);
+            sj_buf_append(&list, known[j], strlen(known[j]));
+        }
+        char *msg = sluice_errorf("unknown config key `%.*s` (expected one of: %.*s)", (int)k->len, (const char *)k->ptr,
+                                  (int)list.len, (const char *)list.ptr);
+        free(list.ptr);
+        return msg;
+    }
+    return NULL;
+}
+
+// ---- events
+
+const uint8_t *sluice_header(const sluice_event_t *event, const char *name, size_t *len) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i < event->headers.len; i++) {
+        const sluice_plugin_types_header_t *h = &event->headers.ptr[i];
+        if (h->key.len == n && memcmp(h->key.ptr, name, n) == 0) {
+            if (len) *len = h->value.len;
+            return h->value.ptr;
+        }
+    }
+    return NULL;
+}
+
+// ---- outputs
+
+sluice_output_t *sluice_output_new(sluice_outputs_t *outputs, const void *payload, size_t len) {
+    if (outputs->len == outputs->cap) {
+        outputs->cap = outputs->cap ? outputs->cap * 2 : 4;
+        outputs->ptr = realloc(outputs->ptr, outputs->cap * sizeof *outputs->ptr);
+        if (!outputs->ptr) abort();
+    }
+    sluice_output_t *o = &outputs->ptr[outputs->len++];
+    memset(o, 0, sizeof *o);
+    o->payload.ptr = dup_bytes(payload, len);
+    o->payload.len = len;
+    return o;
+}
+
+void sluice_output_key(sluice_output_t *output, const void *key, size_t len) {
+    output->key.is_some = true;
+    output->key.val.ptr = dup_bytes(key, len);
+    output->key.val.len = len;
+}
+
+void sluice_output_destination(sluice_output_t *output, const char *destination) {
+    output->destination.is_some = true;
+    output->destination.val.len = strlen(destination);
+    output->destination.val.ptr = dup_bytes(destination, output->destination.val.len);
+}
+
+void sluice_output_header(sluice_output_t *output, const char *key, size_t key_len, const void *value, size_t value_len) {
+    size_t n = output->headers.len;
+    output->headers.ptr = realloc(output->headers.ptr, (n + 1) * sizeof *output->headers.ptr);
+    if (!output->headers.ptr) abort();
+    sluice_plugin_types_header_t *h = &output->headers.ptr[n];
+    h->key.ptr = dup_bytes(key, key_len);
+    h->key.len = key_len;
+    h->value.ptr = dup_bytes(value, value_len);
+    h->value.len = value_len;
+    output->headers.len = n + 1;
+}
+
+sluice_output_t *sluice_output_json(sluice_outputs_t *outputs, const sj_value *value) {
+    sj_buf buf = {0};
+    sj_write(&buf, value);
+    sluice_output_t *o = sluice_output_new(outputs, buf.ptr, buf.len);
+    free(buf.ptr);
+    return o;
+}
+
+// ---- logging
+
+void sluice_log(sluice_level_t level, const char *message) {
+    plugin_string_t text = {(uint8_t *)message, strlen(message)};
+    plugin_list_tuple2_string_string_t fields = {NULL, 0};
+    sluice_plugin_log_log((sluice_plugin_log_level_t)level, &text, &fields);
+}
+
+// ---- the exports
+
+static bool initialised = false;
+
+bool exports_sluice_plugin_handler_init(plugin_list_tuple2_string_string_t *config, plugin_string_t *err) {
+    char *refusal = plugin_init(config);
+    plugin_list_tuple2_string_string_free(config);
+    if (refusal) {
+        err->ptr = (uint8_t *)refusal;
+        err->len = strlen(refusal);
+        return false;
+    }
+    initialised = true;
+    return true;
+}
+
+static bool handle_one(sluice_event_t *event, exports_sluice_plugin_handler_list_output_t *ret,
+                       exports_sluice_plugin_handler_handler_error_t *err) {
+    sluice_failure_t *f;
+    sluice_outputs_t outputs = {0};
+    if (!initialised)
+        f = sluice_retryable("plugin not initialised");
+    else
+        f = plugin_handle(event, &outputs);
+    if (f) {
+        for (size_t i = 0; i < outputs.len; i++) sluice_plugin_types_output_free(&outputs.ptr[i]);
+        free(outputs.ptr);
+        err->disposition = f->retryable ? SLUICE_PLUGIN_TYPES_DISPOSITION_RETRYABLE : SLUICE_PLUGIN_TYPES_DISPOSITION_REJECT;
+        err->message.ptr = (uint8_t *)f->message;
+        err->message.len = strlen(f->message);
+        free(f);
+        return false;
+    }
+    ret->ptr = outputs.ptr;
+    ret->len = outputs.len;
+    return true;
+}
+
+bool exports_sluice_plugin_handler_handle(exports_sluice_plugin_handler_event_t *event,
+                                          exports_sluice_plugin_handler_list_output_t *ret,
+                                          exports_sluice_plugin_handler_handler_error_t *err) {
+    bool ok = handle_one(event, ret, err);
+    exports_sluice_plugin_handler_event_free(event);
+    return ok;
+}
+
+void exports_sluice_plugin_handler_handle_batch(exports_sluice_plugin_handler_list_event_t *events,
+                                                exports_sluice_plugin_handler_list_result_list_output_handler_error_t *ret) {
+    ret->len = events->len;
+    ret->ptr = xmalloc(events->len * sizeof *ret->ptr);
+    for (size_t i = 0; i < events->len; i++) {
+        exports_sluice_plugin_handler_result_list_output_handler_error_t *r = &ret->ptr[i];
+        r->is_err = !handle_one(&events->ptr[i], &r->val.ok, &r->val.err);
+    }
+    exports_sluice_plugin_handler_list_event_free(events);
+}

@@ -1,0 +1,3 @@
+module sluice/plugin
+
+go 1.24

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds a JavaScript (or TypeScript) Sluice plugin into a component.
+#
+#   bash guest-sdk/js/build.sh ENTRY.js OUT.wasm [--engine quickjs|starlingmonkey]
+#
+# ENTRY exports `handler` (see sluice.js) and may `import … from 'sluice'`:
+# the SDK is bundled in. The first run installs the pinned toolchain
+# (package.json / package-lock.json here) with `npm ci` into
+# $SLUICE_CACHE/js (default: <repo>/.cache/js), ~25 s; later runs reuse it.
+#
+# Engines: quickjs (default; ~1.7 MB, builds in ~3 s, cheaper calls) or
+# starlingmonkey (~12 MB, builds in ~10 s, has the web APIs: TextEncoder,
+# URL, crypto…). Both are built with every WASI feature they can do
+# without turned off where the backend allows it: see docs/plugins/js.md.
+set -euo pipefail
+
+sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$sdk/../.." && pwd)"
+cache="${SLUICE_CACHE:-$root/.cache}/js"
+
+[[ $# -ge 2 ]] || { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+entry="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+out="$2"
+engine="${4:-quickjs}"
+[[ "${3:-}" == "" || "${3:-}" == "--engine" ]] || { echo "unknown option $3" >&2; exit 2; }
+[[ -f "$entry" ]] || { echo "no such file: $1" >&2; exit 1; }
+
+# (Re)install when the lock file changed since the last install.
+if ! cmp -s "$sdk/package-lock.json" "$cache/package-lock.json" || [[ ! -x "$cache/node_modules/.bin/jco" ]]; then
+    command -v npm >/dev/null || { echo "npm is needed to build JavaScript plugins (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+    echo "==> installing jco + componentize-js into $cache (npm ci)" >&2
+    mkdir -p "$cache"
+    cp "$sdk/package.json" "$sdk/package-lock.json" "$cache/"
+    (cd "$cache" && npm ci --no-audit --no-fund --loglevel=error --cache "$cache/.npm" >&2)
+fi
+
+# The bundler maps `import … from 'sluice'` to the SDK and leaves the WIT
+# imports (`sluice:plugin/…`) to componentize.
+bundle_config="$(mktemp --suffix .mjs)"
+trap 'rm -f "$bundle_config"' EXIT
+printf 'export default { resolve: { alias: { sluice: %s } }, external: [/^sluice:/] };\n' \
+    "\"$sdk/sluice.js\"" > "$bundle_config"
+
+mkdir -p "$(dirname "$out")"
+out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
+case "$engine" in
+    quickjs)
+        # -d is refused by this backend; it imports a few WASI interfaces
+        # (clocks, environment, stdio, exit, insecure-seed; see docs).
+        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$root/wit" -n plugin \
+            --backend qjs --backend-qjs-disable-async \
+            --bundle --bundle-config "$bundle_config" -o "$out" >&2
+        ;;
+    starlingmonkey)
+        # No wasi:http, no fetch event: the plugin world has neither.
+        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$root/wit" -n plugin \
+            -d http fetch-event \
+            --bundle --bundle-config "$bundle_config" -o "$out" >&2
+        ;;
+    *) echo "unknown engine $engine (quickjs or starlingmonkey)" >&2; exit 2 ;;
+esac
+echo "$out"

@@ -1,0 +1,535 @@
+// Sluice plugin SDK for JavaScript (sluice:plugin@0.1.0, world `plugin`).
+//
+// The JavaScript counterpart of the Rust SDK (guest-sdk/rust): you write
+// `init(config) -> state` and `handle(state, event) -> outputs`, and
+// `plugin({ init, handle })` returns the `handler` export the component model
+// expects, with `handleBatch` derived from `handle`.
+//
+//   import { plugin, HandlerError, Output } from 'sluice';   // build.sh maps `sluice` here
+//   export const handler = plugin({
+//     init(config) { config.denyUnknown(['prefix']); return { prefix: config.get('prefix') ?? '>' }; },
+//     handle(state, event) { return [Output.text(state.prefix + event.text())]; },
+//   });
+//
+// One source works on both componentize-js engines (QuickJS, the default of
+// build.sh, and StarlingMonkey): the SDK hides their differences (`null` vs
+// `undefined` for a missing option, `number` vs `bigint` for u64) and brings
+// its own UTF-8 codec because QuickJS has no TextEncoder/TextDecoder.
+import { log as hostLog } from 'sluice:plugin/log@0.1.0';
+
+// ---------------------------------------------------------------- errors
+
+/** A handler failure with its disposition: `retryable` (retry with backoff) or `reject` (dead letter now). */
+export class HandlerError extends Error {
+  constructor(disposition, message) {
+    super(message);
+    this.name = 'HandlerError';
+    // Both engines lower a thrown value's `payload` as the WIT `handler-error`.
+    this.payload = { disposition, message: String(message) };
+  }
+  static retryable(message) {
+    return new HandlerError('retryable', message);
+  }
+  static reject(message) {
+    return new HandlerError('reject', message);
+  }
+  get disposition() {
+    return this.payload.disposition;
+  }
+}
+
+// ---------------------------------------------------------------- UTF-8
+
+/** UTF-8 encoding and strict decoding (QuickJS has no TextEncoder). */
+export const utf8 = {
+  encode(text) {
+    const s = String(text);
+    const out = [];
+    for (let i = 0; i < s.length; i++) {
+      let c = s.charCodeAt(i);
+      if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+        const d = s.charCodeAt(i + 1);
+        if (d >= 0xdc00 && d <= 0xdfff) {
+          c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
+          i++;
+        }
+      }
+      if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd; // a lone surrogate cannot be UTF-8
+      if (c < 0x80) out.push(c);
+      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    }
+    return Uint8Array.from(out);
+  },
+  /** Throws a `reject` HandlerError on invalid UTF-8, naming the byte offset. */
+  decode(bytes) {
+    let out = '';
+    let chunk = [];
+    const bad = (i) => {
+      throw HandlerError.reject(`payload is not valid UTF-8: invalid byte at offset ${i}`);
+    };
+    for (let i = 0; i < bytes.length; ) {
+      const b = bytes[i];
+      let c;
+      let n;
+      if (b < 0x80) { c = b; n = 0; }
+      else if (b >= 0xc2 && b < 0xe0) { c = b & 31; n = 1; }
+      else if (b >= 0xe0 && b < 0xf0) { c = b & 15; n = 2; }
+      else if (b >= 0xf0 && b < 0xf5) { c = b & 7; n = 3; }
+      else bad(i);
+      for (let k = 1; k <= n; k++) {
+        const x = bytes[i + k];
+        if (x === undefined || (x & 0xc0) !== 0x80) bad(i);
+        c = (c << 6) | (x & 63);
+      }
+      if ((n === 2 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff))) || (n === 3 && (c < 0x10000 || c > 0x10ffff))) bad(i);
+      if (c >= 0x10000) {
+        c -= 0x10000;
+        chunk.push(0xd800 + (c >> 10), 0xdc00 + (c & 0x3ff));
+      } else {
+        chunk.push(c);
+      }
+      if (chunk.length > 4096) {
+        out += String.fromCharCode.apply(null, chunk);
+        chunk = [];
+      }
+      i += n + 1;
+    }
+    return out + String.fromCharCode.apply(null, chunk);
+  },
+};
+
+function bytes(value) {
+  if (value == null) return value;
+  if (value instanceof Uint8Array) return value;
+  if (typeof value === 'string') return utf8.encode(value);
+  if (Array.isArray(value)) return Uint8Array.from(value);
+  throw new TypeError(`expected bytes (Uint8Array, Array or string), got ${typeof value}`);
+}
+
+// ---------------------------------------------------------------- config
+
+/** The `init` configuration: string pairs in the host's order (sorted by key). */
+export class Config {
+  constructor(pairs) {
+    this.pairs = pairs.map(([k, v]) => [String(k), String(v)]);
+  }
+  get(key) {
+    const hit = this.pairs.find(([k]) => k === key);
+    return hit ? hit[1] : null;
+  }
+  /** Throws a message naming the missing key (which refuses the load). */
+  require(key) {
+    const value = this.get(key);
+    if (value === null) throw `missing required config key \`${key}\``;
+    return value;
+  }
+  keys() {
+    return this.pairs.map(([k]) => k);
+  }
+  /** `[rest, value]` for every key starting with `prefix`, prefix stripped. */
+  withPrefix(prefix) {
+    return this.pairs.filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]);
+  }
+  /** Refuses any key not listed; `prefix*` accepts a family of keys. Same message as the Rust SDK. */
+  denyUnknown(known) {
+    const isKnown = (key) => known.some((p) => (p.endsWith('*') ? key.startsWith(p.slice(0, -1)) : key === p));
+    const unknown = this.keys().find((k) => !isKnown(k));
+    if (unknown === undefined) return;
+    throw known.length === 0
+      ? `unknown config key \`${unknown}\` (this plugin takes no configuration)`
+      : `unknown config key \`${unknown}\` (expected one of: ${known.join(', ')})`;
+  }
+}
+
+// ---------------------------------------------------------------- events and outputs
+
+/**
+ * The event as the plugin sees it: the WIT record (camelCase fields) with
+ * `key`/`replyTo` `null` when absent and `timestampMs` a Number on both
+ * engines, plus helpers.
+ */
+export class Event {
+  constructor(raw) {
+    this.id = raw.id;
+    this.source = raw.source;
+    this.key = raw.key ?? null;
+    this.payload = raw.payload;
+    this.headers = raw.headers;
+    this.timestampMs = Number(raw.timestampMs);
+    this.attempt = raw.attempt;
+    this.replyTo = raw.replyTo ?? null;
+  }
+  /** The first header `name` (case-sensitive) as bytes, or null. */
+  header(name) {
+    const h = this.headers.find((x) => x.key === name);
+    return h ? h.value : null;
+  }
+  /** The first header `name` as text, or null (also when it is not UTF-8). */
+  headerText(name) {
+    const value = this.header(name);
+    if (value === null) return null;
+    try {
+      return utf8.decode(value);
+    } catch {
+      return null;
+    }
+  }
+  /** The payload as text; invalid UTF-8 rejects the event. */
+  text() {
+    return utf8.decode(this.payload);
+  }
+  /** The payload parsed with `Json.parse` (Maps, JsonNumbers); invalid JSON rejects the event. */
+  json() {
+    const text = this.text();
+    try {
+      return Json.parse(text);
+    } catch (e) {
+      throw HandlerError.reject(`payload is not valid JSON: ${e.message}`);
+    }
+  }
+}
+
+/** Builders for outputs. Payloads, keys and header values may be strings (sent as UTF-8). */
+export const Output = {
+  /** An output with this payload and optional fields: `{ destination, key, headers, reply }`. */
+  of(payload, fields = {}) {
+    return {
+      destination: fields.destination ?? null,
+      key: bytes(fields.key) ?? null,
+      payload: bytes(payload),
+      headers: (fields.headers ?? []).map((h) => ({ key: String(h.key), value: bytes(h.value) })),
+      reply: Boolean(fields.reply),
+    };
+  },
+  text(text, fields) {
+    return Output.of(utf8.encode(text), fields);
+  },
+  /** `value` as compact JSON (`Json.stringify`: serde_json's format), UTF-8. */
+  json(value, fields) {
+    return Output.of(utf8.encode(Json.stringify(value)), fields);
+  },
+  /** The answer to a request: sent to the event's `replyTo`. */
+  reply(payload, fields = {}) {
+    return Output.of(payload, { ...fields, reply: true });
+  },
+  /** The event's key, payload and headers, unchanged. */
+  forward(event) {
+    return Output.of(event.payload, { key: event.key, headers: event.headers });
+  },
+};
+
+// ---------------------------------------------------------------- JSON
+
+/**
+ * A JSON number, kept as serde_json would write it (integers exact within
+ * i64/u64, anything else as the shortest f64), so no precision is lost in
+ * a JS Number. `Number(n)` gives its value.
+ */
+export class JsonNumber {
+  constructor(text) {
+    this.text = text;
+  }
+  valueOf() {
+    return Number(this.text);
+  }
+  toString() {
+    return this.text;
+  }
+}
+
+const I64_MIN = -(2n ** 63n);
+const U64_MAX = 2n ** 64n - 1n;
+
+/** `f` as serde_json writes it: 1.5, 100000.0, 1e+16, 1.2e-7, -0.0. */
+export function formatFloat(f) {
+  if (f === 0) return Object.is(f, -0) ? '-0.0' : '0.0';
+  if (!Number.isFinite(f)) return 'null';
+  const sign = f < 0 ? '-' : '';
+  const [mant, exp] = Math.abs(f).toExponential().split('e'); // shortest round-trip digits
+  const digits = mant.replace('.', '');
+  const kk = Number(exp) + 1; // the point sits after kk digits
+  const length = digits.length;
+  const k = kk - length;
+  let text;
+  if (k >= 0 && kk <= 16) text = digits + '0'.repeat(k) + '.0';
+  else if (kk > 0 && kk <= 16) text = `${digits.slice(0, kk)}.${digits.slice(kk)}`;
+  else if (kk > -5 && kk <= 0) text = `0.${'0'.repeat(-kk)}${digits}`;
+  else {
+    const e = kk - 1 < 0 ? `e${kk - 1}` : `e+${kk - 1}`;
+    text = length === 1 ? digits + e : `${digits[0]}.${digits.slice(1)}${e}`;
+  }
+  return sign + text;
+}
+
+function numberText(text) {
+  if (!/[.eE]/.test(text)) {
+    const n = BigInt(text);
+    if (n >= I64_MIN && n <= U64_MAX && !(n === 0n && text[0] === '-')) return n.toString();
+  }
+  const f = Number(text);
+  if (!Number.isFinite(f)) throw new SyntaxError(`number out of range: ${text}`);
+  return formatFloat(f);
+}
+
+const ESCAPES = { '"': '"', '\\': '\\', '/': '/', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t' };
+
+/**
+ * JSON that round-trips like serde_json in the Rust SDK, so a JS plugin can
+ * give byte-for-byte the outputs of a Rust one:
+ * - `Json.parse(text)`: objects become `Map`s (field order kept, including
+ *   integer-like keys, which plain JS objects would move first; a repeated
+ *   key keeps its first position and its last value), numbers `JsonNumber`s.
+ * - `Json.stringify(value)`: compact, serde_json's escapes and number format.
+ *   Accepts Maps, plain objects, arrays, strings, booleans, null, numbers,
+ *   bigints and JsonNumbers.
+ */
+export const Json = {
+  parse(text) {
+    let i = 0;
+    const fail = (what) => {
+      throw new SyntaxError(`${what} at character ${i}`);
+    };
+    const ws = () => {
+      while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
+    };
+    const str = () => {
+      i++;
+      let out = '';
+      for (;;) {
+        if (i >= text.length) fail('EOF while parsing a string');
+        const c = text.charCodeAt(i);
+        if (c === 0x22) {
+          i++;
+          return out;
+        }
+        if (c < 0x20) fail('control character (\\u0000-\\u001F) found while parsing a string');
+        if (c === 0x5c) {
+          const e = text[i + 1];
+          i += 2;
+          if (e in ESCAPES) out += ESCAPES[e];
+          else if (e === 'u') {
+            const hex = (at) => {
+              const h = text.slice(at, at + 4);
+              if (!/^[0-9a-fA-F]{4}$/.test(h)) fail('invalid escape');
+              return parseInt(h, 16);
+            };
+            const u = hex(i);
+            i += 4;
+            if (u >= 0xd800 && u <= 0xdfff) {
+              if (u >= 0xdc00 || text[i] !== '\\' || text[i + 1] !== 'u') fail('lone leading surrogate in hex escape');
+              const v = hex(i + 2);
+              if (v < 0xdc00 || v > 0xdfff) fail('lone leading surrogate in hex escape');
+              i += 6;
+              out += String.fromCharCode(u, v);
+            } else out += String.fromCharCode(u);
+          } else fail('invalid escape');
+        } else {
+          let j = i;
+          while (j < text.length) {
+            const d = text.charCodeAt(j);
+            if (d === 0x22 || d === 0x5c || d < 0x20) break;
+            j++;
+          }
+          out += text.slice(i, j);
+          i = j;
+        }
+      }
+    };
+    const value = (depth) => {
+      if (depth > 128) fail('recursion limit exceeded');
+      if (i >= text.length) fail('EOF while parsing a value');
+      const c = text[i];
+      if (c === '{') {
+        i++;
+        const map = new Map();
+        ws();
+        if (text[i] === '}') {
+          i++;
+          return map;
+        }
+        for (;;) {
+          ws();
+          if (text[i] !== '"') fail('key must be a string');
+          const key = str();
+          ws();
+          if (text[i] !== ':') fail('expected `:`');
+          i++;
+          ws();
+          map.set(key, value(depth + 1));
+          ws();
+          if (text[i] === ',') i++;
+          else if (text[i] === '}') {
+            i++;
+            return map;
+          } else fail(i >= text.length ? 'EOF while parsing an object' : 'expected `,` or `}`');
+        }
+      }
+      if (c === '[') {
+        i++;
+        const arr = [];
+        ws();
+        if (text[i] === ']') {
+          i++;
+          return arr;
+        }
+        for (;;) {
+          ws();
+          arr.push(value(depth + 1));
+          ws();
+          if (text[i] === ',') i++;
+          else if (text[i] === ']') {
+            i++;
+            return arr;
+          } else fail(i >= text.length ? 'EOF while parsing a list' : 'expected `,` or `]`');
+        }
+      }
+      if (c === '"') return str();
+      for (const [word, v] of [['true', true], ['false', false], ['null', null]]) {
+        if (text.startsWith(word, i)) {
+          i += word.length;
+          return v;
+        }
+      }
+      const m = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/.exec(text.slice(i, i + 400));
+      if (!m || m[0] === '' || m[0] === '-') fail('expected value');
+      i += m[0].length;
+      return new JsonNumber(numberText(m[0]));
+    };
+    ws();
+    const v = value(0);
+    ws();
+    if (i !== text.length) fail('trailing characters');
+    return v;
+  },
+
+  stringify(value) {
+    const out = [];
+    const s = (t) => out.push(quote(t));
+    const walk = (v) => {
+      if (v === null || v === undefined) out.push('null');
+      else if (v === true || v === false) out.push(String(v));
+      else if (v instanceof JsonNumber) out.push(v.text);
+      else if (typeof v === 'bigint') out.push(numberText(v.toString()));
+      else if (typeof v === 'number') out.push(Number.isSafeInteger(v) && !Object.is(v, -0) ? String(v) : formatFloat(v));
+      else if (typeof v === 'string') s(v);
+      else if (Array.isArray(v)) {
+        out.push('[');
+        v.forEach((x, n) => {
+          if (n) out.push(',');
+          walk(x);
+        });
+        out.push(']');
+      } else {
+        const entries = v instanceof Map ? [...v.entries()] : Object.entries(v);
+        out.push('{');
+        entries.forEach(([k, x], n) => {
+          if (n) out.push(',');
+          s(String(k));
+          out.push(':');
+          walk(x);
+        });
+        out.push('}');
+      }
+    };
+    walk(value);
+    return out.join('');
+  },
+};
+
+const HEX = '0123456789abcdef';
+function quote(text) {
+  let out = '"';
+  let start = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    let esc = null;
+    if (c === 0x22) esc = '\\"';
+    else if (c === 0x5c) esc = '\\\\';
+    else if (c < 0x20) {
+      esc = { 8: '\\b', 9: '\\t', 10: '\\n', 12: '\\f', 13: '\\r' }[c] ?? `\\u00${HEX[c >> 4]}${HEX[c & 15]}`;
+    }
+    if (esc !== null) {
+      out += text.slice(start, i) + esc;
+      start = i + 1;
+    }
+  }
+  return `${out + text.slice(start)}"`;
+}
+
+// ---------------------------------------------------------------- logging
+
+function logAt(level) {
+  return (message, fields = {}) => {
+    const pairs = Array.isArray(fields) ? fields : Object.entries(fields);
+    hostLog(level, String(message), pairs.map(([k, v]) => [String(k), String(v)]));
+  };
+}
+
+/** Structured logging into the host's log stream: `log.info('msg', { key: 'value' })`. */
+export const log = {
+  trace: logAt('trace'),
+  debug: logAt('debug'),
+  info: logAt('info'),
+  warn: logAt('warn'),
+  error: logAt('error'),
+};
+
+// ---------------------------------------------------------------- the export
+
+/**
+ * Builds the `handler` export from `{ init(config) -> state, handle(state, event) -> outputs }`.
+ *
+ * - `init` may return anything (kept as `state`) and refuses the config by
+ *   throwing: a string, or an Error whose message is used.
+ * - `handle` returns an array of outputs (empty filters the event out) and
+ *   fails by throwing a `HandlerError`. Anything else thrown is a bug: the
+ *   call traps, the host counts it as retryable and replaces the instance;
+ *   the stack goes to stderr, which the host adds to the trap message.
+ */
+export function plugin(impl) {
+  let state;
+  let ready = false;
+
+  function handleOne(raw) {
+    if (!ready) throw HandlerError.retryable('plugin not initialised');
+    try {
+      const outputs = impl.handle(state, new Event(raw));
+      if (!Array.isArray(outputs)) throw new TypeError(`handle must return an array of outputs, got ${typeof outputs}`);
+      return outputs;
+    } catch (e) {
+      if (e instanceof HandlerError) throw e;
+      if (typeof console !== 'undefined') console.error(`plugin bug: ${e && e.stack ? `${e}\n${e.stack}` : e}`);
+      throw e;
+    }
+  }
+
+  return {
+    init(pairs) {
+      try {
+        state = impl.init ? impl.init(new Config(pairs)) : undefined;
+        ready = true;
+      } catch (e) {
+        // A refused config: the same outcome on both engines (StarlingMonkey
+        // would trap on a thrown Error in a result<_, string> export).
+        throw typeof e === 'string' ? e : String(e && e.message !== undefined ? e.message : e);
+      }
+    },
+    handle(raw) {
+      return handleOne(raw);
+    },
+    // Nested results need explicit { tag, val }; the `payload` unwrapping of
+    // top-level throws does not happen here, so it is done by hand.
+    handleBatch(raws) {
+      return raws.map((raw) => {
+        try {
+          return { tag: 'ok', val: handleOne(raw) };
+        } catch (e) {
+          if (e instanceof HandlerError) return { tag: 'err', val: e.payload };
+          throw e;
+        }
+      });
+    },
+  };
+}

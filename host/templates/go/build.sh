@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Builds plugin.wasm with Go (wasip1, go:wasmexport) and wasm-tools.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+bash "{{sluice}}/guest-sdk/go/build.sh" . plugin.wasm

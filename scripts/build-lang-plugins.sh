@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the example plugins written in other languages than Rust
+# (plugins/*_js, *_py, *_c, *_go) with each language's guest-sdk/<lang>/build.sh,
+# into plugins/target/components/<name>.wasm, and prints their paths.
+#
+#   bash scripts/build-lang-plugins.sh [js] [python] [c] [go]   # default: all four
+#
+# A plugin is rebuilt only when its sources, its SDK or the WIT changed (a
+# stamp of their sha256 sits next to the component), so a second run takes
+# about a second. The first run installs each toolchain into .cache/
+# (npm ci, a pip venv, cargo install wasm-tools and wit-bindgen-cli); see
+# docs/plugins/README.md for what each costs.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="$root/plugins/target/components"
+mkdir -p "$out"
+langs=("$@")
+[[ ${#langs[@]} -gt 0 ]] || langs=(js python c go)
+
+# sha256 over every file under the given paths (sorted), for the stamp.
+fingerprint() {
+    find "$@" -type f -not -path '*/target/*' -not -path '*/__pycache__/*' -not -name '*.wasm' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+}
+
+# build NAME LANG_SDK_DIR COMMAND...: runs COMMAND unless the stamp matches.
+build() {
+    local name="$1" sdk="$2"
+    shift 2
+    local wasm="$out/$name.wasm" stamp="$out/$name.stamp" sum
+    sum="$(fingerprint "$root/plugins/$name" "$root/guest-sdk/$sdk" "$root/guest-sdk/tools.sh" "$root/wit")"
+    if [[ -f "$wasm" && -f "$stamp" && "$(cat "$stamp")" == "$sum" ]]; then
+        echo "$wasm"
+        return
+    fi
+    echo "==> building $name" >&2
+    rm -f "$stamp"
+    "$@" >/dev/null
+    echo "$sum" > "$stamp"
+    echo "$wasm"
+}
+
+for lang in "${langs[@]}"; do
+    case "$lang" in
+        js) build json_enricher_js js bash "$root/guest-sdk/js/build.sh" "$root/plugins/json_enricher_js/enricher.js" "$out/json_enricher_js.wasm" ;;
+        python) build json_enricher_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/json_enricher_py" app "$out/json_enricher_py.wasm" ;;
+        c) build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c" ;;
+        go) build json_enricher_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/json_enricher_go" "$out/json_enricher_go.wasm" ;;
+        *) echo "unknown language $lang (js, python, c, go)" >&2; exit 2 ;;
+    esac
+done

@@ -1,0 +1,307 @@
+//! Every language, one contract: the JSON enricher written in Rust
+//! (`plugins/json_enricher`), JavaScript (`json_enricher_js`), Python
+//! (`json_enricher_py`), C (`json_enricher_c`) and Go (`json_enricher_go`)
+//! must give the same outputs for the same events, byte for byte, fail the
+//! same way (retryable, reject, trap) and run in a real pipeline.
+//!
+//! Needs `cargo build -p sluice`, `bash scripts/build-plugins.sh` and
+//! `bash scripts/build-lang-plugins.sh` first (`./dev test` does all three).
+
+#[allow(dead_code)] // each test binary uses a different part of it
+mod common;
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+
+use common::*;
+
+/// The enricher's twins, by language.
+const LANGUAGES: [(&str, &str); 4] = [
+    ("js", "json_enricher_js"),
+    ("python", "json_enricher_py"),
+    ("c", "json_enricher_c"),
+    ("go", "json_enricher_go"),
+];
+
+/// The config every run uses: every feature of the enricher at once.
+const CONFIG: [&str; 6] = [
+    "require=user",
+    "drop_if=status=test",
+    "set.env=test",
+    "set.team=core",
+    "event_id_field=event_id",
+    "fail_on=fail",
+];
+
+/// A component built by `scripts/build-lang-plugins.sh`.
+fn lang_plugin(name: &str) -> PathBuf {
+    let path = root().join("plugins/target/components").join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "plugin {name} is missing at {}: run `bash scripts/build-lang-plugins.sh` first",
+        path.display()
+    );
+    path
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/languages").join(name)
+}
+
+/// `sluice plugin test PLUGIN --events EVENTS --config …` and its stdout lines.
+fn plugin_test(plugin: &std::path::Path, events: &str, config: &[&str]) -> Result<(Finished, Vec<String>)> {
+    let scratch = Scratch::new()?;
+    let plugin = plugin.to_string_lossy().into_owned();
+    let events = fixture(events).to_string_lossy().into_owned();
+    let cache = compile_cache().to_string_lossy().into_owned();
+    let mut args = vec!["plugin", "test", plugin.as_str(), "--events", events.as_str(), "--cache-dir", cache.as_str()];
+    for entry in config {
+        args.extend(["--config", entry]);
+    }
+    let finished = scratch.run(&args)?;
+    let lines = finished.stdout.lines().map(str::to_owned).collect();
+    Ok((finished, lines))
+}
+
+/// The message of an error line, if it is one.
+fn error_message(line: &Value) -> Option<&str> {
+    line["error"]["message"].as_str()
+}
+
+/// What may differ between languages in a `plugin test` line: the wording
+/// of a JSON parser's complaint after "payload is not a JSON object" and a
+/// trap's message (each runtime words its crash its own way). Everything
+/// else is kept, byte for byte.
+fn comparable(line: &str) -> Result<String> {
+    let mut value: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+    if error_message(&value).is_some_and(|m| m.starts_with("payload is not a JSON object")) {
+        value["error"]["message"] = Value::from("payload is not a JSON object: …");
+    }
+    if value.get("trap").is_some() {
+        value["trap"] = Value::from("…");
+    }
+    Ok(value.to_string())
+}
+
+#[test]
+fn every_language_gives_the_rust_outputs_byte_for_byte() -> Result<()> {
+    let (rust, expected) = plugin_test(&plugin("json_enricher"), "events.jsonl", &CONFIG)?;
+    rust.ensure_success()?;
+    ensure!(expected.len() == 17, "one line per event from the Rust plugin, got:\n{}", rust.stdout);
+    // The Rust plugin's answers are the reference; check they say what the
+    // enricher promises before comparing anything with them.
+    let lines: Vec<Value> = expected.iter().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>()?;
+    let outputs = |i: usize| lines[i]["outputs"].as_array().map(Vec::len);
+    assert_eq!(outputs(0), Some(1), "{}", expected[0]);
+    assert_eq!(
+        lines[0]["outputs"][0]["payload"],
+        r#"{"order":1,"user":"alice","total":30,"env":"test","team":"core","event_id":"plain"}"#
+    );
+    assert_eq!(
+        lines[2]["outputs"][0]["payload"],
+        r#"{"user":"n","nums":[1.5,2000.0,-0.0,0,1e+16,1000000000000000.0,0.00001,1.2e-7,123456789.125,18446744073709551615,1.8446744073709552e+19,-9223372036854775808,-9.223372036854776e+18,-12,100.0,5e-324,1.7976931348623157e+308],"env":"test","team":"core","event_id":"numbers"}"#
+    );
+    assert_eq!(outputs(6), Some(0), "no `user`: dropped");
+    assert_eq!(outputs(7), Some(0), "status=test: dropped");
+    assert_eq!(outputs(8), Some(1), "status is a number, not the string `test`");
+    for (i, id) in [(9, "not-json"), (10, "array"), (11, "string"), (12, "bad-utf8")] {
+        assert_eq!(lines[i]["event"], id);
+        assert_eq!(lines[i]["error"]["disposition"], "reject", "{}", expected[i]);
+    }
+    let expected: Vec<String> = expected.iter().map(|l| comparable(l)).collect::<Result<_>>()?;
+
+    for (language, name) in LANGUAGES {
+        let (run, got) = plugin_test(&lang_plugin(name), "events.jsonl", &CONFIG)?;
+        run.ensure_success().with_context(|| language.to_string())?;
+        let got: Vec<String> = got.iter().map(|l| comparable(l)).collect::<Result<_>>()?;
+        for (i, (want, got)) in expected.iter().zip(&got).enumerate() {
+            assert_eq!(got, want, "{language}: event {} differs from Rust", i + 1);
+        }
+        assert_eq!(got.len(), expected.len(), "{language}: one line per event\n{}", run.stdout);
+    }
+    Ok(())
+}
+
+#[test]
+fn errors_and_traps_are_the_same_in_every_language() -> Result<()> {
+    let expected = [
+        r#"{"event":"ok-1","outputs":[{"payload":"{\"user\":\"a\",\"env\":\"test\",\"team\":\"core\",\"event_id\":\"ok-1\"}","headers":{"content-type":"application/json"}}]}"#,
+        r#"{"event":"retry","error":{"disposition":"retryable","message":"asked to fail (retryable) by field `fail`"}}"#,
+        r#"{"event":"reject","error":{"disposition":"reject","message":"asked to fail (reject) by field `fail`"}}"#,
+        r#"{"event":"trap","trap":"…"}"#,
+        r#"{"event":"after-trap","outputs":[{"payload":"{\"user\":\"e\",\"env\":\"test\",\"team\":\"core\",\"event_id\":\"after-trap\"}","headers":{"content-type":"application/json"}}]}"#,
+    ];
+    let mut all = vec![("rust", plugin("json_enricher"))];
+    all.extend(LANGUAGES.iter().map(|(language, name)| (*language, lang_plugin(name))));
+    for (language, path) in all {
+        let (run, lines) = plugin_test(&path, "failures.jsonl", &CONFIG)?;
+        run.ensure_success().with_context(|| language.to_string())?;
+        ensure!(lines.len() == 7, "{language}: one line per event, got:\n{}", run.stdout);
+        for (i, want) in expected.iter().enumerate() {
+            assert_eq!(&comparable(&lines[i])?, want, "{language}: event {}", i + 1);
+        }
+        // A value that is not one of the three words is no request to fail.
+        for line in &lines[5..] {
+            let value: Value = serde_json::from_str(line)?;
+            assert_eq!(value["outputs"].as_array().map(Vec::len), Some(1), "{language}: {line}");
+        }
+        // The guest's own words reach the user: `plugin test` grants stderr,
+        // where every runtime writes its panic or exception.
+        assert!(
+            run.stderr.contains("asked to trap by field `fail`"),
+            "{language}: the guest's panic message is shown:\n{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("3 event(s) failed"), "{language}: {}", run.stderr);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_refused_config_reads_the_same_in_every_language() -> Result<()> {
+    let cases: [(&[&str], &str); 3] = [
+        (&["colour=red"], "unknown config key `colour` (expected one of: require, drop_if, set.*, event_id_field, fail_on)"),
+        (&["drop_if=nothing"], "`drop_if` must be `field=value`, got `nothing`"),
+        (&["set.=x"], "`set.` needs a field name, as in `set.team`"),
+    ];
+    let mut all = vec![("rust", plugin("json_enricher"))];
+    all.extend(LANGUAGES.iter().map(|(language, name)| (*language, lang_plugin(name))));
+    for (language, path) in &all {
+        for (config, message) in cases {
+            let (run, _) = plugin_test(path, "failures.jsonl", config)?;
+            run.ensure_failure()?;
+            let want = format!("plugin {} refused its configuration: {message}", path.display());
+            assert!(run.stderr.contains(&want), "{language}: expected `{want}` in:\n{}", run.stderr);
+        }
+    }
+    Ok(())
+}
+
+/// The quickstart's pipeline shape (file → plugin → file, dead letters to a
+/// file) with each language's enricher: the same outputs and the same
+/// dead-letter records as with the Rust one.
+#[test]
+fn every_language_runs_in_a_file_pipeline() -> Result<()> {
+    let events = std::fs::read_to_string(fixture("failures.jsonl"))?;
+    let config = CONFIG
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            format!("{} = {}", toml_str(k), toml_str(v))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let policy = "max_attempts = 2\nbackoff = { initial = \"1ms\", max = \"1ms\" }";
+    let run = |path: PathBuf| -> Result<(Vec<Value>, Vec<Value>)> {
+        let scratch = Scratch::new()?;
+        let pipeline = one_pipeline("p", "json_enricher", &config, policy)
+            .replace(&toml_path(&plugin("json_enricher")), &toml_path(&path));
+        scratch.write("sluice.toml", pipeline)?;
+        scratch.write("events.jsonl", &events)?;
+        scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+        let digest = sha256_hex(&path)?;
+        let mut out = scratch.read_jsonl("out.jsonl")?;
+        for record in &mut out {
+            let headers = record["headers"].as_object_mut().context("output without headers")?;
+            let found = headers.remove("sluice-plugin-digest");
+            ensure!(found.as_ref().and_then(Value::as_str) == Some(digest.as_str()), "digest header {found:?}");
+        }
+        let dlq = scratch
+            .read_jsonl("dlq.jsonl")?
+            .into_iter()
+            .map(|r| {
+                let h = |n: &str| header(&r, n).map(str::to_owned);
+                serde_json::json!({
+                    "payload": r["payload"],
+                    "reason": h("sluice-dlq-reason"),
+                    "event": h("sluice-dlq-event-id"),
+                    "attempts": h("sluice-dlq-attempts"),
+                    // A trap's message is the runtime's own; the rest must match.
+                    "message": h("sluice-dlq-message").filter(|m| !m.contains("trap")),
+                })
+            })
+            .collect();
+        Ok((out, dlq))
+    };
+    let (out, dlq) = run(plugin("json_enricher"))?;
+    ensure!(out.len() == 4, "4 events pass: {out:#?}");
+    ensure!(dlq.len() == 3, "retry (exhausted), reject and trap (exhausted) are dead-lettered: {dlq:#?}");
+    for (language, name) in LANGUAGES {
+        let (got_out, got_dlq) = run(lang_plugin(name))?;
+        assert_eq!(got_out, out, "{language}: outputs");
+        assert_eq!(got_dlq, dlq, "{language}: dead letters");
+    }
+    Ok(())
+}
+
+/// `sluice plugin new --lang L` makes a project that builds with its own
+/// `build.sh` and passes `sluice plugin test … --expect expected.jsonl` as
+/// generated, in every language.
+#[test]
+fn plugin_new_makes_a_project_that_builds_and_passes_its_test_in_every_language() -> Result<()> {
+    // Building a Rust project cold compiles its dependencies: minutes.
+    const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
+    let cache = compile_cache().to_string_lossy().into_owned();
+    for lang in ["rust", "js", "python", "c", "go"] {
+        let scratch = Scratch::new()?;
+        let name = format!("demo-{lang}");
+        let created = scratch.run(&["plugin", "new", "--lang", lang, &name])?;
+        created.ensure_success()?;
+        let dir = scratch.path(&name);
+        let mut build = std::process::Command::new("bash");
+        build.arg("build.sh").current_dir(&dir);
+        // A target folder of its own: the workspace's is locked by `cargo test`.
+        build.env("CARGO_TARGET_DIR", root().join("target/scaffold"));
+        let built = Running::spawn(build)?.wait(BUILD_TIMEOUT)?;
+        ensure!(built.status.success(), "{lang}: build.sh failed\n{}\n{}", built.stdout, built.stderr);
+        let mut test = std::process::Command::new(sluice_bin());
+        test.args(["plugin", "test", "plugin.wasm", "--events", "events.jsonl", "--expect", "expected.jsonl", "--cache-dir", &cache])
+            .current_dir(&dir);
+        let tested = Running::spawn(test)?.wait(RUN_TIMEOUT)?;
+        ensure!(tested.status.success(), "{lang}: plugin test failed\n{}\n{}", tested.stdout, tested.stderr);
+        assert!(tested.stderr.contains("all 2 line(s) match"), "{lang}: {}", tested.stderr);
+        // The template takes its config like any plugin, and refuses a typo.
+        let mut typo = std::process::Command::new(sluice_bin());
+        typo.args(["plugin", "test", "plugin.wasm", "--events", "events.jsonl", "--config", "tga=x", "--cache-dir", &cache])
+            .current_dir(&dir);
+        let refused = Running::spawn(typo)?.wait(RUN_TIMEOUT)?;
+        refused.ensure_failure()?;
+        assert!(refused.stderr.contains("unknown config key `tga` (expected one of: tag)"), "{lang}: {}", refused.stderr);
+    }
+    Ok(())
+}
+
+#[test]
+fn plugin_new_refuses_a_bad_name_and_an_existing_folder() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let bad = scratch.run(&["plugin", "new", "--lang", "js", "My Plugin"])?;
+    bad.ensure_failure()?;
+    assert!(bad.stderr.contains("plugin name `My Plugin`: use lowercase letters"), "{}", bad.stderr);
+    scratch.write("taken/file", "x")?;
+    let taken = scratch.run(&["plugin", "new", "--lang", "go", "taken"])?;
+    taken.ensure_failure()?;
+    assert!(taken.stderr.contains("taken already exists and is not empty"), "{}", taken.stderr);
+    Ok(())
+}
+
+/// `[pipelines.<name>.plugin] instance`: `reuse` (the default) keeps one
+/// instance per lane, so state carries over between events; `fresh` gives
+/// every event a new one. `chaos` answers `calls` with its instance's count.
+#[test]
+fn instance_policy_reuse_keeps_state_and_fresh_starts_every_event_anew() -> Result<()> {
+    for (policy, expected) in [("", ["1", "2", "3"]), ("fresh", ["1", "1", "1"]), ("reuse", ["1", "2", "3"])] {
+        let scratch = Scratch::new()?;
+        let mut config = one_pipeline("p", "chaos", "", "");
+        if !policy.is_empty() {
+            let path = format!("path = {}", toml_path(&plugin("chaos")));
+            config = config.replace(&path, &format!("{path}\ninstance = \"{policy}\""));
+        }
+        scratch.write("sluice.toml", config)?;
+        scratch.write_events("events.jsonl", &[event("calls"), event("calls"), event("calls")])?;
+        scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+        assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), expected, "instance = {policy:?}");
+    }
+    Ok(())
+}
