@@ -78,10 +78,7 @@ struct Shared {
 
 impl Shared {
     fn tracker(&self) -> MutexGuard<'_, Tracker> {
-        match self.tracker.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock(&self.tracker)
     }
 
     /// Waits (blocking) until `ready` holds for the tracker or `deadline`.
