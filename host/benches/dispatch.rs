@@ -161,23 +161,10 @@ fn bench_calls(c: &mut Criterion, plugin: &LoadedPlugin) {
 
 fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
     Dispatcher {
-        pipeline: "bench".into(),
-        plugin: Arc::new(sluice::dispatch::PluginSlot::new(factory)),
-        paused: tokio::sync::watch::channel(false).1,
-        router: Router::new(Arc::new(NullSink), HashMap::new()),
-        dead_letter: Arc::new(NullSink),
         retry: RetryPolicy { max_attempts: 1, backoff: BackoffConfig::default() },
-        concurrency: 1,
-        ordering: Ordering::Partition,
         batch_size: batch,
         batch_bytes: 32 << 20,
-        timeout: Duration::from_secs(5),
-        redeliver: false,
-        version_header: true,
-        max_outputs: 1000,
-        max_output_bytes: 16 << 20,
-        stats: Arc::new(Stats::default()),
-        idempotency: None,
+        ..Dispatcher::new("bench", Arc::new(sluice::dispatch::PluginSlot::new(factory)), Router::new(Arc::new(NullSink), HashMap::new()), Arc::new(NullSink))
     }
 }
 

@@ -128,24 +128,10 @@ fn load(runtime: &Runtime, name: &str) -> BenchResult<LoadedPlugin> {
 
 fn dispatcher(slot: Arc<PluginSlot>, sink: Arc<StampSink>) -> Dispatcher {
     Dispatcher {
-        pipeline: "reload".into(),
-        plugin: slot,
-        // The sender is dropped at once: nobody can pause this pipeline.
-        paused: tokio::sync::watch::channel(false).1,
-        router: Router::new(sink.clone(), HashMap::new()),
-        dead_letter: sink,
         retry: RetryPolicy { max_attempts: 1, backoff: BackoffConfig::default() },
-        concurrency: 1,
-        ordering: Ordering::Partition,
         batch_size: BATCH,
         batch_bytes: (MEMORY / 8) as usize,
-        timeout: Duration::from_secs(5),
-        redeliver: false,
-        version_header: true,
-        max_outputs: 1000,
-        max_output_bytes: 16 << 20,
-        stats: Arc::new(Stats::default()),
-        idempotency: None,
+        ..Dispatcher::new("reload", slot, Router::new(sink.clone(), HashMap::new()), sink)
     }
 }
 

@@ -62,7 +62,7 @@ type Level = fn(&Row) -> Option<i64>;
 type Timing = fn(&Stats) -> &Histogram;
 
 /// Counters: name (without `_total`), help, value.
-const COUNTERS: [(&str, &str, Counts); 14] = [
+const COUNTERS: [(&str, &str, Counts); 15] = [
     ("sluice_events_received", "Events taken from the source.", |r| r.counts.received),
     ("sluice_plugin_calls", "Calls into the plugin (one per batch).", |r| r.counts.calls),
     ("sluice_outputs", "Outputs sent to sinks, replies included.", |r| r.counts.outputs),
@@ -75,11 +75,14 @@ const COUNTERS: [(&str, &str, Counts); 14] = [
     ("sluice_replies_dropped", "Reply outputs of events that were not requests.", |r| r.counts.replies_dropped),
     ("sluice_events_duplicate", "Repeats within the idempotency window, acknowledged without a plugin call.", |r| r.counts.duplicates),
     ("sluice_sink_failures", "Records a sink failed to deliver (each stops the pipeline).", |r| r.counts.sink_failures),
+    ("sluice_breaker_opened", "Times the circuit breaker opened (from closed, or after a failed probe).", |r| {
+        r.stats().gauges.breaker.opened.load(std::sync::atomic::Ordering::Relaxed) as u64
+    }),
     ("sluice_plugin_reloads", "Plugin versions swapped in (reload, upload, rollback).", |r| r.reloads),
     ("sluice_plugin_reload_rejections", "New plugin versions refused (the current one kept serving).", |r| r.rejections),
 ];
 
-const GAUGES: [(&str, &str, Level); 5] = [
+const GAUGES: [(&str, &str, Level); 6] = [
     ("sluice_events_in_flight", "Events taken from the source and not yet settled.", |r| {
         Some(r.counts.received.saturating_sub(r.counts.acked + r.counts.abandoned + r.counts.redelivered) as i64)
     }),
@@ -93,6 +96,9 @@ const GAUGES: [(&str, &str, Level); 5] = [
         Some(r.stats().gauges.source_lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|lag| *lag >= 0)
     }),
     ("sluice_pipeline_paused", "1 while intake is paused through the admin API.", |r| Some(i64::from(*r.handle.pause.borrow()))),
+    ("sluice_breaker_state", "The circuit breaker: 0 closed, 1 open (no calls, no intake), 2 half-open (probing); absent without a breaker.", |r| {
+        Some(r.stats().gauges.breaker.state.load(std::sync::atomic::Ordering::Relaxed)).filter(|s| *s >= 0)
+    }),
 ];
 
 impl Collector for Pipelines {

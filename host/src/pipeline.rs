@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
 
 use crate::config::{Ordering, PipelineConfig, SinkConfig, SourceConfig};
+use crate::dispatch::breaker::Breaker;
 use crate::dispatch::idempotency::Guard;
 use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
 use crate::nats::Connections;
@@ -117,6 +118,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         version_header: policy.version_header,
         max_outputs: policy.max_outputs,
         max_output_bytes: policy.max_output_bytes.as_u64(),
+        breaker: config.breaker.as_ref().map(|b| Breaker::new(name, b, stats.gauges.breaker.clone())),
         stats,
         idempotency: config.idempotency.as_ref().map(Guard::new),
     };

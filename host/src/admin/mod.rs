@@ -63,6 +63,9 @@ struct PipelineView {
     started_at: String,
     plugin: Option<PluginStatus>,
     stats: StatsSnapshot,
+    /// The circuit breaker, if the pipeline has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker: Option<crate::dispatch::breaker::BreakerView>,
 }
 
 impl PipelineHandle {
@@ -74,6 +77,7 @@ impl PipelineHandle {
             started_at: self.started_at.clone(),
             plugin: self.versions.status(),
             stats: self.stats.snapshot(),
+            breaker: self.stats.gauges.breaker.view(),
         }
     }
 }

@@ -57,9 +57,15 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
         let plugin = &pipeline["plugin"];
         let digest = plugin["current"]["digest"].as_str().unwrap_or("-");
         let in_flight = count(pipeline, "received").saturating_sub(count(pipeline, "acked") + count(pipeline, "abandoned") + count(pipeline, "redelivered"));
+        let state = pipeline["state"].as_str().unwrap_or("?");
+        // An open or probing circuit breaker is why a pipeline takes nothing.
+        let state = match pipeline["breaker"]["state"].as_str() {
+            Some(breaker) if breaker != "closed" => format!("{state}:breaker-{breaker}"),
+            _ => state.to_owned(),
+        };
         rows.push(vec![
             name.to_owned(),
-            pipeline["state"].as_str().unwrap_or("?").to_owned(),
+            state,
             plugin["name"].as_str().unwrap_or("-").to_owned(),
             digest.get(..12).unwrap_or(digest).to_owned(),
             count(pipeline, "received").to_string(),
@@ -104,5 +110,15 @@ mod tests {
         assert!(lines[0].starts_with("PIPELINE  STATE"), "{table}");
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(cells, ["orders", "running", "enricher", "0123456789ab", "300", "100", "280", "95", "1", "1", "20", "2"]);
+    }
+
+    #[test]
+    fn an_open_breaker_shows_in_the_state() {
+        let sample = json!({ "pipelines": [{
+            "name": "orders", "state": "running", "plugin": {}, "stats": {},
+            "breaker": { "state": "open", "failures": 0, "opened": 1 }
+        }]});
+        let table = render(&sample, &sample, 1.0);
+        assert!(table.lines().nth(1).is_some_and(|row| row.split_whitespace().nth(1) == Some("running:breaker-open")), "{table}");
     }
 }

@@ -137,6 +137,38 @@ pub struct PipelineConfig {
     /// Unset: every delivery is handled.
     #[serde(default)]
     pub idempotency: Option<IdempotencyConfig>,
+    /// Stop calling a plugin that keeps failing, and stop taking events
+    /// while it is open. Unset: no breaker.
+    #[serde(default)]
+    pub breaker: Option<BreakerConfig>,
+}
+
+/// The circuit breaker (see `dispatch/breaker.rs`): `failures` failed
+/// attempts within `window` open it; after `reset` one probe call decides
+/// whether it closes or stays open for another `reset`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Failed attempts (retryable errors, traps, timeouts, memory-cap hits,
+    /// instances that fail to start; not rejections) that open it. Default 5.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// The window they are counted in. Default 1m.
+    #[serde(default = "default_breaker_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// How long it stays open before a probe. Default 30s.
+    #[serde(default = "default_breaker_reset", with = "humantime_serde")]
+    pub reset: Duration,
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_breaker_reset() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The wire format of a pipeline's payloads.

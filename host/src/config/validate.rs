@@ -121,6 +121,17 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
             return Err(("idempotency.window", "must be greater than zero, e.g. \"10m\"".into()));
         }
     }
+    if let Some(breaker) = &p.breaker {
+        if breaker.failures == 0 {
+            return Err(("breaker.failures", "must be at least 1, got 0".into()));
+        }
+        if breaker.window.is_zero() {
+            return Err(("breaker.window", "must be greater than zero, e.g. \"1m\"".into()));
+        }
+        if breaker.reset.is_zero() {
+            return Err(("breaker.reset", "must be greater than zero, e.g. \"30s\"".into()));
+        }
+    }
     if policy.max_attempts == 0 {
         return Err((
             "policy.max_attempts",

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::breaker::{Outcome, Permit};
 use super::dead_letter::{self, Failure, Reason};
 use super::idempotency::Claim;
 use super::publish::{self, Conclusion, FailedRequest};
@@ -166,7 +167,12 @@ impl Lane {
             return Ok(());
         }
         let count = events.len();
-        let (events, result) = self.call(events).await?;
+        let Some(permit) = self.permit().await else {
+            self.abandoning = true;
+            acks.into_iter().for_each(|ack| self.hand_back(ack));
+            return Ok(());
+        };
+        let (events, result) = self.call(events, permit).await?;
         match result {
             Ok(results) => {
                 for ((event, ack), result) in events.into_iter().zip(acks).zip(results) {
@@ -183,7 +189,12 @@ impl Lane {
                 // fresh instance, so only the culprit pays an attempt.
                 tracing::warn!(pipeline = %self.d.pipeline, lane = self.id, "a batch of {count} failed ({err}); handling its events one by one");
                 for (event, ack) in events.into_iter().zip(acks) {
-                    let (mut alone, result) = self.call(vec![event]).await?;
+                    let Some(permit) = self.permit().await else {
+                        self.abandoning = true;
+                        self.hand_back(ack);
+                        continue;
+                    };
+                    let (mut alone, result) = self.call(vec![event], permit).await?;
                     let Some(event) = alone.pop() else { continue };
                     self.conclude(event, ack, single(result), done).await?;
                 }
@@ -267,9 +278,14 @@ impl Lane {
                 self.hand_back(ack);
                 return Ok(());
             }
+            let Some(permit) = self.permit().await else {
+                self.abandoning = true;
+                self.hand_back(ack);
+                return Ok(());
+            };
             event.attempt += 1;
             Stats::add(&self.d.stats.retries, 1);
-            let (mut alone, next) = self.call(vec![event]).await?;
+            let (mut alone, next) = self.call(vec![event], permit).await?;
             event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
             result = single(next);
         }
@@ -365,9 +381,26 @@ impl Lane {
         }
     }
 
+    /// The circuit breaker's leave to call the plugin: waits while it is
+    /// open (the lane holds its events, unsettled); `None` if the pipeline
+    /// stops first.
+    fn permit(&self) -> impl std::future::Future<Output = Option<Permit>> + Send + 'static {
+        let (breaker, shutdown, failed) = (self.d.breaker.clone(), self.shutdown.clone(), self.failed.clone());
+        async move {
+            let Some(breaker) = breaker else { return Some(Permit::unguarded()) };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => None,
+                _ = failed.cancelled() => None,
+                permit = breaker.permit() => Some(permit),
+            }
+        }
+    }
+
     /// Runs the plugin on a blocking thread (guest code must not stall the
-    /// async runtime), creating an instance first if the last one failed.
-    async fn call(&mut self, events: Vec<Event>) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
+    /// async runtime), creating an instance first if the last one failed,
+    /// and tells the breaker how it went.
+    async fn call(&mut self, events: Vec<Event>, permit: Permit) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
         Stats::add(&self.d.stats.calls, 1);
         let handler = self.handler.take();
         let retired = self.retired.take();
@@ -412,6 +445,21 @@ impl Lane {
                 Err(CallError::Timeout(budget))
             }
         };
+        match &result {
+            Ok(results) => {
+                for result in results {
+                    permit.record(match result {
+                        Err(HandlerError { disposition: Disposition::Retryable, .. }) => Outcome::Failed,
+                        Ok(_) | Err(HandlerError { disposition: Disposition::Reject, .. }) => Outcome::Healthy,
+                    });
+                }
+            }
+            Err(_) if events.len() == 1 => permit.record(Outcome::Failed),
+            // Which event of the batch failed is unknown: the calls that
+            // run them one by one tell.
+            Err(_) => {}
+        }
+        drop(permit);
         let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
         Ok((events, result))
     }

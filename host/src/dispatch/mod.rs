@@ -16,6 +16,7 @@
 //! (JetStream), a failed event is handed back with the backoff delay
 //! instead, and the lane moves on.
 
+pub mod breaker;
 pub mod dead_letter;
 pub mod handler;
 pub mod idempotency;
@@ -90,6 +91,9 @@ pub struct Dispatcher {
     /// Skips repeats of events already handled (`idempotency`); `None`:
     /// every delivery is handled.
     pub idempotency: Option<Arc<idempotency::Guard>>,
+    /// Stops calls and intake while the plugin keeps failing
+    /// (`breaker`); `None`: no breaker.
+    pub breaker: Option<Arc<breaker::Breaker>>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -108,6 +112,34 @@ impl Inbox {
 }
 
 impl Dispatcher {
+    /// A dispatcher with the default policy (`[pipelines.*.policy]` left
+    /// out), no pause switch, breaker or idempotency: for tests and benches,
+    /// which change what they measure with `..Dispatcher::new(..)`.
+    pub fn new(pipeline: &str, plugin: Arc<PluginSlot>, router: Router, dead_letter: Arc<dyn Sink>) -> Self {
+        let policy = crate::config::PolicyConfig::default();
+        Self {
+            pipeline: pipeline.to_owned(),
+            plugin,
+            // The sender is dropped at once: nobody can pause it.
+            paused: watch::channel(false).1,
+            router,
+            dead_letter,
+            retry: RetryPolicy { max_attempts: policy.max_attempts, backoff: policy.backoff },
+            concurrency: policy.concurrency,
+            ordering: policy.ordering,
+            batch_size: policy.batch_size,
+            batch_bytes: (policy.memory.as_u64() / 8) as usize,
+            timeout: policy.timeout,
+            redeliver: false,
+            version_header: policy.version_header,
+            max_outputs: policy.max_outputs,
+            max_output_bytes: policy.max_output_bytes.as_u64(),
+            stats: Arc::new(Stats::default()),
+            idempotency: None,
+            breaker: None,
+        }
+    }
+
     /// Runs until the source ends (then drains), `shutdown` fires (then
     /// drains without retrying), or a source or sink fails.
     pub async fn run(self, mut source: Box<dyn Source>, shutdown: CancellationToken) -> Result<(), DispatchError> {
@@ -149,11 +181,21 @@ impl Dispatcher {
                 }
                 tracing::info!(pipeline = %shared.pipeline, "resumed");
             }
+            if let Some(breaker) = shared.breaker.as_ref().filter(|b| b.is_open()) {
+                // Events stay in the broker until the breaker half-opens.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = failed.cancelled() => break,
+                    _ = breaker.admitting() => {}
+                }
+            }
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = failed.cancelled() => break,
                 _ = pause_requested(&mut paused) => continue,
+                _ = breaker_opened(shared.breaker.as_deref()) => continue,
                 next = source.next() => next,
             };
             let delivery = match next {
@@ -196,6 +238,14 @@ impl Dispatcher {
 async fn pause_requested(paused: &mut watch::Receiver<bool>) {
     if paused.wait_for(|p| *p).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves when the breaker opens; never, without a breaker.
+async fn breaker_opened(breaker: Option<&breaker::Breaker>) {
+    match breaker {
+        Some(breaker) => breaker.opened().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -122,11 +122,13 @@ pub struct Gauges {
     /// pending plus unacknowledged); -1 when not known.
     /// Shared with the source, which reports into it.
     pub source_lag: Arc<AtomicI64>,
+    /// The circuit breaker's state, shared with the breaker.
+    pub breaker: Arc<super::breaker::BreakerGauges>,
 }
 
 impl Default for Gauges {
     fn default() -> Self {
-        Self { memory_bytes: AtomicU64::new(0), memory_peak_bytes: AtomicU64::new(0), source_lag: Arc::new(AtomicI64::new(-1)) }
+        Self { memory_bytes: AtomicU64::new(0), memory_peak_bytes: AtomicU64::new(0), source_lag: Arc::new(AtomicI64::new(-1)), breaker: Arc::default() }
     }
 }
 

@@ -220,27 +220,15 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
     let out = MemorySink::new(mode);
     let dlq = MemorySink::new(SinkMode::Ok);
     let calls = Arc::new(Mutex::new(Vec::new()));
+    let plugin = Arc::new(super::PluginSlot::new(Arc::new(Scripted { script: Arc::new(script), calls: calls.clone() })));
     let dispatcher = Dispatcher {
-        pipeline: "p".into(),
-        plugin: Arc::new(super::PluginSlot::new(Arc::new(Scripted { script: Arc::new(script), calls: calls.clone() }))),
-        paused: tokio::sync::watch::channel(false).1,
-        router: Router::new(out.clone(), HashMap::new()),
-        dead_letter: dlq.clone(),
         retry: RetryPolicy {
             max_attempts: 3,
             backoff: BackoffConfig { initial: Duration::from_millis(100), max: Duration::from_secs(10), multiplier: 2.0, jitter: 0.0 },
         },
-        concurrency: 1,
-        ordering: Ordering::Partition,
         batch_size: 16,
         batch_bytes: 1 << 20,
-        timeout: Duration::from_secs(5),
-        redeliver: false,
-        version_header: true,
-        max_outputs: 1000,
-        max_output_bytes: 16 << 20,
-        stats: Arc::new(Stats::default()),
-        idempotency: None,
+        ..Dispatcher::new("p", plugin, Router::new(out.clone(), HashMap::new()), dlq.clone())
     };
     Harness { out, dlq, calls, dispatcher }
 }
@@ -557,5 +545,118 @@ async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -
 
     assert!(h.out.payloads().is_empty(), "replies do not go to the default sink");
     assert_eq!(h.dlq.payloads(), vec!["bad"]);
+    Ok(())
+}
+
+/// A source that counts what it hands out, to see whether intake stopped.
+struct CountingSource {
+    inner: Box<dyn Source>,
+    taken: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Source for CountingSource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        let next = self.inner.next().await?;
+        if next.is_some() {
+            self.taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(next)
+    }
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+}
+
+fn breaker_harness(down: Arc<std::sync::atomic::AtomicBool>) -> Harness {
+    let mut h = harness(
+        move |e, _| Ok(if down.load(std::sync::atomic::Ordering::SeqCst) { retryable("downstream is down") } else { echo(e) }),
+        SinkMode::Ok,
+    );
+    h.dispatcher.retry.max_attempts = 10;
+    h.dispatcher.batch_size = 2;
+    let config = crate::config::BreakerConfig { failures: 3, window: Duration::from_secs(60), reset: Duration::from_secs(30) };
+    h.dispatcher.breaker = Some(breaker::Breaker::new("p", &config, h.dispatcher.stats.gauges.breaker.clone()));
+    h
+}
+
+fn call_times(calls: &Calls) -> Vec<Duration> {
+    let calls = calls.lock().map(|c| c.clone()).unwrap_or_default();
+    let Some(first) = calls.first().map(|c| c.3) else { return Vec::new() };
+    calls.iter().map(|c| c.3 - first).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_stops_intake_and_calls_until_a_probe_succeeds() -> Result<(), DispatchError> {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = breaker_harness(down.clone());
+    let gauges = h.dispatcher.stats.gauges.breaker.clone();
+    let log = Settlements::default();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let events = (0..100).map(|i| (event(&format!("e{i}"), &i.to_string()), 0)).collect();
+    let source = Box::new(CountingSource { inner: source(events, &log, false), taken: taken.clone() });
+    let run = tokio::spawn(h.dispatcher.run(source, CancellationToken::new()));
+
+    // The first batch (e0, e1) fails at 0, e0's retry at 0.1 s: three
+    // failures, open until 30.1 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gauges.view().map(|v| v.state), Some("open"));
+    let taken_at_open = taken.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(taken_at_open < 10, "intake stopped with the lane's queue full: {taken_at_open} taken");
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), taken_at_open, "nothing taken while open");
+    assert_eq!(call_times(&h.calls).len(), 3, "no calls while open");
+    assert!(h.dlq.payloads().is_empty() && h.out.payloads().is_empty());
+    assert!(settlements(&log).is_empty(), "held events are not settled");
+
+    // 30.1 s: the probe (e0, attempt 3) fails: open again until 60.1 s.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(gauges.view().map(|v| (v.state, v.opened)), Some(("open", 2)));
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+
+    let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(h.out.payloads(), expected, "every event delivered, in order, after the breaker closed");
+    assert!(h.dlq.payloads().is_empty(), "nothing dead-lettered because the breaker was open");
+    let times = call_times(&h.calls);
+    let ms = |d: &Duration| d.as_millis();
+    assert_eq!(times[..5].iter().map(ms).collect::<Vec<_>>(), vec![0, 0, 100, 30_100, 60_100], "calls: 3 failures, a failed probe, a good probe");
+    let attempts: Vec<(String, u32)> = h.calls.lock().map(|c| c.iter().take(5).map(|c| (c.0.clone(), c.1)).collect()).unwrap_or_default();
+    let expected: Vec<(String, u32)> = [("e0", 1), ("e1", 1), ("e0", 2), ("e0", 3), ("e0", 4)].iter().map(|(e, a)| (e.to_string(), *a)).collect();
+    assert_eq!(attempts, expected, "probes are real attempts of the held event");
+    assert_eq!(gauges.view().map(|v| (v.state, v.opened)), Some(("closed", 2)));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_do_not_open_the_breaker() -> Result<(), DispatchError> {
+    let mut h = harness(|_, _| Ok(Err(HandlerError { disposition: Disposition::Reject, message: "malformed".into() })), SinkMode::Ok);
+    let config = crate::config::BreakerConfig { failures: 2, window: Duration::from_secs(60), reset: Duration::from_secs(30) };
+    h.dispatcher.breaker = Some(breaker::Breaker::new("p", &config, h.dispatcher.stats.gauges.breaker.clone()));
+    let gauges = h.dispatcher.stats.gauges.breaker.clone();
+    let log = Settlements::default();
+    let events = (0..20).map(|i| (event(&format!("e{i}"), "x"), 0)).collect();
+    let start = Instant::now();
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+    assert_eq!(Instant::now(), start, "never held");
+    assert_eq!(h.dlq.payloads().len(), 20);
+    assert_eq!(gauges.view().map(|v| (v.state, v.opened)), Some(("closed", 0)));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_open_hands_held_events_back() -> Result<(), DispatchError> {
+    let h = breaker_harness(Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    let log = Settlements::default();
+    let events = (0..10).map(|i| (event(&format!("e{i}"), "x"), 0)).collect();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(h.dispatcher.run(source(events, &log, true), shutdown.clone()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    shutdown.cancel();
+    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    let settled = settlements(&log);
+    assert!(!settled.is_empty());
+    assert!(settled.iter().all(|(_, s)| *s == Settlement::Abandon), "held events go back to the broker: {settled:?}");
+    assert!(h.dlq.payloads().is_empty());
     Ok(())
 }
