@@ -19,8 +19,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use tokio_util::sync::CancellationToken;
 
-use sluice::config::{BackoffConfig, Ordering, WasiGrants};
-use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, RetryPolicy, Router, Stats};
+use sluice::config::{BackoffConfig, WasiGrants};
+use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, RetryPolicy, Router};
 use sluice::event::{Event, Header, Output};
 use sluice::runtime::instance::HandleResult;
 use sluice::runtime::{CallError, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};

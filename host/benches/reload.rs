@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use tokio_util::sync::CancellationToken;
 
-use sluice::config::{BackoffConfig, Ordering, WasiGrants};
-use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, PluginSlot, RetryPolicy, Router, Stats, StatsSnapshot};
+use sluice::config::{BackoffConfig, WasiGrants};
+use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, PluginSlot, RetryPolicy, Router, StatsSnapshot};
 use sluice::event::Event;
 use sluice::runtime::instance::HandleResult;
 use sluice::runtime::{CallError, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};

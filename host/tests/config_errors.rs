@@ -285,6 +285,9 @@ fn valid_configs_load_with_everything_set() -> TestResult {
     let idempotency = users.idempotency.as_ref().ok_or("no idempotency")?;
     assert_eq!(idempotency.key, IdempotencyKey::Header("Idempotency-Key".into()));
     assert_eq!((idempotency.window, idempotency.capacity), (Duration::from_secs(60), 1000));
+    let breaker = users.breaker.as_ref().ok_or("no breaker")?;
+    assert_eq!((breaker.failures, breaker.window, breaker.reset), (10, Duration::from_secs(30), Duration::from_secs(15)));
+    assert_eq!(stdin.breaker, None, "no breaker by default");
     Ok(())
 }
 

@@ -7,7 +7,6 @@ mod common;
 #[allow(dead_code)]
 mod fixture;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,23 +15,6 @@ use serde_json::{json, Value};
 use common::*;
 
 const WITHIN: Duration = Duration::from_secs(60);
-
-/// The samples of a Prometheus exposition: `name{labels}` → value.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn metrics(port: u16) -> Result<BTreeMap<String, f64>> {
-    let (status, body) = http_request(port, "GET", "/metrics", None, b"")?;
-    anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
-    Ok(samples(&body))
-}
 
 fn ops_config(port: u16, extra_pipelines: &str) -> String {
     format!(

@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// How long a whole `sluice` run may take before the test gives up. Generous:
@@ -498,4 +498,21 @@ path = {plugin}
 pub fn start(scratch: &Scratch, config: &str, file: &str) -> Result<Running> {
     scratch.write(file, config)?;
     Running::spawn(scratch.sluice(&["run", file]))
+}
+
+/// The samples of a Prometheus exposition: `name{labels}` → value.
+pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+pub fn metrics(port: u16) -> Result<std::collections::BTreeMap<String, f64>> {
+    let (status, body) = http_request(port, "GET", "/metrics", None, b"")?;
+    ensure!(status == 200, "/metrics answered {status}: {body}");
+    Ok(samples(&body))
 }
