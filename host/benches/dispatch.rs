@@ -181,12 +181,21 @@ fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
     for (size, label) in SIZES {
         let events: Vec<Event> = (0..PIPELINE_EVENTS).map(|i| event(i, size)).collect();
         group.throughput(Throughput::Elements(PIPELINE_EVENTS as u64));
-        for (name, factory) in [("native", Arc::new(Native) as Arc<dyn HandlerFactory>), ("wasm", Arc::new(plugin.clone()))] {
+        let variants = [
+            ("native", Arc::new(Native) as Arc<dyn HandlerFactory>, false),
+            ("wasm", Arc::new(plugin.clone()), false),
+            ("wasm-traced", Arc::new(plugin.clone()), true),
+        ];
+        for (name, factory, traced) in variants {
             group.bench_function(BenchmarkId::new(name, format!("{label}/batch{PIPE_BATCH}")), |b| {
                 b.iter_batched(
                     || MemorySource(events.clone().into()),
                     |source| {
-                        rt.block_on(dispatcher(factory.clone(), PIPE_BATCH).run(Box::new(source), CancellationToken::new()))
+                        let mut d = dispatcher(factory.clone(), PIPE_BATCH);
+                        if traced {
+                            d.tracing = traced_pipeline();
+                        }
+                        rt.block_on(d.run(Box::new(source), CancellationToken::new()))
                     },
                     criterion::BatchSize::LargeInput,
                 )
@@ -194,6 +203,15 @@ fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
         }
     }
     group.finish();
+}
+
+/// Correlation ids made for every event and a recorded span per event
+/// (a tracer with no exporter: the export runs on the SDK's own thread and
+/// is not on the pipeline's path).
+fn traced_pipeline() -> sluice::dispatch::trace::Tracing {
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "bench");
+    sluice::dispatch::trace::Tracing { correlation: Some(sluice::config::CorrelationConfig::default()), tracer: Some(tracer) }
 }
 
 /// Reads criterion's mean estimate (ns per iteration) for one benchmark.
@@ -228,6 +246,15 @@ fn report() {
                 rate(wasm),
                 rate(wasm) / rate(native)
             );
+        }
+    }
+    println!("\n| payload | wasm events/s | with correlation ids and spans | traced/untraced |");
+    println!("|---|---|---|---|");
+    for (_, label) in SIZES {
+        let param = format!("{label}/batch{PIPE_BATCH}");
+        if let (Some(plain), Some(traced)) = (mean_ns("pipeline", "wasm", &param), mean_ns("pipeline", "wasm-traced", &param)) {
+            let rate = |ns: f64| PIPELINE_EVENTS as f64 / (ns / 1e9);
+            println!("| {label} | {:.0} | {:.0} | {:.2} |", rate(plain), rate(traced), rate(traced) / rate(plain));
         }
     }
 }

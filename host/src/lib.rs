@@ -26,7 +26,8 @@
 //! connections and header mapping NATS sources and sinks share, [`kafka`]
 //! the client settings, message mapping and transactions of Kafka's.
 //! [`replay`] reads dead-letter records back into the events they were, for
-//! `sluice dlq replay`.
+//! `sluice dlq replay`. [`telemetry`] exports a span per event to
+//! OpenTelemetry when `[tracing]` asks for it.
 
 pub mod admin;
 pub mod codec;
@@ -44,3 +45,4 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod supervisor;
+pub mod telemetry;

@@ -9,6 +9,8 @@ use tokio::sync::{watch, Mutex};
 use crate::config::{Ordering, PipelineConfig, SinkConfig, SourceConfig};
 use crate::dispatch::breaker::Breaker;
 use crate::dispatch::idempotency::Guard;
+use crate::dispatch::trace::Tracing;
+use crate::telemetry::Telemetry;
 use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
 use crate::nats::Connections;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
@@ -69,7 +71,13 @@ pub struct Built {
 }
 
 /// Builds the dispatcher and source of pipeline `name`.
-pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks: &SinkSet) -> Result<Built, BuildError> {
+pub async fn build(
+    name: &str,
+    config: &PipelineConfig,
+    runtime: &Runtime,
+    sinks: &SinkSet,
+    telemetry: Option<&Telemetry>,
+) -> Result<Built, BuildError> {
     let plugin = load_plugin(runtime, plugin_spec(name, config)?).await?;
     tracing::info!(
         pipeline = name,
@@ -121,6 +129,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         breaker: config.breaker.as_ref().map(|b| Breaker::new(name, b, stats.gauges.breaker.clone())),
         stats,
         idempotency: config.idempotency.as_ref().map(Guard::new),
+        tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
     };
     Ok(Built { dispatcher, source, plugin, pause })
 }

@@ -22,6 +22,7 @@ use crate::pipeline::{self, SinkSet};
 use crate::reload::{self, PluginVersions};
 use crate::runtime::engine::EngineError;
 use crate::runtime::{Runtime, RuntimeOptions};
+use crate::telemetry::Telemetry;
 
 /// How one pipeline ended.
 #[derive(Debug, Clone)]
@@ -61,6 +62,7 @@ pub async fn run_with_reloads(
     mut reloads: mpsc::Receiver<()>,
 ) -> Result<Vec<PipelineReport>, EngineError> {
     let runtime = Runtime::new(&runtime_options(&config))?;
+    let telemetry = start_telemetry(&config).await;
     let (finished_tx, mut finished) = mpsc::channel(64);
     let mut supervisor = Supervisor {
         runtime,
@@ -72,6 +74,7 @@ pub async fn run_with_reloads(
         config: config.clone(),
         shutdown: shutdown.clone(),
         runs: 0,
+        telemetry: telemetry.clone(),
     };
     let admin_stop = CancellationToken::new();
     if let Some(admin) = &config.admin {
@@ -128,8 +131,30 @@ pub async fn run_with_reloads(
     if let Err(err) = supervisor.sinks.close_all().await {
         tracing::error!("closing sinks: {err}");
     }
+    if let Some(telemetry) = telemetry {
+        drop(supervisor);
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
     reports.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(reports)
+}
+
+/// Starts the OpenTelemetry exporter if `[tracing]` asks for it. One that
+/// cannot start is logged, and the pipelines run without spans: tracing is
+/// not worth an outage.
+async fn start_telemetry(config: &Config) -> Option<Arc<Telemetry>> {
+    let tracing_config = config.tracing.clone()?;
+    match tokio::task::spawn_blocking(move || Telemetry::start(&tracing_config)).await {
+        Ok(Ok(telemetry)) => Some(Arc::new(telemetry)),
+        Ok(Err(err)) => {
+            tracing::error!("{err}; running without span export");
+            None
+        }
+        Err(err) => {
+            tracing::error!("the OpenTelemetry exporter did not start: {err}; running without span export");
+            None
+        }
+    }
 }
 
 /// A pipeline task's end, tagged with which run of that name it was.
@@ -160,6 +185,8 @@ struct Supervisor {
     shutdown: CancellationToken,
     /// Runs started so far: tells a restarted pipeline's old run from its new one.
     runs: u64,
+    /// The OpenTelemetry exporter (`[tracing]`).
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Supervisor {
@@ -178,6 +205,7 @@ impl Supervisor {
             health: self.health.clone(),
             run,
             watch: self.config.runtime.watch_plugins,
+            telemetry: self.telemetry.clone(),
         };
         let (task_name, task_config, task_stop) = (name.clone(), config.clone(), stop.clone());
         let task = tokio::spawn(async move {
@@ -205,8 +233,8 @@ impl Supervisor {
                 return;
             }
         };
-        if new.runtime != self.config.runtime || new.admin != self.config.admin {
-            tracing::warn!("config reload: `[runtime]` and `[admin]` changes take effect at the next restart");
+        if new.runtime != self.config.runtime || new.admin != self.config.admin || new.tracing != self.config.tracing {
+            tracing::warn!("config reload: `[runtime]`, `[admin]` and `[tracing]` changes take effect at the next restart");
         }
         let (mut added, mut removed, mut restarted, mut swapped) = (0, 0, 0, 0);
         let names: Vec<String> = self.running.keys().cloned().collect();
@@ -265,12 +293,13 @@ struct RunContext {
     run: u64,
     /// Watch the plugin file for changes.
     watch: bool,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 /// Builds, registers and runs one pipeline to its end.
 async fn run_pipeline(name: &str, config: &PipelineConfig, context: &RunContext, stop: CancellationToken) -> PipelineReport {
-    let RunContext { runtime, sinks, registry, health, run, watch } = context;
-    let built = match pipeline::build(name, config, runtime, sinks).await {
+    let RunContext { runtime, sinks, registry, health, run, watch, telemetry } = context;
+    let built = match pipeline::build(name, config, runtime, sinks, telemetry.as_deref()).await {
         Ok(built) => built,
         Err(err) => {
             tracing::error!(pipeline = %name, "cannot start pipeline: {err}");

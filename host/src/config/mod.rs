@@ -66,6 +66,12 @@ pub fn parse(
         key: e.key,
         message: mask(&e.message, &secrets),
     })?;
+    if let Some(tracing) = &config.tracing {
+        validate::tracing(tracing).map_err(|(key, message)| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            message: format!("[tracing] key `{key}`: {}", mask(&message, &secrets)),
+        })?;
+    }
     Ok(config)
 }
 

@@ -22,6 +22,46 @@ pub struct Config {
     /// no admin server.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// OpenTelemetry export of a span per event. Unset: no export (trace
+    /// context is still passed from inputs to outputs).
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `[tracing]`: where spans go (OTLP over HTTP).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`
+    /// (`/v1/traces` is added), as in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: String,
+    /// `http/protobuf` (default) or `http/json`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// The `service.name` resource attribute. Default `sluice`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of traces started here (events without a sampled
+    /// `traceparent`) that are recorded, 0.0-1.0. Default 1.0. An incoming
+    /// `traceparent`'s sampled flag is followed.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+fn default_service_name() -> String {
+    "sluice".into()
+}
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 /// The admin HTTP API.
@@ -141,6 +181,33 @@ pub struct PipelineConfig {
     /// while it is open. Unset: no breaker.
     #[serde(default)]
     pub breaker: Option<BreakerConfig>,
+    /// Take a correlation id from each input (or make one), show it to the
+    /// plugin and put it on every output, reply and dead-letter record.
+    /// Unset: no correlation id.
+    #[serde(default)]
+    pub correlation: Option<CorrelationConfig>,
+}
+
+/// Correlation ids: see docs/configuration.md#correlation-ids-and-tracing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelationConfig {
+    /// The header that carries it. Default `x-correlation-id`.
+    #[serde(default = "default_correlation_header")]
+    pub header: String,
+    /// Make one (a random UUID) for an input without it. Default true.
+    #[serde(default = "default_true")]
+    pub generate: bool,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        Self { header: default_correlation_header(), generate: true }
+    }
+}
+
+fn default_correlation_header() -> String {
+    "x-correlation-id".into()
 }
 
 /// The circuit breaker (see `dispatch/breaker.rs`): `failures` failed

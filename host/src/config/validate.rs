@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig};
+use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig, TracingConfig};
 use crate::nats::{publishable_subject, subscribable_subject, valid_name};
 
 /// A rule broken, with where.
@@ -47,6 +47,25 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
         }
     }
     validate_files(config)
+}
+
+/// `[tracing]`: an endpoint the exporter can reach and a ratio.
+pub fn tracing(config: &TracingConfig) -> Result<(), (&'static str, String)> {
+    let endpoint = &config.otlp_endpoint;
+    if endpoint.starts_with("https://") {
+        return Err((
+            "otlp_endpoint",
+            format!("{endpoint:?}: this build exports over plain HTTP only; send spans to a collector or agent on this host or network (e.g. \"http://127.0.0.1:4318\") and let it forward them over TLS"),
+        ));
+    }
+    let host = endpoint.strip_prefix("http://").unwrap_or_default();
+    if host.is_empty() || host.starts_with('/') {
+        return Err(("otlp_endpoint", format!("{endpoint:?} is not an http:// URL of an OTLP collector, e.g. \"http://127.0.0.1:4318\"")));
+    }
+    if !(0.0..=1.0).contains(&config.sample_ratio) {
+        return Err(("sample_ratio", format!("must be between 0.0 and 1.0, got {}", config.sample_ratio)));
+    }
+    Ok(())
 }
 
 /// Files shared in ways that cannot work: a pipeline writing into the file
@@ -130,6 +149,12 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
         }
         if breaker.reset.is_zero() {
             return Err(("breaker.reset", "must be greater than zero, e.g. \"30s\"".into()));
+        }
+    }
+    if let Some(correlation) = &p.correlation {
+        let header = &correlation.header;
+        if header.is_empty() || header.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':') {
+            return Err(("correlation.header", format!("{header:?} is not a header name (empty, or has spaces, control characters or `:`)")));
         }
     }
     if policy.max_attempts == 0 {

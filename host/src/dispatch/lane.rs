@@ -15,6 +15,7 @@ use super::idempotency::Claim;
 use super::publish::{self, Conclusion, FailedRequest};
 use super::route::Request;
 use super::stats::ErrorKind;
+use super::trace::{EventTrace, Fate};
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
 use crate::codec::nestjs;
 use crate::config::Codec;
@@ -131,6 +132,7 @@ impl Lane {
         }
         let mut events = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
+        let mut traces = Vec::with_capacity(batch.len());
         let codec = self.d.router.codec();
         for delivery in batch {
             let Delivery { mut event, defect, ack, .. } = delivery;
@@ -144,10 +146,11 @@ impl Lane {
                 }
                 (None, Codec::Nestjs) => nestjs::decode(&mut event).err(),
             };
+            let trace = self.begin(&mut event);
             if let Some(defect) = defect {
                 let now = SystemTime::now();
                 let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
-                self.dead_letter(event, &failure, ack);
+                self.dead_letter(event, &failure, ack, trace);
                 continue;
             }
             let ack = match &self.d.idempotency {
@@ -155,13 +158,14 @@ impl Lane {
                 Some(guard) => match guard.claim(&event, ack) {
                     Claim::New(ack) | Claim::NoKey(ack) => ack,
                     Claim::Repeat(ack) => {
-                        self.repeat(event, ack);
+                        self.repeat(event, ack, trace);
                         continue;
                     }
                 },
             };
             events.push(event);
             acks.push(ack);
+            traces.push(trace);
         }
         if events.is_empty() {
             return Ok(());
@@ -175,20 +179,20 @@ impl Lane {
         let (events, result) = self.call(events, permit).await?;
         match result {
             Ok(results) => {
-                for ((event, ack), result) in events.into_iter().zip(acks).zip(results) {
-                    self.conclude(event, ack, result.map_err(Failed::Handler), done).await?;
+                for (((event, ack), trace), result) in events.into_iter().zip(acks).zip(traces).zip(results) {
+                    self.conclude(event, ack, trace, result.map_err(Failed::Handler), done).await?;
                 }
             }
             Err(err) if count == 1 => {
-                for (event, ack) in events.into_iter().zip(acks) {
-                    self.conclude(event, ack, Err(Failed::Call(err.clone())), done).await?;
+                for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
+                    self.conclude(event, ack, trace, Err(Failed::Call(err.clone())), done).await?;
                 }
             }
             Err(err) => {
                 // Which event caused it is unknown: run each alone, on a
                 // fresh instance, so only the culprit pays an attempt.
                 tracing::warn!(pipeline = %self.d.pipeline, lane = self.id, "a batch of {count} failed ({err}); handling its events one by one");
-                for (event, ack) in events.into_iter().zip(acks) {
+                for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
                     let Some(permit) = self.permit().await else {
                         self.abandoning = true;
                         self.hand_back(ack);
@@ -196,7 +200,7 @@ impl Lane {
                     };
                     let (mut alone, result) = self.call(vec![event], permit).await?;
                     let Some(event) = alone.pop() else { continue };
-                    self.conclude(event, ack, single(result), done).await?;
+                    self.conclude(event, ack, trace, single(result), done).await?;
                 }
             }
         }
@@ -209,6 +213,7 @@ impl Lane {
         &mut self,
         mut event: Event,
         ack: Ack,
+        mut trace: EventTrace,
         mut result: Result<Vec<Output>, Failed>,
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
@@ -219,12 +224,15 @@ impl Lane {
         let mut first_failure = None;
         loop {
             let failed = match result {
-                Ok(outputs) => {
+                Ok(mut outputs) => {
                     let request = Request::of(event.reply_to.take(), &event.headers);
                     match self.within_caps(&outputs).and_then(|()| self.d.router.check(&outputs, request.as_ref())) {
                         Ok(()) => {
                             let digest = self.version.factory.digest_arc();
-                            self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack });
+                            outputs.iter_mut().for_each(|output| trace.stamp(output));
+                            self.end(&mut trace, Fate::Delivered { outputs: outputs.len() }, event.attempt);
+                            let propagate = std::mem::take(&mut trace.propagate);
+                            self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack, propagate });
                             return Ok(());
                         }
                         // An output that cannot be sent is a plugin bug, like
@@ -244,14 +252,14 @@ impl Lane {
             if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
                 let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
                 self.forget(&event);
-                self.dead_letter(event, &failure, ack);
+                self.dead_letter(event, &failure, ack, trace);
                 return Ok(());
             }
             Stats::add(&self.d.stats.failures, 1);
             if !self.d.retry.should_retry(event.attempt) {
                 let failure = Failure { reason: Reason::RetriesExhausted, message, attempts: event.attempt, first, last: now };
                 self.forget(&event);
-                self.dead_letter(event, &failure, ack);
+                self.dead_letter(event, &failure, ack, trace);
                 return Ok(());
             }
             let delay = self.d.retry.delay(event.attempt);
@@ -260,6 +268,7 @@ impl Lane {
                 // and this lane moves on: no order to keep.
                 tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), event = %event.id, attempt = event.attempt, ?delay, "attempt failed, handing back for redelivery: {message}");
                 Stats::add(&self.d.stats.redelivered, 1);
+                self.end(&mut trace, Fate::Redelivered { message: &message }, event.attempt);
                 ack.settle(Settlement::Redeliver { delay });
                 return Ok(());
             }
@@ -293,11 +302,27 @@ impl Lane {
 
     /// A repeat of an event already handled: acknowledged without calling
     /// the plugin (a repeated request gets an error reply).
-    fn repeat(&mut self, event: Event, ack: Ack) {
+    fn repeat(&mut self, event: Event, ack: Ack, mut trace: EventTrace) {
         tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "a repeat of an event already handled (idempotency): skipped");
         Stats::add(&self.d.stats.duplicates, 1);
+        self.end(&mut trace, Fate::Duplicate, event.attempt);
         let request = Request::of(event.reply_to, &event.headers);
-        self.concluded.push(Conclusion::Repeat { ack, event_id: event.id, request });
+        let propagate = std::mem::take(&mut trace.propagate);
+        self.concluded.push(Conclusion::Repeat { ack, event_id: event.id, request, propagate });
+    }
+
+    /// Takes or makes the event's correlation id and starts its span.
+    fn begin(&self, event: &mut Event) -> EventTrace {
+        if self.d.tracing.is_off() {
+            return EventTrace::default();
+        }
+        self.d.tracing.begin(event, &self.d.pipeline)
+    }
+
+    /// Ends the event's span (if it has one) with its fate.
+    fn end(&self, trace: &mut EventTrace, fate: Fate<'_>, attempts: u32) {
+        let plugin = &self.version.factory;
+        trace.end(fate, plugin.name(), plugin.digest(), attempts);
     }
 
     /// Dead-lettered events are not remembered by idempotency: the next copy
@@ -315,12 +340,14 @@ impl Lane {
         ack.settle(Settlement::Abandon);
     }
 
-    fn dead_letter(&mut self, event: Event, failure: &Failure, ack: Ack) {
+    fn dead_letter(&mut self, event: Event, failure: &Failure, ack: Ack, mut trace: EventTrace) {
+        self.end(&mut trace, Fate::DeadLettered { reason: failure.reason.as_str(), message: &failure.message }, failure.attempts);
         let d = &self.d;
         tracing::warn!(
             pipeline = %d.pipeline,
             version = self.version_tag(),
             event = %event.id,
+            correlation = trace.correlation.as_deref(),
             reason = failure.reason.as_str(),
             attempts = failure.attempts,
             "dead-lettering event: {}", failure.message
@@ -331,6 +358,7 @@ impl Lane {
                 reason: failure.reason,
                 message: failure.message.clone(),
                 event_id: event.id.clone(),
+                propagate: std::mem::take(&mut trace.propagate),
             })
         });
         let id = d.dead_letter.wants_ids().then(|| format!("{}:dlq", event.id));

@@ -26,6 +26,7 @@ mod publish;
 pub mod route;
 pub mod slot;
 pub mod stats;
+pub mod trace;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -94,6 +95,8 @@ pub struct Dispatcher {
     /// Stops calls and intake while the plugin keeps failing
     /// (`breaker`); `None`: no breaker.
     pub breaker: Option<Arc<breaker::Breaker>>,
+    /// Correlation ids and trace context (`correlation`, `[tracing]`).
+    pub tracing: trace::Tracing,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -137,6 +140,7 @@ impl Dispatcher {
             stats: Arc::new(Stats::default()),
             idempotency: None,
             breaker: None,
+            tracing: trace::Tracing::default(),
         }
     }
 

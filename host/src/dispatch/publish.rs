@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::Reason;
 use super::route::{ErrorReply, Request};
 use super::{DispatchError, Dispatcher, Stats};
-use crate::event::{text_header, Output};
+use super::trace::stamp;
+use crate::event::{text_header, Header, Output};
 
 /// The header every output carries: the sha256 of the plugin version that
 /// produced it (dead-letter records carry `sluice-dlq-plugin-digest`).
@@ -36,6 +37,8 @@ pub(super) enum Conclusion {
         /// The plugin version that produced them.
         digest: std::sync::Arc<str>,
         ack: Ack,
+        /// Correlation and trace headers, for an error reply.
+        propagate: Vec<Header>,
     },
     /// Failed for good: publish this dead-letter record, and tell the caller
     /// if the event was a request.
@@ -50,6 +53,7 @@ pub(super) enum Conclusion {
         ack: Ack,
         event_id: String,
         request: Option<Request>,
+        propagate: Vec<Header>,
     },
 }
 
@@ -59,6 +63,8 @@ pub(super) struct FailedRequest {
     pub reason: Reason,
     pub message: String,
     pub event_id: String,
+    /// Correlation and trace headers for the error reply.
+    pub propagate: Vec<Header>,
 }
 
 /// An event sent, waiting for its receipts.
@@ -99,11 +105,11 @@ async fn publish(
         let mut sent = Vec::with_capacity(batch.len());
         for conclusion in batch {
             let result = match conclusion {
-                Conclusion::Outputs { outputs, event_id, request, digest, ack } => {
+                Conclusion::Outputs { outputs, event_id, request, digest, ack, propagate } => {
                     if outputs.is_empty() {
                         Stats::add(&stats.filtered, 1);
                     }
-                    send_outputs(d, outputs, &event_id, request.as_ref(), &digest)
+                    send_outputs(d, outputs, &event_id, request.as_ref(), &digest, &propagate)
                         .await
                         .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts })
                 }
@@ -112,8 +118,8 @@ async fn publish(
                         .await
                         .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts })
                 }
-                Conclusion::Repeat { ack, event_id, request } => {
-                    send_repeat_reply(d, &event_id, request.as_ref())
+                Conclusion::Repeat { ack, event_id, request, propagate } => {
+                    send_repeat_reply(d, &event_id, request.as_ref(), &propagate)
                         .await
                         .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts })
                 }
@@ -146,6 +152,7 @@ async fn send_outputs(
     event_id: &str,
     request: Option<&Request>,
     digest: &str,
+    propagate: &[Header],
 ) -> Result<Vec<Receipt>, SinkError> {
     let stats = &d.stats;
     let mut receipts = Vec::with_capacity(outputs.len());
@@ -166,7 +173,8 @@ async fn send_outputs(
     Stats::add(&stats.outputs, receipts.len() as u64);
     if let (Some(request), false) = (request, answered) {
         let error = ErrorReply { reason: "no-reply", message: "the handler returned no reply output for this request", event_id };
-        let (sink, record) = d.router.error_reply(request, &error);
+        let (sink, mut record) = d.router.error_reply(request, &error);
+        stamp(propagate, &mut record.headers);
         receipts.push(sink.send(record).await?);
     }
     Ok(receipts)
@@ -177,7 +185,8 @@ async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&Failed
     let mut receipts = vec![d.dead_letter.send(record).await?];
     if let Some(failed) = failed {
         let error = ErrorReply { reason: failed.reason.as_str(), message: &failed.message, event_id: &failed.event_id };
-        let (sink, record) = d.router.error_reply(&failed.request, &error);
+        let (sink, mut record) = d.router.error_reply(&failed.request, &error);
+        stamp(&failed.propagate, &mut record.headers);
         receipts.push(sink.send(record).await?);
     }
     Ok(receipts)
@@ -185,14 +194,15 @@ async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&Failed
 
 /// A repeated request gets an error reply: its first copy's reply went to
 /// the first caller and is not kept.
-async fn send_repeat_reply(d: &Dispatcher, event_id: &str, request: Option<&Request>) -> Result<Vec<Receipt>, SinkError> {
+async fn send_repeat_reply(d: &Dispatcher, event_id: &str, request: Option<&Request>, propagate: &[Header]) -> Result<Vec<Receipt>, SinkError> {
     let Some(request) = request else { return Ok(Vec::new()) };
     let error = ErrorReply {
         reason: "duplicate",
         message: "a repeat of a request already handled within the idempotency window; its reply is not kept",
         event_id,
     };
-    let (sink, record) = d.router.error_reply(request, &error);
+    let (sink, mut record) = d.router.error_reply(request, &error);
+    stamp(propagate, &mut record.headers);
     Ok(vec![sink.send(record).await?])
 }
 

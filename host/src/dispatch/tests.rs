@@ -660,3 +660,44 @@ async fn shutdown_while_open_hands_held_events_back() -> Result<(), DispatchErro
     assert!(h.dlq.payloads().is_empty());
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn correlation_ids_reach_the_plugin_every_output_and_the_dead_letter() -> Result<(), DispatchError> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_by_plugin = seen.clone();
+    let mut h = harness(
+        move |e, _| {
+            let id = crate::event::header(&e.headers, "x-correlation-id").map(|v| String::from_utf8_lossy(v).into_owned());
+            if let Ok(mut seen) = seen_by_plugin.lock() {
+                seen.push(id);
+            }
+            Ok(if e.payload == b"bad" { Err(HandlerError { disposition: Disposition::Reject, message: "malformed".into() }) } else { echo(e) })
+        },
+        SinkMode::Ok,
+    );
+    h.dispatcher.tracing.correlation = Some(crate::config::CorrelationConfig::default());
+    let log = Settlements::default();
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut given = event("a", "one");
+    given.headers.push(crate::event::text_header("X-Correlation-Id", "c-1"));
+    given.headers.push(crate::event::text_header("traceparent", parent));
+    let events = vec![(given, 0), (event("b", "two"), 0), (event("c", "bad"), 0)];
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+
+    let seen: Vec<Option<String>> = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].as_deref(), None, "the plugin sees the header as it came (named X-Correlation-Id)");
+    let made = seen[1].clone().unwrap_or_default();
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "one is made for an event without: {made:?}");
+    let out = h.out.records.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(out.len(), 2);
+    assert_eq!(header(&out[0], "x-correlation-id"), Some("c-1"));
+    assert_eq!(header(&out[0], "traceparent"), Some(parent), "no exporter: the trace context passes through");
+    assert_eq!(header(&out[1], "x-correlation-id"), Some(made.as_str()));
+    assert_eq!(header(&out[1], "traceparent"), None);
+    let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
+    let dead = seen[2].clone().unwrap_or_default();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0], "x-correlation-id"), Some(dead.as_str()), "the dead letter keeps the id the plugin saw");
+    Ok(())
+}

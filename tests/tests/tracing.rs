@@ -1,0 +1,196 @@
+//! Correlation ids and OpenTelemetry export through the real binary. The
+//! spans are received over OTLP/HTTP by a small collector in this test and
+//! decoded with the OpenTelemetry protocol's own message types, so what is
+//! checked is what a real collector would receive.
+
+#[allow(dead_code)]
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use serde_json::{json, Value};
+
+use common::*;
+
+const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const PARENT_SPAN: &str = "b7ad6b7169203331";
+
+/// An OTLP/HTTP trace receiver: keeps every `POST /v1/traces` body.
+struct Collector {
+    port: u16,
+    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl Collector {
+    fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let kept = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || serve(stream, &kept));
+            }
+        });
+        Ok(Self { port, requests })
+    }
+
+    fn spans(&self) -> Result<Vec<Span>> {
+        let requests = self.requests.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut spans = Vec::new();
+        for (path, body) in requests {
+            ensure!(path == "/v1/traces", "spans are posted to /v1/traces, not {path}");
+            let request = ExportTraceServiceRequest::decode(body.as_slice()).context("an OTLP protobuf trace export")?;
+            for resource in request.resource_spans {
+                let service = resource.resource.iter().flat_map(|r| &r.attributes).find(|a| a.key == "service.name").and_then(|a| text(a.value.as_ref()?.value.as_ref()?));
+                ensure!(service.as_deref() == Some("orders-service"), "service.name is the configured one: {service:?}");
+                spans.extend(resource.scope_spans.into_iter().flat_map(|s| s.spans));
+            }
+        }
+        Ok(spans)
+    }
+}
+
+/// Answers each request on one connection (keep-alive) with 200.
+fn serve(stream: std::net::TcpStream, kept: &Mutex<Vec<(String, Vec<u8>)>>) {
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if let Ok(mut kept) = kept.lock() {
+            kept.push((path, body));
+        }
+        let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn text(value: &Any) -> Option<String> {
+    match value {
+        Any::StringValue(s) => Some(s.clone()),
+        Any::IntValue(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| text(a.value.as_ref()?.value.as_ref()?))
+}
+
+#[test]
+fn a_span_per_event_continues_the_trace_and_outputs_carry_the_ids() -> Result<()> {
+    let collector = Collector::start()?;
+    let scratch = Scratch::new()?;
+    let mut config = one_pipeline("orders", "chaos", "", "max_attempts = 3\nbackoff = { initial = \"1ms\", max = \"1ms\" }");
+    config.push_str("\n[pipelines.orders.correlation]\n");
+    config.push_str(&format!(
+        "\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\nservice_name = \"orders-service\"\n",
+        collector.port
+    ));
+    scratch.write("sluice.toml", config)?;
+    let traceparent = format!("00-{TRACE}-{PARENT_SPAN}-01");
+    scratch.write_events(
+        "events.jsonl",
+        &[
+            json!({ "payload": "ok:first", "headers": { "traceparent": traceparent, "x-correlation-id": "order-7" } }),
+            json!({ "payload": "reject:no such order" }),
+            json!({ "payload": "retry:1" }),
+        ],
+    )?;
+    let finished = scratch.run(&["run", "sluice.toml"])?;
+    finished.ensure_success()?;
+
+    // Outputs and dead letters carry the correlation id and the trace.
+    let out = scratch.read_jsonl("out.jsonl")?;
+    assert_eq!(payloads(&out), ["first", "recovered after 1 failures"]);
+    assert_eq!(header(&out[0], "x-correlation-id"), Some("order-7"));
+    let made = header(&out[1], "x-correlation-id").unwrap_or_default();
+    ensure!(made.len() == 36 && made != "order-7", "a correlation id is made for an event without one: {made:?}");
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    ensure!(header(&dead[0], "x-correlation-id").is_some_and(|id| id.len() == 36 && id != made), "{:?}", dead[0]);
+
+    // One span per event, exported when the host stopped.
+    let spans = collector.spans()?;
+    ensure!(spans.len() == 3, "three spans: {spans:#?}");
+    let by_outcome = |outcome: &str| spans.iter().find(|s| attribute(s, "sluice.outcome").as_deref() == Some(outcome));
+    let first = spans.iter().find(|s| attribute(s, "messaging.message.conversation_id").as_deref() == Some("order-7")).context("the first event's span")?;
+    assert_eq!(hex::encode(&first.trace_id), TRACE, "continues the incoming trace");
+    assert_eq!(hex::encode(&first.parent_span_id), PARENT_SPAN, "as a child of the incoming span");
+    assert_eq!(first.name, "process orders");
+    assert_eq!(attribute(first, "sluice.outcome").as_deref(), Some("delivered"));
+    assert_eq!(attribute(first, "sluice.plugin").as_deref(), Some("chaos"));
+    assert_eq!(attribute(first, "sluice.attempts").as_deref(), Some("1"));
+    assert_eq!(
+        header(&out[0], "traceparent"),
+        Some(format!("00-{TRACE}-{}-01", hex::encode(&first.span_id)).as_str()),
+        "the output's parent is the event's span"
+    );
+
+    let dead_span = by_outcome("dead-lettered").context("the rejected event's span")?;
+    assert_eq!(attribute(dead_span, "sluice.dead_letter.reason").as_deref(), Some("rejected"));
+    let status = dead_span.status.as_ref().context("an error status")?;
+    assert_eq!((status.code, status.message.as_str()), (2, "no such order"), "status ERROR with the reason");
+    ensure!(dead_span.parent_span_id.is_empty(), "an event without a traceparent starts a trace");
+
+    let retried = spans.iter().find(|s| attribute(s, "sluice.attempts").as_deref() == Some("2")).context("the retried event's span")?;
+    assert_eq!(attribute(retried, "sluice.outcome").as_deref(), Some("delivered"));
+    let retried_out: Value = out[1].clone();
+    assert_eq!(
+        header(&retried_out, "traceparent"),
+        Some(format!("00-{}-{}-01", hex::encode(&retried.trace_id), hex::encode(&retried.span_id)).as_str())
+    );
+    ensure!(spans.iter().all(|s| s.end_time_unix_nano >= s.start_time_unix_nano && s.start_time_unix_nano > 0));
+    Ok(())
+}
+
+/// A collector that is not there costs spans, never events.
+#[test]
+fn an_unreachable_collector_does_not_stop_the_pipeline() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    let mut config = one_pipeline("orders", "chaos", "", "");
+    config.push_str(&format!("\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n"));
+    scratch.write("sluice.toml", config)?;
+    scratch.write_events("events.jsonl", &(0..50).map(|i| event(&format!("ok:{i}"))).collect::<Vec<_>>())?;
+    let started = std::time::Instant::now();
+    let finished = scratch.run(&["run", "sluice.toml"])?;
+    finished.ensure_success()?;
+    assert_eq!(scratch.read_jsonl("out.jsonl")?.len(), 50);
+    // The exporter gives up on the last spans after its 5 s shutdown limit.
+    ensure!(started.elapsed() < Duration::from_secs(30), "shutdown is not held up by the missing collector: {:?}", started.elapsed());
+    Ok(())
+}
