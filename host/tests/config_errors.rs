@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf, MAIN_SEPARATOR};
 use std::time::Duration;
 
 use sluice::config::{
-    Allocator, Codec, Config, IdempotencyKey, LineFormat, Ordering, RecordFormat, SinkConfig, SourceConfig,
+    Allocator, Codec, Config, IdempotencyKey, LineFormat, Ordering, OtlpProtocol, RecordFormat, SinkConfig, SourceConfig,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -288,6 +288,12 @@ fn valid_configs_load_with_everything_set() -> TestResult {
     let breaker = users.breaker.as_ref().ok_or("no breaker")?;
     assert_eq!((breaker.failures, breaker.window, breaker.reset), (10, Duration::from_secs(30), Duration::from_secs(15)));
     assert_eq!(stdin.breaker, None, "no breaker by default");
+    let correlation = users.correlation.as_ref().ok_or("no correlation")?;
+    assert_eq!((correlation.header.as_str(), correlation.generate), ("x-request-id", false));
+    assert_eq!(stdin.correlation, None, "no correlation ids by default");
+    let tracing = config.tracing.as_ref().ok_or("no [tracing]")?;
+    assert_eq!((tracing.otlp_endpoint.as_str(), tracing.protocol, tracing.service_name.as_str()), ("http://127.0.0.1:4318", OtlpProtocol::HttpJson, "orders"));
+    assert_eq!(tracing.sample_ratio, 0.25);
     Ok(())
 }
 

@@ -44,15 +44,16 @@ impl Collector {
         Ok(Self { port, requests })
     }
 
-    fn spans(&self) -> Result<Vec<Span>> {
+    /// Every span received, checking they came from `service`.
+    fn spans(&self, service: &str) -> Result<Vec<Span>> {
         let requests = self.requests.lock().map(|r| r.clone()).unwrap_or_default();
         let mut spans = Vec::new();
         for (path, body) in requests {
             ensure!(path == "/v1/traces", "spans are posted to /v1/traces, not {path}");
             let request = ExportTraceServiceRequest::decode(body.as_slice()).context("an OTLP protobuf trace export")?;
             for resource in request.resource_spans {
-                let service = resource.resource.iter().flat_map(|r| &r.attributes).find(|a| a.key == "service.name").and_then(|a| text(a.value.as_ref()?.value.as_ref()?));
-                ensure!(service.as_deref() == Some("orders-service"), "service.name is the configured one: {service:?}");
+                let named = resource.resource.iter().flat_map(|r| &r.attributes).find(|a| a.key == "service.name").and_then(|a| text(a.value.as_ref()?.value.as_ref()?));
+                ensure!(named.as_deref() == Some(service), "service.name is the configured one: {named:?}");
                 spans.extend(resource.scope_spans.into_iter().flat_map(|s| s.spans));
             }
         }
@@ -144,7 +145,7 @@ fn a_span_per_event_continues_the_trace_and_outputs_carry_the_ids() -> Result<()
     ensure!(header(&dead[0], "x-correlation-id").is_some_and(|id| id.len() == 36 && id != made), "{:?}", dead[0]);
 
     // One span per event, exported when the host stopped.
-    let spans = collector.spans()?;
+    let spans = collector.spans("orders-service")?;
     ensure!(spans.len() == 3, "three spans: {spans:#?}");
     let by_outcome = |outcome: &str| spans.iter().find(|s| attribute(s, "sluice.outcome").as_deref() == Some(outcome));
     let first = spans.iter().find(|s| attribute(s, "messaging.message.conversation_id").as_deref() == Some("order-7")).context("the first event's span")?;
@@ -174,6 +175,35 @@ fn a_span_per_event_continues_the_trace_and_outputs_carry_the_ids() -> Result<()
         Some(format!("00-{}-{}-01", hex::encode(&retried.trace_id), hex::encode(&retried.span_id)).as_str())
     );
     ensure!(spans.iter().all(|s| s.end_time_unix_nano >= s.start_time_unix_nano && s.start_time_unix_nano > 0));
+    Ok(())
+}
+
+/// `examples/tracing/sluice.toml` as shipped, pointed at this test's
+/// collector through `OTEL_EXPORTER_OTLP_ENDPOINT`.
+#[test]
+fn the_tracing_example_runs_as_documented() -> Result<()> {
+    let collector = Collector::start()?;
+    let scratch = Scratch::new()?;
+    for file in ["sluice.toml", "events.jsonl"] {
+        scratch.write(&format!("examples/tracing/{file}"), std::fs::read(root().join("examples/tracing").join(file))?)?;
+    }
+    scratch.write("plugins/target/wasm32-wasip2/release/json_enricher.wasm", std::fs::read(plugin("json_enricher"))?)?;
+    let mut command = scratch.sluice(&["run", "examples/tracing/sluice.toml"]);
+    command.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", collector.port));
+    let finished = Running::spawn(command)?.wait(Duration::from_secs(60))?;
+    finished.ensure_success()?;
+    let out = parse_jsonl(&finished.stdout)?;
+    assert_eq!(out.len(), 2);
+    assert_eq!(header(&out[0], "x-correlation-id"), Some("order-1001"));
+    ensure!(header(&out[1], "x-correlation-id").is_some_and(|id| id.len() == 36), "{}", out[1]);
+    let spans = collector.spans("orders")?;
+    ensure!(spans.len() == 2, "{spans:#?}");
+    let first = spans.iter().find(|s| hex::encode(&s.trace_id) == TRACE).context("the first order's span continues its trace")?;
+    assert_eq!(
+        header(&out[0], "traceparent"),
+        Some(format!("00-{TRACE}-{}-01", hex::encode(&first.span_id)).as_str()),
+        "the enricher copied the input's traceparent; the output names the event's span"
+    );
     Ok(())
 }
 

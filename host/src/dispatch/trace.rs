@@ -13,7 +13,9 @@
 //! with its plugin, attempts and outcome, and the outputs carry that span as
 //! their parent.
 //!
-//! A header the plugin set on an output itself is left as it is.
+//! A header the plugin set on an output itself is left as it is, except a
+//! `traceparent` equal to the input's (copied along with the input's
+//! headers), which gets the event's span when there is one.
 
 use std::borrow::Cow;
 
@@ -44,6 +46,9 @@ pub struct EventTrace {
     /// Added to each output, reply and error reply that lacks them.
     pub propagate: Vec<Header>,
     pub correlation: Option<String>,
+    /// The input's `traceparent`, when our span replaces it: an output that
+    /// carries it was copied from the input by the plugin, and gets ours.
+    incoming: Option<Vec<u8>>,
     span: Option<Span>,
 }
 
@@ -115,6 +120,7 @@ impl Tracing {
             .start_with_context(tracer, &context);
         let own = span.span_context().clone();
         if own.is_valid() {
+            trace.incoming = find(&event.headers, TRACEPARENT).map(<[u8]>::to_vec);
             trace.propagate.push(text_header(TRACEPARENT, format_traceparent(&own)));
             let state = own.trace_state().header();
             if !state.is_empty() {
@@ -129,6 +135,16 @@ impl Tracing {
 impl EventTrace {
     /// Puts the propagated headers on an output that lacks them.
     pub fn stamp(&self, output: &mut Output) {
+        if let Some(incoming) = &self.incoming {
+            // Plugins that copy the input's headers copy its traceparent:
+            // that one names the upstream span; the output's parent is ours.
+            let ours = self.propagate.iter().find(|h| h.key == TRACEPARENT);
+            for header in output.headers.iter_mut().filter(|h| h.key.eq_ignore_ascii_case(TRACEPARENT) && h.value == *incoming) {
+                if let Some(ours) = ours {
+                    header.value.clone_from(&ours.value);
+                }
+            }
+        }
         stamp(&self.propagate, &mut output.headers);
     }
 
@@ -305,6 +321,10 @@ mod tests {
         assert_eq!(parts[1], "0af7651916cd43dd8448eb211c80319c", "same trace");
         assert_ne!(parts[2], "b7ad6b7169203331", "our span is the parent now");
         assert_eq!(parts[3], "01", "still sampled");
+        let mut copied = Output { destination: None, key: None, payload: vec![], headers: vec![text_header("traceparent", PARENT)], reply: false };
+        trace.stamp(&mut copied);
+        assert_eq!(value(&copied.headers, "traceparent"), Some(child.as_str()), "a copied input traceparent is replaced by ours");
+        assert_eq!(copied.headers.len(), 1);
         let root = tracing.begin(&mut event(&[]), "p");
         assert!(value(&root.propagate, "traceparent").is_some(), "an event without context starts a trace");
     }
