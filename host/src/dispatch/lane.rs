@@ -130,9 +130,10 @@ impl Lane {
             self.version = self.d.plugin.current();
             self.retired = self.handler.take();
         }
-        let mut events = Vec::with_capacity(batch.len());
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut traces = Vec::with_capacity(batch.len());
+        // Events to call the plugin with; an event that skips the plugin
+        // (undecodable, a repeat) is concluded after the ones before it,
+        // so conclusions, and acks, keep the source's order.
+        let mut run = Run::default();
         let codec = self.d.router.codec();
         for delivery in batch {
             let Delivery { mut event, defect, ack, .. } = delivery;
@@ -148,6 +149,11 @@ impl Lane {
             };
             let trace = self.begin(&mut event);
             if let Some(defect) = defect {
+                self.call_run(&mut run, done).await?;
+                if self.abandoning {
+                    self.hand_back(ack);
+                    continue;
+                }
                 let now = SystemTime::now();
                 let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
                 self.dead_letter(event, &failure, ack, trace);
@@ -158,16 +164,32 @@ impl Lane {
                 Some(guard) => match guard.claim(&event, ack) {
                     Claim::New(ack) | Claim::NoKey(ack) => ack,
                     Claim::Repeat(ack) => {
+                        self.call_run(&mut run, done).await?;
+                        if self.abandoning {
+                            self.hand_back(ack);
+                            continue;
+                        }
                         self.repeat(event, ack, trace);
                         continue;
                     }
                 },
             };
-            events.push(event);
-            acks.push(ack);
-            traces.push(trace);
+            run.events.push(event);
+            run.acks.push(ack);
+            run.traces.push(trace);
         }
+        self.call_run(&mut run, done).await
+    }
+
+    /// Calls the plugin with the events of `run` (one call for all, unless
+    /// it fails as a whole) and concludes each, in order.
+    async fn call_run(&mut self, run: &mut Run, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
+        let Run { events, acks, traces } = std::mem::take(run);
         if events.is_empty() {
+            return Ok(());
+        }
+        if self.abandoning {
+            acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         }
         let count = events.len();
@@ -497,6 +519,15 @@ impl Drop for Lane {
     fn drop(&mut self) {
         self.set_memory(0);
     }
+}
+
+/// Events of a batch that go to the plugin together, with their acks and
+/// traces (index for index).
+#[derive(Default)]
+struct Run {
+    events: Vec<Event>,
+    acks: Vec<Ack>,
+    traces: Vec<EventTrace>,
 }
 
 /// Splits deliveries into runs of at most `budget` payload bytes, in order;

@@ -701,3 +701,24 @@ async fn correlation_ids_reach_the_plugin_every_output_and_the_dead_letter() -> 
     assert_eq!(header(&dlq[0], "x-correlation-id"), Some(dead.as_str()), "the dead letter keeps the id the plugin saw");
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_undecodable_event_is_settled_in_its_turn() -> Result<(), DispatchError> {
+    let h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    let log = Settlements::default();
+    let items = [("a", None), ("b", Some("not JSON")), ("c", None)]
+        .into_iter()
+        .map(|(id, defect): (&str, Option<&str>)| Delivery {
+            ack: Ack::new(RecordingAck { id: id.into(), log: log.clone() }),
+            event: event(id, id),
+            partition: 0,
+            defect: defect.map(str::to_owned),
+        })
+        .collect();
+    h.dispatcher.run(Box::new(VecSource { items, hold_open: false }), CancellationToken::new()).await?;
+    let order: Vec<String> = settlements(&log).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(order, ["a", "b", "c"], "the dead letter does not overtake the event before it");
+    assert_eq!(h.out.payloads(), ["a", "c"]);
+    assert_eq!(h.dlq.payloads(), ["b"]);
+    Ok(())
+}
