@@ -90,6 +90,7 @@ impl DeadLetter {
             payload: self.payload,
             headers,
             id: Some(format!("replay:{}:{at}", self.event_id)),
+            partition: None,
         }
     }
 }

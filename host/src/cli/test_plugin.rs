@@ -148,7 +148,7 @@ async fn open(path: &Path, format: LineFormat) -> anyhow::Result<LineSource> {
 
 fn output_json(output: sluice::event::Output) -> Value {
     let reply = output.reply;
-    let record = Record { destination: output.destination, key: output.key, payload: output.payload, headers: output.headers, id: None };
+    let record = Record { destination: output.destination, key: output.key, payload: output.payload, headers: output.headers, id: None, partition: None };
     let mut value: Value = serde_json::from_slice(&encode_record(&record)).unwrap_or(Value::Null);
     if reply {
         value["reply"] = Value::Bool(true);

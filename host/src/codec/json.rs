@@ -183,6 +183,7 @@ mod tests {
             key: Some(vec![0xff]),
             payload: b"plain \"text\"".to_vec(),
             id: None,
+            partition: None,
             headers: vec![
                 Header { key: "a".into(), value: b"1".to_vec() },
                 Header { key: "a".into(), value: vec![0xfe] },

@@ -79,6 +79,7 @@ pub fn record(event: Event, failure: &Failure, pipeline: &str, plugin: &str, dig
         payload: event.payload,
         headers,
         id: None,
+        partition: None,
     }
 }
 

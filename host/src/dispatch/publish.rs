@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::Reason;
 use super::route::{ErrorReply, Request};
 use super::{DispatchError, Dispatcher, Stats};
-use super::trace::stamp;
+use super::trace::replace;
 use crate::event::{text_header, Header, Output};
 
 /// The header every output carries: the sha256 of the plugin version that
@@ -174,7 +174,7 @@ async fn send_outputs(
     if let (Some(request), false) = (request, answered) {
         let error = ErrorReply { reason: "no-reply", message: "the handler returned no reply output for this request", event_id };
         let (sink, mut record) = d.router.error_reply(request, &error);
-        stamp(propagate, &mut record.headers);
+        replace(propagate, &mut record.headers);
         receipts.push(sink.send(record).await?);
     }
     Ok(receipts)
@@ -186,7 +186,7 @@ async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&Failed
     if let Some(failed) = failed {
         let error = ErrorReply { reason: failed.reason.as_str(), message: &failed.message, event_id: &failed.event_id };
         let (sink, mut record) = d.router.error_reply(&failed.request, &error);
-        stamp(&failed.propagate, &mut record.headers);
+        replace(&failed.propagate, &mut record.headers);
         receipts.push(sink.send(record).await?);
     }
     Ok(receipts)
@@ -202,7 +202,7 @@ async fn send_repeat_reply(d: &Dispatcher, event_id: &str, request: Option<&Requ
         event_id,
     };
     let (sink, mut record) = d.router.error_reply(request, &error);
-    stamp(propagate, &mut record.headers);
+    replace(propagate, &mut record.headers);
     Ok(vec![sink.send(record).await?])
 }
 

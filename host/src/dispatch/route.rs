@@ -14,16 +14,14 @@ use crate::sink::{Record, Sink};
 
 /// Request headers copied to every reply (and error reply), compared without
 /// regard to case, so a caller can match the answer to its call.
-/// `kafka_correlationId` and `kafka_replyPartition` are the NestJS Kafka
-/// transport's (the Kafka sink sends a reply to that partition).
-pub const CORRELATION_HEADERS: [&str; 7] = [
+/// `kafka_correlationId` is the NestJS Kafka transport's.
+pub const CORRELATION_HEADERS: [&str; 6] = [
     "correlation-id",
     "x-correlation-id",
     "x-request-id",
     "traceparent",
     "tracestate",
     crate::kafka::CORRELATION_HEADER,
-    crate::kafka::REPLY_PARTITION_HEADER,
 ];
 
 /// What a reply needs to know about the request it answers.
@@ -35,6 +33,9 @@ pub struct Request {
     /// The NestJS packet id (the `nestjs-id` header the `nestjs` codec
     /// sets), which a NestJS reply carries back.
     pub packet_id: Option<String>,
+    /// The partition the caller reads replies from (NestJS's Kafka
+    /// transport: `kafka_replyPartition`).
+    pub reply_partition: Option<i32>,
 }
 
 impl Request {
@@ -48,7 +49,11 @@ impl Request {
             .collect();
         let packet_id = crate::event::header(headers, nestjs::ID_HEADER)
             .map(|id| String::from_utf8_lossy(id).into_owned());
-        Some(Self { reply_to, correlation, packet_id })
+        let reply_partition = headers
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(crate::kafka::REPLY_PARTITION_HEADER))
+            .and_then(|h| std::str::from_utf8(&h.value).ok()?.trim().parse().ok());
+        Some(Self { reply_to, correlation, packet_id, reply_partition })
     }
 }
 
@@ -145,7 +150,8 @@ impl Router {
             }
         }
         let id = sink.wants_ids().then(id);
-        Some((sink, Record { destination, key, payload, headers, id }))
+        let partition = if reply { request.and_then(|r| r.reply_partition) } else { None };
+        Some((sink, Record { destination, key, payload, headers, id, partition }))
     }
 
     /// The error reply to `request`, and where it goes.
@@ -182,6 +188,7 @@ impl Router {
             payload,
             headers,
             id: None,
+            partition: request.reply_partition,
         };
         (self.reply_sink(), record)
     }

@@ -189,6 +189,13 @@ impl Drop for EventTrace {
     }
 }
 
+/// Puts `propagate` on an error reply, over the request's copies of the
+/// same headers (the event's span is the reply's parent, not the caller's).
+pub fn replace(propagate: &[Header], headers: &mut Vec<Header>) {
+    headers.retain(|h| !propagate.iter().any(|p| p.key.eq_ignore_ascii_case(&h.key)));
+    headers.extend(propagate.iter().cloned());
+}
+
 /// Adds each of `propagate` that `headers` lacks (names compared without
 /// regard to case).
 pub fn stamp(propagate: &[Header], headers: &mut Vec<Header>) {

@@ -20,7 +20,7 @@ use super::{Receipt, Record, Sink, SinkError};
 use crate::config::{valid_topic, Secret};
 use crate::event::Output;
 use crate::kafka::transaction::Transaction;
-use crate::kafka::{client_config, Context, OPEN_TIMEOUT, REPLY_PARTITION_HEADER};
+use crate::kafka::{client_config, Context, OPEN_TIMEOUT};
 
 /// Kafka's default largest record (`message.max.bytes`), used unless the
 /// sink's options set another.
@@ -140,19 +140,14 @@ impl Sink for KafkaSink {
             return Err(SinkError::Write { what: self.describe.clone(), message: "an output has no destination and the sink has no `topic`".into() });
         };
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        let mut partition = None;
         for header in &record.headers {
-            // A reply goes to the partition the caller listens on (NestJS).
-            if header.key == REPLY_PARTITION_HEADER && record.destination.is_some() {
-                partition = std::str::from_utf8(&header.value).ok().and_then(|p| p.trim().parse::<i32>().ok());
-            }
             headers = headers.insert(KafkaHeader { key: &header.key, value: Some(&header.value) });
         }
         let mut message = FutureRecord::to(topic).payload(&record.payload).headers(headers);
         if let Some(key) = &record.key {
             message = message.key(key);
         }
-        if let Some(partition) = partition {
+        if let Some(partition) = record.partition {
             message = message.partition(partition);
         }
         let delivery = loop {

@@ -33,6 +33,10 @@ pub struct Record {
     /// gives the same ids, so sinks that deduplicate (JetStream's
     /// `Nats-Msg-Id`) store its outputs once.
     pub id: Option<String>,
+    /// The partition to write to, where the sink has partitions (Kafka):
+    /// a NestJS Kafka reply goes to the partition its caller listens on.
+    /// `None`: the sink's partitioner decides.
+    pub partition: Option<i32>,
 }
 
 /// A sink failure. The pipeline stops without acknowledging the affected

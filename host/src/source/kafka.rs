@@ -66,6 +66,9 @@ struct Shared {
     /// Exactly-once: set when an event was abandoned, so the open
     /// transaction holds outputs whose offsets it must not commit.
     tainted: std::sync::atomic::AtomicBool,
+    /// The source commits through a transaction (only then does an
+    /// abandoned event taint anything: at-least-once just re-reads it).
+    exactly_once: bool,
     /// Set by `close`, which commits by itself: the revoke that leaving the
     /// group triggers then only forgets the partitions.
     closing: std::sync::atomic::AtomicBool,
@@ -264,6 +267,7 @@ impl KafkaSource {
             waiting: std::sync::atomic::AtomicUsize::new(0),
             settled_async: tokio::sync::Notify::new(),
             tainted: std::sync::atomic::AtomicBool::new(false),
+            exactly_once: transaction.is_some(),
             closing: std::sync::atomic::AtomicBool::new(false),
             last_commit: Mutex::new(Instant::now()),
             failure: Mutex::new(None),
@@ -470,7 +474,9 @@ impl Acknowledge for KafkaAck {
                 // the committed offset, after a restart or rebalance.
                 Settlement::Redeliver { .. } | Settlement::Abandon => {
                     tracker.abandoned(&self.position);
-                    self.shared.tainted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    if self.shared.exactly_once {
+                        self.shared.tainted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
                 }
             }
         }
