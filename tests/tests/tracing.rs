@@ -23,10 +23,13 @@ use common::*;
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_SPAN: &str = "b7ad6b7169203331";
 
+/// Each request received: its path and body.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An OTLP/HTTP trace receiver: keeps every `POST /v1/traces` body.
 struct Collector {
     port: u16,
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    requests: Received,
 }
 
 impl Collector {
