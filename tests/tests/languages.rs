@@ -89,7 +89,7 @@ fn comparable(line: &str) -> Result<String> {
 fn every_language_gives_the_rust_outputs_byte_for_byte() -> Result<()> {
     let (rust, expected) = plugin_test(&plugin("json_enricher"), "events.jsonl", &CONFIG)?;
     rust.ensure_success()?;
-    ensure!(expected.len() == 17, "one line per event from the Rust plugin, got:\n{}", rust.stdout);
+    ensure!(expected.len() == 18, "one line per event from the Rust plugin, got:\n{}", rust.stdout);
     // The Rust plugin's answers are the reference; check they say what the
     // enricher promises before comparing anything with them.
     let lines: Vec<Value> = expected.iter().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>()?;
@@ -106,6 +106,19 @@ fn every_language_gives_the_rust_outputs_byte_for_byte() -> Result<()> {
     assert_eq!(outputs(6), Some(0), "no `user`: dropped");
     assert_eq!(outputs(7), Some(0), "status=test: dropped");
     assert_eq!(outputs(8), Some(1), "status is a number, not the string `test`");
+    // 40 fields and repeated keys: a repeated key keeps its first position
+    // and takes its last value (the C SDK indexes objects this large).
+    let many: String = (0..40)
+        .map(|i| match i {
+            3 => r#","k3":"again""#.to_owned(),
+            39 => r#","k39":{"x":2}"#.to_owned(),
+            _ => format!(r#","k{i}":{i}"#),
+        })
+        .collect();
+    assert_eq!(
+        lines[17]["outputs"][0]["payload"],
+        format!(r#"{{"user":"last"{many},"env":"test","team":"core","event_id":"many-fields"}}"#)
+    );
     for (i, id) in [(9, "not-json"), (10, "array"), (11, "string"), (12, "bad-utf8")] {
         assert_eq!(lines[i]["event"], id);
         assert_eq!(lines[i]["error"]["disposition"], "reject", "{}", expected[i]);
