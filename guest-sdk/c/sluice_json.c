@@ -303,7 +303,8 @@ void sj_format_float(double f, char out[40]) {
     }
 }
 
-static sj_value *parse_number(parser *ps) {
+// Not inlined: its buffer would sit in every frame of the recursive parse_value.
+__attribute__((noinline)) static sj_value *parse_number(parser *ps) {
     size_t start = ps->pos;
     int is_float = 0;
     if (peek(ps) == '-') ps->pos++;
@@ -360,11 +361,13 @@ static sj_value *parse_number(parser *ps) {
     return v;
 }
 
+// The value at ps->pos, inside `depth` open arrays and objects. As in
+// serde_json, the 128th nested array or object is refused.
 static sj_value *parse_value(parser *ps, int depth) {
-    if (depth > 128) return fail(ps, "recursion limit exceeded");
     int c = peek(ps);
     if (c < 0) return fail(ps, "EOF while parsing a value");
     if (c == '{' || c == '[') {
+        if (depth >= 127) return fail(ps, "recursion limit exceeded");
         int obj = c == '{';
         sj_value *v = new_value(obj ? SJ_OBJECT : SJ_ARRAY);
         ps->pos++;
