@@ -105,6 +105,15 @@ function decodeSlow(bytes) {
   return out + String.fromCharCode.apply(null, chunk);
 }
 
+// A Uint8Array over the same bytes. StarlingMonkey hands a list<u8> over
+// as a typed array that is not an instance of this realm's Uint8Array.
+function asBytes(value) {
+  if (value instanceof Uint8Array) return value;
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  return Uint8Array.from(value);
+}
+
 /** UTF-8 encoding and strict decoding (QuickJS has no TextEncoder). */
 export const utf8 = {
   encode(text) {
@@ -123,7 +132,7 @@ export const utf8 = {
   },
   /** Throws a `reject` HandlerError on invalid UTF-8, naming the byte offset. */
   decode(bytes) {
-    const view = bytes instanceof Uint8Array ? bytes : Uint8Array.from(bytes);
+    const view = asBytes(bytes);
     try {
       if (nativeDecoder) return nativeDecoder.decode(view);
       let binary = '';
@@ -137,9 +146,8 @@ export const utf8 = {
 
 function bytes(value) {
   if (value == null) return value;
-  if (value instanceof Uint8Array) return value;
   if (typeof value === 'string') return utf8.encode(value);
-  if (Array.isArray(value)) return Uint8Array.from(value);
+  if (Array.isArray(value) || ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return asBytes(value);
   throw new TypeError(`expected bytes (Uint8Array, Array or string), got ${typeof value}`);
 }
 

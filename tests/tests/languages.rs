@@ -1,7 +1,7 @@
 //! Every language, one contract: the JSON enricher written in Rust
-//! (`plugins/json_enricher`), JavaScript (`json_enricher_js`), Python
-//! (`json_enricher_py`), C (`json_enricher_c`) and Go (`json_enricher_go`)
-//! must give the same outputs for the same events, byte for byte, fail the
+//! (`plugins/json_enricher`), JavaScript (`json_enricher_js`), TypeScript
+//! (`json_enricher_ts`), Python (`json_enricher_py`), C (`json_enricher_c`)
+//! and Go (`json_enricher_go`) must give the same outputs for the same events, byte for byte, fail the
 //! same way (retryable, reject, trap) and run in a real pipeline.
 //!
 //! Needs `cargo build -p sluice`, `bash scripts/build-plugins.sh` and
@@ -18,8 +18,9 @@ use serde_json::Value;
 use common::*;
 
 /// The enricher's twins, by language.
-const LANGUAGES: [(&str, &str); 4] = [
+const LANGUAGES: [(&str, &str); 5] = [
     ("js", "json_enricher_js"),
+    ("ts", "json_enricher_ts"),
     ("python", "json_enricher_py"),
     ("c", "json_enricher_c"),
     ("go", "json_enricher_go"),
@@ -315,7 +316,7 @@ fn plugin_new_makes_a_project_that_builds_and_passes_its_test_in_every_language(
     // Building a Rust project cold compiles its dependencies: minutes.
     const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
     let cache = compile_cache().to_string_lossy().into_owned();
-    for lang in ["rust", "js", "python", "c", "go"] {
+    for lang in ["rust", "js", "ts", "python", "c", "go"] {
         let scratch = Scratch::new()?;
         let name = format!("demo-{lang}");
         let created = scratch.run(&["plugin", "new", "--lang", lang, &name])?;
