@@ -241,7 +241,7 @@ fn one_go_instance_handles_ten_thousand_events() -> Result<()> {
         args.extend(["--config", entry]);
     }
     let run = scratch.run(&args)?;
-    let lines: Vec<Value> = run.stdout.lines().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>()?;
+    let lines: Vec<Value> = run.stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     ensure!(lines.len() == EVENTS, "one line per event, got {}:\n{}", lines.len(), run.stderr);
     for (i, (got, want)) in lines.iter().zip(&expected).enumerate() {
         assert_eq!(got, want, "event {} of {EVENTS}", i + 1);
