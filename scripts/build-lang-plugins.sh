@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the example plugins written in other languages than Rust
-# (plugins/*_js, *_py, *_c, *_go) with each language's guest-sdk/<lang>/build.sh,
+# (plugins/*_js, *_ts, *_py, *_c, *_go) with each language's guest-sdk/<lang>/build.sh
+# (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
 #
-#   bash scripts/build-lang-plugins.sh [js] [python] [c] [go]   # default: all four
+#   bash scripts/build-lang-plugins.sh [js] [ts] [python] [c] [go]   # default: all five
 #
 # A plugin is rebuilt only when its sources, its SDK or the WIT changed (a
 # stamp of their sha256 sits next to the component), so a second run takes
@@ -16,7 +17,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$root/plugins/target/components"
 mkdir -p "$out"
 langs=("$@")
-[[ ${#langs[@]} -gt 0 ]] || langs=(js python c go)
+[[ ${#langs[@]} -gt 0 ]] || langs=(js ts python c go)
 
 # sha256 over every file under the given paths (sorted), for the stamp.
 fingerprint() {
@@ -43,9 +44,10 @@ build() {
 for lang in "${langs[@]}"; do
     case "$lang" in
         js) build json_enricher_js js bash "$root/guest-sdk/js/build.sh" "$root/plugins/json_enricher_js/enricher.js" "$out/json_enricher_js.wasm" ;;
+        ts) build json_enricher_ts js bash "$root/guest-sdk/js/build.sh" "$root/plugins/json_enricher_ts/enricher.ts" "$out/json_enricher_ts.wasm" ;;
         python) build json_enricher_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/json_enricher_py" app "$out/json_enricher_py.wasm" ;;
         c) build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c" ;;
         go) build json_enricher_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/json_enricher_go" "$out/json_enricher_go.wasm" ;;
-        *) echo "unknown language $lang (js, python, c, go)" >&2; exit 2 ;;
+        *) echo "unknown language $lang (js, ts, python, c, go)" >&2; exit 2 ;;
     esac
 done

@@ -52,6 +52,7 @@ void sj_free(sj_value *v) {
     }
     free(v->items);
     free(v->members);
+    free(v->index);
     free(v);
 }
 
@@ -67,31 +68,88 @@ int sj_is_string(const sj_value *v, const char *s, size_t len) {
     return v && v->kind == SJ_STRING && v->len == len && memcmp(v->text, s, len) == 0;
 }
 
-sj_value *sj_get(const sj_value *obj, const char *key, size_t key_len) {
-    if (!obj || obj->kind != SJ_OBJECT) return NULL;
-    for (size_t i = 0; i < obj->count; i++)
-        if (obj->members[i].key_len == key_len && memcmp(obj->members[i].key, key, key_len) == 0)
-            return obj->members[i].value;
-    return NULL;
+// Objects up to this many members are searched linearly; larger ones
+// keep a hash index (built on the insert that passes this count).
+#define SJ_INDEX_FROM 8
+
+static size_t key_hash(const char *key, size_t len) { // FNV-1a
+    uint64_t h = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)key[i]) * 0x100000001b3u;
+    return (size_t)(h ^ (h >> 32));
 }
 
-void sj_set(sj_value *obj, const char *key, size_t key_len, sj_value *v) {
-    for (size_t i = 0; i < obj->count; i++) {
-        if (obj->members[i].key_len == key_len && memcmp(obj->members[i].key, key, key_len) == 0) {
-            sj_free(obj->members[i].value);
-            obj->members[i].value = v;
-            return;
-        }
+static int key_is(const sj_member *m, const char *key, size_t key_len) {
+    return m->key_len == key_len && memcmp(m->key, key, key_len) == 0;
+}
+
+// The position of `key` among obj's members, or obj->count if absent.
+static size_t find_member(const sj_value *obj, const char *key, size_t key_len) {
+    if (!obj->index) {
+        for (size_t i = 0; i < obj->count; i++)
+            if (key_is(&obj->members[i], key, key_len)) return i;
+        return obj->count;
     }
+    size_t mask = obj->index_cap - 1;
+    for (size_t slot = key_hash(key, key_len) & mask;; slot = (slot + 1) & mask) {
+        size_t at = obj->index[slot];
+        if (!at) return obj->count;
+        if (key_is(&obj->members[at - 1], key, key_len)) return at - 1;
+    }
+}
+
+static void index_put(sj_value *obj, size_t position) {
+    const sj_member *m = &obj->members[position];
+    size_t mask = obj->index_cap - 1;
+    size_t slot = key_hash(m->key, m->key_len) & mask;
+    while (obj->index[slot]) slot = (slot + 1) & mask;
+    obj->index[slot] = position + 1;
+}
+
+// Appends a member whose key is not there yet; takes ownership of `key`.
+static void append_member(sj_value *obj, char *key, size_t key_len, sj_value *v) {
     if (obj->count == obj->cap) {
         obj->cap = obj->cap ? obj->cap * 2 : 8;
         obj->members = xrealloc(obj->members, obj->cap * sizeof *obj->members);
     }
-    sj_member *m = &obj->members[obj->count++];
-    m->key = xrealloc(NULL, key_len);
-    memcpy(m->key, key, key_len);
-    m->key_len = key_len;
-    m->value = v;
+    size_t position = obj->count++;
+    obj->members[position] = (sj_member){key, key_len, v};
+    if (obj->count <= SJ_INDEX_FROM) return;
+    if (obj->index && obj->count * 2 <= obj->index_cap) {
+        index_put(obj, position);
+        return;
+    }
+    size_t cap = 16;
+    while (cap < obj->count * 4) cap *= 2;
+    free(obj->index);
+    obj->index = xrealloc(NULL, cap * sizeof *obj->index);
+    memset(obj->index, 0, cap * sizeof *obj->index);
+    obj->index_cap = cap;
+    for (size_t i = 0; i < obj->count; i++) index_put(obj, i);
+}
+
+sj_value *sj_get(const sj_value *obj, const char *key, size_t key_len) {
+    if (!obj || obj->kind != SJ_OBJECT) return NULL;
+    size_t i = find_member(obj, key, key_len);
+    return i < obj->count ? obj->members[i].value : NULL;
+}
+
+// Sets `key` to `v`, taking ownership of both: a repeated key keeps its
+// position and takes the new value, as serde_json's ordered map does.
+static void set_owned(sj_value *obj, char *key, size_t key_len, sj_value *v) {
+    size_t i = find_member(obj, key, key_len);
+    if (i < obj->count) {
+        free(key);
+        sj_free(obj->members[i].value);
+        obj->members[i].value = v;
+        return;
+    }
+    append_member(obj, key, key_len, v);
+}
+
+void sj_set(sj_value *obj, const char *key, size_t key_len, sj_value *v) {
+    char *copy = xrealloc(NULL, key_len);
+    memcpy(copy, key, key_len);
+    set_owned(obj, copy, key_len, v);
 }
 
 static void ws(parser *ps) {
@@ -152,6 +210,14 @@ static size_t utf8_len(const uint8_t *s, size_t avail) {
 static int parse_string(parser *ps, sj_buf *b) {
     ps->pos++; // opening quote
     for (;;) {
+        // A run of plain ASCII goes in with one copy.
+        size_t run = ps->pos;
+        while (ps->pos < ps->len) {
+            uint8_t c = ps->p[ps->pos];
+            if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) break;
+            ps->pos++;
+        }
+        if (ps->pos > run) sj_buf_append(b, ps->p + run, ps->pos - run);
         if (ps->pos >= ps->len) return fail(ps, "EOF while parsing a string"), 0;
         uint8_t c = ps->p[ps->pos];
         if (c == '"') { ps->pos++; return 1; }
@@ -237,7 +303,8 @@ void sj_format_float(double f, char out[40]) {
     }
 }
 
-static sj_value *parse_number(parser *ps) {
+// Not inlined: its buffer would sit in every frame of the recursive parse_value.
+__attribute__((noinline)) static sj_value *parse_number(parser *ps) {
     size_t start = ps->pos;
     int is_float = 0;
     if (peek(ps) == '-') ps->pos++;
@@ -294,11 +361,13 @@ static sj_value *parse_number(parser *ps) {
     return v;
 }
 
+// The value at ps->pos, inside `depth` open arrays and objects. As in
+// serde_json, the 128th nested array or object is refused.
 static sj_value *parse_value(parser *ps, int depth) {
-    if (depth > 128) return fail(ps, "recursion limit exceeded");
     int c = peek(ps);
     if (c < 0) return fail(ps, "EOF while parsing a value");
     if (c == '{' || c == '[') {
+        if (depth >= 127) return fail(ps, "recursion limit exceeded");
         int obj = c == '{';
         sj_value *v = new_value(obj ? SJ_OBJECT : SJ_ARRAY);
         ps->pos++;
@@ -318,8 +387,7 @@ static sj_value *parse_value(parser *ps, int depth) {
             sj_value *item = parse_value(ps, depth + 1);
             if (!item) { free(key.ptr); sj_free(v); return NULL; }
             if (obj) {
-                sj_set(v, (const char *)key.ptr, key.len, item);
-                free(key.ptr);
+                set_owned(v, (char *)key.ptr, key.len, item);
             } else {
                 if (v->count == v->cap) {
                     v->cap = v->cap ? v->cap * 2 : 8;

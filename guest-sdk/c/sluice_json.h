@@ -28,6 +28,12 @@ struct sj_value {
     sj_value **items;   // SJ_ARRAY
     sj_member *members; // SJ_OBJECT, in field order
     size_t count, cap;
+    // SJ_OBJECT with more than a few members: a hash table of member
+    // positions + 1 (0: empty slot), so that looking a key up or setting one
+    // does not scan every member (parsing an object of n fields would
+    // otherwise cost n²/2 key comparisons).
+    size_t *index;
+    size_t index_cap;   // a power of two, at least twice `count`
 };
 
 typedef struct {

@@ -6,16 +6,17 @@
 #
 # Steps: `GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared` makes a core
 # module (a WASI preview1 reactor exporting the canonical-ABI functions of
-# abi.go); `wasm-tools component embed` adds the WIT world; `wasm-tools
-# component new --adapt` turns it into a component, mapping the preview1
-# imports of Go's runtime onto WASI 0.2 with the reactor adapter
-# (allocating with memory.grow, see below). wasm-tools
-# and the adapter come from crates.io on first use (guest-sdk/tools.sh).
+# abi.go); cmd/adapterrealloc adds `cabi_realloc_adapter`, which gives the
+# adapter memory inside Go's data segment (see adapter_arena.go);
+# `wasm-tools component embed` adds the WIT world; `wasm-tools component
+# new --adapt` turns it into a component, mapping the preview1 imports of
+# Go's runtime onto WASI 0.2 with the reactor adapter. wasm-tools and the
+# adapter come from crates.io on first use (guest-sdk/tools.sh).
 set -euo pipefail
 
 sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/../.." && pwd)"
-[[ $# -eq 2 ]] || { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 pkg="$1"
 out="$2"
 command -v go >/dev/null || { echo "go is needed to build Go plugins (1.24 or newer)" >&2; exit 1; }
@@ -28,11 +29,15 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$(dirname "$out")"
 (cd "$pkg" && GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -trimpath -ldflags=-s -o "$work/core.wasm" .)
-"$WASM_TOOLS" component embed "$root/wit" --world plugin "$work/core.wasm" -o "$work/embedded.wasm"
-# --realloc-via-memory-grow: the adapter allocates its state on the first
-# WASI call, which Go's runtime makes while it starts (`_initialize`); the
-# default, calling the module's cabi_realloc, would re-enter Go before its
-# runtime is up and trap ("uninitialized element").
-"$WASM_TOOLS" component new "$work/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" \
-    --realloc-via-memory-grow -o "$out"
+# The adapter takes its state and stack (two 64 KiB blocks) on the first
+# WASI call, which Go's runtime makes while it starts (`_initialize`). Not
+# with --realloc-via-memory-grow: Go's heap later grows over pages taken
+# behind its back (the traps Go plugins used to have). Not from the Go
+# export cabi_realloc either: that would re-enter Go before its runtime is
+# up. wit-component gives the adapter `cabi_realloc_adapter` when the module
+# exports it: a bump allocator over an array in Go's data segment, added here
+# (built natively with the same Go; the environment's GOOS/GOARCH are reset).
+(cd "$sdk" && GOOS= GOARCH= GOFLAGS= go run ./cmd/adapterrealloc "$work/core.wasm" "$work/core-adapted.wasm")
+"$WASM_TOOLS" component embed "$root/wit" --world plugin "$work/core-adapted.wasm" -o "$work/embedded.wasm"
+"$WASM_TOOLS" component new "$work/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
 echo "$out"

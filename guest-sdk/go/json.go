@@ -114,12 +114,17 @@ func (p *parser) lit(word string, v Value) (Value, error) {
 	return v, nil
 }
 
+// maxOpen is serde_json's recursion limit: the 128th nested array or
+// object is refused.
+const maxOpen = 127
+
+// value parses the value at p.pos, inside `depth` open arrays and objects.
 func (p *parser) value(depth int) (Value, error) {
-	if depth > 128 {
-		return Value{}, p.errorf("recursion limit exceeded")
-	}
 	if p.pos >= len(p.data) {
 		return Value{}, p.errorf("EOF while parsing a value")
+	}
+	if c := p.data[p.pos]; (c == '[' || c == '{') && depth >= maxOpen {
+		return Value{}, p.errorf("recursion limit exceeded")
 	}
 	switch c := p.data[p.pos]; {
 	case c == 'n':

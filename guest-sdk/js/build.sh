@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds a JavaScript (or TypeScript) Sluice plugin into a component.
 #
-#   bash guest-sdk/js/build.sh ENTRY.js OUT.wasm [--engine quickjs|starlingmonkey]
+#   bash guest-sdk/js/build.sh ENTRY.js|ENTRY.ts OUT.wasm [--engine quickjs|starlingmonkey]
 #
 # ENTRY exports `handler` (see sluice.js) and may `import … from 'sluice'`:
-# the SDK is bundled in. The first run installs the pinned toolchain
-# (package.json / package-lock.json here) with `npm ci` into
-# $SLUICE_CACHE/js (default: <repo>/.cache/js), ~25 s; later runs reuse it.
+# the SDK is bundled in. A TypeScript entry (.ts, .mts, .cts) is first
+# type-checked by `tsc --noEmit` (strict) against sluice.d.ts; the bundler
+# then strips its types. The first run installs the pinned toolchain
+# (package.json / package-lock.json here: jco, componentize-js, typescript)
+# with `npm ci` into $SLUICE_CACHE/js (default: <repo>/.cache/js), ~25 s;
+# later runs reuse it.
 #
 # Engines: quickjs (default; ~1.7 MB, builds in ~3 s, cheaper calls) or
 # starlingmonkey (~12 MB, builds in ~10 s, has the web APIs: TextEncoder,
@@ -18,7 +21,7 @@ sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/../.." && pwd)"
 cache="${SLUICE_CACHE:-$root/.cache}/js"
 
-[[ $# -ge 2 ]] || { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 entry="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 out="$2"
 engine="${4:-quickjs}"
@@ -26,7 +29,7 @@ engine="${4:-quickjs}"
 [[ -f "$entry" ]] || { echo "no such file: $1" >&2; exit 1; }
 
 # (Re)install when the lock file changed since the last install.
-if ! cmp -s "$sdk/package-lock.json" "$cache/package-lock.json" || [[ ! -x "$cache/node_modules/.bin/jco" ]]; then
+if ! cmp -s "$sdk/package-lock.json" "$cache/package-lock.json" || [[ ! -x "$cache/node_modules/.bin/jco" ]] || [[ ! -x "$cache/node_modules/.bin/tsc" ]]; then
     command -v npm >/dev/null || { echo "npm is needed to build JavaScript plugins (Debian: apt-get install nodejs npm)" >&2; exit 1; }
     echo "==> installing jco + componentize-js into $cache (npm ci)" >&2
     mkdir -p "$cache"
@@ -34,10 +37,27 @@ if ! cmp -s "$sdk/package-lock.json" "$cache/package-lock.json" || [[ ! -x "$cac
     (cd "$cache" && npm ci --no-audit --no-fund --loglevel=error --cache "$cache/.npm" >&2)
 fi
 
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# TypeScript: type-check first (the bundler only strips types). `sluice`
+# resolves to the SDK's declarations; only the ES library, no DOM or Node
+# types (neither engine has those APIs).
+case "$entry" in
+    *.ts | *.mts | *.cts)
+        printf '{"compilerOptions": {"strict": true, "noEmit": true, "target": "es2022", "module": "esnext",
+  "moduleResolution": "bundler", "lib": ["es2022"], "types": [], "skipLibCheck": false,
+  "paths": {"sluice": [%s]}}, "files": [%s]}\n' "\"$sdk/sluice\"" "\"$entry\"" > "$work/tsconfig.json"
+        "$cache/node_modules/.bin/tsc" -p "$work/tsconfig.json" >&2 || {
+            echo "tsc: type errors in $1 (see above)" >&2
+            exit 1
+        }
+        ;;
+esac
+
 # The bundler maps `import … from 'sluice'` to the SDK and leaves the WIT
 # imports (`sluice:plugin/…`) to componentize.
-bundle_config="$(mktemp --suffix .mjs)"
-trap 'rm -f "$bundle_config"' EXIT
+bundle_config="$work/bundle.mjs"
 printf 'export default { resolve: { alias: { sluice: %s } }, external: [/^sluice:/] };\n' \
     "\"$sdk/sluice.js\"" > "$bundle_config"
 

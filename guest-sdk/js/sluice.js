@@ -40,71 +40,114 @@ export class HandlerError extends Error {
 
 // ---------------------------------------------------------------- UTF-8
 
+// The engine's own codecs where it has them (StarlingMonkey: TextEncoder,
+// TextDecoder). QuickJS has neither, but its `encodeURIComponent` /
+// `decodeURIComponent` are native UTF-8 codecs: a byte loop in the
+// interpreter costs ~5× more. The loops below are kept for what the native
+// ones refuse: lone surrogates (encoded as U+FFFD) and invalid UTF-8 (whose
+// offset the error names).
+const nativeEncoder = typeof TextEncoder === 'function' ? new TextEncoder() : null;
+const nativeDecoder = typeof TextDecoder === 'function' ? new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }) : null;
+
+function encodeSlow(s) {
+  const out = [];
+  for (let i = 0; i < s.length; i++) {
+    let c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
+        i++;
+      }
+    }
+    if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd; // a lone surrogate cannot be UTF-8
+    if (c < 0x80) out.push(c);
+    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+  }
+  return Uint8Array.from(out);
+}
+
+function decodeSlow(bytes) {
+  let out = '';
+  let chunk = [];
+  const bad = (i) => {
+    throw HandlerError.reject(`payload is not valid UTF-8: invalid byte at offset ${i}`);
+  };
+  for (let i = 0; i < bytes.length; ) {
+    const b = bytes[i];
+    let c;
+    let n;
+    if (b < 0x80) { c = b; n = 0; }
+    else if (b >= 0xc2 && b < 0xe0) { c = b & 31; n = 1; }
+    else if (b >= 0xe0 && b < 0xf0) { c = b & 15; n = 2; }
+    else if (b >= 0xf0 && b < 0xf5) { c = b & 7; n = 3; }
+    else bad(i);
+    for (let k = 1; k <= n; k++) {
+      const x = bytes[i + k];
+      if (x === undefined || (x & 0xc0) !== 0x80) bad(i);
+      c = (c << 6) | (x & 63);
+    }
+    if ((n === 2 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff))) || (n === 3 && (c < 0x10000 || c > 0x10ffff))) bad(i);
+    if (c >= 0x10000) {
+      c -= 0x10000;
+      chunk.push(0xd800 + (c >> 10), 0xdc00 + (c & 0x3ff));
+    } else {
+      chunk.push(c);
+    }
+    if (chunk.length > 4096) {
+      out += String.fromCharCode.apply(null, chunk);
+      chunk = [];
+    }
+    i += n + 1;
+  }
+  return out + String.fromCharCode.apply(null, chunk);
+}
+
+// A Uint8Array over the same bytes. StarlingMonkey hands a list<u8> over
+// as a typed array that is not an instance of this realm's Uint8Array.
+function asBytes(value) {
+  if (value instanceof Uint8Array) return value;
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  return Uint8Array.from(value);
+}
+
 /** UTF-8 encoding and strict decoding (QuickJS has no TextEncoder). */
 export const utf8 = {
   encode(text) {
     const s = String(text);
-    const out = [];
-    for (let i = 0; i < s.length; i++) {
-      let c = s.charCodeAt(i);
-      if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
-        const d = s.charCodeAt(i + 1);
-        if (d >= 0xdc00 && d <= 0xdfff) {
-          c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
-          i++;
-        }
-      }
-      if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd; // a lone surrogate cannot be UTF-8
-      if (c < 0x80) out.push(c);
-      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
-      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    if (nativeEncoder) return nativeEncoder.encode(s);
+    let binary; // one char per UTF-8 byte
+    try {
+      binary = unescape(encodeURIComponent(s));
+    } catch {
+      return encodeSlow(s); // a lone surrogate
     }
-    return Uint8Array.from(out);
+    const n = binary.length;
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i++) out[i] = binary.charCodeAt(i);
+    return out;
   },
   /** Throws a `reject` HandlerError on invalid UTF-8, naming the byte offset. */
   decode(bytes) {
-    let out = '';
-    let chunk = [];
-    const bad = (i) => {
-      throw HandlerError.reject(`payload is not valid UTF-8: invalid byte at offset ${i}`);
-    };
-    for (let i = 0; i < bytes.length; ) {
-      const b = bytes[i];
-      let c;
-      let n;
-      if (b < 0x80) { c = b; n = 0; }
-      else if (b >= 0xc2 && b < 0xe0) { c = b & 31; n = 1; }
-      else if (b >= 0xe0 && b < 0xf0) { c = b & 15; n = 2; }
-      else if (b >= 0xf0 && b < 0xf5) { c = b & 7; n = 3; }
-      else bad(i);
-      for (let k = 1; k <= n; k++) {
-        const x = bytes[i + k];
-        if (x === undefined || (x & 0xc0) !== 0x80) bad(i);
-        c = (c << 6) | (x & 63);
-      }
-      if ((n === 2 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff))) || (n === 3 && (c < 0x10000 || c > 0x10ffff))) bad(i);
-      if (c >= 0x10000) {
-        c -= 0x10000;
-        chunk.push(0xd800 + (c >> 10), 0xdc00 + (c & 0x3ff));
-      } else {
-        chunk.push(c);
-      }
-      if (chunk.length > 4096) {
-        out += String.fromCharCode.apply(null, chunk);
-        chunk = [];
-      }
-      i += n + 1;
+    const view = asBytes(bytes);
+    try {
+      if (nativeDecoder) return nativeDecoder.decode(view);
+      let binary = '';
+      for (let i = 0; i < view.length; i += 8192) binary += String.fromCharCode.apply(null, view.subarray(i, i + 8192));
+      return decodeURIComponent(escape(binary));
+    } catch {
+      return decodeSlow(view); // throws, naming the first invalid byte
     }
-    return out + String.fromCharCode.apply(null, chunk);
   },
 };
 
 function bytes(value) {
   if (value == null) return value;
-  if (value instanceof Uint8Array) return value;
   if (typeof value === 'string') return utf8.encode(value);
-  if (Array.isArray(value)) return Uint8Array.from(value);
+  if (Array.isArray(value) || ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return asBytes(value);
   throw new TypeError(`expected bytes (Uint8Array, Array or string), got ${typeof value}`);
 }
 
@@ -264,7 +307,9 @@ export function formatFloat(f) {
 }
 
 function numberText(text) {
-  if (!/[.eE]/.test(text)) {
+  if (text.indexOf('.') < 0 && text.indexOf('e') < 0 && text.indexOf('E') < 0) {
+    // Up to 15 digits always fits i64: written as read (but `-0` is a float).
+    if (text.length <= 16 && text !== '-0') return text;
     const n = BigInt(text);
     if (n >= I64_MIN && n <= U64_MAX && !(n === 0n && text[0] === '-')) return n.toString();
   }
@@ -274,6 +319,11 @@ function numberText(text) {
 }
 
 const ESCAPES = { '"': '"', '\\': '\\', '/': '/', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t' };
+// A backslash or a control character (JSON strings need neither escaped).
+const SPECIAL = /[\\\x00-\x1f]/;
+// A JSON number at `lastIndex`.
+const NUMBER = /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/y;
+
 
 /**
  * JSON that round-trips like serde_json in the Rust SDK, so a JS plugin can
@@ -288,17 +338,32 @@ const ESCAPES = { '"': '"', '\\': '\\', '/': '/', b: '\b', f: '\f', n: '\n', r: 
 export const Json = {
   parse(text) {
     let i = 0;
+    const n = text.length;
     const fail = (what) => {
       throw new SyntaxError(`${what} at character ${i}`);
     };
+    // Without a backslash or a control character anywhere, every string
+    // ends at the next quote: one native search instead of a loop.
+    const plain = !SPECIAL.test(text);
+    // Called where whitespace may be (the callers test for it first: most
+    // JSON has none, and a call costs in QuickJS).
     const ws = () => {
-      while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
+      for (; i < n; i++) {
+        const c = text.charCodeAt(i);
+        if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return;
+      }
     };
     const str = () => {
       i++;
+      const end = text.indexOf('"', i);
+      if (end >= 0 && (plain || !SPECIAL.test(text.slice(i, end)))) {
+        const out = text.slice(i, end);
+        i = end + 1;
+        return out;
+      }
       let out = '';
       for (;;) {
-        if (i >= text.length) fail('EOF while parsing a string');
+        if (i >= n) fail('EOF while parsing a string');
         const c = text.charCodeAt(i);
         if (c === 0x22) {
           i++;
@@ -327,7 +392,7 @@ export const Json = {
           } else fail('invalid escape');
         } else {
           let j = i;
-          while (j < text.length) {
+          while (j < n) {
             const d = text.charCodeAt(j);
             if (d === 0x22 || d === 0x5c || d < 0x20) break;
             j++;
@@ -337,109 +402,125 @@ export const Json = {
         }
       }
     };
+    // The value at i, inside `depth` open arrays and objects. As in
+    // serde_json, the 128th nested array or object is refused.
     const value = (depth) => {
-      if (depth > 128) fail('recursion limit exceeded');
-      if (i >= text.length) fail('EOF while parsing a value');
-      const c = text[i];
-      if (c === '{') {
+      if (i >= n) fail('EOF while parsing a value');
+      const c = text.charCodeAt(i);
+      if ((c === 0x7b || c === 0x5b) && depth >= 127) fail('recursion limit exceeded');
+      if (c === 0x7b) { // {
         i++;
         const map = new Map();
-        ws();
-        if (text[i] === '}') {
+        if (text.charCodeAt(i) <= 0x20) ws();
+        if (text.charCodeAt(i) === 0x7d) {
           i++;
           return map;
         }
         for (;;) {
-          ws();
-          if (text[i] !== '"') fail('key must be a string');
+          if (text.charCodeAt(i) <= 0x20) ws();
+          if (text.charCodeAt(i) !== 0x22) fail('key must be a string');
           const key = str();
-          ws();
-          if (text[i] !== ':') fail('expected `:`');
+          if (text.charCodeAt(i) <= 0x20) ws();
+          if (text.charCodeAt(i) !== 0x3a) fail('expected `:`');
           i++;
-          ws();
-          map.set(key, value(depth + 1));
-          ws();
-          if (text[i] === ',') i++;
-          else if (text[i] === '}') {
+          if (text.charCodeAt(i) <= 0x20) ws();
+          map.set(key, text.charCodeAt(i) === 0x22 ? str() : value(depth + 1));
+          if (text.charCodeAt(i) <= 0x20) ws();
+          const d = text.charCodeAt(i);
+          if (d === 0x2c) i++;
+          else if (d === 0x7d) {
             i++;
             return map;
-          } else fail(i >= text.length ? 'EOF while parsing an object' : 'expected `,` or `}`');
+          } else fail(i >= n ? 'EOF while parsing an object' : 'expected `,` or `}`');
         }
       }
-      if (c === '[') {
+      if (c === 0x5b) { // [
         i++;
         const arr = [];
-        ws();
-        if (text[i] === ']') {
+        if (text.charCodeAt(i) <= 0x20) ws();
+        if (text.charCodeAt(i) === 0x5d) {
           i++;
           return arr;
         }
         for (;;) {
-          ws();
+          if (text.charCodeAt(i) <= 0x20) ws();
           arr.push(value(depth + 1));
-          ws();
-          if (text[i] === ',') i++;
-          else if (text[i] === ']') {
+          if (text.charCodeAt(i) <= 0x20) ws();
+          const d = text.charCodeAt(i);
+          if (d === 0x2c) i++;
+          else if (d === 0x5d) {
             i++;
             return arr;
-          } else fail(i >= text.length ? 'EOF while parsing a list' : 'expected `,` or `]`');
+          } else fail(i >= n ? 'EOF while parsing a list' : 'expected `,` or `]`');
         }
       }
-      if (c === '"') return str();
-      for (const [word, v] of [['true', true], ['false', false], ['null', null]]) {
-        if (text.startsWith(word, i)) {
-          i += word.length;
-          return v;
-        }
+      if (c === 0x22) return str();
+      if (c === 0x74 && text.startsWith('true', i)) {
+        i += 4;
+        return true;
       }
-      const m = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/.exec(text.slice(i, i + 400));
-      if (!m || m[0] === '' || m[0] === '-') fail('expected value');
+      if (c === 0x66 && text.startsWith('false', i)) {
+        i += 5;
+        return false;
+      }
+      if (c === 0x6e && text.startsWith('null', i)) {
+        i += 4;
+        return null;
+      }
+      NUMBER.lastIndex = i;
+      const m = NUMBER.exec(text);
+      if (!m) fail('expected value');
       i += m[0].length;
       return new JsonNumber(numberText(m[0]));
     };
-    ws();
+    if (text.charCodeAt(i) <= 0x20) ws();
     const v = value(0);
-    ws();
-    if (i !== text.length) fail('trailing characters');
+    if (text.charCodeAt(i) <= 0x20) ws();
+    if (i !== n) fail('trailing characters');
     return v;
   },
 
   stringify(value) {
-    const out = [];
-    const s = (t) => out.push(quote(t));
-    const walk = (v) => {
-      if (v === null || v === undefined) out.push('null');
-      else if (v === true || v === false) out.push(String(v));
-      else if (v instanceof JsonNumber) out.push(v.text);
-      else if (typeof v === 'bigint') out.push(numberText(v.toString()));
-      else if (typeof v === 'number') out.push(Number.isSafeInteger(v) && !Object.is(v, -0) ? String(v) : formatFloat(v));
-      else if (typeof v === 'string') s(v);
-      else if (Array.isArray(v)) {
-        out.push('[');
-        v.forEach((x, n) => {
-          if (n) out.push(',');
-          walk(x);
-        });
-        out.push(']');
-      } else {
-        const entries = v instanceof Map ? [...v.entries()] : Object.entries(v);
-        out.push('{');
-        entries.forEach(([k, x], n) => {
-          if (n) out.push(',');
-          s(String(k));
-          out.push(':');
-          walk(x);
-        });
-        out.push('}');
-      }
-    };
-    walk(value);
-    return out.join('');
+    return stringifyValue(value);
   },
 };
 
+// One string per value, joined: in QuickJS a function call per member is
+// what costs, so the common cases are handled inline.
+function stringifyValue(v) {
+  if (typeof v === 'string') return quote(v);
+  if (v === null || v === undefined) return 'null';
+  if (v === true || v === false) return String(v);
+  if (v instanceof JsonNumber) return v.text;
+  if (typeof v === 'bigint') return numberText(v.toString());
+  if (typeof v === 'number') return Number.isSafeInteger(v) && !Object.is(v, -0) ? String(v) : formatFloat(v);
+  if (Array.isArray(v)) {
+    const items = [];
+    for (let k = 0; k < v.length; k++) items.push(typeof v[k] === 'string' ? quote(v[k]) : stringifyValue(v[k]));
+    return `[${items.join(',')}]`;
+  }
+  const members = [];
+  const member = (x, k) => {
+    members.push(`${quote(String(k))}:${typeof x === 'string' ? quote(x) : stringifyValue(x)}`);
+  };
+  if (v instanceof Map) v.forEach(member);
+  else for (const k of Object.keys(v)) member(v[k], k);
+  return `{${members.join(',')}}`;
+}
+
 const HEX = '0123456789abcdef';
+// The engine's JSON.stringify escapes a string as serde_json does (`\"`,
+// `\\`, `\b \f \n \r \t`, other controls as `\u00xx`, nothing else), except
+// for a lone surrogate, which it writes as `\udxxx` where serde_json (whose
+// strings are UTF-8) cannot have one: such strings (and any whose output
+// merely contains `\ud`) take the loop, which leaves it to the encoder
+// (U+FFFD).
 function quote(text) {
+  const quoted = JSON.stringify(text);
+  return quoted.indexOf('\\ud') < 0 ? quoted : quoteSlow(text);
+}
+
+function quoteSlow(text) {
   let out = '"';
   let start = 0;
   for (let i = 0; i < text.length; i++) {

@@ -24,6 +24,8 @@ the module into a component.
 from __future__ import annotations
 
 import json as _json
+import re as _re
+from itertools import accumulate as _accumulate
 import math
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
@@ -172,7 +174,24 @@ def loads(text: str) -> Any:
     """Strict JSON parsed the way serde_json parses it: no NaN/Infinity,
     integers exact within i64/u64 and f64 beyond, objects in field order (a
     repeated key keeps its first position and its last value)."""
-    return _json.loads(text, parse_constant=_refuse_constant, parse_int=_parse_int, parse_float=_parse_float)
+    # serde_json refuses the 128th nested array or object; CPython's parser
+    # would recurse on (and exhaust the wasm stack before its own limit).
+    # Fewer brackets than that cannot nest so deep (str.count is cheap).
+    if text.count("[") + text.count("{") >= 128 and _max_open(text) >= 128:
+        raise ValueError("recursion limit exceeded")
+    try:
+        return _json.loads(text, parse_constant=_refuse_constant, parse_int=_parse_int, parse_float=_parse_float)
+    except RecursionError:
+        raise ValueError("recursion limit exceeded") from None
+
+
+_STRING = _re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _max_open(text: str) -> int:
+    """The deepest nesting of arrays and objects in `text`, strings aside."""
+    steps = (1 if c in "[{" else -1 for c in _STRING.sub("", text) if c in "[]{}")
+    return max(_accumulate(steps), default=0)
 
 
 def format_float(f: float) -> str:

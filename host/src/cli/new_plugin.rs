@@ -14,6 +14,8 @@ pub enum Lang {
     Rust,
     #[value(alias = "javascript")]
     Js,
+    #[value(alias = "typescript")]
+    Ts,
     #[value(alias = "py")]
     Python,
     C,
@@ -25,6 +27,7 @@ impl Lang {
         match self {
             Lang::Rust => "rust",
             Lang::Js => "js",
+            Lang::Ts => "ts",
             Lang::Python => "python",
             Lang::C => "c",
             Lang::Go => "go",
@@ -35,6 +38,7 @@ impl Lang {
         match self {
             Lang::Rust => "Rust",
             Lang::Js => "JavaScript",
+            Lang::Ts => "TypeScript",
             Lang::Python => "Python",
             Lang::C => "C",
             Lang::Go => "Go",
@@ -52,6 +56,10 @@ impl Lang {
             Lang::Js => &[
                 ("plugin.js", include_str!("../../templates/js/plugin.js")),
                 ("build.sh", include_str!("../../templates/js/build.sh")),
+            ],
+            Lang::Ts => &[
+                ("plugin.ts", include_str!("../../templates/ts/plugin.ts")),
+                ("build.sh", include_str!("../../templates/ts/build.sh")),
             ],
             Lang::Python => &[
                 ("app.py", include_str!("../../templates/python/app.py")),

@@ -1,0 +1,183 @@
+// Type declarations of the Sluice plugin SDK for JavaScript (sluice.js), for
+// plugins written in TypeScript: `import { plugin, Output } from 'sluice'`.
+// build.sh type-checks a `.ts` entry against this file with `tsc` (strict),
+// then bundles it with sluice.js. Keep in step with sluice.js.
+
+/** How a failed event is treated: retried with backoff, or dead-lettered now. */
+export type Disposition = 'retryable' | 'reject';
+
+/** A handler failure with its disposition. Throw it from `handle`. */
+export class HandlerError extends Error {
+  constructor(disposition: Disposition, message: string);
+  static retryable(message: string): HandlerError;
+  static reject(message: string): HandlerError;
+  readonly disposition: Disposition;
+  /** What the component model lowers as the WIT `handler-error`. */
+  readonly payload: { disposition: Disposition; message: string };
+}
+
+/** UTF-8 encoding and strict decoding. */
+export const utf8: {
+  /** Lone surrogates become U+FFFD. */
+  encode(text: string): Uint8Array;
+  /** Throws a `reject` HandlerError on invalid UTF-8, naming the byte offset. */
+  decode(bytes: Uint8Array | ArrayLike<number>): string;
+};
+
+/** Bytes as the output builders accept them: strings are sent as UTF-8. */
+export type BytesLike = Uint8Array | readonly number[] | string;
+
+/** The `init` configuration: string pairs in the host's order (sorted by key). */
+export class Config {
+  constructor(pairs: ReadonlyArray<readonly [string, string]>);
+  readonly pairs: Array<[string, string]>;
+  /** The value of `key`, or null. */
+  get(key: string): string | null;
+  /** Throws a message naming the missing key (which refuses the load). */
+  require(key: string): string;
+  keys(): string[];
+  /** `[rest, value]` for every key starting with `prefix`, prefix stripped. */
+  withPrefix(prefix: string): Array<[string, string]>;
+  /** Refuses any key not listed; `prefix*` accepts a family of keys. */
+  denyUnknown(known: readonly string[]): void;
+}
+
+/** One message header (`sluice:plugin/types.header`). */
+export interface Header {
+  key: string;
+  value: Uint8Array;
+}
+
+/** The event record as the component model hands it over. */
+export interface RawEvent {
+  id: string;
+  source: string;
+  key?: Uint8Array | null;
+  payload: Uint8Array;
+  headers: Header[];
+  timestampMs: number | bigint;
+  attempt: number;
+  replyTo?: string | null;
+}
+
+/** The event as `handle` sees it. */
+export class Event {
+  constructor(raw: RawEvent);
+  /** Stable per source position (see wit/sluice.wit). */
+  readonly id: string;
+  readonly source: string;
+  readonly key: Uint8Array | null;
+  readonly payload: Uint8Array;
+  readonly headers: Header[];
+  readonly timestampMs: number;
+  /** 1 on the first delivery. */
+  readonly attempt: number;
+  readonly replyTo: string | null;
+  /** The first header `name` (case-sensitive) as bytes, or null. */
+  header(name: string): Uint8Array | null;
+  /** The first header `name` as text, or null (also when it is not UTF-8). */
+  headerText(name: string): string | null;
+  /** The payload as text; invalid UTF-8 rejects the event. */
+  text(): string;
+  /** The payload parsed with `Json.parse`; invalid JSON rejects the event. */
+  json(): JsonValue;
+}
+
+/** An output record (`sluice:plugin/types.output`), as the builders make it. */
+export interface Output {
+  destination: string | null;
+  key: Uint8Array | null;
+  payload: Uint8Array;
+  headers: Header[];
+  reply: boolean;
+}
+
+/** The optional fields of an output. */
+export interface OutputFields {
+  /** A route name, topic or subject; default: the pipeline's route. */
+  destination?: string | null;
+  key?: BytesLike | null;
+  headers?: ReadonlyArray<{ key: string; value: BytesLike }>;
+  /** Send to the event's `replyTo` (request/reply). */
+  reply?: boolean;
+}
+
+/** Builders for outputs. */
+export const Output: {
+  of(payload: BytesLike, fields?: OutputFields): Output;
+  text(text: string, fields?: OutputFields): Output;
+  /** `value` as compact JSON (`Json.stringify`: serde_json's format), UTF-8. */
+  json(value: JsonInput, fields?: OutputFields): Output;
+  /** The answer to a request: sent to the event's `replyTo`. */
+  reply(payload: BytesLike, fields?: Omit<OutputFields, 'reply'>): Output;
+  /** The event's key, payload and headers, unchanged. */
+  forward(event: Event): Output;
+};
+
+/** A JSON number kept as serde_json writes it; `Number(n)` gives its value. */
+export class JsonNumber {
+  constructor(text: string);
+  readonly text: string;
+  valueOf(): number;
+  toString(): string;
+}
+
+/**
+ * What `Json.parse` returns: objects are Maps in field order, numbers
+ * JsonNumbers. `number` is there for values a plugin sets itself
+ * (`object.set('count', 3)`): parse never makes one.
+ */
+export type JsonValue = null | boolean | string | number | JsonNumber | JsonValue[] | Map<string, JsonValue>;
+
+/** What `Json.stringify` accepts. */
+export type JsonInput =
+  | null
+  | undefined
+  | boolean
+  | string
+  | number
+  | bigint
+  | JsonNumber
+  | readonly JsonInput[]
+  | ReadonlyMap<string, JsonInput>
+  | { readonly [key: string]: JsonInput };
+
+/** JSON that round-trips like serde_json in the Rust SDK (byte-for-byte outputs). */
+export const Json: {
+  /** Throws a SyntaxError on invalid JSON. */
+  parse(text: string): JsonValue;
+  stringify(value: JsonInput): string;
+};
+
+/** `f` as serde_json writes it: 1.5, 100000.0, 1e+16, 1.2e-7, -0.0. */
+export function formatFloat(f: number): string;
+
+/** Structured fields of a log line. */
+export type LogFields = Record<string, unknown> | ReadonlyArray<readonly [string, unknown]>;
+
+/** Structured logging into the host's log stream: `log.info('msg', { key: 'value' })`. */
+export const log: {
+  trace(message: string, fields?: LogFields): void;
+  debug(message: string, fields?: LogFields): void;
+  info(message: string, fields?: LogFields): void;
+  warn(message: string, fields?: LogFields): void;
+  error(message: string, fields?: LogFields): void;
+};
+
+/** A plugin: `init` (optional) makes the state, `handle` answers each event. */
+export interface Plugin<State> {
+  /** Refuse the config by throwing a string or an Error. */
+  init?(config: Config): State;
+  /** Return the outputs (none: the event is filtered out); throw a HandlerError to fail. */
+  handle(state: State, event: Event): Output[];
+}
+
+/** The `handler` export the component model expects. */
+export interface Handler {
+  init(pairs: Array<[string, string]>): void;
+  handle(raw: RawEvent): Output[];
+  handleBatch(raws: RawEvent[]): Array<{ tag: 'ok'; val: Output[] } | { tag: 'err'; val: { disposition: Disposition; message: string } }>;
+}
+
+/** Builds the `handler` export: `export const handler = plugin({ init, handle })`. */
+export function plugin<State>(impl: Plugin<State>): Handler;

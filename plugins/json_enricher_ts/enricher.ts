@@ -1,0 +1,76 @@
+// `json_enricher_ts`: the TypeScript twin of plugins/json_enricher (Rust)
+// and of json_enricher_js, same config, same outputs byte for byte on the
+// same events. Type-checked against guest-sdk/js/sluice.d.ts by build.sh.
+//
+// Filters and enriches JSON-object events. The object keeps its field order;
+// the output has the event's key and headers, with
+// `content-type: application/json` replacing any incoming `content-type`.
+// A payload that is not a JSON object is rejected (dead-lettered).
+//
+// Config (all optional; any other key refuses the load):
+// - `require`: a field name; events without that field are dropped.
+// - `drop_if`: `field=value`; events whose `field` is the string `value` are dropped.
+// - `set.<field>`: adds `<field>` with this string value, or overwrites it.
+// - `event_id_field`: a field name that receives the event's id.
+// - `fail_on`: a field name; an event whose field is the string `retryable`,
+//   `reject` or `trap` fails that way (for testing error handling).
+//
+// Filters look at the incoming object, before any field is set.
+import { plugin, HandlerError, Output, Json, utf8, type Config, type Event, type JsonValue } from 'sluice';
+
+interface Settings {
+  require: string | null;
+  dropIf: [field: string, value: string] | null;
+  set: Array<[field: string, value: string]>;
+  eventIdField: string | null;
+  failOn: string | null;
+}
+
+function init(config: Config): Settings {
+  config.denyUnknown(['require', 'drop_if', 'set.*', 'event_id_field', 'fail_on']);
+  let dropIf: Settings['dropIf'] = null;
+  const rule = config.get('drop_if');
+  if (rule !== null) {
+    const eq = rule.indexOf('=');
+    if (eq <= 0) throw `\`drop_if\` must be \`field=value\`, got \`${rule}\``;
+    dropIf = [rule.slice(0, eq), rule.slice(eq + 1)];
+  }
+  const set = config.withPrefix('set.').map(([field, value]): [string, string] => {
+    if (field === '') throw '`set.` needs a field name, as in `set.team`';
+    return [field, value];
+  });
+  return {
+    require: config.get('require'),
+    dropIf,
+    set,
+    eventIdField: config.get('event_id_field'),
+    failOn: config.get('fail_on'),
+  };
+}
+
+function handle(self: Settings, event: Event) {
+  let object: JsonValue;
+  try {
+    object = Json.parse(utf8.decode(event.payload)); // objects are Maps: field order kept
+  } catch (e) {
+    throw HandlerError.reject(`payload is not a JSON object: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  if (!(object instanceof Map)) throw HandlerError.reject('payload is not a JSON object');
+
+  if (self.failOn !== null) {
+    const how = object.get(self.failOn);
+    if (how === 'retryable' || how === 'reject') {
+      throw new HandlerError(how, `asked to fail (${how}) by field \`${self.failOn}\``);
+    }
+    if (how === 'trap') throw new Error(`asked to trap by field \`${self.failOn}\``);
+  }
+  if (self.require !== null && !object.has(self.require)) return [];
+  if (self.dropIf !== null && object.get(self.dropIf[0]) === self.dropIf[1]) return [];
+  for (const [field, value] of self.set) object.set(field, value);
+  if (self.eventIdField !== null) object.set(self.eventIdField, event.id);
+
+  const headers = event.headers.filter((h) => h.key !== 'content-type');
+  return [Output.json(object, { key: event.key, headers: [...headers, { key: 'content-type', value: 'application/json' }] })];
+}
+
+export const handler = plugin({ init, handle });
