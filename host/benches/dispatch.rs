@@ -178,6 +178,7 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
         max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
         idempotency: None,
+        schemas: Default::default(),
     }
 }
 

@@ -146,6 +146,7 @@ fn dispatcher(slot: Arc<PluginSlot>, sink: Arc<StampSink>) -> Dispatcher {
         max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
         idempotency: None,
+        schemas: Default::default(),
     }
 }
 

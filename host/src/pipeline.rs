@@ -119,6 +119,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         max_output_bytes: policy.max_output_bytes.as_u64(),
         stats,
         idempotency: config.idempotency.as_ref().map(Guard::new),
+        schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
     };
     Ok(Built { dispatcher, source, plugin, pause })
 }

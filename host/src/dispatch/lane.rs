@@ -149,6 +149,10 @@ impl Lane {
                 self.dead_letter(event, &failure, ack);
                 continue;
             }
+            if let Some(failure) = super::validate::refuse_input(&self.d, &self.version, &event) {
+                self.dead_letter(event, &failure, ack);
+                continue;
+            }
             let ack = match &self.d.idempotency {
                 None => ack,
                 Some(guard) => match guard.claim(&event, ack) {
@@ -210,7 +214,10 @@ impl Lane {
             let failed = match result {
                 Ok(outputs) => {
                     let request = Request::of(event.reply_to.take(), &event.headers);
-                    match self.within_caps(&outputs).and_then(|()| self.d.router.check(&outputs, request.as_ref())) {
+                    let checked = self.within_caps(&outputs)
+                        .and_then(|()| self.d.router.check(&outputs, request.as_ref()))
+                        .and_then(|()| super::validate::check_outputs(&self.d, &event, &outputs));
+                    match checked {
                         Ok(()) => {
                             let digest = self.version.factory.digest_arc();
                             self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack });

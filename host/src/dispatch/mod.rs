@@ -25,6 +25,7 @@ mod publish;
 pub mod route;
 pub mod slot;
 pub mod stats;
+pub mod validate;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct Dispatcher {
     /// Skips repeats of events already handled (`idempotency`); `None`:
     /// every delivery is handled.
     pub idempotency: Option<Arc<idempotency::Guard>>,
+    /// Event schemas and header names (`schemas`); checked by [`validate`].
+    pub schemas: Arc<crate::schema::Gate>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.

@@ -241,6 +241,7 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
         max_output_bytes: 16 << 20,
         stats: Arc::new(Stats::default()),
         idempotency: None,
+        schemas: Default::default(),
     };
     Harness { out, dlq, calls, dispatcher }
 }
@@ -559,3 +560,6 @@ async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -
     assert_eq!(h.dlq.payloads(), vec!["bad"]);
     Ok(())
 }
+
+/// Event schemas and accepted versions.
+mod schema;
