@@ -8,7 +8,7 @@
 #[allow(dead_code)] // each test binary uses a different part of it
 mod common;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
 use common::*;
@@ -105,5 +105,75 @@ fn a_broken_schema_file_stops_the_config_from_loading() -> Result<()> {
         text.contains("pipeline `p`, key `schemas.input[0].path`: ") && text.contains("broken.json is not a valid JSON Schema: "),
         "{text}"
     );
+    Ok(())
+}
+
+/// SIGHUP with an edited schema file (the config text unchanged) restarts
+/// the pipeline with the new schema; an edit that no longer compiles is
+/// refused and the running schema stays.
+#[test]
+fn a_config_reload_applies_an_edited_schema_file() -> Result<()> {
+    use std::time::Duration;
+    const WITHIN: Duration = Duration::from_secs(60);
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    let config = format!(
+        r#"{runtime}
+[admin]
+listen = "127.0.0.1:{port}"
+
+[pipelines.p]
+source = {{ kind = "file", path = "events.jsonl", follow = true, checkpoint = "events.checkpoint" }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+
+[pipelines.p.schemas]
+input = [{{ type = "t", version = "1", path = "t.json" }}]
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("passthrough")),
+    );
+    let needs = |field: &str| json!({"type": "object", "required": [field]}).to_string();
+    let typed = |payload: &str| json!({"payload": payload, "headers": {"event-type": "t", "event-version": "1"}});
+    scratch.write("t.json", needs("a"))?;
+    scratch.write("events.jsonl", "")?;
+    let mut host = start(&scratch, &config, "sluice.toml")?;
+    let started_at = || -> Option<String> {
+        let (code, text) = http_request(port, "GET", "/pipelines", None, b"").ok()?;
+        let body: Value = serde_json::from_str(&text).ok()?;
+        (code == 200).then(|| body["pipelines"][0]["started_at"].to_string()).filter(|s| s != "null")
+    };
+    host.wait_until("the pipeline", WITHIN, || started_at().is_some())?;
+    let first = started_at();
+
+    scratch.append_events("events.jsonl", &[typed(r#"{"b":1}"#), typed(r#"{"a":1}"#)])?;
+    host.wait_until("two events done", WITHIN, || scratch.count_lines("out.jsonl") + scratch.count_lines("dlq.jsonl") == 2)?;
+
+    // Not a schema any more: refused, the pipeline keeps running as it was.
+    scratch.write("t.json", r#"{"type": "objekt"}"#)?;
+    sighup(&host)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(started_at() == first, "a refused reload restarted the pipeline");
+
+    scratch.write("t.json", needs("b"))?;
+    sighup(&host)?;
+    host.wait_until("the pipeline restarted", WITHIN, || started_at().is_some_and(|s| Some(s) != first))?;
+    scratch.append_events("events.jsonl", &[typed(r#"{"b":2}"#), typed(r#"{"a":2}"#)])?;
+    host.wait_until("four events done", WITHIN, || scratch.count_lines("out.jsonl") + scratch.count_lines("dlq.jsonl") == 4)?;
+
+    assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), [r#"{"a":1}"#, r#"{"b":2}"#]);
+    assert_eq!(payloads(&scratch.read_jsonl("dlq.jsonl")?), [r#"{"b":1}"#, r#"{"a":2}"#]);
+    host.terminate()?;
+    let finished = host.wait(WITHIN)?;
+    finished.ensure_success()?;
+    ensure!(finished.stderr.contains("config reload refused"), "{}", finished.stderr);
+    ensure!(finished.stderr.contains("t.json is not a valid JSON Schema"), "{}", finished.stderr);
+    Ok(())
+}
+
+fn sighup(host: &Running) -> Result<()> {
+    let status = std::process::Command::new("kill").args(["-HUP", &host.pid().to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -HUP failed");
     Ok(())
 }
