@@ -164,6 +164,17 @@ input = [{{ type = "t", version = "1", path = "t.json" }}]
 
     assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), [r#"{"a":1}"#, r#"{"b":2}"#]);
     assert_eq!(payloads(&scratch.read_jsonl("dlq.jsonl")?), [r#"{"b":1}"#, r#"{"a":2}"#]);
+
+    // The restarted run's counters: one invalid input of its two.
+    let (code, metrics) = http_request(port, "GET", "/metrics", None, b"")?;
+    ensure!(code == 200, "/metrics answered {code}");
+    for line in [
+        r#"sluice_events_invalid_total{pipeline="p",plugin="passthrough"} 1"#,
+        r#"sluice_outputs_invalid_total{pipeline="p",plugin="passthrough"} 0"#,
+        r#"sluice_events_unsupported_total{pipeline="p",plugin="passthrough"} 0"#,
+    ] {
+        ensure!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+    }
     host.terminate()?;
     let finished = host.wait(WITHIN)?;
     finished.ensure_success()?;
