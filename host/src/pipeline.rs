@@ -76,6 +76,7 @@ pub async fn build(name: &str, config: &PipelineConfig, runtime: &Runtime, sinks
         digest = &plugin.digest()[..12],
         load_ms = plugin.load_time().as_millis() as u64,
         cached = plugin.cache_hit(),
+        accepts = plugin.accepts().map(ToString::to_string),
         "plugin loaded"
     );
     // Exactly-once: every sink writes into the pipeline's own transaction.

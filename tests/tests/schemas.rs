@@ -183,6 +183,66 @@ input = [{{ type = "t", version = "1", path = "t.json" }}]
     Ok(())
 }
 
+/// The accept list belongs to the plugin version: a config reload that
+/// only changes the plugin's config (here json_enricher's `accepts`) swaps
+/// in a new version with its own list, and the next events follow it.
+#[test]
+fn a_new_plugin_version_brings_its_own_accept_list() -> Result<()> {
+    use std::time::Duration;
+    const WITHIN: Duration = Duration::from_secs(60);
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    let config = |accepts: &str| {
+        format!(
+            r#"{runtime}
+[admin]
+listen = "127.0.0.1:{port}"
+
+[pipelines.p]
+source = {{ kind = "file", path = "events.jsonl", follow = true }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = {plugin}, config = {{ accepts = "{accepts}" }} }}
+"#,
+            runtime = runtime_table(),
+            plugin = toml_path(&plugin("json_enricher")),
+        )
+    };
+    let typed = |id: &str, version: &str| json!({"id": id, "payload": {"id": id}, "headers": {"event-type": "t", "event-version": version}});
+    scratch.write("events.jsonl", "")?;
+    let mut host = start(&scratch, &config("t@1"), "sluice.toml")?;
+    let generation = || -> Option<u64> {
+        let (code, text) = http_request(port, "GET", "/pipelines/p", None, b"").ok()?;
+        let body: Value = serde_json::from_str(&text).ok()?;
+        (code == 200).then(|| body["plugin"]["current"]["generation"].as_u64()).flatten()
+    };
+    host.wait_until("the pipeline", WITHIN, || generation().is_some())?;
+    let first = generation();
+    scratch.append_events("events.jsonl", &[typed("a1", "1"), typed("a2", "2")])?;
+    host.wait_until("two events done", WITHIN, || scratch.count_lines("out.jsonl") + scratch.count_lines("dlq.jsonl") == 2)?;
+
+    scratch.write("sluice.toml", config("t@2"))?;
+    sighup(&host)?;
+    host.wait_until("the new plugin version", WITHIN, || generation().is_some_and(|g| Some(g) != first))?;
+    let (_, status) = http_request(port, "GET", "/pipelines/p", None, b"")?;
+    let status: Value = serde_json::from_str(&status)?;
+    assert_eq!(status["plugin"]["current"]["accepts"], json!(["t@2"]), "{status}");
+    assert_eq!(status["plugin"]["previous"]["accepts"], json!(["t@1"]), "{status}");
+    scratch.append_events("events.jsonl", &[typed("b1", "1"), typed("b2", "2")])?;
+    host.wait_until("four events done", WITHIN, || scratch.count_lines("out.jsonl") + scratch.count_lines("dlq.jsonl") == 4)?;
+
+    let ids = |file: &str| -> Result<Vec<String>> {
+        Ok(payloads(&scratch.read_jsonl(file)?).iter().filter_map(|p| serde_json::from_str::<Value>(p).ok()?["id"].as_str().map(str::to_owned)).collect())
+    };
+    assert_eq!(ids("out.jsonl")?, ["a1", "b2"]);
+    assert_eq!(ids("dlq.jsonl")?, ["a2", "b1"]);
+    let dlq = scratch.read_jsonl("dlq.jsonl")?;
+    assert_eq!(dlq_header(&dlq[1], "sluice-dlq-message")?, "the plugin does not accept event type t@1; it accepts: t@2");
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}
+
 fn sighup(host: &Running) -> Result<()> {
     let status = std::process::Command::new("kill").args(["-HUP", &host.pid().to_string()]).status()?;
     anyhow::ensure!(status.success(), "kill -HUP failed");

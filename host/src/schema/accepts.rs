@@ -48,6 +48,16 @@ impl Accepts {
         Ok(accepts)
     }
 
+    /// Every selector, as declared (`*` first when present).
+    pub fn selectors(&self) -> Vec<String> {
+        let mut items: Vec<String> =
+            self.selectors.iter().map(|s| format!("{}@{}", s.event_type, s.version.as_deref().unwrap_or("*"))).collect();
+        if self.everything {
+            items.insert(0, "*".into());
+        }
+        items
+    }
+
     /// Whether the list has `*`: every event, so nothing to check.
     pub fn is_everything(&self) -> bool {
         self.everything
@@ -68,11 +78,7 @@ impl Accepts {
 impl std::fmt::Display for Accepts {
     /// The list as the plugin declared it (`nothing` when empty).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut items: Vec<String> =
-            self.selectors.iter().map(|s| format!("{}@{}", s.event_type, s.version.as_deref().unwrap_or("*"))).collect();
-        if self.everything {
-            items.insert(0, "*".into());
-        }
+        let items = self.selectors();
         if items.is_empty() {
             return f.write_str("nothing");
         }
