@@ -78,7 +78,7 @@ const COUNTERS: [(&str, &str, Counts); 17] = [
     ("sluice_plugin_reloads", "Plugin versions swapped in (reload, upload, rollback).", |r| r.reloads),
     ("sluice_plugin_reload_rejections", "New plugin versions refused (the current one kept serving).", |r| r.rejections),
     ("sluice_events_invalid", "Events dead-lettered for failing their JSON Schema (reason invalid).", |r| r.counts.invalid_inputs),
-    ("sluice_outputs_invalid", "Plugin outputs that failed their JSON Schema (each rejects its event).", |r| r.counts.invalid_outputs),
+    ("sluice_outputs_invalid", "Plugin outputs that failed their JSON Schema (their event is rejected).", |r| r.counts.invalid_outputs),
     ("sluice_events_unsupported", "Events dead-lettered because the plugin does not accept their type or version.", |r| r.counts.unsupported),
 ];
 

@@ -31,18 +31,28 @@ pub(super) fn refuse_input(d: &Dispatcher, version: &Version, event: &Event) -> 
     Some(Failure { reason, message, attempts: 0, first: now, last: now })
 }
 
-/// Checks an event's outputs against their schemas; the first that fails
-/// rejects the event, with which output and why.
+/// Checks an event's outputs against their schemas. Any failure rejects
+/// the event; the message says which output failed first and why, and how
+/// many others failed too. Every failing output is counted.
 pub(super) fn check_outputs(d: &Dispatcher, event: &Event, outputs: &[Output]) -> Result<(), String> {
     if !d.schemas.checks_outputs() {
         return Ok(());
     }
     let input = d.schemas.kind(&event.headers);
+    let mut first = None;
+    let mut others = 0u64;
     for (i, output) in outputs.iter().enumerate() {
         if let Err(why) = d.schemas.check_output(input.as_ref(), &output.headers, &output.payload) {
-            Stats::add(&d.stats.invalid_outputs, 1);
-            return Err(format!("output {} of {}: {why}", i + 1, outputs.len()));
+            match first {
+                None => first = Some(format!("output {} of {}: {why}", i + 1, outputs.len())),
+                Some(_) => others += 1,
+            }
         }
     }
-    Ok(())
+    let Some(mut message) = first else { return Ok(()) };
+    Stats::add(&d.stats.invalid_outputs, others + 1);
+    if others > 0 {
+        message = crate::schema::cap(format!("{message} (and {others} more outputs fail)"));
+    }
+    Err(message)
 }

@@ -108,10 +108,11 @@ async fn an_invalid_output_rejects_its_event_saying_which_output_and_why() -> Re
         (typed("good", r#"{"id":"o1","total":3,"by":"x"}"#, "1"), 0),
         (typed("no-by", r#"{"id":"o2","total":3}"#, "1"), 0),
         (typed("bad-total", r#"{"id":"o3","total":"3","by":"x"}"#, "1"), 0),
+        (typed("both", r#"{"id":"o4","total":"3"}"#, "1"), 0),
     ];
     h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
 
-    assert_eq!(called(&h.calls), ["good", "no-by", "bad-total"], "inputs are not validated: no input schemas");
+    assert_eq!(called(&h.calls), ["good", "no-by", "bad-total", "both"], "inputs are not validated: no input schemas");
     assert_eq!(h.out.payloads().len(), 2, "both outputs of the good event, none of the others");
     let dlq = dlq_records(&h.dlq);
     let messages: Vec<_> = dlq.iter().map(|r| (header(r, "sluice-dlq-reason"), header(r, "sluice-dlq-message"))).collect();
@@ -120,12 +121,16 @@ async fn an_invalid_output_rejects_its_event_saying_which_output_and_why() -> Re
         [
             (Some("rejected"), Some(r#"output 2 of 2: the output does not match the schema for audit (no version): /: "by" is a required property"#)),
             (Some("rejected"), Some(r#"output 1 of 2: the output does not match the schema for order@1: /total: value is not of type "number""#)),
+            (
+                Some("rejected"),
+                Some(r#"output 1 of 2: the output does not match the schema for order@1: /total: value is not of type "number" (and 1 more outputs fail)"#)
+            ),
         ]
     );
     assert_eq!(header(&dlq[0], "sluice-dlq-attempts"), Some("1"));
     let s = stats.snapshot();
-    assert_eq!((s.invalid_outputs, s.dead_lettered, s.outputs), (2, 2, 2));
-    assert_eq!(stats.errors.get(super::super::stats::ErrorKind::Rejected), 2);
+    assert_eq!((s.invalid_outputs, s.dead_lettered, s.outputs), (4, 3, 2), "every failing output is counted");
+    assert_eq!(stats.errors.get(super::super::stats::ErrorKind::Rejected), 3, "each rejected event once");
     Ok(())
 }
 
