@@ -11,6 +11,9 @@
 //! 3. [`dispatch`]: the pipeline driver. It assigns deliveries to ordered
 //!    lanes, calls the plugin through [`runtime`], applies the retry
 //!    [`dispatch::policy`], routes outputs to sinks and dead-letters what fails.
+//!    Before the call, [`schema`] checks an event against its JSON Schema
+//!    (chosen by its type and version headers) and against the versions the
+//!    plugin accepts; after it, each output against its schema.
 //! 4. [`runtime`]: wasmtime. One engine per process, compiled components
 //!    cached, instances with memory caps, epoch deadlines and denied-by-default
 //!    WASI. A trap fails one call and the instance is replaced.
@@ -42,6 +45,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod replay;
 pub mod runtime;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod supervisor;

@@ -62,7 +62,7 @@ type Level = fn(&Row) -> Option<i64>;
 type Timing = fn(&Stats) -> &Histogram;
 
 /// Counters: name (without `_total`), help, value.
-const COUNTERS: [(&str, &str, Counts); 15] = [
+const COUNTERS: [(&str, &str, Counts); 18] = [
     ("sluice_events_received", "Events taken from the source.", |r| r.counts.received),
     ("sluice_plugin_calls", "Calls into the plugin (one per batch).", |r| r.counts.calls),
     ("sluice_outputs", "Outputs sent to sinks, replies included.", |r| r.counts.outputs),
@@ -80,6 +80,9 @@ const COUNTERS: [(&str, &str, Counts); 15] = [
     }),
     ("sluice_plugin_reloads", "Plugin versions swapped in (reload, upload, rollback).", |r| r.reloads),
     ("sluice_plugin_reload_rejections", "New plugin versions refused (the current one kept serving).", |r| r.rejections),
+    ("sluice_events_invalid", "Events dead-lettered for failing their JSON Schema (reason invalid).", |r| r.counts.invalid_inputs),
+    ("sluice_outputs_invalid", "Plugin outputs that failed their JSON Schema (their event is rejected).", |r| r.counts.invalid_outputs),
+    ("sluice_events_unsupported", "Events dead-lettered because the plugin does not accept their type or version.", |r| r.counts.unsupported),
 ];
 
 const GAUGES: [(&str, &str, Level); 6] = [

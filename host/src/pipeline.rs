@@ -85,6 +85,7 @@ pub async fn build(
         digest = &plugin.digest()[..12],
         load_ms = plugin.load_time().as_millis() as u64,
         cached = plugin.cache_hit(),
+        accepts = plugin.accepts().map(ToString::to_string),
         "plugin loaded"
     );
     // Exactly-once: every sink writes into the pipeline's own transaction.
@@ -130,6 +131,7 @@ pub async fn build(
         stats,
         idempotency: config.idempotency.as_ref().map(Guard::new),
         tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
+        schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
     };
     Ok(Built { dispatcher, source, plugin, pause })
 }

@@ -345,3 +345,21 @@ fn the_documented_example_loads() -> TestResult {
     assert_eq!(keys, ["api_token", "max_items", "require", "set.env", "strict"], "as the example's comment says");
     Ok(())
 }
+
+#[test]
+fn valid_configs_load_with_schemas() -> TestResult {
+    let (config, _) = load_valid("schemas.toml")?;
+    let orders = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
+    let schemas = orders.schemas.as_ref().ok_or("no schemas")?;
+    assert_eq!((schemas.type_header.as_str(), schemas.version_header.as_str()), ("ce-type", "ce-dataversion"));
+    assert_eq!((schemas.unknown, schemas.missing), (sluice::config::Unmatched::Pass, sluice::config::Unmatched::Reject));
+    let selectors: Vec<String> = schemas.input.iter().chain(&schemas.output).map(|e| e.selector()).collect();
+    assert_eq!(selectors, ["order-created@1", "order-created@*", "order-enriched@1"]);
+    // Paths are resolved against the config's folder, and the documents read.
+    assert!(schemas.input[0].path.ends_with("config/valid/../schemas/order-created-v1.json"), "{:?}", schemas.input[0].path);
+    assert_eq!(schemas.input[0].document["required"], serde_json::json!(["id", "total"]));
+    // Without the table, nothing is validated.
+    let (minimal, _) = load_valid("minimal.toml")?;
+    assert!(minimal.pipelines.values().all(|p| p.schemas.is_none()));
+    Ok(())
+}

@@ -141,3 +141,31 @@ fn the_memory_cap_applies_from_instantiation() -> Result {
     assert!(err.to_string().contains("exceeds memory limits"), "{err}");
     Ok(())
 }
+
+/// `manifest.accepts`: read once per loaded version, after `init` (so it can
+/// come from the config); a plugin without the export loads as before.
+#[test]
+fn declared_event_versions_are_read_at_load_and_plugins_without_them_load_unchanged() -> Result {
+    let runtime = Runtime::new(&RuntimeOptions::default())?;
+    let with = |accepts: &str| {
+        let mut spec = spec("json_enricher", WasiGrants::default());
+        spec.config = vec![("accepts".into(), accepts.into())];
+        LoadedPlugin::load(&runtime, spec)
+    };
+    let declared = with("order-created@1, refund@*")?;
+    assert_eq!(declared.accepts().map(ToString::to_string).as_deref(), Some("order-created@1, refund@*"));
+
+    // The SDK's default is `*`.
+    let default = LoadedPlugin::load(&runtime, spec("json_enricher", WasiGrants::default()))?;
+    assert_eq!(default.accepts().map(ToString::to_string).as_deref(), Some("*"));
+
+    // A bad selector refuses the load, naming the export and the selector.
+    let err = with("order-created").err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("exports `sluice:plugin/manifest@0.1.0` but: `accepts` returned a bad list: \"order-created\" is not a selector"), "{err}");
+
+    // Built for world `plugin` without the SDK: no manifest, every event.
+    let plain = LoadedPlugin::load(&runtime, spec("plain", WasiGrants::default()))?;
+    assert!(plain.accepts().is_none());
+    assert_eq!(run_one(&plain, "as before")?, "as before");
+    Ok(())
+}

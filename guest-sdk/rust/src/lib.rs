@@ -52,6 +52,15 @@
 //! - [`log`]: structured logging into the host's log stream.
 //! - [`bindings`]: the raw `wit-bindgen` output, for anything not wrapped here.
 //!
+//! # Event versions
+//!
+//! A plugin that only understands some event types or versions says so with
+//! [`Plugin::accepts`] (selectors such as `order-created@2`,
+//! `order-created@*`, `*`). The host reads the list once per loaded version,
+//! after `init`, and dead-letters every other event with reason
+//! `unsupported` instead of calling the plugin. The default, `*`, accepts
+//! everything.
+//!
 //! # Errors, retries and traps
 //!
 //! The plugin only states a disposition; the host owns delivery.
@@ -80,7 +89,9 @@ pub mod bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "plugin",
+        // `plugin` plus the `manifest` export (`Plugin::accepts`). Hosts
+        // that predate `manifest` ignore the extra export.
+        world: "plugin-with-manifest",
         pub_export_macro: true,
         default_bindings_module: "sluice_plugin::bindings",
         // Lets plugin unit tests compare whole events and outputs.
@@ -95,6 +106,6 @@ pub use plugin::Plugin;
 #[doc(hidden)]
 pub mod __private {
     //! Used by the expansion of [`export!`](crate::export); not a public API.
-    pub use crate::plugin::{handle, handle_batch, init, Slot};
+    pub use crate::plugin::{accepts, handle, handle_batch, init, Slot};
     pub use std::thread_local;
 }

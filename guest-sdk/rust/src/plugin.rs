@@ -23,6 +23,20 @@ pub trait Plugin: Sized + 'static {
     /// Handles one event: zero outputs filter it out, one maps it, several
     /// fan it out.
     fn handle(&mut self, event: Event) -> Result<Vec<Output>, HandlerError>;
+
+    /// The event types and versions this plugin handles, as selectors:
+    /// `order-created@2` (that version), `order-created@*` (any version of
+    /// the type) or `*` (everything, including events with no type header).
+    /// The host asks once per loaded version, after [`Plugin::init`] (so the
+    /// list may come from the configuration), and dead-letters every event
+    /// the list does not cover (reason `unsupported`) without calling
+    /// [`Plugin::handle`]. An invalid selector refuses the load.
+    ///
+    /// The event type and version are read from the headers the pipeline
+    /// names (`event-type` and `event-version` by default). Default: `*`.
+    fn accepts(&self) -> Vec<String> {
+        vec!["*".to_owned()]
+    }
 }
 
 /// Per-instance storage for the plugin value. Wasm instances are
@@ -55,6 +69,12 @@ pub fn handle<T: Plugin>(
     })
 }
 
+/// What the stored plugin accepts; nothing before a successful `init` (the
+/// host only asks after one).
+pub fn accepts<T: Plugin>(slot: &'static LocalKey<Slot<T>>) -> Vec<String> {
+    slot.with(|cell| cell.borrow().as_ref().map(Plugin::accepts).unwrap_or_default())
+}
+
 /// `handle-batch` is defined as `handle` on each event in order, so it is
 /// implemented exactly that way rather than letting plugins diverge.
 pub fn handle_batch<T: Plugin>(
@@ -67,7 +87,8 @@ pub fn handle_batch<T: Plugin>(
         .collect()
 }
 
-/// Exports a [`Plugin`] type as the component's `handler` interface.
+/// Exports a [`Plugin`] type as the component's `handler` and `manifest`
+/// interfaces (world `plugin-with-manifest`).
 ///
 /// Invoke it once, at the top level of the plugin crate:
 ///
@@ -110,6 +131,12 @@ macro_rules! export {
                     ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError>,
                 > {
                     $crate::__private::handle_batch(&SLUICE_PLUGIN, events)
+                }
+            }
+
+            impl $crate::bindings::exports::sluice::plugin::manifest::Guest for SluiceGuest {
+                fn accepts() -> ::std::vec::Vec<::std::string::String> {
+                    $crate::__private::accepts(&SLUICE_PLUGIN)
                 }
             }
 
@@ -164,6 +191,14 @@ mod tests {
             .into_iter()
             .map(|o| String::from_utf8(o.payload).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn accepts_defaults_to_everything_and_is_empty_before_init() {
+        thread_local! { static ACC: Slot<Counter> = const { RefCell::new(None) }; }
+        assert!(accepts(&ACC).is_empty());
+        init(&ACC, vec![]).unwrap();
+        assert_eq!(accepts(&ACC), ["*"]);
     }
 
     #[test]

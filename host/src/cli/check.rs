@@ -19,7 +19,12 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
                 Err(err) => Err(err),
             };
             match loaded {
-                Ok(plugin) => println!("ok    pipeline `{name}`: plugin {} ({}, sha256 {})", plugin.name(), bytesize::ByteSize::b(plugin.size() as u64), plugin.digest()),
+                Ok(plugin) => {
+                    println!("ok    pipeline `{name}`: plugin {} ({}, sha256 {})", plugin.name(), bytesize::ByteSize::b(plugin.size() as u64), plugin.digest());
+                    if let Some(accepts) = plugin.accepts() {
+                        println!("      accepts: {accepts}");
+                    }
+                }
                 Err(err) => {
                     problems += 1;
                     println!("error pipeline `{name}`: {err}");

@@ -24,13 +24,19 @@ pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
     }
     println!("exports:");
     let mut implements = false;
+    let mut manifest = false;
     for (name, item) in ty.exports(runtime.engine()) {
         implements |= name == "sluice:plugin/handler@0.1.0";
+        manifest |= name == sluice::runtime::manifest::INTERFACE;
         println!("  {name} ({})", kind(&item.ty));
     }
     let world = sluice::runtime::plugin::WORLD;
     if implements {
         println!("world:   {world} (exports sluice:plugin/handler@0.1.0)");
+        if manifest {
+            // The list may depend on the config: `sluice check` prints it.
+            println!("manifest: declares the event versions it accepts (read after `init`; `sluice check` shows the list)");
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         println!("world:   not a Sluice plugin: it does not export sluice:plugin/handler@0.1.0 ({world})");

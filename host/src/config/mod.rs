@@ -4,16 +4,19 @@
 //!
 //! Loading is three steps: [`interpolate`] `${ENV}` references in the raw
 //! text, deserialize with serde (which names the offending key and line), then
-//! `validate` the cross-field rules serde cannot express.
+//! `validate` the cross-field rules serde cannot express, and read and
+//! compile the event schemas ([`SchemasConfig`]).
 
 mod error;
 mod interpolate;
 mod model;
+mod schemas;
 mod validate;
 
 pub use error::ConfigError;
 pub use interpolate::interpolate;
 pub use model::*;
+pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};
 pub use validate::valid_topic;
 
 use std::path::Path;
@@ -60,7 +63,9 @@ pub fn parse(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
     config.resolve_paths(base);
-    validate::validate(&config).map_err(|e| ConfigError::Invalid {
+    validate::validate(&config)
+        .and_then(|()| schemas::load(&mut config))
+        .map_err(|e| ConfigError::Invalid {
         file: file.to_path_buf(),
         pipeline: e.pipeline,
         key: e.key,

@@ -177,6 +177,10 @@ pub struct PipelineConfig {
     /// Unset: every delivery is handled.
     #[serde(default)]
     pub idempotency: Option<IdempotencyConfig>,
+    /// JSON Schemas for inputs and outputs, by event type and version
+    /// (see [`super::SchemasConfig`]). Unset: nothing is validated.
+    #[serde(default)]
+    pub schemas: Option<super::SchemasConfig>,
     /// Stop calling a plugin that keeps failing, and stop taking events
     /// while it is open. Unset: no breaker.
     #[serde(default)]
@@ -910,6 +914,9 @@ impl Config {
                 _ => {}
             }
             fix(&mut pipeline.plugin.path);
+            if let Some(schemas) = pipeline.schemas.as_mut() {
+                schemas.resolve_paths(base);
+            }
             for dir in pipeline.plugin.wasi.read_dirs.values_mut() {
                 fix(dir);
             }

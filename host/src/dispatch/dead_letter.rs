@@ -5,7 +5,7 @@
 //!
 //! | header | value |
 //! |---|---|
-//! | `sluice-dlq-reason` | `rejected`, `retries-exhausted` or `undecodable` |
+//! | `sluice-dlq-reason` | `rejected`, `retries-exhausted`, `undecodable`, `invalid` or `unsupported` |
 //! | `sluice-dlq-message` | the handler's message, the trap or the decode error |
 //! | `sluice-dlq-attempts` | attempts made |
 //! | `sluice-dlq-pipeline` | pipeline name |
@@ -31,6 +31,11 @@ pub enum Reason {
     RetriesExhausted,
     /// The source could not decode it into an event.
     Undecodable,
+    /// It does not match its schema (or has no schema, or no type header,
+    /// where the pipeline's `schemas` say to reject those).
+    Invalid,
+    /// The plugin does not accept its type or version (its `accepts` list).
+    Unsupported,
 }
 
 impl Reason {
@@ -39,6 +44,8 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::RetriesExhausted => "retries-exhausted",
             Reason::Undecodable => "undecodable",
+            Reason::Invalid => "invalid",
+            Reason::Unsupported => "unsupported",
         }
     }
 }

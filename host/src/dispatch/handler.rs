@@ -9,6 +9,7 @@ use crate::config::InstancePolicy;
 use crate::event::Event;
 use crate::runtime::instance::HandleResult;
 use crate::runtime::{CallError, Instance, LoadedPlugin};
+use crate::schema::Accepts;
 
 /// A live handler, used by one lane. Dropped after any [`CallError`].
 pub trait Handler: Send + 'static {
@@ -30,6 +31,11 @@ pub trait HandlerFactory: Send + Sync + 'static {
     /// The same, shared: every output carries it in a header.
     fn digest_arc(&self) -> Arc<str> {
         Arc::from(self.digest())
+    }
+    /// The event versions this version declared it accepts (its `manifest`
+    /// export); `None`: it did not declare, and gets every event.
+    fn accepts(&self) -> Option<&Accepts> {
+        None
     }
 }
 
@@ -78,5 +84,8 @@ impl HandlerFactory for LoadedPlugin {
     }
     fn digest_arc(&self) -> Arc<str> {
         LoadedPlugin::digest_arc(self)
+    }
+    fn accepts(&self) -> Option<&Accepts> {
+        LoadedPlugin::accepts(self)
     }
 }

@@ -148,14 +148,21 @@ impl Lane {
                 (None, Codec::Nestjs) => nestjs::decode(&mut event).err(),
             };
             let trace = self.begin(&mut event);
-            if let Some(defect) = defect {
+            // Refused before the plugin: undecodable, or failing its schema
+            // or the plugin's accepted versions.
+            let refused = match defect {
+                Some(defect) => {
+                    let now = SystemTime::now();
+                    Some(Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now })
+                }
+                None => super::validate::refuse_input(&self.d, &self.version, &event),
+            };
+            if let Some(failure) = refused {
                 self.call_run(&mut run, done).await?;
                 if self.abandoning {
                     self.hand_back(ack);
                     continue;
                 }
-                let now = SystemTime::now();
-                let failure = Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now };
                 self.dead_letter(event, &failure, ack, trace);
                 continue;
             }
@@ -248,7 +255,10 @@ impl Lane {
             let failed = match result {
                 Ok(mut outputs) => {
                     let request = Request::of(event.reply_to.take(), &event.headers);
-                    match self.within_caps(&outputs).and_then(|()| self.d.router.check(&outputs, request.as_ref())) {
+                    let checked = self.within_caps(&outputs)
+                        .and_then(|()| self.d.router.check(&outputs, request.as_ref()))
+                        .and_then(|()| super::validate::check_outputs(&self.d, &event, &outputs));
+                    match checked {
                         Ok(()) => {
                             let digest = self.version.factory.digest_arc();
                             outputs.iter_mut().for_each(|output| trace.stamp(output));

@@ -27,6 +27,7 @@ pub mod route;
 pub mod slot;
 pub mod stats;
 pub mod trace;
+pub mod validate;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -97,6 +98,8 @@ pub struct Dispatcher {
     pub breaker: Option<Arc<breaker::Breaker>>,
     /// Correlation ids and trace context (`correlation`, `[tracing]`).
     pub tracing: trace::Tracing,
+    /// Event schemas and header names (`schemas`); checked by [`validate`].
+    pub schemas: Arc<crate::schema::Gate>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -141,6 +144,7 @@ impl Dispatcher {
             idempotency: None,
             breaker: None,
             tracing: trace::Tracing::default(),
+            schemas: Arc::default(),
         }
     }
 

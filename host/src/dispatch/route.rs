@@ -209,7 +209,7 @@ impl ErrorReply<'_> {
     /// handler failed or gave no answer.
     fn code(&self) -> u16 {
         match self.reason {
-            "rejected" | "undecodable" => 400,
+            "rejected" | "undecodable" | "invalid" | "unsupported" => 400,
             "duplicate" => 409,
             _ => 500,
         }

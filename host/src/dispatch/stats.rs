@@ -60,6 +60,13 @@ stats! {
     /// Repeats of an event already handled within the idempotency window:
     /// acknowledged without calling the plugin, nothing sent.
     duplicates,
+    /// Inputs dead-lettered for failing their schema (reason `invalid`).
+    invalid_inputs,
+    /// Outputs that failed their schema (each rejects its event).
+    invalid_outputs,
+    /// Inputs dead-lettered because the plugin does not accept their type
+    /// or version (reason `unsupported`).
+    unsupported,
 }
 
 /// What a failed attempt was, for `sluice_handler_errors_total{kind}`.

@@ -722,3 +722,5 @@ async fn an_undecodable_event_is_settled_in_its_turn() -> Result<(), DispatchErr
     assert_eq!(h.dlq.payloads(), ["b"]);
     Ok(())
 }
+/// Event schemas and accepted versions.
+mod schema;

@@ -46,6 +46,10 @@ pub struct VersionInfo {
     /// RFC 3339, UTC.
     pub loaded_at: String,
     pub load_ms: u64,
+    /// The event versions it declared it accepts (`manifest.accepts`);
+    /// absent when it does not export `manifest`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepts: Option<Vec<String>>,
 }
 
 /// A version that was refused, and why.
@@ -105,6 +109,7 @@ impl PluginVersions {
             origin: Origin::Start,
             loaded_at: now(),
             load_ms: plugin.load_time().as_millis() as u64,
+            accepts: plugin.accepts().map(crate::schema::Accepts::selectors),
         };
         Self {
             pipeline: pipeline.to_owned(),
@@ -228,6 +233,7 @@ impl PluginVersions {
             origin,
             loaded_at: now(),
             load_ms: plugin.load_time().as_millis() as u64,
+            accepts: plugin.accepts().map(crate::schema::Accepts::selectors),
         };
         let old = std::mem::replace(&mut state.current, (plugin, info.clone()));
         state.previous = Some(old);
@@ -238,6 +244,7 @@ impl PluginVersions {
             generation,
             ?origin,
             load_ms = info.load_ms,
+            accepts = info.accepts.as_ref().map(|list| list.join(", ")),
             "new plugin version swapped in"
         );
         Ok(info)

@@ -178,6 +178,13 @@ impl Instance {
         Ok(results)
     }
 
+    /// Runs `f` on the store under a one-event deadline: for the exports
+    /// the bindings do not cover (`manifest`).
+    pub(super) fn with_store<R>(&mut self, f: impl FnOnce(&mut Store<PluginState>) -> R) -> R {
+        self.arm(1);
+        f(&mut self.store)
+    }
+
     /// Bytes of linear memory the instance holds (all its memories).
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.total

@@ -8,11 +8,14 @@
 //!   calling the handler and classifying traps.
 //! - `host`: the imports we provide to guests (logging).
 //! - [`bindings`]: the single `bindgen!` of the WIT world.
+//! - [`manifest`]: the optional `manifest` export (accepted event versions),
+//!   looked up by name so plugins without it load unchanged.
 
 pub mod bindings;
 pub mod engine;
 mod host;
 pub mod instance;
+pub mod manifest;
 pub mod plugin;
 mod wasi;
 

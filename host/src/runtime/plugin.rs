@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex};
 
-use super::bindings::PluginPre;
+use super::bindings::{Plugin, PluginPre};
 use super::engine::Runtime;
 use super::host::GuestLog;
 use super::instance::{CallError, Instance, StderrTail};
+use super::manifest;
 use crate::config::{InstancePolicy, WasiGrants};
+use crate::schema::Accepts;
 
 /// The world every plugin must implement.
 pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
@@ -61,6 +63,8 @@ pub enum LoadError {
     InitRejected { path: PathBuf, message: String },
     #[error("plugin {} failed in init: {source}", path.display())]
     InitFailed { path: PathBuf, source: CallError },
+    #[error("plugin {} exports `{}` but: {detail}", path.display(), manifest::INTERFACE)]
+    Manifest { path: PathBuf, detail: String },
 }
 
 /// A compiled, validated plugin from which instances are made. Cheap to
@@ -80,6 +84,9 @@ struct Inner {
     pre: PluginPre<super::instance::PluginState>,
     load_time: Duration,
     cache_hit: bool,
+    /// `manifest.accepts` of this version, when it exports it.
+    manifest: Option<ComponentExportIndex>,
+    accepts: std::sync::OnceLock<Accepts>,
 }
 
 impl LoadedPlugin {
@@ -126,6 +133,7 @@ impl LoadedPlugin {
             detail: format!("{e:#}"),
         })?;
         let name = plugin_name(&path);
+        let manifest = manifest::find(&component);
         let plugin = Self {
             inner: Arc::new(Inner {
                 spec,
@@ -137,9 +145,13 @@ impl LoadedPlugin {
                 pre,
                 load_time: Duration::ZERO,
                 cache_hit,
+                manifest,
+                accepts: std::sync::OnceLock::new(),
             }),
         };
-        drop(plugin.instantiate()?);
+        if let Some(accepts) = plugin.start(true)?.1 {
+            let _ = plugin.inner.accepts.set(accepts);
+        }
         let mut plugin = plugin;
         if let Some(inner) = Arc::get_mut(&mut plugin.inner) {
             inner.load_time = started.elapsed();
@@ -149,6 +161,12 @@ impl LoadedPlugin {
 
     /// A fresh instance with its config applied through `init`.
     pub fn instantiate(&self) -> Result<Instance, LoadError> {
+        self.start(false).map(|(instance, _)| instance)
+    }
+
+    /// A fresh instance; with `read_manifest`, also what its `accepts`
+    /// returns (after `init`) when the component exports it.
+    fn start(&self, read_manifest: bool) -> Result<(Instance, Option<Accepts>), LoadError> {
         let inner = &*self.inner;
         let spec = &inner.spec;
         let path = &spec.path;
@@ -159,13 +177,32 @@ impl LoadedPlugin {
         })?;
         let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone(), inner.digest.get(..12).unwrap_or(&inner.digest).to_owned());
         let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.memory, spec.timeout);
-        let bindings = inner.pre.instantiate(&mut store).map_err(|e| LoadError::Start {
+        let start_error = |e: wasmtime::Error| LoadError::Start {
             path: path.clone(),
             detail: format!("{e:#}"),
-        })?;
+        };
+        // The manifest needs the raw instance; other instances use the
+        // indices `PluginPre` resolved once.
+        let (bindings, raw) = match (read_manifest, &inner.manifest) {
+            (true, Some(_)) => {
+                let raw = inner.pre.instance_pre().instantiate(&mut store).map_err(start_error)?;
+                (Plugin::new(&mut store, &raw).map_err(start_error)?, Some(raw))
+            }
+            _ => (inner.pre.instantiate(&mut store).map_err(start_error)?, None),
+        };
         let mut instance = Instance::new(store, bindings, spec.timeout, spec.memory, stderr);
         match instance.init(&spec.config) {
-            Ok(Ok(())) => Ok(instance),
+            Ok(Ok(())) => {
+                let accepts = match (raw, &inner.manifest) {
+                    (Some(raw), Some(func)) => Some(
+                        instance
+                            .with_store(|store| manifest::accepts(store, &raw, func))
+                            .map_err(|detail| LoadError::Manifest { path: path.clone(), detail })?,
+                    ),
+                    _ => None,
+                };
+                Ok((instance, accepts))
+            }
             Ok(Err(message)) => Err(LoadError::InitRejected {
                 path: path.clone(),
                 message,
@@ -201,6 +238,11 @@ impl LoadedPlugin {
     /// Time taken by [`LoadedPlugin::load`], compile or cache load included.
     pub fn load_time(&self) -> Duration {
         self.inner.load_time
+    }
+    /// The event versions this version accepts (`manifest.accepts`);
+    /// `None` when it does not export `manifest`.
+    pub fn accepts(&self) -> Option<&Accepts> {
+        self.inner.accepts.get()
     }
     /// Whether the compiled component came from the cache.
     pub fn cache_hit(&self) -> bool {

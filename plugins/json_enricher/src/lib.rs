@@ -12,6 +12,10 @@
 //! - `fail_on`: a field name; an event whose field is the string `retryable`,
 //!   `reject` or `trap` fails that way (for testing error handling; the
 //!   same in every language's twin, `json_enricher_{js,py,c,go}`).
+//! - `accepts`: comma-separated event versions the plugin declares it
+//!   handles (`order-created@1,order-created@2`, `refund@*`); the host
+//!   dead-letters the rest as `unsupported`. Default `*`. Rust only: the
+//!   other languages' SDKs do not export `manifest` yet.
 //!
 //! Filters look at the incoming object, before any field is set.
 
@@ -24,11 +28,12 @@ struct JsonEnricher {
     set: Vec<(String, String)>,
     event_id_field: Option<String>,
     fail_on: Option<String>,
+    accepts: Vec<String>,
 }
 
 impl Plugin for JsonEnricher {
     fn init(config: Config) -> Result<Self, String> {
-        config.deny_unknown(&["require", "drop_if", "set.*", "event_id_field", "fail_on"])?;
+        config.deny_unknown(&["require", "drop_if", "set.*", "event_id_field", "fail_on", "accepts"])?;
         let drop_if = match config.get("drop_if") {
             None => None,
             Some(rule) => match rule.split_once('=') {
@@ -51,7 +56,18 @@ impl Plugin for JsonEnricher {
             set,
             event_id_field: config.get("event_id_field").map(str::to_owned),
             fail_on: config.get("fail_on").map(str::to_owned),
+            accepts: config
+                .get("accepts")
+                .unwrap_or("*")
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
         })
+    }
+
+    fn accepts(&self) -> Vec<String> {
+        self.accepts.clone()
     }
 
     fn handle(&mut self, event: Event) -> Result<Vec<Output>, HandlerError> {
