@@ -23,8 +23,8 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use sluice::config::{BackoffConfig, Ordering, SchemaEntry, SchemasConfig, WasiGrants};
-use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, RetryPolicy, Router, Stats};
+use sluice::config::{BackoffConfig, SchemaEntry, SchemasConfig, WasiGrants};
+use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, RetryPolicy, Router};
 use sluice::event::{text_header, Event, Output};
 use sluice::runtime::instance::HandleResult;
 use sluice::runtime::{CallError, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
@@ -158,24 +158,12 @@ impl Sink for NullSink {
 
 fn dispatcher(factory: Arc<dyn HandlerFactory>, schemas: Arc<Gate>) -> Dispatcher {
     Dispatcher {
-        pipeline: "bench".into(),
-        plugin: Arc::new(sluice::dispatch::PluginSlot::new(factory)),
-        paused: tokio::sync::watch::channel(false).1,
-        router: Router::new(Arc::new(NullSink), HashMap::new()),
-        dead_letter: Arc::new(NullSink),
         retry: RetryPolicy { max_attempts: 1, backoff: BackoffConfig::default() },
-        concurrency: 1,
-        ordering: Ordering::Partition,
         batch_size: BATCH,
         batch_bytes: 32 << 20,
-        timeout: Duration::from_secs(5),
-        redeliver: false,
         version_header: false,
-        max_outputs: 1000,
-        max_output_bytes: 16 << 20,
-        stats: Arc::new(Stats::default()),
-        idempotency: None,
         schemas,
+        ..Dispatcher::new("bench", Arc::new(sluice::dispatch::PluginSlot::new(factory)), Router::new(Arc::new(NullSink), HashMap::new()), Arc::new(NullSink))
     }
 }
 
