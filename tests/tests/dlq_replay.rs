@@ -193,3 +193,32 @@ plugin = {{ path = {plugin} }}
     assert_eq!(stream_len(&client, "IN").await?, 6);
     Ok(())
 }
+
+/// `examples/dlq-replay/sluice.toml` as shipped, then the replay commands
+/// its comment gives.
+#[test]
+fn the_dlq_replay_example_runs_as_documented() -> Result<()> {
+    let scratch = Scratch::new()?;
+    for file in ["sluice.toml", "events.jsonl"] {
+        scratch.write(&format!("examples/dlq-replay/{file}"), std::fs::read(root().join("examples/dlq-replay").join(file))?)?;
+    }
+    scratch.write("plugins/target/wasm32-wasip2/release/chaos.wasm", std::fs::read(plugin("chaos"))?)?;
+    let finished = scratch.run(&["run", "examples/dlq-replay/sluice.toml"])?;
+    finished.ensure_success()?;
+    assert_eq!(payloads(&parse_jsonl(&finished.stdout)?), ["order 1", "order 3"]);
+    let dead = scratch.read_jsonl("target/dlq-replay-example/dead-letter.jsonl")?;
+    let reasons: Vec<Option<&str>> = dead.iter().map(|r| header(r, "sluice-dlq-reason")).collect();
+    assert_eq!(reasons, [Some("rejected"), Some("retries-exhausted")]);
+
+    let from = "file:target/dlq-replay-example/dead-letter.jsonl";
+    let to = "file:target/dlq-replay-example/replayed.jsonl";
+    scratch.run(&["dlq", "replay", "--dry-run", "--from", from, "--to", to])?.ensure_success()?;
+    ensure!(!scratch.path("target/dlq-replay-example/replayed.jsonl").exists(), "a dry run sends nothing");
+    scratch.run(&["dlq", "replay", "--reason", "retries-exhausted", "--from", from, "--to", to])?.ensure_success()?;
+    let replayed = scratch.read_jsonl("target/dlq-replay-example/replayed.jsonl")?;
+    assert_eq!(payloads(&replayed), ["retry:5"], "only the event that ran out of attempts");
+    assert_eq!(replayed[0]["key"], "o-4");
+    assert_eq!(header(&replayed[0], "x-correlation-id"), Some("c-4"), "its own headers restored");
+    ensure!(header(&replayed[0], "sluice-dlq-reason").is_none(), "the dead-letter headers stripped: {}", replayed[0]);
+    Ok(())
+}
