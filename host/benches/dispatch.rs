@@ -11,7 +11,9 @@
 //! is printed from criterion's estimates. Needs the plugins built
 //! (`./dev plugins`); `SLUICE_PLUGIN_DIR` overrides where they are.
 
-use std::collections::{HashMap, VecDeque};
+mod common;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +22,11 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use tokio_util::sync::CancellationToken;
 
 use sluice::config::{BackoffConfig, WasiGrants};
-use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, RetryPolicy, Router};
-use sluice::event::{Event, Header, Output};
-use sluice::runtime::instance::HandleResult;
-use sluice::runtime::{CallError, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
-use sluice::sink::{Receipt, Record, Sink, SinkError};
-use sluice::source::{Ack, Delivery, Source, SourceError};
+use sluice::dispatch::{Dispatcher, HandlerFactory, RetryPolicy, Router};
+use sluice::event::{Event, Header};
+use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
+
+use common::{native_passthrough, MemorySource, Native, NullSink};
 
 const SIZES: [(usize, &str); 2] = [(100, "100B"), (10 * 1024, "10KiB")];
 const BATCHES: [usize; 3] = [1, 64, 256];
@@ -50,67 +51,6 @@ fn event(i: usize, size: usize) -> Event {
         timestamp_ms: 1_700_000_000_000,
         attempt: 1,
         reply_to: None,
-    }
-}
-
-/// What `passthrough` does, natively.
-fn native_passthrough(events: &[Event]) -> Vec<HandleResult> {
-    events
-        .iter()
-        .map(|e| {
-            Ok(vec![Output {
-                destination: None,
-                key: e.key.clone(),
-                payload: e.payload.clone(),
-                headers: e.headers.clone(),
-                reply: false,
-            }])
-        })
-        .collect()
-}
-
-struct Native;
-impl Handler for Native {
-    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
-        Ok(native_passthrough(events))
-    }
-}
-impl HandlerFactory for Native {
-    fn create(&self) -> Result<Box<dyn Handler>, String> {
-        Ok(Box::new(Native))
-    }
-    fn name(&self) -> &str {
-        "native"
-    }
-    fn digest(&self) -> &str {
-        "native"
-    }
-}
-
-struct MemorySource(VecDeque<Event>);
-#[async_trait::async_trait]
-impl Source for MemorySource {
-    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
-        Ok(self.0.pop_front().map(|event| Delivery { event, partition: 0, defect: None, ack: Ack::noop() }))
-    }
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-}
-
-/// Accepts every record at once: measures the dispatcher, not a disk.
-struct NullSink;
-#[async_trait::async_trait]
-impl Sink for NullSink {
-    async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
-        std::hint::black_box(record);
-        Ok(Receipt::ready(Ok(())))
-    }
-    async fn close(&self) -> Result<(), SinkError> {
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "null".into()
     }
 }
 

@@ -14,7 +14,9 @@
 //! After criterion's report, a table of events/s and schemas/plain ratios.
 //! Needs the plugins built (`./dev plugins`) for the `wasm` rows.
 
-use std::collections::{HashMap, VecDeque};
+mod common;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +26,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use sluice::config::{BackoffConfig, SchemaEntry, SchemasConfig, WasiGrants};
-use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, RetryPolicy, Router};
-use sluice::event::{text_header, Event, Output};
-use sluice::runtime::instance::HandleResult;
-use sluice::runtime::{CallError, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
+use sluice::dispatch::{Dispatcher, HandlerFactory, RetryPolicy, Router};
+use sluice::event::{text_header, Event};
+use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::schema::Gate;
-use sluice::sink::{Receipt, Record, Sink, SinkError};
-use sluice::source::{Ack, Delivery, Source, SourceError};
+
+use common::{MemorySource, Native, NullSink};
 
 const EVENTS: usize = 20_000;
 const BATCH: usize = 256;
@@ -104,55 +105,6 @@ fn event(i: usize, payload: &[u8]) -> Event {
         timestamp_ms: 1_700_000_000_000,
         attempt: 1,
         reply_to: None,
-    }
-}
-
-struct Native;
-impl Handler for Native {
-    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
-        Ok(events
-            .iter()
-            .map(|e| {
-                Ok(vec![Output { destination: None, key: e.key.clone(), payload: e.payload.clone(), headers: e.headers.clone(), reply: false }])
-            })
-            .collect())
-    }
-}
-impl HandlerFactory for Native {
-    fn create(&self) -> Result<Box<dyn Handler>, String> {
-        Ok(Box::new(Native))
-    }
-    fn name(&self) -> &str {
-        "native"
-    }
-    fn digest(&self) -> &str {
-        "native"
-    }
-}
-
-struct MemorySource(VecDeque<Event>);
-#[async_trait::async_trait]
-impl Source for MemorySource {
-    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
-        Ok(self.0.pop_front().map(|event| Delivery { event, partition: 0, defect: None, ack: Ack::noop() }))
-    }
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-}
-
-struct NullSink;
-#[async_trait::async_trait]
-impl Sink for NullSink {
-    async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
-        std::hint::black_box(record);
-        Ok(Receipt::ready(Ok(())))
-    }
-    async fn close(&self) -> Result<(), SinkError> {
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "null".into()
     }
 }
 
