@@ -33,7 +33,7 @@ ensure_adapter
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$WIT_BINDGEN" c "$root/wit" --world plugin --out-dir "$work/gen" >/dev/null
+"$WIT_BINDGEN" c "$root/wit/deps/sluice-plugin@0.1.0" --world plugin --out-dir "$work/gen" >/dev/null
 mkdir -p "$(dirname "$out")"
 "$cc" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
     -Wno-unused-parameter -Wno-missing-field-initializers \

@@ -67,13 +67,13 @@ case "$engine" in
     quickjs)
         # -d is refused by this backend; it imports a few WASI interfaces
         # (clocks, environment, stdio, exit, insecure-seed; see docs).
-        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$root/wit" -n plugin \
+        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$root/wit/deps/sluice-plugin@0.1.0" -n plugin \
             --backend qjs --backend-qjs-disable-async \
             --bundle --bundle-config "$bundle_config" -o "$out" >&2
         ;;
     starlingmonkey)
         # No wasi:http, no fetch event: the plugin world has neither.
-        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$root/wit" -n plugin \
+        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$root/wit/deps/sluice-plugin@0.1.0" -n plugin \
             -d http fetch-event \
             --bundle --bundle-config "$bundle_config" -o "$out" >&2
         ;;

@@ -30,6 +30,6 @@ fi
 
 mkdir -p "$(dirname "$out")"
 # The SDK goes on the path after the app, so an app may vendor its own copy.
-"$cache/bin/componentize-py" -d "$root/wit" -w plugin componentize \
+"$cache/bin/componentize-py" -d "$root/wit/deps/sluice-plugin@0.1.0" -w plugin componentize \
     -p "$app_dir" -p "$sdk" "$module" -o "$out" >&2
 echo "$out"

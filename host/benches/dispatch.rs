@@ -33,6 +33,16 @@ const BATCHES: [usize; 3] = [1, 64, 256];
 const PIPELINE_EVENTS: usize = 20_000;
 /// Batch size of the pipeline runs (the config default is 64).
 const PIPE_BATCH: usize = 256;
+/// Lanes of the pipeline runs (events spread over them by key).
+const LANES: [usize; 2] = [1, 2];
+
+/// The criterion parameter of a pipeline run.
+fn pipeline_param(label: &str, lanes: usize) -> String {
+    match lanes {
+        1 => format!("{label}/batch{PIPE_BATCH}"),
+        n => format!("{label}/batch{PIPE_BATCH}/lanes{n}"),
+    }
+}
 
 fn plugin_path() -> PathBuf {
     let dir = std::env::var_os("SLUICE_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
@@ -62,10 +72,17 @@ fn load(runtime: &Runtime) -> LoadedPlugin {
         config: Vec::new(),
         wasi: WasiGrants::default(),
         timeout: Duration::from_secs(5),
+        init_timeout: Duration::from_secs(10),
         memory: 256 << 20,
         instance: sluice::config::InstancePolicy::Reuse,
+        grants: Vec::new(),
     };
-    match LoadedPlugin::load(runtime, spec) {
+    let loaded = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(LoadedPlugin::load(runtime, spec)).map_err(|e| e.to_string()));
+    match loaded {
         Ok(plugin) => plugin,
         Err(err) => {
             eprintln!("cannot load the passthrough plugin ({err}); build it with ./dev plugins");
@@ -75,6 +92,12 @@ fn load(runtime: &Runtime) -> LoadedPlugin {
 }
 
 fn bench_calls(c: &mut Criterion, plugin: &LoadedPlugin) {
+    // Calls are futures: run each measured loop inside one `block_on` of a
+    // current-thread runtime, so entering the runtime is not counted.
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() else {
+        eprintln!("cannot start a tokio runtime");
+        std::process::exit(2);
+    };
     let mut group = c.benchmark_group("call");
     for (size, label) in SIZES {
         for batch in BATCHES {
@@ -84,7 +107,7 @@ fn bench_calls(c: &mut Criterion, plugin: &LoadedPlugin) {
             group.bench_function(BenchmarkId::new("native", &id), |b| {
                 b.iter(|| std::hint::black_box(native_passthrough(&events)))
             });
-            let mut instance = match plugin.instantiate() {
+            let mut instance = match rt.block_on(plugin.instantiate()) {
                 Ok(i) => i,
                 Err(e) => {
                     eprintln!("{e}");
@@ -92,17 +115,27 @@ fn bench_calls(c: &mut Criterion, plugin: &LoadedPlugin) {
                 }
             };
             group.bench_function(BenchmarkId::new("wasm", &id), |b| {
-                b.iter(|| std::hint::black_box(instance.handle(&events).map(|r| r.len()).unwrap_or(0)))
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let started = std::time::Instant::now();
+                        for _ in 0..iters {
+                            std::hint::black_box(instance.handle(&events).await.map(|r| r.len()).unwrap_or(0));
+                        }
+                        started.elapsed()
+                    })
+                })
             });
         }
     }
     group.finish();
 }
 
-fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize) -> Dispatcher {
+fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize, lanes: usize) -> Dispatcher {
     Dispatcher {
         retry: RetryPolicy { max_attempts: 1, backoff: BackoffConfig::default() },
         batch_size: batch,
+        concurrency: lanes,
+        ordering: sluice::config::Ordering::Key,
         batch_bytes: 32 << 20,
         ..Dispatcher::new("bench", Arc::new(sluice::dispatch::PluginSlot::new(factory)), Router::new(Arc::new(NullSink), HashMap::new()), Arc::new(NullSink))
     }
@@ -126,12 +159,15 @@ fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
             ("wasm", Arc::new(plugin.clone()), false),
             ("wasm-traced", Arc::new(plugin.clone()), true),
         ];
-        for (name, factory, traced) in variants {
-            group.bench_function(BenchmarkId::new(name, format!("{label}/batch{PIPE_BATCH}")), |b| {
+        for ((name, factory, traced), lanes) in variants.into_iter().flat_map(|v| LANES.map(|l| (v.clone(), l))) {
+            if traced && lanes > 1 {
+                continue;
+            }
+            group.bench_function(BenchmarkId::new(name, pipeline_param(label, lanes)), |b| {
                 b.iter_batched(
                     || MemorySource(events.clone().into()),
                     |source| {
-                        let mut d = dispatcher(factory.clone(), PIPE_BATCH);
+                        let mut d = dispatcher(factory.clone(), PIPE_BATCH, lanes);
                         if traced {
                             d.tracing = traced_pipeline();
                         }
@@ -175,13 +211,16 @@ fn report() {
         for batch in BATCHES {
             rows.push(("call", label, batch, format!("{label}/batch{batch}"), batch as f64));
         }
-        rows.push(("pipeline", label, PIPE_BATCH, format!("{label}/batch{PIPE_BATCH}"), PIPELINE_EVENTS as f64));
+        for lanes in LANES {
+            rows.push(("pipeline", label, PIPE_BATCH, pipeline_param(label, lanes), PIPELINE_EVENTS as f64));
+        }
     }
+    println!("(pipeline rows: `/lanesN` is N lanes, keyed; otherwise one lane)");
     for (group, label, batch, param, per_iter) in rows {
         if let (Some(native), Some(wasm)) = (mean_ns(group, "native", &param), mean_ns(group, "wasm", &param)) {
             let rate = |ns: f64| per_iter / (ns / 1e9);
             println!(
-                "| {group} | {label} | {batch} | {:.0} | {:.0} | {:.2} |",
+                "| {group} {param} | {label} | {batch} | {:.0} | {:.0} | {:.2} |",
                 rate(native),
                 rate(wasm),
                 rate(wasm) / rate(native)
@@ -203,7 +242,7 @@ fn report() {
 fn batch_sizes(plugin: &LoadedPlugin) {
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else { return };
     for (name, factory) in [("native", Arc::new(Native) as Arc<dyn HandlerFactory>), ("wasm", Arc::new(plugin.clone()))] {
-        let d = dispatcher(factory, PIPE_BATCH);
+        let d = dispatcher(factory, PIPE_BATCH, 1);
         let stats = d.stats.clone();
         let source = MemorySource((0..PIPELINE_EVENTS).map(|i| event(i, 100)).collect());
         let started = std::time::Instant::now();

@@ -79,20 +79,24 @@ fn native(event: &Event) -> Vec<u8> {
 
 /// Median over `rounds` rounds of the mean time per call of `f`, each round
 /// running for about `budget`.
-fn per_call(rounds: usize, budget: Duration, mut f: impl FnMut()) -> Duration {
-    f(); // warm up
-    let mut samples = Vec::new();
-    for _ in 0..rounds {
-        let started = Instant::now();
-        let mut n = 0u32;
-        while started.elapsed() < budget || n < 3 {
-            f();
-            n += 1;
+/// The median time of `f` over `rounds` rounds of at least `budget` each,
+/// all inside one `block_on` (so the runtime's entry is not counted).
+fn per_call(rt: &tokio::runtime::Runtime, rounds: usize, budget: Duration, mut f: impl AsyncFnMut()) -> Duration {
+    rt.block_on(async {
+        f().await; // warm up
+        let mut samples = Vec::new();
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let mut n = 0u32;
+            while started.elapsed() < budget || n < 3 {
+                f().await;
+                n += 1;
+            }
+            samples.push(started.elapsed() / n);
         }
-        samples.push(started.elapsed() / n);
-    }
-    samples.sort();
-    samples[samples.len() / 2]
+        samples.sort();
+        samples[samples.len() / 2]
+    })
 }
 
 fn fmt(d: Duration) -> String {
@@ -116,8 +120,10 @@ fn spec(path: PathBuf) -> PluginSpec {
         config: CONFIG.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         wasi: WasiGrants::default(),
         timeout: Duration::from_secs(30),
+        init_timeout: Duration::from_secs(30),
         memory: 256 << 20,
         instance: sluice::config::InstancePolicy::Reuse,
+        grants: Vec::new(),
     }
 }
 
@@ -138,38 +144,39 @@ fn measure(label: &'static str, path: PathBuf, small: &Event, large: &Event) -> 
     let cache = tempfile::tempdir().map_err(|e| e.to_string())?;
     let runtime = Runtime::new(&RuntimeOptions { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeOptions::default() })
         .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(|e| e.to_string())?;
     // Compile: a cold cache, so `load` compiles (and writes the artefact).
     let started = Instant::now();
-    let cold = LoadedPlugin::load(&runtime, spec(path.clone())).map_err(|e| e.to_string())?;
+    let cold = rt.block_on(LoadedPlugin::load(&runtime, spec(path.clone()))).map_err(|e| e.to_string())?;
     let compile_and_start = started.elapsed();
     // Load: from the cache, as a restart or a second pipeline would.
     let started = Instant::now();
-    let plugin = LoadedPlugin::load(&runtime, spec(path)).map_err(|e| e.to_string())?;
+    let plugin = rt.block_on(LoadedPlugin::load(&runtime, spec(path))).map_err(|e| e.to_string())?;
     let load_and_start = started.elapsed();
     drop(cold);
-    let instantiate = per_call(5, Duration::from_millis(300), || {
-        std::hint::black_box(plugin.instantiate().ok());
+    let instantiate = per_call(&rt, 5, Duration::from_millis(300), async || {
+        std::hint::black_box(plugin.instantiate().await.ok());
     });
     // `load` includes one instantiation + init: take it out of both.
     let compile = compile_and_start.saturating_sub(instantiate);
     let load = load_and_start.saturating_sub(instantiate);
-    let mut instance: Instance = plugin.instantiate().map_err(|e| e.to_string())?;
+    let mut instance: Instance = rt.block_on(plugin.instantiate()).map_err(|e| e.to_string())?;
     let small_batch = std::slice::from_ref(small);
     let large_batch = std::slice::from_ref(large);
-    let check = instance.handle(small_batch).map_err(|e| e.to_string())?;
+    let check = rt.block_on(instance.handle(small_batch)).map_err(|e| e.to_string())?;
     if !matches!(check.first(), Some(Ok(outputs)) if outputs.first().map(|o| o.payload.clone()) == Some(native(small))) {
         return Err(format!("{label}: the output differs from the native enricher's"));
     }
-    let call_small = per_call(5, Duration::from_millis(300), || {
-        std::hint::black_box(instance.handle(small_batch).ok());
+    let call_small = per_call(&rt, 5, Duration::from_millis(300), async || {
+        std::hint::black_box(instance.handle(small_batch).await.ok());
     });
-    let call_large = per_call(5, Duration::from_millis(300), || {
-        std::hint::black_box(instance.handle(large_batch).ok());
+    let call_large = per_call(&rt, 5, Duration::from_millis(300), async || {
+        std::hint::black_box(instance.handle(large_batch).await.ok());
     });
     let memory = instance.memory_bytes();
-    let fresh_small = per_call(5, Duration::from_millis(300), || {
-        if let Ok(mut fresh) = plugin.instantiate() {
-            std::hint::black_box(fresh.handle(small_batch).ok());
+    let fresh_small = per_call(&rt, 5, Duration::from_millis(300), async || {
+        if let Ok(mut fresh) = plugin.instantiate().await {
+            std::hint::black_box(fresh.handle(small_batch).await.ok());
         }
     });
     Ok(Row { label, size, compile, load, instantiate, call_small, call_large, fresh_small, memory })
@@ -179,10 +186,14 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let small = event(100);
     let large = event(10 * 1024);
-    let native_small = per_call(5, Duration::from_millis(200), || {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() else {
+        eprintln!("cannot start a tokio runtime");
+        std::process::exit(2);
+    };
+    let native_small = per_call(&rt, 5, Duration::from_millis(200), async || {
         std::hint::black_box(native(&small));
     });
-    let native_large = per_call(5, Duration::from_millis(200), || {
+    let native_large = per_call(&rt, 5, Duration::from_millis(200), async || {
         std::hint::black_box(native(&large));
     });
     let mut rows = Vec::new();

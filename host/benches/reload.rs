@@ -119,10 +119,15 @@ fn load(runtime: &Runtime, name: &str) -> BenchResult<LoadedPlugin> {
         config: Vec::new(),
         wasi: WasiGrants::default(),
         timeout: Duration::from_secs(5),
+        init_timeout: Duration::from_secs(10),
         memory: MEMORY,
         instance: sluice::config::InstancePolicy::Reuse,
+        grants: Vec::new(),
     };
-    LoadedPlugin::load(runtime, spec)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?
+        .block_on(LoadedPlugin::load(runtime, spec))
         .with_context(|| format!("cannot load {name}; build the plugins with `bash scripts/build-plugins.sh`"))
 }
 
@@ -404,7 +409,7 @@ impl Spans {
 /// What the instrumented run's instances did, and when.
 #[derive(Default)]
 struct Probe {
-    /// `create`: instantiate + `init`, on the lane's blocking thread.
+    /// `create`: instantiate + `init`, on the lane's task.
     creates: Spans,
     /// Dropping an instance, on the lane's async task.
     drops: Spans,
@@ -421,10 +426,11 @@ struct Timed {
     probe: Arc<Probe>,
 }
 
+#[async_trait::async_trait]
 impl HandlerFactory for Timed {
-    fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, String> {
         let start = Instant::now();
-        let inner = HandlerFactory::create(&self.plugin)?;
+        let inner = HandlerFactory::create(&self.plugin).await?;
         self.probe.creates.record(start);
         Ok(Box::new(TimedHandler { inner: Some(inner), probe: self.probe.clone(), fresh: true }))
     }
@@ -446,11 +452,12 @@ struct TimedHandler {
     fresh: bool,
 }
 
+#[async_trait::async_trait]
 impl Handler for TimedHandler {
-    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+    async fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
         let Some(inner) = self.inner.as_mut() else { return Err(CallError::Start("no instance".into())) };
         let start = Instant::now();
-        let result = inner.handle(events);
+        let result = inner.handle(events).await;
         let spans = if std::mem::take(&mut self.fresh) { &self.probe.first_calls } else { &self.probe.calls };
         spans.record(start);
         result

@@ -128,10 +128,13 @@ fn passthrough(runtime: &Runtime) -> Option<LoadedPlugin> {
         config: Vec::new(),
         wasi: WasiGrants::default(),
         timeout: Duration::from_secs(5),
+        init_timeout: Duration::from_secs(10),
         memory: 256 << 20,
         instance: sluice::config::InstancePolicy::Reuse,
+        grants: Vec::new(),
     };
-    LoadedPlugin::load(runtime, spec).map_err(|e| eprintln!("no wasm rows: {e} (build the plugins with ./dev plugins)")).ok()
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().ok()?;
+    rt.block_on(LoadedPlugin::load(runtime, spec)).map_err(|e| eprintln!("no wasm rows: {e} (build the plugins with ./dev plugins)")).ok()
 }
 
 fn bench_check(c: &mut Criterion, gate: &Gate) {

@@ -4,7 +4,7 @@
 //! [`crate::runtime::bindings`]), so handing a batch to a plugin copies the
 //! bytes into guest memory once and nothing is converted on the way.
 
-pub use crate::runtime::bindings::sluice::plugin::types::{
+pub use crate::runtime::bindings::current::types::{
     Disposition, Event, HandlerError, Header, Output,
 };
 

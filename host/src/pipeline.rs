@@ -46,18 +46,17 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         config: config.plugin.init_config().map_err(BuildError::Config)?,
         wasi: config.plugin.wasi.clone(),
         timeout: config.policy.timeout,
+        init_timeout: config.policy.init_timeout,
+        grants: config.state.iter().map(|_| crate::runtime::Capability::State).collect(),
         memory: config.policy.memory.as_u64(),
         instance: config.plugin.instance,
     })
 }
 
-/// Loads a plugin off the async threads: compiling can take seconds.
+/// Loads a plugin (compiling off the async threads, `init` within its
+/// timeout).
 pub async fn load_plugin(runtime: &Runtime, spec: PluginSpec) -> Result<LoadedPlugin, BuildError> {
-    let runtime = runtime.clone();
-    tokio::task::spawn_blocking(move || LoadedPlugin::load(&runtime, spec))
-        .await
-        .map_err(|e| BuildError::Config(format!("plugin loader stopped: {e}")))?
-        .map_err(BuildError::from)
+    Ok(LoadedPlugin::load(runtime, spec).await?)
 }
 
 /// A pipeline ready to run, and its handles for hot reload and pausing.

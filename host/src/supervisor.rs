@@ -316,6 +316,7 @@ async fn run_pipeline(name: &str, config: &PipelineConfig, context: &RunContext,
         pause: built.pause,
         stats: dispatcher.stats.clone(),
         probes: connection_probes(config, sinks).await,
+        stuck_after: config.policy.stuck_threshold(),
     });
     if let Ok(mut registry) = registry.write() {
         registry.insert(name.to_owned(), handle);

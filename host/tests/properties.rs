@@ -122,6 +122,16 @@ proptest! {
     }
 }
 
+/// Runs a plugin call to completion on a small runtime of this thread's
+/// (proptest cases are synchronous).
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    Ok(runtime.block_on(future))
+}
+
 /// The passthrough component, loaded once (a setup failure, such as the
 /// plugins not being built, fails every case with the reason).
 fn passthrough() -> Result<&'static LoadedPlugin, String> {
@@ -136,11 +146,13 @@ fn passthrough() -> Result<&'static LoadedPlugin, String> {
                 config: Vec::new(),
                 wasi: WasiGrants::default(),
                 timeout: Duration::from_secs(5),
+                init_timeout: Duration::from_secs(10),
                 memory: 64 << 20,
                 instance: sluice::config::InstancePolicy::Reuse,
+                grants: Vec::new(),
             };
             let runtime = Runtime::new(&RuntimeOptions::default()).map_err(|e| e.to_string())?;
-            LoadedPlugin::load(&runtime, spec).map_err(|e| format!("{e} (build the plugins: bash scripts/build-plugins.sh)"))
+            block_on(LoadedPlugin::load(&runtime, spec))?.map_err(|e| format!("{e} (build the plugins: bash scripts/build-plugins.sh)"))
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -154,8 +166,11 @@ proptest! {
     /// and comes back byte for byte.
     #[test]
     fn events_cross_the_component_boundary_unchanged(batch in events()) {
-        let mut instance = passthrough().map_err(TestCaseError::fail)?.instantiate().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let results = instance.handle(&batch).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let plugin = passthrough().map_err(TestCaseError::fail)?;
+        let results = block_on(async {
+            let mut instance = plugin.instantiate().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            instance.handle(&batch).await.map_err(|e| TestCaseError::fail(e.to_string()))
+        }).map_err(TestCaseError::fail)??;
         prop_assert_eq!(results.len(), batch.len());
         for (event, result) in batch.iter().zip(results) {
             let outputs = result.map_err(|e| TestCaseError::fail(e.message))?;

@@ -88,7 +88,8 @@ mod plugin;
 pub mod bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
-        path: "../../wit",
+        // The file, not the folder: `wit/deps/` holds the frozen 0.1.0.
+        path: "../../wit/sluice.wit",
         // `plugin` plus the `manifest` export (`Plugin::accepts`). Hosts
         // that predate `manifest` ignore the extra export.
         world: "plugin-with-manifest",

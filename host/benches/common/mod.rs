@@ -28,13 +28,15 @@ pub fn native_passthrough(events: &[Event]) -> Vec<HandleResult> {
 }
 
 pub struct Native;
+#[async_trait::async_trait]
 impl Handler for Native {
-    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+    async fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
         Ok(native_passthrough(events))
     }
 }
+#[async_trait::async_trait]
 impl HandlerFactory for Native {
-    fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, String> {
         Ok(Box::new(Native))
     }
     fn name(&self) -> &str {

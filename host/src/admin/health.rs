@@ -23,6 +23,18 @@ pub enum PipelineState {
 /// connection): `Err` says what is wrong.
 pub type Probe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// Why a running pipeline counts as stuck, if it does: events in flight
+/// and none taken or finished for its `stuck_after`. An open circuit
+/// breaker holds events on purpose, and is not a hang.
+pub fn stuck(handle: &super::PipelineHandle) -> Option<String> {
+    let stats = &handle.stats;
+    let in_flight = stats.in_flight();
+    let idle = stats.since_progress();
+    let breaker_open = stats.gauges.breaker.view().is_some_and(|b| b.state != "closed");
+    (in_flight > 0 && idle >= handle.stuck_after && !breaker_open)
+        .then(|| format!("stuck: {in_flight} event(s) in flight and no progress for {}s", idle.as_secs()))
+}
+
 /// Pipeline states by name, with the run that set each, so an old run of a
 /// restarted pipeline cannot overwrite the new run's state.
 #[derive(Default, Clone)]

@@ -50,6 +50,8 @@ pub struct PipelineHandle {
     pub stats: Arc<Stats>,
     /// Checks of the broker connections it uses, for `/readyz`.
     pub probes: Vec<Probe>,
+    /// No progress for this long with events in flight is stuck.
+    pub stuck_after: std::time::Duration,
 }
 
 /// The running pipelines by name, kept by the supervisor.
@@ -102,7 +104,7 @@ pub async fn serve(
     let state = Arc::new(AdminState { registry, health, token });
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/pipelines", get(list))
         .route("/pipelines/{name}", get(show))
@@ -193,7 +195,9 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Answer {
     let mut pipelines = serde_json::Map::new();
     for (name, pipeline_state) in state.health.states() {
         let problems: Vec<String> = match (&pipeline_state, handles.get(&name)) {
-            (PipelineState::Running, Some(handle)) => handle.probes.iter().filter_map(|probe| probe().err()).collect(),
+            (PipelineState::Running, Some(handle)) => {
+                handle.probes.iter().filter_map(|probe| probe().err()).chain(health::stuck(handle)).collect()
+            }
             (PipelineState::Running | PipelineState::Finished, _) => Vec::new(),
             (PipelineState::Starting, _) => vec!["starting".into()],
             (PipelineState::Failed(reason), _) => vec![reason.clone()],
@@ -203,6 +207,21 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Answer {
     }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok((status, Json(json!({ "ready": ready, "pipelines": pipelines }))).into_response())
+}
+
+/// 200 while every running pipeline moves; 503 naming those that are
+/// stuck (events in flight, none taken or finished for `stuck_after`): a
+/// liveness probe that restarts the process then has a reason to.
+async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
+    let stuck: Vec<String> = match state.registry.read() {
+        Ok(registry) => registry.values().filter_map(|handle| health::stuck(handle).map(|why| format!("{}: {why}", handle.name))).collect(),
+        Err(_) => Vec::new(),
+    };
+    if stuck.is_empty() {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("stuck\n{}\n", stuck.join("\n"))).into_response()
+    }
 }
 
 async fn list(State(state): State<Arc<AdminState>>) -> Answer {

@@ -5,7 +5,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, types::ComponentItem};
 
-use sluice::runtime::{Runtime, RuntimeOptions};
+use sluice::runtime::{Runtime, RuntimeOptions, Target};
 
 /// Prints what a component imports and exports, and whether that matches
 /// the Sluice world.
@@ -23,23 +23,35 @@ pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
         println!("  {name} ({})", kind(&item.ty));
     }
     println!("exports:");
-    let mut implements = false;
+    let mut target = None;
     let mut manifest = false;
     for (name, item) in ty.exports(runtime.engine()) {
-        implements |= name == "sluice:plugin/handler@0.1.0";
-        manifest |= name == sluice::runtime::manifest::INTERFACE;
+        for version in [Target::V0_2, Target::V0_1] {
+            if name == version.interface("handler") {
+                target = target.or(Some(version));
+            }
+            manifest |= name == version.interface("manifest");
+        }
         println!("  {name} ({})", kind(&item.ty));
     }
     let world = sluice::runtime::plugin::WORLD;
-    if implements {
-        println!("world:   {world} (exports sluice:plugin/handler@0.1.0)");
+    if let Some(target) = target {
+        println!("targets: {target} (exports {})", target.interface("handler"));
+        let capabilities = sluice::runtime::capability::imported(&component, runtime.engine());
+        match capabilities.as_slice() {
+            [] => println!("capabilities: none"),
+            some => {
+                let names: Vec<&str> = some.iter().map(|c| c.name()).collect();
+                println!("capabilities: {} (the pipeline must grant each)", names.join(", "));
+            }
+        }
         if manifest {
             // The list may depend on the config: `sluice check` prints it.
             println!("manifest: declares the event versions it accepts (read after `init`; `sluice check` shows the list)");
         }
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("world:   not a Sluice plugin: it does not export sluice:plugin/handler@0.1.0 ({world})");
+        println!("world:   not a Sluice plugin: it exports neither {} nor {} ({world})", Target::V0_2.interface("handler"), Target::V0_1.interface("handler"));
         Ok(ExitCode::FAILURE)
     }
 }

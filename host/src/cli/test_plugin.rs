@@ -47,37 +47,29 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         config,
         wasi: WasiGrants { stderr: true, ..WasiGrants::default() },
         timeout,
+        init_timeout: sluice::config::PolicyConfig::default().init_timeout,
         memory: memory.as_u64(),
         instance: sluice::config::InstancePolicy::Reuse,
+        grants: vec![sluice::runtime::Capability::State],
     };
-    let loaded = LoadedPlugin::load(&runtime, spec)?;
     let format = match format {
         InputFormat::Json => LineFormat::Json,
         InputFormat::Lines => LineFormat::Lines,
     };
-    // Read everything first: plugin calls must not run inside the async
-    // runtime (WASI's blocking calls would stall it), and test files are small.
     let rt = super::tokio_runtime()?;
-    let deliveries = rt.block_on(async {
+    rt.block_on(async {
+        let loaded = LoadedPlugin::load(&runtime, spec).await?;
         let mut source = open(events, format).await?;
-        let mut all = Vec::new();
-        while let Some(delivery) = source.next().await? {
-            all.push(delivery);
-        }
-        anyhow::Ok(all)
-    })?;
-    drop(rt);
-    {
-        let mut instance = loaded.instantiate()?;
+        let mut instance = loaded.instantiate().await?;
         let mut failures = 0;
         let mut printed = Vec::new();
-        for delivery in deliveries {
+        while let Some(delivery) = source.next().await? {
             let event = delivery.event;
             let line = if let Some(defect) = delivery.defect {
                 failures += 1;
                 json!({ "event": event.id, "undecodable": defect })
             } else {
-                match instance.handle(std::slice::from_ref(&event)) {
+                match instance.handle(std::slice::from_ref(&event)).await {
                     Ok(mut results) => match results.pop() {
                         Some(Ok(outputs)) => json!({ "event": event.id, "outputs": outputs.into_iter().map(output_json).collect::<Vec<_>>() }),
                         Some(Err(err)) => {
@@ -92,7 +84,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
                     },
                     Err(err) => {
                         failures += 1;
-                        instance = loaded.instantiate()?;
+                        instance = loaded.instantiate().await?;
                         json!({ "event": event.id, "trap": err.to_string() })
                     }
                 }
@@ -106,7 +98,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
             None => Ok(ExitCode::SUCCESS),
             Some(path) => compare(path, &printed),
         }
-    }
+    })
 }
 
 /// Compares printed lines with an expectation file, JSON value by value (so

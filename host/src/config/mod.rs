@@ -11,12 +11,14 @@ mod error;
 mod interpolate;
 mod model;
 mod schemas;
+mod state;
 mod validate;
 
 pub use error::ConfigError;
 pub use interpolate::interpolate;
 pub use model::*;
 pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};
+pub use state::{StateBackend, StateConfig};
 pub use validate::valid_topic;
 
 use std::path::Path;

@@ -190,6 +190,10 @@ pub struct PipelineConfig {
     /// Unset: no correlation id.
     #[serde(default)]
     pub correlation: Option<CorrelationConfig>,
+    /// Key/value state for the plugin (grants the `state` capability).
+    /// Unset: a plugin that imports `state` is refused.
+    #[serde(default)]
+    pub state: Option<super::StateConfig>,
 }
 
 /// Correlation ids: see docs/configuration.md#correlation-ids-and-tracing.
@@ -756,6 +760,19 @@ pub struct PolicyConfig {
     /// Default 5s.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Wall-clock limit for a new instance's start and `init`. A plugin
+    /// that overruns it is refused: at start, by `sluice check`, and on a
+    /// reload or upload (the running version stays). Default 10s: compiling
+    /// is not counted (it happens before), and the slowest runtime we ship,
+    /// CPython, starts in about a millisecond once compiled.
+    #[serde(default = "default_init_timeout", with = "humantime_serde")]
+    pub init_timeout: Duration,
+    /// A pipeline with events in flight that neither takes nor finishes
+    /// one for this long is reported stuck: `/healthz` answers 503 and
+    /// `/readyz` names it. Never less than the longest a call may take
+    /// (`timeout × batch_size`) plus `init_timeout`. Default 2m.
+    #[serde(default = "default_stuck_after", with = "humantime_serde")]
+    pub stuck_after: Duration,
     /// Linear memory cap per plugin instance. Default 64 MiB.
     #[serde(default = "default_memory")]
     pub memory: ByteSize,
@@ -790,12 +807,24 @@ pub struct PolicyConfig {
     pub max_output_bytes: ByteSize,
 }
 
+impl PolicyConfig {
+    /// How long without progress means stuck: `stuck_after`, raised to the
+    /// longest a healthy call can take, so a slow call is not taken for a
+    /// hang.
+    pub fn stuck_threshold(&self) -> Duration {
+        let longest_call = self.timeout.saturating_mul(self.batch_size.max(1) as u32) + self.init_timeout;
+        self.stuck_after.max(longest_call)
+    }
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             max_attempts: default_max_attempts(),
             backoff: BackoffConfig::default(),
             timeout: default_timeout(),
+            init_timeout: default_init_timeout(),
+            stuck_after: default_stuck_after(),
             memory: default_memory(),
             concurrency: default_concurrency(),
             ordering: Ordering::default(),
@@ -818,6 +847,12 @@ fn default_max_attempts() -> u32 {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_stuck_after() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_init_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_memory() -> ByteSize {
     ByteSize::mib(64)
@@ -916,6 +951,9 @@ impl Config {
             fix(&mut pipeline.plugin.path);
             if let Some(schemas) = pipeline.schemas.as_mut() {
                 schemas.resolve_paths(base);
+            }
+            if let Some(state) = pipeline.state.as_mut() {
+                state.resolve_paths(base);
             }
             for dir in pipeline.plugin.wasi.read_dirs.values_mut() {
                 fix(dir);

@@ -129,6 +129,9 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
             ),
         ));
     }
+    if let Some(state) = &p.state {
+        state.validate(&p.source)?;
+    }
     if let Some(idempotency) = &p.idempotency {
         if idempotency.capacity == 0 || idempotency.capacity > 10_000_000 {
             return Err((

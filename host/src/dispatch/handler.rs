@@ -12,9 +12,16 @@ use crate::runtime::{CallError, Instance, LoadedPlugin};
 use crate::schema::Accepts;
 
 /// A live handler, used by one lane. Dropped after any [`CallError`].
+///
+/// Its calls are futures polled by the lane's task: a handler that waits
+/// (a guest in a host call) holds no thread, and dropping the future (a
+/// deadline, a shutdown) cancels the call.
+#[async_trait::async_trait]
 pub trait Handler: Send + 'static {
     /// One result per event, in order, or a failure of the whole call.
-    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError>;
+    /// A wasm handler enforces the per-event timeout itself; the lane's
+    /// watchdog is for handlers that don't.
+    async fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError>;
     /// Linear memory the instance holds, in bytes (for the memory gauge).
     fn memory_bytes(&self) -> u64 {
         0
@@ -22,8 +29,9 @@ pub trait Handler: Send + 'static {
 }
 
 /// Makes handlers: one per lane, and a fresh one after a failure.
+#[async_trait::async_trait]
 pub trait HandlerFactory: Send + Sync + 'static {
-    fn create(&self) -> Result<Box<dyn Handler>, String>;
+    async fn create(&self) -> Result<Box<dyn Handler>, String>;
     /// Plugin name, for logs and dead-letter records.
     fn name(&self) -> &str;
     /// Plugin version (the component's sha256), for dead-letter records.
@@ -39,9 +47,10 @@ pub trait HandlerFactory: Send + Sync + 'static {
     }
 }
 
+#[async_trait::async_trait]
 impl Handler for Instance {
-    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
-        Instance::handle(self, events)
+    async fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+        Instance::handle(self, events).await
     }
     fn memory_bytes(&self) -> u64 {
         Instance::memory_bytes(self)
@@ -55,22 +64,25 @@ struct FreshPerEvent {
     plugin: LoadedPlugin,
 }
 
+#[async_trait::async_trait]
 impl Handler for FreshPerEvent {
-    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+    async fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
         let mut results = Vec::with_capacity(events.len());
         for event in events {
-            let mut instance = self.plugin.instantiate().map_err(|e| CallError::Start(e.to_string()))?;
-            results.append(&mut instance.handle(std::slice::from_ref(event))?);
+            let mut instance = self.plugin.instantiate().await.map_err(|e| CallError::Start(e.to_string()))?;
+            results.append(&mut instance.handle(std::slice::from_ref(event)).await?);
         }
         Ok(results)
     }
 }
 
+#[async_trait::async_trait]
 impl HandlerFactory for LoadedPlugin {
-    fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, String> {
         match self.spec().instance {
             InstancePolicy::Reuse => self
                 .instantiate()
+                .await
                 .map(|i| Box::new(i) as Box<dyn Handler>)
                 .map_err(|e| e.to_string()),
             InstancePolicy::Fresh => Ok(Box::new(FreshPerEvent { plugin: self.clone() })),

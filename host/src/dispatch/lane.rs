@@ -6,6 +6,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::FutureExt;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,10 +26,9 @@ use crate::runtime::instance::HandleResult;
 use crate::runtime::CallError;
 use crate::source::{Ack, Delivery, Settlement};
 
-/// How long past its deadline a call may run before the lane stops waiting
-/// for it. Epochs stop guest code at the deadline; only a guest blocked in a
-/// host call (a sleep, a poll) outlives it. Its thread is then left to finish
-/// on its own, and the lane carries on with a fresh instance.
+/// How long past its deadline a call may run before the lane drops it. The
+/// wasm runtime drops its own calls at the deadline; this catches handlers
+/// that keep no deadline of their own.
 pub const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
 
 /// Why one attempt failed.
@@ -63,9 +64,9 @@ pub(super) struct Lane {
     handler: Option<Box<dyn Handler>>,
     /// The plugin version `handler` belongs to (and the lane's batches use).
     version: Arc<Version>,
-    /// The instance of the version just replaced, dropped on the plugin
-    /// thread with the next call: freeing an instance can take a millisecond,
-    /// which the async workers should not spend.
+    /// The instance of the version just replaced, freed on a blocking
+    /// thread with the next call: freeing an instance can take a
+    /// millisecond, which the async workers should not spend.
     retired: Option<Box<dyn Handler>>,
     shutdown: CancellationToken,
     failed: CancellationToken,
@@ -123,6 +124,7 @@ impl Lane {
     async fn process(&mut self, batch: Vec<Delivery>, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
         if self.abandoning || self.failed.is_cancelled() {
             Stats::add(&self.d.stats.abandoned, batch.len() as u64);
+            self.d.stats.progressed();
             return Ok(()); // dropping the acks hands the events back
         }
         if self.d.plugin.generation() != self.version.generation {
@@ -300,6 +302,7 @@ impl Lane {
                 // and this lane moves on: no order to keep.
                 tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), event = %event.id, attempt = event.attempt, ?delay, "attempt failed, handing back for redelivery: {message}");
                 Stats::add(&self.d.stats.redelivered, 1);
+                self.d.stats.progressed();
                 self.end(&mut trace, Fate::Redelivered { message: &message }, event.attempt);
                 ack.settle(Settlement::Redeliver { delay });
                 return Ok(());
@@ -369,6 +372,7 @@ impl Lane {
     /// Hands an unfinished event back to its source (redelivered later).
     fn hand_back(&self, ack: Ack) {
         Stats::add(&self.d.stats.abandoned, 1);
+        self.d.stats.progressed();
         ack.settle(Settlement::Abandon);
     }
 
@@ -457,49 +461,67 @@ impl Lane {
         }
     }
 
-    /// Runs the plugin on a blocking thread (guest code must not stall the
-    /// async runtime), creating an instance first if the last one failed,
-    /// and tells the breaker how it went.
+    /// Runs the plugin, creating an instance first if the last one failed,
+    /// and tells the breaker how it went. The call is a future polled right
+    /// here, on the lane's task: a guest waiting in a host call holds no
+    /// thread, and a guest computing yields at every epoch tick. A pipeline
+    /// that fails meanwhile drops the call (its events are handed back).
     async fn call(&mut self, events: Vec<Event>, permit: Permit) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
         Stats::add(&self.d.stats.calls, 1);
-        let handler = self.handler.take();
-        let retired = self.retired.take();
+        if let Some(retired) = self.retired.take() {
+            // Freeing an instance can take a millisecond: not on a worker.
+            tokio::task::spawn_blocking(move || drop(retired));
+        }
+        let budget = self.d.timeout.saturating_mul(events.len().max(1) as u32);
         let factory = self.version.factory.clone();
-        // Shared, not moved, so the lane keeps the events if it must stop
-        // waiting for the call.
-        let events = Arc::new(events);
-        let input = events.clone();
-        let call = tokio::task::spawn_blocking(move || {
-            drop(retired);
+        let handler = self.handler.take();
+        let failed = self.failed.clone();
+        let attempt = async {
             let mut handler = match handler {
                 Some(handler) => handler,
-                None => match factory.create() {
-                    Ok(handler) => handler,
-                    Err(e) => return (None, Err(CallError::Start(e)), Duration::ZERO, 0),
-                },
+                None => factory.create().await.map_err(CallError::Start)?,
             };
             let started = std::time::Instant::now();
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&input)))
+            let result = AssertUnwindSafe(handler.handle(&events))
+                .catch_unwind()
+                .await
                 .unwrap_or_else(|_| Err(CallError::Trap("the host panicked while calling the plugin".into())));
-            let took = started.elapsed();
-            let keep = result.is_ok().then_some(handler);
-            let memory = keep.as_ref().map_or(0, |h| h.memory_bytes());
-            (keep, result, took, memory)
-        });
-        let budget = self.d.timeout.saturating_mul(events.len().max(1) as u32);
-        let result = match tokio::time::timeout(budget + WATCHDOG_GRACE, call).await {
-            Ok(joined) => {
-                let (handler, result, took, memory) = joined.map_err(|e| DispatchError::Lane(format!("plugin call: {e}")))?;
-                self.handler = handler;
+            Ok::<_, CallError>((handler, result, started.elapsed()))
+        };
+        // The wasm runtime keeps `budget` itself; the watchdog is for
+        // handlers that don't (and costs one timer per call).
+        let watched = tokio::time::timeout(budget + WATCHDOG_GRACE, attempt);
+        let outcome = tokio::select! {
+            biased;
+            _ = failed.cancelled() => None,
+            outcome = watched => Some(outcome),
+        };
+        let result = match outcome {
+            None => {
+                // Its events, and everything after them, are handed back.
+                self.abandoning = true;
+                self.set_memory(0);
+                Err(CallError::Start("the pipeline stopped during the call".into()))
+            }
+            Some(Ok(Ok((handler, result, took)))) => {
                 self.d.stats.timings.call.observe(took.as_secs_f64());
-                self.set_memory(memory);
+                if result.is_ok() {
+                    self.set_memory(handler.memory_bytes());
+                    self.handler = Some(handler);
+                } else {
+                    self.set_memory(0);
+                }
                 result
             }
-            Err(_) => {
+            Some(Ok(Err(start))) => {
+                self.set_memory(0);
+                Err(start)
+            }
+            Some(Err(_)) => {
                 tracing::warn!(
                     pipeline = %self.d.pipeline,
                     lane = self.id,
-                    "plugin call overran its deadline by {WATCHDOG_GRACE:?} (blocked in a host call?); abandoning its instance"
+                    "plugin call overran its deadline by {WATCHDOG_GRACE:?}; dropping it and its instance"
                 );
                 self.set_memory(0);
                 Err(CallError::Timeout(budget))
@@ -520,7 +542,6 @@ impl Lane {
             Err(_) => {}
         }
         drop(permit);
-        let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
         Ok((events, result))
     }
 }

@@ -215,6 +215,7 @@ impl Dispatcher {
                 }
             };
             Stats::add(&stats.received, 1);
+            stats.progressed();
             let lane = match ordering {
                 Ordering::None => 0,
                 Ordering::Partition => delivery.partition as usize % senders.len(),

@@ -232,6 +232,7 @@ async fn complete(mut rx: mpsc::Receiver<(Instant, Vec<Pending>)>, stats: Arc<St
         }
         stats.timings.publish.observe(started.elapsed().as_secs_f64());
         Stats::add(&stats.acked, acked);
+        stats.progressed();
     }
     Ok(())
 }

@@ -131,11 +131,20 @@ pub struct Gauges {
     pub source_lag: Arc<AtomicI64>,
     /// The circuit breaker's state, shared with the breaker.
     pub breaker: Arc<super::breaker::BreakerGauges>,
+    /// When the pipeline last took an event or finished one (Unix ms):
+    /// with events in flight and this long ago, it is stuck (`/healthz`).
+    pub last_progress_ms: AtomicU64,
 }
 
 impl Default for Gauges {
     fn default() -> Self {
-        Self { memory_bytes: AtomicU64::new(0), memory_peak_bytes: AtomicU64::new(0), source_lag: Arc::new(AtomicI64::new(-1)), breaker: Arc::default() }
+        Self {
+            memory_bytes: AtomicU64::new(0),
+            memory_peak_bytes: AtomicU64::new(0),
+            source_lag: Arc::new(AtomicI64::new(-1)),
+            breaker: Arc::default(),
+            last_progress_ms: AtomicU64::new(unix_ms()),
+        }
     }
 }
 
@@ -177,4 +186,28 @@ impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// An event was taken or finished: the pipeline is moving.
+    pub fn progressed(&self) {
+        self.gauges.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Events taken from the source and not yet settled there (acked,
+    /// handed back or handed over for redelivery).
+    pub fn in_flight(&self) -> u64 {
+        let s = self.snapshot();
+        s.received.saturating_sub(s.acked + s.abandoned + s.redelivered)
+    }
+
+    /// How long ago the pipeline last moved.
+    pub fn since_progress(&self) -> std::time::Duration {
+        let last = self.gauges.last_progress_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(unix_ms().saturating_sub(last))
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

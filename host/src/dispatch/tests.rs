@@ -175,8 +175,9 @@ struct ScriptedHandler {
     calls: Calls,
 }
 
+#[async_trait::async_trait]
 impl Handler for ScriptedHandler {
-    fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+    async fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
         let now = Instant::now();
         let mut results = Vec::new();
         for e in events {
@@ -189,8 +190,9 @@ impl Handler for ScriptedHandler {
     }
 }
 
+#[async_trait::async_trait]
 impl HandlerFactory for Scripted {
-    fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, String> {
         Ok(Box::new(ScriptedHandler { script: self.script.clone(), calls: self.calls.clone() }))
     }
     fn name(&self) -> &str {

@@ -131,9 +131,7 @@ impl PluginVersions {
     /// An identical file is not swapped in again.
     pub async fn reload(&self, origin: Origin) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
-        let spec = self.spec();
-        let runtime = self.runtime.clone();
-        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&runtime, spec)).await;
+        let loaded = LoadedPlugin::load(&self.runtime, self.spec()).await;
         self.settle(loaded, origin, true)
     }
 
@@ -148,18 +146,14 @@ impl PluginVersions {
                 return Err(self.reject(Origin::Upload, format!("the uploaded version has sha256 {actual}, not the {expected} the request expects")));
             }
         }
-        let spec = self.spec();
-        let runtime = self.runtime.clone();
-        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::from_bytes(&runtime, spec, &bytes)).await;
+        let loaded = LoadedPlugin::from_bytes(&self.runtime, self.spec(), bytes).await;
         self.settle(loaded, Origin::Upload, false)
     }
 
     /// Loads the plugin a changed config describes (SIGHUP).
     pub async fn reconfigure(&self, spec: PluginSpec) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
-        let runtime = self.runtime.clone();
-        let candidate = spec.clone();
-        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&runtime, candidate)).await;
+        let loaded = LoadedPlugin::load(&self.runtime, spec.clone()).await;
         let result = self.settle(loaded, Origin::Config, false);
         if result.is_ok() {
             if let Ok(mut state) = self.state.lock() {
@@ -212,15 +206,14 @@ impl PluginVersions {
 
     fn settle(
         &self,
-        loaded: Result<Result<LoadedPlugin, crate::runtime::LoadError>, tokio::task::JoinError>,
+        loaded: Result<LoadedPlugin, crate::runtime::LoadError>,
         origin: Origin,
         skip_identical: bool,
     ) -> Result<VersionInfo, ReloadError> {
         let plugin = match loaded {
-            Ok(Ok(plugin)) => plugin,
-            Ok(Err(err)) if origin == Origin::Upload => return Err(self.reject(origin, format!("the uploaded version: {err}"))),
-            Ok(Err(err)) => return Err(self.reject(origin, err.to_string())),
-            Err(err) => return Err(self.reject(origin, format!("the loader stopped: {err}"))),
+            Ok(plugin) => plugin,
+            Err(err) if origin == Origin::Upload => return Err(self.reject(origin, format!("the uploaded version: {err}"))),
+            Err(err) => return Err(self.reject(origin, err.to_string())),
         };
         let mut state = self.state.lock().map_err(|_| ReloadError::Rejected("state poisoned".into()))?;
         if skip_identical && plugin.digest() == state.current.0.digest() {

@@ -53,9 +53,16 @@ impl Runtime {
     pub fn new(options: &RuntimeOptions) -> Result<Self, EngineError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
-        // Deadlines: a guest stuck in a loop is interrupted at the next tick
-        // past its deadline (see `EPOCH_TICK`).
+        // Guest code runs as a future on the async workers (see
+        // `Instance::store`): every epoch tick it yields to the executor, so
+        // a guest spinning in a loop shares its worker thread, and a guest
+        // waiting in a host call (a WASI sleep or poll) is a pending future
+        // that holds no thread at all. Deadlines are timers around that
+        // future: dropping it cancels the call wherever the guest is.
         config.epoch_interruption(true);
+        // A fiber stack per running call; wasmtime's default (2 MiB) must
+        // exceed `max_wasm_stack`, stated so it is visible.
+        config.async_stack_size(2 << 20);
         // 512 KiB of wasm stack (wasmtime's default), stated so it is visible.
         config.max_wasm_stack(512 * 1024);
         if options.allocator == Allocator::Pooling {
@@ -72,7 +79,7 @@ impl Runtime {
         }
         let engine = Engine::new(&config).map_err(EngineError::Engine)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(EngineError::Link)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
         super::host::add_to_linker(&mut linker).map_err(EngineError::Link)?;
         let ticker = EpochTicker::start(engine.clone()).map_err(EngineError::Ticker)?;
         Ok(Self {

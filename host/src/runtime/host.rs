@@ -1,14 +1,32 @@
-//! Imports the host provides to plugins: structured logging.
+//! Imports the host provides to plugins: structured logging (for plugins
+//! of either contract version) and state (0.2.0, in [`super::state`]).
 
 use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::bindings::sluice::plugin::log::{self, Level};
+use super::bindings::current::log::{self, Level};
+use super::bindings::current::state;
+use super::bindings::v0_1::sluice::plugin::log as log_v0_1;
 use super::instance::PluginState;
 
 pub(super) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    log::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+    log::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
+    log_v0_1::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
+    state::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+}
+
+impl log_v0_1::Host for PluginState {
+    fn log(&mut self, level: log_v0_1::Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            log_v0_1::Level::Trace => Level::Trace,
+            log_v0_1::Level::Debug => Level::Debug,
+            log_v0_1::Level::Info => Level::Info,
+            log_v0_1::Level::Warn => Level::Warn,
+            log_v0_1::Level::Error => Level::Error,
+        };
+        log::Host::log(self, level, message, fields);
+    }
 }
 
 /// Lines a plugin may log per second on average; bursts up to

@@ -1,7 +1,8 @@
 //! One live plugin instance: its store (memory cap, deadline, WASI) and the
 //! calls into it.
 //!
-//! An instance is owned by one lane and used from one thread at a time. After
+//! An instance is owned by one lane; its calls are futures polled by that
+//! lane's task (no thread of its own, see `engine.rs`). After
 //! any [`CallError`] it must be dropped: a trapped guest may have left its
 //! memory in any state, so the next event always gets a fresh instance.
 
@@ -16,8 +17,8 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::Plugin;
-use super::engine::EPOCH_TICK;
+use super::state::StateAccess;
+use super::world::Bindings;
 use super::host::GuestLog;
 use crate::event::{Event, HandlerError, Output};
 
@@ -46,6 +47,9 @@ pub struct PluginState {
     table: ResourceTable,
     limiter: MemoryCap,
     pub(crate) log: GuestLog,
+    /// The state of the event being handled, attached by the lane for the
+    /// call (see [`super::state`]).
+    pub(super) state: Option<Box<dyn StateAccess>>,
 }
 
 impl WasiView for PluginState {
@@ -87,7 +91,7 @@ impl ResourceLimiter for MemoryCap {
 /// A live instance, ready to handle events.
 pub struct Instance {
     store: Store<PluginState>,
-    plugin: Plugin,
+    plugin: Bindings,
     timeout: Duration,
     memory_limit: u64,
     stderr: StderrTail,
@@ -97,15 +101,12 @@ impl Instance {
 
     /// A store with every limit in force before the first instruction: the
     /// memory cap (so instantiation's initial memory and a start function's
-    /// growth are capped too) and a deadline of one `timeout` (so a start
-    /// function that loops cannot hang the load).
-    pub(super) fn store(
-        engine: &Engine,
-        wasi: WasiCtx,
-        log: GuestLog,
-        memory_limit: u64,
-        timeout: Duration,
-    ) -> Store<PluginState> {
+    /// growth are capped too). Deadlines are not the store's: every call is
+    /// a future raced against a timer (see [`Instance::handle`]), and the
+    /// store only makes the guest yield at every epoch tick, so a guest
+    /// that never calls out still lets the timer (and every other task on
+    /// its worker) run.
+    pub(super) fn store(engine: &Engine, wasi: WasiCtx, log: GuestLog, memory_limit: u64) -> Store<PluginState> {
         let state = PluginState {
             wasi,
             table: ResourceTable::new(),
@@ -115,18 +116,18 @@ impl Instance {
                 total: 0,
             },
             log,
+            state: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(timeout));
+        store.epoch_deadline_async_yield_and_update(1);
         store
     }
 
     /// Wraps an instantiated store made by [`Instance::store`].
     pub(super) fn new(
         store: Store<PluginState>,
-        plugin: Plugin,
+        plugin: Bindings,
         timeout: Duration,
         memory_limit: u64,
         stderr: StderrTail,
@@ -140,18 +141,22 @@ impl Instance {
         }
     }
 
-    /// Calls the plugin's `init` with its configuration. `Ok(Err(msg))` is
-    /// the plugin refusing its config.
-    pub(super) fn init(&mut self, config: &[(String, String)]) -> Result<Result<(), String>, CallError> {
-        self.arm(1);
-        let result = self.plugin.sluice_plugin_handler().call_init(&mut self.store, config);
-        result.map_err(|err| self.classify(err, 1))
+    /// Calls the plugin's `init` with its configuration, within `budget`.
+    /// `Ok(Err(msg))` is the plugin refusing its config.
+    pub(super) async fn init(&mut self, config: &[(String, String)], budget: Duration) -> Result<Result<(), String>, CallError> {
+        let call = self.plugin.init(&mut self.store, config);
+        match tokio::time::timeout(budget, call).await {
+            Ok(result) => result.map_err(|err| self.classify(err)),
+            Err(_) => Err(CallError::Timeout(budget)),
+        }
     }
 
     /// Handles a batch: one call to `handle` for a single event, one call to
     /// `handle-batch` for several. The deadline is the per-event timeout times
-    /// the number of events.
-    pub fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
+    /// the number of events. On a timeout the call's future is dropped, which
+    /// stops the guest wherever it is (computing, or waiting in a host call)
+    /// and frees what it held; the instance is then spent.
+    pub async fn handle(&mut self, events: &[Event]) -> Result<Vec<HandleResult>, CallError> {
         // A batch is one call: the guest's log lines can only be placed
         // within its range of events (the guest's own fields can say more).
         self.store.data_mut().log.current_event = match events {
@@ -159,15 +164,19 @@ impl Instance {
             [one] => Some(one.id.clone()),
             [first, .., last] => Some(format!("{}..{}", first.id, last.id)),
         };
-        self.arm(events.len());
-        let handler = self.plugin.sluice_plugin_handler();
-        let result = match events {
-            [event] => handler
-                .call_handle(&mut self.store, event)
-                .map(|r| vec![r]),
-            _ => handler.call_handle_batch(&mut self.store, events),
+        let budget = self.budget(events.len());
+        let (plugin, store) = (&self.plugin, &mut self.store);
+        let call = async move {
+            match events {
+                [event] => plugin.handle(store, event).await.map(|r| vec![r]),
+                _ => plugin.handle_batch(store, events).await,
+            }
         };
-        let results = result.map_err(|err| self.classify(err, events.len()))?;
+        let result = match tokio::time::timeout(budget, call).await {
+            Ok(result) => result,
+            Err(_) => return Err(CallError::Timeout(budget)),
+        };
+        let results = result.map_err(|err| self.classify(err))?;
         if results.len() != events.len() {
             return Err(CallError::Contract(format!(
                 "handle-batch returned {} results for {} events",
@@ -180,9 +189,25 @@ impl Instance {
 
     /// Runs `f` on the store under a one-event deadline: for the exports
     /// the bindings do not cover (`manifest`).
-    pub(super) fn with_store<R>(&mut self, f: impl FnOnce(&mut Store<PluginState>) -> R) -> R {
-        self.arm(1);
-        f(&mut self.store)
+    pub(super) async fn with_store<R, F>(&mut self, f: F) -> Result<R, CallError>
+    where
+        F: for<'a> FnOnce(&'a mut Store<PluginState>) -> futures::future::BoxFuture<'a, R>,
+    {
+        let budget = self.timeout;
+        tokio::time::timeout(budget, f(&mut self.store))
+            .await
+            .map_err(|_| CallError::Timeout(budget))
+    }
+
+    /// Gives the next call this event state (state imports read and write
+    /// it).
+    pub fn attach_state(&mut self, state: Box<dyn StateAccess>) {
+        self.store.data_mut().state = Some(state);
+    }
+
+    /// Takes the event state back after a call, with its writes.
+    pub fn detach_state(&mut self) -> Option<Box<dyn StateAccess>> {
+        self.store.data_mut().state.take()
     }
 
     /// Bytes of linear memory the instance holds (all its memories).
@@ -190,20 +215,16 @@ impl Instance {
         self.store.data().limiter.total
     }
 
-    /// Sets the deadline for a call covering `events` events.
-    fn arm(&mut self, events: usize) {
-        let budget = self.timeout.saturating_mul(events.max(1) as u32);
-        self.store.set_epoch_deadline(deadline_ticks(budget));
+    /// The deadline of a call covering `events` events.
+    fn budget(&self, events: usize) -> Duration {
+        self.timeout.saturating_mul(events.max(1) as u32)
     }
 
-    fn classify(&mut self, err: wasmtime::Error, events: usize) -> CallError {
+    fn classify(&mut self, err: wasmtime::Error) -> CallError {
         if self.store.data().limiter.hit {
             return CallError::MemoryLimit {
                 limit: self.memory_limit,
             };
-        }
-        if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
-            return CallError::Timeout(self.timeout.saturating_mul(events.max(1) as u32));
         }
         let mut message = match err.downcast_ref::<Trap>() {
             Some(trap) => trap.to_string(),
@@ -217,12 +238,6 @@ impl Instance {
         }
         CallError::Trap(message)
     }
-}
-
-/// Epoch ticks for a deadline `budget` from now, plus one: the current tick
-/// may be about to end.
-fn deadline_ticks(budget: Duration) -> u64 {
-    budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64 + 1
 }
 
 /// The last few KiB a guest wrote to stderr, kept in memory (not shown)

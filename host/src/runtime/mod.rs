@@ -6,19 +6,27 @@
 //!   [`LoadedPlugin`]: digest, sha256 pin, world check, `init`.
 //! - [`instance`]: one live instance with its store, limits and WASI context;
 //!   calling the handler and classifying traps.
-//! - `host`: the imports we provide to guests (logging).
-//! - [`bindings`]: the single `bindgen!` of the WIT world.
+//! - `host`: the imports we provide to guests (logging, state).
+//! - [`bindings`]: the `bindgen!` of the WIT worlds (0.2.0, and the frozen
+//!   0.1.0), and [`world`]: calling a plugin whichever it targets.
+//! - [`capability`]: imports a pipeline must grant (`state`), checked at
+//!   load.
 //! - [`manifest`]: the optional `manifest` export (accepted event versions),
 //!   looked up by name so plugins without it load unchanged.
 
 pub mod bindings;
+pub mod capability;
 pub mod engine;
 mod host;
 pub mod instance;
 pub mod manifest;
 pub mod plugin;
+pub mod state;
 mod wasi;
+pub mod world;
 
 pub use engine::{Runtime, RuntimeOptions};
 pub use instance::{CallError, Instance};
+pub use capability::Capability;
 pub use plugin::{LoadError, LoadedPlugin, PluginSpec};
+pub use world::Target;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex};
 
-use super::bindings::{Plugin, PluginPre};
+use super::capability::Capability;
+use super::world::{Pre, Target};
 use super::engine::Runtime;
 use super::host::GuestLog;
 use super::instance::{CallError, Instance, StderrTail};
@@ -17,8 +18,8 @@ use super::manifest;
 use crate::config::{InstancePolicy, WasiGrants};
 use crate::schema::Accepts;
 
-/// The world every plugin must implement.
-pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
+/// The world every plugin must implement (or its frozen 0.1.0 version).
+pub const WORLD: &str = "sluice:plugin/plugin@0.2.0";
 
 /// What to load and under which limits.
 #[derive(Debug, Clone)]
@@ -33,10 +34,15 @@ pub struct PluginSpec {
     pub wasi: WasiGrants,
     /// Per-event deadline.
     pub timeout: Duration,
+    /// Deadline for a new instance's start and `init`.
+    pub init_timeout: Duration,
     /// Linear memory cap per instance, bytes.
     pub memory: u64,
     /// One instance per lane, or one per event.
     pub instance: InstancePolicy,
+    /// The capabilities the pipeline grants; a plugin importing any other
+    /// is refused.
+    pub grants: Vec<Capability>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +69,12 @@ pub enum LoadError {
     InitRejected { path: PathBuf, message: String },
     #[error("plugin {} failed in init: {source}", path.display())]
     InitFailed { path: PathBuf, source: CallError },
-    #[error("plugin {} exports `{}` but: {detail}", path.display(), manifest::INTERFACE)]
-    Manifest { path: PathBuf, detail: String },
+    #[error("plugin {} did not finish starting and `init` within policy.init_timeout ({limit:?}): it loops or waits in `init`", path.display())]
+    InitTimeout { path: PathBuf, limit: Duration },
+    #[error("plugin {} exports `{interface}` but: {detail}", path.display())]
+    Manifest { path: PathBuf, interface: String, detail: String },
+    #[error("plugin {} imports the `{capability}` capability, which pipeline `{pipeline}` does not grant: {}", path.display(), capability.how_to_grant())]
+    NotGranted { path: PathBuf, pipeline: String, capability: Capability },
 }
 
 /// A compiled, validated plugin from which instances are made. Cheap to
@@ -81,78 +91,46 @@ struct Inner {
     size: usize,
     runtime: Runtime,
     component: Component,
-    pre: PluginPre<super::instance::PluginState>,
+    pre: Pre,
     load_time: Duration,
     cache_hit: bool,
     /// `manifest.accepts` of this version, when it exports it.
     manifest: Option<ComponentExportIndex>,
+    capabilities: Vec<Capability>,
     accepts: std::sync::OnceLock<Accepts>,
 }
 
 impl LoadedPlugin {
     /// Loads and validates, including one instantiation and `init`, so a
     /// plugin that is loaded is one that has accepted its config.
-    pub fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Self, LoadError> {
+    pub async fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Self, LoadError> {
         let path = spec.path.clone();
-        let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+        let bytes = tokio::fs::read(&path).await.map_err(|source| LoadError::Read {
             path: path.clone(),
             source,
         })?;
-        Self::from_bytes(runtime, spec, &bytes)
+        Self::from_bytes(runtime, spec, bytes).await
     }
 
     /// Loads a component from memory (an uploaded version); `spec.path`
-    /// names it in errors and gives the plugin its name.
-    pub fn from_bytes(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<Self, LoadError> {
+    /// names it in errors and gives the plugin its name. Compiling runs on a
+    /// blocking thread (it takes seconds for JavaScript and Python); the
+    /// first instance and its `init` run as a future within
+    /// `spec.init_timeout`.
+    pub async fn from_bytes(runtime: &Runtime, spec: PluginSpec, bytes: Vec<u8>) -> Result<Self, LoadError> {
         let started = Instant::now();
         let path = spec.path.clone();
-        let digest = hex::encode(Sha256::digest(bytes));
-        if let Some(expected) = &spec.sha256 {
-            if !expected.eq_ignore_ascii_case(&digest) {
-                return Err(LoadError::DigestMismatch {
-                    path,
-                    expected: expected.clone(),
-                    actual: digest,
-                });
-            }
-        }
-        check_header(&path, bytes)?;
-        let (component, cache_hit) = runtime.compile(bytes, &digest).map_err(|e| LoadError::Invalid {
-            path: path.clone(),
-            detail: format!("{e:#}"),
-        })?;
-        let instance_pre = runtime
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::WrongWorld {
+        let compiling = runtime.clone();
+        let compiled = tokio::task::spawn_blocking(move || compile(&compiling, spec, &bytes))
+            .await
+            .map_err(|e| LoadError::Start {
                 path: path.clone(),
-                detail: format!("it imports something the host does not provide: {e:#}"),
-            })?;
-        let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
-            path: path.clone(),
-            detail: format!("{e:#}"),
-        })?;
-        let name = plugin_name(&path);
-        let manifest = manifest::find(&component);
-        let plugin = Self {
-            inner: Arc::new(Inner {
-                spec,
-                name,
-                digest: Arc::from(digest),
-                size: bytes.len(),
-                runtime: runtime.clone(),
-                component,
-                pre,
-                load_time: Duration::ZERO,
-                cache_hit,
-                manifest,
-                accepts: std::sync::OnceLock::new(),
-            }),
-        };
-        if let Some(accepts) = plugin.start(true)?.1 {
+                detail: format!("the compiler thread stopped: {e}"),
+            })??;
+        let mut plugin = compiled;
+        if let Some(accepts) = plugin.start(true).await?.1 {
             let _ = plugin.inner.accepts.set(accepts);
         }
-        let mut plugin = plugin;
         if let Some(inner) = Arc::get_mut(&mut plugin.inner) {
             inner.load_time = started.elapsed();
         }
@@ -160,13 +138,23 @@ impl LoadedPlugin {
     }
 
     /// A fresh instance with its config applied through `init`.
-    pub fn instantiate(&self) -> Result<Instance, LoadError> {
-        self.start(false).map(|(instance, _)| instance)
+    pub async fn instantiate(&self) -> Result<Instance, LoadError> {
+        self.start(false).await.map(|(instance, _)| instance)
     }
 
     /// A fresh instance; with `read_manifest`, also what its `accepts`
-    /// returns (after `init`) when the component exports it.
-    fn start(&self, read_manifest: bool) -> Result<(Instance, Option<Accepts>), LoadError> {
+    /// returns (after `init`) when the component exports it. Start and
+    /// `init` together get `init_timeout`.
+    async fn start(&self, read_manifest: bool) -> Result<(Instance, Option<Accepts>), LoadError> {
+        let spec = &self.inner.spec;
+        let limit = spec.init_timeout;
+        match tokio::time::timeout(limit, self.start_within(read_manifest, limit)).await {
+            Ok(started) => started,
+            Err(_) => Err(LoadError::InitTimeout { path: spec.path.clone(), limit }),
+        }
+    }
+
+    async fn start_within(&self, read_manifest: bool, limit: Duration) -> Result<(Instance, Option<Accepts>), LoadError> {
         let inner = &*self.inner;
         let spec = &inner.spec;
         let path = &spec.path;
@@ -176,7 +164,7 @@ impl LoadedPlugin {
             detail: format!("cannot grant WASI capabilities: {e:#}"),
         })?;
         let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone(), inner.digest.get(..12).unwrap_or(&inner.digest).to_owned());
-        let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.memory, spec.timeout);
+        let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.memory);
         let start_error = |e: wasmtime::Error| LoadError::Start {
             path: path.clone(),
             detail: format!("{e:#}"),
@@ -185,19 +173,22 @@ impl LoadedPlugin {
         // indices `PluginPre` resolved once.
         let (bindings, raw) = match (read_manifest, &inner.manifest) {
             (true, Some(_)) => {
-                let raw = inner.pre.instance_pre().instantiate(&mut store).map_err(start_error)?;
-                (Plugin::new(&mut store, &raw).map_err(start_error)?, Some(raw))
+                let (bindings, raw) = inner.pre.instantiate_raw(&mut store).await.map_err(start_error)?;
+                (bindings, Some(raw))
             }
-            _ => (inner.pre.instantiate(&mut store).map_err(start_error)?, None),
+            _ => (inner.pre.instantiate(&mut store).await.map_err(start_error)?, None),
         };
         let mut instance = Instance::new(store, bindings, spec.timeout, spec.memory, stderr);
-        match instance.init(&spec.config) {
+        match instance.init(&spec.config, limit).await {
             Ok(Ok(())) => {
                 let accepts = match (raw, &inner.manifest) {
                     (Some(raw), Some(func)) => Some(
                         instance
-                            .with_store(|store| manifest::accepts(store, &raw, func))
-                            .map_err(|detail| LoadError::Manifest { path: path.clone(), detail })?,
+                            .with_store(|store| Box::pin(manifest::accepts(store, raw, *func)))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|accepts| accepts)
+                            .map_err(|detail| LoadError::Manifest { path: path.clone(), interface: self.target().interface("manifest"), detail })?,
                     ),
                     _ => None,
                 };
@@ -207,6 +198,7 @@ impl LoadedPlugin {
                 path: path.clone(),
                 message,
             }),
+            Err(CallError::Timeout(limit)) => Err(LoadError::InitTimeout { path: path.clone(), limit }),
             Err(source) => Err(LoadError::InitFailed {
                 path: path.clone(),
                 source,
@@ -244,10 +236,72 @@ impl LoadedPlugin {
     pub fn accepts(&self) -> Option<&Accepts> {
         self.inner.accepts.get()
     }
+    /// The contract version the plugin was built against.
+    pub fn target(&self) -> Target {
+        self.inner.pre.target()
+    }
+    /// The capabilities it imports (all granted, or it would not load).
+    pub fn capabilities(&self) -> &[Capability] {
+        &self.inner.capabilities
+    }
     /// Whether the compiled component came from the cache.
     pub fn cache_hit(&self) -> bool {
         self.inner.cache_hit
     }
+}
+
+/// Checks the pin and the header, compiles (or loads from the cache) and
+/// checks the world: everything before the first instance. Blocking.
+fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+    let path = spec.path.clone();
+    let digest = hex::encode(Sha256::digest(bytes));
+    if let Some(expected) = &spec.sha256 {
+        if !expected.eq_ignore_ascii_case(&digest) {
+            return Err(LoadError::DigestMismatch {
+                path,
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+    }
+    check_header(&path, bytes)?;
+    let (component, cache_hit) = runtime.compile(bytes, &digest).map_err(|e| LoadError::Invalid {
+        path: path.clone(),
+        detail: format!("{e:#}"),
+    })?;
+    let instance_pre = runtime
+        .linker()
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::WrongWorld {
+            path: path.clone(),
+            detail: format!("it imports something the host does not provide: {e:#}"),
+        })?;
+    let pre = Pre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+        path: path.clone(),
+        detail: format!("{e:#}"),
+    })?;
+    let capabilities = super::capability::imported(&component, runtime.engine());
+    if let Some(&capability) = capabilities.iter().find(|c| !spec.grants.contains(c)) {
+        return Err(LoadError::NotGranted { path, pipeline: spec.pipeline.clone(), capability });
+    }
+    let name = plugin_name(&path);
+    let manifest = manifest::find(&component, pre.target());
+    Ok(LoadedPlugin {
+        inner: Arc::new(Inner {
+            spec,
+            name,
+            digest: Arc::from(digest),
+            size: bytes.len(),
+            runtime: runtime.clone(),
+            component,
+            pre,
+            load_time: Duration::ZERO,
+            cache_hit,
+            manifest,
+            capabilities,
+            accepts: std::sync::OnceLock::new(),
+        }),
+    })
 }
 
 fn plugin_name(path: &Path) -> String {

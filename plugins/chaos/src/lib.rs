@@ -24,6 +24,9 @@
 //! Config:
 //! - `init_error` (optional): `init` fails with this message, to test how the
 //!   host refuses a plugin.
+//! - `init_sleep_ms` (optional): `init` sleeps this long in the host first
+//!   (a guest waiting in a host call while it starts).
+//! - `init_loop` (optional, any value): `init` spins forever.
 
 use std::hint::black_box;
 
@@ -35,7 +38,17 @@ struct Chaos {
 
 impl Plugin for Chaos {
     fn init(config: Config) -> Result<Self, String> {
-        config.deny_unknown(&["init_error"])?;
+        config.deny_unknown(&["init_error", "init_sleep_ms", "init_loop"])?;
+        if let Some(ms) = config.get("init_sleep_ms") {
+            let ms: u64 = ms.parse().map_err(|e| format!("init_sleep_ms: {e}"))?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if config.get("init_loop").is_some() {
+            let mut n = 0u64;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
         match config.get("init_error") {
             Some(message) => Err(message.to_owned()),
             None => Ok(Chaos { calls: 0 }),

@@ -1,13 +1,13 @@
-//! `plain`: a plugin bound straight to world `plugin` with `wit-bindgen`,
-//! without the SDK and without the optional `manifest` export: what every
-//! plugin built before `manifest` existed looks like, and what the
-//! JavaScript, Python, C and Go SDKs build today. The host's tests load it
-//! to check such plugins keep working and get every event.
+//! `plain`: a plugin bound straight to world `plugin` of the frozen
+//! `sluice:plugin@0.1.0` (`wit/deps/`) with `wit-bindgen`, without the SDK
+//! and without the optional `manifest` export: what every plugin built
+//! before 0.2.0 looks like. The host's tests load it to check such plugins
+//! keep working unchanged and get every event.
 //!
 //! Handles each event by echoing its payload. Config: none.
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/deps/sluice-plugin@0.1.0",
     world: "plugin",
 });
 

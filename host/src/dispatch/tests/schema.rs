@@ -140,9 +140,10 @@ struct Declaring {
     accepts: Accepts,
 }
 
+#[async_trait::async_trait]
 impl HandlerFactory for Declaring {
-    fn create(&self) -> Result<Box<dyn Handler>, String> {
-        self.inner.create()
+    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+        self.inner.create().await
     }
     fn name(&self) -> &str {
         "declaring"

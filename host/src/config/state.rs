@@ -1,0 +1,90 @@
+//! `[pipelines.<name>.state]`: the pipeline's key/value state for its
+//! plugin (the `state` capability), and where it is kept.
+
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use super::SourceConfig;
+
+/// Where state is kept. See docs/configuration.md#state for what survives
+/// what with each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateBackend {
+    /// A local database file (redb), committed with the source's position:
+    /// file and stdin sources, and NATS/JetStream on a single host.
+    #[default]
+    Embedded,
+    /// In memory: lost when the process stops. For tests and demos.
+    Memory,
+}
+
+/// The `state` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Where state is kept. Default `embedded`.
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// `embedded`: the database file (created if missing; its folder must
+    /// exist). Several pipelines may share one file: each has its own
+    /// tables. Relative paths are relative to the config file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Longest key, in bytes. Default 1 KiB.
+    #[serde(default = "default_max_key")]
+    pub max_key_bytes: ByteSize,
+    /// Largest value, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_value")]
+    pub max_value_bytes: ByteSize,
+    /// Writes (set, delete, increment) one event may make. Default 1000.
+    #[serde(default = "default_max_writes")]
+    pub max_writes: usize,
+}
+
+fn default_max_key() -> ByteSize {
+    ByteSize::kib(1)
+}
+fn default_max_value() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_max_writes() -> usize {
+    1000
+}
+
+impl StateConfig {
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        if let Some(path) = self.path.as_mut().filter(|p| p.is_relative()) {
+            *path = base.join(&*path);
+        }
+    }
+
+    /// The cross-field rules: what the backend needs, and whether it fits
+    /// the source. `Err((key, message))`.
+    pub(super) fn validate(&self, source: &SourceConfig) -> Result<(), (&'static str, String)> {
+        match self.backend {
+            StateBackend::Embedded => {
+                if self.path.is_none() {
+                    return Err(("state.path", "missing: the embedded backend keeps state in a database file, e.g. `path = \"state.redb\"`".into()));
+                }
+                if matches!(source, SourceConfig::Kafka { .. }) {
+                    return Err((
+                        "state.backend",
+                        "`embedded` keeps state on this host only, but a Kafka consumer group moves partitions between hosts on a rebalance, and the host that takes a partition would not have its state; Kafka sources are not supported by this build's state backends yet".into(),
+                    ));
+                }
+            }
+            StateBackend::Memory => {
+                if self.path.is_some() {
+                    return Err(("state.path", "the memory backend keeps nothing on disk: remove `path`, or use `backend = \"embedded\"`".into()));
+                }
+            }
+        }
+        if self.max_key_bytes.as_u64() == 0 || self.max_value_bytes.as_u64() == 0 || self.max_writes == 0 {
+            return Err(("state", "max_key_bytes, max_value_bytes and max_writes must be greater than zero".into()));
+        }
+        Ok(())
+    }
+}

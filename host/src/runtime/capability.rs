@@ -1,0 +1,60 @@
+//! Capabilities: host imports a pipeline must grant before its plugin may
+//! use them. Plain imports (`log`, WASI's clocks and random) are always
+//! there; a capability reaches outside the plugin (its state today; the
+//! network and other services next), so a plugin that imports one into a
+//! pipeline that does not grant it is refused at load, by name, rather
+//! than failing on its first event.
+
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+/// A capability, as configured and as imported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    /// `sluice:plugin/state`: the pipeline's key/value state, granted by a
+    /// `[pipelines.<name>.state]` table.
+    State,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 1] = [Capability::State];
+
+    /// The name used in config and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::State => "state",
+        }
+    }
+
+    /// The import's instance name without its version.
+    fn interface(self) -> &'static str {
+        match self {
+            Capability::State => "sluice:plugin/state",
+        }
+    }
+
+    /// What grants it, for the refusal message.
+    pub fn how_to_grant(self) -> &'static str {
+        match self {
+            Capability::State => "add a `[pipelines.<name>.state]` table (see docs/configuration.md#state)",
+        }
+    }
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The capabilities `component` imports, in a stable order.
+pub fn imported(component: &Component, engine: &Engine) -> Vec<Capability> {
+    let imports: Vec<String> = component.component_type().imports(engine).map(|(name, _)| name.to_owned()).collect();
+    Capability::ALL
+        .into_iter()
+        .filter(|capability| {
+            let prefix = format!("{}@", capability.interface());
+            imports.iter().any(|name| name.starts_with(&prefix))
+        })
+        .collect()
+}
