@@ -29,6 +29,9 @@ pub enum Reason {
     Rejected,
     /// Retryable failures used up `max_attempts`.
     RetriesExhausted,
+    /// Failures used up `max_attempts`, the last of them a timeout: the
+    /// handler ran past `policy.timeout` (a loop, or a wait in a host call).
+    Timeout,
     /// The source could not decode it into an event.
     Undecodable,
     /// It does not match its schema (or has no schema, or no type header,
@@ -43,6 +46,7 @@ impl Reason {
         match self {
             Reason::Rejected => "rejected",
             Reason::RetriesExhausted => "retries-exhausted",
+            Reason::Timeout => "timeout",
             Reason::Undecodable => "undecodable",
             Reason::Invalid => "invalid",
             Reason::Unsupported => "unsupported",

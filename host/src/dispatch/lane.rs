@@ -291,7 +291,11 @@ impl Lane {
             }
             Stats::add(&self.d.stats.failures, 1);
             if !self.d.retry.should_retry(event.attempt) {
-                let failure = Failure { reason: Reason::RetriesExhausted, message, attempts: event.attempt, first, last: now };
+                let reason = match failed {
+                    Failed::Call(CallError::Timeout(_)) => Reason::Timeout,
+                    _ => Reason::RetriesExhausted,
+                };
+                let failure = Failure { reason, message, attempts: event.attempt, first, last: now };
                 self.forget(&event);
                 self.dead_letter(event, &failure, ack, trace);
                 return Ok(());
