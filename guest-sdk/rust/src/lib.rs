@@ -1,7 +1,7 @@
 //! Write Sluice event-handler plugins in Rust.
 //!
 //! A Sluice plugin is a WebAssembly component that exports the `handler`
-//! interface of `sluice:plugin@0.1.0` (see `wit/sluice.wit`). This crate hides
+//! interface of `sluice:plugin@0.2.0` (see `wit/sluice.wit`). This crate hides
 //! the component plumbing so that a plugin is one [`Plugin`] impl plus one
 //! [`export!`] line:
 //!
@@ -50,6 +50,7 @@
 //! - [`Event`], [`Output`], [`HandlerError`]: the WIT records, plus helpers
 //!   for headers, UTF-8 and JSON payloads, and building outputs.
 //! - [`log`]: structured logging into the host's log stream.
+//! - [`state`]: the pipeline's key/value state, committed with each event.
 //! - [`bindings`]: the raw `wit-bindgen` output, for anything not wrapped here.
 //!
 //! # Event versions
@@ -78,6 +79,7 @@
 mod config;
 mod event;
 pub mod log;
+pub mod state;
 mod output;
 mod plugin;
 
