@@ -195,7 +195,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
-        let prune = self.commits.fetch_add(1, Ordering::Relaxed) % self.options.prune_every == 0;
+        let prune = self.commits.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.options.prune_every);
         let retention_ms = u64::try_from(self.options.marker_retention.as_millis()).unwrap_or(u64::MAX);
         let prune_max = self.options.prune_max;
         self.run(move |db, tables| {

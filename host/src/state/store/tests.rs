@@ -452,7 +452,7 @@ mod interleavings {
             let mut next_id = 0;
             let mut seen = Vec::new();
             let mut readies = Vec::new();
-            let mut pending_values = vec![None; 4];
+            let mut pending_values = [None; 4];
             for (lane, action) in steps {
                 let current = std::mem::replace(&mut lanes[lane], Lane::Idle);
                 lanes[lane] = match (current, action % 4) {
