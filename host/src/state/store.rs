@@ -29,7 +29,7 @@
 //! resolves those `ready` calls. A later ticket never commits before an
 //! earlier one, so a late commit can never overwrite a newer value.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -134,6 +134,9 @@ struct Inner {
     in_flight: bool,
     /// Set by a failed commit or a dropped ticket; cleared by `abort`.
     failed: Option<StateError>,
+    /// Ids of concluded events not yet committed (queued or in flight), with
+    /// how many tickets each has.
+    uncommitted: HashMap<String, usize>,
 }
 
 struct Pending {
@@ -250,6 +253,7 @@ impl Store {
         inner.next_seq += 1;
         // A failed store takes no more work; the ticket's `ready` reports why.
         if inner.failed.is_none() {
+            *inner.uncommitted.entry(event_id.clone()).or_default() += 1;
             inner.queue.push_back(Slot {
                 seq,
                 event_id: event_id.clone(),
@@ -366,6 +370,15 @@ impl Store {
         self.backend.was_applied(event_id).await
     }
 
+    /// Whether an event concluded and waits for its commit (queued or in
+    /// flight). A redelivery of such an event (a broker's ack deadline
+    /// passed while the commit queue was long) must not run again, nor be
+    /// acknowledged before the original's `ready` resolves: neither
+    /// [`Store::was_applied`] nor a re-run is safe for it yet.
+    pub fn is_uncommitted(&self, event_id: &str) -> bool {
+        self.inner().uncommitted.contains_key(event_id)
+    }
+
     /// A source's last committed position.
     pub async fn position(&self, source: &str) -> Result<Option<u64>, StateError> {
         self.backend.position(source).await
@@ -434,6 +447,7 @@ async fn commit_loop(store: Arc<Store>) {
             let mut applied = Vec::new();
             let mut position = None;
             let mut waiters = Vec::new();
+            // Events of this batch stay "uncommitted" until the commit returns.
             while applied.len() < MAX_BATCH_EVENTS && inner.queue.front().is_some_and(|s| s.ready) {
                 let Some(slot) = inner.queue.pop_front() else { break };
                 for (key, value) in slot.writes {
@@ -451,12 +465,16 @@ async fn commit_loop(store: Arc<Store>) {
             inner.in_flight = true;
             (CommitBatch { writes, applied, position }, waiters, committed, inner.epoch)
         };
+        let ids = batch.applied.clone();
         let events = batch.applied.len();
         let started = Instant::now();
         let result = store.backend.commit(batch).await;
         {
             let mut inner = store.inner();
             inner.in_flight = false;
+            for id in &ids {
+                forget_uncommitted(&mut inner.uncommitted, id);
+            }
             match &result {
                 Ok(()) => {
                     store.metrics.add_commit(events, started.elapsed());
@@ -487,11 +505,21 @@ fn reset(inner: &mut Inner, error: StateError) {
     inner.pending.clear();
     inner.committed.clear();
     for slot in inner.queue.drain(..) {
+        forget_uncommitted(&mut inner.uncommitted, &slot.event_id);
         if let Some(waiter) = slot.waiter {
             let _ = waiter.send(Err(error.clone()));
         }
     }
     inner.epoch += 1;
+}
+
+fn forget_uncommitted(uncommitted: &mut HashMap<String, usize>, id: &str) {
+    if let Some(count) = uncommitted.get_mut(id) {
+        *count -= 1;
+        if *count == 0 {
+            uncommitted.remove(id);
+        }
+    }
 }
 
 /// Drops committed pending entries that no live attempt can still need (see
@@ -533,7 +561,7 @@ fn range_under<'a>(
 fn validate(
     pending: &BTreeMap<String, Pending>,
     event_id: &str,
-    reads: &std::collections::HashMap<String, u64>,
+    reads: &HashMap<String, u64>,
     scans: &[ScanRead],
 ) -> Result<(), Conflict> {
     for (key, read_at) in reads {

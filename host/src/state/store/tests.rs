@@ -145,12 +145,14 @@ async fn tickets_readied_out_of_order_commit_in_conclude_order() -> Result {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!waiting.is_finished());
     assert!(!backend.was_applied("late").await?);
+    assert!(store.is_uncommitted("late") && store.is_uncommitted("early"));
     assert_eq!(backend.get("k").await?, None);
 
     store.ready(t_early).await?;
     waiting.await??;
     assert_eq!(text(backend.get("k").await?).as_deref(), Some("late"));
     assert!(backend.was_applied("early").await? && backend.was_applied("late").await?);
+    assert!(!store.is_uncommitted("late") && !store.is_uncommitted("early"));
     Ok(())
 }
 
@@ -210,6 +212,7 @@ async fn abort_discards_pending_writes_and_fails_waiting_tickets() -> Result {
     let t_a = store.conclude(a)?;
     let stale = store.begin("stale".into());
     store.abort().await;
+    assert!(!store.is_uncommitted("a"));
     assert!(store.ready(t_a).await.is_err());
     assert!(matches!(store.conclude(stale), Err(Conflict::Reset { .. })));
     let mut fresh = store.begin("fresh".into());
