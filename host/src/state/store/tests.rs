@@ -435,6 +435,24 @@ async fn operators_delete_through_the_commit_order() -> Result {
     Ok(())
 }
 
+/// The host imports await these inside wasmtime's async calls and the
+/// dispatcher spawns them: they must be `Send`.
+#[test]
+fn every_future_is_send() {
+    fn send<T: Send>(_: T) {}
+    let (_, store) = store();
+    let mut s = store.begin("e".into());
+    send(s.get("k"));
+    send(s.increment("k", 1));
+    send(s.scan("k", None, 1));
+    let ticket = store.conclude_without_writes("t".into());
+    send(store.ready(ticket));
+    send(store.abort());
+    send(store.delete("k"));
+    send(store.scan("", None, 1));
+    send(s);
+}
+
 mod interleavings {
     use proptest::prelude::*;
 
