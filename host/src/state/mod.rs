@@ -7,7 +7,7 @@
 //!    holds its writes. Reads go overlay → pending (concluded, not yet
 //!    durable) → [`Backend`]; the overlay makes an event read its own writes.
 //! 2. [`Store::conclude`] when the attempt's outputs are accepted: its reads
-//!    are validated (optimistic concurrency, [`store`] says how) and its
+//!    are validated (optimistic concurrency, explained in `store.rs`) and its
 //!    writes join the pending map, visible to later events. It returns a
 //!    [`Ticket`] that holds the event's place in the commit order. A failed,
 //!    retried or dead-lettered attempt is simply dropped: no trace.
