@@ -31,6 +31,7 @@
 //! [`replay`] reads dead-letter records back into the events they were, for
 //! `sluice dlq replay`. [`telemetry`] exports a span per event to
 //! OpenTelemetry when `[tracing]` asks for it.
+//! [`state`] holds plugin state per pipeline, made durable with its events.
 
 pub mod admin;
 pub mod codec;
@@ -48,5 +49,6 @@ pub mod runtime;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod supervisor;
 pub mod telemetry;

@@ -1,0 +1,184 @@
+//! What plugin state costs per event, before it is wired into the runtime:
+//! `begin` + 1 `get` + 1 `set` + `conclude` + `ready` for a batch of 256
+//! events (64 keys, 100 B values), all tickets readied together so group
+//! commit works as it will in a lane.
+//!
+//! - `state/memory`, `state/embedded` (redb, fsync per commit, a temp file);
+//! - `state/none`: the same loop without state (ids and values only);
+//! - `state/pipeline-native`: the whole dispatcher with the native
+//!   passthrough (in-memory source, null sink), batch 256, the per-event cost
+//!   state is added to once wired in.
+//!
+//! After criterion's report, a table of ns/event and state/pipeline ratios.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use tokio_util::sync::CancellationToken;
+
+use sluice::config::BackoffConfig;
+use sluice::dispatch::{Dispatcher, RetryPolicy, Router};
+use sluice::event::Event;
+use sluice::state::embedded::{EmbeddedDb, EmbeddedOptions};
+use sluice::state::memory::MemoryBackend;
+use sluice::state::{Backend, Limits, Store};
+
+use common::{MemorySource, Native, NullSink};
+
+const BATCH: usize = 256;
+const KEYS: usize = 64;
+const PIPELINE_EVENTS: usize = 10_240;
+
+/// One batch through the state path: every event reads and writes its key,
+/// concludes, and all are readied together.
+async fn state_batch(store: &Arc<Store>, round: usize, value: &[u8]) {
+    let mut tickets = Vec::with_capacity(BATCH);
+    for i in 0..BATCH {
+        let mut state = store.begin(format!("bench:{round}:{i}"));
+        let key = format!("key-{}", i % KEYS);
+        let _ = std::hint::black_box(state.get(&key).await);
+        let _ = state.set(&key, value.to_vec());
+        match store.conclude(state) {
+            Ok(ticket) => tickets.push(ticket),
+            Err(conflict) => eprintln!("unexpected conflict: {conflict}"),
+        }
+    }
+    for result in futures::future::join_all(tickets.into_iter().map(|t| store.ready(t))).await {
+        if let Err(e) = result {
+            eprintln!("commit failed: {e}");
+        }
+    }
+}
+
+/// The same loop with no state: what the ids and values cost alone.
+fn no_state_batch(round: usize, value: &[u8]) {
+    for i in 0..BATCH {
+        std::hint::black_box((format!("bench:{round}:{i}"), format!("key-{}", i % KEYS), value.to_vec()));
+    }
+}
+
+fn event(i: usize, payload: &[u8]) -> Event {
+    Event {
+        id: format!("bench:{i}"),
+        source: "bench".into(),
+        key: None,
+        payload: payload.to_vec(),
+        headers: Vec::new(),
+        timestamp_ms: 1_700_000_000_000,
+        attempt: 1,
+        reply_to: None,
+    }
+}
+
+fn dispatcher() -> Dispatcher {
+    Dispatcher {
+        retry: RetryPolicy { max_attempts: 1, backoff: BackoffConfig::default() },
+        batch_size: BATCH,
+        batch_bytes: 32 << 20,
+        version_header: false,
+        ..Dispatcher::new(
+            "bench",
+            Arc::new(sluice::dispatch::PluginSlot::new(Arc::new(Native))),
+            Router::new(Arc::new(NullSink), HashMap::new()),
+            Arc::new(NullSink),
+        )
+    }
+}
+
+fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path) {
+    let value = vec![b'x'; 100];
+    let mut group = c.benchmark_group("state");
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    group.bench_function(BenchmarkId::new("none", BATCH), |b| {
+        let mut round = 0;
+        b.iter(|| {
+            round += 1;
+            no_state_batch(round, &value)
+        })
+    });
+
+    let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let store = Store::new(memory, Limits::default());
+    group.bench_function(BenchmarkId::new("memory", BATCH), |b| {
+        let mut round = 0;
+        b.iter(|| {
+            round += 1;
+            rt.block_on(state_batch(&store, round, &value))
+        })
+    });
+
+    match rt.block_on(EmbeddedDb::open(dir.join("bench.redb"))) {
+        Ok(db) => {
+            let store = Store::new(Arc::new(db.backend("bench", EmbeddedOptions::default())), Limits::default());
+            group.bench_function(BenchmarkId::new("embedded", BATCH), |b| {
+                let mut round = 0;
+                b.iter(|| {
+                    round += 1;
+                    rt.block_on(state_batch(&store, round, &value))
+                })
+            });
+        }
+        Err(e) => eprintln!("no embedded row: {e}"),
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("state-pipeline");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(PIPELINE_EVENTS as u64));
+    let events: Vec<Event> = (0..PIPELINE_EVENTS).map(|i| event(i, &value)).collect();
+    group.bench_function(BenchmarkId::new("native", BATCH), |b| {
+        b.iter_batched(
+            || MemorySource(events.clone().into()),
+            |source| rt.block_on(dispatcher().run(Box::new(source), CancellationToken::new())),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+fn mean_ns(group: &str, function: &str) -> Option<f64> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/criterion")
+        .join(group)
+        .join(function)
+        .join(BATCH.to_string())
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["mean"]["point_estimate"].as_f64()
+}
+
+fn report() {
+    let pipeline = mean_ns("state-pipeline", "native").map(|ns| ns / PIPELINE_EVENTS as f64);
+    println!("\n| row | ns/event | events/s | vs native pipeline per event |");
+    println!("|---|---|---|---|");
+    if let Some(p) = pipeline {
+        println!("| pipeline, native passthrough (no state) | {p:.0} | {:.0} | 1.00 |", 1e9 / p);
+    }
+    for row in ["none", "memory", "embedded"] {
+        if let Some(ns) = mean_ns("state", row).map(|ns| ns / BATCH as f64) {
+            let ratio = pipeline.map_or("?".into(), |p| format!("+{:.2}", ns / p));
+            println!("| state/{row} (begin+get+set+conclude+ready) | {ns:.0} | {:.0} | {ratio} |", 1e9 / ns);
+        }
+    }
+}
+
+fn main() {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        eprintln!("no tokio runtime");
+        return;
+    };
+    let Ok(dir) = tempfile::tempdir() else {
+        eprintln!("no temp dir");
+        return;
+    };
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c, &rt, dir.path());
+    c.final_summary();
+    report();
+}

@@ -1,0 +1,66 @@
+//! The durable side of state: one trait, implemented by [`super::memory`] and
+//! [`super::embedded`] (and later by JetStream KV and a Kafka changelog).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::StateError;
+
+/// A source's resume point stored with a commit, e.g. a file source's line
+/// count. Committed in the same transaction as the state it covers, so a
+/// crash leaves state and position consistent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The source's name, the key under which the position is kept.
+    pub source: String,
+    pub offset: u64,
+}
+
+/// Everything one backend transaction writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitBatch {
+    /// Key → new value (`None` deletes), each key once, sorted by key; when
+    /// several events of the batch wrote a key, the last one in conclude
+    /// order wins (the store has already folded them).
+    pub writes: Vec<(String, Option<Bytes>)>,
+    /// Ids of the events this commit makes durable.
+    ///
+    /// Why the markers exist: a crash after the state commit but before the
+    /// source's ack redelivers the event; the dispatcher asks
+    /// [`Backend::was_applied`] and acknowledges it without running it again,
+    /// so an increment is never applied twice. They are pruned after a
+    /// retention that must exceed the longest redelivery delay.
+    pub applied: Vec<String>,
+    /// The source's resume point, when the caller gave one.
+    pub position: Option<Position>,
+}
+
+/// Durable storage for one pipeline's state. All methods are async so that a
+/// networked backend fits; blocking backends move their work off the
+/// runtime's threads.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The committed value of a key.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError>;
+
+    /// Up to `limit` committed entries whose keys start with `prefix` and are
+    /// greater than `after` (when given), sorted by key.
+    async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError>;
+
+    /// One atomic transaction: apply every write, record every event id in
+    /// `applied`, and store `position` when given. Either all of it is
+    /// durable when this returns `Ok`, or none of it is.
+    async fn commit(&self, batch: CommitBatch) -> Result<(), StateError>;
+
+    /// Whether a commit recorded this event id (and its marker has not been
+    /// pruned yet).
+    async fn was_applied(&self, event_id: &str) -> Result<bool, StateError>;
+
+    /// The last position committed for a source.
+    async fn position(&self, source: &str) -> Result<Option<u64>, StateError>;
+}

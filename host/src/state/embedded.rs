@@ -1,0 +1,298 @@
+//! The embedded backend: redb, a transactional copy-on-write B-tree in one
+//! file. One database per host ([`EmbeddedDb`]), a table namespace per
+//! pipeline ([`EmbeddedDb::backend`]):
+//!
+//! - `state:<pipeline>`: key → value;
+//! - `applied:<pipeline>`: event id → commit time (ms since the Unix epoch),
+//!   the applied markers (see [`CommitBatch::applied`] for why they exist);
+//! - `applied_at:<pipeline>`: (commit time, event id) → (), an index of the
+//!   markers by age so pruning reads only what it deletes;
+//! - `positions`: (pipeline, source) → resume position.
+//!
+//! Every commit is one write transaction with `Durability::Immediate`
+//! (fsync before it returns): state, markers and position land together or
+//! not at all, so a kill -9 anywhere leaves them consistent. redb calls block
+//! (file I/O, fsync), so each runs on tokio's blocking pool.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+use super::backend::{Backend, CommitBatch};
+use super::memory::DEFAULT_MARKER_RETENTION;
+use super::StateError;
+
+/// Markers are pruned on every this many commits, not on each: pruning is a
+/// range read plus deletes, worth amortising.
+pub const DEFAULT_PRUNE_EVERY: u64 = 64;
+
+/// Most markers one prune deletes, so a backlog (after a long stop) spreads
+/// over several commits instead of making one transaction huge.
+pub const DEFAULT_PRUNE_MAX: usize = 10_000;
+
+const POSITIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("positions");
+
+/// How one pipeline's markers are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// How long an applied marker is kept: it must exceed the longest time a
+    /// source may take to redeliver an unacknowledged event. 24 h default.
+    pub marker_retention: Duration,
+    /// Prune on every `prune_every`-th commit (at least 1).
+    pub prune_every: u64,
+    /// Most markers deleted by one prune.
+    pub prune_max: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            marker_retention: DEFAULT_MARKER_RETENTION,
+            prune_every: DEFAULT_PRUNE_EVERY,
+            prune_max: DEFAULT_PRUNE_MAX,
+        }
+    }
+}
+
+/// The host's state database. redb refuses to open one file twice in a
+/// process, so the host opens it once and hands each pipeline a backend.
+#[derive(Debug, Clone)]
+pub struct EmbeddedDb {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+}
+
+impl EmbeddedDb {
+    /// Opens (or creates) the database file, creating its directory.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StateError> {
+        let path = Arc::new(path.into());
+        let opened = Arc::clone(&path);
+        let db = blocking(move || {
+            if let Some(dir) = opened.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| unavailable(&opened, e))?;
+            }
+            Database::create(opened.as_path()).map_err(|e| unavailable(&opened, e))
+        })
+        .await?;
+        Ok(Self { db: Arc::new(db), path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The backend of one pipeline: its own tables in this database.
+    pub fn backend(&self, pipeline: &str, options: EmbeddedOptions) -> EmbeddedBackend {
+        EmbeddedBackend {
+            db: self.clone(),
+            tables: Arc::new(Tables {
+                pipeline: pipeline.to_owned(),
+                state: format!("state:{pipeline}"),
+                applied: format!("applied:{pipeline}"),
+                applied_at: format!("applied_at:{pipeline}"),
+            }),
+            options: EmbeddedOptions { prune_every: options.prune_every.max(1), ..options },
+            commits: AtomicU64::new(0),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tables {
+    pipeline: String,
+    state: String,
+    applied: String,
+    applied_at: String,
+}
+
+impl Tables {
+    fn state(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(&self.state)
+    }
+    fn applied(&self) -> TableDefinition<'_, &'static str, u64> {
+        TableDefinition::new(&self.applied)
+    }
+    fn applied_at(&self) -> TableDefinition<'_, (u64, &'static str), ()> {
+        TableDefinition::new(&self.applied_at)
+    }
+}
+
+/// One pipeline's state in the host's database.
+#[derive(Debug)]
+pub struct EmbeddedBackend {
+    db: EmbeddedDb,
+    tables: Arc<Tables>,
+    options: EmbeddedOptions,
+    commits: AtomicU64,
+}
+
+impl EmbeddedBackend {
+    /// Runs a blocking redb operation on the blocking pool, with errors
+    /// naming the database file.
+    async fn run<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &Tables) -> Result<T, redb::Error> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db.db);
+        let tables = Arc::clone(&self.tables);
+        let path = Arc::clone(&self.db.path);
+        blocking(move || f(&db, &tables).map_err(|e| unavailable(&path, e))).await
+    }
+}
+
+#[async_trait]
+impl Backend for EmbeddedBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let key = key.to_owned();
+        self.run(move |db, tables| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(tables.state()) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let prefix = prefix.to_owned();
+        let after = after.map(str::to_owned);
+        self.run(move |db, tables| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(tables.state()) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let start = match after.as_deref() {
+                Some(after) if after >= prefix.as_str() => Bound::Excluded(after),
+                _ => Bound::Included(prefix.as_str()),
+            };
+            let mut page = Vec::new();
+            for entry in table.range::<&str>((start, Bound::Unbounded))? {
+                let (key, value) = entry?;
+                if !key.value().starts_with(prefix.as_str()) || page.len() >= limit {
+                    break;
+                }
+                page.push((key.value().to_owned(), value.value().to_vec()));
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
+        let prune = self.commits.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.options.prune_every);
+        let retention_ms = u64::try_from(self.options.marker_retention.as_millis()).unwrap_or(u64::MAX);
+        let prune_max = self.options.prune_max;
+        self.run(move |db, tables| {
+            let now = now_ms();
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            {
+                let mut state = txn.open_table(tables.state())?;
+                for (key, value) in &batch.writes {
+                    match value {
+                        Some(value) => drop(state.insert(key.as_str(), value.as_ref())?),
+                        None => drop(state.remove(key.as_str())?),
+                    }
+                }
+                let mut applied = txn.open_table(tables.applied())?;
+                let mut applied_at = txn.open_table(tables.applied_at())?;
+                if prune {
+                    let cutoff = now.saturating_sub(retention_ms);
+                    let mut old = Vec::new();
+                    for entry in applied_at.range::<(u64, &str)>(..(cutoff, ""))?.take(prune_max) {
+                        let (key, _) = entry?;
+                        let (at, id) = key.value();
+                        old.push((at, id.to_owned()));
+                    }
+                    for (at, id) in &old {
+                        applied_at.remove((*at, id.as_str()))?;
+                        applied.remove(id.as_str())?;
+                    }
+                }
+                for id in &batch.applied {
+                    let previous = applied.insert(id.as_str(), now)?.map(|at| at.value());
+                    if let Some(at) = previous {
+                        applied_at.remove((at, id.as_str()))?;
+                    }
+                    applied_at.insert((now, id.as_str()), ())?;
+                }
+                if let Some(position) = &batch.position {
+                    let mut positions = txn.open_table(POSITIONS)?;
+                    positions.insert((tables.pipeline.as_str(), position.source.as_str()), position.offset)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn was_applied(&self, event_id: &str) -> Result<bool, StateError> {
+        let event_id = event_id.to_owned();
+        self.run(move |db, tables| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(tables.applied()) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get(event_id.as_str())?.is_some())
+        })
+        .await
+    }
+
+    async fn position(&self, source: &str) -> Result<Option<u64>, StateError> {
+        let source = source.to_owned();
+        self.run(move |db, tables| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(POSITIONS) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get((tables.pipeline.as_str(), source.as_str()))?.map(|v| v.value()))
+        })
+        .await
+    }
+}
+
+/// Runs blocking work off the async runtime's worker threads.
+async fn blocking<T, F>(f: F) -> Result<T, StateError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StateError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StateError::Unavailable(format!("state database task failed: {e}"))))
+}
+
+fn unavailable(path: &Path, error: impl std::fmt::Display) -> StateError {
+    StateError::Unavailable(format!("state database {}: {error}", path.display()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

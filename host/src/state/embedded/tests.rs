@@ -1,0 +1,121 @@
+use bytes::Bytes;
+
+use super::*;
+use crate::state::{Limits, Position, Store};
+
+type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn batch(writes: &[(&str, Option<&str>)], applied: &[&str], position: Option<(&str, u64)>) -> CommitBatch {
+    CommitBatch {
+        writes: writes.iter().map(|(k, v)| (k.to_string(), v.map(|v| Bytes::copy_from_slice(v.as_bytes())))).collect(),
+        applied: applied.iter().map(|s| s.to_string()).collect(),
+        position: position.map(|(source, offset)| Position { source: source.into(), offset }),
+    }
+}
+
+#[tokio::test]
+async fn a_commit_survives_reopening_with_its_markers_and_position() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("state").join("sluice.redb");
+    {
+        let db = EmbeddedDb::open(&path).await?;
+        let backend = db.backend("orders", EmbeddedOptions::default());
+        assert_eq!(backend.get("k").await?, None, "tables do not exist yet");
+        assert!(!backend.was_applied("e1").await?);
+        assert_eq!(backend.position("file").await?, None);
+        assert!(backend.scan("", None, 10).await?.is_empty());
+        backend.commit(batch(&[("k", Some("v")), ("gone", Some("x"))], &["e0"], None)).await?;
+        backend.commit(batch(&[("gone", None), ("k2", Some("v2"))], &["e1", "e2"], Some(("file", 42)))).await?;
+    }
+    let db = EmbeddedDb::open(&path).await?;
+    let backend = db.backend("orders", EmbeddedOptions::default());
+    assert_eq!(backend.get("k").await?, Some(b"v".to_vec()));
+    assert_eq!(backend.get("gone").await?, None);
+    assert!(backend.was_applied("e1").await? && backend.was_applied("e2").await?);
+    assert!(!backend.was_applied("e3").await?);
+    assert_eq!(backend.position("file").await?, Some(42));
+
+    let other = db.backend("payments", EmbeddedOptions::default());
+    assert_eq!(other.get("k").await?, None, "each pipeline has its own namespace");
+    assert!(!other.was_applied("e1").await?);
+    assert_eq!(other.position("file").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn scan_pages_by_prefix_in_key_order() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = EmbeddedDb::open(dir.path().join("s.redb")).await?;
+    let backend = db.backend("p", EmbeddedOptions::default());
+    backend.commit(batch(&[("a1", Some("1")), ("a2", Some("2")), ("a3", Some("3")), ("b1", Some("x")), ("", Some("e"))], &[], None)).await?;
+    let keys = |page: Vec<(String, Vec<u8>)>| page.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(keys(backend.scan("a", None, 2).await?), ["a1", "a2"]);
+    assert_eq!(keys(backend.scan("a", Some("a2"), 2).await?), ["a3"]);
+    assert_eq!(keys(backend.scan("a", Some("0"), 1).await?), ["a1"], "an `after` before the prefix starts at the prefix");
+    assert_eq!(keys(backend.scan("", None, 10).await?), ["", "a1", "a2", "a3", "b1"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn old_markers_are_pruned_during_commits() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = EmbeddedDb::open(dir.path().join("m.redb")).await?;
+    let options = EmbeddedOptions { marker_retention: Duration::from_millis(10), prune_every: 2, prune_max: 1 };
+    let backend = db.backend("p", options);
+    backend.commit(batch(&[], &["old1", "old2"], None)).await?; // commit 0 prunes (nothing)
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    backend.commit(batch(&[], &["new1"], None)).await?; // commit 1: no prune
+    assert!(backend.was_applied("old1").await?, "pruning is amortised");
+    backend.commit(batch(&[], &["new2"], None)).await?; // commit 2 prunes one (prune_max)
+    assert!(!backend.was_applied("old1").await?);
+    assert!(backend.was_applied("old2").await?, "at most prune_max per commit");
+    backend.commit(batch(&[], &[], None)).await?;
+    backend.commit(batch(&[], &[], None)).await?; // commit 4 prunes the next
+    assert!(!backend.was_applied("old2").await?);
+    assert!(backend.was_applied("new1").await? && backend.was_applied("new2").await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_abort_a_fresh_store_over_the_database_sees_only_committed_values() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("a.redb");
+    {
+        let db = EmbeddedDb::open(&path).await?;
+        let store = Store::new(Arc::new(db.backend("p", EmbeddedOptions::default())), Limits::default());
+        let mut a = store.begin("a".into());
+        a.increment("n", 1).await?;
+        let mut t = store.conclude(a)?;
+        t.set_position("file", 1);
+        store.ready(t).await?;
+        let mut b = store.begin("b".into());
+        assert_eq!(b.increment("n", 1).await?, 2);
+        let t_b = store.conclude(b)?;
+        let mut c = store.begin("c".into());
+        assert_eq!(c.get("n").await?, Some(b"2".to_vec()), "pending is visible before abort");
+        drop(c);
+        store.abort().await;
+        assert!(store.ready(t_b).await.is_err());
+        let fresh = Store::new(Arc::new(db.backend("p", EmbeddedOptions::default())), Limits::default());
+        let mut d = fresh.begin("d".into());
+        assert_eq!(d.get("n").await?, Some(b"1".to_vec()));
+    }
+    let db = EmbeddedDb::open(&path).await?;
+    let store = Store::new(Arc::new(db.backend("p", EmbeddedOptions::default())), Limits::default());
+    assert_eq!(store.get("n").await?, Some(b"1".to_vec()));
+    assert!(store.was_applied("a").await? && !store.was_applied("b").await?);
+    assert_eq!(store.position("file").await?, Some(1), "the position was committed with the state");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_file_is_refused_with_its_path() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("x.redb");
+    let _db = EmbeddedDb::open(&path).await?;
+    let Err(error) = EmbeddedDb::open(&path).await else {
+        return Err("redb allows one open per file".into());
+    };
+    assert!(error.to_string().contains("x.redb"), "{error}");
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The in-memory backend: for tests and `sluice plugin test`. Nothing
+//! survives the process; commits are atomic because they take one lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+
+use super::backend::{Backend, CommitBatch};
+use super::StateError;
+
+/// How long applied markers are kept by default: a day, far longer than any
+/// broker's redelivery delay.
+pub const DEFAULT_MARKER_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A `BTreeMap` behind a mutex.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    inner: Mutex<Inner>,
+    marker_retention: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    values: BTreeMap<String, Bytes>,
+    applied: HashSet<String>,
+    /// Markers in commit order, for pruning.
+    applied_order: VecDeque<(Instant, String)>,
+    positions: HashMap<String, u64>,
+}
+
+/// Why a seed file was refused.
+#[derive(thiserror::Error, Debug)]
+pub enum SeedError {
+    #[error("cannot read state seed file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("state seed {origin} is not a JSON object of key → value: {source}")]
+    Json { origin: String, source: serde_json::Error },
+    #[error("state seed {origin}, key {key:?}: {reason}")]
+    Value { origin: String, key: String, reason: String },
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::with_retention(DEFAULT_MARKER_RETENTION)
+    }
+
+    pub fn with_retention(marker_retention: Duration) -> Self {
+        Self { inner: Mutex::new(Inner::default()), marker_retention }
+    }
+
+    /// A backend holding the entries of a seed file: a JSON object whose
+    /// values are strings (stored as their UTF-8 bytes) or `{"base64": "…"}`
+    /// for arbitrary bytes. Lets plugin authors test stateful handlers.
+    pub fn from_seed_file(path: &Path) -> Result<Self, SeedError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read { path: path.to_owned(), source })?;
+        Self::from_seed_json(&text, &path.display().to_string())
+    }
+
+    /// As [`Self::from_seed_file`], from the JSON text; `origin` names it in
+    /// errors.
+    pub fn from_seed_json(text: &str, origin: &str) -> Result<Self, SeedError> {
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|source| SeedError::Json { origin: origin.to_owned(), source })?;
+        let backend = Self::new();
+        {
+            let mut inner = backend.lock();
+            for (key, value) in object {
+                let bytes = seed_value(&value).map_err(|reason| SeedError::Value {
+                    origin: origin.to_owned(),
+                    key: key.clone(),
+                    reason,
+                })?;
+                inner.values.insert(key, Bytes::from(bytes));
+            }
+        }
+        Ok(backend)
+    }
+
+    /// Every committed entry, for tests and for printing after `plugin test`.
+    pub fn entries(&self) -> BTreeMap<String, Vec<u8>> {
+        self.lock().values.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect()
+    }
+
+    /// The lock is held only for map operations, never across an await.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn seed_value(value: &serde_json::Value) -> Result<Vec<u8>, String> {
+    match value {
+        serde_json::Value::String(s) => Ok(s.as_bytes().to_vec()),
+        serde_json::Value::Object(o) if o.len() == 1 => match o.get("base64") {
+            Some(serde_json::Value::String(b)) => {
+                base64::engine::general_purpose::STANDARD.decode(b).map_err(|e| format!("invalid base64: {e}"))
+            }
+            _ => Err("expected a string or {\"base64\": \"…\"}".into()),
+        },
+        _ => Err("expected a string or {\"base64\": \"…\"}".into()),
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.lock().values.get(key).map(|v| v.to_vec()))
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let inner = self.lock();
+        let start = match after {
+            Some(after) if after >= prefix => std::ops::Bound::Excluded(after),
+            _ => std::ops::Bound::Included(prefix),
+        };
+        Ok(inner
+            .values
+            .range::<str, _>((start, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.to_vec()))
+            .collect())
+    }
+
+    async fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        while let Some((at, _)) = inner.applied_order.front() {
+            if now.duration_since(*at) <= self.marker_retention {
+                break;
+            }
+            if let Some((_, id)) = inner.applied_order.pop_front() {
+                inner.applied.remove(&id);
+            }
+        }
+        for (key, value) in batch.writes {
+            match value {
+                Some(value) => inner.values.insert(key, value),
+                None => inner.values.remove(&key),
+            };
+        }
+        for id in batch.applied {
+            if inner.applied.insert(id.clone()) {
+                inner.applied_order.push_back((now, id));
+            }
+        }
+        if let Some(position) = batch.position {
+            inner.positions.insert(position.source, position.offset);
+        }
+        Ok(())
+    }
+
+    async fn was_applied(&self, event_id: &str) -> Result<bool, StateError> {
+        Ok(self.lock().applied.contains(event_id))
+    }
+
+    async fn position(&self, source: &str) -> Result<Option<u64>, StateError> {
+        Ok(self.lock().positions.get(source).copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    #[tokio::test]
+    async fn a_seed_holds_strings_and_base64_bytes() -> Result {
+        let backend = MemoryBackend::from_seed_json(r#"{"sku:1": "5", "blob": {"base64": "AAEC"}}"#, "seed.json")?;
+        assert_eq!(backend.get("sku:1").await?, Some(b"5".to_vec()));
+        assert_eq!(backend.get("blob").await?, Some(vec![0, 1, 2]));
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_seed_names_the_key() {
+        let Err(error) = MemoryBackend::from_seed_json(r#"{"n": 5}"#, "seed.json") else {
+            unreachable!("a number is not a seed value")
+        };
+        assert!(error.to_string().contains("seed.json, key \"n\""), "{error}");
+        assert!(MemoryBackend::from_seed_json("[1]", "x").is_err());
+        assert!(MemoryBackend::from_seed_json(r#"{"k": {"base64": "!!"}}"#, "x").is_err());
+    }
+
+    #[tokio::test]
+    async fn markers_older_than_the_retention_are_pruned_on_commit() -> Result {
+        let backend = MemoryBackend::with_retention(Duration::from_millis(1));
+        backend.commit(CommitBatch { applied: vec!["e1".into()], ..Default::default() }).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        backend.commit(CommitBatch { applied: vec!["e2".into()], ..Default::default() }).await?;
+        assert!(!backend.was_applied("e1").await?);
+        assert!(backend.was_applied("e2").await?);
+        Ok(())
+    }
+}
