@@ -131,6 +131,10 @@ pub async fn build(
         idempotency: config.idempotency.as_ref().map(Guard::new),
         tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
         schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
+        state: match &config.state {
+            Some(state) => Some(crate::state::open(name, state).await.map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?),
+            None => None,
+        },
     };
     Ok(Built { dispatcher, source, plugin, pause })
 }

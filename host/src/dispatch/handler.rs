@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::config::InstancePolicy;
 use crate::event::Event;
 use crate::runtime::instance::HandleResult;
+use crate::runtime::state::StateAccess;
 use crate::runtime::{CallError, Instance, LoadedPlugin};
 use crate::schema::Accepts;
 
@@ -25,6 +26,13 @@ pub trait Handler: Send + 'static {
     /// Linear memory the instance holds, in bytes (for the memory gauge).
     fn memory_bytes(&self) -> u64 {
         0
+    }
+    /// Lends the next call an event's state (the `state` import reads and
+    /// writes it). Handlers without state ignore it.
+    fn attach_state(&mut self, _state: Box<dyn StateAccess>) {}
+    /// Takes the state back after the call, with the event's writes.
+    fn detach_state(&mut self) -> Option<Box<dyn StateAccess>> {
+        None
     }
 }
 
@@ -55,6 +63,12 @@ impl Handler for Instance {
     fn memory_bytes(&self) -> u64 {
         Instance::memory_bytes(self)
     }
+    fn attach_state(&mut self, state: Box<dyn StateAccess>) {
+        Instance::attach_state(self, state);
+    }
+    fn detach_state(&mut self) -> Option<Box<dyn StateAccess>> {
+        Instance::detach_state(self)
+    }
 }
 
 /// `instance = "fresh"`: a new instance, `init` included, for every event,
@@ -62,6 +76,8 @@ impl Handler for Instance {
 /// the next.
 struct FreshPerEvent {
     plugin: LoadedPlugin,
+    /// The state lent to the next call, handed to its fresh instance.
+    state: Option<Box<dyn StateAccess>>,
 }
 
 #[async_trait::async_trait]
@@ -70,9 +86,20 @@ impl Handler for FreshPerEvent {
         let mut results = Vec::with_capacity(events.len());
         for event in events {
             let mut instance = self.plugin.instantiate().await.map_err(|e| CallError::Start(e.to_string()))?;
-            results.append(&mut instance.handle(std::slice::from_ref(event)).await?);
+            if let Some(state) = self.state.take() {
+                instance.attach_state(state);
+            }
+            let handled = instance.handle(std::slice::from_ref(event)).await;
+            self.state = instance.detach_state();
+            results.append(&mut handled?);
         }
         Ok(results)
+    }
+    fn attach_state(&mut self, state: Box<dyn StateAccess>) {
+        self.state = Some(state);
+    }
+    fn detach_state(&mut self) -> Option<Box<dyn StateAccess>> {
+        self.state.take()
     }
 }
 
@@ -85,7 +112,7 @@ impl HandlerFactory for LoadedPlugin {
                 .await
                 .map(|i| Box::new(i) as Box<dyn Handler>)
                 .map_err(|e| e.to_string()),
-            InstancePolicy::Fresh => Ok(Box::new(FreshPerEvent { plugin: self.clone() })),
+            InstancePolicy::Fresh => Ok(Box::new(FreshPerEvent { plugin: self.clone(), state: None })),
         }
     }
     fn name(&self) -> &str {

@@ -25,6 +25,8 @@ use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
 use crate::runtime::CallError;
 use crate::source::{Ack, Delivery, Settlement};
+use crate::state::EventState;
+use super::state::Redelivery;
 
 /// How long past its deadline a call may run before the lane drops it. The
 /// wasm runtime drops its own calls at the deadline; this catches handlers
@@ -183,6 +185,20 @@ impl Lane {
                     }
                 },
             };
+            if let Some(store) = &self.d.state {
+                if let Some(known) = super::state::redelivery(store, &event.id).await? {
+                    self.call_run(&mut run, done).await?;
+                    match known {
+                        _ if self.abandoning => self.hand_back(ack),
+                        Redelivery::Pending => self.hand_back(ack),
+                        Redelivery::Applied => {
+                            tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "a redelivery of an event whose state is committed: acknowledged, not run again");
+                            self.repeat(event, ack, trace);
+                        }
+                    }
+                    continue;
+                }
+            }
             run.events.push(event);
             run.acks.push(ack);
             run.traces.push(trace);
@@ -201,22 +217,36 @@ impl Lane {
             acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         }
+        if self.d.state.is_some() {
+            // Each write must belong to a known event: one event per call.
+            for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
+                let Some(permit) = self.permit_unless_abandoning().await else {
+                    self.hand_back(ack);
+                    continue;
+                };
+                let state = self.begin_state(&event);
+                let (mut alone, result, state) = self.call(vec![event], permit, state).await?;
+                let Some(event) = alone.pop() else { continue };
+                self.conclude(event, ack, trace, single(result), state, done).await?;
+            }
+            return Ok(());
+        }
         let count = events.len();
         let Some(permit) = self.permit().await else {
             self.abandoning = true;
             acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         };
-        let (events, result) = self.call(events, permit).await?;
+        let (events, result, _) = self.call(events, permit, None).await?;
         match result {
             Ok(results) => {
                 for (((event, ack), trace), result) in events.into_iter().zip(acks).zip(traces).zip(results) {
-                    self.conclude(event, ack, trace, result.map_err(Failed::Handler), done).await?;
+                    self.conclude(event, ack, trace, result.map_err(Failed::Handler), None, done).await?;
                 }
             }
             Err(err) if count == 1 => {
                 for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
-                    self.conclude(event, ack, trace, Err(Failed::Call(err.clone())), done).await?;
+                    self.conclude(event, ack, trace, Err(Failed::Call(err.clone())), None, done).await?;
                 }
             }
             Err(err) => {
@@ -229,9 +259,9 @@ impl Lane {
                         self.hand_back(ack);
                         continue;
                     };
-                    let (mut alone, result) = self.call(vec![event], permit).await?;
+                    let (mut alone, result, _) = self.call(vec![event], permit, None).await?;
                     let Some(event) = alone.pop() else { continue };
-                    self.conclude(event, ack, trace, single(result), done).await?;
+                    self.conclude(event, ack, trace, single(result), None, done).await?;
                 }
             }
         }
@@ -246,6 +276,7 @@ impl Lane {
         ack: Ack,
         mut trace: EventTrace,
         mut result: Result<Vec<Output>, Failed>,
+        mut state: Option<EventState>,
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
         if self.abandoning {
@@ -262,11 +293,35 @@ impl Lane {
                         .and_then(|()| super::validate::check_outputs(&self.d, &event, &outputs));
                     match checked {
                         Ok(()) => {
+                            let ticket = match (&self.d.state, state.take()) {
+                                (Some(store), Some(attempt)) => match store.conclude(attempt) {
+                                    Ok(ticket) => Some(ticket),
+                                    Err(conflict) => {
+                                        // Computed from a value another event
+                                        // has since changed: run it again (not
+                                        // a new attempt; nothing of this run
+                                        // is kept).
+                                        tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "state conflict, running the event again: {conflict}");
+                                        event.reply_to = request.map(|r| r.reply_to);
+                                        let Some(permit) = self.permit_unless_abandoning().await else {
+                                            self.hand_back(ack);
+                                            return Ok(());
+                                        };
+                                        let fresh = self.begin_state(&event);
+                                        let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
+                                        event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
+                                        result = single(next);
+                                        state = attempt;
+                                        continue;
+                                    }
+                                },
+                                _ => None,
+                            };
                             let digest = self.version.factory.digest_arc();
                             outputs.iter_mut().for_each(|output| trace.stamp(output));
                             self.end(&mut trace, Fate::Delivered { outputs: outputs.len() }, event.attempt);
                             let propagate = std::mem::take(&mut trace.propagate);
-                            self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack, propagate });
+                            self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack, propagate, ticket });
                             return Ok(());
                         }
                         // An output that cannot be sent is a plugin bug, like
@@ -333,9 +388,11 @@ impl Lane {
             };
             event.attempt += 1;
             Stats::add(&self.d.stats.retries, 1);
-            let (mut alone, next) = self.call(vec![event], permit).await?;
+            let fresh = self.begin_state(&event);
+            let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
             event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
             result = single(next);
+            state = attempt;
         }
     }
 
@@ -371,6 +428,23 @@ impl Lane {
         if let Some(guard) = &self.d.idempotency {
             guard.forget(event);
         }
+    }
+
+    /// A fresh state for an attempt at `event`, when the pipeline has state.
+    fn begin_state(&self, event: &Event) -> Option<EventState> {
+        self.d.state.as_ref().map(|store| store.begin(event.id.clone()))
+    }
+
+    /// The breaker's leave for one more call, unless the lane is handing
+    /// everything back (then, or if the pipeline stops first, `None`, and
+    /// the lane hands back from now on).
+    async fn permit_unless_abandoning(&mut self) -> Option<Permit> {
+        if self.abandoning {
+            return None;
+        }
+        let permit = self.permit().await;
+        self.abandoning |= permit.is_none();
+        permit
     }
 
     /// Hands an unfinished event back to its source (redelivered later).
@@ -470,7 +544,12 @@ impl Lane {
     /// here, on the lane's task: a guest waiting in a host call holds no
     /// thread, and a guest computing yields at every epoch tick. A pipeline
     /// that fails meanwhile drops the call (its events are handed back).
-    async fn call(&mut self, events: Vec<Event>, permit: Permit) -> Result<(Vec<Event>, Result<Vec<HandleResult>, CallError>), DispatchError> {
+    async fn call(
+        &mut self,
+        events: Vec<Event>,
+        permit: Permit,
+        state: Option<EventState>,
+    ) -> Result<(Vec<Event>, CallResult, Option<EventState>), DispatchError> {
         Stats::add(&self.d.stats.calls, 1);
         if let Some(retired) = self.retired.take() {
             // Freeing an instance can take a millisecond: not on a worker.
@@ -485,12 +564,16 @@ impl Lane {
                 Some(handler) => handler,
                 None => factory.create().await.map_err(CallError::Start)?,
             };
+            if let Some(state) = state {
+                handler.attach_state(Box::new(state));
+            }
             let started = std::time::Instant::now();
             let result = AssertUnwindSafe(handler.handle(&events))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(CallError::Trap("the host panicked while calling the plugin".into())));
-            Ok::<_, CallError>((handler, result, started.elapsed()))
+            let state = handler.detach_state().and_then(super::state::recover);
+            Ok::<_, CallError>((handler, result, started.elapsed(), state))
         };
         // The wasm runtime keeps `budget` itself; the watchdog is for
         // handlers that don't (and costs one timer per call).
@@ -500,6 +583,7 @@ impl Lane {
             _ = failed.cancelled() => None,
             outcome = watched => Some(outcome),
         };
+        let mut state = None;
         let result = match outcome {
             None => {
                 // Its events, and everything after them, are handed back.
@@ -507,8 +591,9 @@ impl Lane {
                 self.set_memory(0);
                 Err(CallError::Start("the pipeline stopped during the call".into()))
             }
-            Some(Ok(Ok((handler, result, took)))) => {
+            Some(Ok(Ok((handler, result, took, attempt)))) => {
                 self.d.stats.timings.call.observe(took.as_secs_f64());
+                state = attempt;
                 if result.is_ok() {
                     self.set_memory(handler.memory_bytes());
                     self.handler = Some(handler);
@@ -546,7 +631,7 @@ impl Lane {
             Err(_) => {}
         }
         drop(permit);
-        Ok((events, result))
+        Ok((events, result, state))
     }
 }
 
@@ -589,6 +674,9 @@ fn split_by_bytes(batch: Vec<Delivery>, budget: usize) -> Vec<Vec<Delivery>> {
     }
     calls
 }
+
+/// What one plugin call returned.
+type CallResult = Result<Vec<HandleResult>, CallError>;
 
 /// The result of a one-event call as that event's result.
 fn single(result: Result<Vec<HandleResult>, CallError>) -> Result<Vec<Output>, Failed> {

@@ -25,6 +25,7 @@ pub mod policy;
 mod publish;
 pub mod route;
 pub mod slot;
+pub mod state;
 pub mod stats;
 pub mod trace;
 pub mod validate;
@@ -54,6 +55,8 @@ pub enum DispatchError {
     Sink(#[from] SinkError),
     #[error("a lane stopped unexpectedly: {0}")]
     Lane(String),
+    #[error("plugin state failed: {0}")]
+    State(#[from] crate::state::StateError),
 }
 
 /// Everything a pipeline's lanes share.
@@ -100,6 +103,11 @@ pub struct Dispatcher {
     pub tracing: trace::Tracing,
     /// Event schemas and header names (`schemas`); checked by [`validate`].
     pub schemas: Arc<crate::schema::Gate>,
+    /// The pipeline's plugin state (`state`); `None`: the plugin has none.
+    /// With it, each plugin call handles one event (its writes must be
+    /// known to be its own) and each ack waits for the event's state
+    /// commit (see [`state`]).
+    pub state: Option<Arc<crate::state::Store>>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -145,6 +153,7 @@ impl Dispatcher {
             breaker: None,
             tracing: trace::Tracing::default(),
             schemas: Arc::default(),
+            state: None,
         }
     }
 
@@ -235,6 +244,11 @@ impl Dispatcher {
             if let (Err(err), Ok(())) = (result, &outcome) {
                 outcome = Err(err);
             }
+        }
+        if let (Err(_), Some(store)) = (&outcome, &shared.state) {
+            // Concluded writes that will not be committed must not be read
+            // by a restart (a commit in flight finishes first).
+            store.abort().await;
         }
         let closed = source.close().await;
         outcome?;

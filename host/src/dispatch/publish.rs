@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+
+use crate::state::{Store, Ticket};
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::Reason;
@@ -39,6 +41,9 @@ pub(super) enum Conclusion {
         ack: Ack,
         /// Correlation and trace headers, for an error reply.
         propagate: Vec<Header>,
+        /// With plugin state: the event's place in the state commit order.
+        /// Its ack waits for that commit (after its outputs are durable).
+        ticket: Option<Ticket>,
     },
     /// Failed for good: publish this dead-letter record, and tell the caller
     /// if the event was a request.
@@ -72,6 +77,7 @@ struct Pending {
     ack: Ack,
     settlement: Settlement,
     receipts: Vec<Receipt>,
+    ticket: Option<Ticket>,
 }
 
 /// Starts the publisher and completer of one lane; returns the queue to feed
@@ -82,7 +88,7 @@ pub(super) fn start(
 ) -> (mpsc::Sender<Vec<Conclusion>>, tokio::task::JoinHandle<Result<(), DispatchError>>) {
     let (conclusions, rx) = mpsc::channel(QUEUED_BATCHES);
     let (pending, pending_rx) = mpsc::channel(QUEUED_BATCHES);
-    let completer = tokio::spawn(complete(pending_rx, d.stats.clone(), failed.clone()));
+    let completer = tokio::spawn(complete(pending_rx, d.stats.clone(), d.state.clone(), failed.clone()));
     let handle = tokio::spawn(async move {
         let published = publish(rx, pending, &d, &failed).await;
         let completed = completer
@@ -105,23 +111,23 @@ async fn publish(
         let mut sent = Vec::with_capacity(batch.len());
         for conclusion in batch {
             let result = match conclusion {
-                Conclusion::Outputs { outputs, event_id, request, digest, ack, propagate } => {
+                Conclusion::Outputs { outputs, event_id, request, digest, ack, propagate, ticket } => {
                     if outputs.is_empty() {
                         Stats::add(&stats.filtered, 1);
                     }
                     send_outputs(d, outputs, &event_id, request.as_ref(), &digest, &propagate)
                         .await
-                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts })
+                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket })
                 }
                 Conclusion::DeadLetter { record, ack, failed_request } => {
                     send_dead_letter(d, record, failed_request.as_deref())
                         .await
-                        .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts })
+                        .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts, ticket: None })
                 }
                 Conclusion::Repeat { ack, event_id, request, propagate } => {
                     send_repeat_reply(d, &event_id, request.as_ref(), &propagate)
                         .await
-                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts })
+                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket: None })
                 }
             };
             match result {
@@ -208,11 +214,29 @@ async fn send_repeat_reply(d: &Dispatcher, event_id: &str, request: Option<&Requ
 
 /// Waits for each event's receipts in order, then acks it. Records how long
 /// each batch took from its first send to its last record being durable.
-async fn complete(mut rx: mpsc::Receiver<(Instant, Vec<Pending>)>, stats: Arc<Stats>, failed: CancellationToken) -> Result<(), DispatchError> {
+///
+/// With plugin state, an event's ack also waits for its state commit, which
+/// happens once its outputs are durable: the batch's tickets are readied
+/// together (one group commit for the batch), then the batch is acked.
+async fn complete(
+    mut rx: mpsc::Receiver<(Instant, Vec<Pending>)>,
+    stats: Arc<Stats>,
+    state: Option<Arc<Store>>,
+    failed: CancellationToken,
+) -> Result<(), DispatchError> {
     while let Some((started, batch)) = rx.recv().await {
+        let batch = match &state {
+            Some(store) if batch.iter().any(|p| p.ticket.is_some()) => {
+                match commit_state(store, batch, &stats, &failed, &mut rx).await? {
+                    Some(batch) => batch,
+                    None => return Ok(()),
+                }
+            }
+            _ => batch,
+        };
         let mut acked = 0;
         let mut events = batch.into_iter();
-        while let Some(Pending { ack, settlement, receipts }) = events.next() {
+        while let Some(Pending { ack, settlement, receipts, .. }) = events.next() {
             for receipt in receipts {
                 if let Err(err) = receipt.wait().await {
                     failed.cancel();
@@ -235,4 +259,49 @@ async fn complete(mut rx: mpsc::Receiver<(Instant, Vec<Pending>)>, stats: Arc<St
         stats.progressed();
     }
     Ok(())
+}
+
+/// Waits for every receipt of the batch, then commits the state of its
+/// events (one group commit), and returns the batch with its receipts
+/// spent, ready to ack. A failed receipt or commit stops the pipeline: the
+/// batch and the queue are handed back (`Err`).
+async fn commit_state(
+    store: &Arc<Store>,
+    batch: Vec<Pending>,
+    stats: &Stats,
+    failed: &CancellationToken,
+    rx: &mut mpsc::Receiver<(Instant, Vec<Pending>)>,
+) -> Result<Option<Vec<Pending>>, DispatchError> {
+    let total = batch.len();
+    let mut tickets = Vec::new();
+    let mut ready = Vec::with_capacity(total);
+    for mut pending in batch {
+        for receipt in std::mem::take(&mut pending.receipts) {
+            if let Err(err) = receipt.wait().await {
+                failed.cancel();
+                Stats::add(&stats.sink_failures, 1);
+                hand_back_queue(stats, total - ready.len(), rx);
+                return Err(err.into());
+            }
+        }
+        tickets.extend(pending.ticket.take());
+        ready.push(pending);
+    }
+    let committed = futures::future::join_all(tickets.into_iter().map(|ticket| store.ready(ticket))).await;
+    if let Some(Err(err)) = committed.into_iter().find(Result::is_err) {
+        failed.cancel();
+        hand_back_queue(stats, total, rx);
+        return Err(DispatchError::State(err));
+    }
+    Ok(Some(ready))
+}
+
+/// Counts the events of a failed batch (dropped: handed back) and of the
+/// queue behind it.
+fn hand_back_queue(stats: &Stats, unsettled: usize, rx: &mut mpsc::Receiver<(Instant, Vec<Pending>)>) {
+    let mut queued = unsettled;
+    while let Ok(batch) = rx.try_recv() {
+        queued += batch.1.len();
+    }
+    Stats::add(&stats.abandoned, queued as u64);
 }

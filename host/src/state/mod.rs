@@ -29,11 +29,13 @@ pub mod embedded;
 mod event;
 pub mod memory;
 pub mod metrics;
+mod open;
 mod store;
 
 pub use backend::{Backend, CommitBatch, Position};
 pub use event::EventState;
 pub use metrics::StateMetrics;
+pub use open::open;
 pub use store::{Conflict, Store, Ticket};
 
 /// Limits on what one event may do with state. Each one bounds memory or the

@@ -1,0 +1,84 @@
+//! The lanes' side of plugin state: an event's [`EventState`] is lent to
+//! the plugin call (the `state` import reads and writes it), and concluded
+//! with the event. Rules, in the lane:
+//!
+//! - one event per plugin call, so every write belongs to a known event;
+//! - an attempt that fails drops its state: a retry starts from a fresh one;
+//! - outputs accepted → [`Store::conclude`]: the writes become visible to
+//!   later events and the event gets a ticket; a conflict (another event
+//!   changed what this one read, `ordering = "none"`) re-runs it, without
+//!   spending an attempt;
+//! - the completer acks the event once its outputs are durable **and** its
+//!   ticket is committed;
+//! - before running an event, a redelivery of one already committed is
+//!   acknowledged without running it again (its applied marker), and one
+//!   whose commit is still pending is handed back for later.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::runtime::bindings::current::state::{Page, StateError as WitError};
+use crate::runtime::state::StateAccess;
+use crate::state::{EventState, StateError, Store};
+
+/// A delivery of an event the state already knows.
+pub(super) enum Redelivery {
+    /// Already committed (its outputs were durable before): acknowledge it,
+    /// do not run it again.
+    Applied,
+    /// Concluded, its commit pending: hand it back for later.
+    Pending,
+}
+
+/// Whether `event_id` is a redelivery of an event the state knows.
+pub(super) async fn redelivery(store: &Arc<Store>, event_id: &str) -> Result<Option<Redelivery>, StateError> {
+    if store.is_uncommitted(event_id) {
+        return Ok(Some(Redelivery::Pending));
+    }
+    if store.was_applied(event_id).await? {
+        return Ok(Some(Redelivery::Applied));
+    }
+    Ok(None)
+}
+
+/// The state a call gave back, as the store's type.
+pub(super) fn recover(access: Box<dyn StateAccess>) -> Option<EventState> {
+    access.into_any().downcast::<EventState>().ok().map(|state| *state)
+}
+
+/// The guest's view of a state error.
+fn to_wit(err: StateError) -> WitError {
+    let limit = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    match err {
+        StateError::KeyTooLong { max, .. } => WitError::KeyTooLong(limit(max)),
+        StateError::ValueTooLarge { max, .. } => WitError::ValueTooLarge(limit(max)),
+        StateError::TooManyWrites { max } => WitError::TooManyWrites(limit(max)),
+        StateError::TooManyReads { max } => WitError::TooManyReads(limit(max)),
+        StateError::NotACounter { .. } => WitError::NotACounter,
+        StateError::Overflow { .. } => WitError::Overflow,
+        StateError::Unavailable(why) => WitError::Unavailable(why),
+    }
+}
+
+#[async_trait::async_trait]
+impl StateAccess for EventState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, WitError> {
+        EventState::get(self, &key).await.map_err(to_wit)
+    }
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), WitError> {
+        EventState::set(self, &key, value).map_err(to_wit)
+    }
+    async fn delete(&mut self, key: String) -> Result<(), WitError> {
+        EventState::delete(self, &key).map_err(to_wit)
+    }
+    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, WitError> {
+        EventState::increment(self, &key, delta).await.map_err(to_wit)
+    }
+    async fn scan(&mut self, prefix: String, after: Option<String>, limit: u32) -> Result<Page, WitError> {
+        let (entries, next) = EventState::scan(self, &prefix, after.as_deref(), limit as usize).await.map_err(to_wit)?;
+        Ok(Page { entries, next })
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}

@@ -1,0 +1,50 @@
+//! Opening a pipeline's state from its `[pipelines.<name>.state]` table.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::embedded::{EmbeddedDb, EmbeddedOptions};
+use super::memory::MemoryBackend;
+use super::{Backend, Limits, StateError, Store};
+use crate::config::{StateBackend, StateConfig};
+
+/// The pipeline's state store, its backend opened.
+pub async fn open(pipeline: &str, config: &StateConfig) -> Result<Arc<Store>, StateError> {
+    let limits = Limits {
+        max_key_bytes: config.max_key_bytes.as_u64() as usize,
+        max_value_bytes: config.max_value_bytes.as_u64() as usize,
+        max_writes_per_event: config.max_writes,
+        ..Limits::default()
+    };
+    let backend: Arc<dyn Backend> = match (config.backend, &config.path) {
+        (StateBackend::Memory, _) => Arc::new(MemoryBackend::new()),
+        (StateBackend::Embedded, Some(path)) => Arc::new(database(path).await?.backend(pipeline, EmbeddedOptions::default())),
+        (StateBackend::Embedded, None) => return Err(StateError::Unavailable("the embedded backend needs `state.path`".into())),
+    };
+    Ok(Store::new(backend, limits))
+}
+
+/// The process's handle on a database file: redb opens a file once per
+/// process, and pipelines (and a pipeline restarted by a config reload)
+/// share it. Kept open for the life of the process.
+async fn database(path: &Path) -> Result<EmbeddedDb, StateError> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, EmbeddedDb>>> = OnceLock::new();
+    let key = canonical(path);
+    let open = OPEN.get_or_init(Mutex::default);
+    if let Some(db) = open.lock().ok().and_then(|dbs| dbs.get(&key).cloned()) {
+        return Ok(db);
+    }
+    let db = EmbeddedDb::open(path.to_path_buf()).await?;
+    let mut dbs = open.lock().map_err(|_| StateError::Unavailable("the state database registry is poisoned".into()))?;
+    // Another pipeline may have opened it meanwhile: keep the first.
+    Ok(dbs.entry(key).or_insert(db).clone())
+}
+
+/// The same file under any spelling (`..`, symlinks), once it exists.
+fn canonical(path: &Path) -> PathBuf {
+    match (path.parent().and_then(|dir| dir.canonicalize().ok()), path.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
+}
