@@ -152,3 +152,18 @@ fn a_plugin_importing_state_needs_the_pipeline_to_grant_it() -> Result<()> {
     );
     Ok(())
 }
+
+/// `sluice plugin test` gives a stateful plugin an in-memory state, seeded
+/// from a file, kept across the file's events when they succeed.
+#[test]
+fn plugin_test_runs_stateful_plugins_on_a_seeded_memory_state() -> Result<()> {
+    let scratch = Scratch::new()?;
+    scratch.write("seed.json", r#"{"count:a": "41", "count:b": {"base64": "OQ=="}}"#)?;
+    scratch.write_events("events.jsonl", &[event("a"), event("a:reject"), event("a"), event("b")])?;
+    let counter = plugin("counter");
+    let tested = scratch.run(&["plugin", "test", &counter.to_string_lossy(), "--events", "events.jsonl", "--state", "seed.json"])?;
+    let lines = parse_jsonl(&tested.stdout)?;
+    let outputs: Vec<Option<&str>> = lines.iter().map(|l| l["outputs"][0]["payload"].as_str()).collect();
+    ensure!(outputs == [Some("a=42"), None, Some("a=43"), Some("b=10")], "{}", tested.stdout);
+    Ok(())
+}

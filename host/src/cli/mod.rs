@@ -153,6 +153,12 @@ enum PluginCommand {
         /// milliseconds to load from the cache.
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        /// Seed the plugin's state (an in-memory store, as a pipeline's
+        /// `[state]` would give it) from this JSON object: `{"key": "text"}`
+        /// or `{"key": {"base64": "…"}}`. Without it the state starts empty.
+        /// Writes of events that succeed are kept for the later events.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
     },
 }
 
@@ -187,8 +193,8 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
         }
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir };
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state };
             test_plugin::test(&plugin, &events, &options)
         }
     };
