@@ -788,6 +788,18 @@ pub struct PolicyConfig {
     /// more rejects the event, as for `max_outputs`. Default 16 MiB.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: ByteSize,
+    /// Headers one input event may carry, at most. An input with more is
+    /// dead-lettered (reason `undecodable`, the count in the message) before
+    /// any work on it. Default 10000: far above what brokers and frameworks
+    /// set (tens), low enough that per-header work stays cheap.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Bytes of header names and values one input event may carry, at most;
+    /// more dead-letters it, as for `max_headers`. Default 1 MiB (NATS's
+    /// default `max_payload` and Kafka's default `message.max.bytes` for the
+    /// whole message).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
 }
 
 impl Default for PolicyConfig {
@@ -803,8 +815,17 @@ impl Default for PolicyConfig {
             version_header: true,
             max_outputs: default_max_outputs(),
             max_output_bytes: default_max_output_bytes(),
+            max_headers: default_max_headers(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
+}
+
+fn default_max_headers() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize::mib(1)
 }
 
 fn default_max_outputs() -> usize {

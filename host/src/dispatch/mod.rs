@@ -21,6 +21,7 @@ pub mod dead_letter;
 pub mod handler;
 pub mod idempotency;
 pub mod lane;
+pub mod limits;
 pub mod policy;
 mod publish;
 pub mod route;
@@ -100,6 +101,10 @@ pub struct Dispatcher {
     pub tracing: trace::Tracing,
     /// Event schemas and header names (`schemas`); checked by [`validate`].
     pub schemas: Arc<crate::schema::Gate>,
+    /// Caps on an input's headers (`policy.max_headers`,
+    /// `policy.max_header_bytes`), checked at intake by [`limits`]: an
+    /// input over them is dead-lettered before any work on it.
+    pub header_limits: limits::HeaderLimits,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -145,6 +150,7 @@ impl Dispatcher {
             breaker: None,
             tracing: trace::Tracing::default(),
             schemas: Arc::default(),
+            header_limits: limits::HeaderLimits::default(),
         }
     }
 
@@ -206,7 +212,7 @@ impl Dispatcher {
                 _ = breaker_opened(shared.breaker.as_deref()) => continue,
                 next = source.next() => next,
             };
-            let delivery = match next {
+            let mut delivery = match next {
                 Ok(Some(delivery)) => delivery,
                 Ok(None) => break,
                 Err(err) => {
@@ -215,6 +221,11 @@ impl Dispatcher {
                 }
             };
             Stats::add(&stats.received, 1);
+            // Over the header caps: dead-lettered as a defect, like an
+            // undecodable message, so no lane does per-header work on it.
+            if delivery.defect.is_none() {
+                delivery.defect = limits::check_headers(&delivery.event, &shared.header_limits).err();
+            }
             let lane = match ordering {
                 Ordering::None => 0,
                 Ordering::Partition => delivery.partition as usize % senders.len(),
