@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::admin::{PipelineHandle, Registry};
+use crate::admin::{AdminCounters, PipelineHandle, Registry};
 use crate::dispatch::stats::ErrorKind;
 use crate::dispatch::{Stats, StatsSnapshot};
 
@@ -24,16 +24,40 @@ use crate::dispatch::{Stats, StatsSnapshot};
 /// Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The exposition of every running pipeline.
-pub fn render(pipelines: &Registry) -> Result<String, std::fmt::Error> {
+/// The exposition of every running pipeline, and of the admin server.
+pub fn render(pipelines: &Registry, admin: &Arc<AdminCounters>) -> Result<String, std::fmt::Error> {
     let mut registry = PromRegistry::default();
     registry.register_collector(Box::new(Pipelines(pipelines.clone())));
+    registry.register_collector(Box::new(Admin(admin.clone())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
 }
 
 struct Pipelines(Registry);
+
+/// The admin server's own counters.
+struct Admin(Arc<AdminCounters>);
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admin")
+    }
+}
+
+impl Collector for Admin {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 2] = [
+            ("sluice_admin_auth_failures", "Admin API requests refused for a missing or wrong bearer token.", &self.0.auth_failures),
+            ("sluice_admin_connections_refused", "Admin API connections closed at once because `admin.max_connections` were open.", &self.0.connections_refused),
+        ];
+        for (name, help, value) in counters {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value.load(std::sync::atomic::Ordering::Relaxed)).encode(metric)?;
+        }
+        Ok(())
+    }
+}
 
 impl std::fmt::Debug for Pipelines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -77,6 +77,30 @@ pub struct AdminConfig {
     /// in the environment: `token = "${SLUICE_ADMIN_TOKEN}"`.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Bearer token `GET /pipelines`, `GET /pipelines/{name}` and `GET
+    /// /metrics` require (`token` is accepted too). Unset: those are open to
+    /// anyone who can reach `listen`. `/healthz` and `/readyz` stay open for
+    /// probes.
+    #[serde(default)]
+    pub read_token: Option<Secret>,
+    /// The largest plugin upload (`PUT /pipelines/{name}/plugin`) accepted;
+    /// a larger one is refused (413) before its body is read. Default
+    /// 64MiB: JavaScript and Python components are a few MiB to a few tens
+    /// of MiB. Other routes take at most 64 KiB.
+    #[serde(default = "default_max_upload")]
+    pub max_upload: ByteSize,
+    /// Connections open at once, at most; a connection over the cap is
+    /// closed at once (and counted in `sluice_admin_connections_refused_total`).
+    /// Default 64: a few operators, scrapers and probes need a handful.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_upload() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_max_connections() -> usize {
+    64
 }
 
 fn socket_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<std::net::SocketAddr, D::Error> {
