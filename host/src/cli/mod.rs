@@ -52,6 +52,11 @@ enum Command {
         /// Time between the two samples the rates come from.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: std::time::Duration,
+        /// The admin API's read token (`[admin] read_token`, or `token`),
+        /// when it requires one. From the environment only, so it stays out
+        /// of the process list.
+        #[arg(skip = std::env::var("SLUICE_ADMIN_READ_TOKEN").ok())]
+        token: Option<String>,
     },
     /// Plugin author tools.
     #[command(subcommand)]
@@ -184,7 +189,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
-        Command::Status { admin, interval } => status::status(&status::Options { admin, interval }),
+        Command::Status { admin, interval, token } => status::status(&status::Options { admin, interval, token }),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
         Command::Dlq(DlqCommand::Replay { from, to, pipeline, reasons, since, until, dry_run, nats_url, brokers }) => {
             let filter = sluice::replay::Filter { pipeline, reasons, since, until };

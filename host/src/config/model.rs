@@ -77,6 +77,30 @@ pub struct AdminConfig {
     /// in the environment: `token = "${SLUICE_ADMIN_TOKEN}"`.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Bearer token `GET /pipelines`, `GET /pipelines/{name}` and `GET
+    /// /metrics` require (`token` is accepted too). Unset: those are open to
+    /// anyone who can reach `listen`. `/healthz` and `/readyz` stay open for
+    /// probes.
+    #[serde(default)]
+    pub read_token: Option<Secret>,
+    /// The largest plugin upload (`PUT /pipelines/{name}/plugin`) accepted;
+    /// a larger one is refused (413) before its body is read. Default
+    /// 64MiB: JavaScript and Python components are a few MiB to a few tens
+    /// of MiB. Other routes take at most 64 KiB.
+    #[serde(default = "default_max_upload")]
+    pub max_upload: ByteSize,
+    /// Connections open at once, at most; a connection over the cap is
+    /// closed at once (and counted in `sluice_admin_connections_refused_total`).
+    /// Default 64: a few operators, scrapers and probes need a handful.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_upload() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_max_connections() -> usize {
+    64
 }
 
 fn socket_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<std::net::SocketAddr, D::Error> {
@@ -805,6 +829,18 @@ pub struct PolicyConfig {
     /// more rejects the event, as for `max_outputs`. Default 16 MiB.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: ByteSize,
+    /// Headers one input event may carry, at most. An input with more is
+    /// dead-lettered (reason `undecodable`, the count in the message) before
+    /// any work on it. Default 10000: far above what brokers and frameworks
+    /// set (tens), low enough that per-header work stays cheap.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Bytes of header names and values one input event may carry, at most;
+    /// more dead-letters it, as for `max_headers`. Default 1 MiB (NATS's
+    /// default `max_payload` and Kafka's default `message.max.bytes` for the
+    /// whole message).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
 }
 
 impl PolicyConfig {
@@ -832,8 +868,17 @@ impl Default for PolicyConfig {
             version_header: true,
             max_outputs: default_max_outputs(),
             max_output_bytes: default_max_output_bytes(),
+            max_headers: default_max_headers(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
+}
+
+fn default_max_headers() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize::mib(1)
 }
 
 fn default_max_outputs() -> usize {

@@ -178,6 +178,12 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
     if policy.max_output_bytes.as_u64() == 0 {
         return Err(("policy.max_output_bytes", "must be more than 0 bytes, e.g. \"16MiB\"".into()));
     }
+    if policy.max_headers == 0 {
+        return Err(("policy.max_headers", "must be at least 1, e.g. 10000 (the default)".into()));
+    }
+    if policy.max_header_bytes.as_u64() == 0 {
+        return Err(("policy.max_header_bytes", "must be more than 0 bytes, e.g. \"1MiB\"".into()));
+    }
     if policy.timeout.is_zero() {
         return Err(("policy.timeout", "must be greater than zero, e.g. \"5s\" or \"250ms\"".into()));
     }
