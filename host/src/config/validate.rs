@@ -187,6 +187,12 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
     if policy.timeout.is_zero() {
         return Err(("policy.timeout", "must be greater than zero, e.g. \"5s\" or \"250ms\"".into()));
     }
+    if policy.init_timeout.is_zero() {
+        return Err(("policy.init_timeout", "must be greater than zero, e.g. \"10s\"".into()));
+    }
+    if policy.stuck_after.is_zero() {
+        return Err(("policy.stuck_after", "must be greater than zero, e.g. \"2m\"".into()));
+    }
     if policy.memory.as_u64() < 1024 * 1024 {
         return Err(("policy.memory", format!("must be at least 1 MiB, got {}", policy.memory)));
     }
