@@ -843,6 +843,19 @@ pub struct PolicyConfig {
     pub max_header_bytes: ByteSize,
 }
 
+#[cfg(test)]
+mod stuck_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_stuck_threshold_is_never_shorter_than_the_longest_healthy_call() {
+        let policy = super::PolicyConfig::default();
+        assert_eq!(policy.stuck_threshold(), Duration::from_secs(5 * 256 + 10), "5 s × 256 events + 10 s of init");
+        let short = super::PolicyConfig { timeout: Duration::from_millis(10), batch_size: 4, ..policy };
+        assert_eq!(short.stuck_threshold(), Duration::from_secs(120), "stuck_after when it is the longer");
+    }
+}
+
 impl PolicyConfig {
     /// How long without progress means stuck: `stuck_after`, raised to the
     /// longest a healthy call can take, so a slow call is not taken for a
