@@ -145,6 +145,11 @@ fn a_plugin_importing_state_needs_the_pipeline_to_grant_it() -> Result<()> {
     scratch.write("sluice.toml", one_pipeline("counts", "counter", "", ""))?;
     let checked = scratch.run(&["check", "sluice.toml"])?;
     checked.ensure_failure()?;
+    // Granted, it loads, and check says what it targets and uses.
+    scratch.write("granted.toml", counter_config(""))?;
+    let granted = scratch.run(&["check", "granted.toml"])?;
+    granted.ensure_success()?;
+    ensure!(granted.stdout.contains("targets sluice:plugin@0.2.0; capabilities: state"), "{}", granted.stdout);
     ensure!(
         checked.stdout.contains("imports the `state` capability, which pipeline `counts` does not grant: add a `[pipelines.<name>.state]` table"),
         "{}",
