@@ -358,7 +358,7 @@ async fn connection_probes(config: &PipelineConfig, sinks: &SinkSet) -> Vec<Prob
     let mut probes = Vec::new();
     for server in unique {
         if let Ok(client) = sinks.connections.get(&server).await {
-            let url = server.url.clone();
+            let url = crate::nats::redact_url(&server.url);
             probes.push(Arc::new(move || match client.connection_state() {
                 async_nats::connection::State::Connected => Ok(()),
                 state => Err(format!("NATS connection to {url} is {state:?}")),

@@ -403,6 +403,7 @@ fn validate_url(urls: &str) -> Result<(), String> {
         let rest = ["nats://", "tls://", "ws://", "wss://"].iter().find_map(|scheme| url.strip_prefix(scheme)).unwrap_or(url);
         let host_port = rest.rsplit('@').next().unwrap_or(rest);
         if url.is_empty() || host_port.is_empty() || host_port.contains(['/', ' ']) {
+            let url = crate::nats::redact_url(url);
             return Err(format!("{url:?} is not a NATS server address; write e.g. \"nats://127.0.0.1:4222\" (several: comma-separated)"));
         }
     }
