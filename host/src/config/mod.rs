@@ -8,12 +8,14 @@
 //! compile the event schemas ([`SchemasConfig`]).
 
 mod error;
+mod files;
 mod interpolate;
 mod model;
 mod schemas;
 mod validate;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, Problem};
+pub use files::{canonical, subject_matches};
 pub use interpolate::interpolate;
 pub use model::*;
 pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};
@@ -31,6 +33,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path, |name| std::env::var(name).ok())
 }
 
+/// For `sluice check`: the config, with every problem of its files and
+/// subjects (those [`load`] refuses, and those of the machine: a missing
+/// source file, a sink folder that cannot be written) listed rather than
+/// returned as an error, so all of them are reported at once.
+pub fn load_for_check(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let (config, mut problems) = parse_collecting(&text, path, |name| std::env::var(name).ok())?;
+    problems.extend(files::environment(&config));
+    Ok((config, problems))
+}
+
 /// Parses config text. `file` names the source in errors and anchors relative
 /// paths; `env` resolves `${NAME}` references (injectable for tests).
 pub fn parse(
@@ -38,6 +54,24 @@ pub fn parse(
     file: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    let (config, mut problems) = parse_collecting(text, file, env)?;
+    match problems.len() {
+        0 => Ok(config),
+        1 => {
+            let Problem { pipeline, key, message } = problems.remove(0);
+            Err(ConfigError::Invalid { file: file.to_path_buf(), pipeline, key, message })
+        }
+        _ => Err(ConfigError::Problems { file: file.to_path_buf(), problems }),
+    }
+}
+
+/// [`parse`], with the problems of files and subjects shared between
+/// pipelines returned beside the config rather than as an error.
+fn parse_collecting(
+    text: &str,
+    file: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<Problem>), ConfigError> {
     // Remember where values from the environment went: an error about
     // text there names the variable and never quotes the text.
     let (text, substitutions) = interpolate::interpolate_tracked(text, &env).map_err(|e| ConfigError::Env {
@@ -69,7 +103,11 @@ pub fn parse(
             message: format!("[tracing] key `{key}`: {}", origin.violation(&["tracing"], key, message)),
         })?;
     }
-    Ok(config)
+    let problems = files::rules(&config)
+        .into_iter()
+        .map(|p| Problem { message: origin.violation(&["pipelines", &p.pipeline], &p.key, p.message), ..p })
+        .collect();
+    Ok((config, problems))
 }
 
 /// The interpolated config text and where environment values sit in it:
