@@ -282,3 +282,45 @@ fn json_logs_carry_pipeline_version_and_event_and_guest_logs_are_rate_limited() 
     assert_eq!(dropped as usize + guest.len(), 600, "every line is either logged or counted as dropped");
     Ok(())
 }
+
+/// SIGTERM while the NATS server a sink publishes to is down: the host
+/// exits within `shutdown_timeout` (plus a second for closing), handing the
+/// unfinished events back, instead of waiting for the server (8+ minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_nats_is_down_exits_within_the_shutdown_timeout() -> Result<()> {
+    let mut server = fixture::NatsServer::start()?;
+    let scratch = Scratch::new()?;
+    let url = server.url();
+    scratch.write_events("events.jsonl", &[json!({ "payload": "first" })])?;
+    let config = format!(
+        r#"{runtime}
+shutdown_timeout = "2s"
+
+[pipelines.out]
+source = {{ kind = "file", path = "events.jsonl", follow = true }}
+sink = {{ kind = "nats", url = "{url}", subject = "out" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("passthrough")),
+    );
+    scratch.write("sluice.toml", config)?;
+    let client = server.client().await?;
+    let mut outputs = client.subscribe("out").await?;
+    client.flush().await?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    // Running and publishing: the first output arrives.
+    let first = tokio::time::timeout(WITHIN, futures::StreamExt::next(&mut outputs)).await;
+    assert!(matches!(first, Ok(Some(_))), "no output from the running host");
+    server.kill()?;
+    scratch.append_events("events.jsonl", &(0..20).map(|i| json!({ "payload": format!("e{i}") })).collect::<Vec<_>>())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(host.is_running()?, "the host stopped on its own");
+    let stopping = std::time::Instant::now();
+    host.terminate()?;
+    let finished = host.wait(Duration::from_secs(20))?;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(6), "exited after {took:?} (shutdown_timeout 2s): {}", finished.stderr);
+    Ok(())
+}
