@@ -92,7 +92,7 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Client callbacks: librdkafka's errors and logs go to tracing, tagged with
 /// what the client is for. A connection failure comes both as a `FAIL` log
 /// line and as an error; only the error is logged (it names the broker),
-/// and while a broker stays down at most once per [`ERROR_LOG_EVERY`].
+/// and while a broker stays down at most once every 10 s.
 pub struct Context {
     pub describe: String,
     /// When an error was last logged, and how many were not logged since.
