@@ -8,8 +8,9 @@
 //! 2. [`source`]: where events come from (a file, stdin, core NATS, JetStream).
 //!    A source yields [`source::Delivery`]s: an [`event::Event`] plus an
 //!    acknowledgement handle that is settled only once the event is done.
-//! 3. [`dispatch`]: the pipeline driver. It assigns deliveries to ordered
-//!    lanes, calls the plugin through [`runtime`], applies the retry
+//! 3. [`dispatch`]: the pipeline driver. It refuses inputs over the
+//!    header caps ([`dispatch::limits`]) as it takes them, assigns deliveries
+//!    to ordered lanes, calls the plugin through [`runtime`], applies the retry
 //!    [`dispatch::policy`], routes outputs to sinks and dead-letters what fails.
 //!    Before the call, [`schema`] checks an event against its JSON Schema
 //!    (chosen by its type and version headers) and against the versions the

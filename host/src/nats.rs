@@ -24,9 +24,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// their own.
 pub const KEY_HEADER: &str = "Sluice-Key";
 
+/// `urls` (comma-separated NATS server URLs) as they may be printed: the
+/// user and password of each (`nats://user:pass@host`) replaced by `***`.
+/// Every error, log line and probe answer that names a server uses this:
+/// no byte of a credential is printed.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let (scheme, rest) = match url.find("://") {
+                Some(i) => url.split_at(i + 3),
+                None => ("", url),
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}***{}", &rest[at..]),
+                None => url.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot connect to NATS at {url}: {message}")]
 pub struct ConnectError {
+    /// Redacted ([`redact_url`]).
     pub url: String,
     pub message: String,
 }
@@ -57,7 +79,7 @@ impl Connections {
 }
 
 async fn connect(server: &NatsServer) -> Result<Client, ConnectError> {
-    let failed = |message: String| ConnectError { url: server.url.clone(), message };
+    let failed = |message: String| ConnectError { url: redact_url(&server.url), message };
     let mut options = ConnectOptions::new()
         .name(concat!("sluice/", env!("CARGO_PKG_VERSION")))
         .connection_timeout(CONNECT_TIMEOUT)
@@ -241,6 +263,24 @@ pub fn subject_partition(subject: &str) -> u32 {
 mod tests {
     use super::*;
     use crate::event::text_header;
+
+    #[test]
+    fn credentials_in_urls_are_never_printed() {
+        assert_eq!(redact_url("nats://user:p%40ss@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_url("tls://a:b@h1:1, nats://h2:2,c:d@h3:3/x@y"), "tls://***@h1:1, nats://h2:2,***@h3:3/x@y");
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact_url("nats://tok@h"), "nats://***@h");
+    }
+
+    /// The connect error (logged, and the pipeline's failure line) names
+    /// the server without its password.
+    #[tokio::test]
+    async fn a_failed_connect_does_not_print_the_password() {
+        let server = NatsServer { url: "nats://alice:hunter2@127.0.0.1:1".into(), token: None, credentials: None };
+        let err = connect(&server).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("cannot connect to NATS at nats://***@127.0.0.1:1"), "{err}");
+        assert!(!err.contains("hunter2") && !err.contains("alice"), "{err}");
+    }
 
     #[test]
     fn headers_round_trip_with_repeated_names_and_the_key() {

@@ -146,7 +146,7 @@ async fn open_transaction(name: &str, config: &PipelineConfig) -> Result<Option<
         return Ok(None);
     };
     let id = transactional_id.clone().unwrap_or_else(|| format!("sluice-{group}-{name}-{}", crate::kafka::hostname()));
-    let transaction = Transaction::open(crate::kafka::client_config(brokers, options), id)
+    let transaction = Transaction::open(crate::kafka::producer_config(brokers, options), id)
         .await
         .map_err(|e| BuildError::Sink(SinkError::Open { what: format!("kafka:{brokers}"), message: e.to_string() }))?;
     Ok(Some(transaction))

@@ -127,8 +127,19 @@ pub async fn run_with_reloads(
         }
     }
     admin_stop.cancel();
-    if let Err(err) = supervisor.sinks.close_all().await {
-        tracing::error!("closing sinks: {err}");
+    // Closing flushes the sinks; a broker that is down would hold a flush
+    // (and the process) for as long as it stays down. The close gets what is
+    // left of the shutdown deadline (at least a second; without a shutdown,
+    // `shutdown_timeout`); records it could not confirm were never
+    // acknowledged at their source, so they are delivered again.
+    let now = tokio::time::Instant::now();
+    let close_by = deadline.unwrap_or(now + supervisor.config.runtime.shutdown_timeout).max(now + std::time::Duration::from_secs(1));
+    match tokio::time::timeout_at(close_by, supervisor.sinks.close_all()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!("closing sinks: {err}"),
+        Err(_) => tracing::error!(
+            "sinks did not close by the shutdown deadline (a broker down?): records not confirmed are delivered again after a restart"
+        ),
     }
     if let Some(telemetry) = telemetry {
         drop(supervisor);
@@ -360,7 +371,7 @@ async fn connection_probes(config: &PipelineConfig, sinks: &SinkSet) -> Vec<Prob
     let mut probes = Vec::new();
     for server in unique {
         if let Ok(client) = sinks.connections.get(&server).await {
-            let url = server.url.clone();
+            let url = crate::nats::redact_url(&server.url);
             probes.push(Arc::new(move || match client.connection_state() {
                 async_nats::connection::State::Connected => Ok(()),
                 state => Err(format!("NATS connection to {url} is {state:?}")),

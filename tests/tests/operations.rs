@@ -282,3 +282,101 @@ fn json_logs_carry_pipeline_version_and_event_and_guest_logs_are_rate_limited() 
     assert_eq!(dropped as usize + guest.len(), 600, "every line is either logged or counted as dropped");
     Ok(())
 }
+
+/// SIGTERM while the NATS server a sink publishes to is down: the host
+/// exits within `shutdown_timeout` (plus a second for closing), handing the
+/// unfinished events back, instead of waiting for the server (8+ minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_nats_is_down_exits_within_the_shutdown_timeout() -> Result<()> {
+    let mut server = fixture::NatsServer::start()?;
+    let scratch = Scratch::new()?;
+    let url = server.url();
+    scratch.write_events("events.jsonl", &[json!({ "payload": "first" })])?;
+    let config = format!(
+        r#"{runtime}
+shutdown_timeout = "2s"
+
+[pipelines.out]
+source = {{ kind = "file", path = "events.jsonl", follow = true }}
+sink = {{ kind = "nats", url = "{url}", subject = "out" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("passthrough")),
+    );
+    scratch.write("sluice.toml", config)?;
+    let client = server.client().await?;
+    let mut outputs = client.subscribe("out").await?;
+    client.flush().await?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    // Running and publishing: the first output arrives.
+    let first = tokio::time::timeout(WITHIN, futures::StreamExt::next(&mut outputs)).await;
+    assert!(matches!(first, Ok(Some(_))), "no output from the running host");
+    server.kill()?;
+    scratch.append_events("events.jsonl", &(0..20).map(|i| json!({ "payload": format!("e{i}") })).collect::<Vec<_>>())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(host.is_running()?, "the host stopped on its own");
+    let stopping = std::time::Instant::now();
+    host.terminate()?;
+    let finished = host.wait(Duration::from_secs(20))?;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(6), "exited after {took:?} (shutdown_timeout 2s): {}", finished.stderr);
+    Ok(())
+}
+
+/// The hardening report's stall: one input with 200,000 headers (a 3 MB
+/// line) beside a healthy pipeline. The big event is dead-lettered at
+/// intake (over `policy.max_headers`); the healthy pipeline keeps handling
+/// events and the admin API keeps answering within a second throughout.
+#[test]
+fn an_event_with_200k_headers_stalls_nothing() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    let headers: serde_json::Map<String, Value> = (0..200_000).map(|i| (format!("h{i}"), json!("v"))).collect();
+    scratch.write_events("big.jsonl", &[json!({ "id": "big", "payload": "x", "headers": headers })])?;
+    scratch.write_events("events.jsonl", &[json!({ "payload": "first" })])?;
+    let config = format!(
+        r#"{runtime}
+[admin]
+listen = "127.0.0.1:{port}"
+
+[pipelines.healthy]
+source = {{ kind = "file", path = "events.jsonl", follow = true }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+
+[pipelines.big]
+source = {{ kind = "file", path = "big.jsonl", follow = true }}
+sink = {{ kind = "file", path = "big-out.jsonl" }}
+dead_letter = {{ kind = "file", path = "big-dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("passthrough")),
+    );
+    scratch.write("sluice.toml", config)?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    host.wait_until("the healthy pipeline's first output", WITHIN, || scratch.count_lines("out.jsonl") >= 1)?;
+    let mut slowest = Duration::ZERO;
+    let mut sent = 1;
+    host.wait_until("the big event dead-lettered", WITHIN, || {
+        let asked = std::time::Instant::now();
+        let answered = http_request(port, "GET", "/healthz", None, b"").map(|(status, _)| status == 200).unwrap_or(false);
+        slowest = slowest.max(if answered { asked.elapsed() } else { Duration::MAX });
+        if scratch.append_events("events.jsonl", &[json!({ "payload": format!("e{sent}") })]).is_ok() {
+            sent += 1;
+        }
+        scratch.count_lines("big-dlq.jsonl") >= 1
+    })?;
+    assert!(slowest < Duration::from_secs(1), "the admin API took {slowest:?} to answer");
+    host.wait_until("the healthy pipeline caught up", Duration::from_secs(10), || scratch.count_lines("out.jsonl") >= sent)?;
+    let dead = scratch.read_jsonl("big-dlq.jsonl")?;
+    let message = dead[0]["headers"]["sluice-dlq-message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("200000 headers, over policy.max_headers (10000)"), "{message}");
+    assert_eq!(scratch.count_lines("big-out.jsonl"), 0);
+    host.terminate()?;
+    host.wait(WITHIN)?;
+    Ok(())
+}

@@ -6,13 +6,18 @@ use sluice::runtime::Runtime;
 use sluice::supervisor::runtime_options;
 
 /// Validates the config and loads (compiles, checks the world of, and
-/// initialises) every plugin. Reports every problem, not just the first.
+/// initialises) every plugin. Reports every problem, not just the first:
+/// files and subjects shared in ways that cannot work, source files that
+/// do not exist, sink folders that cannot be written, and plugins.
 pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = sluice::config::load(path)?;
+    let (config, found) = sluice::config::load_for_check(path)?;
+    for problem in &found {
+        println!("error {problem}");
+    }
     let runtime = super::tokio_runtime()?;
     runtime.block_on(async {
         let wasm = Runtime::new(&runtime_options(&config))?;
-        let mut problems = 0;
+        let mut problems = found.len();
         for (name, pipeline) in &config.pipelines {
             let loaded = match plugin_spec(name, pipeline) {
                 Ok(spec) => load_plugin(&wasm, spec).await,

@@ -250,7 +250,9 @@ fn read_file(path: &std::path::Path, tx: &tokio::sync::mpsc::Sender<Parts>) -> R
 }
 
 async fn connect_nats(url: &str) -> Result<async_nats::Client> {
-    tokio::time::timeout(Duration::from_secs(10), async_nats::connect(url))
+    let connect = async_nats::connect(url);
+    let url = sluice::nats::redact_url(url);
+    tokio::time::timeout(Duration::from_secs(10), connect)
         .await
         .map_err(|_| anyhow::anyhow!("cannot connect to NATS at {url}: no answer within 10s"))?
         .with_context(|| format!("cannot connect to NATS at {url}"))

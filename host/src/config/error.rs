@@ -25,4 +25,23 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Several problems at once (files and subjects shared between
+    /// pipelines), one per line.
+    #[error("{}: {} problems:{}", file.display(), problems.len(), problems.iter().map(|p| format!("\n  {p}")).collect::<String>())]
+    Problems { file: PathBuf, problems: Vec<Problem> },
+}
+
+/// A rule broken at a pipeline's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub pipeline: String,
+    /// Dotted, e.g. `sink.path`.
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pipeline `{}`, key `{}`: {}", self.pipeline, self.key, self.message)
+    }
 }

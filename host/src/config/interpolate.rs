@@ -11,11 +11,31 @@ pub struct InterpolateError {
     pub message: String,
 }
 
+/// Where a value from the environment landed in the interpolated text:
+/// errors about text there must not quote it (see `config::parse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Substitution {
+    /// Byte range in the interpolated text.
+    pub range: std::ops::Range<usize>,
+    /// The variable's name (not secret; shown to say where a bad value came from).
+    pub name: String,
+}
+
 /// Replaces every `${NAME}` / `${NAME:-default}` in `text` using `env`.
 pub fn interpolate(
     text: &str,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<String, InterpolateError> {
+    interpolate_tracked(text, env).map(|(text, _)| text)
+}
+
+/// [`interpolate`], also returning where each environment value went
+/// (defaults are config text, not tracked).
+pub fn interpolate_tracked(
+    text: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(String, Vec<Substitution>), InterpolateError> {
+    let mut substitutions = Vec::new();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut line = 1;
@@ -54,7 +74,13 @@ pub fn interpolate(
                 });
             }
             match (env(name), default) {
-                (Some(value), _) => out.push_str(&value),
+                (Some(value), _) => {
+                    let start = out.len();
+                    out.push_str(&value);
+                    if !value.is_empty() {
+                        substitutions.push(Substitution { range: start..out.len(), name: name.to_owned() });
+                    }
+                }
                 (None, Some(default)) => out.push_str(default),
                 (None, None) => {
                     return Err(InterpolateError {
@@ -72,7 +98,7 @@ pub fn interpolate(
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok((out, substitutions))
 }
 
 #[cfg(test)]
@@ -89,6 +115,14 @@ mod tests {
         assert_eq!(interpolate("a=${MISSING:-x}", &env)?, "a=x");
         assert_eq!(interpolate("a=${MISSING:-}", &env)?, "a=");
         assert_eq!(interpolate("cost=$$5 $x", &env)?, "cost=$5 $x");
+        Ok(())
+    }
+
+    #[test]
+    fn substitutions_are_tracked_by_position() -> Result<(), InterpolateError> {
+        let (text, subs) = interpolate_tracked("a=${TOKEN} b=${NOPE:-d} c=$${TOKEN}", &env)?;
+        assert_eq!(text, "a=s3cret b=d c=${TOKEN}");
+        assert_eq!(subs, vec![Substitution { range: 2..8, name: "TOKEN".into() }]);
         Ok(())
     }
 

@@ -8,13 +8,15 @@
 //! compile the event schemas ([`SchemasConfig`]).
 
 mod error;
+mod files;
 mod interpolate;
 mod model;
 mod schemas;
 mod state;
 mod validate;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, Problem};
+pub use files::{canonical, subject_matches};
 pub use interpolate::interpolate;
 pub use model::*;
 pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};
@@ -33,6 +35,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path, |name| std::env::var(name).ok())
 }
 
+/// For `sluice check`: the config, with every problem of its files and
+/// subjects (those [`load`] refuses, and those of the machine: a missing
+/// source file, a sink folder that cannot be written) listed rather than
+/// returned as an error, so all of them are reported at once.
+pub fn load_for_check(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let (config, mut problems) = parse_collecting(&text, path, |name| std::env::var(name).ok())?;
+    problems.extend(files::environment(&config));
+    Ok((config, problems))
+}
+
 /// Parses config text. `file` names the source in errors and anchors relative
 /// paths; `env` resolves `${NAME}` references (injectable for tests).
 pub fn parse(
@@ -40,25 +56,35 @@ pub fn parse(
     file: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    // Remember what came from the environment: error messages quote config
-    // text, and a secret must not reach a log through them.
-    let substituted = std::cell::RefCell::new(Vec::new());
-    let recording_env = |name: &str| {
-        let value = env(name);
-        if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
-            substituted.borrow_mut().push(v.clone());
+    let (config, mut problems) = parse_collecting(text, file, env)?;
+    match problems.len() {
+        0 => Ok(config),
+        1 => {
+            let Problem { pipeline, key, message } = problems.remove(0);
+            Err(ConfigError::Invalid { file: file.to_path_buf(), pipeline, key, message })
         }
-        value
-    };
-    let text = interpolate(text, &recording_env).map_err(|e| ConfigError::Env {
+        _ => Err(ConfigError::Problems { file: file.to_path_buf(), problems }),
+    }
+}
+
+/// [`parse`], with the problems of files and subjects shared between
+/// pipelines returned beside the config rather than as an error.
+fn parse_collecting(
+    text: &str,
+    file: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<Problem>), ConfigError> {
+    // Remember where values from the environment went: an error about
+    // text there names the variable and never quotes the text.
+    let (text, substitutions) = interpolate::interpolate_tracked(text, &env).map_err(|e| ConfigError::Env {
         file: file.to_path_buf(),
         line: e.line,
         message: e.message,
     })?;
-    let secrets = substituted.into_inner();
+    let origin = Origin { text: &text, substitutions: &substitutions };
     let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
         file: file.to_path_buf(),
-        message: mask(e.to_string().trim_end(), &secrets),
+        message: origin.syntax_error(&e),
     })?;
     let base = file
         .parent()
@@ -69,26 +95,94 @@ pub fn parse(
         .and_then(|()| schemas::load(&mut config))
         .map_err(|e| ConfigError::Invalid {
         file: file.to_path_buf(),
+        message: origin.violation(&["pipelines", &e.pipeline], &e.key, e.message),
         pipeline: e.pipeline,
         key: e.key,
-        message: mask(&e.message, &secrets),
     })?;
     if let Some(tracing) = &config.tracing {
         validate::tracing(tracing).map_err(|(key, message)| ConfigError::Syntax {
             file: file.to_path_buf(),
-            message: format!("[tracing] key `{key}`: {}", mask(&message, &secrets)),
+            message: format!("[tracing] key `{key}`: {}", origin.violation(&["tracing"], key, message)),
         })?;
     }
-    Ok(config)
+    let problems = files::rules(&config)
+        .into_iter()
+        .map(|p| Problem { message: origin.violation(&["pipelines", &p.pipeline], &p.key, p.message), ..p })
+        .collect();
+    Ok((config, problems))
 }
 
-/// Replaces every substituted environment value in `message` with `***`.
-fn mask(message: &str, secrets: &[String]) -> String {
-    let mut masked = message.to_owned();
-    for secret in secrets {
-        masked = masked.replace(secret.as_str(), "***");
+/// The interpolated config text and where environment values sit in it:
+/// an error is judged by where the bad value came from, not by searching
+/// its text for secrets (which missed what a message re-encodes and, for a
+/// short secret, masked letters everywhere and so revealed it).
+struct Origin<'a> {
+    text: &'a str,
+    substitutions: &'a [interpolate::Substitution],
+}
+
+impl Origin<'_> {
+    /// The variables whose values overlap `range`.
+    fn names_in(&self, range: std::ops::Range<usize>) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .substitutions
+            .iter()
+            .filter(|s| s.range.start < range.end.max(range.start + 1) && range.start < s.range.end)
+            .map(|s| s.name.as_str())
+            .collect();
+        names.dedup();
+        names
     }
-    masked
+
+    fn withheld(names: &[&str]) -> String {
+        let vars = names.iter().map(|n| format!("`${{{n}}}`")).collect::<Vec<_>>().join(", ");
+        format!("the value from the environment ({vars}) is not valid here; it is not shown, check what the variable is set to")
+    }
+
+    /// A TOML error: as toml prints it (with the line quoted) when no
+    /// environment value is on that line; otherwise without the quote, and
+    /// without toml's message too when the error is about such a value.
+    fn syntax_error(&self, e: &toml::de::Error) -> String {
+        if self.substitutions.is_empty() {
+            return e.to_string().trim_end().to_owned();
+        }
+        let Some(span) = e.span() else {
+            return "not valid TOML (the details are not shown: they may quote values from the environment)".into();
+        };
+        let line_start = self.text[..span.start.min(self.text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[span.end.min(self.text.len())..].find('\n').map_or(self.text.len(), |i| span.end + i);
+        let line = self.text[..line_start].matches('\n').count() + 1;
+        let column = self.text[line_start..span.start.min(self.text.len())].chars().count() + 1;
+        let on_value = self.names_in(span.clone());
+        if !on_value.is_empty() {
+            return format!("line {line}, column {column}: {}", Self::withheld(&on_value));
+        }
+        if self.names_in(line_start..line_end).is_empty() {
+            return e.to_string().trim_end().to_owned();
+        }
+        format!("line {line}, column {column}: {}", e.message().trim_end())
+    }
+
+    /// A rule broken at `key` (dotted) under the table `table`: withheld
+    /// when that key's value holds an environment value.
+    fn violation(&self, table: &[&str], key: &str, message: String) -> String {
+        if self.substitutions.is_empty() {
+            return message;
+        }
+        let Ok(document) = toml_edit::ImDocument::parse(self.text) else { return message };
+        let mut item = document.as_item();
+        for part in table.iter().copied().chain(key.split('.')) {
+            match item.as_table_like().and_then(|t| t.get(part)) {
+                Some(next) => item = next,
+                // A missing key: its message quotes no value.
+                None => return message,
+            }
+        }
+        match item.span().map(|span| self.names_in(span)) {
+            Some(names) if !names.is_empty() => Self::withheld(&names),
+            _ => message,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -104,13 +198,53 @@ mod tests {
         assert!(admin.is_some_and(|a| a.listen.ip().is_loopback() && format!("{:?}", a.token) == "Some(***)"));
     }
 
+    fn error(text: &str, secret: &str) -> String {
+        let env = |name: &str| (name == "SECRET").then(|| secret.to_owned());
+        super::parse(text, Path::new("c.toml"), env).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
     #[test]
     fn environment_values_never_appear_in_errors() {
-        let env = |name: &str| (name == "TOKEN").then(|| "s3cr\"et".to_owned());
-        let text = "[runtime]\nshutdown_timeout = \"${TOKEN}\"\n";
-        let err = super::parse(text, Path::new("c.toml"), env).err().map(|e| e.to_string());
-        let err = err.unwrap_or_default();
+        let err = error("[runtime]\nshutdown_timeout = \"${SECRET}\"\n", "s3cr\"et");
         assert!(!err.is_empty());
         assert!(!err.contains("s3cr"), "{err}");
+        assert!(err.contains("`${SECRET}`"), "the variable is named: {err}");
+    }
+
+    /// A short secret is not masked by replacing its letters in the message
+    /// (`must b*** at l***ast 1` revealed an `e`): the message about it is
+    /// withheld, and other messages are left whole.
+    #[test]
+    fn a_short_secret_is_withheld_by_origin_not_by_text() {
+        let pipeline = |policy: &str| {
+            format!("[pipelines.p]\nsource = {{ kind = \"stdin\" }}\nsink = {{ kind = \"stdout\" }}\ndead_letter = {{ kind = \"stdout\" }}\nplugin = {{ path = \"p.wasm\" }}\npolicy = {{ {policy} }}\n")
+        };
+        let err = error(&pipeline("max_attempts = ${SECRET}"), "0");
+        assert!(err.ends_with("the value from the environment (`${SECRET}`) is not valid here; it is not shown, check what the variable is set to"), "{err}");
+        // A message about another key keeps its letters.
+        let err = error(&(pipeline("max_attempts = 0") + "[admin]\ntoken = \"${SECRET}\"\n"), "e");
+        assert!(err.contains("must be at least 1, got 0"), "{err}");
+    }
+
+    /// A multi-line secret in a string breaks the TOML: the line is not
+    /// quoted (it used to show the first line of the secret).
+    #[test]
+    fn a_multi_line_secret_is_not_quoted() {
+        let err = error("[admin]\ntoken = \"${SECRET}\"\n", "first-line\nsecond");
+        assert!(err.starts_with("c.toml: line 2, column"), "{err}");
+        assert!(!err.contains("first-line") && !err.contains("second"), "{err}");
+    }
+
+    /// A URL from the environment, invalid: its credentials are not printed
+    /// whatever the message.
+    #[test]
+    fn a_bad_url_from_the_environment_is_not_printed() {
+        let text = "[pipelines.p]\nsource = { kind = \"nats\", url = \"${SECRET}\", subject = \"a\" }\nsink = { kind = \"stdout\" }\ndead_letter = { kind = \"stdout\" }\nplugin = { path = \"p.wasm\" }\n";
+        let err = error(text, "nats://u:hunter2@h/bad path");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("key `source.url`"), "{err}");
+        // Written in the file, the URL is printed without its credentials.
+        let err = error(&text.replace("${SECRET}", "nats://u:hunter2@h/bad path"), "");
+        assert!(err.contains("\"nats://***@h/bad path\" is not a NATS server address"), "{err}");
     }
 }

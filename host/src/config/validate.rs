@@ -1,9 +1,6 @@
 //! Cross-field rules that serde cannot check while parsing.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig, TracingConfig};
+use super::model::{Config, PipelineConfig, SinkConfig, SourceConfig, TracingConfig};
 use crate::nats::{publishable_subject, subscribable_subject, valid_name};
 
 /// A rule broken, with where.
@@ -46,7 +43,7 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
             })?;
         }
     }
-    validate_files(config)
+    Ok(())
 }
 
 /// `[tracing]`: an endpoint the exporter can reach and a ratio.
@@ -64,56 +61,6 @@ pub fn tracing(config: &TracingConfig) -> Result<(), (&'static str, String)> {
     }
     if !(0.0..=1.0).contains(&config.sample_ratio) {
         return Err(("sample_ratio", format!("must be between 0.0 and 1.0, got {}", config.sample_ratio)));
-    }
-    Ok(())
-}
-
-/// Files shared in ways that cannot work: a pipeline writing into the file
-/// it reads (with `follow` it would feed itself forever), two pipelines
-/// sharing one checkpoint, or one sink file written with two formats or
-/// durability settings (the process opens it once).
-fn validate_files(config: &Config) -> Result<(), Violation> {
-    let mut checkpoints: HashMap<&PathBuf, &String> = HashMap::new();
-    let mut sink_files: HashMap<&PathBuf, (&String, RecordFormat, bool)> = HashMap::new();
-    for (name, p) in &config.pipelines {
-        let violation = |key: &str, message: String| Violation { pipeline: name.clone(), key: key.into(), message };
-        let sinks = std::iter::once(("sink".to_owned(), &p.sink))
-            .chain(p.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
-            .chain(p.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));
-        for (key, sink) in sinks {
-            let SinkConfig::File { path, format, fsync } = sink else { continue };
-            if let SourceConfig::File { path: source, .. } = &p.source {
-                if source == path {
-                    return Err(violation(
-                        &format!("{key}.path"),
-                        format!("{} is also this pipeline's source: it would read its own output", path.display()),
-                    ));
-                }
-            }
-            match sink_files.get(path) {
-                Some((other, other_format, other_fsync)) if (*other_format, *other_fsync) != (*format, *fsync) => {
-                    return Err(violation(
-                        &format!("{key}.path"),
-                        format!(
-                            "{} is also a sink of pipeline `{other}` with a different `format` or `fsync`; a file is opened once, so use the same settings or another file",
-                            path.display()
-                        ),
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    sink_files.insert(path, (name, *format, *fsync));
-                }
-            }
-        }
-        if let SourceConfig::File { checkpoint: Some(checkpoint), .. } = &p.source {
-            if let Some(other) = checkpoints.insert(checkpoint, name) {
-                return Err(violation(
-                    "source.checkpoint",
-                    format!("{} is also the checkpoint of pipeline `{other}`; each source needs its own", checkpoint.display()),
-                ));
-            }
-        }
     }
     Ok(())
 }
@@ -412,6 +359,7 @@ fn validate_url(urls: &str) -> Result<(), String> {
         let rest = ["nats://", "tls://", "ws://", "wss://"].iter().find_map(|scheme| url.strip_prefix(scheme)).unwrap_or(url);
         let host_port = rest.rsplit('@').next().unwrap_or(rest);
         if url.is_empty() || host_port.is_empty() || host_port.contains(['/', ' ']) {
+            let url = crate::nats::redact_url(url);
             return Err(format!("{url:?} is not a NATS server address; write e.g. \"nats://127.0.0.1:4222\" (several: comma-separated)"));
         }
     }

@@ -233,8 +233,14 @@ impl Dispatcher {
             stats.progressed();
             // Over the header caps: dead-lettered as a defect, like an
             // undecodable message, so no lane does per-header work on it.
+            // Its headers are left out of the dead-letter record: that many
+            // would make the record too large for a broker's dead letter
+            // (a failed dead letter stops the pipeline).
             if delivery.defect.is_none() {
-                delivery.defect = limits::check_headers(&delivery.event, &shared.header_limits).err();
+                if let Err(why) = limits::check_headers(&delivery.event, &shared.header_limits) {
+                    delivery.event.headers = Vec::new();
+                    delivery.defect = Some(format!("{why}; its headers are left out of this dead-letter record"));
+                }
             }
             let lane = match ordering {
                 Ordering::None => 0,

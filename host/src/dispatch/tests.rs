@@ -748,6 +748,8 @@ async fn inputs_over_the_header_caps_are_dead_lettered_without_a_call() -> Resul
     assert_eq!(messages.len(), 2);
     assert!(messages[0].contains("11 headers, over policy.max_headers (10)"), "{}", messages[0]);
     assert!(messages[1].contains("over policy.max_header_bytes (1024)"), "{}", messages[1]);
+    assert!(messages[0].ends_with("its headers are left out of this dead-letter record"), "{}", messages[0]);
+    assert!(dlq.iter().all(|r| header(r, "h0").is_none()), "the offending headers are not in the dead-letter records");
     assert_eq!(
         settlements(&log),
         vec![("many".into(), Settlement::DeadLettered), ("big".into(), Settlement::DeadLettered), ("ok".into(), Settlement::Done)]

@@ -45,17 +45,63 @@ pub fn client_config(brokers: &str, options: &BTreeMap<String, Secret>) -> Clien
     config
 }
 
+/// librdkafka properties only a consumer reads (`C` in librdkafka's
+/// CONFIGURATION.md). The exactly-once producer is built from the source's
+/// `options` and leaves these out: given them, librdkafka warned at every
+/// start that consumer properties are ignored.
+const CONSUMER_ONLY: [&str; 24] = [
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "auto.commit.interval.ms",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "enable.partition.eof",
+    "check.crcs",
+    "client.rack",
+    "consume.callback.max.messages",
+];
+
+/// [`client_config`] for the producer of an exactly-once source: the
+/// source's `options` without the consumer-only ones (security, SASL and
+/// other shared settings apply to both clients).
+pub fn producer_config(brokers: &str, options: &BTreeMap<String, Secret>) -> ClientConfig {
+    let shared: BTreeMap<String, Secret> =
+        options.iter().filter(|(key, _)| !CONSUMER_ONLY.contains(&key.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    client_config(brokers, &shared)
+}
+
+/// While a broker is down, its connection errors are logged at most this
+/// often per client; the next line says how many were not.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Client callbacks: librdkafka's errors and logs go to tracing, tagged with
-/// what the client is for. Connection errors repeat while a broker is down,
-/// so they are logged at `warn` once per change, not per retry.
+/// what the client is for. A connection failure comes both as a `FAIL` log
+/// line and as an error; only the error is logged (it names the broker),
+/// and while a broker stays down at most once every 10 s.
 pub struct Context {
     pub describe: String,
-    last_error: std::sync::Mutex<Option<String>>,
+    /// When an error was last logged, and how many were not logged since.
+    last_error: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 impl Context {
     pub fn new(describe: String) -> Self {
-        Self { describe, last_error: std::sync::Mutex::new(None) }
+        Self { describe, last_error: std::sync::Mutex::new((None, 0)) }
     }
 }
 
@@ -63,6 +109,8 @@ impl rdkafka::ClientContext for Context {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
+            // The same failure reaches `error` below, which rate-limits it.
+            _ if fac == "FAIL" => {}
             L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(client = %self.describe, facility = fac, "{log_message}"),
             L::Warning => tracing::warn!(client = %self.describe, facility = fac, "{log_message}"),
             L::Notice | L::Info => tracing::info!(client = %self.describe, facility = fac, "{log_message}"),
@@ -71,14 +119,23 @@ impl rdkafka::ClientContext for Context {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        let text = format!("{error}: {reason}");
         let mut last = match self.last_error.lock() {
             Ok(last) => last,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if last.as_deref() != Some(&text) {
-            tracing::warn!(client = %self.describe, "kafka: {text} (librdkafka retries by itself)");
-            *last = Some(text);
+        let now = std::time::Instant::now();
+        if last.0.is_some_and(|at| now.duration_since(at) < ERROR_LOG_EVERY) {
+            last.1 += 1;
+            return;
+        }
+        let skipped = std::mem::take(&mut last.1);
+        last.0 = Some(now);
+        drop(last);
+        // `reason` names the broker (`host:port/id: Connect to … failed`).
+        if skipped > 0 {
+            tracing::warn!(client = %self.describe, "kafka: {error}: {reason} (librdkafka retries by itself; {skipped} more errors since the last line)");
+        } else {
+            tracing::warn!(client = %self.describe, "kafka: {error}: {reason} (librdkafka retries by itself)");
         }
     }
 }
@@ -133,4 +190,62 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::ClientContext as _;
+
+    use super::*;
+
+    #[test]
+    fn the_exactly_once_producer_gets_no_consumer_properties() {
+        let options: BTreeMap<String, Secret> = [("session.timeout.ms", "6000"), ("security.protocol", "plaintext"), ("fetch.max.bytes", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Secret(v.to_owned())))
+            .collect();
+        let config = producer_config("b:9092", &options);
+        assert_eq!(config.get("security.protocol"), Some("plaintext"));
+        assert_eq!((config.get("session.timeout.ms"), config.get("fetch.max.bytes")), (None, None));
+        assert_eq!(client_config("b:9092", &options).get("session.timeout.ms"), Some("6000"));
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut out) = self.0.lock() {
+                out.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A broker down: librdkafka reports each failed connect as a FAIL log
+    /// line and as an error. One line for the first, naming the broker;
+    /// none for the repeats within the interval.
+    #[test]
+    fn an_outage_is_logged_once_per_interval_with_the_broker() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || sink.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let context = Context::new("source kafka:g/t".into());
+            for attempt in 0..10 {
+                let reason = format!("127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after {attempt}ms in state CONNECT)");
+                context.log(RDKafkaLogLevel::Error, "FAIL", &reason);
+                context.error(KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure), &reason);
+            }
+        });
+        let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("WARN") && text.contains("127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed"), "{text}");
+    }
 }
