@@ -177,17 +177,8 @@ impl KvBackend {
             return Err(unavailable("bucket", format!("{:?} is not a valid bucket name ([A-Za-z0-9_-])", options.bucket)));
         }
         let js = jetstream::new(client.clone());
-        let state = bucket(&js, kv::Config { bucket: options.bucket.clone(), history: 1, ..Default::default() }).await?;
-        let markers = bucket(
-            &js,
-            kv::Config {
-                bucket: format!("{}-applied", options.bucket),
-                history: 1,
-                max_age: options.marker_retention,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let state = bucket(&js, &options.bucket, Duration::ZERO).await?;
+        let markers = bucket(&js, &format!("{}-applied", options.bucket), options.marker_retention).await?;
         let max_payload = client.server_info().max_payload;
         let backend = Self {
             state,
@@ -435,21 +426,35 @@ impl Backend for KvBackend {
     }
 }
 
-/// The bucket, created if missing. A bucket that exists is used as it is
-/// (its history and max age are the operator's to change).
-async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, StateError> {
-    if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
+/// The bucket (`history = 1`, `max_age` when given), created if missing. A
+/// bucket that exists is used as it is (its settings are the operator's).
+///
+/// Created as its stream, with the settings async-nats's
+/// `create_key_value` would use: that call first asks for the account's
+/// info, whose answer from nats-server 2.9 async-nats 0.51 cannot parse.
+async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Result<kv::Store, StateError> {
+    if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
-    let name = config.bucket.clone();
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Another host (or pipeline) created it meanwhile.
-        Err(create) => js
-            .get_key_value(name.as_str())
-            .await
-            .map_err(|_| unavailable(&format!("creating bucket {name}"), create)),
-    }
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    // Another host (or pipeline) may create it meanwhile: then the create
+    // fails or returns the existing one, and the bucket is there either way.
+    let created = js.create_stream(config).await;
+    js.get_key_value(name).await.map_err(|e| match created {
+        Err(create) => unavailable(&format!("creating bucket {name}"), create),
+        Ok(_) => unavailable(&format!("opening bucket {name}"), e),
+    })
 }
 
 /// Runs the futures with at most [`IN_FLIGHT`] at once; the first error wins

@@ -1,0 +1,174 @@
+//! The jetstream-kv state backend against a real `nats-server`: commits,
+//! reads, scans, applied markers, and recovery of commits interrupted at
+//! each step (the backend's test hook stops a commit where a crash would).
+//! Raw bucket contents are read with plain async-nats, not through sluice.
+
+#[allow(dead_code)]
+mod common;
+#[path = "common/nats.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use sluice::state::jetstream_kv::{encode_key, CrashPoint, KvBackend, KvOptions};
+use sluice::state::{Backend, CommitBatch, Position};
+
+use fixture::NatsServer;
+
+fn write(key: &str, value: &str) -> (String, Option<Bytes>) {
+    (key.to_owned(), Some(Bytes::copy_from_slice(value.as_bytes())))
+}
+
+fn batch(writes: Vec<(String, Option<Bytes>)>, applied: &[&str]) -> CommitBatch {
+    CommitBatch { writes, applied: applied.iter().map(|s| s.to_string()).collect(), position: None }
+}
+
+async fn value(backend: &KvBackend, key: &str) -> Result<Option<String>> {
+    Ok(backend.get(key).await?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+/// The raw keys of a bucket, read with async-nats.
+async fn raw_keys(client: &async_nats::Client, bucket: &str) -> Result<Vec<String>> {
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value(bucket).await.context("bucket")?;
+    let mut keys: Vec<String> = kv.keys().await?.try_collect().await?;
+    keys.sort();
+    Ok(keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_reads_scans_and_markers() -> Result<()> {
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    let backend = KvBackend::open(client.clone(), &KvOptions::new("st")).await?;
+
+    let odd = ["a b", "é", "日本", "a..b", "*", ">", "a.*.>", "_c.head", "s.61", "", "count:7"];
+    let writes: Vec<_> = odd.iter().map(|k| write(k, &format!("v-{k}"))).collect();
+    let mut commit = batch(writes, &["e1", "stream:42", "id with spaces.*"]);
+    commit.position = Some(Position { source: "file.txt".into(), offset: 17 });
+    backend.commit(commit).await?;
+
+    for key in odd {
+        ensure!(value(&backend, key).await?.as_deref() == Some(format!("v-{key}").as_str()), "key {key:?}");
+    }
+    ensure!(value(&backend, "missing").await?.is_none());
+    for id in ["e1", "stream:42", "id with spaces.*"] {
+        ensure!(backend.was_applied(id).await?, "marker {id}");
+    }
+    ensure!(!backend.was_applied("e2").await?);
+    ensure!(backend.position("file.txt").await? == Some(17));
+    ensure!(backend.position("other").await?.is_none());
+
+    // Scan: every key, sorted by bytes; then by prefix, `after` and `limit`.
+    let all: Vec<String> = backend.scan("", None, 100).await?.into_iter().map(|(k, _)| k).collect();
+    let mut sorted: Vec<String> = odd.iter().map(|k| k.to_string()).collect();
+    sorted.sort();
+    ensure!(all == sorted, "{all:?} != {sorted:?}");
+    let a: Vec<String> = backend.scan("a", None, 100).await?.into_iter().map(|(k, _)| k).collect();
+    ensure!(a == ["a b", "a.*.>", "a..b"], "{a:?}");
+    let page: Vec<String> = backend.scan("a", Some("a b"), 1).await?.into_iter().map(|(k, _)| k).collect();
+    ensure!(page == ["a.*.>"], "{page:?}");
+    ensure!(backend.scan("zzz", None, 10).await?.is_empty());
+    let exact = backend.scan("count:7", None, 10).await?;
+    ensure!(exact == vec![("count:7".to_string(), b"v-count:7".to_vec())], "{exact:?}");
+
+    // A delete, then a second backend on the same bucket sees it all.
+    backend.commit(batch(vec![("a b".into(), None), write("é", "2")], &["e2"])).await?;
+    let again = KvBackend::open(client.clone(), &KvOptions::new("st")).await?;
+    ensure!(value(&again, "a b").await?.is_none());
+    ensure!(value(&again, "é").await?.as_deref() == Some("2"));
+    ensure!(again.was_applied("e2").await? && again.was_applied("e1").await?);
+    let a: Vec<String> = again.scan("a", None, 100).await?.into_iter().map(|(k, _)| k).collect();
+    ensure!(a == ["a.*.>", "a..b"], "{a:?}");
+
+    // User keys live under `s.`; nothing of the commit record is left.
+    let raw = raw_keys(&client, "st").await?;
+    ensure!(raw.iter().all(|k| k.starts_with("s") || k.starts_with("_p.")), "{raw:?}");
+    ensure!(raw.contains(&encode_key("_c.head")), "{raw:?}");
+    ensure!(raw_keys(&client, "st-applied").await?.len() == 4);
+    Ok(())
+}
+
+/// A commit stopped at each step (after its record, after the writes,
+/// after the markers), with the record inline or split into parts: a
+/// reopened backend completes it, and nothing of the record is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_commit_is_completed_on_open() -> Result<()> {
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    let points = [CrashPoint::AfterRecord, CrashPoint::AfterWrites, CrashPoint::AfterMarkers];
+    for (round, point) in points.into_iter().enumerate() {
+        for split in [false, true] {
+            let bucket = format!("crash-{round}-{split}");
+            let mut backend = KvBackend::open(client.clone(), &KvOptions::new(&bucket)).await?;
+            backend.commit(batch(vec![write("n", "1"), write("gone", "x")], &["first"])).await?;
+            if split {
+                backend.set_part_bytes(16);
+            }
+            backend.crash_at(point);
+            let mut commit = batch(vec![write("n", "2"), ("gone".into(), None), write("new key", "3")], &["second", "third"]);
+            commit.position = Some(Position { source: "src".into(), offset: 9 });
+            let stopped = backend.commit(commit).await;
+            ensure!(stopped.is_err(), "the hook stops the commit at {point:?}");
+            drop(backend);
+
+            let head = async_nats::jetstream::new(client.clone()).get_key_value(bucket.as_str()).await?.get("_c.head").await?;
+            ensure!(head.is_some(), "{point:?}: the record is left after the crash");
+
+            let reopened = KvBackend::open(client.clone(), &KvOptions::new(&bucket)).await?;
+            ensure!(value(&reopened, "n").await?.as_deref() == Some("2"), "{point:?} split={split}");
+            ensure!(value(&reopened, "gone").await?.is_none(), "{point:?} split={split}");
+            ensure!(value(&reopened, "new key").await?.as_deref() == Some("3"), "{point:?} split={split}");
+            ensure!(reopened.was_applied("second").await? && reopened.was_applied("third").await?);
+            ensure!(reopened.position("src").await? == Some(9));
+            let raw = raw_keys(&client, &bucket).await?;
+            ensure!(!raw.iter().any(|k| k.starts_with("_c.")), "{point:?} split={split}: record left: {raw:?}");
+            // And it keeps working.
+            reopened.commit(batch(vec![write("n", "3")], &["fourth"])).await?;
+            ensure!(value(&reopened, "n").await?.as_deref() == Some("3"));
+        }
+    }
+    Ok(())
+}
+
+/// Parts written by a commit that died before its head (the commit point):
+/// nothing was applied, and opening removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_without_a_head_are_discarded() -> Result<()> {
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    let backend = KvBackend::open(client.clone(), &KvOptions::new("orphans")).await?;
+    backend.commit(batch(vec![write("k", "1")], &["a"])).await?;
+    drop(backend);
+    let kv = async_nats::jetstream::new(client.clone()).get_key_value("orphans").await?;
+    let record = br#"{"writes":[["k","OTk="]],"applied":["b"],"position":null}"#;
+    kv.put("_c.0.0", Bytes::from_static(record)).await?;
+
+    let reopened = KvBackend::open(client.clone(), &KvOptions::new("orphans")).await?;
+    ensure!(value(&reopened, "k").await?.as_deref() == Some("1"));
+    ensure!(!reopened.was_applied("b").await?);
+    ensure!(kv.get("_c.0.0").await?.is_none());
+    Ok(())
+}
+
+/// The markers bucket prunes by age: created with the retention as max_age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markers_expire_with_the_markers_bucket() -> Result<()> {
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    let options = KvOptions { marker_retention: Duration::from_secs(1), ..KvOptions::new("short") };
+    let backend = KvBackend::open(client.clone(), &options).await?;
+    backend.commit(batch(vec![write("k", "1")], &["old"])).await?;
+    ensure!(backend.was_applied("old").await?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backend.was_applied("old").await? {
+        ensure!(std::time::Instant::now() < deadline, "the marker outlived its retention");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(value(&backend, "k").await?.as_deref() == Some("1"), "state itself does not expire");
+    Ok(())
+}
