@@ -57,8 +57,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv};
 use async_nats::Client;
+use async_nats::jetstream::{self, consumer, kv};
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -66,9 +66,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::StateError;
 use super::backend::{Backend, CommitBatch, Position};
 use super::memory::DEFAULT_MARKER_RETENTION;
-use super::StateError;
 
 /// Most keys one `scan` may find under its prefix: a scan lists the keys
 /// under the prefix (KV lists in write order, not key order), sorts them in
@@ -109,8 +109,7 @@ impl KvOptions {
 /// character KV refuses in a bucket name (anything but `[A-Za-z0-9_-]`)
 /// replaced by `_`.
 pub fn default_bucket(pipeline: &str) -> String {
-    let name: String =
-        pipeline.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    let name: String = pipeline.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
     format!("sluice-state-{name}")
 }
 
@@ -232,23 +231,29 @@ impl KvBackend {
     async fn recover(&self) -> Result<(), StateError> {
         match self.state.get(HEAD).await.map_err(|e| unavailable("reading the commit record", e))? {
             Some(head) => {
-                let record = self.read_record(&head).await?;
+                let (record, parts) = self.read_record(&head).await?;
                 tracing::warn!(bucket = %self.state.name, events = record.applied.len(), "completing a state commit interrupted by a crash");
-                self.apply(record).await
+                self.apply(record, parts).await
             }
             None => {
                 let parts = list(&self.client, &self.state, &format!("{PARTS}.>"), self.max_scan_keys).await?;
-                try_all(parts.into_iter().map(|key| async move {
-                    self.state.delete(&key).await.map_err(|e| unavailable("deleting a stale commit part", e))
-                }.boxed()).collect())
+                try_all(
+                    parts
+                        .into_iter()
+                        .map(|key| {
+                            async move { self.state.delete(&key).await.map_err(|e| unavailable("deleting a stale commit part", e)) }.boxed()
+                        })
+                        .collect(),
+                )
                 .await
             }
         }
     }
 
-    async fn read_record(&self, head: &[u8]) -> Result<Record, StateError> {
-        let bytes = match head.split_first() {
-            Some((b'I', inline)) => inline.to_vec(),
+    /// The record a head describes, and how many parts it was split into.
+    async fn read_record(&self, head: &[u8]) -> Result<(Record, usize), StateError> {
+        let (bytes, parts) = match head.split_first() {
+            Some((b'I', inline)) => (inline.to_vec(), 0),
             Some((b'P', count)) => {
                 let count: usize = std::str::from_utf8(count)
                     .ok()
@@ -264,15 +269,17 @@ impl KvBackend {
                         .ok_or_else(|| unavailable("commit record", format!("part {i} of {count} is missing")))?;
                     bytes.extend_from_slice(&part);
                 }
-                bytes
+                (bytes, count)
             }
             _ => return Err(unavailable("commit record", "a corrupt head")),
         };
-        serde_json::from_slice(&bytes).map_err(|e| unavailable("decoding the commit record", e))
+        let record = serde_json::from_slice(&bytes).map_err(|e| unavailable("decoding the commit record", e))?;
+        Ok((record, parts))
     }
 
-    /// Steps 2 and 3 of a commit: everything after the commit point.
-    async fn apply(&self, record: Record) -> Result<(), StateError> {
+    /// Steps 2 and 3 of a commit: everything after the commit point. `parts`:
+    /// how many parts the record was split into (0: inline in the head).
+    async fn apply(&self, record: Record, parts: usize) -> Result<(), StateError> {
         let engine = base64::engine::general_purpose::STANDARD;
         let mut writes = Vec::with_capacity(record.writes.len());
         for (key, value) in record.writes {
@@ -282,13 +289,23 @@ impl KvBackend {
             };
             writes.push((key, value));
         }
-        try_all(writes.into_iter().map(|(key, value)| async move {
-            let kv_key = encode_key(&key);
-            match value {
-                Some(value) => self.state.put(&kv_key, value).await.map(drop).map_err(|e| unavailable(&format!("writing {key:?}"), e)),
-                None => self.state.delete(&kv_key).await.map_err(|e| unavailable(&format!("deleting {key:?}"), e)),
-            }
-        }.boxed()).collect())
+        try_all(
+            writes
+                .into_iter()
+                .map(|(key, value)| {
+                    async move {
+                        let kv_key = encode_key(&key);
+                        match value {
+                            Some(value) => {
+                                self.state.put(&kv_key, value).await.map(drop).map_err(|e| unavailable(&format!("writing {key:?}"), e))
+                            }
+                            None => self.state.delete(&kv_key).await.map_err(|e| unavailable(&format!("deleting {key:?}"), e)),
+                        }
+                    }
+                    .boxed()
+                })
+                .collect(),
+        )
         .await?;
         if let Some((source, offset)) = &record.position {
             self.state
@@ -297,23 +314,36 @@ impl KvBackend {
                 .map_err(|e| unavailable("writing the position", e))?;
         }
         self.crash_here(CrashPoint::AfterWrites)?;
-        try_all(record.applied.iter().map(|id| async move {
-            self.markers
-                .put(marker_key(id), Bytes::from_static(b"1"))
-                .await
-                .map(drop)
-                .map_err(|e| unavailable("writing an applied marker", e))
-        }.boxed()).collect())
+        try_all(
+            record
+                .applied
+                .iter()
+                .map(|id| {
+                    async move {
+                        self.markers
+                            .put(marker_key(id), Bytes::from_static(b"1"))
+                            .await
+                            .map(drop)
+                            .map_err(|e| unavailable("writing an applied marker", e))
+                    }
+                    .boxed()
+                })
+                .collect(),
+        )
         .await?;
         self.crash_here(CrashPoint::AfterMarkers)?;
         // The head first: parts without a head are garbage, a head without
         // its parts would be unrecoverable.
-        let head = self.state.get(HEAD).await.map_err(|e| unavailable("reading the commit record", e))?;
         self.state.delete(HEAD).await.map_err(|e| unavailable("deleting the commit record", e))?;
-        if let Some(count) = head.as_deref().and_then(|h| h.strip_prefix(b"P")).and_then(|c| std::str::from_utf8(c).ok()?.parse::<usize>().ok()) {
-            try_all((0..count).map(|i| async move {
-                self.state.delete(format!("{PARTS}.{i}")).await.map_err(|e| unavailable("deleting a commit part", e))
-            }.boxed()).collect())
+        if parts > 0 {
+            try_all(
+                (0..parts)
+                    .map(|i| {
+                        async move { self.state.delete(format!("{PARTS}.{i}")).await.map_err(|e| unavailable("deleting a commit part", e)) }
+                            .boxed()
+                    })
+                    .collect(),
+            )
             .await?;
         }
         Ok(())
@@ -327,28 +357,37 @@ impl KvBackend {
             position: batch.position.map(|Position { source, offset }| (source, offset)),
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| unavailable("encoding the commit record", e))?;
-        let head = if bytes.len() < self.part_bytes {
+        let (head, parts) = if bytes.len() < self.part_bytes {
             let mut head = Vec::with_capacity(bytes.len() + 1);
             head.push(b'I');
             head.extend_from_slice(&bytes);
-            head
+            (head, 0)
         } else {
             let chunks: Vec<&[u8]> = bytes.chunks(self.part_bytes).collect();
             let count = chunks.len();
-            try_all(chunks.into_iter().enumerate().map(|(i, chunk)| async move {
-                self.state
-                    .put(format!("{PARTS}.{i}"), Bytes::copy_from_slice(chunk))
-                    .await
-                    .map(drop)
-                    .map_err(|e| unavailable("writing a commit part", e))
-            }.boxed()).collect())
+            try_all(
+                chunks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, chunk)| {
+                        async move {
+                            self.state
+                                .put(format!("{PARTS}.{i}"), Bytes::copy_from_slice(chunk))
+                                .await
+                                .map(drop)
+                                .map_err(|e| unavailable("writing a commit part", e))
+                        }
+                        .boxed()
+                    })
+                    .collect(),
+            )
             .await?;
-            format!("P{count}").into_bytes()
+            (format!("P{count}").into_bytes(), count)
         };
         // The commit point.
         self.state.put(HEAD, Bytes::from(head)).await.map_err(|e| unavailable("writing the commit record", e))?;
         self.crash_here(CrashPoint::AfterRecord)?;
-        self.apply(record).await
+        self.apply(record, parts).await
     }
 }
 
@@ -360,12 +399,7 @@ impl Backend for KvBackend {
         Ok(value.map(|v| v.to_vec()))
     }
 
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+    async fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StateError> {
         self.ensure_recovered().await?;
         let exact = encode_key(prefix);
         let listed = list(&self.client, &self.state, &format!("{exact}.>"), self.max_scan_keys).await?;
@@ -384,11 +418,13 @@ impl Backend for KvBackend {
             if round.is_empty() {
                 break;
             }
-            let values: Vec<(String, Option<Bytes>)> = futures::stream::iter(round.into_iter().map(|key| async move {
-                let value = self.state.get(encode_key(&key)).await.map_err(|e| unavailable(&format!("reading {key:?}"), e))?;
-                Ok::<_, StateError>((key, value))
-            }
-            .boxed()))
+            let values: Vec<(String, Option<Bytes>)> = futures::stream::iter(round.into_iter().map(|key| {
+                async move {
+                    let value = self.state.get(encode_key(&key)).await.map_err(|e| unavailable(&format!("reading {key:?}"), e))?;
+                    Ok::<_, StateError>((key, value))
+                }
+                .boxed()
+            }))
             .buffered(IN_FLIGHT)
             .try_collect()
             .await?;
@@ -492,11 +528,8 @@ async fn list(client: &Client, store: &kv::Store, filter: &str, cap: usize) -> R
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| unavailable("listing keys", e))?;
             let pending = message.info().map_err(|e| unavailable("listing keys", e))?.pending;
-            let deleted = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            let deleted =
+                message.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
             if !deleted {
                 if let Some(key) = message.subject.strip_prefix(store.prefix.as_str()) {
                     if keys.len() >= cap {
