@@ -85,11 +85,18 @@ async fn commits_reads_scans_and_markers() -> Result<()> {
     let a: Vec<String> = again.scan("a", None, 100).await?.into_iter().map(|(k, _)| k).collect();
     ensure!(a == ["a.*.>", "a..b"], "{a:?}");
 
+    // The longest key the default limits allow (1 KiB) is a 3 KiB subject:
+    // still under the server's 4 KiB control line, for puts and direct gets.
+    let long = "é".repeat(512);
+    again.commit(batch(vec![write(&long, "long")], &["e3"])).await?;
+    ensure!(value(&again, &long).await?.as_deref() == Some("long"));
+    ensure!(again.scan("éé", None, 10).await?.len() == 1);
+
     // User keys live under `s.`; nothing of the commit record is left.
     let raw = raw_keys(&client, "st").await?;
     ensure!(raw.iter().all(|k| k.starts_with("s") || k.starts_with("_p.")), "{raw:?}");
     ensure!(raw.contains(&encode_key("_c.head")), "{raw:?}");
-    ensure!(raw_keys(&client, "st-applied").await?.len() == 4);
+    ensure!(raw_keys(&client, "st-applied").await?.len() == 5);
     Ok(())
 }
 
@@ -239,6 +246,8 @@ async fn kill_9_three_times_and_every_count_is_exact() -> Result<()> {
         let status = std::process::Command::new("kill").args(["-KILL", &host.pid().to_string()]).status()?;
         ensure!(status.success(), "kill -9 failed");
         drop(host);
+        let killed_at = fixture::stream_len(&client, "OUT").await?;
+        ensure!(killed_at < n as u64, "kill {round} came after the last event ({killed_at} outputs); it proves nothing");
     }
     let last = start(&scratch, &config, "sluice.toml")?;
     let kv = async_nats::jetstream::new(client.clone()).get_key_value("counts").await?;

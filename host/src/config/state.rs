@@ -49,8 +49,9 @@ pub struct StateConfig {
     /// How long an event stays recognised as applied, so its redelivery is
     /// acknowledged without running it again. Must exceed the longest time
     /// the source may take to redeliver (JetStream: `ack_wait` times the
-    /// deliveries). Default 24 h. `jetstream-kv` sets it as the markers
-    /// bucket's `max_age` when it creates the bucket.
+    /// deliveries). Default 24 h. `embedded` prunes markers older than this;
+    /// `jetstream-kv` sets it as the markers bucket's `max_age` when it
+    /// creates the bucket (an existing bucket keeps its own).
     #[serde(default = "default_marker_retention", with = "humantime_serde")]
     pub marker_retention: Duration,
     /// Longest key, in bytes. Default 1 KiB.
