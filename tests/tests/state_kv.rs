@@ -293,3 +293,43 @@ async fn kill_9_three_times_and_every_count_is_exact() -> Result<()> {
     eprintln!("outputs whose count was repeated by a re-run after a kill: {reordered}");
     Ok(())
 }
+
+/// `[pipelines.X.state] backend = "jetstream-kv"` as the host opens it: the
+/// default bucket is named after the pipeline (sanitised), and `url` wins
+/// over the source's (which here points nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_table_opens_a_bucket_named_after_the_pipeline() -> Result<()> {
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    let dead = common::free_port()?;
+    let text = format!(
+        r#"
+[pipelines.counts]
+source = {{ kind = "jetstream", url = "nats://127.0.0.1:{dead}", stream = "IN", consumer = "c" }}
+sink = {{ kind = "stdout" }}
+dead_letter = {{ kind = "stdout" }}
+plugin = {{ path = "counter.wasm" }}
+state = {{ backend = "jetstream-kv", url = "{url}", marker_retention = "1h" }}
+"#,
+        url = server.url()
+    );
+    let config = sluice::config::parse(&text, std::path::Path::new("sluice.toml"), |_| None)?;
+    let pipeline = config.pipelines.get("counts").context("the pipeline")?;
+    let state = pipeline.state.as_ref().context("the state table")?;
+    let connections = sluice::nats::Connections::default();
+    let store = sluice::state::open("orders.eu v2", state, &pipeline.source, &connections).await?;
+    let mut event = store.begin("e".into());
+    event.set("k", b"1".to_vec())?;
+    let ticket = store.conclude(event)?;
+    store.ready(ticket).await?;
+    ensure!(store.was_applied("e").await?);
+
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value("sluice-state-orders_eu_v2").await.context("the default bucket")?;
+    ensure!(kv.get(kv_key("k")).await?.as_deref() == Some(&b"1"[..]));
+    let markers = js.get_key_value("sluice-state-orders_eu_v2-applied").await?;
+    let max_age = markers.stream.cached_info().config.max_age;
+    ensure!(max_age == Duration::from_secs(3600), "markers max_age {max_age:?}");
+    connections.close_all().await;
+    Ok(())
+}
