@@ -333,3 +333,39 @@ state = {{ backend = "jetstream-kv", url = "{url}", marker_retention = "1h" }}
     connections.close_all().await;
     Ok(())
 }
+
+/// A measurement, not a check (`--ignored --nocapture`): commits per second
+/// of one event with one write, and of 256 events with one write each, and
+/// gets per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_commit_and_get_rates() -> Result<()> {
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    let backend = KvBackend::open(client.clone(), &KvOptions::new("rates")).await?;
+    let started = std::time::Instant::now();
+    for i in 0..500 {
+        backend.commit(batch(vec![write(&format!("k{}", i % 16), &i.to_string())], &[&format!("one-{i}")])).await?;
+    }
+    let single = started.elapsed();
+    let started = std::time::Instant::now();
+    for round in 0..20 {
+        let writes = (0..256).map(|i| write(&format!("key-{i}"), &round.to_string())).collect();
+        let ids: Vec<String> = (0..256).map(|i| format!("batch-{round}-{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        backend.commit(batch(writes, &ids)).await?;
+    }
+    let batched = started.elapsed();
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        backend.get(&format!("key-{}", i % 256)).await?;
+    }
+    let gets = started.elapsed();
+    eprintln!(
+        "single-event commits: {:.0}/s; 256-event commits: {:.0} events/s; gets: {:.0}/s",
+        500.0 / single.as_secs_f64(),
+        20.0 * 256.0 / batched.as_secs_f64(),
+        1000.0 / gets.as_secs_f64()
+    );
+    Ok(())
+}
