@@ -442,6 +442,11 @@ impl Backend for KvBackend {
         result
     }
 
+    /// The marker, read after recovery: a commit record left by a crash (or
+    /// by a failed commit of this backend) is completed first, so its events
+    /// read as applied. A commit still in flight in this process is not
+    /// consulted: its events are "uncommitted" in the [`super::Store`],
+    /// which the dispatcher asks first.
     async fn was_applied(&self, event_id: &str) -> Result<bool, StateError> {
         self.ensure_recovered().await?;
         let marker = self.markers.get(marker_key(event_id)).await.map_err(|e| unavailable("reading an applied marker", e))?;
