@@ -111,6 +111,7 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path)
             rt.block_on(state_batch(&store, round, &value))
         })
     });
+    commits_per_event("memory", &store);
 
     match rt.block_on(EmbeddedDb::open(dir.join("bench.redb"))) {
         Ok(db) => {
@@ -122,6 +123,7 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path)
                     rt.block_on(state_batch(&store, round, &value))
                 })
             });
+            commits_per_event("embedded", &store);
         }
         Err(e) => eprintln!("no embedded row: {e}"),
     }
@@ -139,6 +141,20 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path)
         )
     });
     group.finish();
+}
+
+/// How well group commit grouped: events per backend transaction.
+fn commits_per_event(row: &str, store: &Store) {
+    let m = store.metrics().snapshot();
+    if m.commits > 0 {
+        println!(
+            "state/{row}: {} events in {} commits ({:.1} events/commit, {:.1} µs/commit)",
+            m.committed_events,
+            m.commits,
+            m.committed_events as f64 / m.commits as f64,
+            m.commit_time.as_secs_f64() * 1e6 / m.commits as f64
+        );
+    }
 }
 
 fn mean_ns(group: &str, function: &str) -> Option<f64> {

@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::admin::{PipelineHandle, Registry};
+use crate::admin::{AdminCounters, PipelineHandle, Registry};
 use crate::dispatch::stats::ErrorKind;
 use crate::dispatch::{Stats, StatsSnapshot};
 
@@ -24,16 +24,40 @@ use crate::dispatch::{Stats, StatsSnapshot};
 /// Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The exposition of every running pipeline.
-pub fn render(pipelines: &Registry) -> Result<String, std::fmt::Error> {
+/// The exposition of every running pipeline, and of the admin server.
+pub fn render(pipelines: &Registry, admin: &Arc<AdminCounters>) -> Result<String, std::fmt::Error> {
     let mut registry = PromRegistry::default();
     registry.register_collector(Box::new(Pipelines(pipelines.clone())));
+    registry.register_collector(Box::new(Admin(admin.clone())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
 }
 
 struct Pipelines(Registry);
+
+/// The admin server's own counters.
+struct Admin(Arc<AdminCounters>);
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admin")
+    }
+}
+
+impl Collector for Admin {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 2] = [
+            ("sluice_admin_auth_failures", "Admin API requests refused for a missing or wrong bearer token.", &self.0.auth_failures),
+            ("sluice_admin_connections_refused", "Admin API connections closed at once because `admin.max_connections` were open.", &self.0.connections_refused),
+        ];
+        for (name, help, value) in counters {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value.load(std::sync::atomic::Ordering::Relaxed)).encode(metric)?;
+        }
+        Ok(())
+    }
+}
 
 impl std::fmt::Debug for Pipelines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,6 +84,7 @@ type Counts = fn(&Row) -> u64;
 /// A gauge's value, or `None` to leave the series out (not known).
 type Level = fn(&Row) -> Option<i64>;
 type Timing = fn(&Stats) -> &Histogram;
+type StateCount = fn(&crate::state::metrics::MetricsSnapshot) -> u64;
 
 /// Counters: name (without `_total`), help, value.
 const COUNTERS: [(&str, &str, Counts); 18] = [
@@ -83,6 +108,16 @@ const COUNTERS: [(&str, &str, Counts); 18] = [
     ("sluice_events_invalid", "Events dead-lettered for failing their JSON Schema (reason invalid).", |r| r.counts.invalid_inputs),
     ("sluice_outputs_invalid", "Plugin outputs that failed their JSON Schema (their event is rejected).", |r| r.counts.invalid_outputs),
     ("sluice_events_unsupported", "Events dead-lettered because the plugin does not accept their type or version.", |r| r.counts.unsupported),
+];
+
+/// Plugin state counters (pipelines with `[state]`).
+const STATE_COUNTERS: [(&str, &str, StateCount); 6] = [
+    ("sluice_state_reads", "State reads by the plugin (get and scan).", |s| s.reads),
+    ("sluice_state_writes", "State writes by the plugin (set, delete, increment).", |s| s.writes),
+    ("sluice_state_written_bytes", "Key and value bytes of those writes.", |s| s.bytes_written),
+    ("sluice_state_commits", "Backend transactions committing state (each holds many events).", |s| s.commits),
+    ("sluice_state_committed_events", "Events whose state those transactions made durable.", |s| s.committed_events),
+    ("sluice_state_conflicts", "Attempts run again because another event changed state they read.", |s| s.conflicts),
 ];
 
 const GAUGES: [(&str, &str, Level); 6] = [
@@ -154,6 +189,24 @@ impl Collector for Pipelines {
                     ConstGauge::new(v).encode(metric.encode_family(&row.labels)?)?;
                 }
             }
+        }
+        // Plugin state, for pipelines that have it.
+        let state_rows: Vec<(&Row, crate::state::metrics::MetricsSnapshot)> =
+            rows.iter().filter_map(|row| row.handle.state.as_ref().map(|store| (row, store.metrics().snapshot()))).collect();
+        for (name, help, value) in STATE_COUNTERS {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (row, snapshot) in &state_rows {
+                ConstCounter::new(value(snapshot)).encode(metric.encode_family(&row.labels)?)?;
+            }
+        }
+        let mut commit_time = encoder.encode_descriptor(
+            "sluice_state_commit_seconds",
+            "Time spent committing plugin state to its backend.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (row, snapshot) in &state_rows {
+            ConstCounter::new(snapshot.commit_time.as_secs_f64()).encode(commit_time.encode_family(&row.labels)?)?;
         }
         let histograms: [(&str, &str, Timing); 2] = [
             ("sluice_plugin_call_duration_seconds", "Duration of one plugin call (a batch of events).", |s| &s.timings.call),

@@ -135,6 +135,7 @@ pub async fn build(
             Some(state) => Some(crate::state::open(name, state, &config.source, &sinks.connections).await.map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?),
             None => None,
         },
+        header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
     };
     Ok(Built { dispatcher, source, plugin, pause })
 }

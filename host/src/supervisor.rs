@@ -78,8 +78,7 @@ pub async fn run_with_reloads(
     };
     let admin_stop = CancellationToken::new();
     if let Some(admin) = &config.admin {
-        let token = admin.token.as_ref().map(|t| t.0.clone());
-        match admin::serve(admin.listen, token, supervisor.registry.clone(), supervisor.health.clone(), admin_stop.clone()).await {
+        match admin::serve(admin::Limits::from_config(admin), supervisor.registry.clone(), supervisor.health.clone(), admin_stop.clone()).await {
             Ok(bound) => tracing::info!(%bound, "admin API listening on {bound}"),
             Err(err) => tracing::error!("cannot start the admin API on {}: {err}", admin.listen),
         }
@@ -317,6 +316,7 @@ async fn run_pipeline(name: &str, config: &PipelineConfig, context: &RunContext,
         stats: dispatcher.stats.clone(),
         probes: connection_probes(config, sinks).await,
         stuck_after: config.policy.stuck_threshold(),
+        state: dispatcher.state.clone(),
     });
     if let Ok(mut registry) = registry.write() {
         registry.insert(name.to_owned(), handle);

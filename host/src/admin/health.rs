@@ -28,11 +28,43 @@ pub type Probe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// breaker holds events on purpose, and is not a hang.
 pub fn stuck(handle: &super::PipelineHandle) -> Option<String> {
     let stats = &handle.stats;
-    let in_flight = stats.in_flight();
-    let idle = stats.since_progress();
     let breaker_open = stats.gauges.breaker.view().is_some_and(|b| b.state != "closed");
-    (in_flight > 0 && idle >= handle.stuck_after && !breaker_open)
+    verdict(stats.in_flight(), stats.since_progress(), handle.stuck_after, breaker_open)
+}
+
+/// The rule of [`stuck`], on plain values.
+fn verdict(in_flight: u64, idle: std::time::Duration, threshold: std::time::Duration, breaker_open: bool) -> Option<String> {
+    (in_flight > 0 && idle >= threshold && !breaker_open)
         .then(|| format!("stuck: {in_flight} event(s) in flight and no progress for {}s", idle.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::verdict;
+    use crate::dispatch::Stats;
+
+    #[test]
+    fn stuck_needs_work_in_flight_and_no_progress_past_the_threshold() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(verdict(3, Duration::from_secs(61), minute, false).as_deref(), Some("stuck: 3 event(s) in flight and no progress for 61s"));
+        assert_eq!(verdict(0, Duration::from_secs(600), minute, false), None, "idle with nothing to do is fine");
+        assert_eq!(verdict(3, Duration::from_secs(59), minute, false), None, "within the threshold");
+        assert_eq!(verdict(3, Duration::from_secs(600), minute, true), None, "an open breaker holds events on purpose");
+    }
+
+    #[test]
+    fn in_flight_is_what_was_taken_and_not_yet_settled() {
+        let stats = Stats::default();
+        Stats::add(&stats.received, 10);
+        Stats::add(&stats.acked, 6);
+        Stats::add(&stats.abandoned, 1);
+        Stats::add(&stats.redelivered, 1);
+        assert_eq!(stats.in_flight(), 2);
+        stats.progressed();
+        assert!(stats.since_progress() < Duration::from_secs(5));
+    }
 }
 
 /// Pipeline states by name, with the run that set each, so an old run of a

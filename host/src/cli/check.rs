@@ -21,6 +21,12 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
             match loaded {
                 Ok(plugin) => {
                     println!("ok    pipeline `{name}`: plugin {} ({}, sha256 {})", plugin.name(), bytesize::ByteSize::b(plugin.size() as u64), plugin.digest());
+                    let capabilities: Vec<&str> = plugin.capabilities().iter().map(|c| c.name()).collect();
+                    println!(
+                        "      targets {}; capabilities: {}",
+                        plugin.target(),
+                        if capabilities.is_empty() { "none".to_owned() } else { capabilities.join(", ") }
+                    );
                     if let Some(accepts) = plugin.accepts() {
                         println!("      accepts: {accepts}");
                     }

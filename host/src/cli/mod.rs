@@ -52,6 +52,11 @@ enum Command {
         /// Time between the two samples the rates come from.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: std::time::Duration,
+        /// The admin API's read token (`[admin] read_token`, or `token`),
+        /// when it requires one. From the environment only, so it stays out
+        /// of the process list.
+        #[arg(skip = std::env::var("SLUICE_ADMIN_READ_TOKEN").ok())]
+        token: Option<String>,
     },
     /// Plugin author tools.
     #[command(subcommand)]
@@ -153,6 +158,12 @@ enum PluginCommand {
         /// milliseconds to load from the cache.
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        /// Seed the plugin's state (an in-memory store, as a pipeline's
+        /// `[state]` would give it) from this JSON object: `{"key": "text"}`
+        /// or `{"key": {"base64": "…"}}`. Without it the state starts empty.
+        /// Writes of events that succeed are kept for the later events.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
     },
 }
 
@@ -178,7 +189,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
-        Command::Status { admin, interval } => status::status(&status::Options { admin, interval }),
+        Command::Status { admin, interval, token } => status::status(&status::Options { admin, interval, token }),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
         Command::Dlq(DlqCommand::Replay { from, to, pipeline, reasons, since, until, dry_run, nats_url, brokers }) => {
             let filter = sluice::replay::Filter { pipeline, reasons, since, until };
@@ -187,8 +198,8 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
         }
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir };
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state };
             test_plugin::test(&plugin, &events, &options)
         }
     };

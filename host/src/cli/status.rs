@@ -12,26 +12,36 @@ pub struct Options {
     pub admin: String,
     /// Time between the two samples the rates come from.
     pub interval: Duration,
+    /// Bearer token for `GET /pipelines` (`SLUICE_ADMIN_READ_TOKEN`).
+    pub token: Option<String>,
 }
 
 pub fn status(options: &Options) -> Result<ExitCode> {
     let base = if options.admin.contains("://") { options.admin.clone() } else { format!("http://{}", options.admin) };
-    let first = fetch(&base)?;
+    let first = fetch(&base, options.token.as_deref())?;
     let started = Instant::now();
     std::thread::sleep(options.interval);
-    let second = fetch(&base)?;
+    let second = fetch(&base, options.token.as_deref())?;
     let elapsed = started.elapsed().as_secs_f64().max(0.001);
     print!("{}", render(&first, &second, elapsed));
     Ok(ExitCode::SUCCESS)
 }
 
-fn fetch(base: &str) -> Result<Value> {
+fn fetch(base: &str, token: Option<&str>) -> Result<Value> {
     let url = format!("{base}/pipelines");
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
-    let mut response = agent
-        .get(&url)
-        .call()
-        .with_context(|| format!("cannot reach the admin API at {url}; is `sluice run` running with an [admin] section, and is this its `listen` address?"))?;
+    let mut request = agent.get(&url);
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = match request.call() {
+        Err(ureq::Error::StatusCode(401)) => {
+            bail!("{url} requires a token: set SLUICE_ADMIN_READ_TOKEN to the host's `admin.read_token` (or `admin.token`)")
+        }
+        answer => answer.with_context(|| {
+            format!("cannot reach the admin API at {url}; is `sluice run` running with an [admin] section, and is this its `listen` address?")
+        })?,
+    };
     let body: Value = response.body_mut().read_json().with_context(|| format!("{url} did not answer with JSON"))?;
     if body.get("pipelines").and_then(Value::as_array).is_none() {
         bail!("{url} answered without a `pipelines` list: is it a sluice admin API?");

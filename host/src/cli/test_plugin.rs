@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::sink::Record;
 use sluice::source::lines::LineSource;
 use sluice::source::{Settlement, Source};
+use sluice::state::memory::MemoryBackend;
+use sluice::state::{EventState, Limits, Store};
 
 use super::InputFormat;
 
@@ -23,13 +26,20 @@ pub struct Options {
     pub memory: bytesize::ByteSize,
     pub expect: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
+    /// Seed file of the in-memory state.
+    pub state: Option<PathBuf>,
 }
 
 /// Runs each event through the plugin once (no retries) and prints one JSON
 /// line per event: its outputs, its error, or the trap. With `expect`, the
 /// lines must equal that file's.
 pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<ExitCode> {
-    let Options { config, format, timeout, memory, expect, cache_dir } = options;
+    let Options { config, format, timeout, memory, expect, cache_dir, state } = options;
+    let backend = match state {
+        Some(path) => MemoryBackend::from_seed_file(path).with_context(|| format!("--state {}", path.display()))?,
+        None => MemoryBackend::new(),
+    };
+    let store = Store::new(Arc::new(backend), Limits::default());
     let (format, timeout, memory) = (*format, *timeout, *memory);
     let config = config
         .iter()
@@ -69,9 +79,20 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
                 failures += 1;
                 json!({ "event": event.id, "undecodable": defect })
             } else {
-                match instance.handle(std::slice::from_ref(&event)).await {
+                // The event's state is kept only if it succeeds, as in a
+                // pipeline.
+                instance.attach_state(Box::new(store.begin(event.id.clone())));
+                let handled = instance.handle(std::slice::from_ref(&event)).await;
+                let attempt = instance.detach_state().and_then(|s| s.into_any().downcast::<EventState>().ok());
+                match handled {
                     Ok(mut results) => match results.pop() {
-                        Some(Ok(outputs)) => json!({ "event": event.id, "outputs": outputs.into_iter().map(output_json).collect::<Vec<_>>() }),
+                        Some(Ok(outputs)) => {
+                            if let Some(attempt) = attempt {
+                                let ticket = store.conclude(*attempt).map_err(|e| anyhow::anyhow!("{e}"))?;
+                                store.ready(ticket).await?;
+                            }
+                            json!({ "event": event.id, "outputs": outputs.into_iter().map(output_json).collect::<Vec<_>>() })
+                        }
                         Some(Err(err)) => {
                             failures += 1;
                             let disposition = match err.disposition {

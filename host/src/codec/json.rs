@@ -124,11 +124,7 @@ fn encode_headers(headers: &[Header]) -> Value {
         Ok(text) => Value::String(text.to_owned()),
         Err(_) => serde_json::json!({ "base64": BASE64.encode(bytes) }),
     };
-    let unique = headers
-        .iter()
-        .enumerate()
-        .all(|(i, h)| headers[..i].iter().all(|other| other.key != h.key));
-    if unique {
+    if keys_unique(headers) {
         Value::Object(headers.iter().map(|h| (h.key.clone(), value(&h.value))).collect())
     } else {
         Value::Array(
@@ -138,6 +134,15 @@ fn encode_headers(headers: &[Header]) -> Value {
                 .collect(),
         )
     }
+}
+
+/// Whether no two headers share a name (then they are written as an
+/// object, otherwise as `[name, value]` pairs). One pass with a hash set:
+/// checking each header against all earlier ones was quadratic, and an
+/// input with 200,000 headers held a tokio worker for ~37 s.
+fn keys_unique(headers: &[Header]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(headers.len());
+    headers.iter().all(|h| seen.insert(h.key.as_str()))
 }
 
 #[cfg(test)]
@@ -174,6 +179,43 @@ mod tests {
         assert!(msg(r#"{"paylod":"x"}"#).contains("unknown field `paylod`"));
         assert_eq!(msg(r#"{"payload_base64":"***"}"#).split(':').next(), Some("payload_base64"));
         assert_eq!(msg(r#"{"headers":{"h":1}}"#), "headers.h: expected a string or {\"base64\": \"…\"}");
+    }
+
+    fn many_headers(count: usize, repeat_last: bool) -> Record {
+        let mut headers: Vec<Header> =
+            (0..count).map(|i| Header { key: format!("h{i}"), value: b"v".to_vec() }).collect();
+        if repeat_last {
+            headers.push(Header { key: "h0".into(), value: b"again".to_vec() });
+        }
+        Record { destination: None, key: None, payload: b"p".to_vec(), id: None, partition: None, headers }
+    }
+
+    /// 200,000 headers (the 3 MB line of the hardening report) encode in
+    /// well under the deadline; the quadratic uniqueness check took tens of
+    /// seconds in release and minutes in a debug build. Run on a thread so
+    /// a regression fails at the deadline instead of hanging the suite.
+    #[test]
+    fn two_hundred_thousand_headers_encode_in_linear_time() {
+        for repeat_last in [false, true] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let line = encode_record(&many_headers(200_000, repeat_last));
+                let _ = tx.send(line.len());
+            });
+            let len = rx.recv_timeout(std::time::Duration::from_secs(10));
+            assert!(matches!(len, Ok(n) if n > 2_000_000), "encoding 200k headers took over 10 s (or failed): {len:?}");
+        }
+    }
+
+    #[test]
+    fn uniqueness_is_exact() {
+        let h = |k: &str| Header { key: k.into(), value: Vec::new() };
+        assert!(keys_unique(&[]));
+        assert!(keys_unique(&[h("a"), h("b"), h("A")]));
+        assert!(!keys_unique(&[h("a"), h("b"), h("a")]));
+        // A repeat turns the whole set into pairs, so nothing is lost.
+        let line = encode_record(&many_headers(3, true));
+        assert!(line.starts_with(br#"{"payload":"p","headers":[["h0","v"]"#), "{}", String::from_utf8_lossy(&line));
     }
 
     #[test]

@@ -77,6 +77,30 @@ pub struct AdminConfig {
     /// in the environment: `token = "${SLUICE_ADMIN_TOKEN}"`.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Bearer token `GET /pipelines`, `GET /pipelines/{name}` and `GET
+    /// /metrics` require (`token` is accepted too). Unset: those are open to
+    /// anyone who can reach `listen`. `/healthz` and `/readyz` stay open for
+    /// probes.
+    #[serde(default)]
+    pub read_token: Option<Secret>,
+    /// The largest plugin upload (`PUT /pipelines/{name}/plugin`) accepted;
+    /// a larger one is refused (413) before its body is read. Default
+    /// 64MiB: JavaScript and Python components are a few MiB to a few tens
+    /// of MiB. Other routes take at most 64 KiB.
+    #[serde(default = "default_max_upload")]
+    pub max_upload: ByteSize,
+    /// Connections open at once, at most; a connection over the cap is
+    /// closed at once (and counted in `sluice_admin_connections_refused_total`).
+    /// Default 64: a few operators, scrapers and probes need a handful.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_upload() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_max_connections() -> usize {
+    64
 }
 
 fn socket_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<std::net::SocketAddr, D::Error> {
@@ -805,6 +829,31 @@ pub struct PolicyConfig {
     /// more rejects the event, as for `max_outputs`. Default 16 MiB.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: ByteSize,
+    /// Headers one input event may carry, at most. An input with more is
+    /// dead-lettered (reason `undecodable`, the count in the message) before
+    /// any work on it. Default 10000: far above what brokers and frameworks
+    /// set (tens), low enough that per-header work stays cheap.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Bytes of header names and values one input event may carry, at most;
+    /// more dead-letters it, as for `max_headers`. Default 1 MiB (NATS's
+    /// default `max_payload` and Kafka's default `message.max.bytes` for the
+    /// whole message).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+}
+
+#[cfg(test)]
+mod stuck_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_stuck_threshold_is_never_shorter_than_the_longest_healthy_call() {
+        let policy = super::PolicyConfig::default();
+        assert_eq!(policy.stuck_threshold(), Duration::from_secs(5 * 256 + 10), "5 s × 256 events + 10 s of init");
+        let short = super::PolicyConfig { timeout: Duration::from_millis(10), batch_size: 4, ..policy };
+        assert_eq!(short.stuck_threshold(), Duration::from_secs(120), "stuck_after when it is the longer");
+    }
 }
 
 impl PolicyConfig {
@@ -832,8 +881,17 @@ impl Default for PolicyConfig {
             version_header: true,
             max_outputs: default_max_outputs(),
             max_output_bytes: default_max_output_bytes(),
+            max_headers: default_max_headers(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
+}
+
+fn default_max_headers() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize::mib(1)
 }
 
 fn default_max_outputs() -> usize {

@@ -178,8 +178,20 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
     if policy.max_output_bytes.as_u64() == 0 {
         return Err(("policy.max_output_bytes", "must be more than 0 bytes, e.g. \"16MiB\"".into()));
     }
+    if policy.max_headers == 0 {
+        return Err(("policy.max_headers", "must be at least 1, e.g. 10000 (the default)".into()));
+    }
+    if policy.max_header_bytes.as_u64() == 0 {
+        return Err(("policy.max_header_bytes", "must be more than 0 bytes, e.g. \"1MiB\"".into()));
+    }
     if policy.timeout.is_zero() {
         return Err(("policy.timeout", "must be greater than zero, e.g. \"5s\" or \"250ms\"".into()));
+    }
+    if policy.init_timeout.is_zero() {
+        return Err(("policy.init_timeout", "must be greater than zero, e.g. \"10s\"".into()));
+    }
+    if policy.stuck_after.is_zero() {
+        return Err(("policy.stuck_after", "must be greater than zero, e.g. \"2m\"".into()));
     }
     if policy.memory.as_u64() < 1024 * 1024 {
         return Err(("policy.memory", format!("must be at least 1 MiB, got {}", policy.memory)));

@@ -21,6 +21,7 @@ pub mod dead_letter;
 pub mod handler;
 pub mod idempotency;
 pub mod lane;
+pub mod limits;
 pub mod policy;
 mod publish;
 pub mod route;
@@ -108,6 +109,10 @@ pub struct Dispatcher {
     /// known to be its own) and each ack waits for the event's state
     /// commit (see [`state`]).
     pub state: Option<Arc<crate::state::Store>>,
+    /// Caps on an input's headers (`policy.max_headers`,
+    /// `policy.max_header_bytes`), checked at intake by [`limits`]: an
+    /// input over them is dead-lettered before any work on it.
+    pub header_limits: limits::HeaderLimits,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -154,6 +159,7 @@ impl Dispatcher {
             tracing: trace::Tracing::default(),
             schemas: Arc::default(),
             state: None,
+            header_limits: limits::HeaderLimits::default(),
         }
     }
 
@@ -215,7 +221,7 @@ impl Dispatcher {
                 _ = breaker_opened(shared.breaker.as_deref()) => continue,
                 next = source.next() => next,
             };
-            let delivery = match next {
+            let mut delivery = match next {
                 Ok(Some(delivery)) => delivery,
                 Ok(None) => break,
                 Err(err) => {
@@ -225,6 +231,11 @@ impl Dispatcher {
             };
             Stats::add(&stats.received, 1);
             stats.progressed();
+            // Over the header caps: dead-lettered as a defect, like an
+            // undecodable message, so no lane does per-header work on it.
+            if delivery.defect.is_none() {
+                delivery.defect = limits::check_headers(&delivery.event, &shared.header_limits).err();
+            }
             let lane = match ordering {
                 Ordering::None => 0,
                 Ordering::Partition => delivery.partition as usize % senders.len(),

@@ -726,3 +726,31 @@ async fn an_undecodable_event_is_settled_in_its_turn() -> Result<(), DispatchErr
 }
 /// Event schemas and accepted versions.
 mod schema;
+
+#[tokio::test(start_paused = true)]
+async fn inputs_over_the_header_caps_are_dead_lettered_without_a_call() -> Result<(), DispatchError> {
+    let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    h.dispatcher.header_limits = limits::HeaderLimits { max_headers: 10, max_header_bytes: 1024 };
+    let log = Settlements::default();
+    let with_headers = |id: &str, count: usize, value: usize| {
+        let mut e = event(id, id);
+        e.headers = (0..count).map(|i| crate::event::text_header(&format!("h{i}"), "v".repeat(value))).collect();
+        e
+    };
+    let events = vec![(with_headers("many", 11, 1), 0), (with_headers("big", 2, 600), 0), (with_headers("ok", 10, 10), 0)];
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+
+    assert_eq!(h.out.payloads(), vec!["ok"]);
+    let called: Vec<String> = h.calls.lock().map(|c| c.iter().map(|c| c.0.clone()).collect()).unwrap_or_default();
+    assert_eq!(called, vec!["ok"], "the plugin never sees an input over the caps");
+    let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
+    let messages: Vec<&str> = dlq.iter().filter_map(|r| header(r, "sluice-dlq-message")).collect();
+    assert_eq!(messages.len(), 2);
+    assert!(messages[0].contains("11 headers, over policy.max_headers (10)"), "{}", messages[0]);
+    assert!(messages[1].contains("over policy.max_header_bytes (1024)"), "{}", messages[1]);
+    assert_eq!(
+        settlements(&log),
+        vec![("many".into(), Settlement::DeadLettered), ("big".into(), Settlement::DeadLettered), ("ok".into(), Settlement::Done)]
+    );
+    Ok(())
+}

@@ -3,6 +3,12 @@
 //! A writer task owns the file: it takes every record queued so far, writes
 //! them, flushes (and fsyncs if asked), then moves the durable watermark past
 //! them. Group commit: one flush covers many records.
+//!
+//! A file never keeps a torn record: a write that fails part-way (disk full)
+//! is cut back to the last whole line, and a file opened with a partial last
+//! line (a crash, or a failure whose cut failed too) has that line removed
+//! before anything is appended. A torn line was never acknowledged, so its
+//! event is delivered again and nothing is lost.
 
 use std::path::PathBuf;
 
@@ -34,37 +40,55 @@ impl LineSink {
         Self::new("stdout".into(), Box::new(tokio::io::stdout()), format, None)
     }
 
-    /// Opens `path` for appending, creating it (and its folder) if needed.
+    /// Opens `path` for appending, creating it (and its folder) if needed,
+    /// after removing a partial last line (see the module comment).
     pub async fn file(path: PathBuf, format: RecordFormat, fsync: bool) -> Result<Self, SinkError> {
         let what = format!("file {}", path.display());
         let open_err = |e: std::io::Error| SinkError::Open { what: what.clone(), message: e.to_string() };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir).await.map_err(open_err)?;
         }
+        // Readable too: the torn-line check reads the end of the file.
         let file = tokio::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .await
             .map_err(open_err)?;
-        let sync = if fsync {
-            Some(file.try_clone().await.map_err(open_err)?)
-        } else {
-            None
-        };
-        Ok(Self::new(what, Box::new(file), format, sync))
+        let handle = file.try_clone().await.map_err(open_err)?.into_std().await;
+        let (handle, len, cut) = tokio::task::spawn_blocking(move || {
+            let cut = repair_torn_tail(&handle)?;
+            let len = handle.metadata()?.len();
+            Ok::<_, std::io::Error>((handle, len, cut))
+        })
+        .await
+        .map_err(|e| open_err(std::io::Error::other(e)))?
+        .map_err(open_err)?;
+        if cut > 0 {
+            tracing::warn!("{what}: removed a partial last line ({cut} bytes) left by a write that did not finish (a crash or a full disk); its event was not acknowledged and is delivered again");
+        }
+        let tail = FileTail { handle: tokio::fs::File::from_std(handle), fsync, len };
+        Ok(Self::start(what, Box::new(file), format, Some(tail)))
     }
 
-    /// Any writer; used by tests.
+    /// Any writer; used by tests. `fsync`: a handle of the file `out`
+    /// writes to, synced after each flush.
     pub fn new(
         what: String,
         out: Box<dyn AsyncWrite + Send + Unpin>,
         format: RecordFormat,
         fsync: Option<tokio::fs::File>,
     ) -> Self {
+        // Length unknown: a failed write is not cut back (only `file` knows it).
+        let tail = fsync.map(|handle| FileTail { handle, fsync: true, len: u64::MAX });
+        Self::start(what, out, format, tail)
+    }
+
+    fn start(what: String, out: Box<dyn AsyncWrite + Send + Unpin>, format: RecordFormat, tail: Option<FileTail>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (durable_tx, durable) = watch::channel(Durable::UpTo(0));
-        let writer = tokio::spawn(write_loop(what.clone(), out, rx, durable_tx, fsync));
+        let writer = tokio::spawn(write_loop(what.clone(), out, rx, durable_tx, tail));
         Self {
             what,
             format,
@@ -75,24 +99,64 @@ impl LineSink {
     }
 }
 
+/// A second handle of a sink file, and the length of its whole lines.
+struct FileTail {
+    handle: tokio::fs::File,
+    /// fsync after each flush.
+    fsync: bool,
+    /// Bytes of whole, flushed lines; `u64::MAX`: not known.
+    len: u64,
+}
+
+/// Removes a last line without its newline from `file`; returns the bytes
+/// removed. Reads backwards from the end in blocks, so only the torn line
+/// (at most a few blocks) is read, however large the file.
+fn repair_torn_tail(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 64 * 1024;
+    let len = file.metadata()?.len();
+    let mut last = [0u8; 1];
+    if len == 0 || (file.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
+        return Ok(0);
+    }
+    let mut end = len;
+    let mut block = vec![0u8; BLOCK as usize];
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(BLOCK);
+        let chunk = &mut block[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(len - keep)
+}
+
 async fn write_loop(
     what: String,
     mut out: Box<dyn AsyncWrite + Send + Unpin>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     durable: watch::Sender<Durable>,
-    fsync: Option<tokio::fs::File>,
+    mut tail: Option<FileTail>,
 ) {
     let mut written = 0u64;
     let mut batch = Vec::with_capacity(1024);
     while rx.recv_many(&mut batch, 1024).await > 0 {
         let count = batch.len() as u64;
+        let bytes: u64 = batch.iter().map(|line| line.len() as u64).sum();
         let result = async {
             for line in batch.drain(..) {
                 out.write_all(&line).await?;
             }
             out.flush().await?;
-            if let Some(file) = &fsync {
-                file.sync_data().await?;
+            if let Some(FileTail { handle, fsync: true, .. }) = &tail {
+                handle.sync_data().await?;
             }
             Ok::<_, std::io::Error>(())
         }
@@ -100,13 +164,22 @@ async fn write_loop(
         match result {
             Ok(()) => {
                 written += count;
+                if let Some(tail) = tail.as_mut() {
+                    tail.len = tail.len.saturating_add(bytes);
+                }
                 durable.send_replace(Durable::UpTo(written));
             }
             Err(e) => {
-                durable.send_replace(Durable::Failed(SinkError::Write {
-                    what: what.clone(),
-                    message: e.to_string(),
-                }));
+                // The OS error ("No space left on device") is the message;
+                // a failed cut is said too (the next open repairs it).
+                let mut message = e.to_string();
+                if let Some(FileTail { handle, len, .. }) = tail.as_ref().filter(|t| t.len != u64::MAX) {
+                    if let Err(cut) = handle.set_len(*len).await {
+                        message = format!("{message}; the partly written records could not be cut off ({cut}): they will be at the next start");
+                    }
+                }
+                batch.clear();
+                durable.send_replace(Durable::Failed(SinkError::Write { what: what.clone(), message }));
                 return;
             }
         }
@@ -124,7 +197,12 @@ impl Sink for LineSink {
                 line
             }
         };
-        let closed = || SinkError::Closed { what: self.what.clone() };
+        // A queue closed by a failed writer reports the writer's error
+        // (the OS error), not that the sink is closed.
+        let closed = || match &*self.durable.borrow() {
+            Durable::Failed(err) => err.clone(),
+            Durable::UpTo(_) => SinkError::Closed { what: self.what.clone() },
+        };
         let tx = self.tx.lock().map_err(|_| closed())?.0.clone().ok_or_else(closed)?;
         if let Durable::Failed(err) = &*self.durable.borrow() {
             return Err(err.clone());
@@ -153,5 +231,102 @@ impl Sink for LineSink {
 
     fn describe(&self) -> String {
         self.what.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    fn record(payload: &str) -> Record {
+        Record { destination: None, key: None, payload: payload.as_bytes().to_vec(), headers: Vec::new(), id: None, partition: None }
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_removed_before_appending() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "one\ntwo\nthr")?;
+        let sink = LineSink::file(path.clone(), RecordFormat::Payload, false).await?;
+        sink.send(record("three")).await?.wait().await?;
+        sink.close().await?;
+        assert_eq!(std::fs::read_to_string(&path)?, "one\ntwo\nthree\n");
+        // A whole file, or one that is a single torn line, is handled too.
+        for (before, after) in [("a\n", "a\nb\n"), ("torn", "b\n"), ("", "b\n")] {
+            std::fs::write(&path, before)?;
+            let sink = LineSink::file(path.clone(), RecordFormat::Payload, true).await?;
+            sink.send(record("b")).await?.wait().await?;
+            sink.close().await?;
+            assert_eq!(std::fs::read_to_string(&path)?, after, "from {before:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_torn_line_longer_than_a_block_is_found() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("out");
+        let torn = "x".repeat(200_000);
+        std::fs::write(&path, format!("kept\n{torn}"))?;
+        let file = std::fs::OpenOptions::new().read(true).append(true).open(&path)?;
+        assert_eq!(repair_torn_tail(&file)?, 200_000);
+        assert_eq!(std::fs::read_to_string(&path)?, "kept\n");
+        Ok(())
+    }
+
+    /// Accepts nothing until `release` fires, then fails every write with
+    /// ENOSPC.
+    struct FullDisk(Option<tokio::sync::oneshot::Receiver<()>>);
+
+    impl AsyncWrite for FullDisk {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, _: &[u8]) -> Poll<std::io::Result<usize>> {
+            if let Some(release) = self.0.as_mut() {
+                match Pin::new(release).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(_) => self.0 = None,
+                }
+            }
+            Poll::Ready(Err(std::io::Error::from_raw_os_error(libc::ENOSPC)))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    use std::future::Future as _;
+
+    /// A sender waiting for room when the writer fails is told the OS
+    /// error, not that the sink is closed.
+    #[tokio::test]
+    async fn a_full_disk_is_named_to_every_sender() -> Result<(), Box<dyn std::error::Error>> {
+        let (release, held) = tokio::sync::oneshot::channel();
+        let sink = Arc::new(LineSink::new("file f".into(), Box::new(FullDisk(Some(held))), RecordFormat::Payload, None));
+        let mut receipts = Vec::new();
+        // Fill the queue behind the stuck writer until a send has to wait.
+        while let Ok(receipt) = tokio::time::timeout(std::time::Duration::from_millis(200), sink.send(record("r"))).await {
+            receipts.push(receipt?);
+            if receipts.len() > 4 * QUEUE {
+                return Err("the queue never filled".into());
+            }
+        }
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.send(record("late")).await.map(|_| ()) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the late sender should be waiting for room");
+        let _ = release.send(());
+        let late = waiting.await?.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(late.contains("No space left on device"), "{late}");
+        let first = receipts.remove(0).wait().await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(first.starts_with("cannot write to file f: No space left on device"), "{first}");
+        Ok(())
     }
 }
