@@ -178,6 +178,17 @@ impl KvBackend {
         let js = jetstream::new(client.clone());
         let state = bucket(&js, &options.bucket, Duration::ZERO).await?;
         let markers = bucket(&js, &format!("{}-applied", options.bucket), options.marker_retention).await?;
+        let max_age = markers.stream.cached_info().config.max_age;
+        if max_age != options.marker_retention {
+            // The operator's bucket wins; say so, since markers that expire
+            // before a redelivery let an event run twice.
+            tracing::warn!(
+                bucket = %markers.name,
+                bucket_max_age = ?max_age,
+                marker_retention = ?options.marker_retention,
+                "the applied-markers bucket exists with a max_age other than state.marker_retention; it is used as it is"
+            );
+        }
         let max_payload = client.server_info().max_payload;
         let backend = Self {
             state,
