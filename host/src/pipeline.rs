@@ -132,7 +132,7 @@ pub async fn build(
         tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
         schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
         state: match &config.state {
-            Some(state) => Some(crate::state::open(name, state).await.map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?),
+            Some(state) => Some(crate::state::open(name, state, &config.source, &sinks.connections).await.map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?),
             None => None,
         },
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),

@@ -2,6 +2,7 @@
 //! plugin (the `state` capability), and where it is kept.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
@@ -19,6 +20,9 @@ pub enum StateBackend {
     Embedded,
     /// In memory: lost when the process stops. For tests and demos.
     Memory,
+    /// A NATS JetStream KV bucket: state lives with the broker, so the
+    /// pipeline can move to another host. NATS and JetStream sources only.
+    JetstreamKv,
 }
 
 /// The `state` table.
@@ -33,6 +37,23 @@ pub struct StateConfig {
     /// tables. Relative paths are relative to the config file.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// `jetstream-kv`: the bucket, created if missing (history 1). Default
+    /// `sluice-state-<pipeline>` (characters other than `[A-Za-z0-9_-]`
+    /// become `_`). Applied markers go to a second bucket, `<bucket>-applied`.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// `jetstream-kv`: the NATS server(s), comma-separated. Default: the
+    /// source's `url`. The source's token or credentials are used either way.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long an event stays recognised as applied, so its redelivery is
+    /// acknowledged without running it again. Must exceed the longest time
+    /// the source may take to redeliver (JetStream: `ack_wait` times the
+    /// deliveries). Default 24 h. `embedded` prunes markers older than this;
+    /// `jetstream-kv` sets it as the markers bucket's `max_age` when it
+    /// creates the bucket (an existing bucket keeps its own).
+    #[serde(default = "default_marker_retention", with = "humantime_serde")]
+    pub marker_retention: Duration,
     /// Longest key, in bytes. Default 1 KiB.
     #[serde(default = "default_max_key")]
     pub max_key_bytes: ByteSize,
@@ -44,6 +65,10 @@ pub struct StateConfig {
     pub max_writes: usize,
 }
 
+/// A day: far longer than any broker's redelivery delay.
+fn default_marker_retention() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
+}
 fn default_max_key() -> ByteSize {
     ByteSize::kib(1)
 }
@@ -81,6 +106,29 @@ impl StateConfig {
                     return Err(("state.path", "the memory backend keeps nothing on disk: remove `path`, or use `backend = \"embedded\"`".into()));
                 }
             }
+            StateBackend::JetstreamKv => {
+                if self.path.is_some() {
+                    return Err(("state.path", "the jetstream-kv backend keeps state in a KV bucket, not a file: remove `path` (name the bucket with `bucket`)".into()));
+                }
+                if !matches!(source, SourceConfig::Nats { .. } | SourceConfig::Jetstream { .. }) {
+                    let kind = match source {
+                        SourceConfig::Kafka { .. } => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline",
+                        _ => "a file or stdin source: its position belongs with the file, use `backend = \"embedded\"`",
+                    };
+                    return Err(("state.backend", format!("`jetstream-kv` works with `nats` and `jetstream` sources only, not {kind}")));
+                }
+                if let Some(bucket) = &self.bucket {
+                    if !crate::state::jetstream_kv::valid_bucket(bucket) {
+                        return Err(("state.bucket", format!("{bucket:?} is not a valid KV bucket name: letters, digits, `_` and `-` only")));
+                    }
+                }
+                if self.marker_retention.is_zero() {
+                    return Err(("state.marker_retention", "must be greater than zero".into()));
+                }
+            }
+        }
+        if self.backend != StateBackend::JetstreamKv && (self.bucket.is_some() || self.url.is_some()) {
+            return Err(("state.bucket", "`bucket` and `url` are for `backend = \"jetstream-kv\"`".into()));
         }
         if self.max_key_bytes.as_u64() == 0 || self.max_value_bytes.as_u64() == 0 || self.max_writes == 0 {
             return Err(("state", "max_key_bytes, max_value_bytes and max_writes must be greater than zero".into()));

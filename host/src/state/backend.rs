@@ -1,5 +1,6 @@
-//! The durable side of state: one trait, implemented by [`super::memory`] and
-//! [`super::embedded`] (and later by JetStream KV and a Kafka changelog).
+//! The durable side of state: one trait, implemented by [`super::memory`],
+//! [`super::embedded`] and [`super::jetstream_kv`] (and later by a Kafka
+//! changelog).
 
 use async_trait::async_trait;
 use bytes::Bytes;

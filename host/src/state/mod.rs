@@ -18,7 +18,9 @@
 //!    caller acknowledges exactly those events at the source.
 //!
 //! Backends: [`memory`] (tests, `plugin test`, seedable from a JSON file) and
-//! [`embedded`] (redb, one file per host, a table namespace per pipeline).
+//! [`embedded`] (redb, one file per host, a table namespace per pipeline)
+//! and [`jetstream_kv`] (a NATS KV bucket per pipeline, commits made atomic
+//! by a redo record).
 //! [`metrics`] counts reads, writes and commits for Prometheus.
 //!
 //! This module knows nothing of wasmtime, sources or the dispatcher: the
@@ -27,6 +29,7 @@
 pub mod backend;
 pub mod embedded;
 mod event;
+pub mod jetstream_kv;
 pub mod memory;
 pub mod metrics;
 mod open;

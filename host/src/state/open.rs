@@ -5,12 +5,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::embedded::{EmbeddedDb, EmbeddedOptions};
+use super::jetstream_kv::{default_bucket, KvBackend, KvOptions};
 use super::memory::MemoryBackend;
 use super::{Backend, Limits, StateError, Store};
-use crate::config::{StateBackend, StateConfig};
+use crate::config::{NatsServer, SourceConfig, StateBackend, StateConfig};
+use crate::nats::Connections;
 
-/// The pipeline's state store, its backend opened.
-pub async fn open(pipeline: &str, config: &StateConfig) -> Result<Arc<Store>, StateError> {
+/// The pipeline's state store, its backend opened. `source` and
+/// `connections` are for `jetstream-kv`, which connects to the source's
+/// server (or `state.url` with the source's login) over the shared
+/// connection.
+pub async fn open(
+    pipeline: &str,
+    config: &StateConfig,
+    source: &SourceConfig,
+    connections: &Connections,
+) -> Result<Arc<Store>, StateError> {
     let limits = Limits {
         max_key_bytes: config.max_key_bytes.as_u64() as usize,
         max_value_bytes: config.max_value_bytes.as_u64() as usize,
@@ -19,7 +29,24 @@ pub async fn open(pipeline: &str, config: &StateConfig) -> Result<Arc<Store>, St
     };
     let backend: Arc<dyn Backend> = match (config.backend, &config.path) {
         (StateBackend::Memory, _) => Arc::new(MemoryBackend::new()),
-        (StateBackend::Embedded, Some(path)) => Arc::new(database(path).await?.backend(pipeline, EmbeddedOptions::default())),
+        (StateBackend::Embedded, Some(path)) => Arc::new(database(path).await?.backend(
+            pipeline,
+            EmbeddedOptions { marker_retention: config.marker_retention, ..EmbeddedOptions::default() },
+        )),
+        (StateBackend::JetstreamKv, _) => {
+            let Some(mut server) = source.nats_server() else {
+                return Err(StateError::Unavailable("the jetstream-kv backend needs a NATS or JetStream source".into()));
+            };
+            if let Some(url) = &config.url {
+                server = NatsServer { url: url.clone(), ..server };
+            }
+            let client = connections.get(&server).await.map_err(|e| StateError::Unavailable(e.to_string()))?;
+            let options = KvOptions {
+                marker_retention: config.marker_retention,
+                ..KvOptions::new(config.bucket.clone().unwrap_or_else(|| default_bucket(pipeline)))
+            };
+            Arc::new(KvBackend::open(client, &options).await?)
+        }
         (StateBackend::Embedded, None) => return Err(StateError::Unavailable("the embedded backend needs `state.path`".into())),
     };
     Ok(Store::new(backend, limits))
