@@ -181,7 +181,7 @@ backoff = { initial = "1s", max = "1s" }"#,
 
 /// Runs `culprit` then `ok:after` through chaos with one attempt each; returns
 /// the culprit's dead-letter record after checking `after` came out.
-fn culprit_then_ok(culprit: &str, policy: &str) -> Result<Value> {
+fn culprit_then_ok(culprit: &str, policy: &str, reason: &str) -> Result<Value> {
     let (scratch, _) = run_one("chaos", "", &format!("max_attempts = 1\n{policy}"), &[event(culprit), event("ok:after")])?;
     assert_eq!(
         payloads(&scratch.read_jsonl("out.jsonl")?),
@@ -190,28 +190,28 @@ fn culprit_then_ok(culprit: &str, policy: &str) -> Result<Value> {
     );
     let record = only_dead_letter(&scratch)?;
     assert_eq!(record["payload"], culprit);
-    assert_eq!(dlq_header(&record, "sluice-dlq-reason")?, "retries-exhausted");
+    assert_eq!(dlq_header(&record, "sluice-dlq-reason")?, reason);
     assert_eq!(dlq_header(&record, "sluice-dlq-attempts")?, "1");
     Ok(record)
 }
 
 #[test]
 fn an_infinite_loop_is_interrupted_by_the_timeout() -> Result<()> {
-    let record = culprit_then_ok("loop", r#"timeout = "200ms""#)?;
+    let record = culprit_then_ok("loop", r#"timeout = "200ms""#, "timeout")?;
     let message = dlq_header(&record, "sluice-dlq-message")?;
     assert!(message.contains("timed out"), "{message}");
     assert!(message.contains("200ms"), "names the per-event timeout: {message}");
     Ok(())
 }
 
-/// A guest blocked in a host call (a 60 s sleep) cannot be interrupted by an
-/// epoch; the lane's watchdog stops waiting for it shortly after the deadline
+/// A guest blocked in a host call (a 60 s sleep) is a pending future: at the
+/// deadline the call is dropped, the event is dead-lettered as a timeout,
 /// and the next event is handled by a fresh instance. The run must end long
 /// before the sleep would.
 #[test]
-fn a_guest_sleeping_in_a_host_call_is_cut_by_the_watchdog() -> Result<()> {
+fn a_guest_sleeping_in_a_host_call_is_cut_at_its_deadline() -> Result<()> {
     let started = std::time::Instant::now();
-    let record = culprit_then_ok("sleep:60000", r#"timeout = "200ms""#)?;
+    let record = culprit_then_ok("sleep:60000", r#"timeout = "200ms""#, "timeout")?;
     let message = dlq_header(&record, "sluice-dlq-message")?;
     assert!(message.contains("timed out"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(30), "the run waited for the sleep: {:?}", started.elapsed());
@@ -220,7 +220,7 @@ fn a_guest_sleeping_in_a_host_call_is_cut_by_the_watchdog() -> Result<()> {
 
 #[test]
 fn a_memory_hog_hits_the_memory_cap() -> Result<()> {
-    let record = culprit_then_ok("oom", r#"memory = "16MiB""#)?;
+    let record = culprit_then_ok("oom", r#"memory = "16MiB""#, "retries-exhausted")?;
     let message = dlq_header(&record, "sluice-dlq-message")?;
     assert!(message.contains("memory cap"), "{message}");
     assert!(message.contains(&(16u64 << 20).to_string()), "names the cap: {message}");
@@ -229,7 +229,7 @@ fn a_memory_hog_hits_the_memory_cap() -> Result<()> {
 
 #[test]
 fn a_trap_reports_the_guest_panic_message() -> Result<()> {
-    let record = culprit_then_ok("trap", "")?;
+    let record = culprit_then_ok("trap", "", "retries-exhausted")?;
     let message = dlq_header(&record, "sluice-dlq-message")?;
     assert!(message.contains("chaos: trap requested"), "guest stderr tail in the message: {message}");
     Ok(())
@@ -438,7 +438,7 @@ fn check_refuses_bad_plugins_with_a_clear_message() -> Result<()> {
         (
             "wrong_world",
             format!("path = {}", toml_path(&plugin("wrong_world"))),
-            vec!["does not implement the world sluice:plugin/plugin@0.1.0", "handler"],
+            vec!["does not implement the world sluice:plugin/plugin@0.2.0", "handler"],
         ),
         ("corrupt", r#"path = "corrupt.wasm""#.to_owned(), vec!["is not a WebAssembly file"]),
         ("core", r#"path = "core.wasm""#.to_owned(), vec!["is a core WebAssembly module, not a component"]),

@@ -181,7 +181,7 @@ async fn request_reply_answers_errors_and_timeouts_from_a_plain_client() -> Resu
     let waited = asked.elapsed();
     assert_eq!(header(&timed_out, "Nats-Service-Error-Code").as_deref(), Some("500"));
     let body: serde_json::Value = serde_json::from_slice(&timed_out.payload)?;
-    assert_eq!(body["error"]["reason"], "retries-exhausted");
+    assert_eq!(body["error"]["reason"], "timeout");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("timed out") || message.contains("deadline"), "{message}");
     assert!(waited < Duration::from_secs(3), "answered after {waited:?}");

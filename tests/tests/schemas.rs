@@ -258,8 +258,8 @@ fn check_shows_the_versions_the_plugin_accepts() -> Result<()> {
     assert!(finished.stdout.contains("ok    pipeline `orders`: plugin json_enricher"), "{}", finished.stdout);
     assert!(finished.stdout.contains("      accepts: order-created@1, order-created@2\n"), "{}", finished.stdout);
     let inspect = scratch.run(&["plugin", "inspect", &plugin("json_enricher").to_string_lossy()])?;
-    assert!(inspect.stdout.contains("sluice:plugin/manifest@0.1.0 (instance)"), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains("sluice:plugin/manifest@0.2.0 (instance)"), "{}", inspect.stdout);
     let plain = scratch.run(&["plugin", "inspect", &plugin("plain").to_string_lossy()])?;
-    assert!(plain.stdout.contains("world:   sluice:plugin/plugin@0.1.0") && !plain.stdout.contains("manifest"), "{}", plain.stdout);
+    assert!(plain.stdout.contains("targets: sluice:plugin@0.1.0") && !plain.stdout.contains("manifest"), "{}", plain.stdout);
     Ok(())
 }
