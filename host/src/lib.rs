@@ -33,6 +33,8 @@
 //! `sluice dlq replay`. [`telemetry`] exports a span per event to
 //! OpenTelemetry when `[tracing]` asks for it.
 //! [`state`] holds plugin state per pipeline, made durable with its events.
+//! [`service`] tells systemd (`Type=notify`) when the host is ready,
+//! reloading or stopping, and pings its watchdog.
 
 pub mod admin;
 pub mod codec;
@@ -48,6 +50,7 @@ pub mod reload;
 pub mod replay;
 pub mod runtime;
 pub mod schema;
+pub mod service;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -86,6 +86,8 @@ pub async fn run_with_reloads(
     for (name, pipeline) in config.pipelines.clone() {
         supervisor.start(name, pipeline, None);
     }
+    let announce = tokio::spawn(crate::service::announce_ready(supervisor.health.clone()));
+    let watchdog = tokio::spawn(crate::service::keep_watchdog());
 
     let mut reports = Vec::new();
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -107,12 +109,15 @@ pub async fn run_with_reloads(
                 reports.push(ended.report);
             }
             _ = shutdown.cancelled(), if deadline.is_none() => {
+                crate::service::stopping();
                 tracing::info!("shutting down: draining in-flight events (up to {:?})", supervisor.config.runtime.shutdown_timeout);
                 deadline = Some(tokio::time::Instant::now() + supervisor.config.runtime.shutdown_timeout);
             }
             Some(()) = reloads.recv(), if deadline.is_none() => {
                 if let Some(path) = &config_path {
+                    crate::service::reloading();
                     supervisor.reload(path).await;
+                    crate::service::reloaded();
                 }
             }
             _ = tokio::time::sleep_until(at), if deadline.is_some() => {
@@ -127,6 +132,8 @@ pub async fn run_with_reloads(
         }
     }
     admin_stop.cancel();
+    announce.abort();
+    watchdog.abort();
     // Closing flushes the sinks; a broker that is down would hold a flush
     // (and the process) for as long as it stays down. The close gets what is
     // left of the shutdown deadline (at least a second; without a shutdown,
