@@ -3,7 +3,9 @@
 //! events (64 keys, 100 B values), all tickets readied together so group
 //! commit works as it will in a lane.
 //!
-//! - `state/memory`, `state/embedded` (redb, fsync per commit, a temp file);
+//! - `state/memory`, `state/embedded` (redb, fsync per commit, a temp file),
+//!   `state/embedded-deferred` (redb, fsync every 200 ms: the default with
+//!   a file source, whose position is committed with the state);
 //! - `state/none`: the same loop without state (ids and values only);
 //! - `state/pipeline-native`: the whole dispatcher with the native
 //!   passthrough (in-memory source, null sink), batch 256, the per-event cost
@@ -124,6 +126,20 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path)
                 })
             });
             commits_per_event("embedded", &store);
+            let options = EmbeddedOptions { sync_interval: std::time::Duration::from_millis(200), ..EmbeddedOptions::default() };
+            let backend = {
+                let _runtime = rt.enter();
+                db.backend("bench-deferred", options)
+            };
+            let store = Store::new(Arc::new(backend), Limits::default());
+            group.bench_function(BenchmarkId::new("embedded-deferred", BATCH), |b| {
+                let mut round = 0;
+                b.iter(|| {
+                    round += 1;
+                    rt.block_on(state_batch(&store, round, &value))
+                })
+            });
+            commits_per_event("embedded-deferred", &store);
         }
         Err(e) => eprintln!("no embedded row: {e}"),
     }
@@ -176,7 +192,7 @@ fn report() {
     if let Some(p) = pipeline {
         println!("| pipeline, native passthrough (no state) | {p:.0} | {:.0} | 1.00 |", 1e9 / p);
     }
-    for row in ["none", "memory", "embedded"] {
+    for row in ["none", "memory", "embedded", "embedded-deferred"] {
         if let Some(ns) = mean_ns("state", row).map(|ns| ns / BATCH as f64) {
             let ratio = pipeline.map_or("?".into(), |p| format!("+{:.2}", ns / p));
             println!("| state/{row} (begin+get+set+conclude+ready) | {ns:.0} | {:.0} | {ratio} |", 1e9 / ns);

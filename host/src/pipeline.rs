@@ -100,7 +100,12 @@ pub async fn build(
         None => return Err(BuildError::Config("no dead_letter sink".into())),
     };
     let stats = Arc::new(Stats::default());
-    let source = open_source(config, &sinks.connections, transaction, stats.gauges.source_lag.clone()).await?;
+    let state = match &config.state {
+        Some(state) => Some(crate::state::open(name, state, &config.source, &sinks.connections).await.map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?),
+        None => None,
+    };
+    let positioned = state.as_ref().filter(|_| config.state.as_ref().is_some_and(|s| s.backend == crate::config::StateBackend::Embedded));
+    let source = open_source(config, &sinks.connections, transaction, stats.gauges.source_lag.clone(), positioned).await?;
     let policy = &config.policy;
     let max_attempts = match source.max_deliveries() {
         Some(limit) => policy.max_attempts.min(limit),
@@ -131,10 +136,7 @@ pub async fn build(
         idempotency: config.idempotency.as_ref().map(Guard::new),
         tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
         schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
-        state: match &config.state {
-            Some(state) => Some(crate::state::open(name, state, &config.source, &sinks.connections).await.map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?),
-            None => None,
-        },
+        state,
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
     };
     Ok(Built { dispatcher, source, plugin, pause })
@@ -157,6 +159,7 @@ async fn open_source(
     connections: &Connections,
     transaction: Option<Arc<Transaction>>,
     lag: Arc<std::sync::atomic::AtomicI64>,
+    state: Option<&Arc<crate::state::Store>>,
 ) -> Result<Box<dyn Source>, SourceError> {
     let config = &pipeline.source;
     let connect = || async {
@@ -173,7 +176,18 @@ async fn open_source(
             follow,
             checkpoint,
             name,
-        } => Box::new(LineSource::file(name.clone(), path.clone(), *format, *follow, checkpoint.clone()).await?),
+        } => match state {
+            // The position is committed with the state (config validation
+            // refuses a `checkpoint` file beside it).
+            Some(store) => {
+                let done = store.position(name).await.map_err(|e| SourceError::Broker { what: format!("source {name}"), message: format!("cannot read its position from the state database: {e}") })?;
+                let source = LineSource::file_after(name.clone(), path.clone(), *format, *follow, done.unwrap_or(0)).await?;
+                let ledger = source.ledger();
+                store.track_position(name.clone(), Arc::new(move || ledger.lock().map(|l| l.lines_done()).unwrap_or(0)));
+                Box::new(source)
+            }
+            None => Box::new(LineSource::file(name.clone(), path.clone(), *format, *follow, checkpoint.clone()).await?),
+        },
         SourceConfig::Stdin { format } => Box::new(LineSource::stdin(*format)),
         SourceConfig::Nats { subject, queue_group, .. } => {
             Box::new(NatsSource::subscribe(connect().await?, subject, queue_group.as_deref()).await?)

@@ -20,7 +20,7 @@ fn counter_config(policy: &str) -> String {
     format!(
         r#"{runtime}
 [pipelines.counts]
-source = {{ kind = "file", path = "events.jsonl", checkpoint = "counts.checkpoint" }}
+source = {{ kind = "file", path = "events.jsonl" }}
 sink = {{ kind = "file", path = "out.jsonl" }}
 dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
 state = {{ backend = "embedded", path = "state.redb" }}
@@ -109,10 +109,7 @@ fn failed_attempts_leave_no_trace_and_reload_keeps_state() -> Result<()> {
     let scratch = Scratch::new()?;
     let port = free_port()?;
     scratch.write("events.jsonl", "")?;
-    let config = counter_config("").replace(
-        "checkpoint = \"counts.checkpoint\"",
-        "checkpoint = \"counts.checkpoint\", follow = true",
-    );
+    let config = counter_config("").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
     scratch.write("sluice.toml", format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t\"\n{config}"))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
@@ -180,7 +177,7 @@ fn the_admin_api_reads_lists_and_deletes_state_keys() -> Result<()> {
     let scratch = Scratch::new()?;
     let port = free_port()?;
     scratch.write_events("events.jsonl", &[event("a"), event("a"), event("b")])?;
-    let config = counter_config("").replace("checkpoint = \"counts.checkpoint\"", "checkpoint = \"counts.checkpoint\", follow = true");
+    let config = counter_config("").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
     scratch.write("sluice.toml", format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t\"\n{config}"))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
     host.wait_until("three outputs", WITHIN, || scratch.count_lines("out.jsonl") == 3)?;

@@ -63,7 +63,21 @@ pub struct StateConfig {
     /// Writes (set, delete, increment) one event may make. Default 1000.
     #[serde(default = "default_max_writes")]
     pub max_writes: usize,
+    /// `embedded`: the longest a commit stays without fsync. Default 200 ms
+    /// with a file or stdin source (whose position is committed in the same
+    /// transaction, so a crash rolls state and position back together and
+    /// the file is re-read from there), `0s` (fsync every commit) with any
+    /// other source, which may not set it: its acknowledgement leaves the
+    /// host, and state lost after it would be lost for good.
+    #[serde(default, with = "humantime_serde")]
+    pub sync_interval: Option<Duration>,
 }
+
+/// How long the embedded backend may leave commits unsynced by default,
+/// when the position is committed with the state: a crash costs re-reading
+/// at most this much of the file, and an fsync per 200 ms instead of per
+/// commit takes the embedded backend from ~28 µs to a few µs per event.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A day: far longer than any broker's redelivery delay.
 fn default_marker_retention() -> Duration {
@@ -80,6 +94,16 @@ fn default_max_writes() -> usize {
 }
 
 impl StateConfig {
+    /// The embedded backend's fsync interval for this source (zero: every
+    /// commit).
+    pub fn sync_interval(&self, source: &SourceConfig) -> Duration {
+        match (self.sync_interval, source) {
+            (Some(interval), _) => interval,
+            (None, SourceConfig::File { .. } | SourceConfig::Stdin { .. }) => DEFAULT_SYNC_INTERVAL,
+            (None, _) => Duration::ZERO,
+        }
+    }
+
     pub(super) fn resolve_paths(&mut self, base: &Path) {
         if let Some(path) = self.path.as_mut().filter(|p| p.is_relative()) {
             *path = base.join(&*path);
@@ -98,6 +122,18 @@ impl StateConfig {
                     return Err((
                         "state.backend",
                         "`embedded` keeps state on this host only, but a Kafka consumer group moves partitions between hosts on a rebalance, and the host that takes a partition would not have its state; Kafka sources are not supported by this build's state backends yet".into(),
+                    ));
+                }
+                if let SourceConfig::File { checkpoint: Some(_), .. } = source {
+                    return Err((
+                        "source.checkpoint",
+                        "a file source of a pipeline with embedded state keeps its position in the state database, committed with the state (so the two never disagree after a crash): remove `checkpoint`".into(),
+                    ));
+                }
+                if self.sync_interval.is_some_and(|i| !i.is_zero()) && !matches!(source, SourceConfig::File { .. } | SourceConfig::Stdin { .. }) {
+                    return Err((
+                        "state.sync_interval",
+                        "only a file or stdin source may defer the fsync: this source's acknowledgement leaves the host once a commit returns, and state lost in a crash after that would be lost for good; remove `sync_interval` (or set it to \"0s\")".into(),
                     ));
                 }
             }
@@ -126,6 +162,9 @@ impl StateConfig {
                     return Err(("state.marker_retention", "must be greater than zero".into()));
                 }
             }
+        }
+        if self.backend != StateBackend::Embedded && self.sync_interval.is_some() {
+            return Err(("state.sync_interval", "`sync_interval` is for `backend = \"embedded\"`".into()));
         }
         if self.backend != StateBackend::JetstreamKv && (self.bucket.is_some() || self.url.is_some()) {
             return Err(("state.bucket", "`bucket` and `url` are for `backend = \"jetstream-kv\"`".into()));

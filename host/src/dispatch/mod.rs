@@ -267,6 +267,13 @@ impl Dispatcher {
             // by a restart (a commit in flight finishes first).
             store.abort().await;
         }
+        if let Some(store) = &shared.state {
+            // Deferred fsyncs (the embedded backend's `sync_interval`) are
+            // done before the pipeline reports that it stopped.
+            if let (Err(err), Ok(())) = (store.flush().await, &outcome) {
+                outcome = Err(DispatchError::State(err));
+            }
+        }
         let closed = source.close().await;
         outcome?;
         closed?;

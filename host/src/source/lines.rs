@@ -47,6 +47,13 @@ pub struct Ledger {
     dirty: bool,
 }
 
+impl Ledger {
+    /// Lines settled without a gap from the start: what a resume skips.
+    pub fn lines_done(&self) -> u64 {
+        self.progress.committed().saturating_sub(1)
+    }
+}
+
 impl LineSource {
     /// Reads `path`, resuming after the lines recorded in `checkpoint`.
     /// `name` prefixes event ids (`<name>:<line>`).
@@ -57,17 +64,25 @@ impl LineSource {
         follow: bool,
         checkpoint: Option<PathBuf>,
     ) -> Result<Self, SourceError> {
-        let what = format!("file {}", path.display());
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|source| SourceError::Open { what: what.clone(), source })?;
         let resume = match &checkpoint {
             Some(cp) => read_checkpoint(cp).await?,
             None => 0,
         };
-        let mut source = Self::new(name, Box::new(BufReader::with_capacity(256 * 1024, file)), format, follow);
+        let mut source = Self::file_after(name, path, format, follow, resume).await?;
         source.checkpoint = checkpoint;
-        source.skip(resume).await?;
+        Ok(source)
+    }
+
+    /// Reads `path`, skipping its first `done` lines: for a position kept
+    /// elsewhere (a pipeline's state database, committed with its state;
+    /// see [`Ledger::lines_done`]).
+    pub async fn file_after(name: String, path: PathBuf, format: LineFormat, follow: bool, done: u64) -> Result<Self, SourceError> {
+        let what = format!("file {}", path.display());
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|source| SourceError::Open { what: what.clone(), source })?;
+        let mut source = Self::new(name, Box::new(BufReader::with_capacity(256 * 1024, file)), format, follow);
+        source.skip(done).await?;
         Ok(source)
     }
 

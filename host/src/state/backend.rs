@@ -58,6 +58,13 @@ pub trait Backend: Send + Sync + 'static {
     /// durable when this returns `Ok`, or none of it is.
     async fn commit(&self, batch: CommitBatch) -> Result<(), StateError>;
 
+    /// Makes every commit so far durable, for a backend that defers it
+    /// (the embedded one with a `sync_interval`); called when a pipeline
+    /// stops.
+    async fn flush(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
     /// Whether a commit recorded this event id (and its marker has not been
     /// pruned yet).
     async fn was_applied(&self, event_id: &str) -> Result<bool, StateError>;

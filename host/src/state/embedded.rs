@@ -9,14 +9,20 @@
 //!   markers by age so pruning reads only what it deletes;
 //! - `positions`: (pipeline, source) → resume position.
 //!
-//! Every commit is one write transaction with `Durability::Immediate`
-//! (fsync before it returns): state, markers and position land together or
-//! not at all, so a kill -9 anywhere leaves them consistent. redb calls block
-//! (file I/O, fsync), so each runs on tokio's blocking pool.
+//! Every commit is one write transaction: state, markers and position land
+//! together or not at all, so a kill -9 anywhere leaves them consistent.
+//! With `sync_interval` zero each commit is fsynced before it returns
+//! (`Durability::Immediate`). Otherwise commits are `Durability::None` and
+//! a flusher makes them durable at most `sync_interval` later: a crash then
+//! reverts state, markers *and* position to the last durable commit
+//! together, and the source re-reads from there. That is only sound when the
+//! position lives in the same transaction (a file source), never when the
+//! acknowledgement leaves the host (a broker), which the config enforces.
+//! redb calls block (file I/O, fsync), so each runs on tokio's blocking pool.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +53,10 @@ pub struct EmbeddedOptions {
     pub prune_every: u64,
     /// Most markers deleted by one prune.
     pub prune_max: usize,
+    /// Longest time a commit stays without fsync (zero: every commit is
+    /// fsynced before it returns). Only for a source whose position is
+    /// committed with the state.
+    pub sync_interval: Duration,
 }
 
 impl Default for EmbeddedOptions {
@@ -55,6 +65,7 @@ impl Default for EmbeddedOptions {
             marker_retention: DEFAULT_MARKER_RETENTION,
             prune_every: DEFAULT_PRUNE_EVERY,
             prune_max: DEFAULT_PRUNE_MAX,
+            sync_interval: Duration::ZERO,
         }
     }
 }
@@ -86,9 +97,16 @@ impl EmbeddedDb {
         &self.path
     }
 
-    /// The backend of one pipeline: its own tables in this database.
+    /// The backend of one pipeline: its own tables in this database. With a
+    /// `sync_interval`, starts its flusher (on the current tokio runtime;
+    /// it ends when the backend is dropped).
     pub fn backend(&self, pipeline: &str, options: EmbeddedOptions) -> EmbeddedBackend {
+        let unsynced = Arc::new(AtomicBool::new(false));
+        if !options.sync_interval.is_zero() {
+            tokio::spawn(flush_every(options.sync_interval, self.clone(), Arc::downgrade(&unsynced)));
+        }
         EmbeddedBackend {
+            unsynced,
             db: self.clone(),
             tables: Arc::new(Tables {
                 pipeline: pipeline.to_owned(),
@@ -125,6 +143,8 @@ impl Tables {
 /// One pipeline's state in the host's database.
 #[derive(Debug)]
 pub struct EmbeddedBackend {
+    /// Whether a commit since the last fsync is not durable yet.
+    unsynced: Arc<AtomicBool>,
     db: EmbeddedDb,
     tables: Arc<Tables>,
     options: EmbeddedOptions,
@@ -198,10 +218,12 @@ impl Backend for EmbeddedBackend {
         let prune = self.commits.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.options.prune_every);
         let retention_ms = u64::try_from(self.options.marker_retention.as_millis()).unwrap_or(u64::MAX);
         let prune_max = self.options.prune_max;
+        let durability = if self.options.sync_interval.is_zero() { Durability::Immediate } else { Durability::None };
+        let unsynced = Arc::clone(&self.unsynced);
         self.run(move |db, tables| {
             let now = now_ms();
             let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            txn.set_durability(durability)?;
             {
                 let mut state = txn.open_table(tables.state())?;
                 for (key, value) in &batch.writes {
@@ -238,9 +260,20 @@ impl Backend for EmbeddedBackend {
                 }
             }
             txn.commit()?;
+            if matches!(durability, Durability::None) {
+                unsynced.store(true, Ordering::Release);
+            }
             Ok(())
         })
         .await
+    }
+
+    async fn flush(&self) -> Result<(), StateError> {
+        if !self.unsynced.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        blocking(move || sync(&db.db).map_err(|e| unavailable(&db.path, e))).await
     }
 
     async fn was_applied(&self, event_id: &str) -> Result<bool, StateError> {
@@ -269,6 +302,36 @@ impl Backend for EmbeddedBackend {
             Ok(table.get((tables.pipeline.as_str(), source.as_str()))?.map(|v| v.value()))
         })
         .await
+    }
+}
+
+/// An empty transaction with `Durability::Immediate`: redb makes every
+/// earlier non-durable commit durable with it.
+fn sync(db: &Database) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Fsyncs a backend's commits every `interval` while there are unsynced
+/// ones; ends when the backend is gone. A failed fsync is retried on the
+/// next tick and logged: the commits stay consistent, only less durable.
+async fn flush_every(interval: Duration, db: EmbeddedDb, unsynced: std::sync::Weak<AtomicBool>) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(flag) = unsynced.upgrade() else { return };
+        if !flag.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        let synced = db.clone();
+        let result = blocking(move || sync(&synced.db).map_err(|e| unavailable(&synced.path, e))).await;
+        if let Err(err) = result {
+            flag.store(true, Ordering::Release);
+            tracing::error!("state: {err}");
+        }
     }
 }
 

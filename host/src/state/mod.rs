@@ -39,7 +39,7 @@ pub use backend::{Backend, CommitBatch, Position};
 pub use event::EventState;
 pub use metrics::StateMetrics;
 pub use open::open;
-pub use store::{Conflict, Store, Ticket};
+pub use store::{Conflict, PositionProbe, Store, Ticket};
 
 /// Limits on what one event may do with state. Each one bounds memory or the
 /// size of a commit, and each has its own error so a plugin author sees which

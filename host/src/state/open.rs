@@ -31,7 +31,11 @@ pub async fn open(
         (StateBackend::Memory, _) => Arc::new(MemoryBackend::new()),
         (StateBackend::Embedded, Some(path)) => Arc::new(database(path).await?.backend(
             pipeline,
-            EmbeddedOptions { marker_retention: config.marker_retention, ..EmbeddedOptions::default() },
+            EmbeddedOptions {
+                marker_retention: config.marker_retention,
+                sync_interval: config.sync_interval(source),
+                ..EmbeddedOptions::default()
+            },
         )),
         (StateBackend::JetstreamKv, _) => {
             let Some(mut server) = source.nats_server() else {

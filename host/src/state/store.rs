@@ -104,7 +104,14 @@ pub struct Store {
     inner: Mutex<Inner>,
     /// Signalled when a backend commit returns, for `abort`.
     commit_returned: Notify,
+    /// The source whose position each commit records, and how to read it.
+    position: std::sync::OnceLock<(String, PositionProbe)>,
 }
+
+/// Reads a source's resume point: everything before it is settled. Read
+/// when a commit is assembled, so it covers only events whose own commits
+/// returned earlier (a source settles an event after its commit).
+pub type PositionProbe = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -162,7 +169,20 @@ impl Store {
             metrics: StateMetrics::default(),
             inner: Mutex::new(Inner::default()),
             commit_returned: Notify::new(),
+            position: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records `source`'s position (read by `probe`) in every commit from
+    /// now on, in the commit's transaction: state and position then never
+    /// disagree, and a restart resumes from [`Store::position`]. Set once.
+    pub fn track_position(&self, source: impl Into<String>, probe: PositionProbe) {
+        let _ = self.position.set((source.into(), probe));
+    }
+
+    /// Makes every commit so far durable (see [`Backend::flush`]).
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.backend.flush().await
     }
 
     pub fn limits(&self) -> &Limits {
@@ -458,6 +478,11 @@ async fn commit_loop(store: Arc<Store>) {
                     position = slot.position;
                 }
                 waiters.extend(slot.waiter);
+            }
+            if position.is_none() {
+                if let Some((source, probe)) = store.position.get() {
+                    position = Some(Position { source: source.clone(), offset: probe() });
+                }
             }
             let mut committed: Vec<(u64, String)> = writes.iter().map(|(k, (_, v))| (*v, k.clone())).collect();
             committed.sort_unstable();

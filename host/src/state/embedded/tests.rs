@@ -60,7 +60,7 @@ async fn scan_pages_by_prefix_in_key_order() -> Result {
 async fn old_markers_are_pruned_during_commits() -> Result {
     let dir = tempfile::tempdir()?;
     let db = EmbeddedDb::open(dir.path().join("m.redb")).await?;
-    let options = EmbeddedOptions { marker_retention: Duration::from_millis(10), prune_every: 2, prune_max: 1 };
+    let options = EmbeddedOptions { marker_retention: Duration::from_millis(10), prune_every: 2, prune_max: 1, ..EmbeddedOptions::default() };
     let backend = db.backend("p", options);
     backend.commit(batch(&[], &["old1", "old2"], None)).await?; // commit 0 prunes (nothing)
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -117,5 +117,21 @@ async fn a_second_open_of_the_same_file_is_refused_with_its_path() -> Result {
         return Err("redb allows one open per file".into());
     };
     assert!(error.to_string().contains("x.redb"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deferred_sync_commits_are_visible_at_once_and_flushed_on_demand() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = EmbeddedDb::open(dir.path().join("s.redb")).await?;
+    let options = EmbeddedOptions { sync_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() };
+    let backend = db.backend("p", options);
+    backend.commit(batch(&[("k", Some("v"))], &["in:1"], Some(("in", 1)))).await?;
+    assert_eq!(backend.get("k").await?, Some(b"v".to_vec()));
+    assert_eq!(backend.position("in").await?, Some(1));
+    assert!(backend.was_applied("in:1").await?);
+    assert!(backend.unsynced.load(Ordering::Acquire), "not fsynced yet");
+    backend.flush().await?;
+    assert!(!backend.unsynced.load(Ordering::Acquire), "flush made it durable");
     Ok(())
 }

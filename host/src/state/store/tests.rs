@@ -540,3 +540,19 @@ mod interleavings {
         }
     }
 }
+
+#[tokio::test]
+async fn a_tracked_position_is_committed_with_the_state_as_read_when_the_commit_is_assembled() -> Result {
+    let (backend, store) = store();
+    let settled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probe = Arc::clone(&settled);
+    store.track_position("in", Arc::new(move || probe.load(Ordering::SeqCst)));
+    commit(&store, "in:1", &[("k", Some("1"))]).await?;
+    assert_eq!(backend.position("in").await?, Some(0), "line 1 settles only after its own commit");
+    settled.store(1, Ordering::SeqCst);
+    commit(&store, "in:2", &[("k", Some("2"))]).await?;
+    assert_eq!(backend.position("in").await?, Some(1), "the next commit carries it");
+    assert_eq!(text(backend.get("k").await?).as_deref(), Some("2"));
+    store.flush().await?;
+    Ok(())
+}
