@@ -13,6 +13,7 @@ use crate::dispatch::trace::Tracing;
 use crate::telemetry::Telemetry;
 use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
 use crate::nats::Connections;
+use crate::reload::PluginVersions;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
 use crate::kafka::transaction::Transaction;
 use crate::sink::kafka::{KafkaSink, Producers};
@@ -69,24 +70,37 @@ pub struct Built {
     pub pause: watch::Sender<bool>,
 }
 
-/// Builds the dispatcher and source of pipeline `name`.
+/// Builds the dispatcher and source of pipeline `name`. A restart passes
+/// the previous run's `versions`: the new run takes over their slot, and so
+/// runs the version that was current, instead of loading the file again.
 pub async fn build(
     name: &str,
     config: &PipelineConfig,
     runtime: &Runtime,
     sinks: &SinkSet,
     telemetry: Option<&Telemetry>,
+    versions: Option<&PluginVersions>,
 ) -> Result<Built, BuildError> {
-    let plugin = load_plugin(runtime, plugin_spec(name, config)?).await?;
-    tracing::info!(
-        pipeline = name,
-        plugin = plugin.name(),
-        digest = &plugin.digest()[..12],
-        load_ms = plugin.load_time().as_millis() as u64,
-        cached = plugin.cache_hit(),
-        accepts = plugin.accepts().map(ToString::to_string),
-        "plugin loaded"
-    );
+    let (slot, plugin) = match versions {
+        Some(versions) => {
+            let plugin = versions.current();
+            tracing::info!(pipeline = name, plugin = plugin.name(), digest = &plugin.digest()[..12], "restarting with the current plugin version");
+            (versions.slot(), plugin)
+        }
+        None => {
+            let plugin = load_plugin(runtime, plugin_spec(name, config)?).await?;
+            tracing::info!(
+                pipeline = name,
+                plugin = plugin.name(),
+                digest = &plugin.digest()[..12],
+                load_ms = plugin.load_time().as_millis() as u64,
+                cached = plugin.cache_hit(),
+                accepts = plugin.accepts().map(ToString::to_string),
+                "plugin loaded"
+            );
+            (Arc::new(PluginSlot::new(Arc::new(plugin.clone()))), plugin)
+        }
+    };
     // Exactly-once: every sink writes into the pipeline's own transaction.
     let transaction = open_transaction(name, config).await?;
     let open = |sink| sinks.open_for(sink, transaction.as_ref());
@@ -109,7 +123,7 @@ pub async fn build(
     let (pause, paused) = watch::channel(false);
     let dispatcher = Dispatcher {
         pipeline: name.to_owned(),
-        plugin: Arc::new(PluginSlot::new(Arc::new(plugin.clone()))),
+        plugin: slot,
         paused,
         router: Router::new(default, routes).with_replies(source.reply_sink()).with_codec(config.codec, matches!(config.source, SourceConfig::Kafka { .. })),
         dead_letter,
