@@ -1,0 +1,264 @@
+//! The restart policy (`[pipelines.<name>.restart]`), against the real
+//! binary and a real nats-server: a pipeline whose JetStream sink fails
+//! starts again with backoff, through a broker outage, and loses nothing;
+//! one that keeps failing stops at its limit; a shutdown cuts a backoff
+//! short.
+//!
+//! The sink fails the way a full stream makes it fail: a stream with
+//! `max_msgs` and `discard = new` refuses a publish ("maximum messages
+//! exceeded"), which the JetStream sink does not retry, so the pipeline
+//! stops on a sink error as it would on any broker refusal.
+
+#[allow(dead_code)]
+mod common;
+#[path = "common/nats.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use async_nats::jetstream::{self, stream};
+use serde_json::{json, Value};
+
+use common::*;
+use fixture::{read_stream, stream_len, NatsServer};
+
+const WITHIN: Duration = Duration::from_secs(90);
+const TOKEN: &str = "restart-test-token";
+
+async fn wait_async<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        ensure!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A stream capturing `subject` that refuses messages past `max`.
+async fn bounded_stream(client: &async_nats::Client, name: &str, subject: &str, max: i64) -> Result<()> {
+    jetstream::new(client.clone())
+        .create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            max_messages: max,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating stream {name}"))?;
+    Ok(())
+}
+
+/// `GET /pipelines/{name}`.
+fn pipeline(port: u16, name: &str) -> Result<Value> {
+    let (status, body) = http_request(port, "GET", &format!("/pipelines/{name}"), None, b"")?;
+    ensure!(status == 200, "GET /pipelines/{name}: {status} {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn restarts(port: u16, name: &str) -> f64 {
+    metrics(port)
+        .ok()
+        .and_then(|m| m.get(&format!(r#"sluice_pipeline_restarts_total{{pipeline="{name}"}}"#)).copied())
+        .unwrap_or(-1.0)
+}
+
+/// A JetStream sink fails (its stream is full) while a file→file pipeline
+/// runs beside it. The failed pipeline restarts with backoff (`/pipelines`
+/// shows it restarting, with its attempt and last error; `/readyz` names
+/// it), keeps restarting while the nats-server is down, and once the server
+/// is back and the stream has room it runs again and publishes every event
+/// exactly once (the stream's copies are asserted), with the plugin
+/// version uploaded before the failure, not the file it started with. The
+/// file pipeline delivers everything meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sink_restarts_with_backoff_through_an_outage_and_loses_nothing() -> Result<()> {
+    let mut server = NatsServer::start()?;
+    let client = server.client().await?;
+    bounded_stream(&client, "OUT", "out", 5).await?;
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    scratch.write("tagger.wasm", std::fs::read(plugin("tag_v1"))?)?;
+    scratch.write_events("events.jsonl", &(0..3).map(|i| event(&format!("e{i}"))).collect::<Vec<_>>())?;
+    scratch.write("files-in.jsonl", "")?;
+    let config = format!(
+        r#"{runtime}
+[admin]
+listen = "127.0.0.1:{port}"
+token = "{TOKEN}"
+
+[pipelines.js]
+source = {{ kind = "file", path = "events.jsonl", follow = true, checkpoint = "events.checkpoint" }}
+sink = {{ kind = "jetstream", url = "{url}", subject = "out" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = "tagger.wasm" }}
+restart = {{ initial_backoff = "100ms", max_backoff = "400ms" }}
+
+[pipelines.files]
+source = {{ kind = "file", path = "files-in.jsonl", follow = true }}
+sink = {{ kind = "file", path = "files-out.jsonl" }}
+dead_letter = {{ kind = "file", path = "files-dlq.jsonl" }}
+plugin = {{ path = {passthrough} }}
+"#,
+        runtime = runtime_table(),
+        url = server.url(),
+        passthrough = toml_path(&plugin("passthrough")),
+    );
+    let mut host = start(&scratch, &config, "sluice.toml")?;
+    wait_async("the first three outputs", WITHIN, async || Ok((stream_len(&client, "OUT").await? == 3).then_some(()))).await?;
+    assert_eq!(pipeline(port, "js")?["state"], "running");
+
+    // A new version through the admin API; the file stays at v1.
+    let v2 = std::fs::read(plugin("tag_v2"))?;
+    let v2_digest = sha256_hex(&plugin("tag_v2"))?;
+    let (status, body) = http_request(port, "PUT", "/pipelines/js/plugin", Some(TOKEN), &v2)?;
+    ensure!(status == 200, "upload: {status} {body}");
+
+    // Four more: two fit, the third is refused and the pipeline fails.
+    scratch.append_events("events.jsonl", &(3..7).map(|i| event(&format!("e{i}"))).collect::<Vec<_>>())?;
+    host.wait_until("js to restart, attempt 2 or later", WITHIN, || {
+        pipeline(port, "js").is_ok_and(|p| p["state"] == "restarting" && p["restart"]["attempt"].as_u64() >= Some(2))
+    })?;
+    let restarting = pipeline(port, "js")?;
+    let last_error = restarting["restart"]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("sink failed") && last_error.contains("maximum messages"), "{restarting}");
+    assert!(restarting["restart"]["next_try"].as_str().is_some_and(|t| t.ends_with('Z')), "{restarting}");
+    let (status, ready) = http_request(port, "GET", "/readyz", None, b"")?;
+    assert_eq!(status, 503, "{ready}");
+    let ready: Value = serde_json::from_str(&ready)?;
+    let problem = ready["pipelines"]["js"]["problems"][0].as_str().unwrap_or_default();
+    assert!(problem.starts_with("restarting (attempt ") && problem.contains("maximum messages"), "{ready}");
+    assert_eq!(ready["pipelines"]["files"]["ready"], true, "{ready}");
+    assert!(restarts(port, "js") >= 1.0, "the restart metric counts");
+
+    // The other pipeline keeps flowing.
+    scratch.append_events("files-in.jsonl", &(0..10).map(|i| event(&format!("f{i}"))).collect::<Vec<_>>())?;
+    host.wait_until("the file pipeline's ten outputs", WITHIN, || scratch.count_lines("files-out.jsonl") == 10)?;
+
+    // The broker goes away: the pipeline restarts all the same, and its
+    // start waits for the connection to come back (or fails and is
+    // restarted again), without a ready state in between.
+    server.kill()?;
+    let before = restarts(port, "js");
+    host.wait_until("a restart while NATS is down", WITHIN, || restarts(port, "js") > before)?;
+    let (status, _) = http_request(port, "GET", "/readyz", None, b"")?;
+    assert_eq!(status, 503, "not ready while js is down");
+    scratch.append_events("files-in.jsonl", &(10..15).map(|i| event(&format!("f{i}"))).collect::<Vec<_>>())?;
+    host.wait_until("the file pipeline's next five outputs", WITHIN, || scratch.count_lines("files-out.jsonl") == 15)?;
+
+    // Back, with room in the stream: the pipeline runs again.
+    server.restart()?;
+    let client = server.client().await?;
+    let js = jetstream::new(client.clone());
+    let mut config = js.get_stream("OUT").await?.info().await?.config.clone();
+    config.max_messages = -1;
+    js.update_stream(config).await?;
+    wait_async("all seven outputs", WITHIN, async || Ok((stream_len(&client, "OUT").await? >= 7).then_some(()))).await?;
+    host.wait_until("js to run again", WITHIN, || pipeline(port, "js").is_ok_and(|p| p["state"] == "running"))?;
+    host.wait_until("ready again", WITHIN, || http_request(port, "GET", "/readyz", None, b"").is_ok_and(|(s, _)| s == 200))?;
+
+    let stored = read_stream(&client, "OUT").await?;
+    let published: Vec<&str> = stored.iter().map(|m| m.payload.as_str()).collect();
+    assert_eq!(published, ["v1:e0", "v1:e1", "v1:e2", "v2:e3", "v2:e4", "v2:e5", "v2:e6"], "every event once, in order");
+    for message in &stored[3..] {
+        assert_eq!(message.header("sluice-plugin-digest"), Some(v2_digest.as_str()), "made by the uploaded version: {message:?}");
+    }
+    let view = pipeline(port, "js")?;
+    assert_eq!(view["plugin"]["current"]["digest"], v2_digest.as_str(), "{view}");
+    assert!(view["restarts"].as_u64() >= Some(2), "{view}");
+    let m = metrics(port)?;
+    assert_eq!(m.get(r#"sluice_pipeline_state{pipeline="js",state="running"}"#), Some(&1.0), "{m:#?}");
+    assert_eq!(m.get(r#"sluice_pipeline_state{pipeline="js",state="restarting"}"#), Some(&0.0));
+    assert_eq!(m.get(r#"sluice_pipeline_restarts_total{pipeline="files"}"#), Some(&0.0));
+    assert_eq!(scratch.count_lines("dlq.jsonl"), 0, "nothing dead-lettered");
+    let files = scratch.read_jsonl("files-out.jsonl")?;
+    assert_eq!(payloads(&files), (0..15).map(|i| format!("f{i}")).collect::<Vec<_>>());
+
+    host.terminate()?;
+    let finished = host.wait(WITHIN)?;
+    finished.ensure_success()?;
+    assert!(finished.stderr.contains("restarting with the current plugin version"), "{}", finished.stderr);
+    Ok(())
+}
+
+/// A pipeline that fails at every run restarts `max_restarts` times, then
+/// stays failed: the log says so, `/readyz` and `/pipelines` name it with
+/// the limit and the last error, the metrics count its restarts and show
+/// it failed, and `sluice status` prints it. Another pipeline waits an hour
+/// to restart: SIGTERM ends the host at once all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_keeps_failing_stops_at_its_limit_and_sigterm_cuts_a_backoff_short() -> Result<()> {
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    bounded_stream(&client, "FULL", "full", 1).await?;
+    jetstream::new(client.clone()).publish("full", "filler".into()).await?.await?;
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    scratch.write_events("doomed.jsonl", &[event("d")])?;
+    scratch.write_events("patient.jsonl", &[event("p")])?;
+    let pipeline_table = |name: &str, restart: &str| {
+        format!(
+            r#"
+[pipelines.{name}]
+source = {{ kind = "file", path = "{name}.jsonl", follow = true }}
+sink = {{ kind = "jetstream", url = "{url}", subject = "full" }}
+dead_letter = {{ kind = "file", path = "{name}-dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+restart = {restart}
+"#,
+            url = server.url(),
+            plugin = toml_path(&plugin("passthrough")),
+        )
+    };
+    let config = format!(
+        "{runtime}\n[admin]\nlisten = \"127.0.0.1:{port}\"\n{doomed}{patient}",
+        runtime = runtime_table(),
+        doomed = pipeline_table("doomed", r#"{ initial_backoff = "50ms", max_backoff = "100ms", max_restarts = 2, window = "1h" }"#),
+        patient = pipeline_table("patient", r#"{ initial_backoff = "1h", max_backoff = "1h" }"#),
+    );
+    let mut host = start(&scratch, &config, "sluice.toml")?;
+    host.wait_until("doomed to fail for good and patient to wait", WITHIN, || {
+        pipeline(port, "doomed").is_ok_and(|p| p["state"] == "failed") && pipeline(port, "patient").is_ok_and(|p| p["state"] == "restarting")
+    })?;
+
+    let doomed = pipeline(port, "doomed")?;
+    assert_eq!(doomed["restarts"], 2, "{doomed}");
+    let error = doomed["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("failed after 2 restart(s) within 1h (restart.max_restarts)") && error.contains("maximum messages"), "{doomed}");
+    let patient = pipeline(port, "patient")?;
+    assert_eq!((patient["restart"]["attempt"].as_u64(), patient["restarts"].as_u64()), (Some(1), Some(0)), "{patient}");
+
+    let (status, ready) = http_request(port, "GET", "/readyz", None, b"")?;
+    assert_eq!(status, 503, "{ready}");
+    let ready: Value = serde_json::from_str(&ready)?;
+    assert_eq!(ready["pipelines"]["doomed"]["state"]["state"], "failed", "{ready}");
+    assert_eq!(ready["pipelines"]["doomed"]["problems"], json!([error]), "{ready}");
+
+    let m = metrics(port)?;
+    assert_eq!(m.get(r#"sluice_pipeline_restarts_total{pipeline="doomed"}"#), Some(&2.0), "{m:#?}");
+    assert_eq!(m.get(r#"sluice_pipeline_state{pipeline="doomed",state="failed"}"#), Some(&1.0));
+    assert_eq!(m.get(r#"sluice_pipeline_state{pipeline="patient",state="restarting"}"#), Some(&1.0));
+    assert_eq!(m.get(r#"sluice_pipeline_state{pipeline="patient",state="running"}"#), Some(&0.0));
+
+    let status = scratch.run(&["status", "--admin", &format!("127.0.0.1:{port}"), "--interval", "10ms"])?;
+    status.ensure_success()?;
+    let row = |name: &str| status.stdout.lines().find(|l| l.starts_with(&format!("{name} "))).map(|l| l.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(row("doomed").and_then(|r| r.get(1).map(|s| s.to_string())).as_deref(), Some("failed"), "{}", status.stdout);
+    assert_eq!(row("patient").and_then(|r| r.get(1).map(|s| s.to_string())).as_deref(), Some("restarting:attempt-1"), "{}", status.stdout);
+    assert!(status.stdout.contains("doomed: failed after 2 restart(s)"), "{}", status.stdout);
+
+    // An hour of backoff left: SIGTERM ends the host promptly.
+    let stopping = Instant::now();
+    host.terminate()?;
+    let finished = host.wait(Duration::from_secs(30))?;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "exited after {took:?}: {}", finished.stderr);
+    assert_eq!(finished.code(), Some(1), "pipelines failed: {}", finished.stderr);
+    assert!(finished.stderr.contains("restart limit reached, the pipeline stays failed"), "{}", finished.stderr);
+    assert_eq!(stream_len(&client, "FULL").await?, 1, "nothing got in");
+    Ok(())
+}
