@@ -394,7 +394,18 @@ async fn run_pipeline(
     versions: Option<Arc<PluginVersions>>,
 ) -> Ended {
     let RunContext { runtime, sinks, registry, health, run, watch, telemetry } = context;
-    let built = match pipeline::build(name, config, runtime, sinks, telemetry.as_deref(), versions.as_deref()).await {
+    // A start that waits on a broker that is down must not hold a shutdown
+    // (or a config reload) up: the stop cuts it short.
+    let building = pipeline::build(name, config, runtime, sinks, telemetry.as_deref(), versions.as_deref());
+    let built = tokio::select! {
+        built = building => built,
+        _ = stop.cancelled() => {
+            tracing::info!(pipeline = %name, "stopped while starting");
+            let report = PipelineReport { name: name.to_owned(), stats: StatsSnapshot::default(), error: None };
+            return Ended { report, versions, up: std::time::Duration::ZERO };
+        }
+    };
+    let built = match built {
         Ok(built) => built,
         Err(err) => {
             tracing::error!(pipeline = %name, "cannot start pipeline: {err}");
