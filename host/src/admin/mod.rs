@@ -487,9 +487,10 @@ async fn show(State(state): State<Arc<AdminState>>, Path(name): Path<String>) ->
 }
 
 /// A pipeline as `/pipelines` shows it: a running one with its plugin and
-/// counters; one that is not running with its state, and its restart
-/// (attempt, next try, last error) or its error. Both with `restarts`, the
-/// restarts its restart policy made so far.
+/// counters; one that is restarting or failed with its state, and its
+/// restart (attempt, next try, last error) or its error. Both with
+/// `restarts`, the restarts its restart policy made so far. `None` for one
+/// that is not there (yet, or any more).
 fn view_of(name: &str, handle: Option<&Arc<PipelineHandle>>, lifecycle: Option<&Lifecycle>) -> Option<serde_json::Value> {
     let restarts = lifecycle.map_or(0, |l| l.restarts);
     if let Some(handle) = handle {
@@ -498,6 +499,16 @@ fn view_of(name: &str, handle: Option<&Arc<PipelineHandle>>, lifecycle: Option<&
         return Some(view);
     }
     let lifecycle = lifecycle?;
+    // A pipeline appears once it is registered (its first start done), and
+    // stays while it restarts or when it failed; one that finished is gone.
+    let shown = match &lifecycle.state {
+        PipelineState::Restarting(_) | PipelineState::Failed(_) => true,
+        PipelineState::Starting => restarts > 0,
+        PipelineState::Running | PipelineState::Finished => false,
+    };
+    if !shown {
+        return None;
+    }
     let mut view = json!({ "name": name, "state": lifecycle.state.label(), "restarts": restarts });
     match &lifecycle.state {
         PipelineState::Restarting(restart) => view["restart"] = json!(restart),
