@@ -237,6 +237,8 @@ async fn open_source(
 #[derive(Default)]
 pub struct SinkSet {
     open: Mutex<HashMap<String, Arc<dyn Sink>>>,
+    /// Broker sinks opened so far: each gets its own key.
+    opened: std::sync::atomic::AtomicU64,
     pub connections: Connections,
     pub producers: Producers,
 }
@@ -244,14 +246,22 @@ pub struct SinkSet {
 impl SinkSet {
     pub async fn open(&self, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
         let mut open = self.open.lock().await;
+        // Broker sinks nobody but this set holds belong to runs that ended
+        // (a restarted pipeline's, or a start that failed part-way): their
+        // records were confirmed or handed back, so they go.
+        open.retain(|key, sink| !(key.starts_with('#') && Arc::strong_count(sink) == 1));
         let key = match config {
             SinkConfig::Stdout { format } => format!("stdout:{format:?}"),
             SinkConfig::File { path, format, .. } => format!("file:{}:{format:?}", path.display()),
             // Broker sinks are cheap (the connection is shared); each use
             // gets its own, kept here only to be closed.
-            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } | SinkConfig::Kafka { .. } => format!("#{}", open.len()),
+            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } | SinkConfig::Kafka { .. } => {
+                format!("#{}", self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            }
         };
-        if let Some(sink) = open.get(&key) {
+        // A shared sink whose writer failed (a full disk) is opened anew
+        // for the pipeline restarting after it; its old users fail on it.
+        if let Some(sink) = open.get(&key).filter(|sink| !sink.failed()) {
             return Ok(sink.clone());
         }
         let sink: Arc<dyn Sink> = match config {

@@ -323,3 +323,53 @@ restart = {{ initial_backoff = "50ms", max_backoff = "200ms" }}
     host.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
+
+/// A file sink whose writes fail (its path leads to `/dev/full`: "No space
+/// left on device") stops the pipeline; the restarts open the file anew
+/// rather than reuse the failed writer, so once there is room again (the
+/// path leads to a real file) the pipeline delivers every event, once.
+#[test]
+fn a_full_disk_is_survived_by_a_restart_that_reopens_the_file() -> Result<()> {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full on this system");
+        return Ok(());
+    }
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    scratch.write_events("events.jsonl", &(0..5).map(|i| event(&format!("e{i}"))).collect::<Vec<_>>())?;
+    std::os::unix::fs::symlink("/dev/full", scratch.path("out.jsonl"))?;
+    let config = format!(
+        r#"{runtime}
+[admin]
+listen = "127.0.0.1:{port}"
+
+[pipelines.disk]
+source = {{ kind = "file", path = "events.jsonl", follow = true, checkpoint = "events.checkpoint" }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+restart = {{ initial_backoff = "50ms", max_backoff = "200ms" }}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("passthrough")),
+    );
+    let mut host = start(&scratch, &config, "sluice.toml")?;
+    let restarting = poll_until("disk to restart after a full disk", WITHIN, || {
+        Ok(pipeline(port, "disk").ok().filter(|p| p["state"] == "restarting" && p["restarts"].as_u64() >= Some(1)))
+    })?;
+    let error = restarting["restart"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("No space left on device"), "the OS error is shown: {restarting}");
+
+    // Room again: the path is a file.
+    std::fs::remove_file(scratch.path("out.jsonl"))?;
+    host.wait_until("five outputs", WITHIN, || scratch.count_lines("out.jsonl") >= 5)?;
+    host.wait_until("disk to run again", WITHIN, || pipeline(port, "disk").is_ok_and(|p| p["state"] == "running"))?;
+    scratch.append_events("events.jsonl", &[event("e5")])?;
+    host.wait_until("six outputs", WITHIN, || scratch.count_lines("out.jsonl") >= 6)?;
+    let outputs = scratch.read_jsonl("out.jsonl")?;
+    assert_eq!(payloads(&outputs), (0..6).map(|i| format!("e{i}")).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(scratch.count_lines("dlq.jsonl"), 0);
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}
