@@ -336,10 +336,12 @@ async fn supervise(name: &str, config: &PipelineConfig, context: &RunContext, st
         match restarts.after_failure(std::time::Instant::now(), ended.up, rand::random_range(-1.0..=1.0)) {
             restart::Verdict::Restart { attempt, delay } => {
                 let next_try = crate::dispatch::dead_letter::rfc3339(std::time::SystemTime::now() + delay);
+                // The error is on the line before ("pipeline stopped: …" or
+                // "cannot start pipeline: …"): one line per failure says it.
                 tracing::warn!(
                     pipeline = %name,
                     attempt,
-                    "pipeline failed; restarting in {} (attempt {attempt}): {error}",
+                    "pipeline restarts in {} (attempt {attempt})",
                     humantime::format_duration(round_to_millis(delay))
                 );
                 let state = Restarting { attempt, next_try, last_error: error.clone() };
