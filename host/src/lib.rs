@@ -24,7 +24,8 @@
 //!
 //! [`pipeline`] assembles one pipeline from its config and [`supervisor`]
 //! runs many of them in one process, isolated from each other, until they end
-//! or a shutdown signal drains them. [`codec`] holds the JSON-lines encoding
+//! or a shutdown signal drains them; one that fails is started again by its
+//! restart policy ([`supervisor::restart`]). [`codec`] holds the JSON-lines encoding
 //! shared by the file and stdio sources and sinks, [`fs`] the atomic file
 //! write used by checkpoints and the compiled-component cache, [`nats`] the
 //! connections and header mapping NATS sources and sinks share, [`kafka`]

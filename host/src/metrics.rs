@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::admin::{AdminCounters, PipelineHandle, Registry};
+use crate::admin::{AdminCounters, Health, PipelineHandle, PipelineState, Registry};
 use crate::dispatch::stats::ErrorKind;
 use crate::dispatch::{Stats, StatsSnapshot};
 
@@ -24,10 +24,12 @@ use crate::dispatch::{Stats, StatsSnapshot};
 /// Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The exposition of every running pipeline, and of the admin server.
-pub fn render(pipelines: &Registry, admin: &Arc<AdminCounters>) -> Result<String, std::fmt::Error> {
+/// The exposition of every running pipeline, of every pipeline's state and
+/// restarts, and of the admin server.
+pub fn render(pipelines: &Registry, health: &Health, admin: &Arc<AdminCounters>) -> Result<String, std::fmt::Error> {
     let mut registry = PromRegistry::default();
     registry.register_collector(Box::new(Pipelines(pipelines.clone())));
+    registry.register_collector(Box::new(Lifecycles(health.clone())));
     registry.register_collector(Box::new(Admin(admin.clone())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
@@ -35,6 +37,44 @@ pub fn render(pipelines: &Registry, admin: &Arc<AdminCounters>) -> Result<String
 }
 
 struct Pipelines(Registry);
+
+/// Every pipeline's state and restarts, running or not: labelled by
+/// `pipeline` only (a pipeline waiting to restart has no plugin loaded).
+struct Lifecycles(Health);
+
+impl std::fmt::Debug for Lifecycles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lifecycles")
+    }
+}
+
+impl Collector for Lifecycles {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let lifecycles = self.0.lifecycles();
+        let mut restarts = encoder.encode_descriptor(
+            "sluice_pipeline_restarts",
+            "Times the pipeline was started again by its restart policy after it failed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, lifecycle) in &lifecycles {
+            ConstCounter::new(lifecycle.restarts).encode(restarts.encode_family(&[("pipeline", name.as_str())])?)?;
+        }
+        let mut state = encoder.encode_descriptor(
+            "sluice_pipeline_state",
+            "1 for the state the pipeline is in (starting, running, finished, restarting, failed), 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, lifecycle) in &lifecycles {
+            for label in PipelineState::LABELS {
+                let value = i64::from(lifecycle.state.label() == label);
+                ConstGauge::new(value).encode(state.encode_family(&[("pipeline", name.as_str()), ("state", label)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The admin server's own counters.
 struct Admin(Arc<AdminCounters>);

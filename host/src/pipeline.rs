@@ -13,6 +13,7 @@ use crate::dispatch::trace::Tracing;
 use crate::telemetry::Telemetry;
 use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
 use crate::nats::Connections;
+use crate::reload::PluginVersions;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
 use crate::kafka::transaction::Transaction;
 use crate::sink::kafka::{KafkaSink, Producers};
@@ -69,24 +70,37 @@ pub struct Built {
     pub pause: watch::Sender<bool>,
 }
 
-/// Builds the dispatcher and source of pipeline `name`.
+/// Builds the dispatcher and source of pipeline `name`. A restart passes
+/// the previous run's `versions`: the new run takes over their slot, and so
+/// runs the version that was current, instead of loading the file again.
 pub async fn build(
     name: &str,
     config: &PipelineConfig,
     runtime: &Runtime,
     sinks: &SinkSet,
     telemetry: Option<&Telemetry>,
+    versions: Option<&PluginVersions>,
 ) -> Result<Built, BuildError> {
-    let plugin = load_plugin(runtime, plugin_spec(name, config)?).await?;
-    tracing::info!(
-        pipeline = name,
-        plugin = plugin.name(),
-        digest = &plugin.digest()[..12],
-        load_ms = plugin.load_time().as_millis() as u64,
-        cached = plugin.cache_hit(),
-        accepts = plugin.accepts().map(ToString::to_string),
-        "plugin loaded"
-    );
+    let (slot, plugin) = match versions {
+        Some(versions) => {
+            let plugin = versions.current();
+            tracing::info!(pipeline = name, plugin = plugin.name(), digest = &plugin.digest()[..12], "restarting with the current plugin version");
+            (versions.slot(), plugin)
+        }
+        None => {
+            let plugin = load_plugin(runtime, plugin_spec(name, config)?).await?;
+            tracing::info!(
+                pipeline = name,
+                plugin = plugin.name(),
+                digest = &plugin.digest()[..12],
+                load_ms = plugin.load_time().as_millis() as u64,
+                cached = plugin.cache_hit(),
+                accepts = plugin.accepts().map(ToString::to_string),
+                "plugin loaded"
+            );
+            (Arc::new(PluginSlot::new(Arc::new(plugin.clone()))), plugin)
+        }
+    };
     // Exactly-once: every sink writes into the pipeline's own transaction.
     let transaction = open_transaction(name, config).await?;
     let open = |sink| sinks.open_for(sink, transaction.as_ref());
@@ -114,7 +128,7 @@ pub async fn build(
     let (pause, paused) = watch::channel(false);
     let dispatcher = Dispatcher {
         pipeline: name.to_owned(),
-        plugin: Arc::new(PluginSlot::new(Arc::new(plugin.clone()))),
+        plugin: slot,
         paused,
         router: Router::new(default, routes).with_replies(source.reply_sink()).with_codec(config.codec, matches!(config.source, SourceConfig::Kafka { .. })),
         dead_letter,
@@ -237,6 +251,8 @@ async fn open_source(
 #[derive(Default)]
 pub struct SinkSet {
     open: Mutex<HashMap<String, Arc<dyn Sink>>>,
+    /// Broker sinks opened so far: each gets its own key.
+    opened: std::sync::atomic::AtomicU64,
     pub connections: Connections,
     pub producers: Producers,
 }
@@ -244,14 +260,22 @@ pub struct SinkSet {
 impl SinkSet {
     pub async fn open(&self, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
         let mut open = self.open.lock().await;
+        // Broker sinks nobody but this set holds belong to runs that ended
+        // (a restarted pipeline's, or a start that failed part-way): their
+        // records were confirmed or handed back, so they go.
+        open.retain(|key, sink| !(key.starts_with('#') && Arc::strong_count(sink) == 1));
         let key = match config {
             SinkConfig::Stdout { format } => format!("stdout:{format:?}"),
             SinkConfig::File { path, format, .. } => format!("file:{}:{format:?}", path.display()),
             // Broker sinks are cheap (the connection is shared); each use
             // gets its own, kept here only to be closed.
-            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } | SinkConfig::Kafka { .. } => format!("#{}", open.len()),
+            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } | SinkConfig::Kafka { .. } => {
+                format!("#{}", self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            }
         };
-        if let Some(sink) = open.get(&key) {
+        // A shared sink whose writer failed (a full disk) is opened anew
+        // for the pipeline restarting after it; its old users fail on it.
+        if let Some(sink) = open.get(&key).filter(|sink| !sink.failed()) {
             return Ok(sink.clone());
         }
         let sink: Arc<dyn Sink> = match config {

@@ -2,6 +2,13 @@
 //! one that fails to start or stops on an error is reported, and the others
 //! keep running. A shutdown drains them all within the configured deadline.
 //!
+//! A pipeline that stops on an error after it started is started again by
+//! its restart policy ([`restart`], `[pipelines.<name>.restart]`): its run
+//! ended as any failed run does (in-flight events handed back to the
+//! source unacknowledged, uncommitted state aborted), and the new run opens
+//! source, sinks and state anew with the plugin version that was current.
+//! The wait before it is cut short by a shutdown or a config reload.
+//!
 //! It also applies a changed config while running ([`Supervisor::reload`],
 //! on SIGHUP): pipelines that were added start, removed ones drain and stop,
 //! changed ones restart (or, when only their plugin changed, get the new
@@ -15,7 +22,9 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Health, PipelineHandle, PipelineState, Probe, Registry};
+pub mod restart;
+
+use crate::admin::{self, Health, PipelineHandle, PipelineState, Probe, Registry, Restarting};
 use crate::config::{Config, PipelineConfig};
 use crate::dispatch::StatsSnapshot;
 use crate::pipeline::{self, SinkSet};
@@ -229,12 +238,7 @@ impl Supervisor {
             if let Some(mut previous) = after {
                 let _ = previous.wait_for(|ended| *ended).await;
             }
-            let report = run_pipeline(&task_name, &task_config, &context, task_stop).await;
-            let state = match &report.error {
-                Some(error) => PipelineState::Failed(error.clone()),
-                None => PipelineState::Finished,
-            };
-            context.health.set(&task_name, run, state);
+            let report = supervise(&task_name, &task_config, &context, task_stop).await;
             let _ = done_tx.send(true);
             let _ = finished.send(Running { name: task_name, run, report }).await;
         });
@@ -313,18 +317,113 @@ struct RunContext {
     telemetry: Option<Arc<Telemetry>>,
 }
 
-/// Builds, registers and runs one pipeline to its end.
-async fn run_pipeline(name: &str, config: &PipelineConfig, context: &RunContext, stop: CancellationToken) -> PipelineReport {
+/// Runs pipeline `name` until it ends, starting it again after failures
+/// as its restart policy says; sets its final state.
+async fn supervise(name: &str, config: &PipelineConfig, context: &RunContext, stop: CancellationToken) -> PipelineReport {
+    let mut restarts = restart::Restarts::new(&config.restart);
+    // The plugin versions of the last run that started: a restart runs the
+    // version that was current.
+    let mut versions: Option<Arc<PluginVersions>> = None;
+    loop {
+        let ended = run_pipeline(name, config, context, stop.clone(), versions.clone()).await;
+        let report = ended.report;
+        let Some(error) = report.error.clone() else {
+            context.health.set(name, context.run, PipelineState::Finished);
+            return report;
+        };
+        let first = versions.is_none() && ended.versions.is_none();
+        versions = ended.versions.or(versions);
+        // A pipeline that never started has a config or deployment error,
+        // reported at once; a stop (shutdown, reload) is not a failure to
+        // retry.
+        if first || stop.is_cancelled() {
+            context.health.set(name, context.run, PipelineState::Failed(error));
+            return report;
+        }
+        match restarts.after_failure(std::time::Instant::now(), ended.up, rand::random_range(-1.0..=1.0)) {
+            restart::Verdict::Restart { attempt, delay } => {
+                let next_try = crate::dispatch::dead_letter::rfc3339(std::time::SystemTime::now() + delay);
+                // The error is on the line before ("pipeline stopped: …" or
+                // "cannot start pipeline: …"): one line per failure says it.
+                tracing::warn!(
+                    pipeline = %name,
+                    attempt,
+                    "pipeline restarts in {} (attempt {attempt})",
+                    humantime::format_duration(round_to_millis(delay))
+                );
+                let state = Restarting { attempt, next_try, last_error: error.clone() };
+                context.health.set(name, context.run, PipelineState::Restarting(state));
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        context.health.set(name, context.run, PipelineState::Failed(error));
+                        return report;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                context.health.restarted(name);
+                context.health.set(name, context.run, PipelineState::Starting);
+            }
+            restart::Verdict::Disabled => {
+                context.health.set(name, context.run, PipelineState::Failed(error));
+                return report;
+            }
+            restart::Verdict::GiveUp { restarts, window } => {
+                let reason = format!(
+                    "failed after {restarts} restart(s) within {} (restart.max_restarts); not restarted again: {error}",
+                    humantime::format_duration(window)
+                );
+                tracing::error!(pipeline = %name, "restart limit reached, the pipeline stays failed: {reason}");
+                context.health.set(name, context.run, PipelineState::Failed(reason.clone()));
+                return PipelineReport { error: Some(reason), ..report };
+            }
+        }
+    }
+}
+
+fn round_to_millis(delay: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(delay.as_millis() as u64)
+}
+
+/// How one run of a pipeline ended.
+struct Ended {
+    report: PipelineReport,
+    /// Its plugin versions, if it got as far as loading its plugin.
+    versions: Option<Arc<PluginVersions>>,
+    /// How long it ran after it started (zero if it did not start).
+    up: std::time::Duration,
+}
+
+/// Builds, registers and runs one pipeline to its end; unregisters it.
+/// `versions`: the previous run's (on a restart).
+async fn run_pipeline(
+    name: &str,
+    config: &PipelineConfig,
+    context: &RunContext,
+    stop: CancellationToken,
+    versions: Option<Arc<PluginVersions>>,
+) -> Ended {
     let RunContext { runtime, sinks, registry, health, run, watch, telemetry } = context;
-    let built = match pipeline::build(name, config, runtime, sinks, telemetry.as_deref()).await {
+    // A start that waits on a broker that is down must not hold a shutdown
+    // (or a config reload) up: the stop cuts it short.
+    let building = pipeline::build(name, config, runtime, sinks, telemetry.as_deref(), versions.as_deref());
+    let built = tokio::select! {
+        built = building => built,
+        _ = stop.cancelled() => {
+            tracing::info!(pipeline = %name, "stopped while starting");
+            let report = PipelineReport { name: name.to_owned(), stats: StatsSnapshot::default(), error: None };
+            return Ended { report, versions, up: std::time::Duration::ZERO };
+        }
+    };
+    let built = match built {
         Ok(built) => built,
         Err(err) => {
             tracing::error!(pipeline = %name, "cannot start pipeline: {err}");
-            return PipelineReport { name: name.to_owned(), stats: StatsSnapshot::default(), error: Some(err.to_string()) };
+            let report = PipelineReport { name: name.to_owned(), stats: StatsSnapshot::default(), error: Some(err.to_string()) };
+            return Ended { report, versions: None, up: std::time::Duration::ZERO };
         }
     };
     let dispatcher = built.dispatcher;
-    let versions = Arc::new(PluginVersions::new(name, runtime.clone(), dispatcher.plugin.clone(), built.plugin));
+    let versions = versions.unwrap_or_else(|| Arc::new(PluginVersions::new(name, runtime.clone(), dispatcher.plugin.clone(), built.plugin)));
     let handle = Arc::new(PipelineHandle {
         name: name.to_owned(),
         source: built.source.describe(),
@@ -337,26 +436,36 @@ async fn run_pipeline(name: &str, config: &PipelineConfig, context: &RunContext,
         state: dispatcher.state.clone(),
     });
     if let Ok(mut registry) = registry.write() {
-        registry.insert(name.to_owned(), handle);
+        registry.insert(name.to_owned(), handle.clone());
     }
     health.set(name, *run, PipelineState::Running);
+    let started = std::time::Instant::now();
     // The pipeline watches its own plugin file for as long as it runs.
     let watching = CancellationToken::new();
     let _stop_watching = watching.clone().drop_guard();
     if *watch {
-        if let Err(err) = reload::watch::spawn(vec![versions], watching) {
+        if let Err(err) = reload::watch::spawn(vec![versions.clone()], watching) {
             tracing::warn!(pipeline = %name, "cannot watch the plugin file; reload it through the admin API: {err}");
         }
     }
     tracing::info!(pipeline = %name, source = %built.source.describe(), "pipeline started");
     let stats = dispatcher.stats.clone();
     let result = dispatcher.run(built.source, stop).await;
+    let up = started.elapsed();
     let stats = stats.snapshot();
     match &result {
         Ok(()) => tracing::info!(pipeline = %name, ?stats, "pipeline finished"),
         Err(err) => tracing::error!(pipeline = %name, ?stats, "pipeline stopped: {err}"),
     }
-    PipelineReport { name: name.to_owned(), stats, error: result.err().map(|e| e.to_string()) }
+    // This run is over: `/pipelines` and `/metrics` stop showing it (a new
+    // run, of a restart or a config reload, registers itself).
+    if let Ok(mut registry) = registry.write() {
+        if registry.get(name).is_some_and(|current| Arc::ptr_eq(current, &handle)) {
+            registry.remove(name);
+        }
+    }
+    let report = PipelineReport { name: name.to_owned(), stats, error: result.err().map(|e| e.to_string()) };
+    Ended { report, versions: Some(versions), up }
 }
 
 /// Probes of the NATS connections a pipeline uses (its source's and its

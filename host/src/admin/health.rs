@@ -15,8 +15,51 @@ pub enum PipelineState {
     Running,
     /// Ran to its end (a file source without `follow`).
     Finished,
-    /// Did not start, or stopped on an error: the reason.
+    /// Stopped on an error and waits to start again
+    /// (`[pipelines.<name>.restart]`).
+    Restarting(Restarting),
+    /// Did not start, or stopped on an error (and is not restarted, or
+    /// reached its restart limit): the reason.
     Failed(String),
+}
+
+/// A pipeline waiting to start again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Restarting {
+    /// Failures in a row, this one included.
+    pub attempt: u32,
+    /// When it starts again, RFC 3339 (UTC).
+    pub next_try: String,
+    /// Why the last run stopped.
+    pub last_error: String,
+}
+
+impl PipelineState {
+    /// The state's name: `starting`, `running`, `finished`, `restarting`,
+    /// `failed` (the `state` label of `sluice_pipeline_state`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            PipelineState::Starting => "starting",
+            PipelineState::Running => "running",
+            PipelineState::Finished => "finished",
+            PipelineState::Restarting(_) => "restarting",
+            PipelineState::Failed(_) => "failed",
+        }
+    }
+
+    pub const LABELS: [&'static str; 5] = ["starting", "running", "finished", "restarting", "failed"];
+
+    /// Why it is not ready, for `/readyz` (`None` for running and finished).
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            PipelineState::Running | PipelineState::Finished => None,
+            PipelineState::Starting => Some("starting".into()),
+            PipelineState::Restarting(r) => {
+                Some(format!("restarting (attempt {}, next try at {}) after: {}", r.attempt, r.next_try, r.last_error))
+            }
+            PipelineState::Failed(reason) => Some(reason.clone()),
+        }
+    }
 }
 
 /// A check of something a running pipeline depends on (a broker
@@ -68,18 +111,46 @@ mod tests {
 }
 
 /// Pipeline states by name, with the run that set each, so an old run of a
-/// restarted pipeline cannot overwrite the new run's state.
+/// restarted pipeline cannot overwrite the new run's state; and the restarts
+/// of each name so far.
 #[derive(Default, Clone)]
-pub struct Health(Arc<RwLock<BTreeMap<String, (u64, PipelineState)>>>);
+pub struct Health(Arc<RwLock<BTreeMap<String, Entry>>>);
+
+struct Entry {
+    run: u64,
+    state: PipelineState,
+    /// Restarts by the restart policy (not by config reloads) so far.
+    restarts: u64,
+}
+
+/// A pipeline as `/pipelines` and `/metrics` see it, running or not.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    pub state: PipelineState,
+    pub restarts: u64,
+}
 
 impl Health {
     pub fn set(&self, name: &str, run: u64, state: PipelineState) {
         if let Ok(mut states) = self.0.write() {
-            match states.get(name) {
-                Some((newer, _)) if *newer > run => {}
-                _ => {
-                    states.insert(name.to_owned(), (run, state));
+            match states.get_mut(name) {
+                Some(entry) if entry.run > run => {}
+                Some(entry) => {
+                    entry.run = run;
+                    entry.state = state;
                 }
+                None => {
+                    states.insert(name.to_owned(), Entry { run, state, restarts: 0 });
+                }
+            }
+        }
+    }
+
+    /// Counts a restart of `name` by its restart policy.
+    pub fn restarted(&self, name: &str) {
+        if let Ok(mut states) = self.0.write() {
+            if let Some(entry) = states.get_mut(name) {
+                entry.restarts += 1;
             }
         }
     }
@@ -87,16 +158,27 @@ impl Health {
     /// Forgets a pipeline removed from the config (if `run` is its last).
     pub fn remove(&self, name: &str, run: u64) {
         if let Ok(mut states) = self.0.write() {
-            if states.get(name).is_some_and(|(last, _)| *last == run) {
+            if states.get(name).is_some_and(|entry| entry.run == run) {
                 states.remove(name);
             }
         }
     }
 
     pub fn states(&self) -> BTreeMap<String, PipelineState> {
+        self.lifecycles().into_iter().map(|(name, l)| (name, l.state)).collect()
+    }
+
+    pub fn lifecycles(&self) -> BTreeMap<String, Lifecycle> {
         match self.0.read() {
-            Ok(states) => states.iter().map(|(name, (_, state))| (name.clone(), state.clone())).collect(),
+            Ok(states) => states
+                .iter()
+                .map(|(name, entry)| (name.clone(), Lifecycle { state: entry.state.clone(), restarts: entry.restarts }))
+                .collect(),
             Err(_) => BTreeMap::new(),
         }
+    }
+
+    pub fn lifecycle(&self, name: &str) -> Option<Lifecycle> {
+        self.lifecycles().remove(name)
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! | method and path | what | token |
 //! |---|---|---|
-//! | `GET /pipelines` | every pipeline: state, plugin versions, counters | read |
+//! | `GET /pipelines` | every pipeline: state (running, paused, restarting with its attempt and next try, failed with its error), restarts, plugin versions, counters | read |
 //! | `GET /pipelines/{name}` | one pipeline | read |
 //! | `POST /pipelines/{name}/reload` | load the plugin file again | yes |
 //! | `PUT /pipelines/{name}/plugin[?sha256=…]` | upload a new version (the body is the `.wasm`) | yes |
@@ -13,7 +13,7 @@
 //! | `DELETE /pipelines/{name}/state/{key}` | delete a state key (in the commit order of events) | yes |
 //! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]) | read |
 //! | `GET /healthz` | 200 while every running pipeline moves; 503 naming the stuck ones (events in flight, no progress for `policy.stuck_after`) | no |
-//! | `GET /readyz` | 200 when every pipeline runs (or finished) and its broker connections are up; 503 with the reasons otherwise | no |
+//! | `GET /readyz` | 200 when every pipeline runs (or finished) and its broker connections are up; 503 with the reasons otherwise (a restarting or failed pipeline's last error) | no |
 //!
 //! It listens on loopback unless configured otherwise. Mutating endpoints
 //! need `Authorization: Bearer <admin.token>`; with no token configured they
@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod health;
 
-pub use health::{Health, PipelineState, Probe};
+pub use health::{Health, Lifecycle, PipelineState, Probe, Restarting};
 
 use crate::config::AdminConfig;
 use crate::dispatch::{Stats, StatsSnapshot};
@@ -425,7 +425,7 @@ fn find(state: &AdminState, name: &str) -> Result<Arc<PipelineHandle>, Failure> 
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Answer {
-    let body = crate::metrics::render(&state.registry, &state.counters)
+    let body = crate::metrics::render(&state.registry, &state.health, &state.counters)
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render metrics: {e}")))?;
     Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response())
 }
@@ -444,9 +444,7 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Answer {
             (PipelineState::Running, Some(handle)) => {
                 handle.probes.iter().filter_map(|probe| probe().err()).chain(health::stuck(handle)).collect()
             }
-            (PipelineState::Running | PipelineState::Finished, _) => Vec::new(),
-            (PipelineState::Starting, _) => vec!["starting".into()],
-            (PipelineState::Failed(reason), _) => vec![reason.clone()],
+            (other, _) => other.problem().into_iter().collect(),
         };
         ready &= problems.is_empty();
         pipelines.insert(name, json!({ "state": pipeline_state, "ready": problems.is_empty(), "problems": problems }));
@@ -470,14 +468,54 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
     }
 }
 
+/// Every pipeline: the running ones (registered) and those that are not
+/// (restarting, failed, starting, finished), by name.
 async fn list(State(state): State<Arc<AdminState>>) -> Answer {
-    let registry = state.registry.read().map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned".into()))?;
-    let views: Vec<PipelineView> = registry.values().map(|p| p.view()).collect();
+    let registry = state.registry.read().map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned".into()))?.clone();
+    let lifecycles = state.health.lifecycles();
+    let names: std::collections::BTreeSet<&String> = registry.keys().chain(lifecycles.keys()).collect();
+    let views: Vec<serde_json::Value> = names.into_iter().filter_map(|name| view_of(name, registry.get(name), lifecycles.get(name))).collect();
     Ok(Json(json!({ "pipelines": views })).into_response())
 }
 
 async fn show(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Answer {
-    Ok(Json(find(&state, &name)?.view()).into_response())
+    let handle = state.registry.read().ok().and_then(|registry| registry.get(&name).cloned());
+    match view_of(&name, handle.as_ref(), state.health.lifecycle(&name).as_ref()) {
+        Some(view) => Ok(Json(view).into_response()),
+        None => Err(Failure(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`"))),
+    }
+}
+
+/// A pipeline as `/pipelines` shows it: a running one with its plugin and
+/// counters; one that is restarting or failed with its state, and its
+/// restart (attempt, next try, last error) or its error. Both with
+/// `restarts`, the restarts its restart policy made so far. `None` for one
+/// that is not there (yet, or any more).
+fn view_of(name: &str, handle: Option<&Arc<PipelineHandle>>, lifecycle: Option<&Lifecycle>) -> Option<serde_json::Value> {
+    let restarts = lifecycle.map_or(0, |l| l.restarts);
+    if let Some(handle) = handle {
+        let mut view = serde_json::to_value(handle.view()).ok()?;
+        view["restarts"] = json!(restarts);
+        return Some(view);
+    }
+    let lifecycle = lifecycle?;
+    // A pipeline appears once it is registered (its first start done), and
+    // stays while it restarts or when it failed; one that finished is gone.
+    let shown = match &lifecycle.state {
+        PipelineState::Restarting(_) | PipelineState::Failed(_) => true,
+        PipelineState::Starting => restarts > 0,
+        PipelineState::Running | PipelineState::Finished => false,
+    };
+    if !shown {
+        return None;
+    }
+    let mut view = json!({ "name": name, "state": lifecycle.state.label(), "restarts": restarts });
+    match &lifecycle.state {
+        PipelineState::Restarting(restart) => view["restart"] = json!(restart),
+        PipelineState::Failed(error) => view["error"] = json!(error),
+        _ => {}
+    }
+    Some(view)
 }
 
 #[derive(Deserialize)]

@@ -55,8 +55,10 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
     let before = first["pipelines"].as_array().unwrap_or(&empty);
     let now = second["pipelines"].as_array().unwrap_or(&empty);
     let count = |p: &Value, field: &str| p["stats"][field].as_u64().unwrap_or(0);
-    let header = ["PIPELINE", "STATE", "PLUGIN", "VERSION", "RECEIVED", "IN/S", "OUTPUTS", "OUT/S", "FAILURES", "DEAD", "IN-FLIGHT", "RELOADS"];
+    let header = ["PIPELINE", "STATE", "PLUGIN", "VERSION", "RECEIVED", "IN/S", "OUTPUTS", "OUT/S", "FAILURES", "DEAD", "IN-FLIGHT", "RELOADS", "RESTARTS"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    // Why pipelines that do not run stopped, printed under the table.
+    let mut errors = Vec::new();
     for pipeline in now {
         let name = pipeline["name"].as_str().unwrap_or("?");
         let earlier = before.iter().find(|p| p["name"].as_str() == Some(name));
@@ -68,9 +70,12 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
         let digest = plugin["current"]["digest"].as_str().unwrap_or("-");
         let in_flight = count(pipeline, "received").saturating_sub(count(pipeline, "acked") + count(pipeline, "abandoned") + count(pipeline, "redelivered"));
         let state = pipeline["state"].as_str().unwrap_or("?");
-        // An open or probing circuit breaker is why a pipeline takes nothing.
-        let state = match pipeline["breaker"]["state"].as_str() {
-            Some(breaker) if breaker != "closed" => format!("{state}:breaker-{breaker}"),
+        // An open or probing circuit breaker is why a pipeline takes nothing;
+        // a restarting one shows its attempt (the error and next try are
+        // in `GET /pipelines/NAME`).
+        let state = match (pipeline["breaker"]["state"].as_str(), pipeline["restart"]["attempt"].as_u64()) {
+            (Some(breaker), _) if breaker != "closed" => format!("{state}:breaker-{breaker}"),
+            (_, Some(attempt)) => format!("{state}:attempt-{attempt}"),
             _ => state.to_owned(),
         };
         rows.push(vec![
@@ -86,7 +91,11 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
             count(pipeline, "dead_lettered").to_string(),
             in_flight.to_string(),
             plugin["reloads"].as_u64().unwrap_or(0).to_string(),
+            pipeline["restarts"].as_u64().unwrap_or(0).to_string(),
         ]);
+        if let Some(error) = pipeline["restart"]["last_error"].as_str().or(pipeline["error"].as_str()) {
+            errors.push(format!("{name}: {error}"));
+        }
     }
     if now.is_empty() {
         return "no pipelines are running\n".into();
@@ -96,6 +105,10 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for error in errors {
+        out.push_str(&error.replace(['\n', '\r'], " "));
         out.push('\n');
     }
     out
@@ -119,7 +132,23 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("PIPELINE  STATE"), "{table}");
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(cells, ["orders", "running", "enricher", "0123456789ab", "300", "100", "280", "95", "1", "1", "20", "2"]);
+        assert_eq!(cells, ["orders", "running", "enricher", "0123456789ab", "300", "100", "280", "95", "1", "1", "20", "2", "0"]);
+    }
+
+    #[test]
+    fn a_restarting_pipeline_shows_its_attempt_restarts_and_last_error() {
+        let sample = json!({ "pipelines": [
+            { "name": "orders", "state": "restarting", "restarts": 3,
+              "restart": { "attempt": 2, "next_try": "2026-12-06T03:00:00Z", "last_error": "sink failed: full" } },
+            { "name": "audit", "state": "failed", "restarts": 5, "error": "failed after 5 restart(s)" }
+        ]});
+        let table = render(&sample, &sample, 1.0);
+        let lines: Vec<&str> = table.lines().collect();
+        let orders: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(orders, ["orders", "restarting:attempt-2", "-", "-", "0", "0", "0", "0", "0", "0", "0", "0", "3"], "{table}");
+        assert_eq!(lines[2].split_whitespace().nth(1), Some("failed"), "{table}");
+        assert_eq!(lines[3], "orders: sink failed: full", "{table}");
+        assert_eq!(lines[4], "audit: failed after 5 restart(s)", "{table}");
     }
 
     #[test]

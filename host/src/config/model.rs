@@ -218,6 +218,68 @@ pub struct PipelineConfig {
     /// Unset: a plugin that imports `state` is refused.
     #[serde(default)]
     pub state: Option<super::StateConfig>,
+    /// What happens when the pipeline stops on an error after it started
+    /// (a sink or its broker failing, an exactly-once commit failing):
+    /// by default it starts again after a backoff.
+    #[serde(default)]
+    pub restart: RestartConfig,
+}
+
+/// `[pipelines.<name>.restart]`: starting a failed pipeline again.
+///
+/// A pipeline that stopped on an error after it had started is started
+/// again (its source, sinks and state opened anew, its plugin the version
+/// that was current) after `initial_backoff`, doubling with each failure
+/// in a row up to `max_backoff` (±10% jitter), as Flink's
+/// exponential-delay restart strategy does (same defaults). A run that
+/// stayed up longer than `max_backoff` counts as recovered: the next
+/// failure waits `initial_backoff` again. A pipeline that cannot start at
+/// all when the host starts (or a config reload starts it) is not
+/// restarted: that is a config or deployment error, reported at once.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Restart after a failure. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The wait before the first restart. Default 1s.
+    #[serde(default = "default_restart_initial", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// The longest wait: a pipeline whose broker stays down tries again
+    /// this often. Default 1m.
+    #[serde(default = "default_restart_max", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Restarts allowed within `window` (Erlang/OTP's intensity and
+    /// period; Flink's failure-rate strategy); one more and the pipeline
+    /// stays failed, `/readyz` saying why. Unset (the default): no limit,
+    /// so an outage of any length ends without an operator.
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+    /// The sliding window `max_restarts` counts in. Default 10m.
+    #[serde(default = "default_restart_window", with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_backoff: default_restart_initial(),
+            max_backoff: default_restart_max(),
+            max_restarts: None,
+            window: default_restart_window(),
+        }
+    }
+}
+
+fn default_restart_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_restart_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_restart_window() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// Correlation ids: see docs/configuration.md#correlation-ids-and-tracing.

@@ -101,6 +101,26 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
             return Err(("breaker.reset", "must be greater than zero, e.g. \"30s\"".into()));
         }
     }
+    let restart = &p.restart;
+    if restart.initial_backoff.is_zero() {
+        return Err(("restart.initial_backoff", "must be greater than zero, e.g. \"1s\" (a restart without a wait would spin while a broker is down)".into()));
+    }
+    if restart.initial_backoff > restart.max_backoff {
+        return Err((
+            "restart.initial_backoff",
+            format!(
+                "{} is longer than restart.max_backoff ({}): the first wait cannot exceed the longest; lower `initial_backoff` or raise `max_backoff`",
+                humantime::format_duration(restart.initial_backoff),
+                humantime::format_duration(restart.max_backoff)
+            ),
+        ));
+    }
+    if restart.max_restarts == Some(0) {
+        return Err(("restart.max_restarts", "must be at least 1, got 0 (to never restart, set `enabled = false`)".into()));
+    }
+    if restart.window.is_zero() {
+        return Err(("restart.window", "must be greater than zero, e.g. \"10m\"".into()));
+    }
     if let Some(correlation) = &p.correlation {
         let header = &correlation.header;
         if header.is_empty() || header.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':') {

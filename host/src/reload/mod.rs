@@ -192,6 +192,21 @@ impl PluginVersions {
         })
     }
 
+    /// The slot the current version is in: a restarted pipeline's new run
+    /// takes it over, so it runs the version that was current (an upload
+    /// or a reload included), not the file it started with.
+    pub fn slot(&self) -> Arc<PluginSlot> {
+        self.slot.clone()
+    }
+
+    /// The current version.
+    pub fn current(&self) -> LoadedPlugin {
+        match self.state.lock() {
+            Ok(state) => state.current.0.clone(),
+            Err(poisoned) => poisoned.into_inner().current.0.clone(),
+        }
+    }
+
     /// The plugin file this pipeline's versions come from.
     pub fn path(&self) -> std::path::PathBuf {
         self.spec().path

@@ -229,6 +229,10 @@ impl Sink for LineSink {
         }
     }
 
+    fn failed(&self) -> bool {
+        matches!(&*self.durable.borrow(), Durable::Failed(_))
+    }
+
     fn describe(&self) -> String {
         self.what.clone()
     }

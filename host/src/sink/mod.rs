@@ -135,6 +135,12 @@ pub trait Sink: Send + Sync + 'static {
     /// Flushes what is queued and stops. Later sends fail.
     async fn close(&self) -> Result<(), SinkError>;
 
+    /// Whether the sink can deliver nothing any more (its writer failed):
+    /// a restarted pipeline opens a new one instead of reusing it.
+    fn failed(&self) -> bool {
+        false
+    }
+
     /// A short description for logs, e.g. `file:out.jsonl`.
     fn describe(&self) -> String;
 }

@@ -52,6 +52,14 @@ impl NatsSink {
     }
 }
 
+/// A sink dropped without `close` (a restarted pipeline's old one) stops
+/// its flusher too.
+impl Drop for NatsSink {
+    fn drop(&mut self) {
+        self.flusher.abort();
+    }
+}
+
 /// Advances the watermark after each flush round trip: everything published
 /// before the flush began is then on the server.
 async fn run_flusher(client: Client, sent: Arc<AtomicU64>, kick: Arc<Notify>, durable: watch::Sender<Durable>) {
