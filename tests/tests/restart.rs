@@ -286,7 +286,7 @@ async fn a_restarted_stateful_pipeline_reopens_its_state_and_counts_each_event_o
 listen = "127.0.0.1:{port}"
 
 [pipelines.counts]
-source = {{ kind = "file", path = "events.jsonl", follow = true, checkpoint = "counts.checkpoint" }}
+source = {{ kind = "file", path = "events.jsonl", follow = true }}
 sink = {{ kind = "jetstream", url = "{url}", subject = "counts" }}
 dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
 state = {{ backend = "embedded", path = "state.redb" }}
