@@ -21,6 +21,7 @@ fn limits() -> Limits {
         max_connections: 64,
         header_timeout: Duration::from_millis(300),
         body_timeout: Duration::from_secs(5),
+        tls: None,
     }
 }
 
