@@ -407,6 +407,37 @@ mod tests {
         assert_eq!(redact_url("nats://tok@h"), "nats://***@h");
     }
 
+    /// `nats://user:pass@host` logs in with that user and password (the
+    /// client library ignores logins in URLs), percent-decoded; the URLs
+    /// handed to the library carry no login.
+    #[test]
+    fn logins_in_urls_are_taken_out_and_decoded() -> Result<(), String> {
+        let (urls, login) = split_url_logins("nats://al%40ice:p%3Ass@h1:4222, tls://al%40ice:p%3Ass@h2:4222/,nats://h3")?;
+        assert_eq!(urls, ["nats://h1:4222", "tls://h2:4222/", "nats://h3"]);
+        assert!(login == Some(UrlLogin::UserPassword("al@ice".into(), "p:ss".into())));
+        let (urls, login) = split_url_logins("nats://s3cret@h")?;
+        assert!(urls == ["nats://h"] && login == Some(UrlLogin::Token("s3cret".into())));
+        let different = split_url_logins("nats://a:b@h1,nats://a:c@h2").err().unwrap_or_default();
+        assert!(different.contains("different logins") && !different.contains(":b@") && !different.contains(":c@"), "{different}");
+        let bad = split_url_logins("nats://a:%ff@h").err().unwrap_or_default();
+        assert_eq!(bad, "the login in nats://***@h is not valid percent-encoded UTF-8");
+        Ok(())
+    }
+
+    #[test]
+    fn one_way_to_log_in_and_a_user_seed() {
+        let secret = |s: &str| Some(crate::config::Secret(s.into()));
+        let with = |server: NatsServer| check_server(&server).err().map(|(key, message)| format!("{key}: {message}"));
+        let base = || NatsServer { url: "nats://h".into(), ..NatsServer::default() };
+        assert_eq!(with(NatsServer { user: secret("u"), password: secret("p"), ..base() }), None);
+        let both = with(NatsServer { url: "nats://u:p@h".into(), nkey: secret("SUx"), ..base() }).unwrap_or_default();
+        assert_eq!(both, "url: a login in `url` and `nkey` are set together; a connection logs in one way, keep one");
+        let public = with(NatsServer { nkey: secret("UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"), ..base() }).unwrap_or_default();
+        assert!(public.starts_with("nkey: not an NKey user seed") && !public.contains("UDXU"), "{public}");
+        let seed = nkeys::KeyPair::new_user().seed().unwrap_or_default();
+        assert_eq!(with(NatsServer { nkey: secret(&seed), ..base() }), None);
+    }
+
     /// The connect error (logged, and the pipeline's failure line) names
     /// the server without its password.
     #[tokio::test]
