@@ -235,16 +235,21 @@ pub async fn connect(server: &NatsServer) -> Result<Client, ConnectError> {
     }
 }
 
-/// A connect error as a user reads it: what the server refused and where
-/// to look. The client library's text quotes no login.
+/// A connect error as a user reads it: what the server refused and which
+/// keys to look at. The client library's text quotes no login.
 fn explain(error: &async_nats::ConnectError) -> String {
     use async_nats::ConnectErrorKind as Kind;
+    let text = error.to_string();
     match error.kind() {
         Kind::AuthorizationViolation | Kind::Authentication => {
-            format!("{error}: the server refused the login (check `user`/`password`, `token`, `nkey` or `credentials`)")
+            "the server refused the login (authorization violation; check the URL's login, `user`/`password`, `token`, `nkey` or `credentials`)".into()
         }
-        Kind::Tls => format!("{error} (check `tls_ca`, `tls_cert` and `tls_key`)"),
-        _ => error.to_string(),
+        Kind::Tls => format!("{text} (check `tls_ca`, `tls_cert` and `tls_key`)"),
+        // rustls errors arrive as I/O errors.
+        Kind::Io if ["certificate", "handshake", "tls", "alert"].iter().any(|word| text.to_lowercase().contains(word)) => {
+            format!("TLS handshake failed: {} (check `tls_ca`, `tls_cert` and `tls_key`)", text.trim_start_matches("IO error: "))
+        }
+        _ => text,
     }
 }
 
