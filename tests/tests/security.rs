@@ -340,3 +340,17 @@ path = {plugin}
     ensure!(!output.contains(read_token), "{output}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_login_works_from_a_key_and_from_the_url() -> Result<()> {
+    let token = "t0ken-8b2f";
+    let server = NatsServer::start_with(&["--auth".into(), token.into()])?;
+    let client = async_nats::ConnectOptions::with_token(token.into()).connect(server.url()).await.context("the test client's token")?;
+    let config = secured_pipeline("by_token", &server.url(), "k", r#", token = "${NATS_TOKEN}""#);
+    let finished = round_trip(&server, &client, &config, &[("NATS_TOKEN", token)], "k").await?;
+    ensure!(!finished.stderr.contains(token));
+    let url = format!("nats://{token}@127.0.0.1:{}", server.port);
+    let finished = round_trip(&server, &client, &secured_pipeline("token_url", &url, "u", ""), &[], "u").await?;
+    ensure!(!finished.stderr.contains(token));
+    Ok(())
+}
