@@ -44,7 +44,7 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
             .chain(pipeline.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));
         for (key, sink) in sinks {
             let server = sink.nats_server().map_or(Ok(()), |server| crate::nats::check_server(&server));
-            validate_nats_sink(sink).and_then(|()| server).and_then(|()| validate_kafka_sink(sink)).map_err(|(field, message)| Violation {
+            validate_nats_sink(sink).and(server).and_then(|()| validate_kafka_sink(sink)).map_err(|(field, message)| Violation {
                 pipeline: name.clone(),
                 key: format!("{key}.{field}"),
                 message,
