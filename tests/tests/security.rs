@@ -354,3 +354,80 @@ async fn a_token_login_works_from_a_key_and_from_the_url() -> Result<()> {
     ensure!(!finished.stderr.contains(token));
     Ok(())
 }
+
+/// Every NATS connection goes through the same login and TLS: a JetStream
+/// source, sink and dead letter on a server that wants both a password and
+/// a client certificate, and `sluice dlq replay` sending the dead letters
+/// back with the login in `--nats-url` and the `--nats-tls-*` flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_their_replay_use_the_login_and_mutual_tls() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let pki = Pki::new(&scratch.path("pki"))?;
+    let ca = pki.ca("ca")?;
+    let (server_cert, server_key) = pki.leaf("ca", "server", "serverAuth")?;
+    let (client_cert, client_key) = pki.leaf("ca", "client", "clientAuth")?;
+    let password = "dlq-pass-31c9";
+    let arg = |p: &Path| p.display().to_string();
+    let server = NatsServer::start_with(&[
+        "--user".into(), "replayer".into(), "--pass".into(), password.into(),
+        "--tls".into(), "--tlscert".into(), arg(&server_cert), "--tlskey".into(), arg(&server_key),
+        "--tlscacert".into(), arg(&ca), "--tlsverify".into(),
+    ])?;
+    let client = async_nats::ConnectOptions::with_user_and_password("replayer".into(), password.into())
+        .add_root_certificates(ca.clone())
+        .add_client_certificate(client_cert.clone(), client_key.clone())
+        .require_tls(true)
+        .connect(server.url())
+        .await
+        .context("the test client")?;
+    for (stream, subject) in [("IN", "in.orders"), ("OUT", "out.orders"), ("DLQ", "dlq.orders")] {
+        create_stream(&client, stream, &[subject]).await?;
+    }
+    let login = format!(
+        r#"url = "{}", user = "replayer", password = "${{NATS_PASSWORD}}", tls_ca = "pki/ca.pem", tls_cert = "pki/client.pem", tls_key = "pki/client.key""#,
+        server.url()
+    );
+    let config = format!(
+        r#"{runtime}
+[pipelines.orders]
+source = {{ kind = "jetstream", {login}, stream = "IN", consumer = "sluice" }}
+sink = {{ kind = "jetstream", {login}, subject = "out.orders" }}
+dead_letter = {{ kind = "jetstream", {login}, subject = "dlq.orders" }}
+plugin = {{ path = {plugin} }}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("chaos")),
+    );
+    scratch.write("sluice.toml", config)?;
+    let mut command = scratch.sluice(&["run", "sluice.toml"]);
+    command.env("NATS_PASSWORD", password);
+    let host = Running::spawn(command)?;
+    let js = async_nats::jetstream::new(client.clone());
+    for payload in ["ok:a", "reject:r1", "ok:b"] {
+        js.publish("in.orders", payload.into()).await?.await?;
+    }
+    let deadline = Instant::now() + WITHIN;
+    while !(stream_len(&client, "DLQ").await? == 1 && stream_len(&client, "OUT").await? == 2) {
+        ensure!(Instant::now() < deadline, "timed out waiting for the outputs and the dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+
+    let url = format!("nats://replayer:{password}@127.0.0.1:{}", server.port);
+    let replay = scratch.run(&[
+        "dlq", "replay", "--from", "jetstream:DLQ", "--nats-url", &url,
+        "--nats-tls-ca", "pki/ca.pem", "--nats-tls-cert", "pki/client.pem", "--nats-tls-key", "pki/client.key",
+    ])?;
+    replay.ensure_success()?;
+    ensure!(replay.stdout.contains("replayed 1 of 1 records"), "{}", replay.stdout);
+    let input = read_stream(&client, "IN").await?;
+    ensure!(input.len() == 4 && input[3].payload == "reject:r1", "{input:?}");
+    // Without the client certificate the server refuses; nothing of the
+    // login is printed.
+    let refused = scratch.run(&["dlq", "replay", "--from", "jetstream:DLQ", "--nats-url", &url, "--nats-tls-ca", "pki/ca.pem"])?;
+    refused.ensure_failure()?;
+    ensure!(refused.stderr.contains("cannot connect to NATS at nats://***@127.0.0.1"), "{}", refused.stderr);
+    ensure!(!refused.stderr.contains(password) && !refused.stdout.contains(password), "{}", refused.stderr);
+    Ok(())
+}
