@@ -429,5 +429,12 @@ plugin = {{ path = {plugin} }}
     refused.ensure_failure()?;
     ensure!(refused.stderr.contains("cannot connect to NATS at nats://***@127.0.0.1"), "{}", refused.stderr);
     ensure!(!refused.stderr.contains(password) && !refused.stdout.contains(password), "{}", refused.stderr);
+    // `--help` does not show the value of `NATS_URL` (clap shows env values
+    // by default).
+    let mut command = scratch.sluice(&["dlq", "replay", "--help"]);
+    command.env("NATS_URL", &url);
+    let help = Running::spawn(command)?.wait(WITHIN)?;
+    help.ensure_success()?;
+    ensure!(help.stdout.contains("[env: NATS_URL]") && !help.stdout.contains(password), "{}", help.stdout);
     Ok(())
 }
