@@ -38,6 +38,14 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
                 key: format!("source.{key}"),
                 message,
             })?;
+            // `state.url` is used with the source's login and TLS keys.
+            if let Some(url) = pipeline.state.as_ref().and_then(|state| state.url.clone()) {
+                crate::nats::check_server(&crate::config::NatsServer { url, ..server }).map_err(|(_, message)| Violation {
+                    pipeline: name.clone(),
+                    key: "state.url".into(),
+                    message,
+                })?;
+            }
         }
         let sinks = std::iter::once(("sink".to_owned(), &pipeline.sink))
             .chain(pipeline.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
