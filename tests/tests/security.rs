@@ -438,3 +438,83 @@ plugin = {{ path = {plugin} }}
     ensure!(help.stdout.contains("[env: NATS_URL]") && !help.stdout.contains(password), "{}", help.stdout);
     Ok(())
 }
+
+/// A signed NATS JWT (`ed25519-nkey`): `issuer` signs claims about
+/// `subject`, `nats` being the typed part.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> Result<String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut claims = serde_json::json!({
+        "iat": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+        "iss": issuer.public_key(),
+        "name": subject.get(..8).unwrap_or(subject),
+        "sub": subject,
+        "nats": nats,
+    });
+    claims["jti"] = hex::encode_upper(sha2::Sha256::digest(claims.to_string().as_bytes())).into();
+    let signed = format!("{}.{}", b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#), b64(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes())?;
+    Ok(format!("{signed}.{}", b64(&signature)))
+}
+
+/// Decentralised auth: an operator, an account preloaded into the server,
+/// and a user whose JWT and seed are in a `.creds` file; a pipeline logs in
+/// with `credentials`, and a user the account did not sign is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_logs_in_with_a_user_jwt() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let operator_jwt = nats_jwt(&operator, &operator.public_key(), serde_json::json!({ "type": "operator", "version": 2 }))?;
+    let unlimited = serde_json::json!({ "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1 });
+    let account_jwt = nats_jwt(&operator, &account.public_key(), serde_json::json!({ "type": "account", "version": 2, "limits": unlimited }))?;
+    let creds = |signer: &nkeys::KeyPair, name: &str| -> Result<PathBuf> {
+        let user = nkeys::KeyPair::new_user();
+        let claims = serde_json::json!({ "type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "issuer_account": account.public_key() });
+        let jwt = nats_jwt(signer, &user.public_key(), claims)?;
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n", user.seed()?),
+        )?;
+        Ok(path)
+    };
+    let good = creds(&account, "sluice.creds")?;
+    let stranger = creds(&nkeys::KeyPair::new_account(), "stranger.creds")?;
+    std::fs::write(dir.path().join("operator.jwt"), &operator_jwt)?;
+    let conf = dir.path().join("operator.conf");
+    // JetStream (the fixture turns it on) needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(&operator, &system.public_key(), serde_json::json!({ "type": "account", "version": 2, "limits": unlimited }))?;
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: \"{}\"\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{account_jwt}\"\n  {sys}: \"{system_jwt}\"\n}}\n",
+            dir.path().join("operator.jwt").display(),
+            account.public_key(),
+            sys = system.public_key(),
+        ),
+    )?;
+    let server = NatsServer::start_with(&["-c".into(), conf.display().to_string()])?;
+    let client = async_nats::ConnectOptions::with_credentials_file(good.clone()).await?.connect(server.url()).await.context("the test client's creds")?;
+    let config = |creds: &Path| {
+        let login = format!(r#", credentials = {}"#, toml_path(creds));
+        broker_pipeline(
+            "creds",
+            "uppercase",
+            [
+                &format!(r#"{{ kind = "nats", url = "{}", subject = "in.c"{login} }}"#, server.url()),
+                &format!(r#"{{ kind = "nats", url = "{}", subject = "out.c"{login} }}"#, server.url()),
+                r#"{ kind = "file", path = "dlq.jsonl" }"#,
+            ],
+            "",
+            "5s",
+        )
+    };
+    round_trip(&server, &client, &config(&good), &[], "c").await?;
+    let log = failing_run(&config(&stranger), &[])?;
+    let line = connect_failure(&log, "creds", server.port)?;
+    ensure!(line.contains("the server refused the login"), "{line}");
+    Ok(())
+}
