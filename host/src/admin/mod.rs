@@ -26,6 +26,8 @@
 //! size compared with the route's limit, before a byte of the body is read;
 //! headers must arrive within [`HEADER_TIMEOUT`] and an upload within
 //! [`BODY_TIMEOUT`]; connections are capped and serve one request each.
+//! With `admin.tls_cert` and `admin.tls_key` it speaks HTTPS only ([`tls`]);
+//! the handshake counts against the header timeout.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -573,9 +573,11 @@ fn default_max_ack_pending() -> usize {
     2048
 }
 
-/// A NATS server and how to log in to it (the `url`, `token` and
-/// `credentials` keys of NATS sources and sinks). Sources and sinks naming
-/// the same server share one connection.
+/// A NATS server, how to log in to it and its TLS (the `url`, `user`,
+/// `password`, `token`, `nkey`, `credentials` and `tls_*` keys of NATS
+/// sources and sinks; `crate::nats::options` turns it into client options).
+/// Sources and sinks naming the same server with the same keys share one
+/// connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct NatsServer {
     pub url: String,
@@ -588,7 +590,6 @@ pub struct NatsServer {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
-
 
 impl SourceConfig {
     /// The NATS server of a NATS or JetStream source.
@@ -634,9 +635,7 @@ impl SinkConfig {
     fn nats_paths_mut(&mut self) -> Vec<&mut PathBuf> {
         nats_paths_mut!(self, SinkConfig)
     }
-}
 
-impl SinkConfig {
     /// The NATS server of a NATS or JetStream sink.
     pub fn nats_server(&self) -> Option<NatsServer> {
         match self {
