@@ -2,9 +2,14 @@
 # Debian's nats-server for the tests, the benchmarks and the examples.
 #
 #   scripts/nats-server.sh install           install it if missing (apt)
-#   scripts/nats-server.sh start [PORT]      start one on 127.0.0.1:PORT (default 4222)
+#   scripts/nats-server.sh start [PORT] [ARGS…]
+#                                            start one on 127.0.0.1:PORT (default 4222)
 #                                            with JetStream on and its store under
-#                                            .cache/nats/PORT; prints its URL
+#                                            .cache/nats/PORT; prints its URL. ARGS go
+#                                            to nats-server: a login (--user U --pass P,
+#                                            --auth TOKEN, -c FILE with NKeys) or TLS
+#                                            (--tls --tlscert F --tlskey F --tlscacert F
+#                                            --tlsverify)
 #   scripts/nats-server.sh stop [PORT]       stop the one started on PORT
 #
 # The integration tests start their own servers (one per test, on free
@@ -36,9 +41,10 @@ case "${1:-}" in
     start)
         install
         port="${2:-4222}"
+        shift $(( $# < 2 ? $# : 2 ))
         dir=".cache/nats/$port"
         mkdir -p "$dir"
-        "$(binary)" -a 127.0.0.1 -p "$port" -js -sd "$dir/store" >"$dir/server.log" 2>&1 &
+        "$(binary)" -a 127.0.0.1 -p "$port" -js -sd "$dir/store" "$@" >"$dir/server.log" 2>&1 &
         echo $! >"$dir/pid"
         for _ in $(seq 1 100); do
             if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -59,7 +65,7 @@ case "${1:-}" in
         fi
         ;;
     *)
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

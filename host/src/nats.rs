@@ -78,8 +78,107 @@ impl Connections {
     }
 }
 
-async fn connect(server: &NatsServer) -> Result<Client, ConnectError> {
-    let failed = |message: String| ConnectError { url: redact_url(&server.url), message };
+/// A login written into a server URL: `nats://user:password@host` or
+/// `nats://token@host` (percent-encoded, as in any URL).
+#[derive(Clone, PartialEq, Eq)]
+enum UrlLogin {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The URLs of `urls` without their logins, and the login they carry (the
+/// same in every URL that has one). The client library does not read
+/// logins from URLs; this makes `nats://user:pass@host` work as it does with
+/// other NATS clients. Errors quote no part of a login.
+fn split_url_logins(urls: &str) -> Result<(Vec<String>, Option<UrlLogin>), String> {
+    let mut plain = Vec::new();
+    let mut login: Option<UrlLogin> = None;
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let (scheme, rest) = match url.find("://") {
+            Some(i) => url.split_at(i + 3),
+            None => ("", url),
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let Some(at) = rest[..authority_end].rfind('@') else {
+            plain.push(url.to_owned());
+            continue;
+        };
+        let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8().map(|t| t.into_owned());
+        let bad = || format!("the login in {} is not valid percent-encoded UTF-8", redact_url(url));
+        let this = match rest[..at].split_once(':') {
+            Some((user, password)) => UrlLogin::UserPassword(decode(user).map_err(|_| bad())?, decode(password).map_err(|_| bad())?),
+            None => UrlLogin::Token(decode(&rest[..at]).map_err(|_| bad())?),
+        };
+        if login.as_ref().is_some_and(|first| *first != this) {
+            return Err("the URLs carry different logins; a connection logs in one way to every server of the cluster".into());
+        }
+        login = Some(this);
+        plain.push(format!("{scheme}{}", &rest[at + 1..]));
+    }
+    Ok((plain, login))
+}
+
+/// The config rules of a server's login and TLS keys, checked before
+/// anything connects: `Err((key, message))`, `key` one of the source's or
+/// sink's keys. Messages quote no secret.
+pub fn check_server(server: &NatsServer) -> Result<(), (&'static str, String)> {
+    let (_, url_login) = split_url_logins(&server.url).map_err(|m| ("url", m))?;
+    match (&server.user, &server.password) {
+        (Some(_), None) => return Err(("password", "missing: `user` needs a `password`".into())),
+        (None, Some(_)) => return Err(("user", "missing: `password` needs a `user`".into())),
+        _ => {}
+    }
+    let ways: Vec<&str> = [
+        (url_login.is_some(), "a login in `url`"),
+        (server.user.is_some(), "`user`/`password`"),
+        (server.token.is_some(), "`token`"),
+        (server.nkey.is_some(), "`nkey`"),
+        (server.credentials.is_some(), "`credentials`"),
+    ]
+    .into_iter()
+    .filter_map(|(set, what)| set.then_some(what))
+    .collect();
+    if ways.len() > 1 {
+        return Err(("url", format!("{} are set together; a connection logs in one way, keep one", ways.join(" and "))));
+    }
+    if let Some(seed) = &server.nkey {
+        if !seed.0.starts_with("SU") || nkeys::KeyPair::from_seed(&seed.0).is_err() {
+            return Err((
+                "nkey",
+                "not an NKey user seed (a seed starts with `SU`; the public key, `U…`, is what goes in the server's config)".into(),
+            ));
+        }
+    }
+    match (&server.tls_cert, &server.tls_key) {
+        (Some(_), None) => return Err(("tls_key", "missing: `tls_cert` needs the private key of the certificate".into())),
+        (None, Some(_)) => return Err(("tls_cert", "missing: `tls_key` needs the certificate it belongs to".into())),
+        _ => {}
+    }
+    let files = [
+        ("credentials", &server.credentials),
+        ("tls_ca", &server.tls_ca),
+        ("tls_cert", &server.tls_cert),
+        ("tls_key", &server.tls_key),
+    ];
+    for (key, path) in files {
+        if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
+            return Err((key, format!("{} is not a file", path.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the connection to `server` must use TLS: a `tls://` URL, or any
+/// TLS key set.
+fn wants_tls(server: &NatsServer) -> bool {
+    server.tls_ca.is_some() || server.tls_cert.is_some() || server.url.split(',').any(|u| u.trim().starts_with("tls://"))
+}
+
+/// The client options for `server`: its login, its TLS settings, and how
+/// the connection behaves. Every NATS connection the host makes (sources,
+/// sinks, dead letters, replies, state, `sluice dlq replay`) is built here.
+pub async fn options(server: &NatsServer) -> Result<(Vec<String>, ConnectOptions), String> {
+    let (urls, url_login) = split_url_logins(&server.url)?;
     let mut options = ConnectOptions::new()
         .name(concat!("sluice/", env!("CARGO_PKG_VERSION")))
         .connection_timeout(CONNECT_TIMEOUT)
@@ -96,20 +195,61 @@ async fn connect(server: &NatsServer) -> Result<Client, ConnectError> {
                 other => tracing::debug!("NATS: {other}"),
             }
         });
+    match url_login {
+        Some(UrlLogin::UserPassword(user, password)) => options = options.user_and_password(user, password),
+        Some(UrlLogin::Token(token)) => options = options.token(token),
+        None => {}
+    }
+    if let (Some(user), Some(password)) = (&server.user, &server.password) {
+        options = options.user_and_password(user.0.clone(), password.0.clone());
+    }
     if let Some(token) = &server.token {
         options = options.token(token.0.clone());
     }
-    if let Some(path) = &server.credentials {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| failed(format!("credentials file {}: {e}", path.display())))?;
+    if let Some(seed) = &server.nkey {
+        options = options.nkey(seed.0.clone());
     }
-    let urls: Vec<&str> = server.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    if let Some(path) = &server.credentials {
+        options = options.credentials_file(path).await.map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+    }
+    if let Some(ca) = &server.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if wants_tls(server) {
+        options = options.require_tls(true);
+    }
+    Ok((urls, options))
+}
+
+/// Connects to `server` once, bounded in time: see [`options`].
+pub async fn connect(server: &NatsServer) -> Result<Client, ConnectError> {
+    let failed = |message: String| ConnectError { url: redact_url(&server.url), message };
+    let (urls, options) = options(server).await.map_err(failed)?;
     match tokio::time::timeout(CONNECT_TIMEOUT * 2, options.connect(urls.as_slice())).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(failed(e.to_string())),
+        Ok(Err(e)) => Err(failed(explain(&e))),
         Err(_) => Err(failed(format!("no answer within {CONNECT_TIMEOUT:?}; is the server running?"))),
+    }
+}
+
+/// A connect error as a user reads it: what the server refused and which
+/// keys to look at. The client library's text quotes no login.
+fn explain(error: &async_nats::ConnectError) -> String {
+    use async_nats::ConnectErrorKind as Kind;
+    let text = error.to_string();
+    match error.kind() {
+        Kind::AuthorizationViolation | Kind::Authentication => {
+            "the server refused the login (authorization violation; check the URL's login, `user`/`password`, `token`, `nkey` or `credentials`)".into()
+        }
+        Kind::Tls => format!("{text} (check `tls_ca`, `tls_cert` and `tls_key`)"),
+        // rustls errors arrive as I/O errors.
+        Kind::Io if ["certificate", "handshake", "tls", "alert"].iter().any(|word| text.to_lowercase().contains(word)) => {
+            format!("TLS handshake failed: {} (check `tls_ca`, `tls_cert` and `tls_key`)", text.trim_start_matches("IO error: "))
+        }
+        _ => text,
     }
 }
 
@@ -272,11 +412,42 @@ mod tests {
         assert_eq!(redact_url("nats://tok@h"), "nats://***@h");
     }
 
+    /// `nats://user:pass@host` logs in with that user and password (the
+    /// client library ignores logins in URLs), percent-decoded; the URLs
+    /// handed to the library carry no login.
+    #[test]
+    fn logins_in_urls_are_taken_out_and_decoded() -> Result<(), String> {
+        let (urls, login) = split_url_logins("nats://al%40ice:p%3Ass@h1:4222, tls://al%40ice:p%3Ass@h2:4222/,nats://h3")?;
+        assert_eq!(urls, ["nats://h1:4222", "tls://h2:4222/", "nats://h3"]);
+        assert!(login == Some(UrlLogin::UserPassword("al@ice".into(), "p:ss".into())));
+        let (urls, login) = split_url_logins("nats://s3cret@h")?;
+        assert!(urls == ["nats://h"] && login == Some(UrlLogin::Token("s3cret".into())));
+        let different = split_url_logins("nats://a:b@h1,nats://a:c@h2").err().unwrap_or_default();
+        assert!(different.contains("different logins") && !different.contains(":b@") && !different.contains(":c@"), "{different}");
+        let bad = split_url_logins("nats://a:%ff@h").err().unwrap_or_default();
+        assert_eq!(bad, "the login in nats://***@h is not valid percent-encoded UTF-8");
+        Ok(())
+    }
+
+    #[test]
+    fn one_way_to_log_in_and_a_user_seed() {
+        let secret = |s: &str| Some(crate::config::Secret(s.into()));
+        let with = |server: NatsServer| check_server(&server).err().map(|(key, message)| format!("{key}: {message}"));
+        let base = || NatsServer { url: "nats://h".into(), ..NatsServer::default() };
+        assert_eq!(with(NatsServer { user: secret("u"), password: secret("p"), ..base() }), None);
+        let both = with(NatsServer { url: "nats://u:p@h".into(), nkey: secret("SUx"), ..base() }).unwrap_or_default();
+        assert_eq!(both, "url: a login in `url` and `nkey` are set together; a connection logs in one way, keep one");
+        let public = with(NatsServer { nkey: secret("UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"), ..base() }).unwrap_or_default();
+        assert!(public.starts_with("nkey: not an NKey user seed") && !public.contains("UDXU"), "{public}");
+        let seed = nkeys::KeyPair::new_user().seed().unwrap_or_default();
+        assert_eq!(with(NatsServer { nkey: secret(&seed), ..base() }), None);
+    }
+
     /// The connect error (logged, and the pipeline's failure line) names
     /// the server without its password.
     #[tokio::test]
     async fn a_failed_connect_does_not_print_the_password() {
-        let server = NatsServer { url: "nats://alice:hunter2@127.0.0.1:1".into(), token: None, credentials: None };
+        let server = NatsServer { url: "nats://alice:hunter2@127.0.0.1:1".into(), ..NatsServer::default() };
         let err = connect(&server).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.starts_with("cannot connect to NATS at nats://***@127.0.0.1:1"), "{err}");
         assert!(!err.contains("hunter2") && !err.contains("alice"), "{err}");

@@ -26,6 +26,8 @@
 //! size compared with the route's limit, before a byte of the body is read;
 //! headers must arrive within [`HEADER_TIMEOUT`] and an upload within
 //! [`BODY_TIMEOUT`]; connections are capped and serve one request each.
+//! With `admin.tls_cert` and `admin.tls_key` it speaks HTTPS only ([`tls`]);
+//! the handshake counts against the header timeout.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 pub mod health;
+pub mod tls;
 
 pub use health::{Health, Lifecycle, PipelineState, Probe, Restarting};
 
@@ -83,6 +86,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// `admin.tls_cert` and `admin.tls_key`: HTTPS with them.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Limits {
@@ -95,6 +100,7 @@ impl Limits {
             max_connections: config.max_connections,
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
+            tls: config.tls_cert.clone().zip(config.tls_key.clone()),
         }
     }
 }
@@ -209,12 +215,20 @@ async fn serve_counting(
     counters: Arc<AdminCounters>,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    let tls = match &limits.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key).map_err(|(field, message)| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("admin.{field}: {message}"))
+        })?),
+        None => None,
+    };
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let listener = tokio::net::TcpListener::bind(limits.listen).await?;
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         tracing::warn!(
-            "the admin API listens on {bound}, not on loopback: anyone who can reach it sees the pipelines{}; tokens and uploads travel unencrypted (put a TLS proxy in front, or listen on 127.0.0.1)",
-            if limits.read_token.is_some() { " with the read token" } else { " and metrics (set `admin.read_token` to require a token)" }
+            "the admin API listens on {bound}, not on loopback: anyone who can reach it sees the pipelines{}{}",
+            if limits.read_token.is_some() { " with the read token" } else { " and metrics (set `admin.read_token` to require a token)" },
+            if tls.is_some() { "" } else { "; tokens and uploads travel unencrypted (set `admin.tls_cert` and `admin.tls_key`, or listen on 127.0.0.1)" }
         );
     }
     let digest = |token: &Option<String>| token.as_ref().map(|t| sha256(t.as_bytes()));
@@ -254,24 +268,20 @@ async fn serve_counting(
             };
             let app = app.clone();
             let stop = stop.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
-                });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                // One request per connection: every connection's life is
-                // bounded by the header and body timeouts and its handler.
-                builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(false);
-                let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::pin!(connection);
-                let served = tokio::select! {
-                    served = connection.as_mut() => served,
-                    _ = stop.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
+                let failed = match tls {
+                    None => serve_one(stream, app, header_timeout, stop).await.map(|e| e.to_string()),
+                    // The handshake counts against the header timeout: a
+                    // client that stalls in it holds its slot no longer.
+                    Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_one(stream, app, header_timeout, stop).await.map(|e| e.to_string()),
+                        // Plain HTTP to the HTTPS port lands here: closed.
+                        Ok(Err(err)) => Some(format!("TLS handshake failed: {err}")),
+                        Err(_) => Some("the TLS handshake took too long".into()),
+                    },
                 };
-                if let Err(err) = served {
+                if let Some(err) = failed {
                     tracing::debug!("admin API: connection from {peer}: {err}");
                 }
                 drop(permit);
@@ -279,6 +289,31 @@ async fn serve_counting(
         }
     });
     Ok(bound)
+}
+
+/// One connection (plain or TLS): one request, then closed. The error
+/// that ended it, if one did.
+async fn serve_one<S>(stream: S, app: Router, header_timeout: Duration, stop: CancellationToken) -> Option<hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // One request per connection: every connection's life is
+    // bounded by the header and body timeouts and its handler.
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(false);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    served.err()
 }
 
 /// Who may call a route.

@@ -21,6 +21,7 @@ fn limits() -> Limits {
         max_connections: 64,
         header_timeout: Duration::from_millis(300),
         body_timeout: Duration::from_secs(5),
+        tls: None,
     }
 }
 
@@ -186,4 +187,34 @@ fn tokens_compare_as_digests() {
     assert!(!digests_equal(&sha256(b"secret"), &sha256(b"secreT")));
     assert!(!digests_equal(&sha256(b"secret"), &sha256(b"secret-longer")));
     assert!(!digests_equal(&sha256(b""), &sha256(b"x")));
+}
+
+/// With `tls_cert`/`tls_key`: a client that opens a connection and never
+/// starts the handshake is closed at the header timeout (300 ms here), and
+/// plain HTTP gets no HTTP answer. The certificate is made by `openssl`.
+#[tokio::test]
+async fn over_tls_a_stalled_handshake_is_cut_off_and_plain_http_gets_no_answer() -> std::io::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .current_dir(dir.path())
+        .output()?;
+    if !made.status.success() {
+        return Err(std::io::Error::other(String::from_utf8_lossy(&made.stderr).into_owned()));
+    }
+    let tls = Some((dir.path().join("cert.pem"), dir.path().join("key.pem")));
+    let server = start(Limits { tls, max_connections: 1, ..limits() }).await?;
+    let mut stalled = TcpStream::connect(server.addr).await?;
+    let closed = closed_within(&mut stalled, Duration::from_secs(3)).await;
+    assert!(closed.is_some(), "a connection that never started the TLS handshake stayed open");
+    // Its slot (the only one) is free again; plain HTTP is closed unanswered.
+    let answer = exchange(server.addr, "GET /healthz HTTP/1.1", b"").await.unwrap_or_default();
+    assert!(!answer.starts_with("HTTP/"), "plain HTTP was answered: {answer}");
+    assert_eq!(server.counters.connections_refused.load(AtomicOrdering::Relaxed), 0);
+    // A key that does not exist is named with its key.
+    let missing = start(Limits { tls: Some((dir.path().join("cert.pem"), dir.path().join("nope.pem"))), ..limits() }).await;
+    let message = missing.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.starts_with("admin.tls_key: ") && message.contains("nope.pem"), "{message}");
+    Ok(())
 }

@@ -106,7 +106,7 @@ pub struct Options {
     pub to: Option<To>,
     pub filter: Filter,
     pub dry_run: bool,
-    pub nats_url: String,
+    pub nats: sluice::config::NatsServer,
     pub brokers: String,
 }
 
@@ -222,7 +222,7 @@ async fn open_reader(
             Ok((total, tokio::task::spawn_blocking(move || read_file(&path, &tx))))
         }
         Origin::JetStream { stream, subject } => {
-            let client = connect_nats(&options.nats_url).await?;
+            let client = connect_nats(&options.nats).await?;
             let (total, messages) = jetstream_messages(&client, stream, subject.as_deref()).await?;
             Ok((total, tokio::spawn(read_jetstream(messages, total, tx))))
         }
@@ -249,13 +249,11 @@ fn read_file(path: &std::path::Path, tx: &tokio::sync::mpsc::Sender<Parts>) -> R
     Ok(())
 }
 
-async fn connect_nats(url: &str) -> Result<async_nats::Client> {
-    let connect = async_nats::connect(url);
-    let url = sluice::nats::redact_url(url);
-    tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .map_err(|_| anyhow::anyhow!("cannot connect to NATS at {url}: no answer within 10s"))?
-        .with_context(|| format!("cannot connect to NATS at {url}"))
+/// Through the host's own connection builder: the URL's login and the TLS
+/// flags work as in a pipeline, and no credential is printed.
+async fn connect_nats(server: &sluice::config::NatsServer) -> Result<async_nats::Client> {
+    sluice::nats::check_server(server).map_err(|(key, message)| anyhow::anyhow!("--nats-{}: {message}", key.replace('_', "-")))?;
+    Ok(sluice::nats::connect(server).await?)
 }
 
 async fn jetstream_messages(
@@ -418,9 +416,9 @@ impl<'o> Sinks<'o> {
         }
         let options = self.options;
         let sink: Arc<dyn Sink> = match kind {
-            Kind::Nats => Arc::new(NatsSink::core(connect_nats(&options.nats_url).await?, None)),
+            Kind::Nats => Arc::new(NatsSink::core(connect_nats(&options.nats).await?, None)),
             Kind::JetStream => Arc::new(
-                JetStreamSink::open(connect_nats(&options.nats_url).await?, None, None)
+                JetStreamSink::open(connect_nats(&options.nats).await?, None, None)
                     .await
                     .context("cannot open the JetStream sink")?,
             ),

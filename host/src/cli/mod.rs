@@ -57,6 +57,10 @@ enum Command {
         /// of the process list.
         #[arg(skip = std::env::var("SLUICE_ADMIN_READ_TOKEN").ok())]
         token: Option<String>,
+        /// PEM file of the CA the admin API's certificate chains to, for an
+        /// `https://` address served with `[admin] tls_cert`.
+        #[arg(long, value_name = "FILE", env = "SLUICE_ADMIN_CA")]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// Plugin author tools.
     #[command(subcommand)]
@@ -98,9 +102,19 @@ enum DlqCommand {
         /// Print what would be replayed, and send nothing.
         #[arg(long)]
         dry_run: bool,
-        /// NATS server(s) for jetstream:/nats: sources and destinations.
-        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        /// NATS server(s) for jetstream:/nats: sources and destinations; a
+        /// login may be written in it (`nats://user:password@host`).
+        #[arg(long, env = "NATS_URL", hide_env_values = true, default_value = "nats://127.0.0.1:4222")]
         nats_url: String,
+        /// PEM file of the CA the NATS server's certificate must chain to.
+        #[arg(long, value_name = "FILE")]
+        nats_tls_ca: Option<std::path::PathBuf>,
+        /// PEM client certificate for NATS (mTLS), with --nats-tls-key.
+        #[arg(long, value_name = "FILE", requires = "nats_tls_key")]
+        nats_tls_cert: Option<std::path::PathBuf>,
+        /// PEM private key of --nats-tls-cert.
+        #[arg(long, value_name = "FILE", requires = "nats_tls_cert")]
+        nats_tls_key: Option<std::path::PathBuf>,
         /// Kafka bootstrap servers for kafka: sources and destinations.
         #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
         brokers: String,
@@ -189,11 +203,31 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
-        Command::Status { admin, interval, token } => status::status(&status::Options { admin, interval, token }),
+        Command::Status { admin, interval, token, ca_file } => status::status(&status::Options { admin, interval, token, ca_file }),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
-        Command::Dlq(DlqCommand::Replay { from, to, pipeline, reasons, since, until, dry_run, nats_url, brokers }) => {
+        Command::Dlq(DlqCommand::Replay {
+            from,
+            to,
+            pipeline,
+            reasons,
+            since,
+            until,
+            dry_run,
+            nats_url,
+            nats_tls_ca,
+            nats_tls_cert,
+            nats_tls_key,
+            brokers,
+        }) => {
+            let nats = sluice::config::NatsServer {
+                url: nats_url,
+                tls_ca: nats_tls_ca,
+                tls_cert: nats_tls_cert,
+                tls_key: nats_tls_key,
+                ..Default::default()
+            };
             let filter = sluice::replay::Filter { pipeline, reasons, since, until };
-            dlq::replay(&dlq::Options { from, to, filter, dry_run, nats_url, brokers })
+            dlq::replay(&dlq::Options { from, to, filter, dry_run, nats, brokers })
         }
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())

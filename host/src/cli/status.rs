@@ -14,22 +14,47 @@ pub struct Options {
     pub interval: Duration,
     /// Bearer token for `GET /pipelines` (`SLUICE_ADMIN_READ_TOKEN`).
     pub token: Option<String>,
+    /// PEM file of the CA an `https://` admin API's certificate chains to
+    /// (instead of the public web roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub fn status(options: &Options) -> Result<ExitCode> {
     let base = if options.admin.contains("://") { options.admin.clone() } else { format!("http://{}", options.admin) };
-    let first = fetch(&base, options.token.as_deref())?;
+    let agent = agent(options.ca_file.as_deref())?;
+    let first = fetch(&agent, &base, options.token.as_deref())?;
     let started = Instant::now();
     std::thread::sleep(options.interval);
-    let second = fetch(&base, options.token.as_deref())?;
+    let second = fetch(&agent, &base, options.token.as_deref())?;
     let elapsed = started.elapsed().as_secs_f64().max(0.001);
     print!("{}", render(&first, &second, elapsed));
     Ok(ExitCode::SUCCESS)
 }
 
-fn fetch(base: &str, token: Option<&str>) -> Result<Value> {
+/// An HTTP(S) client; with `ca_file`, HTTPS trusts that CA only.
+fn agent(ca_file: Option<&std::path::Path>) -> Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5)));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+        let certs = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{} is not a PEM file", path.display()))?;
+        if certs.is_empty() {
+            bail!("{} holds no PEM certificate", path.display());
+        }
+        let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
+        config = config.tls_config(tls);
+    }
+    Ok(config.build().into())
+}
+
+fn fetch(agent: &ureq::Agent, base: &str, token: Option<&str>) -> Result<Value> {
     let url = format!("{base}/pipelines");
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
     let mut request = agent.get(&url);
     if let Some(token) = token {
         request = request.header("Authorization", format!("Bearer {token}"));

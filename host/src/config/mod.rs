@@ -99,6 +99,12 @@ fn parse_collecting(
         pipeline: e.pipeline,
         key: e.key,
     })?;
+    if let Some(admin) = &config.admin {
+        validate::admin(admin).map_err(|(key, message)| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            message: format!("[admin] key `{key}`: {}", origin.violation(&["admin"], key, message)),
+        })?;
+    }
     if let Some(tracing) = &config.tracing {
         validate::tracing(tracing).map_err(|(key, message)| ConfigError::Syntax {
             file: file.to_path_buf(),

@@ -94,6 +94,14 @@ pub struct AdminConfig {
     /// Default 64: a few operators, scrapers and probes need a handful.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// PEM certificate chain to serve the API over HTTPS with (with
+    /// `tls_key`). Unset: plain HTTP. Read at start (and checked by
+    /// `sluice check`); a renewed certificate needs a restart.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_max_upload() -> ByteSize {
@@ -458,6 +466,27 @@ pub enum SourceConfig {
         /// A `.creds` file (JWT and NKey seed), for decentralised auth.
         #[serde(default)]
         credentials: Option<PathBuf>,
+        /// User name for user/password authentication (with `password`).
+        #[serde(default)]
+        user: Option<Secret>,
+        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
+        #[serde(default)]
+        password: Option<Secret>,
+        /// An NKey user seed (`SU…`) to sign the server's challenge with;
+        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
+        #[serde(default)]
+        nkey: Option<Secret>,
+        /// PEM file of the certificate authority the server's certificate
+        /// must chain to (instead of the system's roots). Implies TLS.
+        #[serde(default)]
+        tls_ca: Option<PathBuf>,
+        /// PEM client certificate, for servers that verify clients (mTLS),
+        /// with `tls_key`. Implies TLS.
+        #[serde(default)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of `tls_cert`.
+        #[serde(default)]
+        tls_key: Option<PathBuf>,
         /// Subject to subscribe to; wildcards (`orders.*`, `orders.>`) allowed.
         subject: String,
         /// Queue group: the hosts subscribed with the same group share the
@@ -478,6 +507,27 @@ pub enum SourceConfig {
         /// A `.creds` file (JWT and NKey seed), for decentralised auth.
         #[serde(default)]
         credentials: Option<PathBuf>,
+        /// User name for user/password authentication (with `password`).
+        #[serde(default)]
+        user: Option<Secret>,
+        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
+        #[serde(default)]
+        password: Option<Secret>,
+        /// An NKey user seed (`SU…`) to sign the server's challenge with;
+        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
+        #[serde(default)]
+        nkey: Option<Secret>,
+        /// PEM file of the certificate authority the server's certificate
+        /// must chain to (instead of the system's roots). Implies TLS.
+        #[serde(default)]
+        tls_ca: Option<PathBuf>,
+        /// PEM client certificate, for servers that verify clients (mTLS),
+        /// with `tls_key`. Implies TLS.
+        #[serde(default)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of `tls_cert`.
+        #[serde(default)]
+        tls_key: Option<PathBuf>,
         /// The stream to read.
         stream: String,
         /// Subjects of the stream, used only to create it when it does not
@@ -585,35 +635,84 @@ fn default_max_ack_pending() -> usize {
     2048
 }
 
-/// A NATS server and how to log in to it (the `url`, `token` and
-/// `credentials` keys of NATS sources and sinks). Sources and sinks naming
-/// the same server share one connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A NATS server, how to log in to it and its TLS (the `url`, `user`,
+/// `password`, `token`, `nkey`, `credentials` and `tls_*` keys of NATS
+/// sources and sinks; `crate::nats::options` turns it into client options).
+/// Sources and sinks naming the same server with the same keys share one
+/// connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct NatsServer {
     pub url: String,
     pub token: Option<Secret>,
     pub credentials: Option<PathBuf>,
+    pub user: Option<Secret>,
+    pub password: Option<Secret>,
+    pub nkey: Option<Secret>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl SourceConfig {
     /// The NATS server of a NATS or JetStream source.
     pub fn nats_server(&self) -> Option<NatsServer> {
         match self {
-            SourceConfig::Nats { url, token, credentials, .. } | SourceConfig::Jetstream { url, token, credentials, .. } => {
-                Some(NatsServer { url: url.clone(), token: token.clone(), credentials: credentials.clone() })
-            }
+            SourceConfig::Nats { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. }
+            | SourceConfig::Jetstream { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. } => Some(NatsServer {
+                url: url.clone(),
+                token: token.clone(),
+                credentials: credentials.clone(),
+                user: user.clone(),
+                password: password.clone(),
+                nkey: nkey.clone(),
+                tls_ca: tls_ca.clone(),
+                tls_cert: tls_cert.clone(),
+                tls_key: tls_key.clone(),
+            }),
             _ => None,
         }
     }
 }
 
+/// The files a NATS or JetStream source or sink names (credentials, TLS).
+macro_rules! nats_paths_mut {
+    ($value:expr, $enum:ident) => {
+        match $value {
+            $enum::Nats { credentials, tls_ca, tls_cert, tls_key, .. }
+            | $enum::Jetstream { credentials, tls_ca, tls_cert, tls_key, .. } => {
+                vec![credentials, tls_ca, tls_cert, tls_key].into_iter().flatten().collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+}
+
+impl SourceConfig {
+    fn nats_paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        nats_paths_mut!(self, SourceConfig)
+    }
+}
+
 impl SinkConfig {
+    fn nats_paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        nats_paths_mut!(self, SinkConfig)
+    }
+
     /// The NATS server of a NATS or JetStream sink.
     pub fn nats_server(&self) -> Option<NatsServer> {
         match self {
-            SinkConfig::Nats { url, token, credentials, .. } | SinkConfig::Jetstream { url, token, credentials, .. } => {
-                Some(NatsServer { url: url.clone(), token: token.clone(), credentials: credentials.clone() })
-            }
+            SinkConfig::Nats { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. }
+            | SinkConfig::Jetstream { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. } => Some(NatsServer {
+                url: url.clone(),
+                token: token.clone(),
+                credentials: credentials.clone(),
+                user: user.clone(),
+                password: password.clone(),
+                nkey: nkey.clone(),
+                tls_ca: tls_ca.clone(),
+                tls_cert: tls_cert.clone(),
+                tls_key: tls_key.clone(),
+            }),
             _ => None,
         }
     }
@@ -772,6 +871,27 @@ pub enum SinkConfig {
         /// A `.creds` file (JWT and NKey seed), for decentralised auth.
         #[serde(default)]
         credentials: Option<PathBuf>,
+        /// User name for user/password authentication (with `password`).
+        #[serde(default)]
+        user: Option<Secret>,
+        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
+        #[serde(default)]
+        password: Option<Secret>,
+        /// An NKey user seed (`SU…`) to sign the server's challenge with;
+        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
+        #[serde(default)]
+        nkey: Option<Secret>,
+        /// PEM file of the certificate authority the server's certificate
+        /// must chain to (instead of the system's roots). Implies TLS.
+        #[serde(default)]
+        tls_ca: Option<PathBuf>,
+        /// PEM client certificate, for servers that verify clients (mTLS),
+        /// with `tls_key`. Implies TLS.
+        #[serde(default)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of `tls_cert`.
+        #[serde(default)]
+        tls_key: Option<PathBuf>,
         /// Subject for outputs without a destination; an output's destination
         /// (that names no route) is its subject. Unset: every output needs one.
         #[serde(default)]
@@ -791,6 +911,27 @@ pub enum SinkConfig {
         /// A `.creds` file (JWT and NKey seed), for decentralised auth.
         #[serde(default)]
         credentials: Option<PathBuf>,
+        /// User name for user/password authentication (with `password`).
+        #[serde(default)]
+        user: Option<Secret>,
+        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
+        #[serde(default)]
+        password: Option<Secret>,
+        /// An NKey user seed (`SU…`) to sign the server's challenge with;
+        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
+        #[serde(default)]
+        nkey: Option<Secret>,
+        /// PEM file of the certificate authority the server's certificate
+        /// must chain to (instead of the system's roots). Implies TLS.
+        #[serde(default)]
+        tls_ca: Option<PathBuf>,
+        /// PEM client certificate, for servers that verify clients (mTLS),
+        /// with `tls_key`. Implies TLS.
+        #[serde(default)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of `tls_cert`.
+        #[serde(default)]
+        tls_key: Option<PathBuf>,
         /// Subject for outputs without a destination, as for `nats`.
         #[serde(default)]
         subject: Option<String>,
@@ -1054,6 +1195,9 @@ impl Config {
         if let Some(dir) = self.runtime.cache_dir.as_mut() {
             fix(dir);
         }
+        if let Some(admin) = self.admin.as_mut() {
+            admin.tls_cert.iter_mut().chain(admin.tls_key.iter_mut()).for_each(fix);
+        }
         for pipeline in self.pipelines.values_mut() {
             match &mut pipeline.source {
                 SourceConfig::File { path, checkpoint, name, .. } => {
@@ -1063,10 +1207,7 @@ impl Config {
                         fix(checkpoint);
                     }
                 }
-                SourceConfig::Nats { credentials: Some(creds), .. } | SourceConfig::Jetstream { credentials: Some(creds), .. } => {
-                    fix(creds)
-                }
-                _ => {}
+                source => source.nats_paths_mut().into_iter().for_each(fix),
             }
             fix(&mut pipeline.plugin.path);
             if let Some(schemas) = pipeline.schemas.as_mut() {
@@ -1083,10 +1224,8 @@ impl Config {
                 .chain(pipeline.dead_letter.as_mut());
             for sink in sinks {
                 match sink {
-                    SinkConfig::File { path, .. }
-                    | SinkConfig::Nats { credentials: Some(path), .. }
-                    | SinkConfig::Jetstream { credentials: Some(path), .. } => fix(path),
-                    _ => {}
+                    SinkConfig::File { path, .. } => fix(path),
+                    sink => sink.nats_paths_mut().into_iter().for_each(fix),
                 }
             }
         }

@@ -43,7 +43,7 @@ pub struct StateConfig {
     #[serde(default)]
     pub bucket: Option<String>,
     /// `jetstream-kv`: the NATS server(s), comma-separated. Default: the
-    /// source's `url`. The source's token or credentials are used either way.
+    /// source's `url`. The source's login and TLS keys are used either way.
     #[serde(default)]
     pub url: Option<String>,
     /// How long an event stays recognised as applied, so its redelivery is

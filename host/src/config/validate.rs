@@ -1,6 +1,6 @@
 //! Cross-field rules that serde cannot check while parsing.
 
-use super::model::{Config, PipelineConfig, SinkConfig, SourceConfig, TracingConfig};
+use super::model::{AdminConfig, Config, PipelineConfig, SinkConfig, SourceConfig, TracingConfig};
 use crate::nats::{publishable_subject, subscribable_subject, valid_name};
 
 /// A rule broken, with where.
@@ -32,11 +32,27 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
             key: key.into(),
             message,
         })?;
+        if let Some(server) = pipeline.source.nats_server() {
+            crate::nats::check_server(&server).map_err(|(key, message)| Violation {
+                pipeline: name.clone(),
+                key: format!("source.{key}"),
+                message,
+            })?;
+            // `state.url` is used with the source's login and TLS keys.
+            if let Some(url) = pipeline.state.as_ref().and_then(|state| state.url.clone()) {
+                crate::nats::check_server(&crate::config::NatsServer { url, ..server }).map_err(|(_, message)| Violation {
+                    pipeline: name.clone(),
+                    key: "state.url".into(),
+                    message,
+                })?;
+            }
+        }
         let sinks = std::iter::once(("sink".to_owned(), &pipeline.sink))
             .chain(pipeline.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
             .chain(pipeline.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));
         for (key, sink) in sinks {
-            validate_nats_sink(sink).and_then(|()| validate_kafka_sink(sink)).map_err(|(field, message)| Violation {
+            let server = sink.nats_server().map_or(Ok(()), |server| crate::nats::check_server(&server));
+            validate_nats_sink(sink).and(server).and_then(|()| validate_kafka_sink(sink)).map_err(|(field, message)| Violation {
                 pipeline: name.clone(),
                 key: format!("{key}.{field}"),
                 message,
@@ -44,6 +60,17 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// `[admin]`: TLS certificate and key together, readable, and usable as a
+/// pair (what the server would load at start).
+pub fn admin(config: &AdminConfig) -> Result<(), (&'static str, String)> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => crate::admin::tls::server_config(cert, key).map(|_| ()),
+        (Some(_), None) => Err(("tls_key", "missing: `tls_cert` needs the private key of the certificate".into())),
+        (None, Some(_)) => Err(("tls_cert", "missing: `tls_key` needs the certificate it belongs to".into())),
+        (None, None) => Ok(()),
+    }
 }
 
 /// `[tracing]`: an endpoint the exporter can reach and a ratio.

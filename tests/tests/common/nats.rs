@@ -21,6 +21,9 @@ pub struct NatsServer {
     pub port: u16,
     monitor: u16,
     store: tempfile::TempDir,
+    /// More command-line arguments: logins (`--user`/`--pass`, `-c` with
+    /// an `authorization` block), TLS (`--tls --tlscert …`).
+    extra: Vec<String>,
 }
 
 fn binary() -> Result<PathBuf> {
@@ -38,8 +41,13 @@ fn binary() -> Result<PathBuf> {
 
 impl NatsServer {
     pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// A server started with `extra` arguments too (a login, TLS).
+    pub fn start_with(extra: &[String]) -> Result<Self> {
         let store = tempfile::Builder::new().prefix("sluice-nats-").tempdir()?;
-        let mut server = Self { child: None, port: free_port()?, monitor: free_port()?, store };
+        let mut server = Self { child: None, port: free_port()?, monitor: free_port()?, store, extra: extra.to_vec() };
         server.launch()?;
         Ok(server)
     }
@@ -48,6 +56,7 @@ impl NatsServer {
         let child = Command::new(binary()?)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string(), "-js", "-sd"])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
