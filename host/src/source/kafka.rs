@@ -293,9 +293,7 @@ impl KafkaSource {
         let topics = settings.topics.clone();
         let brokers = settings.brokers.clone();
         tokio::task::spawn_blocking(move || {
-            let metadata = probe
-                .fetch_metadata(None, OPEN_TIMEOUT)
-                .map_err(|e| format!("no broker of {brokers} answered within {}s ({e}); is Kafka running there?", OPEN_TIMEOUT.as_secs()))?;
+            let metadata = probe.fetch_metadata(None, OPEN_TIMEOUT).map_err(|e| probe.context().base.last_error().unreachable(&brokers, e))?;
             for topic in &topics {
                 if !metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none()) {
                     return Err(format!("topic `{topic}` does not exist on {brokers}; create it (sluice does not create input topics)"));
