@@ -212,7 +212,11 @@ impl rdkafka::ClientContext for Context {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.last_reason.set(format!("{error}: {reason}"));
+        // "All brokers are down" sums up the errors before it: keep the
+        // one that says why (a refused password, a certificate).
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.last_reason.set(format!("{error}: {reason}"));
+        }
         let mut last = match self.last_error.lock() {
             Ok(last) => last,
             Err(poisoned) => poisoned.into_inner(),
