@@ -566,7 +566,9 @@ pub struct KafkaSasl {
 #[serde(rename_all = "kebab-case")]
 pub enum SaslMechanism {
     #[default]
+    #[serde(rename = "scram-sha-512")]
     ScramSha512,
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     Plain,
 }

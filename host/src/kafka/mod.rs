@@ -202,8 +202,10 @@ impl rdkafka::ClientContext for Context {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
-            // The same failure reaches `error` below, which rate-limits it.
-            _ if fac == "FAIL" => {}
+            // The same failure reaches `error` below, which rate-limits it;
+            // a consumer's errors reach its queue instead, read only once
+            // it is polled: remember this one, for an open that fails.
+            _ if fac == "FAIL" => self.last_reason.set(log_message.to_owned()),
             L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(client = %self.describe, facility = fac, "{log_message}"),
             L::Warning => tracing::warn!(client = %self.describe, facility = fac, "{log_message}"),
             L::Notice | L::Info => tracing::info!(client = %self.describe, facility = fac, "{log_message}"),
