@@ -1050,3 +1050,37 @@ async fn two_exactly_once_hosts_on_one_machine_progress_and_a_kill_stalls_reader
     eprintln!("read_uncommitted sees {everything} records, read_committed {} (the kill aborted {})", committed_outputs.len(), everything.saturating_sub(committed_outputs.len()));
     Ok(())
 }
+
+/// Two hosts given one `transactional_id`: the second fences the first,
+/// whose pipeline stops with an error naming the id, the cause and what to
+/// do, not librdkafka's bare `PurgeQueue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_exactly_once_host_says_which_transactional_id_and_what_to_do() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topics(&bootstrap, &[(&input, 2), (&output, 1), (&dlq, 1)]).await?;
+    let id = format!("{group}-shared-tx");
+    let config = pipeline(
+        "eos",
+        "passthrough",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, commit_interval = "200ms", transactional_id = "{id}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
+        "",
+    );
+    let (a_dir, b_dir) = (Scratch::new()?, Scratch::new()?);
+    let a = start(&a_dir, &config, "sluice.toml")?;
+    let producing = produce_paced(&bootstrap, &input, (0..6_000i32).map(|i| Input::new(i % 2, format!("e{i}"))).collect(), 1_000);
+    read_topic(&bootstrap, &output, 100, true, WITHIN)?;
+    let b = start(&b_dir, &config, "sluice.toml")?;
+    let fenced = a.wait(WITHIN)?;
+    fenced.ensure_failure()?;
+    let failure = fenced.stderr.lines().find(|l| l.contains("pipeline `eos` failed")).with_context(|| format!("no failure line:\n{}", fenced.stderr))?;
+    assert!(failure.contains("was fenced") && failure.contains(&format!("`{id}`")), "the fencing and the id are named: {failure}");
+    assert!(failure.contains("runtime.instance_id"), "what to do is said: {failure}");
+    producing.await??;
+    b.terminate()?;
+    b.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}

@@ -330,8 +330,11 @@ fn validate_kafka_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> 
 
 fn source_key(key: &'static str) -> &'static str {
     match key {
-        "tls" => "source.tls",
-        "sasl" => "source.sasl",
+        "tls.cert_file" => "source.tls.cert_file",
+        "tls.key_file" => "source.tls.key_file",
+        "tls.key_password" => "source.tls.key_password",
+        "sasl.username" => "source.sasl.username",
+        "sasl.password" => "source.sasl.password",
         "options" => "source.options",
         "consumer_options" => "source.consumer_options",
         "producer_options" => "source.producer_options",
@@ -341,27 +344,27 @@ fn source_key(key: &'static str) -> &'static str {
 
 /// `tls` and `sasl` of a Kafka source or sink: whole, and not set twice
 /// (again in librdkafka `options`).
-fn validate_kafka_security<'a, const N: usize>(
+fn validate_kafka_security<const N: usize>(
     tls: Option<&KafkaTls>,
     sasl: Option<&KafkaSasl>,
-    options: [(&'static str, &'a BTreeMap<String, Secret>); N],
+    options: [(&'static str, &BTreeMap<String, Secret>); N],
 ) -> Result<(), (&'static str, String)> {
     if let Some(tls) = tls {
         match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => return Err(("tls", "`cert_file` needs `key_file` (the certificate's private key)".into())),
-            (None, Some(_)) => return Err(("tls", "`key_file` needs `cert_file` (the certificate it is the key of)".into())),
+            (Some(_), None) => return Err(("tls.cert_file", "`cert_file` needs `key_file` (the certificate's private key)".into())),
+            (None, Some(_)) => return Err(("tls.key_file", "`key_file` needs `cert_file` (the certificate it is the key of)".into())),
             _ => {}
         }
         if tls.key_password.is_some() && tls.key_file.is_none() {
-            return Err(("tls", "`key_password` is the password of `key_file`, which is not set".into()));
+            return Err(("tls.key_password", "`key_password` is the password of `key_file`, which is not set".into()));
         }
     }
     if let Some(sasl) = sasl {
         if sasl.username.trim().is_empty() {
-            return Err(("sasl", "`username` must not be empty".into()));
+            return Err(("sasl.username", "`username` must not be empty".into()));
         }
         if sasl.password.0.is_empty() {
-            return Err(("sasl", "`password` must not be empty (is its environment variable set?)".into()));
+            return Err(("sasl.password", "`password` must not be empty (is its environment variable set?)".into()));
         }
     }
     if tls.is_some() || sasl.is_some() {

@@ -191,8 +191,10 @@ impl LastError {
     /// reported (authentication, TLS) if there is one, else that no broker
     /// answered.
     pub fn unreachable(&self, brokers: &str, error: impl std::fmt::Display) -> String {
+        let secured = |last: &str| ["SASL", "SSL", "Authentication", "certificate"].iter().any(|word| last.contains(word));
         match self.get() {
-            Some(last) => format!("cannot connect to {brokers} ({error}): {last}; check the `tls` and `sasl` settings"),
+            Some(last) if secured(&last) => format!("cannot connect to {brokers} ({error}): {last}; check the `tls` and `sasl` settings"),
+            Some(last) => format!("no broker of {brokers} answered within {}s ({error}): {last}; is Kafka running there?", OPEN_TIMEOUT.as_secs()),
             None => format!("no broker of {brokers} answered within {}s ({error}); is Kafka running there?", OPEN_TIMEOUT.as_secs()),
         }
     }
