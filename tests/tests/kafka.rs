@@ -949,14 +949,18 @@ fn transactional_id(log: &str) -> Option<String> {
 /// neither fences the other and both make progress. One is killed in the
 /// middle of a transaction: the survivor's outputs committed after the kill
 /// are visible to a `read_committed` reader once the broker aborts the dead
-/// transaction, within the default transaction timeout (10 s for the
-/// default 1s commit interval) plus the broker's abort-check interval (10 s) plus a
+/// transaction, within the default transaction timeout (15 s for a 3s
+/// commit interval) plus the broker's abort-check interval (10 s) plus a
 /// margin; with librdkafka's 60 s default this took over a minute. The
 /// killed host, restarted, gets its old id back (so it would fence its own
 /// zombie), and every input's output is committed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_exactly_once_hosts_on_one_machine_progress_and_a_kill_stalls_readers_only_for_the_timeout() -> Result<()> {
-    const TIMEOUT: Duration = Duration::from_secs(10);
+    // The default transaction timeout for a 3s commit interval: 5 × 3s. A
+    // longer interval than the default 1s makes the kill likelier to land
+    // in an open transaction rather than in a commit (which the broker
+    // completes without the dead host).
+    const TIMEOUT: Duration = Duration::from_secs(15);
     const BROKER_ABORT_CHECK: Duration = Duration::from_secs(10);
     const MARGIN: Duration = Duration::from_secs(10);
     let broker = KafkaBroker::shared()?;
@@ -968,7 +972,7 @@ async fn two_exactly_once_hosts_on_one_machine_progress_and_a_kill_stalls_reader
         "orders",
         "passthrough",
         &format!(
-            r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, consumer_options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }} }}"#
+            r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, commit_interval = "3s", consumer_options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }} }}"#
         ),
         &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
         &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
