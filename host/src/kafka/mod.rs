@@ -315,6 +315,27 @@ mod tests {
         assert_eq!(client_config("b:9092", &options).get("session.timeout.ms"), Some("6000"));
     }
 
+    /// `tls` and `sasl` choose the security protocol and fill in the
+    /// librdkafka properties; `options` come on top.
+    #[test]
+    fn tls_and_sasl_tables_become_librdkafka_properties() {
+        let tls = KafkaTls { ca_file: Some("/etc/ca.pem".into()), cert_file: Some("c.pem".into()), key_file: Some("c.key".into()), key_password: None };
+        let sasl = KafkaSasl { mechanism: crate::config::SaslMechanism::ScramSha512, username: "u".into(), password: Secret("p".into()) };
+        let options = BTreeMap::from([("linger.ms".to_owned(), Secret("20".into()))]);
+        let get = |all: &BTreeMap<String, Secret>, key: &str| all.get(key).map(|v| v.0.clone());
+        let both = connection_options(Some(&tls), Some(&sasl), &options);
+        assert_eq!(get(&both, "security.protocol").as_deref(), Some("sasl_ssl"));
+        assert_eq!(get(&both, "ssl.ca.location").as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(get(&both, "ssl.certificate.location").as_deref(), Some("c.pem"));
+        assert_eq!(get(&both, "ssl.key.location").as_deref(), Some("c.key"));
+        assert_eq!(get(&both, "sasl.mechanism").as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!((get(&both, "sasl.username").as_deref(), get(&both, "sasl.password").as_deref()), (Some("u"), Some("p")));
+        assert_eq!(get(&both, "linger.ms").as_deref(), Some("20"));
+        assert_eq!(get(&connection_options(Some(&tls), None, &options), "security.protocol").as_deref(), Some("ssl"));
+        assert_eq!(get(&connection_options(None, Some(&sasl), &options), "security.protocol").as_deref(), Some("sasl_plaintext"));
+        assert_eq!(connection_options(None, None, &options), options, "plaintext: only the options");
+    }
+
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
 
