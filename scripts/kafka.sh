@@ -7,6 +7,14 @@
 #   scripts/kafka.sh start [PORT]     start one on 127.0.0.1:PORT (default 9092),
 #                                     its controller on PORT+1, log and data under
 #                                     .cache/kafka/run/PORT; prints host:port
+#   scripts/kafka.sh start-secured [PORT]
+#                                     the same, plus a TLS listener requiring
+#                                     client certificates on PORT+2 and a
+#                                     SASL_SSL (SCRAM-SHA-512) one on PORT+3:
+#                                     user `sluice`, password
+#                                     $SLUICE_KAFKA_PASSWORD (default
+#                                     sluice-secret); CA, client certificate
+#                                     and key in .cache/kafka/run/PORT/certs
 #   scripts/kafka.sh stop [PORT]      stop the one started on PORT
 #   scripts/kafka.sh path             print the libs folder (java -cp 'DIR/*')
 #   scripts/kafka.sh topic PORT NAME [PARTITIONS]
@@ -101,6 +109,16 @@ configure() {
         scripts/kafka/server.properties >"$1/server.properties"
 }
 
+# The TLS and SASL listeners on top of configure: run folder $1, ports $2
+# (plaintext), $3 (controller), $4 (SSL), $5 (SASL_SSL).
+configure_secured() {
+    configure "$1" "$2" "$3"
+    [ -f "$1/certs/ca.pem" ] || bash scripts/kafka/certs.sh "$1/certs"
+    sed -e "s|@PORT@|$2|g" -e "s|@CONTROLLER_PORT@|$3|g" -e "s|@SSL_PORT@|$4|g" \
+        -e "s|@SASL_PORT@|$5|g" -e "s|@CERTS@|$1/certs|g" \
+        scripts/kafka/secured.properties >>"$1/server.properties"
+}
+
 # The tools (storage, topics) log to stderr only at WARN.
 tool_java() {
     java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 $(cds_flags) -Xlog:cds=off \
@@ -114,7 +132,7 @@ case "${1:-}" in
     path)
         echo "$LIBS"
         ;;
-    start)
+    start | start-secured)
         install
         port="${2:-9092}"
         cport="${3:-$((port + 1))}"
@@ -123,9 +141,15 @@ case "${1:-}" in
             echo "kafka.sh: a broker already runs on port $port (pid $(cat "$dir/pid"))" >&2
             exit 1
         fi
-        configure "$dir" "$port" "$cport"
+        scram=()
+        if [ "$1" = start-secured ]; then
+            configure_secured "$dir" "$port" "$cport" "$((port + 2))" "$((port + 3))"
+            scram=(--add-scram "SCRAM-SHA-512=[name=sluice,password=${SLUICE_KAFKA_PASSWORD:-sluice-secret}]")
+        else
+            configure "$dir" "$port" "$cport"
+        fi
         if [ ! -f "$dir/data/meta.properties" ]; then
-            tool_java kafka.tools.StorageTool format --standalone -t "$CLUSTER_ID" \
+            tool_java kafka.tools.StorageTool format --standalone -t "$CLUSTER_ID" "${scram[@]}" \
                 -c "$dir/server.properties" >"$dir/format.log" 2>&1 || {
                 cat "$dir/format.log" >&2
                 exit 1
@@ -181,7 +205,7 @@ case "${1:-}" in
             --create --topic "$name" --partitions "$partitions" --replication-factor 1
         ;;
     *)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

@@ -158,11 +158,16 @@ pub async fn build(
 
 /// The transaction of an exactly-once Kafka pipeline.
 async fn open_transaction(name: &str, config: &PipelineConfig) -> Result<Option<Arc<Transaction>>, BuildError> {
-    let SourceConfig::Kafka { brokers, group, exactly_once: true, transactional_id, options, .. } = &config.source else {
+    let SourceConfig::Kafka { brokers, group, exactly_once: true, transactional_id, tls, sasl, options, producer_options, commit_interval, .. } = &config.source else {
         return Ok(None);
     };
-    let id = transactional_id.clone().unwrap_or_else(|| format!("sluice-{group}-{name}-{}", crate::kafka::hostname()));
-    let transaction = Transaction::open(crate::kafka::producer_config(brokers, options), id)
+    let id = transactional_id.clone().unwrap_or_else(|| format!("sluice-{group}-{name}-{}", crate::kafka::instance::instance_id()));
+    let mut properties = crate::kafka::producer_config(brokers, &crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options));
+    for (key, value) in producer_options {
+        properties.set(key, &value.0);
+    }
+    let timeout = crate::kafka::transaction::timeout(*commit_interval, &properties);
+    let transaction = Transaction::open(properties, id, timeout)
         .await
         .map_err(|e| BuildError::Sink(SinkError::Open { what: format!("kafka:{brokers}"), message: e.to_string() }))?;
     Ok(Some(transaction))
@@ -229,7 +234,9 @@ async fn open_source(
             };
             Box::new(JetStreamSource::open(connect().await?, &settings).await?)
         }
-        SourceConfig::Kafka { brokers, group, topics, pattern, start, commit_interval, options, .. } => {
+        SourceConfig::Kafka { brokers, group, topics, pattern, start, commit_interval, tls, sasl, options, consumer_options, .. } => {
+            let mut options = crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options);
+            options.extend(consumer_options.iter().map(|(k, v)| (k.clone(), v.clone())));
             let settings = KafkaSettings {
                 brokers: brokers.clone(),
                 group: group.clone(),
@@ -237,7 +244,7 @@ async fn open_source(
                 pattern: pattern.clone(),
                 start: *start,
                 commit_interval: *commit_interval,
-                options: options.clone(),
+                options,
                 lag,
             };
             Box::new(KafkaSource::open(&settings, transaction).await?)
@@ -285,8 +292,9 @@ impl SinkSet {
             SinkConfig::Jetstream { subject, stream, .. } => {
                 Arc::new(JetStreamSink::open(self.connect(config).await?, subject.clone(), stream.clone()).await?)
             }
-            SinkConfig::Kafka { brokers, topic, options } => {
-                Arc::new(KafkaSink::new(self.producers.get(brokers, options).await?, brokers, topic.clone(), options))
+            SinkConfig::Kafka { brokers, topic, tls, sasl, options } => {
+                let options = crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options);
+                Arc::new(KafkaSink::new(self.producers.get(brokers, &options).await?, brokers, topic.clone(), &options))
             }
         };
         open.insert(key, sink.clone());
@@ -297,7 +305,7 @@ impl SinkSet {
     /// writes into the pipeline's `transaction` and is its own.
     pub async fn open_for(&self, config: &SinkConfig, transaction: Option<&Arc<Transaction>>) -> Result<Arc<dyn Sink>, SinkError> {
         match (transaction, config) {
-            (Some(transaction), SinkConfig::Kafka { brokers, topic, options }) => {
+            (Some(transaction), SinkConfig::Kafka { brokers, topic, options, .. }) => {
                 Ok(Arc::new(KafkaSink::transactional(transaction.clone(), brokers, topic.clone(), options)))
             }
             _ => self.open(config).await,

@@ -71,6 +71,7 @@ pub async fn run_with_reloads(
     mut reloads: mpsc::Receiver<()>,
 ) -> Result<Vec<PipelineReport>, EngineError> {
     let runtime = Runtime::new(&runtime_options(&config))?;
+    crate::kafka::instance::configure(config.runtime.instance_id.clone());
     let telemetry = start_telemetry(&config).await;
     let (finished_tx, mut finished) = mpsc::channel(64);
     let mut supervisor = Supervisor {

@@ -800,3 +800,291 @@ async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> R
     host.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
+
+/// The `tls = {…}` and `sasl = {…}` tables of a Kafka source or sink for
+/// the secured broker's listeners (see `fixture::Secured`).
+struct SecuredTables {
+    /// `brokers` and `tls` for the SSL listener, with the client certificate.
+    ssl: String,
+    /// `brokers`, `tls` (CA only) and `sasl` for the SASL_SSL listener; the
+    /// password comes from `${KAFKA_PASSWORD}`.
+    sasl: String,
+}
+
+fn secured_tables(broker: &KafkaBroker) -> Result<SecuredTables> {
+    let secured = broker.secured()?;
+    let certs = broker.certs();
+    let ca = toml_path(&certs.join("ca.pem"));
+    Ok(SecuredTables {
+        ssl: format!(
+            r#"brokers = "127.0.0.1:{}", tls = {{ ca_file = {ca}, cert_file = {}, key_file = {} }}"#,
+            secured.ssl_port,
+            toml_path(&certs.join("client.pem")),
+            toml_path(&certs.join("client.key"))
+        ),
+        sasl: format!(
+            r#"brokers = "127.0.0.1:{}", tls = {{ ca_file = {ca} }}, sasl = {{ mechanism = "scram-sha-512", username = "{}", password = "${{KAFKA_PASSWORD}}" }}"#,
+            secured.sasl_port,
+            fixture::SCRAM_USER
+        ),
+    })
+}
+
+/// A real broker with a TLS listener that requires client certificates and
+/// a SASL_SSL listener with a SCRAM-SHA-512 user: pipeline `tls` reads over
+/// TLS (client certificate) and writes over SASL_SSL; pipeline `scram`
+/// reads that over SASL_SSL exactly once, its transactional producer
+/// writing over SASL_SSL too. Every input arrives once, both groups commit
+/// to the end, and the password (from the environment) is printed nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_sasl_scram_listeners_as_source_and_sink_exactly_once_included() -> Result<()> {
+    let broker = KafkaBroker::shared_secured()?;
+    let plain = broker.bootstrap();
+    let password = broker.secured()?.password.clone();
+    let (input, mid, output, dlq) = (unique("in"), unique("mid"), unique("out"), unique("dlq"));
+    let (group_tls, group_scram) = (unique("group-tls"), unique("group-scram"));
+    create_topics(&plain, &[(&input, 2), (&mid, 2), (&output, 2), (&dlq, 1)]).await?;
+    let n = 500;
+    produce(&plain, &input, &(0..n).map(|i| Input::new((i % 2) as i32, format!("word {i}"))).collect::<Vec<_>>()).await?;
+
+    let t = secured_tables(broker)?;
+    let scratch = Scratch::new()?;
+    let config = format!(
+        r#"{runtime}
+[pipelines.tls]
+source = {{ kind = "kafka", {ssl}, group = "{group_tls}", topics = ["{input}"], commit_interval = "100ms" }}
+sink = {{ kind = "kafka", {sasl}, topic = "{mid}" }}
+dead_letter = {{ kind = "kafka", {ssl}, topic = "{dlq}" }}
+[pipelines.tls.plugin]
+path = {uppercase}
+
+[pipelines.scram]
+source = {{ kind = "kafka", {sasl}, group = "{group_scram}", topics = ["{mid}"], exactly_once = true, commit_interval = "200ms" }}
+sink = {{ kind = "kafka", {sasl}, topic = "{output}" }}
+dead_letter = {{ kind = "kafka", {sasl}, topic = "{dlq}" }}
+[pipelines.scram.plugin]
+path = {passthrough}
+"#,
+        runtime = runtime_table(),
+        ssl = t.ssl,
+        sasl = t.sasl,
+        uppercase = toml_path(&plugin("uppercase")),
+        passthrough = toml_path(&plugin("passthrough")),
+    );
+    scratch.write("sluice.toml", &config)?;
+    let mut command = scratch.sluice(&["run", "sluice.toml"]);
+    command.env("KAFKA_PASSWORD", &password);
+    let host = Running::spawn(command)?;
+    let outputs = read_topic(&plain, &output, n, true, WITHIN)?;
+    wait_committed_to_end(&plain, &group_tls, &input, 2)?;
+    wait_committed_to_end(&plain, &group_scram, &mid, 2)?;
+    host.terminate()?;
+    let finished = host.wait(WITHIN)?;
+    finished.ensure_success()?;
+
+    let mut payloads: Vec<String> = outputs.iter().map(|o| o.payload.clone()).collect();
+    payloads.sort();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("WORD {i}")).collect();
+    expected.sort();
+    assert_eq!(payloads, expected, "every input once, through both listeners");
+    assert_eq!(read_to_end(&plain, &output, 2, true)?.len(), n, "nothing else committed");
+    assert!(finished.stderr.contains("kafka transactions started"), "{}", finished.stderr);
+    assert!(!finished.stderr.contains(&password) && !finished.stdout.contains(&password), "the password was printed:\n{}", finished.stderr);
+    Ok(())
+}
+
+/// A wrong SCRAM password fails the pipeline at start with an error that
+/// names the pipeline, the broker and the cause, in both log formats, and
+/// no byte of either password is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_kafka_password_names_the_pipeline_and_broker_and_prints_no_secret() -> Result<()> {
+    let broker = KafkaBroker::shared_secured()?;
+    let secured = broker.secured()?;
+    let wrong = format!("not-{}", secured.password);
+    let (input, group) = (unique("in"), unique("group"));
+    create_topics(&broker.bootstrap(), &[(&input, 1)]).await?;
+    let t = secured_tables(broker)?;
+    let scratch = Scratch::new()?;
+    let config = broker_pipeline(
+        "secure-in",
+        "passthrough",
+        [
+            &format!(r#"{{ kind = "kafka", {}, group = "{group}", topics = ["{input}"] }}"#, t.sasl),
+            r#"{ kind = "file", path = "out.jsonl" }"#,
+            r#"{ kind = "file", path = "dlq.jsonl" }"#,
+        ],
+        "",
+        "5s",
+    );
+    scratch.write("sluice.toml", &config)?;
+    let run = |format: &str| -> Result<Running> {
+        let mut command = scratch.sluice(&["run", "sluice.toml"]);
+        command.env("KAFKA_PASSWORD", &wrong).env("SLUICE_LOG_FORMAT", format);
+        Running::spawn(command)
+    };
+    let (human, json) = (run("human")?, run("json")?);
+    for (format, host) in [("human", human), ("json", json)] {
+        let finished = host.wait(WITHIN)?;
+        finished.ensure_failure()?;
+        let all = format!("{}{}", finished.stdout, finished.stderr);
+        let failure = all.lines().find(|l| l.contains("pipeline `secure-in` failed")).with_context(|| format!("{format}: no failure line for the pipeline:\n{all}"))?;
+        assert!(failure.contains(&format!("127.0.0.1:{}", secured.sasl_port)), "{format}: the broker is named: {failure}");
+        assert!(failure.contains("Authentication failed") && failure.contains("SCRAM-SHA-512"), "{format}: the cause is named: {failure}");
+        assert!(!all.contains(&wrong) && !all.contains(&secured.password), "{format}: a password was printed:\n{all}");
+        let tail = &wrong[wrong.len() - 10..];
+        assert!(!all.contains(tail), "{format}: part of the password was printed:\n{all}");
+    }
+    Ok(())
+}
+
+/// The transactional id a host logged when its transactions started.
+fn transactional_id(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("kafka transactions started"))?;
+    let start = line.find("transactional_id=")? + "transactional_id=".len();
+    Some(line[start..].split_whitespace().next()?.trim_matches('"').to_owned())
+}
+
+/// Two exactly-once hosts with one config (no `transactional_id`, as in
+/// `examples/kafka`) on one machine get different transactional ids, so
+/// neither fences the other and both make progress. One is killed in the
+/// middle of a transaction: the survivor's outputs committed after the kill
+/// are visible to a `read_committed` reader once the broker aborts the dead
+/// transaction, within the default transaction timeout (15 s for a 3s
+/// commit interval) plus the broker's abort-check interval (10 s) plus a
+/// margin; with librdkafka's 60 s default this took over a minute. The
+/// killed host, restarted, gets its old id back (so it would fence its own
+/// zombie), and every input's output is committed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_exactly_once_hosts_on_one_machine_progress_and_a_kill_stalls_readers_only_for_the_timeout() -> Result<()> {
+    // The default transaction timeout for a 3s commit interval: 5 × 3s. A
+    // longer interval than the default 1s makes the kill likelier to land
+    // in an open transaction rather than in a commit (which the broker
+    // completes without the dead host).
+    const TIMEOUT: Duration = Duration::from_secs(15);
+    const BROKER_ABORT_CHECK: Duration = Duration::from_secs(10);
+    const MARGIN: Duration = Duration::from_secs(10);
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    // One output partition: every open transaction holds records on it.
+    create_topics(&bootstrap, &[(&input, 4), (&output, 1), (&dlq, 1)]).await?;
+    let config = pipeline(
+        "orders",
+        "passthrough",
+        &format!(
+            r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, commit_interval = "3s", consumer_options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }} }}"#
+        ),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
+        "",
+    );
+    // The hosts' instance slots live here, away from other tests' hosts.
+    let slots = tempfile::tempdir()?;
+    let scratch = Scratch::new()?;
+    // The same config but for the admin port, which tells how much each
+    // host took.
+    let host = |name: &str, admin: u16| {
+        scratch.write(name, format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{config}"))?;
+        let mut command = scratch.sluice(&["run", name]);
+        command.env("XDG_RUNTIME_DIR", slots.path());
+        Running::spawn(command)
+    };
+    let (admin_a, admin_b) = (free_port()?, free_port()?);
+    let mut a = host("a.toml", admin_a)?;
+    let mut b = host("b.toml", admin_b)?;
+    let received = |admin: u16| -> f64 { metrics(admin).ok().and_then(|m| m.into_iter().find(|(k, _)| k.starts_with("sluice_events_received_total{")).map(|(_, v)| v)).unwrap_or(0.0) };
+
+    let n = 40_000;
+    let producing = produce_paced(&bootstrap, &input, (0..n).map(|i| Input::new((i % 4) as i32, format!("e{i}"))).collect(), 2_000);
+    // Both hosts take events and commit them while both run.
+    poll_until("both hosts to handle events", WITHIN, || {
+        let commits = committed(&bootstrap, &group, &input, 4).unwrap_or_default();
+        Ok((received(admin_a) >= 500.0 && received(admin_b) >= 500.0 && commits.iter().all(|c| *c > 0)).then_some(()))
+    })?;
+    ensure!(a.is_running()? && b.is_running()?, "a host stopped while both should run");
+    let (taken_a, taken_b) = (received(admin_a), received(admin_b));
+    // Keep going a little, so the kill lands in a transaction with records.
+    poll_until("both hosts to keep handling events", WITHIN, || Ok((received(admin_a) > taken_a + 200.0 && received(admin_b) > taken_b + 200.0).then_some(())))?;
+    let produced: i64 = end_offsets(&bootstrap, &input, 4)?.iter().sum();
+    ensure!(produced < n as i64 * 3 / 4, "the input was nearly all produced before the kill ({produced}); the test proves nothing");
+
+    a.kill()?;
+    let killed = Instant::now();
+    // Fresh inputs on every partition: the survivor handles its own at once
+    // and commits them; a read_committed reader sees them once the dead
+    // host's open transaction is aborted.
+    produce(&bootstrap, &input, &(0..4).map(|p| Input::new(p, format!("after-kill-{p}"))).collect::<Vec<_>>()).await?;
+    read_until(&bootstrap, &output, true, WITHIN, |got, _| Ok(got.iter().any(|r| r.payload.starts_with("after-kill-"))))?;
+    let stall = killed.elapsed();
+    eprintln!("read_committed readers saw the survivor's new outputs {stall:?} after the kill");
+    assert!(stall < TIMEOUT + BROKER_ABORT_CHECK + MARGIN, "the survivor's outputs were hidden for {stall:?} after the kill");
+
+    let restarted = host("a.toml", admin_a)?;
+    producing.await??;
+    wait_committed_to_end(&bootstrap, &group, &input, 4)?;
+    restarted.terminate()?;
+    b.terminate()?;
+    let (restarted, b) = (restarted.wait(WITHIN)?, b.wait(WITHIN)?);
+    restarted.ensure_success()?;
+    b.ensure_success()?;
+    let a_log = a.wait(WITHIN)?.stderr;
+    let ids = [&a_log, &restarted.stderr, &b.stderr].map(|log| transactional_id(log));
+    eprintln!("transactional ids: killed {:?}, restarted {:?}, survivor {:?}", ids[0], ids[1], ids[2]);
+    let [Some(killed_id), Some(restarted_id), Some(survivor_id)] = ids else {
+        anyhow::bail!("a host did not log its transactional id:\n--- a\n{a_log}\n--- b\n{}", b.stderr);
+    };
+    assert_ne!(killed_id, survivor_id, "two running hosts shared a transactional id");
+    assert_eq!(restarted_id, killed_id, "the restarted host got its old transactional id back");
+    for log in [&restarted.stderr, &b.stderr] {
+        assert!(!log.contains("fenced") && !log.contains("PurgeQueue"), "a host was fenced:\n{log}");
+    }
+
+    let committed_outputs = read_to_end(&bootstrap, &output, 1, true)?;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for out in &committed_outputs {
+        *counts.entry(out.payload.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).map(|(p, _)| *p).take(10).collect();
+    assert!(twice.is_empty(), "outputs seen more than once by a read_committed reader: {twice:?}");
+    assert_eq!(counts.len(), n + 4, "every input's output");
+    // Records of the transaction the kill left open stay in the log, marked
+    // aborted (none: the kill fell between a commit and the next record,
+    // and the stall above was bounded trivially).
+    let everything = read_to_end(&bootstrap, &output, 1, false)?.len();
+    eprintln!("read_uncommitted sees {everything} records, read_committed {} (the kill aborted {})", committed_outputs.len(), everything.saturating_sub(committed_outputs.len()));
+    Ok(())
+}
+
+/// Two hosts given one `transactional_id`: the second fences the first,
+/// whose pipeline stops with an error naming the id, the cause and what to
+/// do, not librdkafka's bare `PurgeQueue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_exactly_once_host_says_which_transactional_id_and_what_to_do() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topics(&bootstrap, &[(&input, 2), (&output, 1), (&dlq, 1)]).await?;
+    let id = format!("{group}-shared-tx");
+    let config = pipeline(
+        "eos",
+        "passthrough",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, commit_interval = "200ms", transactional_id = "{id}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
+        "",
+    );
+    let (a_dir, b_dir) = (Scratch::new()?, Scratch::new()?);
+    let a = start(&a_dir, &config, "sluice.toml")?;
+    let producing = produce_paced(&bootstrap, &input, (0..6_000i32).map(|i| Input::new(i % 2, format!("e{i}"))).collect(), 1_000);
+    read_topic(&bootstrap, &output, 100, true, WITHIN)?;
+    let b = start(&b_dir, &config, "sluice.toml")?;
+    let fenced = a.wait(WITHIN)?;
+    fenced.ensure_failure()?;
+    let failure = fenced.stderr.lines().find(|l| l.contains("pipeline `eos` failed")).with_context(|| format!("no failure line:\n{}", fenced.stderr))?;
+    assert!(failure.contains("was fenced") && failure.contains(&format!("`{id}`")), "the fencing and the id are named: {failure}");
+    assert!(failure.contains("runtime.instance_id"), "what to do is said: {failure}");
+    producing.await??;
+    b.terminate()?;
+    b.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}

@@ -255,6 +255,22 @@ pub fn environment(config: &Config) -> Vec<Violation> {
                 }
             }
         }
+        // Kafka TLS files: librdkafka would refuse them at start.
+        let source_tls = match &p.source {
+            SourceConfig::Kafka { tls: Some(tls), .. } => Some(("source".to_owned(), tls)),
+            _ => None,
+        };
+        let sink_tls = sinks(p).filter_map(|(key, sink)| match sink {
+            SinkConfig::Kafka { tls: Some(tls), .. } => Some((key, tls)),
+            _ => None,
+        });
+        for (key, tls) in source_tls.into_iter().chain(sink_tls) {
+            for (field, path) in [("ca_file", &tls.ca_file), ("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if let Some(path) = path.as_ref().filter(|path| !access(path, libc::R_OK)) {
+                    problem(format!("{key}.tls.{field}"), format!("{} does not exist or cannot be read by this user", path.display()));
+                }
+            }
+        }
     }
     problems
 }
@@ -291,6 +307,25 @@ fn access(path: &Path, mode: libc::c_int) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Kafka TLS files that are missing are reported by `sluice check`, each
+    /// at its key, relative paths taken from the config's folder.
+    #[test]
+    fn missing_kafka_tls_files_are_reported() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("ca.pem"), "")?;
+        let text = r#"
+[pipelines.a]
+source = { kind = "kafka", group = "g", topics = ["in"], tls = { ca_file = "ca.pem" } }
+sink = { kind = "kafka", topic = "out", tls = { ca_file = "ca.pem", cert_file = "client.pem", key_file = "client.key" } }
+dead_letter = { kind = "kafka", topic = "dlq", tls = { ca_file = "nope.pem" } }
+plugin = { path = "p.wasm" }
+"#;
+        let config = crate::config::parse(text, &dir.path().join("c.toml"), |_| None)?;
+        let keys: Vec<String> = environment(&config).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["sink.tls.cert_file", "sink.tls.key_file", "dead_letter.tls.ca_file"]);
+        Ok(())
+    }
 
     /// `sluice check`'s machine checks, all reported: a missing source file,
     /// a sink under a path that cannot be a folder. (A folder without write

@@ -153,6 +153,19 @@ pub struct RuntimeConfig {
     /// docs/operations.md). Default true.
     #[serde(default = "default_true")]
     pub watch_plugins: bool,
+    /// This host's name among the hosts of a consumer group: it ends the
+    /// default transactional id of exactly-once Kafka pipelines, which must
+    /// differ between running hosts and stay the same when one restarts
+    /// (the restarted host then fences its dead predecessor and aborts its
+    /// open transaction at once). Default: the machine's host name, with
+    /// `-1`, `-2`, … added for a second, third… host running on the same
+    /// machine at once (each holds a lock on a slot file under
+    /// `$XDG_RUNTIME_DIR/sluice` or the temp folder; a restarted host takes
+    /// the lowest free slot, its own if it was the one that stopped). Set
+    /// it when hosts are started in no fixed order on one machine, or by
+    /// different users.
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -162,6 +175,7 @@ impl Default for RuntimeConfig {
             allocator: Allocator::default(),
             shutdown_timeout: default_shutdown_timeout(),
             watch_plugins: true,
+            instance_id: None,
         }
     }
 }
@@ -589,14 +603,97 @@ pub enum SourceConfig {
         exactly_once: bool,
         /// The transactional id of this host's producer (`exactly_once`).
         /// Must be stable across restarts of one host and differ between
-        /// hosts of a group. Default `sluice-<group>-<pipeline>-<hostname>`.
+        /// hosts of a group. Default `sluice-<group>-<pipeline>-<instance>`,
+        /// where `<instance>` is `runtime.instance_id` (default: the host
+        /// name, `-N` added for a second host on one machine).
         #[serde(default)]
         transactional_id: Option<String>,
-        /// Extra librdkafka properties (`security.protocol`, `sasl.*`, …),
-        /// passed as they are. Values are never printed.
+        /// TLS to the brokers (`security.protocol` `ssl`, or `sasl_ssl` with
+        /// `sasl`). Unset: plaintext, unless `options` say otherwise.
+        #[serde(default)]
+        tls: Option<KafkaTls>,
+        /// SASL authentication (`sasl_plaintext`, or `sasl_ssl` with `tls`).
+        #[serde(default)]
+        sasl: Option<KafkaSasl>,
+        /// Extra librdkafka properties for every client of the source: its
+        /// consumer and, with `exactly_once`, its transactional producer
+        /// (which leaves out the properties only consumers know). Passed as
+        /// they are. Values are never printed.
         #[serde(default)]
         options: BTreeMap<String, Secret>,
+        /// librdkafka properties for the consumer only (`session.timeout.ms`,
+        /// `fetch.max.bytes`, …), applied after `options`.
+        #[serde(default)]
+        consumer_options: BTreeMap<String, Secret>,
+        /// librdkafka properties for the exactly-once producer only
+        /// (`transaction.timeout.ms`, `linger.ms`, `compression.type`, …),
+        /// applied after `options`. Only with `exactly_once`.
+        #[serde(default)]
+        producer_options: BTreeMap<String, Secret>,
     },
+}
+
+/// `tls = { … }` of a Kafka source or sink: the connection is encrypted and
+/// the brokers' certificates are checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTls {
+    /// PEM file of the CA certificate(s) the brokers' certificates are
+    /// checked against (`ssl.ca.location`). Unset: the system's CAs.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this client's certificate, for brokers that require one
+    /// (mutual TLS; `ssl.certificate.location`). Give `key_file` with it.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key
+    /// (`ssl.key.location`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The password of an encrypted `key_file` (`ssl.key.password`): keep
+    /// it in the environment, `key_password = "${KAFKA_KEY_PASSWORD}"`.
+    #[serde(default)]
+    pub key_password: Option<Secret>,
+}
+
+/// `sasl = { … }` of a Kafka source or sink: the user the brokers
+/// authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSasl {
+    /// `scram-sha-512` (default), `scram-sha-256` or `plain` (`plain` sends
+    /// the password itself: use it only with `tls`).
+    #[serde(default)]
+    pub mechanism: SaslMechanism,
+    /// The user name (`sasl.username`).
+    pub username: String,
+    /// The password (`sasl.password`): keep it in the environment,
+    /// `password = "${KAFKA_PASSWORD}"`. Never printed.
+    pub password: Secret,
+}
+
+/// A SASL mechanism librdkafka is built with here (no GSSAPI/Kerberos, no
+/// OAUTHBEARER).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SaslMechanism {
+    #[default]
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    Plain,
+}
+
+impl SaslMechanism {
+    /// librdkafka's name (`sasl.mechanism`).
+    pub fn librdkafka_name(self) -> &'static str {
+        match self {
+            Self::ScramSha512 => "SCRAM-SHA-512",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::Plain => "PLAIN",
+        }
+    }
 }
 
 /// Where a Kafka consumer group with no committed offset starts.
@@ -952,8 +1049,17 @@ pub enum SinkConfig {
         /// (that names no route) is its topic. Unset: every output needs one.
         #[serde(default)]
         topic: Option<String>,
-        /// Extra librdkafka properties (`security.protocol`, `sasl.*`,
-        /// `compression.type`, `linger.ms`, …). Values are never printed.
+        /// TLS to the brokers, as for a Kafka source.
+        #[serde(default)]
+        tls: Option<KafkaTls>,
+        /// SASL authentication, as for a Kafka source.
+        #[serde(default)]
+        sasl: Option<KafkaSasl>,
+        /// Extra librdkafka properties (`compression.type` — `zstd`, `lz4`,
+        /// `snappy`, `gzip` —, `linger.ms`, …). Values are never printed.
+        /// In an exactly-once pipeline, records go through the source's
+        /// producer: the source's `tls`, `sasl`, `options` and
+        /// `producer_options` apply, not these.
         #[serde(default)]
         options: BTreeMap<String, Secret>,
     },
@@ -1209,6 +1315,9 @@ impl Config {
                 }
                 source => source.nats_paths_mut().into_iter().for_each(fix),
             }
+            if let SourceConfig::Kafka { tls: Some(tls), .. } = &mut pipeline.source {
+                tls.resolve_paths(base);
+            }
             fix(&mut pipeline.plugin.path);
             if let Some(schemas) = pipeline.schemas.as_mut() {
                 schemas.resolve_paths(base);
@@ -1225,8 +1334,19 @@ impl Config {
             for sink in sinks {
                 match sink {
                     SinkConfig::File { path, .. } => fix(path),
+                    SinkConfig::Kafka { tls: Some(tls), .. } => tls.resolve_paths(base),
                     sink => sink.nats_paths_mut().into_iter().for_each(fix),
                 }
+            }
+        }
+    }
+}
+
+impl KafkaTls {
+    fn resolve_paths(&mut self, base: &Path) {
+        for path in [&mut self.ca_file, &mut self.cert_file, &mut self.key_file].into_iter().flatten() {
+            if path.is_relative() {
+                *path = base.join(&*path);
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Cross-field rules that serde cannot check while parsing.
 
-use super::model::{AdminConfig, Config, PipelineConfig, SinkConfig, SourceConfig, TracingConfig};
+use std::collections::BTreeMap;
+
+use super::model::{AdminConfig, Config, KafkaSasl, KafkaTls, PipelineConfig, Secret, SinkConfig, SourceConfig, TracingConfig};
 use crate::nats::{publishable_subject, subscribable_subject, valid_name};
 
 /// A rule broken, with where.
@@ -281,7 +283,7 @@ const KAFKA_SOURCE_OWNED: [&str; 6] =
 const KAFKA_SINK_OWNED: [&str; 5] = ["bootstrap.servers", "enable.idempotence", "acks", "transactional.id", "partitioner"];
 
 fn validate_kafka_source(p: &PipelineConfig) -> Result<(), (&'static str, String)> {
-    let SourceConfig::Kafka { brokers, group, topics, pattern, commit_interval, exactly_once, transactional_id, options, .. } = &p.source else {
+    let SourceConfig::Kafka { brokers, group, topics, pattern, commit_interval, exactly_once, transactional_id, tls, sasl, options, consumer_options, producer_options, .. } = &p.source else {
         return Ok(());
     };
     validate_brokers(brokers).map_err(|m| ("source.brokers", m))?;
@@ -300,9 +302,18 @@ fn validate_kafka_source(p: &PipelineConfig) -> Result<(), (&'static str, String
     if *commit_interval < std::time::Duration::from_millis(10) {
         return Err(("source.commit_interval", format!("must be at least 10ms, got {}", humantime::format_duration(*commit_interval))));
     }
-    if let Some(owned) = options.keys().find(|k| KAFKA_SOURCE_OWNED.contains(&k.as_str())) {
-        return Err(("source.options", format!("`{owned}` is set by sluice (from the source's own keys and its delivery guarantees) and cannot be overridden")));
+    for (key, table) in [("source.options", options), ("source.consumer_options", consumer_options)] {
+        if let Some(owned) = table.keys().find(|k| KAFKA_SOURCE_OWNED.contains(&k.as_str())) {
+            return Err((key, format!("`{owned}` is set by sluice (from the source's own keys and its delivery guarantees) and cannot be overridden")));
+        }
     }
+    if let Some(owned) = producer_options.keys().find(|k| KAFKA_SINK_OWNED.contains(&k.as_str())) {
+        return Err(("source.producer_options", format!("`{owned}` is set by sluice (transactional, idempotent, acks=all, Java-compatible partitioning) and cannot be overridden")));
+    }
+    if !producer_options.is_empty() && !*exactly_once {
+        return Err(("source.producer_options", "only used with `exactly_once = true` (the source has no producer otherwise; a sink's `options` set its producer's)".into()));
+    }
+    validate_kafka_security(tls.as_ref(), sasl.as_ref(), [("options", options), ("consumer_options", consumer_options), ("producer_options", producer_options)]).map_err(|(key, m)| (source_key(key), m))?;
     if let Some(id) = transactional_id {
         if !*exactly_once {
             return Err(("source.transactional_id", "only used with `exactly_once = true`".into()));
@@ -312,7 +323,11 @@ fn validate_kafka_source(p: &PipelineConfig) -> Result<(), (&'static str, String
         }
     }
     if *exactly_once {
-        let timeout_ms = options.get("transaction.timeout.ms").and_then(|v| v.0.parse::<u64>().ok()).unwrap_or(60_000);
+        let timeout_ms = producer_options
+            .get("transaction.timeout.ms")
+            .or_else(|| options.get("transaction.timeout.ms"))
+            .and_then(|v| v.0.parse::<u64>().ok())
+            .unwrap_or_else(|| crate::kafka::transaction::default_timeout(*commit_interval).as_millis() as u64);
         if commit_interval.as_millis() as u64 * 2 > timeout_ms {
             return Err((
                 "source.commit_interval",
@@ -347,7 +362,7 @@ fn validate_kafka_source(p: &PipelineConfig) -> Result<(), (&'static str, String
 }
 
 fn validate_kafka_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
-    let SinkConfig::Kafka { brokers, topic, options } = sink else {
+    let SinkConfig::Kafka { brokers, topic, tls, sasl, options } = sink else {
         return Ok(());
     };
     validate_brokers(brokers).map_err(|m| ("brokers", m))?;
@@ -356,6 +371,55 @@ fn validate_kafka_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> 
     }
     if let Some(owned) = options.keys().find(|k| KAFKA_SINK_OWNED.contains(&k.as_str())) {
         return Err(("options", format!("`{owned}` is set by sluice (idempotent, acks=all, Java-compatible partitioning) and cannot be overridden")));
+    }
+    validate_kafka_security(tls.as_ref(), sasl.as_ref(), [("options", options)])
+}
+
+fn source_key(key: &'static str) -> &'static str {
+    match key {
+        "tls.cert_file" => "source.tls.cert_file",
+        "tls.key_file" => "source.tls.key_file",
+        "tls.key_password" => "source.tls.key_password",
+        "sasl.username" => "source.sasl.username",
+        "sasl.password" => "source.sasl.password",
+        "options" => "source.options",
+        "consumer_options" => "source.consumer_options",
+        "producer_options" => "source.producer_options",
+        other => other,
+    }
+}
+
+/// `tls` and `sasl` of a Kafka source or sink: whole, and not set twice
+/// (again in librdkafka `options`).
+fn validate_kafka_security<const N: usize>(
+    tls: Option<&KafkaTls>,
+    sasl: Option<&KafkaSasl>,
+    options: [(&'static str, &BTreeMap<String, Secret>); N],
+) -> Result<(), (&'static str, String)> {
+    if let Some(tls) = tls {
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => return Err(("tls.cert_file", "`cert_file` needs `key_file` (the certificate's private key)".into())),
+            (None, Some(_)) => return Err(("tls.key_file", "`key_file` needs `cert_file` (the certificate it is the key of)".into())),
+            _ => {}
+        }
+        if tls.key_password.is_some() && tls.key_file.is_none() {
+            return Err(("tls.key_password", "`key_password` is the password of `key_file`, which is not set".into()));
+        }
+    }
+    if let Some(sasl) = sasl {
+        if sasl.username.trim().is_empty() {
+            return Err(("sasl.username", "`username` must not be empty".into()));
+        }
+        if sasl.password.0.is_empty() {
+            return Err(("sasl.password", "`password` must not be empty (is its environment variable set?)".into()));
+        }
+    }
+    if tls.is_some() || sasl.is_some() {
+        for (name, table) in options {
+            if let Some(key) = table.keys().find(|k| crate::kafka::SECURITY_PROPERTIES.contains(&k.as_str())) {
+                return Err((name, format!("`{key}` is set by `tls` / `sasl`; set it there, not in librdkafka options")));
+            }
+        }
     }
     Ok(())
 }

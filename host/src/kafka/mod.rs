@@ -5,6 +5,7 @@
 //! pipeline. Only opening is bounded (a metadata round trip), so a wrong
 //! address fails the pipeline at start with a clear error.
 
+pub mod instance;
 pub mod offsets;
 pub mod transaction;
 
@@ -15,7 +16,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 
-use crate::config::Secret;
+use crate::config::{KafkaSasl, KafkaTls, Secret};
 use crate::event::{Event, Header};
 
 /// How long opening a source or sink waits for the cluster to answer.
@@ -44,6 +45,60 @@ pub fn client_config(brokers: &str, options: &BTreeMap<String, Secret>) -> Clien
     }
     config
 }
+
+/// The librdkafka properties of a source's or sink's `tls` and `sasl`,
+/// then its `options` (validation refuses options that set the same).
+pub fn connection_options(tls: Option<&KafkaTls>, sasl: Option<&KafkaSasl>, options: &BTreeMap<String, Secret>) -> BTreeMap<String, Secret> {
+    let mut all = BTreeMap::new();
+    let protocol = match (tls.is_some(), sasl.is_some()) {
+        (false, false) => None,
+        (true, false) => Some("ssl"),
+        (false, true) => Some("sasl_plaintext"),
+        (true, true) => Some("sasl_ssl"),
+    };
+    let mut set = |key: &str, value: String| {
+        all.insert(key.to_owned(), Secret(value));
+    };
+    if let Some(protocol) = protocol {
+        set("security.protocol", protocol.to_owned());
+    }
+    if let Some(tls) = tls {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        if let Some(ca) = &tls.ca_file {
+            set("ssl.ca.location", path(ca));
+        }
+        if let Some(cert) = &tls.cert_file {
+            set("ssl.certificate.location", path(cert));
+        }
+        if let Some(key) = &tls.key_file {
+            set("ssl.key.location", path(key));
+        }
+        if let Some(password) = &tls.key_password {
+            set("ssl.key.password", password.0.clone());
+        }
+    }
+    if let Some(sasl) = sasl {
+        set("sasl.mechanism", sasl.mechanism.librdkafka_name().to_owned());
+        set("sasl.username", sasl.username.clone());
+        set("sasl.password", sasl.password.0.clone());
+    }
+    all.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all
+}
+
+/// The librdkafka properties `tls` and `sasl` set: `options` may not set
+/// them too when those tables are given.
+pub const SECURITY_PROPERTIES: [&str; 9] = [
+    "security.protocol",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+];
 
 /// librdkafka properties only a consumer reads (`C` in librdkafka's
 /// CONFIGURATION.md). The exactly-once producer is built from the source's
@@ -97,11 +152,51 @@ pub struct Context {
     pub describe: String,
     /// When an error was last logged, and how many were not logged since.
     last_error: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    last_reason: LastError,
 }
 
 impl Context {
     pub fn new(describe: String) -> Self {
-        Self { describe, last_error: std::sync::Mutex::new((None, 0)) }
+        Self { describe, last_error: std::sync::Mutex::new((None, 0)), last_reason: LastError::default() }
+    }
+
+    /// The last error this client reports, readable after the context was
+    /// moved into the client (a `FutureProducer` does not give it back).
+    pub fn last_error(&self) -> LastError {
+        self.last_reason.clone()
+    }
+}
+
+/// The last error librdkafka reported for a client (logged or not): an open
+/// that times out says why (a refused password, an unknown CA). It names the
+/// broker; librdkafka never puts passwords in its errors.
+#[derive(Clone, Default)]
+pub struct LastError(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl LastError {
+    pub fn get(&self) -> Option<String> {
+        match self.0.lock() {
+            Ok(last) => last.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, reason: String) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(reason);
+        }
+    }
+
+    /// Why opening a client on `brokers` failed: the last error librdkafka
+    /// reported (authentication, TLS) if there is one, else that no broker
+    /// answered.
+    pub fn unreachable(&self, brokers: &str, error: impl std::fmt::Display) -> String {
+        let secured = |last: &str| ["SASL", "SSL", "Authentication", "certificate"].iter().any(|word| last.contains(word));
+        match self.get() {
+            Some(last) if secured(&last) => format!("cannot connect to {brokers} ({error}): {last}; check the `tls` and `sasl` settings"),
+            Some(last) => format!("no broker of {brokers} answered within {}s ({error}): {last}; is Kafka running there?", OPEN_TIMEOUT.as_secs()),
+            None => format!("no broker of {brokers} answered within {}s ({error}); is Kafka running there?", OPEN_TIMEOUT.as_secs()),
+        }
     }
 }
 
@@ -109,8 +204,10 @@ impl rdkafka::ClientContext for Context {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
-            // The same failure reaches `error` below, which rate-limits it.
-            _ if fac == "FAIL" => {}
+            // The same failure reaches `error` below, which rate-limits it;
+            // a consumer's errors reach its queue instead, read only once
+            // it is polled: remember this one, for an open that fails.
+            _ if fac == "FAIL" => self.last_reason.set(log_message.to_owned()),
             L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(client = %self.describe, facility = fac, "{log_message}"),
             L::Warning => tracing::warn!(client = %self.describe, facility = fac, "{log_message}"),
             L::Notice | L::Info => tracing::info!(client = %self.describe, facility = fac, "{log_message}"),
@@ -119,6 +216,11 @@ impl rdkafka::ClientContext for Context {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // "All brokers are down" sums up the errors before it: keep the
+        // one that says why (a refused password, a certificate).
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.last_reason.set(format!("{error}: {reason}"));
+        }
         let mut last = match self.last_error.lock() {
             Ok(last) => last,
             Err(poisoned) => poisoned.into_inner(),
@@ -211,6 +313,27 @@ mod tests {
         assert_eq!(config.get("security.protocol"), Some("plaintext"));
         assert_eq!((config.get("session.timeout.ms"), config.get("fetch.max.bytes")), (None, None));
         assert_eq!(client_config("b:9092", &options).get("session.timeout.ms"), Some("6000"));
+    }
+
+    /// `tls` and `sasl` choose the security protocol and fill in the
+    /// librdkafka properties; `options` come on top.
+    #[test]
+    fn tls_and_sasl_tables_become_librdkafka_properties() {
+        let tls = KafkaTls { ca_file: Some("/etc/ca.pem".into()), cert_file: Some("c.pem".into()), key_file: Some("c.key".into()), key_password: None };
+        let sasl = KafkaSasl { mechanism: crate::config::SaslMechanism::ScramSha512, username: "u".into(), password: Secret("p".into()) };
+        let options = BTreeMap::from([("linger.ms".to_owned(), Secret("20".into()))]);
+        let get = |all: &BTreeMap<String, Secret>, key: &str| all.get(key).map(|v| v.0.clone());
+        let both = connection_options(Some(&tls), Some(&sasl), &options);
+        assert_eq!(get(&both, "security.protocol").as_deref(), Some("sasl_ssl"));
+        assert_eq!(get(&both, "ssl.ca.location").as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(get(&both, "ssl.certificate.location").as_deref(), Some("c.pem"));
+        assert_eq!(get(&both, "ssl.key.location").as_deref(), Some("c.key"));
+        assert_eq!(get(&both, "sasl.mechanism").as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!((get(&both, "sasl.username").as_deref(), get(&both, "sasl.password").as_deref()), (Some("u"), Some("p")));
+        assert_eq!(get(&both, "linger.ms").as_deref(), Some("20"));
+        assert_eq!(get(&connection_options(Some(&tls), None, &options), "security.protocol").as_deref(), Some("ssl"));
+        assert_eq!(get(&connection_options(None, Some(&sasl), &options), "security.protocol").as_deref(), Some("sasl_plaintext"));
+        assert_eq!(connection_options(None, None, &options), options, "plaintext: only the options");
     }
 
     #[derive(Clone, Default)]

@@ -17,16 +17,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::TopicPartition;
 use super::Context;
 
-/// The broker aborts a transaction open longer than this
-/// (`transaction.timeout.ms`, unless the source's `options` set it).
-pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// The default `transaction.timeout.ms` (unless the source's `options` or
+/// `producer_options` set it): five commit intervals, at least 10 s.
+///
+/// The broker aborts a transaction open longer than this. A transaction is
+/// open for one `commit_interval` plus the drain before its commit, so five
+/// intervals leave room for slow events. librdkafka's own default, 60 s, is
+/// what a killed host costs the others: until the broker aborts the dead
+/// host's open transaction (this timeout, plus up to the broker's
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`, 10 s by
+/// default), `read_committed` readers of the partitions it wrote see nothing
+/// new, not even the survivors' committed records. The price of a shorter
+/// timeout: librdkafka lowers `message.timeout.ms` and `socket.timeout.ms`
+/// to it, so a broker unreachable for longer fails the open transaction
+/// (the pipeline stops and its events are read again after a restart).
+pub fn default_timeout(commit_interval: Duration) -> Duration {
+    commit_interval.saturating_mul(5).max(Duration::from_secs(10))
+}
+
+/// The transaction timeout a source's librdkafka properties give.
+pub fn timeout(commit_interval: Duration, properties: &rdkafka::ClientConfig) -> Duration {
+    properties
+        .get("transaction.timeout.ms")
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_else(|| default_timeout(commit_interval))
+}
 
 /// How long a transaction call may take (init, commit, abort).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,26 +73,45 @@ pub struct Transaction {
 impl Transaction {
     /// Creates the producer, fences any earlier producer with the same id
     /// (aborting its open transaction) and begins the first transaction.
-    pub async fn open(mut config: rdkafka::ClientConfig, id: String) -> Result<Arc<Self>, TransactionError> {
+    /// `timeout` is the `transaction.timeout.ms` (see [`timeout`]).
+    pub async fn open(mut config: rdkafka::ClientConfig, id: String, timeout: Duration) -> Result<Arc<Self>, TransactionError> {
         let failed = |e: KafkaError| TransactionError { id: id.clone(), message: e.to_string() };
         config
             .set("transactional.id", &id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("partitioner", "murmur2_random");
-        if config.get("transaction.timeout.ms").is_none() {
-            config.set("transaction.timeout.ms", DEFAULT_TIMEOUT_MS.to_string());
-        }
-        let producer: FutureProducer<Context> =
-            config.create_with_context(Context::new(format!("kafka transactional producer {id}"))).map_err(failed)?;
+            .set("partitioner", "murmur2_random")
+            .set("transaction.timeout.ms", timeout.as_millis().to_string());
+        let context = Context::new(format!("kafka transactional producer {id}"));
+        let last_error = context.last_error();
+        let producer: FutureProducer<Context> = config.create_with_context(context).map_err(failed)?;
+        let probe = producer.clone();
         let producer = blocking(move || {
             producer.init_transactions(CALL_TIMEOUT)?;
             producer.begin_transaction()?;
             Ok(producer)
         })
         .await
-        .map_err(|e| TransactionError { id: id.clone(), message: format!("cannot start transactions: {e}") })?;
+        .map_err(|e| {
+            let message = match (fenced(&probe), last_error.get()) {
+                (false, Some(last)) => format!("{e}; the last error of its connection to the brokers: {last}; check the source's `tls` and `sasl` settings"),
+                _ => explain_failure(&probe, &id, e),
+            };
+            TransactionError { id: id.clone(), message: format!("cannot start transactions: {message}") }
+        })?;
+        tracing::info!(transactional_id = %id, timeout_ms = timeout.as_millis() as u64, "kafka transactions started");
         Ok(Arc::new(Self { producer, id, gate: std::sync::RwLock::new(()) }))
+    }
+
+    /// Why a call of this producer failed, in words: a fenced producer is
+    /// named as such, with what to do.
+    pub fn explain(&self, error: impl std::fmt::Display) -> String {
+        explain_failure(&self.producer, &self.id, error.to_string())
+    }
+
+    /// Whether another producer with this transactional id took over.
+    pub fn fenced(&self) -> bool {
+        fenced(&self.producer)
     }
 
     /// Commits the open transaction and begins the next one, if `settled`
@@ -93,9 +135,13 @@ impl Transaction {
             self.producer.commit_transaction(CALL_TIMEOUT)?;
             self.producer.begin_transaction()
         })();
-        result
-            .map(|()| true)
-            .map_err(|e| self.error(format!("commit failed ({e}); the broker aborts the transaction and its events are read again")))
+        result.map(|()| true).map_err(|e| {
+            if self.fenced() {
+                self.error(self.explain(e))
+            } else {
+                self.error(format!("commit failed ({e}); the broker aborts the transaction and its events are read again"))
+            }
+        })
     }
 
     /// [`Transaction::commit_blocking`] on a blocking thread.
@@ -124,6 +170,31 @@ impl Transaction {
 
     fn error(&self, message: String) -> TransactionError {
         TransactionError { id: self.id.clone(), message }
+    }
+}
+
+/// Error codes that mean another producer with the same transactional id
+/// was initialised after this one (this one is a zombie to the broker).
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced | RDKafkaErrorCode::InvalidProducerEpoch)
+}
+
+fn fenced(producer: &FutureProducer<Context>) -> bool {
+    producer.client().fatal_error().is_some_and(|(code, _)| is_fencing(code))
+}
+
+/// `error`, or, when the producer was fenced, what that means and what to
+/// do. After fencing librdkafka fails every queued record with `PurgeQueue`,
+/// which names nothing.
+fn explain_failure(producer: &FutureProducer<Context>, id: &str, error: String) -> String {
+    match producer.client().fatal_error() {
+        Some((code, reason)) if is_fencing(code) => format!(
+            "this host's producer was fenced ({reason}): another producer started with the same transactional id `{id}` and took over. \
+             Two hosts running at once must not share a transactional id: give each its own `runtime.instance_id` (or `source.transactional_id`). \
+             This pipeline stops; its open transaction is aborted and its events are handled by the other producer's host ({error})"
+        ),
+        Some((code, reason)) => format!("{error} (fatal producer error {code:?}: {reason})"),
+        None => error,
     }
 }
 

@@ -54,10 +54,11 @@ impl Producers {
         if !options.contains_key("linger.ms") {
             config.set("linger.ms", "5");
         }
-        let producer: FutureProducer<Context> = config
-            .create_with_context(Context::new(what.clone()))
-            .map_err(|e| SinkError::Open { what: what.clone(), message: e.to_string() })?;
-        reachable(&producer, brokers).await.map_err(|message| SinkError::Open { what, message })?;
+        let context = Context::new(what.clone());
+        let last_error = context.last_error();
+        let producer: FutureProducer<Context> =
+            config.create_with_context(context).map_err(|e| SinkError::Open { what: what.clone(), message: e.to_string() })?;
+        reachable(&producer, brokers, last_error).await.map_err(|message| SinkError::Open { what, message })?;
         open.insert(key, producer.clone());
         Ok(producer)
     }
@@ -72,7 +73,7 @@ impl Producers {
 }
 
 /// Fails with a clear message when no broker of the cluster answers.
-async fn reachable(producer: &FutureProducer<Context>, brokers: &str) -> Result<(), String> {
+async fn reachable(producer: &FutureProducer<Context>, brokers: &str, last_error: crate::kafka::LastError) -> Result<(), String> {
     let producer = producer.clone();
     let brokers = brokers.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -80,7 +81,7 @@ async fn reachable(producer: &FutureProducer<Context>, brokers: &str) -> Result<
             .client()
             .fetch_metadata(None, OPEN_TIMEOUT)
             .map(|_| ())
-            .map_err(|e| format!("no broker of {brokers} answered within {}s ({e}); is Kafka running there?", OPEN_TIMEOUT.as_secs()))
+            .map_err(|e| last_error.unreachable(&brokers, e))
     })
     .await
     .unwrap_or_else(|e| Err(format!("metadata request stopped: {e}")))
@@ -128,6 +129,14 @@ impl KafkaSink {
         }
     }
 
+    /// The error in words, naming a fenced transactional producer as such.
+    fn explain(&self, error: KafkaError) -> String {
+        match &self.via {
+            Via::Transaction(transaction) => transaction.explain(error),
+            Via::Idempotent(_) => error.to_string(),
+        }
+    }
+
     fn write_error(&self, topic: &str, error: impl std::fmt::Display) -> SinkError {
         SinkError::Write { what: format!("{} topic `{topic}`", self.describe), message: error.to_string() }
     }
@@ -166,14 +175,25 @@ impl Sink for KafkaSink {
                     message = returned;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((error, _)) => return Err(self.write_error(topic, error)),
+                Err((error, _)) => return Err(self.write_error(topic, self.explain(error))),
             }
         };
         let what = format!("{} topic `{topic}`", self.describe);
+        // A fenced producer fails its records with `PurgeQueue`: say why.
+        let transaction = match &self.via {
+            Via::Transaction(transaction) => Some(transaction.clone()),
+            Via::Idempotent(_) => None,
+        };
         Ok(Receipt::pending(Box::pin(async move {
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _))) => Err(SinkError::Write { what, message: error.to_string() }),
+                Ok(Err((error, _))) => Err(SinkError::Write {
+                    what,
+                    message: match transaction {
+                        Some(transaction) => transaction.explain(error),
+                        None => error.to_string(),
+                    },
+                }),
                 Err(_) => Err(SinkError::Closed { what }),
             }
         })))

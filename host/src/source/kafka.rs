@@ -292,20 +292,28 @@ impl KafkaSource {
         let probe = consumer.clone();
         let topics = settings.topics.clone();
         let brokers = settings.brokers.clone();
-        tokio::task::spawn_blocking(move || {
-            let metadata = probe
-                .fetch_metadata(None, OPEN_TIMEOUT)
-                .map_err(|e| format!("no broker of {brokers} answered within {}s ({e}); is Kafka running there?", OPEN_TIMEOUT.as_secs()))?;
+        let checked = tokio::task::spawn_blocking(move || {
+            let metadata = probe.fetch_metadata(None, OPEN_TIMEOUT).map_err(Err)?;
             for topic in &topics {
                 if !metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none()) {
-                    return Err(format!("topic `{topic}` does not exist on {brokers}; create it (sluice does not create input topics)"));
+                    return Err(Ok(format!("topic `{topic}` does not exist on {brokers}; create it (sluice does not create input topics)")));
                 }
             }
             Ok(())
         })
         .await
-        .map_err(|e| failed(format!("metadata request stopped: {e}")))?
-        .map_err(failed)?;
+        .map_err(|e| failed(format!("metadata request stopped: {e}")))?;
+        match checked {
+            Ok(()) => {}
+            Err(Ok(message)) => return Err(failed(message)),
+            Err(Err(error)) => {
+                // A consumer's errors and logs (a refused password, a bad
+                // certificate) wait in its queue until it is polled: poll it
+                // briefly, so the error says why.
+                let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+                return Err(failed(consumer.context().base.last_error().unreachable(&settings.brokers, error)));
+            }
+        }
 
         let names: Vec<&str> = subscription.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| failed(format!("cannot subscribe: {e}")))?;

@@ -44,7 +44,24 @@ pub struct KafkaBroker {
     pub controller_port: u16,
     /// `server.properties`, `server.log`, `stdout.log` and the store (`data/`).
     dir: tempfile::TempDir,
+    /// The TLS and SASL listeners of a broker from [`KafkaBroker::start_secured`].
+    pub secured: Option<Secured>,
 }
+
+/// The extra listeners of a secured broker (`scripts/kafka/secured.properties`):
+/// TLS with client certificates required, and TLS + SCRAM-SHA-512. The
+/// certificates are made by `scripts/kafka/certs.sh` in the broker's folder.
+pub struct Secured {
+    /// SSL listener (mTLS): `ca.pem`, `client.pem` and `client.key` connect.
+    pub ssl_port: u16,
+    /// SASL_SSL listener: [`SCRAM_USER`] with `password`.
+    pub sasl_port: u16,
+    /// The SCRAM user's password, made up per broker.
+    pub password: String,
+}
+
+/// The SCRAM-SHA-512 user a secured broker knows.
+pub const SCRAM_USER: &str = "sluice";
 
 /// Where `scripts/kafka.sh install` put the broker: its `libs/` folder, the
 /// log4j2 config and the class-data archive beside it.
@@ -135,6 +152,38 @@ impl KafkaBroker {
     /// Starts a broker of its own (fresh store, free ports) and waits until it
     /// serves requests.
     pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// [`KafkaBroker::start`], plus an SSL listener that requires client
+    /// certificates and a SASL_SSL one with a SCRAM-SHA-512 user (added when
+    /// the store is formatted): see [`Secured`].
+    pub fn start_secured() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    /// The secured broker shared by the tests of this binary that need one
+    /// (one extra broker start for all of them).
+    pub fn shared_secured() -> Result<&'static Self> {
+        static SHARED: OnceLock<std::result::Result<KafkaBroker, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Self::start_secured().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the shared secured Kafka broker did not start: {e}"))
+    }
+
+    /// The secured listeners (fails for a plain broker).
+    pub fn secured(&self) -> Result<&Secured> {
+        self.secured.as_ref().context("not a secured broker: start it with KafkaBroker::start_secured")
+    }
+
+    /// The folder of the CA (`ca.pem`) and the client certificate
+    /// (`client.pem`, `client.key`) of a secured broker.
+    pub fn certs(&self) -> PathBuf {
+        self.dir().join("certs")
+    }
+
+    fn start_with(secured: bool) -> Result<Self> {
         let install = install()?;
         let keep = std::env::var_os("SLUICE_KEEP_TMP").is_some();
         let dir = tempfile::Builder::new()
@@ -145,14 +194,27 @@ impl KafkaBroker {
         if keep {
             eprintln!("kafka broker folder kept: {}", dir.path().display());
         }
-        let port = free_port()?;
-        let controller_port = loop {
-            let candidate = free_port()?;
-            if candidate != port {
-                break candidate;
+        let mut taken = Vec::new();
+        let mut next_port = || -> Result<u16> {
+            loop {
+                let candidate = free_port()?;
+                if !taken.contains(&candidate) {
+                    taken.push(candidate);
+                    return Ok(candidate);
+                }
             }
         };
-        let mut broker = Self { child: None, port, controller_port, dir };
+        let port = next_port()?;
+        let controller_port = next_port()?;
+        let secured = match secured {
+            true => Some(Secured {
+                ssl_port: next_port()?,
+                sasl_port: next_port()?,
+                password: format!("pw-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()),
+            }),
+            false => None,
+        };
+        let mut broker = Self { child: None, port, controller_port, dir, secured };
         broker.configure()?;
         broker.format(install)?;
         broker.launch()?;
@@ -237,18 +299,34 @@ impl KafkaBroker {
             .replace("@PORT@", &self.port.to_string())
             .replace("@CONTROLLER_PORT@", &self.controller_port.to_string())
             .replace("@DATA_DIR@", &self.dir().join("data").to_string_lossy());
-        std::fs::write(self.dir().join("server.properties"), config).context("writing server.properties")
+        let Some(secured) = &self.secured else {
+            return std::fs::write(self.dir().join("server.properties"), config).context("writing server.properties");
+        };
+        let script = root().join("scripts/kafka/certs.sh");
+        let output = Command::new("bash").arg(&script).arg(self.certs()).stdin(Stdio::null()).output().context("running scripts/kafka/certs.sh")?;
+        if !output.status.success() {
+            bail!("{} failed: {}{}", script.display(), String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        }
+        let extra_path = root().join("scripts/kafka/secured.properties");
+        let extra = std::fs::read_to_string(&extra_path)
+            .with_context(|| format!("reading {}", extra_path.display()))?
+            .replace("@PORT@", &self.port.to_string())
+            .replace("@CONTROLLER_PORT@", &self.controller_port.to_string())
+            .replace("@SSL_PORT@", &secured.ssl_port.to_string())
+            .replace("@SASL_PORT@", &secured.sasl_port.to_string())
+            .replace("@CERTS@", &self.certs().to_string_lossy());
+        std::fs::write(self.dir().join("server.properties"), format!("{config}\n{extra}")).context("writing server.properties")
     }
 
     /// Formats the store (KRaft, this node its only controller).
     fn format(&self, install: &Install) -> Result<()> {
-        let output = watched(
-            java(install, "-Xmx256m")
-                .arg("-Dlog4j2.level=WARN")
-                .args(["kafka.tools.StorageTool", "format", "--standalone", "-t", CLUSTER_ID, "-c"])
-                .arg(self.dir().join("server.properties")),
-            None,
-        )
+        let mut java = java(install, "-Xmx256m");
+        java.arg("-Dlog4j2.level=WARN").args(["kafka.tools.StorageTool", "format", "--standalone", "-t", CLUSTER_ID]);
+        if let Some(secured) = &self.secured {
+            // KIP-900: the SCRAM user exists from the first start.
+            java.arg("--add-scram").arg(format!("SCRAM-SHA-512=[name={SCRAM_USER},password={}]", secured.password));
+        }
+        let output = watched(java.arg("-c").arg(self.dir().join("server.properties")), None)
         .output()
             .context("running Kafka's StorageTool")?;
         if !output.status.success() {
