@@ -1,4 +1,4 @@
-"""Sluice plugin SDK for Python (sluice:plugin@0.1.0, world `plugin`), for componentize-py.
+"""Sluice plugin SDK for Python (sluice:plugin@0.2.0, world `plugin`), for componentize-py.
 
 The Python counterpart of the Rust SDK (guest-sdk/rust): subclass `Plugin`,
 write `init` (a classmethod returning the instance) and `handle`, then export
