@@ -15,19 +15,18 @@
 //   entry      16 B: key ptr @0, len @4, value ptr @8, len @12
 //
 // The host writes a value or a page into this module's memory through
-// cabi_realloc while the call is under way. That realloc may not allocate
-// from Go's heap (a collection started there reads the clock through WASI,
-// which the component model forbids during a realloc: a trap), yet a value
-// larger than what is left of the arena must go there. So every state call
-// runs with the collector off (debug.SetGCPercent(-1) waits for a cycle in
-// progress to finish, and no new one can start), then restores it.
+// cabi_realloc while the call is under way, and that realloc must not
+// allocate from Go's heap: the allocator may call into WASI (a collection
+// reads the clock), which the component model forbids during a realloc
+// (trap: "cannot leave component instance"; switching the collector off
+// with debug.SetGCPercent(-1) was tried and still traps). So before Get
+// and Scan the arena is given room for stateReserve bytes (the default
+// `max_value_bytes`, 1 MiB, plus 64 KiB), here where allocating is safe. A
+// value or a page larger than that still traps: see docs/plugins/go.md.
 
 package plugin
 
-import (
-	"runtime/debug"
-	"unsafe"
-)
+import "unsafe"
 
 //go:wasmimport sluice:plugin/state@0.2.0 get
 func hostStateGet(keyPtr, keyLen, ret uint32)
@@ -44,11 +43,19 @@ func hostStateIncrement(keyPtr, keyLen uint32, delta int64, ret uint32)
 //go:wasmimport sluice:plugin/state@0.2.0 scan
 func hostStateScan(prefixPtr, prefixLen, afterTag, afterPtr, afterLen, limit, ret uint32)
 
-// noGC runs call with the collector off (see the file comment).
-func noGC(call func()) {
-	old := debug.SetGCPercent(-1)
-	call()
-	debug.SetGCPercent(old)
+// stateReserve is the arena room left before a call that returns bytes.
+const stateReserve = 1<<20 + 64<<10
+
+// reserveArena makes sure the arena has n free bytes, replacing it with one
+// twice that size if not (the old one stays pinned until post-return: this
+// call's arguments may be in it).
+func reserveArena(n uint32) {
+	if uint32(len(arena))-arenaUsed >= n {
+		return
+	}
+	pinned = append(pinned, arena)
+	arena = make([]byte, 2*n)
+	arenaUsed = 0
 }
 
 func i64(a uint32) int64 { return *(*int64)(unsafe.Pointer(uintptr(a))) }
@@ -68,7 +75,8 @@ func readStateError(a uint32) *StateError {
 func stateGet(key string) ([]byte, bool, error) {
 	kp, kl := lower([]byte(key))
 	ret := alloc(16, 4)
-	noGC(func() { hostStateGet(kp, kl, ret) })
+	reserveArena(stateReserve)
+	hostStateGet(kp, kl, ret)
 	if u8(ret) != 0 {
 		return nil, false, readStateError(ret + 4)
 	}
@@ -82,7 +90,7 @@ func stateSet(key string, value []byte) error {
 	kp, kl := lower([]byte(key))
 	vp, vl := lower(value)
 	ret := alloc(16, 4)
-	noGC(func() { hostStateSet(kp, kl, vp, vl, ret) })
+	hostStateSet(kp, kl, vp, vl, ret)
 	if u8(ret) != 0 {
 		return readStateError(ret + 4)
 	}
@@ -92,7 +100,7 @@ func stateSet(key string, value []byte) error {
 func stateDelete(key string) error {
 	kp, kl := lower([]byte(key))
 	ret := alloc(16, 4)
-	noGC(func() { hostStateDelete(kp, kl, ret) })
+	hostStateDelete(kp, kl, ret)
 	if u8(ret) != 0 {
 		return readStateError(ret + 4)
 	}
@@ -102,7 +110,7 @@ func stateDelete(key string) error {
 func stateIncrement(key string, delta int64) (int64, error) {
 	kp, kl := lower([]byte(key))
 	ret := alloc(24, 8)
-	noGC(func() { hostStateIncrement(kp, kl, delta, ret) })
+	hostStateIncrement(kp, kl, delta, ret)
 	if u8(ret) != 0 {
 		return 0, readStateError(ret + 8)
 	}
@@ -117,7 +125,8 @@ func stateScan(prefix, after string, limit uint32) (StatePage, error) {
 		ap, al = lower([]byte(after))
 	}
 	ret := alloc(24, 4)
-	noGC(func() { hostStateScan(pp, pl, at, ap, al, limit, ret) })
+	reserveArena(stateReserve)
+	hostStateScan(pp, pl, at, ap, al, limit, ret)
 	if u8(ret) != 0 {
 		return StatePage{}, readStateError(ret + 4)
 	}

@@ -591,9 +591,6 @@ function hostCall(f, ...args) {
   }
 }
 
-// StarlingMonkey lowers s64 from a BigInt (jco's mapping), QuickJS from a
-// Number (precision 2^53); TextEncoder tells them apart.
-const s64 = nativeEncoder ? BigInt : Number;
 
 /**
  * The pipeline's state: string keys, byte values, remembered between
@@ -642,11 +639,12 @@ export const state = {
   },
   /**
    * Adds `delta` (default 1) to the counter at `key` (missing counts as 0)
-   * and returns the new value as a Number. Counters are ASCII decimal text:
-   * `getText` reads one as "42".
+   * and returns the new value as a Number (both engines pass s64 as a
+   * Number: exact up to 2^53). Counters are ASCII decimal text: `getText`
+   * reads one as "42".
    */
   increment(key, delta = 1) {
-    return Number(hostCall(hostState.increment, String(key), s64(delta)));
+    return Number(hostCall(hostState.increment, String(key), Number(delta)));
   },
   /**
    * One page of the keys starting with `prefix`, in order:
