@@ -19,6 +19,10 @@ it under the name componentize-py looks for::
 
 `handle_batch` is derived from `handle`. `guest-sdk/python/build.sh` turns
 the module into a component.
+
+The pipeline's key/value state is the submodule `state` (`from sluice_plugin
+import state`), kept apart so that a plugin imports the `state` capability
+only when it uses it (see state.py).
 """
 
 from __future__ import annotations
