@@ -547,6 +547,20 @@ function quoteSlow(text) {
 
 // ---------------------------------------------------------------- state
 
+// StarlingMonkey (componentize-js 0.23) aborts the instance when an s64
+// argument is negative ("coreabi_from_bigint64 validation"), as a Number
+// or a BigInt, signed or not. There a negative delta is applied as a read
+// and a write of the same key: the same result, limits and errors (the
+// event's reads and writes are tracked the same way).
+function incrementByWrite(key, delta) {
+  const text = state.getText(key);
+  if (text !== null && !/^[+-]?[0-9]+$/.test(text)) throw new StateError('not-a-counter');
+  const next = BigInt(text ?? 0) + BigInt(delta);
+  if (next < -(2n ** 63n) || next >= 2n ** 63n) throw new StateError('overflow');
+  state.set(key, next.toString());
+  return Number(next);
+}
+
 /**
  * A state operation refused by the host: a HandlerError, so an uncaught one
  * fails the event the way the Rust SDK's `?` does: `unavailable` (the
@@ -644,7 +658,9 @@ export const state = {
    * reads one as "42".
    */
   increment(key, delta = 1) {
-    return Number(hostCall(hostState.increment, String(key), Number(delta)));
+    const n = Number(delta);
+    if (nativeEncoder && n < 0) return incrementByWrite(String(key), n);
+    return Number(hostCall(hostState.increment, String(key), n));
   },
   /**
    * One page of the keys starting with `prefix`, in order:
