@@ -393,6 +393,9 @@ const COUNTERS: [(&str, &str); 5] = [
     ("go", "counter_go"),
 ];
 
+/// How long a run of a counter may take (see the tests below).
+const SLOW_RUN: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The Rust counter and its twins.
 fn counters() -> Vec<(&'static str, PathBuf)> {
     let mut all = vec![("rust", plugin("counter"))];
@@ -413,11 +416,13 @@ fn counts_per_key(outputs: &[Value]) -> Result<BTreeMap<String, Vec<i64>>> {
 }
 
 /// Every language's counter in a file pipeline with embedded state, four
-/// keyed lanes: 350 events over 7 keys (half keyed by the event's key, half
-/// by their payload), one failing once and one rejected. Each key's outputs
-/// are exactly 1, 2, … its number of counted events, in order (the retried
-/// attempt's increment and the rejected event's are gone); then a probe
-/// event per key, in a second run on the same state, reads count + 1.
+/// lanes ordered by key: 350 keyed events over 7 keys, one failing once and
+/// one rejected. Each key's outputs are exactly 1, 2, … its number of
+/// counted events, in order (the retried attempt's increment and the
+/// rejected event's are gone); then a probe event per key (keyed by its
+/// payload, the counter's other rule), in a second run on the same state,
+/// reads count + 1. Runs get [`SLOW_RUN`]: a cold Python or StarlingMonkey
+/// compile on a busy machine can outlast the usual timeout.
 #[test]
 fn every_language_counts_per_key_in_embedded_state() -> Result<()> {
     const KEYS: usize = 7;
@@ -427,9 +432,9 @@ fn every_language_counts_per_key_in_embedded_state() -> Result<()> {
     for i in 0..EVENTS {
         let key = format!("k{}", i % KEYS);
         let event = match i {
-            10 => serde_json::json!({ "payload": format!("{key}:retry-once") }),
-            20 => serde_json::json!({ "payload": format!("{key}:reject") }),
-            _ if i % 2 == 0 => serde_json::json!({ "payload": key }),
+            10 => serde_json::json!({ "key": key, "payload": format!("{key}:retry-once") }),
+            20 => serde_json::json!({ "key": key, "payload": format!("{key}:reject") }),
+            _ if i % 2 == 0 => serde_json::json!({ "key": key, "payload": key }),
             _ => serde_json::json!({ "key": key, "payload": "keyed" }),
         };
         if i != 20 {
@@ -462,7 +467,7 @@ ordering = "key"
                 plugin = toml_path(&path),
             ),
         )?;
-        scratch.run(&["run", "sluice.toml"])?.ensure_success().with_context(|| language.to_string())?;
+        Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?.wait(SLOW_RUN)?.ensure_success().with_context(|| language.to_string())?;
         let per_key = counts_per_key(&scratch.read_jsonl("out.jsonl")?)?;
         ensure!(per_key.len() == KEYS, "{language}: {} keys in the outputs", per_key.len());
         for (key, values) in &per_key {
@@ -477,7 +482,7 @@ ordering = "key"
         // The state itself, read back by a probe event per key.
         let probes: Vec<Value> = expected.keys().map(|key| event(key)).collect();
         scratch.append_events("events.jsonl", &probes)?;
-        scratch.run(&["run", "sluice.toml"])?.ensure_success().with_context(|| language.to_string())?;
+        Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?.wait(SLOW_RUN)?.ensure_success().with_context(|| language.to_string())?;
         let outputs = scratch.read_jsonl("out.jsonl")?;
         let probed = counts_per_key(&outputs[outputs.len() - KEYS..])?;
         for (key, n) in &expected {
@@ -498,7 +503,8 @@ fn every_language_reads_a_seeded_state_in_plugin_test() -> Result<()> {
     let cache = compile_cache().to_string_lossy().into_owned();
     for (language, path) in counters() {
         let plugin = path.to_string_lossy().into_owned();
-        let tested = scratch.run(&["plugin", "test", &plugin, "--events", "events.jsonl", "--state", "seed.json", "--cache-dir", &cache])?;
+        let args = ["plugin", "test", &plugin, "--events", "events.jsonl", "--state", "seed.json", "--cache-dir", &cache];
+        let tested = Running::spawn(scratch.sluice(&args))?.wait(SLOW_RUN)?;
         let lines = parse_jsonl(&tested.stdout)?;
         let outputs: Vec<Option<&str>> = lines.iter().map(|l| l["outputs"][0]["payload"].as_str()).collect();
         ensure!(outputs == [Some("a=42"), None, Some("a=43"), Some("b=10"), Some("c=1")], "{language}: {}", tested.stdout);
