@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the example plugins written in other languages than Rust
-# (plugins/*_js, *_ts, *_py, *_c, *_go) with each language's guest-sdk/<lang>/build.sh
+# (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
+# counter in each) with each language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
 #
@@ -43,11 +44,26 @@ build() {
 
 for lang in "${langs[@]}"; do
     case "$lang" in
-        js) build json_enricher_js js bash "$root/guest-sdk/js/build.sh" "$root/plugins/json_enricher_js/enricher.js" "$out/json_enricher_js.wasm" ;;
-        ts) build json_enricher_ts js bash "$root/guest-sdk/js/build.sh" "$root/plugins/json_enricher_ts/enricher.ts" "$out/json_enricher_ts.wasm" ;;
-        python) build json_enricher_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/json_enricher_py" app "$out/json_enricher_py.wasm" ;;
-        c) build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c" ;;
-        go) build json_enricher_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/json_enricher_go" "$out/json_enricher_go.wasm" ;;
+        js)
+            build json_enricher_js js bash "$root/guest-sdk/js/build.sh" "$root/plugins/json_enricher_js/enricher.js" "$out/json_enricher_js.wasm"
+            build counter_js js bash "$root/guest-sdk/js/build.sh" "$root/plugins/counter_js/counter.js" "$out/counter_js.wasm"
+            ;;
+        ts)
+            build json_enricher_ts js bash "$root/guest-sdk/js/build.sh" "$root/plugins/json_enricher_ts/enricher.ts" "$out/json_enricher_ts.wasm"
+            build counter_ts js bash "$root/guest-sdk/js/build.sh" "$root/plugins/counter_ts/counter.ts" "$out/counter_ts.wasm"
+            ;;
+        python)
+            build json_enricher_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/json_enricher_py" app "$out/json_enricher_py.wasm"
+            build counter_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/counter_py" app "$out/counter_py.wasm"
+            ;;
+        c)
+            build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c"
+            build counter_c c bash "$root/guest-sdk/c/build.sh" "$out/counter_c.wasm" "$root/plugins/counter_c/counter.c"
+            ;;
+        go)
+            build json_enricher_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/json_enricher_go" "$out/json_enricher_go.wasm"
+            build counter_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/counter_go" "$out/counter_go.wasm"
+            ;;
         *) echo "unknown language $lang (js, ts, python, c, go)" >&2; exit 2 ;;
     esac
 done

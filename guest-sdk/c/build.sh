@@ -3,8 +3,9 @@
 #
 #   bash guest-sdk/c/build.sh OUT.wasm SOURCE.c [MORE.c…]
 #
-# Steps: `wit-bindgen c` generates the bindings of world `plugin` (plugin.h,
-# plugin.c, plugin_component_type.o) into a temporary folder; Debian's
+# Steps: `wit-bindgen c` generates the bindings of world `plugin` of
+# sluice:plugin@0.2.0 (plugin.h, plugin.c, plugin_component_type.o) into a
+# temporary folder; Debian's
 # clang compiles them with the sources, the SDK (sluice.c, sluice_json.c)
 # and wasi-libc as a WASI preview1 reactor; `wasm-tools component new`
 # wraps the module, mapping wasi-libc's preview1 imports (if any are left
@@ -33,7 +34,12 @@ ensure_adapter
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$WIT_BINDGEN" c "$root/wit/deps/sluice-plugin@0.1.0" --world plugin --out-dir "$work/gen" >/dev/null
+# World `plugin` with every capability: the linker drops the bindings (and
+# so the imports) a plugin never calls, and `component new` imports only
+# what the module imports, so a plugin that never calls sluice_state_*
+# does not import `state`.
+sluice_world "$work/wit" state
+"$WIT_BINDGEN" c "$work/wit" --world plugin --out-dir "$work/gen" >/dev/null
 mkdir -p "$(dirname "$out")"
 "$cc" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
     -Wno-unused-parameter -Wno-missing-field-initializers \

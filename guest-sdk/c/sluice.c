@@ -1,4 +1,4 @@
-// The `handler` exports of sluice:plugin@0.1.0 on top of the generated
+// The `handler` exports of sluice:plugin@0.2.0 on top of the generated
 // bindings, and the helpers declared in sluice.h.
 #include "sluice.h"
 
@@ -10,6 +10,7 @@
 struct sluice_failure {
     bool retryable;
     char *message;
+    int state_error; // a sluice_state_error_t, or -1
 };
 
 static void *xmalloc(size_t n) {
@@ -46,6 +47,7 @@ static sluice_failure_t *failure(bool retryable, const char *format, va_list arg
     sluice_failure_t *f = xmalloc(sizeof *f);
     f->retryable = retryable;
     f->message = vformat(format, args);
+    f->state_error = -1;
     return f;
 }
 
@@ -165,6 +167,105 @@ sluice_output_t *sluice_output_json(sluice_outputs_t *outputs, const sj_value *v
     sluice_output_t *o = sluice_output_new(outputs, buf.ptr, buf.len);
     free(buf.ptr);
     return o;
+}
+
+void sluice_failure_free(sluice_failure_t *failure) {
+    if (!failure) return;
+    free(failure->message);
+    free(failure);
+}
+
+int sluice_failure_state_error(const sluice_failure_t *failure) {
+    return failure ? failure->state_error : -1;
+}
+
+// ---- state
+
+// The host's refusal as a failure, in the Rust SDK's words (state::describe).
+static sluice_failure_t *state_failure(sluice_plugin_state_state_error_t *err) {
+    sluice_failure_t *f;
+    switch (err->tag) {
+    case SLUICE_PLUGIN_STATE_STATE_ERROR_KEY_TOO_LONG:
+        f = sluice_reject("state key longer than the limit of %u bytes", (unsigned)err->val.key_too_long);
+        break;
+    case SLUICE_PLUGIN_STATE_STATE_ERROR_VALUE_TOO_LARGE:
+        f = sluice_reject("state value larger than the limit of %u bytes", (unsigned)err->val.value_too_large);
+        break;
+    case SLUICE_PLUGIN_STATE_STATE_ERROR_TOO_MANY_WRITES:
+        f = sluice_reject("an event may write at most %u state keys", (unsigned)err->val.too_many_writes);
+        break;
+    case SLUICE_PLUGIN_STATE_STATE_ERROR_TOO_MANY_READS:
+        f = sluice_reject("an event may read at most %u state keys and scans", (unsigned)err->val.too_many_reads);
+        break;
+    case SLUICE_PLUGIN_STATE_STATE_ERROR_NOT_A_COUNTER:
+        f = sluice_reject("state value is not a counter (ASCII decimal text)");
+        break;
+    case SLUICE_PLUGIN_STATE_STATE_ERROR_OVERFLOW:
+        f = sluice_reject("state counter would overflow a signed 64-bit integer");
+        break;
+    case SLUICE_PLUGIN_STATE_STATE_ERROR_UNAVAILABLE:
+        f = sluice_retryable("state unavailable: %.*s", (int)err->val.unavailable.len, (const char *)err->val.unavailable.ptr);
+        break;
+    default:
+        f = sluice_reject("state error %d", (int)err->tag);
+        break;
+    }
+    f->state_error = err->tag;
+    sluice_plugin_state_state_error_free(err);
+    return f;
+}
+
+static plugin_string_t borrowed(const char *text, size_t len) {
+    return (plugin_string_t){(uint8_t *)text, len};
+}
+
+sluice_failure_t *sluice_state_get(const char *key, size_t key_len, sluice_bytes_t *value, bool *found) {
+    plugin_string_t k = borrowed(key, key_len);
+    plugin_option_list_u8_t ret;
+    sluice_plugin_state_state_error_t err;
+    *found = false;
+    if (!sluice_plugin_state_get(&k, &ret, &err)) return state_failure(&err);
+    if (ret.is_some) {
+        *found = true;
+        value->ptr = ret.val.ptr;
+        value->len = ret.val.len;
+    }
+    return NULL;
+}
+
+sluice_failure_t *sluice_state_set(const char *key, size_t key_len, const void *value, size_t value_len) {
+    plugin_string_t k = borrowed(key, key_len);
+    plugin_list_u8_t v = {(uint8_t *)value, value_len};
+    sluice_plugin_state_state_error_t err;
+    if (!sluice_plugin_state_set(&k, &v, &err)) return state_failure(&err);
+    return NULL;
+}
+
+sluice_failure_t *sluice_state_delete(const char *key, size_t key_len) {
+    plugin_string_t k = borrowed(key, key_len);
+    sluice_plugin_state_state_error_t err;
+    if (!sluice_plugin_state_delete(&k, &err)) return state_failure(&err);
+    return NULL;
+}
+
+sluice_failure_t *sluice_state_increment(const char *key, size_t key_len, int64_t delta, int64_t *value) {
+    plugin_string_t k = borrowed(key, key_len);
+    sluice_plugin_state_state_error_t err;
+    if (!sluice_plugin_state_increment(&k, delta, value, &err)) return state_failure(&err);
+    return NULL;
+}
+
+sluice_failure_t *sluice_state_scan(const char *prefix, size_t prefix_len, const char *after, size_t after_len, uint32_t limit,
+                                    sluice_state_page_t *page) {
+    plugin_string_t p = borrowed(prefix, prefix_len);
+    plugin_string_t a = borrowed(after, after_len);
+    sluice_plugin_state_state_error_t err;
+    if (!sluice_plugin_state_scan(&p, after ? &a : NULL, limit, page, &err)) return state_failure(&err);
+    return NULL;
+}
+
+void sluice_state_page_free(sluice_state_page_t *page) {
+    sluice_plugin_state_page_free(page);
 }
 
 // ---- logging

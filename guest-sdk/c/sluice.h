@@ -1,4 +1,4 @@
-// Sluice plugin SDK for C (sluice:plugin@0.1.0, world `plugin`).
+// Sluice plugin SDK for C (sluice:plugin@0.2.0, world `plugin`).
 //
 // On top of the bindings `wit-bindgen c` generates (plugin.h, made by
 // build.sh), this SDK implements the three `handler` exports and calls two
@@ -62,6 +62,60 @@ sluice_output_t *sluice_output_json(sluice_outputs_t *outputs, const sj_value *v
 sluice_failure_t *sluice_retryable(const char *format, ...) __attribute__((format(printf, 1, 2)));
 sluice_failure_t *sluice_reject(const char *format, ...) __attribute__((format(printf, 1, 2)));
 char *sluice_errorf(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+// Frees a failure the plugin does not return (one from sluice_state_*).
+void sluice_failure_free(sluice_failure_t *failure);
+
+// ---- state: the pipeline's key/value state (the `state` capability,
+// granted by a `[pipelines.<name>.state]` table; a plugin that calls none
+// of these does not import it and needs no grant). What an event writes is
+// seen by its own later reads at once and by other events only once it
+// concludes with its outputs accepted; a failed attempt leaves no trace.
+//
+// Each returns NULL on success, or the host's refusal as a failure with the
+// Rust SDK's disposition and wording (`unavailable` is retryable, every
+// other case rejects): return it from plugin_handle as is, or inspect it
+// with sluice_failure_state_error and free it with sluice_failure_free.
+//
+//   int64_t count;
+//   sluice_failure_t *f = sluice_state_increment(key, key_len, 1, &count);
+//   if (f) return f;
+typedef enum {
+    SLUICE_STATE_KEY_TOO_LONG,
+    SLUICE_STATE_VALUE_TOO_LARGE,
+    SLUICE_STATE_TOO_MANY_WRITES,
+    SLUICE_STATE_TOO_MANY_READS,
+    SLUICE_STATE_NOT_A_COUNTER,
+    SLUICE_STATE_OVERFLOW,
+    SLUICE_STATE_UNAVAILABLE,
+} sluice_state_error_t;
+// The state-error case of a failure from sluice_state_*, or -1 for any
+// other failure.
+int sluice_failure_state_error(const sluice_failure_t *failure);
+
+// Bytes the SDK allocated (malloc): free(ptr) when done.
+typedef struct {
+    uint8_t *ptr;
+    size_t len;
+} sluice_bytes_t;
+// One page of sluice_state_scan: entries[i].f0 is a key, .f1 its value
+// (ptr/len each), in key order; when `next.is_some`, pass next.val as
+// `after` for the following page. Free with sluice_state_page_free.
+typedef sluice_plugin_state_page_t sluice_state_page_t;
+
+// *found tells whether `key` has a value; if so *value holds a copy.
+sluice_failure_t *sluice_state_get(const char *key, size_t key_len, sluice_bytes_t *value, bool *found);
+sluice_failure_t *sluice_state_set(const char *key, size_t key_len, const void *value, size_t value_len);
+// No error if `key` has no value.
+sluice_failure_t *sluice_state_delete(const char *key, size_t key_len);
+// Adds `delta` to the counter at `key` (missing counts as 0) and sets
+// *value to the new count. Counters are ASCII decimal text ("42").
+sluice_failure_t *sluice_state_increment(const char *key, size_t key_len, int64_t delta, int64_t *value);
+// Keys starting with `prefix` after `after` (exclusive; NULL for the first
+// page), at most `limit` (the host caps it too).
+sluice_failure_t *sluice_state_scan(const char *prefix, size_t prefix_len, const char *after, size_t after_len, uint32_t limit,
+                                    sluice_state_page_t *page);
+void sluice_state_page_free(sluice_state_page_t *page);
 
 // ---- logging into the host's log stream
 typedef enum { SLUICE_TRACE, SLUICE_DEBUG, SLUICE_INFO, SLUICE_WARN, SLUICE_ERROR } sluice_level_t;

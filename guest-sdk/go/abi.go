@@ -1,6 +1,6 @@
 //go:build wasip1
 
-// The canonical ABI of sluice:plugin@0.1.0, written by hand: the exports of
+// The canonical ABI of sluice:plugin@0.2.0, written by hand: the exports of
 // `handler` (init, handle, handle-batch, their post-return functions and
 // cabi_realloc) and the `log` import, as `go:wasmexport`/`go:wasmimport`
 // functions of a wasip1 reactor. `build.sh` embeds the WIT and wraps the
@@ -222,7 +222,7 @@ func writeResult(a uint32, outs []Output, err error) {
 	put32(a+12, n)
 }
 
-//go:wasmexport sluice:plugin/handler@0.1.0#init
+//go:wasmexport sluice:plugin/handler@0.2.0#init
 func wasmInit(ptr, n uint32) uint32 {
 	growArena()
 	ret := alloc(12, 4)
@@ -237,7 +237,7 @@ func wasmInit(ptr, n uint32) uint32 {
 	return ret
 }
 
-//go:wasmexport sluice:plugin/handler@0.1.0#handle
+//go:wasmexport sluice:plugin/handler@0.2.0#handle
 func wasmHandle(idPtr, idLen, srcPtr, srcLen, keyTag, keyPtr, keyLen, payPtr, payLen, hdrPtr, hdrLen uint32,
 	ts uint64, attempt, rtTag, rtPtr, rtLen uint32) uint32 {
 	growArena()
@@ -262,7 +262,7 @@ func wasmHandle(idPtr, idLen, srcPtr, srcLen, keyTag, keyPtr, keyLen, payPtr, pa
 	return ret
 }
 
-//go:wasmexport sluice:plugin/handler@0.1.0#handle-batch
+//go:wasmexport sluice:plugin/handler@0.2.0#handle-batch
 func wasmHandleBatch(ptr, n uint32) uint32 {
 	growArena()
 	results := alloc(16*n, 4)
@@ -278,16 +278,16 @@ func wasmHandleBatch(ptr, n uint32) uint32 {
 
 // The host has read the results: every buffer of the call can go.
 
-//go:wasmexport cabi_post_sluice:plugin/handler@0.1.0#init
+//go:wasmexport cabi_post_sluice:plugin/handler@0.2.0#init
 func postInit(uint32) { release() }
 
-//go:wasmexport cabi_post_sluice:plugin/handler@0.1.0#handle
+//go:wasmexport cabi_post_sluice:plugin/handler@0.2.0#handle
 func postHandle(uint32) { release() }
 
-//go:wasmexport cabi_post_sluice:plugin/handler@0.1.0#handle-batch
+//go:wasmexport cabi_post_sluice:plugin/handler@0.2.0#handle-batch
 func postHandleBatch(uint32) { release() }
 
-//go:wasmimport sluice:plugin/log@0.1.0 log
+//go:wasmimport sluice:plugin/log@0.2.0 log
 func hostLog(level, msgPtr, msgLen, fieldsPtr, fieldsLen uint32)
 
 func logImpl(level Level, message string, fields [][2]string) {

@@ -38,6 +38,10 @@ mkdir -p "$(dirname "$out")"
 # exports it: a bump allocator over an array in Go's data segment, added here
 # (built natively with the same Go; the environment's GOOS/GOARCH are reset).
 (cd "$sdk" && GOOS= GOARCH= GOFLAGS= go run ./cmd/adapterrealloc "$work/core.wasm" "$work/core-adapted.wasm")
-"$WASM_TOOLS" component embed "$root/wit/deps/sluice-plugin@0.1.0" --world plugin "$work/core-adapted.wasm" -o "$work/embedded.wasm"
+# World `plugin` with every capability: `component new` imports only what
+# the module imports, and Go's linker drops the imports nothing calls, so a
+# plugin that never calls plugin.State does not import `state`.
+sluice_world "$work/wit" state
+"$WASM_TOOLS" component embed "$work/wit" --world plugin "$work/core-adapted.wasm" -o "$work/embedded.wasm"
 "$WASM_TOOLS" component new "$work/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
 echo "$out"

@@ -1,4 +1,4 @@
-// Package plugin is the Sluice plugin SDK for Go (sluice:plugin@0.1.0,
+// Package plugin is the Sluice plugin SDK for Go (sluice:plugin@0.2.0,
 // world `plugin`): the Go counterpart of the Rust SDK in guest-sdk/rust.
 //
 // A plugin registers a constructor in an init function; the constructor
@@ -107,10 +107,14 @@ func Reject(format string, args ...any) *HandlerError {
 }
 
 // asHandlerError maps any error to the WIT handler-error: a *HandlerError
-// keeps its disposition, anything else is retryable.
+// keeps its disposition, a *StateError (or an error wrapping one) takes
+// its own (see StateError.Disposition), anything else is retryable.
 func asHandlerError(err error) *HandlerError {
 	if he, ok := err.(*HandlerError); ok {
 		return he
+	}
+	if se, ok := asStateError(err); ok {
+		return &HandlerError{se.Disposition(), err.Error()}
 	}
 	return &HandlerError{Retryable, err.Error()}
 }

@@ -57,9 +57,20 @@ esac
 
 # The bundler maps `import … from 'sluice'` to the SDK and leaves the WIT
 # imports (`sluice:plugin/…`) to componentize.
+# Imports of `sluice:` modules have no side effects: one whose bindings
+# nothing uses is dropped (how a plugin that does not use `state` does not
+# import it).
 bundle_config="$work/bundle.mjs"
-printf 'export default { resolve: { alias: { sluice: %s } }, external: [/^sluice:/] };\n' \
+printf 'export default { resolve: { alias: { sluice: %s } }, external: [/^sluice:/],
+  treeshake: { moduleSideEffects: (id, external) => !(external && id.startsWith("sluice:")) } };\n' \
     "\"$sdk/sluice.js\"" > "$bundle_config"
+
+# The world: log, the capabilities the bundle imports, and handler.
+# shellcheck source=../tools.sh
+source "$root/guest-sdk/tools.sh"
+capabilities="$(node "$sdk/capabilities.mjs" "$cache" "$entry" "$bundle_config")"
+# shellcheck disable=SC2086 # one capability per word
+sluice_world "$work/wit" $capabilities
 
 mkdir -p "$(dirname "$out")"
 out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
@@ -67,13 +78,13 @@ case "$engine" in
     quickjs)
         # -d is refused by this backend; it imports a few WASI interfaces
         # (clocks, environment, stdio, exit, insecure-seed; see docs).
-        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$root/wit/deps/sluice-plugin@0.1.0" -n plugin \
+        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$work/wit" -n plugin \
             --backend qjs --backend-qjs-disable-async \
             --bundle --bundle-config "$bundle_config" -o "$out" >&2
         ;;
     starlingmonkey)
         # No wasi:http, no fetch event: the plugin world has neither.
-        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$root/wit/deps/sluice-plugin@0.1.0" -n plugin \
+        "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$work/wit" -n plugin \
             -d http fetch-event \
             --bundle --bundle-config "$bundle_config" -o "$out" >&2
         ;;

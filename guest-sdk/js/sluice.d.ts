@@ -152,6 +152,55 @@ export const Json: {
 /** `f` as serde_json writes it: 1.5, 100000.0, 1e+16, 1.2e-7, -0.0. */
 export function formatFloat(f: number): string;
 
+/** The WIT `state-error` cases. */
+export type StateErrorKind =
+  | 'key-too-long'
+  | 'value-too-large'
+  | 'too-many-writes'
+  | 'too-many-reads'
+  | 'not-a-counter'
+  | 'overflow'
+  | 'unavailable';
+
+/**
+ * A state operation refused by the host. A HandlerError: uncaught, it fails
+ * the event (`unavailable` retryable, every other kind rejected).
+ */
+export class StateError extends HandlerError {
+  constructor(kind: StateErrorKind, detail?: number | string | null);
+  readonly kind: StateErrorKind;
+  /** The limit (`key-too-long`…`too-many-reads`), the reason (`unavailable`), or null. */
+  readonly detail: number | string | null;
+}
+
+/** One page of `state.scan`. */
+export interface StatePage {
+  entries: Array<[key: string, value: Uint8Array]>;
+  /** Pass as `after` for the next page; null: this was the last. */
+  next: string | null;
+}
+
+/**
+ * The pipeline's state (the `state` capability: the pipeline grants it with
+ * `[pipelines.<name>.state]`). Writes belong to the event: seen by its own
+ * later reads at once, by other events once it concludes with its outputs
+ * accepted. Every method throws a `StateError`.
+ */
+export const state: {
+  get(key: string): Uint8Array | null;
+  /** null also when the value is not UTF-8. */
+  getText(key: string): string | null;
+  /** `Json.parse` of the value, or null; a value that is not JSON rejects the event. */
+  getJson(key: string): JsonValue | null;
+  set(key: string, value: BytesLike): void;
+  setJson(key: string, value: JsonInput): void;
+  delete(key: string): void;
+  /** Adds `delta` (default 1) and returns the new value (exact up to 2^53). */
+  increment(key: string, delta?: number): number;
+  scan(prefix: string, options?: { after?: string | null; limit?: number }): StatePage;
+  entries(prefix: string): Generator<[key: string, value: Uint8Array], void, undefined>;
+};
+
 /** Structured fields of a log line. */
 export type LogFields = Record<string, unknown> | ReadonlyArray<readonly [string, unknown]>;
 

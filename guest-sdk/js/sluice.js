@@ -1,4 +1,4 @@
-// Sluice plugin SDK for JavaScript (sluice:plugin@0.1.0, world `plugin`).
+// Sluice plugin SDK for JavaScript (sluice:plugin@0.2.0, world `plugin`).
 //
 // The JavaScript counterpart of the Rust SDK (guest-sdk/rust): you write
 // `init(config) -> state` and `handle(state, event) -> outputs`, and
@@ -15,7 +15,13 @@
 // build.sh, and StarlingMonkey): the SDK hides their differences (`null` vs
 // `undefined` for a missing option, `number` vs `bigint` for u64) and brings
 // its own UTF-8 codec because QuickJS has no TextEncoder/TextDecoder.
-import { log as hostLog } from 'sluice:plugin/log@0.1.0';
+//
+// `state` (the pipeline's key/value state) is a capability: build.sh makes
+// the component import it only when the plugin uses `state` (the bundler
+// drops this module's import of it otherwise), so a stateless plugin needs
+// no grant.
+import { log as hostLog } from 'sluice:plugin/log@0.2.0';
+import * as hostState from 'sluice:plugin/state@0.2.0';
 
 // ---------------------------------------------------------------- errors
 
@@ -538,6 +544,144 @@ function quoteSlow(text) {
   }
   return `${out + text.slice(start)}"`;
 }
+
+// ---------------------------------------------------------------- state
+
+// StarlingMonkey (componentize-js 0.23) aborts the instance when an s64
+// argument is negative ("coreabi_from_bigint64 validation"), as a Number
+// or a BigInt, signed or not. There a negative delta is applied as a read
+// and a write of the same key: the same result, limits and errors (the
+// event's reads and writes are tracked the same way).
+function incrementByWrite(key, delta) {
+  const text = state.getText(key);
+  if (text !== null && !/^[+-]?[0-9]+$/.test(text)) throw new StateError('not-a-counter');
+  const next = BigInt(text ?? 0) + BigInt(delta);
+  if (next < -(2n ** 63n) || next >= 2n ** 63n) throw new StateError('overflow');
+  state.set(key, next.toString());
+  return Number(next);
+}
+
+/**
+ * A state operation refused by the host: a HandlerError, so an uncaught one
+ * fails the event the way the Rust SDK's `?` does: `unavailable` (the
+ * backend cannot be reached) is retryable, every other kind rejects.
+ * `kind` is the WIT case (`key-too-long`, `value-too-large`,
+ * `too-many-writes`, `too-many-reads`, `not-a-counter`, `overflow`,
+ * `unavailable`) and `detail` its payload (the limit, or the reason).
+ */
+export class StateError extends HandlerError {
+  constructor(kind, detail) {
+    super(kind === 'unavailable' ? 'retryable' : 'reject', describeStateError(kind, detail));
+    this.name = 'StateError';
+    this.kind = kind;
+    this.detail = detail ?? null;
+  }
+}
+
+// The Rust SDK's wording (state::describe), so a dead letter reads the same.
+function describeStateError(kind, detail) {
+  switch (kind) {
+    case 'key-too-long': return `state key longer than the limit of ${detail} bytes`;
+    case 'value-too-large': return `state value larger than the limit of ${detail} bytes`;
+    case 'too-many-writes': return `an event may write at most ${detail} state keys`;
+    case 'too-many-reads': return `an event may read at most ${detail} state keys and scans`;
+    case 'not-a-counter': return 'state value is not a counter (ASCII decimal text)';
+    case 'overflow': return 'state counter would overflow a signed 64-bit integer';
+    case 'unavailable': return `state unavailable: ${detail}`;
+    default: return `state error ${kind}`;
+  }
+}
+
+// Calls a state import. Both engines throw the WIT error of a
+// result-returning import, StarlingMonkey wrapped in an Error whose
+// `payload` is the variant `{ tag, val }`.
+function hostCall(f, ...args) {
+  try {
+    return f(...args);
+  } catch (e) {
+    const err = e !== null && typeof e === 'object' && 'payload' in e ? e.payload : e;
+    if (err !== null && typeof err === 'object' && typeof err.tag === 'string') throw new StateError(err.tag, err.val);
+    throw e;
+  }
+}
+
+
+/**
+ * The pipeline's state: string keys, byte values, remembered between
+ * events. What an event writes is seen by its own later reads at once and
+ * by other events only once it concludes with its outputs accepted (a
+ * retry, trap or dead letter leaves no trace). The pipeline must grant it
+ * (`[pipelines.<name>.state]`). Every method throws a `StateError`.
+ */
+export const state = {
+  /** The value of `key` (a Uint8Array), or null. */
+  get(key) {
+    const value = hostCall(hostState.get, String(key));
+    return value == null ? null : asBytes(value);
+  },
+  /** The value of `key` as text, or null (also when it is not UTF-8). */
+  getText(key) {
+    const value = state.get(key);
+    if (value === null) return null;
+    try {
+      return utf8.decode(value);
+    } catch {
+      return null;
+    }
+  },
+  /** The value of `key` parsed with `Json.parse`, or null; a value that is not JSON rejects the event. */
+  getJson(key) {
+    const text = state.getText(key);
+    if (text === null) return null;
+    try {
+      return Json.parse(text);
+    } catch (e) {
+      throw HandlerError.reject(`state key ${JSON.stringify(String(key))} does not hold JSON: ${e.message}`);
+    }
+  },
+  /** Sets `key` to `value` (bytes, or a string sent as UTF-8). */
+  set(key, value) {
+    hostCall(hostState.set, String(key), bytes(value));
+  },
+  /** Sets `key` to `value` as compact JSON (`Json.stringify`). */
+  setJson(key, value) {
+    state.set(key, utf8.encode(Json.stringify(value)));
+  },
+  /** Removes `key` (no error if it has no value). */
+  delete(key) {
+    hostCall(hostState.delete, String(key));
+  },
+  /**
+   * Adds `delta` (default 1) to the counter at `key` (missing counts as 0)
+   * and returns the new value as a Number (both engines pass s64 as a
+   * Number: exact up to 2^53). Counters are ASCII decimal text: `getText`
+   * reads one as "42".
+   */
+  increment(key, delta = 1) {
+    const n = Number(delta);
+    if (nativeEncoder && n < 0) return incrementByWrite(String(key), n);
+    return Number(hostCall(hostState.increment, String(key), n));
+  },
+  /**
+   * One page of the keys starting with `prefix`, in order:
+   * `{ entries: [[key, Uint8Array], …], next }`; pass `next` as `after` for
+   * the following page (null: this was the last). `limit` defaults to 100
+   * (the host caps it too).
+   */
+  scan(prefix, { after = null, limit = 100 } = {}) {
+    const page = hostCall(hostState.scan, String(prefix), after ?? null, limit);
+    return { entries: page.entries.map(([k, v]) => [k, asBytes(v)]), next: page.next ?? null };
+  },
+  /** Every `[key, value]` under `prefix`, in key order, a page at a time. */
+  *entries(prefix) {
+    let after = null;
+    do {
+      const page = state.scan(prefix, { after, limit: 256 });
+      yield* page.entries;
+      after = page.next;
+    } while (after !== null);
+  },
+};
 
 // ---------------------------------------------------------------- logging
 

@@ -4,8 +4,9 @@
 #   bash guest-sdk/python/build.sh APP_DIR MODULE OUT.wasm
 #
 # MODULE (a .py file in APP_DIR, without the extension) defines `Handler`,
-# usually `Handler = export(MyPlugin)` with the SDK (sluice_plugin.py, found
-# here). The first run makes a venv with the pinned componentize-py
+# usually `Handler = export(MyPlugin)` with the SDK (the package
+# sluice_plugin, found here; `from sluice_plugin import state` for the
+# pipeline's state). The first run makes a venv with the pinned componentize-py
 # (requirements.txt) in $SLUICE_CACHE/py (default: <repo>/.cache/py), ~15 s.
 # A build takes ~15 s and makes an ~18 MB component (CPython inside).
 set -euo pipefail
@@ -28,8 +29,18 @@ if ! cmp -s "$sdk/requirements.txt" "$cache/requirements.txt" || [[ ! -x "$cache
     cp "$sdk/requirements.txt" "$cache/requirements.txt"
 fi
 
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+# The world: log, the capabilities the app imports (capabilities.py), and
+# handler; componentize-py would import every interface of wit/sluice.wit.
+# shellcheck source=../tools.sh
+source "$root/guest-sdk/tools.sh"
+capabilities="$("$cache/bin/python3" "$sdk/capabilities.py" "$app_dir" "$module" "$sdk")"
+# shellcheck disable=SC2086 # one capability per word
+sluice_world "$work/wit" $capabilities
+
 mkdir -p "$(dirname "$out")"
 # The SDK goes on the path after the app, so an app may vendor its own copy.
-"$cache/bin/componentize-py" -d "$root/wit/deps/sluice-plugin@0.1.0" -w plugin componentize \
+"$cache/bin/componentize-py" -d "$work/wit" -w plugin componentize \
     -p "$app_dir" -p "$sdk" "$module" -o "$out" >&2
 echo "$out"

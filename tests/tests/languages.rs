@@ -10,6 +10,7 @@
 #[allow(dead_code)] // each test binary uses a different part of it
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
@@ -378,6 +379,136 @@ fn instance_policy_reuse_keeps_state_and_fresh_starts_every_event_anew() -> Resu
         scratch.write_events("events.jsonl", &[event("calls"), event("calls"), event("calls")])?;
         scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
         assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), expected, "instance = {policy:?}");
+    }
+    Ok(())
+}
+
+/// The counter's twins (`plugins/counter` in Rust), by language: each
+/// counts events per key in the pipeline's state with its SDK's state API.
+const COUNTERS: [(&str, &str); 5] = [
+    ("js", "counter_js"),
+    ("ts", "counter_ts"),
+    ("python", "counter_py"),
+    ("c", "counter_c"),
+    ("go", "counter_go"),
+];
+
+/// How long a run of a counter may take (see the tests below).
+const SLOW_RUN: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The Rust counter and its twins.
+fn counters() -> Vec<(&'static str, PathBuf)> {
+    let mut all = vec![("rust", plugin("counter"))];
+    all.extend(COUNTERS.iter().map(|(language, name)| (*language, lang_plugin(name))));
+    all
+}
+
+/// `key=value` outputs per key, in file order.
+fn counts_per_key(outputs: &[Value]) -> Result<BTreeMap<String, Vec<i64>>> {
+    let mut per_key = BTreeMap::<String, Vec<i64>>::new();
+    for output in outputs {
+        let text = output["payload"].as_str().context("a text payload")?;
+        let (key, value) = text.split_once('=').with_context(|| format!("not key=value: {text}"))?;
+        ensure!(output["key"].as_str() == Some(key), "the output's key is the counted key: {output}");
+        per_key.entry(key.to_owned()).or_default().push(value.parse()?);
+    }
+    Ok(per_key)
+}
+
+/// Every language's counter in a file pipeline with embedded state, four
+/// lanes ordered by key: 350 keyed events over 7 keys, one failing once and
+/// one rejected. Each key's outputs are exactly 1, 2, … its number of
+/// counted events, in order (the retried attempt's increment and the
+/// rejected event's are gone); then a probe event per key (keyed by its
+/// payload, the counter's other rule), in a second run on the same state,
+/// reads count + 1. Runs get [`SLOW_RUN`]: a cold Python or StarlingMonkey
+/// compile on a busy machine can outlast the usual timeout.
+#[test]
+fn every_language_counts_per_key_in_embedded_state() -> Result<()> {
+    const KEYS: usize = 7;
+    const EVENTS: usize = 350;
+    let mut events = Vec::with_capacity(EVENTS);
+    let mut expected = BTreeMap::<String, i64>::new();
+    for i in 0..EVENTS {
+        let key = format!("k{}", i % KEYS);
+        let event = match i {
+            10 => serde_json::json!({ "key": key, "payload": format!("{key}:retry-once") }),
+            20 => serde_json::json!({ "key": key, "payload": format!("{key}:reject") }),
+            _ if i % 2 == 0 => serde_json::json!({ "key": key, "payload": key }),
+            _ => serde_json::json!({ "key": key, "payload": "keyed" }),
+        };
+        if i != 20 {
+            *expected.entry(key).or_default() += 1;
+        }
+        events.push(event);
+    }
+    for (language, path) in counters() {
+        let scratch = Scratch::new()?;
+        scratch.write_events("events.jsonl", &events)?;
+        scratch.write(
+            "sluice.toml",
+            format!(
+                r#"{runtime}
+[pipelines.counts]
+source = {{ kind = "file", path = "events.jsonl", checkpoint = "counts.checkpoint" }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+state = {{ backend = "embedded", path = "state.redb" }}
+
+[pipelines.counts.plugin]
+path = {plugin}
+
+[pipelines.counts.policy]
+backoff = {{ initial = "1ms", max = "2ms" }}
+concurrency = 4
+ordering = "key"
+"#,
+                runtime = runtime_table(),
+                plugin = toml_path(&path),
+            ),
+        )?;
+        Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?.wait(SLOW_RUN)?.ensure_success().with_context(|| language.to_string())?;
+        let per_key = counts_per_key(&scratch.read_jsonl("out.jsonl")?)?;
+        ensure!(per_key.len() == KEYS, "{language}: {} keys in the outputs", per_key.len());
+        for (key, values) in &per_key {
+            let n = expected.get(key).copied().unwrap_or_default();
+            ensure!(values == &(1..=n).collect::<Vec<_>>(), "{language}: {key} counted {values:?}, expected 1..={n}");
+        }
+        let dead = scratch.read_jsonl("dlq.jsonl")?;
+        ensure!(dead.len() == 1, "{language}: only the rejected event is dead-lettered: {dead:?}");
+        let message = header(&dead[0], "sluice-dlq-message").unwrap_or_default();
+        ensure!(message == format!("rejected after counting k6 to {}", 20 / KEYS + 1), "{language}: {message}");
+
+        // The state itself, read back by a probe event per key.
+        let probes: Vec<Value> = expected.keys().map(|key| event(key)).collect();
+        scratch.append_events("events.jsonl", &probes)?;
+        Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?.wait(SLOW_RUN)?.ensure_success().with_context(|| language.to_string())?;
+        let outputs = scratch.read_jsonl("out.jsonl")?;
+        let probed = counts_per_key(&outputs[outputs.len() - KEYS..])?;
+        for (key, n) in &expected {
+            ensure!(probed.get(key) == Some(&vec![n + 1]), "{language}: the probe of {key} read {:?}, expected {}", probed.get(key), n + 1);
+        }
+    }
+    Ok(())
+}
+
+/// `sluice plugin test --state seed.json` gives every language's counter
+/// an in-memory state seeded from the file: the seeded values are read,
+/// and a failed event's write is not kept.
+#[test]
+fn every_language_reads_a_seeded_state_in_plugin_test() -> Result<()> {
+    let scratch = Scratch::new()?;
+    scratch.write("seed.json", r#"{"count:a": "41", "count:b": {"base64": "OQ=="}}"#)?;
+    scratch.write_events("events.jsonl", &[event("a"), event("a:reject"), event("a"), event("b"), event("c")])?;
+    let cache = compile_cache().to_string_lossy().into_owned();
+    for (language, path) in counters() {
+        let plugin = path.to_string_lossy().into_owned();
+        let args = ["plugin", "test", &plugin, "--events", "events.jsonl", "--state", "seed.json", "--cache-dir", &cache];
+        let tested = Running::spawn(scratch.sluice(&args))?.wait(SLOW_RUN)?;
+        let lines = parse_jsonl(&tested.stdout)?;
+        let outputs: Vec<Option<&str>> = lines.iter().map(|l| l["outputs"][0]["payload"].as_str()).collect();
+        ensure!(outputs == [Some("a=42"), None, Some("a=43"), Some("b=10"), Some("c=1")], "{language}: {}", tested.stdout);
+        ensure!(lines[1]["error"]["message"] == "rejected after counting a to 43", "{language}: {}", tested.stdout);
     }
     Ok(())
 }

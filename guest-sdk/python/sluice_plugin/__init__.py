@@ -1,4 +1,4 @@
-"""Sluice plugin SDK for Python (sluice:plugin@0.1.0, world `plugin`), for componentize-py.
+"""Sluice plugin SDK for Python (sluice:plugin@0.2.0, world `plugin`), for componentize-py.
 
 The Python counterpart of the Rust SDK (guest-sdk/rust): subclass `Plugin`,
 write `init` (a classmethod returning the instance) and `handle`, then export
@@ -19,6 +19,10 @@ it under the name componentize-py looks for::
 
 `handle_batch` is derived from `handle`. `guest-sdk/python/build.sh` turns
 the module into a component.
+
+The pipeline's key/value state is the submodule `state` (`from sluice_plugin
+import state`), kept apart so that a plugin imports the `state` capability
+only when it uses it (see state.py).
 """
 
 from __future__ import annotations

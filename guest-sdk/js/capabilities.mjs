@@ -1,0 +1,28 @@
+// Prints the capabilities (`state`, …) a plugin uses, one per line, for
+// build.sh to build it against a world that imports those and no others
+// (componentize-js imports every interface of its world, used or not).
+//
+//   node capabilities.mjs CACHE_DIR ENTRY BUNDLE_CONFIG
+//
+// It bundles ENTRY the way `jco componentize --bundle` does (rolldown, the
+// same config) and reads which `sluice:plugin/<interface>` modules the
+// bundled code still imports: the config tells rolldown that these imports
+// have no side effects, so the SDK's import of `state` is dropped when
+// nothing the plugin uses needs it. (The code, not the chunk's `imports`
+// list: that one keeps every import rolldown saw.) ~0.2 s.
+import { pathToFileURL } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
+
+const [cache, entry, configPath] = process.argv.slice(2);
+const { rolldown } = await import(pathToFileURL(join(cache, 'node_modules/rolldown/dist/index.mjs')).href);
+const { default: config } = await import(pathToFileURL(resolve(configPath)).href);
+const build = await rolldown({ ...config, input: resolve(entry), cwd: dirname(resolve(entry)), platform: 'neutral' });
+try {
+  const { output } = await build.generate({ format: 'esm', codeSplitting: false });
+  const code = output.map((chunk) => chunk.code ?? '').join('\n');
+  for (const capability of ['state']) {
+    if (new RegExp(`from ["']sluice:plugin/${capability}@|import ["']sluice:plugin/${capability}@`).test(code)) console.log(capability);
+  }
+} finally {
+  await build.close();
+}

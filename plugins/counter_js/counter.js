@@ -1,0 +1,33 @@
+// `counter_js`: the JavaScript twin of plugins/counter (Rust): counts events
+// per key in the pipeline's state (the `state` capability) and outputs the
+// new count, with the same outputs and failures.
+//
+// For each event, the key is the event's key (or, without one, its payload
+// up to the first `:`): `count:<key>` is incremented by one, and one output
+// is returned with the same key and the payload `<key>=<count>`.
+//
+// Payload rules, to test that failed attempts leave no trace (each
+// increments first, then fails):
+// - `...:retry-once`: a retryable error on the first attempt;
+// - `...:reject`: rejected (dead-lettered).
+//
+// Config: `prefix` (optional, default `count:`): the state key prefix.
+import { plugin, state, HandlerError, Output, utf8 } from 'sluice';
+
+export const handler = plugin({
+  init(config) {
+    config.denyUnknown(['prefix']);
+    return { prefix: config.get('prefix') ?? 'count:' };
+  },
+
+  handle(self, event) {
+    const text = event.text().trimEnd();
+    const key = event.key !== null ? utf8.decode(event.key) : text.split(':')[0];
+    const count = state.increment(self.prefix + key, 1);
+    if (text.endsWith(':retry-once') && event.attempt === 1) {
+      throw HandlerError.retryable(`first attempt fails after counting ${key} to ${count}`);
+    }
+    if (text.endsWith(':reject')) throw HandlerError.reject(`rejected after counting ${key} to ${count}`);
+    return [Output.text(`${key}=${count}`, { key })];
+  },
+});
