@@ -450,7 +450,7 @@ fn every_language_counts_per_key_in_embedded_state() -> Result<()> {
             format!(
                 r#"{runtime}
 [pipelines.counts]
-source = {{ kind = "file", path = "events.jsonl", checkpoint = "counts.checkpoint" }}
+source = {{ kind = "file", path = "events.jsonl" }}
 sink = {{ kind = "file", path = "out.jsonl" }}
 dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
 state = {{ backend = "embedded", path = "state.redb" }}
