@@ -68,6 +68,10 @@ pub struct Built {
     pub plugin: LoadedPlugin,
     /// `true` pauses intake.
     pub pause: watch::Sender<bool>,
+    /// The exactly-once transaction, to tell after a failure whether
+    /// another host took it over (fenced: restarting would fence that host
+    /// in turn).
+    pub transaction: Option<Arc<Transaction>>,
 }
 
 /// Builds the dispatcher and source of pipeline `name`. A restart passes
@@ -104,6 +108,7 @@ pub async fn build(
     // Exactly-once: every sink writes into the pipeline's own transaction.
     let transaction = open_transaction(name, config).await?;
     let open = |sink| sinks.open_for(sink, transaction.as_ref());
+    let fenceable = transaction.clone();
     let default = open(&config.sink).await?;
     let mut routes = HashMap::new();
     for (route, sink) in &config.routes {
@@ -153,7 +158,7 @@ pub async fn build(
         state,
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
     };
-    Ok(Built { dispatcher, source, plugin, pause })
+    Ok(Built { dispatcher, source, plugin, pause, transaction: fenceable })
 }
 
 /// The transaction of an exactly-once Kafka pipeline.

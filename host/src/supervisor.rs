@@ -336,8 +336,9 @@ async fn supervise(name: &str, config: &PipelineConfig, context: &RunContext, st
         versions = ended.versions.or(versions);
         // A pipeline that never started has a config or deployment error,
         // reported at once; a stop (shutdown, reload) is not a failure to
-        // retry.
-        if first || stop.is_cancelled() {
+        // retry; nor is a fenced exactly-once producer: another host took
+        // its transactional id, and a restart would fence that one in turn.
+        if first || stop.is_cancelled() || ended.fenced {
             context.health.set(name, context.run, PipelineState::Failed(error));
             return report;
         }
@@ -392,6 +393,8 @@ struct Ended {
     versions: Option<Arc<PluginVersions>>,
     /// How long it ran after it started (zero if it did not start).
     up: std::time::Duration,
+    /// Its exactly-once producer was fenced by another with the same id.
+    fenced: bool,
 }
 
 /// Builds, registers and runs one pipeline to its end; unregisters it.
@@ -412,7 +415,7 @@ async fn run_pipeline(
         _ = stop.cancelled() => {
             tracing::info!(pipeline = %name, "stopped while starting");
             let report = PipelineReport { name: name.to_owned(), stats: StatsSnapshot::default(), error: None };
-            return Ended { report, versions, up: std::time::Duration::ZERO };
+            return Ended { report, versions, up: std::time::Duration::ZERO, fenced: false };
         }
     };
     let built = match built {
@@ -420,7 +423,7 @@ async fn run_pipeline(
         Err(err) => {
             tracing::error!(pipeline = %name, "cannot start pipeline: {err}");
             let report = PipelineReport { name: name.to_owned(), stats: StatsSnapshot::default(), error: Some(err.to_string()) };
-            return Ended { report, versions: None, up: std::time::Duration::ZERO };
+            return Ended { report, versions: None, up: std::time::Duration::ZERO, fenced: false };
         }
     };
     let dispatcher = built.dispatcher;
@@ -465,8 +468,9 @@ async fn run_pipeline(
             registry.remove(name);
         }
     }
+    let fenced = built.transaction.as_ref().is_some_and(|t| t.fenced());
     let report = PipelineReport { name: name.to_owned(), stats, error: result.err().map(|e| e.to_string()) };
-    Ended { report, versions: Some(versions), up }
+    Ended { report, versions: Some(versions), up, fenced }
 }
 
 /// Probes of the NATS connections a pipeline uses (its source's and its
