@@ -100,7 +100,18 @@ pub async fn build(
         None => return Err(BuildError::Config("no dead_letter sink".into())),
     };
     let stats = Arc::new(Stats::default());
-    let source = open_source(config, &sinks.connections, transaction, stats.gauges.source_lag.clone()).await?;
+    // Before the source: a Kafka changelog restores on the source's first
+    // assignment.
+    let state = match &config.state {
+        Some(state) => Some(
+            crate::state::open_for_pipeline(name, state, &config.source, &sinks.connections, transaction.as_ref())
+                .await
+                .map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?,
+        ),
+        None => None,
+    };
+    let partition_state = state.as_ref().and_then(|s| s.partition_state.clone());
+    let source = open_source(config, &sinks.connections, transaction, stats.gauges.source_lag.clone(), partition_state).await?;
     let policy = &config.policy;
     let max_attempts = match source.max_deliveries() {
         Some(limit) => policy.max_attempts.min(limit),
@@ -131,10 +142,7 @@ pub async fn build(
         idempotency: config.idempotency.as_ref().map(Guard::new),
         tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
         schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
-        state: match &config.state {
-            Some(state) => Some(crate::state::open(name, state, &config.source, &sinks.connections).await.map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?),
-            None => None,
-        },
+        state: state.map(|s| s.store),
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
     };
     Ok(Built { dispatcher, source, plugin, pause })
@@ -157,6 +165,7 @@ async fn open_source(
     connections: &Connections,
     transaction: Option<Arc<Transaction>>,
     lag: Arc<std::sync::atomic::AtomicI64>,
+    partition_state: Option<Arc<dyn crate::source::kafka::PartitionState>>,
 ) -> Result<Box<dyn Source>, SourceError> {
     let config = &pipeline.source;
     let connect = || async {
@@ -211,6 +220,7 @@ async fn open_source(
                 commit_interval: *commit_interval,
                 options: options.clone(),
                 lag,
+                partition_state,
             };
             Box::new(KafkaSource::open(&settings, transaction).await?)
         }

@@ -443,7 +443,7 @@ async fn commit_loop(store: Arc<Store>) {
                 inner.committing = false;
                 return;
             }
-            let mut writes: BTreeMap<String, (Option<Bytes>, u64)> = BTreeMap::new();
+            let mut writes: BTreeMap<String, (Option<Bytes>, u64, usize)> = BTreeMap::new();
             let mut applied = Vec::new();
             let mut position = None;
             let mut waiters = Vec::new();
@@ -451,7 +451,7 @@ async fn commit_loop(store: Arc<Store>) {
             while applied.len() < MAX_BATCH_EVENTS && inner.queue.front().is_some_and(|s| s.ready) {
                 let Some(slot) = inner.queue.pop_front() else { break };
                 for (key, value) in slot.writes {
-                    writes.insert(key, (value, slot.version));
+                    writes.insert(key, (value, slot.version, applied.len()));
                 }
                 applied.push(slot.event_id);
                 if slot.position.is_some() {
@@ -459,11 +459,12 @@ async fn commit_loop(store: Arc<Store>) {
                 }
                 waiters.extend(slot.waiter);
             }
-            let mut committed: Vec<(u64, String)> = writes.iter().map(|(k, (_, v))| (*v, k.clone())).collect();
+            let mut committed: Vec<(u64, String)> = writes.iter().map(|(k, (_, v, _))| (*v, k.clone())).collect();
             committed.sort_unstable();
-            let writes = writes.into_iter().map(|(k, (value, _))| (k, value)).collect();
+            let writers = writes.values().map(|(_, _, event)| applied.get(*event).cloned().unwrap_or_default()).collect();
+            let writes = writes.into_iter().map(|(k, (value, _, _))| (k, value)).collect();
             inner.in_flight = true;
-            (CommitBatch { writes, applied, position }, waiters, committed, inner.epoch)
+            (CommitBatch { writes, writers, applied, position }, waiters, committed, inner.epoch)
         };
         let ids = batch.applied.clone();
         let events = batch.applied.len();
