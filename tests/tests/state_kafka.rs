@@ -211,6 +211,15 @@ async fn counts_are_exact_through_kill_9_and_rebalances() -> Result<()> {
     let (a_done, b_done) = (a.wait(WITHIN)?, b.wait(WITHIN)?);
     a_done.ensure_success()?;
     b_done.ensure_success()?;
+    // Both survivors of the last kill restored state they had not written
+    // themselves (the partitions a restarted host takes over hold counts).
+    for (name, done) in [("a", &a_done), ("b", &b_done)] {
+        let log = format!("{}{}", done.stdout, done.stderr);
+        ensure!(
+            log.lines().any(|l| l.contains("state restored from the changelog") && !l.contains("keys=0")),
+            "host {name} never restored a non-empty state:\n{log}"
+        );
+    }
 
     let expected = |k: usize| (total / keys + usize::from(k < total % keys)) as u64;
     let outputs = read_all(&bootstrap, &output, PARTITIONS, true)?;
