@@ -261,3 +261,117 @@ async fn counts_are_exact_through_kill_9_and_rebalances() -> Result<()> {
     }
     Ok(())
 }
+
+/// The backend itself against the broker: what a restore reads back is what
+/// committed transactions wrote (values, tombstones), never an aborted
+/// one's; each write lands in its writer's input partition; a revoke
+/// forgets the partition; and a restore waits for an earlier owner's open
+/// transaction to end instead of reading past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_reads_committed_transactions_only() -> Result<()> {
+    use sluice::kafka::transaction::Transaction;
+    use sluice::source::kafka::PartitionState;
+    use sluice::state::kafka_changelog::{ChangelogBackend, ChangelogOptions};
+    use sluice::state::{Backend, CommitBatch};
+    use std::sync::Arc;
+
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (input, changelog) = (unique("in"), unique("changelog"));
+    create_topics(&bootstrap, &[(&input, 3)]).await?;
+    let client = sluice::kafka::client_config(&bootstrap, &Default::default());
+    let open = |id: &str| {
+        let (client, id, input, changelog) = (client.clone(), id.to_owned(), input.clone(), changelog.clone());
+        async move {
+            let transaction = Transaction::open(client.clone(), id).await?;
+            let options = ChangelogOptions { topic: changelog, client, input_topics: vec![input], restore_timeout: Duration::from_secs(3) };
+            let backend = Arc::new(ChangelogBackend::open(transaction.clone(), options).await?);
+            anyhow::Ok((transaction, backend))
+        }
+    };
+    // Commits a transaction that holds no input offsets.
+    let group: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", unique("group")).create()?;
+    let commit = |transaction: &Arc<Transaction>| {
+        let metadata = group.group_metadata().context("group metadata");
+        let transaction = transaction.clone();
+        async move { anyhow::Ok(transaction.commit(|| Some(Vec::new()), metadata?).await?) }
+    };
+    let batch = |writes: &[(&str, Option<&str>, &str)]| CommitBatch {
+        writes: writes.iter().map(|(k, v, _)| (k.to_string(), v.map(|v| bytes::Bytes::copy_from_slice(v.as_bytes())))).collect(),
+        writers: writes.iter().map(|(_, _, w)| w.to_string()).collect(),
+        ..CommitBatch::default()
+    };
+    let all: Vec<(String, i32)> = (0..3).map(|p| (input.clone(), p)).collect();
+    let restore = |backend: &Arc<ChangelogBackend>, partitions: Vec<(String, i32)>| {
+        let backend = backend.clone();
+        async move { tokio::task::spawn_blocking(move || backend.assigned(&partitions)).await?.map_err(anyhow::Error::msg) }
+    };
+    let value = |backend: &Arc<ChangelogBackend>, key: &'static str| {
+        let backend = backend.clone();
+        async move { anyhow::Ok(backend.get(key).await?.map(|v| String::from_utf8_lossy(&v).into_owned())) }
+    };
+
+    let (tx, first) = open(&unique("tx")).await?;
+    // One changelog partition per input partition, created compacted.
+    ensure!(end_offsets(&bootstrap, &changelog, 3)? == 0);
+    first.commit(batch(&[("a", Some("1"), &format!("{input}/0/0")), ("b", Some("2"), &format!("{input}/2/5"))])).await?;
+    ensure!(commit(&tx).await?);
+    first.commit(batch(&[("a", None, &format!("{input}/0/1")), ("c", Some("3"), &format!("{input}/1/0"))])).await?;
+    ensure!(commit(&tx).await?);
+    first.commit(batch(&[("d", Some("4"), &format!("{input}/1/1"))])).await?;
+    ensure!(value(&first, "d").await?.as_deref() == Some("4"), "the writer reads its own commit from the cache");
+    tx.abort().await?;
+    let out_of_range = first.commit(batch(&[("e", Some("5"), &format!("{input}/7/0"))])).await;
+    ensure!(out_of_range.as_ref().is_err_and(|e| e.to_string().contains("input partition 7 has no changelog partition")), "{out_of_range:?}");
+
+    let (_tx2, second) = open(&unique("tx")).await?;
+    restore(&second, all.clone()).await?;
+    ensure!(value(&second, "a").await?.is_none(), "a tombstone deletes");
+    ensure!(value(&second, "b").await?.as_deref() == Some("2"));
+    ensure!(value(&second, "c").await?.as_deref() == Some("3"));
+    ensure!(value(&second, "d").await?.is_none(), "an aborted transaction's write is not restored");
+    let keys: Vec<String> = second.scan("", None, 10).await?.into_iter().map(|(k, _)| k).collect();
+    ensure!(keys == ["b", "c"], "{keys:?}");
+    // Each record sits in its writer's partition: b in 2, c in 1, a's two in 0.
+    let per_partition: Vec<i64> = (0..3).map(|p| committed_records(&bootstrap, &changelog, p)).collect::<Result<_>>()?;
+    ensure!(per_partition == [2, 1, 1], "{per_partition:?}");
+    second.revoked(&[(input.clone(), 1)]);
+    ensure!(value(&second, "c").await?.is_none() && value(&second, "b").await?.is_some(), "a revoke forgets its partition only");
+
+    // A host dies inside a transaction that wrote to partition 2: a restore
+    // of partition 2 waits for it to end (here: fails after the timeout),
+    // and reads its outcome once the broker ended it.
+    let (zombie_tx, zombie) = open(&unique("tx")).await?;
+    zombie.commit(batch(&[("b", Some("99"), &format!("{input}/2/6"))])).await?;
+    let (_tx3, third) = open(&unique("tx")).await?;
+    let waited = restore(&third, all.clone()).await;
+    ensure!(waited.as_ref().is_err_and(|e| e.to_string().contains("still open")), "{waited:?}");
+    zombie_tx.abort().await?;
+    restore(&third, all).await?;
+    ensure!(value(&third, "b").await?.as_deref() == Some("2"), "the zombie's aborted write is not restored");
+    Ok(())
+}
+
+/// Non-control records in one partition of `topic`, read_committed.
+fn committed_records(bootstrap: &str, topic: &str, partition: i32) -> Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&list)?;
+    let deadline = Instant::now() + WITHIN;
+    let mut count = 0;
+    loop {
+        ensure!(Instant::now() < deadline, "timed out reading {topic}/{partition}");
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => count += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(count),
+            Some(Err(e)) => eprintln!("reader: {e}"),
+            None => {}
+        }
+    }
+}
