@@ -330,6 +330,7 @@ async fn a_restore_reads_committed_transactions_only() -> Result<()> {
     ensure!(value(&second, "b").await?.as_deref() == Some("2"));
     ensure!(value(&second, "c").await?.as_deref() == Some("3"));
     ensure!(value(&second, "d").await?.is_none(), "an aborted transaction's write is not restored");
+    ensure!(second.restored().0 == 1, "one restore counted for the metrics");
     let keys: Vec<String> = second.scan("", None, 10).await?.into_iter().map(|(k, _)| k).collect();
     ensure!(keys == ["b", "c"], "{keys:?}");
     // Each record sits in its writer's partition: b in 2, c in 1, a's two in 0.

@@ -69,4 +69,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The last position committed for a source.
     async fn position(&self, source: &str) -> Result<Option<u64>, StateError>;
+
+    /// Restores made so far and the time they took, in nanoseconds, for a
+    /// backend that restores state into a cache (the Kafka changelog, on
+    /// partition assignment).
+    fn restored(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }

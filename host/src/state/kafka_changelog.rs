@@ -57,6 +57,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,9 @@ pub struct ChangelogBackend {
     client: ClientConfig,
     restore_timeout: Duration,
     cache: Mutex<Cache>,
+    /// Restores done, and their time in nanoseconds (for the metrics).
+    restores: AtomicU64,
+    restore_nanos: AtomicU64,
 }
 
 impl std::fmt::Debug for ChangelogBackend {
@@ -143,7 +147,16 @@ impl ChangelogBackend {
                 .await
                 .map_err(|e| unavailable("opening the changelog", e))??
         };
-        Ok(Self { transaction, topic, partitions, client, restore_timeout, cache: Mutex::default() })
+        Ok(Self {
+            transaction,
+            topic,
+            partitions,
+            client,
+            restore_timeout,
+            cache: Mutex::default(),
+            restores: AtomicU64::new(0),
+            restore_nanos: AtomicU64::new(0),
+        })
     }
 
     pub fn topic(&self) -> &str {
@@ -374,6 +387,10 @@ impl Backend for ChangelogBackend {
     async fn position(&self, _source: &str) -> Result<Option<u64>, StateError> {
         Ok(None)
     }
+
+    fn restored(&self) -> (u64, u64) {
+        (self.restores.load(Ordering::Relaxed), self.restore_nanos.load(Ordering::Relaxed))
+    }
 }
 
 impl PartitionState for ChangelogBackend {
@@ -393,6 +410,8 @@ impl PartitionState for ChangelogBackend {
         cache.values.extend(restored);
         cache.owned.extend(wanted.iter().copied());
         drop(cache);
+        self.restores.fetch_add(1, Ordering::Relaxed);
+        self.restore_nanos.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         tracing::info!(topic = %self.topic, partitions = ?wanted, keys, ms = started.elapsed().as_millis() as u64, "state restored from the changelog");
         Ok(())
     }

@@ -173,6 +173,12 @@ impl Store {
         &self.metrics
     }
 
+    /// The store's counters with the backend's restores.
+    pub fn metrics_snapshot(&self) -> super::metrics::MetricsSnapshot {
+        let (restores, nanos) = self.backend.restored();
+        super::metrics::MetricsSnapshot { restores, restore_time: std::time::Duration::from_nanos(nanos), ..self.metrics.snapshot() }
+    }
+
     pub(crate) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
