@@ -169,35 +169,21 @@ impl ConsumerContext for SourceContext {
         if revoked.is_empty() {
             return;
         }
+        self.revoke(consumer, &revoked);
+        // After the commit: the revoked partitions' state belongs to their
+        // next owner.
         if let Some(state) = &self.partition_state {
-            // After the commit below (and whatever it does): the state of
-            // the revoked partitions belongs to their next owner.
-            let _forget = Forget { state: state.as_ref(), partitions: &revoked };
-            self.revoke(consumer, &revoked);
-        } else {
-            self.revoke(consumer, &revoked);
+            state.revoked(&revoked);
         }
     }
 }
 
-/// Tells the partition state of a revoke when dropped, i.e. after the
-/// revoke's commit.
-struct Forget<'a> {
-    state: &'a dyn PartitionState,
-    partitions: &'a [(String, i32)],
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.state.revoked(self.partitions);
-    }
-}
-
 impl SourceContext {
+    /// Commits what the revoked partitions finished (at-least-once: their
+    /// offsets; exactly-once: the whole transaction) and forgets them.
     fn revoke(&self, consumer: &BaseConsumer<Self>, revoked: &[(String, i32)]) {
-        let revoked = revoked.to_vec();
         if self.shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
-            self.shared.tracker().revoke(&revoked);
+            self.shared.tracker().revoke(revoked);
             return;
         }
         // Lanes settle events on other threads; waiting here (inside the
@@ -206,11 +192,11 @@ impl SourceContext {
         let drained = blocking_wait(|| match &self.transaction {
             // A transaction commits everything at once: all must settle.
             Some(_) => self.shared.wait_blocking(deadline, |t| t.outstanding() == 0),
-            None => self.shared.wait_blocking(deadline, |t| t.outstanding_in(&revoked) == 0),
+            None => self.shared.wait_blocking(deadline, |t| t.outstanding_in(revoked) == 0),
         });
         match &self.transaction {
             None => {
-                let points = self.shared.tracker().revoke(&revoked);
+                let points = self.shared.tracker().revoke(revoked);
                 if let Err(e) = commit(consumer, &points, CommitMode::Sync) {
                     tracing::warn!(source = %self.shared.describe, "commit before a rebalance failed ({e}); the new owner re-reads from the last commit");
                 }
@@ -242,7 +228,7 @@ impl SourceContext {
                         tracing::error!(source = %self.shared.describe, "exactly-once: cannot commit before a rebalance: {e}");
                     }
                 }
-                self.shared.tracker().revoke(&revoked);
+                self.shared.tracker().revoke(revoked);
             }
         }
     }
