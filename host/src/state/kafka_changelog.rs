@@ -261,7 +261,12 @@ fn ensure_topic(client: &ClientConfig, topic: &str, input_topics: &[String]) -> 
     };
     let mut needed = 1;
     for input in input_topics {
-        needed = needed.max(partitions_of(input)?.unwrap_or(1));
+        // Not created here with a guessed partition count: the source fails
+        // on a missing input topic with the same advice.
+        let Some(partitions) = partitions_of(input)? else {
+            return Err(unavailable("opening the changelog", format!("input topic `{input}` does not exist; create it (sluice does not create input topics)")));
+        };
+        needed = needed.max(partitions);
     }
     if let Some(existing) = partitions_of(topic)? {
         if existing < needed {
