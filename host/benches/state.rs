@@ -7,6 +7,10 @@
 //!   `state/embedded-deferred` (redb, fsync every 200 ms: the default with
 //!   a file source, whose position is committed with the state);
 //! - `state/none`: the same loop without state (ids and values only);
+//! - `state/kafka-changelog` (when `SLUICE_BENCH_KAFKA=host:port` names a
+//!   broker, e.g. `scripts/kafka.sh start`): records produced into an open
+//!   Kafka transaction and awaited, the transaction committed every second
+//!   as an exactly-once source does at its default `commit_interval`;
 //! - `state/pipeline-native`: the whole dispatcher with the native
 //!   passthrough (in-memory source, null sink), batch 256, the per-event cost
 //!   state is added to once wired in.
@@ -26,6 +30,8 @@ use sluice::config::BackoffConfig;
 use sluice::dispatch::{Dispatcher, RetryPolicy, Router};
 use sluice::event::Event;
 use sluice::state::embedded::{EmbeddedDb, EmbeddedOptions};
+use sluice::kafka::transaction::Transaction;
+use sluice::state::kafka_changelog::{ChangelogBackend, ChangelogOptions};
 use sluice::state::memory::MemoryBackend;
 use sluice::state::{Backend, Limits, Store};
 
@@ -40,7 +46,9 @@ const PIPELINE_EVENTS: usize = 10_240;
 async fn state_batch(store: &Arc<Store>, round: usize, value: &[u8]) {
     let mut tickets = Vec::with_capacity(BATCH);
     for i in 0..BATCH {
-        let mut state = store.begin(format!("bench:{round}:{i}"));
+        // Shaped like a Kafka event id (`topic/partition/offset`): the
+        // changelog places a write by its writer's partition.
+        let mut state = store.begin(format!("bench/0/{}", round * BATCH + i));
         let key = format!("key-{}", i % KEYS);
         let _ = std::hint::black_box(state.get(&key).await);
         let _ = state.set(&key, value.to_vec());
@@ -143,6 +151,33 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path)
         }
         Err(e) => eprintln!("no embedded row: {e}"),
     }
+    match std::env::var("SLUICE_BENCH_KAFKA") {
+        Ok(bootstrap) => match rt.block_on(changelog(&bootstrap)) {
+            Ok((transaction, store, consumer)) => {
+                let mut last_commit = std::time::Instant::now();
+                group.bench_function(BenchmarkId::new("kafka-changelog", BATCH), |b| {
+                    let mut round = 0;
+                    b.iter(|| {
+                        round += 1;
+                        rt.block_on(state_batch(&store, round, &value));
+                        if last_commit.elapsed() >= std::time::Duration::from_secs(1) {
+                            let committed = match rdkafka::consumer::Consumer::group_metadata(&consumer) {
+                                Some(metadata) => rt.block_on(transaction.commit(|| Some(Vec::new()), metadata)).map_err(|e| e.to_string()),
+                                None => Err("no group metadata".to_owned()),
+                            };
+                            if let Err(e) = committed {
+                                eprintln!("transaction commit failed: {e}");
+                            }
+                            last_commit = std::time::Instant::now();
+                        }
+                    })
+                });
+                commits_per_event("kafka-changelog", &store);
+            }
+            Err(e) => eprintln!("no kafka-changelog row: {e}"),
+        },
+        Err(_) => eprintln!("no kafka-changelog row: set SLUICE_BENCH_KAFKA=host:port (scripts/kafka.sh start)"),
+    }
     group.finish();
 
     let mut group = c.benchmark_group("state-pipeline");
@@ -157,6 +192,24 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path)
         )
     });
     group.finish();
+}
+
+/// A Kafka changelog on `bootstrap` (a fresh topic), its transaction, and
+/// a consumer for the group metadata a transaction commit needs.
+async fn changelog(bootstrap: &str) -> Result<(Arc<Transaction>, Arc<Store>, rdkafka::consumer::BaseConsumer), Box<dyn std::error::Error>> {
+    use rdkafka::consumer::BaseConsumer;
+    let run = std::process::id();
+    let client = sluice::kafka::client_config(bootstrap, &Default::default());
+    let transaction = Transaction::open(client.clone(), format!("bench-state-{run}")).await?;
+    let options = ChangelogOptions {
+        topic: format!("bench-state-{run}-changelog"),
+        client: client.clone(),
+        input_topics: Vec::new(),
+        restore_timeout: std::time::Duration::from_secs(60),
+    };
+    let backend = Arc::new(ChangelogBackend::open(transaction.clone(), options).await?);
+    let consumer: BaseConsumer = client.clone().set("group.id", format!("bench-state-{run}")).create()?;
+    Ok((transaction, Store::new(backend, Limits::default()), consumer))
 }
 
 /// How well group commit grouped: events per backend transaction.
@@ -192,7 +245,7 @@ fn report() {
     if let Some(p) = pipeline {
         println!("| pipeline, native passthrough (no state) | {p:.0} | {:.0} | 1.00 |", 1e9 / p);
     }
-    for row in ["none", "memory", "embedded", "embedded-deferred"] {
+    for row in ["none", "memory", "embedded", "embedded-deferred", "kafka-changelog"] {
         if let Some(ns) = mean_ns("state", row).map(|ns| ns / BATCH as f64) {
             let ratio = pipeline.map_or("?".into(), |p| format!("+{:.2}", ns / p));
             println!("| state/{row} (begin+get+set+conclude+ready) | {ns:.0} | {:.0} | {ratio} |", 1e9 / ns);

@@ -151,13 +151,14 @@ const COUNTERS: [(&str, &str, Counts); 18] = [
 ];
 
 /// Plugin state counters (pipelines with `[state]`).
-const STATE_COUNTERS: [(&str, &str, StateCount); 6] = [
+const STATE_COUNTERS: [(&str, &str, StateCount); 7] = [
     ("sluice_state_reads", "State reads by the plugin (get and scan).", |s| s.reads),
     ("sluice_state_writes", "State writes by the plugin (set, delete, increment).", |s| s.writes),
     ("sluice_state_written_bytes", "Key and value bytes of those writes.", |s| s.bytes_written),
     ("sluice_state_commits", "Backend transactions committing state (each holds many events).", |s| s.commits),
     ("sluice_state_committed_events", "Events whose state those transactions made durable.", |s| s.committed_events),
     ("sluice_state_conflicts", "Attempts run again because another event changed state they read.", |s| s.conflicts),
+    ("sluice_state_restores", "Restores of state from its backend (kafka-changelog: one per partition assignment).", |s| s.restores),
 ];
 
 const GAUGES: [(&str, &str, Level); 6] = [
@@ -232,7 +233,7 @@ impl Collector for Pipelines {
         }
         // Plugin state, for pipelines that have it.
         let state_rows: Vec<(&Row, crate::state::metrics::MetricsSnapshot)> =
-            rows.iter().filter_map(|row| row.handle.state.as_ref().map(|store| (row, store.metrics().snapshot()))).collect();
+            rows.iter().filter_map(|row| row.handle.state.as_ref().map(|store| (row, store.metrics_snapshot()))).collect();
         for (name, help, value) in STATE_COUNTERS {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (row, snapshot) in &state_rows {
@@ -247,6 +248,15 @@ impl Collector for Pipelines {
         )?;
         for (row, snapshot) in &state_rows {
             ConstCounter::new(snapshot.commit_time.as_secs_f64()).encode(commit_time.encode_family(&row.labels)?)?;
+        }
+        let mut restore_time = encoder.encode_descriptor(
+            "sluice_state_restore_seconds",
+            "Time spent restoring plugin state from its backend (kafka-changelog, on partition assignment).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (row, snapshot) in &state_rows {
+            ConstCounter::new(snapshot.restore_time.as_secs_f64()).encode(restore_time.encode_family(&row.labels)?)?;
         }
         let histograms: [(&str, &str, Timing); 2] = [
             ("sluice_plugin_call_duration_seconds", "Duration of one plugin call (a batch of events).", |s| &s.timings.call),

@@ -119,12 +119,19 @@ pub async fn build(
         None => return Err(BuildError::Config("no dead_letter sink".into())),
     };
     let stats = Arc::new(Stats::default());
+    // Before the source: a Kafka changelog restores on the source's first
+    // assignment.
     let state = match &config.state {
-        Some(state) => Some(crate::state::open(name, state, &config.source, &sinks.connections).await.map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?),
+        Some(state) => Some(
+            crate::state::open_for_pipeline(name, state, &config.source, &sinks.connections, transaction.as_ref())
+                .await
+                .map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?,
+        ),
         None => None,
     };
-    let positioned = state.as_ref().filter(|_| config.state.as_ref().is_some_and(|s| s.backend == crate::config::StateBackend::Embedded));
-    let source = open_source(config, &sinks.connections, transaction, stats.gauges.source_lag.clone(), positioned).await?;
+    let partition_state = state.as_ref().and_then(|s| s.partition_state.clone());
+    let positioned = state.as_ref().filter(|_| config.state.as_ref().is_some_and(|s| s.backend == crate::config::StateBackend::Embedded)).map(|s| &s.store);
+    let source = open_source(config, &sinks.connections, transaction, stats.gauges.source_lag.clone(), positioned, partition_state).await?;
     let policy = &config.policy;
     let max_attempts = match source.max_deliveries() {
         Some(limit) => policy.max_attempts.min(limit),
@@ -155,7 +162,7 @@ pub async fn build(
         idempotency: config.idempotency.as_ref().map(Guard::new),
         tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
         schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
-        state,
+        state: state.map(|s| s.store),
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
     };
     Ok(Built { dispatcher, source, plugin, pause, transaction: fenceable })
@@ -184,6 +191,7 @@ async fn open_source(
     transaction: Option<Arc<Transaction>>,
     lag: Arc<std::sync::atomic::AtomicI64>,
     state: Option<&Arc<crate::state::Store>>,
+    partition_state: Option<Arc<dyn crate::source::kafka::PartitionState>>,
 ) -> Result<Box<dyn Source>, SourceError> {
     let config = &pipeline.source;
     let connect = || async {
@@ -251,6 +259,7 @@ async fn open_source(
                 commit_interval: *commit_interval,
                 options,
                 lag,
+                partition_state,
             };
             Box::new(KafkaSource::open(&settings, transaction).await?)
         }

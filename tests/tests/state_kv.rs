@@ -24,7 +24,7 @@ fn write(key: &str, value: &str) -> (String, Option<Bytes>) {
 }
 
 fn batch(writes: Vec<(String, Option<Bytes>)>, applied: &[&str]) -> CommitBatch {
-    CommitBatch { writes, applied: applied.iter().map(|s| s.to_string()).collect(), position: None }
+    CommitBatch { writes, writers: Vec::new(), applied: applied.iter().map(|s| s.to_string()).collect(), position: None }
 }
 
 async fn value(backend: &KvBackend, key: &str) -> Result<Option<String>> {

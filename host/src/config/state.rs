@@ -23,6 +23,10 @@ pub enum StateBackend {
     /// A NATS JetStream KV bucket: state lives with the broker, so the
     /// pipeline can move to another host. NATS and JetStream sources only.
     JetstreamKv,
+    /// A compacted Kafka topic written in the exactly-once transaction, with
+    /// a local cache restored on partition assignment (the Kafka Streams
+    /// model). Kafka sources with `exactly_once = true` only.
+    KafkaChangelog,
 }
 
 /// The `state` table.
@@ -46,6 +50,17 @@ pub struct StateConfig {
     /// source's `url`. The source's login and TLS keys are used either way.
     #[serde(default)]
     pub url: Option<String>,
+    /// `kafka-changelog`: the changelog topic, created compacted if missing
+    /// with as many partitions as the largest input topic. Default
+    /// `sluice-<pipeline>-state-changelog` (characters Kafka refuses in a
+    /// topic name become `_`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// `kafka-changelog`: how long restoring the assigned partitions' state
+    /// may take, including waiting for the broker to end a killed host's
+    /// open transaction (`transaction.timeout.ms`). Default 2 min.
+    #[serde(default = "default_restore_timeout", with = "humantime_serde")]
+    pub restore_timeout: Duration,
     /// How long an event stays recognised as applied, so its redelivery is
     /// acknowledged without running it again. Must exceed the longest time
     /// the source may take to redeliver (JetStream: `ack_wait` times the
@@ -82,6 +97,9 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(200);
 /// A day: far longer than any broker's redelivery delay.
 fn default_marker_retention() -> Duration {
     Duration::from_secs(24 * 60 * 60)
+}
+fn default_restore_timeout() -> Duration {
+    crate::state::kafka_changelog::DEFAULT_RESTORE_TIMEOUT
 }
 fn default_max_key() -> ByteSize {
     ByteSize::kib(1)
@@ -121,7 +139,7 @@ impl StateConfig {
                 if matches!(source, SourceConfig::Kafka { .. }) {
                     return Err((
                         "state.backend",
-                        "`embedded` keeps state on this host only, but a Kafka consumer group moves partitions between hosts on a rebalance, and the host that takes a partition would not have its state; Kafka sources are not supported by this build's state backends yet".into(),
+                        "`embedded` keeps state on this host only, but a Kafka consumer group moves partitions between hosts on a rebalance, and the host that takes a partition would not have its state; use `backend = \"kafka-changelog\"` (with `exactly_once = true`)".into(),
                     ));
                 }
                 if let SourceConfig::File { checkpoint: Some(_), .. } = source {
@@ -148,7 +166,7 @@ impl StateConfig {
                 }
                 if !matches!(source, SourceConfig::Nats { .. } | SourceConfig::Jetstream { .. }) {
                     let kind = match source {
-                        SourceConfig::Kafka { .. } => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline",
+                        SourceConfig::Kafka { .. } => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline; use `backend = \"kafka-changelog\"`",
                         _ => "a file or stdin source: its position belongs with the file, use `backend = \"embedded\"`",
                     };
                     return Err(("state.backend", format!("`jetstream-kv` works with `nats` and `jetstream` sources only, not {kind}")));
@@ -162,6 +180,38 @@ impl StateConfig {
                     return Err(("state.marker_retention", "must be greater than zero".into()));
                 }
             }
+            StateBackend::KafkaChangelog => {
+                if self.path.is_some() {
+                    return Err(("state.path", "the kafka-changelog backend keeps state in a Kafka topic, not a file: remove `path` (name the topic with `topic`)".into()));
+                }
+                let SourceConfig::Kafka { exactly_once, pattern, .. } = source else {
+                    return Err((
+                        "state.backend",
+                        "`kafka-changelog` works with a `kafka` source only: its changelog partitions follow the input partitions, and its commits ride on the source's Kafka transaction".into(),
+                    ));
+                };
+                if !exactly_once {
+                    return Err((
+                        "state.backend",
+                        "`kafka-changelog` needs `exactly_once = true` on the Kafka source: without a transaction, state and offsets commit separately and a crash between them would apply an event's state changes twice".into(),
+                    ));
+                }
+                if pattern.is_some() {
+                    return Err((
+                        "state.backend",
+                        "`kafka-changelog` needs the source's `topics`, not a `pattern`: the changelog has one partition per input partition, fixed when it is created".into(),
+                    ));
+                }
+                if let Some(topic) = self.topic.as_deref().filter(|t| !super::valid_topic(t)) {
+                    return Err(("state.topic", format!("{topic:?} is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, `.`, `_`, `-`)")));
+                }
+                if self.restore_timeout.is_zero() {
+                    return Err(("state.restore_timeout", "must be greater than zero".into()));
+                }
+            }
+        }
+        if self.backend != StateBackend::KafkaChangelog && self.topic.is_some() {
+            return Err(("state.topic", "`topic` is for `backend = \"kafka-changelog\"`".into()));
         }
         if self.backend != StateBackend::Embedded && self.sync_interval.is_some() {
             return Err(("state.sync_interval", "`sync_interval` is for `backend = \"embedded\"`".into()));

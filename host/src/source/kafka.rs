@@ -40,6 +40,20 @@ use crate::kafka::{client_config, message_event, Context, OPEN_TIMEOUT};
 /// How long a revoke waits for the revoked partitions' events to finish.
 const REVOKE_DRAIN: Duration = Duration::from_secs(10);
 
+/// What must follow the partitions this host owns: the Kafka changelog
+/// state backend ([`crate::state::kafka_changelog`]). Called from the
+/// consumer's rebalance callback, with intake stopped: `assigned` runs
+/// before librdkafka is told to fetch the partitions, so none of their
+/// events is handed out before it returns; `revoked` after the revoked
+/// partitions' work is committed. Both may block.
+pub trait PartitionState: Send + Sync {
+    /// Makes the partitions' state ready (restores it). An error stops the
+    /// source before any event of theirs is handed out.
+    fn assigned(&self, partitions: &[(String, i32)]) -> Result<(), String>;
+    /// Forgets the partitions' state: the next owner has it.
+    fn revoked(&self, partitions: &[(String, i32)]);
+}
+
 /// The Kafka part of a pipeline's source config.
 pub struct KafkaSettings {
     pub brokers: String,
@@ -51,6 +65,8 @@ pub struct KafkaSettings {
     pub options: std::collections::BTreeMap<String, Secret>,
     /// Where the consumer lag is reported (the pipeline's gauge).
     pub lag: Arc<std::sync::atomic::AtomicI64>,
+    /// Told of every assignment and revoke (the Kafka changelog state).
+    pub partition_state: Option<Arc<dyn PartitionState>>,
 }
 
 /// What the source, its acks, the committer and the rebalance callback share.
@@ -111,6 +127,7 @@ pub struct SourceContext {
     shared: Arc<Shared>,
     transaction: Option<Arc<Transaction>>,
     lag: Arc<std::sync::atomic::AtomicI64>,
+    partition_state: Option<Arc<dyn PartitionState>>,
 }
 
 impl ClientContext for SourceContext {
@@ -136,13 +153,37 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(list), Some(state)) = (rebalance, &self.partition_state) {
+            // Before the partitions are assigned: nothing of theirs is
+            // fetched, let alone handed out, until their state is restored.
+            let assigned: Vec<(String, i32)> = list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+            if let Err(e) = blocking_wait(|| state.assigned(&assigned)) {
+                tracing::error!(source = %self.shared.describe, "cannot restore the state of the assigned partitions: {e}");
+                self.shared.tainted.store(true, std::sync::atomic::Ordering::SeqCst);
+                *lock(&self.shared.failure) = Some(format!("restoring the state of the assigned partitions failed: {e}"));
+            }
+            return;
+        }
         let Rebalance::Revoke(list) = rebalance else { return };
         let revoked: Vec<(String, i32)> = list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         if revoked.is_empty() {
             return;
         }
+        self.revoke(consumer, &revoked);
+        // After the commit: the revoked partitions' state belongs to their
+        // next owner.
+        if let Some(state) = &self.partition_state {
+            state.revoked(&revoked);
+        }
+    }
+}
+
+impl SourceContext {
+    /// Commits what the revoked partitions finished (at-least-once: their
+    /// offsets; exactly-once: the whole transaction) and forgets them.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, revoked: &[(String, i32)]) {
         if self.shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
-            self.shared.tracker().revoke(&revoked);
+            self.shared.tracker().revoke(revoked);
             return;
         }
         // Lanes settle events on other threads; waiting here (inside the
@@ -151,11 +192,11 @@ impl ConsumerContext for SourceContext {
         let drained = blocking_wait(|| match &self.transaction {
             // A transaction commits everything at once: all must settle.
             Some(_) => self.shared.wait_blocking(deadline, |t| t.outstanding() == 0),
-            None => self.shared.wait_blocking(deadline, |t| t.outstanding_in(&revoked) == 0),
+            None => self.shared.wait_blocking(deadline, |t| t.outstanding_in(revoked) == 0),
         });
         match &self.transaction {
             None => {
-                let points = self.shared.tracker().revoke(&revoked);
+                let points = self.shared.tracker().revoke(revoked);
                 if let Err(e) = commit(consumer, &points, CommitMode::Sync) {
                     tracing::warn!(source = %self.shared.describe, "commit before a rebalance failed ({e}); the new owner re-reads from the last commit");
                 }
@@ -187,7 +228,7 @@ impl ConsumerContext for SourceContext {
                         tracing::error!(source = %self.shared.describe, "exactly-once: cannot commit before a rebalance: {e}");
                     }
                 }
-                self.shared.tracker().revoke(&revoked);
+                self.shared.tracker().revoke(revoked);
             }
         }
     }
@@ -234,6 +275,7 @@ pub struct KafkaSource {
     committing: Option<tokio::task::JoinHandle<Result<(), String>>>,
     describe: String,
     errors_in_a_row: u32,
+    partition_state: Option<Arc<dyn PartitionState>>,
 }
 
 impl KafkaSource {
@@ -282,6 +324,7 @@ impl KafkaSource {
             shared: shared.clone(),
             transaction: transaction.clone(),
             lag: settings.lag.clone(),
+            partition_state: settings.partition_state.clone(),
         };
         let consumer: StreamConsumer<SourceContext> =
             config.create_with_context(context).map_err(|e| failed(format!("cannot create the consumer: {e}")))?;
@@ -330,6 +373,7 @@ impl KafkaSource {
             committing: None,
             describe,
             errors_in_a_row: 0,
+            partition_state: settings.partition_state.clone(),
         })
     }
 
@@ -398,6 +442,13 @@ impl Source for KafkaSource {
             };
             match received {
                 Ok(message) => {
+                    // A restore that failed in the rebalance this `recv` ran:
+                    // hand out nothing of the partitions it was for.
+                    if self.partition_state.is_some() {
+                        if let Some(failure) = lock(&self.shared.failure).take() {
+                            return Err(self.broker_error(failure));
+                        }
+                    }
                     if self.errors_in_a_row > 0 {
                         tracing::info!(source = %self.describe, "receiving messages again");
                         self.errors_in_a_row = 0;

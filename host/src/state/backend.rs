@@ -1,6 +1,6 @@
 //! The durable side of state: one trait, implemented by [`super::memory`],
-//! [`super::embedded`] and [`super::jetstream_kv`] (and later by a Kafka
-//! changelog).
+//! [`super::embedded`], [`super::jetstream_kv`] and
+//! [`super::kafka_changelog`].
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,6 +24,11 @@ pub struct CommitBatch {
     /// several events of the batch wrote a key, the last one in conclude
     /// order wins (the store has already folded them).
     pub writes: Vec<(String, Option<Bytes>)>,
+    /// The id of the event whose value of `writes[i]` is committed (the
+    /// last writer), same length as `writes`. The Kafka changelog places a
+    /// write in the changelog partition of that event's input partition;
+    /// other backends ignore it.
+    pub writers: Vec<String>,
     /// Ids of the events this commit makes durable.
     ///
     /// Why the markers exist: a crash after the state commit but before the
@@ -71,4 +76,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The last position committed for a source.
     async fn position(&self, source: &str) -> Result<Option<u64>, StateError>;
+
+    /// Restores made so far and the time they took, in nanoseconds, for a
+    /// backend that restores state into a cache (the Kafka changelog, on
+    /// partition assignment).
+    fn restored(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }

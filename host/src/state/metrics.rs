@@ -50,6 +50,8 @@ impl StateMetrics {
             committed_events: get(&self.committed_events),
             commit_time: Duration::from_nanos(get(&self.commit_nanos)),
             conflicts: get(&self.conflicts),
+            restores: 0,
+            restore_time: Duration::ZERO,
         }
     }
 }
@@ -64,4 +66,8 @@ pub struct MetricsSnapshot {
     pub committed_events: u64,
     pub commit_time: Duration,
     pub conflicts: u64,
+    /// Restores of state from the backend (Kafka changelog: one per
+    /// partition assignment) and their time; 0 for other backends.
+    pub restores: u64,
+    pub restore_time: Duration,
 }

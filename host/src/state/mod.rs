@@ -20,7 +20,8 @@
 //! Backends: [`memory`] (tests, `plugin test`, seedable from a JSON file) and
 //! [`embedded`] (redb, one file per host, a table namespace per pipeline)
 //! and [`jetstream_kv`] (a NATS KV bucket per pipeline, commits made atomic
-//! by a redo record).
+//! by a redo record) and [`kafka_changelog`] (a compacted topic written in
+//! the exactly-once Kafka transaction, restored on partition assignment).
 //! [`metrics`] counts reads, writes and commits for Prometheus.
 //!
 //! This module knows nothing of wasmtime, sources or the dispatcher: the
@@ -30,6 +31,7 @@ pub mod backend;
 pub mod embedded;
 mod event;
 pub mod jetstream_kv;
+pub mod kafka_changelog;
 pub mod memory;
 pub mod metrics;
 mod open;
@@ -38,7 +40,7 @@ mod store;
 pub use backend::{Backend, CommitBatch, Position};
 pub use event::EventState;
 pub use metrics::StateMetrics;
-pub use open::open;
+pub use open::{open, open_for_pipeline, Opened};
 pub use store::{Conflict, PositionProbe, Store, Ticket};
 
 /// Limits on what one event may do with state. Each one bounds memory or the

@@ -6,10 +6,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::embedded::{EmbeddedDb, EmbeddedOptions};
 use super::jetstream_kv::{default_bucket, KvBackend, KvOptions};
+use super::kafka_changelog::{default_topic, ChangelogBackend, ChangelogOptions};
 use super::memory::MemoryBackend;
 use super::{Backend, Limits, StateError, Store};
 use crate::config::{NatsServer, SourceConfig, StateBackend, StateConfig};
+use crate::kafka::transaction::Transaction;
 use crate::nats::Connections;
+use crate::source::kafka::PartitionState;
 
 /// The pipeline's state store, its backend opened. `source` and
 /// `connections` are for `jetstream-kv`, which connects to the source's
@@ -21,6 +24,26 @@ pub async fn open(
     source: &SourceConfig,
     connections: &Connections,
 ) -> Result<Arc<Store>, StateError> {
+    Ok(open_for_pipeline(pipeline, config, source, connections, None).await?.store)
+}
+
+/// An opened state, and what the source must tell of partition changes
+/// (`kafka-changelog`).
+pub struct Opened {
+    pub store: Arc<Store>,
+    pub partition_state: Option<Arc<dyn PartitionState>>,
+}
+
+/// [`open`], with the pipeline's exactly-once Kafka transaction, which the
+/// `kafka-changelog` backend writes into.
+pub async fn open_for_pipeline(
+    pipeline: &str,
+    config: &StateConfig,
+    source: &SourceConfig,
+    connections: &Connections,
+    transaction: Option<&Arc<Transaction>>,
+) -> Result<Opened, StateError> {
+    let mut partition_state: Option<Arc<dyn PartitionState>> = None;
     let limits = Limits {
         max_key_bytes: config.max_key_bytes.as_u64() as usize,
         max_value_bytes: config.max_value_bytes.as_u64() as usize,
@@ -52,8 +75,22 @@ pub async fn open(
             Arc::new(KvBackend::open(client, &options).await?)
         }
         (StateBackend::Embedded, None) => return Err(StateError::Unavailable("the embedded backend needs `state.path`".into())),
+        (StateBackend::KafkaChangelog, _) => {
+            let (SourceConfig::Kafka { brokers, topics, options, .. }, Some(transaction)) = (source, transaction) else {
+                return Err(StateError::Unavailable("the kafka-changelog backend needs an exactly-once Kafka source".into()));
+            };
+            let options = ChangelogOptions {
+                topic: config.topic.clone().unwrap_or_else(|| default_topic(pipeline)),
+                client: crate::kafka::client_config(brokers, options),
+                input_topics: topics.clone(),
+                restore_timeout: config.restore_timeout,
+            };
+            let backend = Arc::new(ChangelogBackend::open(transaction.clone(), options).await?);
+            partition_state = Some(backend.clone());
+            backend
+        }
     };
-    Ok(Store::new(backend, limits))
+    Ok(Opened { store: Store::new(backend, limits), partition_state })
 }
 
 /// The process's handle on a database file: redb opens a file once per

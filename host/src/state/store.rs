@@ -193,6 +193,12 @@ impl Store {
         &self.metrics
     }
 
+    /// The store's counters with the backend's restores.
+    pub fn metrics_snapshot(&self) -> super::metrics::MetricsSnapshot {
+        let (restores, nanos) = self.backend.restored();
+        super::metrics::MetricsSnapshot { restores, restore_time: std::time::Duration::from_nanos(nanos), ..self.metrics.snapshot() }
+    }
+
     pub(crate) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
@@ -463,7 +469,7 @@ async fn commit_loop(store: Arc<Store>) {
                 inner.committing = false;
                 return;
             }
-            let mut writes: BTreeMap<String, (Option<Bytes>, u64)> = BTreeMap::new();
+            let mut writes: BTreeMap<String, (Option<Bytes>, u64, usize)> = BTreeMap::new();
             let mut applied = Vec::new();
             let mut position = None;
             let mut waiters = Vec::new();
@@ -471,7 +477,7 @@ async fn commit_loop(store: Arc<Store>) {
             while applied.len() < MAX_BATCH_EVENTS && inner.queue.front().is_some_and(|s| s.ready) {
                 let Some(slot) = inner.queue.pop_front() else { break };
                 for (key, value) in slot.writes {
-                    writes.insert(key, (value, slot.version));
+                    writes.insert(key, (value, slot.version, applied.len()));
                 }
                 applied.push(slot.event_id);
                 if slot.position.is_some() {
@@ -484,11 +490,12 @@ async fn commit_loop(store: Arc<Store>) {
                     position = Some(Position { source: source.clone(), offset: probe() });
                 }
             }
-            let mut committed: Vec<(u64, String)> = writes.iter().map(|(k, (_, v))| (*v, k.clone())).collect();
+            let mut committed: Vec<(u64, String)> = writes.iter().map(|(k, (_, v, _))| (*v, k.clone())).collect();
             committed.sort_unstable();
-            let writes = writes.into_iter().map(|(k, (value, _))| (k, value)).collect();
+            let writers = writes.values().map(|(_, _, event)| applied.get(*event).cloned().unwrap_or_default()).collect();
+            let writes = writes.into_iter().map(|(k, (value, _, _))| (k, value)).collect();
             inner.in_flight = true;
-            (CommitBatch { writes, applied, position }, waiters, committed, inner.epoch)
+            (CommitBatch { writes, writers, applied, position }, waiters, committed, inner.epoch)
         };
         let ids = batch.applied.clone();
         let events = batch.applied.len();

@@ -9,6 +9,7 @@ fn batch(writes: &[(&str, Option<&str>)], applied: &[&str], position: Option<(&s
     CommitBatch {
         writes: writes.iter().map(|(k, v)| (k.to_string(), v.map(|v| Bytes::copy_from_slice(v.as_bytes())))).collect(),
         applied: applied.iter().map(|s| s.to_string()).collect(),
+        writers: Vec::new(),
         position: position.map(|(source, offset)| Position { source: source.into(), offset }),
     }
 }
