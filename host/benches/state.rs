@@ -200,7 +200,7 @@ async fn changelog(bootstrap: &str) -> Result<(Arc<Transaction>, Arc<Store>, rdk
     use rdkafka::consumer::BaseConsumer;
     let run = std::process::id();
     let client = sluice::kafka::client_config(bootstrap, &Default::default());
-    let transaction = Transaction::open(client.clone(), format!("bench-state-{run}")).await?;
+    let transaction = Transaction::open(client.clone(), format!("bench-state-{run}"), std::time::Duration::from_secs(10)).await?;
     let options = ChangelogOptions {
         topic: format!("bench-state-{run}-changelog"),
         client: client.clone(),

@@ -283,7 +283,7 @@ async fn a_restore_reads_committed_transactions_only() -> Result<()> {
     let open = |id: &str| {
         let (client, id, input, changelog) = (client.clone(), id.to_owned(), input.clone(), changelog.clone());
         async move {
-            let transaction = Transaction::open(client.clone(), id).await?;
+            let transaction = Transaction::open(client.clone(), id, std::time::Duration::from_secs(10)).await?;
             let options = ChangelogOptions { topic: changelog, client, input_topics: vec![input], restore_timeout: Duration::from_secs(3) };
             let backend = Arc::new(ChangelogBackend::open(transaction.clone(), options).await?);
             anyhow::Ok((transaction, backend))

@@ -76,12 +76,14 @@ pub async fn open_for_pipeline(
         }
         (StateBackend::Embedded, None) => return Err(StateError::Unavailable("the embedded backend needs `state.path`".into())),
         (StateBackend::KafkaChangelog, _) => {
-            let (SourceConfig::Kafka { brokers, topics, options, .. }, Some(transaction)) = (source, transaction) else {
+            let (SourceConfig::Kafka { brokers, topics, options, tls, sasl, .. }, Some(transaction)) = (source, transaction) else {
                 return Err(StateError::Unavailable("the kafka-changelog backend needs an exactly-once Kafka source".into()));
             };
             let options = ChangelogOptions {
                 topic: config.topic.clone().unwrap_or_else(|| default_topic(pipeline)),
-                client: crate::kafka::client_config(brokers, options),
+                // The source's connection settings (TLS, SASL), for the
+                // restore consumer and the topic admin.
+                client: crate::kafka::client_config(brokers, &crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options)),
                 input_topics: topics.clone(),
                 restore_timeout: config.restore_timeout,
             };
