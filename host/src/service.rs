@@ -7,6 +7,8 @@
 //! stopped answering. Outside systemd (`NOTIFY_SOCKET` unset) every call
 //! here does nothing.
 
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -40,9 +42,21 @@ pub async fn announce_ready(health: Health) {
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
 }
 
-/// `STOPPING=1`: a drain has begun.
-pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("draining in-flight events")]);
+/// `STOPPING=1`: a drain begins. Sent before the drain starts and directly
+/// (on the blocking pool, not through the notifier thread): a drain can end
+/// within milliseconds, and the process with it, before a queued message
+/// would have gone out.
+pub async fn stopping() {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let sent = tokio::task::spawn_blocking(|| {
+        sd_notify::notify(false, &[NotifyState::Stopping, NotifyState::Status("draining in-flight events")])
+    })
+    .await;
+    if let Ok(Err(err)) = sent {
+        tracing::warn!("cannot notify the service manager ($NOTIFY_SOCKET): {err}");
+    }
 }
 
 /// `RELOADING=1` then, from [`reloaded`], `READY=1`: a config reload
@@ -73,10 +87,42 @@ pub async fn keep_watchdog() {
     }
 }
 
+/// Messages queued for the notifier thread, at most: a manager that stops
+/// reading for this long is not reading at all.
+const QUEUE: usize = 64;
+
+/// Sends on a thread of its own, in order. The send is a blocking datagram
+/// write that waits while the manager's receive queue is full
+/// (`net.unix.max_dgram_qlen`, 10 by default): it must never hold a
+/// runtime worker.
 fn send(states: &[NotifyState]) {
-    // The datagram is local and small; a manager that went away is not a
-    // reason to stop serving, so a failure is only logged.
-    if let Err(err) = sd_notify::notify(false, states) {
-        tracing::warn!("cannot notify the service manager ($NOTIFY_SOCKET): {err}");
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    static NOTIFIER: OnceLock<Option<SyncSender<String>>> = OnceLock::new();
+    let notifier = NOTIFIER.get_or_init(|| {
+        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let spawned = std::thread::Builder::new().name("sluice-notify".into()).spawn(move || {
+            for message in rx {
+                // A manager that went away is not a reason to stop serving.
+                if let Err(err) = sd_notify::notify(false, &[NotifyState::Custom(message.trim_end())]) {
+                    tracing::warn!("cannot notify the service manager ($NOTIFY_SOCKET): {err}");
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(err) => {
+                tracing::warn!("cannot start the service-manager notifier thread: {err}");
+                None
+            }
+        }
+    });
+    let Some(notifier) = notifier else { return };
+    let message: String = states.iter().map(|state| format!("{state}\n")).collect();
+    match notifier.try_send(message) {
+        Ok(()) => {}
+        Err(TrySendError::Full(message)) => tracing::warn!("the service manager is not reading its notifications; dropped {:?}", message.trim_end()),
+        Err(TrySendError::Disconnected(_)) => {}
     }
 }

@@ -119,7 +119,6 @@ pub async fn run_with_reloads(
                 reports.push(ended.report);
             }
             _ = shutdown.cancelled(), if deadline.is_none() => {
-                crate::service::stopping();
                 tracing::info!("shutting down: draining in-flight events (up to {:?})", supervisor.config.runtime.shutdown_timeout);
                 deadline = Some(tokio::time::Instant::now() + supervisor.config.runtime.shutdown_timeout);
             }

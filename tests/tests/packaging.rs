@@ -218,21 +218,53 @@ fn install_stages_the_binary_unit_config_and_directories() -> Result<()> {
     Ok(())
 }
 
-/// Datagrams received on a notify socket until `until` returns true.
-fn receive_until(socket: &UnixDatagram, seen: &mut Vec<String>, within: Duration, until: impl Fn(&[String]) -> bool) -> Result<()> {
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 4096];
-    while !until(seen) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        ensure!(!left.is_zero(), "notifications so far: {seen:?}");
-        socket.set_read_timeout(Some(left))?;
-        match socket.recv(&mut buf) {
-            Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock || err.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(err) => return Err(err.into()),
+/// Every datagram received on a notify socket, collected by a thread that
+/// reads all the time (the socket's queue holds only
+/// `net.unix.max_dgram_qlen` datagrams, 10 by default: a reader that
+/// pauses would make the sender wait).
+struct Notifications {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Notifications {
+    fn listen(socket: UnixDatagram) -> Result<Self> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends when the test (holding the other Arc) is gone.
+            while std::sync::Arc::strong_count(&sink) > 1 {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    if let Ok(mut seen) = sink.lock() {
+                        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                }
+            }
+        });
+        Ok(Self { seen })
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.seen.lock().map(|seen| seen.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `until` holds for what arrived so far.
+    fn wait(&self, within: Duration, until: impl Fn(&[String]) -> bool) -> Result<Vec<String>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.snapshot();
+            if until(&seen) {
+                return Ok(seen);
+            }
+            ensure!(Instant::now() < deadline, "notifications so far: {seen:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
-    Ok(())
+}
+
+fn has(messages: &[String], line: &str) -> bool {
+    messages.iter().any(|m| m.lines().any(|l| l == line))
 }
 
 #[test]
@@ -253,7 +285,7 @@ path = {plugin}
     );
     scratch.write("sluice.toml", &config)?;
     let socket_path = scratch.path("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path)?;
+    let notifications = Notifications::listen(UnixDatagram::bind(&socket_path)?)?;
     // systemd sets WATCHDOG_PID to the service's pid: `exec` keeps the shell's.
     let mut command = Command::new("sh");
     command
@@ -263,35 +295,39 @@ path = {plugin}
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "200000");
     let mut running = Running::spawn(command)?;
-    let mut seen = Vec::new();
 
-    let ready = |seen: &[String]| seen.iter().any(|m| m.lines().any(|l| l == "READY=1"));
-    receive_until(&socket, &mut seen, RUN_TIMEOUT, ready)?;
+    let seen = notifications.wait(RUN_TIMEOUT, |seen| has(seen, "READY=1"))?;
     let first = seen.iter().find(|m| m.contains("READY=1")).cloned().unwrap_or_default();
     ensure!(first.contains("STATUS=1 pipelines started"), "{first}");
     // The pipeline is running by then: its first event comes out.
     running.wait_until("the first output", RUN_TIMEOUT, || scratch.count_lines("out.jsonl") == 1)?;
 
-    let pings = |seen: &[String]| seen.iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count() >= 2;
-    receive_until(&socket, &mut seen, Duration::from_secs(10), pings)?;
+    let pings = |seen: &[String]| seen.iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
+    let before = pings(&notifications.snapshot());
+    notifications.wait(Duration::from_secs(10), |seen| pings(seen) >= before + 2)?;
 
-    seen.clear();
+    let mark = notifications.snapshot().len();
     let hup = Command::new("kill").args(["-HUP", &running.pid().to_string()]).status()?;
     ensure!(hup.success());
-    let reloaded = |seen: &[String]| {
-        let reloading = seen.iter().position(|m| m.lines().any(|l| l == "RELOADING=1"));
-        let ready = seen.iter().rposition(|m| m.lines().any(|l| l == "READY=1"));
+    let seen = notifications.wait(RUN_TIMEOUT, |seen| {
+        let after = &seen[mark.min(seen.len())..];
+        let reloading = after.iter().position(|m| m.lines().any(|l| l == "RELOADING=1"));
+        let ready = after.iter().rposition(|m| m.lines().any(|l| l == "READY=1"));
         matches!((reloading, ready), (Some(r), Some(d)) if d > r)
-    };
-    receive_until(&socket, &mut seen, RUN_TIMEOUT, reloaded)?;
+    })?;
     ensure!(
-        seen.iter().any(|m| m.lines().any(|l| l.starts_with("MONOTONIC_USEC="))),
+        seen[mark..].iter().any(|m| m.lines().any(|l| l.starts_with("MONOTONIC_USEC="))),
         "RELOADING=1 without MONOTONIC_USEC: {seen:?}"
     );
 
     running.terminate()?;
-    let stopping = |seen: &[String]| seen.iter().any(|m| m.lines().any(|l| l == "STOPPING=1"));
-    receive_until(&socket, &mut seen, RUN_TIMEOUT, stopping)?;
+    if let Err(err) = notifications.wait(RUN_TIMEOUT, |seen| has(&seen[mark.min(seen.len())..], "STOPPING=1")) {
+        let host = match running.wait(Duration::from_millis(200)) {
+            Ok(finished) => format!("exited {:?}: {}", finished.code(), finished.stderr),
+            Err(still) => format!("{still}"),
+        };
+        bail!("{err}\nthe host: {host}");
+    }
     running.wait(RUN_TIMEOUT)?.ensure_success()?;
     Ok(())
 }

@@ -46,6 +46,7 @@ async fn watch_signals(shutdown: CancellationToken) {
         }
         if round == 0 {
             tracing::info!("signal received: stopping intake and draining (signal again to exit now)");
+            sluice::service::stopping().await;
             shutdown.cancel();
         }
     }
