@@ -445,28 +445,7 @@ fn every_language_counts_per_key_in_embedded_state() -> Result<()> {
     for (language, path) in counters() {
         let scratch = Scratch::new()?;
         scratch.write_events("events.jsonl", &events)?;
-        scratch.write(
-            "sluice.toml",
-            format!(
-                r#"{runtime}
-[pipelines.counts]
-source = {{ kind = "file", path = "events.jsonl" }}
-sink = {{ kind = "file", path = "out.jsonl" }}
-dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
-state = {{ backend = "embedded", path = "state.redb" }}
-
-[pipelines.counts.plugin]
-path = {plugin}
-
-[pipelines.counts.policy]
-backoff = {{ initial = "1ms", max = "2ms" }}
-concurrency = 4
-ordering = "key"
-"#,
-                runtime = runtime_table(),
-                plugin = toml_path(&path),
-            ),
-        )?;
+        scratch.write("sluice.toml", stateful_pipeline(&path, "concurrency = 4\nordering = \"key\""))?;
         Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?.wait(SLOW_RUN)?.ensure_success().with_context(|| language.to_string())?;
         let per_key = counts_per_key(&scratch.read_jsonl("out.jsonl")?)?;
         ensure!(per_key.len() == KEYS, "{language}: {} keys in the outputs", per_key.len());

@@ -17,24 +17,7 @@ const WITHIN: Duration = Duration::from_secs(180);
 
 /// `events.jsonl` → `counter` → `out.jsonl`, state in `state.redb`.
 fn counter_config(policy: &str) -> String {
-    format!(
-        r#"{runtime}
-[pipelines.counts]
-source = {{ kind = "file", path = "events.jsonl" }}
-sink = {{ kind = "file", path = "out.jsonl" }}
-dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
-state = {{ backend = "embedded", path = "state.redb" }}
-
-[pipelines.counts.plugin]
-path = {plugin}
-
-[pipelines.counts.policy]
-backoff = {{ initial = "1ms", max = "2ms" }}
-{policy}
-"#,
-        runtime = runtime_table(),
-        plugin = toml_path(&plugin("counter")),
-    )
+    stateful_pipeline(&plugin("counter"), policy)
 }
 
 /// `key=value` outputs per key, in file order.

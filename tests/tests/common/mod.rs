@@ -116,6 +116,30 @@ path = {plugin}
     )
 }
 
+/// Pipeline `counts`: `events.jsonl` → the component at `plugin` →
+/// `out.jsonl`, failures to `dlq.jsonl`, embedded state in `state.redb`,
+/// retries 1–2 ms apart; `policy` holds more policy lines.
+pub fn stateful_pipeline(plugin: &Path, policy: &str) -> String {
+    format!(
+        r#"{runtime}
+[pipelines.counts]
+source = {{ kind = "file", path = "events.jsonl" }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+state = {{ backend = "embedded", path = "state.redb" }}
+
+[pipelines.counts.plugin]
+path = {plugin}
+
+[pipelines.counts.policy]
+backoff = {{ initial = "1ms", max = "2ms" }}
+{policy}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(plugin),
+    )
+}
+
 /// An event line of the file source's JSON encoding with only a payload.
 pub fn event(payload: &str) -> Value {
     serde_json::json!({ "payload": payload })
