@@ -24,16 +24,6 @@ fn pipeline(name: &str, plugin_name: &str, source: &str, sink: &str, dead_letter
 }
 
 
-async fn wait_async<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        ensure!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_nats_subject_to_subject_keeps_every_event_in_order() -> Result<()> {

@@ -27,16 +27,6 @@ use fixture::{read_stream, stream_len, NatsServer};
 const WITHIN: Duration = Duration::from_secs(90);
 const TOKEN: &str = "restart-test-token";
 
-async fn wait_async<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        ensure!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A stream capturing `subject` that refuses messages past `max`.
 async fn bounded_stream(client: &async_nats::Client, name: &str, subject: &str, max: i64) -> Result<()> {

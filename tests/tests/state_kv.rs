@@ -17,6 +17,7 @@ use futures::TryStreamExt;
 use sluice::state::jetstream_kv::{CrashPoint, KvBackend, KvOptions, encode_key};
 use sluice::state::{Backend, CommitBatch, Position};
 
+use common::wait_async;
 use fixture::NatsServer;
 
 fn write(key: &str, value: &str) -> (String, Option<Bytes>) {
@@ -178,17 +179,6 @@ async fn markers_expire_with_the_markers_bucket() -> Result<()> {
     }
     ensure!(value(&backend, "k").await?.as_deref() == Some("1"), "state itself does not expire");
     Ok(())
-}
-
-async fn wait_async<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        ensure!(std::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The KV key of a user key, written out here rather than taken from

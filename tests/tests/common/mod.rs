@@ -304,6 +304,19 @@ pub fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> boo
 }
 
 /// How a process ended, with everything it printed.
+/// [`poll_until`] for an async probe (a broker query): polls every 20 ms
+/// until it gives a value, failing with `what` after `within`.
+pub async fn wait_async<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        ensure!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 #[derive(Debug)]
 pub struct Finished {
     pub status: ExitStatus,
