@@ -13,30 +13,19 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use common::*;
-use fixture::KafkaBroker;
+use fixture::{create_topics, KafkaBroker};
 
 const WITHIN: Duration = Duration::from_secs(180);
 const PARTITIONS: i32 = 4;
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0))
-}
-
-async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let new: Vec<NewTopic> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
-    for result in admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await? {
-        result.map_err(|(topic, code)| anyhow::anyhow!("creating topic {topic}: {code}"))?;
-    }
-    Ok(())
 }
 
 /// Key `k<NN>` of event `i`, and its partition (keys never change partition).
