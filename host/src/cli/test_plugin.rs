@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sluice::codec::encode_record;
 use sluice::config::{LineFormat, WasiGrants};
 use sluice::event::Disposition;
-use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
+use sluice::runtime::{CallLog, EventScope, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::sink::Record;
 use sluice::source::lines::LineSource;
 use sluice::source::{Settlement, Source};
@@ -81,12 +81,17 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
             } else {
                 // The event's state is kept only if it succeeds, as in a
                 // pipeline.
-                instance.attach_state(Box::new(store.begin(event.id.clone())));
+                let mut scope = EventScope::new(&event, CallLog::default());
+                scope.state = Some(Box::new(store.begin(event.id.clone())));
+                instance.attach(scope);
                 let handled = instance.handle(std::slice::from_ref(&event)).await;
-                let attempt = instance.detach_state().and_then(|s| s.into_any().downcast::<EventState>().ok());
+                let scope = instance.detach();
+                let emitted = scope.as_ref().map(|scope| scope.emits.clone()).unwrap_or_default();
+                let attempt = scope.and_then(|scope| scope.state).and_then(|s| s.into_any().downcast::<EventState>().ok());
                 match handled {
                     Ok(mut results) => match results.pop() {
-                        Some(Ok(outputs)) => {
+                        Some(Ok(returned)) => {
+                            let outputs = emitted.into_iter().chain(returned);
                             if let Some(attempt) = attempt {
                                 let ticket = store.conclude(*attempt).map_err(|e| anyhow::anyhow!("{e}"))?;
                                 store.ready(ticket).await?;

@@ -16,10 +16,12 @@
 //! | `sluice-dlq-first-failure`, `sluice-dlq-last-failure` | RFC 3339 UTC times |
 //! | `sluice-dlq-timestamp` | the event's own timestamp, ms since the epoch |
 //! | `sluice-dlq-reply-to` | the event's reply-to, when it had one |
+//! | `sluice-dlq-calls` | the outbound calls its attempts made (HTTP, service requests), a JSON array, when it made any |
 
 use std::time::SystemTime;
 
 use crate::event::{text_header, Event};
+use crate::runtime::CallRecord;
 use crate::sink::Record;
 
 /// Why an event is dead-lettered.
@@ -62,6 +64,8 @@ pub struct Failure {
     pub attempts: u32,
     pub first: SystemTime,
     pub last: SystemTime,
+    /// The outbound calls its attempts made, in order.
+    pub calls: Vec<CallRecord>,
 }
 
 /// Builds the dead-letter record for `event`, moving its key, payload and
@@ -83,6 +87,11 @@ pub fn record(event: Event, failure: &Failure, pipeline: &str, plugin: &str, dig
     ]);
     if let Some(reply_to) = event.reply_to {
         headers.push(text_header("sluice-dlq-reply-to", reply_to));
+    }
+    if !failure.calls.is_empty() {
+        if let Ok(calls) = serde_json::to_string(&failure.calls) {
+            headers.push(text_header("sluice-dlq-calls", calls));
+        }
     }
     Record {
         destination: None,

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use crate::config::InstancePolicy;
 use crate::event::Event;
 use crate::runtime::instance::HandleResult;
-use crate::runtime::state::StateAccess;
-use crate::runtime::{CallError, Instance, LoadedPlugin};
+use crate::runtime::{CallError, Capability, EventScope, Instance, LoadedPlugin};
 use crate::schema::Accepts;
 
 /// A live handler, used by one lane. Dropped after any [`CallError`].
@@ -27,11 +26,12 @@ pub trait Handler: Send + 'static {
     fn memory_bytes(&self) -> u64 {
         0
     }
-    /// Lends the next call an event's state (the `state` import reads and
-    /// writes it). Handlers without state ignore it.
-    fn attach_state(&mut self, _state: Box<dyn StateAccess>) {}
-    /// Takes the state back after the call, with the event's writes.
-    fn detach_state(&mut self) -> Option<Box<dyn StateAccess>> {
+    /// Lends the next call the event it handles (its state, its identity
+    /// for outbound calls; see [`EventScope`]). Handlers that need neither
+    /// ignore it.
+    fn attach(&mut self, _scope: EventScope) {}
+    /// Takes the scope back after the call, with what the call did.
+    fn detach(&mut self) -> Option<EventScope> {
         None
     }
 }
@@ -53,6 +53,12 @@ pub trait HandlerFactory: Send + Sync + 'static {
     fn accepts(&self) -> Option<&Accepts> {
         None
     }
+    /// Whether each call must handle one event, with its [`EventScope`]:
+    /// the plugin imports something whose effects belong to an event
+    /// (outbound HTTP, service calls). State asks the same of the pipeline.
+    fn per_event(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait::async_trait]
@@ -63,11 +69,11 @@ impl Handler for Instance {
     fn memory_bytes(&self) -> u64 {
         Instance::memory_bytes(self)
     }
-    fn attach_state(&mut self, state: Box<dyn StateAccess>) {
-        Instance::attach_state(self, state);
+    fn attach(&mut self, scope: EventScope) {
+        Instance::attach(self, scope);
     }
-    fn detach_state(&mut self) -> Option<Box<dyn StateAccess>> {
-        Instance::detach_state(self)
+    fn detach(&mut self) -> Option<EventScope> {
+        Instance::detach(self)
     }
 }
 
@@ -76,8 +82,8 @@ impl Handler for Instance {
 /// the next.
 struct FreshPerEvent {
     plugin: LoadedPlugin,
-    /// The state lent to the next call, handed to its fresh instance.
-    state: Option<Box<dyn StateAccess>>,
+    /// The scope lent to the next call, handed to its fresh instance.
+    scope: Option<EventScope>,
 }
 
 #[async_trait::async_trait]
@@ -86,20 +92,20 @@ impl Handler for FreshPerEvent {
         let mut results = Vec::with_capacity(events.len());
         for event in events {
             let mut instance = self.plugin.instantiate().await.map_err(|e| CallError::Start(e.to_string()))?;
-            if let Some(state) = self.state.take() {
-                instance.attach_state(state);
+            if let Some(scope) = self.scope.take() {
+                instance.attach(scope);
             }
             let handled = instance.handle(std::slice::from_ref(event)).await;
-            self.state = instance.detach_state();
+            self.scope = instance.detach();
             results.append(&mut handled?);
         }
         Ok(results)
     }
-    fn attach_state(&mut self, state: Box<dyn StateAccess>) {
-        self.state = Some(state);
+    fn attach(&mut self, scope: EventScope) {
+        self.scope = Some(scope);
     }
-    fn detach_state(&mut self) -> Option<Box<dyn StateAccess>> {
-        self.state.take()
+    fn detach(&mut self) -> Option<EventScope> {
+        self.scope.take()
     }
 }
 
@@ -112,7 +118,7 @@ impl HandlerFactory for LoadedPlugin {
                 .await
                 .map(|i| Box::new(i) as Box<dyn Handler>)
                 .map_err(|e| e.to_string()),
-            InstancePolicy::Fresh => Ok(Box::new(FreshPerEvent { plugin: self.clone(), state: None })),
+            InstancePolicy::Fresh => Ok(Box::new(FreshPerEvent { plugin: self.clone(), scope: None })),
         }
     }
     fn name(&self) -> &str {
@@ -126,5 +132,8 @@ impl HandlerFactory for LoadedPlugin {
     }
     fn accepts(&self) -> Option<&Accepts> {
         LoadedPlugin::accepts(self)
+    }
+    fn per_event(&self) -> bool {
+        self.capabilities().iter().any(|c| matches!(c, Capability::Http | Capability::Client))
     }
 }

@@ -23,9 +23,9 @@ use crate::codec::nestjs;
 use crate::config::Codec;
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
-use crate::runtime::CallError;
+use crate::runtime::{CallError, CallLog, EventScope};
+use crate::runtime::state::StateAccess;
 use crate::source::{Ack, Delivery, Settlement};
-use crate::state::EventState;
 use super::state::Redelivery;
 
 /// How long past its deadline a call may run before the lane drops it. The
@@ -157,7 +157,7 @@ impl Lane {
             let refused = match defect {
                 Some(defect) => {
                     let now = SystemTime::now();
-                    Some(Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now })
+                    Some(Failure { reason: Reason::Undecodable, message: defect, attempts: 0, first: now, last: now, calls: Vec::new() })
                 }
                 None => super::validate::refuse_input(&self.d, &self.version, &event),
             };
@@ -217,17 +217,19 @@ impl Lane {
             acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         }
-        if self.d.state.is_some() {
-            // Each write must belong to a known event: one event per call.
+        if self.per_event() {
+            // Each write and each outbound call must belong to a known
+            // event: one event per call.
             for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
                 let Some(permit) = self.permit_unless_abandoning().await else {
                     self.hand_back(ack);
                     continue;
                 };
-                let state = self.begin_state(&event);
-                let (mut alone, result, state) = self.call(vec![event], permit, state).await?;
+                let calls = CallLog::default();
+                let scope = self.begin_scope(&event, &calls);
+                let (mut alone, result, scope) = self.call(vec![event], permit, scope).await?;
                 let Some(event) = alone.pop() else { continue };
-                self.conclude(event, ack, trace, single(result), state, done).await?;
+                self.conclude(event, ack, trace, single(result), scope, Some(calls), done).await?;
             }
             return Ok(());
         }
@@ -241,12 +243,12 @@ impl Lane {
         match result {
             Ok(results) => {
                 for (((event, ack), trace), result) in events.into_iter().zip(acks).zip(traces).zip(results) {
-                    self.conclude(event, ack, trace, result.map_err(Failed::Handler), None, done).await?;
+                    self.conclude(event, ack, trace, result.map_err(Failed::Handler), None, None, done).await?;
                 }
             }
             Err(err) if count == 1 => {
                 for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
-                    self.conclude(event, ack, trace, Err(Failed::Call(err.clone())), None, done).await?;
+                    self.conclude(event, ack, trace, Err(Failed::Call(err.clone())), None, None, done).await?;
                 }
             }
             Err(err) => {
@@ -261,7 +263,7 @@ impl Lane {
                     };
                     let (mut alone, result, _) = self.call(vec![event], permit, None).await?;
                     let Some(event) = alone.pop() else { continue };
-                    self.conclude(event, ack, trace, single(result), None, done).await?;
+                    self.conclude(event, ack, trace, single(result), None, None, done).await?;
                 }
             }
         }
@@ -269,14 +271,18 @@ impl Lane {
     }
 
     /// Retries `event` until it succeeds, is rejected or runs out of
-    /// attempts, then sends its outputs or its dead-letter record.
+    /// attempts, then sends its outputs or its dead-letter record. `scope`
+    /// is what the last call gave back (per-event calls only), `calls` the
+    /// outbound calls of all its attempts.
+    #[allow(clippy::too_many_arguments)]
     async fn conclude(
         &mut self,
         mut event: Event,
         ack: Ack,
         mut trace: EventTrace,
         mut result: Result<Vec<Output>, Failed>,
-        mut state: Option<EventState>,
+        mut scope: Option<EventScope>,
+        calls: Option<CallLog>,
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
         if self.abandoning {
@@ -287,13 +293,18 @@ impl Lane {
         loop {
             let failed = match result {
                 Ok(mut outputs) => {
+                    if let Some(emitted) = scope.as_mut().map(|scope| std::mem::take(&mut scope.emits)).filter(|e| !e.is_empty()) {
+                        // Emitted during the call, so before what it returned.
+                        outputs.splice(0..0, emitted);
+                    }
                     let request = Request::of(event.reply_to.take(), &event.headers);
                     let checked = self.within_caps(&outputs)
                         .and_then(|()| self.d.router.check(&outputs, request.as_ref()))
                         .and_then(|()| super::validate::check_outputs(&self.d, &event, &outputs));
                     match checked {
                         Ok(()) => {
-                            let ticket = match (&self.d.state, state.take()) {
+                            let attempt_state = scope.take().and_then(|scope| scope.state).and_then(super::state::recover);
+                            let ticket = match (&self.d.state, attempt_state) {
                                 (Some(store), Some(attempt)) => match store.conclude(attempt) {
                                     Ok(ticket) => Some(ticket),
                                     Err(conflict) => {
@@ -307,11 +318,11 @@ impl Lane {
                                             self.hand_back(ack);
                                             return Ok(());
                                         };
-                                        let fresh = self.begin_state(&event);
+                                        let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls));
                                         let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
                                         event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
                                         result = single(next);
-                                        state = attempt;
+                                        scope = attempt;
                                         continue;
                                     }
                                 },
@@ -339,7 +350,8 @@ impl Lane {
             let message = failed.message();
             self.d.stats.errors.add(failed.kind());
             if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
-                let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now };
+                let calls = calls.map(|calls| calls.take()).unwrap_or_default();
+                let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now, calls };
                 self.forget(&event);
                 self.dead_letter(event, &failure, ack, trace);
                 return Ok(());
@@ -350,7 +362,8 @@ impl Lane {
                     Failed::Call(CallError::Timeout(_)) => Reason::Timeout,
                     _ => Reason::RetriesExhausted,
                 };
-                let failure = Failure { reason, message, attempts: event.attempt, first, last: now };
+                let calls = calls.map(|calls| calls.take()).unwrap_or_default();
+                let failure = Failure { reason, message, attempts: event.attempt, first, last: now, calls };
                 self.forget(&event);
                 self.dead_letter(event, &failure, ack, trace);
                 return Ok(());
@@ -388,11 +401,11 @@ impl Lane {
             };
             event.attempt += 1;
             Stats::add(&self.d.stats.retries, 1);
-            let fresh = self.begin_state(&event);
+            let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls));
             let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
             event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
             result = single(next);
-            state = attempt;
+            scope = attempt;
         }
     }
 
@@ -430,9 +443,25 @@ impl Lane {
         }
     }
 
-    /// A fresh state for an attempt at `event`, when the pipeline has state.
-    fn begin_state(&self, event: &Event) -> Option<EventState> {
-        self.d.state.as_ref().map(|store| store.begin(event.id.clone()))
+    /// Whether each call handles one event with its scope: the pipeline
+    /// has state, or its plugin makes outbound calls.
+    fn per_event(&self) -> bool {
+        self.d.state.is_some() || self.version.factory.per_event()
+    }
+
+    /// A fresh scope for an attempt at `event` (with a fresh state when the
+    /// pipeline has state), when calls are per event.
+    fn begin_scope(&self, event: &Event, calls: &CallLog) -> Option<EventScope> {
+        if !self.per_event() {
+            return None;
+        }
+        let mut scope = EventScope::new(event, calls.clone());
+        scope.state = self
+            .d
+            .state
+            .as_ref()
+            .map(|store| Box::new(store.begin(event.id.clone())) as Box<dyn StateAccess>);
+        Some(scope)
     }
 
     /// The breaker's leave for one more call, unless the lane is handing
@@ -548,8 +577,8 @@ impl Lane {
         &mut self,
         events: Vec<Event>,
         permit: Permit,
-        state: Option<EventState>,
-    ) -> Result<(Vec<Event>, CallResult, Option<EventState>), DispatchError> {
+        scope: Option<EventScope>,
+    ) -> Result<(Vec<Event>, CallResult, Option<EventScope>), DispatchError> {
         Stats::add(&self.d.stats.calls, 1);
         if let Some(retired) = self.retired.take() {
             // Freeing an instance can take a millisecond: not on a worker.
@@ -564,16 +593,16 @@ impl Lane {
                 Some(handler) => handler,
                 None => factory.create().await.map_err(CallError::Start)?,
             };
-            if let Some(state) = state {
-                handler.attach_state(Box::new(state));
+            if let Some(scope) = scope {
+                handler.attach(scope);
             }
             let started = std::time::Instant::now();
             let result = AssertUnwindSafe(handler.handle(&events))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(CallError::Trap("the host panicked while calling the plugin".into())));
-            let state = handler.detach_state().and_then(super::state::recover);
-            Ok::<_, CallError>((handler, result, started.elapsed(), state))
+            let scope = handler.detach();
+            Ok::<_, CallError>((handler, result, started.elapsed(), scope))
         };
         // The wasm runtime keeps `budget` itself; the watchdog is for
         // handlers that don't (and costs one timer per call).
@@ -583,7 +612,7 @@ impl Lane {
             _ = failed.cancelled() => None,
             outcome = watched => Some(outcome),
         };
-        let mut state = None;
+        let mut scope = None;
         let result = match outcome {
             None => {
                 // Its events, and everything after them, are handed back.
@@ -593,7 +622,7 @@ impl Lane {
             }
             Some(Ok(Ok((handler, result, took, attempt)))) => {
                 self.d.stats.timings.call.observe(took.as_secs_f64());
-                state = attempt;
+                scope = attempt;
                 if result.is_ok() {
                     self.set_memory(handler.memory_bytes());
                     self.handler = Some(handler);
@@ -631,7 +660,7 @@ impl Lane {
             Err(_) => {}
         }
         drop(permit);
-        Ok((events, result, state))
+        Ok((events, result, scope))
     }
 }
 

@@ -28,7 +28,7 @@ pub(super) fn refuse_input(d: &Dispatcher, version: &Version, event: &Event) -> 
         }
     };
     let now = SystemTime::now();
-    Some(Failure { reason, message, attempts: 0, first: now, last: now })
+    Some(Failure { reason, message, attempts: 0, first: now, last: now, calls: Vec::new() })
 }
 
 /// Checks an event's outputs against their schemas. Any failure rejects

@@ -1,7 +1,7 @@
 //! Capabilities: host imports a pipeline must grant before its plugin may
 //! use them. Plain imports (`log`, WASI's clocks and random) are always
-//! there; a capability reaches outside the plugin (its state today; the
-//! network and other services next), so a plugin that imports one into a
+//! there; a capability reaches outside the plugin (its state, the network,
+//! other services), so a plugin that imports one into a
 //! pipeline that does not grant it is refused at load, by name, rather
 //! than failing on its first event.
 
@@ -14,15 +14,23 @@ pub enum Capability {
     /// `sluice:plugin/state`: the pipeline's key/value state, granted by a
     /// `[pipelines.<name>.state]` table.
     State,
+    /// `wasi:http/outgoing-handler`: outbound HTTP to the hosts a
+    /// `[pipelines.<name>.plugin.http]` table allows.
+    Http,
+    /// `sluice:plugin/client`: requests and emits to the destinations of
+    /// `[pipelines.<name>.clients.<dest>]` tables.
+    Client,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 1] = [Capability::State];
+    pub const ALL: [Capability; 3] = [Capability::State, Capability::Http, Capability::Client];
 
     /// The name used in config and messages.
     pub fn name(self) -> &'static str {
         match self {
             Capability::State => "state",
+            Capability::Http => "http",
+            Capability::Client => "client",
         }
     }
 
@@ -30,6 +38,8 @@ impl Capability {
     fn interface(self) -> &'static str {
         match self {
             Capability::State => "sluice:plugin/state",
+            Capability::Http => "wasi:http/outgoing-handler",
+            Capability::Client => "sluice:plugin/client",
         }
     }
 
@@ -37,6 +47,8 @@ impl Capability {
     pub fn how_to_grant(self) -> &'static str {
         match self {
             Capability::State => "add a `[pipelines.<name>.state]` table (see docs/configuration.md#state)",
+            Capability::Http => "add a `[pipelines.<name>.plugin.http]` table with the hosts it may call (see docs/configuration.md#outbound-http)",
+            Capability::Client => "add a `[pipelines.<name>.clients.<destination>]` table per service it calls (see docs/configuration.md#service-calls)",
         }
     }
 }

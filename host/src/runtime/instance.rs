@@ -17,7 +17,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::state::StateAccess;
+use super::effects::EventScope;
 use super::world::Bindings;
 use super::host::GuestLog;
 use crate::event::{Event, HandlerError, Output};
@@ -47,9 +47,9 @@ pub struct PluginState {
     table: ResourceTable,
     limiter: MemoryCap,
     pub(crate) log: GuestLog,
-    /// The state of the event being handled, attached by the lane for the
-    /// call (see [`super::state`]).
-    pub(super) state: Option<Box<dyn StateAccess>>,
+    /// The event being handled, lent by the lane for the call (its state,
+    /// its identity for outbound calls; see [`super::effects`]).
+    pub(super) scope: Option<EventScope>,
 }
 
 impl WasiView for PluginState {
@@ -116,7 +116,7 @@ impl Instance {
                 total: 0,
             },
             log,
-            state: None,
+            scope: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -199,15 +199,15 @@ impl Instance {
             .map_err(|_| CallError::Timeout(budget))
     }
 
-    /// Gives the next call this event state (state imports read and write
-    /// it).
-    pub fn attach_state(&mut self, state: Box<dyn StateAccess>) {
-        self.store.data_mut().state = Some(state);
+    /// Lends the next call the event it handles (its state, its identity
+    /// for outbound calls).
+    pub fn attach(&mut self, scope: EventScope) {
+        self.store.data_mut().scope = Some(scope);
     }
 
-    /// Takes the event state back after a call, with its writes.
-    pub fn detach_state(&mut self) -> Option<Box<dyn StateAccess>> {
-        self.store.data_mut().state.take()
+    /// Takes the event's scope back after a call, with what the call did.
+    pub fn detach(&mut self) -> Option<EventScope> {
+        self.store.data_mut().scope.take()
     }
 
     /// Bytes of linear memory the instance holds (all its memories).

@@ -9,13 +9,15 @@
 //! - `host`: the imports we provide to guests (logging, state).
 //! - [`bindings`]: the `bindgen!` of the WIT worlds (0.2.0, and the frozen
 //!   0.1.0), and [`world`]: calling a plugin whichever it targets.
-//! - [`capability`]: imports a pipeline must grant (`state`), checked at
-//!   load.
+//! - [`capability`]: imports a pipeline must grant (`state`, `client`,
+//!   `wasi:http`), checked at load; [`effects`]: the event a call handles,
+//!   lent to it for those imports.
 //! - [`manifest`]: the optional `manifest` export (accepted event versions),
 //!   looked up by name so plugins without it load unchanged.
 
 pub mod bindings;
 pub mod capability;
+pub mod effects;
 pub mod engine;
 mod host;
 pub mod instance;
@@ -28,5 +30,6 @@ pub mod world;
 pub use engine::{Runtime, RuntimeOptions};
 pub use instance::{CallError, Instance};
 pub use capability::Capability;
+pub use effects::{CallKind, CallLog, CallRecord, EventScope};
 pub use plugin::{LoadError, LoadedPlugin, PluginSpec};
 pub use world::Target;

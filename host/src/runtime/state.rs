@@ -2,8 +2,9 @@
 //! forwarded to the state of the event being handled.
 //!
 //! The runtime knows nothing of backends or commit rules ([`crate::state`]
-//! does): before a call the lane attaches the event's [`StateAccess`] to the
-//! instance, and takes it back after, with the event's writes in it. A
+//! does): before a call the lane lends the instance the event's scope with
+//! its [`StateAccess`] (see [`super::effects`]), and takes it back after,
+//! with the event's writes in it. A
 //! call without one attached (`init`, or a pipeline without state, which
 //! cannot happen past the capability check) gets `unavailable`.
 
@@ -30,31 +31,31 @@ fn detached() -> StateError {
 
 impl state::Host for PluginState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, StateError> {
-        match self.state.as_mut() {
+        match self.scope.as_mut().and_then(|scope| scope.state.as_mut()) {
             Some(state) => state.get(key).await,
             None => Err(detached()),
         }
     }
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError> {
-        match self.state.as_mut() {
+        match self.scope.as_mut().and_then(|scope| scope.state.as_mut()) {
             Some(state) => state.set(key, value).await,
             None => Err(detached()),
         }
     }
     async fn delete(&mut self, key: String) -> Result<(), StateError> {
-        match self.state.as_mut() {
+        match self.scope.as_mut().and_then(|scope| scope.state.as_mut()) {
             Some(state) => state.delete(key).await,
             None => Err(detached()),
         }
     }
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, StateError> {
-        match self.state.as_mut() {
+        match self.scope.as_mut().and_then(|scope| scope.state.as_mut()) {
             Some(state) => state.increment(key, delta).await,
             None => Err(detached()),
         }
     }
     async fn scan(&mut self, prefix: String, after: Option<String>, limit: u32) -> Result<Page, StateError> {
-        match self.state.as_mut() {
+        match self.scope.as_mut().and_then(|scope| scope.state.as_mut()) {
             Some(state) => state.scan(prefix, after, limit).await,
             None => Err(detached()),
         }
