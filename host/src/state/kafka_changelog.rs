@@ -18,8 +18,10 @@
 //!
 //! [`Backend::commit`] produces the batch's records through the pipeline's
 //! transactional producer (holding the transaction's gate while enqueuing,
-//! like the sinks), waits for their delivery reports, then updates the
-//! cache. The source commits the transaction only once every handed-out
+//! like the sinks), then updates the cache. It does not wait for delivery
+//! reports: the transaction commit is the barrier (a record that failed to
+//! deliver fails the commit, and the pipeline restarts from the changelog),
+//! as it is for the outputs. The source commits the transaction only once every handed-out
 //! event has settled, and an event settles only after its state commit
 //! returned: so a Kafka transaction holds an event's outputs, its state
 //! changes and its offset, or none of them. A host killed at any point
@@ -343,33 +345,33 @@ impl Backend for ChangelogBackend {
                 format!("input partition {p} has no changelog partition (topic `{}` has {})", self.topic, self.partitions),
             ));
         }
-        let mut deliveries = Vec::with_capacity(placed.len());
+        // Enqueued into the open transaction, not awaited: like the
+        // pipeline's own outputs, the records become visible only when the
+        // transaction commits, and a record that fails to deliver fails that
+        // commit (librdkafka flushes in `commit_transaction` and refuses to
+        // commit a transaction with a failed record), which stops the
+        // pipeline; its restart restores this cache from the changelog.
+        // Waiting for each batch's `acks=all` round trip here cost ~6.8 ms per
+        // group commit (docs/benchmarks.md, "Kafka changelog row").
         for (key, value, partition) in &placed {
             let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(key.as_str()).partition(*partition);
             if let Some(value) = value {
                 record = record.payload(value.as_ref());
             }
-            let delivery = loop {
+            loop {
                 let enqueued = {
                     let _open = self.transaction.gate.read().map_err(|_| unavailable("writing", "transaction gate poisoned"))?;
                     self.transaction.producer.send_result(record)
                 };
                 match enqueued {
-                    Ok(delivery) => break delivery,
+                    // The delivery future is dropped: see above.
+                    Ok(_delivery) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                         record = returned;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err((error, _)) => return Err(unavailable(&format!("writing {key:?}"), error)),
                 }
-            };
-            deliveries.push(delivery);
-        }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(unavailable("writing", error)),
-                Err(_) => return Err(unavailable("writing", "the producer stopped")),
             }
         }
         let mut cache = self.cache();
