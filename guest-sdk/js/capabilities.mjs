@@ -1,4 +1,4 @@
-// Prints the capabilities (`state`, …) a plugin uses, one per line, for
+// Prints the capabilities (`state`, `client`, …) a plugin uses, one per line, for
 // build.sh to build it against a world that imports those and no others
 // (componentize-js imports every interface of its world, used or not).
 //
@@ -20,7 +20,7 @@ const build = await rolldown({ ...config, input: resolve(entry), cwd: dirname(re
 try {
   const { output } = await build.generate({ format: 'esm', codeSplitting: false });
   const code = output.map((chunk) => chunk.code ?? '').join('\n');
-  for (const capability of ['state']) {
+  for (const capability of ['state', 'client']) {
     if (new RegExp(`from ["']sluice:plugin/${capability}@|import ["']sluice:plugin/${capability}@`).test(code)) console.log(capability);
   }
 } finally {

@@ -202,6 +202,71 @@ export const state: {
 };
 
 /** Structured fields of a log line. */
+export type CallErrorKind =
+  | 'unknown-destination'
+  | 'not-allowed'
+  | 'timeout'
+  | 'no-responders'
+  | 'service'
+  | 'too-many-calls'
+  | 'too-large'
+  | 'unavailable';
+
+/** An error the service itself answered with (a NestJS `err`, a NATS `Nats-Service-Error`). */
+export interface ServiceError {
+  readonly code: string | null;
+  readonly message: string;
+  readonly payload: Uint8Array;
+}
+
+/**
+ * A service call that got no answer. A HandlerError: uncaught, `timeout`,
+ * `no-responders` and `unavailable` retry the event, the others reject it.
+ */
+export class CallError extends HandlerError {
+  constructor(kind: CallErrorKind, detail?: unknown);
+  readonly kind: CallErrorKind;
+  /** The limit, the timeout in ms, the destination or the reason; null for `service` and `no-responders`. */
+  readonly detail: number | string | null;
+  /** What the service answered, for `service`; otherwise null. */
+  readonly service: ServiceError | null;
+}
+
+/** Headers as an object or as `[key, value]` pairs. */
+export type HeadersInit = Record<string, BytesLike> | ReadonlyArray<readonly [string, BytesLike]>;
+
+/** A service's answer. */
+export class Reply {
+  readonly payload: Uint8Array;
+  readonly headers: Header[];
+  text(): string;
+  /** The payload parsed as JSON (with the NestJS codec: the `response` value). */
+  json(): JsonValue;
+}
+
+export interface RequestOptions {
+  headers?: HeadersInit;
+  /** Default: the destination's `timeout`. */
+  timeoutMs?: number | null;
+  /** Send `payload` as JSON (`Json.stringify`). */
+  json?: boolean;
+}
+
+/**
+ * Calls to other services (`[pipelines.<name>.clients.<destination>]`), as
+ * a NestJS `ClientProxy` makes them. Every method throws a `CallError`.
+ */
+export const client: {
+  /** Sends and waits for the answer (NestJS `send`). */
+  request(destination: string, payload: BytesLike | JsonInput, options?: RequestOptions): Reply;
+  /** `request` with a JSON payload, returning the answer parsed as JSON. */
+  requestJson(destination: string, value: JsonInput, options?: Omit<RequestOptions, 'json'>): JsonValue;
+  /** Publishes without waiting (NestJS `emit`): an output of the event, sent only if it succeeds. */
+  emit(destination: string, payload: BytesLike | JsonInput, options?: { headers?: HeadersInit; json?: boolean }): void;
+  /** `emit` with a JSON payload. */
+  emitJson(destination: string, value: JsonInput, options?: { headers?: HeadersInit }): void;
+};
+
 export type LogFields = Record<string, unknown> | ReadonlyArray<readonly [string, unknown]>;
 
 /** Structured logging into the host's log stream: `log.info('msg', { key: 'value' })`. */

@@ -16,12 +16,13 @@
 // `undefined` for a missing option, `number` vs `bigint` for u64) and brings
 // its own UTF-8 codec because QuickJS has no TextEncoder/TextDecoder.
 //
-// `state` (the pipeline's key/value state) is a capability: build.sh makes
-// the component import it only when the plugin uses `state` (the bundler
-// drops this module's import of it otherwise), so a stateless plugin needs
-// no grant.
+// `state` (the pipeline's key/value state) and `client` (calls to other
+// services) are capabilities: build.sh makes the component import one only
+// when the plugin uses it (the bundler drops this module's import of it
+// otherwise), so a plugin needs no grant for what it does not use.
 import { log as hostLog } from 'sluice:plugin/log@0.2.0';
 import * as hostState from 'sluice:plugin/state@0.2.0';
+import * as hostClient from 'sluice:plugin/client@0.2.0';
 
 // ---------------------------------------------------------------- errors
 
@@ -680,6 +681,116 @@ export const state = {
       yield* page.entries;
       after = page.next;
     } while (after !== null);
+  },
+};
+
+// ---------------------------------------------------------------- client
+
+/**
+ * A service call that got no answer: a HandlerError, so an uncaught one
+ * fails the event the way the Rust SDK's `?` does: `timeout`,
+ * `no-responders` and `unavailable` are retryable, every other kind
+ * rejects. `kind` is the WIT case (`unknown-destination`, `not-allowed`,
+ * `timeout`, `no-responders`, `service`, `too-many-calls`, `too-large`,
+ * `unavailable`); for `service` (the service answered with an error),
+ * `service` is `{ code, message, payload }` (code null when it gave none,
+ * payload a Uint8Array).
+ */
+export class CallError extends HandlerError {
+  constructor(kind, detail) {
+    const transient = kind === 'timeout' || kind === 'no-responders' || kind === 'unavailable';
+    super(transient ? 'retryable' : 'reject', describeCallError(kind, detail));
+    this.name = 'CallError';
+    this.kind = kind;
+    this.detail = kind === 'service' ? null : (detail ?? null);
+    this.service = kind === 'service'
+      ? { code: detail?.code ?? null, message: String(detail?.message ?? ''), payload: asBytes(detail?.payload ?? []) }
+      : null;
+  }
+}
+
+// The Rust SDK's wording (client::describe), so a dead letter reads the same.
+function describeCallError(kind, detail) {
+  switch (kind) {
+    case 'unknown-destination': return `no client destination named \`${detail}\` in the pipeline`;
+    case 'not-allowed': return `call not allowed: ${detail}`;
+    case 'timeout': return `no answer within ${detail} ms`;
+    case 'no-responders': return 'nobody listens on the destination';
+    case 'service': return detail?.code != null
+      ? `the service answered with error ${detail.code}: ${detail.message}`
+      : `the service answered with an error: ${detail?.message}`;
+    case 'too-many-calls': return `an event may make at most ${detail} calls to this destination`;
+    case 'too-large': return `payload larger than the destination's limit of ${detail} bytes`;
+    case 'unavailable': return `service unavailable: ${detail}`;
+    default: return `service call error ${kind}`;
+  }
+}
+
+function clientCall(f, ...args) {
+  try {
+    return f(...args);
+  } catch (e) {
+    const err = e !== null && typeof e === 'object' && 'payload' in e ? e.payload : e;
+    if (err !== null && typeof err === 'object' && typeof err.tag === 'string') throw new CallError(err.tag, err.val);
+    throw e;
+  }
+}
+
+function headerList(headers) {
+  const pairs = Array.isArray(headers) ? headers : Object.entries(headers ?? {});
+  return pairs.map(([key, value]) => ({ key: String(key), value: bytes(value) }));
+}
+
+/** A service's answer: `payload` (Uint8Array) and `headers`, with text and JSON views. */
+export class Reply {
+  constructor(raw) {
+    this.payload = asBytes(raw.payload);
+    this.headers = raw.headers.map((h) => ({ key: h.key, value: asBytes(h.value) }));
+  }
+  /** The payload as UTF-8 text. */
+  text() {
+    return utf8.decode(this.payload);
+  }
+  /** The payload parsed as JSON (with the NestJS codec: the `response` value). */
+  json() {
+    return Json.parse(this.text());
+  }
+}
+
+/**
+ * Calls to other services, as a NestJS `ClientProxy` makes them: each
+ * destination is a `[pipelines.<name>.clients.<destination>]` table
+ * (transport, subject or topic, codec). Every method throws a `CallError`.
+ */
+export const client = {
+  /**
+   * Sends `payload` (bytes, a string, or with `json: true` any value sent as
+   * JSON) to `destination` and waits for its answer: a `Reply`. Options:
+   * `headers` (an object or `[key, value]` pairs), `timeoutMs` (default: the
+   * destination's `timeout`). The host adds the event's correlation id, its
+   * trace context and an `Idempotency-Key` that is the same on every retry.
+   */
+  request(destination, payload, { headers = [], timeoutMs = null, json = false } = {}) {
+    const body = json ? utf8.encode(Json.stringify(payload)) : bytes(payload);
+    const timeout = timeoutMs === null || timeoutMs === undefined ? null : Math.max(0, Math.floor(Number(timeoutMs)));
+    return new Reply(clientCall(hostClient.request, String(destination), body, headerList(headers), timeout));
+  },
+  /** `request` with a JSON payload, returning the answer parsed as JSON. */
+  requestJson(destination, value, options = {}) {
+    return client.request(destination, value, { ...options, json: true }).json();
+  },
+  /**
+   * Publishes `payload` to `destination` without waiting (a NestJS event).
+   * An emit is an output of the event: published with its outputs if it
+   * succeeds, dropped if the attempt fails.
+   */
+  emit(destination, payload, { headers = [], json = false } = {}) {
+    const body = json ? utf8.encode(Json.stringify(payload)) : bytes(payload);
+    clientCall(hostClient.emit, String(destination), body, headerList(headers));
+  },
+  /** `emit` with a JSON payload. */
+  emitJson(destination, value, options = {}) {
+    client.emit(destination, value, { ...options, json: true });
   },
 };
 
