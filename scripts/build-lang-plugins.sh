@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the example plugins written in other languages than Rust
 # (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
-# counter in each, and ask_ts: a service call in TypeScript) with each
+# counter in each, and ask_ts/ask_py: a service call in TypeScript and
+# Python) with each
 # language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
@@ -57,6 +58,7 @@ for lang in "${langs[@]}"; do
         python)
             build json_enricher_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/json_enricher_py" app "$out/json_enricher_py.wasm"
             build counter_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/counter_py" app "$out/counter_py.wasm"
+            build ask_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/ask_py" app "$out/ask_py.wasm"
             ;;
         c)
             build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c"

@@ -1,4 +1,4 @@
-"""Prints the capabilities (`state`, …) a plugin uses, one per line, for
+"""Prints the capabilities (`state`, `client`, …) a plugin uses, one per line, for
 build.sh to build it against a world that imports those and no others
 (componentize-py imports every interface of its world, used or not).
 
@@ -18,6 +18,6 @@ import sys
 app_dir, module, sdk = sys.argv[1:4]
 finder = modulefinder.ModuleFinder(path=[app_dir, sdk])
 finder.run_script(os.path.join(app_dir, module + ".py"))
-for capability in ["state"]:
+for capability in ["state", "client"]:
     if f"sluice_plugin.{capability}" in finder.modules:
         print(capability)
