@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the example plugins written in other languages than Rust
 # (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
-# counter in each, and ask_ts/ask_py: a service call in TypeScript and
-# Python) with each
+# counter in each, and ask_ts/ask_py/ask_c: a service call in TypeScript,
+# Python and C) with each
 # language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
@@ -63,6 +63,7 @@ for lang in "${langs[@]}"; do
         c)
             build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c"
             build counter_c c bash "$root/guest-sdk/c/build.sh" "$out/counter_c.wasm" "$root/plugins/counter_c/counter.c"
+            build ask_c c bash "$root/guest-sdk/c/build.sh" "$out/ask_c.wasm" "$root/plugins/ask_c/ask.c"
             ;;
         go)
             build json_enricher_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/json_enricher_go" "$out/json_enricher_go.wasm"

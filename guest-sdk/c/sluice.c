@@ -11,6 +11,7 @@ struct sluice_failure {
     bool retryable;
     char *message;
     int state_error; // a sluice_state_error_t, or -1
+    int call_error;  // a sluice_call_error_t, or -1
 };
 
 static void *xmalloc(size_t n) {
@@ -48,6 +49,7 @@ static sluice_failure_t *failure(bool retryable, const char *format, va_list arg
     f->retryable = retryable;
     f->message = vformat(format, args);
     f->state_error = -1;
+    f->call_error = -1;
     return f;
 }
 
@@ -331,4 +333,76 @@ void exports_sluice_plugin_handler_handle_batch(exports_sluice_plugin_handler_li
         r->is_err = !handle_one(&events->ptr[i], &r->val.ok, &r->val.err);
     }
     exports_sluice_plugin_handler_list_event_free(events);
+}
+
+// ---- client
+
+int sluice_failure_call_error(const sluice_failure_t *failure) {
+    return failure ? failure->call_error : -1;
+}
+
+#define STR(s) (int)(s).len, (const char *)(s).ptr
+
+// The host's answer as a failure, in the Rust SDK's words (client::describe).
+static sluice_failure_t *call_failure(sluice_plugin_client_call_error_t *err) {
+    sluice_failure_t *f;
+    switch (err->tag) {
+    case SLUICE_PLUGIN_CLIENT_CALL_ERROR_UNKNOWN_DESTINATION:
+        f = sluice_reject("no client destination named `%.*s` in the pipeline", STR(err->val.unknown_destination));
+        break;
+    case SLUICE_PLUGIN_CLIENT_CALL_ERROR_NOT_ALLOWED:
+        f = sluice_reject("call not allowed: %.*s", STR(err->val.not_allowed));
+        break;
+    case SLUICE_PLUGIN_CLIENT_CALL_ERROR_TIMEOUT:
+        f = sluice_retryable("no answer within %u ms", (unsigned)err->val.timeout);
+        break;
+    case SLUICE_PLUGIN_CLIENT_CALL_ERROR_NO_RESPONDERS:
+        f = sluice_retryable("nobody listens on the destination");
+        break;
+    case SLUICE_PLUGIN_CLIENT_CALL_ERROR_SERVICE:
+        if (err->val.service.code.is_some)
+            f = sluice_reject("the service answered with error %.*s: %.*s", STR(err->val.service.code.val), STR(err->val.service.message));
+        else
+            f = sluice_reject("the service answered with an error: %.*s", STR(err->val.service.message));
+        break;
+    case SLUICE_PLUGIN_CLIENT_CALL_ERROR_TOO_MANY_CALLS:
+        f = sluice_reject("an event may make at most %u calls to this destination", (unsigned)err->val.too_many_calls);
+        break;
+    case SLUICE_PLUGIN_CLIENT_CALL_ERROR_TOO_LARGE:
+        f = sluice_reject("payload larger than the destination's limit of %u bytes", (unsigned)err->val.too_large);
+        break;
+    case SLUICE_PLUGIN_CLIENT_CALL_ERROR_UNAVAILABLE:
+        f = sluice_retryable("service unavailable: %.*s", STR(err->val.unavailable));
+        break;
+    default:
+        f = sluice_reject("service call error %d", (int)err->tag);
+        break;
+    }
+    f->call_error = err->tag;
+    sluice_plugin_client_call_error_free(err);
+    return f;
+}
+
+sluice_failure_t *sluice_client_request(const char *destination, const void *payload, size_t payload_len, int64_t timeout_ms,
+                                        sluice_bytes_t *reply) {
+    plugin_string_t d = borrowed(destination, strlen(destination));
+    plugin_list_u8_t p = {(uint8_t *)payload, payload_len};
+    sluice_plugin_client_list_header_t headers = {NULL, 0};
+    uint32_t timeout = timeout_ms > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)(timeout_ms < 0 ? 0 : timeout_ms);
+    sluice_plugin_client_reply_t ret;
+    sluice_plugin_client_call_error_t err;
+    if (!sluice_plugin_client_request(&d, &p, &headers, timeout_ms < 0 ? NULL : &timeout, &ret, &err)) return call_failure(&err);
+    reply->ptr = ret.payload.ptr;
+    reply->len = ret.payload.len;
+    sluice_plugin_client_list_header_free(&ret.headers);
+    return NULL;
+}
+
+sluice_failure_t *sluice_client_emit(const char *destination, const void *payload, size_t payload_len) {
+    plugin_string_t d = borrowed(destination, strlen(destination));
+    plugin_list_u8_t p = {(uint8_t *)payload, payload_len};
+    sluice_plugin_client_list_header_t headers = {NULL, 0};
+    sluice_plugin_client_call_error_t err;
+    if (!sluice_plugin_client_emit(&d, &p, &headers, &err)) return call_failure(&err);
+    return NULL;
 }

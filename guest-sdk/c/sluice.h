@@ -63,7 +63,8 @@ sluice_failure_t *sluice_retryable(const char *format, ...) __attribute__((forma
 sluice_failure_t *sluice_reject(const char *format, ...) __attribute__((format(printf, 1, 2)));
 char *sluice_errorf(const char *format, ...) __attribute__((format(printf, 1, 2)));
 
-// Frees a failure the plugin does not return (one from sluice_state_*).
+// Frees a failure the plugin does not return (one from sluice_state_* or
+// sluice_client_*).
 void sluice_failure_free(sluice_failure_t *failure);
 
 // ---- state: the pipeline's key/value state (the `state` capability,
@@ -116,6 +117,46 @@ sluice_failure_t *sluice_state_increment(const char *key, size_t key_len, int64_
 sluice_failure_t *sluice_state_scan(const char *prefix, size_t prefix_len, const char *after, size_t after_len, uint32_t limit,
                                     sluice_state_page_t *page);
 void sluice_state_page_free(sluice_state_page_t *page);
+
+// ---- client: calls to other services, as a NestJS ClientProxy makes them
+// (the `client` capability: each destination is a
+// `[pipelines.<name>.clients.<destination>]` table; a plugin that calls
+// neither function does not import it and needs no grant). The host adds
+// the event's correlation id, its traceparent and an Idempotency-Key
+// `<event id>:<n>` (the same on every retry) to each request, and lists
+// every request in the event's dead letter. An emit is an output of the
+// event: published with its outputs only if it succeeds.
+//
+// Each returns NULL on success, or the host's answer as a failure with the
+// Rust SDK's disposition and wording (timeout, no responders and
+// unavailable are retryable; every other case rejects): return it from
+// plugin_handle as is, or inspect it with sluice_failure_call_error and
+// free it with sluice_failure_free.
+//
+//   sluice_bytes_t reply;
+//   sluice_failure_t *f = sluice_client_request("inventory", body, body_len, -1, &reply);
+//   if (f) return f;
+//   ... free(reply.ptr);
+typedef enum {
+    SLUICE_CALL_UNKNOWN_DESTINATION,
+    SLUICE_CALL_NOT_ALLOWED,
+    SLUICE_CALL_TIMEOUT,
+    SLUICE_CALL_NO_RESPONDERS,
+    SLUICE_CALL_SERVICE, // the service answered with an error: see the failure's message
+    SLUICE_CALL_TOO_MANY_CALLS,
+    SLUICE_CALL_TOO_LARGE,
+    SLUICE_CALL_UNAVAILABLE,
+} sluice_call_error_t;
+// The call-error case of a failure from sluice_client_*, or -1 for any
+// other failure.
+int sluice_failure_call_error(const sluice_failure_t *failure);
+// Sends `payload` to `destination` (a NUL-terminated name) and waits for
+// the answer, at most `timeout_ms` (negative: the destination's
+// `timeout`); *reply gets the answer's payload (free(reply->ptr)).
+sluice_failure_t *sluice_client_request(const char *destination, const void *payload, size_t payload_len, int64_t timeout_ms,
+                                        sluice_bytes_t *reply);
+// Publishes `payload` to `destination` without waiting (a NestJS event).
+sluice_failure_t *sluice_client_emit(const char *destination, const void *payload, size_t payload_len);
 
 // ---- logging into the host's log stream
 typedef enum { SLUICE_TRACE, SLUICE_DEBUG, SLUICE_INFO, SLUICE_WARN, SLUICE_ERROR } sluice_level_t;
