@@ -281,29 +281,32 @@ mod tests {
     }
 
     #[test]
-    fn a_nats_request_destination_with_defaults() {
-        let client = parse("transport = \"nats\"\nsubject = \"inventory.reserve\"").unwrap_or_else(|e| panic!("{e}"));
+    fn a_nats_request_destination_with_defaults() -> Result<(), String> {
+        let client = parse("transport = \"nats\"\nsubject = \"inventory.reserve\"")?;
         assert_eq!(client.validate(), Ok(()));
         assert_eq!(client.timeout, Duration::from_secs(5));
         assert!(client.allows(ClientUse::Request) && !client.allows(ClientUse::Emit));
         assert_eq!(client.address().as_deref(), Some("inventory.reserve"));
+        Ok(())
     }
 
     #[test]
-    fn a_nestjs_pattern_gives_the_subject() {
-        let client = parse("transport = \"nats\"\ncodec = \"nestjs\"\npattern = { cmd = \"reserve\" }").unwrap_or_else(|e| panic!("{e}"));
+    fn a_nestjs_pattern_gives_the_subject() -> Result<(), String> {
+        let client = parse("transport = \"nats\"\ncodec = \"nestjs\"\npattern = { cmd = \"reserve\" }")?;
         assert_eq!(client.validate(), Ok(()));
         assert_eq!(client.address().as_deref(), Some("{\"cmd\":\"reserve\"}"));
+        Ok(())
     }
 
     #[test]
-    fn keys_of_the_other_transport_are_named() {
-        let client = parse("transport = \"nats\"\nsubject = \"a\"\nreply_topic = \"r\"").unwrap_or_else(|e| panic!("{e}"));
+    fn keys_of_the_other_transport_are_named() -> Result<(), String> {
+        let client = parse("transport = \"nats\"\nsubject = \"a\"\nreply_topic = \"r\"")?;
         assert_eq!(client.validate().map_err(|e| e.0), Err("reply_topic"));
-        let client = parse("transport = \"kafka\"\ntopic = \"a\"").unwrap_or_else(|e| panic!("{e}"));
+        let client = parse("transport = \"kafka\"\ntopic = \"a\"")?;
         assert_eq!(client.validate().map_err(|e| e.0), Err("reply_topic"));
-        let client = parse("transport = \"kafka\"\ntopic = \"a\"\nallow = [\"emit\"]").unwrap_or_else(|e| panic!("{e}"));
+        let client = parse("transport = \"kafka\"\ntopic = \"a\"\nallow = [\"emit\"]")?;
         assert_eq!(client.validate(), Ok(()));
+        Ok(())
     }
 
     #[test]
