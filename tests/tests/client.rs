@@ -271,3 +271,49 @@ async fn kafka_request_and_reply() -> Result<()> {
     assert!(message.contains("no such sku"), "the NestJS error, typed: {message}");
     Ok(())
 }
+
+/// A real NestJS microservice (`tests/nestjs/service.mjs`, NATS transport)
+/// answers `send("reserve", …)` from the plugin and receives its emits as
+/// NestJS events; its `RpcException` arrives as a typed service error.
+/// Needs `scripts/nestjs-client.sh install`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nestjs_microservice_answers_the_plugin() -> Result<()> {
+    let server = nats_fixture::NatsServer::start()?;
+    let url = server.url();
+    let service_dir = root().join(".cache/nestjs-client");
+    ensure!(
+        service_dir.join("node_modules/.complete").is_file() && service_dir.join("service.mjs").is_file(),
+        "the NestJS packages are not installed at {}: run `bash scripts/nestjs-client.sh install`",
+        service_dir.display()
+    );
+    let scratch = Scratch::new()?;
+    let received = scratch.path("received.jsonl");
+    let mut node = std::process::Command::new("node");
+    node.arg("service.mjs").arg(&url).arg(&received).current_dir(&service_dir);
+    let mut service = Running::spawn(node)?;
+    service.wait_until("the NestJS service to subscribe", Duration::from_secs(60), || {
+        server.subscribers("reserve").unwrap_or(0) == 1 && server.subscribers("audit").unwrap_or(0) == 1
+    })?;
+
+    scratch.write_events("events.jsonl", &[event(r#"{"sku":"a"}"#), event(r#"{"sku":"none"}"#), event(r#"{"sku":"b"}"#)])?;
+    let tables = format!(
+        "{}{}",
+        nats_client("inventory", &url, "reserve", "codec = \"nestjs\"\npattern = \"reserve\"").replace("subject = \"reserve\"\n", ""),
+        nats_client("audit", &url, "audit", "codec = \"nestjs\"\npattern = \"audit\"\nallow = [\"emit\"]").replace("subject = \"audit\"\n", "")
+    );
+    scratch.write("sluice.toml", ask_pipeline("request = \"inventory\"\nemit = \"audit\"", &tables))?;
+    run(&scratch).await?.ensure_success()?;
+
+    assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), [r#"{"reserved":"a"}"#, r#"{"reserved":"b"}"#], "the services' `response`s");
+    let dlq = scratch.read_jsonl("dlq.jsonl")?;
+    let message = header(by_payload(&dlq, r#"{"sku":"none"}"#)?, "sluice-dlq-message").unwrap_or_default();
+    assert!(message.contains("out of stock"), "the RpcException, typed: {message}");
+    // `b`'s event arrives after `none`'s would have: then nothing else comes.
+    let events = poll_until("the service to receive b's event", Duration::from_secs(30), || {
+        let lines = read_jsonl(&received)?;
+        Ok(lines.iter().any(|l| l["sku"] == "b").then_some(lines))
+    })?;
+    assert_eq!(events, [serde_json::json!({"sku": "a"}), serde_json::json!({"sku": "b"})], "emits of the successful events only");
+    service.terminate()?;
+    Ok(())
+}
