@@ -34,10 +34,13 @@
 //! `sluice dlq replay`. [`telemetry`] exports a span per event to
 //! OpenTelemetry when `[tracing]` asks for it.
 //! [`state`] holds plugin state per pipeline, made durable with its events.
+//! [`client`] opens the services a plugin may call (`sluice:plugin/client`)
+//! and makes its requests.
 //! [`service`] tells systemd (`Type=notify`) when the host is ready,
 //! reloading or stopping, and pings its watchdog.
 
 pub mod admin;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod dispatch;

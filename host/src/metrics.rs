@@ -258,6 +258,31 @@ impl Collector for Pipelines {
         for (row, snapshot) in &state_rows {
             ConstCounter::new(snapshot.restore_time.as_secs_f64()).encode(restore_time.encode_family(&row.labels)?)?;
         }
+        // Service calls (`sluice:plugin/client`), per destination.
+        let mut requests = encoder.encode_descriptor(
+            "sluice_client_requests",
+            "Service requests made by the plugin, by destination and outcome (ok, timeout, no-responders, service-error, unavailable, too-many-calls, too-large, not-allowed).",
+            None,
+            MetricType::Counter,
+        )?;
+        for row in &rows {
+            for ((destination, outcome), count) in row.stats().clients.requests() {
+                let labels = [row.labels[0].clone(), row.labels[1].clone(), ("destination", destination), ("outcome", outcome.to_owned())];
+                ConstCounter::new(count).encode(requests.encode_family(&labels)?)?;
+            }
+        }
+        let mut latency = encoder.encode_descriptor(
+            "sluice_client_request_duration_seconds",
+            "From sending a service request to its answer (or its failure), by destination.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for row in &rows {
+            for (destination, histogram) in row.stats().clients.latency() {
+                let labels = [row.labels[0].clone(), row.labels[1].clone(), ("destination", destination)];
+                histogram.encode(latency.encode_family(&labels)?)?;
+            }
+        }
         let histograms: [(&str, &str, Timing); 2] = [
             ("sluice_plugin_call_duration_seconds", "Duration of one plugin call (a batch of events).", |s| &s.timings.call),
             ("sluice_publish_duration_seconds", "From sending a batch's records to all of them being durable.", |s| &s.timings.publish),

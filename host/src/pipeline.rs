@@ -48,10 +48,19 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         wasi: config.plugin.wasi.clone(),
         timeout: config.policy.timeout,
         init_timeout: config.policy.init_timeout,
-        grants: config.state.iter().map(|_| crate::runtime::Capability::State).collect(),
+        grants: grants(config),
         memory: config.policy.memory.as_u64(),
         instance: config.plugin.instance,
     })
+}
+
+/// The capabilities `config` grants its plugin: `state` with a `state`
+/// table, `client` with at least one `clients` table.
+pub fn grants(config: &PipelineConfig) -> Vec<crate::runtime::Capability> {
+    use crate::runtime::Capability;
+    let state = config.state.iter().map(|_| Capability::State);
+    let client = (!config.clients.is_empty()).then_some(Capability::Client);
+    state.chain(client).collect()
 }
 
 /// Loads a plugin (compiling off the async threads, `init` within its
@@ -114,11 +123,27 @@ pub async fn build(
     for (route, sink) in &config.routes {
         routes.insert(route.clone(), open(sink).await?);
     }
+    // Emits are outputs: each emit-capable client destination is a route.
+    // Under exactly-once, a Kafka destination on the source's cluster
+    // writes into the transaction; on another cluster it cannot, so it
+    // gets its own idempotent producer (at-least-once).
+    let emit_sinks = crate::client::emit_sinks(config);
+    for (route, sink) in &emit_sinks {
+        let same_cluster = match (&sink, &config.source) {
+            (SinkConfig::Kafka { brokers, .. }, SourceConfig::Kafka { brokers: source, .. }) => brokers == source,
+            _ => true,
+        };
+        let sink = if same_cluster { open(sink).await? } else { sinks.open(sink).await? };
+        routes.insert(route.clone(), sink);
+    }
     let dead_letter = match &config.dead_letter {
         Some(sink) => open(sink).await?,
         None => return Err(BuildError::Config("no dead_letter sink".into())),
     };
     let stats = Arc::new(Stats::default());
+    let clients = crate::client::Clients::open(name, config, &sinks.connections, &sinks.producers, stats.clients.clone())
+        .await
+        .map_err(|e| BuildError::Config(e.to_string()))?;
     // Before the source: a Kafka changelog restores on the source's first
     // assignment.
     let state = match &config.state {
@@ -164,6 +189,7 @@ pub async fn build(
         schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
         state: state.map(|s| s.store),
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
+        clients,
     };
     Ok(Built { dispatcher, source, plugin, pause, transaction: fenceable })
 }

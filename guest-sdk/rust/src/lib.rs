@@ -51,6 +51,8 @@
 //!   for headers, UTF-8 and JSON payloads, and building outputs.
 //! - [`log`]: structured logging into the host's log stream.
 //! - [`state`]: the pipeline's key/value state, committed with each event.
+//! - [`client`]: requests to other services (NATS, Kafka, NestJS) and
+//!   emits published with the event's outputs.
 //! - [`bindings`]: the raw `wit-bindgen` output, for anything not wrapped here.
 //!
 //! # Event versions
@@ -76,6 +78,7 @@
 //! - `json` (default): [`Event::json`] and [`Output::json`] via `serde_json`.
 #![warn(missing_docs)]
 
+pub mod client;
 mod config;
 mod event;
 pub mod log;

@@ -60,7 +60,8 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         init_timeout: sluice::config::PolicyConfig::default().init_timeout,
         memory: memory.as_u64(),
         instance: sluice::config::InstancePolicy::Reuse,
-        grants: vec![sluice::runtime::Capability::State],
+        // Client calls fail as unavailable here: no destinations are open.
+        grants: vec![sluice::runtime::Capability::State, sluice::runtime::Capability::Client],
     };
     let format = match format {
         InputFormat::Json => LineFormat::Json,

@@ -7,6 +7,7 @@
 //! `validate` the cross-field rules serde cannot express, and read and
 //! compile the event schemas ([`SchemasConfig`]).
 
+mod client;
 mod error;
 mod files;
 mod interpolate;
@@ -15,6 +16,7 @@ mod schemas;
 mod state;
 mod validate;
 
+pub use client::{ClientConfig, ClientUse, Transport};
 pub use error::{ConfigError, Problem};
 pub use files::{canonical, subject_matches};
 pub use interpolate::interpolate;

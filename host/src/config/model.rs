@@ -240,6 +240,11 @@ pub struct PipelineConfig {
     /// Unset: a plugin that imports `state` is refused.
     #[serde(default)]
     pub state: Option<super::StateConfig>,
+    /// Services the plugin may call or emit to, by the destination name it
+    /// uses (grants the `client` capability). Empty: a plugin that imports
+    /// `client` is refused.
+    #[serde(default)]
+    pub clients: BTreeMap<String, super::ClientConfig>,
     /// What happens when the pipeline stops on an error after it started
     /// (a sink or its broker failing, an exactly-once commit failing):
     /// by default it starts again after a backoff.
@@ -1325,6 +1330,9 @@ impl Config {
             if let Some(state) = pipeline.state.as_mut() {
                 state.resolve_paths(base);
             }
+            for client in pipeline.clients.values_mut() {
+                client.resolve_paths(base);
+            }
             for dir in pipeline.plugin.wasi.read_dirs.values_mut() {
                 fix(dir);
             }
@@ -1343,7 +1351,7 @@ impl Config {
 }
 
 impl KafkaTls {
-    fn resolve_paths(&mut self, base: &Path) {
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
         for path in [&mut self.ca_file, &mut self.cert_file, &mut self.key_file].into_iter().flatten() {
             if path.is_relative() {
                 *path = base.join(&*path);

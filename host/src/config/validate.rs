@@ -49,6 +49,17 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
                 })?;
             }
         }
+        for (destination, client) in &pipeline.clients {
+            let server = match client.transport {
+                crate::config::Transport::Nats => crate::nats::check_server(&client.nats_server()),
+                crate::config::Transport::Kafka => Ok(()),
+            };
+            client.validate().and(server).map_err(|(field, message)| Violation {
+                pipeline: name.clone(),
+                key: format!("clients.{}.{field}", table_key(destination)),
+                message,
+            })?;
+        }
         let sinks = std::iter::once(("sink".to_owned(), &pipeline.sink))
             .chain(pipeline.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
             .chain(pipeline.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));

@@ -461,6 +461,12 @@ impl Lane {
             .state
             .as_ref()
             .map(|store| Box::new(store.begin(event.id.clone())) as Box<dyn StateAccess>);
+        scope.client = self.d.clients.as_ref().map(|clients| {
+            let correlation = self.d.tracing.correlation.as_ref().and_then(|config| {
+                event.headers.iter().find(|h| h.key.eq_ignore_ascii_case(&config.header)).cloned()
+            });
+            crate::client::ClientScope::new(clients.clone(), correlation, tokio::time::Instant::now() + self.d.timeout)
+        });
         Some(scope)
     }
 

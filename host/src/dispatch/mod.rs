@@ -102,6 +102,9 @@ pub struct Dispatcher {
     pub breaker: Option<Arc<breaker::Breaker>>,
     /// Correlation ids and trace context (`correlation`, `[tracing]`).
     pub tracing: trace::Tracing,
+    /// The services the plugin may call (`[pipelines.<name>.clients.*]`);
+    /// `None` without any.
+    pub clients: Option<Arc<crate::client::Clients>>,
     /// Event schemas and header names (`schemas`); checked by [`validate`].
     pub schemas: Arc<crate::schema::Gate>,
     /// The pipeline's plugin state (`state`); `None`: the plugin has none.
@@ -160,6 +163,7 @@ impl Dispatcher {
             schemas: Arc::default(),
             state: None,
             header_limits: limits::HeaderLimits::default(),
+            clients: None,
         }
     }
 

@@ -17,6 +17,8 @@ macro_rules! stats {
             pub errors: ErrorCounts,
             pub gauges: Gauges,
             pub timings: Timings,
+            /// Service calls (`sluice:plugin/client`) per destination.
+            pub clients: Arc<crate::client::metrics::ClientMetrics>,
         }
 
         /// A point-in-time copy of [`Stats`].

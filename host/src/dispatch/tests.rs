@@ -224,6 +224,7 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
     let calls = Arc::new(Mutex::new(Vec::new()));
     let plugin = Arc::new(super::PluginSlot::new(Arc::new(Scripted { script: Arc::new(script), calls: calls.clone() })));
     let dispatcher = Dispatcher {
+        clients: None,
         retry: RetryPolicy {
             max_attempts: 3,
             backoff: BackoffConfig { initial: Duration::from_millis(100), max: Duration::from_secs(10), multiplier: 2.0, jitter: 0.0 },

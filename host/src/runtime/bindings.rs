@@ -16,7 +16,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     // State may wait on a broker (a JetStream KV read): a pending future,
     // not a blocked thread.
-    imports: { "sluice:plugin/state": async },
+    imports: { "sluice:plugin/state": async, "sluice:plugin/client": async },
     // Tests compare events and outputs; the host never hashes them.
     additional_derives: [PartialEq, Eq],
 });

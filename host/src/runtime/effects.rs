@@ -33,6 +33,9 @@ pub struct EventScope {
     /// Messages the plugin emitted (`client.emit`): outputs of the event,
     /// published with its returned outputs only if it succeeds.
     pub emits: Vec<Output>,
+    /// The pipeline's service destinations (`sluice:plugin/client`), when
+    /// it has `[pipelines.<name>.clients.*]`.
+    pub client: Option<crate::client::ClientScope>,
     /// How many idempotency keys were handed out (the `n` of the next).
     next_call: u32,
 }
@@ -51,6 +54,7 @@ impl EventScope {
             state: None,
             calls,
             emits: Vec::new(),
+            client: None,
             next_call: 0,
         }
     }

@@ -1,19 +1,21 @@
 //! Imports the host provides to plugins: structured logging (for plugins
-//! of either contract version) and state (0.2.0, in [`super::state`]).
+//! of either contract version), state (0.2.0, in [`super::state`]) and
+//! service calls (0.2.0, in `super::client`).
 
 use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::current::log::{self, Level};
-use super::bindings::current::state;
+use super::bindings::current::{client, state};
 use super::bindings::v0_1::sluice::plugin::log as log_v0_1;
 use super::instance::PluginState;
 
 pub(super) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     log::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
     log_v0_1::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
-    state::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+    state::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
+    client::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
 }
 
 impl log_v0_1::Host for PluginState {

@@ -17,6 +17,7 @@
 
 pub mod bindings;
 pub mod capability;
+mod client;
 pub mod effects;
 pub mod engine;
 mod host;
