@@ -317,3 +317,65 @@ async fn a_nestjs_microservice_answers_the_plugin() -> Result<()> {
     service.terminate()?;
     Ok(())
 }
+
+/// The TypeScript, Python and C twins of `ask` (built by
+/// `scripts/build-lang-plugins.sh`) make the same calls with the same
+/// results: the answer as output, a service error typed and rejected, one
+/// emit per successful event, the same idempotency key on a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_python_and_c_sdks_call_services_as_rust_does() -> Result<()> {
+    let server = nats_fixture::NatsServer::start()?;
+    let url = server.url();
+    let client = server.client().await?;
+    for lang in ["ask_ts", "ask_py", "ask_c"] {
+        let subject = format!("{lang}.reserve");
+        let audit_subject = format!("{lang}.audit");
+        let seen = responder(client.clone(), &subject).await?;
+        let mut audit = client.subscribe(audit_subject.clone()).await?;
+        client.flush().await?;
+        let plugin = root().join("plugins/target/components").join(format!("{lang}.wasm"));
+        ensure!(plugin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh` first", plugin.display());
+        let scratch = Scratch::new()?;
+        scratch.write_events("events.jsonl", &[event("sku-1"), event("fail-sku"), event("again:retry-once")])?;
+        let tables = format!(
+            "{}{}",
+            nats_client("inventory", &url, &subject, ""),
+            nats_client("audit", &url, &audit_subject, "allow = [\"emit\"]")
+        );
+        let config = ask_pipeline("request = \"inventory\"\nemit = \"audit\"", &tables)
+            .replace(&toml_path(&common::plugin("ask")), &toml_path(&plugin));
+        scratch.write("sluice.toml", config)?;
+        run(&scratch).await?.ensure_success().with_context(|| format!("{lang} ran"))?;
+
+        let out = scratch.read_jsonl("out.jsonl")?;
+        assert_eq!(payloads(&out), ["reserved:sku-1", "reserved:again:retry-once"], "{lang}: the answers are the outputs");
+        let dlq = scratch.read_jsonl("dlq.jsonl")?;
+        let failed = by_payload(&dlq, "fail-sku")?;
+        assert_eq!(header(failed, "sluice-dlq-reason"), Some("rejected"), "{lang}: a service error is not retried");
+        let message = header(failed, "sluice-dlq-message").unwrap_or_default();
+        assert!(message.contains("error 409: out of stock"), "{lang}: the service's error, typed: {message}");
+
+        client.publish(audit_subject.clone(), "end".into()).await?;
+        client.flush().await?;
+        let mut emitted = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), audit.next()).await?.context("subscription ended")?;
+            let payload = String::from_utf8_lossy(&message.payload).into_owned();
+            if payload == "end" {
+                break;
+            }
+            emitted.push(payload);
+        }
+        emitted.sort();
+        assert_eq!(emitted, ["again:retry-once", "sku-1"], "{lang}: one emit per successful event");
+
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let keys: Vec<String> = seen
+            .iter()
+            .filter(|(p, _)| p == "again:retry-once")
+            .map(|(_, h)| h.get("Idempotency-Key").map(|v| v.to_string()).unwrap_or_default())
+            .collect();
+        ensure!(keys.len() == 2 && keys[0] == keys[1] && !keys[0].is_empty(), "{lang}: one key on both attempts: {keys:?}");
+    }
+    Ok(())
+}
