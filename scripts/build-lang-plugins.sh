@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the example plugins written in other languages than Rust
 # (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
-# counter in each, and ask_ts/ask_py/ask_c: a service call in TypeScript,
-# Python and C) with each
+# counter in each, and ask_ts/ask_py/ask_c/ask_go: a service call in
+# TypeScript, Python, C and Go) with each
 # language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
@@ -68,6 +68,7 @@ for lang in "${langs[@]}"; do
         go)
             build json_enricher_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/json_enricher_go" "$out/json_enricher_go.wasm"
             build counter_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/counter_go" "$out/counter_go.wasm"
+            build ask_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/ask_go" "$out/ask_go.wasm"
             ;;
         *) echo "unknown language $lang (js, ts, python, c, go)" >&2; exit 2 ;;
     esac

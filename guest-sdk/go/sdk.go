@@ -107,14 +107,17 @@ func Reject(format string, args ...any) *HandlerError {
 }
 
 // asHandlerError maps any error to the WIT handler-error: a *HandlerError
-// keeps its disposition, a *StateError (or an error wrapping one) takes
-// its own (see StateError.Disposition), anything else is retryable.
+// keeps its disposition, a *StateError or *CallError (or an error wrapping
+// one) takes its own (see their Disposition), anything else is retryable.
 func asHandlerError(err error) *HandlerError {
 	if he, ok := err.(*HandlerError); ok {
 		return he
 	}
 	if se, ok := asStateError(err); ok {
 		return &HandlerError{se.Disposition(), err.Error()}
+	}
+	if ce, ok := asCallError(err); ok {
+		return &HandlerError{ce.Disposition(), err.Error()}
 	}
 	return &HandlerError{Retryable, err.Error()}
 }

@@ -318,16 +318,16 @@ async fn a_nestjs_microservice_answers_the_plugin() -> Result<()> {
     Ok(())
 }
 
-/// The TypeScript, Python and C twins of `ask` (built by
+/// The TypeScript, Python, C and Go twins of `ask` (built by
 /// `scripts/build-lang-plugins.sh`) make the same calls with the same
 /// results: the answer as output, a service error typed and rejected, one
 /// emit per successful event, the same idempotency key on a retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_typescript_python_and_c_sdks_call_services_as_rust_does() -> Result<()> {
+async fn the_typescript_python_c_and_go_sdks_call_services_as_rust_does() -> Result<()> {
     let server = nats_fixture::NatsServer::start()?;
     let url = server.url();
     let client = server.client().await?;
-    for lang in ["ask_ts", "ask_py", "ask_c"] {
+    for lang in ["ask_ts", "ask_py", "ask_c", "ask_go"] {
         let subject = format!("{lang}.reserve");
         let audit_subject = format!("{lang}.audit");
         let seen = responder(client.clone(), &subject).await?;
