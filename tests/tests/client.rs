@@ -379,3 +379,33 @@ async fn the_typescript_python_c_and_go_sdks_call_services_as_rust_does() -> Res
     }
     Ok(())
 }
+
+/// `sluice plugin test --replies` answers a plugin's service calls from
+/// rules in a file, offline: the answer, a service error, the emits (shown
+/// as `emit`) and the calls made, per event.
+#[test]
+fn plugin_test_answers_service_calls_from_a_replies_file() -> Result<()> {
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &[event("sku-1"), event("fail-sku")])?;
+    scratch.write(
+        "replies.json",
+        r#"{"inventory": [{"when": "fail", "error": {"code": "409", "message": "out of stock"}}, {"reply": "reserved"}], "audit": []}"#,
+    )?;
+    let output = std::process::Command::new(sluice_bin())
+        .args(["plugin", "test"])
+        .arg(common::plugin("ask"))
+        .args(["--events", "events.jsonl", "--replies", "replies.json", "--config", "request=inventory", "--config", "emit=audit"])
+        .current_dir(scratch.dir())
+        .output()?;
+    let lines: Vec<Value> = String::from_utf8(output.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(lines.len() == 2, "one line per event: {lines:?}");
+    assert_eq!(lines[0]["outputs"][0]["emit"], "audit");
+    assert_eq!(lines[0]["outputs"][0]["payload"], "sku-1");
+    assert_eq!(lines[0]["outputs"][1]["payload"], "reserved", "the stubbed answer is the output");
+    assert_eq!(lines[0]["calls"][0]["target"], "inventory");
+    assert!(lines[0]["calls"][0]["idempotency_key"].as_str().is_some_and(|k| k.ends_with(":0")));
+    assert_eq!(lines[1]["error"]["disposition"], "reject");
+    assert_eq!(lines[1]["error"]["message"], "the service answered with error 409: out of stock");
+    assert_eq!(lines[1]["calls"][0]["error"], "service error 409: out of stock");
+    Ok(())
+}

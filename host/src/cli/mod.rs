@@ -178,6 +178,13 @@ enum PluginCommand {
         /// Writes of events that succeed are kept for the later events.
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
+        /// Answer the plugin's service calls (`sluice:plugin/client`) from
+        /// this JSON file of rules per destination instead of a broker (see
+        /// docs/plugin-guide.md): `{"inventory": [{"when": "none", "error":
+        /// {"code": "409", "message": "out of stock"}}, {"reply_json":
+        /// {"reserved": true}}]}`. Without it every call is `unavailable`.
+        #[arg(long, value_name = "FILE")]
+        replies: Option<PathBuf>,
     },
 }
 
@@ -232,8 +239,8 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
         }
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state };
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies };
             test_plugin::test(&plugin, &events, &options)
         }
     };

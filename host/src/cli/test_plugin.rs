@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use sluice::codec::encode_record;
 use sluice::config::{LineFormat, WasiGrants};
 use sluice::event::Disposition;
-use sluice::runtime::{CallLog, EventScope, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
+use sluice::client::stub::StubReplies;
+use sluice::client::{ClientScope, Clients};
+use sluice::runtime::{CallLog, CallRecord, EventScope, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::sink::Record;
 use sluice::source::lines::LineSource;
 use sluice::source::{Settlement, Source};
@@ -28,13 +30,19 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
     /// Seed file of the in-memory state.
     pub state: Option<PathBuf>,
+    /// Service replies by rule, instead of a broker.
+    pub replies: Option<PathBuf>,
 }
 
 /// Runs each event through the plugin once (no retries) and prints one JSON
 /// line per event: its outputs, its error, or the trap. With `expect`, the
 /// lines must equal that file's.
 pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<ExitCode> {
-    let Options { config, format, timeout, memory, expect, cache_dir, state } = options;
+    let Options { config, format, timeout, memory, expect, cache_dir, state, replies } = options;
+    let clients = match replies {
+        Some(path) => Some(Clients::stubbed(&StubReplies::from_file(path)?)?),
+        None => None,
+    };
     let backend = match state {
         Some(path) => MemoryBackend::from_seed_file(path).with_context(|| format!("--state {}", path.display()))?,
         None => MemoryBackend::new(),
@@ -60,7 +68,8 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         init_timeout: sluice::config::PolicyConfig::default().init_timeout,
         memory: memory.as_u64(),
         instance: sluice::config::InstancePolicy::Reuse,
-        // Client calls fail as unavailable here: no destinations are open.
+        // Without --replies, client calls fail as unavailable: no
+        // destinations are open.
         grants: vec![sluice::runtime::Capability::State, sluice::runtime::Capability::Client],
     };
     let format = match format {
@@ -76,14 +85,16 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         let mut printed = Vec::new();
         while let Some(delivery) = source.next().await? {
             let event = delivery.event;
+            let calls = CallLog::default();
             let line = if let Some(defect) = delivery.defect {
                 failures += 1;
                 json!({ "event": event.id, "undecodable": defect })
             } else {
                 // The event's state is kept only if it succeeds, as in a
                 // pipeline.
-                let mut scope = EventScope::new(&event, CallLog::default());
+                let mut scope = EventScope::new(&event, calls.clone());
                 scope.state = Some(Box::new(store.begin(event.id.clone())));
+                scope.client = clients.clone().map(|clients| ClientScope::new(clients, None, tokio::time::Instant::now() + timeout));
                 instance.attach(scope);
                 let handled = instance.handle(std::slice::from_ref(&event)).await;
                 let scope = instance.detach();
@@ -116,6 +127,14 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
                     }
                 }
             };
+            let made = calls.take();
+            let line = match line {
+                Value::Object(mut fields) if !made.is_empty() => {
+                    fields.insert("calls".into(), json!(made.iter().map(call_json).collect::<Vec<_>>()));
+                    Value::Object(fields)
+                }
+                line => line,
+            };
             delivery.ack.settle(Settlement::Done);
             println!("{line}");
             printed.push(line.to_string());
@@ -126,6 +145,19 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
             Some(path) => compare(path, &printed),
         }
     })
+}
+
+/// A call as `plugin test` prints it: what was asked and how it ended,
+/// without its duration (so `--expect` files stay stable).
+fn call_json(call: &CallRecord) -> Value {
+    let mut line = json!({ "target": call.target, "path": call.path, "idempotency_key": call.idempotency_key });
+    if let Some(status) = call.status {
+        line["status"] = json!(status);
+    }
+    if let Some(error) = &call.error {
+        line["error"] = json!(error);
+    }
+    line
 }
 
 /// Compares printed lines with an expectation file, JSON value by value (so
@@ -167,10 +199,15 @@ async fn open(path: &Path, format: LineFormat) -> anyhow::Result<LineSource> {
 
 fn output_json(output: sluice::event::Output) -> Value {
     let reply = output.reply;
-    let record = Record { destination: output.destination, key: output.key, payload: output.payload, headers: output.headers, id: None, partition: None };
+    let emit = output.destination.as_deref().and_then(sluice::client::emitted_to).map(str::to_owned);
+    let destination = if emit.is_some() { None } else { output.destination };
+    let record = Record { destination, key: output.key, payload: output.payload, headers: output.headers, id: None, partition: None };
     let mut value: Value = serde_json::from_slice(&encode_record(&record)).unwrap_or(Value::Null);
     if reply {
         value["reply"] = Value::Bool(true);
+    }
+    if let Some(emit) = emit {
+        value["emit"] = Value::String(emit);
     }
     value
 }

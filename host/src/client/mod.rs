@@ -16,6 +16,7 @@ pub mod codec;
 pub mod kafka;
 pub mod metrics;
 pub mod nats;
+pub mod stub;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,6 +31,11 @@ use crate::runtime::bindings::current::client::{CallError, Reply};
 /// route is expected to use, so the two do not meet.
 pub fn emit_route(destination: &str) -> String {
     format!("sluice-client-emit:{destination}")
+}
+
+/// The destination an emit route is for (the inverse of [`emit_route`]).
+pub fn emitted_to(route: &str) -> Option<&str> {
+    route.strip_prefix("sluice-client-emit:")
 }
 
 /// The sinks emits go to: one per destination that allows `emit`,
@@ -77,6 +83,8 @@ enum Link {
     Kafka(Arc<kafka::Requester>),
     /// `emit` only: requests are refused before they reach a transport.
     EmitOnly,
+    /// Answered by rules from a file (`sluice plugin test --replies`).
+    Stub(Vec<stub::Rule>, Arc<str>),
 }
 
 /// One destination, ready for requests.
@@ -139,6 +147,22 @@ impl Clients {
     pub fn get(&self, name: &str) -> Option<&Destination> {
         self.destinations.get(name)
     }
+
+    /// Destinations answered by `stubs` instead of a broker (for `sluice
+    /// plugin test`): each one the file names allows requests and emits,
+    /// with the default limits.
+    pub fn stubbed(stubs: &stub::StubReplies) -> Result<Arc<Self>, OpenError> {
+        let path: Arc<str> = Arc::from(stubs.path.as_str());
+        let mut destinations = HashMap::new();
+        for (name, rules) in &stubs.destinations {
+            let error = |message: String| OpenError { destination: name.clone(), message };
+            let table = format!("transport = \"nats\"\nsubject = {}\nallow = [\"request\", \"emit\"]\n", toml::Value::String(name.clone()));
+            let config: ClientConfig = toml::from_str(&table).map_err(|e| error(e.to_string()))?;
+            let link = Link::Stub(rules.clone(), path.clone());
+            destinations.insert(name.clone(), Destination { name: name.clone(), config, address: name.clone(), link });
+        }
+        Ok(Arc::new(Self { destinations, metrics: Arc::default() }))
+    }
 }
 
 /// A request, as the host sends it: the plugin's payload (before the
@@ -156,6 +180,10 @@ impl Destination {
             Link::Nats(client) => nats::request(client, self, outgoing).await,
             Link::Kafka(requester) => requester.request(self, outgoing).await,
             Link::EmitOnly => Err(CallError::NotAllowed(format!("destination `{}` allows emit only (add \"request\" to its `allow`)", self.name))),
+            Link::Stub(rules, path) => {
+                let timeout_ms = u32::try_from(outgoing.timeout.as_millis()).unwrap_or(u32::MAX);
+                stub::answer(rules, &outgoing.payload, timeout_ms, path)
+            }
         }
     }
 
