@@ -407,5 +407,94 @@ fn plugin_test_answers_service_calls_from_a_replies_file() -> Result<()> {
     assert_eq!(lines[1]["error"]["disposition"], "reject");
     assert_eq!(lines[1]["error"]["message"], "the service answered with error 409: out of stock");
     assert_eq!(lines[1]["calls"][0]["error"], "service error 409: out of stock");
+
+/// Read-committed payloads of partition 0 of `topic`, read to its current
+/// end (the topic's transactions must all be over).
+fn committed_payloads(bootstrap: &str, topic: &str) -> Result<Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    loop {
+        let position = consumer.position()?.find_partition(topic, 0).map(|e| e.offset());
+        if matches!(position, Some(Offset::Offset(o)) if o >= end) || end == 0 {
+            return Ok(got);
+        }
+        ensure!(std::time::Instant::now() < deadline, "timed out reading {topic} to offset {end}");
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            got.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
+        }
+    }
+}
+
+/// Under exactly-once Kafka, emits to a destination on the source's
+/// cluster are written in the pipeline's transaction: a read_committed
+/// reader sees one emit per successful event, none for the rejected one,
+/// and one for an event that failed once after emitting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_emits_commit_with_the_outputs() -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::ClientConfig;
+
+    let broker = kafka_fixture::KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let suffix = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let [input, output, dlq, audit] = ["in", "out", "dlq", "audit"].map(|t| format!("client-eos-{t}-{suffix}"));
+    kafka_fixture::create_topics(&bootstrap, &[(&input, 1), (&output, 1), (&dlq, 1), (&audit, 1)]).await?;
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+    for payload in ["ok-1", "again:retry-once", "bad:reject", "ok-2"] {
+        producer
+            .send(FutureRecord::<(), _>::to(&input).partition(0).payload(payload), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing: {e}"))?;
+    }
+    let scratch = Scratch::new()?;
+    let config = format!(
+        r#"{runtime}
+[pipelines.eos]
+source = {{ kind = "kafka", brokers = "{bootstrap}", group = "g-{suffix}", topics = ["{input}"], start = "earliest", exactly_once = true, commit_interval = "200ms" }}
+sink = {{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}
+dead_letter = {{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}
+[pipelines.eos.plugin]
+path = {plugin}
+config = {{ emit = "audit" }}
+[pipelines.eos.policy]
+max_attempts = 2
+backoff = {{ initial = "1ms", max = "2ms" }}
+[pipelines.eos.clients.audit]
+transport = "kafka"
+brokers = "{bootstrap}"
+topic = "{audit}"
+allow = ["emit"]
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("ask")),
+    );
+    let host = start(&scratch, &config, "sluice.toml")?;
+    let wait_for = |topic: &str, n: usize| {
+        poll_until(&format!("{n} committed records in {topic}"), Duration::from_secs(90), || {
+            let got = committed_payloads(&bootstrap, topic)?;
+            Ok((got.len() >= n).then_some(got))
+        })
+    };
+    let outputs = tokio::task::block_in_place(|| wait_for(&output, 3))?;
+    let dead = tokio::task::block_in_place(|| wait_for(&dlq, 1))?;
+    host.terminate()?;
+    host.wait(RUN_TIMEOUT)?.ensure_success()?;
+    let mut emitted = committed_payloads(&bootstrap, &audit)?;
+    emitted.sort();
+    assert_eq!(outputs.len(), 3);
+    assert_eq!(dead, ["bad:reject"]);
+    assert_eq!(emitted, ["again:retry-once", "ok-1", "ok-2"], "one committed emit per successful event");
     Ok(())
 }
