@@ -293,12 +293,17 @@ impl Lane {
         loop {
             let failed = match result {
                 Ok(mut outputs) => {
+                    // Emit routes are the host's: an output naming one would
+                    // publish past the destination's `allow` and limits.
+                    let forged = outputs.iter().find_map(|o| o.destination.as_deref().filter(|d| crate::client::emitted_to(d).is_some()));
+                    let forged = forged.map(|d| format!("output destination `{d}` is reserved for client emits: use `client.emit`"));
                     if let Some(emitted) = scope.as_mut().map(|scope| std::mem::take(&mut scope.emits)).filter(|e| !e.is_empty()) {
                         // Emitted during the call, so before what it returned.
                         outputs.splice(0..0, emitted);
                     }
                     let request = Request::of(event.reply_to.take(), &event.headers);
-                    let checked = self.within_caps(&outputs)
+                    let checked = forged.map_or(Ok(()), Err)
+                        .and_then(|()| self.within_caps(&outputs))
                         .and_then(|()| self.d.router.check(&outputs, request.as_ref()))
                         .and_then(|()| super::validate::check_outputs(&self.d, &event, &outputs));
                     match checked {

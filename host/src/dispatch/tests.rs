@@ -500,6 +500,27 @@ async fn an_output_its_sink_cannot_take_rejects_the_event_instead_of_stopping_th
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_output_naming_an_emit_route_is_rejected() -> Result<(), DispatchError> {
+    // Emit routes carry `client.emit`s past the destination's `allow` and
+    // limits; a plugin must not reach them with a returned output.
+    let h = harness(
+        |e, _| Ok(Ok(vec![Output { destination: Some("sluice-client-emit:audit".into()), key: None, payload: e.payload.clone(), headers: vec![], reply: false }])),
+        SinkMode::Ok,
+    );
+    let log = Settlements::default();
+    h.dispatcher.run(source(vec![(event("a", "x"), 0)], &log, false), CancellationToken::new()).await?;
+    assert!(h.out.payloads().is_empty());
+    let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0], "sluice-dlq-reason"), Some("rejected"));
+    assert_eq!(
+        header(&dlq[0], "sluice-dlq-message"),
+        Some("output destination `sluice-client-emit:audit` is reserved for client emits: use `client.emit`")
+    );
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -> Result<(), DispatchError> {
     let replies = MemorySink::new(SinkMode::Ok);
     let mut h = harness(
