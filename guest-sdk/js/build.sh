@@ -13,7 +13,8 @@
 #
 # Engines: quickjs (default; ~1.7 MB, builds in ~3 s, cheaper calls) or
 # starlingmonkey (~12 MB, builds in ~10 s, has the web APIs: TextEncoder,
-# URL, crypto…). Both are built with every WASI feature they can do
+# URL, crypto, fetch…). A plugin that calls `fetch` is built with
+# starlingmonkey and wasi:http (outbound HTTP). Both are built with every WASI feature they can do
 # without turned off where the backend allows it: see docs/plugins/js.md.
 set -euo pipefail
 
@@ -24,7 +25,7 @@ cache="${SLUICE_CACHE:-$root/.cache}/js"
 [[ $# -ge 2 ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 entry="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 out="$2"
-engine="${4:-quickjs}"
+engine="${4:-}"
 [[ "${3:-}" == "" || "${3:-}" == "--engine" ]] || { echo "unknown option $3" >&2; exit 2; }
 [[ -f "$entry" ]] || { echo "no such file: $1" >&2; exit 1; }
 
@@ -69,6 +70,19 @@ printf 'export default { resolve: { alias: { sluice: %s } }, external: [/^sluice
 # shellcheck source=../tools.sh
 source "$root/guest-sdk/tools.sh"
 capabilities="$(node "$sdk/capabilities.mjs" "$cache" "$entry" "$bundle_config")"
+# `http` (the plugin calls `fetch`) is the engine's, not a WIT import of
+# ours: it picks StarlingMonkey with wasi:http, the only engine with fetch.
+http=false
+if grep -qx http <<<"$capabilities"; then
+    http=true
+    capabilities="$(grep -vx http <<<"$capabilities" || true)"
+    if [[ "$engine" == quickjs ]]; then
+        echo "$1 calls fetch, which only the starlingmonkey engine has (QuickJS has no fetch): build with --engine starlingmonkey" >&2
+        exit 1
+    fi
+    engine=starlingmonkey
+fi
+engine="${engine:-quickjs}"
 # shellcheck disable=SC2086 # one capability per word
 sluice_world "$work/wit" $capabilities
 
@@ -83,9 +97,13 @@ case "$engine" in
             --bundle --bundle-config "$bundle_config" -o "$out" >&2
         ;;
     starlingmonkey)
-        # No wasi:http, no fetch event: the plugin world has neither.
+        # No fetch event (the plugin world exports none); wasi:http only
+        # when the plugin calls fetch (the pipeline must then grant it with
+        # `[pipelines.<name>.plugin.http]`).
+        disabled=(fetch-event)
+        $http || disabled+=(http)
         "$cache/node_modules/.bin/jco" componentize "$entry" --wit "$work/wit" -n plugin \
-            -d http fetch-event \
+            -d "${disabled[@]}" \
             --bundle --bundle-config "$bundle_config" -o "$out" >&2
         ;;
     *) echo "unknown engine $engine (quickjs or starlingmonkey)" >&2; exit 2 ;;

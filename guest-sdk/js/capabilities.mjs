@@ -1,4 +1,4 @@
-// Prints the capabilities (`state`, `client`, …) a plugin uses, one per line, for
+// Prints the capabilities (`state`, `client`, `http`) a plugin uses, one per line, for
 // build.sh to build it against a world that imports those and no others
 // (componentize-js imports every interface of its world, used or not).
 //
@@ -23,6 +23,9 @@ try {
   for (const capability of ['state', 'client']) {
     if (new RegExp(`from ["']sluice:plugin/${capability}@|import ["']sluice:plugin/${capability}@`).test(code)) console.log(capability);
   }
+  // Outbound HTTP is the engine's own `fetch` (StarlingMonkey over
+  // wasi:http), not an import of ours: a call to it is what tells.
+  if (/(^|[^.\w$])fetch\s*\(|globalThis\.fetch\b/.test(code)) console.log('http');
 } finally {
   await build.close();
 }

@@ -282,14 +282,19 @@ export const log: {
 export interface Plugin<State> {
   /** Refuse the config by throwing a string or an Error. */
   init?(config: Config): State;
-  /** Return the outputs (none: the event is filtered out); throw a HandlerError to fail. */
-  handle(state: State, event: Event): Output[];
+  /**
+   * Return the outputs (none: the event is filtered out); throw a
+   * HandlerError to fail. May be `async` (e.g. to `await fetch(…)`, with
+   * the StarlingMonkey engine): the engine runs the event loop until the
+   * promise settles, within the handler's deadline.
+   */
+  handle(state: State, event: Event): Output[] | Promise<Output[]>;
 }
 
 /** The `handler` export the component model expects. */
 export interface Handler {
   init(pairs: Array<[string, string]>): void;
-  handle(raw: RawEvent): Output[];
+  handle(raw: RawEvent): Output[] | Promise<Output[]>;
   handleBatch(raws: RawEvent[]): Array<{ tag: 'ok'; val: Output[] } | { tag: 'err'; val: { disposition: Disposition; message: string } }>;
 }
 

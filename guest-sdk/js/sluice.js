@@ -828,17 +828,52 @@ export function plugin(impl) {
   let state;
   let ready = false;
 
+  function checked(outputs) {
+    if (!Array.isArray(outputs)) throw new TypeError(`handle must return an array of outputs, got ${typeof outputs}`);
+    return outputs;
+  }
+
+  function bug(e) {
+    if (!(e instanceof HandlerError) && typeof console !== 'undefined') console.error(`plugin bug: ${e && e.stack ? `${e}\n${e.stack}` : e}`);
+    throw e;
+  }
+
+  // The outputs, or (an `async handle`, e.g. one that awaits `fetch`) a
+  // promise of them: the engine runs the event loop until it settles.
   function handleOne(raw) {
     if (!ready) throw HandlerError.retryable('plugin not initialised');
+    let result;
     try {
-      const outputs = impl.handle(state, new Event(raw));
-      if (!Array.isArray(outputs)) throw new TypeError(`handle must return an array of outputs, got ${typeof outputs}`);
-      return outputs;
+      result = impl.handle(state, new Event(raw));
     } catch (e) {
-      if (e instanceof HandlerError) throw e;
-      if (typeof console !== 'undefined') console.error(`plugin bug: ${e && e.stack ? `${e}\n${e.stack}` : e}`);
-      throw e;
+      return bug(e);
     }
+    if (isThenable(result)) return result.then(checked, bug);
+    try {
+      return checked(result);
+    } catch (e) {
+      return bug(e);
+    }
+  }
+
+  // Nested results need explicit { tag, val }; the `payload` unwrapping of
+  // top-level throws does not happen there, so it is done by hand.
+  function resultOf(e) {
+    if (e instanceof HandlerError) return { tag: 'err', val: e.payload };
+    throw e;
+  }
+
+  // The rest of a batch once one event's handling turned out async: each
+  // event after the other, in order.
+  async function finishBatch(raws, from, pending, results) {
+    for (let i = from; i < raws.length; i++) {
+      try {
+        results.push({ tag: 'ok', val: await (i === from ? pending : handleOne(raws[i])) });
+      } catch (e) {
+        results.push(resultOf(e));
+      }
+    }
+    return results;
   }
 
   return {
@@ -855,17 +890,24 @@ export function plugin(impl) {
     handle(raw) {
       return handleOne(raw);
     },
-    // Nested results need explicit { tag, val }; the `payload` unwrapping of
-    // top-level throws does not happen here, so it is done by hand.
     handleBatch(raws) {
-      return raws.map((raw) => {
+      const results = [];
+      for (let i = 0; i < raws.length; i++) {
+        let outputs;
         try {
-          return { tag: 'ok', val: handleOne(raw) };
+          outputs = handleOne(raws[i]);
         } catch (e) {
-          if (e instanceof HandlerError) return { tag: 'err', val: e.payload };
-          throw e;
+          results.push(resultOf(e));
+          continue;
         }
-      });
+        if (isThenable(outputs)) return finishBatch(raws, i, outputs, results);
+        results.push({ tag: 'ok', val: outputs });
+      }
+      return results;
     },
   };
+}
+
+function isThenable(value) {
+  return value !== null && typeof value === 'object' && typeof value.then === 'function';
 }
