@@ -61,6 +61,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         memory: memory.as_u64(),
         instance: sluice::config::InstancePolicy::Reuse,
         grants: vec![sluice::runtime::Capability::State],
+        metrics: Default::default(),
     };
     let format = match format {
         InputFormat::Json => LineFormat::Json,
