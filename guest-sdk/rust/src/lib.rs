@@ -51,6 +51,7 @@
 //!   for headers, UTF-8 and JSON payloads, and building outputs.
 //! - [`log`]: structured logging into the host's log stream.
 //! - [`state`]: the pipeline's key/value state, committed with each event.
+//! - [`metrics`]: counters, gauges and histograms on the host's `/metrics`.
 //! - [`bindings`]: the raw `wit-bindgen` output, for anything not wrapped here.
 //!
 //! # Event versions
@@ -79,6 +80,7 @@
 mod config;
 mod event;
 pub mod log;
+pub mod metrics;
 pub mod state;
 mod output;
 mod plugin;
