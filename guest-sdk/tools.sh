@@ -50,7 +50,8 @@ ensure_adapter() {
 }
 
 # sluice_world DIR [CAPABILITY…]: writes into DIR a WIT package whose world
-# `plugin` imports `log` and the capabilities named (today: `state`) from
+# `plugin` imports `log` and the capabilities named (today: `state`, and
+# `metrics`, which needs no grant but is imported only when used too) from
 # sluice:plugin@0.2.0, and exports `handler`; build with `--wit DIR`
 # (jco), `-d DIR` (componentize-py), world `plugin`.
 #
@@ -67,7 +68,9 @@ sluice_world() {
     for capability in "$@"; do
         case "$capability" in
             state) imports+="    import sluice:plugin/state@0.2.0;"$'\n' ;;
-            *) echo "unknown capability $capability (state)" >&2; return 2 ;;
+            # Not a capability (no grant needed), imported only when used.
+            metrics) imports+="    import sluice:plugin/metrics@0.2.0;"$'\n' ;;
+            *) echo "unknown capability $capability (state, metrics)" >&2; return 2 ;;
         esac
     done
     mkdir -p "$dir/deps/sluice-plugin@0.2.0"
