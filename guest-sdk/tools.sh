@@ -50,7 +50,8 @@ ensure_adapter() {
 }
 
 # sluice_world DIR [CAPABILITY…]: writes into DIR a WIT package whose world
-# `plugin` imports `log` and the capabilities named (`state`, `client`) from
+# `plugin` imports `log` and the capabilities named (`state`, `client`,
+# and `metrics`, which needs no grant but is imported only when used too) from
 # sluice:plugin@0.2.0, and exports `handler`; build with `--wit DIR`
 # (jco), `-d DIR` (componentize-py), world `plugin`.
 #
@@ -68,7 +69,9 @@ sluice_world() {
         case "$capability" in
             state) imports+="    import sluice:plugin/state@0.2.0;"$'\n' ;;
             client) imports+="    import sluice:plugin/client@0.2.0;"$'\n' ;;
-            *) echo "unknown capability $capability (state, client)" >&2; return 2 ;;
+            # Not a capability (no grant needed), imported only when used.
+            metrics) imports+="    import sluice:plugin/metrics@0.2.0;"$'\n' ;;
+            *) echo "unknown capability $capability (state, client, metrics)" >&2; return 2 ;;
         esac
     done
     mkdir -p "$dir/deps/sluice-plugin@0.2.0"

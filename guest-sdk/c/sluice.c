@@ -278,6 +278,48 @@ void sluice_log(sluice_level_t level, const char *message) {
     sluice_plugin_log_log((sluice_plugin_log_level_t)level, &text, &fields);
 }
 
+// ---- metrics
+
+// The pairs of one call live on the stack up to this many labels (the host
+// takes at most 10); the host copies what it keeps.
+#define SLUICE_STACK_LABELS 16
+
+// Borrows `labels` as the WIT list: into `stack` when they fit, else into
+// a malloc'd array the caller frees.
+static plugin_tuple2_string_string_t *metric_pairs(const sluice_label_t *labels, size_t n, plugin_tuple2_string_string_t *stack) {
+    plugin_tuple2_string_string_t *pairs = stack;
+    if (n > SLUICE_STACK_LABELS && !(pairs = malloc(n * sizeof *pairs))) abort();
+    for (size_t i = 0; i < n; i++) {
+        pairs[i].f0 = (plugin_string_t){(uint8_t *)labels[i].name, strlen(labels[i].name)};
+        pairs[i].f1 = (plugin_string_t){(uint8_t *)labels[i].value, labels[i].value_len};
+    }
+    return pairs;
+}
+
+void sluice_counter_add(const char *name, const sluice_label_t *labels, size_t n_labels, uint64_t value) {
+    plugin_tuple2_string_string_t stack[SLUICE_STACK_LABELS];
+    plugin_list_tuple2_string_string_t list = {metric_pairs(labels, n_labels, stack), n_labels};
+    plugin_string_t n = {(uint8_t *)name, strlen(name)};
+    sluice_plugin_metrics_counter_add(&n, &list, value);
+    if (list.ptr != stack) free(list.ptr);
+}
+
+void sluice_gauge_set(const char *name, const sluice_label_t *labels, size_t n_labels, double value) {
+    plugin_tuple2_string_string_t stack[SLUICE_STACK_LABELS];
+    plugin_list_tuple2_string_string_t list = {metric_pairs(labels, n_labels, stack), n_labels};
+    plugin_string_t n = {(uint8_t *)name, strlen(name)};
+    sluice_plugin_metrics_gauge_set(&n, &list, value);
+    if (list.ptr != stack) free(list.ptr);
+}
+
+void sluice_histogram_observe(const char *name, const sluice_label_t *labels, size_t n_labels, double value) {
+    plugin_tuple2_string_string_t stack[SLUICE_STACK_LABELS];
+    plugin_list_tuple2_string_string_t list = {metric_pairs(labels, n_labels, stack), n_labels};
+    plugin_string_t n = {(uint8_t *)name, strlen(name)};
+    sluice_plugin_metrics_histogram_observe(&n, &list, value);
+    if (list.ptr != stack) free(list.ptr);
+}
+
 // ---- the exports
 
 static bool initialised = false;

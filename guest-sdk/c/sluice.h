@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "plugin.h"
 #include "sluice_json.h"
@@ -157,6 +158,38 @@ sluice_failure_t *sluice_client_request(const char *destination, const void *pay
                                         sluice_bytes_t *reply);
 // Publishes `payload` to `destination` without waiting (a NestJS event).
 sluice_failure_t *sluice_client_emit(const char *destination, const void *payload, size_t payload_len);
+
+// ---- metrics: the plugin's own, on the host's /metrics as
+// sluice_plugin_<name> (counters get _total) with the pipeline and plugin
+// as labels. No capability is needed (a plugin that calls none of these
+// does not import `metrics`), and recording never fails the event: the
+// host drops, counts and reports once what breaks its rules (names
+// [a-zA-Z_][a-zA-Z0-9_]*, one kind per name), and folds label sets past
+// max_series per metric (100 by default) into one series labelled
+// `other`. A value is recorded when called, not when the event succeeds:
+// a failed attempt's values stay. Histogram buckets: exponential from
+// 0.001 to ~16 777.
+//
+//   sluice_label_t labels[] = {{"key", key, key_len}, SLUICE_LABEL("shop", "x")};
+//   sluice_counter_add("counted", labels, 2, 1);
+//   sluice_histogram_observe("payload_bytes", NULL, 0, (double)event->payload.len);
+
+// A label: a NUL-terminated name and a value of value_len bytes (need not
+// be NUL-terminated).
+typedef struct {
+    const char *name;
+    const char *value;
+    size_t value_len;
+} sluice_label_t;
+// A label whose value is a NUL-terminated string.
+#define SLUICE_LABEL(name, value) ((sluice_label_t){(name), (value), strlen(value)})
+
+// Adds `value` to counter `name` (NUL-terminated) with `labels[0..n_labels)`.
+void sluice_counter_add(const char *name, const sluice_label_t *labels, size_t n_labels, uint64_t value);
+// Sets gauge `name` (NaN and infinities are dropped by the host).
+void sluice_gauge_set(const char *name, const sluice_label_t *labels, size_t n_labels, double value);
+// Records one observation in histogram `name`.
+void sluice_histogram_observe(const char *name, const sluice_label_t *labels, size_t n_labels, double value);
 
 // ---- logging into the host's log stream
 typedef enum { SLUICE_TRACE, SLUICE_DEBUG, SLUICE_INFO, SLUICE_WARN, SLUICE_ERROR } sluice_level_t;

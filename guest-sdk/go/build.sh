@@ -40,8 +40,9 @@ mkdir -p "$(dirname "$out")"
 (cd "$sdk" && GOOS= GOARCH= GOFLAGS= go run ./cmd/adapterrealloc "$work/core.wasm" "$work/core-adapted.wasm")
 # World `plugin` with every capability: `component new` imports only what
 # the module imports, and Go's linker drops the imports nothing calls, so a
-# plugin that never calls plugin.State does not import `state`.
-sluice_world "$work/wit" state client
+# plugin that never calls plugin.State does not import `state` (nor
+# `client` without plugin.Client, nor `metrics` without plugin.Metrics).
+sluice_world "$work/wit" state client metrics
 "$WASM_TOOLS" component embed "$work/wit" --world plugin "$work/core-adapted.wasm" -o "$work/embedded.wasm"
 "$WASM_TOOLS" component new "$work/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
 echo "$out"

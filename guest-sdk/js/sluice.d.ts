@@ -278,6 +278,28 @@ export const log: {
   error(message: string, fields?: LogFields): void;
 };
 
+/** Metric labels: `{ sku: 'a' }` or `[['sku', 'a']]`; values become text. */
+export type MetricLabels = Record<string, unknown> | ReadonlyArray<readonly [string, unknown]>;
+
+/**
+ * The plugin's own metrics, on the host's `/metrics` as
+ * `sluice_plugin_<name>` (counters `_total`) with the pipeline and plugin
+ * as labels. Names and label names are `[a-zA-Z_][a-zA-Z0-9_]*`; the host
+ * drops and counts what breaks its rules, never failing the event, and
+ * folds label sets past `max_series` per metric into `other`. A failed
+ * attempt's values stay.
+ */
+export const metrics: {
+  counter(name: string, labels?: MetricLabels): {
+    /** Adds a non-negative integer (default 1); anything else throws a TypeError. */
+    add(value?: number): void;
+    inc(): void;
+  };
+  gauge(name: string, labels?: MetricLabels): { set(value: number): void };
+  /** Buckets: exponential from 0.001 to ~16 777 (seconds or sizes alike). */
+  histogram(name: string, labels?: MetricLabels): { observe(value: number): void };
+};
+
 /** A plugin: `init` (optional) makes the state, `handle` answers each event. */
 export interface Plugin<State> {
   /** Refuse the config by throwing a string or an Error. */

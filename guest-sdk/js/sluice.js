@@ -20,9 +20,11 @@
 // services) are capabilities: build.sh makes the component import one only
 // when the plugin uses it (the bundler drops this module's import of it
 // otherwise), so a plugin needs no grant for what it does not use.
+// `metrics` needs no grant, but is imported the same way, only when used.
 import { log as hostLog } from 'sluice:plugin/log@0.2.0';
 import * as hostState from 'sluice:plugin/state@0.2.0';
 import * as hostClient from 'sluice:plugin/client@0.2.0';
+import * as hostMetrics from 'sluice:plugin/metrics@0.2.0';
 
 // ---------------------------------------------------------------- errors
 
@@ -810,6 +812,63 @@ export const log = {
   info: logAt('info'),
   warn: logAt('warn'),
   error: logAt('error'),
+};
+
+// ---------------------------------------------------------------- metrics
+
+// Labels as an object (`{ sku: 'a' }`) or `[name, value]` pairs, as text.
+function labelPairs(labels) {
+  if (labels == null) return [];
+  const pairs = Array.isArray(labels) ? labels : Object.entries(labels);
+  return pairs.map(([k, v]) => [String(k), String(v)]);
+}
+
+/**
+ * The plugin's own metrics, on the host's `/metrics` as
+ * `sluice_plugin_<name>` with the pipeline and plugin as labels:
+ * `metrics.counter('orders', { sku }).add(1)`,
+ * `metrics.gauge('depth').set(3)`, `metrics.histogram('bytes').observe(n)`.
+ * Recording never fails the event: the host drops (and counts) what breaks
+ * its rules (names `[a-zA-Z_][a-zA-Z0-9_]*`, one kind per name, at most
+ * `max_series` label sets per metric, the rest folded into `other`). A
+ * failed attempt's values stay.
+ */
+export const metrics = {
+  /** Counter `name` with `labels`: `.add(n)` (a non-negative integer), `.inc()`. */
+  counter(name, labels) {
+    const n = String(name);
+    const pairs = labelPairs(labels);
+    return {
+      add(value = 1) {
+        const v = Number(value);
+        if (!Number.isSafeInteger(v) || v < 0) throw new TypeError(`counter ${n}: add a non-negative integer, not ${value}`);
+        hostMetrics.counterAdd(n, pairs, v);
+      },
+      inc() {
+        hostMetrics.counterAdd(n, pairs, 1);
+      },
+    };
+  },
+  /** Gauge `name` with `labels`: `.set(value)`. */
+  gauge(name, labels) {
+    const n = String(name);
+    const pairs = labelPairs(labels);
+    return {
+      set(value) {
+        hostMetrics.gaugeSet(n, pairs, Number(value));
+      },
+    };
+  },
+  /** Histogram `name` with `labels`: `.observe(value)` (the host's buckets: 0.001 to ~16 777, doubling). */
+  histogram(name, labels) {
+    const n = String(name);
+    const pairs = labelPairs(labels);
+    return {
+      observe(value) {
+        hostMetrics.histogramObserve(n, pairs, Number(value));
+      },
+    };
+  },
 };
 
 // ---------------------------------------------------------------- the export

@@ -18,6 +18,7 @@ import sys
 app_dir, module, sdk = sys.argv[1:4]
 finder = modulefinder.ModuleFinder(path=[app_dir, sdk])
 finder.run_script(os.path.join(app_dir, module + ".py"))
-for capability in ["state", "client"]:
+# `metrics` is no capability (no grant), but is imported only when used too.
+for capability in ["state", "client", "metrics"]:
     if f"sluice_plugin.{capability}" in finder.modules:
         print(capability)

@@ -76,6 +76,7 @@ fn load(runtime: &Runtime) -> LoadedPlugin {
         memory: 256 << 20,
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
+        metrics: Default::default(),
     };
     let loaded = tokio::runtime::Builder::new_current_thread()
         .enable_time()

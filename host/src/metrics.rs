@@ -31,12 +31,41 @@ pub fn render(pipelines: &Registry, health: &Health, admin: &Arc<AdminCounters>)
     registry.register_collector(Box::new(Pipelines(pipelines.clone())));
     registry.register_collector(Box::new(Lifecycles(health.clone())));
     registry.register_collector(Box::new(Admin(admin.clone())));
+    registry.register_collector(Box::new(PluginRecorded(pipelines.clone())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
 }
 
 struct Pipelines(Registry);
+
+/// What the running pipelines' plugins record (`sluice_plugin_<name>`,
+/// see [`crate::runtime::metrics`]).
+struct PluginRecorded(Registry);
+
+impl std::fmt::Debug for PluginRecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginRecorded")
+    }
+}
+
+impl Collector for PluginRecorded {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let handles: Vec<Arc<PipelineHandle>> = match self.0.read() {
+            Ok(registry) => registry.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let rows: Vec<(String, String, crate::runtime::PluginMetrics)> = handles
+            .iter()
+            .map(|h| (h.name.clone(), h.versions.status().map(|s| s.name).unwrap_or_default(), h.versions.metrics()))
+            .collect();
+        let sources: Vec<crate::runtime::metrics::Source<'_>> = rows
+            .iter()
+            .map(|(pipeline, plugin, metrics)| crate::runtime::metrics::Source { pipeline, plugin, metrics })
+            .collect();
+        crate::runtime::metrics::encode(&mut encoder, &sources)
+    }
+}
 
 /// Every pipeline's state and restarts, running or not: labelled by
 /// `pipeline` only (a pipeline waiting to restart has no plugin loaded).

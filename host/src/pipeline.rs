@@ -49,6 +49,7 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         timeout: config.policy.timeout,
         init_timeout: config.policy.init_timeout,
         grants: grants(config),
+        metrics: crate::runtime::PluginMetrics::new(config.plugin.metrics),
         memory: config.policy.memory.as_u64(),
         instance: config.plugin.instance,
     })

@@ -11,6 +11,10 @@
 // - `...:retry-once`: a retryable error on the first attempt;
 // - `...:reject`: rejected (dead-lettered).
 //
+// Metrics, recorded on every attempt before it can fail (a retried event
+// counts twice): counter `counted` labelled `key`, and histogram
+// `payload_bytes` of each payload's size.
+//
 // Config: `prefix` (optional, default `count:`): the state key prefix.
 #include <inttypes.h>
 #include <stdio.h>
@@ -55,6 +59,10 @@ sluice_failure_t *plugin_handle(const sluice_event_t *event, sluice_outputs_t *o
         const char *colon = memchr(text, ':', len);
         key_len = colon ? (size_t)(colon - text) : len;
     }
+
+    sluice_label_t labels[] = {{"key", key, key_len}};
+    sluice_counter_add("counted", labels, 1, 1);
+    sluice_histogram_observe("payload_bytes", NULL, 0, (double)event->payload.len);
 
     size_t state_key_len = prefix_len + key_len;
     char *state_key = malloc(state_key_len ? state_key_len : 1);

@@ -11,6 +11,10 @@
 //   - `...:retry-once`: a retryable error on the first attempt;
 //   - `...:reject`: rejected (dead-lettered).
 //
+// Metrics, recorded on every attempt before it can fail (a retried event
+// counts twice): counter `counted` labelled `key`, and histogram
+// `payload_bytes` of each payload's size.
+//
 // Config: `prefix` (optional, default `count:`): the state key prefix.
 package main
 
@@ -47,6 +51,8 @@ func (c counter) Handle(ev *plugin.Event) ([]plugin.Output, error) {
 	if ev.Key != nil {
 		key = strings.ToValidUTF8(string(ev.Key), "\uFFFD")
 	}
+	plugin.Metrics.Counter("counted", [2]string{"key", key}).Inc()
+	plugin.Metrics.Histogram("payload_bytes").Observe(float64(len(ev.Payload)))
 	count, err := plugin.State.Increment(c.prefix+key, 1)
 	if err != nil {
 		return nil, err // unavailable: retried; a broken limit: rejected

@@ -11,8 +11,12 @@
 // - `...:retry-once`: a retryable error on the first attempt;
 // - `...:reject`: rejected (dead-lettered).
 //
+// Metrics, recorded on every attempt before it can fail (a retried event
+// counts twice): counter `counted` labelled `key`, and histogram
+// `payload_bytes` of each payload's size.
+//
 // Config: `prefix` (optional, default `count:`): the state key prefix.
-import { plugin, state, HandlerError, Output, utf8 } from 'sluice';
+import { plugin, state, metrics, HandlerError, Output, utf8 } from 'sluice';
 
 export const handler = plugin({
   init(config) {
@@ -23,6 +27,8 @@ export const handler = plugin({
   handle(self, event) {
     const text = event.text().trimEnd();
     const key = event.key !== null ? utf8.decode(event.key) : text.split(':')[0];
+    metrics.counter('counted', { key }).inc();
+    metrics.histogram('payload_bytes').observe(event.payload.length);
     const count = state.increment(self.prefix + key, 1);
     if (text.endsWith(':retry-once') && event.attempt === 1) {
       throw HandlerError.retryable(`first attempt fails after counting ${key} to ${count}`);

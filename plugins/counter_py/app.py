@@ -11,12 +11,16 @@ first, then fails):
 - `...:retry-once`: a retryable error on the first attempt;
 - `...:reject`: rejected (dead-lettered).
 
+Metrics, recorded on every attempt before it can fail (a retried event
+counts twice): counter `counted` labelled `key`, and histogram
+`payload_bytes` of each payload's size.
+
 Config: `prefix` (optional, default `count:`): the state key prefix.
 """
 
 from typing import List
 
-from sluice_plugin import Config, Event, HandlerError, Output, Plugin, export, state
+from sluice_plugin import Config, Event, HandlerError, Output, Plugin, export, metrics, state
 
 
 class Counter(Plugin):
@@ -31,6 +35,8 @@ class Counter(Plugin):
     def handle(self, event: Event) -> List:
         text = event.text().rstrip()
         key = event.key.decode("utf-8", "replace") if event.key is not None else text.split(":")[0]
+        metrics.counter("counted", key=key).inc()
+        metrics.histogram("payload_bytes").observe(len(event.payload))
         count = state.increment(self.prefix + key, 1)
         if text.endswith(":retry-once") and event.attempt == 1:
             raise HandlerError.retryable(f"first attempt fails after counting {key} to {count}")

@@ -9,8 +9,11 @@
 // `...:retry-once` fails retryably on the first attempt and `...:reject` is
 // rejected, each after incrementing (failed attempts leave no trace).
 //
+// Metrics, recorded on every attempt before it can fail: counter `counted`
+// labelled `key`, histogram `payload_bytes`.
+//
 // Config: `prefix` (optional, default `count:`): the state key prefix.
-import { plugin, state, HandlerError, Output, utf8, type Config, type Event } from 'sluice';
+import { plugin, state, metrics, HandlerError, Output, utf8, type Config, type Event } from 'sluice';
 
 interface Settings {
   prefix: string;
@@ -24,6 +27,8 @@ function init(config: Config): Settings {
 function handle(self: Settings, event: Event): Output[] {
   const text = event.text().trimEnd();
   const key = event.key !== null ? utf8.decode(event.key) : text.split(':')[0];
+  metrics.counter('counted', { key }).inc();
+  metrics.histogram('payload_bytes').observe(event.payload.length);
   const count: number = state.increment(self.prefix + key, 1);
   if (text.endsWith(':retry-once') && event.attempt === 1) {
     throw HandlerError.retryable(`first attempt fails after counting ${key} to ${count}`);

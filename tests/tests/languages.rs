@@ -491,3 +491,43 @@ fn every_language_reads_a_seeded_state_in_plugin_test() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every language's counter records the same plugin metrics through its
+/// SDK (`counted` per key, `payload_bytes`), on every attempt: read from
+/// the real binary's `/metrics` after 12 keyed events over 3 keys, one of
+/// them failing its first attempt.
+#[test]
+fn every_language_records_plugin_metrics() -> Result<()> {
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    for i in 0..12 {
+        let key = format!("k{}", i % 3);
+        let payload = if i == 3 { format!("{key}:retry-once") } else { key.clone() };
+        bytes += payload.len() * if i == 3 { 2 } else { 1 };
+        events.push(serde_json::json!({ "key": key, "payload": payload }));
+    }
+    for (language, path) in counters() {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let scratch = Scratch::new()?;
+        let port = free_port()?;
+        scratch.write("events.jsonl", "")?;
+        let pipeline = stateful_pipeline(&path, "").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
+        scratch.write("sluice.toml", format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{pipeline}"))?;
+        let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+        host.wait_until("the admin API", SLOW_RUN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
+        scratch.append_events("events.jsonl", &events)?;
+        let acked = format!(r#"sluice_events_acked_total{{pipeline="counts",plugin="{name}"}}"#);
+        host.wait_until("every event settled", SLOW_RUN, || metrics(port).ok().and_then(|m| m.get(&acked).copied()) == Some(12.0))?;
+        let m = metrics(port)?;
+        let get = |series: String| m.get(&series).copied().with_context(|| format!("{language}: no {series} in {m:#?}"));
+        let labels = format!(r#"pipeline="counts",plugin="{name}""#);
+        for (key, n) in [("k0", 5.0), ("k1", 4.0), ("k2", 4.0)] {
+            ensure!(get(format!(r#"sluice_plugin_counted_total{{{labels},key="{key}"}}"#))? == n, "{language}: {key} counted once per attempt, {n}");
+        }
+        ensure!(get(format!("sluice_plugin_payload_bytes_count{{{labels}}}"))? == 13.0, "{language}: one observation per attempt");
+        ensure!(get(format!("sluice_plugin_payload_bytes_sum{{{labels}}}"))? == bytes as f64, "{language}: payload sizes");
+        host.terminate()?;
+        host.wait(SLOW_RUN)?.ensure_success().with_context(|| language.to_string())?;
+    }
+    Ok(())
+}

@@ -22,7 +22,9 @@ the module into a component.
 
 The pipeline's key/value state is the submodule `state` (`from sluice_plugin
 import state`), kept apart so that a plugin imports the `state` capability
-only when it uses it (see state.py).
+only when it uses it (see state.py). The plugin's own metrics are the
+submodule `metrics` (`from sluice_plugin import metrics`), apart for the
+same reason (see metrics.py).
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@
 //! - [`state`]: the pipeline's key/value state, committed with each event.
 //! - [`client`]: requests to other services (NATS, Kafka, NestJS) and
 //!   emits published with the event's outputs.
+//! - [`metrics`]: counters, gauges and histograms on the host's `/metrics`.
 //! - [`bindings`]: the raw `wit-bindgen` output, for anything not wrapped here.
 //!
 //! # Event versions
@@ -82,6 +83,7 @@ pub mod client;
 mod config;
 mod event;
 pub mod log;
+pub mod metrics;
 pub mod state;
 mod output;
 mod plugin;

@@ -71,6 +71,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         // Without --replies, client calls fail as unavailable: no
         // destinations are open.
         grants: vec![sluice::runtime::Capability::State, sluice::runtime::Capability::Client],
+        metrics: Default::default(),
     };
     let format = match format {
         InputFormat::Json => LineFormat::Json,

@@ -873,6 +873,10 @@ pub struct PluginConfig {
     /// "Every language"); see docs/plugins/README.md for the policy.
     #[serde(default)]
     pub instance: InstancePolicy,
+    /// Caps on the metrics the plugin records (`sluice:plugin/metrics`):
+    /// label sets per metric and metrics per pipeline.
+    #[serde(default)]
+    pub metrics: crate::runtime::MetricsLimits,
 }
 
 /// Instance lifetime; see [`PluginConfig::instance`].

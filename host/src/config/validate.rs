@@ -248,6 +248,19 @@ fn validate_pipeline(name: &str, p: &PipelineConfig) -> Result<(), (&'static str
             format!("{m}: join the items into one string (e.g. \"a,b\") and split it in the plugin"),
         )
     })?;
+    let metrics = &p.plugin.metrics;
+    if !(1..=10_000).contains(&metrics.max_series) {
+        return Err((
+            "plugin.metrics.max_series",
+            format!("must be between 1 and 10000 label sets per metric (default 100), got {}", metrics.max_series),
+        ));
+    }
+    if !(1..=1_000).contains(&metrics.max_metrics) {
+        return Err((
+            "plugin.metrics.max_metrics",
+            format!("must be between 1 and 1000 metrics per pipeline (default 50), got {}", metrics.max_metrics),
+        ));
+    }
     Ok(())
 }
 

@@ -151,11 +151,16 @@ impl PluginVersions {
     }
 
     /// Loads the plugin a changed config describes (SIGHUP).
-    pub async fn reconfigure(&self, spec: PluginSpec) -> Result<VersionInfo, ReloadError> {
+    pub async fn reconfigure(&self, mut spec: PluginSpec) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
+        // The metrics belong to the pipeline: the new version records into
+        // the same registry, under the new caps once it is loaded.
+        let limits = spec.metrics.limits();
+        spec.metrics = self.spec().metrics;
         let loaded = LoadedPlugin::load(&self.runtime, spec.clone()).await;
         let result = self.settle(loaded, Origin::Config, false);
         if result.is_ok() {
+            spec.metrics.set_limits(limits);
             if let Ok(mut state) = self.state.lock() {
                 state.spec = spec;
             }
@@ -205,6 +210,11 @@ impl PluginVersions {
             Ok(state) => state.current.0.clone(),
             Err(poisoned) => poisoned.into_inner().current.0.clone(),
         }
+    }
+
+    /// The metrics the pipeline's plugin records (every version's).
+    pub fn metrics(&self) -> crate::runtime::PluginMetrics {
+        self.spec().metrics
     }
 
     /// The plugin file this pipeline's versions come from.

@@ -1,6 +1,7 @@
 //! Imports the host provides to plugins: structured logging (for plugins
 //! of either contract version), state (0.2.0, in [`super::state`]) and
-//! service calls (0.2.0, in `super::client`).
+//! service calls (0.2.0, in `super::client`), and metrics (0.2.0, in
+//! [`super::metrics`]).
 
 use std::time::Instant;
 
@@ -15,7 +16,10 @@ pub(super) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
     log::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
     log_v0_1::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
     state::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
-    client::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+    client::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
+    // Plain import, not a capability: recording metrics reaches nothing
+    // outside the host (see `super::metrics`).
+    super::bindings::current::metrics::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
 }
 
 impl log_v0_1::Host for PluginState {

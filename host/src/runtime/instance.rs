@@ -20,6 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::effects::EventScope;
 use super::world::Bindings;
 use super::host::GuestLog;
+use super::metrics::PluginMetrics;
 use crate::event::{Event, HandlerError, Output};
 
 /// The result of handling one event.
@@ -50,6 +51,8 @@ pub struct PluginState {
     /// The event being handled, lent by the lane for the call (its state,
     /// its identity for outbound calls; see [`super::effects`]).
     pub(super) scope: Option<EventScope>,
+    /// The pipeline's plugin metrics, which every instance records into.
+    pub(super) metrics: PluginMetrics,
 }
 
 impl WasiView for PluginState {
@@ -106,7 +109,7 @@ impl Instance {
     /// store only makes the guest yield at every epoch tick, so a guest
     /// that never calls out still lets the timer (and every other task on
     /// its worker) run.
-    pub(super) fn store(engine: &Engine, wasi: WasiCtx, log: GuestLog, memory_limit: u64) -> Store<PluginState> {
+    pub(super) fn store(engine: &Engine, wasi: WasiCtx, log: GuestLog, metrics: PluginMetrics, memory_limit: u64) -> Store<PluginState> {
         let state = PluginState {
             wasi,
             table: ResourceTable::new(),
@@ -117,6 +120,7 @@ impl Instance {
             },
             log,
             scope: None,
+            metrics,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);

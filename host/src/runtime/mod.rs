@@ -12,6 +12,8 @@
 //! - [`capability`]: imports a pipeline must grant (`state`, `client`,
 //!   `wasi:http`), checked at load; [`effects`]: the event a call handles,
 //!   lent to it for those imports.
+//! - [`metrics`]: the `metrics` import, and the per-pipeline registry of
+//!   what plugins record, rendered on `/metrics`.
 //! - [`manifest`]: the optional `manifest` export (accepted event versions),
 //!   looked up by name so plugins without it load unchanged.
 
@@ -23,6 +25,7 @@ pub mod engine;
 mod host;
 pub mod instance;
 pub mod manifest;
+pub mod metrics;
 pub mod plugin;
 pub mod state;
 mod wasi;
@@ -34,3 +37,4 @@ pub use capability::Capability;
 pub use effects::{CallKind, CallLog, CallRecord, EventScope};
 pub use plugin::{LoadError, LoadedPlugin, PluginSpec};
 pub use world::Target;
+pub use metrics::{MetricsLimits, PluginMetrics};

@@ -43,6 +43,9 @@ pub struct PluginSpec {
     /// The capabilities the pipeline grants; a plugin importing any other
     /// is refused.
     pub grants: Vec<Capability>,
+    /// The pipeline's plugin metrics: one registry for every version, so
+    /// values survive reloads (see [`super::metrics`]).
+    pub metrics: super::metrics::PluginMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +167,7 @@ impl LoadedPlugin {
             detail: format!("cannot grant WASI capabilities: {e:#}"),
         })?;
         let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone(), inner.digest.get(..12).unwrap_or(&inner.digest).to_owned());
-        let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.memory);
+        let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.metrics.clone(), spec.memory);
         let start_error = |e: wasmtime::Error| LoadError::Start {
             path: path.clone(),
             detail: format!("{e:#}"),

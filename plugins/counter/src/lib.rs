@@ -11,9 +11,18 @@
 //! - `...:retry-once`: a retryable error on the first attempt;
 //! - `...:reject`: rejected (dead-lettered).
 //!
+//! Metrics (the example of `sluice_plugin::metrics`), recorded on every
+//! attempt before it can fail, so a retried event counts twice:
+//! - counter `counted` labelled `key`: events counted per key
+//!   (`sluice_plugin_counted_total{pipeline,plugin,key}` on `/metrics`);
+//! - histogram `payload_bytes`: the size of each event's payload.
+//!
+//! - `...:bad-metric` also records into a counter with an invalid name,
+//!   which the host drops (and reports) without failing the event.
+//!
 //! Config: `prefix` (optional, default `count:`): the state key prefix.
 
-use sluice_plugin::{state, Config, Event, HandlerError, Output, Plugin};
+use sluice_plugin::{metrics, state, Config, Event, HandlerError, Output, Plugin};
 
 struct Counter {
     prefix: String,
@@ -31,6 +40,11 @@ impl Plugin for Counter {
             Some(key) => String::from_utf8_lossy(key).into_owned(),
             None => text.split(':').next().unwrap_or_default().to_owned(),
         };
+        metrics::counter("counted", &[("key", &key)]).inc();
+        metrics::histogram("payload_bytes", &[]).observe(event.payload.len() as f64);
+        if text.ends_with(":bad-metric") {
+            metrics::counter("bad-metric!", &[]).inc();
+        }
         let count = state::increment(&format!("{}{key}", self.prefix), 1)?;
         if text.ends_with(":retry-once") && event.attempt == 1 {
             return Err(HandlerError::retryable(format!("first attempt fails after counting {key} to {count}")));
@@ -69,6 +83,18 @@ mod tests {
         counter.handle(event("b", 1))?;
         let out = counter.handle(event("a:x", 1))?;
         assert_eq!(out[0].payload, b"a=2");
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_attempt_is_still_measured() -> Result<(), HandlerError> {
+        state::clear();
+        metrics::clear();
+        let mut counter = Counter::init(Config::from(vec![])).map_err(HandlerError::reject)?;
+        assert!(counter.handle(event("a:retry-once", 1)).is_err());
+        counter.handle(event("a:retry-once", 2))?;
+        assert_eq!(metrics::counter_value("counted", &[("key", "a")]), 2);
+        assert_eq!(metrics::histogram_count("payload_bytes", &[]), 2);
         Ok(())
     }
 }
