@@ -76,6 +76,7 @@ fn load(runtime: &Runtime) -> LoadedPlugin {
         memory: 256 << 20,
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
+        http: None,
     };
     let loaded = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -124,6 +124,7 @@ fn spec(path: PathBuf) -> PluginSpec {
         memory: 256 << 20,
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
+        http: None,
     }
 }
 

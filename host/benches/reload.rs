@@ -123,6 +123,7 @@ fn load(runtime: &Runtime, name: &str) -> BenchResult<LoadedPlugin> {
         memory: MEMORY,
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
+        http: None,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_time()

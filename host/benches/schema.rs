@@ -132,6 +132,7 @@ fn passthrough(runtime: &Runtime) -> Option<LoadedPlugin> {
         memory: 256 << 20,
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
+        http: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().ok()?;
     rt.block_on(LoadedPlugin::load(runtime, spec)).map_err(|e| eprintln!("no wasm rows: {e} (build the plugins with ./dev plugins)")).ok()

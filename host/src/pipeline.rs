@@ -48,10 +48,24 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         wasi: config.plugin.wasi.clone(),
         timeout: config.policy.timeout,
         init_timeout: config.policy.init_timeout,
-        grants: config.state.iter().map(|_| crate::runtime::Capability::State).collect(),
+        grants: grants(config),
+        http: config.plugin.http.clone(),
         memory: config.policy.memory.as_u64(),
         instance: config.plugin.instance,
     })
+}
+
+/// The capabilities a pipeline's config grants its plugin.
+pub fn grants(config: &PipelineConfig) -> Vec<crate::runtime::Capability> {
+    use crate::runtime::Capability;
+    let mut grants = Vec::new();
+    if config.state.is_some() {
+        grants.push(Capability::State);
+    }
+    if config.plugin.http.is_some() {
+        grants.push(Capability::Http);
+    }
+    grants
 }
 
 /// Loads a plugin (compiling off the async threads, `init` within its

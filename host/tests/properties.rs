@@ -150,6 +150,7 @@ fn passthrough() -> Result<&'static LoadedPlugin, String> {
                 memory: 64 << 20,
                 instance: sluice::config::InstancePolicy::Reuse,
                 grants: Vec::new(),
+                http: None,
             };
             let runtime = Runtime::new(&RuntimeOptions::default()).map_err(|e| e.to_string())?;
             block_on(LoadedPlugin::load(&runtime, spec))?.map_err(|e| format!("{e} (build the plugins: bash scripts/build-plugins.sh)"))

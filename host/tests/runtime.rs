@@ -27,6 +27,7 @@ fn spec(name: &str, wasi: WasiGrants) -> PluginSpec {
         memory: 32 << 20,
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
+        http: None,
     }
 }
 

@@ -51,6 +51,8 @@
 //!   for headers, UTF-8 and JSON payloads, and building outputs.
 //! - [`log`]: structured logging into the host's log stream.
 //! - [`state`]: the pipeline's key/value state, committed with each event.
+//! - `http` (feature `http`): outbound HTTP through `wasi:http`, to the
+//!   destinations the pipeline allows.
 //! - [`bindings`]: the raw `wit-bindgen` output, for anything not wrapped here.
 //!
 //! # Event versions
@@ -74,10 +76,15 @@
 //! # Features
 //!
 //! - `json` (default): [`Event::json`] and [`Output::json`] via `serde_json`.
+//! - `http`: the `http` module (a blocking client over `wasi:http`, via the
+//!   `wasip2` crate). Off by default; a plugin that does not call it never
+//!   imports `wasi:http` either way.
 #![warn(missing_docs)]
 
 mod config;
 mod event;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod log;
 pub mod state;
 mod output;

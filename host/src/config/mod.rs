@@ -9,6 +9,7 @@
 
 mod error;
 mod files;
+mod http;
 mod interpolate;
 mod model;
 mod schemas;
@@ -17,6 +18,7 @@ mod validate;
 
 pub use error::{ConfigError, Problem};
 pub use files::{canonical, subject_matches};
+pub use http::{AllowEntry, Destination, HttpConfig, HttpScheme};
 pub use interpolate::interpolate;
 pub use model::*;
 pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};

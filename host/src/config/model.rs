@@ -868,6 +868,11 @@ pub struct PluginConfig {
     /// "Every language"); see docs/plugins/README.md for the policy.
     #[serde(default)]
     pub instance: InstancePolicy,
+    /// Outbound HTTP (`wasi:http`): the destinations the plugin may call
+    /// and the limits of those calls. Absent: a plugin importing
+    /// `wasi:http` is refused. See [`super::HttpConfig`].
+    #[serde(default)]
+    pub http: Option<super::HttpConfig>,
 }
 
 /// Instance lifetime; see [`PluginConfig::instance`].

@@ -50,6 +50,19 @@ pub struct PluginState {
     /// The event being handled, lent by the lane for the call (its state,
     /// its identity for outbound calls; see [`super::effects`]).
     pub(super) scope: Option<EventScope>,
+    /// Outbound HTTP (`wasi:http`): the pipeline's grant and wasmtime's
+    /// context (see [`super::http`]).
+    pub(super) http: super::http::HttpState,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PluginState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
+        }
+    }
 }
 
 impl WasiView for PluginState {
@@ -117,6 +130,7 @@ impl Instance {
             },
             log,
             scope: None,
+            http: super::http::HttpState::new(None),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);

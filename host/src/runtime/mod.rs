@@ -11,7 +11,8 @@
 //!   0.1.0), and [`world`]: calling a plugin whichever it targets.
 //! - [`capability`]: imports a pipeline must grant (`state`, `client`,
 //!   `wasi:http`), checked at load; [`effects`]: the event a call handles,
-//!   lent to it for those imports.
+//!   lent to it for those imports; [`http`]: outbound HTTP
+//!   (`wasi:http/outgoing-handler`) under the pipeline's `[plugin.http]`.
 //! - [`manifest`]: the optional `manifest` export (accepted event versions),
 //!   looked up by name so plugins without it load unchanged.
 
@@ -20,6 +21,7 @@ pub mod capability;
 pub mod effects;
 pub mod engine;
 mod host;
+pub mod http;
 pub mod instance;
 pub mod manifest;
 pub mod plugin;

@@ -43,6 +43,8 @@ pub struct PluginSpec {
     /// The capabilities the pipeline grants; a plugin importing any other
     /// is refused.
     pub grants: Vec<Capability>,
+    /// Outbound HTTP (`[plugin.http]`), when granted.
+    pub http: Option<crate::config::HttpConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,9 @@ struct Inner {
     manifest: Option<ComponentExportIndex>,
     capabilities: Vec<Capability>,
     accepts: std::sync::OnceLock<Accepts>,
+    /// The HTTP grant, shared by every instance (its concurrency slots are
+    /// the pipeline's).
+    http: Option<Arc<super::http::Outbound>>,
 }
 
 impl LoadedPlugin {
@@ -165,6 +170,7 @@ impl LoadedPlugin {
         })?;
         let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone(), inner.digest.get(..12).unwrap_or(&inner.digest).to_owned());
         let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.memory);
+        store.data_mut().http = super::http::HttpState::new(inner.http.clone());
         let start_error = |e: wasmtime::Error| LoadError::Start {
             path: path.clone(),
             detail: format!("{e:#}"),
@@ -286,6 +292,7 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPl
     }
     let name = plugin_name(&path);
     let manifest = manifest::find(&component, pre.target());
+    let http = spec.http.clone().map(|config| Arc::new(super::http::Outbound::new(&spec.pipeline, config, spec.timeout)));
     Ok(LoadedPlugin {
         inner: Arc::new(Inner {
             spec,
@@ -300,6 +307,7 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPl
             manifest,
             capabilities,
             accepts: std::sync::OnceLock::new(),
+            http,
         }),
     })
 }
