@@ -59,15 +59,11 @@ impl Server {
 }
 
 async fn answer(State(seen): State<Arc<Mutex<Vec<Seen>>>>, request: Request) -> axum::response::Response {
-    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let this = Seen { path: request.uri().path().to_owned(), key: header("idempotency-key"), traceparent: header("traceparent") };
-    let body = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap_or_default();
-    let earlier = {
-        let Ok(mut seen) = seen.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
-        let earlier = seen.iter().filter(|s| s.key == this.key && s.path == this.path).count();
-        seen.push(this.clone());
-        earlier
-    };
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let this = Seen { path: parts.uri.path().to_owned(), key: header("idempotency-key"), traceparent: header("traceparent") };
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let earlier = record(&seen, &this);
     match this.path.as_str() {
         "/ok" => axum::Json(json!({ "key": this.key, "traceparent": this.traceparent, "body": String::from_utf8_lossy(&body) })).into_response(),
         "/flaky" if earlier < 2 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -79,6 +75,19 @@ async fn answer(State(seen): State<Arc<Mutex<Vec<Seen>>>>, request: Request) -> 
             "late".into_response()
         }
         _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// Keeps `this`; returns how many requests with its path and key came
+/// before it.
+fn record(seen: &Mutex<Vec<Seen>>, this: &Seen) -> usize {
+    match seen.lock() {
+        Ok(mut seen) => {
+            let earlier = seen.iter().filter(|s| s.key == this.key && s.path == this.path).count();
+            seen.push(this.clone());
+            earlier
+        }
+        Err(_) => 0,
     }
 }
 

@@ -334,7 +334,7 @@ mod imp {
         match err {
             StreamError::LastOperationFailed(io) => match wasip2::http::types::http_error_code(&io) {
                 Some(code) => from_code(code, host),
-                None => Error::Body(io.to_debug_string()),
+                None => super::body_error(io.to_debug_string(), host),
             },
             StreamError::Closed => Error::Body("the stream closed early".into()),
         }
@@ -348,6 +348,20 @@ mod imp {
             ErrorCode::HttpResponseBodySize(limit) => Error::TooLarge { limit },
             other => Error::Transport { host, code: format!("{other:?}") },
         }
+    }
+}
+
+/// A body error without an `error-code` (wasmtime's p2 passes the host's
+/// own error there, as text): the cap and the deadline are still told apart.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn body_error(text: String, host: &str) -> Error {
+    if text.contains("body size exceeds limit") {
+        let limit = text.rsplit(": ").next().and_then(|tail| tail.trim_end_matches(" bytes").parse().ok());
+        Error::TooLarge { limit }
+    } else if text.contains("timeout") || text.contains("timed out") {
+        Error::Timeout { host: host.to_owned() }
+    } else {
+        Error::Body(text)
     }
 }
 
@@ -377,6 +391,13 @@ mod tests {
         assert!(Url::parse("ftp://x").is_err());
         assert!(Url::parse("https:///path").is_err());
         assert!(Url::parse("example.com").is_err());
+    }
+
+    #[test]
+    fn body_errors_are_told_apart_by_their_text() {
+        assert_eq!(body_error("HTTP response body size exceeds limit: 1024 bytes".into(), "h"), Error::TooLarge { limit: Some(1024) });
+        assert_eq!(body_error("HTTP response timeout".into(), "h:80"), Error::Timeout { host: "h:80".into() });
+        assert_eq!(body_error("reset".into(), "h"), Error::Body("reset".into()));
     }
 
     #[test]

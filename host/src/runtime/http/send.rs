@@ -123,7 +123,9 @@ async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBo
             let timeout = matches!(err, Error::ConnectionTimeout | Error::ConnectionReadTimeout | Error::HttpResponseTimeout);
             let outcome = if timeout { Outcome::Timeout } else { Outcome::Transport };
             outbound.metrics.count(&target, outcome, Some(started.elapsed()));
-            record.finish(None, Some(err.to_string()));
+            // The guest's own timeouts, or ours passed down as options.
+            let message = if timeout { format!("timed out: {err} (plugin.http.timeout {:?}, or the request's own)", outbound.timeout) } else { err.to_string() };
+            record.finish(None, Some(message));
             Err(err)
         }
         Ok(Ok((response, io))) => {
