@@ -277,10 +277,12 @@ impl Collector for Pipelines {
 /// see [`crate::runtime::http::metrics`]).
 fn encode_http(encoder: &mut DescriptorEncoder, rows: &[Row]) -> Result<(), std::fmt::Error> {
     use crate::runtime::http::metrics::{of_pipeline, HostMetrics};
-    let pipelines: Vec<(&Row, Vec<(String, Arc<HostMetrics>)>)> =
+    type Hosts = Vec<(String, Arc<HostMetrics>)>;
+    type Values = fn(&HostMetrics) -> Vec<(&'static str, u64)>;
+    let pipelines: Vec<(&Row, Hosts)> =
         rows.iter().filter_map(|row| of_pipeline(&row.handle.name).map(|m| (row, m.snapshot()))).collect();
     let labels = |row: &Row, host: &str| [row.labels[0].clone(), row.labels[1].clone(), ("host", host.to_owned())];
-    let counters: [(&str, &str, &str, fn(&HostMetrics) -> Vec<(&'static str, u64)>); 2] = [
+    let counters: [(&str, &str, &str, Values); 2] = [
         ("sluice_http_requests", "Plugin HTTP requests by destination and outcome: the status class (2xx...) or failed (no response).", "outcome", |m| m.requests().collect()),
         ("sluice_http_errors", "Plugin HTTP requests that failed, by kind: denied (not in plugin.http.allow), timeout, transport, too-large (response body over the cap).", "kind", |m| m.errors().collect()),
     ];
