@@ -77,6 +77,7 @@ fn load(runtime: &Runtime) -> LoadedPlugin {
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
         metrics: Default::default(),
+        http: None,
     };
     let loaded = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -125,6 +125,7 @@ fn spec(path: PathBuf) -> PluginSpec {
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
         metrics: Default::default(),
+        http: None,
     }
 }
 

@@ -124,6 +124,7 @@ fn load(runtime: &Runtime, name: &str) -> BenchResult<LoadedPlugin> {
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
         metrics: Default::default(),
+        http: None,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_time()

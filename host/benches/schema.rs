@@ -133,6 +133,7 @@ fn passthrough(runtime: &Runtime) -> Option<LoadedPlugin> {
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
         metrics: Default::default(),
+        http: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().ok()?;
     rt.block_on(LoadedPlugin::load(runtime, spec)).map_err(|e| eprintln!("no wasm rows: {e} (build the plugins with ./dev plugins)")).ok()

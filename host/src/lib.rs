@@ -17,7 +17,9 @@
 //!    plugin accepts; after it, each output against its schema.
 //! 4. [`runtime`]: wasmtime. One engine per process, compiled components
 //!    cached, instances with memory caps, epoch deadlines and denied-by-default
-//!    WASI. A trap fails one call and the instance is replaced.
+//!    WASI. A trap fails one call and the instance is replaced. What a
+//!    plugin may reach outside itself (state, outbound HTTP to allowed
+//!    hosts) is granted per pipeline and checked at load.
 //! 5. [`sink`]: where outputs and dead-letter records go (stdout, a file,
 //!    core NATS, JetStream). A sink reports when a record is durably accepted,
 //!    and only then is the source acknowledged.

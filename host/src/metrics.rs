@@ -312,6 +312,7 @@ impl Collector for Pipelines {
                 histogram.encode(latency.encode_family(&labels)?)?;
             }
         }
+        encode_http(&mut encoder, &rows)?;
         let histograms: [(&str, &str, Timing); 2] = [
             ("sluice_plugin_call_duration_seconds", "Duration of one plugin call (a batch of events).", |s| &s.timings.call),
             ("sluice_publish_duration_seconds", "From sending a batch's records to all of them being durable.", |s| &s.timings.publish),
@@ -324,4 +325,43 @@ impl Collector for Pipelines {
         }
         Ok(())
     }
+}
+
+/// Plugin HTTP requests per destination (pipelines whose plugin made any;
+/// see [`crate::runtime::http::metrics`]).
+fn encode_http(encoder: &mut DescriptorEncoder, rows: &[Row]) -> Result<(), std::fmt::Error> {
+    use crate::runtime::http::metrics::{of_pipeline, HostMetrics};
+    type Hosts = Vec<(String, Arc<HostMetrics>)>;
+    type Values = fn(&HostMetrics) -> Vec<(&'static str, u64)>;
+    let pipelines: Vec<(&Row, Hosts)> =
+        rows.iter().filter_map(|row| of_pipeline(&row.handle.name).map(|m| (row, m.snapshot()))).collect();
+    let labels = |row: &Row, host: &str| [row.labels[0].clone(), row.labels[1].clone(), ("host", host.to_owned())];
+    let counters: [(&str, &str, &str, Values); 2] = [
+        ("sluice_http_requests", "Plugin HTTP requests by destination and outcome: the status class (2xx...) or failed (no response).", "outcome", |m| m.requests().collect()),
+        ("sluice_http_errors", "Plugin HTTP requests that failed, by kind: denied (not in plugin.http.allow), timeout, transport, too-large (response body over the cap).", "kind", |m| m.errors().collect()),
+    ];
+    for (name, help, label, values) in counters {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (row, hosts) in &pipelines {
+            for (host, m) in hosts {
+                for (value, count) in values(m) {
+                    let [pipeline, plugin, host] = labels(row, host);
+                    let set = [pipeline, plugin, host, (label, value.to_owned())];
+                    ConstCounter::new(count).encode(metric.encode_family(&set)?)?;
+                }
+            }
+        }
+    }
+    let mut duration = encoder.encode_descriptor(
+        "sluice_http_request_duration_seconds",
+        "Plugin HTTP requests, from sending to the response head (or the failure).",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (row, hosts) in &pipelines {
+        for (host, m) in hosts {
+            m.duration.encode(duration.encode_family(&labels(row, host))?)?;
+        }
+    }
+    Ok(())
 }

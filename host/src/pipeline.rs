@@ -50,18 +50,28 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         init_timeout: config.policy.init_timeout,
         grants: grants(config),
         metrics: crate::runtime::PluginMetrics::new(config.plugin.metrics),
+        http: config.plugin.http.clone(),
         memory: config.policy.memory.as_u64(),
         instance: config.plugin.instance,
     })
 }
 
 /// The capabilities `config` grants its plugin: `state` with a `state`
-/// table, `client` with at least one `clients` table.
+/// table, `http` with a `plugin.http` table, `client` with at least one
+/// `clients` table.
 pub fn grants(config: &PipelineConfig) -> Vec<crate::runtime::Capability> {
     use crate::runtime::Capability;
-    let state = config.state.iter().map(|_| Capability::State);
-    let client = (!config.clients.is_empty()).then_some(Capability::Client);
-    state.chain(client).collect()
+    let mut grants = Vec::new();
+    if config.state.is_some() {
+        grants.push(Capability::State);
+    }
+    if config.plugin.http.is_some() {
+        grants.push(Capability::Http);
+    }
+    if !config.clients.is_empty() {
+        grants.push(Capability::Client);
+    }
+    grants
 }
 
 /// Loads a plugin (compiling off the async threads, `init` within its

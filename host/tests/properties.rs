@@ -151,6 +151,7 @@ fn passthrough() -> Result<&'static LoadedPlugin, String> {
                 instance: sluice::config::InstancePolicy::Reuse,
                 grants: Vec::new(),
                 metrics: Default::default(),
+                http: None,
             };
             let runtime = Runtime::new(&RuntimeOptions::default()).map_err(|e| e.to_string())?;
             block_on(LoadedPlugin::load(&runtime, spec))?.map_err(|e| format!("{e} (build the plugins: bash scripts/build-plugins.sh)"))

@@ -28,6 +28,7 @@ fn spec(name: &str, wasi: WasiGrants) -> PluginSpec {
         instance: sluice::config::InstancePolicy::Reuse,
         grants: Vec::new(),
         metrics: Default::default(),
+        http: None,
     }
 }
 

@@ -54,6 +54,8 @@
 //! - [`client`]: requests to other services (NATS, Kafka, NestJS) and
 //!   emits published with the event's outputs.
 //! - [`metrics`]: counters, gauges and histograms on the host's `/metrics`.
+//! - `http` (feature `http`): outbound HTTP through `wasi:http`, to the
+//!   destinations the pipeline allows.
 //! - [`bindings`]: the raw `wit-bindgen` output, for anything not wrapped here.
 //!
 //! # Event versions
@@ -77,11 +79,16 @@
 //! # Features
 //!
 //! - `json` (default): [`Event::json`] and [`Output::json`] via `serde_json`.
+//! - `http`: the `http` module (a blocking client over `wasi:http`, via the
+//!   `wasip2` crate). Off by default; a plugin that does not call it never
+//!   imports `wasi:http` either way.
 #![warn(missing_docs)]
 
 pub mod client;
 mod config;
 mod event;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod state;

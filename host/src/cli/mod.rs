@@ -185,6 +185,12 @@ enum PluginCommand {
         /// {"reserved": true}}]}`. Without it every call is `unavailable`.
         #[arg(long, value_name = "FILE")]
         replies: Option<PathBuf>,
+        /// Let the plugin make HTTP requests to this destination, as an
+        /// entry of `[plugin.http] allow` would (repeatable, e.g.
+        /// `--allow-http api.example.com:443`). Without it, a plugin's
+        /// requests are denied (it still loads).
+        #[arg(long = "allow-http", value_name = "HOST:PORT")]
+        allow_http: Vec<String>,
     },
 }
 
@@ -239,8 +245,8 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
         }
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies };
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies, allow_http }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http };
             test_plugin::test(&plugin, &events, &options)
         }
     };

@@ -32,17 +32,28 @@ pub struct Options {
     pub state: Option<PathBuf>,
     /// Service replies by rule, instead of a broker.
     pub replies: Option<PathBuf>,
+    /// `--allow-http` entries: outbound HTTP is granted with these allowed.
+    pub allow_http: Vec<String>,
 }
 
 /// Runs each event through the plugin once (no retries) and prints one JSON
 /// line per event: its outputs, its error, or the trap. With `expect`, the
 /// lines must equal that file's.
 pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<ExitCode> {
-    let Options { config, format, timeout, memory, expect, cache_dir, state, replies } = options;
+    let Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http } = options;
     let clients = match replies {
         Some(path) => Some(Clients::stubbed(&StubReplies::from_file(path)?)?),
         None => None,
     };
+    // HTTP is always granted (so any plugin loads), to the listed
+    // destinations only, with the pipeline defaults otherwise.
+    let allow = allow_http
+        .iter()
+        .map(|entry| sluice::config::AllowEntry::try_from(entry.clone()).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("--allow-http")?;
+    let http: sluice::config::HttpConfig = toml::from_str("allow = []").context("default [plugin.http]")?;
+    let http = sluice::config::HttpConfig { allow, ..http };
     let backend = match state {
         Some(path) => MemoryBackend::from_seed_file(path).with_context(|| format!("--state {}", path.display()))?,
         None => MemoryBackend::new(),
@@ -68,10 +79,12 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         init_timeout: sluice::config::PolicyConfig::default().init_timeout,
         memory: memory.as_u64(),
         instance: sluice::config::InstancePolicy::Reuse,
-        // Without --replies, client calls fail as unavailable: no
-        // destinations are open.
-        grants: vec![sluice::runtime::Capability::State, sluice::runtime::Capability::Client],
+        // Without --replies, client calls fail as unavailable (no
+        // destinations are open); HTTP goes to the --allow-http
+        // destinations only.
+        grants: vec![sluice::runtime::Capability::State, sluice::runtime::Capability::Client, sluice::runtime::Capability::Http],
         metrics: Default::default(),
+        http: Some(http),
     };
     let format = match format {
         InputFormat::Json => LineFormat::Json,

@@ -10,6 +10,7 @@
 mod client;
 mod error;
 mod files;
+mod http;
 mod interpolate;
 mod model;
 mod schemas;
@@ -19,6 +20,7 @@ mod validate;
 pub use client::{ClientConfig, ClientUse, Transport};
 pub use error::{ConfigError, Problem};
 pub use files::{canonical, subject_matches};
+pub use http::{AllowEntry, Destination, HttpConfig, HttpScheme};
 pub use interpolate::interpolate;
 pub use model::*;
 pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};

@@ -877,6 +877,11 @@ pub struct PluginConfig {
     /// label sets per metric and metrics per pipeline.
     #[serde(default)]
     pub metrics: crate::runtime::MetricsLimits,
+    /// Outbound HTTP (`wasi:http`): the destinations the plugin may call
+    /// and the limits of those calls. Absent: a plugin importing
+    /// `wasi:http` is refused. See [`super::HttpConfig`].
+    #[serde(default)]
+    pub http: Option<super::HttpConfig>,
 }
 
 /// Instance lifetime; see [`PluginConfig::instance`].

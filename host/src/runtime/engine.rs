@@ -81,6 +81,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
         super::host::add_to_linker(&mut linker).map_err(EngineError::Link)?;
+        super::http::add_to_linker(&mut linker).map_err(EngineError::Link)?;
         let ticker = EpochTicker::start(engine.clone()).map_err(EngineError::Ticker)?;
         Ok(Self {
             engine,

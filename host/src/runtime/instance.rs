@@ -53,6 +53,19 @@ pub struct PluginState {
     pub(super) scope: Option<EventScope>,
     /// The pipeline's plugin metrics, which every instance records into.
     pub(super) metrics: PluginMetrics,
+    /// Outbound HTTP (`wasi:http`): the pipeline's grant and wasmtime's
+    /// context (see [`super::http`]).
+    pub(super) http: super::http::HttpState,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PluginState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
+        }
+    }
 }
 
 impl WasiView for PluginState {
@@ -121,6 +134,7 @@ impl Instance {
             log,
             scope: None,
             metrics,
+            http: super::http::HttpState::new(None),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);

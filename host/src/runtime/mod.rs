@@ -14,6 +14,8 @@
 //!   lent to it for those imports.
 //! - [`metrics`]: the `metrics` import, and the per-pipeline registry of
 //!   what plugins record, rendered on `/metrics`.
+//!   lent to it for those imports; [`http`]: outbound HTTP
+//!   (`wasi:http/outgoing-handler`) under the pipeline's `[plugin.http]`.
 //! - [`manifest`]: the optional `manifest` export (accepted event versions),
 //!   looked up by name so plugins without it load unchanged.
 
@@ -23,6 +25,7 @@ mod client;
 pub mod effects;
 pub mod engine;
 mod host;
+pub mod http;
 pub mod instance;
 pub mod manifest;
 pub mod metrics;

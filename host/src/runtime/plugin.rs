@@ -46,6 +46,8 @@ pub struct PluginSpec {
     /// The pipeline's plugin metrics: one registry for every version, so
     /// values survive reloads (see [`super::metrics`]).
     pub metrics: super::metrics::PluginMetrics,
+    /// Outbound HTTP (`[plugin.http]`), when granted.
+    pub http: Option<crate::config::HttpConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,9 @@ struct Inner {
     manifest: Option<ComponentExportIndex>,
     capabilities: Vec<Capability>,
     accepts: std::sync::OnceLock<Accepts>,
+    /// The HTTP grant, shared by every instance (its concurrency slots are
+    /// the pipeline's).
+    http: Option<Arc<super::http::Outbound>>,
 }
 
 impl LoadedPlugin {
@@ -168,6 +173,7 @@ impl LoadedPlugin {
         })?;
         let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone(), inner.digest.get(..12).unwrap_or(&inner.digest).to_owned());
         let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.metrics.clone(), spec.memory);
+        store.data_mut().http = super::http::HttpState::new(inner.http.clone());
         let start_error = |e: wasmtime::Error| LoadError::Start {
             path: path.clone(),
             detail: format!("{e:#}"),
@@ -289,6 +295,7 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPl
     }
     let name = plugin_name(&path);
     let manifest = manifest::find(&component, pre.target());
+    let http = spec.http.clone().map(|config| Arc::new(super::http::Outbound::new(&spec.pipeline, config, spec.timeout)));
     Ok(LoadedPlugin {
         inner: Arc::new(Inner {
             spec,
@@ -303,6 +310,7 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPl
             manifest,
             capabilities,
             accepts: std::sync::OnceLock::new(),
+            http,
         }),
     })
 }

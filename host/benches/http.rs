@@ -1,0 +1,160 @@
+//! What an HTTP call from a plugin costs over the same call made natively,
+//! in the same run, against the same local server (axum on 127.0.0.1,
+//! answering `GET /` with 2 bytes):
+//!
+//! - `http/plugin`: one event through `http_enrich` (Rust, `method = GET`):
+//!   the call into the component, the SDK building the request, the host's
+//!   allow-list check, idempotency key and trace context, the concurrency
+//!   slot, wasmtime's sender (a new connection, hyper), the capped body read
+//!   back through `wasi:io` streams, and the output;
+//! - `http/native`: the same GET with hyper's client on a new connection
+//!   (as wasmtime's sender does: no pooling), body read whole;
+//! - `http/plugin-no-call`: the same plugin call without the request
+//!   (`passthrough`), to tell the plugin call from the HTTP path.
+//!
+//! Prints the added time per call (plugin minus native) after the report.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::Criterion;
+use http_body_util::{BodyExt, Empty};
+
+use sluice::config::{HttpConfig, WasiGrants};
+use sluice::event::Event;
+use sluice::runtime::{CallLog, Capability, EventScope, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
+
+fn plugin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/target/wasm32-wasip2/release/{name}.wasm"))
+}
+
+fn spec(name: &str, url: &str, port: u16) -> Result<PluginSpec, Box<dyn std::error::Error>> {
+    let http: HttpConfig = toml::from_str(&format!("allow = [\"http://127.0.0.1:{port}\"]\nmax_concurrent = 64"))?;
+    let config = match name {
+        "http_enrich" => vec![("url".into(), url.to_owned()), ("method".into(), "GET".into())],
+        _ => Vec::new(),
+    };
+    Ok(PluginSpec {
+        pipeline: "bench".into(),
+        path: plugin(name),
+        sha256: None,
+        config,
+        wasi: WasiGrants::default(),
+        timeout: Duration::from_secs(30),
+        init_timeout: Duration::from_secs(30),
+        memory: 64 << 20,
+        instance: sluice::config::InstancePolicy::Reuse,
+        grants: vec![Capability::Http],
+        http: Some(http),
+    })
+}
+
+fn event(i: u64) -> Event {
+    Event {
+        id: format!("bench:{i}"),
+        source: "bench".into(),
+        key: None,
+        payload: b"{}".to_vec(),
+        headers: Vec::new(),
+        timestamp_ms: 0,
+        attempt: 1,
+        reply_to: None,
+    }
+}
+
+/// One GET on a new connection, body read whole: what wasmtime's sender
+/// does, natively.
+async fn native_get(port: u16) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(conn);
+    let request = http::Request::get("/").header("host", format!("127.0.0.1:{port}")).body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    drop(sender);
+    let _ = driver.await;
+    Ok(body)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let port = listener.local_addr()?.port();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://127.0.0.1:{port}/");
+
+    let runtime = Runtime::new(&RuntimeOptions::default())?;
+    let with_call = rt.block_on(LoadedPlugin::load(&runtime, spec("http_enrich", &url, port)?))?;
+    let without = rt.block_on(LoadedPlugin::load(&runtime, spec("passthrough", &url, port)?))?;
+    let mut calling = rt.block_on(with_call.instantiate())?;
+    let mut plain = rt.block_on(without.instantiate())?;
+
+    // Both paths work before they are timed.
+    let first = rt.block_on(async {
+        calling.attach(EventScope::new(&event(0), CallLog::default()));
+        let result = calling.handle(&[event(0)]).await;
+        calling.detach();
+        result
+    })?;
+    assert!(matches!(first.first(), Some(Ok(outputs)) if outputs.first().is_some_and(|o| o.payload == b"ok")), "{first:?}");
+    assert_eq!(rt.block_on(native_get(port)).map_err(|e| e.to_string())?, Bytes::from_static(b"ok"));
+
+    let mut criterion = Criterion::default().configure_from_args().sample_size(50).measurement_time(Duration::from_secs(5));
+    let mut group = criterion.benchmark_group("http");
+    let mut n = 0u64;
+    group.bench_function("plugin", |b| {
+        b.iter(|| {
+            n += 1;
+            let event = event(n);
+            rt.block_on(async {
+                calling.attach(EventScope::new(&event, CallLog::default()));
+                let result = calling.handle(std::slice::from_ref(&event)).await;
+                calling.detach();
+                std::hint::black_box(result)
+            })
+        })
+    });
+    group.bench_function("native", |b| b.iter(|| std::hint::black_box(rt.block_on(native_get(port)).is_ok())));
+    group.bench_function("plugin-no-call", |b| {
+        b.iter(|| {
+            n += 1;
+            let event = event(n);
+            std::hint::black_box(rt.block_on(plain.handle(std::slice::from_ref(&event))))
+        })
+    });
+    group.finish();
+
+    // A plain mean over many calls for the summary line, interleaved so
+    // both see the same machine.
+    let rounds = 2_000;
+    let (mut plugin_time, mut native_time, mut bare_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        n += 1;
+        let event = event(n);
+        let started = Instant::now();
+        let _ = rt.block_on(async {
+            calling.attach(EventScope::new(&event, CallLog::default()));
+            let result = calling.handle(std::slice::from_ref(&event)).await;
+            calling.detach();
+            result
+        });
+        plugin_time += started.elapsed();
+        let started = Instant::now();
+        let _ = rt.block_on(native_get(port));
+        native_time += started.elapsed();
+        let started = Instant::now();
+        let _ = rt.block_on(plain.handle(std::slice::from_ref(&event)));
+        bare_time += started.elapsed();
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(rounds);
+    println!(
+        "\nhttp: plugin GET {:.1} µs, native GET {:.1} µs, added {:.1} µs per call (of which the plugin call itself {:.1} µs)",
+        per(plugin_time),
+        per(native_time),
+        per(plugin_time) - per(native_time),
+        per(bare_time)
+    );
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Putting one request on the wire: the allow list, the headers Sluice
+//! adds, the pipeline's concurrency slots, the deadline, the response cap,
+//! and the record of the call. wasmtime's `default_send_request` (hyper,
+//! rustls with the bundled webpki roots) does the I/O.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue};
+use http::uri::Scheme;
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::body::Capped;
+use super::metrics::Outcome;
+use super::{CallContext, Outbound};
+use crate::config::{Destination, HttpScheme};
+use crate::runtime::effects::{CallKind, CallRecord};
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+type Sent = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>)>;
+
+/// wasmtime's hooks for one instance: the grant, and the context of the
+/// request `handle` is handing over.
+pub struct Hooks {
+    outbound: Option<Arc<Outbound>>,
+    pub(crate) next: Option<CallContext>,
+}
+
+impl Hooks {
+    pub(super) fn new(outbound: Option<Arc<Outbound>>) -> Self {
+        Self { outbound, next: None }
+    }
+}
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _response_errors: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        let context = self.next.take().unwrap_or(CallContext {
+            idempotency_key: None,
+            traceparent: None,
+            attempt: 0,
+            calls: None,
+            event: None,
+        });
+        Box::new(send(self.outbound.clone(), request, options, context))
+    }
+}
+
+async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBody>, options: Option<RequestOptions>, context: CallContext) -> Sent {
+    let started = Instant::now();
+    let scheme = if request.uri().scheme() == Some(&Scheme::HTTP) { HttpScheme::Http } else { HttpScheme::Https };
+    let authority = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let destination = Destination::parse(scheme, &authority);
+    let target = destination.as_ref().map_or_else(|| authority.clone(), Destination::target);
+    let key = stamp(request.headers_mut(), &context);
+    let mut record = Recorder::new(
+        &context,
+        CallRecord {
+            kind: CallKind::Http,
+            attempt: context.attempt,
+            method: request.method().to_string(),
+            target: target.clone(),
+            path: request.uri().path().to_owned(),
+            status: None,
+            error: None,
+            duration: Default::default(),
+            idempotency_key: key.unwrap_or_default(),
+        },
+        started,
+    );
+    let allowed = match (&outbound, &destination) {
+        (Some(outbound), Some(destination)) => outbound.config.allows(destination),
+        _ => false,
+    };
+    let outbound = match outbound {
+        Some(outbound) if allowed => outbound,
+        refused => {
+            let shown = destination.as_ref().map_or_else(|| authority.clone(), ToString::to_string);
+            tracing::warn!(
+                pipeline = refused.as_ref().map_or("-", |o| o.pipeline.as_str()),
+                event = context.event.as_deref().unwrap_or("-"),
+                host = %shown,
+                "plugin HTTP request to {shown} denied: not in the pipeline's `plugin.http.allow`"
+            );
+            if let Some(refused) = &refused {
+                refused.metrics.count(&target, Outcome::Denied, None);
+            }
+            record.finish(None, Some(format!("denied: {shown} is not in plugin.http.allow")));
+            return Err(Error::HttpRequestDenied);
+        }
+    };
+
+    let deadline = tokio::time::Instant::now() + outbound.timeout;
+    let timed_out = |record: &mut Recorder, what: &str| {
+        outbound.metrics.count(&target, Outcome::Timeout, Some(started.elapsed()));
+        record.finish(None, Some(format!("timed out {what} after {:?} (plugin.http.timeout)", outbound.timeout)));
+        Error::HttpResponseTimeout
+    };
+    let permit = match tokio::time::timeout_at(deadline, outbound.permits.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) | Err(_) => return Err(timed_out(&mut record, "waiting for a slot (plugin.http.max_concurrent)")),
+    };
+    // The guest's own options, never past our deadline.
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let options = options.unwrap_or_default();
+    let cap = |own: Option<std::time::Duration>| Some(own.map_or(remaining, |own| own.min(remaining)));
+    let options = RequestOptions {
+        connect_timeout: cap(options.connect_timeout),
+        first_byte_timeout: cap(options.first_byte_timeout),
+        between_bytes_timeout: cap(options.between_bytes_timeout),
+    };
+    match tokio::time::timeout_at(deadline, wasmtime_wasi_http::default_send_request(request, Some(options))).await {
+        Err(_) => Err(timed_out(&mut record, "before the response")),
+        Ok(Err(err)) => {
+            let timeout = matches!(err, Error::ConnectionTimeout | Error::ConnectionReadTimeout | Error::HttpResponseTimeout);
+            let outcome = if timeout { Outcome::Timeout } else { Outcome::Transport };
+            outbound.metrics.count(&target, outcome, Some(started.elapsed()));
+            // The guest's own timeouts, or ours passed down as options.
+            let message = if timeout { format!("timed out: {err} (plugin.http.timeout {:?}, or the request's own)", outbound.timeout) } else { err.to_string() };
+            record.finish(None, Some(message));
+            Err(err)
+        }
+        Ok(Ok((response, io))) => {
+            let status = response.status().as_u16();
+            outbound.metrics.count(&target, Outcome::Status(status), Some(started.elapsed()));
+            record.finish(Some(status), None);
+            let limit = outbound.config.max_response_bytes.as_u64();
+            let metrics = outbound.metrics.clone();
+            let response = response.map(|body| Capped::new(body, limit, deadline, permit, metrics, target).boxed_unsync());
+            Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+        }
+    }
+}
+
+/// Adds `Idempotency-Key` and `traceparent` unless the plugin set its own;
+/// returns the key the request carries.
+fn stamp(headers: &mut http::HeaderMap, context: &CallContext) -> Option<String> {
+    for (name, value) in [(IDEMPOTENCY_KEY, &context.idempotency_key), (TRACEPARENT, &context.traceparent)] {
+        if headers.contains_key(&name) {
+            continue;
+        }
+        if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
+    }
+    headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Puts the call in the event's call log once, when its fate is known, or
+/// when it is dropped unfinished (the handler's deadline cancelled it).
+struct Recorder {
+    calls: Option<crate::runtime::effects::CallLog>,
+    record: Option<CallRecord>,
+    started: Instant,
+}
+
+impl Recorder {
+    fn new(context: &CallContext, record: CallRecord, started: Instant) -> Self {
+        Self { calls: context.calls.clone(), record: Some(record), started }
+    }
+
+    fn finish(&mut self, status: Option<u16>, error: Option<String>) {
+        if let (Some(calls), Some(mut record)) = (&self.calls, self.record.take()) {
+            record.status = status;
+            record.error = error;
+            record.duration = self.started.elapsed();
+            calls.push(record);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            self.finish(None, Some("cancelled before the response (the call ended)".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(key: Option<&str>) -> CallContext {
+        CallContext {
+            idempotency_key: key.map(str::to_owned),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            attempt: 1,
+            calls: None,
+            event: None,
+        }
+    }
+
+    #[test]
+    fn the_key_and_trace_context_are_added() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(stamp(&mut headers, &context(Some("e:0"))).as_deref(), Some("e:0"));
+        assert_eq!(headers.get("idempotency-key").map(|v| v.as_bytes()), Some(&b"e:0"[..]));
+        assert!(headers.contains_key("traceparent"));
+    }
+
+    #[test]
+    fn the_plugins_own_headers_win() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("mine"));
+        headers.insert(TRACEPARENT, HeaderValue::from_static("theirs"));
+        assert_eq!(stamp(&mut headers, &context(Some("e:0"))).as_deref(), Some("mine"));
+        assert_eq!(headers.get(TRACEPARENT).map(|v| v.as_bytes()), Some(&b"theirs"[..]));
+    }
+}

@@ -1,0 +1,305 @@
+//! Outbound HTTP from plugins (`wasi:http`), against the real binary, the
+//! `http_enrich` plugin and a small HTTP server on 127.0.0.1 started by each
+//! test, which records every request it gets.
+
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+
+use common::*;
+
+const WITHIN: Duration = Duration::from_secs(60);
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// A request as the server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    key: Option<String>,
+    traceparent: Option<String>,
+}
+
+/// The test's HTTP server, by path:
+/// `/ok` 200 echoing what it got (JSON); `/flaky` 503 to the first two
+/// requests of each idempotency key, then 200; `/fail` always 503; `/bad`
+/// 400; `/big` 200 with 64 KiB; `/slow` 200 after 3 s.
+struct Server {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let port = listener.local_addr()?.port();
+        let app = axum::Router::new().fallback(answer).with_state(seen.clone());
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { port, seen, _runtime: runtime })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+async fn answer(State(seen): State<Arc<Mutex<Vec<Seen>>>>, request: Request) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let this = Seen { path: parts.uri.path().to_owned(), key: header("idempotency-key"), traceparent: header("traceparent") };
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let earlier = record(&seen, &this);
+    match this.path.as_str() {
+        "/ok" => axum::Json(json!({ "key": this.key, "traceparent": this.traceparent, "body": String::from_utf8_lossy(&body) })).into_response(),
+        "/flaky" if earlier < 2 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "/flaky" => "recovered".into_response(),
+        "/bad" => (StatusCode::BAD_REQUEST, "no such customer").into_response(),
+        "/big" => vec![b'x'; 64 * 1024].into_response(),
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "late".into_response()
+        }
+        _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// Keeps `this`; returns how many requests with its path and key came
+/// before it.
+fn record(seen: &Mutex<Vec<Seen>>, this: &Seen) -> usize {
+    match seen.lock() {
+        Ok(mut seen) => {
+            let earlier = seen.iter().filter(|s| s.key == this.key && s.path == this.path).count();
+            seen.push(this.clone());
+            earlier
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Pipeline `enrich`: `events.jsonl` → `http_enrich` calling `url` →
+/// `out.jsonl`, failures to `dlq.jsonl`; `http` is the body of the
+/// `plugin.http` table (none: no table), `policy` more policy lines.
+fn config(url: &str, http: Option<&str>, policy: &str, admin_port: Option<u16>) -> String {
+    let admin = admin_port.map(|port| format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap_or_default();
+    let follow = admin_port.is_some();
+    let http = http.map(|body| format!("[pipelines.enrich.plugin.http]\n{body}\n")).unwrap_or_default();
+    format!(
+        r#"{runtime}
+{admin}
+[pipelines.enrich]
+source = {{ kind = "file", path = "events.jsonl", follow = {follow} }}
+sink = {{ kind = "file", path = "out.jsonl" }}
+dead_letter = {{ kind = "file", path = "dlq.jsonl" }}
+
+[pipelines.enrich.plugin]
+path = {plugin}
+
+[pipelines.enrich.plugin.config]
+url = {url}
+
+{http}
+[pipelines.enrich.policy]
+backoff = {{ initial = "1ms", max = "2ms" }}
+{policy}
+"#,
+        runtime = runtime_table(),
+        plugin = toml_path(&plugin("http_enrich")),
+        url = toml_str(url),
+    )
+}
+
+fn allow(server: &Server) -> String {
+    format!("allow = [\"http://127.0.0.1:{}\"]", server.port)
+}
+
+fn events(ids: &[&str]) -> Vec<Value> {
+    ids.iter()
+        .map(|id| json!({ "id": id, "payload": format!("{{\"order\":\"{id}\"}}"), "headers": { "traceparent": TRACEPARENT } }))
+        .collect()
+}
+
+/// The calls a dead letter lists (`sluice-dlq-calls`).
+fn calls(record: &Value) -> Result<Vec<Value>> {
+    let text = header(record, "sluice-dlq-calls").context("no sluice-dlq-calls header")?;
+    Ok(serde_json::from_str::<Vec<Value>>(text)?)
+}
+
+#[test]
+fn an_allowed_call_puts_the_response_in_the_output_with_key_and_trace_context() -> Result<()> {
+    let server = Server::start()?;
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["a", "b"]))?;
+    scratch.write("sluice.toml", config(&server.url("/ok"), Some(&allow(&server)), "", None))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+
+    let out = scratch.read_jsonl("out.jsonl")?;
+    assert_eq!(out.len(), 2, "{out:#?}");
+    for (record, id) in out.iter().zip(["a", "b"]) {
+        assert_eq!(header(record, "http-status"), Some("200"));
+        let echoed: Value = serde_json::from_str(record["payload"].as_str().context("text payload")?)?;
+        assert_eq!(echoed["key"], json!(format!("{id}:0")), "one call per event, keyed by its id");
+        assert_eq!(echoed["traceparent"], json!(TRACEPARENT), "the event's trace context goes on");
+        assert_eq!(echoed["body"], json!(format!("{{\"order\":\"{id}\"}}")));
+    }
+    assert_eq!(server.seen().len(), 2);
+    assert!(scratch.read_jsonl("dlq.jsonl")?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_destination_not_allowed_is_refused_named_and_counted() -> Result<()> {
+    let server = Server::start()?;
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    scratch.write("events.jsonl", "")?;
+    // Allowed: the same host on another port, and https on this one.
+    let http = format!("allow = [\"http://127.0.0.1:{}\", \"127.0.0.1:{}\"]", server.port + 1, server.port);
+    scratch.write("sluice.toml", config(&server.url("/ok"), Some(&http), "", Some(port)))?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
+    scratch.append_events("events.jsonl", &events(&["a", "b"]))?;
+    let labels = format!(r#"pipeline="enrich",plugin="http_enrich",host="127.0.0.1:{}""#, server.port);
+    let denied = format!(r#"sluice_http_errors_total{{{labels},kind="denied"}}"#);
+    host.wait_until("both requests denied and counted", WITHIN, || {
+        metrics(port).ok().and_then(|m| m.get(&denied).copied()) == Some(2.0) && scratch.count_lines("dlq.jsonl") == 2
+    })?;
+    let m = metrics(port)?;
+    assert_eq!(m.get(&format!(r#"sluice_http_requests_total{{{labels},outcome="failed"}}"#)).copied(), Some(2.0));
+    host.terminate()?;
+
+    assert!(server.seen().is_empty(), "nothing reached the server: {:?}", server.seen());
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    for record in &dead {
+        assert_eq!(header(record, "sluice-dlq-reason"), Some("rejected"), "denied is not worth retrying");
+        let message = header(record, "sluice-dlq-message").unwrap_or_default();
+        assert!(message.contains(&format!("127.0.0.1:{}", server.port)) && message.contains("denied"), "{message}");
+        let calls = calls(record)?;
+        let error = calls.first().and_then(|c| c["error"].as_str()).unwrap_or_default();
+        assert!(error.contains(&format!("http://127.0.0.1:{}", server.port)) && error.contains("denied"), "{calls:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn every_retry_of_an_event_sends_the_same_idempotency_key() -> Result<()> {
+    let server = Server::start()?;
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["order-7"]))?;
+    scratch.write("sluice.toml", config(&server.url("/flaky"), Some(&allow(&server)), "max_attempts = 5", None))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+
+    assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), ["recovered"]);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3, "503 twice, then 200: {seen:?}");
+    let keys: BTreeSet<_> = seen.iter().map(|s| s.key.clone()).collect();
+    assert_eq!(keys, BTreeSet::from([Some("order-7:0".to_owned())]), "one key on every attempt");
+    Ok(())
+}
+
+#[test]
+fn a_dead_letter_lists_the_calls_of_every_attempt() -> Result<()> {
+    let server = Server::start()?;
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["e1", "e2"]))?;
+    scratch.write("sluice.toml", config(&server.url("/fail"), Some(&allow(&server)), "max_attempts = 3", None))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    assert_eq!(dead.len(), 2);
+    for (record, id) in dead.iter().zip(["e1", "e2"]) {
+        assert_eq!(header(record, "sluice-dlq-reason"), Some("retries-exhausted"));
+        let calls = calls(record)?;
+        assert_eq!(calls.len(), 3, "{calls:#?}");
+        for (n, call) in calls.iter().enumerate() {
+            assert_eq!(call["kind"], "http");
+            assert_eq!(call["method"], "POST");
+            assert_eq!(call["target"], json!(format!("127.0.0.1:{}", server.port)));
+            assert_eq!(call["path"], "/fail");
+            assert_eq!(call["status"], 503);
+            assert_eq!(call["attempt"], json!(n + 1));
+            assert_eq!(call["idempotency_key"], json!(format!("{id}:0")));
+            assert!(call["duration"].as_f64().is_some_and(|ms| ms >= 0.0));
+        }
+    }
+    assert_eq!(server.seen().len(), 6);
+    Ok(())
+}
+
+#[test]
+fn a_4xx_rejects_the_event_at_once() -> Result<()> {
+    let server = Server::start()?;
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["x"]))?;
+    scratch.write("sluice.toml", config(&server.url("/bad"), Some(&allow(&server)), "max_attempts = 5", None))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "sluice-dlq-reason"), Some("rejected"));
+    assert_eq!(calls(&dead[0])?.len(), 1, "no retry");
+    assert_eq!(server.seen().len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_response_over_the_cap_and_a_slow_one_fail_in_the_guest() -> Result<()> {
+    let server = Server::start()?;
+    // 64 KiB against a 1 KiB cap: the body read fails, the plugin says
+    // retryable, the event is dead-lettered once the attempts run out.
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["big"]))?;
+    let http = format!("{}\nmax_response_bytes = \"1KiB\"", allow(&server));
+    scratch.write("sluice.toml", config(&server.url("/big"), Some(&http), "max_attempts = 2", None))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    assert_eq!(dead.len(), 1);
+    let message = header(&dead[0], "sluice-dlq-message").unwrap_or_default();
+    assert!(message.contains("over the limit of 1024 bytes"), "{message}");
+    assert_eq!(header(&dead[0], "sluice-dlq-reason"), Some("retries-exhausted"));
+
+    // 3 s against a 200 ms timeout (the handler's own is 5 s): an ordinary
+    // error for the guest, not a handler timeout.
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["slow"]))?;
+    let http = format!("{}\ntimeout = \"200ms\"", allow(&server));
+    scratch.write("sluice.toml", config(&server.url("/slow"), Some(&http), "max_attempts = 2", None))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    assert_eq!(dead.len(), 1);
+    let message = header(&dead[0], "sluice-dlq-message").unwrap_or_default();
+    assert!(message.contains("timed out"), "the plugin's own message, not a handler timeout: {message}");
+    let calls = calls(&dead[0])?;
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert!(calls.iter().all(|c| c["error"].as_str().is_some_and(|e| e.contains("timed out"))), "{calls:#?}");
+    Ok(())
+}
+
+#[test]
+fn a_plugin_importing_wasi_http_needs_the_grant() -> Result<()> {
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["a"]))?;
+    scratch.write("sluice.toml", config("http://127.0.0.1:9/", None, "", None))?;
+    let run = scratch.run(&["run", "sluice.toml"])?;
+    run.ensure_failure()?;
+    assert!(
+        run.stderr.contains("imports the `http` capability") && run.stderr.contains("plugin.http"),
+        "{}",
+        run.stderr
+    );
+    assert!(scratch.read_jsonl("out.jsonl")?.is_empty());
+    Ok(())
+}
