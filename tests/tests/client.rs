@@ -407,6 +407,8 @@ fn plugin_test_answers_service_calls_from_a_replies_file() -> Result<()> {
     assert_eq!(lines[1]["error"]["disposition"], "reject");
     assert_eq!(lines[1]["error"]["message"], "the service answered with error 409: out of stock");
     assert_eq!(lines[1]["calls"][0]["error"], "service error 409: out of stock");
+    Ok(())
+}
 
 /// Read-committed payloads of partition 0 of `topic`, read to its current
 /// end (the topic's transactions must all be over).
