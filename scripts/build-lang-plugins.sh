@@ -2,7 +2,7 @@
 # Builds the example plugins written in other languages than Rust
 # (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
 # counter in each, and ask_ts/ask_py/ask_c/ask_go: a service call in
-# TypeScript, Python, C and Go) with each
+# TypeScript, Python, C and Go; http_enrich_ts: fetch in TypeScript) with each
 # language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
@@ -54,6 +54,7 @@ for lang in "${langs[@]}"; do
             build json_enricher_ts js bash "$root/guest-sdk/js/build.sh" "$root/plugins/json_enricher_ts/enricher.ts" "$out/json_enricher_ts.wasm"
             build counter_ts js bash "$root/guest-sdk/js/build.sh" "$root/plugins/counter_ts/counter.ts" "$out/counter_ts.wasm"
             build ask_ts js bash "$root/guest-sdk/js/build.sh" "$root/plugins/ask_ts/ask.ts" "$out/ask_ts.wasm"
+            build http_enrich_ts js bash "$root/guest-sdk/js/build.sh" "$root/plugins/http_enrich_ts/enrich.ts" "$out/http_enrich_ts.wasm"
             ;;
         python)
             build json_enricher_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/json_enricher_py" app "$out/json_enricher_py.wasm"

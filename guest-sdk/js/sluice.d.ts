@@ -322,3 +322,32 @@ export interface Handler {
 
 /** Builds the `handler` export: `export const handler = plugin({ init, handle })`. */
 export function plugin<State>(impl: Plugin<State>): Handler;
+
+/**
+ * `fetch`, as the StarlingMonkey engine provides it over `wasi:http` (a
+ * plugin that calls it is built with that engine, and its pipeline must
+ * grant `[pipelines.<name>.plugin.http]`). Declared here because the
+ * TypeScript check uses the ES library only (no DOM); this is the subset
+ * plugins need.
+ */
+declare global {
+  interface Headers {
+    get(name: string): string | null;
+    has(name: string): boolean;
+    forEach(callback: (value: string, name: string) => void): void;
+  }
+  interface Response {
+    readonly status: number;
+    readonly ok: boolean;
+    readonly headers: Headers;
+    text(): Promise<string>;
+    json(): Promise<unknown>;
+    arrayBuffer(): Promise<ArrayBuffer>;
+  }
+  interface RequestInit {
+    method?: string;
+    headers?: Record<string, string> | Array<[string, string]>;
+    body?: string | Uint8Array | null;
+  }
+  function fetch(input: string, init?: RequestInit): Promise<Response>;
+}

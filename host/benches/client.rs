@@ -125,6 +125,8 @@ subject = "bench.echo"
             memory: policy.memory.as_u64(),
             instance: InstancePolicy::Reuse,
             grants: vec![Capability::Client],
+            http: None,
+            metrics: Default::default(),
         };
         let loaded = LoadedPlugin::load(&runtime, spec).await?;
         let mut instance = loaded.instantiate().await?;

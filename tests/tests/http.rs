@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -301,5 +301,47 @@ fn a_plugin_importing_wasi_http_needs_the_grant() -> Result<()> {
         run.stderr
     );
     assert!(scratch.read_jsonl("out.jsonl")?.is_empty());
+    Ok(())
+}
+
+/// The TypeScript twin (`fetch` in an async handler, built by
+/// `scripts/build-lang-plugins.sh` with StarlingMonkey and wasi:http) gets
+/// the same treatment: the answer as output with the event's idempotency
+/// key and trace context, the same key on every retry, a 4xx rejected.
+#[test]
+fn the_typescript_sdk_calls_out_with_fetch() -> Result<()> {
+    let twin = root().join("plugins/target/components/http_enrich_ts.wasm");
+    ensure!(twin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh` first", twin.display());
+    let with_twin = |config: String| config.replace(&toml_path(&plugin("http_enrich")), &toml_path(&twin));
+    let server = Server::start()?;
+
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["a"]))?;
+    scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&allow(&server)), "", None)))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+    let out = scratch.read_jsonl("out.jsonl")?;
+    ensure!(out.len() == 1, "{out:#?} / dead letters: {:#?}", scratch.read_jsonl("dlq.jsonl")?);
+    assert_eq!(header(&out[0], "http-status"), Some("200"));
+    let echoed: Value = serde_json::from_str(out[0]["payload"].as_str().context("text payload")?)?;
+    assert_eq!(echoed["key"], json!("a:0"));
+    assert_eq!(echoed["traceparent"], json!(TRACEPARENT));
+    assert_eq!(echoed["body"], json!("{\"order\":\"a\"}"));
+
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["order-7"]))?;
+    scratch.write("sluice.toml", with_twin(config(&server.url("/flaky"), Some(&allow(&server)), "max_attempts = 5", None)))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+    assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), ["recovered"]);
+    let keys: Vec<_> = server.seen().iter().filter(|s| s.path == "/flaky").map(|s| s.key.clone()).collect();
+    assert_eq!(keys, vec![Some("order-7:0".to_owned()); 3], "503 twice then 200, one key");
+
+    let scratch = Scratch::new()?;
+    scratch.write_events("events.jsonl", &events(&["c"]))?;
+    scratch.write("sluice.toml", with_twin(config(&server.url("/bad"), Some(&allow(&server)), "max_attempts = 3", None)))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    ensure!(dead.len() == 1, "{dead:#?}");
+    assert_eq!(header(&dead[0], "sluice-dlq-reason"), Some("rejected"));
+    assert_eq!(header(&dead[0], "sluice-dlq-attempts"), Some("1"));
     Ok(())
 }
