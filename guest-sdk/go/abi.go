@@ -170,6 +170,34 @@ func writeOption(a uint32, present bool, b []byte) {
 	put32(a+8, n)
 }
 
+// lowerPairList lowers n key/value byte pairs as a list of 16-byte records
+// (key ptr @0, len @4, value ptr @8, len @12): the layout of a header, a
+// log field and a metric label alike.
+func lowerPairList(n int, pair func(i int) (key, value []byte)) (uint32, uint32) {
+	base := alloc(16*uint32(n), 4)
+	for i := 0; i < n; i++ {
+		a := base + 16*uint32(i)
+		key, value := pair(i)
+		kp, kl := lower(key)
+		vp, vl := lower(value)
+		put32(a, kp)
+		put32(a+4, kl)
+		put32(a+8, vp)
+		put32(a+12, vl)
+	}
+	return base, uint32(n)
+}
+
+// lowerHeaders lowers a list<header>.
+func lowerHeaders(headers []Header) (uint32, uint32) {
+	return lowerPairList(len(headers), func(i int) ([]byte, []byte) { return []byte(headers[i].Key), headers[i].Value })
+}
+
+// lowerPairs lowers a list<tuple<string, string>>.
+func lowerPairs(pairs [][2]string) (uint32, uint32) {
+	return lowerPairList(len(pairs), func(i int) ([]byte, []byte) { return []byte(pairs[i][0]), []byte(pairs[i][1]) })
+}
+
 func writeOutputs(outs []Output) (uint32, uint32) {
 	n := uint32(len(outs))
 	base := alloc(44*n, 4)
@@ -184,18 +212,9 @@ func writeOutputs(outs []Output) (uint32, uint32) {
 		p, l := lower(o.Payload)
 		put32(a+24, p)
 		put32(a+28, l)
-		hb := alloc(16*uint32(len(o.Headers)), 4)
-		for j, h := range o.Headers {
-			ha := hb + 16*uint32(j)
-			kp, kl := lower([]byte(h.Key))
-			vp, vl := lower(h.Value)
-			put32(ha, kp)
-			put32(ha+4, kl)
-			put32(ha+8, vp)
-			put32(ha+12, vl)
-		}
+		hb, hl := lowerHeaders(o.Headers)
 		put32(a+32, hb)
-		put32(a+36, uint32(len(o.Headers)))
+		put32(a+36, hl)
 		if o.Reply {
 			put8(a+40, 1)
 		} else {
@@ -292,15 +311,6 @@ func hostLog(level, msgPtr, msgLen, fieldsPtr, fieldsLen uint32)
 
 func logImpl(level Level, message string, fields [][2]string) {
 	mp, ml := lower([]byte(message))
-	fp := alloc(16*uint32(len(fields)), 4)
-	for i, f := range fields {
-		a := fp + 16*uint32(i)
-		kp, kl := lower([]byte(f[0]))
-		vp, vl := lower([]byte(f[1]))
-		put32(a, kp)
-		put32(a+4, kl)
-		put32(a+8, vp)
-		put32(a+12, vl)
-	}
-	hostLog(uint32(level), mp, ml, fp, uint32(len(fields)))
+	fp, fl := lowerPairs(fields)
+	hostLog(uint32(level), mp, ml, fp, fl)
 }

@@ -22,23 +22,6 @@ func hostClientRequest(destPtr, destLen, payPtr, payLen, hdrPtr, hdrLen, timeout
 //go:wasmimport sluice:plugin/client@0.2.0 emit
 func hostClientEmit(destPtr, destLen, payPtr, payLen, hdrPtr, hdrLen, ret uint32)
 
-func lowerHeaders(headers []Header) (uint32, uint32) {
-	if len(headers) == 0 {
-		return 0, 0
-	}
-	base := alloc(16*uint32(len(headers)), 4)
-	for i, h := range headers {
-		a := base + 16*uint32(i)
-		kp, kl := lower([]byte(h.Key))
-		vp, vl := lower(h.Value)
-		put32(a, kp)
-		put32(a+4, kl)
-		put32(a+8, vp)
-		put32(a+12, vl)
-	}
-	return base, uint32(len(headers))
-}
-
 // readCallError reads the variant at a.
 func readCallError(a uint32) *CallError {
 	e := &CallError{Kind: CallErrorKind(u8(a))}

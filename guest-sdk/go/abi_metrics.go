@@ -16,21 +16,6 @@ func hostGaugeSet(namePtr, nameLen, labelsPtr, labelsLen uint32, value float64)
 //go:wasmimport sluice:plugin/metrics@0.2.0 histogram-observe
 func hostHistogramObserve(namePtr, nameLen, labelsPtr, labelsLen uint32, value float64)
 
-// lowerPairs lowers a list<tuple<string, string>> (as logImpl does).
-func lowerPairs(pairs [][2]string) (uint32, uint32) {
-	p := alloc(16*uint32(len(pairs)), 4)
-	for i, kv := range pairs {
-		a := p + 16*uint32(i)
-		kp, kl := lower([]byte(kv[0]))
-		vp, vl := lower([]byte(kv[1]))
-		put32(a, kp)
-		put32(a+4, kl)
-		put32(a+8, vp)
-		put32(a+12, vl)
-	}
-	return p, uint32(len(pairs))
-}
-
 func counterAdd(name string, labels [][2]string, value uint64) {
 	np, nl := lower([]byte(name))
 	lp, ll := lowerPairs(labels)
