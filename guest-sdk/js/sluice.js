@@ -595,15 +595,15 @@ function describeStateError(kind, detail) {
   }
 }
 
-// Calls a state import. Both engines throw the WIT error of a
-// result-returning import, StarlingMonkey wrapped in an Error whose
-// `payload` is the variant `{ tag, val }`.
-function hostCall(f, ...args) {
+// Calls a result-returning import, turning its WIT error variant into a
+// `HostError` (StateError, CallError). Both engines throw the variant,
+// StarlingMonkey wrapped in an Error whose `payload` is `{ tag, val }`.
+function hostCall(HostError, f, ...args) {
   try {
     return f(...args);
   } catch (e) {
     const err = e !== null && typeof e === 'object' && 'payload' in e ? e.payload : e;
-    if (err !== null && typeof err === 'object' && typeof err.tag === 'string') throw new StateError(err.tag, err.val);
+    if (err !== null && typeof err === 'object' && typeof err.tag === 'string') throw new HostError(err.tag, err.val);
     throw e;
   }
 }
@@ -619,7 +619,7 @@ function hostCall(f, ...args) {
 export const state = {
   /** The value of `key` (a Uint8Array), or null. */
   get(key) {
-    const value = hostCall(hostState.get, String(key));
+    const value = hostCall(StateError, hostState.get, String(key));
     return value == null ? null : asBytes(value);
   },
   /** The value of `key` as text, or null (also when it is not UTF-8). */
@@ -644,7 +644,7 @@ export const state = {
   },
   /** Sets `key` to `value` (bytes, or a string sent as UTF-8). */
   set(key, value) {
-    hostCall(hostState.set, String(key), bytes(value));
+    hostCall(StateError, hostState.set, String(key), bytes(value));
   },
   /** Sets `key` to `value` as compact JSON (`Json.stringify`). */
   setJson(key, value) {
@@ -652,7 +652,7 @@ export const state = {
   },
   /** Removes `key` (no error if it has no value). */
   delete(key) {
-    hostCall(hostState.delete, String(key));
+    hostCall(StateError, hostState.delete, String(key));
   },
   /**
    * Adds `delta` (default 1) to the counter at `key` (missing counts as 0)
@@ -663,7 +663,7 @@ export const state = {
   increment(key, delta = 1) {
     const n = Number(delta);
     if (nativeEncoder && n < 0) return incrementByWrite(String(key), n);
-    return Number(hostCall(hostState.increment, String(key), n));
+    return Number(hostCall(StateError, hostState.increment, String(key), n));
   },
   /**
    * One page of the keys starting with `prefix`, in order:
@@ -672,7 +672,7 @@ export const state = {
    * (the host caps it too).
    */
   scan(prefix, { after = null, limit = 100 } = {}) {
-    const page = hostCall(hostState.scan, String(prefix), after ?? null, limit);
+    const page = hostCall(StateError, hostState.scan, String(prefix), after ?? null, limit);
     return { entries: page.entries.map(([k, v]) => [k, asBytes(v)]), next: page.next ?? null };
   },
   /** Every `[key, value]` under `prefix`, in key order, a page at a time. */
@@ -728,16 +728,6 @@ function describeCallError(kind, detail) {
   }
 }
 
-function clientCall(f, ...args) {
-  try {
-    return f(...args);
-  } catch (e) {
-    const err = e !== null && typeof e === 'object' && 'payload' in e ? e.payload : e;
-    if (err !== null && typeof err === 'object' && typeof err.tag === 'string') throw new CallError(err.tag, err.val);
-    throw e;
-  }
-}
-
 function headerList(headers) {
   const pairs = Array.isArray(headers) ? headers : Object.entries(headers ?? {});
   return pairs.map(([key, value]) => ({ key: String(key), value: bytes(value) }));
@@ -775,7 +765,7 @@ export const client = {
   request(destination, payload, { headers = [], timeoutMs = null, json = false } = {}) {
     const body = json ? utf8.encode(Json.stringify(payload)) : bytes(payload);
     const timeout = timeoutMs === null || timeoutMs === undefined ? null : Math.max(0, Math.floor(Number(timeoutMs)));
-    return new Reply(clientCall(hostClient.request, String(destination), body, headerList(headers), timeout));
+    return new Reply(hostCall(CallError, hostClient.request, String(destination), body, headerList(headers), timeout));
   },
   /** `request` with a JSON payload, returning the answer parsed as JSON. */
   requestJson(destination, value, options = {}) {
@@ -788,7 +778,7 @@ export const client = {
    */
   emit(destination, payload, { headers = [], json = false } = {}) {
     const body = json ? utf8.encode(Json.stringify(payload)) : bytes(payload);
-    clientCall(hostClient.emit, String(destination), body, headerList(headers));
+    hostCall(CallError, hostClient.emit, String(destination), body, headerList(headers));
   },
   /** `emit` with a JSON payload. */
   emitJson(destination, value, options = {}) {
