@@ -82,6 +82,34 @@ async fn run(scratch: &Scratch) -> Result<Finished> {
     .await?
 }
 
+/// Everything published to `subject` that `subscription` gets, sorted: a
+/// sentinel published now arrives after all of it (sluice has exited, so
+/// whatever it published reached the server first).
+async fn emitted_before_sentinel(client: &async_nats::Client, subject: &str, subscription: &mut async_nats::Subscriber) -> Result<Vec<String>> {
+    client.publish(subject.to_owned(), "end".into()).await?;
+    client.flush().await?;
+    let mut emitted = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), subscription.next()).await?.context("subscription ended")?;
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        if payload == "end" {
+            break;
+        }
+        emitted.push(payload);
+    }
+    emitted.sort();
+    Ok(emitted)
+}
+
+/// The idempotency keys of the requests with `payload` the responder saw.
+fn keys_seen(seen: &Seen, payload: &str) -> Vec<String> {
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    seen.iter()
+        .filter(|(p, _)| p == payload)
+        .map(|(_, h)| h.get("Idempotency-Key").map(|v| v.to_string()).unwrap_or_default())
+        .collect()
+}
+
 fn by_payload<'a>(records: &'a [Value], payload: &str) -> Result<&'a Value> {
     records
         .iter()
@@ -158,30 +186,12 @@ async fn emits_are_published_once_and_only_for_events_that_succeed() -> Result<(
     scratch.write("sluice.toml", ask_pipeline("request = \"inventory\"\nemit = \"audit\"", &tables))?;
     run(&scratch).await?.ensure_success()?;
 
-    // Everything sluice published reached the server before it exited:
-    // a sentinel published now arrives after all of it.
-    client.publish("audit.events", "end".into()).await?;
-    client.flush().await?;
-    let mut emitted = Vec::new();
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(30), audit.next()).await?.context("subscription ended")?;
-        let payload = String::from_utf8_lossy(&message.payload).into_owned();
-        if payload == "end" {
-            break;
-        }
-        emitted.push(payload);
-    }
-    emitted.sort();
+    let emitted = emitted_before_sentinel(&client, "audit.events", &mut audit).await?;
     assert_eq!(emitted, ["again:retry-once", "ok-1", "ok-2"], "one emit per successful event, none for the rejected one");
     assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?).len(), 3);
 
     // The retried event asked twice, with the same idempotency key.
-    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let keys: Vec<String> = seen
-        .iter()
-        .filter(|(p, _)| p == "again:retry-once")
-        .map(|(_, h)| h.get("Idempotency-Key").map(|v| v.to_string()).unwrap_or_default())
-        .collect();
+    let keys = keys_seen(&seen, "again:retry-once");
     ensure!(keys.len() == 2, "two attempts, two requests: {keys:?}");
     assert_eq!(keys[0], keys[1], "the same key on the retry");
     assert!(!keys[0].is_empty());
@@ -355,26 +365,10 @@ async fn the_typescript_python_c_and_go_sdks_call_services_as_rust_does() -> Res
         let message = header(failed, "sluice-dlq-message").unwrap_or_default();
         assert!(message.contains("error 409: out of stock"), "{lang}: the service's error, typed: {message}");
 
-        client.publish(audit_subject.clone(), "end".into()).await?;
-        client.flush().await?;
-        let mut emitted = Vec::new();
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(30), audit.next()).await?.context("subscription ended")?;
-            let payload = String::from_utf8_lossy(&message.payload).into_owned();
-            if payload == "end" {
-                break;
-            }
-            emitted.push(payload);
-        }
-        emitted.sort();
+        let emitted = emitted_before_sentinel(&client, &audit_subject, &mut audit).await?;
         assert_eq!(emitted, ["again:retry-once", "sku-1"], "{lang}: one emit per successful event");
 
-        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-        let keys: Vec<String> = seen
-            .iter()
-            .filter(|(p, _)| p == "again:retry-once")
-            .map(|(_, h)| h.get("Idempotency-Key").map(|v| v.to_string()).unwrap_or_default())
-            .collect();
+        let keys = keys_seen(&seen, "again:retry-once");
         ensure!(keys.len() == 2 && keys[0] == keys[1] && !keys[0].is_empty(), "{lang}: one key on both attempts: {keys:?}");
     }
     Ok(())
