@@ -457,7 +457,7 @@ async fn run_pipeline(
     let up = started.elapsed();
     let stats = stats.snapshot();
     match &result {
-        Ok(()) => tracing::info!(pipeline = %name, ?stats, "pipeline finished"),
+        Ok(()) => tracing::info!(pipeline = %name, %stats, "pipeline finished"),
         Err(err) => tracing::error!(pipeline = %name, ?stats, "pipeline stopped: {err}"),
     }
     // This run is over: `/pipelines` and `/metrics` stop showing it (a new

@@ -235,6 +235,17 @@ fn a_trap_reports_the_guest_panic_message() -> Result<()> {
     Ok(())
 }
 
+/// A guest's stack lives in its linear memory, so endless recursion traps
+/// as an out-of-bounds access; the dead letter must say what happened.
+#[test]
+fn a_stack_overflow_is_named_as_such() -> Result<()> {
+    let record = culprit_then_ok("recurse", "", "retries-exhausted")?;
+    let message = dlq_header(&record, "sluice-dlq-message")?;
+    assert!(message.contains("stack overflow"), "names the cause: {message}");
+    assert!(message.contains("recursion"), "says what to look for: {message}");
+    Ok(())
+}
+
 // 8: input the source cannot decode -------------------------------------------
 
 #[test]

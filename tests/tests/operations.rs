@@ -110,7 +110,7 @@ plugin = { path = "missing.wasm" }
     let body: Value = serde_json::from_str(&body)?;
     assert_eq!(body["ready"], false);
     assert_eq!(body["pipelines"]["ops"]["ready"], true);
-    assert_eq!(body["pipelines"]["broken"]["state"]["state"], "failed");
+    assert_eq!(body["pipelines"]["broken"]["state"], "failed");
     let problem = body["pipelines"]["broken"]["problems"][0].as_str().unwrap_or_default();
     assert!(problem.contains("missing.wasm"), "the reason names the plugin file: {problem}");
     let (status, body) = http_request(port, "GET", "/healthz", None, b"")?;

@@ -229,7 +229,7 @@ restart = {restart}
     let (status, ready) = http_request(port, "GET", "/readyz", None, b"")?;
     assert_eq!(status, 503, "{ready}");
     let ready: Value = serde_json::from_str(&ready)?;
-    assert_eq!(ready["pipelines"]["doomed"]["state"]["state"], "failed", "{ready}");
+    assert_eq!(ready["pipelines"]["doomed"]["state"], "failed", "{ready}");
     assert_eq!(ready["pipelines"]["doomed"]["problems"], json!([error]), "{ready}");
 
     let m = metrics(port)?;

@@ -482,7 +482,11 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Answer {
             (other, _) => other.problem().into_iter().collect(),
         };
         ready &= problems.is_empty();
-        pipelines.insert(name, json!({ "state": pipeline_state, "ready": problems.is_empty(), "problems": problems }));
+        let mut entry = json!({ "state": pipeline_state.label(), "ready": problems.is_empty(), "problems": problems });
+        if let PipelineState::Restarting(restart) = &pipeline_state {
+            entry["restart"] = json!(restart);
+        }
+        pipelines.insert(name, entry);
     }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok((status, Json(json!({ "ready": ready, "pipelines": pipelines }))).into_response())

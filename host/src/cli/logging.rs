@@ -9,12 +9,12 @@ use super::LogFormat;
 /// warn unless the filter names them, so `SLUICE_LOG=debug` stays readable.
 const QUIET: &str = "cranelift_codegen=warn,wasmtime_cranelift=warn,wasmtime=warn";
 
-/// Logs go to stderr (stdout may be a sink). Filter with `SLUICE_LOG`
-/// (`RUST_LOG` syntax), default `info`. Colours only on a terminal.
-pub fn init(format: LogFormat) {
-    let user = std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+/// Logs go to stderr (stdout may be a sink), filtered by `--log-level` /
+/// `SLUICE_LOG` (`RUST_LOG` syntax, default `info`). Colours only on a
+/// terminal.
+pub fn init(format: LogFormat, user: &str) {
     let filter = EnvFilter::try_new(format!("{QUIET},{user}")).unwrap_or_else(|_| {
-        eprintln!("warning: SLUICE_LOG `{user}` is not a valid filter; using `info`");
+        eprintln!("warning: log level `{user}` (--log-level or SLUICE_LOG) is not a valid filter; using `info`");
         EnvFilter::new(format!("{QUIET},info"))
     });
     let ansi = std::io::stderr().is_terminal();

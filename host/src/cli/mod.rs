@@ -21,6 +21,10 @@ struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value = "human", env = "SLUICE_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// per-module directives in `RUST_LOG` syntax (`info,sluice::dispatch=debug`).
+    #[arg(long, global = true, default_value = "info", env = "SLUICE_LOG")]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -202,7 +206,7 @@ enum InputFormat {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(cli.log_format, &cli.log_level);
     if !matches!(cli.command, Command::Run { .. }) {
         // The tools print reports; `sluice plugin inspect x | head` should
         // end quietly like any Unix tool. `run` keeps SIGPIPE ignored (Rust's

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -244,10 +244,7 @@ impl Instance {
                 limit: self.memory_limit,
             };
         }
-        let mut message = match err.downcast_ref::<Trap>() {
-            Some(trap) => trap.to_string(),
-            None => format!("{err:#}"),
-        };
+        let mut message = super::trap::describe(&err);
         let stderr = self.stderr.take();
         let stderr = stderr.trim();
         if !stderr.is_empty() {

@@ -31,6 +31,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod plugin;
 pub mod state;
+mod trap;
 mod wasi;
 pub mod world;
 

@@ -10,6 +10,7 @@
 //! | `trap`           | panics, which traps the instance                                    |
 //! | `loop`           | spins forever, until the host's timeout interrupts it               |
 //! | `oom`            | allocates 1 MiB blocks until memory runs out, which traps           |
+//! | `recurse`        | recurses without end until the guest's stack runs out, which traps  |
 //! | `log:<text>`     | logs `<text>` at info with field `event=<id>`, outputs `<text>`     |
 //! | `reply:<text>`   | one reply output, payload `<text>`                                  |
 //! | `fanout:<n>`     | `n` outputs with payloads `0` … `n-1`                               |
@@ -91,6 +92,10 @@ impl Plugin for Chaos {
             "trap" => panic!("chaos: trap requested"),
             "loop" => spin(),
             "oom" => exhaust_memory(),
+            "recurse" => {
+                let depth = recurse(0);
+                return Ok(vec![Output::new(depth.to_string())]);
+            }
             _ => {}
         }
         if let Some(text) = rule.strip_prefix("log:") {
@@ -142,6 +147,16 @@ fn exhaust_memory() -> ! {
         hoard.push(vec![0xa5; 1 << 20]);
         black_box(&mut hoard);
     }
+}
+
+/// Recurses forever, each frame holding a buffer on the stack, so the
+/// guest's stack (in its linear memory) overflows. `black_box` keeps the
+/// optimiser from turning the recursion into a loop.
+fn recurse(depth: u64) -> u64 {
+    let mut frame = [0u8; 256];
+    frame[0] = depth as u8;
+    black_box(&mut frame);
+    recurse(depth + 1) + u64::from(frame[1])
 }
 
 sluice_plugin::export!(Chaos);
