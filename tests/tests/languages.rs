@@ -313,8 +313,8 @@ fn every_language_runs_in_a_file_pipeline() -> Result<()> {
     Ok(())
 }
 
-/// `sluice plugin new --lang L` makes a project that builds with its own
-/// `build.sh` and passes `sluice plugin test … --expect expected.jsonl` as
+/// `sluice plugin new --lang L` makes a project that `sluice plugin build`
+/// builds (it detects the language and runs the project's build.sh) and passes `sluice plugin test … --expect expected.jsonl` as
 /// generated, in every language.
 #[test]
 fn plugin_new_makes_a_project_that_builds_and_passes_its_test_in_every_language() -> Result<()> {
@@ -327,12 +327,23 @@ fn plugin_new_makes_a_project_that_builds_and_passes_its_test_in_every_language(
         let created = scratch.run(&["plugin", "new", "--lang", lang, &name])?;
         created.ensure_success()?;
         let dir = scratch.path(&name);
-        let mut build = std::process::Command::new("bash");
-        build.arg("build.sh").current_dir(&dir);
+        let mut build = std::process::Command::new(sluice_bin());
+        build.args(["plugin", "build", &name]).current_dir(scratch.path(""));
         // A target folder of its own: the workspace's is locked by `cargo test`.
         build.env("CARGO_TARGET_DIR", root().join("target/scaffold"));
         let built = Running::spawn(build)?.wait(BUILD_TIMEOUT)?;
-        ensure!(built.status.success(), "{lang}: build.sh failed\n{}\n{}", built.stdout, built.stderr);
+        ensure!(built.status.success(), "{lang}: plugin build failed\n{}\n{}", built.stdout, built.stderr);
+        // It names the language it detected and prints where the component is.
+        let language = match lang {
+            "rust" => "Rust",
+            "js" => "JavaScript",
+            "ts" => "TypeScript",
+            "python" => "Python",
+            "c" => "C",
+            _ => "Go",
+        };
+        assert!(built.stderr.contains(&format!("building the {language} plugin in {name}")), "{lang}: {}", built.stderr);
+        assert_eq!(built.stdout.lines().last(), Some(format!("{name}/plugin.wasm").as_str()), "{lang}: {}", built.stdout);
         let mut test = std::process::Command::new(sluice_bin());
         test.args(["plugin", "test", "plugin.wasm", "--events", "events.jsonl", "--expect", "expected.jsonl", "--cache-dir", &cache])
             .current_dir(&dir);
@@ -360,6 +371,10 @@ fn plugin_new_refuses_a_bad_name_and_an_existing_folder() -> Result<()> {
     let taken = scratch.run(&["plugin", "new", "--lang", "go", "taken"])?;
     taken.ensure_failure()?;
     assert!(taken.stderr.contains("taken already exists and is not empty"), "{}", taken.stderr);
+    // `plugin build` on a folder that is no plugin project says why.
+    let unknown = scratch.run(&["plugin", "build", "taken"])?;
+    unknown.ensure_failure()?;
+    assert!(unknown.stderr.contains("cannot tell the language of the project in taken"), "{}", unknown.stderr);
     Ok(())
 }
 

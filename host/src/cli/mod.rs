@@ -1,6 +1,7 @@
 //! Command-line interface. `anyhow` lives here, at the edge: library errors
 //! are typed, and this layer adds the context a user needs.
 
+mod build_plugin;
 mod check;
 mod dlq;
 mod inspect;
@@ -143,6 +144,12 @@ enum PluginCommand {
         #[arg(long, value_name = "CHECKOUT")]
         sdk: Option<PathBuf>,
     },
+    /// Build a plugin project (made by `plugin new`) in whatever language it
+    /// is written in: runs its build.sh and prints the component's path.
+    Build {
+        /// The project folder. Default: the current one.
+        dir: Option<PathBuf>,
+    },
     /// Show a component's world, imports, exports, size and digest.
     Inspect {
         /// The component (.wasm).
@@ -222,6 +229,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check::check(&config),
         Command::Status { admin, interval, token, ca_file } => status::status(&status::Options { admin, interval, token, ca_file }),
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
+        Command::Plugin(PluginCommand::Build { dir }) => build_plugin::build(dir.as_deref()),
         Command::Dlq(DlqCommand::Replay {
             from,
             to,

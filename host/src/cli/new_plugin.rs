@@ -23,7 +23,7 @@ pub enum Lang {
 }
 
 impl Lang {
-    fn id(self) -> &'static str {
+    pub(super) fn id(self) -> &'static str {
         match self {
             Lang::Rust => "rust",
             Lang::Js => "js",
@@ -34,7 +34,7 @@ impl Lang {
         }
     }
 
-    fn display(self) -> &'static str {
+    pub(super) fn display(self) -> &'static str {
         match self {
             Lang::Rust => "Rust",
             Lang::Js => "JavaScript",
@@ -124,6 +124,6 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> an
         std::fs::write(&target, fill(text)).with_context(|| format!("cannot write {}", target.display()))?;
     }
     println!("created {} plugin `{name}` in {}", lang.display(), dir.display());
-    println!("next:   cd {} && bash build.sh && sluice plugin test plugin.wasm --events events.jsonl --expect expected.jsonl", dir.display());
+    println!("next:   sluice plugin build {0} && sluice plugin test {0}/plugin.wasm --events {0}/events.jsonl --expect {0}/expected.jsonl", dir.display());
     Ok(ExitCode::SUCCESS)
 }
