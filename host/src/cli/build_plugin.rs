@@ -147,7 +147,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn detects_each_template_language() {
+    fn detects_each_template_language() -> std::io::Result<()> {
         let cases: [(&[&str], Lang); 6] = [
             (&["Cargo.toml", "src.rs"], Lang::Rust),
             (&["go.mod", "main.go"], Lang::Go),
@@ -157,13 +157,14 @@ mod tests {
             (&["plugin.c"], Lang::C),
         ];
         for (files, lang) in cases {
-            let dir = tempfile::tempdir().expect("tempdir");
+            let dir = tempfile::tempdir()?;
             for file in files {
-                std::fs::write(dir.path().join(file), "").expect("write");
+                std::fs::write(dir.path().join(file), "")?;
             }
             assert_eq!(detect(dir.path()), Some(lang), "{files:?}");
         }
-        let empty = tempfile::tempdir().expect("tempdir");
+        let empty = tempfile::tempdir()?;
         assert_eq!(detect(empty.path()), None);
+        Ok(())
     }
 }
