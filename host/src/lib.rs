@@ -38,6 +38,8 @@
 //! [`state`] holds plugin state per pipeline, made durable with its events.
 //! [`client`] opens the services a plugin may call (`sluice:plugin/client`)
 //! and makes its requests.
+//! [`tap`] captures a sampled live view of a pipeline's inputs, outputs
+//! and dead letters for `sluice tap`.
 //! [`service`] tells systemd (`Type=notify`) when the host is ready,
 //! reloading or stopping, and pings its watchdog.
 
@@ -61,4 +63,5 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod supervisor;
+pub mod tap;
 pub mod telemetry;

@@ -198,6 +198,7 @@ pub async fn build(
         idempotency: config.idempotency.as_ref().map(Guard::new),
         tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
         schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
+        tap: Default::default(),
         state: state.map(|s| s.store),
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
         clients,

@@ -437,6 +437,7 @@ async fn run_pipeline(
         probes: connection_probes(config, sinks).await,
         stuck_after: config.policy.stuck_threshold(),
         state: dispatcher.state.clone(),
+        tap: dispatcher.tap.clone(),
     });
     if let Ok(mut registry) = registry.write() {
         registry.insert(name.to_owned(), handle.clone());
@@ -458,7 +459,7 @@ async fn run_pipeline(
     let stats = stats.snapshot();
     match &result {
         Ok(()) => tracing::info!(pipeline = %name, %stats, "pipeline finished"),
-        Err(err) => tracing::error!(pipeline = %name, ?stats, "pipeline stopped: {err}"),
+        Err(err) => tracing::error!(pipeline = %name, %stats, "pipeline stopped: {err}"),
     }
     // This run is over: `/pipelines` and `/metrics` stop showing it (a new
     // run, of a restart or a config reload, registers itself).

@@ -49,6 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 pub mod health;
+mod tap;
 pub mod tls;
 
 pub use health::{Health, Lifecycle, PipelineState, Probe, Restarting};
@@ -120,6 +121,8 @@ pub struct PipelineHandle {
     /// The pipeline's plugin state, when it has one (operators read and
     /// delete keys through the API).
     pub state: Option<Arc<crate::state::Store>>,
+    /// Its live view (`GET /pipelines/{name}/tap`).
+    pub tap: Arc<crate::tap::Tap>,
 }
 
 /// The running pipelines by name, kept by the supervisor.
@@ -174,6 +177,9 @@ struct AdminState {
     counters: Arc<AdminCounters>,
     /// When a refusal was last logged, and how many were not logged since.
     log_gate: Mutex<(Option<Instant>, u64)>,
+    /// Fires when the server stops: ends the endless responses (taps),
+    /// which a graceful connection shutdown would otherwise wait for.
+    stop: CancellationToken,
 }
 
 /// Refusals (failed authentications, connections over the cap) are logged
@@ -241,6 +247,7 @@ async fn serve_counting(
         body_timeout: limits.body_timeout,
         counters,
         log_gate: Mutex::new((None, 0)),
+        stop: stop.clone(),
     });
     let app = router(state.clone());
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
@@ -332,6 +339,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/pipelines/{name}", get(show))
         .route("/pipelines/{name}/state", get(state_list))
         .route("/pipelines/{name}/state/{*key}", get(state_get))
+        .route("/pipelines/{name}/tap", get(tap::tap))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Read, SMALL_BODY), guard));
     let write = Router::new()
         .route("/pipelines/{name}/reload", post(reload))

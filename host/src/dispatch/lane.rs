@@ -517,6 +517,7 @@ impl Lane {
         });
         let id = d.dead_letter.wants_ids().then(|| format!("{}:dlq", event.id));
         let plugin = &self.version.factory;
+        d.tap.dead_letter(&event, plugin.digest(), failure.reason.as_str(), &failure.message, failure.attempts);
         let mut record = dead_letter::record(event, failure, &d.pipeline, plugin.name(), plugin.digest());
         record.id = id;
         Stats::add(&d.stats.dead_lettered, 1);

@@ -116,6 +116,9 @@ pub struct Dispatcher {
     /// `policy.max_header_bytes`), checked at intake by [`limits`]: an
     /// input over them is dead-lettered before any work on it.
     pub header_limits: limits::HeaderLimits,
+    /// The live view `sluice tap` watches: a relaxed load per event while
+    /// nobody does.
+    pub tap: Arc<crate::tap::Tap>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -164,6 +167,7 @@ impl Dispatcher {
             state: None,
             header_limits: limits::HeaderLimits::default(),
             clients: None,
+            tap: Arc::default(),
         }
     }
 
@@ -235,6 +239,7 @@ impl Dispatcher {
             };
             Stats::add(&stats.received, 1);
             stats.progressed();
+            shared.tap.input(&delivery.event);
             // Over the header caps: dead-lettered as a defect, like an
             // undecodable message, so no lane does per-header work on it.
             // Its headers are left out of the dead-letter record: that many

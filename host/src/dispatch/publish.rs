@@ -171,6 +171,7 @@ async fn send_outputs(
             output.headers.retain(|h| h.key != VERSION_HEADER);
             output.headers.push(text_header(VERSION_HEADER, digest));
         }
+        d.tap.output(event_id, &output, digest);
         match d.router.route(output, request, || format!("{event_id}:{index}")) {
             Some((sink, record)) => receipts.push(sink.send(record).await?),
             None => Stats::add(&stats.replies_dropped, 1),
