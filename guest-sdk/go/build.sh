@@ -41,8 +41,9 @@ mkdir -p "$(dirname "$out")"
 # World `plugin` with every capability: `component new` imports only what
 # the module imports, and Go's linker drops the imports nothing calls, so a
 # plugin that never calls plugin.State does not import `state` (nor
-# `client` without plugin.Client, nor `metrics` without plugin.Metrics).
-sluice_world "$work/wit" state client metrics
+# `client` without plugin.Client, nor `metrics` without plugin.Metrics, nor
+# wasi:http without plugin.HTTP).
+sluice_world "$work/wit" state client metrics http
 "$WASM_TOOLS" component embed "$work/wit" --world plugin "$work/core-adapted.wasm" -o "$work/embedded.wasm"
 "$WASM_TOOLS" component new "$work/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
 echo "$out"

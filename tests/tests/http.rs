@@ -304,28 +304,35 @@ fn a_plugin_importing_wasi_http_needs_the_grant() -> Result<()> {
     Ok(())
 }
 
-/// The TypeScript twin (`fetch` in an async handler, built by
-/// `scripts/build-lang-plugins.sh` with StarlingMonkey and wasi:http) gets
-/// the same treatment: the answer as output with the event's idempotency
-/// key and trace context, the same key on every retry, a 4xx rejected.
-#[test]
-fn the_typescript_sdk_calls_out_with_fetch() -> Result<()> {
-    let twin = root().join("plugins/target/components/http_enrich_ts.wasm");
+/// A twin of `http_enrich` in another language, built by
+/// `scripts/build-lang-plugins.sh`, gets the same treatment: the answer as
+/// output with the event's idempotency key and trace context, the same key
+/// on every retry, a 4xx rejected. With `denied_rejects`, a destination the
+/// pipeline does not allow rejects the event at once with the host named
+/// (the SDK's own HTTP error); the TypeScript twin's `fetch` error is a
+/// plain retryable one.
+fn a_twin_calls_out(name: &str, denied_rejects: bool) -> Result<()> {
+    let twin = root().join("plugins/target/components").join(format!("{name}.wasm"));
     ensure!(twin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh` first", twin.display());
     let with_twin = |config: String| config.replace(&toml_path(&plugin("http_enrich")), &toml_path(&twin));
     let server = Server::start()?;
 
     let scratch = Scratch::new()?;
-    scratch.write_events("events.jsonl", &events(&["a"]))?;
+    scratch.write_events("events.jsonl", &events(&["a", "b"]))?;
     scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&allow(&server)), "", None)))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
     let out = scratch.read_jsonl("out.jsonl")?;
-    ensure!(out.len() == 1, "{out:#?} / dead letters: {:#?}", scratch.read_jsonl("dlq.jsonl")?);
-    assert_eq!(header(&out[0], "http-status"), Some("200"));
-    let echoed: Value = serde_json::from_str(out[0]["payload"].as_str().context("text payload")?)?;
-    assert_eq!(echoed["key"], json!("a:0"));
-    assert_eq!(echoed["traceparent"], json!(TRACEPARENT));
-    assert_eq!(echoed["body"], json!("{\"order\":\"a\"}"));
+    ensure!(out.len() == 2, "{out:#?} / dead letters: {:#?}", scratch.read_jsonl("dlq.jsonl")?);
+    for (record, id) in out.iter().zip(["a", "b"]) {
+        assert_eq!(header(record, "http-status"), Some("200"));
+        let echoed: Value = serde_json::from_str(record["payload"].as_str().context("text payload")?)?;
+        assert_eq!(echoed["key"], json!(format!("{id}:0")));
+        assert_eq!(echoed["traceparent"], json!(TRACEPARENT));
+        assert_eq!(echoed["body"], json!(format!("{{\"order\":\"{id}\"}}")));
+    }
+    let seen: Vec<_> = server.seen().iter().map(|s| (s.key.clone(), s.traceparent.clone())).collect();
+    let sent = |id: &str| (Some(format!("{id}:0")), Some(TRACEPARENT.to_owned()));
+    assert_eq!(seen, vec![sent("a"), sent("b")], "what the server received");
 
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["order-7"]))?;
@@ -343,5 +350,33 @@ fn the_typescript_sdk_calls_out_with_fetch() -> Result<()> {
     ensure!(dead.len() == 1, "{dead:#?}");
     assert_eq!(header(&dead[0], "sluice-dlq-reason"), Some("rejected"));
     assert_eq!(header(&dead[0], "sluice-dlq-attempts"), Some("1"));
+
+    if denied_rejects {
+        let scratch = Scratch::new()?;
+        scratch.write_events("events.jsonl", &events(&["d"]))?;
+        let other = format!("allow = [\"http://127.0.0.1:{}\"]", server.port + 1);
+        scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&other), "max_attempts = 3", None)))?;
+        scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+        let dead = scratch.read_jsonl("dlq.jsonl")?;
+        ensure!(dead.len() == 1, "{dead:#?}");
+        assert_eq!(header(&dead[0], "sluice-dlq-reason"), Some("rejected"), "denied is not worth retrying");
+        let message = header(&dead[0], "sluice-dlq-message").unwrap_or_default();
+        let expected = format!("HTTP request to 127.0.0.1:{} denied: not in the pipeline's plugin.http.allow", server.port);
+        assert_eq!(message, expected, "the Rust SDK's wording");
+        assert!(scratch.read_jsonl("out.jsonl")?.is_empty());
+        assert!(!server.seen().iter().any(|s| s.key.as_deref() == Some("d:0")), "nothing reached the server");
+    }
     Ok(())
+}
+
+/// TypeScript: `fetch` in an async handler (StarlingMonkey with wasi:http).
+#[test]
+fn the_typescript_sdk_calls_out_with_fetch() -> Result<()> {
+    a_twin_calls_out("http_enrich_ts", false)
+}
+
+/// Go: `plugin.HTTP` (a hand-written canonical ABI for wasi:http).
+#[test]
+fn the_go_sdk_calls_out_with_plugin_http() -> Result<()> {
+    a_twin_calls_out("http_enrich_go", true)
 }
