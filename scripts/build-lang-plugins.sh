@@ -61,6 +61,7 @@ for lang in "${langs[@]}"; do
             build json_enricher_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/json_enricher_py" app "$out/json_enricher_py.wasm"
             build counter_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/counter_py" app "$out/counter_py.wasm"
             build ask_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/ask_py" app "$out/ask_py.wasm"
+            build http_enrich_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/http_enrich_py" app "$out/http_enrich_py.wasm"
             ;;
         c)
             build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c"

@@ -380,3 +380,9 @@ fn the_typescript_sdk_calls_out_with_fetch() -> Result<()> {
 fn the_go_sdk_calls_out_with_plugin_http() -> Result<()> {
     a_twin_calls_out("http_enrich_go", true)
 }
+
+/// Python: `sluice_plugin.http` (componentize-py's wasi:http bindings).
+#[test]
+fn the_python_sdk_calls_out_with_sluice_plugin_http() -> Result<()> {
+    a_twin_calls_out("http_enrich_py", true)
+}
