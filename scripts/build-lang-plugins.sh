@@ -2,8 +2,8 @@
 # Builds the example plugins written in other languages than Rust
 # (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
 # counter in each, and ask_ts/ask_py/ask_c/ask_go: a service call in
-# TypeScript, Python, C and Go; http_enrich_ts/_go: outbound HTTP (fetch in
-# TypeScript, plugin.HTTP in Go), the twins of plugins/http_enrich) with each
+# TypeScript, Python, C and Go; http_enrich_ts/_py/_c/_go: outbound HTTP,
+# the twins of plugins/http_enrich) with each
 # language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
@@ -67,6 +67,7 @@ for lang in "${langs[@]}"; do
             build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c"
             build counter_c c bash "$root/guest-sdk/c/build.sh" "$out/counter_c.wasm" "$root/plugins/counter_c/counter.c"
             build ask_c c bash "$root/guest-sdk/c/build.sh" "$out/ask_c.wasm" "$root/plugins/ask_c/ask.c"
+            build http_enrich_c c bash "$root/guest-sdk/c/build.sh" "$out/http_enrich_c.wasm" "$root/plugins/http_enrich_c/enrich.c"
             ;;
         go)
             build json_enricher_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/json_enricher_go" "$out/json_enricher_go.wasm"

@@ -37,9 +37,9 @@ trap 'rm -rf "$work"' EXIT
 # World `plugin` with every capability: the linker drops the bindings (and
 # so the imports) a plugin never calls, and `component new` imports only
 # what the module imports, so a plugin that never calls sluice_state_*
-# (sluice_client_*) does not import `state` (`client`), nor `metrics`
-# without sluice_counter_add….
-sluice_world "$work/wit" state client metrics
+# (sluice_client_*, sluice_http_request) does not import `state`
+# (`client`, wasi:http), nor `metrics` without sluice_counter_add….
+sluice_world "$work/wit" state client metrics http
 "$WIT_BINDGEN" c "$work/wit" --world plugin --out-dir "$work/gen" >/dev/null
 mkdir -p "$(dirname "$out")"
 "$cc" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \

@@ -386,3 +386,9 @@ fn the_go_sdk_calls_out_with_plugin_http() -> Result<()> {
 fn the_python_sdk_calls_out_with_sluice_plugin_http() -> Result<()> {
     a_twin_calls_out("http_enrich_py", true)
 }
+
+/// C: `sluice_http_request` (wit-bindgen C's wasi:http bindings).
+#[test]
+fn the_c_sdk_calls_out_with_sluice_http_request() -> Result<()> {
+    a_twin_calls_out("http_enrich_c", true)
+}
