@@ -59,11 +59,11 @@ ensure_adapter() {
 #
 # Why: componentize-js and componentize-py import every interface of the
 # world they are given, used or not, and a plugin importing `state` is
-# refused by a pipeline that does not grant it. C, Go and Rust need none of
-# this: their linkers drop an import nothing calls, so they build against
-# wit/sluice.wit's world `plugin` directly. The JS and Python build scripts
-# name the capabilities a plugin uses by looking at what it imports from the
-# SDK (see there).
+# refused by a pipeline that does not grant it. C and Go build against a
+# world with every capability (their linkers drop an import nothing calls,
+# and so does Rust's, against wit/sluice.wit directly). The JS and Python
+# build scripts name the capabilities a plugin uses by looking at what it
+# imports from the SDK (see there).
 sluice_world() {
     local dir="$1" capability imports=""
     shift
