@@ -380,3 +380,60 @@ plugin = {{ path = {plugin} }}
     host.wait(WITHIN)?;
     Ok(())
 }
+
+/// `sluice tap` streams a running pipeline's inputs, outputs and dead
+/// letters from the admin API's tap, filtered per watcher, with credentials
+/// redacted, and ends on its own when the host stops.
+#[test]
+fn sluice_tap_shows_live_inputs_outputs_and_dead_letters() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    scratch.write("events.jsonl", "")?;
+    scratch.write("sluice.toml", ops_config(port, ""))?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/pipelines/ops", None, b"").is_ok_and(|(status, _)| status == 200))?;
+    // Through a shell, so each tap's stdout goes to a file the test reads
+    // while it runs.
+    let tap = |args: &str, out: &str| -> Result<Running> {
+        let mut command = std::process::Command::new("bash");
+        command
+            .args(["-c", &format!("exec \"$0\" tap ops --admin 127.0.0.1:{port} {args} > {out}.out 2> {out}.err")])
+            .arg(sluice_bin())
+            .current_dir(scratch.dir());
+        Running::spawn(command)
+    };
+    let mut all = tap("", "all")?;
+    let mut dead = tap("--dead-letters --format pretty", "dead")?;
+    for name in ["all", "dead"] {
+        let err = format!("{name}.err");
+        all.wait_until(&format!("tap {name} to connect"), WITHIN, || scratch.read(&err).is_ok_and(|e| e.contains("tapping `ops`")))?;
+    }
+    let secret = json!({ "payload": "ok:a", "headers": { "Authorization": "Bearer hunter2" } });
+    scratch.append_events("events.jsonl", &[secret, event("reject:no user"), event("plain")])?;
+    host.wait_until("three events handled", WITHIN, || scratch.count_lines("out.jsonl") == 2 && scratch.count_lines("dlq.jsonl") == 1)?;
+    let seen = poll_until("the tap to show 6 events", WITHIN, || {
+        let lines = parse_jsonl(&scratch.read("all.out")?)?;
+        Ok((lines.len() >= 6).then_some(lines))
+    })?;
+    let points: Vec<(&str, &str)> = seen.iter().map(|s| (s["point"].as_str().unwrap_or("?"), s["event"].as_str().unwrap_or("?"))).collect();
+    for expected in [("input", "events.jsonl:1"), ("output", "events.jsonl:1"), ("input", "events.jsonl:2"), ("dead-letter", "events.jsonl:2"), ("output", "events.jsonl:3")] {
+        assert!(points.contains(&expected), "{expected:?} in {points:?}");
+    }
+    let first_output = seen.iter().find(|s| s["point"] == "output" && s["event"] == "events.jsonl:1").context("the first output")?;
+    assert_eq!(first_output["payload"]["text"], "a");
+    assert_eq!(first_output["version"].as_str().map(str::len), Some(12), "names the version: {first_output}");
+    let first_input = seen.iter().find(|s| s["point"] == "input" && s["event"] == "events.jsonl:1").context("the first input")?;
+    assert_eq!(first_input["headers"][0], json!(["Authorization", { "text": "<redacted>", "bytes": 14 }]));
+    assert!(!scratch.read("all.out")?.contains("hunter2"), "a credential header is never shown");
+    let dead_line = poll_until("the dead-letter tap's line", WITHIN, || Ok(scratch.read("dead.out")?.lines().next().map(str::to_owned)))?;
+    assert!(dead_line.contains("dead-letter events.jsonl:2") && dead_line.contains("[rejected after 1 attempt(s): no user]"), "{dead_line}");
+    assert_eq!(scratch.read("dead.out")?.lines().count(), 1, "only dead letters: {}", scratch.read("dead.out")?);
+
+    // SIGTERM: the host drains and stops; each tap is told and exits.
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    for (name, tap) in [("all", &mut all), ("dead", &mut dead)] {
+        tap.wait_until(&format!("tap {name} to exit"), WITHIN, || scratch.read(&format!("{name}.err")).is_ok_and(|e| e.contains("tap ended")))?;
+    }
+    Ok(())
+}

@@ -67,7 +67,7 @@ impl Filter {
             return false;
         }
         self.seen += 1;
-        if (self.seen - 1) % self.every != 0 {
+        if !(self.seen - 1).is_multiple_of(self.every) {
             return false;
         }
         match &mut self.rate {

@@ -9,6 +9,7 @@ mod logging;
 mod new_plugin;
 mod run;
 mod status;
+mod tap;
 mod test_plugin;
 
 use std::path::PathBuf;
@@ -64,6 +65,39 @@ enum Command {
         token: Option<String>,
         /// PEM file of the CA the admin API's certificate chains to, for an
         /// `https://` address served with `[admin] tls_cert`.
+        #[arg(long, value_name = "FILE", env = "SLUICE_ADMIN_CA")]
+        ca_file: Option<std::path::PathBuf>,
+    },
+    /// Watch a running pipeline's events live: inputs, outputs and dead
+    /// letters (sampled, from its admin API), until interrupted.
+    Tap {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The admin API's address (`[admin] listen` of the running host).
+        #[arg(long, default_value = "127.0.0.1:9090", env = "SLUICE_ADMIN")]
+        admin: String,
+        /// Show inputs (none of --inputs/--outputs/--dead-letters: all three).
+        #[arg(long)]
+        inputs: bool,
+        /// Show outputs.
+        #[arg(long)]
+        outputs: bool,
+        /// Show dead letters.
+        #[arg(long)]
+        dead_letters: bool,
+        /// Show every Nth event.
+        #[arg(long, value_name = "N", conflicts_with = "rate")]
+        sample: Option<u64>,
+        /// Show at most R events a second.
+        #[arg(long, value_name = "R")]
+        rate: Option<f64>,
+        /// How each event is printed.
+        #[arg(long, value_enum, default_value = "json")]
+        format: tap::TapFormat,
+        /// The admin API's read token, from the environment only.
+        #[arg(skip = std::env::var("SLUICE_ADMIN_READ_TOKEN").ok())]
+        token: Option<String>,
+        /// PEM file of the CA the admin API's certificate chains to.
         #[arg(long, value_name = "FILE", env = "SLUICE_ADMIN_CA")]
         ca_file: Option<std::path::PathBuf>,
     },
@@ -228,6 +262,9 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
         Command::Status { admin, interval, token, ca_file } => status::status(&status::Options { admin, interval, token, ca_file }),
+        Command::Tap { pipeline, admin, inputs, outputs, dead_letters, sample, rate, format, token, ca_file } => {
+            tap::tap(&tap::Options { admin, pipeline, inputs, outputs, dead_letters, sample, rate, format, token, ca_file })
+        }
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
         Command::Plugin(PluginCommand::Build { dir }) => build_plugin::build(dir.as_deref()),
         Command::Dlq(DlqCommand::Replay {

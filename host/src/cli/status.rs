@@ -21,7 +21,7 @@ pub struct Options {
 
 pub fn status(options: &Options) -> Result<ExitCode> {
     let base = if options.admin.contains("://") { options.admin.clone() } else { format!("http://{}", options.admin) };
-    let agent = agent(options.ca_file.as_deref())?;
+    let agent = agent(options.ca_file.as_deref(), Some(Duration::from_secs(5)))?;
     let first = fetch(&agent, &base, options.token.as_deref())?;
     let started = Instant::now();
     std::thread::sleep(options.interval);
@@ -31,9 +31,11 @@ pub fn status(options: &Options) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An HTTP(S) client; with `ca_file`, HTTPS trusts that CA only.
-fn agent(ca_file: Option<&std::path::Path>) -> Result<ureq::Agent> {
-    let mut config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5)));
+/// An HTTP(S) client; with `ca_file`, HTTPS trusts that CA only. Every
+/// request ends within `timeout` (`None`: a stream, bounded by connect
+/// and read timeouts only).
+pub(super) fn agent(ca_file: Option<&std::path::Path>, timeout: Option<Duration>) -> Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder().timeout_global(timeout).timeout_connect(Some(Duration::from_secs(5)));
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
         let certs = ureq::tls::parse_pem(&pem)
