@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The shop, on real brokers, in one command:
+#
+#   examples/shop/run.sh            build, start NATS + Kafka + a webhook, run sluice
+#   examples/shop/run.sh --orders N also send N orders from the NestJS client, then stop
+#
+# Builds the three plugins (TypeScript, Python, Go: guest-sdk/*/build.sh)
+# into plugins/target/components/shop_*.wasm and the host, starts
+# nats-server (scripts/nats-server.sh, port 4222) and Kafka
+# (scripts/kafka.sh, port 9092) if they are not running, creates the
+# topics, starts a webhook that prints what it receives (port 8099), and
+# runs sluice on examples/shop/sluice.toml in the foreground (Ctrl-C stops
+# everything it started). Dead letters go to examples/shop/out/.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+components="$root/plugins/target/components"
+orders=0
+[[ "${1:-}" == "--orders" ]] && orders="${2:?--orders N}"
+mkdir -p "$components" "$here/out"
+
+# build OUT SOURCES... -- COMMAND...: runs COMMAND when OUT is older than a source.
+build() {
+    local out="$1" stale=0
+    shift
+    while [[ "$1" != "--" ]]; do
+        [[ -f "$out" && ! "$1" -nt "$out" ]] || stale=1
+        shift
+    done
+    shift
+    if [[ $stale == 1 ]]; then
+        echo "==> building $(basename "$out")" >&2
+        "$@" >/dev/null
+    fi
+}
+build "$components/shop_order.wasm" "$here/order/order.ts" -- \
+    bash "$root/guest-sdk/js/build.sh" "$here/order/order.ts" "$components/shop_order.wasm"
+build "$components/shop_inventory.wasm" "$here/inventory/app.py" -- \
+    bash "$root/guest-sdk/python/build.sh" "$here/inventory" app "$components/shop_inventory.wasm"
+build "$components/shop_notification.wasm" "$here/notification/main.go" -- \
+    bash "$root/guest-sdk/go/build.sh" "$here/notification" "$components/shop_notification.wasm"
+(cd "$root" && cargo build --release -p sluice >&2)
+
+started=()
+cleanup() {
+    for what in "${started[@]}"; do
+        case "$what" in
+            nats) bash "$root/scripts/nats-server.sh" stop 4222 || true ;;
+            kafka) bash "$root/scripts/kafka.sh" stop 9092 || true ;;
+            *) kill "$what" 2>/dev/null || true ;;
+        esac
+    done
+}
+trap cleanup EXIT
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! listening 4222; then
+    bash "$root/scripts/nats-server.sh" install
+    bash "$root/scripts/nats-server.sh" start 4222 >/dev/null
+    started+=(nats)
+fi
+if ! listening 9092; then
+    bash "$root/scripts/kafka.sh" install
+    bash "$root/scripts/kafka.sh" start 9092 >/dev/null
+    started+=(kafka)
+fi
+for topic in order-created order-notified order-created.dead-letter; do
+    bash "$root/scripts/kafka.sh" topic 9092 "$topic" 1 >/dev/null 2>&1 || true # exists already
+done
+
+# The webhook: prints each order it is sent, with its Idempotency-Key.
+python3 - <<'PY' &
+import http.server
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        print(f"webhook: Idempotency-Key {self.headers.get('Idempotency-Key')}: {body.decode()}", flush=True)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 8099), Hook).serve_forever()
+PY
+started+=($!)
+
+export NATS_URL=nats://127.0.0.1:4222 KAFKA_BROKERS=127.0.0.1:9092
+export WEBHOOK_URL=http://127.0.0.1:8099/orders WEBHOOK_ALLOW=http://127.0.0.1:8099
+export SHOP_OUT="$here/out" SHOP_CACHE="$here/out/cache"
+cd "$here"
+if [[ "$orders" == 0 ]]; then
+    echo "==> the shop is up: send orders with NestJS ClientProxy.send('create-order', {id, customer, items: [{sku, qty}]}) to $NATS_URL" >&2
+    exec "$root/target/release/sluice" run sluice.toml
+fi
+
+"$root/target/release/sluice" run sluice.toml &
+started+=($!)
+bash "$root/scripts/nestjs-client.sh" install
+client="$(bash "$root/scripts/nestjs-client.sh" path)"
+for ((i = 0; i < orders; i++)); do
+    printf '{"id":"order-%s-%d","customer":"c%d","items":[{"sku":"sku-%d","qty":1}]}\n' "$$" "$i" "$((i % 7))" "$((i % 5 + 1))"
+done >"$here/out/orders.jsonl"
+rm -f "$here/out/results.jsonl"
+until listening 9090; do sleep 0.2; done
+(cd "$client" && node shop-client.mjs "$NATS_URL" "$here/out/orders.jsonl" "$here/out/results.jsonl" | tail -1)
+echo "==> stock left: $(curl -s 'http://127.0.0.1:9090/pipelines/reserve/state?prefix=stock:')" >&2
