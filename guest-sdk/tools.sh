@@ -52,16 +52,18 @@ ensure_adapter() {
 # sluice_world DIR [CAPABILITY…]: writes into DIR a WIT package whose world
 # `plugin` imports `log` and the capabilities named (`state`, `client`,
 # and `metrics`, which needs no grant but is imported only when used too) from
-# sluice:plugin@0.2.0, and exports `handler`; build with `--wit DIR`
-# (jco), `-d DIR` (componentize-py), world `plugin`.
+# sluice:plugin@0.2.0, and `http` (wasi:http/outgoing-handler@0.2.12, the
+# version the host's wasmtime-wasi-http implements, with the WASI packages
+# it uses from the vendored guest-sdk/wasi-wit), and exports `handler`;
+# build with `--wit DIR` (jco), `-d DIR` (componentize-py), world `plugin`.
 #
 # Why: componentize-js and componentize-py import every interface of the
 # world they are given, used or not, and a plugin importing `state` is
-# refused by a pipeline that does not grant it. C, Go and Rust need none of
-# this: their linkers drop an import nothing calls, so they build against
-# wit/sluice.wit's world `plugin` directly. The JS and Python build scripts
-# name the capabilities a plugin uses by looking at what it imports from the
-# SDK (see there).
+# refused by a pipeline that does not grant it. C and Go build against a
+# world with every capability (their linkers drop an import nothing calls,
+# and so does Rust's, against wit/sluice.wit directly). The JS and Python
+# build scripts name the capabilities a plugin uses by looking at what it
+# imports from the SDK (see there).
 sluice_world() {
     local dir="$1" capability imports=""
     shift
@@ -71,7 +73,12 @@ sluice_world() {
             client) imports+="    import sluice:plugin/client@0.2.0;"$'\n' ;;
             # Not a capability (no grant needed), imported only when used.
             metrics) imports+="    import sluice:plugin/metrics@0.2.0;"$'\n' ;;
-            *) echo "unknown capability $capability (state, client, metrics)" >&2; return 2 ;;
+            http)
+                imports+="    import wasi:http/outgoing-handler@0.2.12;"$'\n'
+                mkdir -p "$dir/deps"
+                cp "$_sluice_root"/guest-sdk/wasi-wit/*.wit "$dir/deps/"
+                ;;
+            *) echo "unknown capability $capability (state, client, metrics, http)" >&2; return 2 ;;
         esac
     done
     mkdir -p "$dir/deps/sluice-plugin@0.2.0"

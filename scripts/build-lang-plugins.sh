@@ -2,7 +2,8 @@
 # Builds the example plugins written in other languages than Rust
 # (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
 # counter in each, and ask_ts/ask_py/ask_c/ask_go: a service call in
-# TypeScript, Python, C and Go; http_enrich_ts: fetch in TypeScript) with each
+# TypeScript, Python, C and Go; http_enrich_ts/_py/_c/_go: outbound HTTP,
+# the twins of plugins/http_enrich) with each
 # language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
@@ -32,7 +33,7 @@ build() {
     local name="$1" sdk="$2"
     shift 2
     local wasm="$out/$name.wasm" stamp="$out/$name.stamp" sum
-    sum="$(fingerprint "$root/plugins/$name" "$root/guest-sdk/$sdk" "$root/guest-sdk/tools.sh" "$root/wit")"
+    sum="$(fingerprint "$root/plugins/$name" "$root/guest-sdk/$sdk" "$root/guest-sdk/tools.sh" "$root/guest-sdk/wasi-wit" "$root/wit")"
     if [[ -f "$wasm" && -f "$stamp" && "$(cat "$stamp")" == "$sum" ]]; then
         echo "$wasm"
         return
@@ -60,16 +61,19 @@ for lang in "${langs[@]}"; do
             build json_enricher_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/json_enricher_py" app "$out/json_enricher_py.wasm"
             build counter_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/counter_py" app "$out/counter_py.wasm"
             build ask_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/ask_py" app "$out/ask_py.wasm"
+            build http_enrich_py python bash "$root/guest-sdk/python/build.sh" "$root/plugins/http_enrich_py" app "$out/http_enrich_py.wasm"
             ;;
         c)
             build json_enricher_c c bash "$root/guest-sdk/c/build.sh" "$out/json_enricher_c.wasm" "$root/plugins/json_enricher_c/enricher.c"
             build counter_c c bash "$root/guest-sdk/c/build.sh" "$out/counter_c.wasm" "$root/plugins/counter_c/counter.c"
             build ask_c c bash "$root/guest-sdk/c/build.sh" "$out/ask_c.wasm" "$root/plugins/ask_c/ask.c"
+            build http_enrich_c c bash "$root/guest-sdk/c/build.sh" "$out/http_enrich_c.wasm" "$root/plugins/http_enrich_c/enrich.c"
             ;;
         go)
             build json_enricher_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/json_enricher_go" "$out/json_enricher_go.wasm"
             build counter_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/counter_go" "$out/counter_go.wasm"
             build ask_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/ask_go" "$out/ask_go.wasm"
+            build http_enrich_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/http_enrich_go" "$out/http_enrich_go.wasm"
             ;;
         *) echo "unknown language $lang (js, ts, python, c, go)" >&2; exit 2 ;;
     esac

@@ -4,8 +4,8 @@
 #   bash guest-sdk/c/build.sh OUT.wasm SOURCE.c [MORE.c…]
 #
 # Steps: `wit-bindgen c` generates the bindings of world `plugin` of
-# sluice:plugin@0.2.0 (plugin.h, plugin.c, plugin_component_type.o) into a
-# temporary folder; Debian's
+# sluice:plugin@0.2.0, with wasi:http from guest-sdk/wasi-wit (plugin.h,
+# plugin.c, plugin_component_type.o) into a temporary folder; Debian's
 # clang compiles them with the sources, the SDK (sluice.c, sluice_json.c)
 # and wasi-libc as a WASI preview1 reactor; `wasm-tools component new`
 # wraps the module, mapping wasi-libc's preview1 imports (if any are left
@@ -18,7 +18,7 @@ set -euo pipefail
 
 sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/../.." && pwd)"
-[[ $# -ge 2 ]] || { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 out="$1"
 shift
 cc="${CC:-clang-16}"
@@ -37,9 +37,9 @@ trap 'rm -rf "$work"' EXIT
 # World `plugin` with every capability: the linker drops the bindings (and
 # so the imports) a plugin never calls, and `component new` imports only
 # what the module imports, so a plugin that never calls sluice_state_*
-# (sluice_client_*) does not import `state` (`client`), nor `metrics`
-# without sluice_counter_add….
-sluice_world "$work/wit" state client metrics
+# (sluice_client_*, sluice_http_request) does not import `state`
+# (`client`, wasi:http), nor `metrics` without sluice_counter_add….
+sluice_world "$work/wit" state client metrics http
 "$WIT_BINDGEN" c "$work/wit" --world plugin --out-dir "$work/gen" >/dev/null
 mkdir -p "$(dirname "$out")"
 "$cc" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \

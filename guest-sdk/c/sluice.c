@@ -6,12 +6,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 struct sluice_failure {
     bool retryable;
     char *message;
     int state_error; // a sluice_state_error_t, or -1
     int call_error;  // a sluice_call_error_t, or -1
+    int http_error;  // a sluice_http_error_t, or -1
 };
 
 static void *xmalloc(size_t n) {
@@ -50,6 +52,7 @@ static sluice_failure_t *failure(bool retryable, const char *format, va_list arg
     f->message = vformat(format, args);
     f->state_error = -1;
     f->call_error = -1;
+    f->http_error = -1;
     return f;
 }
 
@@ -447,4 +450,331 @@ sluice_failure_t *sluice_client_emit(const char *destination, const void *payloa
     sluice_plugin_client_call_error_t err;
     if (!sluice_plugin_client_emit(&d, &p, &headers, &err)) return call_failure(&err);
     return NULL;
+}
+
+// ---- http (the call sequence of the Rust SDK's http.rs, imp::send). Every
+// resource handle owned here is dropped (children before their parents) or
+// handed on: the request constructor takes the fields, `handle` the request
+// and its options, `finish` a body.
+
+int sluice_failure_http_error(const sluice_failure_t *failure) {
+    return failure ? failure->http_error : -1;
+}
+
+// Bytes per write into the request body: the most blocking-write-and-flush
+// takes at once.
+#define HTTP_WRITE_CHUNK 4096
+// The most one blocking-read asks for.
+#define HTTP_READ_CHUNK (64 * 1024)
+
+static sluice_failure_t *http_failure(sluice_http_error_t kind, const char *format, ...) __attribute__((format(printf, 2, 3)));
+static sluice_failure_t *http_failure(sluice_http_error_t kind, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    bool retryable = !(kind == SLUICE_HTTP_INVALID_URL || kind == SLUICE_HTTP_INVALID_HEADER || kind == SLUICE_HTTP_DENIED);
+    sluice_failure_t *f = failure(retryable, format, args);
+    va_end(args);
+    f->http_error = kind;
+    return f;
+}
+
+// The error-code case names as the Rust SDK prints them (Debug), so a
+// transport failure reads the same in every language.
+static const char *const http_error_codes[] = {
+    "DnsTimeout", "DnsError", "DestinationNotFound", "DestinationUnavailable",
+    "DestinationIpProhibited", "DestinationIpUnroutable", "ConnectionRefused",
+    "ConnectionTerminated", "ConnectionTimeout", "ConnectionReadTimeout",
+    "ConnectionWriteTimeout", "ConnectionLimitReached", "TlsProtocolError",
+    "TlsCertificateError", "TlsAlertReceived", "HttpRequestDenied",
+    "HttpRequestLengthRequired", "HttpRequestBodySize", "HttpRequestMethodInvalid",
+    "HttpRequestUriInvalid", "HttpRequestUriTooLong", "HttpRequestHeaderSectionSize",
+    "HttpRequestHeaderSize", "HttpRequestTrailerSectionSize", "HttpRequestTrailerSize",
+    "HttpResponseIncomplete", "HttpResponseHeaderSectionSize", "HttpResponseHeaderSize",
+    "HttpResponseBodySize", "HttpResponseTrailerSectionSize", "HttpResponseTrailerSize",
+    "HttpResponseTransferCoding", "HttpResponseContentCoding", "HttpResponseTimeout",
+    "HttpUpgradeFailed", "HttpProtocolError", "LoopDetected", "ConfigurationError",
+    "InternalError",
+};
+
+// The error-code as a failure (the Rust SDK's from_code); frees `code`.
+static sluice_failure_t *http_code_failure(wasi_http_types_error_code_t *code, const char *host) {
+    sluice_failure_t *f;
+    switch (code->tag) {
+    case WASI_HTTP_TYPES_ERROR_CODE_HTTP_REQUEST_DENIED:
+        f = http_failure(SLUICE_HTTP_DENIED, "HTTP request to %s denied: not in the pipeline's plugin.http.allow", host);
+        break;
+    case WASI_HTTP_TYPES_ERROR_CODE_CONNECTION_TIMEOUT:
+    case WASI_HTTP_TYPES_ERROR_CODE_CONNECTION_READ_TIMEOUT:
+    case WASI_HTTP_TYPES_ERROR_CODE_HTTP_RESPONSE_TIMEOUT:
+        f = http_failure(SLUICE_HTTP_TIMEOUT, "HTTP request to %s timed out", host);
+        break;
+    case WASI_HTTP_TYPES_ERROR_CODE_HTTP_RESPONSE_BODY_SIZE:
+        if (code->val.http_response_body_size.is_some)
+            f = http_failure(SLUICE_HTTP_TOO_LARGE, "HTTP response body over the limit of %llu bytes",
+                             (unsigned long long)code->val.http_response_body_size.val);
+        else
+            f = http_failure(SLUICE_HTTP_TOO_LARGE, "HTTP response body over the limit");
+        break;
+    case WASI_HTTP_TYPES_ERROR_CODE_INTERNAL_ERROR:
+        if (code->val.internal_error.is_some)
+            f = http_failure(SLUICE_HTTP_TRANSPORT, "HTTP request to %s failed: InternalError(Some(\"%.*s\"))", host,
+                             STR(code->val.internal_error.val));
+        else
+            f = http_failure(SLUICE_HTTP_TRANSPORT, "HTTP request to %s failed: InternalError(None)", host);
+        break;
+    default:
+        if (code->tag < sizeof http_error_codes / sizeof *http_error_codes)
+            f = http_failure(SLUICE_HTTP_TRANSPORT, "HTTP request to %s failed: %s", host, http_error_codes[code->tag]);
+        else
+            f = http_failure(SLUICE_HTTP_TRANSPORT, "HTTP request to %s failed: error-code %d", host, (int)code->tag);
+        break;
+    }
+    wasi_http_types_error_code_free(code);
+    return f;
+}
+
+// A body error without an error-code (wasmtime passes its own error there,
+// as text): the cap and the deadline are still told apart.
+static sluice_failure_t *http_body_failure(const plugin_string_t *text, const char *host) {
+    char *t = xmalloc(text->len + 1);
+    memcpy(t, text->ptr, text->len);
+    t[text->len] = '\0';
+    sluice_failure_t *f;
+    if (strstr(t, "body size exceeds limit")) {
+        const char *tail = strrchr(t, ':');
+        unsigned long long limit = tail ? strtoull(tail + 1, NULL, 10) : 0;
+        f = limit ? http_failure(SLUICE_HTTP_TOO_LARGE, "HTTP response body over the limit of %llu bytes", limit)
+                  : http_failure(SLUICE_HTTP_TOO_LARGE, "HTTP response body over the limit");
+    } else if (strstr(t, "timeout") || strstr(t, "timed out")) {
+        f = http_failure(SLUICE_HTTP_TIMEOUT, "HTTP request to %s timed out", host);
+    } else {
+        f = http_failure(SLUICE_HTTP_BODY, "HTTP response body: %s", t);
+    }
+    free(t);
+    return f;
+}
+
+// The stream-error as a failure (its io error dropped).
+static sluice_failure_t *http_stream_failure(wasi_io_streams_stream_error_t *err, const char *host) {
+    if (err->tag == WASI_IO_STREAMS_STREAM_ERROR_CLOSED) return http_failure(SLUICE_HTTP_BODY, "HTTP response body: the stream closed early");
+    wasi_io_error_own_error_t io = err->val.last_operation_failed;
+    wasi_http_types_error_code_t code;
+    sluice_failure_t *f;
+    if (wasi_http_types_http_error_code(wasi_io_error_borrow_error(io), &code)) {
+        f = http_code_failure(&code, host);
+    } else {
+        plugin_string_t text;
+        wasi_io_error_method_error_to_debug_string(wasi_io_error_borrow_error(io), &text);
+        f = http_body_failure(&text, host);
+        plugin_string_free(&text);
+    }
+    wasi_io_error_error_drop_own(io);
+    return f;
+}
+
+// The parts of a URL a request needs (the Rust SDK's Url::parse): *authority
+// and *path point into `url`.
+static bool http_split_url(const char *url, bool *https, const char **authority, size_t *authority_len, const char **path, size_t *path_len) {
+    const char *rest = strstr(url, "://");
+    if (!rest) return false;
+    size_t scheme_len = (size_t)(rest - url);
+    if (scheme_len == 5 && strncasecmp(url, "https", 5) == 0) *https = true;
+    else if (scheme_len == 4 && strncasecmp(url, "http", 4) == 0) *https = false;
+    else return false;
+    rest += 3;
+    size_t end = strcspn(rest, "#");
+    size_t host_end = strcspn(rest, "/?#");
+    if (host_end == 0) return false;
+    *authority = rest;
+    *authority_len = host_end;
+    *path = rest + host_end;
+    *path_len = end - host_end;
+    return true;
+}
+
+static const char *const http_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+
+static bool http_append(wasi_http_types_own_fields_t fields, const char *name, const void *value, size_t value_len) {
+    wasi_http_types_field_name_t n = borrowed(name, strlen(name));
+    wasi_http_types_field_value_t v = {(uint8_t *)value, value_len};
+    wasi_http_types_header_error_t err;
+    return wasi_http_types_method_fields_append(wasi_http_types_borrow_fields(fields), &n, &v, &err);
+}
+
+static sluice_failure_t *http_write_body(wasi_http_types_own_outgoing_body_t body, const sluice_http_request_t *req, const char *host) {
+    wasi_http_types_own_output_stream_t stream;
+    if (!wasi_http_types_method_outgoing_body_write(wasi_http_types_borrow_outgoing_body(body), &stream))
+        return http_failure(SLUICE_HTTP_BODY, "HTTP response body: cannot write the request body");
+    sluice_failure_t *f = NULL;
+    const uint8_t *bytes = req->body;
+    for (size_t start = 0; start < req->body_len && !f; start += HTTP_WRITE_CHUNK) {
+        size_t n = req->body_len - start < HTTP_WRITE_CHUNK ? req->body_len - start : HTTP_WRITE_CHUNK;
+        plugin_list_u8_t chunk = {(uint8_t *)bytes + start, n};
+        wasi_io_streams_stream_error_t err;
+        if (!wasi_io_streams_method_output_stream_blocking_write_and_flush(wasi_io_streams_borrow_output_stream(stream), &chunk, &err))
+            f = http_stream_failure(&err, host);
+    }
+    wasi_io_streams_output_stream_drop_own(stream); // before finish: a child of the body
+    return f;
+}
+
+static sluice_failure_t *http_read_body(wasi_http_types_own_incoming_body_t incoming, const char *host, sluice_bytes_t *out) {
+    wasi_http_types_own_input_stream_t stream;
+    if (!wasi_http_types_method_incoming_body_stream(wasi_http_types_borrow_incoming_body(incoming), &stream))
+        return http_failure(SLUICE_HTTP_BODY, "HTTP response body: cannot read the response body");
+    sluice_failure_t *f = NULL;
+    size_t len = 0, cap = 0;
+    uint8_t *buf = NULL;
+    for (;;) {
+        plugin_list_u8_t chunk;
+        wasi_io_streams_stream_error_t err;
+        if (!wasi_io_streams_method_input_stream_blocking_read(wasi_io_streams_borrow_input_stream(stream), HTTP_READ_CHUNK, &chunk, &err)) {
+            if (err.tag != WASI_IO_STREAMS_STREAM_ERROR_CLOSED) f = http_stream_failure(&err, host);
+            break;
+        }
+        if (len + chunk.len > cap) {
+            cap = (len + chunk.len) * 2;
+            buf = realloc(buf, cap);
+            if (!buf) abort();
+        }
+        if (chunk.len) memcpy(buf + len, chunk.ptr, chunk.len);
+        len += chunk.len;
+        plugin_list_u8_free(&chunk);
+    }
+    wasi_io_streams_input_stream_drop_own(stream); // before the body: a child of it
+    if (f) {
+        free(buf);
+        return f;
+    }
+    out->ptr = buf ? buf : xmalloc(1);
+    out->len = len;
+    return NULL;
+}
+
+sluice_failure_t *sluice_http_request(const sluice_http_request_t *req, sluice_http_response_t *resp) {
+    memset(resp, 0, sizeof *resp);
+    bool https;
+    const char *authority, *path;
+    size_t authority_len, path_len;
+    if (!req->url || !http_split_url(req->url, &https, &authority, &authority_len, &path, &path_len))
+        return http_failure(SLUICE_HTTP_INVALID_URL, "not an http(s) URL: %s", req->url ? req->url : "(null)");
+    char *host = xmalloc(authority_len + 1);
+    memcpy(host, authority, authority_len);
+    host[authority_len] = '\0';
+    sluice_failure_t *f = NULL;
+
+    wasi_http_types_own_fields_t fields = wasi_http_types_constructor_fields();
+    bool has_length = false;
+    for (size_t i = 0; i < req->n_headers && !f; i++) {
+        has_length = has_length || strcasecmp(req->headers[i].name, "content-length") == 0;
+        if (!http_append(fields, req->headers[i].name, req->headers[i].value, req->headers[i].value_len))
+            f = http_failure(SLUICE_HTTP_INVALID_HEADER, "invalid header `%s`", req->headers[i].name);
+    }
+    if (!f && req->body_len && !has_length) {
+        char length[24];
+        int n = snprintf(length, sizeof length, "%zu", req->body_len);
+        if (!http_append(fields, "content-length", length, (size_t)n)) f = http_failure(SLUICE_HTTP_INVALID_HEADER, "invalid header `content-length`");
+    }
+    if (f) {
+        wasi_http_types_fields_drop_own(fields);
+        free(host);
+        return f;
+    }
+
+    wasi_http_types_own_outgoing_request_t request = wasi_http_types_constructor_outgoing_request(fields);
+    wasi_http_types_borrow_outgoing_request_t r = wasi_http_types_borrow_outgoing_request(request);
+    const char *method_name = req->method && *req->method ? req->method : "GET";
+    wasi_http_types_method_t method = {.tag = WASI_HTTP_TYPES_METHOD_OTHER};
+    method.val.other = borrowed(method_name, strlen(method_name));
+    for (size_t i = 0; i < sizeof http_methods / sizeof *http_methods; i++)
+        if (strcasecmp(method_name, http_methods[i]) == 0) method.tag = (uint8_t)i;
+    wasi_http_types_scheme_t scheme = {.tag = https ? WASI_HTTP_TYPES_SCHEME_HTTPS : WASI_HTTP_TYPES_SCHEME_HTTP};
+    plugin_string_t a = borrowed(authority, authority_len);
+    plugin_string_t p = path_len ? borrowed(path, path_len) : borrowed("/", 1);
+    wasi_http_types_own_outgoing_body_t body = {0};
+    if (!wasi_http_types_method_outgoing_request_set_method(r, &method) || !wasi_http_types_method_outgoing_request_set_scheme(r, &scheme) ||
+        !wasi_http_types_method_outgoing_request_set_authority(r, &a) || !wasi_http_types_method_outgoing_request_set_path_with_query(r, &p)) {
+        f = http_failure(SLUICE_HTTP_INVALID_URL, "not an http(s) URL: %s", req->url);
+    } else if (req->body_len && !wasi_http_types_method_outgoing_request_body(r, &body)) {
+        f = http_failure(SLUICE_HTTP_BODY, "HTTP response body: cannot open the request body");
+    }
+    if (f) {
+        wasi_http_types_outgoing_request_drop_own(request);
+        free(host);
+        return f;
+    }
+
+    wasi_http_types_own_request_options_t options = {0};
+    if (req->timeout_ms) {
+        options = wasi_http_types_constructor_request_options();
+        wasi_http_types_duration_t nanos = req->timeout_ms > UINT64_MAX / 1000000 ? UINT64_MAX : req->timeout_ms * 1000000;
+        wasi_http_types_method_request_options_set_connect_timeout(wasi_http_types_borrow_request_options(options), &nanos);
+        wasi_http_types_method_request_options_set_first_byte_timeout(wasi_http_types_borrow_request_options(options), &nanos);
+    }
+    wasi_http_types_own_future_incoming_response_t pending;
+    wasi_http_types_error_code_t code;
+    if (!wasi_http_outgoing_handler_handle(request, req->timeout_ms ? &options : NULL, &pending, &code)) {
+        if (req->body_len) wasi_http_types_outgoing_body_drop_own(body);
+        f = http_code_failure(&code, host);
+        free(host);
+        return f;
+    }
+    if (req->body_len) {
+        f = http_write_body(body, req, host);
+        if (f) {
+            wasi_http_types_outgoing_body_drop_own(body);
+        } else if (!wasi_http_types_static_outgoing_body_finish(body, NULL, &code)) {
+            f = http_code_failure(&code, host);
+        }
+    }
+
+    wasi_http_types_result_result_own_incoming_response_error_code_void_t got = {0};
+    wasi_http_types_borrow_future_incoming_response_t future = wasi_http_types_borrow_future_incoming_response(pending);
+    while (!f && !wasi_http_types_method_future_incoming_response_get(future, &got)) {
+        wasi_http_types_own_pollable_t pollable = wasi_http_types_method_future_incoming_response_subscribe(future);
+        wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(pollable));
+        wasi_io_poll_pollable_drop_own(pollable);
+    }
+    if (!f && got.is_err) f = http_failure(SLUICE_HTTP_TRANSPORT, "HTTP request to %s failed: the response was taken twice", host);
+    if (!f && got.val.ok.is_err) f = http_code_failure(&got.val.ok.val.err, host);
+    if (!f) {
+        wasi_http_types_own_incoming_response_t response = got.val.ok.val.ok;
+        wasi_http_types_borrow_incoming_response_t borrowed_response = wasi_http_types_borrow_incoming_response(response);
+        resp->status = wasi_http_types_method_incoming_response_status(borrowed_response);
+        wasi_http_types_own_headers_t headers = wasi_http_types_method_incoming_response_headers(borrowed_response);
+        wasi_http_types_method_fields_entries(wasi_http_types_borrow_fields(headers), &resp->headers);
+        wasi_http_types_fields_drop_own(headers);
+        wasi_http_types_own_incoming_body_t incoming;
+        if (!wasi_http_types_method_incoming_response_consume(borrowed_response, &incoming)) {
+            f = http_failure(SLUICE_HTTP_BODY, "HTTP response body: cannot open the response body");
+        } else if ((f = http_read_body(incoming, host, &resp->body))) {
+            wasi_http_types_incoming_body_drop_own(incoming);
+        } else {
+            wasi_http_types_future_trailers_drop_own(wasi_http_types_static_incoming_body_finish(incoming));
+        }
+        wasi_http_types_incoming_response_drop_own(response);
+        if (f) sluice_http_response_free(resp);
+    }
+    wasi_http_types_future_incoming_response_drop_own(pending);
+    free(host);
+    return f;
+}
+
+const uint8_t *sluice_http_response_header(const sluice_http_response_t *resp, const char *name, size_t *len) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i < resp->headers.len; i++) {
+        const wasi_http_types_tuple2_field_name_field_value_t *h = &resp->headers.ptr[i];
+        if (h->f0.len == n && strncasecmp((const char *)h->f0.ptr, name, n) == 0) {
+            *len = h->f1.len;
+            return h->f1.ptr;
+        }
+    }
+    *len = 0;
+    return NULL;
+}
+
+void sluice_http_response_free(sluice_http_response_t *resp) {
+    if (resp->headers.ptr) wasi_http_types_list_tuple2_field_name_field_value_free(&resp->headers);
+    free(resp->body.ptr);
+    memset(resp, 0, sizeof *resp);
 }

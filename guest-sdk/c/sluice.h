@@ -64,8 +64,8 @@ sluice_failure_t *sluice_retryable(const char *format, ...) __attribute__((forma
 sluice_failure_t *sluice_reject(const char *format, ...) __attribute__((format(printf, 1, 2)));
 char *sluice_errorf(const char *format, ...) __attribute__((format(printf, 1, 2)));
 
-// Frees a failure the plugin does not return (one from sluice_state_* or
-// sluice_client_*).
+// Frees a failure the plugin does not return (one from sluice_state_*,
+// sluice_client_* or sluice_http_request).
 void sluice_failure_free(sluice_failure_t *failure);
 
 // ---- state: the pipeline's key/value state (the `state` capability,
@@ -158,6 +158,82 @@ sluice_failure_t *sluice_client_request(const char *destination, const void *pay
                                         sluice_bytes_t *reply);
 // Publishes `payload` to `destination` without waiting (a NestJS event).
 sluice_failure_t *sluice_client_emit(const char *destination, const void *payload, size_t payload_len);
+
+// ---- http: outbound HTTP through the standard wasi:http/outgoing-handler
+// (the `http` capability: the pipeline lists the destinations a plugin may
+// call in `[pipelines.<name>.plugin.http] allow = [...]`; a plugin that
+// never calls sluice_http_request does not import wasi:http and needs no
+// grant). A call blocks until the whole response is read. The host adds an
+// Idempotency-Key `<event id>:<n>` (the same on every retry of the event)
+// and the event's traceparent unless the request sets them, and lists
+// every request in the event's dead letter. http:// and https:// (the
+// host's web PKI roots).
+//
+// A response is no failure, whatever its status. A request that gets no
+// response returns a failure with the Rust SDK's disposition and wording
+// (http::Error): a bad URL or header and a destination the pipeline does
+// not allow reject the event, anything else (a timeout, a refused
+// connection, a cut-off body) is retryable. Return it from plugin_handle as
+// is, or inspect it with sluice_failure_http_error and free it with
+// sluice_failure_free.
+//
+//   sluice_http_header_t type = SLUICE_HTTP_HEADER("content-type", "application/json");
+//   sluice_http_request_t req = {.method = "POST", .url = url, .headers = &type, .n_headers = 1,
+//                                .body = event->payload.ptr, .body_len = event->payload.len};
+//   sluice_http_response_t resp;
+//   sluice_failure_t *f = sluice_http_request(&req, &resp);
+//   if (f) return f;
+//   ... resp.status, resp.body.ptr/len, sluice_http_response_header(&resp, "etag", &len)
+//   sluice_http_response_free(&resp);
+typedef enum {
+    SLUICE_HTTP_INVALID_URL,    // not an http:// or https:// URL with a host
+    SLUICE_HTTP_INVALID_HEADER, // a header name or value the host refuses
+    SLUICE_HTTP_DENIED,         // not in the pipeline's plugin.http.allow
+    SLUICE_HTTP_TIMEOUT,        // no response within the timeout
+    SLUICE_HTTP_TOO_LARGE,      // the body passed plugin.http.max_response_bytes
+    SLUICE_HTTP_TRANSPORT,      // connection refused, TLS or DNS failure, a broken response…
+    SLUICE_HTTP_BODY,           // the body could not be read
+} sluice_http_error_t;
+// The http error case of a failure from sluice_http_request, or -1 for any
+// other failure.
+int sluice_failure_http_error(const sluice_failure_t *failure);
+
+// A request header: a NUL-terminated name and a value of value_len bytes.
+typedef struct {
+    const char *name;
+    const void *value;
+    size_t value_len;
+} sluice_http_header_t;
+// A header whose value is a NUL-terminated string.
+#define SLUICE_HTTP_HEADER(name, value) ((sluice_http_header_t){(name), (value), strlen(value)})
+
+typedef struct {
+    const char *method; // "GET", "POST"…; NULL: GET
+    const char *url;    // NUL-terminated: http(s)://host[:port][/path][?query]
+    const sluice_http_header_t *headers;
+    size_t n_headers;
+    const void *body; // sent with a content-length; body_len 0: no body
+    size_t body_len;
+    // Bounds the connection and the wait for the response head, in ms;
+    // 0: the pipeline's plugin.http.timeout (which applies anyway).
+    uint64_t timeout_ms;
+} sluice_http_request_t;
+
+// A response, its body read whole. headers.ptr[i].f0 is a name (lowercase,
+// may repeat), .f1 its value (ptr/len each). Free with
+// sluice_http_response_free.
+typedef struct {
+    uint16_t status;
+    wasi_http_types_list_tuple2_field_name_field_value_t headers;
+    sluice_bytes_t body;
+} sluice_http_response_t;
+
+// Sends the request and reads the whole response into *resp (left empty on
+// failure).
+sluice_failure_t *sluice_http_request(const sluice_http_request_t *req, sluice_http_response_t *resp);
+// The first value of header `name` (case-insensitive), or NULL (*len is set).
+const uint8_t *sluice_http_response_header(const sluice_http_response_t *resp, const char *name, size_t *len);
+void sluice_http_response_free(sluice_http_response_t *resp);
 
 // ---- metrics: the plugin's own, on the host's /metrics as
 // sluice_plugin_<name> (counters get _total) with the pipeline and plugin

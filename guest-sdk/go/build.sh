@@ -6,17 +6,18 @@
 #
 # Steps: `GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared` makes a core
 # module (a WASI preview1 reactor exporting the canonical-ABI functions of
-# abi.go); cmd/adapterrealloc adds `cabi_realloc_adapter`, which gives the
+# abi*.go); cmd/adapterrealloc adds `cabi_realloc_adapter`, which gives the
 # adapter memory inside Go's data segment (see adapter_arena.go);
-# `wasm-tools component embed` adds the WIT world; `wasm-tools component
-# new --adapt` turns it into a component, mapping the preview1 imports of
-# Go's runtime onto WASI 0.2 with the reactor adapter. wasm-tools and the
-# adapter come from crates.io on first use (guest-sdk/tools.sh).
+# `wasm-tools component embed` adds the WIT world (wasi:http from
+# guest-sdk/wasi-wit); `wasm-tools component new --adapt` turns it into a
+# component, mapping the preview1 imports of Go's runtime onto WASI 0.2
+# with the reactor adapter. wasm-tools and the adapter come from crates.io
+# on first use (guest-sdk/tools.sh).
 set -euo pipefail
 
 sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/../.." && pwd)"
-[[ $# -eq 2 ]] || { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 pkg="$1"
 out="$2"
 command -v go >/dev/null || { echo "go is needed to build Go plugins (1.24 or newer)" >&2; exit 1; }
@@ -41,8 +42,9 @@ mkdir -p "$(dirname "$out")"
 # World `plugin` with every capability: `component new` imports only what
 # the module imports, and Go's linker drops the imports nothing calls, so a
 # plugin that never calls plugin.State does not import `state` (nor
-# `client` without plugin.Client, nor `metrics` without plugin.Metrics).
-sluice_world "$work/wit" state client metrics
+# `client` without plugin.Client, nor `metrics` without plugin.Metrics, nor
+# wasi:http without plugin.HTTP).
+sluice_world "$work/wit" state client metrics http
 "$WASM_TOOLS" component embed "$work/wit" --world plugin "$work/core-adapted.wasm" -o "$work/embedded.wasm"
 "$WASM_TOOLS" component new "$work/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
 echo "$out"

@@ -107,8 +107,9 @@ func Reject(format string, args ...any) *HandlerError {
 }
 
 // asHandlerError maps any error to the WIT handler-error: a *HandlerError
-// keeps its disposition, a *StateError or *CallError (or an error wrapping
-// one) takes its own (see their Disposition), anything else is retryable.
+// keeps its disposition, a *StateError, *CallError or *HTTPError (or an
+// error wrapping one) takes its own (see their Disposition), anything else
+// is retryable.
 func asHandlerError(err error) *HandlerError {
 	if he, ok := err.(*HandlerError); ok {
 		return he
@@ -118,6 +119,9 @@ func asHandlerError(err error) *HandlerError {
 	}
 	if ce, ok := asCallError(err); ok {
 		return &HandlerError{ce.Disposition(), err.Error()}
+	}
+	if he, ok := asHTTPError(err); ok {
+		return &HandlerError{he.Disposition(), err.Error()}
 	}
 	return &HandlerError{Retryable, err.Error()}
 }

@@ -6,8 +6,10 @@
 # MODULE (a .py file in APP_DIR, without the extension) defines `Handler`,
 # usually `Handler = export(MyPlugin)` with the SDK (the package
 # sluice_plugin, found here; `from sluice_plugin import state` for the
-# pipeline's state). The first run makes a venv with the pinned componentize-py
-# (requirements.txt) in $SLUICE_CACHE/py (default: <repo>/.cache/py), ~15 s.
+# pipeline's state, `http` for outbound HTTP: the world imports only what
+# the app imports, see capabilities.py). The first run makes a venv with
+# the pinned componentize-py (requirements.txt) in $SLUICE_CACHE/py
+# (default: <repo>/.cache/py), ~15 s.
 # A build takes ~15 s and makes an ~18 MB component (CPython inside).
 set -euo pipefail
 
@@ -15,7 +17,7 @@ sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/../.." && pwd)"
 cache="${SLUICE_CACHE:-$root/.cache}/py"
 
-[[ $# -eq 3 ]] || { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $# -eq 3 ]] || { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 app_dir="$1"
 module="$2"
 out="$3"

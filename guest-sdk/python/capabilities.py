@@ -1,4 +1,4 @@
-"""Prints the capabilities (`state`, `client`, …) a plugin uses, one per line, for
+"""Prints the capabilities (`state`, `client`, `http`, …) a plugin uses, one per line, for
 build.sh to build it against a world that imports those and no others
 (componentize-py imports every interface of its world, used or not).
 
@@ -19,6 +19,6 @@ app_dir, module, sdk = sys.argv[1:4]
 finder = modulefinder.ModuleFinder(path=[app_dir, sdk])
 finder.run_script(os.path.join(app_dir, module + ".py"))
 # `metrics` is no capability (no grant), but is imported only when used too.
-for capability in ["state", "client", "metrics"]:
+for capability in ["state", "client", "metrics", "http"]:
     if f"sluice_plugin.{capability}" in finder.modules:
         print(capability)

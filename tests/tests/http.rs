@@ -304,28 +304,35 @@ fn a_plugin_importing_wasi_http_needs_the_grant() -> Result<()> {
     Ok(())
 }
 
-/// The TypeScript twin (`fetch` in an async handler, built by
-/// `scripts/build-lang-plugins.sh` with StarlingMonkey and wasi:http) gets
-/// the same treatment: the answer as output with the event's idempotency
-/// key and trace context, the same key on every retry, a 4xx rejected.
-#[test]
-fn the_typescript_sdk_calls_out_with_fetch() -> Result<()> {
-    let twin = root().join("plugins/target/components/http_enrich_ts.wasm");
+/// A twin of `http_enrich` in another language, built by
+/// `scripts/build-lang-plugins.sh`, gets the same treatment: the answer as
+/// output with the event's idempotency key and trace context, the same key
+/// on every retry, a 4xx rejected. With `sdk_errors` (an SDK of ours, not
+/// `fetch`, whose errors are plain retryable ones), its own HTTP errors: a
+/// destination the pipeline does not allow rejects the event at once with
+/// the host named, a body over the cap and a timeout are retried.
+fn a_twin_calls_out(name: &str, sdk_errors: bool) -> Result<()> {
+    let twin = root().join("plugins/target/components").join(format!("{name}.wasm"));
     ensure!(twin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh` first", twin.display());
     let with_twin = |config: String| config.replace(&toml_path(&plugin("http_enrich")), &toml_path(&twin));
     let server = Server::start()?;
 
     let scratch = Scratch::new()?;
-    scratch.write_events("events.jsonl", &events(&["a"]))?;
+    scratch.write_events("events.jsonl", &events(&["a", "b"]))?;
     scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&allow(&server)), "", None)))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
     let out = scratch.read_jsonl("out.jsonl")?;
-    ensure!(out.len() == 1, "{out:#?} / dead letters: {:#?}", scratch.read_jsonl("dlq.jsonl")?);
-    assert_eq!(header(&out[0], "http-status"), Some("200"));
-    let echoed: Value = serde_json::from_str(out[0]["payload"].as_str().context("text payload")?)?;
-    assert_eq!(echoed["key"], json!("a:0"));
-    assert_eq!(echoed["traceparent"], json!(TRACEPARENT));
-    assert_eq!(echoed["body"], json!("{\"order\":\"a\"}"));
+    ensure!(out.len() == 2, "{out:#?} / dead letters: {:#?}", scratch.read_jsonl("dlq.jsonl")?);
+    for (record, id) in out.iter().zip(["a", "b"]) {
+        assert_eq!(header(record, "http-status"), Some("200"));
+        let echoed: Value = serde_json::from_str(record["payload"].as_str().context("text payload")?)?;
+        assert_eq!(echoed["key"], json!(format!("{id}:0")));
+        assert_eq!(echoed["traceparent"], json!(TRACEPARENT));
+        assert_eq!(echoed["body"], json!(format!("{{\"order\":\"{id}\"}}")));
+    }
+    let seen: Vec<_> = server.seen().iter().map(|s| (s.key.clone(), s.traceparent.clone())).collect();
+    let sent = |id: &str| (Some(format!("{id}:0")), Some(TRACEPARENT.to_owned()));
+    assert_eq!(seen, vec![sent("a"), sent("b")], "what the server received");
 
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["order-7"]))?;
@@ -343,5 +350,71 @@ fn the_typescript_sdk_calls_out_with_fetch() -> Result<()> {
     ensure!(dead.len() == 1, "{dead:#?}");
     assert_eq!(header(&dead[0], "sluice-dlq-reason"), Some("rejected"));
     assert_eq!(header(&dead[0], "sluice-dlq-attempts"), Some("1"));
+
+    if sdk_errors {
+        let scratch = Scratch::new()?;
+        scratch.write_events("events.jsonl", &events(&["d"]))?;
+        let other = format!("allow = [\"http://127.0.0.1:{}\"]", server.port + 1);
+        scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&other), "max_attempts = 3", None)))?;
+        scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+        let dead = scratch.read_jsonl("dlq.jsonl")?;
+        ensure!(dead.len() == 1, "{dead:#?}");
+        assert_eq!(header(&dead[0], "sluice-dlq-reason"), Some("rejected"), "denied is not worth retrying");
+        let message = header(&dead[0], "sluice-dlq-message").unwrap_or_default();
+        let expected = format!("HTTP request to 127.0.0.1:{} denied: not in the pipeline's plugin.http.allow", server.port);
+        assert_eq!(message, expected, "the Rust SDK's wording");
+        assert!(scratch.read_jsonl("out.jsonl")?.is_empty());
+        assert!(!server.seen().iter().any(|s| s.key.as_deref() == Some("d:0")), "nothing reached the server");
+
+        // 64 KiB read whole (more than one read of the body), then the same
+        // against a 1 KiB cap, and 3 s against a 200 ms timeout: the SDK's
+        // own errors, retryable, in the Rust SDK's words.
+        let scratch = Scratch::new()?;
+        scratch.write_events("events.jsonl", &events(&["big"]))?;
+        scratch.write("sluice.toml", with_twin(config(&server.url("/big"), Some(&allow(&server)), "", None)))?;
+        scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+        let out = scratch.read_jsonl("out.jsonl")?;
+        ensure!(out.len() == 1, "{out:#?} / dead letters: {:#?}", scratch.read_jsonl("dlq.jsonl")?);
+        assert_eq!(out[0]["payload"].as_str().map(str::len), Some(64 * 1024));
+
+        for (path, limit, expected) in [
+            ("/big", "max_response_bytes = \"1KiB\"", "HTTP response body over the limit of 1024 bytes"),
+            ("/slow", "timeout = \"200ms\"", &format!("HTTP request to 127.0.0.1:{} timed out", server.port)),
+        ] {
+            let scratch = Scratch::new()?;
+            scratch.write_events("events.jsonl", &events(&["e"]))?;
+            let http = format!("{}\n{limit}", allow(&server));
+            scratch.write("sluice.toml", with_twin(config(&server.url(path), Some(&http), "max_attempts = 2", None)))?;
+            scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+            let dead = scratch.read_jsonl("dlq.jsonl")?;
+            ensure!(dead.len() == 1, "{path}: {dead:#?}");
+            assert_eq!(header(&dead[0], "sluice-dlq-reason"), Some("retries-exhausted"), "{path}");
+            assert_eq!(header(&dead[0], "sluice-dlq-message"), Some(expected), "{path}");
+        }
+    }
     Ok(())
+}
+
+/// TypeScript: `fetch` in an async handler (StarlingMonkey with wasi:http).
+#[test]
+fn the_typescript_sdk_calls_out_with_fetch() -> Result<()> {
+    a_twin_calls_out("http_enrich_ts", false)
+}
+
+/// Go: `plugin.HTTP` (a hand-written canonical ABI for wasi:http).
+#[test]
+fn the_go_sdk_calls_out_with_plugin_http() -> Result<()> {
+    a_twin_calls_out("http_enrich_go", true)
+}
+
+/// Python: `sluice_plugin.http` (componentize-py's wasi:http bindings).
+#[test]
+fn the_python_sdk_calls_out_with_sluice_plugin_http() -> Result<()> {
+    a_twin_calls_out("http_enrich_py", true)
+}
+
+/// C: `sluice_http_request` (wit-bindgen C's wasi:http bindings).
+#[test]
+fn the_c_sdk_calls_out_with_sluice_http_request() -> Result<()> {
+    a_twin_calls_out("http_enrich_c", true)
 }

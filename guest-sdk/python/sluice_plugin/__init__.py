@@ -24,7 +24,8 @@ The pipeline's key/value state is the submodule `state` (`from sluice_plugin
 import state`), kept apart so that a plugin imports the `state` capability
 only when it uses it (see state.py). The plugin's own metrics are the
 submodule `metrics` (`from sluice_plugin import metrics`), apart for the
-same reason (see metrics.py).
+same reason (see metrics.py), and so is outbound HTTP, `http` (`from
+sluice_plugin import http`, see http.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from componentize_py_types import Err, Ok
 from wit_world import exports as _exports
-from wit_world.imports import types as _t  # `types` would shadow the stdlib module
+try:
+    from wit_world.imports import types as _t  # `types` would shadow the stdlib module
+except ImportError:  # the world imports wasi:http/types too (http.py): the names are qualified
+    from wit_world.imports import sluice_plugin_types as _t
 from wit_world.imports.log import Level as _Level
 from wit_world.imports.log import log as _host_log
 
