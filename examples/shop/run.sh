@@ -5,7 +5,8 @@
 #   examples/shop/run.sh --orders N also send N orders from the NestJS client, then stop
 #
 # Builds the three plugins (TypeScript, Python, Go: guest-sdk/*/build.sh)
-# into plugins/target/components/shop_*.wasm and the host, starts
+# into plugins/target/components/shop_*.wasm and the host (SLUICE_BIN: use
+# that binary instead), starts
 # nats-server (scripts/nats-server.sh, port 4222) and Kafka
 # (scripts/kafka.sh, port 9092) if they are not running, creates the
 # topics, starts a webhook that prints what it receives (port 8099), and
@@ -40,11 +41,16 @@ build "$components/shop_inventory.wasm" "$here/inventory/app.py" -- \
     bash "$root/guest-sdk/python/build.sh" "$here/inventory" app "$components/shop_inventory.wasm"
 build "$components/shop_notification.wasm" "$here/notification/main.go" -- \
     bash "$root/guest-sdk/go/build.sh" "$here/notification" "$components/shop_notification.wasm"
-(cd "$root" && cargo build --release -p sluice >&2)
+if [[ -z "${SLUICE_BIN:-}" ]]; then
+    (cd "$root" && cargo build --release -p sluice >&2)
+    SLUICE_BIN="$root/target/release/sluice"
+fi
 
 started=()
 cleanup() {
-    for what in "${started[@]}"; do
+    local i what
+    for ((i = ${#started[@]} - 1; i >= 0; i--)); do # the host first, the brokers last
+        what="${started[$i]}"
         case "$what" in
             nats) bash "$root/scripts/nats-server.sh" stop 4222 || true ;;
             kafka) bash "$root/scripts/kafka.sh" stop 9092 || true ;;
@@ -91,10 +97,10 @@ export SHOP_OUT="$here/out" SHOP_CACHE="$here/out/cache"
 cd "$here"
 if [[ "$orders" == 0 ]]; then
     echo "==> the shop is up: send orders with NestJS ClientProxy.send('create-order', {id, customer, items: [{sku, qty}]}) to $NATS_URL" >&2
-    exec "$root/target/release/sluice" run sluice.toml
+    exec "$SLUICE_BIN" run sluice.toml
 fi
 
-"$root/target/release/sluice" run sluice.toml &
+"$SLUICE_BIN" run sluice.toml &
 started+=($!)
 bash "$root/scripts/nestjs-client.sh" install
 client="$(bash "$root/scripts/nestjs-client.sh" path)"
@@ -102,6 +108,6 @@ for ((i = 0; i < orders; i++)); do
     printf '{"id":"order-%s-%d","customer":"c%d","items":[{"sku":"sku-%d","qty":1}]}\n' "$$" "$i" "$((i % 7))" "$((i % 5 + 1))"
 done >"$here/out/orders.jsonl"
 rm -f "$here/out/results.jsonl"
-until listening 9090; do sleep 0.2; done
+until curl -sf 127.0.0.1:9090/readyz >/dev/null; do sleep 0.2; done # every pipeline started
 (cd "$client" && node shop-client.mjs "$NATS_URL" "$here/out/orders.jsonl" "$here/out/results.jsonl" | tail -1)
 echo "==> stock left: $(curl -s 'http://127.0.0.1:9090/pipelines/reserve/state?prefix=stock:')" >&2

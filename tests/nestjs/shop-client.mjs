@@ -2,7 +2,8 @@
 // sends every order of a JSON-lines file with `send('create-order', order)`,
 // a few at a time, as a NestJS storefront would. A call that times out (the
 // host was killed, or is starting) is sent again with the same order, so
-// the same order id, until it is answered. Each order's final answer is
+// the same order id, until it is answered; so is one NestJS reports nobody
+// listens to (the host is starting), 100 ms later. Each order's final answer is
 // appended to the results file as soon as it arrives, one JSON line:
 //   {"id", "outcome": "created" | "rejected", "attempts", "reply" | "error"}
 // then a summary line goes to stdout.
@@ -26,6 +27,7 @@ const client = ClientProxyFactory.create({ transport: Transport.NATS, options: {
 const described = (err) => (err instanceof Error ? { error: err.name, message: err.message } : err);
 
 let timeouts = 0;
+let unavailable = 0;
 async function place(order) {
     for (let attempts = 1; ; attempts++) {
         try {
@@ -36,6 +38,13 @@ async function place(order) {
                 // No answer: the service may have died with the order in
                 // flight. Ask again with the same order id.
                 timeouts++;
+                continue;
+            }
+            if (err instanceof Error && err.message.includes('no subscribers listening')) {
+                // Nobody serves create-order right now (the host is
+                // starting): ask again shortly, with the same order id.
+                unavailable++;
+                await new Promise((resolve) => setTimeout(resolve, 100));
                 continue;
             }
             return { id: order.id, outcome: 'rejected', attempts, error: described(err) };
@@ -56,4 +65,4 @@ async function worker() {
 }
 await Promise.all(Array.from({ length: Number(inFlight) }, worker));
 await client.close();
-process.stdout.write(JSON.stringify({ orders: orders.length, ...counts, timeouts }) + '\n');
+process.stdout.write(JSON.stringify({ orders: orders.length, ...counts, timeouts, unavailable }) + '\n');
