@@ -21,26 +21,8 @@ orders=0
 [[ "${1:-}" == "--orders" ]] && orders="${2:?--orders N}"
 mkdir -p "$components" "$here/out"
 
-# build OUT SOURCES... -- COMMAND...: runs COMMAND when OUT is older than a source.
-build() {
-    local out="$1" stale=0
-    shift
-    while [[ "$1" != "--" ]]; do
-        [[ -f "$out" && ! "$1" -nt "$out" ]] || stale=1
-        shift
-    done
-    shift
-    if [[ $stale == 1 ]]; then
-        echo "==> building $(basename "$out")" >&2
-        "$@" >/dev/null
-    fi
-}
-build "$components/shop_order.wasm" "$here/order/order.ts" -- \
-    bash "$root/guest-sdk/js/build.sh" "$here/order/order.ts" "$components/shop_order.wasm"
-build "$components/shop_inventory.wasm" "$here/inventory/app.py" -- \
-    bash "$root/guest-sdk/python/build.sh" "$here/inventory" app "$components/shop_inventory.wasm"
-build "$components/shop_notification.wasm" "$here/notification/main.go" -- \
-    bash "$root/guest-sdk/go/build.sh" "$here/notification" "$components/shop_notification.wasm"
+# The three plugins, rebuilt only when their sources or SDK changed.
+bash "$root/scripts/build-lang-plugins.sh" shop >/dev/null
 if [[ -z "${SLUICE_BIN:-}" ]]; then
     (cd "$root" && cargo build --release -p sluice >&2)
     SLUICE_BIN="$root/target/release/sluice"

@@ -14,8 +14,8 @@
 //! out-of-stock rejections the order mix makes. The guarantees are in
 //! examples/shop/README.md.
 //!
-//! Needs the three plugins (`examples/shop/run.sh` builds them, or
-//! guest-sdk/*/build.sh), `scripts/nestjs-client.sh install`,
+//! Needs the three plugins (`bash scripts/build-lang-plugins.sh shop`;
+//! `./dev test` builds them), `scripts/nestjs-client.sh install`,
 //! `scripts/nats-server.sh install` and `scripts/kafka.sh install`.
 
 #[allow(dead_code)]
@@ -163,12 +163,12 @@ fn nestjs_client() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The three shop plugins, built by `examples/shop/run.sh`.
+/// The three shop plugins, built by `scripts/build-lang-plugins.sh shop`.
 fn components() -> Result<PathBuf> {
     let dir = root().join("plugins/target/components");
     for name in ["shop_order", "shop_inventory", "shop_notification"] {
         let path = dir.join(format!("{name}.wasm"));
-        ensure!(path.is_file(), "{} is missing: build the shop's plugins (examples/shop/run.sh builds them)", path.display());
+        ensure!(path.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh shop`", path.display());
     }
     Ok(dir)
 }
