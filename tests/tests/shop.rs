@@ -369,6 +369,15 @@ async fn two_thousand_orders_through_kills_and_a_flaky_webhook() -> Result<()> {
     let notify_dlq = tokio::task::block_in_place(|| committed(&bootstrap, "order-created.dead-letter"))?;
     ensure!(notify_dlq.is_empty(), "the notification service dead-lettered: {notify_dlq:?}");
 
+    // An order that fails the schema is answered with a NestJS error (400)
+    // by the host, without a call to the order service.
+    let nats_client = nats.client().await?;
+    let packet = json!({"pattern": "create-order", "data": {"id": "bad-1", "customer": "x", "items": []}, "id": "call-bad-1"});
+    let answer = nats_client.request("create-order", packet.to_string().into()).await?;
+    let answer: Value = serde_json::from_slice(&answer.payload)?;
+    ensure!(answer["id"] == "call-bad-1" && answer["err"]["code"] == 400 && answer["err"]["reason"] == "invalid", "an invalid order: {answer}");
+    ensure!(answer["err"]["message"].as_str().is_some_and(|m| m.contains("/items")), "the error names the field: {answer}");
+
     eprintln!(
         "shop: {ORDERS} orders, {} created, {} refused (out of stock), {retried} retried by the client, {kills} kills; \
          webhook: {} requests, {failed} answered 503, {repeats} repeats of {repeated_keys} keys already seen; {:?}",
