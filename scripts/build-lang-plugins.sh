@@ -3,12 +3,13 @@
 # (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
 # counter in each, and ask_ts/ask_py/ask_c/ask_go: a service call in
 # TypeScript, Python, C and Go; http_enrich_ts/_py/_c/_go: outbound HTTP,
-# the twins of plugins/http_enrich) with each
+# the twins of plugins/http_enrich; `shop`: the three services of
+# examples/shop, shop_*.wasm) with each
 # language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
 # into plugins/target/components/<name>.wasm, and prints their paths.
 #
-#   bash scripts/build-lang-plugins.sh [js] [ts] [python] [c] [go]   # default: all five
+#   bash scripts/build-lang-plugins.sh [js] [ts] [python] [c] [go] [shop]   # default: all six
 #
 # A plugin is rebuilt only when its sources, its SDK or the WIT changed (a
 # stamp of their sha256 sits next to the component), so a second run takes
@@ -21,7 +22,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$root/plugins/target/components"
 mkdir -p "$out"
 langs=("$@")
-[[ ${#langs[@]} -gt 0 ]] || langs=(js ts python c go)
+[[ ${#langs[@]} -gt 0 ]] || langs=(js ts python c go shop)
 
 # sha256 over every file under the given paths (sorted), for the stamp.
 fingerprint() {
@@ -29,11 +30,12 @@ fingerprint() {
 }
 
 # build NAME LANG_SDK_DIR COMMAND...: runs COMMAND unless the stamp matches.
+# The sources are plugins/NAME, or $plugin_dir when set.
 build() {
     local name="$1" sdk="$2"
     shift 2
     local wasm="$out/$name.wasm" stamp="$out/$name.stamp" sum
-    sum="$(fingerprint "$root/plugins/$name" "$root/guest-sdk/$sdk" "$root/guest-sdk/tools.sh" "$root/guest-sdk/wasi-wit" "$root/wit")"
+    sum="$(fingerprint "${plugin_dir:-$root/plugins/$name}" "$root/guest-sdk/$sdk" "$root/guest-sdk/tools.sh" "$root/guest-sdk/wasi-wit" "$root/wit")"
     if [[ -f "$wasm" && -f "$stamp" && "$(cat "$stamp")" == "$sum" ]]; then
         echo "$wasm"
         return
@@ -75,6 +77,11 @@ for lang in "${langs[@]}"; do
             build ask_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/ask_go" "$out/ask_go.wasm"
             build http_enrich_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/http_enrich_go" "$out/http_enrich_go.wasm"
             ;;
-        *) echo "unknown language $lang (js, ts, python, c, go)" >&2; exit 2 ;;
+        shop)
+            plugin_dir="$root/examples/shop/order" build shop_order js bash "$root/guest-sdk/js/build.sh" "$root/examples/shop/order/order.ts" "$out/shop_order.wasm"
+            plugin_dir="$root/examples/shop/inventory" build shop_inventory python bash "$root/guest-sdk/python/build.sh" "$root/examples/shop/inventory" app "$out/shop_inventory.wasm"
+            plugin_dir="$root/examples/shop/notification" build shop_notification go bash "$root/guest-sdk/go/build.sh" "$root/examples/shop/notification" "$out/shop_notification.wasm"
+            ;;
+        *) echo "unknown language $lang (js, ts, python, c, go, shop)" >&2; exit 2 ;;
     esac
 done

@@ -22,7 +22,7 @@ use crate::event::{text_header, Header, Output};
 /// The header every output carries: the sha256 of the plugin version that
 /// produced it (dead-letter records carry `sluice-dlq-plugin-digest`).
 pub const VERSION_HEADER: &str = "sluice-plugin-digest";
-use crate::sink::{Receipt, Record, SinkError};
+use crate::sink::{Receipt, Record, Sink, SinkError};
 use crate::source::{Ack, Settlement};
 
 /// Batches queued between stages. Bounds the work in flight per lane: when
@@ -78,7 +78,13 @@ struct Pending {
     settlement: Settlement,
     receipts: Vec<Receipt>,
     ticket: Option<Ticket>,
+    /// Replies held back until `receipts` are durable and the state is
+    /// committed (see [`send_outputs`]).
+    replies: Vec<Reply>,
 }
+
+/// A reply routed to its sink, not sent yet.
+type Reply = (Arc<dyn Sink>, Record);
 
 /// Starts the publisher and completer of one lane; returns the queue to feed
 /// and a handle resolving to the first failure of either.
@@ -115,19 +121,20 @@ async fn publish(
                     if outputs.is_empty() {
                         Stats::add(&stats.filtered, 1);
                     }
-                    send_outputs(d, outputs, &event_id, request.as_ref(), &digest, &propagate)
+                    let hold = ticket.is_some();
+                    send_outputs(d, outputs, &event_id, request.as_ref(), &digest, &propagate, hold)
                         .await
-                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket })
+                        .map(|(receipts, replies)| Pending { ack, settlement: Settlement::Done, receipts, ticket, replies })
                 }
                 Conclusion::DeadLetter { record, ack, failed_request } => {
                     send_dead_letter(d, record, failed_request.as_deref())
                         .await
-                        .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts, ticket: None })
+                        .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts, ticket: None, replies: Vec::new() })
                 }
                 Conclusion::Repeat { ack, event_id, request, propagate } => {
                     send_repeat_reply(d, &event_id, request.as_ref(), &propagate)
                         .await
-                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket: None })
+                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket: None, replies: Vec::new() })
                 }
             };
             match result {
@@ -152,6 +159,13 @@ async fn publish(
 
 /// Sends an event's outputs; a request that got no reply gets an error reply,
 /// so its caller never waits for a timeout.
+///
+/// A reply is the caller's acknowledgement: it must not promise what a crash
+/// could still undo. So when the event has other outputs (a `client.emit`
+/// among them) or state to commit (`hold`), its replies are returned unsent,
+/// for the completer to send once those outputs are durable and the state
+/// committed. A crash in between loses the reply, never the effects of a
+/// success: the caller times out and asks again.
 async fn send_outputs(
     d: &Dispatcher,
     outputs: Vec<Output>,
@@ -159,12 +173,15 @@ async fn send_outputs(
     request: Option<&Request>,
     digest: &str,
     propagate: &[Header],
-) -> Result<Vec<Receipt>, SinkError> {
+    hold: bool,
+) -> Result<(Vec<Receipt>, Vec<Reply>), SinkError> {
     let stats = &d.stats;
     let mut receipts = Vec::with_capacity(outputs.len());
+    let mut replies = Vec::new();
     let mut answered = false;
     for (index, mut output) in outputs.into_iter().enumerate() {
-        answered |= output.reply;
+        let reply = output.reply;
+        answered |= reply;
         if d.version_header {
             // An input that came from another pipeline carries that one's
             // digest: the output names only the version that made it.
@@ -173,18 +190,34 @@ async fn send_outputs(
         }
         d.tap.output(event_id, &output, digest);
         match d.router.route(output, request, || format!("{event_id}:{index}")) {
+            Some((sink, record)) if reply => replies.push((sink.clone(), record)),
             Some((sink, record)) => receipts.push(sink.send(record).await?),
             None => Stats::add(&stats.replies_dropped, 1),
         }
     }
-    Stats::add(&stats.outputs, receipts.len() as u64);
+    Stats::add(&stats.outputs, (receipts.len() + replies.len()) as u64);
+    if !hold && receipts.is_empty() {
+        // Nothing to wait for: answer now.
+        for (sink, record) in std::mem::take(&mut replies) {
+            receipts.push(sink.send(record).await?);
+        }
+    }
     if let (Some(request), false) = (request, answered) {
         let error = ErrorReply { reason: "no-reply", message: "the handler returned no reply output for this request", event_id };
         let (sink, mut record) = d.router.error_reply(request, &error);
         replace(propagate, &mut record.headers);
         receipts.push(sink.send(record).await?);
     }
-    Ok(receipts)
+    Ok((receipts, replies))
+}
+
+/// Sends the replies held back for an event whose other outputs are now
+/// durable (and state committed), and waits until they are sent.
+async fn send_replies(replies: Vec<Reply>) -> Result<(), SinkError> {
+    for (sink, record) in replies {
+        sink.send(record).await?.wait().await?;
+    }
+    Ok(())
 }
 
 /// Sends a dead-letter record, and the error reply if the event was a request.
@@ -237,9 +270,14 @@ async fn complete(
         };
         let mut acked = 0;
         let mut events = batch.into_iter();
-        while let Some(Pending { ack, settlement, receipts, .. }) = events.next() {
-            for receipt in receipts {
-                if let Err(err) = receipt.wait().await {
+        while let Some(Pending { ack, settlement, receipts, replies, .. }) = events.next() {
+            let mut waits = Vec::with_capacity(receipts.len() + 1);
+            waits.extend(receipts.into_iter().map(|receipt| futures::future::Either::Left(receipt.wait())));
+            if !replies.is_empty() {
+                waits.push(futures::future::Either::Right(send_replies(replies)));
+            }
+            for wait in waits {
+                if let Err(err) = wait.await {
                     failed.cancel();
                     Stats::add(&stats.sink_failures, 1);
                     Stats::add(&stats.acked, acked);

@@ -572,6 +572,41 @@ async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -
     Ok(())
 }
 
+/// A reply promises the caller that the event's other outputs (an emit)
+/// happened: it leaves only once they are durable, so a crash before then
+/// costs the caller a retry, never an acknowledged emit.
+#[tokio::test]
+async fn a_reply_waits_until_the_events_other_outputs_are_durable() -> Result<(), DispatchError> {
+    let replies = MemorySink::new(SinkMode::Ok);
+    let mut h = harness(
+        |_, _| {
+            Ok(Ok(vec![
+                Output { destination: None, key: None, payload: b"emitted".to_vec(), headers: vec![], reply: false },
+                Output { destination: None, key: None, payload: b"answer".to_vec(), headers: vec![], reply: true },
+            ]))
+        },
+        SinkMode::Held,
+    );
+    h.dispatcher.router = Router::new(h.out.clone(), HashMap::new()).with_replies(Some(replies.clone()));
+    let mut e = event("a", "order");
+    e.reply_to = Some("_INBOX.a".into());
+    let log = Settlements::default();
+    let out = h.out.clone();
+    let run = tokio::spawn(h.dispatcher.run(source(vec![(e, 0)], &log, false), CancellationToken::new()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out.payloads().is_empty() {
+        assert!(Instant::now() < deadline, "the other output was never sent");
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(replies.payloads().is_empty(), "replied before the other output was durable");
+    out.release();
+    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    assert_eq!(replies.payloads(), vec!["answer"]);
+    assert_eq!(settlements(&log), vec![("a".into(), Settlement::Done)]);
+    Ok(())
+}
+
 /// A source that counts what it hands out, to see whether intake stopped.
 struct CountingSource {
     inner: Box<dyn Source>,
