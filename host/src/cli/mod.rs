@@ -189,8 +189,17 @@ enum PluginCommand {
         /// entry of `[plugin.http] allow` would (repeatable, e.g.
         /// `--allow-http api.example.com:443`). Without it, a plugin's
         /// requests are denied (it still loads).
-        #[arg(long = "allow-http", value_name = "HOST:PORT")]
+        #[arg(long = "allow-http", value_name = "HOST:PORT", conflicts_with = "http_replies")]
         allow_http: Vec<String>,
+        /// Answer the plugin's HTTP requests (`wasi:http`) from this JSON
+        /// file of rules instead of the network (see docs/plugins/README.md,
+        /// "Testing"): `[{"method": "GET", "url_prefix":
+        /// "https://api.example.com/customers/", "body_json": {"name":
+        /// "Ada"}}, {"url": "https://api.example.com/hooks", "error":
+        /// "timeout"}]`. The first matching rule answers; a request no rule
+        /// matches is denied, and the call printed names it.
+        #[arg(long = "http-replies", value_name = "FILE")]
+        http_replies: Option<PathBuf>,
     },
 }
 
@@ -245,8 +254,8 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
         }
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies, allow_http }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http };
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies };
             test_plugin::test(&plugin, &events, &options)
         }
     };
