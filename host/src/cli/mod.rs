@@ -138,6 +138,13 @@ enum PluginCommand {
         /// the one this binary was built from.
         #[arg(long, value_name = "CHECKOUT")]
         sdk: Option<PathBuf>,
+        /// Start from a plugin that also uses these (comma-separated; rust
+        /// and ts): `state` (a count per key), `http` (a POST to an API),
+        /// `client` (a service request), `metrics` (a counter and a
+        /// histogram). Each is shown once in the handler; `http.json` and
+        /// `replies.json` answer its calls in `plugin test`.
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "FEATURES")]
+        with: Vec<new_plugin::Feature>,
     },
     /// Show a component's world, imports, exports, size and digest.
     Inspect {
@@ -251,8 +258,8 @@ pub fn main() -> ExitCode {
             let filter = sluice::replay::Filter { pipeline, reasons, since, until };
             dlq::replay(&dlq::Options { from, to, filter, dry_run, nats, brokers })
         }
-        Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
-            new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
+        Command::Plugin(PluginCommand::New { name, lang, dir, sdk, with }) => {
+            new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref(), &with)
         }
         Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies }) => {
             let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies };

@@ -91,7 +91,9 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         // destinations are open); HTTP goes to the --allow-http
         // destinations only, or is answered by --http-replies.
         grants: vec![sluice::runtime::Capability::State, sluice::runtime::Capability::Client, sluice::runtime::Capability::Http],
-        metrics: Default::default(),
+        // The pipeline defaults, so a plugin's recordings are kept (an
+        // empty registry would drop them with a warning).
+        metrics: sluice::runtime::PluginMetrics::new(sluice::runtime::MetricsLimits::default()),
         http: Some(http),
         http_stubs,
     };
