@@ -111,7 +111,7 @@ impl Feature {
 }
 
 /// The languages whose templates have the `--with` parts.
-const WITH_LANGS: &[Lang] = &[Lang::Rust, Lang::Ts];
+const WITH_LANGS: &[Lang] = &[Lang::Rust, Lang::Js, Lang::Ts];
 
 /// `text` with the parts of the features in `with` kept and the others
 /// dropped.
@@ -187,7 +187,7 @@ fn default_checkout() -> PathBuf {
 pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>, with: &[Feature]) -> anyhow::Result<ExitCode> {
     if !with.is_empty() && !WITH_LANGS.contains(&lang) {
         bail!(
-            "--with is not available for {} templates yet (it is for rust and ts): docs/plugins/{}.md shows state, HTTP, service calls and metrics in {}",
+            "--with is not available for {} templates yet (it is for rust, js and ts): docs/plugins/{}.md shows state, HTTP, service calls and metrics in {}",
             lang.display(),
             lang.id(),
             lang.display()
