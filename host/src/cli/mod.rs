@@ -199,8 +199,8 @@ enum PluginCommand {
         #[arg(long = "allow-http", value_name = "HOST:PORT", conflicts_with = "http_replies")]
         allow_http: Vec<String>,
         /// Answer the plugin's HTTP requests (`wasi:http`) from this JSON
-        /// file of rules instead of the network (see docs/plugins/README.md,
-        /// "Testing"): `[{"method": "GET", "url_prefix":
+        /// file of rules instead of the network (see docs/plugin-guide.md,
+        /// "Outbound HTTP"): `[{"method": "GET", "url_prefix":
         /// "https://api.example.com/customers/", "body_json": {"name":
         /// "Ada"}}, {"url": "https://api.example.com/hooks", "error":
         /// "timeout"}]`. The first matching rule answers; a request no rule
