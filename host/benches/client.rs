@@ -126,6 +126,7 @@ subject = "bench.echo"
             instance: InstancePolicy::Reuse,
             grants: vec![Capability::Client],
             http: None,
+            http_stubs: None,
             metrics: Default::default(),
         };
         let loaded = LoadedPlugin::load(&runtime, spec).await?;

@@ -78,6 +78,7 @@ fn load(runtime: &Runtime) -> LoadedPlugin {
         grants: Vec::new(),
         metrics: Default::default(),
         http: None,
+        http_stubs: None,
     };
     let loaded = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -47,6 +47,7 @@ fn spec(name: &str, url: &str, port: u16) -> Result<PluginSpec, Box<dyn std::err
         instance: sluice::config::InstancePolicy::Reuse,
         grants: vec![Capability::Http],
         http: Some(http),
+        http_stubs: None,
         metrics: Default::default(),
     })
 }

@@ -126,6 +126,7 @@ fn spec(path: PathBuf) -> PluginSpec {
         grants: Vec::new(),
         metrics: Default::default(),
         http: None,
+        http_stubs: None,
     }
 }
 

@@ -125,6 +125,7 @@ fn load(runtime: &Runtime, name: &str) -> BenchResult<LoadedPlugin> {
         grants: Vec::new(),
         metrics: Default::default(),
         http: None,
+        http_stubs: None,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -134,6 +134,7 @@ fn passthrough(runtime: &Runtime) -> Option<LoadedPlugin> {
         grants: Vec::new(),
         metrics: Default::default(),
         http: None,
+        http_stubs: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().ok()?;
     rt.block_on(LoadedPlugin::load(runtime, spec)).map_err(|e| eprintln!("no wasm rows: {e} (build the plugins with ./dev plugins)")).ok()

@@ -33,8 +33,8 @@
 //! connections and header mapping NATS sources and sinks share, [`kafka`]
 //! the client settings, message mapping and transactions of Kafka's.
 //! [`replay`] reads dead-letter records back into the events they were, for
-//! `sluice dlq replay`. [`telemetry`] exports a span per event to
-//! OpenTelemetry when `[tracing]` asks for it.
+//! `sluice dlq replay`. [`telemetry`] exports a span per event, and one per
+//! outbound call of its plugin, to OpenTelemetry when `[tracing]` asks for it.
 //! [`state`] holds plugin state per pipeline, made durable with its events.
 //! [`client`] opens the services a plugin may call (`sluice:plugin/client`)
 //! and makes its requests.

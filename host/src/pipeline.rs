@@ -51,6 +51,7 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         grants: grants(config),
         metrics: crate::runtime::PluginMetrics::new(config.plugin.metrics),
         http: config.plugin.http.clone(),
+        http_stubs: None,
         memory: config.policy.memory.as_u64(),
         instance: config.plugin.instance,
     })

@@ -152,6 +152,7 @@ fn passthrough() -> Result<&'static LoadedPlugin, String> {
                 grants: Vec::new(),
                 metrics: Default::default(),
                 http: None,
+                http_stubs: None,
             };
             let runtime = Runtime::new(&RuntimeOptions::default()).map_err(|e| e.to_string())?;
             block_on(LoadedPlugin::load(&runtime, spec))?.map_err(|e| format!("{e} (build the plugins: bash scripts/build-plugins.sh)"))

@@ -29,6 +29,7 @@ fn spec(name: &str, wasi: WasiGrants) -> PluginSpec {
         grants: Vec::new(),
         metrics: Default::default(),
         http: None,
+        http_stubs: None,
     }
 }
 

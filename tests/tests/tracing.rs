@@ -5,6 +5,9 @@
 
 #[allow(dead_code)]
 mod common;
+#[path = "common/nats.rs"]
+#[allow(dead_code)]
+mod nats_fixture;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -225,5 +228,125 @@ fn an_unreachable_collector_does_not_stop_the_pipeline() -> Result<()> {
     assert_eq!(scratch.read_jsonl("out.jsonl")?.len(), 50);
     // The exporter gives up on the last spans after its 5 s shutdown limit.
     ensure!(started.elapsed() < Duration::from_secs(30), "shutdown is not held up by the missing collector: {:?}", started.elapsed());
+    Ok(())
+}
+
+/// An HTTP server on 127.0.0.1 that answers every request with the
+/// `traceparent` and `idempotency-key` it got, as JSON.
+fn echo_callee() -> Result<(u16, tokio::runtime::Runtime)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let port = listener.local_addr()?.port();
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        axum::Json(json!({ "traceparent": header("traceparent"), "key": header("idempotency-key") }))
+    });
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    Ok((port, runtime))
+}
+
+/// With an exporter, an outbound HTTP call gets a span of its own
+/// (`http.request`, a child of the event's), and the callee gets that
+/// span, not the event's upstream, as its parent.
+#[test]
+fn an_http_call_has_a_span_and_the_callee_gets_it_as_parent() -> Result<()> {
+    let collector = Collector::start()?;
+    let (port, _callee) = echo_callee()?;
+    let scratch = Scratch::new()?;
+    let url = format!("http://127.0.0.1:{port}/score");
+    let mut config = one_pipeline("enrich", "http_enrich", &format!("url = {}", toml_str(&url)), "");
+    config.push_str(&format!("\n[pipelines.enrich.plugin.http]\nallow = [\"http://127.0.0.1:{port}\"]\n"));
+    config.push_str(&format!("\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\nservice_name = \"enrich\"\n", collector.port));
+    scratch.write("sluice.toml", config)?;
+    let traceparent = format!("00-{TRACE}-{PARENT_SPAN}-01");
+    scratch.write_events("events.jsonl", &[json!({ "id": "order-1", "payload": "{}", "headers": { "traceparent": traceparent } })])?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+
+    let out = scratch.read_jsonl("out.jsonl")?;
+    ensure!(out.len() == 1, "{out:?} / dead letters {:?}", scratch.read_jsonl("dlq.jsonl")?);
+    let echoed: Value = serde_json::from_str(out[0]["payload"].as_str().context("a text payload")?)?;
+
+    let spans = collector.spans("enrich")?;
+    ensure!(spans.len() == 2, "the event's span and the call's: {spans:#?}");
+    let event = spans.iter().find(|s| s.name == "process enrich").context("the event's span")?;
+    let call = spans.iter().find(|s| s.name == "http.request").context("the call's span")?;
+    assert_eq!(hex::encode(&call.trace_id), TRACE, "in the event's trace");
+    assert_eq!(call.parent_span_id, event.span_id, "a child of the event's span");
+    assert_eq!(
+        echoed["traceparent"],
+        json!(format!("00-{TRACE}-{}-01", hex::encode(&call.span_id))),
+        "the callee's parent is the call's span"
+    );
+    assert_eq!(call.kind, 3, "SPAN_KIND_CLIENT");
+    assert_eq!(attribute(call, "http.request.method").as_deref(), Some("POST"));
+    assert_eq!(attribute(call, "server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(attribute(call, "server.port"), Some(port.to_string()));
+    assert_eq!(attribute(call, "url.path").as_deref(), Some("/score"));
+    assert_eq!(attribute(call, "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(attribute(call, "sluice.idempotency_key").as_deref(), Some("order-1:0"));
+    assert_eq!(echoed["key"], json!("order-1:0"));
+    let duration = call.attributes.iter().find(|a| a.key == "sluice.call.duration_ms").and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+        Any::DoubleValue(ms) => Some(*ms),
+        _ => None,
+    });
+    ensure!(duration.is_some_and(|ms| ms > 0.0), "a duration in ms: {duration:?}");
+    ensure!(attribute(call, "error.type").is_none(), "no error on a 200");
+    ensure!(call.start_time_unix_nano >= event.start_time_unix_nano && call.end_time_unix_nano <= event.end_time_unix_nano, "within the event's span");
+    Ok(())
+}
+
+/// The same for a service request (`client.request` over NATS): a
+/// `client.request` span under the event's, whose context the service
+/// gets in the request's `traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_request_has_a_span_and_the_service_gets_it_as_parent() -> Result<()> {
+    use futures::StreamExt;
+    let collector = Collector::start()?;
+    let server = nats_fixture::NatsServer::start()?;
+    let client = server.client().await?;
+    // Answers each request with the traceparent it came with.
+    let mut requests = client.subscribe("inventory.reserve").await?;
+    client.flush().await?;
+    let answering = client.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let traceparent = request.headers.as_ref().and_then(|h| h.get("traceparent")).map(|v| v.to_string()).unwrap_or_default();
+            if let Some(reply) = request.reply {
+                let _ = answering.publish(reply, traceparent.into()).await;
+                let _ = answering.flush().await;
+            }
+        }
+    });
+
+    let scratch = Scratch::new()?;
+    let mut config = one_pipeline("ask", "ask", "request = \"inventory\"", "");
+    config.push_str(&format!(
+        "\n[pipelines.ask.clients.inventory]\ntransport = \"nats\"\nurl = \"{}\"\nsubject = \"inventory.reserve\"\n",
+        server.url()
+    ));
+    config.push_str(&format!("\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\nservice_name = \"ask\"\n", collector.port));
+    scratch.write("sluice.toml", config)?;
+    scratch.write_events("events.jsonl", &[json!({ "id": "order-2", "payload": "sku-1", "headers": { "traceparent": format!("00-{TRACE}-{PARENT_SPAN}-01") } })])?;
+    let dir = scratch.dir().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(sluice_bin());
+        command.args(["run", "sluice.toml"]).current_dir(dir);
+        Running::spawn(command)?.wait(RUN_TIMEOUT)
+    })
+    .await??
+    .ensure_success()?;
+
+    let out = scratch.read_jsonl("out.jsonl")?;
+    ensure!(out.len() == 1, "{out:?} / dead letters {:?}", scratch.read_jsonl("dlq.jsonl")?);
+    let spans = collector.spans("ask")?;
+    let event = spans.iter().find(|s| s.name == "process ask").context("the event's span")?;
+    let call = spans.iter().find(|s| s.name == "client.request").with_context(|| format!("the request's span: {spans:#?}"))?;
+    assert_eq!(call.parent_span_id, event.span_id, "a child of the event's span");
+    assert_eq!(out[0]["payload"], json!(format!("00-{TRACE}-{}-01", hex::encode(&call.span_id))), "the service's parent is the request's span");
+    assert_eq!(attribute(call, "sluice.client.destination").as_deref(), Some("inventory"));
+    assert_eq!(attribute(call, "messaging.system").as_deref(), Some("nats"));
+    assert_eq!(attribute(call, "messaging.destination.name").as_deref(), Some("inventory.reserve"));
+    assert_eq!(attribute(call, "sluice.idempotency_key").as_deref(), Some("order-2:0"));
+    ensure!(attribute(call, "error.type").is_none(), "answered");
     Ok(())
 }

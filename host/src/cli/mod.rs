@@ -177,6 +177,13 @@ enum PluginCommand {
         /// the one this binary was built from.
         #[arg(long, value_name = "CHECKOUT")]
         sdk: Option<PathBuf>,
+        /// Start from a plugin that also uses these (comma-separated; rust,
+        /// js and ts): `state` (a count per key), `http` (a POST to an API),
+        /// `client` (a service request), `metrics` (a counter and a
+        /// histogram). Each is shown once in the handler; `http.json` and
+        /// `replies.json` answer its calls in `plugin test`.
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "FEATURES")]
+        with: Vec<new_plugin::Feature>,
     },
     /// Build a plugin project (made by `plugin new`) in whatever language it
     /// is written in: runs its build.sh and prints the component's path.
@@ -234,8 +241,17 @@ enum PluginCommand {
         /// entry of `[plugin.http] allow` would (repeatable, e.g.
         /// `--allow-http api.example.com:443`). Without it, a plugin's
         /// requests are denied (it still loads).
-        #[arg(long = "allow-http", value_name = "HOST:PORT")]
+        #[arg(long = "allow-http", value_name = "HOST:PORT", conflicts_with = "http_replies")]
         allow_http: Vec<String>,
+        /// Answer the plugin's HTTP requests (`wasi:http`) from this JSON
+        /// file of rules instead of the network (see docs/plugin-guide.md,
+        /// "Outbound HTTP"): `[{"method": "GET", "url_prefix":
+        /// "https://api.example.com/customers/", "body_json": {"name":
+        /// "Ada"}}, {"url": "https://api.example.com/hooks", "error":
+        /// "timeout"}]`. The first matching rule answers; a request no rule
+        /// matches is denied, and the call printed names it.
+        #[arg(long = "http-replies", value_name = "FILE")]
+        http_replies: Option<PathBuf>,
     },
 }
 
@@ -291,11 +307,11 @@ pub fn main() -> ExitCode {
             let filter = sluice::replay::Filter { pipeline, reasons, since, until };
             dlq::replay(&dlq::Options { from, to, filter, dry_run, nats, brokers })
         }
-        Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
-            new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref())
+        Command::Plugin(PluginCommand::New { name, lang, dir, sdk, with }) => {
+            new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref(), &with)
         }
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies, allow_http }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http };
+        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies }) => {
+            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies };
             test_plugin::test(&plugin, &events, &options)
         }
     };

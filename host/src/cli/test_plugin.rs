@@ -11,7 +11,8 @@ use sluice::config::{LineFormat, WasiGrants};
 use sluice::event::Disposition;
 use sluice::client::stub::StubReplies;
 use sluice::client::{ClientScope, Clients};
-use sluice::runtime::{CallLog, CallRecord, EventScope, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
+use sluice::runtime::http::stub::HttpStubs;
+use sluice::runtime::{CallKind, CallLog, CallRecord, EventScope, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::sink::Record;
 use sluice::source::lines::LineSource;
 use sluice::source::{Settlement, Source};
@@ -34,19 +35,26 @@ pub struct Options {
     pub replies: Option<PathBuf>,
     /// `--allow-http` entries: outbound HTTP is granted with these allowed.
     pub allow_http: Vec<String>,
+    /// HTTP responses by rule, instead of the network.
+    pub http_replies: Option<PathBuf>,
 }
 
 /// Runs each event through the plugin once (no retries) and prints one JSON
 /// line per event: its outputs, its error, or the trap. With `expect`, the
 /// lines must equal that file's.
 pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<ExitCode> {
-    let Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http } = options;
+    let Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies } = options;
     let clients = match replies {
         Some(path) => Some(Clients::stubbed(&StubReplies::from_file(path)?)?),
         None => None,
     };
+    let http_stubs = match http_replies {
+        Some(path) => Some(Arc::new(HttpStubs::from_file(path)?)),
+        None => None,
+    };
     // HTTP is always granted (so any plugin loads), to the listed
-    // destinations only, with the pipeline defaults otherwise.
+    // destinations only (or to the stubs), with the pipeline defaults
+    // otherwise.
     let allow = allow_http
         .iter()
         .map(|entry| sluice::config::AllowEntry::try_from(entry.clone()).map_err(anyhow::Error::msg))
@@ -81,10 +89,13 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         instance: sluice::config::InstancePolicy::Reuse,
         // Without --replies, client calls fail as unavailable (no
         // destinations are open); HTTP goes to the --allow-http
-        // destinations only.
+        // destinations only, or is answered by --http-replies.
         grants: vec![sluice::runtime::Capability::State, sluice::runtime::Capability::Client, sluice::runtime::Capability::Http],
-        metrics: Default::default(),
+        // The pipeline defaults, so a plugin's recordings are kept (an
+        // empty registry would drop them with a warning).
+        metrics: sluice::runtime::PluginMetrics::new(sluice::runtime::MetricsLimits::default()),
         http: Some(http),
+        http_stubs,
     };
     let format = match format {
         InputFormat::Json => LineFormat::Json,
@@ -162,9 +173,13 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
 }
 
 /// A call as `plugin test` prints it: what was asked and how it ended,
-/// without its duration (so `--expect` files stay stable).
+/// without its duration (so `--expect` files stay stable). An HTTP call
+/// has its method; a service call's is its transport, left out.
 fn call_json(call: &CallRecord) -> Value {
     let mut line = json!({ "target": call.target, "path": call.path, "idempotency_key": call.idempotency_key });
+    if call.kind == CallKind::Http {
+        line["method"] = json!(call.method);
+    }
     if let Some(status) = call.status {
         line["status"] = json!(status);
     }

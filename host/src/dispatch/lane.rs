@@ -226,7 +226,7 @@ impl Lane {
                     continue;
                 };
                 let calls = CallLog::default();
-                let scope = self.begin_scope(&event, &calls);
+                let scope = self.begin_scope(&event, &calls, &trace);
                 let (mut alone, result, scope) = self.call(vec![event], permit, scope).await?;
                 let Some(event) = alone.pop() else { continue };
                 self.conclude(event, ack, trace, single(result), scope, Some(calls), done).await?;
@@ -323,7 +323,7 @@ impl Lane {
                                             self.hand_back(ack);
                                             return Ok(());
                                         };
-                                        let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls));
+                                        let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls, &trace));
                                         let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
                                         event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
                                         result = single(next);
@@ -406,7 +406,7 @@ impl Lane {
             };
             event.attempt += 1;
             Stats::add(&self.d.stats.retries, 1);
-            let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls));
+            let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls, &trace));
             let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
             event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
             result = single(next);
@@ -456,11 +456,14 @@ impl Lane {
 
     /// A fresh scope for an attempt at `event` (with a fresh state when the
     /// pipeline has state), when calls are per event.
-    fn begin_scope(&self, event: &Event, calls: &CallLog) -> Option<EventScope> {
+    fn begin_scope(&self, event: &Event, calls: &CallLog, trace: &EventTrace) -> Option<EventScope> {
         if !self.per_event() {
             return None;
         }
         let mut scope = EventScope::new(event, calls.clone());
+        // With an exporter, each call gets a span under the event's, and
+        // its callee that span as the parent (not the event's upstream).
+        scope.trace = trace.calls();
         scope.state = self
             .d
             .state

@@ -50,6 +50,9 @@ pub struct EventTrace {
     /// carries it was copied from the input by the plugin, and gets ours.
     incoming: Option<Vec<u8>>,
     span: Option<Span>,
+    /// The exporter's tracer, with `span`: the event's outbound calls get
+    /// spans of their own under it.
+    tracer: Option<SdkTracer>,
 }
 
 /// How an event ended, for its span.
@@ -128,11 +131,19 @@ impl Tracing {
             }
         }
         trace.span = Some(span);
+        trace.tracer = Some(tracer.clone());
         trace
     }
 }
 
 impl EventTrace {
+    /// What the event's outbound calls need for their spans, when the
+    /// event has one.
+    pub fn calls(&self) -> Option<crate::telemetry::CallTracer> {
+        let (tracer, span) = (self.tracer.as_ref()?, self.span.as_ref()?);
+        crate::telemetry::CallTracer::new(tracer.clone(), span.span_context())
+    }
+
     /// Puts the propagated headers on an output that lacks them.
     pub fn stamp(&self, output: &mut Output) {
         if let Some(incoming) = &self.incoming {
@@ -229,7 +240,7 @@ fn parse_traceparent(text: &str) -> Option<SpanContext> {
 }
 
 fn format_traceparent(context: &SpanContext) -> String {
-    format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), context.trace_flags().to_u8())
+    crate::telemetry::format_traceparent(context)
 }
 
 #[cfg(test)]

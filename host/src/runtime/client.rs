@@ -51,7 +51,9 @@ impl client::Host for PluginState {
         let Some(target) = clients.get(&destination) else {
             return Err(CallError::UnknownDestination(destination));
         };
-        let mut headers = with_context(headers, client, scope.traceparent.as_deref());
+        let (span, traceparent) = scope.call_trace(CallKind::Request);
+        let client = scope.client.as_mut().ok_or_else(detached)?;
+        let mut headers = with_context(headers, client, traceparent.as_deref());
         let deadline = client.deadline;
         let key = scope.next_idempotency_key();
         headers.retain(|h| !h.key.eq_ignore_ascii_case(IDEMPOTENCY_HEADER));
@@ -66,7 +68,7 @@ impl client::Host for PluginState {
         };
         let took = started.elapsed();
         clients.metrics.record(&destination, outcome(&result), Some(took));
-        scope.calls.push(CallRecord {
+        let record = CallRecord {
             kind: CallKind::Request,
             attempt: scope.attempt,
             method: match target.config.transport {
@@ -79,7 +81,11 @@ impl client::Host for PluginState {
             error: result.as_ref().err().map(describe),
             duration: took,
             idempotency_key: key,
-        });
+        };
+        if let Some(span) = span {
+            span.end(&record);
+        }
+        scope.calls.push(record);
         result
     }
 

@@ -22,8 +22,12 @@ pub struct EventScope {
     pub event_id: String,
     /// The attempt this scope belongs to (1 for the first).
     pub attempt: u32,
-    /// W3C trace context to hand on to whatever the plugin calls.
+    /// W3C trace context to hand on to whatever the plugin calls, when
+    /// there is no span per call (no exporter): the event's own.
     pub traceparent: Option<String>,
+    /// With an exporter (`[tracing]`): starts a span per outbound call,
+    /// under the event's, whose context the callee gets instead.
+    pub trace: Option<crate::telemetry::CallTracer>,
     /// The event's state, when the pipeline has state.
     pub state: Option<Box<dyn StateAccess>>,
     /// Outbound calls made so far (HTTP requests, service requests). Shared
@@ -51,6 +55,7 @@ impl EventScope {
             event_id: event.id.clone(),
             attempt: event.attempt,
             traceparent,
+            trace: None,
             state: None,
             calls,
             emits: Vec::new(),
@@ -67,6 +72,19 @@ impl EventScope {
         let key = format!("{}:{}", self.event_id, self.next_call);
         self.next_call += 1;
         key
+    }
+
+    /// A span for the next outbound call (with an exporter) and the
+    /// `traceparent` its callee gets: the span's, or the event's own.
+    pub fn call_trace(&self, kind: CallKind) -> (Option<crate::telemetry::CallSpan>, Option<String>) {
+        match &self.trace {
+            Some(tracer) => {
+                let span = tracer.start(kind);
+                let traceparent = span.traceparent().or_else(|| self.traceparent.clone());
+                (Some(span), traceparent)
+            }
+            None => (None, self.traceparent.clone()),
+        }
     }
 
     /// Outbound calls made while handling this event so far.

@@ -48,6 +48,9 @@ pub struct PluginSpec {
     pub metrics: super::metrics::PluginMetrics,
     /// Outbound HTTP (`[plugin.http]`), when granted.
     pub http: Option<crate::config::HttpConfig>,
+    /// Answer the plugin's HTTP requests from these rules instead of the
+    /// network (`sluice plugin test --http-replies`); `None` in pipelines.
+    pub http_stubs: Option<Arc<super::http::stub::HttpStubs>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -295,7 +298,10 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPl
     }
     let name = plugin_name(&path);
     let manifest = manifest::find(&component, pre.target());
-    let http = spec.http.clone().map(|config| Arc::new(super::http::Outbound::new(&spec.pipeline, config, spec.timeout)));
+    let http = spec
+        .http
+        .clone()
+        .map(|config| Arc::new(super::http::Outbound::new(&spec.pipeline, config, spec.timeout).stubbed(spec.http_stubs.clone())));
     Ok(LoadedPlugin {
         inner: Arc::new(Inner {
             spec,

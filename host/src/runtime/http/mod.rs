@@ -9,6 +9,8 @@
 //!   hands the request to wasmtime's implementation, which calls [`send`]'s
 //!   hook to put it on the wire.
 //! - [`metrics`]: per destination requests, errors and durations.
+//! - [`stub`]: answers from a file instead of the network, for `sluice
+//!   plugin test --http-replies`.
 //!
 //! Everything a guest can get wrong is an ordinary `error-code` for it
 //! (denied, timed out, too large, transport failure), never a trap: the
@@ -17,6 +19,7 @@
 mod body;
 pub mod metrics;
 mod send;
+pub mod stub;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +49,9 @@ pub struct Outbound {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) metrics: Arc<metrics::HttpMetrics>,
     pub(crate) pipeline: String,
+    /// Answers from a file instead of the network (`sluice plugin test
+    /// --http-replies`): the allow list and the limits do not apply.
+    pub(crate) stubs: Option<Arc<stub::HttpStubs>>,
 }
 
 impl Outbound {
@@ -58,7 +64,13 @@ impl Outbound {
             metrics: metrics::for_pipeline(pipeline),
             pipeline: pipeline.to_owned(),
             config,
+            stubs: None,
         }
+    }
+
+    /// This grant with every request answered by `stubs`.
+    pub fn stubbed(self, stubs: Option<Arc<stub::HttpStubs>>) -> Self {
+        Self { stubs, ..self }
     }
 }
 
@@ -85,6 +97,8 @@ pub(crate) struct CallContext {
     pub attempt: u32,
     pub calls: Option<CallLog>,
     pub event: Option<String>,
+    /// The call's span, with an exporter; `traceparent` names it.
+    pub span: Option<crate::telemetry::CallSpan>,
 }
 
 /// The version of `wasi:http` the host implements (wasmtime 48); guests
@@ -117,14 +131,18 @@ fn handle(
     // Outside an event (`init`) there is no event to derive a key from:
     // the request goes without one and is in no call log.
     let context = match state.scope.as_mut() {
-        Some(scope) => CallContext {
-            idempotency_key: Some(scope.next_idempotency_key()),
-            traceparent: scope.traceparent.clone(),
-            attempt: scope.attempt,
-            calls: Some(scope.calls.clone()),
-            event: Some(scope.event_id.clone()),
-        },
-        None => CallContext { idempotency_key: None, traceparent: None, attempt: 0, calls: None, event: None },
+        Some(scope) => {
+            let (span, traceparent) = scope.call_trace(super::effects::CallKind::Http);
+            CallContext {
+                idempotency_key: Some(scope.next_idempotency_key()),
+                traceparent,
+                attempt: scope.attempt,
+                calls: Some(scope.calls.clone()),
+                event: Some(scope.event_id.clone()),
+                span,
+            }
+        }
+        None => CallContext { idempotency_key: None, traceparent: None, attempt: 0, calls: None, event: None, span: None },
     };
     state.http.hooks.next = Some(context);
     let mut view = state.http();

@@ -49,23 +49,25 @@ impl WasiHttpHooks for Hooks {
             attempt: 0,
             calls: None,
             event: None,
+            span: None,
         });
         Box::new(send(self.outbound.clone(), request, options, context))
     }
 }
 
-async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBody>, options: Option<RequestOptions>, context: CallContext) -> Sent {
+async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBody>, options: Option<RequestOptions>, mut context: CallContext) -> Sent {
     let started = Instant::now();
     let scheme = if request.uri().scheme() == Some(&Scheme::HTTP) { HttpScheme::Http } else { HttpScheme::Https };
     let authority = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
     let destination = Destination::parse(scheme, &authority);
     let target = destination.as_ref().map_or_else(|| authority.clone(), Destination::target);
     let key = stamp(request.headers_mut(), &context);
+    let attempt = context.attempt;
     let mut record = Recorder::new(
-        &context,
+        &mut context,
         CallRecord {
             kind: CallKind::Http,
-            attempt: context.attempt,
+            attempt,
             method: request.method().to_string(),
             target: target.clone(),
             path: request.uri().path().to_owned(),
@@ -76,6 +78,9 @@ async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBo
         },
         started,
     );
+    if let Some(stubs) = outbound.as_ref().and_then(|o| o.stubs.clone()) {
+        return stubbed(&stubs, request, record).await;
+    }
     let allowed = match (&outbound, &destination) {
         (Some(outbound), Some(destination)) => outbound.config.allows(destination),
         _ => false,
@@ -140,6 +145,42 @@ async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBo
     }
 }
 
+/// The answer of `stubs` to `request`, recorded like a real call. The
+/// request body is read whole first (a rule's `when` looks into it).
+async fn stubbed(stubs: &super::stub::HttpStubs, request: http::Request<WasiBody>, mut record: Recorder) -> Sent {
+    use super::stub::{Answer, StubError};
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    match stubs.answer(parts.method.as_str(), &parts.uri, &body) {
+        Answer::Response { status, headers, body } => {
+            let mut response = http::Response::builder().status(status);
+            for (name, value) in &headers {
+                response = response.header(name, value);
+            }
+            let body = http_body_util::Full::new(bytes::Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
+            let response = response.body(body).map_err(|e| Error::InternalError(Some(format!("stubbed response from {}: {e}", stubs.path))))?;
+            record.finish(Some(status), None);
+            Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+        }
+        Answer::Error(error) => {
+            let (message, error) = match error {
+                StubError::Timeout => ("timed out (stubbed)", Error::HttpResponseTimeout),
+                StubError::Refused => ("connection refused (stubbed)", Error::ConnectionRefused),
+                StubError::Reset => ("connection reset (stubbed)", Error::ConnectionTerminated),
+                StubError::Dns => ("DNS error (stubbed)", Error::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None }),
+                StubError::Denied => ("denied (stubbed)", Error::HttpRequestDenied),
+            };
+            record.finish(None, Some(message.into()));
+            Err(error)
+        }
+        Answer::Unmatched(message) => {
+            tracing::warn!("plugin HTTP request denied: {message}");
+            record.finish(None, Some(format!("denied: {message}")));
+            Err(Error::HttpRequestDenied)
+        }
+    }
+}
+
 /// Adds `Idempotency-Key` and `traceparent` unless the plugin set its own;
 /// returns the key the request carries.
 fn stamp(headers: &mut http::HeaderMap, context: &CallContext) -> Option<String> {
@@ -154,24 +195,30 @@ fn stamp(headers: &mut http::HeaderMap, context: &CallContext) -> Option<String>
     headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-/// Puts the call in the event's call log once, when its fate is known, or
-/// when it is dropped unfinished (the handler's deadline cancelled it).
+/// Puts the call in the event's call log (and ends its span) once, when
+/// its fate is known, or when it is dropped unfinished (the handler's
+/// deadline cancelled it).
 struct Recorder {
     calls: Option<crate::runtime::effects::CallLog>,
     record: Option<CallRecord>,
+    span: Option<crate::telemetry::CallSpan>,
     started: Instant,
 }
 
 impl Recorder {
-    fn new(context: &CallContext, record: CallRecord, started: Instant) -> Self {
-        Self { calls: context.calls.clone(), record: Some(record), started }
+    fn new(context: &mut CallContext, record: CallRecord, started: Instant) -> Self {
+        Self { calls: context.calls.clone(), record: Some(record), span: context.span.take(), started }
     }
 
     fn finish(&mut self, status: Option<u16>, error: Option<String>) {
-        if let (Some(calls), Some(mut record)) = (&self.calls, self.record.take()) {
-            record.status = status;
-            record.error = error;
-            record.duration = self.started.elapsed();
+        let Some(mut record) = self.record.take() else { return };
+        record.status = status;
+        record.error = error;
+        record.duration = self.started.elapsed();
+        if let Some(span) = self.span.take() {
+            span.end(&record);
+        }
+        if let Some(calls) = &self.calls {
             calls.push(record);
         }
     }
@@ -196,6 +243,7 @@ mod tests {
             attempt: 1,
             calls: None,
             event: None,
+            span: None,
         }
     }
 
