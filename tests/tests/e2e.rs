@@ -643,7 +643,7 @@ plugin = {{ path = {uppercase} }}
 fn plugin_test_prints_one_result_line_per_event() -> Result<()> {
     let scratch = Scratch::new()?;
     let mut lines: Vec<String> = [
-        "ok:a", "retry:1", "reject:bad", "trap", "loop", "oom", "fanout:2", "reply:r",
+        "ok:a", "retry:1", "reject:bad", "trap", "loop", "oom", "fanout:2", "reply:r", "fanout:1001",
     ]
     .iter()
     .map(|p| event(p).to_string())
@@ -657,7 +657,7 @@ fn plugin_test_prints_one_result_line_per_event() -> Result<()> {
     finished.ensure_success()?;
 
     let results = parse_jsonl(&finished.stdout)?;
-    ensure!(results.len() == 10, "one line per event:\n{}", finished.stdout);
+    ensure!(results.len() == 11, "one line per event:\n{}", finished.stdout);
     let id = |n: usize| format!("events.jsonl:{n}");
     assert_eq!(results[0], json!({ "event": id(1), "outputs": [{ "payload": "a" }] }));
     assert_eq!(
@@ -672,16 +672,22 @@ fn plugin_test_prints_one_result_line_per_event() -> Result<()> {
     assert_eq!(results[5], json!({ "event": id(6), "trap": format!("plugin exceeded its memory cap of {} bytes", 16u64 << 20) }));
     assert_eq!(results[6], json!({ "event": id(7), "outputs": [{ "payload": "0" }, { "payload": "1" }] }));
     assert_eq!(results[7], json!({ "event": id(8), "outputs": [{ "payload": "r", "reply": true }] }));
+    // Over a pipeline's default policy.max_outputs (1,000): rejected, as a
+    // pipeline would.
     assert_eq!(
         results[8],
-        json!({ "event": id(9), "outputs": [{ "key": "k", "payload": "keep", "headers": { "h": "v" } }] })
+        json!({ "event": id(9), "error": { "disposition": "reject", "message": "the plugin returned 1001 outputs for one event, over policy.max_outputs (1000)" } })
     );
-    assert_eq!(results[9]["event"], id(10));
-    let undecodable = results[9]["undecodable"].as_str().unwrap_or_default();
-    assert!(undecodable.starts_with("line 10: not a valid event"), "{}", results[9]);
+    assert_eq!(
+        results[9],
+        json!({ "event": id(10), "outputs": [{ "key": "k", "payload": "keep", "headers": { "h": "v" } }] })
+    );
+    assert_eq!(results[10]["event"], id(11));
+    let undecodable = results[10]["undecodable"].as_str().unwrap_or_default();
+    assert!(undecodable.starts_with("line 11: not a valid event"), "{}", results[10]);
 
     assert!(finished.stderr.contains("chaos: trap requested"), "the guest's stderr is shown:\n{}", finished.stderr);
-    assert!(finished.stderr.contains("6 event(s) failed"), "{}", finished.stderr);
+    assert!(finished.stderr.contains("7 event(s) failed"), "{}", finished.stderr);
 
     // A plugin that refuses its config fails the command.
     let refused = scratch.run(&["plugin", "test", &chaos.to_string_lossy(), "--events", "events.jsonl", "--config", "init_error=nope"])?;

@@ -101,6 +101,12 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         InputFormat::Json => LineFormat::Json,
         InputFormat::Lines => LineFormat::Lines,
     };
+    // A pipeline's default caps on one event's outputs: a plugin passes
+    // here only if a pipeline would take what it returns.
+    let policy = sluice::config::PolicyConfig::default();
+    let caps = |outputs: &[sluice::event::Output]| {
+        sluice::dispatch::limits::check_outputs(outputs, policy.max_outputs, policy.max_output_bytes.as_u64())
+    };
     let rt = super::tokio_runtime()?;
     rt.block_on(async {
         let loaded = LoadedPlugin::load(&runtime, spec).await?;
@@ -127,14 +133,20 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
                 let attempt = scope.and_then(|scope| scope.state).and_then(|s| s.into_any().downcast::<EventState>().ok());
                 match handled {
                     Ok(mut results) => match results.pop() {
-                        Some(Ok(returned)) => {
-                            let outputs = emitted.into_iter().chain(returned);
-                            if let Some(attempt) = attempt {
-                                let ticket = store.conclude(*attempt).map_err(|e| anyhow::anyhow!("{e}"))?;
-                                store.ready(ticket).await?;
+                        Some(Ok(returned)) => match caps(&returned) {
+                            Err(message) => {
+                                failures += 1;
+                                json!({ "event": event.id, "error": { "disposition": "reject", "message": message } })
                             }
-                            json!({ "event": event.id, "outputs": outputs.into_iter().map(output_json).collect::<Vec<_>>() })
-                        }
+                            Ok(()) => {
+                                let outputs = emitted.into_iter().chain(returned);
+                                if let Some(attempt) = attempt {
+                                    let ticket = store.conclude(*attempt).map_err(|e| anyhow::anyhow!("{e}"))?;
+                                    store.ready(ticket).await?;
+                                }
+                                json!({ "event": event.id, "outputs": outputs.into_iter().map(output_json).collect::<Vec<_>>() })
+                            }
+                        },
                         Some(Err(err)) => {
                             failures += 1;
                             let disposition = match err.disposition {

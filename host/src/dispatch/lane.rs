@@ -537,20 +537,9 @@ impl Lane {
             .map_err(|_| DispatchError::Lane(format!("lane {} publisher stopped", self.id)))
     }
 
-    /// Whether an event's outputs stay within the policy's caps; a guest
-    /// that returns more is buggy or hostile, and its event is rejected.
+    /// Whether an event's outputs stay within the policy's caps.
     fn within_caps(&self, outputs: &[Output]) -> Result<(), String> {
-        if outputs.len() > self.d.max_outputs {
-            return Err(format!("the plugin returned {} outputs for one event, over policy.max_outputs ({})", outputs.len(), self.d.max_outputs));
-        }
-        let bytes: u64 = outputs
-            .iter()
-            .map(|o| (o.payload.len() + o.key.as_ref().map_or(0, Vec::len) + o.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()) as u64)
-            .sum();
-        if bytes > self.d.max_output_bytes {
-            return Err(format!("the plugin returned {bytes} bytes of outputs for one event, over policy.max_output_bytes ({} bytes)", self.d.max_output_bytes));
-        }
-        Ok(())
+        super::limits::check_outputs(outputs, self.d.max_outputs, self.d.max_output_bytes)
     }
 
     /// The plugin version for log lines: the first 12 hex digits of its sha256.

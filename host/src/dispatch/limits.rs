@@ -54,6 +54,25 @@ pub fn check_headers(event: &Event, limits: &HeaderLimits) -> Result<(), String>
     Ok(())
 }
 
+/// Whether an event's outputs stay within `policy.max_outputs` and
+/// `policy.max_output_bytes` (payloads, keys and headers); a guest that
+/// returns more is buggy or hostile, and its event is rejected. `sluice
+/// plugin test` applies the same rule, so a plugin passes it only if a
+/// pipeline would take its outputs.
+pub fn check_outputs(outputs: &[crate::event::Output], max_outputs: usize, max_bytes: u64) -> Result<(), String> {
+    if outputs.len() > max_outputs {
+        return Err(format!("the plugin returned {} outputs for one event, over policy.max_outputs ({max_outputs})", outputs.len()));
+    }
+    let bytes: u64 = outputs
+        .iter()
+        .map(|o| (o.payload.len() + o.key.as_ref().map_or(0, Vec::len) + o.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()) as u64)
+        .sum();
+    if bytes > max_bytes {
+        return Err(format!("the plugin returned {bytes} bytes of outputs for one event, over policy.max_output_bytes ({max_bytes} bytes)"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,12 +132,12 @@ impl LoadedPlugin {
         let started = Instant::now();
         let path = spec.path.clone();
         let compiling = runtime.clone();
-        let compiled = tokio::task::spawn_blocking(move || compile(&compiling, spec, &bytes))
-            .await
-            .map_err(|e| LoadError::Start {
-                path: path.clone(),
-                detail: format!("the compiler thread stopped: {e}"),
-            })??;
+        let size = bytes.len();
+        let task = tokio::task::spawn_blocking(move || compile(&compiling, spec, &bytes));
+        let compiled = announce_slow_compile(task, &path, size).await.map_err(|e| LoadError::Start {
+            path: path.clone(),
+            detail: format!("the compiler thread stopped: {e}"),
+        })??;
         let mut plugin = compiled;
         if let Some(accepts) = plugin.start(true).await?.1 {
             let _ = plugin.inner.accepts.set(accepts);
@@ -319,6 +319,29 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPl
             http,
         }),
     })
+}
+
+/// Waits for a compile, saying what is compiled when it takes more than a
+/// second and every few seconds after: a JavaScript or Python component
+/// (10–20 MB) takes seconds to minutes on a slow machine, and a silent
+/// `run`, `check` or `plugin test` looks hung.
+async fn announce_slow_compile<T>(mut task: tokio::task::JoinHandle<T>, path: &Path, size: usize) -> Result<T, tokio::task::JoinError> {
+    let started = Instant::now();
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            done = &mut task => {
+                if started.elapsed() >= std::time::Duration::from_secs(1) {
+                    tracing::info!(plugin = %path.display(), "compiled in {:.1}s (cached for the next start)", started.elapsed().as_secs_f64());
+                }
+                return done;
+            }
+            _ = tokio::time::sleep(wait) => {
+                tracing::info!(plugin = %path.display(), "compiling {:.1} MiB of WebAssembly… ({}s)", size as f64 / (1 << 20) as f64, started.elapsed().as_secs());
+                wait = std::time::Duration::from_secs(5);
+            }
+        }
+    }
 }
 
 fn plugin_name(path: &Path) -> String {
