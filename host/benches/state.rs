@@ -1,7 +1,7 @@
-//! What plugin state costs per event, before it is wired into the runtime:
-//! `begin` + 1 `get` + 1 `set` + `conclude` + `ready` for a batch of 256
-//! events (64 keys, 100 B values), all tickets readied together so group
-//! commit works as it will in a lane.
+//! What plugin state costs per event, as a lane and its completer use it:
+//! the batch's applied check + per event `is_uncommitted` + `begin` + 1
+//! `get` + 1 `set` + `conclude`, then `ready_all` for the batch of 256
+//! events (64 keys, 100 B values): one group commit per batch.
 //!
 //! - `state/memory`, `state/embedded` (redb, fsync per commit, a temp file),
 //!   `state/embedded-deferred` (redb, fsync every 200 ms: the default with
@@ -41,14 +41,24 @@ const BATCH: usize = 256;
 const KEYS: usize = 64;
 const PIPELINE_EVENTS: usize = 10_240;
 
-/// One batch through the state path: every event reads and writes its key,
-/// concludes, and all are readied together.
+/// One batch through the state path as a lane and its completer take it:
+/// the batch's applied markers looked up at once (redeliveries), then every
+/// event reads and writes its key and concludes, and all are readied
+/// together.
 async fn state_batch(store: &Arc<Store>, round: usize, value: &[u8]) {
+    // Shaped like a Kafka event id (`topic/partition/offset`): the
+    // changelog places a write by its writer's partition.
+    let ids: Vec<String> = (0..BATCH).map(|i| format!("bench/0/{}", round * BATCH + i)).collect();
+    let refs: Vec<&str> = if store.keeps_markers() { ids.iter().map(String::as_str).collect() } else { Vec::new() };
+    match store.applied_among(&refs).await {
+        Ok(applied) if applied.iter().any(|a| *a) => eprintln!("unexpected applied marker"),
+        Ok(_) => {}
+        Err(e) => eprintln!("applied check failed: {e}"),
+    }
     let mut tickets = Vec::with_capacity(BATCH);
-    for i in 0..BATCH {
-        // Shaped like a Kafka event id (`topic/partition/offset`): the
-        // changelog places a write by its writer's partition.
-        let mut state = store.begin(format!("bench/0/{}", round * BATCH + i));
+    for (i, id) in ids.into_iter().enumerate() {
+        let _ = store.is_uncommitted(&id);
+        let mut state = store.begin(id);
         let key = format!("key-{}", i % KEYS);
         let _ = std::hint::black_box(state.get(&key).await);
         let _ = state.set(&key, value.to_vec());
@@ -57,10 +67,8 @@ async fn state_batch(store: &Arc<Store>, round: usize, value: &[u8]) {
             Err(conflict) => eprintln!("unexpected conflict: {conflict}"),
         }
     }
-    for result in futures::future::join_all(tickets.into_iter().map(|t| store.ready(t))).await {
-        if let Err(e) = result {
-            eprintln!("commit failed: {e}");
-        }
+    if let Err(e) = store.ready_all(tickets).await {
+        eprintln!("commit failed: {e}");
     }
 }
 

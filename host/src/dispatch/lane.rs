@@ -139,7 +139,11 @@ impl Lane {
         // so conclusions, and acks, keep the source's order.
         let mut run = Run::default();
         let codec = self.d.router.codec();
-        for delivery in batch {
+        let applied = match &self.d.state {
+            Some(store) => super::state::applied(store, &batch).await?,
+            None => Vec::new(),
+        };
+        for (index, delivery) in batch.into_iter().enumerate() {
             let Delivery { mut event, defect, ack, .. } = delivery;
             // The pipeline's wire codec unwraps the payload the plugin sees.
             let defect = match (defect, codec) {
@@ -186,7 +190,8 @@ impl Lane {
                 },
             };
             if let Some(store) = &self.d.state {
-                if let Some(known) = super::state::redelivery(store, &event.id).await? {
+                let applied = applied.get(index).copied().unwrap_or(false);
+                if let Some(known) = super::state::redelivery(store, &event.id, applied) {
                     self.call_run(&mut run, done).await?;
                     match known {
                         _ if self.abandoning => self.hand_back(ack),

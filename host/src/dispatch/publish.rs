@@ -326,8 +326,7 @@ async fn commit_state(
         tickets.extend(pending.ticket.take());
         ready.push(pending);
     }
-    let committed = futures::future::join_all(tickets.into_iter().map(|ticket| store.ready(ticket))).await;
-    if let Some(Err(err)) = committed.into_iter().find(Result::is_err) {
+    if let Err(err) = store.ready_all(tickets).await {
         failed.cancel();
         hand_back_queue(stats, total, rx);
         return Err(DispatchError::State(err));

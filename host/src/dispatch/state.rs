@@ -11,14 +11,18 @@
 //! - the completer acks the event once its outputs are durable **and** its
 //!   ticket is committed;
 //! - before running an event, a redelivery of one already committed is
-//!   acknowledged without running it again (its applied marker), and one
-//!   whose commit is still pending is handed back for later.
+//!   acknowledged without running it again (its applied marker, looked up
+//!   once per lane batch), and one whose commit is still pending is handed
+//!   back for later;
+//! - the completer readies a batch's tickets together
+//!   ([`Store::ready_all`]): one group commit and one wake-up per batch.
 
 use std::any::Any;
 use std::sync::Arc;
 
 use crate::runtime::bindings::current::state::{Page, StateError as WitError};
 use crate::runtime::state::StateAccess;
+use crate::source::Delivery;
 use crate::state::{EventState, StateError, Store};
 
 /// A delivery of an event the state already knows.
@@ -30,15 +34,33 @@ pub(super) enum Redelivery {
     Pending,
 }
 
-/// Whether `event_id` is a redelivery of an event the state knows.
-pub(super) async fn redelivery(store: &Arc<Store>, event_id: &str) -> Result<Option<Redelivery>, StateError> {
+/// Which events of a lane's batch are already committed (their applied
+/// markers), asked of the backend once for the whole batch.
+pub(super) fn applied<'a>(
+    store: &'a Arc<Store>,
+    batch: &[Delivery],
+) -> impl std::future::Future<Output = Result<Vec<bool>, StateError>> + Send + 'a {
+    // The ids are copied out first: a delivery's ack is not `Sync`, so the
+    // future must not hold a borrow of the batch across its await.
+    let ids: Vec<String> = match store.keeps_markers() {
+        true => batch.iter().map(|d| d.event.id.clone()).collect(),
+        false => Vec::new(),
+    };
+    async move {
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        store.applied_among(&refs).await
+    }
+}
+
+/// Whether `event_id` is a redelivery of an event the state knows;
+/// `applied` is its answer from [`applied`]. Whether it waits for a commit
+/// is asked now, not with the batch: an earlier copy in the same batch may
+/// have concluded meanwhile.
+pub(super) fn redelivery(store: &Arc<Store>, event_id: &str, applied: bool) -> Option<Redelivery> {
     if store.is_uncommitted(event_id) {
-        return Ok(Some(Redelivery::Pending));
+        return Some(Redelivery::Pending);
     }
-    if store.was_applied(event_id).await? {
-        return Ok(Some(Redelivery::Applied));
-    }
-    Ok(None)
+    applied.then_some(Redelivery::Applied)
 }
 
 /// The state a call gave back, as the store's type.
@@ -63,13 +85,13 @@ fn to_wit(err: StateError) -> WitError {
 #[async_trait::async_trait]
 impl StateAccess for EventState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, WitError> {
-        EventState::get(self, &key).await.map_err(to_wit)
+        EventState::get(self, key).await.map_err(to_wit)
     }
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), WitError> {
-        EventState::set(self, &key, value).map_err(to_wit)
+        EventState::set(self, key, value).map_err(to_wit)
     }
     async fn delete(&mut self, key: String) -> Result<(), WitError> {
-        EventState::delete(self, &key).map_err(to_wit)
+        EventState::delete(self, key).map_err(to_wit)
     }
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, WitError> {
         EventState::increment(self, &key, delta).await.map_err(to_wit)

@@ -74,6 +74,23 @@ pub trait Backend: Send + Sync + 'static {
     /// pruned yet).
     async fn was_applied(&self, event_id: &str) -> Result<bool, StateError>;
 
+    /// Whether this backend keeps applied markers at all. One that does not
+    /// (the Kafka changelog: nothing committed is ever redelivered) answers
+    /// `false` to every `was_applied`, and callers skip the lookup.
+    fn keeps_markers(&self) -> bool {
+        true
+    }
+
+    /// [`Backend::was_applied`] for each of a batch of ids (a lane's batch):
+    /// one round trip for all where the backend can, instead of one each.
+    async fn applied_among(&self, event_ids: &[&str]) -> Result<Vec<bool>, StateError> {
+        let mut applied = Vec::with_capacity(event_ids.len());
+        for id in event_ids {
+            applied.push(self.was_applied(id).await?);
+        }
+        Ok(applied)
+    }
+
     /// The last position committed for a source.
     async fn position(&self, source: &str) -> Result<Option<u64>, StateError>;
 

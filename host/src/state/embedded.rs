@@ -19,14 +19,23 @@
 //! position lives in the same transaction (a file source), never when the
 //! acknowledgement leaves the host (a broker), which the config enforces.
 //! redb calls block (file I/O, fsync), so each runs on tokio's blocking pool.
+//!
+//! Reads of keys written since the backend opened are answered from a
+//! bounded cache filled **only by commits** (write-through, after the
+//! transaction commits): a read never waits for a blocking thread for a hot
+//! key, and since commits are the only writers of this pipeline's table
+//! (one store, one committer; redb allows one process), the cache never
+//! holds a value older than the table's.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use lru::LruCache;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::backend::{Backend, CommitBatch};
@@ -43,6 +52,11 @@ pub const DEFAULT_PRUNE_MAX: usize = 10_000;
 
 const POSITIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("positions");
 
+/// Most bytes (keys plus values) the read cache of one pipeline holds: the
+/// hot keys of a stream fit many times over; colder ones are read from the
+/// file.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// How one pipeline's markers are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbeddedOptions {
@@ -57,6 +71,8 @@ pub struct EmbeddedOptions {
     /// fsynced before it returns). Only for a source whose position is
     /// committed with the state.
     pub sync_interval: Duration,
+    /// Most bytes of keys and values kept in the read cache (zero: none).
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -66,6 +82,7 @@ impl Default for EmbeddedOptions {
             prune_every: DEFAULT_PRUNE_EVERY,
             prune_max: DEFAULT_PRUNE_MAX,
             sync_interval: Duration::ZERO,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -114,6 +131,7 @@ impl EmbeddedDb {
                 applied: format!("applied:{pipeline}"),
                 applied_at: format!("applied_at:{pipeline}"),
             }),
+            cache: Mutex::new(Cache::new(options.cache_bytes)),
             options: EmbeddedOptions { prune_every: options.prune_every.max(1), ..options },
             commits: AtomicU64::new(0),
         }
@@ -149,8 +167,52 @@ pub struct EmbeddedBackend {
     tables: Arc<Tables>,
     options: EmbeddedOptions,
     commits: AtomicU64,
+    cache: Mutex<Cache>,
 }
 
+/// Committed values of recently written keys (`None`: deleted), least
+/// recently used out first once over its byte budget.
+#[derive(Debug)]
+struct Cache {
+    entries: LruCache<String, Option<Bytes>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Cache {
+    fn new(budget: usize) -> Self {
+        Self { entries: LruCache::unbounded(), bytes: 0, budget }
+    }
+
+    fn cost(key: &str, value: &Option<Bytes>) -> usize {
+        key.len() + value.as_ref().map_or(0, Bytes::len)
+    }
+
+    fn get(&mut self, key: &str) -> Option<Option<Bytes>> {
+        self.entries.get(key).cloned()
+    }
+
+    fn put(&mut self, key: &str, value: &Option<Bytes>) {
+        if self.budget == 0 {
+            return;
+        }
+        let cost = Self::cost(key, value);
+        match self.entries.get_mut(key) {
+            Some(cached) => {
+                self.bytes = self.bytes - Self::cost(key, cached) + cost;
+                *cached = value.clone();
+            }
+            None => {
+                self.bytes += cost;
+                self.entries.put(key.to_owned(), value.clone());
+            }
+        }
+        while self.bytes > self.budget {
+            let Some((key, value)) = self.entries.pop_lru() else { break };
+            self.bytes -= Self::cost(&key, &value);
+        }
+    }
+}
 impl EmbeddedBackend {
     /// Runs a blocking redb operation on the blocking pool, with errors
     /// naming the database file.
@@ -169,6 +231,9 @@ impl EmbeddedBackend {
 #[async_trait]
 impl Backend for EmbeddedBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(cached) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(key) {
+            return Ok(cached.map(|v| v.to_vec()));
+        }
         let key = key.to_owned();
         self.run(move |db, tables| {
             let txn = db.begin_read()?;
@@ -220,7 +285,7 @@ impl Backend for EmbeddedBackend {
         let prune_max = self.options.prune_max;
         let durability = if self.options.sync_interval.is_zero() { Durability::Immediate } else { Durability::None };
         let unsynced = Arc::clone(&self.unsynced);
-        self.run(move |db, tables| {
+        let committed = self.run(move |db, tables| {
             let now = now_ms();
             let mut txn = db.begin_write()?;
             txn.set_durability(durability)?;
@@ -263,9 +328,16 @@ impl Backend for EmbeddedBackend {
             if matches!(durability, Durability::None) {
                 unsynced.store(true, Ordering::Release);
             }
-            Ok(())
+            Ok(batch.writes)
         })
-        .await
+        .await?;
+        // Before returning: the store drops a key's pending entry only after
+        // its commit returned, so a read then finds it here or in the file.
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in &committed {
+            cache.put(key, value);
+        }
+        Ok(())
     }
 
     async fn flush(&self) -> Result<(), StateError> {
@@ -286,6 +358,21 @@ impl Backend for EmbeddedBackend {
                 Err(e) => return Err(e.into()),
             };
             Ok(table.get(event_id.as_str())?.is_some())
+        })
+        .await
+    }
+
+    /// One read transaction on one blocking thread for the whole batch.
+    async fn applied_among(&self, event_ids: &[&str]) -> Result<Vec<bool>, StateError> {
+        let event_ids: Vec<String> = event_ids.iter().map(|id| (*id).to_owned()).collect();
+        self.run(move |db, tables| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(tables.applied()) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(vec![false; event_ids.len()]),
+                Err(e) => return Err(e.into()),
+            };
+            event_ids.iter().map(|id| Ok(table.get(id.as_str())?.is_some())).collect()
         })
         .await
     }

@@ -93,19 +93,20 @@ impl EventState {
         }
     }
 
-    /// A key's value as this attempt sees it.
-    pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        check_key(key, self.store.limits())?;
+    /// A key's value as this attempt sees it. Keys are `&str` or `String`
+    /// (an owned key, e.g. lifted from the guest, is kept without a copy).
+    pub async fn get<K: Key>(&mut self, key: K) -> Result<Option<Vec<u8>>, StateError> {
+        check_key(key.as_ref(), self.store.limits())?;
         StateMetrics::add(&self.store.metrics().reads, 1);
         Ok(self.current(key).await?.map(|b| b.to_vec()))
     }
 
-    pub fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), StateError> {
+    pub fn set<K: Key>(&mut self, key: K, value: Vec<u8>) -> Result<(), StateError> {
         let limits = self.store.limits();
-        check_key(key, limits)?;
+        check_key(key.as_ref(), limits)?;
         if value.len() > limits.max_value_bytes {
             return Err(StateError::ValueTooLarge {
-                key: key.to_owned(),
+                key: key.into(),
                 len: value.len(),
                 max: limits.max_value_bytes,
             });
@@ -113,8 +114,8 @@ impl EventState {
         self.write(key, Some(Bytes::from(value)))
     }
 
-    pub fn delete(&mut self, key: &str) -> Result<(), StateError> {
-        check_key(key, self.store.limits())?;
+    pub fn delete<K: Key>(&mut self, key: K) -> Result<(), StateError> {
+        check_key(key.as_ref(), self.store.limits())?;
         self.write(key, None)
     }
 
@@ -218,31 +219,39 @@ impl EventState {
 
     /// The value as this attempt sees it, recording a read when it comes
     /// from outside the overlay.
-    async fn current(&mut self, key: &str) -> Result<Option<Bytes>, StateError> {
-        if let Some(own) = self.overlay.get(key) {
+    async fn current<K: Key>(&mut self, key: K) -> Result<Option<Bytes>, StateError> {
+        if let Some(own) = self.overlay.get(key.as_ref()) {
             return Ok(own.clone());
         }
-        let max = self.store.limits().max_reads_per_event;
-        if !self.reads.contains_key(key) && self.reads.len() + self.scans.len() >= max {
-            return Err(StateError::TooManyReads { max });
+        let (clock, pending) = self.store.read_pending(key.as_ref());
+        if !self.reads.contains_key(key.as_ref()) {
+            let max = self.store.limits().max_reads_per_event;
+            if self.reads.len() + self.scans.len() >= max {
+                return Err(StateError::TooManyReads { max });
+            }
+            self.reads.insert(key.as_ref().to_owned(), clock);
         }
-        let (clock, pending) = self.store.read_pending(key);
-        self.reads.entry(key.to_owned()).or_insert(clock);
         match pending {
             Some(value) => Ok(value),
-            None => Ok(self.store.backend().get(key).await?.map(Bytes::from)),
+            None => Ok(self.store.backend().get(key.as_ref()).await?.map(Bytes::from)),
         }
     }
 
-    fn write(&mut self, key: &str, value: Option<Bytes>) -> Result<(), StateError> {
-        let max = self.store.limits().max_writes_per_event;
-        if !self.overlay.contains_key(key) && self.overlay.len() >= max {
-            return Err(StateError::TooManyWrites { max });
-        }
+    fn write<K: Key>(&mut self, key: K, value: Option<Bytes>) -> Result<(), StateError> {
         let metrics = self.store.metrics();
+        let written = (key.as_ref().len() + value.as_ref().map_or(0, Bytes::len)) as u64;
+        // A key written again is updated in place: no copy of the key.
+        if let Some(slot) = self.overlay.get_mut(key.as_ref()) {
+            *slot = value;
+        } else {
+            let max = self.store.limits().max_writes_per_event;
+            if self.overlay.len() >= max {
+                return Err(StateError::TooManyWrites { max });
+            }
+            self.overlay.insert(key.into(), value);
+        }
         StateMetrics::add(&metrics.writes, 1);
-        StateMetrics::add(&metrics.bytes_written, (key.len() + value.as_ref().map_or(0, Bytes::len)) as u64);
-        self.overlay.insert(key.to_owned(), value);
+        StateMetrics::add(&metrics.bytes_written, written);
         Ok(())
     }
 }
@@ -254,6 +263,12 @@ impl Drop for EventState {
         }
     }
 }
+
+/// A state key argument: `&str` (copied when it must be kept) or `String`
+/// (kept as it is).
+pub trait Key: AsRef<str> + Into<String> {}
+
+impl<K: AsRef<str> + Into<String>> Key for K {}
 
 /// Counters are ASCII decimal: an optional sign and digits, nothing else.
 fn parse_counter(bytes: &[u8]) -> Option<i64> {

@@ -390,6 +390,14 @@ impl Backend for ChangelogBackend {
         Ok(false)
     }
 
+    async fn applied_among(&self, event_ids: &[&str]) -> Result<Vec<bool>, StateError> {
+        Ok(vec![false; event_ids.len()])
+    }
+
+    fn keeps_markers(&self) -> bool {
+        false
+    }
+
     /// Kafka keeps the position (the group's committed offsets).
     async fn position(&self, _source: &str) -> Result<Option<u64>, StateError> {
         Ok(None)

@@ -169,6 +169,11 @@ impl Backend for MemoryBackend {
         Ok(self.lock().applied.contains(event_id))
     }
 
+    async fn applied_among(&self, event_ids: &[&str]) -> Result<Vec<bool>, StateError> {
+        let inner = self.lock();
+        Ok(event_ids.iter().map(|id| inner.applied.contains(*id)).collect())
+    }
+
     async fn position(&self, source: &str) -> Result<Option<u64>, StateError> {
         Ok(self.lock().positions.get(source).copied())
     }

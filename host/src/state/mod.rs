@@ -38,7 +38,7 @@ mod open;
 mod store;
 
 pub use backend::{Backend, CommitBatch, Position};
-pub use event::EventState;
+pub use event::{EventState, Key};
 pub use metrics::StateMetrics;
 pub use open::{open, open_for_pipeline, Opened};
 pub use store::{Conflict, PositionProbe, Store, Ticket};

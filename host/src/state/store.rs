@@ -30,6 +30,7 @@
 //! earlier one, so a late commit can never overwrite a newer value.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -68,16 +69,11 @@ pub struct Ticket {
     store: Arc<Store>,
     seq: u64,
     epoch: u64,
-    event_id: String,
     position: Option<Position>,
     armed: bool,
 }
 
 impl Ticket {
-    pub fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
     /// The source's resume point to store with this event's commit. When a
     /// commit holds several tickets, the last one (in conclude order) with a
     /// position wins, so give each ticket a position that covers only events
@@ -91,7 +87,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if self.armed {
-            self.store.ticket_dropped(self.seq, self.epoch, &self.event_id);
+            self.store.ticket_dropped(self.seq, self.epoch);
         }
     }
 }
@@ -106,6 +102,9 @@ pub struct Store {
     commit_returned: Notify,
     /// The source whose position each commit records, and how to read it.
     position: std::sync::OnceLock<(String, PositionProbe)>,
+    /// Keys the hashes of event ids in `Inner::uncommitted` (random per
+    /// store, so ids chosen by a sender cannot be made to collide).
+    ids: RandomState,
 }
 
 /// Reads a source's resume point: everything before it is settled. Read
@@ -141,9 +140,12 @@ struct Inner {
     in_flight: bool,
     /// Set by a failed commit or a dropped ticket; cleared by `abort`.
     failed: Option<StateError>,
-    /// Ids of concluded events not yet committed (queued or in flight), with
-    /// how many tickets each has.
-    uncommitted: HashMap<String, usize>,
+    /// Concluded events not yet committed (queued or in flight), by the
+    /// keyed hash of their id ([`Store::id_hash`]), with how many tickets
+    /// each has. A hash rather than the id: no copy of the id per event, and
+    /// a collision (odds ~n²/2⁶⁴ for n events in flight) only makes
+    /// [`Store::is_uncommitted`] hand a redelivery back once more.
+    uncommitted: HashMap<u64, usize, BuildHasherDefault<IdHasher>>,
 }
 
 struct Pending {
@@ -154,9 +156,14 @@ struct Pending {
 struct Slot {
     seq: u64,
     event_id: String,
+    /// [`Store::id_hash`] of `event_id`.
+    id_hash: u64,
     version: u64,
-    writes: Vec<(String, Option<Bytes>)>,
+    writes: BTreeMap<String, Option<Bytes>>,
     position: Option<Position>,
+    /// Resolved when this slot's commit returns. Only the last slot of a
+    /// [`Store::ready_all`] batch has one: commits go in order, so when it
+    /// is committed every earlier slot is too (a failure fails them all).
     waiter: Option<oneshot::Sender<Result<(), StateError>>>,
     ready: bool,
 }
@@ -170,6 +177,7 @@ impl Store {
             inner: Mutex::new(Inner::default()),
             commit_returned: Notify::new(),
             position: std::sync::OnceLock::new(),
+            ids: RandomState::new(),
         })
     }
 
@@ -242,10 +250,15 @@ impl Store {
                         inner.clock += 1;
                         version = inner.clock;
                         for (key, value) in &parts.overlay {
-                            inner.pending.insert(key.clone(), Pending { value: value.clone(), version });
+                            // A hot key is already pending: update it in place
+                            // rather than copy the key again.
+                            match inner.pending.get_mut(key.as_str()) {
+                                Some(pending) => *pending = Pending { value: value.clone(), version },
+                                None => drop(inner.pending.insert(key.clone(), Pending { value: value.clone(), version })),
+                            }
                         }
                     }
-                    Ok(self.enqueue(&mut inner, parts.event_id.clone(), version, parts.overlay.into_iter().collect()))
+                    Ok(self.enqueue(&mut inner, parts.event_id, version, parts.overlay))
                 }
             }
         };
@@ -265,7 +278,7 @@ impl Store {
     pub fn conclude_without_writes(self: &Arc<Self>, event_id: String) -> Ticket {
         let mut inner = self.inner();
         let version = inner.clock;
-        self.enqueue(&mut inner, event_id, version, Vec::new())
+        self.enqueue(&mut inner, event_id, version, BTreeMap::new())
     }
 
     fn enqueue(
@@ -273,24 +286,21 @@ impl Store {
         inner: &mut Inner,
         event_id: String,
         version: u64,
-        writes: Vec<(String, Option<Bytes>)>,
+        writes: BTreeMap<String, Option<Bytes>>,
     ) -> Ticket {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         // A failed store takes no more work; the ticket's `ready` reports why.
         if inner.failed.is_none() {
-            *inner.uncommitted.entry(event_id.clone()).or_default() += 1;
-            inner.queue.push_back(Slot {
-                seq,
-                event_id: event_id.clone(),
-                version,
-                writes,
-                position: None,
-                waiter: None,
-                ready: false,
-            });
+            let id_hash = self.id_hash(&event_id);
+            *inner.uncommitted.entry(id_hash).or_default() += 1;
+            inner.queue.push_back(Slot { seq, event_id, id_hash, version, writes, position: None, waiter: None, ready: false });
         }
-        Ticket { store: Arc::clone(self), seq, epoch: inner.epoch, event_id, position: None, armed: true }
+        Ticket { store: Arc::clone(self), seq, epoch: inner.epoch, position: None, armed: true }
+    }
+
+    fn id_hash(&self, event_id: &str) -> u64 {
+        self.ids.hash_one(event_id)
     }
 
     /// Called when the ticket's event has its outputs durable. Resolves once
@@ -302,33 +312,58 @@ impl Store {
     /// redelivered.
     ///
     /// Cancelling the returned future does not cancel the commit.
-    pub async fn ready(self: &Arc<Self>, mut ticket: Ticket) -> Result<(), StateError> {
-        ticket.armed = false;
+    pub async fn ready(self: &Arc<Self>, ticket: Ticket) -> Result<(), StateError> {
+        self.ready_all(vec![ticket]).await
+    }
+
+    /// [`Store::ready`] for a batch of tickets (a lane's batch, in conclude
+    /// order) at the cost of one: one lock, one wake-up of the committer and
+    /// one completion for all. Resolves once every one of them is committed;
+    /// an error means at least one was not (the pipeline stops).
+    pub async fn ready_all(self: &Arc<Self>, mut tickets: Vec<Ticket>) -> Result<(), StateError> {
+        tickets.iter_mut().for_each(|ticket| ticket.armed = false);
         let receiver = {
             let mut inner = self.inner();
             if let Some(error) = &inner.failed {
                 return Err(error.clone());
             }
-            if ticket.epoch != inner.epoch {
-                return Err(StateError::Unavailable("the state store was reset before this event was committed".into()));
+            let mut refused = None;
+            // The latest slot of the batch: its commit covers all the others.
+            let mut last: Option<u64> = None;
+            for ticket in &mut tickets {
+                if ticket.epoch != inner.epoch {
+                    refused = Some(StateError::Unavailable("the state store was reset before this event was committed".into()));
+                    continue;
+                }
+                let Some(slot) = find_slot(&mut inner.queue, ticket.seq) else {
+                    refused = Some(StateError::Unavailable(format!("ticket {} is not waiting for a commit", ticket.seq)));
+                    continue;
+                };
+                slot.ready = true;
+                slot.position = ticket.position.take();
+                last = last.max(Some(ticket.seq));
             }
-            let Some(slot) = find_slot(&mut inner.queue, ticket.seq) else {
-                return Err(StateError::Unavailable(format!("event {} is not waiting for a commit", ticket.event_id)));
-            };
-            let (sender, receiver) = oneshot::channel();
-            slot.ready = true;
-            slot.waiter = Some(sender);
-            slot.position = ticket.position.take();
+            let receiver = last.and_then(|seq| find_slot(&mut inner.queue, seq)).map(|slot| {
+                let (sender, receiver) = oneshot::channel();
+                slot.waiter = Some(sender);
+                receiver
+            });
             let front_ready = inner.queue.front().is_some_and(|s| s.ready);
             if front_ready && !inner.committing {
                 inner.committing = true;
                 tokio::spawn(commit_loop(Arc::clone(self)));
             }
+            if let Some(error) = refused {
+                return Err(error);
+            }
             receiver
         };
-        receiver
-            .await
-            .unwrap_or_else(|_| Err(StateError::Unavailable("the state committer stopped".into())))
+        match receiver {
+            None => Ok(()),
+            Some(receiver) => receiver
+                .await
+                .unwrap_or_else(|_| Err(StateError::Unavailable("the state committer stopped".into()))),
+        }
     }
 
     /// The pipeline failed: discard pending (concluded, not committed) writes
@@ -396,13 +431,29 @@ impl Store {
         self.backend.was_applied(event_id).await
     }
 
+    /// Whether the backend keeps applied markers (see
+    /// [`Backend::keeps_markers`]): if not, no event is ever found applied.
+    pub fn keeps_markers(&self) -> bool {
+        self.backend.keeps_markers()
+    }
+
+    /// [`Store::was_applied`] for a batch of ids, in one backend round trip
+    /// where the backend can.
+    pub async fn applied_among(&self, event_ids: &[&str]) -> Result<Vec<bool>, StateError> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.backend.applied_among(event_ids).await
+    }
+
     /// Whether an event concluded and waits for its commit (queued or in
     /// flight). A redelivery of such an event (a broker's ack deadline
     /// passed while the commit queue was long) must not run again, nor be
     /// acknowledged before the original's `ready` resolves: neither
     /// [`Store::was_applied`] nor a re-run is safe for it yet.
     pub fn is_uncommitted(&self, event_id: &str) -> bool {
-        self.inner().uncommitted.contains_key(event_id)
+        let id_hash = self.id_hash(event_id);
+        self.inner().uncommitted.contains_key(&id_hash)
     }
 
     /// A source's last committed position.
@@ -445,11 +496,15 @@ impl Store {
         collect_garbage(&mut inner);
     }
 
-    fn ticket_dropped(&self, seq: u64, epoch: u64, event_id: &str) {
+    fn ticket_dropped(&self, seq: u64, epoch: u64) {
         let mut inner = self.inner();
-        if epoch == inner.epoch && find_slot(&mut inner.queue, seq).is_some() {
+        if epoch != inner.epoch {
+            return;
+        }
+        if let Some(slot) = find_slot(&mut inner.queue, seq) {
             let error = StateError::Unavailable(format!(
-                "event {event_id} concluded but its ticket was dropped before its outputs were durable"
+                "event {} concluded but its ticket was dropped before its outputs were durable",
+                slot.event_id
             ));
             reset(&mut inner, error.clone());
             inner.failed = Some(error);
@@ -462,7 +517,7 @@ impl Store {
 /// cannot leave a commit half-done.
 async fn commit_loop(store: Arc<Store>) {
     loop {
-        let (batch, waiters, committed, epoch) = {
+        let (batch, waiters, committed, hashes, epoch) = {
             let mut inner = store.inner();
             let front_ready = inner.queue.front().is_some_and(|s| s.ready);
             if inner.failed.is_some() || !front_ready {
@@ -471,6 +526,7 @@ async fn commit_loop(store: Arc<Store>) {
             }
             let mut writes: BTreeMap<String, (Option<Bytes>, u64, usize)> = BTreeMap::new();
             let mut applied = Vec::new();
+            let mut hashes = Vec::new();
             let mut position = None;
             let mut waiters = Vec::new();
             // Events of this batch stay "uncommitted" until the commit returns.
@@ -480,6 +536,7 @@ async fn commit_loop(store: Arc<Store>) {
                     writes.insert(key, (value, slot.version, applied.len()));
                 }
                 applied.push(slot.event_id);
+                hashes.push(slot.id_hash);
                 if slot.position.is_some() {
                     position = slot.position;
                 }
@@ -495,17 +552,16 @@ async fn commit_loop(store: Arc<Store>) {
             let writers = writes.values().map(|(_, _, event)| applied.get(*event).cloned().unwrap_or_default()).collect();
             let writes = writes.into_iter().map(|(k, (value, _, _))| (k, value)).collect();
             inner.in_flight = true;
-            (CommitBatch { writes, writers, applied, position }, waiters, committed, inner.epoch)
+            (CommitBatch { writes, writers, applied, position }, waiters, committed, hashes, inner.epoch)
         };
-        let ids = batch.applied.clone();
         let events = batch.applied.len();
         let started = Instant::now();
         let result = store.backend.commit(batch).await;
         {
             let mut inner = store.inner();
             inner.in_flight = false;
-            for id in &ids {
-                forget_uncommitted(&mut inner.uncommitted, id);
+            for id_hash in &hashes {
+                forget_uncommitted(&mut inner.uncommitted, *id_hash);
             }
             match &result {
                 Ok(()) => {
@@ -537,7 +593,7 @@ fn reset(inner: &mut Inner, error: StateError) {
     inner.pending.clear();
     inner.committed.clear();
     for slot in inner.queue.drain(..) {
-        forget_uncommitted(&mut inner.uncommitted, &slot.event_id);
+        forget_uncommitted(&mut inner.uncommitted, slot.id_hash);
         if let Some(waiter) = slot.waiter {
             let _ = waiter.send(Err(error.clone()));
         }
@@ -545,12 +601,31 @@ fn reset(inner: &mut Inner, error: StateError) {
     inner.epoch += 1;
 }
 
-fn forget_uncommitted(uncommitted: &mut HashMap<String, usize>, id: &str) {
-    if let Some(count) = uncommitted.get_mut(id) {
+fn forget_uncommitted(uncommitted: &mut HashMap<u64, usize, BuildHasherDefault<IdHasher>>, id_hash: u64) {
+    if let Some(count) = uncommitted.get_mut(&id_hash) {
         *count -= 1;
         if *count == 0 {
-            uncommitted.remove(id);
+            uncommitted.remove(&id_hash);
         }
+    }
+}
+
+/// Hashes the keys of `Inner::uncommitted`, which are already keyed hashes:
+/// hashing them again would only cost time.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 

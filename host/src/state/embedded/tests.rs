@@ -136,3 +136,18 @@ async fn deferred_sync_commits_are_visible_at_once_and_flushed_on_demand() -> Re
     assert!(!backend.unsynced.load(Ordering::Acquire), "flush made it durable");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_read_cache_follows_commits_and_stays_within_its_budget() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = EmbeddedDb::open(dir.path().join("c.redb")).await?;
+    // Room for about two 4-byte entries: older ones are read from the file.
+    let backend = db.backend("p", EmbeddedOptions { cache_bytes: 10, ..EmbeddedOptions::default() });
+    backend.commit(batch(&[("k1", Some("v1")), ("k2", Some("v2")), ("k3", Some("v3"))], &["e1"], None)).await?;
+    backend.commit(batch(&[("k2", None), ("k3", Some("v3b"))], &["e2"], None)).await?;
+    assert!(backend.cache.lock().map(|c| c.bytes <= 10).unwrap_or(false), "over budget");
+    assert_eq!(backend.get("k1").await?, Some(b"v1".to_vec()), "evicted: from the file");
+    assert_eq!(backend.get("k2").await?, None, "a delete is cached as absent");
+    assert_eq!(backend.get("k3").await?, Some(b"v3b".to_vec()), "the newest commit wins");
+    Ok(())
+}

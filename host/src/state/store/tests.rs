@@ -19,8 +19,8 @@ async fn commit(store: &Arc<Store>, id: &str, entries: &[(&str, Option<&str>)]) 
     let mut state = store.begin(id.into());
     for (key, value) in entries {
         match value {
-            Some(v) => state.set(key, v.as_bytes().to_vec())?,
-            None => state.delete(key)?,
+            Some(v) => state.set(*key, v.as_bytes().to_vec())?,
+            None => state.delete(*key)?,
         }
     }
     let ticket = store.conclude(state)?;
@@ -200,6 +200,52 @@ async fn many_ready_tickets_go_in_few_commits() -> Result {
     let metrics = store.metrics().snapshot();
     assert_eq!(metrics.committed_events, 100);
     assert!(metrics.commits < 100, "group commit: {} commits", metrics.commits);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_readied_at_once_is_one_commit_and_resolves_when_all_are_durable() -> Result {
+    let (backend, store) = store();
+    let mut tickets = Vec::new();
+    for i in 0..10 {
+        let mut state = store.begin(format!("e{i}"));
+        state.increment(&format!("k{}", i % 3), 1).await?;
+        tickets.push(store.conclude(state)?);
+    }
+    tickets.push(store.conclude_without_writes("quiet".into()));
+    store.ready_all(tickets).await?;
+    assert_eq!(text(backend.get("k0").await?).as_deref(), Some("4"));
+    assert_eq!(text(backend.get("k2").await?).as_deref(), Some("3"));
+    assert!(store.applied_among(&["e0", "e9", "quiet", "other"]).await? == [true, true, true, false]);
+    assert!(!store.is_uncommitted("e9"));
+    let metrics = store.metrics().snapshot();
+    assert_eq!((metrics.commits, metrics.committed_events), (1, 11));
+    store.ready_all(Vec::new()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_behind_an_unready_ticket_waits_for_it() -> Result {
+    let (backend, store) = store();
+    let mut first = store.begin("first".into());
+    first.set("a", b"1".to_vec())?;
+    let t_first = store.conclude(first)?;
+    let mut batch = Vec::new();
+    for id in ["b1", "b2"] {
+        let mut state = store.begin(id.into());
+        state.set(id, b"x".to_vec())?;
+        batch.push(store.conclude(state)?);
+    }
+    let waiting = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.ready_all(batch).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "committed in conclude order: the batch waits for `first`");
+    assert!(store.is_uncommitted("b2") && !backend.was_applied("b1").await?);
+    store.ready(t_first).await?;
+    waiting.await??;
+    assert!(backend.was_applied("b2").await? && backend.was_applied("first").await?);
     Ok(())
 }
 
