@@ -36,12 +36,11 @@ async fn an_open_breaker_leaves_events_in_jetstream_until_a_probe_succeeds() -> 
     for (stream, subject) in [("IN", "in.orders"), ("OUT", "out.orders"), ("DLQ", "dlq.orders")] {
         create_stream(&client, stream, &[subject]).await?;
     }
-    let port = free_port()?;
     let url = server.url();
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.orders]
 source = {{ kind = "jetstream", url = "{url}", stream = "IN", consumer = "sluice" }}
@@ -64,6 +63,7 @@ reset = "3s"
     );
     scratch.write("sluice.toml", config)?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || breaker_view(port).is_ok_and(|b| b["state"] == "closed"))?;
 
     // Attempts 1-3 of the first event fail: the breaker opens. Attempt 4

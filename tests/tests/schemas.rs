@@ -116,11 +116,10 @@ fn a_config_reload_applies_an_edited_schema_file() -> Result<()> {
     use std::time::Duration;
     const WITHIN: Duration = Duration::from_secs(60);
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.p]
 source = {{ kind = "file", path = "events.jsonl", follow = true, checkpoint = "events.checkpoint" }}
@@ -139,6 +138,7 @@ input = [{{ type = "t", version = "1", path = "t.json" }}]
     scratch.write("t.json", needs("a"))?;
     scratch.write("events.jsonl", "")?;
     let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
     let started_at = || -> Option<String> {
         let (code, text) = http_request(port, "GET", "/pipelines", None, b"").ok()?;
         let body: Value = serde_json::from_str(&text).ok()?;
@@ -191,12 +191,11 @@ fn a_new_plugin_version_brings_its_own_accept_list() -> Result<()> {
     use std::time::Duration;
     const WITHIN: Duration = Duration::from_secs(60);
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     let config = |accepts: &str| {
         format!(
             r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.p]
 source = {{ kind = "file", path = "events.jsonl", follow = true }}
@@ -211,6 +210,7 @@ plugin = {{ path = {plugin}, config = {{ accepts = "{accepts}" }} }}
     let typed = |id: &str, version: &str| json!({"id": id, "payload": {"id": id}, "headers": {"event-type": "t", "event-version": version}});
     scratch.write("events.jsonl", "")?;
     let mut host = start(&scratch, &config("t@1"), "sluice.toml")?;
+    let port = host.admin_port()?;
     let generation = || -> Option<u64> {
         let (code, text) = http_request(port, "GET", "/pipelines/p", None, b"").ok()?;
         let body: Value = serde_json::from_str(&text).ok()?;
