@@ -190,12 +190,14 @@ fn pause_holds_events_in_the_source_and_resume_lets_them_through() -> Result<()>
     let (scratch, port, mut host) = tagger("plugin.wasm", "")?;
     scratch.append_events("events.jsonl", &events(0, 5))?;
     host.wait_until("the first outputs", WITHIN, || scratch.count_lines("out.jsonl") == 5)?;
+    let mark = host.log_mark();
     let (code, _) = http(port, "POST", "/pipelines/tags/pause", Some(TOKEN), b"")?;
     ensure!(code == 200);
+    // The dispatcher logs this as it parks: from then on it takes nothing
+    // until resumed, so events appended now must stay in the file.
+    host.wait_for_log("paused: no events are taken from the source", mark, WITHIN)?;
     let received = status(port)?["stats"]["received"].as_u64();
     scratch.append_events("events.jsonl", &events(5, 10))?;
-    // A followed file is polled every 100 ms: give intake several chances.
-    std::thread::sleep(Duration::from_millis(500));
     ensure!(status(port)?["stats"]["received"].as_u64() == received, "a paused pipeline took events");
     ensure!(scratch.count_lines("out.jsonl") == 5);
     let (code, _) = http(port, "POST", "/pipelines/tags/resume", Some(TOKEN), b"")?;
@@ -283,8 +285,11 @@ fn sighup_adds_removes_and_changes_pipelines_without_touching_the_others() -> Re
 
     // A config that does not load changes nothing.
     scratch.write("sluice.toml", "[pipelines.keep]\nsource = 7\n")?;
+    let mark = host.log_mark();
     sighup(&host)?;
-    std::thread::sleep(Duration::from_millis(300));
+    // The refusal's log line says the reload is over: only then does an
+    // unchanged list prove that it changed nothing.
+    host.wait_for_log("config reload refused", mark, WITHIN)?;
     let after_bad = list(port)?;
     ensure!(after_bad["pipelines"].as_array().map(Vec::len) == Some(3), "a broken config changed the pipelines: {after_bad}");
 

@@ -152,8 +152,11 @@ input = [{{ type = "t", version = "1", path = "t.json" }}]
 
     // Not a schema any more: refused, the pipeline keeps running as it was.
     scratch.write("t.json", r#"{"type": "objekt"}"#)?;
+    let mark = host.log_mark();
     sighup(&host)?;
-    std::thread::sleep(Duration::from_millis(300));
+    // The refusal's log line says the reload is over: only then does an
+    // unchanged start time prove that it did not restart the pipeline.
+    host.wait_for_log("config reload refused", mark, WITHIN)?;
     ensure!(started_at() == first, "a refused reload restarted the pipeline");
 
     scratch.write("t.json", needs("b"))?;

@@ -371,8 +371,8 @@ impl Finished {
 /// the process, so a failing test leaves nothing behind.
 pub struct Running {
     child: Child,
-    stdout: Option<JoinHandle<Vec<u8>>>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    stdout: Option<(Sink, JoinHandle<()>)>,
+    stderr: Option<(Sink, JoinHandle<()>)>,
     /// Where the host writes its admin address (`SLUICE_ADMIN_ADDR_FILE`).
     admin_addr_file: Option<PathBuf>,
 }
@@ -476,10 +476,27 @@ impl Running {
         Ok(Finished { status, stdout, stderr })
     }
 
+    /// How much the process has logged (to stderr) so far: a mark for
+    /// [`Running::wait_for_log`].
+    pub fn log_mark(&self) -> usize {
+        self.stderr.as_ref().and_then(|(sink, _)| sink.lock().ok().map(|bytes| bytes.len())).unwrap_or(0)
+    }
+
+    /// Waits until the process logs a line containing `needle` after `mark`
+    /// (from [`Running::log_mark`]), while it keeps running: the sign that
+    /// it got past a point, before a test asserts that something did not
+    /// happen.
+    pub fn wait_for_log(&mut self, needle: &str, mark: usize, within: Duration) -> Result<()> {
+        let sink = self.stderr.as_ref().map(|(sink, _)| sink.clone()).context("stderr is not collected")?;
+        self.wait_until(&format!("the log line `{needle}`"), within, || {
+            sink.lock().is_ok_and(|bytes| bytes.get(mark..).is_some_and(|new| String::from_utf8_lossy(new).contains(needle)))
+        })
+    }
+
     fn output(&mut self) -> (String, String) {
-        let text = |handle: Option<JoinHandle<Vec<u8>>>| {
+        let text = |handle: Option<(Sink, JoinHandle<()>)>| {
             handle
-                .and_then(|h| h.join().ok())
+                .and_then(|(sink, reader)| reader.join().ok().and_then(|()| sink.lock().ok().map(|b| b.clone())))
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .unwrap_or_default()
         };
@@ -496,12 +513,27 @@ impl Drop for Running {
     }
 }
 
-fn collect(mut stream: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stream.read_to_end(&mut bytes);
-        bytes
-    })
+/// Output read so far, shared with the thread reading it.
+type Sink = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Reads `stream` to its end into a buffer the test can look at meanwhile
+/// ([`Running::wait_for_log`]).
+fn collect(mut stream: impl Read + Send + 'static) -> (Sink, JoinHandle<()>) {
+    let sink = Sink::default();
+    let filling = sink.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => match filling.lock() {
+                    Ok(mut bytes) => bytes.extend_from_slice(&chunk[..n]),
+                    Err(_) => break,
+                },
+            }
+        }
+    });
+    (sink, reader)
 }
 
 /// Checks that every record carries the `sluice-plugin-digest` header of
