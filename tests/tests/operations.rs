@@ -313,9 +313,11 @@ plugin = {{ path = {plugin} }}
     // Running and publishing: the first output arrives.
     let first = tokio::time::timeout(WITHIN, futures::StreamExt::next(&mut outputs)).await;
     assert!(matches!(first, Ok(Some(_))), "no output from the running host");
+    let mark = host.log_mark();
     server.kill()?;
     scratch.append_events("events.jsonl", &(0..20).map(|i| json!({ "payload": format!("e{i}") })).collect::<Vec<_>>())?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The host noticed the server is gone (and keeps running).
+    host.wait_for_log("NATS connection lost; reconnecting", mark, WITHIN)?;
     assert!(host.is_running()?, "the host stopped on its own");
     let stopping = std::time::Instant::now();
     host.terminate()?;
