@@ -42,6 +42,16 @@ pub struct PipelineReport {
     pub error: Option<String>,
 }
 
+/// Writes `bound` to `path` through a temporary file and a rename, so a
+/// reader polling for the file never sees half an address.
+async fn write_address(path: &std::path::Path, bound: std::net::SocketAddr) -> std::io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    tokio::fs::write(&partial, format!("{bound}\n")).await?;
+    tokio::fs::rename(&partial, path).await
+}
+
 /// The runtime options a config implies.
 pub fn runtime_options(config: &Config) -> RuntimeOptions {
     RuntimeOptions {
@@ -56,20 +66,46 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
     }
 }
 
-/// Runs all pipelines until each ends or `shutdown` fires and they drain.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Vec<PipelineReport>, EngineError> {
-    let (_keep, reloads) = mpsc::channel(1);
-    run_with_reloads(config, None, shutdown, reloads).await
+/// Why the host could not start: nothing runs, and `sluice run` exits
+/// non-zero with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the WebAssembly runtime: {0}")]
+    Engine(#[from] EngineError),
+    /// `[admin] listen` is taken or not ours to bind. Failing the start
+    /// (rather than running without the API) keeps health checks and
+    /// `sluice status` from silently pointing at nothing or at another
+    /// process.
+    #[error("cannot start the admin API on {listen} (`[admin] listen`): {source}")]
+    Admin { listen: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot write the admin API's address to {} (--admin-addr-file): {source}", path.display())]
+    AdminAddrFile { path: PathBuf, source: std::io::Error },
 }
 
-/// Like [`run`]; each message on `reloads` re-reads `config_path` and
-/// applies what changed.
+/// How `sluice run` was asked to run, beyond the config itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The config file, re-read on each reload.
+    pub config_path: Option<PathBuf>,
+    /// Where to write the admin API's bound address once it listens.
+    pub admin_addr_file: Option<PathBuf>,
+}
+
+/// Runs all pipelines until each ends or `shutdown` fires and they drain.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Vec<PipelineReport>, StartError> {
+    let (_keep, reloads) = mpsc::channel(1);
+    run_with_reloads(config, RunOptions::default(), shutdown, reloads).await
+}
+
+/// Like [`run`]; each message on `reloads` re-reads `options.config_path`
+/// and applies what changed.
 pub async fn run_with_reloads(
     config: Config,
-    config_path: Option<PathBuf>,
+    options: RunOptions,
     shutdown: CancellationToken,
     mut reloads: mpsc::Receiver<()>,
-) -> Result<Vec<PipelineReport>, EngineError> {
+) -> Result<Vec<PipelineReport>, StartError> {
+    let RunOptions { config_path, admin_addr_file } = options;
     let runtime = Runtime::new(&runtime_options(&config))?;
     crate::kafka::instance::configure(config.runtime.instance_id.clone());
     let telemetry = start_telemetry(&config).await;
@@ -87,11 +123,24 @@ pub async fn run_with_reloads(
         telemetry: telemetry.clone(),
     };
     let admin_stop = CancellationToken::new();
-    if let Some(admin) = &config.admin {
-        match admin::serve(admin::Limits::from_config(admin), supervisor.registry.clone(), supervisor.health.clone(), admin_stop.clone()).await {
-            Ok(bound) => tracing::info!(%bound, "admin API listening on {bound}"),
-            Err(err) => tracing::error!("cannot start the admin API on {}: {err}", admin.listen),
+    match &config.admin {
+        Some(admin) => {
+            let limits = admin::Limits::from_config(admin);
+            let bound = admin::serve(limits, supervisor.registry.clone(), supervisor.health.clone(), admin_stop.clone())
+                .await
+                .map_err(|source| StartError::Admin { listen: admin.listen, source })?;
+            tracing::info!(%bound, "admin API listening on {bound}");
+            if let Some(path) = &admin_addr_file {
+                if let Err(source) = write_address(path, bound).await {
+                    admin_stop.cancel();
+                    return Err(StartError::AdminAddrFile { path: path.clone(), source });
+                }
+            }
         }
+        None if admin_addr_file.is_some() => {
+            tracing::warn!("--admin-addr-file is set but the config has no `[admin]` table: no address is written");
+        }
+        None => {}
     }
     for (name, pipeline) in config.pipelines.clone() {
         supervisor.start(name, pipeline, None);

@@ -36,12 +36,11 @@ async fn an_open_breaker_leaves_events_in_jetstream_until_a_probe_succeeds() -> 
     for (stream, subject) in [("IN", "in.orders"), ("OUT", "out.orders"), ("DLQ", "dlq.orders")] {
         create_stream(&client, stream, &[subject]).await?;
     }
-    let port = free_port()?;
     let url = server.url();
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.orders]
 source = {{ kind = "jetstream", url = "{url}", stream = "IN", consumer = "sluice" }}
@@ -64,6 +63,7 @@ reset = "3s"
     );
     scratch.write("sluice.toml", config)?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || breaker_view(port).is_ok_and(|b| b["state"] == "closed"))?;
 
     // Attempts 1-3 of the first event fail: the breaker opens. Attempt 4
@@ -122,7 +122,8 @@ fn the_breaker_example_runs_as_documented() -> Result<()> {
     let opened = finished.stderr.matches("circuit breaker open").count();
     ensure!(opened == 2, "opened, then again after a failed probe ({opened} times):\n{}", finished.stderr);
     ensure!(finished.stderr.contains("circuit breaker closed: the probe succeeded"), "{}", finished.stderr);
-    ensure!(finished.stderr.contains("dead_lettered: 0"), "{}", finished.stderr);
+    // The end-of-run summary names only the counters that moved.
+    ensure!(finished.stderr.contains("pipeline finished") && !finished.stderr.contains("dead lettered"), "{}", finished.stderr);
     ensure!(!scratch.path("target/breaker-example/dead-letter.jsonl").exists() || scratch.count_lines("target/breaker-example/dead-letter.jsonl") == 0);
     Ok(())
 }

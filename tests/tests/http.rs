@@ -93,10 +93,11 @@ fn record(seen: &Mutex<Vec<Seen>>, this: &Seen) -> usize {
 
 /// Pipeline `enrich`: `events.jsonl` → `http_enrich` calling `url` →
 /// `out.jsonl`, failures to `dlq.jsonl`; `http` is the body of the
-/// `plugin.http` table (none: no table), `policy` more policy lines.
-fn config(url: &str, http: Option<&str>, policy: &str, admin_port: Option<u16>) -> String {
-    let admin = admin_port.map(|port| format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap_or_default();
-    let follow = admin_port.is_some();
+/// `plugin.http` table (none: no table), `policy` more policy lines; with
+/// `admin`, an admin API on any free port and a followed event file.
+fn config(url: &str, http: Option<&str>, policy: &str, admin: bool) -> String {
+    let follow = admin;
+    let admin = if admin { format!("[admin]\nlisten = \"{ANY_PORT}\"\n") } else { String::new() };
     let http = http.map(|body| format!("[pipelines.enrich.plugin.http]\n{body}\n")).unwrap_or_default();
     format!(
         r#"{runtime}
@@ -144,7 +145,7 @@ fn an_allowed_call_puts_the_response_in_the_output_with_key_and_trace_context() 
     let server = Server::start()?;
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["a", "b"]))?;
-    scratch.write("sluice.toml", config(&server.url("/ok"), Some(&allow(&server)), "", None))?;
+    scratch.write("sluice.toml", config(&server.url("/ok"), Some(&allow(&server)), "", false))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
 
     let out = scratch.read_jsonl("out.jsonl")?;
@@ -165,12 +166,12 @@ fn an_allowed_call_puts_the_response_in_the_output_with_key_and_trace_context() 
 fn a_destination_not_allowed_is_refused_named_and_counted() -> Result<()> {
     let server = Server::start()?;
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write("events.jsonl", "")?;
     // Allowed: the same host on another port, and https on this one.
     let http = format!("allow = [\"http://127.0.0.1:{}\", \"127.0.0.1:{}\"]", server.port + 1, server.port);
-    scratch.write("sluice.toml", config(&server.url("/ok"), Some(&http), "", Some(port)))?;
+    scratch.write("sluice.toml", config(&server.url("/ok"), Some(&http), "", true))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
     scratch.append_events("events.jsonl", &events(&["a", "b"]))?;
     let labels = format!(r#"pipeline="enrich",plugin="http_enrich",host="127.0.0.1:{}""#, server.port);
@@ -200,7 +201,7 @@ fn every_retry_of_an_event_sends_the_same_idempotency_key() -> Result<()> {
     let server = Server::start()?;
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["order-7"]))?;
-    scratch.write("sluice.toml", config(&server.url("/flaky"), Some(&allow(&server)), "max_attempts = 5", None))?;
+    scratch.write("sluice.toml", config(&server.url("/flaky"), Some(&allow(&server)), "max_attempts = 5", false))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
 
     assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), ["recovered"]);
@@ -216,7 +217,7 @@ fn a_dead_letter_lists_the_calls_of_every_attempt() -> Result<()> {
     let server = Server::start()?;
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["e1", "e2"]))?;
-    scratch.write("sluice.toml", config(&server.url("/fail"), Some(&allow(&server)), "max_attempts = 3", None))?;
+    scratch.write("sluice.toml", config(&server.url("/fail"), Some(&allow(&server)), "max_attempts = 3", false))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
 
     let dead = scratch.read_jsonl("dlq.jsonl")?;
@@ -245,7 +246,7 @@ fn a_4xx_rejects_the_event_at_once() -> Result<()> {
     let server = Server::start()?;
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["x"]))?;
-    scratch.write("sluice.toml", config(&server.url("/bad"), Some(&allow(&server)), "max_attempts = 5", None))?;
+    scratch.write("sluice.toml", config(&server.url("/bad"), Some(&allow(&server)), "max_attempts = 5", false))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
     let dead = scratch.read_jsonl("dlq.jsonl")?;
     assert_eq!(dead.len(), 1);
@@ -263,7 +264,7 @@ fn a_response_over_the_cap_and_a_slow_one_fail_in_the_guest() -> Result<()> {
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["big"]))?;
     let http = format!("{}\nmax_response_bytes = \"1KiB\"", allow(&server));
-    scratch.write("sluice.toml", config(&server.url("/big"), Some(&http), "max_attempts = 2", None))?;
+    scratch.write("sluice.toml", config(&server.url("/big"), Some(&http), "max_attempts = 2", false))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
     let dead = scratch.read_jsonl("dlq.jsonl")?;
     assert_eq!(dead.len(), 1);
@@ -276,7 +277,7 @@ fn a_response_over_the_cap_and_a_slow_one_fail_in_the_guest() -> Result<()> {
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["slow"]))?;
     let http = format!("{}\ntimeout = \"200ms\"", allow(&server));
-    scratch.write("sluice.toml", config(&server.url("/slow"), Some(&http), "max_attempts = 2", None))?;
+    scratch.write("sluice.toml", config(&server.url("/slow"), Some(&http), "max_attempts = 2", false))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
     let dead = scratch.read_jsonl("dlq.jsonl")?;
     assert_eq!(dead.len(), 1);
@@ -292,7 +293,7 @@ fn a_response_over_the_cap_and_a_slow_one_fail_in_the_guest() -> Result<()> {
 fn a_plugin_importing_wasi_http_needs_the_grant() -> Result<()> {
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["a"]))?;
-    scratch.write("sluice.toml", config("http://127.0.0.1:9/", None, "", None))?;
+    scratch.write("sluice.toml", config("http://127.0.0.1:9/", None, "", false))?;
     let run = scratch.run(&["run", "sluice.toml"])?;
     run.ensure_failure()?;
     assert!(
@@ -319,7 +320,7 @@ fn a_twin_calls_out(name: &str, sdk_errors: bool) -> Result<()> {
 
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["a", "b"]))?;
-    scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&allow(&server)), "", None)))?;
+    scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&allow(&server)), "", false)))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
     let out = scratch.read_jsonl("out.jsonl")?;
     ensure!(out.len() == 2, "{out:#?} / dead letters: {:#?}", scratch.read_jsonl("dlq.jsonl")?);
@@ -336,7 +337,7 @@ fn a_twin_calls_out(name: &str, sdk_errors: bool) -> Result<()> {
 
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["order-7"]))?;
-    scratch.write("sluice.toml", with_twin(config(&server.url("/flaky"), Some(&allow(&server)), "max_attempts = 5", None)))?;
+    scratch.write("sluice.toml", with_twin(config(&server.url("/flaky"), Some(&allow(&server)), "max_attempts = 5", false)))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
     assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), ["recovered"]);
     let keys: Vec<_> = server.seen().iter().filter(|s| s.path == "/flaky").map(|s| s.key.clone()).collect();
@@ -344,7 +345,7 @@ fn a_twin_calls_out(name: &str, sdk_errors: bool) -> Result<()> {
 
     let scratch = Scratch::new()?;
     scratch.write_events("events.jsonl", &events(&["c"]))?;
-    scratch.write("sluice.toml", with_twin(config(&server.url("/bad"), Some(&allow(&server)), "max_attempts = 3", None)))?;
+    scratch.write("sluice.toml", with_twin(config(&server.url("/bad"), Some(&allow(&server)), "max_attempts = 3", false)))?;
     scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
     let dead = scratch.read_jsonl("dlq.jsonl")?;
     ensure!(dead.len() == 1, "{dead:#?}");
@@ -355,7 +356,7 @@ fn a_twin_calls_out(name: &str, sdk_errors: bool) -> Result<()> {
         let scratch = Scratch::new()?;
         scratch.write_events("events.jsonl", &events(&["d"]))?;
         let other = format!("allow = [\"http://127.0.0.1:{}\"]", server.port + 1);
-        scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&other), "max_attempts = 3", None)))?;
+        scratch.write("sluice.toml", with_twin(config(&server.url("/ok"), Some(&other), "max_attempts = 3", false)))?;
         scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
         let dead = scratch.read_jsonl("dlq.jsonl")?;
         ensure!(dead.len() == 1, "{dead:#?}");
@@ -371,7 +372,7 @@ fn a_twin_calls_out(name: &str, sdk_errors: bool) -> Result<()> {
         // own errors, retryable, in the Rust SDK's words.
         let scratch = Scratch::new()?;
         scratch.write_events("events.jsonl", &events(&["big"]))?;
-        scratch.write("sluice.toml", with_twin(config(&server.url("/big"), Some(&allow(&server)), "", None)))?;
+        scratch.write("sluice.toml", with_twin(config(&server.url("/big"), Some(&allow(&server)), "", false)))?;
         scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
         let out = scratch.read_jsonl("out.jsonl")?;
         ensure!(out.len() == 1, "{out:#?} / dead letters: {:#?}", scratch.read_jsonl("dlq.jsonl")?);
@@ -384,7 +385,7 @@ fn a_twin_calls_out(name: &str, sdk_errors: bool) -> Result<()> {
             let scratch = Scratch::new()?;
             scratch.write_events("events.jsonl", &events(&["e"]))?;
             let http = format!("{}\n{limit}", allow(&server));
-            scratch.write("sluice.toml", with_twin(config(&server.url(path), Some(&http), "max_attempts = 2", None)))?;
+            scratch.write("sluice.toml", with_twin(config(&server.url(path), Some(&http), "max_attempts = 2", false)))?;
             scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
             let dead = scratch.read_jsonl("dlq.jsonl")?;
             ensure!(dead.len() == 1, "{path}: {dead:#?}");

@@ -576,11 +576,11 @@ fn every_language_records_plugin_metrics() -> Result<()> {
     for (language, path) in counters() {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let scratch = Scratch::new()?;
-        let port = free_port()?;
         scratch.write("events.jsonl", "")?;
         let pipeline = stateful_pipeline(&path, "").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
-        scratch.write("sluice.toml", format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{pipeline}"))?;
+        scratch.write("sluice.toml", format!("[admin]\nlisten = \"{ANY_PORT}\"\n{pipeline}"))?;
         let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+        let port = host.admin_port()?;
         host.wait_until("the admin API", SLOW_RUN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
         scratch.append_events("events.jsonl", &events)?;
         let acked = format!(r#"sluice_events_acked_total{{pipeline="counts",plugin="{name}"}}"#);

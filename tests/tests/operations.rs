@@ -9,18 +9,18 @@ mod fixture;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
 use common::*;
 
 const WITHIN: Duration = Duration::from_secs(60);
 
-fn ops_config(port: u16, extra_pipelines: &str) -> String {
+fn ops_config(extra_pipelines: &str) -> String {
     format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.ops]
 source = {{ kind = "file", path = "events.jsonl", follow = true }}
@@ -44,10 +44,10 @@ max_outputs = 5
 #[test]
 fn metrics_count_what_happened_by_pipeline_and_kind() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write("events.jsonl", "")?;
-    scratch.write("sluice.toml", ops_config(port, ""))?;
+    scratch.write("sluice.toml", ops_config(""))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
     // ok, a reject, one retry then success, a trap twice (dead letter), a
     // fan-out over max_outputs (rejected).
@@ -91,7 +91,6 @@ fn metrics_count_what_happened_by_pipeline_and_kind() -> Result<()> {
 #[test]
 fn readyz_names_the_pipeline_that_failed_and_status_prints_the_table() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write("events.jsonl", "")?;
     let broken = r#"
 [pipelines.broken]
@@ -100,8 +99,9 @@ sink = { kind = "stdout" }
 dead_letter = { kind = "file", path = "dlq-broken.jsonl" }
 plugin = { path = "missing.wasm" }
 "#;
-    scratch.write("sluice.toml", ops_config(port, broken))?;
+    scratch.write("sluice.toml", ops_config(broken))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("readyz to settle", WITHIN, || {
         http_request(port, "GET", "/readyz", None, b"").is_ok_and(|(_, body)| body.contains("\"failed\"") && body.contains("\"running\""))
     })?;
@@ -138,12 +138,11 @@ plugin = { path = "missing.wasm" }
 async fn readyz_follows_the_nats_connection_and_lag_follows_jetstream() -> Result<()> {
     let mut server = fixture::NatsServer::start()?;
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     let url = server.url();
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 token = "t"
 
 [pipelines.js]
@@ -157,6 +156,7 @@ plugin = {{ path = {plugin} }}
     );
     scratch.write("sluice.toml", config)?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     let ready = || http_request(port, "GET", "/readyz", None, b"").unwrap_or((0, String::new()));
     host.wait_until("ready", WITHIN, || ready().0 == 200)?;
 
@@ -191,13 +191,12 @@ plugin = {{ path = {plugin} }}
 #[test]
 fn secrets_stay_out_of_logs_the_admin_api_and_metrics() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     let secret = "hunter2-very-secret";
     scratch.write("events.jsonl", "")?;
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 token = "${{ADMIN_TOKEN}}"
 
 [pipelines.secretive]
@@ -216,6 +215,7 @@ config = {{ api_token = "${{ADMIN_TOKEN}}" }}
     let mut command = scratch.sluice(&["run", "sluice.toml"]);
     command.env("ADMIN_TOKEN", secret).env("SLUICE_LOG", "debug");
     let mut host = Running::spawn(command)?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/pipelines", None, b"").is_ok_and(|(s, _)| s == 200))?;
     scratch.append_events("events.jsonl", &[json!({"payload": "p"})])?;
     host.wait_until("one output", WITHIN, || scratch.count_lines("out.jsonl") == 1)?;
@@ -313,9 +313,11 @@ plugin = {{ path = {plugin} }}
     // Running and publishing: the first output arrives.
     let first = tokio::time::timeout(WITHIN, futures::StreamExt::next(&mut outputs)).await;
     assert!(matches!(first, Ok(Some(_))), "no output from the running host");
+    let mark = host.log_mark();
     server.kill()?;
     scratch.append_events("events.jsonl", &(0..20).map(|i| json!({ "payload": format!("e{i}") })).collect::<Vec<_>>())?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The host noticed the server is gone (and keeps running).
+    host.wait_for_log("NATS connection lost; reconnecting", mark, WITHIN)?;
     assert!(host.is_running()?, "the host stopped on its own");
     let stopping = std::time::Instant::now();
     host.terminate()?;
@@ -332,14 +334,13 @@ plugin = {{ path = {plugin} }}
 #[test]
 fn an_event_with_200k_headers_stalls_nothing() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     let headers: serde_json::Map<String, Value> = (0..200_000).map(|i| (format!("h{i}"), json!("v"))).collect();
     scratch.write_events("big.jsonl", &[json!({ "id": "big", "payload": "x", "headers": headers })])?;
     scratch.write_events("events.jsonl", &[json!({ "payload": "first" })])?;
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.healthy]
 source = {{ kind = "file", path = "events.jsonl", follow = true }}
@@ -358,6 +359,7 @@ plugin = {{ path = {plugin} }}
     );
     scratch.write("sluice.toml", config)?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the healthy pipeline's first output", WITHIN, || scratch.count_lines("out.jsonl") >= 1)?;
     let mut slowest = Duration::ZERO;
     let mut sent = 1;
@@ -387,10 +389,10 @@ plugin = {{ path = {plugin} }}
 #[test]
 fn sluice_tap_shows_live_inputs_outputs_and_dead_letters() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write("events.jsonl", "")?;
-    scratch.write("sluice.toml", ops_config(port, ""))?;
+    scratch.write("sluice.toml", ops_config(""))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/pipelines/ops", None, b"").is_ok_and(|(status, _)| status == 200))?;
     // Through a shell, so each tap's stdout goes to a file the test reads
     // while it runs.
@@ -435,5 +437,47 @@ fn sluice_tap_shows_live_inputs_outputs_and_dead_letters() -> Result<()> {
     for (name, tap) in [("all", &mut all), ("dead", &mut dead)] {
         tap.wait_until(&format!("tap {name} to exit"), WITHIN, || scratch.read(&format!("{name}.err")).is_ok_and(|e| e.contains("tap ended")))?;
     }
+    Ok(())
+}
+
+/// An admin address that cannot be bound (here: another listener holds it)
+/// fails the start: `sluice run` exits non-zero at once, naming the address,
+/// instead of running pipelines nobody can see or health-check.
+#[test]
+fn a_taken_admin_address_fails_the_start() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = taken.local_addr()?;
+    scratch.write("events.jsonl", "")?;
+    scratch.write("sluice.toml", ops_config("").replace(ANY_PORT, &address.to_string()))?;
+    let finished = scratch.run(&["run", "sluice.toml"])?;
+    finished.ensure_failure()?;
+    ensure!(
+        finished.stderr.contains(&format!("cannot start the admin API on {address} (`[admin] listen`)")),
+        "{}",
+        finished.stderr
+    );
+    ensure!(!scratch.path("out.jsonl").exists(), "a pipeline ran without its admin API");
+    drop(taken);
+    Ok(())
+}
+
+/// `--admin-addr-file` (`SLUICE_ADMIN_ADDR_FILE`): with `listen` on port 0
+/// the host writes the address it bound, and the API answers there.
+#[test]
+fn the_admin_address_file_names_the_bound_port() -> Result<()> {
+    let scratch = Scratch::new()?;
+    scratch.write("events.jsonl", "")?;
+    scratch.write("sluice.toml", ops_config(""))?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml", "--admin-addr-file", "bound.addr"]))?;
+    host.wait_until("the address file", WITHIN, || scratch.read("bound.addr").is_ok_and(|t| t.ends_with('\n')))?;
+    let address: std::net::SocketAddr = scratch.read("bound.addr")?.trim().parse()?;
+    ensure!(address.ip().is_loopback() && address.port() != 0, "{address}");
+    let (status, _) = http_request(address.port(), "GET", "/healthz", None, b"")?;
+    ensure!(status == 200, "/healthz answered {status}");
+    host.terminate()?;
+    let finished = host.wait(WITHIN)?;
+    finished.ensure_success()?;
+    ensure!(finished.stderr.contains(&format!("admin API listening on {address}")), "{}", finished.stderr);
     Ok(())
 }

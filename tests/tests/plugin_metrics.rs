@@ -20,12 +20,12 @@ const TOKEN: &str = "t";
 
 /// The counter in a following file pipeline with embedded state, one lane
 /// (so label sets are met in file order), at most three label sets per
-/// metric, and an admin API on `port`.
-fn config(port: u16) -> String {
+/// metric, and an admin API on any free port.
+fn config() -> String {
     let pipeline = stateful_pipeline(&plugin("counter"), "concurrency = 1")
         .replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
     format!(
-        "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n{pipeline}\n[pipelines.counts.plugin.metrics]\nmax_series = 3\n"
+        "[admin]\nlisten = \"{ANY_PORT}\"\ntoken = \"{TOKEN}\"\n{pipeline}\n[pipelines.counts.plugin.metrics]\nmax_series = 3\n"
     )
 }
 
@@ -46,10 +46,10 @@ const ACKED: &str = r#"sluice_events_acked_total{pipeline="counts",plugin="count
 #[test]
 fn plugin_metrics_are_exact_capped_and_kept_from_failed_attempts() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write("events.jsonl", "")?;
-    scratch.write("sluice.toml", config(port))?;
+    scratch.write("sluice.toml", config())?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
 
     // `a` twice, once failing its first attempt; `b` recording into an

@@ -20,12 +20,12 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-fn config(port: u16, token: Option<&str>, plugin: &str, extra: &str) -> String {
+fn config(token: Option<&str>, plugin: &str, extra: &str) -> String {
     let token = token.map(|t| format!("token = \"{t}\"\n")).unwrap_or_default();
     format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 {token}
 [pipelines.tags]
 source = {{ kind = "file", path = "events.jsonl", follow = true }}
@@ -40,22 +40,23 @@ path = "{plugin}"
     )
 }
 
-/// Starts sluice in `scratch` on `sluice.toml` and waits for its admin API.
-fn start(scratch: &Scratch, port: u16) -> Result<Running> {
+/// Starts sluice in `scratch` on `sluice.toml` and waits for its admin API;
+/// returns it with the API's port.
+fn start(scratch: &Scratch) -> Result<(Running, u16)> {
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || http(port, "GET", "/pipelines/tags", None, b"").is_ok_and(|(s, _)| s == 200))?;
-    Ok(host)
+    Ok((host, port))
 }
 
 /// A scratch folder with `tag_v1` at `plugin_at`, an empty followed event
 /// file and [`config`], and sluice running on it with its admin API up.
 fn tagger(plugin_at: &str, extra: &str) -> Result<(Scratch, u16, Running)> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write(plugin_at, std::fs::read(plugin("tag_v1"))?)?;
     scratch.write("events.jsonl", "")?;
-    scratch.write("sluice.toml", config(port, Some(TOKEN), plugin_at, extra))?;
-    let host = start(&scratch, port)?;
+    scratch.write("sluice.toml", config(Some(TOKEN), plugin_at, extra))?;
+    let (host, port) = start(&scratch)?;
     Ok((scratch, port, host))
 }
 
@@ -173,8 +174,8 @@ fn the_admin_api_needs_the_token_for_changes_and_has_none_without_one() -> Resul
     host.wait(WITHIN)?.ensure_success()?;
 
     // Without a token configured, changes are off altogether.
-    scratch.write("sluice.toml", config(port, None, "plugin.wasm", ""))?;
-    let host = start(&scratch, port)?;
+    scratch.write("sluice.toml", config(None, "plugin.wasm", ""))?;
+    let (host, port) = start(&scratch)?;
     let (code, body) = http(port, "POST", "/pipelines/tags/reload", Some(TOKEN), b"")?;
     ensure!(code == 403, "{code} {body}");
     ensure!(body["error"].as_str().is_some_and(|e| e.contains("admin.token")), "{body}");
@@ -189,12 +190,14 @@ fn pause_holds_events_in_the_source_and_resume_lets_them_through() -> Result<()>
     let (scratch, port, mut host) = tagger("plugin.wasm", "")?;
     scratch.append_events("events.jsonl", &events(0, 5))?;
     host.wait_until("the first outputs", WITHIN, || scratch.count_lines("out.jsonl") == 5)?;
+    let mark = host.log_mark();
     let (code, _) = http(port, "POST", "/pipelines/tags/pause", Some(TOKEN), b"")?;
     ensure!(code == 200);
+    // The dispatcher logs this as it parks: from then on it takes nothing
+    // until resumed, so events appended now must stay in the file.
+    host.wait_for_log("paused: no events are taken from the source", mark, WITHIN)?;
     let received = status(port)?["stats"]["received"].as_u64();
     scratch.append_events("events.jsonl", &events(5, 10))?;
-    // A followed file is polled every 100 ms: give intake several chances.
-    std::thread::sleep(Duration::from_millis(500));
     ensure!(status(port)?["stats"]["received"].as_u64() == received, "a paused pipeline took events");
     ensure!(scratch.count_lines("out.jsonl") == 5);
     let (code, _) = http(port, "POST", "/pipelines/tags/resume", Some(TOKEN), b"")?;
@@ -237,8 +240,8 @@ fn a_changed_plugin_file_is_loaded_and_a_broken_one_is_not() -> Result<()> {
     Ok(())
 }
 
-fn pipelines_config(port: u16, pipelines: &[(&str, &str)]) -> String {
-    let mut text = format!("{}\n[admin]\nlisten = \"127.0.0.1:{port}\"\n", runtime_table());
+fn pipelines_config(pipelines: &[(&str, &str)]) -> String {
+    let mut text = format!("{}\n[admin]\nlisten = \"{ANY_PORT}\"\n", runtime_table());
     for (name, sink) in pipelines {
         text.push_str(&format!(
             "\n[pipelines.{name}]\nsource = {{ kind = \"file\", path = \"{name}.in.jsonl\", follow = true }}\nsink = {{ kind = \"file\", path = \"{sink}\" }}\ndead_letter = {{ kind = \"file\", path = \"{name}.dlq.jsonl\" }}\nplugin = {{ path = {} }}\n",
@@ -261,12 +264,12 @@ fn sighup(host: &Running) -> Result<()> {
 #[test]
 fn sighup_adds_removes_and_changes_pipelines_without_touching_the_others() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     for name in ["keep", "gone", "changed", "added"] {
         scratch.write(&format!("{name}.in.jsonl"), "")?;
     }
-    scratch.write("sluice.toml", pipelines_config(port, &[("keep", "keep.out.jsonl"), ("gone", "gone.out.jsonl"), ("changed", "changed.out.jsonl")]))?;
+    scratch.write("sluice.toml", pipelines_config(&[("keep", "keep.out.jsonl"), ("gone", "gone.out.jsonl"), ("changed", "changed.out.jsonl")]))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     let list = |port| -> Result<Value> { Ok(http(port, "GET", "/pipelines", None, b"")?.1) };
     let started = |body: &Value, name: &str| -> Option<String> {
         body["pipelines"].as_array()?.iter().find(|p| p["name"] == name).map(|p| p["started_at"].to_string())
@@ -282,12 +285,15 @@ fn sighup_adds_removes_and_changes_pipelines_without_touching_the_others() -> Re
 
     // A config that does not load changes nothing.
     scratch.write("sluice.toml", "[pipelines.keep]\nsource = 7\n")?;
+    let mark = host.log_mark();
     sighup(&host)?;
-    std::thread::sleep(Duration::from_millis(300));
+    // The refusal's log line says the reload is over: only then does an
+    // unchanged list prove that it changed nothing.
+    host.wait_for_log("config reload refused", mark, WITHIN)?;
     let after_bad = list(port)?;
     ensure!(after_bad["pipelines"].as_array().map(Vec::len) == Some(3), "a broken config changed the pipelines: {after_bad}");
 
-    scratch.write("sluice.toml", pipelines_config(port, &[("keep", "keep.out.jsonl"), ("changed", "changed.v2.out.jsonl"), ("added", "added.out.jsonl")]))?;
+    scratch.write("sluice.toml", pipelines_config(&[("keep", "keep.out.jsonl"), ("changed", "changed.v2.out.jsonl"), ("added", "added.out.jsonl")]))?;
     sighup(&host)?;
     host.wait_until("the new set of pipelines", WITHIN, || {
         list(port).is_ok_and(|b| {

@@ -71,14 +71,13 @@ async fn a_failed_sink_restarts_with_backoff_through_an_outage_and_loses_nothing
     let client = server.client().await?;
     bounded_stream(&client, "OUT", "out", 5).await?;
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write("tagger.wasm", std::fs::read(plugin("tag_v1"))?)?;
     scratch.write_events("events.jsonl", &(0..3).map(|i| event(&format!("e{i}"))).collect::<Vec<_>>())?;
     scratch.write("files-in.jsonl", "")?;
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 token = "{TOKEN}"
 
 [pipelines.js]
@@ -99,6 +98,7 @@ plugin = {{ path = {passthrough} }}
         passthrough = toml_path(&plugin("passthrough")),
     );
     let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
     wait_async("the first three outputs", WITHIN, async || Ok((stream_len(&client, "OUT").await? == 3).then_some(()))).await?;
     assert_eq!(pipeline(port, "js")?["state"], "running");
 
@@ -191,7 +191,6 @@ async fn a_pipeline_that_keeps_failing_stops_at_its_limit_and_sigterm_cuts_a_bac
     bounded_stream(&client, "FULL", "full", 1).await?;
     jetstream::new(client.clone()).publish("full", "filler".into()).await?.await?;
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write_events("doomed.jsonl", &[event("d")])?;
     scratch.write_events("patient.jsonl", &[event("p")])?;
     let pipeline_table = |name: &str, restart: &str| {
@@ -209,12 +208,13 @@ restart = {restart}
         )
     };
     let config = format!(
-        "{runtime}\n[admin]\nlisten = \"127.0.0.1:{port}\"\n{doomed}{patient}",
+        "{runtime}\n[admin]\nlisten = \"{ANY_PORT}\"\n{doomed}{patient}",
         runtime = runtime_table(),
         doomed = pipeline_table("doomed", r#"{ initial_backoff = "50ms", max_backoff = "100ms", max_restarts = 2, window = "1h" }"#),
         patient = pipeline_table("patient", r#"{ initial_backoff = "1h", max_backoff = "1h" }"#),
     );
     let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
     host.wait_until("doomed to fail for good and patient to wait", WITHIN, || {
         pipeline(port, "doomed").is_ok_and(|p| p["state"] == "failed") && pipeline(port, "patient").is_ok_and(|p| p["state"] == "restarting")
     })?;
@@ -268,12 +268,11 @@ async fn a_restarted_stateful_pipeline_reopens_its_state_and_counts_each_event_o
     let client = server.client().await?;
     bounded_stream(&client, "COUNTS", "counts", 3).await?;
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write_events("events.jsonl", &(0..6).map(|_| event("a")).collect::<Vec<_>>())?;
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.counts]
 source = {{ kind = "file", path = "events.jsonl", follow = true }}
@@ -288,6 +287,7 @@ restart = {{ initial_backoff = "50ms", max_backoff = "200ms" }}
         plugin = toml_path(&plugin("counter")),
     );
     let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
     host.wait_until("counts to fail and restart", WITHIN, || restarts(port, "counts") >= 2.0)?;
     assert_eq!(stream_len(&client, "COUNTS").await?, 3, "the stream took three");
 
@@ -325,13 +325,12 @@ fn a_full_disk_is_survived_by_a_restart_that_reopens_the_file() -> Result<()> {
         return Ok(());
     }
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write_events("events.jsonl", &(0..5).map(|i| event(&format!("e{i}"))).collect::<Vec<_>>())?;
     std::os::unix::fs::symlink("/dev/full", scratch.path("out.jsonl"))?;
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.disk]
 source = {{ kind = "file", path = "events.jsonl", follow = true, checkpoint = "events.checkpoint" }}
@@ -344,6 +343,7 @@ restart = {{ initial_backoff = "50ms", max_backoff = "200ms" }}
         plugin = toml_path(&plugin("passthrough")),
     );
     let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
     let restarting = poll_until("disk to restart after a full disk", WITHIN, || {
         Ok(pipeline(port, "disk").ok().filter(|p| p["state"] == "restarting" && p["restarts"].as_u64() >= Some(1)))
     })?;

@@ -104,13 +104,12 @@ async fn an_exactly_once_pipeline_whose_transaction_fails_restarts_and_commits_e
     }
 
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     let config = format!(
         r#"{runtime}
 shutdown_timeout = "10s"
 
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 
 [pipelines.eos]
 source = {{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, commit_interval = "300ms", transactional_id = "{group}-tx", options = {{ "session.timeout.ms" = "6000" }} }}
@@ -123,6 +122,7 @@ restart = {{ initial_backoff = "200ms", max_backoff = "1s" }}
         plugin = toml_path(&plugin("passthrough")),
     );
     let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
     let restarting = |p: &serde_json::Value| p["state"] == "restarting" || p["restarts"].as_u64() >= Some(1);
     host.wait_until("eos to fail and restart", WITHIN, || {
         http_request(port, "GET", "/pipelines/eos", None, b"")

@@ -256,12 +256,11 @@ fn the_admin_api_over_https_with_a_test_ca_and_the_read_token() -> Result<()> {
     let pki = Pki::new(&scratch.path("pki"))?;
     let ca = pki.ca("ca")?;
     pki.leaf("ca", "admin", "serverAuth")?;
-    let port = free_port()?;
     scratch.write("events.jsonl", "")?;
     let config = format!(
         r#"{runtime}
 [admin]
-listen = "127.0.0.1:{port}"
+listen = "{ANY_PORT}"
 read_token = "${{READ_TOKEN}}"
 tls_cert = "pki/admin.pem"
 tls_key = "pki/admin.key"
@@ -282,6 +281,7 @@ path = {plugin}
     let mut command = scratch.sluice(&["run", "sluice.toml"]);
     command.env("READ_TOKEN", read_token);
     let mut host = Running::spawn(command)?;
+    let port = host.admin_port()?;
     let status = |ca: Option<&Path>, token: Option<&str>| -> Result<Finished> {
         let mut command = scratch.sluice(&["status", "--admin", &format!("https://127.0.0.1:{port}"), "--interval", "10ms"]);
         command.env_remove("SLUICE_ADMIN_CA").env_remove("SLUICE_ADMIN_READ_TOKEN");

@@ -234,7 +234,6 @@ async fn two_thousand_orders_through_kills_and_a_flaky_webhook() -> Result<()> {
     let bootstrap = kafka.bootstrap();
     kafka_fixture::create_topics(&bootstrap, &[("order-created", 1), ("order-notified", 1), ("order-created.dead-letter", 1)]).await?;
     let (hook_port, hits) = webhook()?;
-    let admin = free_port()?;
 
     let scratch = Scratch::new()?;
     let example = root().join("examples/shop");
@@ -248,7 +247,7 @@ async fn two_thousand_orders_through_kills_and_a_flaky_webhook() -> Result<()> {
         ("SHOP_OUT", "out".to_owned()),
         ("SHOP_PLUGINS", components.to_string_lossy().into_owned()),
         ("SHOP_CACHE", compile_cache().to_string_lossy().into_owned()),
-        ("SLUICE_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+        ("SLUICE_ADMIN_LISTEN", ANY_PORT.to_owned()),
     ];
     let shop = Shop { scratch, env: env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect() };
 
@@ -318,6 +317,7 @@ async fn two_thousand_orders_through_kills_and_a_flaky_webhook() -> Result<()> {
 
     // Stock left = initial - sold, per SKU, read from the state through the
     // admin API; a rejected order asked for more than was left.
+    let admin = host.admin_port()?;
     for (sku, initial) in STOCK {
         let (status, body) = http_request(admin, "GET", &format!("/pipelines/reserve/state/stock:{sku}"), None, b"")?;
         let left: i64 = match status {

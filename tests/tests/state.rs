@@ -90,11 +90,11 @@ fn counts_are_exact_through_kill_9_at_random_points() -> Result<()> {
 #[test]
 fn failed_attempts_leave_no_trace_and_reload_keeps_state() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write("events.jsonl", "")?;
     let config = counter_config("").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
-    scratch.write("sluice.toml", format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t\"\n{config}"))?;
+    scratch.write("sluice.toml", format!("[admin]\nlisten = \"{ANY_PORT}\"\ntoken = \"t\"\n{config}"))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
     let send = |payloads: &[&str]| scratch.append_events("events.jsonl", &payloads.iter().map(|p| event(p)).collect::<Vec<_>>());
     send(&["a", "a:retry-once", "b:reject", "b"])?;
@@ -158,11 +158,11 @@ fn plugin_test_runs_stateful_plugins_on_a_seeded_memory_state() -> Result<()> {
 #[test]
 fn the_admin_api_reads_lists_and_deletes_state_keys() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     scratch.write_events("events.jsonl", &[event("a"), event("a"), event("b")])?;
     let config = counter_config("").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
-    scratch.write("sluice.toml", format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t\"\n{config}"))?;
+    scratch.write("sluice.toml", format!("[admin]\nlisten = \"{ANY_PORT}\"\ntoken = \"t\"\n{config}"))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
     host.wait_until("three outputs", WITHIN, || scratch.count_lines("out.jsonl") == 3)?;
     host.wait_until("the commits", WITHIN, || {
         metrics(port).ok().and_then(|m| m.get(r#"sluice_state_committed_events_total{pipeline="counts",plugin="counter"}"#).copied()) == Some(3.0)

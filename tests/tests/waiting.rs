@@ -54,7 +54,6 @@ fn threads(pid: u32) -> Result<usize> {
 #[test]
 fn sleeping_handlers_hold_no_thread_and_stall_nothing_else() -> Result<()> {
     let scratch = Scratch::new()?;
-    let port = free_port()?;
     let sleepy: Vec<_> = (0..SLOW_EVENTS).map(|_| event("sleep:600000")).collect();
     scratch.write_events("one-lane.jsonl", &sleepy)?;
     scratch.write_events("lanes.jsonl", &sleepy)?;
@@ -66,7 +65,7 @@ fn sleeping_handlers_hold_no_thread_and_stall_nothing_else() -> Result<()> {
 max_attempts = 1
 batch_size = 1"#;
     let config = format!(
-        "{runtime}shutdown_timeout = \"3s\"\n\n[admin]\nlisten = \"127.0.0.1:{port}\"\n{one}{many}{healthy}{blocked}{waiting}",
+        "{runtime}shutdown_timeout = \"3s\"\n\n[admin]\nlisten = \"{ANY_PORT}\"\n{one}{many}{healthy}{blocked}{waiting}",
         runtime = runtime_table(),
         one = pipeline("one-lane", false, "", slow),
         many = pipeline("lanes", false, "", &format!("{slow}\nconcurrency = 64\nordering = \"none\"")),
@@ -75,6 +74,7 @@ batch_size = 1"#;
         waiting = pipeline("waiting", false, "", "timeout = \"10m\"\nbatch_size = 1\nconcurrency = 64\nordering = \"none\""),
     );
     let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
     let pid = host.pid();
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
 

@@ -43,6 +43,12 @@ enum Command {
     Run {
         /// The config file (TOML).
         config: PathBuf,
+        /// Once the admin API listens, write the address it bound
+        /// (`127.0.0.1:40123` and a newline) to this file, replacing it
+        /// atomically: how a script or test finds the port when `[admin]
+        /// listen` asks for any free one (port 0).
+        #[arg(long, value_name = "FILE", env = "SLUICE_ADMIN_ADDR_FILE")]
+        admin_addr_file: Option<PathBuf>,
     },
     /// Validate a config and load every plugin in it, without running.
     Check {
@@ -275,7 +281,7 @@ pub fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Run { config } => run::run(&config),
+        Command::Run { config, admin_addr_file } => run::run(&config, admin_addr_file),
         Command::Check { config } => check::check(&config),
         Command::Status { admin, interval, token, ca_file } => status::status(&status::Options { admin, interval, token, ca_file }),
         Command::Tap { pipeline, admin, inputs, outputs, dead_letters, sample, rate, format, token, ca_file } => {

@@ -1,10 +1,9 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(path: &Path, admin_addr_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = sluice::config::load(path)?;
     if config.pipelines.is_empty() {
         anyhow::bail!("{}: no pipelines configured", path.display());
@@ -15,9 +14,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         tokio::spawn(watch_signals(shutdown.clone()));
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
         tokio::spawn(watch_hangups(reload_tx));
-        let reports = sluice::supervisor::run_with_reloads(config, Some(path.to_path_buf()), shutdown, reloads)
-            .await
-            .context("cannot start the WebAssembly runtime")?;
+        let options = sluice::supervisor::RunOptions { config_path: Some(path.to_path_buf()), admin_addr_file };
+        let reports = sluice::supervisor::run_with_reloads(config, options, shutdown, reloads).await?;
         let failed: Vec<_> = reports.iter().filter(|r| r.error.is_some()).collect();
         for report in &failed {
             eprintln!("pipeline `{}` failed: {}", report.name, report.error.as_deref().unwrap_or(""));

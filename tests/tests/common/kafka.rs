@@ -14,6 +14,13 @@
 //! the test process is gone, so neither the shared broker (a static, never
 //! dropped) nor the broker of a test binary killed on a timeout outlives
 //! the tests.
+//!
+//! Its ports are picked free and written into its config, which is racy:
+//! another process can take one in between. A restart must keep the ports
+//! its clients know, so the broker cannot simply bind port 0; instead a
+//! start that fails because a port is taken ("Address already in use" in
+//! its log) starts over with fresh ports, and a restart on the same ports
+//! tries again after a pause.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +38,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// The cluster id the store is formatted with; each store is fresh, so any
 /// valid id will do.
 const CLUSTER_ID: &str = "c2x1aWNlLXRlc3QtYnJva2Vy";
+
+/// How many times a start or restart tries again after finding a port
+/// taken.
+const BIND_ATTEMPTS: usize = 3;
+
+/// Whether a failed start failed because a port was taken: the broker's
+/// log, quoted in the error, says so.
+fn port_taken(err: &anyhow::Error) -> bool {
+    format!("{err:#}").to_lowercase().contains("address already in use")
+}
 
 /// The line the broker logs once it is registered, unfenced and accepting
 /// requests on its listener.
@@ -184,6 +201,20 @@ impl KafkaBroker {
     }
 
     fn start_with(secured: bool) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(secured) {
+                Err(err) if attempt < BIND_ATTEMPTS && port_taken(&err) => {
+                    eprintln!("kafka broker: a port was taken; starting over with fresh ones");
+                }
+                started => return started,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One start on freshly picked ports.
+    fn try_start(secured: bool) -> Result<Self> {
         let install = install()?;
         let keep = std::env::var_os("SLUICE_KEEP_TMP").is_some();
         let dir = tempfile::Builder::new()
@@ -257,7 +288,17 @@ impl KafkaBroker {
     /// time out first: ~2 s more than a first start).
     pub fn restart(&mut self) -> Result<()> {
         self.kill()?;
-        self.launch()
+        let mut attempt = 1;
+        loop {
+            match self.launch() {
+                Err(err) if attempt < BIND_ATTEMPTS && port_taken(&err) => {
+                    eprintln!("kafka broker: its port is taken; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                launched => return launched,
+            }
+            attempt += 1;
+        }
     }
 
     /// Creates `name` with `partitions` partitions (one replica) through

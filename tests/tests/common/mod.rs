@@ -145,10 +145,23 @@ pub fn event(payload: &str) -> Value {
     serde_json::json!({ "payload": payload })
 }
 
-/// A loopback port nothing listens on right now (for a server a test starts).
+/// A loopback port nothing listens on right now. Racy for a server started
+/// later (another process may take the port in between): only for an
+/// address that must stay closed (a client's "cannot connect" path). A
+/// `sluice run` listens on [`ANY_PORT`] and reports its port
+/// ([`Running::admin_port`]); a test's own server binds port 0 in-process
+/// and passes the listener on; brokers retry on a taken port.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// `[admin] listen` for tests: loopback, any free port. The host writes the
+/// port it bound to the file [`Scratch::sluice`] names in
+/// `SLUICE_ADMIN_ADDR_FILE`; [`Running::admin_port`] reads it.
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+/// The environment variable `sluice run` reads for `--admin-addr-file`.
+const ADMIN_ADDR_FILE: &str = "SLUICE_ADMIN_ADDR_FILE";
 
 /// A scratch folder for one test: config, events, outputs. Removed when
 /// dropped (kept, with its path printed, when `SLUICE_KEEP_TMP` is set).
@@ -223,10 +236,18 @@ impl Scratch {
             .unwrap_or(0)
     }
 
-    /// A `sluice` command running in this folder.
+    /// A `sluice` command running in this folder. A `run` is told to write
+    /// its admin address to a file of its own (`admin-<n>.addr`), so a host
+    /// restarted in the same folder, or two side by side, never read each
+    /// other's.
     pub fn sluice(&self, args: &[&str]) -> Command {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let mut command = Command::new(sluice_bin());
         command.args(args).current_dir(self.dir());
+        if args.first() == Some(&"run") {
+            let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            command.env(ADMIN_ADDR_FILE, self.path(&format!("admin-{n}.addr")));
+        }
         command
     }
 
@@ -350,17 +371,39 @@ impl Finished {
 /// the process, so a failing test leaves nothing behind.
 pub struct Running {
     child: Child,
-    stdout: Option<JoinHandle<Vec<u8>>>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    stdout: Option<(Sink, JoinHandle<()>)>,
+    stderr: Option<(Sink, JoinHandle<()>)>,
+    /// Where the host writes its admin address (`SLUICE_ADMIN_ADDR_FILE`).
+    admin_addr_file: Option<PathBuf>,
 }
 
 impl Running {
     pub fn spawn(mut command: Command) -> Result<Self> {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let admin_addr_file = command
+            .get_envs()
+            .find(|(name, _)| *name == ADMIN_ADDR_FILE)
+            .and_then(|(_, value)| value.map(PathBuf::from));
         let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
         let stdout = child.stdout.take().map(collect);
         let stderr = child.stderr.take().map(collect);
-        Ok(Self { child, stdout, stderr })
+        Ok(Self { child, stdout, stderr, admin_addr_file })
+    }
+
+    /// The port the host's admin API bound (its config says [`ANY_PORT`]),
+    /// once it listens: read from the address file the host writes after
+    /// binding. Fails with the host's output if it exits first.
+    pub fn admin_port(&mut self) -> Result<u16> {
+        let path = self.admin_addr_file.clone().context("not a `sluice run` started through Scratch::sluice")?;
+        let mut port = None;
+        self.wait_until("the admin API's address file", RUN_TIMEOUT, || {
+            port = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse::<std::net::SocketAddr>().ok())
+                .map(|addr| addr.port());
+            port.is_some()
+        })?;
+        port.context("no admin address")
     }
 
     pub fn pid(&self) -> u32 {
@@ -433,10 +476,27 @@ impl Running {
         Ok(Finished { status, stdout, stderr })
     }
 
+    /// How much the process has logged (to stderr) so far: a mark for
+    /// [`Running::wait_for_log`].
+    pub fn log_mark(&self) -> usize {
+        self.stderr.as_ref().and_then(|(sink, _)| sink.lock().ok().map(|bytes| bytes.len())).unwrap_or(0)
+    }
+
+    /// Waits until the process logs a line containing `needle` after `mark`
+    /// (from [`Running::log_mark`]), while it keeps running: the sign that
+    /// it got past a point, before a test asserts that something did not
+    /// happen.
+    pub fn wait_for_log(&mut self, needle: &str, mark: usize, within: Duration) -> Result<()> {
+        let sink = self.stderr.as_ref().map(|(sink, _)| sink.clone()).context("stderr is not collected")?;
+        self.wait_until(&format!("the log line `{needle}`"), within, || {
+            sink.lock().is_ok_and(|bytes| bytes.get(mark..).is_some_and(|new| String::from_utf8_lossy(new).contains(needle)))
+        })
+    }
+
     fn output(&mut self) -> (String, String) {
-        let text = |handle: Option<JoinHandle<Vec<u8>>>| {
+        let text = |handle: Option<(Sink, JoinHandle<()>)>| {
             handle
-                .and_then(|h| h.join().ok())
+                .and_then(|(sink, reader)| reader.join().ok().and_then(|()| sink.lock().ok().map(|b| b.clone())))
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .unwrap_or_default()
         };
@@ -453,12 +513,27 @@ impl Drop for Running {
     }
 }
 
-fn collect(mut stream: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stream.read_to_end(&mut bytes);
-        bytes
-    })
+/// Output read so far, shared with the thread reading it.
+type Sink = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Reads `stream` to its end into a buffer the test can look at meanwhile
+/// ([`Running::wait_for_log`]).
+fn collect(mut stream: impl Read + Send + 'static) -> (Sink, JoinHandle<()>) {
+    let sink = Sink::default();
+    let filling = sink.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => match filling.lock() {
+                    Ok(mut bytes) => bytes.extend_from_slice(&chunk[..n]),
+                    Err(_) => break,
+                },
+            }
+        }
+    });
+    (sink, reader)
 }
 
 /// Checks that every record carries the `sluice-plugin-digest` header of

@@ -2,6 +2,13 @@
 //! own file store, so a test can kill and restart its server without
 //! touching the others. `scripts/nats-server.sh install` puts the binary on
 //! the machine (`./dev test` runs it).
+//!
+//! Its ports are picked free and handed to the server, which is racy:
+//! another process can take one in between. A restart must keep the port
+//! its clients know, so the server cannot simply bind port 0; instead a
+//! start that fails because a port is taken ("address already in use" in
+//! the server's log) picks fresh ports and tries again, and a restart on
+//! the same port tries again after a pause.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,6 +22,17 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
 use crate::common::{free_port, poll_until};
+
+/// How many times a start or restart tries again after finding a port
+/// taken.
+const BIND_ATTEMPTS: usize = 5;
+
+/// Why a launch failed: the server exited at once because a port it was
+/// given is taken (worth another try), or anything else.
+enum LaunchError {
+    PortTaken(anyhow::Error),
+    Other(anyhow::Error),
+}
 
 pub struct NatsServer {
     child: Option<Child>,
@@ -47,30 +65,64 @@ impl NatsServer {
     /// A server started with `extra` arguments too (a login, TLS).
     pub fn start_with(extra: &[String]) -> Result<Self> {
         let store = tempfile::Builder::new().prefix("sluice-nats-").tempdir()?;
-        let mut server = Self { child: None, port: free_port()?, monitor: free_port()?, store, extra: extra.to_vec() };
-        server.launch()?;
-        Ok(server)
+        let mut server = Self { child: None, port: 0, monitor: 0, store, extra: extra.to_vec() };
+        let mut attempt = 1;
+        loop {
+            (server.port, server.monitor) = (free_port()?, free_port()?);
+            match server.launch() {
+                Ok(()) => return Ok(server),
+                Err(LaunchError::PortTaken(err)) if attempt < BIND_ATTEMPTS => {
+                    eprintln!("nats-server: a port was taken ({err:#}); trying fresh ones");
+                }
+                Err(LaunchError::PortTaken(err) | LaunchError::Other(err)) => return Err(err),
+            }
+            attempt += 1;
+        }
     }
 
-    fn launch(&mut self) -> Result<()> {
-        let child = Command::new(binary()?)
+    /// Starts the server on its ports and waits until JetStream is ready.
+    fn launch(&mut self) -> std::result::Result<(), LaunchError> {
+        let other = LaunchError::Other;
+        let log_path = self.store.path().join("server.log");
+        let log = std::fs::File::create(&log_path).context("creating the server's log").map_err(other)?;
+        let child = Command::new(binary().map_err(other)?)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string(), "-js", "-sd"])
             .arg(self.store.path())
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
-            .context("starting nats-server")?;
+            .context("starting nats-server")
+            .map_err(other)?;
         self.child = Some(child);
-        let port = self.port;
-        poll_until("nats-server to accept connections", Duration::from_secs(10), || {
+        let (port, child) = (self.port, &mut self.child);
+        // Fails at once when the server exits (a port taken, say) rather
+        // than when the wait runs out, or than connecting to whoever took
+        // the port.
+        let mut exited = || -> Result<()> {
+            if let Some(status) = child.as_mut().map(Child::try_wait).transpose()?.flatten() {
+                bail!("nats-server exited ({status}) while starting");
+            }
+            Ok(())
+        };
+        let monitor = self.monitor;
+        let outcome = poll_until("nats-server to accept connections", Duration::from_secs(10), || {
+            exited()?;
             Ok(TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
-        })?;
-        // JetStream answers only once its store is recovered.
-        poll_until("JetStream to be ready", Duration::from_secs(10), || {
-            Ok(self.monitor_get("/healthz?js-enabled-only=true").ok().filter(|body| body.contains("ok")).map(|_| ()))
         })
+        .and_then(|()| {
+            // JetStream answers only once its store is recovered.
+            poll_until("JetStream to be ready", Duration::from_secs(10), || {
+                exited()?;
+                Ok(monitor_get(monitor, "/healthz?js-enabled-only=true").ok().filter(|body| body.contains("ok")).map(|_| ()))
+            })
+        });
+        let Err(err) = outcome else { return Ok(()) };
+        let _ = self.kill();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let err = err.context(format!("nats-server on ports {} and {}; its log:\n{log}", self.port, self.monitor));
+        Err(if log.to_lowercase().contains("address already in use") { LaunchError::PortTaken(err) } else { LaunchError::Other(err) })
     }
 
     pub fn url(&self) -> String {
@@ -86,10 +138,24 @@ impl NatsServer {
         Ok(())
     }
 
-    /// Starts it again on the same port with the same store.
+    /// Starts it again on the same port with the same store (clients know
+    /// the port); while the port is taken, tries again after a pause.
     pub fn restart(&mut self) -> Result<()> {
         self.kill()?;
-        self.launch()
+        let mut attempt = 1;
+        loop {
+            match self.launch() {
+                Ok(()) => return Ok(()),
+                Err(LaunchError::PortTaken(err)) if attempt < BIND_ATTEMPTS => {
+                    eprintln!("nats-server: its port is taken ({err:#}); trying again");
+                    // Whoever holds the port may let go of it; polling
+                    // faster would only spawn servers that fail the same way.
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(LaunchError::PortTaken(err) | LaunchError::Other(err)) => return Err(err),
+            }
+            attempt += 1;
+        }
     }
 
     pub async fn client(&self) -> Result<async_nats::Client> {
@@ -98,12 +164,7 @@ impl NatsServer {
 
     /// A GET on the monitoring port.
     pub fn monitor_get(&self, path: &str) -> Result<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.monitor))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+        monitor_get(self.monitor, path)
     }
 
     /// How many client connections subscribe to exactly `subject`.
@@ -120,6 +181,16 @@ impl NatsServer {
             })
             .count())
     }
+}
+
+/// A GET on a server's monitoring port.
+fn monitor_get(port: u16, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
 }
 
 impl Drop for NatsServer {
