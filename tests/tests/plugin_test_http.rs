@@ -96,7 +96,7 @@ fn check(plugin: &std::path::Path, lang: &str, timeout_disposition: &str) -> Res
         assert_eq!(lines[0]["error"]["disposition"], "reject", "{lang}: {}", lines[0]);
         assert_eq!(
             lines[0]["error"]["message"],
-            "HTTP request to elsewhere.example:443 denied: no rule in http.json matches POST https://elsewhere.example/enrich",
+            "HTTP request to elsewhere.example denied: no rule in http.json matches POST https://elsewhere.example/enrich",
             "{lang}"
         );
     }
