@@ -496,6 +496,10 @@ static const char *const http_error_codes[] = {
     "InternalError",
 };
 
+// How the host marks an internal-error that is a denial with its reason.
+#define DENIED_PREFIX "denied: "
+#define DENIED_PREFIX_LEN (sizeof DENIED_PREFIX - 1)
+
 // The error-code as a failure (the Rust SDK's from_code); frees `code`.
 static sluice_failure_t *http_code_failure(wasi_http_types_error_code_t *code, const char *host) {
     sluice_failure_t *f;
@@ -516,7 +520,14 @@ static sluice_failure_t *http_code_failure(wasi_http_types_error_code_t *code, c
             f = http_failure(SLUICE_HTTP_TOO_LARGE, "HTTP response body over the limit");
         break;
     case WASI_HTTP_TYPES_ERROR_CODE_INTERNAL_ERROR:
-        if (code->val.internal_error.is_some)
+        // A denial with its reason (`plugin test --http-replies` with no
+        // rule for the request): see host/src/runtime/http/send.rs.
+        if (code->val.internal_error.is_some && code->val.internal_error.val.len >= DENIED_PREFIX_LEN &&
+            memcmp(code->val.internal_error.val.ptr, DENIED_PREFIX, DENIED_PREFIX_LEN) == 0)
+            f = http_failure(SLUICE_HTTP_DENIED, "HTTP request to %s denied: %.*s", host,
+                             (int)(code->val.internal_error.val.len - DENIED_PREFIX_LEN),
+                             (const char *)code->val.internal_error.val.ptr + DENIED_PREFIX_LEN);
+        else if (code->val.internal_error.is_some)
             f = http_failure(SLUICE_HTTP_TRANSPORT, "HTTP request to %s failed: InternalError(Some(\"%.*s\"))", host,
                              STR(code->val.internal_error.val));
         else

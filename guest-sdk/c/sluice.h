@@ -188,7 +188,7 @@ sluice_failure_t *sluice_client_emit(const char *destination, const void *payloa
 typedef enum {
     SLUICE_HTTP_INVALID_URL,    // not an http:// or https:// URL with a host
     SLUICE_HTTP_INVALID_HEADER, // a header name or value the host refuses
-    SLUICE_HTTP_DENIED,         // not in the pipeline's plugin.http.allow
+    SLUICE_HTTP_DENIED,         // not in the pipeline's plugin.http.allow (plugin test: no rule matches)
     SLUICE_HTTP_TIMEOUT,        // no response within the timeout
     SLUICE_HTTP_TOO_LARGE,      // the body passed plugin.http.max_response_bytes
     SLUICE_HTTP_TRANSPORT,      // connection refused, TLS or DNS failure, a broken response…

@@ -423,7 +423,13 @@ func httpErrorFromCode(a uint32, host string) *HTTPError {
 	case codeInternalError:
 		code := "InternalError(None)"
 		if u8(a+8) != 0 {
-			code = fmt.Sprintf("InternalError(Some(%q))", str(u32(a+12), u32(a+16)))
+			text := str(u32(a+12), u32(a+16))
+			// A denial with its reason (`plugin test --http-replies` with no
+			// rule for the request): see host/src/runtime/http/send.rs.
+			if reason, ok := strings.CutPrefix(text, deniedPrefix); ok {
+				return &HTTPError{Kind: HTTPDenied, Host: host, Code: reason}
+			}
+			code = fmt.Sprintf("InternalError(Some(%q))", text)
 		}
 		return &HTTPError{Kind: HTTPTransport, Host: host, Code: code}
 	default:

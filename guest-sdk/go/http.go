@@ -86,8 +86,9 @@ const (
 	// HTTPInvalidHeader: a header name or value the host refuses (Code is
 	// the name).
 	HTTPInvalidHeader
-	// HTTPDenied: the pipeline does not allow this destination
-	// (`plugin.http.allow`).
+	// HTTPDenied: the host refused the request: the pipeline does not
+	// allow this destination (`plugin.http.allow`), or `plugin test
+	// --http-replies` has no rule for it (Code is then the reason).
 	HTTPDenied
 	// HTTPTimeout: no response within the timeout.
 	HTTPTimeout
@@ -106,7 +107,8 @@ type HTTPError struct {
 	Kind HTTPErrorKind
 	// Host is `host:port` as requested (Denied, Timeout, Transport).
 	Host string
-	// Code is the wasi:http error code (Transport), the URL (InvalidURL),
+	// Code is the wasi:http error code (Transport), the host's reason
+	// (Denied; empty: not in plugin.http.allow), the URL (InvalidURL),
 	// the header name (InvalidHeader) or the reason (Body).
 	Code string
 	// Limit is the body cap in bytes (TooLarge; 0: not given).
@@ -122,6 +124,9 @@ func (e *HTTPError) Error() string {
 	case HTTPInvalidHeader:
 		return fmt.Sprintf("invalid header `%s`", e.Code)
 	case HTTPDenied:
+		if e.Code != "" {
+			return fmt.Sprintf("HTTP request to %s denied: %s", e.Host, e.Code)
+		}
 		return fmt.Sprintf("HTTP request to %s denied: not in the pipeline's plugin.http.allow", e.Host)
 	case HTTPTimeout:
 		return fmt.Sprintf("HTTP request to %s timed out", e.Host)
@@ -148,6 +153,10 @@ func (e *HTTPError) Disposition() Disposition {
 	}
 	return Retryable
 }
+
+// deniedPrefix is how the host marks an internal-error that is a denial
+// with its reason (host/src/runtime/http/send.rs).
+const deniedPrefix = "denied: "
 
 // asHTTPError finds a *HTTPError in err's chain.
 func asHTTPError(err error) (*HTTPError, bool) {

@@ -37,6 +37,7 @@ func TestHTTPErrorsReadAsTheRustSDKsAndTakeTheirDisposition(t *testing.T) {
 		disposition Disposition
 	}{
 		{&HTTPError{Kind: HTTPDenied, Host: "x:443"}, "HTTP request to x:443 denied: not in the pipeline's plugin.http.allow", Rejected},
+		{&HTTPError{Kind: HTTPDenied, Host: "x:443", Code: "no rule in http.json matches GET https://x/"}, "HTTP request to x:443 denied: no rule in http.json matches GET https://x/", Rejected},
 		{&HTTPError{Kind: HTTPInvalidHeader, Code: "bad name"}, "invalid header `bad name`", Rejected},
 		{&HTTPError{Kind: HTTPTimeout, Host: "x:443"}, "HTTP request to x:443 timed out", Retryable},
 		{&HTTPError{Kind: HTTPTooLarge, Limit: 1024}, "HTTP response body over the limit of 1024 bytes", Retryable},

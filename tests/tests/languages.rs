@@ -361,16 +361,28 @@ fn plugin_new_makes_a_project_that_builds_and_passes_its_test_in_every_language(
     Ok(())
 }
 
-/// `sluice plugin new --with state,http,client,metrics` (Rust, JavaScript
-/// and TypeScript): the project also counts per key in state, POSTs to an API,
-/// asks a service and records metrics, and passes its test as generated,
-/// its calls answered by the `http.json` and `replies.json` it comes with.
-/// Fewer features make a project that builds and passes too.
+/// `sluice plugin new --with state,http,client,metrics`, in every language:
+/// the project also counts per key in state, POSTs to an API, asks a
+/// service and records metrics, and passes its test as generated (one
+/// `expected.jsonl` for all: the templates make the same calls in the same
+/// order), its calls answered by the `http.json` and `replies.json` it
+/// comes with. Fewer features make a project that builds and passes too.
 #[test]
 fn plugin_new_with_every_feature_builds_and_passes_its_test() -> Result<()> {
     const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
     let cache = compile_cache().to_string_lossy().into_owned();
-    let cases = [("rust", "state,http,client,metrics"), ("ts", "state,http,client,metrics"), ("js", "state,client,metrics"), ("ts", "client")];
+    let all = "state,http,client,metrics";
+    let cases = [
+        ("rust", all),
+        ("ts", all),
+        ("js", "state,client,metrics"),
+        ("ts", "client"),
+        ("python", all),
+        ("c", all),
+        ("c", "client"),
+        ("go", all),
+        ("go", "state,client"),
+    ];
     for (lang, with) in cases {
         let scratch = Scratch::new()?;
         let name = format!("acts-{lang}");
@@ -379,11 +391,11 @@ fn plugin_new_with_every_feature_builds_and_passes_its_test() -> Result<()> {
         let dir = scratch.path(&name);
         let http = with.contains("http");
         ensure!(dir.join("http.json").is_file() == http && dir.join("replies.json").is_file(), "{lang} {with}: the stub files");
-        let mut build = std::process::Command::new("bash");
-        build.arg("build.sh").current_dir(&dir);
+        let mut build = std::process::Command::new(sluice_bin());
+        build.args(["plugin", "build", &name]).current_dir(scratch.path(""));
         build.env("CARGO_TARGET_DIR", root().join("target/scaffold"));
         let built = Running::spawn(build)?.wait(BUILD_TIMEOUT)?;
-        ensure!(built.status.success(), "{lang} {with}: build.sh failed\n{}\n{}", built.stdout, built.stderr);
+        ensure!(built.status.success(), "{lang} {with}: plugin build failed\n{}\n{}", built.stdout, built.stderr);
         // The command the project's README and `plugin new` give.
         let flags = if http { vec!["--http-replies", "http.json", "--replies", "replies.json"] } else { vec!["--replies", "replies.json"] };
         ensure!(created.stdout.contains(&flags.join(" ")), "{lang}: `next:` names the stub files: {}", created.stdout);
@@ -397,9 +409,11 @@ fn plugin_new_with_every_feature_builds_and_passes_its_test() -> Result<()> {
         assert!(tested.stderr.contains("all 2 line(s) match"), "{lang}: {}", tested.stderr);
         let hello: Value = serde_json::from_str(tested.stdout.lines().next().context("a line for hello")?)?;
         assert_eq!(header(&hello["outputs"][0], "x-answer"), Some("ok"), "{lang} {with}: the service's answer: {hello}");
+        if with.contains("state") {
+            assert_eq!(header(&hello["outputs"][0], "x-seen"), Some("1"), "{lang}: the count in state");
+        }
         if http {
             assert_eq!(header(&hello["outputs"][0], "x-lookup"), Some("gold"), "{lang}: the API's answer");
-            assert_eq!(header(&hello["outputs"][0], "x-seen"), Some("1"), "{lang}: the count in state");
             assert_eq!(hello["calls"][0]["method"], "POST", "{lang}");
             assert_eq!(hello["calls"][1]["idempotency_key"], "hello:1", "{lang}: keys count the event's calls");
         }
@@ -417,9 +431,12 @@ fn plugin_new_refuses_a_bad_name_and_an_existing_folder() -> Result<()> {
     let taken = scratch.run(&["plugin", "new", "--lang", "go", "taken"])?;
     taken.ensure_failure()?;
     assert!(taken.stderr.contains("taken already exists and is not empty"), "{}", taken.stderr);
-    let unsupported = scratch.run(&["plugin", "new", "--lang", "go", "--with", "http", "later"])?;
-    unsupported.ensure_failure()?;
-    assert!(unsupported.stderr.contains("--with is not available for Go templates yet"), "{}", unsupported.stderr);
+    // Every language takes `--with` (no template refuses it any more).
+    for lang in ["python", "c", "go"] {
+        let name = format!("with-{lang}");
+        scratch.run(&["plugin", "new", "--lang", lang, "--with", "http", &name])?.ensure_success()?;
+        assert!(scratch.path(&name).join("http.json").is_file(), "{lang}: http.json");
+    }
     let unknown = scratch.run(&["plugin", "new", "--with", "kafka", "other"])?;
     unknown.ensure_failure()?;
     assert!(unknown.stderr.contains("invalid value 'kafka' for '--with"), "{}", unknown.stderr);

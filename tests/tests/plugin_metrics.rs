@@ -2,7 +2,8 @@
 //! the `counter` plugin records is on `/metrics`, exact, under the
 //! pipeline and plugin labels; label sets past the cap fold into `other`
 //! and are counted; an invalid name is dropped without failing its event;
-//! a failed attempt's values stay; a new plugin version counts on.
+//! a failed attempt's values stay; a new plugin version counts on; and
+//! `sluice plugin test` prints what a plugin recorded.
 
 #[allow(dead_code)]
 mod common;
@@ -105,5 +106,35 @@ fn plugin_metrics_are_exact_capped_and_kept_from_failed_attempts() -> Result<()>
     finished.ensure_success()?;
     let reports = finished.stderr.matches("plugin metric recording dropped").count() + finished.stdout.matches("plugin metric recording dropped").count();
     ensure!(reports == 1, "the invalid name is reported once, not per call: {reports} reports\n{}", finished.stderr);
+    Ok(())
+}
+
+/// `sluice plugin test` prints what the plugin recorded at the end, on
+/// stderr (stdout stays the event lines `--expect` compares): each series
+/// as `/metrics` would name it, a failed event's recordings included, and
+/// the dropped calls.
+#[test]
+fn plugin_test_prints_the_metrics_the_plugin_recorded() -> Result<()> {
+    let scratch = Scratch::new()?;
+    let events: Vec<Value> = ["a", "b", "a:reject", "c:bad-metric"].iter().map(|p| json!({ "id": p, "payload": p })).collect();
+    scratch.write_events("events.jsonl", &events)?;
+    let plugin = plugin("counter").to_string_lossy().into_owned();
+    let cache = compile_cache().to_string_lossy().into_owned();
+    let run = scratch.run(&["plugin", "test", &plugin, "--events", "events.jsonl", "--cache-dir", &cache])?;
+    ensure!(run.stdout.lines().count() == 4, "one line per event: {}", run.stdout);
+    ensure!(!run.stdout.contains("sluice_plugin_"), "metrics stay off stdout: {}", run.stdout);
+    let block: Vec<&str> = run.stderr.lines().skip_while(|l| *l != "metrics recorded by the plugin:").skip(1).take_while(|l| l.starts_with("  ")).collect();
+    assert_eq!(
+        block,
+        [
+            r#"  sluice_plugin_counted_total{key="a"} 2"#,
+            r#"  sluice_plugin_counted_total{key="b"} 1"#,
+            r#"  sluice_plugin_counted_total{key="c"} 1"#,
+            "  sluice_plugin_payload_bytes count=4 sum=22",
+            "  1 call(s) dropped: invalid_name (see the log)",
+        ],
+        "stderr: {}",
+        run.stderr
+    );
     Ok(())
 }

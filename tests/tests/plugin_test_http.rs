@@ -1,8 +1,9 @@
 //! `sluice plugin test --http-replies`: a plugin's outbound HTTP answered
 //! from a file of rules, offline, behind the same `wasi:http` the plugin
-//! sees in a pipeline, so the Rust SDK's client and `fetch` in TypeScript
-//! both work against it unchanged. The URLs are `https://` to a host that
-//! is never contacted: nothing here touches the network.
+//! sees in a pipeline, so the Rust SDK's client, `fetch` in TypeScript and
+//! the Python, C and Go SDKs all work against it unchanged. The URLs are
+//! `https://` to a host that is never contacted: nothing here touches the
+//! network.
 
 #[allow(dead_code)]
 mod common;
@@ -88,6 +89,17 @@ fn check(plugin: &std::path::Path, lang: &str, timeout_disposition: &str) -> Res
         "denied: no rule in http.json matches POST https://elsewhere.example/enrich",
         "{lang}"
     );
+    // The SDKs tell the handler the same reason, not the pipeline's allow
+    // list (which `plugin test` does not read), and reject as a denial.
+    // (`fetch` words its own errors.)
+    if lang != "typescript" {
+        assert_eq!(lines[0]["error"]["disposition"], "reject", "{lang}: {}", lines[0]);
+        assert_eq!(
+            lines[0]["error"]["message"],
+            "HTTP request to elsewhere.example denied: no rule in http.json matches POST https://elsewhere.example/enrich",
+            "{lang}"
+        );
+    }
     Ok(())
 }
 
@@ -102,6 +114,18 @@ fn typescript_fetch_is_answered_from_the_file() -> Result<()> {
     let twin = root().join("plugins/target/components/http_enrich_ts.wasm");
     ensure!(twin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh ts` first", twin.display());
     check(&twin, "typescript", "retryable")
+}
+
+/// The Python, C and Go twins of `http_enrich`: the same answers, and a
+/// request no rule matches denied with the same reason.
+#[test]
+fn python_c_and_go_clients_are_answered_from_the_file() -> Result<()> {
+    for (lang, twin) in [("python", "http_enrich_py"), ("c", "http_enrich_c"), ("go", "http_enrich_go")] {
+        let twin = root().join("plugins/target/components").join(format!("{twin}.wasm"));
+        ensure!(twin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh {lang}` first", twin.display());
+        check(&twin, lang, "retryable")?;
+    }
+    Ok(())
 }
 
 /// A rules file with a mistake is refused before any event, by place.

@@ -46,6 +46,10 @@ _WRITE_CHUNK = 4096
 _READ_CHUNK = 64 * 1024
 
 _REJECTED = {"invalid-url", "invalid-header", "denied"}
+# Why a request is denied when the host gives no reason.
+_NOT_ALLOWED = "not in the pipeline's plugin.http.allow"
+# How the host marks an internal-error that is a denial with its reason.
+_DENIED_PREFIX = "denied: "
 
 _METHODS = {
     "GET": _h.Method_Get,
@@ -65,7 +69,8 @@ class HttpError(HandlerError):
     `invalid-header`, `denied`, `timeout`, `too-large`, `transport`, `body`
     (the Rust SDK's `http::Error` cases); `host` is `host:port` as requested
     (`denied`, `timeout`, `transport`; else None); `detail` the URL
-    (`invalid-url`), the header name (`invalid-header`), the wasi:http error
+    (`invalid-url`), the host's reason (`denied`; None: not in the
+    pipeline's `plugin.http.allow`), the header name (`invalid-header`), the wasi:http error
     code (`transport`), the reason (`body`) or the body cap in bytes
     (`too-large`, None when the host did not say)."""
 
@@ -84,7 +89,7 @@ def _describe(kind: str, host: Optional[str], detail: Any) -> str:
     return {
         "invalid-url": f"not an http(s) URL: {detail}",
         "invalid-header": f"invalid header `{detail}`",
-        "denied": f"HTTP request to {host} denied: not in the pipeline's plugin.http.allow",
+        "denied": f"HTTP request to {host} denied: {detail or _NOT_ALLOWED}",
         "timeout": f"HTTP request to {host} timed out",
         "transport": f"HTTP request to {host} failed: {detail}",
         "body": f"HTTP response body: {detail}",
@@ -319,6 +324,10 @@ def _body_error(text: str, host: str) -> HttpError:
 def _from_code(code: Any, host: str) -> HttpError:
     if isinstance(code, _h.ErrorCode_HttpRequestDenied):
         return HttpError("denied", host)
+    if isinstance(code, _h.ErrorCode_InternalError) and code.value is not None and code.value.startswith(_DENIED_PREFIX):
+        # A denial with its reason (`plugin test --http-replies` with no rule
+        # for the request): see host/src/runtime/http/send.rs.
+        return HttpError("denied", host, code.value[len(_DENIED_PREFIX):])
     if isinstance(code, (_h.ErrorCode_ConnectionTimeout, _h.ErrorCode_ConnectionReadTimeout, _h.ErrorCode_HttpResponseTimeout)):
         return HttpError("timeout", host)
     if isinstance(code, _h.ErrorCode_HttpResponseBodySize):

@@ -77,10 +77,16 @@ pub enum Error {
     InvalidUrl(String),
     /// A header name or value the host refuses.
     InvalidHeader(String),
-    /// The pipeline does not allow this destination (`plugin.http.allow`).
+    /// The host refused the request: the pipeline does not allow this
+    /// destination (`plugin.http.allow`), or `plugin test --http-replies`
+    /// has no rule for it.
     Denied {
         /// `host:port` as requested.
         host: String,
+        /// The host's reason when it gave one (`plugin test`: "no rule in
+        /// http.json matches POST https://…"); `None`: not in the
+        /// pipeline's `plugin.http.allow`.
+        reason: Option<String>,
     },
     /// No response within the timeout (`plugin.http.timeout`, or the
     /// request's own).
@@ -109,7 +115,8 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidUrl(url) => write!(f, "not an http(s) URL: {url}"),
             Error::InvalidHeader(name) => write!(f, "invalid header `{name}`"),
-            Error::Denied { host } => write!(f, "HTTP request to {host} denied: not in the pipeline's plugin.http.allow"),
+            Error::Denied { host, reason: None } => write!(f, "HTTP request to {host} denied: not in the pipeline's plugin.http.allow"),
+            Error::Denied { host, reason: Some(reason) } => write!(f, "HTTP request to {host} denied: {reason}"),
             Error::Timeout { host } => write!(f, "HTTP request to {host} timed out"),
             Error::TooLarge { limit: Some(limit) } => write!(f, "HTTP response body over the limit of {limit} bytes"),
             Error::TooLarge { limit: None } => write!(f, "HTTP response body over the limit"),
@@ -343,13 +350,23 @@ mod imp {
     fn from_code(code: ErrorCode, host: &str) -> Error {
         let host = host.to_owned();
         match code {
-            ErrorCode::HttpRequestDenied => Error::Denied { host },
+            ErrorCode::HttpRequestDenied => Error::Denied { host, reason: None },
+            // A denial with its reason (`plugin test --http-replies` with no
+            // rule for the request): see host/src/runtime/http/send.rs.
+            ErrorCode::InternalError(Some(text)) if text.starts_with(super::DENIED_PREFIX) => {
+                Error::Denied { host, reason: Some(text[super::DENIED_PREFIX.len()..].to_owned()) }
+            }
             ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => Error::Timeout { host },
             ErrorCode::HttpResponseBodySize(limit) => Error::TooLarge { limit },
             other => Error::Transport { host, code: format!("{other:?}") },
         }
     }
 }
+
+/// How the host marks an `internal-error` that is a denial with its reason
+/// (host/src/runtime/http/send.rs, `denied_because`).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+const DENIED_PREFIX: &str = "denied: ";
 
 /// A body error without an `error-code` (wasmtime's p2 passes the host's
 /// own error there, as text): the cap and the deadline are still told apart.
@@ -403,8 +420,11 @@ mod tests {
     #[test]
     fn errors_that_cannot_pass_reject_and_the_rest_retry() {
         use crate::Disposition;
-        let denied: crate::HandlerError = Error::Denied { host: "x:443".into() }.into();
+        let denied: crate::HandlerError = Error::Denied { host: "x:443".into(), reason: None }.into();
         assert_eq!(denied.disposition, Disposition::Reject);
+        assert_eq!(denied.message, "HTTP request to x:443 denied: not in the pipeline's plugin.http.allow");
+        let unmatched = Error::Denied { host: "x:443".into(), reason: Some("no rule in http.json matches GET https://x/".into()) };
+        assert_eq!(unmatched.to_string(), "HTTP request to x:443 denied: no rule in http.json matches GET https://x/");
         let timeout: crate::HandlerError = Error::Timeout { host: "x:443".into() }.into();
         assert_eq!(timeout.disposition, Disposition::Retryable);
     }

@@ -183,8 +183,8 @@ enum PluginCommand {
         /// the one this binary was built from.
         #[arg(long, value_name = "CHECKOUT")]
         sdk: Option<PathBuf>,
-        /// Start from a plugin that also uses these (comma-separated; rust,
-        /// js and ts): `state` (a count per key), `http` (a POST to an API),
+        /// Start from a plugin that also uses these (comma-separated; every
+        /// language): `state` (a count per key), `http` (a POST to an API),
         /// `client` (a service request), `metrics` (a counter and a
         /// histogram). Each is shown once in the handler; `http.json` and
         /// `replies.json` answer its calls in `plugin test`.

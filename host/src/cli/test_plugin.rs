@@ -76,6 +76,8 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
                 .with_context(|| format!("--config `{kv}`: expected KEY=VALUE"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Printed at the end: what a pipeline would show on `/metrics`.
+    let metrics = sluice::runtime::PluginMetrics::new(sluice::runtime::MetricsLimits::default());
     let runtime = Runtime::new(&RuntimeOptions { cache_dir: cache_dir.clone(), ..RuntimeOptions::default() })?;
     let spec = PluginSpec {
         pipeline: "plugin-test".into(),
@@ -93,7 +95,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
         grants: vec![sluice::runtime::Capability::State, sluice::runtime::Capability::Client, sluice::runtime::Capability::Http],
         // The pipeline defaults, so a plugin's recordings are kept (an
         // empty registry would drop them with a warning).
-        metrics: sluice::runtime::PluginMetrics::new(sluice::runtime::MetricsLimits::default()),
+        metrics: metrics.clone(),
         http: Some(http),
         http_stubs,
     };
@@ -176,12 +178,28 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
             println!("{line}");
             printed.push(line.to_string());
         }
+        print_metrics(&metrics);
         eprintln!("{failures} event(s) failed");
         match expect {
             None => Ok(ExitCode::SUCCESS),
             Some(path) => compare(path, &printed),
         }
     })
+}
+
+/// The plugin's own metrics, on stderr (stdout is the event lines, which
+/// `--expect` compares): what `/metrics` would show for a pipeline that
+/// ran these events, attempts that failed included. Nothing when the
+/// plugin recorded none.
+fn print_metrics(metrics: &sluice::runtime::PluginMetrics) {
+    let lines = metrics.summary();
+    if lines.is_empty() {
+        return;
+    }
+    eprintln!("metrics recorded by the plugin:");
+    for line in lines {
+        eprintln!("  {line}");
+    }
 }
 
 /// A call as `plugin test` prints it: what was asked and how it ended,

@@ -504,6 +504,46 @@ impl PluginMetrics {
         folded
     }
 
+    /// Every series recorded so far, one line each, as `plugin test`
+    /// prints them: `sluice_plugin_events_total{tag="a"} 3` (counters),
+    /// `… 1.5` (gauges), `… count=2 sum=11` (histograms: buckets would
+    /// bury the figures), sorted by name and labels; then a line per metric
+    /// that folded calls into `other` and per drop reason that dropped any.
+    /// Without the `pipeline` and `plugin` labels `/metrics` adds.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (name, family) in self.families_sorted() {
+            let series = match family.series.lock() {
+                Ok(series) => series,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let mut rows: Vec<(&Vec<(String, String)>, &Value)> = series.by_labels.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            rows.extend(series.other.as_ref().map(|(labels, value)| (labels, value)));
+            for (labels, value) in rows {
+                let labels = match labels.is_empty() {
+                    true => String::new(),
+                    false => format!("{{{}}}", labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(",")),
+                };
+                lines.push(match value {
+                    Value::Counter(n) => format!("{PREFIX}{name}_total{labels} {n}"),
+                    Value::Gauge(v) => format!("{PREFIX}{name}{labels} {v}"),
+                    Value::Histogram(h) => format!("{PREFIX}{name}{labels} count={} sum={}", h.count, h.sum),
+                });
+            }
+        }
+        for (name, n) in self.folded() {
+            lines.push(format!("{n} call(s) to {PREFIX}{name} folded into its `other` series (plugin.metrics.max_series)"));
+        }
+        for reason in DropReason::ALL {
+            let n = self.drops(reason);
+            if n > 0 {
+                lines.push(format!("{n} call(s) dropped: {} (see the log)", reason.label()));
+            }
+        }
+        lines
+    }
+
     fn families_sorted(&self) -> Vec<(String, Arc<Family>)> {
         let mut families: Vec<(String, Arc<Family>)> = match self.0.families.read() {
             Ok(families) => families.by_name.iter().map(|(n, f)| (n.clone(), f.clone())).collect(),
@@ -747,6 +787,29 @@ mod tests {
         fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
             encode(&mut encoder, &[Source { pipeline: "p", plugin: "counter", metrics: &self.0 }])
         }
+    }
+
+    #[test]
+    fn the_summary_has_a_line_per_series_then_folds_and_drops() {
+        let m = PluginMetrics::new(MetricsLimits { max_series: 1, max_metrics: 50 });
+        m.counter_add("orders", labels(&[("sku", "a\"1")]), 2);
+        m.counter_add("orders", labels(&[("sku", "b")]), 1);
+        m.gauge_set("depth", vec![], 1.5);
+        m.histogram_observe("bytes", vec![], 5.0);
+        m.histogram_observe("bytes", vec![], 6.0);
+        m.counter_add("bad-name", vec![], 1);
+        assert_eq!(
+            m.summary(),
+            [
+                "sluice_plugin_bytes count=2 sum=11",
+                "sluice_plugin_depth 1.5",
+                r#"sluice_plugin_orders_total{sku="a\"1"} 2"#,
+                r#"sluice_plugin_orders_total{sku="other"} 1"#,
+                "1 call(s) to sluice_plugin_orders folded into its `other` series (plugin.metrics.max_series)",
+                "1 call(s) dropped: invalid_name (see the log)",
+            ]
+        );
+        assert!(PluginMetrics::default().summary().is_empty());
     }
 
     #[test]

@@ -176,10 +176,26 @@ async fn stubbed(stubs: &super::stub::HttpStubs, request: http::Request<WasiBody
         Answer::Unmatched(message) => {
             tracing::warn!("plugin HTTP request denied: {message}");
             record.finish(None, Some(format!("denied: {message}")));
-            Err(Error::HttpRequestDenied)
+            Err(denied_because(&message))
         }
     }
 }
+
+/// What the guest sees when `plugin test --http-replies` has no rule for
+/// its request. `http-request-denied` carries no reason, and the SDKs word
+/// it as the pipeline's case ("not in the pipeline's plugin.http.allow"),
+/// which would send the author to a config `plugin test` does not read; so
+/// the reason travels as `internal-error("denied: <why>")`, which every
+/// SDK turns back into its *denied* error (rejected) worded with `<why>`.
+/// An SDK that does not know the prefix sees an internal error (retryable)
+/// with the reason in it: still the truth.
+pub(crate) fn denied_because(why: &str) -> Error {
+    Error::InternalError(Some(format!("{DENIED_PREFIX}{why}")))
+}
+
+/// The prefix of an `internal-error` that is a denial with its reason (see
+/// [`denied_because`]); the SDKs match on it.
+pub(crate) const DENIED_PREFIX: &str = "denied: ";
 
 /// Adds `Idempotency-Key` and `traceparent` unless the plugin set its own;
 /// returns the key the request carries.
