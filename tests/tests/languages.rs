@@ -343,16 +343,16 @@ fn plugin_new_makes_a_project_that_builds_and_passes_its_test_in_every_language(
             _ => "Go",
         };
         assert!(built.stderr.contains(&format!("building the {language} plugin in {name}")), "{lang}: {}", built.stderr);
-        assert_eq!(built.stdout.lines().last(), Some(format!("{name}/plugin.wasm").as_str()), "{lang}: {}", built.stdout);
+        assert_eq!(built.stdout.lines().last(), Some(format!("{name}/{name}.wasm").as_str()), "{lang}: {}", built.stdout);
         let mut test = std::process::Command::new(sluice_bin());
-        test.args(["plugin", "test", "plugin.wasm", "--events", "events.jsonl", "--expect", "expected.jsonl", "--cache-dir", &cache])
+        test.args(["plugin", "test", &format!("{name}.wasm"), "--events", "events.jsonl", "--expect", "expected.jsonl", "--cache-dir", &cache])
             .current_dir(&dir);
         let tested = Running::spawn(test)?.wait(RUN_TIMEOUT)?;
         ensure!(tested.status.success(), "{lang}: plugin test failed\n{}\n{}", tested.stdout, tested.stderr);
         assert!(tested.stderr.contains("all 2 line(s) match"), "{lang}: {}", tested.stderr);
         // The template takes its config like any plugin, and refuses a typo.
         let mut typo = std::process::Command::new(sluice_bin());
-        typo.args(["plugin", "test", "plugin.wasm", "--events", "events.jsonl", "--config", "tga=x", "--cache-dir", &cache])
+        typo.args(["plugin", "test", &format!("{name}.wasm"), "--events", "events.jsonl", "--config", "tga=x", "--cache-dir", &cache])
             .current_dir(&dir);
         let refused = Running::spawn(typo)?.wait(RUN_TIMEOUT)?;
         refused.ensure_failure()?;
@@ -400,7 +400,7 @@ fn plugin_new_with_every_feature_builds_and_passes_its_test() -> Result<()> {
         let flags = if http { vec!["--http-replies", "http.json", "--replies", "replies.json"] } else { vec!["--replies", "replies.json"] };
         ensure!(created.stdout.contains(&flags.join(" ")), "{lang}: `next:` names the stub files: {}", created.stdout);
         let mut test = std::process::Command::new(sluice_bin());
-        test.args(["plugin", "test", "plugin.wasm", "--events", "events.jsonl", "--expect", "expected.jsonl", "--cache-dir", &cache])
+        test.args(["plugin", "test", &format!("{name}.wasm"), "--events", "events.jsonl", "--expect", "expected.jsonl", "--cache-dir", &cache])
             .args(&flags)
             .current_dir(&dir);
         // With `fetch`, a cold StarlingMonkey compile: [`SLOW_RUN`].

@@ -24,8 +24,6 @@ use super::new_plugin::Lang;
 /// How long a build may stay quiet before we say it still runs.
 const QUIET: Duration = Duration::from_secs(10);
 
-/// The component every template's `build.sh` writes.
-const COMPONENT: &str = "plugin.wasm";
 
 /// Which language the project in `dir` is written in, from the files a
 /// `plugin new` project of each language has.
@@ -114,9 +112,14 @@ pub fn build(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     if !status.success() {
         bail!("{} failed ({status}){}", script.display(), last_lines(&printed));
     }
-    let component = dir.join(COMPONENT);
+    // Every template's build.sh ends by printing the component's path
+    // (`NAME.wasm`, relative to the project).
+    let printed_path = printed.lines().rev().map(str::trim).find(|line| line.ends_with(".wasm")).with_context(|| {
+        format!("build.sh succeeded but printed no component path: it should end by printing the .wasm it wrote{}", last_lines(&printed))
+    })?;
+    let component = dir.join(printed_path);
     let bytes = std::fs::metadata(&component)
-        .with_context(|| format!("build.sh succeeded but wrote no {}: it should end by writing the component there", component.display()))?
+        .with_context(|| format!("build.sh printed {printed_path}, but there is no {}", component.display()))?
         .len();
     let digest = hex::encode(Sha256::digest(std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?));
     println!("{}", component.display());

@@ -235,7 +235,7 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>, with:
         std::fs::write(&target, fill(text)).with_context(|| format!("cannot write {}", target.display()))?;
     }
     println!("created {} plugin `{name}` in {}", lang.display(), dir.display());
-    println!("next:   sluice plugin build {0} && cd {0} && sluice plugin test plugin.wasm --events events.jsonl{flags} --expect expected.jsonl", dir.display());
+    println!("next:   sluice plugin build {0} && cd {0} && sluice plugin test {name}.wasm --events events.jsonl{flags} --expect expected.jsonl", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds plugin.wasm with clang (wasm32-wasi), wit-bindgen and wasm-tools.
+# Builds {{name}}.wasm with clang (wasm32-wasi), wit-bindgen and wasm-tools.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-bash "{{sluice}}/guest-sdk/c/build.sh" plugin.wasm plugin.c
+bash "{{sluice}}/guest-sdk/c/build.sh" {{name}}.wasm plugin.c

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds plugin.wasm with Go (wasip1, go:wasmexport) and wasm-tools.
+# Builds {{name}}.wasm with Go (wasip1, go:wasmexport) and wasm-tools.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-bash "{{sluice}}/guest-sdk/go/build.sh" . plugin.wasm
+bash "{{sluice}}/guest-sdk/go/build.sh" . {{name}}.wasm

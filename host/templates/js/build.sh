@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds plugin.wasm with jco/componentize-js (QuickJS); pass
+# Builds {{name}}.wasm with jco/componentize-js (QuickJS); pass
 # `--engine starlingmonkey` for the SpiderMonkey-based engine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-bash "{{sluice}}/guest-sdk/js/build.sh" plugin.js plugin.wasm "$@"
+bash "{{sluice}}/guest-sdk/js/build.sh" plugin.js {{name}}.wasm "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds plugin.wasm with componentize-py (CPython inside, ~18 MB).
+# Builds {{name}}.wasm with componentize-py (CPython inside, ~18 MB).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-bash "{{sluice}}/guest-sdk/python/build.sh" . app plugin.wasm
+bash "{{sluice}}/guest-sdk/python/build.sh" . app {{name}}.wasm
