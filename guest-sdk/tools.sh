@@ -15,7 +15,7 @@ _sluice_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _sluice_cache="${SLUICE_CACHE:-$_sluice_root/.cache}"
 _sluice_tools="$_sluice_cache/tools"
 
-_cargo_install() { # crate version binary
+_cargo_install() { # crate version binary minutes
     local bin="$_sluice_tools/bin/$3"
     # The same version already on the PATH (e.g. ~/.cargo/bin) will do.
     if [[ ! -x "$bin" ]] && command -v "$3" >/dev/null && "$3" --version 2>/dev/null | grep -q " $2"; then
@@ -23,20 +23,20 @@ _cargo_install() { # crate version binary
         return
     fi
     if [[ ! -x "$bin" ]] || ! "$bin" --version 2>/dev/null | grep -q " $2"; then
-        echo "==> cargo install --locked $1@$2 into $_sluice_tools (first time only)" >&2
+        echo "==> compiling $3 $2 from crates.io into $_sluice_tools (first time only, ~$4 min on 2 cores)" >&2
         CARGO_TARGET_DIR="$_sluice_cache/cargo-install-target" \
             cargo install --locked --quiet --root "$_sluice_tools" "$1@$2" >&2
     fi
     echo "$bin"
 }
 
-ensure_wasm_tools() { WASM_TOOLS="$(_cargo_install wasm-tools "$WASM_TOOLS_VERSION" wasm-tools)"; }
-ensure_wit_bindgen() { WIT_BINDGEN="$(_cargo_install wit-bindgen-cli "$WIT_BINDGEN_VERSION" wit-bindgen)"; }
+ensure_wasm_tools() { WASM_TOOLS="$(_cargo_install wasm-tools "$WASM_TOOLS_VERSION" wasm-tools 4)"; }
+ensure_wit_bindgen() { WIT_BINDGEN="$(_cargo_install wit-bindgen-cli "$WIT_BINDGEN_VERSION" wit-bindgen 3)"; }
 
 ensure_adapter() {
     ADAPTER="$_sluice_tools/wasi_snapshot_preview1.reactor-$ADAPTER_VERSION.wasm"
     [[ -f "$ADAPTER" ]] && return 0
-    echo "==> fetching wasi-preview1-component-adapter-provider $ADAPTER_VERSION (crates.io)" >&2
+    echo "==> fetching wasi-preview1-component-adapter-provider $ADAPTER_VERSION (crates.io, seconds)" >&2
     local fetch="$_sluice_cache/adapter-fetch"
     mkdir -p "$fetch/src" "$_sluice_tools"
     printf '[package]\nname = "adapter-fetch"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\nwasi-preview1-component-adapter-provider = "=%s"\n[workspace]\n' \

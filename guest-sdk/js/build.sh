@@ -32,7 +32,7 @@ engine="${4:-}"
 # (Re)install when the lock file changed since the last install.
 if ! cmp -s "$sdk/package-lock.json" "$cache/package-lock.json" || [[ ! -x "$cache/node_modules/.bin/jco" ]] || [[ ! -x "$cache/node_modules/.bin/tsc" ]]; then
     command -v npm >/dev/null || { echo "npm is needed to build JavaScript plugins (Debian: apt-get install nodejs npm)" >&2; exit 1; }
-    echo "==> installing jco + componentize-js into $cache (npm ci)" >&2
+    echo "==> installing jco + componentize-js into $cache (npm ci, first time only, ~30 s)" >&2
     mkdir -p "$cache"
     cp "$sdk/package.json" "$sdk/package-lock.json" "$cache/"
     (cd "$cache" && npm ci --no-audit --no-fund --loglevel=error --cache "$cache/.npm" >&2)

@@ -25,7 +25,7 @@ out="$3"
 
 if ! cmp -s "$sdk/requirements.txt" "$cache/requirements.txt" || [[ ! -x "$cache/bin/componentize-py" ]]; then
     command -v python3 >/dev/null || { echo "python3 is needed to install componentize-py" >&2; exit 1; }
-    echo "==> installing componentize-py into $cache (pip)" >&2
+    echo "==> installing componentize-py into $cache (pip, first time only, ~15 s)" >&2
     python3 -m venv "$cache" >&2
     "$cache/bin/pip" install --quiet --disable-pip-version-check -r "$sdk/requirements.txt" >&2
     cp "$sdk/requirements.txt" "$cache/requirements.txt"
