@@ -70,6 +70,9 @@ enum Command {
         /// Length of each latency run after its warm-up, seconds.
         #[arg(long, default_value_t = 3)]
         latency_secs: u64,
+        /// Core NATS only, no JetStream rows.
+        #[arg(long)]
+        core_only: bool,
     },
     /// Kafka → passthrough → Kafka, at-least-once and exactly-once, sluice vs
     /// native rdkafka.
@@ -123,9 +126,9 @@ impl Mode {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let (events, out, runs, rate, latency_secs) = match Cli::parse().command {
+    let (events, out, runs, rate, latency_secs, core_only) = match Cli::parse().command {
         Command::Dashboard { out } => return dashboard::run(&out),
-        Command::Nats { events, out, runs, rate, latency_secs } => (events, out, runs, rate, latency_secs),
+        Command::Nats { events, out, runs, rate, latency_secs, core_only } => (events, out, runs, rate, latency_secs, core_only),
         Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row } => {
             let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row };
             return kafka::run(args).await;
@@ -142,13 +145,15 @@ async fn main() -> Result<()> {
         latency: Duration::from_secs(latency_secs),
     };
     let mut rows = Vec::new();
-    for mode in [Mode::Core, Mode::Jetstream] {
+    let modes: &[Mode] = if core_only { &[Mode::Core] } else { &[Mode::Core, Mode::Jetstream] };
+    for &mode in modes {
         let mut samples = [Vec::new(), Vec::new()];
         for run in 1..=runs {
             for (i, kind) in [Kind::Native, Kind::Sluice].into_iter().enumerate() {
                 let sample = bench.trial(mode, kind).await?;
+                let cpu = sample.cpu_per_100k.map_or(String::new(), |c| format!(", {c:.3} CPU s/100k events"));
                 eprintln!(
-                    "{} {} run {run}/{runs}: {:.0} events/s, p50 {} µs, p99 {} µs, lost {}",
+                    "{} {} run {run}/{runs}: {:.0} events/s{cpu}, p50 {} µs, p99 {} µs, lost {}",
                     mode.name(),
                     kind.name(),
                     sample.throughput.events_per_sec,
@@ -195,11 +200,16 @@ impl Bench {
             Mode::Core => {
                 let mut processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
                 processor.wait_ready(mode, kind, &self.server, &producer).await?;
+                let cpu_before = processor.cpu_seconds();
                 let throughput = load::core_throughput(&producer, &receiver, self.events).await?;
+                let cpu_per_100k = match (cpu_before, processor.cpu_seconds()) {
+                    (Some(before), Some(after)) => Some((after - before) * 100_000.0 / self.events as f64),
+                    _ => None,
+                };
                 let latency =
                     load::latency(&producer, &receiver, Publish::Core, self.rate, WARMUP, self.latency).await?;
                 processor.stop().await?;
-                Ok(Sample { throughput, latency })
+                Ok(Sample { throughput, latency, cpu_per_100k })
             }
             Mode::Jetstream => {
                 self.fresh_streams(&producer).await?;
@@ -218,7 +228,7 @@ impl Bench {
                 let latency =
                     load::latency(&producer, &receiver, Publish::Jetstream, self.rate, WARMUP, self.latency).await?;
                 processor.stop().await?;
-                Ok(Sample { throughput, latency })
+                Ok(Sample { throughput, latency, cpu_per_100k: None })
             }
         }
     }

@@ -121,6 +121,16 @@ impl Processor {
         }
     }
 
+    /// CPU seconds (user + system) it has used so far: the sluice process,
+    /// or the native passthrough's threads in the bench process. `None` where
+    /// `/proc` cannot say (not Linux).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        match self {
+            Processor::Native(_) => cpu::native_threads(),
+            Processor::Sluice(sluice) => cpu::process(sluice.child.id()?),
+        }
+    }
+
     pub async fn stop(self) -> Result<()> {
         match self {
             Processor::Native(native) => native.stop().await,
@@ -139,7 +149,9 @@ impl Native {
     fn start(mode: Mode, url: String) -> Result<Self> {
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new().name("native-passthrough".into()).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            // Its threads are named so their CPU time can be told apart from
+            // the load generator's (see [`cpu::native_threads`]).
+            let runtime = tokio::runtime::Builder::new_multi_thread().thread_name(cpu::NATIVE_WORKER).enable_all().build()?;
             runtime.block_on(async move {
                 match mode {
                     Mode::Core => native_core(&url, stopped).await,
@@ -315,5 +327,42 @@ impl Sluice {
         let log = std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+/// CPU time from `/proc`, so the figures can be read per event: throughput
+/// on a shared 2-core machine moves with its load, CPU per event much less.
+mod cpu {
+    /// The name of the native passthrough's runtime threads.
+    pub const NATIVE_WORKER: &str = "native-worker";
+
+    /// Clock ticks per second of `/proc/*/stat` (`USER_HZ`): 100 on every
+    /// Linux architecture the bench runs on.
+    const TICKS: f64 = 100.0;
+
+    /// utime + stime of a `/proc/.../stat` line, in seconds.
+    fn stat_seconds(stat: &str) -> Option<f64> {
+        // The command name may hold spaces; the fields after it don't.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / TICKS)
+    }
+
+    /// Every thread of process `pid`, live or exited.
+    pub fn process(pid: u32) -> Option<f64> {
+        stat_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// The native passthrough's threads in this process: its own thread
+    /// (`native-passthrough`) and its runtime's workers.
+    pub fn native_threads() -> Option<f64> {
+        let mut total = 0.0;
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("native-") {
+                total += std::fs::read_to_string(task.path().join("stat")).ok().as_deref().and_then(stat_seconds).unwrap_or(0.0);
+            }
+        }
+        Some(total)
     }
 }

@@ -12,6 +12,10 @@ use crate::Mode;
 pub struct Sample {
     pub throughput: Throughput,
     pub latency: Latency,
+    /// CPU seconds of the processor per 100,000 events of the throughput
+    /// run (core NATS only: a JetStream run's window excludes start-up,
+    /// its CPU time would not).
+    pub cpu_per_100k: Option<f64>,
 }
 
 /// Every run of one processor in one mode.
@@ -32,6 +36,11 @@ impl Row {
 
     fn p99(&self) -> f64 {
         median(self.samples.iter().map(|s| s.latency.p99_us as f64).collect())
+    }
+
+    fn cpu_per_100k(&self) -> Option<f64> {
+        let values: Vec<f64> = self.samples.iter().filter_map(|s| s.cpu_per_100k).collect();
+        (!values.is_empty()).then(|| median(values))
     }
 
     /// Lost events over every run, throughput and latency alike.
@@ -88,18 +97,26 @@ pub fn render(setup: &Setup, rows: &[Row]) -> String {
         machine::date(),
         setup.runs,
     );
-    let _ = writeln!(out, "| mode | processor | throughput (events/s) | ratio to native | p50 µs | p99 µs | lost |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "| mode | processor | throughput (events/s) | ratio to native | CPU s / 100k events | native/sluice CPU | p50 µs | p99 µs | lost |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let native = rows.iter().find(|r| r.mode == row.mode && r.kind == Kind::Native).map(Row::throughput);
         let ratio = native.map_or("–".into(), |n| format!("{:.1}%", 100.0 * row.throughput() / n));
+        let native_cpu = rows.iter().find(|r| r.mode == row.mode && r.kind == Kind::Native).and_then(Row::cpu_per_100k);
+        let cpu = row.cpu_per_100k().map_or("–".into(), |c| format!("{c:.3}"));
+        let cpu_ratio = match (native_cpu, row.cpu_per_100k()) {
+            (Some(n), Some(c)) if c > 0.0 => format!("{:.2}", n / c),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} |",
             row.mode.name(),
             row.kind.name(),
             row.throughput(),
             ratio,
+            cpu,
+            cpu_ratio,
             row.p50(),
             row.p99(),
             row.lost(),
@@ -107,7 +124,14 @@ pub fn render(setup: &Setup, rows: &[Row]) -> String {
     }
     let _ = writeln!(out, "\nEvery run, throughput (events/s):\n");
     for row in rows {
-        let runs: Vec<String> = row.samples.iter().map(|s| format!("{:.0}", s.throughput.events_per_sec)).collect();
+        let runs: Vec<String> = row
+            .samples
+            .iter()
+            .map(|s| match s.cpu_per_100k {
+                Some(cpu) => format!("{:.0} ({cpu:.3} CPU s/100k)", s.throughput.events_per_sec),
+                None => format!("{:.0}", s.throughput.events_per_sec),
+            })
+            .collect();
         let _ = writeln!(out, "- {} {}: {}", row.mode.name(), row.kind.name(), runs.join(", "));
     }
     let _ = writeln!(
@@ -120,7 +144,9 @@ pub fn render(setup: &Setup, rows: &[Row]) -> String {
          stored in `BIN` beforehand, from the first output to the last (start-up excluded); an \
          input is acked only after its output's publish ack. Latency: {rate} events/s for \
          {secs} s after a 0.5 s warm-up, send to receive on `bench.out`. lost: over all runs \
-         (core: never delivered; JetStream: missing from `BOUT`).",
+         (core: never delivered; JetStream: missing from `BOUT`). CPU: user + system time of \
+         the processor (the sluice process; the native passthrough's threads) during the core \
+         throughput run, per 100,000 events; native/sluice CPU is the per-event efficiency ratio.",
         n = setup.events,
         rate = setup.rate,
         secs = setup.latency_secs,

@@ -284,7 +284,8 @@ pub fn message_event(
     reply_to: Option<String>,
 ) -> (u32, crate::event::Event) {
     let (headers, key) = event_headers(message.headers.as_ref());
-    let subject = message.subject.to_string();
+    // `as_str`, not `to_string`: the formatting machinery costs more than the copy.
+    let subject = message.subject.as_str().to_owned();
     let partition = subject_partition(&subject);
     let event = crate::event::Event {
         id: id(&headers),
@@ -335,6 +336,34 @@ pub fn check_headers(headers: &[Header], key: Option<&[u8]>) -> Result<(), Unpub
 
 fn valid_value(value: &[u8]) -> bool {
     std::str::from_utf8(value).is_ok() && !value.iter().any(|b| matches!(b, b'\r' | b'\n'))
+}
+
+/// Event headers (and key) as NATS headers, taking their bytes: a name or
+/// value becomes a NATS one without being copied (the publish path's
+/// allocations per header are the client's map entry, nothing more).
+pub fn into_nats_headers(headers: Vec<Header>, key: Option<Vec<u8>>) -> Result<HeaderMap, Unpublishable> {
+    let mut map = HeaderMap::new();
+    for header in headers {
+        let Header { key: name, value } = header;
+        // The client's own rule for names, checked here so the error can
+        // still name the header.
+        if name.bytes().any(|b| !b.is_ascii_graphic() || b == b':') {
+            return Err(Unpublishable::HeaderName(name));
+        }
+        if !valid_value(&value) {
+            return Err(Unpublishable::HeaderValue(name));
+        }
+        let Ok(value) = String::from_utf8(value) else { return Err(Unpublishable::HeaderValue(name)) };
+        let name = HeaderName::try_from(name).map_err(|_| Unpublishable::HeaderName(String::new()))?;
+        // `valid_value` has ruled out what `From<String>` asserts against
+        // (line breaks), so this cannot panic.
+        map.append(name, HeaderValue::from(value));
+    }
+    if let Some(key) = key {
+        let key = String::from_utf8(key).ok().filter(|k| valid_value(k.as_bytes())).ok_or(Unpublishable::Key)?;
+        map.insert(HeaderName::from_static(KEY_HEADER), HeaderValue::from(key));
+    }
+    Ok(map)
 }
 
 /// Event headers (and key) as NATS headers.
@@ -462,6 +491,21 @@ mod tests {
         back.sort_by(|x, y| (&x.key, &x.value).cmp(&(&y.key, &y.value)));
         assert_eq!(back, headers);
         assert_eq!(key.as_deref(), Some(&b"k-1"[..]));
+    }
+
+    /// The owned conversion (the publish path) gives the same map, and the
+    /// same errors, as the borrowing one.
+    #[test]
+    fn owned_headers_convert_like_borrowed_ones() {
+        let headers = vec![text_header("a", "1"), text_header("a", "2"), text_header("sluice-plugin-digest", "ab12")];
+        let borrowed = nats_headers(&headers, Some(b"k-1")).map_err(|e| e.to_string());
+        let owned = into_nats_headers(headers, Some(b"k-1".to_vec())).map_err(|e| e.to_string());
+        assert_eq!(owned, borrowed);
+        for (bad, key) in [(text_header("x", "a\r\nb"), None), (text_header("a:b", "1"), None), (text_header("a", "1"), Some(vec![0xff]))] {
+            let borrowed = nats_headers(std::slice::from_ref(&bad), key.as_deref()).err().map(|e| e.to_string());
+            let owned = into_nats_headers(vec![bad], key).err().map(|e| e.to_string());
+            assert!(owned.is_some() && owned == borrowed, "{owned:?} vs {borrowed:?}");
+        }
     }
 
     #[test]

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, context::Context};
-use async_nats::{Client, HeaderMap};
+use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 use super::{Durable, Receipt, Record, Sink, SinkError};
 use crate::event::Output;
-use crate::nats::{check_headers, nats_headers, publishable_subject, Unpublishable};
+use crate::nats::{check_headers, into_nats_headers, publishable_subject, Unpublishable};
 
 /// How long a JetStream publish waits for its acknowledgement before it is
 /// sent again (with the same `Nats-Msg-Id`, so never stored twice).
@@ -32,6 +32,9 @@ const NO_STREAM_PATIENCE: Duration = Duration::from_secs(30);
 pub struct NatsSink {
     client: Client,
     subject: Option<String>,
+    /// `subject` as the client's type, made and checked once: publishing to
+    /// it clones a reference instead of copying the name twice per message.
+    default: Option<Result<Subject, Unpublishable>>,
     max_payload: usize,
     describe: String,
     sent: Arc<AtomicU64>,
@@ -48,7 +51,8 @@ impl NatsSink {
         let (tx, durable) = watch::channel(Durable::UpTo(0));
         let flusher = tokio::spawn(run_flusher(client.clone(), sent.clone(), kick.clone(), tx));
         let max_payload = client.server_info().max_payload;
-        Self { client, subject, max_payload, describe, sent, kick, durable, flusher }
+        let default = default_subject(subject.as_deref());
+        Self { client, subject, default, max_payload, describe, sent, kick, durable, flusher }
     }
 }
 
@@ -88,8 +92,7 @@ async fn run_flusher(client: Client, sent: Arc<AtomicU64>, kick: Arc<Notify>, du
 impl Sink for NatsSink {
     async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
         let failed = |message: String| SinkError::Write { what: self.describe.clone(), message };
-        let (subject, headers) = prepare(&record, self.subject.as_deref()).map_err(|e| failed(e.to_string()))?;
-        let payload = Bytes::from(record.payload);
+        let (subject, headers, payload) = prepare(record, self.default.as_ref()).map_err(|e| failed(e.to_string()))?;
         let published = if headers.is_empty() {
             self.client.publish(subject, payload).await
         } else {
@@ -122,6 +125,8 @@ pub struct JetStreamSink {
     client: Client,
     js: Context,
     subject: Option<String>,
+    /// `subject` as the client's type (see [`NatsSink`]).
+    default: Option<Result<Subject, Unpublishable>>,
     max_payload: usize,
     describe: String,
 }
@@ -153,20 +158,21 @@ impl JetStreamSink {
             }
         }
         let max_payload = client.server_info().max_payload;
-        Ok(Self { client, js, subject, max_payload, describe })
+        let default = default_subject(subject.as_deref());
+        Ok(Self { client, js, subject, default, max_payload, describe })
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for JetStreamSink {
-    async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
+    async fn send(&self, mut record: Record) -> Result<Receipt, SinkError> {
         let failed = |message: String| SinkError::Write { what: self.describe.clone(), message };
-        let (subject, mut headers) = prepare(&record, self.subject.as_deref()).map_err(|e| failed(e.to_string()))?;
-        if let Some(id) = &record.id {
+        let id = record.id.take();
+        let (subject, mut headers, payload) = prepare(record, self.default.as_ref()).map_err(|e| failed(e.to_string()))?;
+        if let Some(id) = &id {
             let id = id.parse::<async_nats::HeaderValue>().map_err(|_| failed(format!("event id {id:?} cannot be a Nats-Msg-Id")))?;
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         }
-        let payload = Bytes::from(record.payload);
         let publish = Publish { js: self.js.clone(), subject, headers, payload, describe: self.describe.clone() };
         let first = publish.send().await?;
         Ok(Receipt::pending(Box::pin(publish.confirm(first))))
@@ -193,7 +199,7 @@ impl Sink for JetStreamSink {
 /// One JetStream publish, kept so it can be sent again.
 struct Publish {
     js: Context,
-    subject: String,
+    subject: Subject,
     headers: HeaderMap,
     payload: Bytes,
     describe: String,
@@ -238,12 +244,26 @@ impl Publish {
     }
 }
 
-/// The subject and headers of `record`, or why it cannot be published.
-fn prepare(record: &Record, default: Option<&str>) -> Result<(String, HeaderMap), Unpublishable> {
-    let subject = record.destination.as_deref().or(default).ok_or(Unpublishable::NoSubject)?;
-    publishable_subject(subject)?;
-    let headers = nats_headers(&record.headers, record.key.as_deref())?;
-    Ok((subject.to_owned(), headers))
+/// A sink's default subject as the client's type, or why no message can
+/// be published to it.
+fn default_subject(subject: Option<&str>) -> Option<Result<Subject, Unpublishable>> {
+    subject.map(|s| publishable_subject(s).map(|()| Subject::from(s.to_owned())))
+}
+
+/// The subject, headers and payload of `record`, or why it cannot be
+/// published. The record's bytes move into the message: nothing is copied
+/// on the way (the client's `String` subjects would be copied twice).
+fn prepare(record: Record, default: Option<&Result<Subject, Unpublishable>>) -> Result<(Subject, HeaderMap, Bytes), Unpublishable> {
+    let Record { destination, key, payload, headers, .. } = record;
+    let subject = match destination {
+        Some(subject) => {
+            publishable_subject(&subject)?;
+            Subject::from(subject)
+        }
+        None => default.ok_or(Unpublishable::NoSubject)?.clone()?,
+    };
+    let headers = into_nats_headers(headers, key)?;
+    Ok((subject, headers, Bytes::from(payload)))
 }
 
 /// Whether `output` can be published to `subject` on a server taking
