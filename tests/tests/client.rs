@@ -404,35 +404,6 @@ fn plugin_test_answers_service_calls_from_a_replies_file() -> Result<()> {
     Ok(())
 }
 
-/// Read-committed payloads of partition 0 of `topic`, read to its current
-/// end (the topic's transactions must all be over).
-fn committed_payloads(bootstrap: &str, topic: &str) -> Result<Vec<String>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("reader-{topic}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&list)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut got = Vec::new();
-    loop {
-        let position = consumer.position()?.find_partition(topic, 0).map(|e| e.offset());
-        if matches!(position, Some(Offset::Offset(o)) if o >= end) || end == 0 {
-            return Ok(got);
-        }
-        ensure!(std::time::Instant::now() < deadline, "timed out reading {topic} to offset {end}");
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            got.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
-        }
-    }
-}
-
 /// Under exactly-once Kafka, emits to a destination on the source's
 /// cluster are written in the pipeline's transaction: a read_committed
 /// reader sees one emit per successful event, none for the rejected one,
@@ -479,7 +450,7 @@ allow = ["emit"]
     let host = start(&scratch, &config, "sluice.toml")?;
     let wait_for = |topic: &str, n: usize| {
         poll_until(&format!("{n} committed records in {topic}"), Duration::from_secs(90), || {
-            let got = committed_payloads(&bootstrap, topic)?;
+            let got = kafka_fixture::committed_payloads(&bootstrap, topic)?;
             Ok((got.len() >= n).then_some(got))
         })
     };
@@ -487,7 +458,7 @@ allow = ["emit"]
     let dead = tokio::task::block_in_place(|| wait_for(&dlq, 1))?;
     host.terminate()?;
     host.wait(RUN_TIMEOUT)?.ensure_success()?;
-    let mut emitted = committed_payloads(&bootstrap, &audit)?;
+    let mut emitted = kafka_fixture::committed_payloads(&bootstrap, &audit)?;
     emitted.sort();
     assert_eq!(outputs.len(), 3);
     assert_eq!(dead, ["bad:reject"]);

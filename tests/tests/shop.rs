@@ -173,34 +173,6 @@ fn components() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Every committed record of partition 0 of `topic`, read to its end.
-fn committed(bootstrap: &str, topic: &str) -> Result<Vec<String>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("shop-reader-{topic}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&list)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got = Vec::new();
-    loop {
-        let position = consumer.position()?.find_partition(topic, 0).map(|e| e.offset());
-        if end == 0 || matches!(position, Some(Offset::Offset(o)) if o >= end) {
-            return Ok(got);
-        }
-        ensure!(Instant::now() < deadline, "timed out reading {topic} to offset {end}");
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            got.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
-        }
-    }
-}
-
 /// The host on the example's config as shipped, against these brokers.
 struct Shop {
     scratch: Scratch,
@@ -366,7 +338,7 @@ async fn two_thousand_orders_through_kills_and_a_flaky_webhook() -> Result<()> {
         }
         eprintln!("shop: {file}: {} out-of-stock refusals", records.len());
     }
-    let notify_dlq = tokio::task::block_in_place(|| committed(&bootstrap, "order-created.dead-letter"))?;
+    let notify_dlq = tokio::task::block_in_place(|| kafka_fixture::committed_payloads(&bootstrap, "order-created.dead-letter"))?;
     ensure!(notify_dlq.is_empty(), "the notification service dead-lettered: {notify_dlq:?}");
 
     // An order that fails the schema is answered with a NestJS error (400)

@@ -117,7 +117,12 @@ pub fn build(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     let printed_path = printed.lines().rev().map(str::trim).find(|line| line.ends_with(".wasm")).with_context(|| {
         format!("build.sh succeeded but printed no component path: it should end by printing the .wasm it wrote{}", last_lines(&printed))
     })?;
-    let component = dir.join(printed_path);
+    // Shown inside the project folder as given, whether build.sh printed
+    // it relative or absolute.
+    let component = match (dir.join(printed_path).canonicalize(), dir.canonicalize()) {
+        (Ok(full), Ok(project)) if full.parent() == Some(project.as_path()) => full.file_name().map_or(full.clone(), |name| dir.join(name)),
+        _ => dir.join(printed_path),
+    };
     let bytes = std::fs::metadata(&component)
         .with_context(|| format!("build.sh printed {printed_path}, but there is no {}", component.display()))?
         .len();

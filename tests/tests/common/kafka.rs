@@ -457,3 +457,34 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()
     }
     Ok(())
 }
+
+/// Read-committed payloads of partition 0 of `topic`, read to its current
+/// end (the topic's transactions must all be over).
+pub fn committed_payloads(bootstrap: &str, topic: &str) -> Result<Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    loop {
+        let position = consumer.position()?.find_partition(topic, 0).map(|e| e.offset());
+        if end == 0 || matches!(position, Some(Offset::Offset(o)) if o >= end) {
+            return Ok(got);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("timed out reading {topic} to offset {end}");
+        }
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            got.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
+        }
+    }
+}
