@@ -48,10 +48,10 @@ fn file_repeats_are_skipped_and_dead_letters_are_not_remembered() -> Result<()> 
     assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), ["a1", "b1", "d2", "n1", "n2", "B"]);
     let dead = scratch.read_jsonl("dlq.jsonl")?;
     assert_eq!(payloads(&dead), ["reject:bad d"]);
-    ensure!(finished.stderr.contains("duplicates: 2"), "two repeats counted:\n{}", finished.stderr);
+    ensure!(finished.stderr.contains("2 duplicates"), "two repeats counted:\n{}", finished.stderr);
     // Every line, repeats included, was acknowledged: a checkpointed rerun
     // would start after them (the run ended cleanly with all 9 acked).
-    ensure!(finished.stderr.contains("acked: 9"), "{}", finished.stderr);
+    ensure!(finished.stderr.contains("9 acked"), "{}", finished.stderr);
     Ok(())
 }
 
@@ -73,7 +73,7 @@ fn repeats_in_one_batch_and_json_keys() -> Result<()> {
         .map(|r| serde_json::from_str::<Value>(r["payload"].as_str().unwrap_or("{}")).map(|p| p["n"].as_u64().unwrap_or(0)))
         .collect::<Result<_, _>>()?;
     assert_eq!(ns, [1, 4, 5, 6], "1 and \"1\" are one key; null is no key");
-    ensure!(finished.stderr.contains("duplicates: 2"), "{}", finished.stderr);
+    ensure!(finished.stderr.contains("2 duplicates"), "{}", finished.stderr);
     Ok(())
 }
 
@@ -92,7 +92,7 @@ fn the_idempotency_example_runs_as_documented() -> Result<()> {
         .map(|o| serde_json::from_str::<Value>(o["payload"].as_str().unwrap_or("")).map(|p| json!([p["order"]["id"], p["total"], p["checked"]])))
         .collect::<Result<_, _>>()?;
     assert_eq!(orders, [json!([1, 30, "yes"]), json!([2, 12.5, "yes"]), json!([3, 7, "yes"])], "each order once, the first copy");
-    ensure!(finished.stderr.contains("duplicates: 3"), "{}", finished.stderr);
+    ensure!(finished.stderr.contains("3 duplicates"), "{}", finished.stderr);
     Ok(())
 }
 
@@ -151,7 +151,7 @@ idempotency = {{ key = "header:Idempotency-Key" }}
     host.terminate()?;
     let finished = host.wait(WITHIN)?;
     finished.ensure_success()?;
-    ensure!(finished.stderr.contains("duplicates: 2"), "{}", finished.stderr);
-    ensure!(finished.stderr.contains("received: 5") && finished.stderr.contains("outputs: 3"), "{}", finished.stderr);
+    ensure!(finished.stderr.contains("2 duplicates"), "{}", finished.stderr);
+    ensure!(finished.stderr.contains("5 received") && finished.stderr.contains("3 outputs"), "{}", finished.stderr);
     Ok(())
 }
