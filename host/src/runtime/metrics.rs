@@ -219,6 +219,17 @@ struct SeriesSet {
     other: Option<(Vec<(String, String)>, Value)>,
 }
 
+impl SeriesSet {
+    /// Every series, sorted by labels, then the `other` one: the order
+    /// `/metrics` and `plugin test` show them in.
+    fn rows(&self) -> Vec<(&Vec<(String, String)>, &Value)> {
+        let mut rows: Vec<(&Vec<(String, String)>, &Value)> = self.by_labels.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        rows.extend(self.other.as_ref().map(|(labels, value)| (labels, value)));
+        rows
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 enum Value {
     Counter(u64),
@@ -517,10 +528,7 @@ impl PluginMetrics {
                 Ok(series) => series,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            let mut rows: Vec<(&Vec<(String, String)>, &Value)> = series.by_labels.iter().collect();
-            rows.sort_by(|a, b| a.0.cmp(b.0));
-            rows.extend(series.other.as_ref().map(|(labels, value)| (labels, value)));
-            for (labels, value) in rows {
+            for (labels, value) in series.rows() {
                 let labels = match labels.is_empty() {
                     true => String::new(),
                     false => format!("{{{}}}", labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(",")),
@@ -674,10 +682,7 @@ pub fn encode(encoder: &mut DescriptorEncoder, sources: &[Source<'_>]) -> Result
                 Ok(series) => series,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            let mut rows: Vec<(&Vec<(String, String)>, &Value)> = series.by_labels.iter().collect();
-            rows.sort_by(|a, b| a.0.cmp(b.0));
-            rows.extend(series.other.as_ref().map(|(labels, value)| (labels, value)));
-            for (labels, value) in rows {
+            for (labels, value) in series.rows() {
                 let labels = SeriesLabels {
                     pipeline: source.pipeline,
                     plugin: source.plugin,
