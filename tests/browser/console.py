@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""The console in a real browser: Debian's chromium over WebDriver.
+
+Starts `target/debug/sluice run` with two file pipelines and an admin token,
+loads /ui, gives the token, and checks what an operator sees: both pipelines
+with their versions, rates that move while events flow, pause and resume,
+uploading a version (the sha256 shown before confirming is the file's) and
+rolling back, and live events in the tap. Screenshots go to
+target/console-*.png. Run through `scripts/browser.sh test`.
+
+Every wait is on a condition with a deadline, never a bare sleep.
+"""
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SLUICE = pathlib.Path(os.environ.get("SLUICE_BIN", ROOT / "target/debug/sluice"))
+PLUGINS = ROOT / "plugins/target/wasm32-wasip2/release"
+SHOTS = ROOT / "target"
+WITHIN = 60
+TOKEN = "console-write-token"
+
+
+def toml(path):
+    return json.dumps(str(path))
+
+
+def config(cache):
+    return f"""[runtime]
+cache_dir = {toml(cache)}
+
+[admin]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+read_token = "console-read-token"
+
+[pipelines.audit]
+source = {{ kind = "file", path = "audit.jsonl", follow = true }}
+sink = {{ kind = "file", path = "audit-out.jsonl" }}
+dead_letter = {{ kind = "file", path = "audit-dlq.jsonl" }}
+plugin = {{ path = {toml(PLUGINS / "chaos.wasm")} }}
+policy = {{ max_attempts = 1 }}
+
+[pipelines.orders]
+source = {{ kind = "file", path = "orders.jsonl", follow = true }}
+sink = {{ kind = "file", path = "orders-out.jsonl" }}
+dead_letter = {{ kind = "file", path = "orders-dlq.jsonl" }}
+plugin = {{ path = {toml(PLUGINS / "tag_v1.wasm")} }}
+"""
+
+
+def wait(what, condition, within=WITHIN):
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+class Feeder(threading.Thread):
+    """Appends events to a pipeline's input file while it runs."""
+
+    def __init__(self, path, payload):
+        super().__init__(daemon=True)
+        self.path, self.payload, self.stop = path, payload, threading.Event()
+        self.sent = 0
+
+    def run(self):
+        while not self.stop.is_set():
+            with open(self.path, "a") as f:
+                for _ in range(20):
+                    f.write(json.dumps({"payload": self.payload(self.sent)}) + "\n")
+                    self.sent += 1
+            self.stop.wait(0.25)
+
+
+def lines(path):
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def card(driver, name):
+    return driver.find_element(By.CSS_SELECTOR, f"article[aria-labelledby='p-{name}']")
+
+
+def rate(driver, name, label):
+    for cell in card(driver, name).find_elements(By.CSS_SELECTOR, ".rate"):
+        if cell.find_element(By.CSS_SELECTOR, ".label").text == label:
+            return cell.find_element(By.CSS_SELECTOR, ".value").text
+    raise AssertionError(f"no {label} rate on {name}")
+
+
+def fact(driver, name, term):
+    facts = card(driver, name).find_elements(By.CSS_SELECTOR, ".facts dt, .facts dd")
+    for dt, dd in zip(facts[::2], facts[1::2]):
+        if dt.text == term:
+            return dd.text
+    return None
+
+
+def shot(driver, name):
+    path = SHOTS / f"console-{name}.png"
+    driver.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+
+
+def main():
+    if not SLUICE.is_file():
+        sys.exit(f"{SLUICE} is missing: cargo build -p sluice")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="sluice-console-"))
+    (work / "sluice.toml").write_text(config(ROOT / ".cache/compile"))
+    for name in ["audit.jsonl", "orders.jsonl"]:
+        (work / name).write_text("")
+    addr_file = work / "admin.addr"
+    env = dict(os.environ, SLUICE_ADMIN_ADDR_FILE=str(addr_file))
+    log = open(work / "host.log", "w")
+    host = subprocess.Popen([str(SLUICE), "run", "sluice.toml"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    driver = None
+    feeders = []
+    try:
+        addr = wait("the admin address", lambda: addr_file.exists() and addr_file.read_text().strip())
+        url = f"http://{addr}/ui"
+        options = Options()
+        options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+        for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1360,1100", "--force-prefers-reduced-motion"]:
+            options.add_argument(arg)
+        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+        driver.get(url)
+
+        # The host requires a read token: the page asks for one.
+        dialog = wait("the token dialog", lambda: driver.find_element(By.ID, "token-dialog").get_attribute("open") is not None and driver.find_element(By.ID, "token-dialog"))
+        shot(driver, "token")
+        driver.find_element(By.ID, "token-input").send_keys(TOKEN)
+        dialog.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait("both pipelines", lambda: [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".card h3")] == ["audit", "orders"])
+        version = wait("orders' version", lambda: fact(driver, "orders", "Version"))
+        v1 = hashlib.sha256((PLUGINS / "tag_v1.wasm").read_bytes()).hexdigest()
+        assert version.startswith(v1[:12]), f"orders runs tag_v1 ({v1[:12]}): {version}"
+        assert card(driver, "orders").find_element(By.CSS_SELECTOR, ".badge").text == "running"
+
+        # Rates move while events flow.
+        feeders = [Feeder(work / "orders.jsonl", lambda i: f"order {i}"), Feeder(work / "audit.jsonl", lambda i: f"reject:bad {i}" if i % 5 == 0 else f"ok:{i}")]
+        for f in feeders:
+            f.start()
+        wait("orders' received rate to rise", lambda: rate(driver, "orders", "Received") not in ("—", "0/s"))
+        wait("audit's dead-letter rate to rise", lambda: rate(driver, "audit", "Dead-lettered") not in ("—", "0/s"))
+        wait("a sparkline to be drawn", lambda: card(driver, "orders").find_element(By.CSS_SELECTOR, ".rate polyline").get_attribute("points").count(",") >= 3)
+        print("orders received:", rate(driver, "orders", "Received"), "audit dead-lettered:", rate(driver, "audit", "Dead-lettered"), "latency:", rate(driver, "orders", "Call latency p50 / p99"))
+        shot(driver, "pipelines")
+
+        # Pause and resume.
+        pause = card(driver, "orders").find_element(By.XPATH, ".//button[text()='Pause']")
+        pause.click()
+        wait("orders paused", lambda: card(driver, "orders").find_element(By.CSS_SELECTOR, ".badge").text == "paused")
+        wait("orders' received rate to drop to 0", lambda: rate(driver, "orders", "Received") == "0/s")
+        shot(driver, "paused")
+        card(driver, "orders").find_element(By.XPATH, ".//button[text()='Resume']").click()
+        wait("orders running again", lambda: card(driver, "orders").find_element(By.CSS_SELECTOR, ".badge").text == "running")
+
+        # Upload tag_v2: the sha256 shown is the file's; then roll back.
+        v2_path = PLUGINS / "tag_v2.wasm"
+        v2 = hashlib.sha256(v2_path.read_bytes()).hexdigest()
+        card(driver, "orders").find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(v2_path))
+        wait("the upload dialog", lambda: driver.find_element(By.ID, "upload-dialog").get_attribute("open") is not None)
+        shown = wait("the sha256", lambda: driver.find_element(By.ID, "upload-sha").text)
+        assert shown == v2, f"the dialog shows {shown}, the file's sha256 is {v2}"
+        shot(driver, "upload")
+        driver.find_element(By.ID, "upload-confirm").click()
+        wait("orders to serve tag_v2", lambda: (fact(driver, "orders", "Version") or "").startswith(v2[:12]))
+        wait("tag_v2 outputs", lambda: '"v2:' in (work / "orders-out.jsonl").read_text())
+        card(driver, "orders").find_element(By.XPATH, ".//button[text()='Roll back']").click()
+        wait("orders back on tag_v1", lambda: (fact(driver, "orders", "Version") or "").startswith(v1[:12]))
+
+        # The live tap on audit: inputs, outputs and dead letters arrive.
+        card(driver, "audit").find_element(By.XPATH, ".//button[text()='Live tap']").click()
+        driver.find_element(By.ID, "tap-start").click()
+        wait("tapped outputs and dead letters", lambda: {"output", "dead-letter", "input"} <= {p.text for p in driver.find_elements(By.CSS_SELECTOR, "#tap-rows .point")})
+        driver.find_element(By.ID, "tap-pause").click()
+        held = len(driver.find_elements(By.CSS_SELECTOR, "#tap-rows tr"))
+        handled = lines(work / "audit-out.jsonl")
+        wait("audit to handle 20 more events while the view is paused", lambda: lines(work / "audit-out.jsonl") > handled + 20)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#tap-rows tr")) == held, "a paused view adds no rows"
+        driver.execute_script("document.getElementById('tap').scrollIntoView()")
+        shot(driver, "tap")
+        driver.find_element(By.ID, "tap-pause").click()
+        wait("rows again after resuming", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#tap-rows tr")) > held)
+
+        errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+        assert not errors, f"browser console errors: {errors}"
+        print("console browser test: ok")
+    finally:
+        for f in feeders:
+            f.stop.set()
+        if driver is not None:
+            driver.quit()
+        host.terminate()
+        try:
+            host.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            host.kill()
+        log.close()
+        if os.environ.get("KEEP"):
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
