@@ -82,7 +82,7 @@ plugin = {{ path = {plugin} }}
 
     let (status, headers, page) = get(port, "/ui")?;
     ensure!(status == 200, "GET /ui answered {status}: {page}");
-    for (path, content_type, body) in [("/ui", "text/html", page.clone()), ("/ui/app.js", "text/javascript", String::new()), ("/ui/app.css", "text/css", String::new())] {
+    for (path, content_type, body) in [("/ui", "text/html", page.clone()), ("/ui/app.js", "text/javascript", String::new()), ("/ui/app.css", "text/css", String::new()), ("/ui/icon.svg", "image/svg+xml", String::new())] {
         let (status, headers, served) = if body.is_empty() { get(port, path)? } else { (status, headers.clone(), body) };
         ensure!(status == 200, "GET {path} without a token answered {status}");
         let served_type = header(&headers, "content-type").unwrap_or_default();

@@ -21,6 +21,8 @@ pub const PAGE: &str = include_str!("ui/index.html");
 pub const SCRIPT: &str = include_str!("ui/app.js");
 /// The style sheet.
 pub const STYLE: &str = include_str!("ui/app.css");
+/// The tab's icon (browsers ask for one; without it every load logs a 404).
+pub const ICON: &str = include_str!("ui/icon.svg");
 
 /// Only this origin, for everything; no inline script or style; not framed,
 /// no `<base>`, forms post nowhere.
@@ -36,6 +38,10 @@ pub(super) async fn script() -> Response {
 
 pub(super) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+pub(super) async fn icon() -> Response {
+    asset("image/svg+xml; charset=utf-8", ICON)
 }
 
 /// An embedded file with the console's headers. `no-cache`: the browser

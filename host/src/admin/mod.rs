@@ -13,7 +13,7 @@
 //! | `DELETE /pipelines/{name}/state/{key}` | delete a state key (in the commit order of events) | yes |
 //! | `GET /pipelines/{name}/tap?inputs&outputs&dead_letters&sample=&rate=` | live events, server-sent (`admin/tap.rs`) | read |
 //! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]) | read |
-//! | `GET /ui`, `/ui/app.js`, `/ui/app.css` | the web console (`admin/console.rs`); its requests carry the token the user types | no |
+//! | `GET /ui`, `/ui/app.js`, `/ui/app.css`, `/ui/icon.svg` | the web console (`admin/console.rs`); its requests carry the token the user types | no |
 //! | `GET /healthz` | 200 while every running pipeline moves; 503 naming the stuck ones (events in flight, no progress for `policy.stuck_after`) | no |
 //! | `GET /readyz` | 200 when every pipeline runs (or finished) and its broker connections are up; 503 with the reasons otherwise (a restarting or failed pipeline's last error) | no |
 //!
@@ -360,6 +360,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/ui", get(console::page))
         .route("/ui/app.js", get(console::script))
         .route("/ui/app.css", get(console::style))
+        .route("/ui/icon.svg", get(console::icon))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Open, SMALL_BODY), guard));
     Router::new()
         .route("/healthz", get(healthz))

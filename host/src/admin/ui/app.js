@@ -165,6 +165,7 @@ async function poll() {
     } catch { /* latency and lag are extras: the page works without them */ }
     render(listing.pipelines || [], metricsText ? parseMetrics(metricsText) : null);
     status(`Updated ${new Date().toLocaleTimeString()}`);
+    document.body.classList.remove("stale");
     if ($("notice").classList.contains("error")) notice("");
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
@@ -176,6 +177,8 @@ async function poll() {
       return;
     }
     status("Cannot reach the admin API", true);
+    // What is shown is the last answer: say so.
+    document.body.classList.add("stale");
     notice(`Cannot read the pipelines: ${error.message}. Trying again every ${POLL_MS / 1000} s.`, "error");
   } finally {
     polling = false;
@@ -298,7 +301,7 @@ function makeCard(name) {
   refs.reload = el("button", { type: "button", class: "ghost", text: "Reload", title: "Load the plugin file again", onclick: () => act(name, "reload", refs) });
   refs.rollback = el("button", { type: "button", class: "ghost", text: "Roll back", title: "Back to the previous version", onclick: () => act(name, "rollback", refs) });
   refs.pause = el("button", { type: "button", class: "ghost", text: "Pause", onclick: () => act(name, refs.pause.dataset.action, refs) });
-  refs.file = el("input", { type: "file", accept: ".wasm,application/wasm", class: "visually-hidden", id: `f-${cssId(name)}`, onchange: () => chooseUpload(name, refs) });
+  refs.file = el("input", { type: "file", accept: ".wasm,application/wasm", class: "visually-hidden", tabindex: "-1", "aria-hidden": "true", id: `f-${cssId(name)}`, onchange: () => chooseUpload(name, refs) });
   refs.upload = el("button", { type: "button", class: "ghost", text: "Upload version…", onclick: () => refs.file.click() });
   refs.tap = el("button", { type: "button", text: "Live tap", onclick: () => openTap(name) });
   root.append(el("div", { class: "actions", role: "group", "aria-label": `Actions on ${name}` }, refs.tap, refs.reload, refs.rollback, refs.pause, refs.upload, refs.file, refs.result));
@@ -332,7 +335,8 @@ function updateCard(entry, view, latency) {
     problem = `Restarting (attempt ${view.restart.attempt}, next try ${formatTime(view.restart.next_try)}): ${view.restart.last_error}`;
   } else if (view.state === "failed") {
     problem = `Failed: ${view.error || "no reason given"}`;
-  } else if (view.plugin && view.plugin.last_rejection) {
+  } else if (view.plugin && view.plugin.last_rejection && !(Date.parse(view.plugin.last_rejection.at) < Date.parse(view.plugin.current.loaded_at))) {
+    // Shown until a version loads after it.
     const r = view.plugin.last_rejection;
     problem = `Last version refused (${r.origin}, ${formatTime(r.at)}): ${r.error}`;
   }
@@ -345,7 +349,8 @@ function updateCard(entry, view, latency) {
     facts.push(["Plugin", p.name]);
     facts.push(["Version", versionText(p.current)]);
     facts.push(["Loaded", `${formatTime(p.current.loaded_at)} (${p.current.origin}, ${p.current.load_ms} ms)`]);
-    facts.push(["Accepts", p.current.accepts ? p.current.accepts.join(", ") || "nothing declared" : "any (no manifest)"]);
+    const accepts = p.current.accepts;
+    facts.push(["Accepts", !accepts ? "any (no manifest)" : accepts.join(",") === "*" ? "any version (*)" : accepts.join(", ") || "nothing declared"]);
     facts.push(["Previous", p.previous ? versionText(p.previous) : "none"]);
     facts.push(["Reloads", `${p.reloads} done, ${p.rejections} refused`]);
   }
@@ -353,7 +358,13 @@ function updateCard(entry, view, latency) {
   facts.push(["Restarts", String(view.restarts ?? 0)]);
   if (view.started_at) facts.push(["Started", formatTime(view.started_at)]);
   if (latency && latency.lag !== undefined) facts.push(["Source lag", `${latency.lag} messages`]);
-  refs.facts.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  // Replaced only when something changed: a reader selecting text or a
+  // screen reader in the list is not disturbed every 2 s.
+  const factsKey = JSON.stringify(facts);
+  if (refs.factsKey !== factsKey) {
+    refs.factsKey = factsKey;
+    refs.facts.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  }
 
   const running = view.state === "running" || view.state === "paused";
   const samples = entry.samples;
