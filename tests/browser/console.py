@@ -25,7 +25,9 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -202,6 +204,15 @@ def main():
         driver.find_element(By.ID, "token-input").send_keys(TOKEN)
         dialog.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait("the three pipelines", lambda: [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".card h3")] == ["audit", "orders", "payments"])
+        # The keyboard reaches everything, with a visible focus ring: skip
+        # link, token button, then the first pipeline's first action.
+        driver.execute_script("document.activeElement && document.activeElement.blur()")
+        focused = []
+        for _ in range(3):
+            ActionChains(driver).send_keys(Keys.TAB).perform()
+            focused.append(driver.execute_script("const e = document.activeElement; return [e.textContent.trim(), getComputedStyle(e).outlineStyle];"))
+        assert [f[0] for f in focused] == ["Skip to pipelines", "Forget token", "Live tap"], focused
+        assert all(f[1] == "solid" for f in focused), f"focus rings: {focused}"
         version = wait("orders' version", lambda: fact(driver, "orders", "Version"))
         v1 = hashlib.sha256((PLUGINS / "tag_v1.wasm").read_bytes()).hexdigest()
         assert version.startswith(v1[:12]), f"orders runs tag_v1 ({v1[:12]}): {version}"
@@ -216,7 +227,7 @@ def main():
         assert fact(driver, "payments", "Source lag") is not None, "a JetStream source reports its lag"
         wait("orders' received rate to rise", lambda: rate(driver, "orders", "Received") not in ("—", "0/s"))
         wait("audit's dead-letter rate to rise", lambda: rate(driver, "audit", "Dead-lettered") not in ("—", "0/s"))
-        wait("a sparkline to be drawn", lambda: card(driver, "orders").find_element(By.CSS_SELECTOR, ".rate polyline").get_attribute("points").count(",") >= 3)
+        wait("sparklines with 6 points", lambda: card(driver, "orders").find_element(By.CSS_SELECTOR, ".rate polyline").get_attribute("points").count(",") >= 6)
         print("orders received:", rate(driver, "orders", "Received"), "payments received:", rate(driver, "payments", "Received"),
               "audit dead-lettered:", rate(driver, "audit", "Dead-lettered"), "latency:", rate(driver, "orders", "Call latency p50 / p99"))
         shot(driver, "pipelines")

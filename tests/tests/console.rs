@@ -15,9 +15,11 @@ use common::*;
 
 const WITHIN: Duration = Duration::from_secs(60);
 
-/// One request; the status, the response headers (names lower-cased) and
-/// the body.
-fn get(port: u16, path: &str) -> Result<(u16, Vec<(String, String)>, String)> {
+/// Response headers: names lower-cased, values trimmed.
+type Headers = Vec<(String, String)>;
+
+/// One request; the status, the response headers and the body.
+fn get(port: u16, path: &str) -> Result<(u16, Headers, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).context("connecting to the admin API")?;
     stream.set_read_timeout(Some(WITHIN))?;

@@ -314,7 +314,10 @@ function makeRate(parent, label, cls) {
   const chart = svg("svg", { class: "spark", viewBox: "0 0 120 30", preserveAspectRatio: "none", role: "img" });
   const area = svg("polygon");
   const line = svg("polyline");
-  chart.append(area, line);
+  // The chart's floor, across its whole width: the time it covers shows
+  // even while little history is drawn.
+  const floor = svg("line", { x1: 0, y1: 29.5, x2: 120, y2: 29.5, class: "floor" });
+  chart.append(floor, area, line);
   const node = el("div", { class: `rate ${cls}` }, el("span", { class: "label", text: label }), value, total, chart);
   parent.append(node);
   return { node, value, total, chart, line, area, label };
@@ -381,7 +384,7 @@ function updateCard(entry, view, latency) {
   const last = samples.length ? samples[samples.length - 1].latency : null;
   lat.value.textContent = last && last.p50 !== null ? `${formatSeconds(last.p50)} / ${formatSeconds(last.p99)}` : "—";
   lat.total.textContent = last && last.p50 === null ? "no calls" : "";
-  drawSpark(lat, p50.filter((v) => v !== null), `Median plugin call latency over the last samples; now ${last && last.p50 !== null ? formatSeconds(last.p50) : "no calls"}`);
+  drawSpark(lat, p50.slice(1), `Median plugin call latency over the last samples; now ${last && last.p50 !== null ? formatSeconds(last.p50) : "no calls"}`);
 
   refs.reload.disabled = !running;
   refs.rollback.disabled = !(running && view.plugin && view.plugin.previous);
@@ -409,17 +412,20 @@ function rateSeries(samples, key) {
 
 function drawSpark(cell, series, description) {
   cell.chart.setAttribute("aria-label", description);
-  if (series.length < 2) {
+  // Newest on the right, one step per sample; a sample without a value
+  // (no calls, for latency) is left out rather than drawn as 0.
+  const step = 120 / (HISTORY - 1);
+  const offset = 120 - step * (series.length - 1);
+  const known = series.map((v, i) => [offset + i * step, v]).filter(([, v]) => v !== null && v !== undefined);
+  if (known.length < 2) {
     cell.line.setAttribute("points", "");
     cell.area.setAttribute("points", "");
     return;
   }
-  const max = Math.max(...series) || 1;
-  const step = 120 / (HISTORY - 1);
-  const offset = 120 - step * (series.length - 1);
-  const points = series.map((v, i) => `${(offset + i * step).toFixed(1)},${(28 - (v / max) * 26).toFixed(1)}`);
+  const max = Math.max(...known.map(([, v]) => v)) || 1;
+  const points = known.map(([x, v]) => `${x.toFixed(1)},${(28 - (v / max) * 26).toFixed(1)}`);
   cell.line.setAttribute("points", points.join(" "));
-  cell.area.setAttribute("points", `${offset.toFixed(1)},30 ${points.join(" ")} 120,30`);
+  cell.area.setAttribute("points", `${known[0][0].toFixed(1)},30 ${points.join(" ")} ${known[known.length - 1][0].toFixed(1)},30`);
 }
 
 function formatRate(v) {
@@ -463,7 +469,8 @@ async function act(name, action, refs) {
     const answer = await withToken(() => api("POST", `/pipelines/${encodeURIComponent(name)}/${action}`));
     if (answer === null) return result(refs, "Cancelled: no token.");
     const current = answer.current ? ` Now serving ${answer.current.digest.slice(0, 12)} (gen ${answer.current.generation}).` : "";
-    result(refs, `${action[0].toUpperCase()}${action.slice(1)} done.${current}`, "ok");
+    const done = { reload: "Reloaded.", rollback: "Rolled back.", pause: "Paused: no events are taken from the source.", resume: "Resumed." };
+    result(refs, `${done[action]}${current}`, "ok");
     poll();
   } catch (error) {
     result(refs, `${action} failed: ${error.message}`, "error");
