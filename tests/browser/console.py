@@ -274,6 +274,21 @@ def main():
         expected = f"/pipelines - Failed to load resource: the server responded with a status of 401"
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE" and expected not in e.get("message", "")]
         assert not errors, f"browser console errors: {errors}"
+        # Dark mode (the operator's system setting): the same page, its own colours.
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        driver.execute_script("window.scrollTo(0, 0)")
+        background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(15, 21, 28)", f"dark background: {background}"
+        shot(driver, "dark")
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "light"}]})
+
+        # The host goes away: the page says so, and greys what it last saw.
+        host.terminate()
+        host.wait(timeout=30)
+        wait("the page to say the API is unreachable", lambda: driver.find_element(By.ID, "status").text == "Cannot reach the admin API")
+        assert "stale" in driver.find_element(By.TAG_NAME, "body").get_attribute("class")
+        assert driver.find_element(By.ID, "notice").text.startswith("Cannot read the pipelines: the host does not answer")
+        shot(driver, "unreachable")
         print("console browser test: ok")
     finally:
         for f in feeders:

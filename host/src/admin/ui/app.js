@@ -179,7 +179,9 @@ async function poll() {
     status("Cannot reach the admin API", true);
     // What is shown is the last answer: say so.
     document.body.classList.add("stale");
-    notice(`Cannot read the pipelines: ${error.message}. Trying again every ${POLL_MS / 1000} s.`, "error");
+    // fetch fails with a TypeError when nothing answers at all.
+    const why = error instanceof ApiError ? error.message : "the host does not answer (stopped, restarting, or unreachable from here)";
+    notice(`Cannot read the pipelines: ${why}. Trying again every ${POLL_MS / 1000} s; what is shown is the last answer.`, "error");
   } finally {
     polling = false;
     pollTimer = setTimeout(poll, POLL_MS);
