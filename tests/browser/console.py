@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -230,6 +231,8 @@ def main():
         wait("sparklines with 6 points", lambda: card(driver, "orders").find_element(By.CSS_SELECTOR, ".rate polyline").get_attribute("points").count(",") >= 6)
         print("orders received:", rate(driver, "orders", "Received"), "payments received:", rate(driver, "payments", "Received"),
               "audit dead-lettered:", rate(driver, "audit", "Dead-lettered"), "latency:", rate(driver, "orders", "Call latency p50 / p99"))
+        latency = rate(driver, "orders", "Call latency p50 / p99")
+        assert re.fullmatch(r"[\d.]+ (µs|ms|s) / [\d.]+ (µs|ms|s)", latency), f"latency from /metrics: {latency}"
         shot(driver, "pipelines")
 
         # Pause and resume.

@@ -120,6 +120,11 @@ plugin = {{ path = {plugin} }}
     for path in ["\"/pipelines\"", "`/pipelines/${encodeURIComponent(name)}/tap?${params}`", "\"/metrics\""] {
         ensure!(script.contains(path), "the script reads {path}");
     }
+    // The admin address alone opens it.
+    for path in ["/", "/ui/"] {
+        let (status, headers, _) = get(port, path)?;
+        ensure!(status == 308 && header(&headers, "location") == Some("/ui"), "GET {path}: {status} {headers:?}");
+    }
     // What it does not serve.
     let (status, _, _) = get(port, "/ui/other.js")?;
     ensure!(status == 404, "GET /ui/other.js answered {status}");

@@ -44,6 +44,11 @@ pub(super) async fn icon() -> Response {
     asset("image/svg+xml; charset=utf-8", ICON)
 }
 
+/// `/` and `/ui/`: to the console, so the admin address alone opens it.
+pub(super) async fn to_console() -> axum::response::Redirect {
+    axum::response::Redirect::permanent("/ui")
+}
+
 /// An embedded file with the console's headers. `no-cache`: the browser
 /// checks again, so a new binary's console replaces the old one at once.
 fn asset(content_type: &'static str, body: &'static str) -> Response {

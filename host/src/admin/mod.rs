@@ -13,7 +13,7 @@
 //! | `DELETE /pipelines/{name}/state/{key}` | delete a state key (in the commit order of events) | yes |
 //! | `GET /pipelines/{name}/tap?inputs&outputs&dead_letters&sample=&rate=` | live events, server-sent (`admin/tap.rs`) | read |
 //! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]) | read |
-//! | `GET /ui`, `/ui/app.js`, `/ui/app.css`, `/ui/icon.svg` | the web console (`admin/console.rs`); its requests carry the token the user types | no |
+//! | `GET /ui`, `/ui/app.js`, `/ui/app.css`, `/ui/icon.svg` | the web console (`admin/console.rs`; `/` and `/ui/` redirect to it); its requests carry the token the user types | no |
 //! | `GET /healthz` | 200 while every running pipeline moves; 503 naming the stuck ones (events in flight, no progress for `policy.stuck_after`) | no |
 //! | `GET /readyz` | 200 when every pipeline runs (or finished) and its broker connections are up; 503 with the reasons otherwise (a restarting or failed pipeline's last error) | no |
 //!
@@ -357,6 +357,8 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/pipelines/{name}/plugin", put(upload))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, state.max_upload), guard));
     let console = Router::new()
+        .route("/", get(console::to_console))
+        .route("/ui/", get(console::to_console))
         .route("/ui", get(console::page))
         .route("/ui/app.js", get(console::script))
         .route("/ui/app.css", get(console::style))

@@ -356,7 +356,7 @@ function updateCard(entry, view, latency) {
     facts.push(["Loaded", `${formatTime(p.current.loaded_at)} (${p.current.origin}, ${p.current.load_ms} ms)`]);
     const accepts = p.current.accepts;
     facts.push(["Accepts", !accepts ? "any (no manifest)" : accepts.join(",") === "*" ? "any version (*)" : accepts.join(", ") || "nothing declared"]);
-    facts.push(["Previous", p.previous ? versionText(p.previous) : "none"]);
+    facts.push(["Previous", p.previous ? `${versionText(p.previous)}, loaded ${formatTime(p.previous.loaded_at)} (${p.previous.origin})` : "none"]);
     facts.push(["Reloads", `${p.reloads} done, ${p.rejections} refused`]);
   }
   facts.push(["Breaker", view.breaker ? `${view.breaker.state} (${view.breaker.failures} failures in window, opened ${view.breaker.opened}×)` : "none configured"]);
