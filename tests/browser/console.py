@@ -87,16 +87,16 @@ def wait(what, condition, within=WITHIN):
 class Feeder(threading.Thread):
     """Appends events to a pipeline's input file while it runs."""
 
-    def __init__(self, path, payload):
+    def __init__(self, path, payload, headers=None):
         super().__init__(daemon=True)
-        self.path, self.payload, self.stop = path, payload, threading.Event()
+        self.path, self.payload, self.headers, self.stop = path, payload, headers or {}, threading.Event()
         self.sent = 0
 
     def run(self):
         while not self.stop.is_set():
             with open(self.path, "a") as f:
                 for _ in range(20):
-                    f.write(json.dumps({"payload": self.payload(self.sent)}) + "\n")
+                    f.write(json.dumps({"payload": self.payload(self.sent), "headers": self.headers}) + "\n")
                     self.sent += 1
             self.stop.wait(0.25)
 
@@ -220,7 +220,8 @@ def main():
         assert badge(driver, "orders") == "running"
 
         # Rates move while events flow.
-        feeders = [Feeder(work / "orders.jsonl", lambda i: f"order {i}"), Feeder(work / "audit.jsonl", lambda i: f"reject:bad {i}" if i % 5 == 0 else f"ok:{i}")]
+        feeders = [Feeder(work / "orders.jsonl", lambda i: f"order {i}"), Feeder(work / "audit.jsonl", lambda i: f"reject:bad {i}" if i % 5 == 0 else f"ok:{i}",
+                                                                                   {"Authorization": "Bearer hunter2", "trace": "t-1"})]
         feeders.append(Publisher(nats_port, "in.payments"))
         for f in feeders:
             f.start()
@@ -262,6 +263,9 @@ def main():
         card(driver, "audit").find_element(By.XPATH, ".//button[text()='Live tap']").click()
         driver.find_element(By.ID, "tap-start").click()
         wait("tapped outputs and dead letters", lambda: {"output", "dead-letter", "input"} <= {p.text for p in driver.find_elements(By.CSS_SELECTOR, "#tap-rows .point")})
+        rows_text = driver.find_element(By.ID, "tap-rows").text
+        assert "Authorization: <redacted>" in rows_text and "trace: t-1" in rows_text, "headers shown, credentials redacted"
+        assert "hunter2" not in driver.page_source, "a credential never reaches the page"
         driver.find_element(By.ID, "tap-pause").click()
         held = len(driver.find_elements(By.CSS_SELECTOR, "#tap-rows tr"))
         handled = lines(work / "audit-out.jsonl")

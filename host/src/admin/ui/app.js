@@ -699,21 +699,30 @@ function addRow(entry) {
   const rows = $("tap-rows");
   let row;
   if (entry.marker) {
-    row = el("tr", { class: "marker" }, el("td", { colspan: 6, text: entry.marker }));
+    row = el("tr", { class: "marker" }, el("td", { colspan: 7, text: entry.marker }));
   } else {
     const detail = entry.point === "dead-letter"
       ? `${entry.reason || "?"} after ${entry.attempts ?? "?"} attempt(s): ${entry.message || ""}`
-      : entry.point === "output" ? (entry.reply ? "reply" : entry.destination || "default route") : headerText(entry.headers);
+      : entry.point === "output" ? (entry.reply ? "reply" : `→ ${entry.destination || "default route"}`) : "";
+    // The digest header repeats the Version column in full: left out.
+    const shownHeaders = (entry.headers || []).filter(([k, v]) => !(k === "sluice-plugin-digest" && entry.version && (v.text || "").startsWith(entry.version)));
+    const meta = [entry.key ? `key: ${previewText(entry.key)}` : "", headerText(shownHeaders)].filter(Boolean).join("; ");
     row = el("tr", {},
       el("td", { class: "mono", text: timeOf(entry.at) }),
       el("td", {}, el("span", { class: `point ${entry.point}`, text: entry.point })),
       el("td", { class: "mono", text: entry.event }),
       el("td", { class: "mono", text: entry.version || "—" }),
       el("td", { text: detail }),
+      el("td", { class: "meta", text: clip(meta, 160), title: meta.length > 160 ? meta : undefined }),
       el("td", { class: "payload", text: previewText(entry.payload) }));
   }
   rows.prepend(row);
   while (rows.children.length > TAP_ROWS) rows.lastElementChild.remove();
+}
+
+/** Long text cut for the table; the full text stays in the cell's title. */
+function clip(text, max) {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
 }
 
 function headerText(headers) {
