@@ -256,6 +256,19 @@ def main():
         driver.find_element(By.ID, "upload-confirm").click()
         wait("orders to serve tag_v2", lambda: (fact(driver, "orders", "Version") or "").startswith(v2[:12]))
         wait("tag_v2 outputs", lambda: '"v2:' in (work / "orders-out.jsonl").read_text())
+        # A file that is not a component is refused, and the page says why;
+        # the current version keeps serving.
+        bad = work / "not-a-plugin.wasm"
+        bad.write_bytes(b"not a component")
+        card(driver, "orders").find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(bad))
+        wait("the upload dialog again", lambda: driver.find_element(By.ID, "upload-dialog").get_attribute("open") is not None)
+        driver.find_element(By.ID, "upload-confirm").click()
+        refused = wait("the refusal", lambda: driver.execute_script(
+            "return document.querySelector(`article[aria-labelledby='p-orders'] .result.error`)?.textContent"))
+        assert refused.startswith("Upload refused:"), refused
+        wait("the refused version named on the card", lambda: "Last version refused (upload" in card(driver, "orders").find_element(By.CSS_SELECTOR, ".problem").text)
+        assert (fact(driver, "orders", "Version") or "").startswith(v2[:12]), "the current version keeps serving"
+        shot(driver, "refused")
         card(driver, "orders").find_element(By.XPATH, ".//button[text()='Roll back']").click()
         wait("orders back on tag_v1", lambda: (fact(driver, "orders", "Version") or "").startswith(v1[:12]))
 
@@ -277,9 +290,11 @@ def main():
         wait("rows again after resuming", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#tap-rows tr")) > held)
 
         # The page's first read is refused (401) until the token is given:
-        # that is how it learns it needs one. Nothing else may fail.
-        expected = f"/pipelines - Failed to load resource: the server responded with a status of 401"
-        errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE" and expected not in e.get("message", "")]
+        # that is how it learns it needs one; the bad upload is refused
+        # (422) on purpose. Nothing else may fail.
+        expected = ["/pipelines - Failed to load resource: the server responded with a status of 401",
+                    "/pipelines/orders/plugin?sha256=" + hashlib.sha256(b"not a component").hexdigest() + " - Failed to load resource: the server responded with a status of 422"]
+        errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE" and not any(x in e.get("message", "") for x in expected)]
         assert not errors, f"browser console errors: {errors}"
         # Dark mode (the operator's system setting): the same page, its own colours.
         driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
