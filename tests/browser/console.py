@@ -52,6 +52,13 @@ listen = "127.0.0.1:0"
 token = "{TOKEN}"
 read_token = "console-read-token"
 
+[pipelines.archive]
+source = {{ kind = "file", path = "archive.jsonl", follow = true }}
+sink = {{ kind = "file", path = "archive-out.jsonl" }}
+dead_letter = {{ kind = "file", path = "archive-dlq.jsonl" }}
+plugin = {{ path = {toml(PLUGINS / "passthrough.wasm")} }}
+restart = {{ initial_backoff = "1s", max_backoff = "3s" }}
+
 [pipelines.audit]
 source = {{ kind = "file", path = "audit.jsonl", follow = true }}
 sink = {{ kind = "file", path = "audit-out.jsonl" }}
@@ -183,6 +190,9 @@ def main():
     (work / "sluice.toml").write_text(config(ROOT / "target/sluice-tests/compiled", f"nats://127.0.0.1:{nats_port}"))
     for name in ["audit.jsonl", "orders.jsonl"]:
         (work / name).write_text("")
+    # archive writes to a full disk: it fails and restarts, again and again.
+    (work / "archive.jsonl").write_text(json.dumps({"payload": "kept"}) + "\n")
+    (work / "archive-out.jsonl").symlink_to("/dev/full")
     addr_file = work / "admin.addr"
     env = dict(os.environ, SLUICE_ADMIN_ADDR_FILE=str(addr_file))
     log = open(work / "host.log", "w")
@@ -204,7 +214,10 @@ def main():
         shot(driver, "token")
         driver.find_element(By.ID, "token-input").send_keys(TOKEN)
         dialog.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait("the three pipelines", lambda: [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".card h3")] == ["audit", "orders", "payments"])
+        wait("the four pipelines", lambda: [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".card h3")] == ["archive", "audit", "orders", "payments"])
+        # archive's sink fails: the card says it restarts, and why.
+        wait("archive restarting", lambda: badge(driver, "archive") in ("restarting", "starting", "failed") and "No space left on device" in
+             (driver.execute_script("return document.querySelector(`article[aria-labelledby='p-archive'] .problem`).textContent") or ""))
         # The keyboard reaches everything, with a visible focus ring: skip
         # link, token button, then the first pipeline's first action.
         driver.execute_script("document.activeElement && document.activeElement.blur()")
@@ -212,7 +225,7 @@ def main():
         for _ in range(3):
             ActionChains(driver).send_keys(Keys.TAB).perform()
             focused.append(driver.execute_script("const e = document.activeElement; return [e.textContent.trim(), getComputedStyle(e).outlineStyle];"))
-        assert [f[0] for f in focused] == ["Skip to pipelines", "Forget token", "Live tap"], focused
+        assert [f[0] for f in focused] == ["Skip to pipelines", "Forget token", "Live tap"], focused  # archive's actions are disabled
         assert all(f[1] == "solid" for f in focused), f"focus rings: {focused}"
         version = wait("orders' version", lambda: fact(driver, "orders", "Version"))
         v1 = hashlib.sha256((PLUGINS / "tag_v1.wasm").read_bytes()).hexdigest()

@@ -297,7 +297,8 @@ function makeCard(name) {
   refs.rateCells = {};
   for (const [key, label, cls] of RATES) refs.rateCells[key] = makeRate(refs.rates, label, cls);
   refs.rateCells.latency = makeRate(refs.rates, "Call latency p50 / p99", "latency");
-  root.append(el("div", { class: "card-body" }, refs.facts, el("div", {}, el("h4", { class: "visually-hidden", text: `Rates of ${name}` }), refs.rates)));
+  refs.noRates = el("p", { class: "empty small", text: "No rates while it is not running: they start again with it.", hidden: true });
+  root.append(el("div", { class: "card-body" }, refs.facts, el("div", {}, el("h4", { class: "visually-hidden", text: `Rates of ${name}` }), refs.rates, refs.noRates)));
 
   refs.result = el("p", { class: "result", role: "status", "aria-live": "polite" });
   refs.reload = el("button", { type: "button", class: "ghost", text: "Reload", title: "Load the plugin file again", onclick: () => act(name, "reload", refs) });
@@ -359,7 +360,7 @@ function updateCard(entry, view, latency) {
     facts.push(["Previous", p.previous ? `${versionText(p.previous)}, loaded ${formatTime(p.previous.loaded_at)} (${p.previous.origin})` : "none"]);
     facts.push(["Reloads", `${p.reloads} done, ${p.rejections} refused`]);
   }
-  facts.push(["Breaker", view.breaker ? `${view.breaker.state} (${view.breaker.failures} failures in window, opened ${view.breaker.opened}×)` : "none configured"]);
+  if (view.stats) facts.push(["Breaker", view.breaker ? `${view.breaker.state} (${view.breaker.failures} failures in window, opened ${view.breaker.opened}×)` : "none configured"]);
   facts.push(["Restarts", String(view.restarts ?? 0)]);
   if (view.started_at) facts.push(["Started", formatTime(view.started_at)]);
   if (latency && latency.lag !== undefined) facts.push(["Source lag", `${latency.lag} messages`]);
@@ -372,6 +373,9 @@ function updateCard(entry, view, latency) {
   }
 
   const running = view.state === "running" || view.state === "paused";
+  refs.rates.hidden = !view.stats;
+  refs.noRates.hidden = Boolean(view.stats);
+  if (!view.stats) entry.samples.length = 0; // a new run counts from 0 again
   const samples = entry.samples;
   for (const [key, label] of RATES) {
     const cell = refs.rateCells[key];
