@@ -57,7 +57,7 @@ source = {{ kind = "file", path = "archive.jsonl", follow = true }}
 sink = {{ kind = "file", path = "archive-out.jsonl" }}
 dead_letter = {{ kind = "file", path = "archive-dlq.jsonl" }}
 plugin = {{ path = {toml(PLUGINS / "passthrough.wasm")} }}
-restart = {{ initial_backoff = "1s", max_backoff = "3s" }}
+restart = {{ initial_backoff = "1s", max_backoff = "2s", max_restarts = 4 }}
 
 [pipelines.audit]
 source = {{ kind = "file", path = "audit.jsonl", follow = true }}
@@ -190,7 +190,7 @@ def main():
     (work / "sluice.toml").write_text(config(ROOT / "target/sluice-tests/compiled", f"nats://127.0.0.1:{nats_port}"))
     for name in ["audit.jsonl", "orders.jsonl"]:
         (work / name).write_text("")
-    # archive writes to a full disk: it fails and restarts, again and again.
+    # archive writes to a full disk: it fails, restarts 4 times, then stays failed.
     (work / "archive.jsonl").write_text(json.dumps({"payload": "kept"}) + "\n")
     (work / "archive-out.jsonl").symlink_to("/dev/full")
     addr_file = work / "admin.addr"
@@ -311,6 +311,12 @@ def main():
                     "/pipelines/orders/plugin?sha256=" + hashlib.sha256(b"not a component").hexdigest() + " - Failed to load resource: the server responded with a status of 422"]
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE" and not any(x in e.get("message", "") for x in expected)]
         assert not errors, f"browser console errors: {errors}"
+        # archive ran out of restarts: failed, with its error.
+        wait("archive failed for good", lambda: badge(driver, "archive") == "failed")
+        problem = driver.execute_script("return document.querySelector(`article[aria-labelledby='p-archive'] .problem`).textContent")
+        assert problem.startswith("Failed after 4 restart(s)") and "No space left on device" in problem, problem
+        assert fact(driver, "archive", "Restarts") == "4", fact(driver, "archive", "Restarts")
+
         # Dark mode (the operator's system setting): the same page, its own colours.
         driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
         driver.execute_script("window.scrollTo(0, 0)")

@@ -297,7 +297,7 @@ function makeCard(name) {
   refs.rateCells = {};
   for (const [key, label, cls] of RATES) refs.rateCells[key] = makeRate(refs.rates, label, cls);
   refs.rateCells.latency = makeRate(refs.rates, "Call latency p50 / p99", "latency");
-  refs.noRates = el("p", { class: "empty small", text: "No rates while it is not running: they start again with it.", hidden: true });
+  refs.noRates = el("p", { class: "empty small", text: "No rates while it is not running.", hidden: true });
   root.append(el("div", { class: "card-body" }, refs.facts, el("div", {}, el("h4", { class: "visually-hidden", text: `Rates of ${name}` }), refs.rates, refs.noRates)));
 
   refs.result = el("p", { class: "result", role: "status", "aria-live": "polite" });
@@ -340,7 +340,9 @@ function updateCard(entry, view, latency) {
   if (view.state === "restarting" && view.restart) {
     problem = `Restarting (attempt ${view.restart.attempt}, next try ${formatTime(view.restart.next_try)}): ${view.restart.last_error}`;
   } else if (view.state === "failed") {
-    problem = `Failed: ${view.error || "no reason given"}`;
+    // The host's error says "failed after N restart(s) …" itself.
+    const error = view.error || "failed (no reason given)";
+    problem = error.startsWith("failed") ? `F${error.slice(1)}` : `Failed: ${error}`;
   } else if (view.plugin && view.plugin.last_rejection && !(Date.parse(view.plugin.last_rejection.at) < Date.parse(view.plugin.current.loaded_at))) {
     // Shown until a version loads after it.
     const r = view.plugin.last_rejection;
