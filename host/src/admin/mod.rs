@@ -13,6 +13,7 @@
 //! | `DELETE /pipelines/{name}/state/{key}` | delete a state key (in the commit order of events) | yes |
 //! | `GET /pipelines/{name}/tap?inputs&outputs&dead_letters&sample=&rate=` | live events, server-sent (`admin/tap.rs`) | read |
 //! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]) | read |
+//! | `GET /ui`, `/ui/app.js`, `/ui/app.css`, `/ui/icon.svg` | the web console (`admin/console.rs`; `/` and `/ui/` redirect to it); its requests carry the token the user types | no |
 //! | `GET /healthz` | 200 while every running pipeline moves; 503 naming the stuck ones (events in flight, no progress for `policy.stuck_after`) | no |
 //! | `GET /readyz` | 200 when every pipeline runs (or finished) and its broker connections are up; 503 with the reasons otherwise (a restarting or failed pipeline's last error) | no |
 //!
@@ -49,6 +50,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+mod console;
 pub mod health;
 mod tap;
 pub mod tls;
@@ -327,6 +329,8 @@ where
 /// Who may call a route.
 #[derive(Clone, Copy)]
 enum Access {
+    /// Anyone: the console's files, which hold no data.
+    Open,
     /// `admin.read_token` or `admin.token` when a read token is set.
     Read,
     /// `admin.token`.
@@ -352,9 +356,18 @@ fn router(state: Arc<AdminState>) -> Router {
     let upload_route = Router::new()
         .route("/pipelines/{name}/plugin", put(upload))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, state.max_upload), guard));
+    let console = Router::new()
+        .route("/", get(console::to_console))
+        .route("/ui/", get(console::to_console))
+        .route("/ui", get(console::page))
+        .route("/ui/app.js", get(console::script))
+        .route("/ui/app.css", get(console::style))
+        .route("/ui/icon.svg", get(console::icon))
+        .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Open, SMALL_BODY), guard));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
+        .merge(console)
         .merge(read)
         .merge(write)
         .merge(upload_route)
@@ -410,6 +423,7 @@ fn authorize(state: &AdminState, access: Access, headers: &HeaderMap) -> Result<
         _ => false,
     };
     match access {
+        Access::Open => Ok(()),
         Access::Read if state.read_token.is_none() => Ok(()),
         // Both compared, so timing does not tell which token was close.
         Access::Read if matches(&state.read_token) | matches(&state.token) => Ok(()),
