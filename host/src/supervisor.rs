@@ -63,6 +63,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
             .max()
             .unwrap_or(0),
         cache_dir: config.runtime.cache_dir.clone(),
+        trusted_keys: config.plugins.trusted_keys.clone(),
     }
 }
 

@@ -5,7 +5,7 @@
 //! | `GET /pipelines` | every pipeline: state (running, paused, restarting with its attempt and next try, failed with its error), restarts, plugin versions, counters | read |
 //! | `GET /pipelines/{name}` | one pipeline | read |
 //! | `POST /pipelines/{name}/reload` | load the plugin file again | yes |
-//! | `PUT /pipelines/{name}/plugin[?sha256=…]` | upload a new version (the body is the `.wasm`) | yes |
+//! | `PUT /pipelines/{name}/plugin[?sha256=…]` | upload a new version (the body is the `.wasm`; its signature line in `Sluice-Signature` when `[plugins] trusted_keys` is set) | yes |
 //! | `POST /pipelines/{name}/rollback` | back to the previous version | yes |
 //! | `POST /pipelines/{name}/pause`, `/resume` | stop / restart taking events from the source | yes |
 //! | `GET /pipelines/{name}/state?prefix=&after=&limit=` | committed state keys and values, a page at a time | read |
@@ -647,6 +647,9 @@ async fn reload(State(state): State<Arc<AdminState>>, Path(name): Path<String>) 
     Ok(Json(json!({ "current": version })).into_response())
 }
 
+/// The header an upload's signature line comes in.
+const SIGNATURE_HEADER: &str = "sluice-signature";
+
 #[derive(Deserialize)]
 struct UploadQuery {
     sha256: Option<String>,
@@ -656,11 +659,18 @@ async fn upload(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
     Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Answer {
     let pipeline = find(&state, &name)?;
+    // The signature line (`sluice plugin sign` writes it to FILE.sig):
+    // checked when `[plugins] trusted_keys` is set, ignored otherwise.
+    let signature = match headers.get(SIGNATURE_HEADER) {
+        Some(value) => Some(value.to_str().map_err(|_| Failure(StatusCode::BAD_REQUEST, "the Sluice-Signature header is not text".into()))?.to_owned()),
+        None => None,
+    };
     let wasm = read_body(body, state.max_upload, state.body_timeout).await?;
-    let version = pipeline.versions.upload(wasm, query.sha256).await?;
+    let version = pipeline.versions.upload(wasm, query.sha256, signature).await?;
     Ok(Json(json!({ "current": version })).into_response())
 }
 

@@ -8,6 +8,7 @@ mod inspect;
 mod logging;
 mod new_plugin;
 mod run;
+mod sign;
 mod status;
 mod tap;
 mod test_plugin;
@@ -197,6 +198,27 @@ enum PluginCommand {
         /// The project folder. Default: the current one.
         dir: Option<PathBuf>,
     },
+    /// Make an Ed25519 key pair for signing plugins: NAME.key (private,
+    /// PKCS#8 PEM, mode 0600) and NAME.pub (public, for `[plugins]
+    /// trusted_keys`). Never overwrites.
+    Keygen {
+        /// Path and name of the pair, without extension (e.g. keys/release).
+        name: PathBuf,
+    },
+    /// Sign a component with a private key: writes PLUGIN.sig, the
+    /// signature line a host with `[plugins] trusted_keys` requires beside
+    /// the file (or in an upload's `Sluice-Signature` header).
+    Sign {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// The private key (PEM, as `plugin keygen` or `openssl genpkey
+        /// -algorithm ed25519` writes it).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signature line. Default: PLUGIN.sig.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Show a component's world, imports, exports, size and digest.
     Inspect {
         /// The component (.wasm).
@@ -288,6 +310,8 @@ pub fn main() -> ExitCode {
             tap::tap(&tap::Options { admin, pipeline, inputs, outputs, dead_letters, sample, rate, format, token, ca_file })
         }
         Command::Plugin(PluginCommand::Inspect { plugin }) => inspect::inspect(&plugin),
+        Command::Plugin(PluginCommand::Keygen { name }) => sign::keygen(&name),
+        Command::Plugin(PluginCommand::Sign { plugin, key, out }) => sign::sign(&plugin, &key, out),
         Command::Plugin(PluginCommand::Build { dir }) => build_plugin::build(dir.as_deref()),
         Command::Dlq(DlqCommand::Replay {
             from,

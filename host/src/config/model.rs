@@ -26,6 +26,23 @@ pub struct Config {
     /// context is still passed from inputs to outputs).
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// Where plugin versions may come from: the keys they must be signed
+    /// by. Unset: any component the config or an upload names is loaded.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// `[plugins]`: settings for every pipeline's plugin versions.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Public keys (PEM files, Ed25519) whose signatures are accepted. When
+    /// any is named, every version is refused unless one of them signed it:
+    /// its `<plugin>.wasm.sig` beside the file, or the upload's
+    /// `Sluice-Signature` header (docs/operations.md, "Signed plugins").
+    /// Read at start: a change needs a restart.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// `[tracing]`: where spans go (OTLP over HTTP).
@@ -1315,6 +1332,7 @@ impl Config {
         if let Some(dir) = self.runtime.cache_dir.as_mut() {
             fix(dir);
         }
+        self.plugins.trusted_keys.iter_mut().for_each(fix);
         if let Some(admin) = self.admin.as_mut() {
             admin.tls_cert.iter_mut().chain(admin.tls_key.iter_mut()).for_each(fix);
         }

@@ -137,7 +137,8 @@ impl PluginVersions {
 
     /// Loads an uploaded version. `sha256`, when given, must match it (on top
     /// of any pin in the config).
-    pub async fn upload(&self, bytes: Vec<u8>, sha256: Option<String>) -> Result<VersionInfo, ReloadError> {
+    /// `signature` is checked when `[plugins] trusted_keys` is set.
+    pub async fn upload(&self, bytes: Vec<u8>, sha256: Option<String>, signature: Option<String>) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
         if let Some(expected) = &sha256 {
             use sha2::Digest;
@@ -146,7 +147,7 @@ impl PluginVersions {
                 return Err(self.reject(Origin::Upload, format!("the uploaded version has sha256 {actual}, not the {expected} the request expects")));
             }
         }
-        let loaded = LoadedPlugin::from_bytes(&self.runtime, self.spec(), bytes).await;
+        let loaded = LoadedPlugin::from_bytes(&self.runtime, self.spec(), bytes, signature).await;
         self.settle(loaded, Origin::Upload, false)
     }
 
@@ -220,6 +221,11 @@ impl PluginVersions {
     /// The plugin file this pipeline's versions come from.
     pub fn path(&self) -> std::path::PathBuf {
         self.spec().path
+    }
+
+    /// Whether versions must be signed (`[plugins] trusted_keys`).
+    pub fn signed(&self) -> bool {
+        self.runtime.trusted_keys().is_some()
     }
 
     fn spec(&self) -> PluginSpec {

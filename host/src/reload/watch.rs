@@ -27,6 +27,12 @@ pub fn spawn(pipelines: Vec<Arc<PluginVersions>>, stop: CancellationToken) -> no
     for versions in pipelines {
         let path = versions.path();
         let path = path.canonicalize().unwrap_or(path);
+        // A new version's signature may land after the component: its
+        // change reloads too (an identical component is not swapped again).
+        if versions.signed() {
+            let signature = crate::runtime::signature::signature_path(&path);
+            by_path.entry(signature).or_default().push(versions.clone());
+        }
         by_path.entry(path).or_default().push(versions);
     }
     // Bounded: a change is a trigger, and one queued trigger per file is as

@@ -11,6 +11,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::instance::PluginState;
+use super::signature::{KeyError, TrustedKeys};
 use crate::config::Allocator;
 
 /// How often the epoch advances. Per-event deadlines are counted in these
@@ -27,6 +28,9 @@ pub struct RuntimeOptions {
     /// slots of this size.
     pub max_memory: u64,
     pub cache_dir: Option<PathBuf>,
+    /// `[plugins] trusted_keys`: when any, only components signed by one
+    /// of them are compiled.
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// The wasmtime engine, the linker with our imports and WASI, and the
@@ -36,6 +40,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<PluginState>>,
     cache_dir: Option<PathBuf>,
+    trusted: Option<Arc<TrustedKeys>>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -47,6 +52,8 @@ pub enum EngineError {
     Link(wasmtime::Error),
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(std::io::Error),
+    #[error("[plugins] trusted_keys: {0}")]
+    TrustedKeys(#[from] KeyError),
 }
 
 impl Runtime {
@@ -83,12 +90,23 @@ impl Runtime {
         super::host::add_to_linker(&mut linker).map_err(EngineError::Link)?;
         super::http::add_to_linker(&mut linker).map_err(EngineError::Link)?;
         let ticker = EpochTicker::start(engine.clone()).map_err(EngineError::Ticker)?;
+        let trusted = match options.trusted_keys.as_slice() {
+            [] => None,
+            paths => Some(Arc::new(TrustedKeys::load(paths)?)),
+        };
         Ok(Self {
             engine,
             linker: Arc::new(linker),
             cache_dir: options.cache_dir.clone(),
+            trusted,
             _ticker: Arc::new(ticker),
         })
+    }
+
+    /// The keys a component must be signed by, when `[plugins]
+    /// trusted_keys` names any.
+    pub fn trusted_keys(&self) -> Option<&TrustedKeys> {
+        self.trusted.as_deref()
     }
 
     pub fn engine(&self) -> &Engine {

@@ -30,6 +30,7 @@ pub mod instance;
 pub mod manifest;
 pub mod metrics;
 pub mod plugin;
+pub mod signature;
 pub mod state;
 mod trap;
 mod wasi;

@@ -15,6 +15,7 @@ use super::engine::Runtime;
 use super::host::GuestLog;
 use super::instance::{CallError, Instance, StderrTail};
 use super::manifest;
+use super::signature::signature_path;
 use crate::config::{InstancePolicy, WasiGrants};
 use crate::schema::Accepts;
 
@@ -63,6 +64,8 @@ pub enum LoadError {
         expected: String,
         actual: String,
     },
+    #[error("plugin {} is refused: {reason}", path.display())]
+    Unsigned { path: PathBuf, reason: super::signature::SignatureError },
     #[error("plugin {} is not a WebAssembly file (it does not start with `\\0asm`)", path.display())]
     NotWasm { path: PathBuf },
     #[error("plugin {} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target, or wrap it with `wasm-tools component new`", path.display())]
@@ -120,7 +123,17 @@ impl LoadedPlugin {
             path: path.clone(),
             source,
         })?;
-        Self::from_bytes(runtime, spec, bytes).await
+        // Read only when signatures are required; a missing file is an
+        // unsigned component, which `compile` refuses by name.
+        let signature = match runtime.trusted_keys() {
+            Some(_) => match tokio::fs::read_to_string(signature_path(&path)).await {
+                Ok(line) => Some(line),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => return Err(LoadError::Read { path: signature_path(&path), source }),
+            },
+            None => None,
+        };
+        Self::from_bytes(runtime, spec, bytes, signature).await
     }
 
     /// Loads a component from memory (an uploaded version); `spec.path`
@@ -128,12 +141,14 @@ impl LoadedPlugin {
     /// blocking thread (it takes seconds for JavaScript and Python); the
     /// first instance and its `init` run as a future within
     /// `spec.init_timeout`.
-    pub async fn from_bytes(runtime: &Runtime, spec: PluginSpec, bytes: Vec<u8>) -> Result<Self, LoadError> {
+    /// `signature` is its signature line, checked when `[plugins]
+    /// trusted_keys` is set.
+    pub async fn from_bytes(runtime: &Runtime, spec: PluginSpec, bytes: Vec<u8>, signature: Option<String>) -> Result<Self, LoadError> {
         let started = Instant::now();
         let path = spec.path.clone();
         let compiling = runtime.clone();
         let size = bytes.len();
-        let task = tokio::task::spawn_blocking(move || compile(&compiling, spec, &bytes));
+        let task = tokio::task::spawn_blocking(move || compile(&compiling, spec, &bytes, signature.as_deref()));
         let compiled = announce_slow_compile(task, &path, size).await.map_err(|e| LoadError::Start {
             path: path.clone(),
             detail: format!("the compiler thread stopped: {e}"),
@@ -264,7 +279,7 @@ impl LoadedPlugin {
 
 /// Checks the pin and the header, compiles (or loads from the cache) and
 /// checks the world: everything before the first instance. Blocking.
-fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8], signature: Option<&str>) -> Result<LoadedPlugin, LoadError> {
     let path = spec.path.clone();
     let digest = hex::encode(Sha256::digest(bytes));
     if let Some(expected) = &spec.sha256 {
@@ -275,6 +290,11 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<LoadedPl
                 actual: digest,
             });
         }
+    }
+    // Before compiling: bytes nobody trusted never reach the compiler.
+    if let Some(trusted) = runtime.trusted_keys() {
+        let key = trusted.verify(&digest, signature).map_err(|reason| LoadError::Unsigned { path: path.clone(), reason })?;
+        tracing::debug!(pipeline = %spec.pipeline, key, digest = &digest[..12], "plugin signature verified");
     }
     check_header(&path, bytes)?;
     let (component, cache_hit) = runtime.compile(bytes, &digest).map_err(|e| LoadError::Invalid {

@@ -563,10 +563,18 @@ pub fn strip_digest(mut records: Vec<Value>, name: &str) -> Result<Vec<Value>> {
 /// One HTTP/1.1 request to a local server (the admin API); returns the
 /// status and the body as text.
 pub fn http_request(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Result<(u16, String)> {
+    http_request_with(port, method, path, token, &[], body)
+}
+
+/// [`http_request`] with more header lines (`name`, `value`).
+pub fn http_request_with(port: u16, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: &[u8]) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).context("connecting to the admin API")?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let mut auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    for (name, value) in headers {
+        auth.push_str(&format!("{name}: {value}\r\n"));
+    }
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
