@@ -304,8 +304,8 @@ impl Supervisor {
                 return;
             }
         };
-        if new.runtime != self.config.runtime || new.admin != self.config.admin || new.tracing != self.config.tracing {
-            tracing::warn!("config reload: `[runtime]`, `[admin]` and `[tracing]` changes take effect at the next restart");
+        if new.runtime != self.config.runtime || new.admin != self.config.admin || new.tracing != self.config.tracing || new.plugins != self.config.plugins {
+            tracing::warn!("config reload: `[runtime]`, `[admin]`, `[tracing]` and `[plugins]` changes take effect at the next restart");
         }
         let (mut added, mut removed, mut restarted, mut swapped) = (0, 0, 0, 0);
         let names: Vec<String> = self.running.keys().cloned().collect();
