@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{json, Value};
@@ -23,6 +23,8 @@ const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-
 /// A request as the server saw it.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// The client's address: one per connection.
+    peer: std::net::SocketAddr,
     path: String,
     key: Option<String>,
     traceparent: Option<String>,
@@ -45,7 +47,7 @@ impl Server {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let port = listener.local_addr()?.port();
         let app = axum::Router::new().fallback(answer).with_state(seen.clone());
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        runtime.spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await });
         Ok(Self { port, seen, _runtime: runtime })
     }
 
@@ -58,10 +60,10 @@ impl Server {
     }
 }
 
-async fn answer(State(seen): State<Arc<Mutex<Vec<Seen>>>>, request: Request) -> axum::response::Response {
+async fn answer(State(seen): State<Arc<Mutex<Vec<Seen>>>>, ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, request: Request) -> axum::response::Response {
     let (parts, body) = request.into_parts();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let this = Seen { path: parts.uri.path().to_owned(), key: header("idempotency-key"), traceparent: header("traceparent") };
+    let this = Seen { peer, path: parts.uri.path().to_owned(), key: header("idempotency-key"), traceparent: header("traceparent") };
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
     let earlier = record(&seen, &this);
     match this.path.as_str() {
@@ -159,6 +161,26 @@ fn an_allowed_call_puts_the_response_in_the_output_with_key_and_trace_context() 
     }
     assert_eq!(server.seen().len(), 2);
     assert!(scratch.read_jsonl("dlq.jsonl")?.is_empty());
+    Ok(())
+}
+
+/// 300 events, one call each, go out on kept-alive connections: a few,
+/// not one per call (wasmtime's own sender opened one per request).
+#[test]
+fn calls_reuse_kept_alive_connections() -> Result<()> {
+    let server = Server::start()?;
+    let scratch = Scratch::new()?;
+    let ids: Vec<String> = (0..300).map(|i| format!("e{i}")).collect();
+    scratch.write_events("events.jsonl", &events(&ids.iter().map(String::as_str).collect::<Vec<_>>()))?;
+    scratch.write("sluice.toml", config(&server.url("/ok"), Some(&allow(&server)), "", false))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+    assert_eq!(scratch.read_jsonl("out.jsonl")?.len(), 300);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 300, "one call per event");
+    let connections: std::collections::HashSet<_> = seen.iter().map(|s| s.peer).collect();
+    // At most one per lane in flight at once, well under one per call.
+    assert!(connections.len() <= 16, "{} connections for 300 calls", connections.len());
+    eprintln!("{} connection(s) for 300 calls", connections.len());
     Ok(())
 }
 

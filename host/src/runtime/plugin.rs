@@ -318,10 +318,13 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8], signature: Option<
     }
     let name = plugin_name(&path);
     let manifest = manifest::find(&component, pre.target());
-    let http = spec
-        .http
-        .clone()
-        .map(|config| Arc::new(super::http::Outbound::new(&spec.pipeline, config, spec.timeout).stubbed(spec.http_stubs.clone())));
+    let http = match spec.http.clone() {
+        Some(config) => {
+            let outbound = super::http::Outbound::new(&spec.pipeline, config, spec.timeout).map_err(|detail| LoadError::Start { path: path.clone(), detail })?;
+            Some(Arc::new(outbound.stubbed(spec.http_stubs.clone())))
+        }
+        None => None,
+    };
     Ok(LoadedPlugin {
         inner: Arc::new(Inner {
             spec,

@@ -7,7 +7,7 @@
 //! - The `outgoing-handler.handle` import is ours: it takes the next
 //!   idempotency key and the trace context from the event's scope, then
 //!   hands the request to wasmtime's implementation, which calls [`send`]'s
-//!   hook to put it on the wire.
+//!   hook to put it on the wire, on a keep-alive connection of [`pool`].
 //! - [`metrics`]: per destination requests, errors and durations.
 //! - [`stub`]: answers from a file instead of the network, for `sluice
 //!   plugin test --http-replies`.
@@ -18,6 +18,7 @@
 
 mod body;
 pub mod metrics;
+mod pool;
 mod send;
 pub mod stub;
 
@@ -52,20 +53,25 @@ pub struct Outbound {
     /// Answers from a file instead of the network (`sluice plugin test
     /// --http-replies`): the allow list and the limits do not apply.
     pub(crate) stubs: Option<Arc<stub::HttpStubs>>,
+    /// Keep-alive connections, shared by the version's lanes.
+    pub(crate) pool: pool::Pool,
 }
 
 impl Outbound {
     /// The grant of pipeline `pipeline` whose handler deadline is
     /// `handler_timeout`.
-    pub fn new(pipeline: &str, config: HttpConfig, handler_timeout: Duration) -> Self {
-        Self {
-            timeout: config.timeout.min(handler_timeout),
+    pub fn new(pipeline: &str, config: HttpConfig, handler_timeout: Duration) -> Result<Self, String> {
+        let timeout = config.timeout.min(handler_timeout);
+        let pool = pool::new(timeout, config.max_concurrent.max(1)).map_err(|e| format!("cannot set up TLS for outbound HTTP: {e}"))?;
+        Ok(Self {
+            timeout,
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             metrics: metrics::for_pipeline(pipeline),
             pipeline: pipeline.to_owned(),
             config,
             stubs: None,
-        }
+            pool,
+        })
     }
 
     /// This grant with every request answered by `stubs`.

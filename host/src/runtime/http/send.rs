@@ -1,7 +1,8 @@
 //! Putting one request on the wire: the allow list, the headers Sluice
 //! adds, the pipeline's concurrency slots, the deadline, the response cap,
-//! and the record of the call. wasmtime's `default_send_request` (hyper,
-//! rustls with the bundled webpki roots) does the I/O.
+//! and the record of the call. The version's connection pool
+//! ([`super::pool`]: hyper, rustls with the bundled webpki roots) does the
+//! I/O.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -113,18 +114,15 @@ async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBo
         Ok(Ok(permit)) => permit,
         Ok(Err(_)) | Err(_) => return Err(timed_out(&mut record, "waiting for a slot (plugin.http.max_concurrent)")),
     };
-    // The guest's own options, never past our deadline.
+    // The guest's own first-byte timeout, never past our deadline. (Its
+    // connect timeout is the pool's, `plugin.http.timeout`; between bytes,
+    // the deadline holds for the whole body.)
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let options = options.unwrap_or_default();
-    let cap = |own: Option<std::time::Duration>| Some(own.map_or(remaining, |own| own.min(remaining)));
-    let options = RequestOptions {
-        connect_timeout: cap(options.connect_timeout),
-        first_byte_timeout: cap(options.first_byte_timeout),
-        between_bytes_timeout: cap(options.between_bytes_timeout),
-    };
-    match tokio::time::timeout_at(deadline, wasmtime_wasi_http::default_send_request(request, Some(options))).await {
+    let first_byte = options.and_then(|o| o.first_byte_timeout).map_or(remaining, |own| own.min(remaining));
+    match tokio::time::timeout(first_byte, outbound.pool.request(request)).await {
         Err(_) => Err(timed_out(&mut record, "before the response")),
         Ok(Err(err)) => {
+            let err = super::pool::error_code(err);
             let timeout = matches!(err, Error::ConnectionTimeout | Error::ConnectionReadTimeout | Error::HttpResponseTimeout);
             let outcome = if timeout { Outcome::Timeout } else { Outcome::Transport };
             outbound.metrics.count(&target, outcome, Some(started.elapsed()));
@@ -133,14 +131,15 @@ async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBo
             record.finish(None, Some(message));
             Err(err)
         }
-        Ok(Ok((response, io))) => {
+        Ok(Ok(response)) => {
             let status = response.status().as_u16();
             outbound.metrics.count(&target, Outcome::Status(status), Some(started.elapsed()));
             record.finish(Some(status), None);
             let limit = outbound.config.max_response_bytes.as_u64();
             let metrics = outbound.metrics.clone();
-            let response = response.map(|body| Capped::new(body, limit, deadline, permit, metrics, target).boxed_unsync());
-            Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+            let response = response.map(|body| Capped::new(body.map_err(Error::from), limit, deadline, permit, metrics, target).boxed_unsync());
+            // The pool drives the connection: nothing left for wasmtime to.
+            Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
         }
     }
 }
