@@ -5,10 +5,11 @@
 //! - `http/plugin`: one event through `http_enrich` (Rust, `method = GET`):
 //!   the call into the component, the SDK building the request, the host's
 //!   allow-list check, idempotency key and trace context, the concurrency
-//!   slot, wasmtime's sender (a new connection, hyper), the capped body read
-//!   back through `wasi:io` streams, and the output;
-//! - `http/native`: the same GET with hyper's client on a new connection
-//!   (as wasmtime's sender does: no pooling), body read whole;
+//!   slot, the version's connection pool (hyper-util, a kept-alive
+//!   connection), the capped body read back through `wasi:io` streams, and
+//!   the output;
+//! - `http/native`: the same GET with hyper-util's pooled client (a
+//!   kept-alive connection, as the plugin's), body read whole;
 //! - `http/plugin-no-call`: the same plugin call without the request
 //!   (`passthrough`), to tell the plugin call from the HTTP path.
 //!
@@ -65,18 +66,14 @@ fn event(i: u64) -> Event {
     }
 }
 
-/// One GET on a new connection, body read whole: what wasmtime's sender
-/// does, natively.
-async fn native_get(port: u16) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    let driver = tokio::spawn(conn);
-    let request = http::Request::get("/").header("host", format!("127.0.0.1:{port}")).body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    let body = response.into_body().collect().await?.to_bytes();
-    drop(sender);
-    let _ = driver.await;
-    Ok(body)
+type NativeClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// One GET on the pool's kept-alive connection, body read whole: what the
+/// host does for the plugin, natively.
+async fn native_get(client: &NativeClient, port: u16) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let uri: http::Uri = format!("http://127.0.0.1:{port}/").parse()?;
+    let response = client.get(uri).await?;
+    Ok(response.into_body().collect().await?.to_bytes())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -87,6 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rt.spawn(async move { axum::serve(listener, app).await });
     let url = format!("http://127.0.0.1:{port}/");
 
+    let client: NativeClient = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let runtime = Runtime::new(&RuntimeOptions::default())?;
     let with_call = rt.block_on(LoadedPlugin::load(&runtime, spec("http_enrich", &url, port)?))?;
     let without = rt.block_on(LoadedPlugin::load(&runtime, spec("passthrough", &url, port)?))?;
@@ -101,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         result
     })?;
     assert!(matches!(first.first(), Some(Ok(outputs)) if outputs.first().is_some_and(|o| o.payload == b"ok")), "{first:?}");
-    assert_eq!(rt.block_on(native_get(port)).map_err(|e| e.to_string())?, Bytes::from_static(b"ok"));
+    assert_eq!(rt.block_on(native_get(&client, port)).map_err(|e| e.to_string())?, Bytes::from_static(b"ok"));
 
     let mut criterion = Criterion::default().configure_from_args().sample_size(50).measurement_time(Duration::from_secs(5));
     let mut group = criterion.benchmark_group("http");
@@ -118,7 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
     });
-    group.bench_function("native", |b| b.iter(|| std::hint::black_box(rt.block_on(native_get(port)).is_ok())));
+    group.bench_function("native", |b| b.iter(|| std::hint::black_box(rt.block_on(native_get(&client, port)).is_ok())));
     group.bench_function("plugin-no-call", |b| {
         b.iter(|| {
             n += 1;
@@ -144,7 +142,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         plugin_time += started.elapsed();
         let started = Instant::now();
-        let _ = rt.block_on(native_get(port));
+        let _ = rt.block_on(native_get(&client, port));
         native_time += started.elapsed();
         let started = Instant::now();
         let _ = rt.block_on(plain.handle(std::slice::from_ref(&event)));

@@ -102,14 +102,19 @@ fn check_and_start_refuse_what_the_trusted_key_did_not_sign() -> Result<()> {
 
     // Signed by the trusted key, then changed (one byte of a custom
     // section's worth appended: still a file the compiler would take).
-    sign(&scratch, "plugin.wasm", "keys/release.key")?;
+    let line = sign(&scratch, "plugin.wasm", "keys/release.key")?;
     scratch.run(&["check", "sluice.toml"])?.ensure_success()?;
+    let key_id = line.split_whitespace().nth(2).unwrap_or_default().to_owned();
+    let inspected = scratch.run(&["plugin", "inspect", "plugin.wasm"])?;
+    ensure!(inspected.stdout.contains(&format!("signed:  by key {key_id}")), "inspect shows the signer: {}", inspected.stdout);
     let mut tampered = v1.clone();
     tampered.extend_from_slice(b"\0\x05\x04evil");
     scratch.write("plugin.wasm", &tampered)?;
     let checked = scratch.run(&["check", "sluice.toml"])?;
     checked.ensure_failure()?;
     ensure!(said(&checked).contains("it changed after it was signed"), "tampered: {}", said(&checked));
+    let inspected = scratch.run(&["plugin", "inspect", "plugin.wasm"])?;
+    ensure!(inspected.stdout.contains("signed:  NO: "), "inspect shows the signature is another version's: {}", inspected.stdout);
 
     // A key file that is not a key stops the start, naming the file.
     scratch.write("plugin.wasm", &v1)?;

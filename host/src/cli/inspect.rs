@@ -17,7 +17,9 @@ pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
     let ty = component.component_type();
     println!("file:    {}", path.display());
     println!("size:    {} ({} bytes)", bytesize::ByteSize::b(bytes.len() as u64), bytes.len());
-    println!("sha256:  {}", hex::encode(Sha256::digest(&bytes)));
+    let digest = hex::encode(Sha256::digest(&bytes));
+    println!("sha256:  {digest}");
+    println!("signed:  {}", signature_note(path, &digest));
     println!("imports:");
     for (name, item) in ty.imports(runtime.engine()) {
         println!("  {name} ({})", kind(&item.ty));
@@ -65,5 +67,21 @@ fn kind(item: &ComponentItem) -> &'static str {
         ComponentItem::ComponentInstance(_) => "instance",
         ComponentItem::Type(_) => "type",
         ComponentItem::Resource(_) => "resource",
+    }
+}
+
+/// What the signature beside `path` (`<path>.sig`) says, unverified: the
+/// key that signed and whether it is for this file. Whether the key is
+/// trusted is the host's call (`[plugins] trusted_keys`).
+fn signature_note(path: &Path, digest: &str) -> String {
+    use sluice::runtime::signature::{signature_path, Signature};
+    let sig = signature_path(path);
+    match std::fs::read_to_string(&sig) {
+        Err(_) => format!("no ({} not found)", sig.display()),
+        Ok(line) => match Signature::parse(&line) {
+            Err(e) => format!("unreadable {}: {e}", sig.display()),
+            Ok(signature) if signature.sha256 == digest => format!("by key {} ({})", signature.key_id, sig.display()),
+            Ok(signature) => format!("NO: {} is for sha256 {}, another version", sig.display(), signature.sha256),
+        },
     }
 }
