@@ -516,6 +516,12 @@ async fn a_broker_restart_mid_run_loses_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A request's reply (and error reply) goes to the reply topic's partition
+/// that its `kafka_replyPartition` names (NestJS's `ClientKafka` reads only
+/// its own), as text (NestJS) or a 4-byte big-endian integer (Spring). One
+/// that names none goes to partition 0; one that cannot be used (not a
+/// number, or a partition the topic lacks) goes to partition 0 too, logged
+/// and counted, and the pipeline carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_a_reply_topic_gets_its_reply() -> Result<()> {
     let broker = KafkaBroker::shared()?;
@@ -533,20 +539,29 @@ async fn a_request_with_a_reply_topic_gets_its_reply() -> Result<()> {
     );
     let host = start(&scratch, &config, "sluice.toml")?;
     // The NestJS Kafka transport's request headers.
-    let request = |payload: &str, id: &str| Input {
+    let request = |payload: &str, id: &str, partition: Option<&str>| Input {
         partition: 0,
         key: None,
         payload: payload.into(),
-        headers: vec![
-            ("kafka_correlationId".into(), id.into()),
-            ("kafka_replyTopic".into(), replies.clone()),
-            ("kafka_replyPartition".into(), "2".into()),
-        ],
+        headers: [("kafka_correlationId", Some(id)), ("kafka_replyTopic", Some(replies.as_str())), ("kafka_replyPartition", partition)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect(),
     };
-    produce(&bootstrap, &requests, &[request("reply:pong", "call-1"), request("reject:bad input", "call-2")]).await?;
-    let got = read_topic(&bootstrap, &replies, 2, false, WITHIN)?;
+    let spring_one = String::from_utf8(1i32.to_be_bytes().to_vec())?;
+    let sent = [
+        request("reply:pong", "call-1", Some("2")),
+        request("reject:bad input", "call-2", Some("2")),
+        request("reply:spring", "call-3", Some(&spring_one)),
+        request("reply:unnamed", "call-4", None),
+        request("reply:unreadable", "call-5", Some("two")),
+        request("reject:beyond", "call-6", Some("7")),
+    ];
+    produce(&bootstrap, &requests, &sent).await?;
+    let got = read_topic(&bootstrap, &replies, sent.len(), false, WITHIN)?;
     host.terminate()?;
-    host.wait(WITHIN)?.ensure_success()?;
+    let finished = host.wait(WITHIN)?;
+    finished.ensure_success()?;
 
     let by_id: HashMap<&str, &Read> = got.iter().filter_map(|r| Some((r.header("kafka_correlationId")?, r))).collect();
     let pong = by_id.get("call-1").context("reply to call-1")?;
@@ -557,6 +572,18 @@ async fn a_request_with_a_reply_topic_gets_its_reply() -> Result<()> {
     assert_eq!(body["error"]["reason"], "rejected");
     assert_eq!(body["error"]["message"], "bad input");
     assert_eq!(error.partition, 2);
+    let partition_of = |id: &str| by_id.get(id).map(|r| r.partition).with_context(|| format!("reply to {id}: {got:?}"));
+    assert_eq!(partition_of("call-3")?, 1, "Spring's 4-byte header");
+    assert_eq!(partition_of("call-4")?, 0, "no partition named");
+    assert_eq!(partition_of("call-5")?, 0, "an unreadable header");
+    assert_eq!(partition_of("call-6")?, 0, "a partition the topic lacks");
+    // Partition 2 holds exactly the two answers that asked for it.
+    let mut on_two: Vec<&str> = got.iter().filter(|r| r.partition == 2).filter_map(|r| r.header("kafka_correlationId")).collect();
+    on_two.sort_unstable();
+    assert_eq!(on_two, ["call-1", "call-2"]);
+    ensure!(finished.stderr.contains("2 reply partition fallbacks"), "the two unusable headers counted:\n{}", finished.stderr);
+    ensure!(finished.stderr.contains(r#"kafka_replyPartition "two" is not a partition number"#), "{}", finished.stderr);
+    ensure!(finished.stderr.contains(&format!("topic `{replies}` has 3 partitions, no partition 7")), "{}", finished.stderr);
     Ok(())
 }
 
