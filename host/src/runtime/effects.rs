@@ -100,8 +100,11 @@ pub struct CallLog {
     /// How the latest HTTP request ended, as the guest was told
     /// (`sluice:plugin/http-failure`): its attempt, and the failure if it
     /// got an `error-code`.
-    last_http: Arc<Mutex<Option<(u32, Option<HttpFailure>)>>>,
+    last_http: Arc<Mutex<Option<HttpEnded>>>,
 }
+
+/// The attempt an HTTP request was made in, and its failure if it failed.
+type HttpEnded = (u32, Option<HttpFailure>);
 
 /// A `wasi:http` `error-code` a request was answered with, as
 /// `sluice:plugin/http-failure` reports it.
