@@ -833,7 +833,10 @@ async fn dead_letters_are_replayed_from_a_topic_to_a_topic() -> Result<()> {
 /// with `codec = "nestjs"` reading the pattern topics. Its `send` resolves
 /// (and completes: the reply carries `kafka_nest-is-disposed`), a rejected
 /// call rejects with NestJS's error shape (`kafka_nest-err`), and the
-/// emitted event reaches the plugin. Needs `scripts/nestjs-client.sh install`.
+/// emitted event reaches the plugin. Then two `ClientProxy` instances of
+/// one consumer group (`tests/nestjs/kafka-clients.mjs`) share the reply
+/// topic's three partitions: each gets its answer on the partition it
+/// reads. Needs `scripts/nestjs-client.sh install`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> Result<()> {
     let client_dir = root().join(".cache/nestjs-client");
@@ -847,7 +850,7 @@ async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> R
     let bootstrap = broker.bootstrap();
     // NestJS names topics after patterns, and replies after `<pattern>.reply`.
     let out = unique("user-events");
-    create_topics(&bootstrap, &[("get-user", 1), ("get-user.reply", 1), ("user-created", 1), (&out, 1)]).await?;
+    create_topics(&bootstrap, &[("get-user", 1), ("get-user.reply", 3), ("user-created", 1), (&out, 1)]).await?;
     let scratch = Scratch::new()?;
     let config = pipeline(
         "users",
@@ -874,6 +877,30 @@ async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> R
     let events = read_topic(&bootstrap, &out, 1, false, WITHIN)?;
     let payload: serde_json::Value = serde_json::from_str(&events[0].payload)?;
     assert_eq!(payload, serde_json::json!({"event": "user-created", "user": {"id": 43, "name": "Alan Turing"}}));
+
+    // Two clients, one group: run from a scratch folder beside the
+    // installed packages (the script comes from the source tree).
+    let clients_dir = Scratch::new()?;
+    std::fs::copy(root().join("tests/nestjs/kafka-clients.mjs"), clients_dir.path("kafka-clients.mjs"))?;
+    std::os::unix::fs::symlink(client_dir.join("node_modules"), clients_dir.path("node_modules"))?;
+    let mut node = std::process::Command::new("node");
+    node.arg("kafka-clients.mjs").arg(&bootstrap).arg(unique("nestjs-pair")).current_dir(clients_dir.dir());
+    let finished = Running::spawn(node)?.wait(RUN_TIMEOUT)?;
+    ensure!(finished.status.success(), "the NestJS clients failed\n--- stdout\n{}\n--- stderr\n{}", finished.stdout, finished.stderr);
+    let last = finished.stdout.lines().last().unwrap_or_default();
+    let results: serde_json::Value = serde_json::from_str(last).with_context(|| format!("not JSON: {}", finished.stdout))?;
+    assert_eq!(results.get("failed"), None, "{results}\n{}", finished.stderr);
+    let ada = serde_json::json!({"id": 42, "name": "Ada Lovelace"});
+    assert_eq!(results["users"], serde_json::json!([ada, ada]), "each client got its answer");
+    let asked: Vec<i32> = serde_json::from_value(results["partitions"].clone())?;
+    ensure!(asked.len() == 2 && asked[0] != asked[1], "two reply partitions: {results}");
+    // Four answers in all: the first client's two (it alone in its group
+    // asked for partition 0), then one on each partition the pair asked for.
+    let replies = read_topic(&bootstrap, "get-user.reply", 4, false, WITHIN)?;
+    for partition in &asked {
+        ensure!(replies.iter().any(|r| r.partition == *partition), "no answer on partition {partition}: {replies:?}");
+    }
+    ensure!(replies.iter().all(|r| r.partition == 0 || asked.contains(&r.partition)), "{replies:?}");
     host.terminate()?;
     host.wait(WITHIN)?.ensure_success()?;
     Ok(())
