@@ -73,12 +73,14 @@ sluice_world() {
             client) imports+="    import sluice:plugin/client@0.2.0;"$'\n' ;;
             # Not a capability (no grant needed), imported only when used.
             metrics) imports+="    import sluice:plugin/metrics@0.2.0;"$'\n' ;;
+            # Neither: how the plugin's own HTTP requests failed (JS `fetch`).
+            http-failure) imports+="    import sluice:plugin/http-failure@0.2.0;"$'\n' ;;
             http)
                 imports+="    import wasi:http/outgoing-handler@0.2.12;"$'\n'
                 mkdir -p "$dir/deps"
                 cp "$_sluice_root"/guest-sdk/wasi-wit/*.wit "$dir/deps/"
                 ;;
-            *) echo "unknown capability $capability (state, client, metrics, http)" >&2; return 2 ;;
+            *) echo "unknown capability $capability (state, client, metrics, http-failure, http)" >&2; return 2 ;;
         esac
     done
     mkdir -p "$dir/deps/sluice-plugin@0.2.0"

@@ -20,8 +20,9 @@ const build = await rolldown({ ...config, input: resolve(entry), cwd: dirname(re
 try {
   const { output } = await build.generate({ format: 'esm', codeSplitting: false });
   const code = output.map((chunk) => chunk.code ?? '').join('\n');
-  // `metrics` is no capability (no grant), but is imported only when used too.
-  for (const capability of ['state', 'client', 'metrics']) {
+  // `metrics` and `http-failure` (asked by the SDK's `fetch`) are no
+  // capabilities (no grant), but are imported only when used too.
+  for (const capability of ['state', 'client', 'metrics', 'http-failure']) {
     if (new RegExp(`from ["']sluice:plugin/${capability}@|import ["']sluice:plugin/${capability}@`).test(code)) console.log(capability);
   }
   // Outbound HTTP is the engine's own `fetch` (StarlingMonkey over

@@ -323,6 +323,33 @@ export interface Handler {
 /** Builds the `handler` export: `export const handler = plugin({ init, handle })`. */
 export function plugin<State>(impl: Plugin<State>): Handler;
 
+/** Why an outbound HTTP request failed (see `HttpError`). */
+export type HttpErrorKind = 'denied' | 'timeout' | 'too-large' | 'transport';
+
+/**
+ * A failed outbound HTTP request, raised by the SDK's `fetch`. A
+ * HandlerError: uncaught, `denied` rejects the event (the allow list, or
+ * `plugin test --http-replies` without a rule, does not change on retry),
+ * the others retry it, as in the other SDKs and in their words.
+ */
+export class HttpError extends HandlerError {
+  constructor(kind: HttpErrorKind, host: string, code: string, message: string);
+  readonly kind: HttpErrorKind;
+  /** The URL's host (with its port if not the default). */
+  readonly host: string;
+  /** The `wasi:http` error-code's case, e.g. `HTTP-request-denied`, `internal-error`. */
+  readonly code: string;
+}
+
+/**
+ * The engine's `fetch`, with its failures told apart: the engine rejects
+ * every failed request with the same `TypeError`, so this one asks the host
+ * how it failed and rejects with an `HttpError` (a denial rejects, a
+ * timeout or transport failure retries). Import it to shadow the global:
+ * `import { fetch } from 'sluice'`.
+ */
+export function fetch(input: string, init?: RequestInit): Promise<Response>;
+
 /**
  * `fetch`, as the StarlingMonkey engine provides it over `wasi:http` (a
  * plugin that calls it is built with that engine, and its pipeline must

@@ -25,6 +25,8 @@ import { log as hostLog } from 'sluice:plugin/log@0.2.0';
 import * as hostState from 'sluice:plugin/state@0.2.0';
 import * as hostClient from 'sluice:plugin/client@0.2.0';
 import * as hostMetrics from 'sluice:plugin/metrics@0.2.0';
+// Asked only by `fetch` below: imported only by plugins that use it.
+import { last as lastHttpFailure } from 'sluice:plugin/http-failure@0.2.0';
 
 // ---------------------------------------------------------------- errors
 
@@ -860,6 +862,76 @@ export const metrics = {
     };
   },
 };
+
+// ---------------------------------------------------------------- outbound HTTP
+
+/**
+ * A failed outbound HTTP request, as the other SDKs raise it: a
+ * HandlerError, so an uncaught one fails the event as the Rust SDK's `?`
+ * does. `kind`: `denied` (rejects: the pipeline's `plugin.http.allow`, or
+ * `plugin test --http-replies` without a rule, does not change on retry),
+ * `timeout`, `too-large` or `transport` (retryable). `code` is the
+ * `wasi:http` error-code's case (`HTTP-request-denied`…), `host` the URL's.
+ */
+export class HttpError extends HandlerError {
+  constructor(kind, host, code, message) {
+    super(kind === 'denied' ? 'reject' : 'retryable', message);
+    this.name = 'HttpError';
+    this.kind = kind;
+    this.host = host;
+    this.code = code;
+  }
+}
+
+const DENIED_PREFIX = 'denied: ';
+const TIMEOUTS = ['connection-timeout', 'connection-read-timeout', 'HTTP-response-timeout'];
+
+// The Rust SDK's wording (http::Error's Display), so a dead letter reads the same.
+function httpError(host, failure) {
+  const detail = failure.detail ?? null;
+  if (failure.code === 'HTTP-request-denied') {
+    return new HttpError('denied', host, failure.code, `HTTP request to ${host} denied: not in the pipeline's plugin.http.allow`);
+  }
+  if (failure.code === 'internal-error' && detail !== null && detail.startsWith(DENIED_PREFIX)) {
+    return new HttpError('denied', host, failure.code, `HTTP request to ${host} denied: ${detail.slice(DENIED_PREFIX.length)}`);
+  }
+  if (TIMEOUTS.includes(failure.code)) return new HttpError('timeout', host, failure.code, `HTTP request to ${host} timed out`);
+  if (failure.code === 'HTTP-response-body-size') return new HttpError('too-large', host, failure.code, 'HTTP response body over the limit');
+  const code = detail === null ? failure.code : `${failure.code}(${detail})`;
+  return new HttpError('transport', host, failure.code, `HTTP request to ${host} failed: ${code}`);
+}
+
+// `host:port` as the host names a request's target (a default port added).
+function targetOf(url) {
+  return `${url.hostname}:${url.port || (url.protocol === 'http:' ? '80' : '443')}`;
+}
+
+/**
+ * The engine's `fetch` (StarlingMonkey; build.sh picks it when a plugin
+ * calls `fetch`), with its failures told apart: the engine rejects every
+ * one with the same `TypeError` ("NetworkError when attempting to fetch
+ * resource"), dropping the `wasi:http` error-code, so this asks the host
+ * (`sluice:plugin/http-failure`) how the request failed and rejects with
+ * an `HttpError` instead: a denial rejects the event, a timeout or a
+ * transport failure retries it, worded as the other SDKs word them. A
+ * rejection the host has no failure for (a bad URL, which never reached
+ * it) is the engine's, as it is.
+ */
+export async function fetch(input, init) {
+  try {
+    return await globalThis.fetch(input, init);
+  } catch (e) {
+    let url = null;
+    try {
+      url = new URL(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
+    } catch {
+      throw e;
+    }
+    const failure = lastHttpFailure();
+    if (failure === undefined || failure === null || failure.target !== targetOf(url)) throw e;
+    throw httpError(url.host, failure);
+  }
+}
 
 // ---------------------------------------------------------------- the export
 

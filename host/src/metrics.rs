@@ -156,7 +156,7 @@ type Timing = fn(&Stats) -> &Histogram;
 type StateCount = fn(&crate::state::metrics::MetricsSnapshot) -> u64;
 
 /// Counters: name (without `_total`), help, value.
-const COUNTERS: [(&str, &str, Counts); 18] = [
+const COUNTERS: [(&str, &str, Counts); 19] = [
     ("sluice_events_received", "Events taken from the source.", |r| r.counts.received),
     ("sluice_plugin_calls", "Calls into the plugin (one per batch).", |r| r.counts.calls),
     ("sluice_outputs", "Outputs sent to sinks, replies included.", |r| r.counts.outputs),
@@ -167,6 +167,11 @@ const COUNTERS: [(&str, &str, Counts); 18] = [
     ("sluice_events_acked", "Events settled at the source (outputs or dead letter durable).", |r| r.counts.acked),
     ("sluice_events_abandoned", "Events handed back unfinished (shutdown, sink failure).", |r| r.counts.abandoned),
     ("sluice_replies_dropped", "Reply outputs of events that were not requests.", |r| r.counts.replies_dropped),
+    (
+        "sluice_reply_partition_fallbacks",
+        "Replies sent to partition 0 because their request's kafka_replyPartition was unreadable or beyond the reply topic.",
+        |r| r.counts.reply_partition_fallbacks,
+    ),
     ("sluice_events_duplicate", "Repeats within the idempotency window, acknowledged without a plugin call.", |r| r.counts.duplicates),
     ("sluice_sink_failures", "Records a sink failed to deliver (each stops the pipeline).", |r| r.counts.sink_failures),
     ("sluice_breaker_opened", "Times the circuit breaker opened (from closed, or after a failed probe).", |r| {

@@ -9,12 +9,15 @@
 // same on every retry) and the event's `traceparent`.
 //
 // - 2xx and 3xx: the output;
-// - 4xx: rejected (retrying will not help);
-// - 5xx or a failed request (denied, timeout, transport): retryable.
+// - 4xx, or a denied request: rejected (retrying will not help);
+// - 5xx or a failed request (timeout, transport): retryable.
+//
+// `fetch` is the SDK's (the engine's, with its failures told apart as
+// `HttpError`s, worded as the other SDKs word them).
 //
 // Config: `url` (required), `method` (`POST` default, `PUT`, `GET`),
 // `content_type` (default `application/json`).
-import { plugin, HandlerError, Output, type Config, type Event } from 'sluice';
+import { plugin, fetch, HandlerError, HttpError, Output, type Config, type Event } from 'sluice';
 
 interface Settings {
   url: string;
@@ -40,6 +43,8 @@ async function handle(self: Settings, event: Event): Promise<Output[]> {
       body: self.method === 'GET' ? undefined : event.payload,
     });
   } catch (e) {
+    // Denied rejects, the rest retries: the disposition the SDK gave it.
+    if (e instanceof HttpError) throw e;
     throw HandlerError.retryable(`${self.method} ${self.url} failed: ${e}`);
   }
   const body = new Uint8Array(await response.arrayBuffer());

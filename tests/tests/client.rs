@@ -376,23 +376,38 @@ async fn the_typescript_python_c_and_go_sdks_call_services_as_rust_does() -> Res
 
 /// `sluice plugin test --replies` answers a plugin's service calls from
 /// rules in a file, offline: the answer, a service error, the emits (shown
-/// as `emit`) and the calls made, per event.
+/// as `emit`) and the calls made, per event; a request no rule matches is
+/// `not-allowed`, which the Rust and TypeScript SDKs both reject, in the
+/// same words.
 #[test]
 fn plugin_test_answers_service_calls_from_a_replies_file() -> Result<()> {
+    let twin = root().join("plugins/target/components/ask_ts.wasm");
+    ensure!(twin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh ts` first", twin.display());
+    for (lang, plugin) in [("rust", common::plugin("ask")), ("typescript", twin)] {
+        plugin_test_with_replies(lang, &plugin)?;
+    }
+    Ok(())
+}
+
+fn plugin_test_with_replies(lang: &str, plugin: &std::path::Path) -> Result<()> {
     let scratch = Scratch::new()?;
-    scratch.write_events("events.jsonl", &[event("sku-1"), event("fail-sku")])?;
+    scratch.write_events("events.jsonl", &[event("sku-1"), event("fail-sku"), event("unlisted")])?;
     scratch.write(
         "replies.json",
-        r#"{"inventory": [{"when": "fail", "error": {"code": "409", "message": "out of stock"}}, {"reply": "reserved"}], "audit": []}"#,
+        r#"{"inventory": [{"when": "fail", "error": {"code": "409", "message": "out of stock"}}, {"when": "sku", "reply": "reserved"}], "audit": []}"#,
     )?;
     let output = std::process::Command::new(sluice_bin())
         .args(["plugin", "test"])
-        .arg(common::plugin("ask"))
+        .arg(plugin)
         .args(["--events", "events.jsonl", "--replies", "replies.json", "--config", "request=inventory", "--config", "emit=audit"])
+        .arg("--cache-dir")
+        .arg(compile_cache())
         .current_dir(scratch.dir())
         .output()?;
     let lines: Vec<Value> = String::from_utf8(output.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    ensure!(lines.len() == 2, "one line per event: {lines:?}");
+    ensure!(lines.len() == 3, "{lang}: one line per event: {lines:?}");
+    assert_eq!(lines[2]["error"]["disposition"], "reject", "{lang}: an unlisted request: {}", lines[2]);
+    assert_eq!(lines[2]["error"]["message"], "call not allowed: no rule in replies.json matches this request", "{lang}");
     assert_eq!(lines[0]["outputs"][0]["emit"], "audit");
     assert_eq!(lines[0]["outputs"][0]["payload"], "sku-1");
     assert_eq!(lines[0]["outputs"][1]["payload"], "reserved", "the stubbed answer is the output");

@@ -516,6 +516,12 @@ async fn a_broker_restart_mid_run_loses_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A request's reply (and error reply) goes to the reply topic's partition
+/// that its `kafka_replyPartition` names (NestJS's `ClientKafka` reads only
+/// its own), as text (NestJS) or a 4-byte big-endian integer (Spring). One
+/// that names none goes to partition 0; one that cannot be used (not a
+/// number, or a partition the topic lacks) goes to partition 0 too, logged
+/// and counted, and the pipeline carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_a_reply_topic_gets_its_reply() -> Result<()> {
     let broker = KafkaBroker::shared()?;
@@ -533,20 +539,29 @@ async fn a_request_with_a_reply_topic_gets_its_reply() -> Result<()> {
     );
     let host = start(&scratch, &config, "sluice.toml")?;
     // The NestJS Kafka transport's request headers.
-    let request = |payload: &str, id: &str| Input {
+    let request = |payload: &str, id: &str, partition: Option<&str>| Input {
         partition: 0,
         key: None,
         payload: payload.into(),
-        headers: vec![
-            ("kafka_correlationId".into(), id.into()),
-            ("kafka_replyTopic".into(), replies.clone()),
-            ("kafka_replyPartition".into(), "2".into()),
-        ],
+        headers: [("kafka_correlationId", Some(id)), ("kafka_replyTopic", Some(replies.as_str())), ("kafka_replyPartition", partition)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect(),
     };
-    produce(&bootstrap, &requests, &[request("reply:pong", "call-1"), request("reject:bad input", "call-2")]).await?;
-    let got = read_topic(&bootstrap, &replies, 2, false, WITHIN)?;
+    let spring_one = String::from_utf8(1i32.to_be_bytes().to_vec())?;
+    let sent = [
+        request("reply:pong", "call-1", Some("2")),
+        request("reject:bad input", "call-2", Some("2")),
+        request("reply:spring", "call-3", Some(&spring_one)),
+        request("reply:unnamed", "call-4", None),
+        request("reply:unreadable", "call-5", Some("two")),
+        request("reject:beyond", "call-6", Some("7")),
+    ];
+    produce(&bootstrap, &requests, &sent).await?;
+    let got = read_topic(&bootstrap, &replies, sent.len(), false, WITHIN)?;
     host.terminate()?;
-    host.wait(WITHIN)?.ensure_success()?;
+    let finished = host.wait(WITHIN)?;
+    finished.ensure_success()?;
 
     let by_id: HashMap<&str, &Read> = got.iter().filter_map(|r| Some((r.header("kafka_correlationId")?, r))).collect();
     let pong = by_id.get("call-1").context("reply to call-1")?;
@@ -557,6 +572,18 @@ async fn a_request_with_a_reply_topic_gets_its_reply() -> Result<()> {
     assert_eq!(body["error"]["reason"], "rejected");
     assert_eq!(body["error"]["message"], "bad input");
     assert_eq!(error.partition, 2);
+    let partition_of = |id: &str| by_id.get(id).map(|r| r.partition).with_context(|| format!("reply to {id}: {got:?}"));
+    assert_eq!(partition_of("call-3")?, 1, "Spring's 4-byte header");
+    assert_eq!(partition_of("call-4")?, 0, "no partition named");
+    assert_eq!(partition_of("call-5")?, 0, "an unreadable header");
+    assert_eq!(partition_of("call-6")?, 0, "a partition the topic lacks");
+    // Partition 2 holds exactly the two answers that asked for it.
+    let mut on_two: Vec<&str> = got.iter().filter(|r| r.partition == 2).filter_map(|r| r.header("kafka_correlationId")).collect();
+    on_two.sort_unstable();
+    assert_eq!(on_two, ["call-1", "call-2"]);
+    ensure!(finished.stderr.contains("2 reply partition fallbacks"), "the two unusable headers counted:\n{}", finished.stderr);
+    ensure!(finished.stderr.contains(r#"kafka_replyPartition "two" is not a partition number"#), "{}", finished.stderr);
+    ensure!(finished.stderr.contains(&format!("topic `{replies}` has 3 partitions, no partition 7")), "{}", finished.stderr);
     Ok(())
 }
 
@@ -806,7 +833,10 @@ async fn dead_letters_are_replayed_from_a_topic_to_a_topic() -> Result<()> {
 /// with `codec = "nestjs"` reading the pattern topics. Its `send` resolves
 /// (and completes: the reply carries `kafka_nest-is-disposed`), a rejected
 /// call rejects with NestJS's error shape (`kafka_nest-err`), and the
-/// emitted event reaches the plugin. Needs `scripts/nestjs-client.sh install`.
+/// emitted event reaches the plugin. Then two `ClientProxy` instances of
+/// one consumer group (`tests/nestjs/kafka-clients.mjs`) share the reply
+/// topic's three partitions: each gets its answer on the partition it
+/// reads. Needs `scripts/nestjs-client.sh install`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> Result<()> {
     let client_dir = root().join(".cache/nestjs-client");
@@ -820,7 +850,7 @@ async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> R
     let bootstrap = broker.bootstrap();
     // NestJS names topics after patterns, and replies after `<pattern>.reply`.
     let out = unique("user-events");
-    create_topics(&bootstrap, &[("get-user", 1), ("get-user.reply", 1), ("user-created", 1), (&out, 1)]).await?;
+    create_topics(&bootstrap, &[("get-user", 1), ("get-user.reply", 3), ("user-created", 1), (&out, 1)]).await?;
     let scratch = Scratch::new()?;
     let config = pipeline(
         "users",
@@ -847,6 +877,30 @@ async fn a_nestjs_kafka_client_proxy_gets_replies_errors_and_emits_events() -> R
     let events = read_topic(&bootstrap, &out, 1, false, WITHIN)?;
     let payload: serde_json::Value = serde_json::from_str(&events[0].payload)?;
     assert_eq!(payload, serde_json::json!({"event": "user-created", "user": {"id": 43, "name": "Alan Turing"}}));
+
+    // Two clients, one group: run from a scratch folder beside the
+    // installed packages (the script comes from the source tree).
+    let clients_dir = Scratch::new()?;
+    std::fs::copy(root().join("tests/nestjs/kafka-clients.mjs"), clients_dir.path("kafka-clients.mjs"))?;
+    std::os::unix::fs::symlink(client_dir.join("node_modules"), clients_dir.path("node_modules"))?;
+    let mut node = std::process::Command::new("node");
+    node.arg("kafka-clients.mjs").arg(&bootstrap).arg(unique("nestjs-pair")).current_dir(clients_dir.dir());
+    let finished = Running::spawn(node)?.wait(RUN_TIMEOUT)?;
+    ensure!(finished.status.success(), "the NestJS clients failed\n--- stdout\n{}\n--- stderr\n{}", finished.stdout, finished.stderr);
+    let last = finished.stdout.lines().last().unwrap_or_default();
+    let results: serde_json::Value = serde_json::from_str(last).with_context(|| format!("not JSON: {}", finished.stdout))?;
+    assert_eq!(results.get("failed"), None, "{results}\n{}", finished.stderr);
+    let ada = serde_json::json!({"id": 42, "name": "Ada Lovelace"});
+    assert_eq!(results["users"], serde_json::json!([ada, ada]), "each client got its answer");
+    let asked: Vec<i32> = serde_json::from_value(results["partitions"].clone())?;
+    ensure!(asked.len() == 2 && asked[0] != asked[1], "two reply partitions: {results}");
+    // Four answers in all: the first client's two (it alone in its group
+    // asked for partition 0), then one on each partition the pair asked for.
+    let replies = read_topic(&bootstrap, "get-user.reply", 4, false, WITHIN)?;
+    for partition in &asked {
+        ensure!(replies.iter().any(|r| r.partition == *partition), "no answer on partition {partition}: {replies:?}");
+    }
+    ensure!(replies.iter().all(|r| r.partition == 0 || asked.contains(&r.partition)), "{replies:?}");
     host.terminate()?;
     host.wait(WITHIN)?.ensure_success()?;
     Ok(())

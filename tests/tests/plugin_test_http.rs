@@ -89,17 +89,15 @@ fn check(plugin: &std::path::Path, lang: &str, timeout_disposition: &str) -> Res
         "denied: no rule in http.json matches POST https://elsewhere.example/enrich",
         "{lang}"
     );
-    // The SDKs tell the handler the same reason, not the pipeline's allow
-    // list (which `plugin test` does not read), and reject as a denial.
-    // (`fetch` words its own errors.)
-    if lang != "typescript" {
-        assert_eq!(lines[0]["error"]["disposition"], "reject", "{lang}: {}", lines[0]);
-        assert_eq!(
-            lines[0]["error"]["message"],
-            "HTTP request to elsewhere.example denied: no rule in http.json matches POST https://elsewhere.example/enrich",
-            "{lang}"
-        );
-    }
+    // Every SDK tells the handler the same reason, not the pipeline's allow
+    // list (which `plugin test` does not read), and rejects as a denial
+    // (the JS SDK's `fetch` asks the host, the engine's drops the code).
+    assert_eq!(lines[0]["error"]["disposition"], "reject", "{lang}: {}", lines[0]);
+    assert_eq!(
+        lines[0]["error"]["message"],
+        "HTTP request to elsewhere.example denied: no rule in http.json matches POST https://elsewhere.example/enrich",
+        "{lang}"
+    );
     Ok(())
 }
 

@@ -43,7 +43,10 @@ struct Answer {
 pub struct Requester {
     producer: FutureProducer<Context>,
     reply_topic: String,
-    /// The partition answers are asked for (the reader reads them all).
+    /// The partition answers are asked for (`kafka_replyPartition`): the
+    /// lowest of those the reader was assigned, so always one it reads
+    /// (it reads them all; a partition added later is not read, and not
+    /// asked for).
     reply_partition: i32,
     pending: Pending,
     reader: tokio::task::JoinHandle<()>,
@@ -74,26 +77,28 @@ impl Requester {
         let assigned = {
             let consumer = consumer.clone();
             let topic = reply_topic.clone();
-            tokio::task::spawn_blocking(move || -> Result<(), String> {
+            tokio::task::spawn_blocking(move || -> Result<i32, String> {
                 let metadata = consumer.fetch_metadata(Some(&topic), OPEN_TIMEOUT).map_err(|e| e.to_string())?;
                 let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
                 if partitions.is_empty() {
                     return Err(format!("reply topic {topic:?} does not exist (or has no partitions)"));
                 }
                 let mut list = TopicPartitionList::new();
-                for partition in partitions {
+                for &partition in &partitions {
                     let (_, high) = consumer.fetch_watermarks(&topic, partition, OPEN_TIMEOUT).map_err(|e| e.to_string())?;
                     list.add_partition_offset(&topic, partition, Offset::Offset(high)).map_err(|e| e.to_string())?;
                 }
-                consumer.assign(&list).map_err(|e| e.to_string())
+                consumer.assign(&list).map_err(|e| e.to_string())?;
+                // NestJS's ClientKafka asks for its lowest assigned one too.
+                partitions.iter().min().copied().ok_or_else(|| format!("reply topic {topic:?} has no partitions"))
             })
             .await
             .map_err(|e| e.to_string())?
         };
-        assigned.map_err(|e| format!("cannot read reply topic {reply_topic:?}: {e}"))?;
+        let reply_partition = assigned.map_err(|e| format!("cannot read reply topic {reply_topic:?}: {e}"))?;
         let pending: Pending = Arc::default();
         let reader = tokio::spawn(read_answers(consumer, pending.clone()));
-        Ok(Self { producer, reply_topic, reply_partition: 0, pending, reader })
+        Ok(Self { producer, reply_topic, reply_partition, pending, reader })
     }
 
     pub async fn request(&self, destination: &Destination, outgoing: Outgoing) -> Result<Reply, CallError> {

@@ -18,8 +18,12 @@
 //! request's payload contains (no `when`: every request) answers with
 //! `reply` (text), `reply_json` (any JSON, sent compact), `error` (a
 //! service error: `message`, optional `code` and `payload`), `timeout` or
-//! `no_responders`. A request no rule matches fails as `unavailable`,
-//! naming the file; a destination the file does not name is unknown.
+//! `no_responders`. A request no rule matches fails as `not-allowed`,
+//! naming the file, as an HTTP request no rule matches is denied: the
+//! test file allows no such request, and no retry will change that, so
+//! every SDK rejects it by default (`unavailable`, which they retry, would
+//! read as a broker that is down). A destination the file does not name is
+//! unknown.
 
 use std::collections::BTreeMap;
 
@@ -116,7 +120,7 @@ impl StubReplies {
 pub(crate) fn answer(rules: &[Rule], payload: &[u8], timeout_ms: u32, path: &str) -> Result<Reply, CallError> {
     let text = String::from_utf8_lossy(payload);
     let Some(rule) = rules.iter().find(|rule| rule.when.as_deref().is_none_or(|when| text.contains(when))) else {
-        return Err(CallError::Unavailable(format!("no rule in {path} matches this request")));
+        return Err(CallError::NotAllowed(format!("no rule in {path} matches this request")));
     };
     let headers: Vec<Header> = rule.headers.iter().map(|(k, v)| text_header(k, v.as_str())).collect();
     if let Some(reply) = &rule.reply {
@@ -165,7 +169,7 @@ mod tests {
             "a service error, got {refused:?}"
         );
         assert!(matches!(answer(inventory, b"slow", 500, "replies.json"), Err(CallError::Timeout(500))));
-        assert!(matches!(answer(&stubs.destinations["audit"], b"x", 500, "replies.json"), Err(CallError::Unavailable(m)) if m.contains("replies.json")));
+        assert!(matches!(answer(&stubs.destinations["audit"], b"x", 500, "replies.json"), Err(CallError::NotAllowed(m)) if m.contains("replies.json")));
         assert_eq!(answer(&stubs.destinations["one"], b"ping", 1, "f").map(|r| r.payload).map_err(|e| format!("{e:?}"))?, b"pong");
         Ok(())
     }

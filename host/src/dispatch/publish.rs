@@ -14,7 +14,8 @@ use crate::state::{Store, Ticket};
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::Reason;
-use super::route::{ErrorReply, Request};
+use super::route::{ErrorReply, ReplyPartition, Request};
+use crate::kafka::REPLY_PARTITION_HEADER;
 use super::{DispatchError, Dispatcher, Stats};
 use super::trace::replace;
 use crate::event::{text_header, Header, Output};
@@ -190,7 +191,12 @@ async fn send_outputs(
         }
         d.tap.output(event_id, &output, digest);
         match d.router.route(output, request, || format!("{event_id}:{index}")) {
-            Some((sink, record)) if reply => replies.push((sink.clone(), record)),
+            Some((sink, mut record)) if reply => {
+                if let Some(request) = request {
+                    aim(d, request, sink, &mut record).await;
+                }
+                replies.push((sink.clone(), record));
+            }
             Some((sink, record)) => receipts.push(sink.send(record).await?),
             None => Stats::add(&stats.replies_dropped, 1),
         }
@@ -206,6 +212,7 @@ async fn send_outputs(
         let error = ErrorReply { reason: "no-reply", message: "the handler returned no reply output for this request", event_id };
         let (sink, mut record) = d.router.error_reply(request, &error);
         replace(propagate, &mut record.headers);
+        aim(d, request, sink, &mut record).await;
         receipts.push(sink.send(record).await?);
     }
     Ok((receipts, replies))
@@ -227,6 +234,7 @@ async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&Failed
         let error = ErrorReply { reason: failed.reason.as_str(), message: &failed.message, event_id: &failed.event_id };
         let (sink, mut record) = d.router.error_reply(&failed.request, &error);
         replace(&failed.propagate, &mut record.headers);
+        aim(d, &failed.request, sink, &mut record).await;
         receipts.push(sink.send(record).await?);
     }
     Ok(receipts)
@@ -243,7 +251,27 @@ async fn send_repeat_reply(d: &Dispatcher, event_id: &str, request: Option<&Requ
     };
     let (sink, mut record) = d.router.error_reply(request, &error);
     replace(propagate, &mut record.headers);
+    aim(d, request, sink, &mut record).await;
     Ok(vec![sink.send(record).await?])
+}
+
+/// Sends a reply (or error reply) to partition 0 when the partition its
+/// request named cannot be used (see [`ReplyPartition`] for why not dead
+/// letter): a header that is not a partition number, or a partition the
+/// reply topic does not have (writing there would fail the sink and stop
+/// the pipeline, again on every redelivery). Logged and counted.
+async fn aim(d: &Dispatcher, request: &Request, sink: &Arc<dyn Sink>, record: &mut Record) {
+    let why = match &request.reply_partition {
+        ReplyPartition::Unnamed => return,
+        ReplyPartition::Unreadable(value) => format!("{REPLY_PARTITION_HEADER} {value:?} is not a partition number"),
+        ReplyPartition::Named(partition) => match sink.has_partition(record.destination.as_deref(), *partition).await {
+            Ok(()) => return,
+            Err(why) => format!("{REPLY_PARTITION_HEADER} names a partition the reply topic does not have: {why}"),
+        },
+    };
+    tracing::warn!(pipeline = %d.pipeline, reply_to = %request.reply_to, "replying on partition 0: {why}");
+    Stats::add(&d.stats.reply_partition_fallbacks, 1);
+    record.partition = Some(0);
 }
 
 /// Waits for each event's receipts in order, then acks it. Records how long

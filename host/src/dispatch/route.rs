@@ -35,7 +35,60 @@ pub struct Request {
     pub packet_id: Option<String>,
     /// The partition the caller reads replies from (NestJS's Kafka
     /// transport: `kafka_replyPartition`).
-    pub reply_partition: Option<i32>,
+    pub reply_partition: ReplyPartition,
+}
+
+/// The `kafka_replyPartition` header of a request, as read.
+///
+/// A reply goes to the partition its caller named: NestJS's `ClientKafka`
+/// reads only the reply partitions its consumer group gave it (several
+/// client instances share a reply topic that way), so an answer on another
+/// partition is never seen. A request that names none, or one that cannot
+/// be used, is answered on partition 0 rather than dead-lettered: by the
+/// time the reply is sent the handler has done its work and its other
+/// outputs are published, and a dead letter would reach the caller no
+/// better. Partition 0 is deterministic, and where a caller that names no
+/// partition (Spring's `ReplyingKafkaTemplate` without one, kcat, a
+/// consumer of the whole topic) finds it. An unusable header is a caller's
+/// bug: it is logged and counted (`sluice_reply_partition_fallbacks_total`)
+/// so an operator sees it; a missing one is not (not every request/reply
+/// client names a partition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyPartition {
+    /// No header: partition 0.
+    Unnamed,
+    /// The partition named; if the reply topic has no such partition, the
+    /// reply goes to partition 0 (see [`crate::dispatch::publish`]).
+    Named(i32),
+    /// A header that is not a partition number (the value as text).
+    Unreadable(String),
+}
+
+impl ReplyPartition {
+    /// The header's value: decimal text (NestJS), or a 4-byte big-endian
+    /// integer (Spring Kafka's `KafkaHeaders.REPLY_PARTITION`). Four ASCII
+    /// digits read as text: as an integer they would be over 800 million,
+    /// which no topic has.
+    fn of(value: Option<&[u8]>) -> Self {
+        let Some(value) = value else { return Self::Unnamed };
+        let text = std::str::from_utf8(value).ok().map(str::trim);
+        let number = match text.map(str::parse::<i32>) {
+            Some(Ok(n)) => Some(n),
+            _ => <[u8; 4]>::try_from(value).ok().map(i32::from_be_bytes),
+        };
+        match number {
+            Some(n) if n >= 0 => Self::Named(n),
+            _ => Self::Unreadable(String::from_utf8_lossy(value).into_owned()),
+        }
+    }
+
+    /// The partition a reply is first sent to.
+    pub fn partition(&self) -> i32 {
+        match self {
+            Self::Named(n) => *n,
+            Self::Unnamed | Self::Unreadable(_) => 0,
+        }
+    }
 }
 
 impl Request {
@@ -49,10 +102,12 @@ impl Request {
             .collect();
         let packet_id = crate::event::header(headers, nestjs::ID_HEADER)
             .map(|id| String::from_utf8_lossy(id).into_owned());
-        let reply_partition = headers
-            .iter()
-            .find(|h| h.key.eq_ignore_ascii_case(crate::kafka::REPLY_PARTITION_HEADER))
-            .and_then(|h| std::str::from_utf8(&h.value).ok()?.trim().parse().ok());
+        let reply_partition = ReplyPartition::of(
+            headers
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case(crate::kafka::REPLY_PARTITION_HEADER))
+                .map(|h| h.value.as_slice()),
+        );
         Some(Self { reply_to, correlation, packet_id, reply_partition })
     }
 }
@@ -150,7 +205,7 @@ impl Router {
             }
         }
         let id = sink.wants_ids().then(id);
-        let partition = if reply { request.and_then(|r| r.reply_partition) } else { None };
+        let partition = if reply { request.map(|r| r.reply_partition.partition()) } else { None };
         Some((sink, Record { destination, key, payload, headers, id, partition }))
     }
 
@@ -188,7 +243,7 @@ impl Router {
             payload,
             headers,
             id: None,
-            partition: request.reply_partition,
+            partition: Some(request.reply_partition.partition()),
         };
         (self.reply_sink(), record)
     }
@@ -227,4 +282,25 @@ fn one_line(message: &str) -> String {
         line.truncate(end);
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplyPartition;
+
+    #[test]
+    fn a_reply_partition_reads_as_nestjs_and_spring_write_it() {
+        assert_eq!(ReplyPartition::of(None), ReplyPartition::Unnamed);
+        assert_eq!(ReplyPartition::of(Some(b"2")), ReplyPartition::Named(2));
+        assert_eq!(ReplyPartition::of(Some(b" 0 ")), ReplyPartition::Named(0));
+        // Spring Kafka: a 4-byte big-endian integer.
+        assert_eq!(ReplyPartition::of(Some(&1i32.to_be_bytes())), ReplyPartition::Named(1));
+        // Four ASCII digits are text, not an integer of 800 million.
+        assert_eq!(ReplyPartition::of(Some(b"1234")), ReplyPartition::Named(1234));
+        assert_eq!(ReplyPartition::of(Some(b"two")), ReplyPartition::Unreadable("two".into()));
+        assert_eq!(ReplyPartition::of(Some(b"-1")), ReplyPartition::Unreadable("-1".into()));
+        assert_eq!(ReplyPartition::of(Some(b"")), ReplyPartition::Unreadable(String::new()));
+        assert_eq!(ReplyPartition::of(Some(b"two")).partition(), 0);
+        assert_eq!(ReplyPartition::of(None).partition(), 0);
+    }
 }

@@ -72,6 +72,10 @@ stats! {
     abandoned,
     /// Replies dropped because the event had no reply-to.
     replies_dropped,
+    /// Replies sent to partition 0 because the partition their request
+    /// named could not be used (`kafka_replyPartition` unreadable, or
+    /// beyond the reply topic's partitions).
+    reply_partition_fallbacks,
     /// Records a sink failed to deliver (each stops the pipeline).
     sink_failures,
     /// Repeats of an event already handled within the idempotency window:

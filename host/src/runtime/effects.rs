@@ -95,18 +95,52 @@ impl EventScope {
 
 /// The outbound calls made while handling one event, over all its attempts.
 #[derive(Debug, Clone, Default)]
-pub struct CallLog(Arc<Mutex<Vec<CallRecord>>>);
+pub struct CallLog {
+    calls: Arc<Mutex<Vec<CallRecord>>>,
+    /// How the latest HTTP request ended, as the guest was told
+    /// (`sluice:plugin/http-failure`): its attempt, and the failure if it
+    /// got an `error-code`.
+    last_http: Arc<Mutex<Option<HttpEnded>>>,
+}
+
+/// The attempt an HTTP request was made in, and its failure if it failed.
+type HttpEnded = (u32, Option<HttpFailure>);
+
+/// A `wasi:http` `error-code` a request was answered with, as
+/// `sluice:plugin/http-failure` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpFailure {
+    pub target: String,
+    pub code: String,
+    pub detail: Option<String>,
+}
 
 impl CallLog {
     pub fn push(&self, record: CallRecord) {
-        if let Ok(mut calls) = self.0.lock() {
+        if let Ok(mut calls) = self.calls.lock() {
             calls.push(record);
         }
     }
 
     /// Everything recorded so far, in order, leaving the log empty.
     pub fn take(&self) -> Vec<CallRecord> {
-        self.0.lock().map(|mut calls| std::mem::take(&mut *calls)).unwrap_or_default()
+        self.calls.lock().map(|mut calls| std::mem::take(&mut *calls)).unwrap_or_default()
+    }
+
+    /// Records how the latest HTTP request of `attempt` ended.
+    pub fn http_ended(&self, attempt: u32, failure: Option<HttpFailure>) {
+        if let Ok(mut last) = self.last_http.lock() {
+            *last = Some((attempt, failure));
+        }
+    }
+
+    /// The failure of `attempt`'s latest HTTP request, if it failed.
+    pub fn last_http_failure(&self, attempt: u32) -> Option<HttpFailure> {
+        let last = self.last_http.lock().ok()?;
+        match &*last {
+            Some((of, failure)) if *of == attempt => failure.clone(),
+            _ => None,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::current::log::{self, Level};
-use super::bindings::current::{client, state};
+use super::bindings::current::{client, http_failure, state};
 use super::bindings::v0_1::sluice::plugin::log as log_v0_1;
 use super::instance::PluginState;
 
@@ -19,7 +19,17 @@ pub(super) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
     client::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
     // Plain import, not a capability: recording metrics reaches nothing
     // outside the host (see `super::metrics`).
-    super::bindings::current::metrics::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+    super::bindings::current::metrics::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
+    // Plain import too: a plugin learns only how its own requests failed.
+    http_failure::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+}
+
+impl http_failure::Host for PluginState {
+    fn last(&mut self) -> Option<http_failure::Failure> {
+        let scope = self.scope.as_ref()?;
+        let failure = scope.calls.last_http_failure(scope.attempt)?;
+        Some(http_failure::Failure { target: failure.target, code: failure.code, detail: failure.detail })
+    }
 }
 
 impl log_v0_1::Host for PluginState {

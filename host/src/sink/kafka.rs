@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
@@ -97,7 +97,19 @@ pub struct KafkaSink {
     topic: Option<String>,
     max_bytes: usize,
     describe: String,
+    /// Partition counts of the topics replies named partitions of, and when
+    /// each was read ([`Sink::has_partition`]).
+    partitions: std::sync::Mutex<HashMap<String, (i32, Instant)>>,
 }
+
+/// How often a topic's partition count is read again when a reply names a
+/// partition beyond it (partitions may have been added since): often
+/// enough to notice, rarely enough that a caller sending bad headers does
+/// not turn each reply into a metadata request.
+const PARTITIONS_REREAD: Duration = Duration::from_secs(1);
+
+/// How long reading a topic's partition count may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl KafkaSink {
     /// A sink on a shared idempotent producer.
@@ -119,7 +131,7 @@ impl KafkaSink {
             Some(topic) => format!("kafka:{brokers}/{topic}"),
             None => format!("kafka:{brokers}"),
         };
-        Self { via, topic, max_bytes, describe }
+        Self { via, topic, max_bytes, describe, partitions: std::sync::Mutex::default() }
     }
 
     fn producer(&self) -> &FutureProducer<Context> {
@@ -135,6 +147,29 @@ impl KafkaSink {
             Via::Transaction(transaction) => transaction.explain(error),
             Via::Idempotent(_) => error.to_string(),
         }
+    }
+
+    /// The partition count of `topic` as last read, and when.
+    fn known_partitions(&self, topic: &str) -> Option<(i32, Instant)> {
+        self.partitions.lock().ok()?.get(topic).copied()
+    }
+
+    /// Reads `topic`'s partition count from the broker; `None` if it cannot
+    /// tell (no answer, no such topic).
+    async fn read_partitions(&self, topic: &str) -> Option<i32> {
+        let producer = self.producer().clone();
+        let name = topic.to_owned();
+        let count = tokio::task::spawn_blocking(move || {
+            let metadata = producer.client().fetch_metadata(Some(&name), METADATA_TIMEOUT).ok()?;
+            let topic = metadata.topics().iter().find(|t| t.name() == name && t.error().is_none())?;
+            i32::try_from(topic.partitions().len()).ok().filter(|n| *n > 0)
+        })
+        .await
+        .ok()??;
+        if let Ok(mut partitions) = self.partitions.lock() {
+            partitions.insert(topic.to_owned(), (count, Instant::now()));
+        }
+        Some(count)
     }
 
     fn write_error(&self, topic: &str, error: impl std::fmt::Display) -> SinkError {
@@ -219,6 +254,26 @@ impl Sink for KafkaSink {
             return Err(format!("the record is {size} bytes, over the {} byte limit (`message.max.bytes`)", self.max_bytes));
         }
         Ok(())
+    }
+
+    async fn has_partition(&self, destination: Option<&str>, partition: i32) -> Result<(), String> {
+        let Some(topic) = destination.or(self.topic.as_deref()) else { return Ok(()) };
+        let known = self.known_partitions(topic);
+        let count = match known {
+            Some((count, _)) if partition < count => return Ok(()),
+            Some((count, read)) if read.elapsed() < PARTITIONS_REREAD => count,
+            // Unknown, or partitions may have been added since: read again.
+            // A broker that cannot tell now leaves it to the write.
+            _ => match self.read_partitions(topic).await {
+                Some(count) => count,
+                None => return Ok(()),
+            },
+        };
+        if partition < count {
+            Ok(())
+        } else {
+            Err(format!("topic `{topic}` has {count} partition{}, no partition {partition}", if count == 1 { "" } else { "s" }))
+        }
     }
 
     async fn close(&self) -> Result<(), SinkError> {

@@ -126,6 +126,17 @@ pub trait Sink: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether `destination` (`None`: the sink's default) has `partition`,
+    /// for sinks with partitions (Kafka); `Err` says why not. Asked before
+    /// a reply goes to the partition its request named, so a caller's bad
+    /// header does not fail the write (which would stop the pipeline).
+    /// Sinks without partitions, and a sink that cannot tell just now, say
+    /// yes.
+    async fn has_partition(&self, destination: Option<&str>, partition: i32) -> Result<(), String> {
+        let _ = (destination, partition);
+        Ok(())
+    }
+
     /// Whether records sent here use [`Record::id`] (deduplicating brokers);
     /// other sinks are spared making one per record.
     fn wants_ids(&self) -> bool {

@@ -4,13 +4,14 @@
 //   state) and puts the count in a header `x-seen`.
 {{/state}}{{#http}}// - HTTP: POSTs the payload to config `url` (default
 //   `https://api.example.com/lookup`) with `fetch` and puts the answer in
-//   `x-lookup`; a 4xx rejects the event, a 5xx or a failed request retries
-//   it. (`fetch` makes build.sh use the StarlingMonkey engine.)
+//   `x-lookup`; a 4xx or a denied request rejects the event, a 5xx or a
+//   failed request retries it. (`fetch`, the SDK's, makes build.sh use the
+//   StarlingMonkey engine.)
 {{/http}}{{#client}}// - service call: asks the destination config `service` (default
 //   `lookup`) about the payload and puts the answer in `x-answer`.
 {{/client}}{{#metrics}}// - metrics: counts the events per tag (`sluice_plugin_events_total`) and
 //   records payload sizes (`sluice_plugin_payload_bytes`).
-{{/metrics}}import { plugin, HandlerError, Output{{#state}}, state, utf8{{/state}}{{#client}}, client, CallError{{/client}}{{#metrics}}, metrics{{/metrics}} } from 'sluice';
+{{/metrics}}import { plugin, HandlerError, Output{{#http}}, fetch{{/http}}{{#state}}, state, utf8{{/state}}{{#client}}, client, CallError{{/client}}{{#metrics}}, metrics{{/metrics}} } from 'sluice';
 
 export const handler = plugin({
   init(config) {
@@ -32,6 +33,8 @@ export const handler = plugin({
     try {
       response = await fetch(self.url, { method: 'POST', body: event.payload });
     } catch (e) {
+      // The SDK's fetch throws an HttpError: a denial rejects, the rest retries.
+      if (e instanceof HandlerError) throw e;
       throw HandlerError.retryable(`POST ${self.url} failed: ${e}`);
     }
     if (response.status >= 400 && response.status < 500) throw HandlerError.reject(`${self.url} answered ${response.status}`);

@@ -17,7 +17,7 @@ use super::body::Capped;
 use super::metrics::Outcome;
 use super::{CallContext, Outbound};
 use crate::config::{Destination, HttpScheme};
-use crate::runtime::effects::{CallKind, CallRecord};
+use crate::runtime::effects::{CallKind, CallRecord, HttpFailure};
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -52,8 +52,57 @@ impl WasiHttpHooks for Hooks {
             event: None,
             span: None,
         });
-        Box::new(send(self.outbound.clone(), request, options, context))
+        // How it ends is kept for `sluice:plugin/http-failure`.
+        let ended = context.calls.clone().map(|calls| (calls, context.attempt, target_of(&request)));
+        let sent = send(self.outbound.clone(), request, options, context);
+        Box::new(async move {
+            let sent = sent.await;
+            if let Some((calls, attempt, target)) = ended {
+                calls.http_ended(attempt, sent.as_ref().err().map(|code| failure(target, code)));
+            }
+            sent
+        })
     }
+}
+
+/// The `host:port` a request goes to, as its call record names it.
+fn target_of(request: &http::Request<WasiBody>) -> String {
+    let scheme = if request.uri().scheme() == Some(&Scheme::HTTP) { HttpScheme::Http } else { HttpScheme::Https };
+    let authority = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    Destination::parse(scheme, &authority).as_ref().map_or(authority, Destination::target)
+}
+
+/// An `error-code` as `sluice:plugin/http-failure` reports it: the case
+/// in WIT's spelling (`HTTP-request-denied`), and its text if it has one.
+fn failure(target: String, code: &Error) -> HttpFailure {
+    let debug = format!("{code:?}");
+    let name = debug.split(['(', ' ', '{']).next().unwrap_or_default();
+    let detail = match code {
+        Error::InternalError(text) => text.clone(),
+        Error::DnsError { rcode, .. } => rcode.clone(),
+        _ => None,
+    };
+    HttpFailure { target, code: wit_case(name), detail }
+}
+
+/// `HttpRequestUriInvalid` → `HTTP-request-URI-invalid`: the Rust name of
+/// an `error-code` case back in WIT's spelling (its acronyms upper case).
+fn wit_case(name: &str) -> String {
+    let mut words: Vec<String> = Vec::new();
+    for c in name.chars() {
+        match words.last_mut() {
+            Some(word) if !c.is_ascii_uppercase() => word.push(c),
+            _ => words.push(c.to_string()),
+        }
+    }
+    words
+        .iter()
+        .map(|word| match word.as_str() {
+            "Http" | "Dns" | "Tls" | "Ip" | "Uri" => word.to_ascii_uppercase(),
+            _ => word.to_ascii_lowercase(),
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBody>, options: Option<RequestOptions>, mut context: CallContext) -> Sent {
@@ -260,6 +309,18 @@ mod tests {
             event: None,
             span: None,
         }
+    }
+
+    #[test]
+    fn error_codes_are_named_as_wit_spells_them() {
+        let named = |code: &Error| super::failure("h:443".into(), code);
+        assert_eq!(named(&Error::HttpRequestDenied).code, "HTTP-request-denied");
+        assert_eq!(named(&Error::HttpRequestUriInvalid).code, "HTTP-request-URI-invalid");
+        assert_eq!(named(&Error::ConnectionRefused).code, "connection-refused");
+        assert_eq!(named(&Error::DestinationIpProhibited).code, "destination-IP-prohibited");
+        let denied = named(&super::denied_because("no rule"));
+        assert_eq!((denied.code.as_str(), denied.detail.as_deref()), ("internal-error", Some("denied: no rule")));
+        assert_eq!(denied.target, "h:443");
     }
 
     #[test]
