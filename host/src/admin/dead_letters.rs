@@ -255,8 +255,11 @@ struct Outcome {
 pub(super) async fn replay(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    Json(request): Json<ReplayRequest>,
+    body: axum::body::Bytes,
 ) -> Answer {
+    // Read whatever the content type says: `curl -d` sends a form type.
+    let request: ReplayRequest =
+        serde_json::from_slice(&body).map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("the body is not a replay request: {e}")))?;
     let dead_letters = dead_letters_of(&state, &name)?;
     let (origin, connection) = dead_letters.origin.as_ref().map_err(|e| unreadable(e))?;
     let (to, send_through) = dead_letters.replay_to.as_ref().map_err(|e| unreadable(e))?;
