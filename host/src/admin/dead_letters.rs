@@ -196,7 +196,7 @@ pub(super) async fn list(State(state): State<Arc<AdminState>>, Path(name): Path<
     let shown: Vec<Shown> = recent.found.into_iter().map(shown).collect();
     Ok(Json(json!({
         "destination": origin.to_string(),
-        "replay_to": dead_letters.replay_to.as_ref().map(|(to, _)| to_text(to)).map_err(Clone::clone).err(),
+        "replay_unavailable": dead_letters.replay_to.as_ref().err(),
         "dead_letters": shown,
         "scanned": recent.scanned,
         "max_scan": MAX_SCAN,

@@ -359,7 +359,9 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/pipelines/{name}/resume", post(resume))
         .route("/pipelines/{name}/dead-letters/replay", post(dead_letters::replay))
         .route("/pipelines/{name}/state/{*key}", axum::routing::delete(state_delete))
-        .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, SMALL_BODY), guard));
+        .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, SMALL_BODY), guard))
+        // A body without a declared length is cut off there too.
+        .layer(axum::extract::DefaultBodyLimit::max(SMALL_BODY as usize));
     let upload_route = Router::new()
         .route("/pipelines/{name}/plugin", put(upload))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, state.max_upload), guard));

@@ -442,7 +442,7 @@ pub async fn recent(origin: &Origin, connection: &Connection, filter: &Filter, l
 }
 
 fn newest_first(found: &mut [Found]) {
-    found.sort_by(|a, b| b.record.dead_lettered_at.cmp(&a.record.dead_lettered_at));
+    found.sort_by_key(|found| std::cmp::Reverse(found.record.dead_lettered_at));
 }
 
 /// Message `sequence` of `stream`, unless it was deleted or is on another

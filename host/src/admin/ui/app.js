@@ -813,7 +813,7 @@ async function loadDeadLetters() {
       const more = answer.more ? ` Older ones may match too: ${answer.scanned.toLocaleString()} records read (at most ${answer.max_scan.toLocaleString()}); raise "Newest" or narrow the filters.` : "";
       dlqStatus(`${dlq.records.length} dead letter${dlq.records.length === 1 ? "" : "s"} ${where}, newest first.${more}`);
     }
-    if (answer.replay_to) notice(`Replay is not possible for ${name}: ${answer.replay_to}`);
+    if (answer.replay_unavailable) dlqStatus(`${$("dlq-status").textContent} Replay is not possible: ${answer.replay_unavailable}`);
   } catch (error) {
     if (dlq.name === name) {
       dlq.records = [];
