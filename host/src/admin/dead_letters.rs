@@ -105,7 +105,11 @@ fn unreadable(err: &str) -> Failure {
 }
 
 fn read_failed(err: ReplayError) -> Failure {
-    Failure(StatusCode::BAD_GATEWAY, err.to_string())
+    let status = match err {
+        ReplayError::Id(_) => StatusCode::BAD_REQUEST,
+        ReplayError::Read(_) | ReplayError::Send(_) => StatusCode::BAD_GATEWAY,
+    };
+    Failure(status, err.to_string())
 }
 
 fn late() -> Failure {

@@ -29,6 +29,9 @@ pub enum ReplayError {
     /// The destination could not be opened or read.
     #[error("{0}")]
     Read(String),
+    /// An id that cannot name a record of the destination.
+    #[error("{0}")]
+    Id(String),
     /// A record cannot be sent (no destination) or a sink refused it.
     #[error("{0}")]
     Send(String),

@@ -362,8 +362,17 @@ impl Collector<'_> {
                 self.recent.found.push(Found { id, record, payload_bytes });
             }
         }
-        let full = self.recent.found.len() >= self.limit || self.recent.scanned >= MAX_SCAN;
-        !full
+        self.wants_more()
+    }
+
+    /// Counts a record that cannot be read; false once no more are wanted.
+    fn skip(&mut self) -> bool {
+        self.recent.scanned += 1;
+        self.wants_more()
+    }
+
+    fn wants_more(&self) -> bool {
+        self.recent.found.len() < self.limit && self.recent.scanned < MAX_SCAN
     }
 }
 
@@ -379,7 +388,14 @@ pub async fn recent(origin: &Origin, connection: &Connection, filter: &Filter, l
             let limit = collector.limit;
             let recent = tokio::task::spawn_blocking(move || {
                 let mut collector = Collector { filter: &filter, limit, keep, recent: Recent::default() };
-                let more = tail_file(&path, |offset, line| Ok(collector.take(file_record(&path, offset, line)?)))?;
+                // A line that is not a record (a hand edit, a torn write) is
+                // counted and passed over, as a record that is not a dead letter.
+                let more = tail_file(&path, |offset, line| {
+                    Ok(match file_record(&path, offset, line) {
+                        Ok(record) => collector.take(record),
+                        Err(_) => collector.skip(),
+                    })
+                })?;
                 collector.recent.more = more;
                 Ok::<_, ReplayError>(collector.recent)
             })
@@ -520,7 +536,7 @@ fn tail_file(path: &Path, mut visit: impl FnMut(u64, &[u8]) -> Result<bool, Repl
 /// The records with these ids (those not found are left out), in the order
 /// given.
 pub async fn by_ids(origin: &Origin, connection: &Connection, ids: &[String]) -> Result<Vec<Positioned>, ReplayError> {
-    let bad = |id: &str| read_error(format!("{id:?} is not a record id of the {origin}"));
+    let bad = |id: &str| ReplayError::Id(format!("{id:?} is not a record id of the {origin}"));
     match origin {
         Origin::File(path) => {
             let offsets = ids.iter().map(|id| id.parse::<u64>().map_err(|_| bad(id))).collect::<Result<Vec<_>, _>>()?;
@@ -641,6 +657,44 @@ mod tests {
         assert!(seen.is_empty());
         let (seen, _) = lines_backwards(&format!("{}\nend\n", "y".repeat(2 * CHUNK)))?;
         assert_eq!(seen.iter().map(|(o, l)| (*o, l.len())).collect::<Vec<_>>(), [(2 * CHUNK as u64 + 1, 3), (0, 2 * CHUNK)]);
+        Ok(())
+    }
+
+    fn line(reason: &str, payload: &str, at: &str) -> String {
+        serde_json::json!({
+            "payload": payload,
+            "headers": { "trace": "t", "sluice-dlq-reason": reason, "sluice-dlq-last-failure": at, "sluice-dlq-attempts": "3" },
+        })
+        .to_string()
+            + "\n"
+    }
+
+    #[tokio::test]
+    async fn recent_reads_a_file_newest_first_bounded_and_filtered() -> Result<(), ReplayError> {
+        let dir = tempfile::tempdir().map_err(read_error)?;
+        let path = dir.path().join("dlq.jsonl");
+        let mut text = String::new();
+        text += &line("rejected", "one", "2026-01-05T10:00:01Z");
+        text += "not json\n";
+        text += &line("timeout", &"é".repeat(1000), "2026-01-05T10:00:02Z");
+        text += &line("rejected", "three", "2026-01-05T10:00:03Z");
+        text += "{\"payload\": \"half-writ";
+        std::fs::write(&path, &text).map_err(read_error)?;
+        let origin = Origin::File(path.clone());
+        let all = recent(&origin, &Connection::default(), &Filter::default(), 10, 16).await?;
+        let payloads: Vec<&[u8]> = all.found.iter().map(|f| f.record.payload.as_slice()).collect();
+        assert_eq!(payloads, [&b"three"[..], &"é".repeat(8).as_bytes()[..], b"one"], "newest first, cut to 16 bytes");
+        assert_eq!((all.scanned, all.more), (4, false), "the line that is not a record counted, the torn one not read");
+        assert_eq!(all.found[1].payload_bytes, 2000);
+        assert_eq!(all.found[0].record.attempts, Some(3));
+        let rejected = Filter { reasons: vec!["rejected".into()], ..Default::default() };
+        let one = recent(&origin, &Connection::default(), &rejected, 1, 1024).await?;
+        assert_eq!((one.found.len(), one.more, one.found[0].record.payload.as_slice()), (1, true, &b"three"[..]));
+        // What replay selects by: the id fetches the same record back.
+        let back = by_ids(&origin, &Connection::default(), &[all.found[2].id.clone(), all.found[0].id.clone(), "5".into()]).await?;
+        let back: Vec<Vec<u8>> = back.into_iter().map(|p| p.payload).collect();
+        assert_eq!(back, [b"one".to_vec(), b"three".to_vec()], "an offset that is not a line's start finds nothing");
+        assert!(matches!(by_ids(&origin, &Connection::default(), &["x".into()]).await, Err(ReplayError::Id(_))));
         Ok(())
     }
 }
