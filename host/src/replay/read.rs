@@ -136,7 +136,7 @@ pub async fn read_all(
             Ok((total, tokio::spawn(read_jetstream(messages, total, tx))))
         }
         Origin::Kafka(topic) => {
-            let (total, consumer, ends) = kafka_consumer(connection, topic, None)?;
+            let (total, consumer, ends, _) = kafka_consumer(connection, topic, None)?;
             Ok((total, tokio::spawn(read_kafka(consumer, ends, tx))))
         }
     }
@@ -232,10 +232,15 @@ async fn read_jetstream(
 
 type KafkaReader = rdkafka::consumer::StreamConsumer;
 
+/// What [`kafka_consumer`] opened: records to read, the consumer, each
+/// partition's end, and whether records before the start were left out.
+type KafkaRead = (u64, KafkaReader, HashMap<i32, i64>, bool);
+
 /// A consumer assigned to every partition of `topic`, the end offsets to
 /// read up to, and how many records that is: from each partition's start,
-/// or only its last `last` records.
-fn kafka_consumer(connection: &Connection, topic: &str, last: Option<i64>) -> Result<(u64, KafkaReader, HashMap<i32, i64>), ReplayError> {
+/// or only its last `last` records (then also whether older ones were left
+/// out).
+fn kafka_consumer(connection: &Connection, topic: &str, last: Option<i64>) -> Result<KafkaRead, ReplayError> {
     use rdkafka::consumer::Consumer;
     let brokers = &connection.brokers;
     let consumer: KafkaReader = crate::kafka::client_config(brokers, &connection.kafka_options)
@@ -262,11 +267,13 @@ fn kafka_consumer(connection: &Connection, topic: &str, last: Option<i64>) -> Re
     let mut assignment = rdkafka::TopicPartitionList::new();
     let mut ends = HashMap::new();
     let mut total = 0;
+    let mut older = false;
     for partition in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, timeout)
             .map_err(|e| read_error(format!("cannot read the offsets of {topic}/{partition}: {e}")))?;
         let start = last.map_or(low, |last| low.max(high - last));
+        older |= start > low;
         if high > start {
             assignment
                 .add_partition_offset(topic, partition, rdkafka::Offset::Offset(start))
@@ -278,7 +285,7 @@ fn kafka_consumer(connection: &Connection, topic: &str, last: Option<i64>) -> Re
     if !ends.is_empty() {
         consumer.assign(&assignment).map_err(|e| read_error(format!("cannot assign the topic's partitions: {e}")))?;
     }
-    Ok((total, consumer, ends))
+    Ok((total, consumer, ends, older))
 }
 
 async fn read_kafka(consumer: KafkaReader, ends: HashMap<i32, i64>, tx: mpsc::Sender<Positioned>) -> Result<(), ReplayError> {
@@ -426,20 +433,22 @@ pub async fn recent(origin: &Origin, connection: &Connection, filter: &Filter, l
             let topic = topic.clone();
             let whole = filter.reasons.is_empty() && filter.since.is_none() && filter.until.is_none() && filter.pipeline.is_none();
             let last = if whole { collector.limit } else { MAX_SCAN } as i64;
-            let (total, consumer, ends) = tokio::task::spawn_blocking(move || kafka_consumer(&connection, &topic, Some(last)))
+            let (total, consumer, ends, older) = tokio::task::spawn_blocking(move || kafka_consumer(&connection, &topic, Some(last)))
                 .await
                 .map_err(|e| read_error(format!("the reader stopped: {e}")))??;
             let (tx, mut rx) = mpsc::channel(1024);
             let reader = tokio::spawn(read_kafka(consumer, ends, tx));
-            let mut all = Vec::new();
             let limit = collector.limit;
             collector.limit = usize::MAX;
+            // Matches left out for older ones.
+            let mut dropped = false;
             while let Some(record) = rx.recv().await {
                 collector.take(record);
                 // Bounded: keep the newest `limit` only, now and then.
                 if collector.recent.found.len() >= 2 * limit {
                     newest_first(&mut collector.recent.found);
                     collector.recent.found.truncate(limit);
+                    dropped = true;
                 }
                 if collector.recent.scanned >= MAX_SCAN {
                     break;
@@ -447,11 +456,10 @@ pub async fn recent(origin: &Origin, connection: &Connection, filter: &Filter, l
             }
             drop(rx);
             reader.await.map_err(|e| read_error(format!("the reader stopped: {e}")))??;
-            all.append(&mut collector.recent.found);
-            newest_first(&mut all);
-            collector.recent.more = all.len() > limit || collector.recent.scanned < total as usize;
-            all.truncate(limit);
-            collector.recent.found = all;
+            let found = &mut collector.recent.found;
+            newest_first(found);
+            collector.recent.more = older || dropped || found.len() > limit || collector.recent.scanned < total as usize;
+            found.truncate(limit);
         }
     }
     Ok(collector.recent)
@@ -589,7 +597,7 @@ pub async fn by_ids(origin: &Origin, connection: &Connection, ids: &[String]) ->
                 .collect::<Result<Vec<_>, ReplayError>>()?;
             let connection = connection.clone();
             let topic = topic.clone();
-            let (_, consumer, _) = tokio::task::spawn_blocking(move || kafka_consumer(&connection, &topic, Some(0)))
+            let (_, consumer, _, _) = tokio::task::spawn_blocking(move || kafka_consumer(&connection, &topic, Some(0)))
                 .await
                 .map_err(|e| read_error(format!("the reader stopped: {e}")))??;
             let topic = match origin {
