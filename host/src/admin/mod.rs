@@ -15,7 +15,7 @@
 //! | `POST /pipelines/{name}/dead-letters/replay` | send dead letters (`ids`, or a `filter`) back to the pipeline's source; `dry_run` previews | yes |
 //! | `GET /pipelines/{name}/tap?inputs&outputs&dead_letters&sample=&rate=` | live events, server-sent (`admin/tap.rs`) | read |
 //! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]) | read |
-//! | `GET /ui`, `/ui/app.js`, `/ui/app.css`, `/ui/icon.svg` | the web console (`admin/console.rs`; `/` and `/ui/` redirect to it); its requests carry the token the user types | no |
+//! | `GET /ui`, `/ui/app.js`, `/ui/dead-letters.js`, `/ui/app.css`, `/ui/icon.svg` | the web console (`admin/console.rs`; `/` and `/ui/` redirect to it); its requests carry the token the user types | no |
 //! | `GET /healthz` | 200 while every running pipeline moves; 503 naming the stuck ones (events in flight, no progress for `policy.stuck_after`) | no |
 //! | `GET /readyz` | 200 when every pipeline runs (or finished) and its broker connections are up; 503 with the reasons otherwise (a restarting or failed pipeline's last error) | no |
 //!
@@ -370,6 +370,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/ui/", get(console::to_console))
         .route("/ui", get(console::page))
         .route("/ui/app.js", get(console::script))
+        .route("/ui/dead-letters.js", get(console::dead_letters_script))
         .route("/ui/app.css", get(console::style))
         .route("/ui/icon.svg", get(console::icon))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Open, SMALL_BODY), guard));
