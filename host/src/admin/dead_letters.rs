@@ -21,7 +21,7 @@ use serde_json::json;
 use super::{find, AdminState, Answer, Failure};
 use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
 use crate::replay::read::{self, Found, MAX_SCAN};
-use crate::replay::{Connection, Filter, Kind, Origin, ReplayError, Sinks, To};
+use crate::replay::{Connection, DeadLetter, Filter, Kind, Origin, ReplayError, Sinks, To};
 use crate::tap::{shown_header, Preview, PREVIEW_BYTES};
 
 /// Dead letters listed when the request names no `limit`.
@@ -126,8 +126,9 @@ pub(super) struct ListQuery {
     until: Option<String>,
 }
 
-/// The filter a list or replay request describes.
-fn filter_of(reason: Option<&str>, since: Option<&str>, until: Option<&str>) -> Result<Filter, Failure> {
+/// The filter a list or replay request describes, for the dead letters of
+/// pipeline `name` only: a destination may be shared by several.
+fn filter_of(name: &str, reason: Option<&str>, since: Option<&str>, until: Option<&str>) -> Result<Filter, Failure> {
     let now = SystemTime::now();
     let time = |name: &str, text: Option<&str>| {
         text.filter(|t| !t.is_empty())
@@ -135,7 +136,7 @@ fn filter_of(reason: Option<&str>, since: Option<&str>, until: Option<&str>) -> 
             .transpose()
     };
     Ok(Filter {
-        pipeline: None,
+        pipeline: Some(name.to_owned()),
         reasons: reason.unwrap_or_default().split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect(),
         since: time("since", since)?,
         until: time("until", until)?,
@@ -192,7 +193,7 @@ pub(super) async fn list(State(state): State<Arc<AdminState>>, Path(name): Path<
     if limit == 0 || limit > MAX_LIMIT {
         return Err(Failure(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MAX_LIMIT}")));
     }
-    let filter = filter_of(query.reason.as_deref(), query.since.as_deref(), query.until.as_deref())?;
+    let filter = filter_of(&name, query.reason.as_deref(), query.since.as_deref(), query.until.as_deref())?;
     let recent = tokio::time::timeout(WITHIN, read::recent(origin, connection, &filter, limit, PREVIEW_BYTES))
         .await
         .map_err(|_| late())?
@@ -238,6 +239,18 @@ pub(super) struct ReplayFilter {
     limit: Option<usize>,
 }
 
+/// Where a record's replay got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Status {
+    /// A dry run: it would be sent.
+    WouldReplay,
+    /// Sent, and durably accepted by the sink.
+    Replayed,
+    /// Not sent, or not accepted: `error` says why.
+    Failed,
+}
+
 /// What happened to one record.
 #[derive(Debug, Serialize)]
 struct Outcome {
@@ -247,11 +260,97 @@ struct Outcome {
     /// `kind:name` it goes (or would go) to.
     #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<String>,
-    /// `would-replay`, `replayed` or `failed`.
-    status: &'static str,
+    status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     payload: Preview,
+}
+
+/// The records a replay request names, oldest first, this pipeline's only.
+async fn select(name: &str, dead_letters: &DeadLetters, request: &ReplayRequest) -> Result<Vec<(String, DeadLetter)>, Failure> {
+    let (origin, connection) = dead_letters.origin.as_ref().map_err(|e| unreadable(e))?;
+    Ok(match (&request.ids, &request.filter) {
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > MAX_LIMIT {
+                return Err(Failure(StatusCode::BAD_REQUEST, format!("ids: give 1 to {MAX_LIMIT}")));
+            }
+            let read = tokio::time::timeout(WITHIN, read::by_ids(origin, connection, ids)).await.map_err(|_| late())?.map_err(read_failed)?;
+            // Another pipeline's dead letters (a shared destination) are
+            // not this one's to replay: left out, like ids not found.
+            read.into_iter().filter_map(read::Positioned::dead_letter).filter(|(_, record)| record.pipeline == name).collect()
+        }
+        (None, Some(filter)) => {
+            let limit = filter.limit.unwrap_or(MAX_LIMIT);
+            if limit == 0 || limit > MAX_LIMIT {
+                return Err(Failure(StatusCode::BAD_REQUEST, format!("filter.limit must be 1 to {MAX_LIMIT}")));
+            }
+            let filter = filter_of(name, filter.reason.as_deref(), filter.since.as_deref(), filter.until.as_deref())?;
+            let recent = tokio::time::timeout(WITHIN, read::recent(origin, connection, &filter, limit, usize::MAX))
+                .await
+                .map_err(|_| late())?
+                .map_err(read_failed)?;
+            // Oldest first: the order they failed in.
+            recent.found.into_iter().rev().map(|found| (found.id, found.record)).collect()
+        }
+        _ => return Err(Failure(StatusCode::BAD_REQUEST, "give either `ids` or `filter`".into())),
+    })
+}
+
+/// Sends each record to `to` (unless `dry_run`), then waits until each is
+/// durably accepted; what happened to each.
+async fn send(name: &str, records: Vec<(String, DeadLetter)>, to: &To, through: &Connection, dry_run: bool) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(records.len());
+    let mut sinks = Sinks::new(through.clone());
+    let mut receipts = Vec::new();
+    for (id, record) in records {
+        let mut outcome = Outcome {
+            id,
+            event_id: record.event_id.clone(),
+            reason: record.reason.clone(),
+            to: None,
+            status: Status::WouldReplay,
+            error: None,
+            payload: Preview::of(&record.payload),
+        };
+        match to.destination(&record) {
+            Err(err) => {
+                outcome.status = Status::Failed;
+                outcome.error = Some(err.to_string());
+            }
+            Ok(destination) => {
+                outcome.to = Some(format!("{}:{destination}", to.kind));
+                if !dry_run {
+                    match tokio::time::timeout(WITHIN, sinks.send(to.kind, &destination, record)).await {
+                        Ok(Ok(receipt)) => receipts.push((outcomes.len(), receipt)),
+                        Ok(Err(err)) => {
+                            outcome.status = Status::Failed;
+                            outcome.error = Some(err.to_string());
+                        }
+                        Err(_) => {
+                            outcome.status = Status::Failed;
+                            outcome.error = Some(late().1);
+                        }
+                    }
+                }
+            }
+        }
+        outcomes.push(outcome);
+    }
+    for (index, receipt) in receipts {
+        let (status, error) = match tokio::time::timeout(WITHIN, receipt.wait()).await {
+            Ok(Ok(())) => (Status::Replayed, None),
+            Ok(Err(err)) => (Status::Failed, Some(format!("not accepted: {err}"))),
+            Err(_) => (Status::Failed, Some(late().1)),
+        };
+        if let Some(outcome) = outcomes.get_mut(index) {
+            outcome.status = status;
+            outcome.error = error;
+        }
+    }
+    if let Err(err) = sinks.close().await {
+        tracing::warn!(pipeline = %name, "dead-letter replay: {err}");
+    }
+    outcomes
 }
 
 /// Replays the records selected (oldest first), or with `dry_run` says
@@ -265,84 +364,11 @@ pub(super) async fn replay(
     let request: ReplayRequest =
         serde_json::from_slice(&body).map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("the body is not a replay request: {e}")))?;
     let dead_letters = dead_letters_of(&state, &name)?;
-    let (origin, connection) = dead_letters.origin.as_ref().map_err(|e| unreadable(e))?;
     let (to, send_through) = dead_letters.replay_to.as_ref().map_err(|e| unreadable(e))?;
-    let records: Vec<(String, crate::replay::DeadLetter)> = match (&request.ids, &request.filter) {
-        (Some(ids), None) => {
-            if ids.is_empty() || ids.len() > MAX_LIMIT {
-                return Err(Failure(StatusCode::BAD_REQUEST, format!("ids: give 1 to {MAX_LIMIT}")));
-            }
-            let read = tokio::time::timeout(WITHIN, read::by_ids(origin, connection, ids)).await.map_err(|_| late())?.map_err(read_failed)?;
-            read.into_iter().filter_map(read::Positioned::dead_letter).collect()
-        }
-        (None, Some(filter)) => {
-            let limit = filter.limit.unwrap_or(MAX_LIMIT);
-            if limit == 0 || limit > MAX_LIMIT {
-                return Err(Failure(StatusCode::BAD_REQUEST, format!("filter.limit must be 1 to {MAX_LIMIT}")));
-            }
-            let filter_ = filter_of(filter.reason.as_deref(), filter.since.as_deref(), filter.until.as_deref())?;
-            let recent = tokio::time::timeout(WITHIN, read::recent(origin, connection, &filter_, limit, usize::MAX))
-                .await
-                .map_err(|_| late())?
-                .map_err(read_failed)?;
-            // Oldest first: the order they failed in.
-            recent.found.into_iter().rev().map(|found| (found.id, found.record)).collect()
-        }
-        _ => return Err(Failure(StatusCode::BAD_REQUEST, "give either `ids` or `filter`".into())),
-    };
-    let mut outcomes = Vec::with_capacity(records.len());
-    let mut sinks = Sinks::new(send_through.clone());
-    let mut receipts = Vec::new();
-    for (id, record) in records {
-        let mut outcome = Outcome {
-            id,
-            event_id: record.event_id.clone(),
-            reason: record.reason.clone(),
-            to: None,
-            status: "would-replay",
-            error: None,
-            payload: Preview::of(&record.payload),
-        };
-        match to.destination(&record) {
-            Err(err) => {
-                outcome.status = "failed";
-                outcome.error = Some(err.to_string());
-            }
-            Ok(destination) => {
-                outcome.to = Some(format!("{}:{destination}", to.kind));
-                if !request.dry_run {
-                    match tokio::time::timeout(WITHIN, sinks.send(to.kind, &destination, record)).await {
-                        Ok(Ok(receipt)) => receipts.push((outcomes.len(), receipt)),
-                        Ok(Err(err)) => {
-                            outcome.status = "failed";
-                            outcome.error = Some(err.to_string());
-                        }
-                        Err(_) => {
-                            outcome.status = "failed";
-                            outcome.error = Some(late().1);
-                        }
-                    }
-                }
-            }
-        }
-        outcomes.push(outcome);
-    }
-    for (index, receipt) in receipts {
-        let (status, error) = match tokio::time::timeout(WITHIN, receipt.wait()).await {
-            Ok(Ok(())) => ("replayed", None),
-            Ok(Err(err)) => ("failed", Some(format!("not accepted: {err}"))),
-            Err(_) => ("failed", Some(late().1)),
-        };
-        if let Some(outcome) = outcomes.get_mut(index) {
-            outcome.status = status;
-            outcome.error = error;
-        }
-    }
-    if let Err(err) = sinks.close().await {
-        tracing::warn!(pipeline = %name, "dead-letter replay: {err}");
-    }
-    let count = |status: &str| outcomes.iter().filter(|o| o.status == status).count();
-    let (replayed, would, failed) = (count("replayed"), count("would-replay"), count("failed"));
+    let records = select(&name, &dead_letters, &request).await?;
+    let outcomes = send(&name, records, to, send_through, request.dry_run).await;
+    let count = |status: Status| outcomes.iter().filter(|o| o.status == status).count();
+    let (replayed, would, failed) = (count(Status::Replayed), count(Status::WouldReplay), count(Status::Failed));
     if !request.dry_run {
         tracing::info!(pipeline = %name, replayed, failed, "dead letters replayed through the admin API");
     }
