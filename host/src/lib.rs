@@ -32,8 +32,9 @@
 //! write used by checkpoints and the compiled-component cache, [`nats`] the
 //! connections and header mapping NATS sources and sinks share, [`kafka`]
 //! the client settings, message mapping and transactions of Kafka's.
-//! [`replay`] reads dead-letter records back into the events they were, for
-//! `sluice dlq replay`. [`telemetry`] exports a span per event, and one per
+//! [`replay`] reads dead-letter records back into the events they were and
+//! sends them to a source again, for `sluice dlq replay` and the admin API's
+//! dead-letters routes. [`telemetry`] exports a span per event, and one per
 //! outbound call of its plugin, to OpenTelemetry when `[tracing]` asks for it.
 //! [`state`] holds plugin state per pipeline, made durable with its events.
 //! [`client`] opens the services a plugin may call (`sluice:plugin/client`)

@@ -488,6 +488,7 @@ async fn run_pipeline(
         stuck_after: config.policy.stuck_threshold(),
         state: dispatcher.state.clone(),
         tap: dispatcher.tap.clone(),
+        dead_letters: Arc::new(crate::admin::dead_letters::DeadLetters::of(config)),
     });
     if let Ok(mut registry) = registry.write() {
         registry.insert(name.to_owned(), handle.clone());

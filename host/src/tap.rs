@@ -68,17 +68,23 @@ pub struct Preview {
 
 impl Preview {
     pub fn of(bytes: &[u8]) -> Self {
-        let shown = &bytes[..bytes.len().min(PREVIEW_BYTES)];
+        Self::of_prefix(bytes, bytes.len())
+    }
+
+    /// The preview of `total` bytes that start with `prefix` (the rest
+    /// already cut off by the caller).
+    pub fn of_prefix(prefix: &[u8], total: usize) -> Self {
+        let shown = &prefix[..prefix.len().min(PREVIEW_BYTES)];
         // A cut may split a UTF-8 sequence: text up to the last whole one.
         let text = match std::str::from_utf8(shown) {
             Ok(text) => Some(text.to_owned()),
-            Err(err) if err.error_len().is_none() && shown.len() < bytes.len() => {
+            Err(err) if err.error_len().is_none() && shown.len() < total => {
                 std::str::from_utf8(&shown[..err.valid_up_to()]).ok().map(str::to_owned)
             }
             Err(_) => None,
         };
         let hex = text.is_none().then(|| hex::encode(shown));
-        Preview { text, hex, bytes: bytes.len(), truncated: shown.len() < bytes.len() }
+        Preview { text, hex, bytes: total, truncated: shown.len() < total }
     }
 }
 
@@ -267,7 +273,9 @@ fn seen(point: Point, event: &str, key: Option<&[u8]>, headers: &[Header], paylo
 /// Header names whose values are credentials, lowercase substrings.
 const SECRET_NAMES: [&str; 7] = ["authorization", "cookie", "token", "secret", "password", "api-key", "apikey"];
 
-fn shown_header(name: &str, value: &[u8]) -> Preview {
+/// A header's value as watchers (and the dead-letters view) see it:
+/// `<redacted>` when its name looks like a credential's.
+pub fn shown_header(name: &str, value: &[u8]) -> Preview {
     let lower = name.to_ascii_lowercase();
     if SECRET_NAMES.iter().any(|secret| lower.contains(secret)) {
         Preview { text: Some("<redacted>".into()), hex: None, bytes: value.len(), truncated: false }

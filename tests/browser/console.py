@@ -5,7 +5,8 @@ Starts `target/debug/sluice run` with two file pipelines and an admin token,
 loads /ui, gives the token, and checks what an operator sees: both pipelines
 with their versions, rates that move while events flow, pause and resume,
 uploading a version (the sha256 shown before confirming is the file's) and
-rolling back, and live events in the tap. Screenshots go to
+rolling back, live events in the tap, and a pipeline's dead letters: filtered,
+headers expanded, two replayed after a dry-run preview. Screenshots go to
 target/console-*.png. Run through `scripts/browser.sh test`.
 
 Every wait is on a condition with a deadline, never a bare sleep.
@@ -303,6 +304,69 @@ def main():
         shot(driver, "tap")
         driver.find_element(By.ID, "tap-pause").click()
         wait("new rows after resuming", lambda: top() != held)
+
+        # Dead letters of audit (its rejections, in a file): filter, look,
+        # preview a replay of two, replay them, and see them arrive on the
+        # source. The feeders stop first, so the replayed lines are the last.
+        for f in feeders:
+            f.stop.set()
+            f.join()
+        card(driver, "audit").find_element(By.XPATH, ".//button[text()='Dead letters']").click()
+        dlq_rows = lambda: driver.execute_script("""
+            return [...document.querySelectorAll('#dlq-rows tr:not(.detail)')].map(r => [...r.cells].map(c => c.textContent));""")
+        dlq_status = lambda: driver.find_element(By.ID, "dlq-status").text
+        wait("audit's dead letters listed", lambda: dlq_rows() and "newest first" in dlq_status())
+        assert "in file " in dlq_status() and "audit-dlq.jsonl" in dlq_status(), dlq_status()
+        from selenium.webdriver.support.ui import Select
+        Select(driver.find_element(By.ID, "dlq-reason")).select_by_value("retries-exhausted")
+        wait("the empty state for a filter that matches nothing", lambda: dlq_status().startswith("No dead letters match these filters"))
+        assert dlq_rows() == [], "no rows for retries-exhausted"
+        Select(driver.find_element(By.ID, "dlq-reason")).select_by_value("rejected")
+        Select(driver.find_element(By.ID, "dlq-since")).select_by_value("1h")
+        rows = wait("rejected dead letters", lambda: "newest first" in dlq_status() and dlq_rows())
+        assert all(r[2] == "rejected" and r[3] == "1" and r[4].startswith("bad ") and r[6].startswith("reject:bad ") for r in rows), rows[:3]
+        audit_digest = hashlib.sha256((PLUGINS / "chaos.wasm").read_bytes()).hexdigest()
+        assert rows[0][5] == f"chaos {audit_digest[:12]}", rows[0]
+        # Headers on expand: the credential redacted.
+        first = driver.find_element(By.CSS_SELECTOR, "#dlq-rows tr:not(.detail) button[aria-expanded]")
+        first.click()
+        detail = driver.find_element(By.CSS_SELECTOR, "#dlq-rows tr.detail:not([hidden])").text
+        assert "Authorization\n<redacted>" in detail and "trace\nt-1" in detail, detail
+        assert first.get_attribute("aria-expanded") == "true"
+        assert "hunter2" not in driver.page_source, "a credential never reaches the page"
+        # Select two (keyboard: focus and space), preview, then replay.
+        boxes = driver.find_elements(By.CSS_SELECTOR, "#dlq-rows input[type=checkbox]")
+        for box in boxes[:2]:
+            driver.execute_script("arguments[0].focus()", box)
+            ActionChains(driver).send_keys(Keys.SPACE).perform()
+        assert driver.find_element(By.ID, "dlq-selected").text == "2 selected"
+        assert not driver.find_element(By.ID, "dlq-replay").is_enabled(), "Replay waits for a preview"
+        chosen = [r[6] for r in rows[:2]]
+        source = work / "audit.jsonl"
+        before = lines(source)
+        driver.find_element(By.ID, "dlq-preview").click()
+        title = wait("the preview", lambda: driver.find_element(By.ID, "dlq-outcome-title").text.startswith("Preview") and driver.find_element(By.ID, "dlq-outcome-title").text)
+        # The source's path as the host resolved it (relative to the config's folder).
+        assert re.fullmatch(r"Preview: would replay 2 to file:\S*audit\.jsonl", title), title
+        items = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#dlq-outcome-list li")]
+        assert len(items) == 2 and all(i.startswith("would replay: event audit.jsonl:") for i in items), items
+        assert {i.rsplit(": ", 1)[1] for i in items} == set(chosen), (items, chosen)
+        assert lines(source) == before, "a preview sends nothing"
+        wait("Replay enabled after the preview", lambda: driver.find_element(By.ID, "dlq-replay").is_enabled())
+        driver.execute_script("document.getElementById('dlq').scrollIntoView()")
+        shot(driver, "dead-letters")
+        driver.find_element(By.ID, "dlq-replay").click()
+        wait("the replay dialog", lambda: driver.find_element(By.ID, "replay-dialog").get_attribute("open") is not None)
+        assert driver.find_element(By.ID, "replay-what").text == "Replay 2 dead letters of audit to its source?"
+        shot(driver, "replay-confirm")
+        driver.find_element(By.ID, "replay-confirm").click()
+        wait("the replay's result", lambda: dlq_status() == "Replayed 2.")
+        items = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#dlq-outcome-list li")]
+        assert len(items) == 2 and all(i.startswith("replayed: ") for i in items), items
+        wait("the two replayed events on audit's source", lambda: lines(source) == before + 2)
+        appended = [json.loads(line)["payload"] for line in source.read_text().splitlines()[-2:]]
+        assert sorted(appended) == sorted(chosen), (appended, chosen)
+        shot(driver, "replayed")
 
         # The page's first read is refused (401) until the token is given:
         # that is how it learns it needs one; the bad upload is refused

@@ -84,7 +84,7 @@ plugin = {{ path = {plugin} }}
 
     let (status, headers, page) = get(port, "/ui")?;
     ensure!(status == 200, "GET /ui answered {status}: {page}");
-    for (path, content_type, body) in [("/ui", "text/html", page.clone()), ("/ui/app.js", "text/javascript", String::new()), ("/ui/app.css", "text/css", String::new()), ("/ui/icon.svg", "image/svg+xml", String::new())] {
+    for (path, content_type, body) in [("/ui", "text/html", page.clone()), ("/ui/app.js", "text/javascript", String::new()), ("/ui/dead-letters.js", "text/javascript", String::new()), ("/ui/app.css", "text/css", String::new()), ("/ui/icon.svg", "image/svg+xml", String::new())] {
         let (status, headers, served) = if body.is_empty() { get(port, path)? } else { (status, headers.clone(), body) };
         ensure!(status == 200, "GET {path} without a token answered {status}");
         let served_type = header(&headers, "content-type").unwrap_or_default();
@@ -105,18 +105,26 @@ plugin = {{ path = {plugin} }}
     // script asks only paths of this host, and nothing runs or styles inline
     // (the CSP would refuse it).
     let (_, _, script) = get(port, "/ui/app.js")?;
+    let (_, _, dead_letters) = get(port, "/ui/dead-letters.js")?;
     let (_, _, style) = get(port, "/ui/app.css")?;
     ensure!(page.contains(r#"<script type="module" src="/ui/app.js"></script>"#) && page.contains(r#"href="/ui/app.css""#), "{page}");
     ensure!(!page.contains("style=") && page.matches("<script").count() == 1, "inline script or style in the page");
     ensure!(addresses(&script).iter().any(|a| a == "/pipelines") && addresses(&page).iter().any(|a| a == "/ui/app.js"), "the scan finds addresses");
-    for address in addresses(&page).into_iter().chain(addresses(&script)) {
+    for address in addresses(&page).into_iter().chain(addresses(&script)).chain(addresses(&dead_letters)) {
         let same_origin = address.starts_with('/') && !address.starts_with("//");
         // The SVG namespace is a name, not something fetched.
         ensure!(same_origin || address == "http://www.w3.org/2000/svg", "the console refers to {address:?}, not a path of this host");
     }
     ensure!(!style.contains("url(") && !style.contains("@import"), "the style sheet fetches nothing");
-    let imports = script.lines().any(|line| line.trim_start().starts_with("import")) || script.contains("import(");
-    ensure!(!imports && !script.contains("new EventSource"), "the script loads nothing else, and taps with fetch (to send the token)");
+    // app.js imports its one module from this host; that module imports nothing.
+    let imports: Vec<&str> = script.lines().filter(|line| line.trim_start().starts_with("import")).collect();
+    ensure!(imports == [r#"import { setupDeadLetters } from "/ui/dead-letters.js";"#], "the script's imports: {imports:?}");
+    let module_imports = dead_letters.lines().any(|line| line.trim_start().starts_with("import")) || dead_letters.contains("import(");
+    ensure!(!script.contains("import(") && !module_imports, "no other module is loaded");
+    ensure!(!script.contains("new EventSource"), "the script taps with fetch (to send the token)");
+    for path in ["`/pipelines/${encodeURIComponent(name)}/dead-letters?${params}`", "`/pipelines/${encodeURIComponent(name)}/dead-letters/replay`"] {
+        ensure!(dead_letters.contains(path), "the dead-letters module reads {path}");
+    }
     for path in ["\"/pipelines\"", "`/pipelines/${encodeURIComponent(name)}/tap?${params}`", "\"/metrics\""] {
         ensure!(script.contains(path), "the script reads {path}");
     }

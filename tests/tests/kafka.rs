@@ -828,6 +828,89 @@ async fn dead_letters_are_replayed_from_a_topic_to_a_topic() -> Result<()> {
     Ok(())
 }
 
+/// The admin API's dead letters on a Kafka dead-letter topic (two
+/// partitions): listed newest first with ids `partition:offset`, the
+/// credential redacted, limited; a dry run sends nothing; after the fixed
+/// plugin is uploaded, a replay by id sends them back to their topic and
+/// they come out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_and_replays_dead_letters_of_a_topic() -> Result<()> {
+    const TOKEN: &str = "kafka-dlq-token";
+    let broker = KafkaBroker::shared()?;
+    let bootstrap = broker.bootstrap();
+    let (orders, out, dlq, group) = (unique("orders"), unique("out"), unique("dlq"), unique("group"));
+    create_topics(&bootstrap, &[(&orders, 2), (&out, 1), (&dlq, 2)]).await?;
+    let scratch = Scratch::new()?;
+    let config = pipeline(
+        "orders",
+        "chaos",
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{orders}"], start = "earliest" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{out}" }}"#),
+        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
+        "max_attempts = 2\nbackoff = { initial = \"10ms\" }",
+    )
+    .replacen("[pipelines.", &format!("[admin]\nlisten = \"{ANY_PORT}\"\ntoken = \"{TOKEN}\"\n\n[pipelines."), 1);
+    let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
+    let secret = |payload: &str, partition| {
+        let mut input = Input::new(partition, payload);
+        input.headers = vec![("trace".into(), format!("t-{payload}")), ("Authorization".into(), "Bearer hunter2".into())];
+        input
+    };
+    produce(&bootstrap, &orders, &[Input::new(0, "ok:a"), secret("reject:r1", 1), Input::new(0, "retry:9"), secret("reject:r2", 0)]).await?;
+    let listed = poll_until("three dead letters listed", WITHIN, || {
+        let (status, body) = http_request(port, "GET", "/pipelines/orders/dead-letters", None, b"")?;
+        let listed: serde_json::Value = if status == 200 { serde_json::from_str(&body)? } else { serde_json::Value::Null };
+        Ok((listed["dead_letters"].as_array().map(Vec::len) == Some(3)).then_some((listed, body)))
+    });
+    let (listed, body) = listed?;
+    let records = listed["dead_letters"].as_array().context("a list")?;
+    let mut reasons: Vec<&str> = records.iter().filter_map(|r| r["reason"].as_str()).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["rejected", "rejected", "retries-exhausted"], "{listed:#}");
+    let times: Vec<&str> = records.iter().filter_map(|r| r["time"].as_str()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    assert!(records.iter().all(|r| r["id"].as_str().is_some_and(|id| id.split_once(':').is_some())), "ids are partition:offset");
+    let by_message = |m: &str| records.iter().find(|r| r["message"] == m).cloned().context(format!("the dead letter {m}"));
+    let (r1, r2) = (by_message("r1")?, by_message("r2")?);
+    assert_eq!(r1["payload"]["text"], "reject:r1");
+    assert_eq!(r1["source"], orders.as_str());
+    let authorization = r1["headers"].as_array().and_then(|h| h.iter().find(|h| h[0] == "Authorization")).context("the header")?;
+    assert_eq!(authorization[1]["text"], "<redacted>");
+    ensure!(!body.contains("hunter2"), "a credential shown: {body}");
+    let (_, one) = http_request(port, "GET", "/pipelines/orders/dead-letters?limit=1&reason=rejected", None, b"")?;
+    let one: serde_json::Value = serde_json::from_str(&one)?;
+    assert_eq!((one["dead_letters"].as_array().map(Vec::len), &one["more"]), (Some(1), &serde_json::json!(true)), "{one:#}");
+
+    let ids = serde_json::json!([r1["id"], r2["id"]]);
+    let replay = |dry_run: bool| -> Result<serde_json::Value> {
+        let body = serde_json::json!({ "ids": ids, "dry_run": dry_run }).to_string();
+        let (status, text) = http_request(port, "POST", "/pipelines/orders/dead-letters/replay", Some(TOKEN), body.as_bytes())?;
+        ensure!(status == 200, "replay answered {status}: {text}");
+        Ok(serde_json::from_str(&text)?)
+    };
+    let before: i64 = end_offsets(&bootstrap, &orders, 2)?.iter().sum();
+    let dry = replay(true)?;
+    assert_eq!(dry["would_replay"], 2, "{dry:#}");
+    assert_eq!(dry["records"][0]["to"], format!("kafka:{orders}"));
+    assert_eq!(end_offsets(&bootstrap, &orders, 2)?.iter().sum::<i64>(), before, "a dry run sends nothing");
+
+    let fixed = std::fs::read(plugin("passthrough"))?;
+    let (status, text) = http_request(port, "PUT", "/pipelines/orders/plugin", Some(TOKEN), &fixed)?;
+    ensure!(status == 200, "upload answered {status}: {text}");
+    let done = replay(false)?;
+    assert_eq!(done["replayed"], 2, "{done:#}");
+    let got = read_distinct(&bootstrap, &out, 3, WITHIN)?;
+    let mut payloads: Vec<&str> = got.iter().map(|r| r.payload.as_str()).collect();
+    payloads.sort();
+    assert_eq!(payloads, ["a", "reject:r1", "reject:r2"]);
+    let replayed = got.iter().find(|r| r.payload == "reject:r1").context("r1 out")?;
+    assert_eq!(replayed.header("trace"), Some("t-reject:r1"), "its own headers restored");
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}
+
 /// NestJS interoperability on the Kafka transport: a real NestJS
 /// `ClientProxy` (`tests/nestjs/kafka-client.mjs`, kafkajs) calls a pipeline
 /// with `codec = "nestjs"` reading the pattern topics. Its `send` resolves

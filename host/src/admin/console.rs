@@ -1,7 +1,7 @@
 //! `GET /ui`: the web console, a page that reads and steers the admin API
 //! from the browser.
 //!
-//! The page, its script and its style sheet are compiled into the binary
+//! The page, its scripts and its style sheet are compiled into the binary
 //! (`admin/ui/`), so the console works offline and nothing is fetched from
 //! elsewhere at run time: no CDN, no fonts, no framework. The page holds no
 //! data, so it needs no token; every data request it makes carries the
@@ -19,6 +19,8 @@ use axum::response::{IntoResponse, Response};
 pub const PAGE: &str = include_str!("ui/index.html");
 /// The script, an ES module.
 pub const SCRIPT: &str = include_str!("ui/app.js");
+/// The dead-letters view, a module `app.js` imports.
+pub const DEAD_LETTERS_SCRIPT: &str = include_str!("ui/dead-letters.js");
 /// The style sheet.
 pub const STYLE: &str = include_str!("ui/app.css");
 /// The tab's icon (browsers ask for one; without it every load logs a 404).
@@ -34,6 +36,10 @@ pub(super) async fn page() -> Response {
 
 pub(super) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub(super) async fn dead_letters_script() -> Response {
+    asset("text/javascript; charset=utf-8", DEAD_LETTERS_SCRIPT)
 }
 
 pub(super) async fn style() -> Response {

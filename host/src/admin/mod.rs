@@ -11,9 +11,11 @@
 //! | `GET /pipelines/{name}/state?prefix=&after=&limit=` | committed state keys and values, a page at a time | read |
 //! | `GET /pipelines/{name}/state/{key}` | one committed state value | read |
 //! | `DELETE /pipelines/{name}/state/{key}` | delete a state key (in the commit order of events) | yes |
+//! | `GET /pipelines/{name}/dead-letters?limit=&reason=&since=&until=` | the newest dead letters in the pipeline's dead-letter destination (`admin/dead_letters.rs`) | read |
+//! | `POST /pipelines/{name}/dead-letters/replay` | send dead letters (`ids`, or a `filter`) back to the pipeline's source; `dry_run` previews | yes |
 //! | `GET /pipelines/{name}/tap?inputs&outputs&dead_letters&sample=&rate=` | live events, server-sent (`admin/tap.rs`) | read |
 //! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]) | read |
-//! | `GET /ui`, `/ui/app.js`, `/ui/app.css`, `/ui/icon.svg` | the web console (`admin/console.rs`; `/` and `/ui/` redirect to it); its requests carry the token the user types | no |
+//! | `GET /ui`, `/ui/app.js`, `/ui/dead-letters.js`, `/ui/app.css`, `/ui/icon.svg` | the web console (`admin/console.rs`; `/` and `/ui/` redirect to it); its requests carry the token the user types | no |
 //! | `GET /healthz` | 200 while every running pipeline moves; 503 naming the stuck ones (events in flight, no progress for `policy.stuck_after`) | no |
 //! | `GET /readyz` | 200 when every pipeline runs (or finished) and its broker connections are up; 503 with the reasons otherwise (a restarting or failed pipeline's last error) | no |
 //!
@@ -51,6 +53,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 mod console;
+pub mod dead_letters;
 pub mod health;
 mod tap;
 pub mod tls;
@@ -69,9 +72,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// An upload's body must arrive within this time (64 MiB at ~1 MiB/s), or
 /// the request fails with 408.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bodies of every route but the upload, at most. None of them reads a
-/// body; a larger declared one is refused (413) rather than sent to a
-/// handler that ignores it.
+/// Bodies of every route but the upload, at most. Only the replay of dead
+/// letters reads one (up to 1,000 ids); a larger declared one is refused
+/// (413) rather than read.
 pub const SMALL_BODY: u64 = 64 * 1024;
 
 /// The admin server's settings and limits (from `[admin]`, and the
@@ -126,6 +129,8 @@ pub struct PipelineHandle {
     pub state: Option<Arc<crate::state::Store>>,
     /// Its live view (`GET /pipelines/{name}/tap`).
     pub tap: Arc<crate::tap::Tap>,
+    /// Where its dead letters are read back from and replayed to.
+    pub dead_letters: Arc<dead_letters::DeadLetters>,
 }
 
 /// The running pipelines by name, kept by the supervisor.
@@ -345,14 +350,18 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/pipelines/{name}/state", get(state_list))
         .route("/pipelines/{name}/state/{*key}", get(state_get))
         .route("/pipelines/{name}/tap", get(tap::tap))
+        .route("/pipelines/{name}/dead-letters", get(dead_letters::list))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Read, SMALL_BODY), guard));
     let write = Router::new()
         .route("/pipelines/{name}/reload", post(reload))
         .route("/pipelines/{name}/rollback", post(rollback))
         .route("/pipelines/{name}/pause", post(pause))
         .route("/pipelines/{name}/resume", post(resume))
+        .route("/pipelines/{name}/dead-letters/replay", post(dead_letters::replay))
         .route("/pipelines/{name}/state/{*key}", axum::routing::delete(state_delete))
-        .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, SMALL_BODY), guard));
+        .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, SMALL_BODY), guard))
+        // A body without a declared length is cut off there too.
+        .layer(axum::extract::DefaultBodyLimit::max(SMALL_BODY as usize));
     let upload_route = Router::new()
         .route("/pipelines/{name}/plugin", put(upload))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, state.max_upload), guard));
@@ -361,6 +370,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/ui/", get(console::to_console))
         .route("/ui", get(console::page))
         .route("/ui/app.js", get(console::script))
+        .route("/ui/dead-letters.js", get(console::dead_letters_script))
         .route("/ui/app.css", get(console::style))
         .route("/ui/icon.svg", get(console::icon))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Open, SMALL_BODY), guard));

@@ -5,7 +5,10 @@
 // The token the user types lives in `token` below, in this tab's memory
 // only; it is sent as `Authorization: Bearer …` (never a cookie). That is
 // also why the live tap is read with fetch and a stream reader rather than
-// EventSource, which cannot send headers.
+// EventSource, which cannot send headers. The dead-letters view is its own
+// module (/ui/dead-letters.js), given the helpers below.
+
+import { setupDeadLetters } from "/ui/dead-letters.js";
 
 /** How often the pipelines and metrics are read (ms). */
 const POLL_MS = 2000;
@@ -307,7 +310,8 @@ function makeCard(name) {
   refs.file = el("input", { type: "file", accept: ".wasm,application/wasm", class: "visually-hidden", tabindex: "-1", "aria-hidden": "true", id: `f-${cssId(name)}`, onchange: () => chooseUpload(name, refs) });
   refs.upload = el("button", { type: "button", class: "ghost", text: "Upload version…", onclick: () => refs.file.click() });
   refs.tap = el("button", { type: "button", text: "Live tap", onclick: () => openTap(name) });
-  root.append(el("div", { class: "actions", role: "group", "aria-label": `Actions on ${name}` }, refs.tap, refs.reload, refs.rollback, refs.pause, refs.upload, refs.file, refs.result));
+  refs.dlq = el("button", { type: "button", text: "Dead letters", onclick: () => deadLetters.open(name) });
+  root.append(el("div", { class: "actions", role: "group", "aria-label": `Actions on ${name}` }, refs.tap, refs.dlq, refs.reload, refs.rollback, refs.pause, refs.upload, refs.file, refs.result));
   return refs;
 }
 
@@ -399,6 +403,7 @@ function updateCard(entry, view, latency) {
   refs.pause.disabled = !running;
   refs.upload.disabled = !running;
   refs.tap.disabled = !running;
+  refs.dlq.disabled = !running;
   refs.pause.dataset.action = view.state === "paused" ? "resume" : "pause";
   refs.pause.textContent = view.state === "paused" ? "Resume" : "Pause";
 }
@@ -752,5 +757,6 @@ function timeOf(at) {
 setupToken();
 setupUpload();
 setupTap();
+const deadLetters = setupDeadLetters({ $, el, api, ApiError, askToken, withToken, clip, previewText, formatTime, cssId });
 updateTokenButton();
 poll();

@@ -1,6 +1,11 @@
 //! Dead-letter replay: turning a dead-letter record back into the event it
 //! was, and the filters `sluice dlq replay` applies.
 //!
+//! Shared by `sluice dlq replay` and the admin API's dead-letters routes:
+//! [`read`] reads records from a dead-letter destination (all of them in
+//! order, the newest few, or a few by id), [`send`] sends the original
+//! events back through the sinks a pipeline uses.
+//!
 //! A record (see [`crate::dispatch::dead_letter`]) is the original event's
 //! key, payload and headers plus `sluice-dlq-*` headers. Replaying strips
 //! those headers and sends the rest, unchanged, to the event's source
@@ -11,6 +16,26 @@ use std::time::SystemTime;
 
 use crate::event::Header;
 use crate::sink::Record;
+
+pub mod read;
+pub mod send;
+
+pub use read::{Connection, Origin, Positioned};
+pub use send::{Kind, Sinks, To};
+
+/// Why dead letters could not be read or replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The destination could not be opened or read.
+    #[error("{0}")]
+    Read(String),
+    /// An id that cannot name a record of the destination.
+    #[error("{0}")]
+    Id(String),
+    /// A record cannot be sent (no destination) or a sink refused it.
+    #[error("{0}")]
+    Send(String),
+}
 
 /// The prefix of the headers a dead-letter record adds.
 pub const PREFIX: &str = "sluice-dlq-";
@@ -26,7 +51,12 @@ pub struct DeadLetter {
     /// `rejected`, `retries-exhausted` or `undecodable`.
     pub reason: String,
     pub message: String,
+    /// Attempts made (`sluice-dlq-attempts`), if readable.
+    pub attempts: Option<u32>,
     pub pipeline: String,
+    /// The plugin's name and the sha256 of the version that failed it.
+    pub plugin: String,
+    pub plugin_digest: String,
     /// The original event's id.
     pub event_id: String,
     /// Where the event came from: a file path (as written in the config), a
@@ -62,10 +92,14 @@ impl DeadLetter {
         let reason = reason.ok_or(NotADeadLetter)?;
         let mut take = |name: &str| fields.remove(name).unwrap_or_default();
         let dead_lettered_at = humantime::parse_rfc3339_weak(&take("last-failure")).ok();
+        let attempts = take("attempts").parse().ok();
         Ok(Self {
             reason,
             message: take("message"),
+            attempts,
             pipeline: take("pipeline"),
+            plugin: take("plugin"),
+            plugin_digest: take("plugin-digest"),
             event_id: take("event-id"),
             source: take("source"),
             dead_lettered_at,
