@@ -25,8 +25,8 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    /// Several problems at once (files and subjects shared between
-    /// pipelines), one per line.
+    /// Several problems at once (every rule broken, and files and subjects
+    /// shared between pipelines), one per line.
     #[error("{}: {} problems:{}", file.display(), problems.len(), problems.iter().map(|p| format!("\n  {p}")).collect::<String>())]
     Problems { file: PathBuf, problems: Vec<Problem> },
 }

@@ -39,28 +39,43 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path, |name| std::env::var(name).ok())
 }
 
-/// For `sluice check`: the config, with every problem of its files and
-/// subjects (those [`load`] refuses, and those of the machine: a missing
-/// source file, a sink folder that cannot be written) listed rather than
-/// returned as an error, so all of them are reported at once.
-pub fn load_for_check(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+/// What `sluice check` learns from the file: the config, and every problem
+/// of it (those [`load`] refuses, and those of the machine: a missing source
+/// file, a sink folder that cannot be written) listed rather than returned
+/// as an error, so all of them are reported at once.
+pub struct Checked {
+    pub config: Config,
+    pub problems: Vec<Problem>,
+    /// The pipelines that break a rule of their own (a key out of range, a
+    /// schema that does not compile): their plugins are not worth loading,
+    /// since the settings a load uses may be the ones at fault.
+    pub invalid: std::collections::BTreeSet<String>,
+}
+
+/// For `sluice check`: see [`Checked`].
+pub fn load_for_check(path: &Path) -> Result<Checked, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: path.to_path_buf(),
         source,
     })?;
-    let (config, mut problems) = parse_collecting(&text, path, |name| std::env::var(name).ok())?;
+    let Parsed { config, broken, shared } = parse_collecting(&text, path, |name| std::env::var(name).ok())?;
+    let invalid = broken.iter().map(|p| p.pipeline.clone()).collect();
+    let mut problems = broken;
+    problems.extend(shared);
     problems.extend(files::environment(&config));
-    Ok((config, problems))
+    Ok(Checked { config, problems, invalid })
 }
 
 /// Parses config text. `file` names the source in errors and anchors relative
-/// paths; `env` resolves `${NAME}` references (injectable for tests).
+/// paths; `env` resolves `${NAME}` references (injectable for tests). Every
+/// rule broken is reported, not just the first.
 pub fn parse(
     text: &str,
     file: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let (config, mut problems) = parse_collecting(text, file, env)?;
+    let Parsed { config, broken, shared } = parse_collecting(text, file, env)?;
+    let mut problems: Vec<Problem> = broken.into_iter().chain(shared).collect();
     match problems.len() {
         0 => Ok(config),
         1 => {
@@ -71,13 +86,23 @@ pub fn parse(
     }
 }
 
-/// [`parse`], with the problems of files and subjects shared between
-/// pipelines returned beside the config rather than as an error.
+/// A config that parsed, with the rules it breaks.
+struct Parsed {
+    config: Config,
+    /// The rules of each pipeline (its keys, its schemas), grouped by
+    /// pipeline in the order they were checked.
+    broken: Vec<Problem>,
+    /// The problems of files and subjects shared between pipelines.
+    shared: Vec<Problem>,
+}
+
+/// [`parse`], with the rules broken returned beside the config rather than
+/// as an error.
 fn parse_collecting(
     text: &str,
     file: &Path,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<(Config, Vec<Problem>), ConfigError> {
+) -> Result<Parsed, ConfigError> {
     // Remember where values from the environment went: an error about
     // text there names the variable and never quotes the text.
     let (text, substitutions) = interpolate::interpolate_tracked(text, &env).map_err(|e| ConfigError::Env {
@@ -95,14 +120,10 @@ fn parse_collecting(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
     config.resolve_paths(base);
-    validate::validate(&config)
-        .and_then(|()| schemas::load(&mut config))
-        .map_err(|e| ConfigError::Invalid {
-        file: file.to_path_buf(),
-        message: origin.violation(&["pipelines", &e.pipeline], &e.key, e.message),
-        pipeline: e.pipeline,
-        key: e.key,
-    })?;
+    let mut broken = validate::validate(&config);
+    broken.extend(schemas::load(&mut config));
+    // Stable: each pipeline's problems stay in the order they were checked.
+    broken.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
     if let Some(admin) = &config.admin {
         validate::admin(admin).map_err(|(key, message)| ConfigError::Syntax {
             file: file.to_path_buf(),
@@ -115,11 +136,10 @@ fn parse_collecting(
             message: format!("[tracing] key `{key}`: {}", origin.violation(&["tracing"], key, message)),
         })?;
     }
-    let problems = files::rules(&config)
-        .into_iter()
-        .map(|p| Problem { message: origin.violation(&["pipelines", &p.pipeline], &p.key, p.message), ..p })
-        .collect();
-    Ok((config, problems))
+    let in_pipeline = |p: Problem| Problem { message: origin.violation(&["pipelines", &p.pipeline], &p.key, p.message), ..p };
+    let broken = broken.into_iter().map(in_pipeline).collect();
+    let shared = files::rules(&config).into_iter().map(in_pipeline).collect();
+    Ok(Parsed { config, broken, shared })
 }
 
 /// The interpolated config text and where environment values sit in it:
