@@ -18,7 +18,7 @@ mod state;
 mod validate;
 
 pub use client::{ClientConfig, ClientUse, Transport};
-pub use error::{ConfigError, Problem};
+pub use error::{ConfigError, Problem, Scope};
 pub use files::{canonical, subject_matches};
 pub use http::{AllowEntry, Destination, HttpConfig, HttpScheme};
 pub use interpolate::interpolate;
@@ -59,7 +59,7 @@ pub fn load_for_check(path: &Path) -> Result<Checked, ConfigError> {
         source,
     })?;
     let Parsed { config, broken, shared } = parse_collecting(&text, path, |name| std::env::var(name).ok())?;
-    let invalid = broken.iter().map(|p| p.pipeline.clone()).collect();
+    let invalid = broken.iter().filter_map(|p| p.scope.pipeline()).map(str::to_owned).collect();
     let mut problems = broken;
     problems.extend(shared);
     problems.extend(files::environment(&config));
@@ -78,10 +78,7 @@ pub fn parse(
     let mut problems: Vec<Problem> = broken.into_iter().chain(shared).collect();
     match problems.len() {
         0 => Ok(config),
-        1 => {
-            let Problem { pipeline, key, message } = problems.remove(0);
-            Err(ConfigError::Invalid { file: file.to_path_buf(), pipeline, key, message })
-        }
+        1 => Err(ConfigError::Invalid { file: file.to_path_buf(), problem: problems.remove(0) }),
         _ => Err(ConfigError::Problems { file: file.to_path_buf(), problems }),
     }
 }
@@ -89,8 +86,9 @@ pub fn parse(
 /// A config that parsed, with the rules it breaks.
 struct Parsed {
     config: Config,
-    /// The rules of each pipeline (its keys, its schemas), grouped by
-    /// pipeline in the order they were checked.
+    /// The rules of `[admin]` and `[tracing]`, then of each pipeline (its
+    /// keys, its schemas), grouped by pipeline in the order they were
+    /// checked.
     broken: Vec<Problem>,
     /// The problems of files and subjects shared between pipelines.
     shared: Vec<Problem>,
@@ -122,23 +120,25 @@ fn parse_collecting(
     config.resolve_paths(base);
     let mut broken = validate::validate(&config);
     broken.extend(schemas::load(&mut config));
-    // Stable: each pipeline's problems stay in the order they were checked.
-    broken.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
-    if let Some(admin) = &config.admin {
-        validate::admin(admin).map_err(|(key, message)| ConfigError::Syntax {
-            file: file.to_path_buf(),
-            message: format!("[admin] key `{key}`: {}", origin.violation(&["admin"], key, message)),
-        })?;
+    let tables = [
+        ("admin", config.admin.as_ref().map(validate::admin)),
+        ("tracing", config.tracing.as_ref().map(validate::tracing)),
+    ];
+    for (table, found) in tables {
+        broken.extend(found.into_iter().flatten().map(|(key, message)| Problem { scope: Scope::Table(table), key: key.into(), message }));
     }
-    if let Some(tracing) = &config.tracing {
-        validate::tracing(tracing).map_err(|(key, message)| ConfigError::Syntax {
-            file: file.to_path_buf(),
-            message: format!("[tracing] key `{key}`: {}", origin.violation(&["tracing"], key, message)),
-        })?;
-    }
-    let in_pipeline = |p: Problem| Problem { message: origin.violation(&["pipelines", &p.pipeline], &p.key, p.message), ..p };
-    let broken = broken.into_iter().map(in_pipeline).collect();
-    let shared = files::rules(&config).into_iter().map(in_pipeline).collect();
+    // Stable: tables first, then each pipeline's problems in the order
+    // they were checked.
+    broken.sort_by(|a, b| a.scope.cmp(&b.scope));
+    let located = |p: Problem| {
+        let message = match &p.scope {
+            Scope::Pipeline(name) => origin.violation(&["pipelines", name.as_str()], &p.key, p.message),
+            Scope::Table(table) => origin.violation(&[*table], &p.key, p.message),
+        };
+        Problem { message, ..p }
+    };
+    let broken = broken.into_iter().map(located).collect();
+    let shared = files::rules(&config).into_iter().map(located).collect();
     Ok(Parsed { config, broken, shared })
 }
 
@@ -226,6 +226,26 @@ mod tests {
         let admin = config.and_then(|c| c.admin);
         assert_eq!(admin.as_ref().map(|a| a.listen.to_string()).as_deref(), Some("127.0.0.1:9090"));
         assert!(admin.is_some_and(|a| a.listen.ip().is_loopback() && format!("{:?}", a.token) == "Some(***)"));
+    }
+
+    /// A `[tracing]` or `[admin]` mistake is a rule broken in that table,
+    /// not a syntax error, and is listed with the pipelines' problems.
+    #[test]
+    fn table_rules_are_violations_of_the_table() {
+        let text = "[tracing]\notlp_endpoint = \"https://c:4318\"\n";
+        let err = super::parse(text, Path::new("c.toml"), |_| None);
+        assert!(
+            matches!(&err, Err(super::ConfigError::Invalid { problem, .. }) if problem.scope == super::Scope::Table("tracing") && problem.key == "otlp_endpoint"),
+            "not a rule violation of [tracing]: {err:?}"
+        );
+        let text = "[admin]\ntls_key = \"k.pem\"\n[tracing]\notlp_endpoint = \"ftp://c\"\nsample_ratio = 2.0\n";
+        let err = super::parse(text, Path::new("c.toml"), |_| None);
+        let problems = match err {
+            Err(super::ConfigError::Problems { problems, .. }) => problems,
+            other => Vec::from([super::Problem { scope: super::Scope::Table("?"), key: format!("{other:?}"), message: String::new() }]),
+        };
+        let keys: Vec<String> = problems.iter().map(|p| format!("{:?} {}", p.scope, p.key)).collect();
+        assert_eq!(keys, [r#"Table("admin") tls_cert"#, r#"Table("tracing") otlp_endpoint"#, r#"Table("tracing") sample_ratio"#]);
     }
 
     fn error(text: &str, secret: &str) -> String {

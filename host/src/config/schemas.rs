@@ -129,7 +129,7 @@ pub(super) fn load(config: &mut Config) -> Vec<Violation> {
     let mut found = Vec::new();
     for (name, pipeline) in &mut config.pipelines {
         let Some(schemas) = pipeline.schemas.as_mut() else { continue };
-        let mut violation = |key: String, message: String| found.push(Violation { pipeline: name.clone(), key, message });
+        let mut violation = |key: String, message: String| found.push(Violation::in_pipeline(name, key, message));
         for header in [&schemas.type_header, &schemas.version_header] {
             if header.is_empty() || header.contains(|c: char| c.is_whitespace() || c == ':') {
                 violation("schemas".into(), format!("{header:?} is not a header name"));

@@ -20,7 +20,7 @@ type Found = Vec<(&'static str, String)>;
 pub fn validate(config: &Config) -> Vec<Violation> {
     let mut found = Vec::new();
     let mut violation = |pipeline: &str, key: String, message: String| {
-        found.push(Violation { pipeline: pipeline.to_owned(), key, message });
+        found.push(Violation::in_pipeline(pipeline, key, message));
     };
     let stdin_users: Vec<&String> = config
         .pipelines
@@ -84,42 +84,43 @@ pub fn validate(config: &Config) -> Vec<Violation> {
 }
 
 /// `found` without a second violation of a key already reported.
-pub(super) fn first_per_key(found: Vec<Violation>) -> Vec<Violation> {
+fn first_per_key(found: Vec<Violation>) -> Vec<Violation> {
     let mut seen = std::collections::HashSet::new();
     found
         .into_iter()
-        .filter(|v| seen.insert((v.pipeline.clone(), v.key.clone())))
+        .filter(|v| seen.insert((v.scope.clone(), v.key.clone())))
         .collect()
 }
 
 /// `[admin]`: TLS certificate and key together, readable, and usable as a
 /// pair (what the server would load at start).
-pub fn admin(config: &AdminConfig) -> Result<(), (&'static str, String)> {
-    match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => crate::admin::tls::server_config(cert, key).map(|_| ()),
-        (Some(_), None) => Err(("tls_key", "missing: `tls_cert` needs the private key of the certificate".into())),
-        (None, Some(_)) => Err(("tls_cert", "missing: `tls_key` needs the certificate it belongs to".into())),
-        (None, None) => Ok(()),
-    }
+pub fn admin(config: &AdminConfig) -> Found {
+    let broken = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => crate::admin::tls::server_config(cert, key).err(),
+        (Some(_), None) => Some(("tls_key", "missing: `tls_cert` needs the private key of the certificate".into())),
+        (None, Some(_)) => Some(("tls_cert", "missing: `tls_key` needs the certificate it belongs to".into())),
+        (None, None) => None,
+    };
+    broken.into_iter().collect()
 }
 
 /// `[tracing]`: an endpoint the exporter can reach and a ratio.
-pub fn tracing(config: &TracingConfig) -> Result<(), (&'static str, String)> {
+pub fn tracing(config: &TracingConfig) -> Found {
+    let mut out = Found::new();
     let endpoint = &config.otlp_endpoint;
+    let host = endpoint.strip_prefix("http://").unwrap_or_default();
     if endpoint.starts_with("https://") {
-        return Err((
+        out.push((
             "otlp_endpoint",
             format!("{endpoint:?}: this build exports over plain HTTP only; send spans to a collector or agent on this host or network (e.g. \"http://127.0.0.1:4318\") and let it forward them over TLS"),
         ));
-    }
-    let host = endpoint.strip_prefix("http://").unwrap_or_default();
-    if host.is_empty() || host.starts_with('/') {
-        return Err(("otlp_endpoint", format!("{endpoint:?} is not an http:// URL of an OTLP collector, e.g. \"http://127.0.0.1:4318\"")));
+    } else if host.is_empty() || host.starts_with('/') {
+        out.push(("otlp_endpoint", format!("{endpoint:?} is not an http:// URL of an OTLP collector, e.g. \"http://127.0.0.1:4318\"")));
     }
     if !(0.0..=1.0).contains(&config.sample_ratio) {
-        return Err(("sample_ratio", format!("must be between 0.0 and 1.0, got {}", config.sample_ratio)));
+        out.push(("sample_ratio", format!("must be between 0.0 and 1.0, got {}", config.sample_ratio)));
     }
-    Ok(())
+    out
 }
 
 fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
