@@ -34,8 +34,21 @@ pub enum BuildError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// `plugin.config` cannot be flattened into the plugin's init config.
     #[error("{0}")]
-    Config(String),
+    PluginConfig(String),
+    /// The pipeline has no `dead_letter` (the config rules refuse this;
+    /// a pipeline built without `config::load` can still get here).
+    #[error("no dead_letter sink")]
+    NoDeadLetter,
+    /// A `clients` destination cannot be opened.
+    #[error(transparent)]
+    Clients(#[from] crate::client::OpenError),
+    #[error("cannot open the pipeline's state: {0}")]
+    State(#[from] crate::state::StateError),
+    /// The `schemas` table cannot be compiled into a gate.
+    #[error("{0}")]
+    Schemas(String),
 }
 
 /// The plugin spec a pipeline's config describes.
@@ -44,7 +57,7 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         pipeline: name.to_owned(),
         path: config.plugin.path.clone(),
         sha256: config.plugin.sha256.clone(),
-        config: config.plugin.init_config().map_err(BuildError::Config)?,
+        config: config.plugin.init_config().map_err(BuildError::PluginConfig)?,
         wasi: config.plugin.wasi.clone(),
         timeout: config.policy.timeout,
         init_timeout: config.policy.init_timeout,
@@ -150,19 +163,17 @@ pub async fn build(
     }
     let dead_letter = match &config.dead_letter {
         Some(sink) => open(sink).await?,
-        None => return Err(BuildError::Config("no dead_letter sink".into())),
+        None => return Err(BuildError::NoDeadLetter),
     };
     let stats = Arc::new(Stats::default());
     let clients = crate::client::Clients::open(name, config, &sinks.connections, &sinks.producers, stats.clients.clone())
-        .await
-        .map_err(|e| BuildError::Config(e.to_string()))?;
+        .await?;
     // Before the source: a Kafka changelog restores on the source's first
     // assignment.
     let state = match &config.state {
         Some(state) => Some(
             crate::state::open_for_pipeline(name, state, &config.source, &sinks.connections, transaction.as_ref())
-                .await
-                .map_err(|e| BuildError::Config(format!("cannot open the pipeline's state: {e}")))?,
+                .await?,
         ),
         None => None,
     };
@@ -198,7 +209,7 @@ pub async fn build(
         stats,
         idempotency: config.idempotency.as_ref().map(Guard::new),
         tracing: Tracing { correlation: config.correlation.clone(), tracer: telemetry.map(|t| t.tracer().clone()) },
-        schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Config)?),
+        schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Schemas)?),
         tap: Default::default(),
         state: state.map(|s| s.store),
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),

@@ -481,3 +481,44 @@ fn the_admin_address_file_names_the_bound_port() -> Result<()> {
     ensure!(finished.stderr.contains(&format!("admin API listening on {address}")), "{}", finished.stderr);
     Ok(())
 }
+
+/// Every rule a config breaks is reported at once: `sluice check` prints
+/// one line each (and still loads the plugins of the pipelines that are
+/// fine), `sluice run` refuses with all of them.
+#[test]
+fn check_and_run_report_every_violation_at_once() -> Result<()> {
+    let scratch = Scratch::new()?;
+    scratch.write("events.jsonl", "")?;
+    let broken = format!(
+        r#"
+[pipelines.broken]
+source = {{ kind = "file", path = "events.jsonl" }}
+sink = {{ kind = "file", path = "broken.jsonl" }}
+dead_letter = {{ kind = "file", path = "broken-dlq.jsonl" }}
+plugin = {{ path = {plugin} }}
+breaker = {{ failures = 0 }}
+restart = {{ window = "0s" }}
+policy = {{ max_attempts = 0 }}
+"#,
+        plugin = toml_path(&plugin("chaos")),
+    );
+    scratch.write("sluice.toml", ops_config(&broken))?;
+    let keys = ["breaker.failures", "policy.max_attempts", "restart.window"];
+
+    let checked = scratch.run(&["check", "sluice.toml"])?;
+    checked.ensure_failure()?;
+    for key in keys {
+        ensure!(checked.stdout.contains(&format!("error pipeline `broken`, key `{key}`: ")), "{key} missing:\n{}", checked.stdout);
+    }
+    ensure!(checked.stdout.contains("ok    pipeline `ops`: plugin chaos"), "{}", checked.stdout);
+    ensure!(!checked.stdout.contains("ok    pipeline `broken`"), "a pipeline that breaks its rules is not loaded:\n{}", checked.stdout);
+
+    let ran = scratch.run(&["run", "sluice.toml"])?;
+    ran.ensure_failure()?;
+    ensure!(ran.stderr.contains("sluice.toml: 3 problems:"), "{}", ran.stderr);
+    for key in keys {
+        ensure!(ran.stderr.contains(&format!("pipeline `broken`, key `{key}`: ")), "{key} missing:\n{}", ran.stderr);
+    }
+    ensure!(!scratch.path("out.jsonl").exists(), "a pipeline ran from an invalid config");
+    Ok(())
+}

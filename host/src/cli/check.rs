@@ -7,10 +7,11 @@ use sluice::supervisor::runtime_options;
 
 /// Validates the config and loads (compiles, checks the world of, and
 /// initialises) every plugin. Reports every problem, not just the first:
-/// files and subjects shared in ways that cannot work, source files that
-/// do not exist, sink folders that cannot be written, and plugins.
+/// every rule broken, files and subjects shared in ways that cannot work,
+/// source files that do not exist, sink folders that cannot be written, and
+/// plugins (of the pipelines whose own rules hold).
 pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    let (config, found) = sluice::config::load_for_check(path)?;
+    let sluice::config::Checked { config, problems: found, invalid } = sluice::config::load_for_check(path)?;
     for problem in &found {
         println!("error {problem}");
     }
@@ -18,7 +19,7 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let wasm = Runtime::new(&runtime_options(&config))?;
         let mut problems = found.len();
-        for (name, pipeline) in &config.pipelines {
+        for (name, pipeline) in config.pipelines.iter().filter(|(name, _)| !invalid.contains(*name)) {
             let loaded = match plugin_spec(name, pipeline) {
                 Ok(spec) => load_plugin(&wasm, spec).await,
                 Err(err) => Err(err),

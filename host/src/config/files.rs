@@ -67,7 +67,7 @@ pub fn rules(config: &Config) -> Vec<Violation> {
         }
     }
     for (name, p) in &config.pipelines {
-        let mut problem = |key: String, message: String| problems.push(Violation { pipeline: name.clone(), key, message });
+        let mut problem = |key: String, message: String| problems.push(Violation::in_pipeline(name, key, message));
         let source = match &p.source {
             SourceConfig::File { path, .. } => Some(canonical(path)),
             _ => None,
@@ -213,11 +213,11 @@ fn cycles(config: &Config) -> Vec<Violation> {
                             route.push_str(&format!("`{}` → ({}) ", names[*node], via.get(k).map_or(feed.as_str(), String::as_str)));
                         }
                         route.push_str(&format!("`{}`", names[start]));
-                        problems.push(Violation {
-                            pipeline: names[start].clone(),
-                            key: first_key,
-                            message: format!("pipelines feed each other in a cycle, so every event would go round for ever: {route}"),
-                        });
+                        problems.push(Violation::in_pipeline(
+                            names[start],
+                            first_key,
+                            format!("pipelines feed each other in a cycle, so every event would go round for ever: {route}"),
+                        ));
                     }
                 } else if *next > start && !path.contains(next) {
                     let mut path = path.clone();
@@ -237,7 +237,7 @@ fn cycles(config: &Config) -> Vec<Violation> {
 pub fn environment(config: &Config) -> Vec<Violation> {
     let mut problems = Vec::new();
     for (name, p) in &config.pipelines {
-        let mut problem = |key: String, message: String| problems.push(Violation { pipeline: name.clone(), key, message });
+        let mut problem = |key: String, message: String| problems.push(Violation::in_pipeline(name, key, message));
         if let SourceConfig::File { path, checkpoint, .. } = &p.source {
             if !path.exists() {
                 problem("source.path".into(), format!("{} does not exist", path.display()));

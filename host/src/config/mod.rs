@@ -18,7 +18,7 @@ mod state;
 mod validate;
 
 pub use client::{ClientConfig, ClientUse, Transport};
-pub use error::{ConfigError, Problem};
+pub use error::{ConfigError, Problem, Scope};
 pub use files::{canonical, subject_matches};
 pub use http::{AllowEntry, Destination, HttpConfig, HttpScheme};
 pub use interpolate::interpolate;
@@ -39,45 +39,68 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path, |name| std::env::var(name).ok())
 }
 
-/// For `sluice check`: the config, with every problem of its files and
-/// subjects (those [`load`] refuses, and those of the machine: a missing
-/// source file, a sink folder that cannot be written) listed rather than
-/// returned as an error, so all of them are reported at once.
-pub fn load_for_check(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+/// What `sluice check` learns from the file: the config, and every problem
+/// of it (those [`load`] refuses, and those of the machine: a missing source
+/// file, a sink folder that cannot be written) listed rather than returned
+/// as an error, so all of them are reported at once.
+pub struct Checked {
+    pub config: Config,
+    pub problems: Vec<Problem>,
+    /// The pipelines that break a rule of their own (a key out of range, a
+    /// schema that does not compile): their plugins are not worth loading,
+    /// since the settings a load uses may be the ones at fault.
+    pub invalid: std::collections::BTreeSet<String>,
+}
+
+/// For `sluice check`: see [`Checked`].
+pub fn load_for_check(path: &Path) -> Result<Checked, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: path.to_path_buf(),
         source,
     })?;
-    let (config, mut problems) = parse_collecting(&text, path, |name| std::env::var(name).ok())?;
+    let Parsed { config, broken, shared } = parse_collecting(&text, path, |name| std::env::var(name).ok())?;
+    let invalid = broken.iter().filter_map(|p| p.scope.pipeline()).map(str::to_owned).collect();
+    let mut problems = broken;
+    problems.extend(shared);
     problems.extend(files::environment(&config));
-    Ok((config, problems))
+    Ok(Checked { config, problems, invalid })
 }
 
 /// Parses config text. `file` names the source in errors and anchors relative
-/// paths; `env` resolves `${NAME}` references (injectable for tests).
+/// paths; `env` resolves `${NAME}` references (injectable for tests). Every
+/// rule broken is reported, not just the first.
 pub fn parse(
     text: &str,
     file: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let (config, mut problems) = parse_collecting(text, file, env)?;
+    let Parsed { config, broken, shared } = parse_collecting(text, file, env)?;
+    let mut problems: Vec<Problem> = broken.into_iter().chain(shared).collect();
     match problems.len() {
         0 => Ok(config),
-        1 => {
-            let Problem { pipeline, key, message } = problems.remove(0);
-            Err(ConfigError::Invalid { file: file.to_path_buf(), pipeline, key, message })
-        }
+        1 => Err(ConfigError::Invalid { file: file.to_path_buf(), problem: problems.remove(0) }),
         _ => Err(ConfigError::Problems { file: file.to_path_buf(), problems }),
     }
 }
 
-/// [`parse`], with the problems of files and subjects shared between
-/// pipelines returned beside the config rather than as an error.
+/// A config that parsed, with the rules it breaks.
+struct Parsed {
+    config: Config,
+    /// The rules of `[admin]` and `[tracing]`, then of each pipeline (its
+    /// keys, its schemas), grouped by pipeline in the order they were
+    /// checked.
+    broken: Vec<Problem>,
+    /// The problems of files and subjects shared between pipelines.
+    shared: Vec<Problem>,
+}
+
+/// [`parse`], with the rules broken returned beside the config rather than
+/// as an error.
 fn parse_collecting(
     text: &str,
     file: &Path,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<(Config, Vec<Problem>), ConfigError> {
+) -> Result<Parsed, ConfigError> {
     // Remember where values from the environment went: an error about
     // text there names the variable and never quotes the text.
     let (text, substitutions) = interpolate::interpolate_tracked(text, &env).map_err(|e| ConfigError::Env {
@@ -95,31 +118,28 @@ fn parse_collecting(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
     config.resolve_paths(base);
-    validate::validate(&config)
-        .and_then(|()| schemas::load(&mut config))
-        .map_err(|e| ConfigError::Invalid {
-        file: file.to_path_buf(),
-        message: origin.violation(&["pipelines", &e.pipeline], &e.key, e.message),
-        pipeline: e.pipeline,
-        key: e.key,
-    })?;
-    if let Some(admin) = &config.admin {
-        validate::admin(admin).map_err(|(key, message)| ConfigError::Syntax {
-            file: file.to_path_buf(),
-            message: format!("[admin] key `{key}`: {}", origin.violation(&["admin"], key, message)),
-        })?;
+    let mut broken = validate::validate(&config);
+    broken.extend(schemas::load(&mut config));
+    let tables = [
+        ("admin", config.admin.as_ref().map(validate::admin)),
+        ("tracing", config.tracing.as_ref().map(validate::tracing)),
+    ];
+    for (table, found) in tables {
+        broken.extend(found.into_iter().flatten().map(|(key, message)| Problem { scope: Scope::Table(table), key: key.into(), message }));
     }
-    if let Some(tracing) = &config.tracing {
-        validate::tracing(tracing).map_err(|(key, message)| ConfigError::Syntax {
-            file: file.to_path_buf(),
-            message: format!("[tracing] key `{key}`: {}", origin.violation(&["tracing"], key, message)),
-        })?;
-    }
-    let problems = files::rules(&config)
-        .into_iter()
-        .map(|p| Problem { message: origin.violation(&["pipelines", &p.pipeline], &p.key, p.message), ..p })
-        .collect();
-    Ok((config, problems))
+    // Stable: tables first, then each pipeline's problems in the order
+    // they were checked.
+    broken.sort_by(|a, b| a.scope.cmp(&b.scope));
+    let located = |p: Problem| {
+        let message = match &p.scope {
+            Scope::Pipeline(name) => origin.violation(&["pipelines", name.as_str()], &p.key, p.message),
+            Scope::Table(table) => origin.violation(&[*table], &p.key, p.message),
+        };
+        Problem { message, ..p }
+    };
+    let broken = broken.into_iter().map(located).collect();
+    let shared = files::rules(&config).into_iter().map(located).collect();
+    Ok(Parsed { config, broken, shared })
 }
 
 /// The interpolated config text and where environment values sit in it:
@@ -206,6 +226,26 @@ mod tests {
         let admin = config.and_then(|c| c.admin);
         assert_eq!(admin.as_ref().map(|a| a.listen.to_string()).as_deref(), Some("127.0.0.1:9090"));
         assert!(admin.is_some_and(|a| a.listen.ip().is_loopback() && format!("{:?}", a.token) == "Some(***)"));
+    }
+
+    /// A `[tracing]` or `[admin]` mistake is a rule broken in that table,
+    /// not a syntax error, and is listed with the pipelines' problems.
+    #[test]
+    fn table_rules_are_violations_of_the_table() {
+        let text = "[tracing]\notlp_endpoint = \"https://c:4318\"\n";
+        let err = super::parse(text, Path::new("c.toml"), |_| None);
+        assert!(
+            matches!(&err, Err(super::ConfigError::Invalid { problem, .. }) if problem.scope == super::Scope::Table("tracing") && problem.key == "otlp_endpoint"),
+            "not a rule violation of [tracing]: {err:?}"
+        );
+        let text = "[admin]\ntls_key = \"k.pem\"\n[tracing]\notlp_endpoint = \"ftp://c\"\nsample_ratio = 2.0\n";
+        let err = super::parse(text, Path::new("c.toml"), |_| None);
+        let problems = match err {
+            Err(super::ConfigError::Problems { problems, .. }) => problems,
+            other => Vec::from([super::Problem { scope: super::Scope::Table("?"), key: format!("{other:?}"), message: String::new() }]),
+        };
+        let keys: Vec<String> = problems.iter().map(|p| format!("{:?} {}", p.scope, p.key)).collect();
+        assert_eq!(keys, [r#"Table("admin") tls_cert"#, r#"Table("tracing") otlp_endpoint"#, r#"Table("tracing") sample_ratio"#]);
     }
 
     fn error(text: &str, secret: &str) -> String {

@@ -123,38 +123,48 @@ impl SchemasConfig {
 }
 
 /// Reads, parses and compiles every schema file of every pipeline, keeping
-/// the documents in the config. The first problem is a violation naming the
-/// pipeline, the entry and the file.
-pub(super) fn load(config: &mut Config) -> Result<(), Violation> {
+/// the documents in the config. Returns every problem, each naming the
+/// pipeline, the entry and the file; an entry with a problem is skipped.
+pub(super) fn load(config: &mut Config) -> Vec<Violation> {
+    let mut found = Vec::new();
     for (name, pipeline) in &mut config.pipelines {
         let Some(schemas) = pipeline.schemas.as_mut() else { continue };
-        let violation = |key: String, message: String| Violation { pipeline: name.clone(), key, message };
+        let mut violation = |key: String, message: String| found.push(Violation::in_pipeline(name, key, message));
         for header in [&schemas.type_header, &schemas.version_header] {
             if header.is_empty() || header.contains(|c: char| c.is_whitespace() || c == ':') {
-                return Err(violation("schemas".into(), format!("{header:?} is not a header name")));
+                violation("schemas".into(), format!("{header:?} is not a header name"));
             }
         }
         if schemas.type_header.eq_ignore_ascii_case(&schemas.version_header) {
-            return Err(violation("schemas.version_header".into(), "must differ from `type_header`".into()));
+            violation("schemas.version_header".into(), "must differ from `type_header`".into());
         }
         for (list, entries) in [("input", &mut schemas.input), ("output", &mut schemas.output)] {
             let mut seen = std::collections::HashSet::new();
             for (i, entry) in entries.iter_mut().enumerate() {
                 let key = format!("schemas.{list}[{i}]");
                 if entry.event_type.is_empty() || entry.event_type.contains('@') || entry.event_type == "*" {
-                    return Err(violation(format!("{key}.type"), format!("{:?} is not an event type (empty, `*`, or has an `@`)", entry.event_type)));
+                    violation(format!("{key}.type"), format!("{:?} is not an event type (empty, `*`, or has an `@`)", entry.event_type));
+                    continue;
                 }
                 if !seen.insert((entry.event_type.clone(), entry.version.clone())) {
-                    return Err(violation(key, format!("a second {list} schema for {}", entry.selector())));
+                    violation(key, format!("a second {list} schema for {}", entry.selector()));
+                    continue;
                 }
-                let document = read(&entry.path).map_err(|message| violation(format!("{key}.path"), message))?;
-                crate::schema::Schema::compile(&document)
-                    .map_err(|e| violation(format!("{key}.path"), format!("{} is not a valid JSON Schema: {e}", entry.path.display())))?;
-                entry.document = Arc::new(document);
+                let document = match read(&entry.path) {
+                    Ok(document) => document,
+                    Err(message) => {
+                        violation(format!("{key}.path"), message);
+                        continue;
+                    }
+                };
+                match crate::schema::Schema::compile(&document) {
+                    Ok(_) => entry.document = Arc::new(document),
+                    Err(e) => violation(format!("{key}.path"), format!("{} is not a valid JSON Schema: {e}", entry.path.display())),
+                }
             }
         }
     }
-    Ok(())
+    found
 }
 
 fn read(path: &Path) -> Result<serde_json::Value, String> {

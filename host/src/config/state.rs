@@ -129,27 +129,27 @@ impl StateConfig {
     }
 
     /// The cross-field rules: what the backend needs, and whether it fits
-    /// the source. `Err((key, message))`.
-    pub(super) fn validate(&self, source: &SourceConfig) -> Result<(), (&'static str, String)> {
+    /// the source. Each rule broken is pushed to `out` as `(key, message)`.
+    pub(super) fn validate(&self, source: &SourceConfig, out: &mut Vec<(&'static str, String)>) {
         match self.backend {
             StateBackend::Embedded => {
                 if self.path.is_none() {
-                    return Err(("state.path", "missing: the embedded backend keeps state in a database file, e.g. `path = \"state.redb\"`".into()));
+                    out.push(("state.path", "missing: the embedded backend keeps state in a database file, e.g. `path = \"state.redb\"`".into()));
                 }
                 if matches!(source, SourceConfig::Kafka { .. }) {
-                    return Err((
+                    out.push((
                         "state.backend",
                         "`embedded` keeps state on this host only, but a Kafka consumer group moves partitions between hosts on a rebalance, and the host that takes a partition would not have its state; use `backend = \"kafka-changelog\"` (with `exactly_once = true`)".into(),
                     ));
                 }
                 if let SourceConfig::File { checkpoint: Some(_), .. } = source {
-                    return Err((
+                    out.push((
                         "source.checkpoint",
                         "a file source of a pipeline with embedded state keeps its position in the state database, committed with the state (so the two never disagree after a crash): remove `checkpoint`".into(),
                     ));
                 }
                 if self.sync_interval.is_some_and(|i| !i.is_zero()) && !matches!(source, SourceConfig::File { .. } | SourceConfig::Stdin { .. }) {
-                    return Err((
+                    out.push((
                         "state.sync_interval",
                         "only a file or stdin source may defer the fsync: this source's acknowledgement leaves the host once a commit returns, and state lost in a crash after that would be lost for good; remove `sync_interval` (or set it to \"0s\")".into(),
                     ));
@@ -157,71 +157,67 @@ impl StateConfig {
             }
             StateBackend::Memory => {
                 if self.path.is_some() {
-                    return Err(("state.path", "the memory backend keeps nothing on disk: remove `path`, or use `backend = \"embedded\"`".into()));
+                    out.push(("state.path", "the memory backend keeps nothing on disk: remove `path`, or use `backend = \"embedded\"`".into()));
                 }
             }
             StateBackend::JetstreamKv => {
                 if self.path.is_some() {
-                    return Err(("state.path", "the jetstream-kv backend keeps state in a KV bucket, not a file: remove `path` (name the bucket with `bucket`)".into()));
+                    out.push(("state.path", "the jetstream-kv backend keeps state in a KV bucket, not a file: remove `path` (name the bucket with `bucket`)".into()));
                 }
                 if !matches!(source, SourceConfig::Nats { .. } | SourceConfig::Jetstream { .. }) {
                     let kind = match source {
                         SourceConfig::Kafka { .. } => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline; use `backend = \"kafka-changelog\"`",
                         _ => "a file or stdin source: its position belongs with the file, use `backend = \"embedded\"`",
                     };
-                    return Err(("state.backend", format!("`jetstream-kv` works with `nats` and `jetstream` sources only, not {kind}")));
+                    out.push(("state.backend", format!("`jetstream-kv` works with `nats` and `jetstream` sources only, not {kind}")));
                 }
                 if let Some(bucket) = &self.bucket {
                     if !crate::state::jetstream_kv::valid_bucket(bucket) {
-                        return Err(("state.bucket", format!("{bucket:?} is not a valid KV bucket name: letters, digits, `_` and `-` only")));
+                        out.push(("state.bucket", format!("{bucket:?} is not a valid KV bucket name: letters, digits, `_` and `-` only")));
                     }
                 }
                 if self.marker_retention.is_zero() {
-                    return Err(("state.marker_retention", "must be greater than zero".into()));
+                    out.push(("state.marker_retention", "must be greater than zero".into()));
                 }
             }
             StateBackend::KafkaChangelog => {
                 if self.path.is_some() {
-                    return Err(("state.path", "the kafka-changelog backend keeps state in a Kafka topic, not a file: remove `path` (name the topic with `topic`)".into()));
+                    out.push(("state.path", "the kafka-changelog backend keeps state in a Kafka topic, not a file: remove `path` (name the topic with `topic`)".into()));
                 }
-                let SourceConfig::Kafka { exactly_once, pattern, .. } = source else {
-                    return Err((
-                        "state.backend",
-                        "`kafka-changelog` works with a `kafka` source only: its changelog partitions follow the input partitions, and its commits ride on the source's Kafka transaction".into(),
-                    ));
-                };
-                if !exactly_once {
-                    return Err((
+                match source {
+                    SourceConfig::Kafka { exactly_once: false, .. } => out.push((
                         "state.backend",
                         "`kafka-changelog` needs `exactly_once = true` on the Kafka source: without a transaction, state and offsets commit separately and a crash between them would apply an event's state changes twice".into(),
-                    ));
-                }
-                if pattern.is_some() {
-                    return Err((
+                    )),
+                    SourceConfig::Kafka { pattern: Some(_), .. } => out.push((
                         "state.backend",
                         "`kafka-changelog` needs the source's `topics`, not a `pattern`: the changelog has one partition per input partition, fixed when it is created".into(),
-                    ));
+                    )),
+                    SourceConfig::Kafka { .. } => {}
+                    _ => out.push((
+                        "state.backend",
+                        "`kafka-changelog` works with a `kafka` source only: its changelog partitions follow the input partitions, and its commits ride on the source's Kafka transaction".into(),
+                    )),
                 }
                 if let Some(topic) = self.topic.as_deref().filter(|t| !super::valid_topic(t)) {
-                    return Err(("state.topic", format!("{topic:?} is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, `.`, `_`, `-`)")));
+                    out.push(("state.topic", format!("{topic:?} is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, `.`, `_`, `-`)")));
                 }
                 if self.restore_timeout.is_zero() {
-                    return Err(("state.restore_timeout", "must be greater than zero".into()));
+                    out.push(("state.restore_timeout", "must be greater than zero".into()));
                 }
             }
         }
         if self.backend != StateBackend::KafkaChangelog && self.topic.is_some() {
-            return Err(("state.topic", "`topic` is for `backend = \"kafka-changelog\"`".into()));
+            out.push(("state.topic", "`topic` is for `backend = \"kafka-changelog\"`".into()));
         }
         if self.backend != StateBackend::Embedded && self.sync_interval.is_some() {
-            return Err(("state.sync_interval", "`sync_interval` is for `backend = \"embedded\"`".into()));
+            out.push(("state.sync_interval", "`sync_interval` is for `backend = \"embedded\"`".into()));
         }
         if self.backend != StateBackend::JetstreamKv && (self.bucket.is_some() || self.url.is_some()) {
-            return Err(("state.bucket", "`bucket` and `url` are for `backend = \"jetstream-kv\"`".into()));
+            out.push(("state.bucket", "`bucket` and `url` are for `backend = \"jetstream-kv\"`".into()));
         }
         if self.max_key_bytes.as_u64() == 0 || self.max_value_bytes.as_u64() == 0 || self.max_writes == 0 {
-            return Err(("state", "max_key_bytes, max_value_bytes and max_writes must be greater than zero".into()));
+            out.push(("state", "max_key_bytes, max_value_bytes and max_writes must be greater than zero".into()));
         }
-        Ok(())
     }
 }
