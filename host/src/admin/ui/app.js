@@ -72,8 +72,8 @@ function headers(extra = {}) {
 }
 
 /** A request to this host's admin API; JSON answers are parsed. */
-async function api(method, path, { body, contentType, accept = "application/json" } = {}) {
-  const init = { method, headers: headers({ Accept: accept }), cache: "no-store", credentials: "omit" };
+async function api(method, path, { body, contentType, accept = "application/json", extra = {} } = {}) {
+  const init = { method, headers: headers({ Accept: accept, ...extra }), cache: "no-store", credentials: "omit" };
   if (body !== undefined) {
     init.body = body;
     if (contentType) init.headers["Content-Type"] = contentType;
@@ -511,6 +511,7 @@ async function chooseUpload(name, refs) {
     $("upload-file").textContent = file.name;
     $("upload-size").textContent = `${bytes.byteLength.toLocaleString()} bytes`;
     $("upload-sha").textContent = hex;
+    $("upload-signature").value = "";
     result(refs, "");
     $("upload-dialog").showModal();
     $("upload-cancel").focus();
@@ -531,10 +532,12 @@ function setupUpload() {
     pendingUpload = null;
     if (!upload) return;
     const { name, refs, bytes, hex } = upload;
+    const signature = $("upload-signature").value.trim();
+    const extra = signature ? { "Sluice-Signature": signature } : {};
     result(refs, `Uploading ${hex.slice(0, 12)}…`);
     try {
       const answer = await withToken(() =>
-        api("PUT", `/pipelines/${encodeURIComponent(name)}/plugin?sha256=${hex}`, { body: bytes, contentType: "application/wasm" }));
+        api("PUT", `/pipelines/${encodeURIComponent(name)}/plugin?sha256=${hex}`, { body: bytes, contentType: "application/wasm", extra }));
       if (answer === null) return result(refs, "Cancelled: no token.");
       result(refs, `Now serving ${answer.current.digest.slice(0, 12)} (gen ${answer.current.generation}).`, "ok");
       poll();
