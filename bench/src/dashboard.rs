@@ -38,7 +38,9 @@ pub fn run(out_dir: &Path) -> Result<()> {
     for name in ["nats", "kafka"] {
         let path = PathBuf::from("target/bench").join(format!("{name}.json"));
         match std::fs::read(&path) {
-            Ok(bytes) => ratios.extend(serde_json::from_slice::<Vec<Ratio>>(&bytes).with_context(|| format!("reading {}", path.display()))?),
+            Ok(bytes) => {
+                ratios.extend(serde_json::from_slice::<Vec<Ratio>>(&bytes).with_context(|| format!("reading {}", path.display()))?)
+            }
             Err(_) => eprintln!("no {} (run `sluice-bench {name}` first); left out", path.display()),
         }
     }

@@ -79,12 +79,7 @@ struct Seen {
 
 /// Counts outputs on `bench.out` until `n` came or none came for `stall`
 /// (`first_wait` for the first one).
-async fn count_outputs(
-    mut outputs: async_nats::Subscriber,
-    n: u64,
-    first_wait: Duration,
-    progress: Arc<Progress>,
-) -> Seen {
+async fn count_outputs(mut outputs: async_nats::Subscriber, n: u64, first_wait: Duration, progress: Arc<Progress>) -> Seen {
     let mut seen = Seen { count: 0, first: None, last: None };
     while seen.count < n {
         let wait = if seen.first.is_some() { STALL } else { first_wait };
@@ -267,9 +262,5 @@ pub async fn latency(
     ack_waiter.await??;
 
     let (count, histogram) = recorder.await??;
-    Ok(Latency {
-        p50_us: histogram.value_at_quantile(0.50),
-        p99_us: histogram.value_at_quantile(0.99),
-        lost: total - count,
-    })
+    Ok(Latency { p50_us: histogram.value_at_quantile(0.50), p99_us: histogram.value_at_quantile(0.99), lost: total - count })
 }

@@ -206,8 +206,7 @@ impl Bench {
                     (Some(before), Some(after)) => Some((after - before) * 100_000.0 / self.events as f64),
                     _ => None,
                 };
-                let latency =
-                    load::latency(&producer, &receiver, Publish::Core, self.rate, WARMUP, self.latency).await?;
+                let latency = load::latency(&producer, &receiver, Publish::Core, self.rate, WARMUP, self.latency).await?;
                 processor.stop().await?;
                 Ok(Sample { throughput, latency, cpu_per_100k })
             }
@@ -225,8 +224,7 @@ impl Bench {
                 self.fresh_streams(&producer).await?;
                 let mut processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
                 processor.wait_ready(mode, kind, &self.server, &producer).await?;
-                let latency =
-                    load::latency(&producer, &receiver, Publish::Jetstream, self.rate, WARMUP, self.latency).await?;
+                let latency = load::latency(&producer, &receiver, Publish::Jetstream, self.rate, WARMUP, self.latency).await?;
                 processor.stop().await?;
                 Ok(Sample { throughput, latency, cpu_per_100k: None })
             }

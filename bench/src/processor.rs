@@ -62,9 +62,7 @@ impl SluiceSetup {
     /// plugin; fails with how to build whichever is missing.
     pub fn find() -> Result<Self> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
-        let bin = std::env::var_os("SLUICE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target/release/sluice"));
+        let bin = std::env::var_os("SLUICE_BIN").map(PathBuf::from).unwrap_or_else(|| root.join("target/release/sluice"));
         if !bin.is_file() {
             bail!("no sluice binary at {}: run `cargo build --release -p sluice` (or set SLUICE_BIN)", bin.display());
         }

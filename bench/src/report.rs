@@ -97,7 +97,10 @@ pub fn render(setup: &Setup, rows: &[Row]) -> String {
         machine::date(),
         setup.runs,
     );
-    let _ = writeln!(out, "| mode | processor | throughput (events/s) | ratio to native | CPU s / 100k events | native/sluice CPU | p50 µs | p99 µs | lost |");
+    let _ = writeln!(
+        out,
+        "| mode | processor | throughput (events/s) | ratio to native | CPU s / 100k events | native/sluice CPU | p50 µs | p99 µs | lost |"
+    );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let native = rows.iter().find(|r| r.mode == row.mode && r.kind == Kind::Native).map(Row::throughput);
@@ -164,10 +167,7 @@ pub mod machine {
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|info| {
-                info.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, model)| model.trim().to_owned())
+                info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, model)| model.trim().to_owned())
             })
             .unwrap_or_else(|| "unknown CPU".into())
     }

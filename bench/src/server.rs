@@ -84,14 +84,11 @@ impl NatsServer {
     /// Whether some connection subscribes to exactly `subject`: how we know a
     /// core NATS processor is ready (a publish before that is simply lost).
     pub fn has_subscriber(&self, subject: &str) -> Result<bool> {
-        let connz: serde_json::Value =
-            serde_json::from_str(&self.monitor_get("/connz?subs=1")?).context("parsing /connz")?;
+        let connz: serde_json::Value = serde_json::from_str(&self.monitor_get("/connz?subs=1")?).context("parsing /connz")?;
         let connections = connz["connections"].as_array().cloned().unwrap_or_default();
-        Ok(connections.iter().any(|c| {
-            c["subscriptions_list"]
-                .as_array()
-                .is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some(subject)))
-        }))
+        Ok(connections
+            .iter()
+            .any(|c| c["subscriptions_list"].as_array().is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some(subject)))))
     }
 
     /// Deletes stream `name` (and so its consumers) if it exists and creates

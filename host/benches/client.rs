@@ -36,7 +36,11 @@ impl Drop for Server {
 
 /// Debian installs it outside a normal user's PATH.
 fn nats_server() -> &'static str {
-    if std::path::Path::new("/usr/sbin/nats-server").is_file() { "/usr/sbin/nats-server" } else { "nats-server" }
+    if std::path::Path::new("/usr/sbin/nats-server").is_file() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -55,7 +59,13 @@ fn main() -> anyhow::Result<()> {
     let plugin = root.join("plugins/target/wasm32-wasip2/release/ask.wasm");
     anyhow::ensure!(plugin.is_file(), "{} is missing: run scripts/build-plugins.sh", plugin.display());
     let port = free_port()?;
-    let _server = Server(Command::new(nats_server()).args(["-a", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let _server = Server(
+        Command::new(nats_server())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let url = format!("nats://127.0.0.1:{port}");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
@@ -152,7 +162,10 @@ subject = "bench.echo"
             if i >= WARMUP {
                 samples.push(started.elapsed());
             }
-            anyhow::ensure!(matches!(results.first(), Some(Ok(outputs)) if outputs.first().is_some_and(|o| o.payload == PAYLOAD)), "the echo came back");
+            anyhow::ensure!(
+                matches!(results.first(), Some(Ok(outputs)) if outputs.first().is_some_and(|o| o.payload == PAYLOAD)),
+                "the echo came back"
+            );
         }
         percentiles("plugin client.request", samples);
         anyhow::Ok(())

@@ -45,9 +45,9 @@ fn pipeline_param(label: &str, lanes: usize) -> String {
 }
 
 fn plugin_path() -> PathBuf {
-    let dir = std::env::var_os("SLUICE_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release")
-    });
+    let dir = std::env::var_os("SLUICE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release"));
     dir.join("passthrough.wasm")
 }
 
@@ -107,9 +107,7 @@ fn bench_calls(c: &mut Criterion, plugin: &LoadedPlugin) {
             let events: Vec<Event> = (0..batch).map(|i| event(i, size)).collect();
             group.throughput(Throughput::Elements(batch as u64));
             let id = format!("{label}/batch{batch}");
-            group.bench_function(BenchmarkId::new("native", &id), |b| {
-                b.iter(|| std::hint::black_box(native_passthrough(&events)))
-            });
+            group.bench_function(BenchmarkId::new("native", &id), |b| b.iter(|| std::hint::black_box(native_passthrough(&events))));
             let mut instance = match rt.block_on(plugin.instantiate()) {
                 Ok(i) => i,
                 Err(e) => {
@@ -140,7 +138,12 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize, lanes: usize) -> D
         concurrency: lanes,
         ordering: sluice::config::Ordering::Key,
         batch_bytes: 32 << 20,
-        ..Dispatcher::new("bench", Arc::new(sluice::dispatch::PluginSlot::new(factory)), Router::new(Arc::new(NullSink), HashMap::new()), Arc::new(NullSink))
+        ..Dispatcher::new(
+            "bench",
+            Arc::new(sluice::dispatch::PluginSlot::new(factory)),
+            Router::new(Arc::new(NullSink), HashMap::new()),
+            Arc::new(NullSink),
+        )
     }
 }
 

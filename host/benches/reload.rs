@@ -104,9 +104,9 @@ fn bench() -> BenchResult<()> {
 // ---------------------------------------------------------------- setup --
 
 fn plugin_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SLUICE_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release")
-    });
+    let dir = std::env::var_os("SLUICE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release"));
     dir.join(format!("{name}.wasm"))
 }
 
@@ -319,10 +319,7 @@ fn check(run: &Run) -> BenchResult<()> {
         );
     }
     let last_window = run.swaps.last().map(|s| s.at + SWAP_EVERY / 2 + WINDOW);
-    ensure!(
-        run.stamps.last().map(|s| s.at) > last_window,
-        "the run ended before the last window did"
-    );
+    ensure!(run.stamps.last().map(|s| s.at) > last_window, "the run ended before the last window did");
     Ok(())
 }
 
@@ -500,11 +497,7 @@ fn parts(run: &Run, probe: &Probe) -> BenchResult<Parts> {
     for (n, swap) in run.swaps.iter().enumerate() {
         let until = run.swaps.get(n + 1).map_or(swap.at + SWAP_EVERY, |s| s.at);
         let first = |spans: &[Span], what: &str| {
-            spans
-                .iter()
-                .find(|s| s.start >= swap.at && s.start < until)
-                .copied()
-                .with_context(|| format!("no {what} after swap {n}"))
+            spans.iter().find(|s| s.start >= swap.at && s.start < until).copied().with_context(|| format!("no {what} after swap {n}"))
         };
         let dropped = first(&drops, "drop")?;
         parts.boundary.push(dropped.start - swap.at);
@@ -576,11 +569,7 @@ fn report(plain: &Run, pauses: &Pauses, instrumented: &Run, parts: &Parts) -> St
     let verdict = if swap.p99 < GOAL_P99 { "met" } else { "NOT met" };
     let _ = writeln!(out, "\nGoal p99 < {} ms: {verdict}.\n", GOAL_P99.as_millis());
 
-    let _ = writeln!(
-        out,
-        "### Where the pause goes (second run, versions wrapped in a stopwatch; {} swaps)\n",
-        instrumented.swaps.len()
-    );
+    let _ = writeln!(out, "### Where the pause goes (second run, versions wrapped in a stopwatch; {} swaps)\n", instrumented.swaps.len());
     let _ = writeln!(out, "| per swap (ms) | p50 | p99 | max |\n|---|---|---|---|");
     row(&mut out, "swap pause (this run)", summary(&parts.pause));
     row(&mut out, "swap → lane's next batch", summary(&parts.boundary));

@@ -38,9 +38,8 @@ const BATCH: usize = 256;
 
 /// An order with `items` line items: 0 items is ~100 bytes, 120 ~10 KiB.
 fn order(items: usize) -> Vec<u8> {
-    let lines: Vec<_> = (0..items)
-        .map(|i| json!({"sku": format!("SKU-{i:06}"), "qty": i % 7 + 1, "price": 9.99, "note": "gift"}))
-        .collect();
+    let lines: Vec<_> =
+        (0..items).map(|i| json!({"sku": format!("SKU-{i:06}"), "qty": i % 7 + 1, "price": 9.99, "note": "gift"})).collect();
     let mut order = json!({"id": "o-000123", "customer": "c-42", "total": 1234.5, "currency": "EUR"});
     if items > 0 {
         order["items"] = json!(lines);
@@ -115,7 +114,12 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, schemas: Arc<Gate>) -> Dispatche
         batch_bytes: 32 << 20,
         version_header: false,
         schemas,
-        ..Dispatcher::new("bench", Arc::new(sluice::dispatch::PluginSlot::new(factory)), Router::new(Arc::new(NullSink), HashMap::new()), Arc::new(NullSink))
+        ..Dispatcher::new(
+            "bench",
+            Arc::new(sluice::dispatch::PluginSlot::new(factory)),
+            Router::new(Arc::new(NullSink), HashMap::new()),
+            Arc::new(NullSink),
+        )
     }
 }
 

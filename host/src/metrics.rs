@@ -59,10 +59,8 @@ impl Collector for PluginRecorded {
             .iter()
             .map(|h| (h.name.clone(), h.versions.status().map(|s| s.name).unwrap_or_default(), h.versions.metrics()))
             .collect();
-        let sources: Vec<crate::runtime::metrics::Source<'_>> = rows
-            .iter()
-            .map(|(pipeline, plugin, metrics)| crate::runtime::metrics::Source { pipeline, plugin, metrics })
-            .collect();
+        let sources: Vec<crate::runtime::metrics::Source<'_>> =
+            rows.iter().map(|(pipeline, plugin, metrics)| crate::runtime::metrics::Source { pipeline, plugin, metrics }).collect();
         crate::runtime::metrics::encode(&mut encoder, &sources)
     }
 }
@@ -118,7 +116,11 @@ impl Collector for Admin {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 2] = [
             ("sluice_admin_auth_failures", "Admin API requests refused for a missing or wrong bearer token.", &self.0.auth_failures),
-            ("sluice_admin_connections_refused", "Admin API connections closed at once because `admin.max_connections` were open.", &self.0.connections_refused),
+            (
+                "sluice_admin_connections_refused",
+                "Admin API connections closed at once because `admin.max_connections` were open.",
+                &self.0.connections_refused,
+            ),
         ];
         for (name, help, value) in counters {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -181,7 +183,9 @@ const COUNTERS: [(&str, &str, Counts); 19] = [
     ("sluice_plugin_reload_rejections", "New plugin versions refused (the current one kept serving).", |r| r.rejections),
     ("sluice_events_invalid", "Events dead-lettered for failing their JSON Schema (reason invalid).", |r| r.counts.invalid_inputs),
     ("sluice_outputs_invalid", "Plugin outputs that failed their JSON Schema (their event is rejected).", |r| r.counts.invalid_outputs),
-    ("sluice_events_unsupported", "Events dead-lettered because the plugin does not accept their type or version.", |r| r.counts.unsupported),
+    ("sluice_events_unsupported", "Events dead-lettered because the plugin does not accept their type or version.", |r| {
+        r.counts.unsupported
+    }),
 ];
 
 /// Plugin state counters (pipelines with `[state]`).
@@ -237,7 +241,11 @@ impl Collector for Pipelines {
 
         let info = ConstGauge::new(1i64);
         let version = [("version", env!("CARGO_PKG_VERSION"))];
-        info.encode(encoder.encode_descriptor("sluice_build_info", "The running sluice version.", None, MetricType::Gauge)?.encode_family(&version)?)?;
+        info.encode(
+            encoder
+                .encode_descriptor("sluice_build_info", "The running sluice version.", None, MetricType::Gauge)?
+                .encode_family(&version)?,
+        )?;
 
         for (name, help, value) in COUNTERS {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -338,8 +346,7 @@ fn encode_http(encoder: &mut DescriptorEncoder, rows: &[Row]) -> Result<(), std:
     use crate::runtime::http::metrics::{of_pipeline, HostMetrics};
     type Hosts = Vec<(String, Arc<HostMetrics>)>;
     type Values = fn(&HostMetrics) -> Vec<(&'static str, u64)>;
-    let pipelines: Vec<(&Row, Hosts)> =
-        rows.iter().filter_map(|row| of_pipeline(&row.handle.name).map(|m| (row, m.snapshot()))).collect();
+    let pipelines: Vec<(&Row, Hosts)> = rows.iter().filter_map(|row| of_pipeline(&row.handle.name).map(|m| (row, m.snapshot()))).collect();
     let labels = |row: &Row, host: &str| [row.labels[0].clone(), row.labels[1].clone(), ("host", host.to_owned())];
     let counters: [(&str, &str, &str, Values); 2] = [
         ("sluice_http_requests", "Plugin HTTP requests by destination and outcome: the status class (2xx...) or failed (no response).", "outcome", |m| m.requests().collect()),

@@ -154,12 +154,8 @@ pub fn check_server(server: &NatsServer) -> Result<(), (&'static str, String)> {
         (None, Some(_)) => return Err(("tls_cert", "missing: `tls_key` needs the certificate it belongs to".into())),
         _ => {}
     }
-    let files = [
-        ("credentials", &server.credentials),
-        ("tls_ca", &server.tls_ca),
-        ("tls_cert", &server.tls_cert),
-        ("tls_key", &server.tls_key),
-    ];
+    let files =
+        [("credentials", &server.credentials), ("tls_ca", &server.tls_ca), ("tls_cert", &server.tls_cert), ("tls_key", &server.tls_key)];
     for (key, path) in files {
         if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
             return Err((key, format!("{} is not a file", path.display())));
@@ -190,7 +186,10 @@ pub async fn options(server: &NatsServer) -> Result<(Vec<String>, ConnectOptions
                 async_nats::Event::Connected => tracing::info!("NATS connection (re)established"),
                 async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
                 async_nats::Event::SlowConsumer(sid) => {
-                    tracing::warn!(subscription = sid, "NATS slow consumer: the server dropped messages for a subscription that fell behind")
+                    tracing::warn!(
+                        subscription = sid,
+                        "NATS slow consumer: the server dropped messages for a subscription that fell behind"
+                    )
                 }
                 other => tracing::debug!("NATS: {other}"),
             }
@@ -378,10 +377,7 @@ pub fn nats_headers(headers: &[Header], key: Option<&[u8]>) -> Result<HeaderMap,
         map.append(name, value);
     }
     if let Some(key) = key {
-        let value: HeaderValue = std::str::from_utf8(key)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .ok_or(Unpublishable::Key)?;
+        let value: HeaderValue = std::str::from_utf8(key).ok().and_then(|v| v.parse().ok()).ok_or(Unpublishable::Key)?;
         map.insert(KEY_HEADER, value);
     }
     Ok(map)
@@ -391,9 +387,7 @@ pub fn nats_headers(headers: &[Header], key: Option<&[u8]>) -> Result<HeaderMap,
 /// whitespace, no wildcards.
 pub fn publishable_subject(subject: &str) -> Result<(), Unpublishable> {
     let valid = !subject.is_empty()
-        && subject
-            .split('.')
-            .all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace));
+        && subject.split('.').all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace));
     if valid {
         Ok(())
     } else {
@@ -423,9 +417,7 @@ pub fn valid_name(name: &str) -> bool {
 /// messages of one subject in order while subjects run in parallel.
 pub fn subject_partition(subject: &str) -> u32 {
     // FNV-1a: stable across processes and releases, unlike `DefaultHasher`.
-    subject
-        .bytes()
-        .fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
+    subject.bytes().fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
 }
 
 #[cfg(test)]
@@ -466,7 +458,8 @@ mod tests {
         assert_eq!(with(NatsServer { user: secret("u"), password: secret("p"), ..base() }), None);
         let both = with(NatsServer { url: "nats://u:p@h".into(), nkey: secret("SUx"), ..base() }).unwrap_or_default();
         assert_eq!(both, "url: a login in `url` and `nkey` are set together; a connection logs in one way, keep one");
-        let public = with(NatsServer { nkey: secret("UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"), ..base() }).unwrap_or_default();
+        let public =
+            with(NatsServer { nkey: secret("UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"), ..base() }).unwrap_or_default();
         assert!(public.starts_with("nkey: not an NKey user seed") && !public.contains("UDXU"), "{public}");
         let seed = nkeys::KeyPair::new_user().seed().unwrap_or_default();
         assert_eq!(with(NatsServer { nkey: secret(&seed), ..base() }), None);

@@ -10,12 +10,11 @@ use crate::config::{Ordering, PipelineConfig, SinkConfig, SourceConfig};
 use crate::dispatch::breaker::Breaker;
 use crate::dispatch::idempotency::Guard;
 use crate::dispatch::trace::Tracing;
-use crate::telemetry::Telemetry;
 use crate::dispatch::{Dispatcher, PluginSlot, RetryPolicy, Router, Stats};
+use crate::kafka::transaction::Transaction;
 use crate::nats::Connections;
 use crate::reload::PluginVersions;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
-use crate::kafka::transaction::Transaction;
 use crate::sink::kafka::{KafkaSink, Producers};
 use crate::sink::lines::LineSink;
 use crate::sink::nats::{JetStreamSink, NatsSink};
@@ -25,6 +24,7 @@ use crate::source::kafka::{KafkaSettings, KafkaSource};
 use crate::source::lines::LineSource;
 use crate::source::nats::NatsSource;
 use crate::source::{Source, SourceError};
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -122,7 +122,12 @@ pub async fn build(
     let (slot, plugin) = match versions {
         Some(versions) => {
             let plugin = versions.current();
-            tracing::info!(pipeline = name, plugin = plugin.name(), digest = &plugin.digest()[..12], "restarting with the current plugin version");
+            tracing::info!(
+                pipeline = name,
+                plugin = plugin.name(),
+                digest = &plugin.digest()[..12],
+                "restarting with the current plugin version"
+            );
             (versions.slot(), plugin)
         }
         None => {
@@ -166,19 +171,18 @@ pub async fn build(
         None => return Err(BuildError::NoDeadLetter),
     };
     let stats = Arc::new(Stats::default());
-    let clients = crate::client::Clients::open(name, config, &sinks.connections, &sinks.producers, stats.clients.clone())
-        .await?;
+    let clients = crate::client::Clients::open(name, config, &sinks.connections, &sinks.producers, stats.clients.clone()).await?;
     // Before the source: a Kafka changelog restores on the source's first
     // assignment.
     let state = match &config.state {
-        Some(state) => Some(
-            crate::state::open_for_pipeline(name, state, &config.source, &sinks.connections, transaction.as_ref())
-                .await?,
-        ),
+        Some(state) => Some(crate::state::open_for_pipeline(name, state, &config.source, &sinks.connections, transaction.as_ref()).await?),
         None => None,
     };
     let partition_state = state.as_ref().and_then(|s| s.partition_state.clone());
-    let positioned = state.as_ref().filter(|_| config.state.as_ref().is_some_and(|s| s.backend == crate::config::StateBackend::Embedded)).map(|s| &s.store);
+    let positioned = state
+        .as_ref()
+        .filter(|_| config.state.as_ref().is_some_and(|s| s.backend == crate::config::StateBackend::Embedded))
+        .map(|s| &s.store);
     let source = open_source(config, &sinks.connections, transaction, stats.gauges.source_lag.clone(), positioned, partition_state).await?;
     let policy = &config.policy;
     let max_attempts = match source.max_deliveries() {
@@ -190,12 +194,11 @@ pub async fn build(
         pipeline: name.to_owned(),
         plugin: slot,
         paused,
-        router: Router::new(default, routes).with_replies(source.reply_sink()).with_codec(config.codec, matches!(config.source, SourceConfig::Kafka { .. })),
+        router: Router::new(default, routes)
+            .with_replies(source.reply_sink())
+            .with_codec(config.codec, matches!(config.source, SourceConfig::Kafka { .. })),
         dead_letter,
-        retry: RetryPolicy {
-            max_attempts,
-            backoff: policy.backoff.clone(),
-        },
+        retry: RetryPolicy { max_attempts, backoff: policy.backoff.clone() },
         concurrency: policy.concurrency,
         ordering: policy.ordering,
         batch_size: policy.batch_size,
@@ -220,7 +223,19 @@ pub async fn build(
 
 /// The transaction of an exactly-once Kafka pipeline.
 async fn open_transaction(name: &str, config: &PipelineConfig) -> Result<Option<Arc<Transaction>>, BuildError> {
-    let SourceConfig::Kafka { brokers, group, exactly_once: true, transactional_id, tls, sasl, options, producer_options, commit_interval, .. } = &config.source else {
+    let SourceConfig::Kafka {
+        brokers,
+        group,
+        exactly_once: true,
+        transactional_id,
+        tls,
+        sasl,
+        options,
+        producer_options,
+        commit_interval,
+        ..
+    } = &config.source
+    else {
         return Ok(None);
     };
     let id = transactional_id.clone().unwrap_or_else(|| format!("sluice-{group}-{name}-{}", crate::kafka::instance::instance_id()));
@@ -245,24 +260,19 @@ async fn open_source(
 ) -> Result<Box<dyn Source>, SourceError> {
     let config = &pipeline.source;
     let connect = || async {
-        let server = config.nats_server().ok_or_else(|| SourceError::Broker { what: "source".into(), message: "not a NATS source".into() })?;
-        connections
-            .get(&server)
-            .await
-            .map_err(|e| SourceError::Broker { what: format!("source {}", e.url), message: e.message })
+        let server =
+            config.nats_server().ok_or_else(|| SourceError::Broker { what: "source".into(), message: "not a NATS source".into() })?;
+        connections.get(&server).await.map_err(|e| SourceError::Broker { what: format!("source {}", e.url), message: e.message })
     };
     Ok(match config {
-        SourceConfig::File {
-            path,
-            format,
-            follow,
-            checkpoint,
-            name,
-        } => match state {
+        SourceConfig::File { path, format, follow, checkpoint, name } => match state {
             // The position is committed with the state (config validation
             // refuses a `checkpoint` file beside it).
             Some(store) => {
-                let done = store.position(name).await.map_err(|e| SourceError::Broker { what: format!("source {name}"), message: format!("cannot read its position from the state database: {e}") })?;
+                let done = store.position(name).await.map_err(|e| SourceError::Broker {
+                    what: format!("source {name}"),
+                    message: format!("cannot read its position from the state database: {e}"),
+                })?;
                 let source = LineSource::file_after(name.clone(), path.clone(), *format, *follow, done.unwrap_or(0)).await?;
                 let ledger = source.ledger();
                 store.track_position(name.clone(), Arc::new(move || ledger.lock().map(|l| l.lines_done()).unwrap_or(0)));
@@ -274,16 +284,7 @@ async fn open_source(
         SourceConfig::Nats { subject, queue_group, .. } => {
             Box::new(NatsSource::subscribe(connect().await?, subject, queue_group.as_deref()).await?)
         }
-        SourceConfig::Jetstream {
-            stream,
-            subjects,
-            consumer,
-            filter_subjects,
-            deliver,
-            ack_wait,
-            max_ack_pending,
-            ..
-        } => {
+        SourceConfig::Jetstream { stream, subjects, consumer, filter_subjects, deliver, ack_wait, max_ack_pending, .. } => {
             let settings = JetStreamSettings {
                 stream: stream.clone(),
                 subjects: subjects.clone(),

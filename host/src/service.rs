@@ -122,7 +122,9 @@ fn send(states: &[NotifyState]) {
     let message: String = states.iter().map(|state| format!("{state}\n")).collect();
     match notifier.try_send(message) {
         Ok(()) => {}
-        Err(TrySendError::Full(message)) => tracing::warn!("the service manager is not reading its notifications; dropped {:?}", message.trim_end()),
+        Err(TrySendError::Full(message)) => {
+            tracing::warn!("the service manager is not reading its notifications; dropped {:?}", message.trim_end())
+        }
         Err(TrySendError::Disconnected(_)) => {}
     }
 }

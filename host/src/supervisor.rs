@@ -56,12 +56,7 @@ async fn write_address(path: &std::path::Path, bound: std::net::SocketAddr) -> s
 pub fn runtime_options(config: &Config) -> RuntimeOptions {
     RuntimeOptions {
         allocator: config.runtime.allocator,
-        max_memory: config
-            .pipelines
-            .values()
-            .map(|p| p.policy.memory.as_u64())
-            .max()
-            .unwrap_or(0),
+        max_memory: config.pipelines.values().map(|p| p.policy.memory.as_u64()).max().unwrap_or(0),
         cache_dir: config.runtime.cache_dir.clone(),
         trusted_keys: config.plugins.trusted_keys.clone(),
     }
@@ -304,7 +299,11 @@ impl Supervisor {
                 return;
             }
         };
-        if new.runtime != self.config.runtime || new.admin != self.config.admin || new.tracing != self.config.tracing || new.plugins != self.config.plugins {
+        if new.runtime != self.config.runtime
+            || new.admin != self.config.admin
+            || new.tracing != self.config.tracing
+            || new.plugins != self.config.plugins
+        {
             tracing::warn!("config reload: `[runtime]`, `[admin]`, `[tracing]` and `[plugins]` changes take effect at the next restart");
         }
         let (mut added, mut removed, mut restarted, mut swapped) = (0, 0, 0, 0);
@@ -476,7 +475,8 @@ async fn run_pipeline(
         }
     };
     let dispatcher = built.dispatcher;
-    let versions = versions.unwrap_or_else(|| Arc::new(PluginVersions::new(name, runtime.clone(), dispatcher.plugin.clone(), built.plugin)));
+    let versions =
+        versions.unwrap_or_else(|| Arc::new(PluginVersions::new(name, runtime.clone(), dispatcher.plugin.clone(), built.plugin)));
     let handle = Arc::new(PipelineHandle {
         name: name.to_owned(),
         source: built.source.describe(),
@@ -529,11 +529,9 @@ async fn run_pipeline(
 /// their own and have no connection state to probe; their trouble shows in
 /// the logs and in `sluice_source_lag`.
 async fn connection_probes(config: &PipelineConfig, sinks: &SinkSet) -> Vec<Probe> {
-    let servers = config
-        .source
-        .nats_server()
-        .into_iter()
-        .chain(std::iter::once(&config.sink).chain(config.routes.values()).chain(config.dead_letter.iter()).filter_map(|s| s.nats_server()));
+    let servers = config.source.nats_server().into_iter().chain(
+        std::iter::once(&config.sink).chain(config.routes.values()).chain(config.dead_letter.iter()).filter_map(|s| s.nats_server()),
+    );
     let mut unique = Vec::new();
     for server in servers {
         if !unique.contains(&server) {

@@ -296,7 +296,10 @@ mod tests {
             source: "s".into(),
             key: None,
             payload: payload.to_vec(),
-            headers: vec![Header { key: "Authorization".into(), value: b"Bearer hunter2".to_vec() }, Header { key: "k".into(), value: b"v".to_vec() }],
+            headers: vec![
+                Header { key: "Authorization".into(), value: b"Bearer hunter2".to_vec() },
+                Header { key: "k".into(), value: b"v".to_vec() },
+            ],
             timestamp_ms: 0,
             attempt: 1,
             reply_to: None,

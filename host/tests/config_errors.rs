@@ -45,10 +45,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const ENV_DIRECTIVE: &str = "# test-env:";
 
 fn folder(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("config")
-        .join(kind)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("config").join(kind)
 }
 
 /// The files of `dir` whose extension is `ext`, sorted.
@@ -81,11 +78,7 @@ fn declared_env(text: &str) -> Result<Vec<(String, String)>, String> {
 fn parse_hermetic(path: &Path) -> Result<Result<Config, sluice::config::ConfigError>, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path)?;
     let env = declared_env(&text)?;
-    let lookup = |name: &str| {
-        env.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     Ok(sluice::config::parse(&text, path, lookup))
 }
 
@@ -137,10 +130,7 @@ fn invalid_configs_fail_with_the_recorded_message() -> TestResult {
         };
         let expected = expected.strip_suffix('\n').unwrap_or(&expected);
         if expected != actual {
-            mismatches.push(format!(
-                "{}\n--- expected\n{expected}\n--- actual\n{actual}",
-                err_file.display()
-            ));
+            mismatches.push(format!("{}\n--- expected\n{expected}\n--- actual\n{actual}", err_file.display()));
         }
     }
     assert!(
@@ -156,10 +146,7 @@ fn invalid_configs_fail_with_the_recorded_message() -> TestResult {
 fn every_invalid_config_has_an_err_file_and_vice_versa() -> TestResult {
     let dir = folder("invalid");
     let stems = |ext| -> Result<BTreeSet<String>, Box<dyn std::error::Error>> {
-        Ok(files(&dir, ext)?
-            .iter()
-            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-            .collect())
+        Ok(files(&dir, ext)?.iter().filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned())).collect())
     };
     let (tomls, errs) = (stems("toml")?, stems("err")?);
     let no_err: Vec<_> = tomls.difference(&errs).collect();
@@ -245,7 +232,9 @@ fn valid_configs_load_with_everything_set() -> TestResult {
         }
         other => return Err(format!("unexpected sink {other:?}").into()),
     }
-    assert!(matches!(p.routes.get("audit"), Some(SinkConfig::File { path, format: RecordFormat::Payload, fsync: false }) if path == &dir.join("out/audit.log")));
+    assert!(
+        matches!(p.routes.get("audit"), Some(SinkConfig::File { path, format: RecordFormat::Payload, fsync: false }) if path == &dir.join("out/audit.log"))
+    );
     assert!(matches!(p.routes.get("console"), Some(SinkConfig::Stdout { format: RecordFormat::Payload })));
     assert!(matches!(&p.dead_letter, Some(SinkConfig::File { path, .. }) if path == &dir.join("out/dead-letter.jsonl")));
 
@@ -292,7 +281,10 @@ fn valid_configs_load_with_everything_set() -> TestResult {
     assert_eq!((correlation.header.as_str(), correlation.generate), ("x-request-id", false));
     assert_eq!(stdin.correlation, None, "no correlation ids by default");
     let tracing = config.tracing.as_ref().ok_or("no [tracing]")?;
-    assert_eq!((tracing.otlp_endpoint.as_str(), tracing.protocol, tracing.service_name.as_str()), ("http://127.0.0.1:4318", OtlpProtocol::HttpJson, "orders"));
+    assert_eq!(
+        (tracing.otlp_endpoint.as_str(), tracing.protocol, tracing.service_name.as_str()),
+        ("http://127.0.0.1:4318", OtlpProtocol::HttpJson, "orders")
+    );
     assert_eq!(tracing.sample_ratio, 0.25);
     Ok(())
 }
@@ -303,8 +295,14 @@ fn valid_configs_load_with_env_interpolation() -> TestResult {
     // `# test-env: SLUICE_TEST_TOKEN=s3cret`; nothing else is set.
     let (config, dir) = load_valid("env.toml")?;
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
-    assert!(matches!(&p.sink, SinkConfig::File { path, .. } if path == Path::new("/var/spool/sluice/orders.jsonl")), "a set variable, absolute path kept");
-    assert!(matches!(&p.dead_letter, Some(SinkConfig::File { path, .. }) if path == &dir.join("dead-letter/orders.jsonl")), "the default of an unset variable, then resolved");
+    assert!(
+        matches!(&p.sink, SinkConfig::File { path, .. } if path == Path::new("/var/spool/sluice/orders.jsonl")),
+        "a set variable, absolute path kept"
+    );
+    assert!(
+        matches!(&p.dead_letter, Some(SinkConfig::File { path, .. }) if path == &dir.join("dead-letter/orders.jsonl")),
+        "the default of an unset variable, then resolved"
+    );
     let flat = p.plugin.init_config()?;
     let get = |key: &str| flat.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     assert_eq!(get("token"), Some("s3cret"));
@@ -322,25 +320,16 @@ fn the_documented_example_loads() -> TestResult {
     // valid. Every variable it references is set, to `value-of-NAME`.
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
     let text = std::fs::read_to_string(&docs)?;
-    let start = text
-        .find("```toml\n# sluice.toml: complete example")
-        .ok_or("no complete example in docs/configuration.md")?;
+    let start = text.find("```toml\n# sluice.toml: complete example").ok_or("no complete example in docs/configuration.md")?;
     let block = &text[start + "```toml\n".len()..];
     let block = &block[..block.find("```").ok_or("the example block is not closed")?];
-    let config = sluice::config::parse(block, &docs.with_file_name("sluice.toml"), |name| {
-        Some(format!("value-of-{name}"))
-    })?;
+    let config = sluice::config::parse(block, &docs.with_file_name("sluice.toml"), |name| Some(format!("value-of-{name}")))?;
     assert_eq!(config.pipelines.len(), 5);
     let kafka = config.pipelines.get("kafka-orders").ok_or("no pipeline `kafka-orders`")?;
     assert!(matches!(&kafka.source, sluice::config::SourceConfig::Kafka { exactly_once: true, .. }));
     let payments = config.pipelines.get("payments").ok_or("no pipeline `payments`")?;
     assert!(matches!(&payments.source, sluice::config::SourceConfig::Jetstream { stream, .. } if stream == "PAYMENTS"));
-    let flat = config
-        .pipelines
-        .get("orders")
-        .ok_or("no pipeline `orders`")?
-        .plugin
-        .init_config()?;
+    let flat = config.pipelines.get("orders").ok_or("no pipeline `orders`")?.plugin.init_config()?;
     let keys: Vec<&str> = flat.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["api_token", "max_items", "require", "set.env", "strict"], "as the example's comment says");
     Ok(())

@@ -34,8 +34,8 @@ fn headers() -> impl Strategy<Value = Vec<Header>> {
 }
 
 fn events() -> impl Strategy<Value = Vec<Event>> {
-    let event = (".{0,20}", prop::option::of(bytes(16)), bytes(2048), headers(), any::<u64>(), 1..5u32, prop::option::of(".{0,10}")).prop_map(
-        |(id, key, payload, headers, timestamp_ms, attempt, reply_to)| Event {
+    let event = (".{0,20}", prop::option::of(bytes(16)), bytes(2048), headers(), any::<u64>(), 1..5u32, prop::option::of(".{0,10}"))
+        .prop_map(|(id, key, payload, headers, timestamp_ms, attempt, reply_to)| Event {
             id,
             source: "prop".into(),
             key,
@@ -44,8 +44,7 @@ fn events() -> impl Strategy<Value = Vec<Event>> {
             timestamp_ms,
             attempt,
             reply_to,
-        },
-    );
+        });
     prop::collection::vec(event, 1..12)
 }
 
@@ -125,10 +124,8 @@ proptest! {
 /// Runs a plugin call to completion on a small runtime of this thread's
 /// (proptest cases are synchronous).
 fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
     Ok(runtime.block_on(future))
 }
 

@@ -166,7 +166,10 @@ async fn declared_event_versions_are_read_at_load_and_plugins_without_them_load_
 
     // A bad selector refuses the load, naming the export and the selector.
     let err = with("order-created").await.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("exports `sluice:plugin/manifest@0.2.0` but: `accepts` returned a bad list: \"order-created\" is not a selector"), "{err}");
+    assert!(
+        err.contains("exports `sluice:plugin/manifest@0.2.0` but: `accepts` returned a bad list: \"order-created\" is not a selector"),
+        "{err}"
+    );
 
     // Built for world `plugin` without the SDK: no manifest, every event.
     let plain = LoadedPlugin::load(&runtime, spec("plain", WasiGrants::default())).await?;
@@ -224,7 +227,12 @@ async fn sleeping_guests_hold_no_thread_and_time_out_at_their_deadline() -> Resu
         let chaos = chaos.clone();
         calls.spawn(async move {
             let mut instance = chaos.instantiate().await.map_err(|e| e.to_string())?;
-            instance.handle(&[event("sleep:600000")]).await.err().map(|e| e.to_string()).ok_or_else(|| "a ten-minute sleep cannot succeed".to_owned())
+            instance
+                .handle(&[event("sleep:600000")])
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .ok_or_else(|| "a ten-minute sleep cannot succeed".to_owned())
         });
     }
     let mut peak = before;

@@ -101,7 +101,11 @@ reset = "3s"
     host.terminate()?;
     let finished = host.wait(WITHIN)?;
     finished.ensure_success()?;
-    for line in ["circuit breaker open: the plugin failed 3 times", "circuit breaker open again: the probe failed", "circuit breaker closed: the probe succeeded"] {
+    for line in [
+        "circuit breaker open: the plugin failed 3 times",
+        "circuit breaker open again: the probe failed",
+        "circuit breaker closed: the probe succeeded",
+    ] {
         ensure!(finished.stderr.contains(line), "the log says {line:?}:\n{}", finished.stderr);
     }
     Ok(())
@@ -124,6 +128,9 @@ fn the_breaker_example_runs_as_documented() -> Result<()> {
     ensure!(finished.stderr.contains("circuit breaker closed: the probe succeeded"), "{}", finished.stderr);
     // The end-of-run summary names only the counters that moved.
     ensure!(finished.stderr.contains("pipeline finished") && !finished.stderr.contains("dead lettered"), "{}", finished.stderr);
-    ensure!(!scratch.path("target/breaker-example/dead-letter.jsonl").exists() || scratch.count_lines("target/breaker-example/dead-letter.jsonl") == 0);
+    ensure!(
+        !scratch.path("target/breaker-example/dead-letter.jsonl").exists()
+            || scratch.count_lines("target/breaker-example/dead-letter.jsonl") == 0
+    );
     Ok(())
 }

@@ -85,7 +85,11 @@ async fn run(scratch: &Scratch) -> Result<Finished> {
 /// Everything published to `subject` that `subscription` gets, sorted: a
 /// sentinel published now arrives after all of it (sluice has exited, so
 /// whatever it published reached the server first).
-async fn emitted_before_sentinel(client: &async_nats::Client, subject: &str, subscription: &mut async_nats::Subscriber) -> Result<Vec<String>> {
+async fn emitted_before_sentinel(
+    client: &async_nats::Client,
+    subject: &str,
+    subscription: &mut async_nats::Subscriber,
+) -> Result<Vec<String>> {
     client.publish(subject.to_owned(), "end".into()).await?;
     client.flush().await?;
     let mut emitted = Vec::new();
@@ -104,10 +108,7 @@ async fn emitted_before_sentinel(client: &async_nats::Client, subject: &str, sub
 /// The idempotency keys of the requests with `payload` the responder saw.
 fn keys_seen(seen: &Seen, payload: &str) -> Vec<String> {
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    seen.iter()
-        .filter(|(p, _)| p == payload)
-        .map(|(_, h)| h.get("Idempotency-Key").map(|v| v.to_string()).unwrap_or_default())
-        .collect()
+    seen.iter().filter(|(p, _)| p == payload).map(|(_, h)| h.get("Idempotency-Key").map(|v| v.to_string()).unwrap_or_default()).collect()
 }
 
 fn by_payload<'a>(records: &'a [Value], payload: &str) -> Result<&'a Value> {
@@ -251,13 +252,18 @@ async fn kafka_request_and_reply() -> Result<()> {
                     .headers()
                     .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).into_owned())))
             };
-            let (Some(id), Some(topic), Some(partition)) = (value("kafka_correlationId"), value("kafka_replyTopic"), value("kafka_replyPartition")) else {
+            let (Some(id), Some(topic), Some(partition)) =
+                (value("kafka_correlationId"), value("kafka_replyTopic"), value("kafka_replyPartition"))
+            else {
                 continue;
             };
             let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
             let mut headers = OwnedHeaders::new().insert(KafkaHeader { key: "kafka_correlationId", value: Some(id.as_bytes()) });
             let body = if payload.starts_with("fail") {
-                headers = headers.insert(KafkaHeader { key: "kafka_nest-err", value: Some(br#"{"status":"error","message":"no such sku"}"#.as_slice()) });
+                headers = headers.insert(KafkaHeader {
+                    key: "kafka_nest-err",
+                    value: Some(br#"{"status":"error","message":"no such sku"}"#.as_slice()),
+                });
                 String::new()
             } else {
                 format!("reserved:{payload}")
@@ -309,7 +315,8 @@ async fn a_nestjs_microservice_answers_the_plugin() -> Result<()> {
     let tables = format!(
         "{}{}",
         nats_client("inventory", &url, "reserve", "codec = \"nestjs\"\npattern = \"reserve\"").replace("subject = \"reserve\"\n", ""),
-        nats_client("audit", &url, "audit", "codec = \"nestjs\"\npattern = \"audit\"\nallow = [\"emit\"]").replace("subject = \"audit\"\n", "")
+        nats_client("audit", &url, "audit", "codec = \"nestjs\"\npattern = \"audit\"\nallow = [\"emit\"]")
+            .replace("subject = \"audit\"\n", "")
     );
     scratch.write("sluice.toml", ask_pipeline("request = \"inventory\"\nemit = \"audit\"", &tables))?;
     run(&scratch).await?.ensure_success()?;
@@ -347,11 +354,8 @@ async fn the_typescript_python_c_and_go_sdks_call_services_as_rust_does() -> Res
         ensure!(plugin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh` first", plugin.display());
         let scratch = Scratch::new()?;
         scratch.write_events("events.jsonl", &[event("sku-1"), event("fail-sku"), event("again:retry-once")])?;
-        let tables = format!(
-            "{}{}",
-            nats_client("inventory", &url, &subject, ""),
-            nats_client("audit", &url, &audit_subject, "allow = [\"emit\"]")
-        );
+        let tables =
+            format!("{}{}", nats_client("inventory", &url, &subject, ""), nats_client("audit", &url, &audit_subject, "allow = [\"emit\"]"));
         let config = ask_pipeline("request = \"inventory\"\nemit = \"audit\"", &tables)
             .replace(&toml_path(&common::plugin("ask")), &toml_path(&plugin));
         scratch.write("sluice.toml", config)?;

@@ -84,7 +84,13 @@ plugin = {{ path = {plugin} }}
 
     let (status, headers, page) = get(port, "/ui")?;
     ensure!(status == 200, "GET /ui answered {status}: {page}");
-    for (path, content_type, body) in [("/ui", "text/html", page.clone()), ("/ui/app.js", "text/javascript", String::new()), ("/ui/dead-letters.js", "text/javascript", String::new()), ("/ui/app.css", "text/css", String::new()), ("/ui/icon.svg", "image/svg+xml", String::new())] {
+    for (path, content_type, body) in [
+        ("/ui", "text/html", page.clone()),
+        ("/ui/app.js", "text/javascript", String::new()),
+        ("/ui/dead-letters.js", "text/javascript", String::new()),
+        ("/ui/app.css", "text/css", String::new()),
+        ("/ui/icon.svg", "image/svg+xml", String::new()),
+    ] {
         let (status, headers, served) = if body.is_empty() { get(port, path)? } else { (status, headers.clone(), body) };
         ensure!(status == 200, "GET {path} without a token answered {status}");
         let served_type = header(&headers, "content-type").unwrap_or_default();
@@ -98,7 +104,8 @@ plugin = {{ path = {plugin} }}
     let (status, _, _) = get(port, "/pipelines")?;
     ensure!(status == 401, "GET /pipelines without a token answered {status}");
     host.wait_until("the pipeline listed with the read token", WITHIN, || {
-        http_request(port, "GET", "/pipelines", Some("read-secret"), b"").is_ok_and(|(status, body)| status == 200 && body.contains("\"orders\""))
+        http_request(port, "GET", "/pipelines", Some("read-secret"), b"")
+            .is_ok_and(|(status, body)| status == 200 && body.contains("\"orders\""))
     })?;
 
     // Same origin only: the page loads its script and style from /ui/, the
@@ -109,7 +116,10 @@ plugin = {{ path = {plugin} }}
     let (_, _, style) = get(port, "/ui/app.css")?;
     ensure!(page.contains(r#"<script type="module" src="/ui/app.js"></script>"#) && page.contains(r#"href="/ui/app.css""#), "{page}");
     ensure!(!page.contains("style=") && page.matches("<script").count() == 1, "inline script or style in the page");
-    ensure!(addresses(&script).iter().any(|a| a == "/pipelines") && addresses(&page).iter().any(|a| a == "/ui/app.js"), "the scan finds addresses");
+    ensure!(
+        addresses(&script).iter().any(|a| a == "/pipelines") && addresses(&page).iter().any(|a| a == "/ui/app.js"),
+        "the scan finds addresses"
+    );
     for address in addresses(&page).into_iter().chain(addresses(&script)).chain(addresses(&dead_letters)) {
         let same_origin = address.starts_with('/') && !address.starts_with("//");
         // The SVG namespace is a name, not something fetched.
@@ -122,7 +132,9 @@ plugin = {{ path = {plugin} }}
     let module_imports = dead_letters.lines().any(|line| line.trim_start().starts_with("import")) || dead_letters.contains("import(");
     ensure!(!script.contains("import(") && !module_imports, "no other module is loaded");
     ensure!(!script.contains("new EventSource"), "the script taps with fetch (to send the token)");
-    for path in ["`/pipelines/${encodeURIComponent(name)}/dead-letters?${params}`", "`/pipelines/${encodeURIComponent(name)}/dead-letters/replay`"] {
+    for path in
+        ["`/pipelines/${encodeURIComponent(name)}/dead-letters?${params}`", "`/pipelines/${encodeURIComponent(name)}/dead-letters/replay`"]
+    {
         ensure!(dead_letters.contains(path), "the dead-letters module reads {path}");
     }
     for path in ["\"/pipelines\"", "`/pipelines/${encodeURIComponent(name)}/tap?${params}`", "\"/metrics\""] {

@@ -143,7 +143,8 @@ async fn scenario(dlq: Dlq) -> Result<()> {
     let (status, _) = http_request(port, "POST", "/pipelines/orders/dead-letters/replay", None, body.to_string().as_bytes())?;
     assert_eq!(status, 401);
 
-    let (status, text) = http_request(port, "POST", "/pipelines/orders/dead-letters/replay", Some(TOKEN), br#"{"ids":["x:y"],"dry_run":true}"#)?;
+    let (status, text) =
+        http_request(port, "POST", "/pipelines/orders/dead-letters/replay", Some(TOKEN), br#"{"ids":["x:y"],"dry_run":true}"#)?;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("is not a record id"), "{text}");
 

@@ -59,7 +59,8 @@ fn file_dead_letters_go_back_to_their_file_filtered_and_dry_run_first() -> Resul
     let dry = scratch.run(&["dlq", "replay", "--from", "file:dlq.jsonl", "--dry-run"])?;
     dry.ensure_success()?;
     assert!(
-        dry.stdout.contains("would replay events.jsonl:2 (pipeline orders, rejected at ") && dry.stdout.contains(": r1) to file:events.jsonl"),
+        dry.stdout.contains("would replay events.jsonl:2 (pipeline orders, rejected at ")
+            && dry.stdout.contains(": r1) to file:events.jsonl"),
         "{}",
         dry.stdout
     );
@@ -76,7 +77,10 @@ fn file_dead_letters_go_back_to_their_file_filtered_and_dry_run_first() -> Resul
         Ok(finished.stdout.lines().last().unwrap_or_default().to_owned())
     };
     assert_eq!(count(&["--reason", "rejected"])?, "would replay 2 of 3 records (1 filtered out, 0 not dead-letter records)");
-    assert_eq!(count(&["--reason", "rejected", "--reason", "retries-exhausted"])?, "would replay 3 of 3 records (0 filtered out, 0 not dead-letter records)");
+    assert_eq!(
+        count(&["--reason", "rejected", "--reason", "retries-exhausted"])?,
+        "would replay 3 of 3 records (0 filtered out, 0 not dead-letter records)"
+    );
     assert_eq!(count(&["--pipeline", "payments"])?, "would replay 0 of 3 records (3 filtered out, 0 not dead-letter records)");
     assert_eq!(count(&["--since", "1h"])?, "would replay 3 of 3 records (0 filtered out, 0 not dead-letter records)");
     assert_eq!(count(&["--until", "2000-01-01T00:00:00Z"])?, "would replay 0 of 3 records (3 filtered out, 0 not dead-letter records)");
@@ -95,7 +99,9 @@ fn file_dead_letters_go_back_to_their_file_filtered_and_dry_run_first() -> Resul
     assert_eq!(events[6], json!({ "payload": "reject:r2" }));
 
     // And one elsewhere, with --to.
-    scratch.run(&["dlq", "replay", "--from", "file:dlq.jsonl", "--reason", "retries-exhausted", "--to", "file:retry.jsonl"])?.ensure_success()?;
+    scratch
+        .run(&["dlq", "replay", "--from", "file:dlq.jsonl", "--reason", "retries-exhausted", "--to", "file:retry.jsonl"])?
+        .ensure_success()?;
     assert_eq!(scratch.read_jsonl("retry.jsonl")?, [json!({ "payload": "retry:9" })]);
 
     // The fixed pipeline (same source and checkpoint) handles only the
@@ -105,7 +111,10 @@ fn file_dead_letters_go_back_to_their_file_filtered_and_dry_run_first() -> Resul
     let fixed: Vec<&Value> = out.iter().skip(2).collect();
     assert_eq!(payloads(&out[..2]), ["a", "b"], "the broken run's outputs");
     assert_eq!(fixed.len(), 2, "{out:?}");
-    assert_eq!((fixed[0]["key"].as_str(), fixed[0]["payload"].as_str(), header(fixed[0], "trace")), (Some("k1"), Some("reject:r1"), Some("t-1")));
+    assert_eq!(
+        (fixed[0]["key"].as_str(), fixed[0]["payload"].as_str(), header(fixed[0], "trace")),
+        (Some("k1"), Some("reject:r1"), Some("t-1"))
+    );
     assert_eq!(fixed[1]["payload"], "reject:r2");
     Ok(())
 }

@@ -59,10 +59,7 @@ fn quickstart_prints_the_expected_output() -> Result<()> {
             scratch.write(&format!("examples/quickstart/{name}"), std::fs::read(entry.path())?)?;
         }
     }
-    scratch.write(
-        "plugins/target/wasm32-wasip2/release/json_enricher.wasm",
-        std::fs::read(plugin("json_enricher"))?,
-    )?;
+    scratch.write("plugins/target/wasm32-wasip2/release/json_enricher.wasm", std::fs::read(plugin("json_enricher"))?)?;
 
     let finished = scratch.run(&["run", "examples/quickstart/sluice.toml"])?;
     finished.ensure_success()?;
@@ -86,9 +83,8 @@ fn quickstart_prints_the_expected_output() -> Result<()> {
         let lines: String = outputs.iter().map(|o| format!("{o}\n")).collect();
         std::fs::write(&expected_file, lines)?;
     }
-    let expected = std::fs::read_to_string(&expected_file).with_context(|| {
-        format!("reading {} (SLUICE_BLESS=1 writes it from a run)", expected_file.display())
-    })?;
+    let expected = std::fs::read_to_string(&expected_file)
+        .with_context(|| format!("reading {} (SLUICE_BLESS=1 writes it from a run)", expected_file.display()))?;
     assert_eq!(outputs, parse_jsonl(&expected)?, "stdout differs from {}", expected_file.display());
 
     let dlq = read_jsonl(&scratch.path("target/quickstart/dead-letter.jsonl"))?;
@@ -183,11 +179,7 @@ backoff = { initial = "1s", max = "1s" }"#,
 /// the culprit's dead-letter record after checking `after` came out.
 fn culprit_then_ok(culprit: &str, policy: &str, reason: &str) -> Result<Value> {
     let (scratch, _) = run_one("chaos", "", &format!("max_attempts = 1\n{policy}"), &[event(culprit), event("ok:after")])?;
-    assert_eq!(
-        payloads(&scratch.read_jsonl("out.jsonl")?),
-        ["after"],
-        "the event after `{culprit}` runs on a fresh instance"
-    );
+    assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), ["after"], "the event after `{culprit}` runs on a fresh instance");
     let record = only_dead_letter(&scratch)?;
     assert_eq!(record["payload"], culprit);
     assert_eq!(dlq_header(&record, "sluice-dlq-reason")?, reason);
@@ -271,9 +263,7 @@ fn an_undecodable_line_is_dead_lettered_as_is() -> Result<()> {
 const ORDER_EVENTS: usize = 2_000;
 
 fn keyed_events() -> Vec<Value> {
-    (0..ORDER_EVENTS)
-        .map(|i| json!({ "key": format!("k{}", i % 8), "payload": format!("event-{i}") }))
-        .collect()
+    (0..ORDER_EVENTS).map(|i| json!({ "key": format!("k{}", i % 8), "payload": format!("event-{i}") })).collect()
 }
 
 #[test]
@@ -296,10 +286,8 @@ fn key_ordering_keeps_order_per_key_and_loses_nothing() -> Result<()> {
     for output in &outputs {
         let key = output["key"].as_str().context("output without key")?;
         let payload = output["payload"].as_str().context("output without payload")?;
-        let i: usize = payload
-            .strip_prefix("EVENT-")
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("unexpected payload {payload}"))?;
+        let i: usize =
+            payload.strip_prefix("EVENT-").and_then(|n| n.parse().ok()).with_context(|| format!("unexpected payload {payload}"))?;
         ensure!(i < ORDER_EVENTS && !seen[i], "event {i} is unknown or appears twice");
         seen[i] = true;
         assert_eq!(key, format!("k{}", i % 8), "key kept with its event");
@@ -315,9 +303,7 @@ fn key_ordering_keeps_order_per_key_and_loses_nothing() -> Result<()> {
 
 #[test]
 fn a_trap_inside_a_batch_only_fails_its_culprit() -> Result<()> {
-    let events: Vec<Value> = (0..200)
-        .map(|i| if i == 100 { event("trap") } else { event(&format!("ok:{i}")) })
-        .collect();
+    let events: Vec<Value> = (0..200).map(|i| if i == 100 { event("trap") } else { event(&format!("ok:{i}")) }).collect();
     let (scratch, finished) = run_one("chaos", "", "batch_size = 64\nmax_attempts = 1", &events)?;
     let expected: Vec<String> = (0..200).filter(|&i| i != 100).map(|i| i.to_string()).collect();
     assert_eq!(payloads(&scratch.read_jsonl("out.jsonl")?), expected, "the 199 others, in order");
@@ -453,16 +439,8 @@ fn check_refuses_bad_plugins_with_a_clear_message() -> Result<()> {
         ),
         ("corrupt", r#"path = "corrupt.wasm""#.to_owned(), vec!["is not a WebAssembly file"]),
         ("core", r#"path = "core.wasm""#.to_owned(), vec!["is a core WebAssembly module, not a component"]),
-        (
-            "pinned",
-            format!("path = {chaos}\nsha256 = \"{}\"", "0".repeat(64)),
-            vec!["but the config pins 0000", chaos_digest.as_str()],
-        ),
-        (
-            "init_error",
-            format!("path = {chaos}\nconfig = {{ init_error = \"nope\" }}"),
-            vec!["refused its configuration: nope"],
-        ),
+        ("pinned", format!("path = {chaos}\nsha256 = \"{}\"", "0".repeat(64)), vec!["but the config pins 0000", chaos_digest.as_str()]),
+        ("init_error", format!("path = {chaos}\nconfig = {{ init_error = \"nope\" }}"), vec!["refused its configuration: nope"]),
     ];
     let mut everything = runtime_table();
     for (name, plugin_lines, expected) in &cases {
@@ -642,12 +620,10 @@ plugin = {{ path = {uppercase} }}
 #[test]
 fn plugin_test_prints_one_result_line_per_event() -> Result<()> {
     let scratch = Scratch::new()?;
-    let mut lines: Vec<String> = [
-        "ok:a", "retry:1", "reject:bad", "trap", "loop", "oom", "fanout:2", "reply:r", "fanout:1001",
-    ]
-    .iter()
-    .map(|p| event(p).to_string())
-    .collect();
+    let mut lines: Vec<String> = ["ok:a", "retry:1", "reject:bad", "trap", "loop", "oom", "fanout:2", "reply:r", "fanout:1001"]
+        .iter()
+        .map(|p| event(p).to_string())
+        .collect();
     lines.push(json!({ "key": "k", "payload": "keep", "headers": { "h": "v" } }).to_string());
     lines.push("not json".into());
     scratch.write("events.jsonl", lines.join("\n") + "\n")?;
@@ -678,10 +654,7 @@ fn plugin_test_prints_one_result_line_per_event() -> Result<()> {
         results[8],
         json!({ "event": id(9), "error": { "disposition": "reject", "message": "the plugin returned 1001 outputs for one event, over policy.max_outputs (1000)" } })
     );
-    assert_eq!(
-        results[9],
-        json!({ "event": id(10), "outputs": [{ "key": "k", "payload": "keep", "headers": { "h": "v" } }] })
-    );
+    assert_eq!(results[9], json!({ "event": id(10), "outputs": [{ "key": "k", "payload": "keep", "headers": { "h": "v" } }] }));
     assert_eq!(results[10]["event"], id(11));
     let undecodable = results[10]["undecodable"].as_str().unwrap_or_default();
     assert!(undecodable.starts_with("line 11: not a valid event"), "{}", results[10]);
@@ -705,11 +678,7 @@ fn replies_go_to_reply_to_and_are_dropped_without_one() -> Result<()> {
         "chaos",
         "",
         "",
-        &[
-            json!({ "payload": "reply:pong", "reply_to": "inbox.1" }),
-            event("reply:nobody listens"),
-            event("ok:done"),
-        ],
+        &[json!({ "payload": "reply:pong", "reply_to": "inbox.1" }), event("reply:nobody listens"), event("ok:done")],
     )?;
     assert_eq!(
         strip_digest(scratch.read_jsonl("out.jsonl")?, "chaos")?,

@@ -60,14 +60,20 @@ impl Server {
     }
 }
 
-async fn answer(State(seen): State<Arc<Mutex<Vec<Seen>>>>, ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, request: Request) -> axum::response::Response {
+async fn answer(
+    State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    request: Request,
+) -> axum::response::Response {
     let (parts, body) = request.into_parts();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let this = Seen { peer, path: parts.uri.path().to_owned(), key: header("idempotency-key"), traceparent: header("traceparent") };
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
     let earlier = record(&seen, &this);
     match this.path.as_str() {
-        "/ok" => axum::Json(json!({ "key": this.key, "traceparent": this.traceparent, "body": String::from_utf8_lossy(&body) })).into_response(),
+        "/ok" => {
+            axum::Json(json!({ "key": this.key, "traceparent": this.traceparent, "body": String::from_utf8_lossy(&body) })).into_response()
+        }
         "/flaky" if earlier < 2 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         "/flaky" => "recovered".into_response(),
         "/bad" => (StatusCode::BAD_REQUEST, "no such customer").into_response(),
@@ -318,11 +324,7 @@ fn a_plugin_importing_wasi_http_needs_the_grant() -> Result<()> {
     scratch.write("sluice.toml", config("http://127.0.0.1:9/", None, "", false))?;
     let run = scratch.run(&["run", "sluice.toml"])?;
     run.ensure_failure()?;
-    assert!(
-        run.stderr.contains("imports the `http` capability") && run.stderr.contains("plugin.http"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("imports the `http` capability") && run.stderr.contains("plugin.http"), "{}", run.stderr);
     assert!(scratch.read_jsonl("out.jsonl")?.is_empty());
     Ok(())
 }
@@ -403,7 +405,10 @@ fn a_twin_calls_out(name: &str, body_errors: bool) -> Result<()> {
     // The same against a 1 KiB cap, and 3 s against a 200 ms timeout: the
     // SDK's own errors, retryable, in the Rust SDK's words.
     let timeout = format!("HTTP request to 127.0.0.1:{} timed out", server.port);
-    let cases = [("/big", "max_response_bytes = \"1KiB\"", "HTTP response body over the limit of 1024 bytes"), ("/slow", "timeout = \"200ms\"", &timeout)];
+    let cases = [
+        ("/big", "max_response_bytes = \"1KiB\"", "HTTP response body over the limit of 1024 bytes"),
+        ("/slow", "timeout = \"200ms\"", &timeout),
+    ];
     for (path, limit, expected) in cases.into_iter().filter(|(path, _, _)| body_errors || *path != "/big") {
         let scratch = Scratch::new()?;
         scratch.write_events("events.jsonl", &events(&["e"]))?;

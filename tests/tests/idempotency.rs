@@ -34,13 +34,13 @@ fn file_repeats_are_skipped_and_dead_letters_are_not_remembered() -> Result<()> 
         &[
             keyed("ok:a1", "Idempotency-Key", "a"),
             keyed("ok:b1", "Idempotency-Key", "b"),
-            keyed("ok:a2", "Idempotency-Key", "a"),     // repeat of a
+            keyed("ok:a2", "Idempotency-Key", "a"),        // repeat of a
             keyed("reject:bad d", "Idempotency-Key", "d"), // dead-lettered: not remembered
-            keyed("ok:d2", "Idempotency-Key", "d"),     // so handled
-            event("ok:n1"),                             // no key: handled
+            keyed("ok:d2", "Idempotency-Key", "d"),        // so handled
+            event("ok:n1"),                                // no key: handled
             event("ok:n2"),
-            keyed("ok:B", "Idempotency-Key", "B"),      // keys are case-sensitive
-            keyed("ok:b2", "idempotency-key", "b"),     // header names are not: repeat
+            keyed("ok:B", "Idempotency-Key", "B"),  // keys are case-sensitive
+            keyed("ok:b2", "idempotency-key", "b"), // header names are not: repeat
         ],
     )?;
     let finished = scratch.run(&["run", "sluice.toml"])?;
@@ -63,7 +63,14 @@ fn repeats_in_one_batch_and_json_keys() -> Result<()> {
     scratch.write("sluice.toml", config)?;
     // chaos passes a payload it has no rule for through unchanged.
     let order = |id: Value, n: u32| json!({ "payload": { "order": { "id": id }, "n": n } });
-    let events: Vec<Value> = vec![order(json!(1), 1), order(json!(1), 2), order(json!("1"), 3), order(json!(2), 4), order(json!(null), 5), order(json!(null), 6)];
+    let events: Vec<Value> = vec![
+        order(json!(1), 1),
+        order(json!(1), 2),
+        order(json!("1"), 3),
+        order(json!(2), 4),
+        order(json!(null), 5),
+        order(json!(null), 6),
+    ];
     scratch.write_events("events.jsonl", &events)?;
     let finished = scratch.run(&["run", "sluice.toml"])?;
     finished.ensure_success()?;
@@ -89,7 +96,9 @@ fn the_idempotency_example_runs_as_documented() -> Result<()> {
     finished.ensure_success()?;
     let orders: Vec<Value> = parse_jsonl(&finished.stdout)?
         .iter()
-        .map(|o| serde_json::from_str::<Value>(o["payload"].as_str().unwrap_or("")).map(|p| json!([p["order"]["id"], p["total"], p["checked"]])))
+        .map(|o| {
+            serde_json::from_str::<Value>(o["payload"].as_str().unwrap_or("")).map(|p| json!([p["order"]["id"], p["total"], p["checked"]]))
+        })
         .collect::<Result<_, _>>()?;
     assert_eq!(orders, [json!([1, 30, "yes"]), json!([2, 12.5, "yes"]), json!([3, 7, "yes"])], "each order once, the first copy");
     ensure!(finished.stderr.contains("3 duplicates"), "{}", finished.stderr);

@@ -48,11 +48,8 @@ impl Input {
 }
 
 async fn produce(bootstrap: &str, topic: &str, inputs: &[Input]) -> Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("enable.idempotence", "true").set("linger.ms", "5").create()?;
     for window in inputs.chunks(2_000) {
         let mut pending = Vec::with_capacity(window.len());
         for input in window {
@@ -107,7 +104,13 @@ impl Read {
 /// Reads `topic` (all partitions, from the start) until `done` says the
 /// messages read so far are enough; `read_committed` skips aborted
 /// transactions. Fails after `within`.
-fn read_until(bootstrap: &str, topic: &str, read_committed: bool, within: Duration, mut done: impl FnMut(&[Read], &BaseConsumer) -> Result<bool>) -> Result<Vec<Read>> {
+fn read_until(
+    bootstrap: &str,
+    topic: &str,
+    read_committed: bool,
+    within: Duration,
+    mut done: impl FnMut(&[Read], &BaseConsumer) -> Result<bool>,
+) -> Result<Vec<Read>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -134,7 +137,9 @@ fn read_until(bootstrap: &str, topic: &str, read_committed: bool, within: Durati
                 payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
                 headers: m
                     .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                    .map(|h| {
+                        h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()
+                    })
                     .unwrap_or_default(),
             }),
             Some(Err(e)) => eprintln!("reader: {e}"),
@@ -193,9 +198,7 @@ fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Resu
 
 fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    (0..partitions)
-        .map(|p| Ok(consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))
-        .collect()
+    (0..partitions).map(|p| Ok(consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)).collect()
 }
 
 /// Reads how many output records of an exactly-once pipeline are in
@@ -213,7 +216,13 @@ struct TransactionProbe {
 impl TransactionProbe {
     fn new(bootstrap: &str, group: &str, input: &str, output: &str) -> Self {
         let owned = |s: &str| s.to_owned();
-        Self { bootstrap: owned(bootstrap), group: owned(group), input: owned(input), output: owned(output), started: std::time::Instant::now() }
+        Self {
+            bootstrap: owned(bootstrap),
+            group: owned(group),
+            input: owned(input),
+            output: owned(output),
+            started: std::time::Instant::now(),
+        }
     }
 
     fn committed_inputs(&self) -> Result<i64> {
@@ -224,7 +233,8 @@ impl TransactionProbe {
     /// included (a default, read_committed, client is told the last stable
     /// offset instead).
     fn written(&self) -> Result<i64> {
-        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.bootstrap).set("isolation.level", "read_uncommitted").create()?;
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).set("isolation.level", "read_uncommitted").create()?;
         (0..2).map(|p| Ok(consumer.fetch_watermarks(&self.output, p, Duration::from_secs(10))?.1)).sum()
     }
 
@@ -261,7 +271,6 @@ fn pipeline(name: &str, plugin_name: &str, source: &str, sink: &str, dead_letter
     broker_pipeline(name, plugin_name, [source, sink, dead_letter], policy, "10s")
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_across_four_partitions_keep_order_and_commit_the_end() -> Result<()> {
     let broker = KafkaBroker::shared()?;
@@ -272,7 +281,12 @@ async fn ten_thousand_events_across_four_partitions_keep_order_and_commit_the_en
     let inputs: Vec<Input> = (0..n)
         .map(|i| {
             let p = (i % 4) as i32;
-            Input { partition: p, key: Some(format!("k{p}")), payload: format!("word {i}"), headers: vec![("seq".into(), (i / 4).to_string())] }
+            Input {
+                partition: p,
+                key: Some(format!("k{p}")),
+                payload: format!("word {i}"),
+                headers: vec![("seq".into(), (i / 4).to_string())],
+            }
         })
         .collect();
     produce(&bootstrap, &input, &inputs).await?;
@@ -365,7 +379,9 @@ async fn two_hosts_share_a_group_and_a_kill_9_loses_nothing() -> Result<()> {
         pipeline(
             "shared",
             "passthrough",
-            &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], commit_interval = "100ms", options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }} }}"#),
+            &format!(
+                r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], commit_interval = "100ms", options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }} }}"#
+            ),
             &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
             r#"{ kind = "file", path = "dlq.jsonl" }"#,
             "",
@@ -636,7 +652,11 @@ async fn the_kafka_example_runs_as_documented() -> Result<()> {
     produce(
         &bootstrap,
         "orders",
-        &[order("alice", r#"{"order":1,"user":"alice","total":30}"#), order("bob", r#"{"order":2,"total":5}"#), order("carol", "this is not JSON")],
+        &[
+            order("alice", r#"{"order":1,"user":"alice","total":30}"#),
+            order("bob", r#"{"order":2,"total":5}"#),
+            order("carol", "this is not JSON"),
+        ],
     )
     .await?;
     let enriched = read_topic(&bootstrap, "orders-enriched", 1, true, WITHIN)?;
@@ -669,7 +689,12 @@ async fn a_topic_pattern_and_per_key_order() -> Result<()> {
     let per_key = 500;
     for topic in [&a, &b] {
         let inputs: Vec<Input> = (0..per_key * 4)
-            .map(|i| Input { partition: 0, key: Some(format!("k{}", i % 4)), payload: format!("{topic}:{}:{}", i % 4, i / 4), headers: Vec::new() })
+            .map(|i| Input {
+                partition: 0,
+                key: Some(format!("k{}", i % 4)),
+                payload: format!("{topic}:{}:{}", i % 4, i / 4),
+                headers: Vec::new(),
+            })
             .collect();
         produce(&bootstrap, topic, &inputs).await?;
     }
@@ -857,7 +882,8 @@ async fn the_admin_api_lists_and_replays_dead_letters_of_a_topic() -> Result<()>
         input.headers = vec![("trace".into(), format!("t-{payload}")), ("Authorization".into(), "Bearer hunter2".into())];
         input
     };
-    produce(&bootstrap, &orders, &[Input::new(0, "ok:a"), secret("reject:r1", 1), Input::new(0, "retry:9"), secret("reject:r2", 0)]).await?;
+    produce(&bootstrap, &orders, &[Input::new(0, "ok:a"), secret("reject:r1", 1), Input::new(0, "retry:9"), secret("reject:r2", 0)])
+        .await?;
     let listed = poll_until("three dead letters listed", WITHIN, || {
         let (status, body) = http_request(port, "GET", "/pipelines/orders/dead-letters", None, b"")?;
         let listed: serde_json::Value = if status == 200 { serde_json::from_str(&body)? } else { serde_json::Value::Null };
@@ -1115,7 +1141,10 @@ async fn a_wrong_kafka_password_names_the_pipeline_and_broker_and_prints_no_secr
         let finished = host.wait(WITHIN)?;
         finished.ensure_failure()?;
         let all = format!("{}{}", finished.stdout, finished.stderr);
-        let failure = all.lines().find(|l| l.contains("pipeline `secure-in` failed")).with_context(|| format!("{format}: no failure line for the pipeline:\n{all}"))?;
+        let failure = all
+            .lines()
+            .find(|l| l.contains("pipeline `secure-in` failed"))
+            .with_context(|| format!("{format}: no failure line for the pipeline:\n{all}"))?;
         assert!(failure.contains(&format!("127.0.0.1:{}", secured.sasl_port)), "{format}: the broker is named: {failure}");
         assert!(failure.contains("Authentication failed") && failure.contains("SCRAM-SHA-512"), "{format}: the cause is named: {failure}");
         assert!(!all.contains(&wrong) && !all.contains(&secured.password), "{format}: a password was printed:\n{all}");
@@ -1181,7 +1210,12 @@ async fn two_exactly_once_hosts_on_one_machine_progress_and_a_kill_stalls_reader
     };
     let (mut a, admin_a) = host("a.toml")?;
     let (mut b, admin_b) = host("b.toml")?;
-    let received = |admin: u16| -> f64 { metrics(admin).ok().and_then(|m| m.into_iter().find(|(k, _)| k.starts_with("sluice_events_received_total{")).map(|(_, v)| v)).unwrap_or(0.0) };
+    let received = |admin: u16| -> f64 {
+        metrics(admin)
+            .ok()
+            .and_then(|m| m.into_iter().find(|(k, _)| k.starts_with("sluice_events_received_total{")).map(|(_, v)| v))
+            .unwrap_or(0.0)
+    };
 
     let n = 40_000;
     let producing = produce_paced(&bootstrap, &input, (0..n).map(|i| Input::new((i % 4) as i32, format!("e{i}"))).collect(), 2_000);
@@ -1193,7 +1227,9 @@ async fn two_exactly_once_hosts_on_one_machine_progress_and_a_kill_stalls_reader
     ensure!(a.is_running()? && b.is_running()?, "a host stopped while both should run");
     let (taken_a, taken_b) = (received(admin_a), received(admin_b));
     // Keep going a little, so the kill lands in a transaction with records.
-    poll_until("both hosts to keep handling events", WITHIN, || Ok((received(admin_a) > taken_a + 200.0 && received(admin_b) > taken_b + 200.0).then_some(())))?;
+    poll_until("both hosts to keep handling events", WITHIN, || {
+        Ok((received(admin_a) > taken_a + 200.0 && received(admin_b) > taken_b + 200.0).then_some(()))
+    })?;
     let produced: i64 = end_offsets(&bootstrap, &input, 4)?.iter().sum();
     ensure!(produced < n as i64 * 3 / 4, "the input was nearly all produced before the kill ({produced}); the test proves nothing");
 
@@ -1240,7 +1276,11 @@ async fn two_exactly_once_hosts_on_one_machine_progress_and_a_kill_stalls_reader
     // aborted (none: the kill fell between a commit and the next record,
     // and the stall above was bounded trivially).
     let everything = read_to_end(&bootstrap, &output, 1, false)?.len();
-    eprintln!("read_uncommitted sees {everything} records, read_committed {} (the kill aborted {})", committed_outputs.len(), everything.saturating_sub(committed_outputs.len()));
+    eprintln!(
+        "read_uncommitted sees {everything} records, read_committed {} (the kill aborted {})",
+        committed_outputs.len(),
+        everything.saturating_sub(committed_outputs.len())
+    );
     Ok(())
 }
 
@@ -1257,7 +1297,9 @@ async fn a_fenced_exactly_once_host_says_which_transactional_id_and_what_to_do()
     let config = pipeline(
         "eos",
         "passthrough",
-        &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, commit_interval = "200ms", transactional_id = "{id}" }}"#),
+        &format!(
+            r#"{{ kind = "kafka", brokers = "{bootstrap}", group = "{group}", topics = ["{input}"], exactly_once = true, commit_interval = "200ms", transactional_id = "{id}" }}"#
+        ),
         &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{output}" }}"#),
         &format!(r#"{{ kind = "kafka", brokers = "{bootstrap}", topic = "{dlq}" }}"#),
         "",
@@ -1269,7 +1311,11 @@ async fn a_fenced_exactly_once_host_says_which_transactional_id_and_what_to_do()
     let b = start(&b_dir, &config, "sluice.toml")?;
     let fenced = a.wait(WITHIN)?;
     fenced.ensure_failure()?;
-    let failure = fenced.stderr.lines().find(|l| l.contains("pipeline `eos` failed")).with_context(|| format!("no failure line:\n{}", fenced.stderr))?;
+    let failure = fenced
+        .stderr
+        .lines()
+        .find(|l| l.contains("pipeline `eos` failed"))
+        .with_context(|| format!("no failure line:\n{}", fenced.stderr))?;
     assert!(failure.contains("was fenced") && failure.contains(&format!("`{id}`")), "the fencing and the id are named: {failure}");
     assert!(failure.contains("runtime.instance_id"), "what to do is said: {failure}");
     producing.await??;

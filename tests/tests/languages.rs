@@ -28,23 +28,13 @@ const LANGUAGES: [(&str, &str); 5] = [
 ];
 
 /// The config every run uses: every feature of the enricher at once.
-const CONFIG: [&str; 6] = [
-    "require=user",
-    "drop_if=status=test",
-    "set.env=test",
-    "set.team=core",
-    "event_id_field=event_id",
-    "fail_on=fail",
-];
+const CONFIG: [&str; 6] =
+    ["require=user", "drop_if=status=test", "set.env=test", "set.team=core", "event_id_field=event_id", "fail_on=fail"];
 
 /// A component built by `scripts/build-lang-plugins.sh`.
 fn lang_plugin(name: &str) -> PathBuf {
     let path = root().join("plugins/target/components").join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "plugin {name} is missing at {}: run `bash scripts/build-lang-plugins.sh` first",
-        path.display()
-    );
+    assert!(path.is_file(), "plugin {name} is missing at {}: run `bash scripts/build-lang-plugins.sh` first", path.display());
     path
 }
 
@@ -97,10 +87,7 @@ fn every_language_gives_the_rust_outputs_byte_for_byte() -> Result<()> {
     let lines: Vec<Value> = expected.iter().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>()?;
     let outputs = |i: usize| lines[i]["outputs"].as_array().map(Vec::len);
     assert_eq!(outputs(0), Some(1), "{}", expected[0]);
-    assert_eq!(
-        lines[0]["outputs"][0]["payload"],
-        r#"{"order":1,"user":"alice","total":30,"env":"test","team":"core","event_id":"plain"}"#
-    );
+    assert_eq!(lines[0]["outputs"][0]["payload"], r#"{"order":1,"user":"alice","total":30,"env":"test","team":"core","event_id":"plain"}"#);
     assert_eq!(
         lines[2]["outputs"][0]["payload"],
         r#"{"user":"n","nums":[1.5,2000.0,-0.0,0,1e+16,1000000000000000.0,0.00001,1.2e-7,123456789.125,18446744073709551615,1.8446744073709552e+19,-9223372036854775808,-9.223372036854776e+18,-12,100.0,5e-324,1.7976931348623157e+308],"env":"test","team":"core","event_id":"numbers"}"#
@@ -167,11 +154,7 @@ fn errors_and_traps_are_the_same_in_every_language() -> Result<()> {
         }
         // The guest's own words reach the user: `plugin test` grants stderr,
         // where every runtime writes its panic or exception.
-        assert!(
-            run.stderr.contains("asked to trap by field `fail`"),
-            "{language}: the guest's panic message is shown:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains("asked to trap by field `fail`"), "{language}: the guest's panic message is shown:\n{}", run.stderr);
         assert!(run.stderr.contains("3 event(s) failed"), "{language}: {}", run.stderr);
     }
     Ok(())
@@ -220,7 +203,8 @@ fn one_go_instance_handles_ten_thousand_events() -> Result<()> {
         let pad = "x".repeat((i % 64) * 128);
         let (payload, want) = if i % 1000 == 999 {
             let payload = format!(r#"{{"n":{i},"user":"u{i}","fail":"reject"}}"#);
-            let line = serde_json::json!({"event": id, "error": {"disposition": "reject", "message": "asked to fail (reject) by field `fail`"}});
+            let line =
+                serde_json::json!({"event": id, "error": {"disposition": "reject", "message": "asked to fail (reject) by field `fail`"}});
             (payload, line)
         } else if i % 7 == 3 {
             (format!(r#"{{"n":{i},"pad":"{pad}"}}"#), serde_json::json!({"event": id, "outputs": []}))
@@ -273,8 +257,7 @@ fn every_language_runs_in_a_file_pipeline() -> Result<()> {
     let policy = "max_attempts = 2\nbackoff = { initial = \"1ms\", max = \"1ms\" }";
     let run = |path: PathBuf| -> Result<(Vec<Value>, Vec<Value>)> {
         let scratch = Scratch::new()?;
-        let pipeline = one_pipeline("p", "json_enricher", &config, policy)
-            .replace(&toml_path(&plugin("json_enricher")), &toml_path(&path));
+        let pipeline = one_pipeline("p", "json_enricher", &config, policy).replace(&toml_path(&plugin("json_enricher")), &toml_path(&path));
         scratch.write("sluice.toml", pipeline)?;
         scratch.write("events.jsonl", &events)?;
         scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
@@ -345,8 +328,18 @@ fn plugin_new_makes_a_project_that_builds_and_passes_its_test_in_every_language(
         assert!(built.stderr.contains(&format!("building the {language} plugin in {name}")), "{lang}: {}", built.stderr);
         assert_eq!(built.stdout.lines().last(), Some(format!("{name}/{name}.wasm").as_str()), "{lang}: {}", built.stdout);
         let mut test = std::process::Command::new(sluice_bin());
-        test.args(["plugin", "test", &format!("{name}.wasm"), "--events", "events.jsonl", "--expect", "expected.jsonl", "--cache-dir", &cache])
-            .current_dir(&dir);
+        test.args([
+            "plugin",
+            "test",
+            &format!("{name}.wasm"),
+            "--events",
+            "events.jsonl",
+            "--expect",
+            "expected.jsonl",
+            "--cache-dir",
+            &cache,
+        ])
+        .current_dir(&dir);
         let tested = Running::spawn(test)?.wait(RUN_TIMEOUT)?;
         ensure!(tested.status.success(), "{lang}: plugin test failed\n{}\n{}", tested.stdout, tested.stderr);
         assert!(tested.stderr.contains("all 2 line(s) match"), "{lang}: {}", tested.stderr);
@@ -400,9 +393,19 @@ fn plugin_new_with_every_feature_builds_and_passes_its_test() -> Result<()> {
         let flags = if http { vec!["--http-replies", "http.json", "--replies", "replies.json"] } else { vec!["--replies", "replies.json"] };
         ensure!(created.stdout.contains(&flags.join(" ")), "{lang}: `next:` names the stub files: {}", created.stdout);
         let mut test = std::process::Command::new(sluice_bin());
-        test.args(["plugin", "test", &format!("{name}.wasm"), "--events", "events.jsonl", "--expect", "expected.jsonl", "--cache-dir", &cache])
-            .args(&flags)
-            .current_dir(&dir);
+        test.args([
+            "plugin",
+            "test",
+            &format!("{name}.wasm"),
+            "--events",
+            "events.jsonl",
+            "--expect",
+            "expected.jsonl",
+            "--cache-dir",
+            &cache,
+        ])
+        .args(&flags)
+        .current_dir(&dir);
         // With `fetch`, a cold StarlingMonkey compile: [`SLOW_RUN`].
         let tested = Running::spawn(test)?.wait(SLOW_RUN)?;
         ensure!(tested.status.success(), "{lang} {with}: plugin test failed\n{}\n{}", tested.stdout, tested.stderr);
@@ -469,13 +472,8 @@ fn instance_policy_reuse_keeps_state_and_fresh_starts_every_event_anew() -> Resu
 
 /// The counter's twins (`plugins/counter` in Rust), by language: each
 /// counts events per key in the pipeline's state with its SDK's state API.
-const COUNTERS: [(&str, &str); 5] = [
-    ("js", "counter_js"),
-    ("ts", "counter_ts"),
-    ("python", "counter_py"),
-    ("c", "counter_c"),
-    ("go", "counter_go"),
-];
+const COUNTERS: [(&str, &str); 5] =
+    [("js", "counter_js"), ("ts", "counter_ts"), ("python", "counter_py"), ("c", "counter_c"), ("go", "counter_go")];
 
 /// How long a run of a counter may take (see the tests below).
 const SLOW_RUN: std::time::Duration = std::time::Duration::from_secs(300);
@@ -606,7 +604,10 @@ fn every_language_records_plugin_metrics() -> Result<()> {
         let get = |series: String| m.get(&series).copied().with_context(|| format!("{language}: no {series} in {m:#?}"));
         let labels = format!(r#"pipeline="counts",plugin="{name}""#);
         for (key, n) in [("k0", 5.0), ("k1", 4.0), ("k2", 4.0)] {
-            ensure!(get(format!(r#"sluice_plugin_counted_total{{{labels},key="{key}"}}"#))? == n, "{language}: {key} counted once per attempt, {n}");
+            ensure!(
+                get(format!(r#"sluice_plugin_counted_total{{{labels},key="{key}"}}"#))? == n,
+                "{language}: {key} counted once per attempt, {n}"
+            );
         }
         ensure!(get(format!("sluice_plugin_payload_bytes_count{{{labels}}}"))? == 13.0, "{language}: one observation per attempt");
         ensure!(get(format!("sluice_plugin_payload_bytes_sum{{{labels}}}"))? == bytes as f64, "{language}: payload sizes");

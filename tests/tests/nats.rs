@@ -23,8 +23,6 @@ fn pipeline(name: &str, plugin_name: &str, source: &str, sink: &str, dead_letter
     broker_pipeline(name, plugin_name, [source, sink, dead_letter], policy, "5s")
 }
 
-
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_nats_subject_to_subject_keeps_every_event_in_order() -> Result<()> {
     let server = NatsServer::start()?;
@@ -141,10 +139,7 @@ async fn request_reply_answers_errors_and_timeouts_from_a_plain_client() -> Resu
     );
     let mut host = start(&scratch, &config, "sluice.toml")?;
     host.wait_until("sluice to subscribe", WITHIN, || server.subscribers("svc.get-user").unwrap_or(0) == 1)?;
-    let client = async_nats::ConnectOptions::new()
-        .request_timeout(Some(Duration::from_secs(10)))
-        .connect(server.url())
-        .await?;
+    let client = async_nats::ConnectOptions::new().request_timeout(Some(Duration::from_secs(10))).connect(server.url()).await?;
 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("X-Correlation-Id", "call-1");
@@ -432,7 +427,8 @@ async fn a_slow_handler_is_not_redelivered_while_it_works() -> Result<()> {
     })
     .await?;
     let stream = async_nats::jetstream::new(client.clone()).get_stream("IN").await?;
-    let mut consumer = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>("sluice").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut consumer =
+        stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>("sluice").await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let info = consumer.info().await?;
     // Every delivery, redeliveries included, takes a consumer sequence number.
     assert_eq!(info.delivered.consumer_sequence, 2, "the server redelivered an event still being handled");
@@ -456,11 +452,7 @@ async fn the_nats_example_runs_as_documented() -> Result<()> {
         Ok(consumer_backlog(&client, "ORDERS", "enricher").await.ok().flatten().map(|_| ()))
     })
     .await?;
-    let orders = [
-        r#"{"order":1,"user":"alice","total":30}"#,
-        r#"{"order":2,"total":5}"#,
-        "this is not JSON",
-    ];
+    let orders = [r#"{"order":1,"user":"alice","total":30}"#, r#"{"order":2,"total":5}"#, "this is not JSON"];
     let sequences = publish_all(&client, "orders.new", orders.iter().map(|o| o.to_string())).await?;
     wait_async("one enriched order and one dead letter", WITHIN, async || {
         Ok((stream_len(&client, "ORDERS_ENRICHED").await.unwrap_or(0) == 1 && stream_len(&client, "ORDERS_DLQ").await.unwrap_or(0) == 1)

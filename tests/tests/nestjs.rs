@@ -34,10 +34,7 @@ const SUBJECTS: [&str; 3] = ["get-user", r#"{"cmd":"get-user"}"#, "user-created"
 fn nestjs_client() -> Result<PathBuf> {
     let dir = root().join(".cache/nestjs-client");
     if !dir.join("node_modules/.complete").is_file() || !dir.join("client.mjs").is_file() {
-        bail!(
-            "the NestJS client is not installed at {}: run `bash scripts/nestjs-client.sh install` (npm ci, once)",
-            dir.display()
-        );
+        bail!("the NestJS client is not installed at {}: run `bash scripts/nestjs-client.sh install` (npm ci, once)", dir.display());
     }
     // A stale copy of the app would test old code.
     let shipped = std::fs::read(root().join("tests/nestjs/client.mjs"))?;
@@ -57,9 +54,7 @@ fn start_example(server: &NatsServer) -> Result<(Scratch, Running)> {
     let mut command = scratch.sluice(&["run", "examples/nestjs/sluice.toml"]);
     command.env("NATS_URL", server.url());
     let mut host = Running::spawn(command)?;
-    host.wait_until("sluice to subscribe to every pattern", WITHIN, || {
-        SUBJECTS.iter().all(|s| server.subscribers(s).unwrap_or(0) == 1)
-    })?;
+    host.wait_until("sluice to subscribe to every pattern", WITHIN, || SUBJECTS.iter().all(|s| server.subscribers(s).unwrap_or(0) == 1))?;
     Ok((scratch, host))
 }
 
@@ -116,10 +111,7 @@ async fn a_nestjs_client_proxy_gets_replies_errors_and_emits_events_unchanged() 
 async fn the_nestjs_wire_format_byte_for_byte() -> Result<()> {
     let server = NatsServer::start()?;
     let (_scratch, host) = start_example(&server)?;
-    let client = async_nats::ConnectOptions::new()
-        .request_timeout(Some(Duration::from_secs(10)))
-        .connect(server.url())
-        .await?;
+    let client = async_nats::ConnectOptions::new().request_timeout(Some(Duration::from_secs(10))).connect(server.url()).await?;
     let ask = async |payload: &str| -> Result<String> {
         let reply = client.request("get-user", payload.to_owned().into()).await?;
         Ok(String::from_utf8_lossy(&reply.payload).into_owned())

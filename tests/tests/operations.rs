@@ -169,7 +169,10 @@ plugin = {{ path = {plugin} }}
         js.publish(format!("in.{i}"), "x".into()).await?.await?;
     }
     host.wait_until("the lag to show 50 pending", WITHIN, || {
-        metrics(port).ok().and_then(|m| m.get(r#"sluice_source_lag{pipeline="js",plugin="passthrough"}"#).copied()).is_some_and(|l| l >= 50.0)
+        metrics(port)
+            .ok()
+            .and_then(|m| m.get(r#"sluice_source_lag{pipeline="js",plugin="passthrough"}"#).copied())
+            .is_some_and(|l| l >= 50.0)
     })?;
     http_request(port, "POST", "/pipelines/js/resume", Some("t"), b"")?;
     host.wait_until("the lag to drain", WITHIN, || {
@@ -262,7 +265,10 @@ fn json_logs_carry_pipeline_version_and_event_and_guest_logs_are_rate_limited() 
     assert_eq!(dead["fields"]["pipeline"], "chatty");
     assert_eq!(dead["fields"]["version"], &digest[..12]);
     assert!(dead["fields"]["event"].as_str().is_some_and(|e| e.ends_with(":1")), "{dead}");
-    let guest: Vec<&Value> = lines.iter().filter(|l| l["target"] == "sluice::guest" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("line "))).collect();
+    let guest: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "sluice::guest" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("line ")))
+        .collect();
     let first = guest.first().context("guest log lines")?;
     assert_eq!(first["fields"]["plugin"], "chaos");
     assert_eq!(first["fields"]["version"], &digest[..12]);
@@ -393,7 +399,9 @@ fn sluice_tap_shows_live_inputs_outputs_and_dead_letters() -> Result<()> {
     scratch.write("sluice.toml", ops_config(""))?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
     let port = host.admin_port()?;
-    host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/pipelines/ops", None, b"").is_ok_and(|(status, _)| status == 200))?;
+    host.wait_until("the admin API", WITHIN, || {
+        http_request(port, "GET", "/pipelines/ops", None, b"").is_ok_and(|(status, _)| status == 200)
+    })?;
     // Through a shell, so each tap's stdout goes to a file the test reads
     // while it runs.
     let tap = |args: &str, out: &str| -> Result<Running> {
@@ -418,7 +426,13 @@ fn sluice_tap_shows_live_inputs_outputs_and_dead_letters() -> Result<()> {
         Ok((lines.len() >= 6).then_some(lines))
     })?;
     let points: Vec<(&str, &str)> = seen.iter().map(|s| (s["point"].as_str().unwrap_or("?"), s["event"].as_str().unwrap_or("?"))).collect();
-    for expected in [("input", "events.jsonl:1"), ("output", "events.jsonl:1"), ("input", "events.jsonl:2"), ("dead-letter", "events.jsonl:2"), ("output", "events.jsonl:3")] {
+    for expected in [
+        ("input", "events.jsonl:1"),
+        ("output", "events.jsonl:1"),
+        ("input", "events.jsonl:2"),
+        ("dead-letter", "events.jsonl:2"),
+        ("output", "events.jsonl:3"),
+    ] {
         assert!(points.contains(&expected), "{expected:?} in {points:?}");
     }
     let first_output = seen.iter().find(|s| s["point"] == "output" && s["event"] == "events.jsonl:1").context("the first output")?;
@@ -428,14 +442,19 @@ fn sluice_tap_shows_live_inputs_outputs_and_dead_letters() -> Result<()> {
     assert_eq!(first_input["headers"][0], json!(["Authorization", { "text": "<redacted>", "bytes": 14 }]));
     assert!(!scratch.read("all.out")?.contains("hunter2"), "a credential header is never shown");
     let dead_line = poll_until("the dead-letter tap's line", WITHIN, || Ok(scratch.read("dead.out")?.lines().next().map(str::to_owned)))?;
-    assert!(dead_line.contains("dead-letter events.jsonl:2") && dead_line.contains("[rejected after 1 attempt(s): no user]"), "{dead_line}");
+    assert!(
+        dead_line.contains("dead-letter events.jsonl:2") && dead_line.contains("[rejected after 1 attempt(s): no user]"),
+        "{dead_line}"
+    );
     assert_eq!(scratch.read("dead.out")?.lines().count(), 1, "only dead letters: {}", scratch.read("dead.out")?);
 
     // SIGTERM: the host drains and stops; each tap is told and exits.
     host.terminate()?;
     host.wait(WITHIN)?.ensure_success()?;
     for (name, tap) in [("all", &mut all), ("dead", &mut dead)] {
-        tap.wait_until(&format!("tap {name} to exit"), WITHIN, || scratch.read(&format!("{name}.err")).is_ok_and(|e| e.contains("tap ended")))?;
+        tap.wait_until(&format!("tap {name} to exit"), WITHIN, || {
+            scratch.read(&format!("{name}.err")).is_ok_and(|e| e.contains("tap ended"))
+        })?;
     }
     Ok(())
 }
@@ -452,11 +471,7 @@ fn a_taken_admin_address_fails_the_start() -> Result<()> {
     scratch.write("sluice.toml", ops_config("").replace(ANY_PORT, &address.to_string()))?;
     let finished = scratch.run(&["run", "sluice.toml"])?;
     finished.ensure_failure()?;
-    ensure!(
-        finished.stderr.contains(&format!("cannot start the admin API on {address} (`[admin] listen`)")),
-        "{}",
-        finished.stderr
-    );
+    ensure!(finished.stderr.contains(&format!("cannot start the admin API on {address} (`[admin] listen`)")), "{}", finished.stderr);
     ensure!(!scratch.path("out.jsonl").exists(), "a pipeline ran without its admin API");
     drop(taken);
     Ok(())

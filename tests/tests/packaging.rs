@@ -24,12 +24,7 @@ use common::*;
 fn output(command: &mut Command) -> Result<String> {
     let out = command.output().with_context(|| format!("starting {command:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{command:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{command:?} failed ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -79,12 +74,8 @@ fn listing(root: &Path) -> Result<Vec<String>> {
 #[test]
 fn the_image_is_from_scratch_runs_as_a_user_and_runs_a_pipeline() -> Result<()> {
     let tag = format!("localhost/sluice-test:{}", std::process::id());
-    let built = output(
-        Command::new("bash")
-            .arg(root().join("scripts/image.sh"))
-            .args(["--strip", "--tag", &tag, "--binary"])
-            .arg(sluice_bin()),
-    )?;
+    let built =
+        output(Command::new("bash").arg(root().join("scripts/image.sh")).args(["--strip", "--tag", &tag, "--binary"]).arg(sluice_bin()))?;
     ensure!(built.ends_with(&tag), "image.sh printed {built:?}, not the tag");
     let result = check_image(&tag);
     let _ = buildah(&["rmi", "--force", &tag]);
@@ -98,10 +89,7 @@ fn check_image(tag: &str) -> Result<()> {
         "{{.OCIv1.Config.User}}|{{.OCIv1.Config.Entrypoint}}|{{.OCIv1.Config.Cmd}}|{{.OCIv1.Config.ExposedPorts}}|{{.OCIv1.Config.WorkingDir}}",
         tag,
     ])?;
-    assert_eq!(
-        config,
-        "65532:65532|[/usr/local/bin/sluice]|[run /etc/sluice/sluice.toml]|map[9090/tcp:{}]|/var/lib/sluice"
-    );
+    assert_eq!(config, "65532:65532|[/usr/local/bin/sluice]|[run /etc/sluice/sluice.toml]|map[9090/tcp:{}]|/var/lib/sluice");
 
     let image = Mounted::new(tag)?;
     let files = listing(&image.root)?;
@@ -111,9 +99,22 @@ fn check_image(tag: &str) -> Result<()> {
         path.starts_with("/lib")
             || path.starts_with("/usr/lib")
             || [
-                "/etc", "/etc/group", "/etc/passwd", "/etc/nsswitch.conf", "/etc/sluice", "/etc/ssl",
-                "/etc/ssl/certs", "/etc/ssl/certs/ca-certificates.crt", "/tmp", "/usr", "/usr/local",
-                "/usr/local/bin", "/usr/local/bin/sluice", "/var", "/var/lib", "/var/lib/sluice",
+                "/etc",
+                "/etc/group",
+                "/etc/passwd",
+                "/etc/nsswitch.conf",
+                "/etc/sluice",
+                "/etc/ssl",
+                "/etc/ssl/certs",
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/tmp",
+                "/usr",
+                "/usr/local",
+                "/usr/local/bin",
+                "/usr/local/bin/sluice",
+                "/var",
+                "/var/lib",
+                "/var/lib/sluice",
             ]
             .contains(&path)
     };
@@ -147,12 +148,7 @@ path = "uppercase.wasm"
         .env_clear()
         .current_dir("/")
         .output()?;
-    ensure!(
-        run.status.success(),
-        "sluice in the image failed ({}): {}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr)
-    );
+    ensure!(run.status.success(), "sluice in the image failed ({}): {}", run.status, String::from_utf8_lossy(&run.stderr));
     let out = read_jsonl(&image.root.join("var/lib/sluice/out.jsonl"))?;
     let expected: Vec<String> = (0..50).map(|i| format!("ORDER {i}")).collect();
     assert_eq!(payloads(&out), expected);

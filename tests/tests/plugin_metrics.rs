@@ -25,9 +25,7 @@ const TOKEN: &str = "t";
 fn config() -> String {
     let pipeline = stateful_pipeline(&plugin("counter"), "concurrency = 1")
         .replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
-    format!(
-        "[admin]\nlisten = \"{ANY_PORT}\"\ntoken = \"{TOKEN}\"\n{pipeline}\n[pipelines.counts.plugin.metrics]\nmax_series = 3\n"
-    )
+    format!("[admin]\nlisten = \"{ANY_PORT}\"\ntoken = \"{TOKEN}\"\n{pipeline}\n[pipelines.counts.plugin.metrics]\nmax_series = 3\n")
 }
 
 fn get(m: &BTreeMap<String, f64>, series: &str) -> Result<f64> {
@@ -104,7 +102,8 @@ fn plugin_metrics_are_exact_capped_and_kept_from_failed_attempts() -> Result<()>
     host.terminate()?;
     let finished = host.wait(WITHIN)?;
     finished.ensure_success()?;
-    let reports = finished.stderr.matches("plugin metric recording dropped").count() + finished.stdout.matches("plugin metric recording dropped").count();
+    let reports = finished.stderr.matches("plugin metric recording dropped").count()
+        + finished.stdout.matches("plugin metric recording dropped").count();
     ensure!(reports == 1, "the invalid name is reported once, not per call: {reports} reports\n{}", finished.stderr);
     Ok(())
 }
@@ -123,7 +122,8 @@ fn plugin_test_prints_the_metrics_the_plugin_recorded() -> Result<()> {
     let run = scratch.run(&["plugin", "test", &plugin, "--events", "events.jsonl", "--cache-dir", &cache])?;
     ensure!(run.stdout.lines().count() == 4, "one line per event: {}", run.stdout);
     ensure!(!run.stdout.contains("sluice_plugin_"), "metrics stay off stdout: {}", run.stdout);
-    let block: Vec<&str> = run.stderr.lines().skip_while(|l| *l != "metrics recorded by the plugin:").skip(1).take_while(|l| l.starts_with("  ")).collect();
+    let block: Vec<&str> =
+        run.stderr.lines().skip_while(|l| *l != "metrics recorded by the plugin:").skip(1).take_while(|l| l.starts_with("  ")).collect();
     assert_eq!(
         block,
         [

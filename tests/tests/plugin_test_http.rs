@@ -84,11 +84,7 @@ fn check(plugin: &std::path::Path, lang: &str, timeout_disposition: &str) -> Res
     // No rule for this path: denied, the call naming the request and file.
     let lines = plugin_test(plugin, "https://elsewhere.example/enrich", &["b"])?;
     ensure!(lines[0].get("error").is_some(), "{lang}: an unmatched request fails: {}", lines[0]);
-    assert_eq!(
-        call(&lines[0])?["error"],
-        "denied: no rule in http.json matches POST https://elsewhere.example/enrich",
-        "{lang}"
-    );
+    assert_eq!(call(&lines[0])?["error"], "denied: no rule in http.json matches POST https://elsewhere.example/enrich", "{lang}");
     // Every SDK tells the handler the same reason, not the pipeline's allow
     // list (which `plugin test` does not read), and rejects as a denial
     // (the JS SDK's `fetch` asks the host, the engine's drops the code).
@@ -133,12 +129,18 @@ fn a_bad_rules_file_is_refused_by_place() -> Result<()> {
     scratch.write_events("events.jsonl", &events(&["a"]))?;
     scratch.write("http.json", r#"[{"url": "https://api.example.com/x", "status": 200, "error": "timeout"}]"#)?;
     let wasm = plugin("http_enrich");
-    let run = scratch.run(&["plugin", "test", &wasm.to_string_lossy(), "--events", "events.jsonl", "--http-replies", "http.json", "--config", "url=https://api.example.com/x"])?;
+    let run = scratch.run(&[
+        "plugin",
+        "test",
+        &wasm.to_string_lossy(),
+        "--events",
+        "events.jsonl",
+        "--http-replies",
+        "http.json",
+        "--config",
+        "url=https://api.example.com/x",
+    ])?;
     run.ensure_failure()?;
-    ensure!(
-        run.stderr.contains("http.json: rule 0: give either `error` or a response"),
-        "the rule is named: {}",
-        run.stderr
-    );
+    ensure!(run.stderr.contains("http.json: rule 0: give either `error` or a response"), "the rule is named: {}", run.stderr);
     Ok(())
 }

@@ -156,7 +156,12 @@ fn bad_versions_are_rejected_and_the_old_one_keeps_serving() -> Result<()> {
 #[test]
 fn the_admin_api_needs_the_token_for_changes_and_has_none_without_one() -> Result<()> {
     let (scratch, port, host) = tagger("plugin.wasm", "")?;
-    for (method, path) in [("POST", "/pipelines/tags/reload"), ("POST", "/pipelines/tags/rollback"), ("POST", "/pipelines/tags/pause"), ("PUT", "/pipelines/tags/plugin")] {
+    for (method, path) in [
+        ("POST", "/pipelines/tags/reload"),
+        ("POST", "/pipelines/tags/rollback"),
+        ("POST", "/pipelines/tags/pause"),
+        ("PUT", "/pipelines/tags/plugin"),
+    ] {
         let (code, _) = http(port, method, path, None, b"")?;
         ensure!(code == 401, "{method} {path} without a token: {code}");
         let (code, _) = http(port, method, path, Some("wrong"), b"")?;
@@ -267,7 +272,10 @@ fn sighup_adds_removes_and_changes_pipelines_without_touching_the_others() -> Re
     for name in ["keep", "gone", "changed", "added"] {
         scratch.write(&format!("{name}.in.jsonl"), "")?;
     }
-    scratch.write("sluice.toml", pipelines_config(&[("keep", "keep.out.jsonl"), ("gone", "gone.out.jsonl"), ("changed", "changed.out.jsonl")]))?;
+    scratch.write(
+        "sluice.toml",
+        pipelines_config(&[("keep", "keep.out.jsonl"), ("gone", "gone.out.jsonl"), ("changed", "changed.out.jsonl")]),
+    )?;
     let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
     let port = host.admin_port()?;
     let list = |port| -> Result<Value> { Ok(http(port, "GET", "/pipelines", None, b"")?.1) };
@@ -293,11 +301,15 @@ fn sighup_adds_removes_and_changes_pipelines_without_touching_the_others() -> Re
     let after_bad = list(port)?;
     ensure!(after_bad["pipelines"].as_array().map(Vec::len) == Some(3), "a broken config changed the pipelines: {after_bad}");
 
-    scratch.write("sluice.toml", pipelines_config(&[("keep", "keep.out.jsonl"), ("changed", "changed.v2.out.jsonl"), ("added", "added.out.jsonl")]))?;
+    scratch.write(
+        "sluice.toml",
+        pipelines_config(&[("keep", "keep.out.jsonl"), ("changed", "changed.v2.out.jsonl"), ("added", "added.out.jsonl")]),
+    )?;
     sighup(&host)?;
     host.wait_until("the new set of pipelines", WITHIN, || {
         list(port).is_ok_and(|b| {
-            let names: Vec<&str> = b["pipelines"].as_array().map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect()).unwrap_or_default();
+            let names: Vec<&str> =
+                b["pipelines"].as_array().map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect()).unwrap_or_default();
             names == ["added", "changed", "keep"] && started(&b, "changed") != started(&before, "changed")
         })
     })?;
@@ -307,7 +319,9 @@ fn sighup_adds_removes_and_changes_pipelines_without_touching_the_others() -> Re
         scratch.append_events(&format!("{name}.in.jsonl"), &events(5, 10))?;
     }
     host.wait_until("outputs after the reload", WITHIN, || {
-        scratch.count_lines("keep.out.jsonl") == 10 && scratch.count_lines("changed.v2.out.jsonl") == 10 && scratch.count_lines("added.out.jsonl") == 5
+        scratch.count_lines("keep.out.jsonl") == 10
+            && scratch.count_lines("changed.v2.out.jsonl") == 10
+            && scratch.count_lines("added.out.jsonl") == 5
     })?;
     ensure!(scratch.count_lines("gone.out.jsonl") == 5, "a removed pipeline kept running");
     ensure!(scratch.count_lines("changed.out.jsonl") == 5, "the changed pipeline's old sink got new outputs");

@@ -27,7 +27,6 @@ use fixture::{read_stream, stream_len, NatsServer};
 const WITHIN: Duration = Duration::from_secs(90);
 const TOKEN: &str = "restart-test-token";
 
-
 /// A stream capturing `subject` that refuses messages past `max`.
 async fn bounded_stream(client: &async_nats::Client, name: &str, subject: &str, max: i64) -> Result<()> {
     jetstream::new(client.clone())
@@ -51,10 +50,7 @@ fn pipeline(port: u16, name: &str) -> Result<Value> {
 }
 
 fn restarts(port: u16, name: &str) -> f64 {
-    metrics(port)
-        .ok()
-        .and_then(|m| m.get(&format!(r#"sluice_pipeline_restarts_total{{pipeline="{name}"}}"#)).copied())
-        .unwrap_or(-1.0)
+    metrics(port).ok().and_then(|m| m.get(&format!(r#"sluice_pipeline_restarts_total{{pipeline="{name}"}}"#)).copied()).unwrap_or(-1.0)
 }
 
 /// A JetStream sink fails (its stream is full) while a file→file pipeline
@@ -216,13 +212,17 @@ restart = {restart}
     let mut host = start(&scratch, &config, "sluice.toml")?;
     let port = host.admin_port()?;
     host.wait_until("doomed to fail for good and patient to wait", WITHIN, || {
-        pipeline(port, "doomed").is_ok_and(|p| p["state"] == "failed") && pipeline(port, "patient").is_ok_and(|p| p["state"] == "restarting")
+        pipeline(port, "doomed").is_ok_and(|p| p["state"] == "failed")
+            && pipeline(port, "patient").is_ok_and(|p| p["state"] == "restarting")
     })?;
 
     let doomed = pipeline(port, "doomed")?;
     assert_eq!(doomed["restarts"], 2, "{doomed}");
     let error = doomed["error"].as_str().unwrap_or_default();
-    assert!(error.starts_with("failed after 2 restart(s) within 1h (restart.max_restarts)") && error.contains("maximum messages"), "{doomed}");
+    assert!(
+        error.starts_with("failed after 2 restart(s) within 1h (restart.max_restarts)") && error.contains("maximum messages"),
+        "{doomed}"
+    );
     let patient = pipeline(port, "patient")?;
     assert_eq!((patient["restart"]["attempt"].as_u64(), patient["restarts"].as_u64()), (Some(1), Some(0)), "{patient}");
 
@@ -240,7 +240,8 @@ restart = {restart}
 
     let status = scratch.run(&["status", "--admin", &format!("127.0.0.1:{port}"), "--interval", "10ms"])?;
     status.ensure_success()?;
-    let row = |name: &str| status.stdout.lines().find(|l| l.starts_with(&format!("{name} "))).map(|l| l.split_whitespace().collect::<Vec<_>>());
+    let row =
+        |name: &str| status.stdout.lines().find(|l| l.starts_with(&format!("{name} "))).map(|l| l.split_whitespace().collect::<Vec<_>>());
     assert_eq!(row("doomed").and_then(|r| r.get(1).map(|s| s.to_string())).as_deref(), Some("failed"), "{}", status.stdout);
     assert_eq!(row("patient").and_then(|r| r.get(1).map(|s| s.to_string())).as_deref(), Some("restarting:attempt-1"), "{}", status.stdout);
     assert!(status.stdout.contains("doomed: failed after 2 restart(s)"), "{}", status.stdout);

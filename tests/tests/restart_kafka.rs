@@ -27,7 +27,11 @@ use fixture::KafkaBroker;
 const WITHIN: Duration = Duration::from_secs(120);
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    )
 }
 
 fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>> {
@@ -151,7 +155,12 @@ restart = {{ initial_backoff = "200ms", max_backoff = "1s" }}
     for payload in &outputs {
         *counts.entry(payload.as_str()).or_default() += 1;
     }
-    ensure!(outputs.len() == 5 && counts.len() == 5, "every output once under read_committed: {} records, {} distinct", outputs.len(), counts.len());
+    ensure!(
+        outputs.len() == 5 && counts.len() == 5,
+        "every output once under read_committed: {} records, {} distinct",
+        outputs.len(),
+        counts.len()
+    );
     ensure!(outputs == inputs, "in order");
     ensure!(read_committed(&bootstrap, &dlq)?.is_empty(), "nothing dead-lettered");
     Ok(())

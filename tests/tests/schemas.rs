@@ -28,10 +28,7 @@ fn run_example() -> Result<Scratch> {
     ] {
         scratch.write(&format!("examples/schemas/{relative}"), std::fs::read(example.join(relative))?)?;
     }
-    scratch.write(
-        "plugins/target/wasm32-wasip2/release/json_enricher.wasm",
-        std::fs::read(plugin("json_enricher"))?,
-    )?;
+    scratch.write("plugins/target/wasm32-wasip2/release/json_enricher.wasm", std::fs::read(plugin("json_enricher"))?)?;
     scratch.run(&["run", "examples/schemas/sluice.toml"])?.ensure_success()?;
     Ok(scratch)
 }
@@ -70,9 +67,17 @@ fn invalid_unsupported_and_badly_answered_events_are_dead_lettered_with_why() ->
     let expected: [(&str, &str, &str); 7] = [
         ("o-3", "invalid", r#"the event does not match the schema for order-created@1: /total: value is not of type "number""#),
         ("o-4", "invalid", r#"the event does not match the schema for order-created@2: /currency: value does not match "^[A-Z]{3}$""#),
-        ("o-5", "invalid", "the event does not match the schema for order-created@1: the payload is not JSON: expected ident at line 1 column 2"),
+        (
+            "o-5",
+            "invalid",
+            "the event does not match the schema for order-created@1: the payload is not JSON: expected ident at line 1 column 2",
+        ),
         ("o-6", "unsupported", "the plugin does not accept event type order-created@3; it accepts: order-created@1, order-created@2"),
-        ("o-7", "rejected", r#"output 1 of 1: the output does not match the schema for order-created@1: /note: value is not of type "string""#),
+        (
+            "o-7",
+            "rejected",
+            r#"output 1 of 1: the output does not match the schema for order-created@1: /note: value is not of type "string""#,
+        ),
         ("o-8", "invalid", r#"no schema for the event's type refund-issued@1, and schemas.unknown is "reject""#),
         ("o-9", "invalid", r#"the event has no `event-type` header, and schemas.missing is "reject""#),
     ];
@@ -210,7 +215,8 @@ plugin = {{ path = {plugin}, config = {{ accepts = "{accepts}" }} }}
             plugin = toml_path(&plugin("json_enricher")),
         )
     };
-    let typed = |id: &str, version: &str| json!({"id": id, "payload": {"id": id}, "headers": {"event-type": "t", "event-version": version}});
+    let typed =
+        |id: &str, version: &str| json!({"id": id, "payload": {"id": id}, "headers": {"event-type": "t", "event-version": version}});
     scratch.write("events.jsonl", "")?;
     let mut host = start(&scratch, &config("t@1"), "sluice.toml")?;
     let port = host.admin_port()?;
@@ -235,7 +241,10 @@ plugin = {{ path = {plugin}, config = {{ accepts = "{accepts}" }} }}
     host.wait_until("four events done", WITHIN, || scratch.count_lines("out.jsonl") + scratch.count_lines("dlq.jsonl") == 4)?;
 
     let ids = |file: &str| -> Result<Vec<String>> {
-        Ok(payloads(&scratch.read_jsonl(file)?).iter().filter_map(|p| serde_json::from_str::<Value>(p).ok()?["id"].as_str().map(str::to_owned)).collect())
+        Ok(payloads(&scratch.read_jsonl(file)?)
+            .iter()
+            .filter_map(|p| serde_json::from_str::<Value>(p).ok()?["id"].as_str().map(str::to_owned))
+            .collect())
     };
     assert_eq!(ids("out.jsonl")?, ["a1", "b2"]);
     assert_eq!(ids("dlq.jsonl")?, ["a2", "b1"]);

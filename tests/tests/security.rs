@@ -48,11 +48,30 @@ impl Pki {
     /// `<name>.pem` and `<name>.key`: a self-signed CA.
     fn ca(&self, name: &str) -> Result<PathBuf> {
         let (pem, key, subject) = (format!("{name}.pem"), format!("{name}.key"), format!("/CN={name}"));
-        openssl(&self.dir, &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-            "-keyout", &key, "-out", &pem, "-subj", &subject,
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        ])?;
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+                "-subj",
+                &subject,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )?;
         Ok(self.path(&pem))
     }
 
@@ -64,14 +83,44 @@ impl Pki {
             self.path(&ext),
             format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n"),
         )?;
-        openssl(&self.dir, &[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}"),
-        ])?;
-        openssl(&self.dir, &[
-            "x509", "-req", "-in", &csr, "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial",
-            "-days", "2", "-out", &pem, "-extfile", &ext,
-        ])?;
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        )?;
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
+            ],
+        )?;
         Ok((self.path(&pem), self.path(&key)))
     }
 }
@@ -197,8 +246,14 @@ async fn mutual_tls_with_a_custom_ca_works_and_a_wrong_ca_is_named() -> Result<(
     let other_ca = pki.ca("other-ca")?;
     let arg = |p: &Path| p.display().to_string();
     let server = NatsServer::start_with(&[
-        "--tls".into(), "--tlscert".into(), arg(&server_cert), "--tlskey".into(), arg(&server_key),
-        "--tlscacert".into(), arg(&ca), "--tlsverify".into(),
+        "--tls".into(),
+        "--tlscert".into(),
+        arg(&server_cert),
+        "--tlskey".into(),
+        arg(&server_key),
+        "--tlscacert".into(),
+        arg(&ca),
+        "--tlsverify".into(),
     ])?;
     let client = async_nats::ConnectOptions::new()
         .add_root_certificates(ca.clone())
@@ -293,9 +348,7 @@ path = {plugin}
         }
         Running::spawn(command)?.wait(WITHIN)
     };
-    host.wait_until("the admin API over HTTPS", WITHIN, || {
-        status(Some(&ca), Some(read_token)).is_ok_and(|f| f.status.success())
-    })?;
+    host.wait_until("the admin API over HTTPS", WITHIN, || status(Some(&ca), Some(read_token)).is_ok_and(|f| f.status.success()))?;
     let table = status(Some(&ca), Some(read_token))?;
     ensure!(table.stdout.lines().any(|l| l.starts_with("ops ")), "{}", table.stdout);
 
@@ -369,9 +422,18 @@ async fn dead_letters_and_their_replay_use_the_login_and_mutual_tls() -> Result<
     let password = "dlq-pass-31c9";
     let arg = |p: &Path| p.display().to_string();
     let server = NatsServer::start_with(&[
-        "--user".into(), "replayer".into(), "--pass".into(), password.into(),
-        "--tls".into(), "--tlscert".into(), arg(&server_cert), "--tlskey".into(), arg(&server_key),
-        "--tlscacert".into(), arg(&ca), "--tlsverify".into(),
+        "--user".into(),
+        "replayer".into(),
+        "--pass".into(),
+        password.into(),
+        "--tls".into(),
+        "--tlscert".into(),
+        arg(&server_cert),
+        "--tlskey".into(),
+        arg(&server_key),
+        "--tlscacert".into(),
+        arg(&ca),
+        "--tlsverify".into(),
     ])?;
     let client = async_nats::ConnectOptions::with_user_and_password("replayer".into(), password.into())
         .add_root_certificates(ca.clone())
@@ -416,8 +478,18 @@ plugin = {{ path = {plugin} }}
 
     let url = format!("nats://replayer:{password}@127.0.0.1:{}", server.port);
     let replay = scratch.run(&[
-        "dlq", "replay", "--from", "jetstream:DLQ", "--nats-url", &url,
-        "--nats-tls-ca", "pki/ca.pem", "--nats-tls-cert", "pki/client.pem", "--nats-tls-key", "pki/client.key",
+        "dlq",
+        "replay",
+        "--from",
+        "jetstream:DLQ",
+        "--nats-url",
+        &url,
+        "--nats-tls-ca",
+        "pki/ca.pem",
+        "--nats-tls-cert",
+        "pki/client.pem",
+        "--nats-tls-key",
+        "pki/client.key",
     ])?;
     replay.ensure_success()?;
     ensure!(replay.stdout.contains("replayed 1 of 1 records"), "{}", replay.stdout);
@@ -468,7 +540,8 @@ async fn a_creds_file_logs_in_with_a_user_jwt() -> Result<()> {
     let account = nkeys::KeyPair::new_account();
     let operator_jwt = nats_jwt(&operator, &operator.public_key(), serde_json::json!({ "type": "operator", "version": 2 }))?;
     let unlimited = serde_json::json!({ "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1 });
-    let account_jwt = nats_jwt(&operator, &account.public_key(), serde_json::json!({ "type": "account", "version": 2, "limits": unlimited }))?;
+    let account_jwt =
+        nats_jwt(&operator, &account.public_key(), serde_json::json!({ "type": "account", "version": 2, "limits": unlimited }))?;
     let creds = |signer: &nkeys::KeyPair, name: &str| -> Result<PathBuf> {
         let user = nkeys::KeyPair::new_user();
         let claims = serde_json::json!({ "type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "issuer_account": account.public_key() });
@@ -486,7 +559,8 @@ async fn a_creds_file_logs_in_with_a_user_jwt() -> Result<()> {
     let conf = dir.path().join("operator.conf");
     // JetStream (the fixture turns it on) needs a system account.
     let system = nkeys::KeyPair::new_account();
-    let system_jwt = nats_jwt(&operator, &system.public_key(), serde_json::json!({ "type": "account", "version": 2, "limits": unlimited }))?;
+    let system_jwt =
+        nats_jwt(&operator, &system.public_key(), serde_json::json!({ "type": "account", "version": 2, "limits": unlimited }))?;
     std::fs::write(
         &conf,
         format!(
@@ -497,7 +571,11 @@ async fn a_creds_file_logs_in_with_a_user_jwt() -> Result<()> {
         ),
     )?;
     let server = NatsServer::start_with(&["-c".into(), conf.display().to_string()])?;
-    let client = async_nats::ConnectOptions::with_credentials_file(good.clone()).await?.connect(server.url()).await.context("the test client's creds")?;
+    let client = async_nats::ConnectOptions::with_credentials_file(good.clone())
+        .await?
+        .connect(server.url())
+        .await
+        .context("the test client's creds")?;
     let config = |creds: &Path| {
         let login = format!(r#", credentials = {}"#, toml_path(creds));
         broker_pipeline(

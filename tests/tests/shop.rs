@@ -103,8 +103,7 @@ fn serve(mut stream: TcpStream, log: &Mutex<Vec<Hit>>) -> Result<()> {
     };
     let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
     let header = |name: &str| {
-        head.lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+        head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
     };
     let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -347,7 +346,10 @@ async fn two_thousand_orders_through_kills_and_a_flaky_webhook() -> Result<()> {
     let packet = json!({"pattern": "create-order", "data": {"id": "bad-1", "customer": "x", "items": []}, "id": "call-bad-1"});
     let answer = nats_client.request("create-order", packet.to_string().into()).await?;
     let answer: Value = serde_json::from_slice(&answer.payload)?;
-    ensure!(answer["id"] == "call-bad-1" && answer["err"]["code"] == 400 && answer["err"]["reason"] == "invalid", "an invalid order: {answer}");
+    ensure!(
+        answer["id"] == "call-bad-1" && answer["err"]["code"] == 400 && answer["err"]["reason"] == "invalid",
+        "an invalid order: {answer}"
+    );
     ensure!(answer["err"]["message"].as_str().is_some_and(|m| m.contains("/items")), "the error names the field: {answer}");
 
     eprintln!(

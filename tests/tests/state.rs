@@ -68,7 +68,13 @@ fn counts_are_exact_through_kill_9_at_random_points() -> Result<()> {
         let mut distinct = values.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        ensure!(distinct == (1..=expected(k)).collect::<Vec<_>>(), "{key}: values {:?}…{:?} ({} distinct)", distinct.first(), distinct.last(), distinct.len());
+        ensure!(
+            distinct == (1..=expected(k)).collect::<Vec<_>>(),
+            "{key}: values {:?}…{:?} ({} distinct)",
+            distinct.first(),
+            distinct.last(),
+            distinct.len()
+        );
     }
     ensure!(scratch.count_lines("dlq.jsonl") == 0, "nothing dead-lettered");
 
@@ -98,7 +104,9 @@ fn failed_attempts_leave_no_trace_and_reload_keeps_state() -> Result<()> {
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
     let send = |payloads: &[&str]| scratch.append_events("events.jsonl", &payloads.iter().map(|p| event(p)).collect::<Vec<_>>());
     send(&["a", "a:retry-once", "b:reject", "b"])?;
-    host.wait_until("three outputs and a dead letter", WITHIN, || scratch.count_lines("out.jsonl") == 3 && scratch.count_lines("dlq.jsonl") == 1)?;
+    host.wait_until("three outputs and a dead letter", WITHIN, || {
+        scratch.count_lines("out.jsonl") == 3 && scratch.count_lines("dlq.jsonl") == 1
+    })?;
     let outputs = scratch.read_jsonl("out.jsonl")?;
     ensure!(payloads(&outputs) == ["a=1", "a=2", "b=1"], "the retried attempt's and the rejected event's increments are gone: {outputs:?}");
     let dead = scratch.read_jsonl("dlq.jsonl")?;
@@ -131,7 +139,9 @@ fn a_plugin_importing_state_needs_the_pipeline_to_grant_it() -> Result<()> {
     granted.ensure_success()?;
     ensure!(granted.stdout.contains("targets sluice:plugin@0.2.0; capabilities: state"), "{}", granted.stdout);
     ensure!(
-        checked.stdout.contains("imports the `state` capability, which pipeline `counts` does not grant: add a `[pipelines.<name>.state]` table"),
+        checked
+            .stdout
+            .contains("imports the `state` capability, which pipeline `counts` does not grant: add a `[pipelines.<name>.state]` table"),
         "{}",
         checked.stdout
     );
@@ -165,7 +175,8 @@ fn the_admin_api_reads_lists_and_deletes_state_keys() -> Result<()> {
     let port = host.admin_port()?;
     host.wait_until("three outputs", WITHIN, || scratch.count_lines("out.jsonl") == 3)?;
     host.wait_until("the commits", WITHIN, || {
-        metrics(port).ok().and_then(|m| m.get(r#"sluice_state_committed_events_total{pipeline="counts",plugin="counter"}"#).copied()) == Some(3.0)
+        metrics(port).ok().and_then(|m| m.get(r#"sluice_state_committed_events_total{pipeline="counts",plugin="counter"}"#).copied())
+            == Some(3.0)
     })?;
     let (status, body) = http_request(port, "GET", "/pipelines/counts/state/count:a", None, b"")?;
     ensure!(status == 200 && body.contains(r#""value":"2""#), "{status} {body}");
@@ -178,7 +189,9 @@ fn the_admin_api_reads_lists_and_deletes_state_keys() -> Result<()> {
     let (status, _) = http_request(port, "GET", "/pipelines/counts/state/count:a", None, b"")?;
     ensure!(status == 404, "deleted");
     scratch.append_events("events.jsonl", &[event("a")])?;
-    host.wait_until("the count to start again", WITHIN, || scratch.read_jsonl("out.jsonl").is_ok_and(|o| payloads(&o).last().map(String::as_str) == Some("a=1")))?;
+    host.wait_until("the count to start again", WITHIN, || {
+        scratch.read_jsonl("out.jsonl").is_ok_and(|o| payloads(&o).last().map(String::as_str) == Some("a=1"))
+    })?;
     let m = metrics(port)?;
     let labels = r#"{pipeline="counts",plugin="counter"}"#;
     // Four increments and the operator's delete; four reads (increment reads).

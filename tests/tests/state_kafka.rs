@@ -25,7 +25,11 @@ const WITHIN: Duration = Duration::from_secs(180);
 const PARTITIONS: i32 = 4;
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0)
+    )
 }
 
 /// Key `k<NN>` of event `i`, and its partition (keys never change partition).
@@ -36,10 +40,17 @@ fn key_of(i: usize, keys: usize) -> (String, i32) {
 
 /// Produces events `range` at about `per_second`, in the background, so the
 /// run lasts long enough for kills to land in its middle.
-fn produce_paced(bootstrap: &str, topic: &str, range: std::ops::Range<usize>, keys: usize, per_second: usize) -> tokio::task::JoinHandle<Result<()>> {
+fn produce_paced(
+    bootstrap: &str,
+    topic: &str,
+    range: std::ops::Range<usize>,
+    keys: usize,
+    per_second: usize,
+) -> tokio::task::JoinHandle<Result<()>> {
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     tokio::spawn(async move {
-        let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").set("linger.ms", "5").create()?;
+        let producer: FutureProducer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").set("linger.ms", "5").create()?;
         let chunk = (per_second / 10).max(1);
         let mut ticks = tokio::time::interval(Duration::from_millis(100));
         let all: Vec<usize> = range.collect();
@@ -55,7 +66,8 @@ fn produce_paced(bootstrap: &str, topic: &str, range: std::ops::Range<usize>, ke
                 .collect();
             let mut pending = Vec::with_capacity(records.len());
             for (key, partition, payload) in &records {
-                pending.push(producer.send(FutureRecord::to(&topic).partition(*partition).key(key).payload(payload), Duration::from_secs(30)));
+                pending
+                    .push(producer.send(FutureRecord::to(&topic).partition(*partition).key(key).payload(payload), Duration::from_secs(30)));
             }
             for delivery in futures::future::join_all(pending).await {
                 delivery.map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
@@ -69,7 +81,8 @@ fn produce_paced(bootstrap: &str, topic: &str, range: std::ops::Range<usize>, ke
 /// partition order; reads each partition to its end.
 fn read_all(bootstrap: &str, topic: &str, partitions: i32, read_committed: bool) -> Result<Vec<(String, Option<String>)>> {
     let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let ends: Vec<i64> = (0..partitions).map(|p| Ok(probe.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)).collect::<Result<_>>()?;
+    let ends: Vec<i64> =
+        (0..partitions).map(|p| Ok(probe.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)).collect::<Result<_>>()?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -117,10 +130,14 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Result<i64> {
         list.add_partition(topic, p);
     }
     let offsets = consumer.committed_offsets(list, Duration::from_secs(10))?;
-    Ok(offsets.elements().iter().filter_map(|e| match e.offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    }).sum())
+    Ok(offsets
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum())
 }
 
 /// One host's config: its own transactional id, the shared group and
@@ -185,7 +202,9 @@ async fn counts_are_exact_through_kill_9_and_rebalances() -> Result<()> {
     for (round, fraction) in [0.15, 0.4, 0.65].into_iter().enumerate() {
         let jitter = f64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos() % 1000) / 10_000.0;
         let at = ((fraction + jitter) * total as f64) as i64;
-        poll_until(&format!("{at} outputs"), WITHIN, || Ok((end_offsets(&bootstrap, &output, PARTITIONS).unwrap_or(0) >= at).then_some(())))?;
+        poll_until(&format!("{at} outputs"), WITHIN, || {
+            Ok((end_offsets(&bootstrap, &output, PARTITIONS).unwrap_or(0) >= at).then_some(()))
+        })?;
         let (victim, dir, name) = if round == 1 { (&mut b, &b_dir, "b") } else { (&mut a, &a_dir, "a") };
         victim.kill()?;
         kills += 1;
@@ -194,7 +213,9 @@ async fn counts_are_exact_through_kill_9_and_rebalances() -> Result<()> {
     ensure!(kills == 3);
     producing.await??;
     let end = total as i64;
-    poll_until("the group to commit every input", WITHIN * 2, || Ok((committed(&bootstrap, &group, &input).unwrap_or(0) >= end).then_some(())))?;
+    poll_until("the group to commit every input", WITHIN * 2, || {
+        Ok((committed(&bootstrap, &group, &input).unwrap_or(0) >= end).then_some(()))
+    })?;
     a.terminate()?;
     b.terminate()?;
     let (a_done, b_done) = (a.wait(WITHIN)?, b.wait(WITHIN)?);
@@ -216,11 +237,22 @@ async fn counts_are_exact_through_kill_9_and_rebalances() -> Result<()> {
     ensure!(per_key.len() == keys, "{} keys in the outputs", per_key.len());
     for (k, (key, values)) in per_key.iter().enumerate() {
         let want: Vec<u64> = (1..=expected(k)).collect();
-        ensure!(values == &want, "{key}: {} outputs, first {:?}, last {:?}; expected 1..={} once each, in order", values.len(), values.first(), values.last(), expected(k));
+        ensure!(
+            values == &want,
+            "{key}: {} outputs, first {:?}, last {:?}; expected 1..={} once each, in order",
+            values.len(),
+            values.first(),
+            values.last(),
+            expected(k)
+        );
     }
     ensure!(end_offsets(&bootstrap, &dlq, 1)? == 0, "nothing dead-lettered");
     let everything = read_all(&bootstrap, &output, PARTITIONS, false)?.len();
-    eprintln!("{total} events: {} committed outputs; read_uncommitted sees {everything} (aborted by the kills: {})", outputs.len(), everything - outputs.len());
+    eprintln!(
+        "{total} events: {} committed outputs; read_uncommitted sees {everything} (aborted by the kills: {})",
+        outputs.len(),
+        everything - outputs.len()
+    );
 
     // The state on the broker: the changelog's last committed value per key.
     let mut state: BTreeMap<String, String> = BTreeMap::new();
@@ -233,20 +265,32 @@ async fn counts_are_exact_through_kill_9_and_rebalances() -> Result<()> {
     ensure!(state.len() == keys, "{} keys in the changelog", state.len());
     for k in 0..keys {
         let key = format!("count:k{k:02}");
-        ensure!(state.get(&key).map(String::as_str) == Some(expected(k).to_string().as_str()), "{key}: the changelog holds {:?}, expected {}", state.get(&key), expected(k));
+        ensure!(
+            state.get(&key).map(String::as_str) == Some(expected(k).to_string().as_str()),
+            "{key}: the changelog holds {:?}, expected {}",
+            state.get(&key),
+            expected(k)
+        );
     }
 
     // A fresh host restores every partition's state: one more event per key.
     let c_dir = Scratch::new()?;
     let c = start(&c_dir, &config("c"), "sluice.toml")?;
     produce_paced(&bootstrap, &input, total..total + keys, keys, 10_000).await??;
-    poll_until("the probes to be committed", WITHIN, || Ok((committed(&bootstrap, &group, &input).unwrap_or(0) >= end + keys as i64).then_some(())))?;
+    poll_until("the probes to be committed", WITHIN, || {
+        Ok((committed(&bootstrap, &group, &input).unwrap_or(0) >= end + keys as i64).then_some(()))
+    })?;
     c.terminate()?;
     c.wait(WITHIN)?.ensure_success()?;
     let after = counts(&read_all(&bootstrap, &output, PARTITIONS, true)?)?;
     ensure!(after.len() == keys, "{} keys in the outputs", after.len());
     for (k, (key, values)) in after.iter().enumerate() {
-        ensure!(values.len() as u64 == expected(k) + 1 && values.last() == Some(&(expected(k) + 1)), "{key}: the probe read {:?}, expected {}", values.last(), expected(k) + 1);
+        ensure!(
+            values.len() as u64 == expected(k) + 1 && values.last() == Some(&(expected(k) + 1)),
+            "{key}: the probe read {:?}, expected {}",
+            values.last(),
+            expected(k) + 1
+        );
     }
     Ok(())
 }
@@ -311,7 +355,10 @@ async fn a_restore_reads_committed_transactions_only() -> Result<()> {
     ensure!(value(&first, "d").await?.as_deref() == Some("4"), "the writer reads its own commit from the cache");
     tx.abort().await?;
     let out_of_range = first.commit(batch(&[("e", Some("5"), &format!("{input}/7/0"))])).await;
-    ensure!(out_of_range.as_ref().is_err_and(|e| e.to_string().contains("input partition 7 has no changelog partition")), "{out_of_range:?}");
+    ensure!(
+        out_of_range.as_ref().is_err_and(|e| e.to_string().contains("input partition 7 has no changelog partition")),
+        "{out_of_range:?}"
+    );
 
     let (_tx2, second) = open(&unique("tx")).await?;
     restore(&second, all.clone()).await?;

@@ -11,10 +11,10 @@ mod fixture;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use futures::TryStreamExt;
-use sluice::state::jetstream_kv::{CrashPoint, KvBackend, KvOptions, encode_key};
+use sluice::state::jetstream_kv::{encode_key, CrashPoint, KvBackend, KvOptions};
 use sluice::state::{Backend, CommitBatch, Position};
 
 use common::wait_async;
@@ -194,7 +194,7 @@ fn kv_key(key: &str) -> String {
 /// every event has exactly one output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_three_times_and_every_count_is_exact() -> Result<()> {
-    use common::{Scratch, broker_pipeline, start};
+    use common::{broker_pipeline, start, Scratch};
     use std::collections::{BTreeMap, BTreeSet};
 
     const WITHIN: Duration = Duration::from_secs(300);

@@ -58,7 +58,12 @@ impl Collector {
             ensure!(path == "/v1/traces", "spans are posted to /v1/traces, not {path}");
             let request = ExportTraceServiceRequest::decode(body.as_slice()).context("an OTLP protobuf trace export")?;
             for resource in request.resource_spans {
-                let named = resource.resource.iter().flat_map(|r| &r.attributes).find(|a| a.key == "service.name").and_then(|a| text(a.value.as_ref()?.value.as_ref()?));
+                let named = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| text(a.value.as_ref()?.value.as_ref()?));
                 ensure!(named.as_deref() == Some(service), "service.name is the configured one: {named:?}");
                 spans.extend(resource.scope_spans.into_iter().flat_map(|s| s.spans));
             }
@@ -124,10 +129,7 @@ fn a_span_per_event_continues_the_trace_and_outputs_carry_the_ids() -> Result<()
     let scratch = Scratch::new()?;
     let mut config = one_pipeline("orders", "chaos", "", "max_attempts = 3\nbackoff = { initial = \"1ms\", max = \"1ms\" }");
     config.push_str("\n[pipelines.orders.correlation]\n");
-    config.push_str(&format!(
-        "\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\nservice_name = \"orders-service\"\n",
-        collector.port
-    ));
+    config.push_str(&format!("\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\nservice_name = \"orders-service\"\n", collector.port));
     scratch.write("sluice.toml", config)?;
     let traceparent = format!("00-{TRACE}-{PARENT_SPAN}-01");
     scratch.write_events(
@@ -154,7 +156,10 @@ fn a_span_per_event_continues_the_trace_and_outputs_carry_the_ids() -> Result<()
     let spans = collector.spans("orders-service")?;
     ensure!(spans.len() == 3, "three spans: {spans:#?}");
     let by_outcome = |outcome: &str| spans.iter().find(|s| attribute(s, "sluice.outcome").as_deref() == Some(outcome));
-    let first = spans.iter().find(|s| attribute(s, "messaging.message.conversation_id").as_deref() == Some("order-7")).context("the first event's span")?;
+    let first = spans
+        .iter()
+        .find(|s| attribute(s, "messaging.message.conversation_id").as_deref() == Some("order-7"))
+        .context("the first event's span")?;
     assert_eq!(hex::encode(&first.trace_id), TRACE, "continues the incoming trace");
     assert_eq!(hex::encode(&first.parent_span_id), PARENT_SPAN, "as a child of the incoming span");
     assert_eq!(first.name, "process orders");
@@ -285,13 +290,17 @@ fn an_http_call_has_a_span_and_the_callee_gets_it_as_parent() -> Result<()> {
     assert_eq!(attribute(call, "http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attribute(call, "sluice.idempotency_key").as_deref(), Some("order-1:0"));
     assert_eq!(echoed["key"], json!("order-1:0"));
-    let duration = call.attributes.iter().find(|a| a.key == "sluice.call.duration_ms").and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-        Any::DoubleValue(ms) => Some(*ms),
-        _ => None,
-    });
+    let duration =
+        call.attributes.iter().find(|a| a.key == "sluice.call.duration_ms").and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            Any::DoubleValue(ms) => Some(*ms),
+            _ => None,
+        });
     ensure!(duration.is_some_and(|ms| ms > 0.0), "a duration in ms: {duration:?}");
     ensure!(attribute(call, "error.type").is_none(), "no error on a 200");
-    ensure!(call.start_time_unix_nano >= event.start_time_unix_nano && call.end_time_unix_nano <= event.end_time_unix_nano, "within the event's span");
+    ensure!(
+        call.start_time_unix_nano >= event.start_time_unix_nano && call.end_time_unix_nano <= event.end_time_unix_nano,
+        "within the event's span"
+    );
     Ok(())
 }
 
@@ -326,7 +335,10 @@ async fn a_service_request_has_a_span_and_the_service_gets_it_as_parent() -> Res
     ));
     config.push_str(&format!("\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\nservice_name = \"ask\"\n", collector.port));
     scratch.write("sluice.toml", config)?;
-    scratch.write_events("events.jsonl", &[json!({ "id": "order-2", "payload": "sku-1", "headers": { "traceparent": format!("00-{TRACE}-{PARENT_SPAN}-01") } })])?;
+    scratch.write_events(
+        "events.jsonl",
+        &[json!({ "id": "order-2", "payload": "sku-1", "headers": { "traceparent": format!("00-{TRACE}-{PARENT_SPAN}-01") } })],
+    )?;
     let dir = scratch.dir().to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut command = std::process::Command::new(sluice_bin());
@@ -342,7 +354,11 @@ async fn a_service_request_has_a_span_and_the_service_gets_it_as_parent() -> Res
     let event = spans.iter().find(|s| s.name == "process ask").context("the event's span")?;
     let call = spans.iter().find(|s| s.name == "client.request").with_context(|| format!("the request's span: {spans:#?}"))?;
     assert_eq!(call.parent_span_id, event.span_id, "a child of the event's span");
-    assert_eq!(out[0]["payload"], json!(format!("00-{TRACE}-{}-01", hex::encode(&call.span_id))), "the service's parent is the request's span");
+    assert_eq!(
+        out[0]["payload"],
+        json!(format!("00-{TRACE}-{}-01", hex::encode(&call.span_id))),
+        "the service's parent is the request's span"
+    );
     assert_eq!(attribute(call, "sluice.client.destination").as_deref(), Some("inventory"));
     assert_eq!(attribute(call, "messaging.system").as_deref(), Some("nats"));
     assert_eq!(attribute(call, "messaging.destination.name").as_deref(), Some("inventory.reserve"));

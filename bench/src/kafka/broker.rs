@@ -80,10 +80,8 @@ impl Broker {
             bail!("scripts/kafka.sh start {port} failed ({status})");
         }
         let brokers = format!("127.0.0.1:{port}");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .context("creating the admin client")?;
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create().context("creating the admin client")?;
         std::mem::forget(guard); // Broker's own drop takes over
         Ok(Self { port, root, brokers, admin })
     }

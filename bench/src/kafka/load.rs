@@ -64,12 +64,7 @@ fn producer(brokers: &str, linger_ms: u32) -> Result<FutureProducer> {
 
 /// Produces events `seqs` (no key, so spread over the partitions) to
 /// `topic`, each stamped by `stamp`, awaiting every delivery report.
-async fn produce_all(
-    producer: &FutureProducer,
-    topic: &str,
-    seqs: Range<u64>,
-    mut before_each: impl AsyncFnMut(u64),
-) -> Result<()> {
+async fn produce_all(producer: &FutureProducer, topic: &str, seqs: Range<u64>, mut before_each: impl AsyncFnMut(u64)) -> Result<()> {
     let mut pending = FuturesUnordered::new();
     for seq in seqs {
         before_each(seq).await;
@@ -124,14 +119,12 @@ pub async fn produce_at_rate(brokers: &str, topic: &str, seqs: Range<u64>, rate:
     let producer = producer(brokers, 0)?;
     let first = seqs.start;
     let start = Instant::now();
-    produce_all(&producer, topic, seqs, async |seq| {
-        loop {
-            let due = first + (start.elapsed().as_secs_f64() * rate as f64) as u64;
-            if seq < due {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+    produce_all(&producer, topic, seqs, async |seq| loop {
+        let due = first + (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        if seq < due {
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     })
     .await
 }
@@ -202,9 +195,7 @@ impl Receiver {
         consumer.assign(&assignment)?;
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = cancel.clone();
-        let thread = std::thread::Builder::new()
-            .name("kafka-receiver".into())
-            .spawn(move || receive(consumer, watch, &stop))?;
+        let thread = std::thread::Builder::new().name("kafka-receiver".into()).spawn(move || receive(consumer, watch, &stop))?;
         Ok(Self { thread, cancel })
     }
 
@@ -227,13 +218,8 @@ impl Receiver {
 fn receive(consumer: BaseConsumer, watch: Watch, cancel: &AtomicBool) -> Result<Seen> {
     let expected = watch.seqs.end - watch.seqs.start;
     let mut seen_seq = vec![false; expected as usize];
-    let mut seen = Seen {
-        distinct: 0,
-        duplicates: 0,
-        first: None,
-        last: None,
-        latency: Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?,
-    };
+    let mut seen =
+        Seen { distinct: 0, duplicates: 0, first: None, last: None, latency: Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)? };
     let mut last_any = Instant::now();
     while seen.distinct < expected && !cancel.load(Ordering::Acquire) {
         let wait = if seen.first.is_some() { STALL } else { FIRST_WAIT };

@@ -210,10 +210,8 @@ async fn native_at_least_once(topics: &Topics, stop: oneshot::Receiver<()>) -> R
 /// it is committed, and the next begins.
 fn native_exactly_once(topics: &Topics, interval: Duration, stop: &AtomicBool) -> Result<()> {
     const TIMEOUT: Duration = Duration::from_secs(30);
-    let consumer: BaseConsumer = consumer_config(topics)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
+    let consumer: BaseConsumer =
+        consumer_config(topics).set("enable.auto.commit", "false").set("isolation.level", "read_committed").create()?;
     let producer: BaseProducer = producer_config(&topics.brokers)
         .set("transactional.id", format!("native-{}", topics.group))
         .set("transaction.timeout.ms", "60000")
@@ -276,7 +274,8 @@ impl Sluice {
             Some(interval) => (interval, true),
             None => (Duration::from_secs(1), false),
         };
-        let transactional_id = if eos { format!(", transactional_id = {}", quote(&format!("sluice-{}", topics.group))) } else { String::new() };
+        let transactional_id =
+            if eos { format!(", transactional_id = {}", quote(&format!("sluice-{}", topics.group))) } else { String::new() };
         let source = format!(
             "{{ kind = \"kafka\", brokers = {brokers}, group = {group}, topics = [{input}], start = \"earliest\", \
              commit_interval = \"{ms}ms\", exactly_once = {eos}{transactional_id} }}",

@@ -52,10 +52,7 @@ pub struct Setup {
 
 /// The 1-minute load average, from `/proc/loadavg`.
 pub fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_else(|| "?".into())
 }
 
 /// Microseconds as milliseconds: one decimal below 100 ms.
@@ -109,10 +106,7 @@ pub fn render(setup: &Setup, rows: &[Row], sluice_log: &[String]) -> String {
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let native_alo = rows.iter().find(|r| r.variant == Variant::NativeAtLeastOnce).map(Row::throughput);
     for row in rows {
-        let native_same = rows
-            .iter()
-            .find(|r| r.variant.is_native() && r.variant.mode() == row.variant.mode())
-            .map(Row::throughput);
+        let native_same = rows.iter().find(|r| r.variant.is_native() && r.variant.mode() == row.variant.mode()).map(Row::throughput);
         let ratio = |base: Option<f64>| base.map_or("–".into(), |n| format!("{:.1}%", 100.0 * row.throughput() / n));
         let _ = writeln!(
             out,

@@ -16,13 +16,7 @@ pub fn native_passthrough(events: &[Event]) -> Vec<HandleResult> {
     events
         .iter()
         .map(|e| {
-            Ok(vec![Output {
-                destination: None,
-                key: e.key.clone(),
-                payload: e.payload.clone(),
-                headers: e.headers.clone(),
-                reply: false,
-            }])
+            Ok(vec![Output { destination: None, key: e.key.clone(), payload: e.payload.clone(), headers: e.headers.clone(), reply: false }])
         })
         .collect()
 }

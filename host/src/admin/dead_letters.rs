@@ -113,7 +113,10 @@ fn read_failed(err: ReplayError) -> Failure {
 }
 
 fn late() -> Failure {
-    Failure(StatusCode::GATEWAY_TIMEOUT, format!("the dead-letter destination did not answer within {}", humantime::format_duration(WITHIN)))
+    Failure(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("the dead-letter destination did not answer within {}", humantime::format_duration(WITHIN)),
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -274,7 +277,8 @@ async fn select(name: &str, dead_letters: &DeadLetters, request: &ReplayRequest)
             if ids.is_empty() || ids.len() > MAX_LIMIT {
                 return Err(Failure(StatusCode::BAD_REQUEST, format!("ids: give 1 to {MAX_LIMIT}")));
             }
-            let read = tokio::time::timeout(WITHIN, read::by_ids(origin, connection, ids)).await.map_err(|_| late())?.map_err(read_failed)?;
+            let read =
+                tokio::time::timeout(WITHIN, read::by_ids(origin, connection, ids)).await.map_err(|_| late())?.map_err(read_failed)?;
             // Another pipeline's dead letters (a shared destination) are
             // not this one's to replay: left out, like ids not found.
             read.into_iter().filter_map(read::Positioned::dead_letter).filter(|(_, record)| record.pipeline == name).collect()
@@ -355,11 +359,7 @@ async fn send(name: &str, records: Vec<(String, DeadLetter)>, to: &To, through: 
 
 /// Replays the records selected (oldest first), or with `dry_run` says
 /// what it would send where and sends nothing.
-pub(super) async fn replay(
-    State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    body: axum::body::Bytes,
-) -> Answer {
+pub(super) async fn replay(State(state): State<Arc<AdminState>>, Path(name): Path<String>, body: axum::body::Bytes) -> Answer {
     // Read whatever the content type says: `curl -d` sends a form type.
     let request: ReplayRequest =
         serde_json::from_slice(&body).map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("the body is not a replay request: {e}")))?;

@@ -91,7 +91,10 @@ mod tests {
     #[test]
     fn stuck_needs_work_in_flight_and_no_progress_past_the_threshold() {
         let minute = Duration::from_secs(60);
-        assert_eq!(verdict(3, Duration::from_secs(61), minute, false).as_deref(), Some("stuck: 3 event(s) in flight and no progress for 61s"));
+        assert_eq!(
+            verdict(3, Duration::from_secs(61), minute, false).as_deref(),
+            Some("stuck: 3 event(s) in flight and no progress for 61s")
+        );
         assert_eq!(verdict(0, Duration::from_secs(600), minute, false), None, "idle with nothing to do is fine");
         assert_eq!(verdict(3, Duration::from_secs(59), minute, false), None, "within the threshold");
         assert_eq!(verdict(3, Duration::from_secs(600), minute, true), None, "an open breaker holds events on purpose");

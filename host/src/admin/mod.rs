@@ -230,9 +230,10 @@ async fn serve_counting(
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let tls = match &limits.tls {
-        Some((cert, key)) => Some(tls::server_config(cert, key).map_err(|(field, message)| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("admin.{field}: {message}"))
-        })?),
+        Some((cert, key)) => Some(
+            tls::server_config(cert, key)
+                .map_err(|(field, message)| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("admin.{field}: {message}")))?,
+        ),
         None => None,
     };
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -242,7 +243,11 @@ async fn serve_counting(
         tracing::warn!(
             "the admin API listens on {bound}, not on loopback: anyone who can reach it sees the pipelines{}{}",
             if limits.read_token.is_some() { " with the read token" } else { " and metrics (set `admin.read_token` to require a token)" },
-            if tls.is_some() { "" } else { "; tokens and uploads travel unencrypted (set `admin.tls_cert` and `admin.tls_key`, or listen on 127.0.0.1)" }
+            if tls.is_some() {
+                ""
+            } else {
+                "; tokens and uploads travel unencrypted (set `admin.tls_cert` and `admin.tls_key`, or listen on 127.0.0.1)"
+            }
         );
     }
     let digest = |token: &Option<String>| token.as_ref().map(|t| sha256(t.as_bytes()));
@@ -277,7 +282,10 @@ async fn serve_counting(
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 state.counters.connections_refused.fetch_add(1, AtomicOrdering::Relaxed);
-                state.log_refusal(format_args!("{} connections are open (`admin.max_connections`); closed one from {peer}", limits.max_connections));
+                state.log_refusal(format_args!(
+                    "{} connections are open (`admin.max_connections`); closed one from {peer}",
+                    limits.max_connections
+                ));
                 drop(stream);
                 continue;
             };
@@ -387,11 +395,7 @@ fn router(state: Arc<AdminState>) -> Router {
 /// Runs before a route's handler, on the headers alone: the token, then
 /// the declared body size against the route's limit. A refused request's
 /// body is never read.
-async fn guard(
-    State((state, access, max_body)): State<(Arc<AdminState>, Access, u64)>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn guard(State((state, access, max_body)): State<(Arc<AdminState>, Access, u64)>, request: Request, next: Next) -> Response {
     if let Err(failure) = authorize(&state, access, request.headers()) {
         if failure.0 == StatusCode::UNAUTHORIZED {
             state.counters.auth_failures.fetch_add(1, AtomicOrdering::Relaxed);
@@ -400,11 +404,8 @@ async fn guard(
         }
         return failure.into_response();
     }
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(length) = declared.filter(|length| *length > max_body) {
         return too_large(length, max_body, request.method()).into_response();
     }
@@ -437,19 +438,15 @@ fn authorize(state: &AdminState, access: Access, headers: &HeaderMap) -> Result<
         Access::Read if state.read_token.is_none() => Ok(()),
         // Both compared, so timing does not tell which token was close.
         Access::Read if matches(&state.read_token) | matches(&state.token) => Ok(()),
-        Access::Read => Err(Failure(
-            StatusCode::UNAUTHORIZED,
-            "a valid `Authorization: Bearer <admin.read_token>` header is required".into(),
-        )),
+        Access::Read => {
+            Err(Failure(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <admin.read_token>` header is required".into()))
+        }
         Access::Write if state.token.is_none() => Err(Failure(
             StatusCode::FORBIDDEN,
             "changes through the admin API are disabled: set `admin.token` in the config (e.g. token = \"${SLUICE_ADMIN_TOKEN}\")".into(),
         )),
         Access::Write if matches(&state.token) => Ok(()),
-        Access::Write => Err(Failure(
-            StatusCode::UNAUTHORIZED,
-            "a valid `Authorization: Bearer <admin.token>` header is required".into(),
-        )),
+        Access::Write => Err(Failure(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <admin.token>` header is required".into())),
     }
 }
 
@@ -486,10 +483,7 @@ type Answer = Result<Response, Failure>;
 
 fn find(state: &AdminState, name: &str) -> Result<Arc<PipelineHandle>, Failure> {
     let registry = state.registry.read().map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned".into()))?;
-    registry
-        .get(name)
-        .cloned()
-        .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")))
+    registry.get(name).cloned().ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")))
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Answer {
@@ -546,7 +540,8 @@ async fn list(State(state): State<Arc<AdminState>>) -> Answer {
     let registry = state.registry.read().map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned".into()))?.clone();
     let lifecycles = state.health.lifecycles();
     let names: std::collections::BTreeSet<&String> = registry.keys().chain(lifecycles.keys()).collect();
-    let views: Vec<serde_json::Value> = names.into_iter().filter_map(|name| view_of(name, registry.get(name), lifecycles.get(name))).collect();
+    let views: Vec<serde_json::Value> =
+        names.into_iter().filter_map(|name| view_of(name, registry.get(name), lifecycles.get(name))).collect();
     Ok(Json(json!({ "pipelines": views })).into_response())
 }
 
@@ -626,10 +621,7 @@ fn value_json(value: Vec<u8>) -> serde_json::Value {
 /// of the following page).
 async fn state_list(State(state): State<Arc<AdminState>>, Path(name): Path<String>, Query(query): Query<StateQuery>) -> Answer {
     let store = store_of(&state, &name)?;
-    let (entries, next) = store
-        .scan(&query.prefix, query.after.as_deref(), query.limit.unwrap_or(100))
-        .await
-        .map_err(state_failure)?;
+    let (entries, next) = store.scan(&query.prefix, query.after.as_deref(), query.limit.unwrap_or(100)).await.map_err(state_failure)?;
     let entries: serde_json::Map<String, serde_json::Value> = entries.into_iter().map(|(k, v)| (k, value_json(v))).collect();
     Ok(Json(json!({ "entries": entries, "next": next })).into_response())
 }
@@ -676,7 +668,9 @@ async fn upload(
     // The signature line (`sluice plugin sign` writes it to FILE.sig):
     // checked when `[plugins] trusted_keys` is set, ignored otherwise.
     let signature = match headers.get(SIGNATURE_HEADER) {
-        Some(value) => Some(value.to_str().map_err(|_| Failure(StatusCode::BAD_REQUEST, "the Sluice-Signature header is not text".into()))?.to_owned()),
+        Some(value) => {
+            Some(value.to_str().map_err(|_| Failure(StatusCode::BAD_REQUEST, "the Sluice-Signature header is not text".into()))?.to_owned())
+        }
         None => None,
     };
     let wasm = read_body(body, state.max_upload, state.body_timeout).await?;
@@ -717,9 +711,9 @@ async fn read_body(body: Body, max: u64, timeout: Duration) -> Result<Vec<u8>, F
         }
         Ok(data)
     };
-    tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| Failure(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {}", humantime::format_duration(timeout))))?
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        Failure(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {}", humantime::format_duration(timeout)))
+    })?
 }
 
 #[cfg(test)]

@@ -106,7 +106,10 @@ fn watch(watcher: Watcher, filter: Filter, stop: CancellationToken) -> impl Stre
             };
             match received {
                 Ok(seen) if filter.pass(seen.point) => {
-                    let event = SseEvent::default().event(seen.point.name()).json_data(&*seen).unwrap_or_else(|_| SseEvent::default().event("error"));
+                    let event = SseEvent::default()
+                        .event(seen.point.name())
+                        .json_data(&*seen)
+                        .unwrap_or_else(|_| SseEvent::default().event("error"));
                     return Some((Ok(event), Some((watcher, filter, stop))));
                 }
                 Ok(_) => continue,

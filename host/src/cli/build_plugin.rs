@@ -24,7 +24,6 @@ use super::new_plugin::Lang;
 /// How long a build may stay quiet before we say it still runs.
 const QUIET: Duration = Duration::from_secs(10);
 
-
 /// Which language the project in `dir` is written in, from the files a
 /// `plugin new` project of each language has.
 pub fn detect(dir: &Path) -> Option<Lang> {
@@ -148,7 +147,6 @@ fn last_lines(text: &str) -> String {
         n => format!(":\n{}", lines[n.saturating_sub(20)..].join("\n")),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

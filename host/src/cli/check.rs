@@ -26,7 +26,12 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
             };
             match loaded {
                 Ok(plugin) => {
-                    println!("ok    pipeline `{name}`: plugin {} ({}, sha256 {})", plugin.name(), bytesize::ByteSize::b(plugin.size() as u64), plugin.digest());
+                    println!(
+                        "ok    pipeline `{name}`: plugin {} ({}, sha256 {})",
+                        plugin.name(),
+                        bytesize::ByteSize::b(plugin.size() as u64),
+                        plugin.digest()
+                    );
                     let capabilities: Vec<&str> = plugin.capabilities().iter().map(|c| c.name()).collect();
                     println!(
                         "      targets {}; capabilities: {}",

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use sluice::replay::{Kind, Origin, To};
 use sluice::replay::{read, Connection, Filter, Positioned, Sinks};
+pub use sluice::replay::{Kind, Origin, To};
 use sluice::sink::Receipt;
 
 /// Receipts awaited at once: bounds the records in flight.
@@ -51,8 +51,7 @@ async fn run(options: &Options) -> Result<std::process::ExitCode> {
         },
         name: None,
     });
-    sluice::nats::check_server(&options.nats)
-        .map_err(|(key, message)| anyhow::anyhow!("--nats-{}: {message}", key.replace('_', "-")))?;
+    sluice::nats::check_server(&options.nats).map_err(|(key, message)| anyhow::anyhow!("--nats-{}: {message}", key.replace('_', "-")))?;
     let connection = Connection { nats: options.nats.clone(), brokers: options.brokers.clone(), kafka_options: BTreeMap::new() };
     let (tx, mut records) = tokio::sync::mpsc::channel::<Positioned>(WINDOW);
     let (total, reader) = read::read_all(&options.from, &connection, tx).await?;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, types::ComponentItem};
+use wasmtime::component::{types::ComponentItem, Component};
 
 use sluice::runtime::{Runtime, RuntimeOptions, Target};
 
@@ -53,7 +53,11 @@ pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("world:   not a Sluice plugin: it exports neither {} nor {} ({world})", Target::V0_2.interface("handler"), Target::V0_1.interface("handler"));
+        println!(
+            "world:   not a Sluice plugin: it exports neither {} nor {} ({world})",
+            Target::V0_2.interface("handler"),
+            Target::V0_1.interface("handler")
+        );
         Ok(ExitCode::FAILURE)
     }
 }

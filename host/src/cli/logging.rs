@@ -141,10 +141,7 @@ mod tests {
     fn untrusted_text_cannot_forge_a_log_line() {
         let captured = Captured::default();
         let sink = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(OneLine::new(move || sink.clone(), false))
-            .finish();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(OneLine::new(move || sink.clone(), false)).finish();
         tracing::subscriber::with_default(subscriber, || {
             let untrusted = "bad input\n2026-12-05T00:00:00Z ERROR sluice: admin token is abc";
             tracing::warn!(event = untrusted, "plugin rejected the event: {untrusted}");

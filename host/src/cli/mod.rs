@@ -340,8 +340,22 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk, with }) => {
             new_plugin::new(lang, &name, dir.as_deref(), sdk.as_deref(), &with)
         }
-        Command::Plugin(PluginCommand::Test { plugin, events, config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies }) => {
-            let options = test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies };
+        Command::Plugin(PluginCommand::Test {
+            plugin,
+            events,
+            config,
+            format,
+            timeout,
+            memory,
+            expect,
+            cache_dir,
+            state,
+            replies,
+            allow_http,
+            http_replies,
+        }) => {
+            let options =
+                test_plugin::Options { config, format, timeout, memory, expect, cache_dir, state, replies, allow_http, http_replies };
             test_plugin::test(&plugin, &events, &options)
         }
     };

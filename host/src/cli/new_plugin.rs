@@ -61,22 +61,18 @@ impl Lang {
                 ("src/lib.rs", include_str!("../../templates/rust/lib.rs")),
                 ("build.sh", include_str!("../../templates/rust/build.sh")),
             ],
-            Lang::Js => &[
-                ("plugin.js", include_str!("../../templates/js/plugin.js")),
-                ("build.sh", include_str!("../../templates/js/build.sh")),
-            ],
-            Lang::Ts => &[
-                ("plugin.ts", include_str!("../../templates/ts/plugin.ts")),
-                ("build.sh", include_str!("../../templates/ts/build.sh")),
-            ],
-            Lang::Python => &[
-                ("app.py", include_str!("../../templates/python/app.py")),
-                ("build.sh", include_str!("../../templates/python/build.sh")),
-            ],
-            Lang::C => &[
-                ("plugin.c", include_str!("../../templates/c/plugin.c")),
-                ("build.sh", include_str!("../../templates/c/build.sh")),
-            ],
+            Lang::Js => {
+                &[("plugin.js", include_str!("../../templates/js/plugin.js")), ("build.sh", include_str!("../../templates/js/build.sh"))]
+            }
+            Lang::Ts => {
+                &[("plugin.ts", include_str!("../../templates/ts/plugin.ts")), ("build.sh", include_str!("../../templates/ts/build.sh"))]
+            }
+            Lang::Python => {
+                &[("app.py", include_str!("../../templates/python/app.py")), ("build.sh", include_str!("../../templates/python/build.sh"))]
+            }
+            Lang::C => {
+                &[("plugin.c", include_str!("../../templates/c/plugin.c")), ("build.sh", include_str!("../../templates/c/build.sh"))]
+            }
             Lang::Go => &[
                 ("go.mod", include_str!("../../templates/go/go.mod")),
                 ("main.go", include_str!("../../templates/go/main.go")),
@@ -235,7 +231,10 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>, with:
         std::fs::write(&target, fill(text)).with_context(|| format!("cannot write {}", target.display()))?;
     }
     println!("created {} plugin `{name}` in {}", lang.display(), dir.display());
-    println!("next:   sluice plugin build {0} && cd {0} && sluice plugin test {name}.wasm --events events.jsonl{flags} --expect expected.jsonl", dir.display());
+    println!(
+        "next:   sluice plugin build {0} && cd {0} && sluice plugin test {name}.wasm --events events.jsonl{flags} --expect expected.jsonl",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -256,7 +255,11 @@ mod tests {
         assert_eq!(expected_calls(&[Feature::State]), "");
         assert_eq!(expected_calls(&[Feature::Client]), r#","calls":[{"target":"lookup","path":"lookup","idempotency_key":"hello:0"}]"#);
         let both = expected_calls(&[Feature::Http, Feature::Client]);
-        assert!(both.contains(r#""path":"/lookup","status":200,"idempotency_key":"hello:0""#) && both.ends_with(r#""idempotency_key":"hello:1"}]"#), "{both}");
+        assert!(
+            both.contains(r#""path":"/lookup","status":200,"idempotency_key":"hello:0""#)
+                && both.ends_with(r#""idempotency_key":"hello:1"}]"#),
+            "{both}"
+        );
         assert_eq!(test_flags(&[Feature::Http, Feature::Client]), " --http-replies http.json --replies replies.json");
     }
 

@@ -66,7 +66,9 @@ fn fetch(agent: &ureq::Agent, base: &str, token: Option<&str>) -> Result<Value> 
             bail!("{url} requires a token: set SLUICE_ADMIN_READ_TOKEN to the host's `admin.read_token` (or `admin.token`)")
         }
         answer => answer.with_context(|| {
-            format!("cannot reach the admin API at {url}; is `sluice run` running with an [admin] section, and is this its `listen` address?")
+            format!(
+                "cannot reach the admin API at {url}; is `sluice run` running with an [admin] section, and is this its `listen` address?"
+            )
         })?,
     };
     let body: Value = response.body_mut().read_json().with_context(|| format!("{url} did not answer with JSON"))?;
@@ -82,7 +84,21 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
     let before = first["pipelines"].as_array().unwrap_or(&empty);
     let now = second["pipelines"].as_array().unwrap_or(&empty);
     let count = |p: &Value, field: &str| p["stats"][field].as_u64().unwrap_or(0);
-    let header = ["PIPELINE", "STATE", "PLUGIN", "VERSION", "RECEIVED", "IN/S", "OUTPUTS", "OUT/S", "FAILURES", "DEAD", "IN-FLIGHT", "RELOADS", "RESTARTS"];
+    let header = [
+        "PIPELINE",
+        "STATE",
+        "PLUGIN",
+        "VERSION",
+        "RECEIVED",
+        "IN/S",
+        "OUTPUTS",
+        "OUT/S",
+        "FAILURES",
+        "DEAD",
+        "IN-FLIGHT",
+        "RELOADS",
+        "RESTARTS",
+    ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     // Why pipelines that do not run stopped, printed under the table.
     let mut errors = Vec::new();
@@ -95,7 +111,8 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
         };
         let plugin = &pipeline["plugin"];
         let digest = plugin["current"]["digest"].as_str().unwrap_or("-");
-        let in_flight = count(pipeline, "received").saturating_sub(count(pipeline, "acked") + count(pipeline, "abandoned") + count(pipeline, "redelivered"));
+        let in_flight = count(pipeline, "received")
+            .saturating_sub(count(pipeline, "acked") + count(pipeline, "abandoned") + count(pipeline, "redelivered"));
         let state = pipeline["state"].as_str().unwrap_or("?");
         // An open or probing circuit breaker is why a pipeline takes nothing;
         // a restarting one shows its attempt (the error and next try are

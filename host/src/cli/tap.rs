@@ -57,7 +57,9 @@ pub fn tap(options: &Options) -> Result<ExitCode> {
         Ok(response) => response,
         Err(err) => {
             return Err(err).with_context(|| {
-                format!("cannot reach the admin API at {base}; is `sluice run` running with an [admin] section, and is this its `listen` address?")
+                format!(
+                "cannot reach the admin API at {base}; is `sluice run` running with an [admin] section, and is this its `listen` address?"
+            )
             })
         }
     };
@@ -93,7 +95,8 @@ pub fn tap(options: &Options) -> Result<ExitCode> {
                     eprintln!("… {missed} event(s) not shown: this tap read too slowly (use --sample or --rate)");
                 }
                 "end" => {
-                    let reason = serde_json::from_str::<Value>(&event).ok().and_then(|v| v["reason"].as_str().map(str::to_owned)).unwrap_or(event);
+                    let reason =
+                        serde_json::from_str::<Value>(&event).ok().and_then(|v| v["reason"].as_str().map(str::to_owned)).unwrap_or(event);
                     eprintln!("tap ended: {reason}");
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -135,7 +138,8 @@ fn pretty(json: &str) -> String {
         line.push_str(&format!(" [{reason} after {} attempt(s): {}]", seen["attempts"], seen["message"].as_str().unwrap_or("")));
     }
     let payload = &seen["payload"];
-    let body = payload["text"].as_str().map(str::to_owned).or_else(|| payload["hex"].as_str().map(|hex| format!("0x{hex}"))).unwrap_or_default();
+    let body =
+        payload["text"].as_str().map(str::to_owned).or_else(|| payload["hex"].as_str().map(|hex| format!("0x{hex}"))).unwrap_or_default();
     line.push(' ');
     line.push_str(&body.replace('\n', "\\n"));
     if payload["truncated"].as_bool() == Some(true) {

@@ -1,16 +1,16 @@
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{json, Value};
 
+use sluice::client::stub::StubReplies;
+use sluice::client::{ClientScope, Clients};
 use sluice::codec::encode_record;
 use sluice::config::{LineFormat, WasiGrants};
 use sluice::event::Disposition;
-use sluice::client::stub::StubReplies;
-use sluice::client::{ClientScope, Clients};
 use sluice::runtime::http::stub::HttpStubs;
 use sluice::runtime::{CallKind, CallLog, CallRecord, EventScope, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::sink::Record;
@@ -71,9 +71,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
     let config = config
         .iter()
         .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .with_context(|| format!("--config `{kv}`: expected KEY=VALUE"))
+            kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).with_context(|| format!("--config `{kv}`: expected KEY=VALUE"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Printed at the end: what a pipeline would show on `/metrics`.

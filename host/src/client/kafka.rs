@@ -59,7 +59,12 @@ impl Drop for Requester {
 }
 
 impl Requester {
-    pub async fn open(pipeline: &str, name: &str, config: &ClientConfig, producers: &crate::sink::kafka::Producers) -> Result<Self, String> {
+    pub async fn open(
+        pipeline: &str,
+        name: &str,
+        config: &ClientConfig,
+        producers: &crate::sink::kafka::Producers,
+    ) -> Result<Self, String> {
         let brokers = config.brokers();
         let options = crate::kafka::connection_options(config.tls.as_ref(), config.sasl.as_ref(), &config.options);
         let producer = producers.get(&brokers, &options).await.map_err(|e| e.to_string())?;

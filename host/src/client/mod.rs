@@ -131,7 +131,8 @@ impl Clients {
             let link = match (client.allows(ClientUse::Request), client.transport) {
                 (false, _) => Link::EmitOnly,
                 (true, Transport::Nats) => {
-                    let connection = connections.get(&client.nats_server()).await.map_err(|e| error(format!("{}: {}", e.url, e.message)))?;
+                    let connection =
+                        connections.get(&client.nats_server()).await.map_err(|e| error(format!("{}: {}", e.url, e.message)))?;
                     Link::Nats(connection)
                 }
                 (true, Transport::Kafka) => {
@@ -179,7 +180,9 @@ impl Destination {
         match &self.link {
             Link::Nats(client) => nats::request(client, self, outgoing).await,
             Link::Kafka(requester) => requester.request(self, outgoing).await,
-            Link::EmitOnly => Err(CallError::NotAllowed(format!("destination `{}` allows emit only (add \"request\" to its `allow`)", self.name))),
+            Link::EmitOnly => {
+                Err(CallError::NotAllowed(format!("destination `{}` allows emit only (add \"request\" to its `allow`)", self.name)))
+            }
             Link::Stub(rules, path) => {
                 let timeout_ms = u32::try_from(outgoing.timeout.as_millis()).unwrap_or(u32::MAX);
                 stub::answer(rules, &outgoing.payload, timeout_ms, path)

@@ -19,7 +19,11 @@ pub async fn request(client: &async_nats::Client, destination: &Destination, out
     let headers = crate::nats::nats_headers(&outgoing.headers, None).map_err(|e| CallError::NotAllowed(e.to_string()))?;
     let payload = match destination.config.codec {
         Codec::None => outgoing.payload,
-        Codec::Nestjs => codec::request_packet(&destination.config.pattern_json().unwrap_or_default(), &outgoing.payload, &uuid::Uuid::new_v4().to_string()),
+        Codec::Nestjs => codec::request_packet(
+            &destination.config.pattern_json().unwrap_or_default(),
+            &outgoing.payload,
+            &uuid::Uuid::new_v4().to_string(),
+        ),
     };
     let request = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(outgoing.timeout));
     let message = client.send_request(destination.address.clone(), request).await.map_err(|e| match e.kind() {

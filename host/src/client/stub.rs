@@ -97,7 +97,8 @@ impl StubReplies {
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Self, StubFileError> {
-        let raw: BTreeMap<String, Rules> = serde_json::from_str(text).map_err(|source| StubFileError::Parse { path: path.to_owned(), source })?;
+        let raw: BTreeMap<String, Rules> =
+            serde_json::from_str(text).map_err(|source| StubFileError::Parse { path: path.to_owned(), source })?;
         let mut destinations = BTreeMap::new();
         for (destination, rules) in raw {
             let rules = match rules {
@@ -169,7 +170,9 @@ mod tests {
             "a service error, got {refused:?}"
         );
         assert!(matches!(answer(inventory, b"slow", 500, "replies.json"), Err(CallError::Timeout(500))));
-        assert!(matches!(answer(&stubs.destinations["audit"], b"x", 500, "replies.json"), Err(CallError::NotAllowed(m)) if m.contains("replies.json")));
+        assert!(
+            matches!(answer(&stubs.destinations["audit"], b"x", 500, "replies.json"), Err(CallError::NotAllowed(m)) if m.contains("replies.json"))
+        );
         assert_eq!(answer(&stubs.destinations["one"], b"ping", 1, "f").map(|r| r.payload).map_err(|e| format!("{e:?}"))?, b"pong");
         Ok(())
     }
@@ -179,7 +182,9 @@ mod tests {
         let err = StubReplies::parse(r#"{"inventory": [{"reply": "a"}, {"reply": "b", "timeout": true}]}"#, "r.json").err();
         assert_eq!(
             err.map(|e| e.to_string()).as_deref(),
-            Some("r.json: destination `inventory`, rule 1: give exactly one of `reply`, `reply_json`, `error`, `timeout` or `no_responders`")
+            Some(
+                "r.json: destination `inventory`, rule 1: give exactly one of `reply`, `reply_json`, `error`, `timeout` or `no_responders`"
+            )
         );
     }
 }

@@ -46,10 +46,9 @@ pub fn decode_event(line: &[u8], source: &str, default_id: String, now_ms: u64) 
     };
     let headers = match wire.headers {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(map)) => map
-            .into_iter()
-            .map(|(k, v)| header_value(&k, v).map(|value| Header { key: k, value }))
-            .collect::<Result<_, _>>()?,
+        Some(Value::Object(map)) => {
+            map.into_iter().map(|(k, v)| header_value(&k, v).map(|value| Header { key: k, value })).collect::<Result<_, _>>()?
+        }
         Some(Value::Array(pairs)) => pairs
             .into_iter()
             .map(|pair| match pair {
@@ -89,9 +88,7 @@ fn header_value(name: &str, value: Value) -> Result<Vec<u8>, DecodeError> {
 }
 
 fn decode_base64(field: &str, text: &str) -> Result<Vec<u8>, DecodeError> {
-    BASE64
-        .decode(text)
-        .map_err(|e| DecodeError(format!("{field}: invalid base64: {e}")))
+    BASE64.decode(text).map_err(|e| DecodeError(format!("{field}: invalid base64: {e}")))
 }
 
 /// Encodes a record as one JSON line (with the trailing newline).
@@ -127,12 +124,7 @@ fn encode_headers(headers: &[Header]) -> Value {
     if keys_unique(headers) {
         Value::Object(headers.iter().map(|h| (h.key.clone(), value(&h.value))).collect())
     } else {
-        Value::Array(
-            headers
-                .iter()
-                .map(|h| Value::Array(vec![Value::String(h.key.clone()), value(&h.value)]))
-                .collect(),
-        )
+        Value::Array(headers.iter().map(|h| Value::Array(vec![Value::String(h.key.clone()), value(&h.value)])).collect())
     }
 }
 
@@ -155,7 +147,8 @@ mod tests {
 
     #[test]
     fn decodes_every_field() -> Result<(), DecodeError> {
-        let e = decode(r#"{"id":"a","key":"k","payload":{"x":1},"headers":[["h","1"],["h",{"base64":"AAE="}]],"timestamp":5,"reply_to":"r"}"#)?;
+        let e =
+            decode(r#"{"id":"a","key":"k","payload":{"x":1},"headers":[["h","1"],["h",{"base64":"AAE="}]],"timestamp":5,"reply_to":"r"}"#)?;
         assert_eq!(e.id, "a");
         assert_eq!(e.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(e.payload, br#"{"x":1}"#);
@@ -182,8 +175,7 @@ mod tests {
     }
 
     fn many_headers(count: usize, repeat_last: bool) -> Record {
-        let mut headers: Vec<Header> =
-            (0..count).map(|i| Header { key: format!("h{i}"), value: b"v".to_vec() }).collect();
+        let mut headers: Vec<Header> = (0..count).map(|i| Header { key: format!("h{i}"), value: b"v".to_vec() }).collect();
         if repeat_last {
             headers.push(Header { key: "h0".into(), value: b"again".to_vec() });
         }
@@ -226,10 +218,7 @@ mod tests {
             payload: b"plain \"text\"".to_vec(),
             id: None,
             partition: None,
-            headers: vec![
-                Header { key: "a".into(), value: b"1".to_vec() },
-                Header { key: "a".into(), value: vec![0xfe] },
-            ],
+            headers: vec![Header { key: "a".into(), value: b"1".to_vec() }, Header { key: "a".into(), value: vec![0xfe] }],
         };
         let line = encode_record(&record);
         let back = decode_event(line.trim_ascii_end(), "s", "s:1".into(), 0)?;

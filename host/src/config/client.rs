@@ -235,9 +235,7 @@ impl ClientConfig {
                     Some(reply) if !super::valid_topic(reply) => {
                         return Err(("reply_topic", format!("{reply:?} is not a valid Kafka topic name")))
                     }
-                    Some(reply) if *reply == address => {
-                        return Err(("reply_topic", "must differ from the topic requests go to".into()))
-                    }
+                    Some(reply) if *reply == address => return Err(("reply_topic", "must differ from the topic requests go to".into())),
                     None if self.allows(ClientUse::Request) => {
                         return Err(("reply_topic", "missing: a Kafka request needs the topic its answers come back on".into()))
                     }

@@ -6,16 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {}: {source}", file.display())]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     #[error("{}:{line}: {message}", file.display())]
-    Env {
-        file: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Env { file: PathBuf, line: usize, message: String },
     #[error("{}: {message}", file.display())]
     Syntax { file: PathBuf, message: String },
     /// One rule broken, in a pipeline or a top-level table.

@@ -16,8 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
-use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig};
 use super::error::Problem as Violation;
+use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig};
 
 /// `path` with symlinks resolved and `.`/`..` removed, even when it (or
 /// its folder) does not exist yet: the longest existing ancestor is
@@ -97,7 +97,10 @@ pub fn rules(config: &Config) -> Vec<Violation> {
             if let Some(what) = data_files.get(&real) {
                 problem(
                     "source.checkpoint".into(),
-                    format!("{} is also {what}: the checkpoint would overwrite it (or it the checkpoint); give the checkpoint its own file", checkpoint.display()),
+                    format!(
+                        "{} is also {what}: the checkpoint would overwrite it (or it the checkpoint); give the checkpoint its own file",
+                        checkpoint.display()
+                    ),
                 );
             } else if let Some(other) = checkpoints.insert(real, name) {
                 problem(

@@ -83,7 +83,9 @@ impl TryFrom<String> for AllowEntry {
     type Error = String;
 
     fn try_from(entry: String) -> Result<Self, String> {
-        let bad = |why: &str| format!("`{entry}` is not a valid `allow` entry ({why}); expected `host:port`, `*.domain:port` or `http://host:port`");
+        let bad = |why: &str| {
+            format!("`{entry}` is not a valid `allow` entry ({why}); expected `host:port`, `*.domain:port` or `http://host:port`")
+        };
         let (scheme, rest) = match entry.split_once("://") {
             Some(("http", rest)) => (HttpScheme::Http, rest),
             Some(("https", rest)) => (HttpScheme::Https, rest),

@@ -22,19 +22,13 @@ pub struct Substitution {
 }
 
 /// Replaces every `${NAME}` / `${NAME:-default}` in `text` using `env`.
-pub fn interpolate(
-    text: &str,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<String, InterpolateError> {
+pub fn interpolate(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, InterpolateError> {
     interpolate_tracked(text, env).map(|(text, _)| text)
 }
 
 /// [`interpolate`], also returning where each environment value went
 /// (defaults are config text, not tracked).
-pub fn interpolate_tracked(
-    text: &str,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<(String, Vec<Substitution>), InterpolateError> {
+pub fn interpolate_tracked(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<(String, Vec<Substitution>), InterpolateError> {
     let mut substitutions = Vec::new();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -49,23 +43,16 @@ pub fn interpolate_tracked(
         } else if let Some(tail) = after.strip_prefix("${") {
             // A reference ends on its own line: a `}` further down belongs
             // to something else (an inline table, say).
-            let end = tail
-                .find(['}', '\n'])
-                .filter(|&end| tail[end..].starts_with('}'))
-                .ok_or_else(|| InterpolateError {
-                    line,
-                    message: "`${` is not closed on this line: write `${NAME}` or `${NAME:-default}`, or `$${` for a literal `${`".into(),
-                })?;
+            let end = tail.find(['}', '\n']).filter(|&end| tail[end..].starts_with('}')).ok_or_else(|| InterpolateError {
+                line,
+                message: "`${` is not closed on this line: write `${NAME}` or `${NAME:-default}`, or `$${` for a literal `${`".into(),
+            })?;
             let reference = &tail[..end];
             let (name, default) = match reference.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
                 None => (reference, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(InterpolateError {
                     line,
                     message: format!(
@@ -132,11 +119,7 @@ mod tests {
         let err = err.map(|e| (e.line, e.message));
         assert_eq!(
             err,
-            Some((
-                3,
-                "environment variable `NOPE` is not set: set it, or write `${NOPE:-default}` to fall back to a default"
-                    .to_owned()
-            ))
+            Some((3, "environment variable `NOPE` is not set: set it, or write `${NOPE:-default}` to fall back to a default".to_owned()))
         );
     }
 

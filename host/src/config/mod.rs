@@ -32,10 +32,7 @@ use std::path::Path;
 /// Reads, interpolates, parses and validates a config file. Relative paths in
 /// the file are resolved against the file's own directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
     parse(&text, path, |name| std::env::var(name).ok())
 }
 
@@ -54,10 +51,7 @@ pub struct Checked {
 
 /// For `sluice check`: see [`Checked`].
 pub fn load_for_check(path: &Path) -> Result<Checked, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
     let Parsed { config, broken, shared } = parse_collecting(&text, path, |name| std::env::var(name).ok())?;
     let invalid = broken.iter().filter_map(|p| p.scope.pipeline()).map(str::to_owned).collect();
     let mut problems = broken;
@@ -69,11 +63,7 @@ pub fn load_for_check(path: &Path) -> Result<Checked, ConfigError> {
 /// Parses config text. `file` names the source in errors and anchors relative
 /// paths; `env` resolves `${NAME}` references (injectable for tests). Every
 /// rule broken is reported, not just the first.
-pub fn parse(
-    text: &str,
-    file: &Path,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+pub fn parse(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let Parsed { config, broken, shared } = parse_collecting(text, file, env)?;
     let mut problems: Vec<Problem> = broken.into_iter().chain(shared).collect();
     match problems.len() {
@@ -96,11 +86,7 @@ struct Parsed {
 
 /// [`parse`], with the rules broken returned beside the config rather than
 /// as an error.
-fn parse_collecting(
-    text: &str,
-    file: &Path,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Parsed, ConfigError> {
+fn parse_collecting(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Parsed, ConfigError> {
     // Remember where values from the environment went: an error about
     // text there names the variable and never quotes the text.
     let (text, substitutions) = interpolate::interpolate_tracked(text, &env).map_err(|e| ConfigError::Env {
@@ -109,21 +95,13 @@ fn parse_collecting(
         message: e.message,
     })?;
     let origin = Origin { text: &text, substitutions: &substitutions };
-    let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-        file: file.to_path_buf(),
-        message: origin.syntax_error(&e),
-    })?;
-    let base = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
+    let mut config: Config =
+        toml::from_str(&text).map_err(|e| ConfigError::Syntax { file: file.to_path_buf(), message: origin.syntax_error(&e) })?;
+    let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
     config.resolve_paths(base);
     let mut broken = validate::validate(&config);
     broken.extend(schemas::load(&mut config));
-    let tables = [
-        ("admin", config.admin.as_ref().map(validate::admin)),
-        ("tracing", config.tracing.as_ref().map(validate::tracing)),
-    ];
+    let tables = [("admin", config.admin.as_ref().map(validate::admin)), ("tracing", config.tracing.as_ref().map(validate::tracing))];
     for (table, found) in tables {
         broken.extend(found.into_iter().flatten().map(|(key, message)| Problem { scope: Scope::Table(table), key: key.into(), message }));
     }
@@ -270,7 +248,12 @@ mod tests {
             format!("[pipelines.p]\nsource = {{ kind = \"stdin\" }}\nsink = {{ kind = \"stdout\" }}\ndead_letter = {{ kind = \"stdout\" }}\nplugin = {{ path = \"p.wasm\" }}\npolicy = {{ {policy} }}\n")
         };
         let err = error(&pipeline("max_attempts = ${SECRET}"), "0");
-        assert!(err.ends_with("the value from the environment (`${SECRET}`) is not valid here; it is not shown, check what the variable is set to"), "{err}");
+        assert!(
+            err.ends_with(
+                "the value from the environment (`${SECRET}`) is not valid here; it is not shown, check what the variable is set to"
+            ),
+            "{err}"
+        );
         // A message about another key keeps its letters.
         let err = error(&(pipeline("max_attempts = 0") + "[admin]\ntoken = \"${SECRET}\"\n"), "e");
         assert!(err.contains("must be at least 1, got 0"), "{err}");

@@ -777,17 +777,19 @@ impl SourceConfig {
     pub fn nats_server(&self) -> Option<NatsServer> {
         match self {
             SourceConfig::Nats { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. }
-            | SourceConfig::Jetstream { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. } => Some(NatsServer {
-                url: url.clone(),
-                token: token.clone(),
-                credentials: credentials.clone(),
-                user: user.clone(),
-                password: password.clone(),
-                nkey: nkey.clone(),
-                tls_ca: tls_ca.clone(),
-                tls_cert: tls_cert.clone(),
-                tls_key: tls_key.clone(),
-            }),
+            | SourceConfig::Jetstream { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. } => {
+                Some(NatsServer {
+                    url: url.clone(),
+                    token: token.clone(),
+                    credentials: credentials.clone(),
+                    user: user.clone(),
+                    password: password.clone(),
+                    nkey: nkey.clone(),
+                    tls_ca: tls_ca.clone(),
+                    tls_cert: tls_cert.clone(),
+                    tls_key: tls_key.clone(),
+                })
+            }
             _ => None,
         }
     }
@@ -921,11 +923,7 @@ impl PluginConfig {
 
 fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), String> {
     for (key, value) in table {
-        let key = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
+        let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match value {
             toml::Value::String(s) => out.push((key, s.clone())),
             toml::Value::Integer(i) => out.push((key, i.to_string())),
@@ -933,11 +931,7 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -
             toml::Value::Boolean(b) => out.push((key, b.to_string())),
             toml::Value::Datetime(d) => out.push((key, d.to_string())),
             toml::Value::Table(t) => flatten(&key, t, out)?,
-            toml::Value::Array(_) => {
-                return Err(format!(
-                    "`{key}` is an array; plugin config values are strings, numbers or booleans"
-                ))
-            }
+            toml::Value::Array(_) => return Err(format!("`{key}` is an array; plugin config values are strings, numbers or booleans")),
         }
     }
     Ok(())
@@ -1299,12 +1293,7 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        Self {
-            initial: default_initial(),
-            max: default_max_delay(),
-            multiplier: default_multiplier(),
-            jitter: default_jitter(),
-        }
+        Self { initial: default_initial(), max: default_max_delay(), multiplier: default_multiplier(), jitter: default_jitter() }
     }
 }
 
@@ -1363,9 +1352,7 @@ impl Config {
             for dir in pipeline.plugin.wasi.read_dirs.values_mut() {
                 fix(dir);
             }
-            let sinks = std::iter::once(&mut pipeline.sink)
-                .chain(pipeline.routes.values_mut())
-                .chain(pipeline.dead_letter.as_mut());
+            let sinks = std::iter::once(&mut pipeline.sink).chain(pipeline.routes.values_mut()).chain(pipeline.dead_letter.as_mut());
             for sink in sinks {
                 match sink {
                     SinkConfig::File { path, .. } => fix(path),

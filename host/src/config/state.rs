@@ -134,7 +134,10 @@ impl StateConfig {
         match self.backend {
             StateBackend::Embedded => {
                 if self.path.is_none() {
-                    out.push(("state.path", "missing: the embedded backend keeps state in a database file, e.g. `path = \"state.redb\"`".into()));
+                    out.push((
+                        "state.path",
+                        "missing: the embedded backend keeps state in a database file, e.g. `path = \"state.redb\"`".into(),
+                    ));
                 }
                 if matches!(source, SourceConfig::Kafka { .. }) {
                     out.push((
@@ -148,7 +151,9 @@ impl StateConfig {
                         "a file source of a pipeline with embedded state keeps its position in the state database, committed with the state (so the two never disagree after a crash): remove `checkpoint`".into(),
                     ));
                 }
-                if self.sync_interval.is_some_and(|i| !i.is_zero()) && !matches!(source, SourceConfig::File { .. } | SourceConfig::Stdin { .. }) {
+                if self.sync_interval.is_some_and(|i| !i.is_zero())
+                    && !matches!(source, SourceConfig::File { .. } | SourceConfig::Stdin { .. })
+                {
                     out.push((
                         "state.sync_interval",
                         "only a file or stdin source may defer the fsync: this source's acknowledgement leaves the host once a commit returns, and state lost in a crash after that would be lost for good; remove `sync_interval` (or set it to \"0s\")".into(),
@@ -157,12 +162,19 @@ impl StateConfig {
             }
             StateBackend::Memory => {
                 if self.path.is_some() {
-                    out.push(("state.path", "the memory backend keeps nothing on disk: remove `path`, or use `backend = \"embedded\"`".into()));
+                    out.push((
+                        "state.path",
+                        "the memory backend keeps nothing on disk: remove `path`, or use `backend = \"embedded\"`".into(),
+                    ));
                 }
             }
             StateBackend::JetstreamKv => {
                 if self.path.is_some() {
-                    out.push(("state.path", "the jetstream-kv backend keeps state in a KV bucket, not a file: remove `path` (name the bucket with `bucket`)".into()));
+                    out.push((
+                        "state.path",
+                        "the jetstream-kv backend keeps state in a KV bucket, not a file: remove `path` (name the bucket with `bucket`)"
+                            .into(),
+                    ));
                 }
                 if !matches!(source, SourceConfig::Nats { .. } | SourceConfig::Jetstream { .. }) {
                     let kind = match source {
@@ -182,7 +194,11 @@ impl StateConfig {
             }
             StateBackend::KafkaChangelog => {
                 if self.path.is_some() {
-                    out.push(("state.path", "the kafka-changelog backend keeps state in a Kafka topic, not a file: remove `path` (name the topic with `topic`)".into()));
+                    out.push((
+                        "state.path",
+                        "the kafka-changelog backend keeps state in a Kafka topic, not a file: remove `path` (name the topic with `topic`)"
+                            .into(),
+                    ));
                 }
                 match source {
                     SourceConfig::Kafka { exactly_once: false, .. } => out.push((
@@ -200,7 +216,10 @@ impl StateConfig {
                     )),
                 }
                 if let Some(topic) = self.topic.as_deref().filter(|t| !super::valid_topic(t)) {
-                    out.push(("state.topic", format!("{topic:?} is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, `.`, `_`, `-`)")));
+                    out.push((
+                        "state.topic",
+                        format!("{topic:?} is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, `.`, `_`, `-`)"),
+                    ));
                 }
                 if self.restore_timeout.is_zero() {
                     out.push(("state.restore_timeout", "must be greater than zero".into()));

@@ -22,18 +22,16 @@ pub fn validate(config: &Config) -> Vec<Violation> {
     let mut violation = |pipeline: &str, key: String, message: String| {
         found.push(Violation::in_pipeline(pipeline, key, message));
     };
-    let stdin_users: Vec<&String> = config
-        .pipelines
-        .iter()
-        .filter(|(_, p)| matches!(p.source, SourceConfig::Stdin { .. }))
-        .map(|(name, _)| name)
-        .collect();
+    let stdin_users: Vec<&String> =
+        config.pipelines.iter().filter(|(_, p)| matches!(p.source, SourceConfig::Stdin { .. })).map(|(name, _)| name).collect();
     if let [first, rest @ ..] = stdin_users.as_slice() {
         for other in rest {
             violation(
                 other,
                 "source.kind".into(),
-                format!("stdin is already the source of pipeline `{first}`; only one pipeline can read it, so give `{other}` another source"),
+                format!(
+                    "stdin is already the source of pipeline `{first}`; only one pipeline can read it, so give `{other}` another source"
+                ),
             );
         }
     }
@@ -86,10 +84,7 @@ pub fn validate(config: &Config) -> Vec<Violation> {
 /// `found` without a second violation of a key already reported.
 fn first_per_key(found: Vec<Violation>) -> Vec<Violation> {
     let mut seen = std::collections::HashSet::new();
-    found
-        .into_iter()
-        .filter(|v| seen.insert((v.scope.clone(), v.key.clone())))
-        .collect()
+    found.into_iter().filter(|v| seen.insert((v.scope.clone(), v.key.clone()))).collect()
 }
 
 /// `[admin]`: TLS certificate and key together, readable, and usable as a
@@ -139,10 +134,7 @@ fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
     }
     if let Some(idempotency) = &p.idempotency {
         if idempotency.capacity == 0 || idempotency.capacity > 10_000_000 {
-            out.push((
-                "idempotency.capacity",
-                format!("must be between 1 and 10000000 keys, got {}", idempotency.capacity),
-            ));
+            out.push(("idempotency.capacity", format!("must be between 1 and 10000000 keys, got {}", idempotency.capacity)));
         }
         if idempotency.window.is_zero() {
             out.push(("idempotency.window", "must be greater than zero, e.g. \"10m\"".into()));
@@ -161,7 +153,10 @@ fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
     }
     let restart = &p.restart;
     if restart.initial_backoff.is_zero() {
-        out.push(("restart.initial_backoff", "must be greater than zero, e.g. \"1s\" (a restart without a wait would spin while a broker is down)".into()));
+        out.push((
+            "restart.initial_backoff",
+            "must be greater than zero, e.g. \"1s\" (a restart without a wait would spin while a broker is down)".into(),
+        ));
     }
     if restart.initial_backoff > restart.max_backoff {
         out.push((
@@ -186,10 +181,7 @@ fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
         }
     }
     if policy.max_attempts == 0 {
-        out.push((
-            "policy.max_attempts",
-            "must be at least 1, got 0 (the first attempt counts: 1 means no retries)".into(),
-        ));
+        out.push(("policy.max_attempts", "must be at least 1, got 0 (the first attempt counts: 1 means no retries)".into()));
     }
     if policy.concurrency == 0 || policy.concurrency > 1024 {
         out.push(("policy.concurrency", format!("must be between 1 and 1024, got {}", policy.concurrency)));
@@ -198,7 +190,10 @@ fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
         out.push(("policy.batch_size", format!("must be between 1 and 4096, got {}", policy.batch_size)));
     }
     if policy.max_outputs == 0 {
-        out.push(("policy.max_outputs", "must be at least 1 (a plugin that returns nothing filters the event; that needs no outputs)".into()));
+        out.push((
+            "policy.max_outputs",
+            "must be at least 1 (a plugin that returns nothing filters the event; that needs no outputs)".into(),
+        ));
     }
     if policy.max_output_bytes.as_u64() == 0 {
         out.push(("policy.max_output_bytes", "must be more than 0 bytes, e.g. \"16MiB\"".into()));
@@ -223,10 +218,7 @@ fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
     }
     let backoff = &policy.backoff;
     if !(backoff.multiplier >= 1.0 && backoff.multiplier.is_finite()) {
-        out.push((
-            "policy.backoff.multiplier",
-            format!("must be a number ≥ 1 (1 keeps every delay the same), got {}", backoff.multiplier),
-        ));
+        out.push(("policy.backoff.multiplier", format!("must be a number ≥ 1 (1 keeps every delay the same), got {}", backoff.multiplier)));
     }
     if !(0.0..=1.0).contains(&backoff.jitter) {
         out.push((
@@ -324,7 +316,22 @@ const KAFKA_SOURCE_OWNED: [&str; 6] =
 const KAFKA_SINK_OWNED: [&str; 5] = ["bootstrap.servers", "enable.idempotence", "acks", "transactional.id", "partitioner"];
 
 fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
-    let SourceConfig::Kafka { brokers, group, topics, pattern, commit_interval, exactly_once, transactional_id, tls, sasl, options, consumer_options, producer_options, .. } = &p.source else {
+    let SourceConfig::Kafka {
+        brokers,
+        group,
+        topics,
+        pattern,
+        commit_interval,
+        exactly_once,
+        transactional_id,
+        tls,
+        sasl,
+        options,
+        consumer_options,
+        producer_options,
+        ..
+    } = &p.source
+    else {
         return;
     };
     if let Err(m) = validate_brokers(brokers) {
@@ -340,24 +347,43 @@ fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
         _ => {}
     }
     if let Some(bad) = topics.iter().find(|t| !valid_topic(t)) {
-        out.push(("source.topics", format!("{bad:?} is not a valid Kafka topic name: 1 to 249 characters of a-z, A-Z, 0-9, `.`, `_` and `-`")));
+        out.push((
+            "source.topics",
+            format!("{bad:?} is not a valid Kafka topic name: 1 to 249 characters of a-z, A-Z, 0-9, `.`, `_` and `-`"),
+        ));
     }
     if *commit_interval < std::time::Duration::from_millis(10) {
         out.push(("source.commit_interval", format!("must be at least 10ms, got {}", humantime::format_duration(*commit_interval))));
     }
     for (key, table) in [("source.options", options), ("source.consumer_options", consumer_options)] {
         if let Some(owned) = table.keys().find(|k| KAFKA_SOURCE_OWNED.contains(&k.as_str())) {
-            out.push((key, format!("`{owned}` is set by sluice (from the source's own keys and its delivery guarantees) and cannot be overridden")));
+            out.push((
+                key,
+                format!("`{owned}` is set by sluice (from the source's own keys and its delivery guarantees) and cannot be overridden"),
+            ));
         }
     }
     if let Some(owned) = producer_options.keys().find(|k| KAFKA_SINK_OWNED.contains(&k.as_str())) {
-        out.push(("source.producer_options", format!("`{owned}` is set by sluice (transactional, idempotent, acks=all, Java-compatible partitioning) and cannot be overridden")));
+        out.push((
+            "source.producer_options",
+            format!(
+                "`{owned}` is set by sluice (transactional, idempotent, acks=all, Java-compatible partitioning) and cannot be overridden"
+            ),
+        ));
     }
     if !producer_options.is_empty() && !*exactly_once {
-        out.push(("source.producer_options", "only used with `exactly_once = true` (the source has no producer otherwise; a sink's `options` set its producer's)".into()));
+        out.push((
+            "source.producer_options",
+            "only used with `exactly_once = true` (the source has no producer otherwise; a sink's `options` set its producer's)".into(),
+        ));
     }
     let mut security = Found::new();
-    validate_kafka_security(tls.as_ref(), sasl.as_ref(), [("options", options), ("consumer_options", consumer_options), ("producer_options", producer_options)], &mut security);
+    validate_kafka_security(
+        tls.as_ref(),
+        sasl.as_ref(),
+        [("options", options), ("consumer_options", consumer_options), ("producer_options", producer_options)],
+        &mut security,
+    );
     out.extend(security.into_iter().map(|(key, m)| (source_key(key), m)));
     if let Some(id) = transactional_id {
         if !*exactly_once {
@@ -416,7 +442,10 @@ fn validate_kafka_sink(sink: &SinkConfig, out: &mut Found) {
         out.push(("topic", format!("{topic:?} is not a valid Kafka topic name: 1 to 249 characters of a-z, A-Z, 0-9, `.`, `_` and `-`")));
     }
     if let Some(owned) = options.keys().find(|k| KAFKA_SINK_OWNED.contains(&k.as_str())) {
-        out.push(("options", format!("`{owned}` is set by sluice (idempotent, acks=all, Java-compatible partitioning) and cannot be overridden")));
+        out.push((
+            "options",
+            format!("`{owned}` is set by sluice (idempotent, acks=all, Java-compatible partitioning) and cannot be overridden"),
+        ));
     }
     validate_kafka_security(tls.as_ref(), sasl.as_ref(), [("options", options)], out);
 }
@@ -484,7 +513,9 @@ fn validate_brokers(brokers: &str) -> Result<(), String> {
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok());
         if !ok {
-            return Err(format!("{broker:?} is not a Kafka broker address; write host:port, e.g. \"127.0.0.1:9092\" (several: comma-separated)"));
+            return Err(format!(
+                "{broker:?} is not a Kafka broker address; write host:port, e.g. \"127.0.0.1:9092\" (several: comma-separated)"
+            ));
         }
     }
     Ok(())
@@ -527,10 +558,7 @@ fn validate_url(urls: &str) -> Result<(), String> {
 /// `name` as it must be written in a TOML table header: bare when it can be,
 /// quoted otherwise.
 fn table_key(name: &str) -> String {
-    let bare = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if bare {
         name.to_owned()
     } else {

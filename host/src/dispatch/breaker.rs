@@ -32,7 +32,9 @@ use crate::config::BreakerConfig;
 pub enum State {
     Closed,
     /// No calls, no intake, until `until`.
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// One probe call at a time; intake runs.
     HalfOpen,
 }

@@ -113,11 +113,7 @@ impl Handler for FreshPerEvent {
 impl HandlerFactory for LoadedPlugin {
     async fn create(&self) -> Result<Box<dyn Handler>, String> {
         match self.spec().instance {
-            InstancePolicy::Reuse => self
-                .instantiate()
-                .await
-                .map(|i| Box::new(i) as Box<dyn Handler>)
-                .map_err(|e| e.to_string()),
+            InstancePolicy::Reuse => self.instantiate().await.map(|i| Box::new(i) as Box<dyn Handler>).map_err(|e| e.to_string()),
             InstancePolicy::Fresh => Ok(Box::new(FreshPerEvent { plugin: self.clone(), scope: None })),
         }
     }

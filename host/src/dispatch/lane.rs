@@ -16,6 +16,7 @@ use super::dead_letter::{self, Failure, Reason};
 use super::idempotency::Claim;
 use super::publish::{self, Conclusion, FailedRequest};
 use super::route::Request;
+use super::state::Redelivery;
 use super::stats::ErrorKind;
 use super::trace::{EventTrace, Fate};
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
@@ -23,10 +24,9 @@ use crate::codec::nestjs;
 use crate::config::Codec;
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
-use crate::runtime::{CallError, CallLog, EventScope};
 use crate::runtime::state::StateAccess;
+use crate::runtime::{CallError, CallLog, EventScope};
 use crate::source::{Ack, Delivery, Settlement};
-use super::state::Redelivery;
 
 /// How long past its deadline a call may run before the lane drops it. The
 /// wasm runtime drops its own calls at the deadline; this catches handlers
@@ -85,18 +85,7 @@ pub(super) struct Lane {
 impl Lane {
     pub fn new(id: usize, d: Arc<Dispatcher>, shutdown: CancellationToken, failed: CancellationToken) -> Self {
         let version = d.plugin.current();
-        Self {
-            id,
-            d,
-            handler: None,
-            version,
-            retired: None,
-            shutdown,
-            failed,
-            abandoning: false,
-            concluded: Vec::new(),
-            memory: 0,
-        }
+        Self { id, d, handler: None, version, retired: None, shutdown, failed, abandoning: false, concluded: Vec::new(), memory: 0 }
     }
 
     pub async fn run(mut self, mut inbox: Inbox) -> Result<(), DispatchError> {
@@ -115,9 +104,7 @@ impl Lane {
             }
         }
         drop(tx);
-        let published = publisher
-            .await
-            .unwrap_or_else(|e| Err(DispatchError::Lane(format!("lane {} publisher: {e}", self.id))));
+        let published = publisher.await.unwrap_or_else(|e| Err(DispatchError::Lane(format!("lane {} publisher: {e}", self.id))));
         // A sink failure stops the publisher first and the lane only sees a
         // closed queue: report the cause, not the symptom.
         published.and(outcome)
@@ -307,7 +294,8 @@ impl Lane {
                         outputs.splice(0..0, emitted);
                     }
                     let request = Request::of(event.reply_to.take(), &event.headers);
-                    let checked = forged.map_or(Ok(()), Err)
+                    let checked = forged
+                        .map_or(Ok(()), Err)
                         .and_then(|()| self.within_caps(&outputs))
                         .and_then(|()| self.d.router.check(&outputs, request.as_ref()))
                         .and_then(|()| super::validate::check_outputs(&self.d, &event, &outputs));
@@ -342,7 +330,15 @@ impl Lane {
                             outputs.iter_mut().for_each(|output| trace.stamp(output));
                             self.end(&mut trace, Fate::Delivered { outputs: outputs.len() }, event.attempt);
                             let propagate = std::mem::take(&mut trace.propagate);
-                            self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack, propagate, ticket });
+                            self.concluded.push(Conclusion::Outputs {
+                                outputs,
+                                event_id: event.id,
+                                request,
+                                digest,
+                                ack,
+                                propagate,
+                                ticket,
+                            });
                             return Ok(());
                         }
                         // An output that cannot be sent is a plugin bug, like
@@ -469,15 +465,14 @@ impl Lane {
         // With an exporter, each call gets a span under the event's, and
         // its callee that span as the parent (not the event's upstream).
         scope.trace = trace.calls();
-        scope.state = self
-            .d
-            .state
-            .as_ref()
-            .map(|store| Box::new(store.begin(event.id.clone())) as Box<dyn StateAccess>);
+        scope.state = self.d.state.as_ref().map(|store| Box::new(store.begin(event.id.clone())) as Box<dyn StateAccess>);
         scope.client = self.d.clients.as_ref().map(|clients| {
-            let correlation = self.d.tracing.correlation.as_ref().and_then(|config| {
-                event.headers.iter().find(|h| h.key.eq_ignore_ascii_case(&config.header)).cloned()
-            });
+            let correlation = self
+                .d
+                .tracing
+                .correlation
+                .as_ref()
+                .and_then(|config| event.headers.iter().find(|h| h.key.eq_ignore_ascii_case(&config.header)).cloned());
             crate::client::ClientScope::new(clients.clone(), correlation, tokio::time::Instant::now() + self.d.timeout)
         });
         Some(scope)
@@ -537,9 +532,7 @@ impl Lane {
         if self.concluded.is_empty() {
             return Ok(());
         }
-        done.send(std::mem::take(&mut self.concluded))
-            .await
-            .map_err(|_| DispatchError::Lane(format!("lane {} publisher stopped", self.id)))
+        done.send(std::mem::take(&mut self.concluded)).await.map_err(|_| DispatchError::Lane(format!("lane {} publisher stopped", self.id)))
     }
 
     /// Whether an event's outputs stay within the policy's caps.
@@ -726,4 +719,3 @@ fn single(result: Result<Vec<HandleResult>, CallError>) -> Result<Vec<Output>, F
         Err(e) => Err(Failed::Call(e)),
     }
 }
-

@@ -65,10 +65,15 @@ pub fn check_outputs(outputs: &[crate::event::Output], max_outputs: usize, max_b
     }
     let bytes: u64 = outputs
         .iter()
-        .map(|o| (o.payload.len() + o.key.as_ref().map_or(0, Vec::len) + o.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()) as u64)
+        .map(|o| {
+            (o.payload.len() + o.key.as_ref().map_or(0, Vec::len) + o.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>())
+                as u64
+        })
         .sum();
     if bytes > max_bytes {
-        return Err(format!("the plugin returned {bytes} bytes of outputs for one event, over policy.max_output_bytes ({max_bytes} bytes)"));
+        return Err(format!(
+            "the plugin returned {bytes} bytes of outputs for one event, over policy.max_output_bytes ({max_bytes} bytes)"
+        ));
     }
     Ok(())
 }

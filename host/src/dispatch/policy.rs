@@ -46,12 +46,7 @@ mod tests {
     fn policy(jitter: f64) -> RetryPolicy {
         RetryPolicy {
             max_attempts: 4,
-            backoff: BackoffConfig {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(1),
-                multiplier: 3.0,
-                jitter,
-            },
+            backoff: BackoffConfig { initial: Duration::from_millis(100), max: Duration::from_secs(1), multiplier: 3.0, jitter },
         }
     }
 

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::Reason;
 use super::route::{ErrorReply, ReplyPartition, Request};
-use crate::kafka::REPLY_PARTITION_HEADER;
-use super::{DispatchError, Dispatcher, Stats};
 use super::trace::replace;
+use super::{DispatchError, Dispatcher, Stats};
 use crate::event::{text_header, Header, Output};
+use crate::kafka::REPLY_PARTITION_HEADER;
 
 /// The header every output carries: the sha256 of the plugin version that
 /// produced it (dead-letter records carry `sluice-dlq-plugin-digest`).
@@ -48,19 +48,10 @@ pub(super) enum Conclusion {
     },
     /// Failed for good: publish this dead-letter record, and tell the caller
     /// if the event was a request.
-    DeadLetter {
-        record: Record,
-        ack: Ack,
-        failed_request: Option<Box<FailedRequest>>,
-    },
+    DeadLetter { record: Record, ack: Ack, failed_request: Option<Box<FailedRequest>> },
     /// A repeat of an event already handled (idempotency): nothing to send,
     /// except an error reply if it is a request; acknowledged in its turn.
-    Repeat {
-        ack: Ack,
-        event_id: String,
-        request: Option<Request>,
-        propagate: Vec<Header>,
-    },
+    Repeat { ack: Ack, event_id: String, request: Option<Request>, propagate: Vec<Header> },
 }
 
 /// A request whose handler failed: it gets an error reply.
@@ -98,9 +89,7 @@ pub(super) fn start(
     let completer = tokio::spawn(complete(pending_rx, d.stats.clone(), d.state.clone(), failed.clone()));
     let handle = tokio::spawn(async move {
         let published = publish(rx, pending, &d, &failed).await;
-        let completed = completer
-            .await
-            .unwrap_or_else(|e| Err(DispatchError::Lane(format!("completer: {e}"))));
+        let completed = completer.await.unwrap_or_else(|e| Err(DispatchError::Lane(format!("completer: {e}"))));
         published.and(completed)
     });
     (conclusions, handle)
@@ -127,16 +116,12 @@ async fn publish(
                         .await
                         .map(|(receipts, replies)| Pending { ack, settlement: Settlement::Done, receipts, ticket, replies })
                 }
-                Conclusion::DeadLetter { record, ack, failed_request } => {
-                    send_dead_letter(d, record, failed_request.as_deref())
-                        .await
-                        .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts, ticket: None, replies: Vec::new() })
-                }
-                Conclusion::Repeat { ack, event_id, request, propagate } => {
-                    send_repeat_reply(d, &event_id, request.as_ref(), &propagate)
-                        .await
-                        .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket: None, replies: Vec::new() })
-                }
+                Conclusion::DeadLetter { record, ack, failed_request } => send_dead_letter(d, record, failed_request.as_deref())
+                    .await
+                    .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts, ticket: None, replies: Vec::new() }),
+                Conclusion::Repeat { ack, event_id, request, propagate } => send_repeat_reply(d, &event_id, request.as_ref(), &propagate)
+                    .await
+                    .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket: None, replies: Vec::new() }),
             };
             match result {
                 Ok(p) => sent.push(p),
@@ -242,7 +227,12 @@ async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&Failed
 
 /// A repeated request gets an error reply: its first copy's reply went to
 /// the first caller and is not kept.
-async fn send_repeat_reply(d: &Dispatcher, event_id: &str, request: Option<&Request>, propagate: &[Header]) -> Result<Vec<Receipt>, SinkError> {
+async fn send_repeat_reply(
+    d: &Dispatcher,
+    event_id: &str,
+    request: Option<&Request>,
+    propagate: &[Header],
+) -> Result<Vec<Receipt>, SinkError> {
     let Some(request) = request else { return Ok(Vec::new()) };
     let error = ErrorReply {
         reason: "duplicate",
@@ -288,12 +278,10 @@ async fn complete(
 ) -> Result<(), DispatchError> {
     while let Some((started, batch)) = rx.recv().await {
         let batch = match &state {
-            Some(store) if batch.iter().any(|p| p.ticket.is_some()) => {
-                match commit_state(store, batch, &stats, &failed, &mut rx).await? {
-                    Some(batch) => batch,
-                    None => return Ok(()),
-                }
-            }
+            Some(store) if batch.iter().any(|p| p.ticket.is_some()) => match commit_state(store, batch, &stats, &failed, &mut rx).await? {
+                Some(batch) => batch,
+                None => return Ok(()),
+            },
             _ => batch,
         };
         let mut acked = 0;

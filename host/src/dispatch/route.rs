@@ -15,14 +15,8 @@ use crate::sink::{Record, Sink};
 /// Request headers copied to every reply (and error reply), compared without
 /// regard to case, so a caller can match the answer to its call.
 /// `kafka_correlationId` is the NestJS Kafka transport's.
-pub const CORRELATION_HEADERS: [&str; 6] = [
-    "correlation-id",
-    "x-correlation-id",
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    crate::kafka::CORRELATION_HEADER,
-];
+pub const CORRELATION_HEADERS: [&str; 6] =
+    ["correlation-id", "x-correlation-id", "x-request-id", "traceparent", "tracestate", crate::kafka::CORRELATION_HEADER];
 
 /// What a reply needs to know about the request it answers.
 #[derive(Debug, Clone)]
@@ -95,18 +89,10 @@ impl Request {
     /// The request an event is, if it expects a reply.
     pub fn of(reply_to: Option<String>, headers: &[Header]) -> Option<Self> {
         let reply_to = reply_to?;
-        let correlation = headers
-            .iter()
-            .filter(|h| CORRELATION_HEADERS.iter().any(|c| h.key.eq_ignore_ascii_case(c)))
-            .cloned()
-            .collect();
-        let packet_id = crate::event::header(headers, nestjs::ID_HEADER)
-            .map(|id| String::from_utf8_lossy(id).into_owned());
+        let correlation = headers.iter().filter(|h| CORRELATION_HEADERS.iter().any(|c| h.key.eq_ignore_ascii_case(c))).cloned().collect();
+        let packet_id = crate::event::header(headers, nestjs::ID_HEADER).map(|id| String::from_utf8_lossy(id).into_owned());
         let reply_partition = ReplyPartition::of(
-            headers
-                .iter()
-                .find(|h| h.key.eq_ignore_ascii_case(crate::kafka::REPLY_PARTITION_HEADER))
-                .map(|h| h.value.as_slice()),
+            headers.iter().find(|h| h.key.eq_ignore_ascii_case(crate::kafka::REPLY_PARTITION_HEADER)).map(|h| h.value.as_slice()),
         );
         Some(Self { reply_to, correlation, packet_id, reply_partition })
     }
@@ -178,8 +164,7 @@ impl Router {
     pub fn check(&self, outputs: &[Output], request: Option<&Request>) -> Result<(), String> {
         for (index, output) in outputs.iter().enumerate() {
             if let Some((sink, destination)) = self.target(output, request) {
-                sink.check(destination, output)
-                    .map_err(|why| format!("output {index} cannot go to {}: {why}", sink.describe()))?;
+                sink.check(destination, output).map_err(|why| format!("output {index} cannot go to {}: {why}", sink.describe()))?;
             }
         }
         Ok(())
@@ -224,9 +209,7 @@ impl Router {
             .to_string()
             .into_bytes(),
             Codec::Nestjs if self.kafka => nestjs::kafka_error(code, error.reason, error.message, error.event_id),
-            Codec::Nestjs => {
-                nestjs::error_reply(code, error.reason, error.message, error.event_id, request.packet_id.as_deref())
-            }
+            Codec::Nestjs => nestjs::error_reply(code, error.reason, error.message, error.event_id, request.packet_id.as_deref()),
         };
         let mut headers = request.correlation.clone();
         // The NATS services convention (ADR-32): clients that know it see an

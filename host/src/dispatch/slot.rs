@@ -25,10 +25,7 @@ pub struct PluginSlot {
 
 impl PluginSlot {
     pub fn new(factory: Arc<dyn HandlerFactory>) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(Version { generation: 1, factory }),
-            generations: AtomicU64::new(1),
-        }
+        Self { current: ArcSwap::from_pointee(Version { generation: 1, factory }), generations: AtomicU64::new(1) }
     }
 
     /// The version to use for the next batch.

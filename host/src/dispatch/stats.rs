@@ -109,8 +109,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 7] =
-        [Self::Retryable, Self::Rejected, Self::Trap, Self::Timeout, Self::Memory, Self::Contract, Self::Start];
+    pub const ALL: [ErrorKind; 7] = [Self::Retryable, Self::Rejected, Self::Trap, Self::Timeout, Self::Memory, Self::Contract, Self::Start];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -228,9 +227,7 @@ impl Stats {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

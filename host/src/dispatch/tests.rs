@@ -106,10 +106,7 @@ impl MemorySink {
         Arc::new(Self { records: Mutex::new(Vec::new()), mode, held: Mutex::new(Vec::new()), refuse: None })
     }
     fn payloads(&self) -> Vec<String> {
-        self.records
-            .lock()
-            .map(|r| r.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect())
-            .unwrap_or_default()
+        self.records.lock().map(|r| r.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()).unwrap_or_default()
     }
     fn release(&self) {
         if let Ok(mut held) = self.held.lock() {
@@ -291,14 +288,18 @@ async fn exhausted_retries_dead_letter_the_original_event() -> Result<(), Dispat
 #[tokio::test(start_paused = true)]
 async fn reject_dead_letters_at_once() -> Result<(), DispatchError> {
     let h = harness(
-        |e, _| Ok(if e.payload == b"bad" { Err(HandlerError { disposition: Disposition::Reject, message: "malformed".into() }) } else { echo(e) }),
+        |e, _| {
+            Ok(if e.payload == b"bad" {
+                Err(HandlerError { disposition: Disposition::Reject, message: "malformed".into() })
+            } else {
+                echo(e)
+            })
+        },
         SinkMode::Ok,
     );
     let log = Settlements::default();
     let start = Instant::now();
-    h.dispatcher
-        .run(source(vec![(event("a", "bad"), 0), (event("b", "good"), 0)], &log, false), CancellationToken::new())
-        .await?;
+    h.dispatcher.run(source(vec![(event("a", "bad"), 0), (event("b", "good"), 0)], &log, false), CancellationToken::new()).await?;
     assert_eq!(Instant::now(), start, "no backoff for a reject");
     assert_eq!(h.out.payloads(), vec!["good"]);
     let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
@@ -312,10 +313,7 @@ async fn reject_dead_letters_at_once() -> Result<(), DispatchError> {
 #[tokio::test(start_paused = true)]
 async fn a_trapping_batch_is_rerun_one_by_one() -> Result<(), DispatchError> {
     // A batch containing "trap" fails as a whole; alone, only "trap" fails.
-    let h = harness(
-        |e, _| if e.payload == b"trap" { Err(CallError::Trap("boom".into())) } else { Ok(echo(e)) },
-        SinkMode::Ok,
-    );
+    let h = harness(|e, _| if e.payload == b"trap" { Err(CallError::Trap("boom".into())) } else { Ok(echo(e)) }, SinkMode::Ok);
     let log = Settlements::default();
     let events = ["1", "2", "trap", "3"].iter().enumerate().map(|(i, p)| (event(&format!("e{i}"), p), 0)).collect();
     h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
@@ -376,10 +374,7 @@ async fn acks_wait_for_durable_receipts() -> Result<(), DispatchError> {
 async fn a_failing_sink_stops_the_pipeline_without_acking() {
     let h = harness(|e, _| Ok(echo(e)), SinkMode::Fail);
     let log = Settlements::default();
-    let result = h
-        .dispatcher
-        .run(source(vec![(event("a", "x"), 0), (event("b", "y"), 0)], &log, false), CancellationToken::new())
-        .await;
+    let result = h.dispatcher.run(source(vec![(event("a", "x"), 0), (event("b", "y"), 0)], &log, false), CancellationToken::new()).await;
     assert!(matches!(result, Err(DispatchError::Sink(_))), "{result:?}");
     assert!(
         settlements(&log).iter().all(|(_, s)| *s == Settlement::Abandon),
@@ -478,18 +473,12 @@ async fn with_broker_redelivery_a_failure_is_handed_back_with_the_backoff_delay(
 
 #[tokio::test(start_paused = true)]
 async fn an_output_its_sink_cannot_take_rejects_the_event_instead_of_stopping_the_pipeline() -> Result<(), DispatchError> {
-    let out = Arc::new(MemorySink {
-        records: Mutex::new(Vec::new()),
-        mode: SinkMode::Ok,
-        held: Mutex::new(Vec::new()),
-        refuse: Some("poison"),
-    });
+    let out =
+        Arc::new(MemorySink { records: Mutex::new(Vec::new()), mode: SinkMode::Ok, held: Mutex::new(Vec::new()), refuse: Some("poison") });
     let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
     h.dispatcher.router = Router::new(out.clone(), HashMap::new());
     let log = Settlements::default();
-    h.dispatcher
-        .run(source(vec![(event("a", "poison"), 0), (event("b", "fine"), 0)], &log, false), CancellationToken::new())
-        .await?;
+    h.dispatcher.run(source(vec![(event("a", "poison"), 0), (event("b", "fine"), 0)], &log, false), CancellationToken::new()).await?;
     assert_eq!(out.payloads(), vec!["fine"]);
     let dlq = h.dlq.records.lock().map(|r| r.clone()).unwrap_or_default();
     assert_eq!(dlq.len(), 1);
@@ -504,7 +493,15 @@ async fn an_output_naming_an_emit_route_is_rejected() -> Result<(), DispatchErro
     // Emit routes carry `client.emit`s past the destination's `allow` and
     // limits; a plugin must not reach them with a returned output.
     let h = harness(
-        |e, _| Ok(Ok(vec![Output { destination: Some("sluice-client-emit:audit".into()), key: None, payload: e.payload.clone(), headers: vec![], reply: false }])),
+        |e, _| {
+            Ok(Ok(vec![Output {
+                destination: Some("sluice-client-emit:audit".into()),
+                key: None,
+                payload: e.payload.clone(),
+                headers: vec![],
+                reply: false,
+            }]))
+        },
         SinkMode::Ok,
     );
     let log = Settlements::default();
@@ -679,9 +676,14 @@ async fn an_open_breaker_stops_intake_and_calls_until_a_probe_succeeds() -> Resu
     assert!(h.dlq.payloads().is_empty(), "nothing dead-lettered because the breaker was open");
     let times = call_times(&h.calls);
     let ms = |d: &Duration| d.as_millis();
-    assert_eq!(times[..5].iter().map(ms).collect::<Vec<_>>(), vec![0, 0, 100, 30_100, 60_100], "calls: 3 failures, a failed probe, a good probe");
+    assert_eq!(
+        times[..5].iter().map(ms).collect::<Vec<_>>(),
+        vec![0, 0, 100, 30_100, 60_100],
+        "calls: 3 failures, a failed probe, a good probe"
+    );
     let attempts: Vec<(String, u32)> = h.calls.lock().map(|c| c.iter().take(5).map(|c| (c.0.clone(), c.1)).collect()).unwrap_or_default();
-    let expected: Vec<(String, u32)> = [("e0", 1), ("e1", 1), ("e0", 2), ("e0", 3), ("e0", 4)].iter().map(|(e, a)| (e.to_string(), *a)).collect();
+    let expected: Vec<(String, u32)> =
+        [("e0", 1), ("e1", 1), ("e0", 2), ("e0", 3), ("e0", 4)].iter().map(|(e, a)| (e.to_string(), *a)).collect();
     assert_eq!(attempts, expected, "probes are real attempts of the held event");
     assert_eq!(gauges.view().map(|v| (v.state, v.opened)), Some(("closed", 2)));
     Ok(())
@@ -730,7 +732,11 @@ async fn correlation_ids_reach_the_plugin_every_output_and_the_dead_letter() -> 
             if let Ok(mut seen) = seen_by_plugin.lock() {
                 seen.push(id);
             }
-            Ok(if e.payload == b"bad" { Err(HandlerError { disposition: Disposition::Reject, message: "malformed".into() }) } else { echo(e) })
+            Ok(if e.payload == b"bad" {
+                Err(HandlerError { disposition: Disposition::Reject, message: "malformed".into() })
+            } else {
+                echo(e)
+            })
         },
         SinkMode::Ok,
     );

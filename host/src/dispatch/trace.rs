@@ -57,10 +57,17 @@ pub struct EventTrace {
 
 /// How an event ended, for its span.
 pub enum Fate<'a> {
-    Delivered { outputs: usize },
-    DeadLettered { reason: &'a str, message: &'a str },
+    Delivered {
+        outputs: usize,
+    },
+    DeadLettered {
+        reason: &'a str,
+        message: &'a str,
+    },
     /// Handed back to the broker for a later delivery (after a failure).
-    Redelivered { message: &'a str },
+    Redelivered {
+        message: &'a str,
+    },
     /// A repeat skipped by idempotency.
     Duplicate,
 }
@@ -305,7 +312,8 @@ mod tests {
         let trace = tracing.begin(&mut e, "p");
         assert_eq!(value(&trace.propagate, "traceparent"), Some(PARENT));
         assert_eq!(value(&trace.propagate, "tracestate"), Some("vendor=1"));
-        let mut out = Output { destination: None, key: None, payload: vec![], headers: vec![text_header("traceparent", "mine")], reply: false };
+        let mut out =
+            Output { destination: None, key: None, payload: vec![], headers: vec![text_header("traceparent", "mine")], reply: false };
         trace.stamp(&mut out);
         assert_eq!(value(&out.headers, "traceparent"), Some("mine"), "the plugin's own context wins");
         assert_eq!(value(&out.headers, "tracestate"), Some("vendor=1"));
@@ -339,7 +347,8 @@ mod tests {
         assert_eq!(parts[1], "0af7651916cd43dd8448eb211c80319c", "same trace");
         assert_ne!(parts[2], "b7ad6b7169203331", "our span is the parent now");
         assert_eq!(parts[3], "01", "still sampled");
-        let mut copied = Output { destination: None, key: None, payload: vec![], headers: vec![text_header("traceparent", PARENT)], reply: false };
+        let mut copied =
+            Output { destination: None, key: None, payload: vec![], headers: vec![text_header("traceparent", PARENT)], reply: false };
         trace.stamp(&mut copied);
         assert_eq!(value(&copied.headers, "traceparent"), Some(child.as_str()), "a copied input traceparent is replaced by ours");
         assert_eq!(copied.headers.len(), 1);

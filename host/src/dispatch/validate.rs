@@ -15,8 +15,7 @@ use crate::schema::Refusal;
 /// `None` to hand it to the plugin. `version` is the plugin version the
 /// lane will call: its declared `accepts` list applies.
 pub(super) fn refuse_input(d: &Dispatcher, version: &Version, event: &Event) -> Option<Failure> {
-    let refusal = d.schemas.check_input(&event.headers, &event.payload, version.factory.accepts())
-        .err()?;
+    let refusal = d.schemas.check_input(&event.headers, &event.payload, version.factory.accepts()).err()?;
     let (reason, message) = match refusal {
         Refusal::Invalid(message) => {
             Stats::add(&d.stats.invalid_inputs, 1);

@@ -75,7 +75,11 @@ fn claim(dir: &std::path::Path, hostname: &str) -> Claimed {
         let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
             Ok(file) => file,
             Err(e) => {
-                tracing::warn!("cannot open {} ({e}): the instance id is {} (set `runtime.instance_id` for a stable one)", path.display(), unique().id);
+                tracing::warn!(
+                    "cannot open {} ({e}): the instance id is {} (set `runtime.instance_id` for a stable one)",
+                    path.display(),
+                    unique().id
+                );
                 return unique();
             }
         };
@@ -86,7 +90,11 @@ fn claim(dir: &std::path::Path, hostname: &str) -> Claimed {
             }
             Err(std::fs::TryLockError::WouldBlock) => continue,
             Err(std::fs::TryLockError::Error(e)) => {
-                tracing::warn!("cannot lock {} ({e}): the instance id is {} (set `runtime.instance_id` for a stable one)", path.display(), unique().id);
+                tracing::warn!(
+                    "cannot lock {} ({e}): the instance id is {} (set `runtime.instance_id` for a stable one)",
+                    path.display(),
+                    unique().id
+                );
                 return unique();
             }
         }

@@ -48,7 +48,11 @@ pub fn client_config(brokers: &str, options: &BTreeMap<String, Secret>) -> Clien
 
 /// The librdkafka properties of a source's or sink's `tls` and `sasl`,
 /// then its `options` (validation refuses options that set the same).
-pub fn connection_options(tls: Option<&KafkaTls>, sasl: Option<&KafkaSasl>, options: &BTreeMap<String, Secret>) -> BTreeMap<String, Secret> {
+pub fn connection_options(
+    tls: Option<&KafkaTls>,
+    sasl: Option<&KafkaSasl>,
+    options: &BTreeMap<String, Secret>,
+) -> BTreeMap<String, Secret> {
     let mut all = BTreeMap::new();
     let protocol = match (tls.is_some(), sasl.is_some()) {
         (false, false) => None,
@@ -194,7 +198,9 @@ impl LastError {
         let secured = |last: &str| ["SASL", "SSL", "Authentication", "certificate"].iter().any(|word| last.contains(word));
         match self.get() {
             Some(last) if secured(&last) => format!("cannot connect to {brokers} ({error}): {last}; check the `tls` and `sasl` settings"),
-            Some(last) => format!("no broker of {brokers} answered within {}s ({error}): {last}; is Kafka running there?", OPEN_TIMEOUT.as_secs()),
+            Some(last) => {
+                format!("no broker of {brokers} answered within {}s ({error}): {last}; is Kafka running there?", OPEN_TIMEOUT.as_secs())
+            }
             None => format!("no broker of {brokers} answered within {}s ({error}); is Kafka running there?", OPEN_TIMEOUT.as_secs()),
         }
     }
@@ -258,11 +264,7 @@ pub fn message_event<M: Message>(message: &M) -> Event {
             headers.push(Header { key: header.key.to_owned(), value });
         }
     }
-    let timestamp_ms = message
-        .timestamp()
-        .to_millis()
-        .and_then(|ms| u64::try_from(ms).ok())
-        .unwrap_or_else(crate::event::now_ms);
+    let timestamp_ms = message.timestamp().to_millis().and_then(|ms| u64::try_from(ms).ok()).unwrap_or_else(crate::event::now_ms);
     let mut id = String::with_capacity(message.topic().len() + 24);
     id.push_str(message.topic());
     id.push('/');
@@ -305,10 +307,11 @@ mod tests {
 
     #[test]
     fn the_exactly_once_producer_gets_no_consumer_properties() {
-        let options: BTreeMap<String, Secret> = [("session.timeout.ms", "6000"), ("security.protocol", "plaintext"), ("fetch.max.bytes", "1")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), Secret(v.to_owned())))
-            .collect();
+        let options: BTreeMap<String, Secret> =
+            [("session.timeout.ms", "6000"), ("security.protocol", "plaintext"), ("fetch.max.bytes", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Secret(v.to_owned())))
+                .collect();
         let config = producer_config("b:9092", &options);
         assert_eq!(config.get("security.protocol"), Some("plaintext"));
         assert_eq!((config.get("session.timeout.ms"), config.get("fetch.max.bytes")), (None, None));
@@ -319,7 +322,12 @@ mod tests {
     /// librdkafka properties; `options` come on top.
     #[test]
     fn tls_and_sasl_tables_become_librdkafka_properties() {
-        let tls = KafkaTls { ca_file: Some("/etc/ca.pem".into()), cert_file: Some("c.pem".into()), key_file: Some("c.key".into()), key_password: None };
+        let tls = KafkaTls {
+            ca_file: Some("/etc/ca.pem".into()),
+            cert_file: Some("c.pem".into()),
+            key_file: Some("c.key".into()),
+            key_password: None,
+        };
         let sasl = KafkaSasl { mechanism: crate::config::SaslMechanism::ScramSha512, username: "u".into(), password: Secret("p".into()) };
         let options = BTreeMap::from([("linger.ms".to_owned(), Secret("20".into()))]);
         let get = |all: &BTreeMap<String, Secret>, key: &str| all.get(key).map(|v| v.0.clone());

@@ -94,7 +94,9 @@ impl Transaction {
         .await
         .map_err(|e| {
             let message = match (fenced(&probe), last_error.get()) {
-                (false, Some(last)) => format!("{e}; the last error of its connection to the brokers: {last}; check the source's `tls` and `sasl` settings"),
+                (false, Some(last)) => {
+                    format!("{e}; the last error of its connection to the brokers: {last}; check the source's `tls` and `sasl` settings")
+                }
                 _ => explain_failure(&probe, &id, e),
             };
             TransactionError { id: id.clone(), message: format!("cannot start transactions: {message}") }
@@ -120,7 +122,11 @@ impl Transaction {
     /// in flight, and nothing is committed (`Ok(false)`). Computing the
     /// points under the gate is what keeps a transaction's records and
     /// offsets in step. Blocks: call it off the async threads.
-    pub fn commit_blocking(&self, settled: impl FnOnce() -> Option<Vec<(TopicPartition, i64)>>, group: &ConsumerGroupMetadata) -> Result<bool, TransactionError> {
+    pub fn commit_blocking(
+        &self,
+        settled: impl FnOnce() -> Option<Vec<(TopicPartition, i64)>>,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<bool, TransactionError> {
         let _exclusive = self.gate.write().map_err(|_| self.error("a sender panicked".into()))?;
         let Some(offsets) = settled() else { return Ok(false) };
         let mut list = TopicPartitionList::with_capacity(offsets.len());

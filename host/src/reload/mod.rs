@@ -144,7 +144,8 @@ impl PluginVersions {
             use sha2::Digest;
             let actual = hex::encode(sha2::Sha256::digest(&bytes));
             if !expected.eq_ignore_ascii_case(&actual) {
-                return Err(self.reject(Origin::Upload, format!("the uploaded version has sha256 {actual}, not the {expected} the request expects")));
+                return Err(self
+                    .reject(Origin::Upload, format!("the uploaded version has sha256 {actual}, not the {expected} the request expects")));
             }
         }
         let loaded = LoadedPlugin::from_bytes(&self.runtime, self.spec(), bytes, signature).await;

@@ -165,9 +165,7 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     }
     match humantime::parse_duration(text) {
         Ok(ago) => now.checked_sub(ago).ok_or_else(|| format!("{text} ago is before the epoch")),
-        Err(_) => Err(format!(
-            "{text:?} is neither a time (2026-01-05T10:00:00Z) nor a duration ago (30m, 2h, 1d)"
-        )),
+        Err(_) => Err(format!("{text:?} is neither a time (2026-01-05T10:00:00Z) nor a duration ago (30m, 2h, 1d)")),
     }
 }
 

@@ -58,9 +58,7 @@ impl std::str::FromStr for Origin {
                 None => Origin::JetStream { stream: Some(rest.into()), subject: None },
             }),
             Some(("kafka", topic)) if !topic.is_empty() => Ok(Origin::Kafka(topic.into())),
-            _ => Err(format!(
-                "{text:?}: write file:PATH, jetstream:STREAM (or jetstream:STREAM:SUBJECT) or kafka:TOPIC"
-            )),
+            _ => Err(format!("{text:?}: write file:PATH, jetstream:STREAM (or jetstream:STREAM:SUBJECT) or kafka:TOPIC")),
         }
     }
 }
@@ -124,7 +122,8 @@ pub async fn read_all(
 ) -> Result<(u64, tokio::task::JoinHandle<Result<(), ReplayError>>), ReplayError> {
     match origin {
         Origin::File(path) => {
-            let file = std::fs::File::open(path).map_err(|e| read_error(format!("cannot open dead-letter file {}: {e}", path.display())))?;
+            let file =
+                std::fs::File::open(path).map_err(|e| read_error(format!("cannot open dead-letter file {}: {e}", path.display())))?;
             let total = std::io::BufReader::new(file).lines().count() as u64;
             let path = path.clone();
             Ok((total, tokio::task::spawn_blocking(move || read_file(&path, &tx))))
@@ -179,10 +178,9 @@ async fn stream_of(
     let js = async_nats::jetstream::new(client.clone());
     let name = match (stream, subject) {
         (Some(stream), _) => stream.to_owned(),
-        (None, Some(subject)) => js
-            .stream_by_subject(subject)
-            .await
-            .map_err(|e| read_error(format!("no stream captures subject {subject}: {e}")))?,
+        (None, Some(subject)) => {
+            js.stream_by_subject(subject).await.map_err(|e| read_error(format!("no stream captures subject {subject}: {e}")))?
+        }
         (None, None) => return Err(read_error("neither a stream nor a subject to read")),
     };
     js.get_stream(&name).await.map_err(|e| read_error(format!("cannot open stream {name}: {e}")))
@@ -297,12 +295,7 @@ async fn read_kafka(consumer: KafkaReader, ends: HashMap<i32, i64>, tx: mpsc::Se
         // markers take offsets but are never delivered).
         let positions = consumer.position().map_err(|e| read_error(format!("cannot read the consumer's position: {e}")))?;
         let done = ends.iter().all(|(partition, end)| {
-            positions
-                .elements()
-                .iter()
-                .find(|e| e.partition() == *partition)
-                .and_then(|e| e.offset().to_raw())
-                .is_some_and(|at| at >= *end)
+            positions.elements().iter().find(|e| e.partition() == *partition).and_then(|e| e.offset().to_raw()).is_some_and(|at| at >= *end)
         });
         if done {
             return Ok(());

@@ -105,9 +105,7 @@ impl Sinks {
     /// says when it is durable.
     pub async fn send(&mut self, kind: Kind, name: &str, record: DeadLetter) -> Result<Receipt, ReplayError> {
         let (sink, destination) = self.get(kind, name).await?;
-        sink.send(record.into_record(destination))
-            .await
-            .map_err(|e| ReplayError::Send(format!("sending to {kind}:{name}: {e}")))
+        sink.send(record.into_record(destination)).await.map_err(|e| ReplayError::Send(format!("sending to {kind}:{name}: {e}")))
     }
 
     /// The sink for `name` of `kind`, and the destination to give records.

@@ -47,8 +47,12 @@ impl Capability {
     pub fn how_to_grant(self) -> &'static str {
         match self {
             Capability::State => "add a `[pipelines.<name>.state]` table (see docs/configuration.md#state)",
-            Capability::Http => "add a `[pipelines.<name>.plugin.http]` table with the hosts it may call (see docs/configuration.md#outbound-http)",
-            Capability::Client => "add a `[pipelines.<name>.clients.<destination>]` table per service it calls (see docs/configuration.md#service-calls)",
+            Capability::Http => {
+                "add a `[pipelines.<name>.plugin.http]` table with the hosts it may call (see docs/configuration.md#outbound-http)"
+            }
+            Capability::Client => {
+                "add a `[pipelines.<name>.clients.<destination>]` table per service it calls (see docs/configuration.md#service-calls)"
+            }
         }
     }
 }

@@ -43,7 +43,13 @@ fn with_context(mut headers: Vec<Header>, client: &ClientScope, traceparent: Opt
 }
 
 impl client::Host for PluginState {
-    async fn request(&mut self, destination: String, payload: Vec<u8>, headers: Vec<Header>, timeout_ms: Option<u32>) -> Result<Reply, CallError> {
+    async fn request(
+        &mut self,
+        destination: String,
+        payload: Vec<u8>,
+        headers: Vec<Header>,
+        timeout_ms: Option<u32>,
+    ) -> Result<Reply, CallError> {
         let scope = self.scope.as_mut().ok_or_else(detached)?;
         let client = scope.client.as_mut().ok_or_else(detached)?;
         client.admit(&destination, ClientUse::Request, payload.len())?;
@@ -61,11 +67,8 @@ impl client::Host for PluginState {
         let asked = timeout_ms.map_or(target.config.timeout, |ms| Duration::from_millis(u64::from(ms)));
         let timeout = asked.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let started = Instant::now();
-        let result = if timeout.is_zero() {
-            Err(CallError::Timeout(0))
-        } else {
-            target.request(Outgoing { payload, headers, timeout }).await
-        };
+        let result =
+            if timeout.is_zero() { Err(CallError::Timeout(0)) } else { target.request(Outgoing { payload, headers, timeout }).await };
         let took = started.elapsed();
         clients.metrics.record(&destination, outcome(&result), Some(took));
         let record = CallRecord {

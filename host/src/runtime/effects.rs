@@ -46,11 +46,8 @@ pub struct EventScope {
 
 impl EventScope {
     pub fn new(event: &Event, calls: CallLog) -> Self {
-        let traceparent = event
-            .headers
-            .iter()
-            .find(|h| h.key.eq_ignore_ascii_case("traceparent"))
-            .and_then(|h| String::from_utf8(h.value.clone()).ok());
+        let traceparent =
+            event.headers.iter().find(|h| h.key.eq_ignore_ascii_case("traceparent")).and_then(|h| String::from_utf8(h.value.clone()).ok());
         Self {
             event_id: event.id.clone(),
             attempt: event.attempt,

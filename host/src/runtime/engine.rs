@@ -94,13 +94,7 @@ impl Runtime {
             [] => None,
             paths => Some(Arc::new(TrustedKeys::load(paths)?)),
         };
-        Ok(Self {
-            engine,
-            linker: Arc::new(linker),
-            cache_dir: options.cache_dir.clone(),
-            trusted,
-            _ticker: Arc::new(ticker),
-        })
+        Ok(Self { engine, linker: Arc::new(linker), cache_dir: options.cache_dir.clone(), trusted, _ticker: Arc::new(ticker) })
     }
 
     /// The keys a component must be signed by, when `[plugins]
@@ -163,18 +157,13 @@ impl EpochTicker {
     fn start(engine: Engine) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("sluice-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(Self { stop, thread: Some(thread) })
     }
 }
 

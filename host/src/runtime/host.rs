@@ -66,15 +66,7 @@ pub(crate) struct GuestLog {
 
 impl GuestLog {
     pub fn new(pipeline: String, plugin: String, version: String) -> Self {
-        Self {
-            pipeline,
-            plugin,
-            version,
-            current_event: None,
-            tokens: LOG_BURST,
-            refilled: Instant::now(),
-            dropped: 0,
-        }
+        Self { pipeline, plugin, version, current_event: None, tokens: LOG_BURST, refilled: Instant::now(), dropped: 0 }
     }
 
     fn admit(&mut self) -> bool {

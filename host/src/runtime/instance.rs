@@ -18,9 +18,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::effects::EventScope;
-use super::world::Bindings;
 use super::host::GuestLog;
 use super::metrics::PluginMetrics;
+use super::world::Bindings;
 use crate::event::{Event, HandlerError, Output};
 
 /// The result of handling one event.
@@ -60,20 +60,13 @@ pub struct PluginState {
 
 impl wasmtime_wasi_http::WasiHttpView for PluginState {
     fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-        wasmtime_wasi_http::WasiHttpCtxView {
-            ctx: &mut self.http.ctx,
-            table: &mut self.table,
-            hooks: &mut self.http.hooks,
-        }
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http.ctx, table: &mut self.table, hooks: &mut self.http.hooks }
     }
 }
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -114,7 +107,6 @@ pub struct Instance {
 }
 
 impl Instance {
-
     /// A store with every limit in force before the first instruction: the
     /// memory cap (so instantiation's initial memory and a start function's
     /// growth are capped too). Deadlines are not the store's: every call is
@@ -126,11 +118,7 @@ impl Instance {
         let state = PluginState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryCap {
-                limit: memory_limit,
-                hit: false,
-                total: 0,
-            },
+            limiter: MemoryCap { limit: memory_limit, hit: false, total: 0 },
             log,
             scope: None,
             metrics,
@@ -143,20 +131,8 @@ impl Instance {
     }
 
     /// Wraps an instantiated store made by [`Instance::store`].
-    pub(super) fn new(
-        store: Store<PluginState>,
-        plugin: Bindings,
-        timeout: Duration,
-        memory_limit: u64,
-        stderr: StderrTail,
-    ) -> Self {
-        Self {
-            store,
-            plugin,
-            timeout,
-            memory_limit,
-            stderr,
-        }
+    pub(super) fn new(store: Store<PluginState>, plugin: Bindings, timeout: Duration, memory_limit: u64, stderr: StderrTail) -> Self {
+        Self { store, plugin, timeout, memory_limit, stderr }
     }
 
     /// Calls the plugin's `init` with its configuration, within `budget`.
@@ -196,11 +172,7 @@ impl Instance {
         };
         let results = result.map_err(|err| self.classify(err))?;
         if results.len() != events.len() {
-            return Err(CallError::Contract(format!(
-                "handle-batch returned {} results for {} events",
-                results.len(),
-                events.len()
-            )));
+            return Err(CallError::Contract(format!("handle-batch returned {} results for {} events", results.len(), events.len())));
         }
         Ok(results)
     }
@@ -212,9 +184,7 @@ impl Instance {
         F: for<'a> FnOnce(&'a mut Store<PluginState>) -> futures::future::BoxFuture<'a, R>,
     {
         let budget = self.timeout;
-        tokio::time::timeout(budget, f(&mut self.store))
-            .await
-            .map_err(|_| CallError::Timeout(budget))
+        tokio::time::timeout(budget, f(&mut self.store)).await.map_err(|_| CallError::Timeout(budget))
     }
 
     /// Lends the next call the event it handles (its state, its identity
@@ -240,9 +210,7 @@ impl Instance {
 
     fn classify(&mut self, err: wasmtime::Error) -> CallError {
         if self.store.data().limiter.hit {
-            return CallError::MemoryLimit {
-                limit: self.memory_limit,
-            };
+            return CallError::MemoryLimit { limit: self.memory_limit };
         }
         let mut message = super::trap::describe(&err);
         let stderr = self.stderr.take();

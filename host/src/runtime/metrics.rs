@@ -79,10 +79,7 @@ fn default_max_metrics() -> usize {
 
 impl Default for MetricsLimits {
     fn default() -> Self {
-        Self {
-            max_series: default_max_series(),
-            max_metrics: default_max_metrics(),
-        }
+        Self { max_series: default_max_series(), max_metrics: default_max_metrics() }
     }
 }
 
@@ -133,13 +130,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
-        DropReason::InvalidName,
-        DropReason::KindClash,
-        DropReason::TooManyMetrics,
-        DropReason::InvalidLabels,
-        DropReason::InvalidValue,
-    ];
+    pub const ALL: [DropReason; 5] =
+        [DropReason::InvalidName, DropReason::KindClash, DropReason::TooManyMetrics, DropReason::InvalidLabels, DropReason::InvalidValue];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -158,10 +150,15 @@ pub enum Outcome {
     Recorded,
     /// Recorded into the metric's `other` series; `first` for the first
     /// fold of this metric (worth a log line).
-    Folded { first: bool },
+    Folded {
+        first: bool,
+    },
     /// Not recorded; `report` carries the explanation the first time this
     /// problem is seen for this metric (`None` after that).
-    Dropped { reason: DropReason, report: Option<String> },
+    Dropped {
+        reason: DropReason,
+        report: Option<String>,
+    },
 }
 
 /// The plugin metrics of one pipeline. Cheap to clone; every instance of
@@ -342,10 +339,7 @@ impl PluginMetrics {
     }
 
     pub fn limits(&self) -> MetricsLimits {
-        MetricsLimits {
-            max_series: self.0.max_series.load(Ordering::Relaxed),
-            max_metrics: self.0.max_metrics.load(Ordering::Relaxed),
-        }
+        MetricsLimits { max_series: self.0.max_series.load(Ordering::Relaxed), max_metrics: self.0.max_metrics.load(Ordering::Relaxed) }
     }
 
     /// Adds `value` to counter `name`.
@@ -366,7 +360,8 @@ impl PluginMetrics {
     fn record(&self, name: &str, mut labels: Vec<(String, String)>, sample: Sample) -> Outcome {
         if let Sample::Set(v) | Sample::Observe(v) = sample {
             if !v.is_finite() {
-                return self.dropped(DropReason::InvalidValue, name, || format!("a {} value of {v} (not a finite number)", sample.kind().label()));
+                return self
+                    .dropped(DropReason::InvalidValue, name, || format!("a {} value of {v} (not a finite number)", sample.kind().label()));
             }
         }
         // One series per label set whatever the order the guest lists them in.
@@ -424,10 +419,7 @@ impl PluginMetrics {
     /// and under the cap.
     fn family(&self, name: &str, kind: Kind) -> Result<Arc<Family>, (DropReason, String)> {
         let clash = |family: &Family| {
-            (
-                DropReason::KindClash,
-                format!("`{name}` is a {}; recording it as a {} is dropped", family.kind.label(), kind.label()),
-            )
+            (DropReason::KindClash, format!("`{name}` is a {}; recording it as a {} is dropped", family.kind.label(), kind.label()))
         };
         {
             let families = self.0.families.read().map_err(|_| (DropReason::InvalidName, "registry poisoned".to_owned()))?;
@@ -456,11 +448,7 @@ impl PluginMetrics {
             ));
         }
         families.samples.extend(samples);
-        let family = Arc::new(Family {
-            kind,
-            series: Mutex::new(SeriesSet::default()),
-            folded: AtomicU64::new(0),
-        });
+        let family = Arc::new(Family { kind, series: Mutex::new(SeriesSet::default()), folded: AtomicU64::new(0) });
         families.by_name.insert(name.to_owned(), family.clone());
         Ok(family)
     }
@@ -493,11 +481,7 @@ impl PluginMetrics {
 
     /// Calls dropped for `reason` so far.
     pub fn drops(&self, reason: DropReason) -> u64 {
-        DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.0.drops.get(i))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        DropReason::ALL.iter().position(|r| *r == reason).and_then(|i| self.0.drops.get(i)).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Calls folded into `other` for each metric that folded any, sorted.
@@ -683,11 +667,7 @@ pub fn encode(encoder: &mut DescriptorEncoder, sources: &[Source<'_>]) -> Result
                 Err(poisoned) => poisoned.into_inner(),
             };
             for (labels, value) in series.rows() {
-                let labels = SeriesLabels {
-                    pipeline: source.pipeline,
-                    plugin: source.plugin,
-                    labels,
-                };
+                let labels = SeriesLabels { pipeline: source.pipeline, plugin: source.plugin, labels };
                 let family_encoder = metric.encode_family(&labels)?;
                 match value {
                     Value::Counter(n) => ConstCounter::new(*n).encode(family_encoder)?,
@@ -720,7 +700,8 @@ pub fn encode(encoder: &mut DescriptorEncoder, sources: &[Source<'_>]) -> Result
     for source in sources {
         for reason in DropReason::ALL {
             let n = source.metrics.drops(reason);
-            ConstCounter::new(n).encode(drops.encode_family(&[("pipeline", Escaped(source.pipeline)), ("reason", Escaped(reason.label()))])?)?;
+            ConstCounter::new(n)
+                .encode(drops.encode_family(&[("pipeline", Escaped(source.pipeline)), ("reason", Escaped(reason.label()))])?)?;
         }
     }
     Ok(())
@@ -923,7 +904,10 @@ mod tests {
         ] {
             assert!(matches!(m.counter_add("c", bad.clone(), 1), Outcome::Dropped { reason: DropReason::InvalidLabels, .. }), "{bad:?}");
         }
-        assert!(matches!(m.histogram_observe("h", labels(&[("le", "1")]), 1.0), Outcome::Dropped { reason: DropReason::InvalidLabels, .. }));
+        assert!(matches!(
+            m.histogram_observe("h", labels(&[("le", "1")]), 1.0),
+            Outcome::Dropped { reason: DropReason::InvalidLabels, .. }
+        ));
         assert_eq!(m.counter_add("c", labels(&[("le", "1")]), 1), Outcome::Recorded);
     }
 

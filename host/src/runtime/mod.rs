@@ -36,10 +36,10 @@ mod trap;
 mod wasi;
 pub mod world;
 
-pub use engine::{Runtime, RuntimeOptions};
-pub use instance::{CallError, Instance};
 pub use capability::Capability;
 pub use effects::{CallKind, CallLog, CallRecord, EventScope};
+pub use engine::{Runtime, RuntimeOptions};
+pub use instance::{CallError, Instance};
+pub use metrics::{MetricsLimits, PluginMetrics};
 pub use plugin::{LoadError, LoadedPlugin, PluginSpec};
 pub use world::Target;
-pub use metrics::{MetricsLimits, PluginMetrics};

@@ -10,12 +10,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex};
 
 use super::capability::Capability;
-use super::world::{Pre, Target};
 use super::engine::Runtime;
 use super::host::GuestLog;
 use super::instance::{CallError, Instance, StderrTail};
 use super::manifest;
 use super::signature::signature_path;
+use super::world::{Pre, Target};
 use crate::config::{InstancePolicy, WasiGrants};
 use crate::schema::Accepts;
 
@@ -59,11 +59,7 @@ pub enum LoadError {
     #[error("cannot read plugin {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("plugin {} has sha256 {actual} but the config pins {expected}", path.display())]
-    DigestMismatch {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    DigestMismatch { path: PathBuf, expected: String, actual: String },
     #[error("plugin {} is refused: {reason}", path.display())]
     Unsigned { path: PathBuf, reason: super::signature::SignatureError },
     #[error("plugin {} is not a WebAssembly file (it does not start with `\\0asm`)", path.display())]
@@ -119,10 +115,7 @@ impl LoadedPlugin {
     /// plugin that is loaded is one that has accepted its config.
     pub async fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Self, LoadError> {
         let path = spec.path.clone();
-        let bytes = tokio::fs::read(&path).await.map_err(|source| LoadError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = tokio::fs::read(&path).await.map_err(|source| LoadError::Read { path: path.clone(), source })?;
         // Read only when signatures are required; a missing file is an
         // unsigned component, which `compile` refuses by name.
         let signature = match runtime.trusted_keys() {
@@ -149,10 +142,9 @@ impl LoadedPlugin {
         let compiling = runtime.clone();
         let size = bytes.len();
         let task = tokio::task::spawn_blocking(move || compile(&compiling, spec, &bytes, signature.as_deref()));
-        let compiled = announce_slow_compile(task, &path, size).await.map_err(|e| LoadError::Start {
-            path: path.clone(),
-            detail: format!("the compiler thread stopped: {e}"),
-        })??;
+        let compiled = announce_slow_compile(task, &path, size)
+            .await
+            .map_err(|e| LoadError::Start { path: path.clone(), detail: format!("the compiler thread stopped: {e}") })??;
         let mut plugin = compiled;
         if let Some(accepts) = plugin.start(true).await?.1 {
             let _ = plugin.inner.accepts.set(accepts);
@@ -185,17 +177,12 @@ impl LoadedPlugin {
         let spec = &inner.spec;
         let path = &spec.path;
         let stderr = StderrTail::default();
-        let wasi = super::wasi::context(&spec.wasi, stderr.clone()).map_err(|e| LoadError::Start {
-            path: path.clone(),
-            detail: format!("cannot grant WASI capabilities: {e:#}"),
-        })?;
+        let wasi = super::wasi::context(&spec.wasi, stderr.clone())
+            .map_err(|e| LoadError::Start { path: path.clone(), detail: format!("cannot grant WASI capabilities: {e:#}") })?;
         let log = GuestLog::new(spec.pipeline.clone(), inner.name.clone(), inner.digest.get(..12).unwrap_or(&inner.digest).to_owned());
         let mut store = Instance::store(inner.runtime.engine(), wasi, log, spec.metrics.clone(), spec.memory);
         store.data_mut().http = super::http::HttpState::new(inner.http.clone());
-        let start_error = |e: wasmtime::Error| LoadError::Start {
-            path: path.clone(),
-            detail: format!("{e:#}"),
-        };
+        let start_error = |e: wasmtime::Error| LoadError::Start { path: path.clone(), detail: format!("{e:#}") };
         // The manifest needs the raw instance; other instances use the
         // indices `PluginPre` resolved once.
         let (bindings, raw) = match (read_manifest, &inner.manifest) {
@@ -215,21 +202,19 @@ impl LoadedPlugin {
                             .await
                             .map_err(|e| e.to_string())
                             .and_then(|accepts| accepts)
-                            .map_err(|detail| LoadError::Manifest { path: path.clone(), interface: self.target().interface("manifest"), detail })?,
+                            .map_err(|detail| LoadError::Manifest {
+                                path: path.clone(),
+                                interface: self.target().interface("manifest"),
+                                detail,
+                            })?,
                     ),
                     _ => None,
                 };
                 Ok((instance, accepts))
             }
-            Ok(Err(message)) => Err(LoadError::InitRejected {
-                path: path.clone(),
-                message,
-            }),
+            Ok(Err(message)) => Err(LoadError::InitRejected { path: path.clone(), message }),
             Err(CallError::Timeout(limit)) => Err(LoadError::InitTimeout { path: path.clone(), limit }),
-            Err(source) => Err(LoadError::InitFailed {
-                path: path.clone(),
-                source,
-            }),
+            Err(source) => Err(LoadError::InitFailed { path: path.clone(), source }),
         }
     }
 
@@ -284,11 +269,7 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8], signature: Option<
     let digest = hex::encode(Sha256::digest(bytes));
     if let Some(expected) = &spec.sha256 {
         if !expected.eq_ignore_ascii_case(&digest) {
-            return Err(LoadError::DigestMismatch {
-                path,
-                expected: expected.clone(),
-                actual: digest,
-            });
+            return Err(LoadError::DigestMismatch { path, expected: expected.clone(), actual: digest });
         }
     }
     // Before compiling: bytes nobody trusted never reach the compiler.
@@ -297,21 +278,13 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8], signature: Option<
         tracing::debug!(pipeline = %spec.pipeline, key, digest = &digest[..12], "plugin signature verified");
     }
     check_header(&path, bytes)?;
-    let (component, cache_hit) = runtime.compile(bytes, &digest).map_err(|e| LoadError::Invalid {
+    let (component, cache_hit) =
+        runtime.compile(bytes, &digest).map_err(|e| LoadError::Invalid { path: path.clone(), detail: format!("{e:#}") })?;
+    let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| LoadError::WrongWorld {
         path: path.clone(),
-        detail: format!("{e:#}"),
+        detail: format!("it imports something the host does not provide: {e:#}"),
     })?;
-    let instance_pre = runtime
-        .linker()
-        .instantiate_pre(&component)
-        .map_err(|e| LoadError::WrongWorld {
-            path: path.clone(),
-            detail: format!("it imports something the host does not provide: {e:#}"),
-        })?;
-    let pre = Pre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
-        path: path.clone(),
-        detail: format!("{e:#}"),
-    })?;
+    let pre = Pre::new(instance_pre).map_err(|e| LoadError::WrongWorld { path: path.clone(), detail: format!("{e:#}") })?;
     let capabilities = super::capability::imported(&component, runtime.engine());
     if let Some(&capability) = capabilities.iter().find(|c| !spec.grants.contains(c)) {
         return Err(LoadError::NotGranted { path, pipeline: spec.pipeline.clone(), capability });
@@ -320,7 +293,8 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8], signature: Option<
     let manifest = manifest::find(&component, pre.target());
     let http = match spec.http.clone() {
         Some(config) => {
-            let outbound = super::http::Outbound::new(&spec.pipeline, config, spec.timeout).map_err(|detail| LoadError::Start { path: path.clone(), detail })?;
+            let outbound = super::http::Outbound::new(&spec.pipeline, config, spec.timeout)
+                .map_err(|detail| LoadError::Start { path: path.clone(), detail })?;
             Some(Arc::new(outbound.stubbed(spec.http_stubs.clone())))
         }
         None => None,
@@ -368,9 +342,7 @@ async fn announce_slow_compile<T>(mut task: tokio::task::JoinHandle<T>, path: &P
 }
 
 fn plugin_name(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plugin".into())
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into())
 }
 
 /// Distinguishes "not wasm" and "a core module" from a component before

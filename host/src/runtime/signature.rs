@@ -88,7 +88,11 @@ impl Signature {
         }
         let bytes = base64::engine::general_purpose::STANDARD.decode(signature).map_err(|_| malformed("the signature is not base64"))?;
         let bytes: [u8; 64] = bytes.try_into().map_err(|b: Vec<u8>| malformed(&format!("the signature is {} bytes, not 64", b.len())))?;
-        Ok(Self { key_id: key_id.to_ascii_lowercase(), sha256: sha256.to_ascii_lowercase(), signature: ed25519_dalek::Signature::from_bytes(&bytes) })
+        Ok(Self {
+            key_id: key_id.to_ascii_lowercase(),
+            sha256: sha256.to_ascii_lowercase(),
+            signature: ed25519_dalek::Signature::from_bytes(&bytes),
+        })
     }
 }
 
@@ -184,7 +188,11 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
     // The error names the file and the format only: never a byte of the key.
-    SigningKey::from_pkcs8_pem(&text).map_err(|_| KeyError::Parse { path: path.to_owned(), what: "private", detail: "PKCS#8 expected".into() })
+    SigningKey::from_pkcs8_pem(&text).map_err(|_| KeyError::Parse {
+        path: path.to_owned(),
+        what: "private",
+        detail: "PKCS#8 expected".into(),
+    })
 }
 
 /// Writes a new key pair: `<stem>.key` (private, PKCS#8 PEM, readable by
@@ -204,9 +212,14 @@ pub fn generate(stem: &Path) -> Result<(String, PathBuf, PathBuf), KeyError> {
         let path = path.to_owned();
         move |e: std::io::Error| KeyError::Write { path, source: e }
     };
-    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Write { path: private.clone(), source: std::io::Error::other(e.to_string()) })?;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| KeyError::Write { path: private.clone(), source: std::io::Error::other(e.to_string()) })?;
     write_private(&private, pem.as_bytes()).map_err(write_failed(&private))?;
-    let public_pem = key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| KeyError::Write { path: public.clone(), source: std::io::Error::other(e.to_string()) })?;
+    let public_pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| KeyError::Write { path: public.clone(), source: std::io::Error::other(e.to_string()) })?;
     std::fs::write(&public, public_pem).map_err(write_failed(&public))?;
     Ok((key_id(&key.verifying_key()), private, public))
 }
@@ -246,7 +259,10 @@ mod tests {
         let trusted = TrustedKeys::from_keys([key(1).verifying_key()]);
         assert!(matches!(trusted.verify(DIGEST, None), Err(SignatureError::Missing { .. })));
         let by_stranger = Signature::sign(&key(9), DIGEST).to_string();
-        assert_eq!(trusted.verify(DIGEST, Some(&by_stranger)), Err(SignatureError::UntrustedKey { key_id: key_id(&key(9).verifying_key()), trusted: trusted.ids() }));
+        assert_eq!(
+            trusted.verify(DIGEST, Some(&by_stranger)),
+            Err(SignatureError::UntrustedKey { key_id: key_id(&key(9).verifying_key()), trusted: trusted.ids() })
+        );
         // The component changed after signing.
         let line = Signature::sign(&key(1), DIGEST).to_string();
         assert!(matches!(trusted.verify(OTHER, Some(&line)), Err(SignatureError::ChangedAfterSigning { .. })));

@@ -64,7 +64,10 @@ fn recursion(backtrace: Option<&WasmBacktrace>) -> bool {
         return false;
     };
     frames.len() >= RECURSION_FRAMES
-        && frames.iter().take(RECURSION_FRAMES).all(|frame| frame.func_index() == first.func_index() && frame.module().name() == first.module().name())
+        && frames
+            .iter()
+            .take(RECURSION_FRAMES)
+            .all(|frame| frame.func_index() == first.func_index() && frame.module().name() == first.module().name())
 }
 
 #[cfg(test)]
@@ -79,9 +82,11 @@ mod tests {
 
     #[test]
     fn only_a_wrapped_address_is_a_stack_overflow() {
-        let wrapped = wasmtime::Error::from(Trap::MemoryOutOfBounds).context("memory fault at wasm address 0xffffff00 in linear memory of size 0x120000");
+        let wrapped = wasmtime::Error::from(Trap::MemoryOutOfBounds)
+            .context("memory fault at wasm address 0xffffff00 in linear memory of size 0x120000");
         assert!(describe(&wrapped).starts_with("stack overflow"), "{}", describe(&wrapped));
-        let past_the_end = wasmtime::Error::from(Trap::MemoryOutOfBounds).context("memory fault at wasm address 0x200000 in linear memory of size 0x120000");
+        let past_the_end = wasmtime::Error::from(Trap::MemoryOutOfBounds)
+            .context("memory fault at wasm address 0x200000 in linear memory of size 0x120000");
         assert_eq!(describe(&past_the_end), "wasm trap: out of bounds memory access");
     }
 }

@@ -13,10 +13,7 @@ use crate::config::WasiGrants;
 
 pub(super) fn context(grants: &WasiGrants, stderr: super::instance::StderrTail) -> wasmtime::Result<WasiCtx> {
     let mut builder = WasiCtxBuilder::new();
-    builder
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+    builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     for name in &grants.env {
         if let Ok(value) = std::env::var(name) {
             builder.env(name, value);

@@ -69,9 +69,7 @@ impl Accepts {
             return true;
         }
         let Some(kind) = kind else { return false };
-        self.selectors.iter().any(|s| {
-            s.event_type == kind.event_type && s.version.as_deref().is_none_or(|v| Some(v) == kind.version)
-        })
+        self.selectors.iter().any(|s| s.event_type == kind.event_type && s.version.as_deref().is_none_or(|v| Some(v) == kind.version))
     }
 }
 

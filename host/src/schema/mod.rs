@@ -47,8 +47,7 @@ impl Schema {
     /// Checks a payload: `Err` lists where it fails and why, capped at
     /// [`MESSAGE_CAP`]. A payload that is not JSON fails too.
     pub fn check(&self, payload: &[u8]) -> Result<(), String> {
-        let instance: serde_json::Value =
-            serde_json::from_slice(payload).map_err(|e| cap(format!("the payload is not JSON: {e}")))?;
+        let instance: serde_json::Value = serde_json::from_slice(payload).map_err(|e| cap(format!("the payload is not JSON: {e}")))?;
         self.check_value(&instance)
     }
 
@@ -128,7 +127,8 @@ impl Set {
     fn build(entries: &[SchemaEntry]) -> Result<Self, String> {
         let mut set = Set::default();
         for entry in entries {
-            let schema = Schema::compile(&entry.document).map_err(|e| format!("schema {} ({}): {e}", entry.selector(), entry.path.display()))?;
+            let schema =
+                Schema::compile(&entry.document).map_err(|e| format!("schema {} ({}): {e}", entry.selector(), entry.path.display()))?;
             match &entry.version {
                 Some(version) => set.exact.insert((entry.event_type.clone(), version.clone()), schema),
                 None => set.any_version.insert(entry.event_type.clone(), schema),

@@ -88,12 +88,8 @@ fn an_invalid_schema_does_not_compile() {
 #[test]
 fn inputs_pick_the_exact_version_then_the_any_version_entry() -> Result<(), String> {
     let v2 = json!({"type": "object", "required": ["v2field"]});
-    let gate = gate(
-        vec![entry("order", Some("2"), v2), entry("order", None, order_schema())],
-        vec![],
-        Unmatched::Reject,
-        Unmatched::Reject,
-    )?;
+    let gate =
+        gate(vec![entry("order", Some("2"), v2), entry("order", None, order_schema())], vec![], Unmatched::Reject, Unmatched::Reject)?;
     let ok1 = br#"{"id":"o","total":1}"#;
     assert_eq!(gate.check_input(&headers(Some("order"), Some("1")), ok1, None), Ok(()));
     assert_eq!(gate.check_input(&headers(Some("order"), None), ok1, None), Ok(()));

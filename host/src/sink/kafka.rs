@@ -77,11 +77,7 @@ async fn reachable(producer: &FutureProducer<Context>, brokers: &str, last_error
     let producer = producer.clone();
     let brokers = brokers.to_owned();
     tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(None, OPEN_TIMEOUT)
-            .map(|_| ())
-            .map_err(|e| last_error.unreachable(&brokers, e))
+        producer.client().fetch_metadata(None, OPEN_TIMEOUT).map(|_| ()).map_err(|e| last_error.unreachable(&brokers, e))
     })
     .await
     .unwrap_or_else(|e| Err(format!("metadata request stopped: {e}")))
@@ -123,10 +119,7 @@ impl KafkaSink {
     }
 
     fn with(via: Via, brokers: &str, topic: Option<String>, options: &BTreeMap<String, Secret>) -> Self {
-        let max_bytes = options
-            .get("message.max.bytes")
-            .and_then(|v| v.0.parse().ok())
-            .unwrap_or(DEFAULT_MAX_BYTES);
+        let max_bytes = options.get("message.max.bytes").and_then(|v| v.0.parse().ok()).unwrap_or(DEFAULT_MAX_BYTES);
         let describe = match &topic {
             Some(topic) => format!("kafka:{brokers}/{topic}"),
             None => format!("kafka:{brokers}"),
@@ -181,7 +174,10 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
         let Some(topic) = record.destination.as_deref().or(self.topic.as_deref()) else {
-            return Err(SinkError::Write { what: self.describe.clone(), message: "an output has no destination and the sink has no `topic`".into() });
+            return Err(SinkError::Write {
+                what: self.describe.clone(),
+                message: "an output has no destination and the sink has no `topic`".into(),
+            });
         };
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for header in &record.headers {
@@ -197,7 +193,9 @@ impl Sink for KafkaSink {
         let delivery = loop {
             let enqueued = {
                 let _open = match &self.via {
-                    Via::Transaction(transaction) => Some(transaction.gate.read().map_err(|_| self.write_error(topic, "transaction gate poisoned"))?),
+                    Via::Transaction(transaction) => {
+                        Some(transaction.gate.read().map_err(|_| self.write_error(topic, "transaction gate poisoned"))?)
+                    }
                     Via::Idempotent(_) => None,
                 };
                 self.producer().send_result(message)

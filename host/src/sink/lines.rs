@@ -49,13 +49,7 @@ impl LineSink {
             tokio::fs::create_dir_all(dir).await.map_err(open_err)?;
         }
         // Readable too: the torn-line check reads the end of the file.
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .await
-            .map_err(open_err)?;
+        let file = tokio::fs::OpenOptions::new().create(true).read(true).append(true).open(&path).await.map_err(open_err)?;
         let handle = file.try_clone().await.map_err(open_err)?.into_std().await;
         let (handle, len, cut) = tokio::task::spawn_blocking(move || {
             let cut = repair_torn_tail(&handle)?;
@@ -74,12 +68,7 @@ impl LineSink {
 
     /// Any writer; used by tests. `fsync`: a handle of the file `out`
     /// writes to, synced after each flush.
-    pub fn new(
-        what: String,
-        out: Box<dyn AsyncWrite + Send + Unpin>,
-        format: RecordFormat,
-        fsync: Option<tokio::fs::File>,
-    ) -> Self {
+    pub fn new(what: String, out: Box<dyn AsyncWrite + Send + Unpin>, format: RecordFormat, fsync: Option<tokio::fs::File>) -> Self {
         // Length unknown: a failed write is not cut back (only `file` knows it).
         let tail = fsync.map(|handle| FileTail { handle, fsync: true, len: u64::MAX });
         Self::start(what, out, format, tail)
@@ -89,13 +78,7 @@ impl LineSink {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (durable_tx, durable) = watch::channel(Durable::UpTo(0));
         let writer = tokio::spawn(write_loop(what.clone(), out, rx, durable_tx, tail));
-        Self {
-            what,
-            format,
-            tx: SyncMutex::new((Some(tx), 0)),
-            durable,
-            writer: Mutex::new(Some(writer)),
-        }
+        Self { what, format, tx: SyncMutex::new((Some(tx), 0)), durable, writer: Mutex::new(Some(writer)) }
     }
 }
 
@@ -175,7 +158,8 @@ async fn write_loop(
                 let mut message = e.to_string();
                 if let Some(FileTail { handle, len, .. }) = tail.as_ref().filter(|t| t.len != u64::MAX) {
                     if let Err(cut) = handle.set_len(*len).await {
-                        message = format!("{message}; the partly written records could not be cut off ({cut}): they will be at the next start");
+                        message =
+                            format!("{message}; the partly written records could not be cut off ({cut}): they will be at the next start");
                     }
                 }
                 batch.clear();

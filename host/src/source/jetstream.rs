@@ -144,11 +144,7 @@ impl JetStreamSource {
             .map_err(|e| failed(format!("cannot start pulling from consumer `{}`: {e}", settings.consumer)))?;
 
         let (to_acker, from_sources) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            in_flight: Mutex::new(HashMap::new()),
-            next_id: std::sync::atomic::AtomicU64::new(0),
-            to_acker,
-        });
+        let shared = Arc::new(Shared { in_flight: Mutex::new(HashMap::new()), next_id: std::sync::atomic::AtomicU64::new(0), to_acker });
         let acker = tokio::spawn(run_acker(client, from_sources, describe.clone()));
         let heartbeat = tokio::spawn(run_heartbeat(Arc::downgrade(&shared), ack_wait));
         let lag = tokio::spawn(report_pending(consumer, settings.lag.clone()));
@@ -217,10 +213,7 @@ impl Source for JetStreamSource {
                     }
                 }
                 None => {
-                    return Err(SourceError::Broker {
-                        what: self.describe.clone(),
-                        message: "the consumer's message stream ended".into(),
-                    })
+                    return Err(SourceError::Broker { what: self.describe.clone(), message: "the consumer's message stream ended".into() })
                 }
             }
         }

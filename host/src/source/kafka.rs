@@ -293,10 +293,13 @@ impl KafkaSource {
             .set("group.id", &settings.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", match settings.start {
-                StartFrom::Earliest => "earliest",
-                StartFrom::Latest => "latest",
-            })
+            .set(
+                "auto.offset.reset",
+                match settings.start {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                },
+            )
             .set("isolation.level", if transaction.is_some() { "read_committed" } else { "read_uncommitted" });
         if !settings.options.contains_key("queued.max.messages.kbytes") {
             // Prefetch per partition; the default (64 MiB) is a lot of memory
@@ -339,7 +342,9 @@ impl KafkaSource {
             let metadata = probe.fetch_metadata(None, OPEN_TIMEOUT).map_err(Err)?;
             for topic in &topics {
                 if !metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none()) {
-                    return Err(Ok(format!("topic `{topic}` does not exist on {brokers}; create it (sluice does not create input topics)")));
+                    return Err(Ok(format!(
+                        "topic `{topic}` does not exist on {brokers}; create it (sluice does not create input topics)"
+                    )));
                 }
             }
             Ok(())
@@ -361,7 +366,12 @@ impl KafkaSource {
         let names: Vec<&str> = subscription.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| failed(format!("cannot subscribe: {e}")))?;
         let committer = Some(match &transaction {
-            Some(transaction) => tokio::spawn(run_transaction_keeper(Arc::downgrade(&consumer), shared.clone(), transaction.clone(), settings.commit_interval)),
+            Some(transaction) => tokio::spawn(run_transaction_keeper(
+                Arc::downgrade(&consumer),
+                shared.clone(),
+                transaction.clone(),
+                settings.commit_interval,
+            )),
             None => tokio::spawn(run_committer(Arc::downgrade(&consumer), shared.clone(), settings.commit_interval)),
         });
         Ok(Self {
@@ -402,13 +412,16 @@ impl KafkaSource {
                 settled.await;
             }
             if self.shared.tainted.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(self.broker_error("an event was abandoned inside the open transaction; aborting it (its events are read again after a restart)".into()));
+                return Err(self.broker_error(
+                    "an event was abandoned inside the open transaction; aborting it (its events are read again after a restart)".into(),
+                ));
             }
             let Some(group) = self.consumer.group_metadata() else {
                 return Err(self.broker_error("no consumer group metadata for the transaction".into()));
             };
             let settled = settled_points(&self.shared);
-            self.committing = Some(tokio::spawn(async move { transaction.commit(settled, group).await.map(|_| ()).map_err(|e| e.to_string()) }));
+            self.committing =
+                Some(tokio::spawn(async move { transaction.commit(settled, group).await.map(|_| ()).map_err(|e| e.to_string()) }));
         }
         if let Some(committing) = self.committing.as_mut() {
             let result = committing.await.unwrap_or_else(|e| Err(format!("commit task stopped: {e}")));
@@ -479,7 +492,9 @@ impl Source for KafkaSource {
                 let committed = tokio::task::spawn_blocking(move || commit(&*consumer, &points, CommitMode::Sync).map(|()| points)).await;
                 match committed {
                     Ok(Ok(points)) => self.shared.tracker().committed(&points),
-                    Ok(Err(e)) => outcome = Err(self.broker_error(format!("final offset commit failed: {e}; the uncommitted events are read again"))),
+                    Ok(Err(e)) => {
+                        outcome = Err(self.broker_error(format!("final offset commit failed: {e}; the uncommitted events are read again")))
+                    }
                     Err(e) => outcome = Err(self.broker_error(format!("final offset commit stopped: {e}"))),
                 }
             }
@@ -492,7 +507,10 @@ impl Source for KafkaSource {
                 match (clean, group) {
                     (true, Some(group)) => match transaction.commit(settled_points(&self.shared), group).await {
                         Ok(true) => {}
-                        Ok(false) => outcome = Err(self.broker_error("events were still in flight at close; the transaction was not committed".into())),
+                        Ok(false) => {
+                            outcome =
+                                Err(self.broker_error("events were still in flight at close; the transaction was not committed".into()))
+                        }
                         Err(e) => outcome = Err(self.broker_error(e.to_string())),
                     },
                     _ => {

@@ -78,9 +78,7 @@ impl LineSource {
     /// see [`Ledger::lines_done`]).
     pub async fn file_after(name: String, path: PathBuf, format: LineFormat, follow: bool, done: u64) -> Result<Self, SourceError> {
         let what = format!("file {}", path.display());
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|source| SourceError::Open { what: what.clone(), source })?;
+        let file = tokio::fs::File::open(&path).await.map_err(|source| SourceError::Open { what: what.clone(), source })?;
         let mut source = Self::new(name, Box::new(BufReader::with_capacity(256 * 1024, file)), format, follow);
         source.skip(done).await?;
         Ok(source)
@@ -131,10 +129,7 @@ impl LineSource {
         let reader = &mut self.reader;
         let mut total = 0;
         loop {
-            let chunk = reader.fill_buf().await.map_err(|source| SourceError::Read {
-                what: self.name.clone(),
-                source,
-            })?;
+            let chunk = reader.fill_buf().await.map_err(|source| SourceError::Read { what: self.name.clone(), source })?;
             if chunk.is_empty() {
                 return Ok(total);
             }
@@ -167,10 +162,8 @@ impl LineSource {
         self.last_write = Instant::now();
         // Lines below the commit point are done: record how many.
         let done = committed.saturating_sub(1);
-        crate::fs::write_atomically(path, format!("{done}\n").as_bytes()).map_err(|source| SourceError::Checkpoint {
-            path: path.clone(),
-            source,
-        })
+        crate::fs::write_atomically(path, format!("{done}\n").as_bytes())
+            .map_err(|source| SourceError::Checkpoint { path: path.clone(), source })
     }
 
     fn delivery(&self, line: u64, raw: &[u8]) -> Delivery {
@@ -183,20 +176,8 @@ impl LineSource {
                 Err(err) => (self.raw_event(id, raw, now), Some(format!("line {line}: {err}"))),
             },
         };
-        let defect = if raw.len() >= MAX_LINE {
-            Some(format!("line {line} is longer than {MAX_LINE} bytes (truncated)"))
-        } else {
-            defect
-        };
-        Delivery {
-            event,
-            partition: 0,
-            defect,
-            ack: Ack::new(LineAck {
-                line,
-                ledger: self.ledger.clone(),
-            }),
-        }
+        let defect = if raw.len() >= MAX_LINE { Some(format!("line {line} is longer than {MAX_LINE} bytes (truncated)")) } else { defect };
+        Delivery { event, partition: 0, defect, ack: Ack::new(LineAck { line, ledger: self.ledger.clone() }) }
     }
 
     fn raw_event(&self, id: String, raw: &[u8], now: u64) -> Event {
@@ -298,10 +279,7 @@ async fn read_checkpoint(path: &PathBuf) -> Result<u64, SourceError> {
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("expected a line count: {e}")),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(source) => Err(SourceError::Open {
-            what: format!("checkpoint {}", path.display()),
-            source,
-        }),
+        Err(source) => Err(SourceError::Open { what: format!("checkpoint {}", path.display()), source }),
     }
 }
 

@@ -39,10 +39,7 @@ impl NatsSource {
         let subscriber = subscribed.map_err(|e| SourceError::Broker { what: what(), message: e.to_string() })?;
         // A subscription is live once the server has processed it: without
         // this round trip, messages published right after start could miss it.
-        client
-            .flush()
-            .await
-            .map_err(|e| SourceError::Broker { what: what(), message: e.to_string() })?;
+        client.flush().await.map_err(|e| SourceError::Broker { what: what(), message: e.to_string() })?;
         Ok(Self {
             subscriber,
             replies: Arc::new(NatsSink::core(client, None)),
@@ -57,25 +54,21 @@ impl NatsSource {
 impl Source for NatsSource {
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
         let Some(message) = self.subscriber.next().await else {
-            return Err(SourceError::Broker {
-                what: self.describe.clone(),
-                message: "the subscription was closed by the client".into(),
-            });
+            return Err(SourceError::Broker { what: self.describe.clone(), message: "the subscription was closed by the client".into() });
         };
         self.received += 1;
         let received = self.received;
         let prefix = &self.id_prefix;
         // The publisher's `Nats-Msg-Id` if it set one, else ours.
         let id = |headers: &[Header]| {
-            crate::event::header(headers, "Nats-Msg-Id")
-                .and_then(|id| std::str::from_utf8(id).ok())
-                .map(str::to_owned)
-                .unwrap_or_else(|| {
+            crate::event::header(headers, "Nats-Msg-Id").and_then(|id| std::str::from_utf8(id).ok()).map(str::to_owned).unwrap_or_else(
+                || {
                     let mut id = String::with_capacity(prefix.len() + 20);
                     id.push_str(prefix);
                     id.push_str(itoa::Buffer::new().format(received));
                     id
-                })
+                },
+            )
         };
         let reply_to = message.reply.as_ref().map(|r| r.to_string());
         let (partition, event) = message_event(&message, id, now_ms(), 1, reply_to);

@@ -16,10 +16,7 @@ pub struct Progress {
 impl Progress {
     /// Starts with everything below `start` already done.
     pub fn starting_at(start: u64) -> Self {
-        Self {
-            committed: start,
-            done_ahead: BTreeSet::new(),
-        }
+        Self { committed: start, done_ahead: BTreeSet::new() }
     }
 
     /// Marks `position` done; returns the new commit point if it moved.

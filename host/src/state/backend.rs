@@ -51,12 +51,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Up to `limit` committed entries whose keys start with `prefix` and are
     /// greater than `after` (when given), sorted by key.
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StateError>;
+    async fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StateError>;
 
     /// One atomic transaction: apply every write, record every event id in
     /// `applied`, and store `position` when given. Either all of it is

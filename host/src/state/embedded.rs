@@ -247,12 +247,7 @@ impl Backend for EmbeddedBackend {
         .await
     }
 
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+    async fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StateError> {
         let prefix = prefix.to_owned();
         let after = after.map(str::to_owned);
         self.run(move |db, tables| {
@@ -285,52 +280,53 @@ impl Backend for EmbeddedBackend {
         let prune_max = self.options.prune_max;
         let durability = if self.options.sync_interval.is_zero() { Durability::Immediate } else { Durability::None };
         let unsynced = Arc::clone(&self.unsynced);
-        let committed = self.run(move |db, tables| {
-            let now = now_ms();
-            let mut txn = db.begin_write()?;
-            txn.set_durability(durability)?;
-            {
-                let mut state = txn.open_table(tables.state())?;
-                for (key, value) in &batch.writes {
-                    match value {
-                        Some(value) => drop(state.insert(key.as_str(), value.as_ref())?),
-                        None => drop(state.remove(key.as_str())?),
+        let committed = self
+            .run(move |db, tables| {
+                let now = now_ms();
+                let mut txn = db.begin_write()?;
+                txn.set_durability(durability)?;
+                {
+                    let mut state = txn.open_table(tables.state())?;
+                    for (key, value) in &batch.writes {
+                        match value {
+                            Some(value) => drop(state.insert(key.as_str(), value.as_ref())?),
+                            None => drop(state.remove(key.as_str())?),
+                        }
+                    }
+                    let mut applied = txn.open_table(tables.applied())?;
+                    let mut applied_at = txn.open_table(tables.applied_at())?;
+                    if prune {
+                        let cutoff = now.saturating_sub(retention_ms);
+                        let mut old = Vec::new();
+                        for entry in applied_at.range::<(u64, &str)>(..(cutoff, ""))?.take(prune_max) {
+                            let (key, _) = entry?;
+                            let (at, id) = key.value();
+                            old.push((at, id.to_owned()));
+                        }
+                        for (at, id) in &old {
+                            applied_at.remove((*at, id.as_str()))?;
+                            applied.remove(id.as_str())?;
+                        }
+                    }
+                    for id in &batch.applied {
+                        let previous = applied.insert(id.as_str(), now)?.map(|at| at.value());
+                        if let Some(at) = previous {
+                            applied_at.remove((at, id.as_str()))?;
+                        }
+                        applied_at.insert((now, id.as_str()), ())?;
+                    }
+                    if let Some(position) = &batch.position {
+                        let mut positions = txn.open_table(POSITIONS)?;
+                        positions.insert((tables.pipeline.as_str(), position.source.as_str()), position.offset)?;
                     }
                 }
-                let mut applied = txn.open_table(tables.applied())?;
-                let mut applied_at = txn.open_table(tables.applied_at())?;
-                if prune {
-                    let cutoff = now.saturating_sub(retention_ms);
-                    let mut old = Vec::new();
-                    for entry in applied_at.range::<(u64, &str)>(..(cutoff, ""))?.take(prune_max) {
-                        let (key, _) = entry?;
-                        let (at, id) = key.value();
-                        old.push((at, id.to_owned()));
-                    }
-                    for (at, id) in &old {
-                        applied_at.remove((*at, id.as_str()))?;
-                        applied.remove(id.as_str())?;
-                    }
+                txn.commit()?;
+                if matches!(durability, Durability::None) {
+                    unsynced.store(true, Ordering::Release);
                 }
-                for id in &batch.applied {
-                    let previous = applied.insert(id.as_str(), now)?.map(|at| at.value());
-                    if let Some(at) = previous {
-                        applied_at.remove((at, id.as_str()))?;
-                    }
-                    applied_at.insert((now, id.as_str()), ())?;
-                }
-                if let Some(position) = &batch.position {
-                    let mut positions = txn.open_table(POSITIONS)?;
-                    positions.insert((tables.pipeline.as_str(), position.source.as_str()), position.offset)?;
-                }
-            }
-            txn.commit()?;
-            if matches!(durability, Durability::None) {
-                unsynced.store(true, Ordering::Release);
-            }
-            Ok(batch.writes)
-        })
-        .await?;
+                Ok(batch.writes)
+            })
+            .await?;
         // Before returning: the store drops a key's pending entry only after
         // its commit returned, so a read then finds it here or in the file.
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -428,9 +424,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StateError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StateError::Unavailable(format!("state database task failed: {e}"))))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StateError::Unavailable(format!("state database task failed: {e}"))))
 }
 
 fn unavailable(path: &Path, error: impl std::fmt::Display) -> StateError {
@@ -438,10 +432,7 @@ fn unavailable(path: &Path, error: impl std::fmt::Display) -> StateError {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 #[cfg(test)]

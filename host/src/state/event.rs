@@ -60,16 +60,7 @@ pub type ScanPage = (Vec<(String, Vec<u8>)>, Option<String>);
 
 impl EventState {
     pub(crate) fn new(store: Arc<Store>, event_id: String, begin_clock: u64, epoch: u64) -> Self {
-        Self {
-            store,
-            event_id,
-            begin_clock,
-            epoch,
-            overlay: BTreeMap::new(),
-            reads: HashMap::new(),
-            scans: Vec::new(),
-            ended: false,
-        }
+        Self { store, event_id, begin_clock, epoch, overlay: BTreeMap::new(), reads: HashMap::new(), scans: Vec::new(), ended: false }
     }
 
     pub fn event_id(&self) -> &str {
@@ -105,11 +96,7 @@ impl EventState {
         let limits = self.store.limits();
         check_key(key.as_ref(), limits)?;
         if value.len() > limits.max_value_bytes {
-            return Err(StateError::ValueTooLarge {
-                key: key.into(),
-                len: value.len(),
-                max: limits.max_value_bytes,
-            });
+            return Err(StateError::ValueTooLarge { key: key.into(), len: value.len(), max: limits.max_value_bytes });
         }
         self.write(key, Some(Bytes::from(value)))
     }
@@ -161,10 +148,8 @@ impl EventState {
             let (clock, pending) = self.store.pending_range(prefix, cursor.as_deref(), limit);
             read_at.get_or_insert(clock);
             let stored = self.store.backend().scan(prefix, cursor.as_deref(), limit).await?;
-            let own: Vec<(String, Option<Bytes>)> = overlay_under(&self.overlay, prefix, cursor.as_deref())
-                .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let own: Vec<(String, Option<Bytes>)> =
+                overlay_under(&self.overlay, prefix, cursor.as_deref()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
 
             // Each source that filled its quota knows its entries only up to
             // its last key: merge no further than the smallest such key.

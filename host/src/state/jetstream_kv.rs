@@ -57,8 +57,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use async_nats::Client;
 use async_nats::jetstream::{self, consumer, kv};
+use async_nats::Client;
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -66,9 +66,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::StateError;
 use super::backend::{Backend, CommitBatch, Position};
 use super::memory::DEFAULT_MARKER_RETENTION;
+use super::StateError;
 
 /// Most keys one `scan` may find under its prefix: a scan lists the keys
 /// under the prefix (KV lists in write order, not key order), sorts them in

@@ -195,8 +195,10 @@ impl ChangelogBackend {
             // missed.
             let mut logged = false;
             loop {
-                let (low, stable) = reader.fetch_watermarks(&self.topic, p, CALL_TIMEOUT).map_err(|e| unavailable("reading the changelog's end", e))?;
-                let (_, high) = probe.fetch_watermarks(&self.topic, p, CALL_TIMEOUT).map_err(|e| unavailable("reading the changelog's end", e))?;
+                let (low, stable) =
+                    reader.fetch_watermarks(&self.topic, p, CALL_TIMEOUT).map_err(|e| unavailable("reading the changelog's end", e))?;
+                let (_, high) =
+                    probe.fetch_watermarks(&self.topic, p, CALL_TIMEOUT).map_err(|e| unavailable("reading the changelog's end", e))?;
                 if stable >= high {
                     if high > low {
                         waiting.insert(p);
@@ -225,7 +227,10 @@ impl ChangelogBackend {
         while !waiting.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(unavailable("restore", format!("partitions {waiting:?} not read to their end within {:?}", self.restore_timeout)));
+                return Err(unavailable(
+                    "restore",
+                    format!("partitions {waiting:?} not read to their end within {:?}", self.restore_timeout),
+                ));
             }
             match reader.poll(left.min(Duration::from_millis(500))) {
                 None => {}
@@ -266,7 +271,10 @@ fn ensure_topic(client: &ClientConfig, topic: &str, input_topics: &[String]) -> 
         // Not created here with a guessed partition count: the source fails
         // on a missing input topic with the same advice.
         let Some(partitions) = partitions_of(input)? else {
-            return Err(unavailable("opening the changelog", format!("input topic `{input}` does not exist; create it (sluice does not create input topics)")));
+            return Err(unavailable(
+                "opening the changelog",
+                format!("input topic `{input}` does not exist; create it (sluice does not create input topics)"),
+            ));
         };
         needed = needed.max(partitions);
     }
@@ -282,7 +290,8 @@ fn ensure_topic(client: &ClientConfig, topic: &str, input_topics: &[String]) -> 
     let admin: AdminClient<DefaultClientContext> = client.create().map_err(|e| unavailable("creating an admin client", e))?;
     let new = NewTopic::new(topic, needed, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
     let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT)).request_timeout(Some(CALL_TIMEOUT));
-    let created = futures::executor::block_on(admin.create_topics([&new], &options)).map_err(|e| unavailable(&format!("creating topic `{topic}`"), e))?;
+    let created = futures::executor::block_on(admin.create_topics([&new], &options))
+        .map_err(|e| unavailable(&format!("creating topic `{topic}`"), e))?;
     for result in created {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -334,7 +343,8 @@ impl Backend for ChangelogBackend {
                 .into_iter()
                 .enumerate()
                 .filter_map(|(i, (key, value))| {
-                    let partition = batch.writers.get(i).and_then(|w| partition_of(w)).or_else(|| cache.values.get(&key).map(|(p, _)| *p))?;
+                    let partition =
+                        batch.writers.get(i).and_then(|w| partition_of(w)).or_else(|| cache.values.get(&key).map(|(p, _)| *p))?;
                     Some((key, value, partition))
                 })
                 .collect()

@@ -76,11 +76,8 @@ impl MemoryBackend {
         {
             let mut inner = backend.lock();
             for (key, value) in object {
-                let bytes = seed_value(&value).map_err(|reason| SeedError::Value {
-                    origin: origin.to_owned(),
-                    key: key.clone(),
-                    reason,
-                })?;
+                let bytes =
+                    seed_value(&value).map_err(|reason| SeedError::Value { origin: origin.to_owned(), key: key.clone(), reason })?;
                 inner.values.insert(key, Bytes::from(bytes));
             }
         }
@@ -117,12 +114,7 @@ impl Backend for MemoryBackend {
         Ok(self.lock().values.get(key).map(|v| v.to_vec()))
     }
 
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+    async fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StateError> {
         let inner = self.lock();
         let start = match after {
             Some(after) if after >= prefix => std::ops::Bound::Excluded(after),
@@ -195,9 +187,7 @@ mod tests {
 
     #[test]
     fn a_bad_seed_names_the_key() {
-        let Err(error) = MemoryBackend::from_seed_json(r#"{"n": 5}"#, "seed.json") else {
-            unreachable!("a number is not a seed value")
-        };
+        let Err(error) = MemoryBackend::from_seed_json(r#"{"n": 5}"#, "seed.json") else { unreachable!("a number is not a seed value") };
         assert!(error.to_string().contains("seed.json, key \"n\""), "{error}");
         assert!(MemoryBackend::from_seed_json("[1]", "x").is_err());
         assert!(MemoryBackend::from_seed_json(r#"{"k": {"base64": "!!"}}"#, "x").is_err());

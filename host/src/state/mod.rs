@@ -68,13 +68,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_key_bytes: 1024,
-            max_value_bytes: 1024 * 1024,
-            max_writes_per_event: 1000,
-            max_reads_per_event: 10_000,
-            max_scan: 1000,
-        }
+        Self { max_key_bytes: 1024, max_value_bytes: 1024 * 1024, max_writes_per_event: 1000, max_reads_per_event: 10_000, max_scan: 1000 }
     }
 }
 

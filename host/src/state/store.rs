@@ -281,13 +281,7 @@ impl Store {
         self.enqueue(&mut inner, event_id, version, BTreeMap::new())
     }
 
-    fn enqueue(
-        self: &Arc<Self>,
-        inner: &mut Inner,
-        event_id: String,
-        version: u64,
-        writes: BTreeMap<String, Option<Bytes>>,
-    ) -> Ticket {
+    fn enqueue(self: &Arc<Self>, inner: &mut Inner, event_id: String, version: u64, writes: BTreeMap<String, Option<Bytes>>) -> Ticket {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         // A failed store takes no more work; the ticket's `ready` reports why.
@@ -360,9 +354,7 @@ impl Store {
         };
         match receiver {
             None => Ok(()),
-            Some(receiver) => receiver
-                .await
-                .unwrap_or_else(|_| Err(StateError::Unavailable("the state committer stopped".into()))),
+            Some(receiver) => receiver.await.unwrap_or_else(|_| Err(StateError::Unavailable("the state committer stopped".into()))),
         }
     }
 
@@ -470,17 +462,9 @@ impl Store {
 
     /// Up to `cap` pending entries under `prefix` after `after`, with the
     /// clock at the lookup.
-    pub(crate) fn pending_range(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        cap: usize,
-    ) -> (u64, Vec<(String, Option<Bytes>)>) {
+    pub(crate) fn pending_range(&self, prefix: &str, after: Option<&str>, cap: usize) -> (u64, Vec<(String, Option<Bytes>)>) {
         let inner = self.inner();
-        let entries = range_under(&inner.pending, prefix, after)
-            .take(cap)
-            .map(|(k, p)| (k.clone(), p.value.clone()))
-            .collect();
+        let entries = range_under(&inner.pending, prefix, after).take(cap).map(|(k, p)| (k.clone(), p.value.clone())).collect();
         (inner.clock, entries)
     }
 
@@ -665,12 +649,7 @@ fn range_under<'a>(
 }
 
 /// The optimistic-concurrency check of `conclude`.
-fn validate(
-    pending: &BTreeMap<String, Pending>,
-    event_id: &str,
-    reads: &HashMap<String, u64>,
-    scans: &[ScanRead],
-) -> Result<(), Conflict> {
+fn validate(pending: &BTreeMap<String, Pending>, event_id: &str, reads: &HashMap<String, u64>, scans: &[ScanRead]) -> Result<(), Conflict> {
     for (key, read_at) in reads {
         if pending.get(key).is_some_and(|p| p.version > *read_at) {
             return Err(Conflict::Key { event_id: event_id.to_owned(), key: key.clone() });

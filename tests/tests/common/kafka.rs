@@ -217,11 +217,8 @@ impl KafkaBroker {
     fn try_start(secured: bool) -> Result<Self> {
         let install = install()?;
         let keep = std::env::var_os("SLUICE_KEEP_TMP").is_some();
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-kafka-")
-            .disable_cleanup(keep)
-            .tempdir()
-            .context("creating the broker's folder")?;
+        let dir =
+            tempfile::Builder::new().prefix("sluice-kafka-").disable_cleanup(keep).tempdir().context("creating the broker's folder")?;
         if keep {
             eprintln!("kafka broker folder kept: {}", dir.path().display());
         }
@@ -241,7 +238,11 @@ impl KafkaBroker {
             true => Some(Secured {
                 ssl_port: next_port()?,
                 sasl_port: next_port()?,
-                password: format!("pw-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()),
+                password: format!(
+                    "pw-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()
+                ),
             }),
             false => None,
         };
@@ -315,7 +316,7 @@ impl KafkaBroker {
             None,
         )
         .output()
-            .context("running Kafka's TopicCommand")?;
+        .context("running Kafka's TopicCommand")?;
         if !output.status.success() {
             bail!(
                 "creating topic {name} failed ({})\n--- stdout\n{}\n--- stderr\n{}",
@@ -334,8 +335,7 @@ impl KafkaBroker {
 
     fn configure(&self) -> Result<()> {
         let template_path = root().join("scripts/kafka/server.properties");
-        let template = std::fs::read_to_string(&template_path)
-            .with_context(|| format!("reading {}", template_path.display()))?;
+        let template = std::fs::read_to_string(&template_path).with_context(|| format!("reading {}", template_path.display()))?;
         let config = template
             .replace("@PORT@", &self.port.to_string())
             .replace("@CONTROLLER_PORT@", &self.controller_port.to_string())
@@ -344,7 +344,8 @@ impl KafkaBroker {
             return std::fs::write(self.dir().join("server.properties"), config).context("writing server.properties");
         };
         let script = root().join("scripts/kafka/certs.sh");
-        let output = Command::new("bash").arg(&script).arg(self.certs()).stdin(Stdio::null()).output().context("running scripts/kafka/certs.sh")?;
+        let output =
+            Command::new("bash").arg(&script).arg(self.certs()).stdin(Stdio::null()).output().context("running scripts/kafka/certs.sh")?;
         if !output.status.success() {
             bail!("{} failed: {}{}", script.display(), String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         }
@@ -367,9 +368,8 @@ impl KafkaBroker {
             // KIP-900: the SCRAM user exists from the first start.
             java.arg("--add-scram").arg(format!("SCRAM-SHA-512=[name={SCRAM_USER},password={}]", secured.password));
         }
-        let output = watched(java.arg("-c").arg(self.dir().join("server.properties")), None)
-        .output()
-            .context("running Kafka's StorageTool")?;
+        let output =
+            watched(java.arg("-c").arg(self.dir().join("server.properties")), None).output().context("running Kafka's StorageTool")?;
         if !output.status.success() {
             bail!(
                 "formatting the broker's store failed ({})\n--- stdout\n{}\n--- stderr\n{}",
@@ -386,11 +386,8 @@ impl KafkaBroker {
         // log4j appends to server.log: a restart is ready at the next
         // "started" line, not at the previous run's.
         let before = started_count(&self.dir().join("server.log"));
-        let stdout = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir().join("stdout.log"))
-            .context("opening stdout.log")?;
+        let stdout =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir().join("stdout.log")).context("opening stdout.log")?;
         let mut command = watched(
             java(install, "-Xmx512m")
                 .arg(format!("-Dkafka.logs.dir={}", self.dir().display()))

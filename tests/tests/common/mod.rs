@@ -24,19 +24,14 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// The workspace root (the folder holding `host/`, `plugins/`, `tests/`).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The `sluice` binary under test: `$SLUICE_BIN`, or the workspace's debug
 /// build. Panics with how to build it when it is missing, so a fresh checkout
 /// gets an instruction rather than "No such file or directory".
 pub fn sluice_bin() -> PathBuf {
-    let path = std::env::var_os("SLUICE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/debug/sluice"));
+    let path = std::env::var_os("SLUICE_BIN").map(PathBuf::from).unwrap_or_else(|| root().join("target/debug/sluice"));
     assert!(
         path.is_file(),
         "the sluice binary is missing at {}: run `cargo build -p sluice` first \
@@ -49,14 +44,8 @@ pub fn sluice_bin() -> PathBuf {
 /// The component of example plugin `name` (`chaos`, `uppercase`…). Panics
 /// with how to build the plugins when it is missing.
 pub fn plugin(name: &str) -> PathBuf {
-    let path = root()
-        .join("plugins/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "plugin {name} is missing at {}: run `bash scripts/build-plugins.sh` first",
-        path.display()
-    );
+    let path = root().join("plugins/target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "plugin {name} is missing at {}: run `bash scripts/build-plugins.sh` first", path.display());
     path
 }
 
@@ -172,11 +161,7 @@ pub struct Scratch {
 impl Scratch {
     pub fn new() -> Result<Self> {
         let keep = std::env::var_os("SLUICE_KEEP_TMP").is_some();
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-e2e-")
-            .disable_cleanup(keep)
-            .tempdir()
-            .context("creating a temporary folder")?;
+        let dir = tempfile::Builder::new().prefix("sluice-e2e-").disable_cleanup(keep).tempdir().context("creating a temporary folder")?;
         if keep {
             eprintln!("scratch folder kept: {}", dir.path().display());
         }
@@ -210,12 +195,9 @@ impl Scratch {
     pub fn append_events(&self, relative: &str, events: &[Value]) -> Result<()> {
         use std::io::Write;
         let path = self.path(relative);
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {} to append", path.display()))?;
-        file.write_all(jsonl(events).as_bytes())
-            .with_context(|| format!("appending to {}", path.display()))
+        let mut file =
+            std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {} to append", path.display()))?;
+        file.write_all(jsonl(events).as_bytes()).with_context(|| format!("appending to {}", path.display()))
     }
 
     /// The file as text; a missing file reads as empty.
@@ -231,9 +213,7 @@ impl Scratch {
     /// Complete lines (newline-terminated) in a file so far; a missing file
     /// has none. For polling a file that is still being written.
     pub fn count_lines(&self, relative: &str) -> usize {
-        std::fs::read(self.path(relative))
-            .map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count())
-            .unwrap_or(0)
+        std::fs::read(self.path(relative)).map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count()).unwrap_or(0)
     }
 
     /// A `sluice` command running in this folder. A `run` is told to write
@@ -285,10 +265,7 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Value>> {
 
 /// The `payload` field of each record, as text.
 pub fn payloads(records: &[Value]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| r["payload"].as_str().unwrap_or("<no text payload>").to_owned())
-        .collect()
+    records.iter().map(|r| r["payload"].as_str().unwrap_or("<no text payload>").to_owned()).collect()
 }
 
 /// The first header `name` of a record, whichever header encoding it uses
@@ -296,10 +273,7 @@ pub fn payloads(records: &[Value]) -> Vec<String> {
 pub fn header<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
     match &record["headers"] {
         Value::Object(map) => map.get(name).and_then(Value::as_str),
-        Value::Array(pairs) => pairs
-            .iter()
-            .find(|pair| pair[0].as_str() == Some(name))
-            .and_then(|pair| pair[1].as_str()),
+        Value::Array(pairs) => pairs.iter().find(|pair| pair[0].as_str() == Some(name)).and_then(|pair| pair[1].as_str()),
         _ => None,
     }
 }
@@ -380,10 +354,7 @@ pub struct Running {
 impl Running {
     pub fn spawn(mut command: Command) -> Result<Self> {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let admin_addr_file = command
-            .get_envs()
-            .find(|(name, _)| *name == ADMIN_ADDR_FILE)
-            .and_then(|(_, value)| value.map(PathBuf::from));
+        let admin_addr_file = command.get_envs().find(|(name, _)| *name == ADMIN_ADDR_FILE).and_then(|(_, value)| value.map(PathBuf::from));
         let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
         let stdout = child.stdout.take().map(collect);
         let stderr = child.stderr.take().map(collect);
@@ -412,10 +383,7 @@ impl Running {
 
     /// Sends SIGTERM, as a service manager does to stop a service.
     pub fn terminate(&self) -> Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .context("running `kill`")?;
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().context("running `kill`")?;
         if !status.success() {
             bail!("`kill -TERM {}` failed: {status}", self.pid());
         }
@@ -543,10 +511,7 @@ fn collect(mut stream: impl Read + Send + 'static) -> (Sink, JoinHandle<()>) {
 pub fn strip_digest(mut records: Vec<Value>, name: &str) -> Result<Vec<Value>> {
     let digest = sha256_hex(&plugin(name))?;
     for record in &mut records {
-        let headers = record
-            .get_mut("headers")
-            .and_then(Value::as_object_mut)
-            .context("a record without headers")?;
+        let headers = record.get_mut("headers").and_then(Value::as_object_mut).context("a record without headers")?;
         let found = headers.remove("sluice-plugin-digest");
         if found.as_ref().and_then(Value::as_str) != Some(digest.as_str()) {
             bail!("expected sluice-plugin-digest {digest}, found {found:?}");
@@ -567,7 +532,14 @@ pub fn http_request(port: u16, method: &str, path: &str, token: Option<&str>, bo
 }
 
 /// [`http_request`] with more header lines (`name`, `value`).
-pub fn http_request_with(port: u16, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: &[u8]) -> Result<(u16, String)> {
+pub fn http_request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).context("connecting to the admin API")?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -575,11 +547,7 @@ pub fn http_request_with(port: u16, method: &str, path: &str, token: Option<&str
     for (name, value) in headers {
         auth.push_str(&format!("{name}: {value}\r\n"));
     }
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
-        body.len()
-    )?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n", body.len())?;
     stream.write_all(body)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;

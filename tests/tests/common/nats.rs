@@ -174,11 +174,7 @@ impl NatsServer {
         let connections = connz["connections"].as_array().cloned().unwrap_or_default();
         Ok(connections
             .iter()
-            .filter(|c| {
-                c["subscriptions_list"]
-                    .as_array()
-                    .is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some(subject)))
-            })
+            .filter(|c| c["subscriptions_list"].as_array().is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some(subject))))
             .count())
     }
 }
@@ -236,9 +232,8 @@ pub async fn read_stream(client: &async_nats::Client, name: &str) -> Result<Vec<
     let js = jetstream::new(client.clone());
     let mut stream = js.get_stream(name).await?;
     let total = stream.info().await?.state.messages as usize;
-    let consumer: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config { ack_policy: consumer::AckPolicy::None, ..Default::default() })
-        .await?;
+    let consumer: consumer::PullConsumer =
+        stream.create_consumer(consumer::pull::Config { ack_policy: consumer::AckPolicy::None, ..Default::default() }).await?;
     let mut messages = consumer.messages().await?;
     let mut stored = Vec::with_capacity(total);
     while stored.len() < total {
@@ -251,10 +246,7 @@ pub async fn read_stream(client: &async_nats::Client, name: &str) -> Result<Vec<
             .as_ref()
             .map(|h| h.iter().map(|(k, v)| (k.to_string(), v.last().map(|v| v.to_string()).unwrap_or_default())).collect())
             .unwrap_or_default();
-        stored.push(Stored {
-            payload: String::from_utf8_lossy(&message.payload).into_owned(),
-            headers,
-        });
+        stored.push(Stored { payload: String::from_utf8_lossy(&message.payload).into_owned(), headers });
     }
     Ok(stored)
 }

@@ -119,11 +119,19 @@ async fn an_invalid_output_rejects_its_event_saying_which_output_and_why() -> Re
     assert_eq!(
         messages,
         [
-            (Some("rejected"), Some(r#"output 2 of 2: the output does not match the schema for audit (no version): /: "by" is a required property"#)),
-            (Some("rejected"), Some(r#"output 1 of 2: the output does not match the schema for order@1: /total: value is not of type "number""#)),
             (
                 Some("rejected"),
-                Some(r#"output 1 of 2: the output does not match the schema for order@1: /total: value is not of type "number" (and 1 more outputs fail)"#)
+                Some(r#"output 2 of 2: the output does not match the schema for audit (no version): /: "by" is a required property"#)
+            ),
+            (
+                Some("rejected"),
+                Some(r#"output 1 of 2: the output does not match the schema for order@1: /total: value is not of type "number""#)
+            ),
+            (
+                Some("rejected"),
+                Some(
+                    r#"output 1 of 2: the output does not match the schema for order@1: /total: value is not of type "number" (and 1 more outputs fail)"#
+                )
             ),
         ]
     );
@@ -187,7 +195,8 @@ async fn the_accept_list_is_the_current_versions() -> Result<(), DispatchError> 
     let script: Arc<Script> = Arc::new(|e, _| Ok(echo(e)));
     let v1 = Accepts::parse(&["order@1".to_owned()]).map_err(DispatchError::Lane)?;
     let v2 = Accepts::parse(&["order@2".to_owned()]).map_err(DispatchError::Lane)?;
-    let slot = Arc::new(PluginSlot::new(Arc::new(Declaring { inner: Scripted { script: script.clone(), calls: calls.clone() }, accepts: v1 })));
+    let slot =
+        Arc::new(PluginSlot::new(Arc::new(Declaring { inner: Scripted { script: script.clone(), calls: calls.clone() }, accepts: v1 })));
     slot.swap(Arc::new(Declaring { inner: Scripted { script, calls }, accepts: v2 }));
     h.dispatcher.plugin = slot;
     let log = Settlements::default();

@@ -121,7 +121,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
     types::add_to_linker::<PluginState, WasiHttp>(linker, &LinkOptions::default().into(), PluginState::http)?;
     linker.instance(OUTGOING_HANDLER)?.func_wrap(
         "handle",
-        |mut store: StoreContextMut<'_, PluginState>, (request, options): (Resource<HostOutgoingRequest>, Option<Resource<RequestOptions>>)| {
+        |mut store: StoreContextMut<'_, PluginState>,
+         (request, options): (Resource<HostOutgoingRequest>, Option<Resource<RequestOptions>>)| {
             handle(store.data_mut(), request, options).map(|result| (result,))
         },
     )

@@ -57,14 +57,18 @@ pub fn error_code(error: hyper_util::client::legacy::Error) -> Error {
             if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
                 return match tls {
                     rustls::Error::InvalidCertificate(_) => Error::TlsCertificateError,
-                    rustls::Error::AlertReceived(alert) => Error::TlsAlertReceived { alert_id: Some(u8::from(*alert)), alert_message: Some(format!("{alert:?}")) },
+                    rustls::Error::AlertReceived(alert) => {
+                        Error::TlsAlertReceived { alert_id: Some(u8::from(*alert)), alert_message: Some(format!("{alert:?}")) }
+                    }
                     _ => Error::TlsProtocolError,
                 };
             }
             return match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
                 std::io::ErrorKind::TimedOut => Error::ConnectionTimeout,
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe => Error::ConnectionTerminated,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe => {
+                    Error::ConnectionTerminated
+                }
                 _ if error.is_connect() && io.to_string().contains("lookup") => Error::DnsError { rcode: None, info_code: None },
                 _ => Error::Connect(std::io::Error::new(io.kind(), io.to_string())),
             };

@@ -105,7 +105,12 @@ fn wit_case(name: &str) -> String {
         .join("-")
 }
 
-async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBody>, options: Option<RequestOptions>, mut context: CallContext) -> Sent {
+async fn send(
+    outbound: Option<Arc<Outbound>>,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    mut context: CallContext,
+) -> Sent {
     let started = Instant::now();
     let scheme = if request.uri().scheme() == Some(&Scheme::HTTP) { HttpScheme::Http } else { HttpScheme::Https };
     let authority = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
@@ -176,7 +181,11 @@ async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBo
             let outcome = if timeout { Outcome::Timeout } else { Outcome::Transport };
             outbound.metrics.count(&target, outcome, Some(started.elapsed()));
             // The guest's own timeouts, or ours passed down as options.
-            let message = if timeout { format!("timed out: {err} (plugin.http.timeout {:?}, or the request's own)", outbound.timeout) } else { err.to_string() };
+            let message = if timeout {
+                format!("timed out: {err} (plugin.http.timeout {:?}, or the request's own)", outbound.timeout)
+            } else {
+                err.to_string()
+            };
             record.finish(None, Some(message));
             Err(err)
         }
@@ -186,7 +195,8 @@ async fn send(outbound: Option<Arc<Outbound>>, mut request: http::Request<WasiBo
             record.finish(Some(status), None);
             let limit = outbound.config.max_response_bytes.as_u64();
             let metrics = outbound.metrics.clone();
-            let response = response.map(|body| Capped::new(body.map_err(Error::from), limit, deadline, permit, metrics, target).boxed_unsync());
+            let response =
+                response.map(|body| Capped::new(body.map_err(Error::from), limit, deadline, permit, metrics, target).boxed_unsync());
             // The pool drives the connection: nothing left for wasmtime to.
             Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
         }
@@ -206,7 +216,8 @@ async fn stubbed(stubs: &super::stub::HttpStubs, request: http::Request<WasiBody
                 response = response.header(name, value);
             }
             let body = http_body_util::Full::new(bytes::Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
-            let response = response.body(body).map_err(|e| Error::InternalError(Some(format!("stubbed response from {}: {e}", stubs.path))))?;
+            let response =
+                response.body(body).map_err(|e| Error::InternalError(Some(format!("stubbed response from {}: {e}", stubs.path))))?;
             record.finish(Some(status), None);
             Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
         }

@@ -138,7 +138,11 @@ pub struct HttpStubs {
 /// What a stub answers one request with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Response { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Response {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     Error(StubError),
     /// No rule matched: the text names the request and the file.
     Unmatched(String),
@@ -156,8 +160,12 @@ impl HttpStubs {
         for (index, rule) in rules.iter_mut().enumerate() {
             let refuse = |message: &str| StubFileError::Rule { path: path.to_owned(), index, message: message.to_owned() };
             rule.target = match (&rule.url, &rule.url_prefix) {
-                (Some(url), None) => Some(Target::parse(url, false).ok_or_else(|| refuse("`url` must be an absolute http:// or https:// URL"))?),
-                (None, Some(url)) => Some(Target::parse(url, true).ok_or_else(|| refuse("`url_prefix` must be an absolute http:// or https:// URL"))?),
+                (Some(url), None) => {
+                    Some(Target::parse(url, false).ok_or_else(|| refuse("`url` must be an absolute http:// or https:// URL"))?)
+                }
+                (None, Some(url)) => {
+                    Some(Target::parse(url, true).ok_or_else(|| refuse("`url_prefix` must be an absolute http:// or https:// URL"))?)
+                }
                 (None, None) => return Err(refuse("give `url` or `url_prefix`")),
                 (Some(_), Some(_)) => return Err(refuse("give `url` or `url_prefix`, not both")),
             };
@@ -238,7 +246,11 @@ mod tests {
         let got = answer("GET", "https://api.example.com/customers/42", "")?;
         assert_eq!(
             got,
-            Answer::Response { status: 200, headers: vec![("content-type".into(), "application/json".into())], body: br#"{"name":"Ada"}"#.to_vec() }
+            Answer::Response {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: br#"{"name":"Ada"}"#.to_vec()
+            }
         );
         // The default port is the scheme's, written or not.
         assert_eq!(status(&answer("GET", "https://api.example.com:443/customers/42", "")?), Some(200));

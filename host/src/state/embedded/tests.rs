@@ -48,7 +48,9 @@ async fn scan_pages_by_prefix_in_key_order() -> Result {
     let dir = tempfile::tempdir()?;
     let db = EmbeddedDb::open(dir.path().join("s.redb")).await?;
     let backend = db.backend("p", EmbeddedOptions::default());
-    backend.commit(batch(&[("a1", Some("1")), ("a2", Some("2")), ("a3", Some("3")), ("b1", Some("x")), ("", Some("e"))], &[], None)).await?;
+    backend
+        .commit(batch(&[("a1", Some("1")), ("a2", Some("2")), ("a3", Some("3")), ("b1", Some("x")), ("", Some("e"))], &[], None))
+        .await?;
     let keys = |page: Vec<(String, Vec<u8>)>| page.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
     assert_eq!(keys(backend.scan("a", None, 2).await?), ["a1", "a2"]);
     assert_eq!(keys(backend.scan("a", Some("a2"), 2).await?), ["a3"]);
@@ -61,7 +63,8 @@ async fn scan_pages_by_prefix_in_key_order() -> Result {
 async fn old_markers_are_pruned_during_commits() -> Result {
     let dir = tempfile::tempdir()?;
     let db = EmbeddedDb::open(dir.path().join("m.redb")).await?;
-    let options = EmbeddedOptions { marker_retention: Duration::from_millis(10), prune_every: 2, prune_max: 1, ..EmbeddedOptions::default() };
+    let options =
+        EmbeddedOptions { marker_retention: Duration::from_millis(10), prune_every: 2, prune_max: 1, ..EmbeddedOptions::default() };
     let backend = db.backend("p", options);
     backend.commit(batch(&[], &["old1", "old2"], None)).await?; // commit 0 prunes (nothing)
     tokio::time::sleep(Duration::from_millis(30)).await;

@@ -296,12 +296,7 @@ impl Backend for Flaky {
     async fn get(&self, key: &str) -> std::result::Result<Option<Vec<u8>>, StateError> {
         self.inner.get(key).await
     }
-    async fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> std::result::Result<Vec<(String, Vec<u8>)>, StateError> {
+    async fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> std::result::Result<Vec<(String, Vec<u8>)>, StateError> {
         self.inner.scan(prefix, after, limit).await
     }
     async fn commit(&self, batch: CommitBatch) -> std::result::Result<(), StateError> {
