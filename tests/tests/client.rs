@@ -219,7 +219,9 @@ fn a_client_table_with_keys_of_the_other_transport_is_refused() -> Result<()> {
     scratch.write("sluice.toml", ask_pipeline("request = \"inventory\"", tables))?;
     let finished = scratch.run(&["check", "sluice.toml"])?;
     finished.ensure_failure()?;
-    ensure!(finished.stderr.contains("clients.inventory.reply_topic"), "names the key: {}", finished.stderr);
+    // `check` lists each violation on stdout beside the pipelines that load.
+    let said = format!("{}{}", finished.stdout, finished.stderr);
+    ensure!(said.contains("clients.inventory.reply_topic"), "names the key: {said}");
     Ok(())
 }
 

@@ -240,9 +240,10 @@ config = {{ api_token = "${{ADMIN_TOKEN}}" }}
     let mut command = scratch.sluice(&["check", "bad.toml"]);
     command.env("ADMIN_TOKEN", secret);
     let output = command.output()?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(!output.status.success());
-    assert!(!stderr.contains(secret), "a config error leaks the secret: {stderr}");
+    assert!(said.contains("${ADMIN_TOKEN}"), "the error names the variable: {said}");
+    assert!(!said.contains(secret), "a config error leaks the secret: {said}");
     Ok(())
 }
 
