@@ -75,11 +75,9 @@ pub fn error_code(error: hyper_util::client::legacy::Error) -> Error {
         }
         source = cause.source();
     }
+    // hyper-util hands its connect timeout over as an io::Error of kind
+    // `TimedOut`, so the loop above has already named it.
     if error.is_connect() {
-        // hyper-util's connect timeout is not an io::Error.
-        if error.to_string().contains("timed out") || format!("{error:?}").contains("ConnectTimeout") {
-            return Error::ConnectionTimeout;
-        }
         return Error::Connect(std::io::Error::other(error.to_string()));
     }
     Error::HttpProtocolError
