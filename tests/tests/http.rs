@@ -224,6 +224,35 @@ fn a_destination_not_allowed_is_refused_named_and_counted() -> Result<()> {
     Ok(())
 }
 
+/// A POST's body is written after the request is handed over, so a denial
+/// can arrive while the guest is still writing. It must still read as the
+/// denial (rejected, one attempt), never as a closed body stream
+/// (retryable): bodies of 256 KiB, written in 4 KiB chunks, make that race
+/// happen on every event if the host drops the body with the refusal.
+#[test]
+fn a_denied_post_with_a_large_body_is_rejected_after_one_attempt() -> Result<()> {
+    let server = Server::start()?;
+    let scratch = Scratch::new()?;
+    let big = "x".repeat(256 << 10);
+    let ids: Vec<String> = (0..8).map(|i| format!("big-{i}")).collect();
+    let events: Vec<Value> =
+        ids.iter().map(|id| json!({ "id": id, "payload": format!("{{\"order\":\"{id}\",\"pad\":\"{big}\"}}") })).collect();
+    scratch.write_events("events.jsonl", &events)?;
+    // Allowed: another port only.
+    let http = format!("allow = [\"http://127.0.0.1:{}\"]", server.port + 1);
+    scratch.write("sluice.toml", config(&server.url("/ok"), Some(&http), "max_attempts = 5", false))?;
+    scratch.run(&["run", "sluice.toml"])?.ensure_success()?;
+
+    assert!(server.seen().is_empty(), "nothing reached the server");
+    let dead = scratch.read_jsonl("dlq.jsonl")?;
+    assert_eq!(dead.len(), ids.len(), "every event dead-lettered once");
+    for record in &dead {
+        assert_eq!(header(record, "sluice-dlq-reason"), Some("rejected"), "{:?}", header(record, "sluice-dlq-message"));
+        assert_eq!(header(record, "sluice-dlq-attempts"), Some("1"), "a denial is not retried");
+    }
+    Ok(())
+}
+
 #[test]
 fn every_retry_of_an_event_sends_the_same_idempotency_key() -> Result<()> {
     let server = Server::start()?;

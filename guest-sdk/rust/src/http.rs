@@ -296,19 +296,28 @@ mod imp {
             options
         });
         let pending = outgoing_handler::handle(outgoing, options).map_err(failed)?;
-        if let Some(body) = body {
-            write_body(&body, &request.body, &host)?;
-            OutgoingBody::finish(body, None).map_err(failed)?;
-        }
+        // A write can fail because the request already has its answer: the
+        // host refused it, or the server replied (a 401, a 413) without
+        // reading the body and closed it. That answer is the truth, so it is
+        // awaited either way; the write's error counts only if none comes.
+        let written = match body {
+            Some(body) => write_body(&body, &request.body, &host).and_then(|()| OutgoingBody::finish(body, None).map_err(failed)),
+            None => Ok(()),
+        };
         let response = loop {
             match pending.get() {
                 Some(result) => break result,
                 None => pending.subscribe().block(),
             }
         };
-        let response = response
-            .map_err(|()| Error::Transport { host: host.clone(), code: "the response was taken twice".into() })?
-            .map_err(failed)?;
+        let response = match response {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => return Err(failed(code)),
+            Err(()) => {
+                written?;
+                return Err(Error::Transport { host: host.clone(), code: "the response was taken twice".into() });
+            }
+        };
         let status = response.status();
         let headers = response.headers().entries();
         let incoming = response.consume().map_err(|()| Error::Body("cannot open the response body".into()))?;

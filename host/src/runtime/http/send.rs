@@ -154,6 +154,8 @@ async fn send(
                 refused.metrics.count(&target, Outcome::Denied, None);
             }
             record.finish(None, Some(format!("denied: {shown} is not in plugin.http.allow")));
+            let patience = refused.as_ref().map_or(DRAIN_WITHOUT_GRANT, |o| o.timeout);
+            drain(request.into_body(), patience).await;
             return Err(Error::HttpRequestDenied);
         }
     };
@@ -201,6 +203,20 @@ async fn send(
             Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
         }
     }
+}
+
+/// How long a denied request's body is drained when the pipeline grants no
+/// HTTP at all (with a grant: `plugin.http.timeout`).
+const DRAIN_WITHOUT_GRANT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a refused request's body to its end (or for `patience`), throwing
+/// the bytes away. A guest writes its body *after* `handle` hands the
+/// request over; had the body been dropped with the refusal, a write racing
+/// ahead of the answer would fail on a closed stream, which the guest reads
+/// as a transport failure (retryable) instead of the denial (rejected), and
+/// which of the two it saw would depend on thread timing.
+async fn drain(mut body: WasiBody, patience: std::time::Duration) {
+    let _ = tokio::time::timeout(patience, async { while let Some(Ok(_)) = body.frame().await {} }).await;
 }
 
 /// The answer of `stubs` to `request`, recorded like a real call. The
