@@ -271,97 +271,112 @@ impl Lane {
     #[allow(clippy::too_many_arguments)]
     async fn conclude(
         &mut self,
-        mut event: Event,
+        event: Event,
         ack: Ack,
-        mut trace: EventTrace,
+        trace: EventTrace,
         mut result: Result<Vec<Output>, Failed>,
         mut scope: Option<EventScope>,
         calls: Option<CallLog>,
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
-        let mut first_failure = None;
+        let mut p = Pending { event, ack, trace, calls, first_failure: None };
         loop {
             let mode = self.mode();
             if mode == Mode::HandingBack {
                 // Nothing of the attempt is looked at (its state concluded).
-                self.hand_back(ack);
+                self.hand_back(p.ack);
                 return Ok(());
             }
-            let examined = self.examine(&mut event, result, &mut scope);
+            let examined = self.examine(&mut p.event, result, &mut scope);
             let rules = Rules { retry: &self.d.retry, redeliver: self.d.redeliver };
-            let verdict = verdict::verdict(examined.attempted(), event.attempt, mode, rules, rand::random_range(-1.0..=1.0));
-            let failed = match (verdict, examined) {
+            let verdict = verdict::verdict(examined.attempted(), p.event.attempt, mode, rules, rand::random_range(-1.0..=1.0));
+            match (verdict, examined) {
                 (Verdict::Deliver, Examined::Sendable { outputs, request, ticket }) => {
-                    self.deliver(event, ack, trace, outputs, request, ticket);
+                    self.deliver(p.event, p.ack, p.trace, outputs, request, ticket);
                     return Ok(());
                 }
                 // Not a new attempt: nothing of this one is kept.
-                (Verdict::RunAgain, Examined::StateConflict) => None,
+                (Verdict::RunAgain, Examined::StateConflict) => {}
                 (
                     verdict @ (Verdict::DeadLetter(_) | Verdict::Redeliver { .. } | Verdict::Retry { .. } | Verdict::HandBack),
                     Examined::Failed(failed),
-                ) => Some((verdict, failed)),
+                ) => match self.after_failure(verdict, failed, p, done).await? {
+                    Some(next) => p = next,
+                    None => return Ok(()),
+                },
                 (verdict, _) => {
                     return Err(DispatchError::Lane(format!("lane {}: verdict {verdict:?} on an attempt that does not allow it", self.id)))
                 }
-            };
-            if let Some((verdict, failed)) = failed {
-                let now = SystemTime::now();
-                let first = *first_failure.get_or_insert(now);
-                let message = failed.message();
-                self.d.stats.errors.add(failed.kind());
-                if !matches!(verdict, Verdict::DeadLetter(Reason::Rejected)) {
-                    Stats::add(&self.d.stats.failures, 1);
-                }
-                match verdict {
-                    Verdict::DeadLetter(reason) => {
-                        let calls = calls.map(|calls| calls.take()).unwrap_or_default();
-                        let failure = Failure { reason, message, attempts: event.attempt, first, last: now, calls };
-                        self.forget(&event);
-                        self.dead_letter(event, &failure, ack, trace);
-                        return Ok(());
-                    }
-                    Verdict::Redeliver { after } => {
-                        // The broker redelivers it after the delay (JetStream
-                        // nak), and this lane moves on: no order to keep.
-                        tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), event = %event.id, attempt = event.attempt, delay = ?after, "attempt failed, handing back for redelivery: {message}");
-                        Stats::add(&self.d.stats.redelivered, 1);
-                        self.d.stats.progressed();
-                        self.end(&mut trace, Fate::Redelivered { message: &message }, event.attempt);
-                        ack.settle(Settlement::Redeliver { delay: after });
-                        return Ok(());
-                    }
-                    Verdict::Retry { after } => {
-                        // What is already concluded should not wait for this retry.
-                        self.flush(done).await?;
-                        tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), event = %event.id, attempt = event.attempt, delay = ?after, "attempt failed, retrying: {message}");
-                        if !self.wait_to_retry(after).await {
-                            self.hand_back(ack);
-                            return Ok(());
-                        }
-                    }
-                    // Draining: no retries. Hand it back, and everything after
-                    // it in this lane, to keep the order.
-                    Verdict::HandBack | Verdict::Deliver | Verdict::RunAgain => {
-                        self.flush(done).await?;
-                        self.mode = Mode::HandingBack;
-                        self.hand_back(ack);
-                        return Ok(());
-                    }
-                }
-                event.attempt += 1;
-                Stats::add(&self.d.stats.retries, 1);
             }
             let Some(permit) = self.permit_unless_handing_back().await else {
-                self.hand_back(ack);
+                self.hand_back(p.ack);
                 return Ok(());
             };
-            let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls, &trace));
-            let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
-            event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
+            let fresh = p.calls.as_ref().and_then(|calls| self.begin_scope(&p.event, calls, &p.trace));
+            let (mut alone, next, attempt) = self.call(vec![p.event], permit, fresh).await?;
+            p.event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
             result = single(next);
             scope = attempt;
         }
+    }
+
+    /// Acts on the verdict on a failed attempt: the event back, ready for
+    /// its next attempt (after the backoff), or `None` once it is
+    /// dead-lettered or handed back.
+    async fn after_failure(
+        &mut self,
+        verdict: Verdict,
+        failed: Failed,
+        mut p: Pending,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<Option<Pending>, DispatchError> {
+        let now = SystemTime::now();
+        let first = *p.first_failure.get_or_insert(now);
+        let message = failed.message();
+        self.d.stats.errors.add(failed.kind());
+        if !matches!(verdict, Verdict::DeadLetter(Reason::Rejected)) {
+            Stats::add(&self.d.stats.failures, 1);
+        }
+        let (event, attempt) = (&p.event.id, p.event.attempt);
+        match verdict {
+            Verdict::DeadLetter(reason) => {
+                let calls = p.calls.map(|calls| calls.take()).unwrap_or_default();
+                let failure = Failure { reason, message, attempts: attempt, first, last: now, calls };
+                self.forget(&p.event);
+                self.dead_letter(p.event, &failure, p.ack, p.trace);
+                return Ok(None);
+            }
+            Verdict::Redeliver { after } => {
+                // The broker redelivers it after the delay (JetStream nak),
+                // and this lane moves on: no order to keep.
+                tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), %event, attempt, delay = ?after, "attempt failed, handing back for redelivery: {message}");
+                Stats::add(&self.d.stats.redelivered, 1);
+                self.d.stats.progressed();
+                self.end(&mut p.trace, Fate::Redelivered { message: &message }, attempt);
+                p.ack.settle(Settlement::Redeliver { delay: after });
+                return Ok(None);
+            }
+            Verdict::Retry { after } => {
+                // What is already concluded should not wait for this retry.
+                self.flush(done).await?;
+                tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), %event, attempt, delay = ?after, "attempt failed, retrying: {message}");
+                if !self.wait_to_retry(after).await {
+                    self.hand_back(p.ack);
+                    return Ok(None);
+                }
+            }
+            // Draining: no retries. Hand it back, and everything after it
+            // in this lane, to keep the order.
+            Verdict::HandBack | Verdict::Deliver | Verdict::RunAgain => {
+                self.flush(done).await?;
+                self.mode = Mode::HandingBack;
+                self.hand_back(p.ack);
+                return Ok(None);
+            }
+        }
+        p.event.attempt += 1;
+        Stats::add(&self.d.stats.retries, 1);
+        Ok(Some(p))
     }
 
     /// Waits `delay` before a retry; `false` if the pipeline starts to stop
@@ -712,6 +727,17 @@ impl Drop for Lane {
     fn drop(&mut self) {
         self.set_memory(0);
     }
+}
+
+/// An event on its way to its verdict, with what its attempts left.
+struct Pending {
+    event: Event,
+    ack: Ack,
+    trace: EventTrace,
+    /// The outbound calls of all its attempts (per-event calls only).
+    calls: Option<CallLog>,
+    /// When its first attempt failed.
+    first_failure: Option<SystemTime>,
 }
 
 /// An attempt's result, checked (see [`Lane::examine`]).
