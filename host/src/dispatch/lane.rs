@@ -1,6 +1,7 @@
-//! One lane: a plugin instance and its queue. The lane calls the plugin,
-//! retries failures and decides each event's fate, in order; `publish`
-//! sends what it decided and acknowledges the source.
+//! One lane: a plugin instance and its queue. The lane calls the plugin
+//! and drives each event, in order, to the fate `verdict` decides for it
+//! (waiting and calling again for a retry); `publish` sends what it
+//! concluded and acknowledges the source.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use super::route::Request;
 use super::state::Redelivery;
 use super::stats::ErrorKind;
 use super::trace::{EventTrace, Fate};
+use super::verdict::{self, Attempted, Mode, Rules, Verdict};
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
 use crate::codec::nestjs;
 use crate::config::Codec;
@@ -27,6 +29,7 @@ use crate::runtime::instance::HandleResult;
 use crate::runtime::state::StateAccess;
 use crate::runtime::{CallError, CallLog, EventScope};
 use crate::source::{Ack, Delivery, Settlement};
+use crate::state::Ticket;
 
 /// How long past its deadline a call may run before the lane drops it. The
 /// wasm runtime drops its own calls at the deadline; this catches handlers
@@ -72,9 +75,8 @@ pub(super) struct Lane {
     retired: Option<Box<dyn Handler>>,
     shutdown: CancellationToken,
     failed: CancellationToken,
-    /// Set once an event was handed back: every later event of this lane is
-    /// handed back too, so none overtakes it.
-    abandoning: bool,
+    /// Running, draining, or handing everything back (see [`Mode`]).
+    mode: Mode,
     /// Concluded events of the current batch, handed to the publisher in one
     /// message per batch rather than one per event.
     concluded: Vec<Conclusion>,
@@ -85,7 +87,7 @@ pub(super) struct Lane {
 impl Lane {
     pub fn new(id: usize, d: Arc<Dispatcher>, shutdown: CancellationToken, failed: CancellationToken) -> Self {
         let version = d.plugin.current();
-        Self { id, d, handler: None, version, retired: None, shutdown, failed, abandoning: false, concluded: Vec::new(), memory: 0 }
+        Self { id, d, handler: None, version, retired: None, shutdown, failed, mode: Mode::Running, concluded: Vec::new(), memory: 0 }
     }
 
     pub async fn run(mut self, mut inbox: Inbox) -> Result<(), DispatchError> {
@@ -111,7 +113,7 @@ impl Lane {
     }
 
     async fn process(&mut self, batch: Vec<Delivery>, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
-        if self.abandoning || self.failed.is_cancelled() {
+        if self.handing_back() || self.failed.is_cancelled() {
             Stats::add(&self.d.stats.abandoned, batch.len() as u64);
             self.d.stats.progressed();
             return Ok(()); // dropping the acks hands the events back
@@ -154,7 +156,7 @@ impl Lane {
             };
             if let Some(failure) = refused {
                 self.call_run(&mut run, done).await?;
-                if self.abandoning {
+                if self.handing_back() {
                     self.hand_back(ack);
                     continue;
                 }
@@ -167,7 +169,7 @@ impl Lane {
                     Claim::New(ack) | Claim::NoKey(ack) => ack,
                     Claim::Repeat(ack) => {
                         self.call_run(&mut run, done).await?;
-                        if self.abandoning {
+                        if self.handing_back() {
                             self.hand_back(ack);
                             continue;
                         }
@@ -181,7 +183,7 @@ impl Lane {
                 if let Some(known) = super::state::redelivery(store, &event.id, applied) {
                     self.call_run(&mut run, done).await?;
                     match known {
-                        _ if self.abandoning => self.hand_back(ack),
+                        _ if self.handing_back() => self.hand_back(ack),
                         Redelivery::Pending => self.hand_back(ack),
                         Redelivery::Applied => {
                             tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "a redelivery of an event whose state is committed: acknowledged, not run again");
@@ -205,7 +207,7 @@ impl Lane {
         if events.is_empty() {
             return Ok(());
         }
-        if self.abandoning {
+        if self.handing_back() {
             acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         }
@@ -213,7 +215,7 @@ impl Lane {
             // Each write and each outbound call must belong to a known
             // event: one event per call.
             for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
-                let Some(permit) = self.permit_unless_abandoning().await else {
+                let Some(permit) = self.permit_unless_handing_back().await else {
                     self.hand_back(ack);
                     continue;
                 };
@@ -227,7 +229,7 @@ impl Lane {
         }
         let count = events.len();
         let Some(permit) = self.permit().await else {
-            self.abandoning = true;
+            self.mode = Mode::HandingBack;
             acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         };
@@ -249,7 +251,7 @@ impl Lane {
                 tracing::warn!(pipeline = %self.d.pipeline, lane = self.id, "a batch of {count} failed ({err}); handling its events one by one");
                 for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
                     let Some(permit) = self.permit().await else {
-                        self.abandoning = true;
+                        self.mode = Mode::HandingBack;
                         self.hand_back(ack);
                         continue;
                     };
@@ -262,157 +264,210 @@ impl Lane {
         Ok(())
     }
 
-    /// Retries `event` until it succeeds, is rejected or runs out of
-    /// attempts, then sends its outputs or its dead-letter record. `scope`
-    /// is what the last call gave back (per-event calls only), `calls` the
-    /// outbound calls of all its attempts.
+    /// Drives `event` to its verdict (see [`verdict`]): sends its outputs
+    /// or its dead-letter record, hands it back, or waits and calls again.
+    /// `scope` is what the last call gave back (per-event calls only),
+    /// `calls` the outbound calls of all its attempts.
     #[allow(clippy::too_many_arguments)]
     async fn conclude(
         &mut self,
-        mut event: Event,
+        event: Event,
         ack: Ack,
-        mut trace: EventTrace,
+        trace: EventTrace,
         mut result: Result<Vec<Output>, Failed>,
         mut scope: Option<EventScope>,
         calls: Option<CallLog>,
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
-        if self.abandoning {
-            self.hand_back(ack);
-            return Ok(());
-        }
-        let mut first_failure = None;
+        let mut p = Pending { event, ack, trace, calls, first_failure: None };
         loop {
-            let failed = match result {
-                Ok(mut outputs) => {
-                    // Emit routes are the host's: an output naming one would
-                    // publish past the destination's `allow` and limits.
-                    let forged = outputs.iter().find_map(|o| o.destination.as_deref().filter(|d| crate::client::emitted_to(d).is_some()));
-                    let forged = forged.map(|d| format!("output destination `{d}` is reserved for client emits: use `client.emit`"));
-                    if let Some(emitted) = scope.as_mut().map(|scope| std::mem::take(&mut scope.emits)).filter(|e| !e.is_empty()) {
-                        // Emitted during the call, so before what it returned.
-                        outputs.splice(0..0, emitted);
-                    }
-                    let request = Request::of(event.reply_to.take(), &event.headers);
-                    let checked = forged
-                        .map_or(Ok(()), Err)
-                        .and_then(|()| self.within_caps(&outputs))
-                        .and_then(|()| self.d.router.check(&outputs, request.as_ref()))
-                        .and_then(|()| super::validate::check_outputs(&self.d, &event, &outputs));
-                    match checked {
-                        Ok(()) => {
-                            let attempt_state = scope.take().and_then(|scope| scope.state).and_then(super::state::recover);
-                            let ticket = match (&self.d.state, attempt_state) {
-                                (Some(store), Some(attempt)) => match store.conclude(attempt) {
-                                    Ok(ticket) => Some(ticket),
-                                    Err(conflict) => {
-                                        // Computed from a value another event
-                                        // has since changed: run it again (not
-                                        // a new attempt; nothing of this run
-                                        // is kept).
-                                        tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "state conflict, running the event again: {conflict}");
-                                        event.reply_to = request.map(|r| r.reply_to);
-                                        let Some(permit) = self.permit_unless_abandoning().await else {
-                                            self.hand_back(ack);
-                                            return Ok(());
-                                        };
-                                        let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls, &trace));
-                                        let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
-                                        event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
-                                        result = single(next);
-                                        scope = attempt;
-                                        continue;
-                                    }
-                                },
-                                _ => None,
-                            };
-                            let digest = self.version.factory.digest_arc();
-                            outputs.iter_mut().for_each(|output| trace.stamp(output));
-                            self.end(&mut trace, Fate::Delivered { outputs: outputs.len() }, event.attempt);
-                            let propagate = std::mem::take(&mut trace.propagate);
-                            self.concluded.push(Conclusion::Outputs {
-                                outputs,
-                                event_id: event.id,
-                                request,
-                                digest,
-                                ack,
-                                propagate,
-                                ticket,
-                            });
-                            return Ok(());
-                        }
-                        // An output that cannot be sent is a plugin bug, like
-                        // an invalid result: reject the event with why.
-                        Err(message) => {
-                            event.reply_to = request.map(|r| r.reply_to);
-                            Failed::Handler(HandlerError { disposition: Disposition::Reject, message })
-                        }
-                    }
+            let mode = self.mode();
+            if mode == Mode::HandingBack {
+                // Nothing of the attempt is looked at (its state concluded).
+                self.hand_back(p.ack);
+                return Ok(());
+            }
+            let examined = self.examine(&mut p.event, result, &mut scope);
+            let rules = Rules { retry: &self.d.retry, redeliver: self.d.redeliver };
+            let verdict = verdict::verdict(examined.attempted(), p.event.attempt, mode, rules, rand::random_range(-1.0..=1.0));
+            match (verdict, examined) {
+                (Verdict::Deliver, Examined::Sendable { outputs, request, ticket }) => {
+                    self.deliver(p.event, p.ack, p.trace, outputs, request, ticket);
+                    return Ok(());
                 }
-                Err(failed) => failed,
-            };
-            let now = SystemTime::now();
-            let first = *first_failure.get_or_insert(now);
-            let message = failed.message();
-            self.d.stats.errors.add(failed.kind());
-            if let Failed::Handler(HandlerError { disposition: Disposition::Reject, .. }) = failed {
-                let calls = calls.map(|calls| calls.take()).unwrap_or_default();
-                let failure = Failure { reason: Reason::Rejected, message, attempts: event.attempt, first, last: now, calls };
-                self.forget(&event);
-                self.dead_letter(event, &failure, ack, trace);
-                return Ok(());
+                // Not a new attempt: nothing of this one is kept.
+                (Verdict::RunAgain, Examined::StateConflict) => {}
+                (
+                    verdict @ (Verdict::DeadLetter(_) | Verdict::Redeliver { .. } | Verdict::Retry { .. } | Verdict::HandBack),
+                    Examined::Failed(failed),
+                ) => match self.after_failure(verdict, failed, p, done).await? {
+                    Some(next) => p = next,
+                    None => return Ok(()),
+                },
+                (verdict, _) => {
+                    return Err(DispatchError::Lane(format!("lane {}: verdict {verdict:?} on an attempt that does not allow it", self.id)))
+                }
             }
-            Stats::add(&self.d.stats.failures, 1);
-            if !self.d.retry.should_retry(event.attempt) {
-                let reason = match failed {
-                    Failed::Call(CallError::Timeout(_)) => Reason::Timeout,
-                    _ => Reason::RetriesExhausted,
-                };
-                let calls = calls.map(|calls| calls.take()).unwrap_or_default();
-                let failure = Failure { reason, message, attempts: event.attempt, first, last: now, calls };
-                self.forget(&event);
-                self.dead_letter(event, &failure, ack, trace);
-                return Ok(());
-            }
-            let delay = self.d.retry.delay(event.attempt);
-            if self.d.redeliver {
-                // The broker redelivers it after the delay (JetStream nak),
-                // and this lane moves on: no order to keep.
-                tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), event = %event.id, attempt = event.attempt, ?delay, "attempt failed, handing back for redelivery: {message}");
-                Stats::add(&self.d.stats.redelivered, 1);
-                self.d.stats.progressed();
-                self.end(&mut trace, Fate::Redelivered { message: &message }, event.attempt);
-                ack.settle(Settlement::Redeliver { delay });
-                return Ok(());
-            }
-            // What is already concluded should not wait for this retry.
-            self.flush(done).await?;
-            tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), event = %event.id, attempt = event.attempt, ?delay, "attempt failed, retrying: {message}");
-            let interrupted = self.shutdown.is_cancelled()
-                || tokio::select! {
-                    _ = tokio::time::sleep(delay) => false,
-                    _ = self.shutdown.cancelled() => true,
-                };
-            if interrupted {
-                // No retries during a drain: hand it back, and everything
-                // after it in this lane, to keep the order.
-                self.abandoning = true;
-                self.hand_back(ack);
-                return Ok(());
-            }
-            let Some(permit) = self.permit().await else {
-                self.abandoning = true;
-                self.hand_back(ack);
+            let Some(permit) = self.permit_unless_handing_back().await else {
+                self.hand_back(p.ack);
                 return Ok(());
             };
-            event.attempt += 1;
-            Stats::add(&self.d.stats.retries, 1);
-            let fresh = calls.as_ref().and_then(|calls| self.begin_scope(&event, calls, &trace));
-            let (mut alone, next, attempt) = self.call(vec![event], permit, fresh).await?;
-            event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
+            let fresh = p.calls.as_ref().and_then(|calls| self.begin_scope(&p.event, calls, &p.trace));
+            let (mut alone, next, attempt) = self.call(vec![p.event], permit, fresh).await?;
+            p.event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
             result = single(next);
             scope = attempt;
         }
+    }
+
+    /// Acts on the verdict on a failed attempt: the event back, ready for
+    /// its next attempt (after the backoff), or `None` once it is
+    /// dead-lettered or handed back.
+    async fn after_failure(
+        &mut self,
+        verdict: Verdict,
+        failed: Failed,
+        mut p: Pending,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<Option<Pending>, DispatchError> {
+        let now = SystemTime::now();
+        let first = *p.first_failure.get_or_insert(now);
+        let message = failed.message();
+        self.d.stats.errors.add(failed.kind());
+        if !matches!(verdict, Verdict::DeadLetter(Reason::Rejected)) {
+            Stats::add(&self.d.stats.failures, 1);
+        }
+        let (event, attempt) = (&p.event.id, p.event.attempt);
+        match verdict {
+            Verdict::DeadLetter(reason) => {
+                let calls = p.calls.map(|calls| calls.take()).unwrap_or_default();
+                let failure = Failure { reason, message, attempts: attempt, first, last: now, calls };
+                self.forget(&p.event);
+                self.dead_letter(p.event, &failure, p.ack, p.trace);
+                return Ok(None);
+            }
+            Verdict::Redeliver { after } => {
+                // The broker redelivers it after the delay (JetStream nak),
+                // and this lane moves on: no order to keep.
+                tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), %event, attempt, delay = ?after, "attempt failed, handing back for redelivery: {message}");
+                Stats::add(&self.d.stats.redelivered, 1);
+                self.d.stats.progressed();
+                self.end(&mut p.trace, Fate::Redelivered { message: &message }, attempt);
+                p.ack.settle(Settlement::Redeliver { delay: after });
+                return Ok(None);
+            }
+            Verdict::Retry { after } => {
+                // What is already concluded should not wait for this retry.
+                self.flush(done).await?;
+                tracing::debug!(pipeline = %self.d.pipeline, version = self.version_tag(), %event, attempt, delay = ?after, "attempt failed, retrying: {message}");
+                if !self.wait_to_retry(after).await {
+                    self.hand_back(p.ack);
+                    return Ok(None);
+                }
+            }
+            // Draining: no retries. Hand it back, and everything after it
+            // in this lane, to keep the order.
+            Verdict::HandBack | Verdict::Deliver | Verdict::RunAgain => {
+                self.flush(done).await?;
+                self.mode = Mode::HandingBack;
+                self.hand_back(p.ack);
+                return Ok(None);
+            }
+        }
+        p.event.attempt += 1;
+        Stats::add(&self.d.stats.retries, 1);
+        Ok(Some(p))
+    }
+
+    /// Waits `delay` before a retry; `false` if the pipeline starts to stop
+    /// first: then no retries, and the lane hands back this event and
+    /// everything after it, to keep the order.
+    async fn wait_to_retry(&mut self, delay: Duration) -> bool {
+        let interrupted = self.shutdown.is_cancelled()
+            || tokio::select! {
+                _ = tokio::time::sleep(delay) => false,
+                _ = self.shutdown.cancelled() => true,
+            };
+        if interrupted {
+            self.mode = Mode::HandingBack;
+        }
+        !interrupted
+    }
+
+    /// Checks an attempt's result: outputs that can all be sent (with the
+    /// event's state concluded), or why not. A request's `reply_to` is
+    /// taken into the [`Request`] it makes, and given back to the event if
+    /// it runs again.
+    fn examine(&self, event: &mut Event, result: Result<Vec<Output>, Failed>, scope: &mut Option<EventScope>) -> Examined {
+        let mut outputs = match result {
+            Ok(outputs) => outputs,
+            Err(failed) => return Examined::Failed(failed),
+        };
+        // Emit routes are the host's: an output naming one would publish
+        // past the destination's `allow` and limits.
+        let forged = outputs.iter().find_map(|o| o.destination.as_deref().filter(|d| crate::client::emitted_to(d).is_some()));
+        let forged = forged.map(|d| format!("output destination `{d}` is reserved for client emits: use `client.emit`"));
+        if let Some(emitted) = scope.as_mut().map(|scope| std::mem::take(&mut scope.emits)).filter(|e| !e.is_empty()) {
+            // Emitted during the call, so before what it returned.
+            outputs.splice(0..0, emitted);
+        }
+        let request = Request::of(event.reply_to.take(), &event.headers);
+        let checked = forged
+            .map_or(Ok(()), Err)
+            .and_then(|()| self.within_caps(&outputs))
+            .and_then(|()| self.d.router.check(&outputs, request.as_ref()))
+            .and_then(|()| super::validate::check_outputs(&self.d, event, &outputs));
+        if let Err(message) = checked {
+            // An output that cannot be sent is a plugin bug, like an
+            // invalid result: reject the event with why.
+            event.reply_to = request.map(|r| r.reply_to);
+            return Examined::Failed(Failed::Handler(HandlerError { disposition: Disposition::Reject, message }));
+        }
+        let attempt_state = scope.take().and_then(|scope| scope.state).and_then(super::state::recover);
+        let ticket = match (&self.d.state, attempt_state) {
+            (Some(store), Some(attempt)) => match store.conclude(attempt) {
+                Ok(ticket) => Some(ticket),
+                Err(conflict) => {
+                    // Computed from a value another event has since changed.
+                    tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "state conflict, running the event again: {conflict}");
+                    event.reply_to = request.map(|r| r.reply_to);
+                    return Examined::StateConflict;
+                }
+            },
+            _ => None,
+        };
+        Examined::Sendable { outputs, request, ticket }
+    }
+
+    /// Concludes an event with its outputs, for the publisher to send.
+    fn deliver(
+        &mut self,
+        event: Event,
+        ack: Ack,
+        mut trace: EventTrace,
+        mut outputs: Vec<Output>,
+        request: Option<Request>,
+        ticket: Option<Ticket>,
+    ) {
+        let digest = self.version.factory.digest_arc();
+        outputs.iter_mut().for_each(|output| trace.stamp(output));
+        self.end(&mut trace, Fate::Delivered { outputs: outputs.len() }, event.attempt);
+        let propagate = std::mem::take(&mut trace.propagate);
+        self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack, propagate, ticket });
+    }
+
+    /// The lane's mode, moved on to `Draining` once the pipeline starts to
+    /// stop (the shutdown token is the signal; the lane notices it here).
+    fn mode(&mut self) -> Mode {
+        if self.mode == Mode::Running && self.shutdown.is_cancelled() {
+            self.mode = Mode::Draining;
+        }
+        self.mode
+    }
+
+    /// Whether an event was handed back, so every later one is too.
+    fn handing_back(&self) -> bool {
+        self.mode == Mode::HandingBack
     }
 
     /// A repeat of an event already handled: acknowledged without calling
@@ -481,12 +536,14 @@ impl Lane {
     /// The breaker's leave for one more call, unless the lane is handing
     /// everything back (then, or if the pipeline stops first, `None`, and
     /// the lane hands back from now on).
-    async fn permit_unless_abandoning(&mut self) -> Option<Permit> {
-        if self.abandoning {
+    async fn permit_unless_handing_back(&mut self) -> Option<Permit> {
+        if self.handing_back() {
             return None;
         }
         let permit = self.permit().await;
-        self.abandoning |= permit.is_none();
+        if permit.is_none() {
+            self.mode = Mode::HandingBack;
+        }
         permit
     }
 
@@ -618,7 +675,7 @@ impl Lane {
         let result = match outcome {
             None => {
                 // Its events, and everything after them, are handed back.
-                self.abandoning = true;
+                self.mode = Mode::HandingBack;
                 self.set_memory(0);
                 Err(CallError::Start("the pipeline stopped during the call".into()))
             }
@@ -669,6 +726,44 @@ impl Lane {
 impl Drop for Lane {
     fn drop(&mut self) {
         self.set_memory(0);
+    }
+}
+
+/// An event on its way to its verdict, with what its attempts left.
+struct Pending {
+    event: Event,
+    ack: Ack,
+    trace: EventTrace,
+    /// The outbound calls of all its attempts (per-event calls only).
+    calls: Option<CallLog>,
+    /// When its first attempt failed.
+    first_failure: Option<SystemTime>,
+}
+
+/// An attempt's result, checked (see [`Lane::examine`]).
+enum Examined {
+    /// Outputs that can all be sent, the request they may answer, and the
+    /// event's place in the state's commit order.
+    Sendable {
+        outputs: Vec<Output>,
+        request: Option<Request>,
+        ticket: Option<Ticket>,
+    },
+    /// The event's state was computed from a value since changed.
+    StateConflict,
+    Failed(Failed),
+}
+
+impl Examined {
+    /// What the verdict needs to know of it.
+    fn attempted(&self) -> Attempted {
+        match self {
+            Examined::Sendable { .. } => Attempted::Sendable,
+            Examined::StateConflict => Attempted::StateConflict,
+            Examined::Failed(Failed::Handler(HandlerError { disposition: Disposition::Reject, .. })) => Attempted::Rejected,
+            Examined::Failed(Failed::Call(CallError::Timeout(_))) => Attempted::Failed { timeout: true },
+            Examined::Failed(_) => Attempted::Failed { timeout: false },
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub mod state;
 pub mod stats;
 pub mod trace;
 pub mod validate;
+pub mod verdict;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
