@@ -63,6 +63,7 @@ pub mod service;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod store;
 pub mod supervisor;
 pub mod tap;
 pub mod telemetry;
