@@ -56,7 +56,8 @@ fn running(port: u16) -> Result<(String, Value)> {
 fn converge(ports: &[u16], digest: &str, since: Instant) -> Result<Duration> {
     poll_until(&format!("every host to run {}", &digest[..12]), WITHIN, || {
         for port in ports {
-            if running(*port)?.0 != digest {
+            // Not registered yet (404) counts as not there yet.
+            if running(*port).map(|(running, _)| running != digest).unwrap_or(true) {
                 return Ok(None);
             }
         }
@@ -223,5 +224,46 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     let versions_used: HashSet<&str> = seen.iter().map(|s| s.digest.as_str()).collect();
     ensure!(versions_used.len() == 3, "outputs of v1, v2 and v3 all seen: {}", versions_used.len());
     eprintln!("fleet: {total} events, each handled once");
+    Ok(())
+}
+
+/// A version a host cannot load (the wrong world) is refused: the host
+/// keeps the version it runs, counts the rejection and says why in its
+/// heartbeat, and `sluice plugin fleet` shows the split (exit 2) until a
+/// good version is pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_version_keeps_the_old_one_and_is_reported() -> Result<()> {
+    let server = NatsServer::start()?;
+    let scratch = Scratch::new()?;
+    let url = server.url();
+    let (v1, v2) = (sha256_hex(&plugin("tag_v1"))?, sha256_hex(&plugin("tag_v2"))?);
+    scratch.write("a.toml", config(&url, "a"))?;
+    let mut a = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
+    let port = a.admin_port()?;
+    converge(&[port], &v1, Instant::now())?;
+
+    let bad = plugin("wrong_world").display().to_string();
+    scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &bad])?.ensure_success()?;
+    let status = poll_until("the host to refuse the version", WITHIN, || {
+        let (digest, status) = running(port)?;
+        let refused = status["fleet"]["hosts"][0]["refused"]["reason"].as_str().is_some();
+        Ok((refused && status["rejections"].as_u64() >= Some(1)).then_some((digest, status)))
+    })?;
+    ensure!(status.0 == v1, "the host keeps v1 after refusing: {}", status.1);
+    ensure!(status.1["fleet"]["converged"] == false, "a refusal splits the fleet: {}", status.1);
+    ensure!(status.1["last_rejection"]["origin"] == "store", "{}", status.1);
+    let split = scratch.run(&["plugin", "fleet", "--config", "a.toml"])?;
+    ensure!(split.code() == Some(2), "`plugin fleet` exits 2 on a split fleet: {:?}", split.code());
+
+    scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &plugin("tag_v2").display().to_string()])?.ensure_success()?;
+    converge(&[port], &v2, Instant::now())?;
+    poll_until("the refusal to clear", WITHIN, || {
+        let (_, status) = running(port)?;
+        let hosts = &status["fleet"]["hosts"];
+        Ok((status["fleet"]["converged"] == true && hosts[0]["refused"].is_null()).then_some(()))
+    })?;
+    scratch.run(&["plugin", "fleet", "--config", "a.toml"])?.ensure_success()?;
+    a.terminate()?;
+    a.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
