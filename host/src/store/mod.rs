@@ -140,38 +140,55 @@ pub async fn open(config: &StoreConfig, connections: &crate::nats::Connections) 
     Ok(Arc::new(nats::NatsStore::open(config, connections).await?))
 }
 
+/// How many times a pointer change is tried when another change lands
+/// between its read and its write.
+const CONFLICT_TRIES: usize = 5;
+
+/// [`PluginStore::update_pointer`], tried again after a conflict.
+async fn update(
+    store: &dyn PluginStore,
+    pipeline: &str,
+    change: &(dyn Fn(Option<Pointer>) -> Result<Pointer, StoreError> + Send + Sync),
+) -> Result<Pointer, StoreError> {
+    let mut tries = 1;
+    loop {
+        match store.update_pointer(pipeline, change).await {
+            Err(StoreError::Conflict(_)) if tries < CONFLICT_TRIES => tries += 1,
+            result => return result,
+        }
+    }
+}
+
 /// Publishes `bytes` and makes it the current version of `pipeline`.
 pub async fn push(store: &dyn PluginStore, pipeline: &str, bytes: &[u8], signature: Option<&str>) -> Result<Pointer, StoreError> {
     let digest = store.put(bytes, signature).await?;
-    store
-        .update_pointer(pipeline, &|current| {
-            let mut history = match current {
-                Some(pointer) if pointer.digest == digest => return Ok(pointer),
-                Some(pointer) => {
-                    let mut history = pointer.history;
-                    history.push(pointer.digest);
-                    history
-                }
-                None => Vec::new(),
-            };
-            let excess = history.len().saturating_sub(HISTORY);
-            history.drain(..excess);
-            Ok(Pointer { digest: digest.clone(), history, at: now(), by: "push".into() })
-        })
-        .await
+    update(store, pipeline, &|current| {
+        let mut history = match current {
+            Some(pointer) if pointer.digest == digest => return Ok(pointer),
+            Some(pointer) => {
+                let mut history = pointer.history;
+                history.push(pointer.digest);
+                history
+            }
+            None => Vec::new(),
+        };
+        let excess = history.len().saturating_sub(HISTORY);
+        history.drain(..excess);
+        Ok(Pointer { digest: digest.clone(), history, at: now(), by: "push".into() })
+    })
+    .await
 }
 
 /// Makes the version current before the current one of `pipeline` current
 /// again (the current one is dropped from the history).
 pub async fn rollback(store: &dyn PluginStore, pipeline: &str) -> Result<Pointer, StoreError> {
-    store
-        .update_pointer(pipeline, &|current| {
-            let pointer = current.ok_or_else(|| StoreError::NoPointer(pipeline.to_owned()))?;
-            let mut history = pointer.history;
-            let digest = history.pop().ok_or_else(|| StoreError::NoPrevious(pipeline.to_owned()))?;
-            Ok(Pointer { digest, history, at: now(), by: "rollback".into() })
-        })
-        .await
+    update(store, pipeline, &|current| {
+        let pointer = current.ok_or_else(|| StoreError::NoPointer(pipeline.to_owned()))?;
+        let mut history = pointer.history;
+        let digest = history.pop().ok_or_else(|| StoreError::NoPrevious(pipeline.to_owned()))?;
+        Ok(Pointer { digest, history, at: now(), by: "rollback".into() })
+    })
+    .await
 }
 
 /// The fleet status of `pipeline` from the store.
@@ -210,6 +227,80 @@ mod tests {
         assert!(FleetStatus::new(Some("a".into()), vec![beat("h1", "a"), beat("h2", "a")]).converged);
         assert!(!FleetStatus::new(Some("a".into()), vec![beat("h1", "a"), beat("h2", "b")]).converged);
         assert!(!FleetStatus::new(None, vec![beat("h1", "a")]).converged);
+    }
+
+    /// A store in memory, whose first `conflicts` pointer writes lose a race.
+    #[derive(Default)]
+    struct Memory {
+        pointer: std::sync::Mutex<Option<Pointer>>,
+        conflicts: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl PluginStore for Memory {
+        async fn put(&self, bytes: &[u8], _: Option<&str>) -> Result<String, StoreError> {
+            Ok(digest(bytes))
+        }
+        async fn get(&self, digest: &str) -> Result<StoredVersion, StoreError> {
+            Err(StoreError::NoVersion(digest.into()))
+        }
+        async fn pointer(&self, _: &str) -> Result<Option<Pointer>, StoreError> {
+            Ok(self.pointer.lock().map_err(|_| StoreError::Malformed("poisoned".into()))?.clone())
+        }
+        async fn update_pointer(
+            &self,
+            pipeline: &str,
+            change: &(dyn Fn(Option<Pointer>) -> Result<Pointer, StoreError> + Send + Sync),
+        ) -> Result<Pointer, StoreError> {
+            let next = change(self.pointer(pipeline).await?)?;
+            let lost =
+                self.conflicts.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1));
+            if lost.is_ok() {
+                return Err(StoreError::Conflict(pipeline.into()));
+            }
+            *self.pointer.lock().map_err(|_| StoreError::Malformed("poisoned".into()))? = Some(next.clone());
+            Ok(next)
+        }
+        async fn watch(&self, _: &str) -> Result<BoxStream<'static, Result<Pointer, StoreError>>, StoreError> {
+            Ok(futures::stream::empty().boxed())
+        }
+        async fn beat(&self, _: &Heartbeat) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn heartbeats(&self) -> Result<Vec<Heartbeat>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn push_keeps_history_and_rollback_walks_it_back() -> Result<(), StoreError> {
+        let store = Memory::default();
+        assert!(matches!(rollback(&store, "p").await, Err(StoreError::NoPointer(_))));
+        let (a, b, c) = (digest(b"a"), digest(b"b"), digest(b"c"));
+        push(&store, "p", b"a", None).await?;
+        assert!(matches!(rollback(&store, "p").await, Err(StoreError::NoPrevious(_))));
+        push(&store, "p", b"b", None).await?;
+        // Pushing the current version again changes nothing.
+        let same = push(&store, "p", b"b", None).await?;
+        assert_eq!((same.digest.as_str(), same.history.as_slice()), (b.as_str(), std::slice::from_ref(&a)));
+        let pointer = push(&store, "p", b"c", None).await?;
+        assert_eq!(pointer.history, [a.clone(), b.clone()]);
+        let back = rollback(&store, "p").await?;
+        assert_eq!((back.digest.as_str(), back.by.as_str(), back.history.as_slice()), (b.as_str(), "rollback", std::slice::from_ref(&a)));
+        assert_eq!(rollback(&store, "p").await?.digest, a);
+        assert_ne!(a, c);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_is_tried_again_then_reported() -> Result<(), StoreError> {
+        let store = Memory { conflicts: 2.into(), ..Memory::default() };
+        assert_eq!(push(&store, "p", b"a", None).await?.digest, digest(b"a"));
+        store.conflicts.store(CONFLICT_TRIES, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(push(&store, "p", b"b", None).await, Err(StoreError::Conflict(_))));
+        Ok(())
     }
 
     #[test]

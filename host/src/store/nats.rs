@@ -153,16 +153,18 @@ impl PluginStore for NatsStore {
             return Ok(next);
         }
         let value = serde_json::to_vec(&next).map_err(|e| StoreError::Malformed(e.to_string()))?;
-        let written = match revision {
-            Some(revision) => self.current.update(key.as_str(), value.into(), revision).await.map_err(|e| e.to_string()),
-            None => self.current.create(key.as_str(), value.into()).await.map_err(|e| e.to_string()),
-        };
-        match written {
-            Ok(_) => Ok(next),
-            Err(e) if e.contains("wrong last sequence") || e.contains("key already exists") => {
-                Err(StoreError::Conflict(pipeline.to_owned()))
-            }
-            Err(e) => Err(unavailable(e)),
+        let conflict = || StoreError::Conflict(pipeline.to_owned());
+        match revision {
+            Some(revision) => match self.current.update(key.as_str(), value.into(), revision).await {
+                Ok(_) => Ok(next),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(conflict()),
+                Err(e) => Err(unavailable(e)),
+            },
+            None => match self.current.create(key.as_str(), value.into()).await {
+                Ok(_) => Ok(next),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(conflict()),
+                Err(e) => Err(unavailable(e)),
+            },
         }
     }
 
