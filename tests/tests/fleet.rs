@@ -267,3 +267,41 @@ async fn a_refused_version_keeps_the_old_one_and_is_reported() -> Result<()> {
     a.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
+
+/// With `[plugins] trusted_keys`, a version from the store is checked as
+/// an upload is: pushed unsigned it is refused; pushed with its signature
+/// (stored beside it) it is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_fleet_takes_only_signed_versions_from_the_store() -> Result<()> {
+    let server = NatsServer::start()?;
+    let scratch = Scratch::new()?;
+    let url = server.url();
+    scratch.run(&["plugin", "keygen", "release"])?.ensure_success()?;
+    // The start version, signed, in the scratch folder (its .sig beside it).
+    std::fs::copy(plugin("tag_v1"), scratch.path("tag_v1.wasm"))?;
+    scratch.run(&["plugin", "sign", "tag_v1.wasm", "--key", "release.key"])?.ensure_success()?;
+    let v2 = plugin("tag_v2").display().to_string();
+    scratch.run(&["plugin", "sign", &v2, "--key", "release.key", "--out", "tag_v2.sig"])?.ensure_success()?;
+    let text = config(&url, "a").replace(&toml_path(&plugin("tag_v1")), &toml_path(&scratch.path("tag_v1.wasm")));
+    let text = text.replace("[plugins.store]\n", "[plugins]\ntrusted_keys = [\"release.pub\"]\n\n[plugins.store]\n");
+    scratch.write("a.toml", text)?;
+    let mut a = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
+    let port = a.admin_port()?;
+    let (v1, v2_digest) = (sha256_hex(&plugin("tag_v1"))?, sha256_hex(&plugin("tag_v2"))?);
+    converge(&[port], &v1, Instant::now())?;
+
+    scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &v2])?.ensure_success()?;
+    let reason = poll_until("the unsigned version to be refused", WITHIN, || {
+        let (_, status) = running(port)?;
+        Ok(status["fleet"]["hosts"][0]["refused"]["reason"].as_str().map(str::to_owned))
+    })?;
+    ensure!(reason.contains("not signed"), "refused for being unsigned: {reason}");
+    ensure!(running(port)?.0 == v1, "keeps v1");
+
+    // Pushed again with its signature: the host tries it again.
+    scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &v2, "--signature", "tag_v2.sig"])?.ensure_success()?;
+    converge(&[port], &v2_digest, Instant::now())?;
+    a.terminate()?;
+    a.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}

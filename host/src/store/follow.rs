@@ -126,16 +126,15 @@ struct Follower {
 }
 
 impl Follower {
-    /// Makes the pointer's version current here, unless it already is or
-    /// was refused.
+    /// Makes the pointer's version current here, unless it already is.
     async fn apply(&mut self, store: &dyn PluginStore, pointer: &Pointer) {
         if self.versions.current().digest() == pointer.digest {
             self.refused = None;
             return;
         }
-        if self.refused.as_ref().is_some_and(|r| r.digest == pointer.digest) {
-            return;
-        }
+        // A refused version is tried again when it is pushed again (a
+        // signature added, or the hosts' config fixed): each pointer write
+        // is a change the watch delivers.
         let short = &pointer.digest[..pointer.digest.len().min(12)];
         tracing::info!(pipeline = %self.pipeline, digest = short, by = %pointer.by, "the plugin store has a new current version; loading it");
         let loaded = match store.get(&pointer.digest).await {

@@ -164,7 +164,9 @@ pub async fn push(store: &dyn PluginStore, pipeline: &str, bytes: &[u8], signatu
     let digest = store.put(bytes, signature).await?;
     update(store, pipeline, &|current| {
         let mut history = match current {
-            Some(pointer) if pointer.digest == digest => return Ok(pointer),
+            // Pushed again (with its signature, say): the same pointer,
+            // written anew, so hosts that refused it try again.
+            Some(pointer) if pointer.digest == digest => return Ok(Pointer { at: now(), by: "push".into(), ..pointer }),
             Some(pointer) => {
                 let mut history = pointer.history;
                 history.push(pointer.digest);
@@ -282,7 +284,7 @@ mod tests {
         push(&store, "p", b"a", None).await?;
         assert!(matches!(rollback(&store, "p").await, Err(StoreError::NoPrevious(_))));
         push(&store, "p", b"b", None).await?;
-        // Pushing the current version again changes nothing.
+        // Pushing the current version again keeps the history.
         let same = push(&store, "p", b"b", None).await?;
         assert_eq!((same.digest.as_str(), same.history.as_slice()), (b.as_str(), std::slice::from_ref(&a)));
         let pointer = push(&store, "p", b"c", None).await?;
