@@ -37,6 +37,8 @@
 //! dead-letters routes. [`telemetry`] exports a span per event, and one per
 //! outbound call of its plugin, to OpenTelemetry when `[tracing]` asks for it.
 //! [`state`] holds plugin state per pipeline, made durable with its events.
+//! [`store`] is the fleet's plugin store (`[plugins.store]`): versions pushed
+//! to the broker once, followed by every host running the pipeline.
 //! [`client`] opens the services a plugin may call (`sluice:plugin/client`)
 //! and makes its requests.
 //! [`tap`] captures a sampled live view of a pipeline's inputs, outputs
@@ -63,6 +65,7 @@ pub mod service;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod store;
 pub mod supervisor;
 pub mod tap;
 pub mod telemetry;

@@ -111,6 +111,9 @@ pub struct Built {
 /// Builds the dispatcher and source of pipeline `name`. A restart passes
 /// the previous run's `versions`: the new run takes over their slot, and so
 /// runs the version that was current, instead of loading the file again.
+/// A first run of a pipeline whose fleet store has a current version passes
+/// it as `stored`: it starts with that version (checked as an upload is)
+/// rather than its file, unless the version is refused.
 pub async fn build(
     name: &str,
     config: &PipelineConfig,
@@ -118,6 +121,7 @@ pub async fn build(
     sinks: &SinkSet,
     telemetry: Option<&Telemetry>,
     versions: Option<&PluginVersions>,
+    stored: Option<crate::store::StoredVersion>,
 ) -> Result<Built, BuildError> {
     let (slot, plugin) = match versions {
         Some(versions) => {
@@ -131,7 +135,28 @@ pub async fn build(
             (versions.slot(), plugin)
         }
         None => {
-            let plugin = load_plugin(runtime, plugin_spec(name, config)?).await?;
+            let spec = plugin_spec(name, config)?;
+            let from_store = match stored {
+                Some(version) => match LoadedPlugin::from_bytes(runtime, spec.clone(), version.bytes, version.signature).await {
+                    Ok(plugin) => Some(plugin),
+                    Err(err) => {
+                        tracing::error!(
+                            pipeline = name,
+                            digest = &version.digest[..version.digest.len().min(12)],
+                            "the plugin store's current version is refused, starting with the local plugin file: {err}"
+                        );
+                        None
+                    }
+                },
+                None => None,
+            };
+            let plugin = match from_store {
+                Some(plugin) => {
+                    tracing::info!(pipeline = name, "starting with the plugin store's current version");
+                    plugin
+                }
+                None => load_plugin(runtime, spec).await?,
+            };
             tracing::info!(
                 pipeline = name,
                 plugin = plugin.name(),

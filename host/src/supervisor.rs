@@ -117,6 +117,7 @@ pub async fn run_with_reloads(
         shutdown: shutdown.clone(),
         runs: 0,
         telemetry: telemetry.clone(),
+        store: config.plugins.store.clone().map(|store| Arc::new(crate::store::follow::Shared::new(store))),
     };
     let admin_stop = CancellationToken::new();
     match &config.admin {
@@ -258,6 +259,8 @@ struct Supervisor {
     runs: u64,
     /// The OpenTelemetry exporter (`[tracing]`).
     telemetry: Option<Arc<Telemetry>>,
+    /// The fleet's plugin store (`[plugins.store]`).
+    store: Option<Arc<crate::store::follow::Shared>>,
 }
 
 impl Supervisor {
@@ -277,6 +280,7 @@ impl Supervisor {
             run,
             watch: self.config.runtime.watch_plugins,
             telemetry: self.telemetry.clone(),
+            store: self.store.clone(),
         };
         let (task_name, task_config, task_stop) = (name.clone(), config.clone(), stop.clone());
         let task = tokio::spawn(async move {
@@ -364,6 +368,7 @@ struct RunContext {
     /// Watch the plugin file for changes.
     watch: bool,
     telemetry: Option<Arc<Telemetry>>,
+    store: Option<Arc<crate::store::follow::Shared>>,
 }
 
 /// Runs pipeline `name` until it ends, starting it again after failures
@@ -454,10 +459,18 @@ async fn run_pipeline(
     stop: CancellationToken,
     versions: Option<Arc<PluginVersions>>,
 ) -> Ended {
-    let RunContext { runtime, sinks, registry, health, run, watch, telemetry } = context;
+    let RunContext { runtime, sinks, registry, health, run, watch, telemetry, store } = context;
     // A start that waits on a broker that is down must not hold a shutdown
     // (or a config reload) up: the stop cuts it short.
-    let building = pipeline::build(name, config, runtime, sinks, telemetry.as_deref(), versions.as_deref());
+    let building = async {
+        // A first run takes the fleet's current version; a restart keeps
+        // the one it ran (the follower brings it up to date).
+        let stored = match (store, &versions) {
+            (Some(store), None) => crate::store::follow::starting_version(store, &sinks.connections, name).await,
+            _ => None,
+        };
+        pipeline::build(name, config, runtime, sinks, telemetry.as_deref(), versions.as_deref(), stored).await
+    };
     let built = tokio::select! {
         built = building => built,
         _ = stop.cancelled() => {
@@ -498,10 +511,16 @@ async fn run_pipeline(
     // The pipeline watches its own plugin file for as long as it runs.
     let watching = CancellationToken::new();
     let _stop_watching = watching.clone().drop_guard();
-    if *watch {
-        if let Err(err) = reload::watch::spawn(vec![versions.clone()], watching) {
+    // With a fleet store, the store says which version runs: a local file
+    // change would split this host from the fleet unseen.
+    if *watch && store.is_none() {
+        if let Err(err) = reload::watch::spawn(vec![versions.clone()], watching.clone()) {
             tracing::warn!(pipeline = %name, "cannot watch the plugin file; reload it through the admin API: {err}");
         }
+    }
+    if let Some(store) = store {
+        let host = crate::kafka::instance::instance_id();
+        crate::store::follow::spawn(store.clone(), sinks.clone(), versions.clone(), name.to_owned(), host, watching.clone());
     }
     tracing::info!(pipeline = %name, source = %built.source.describe(), "pipeline started");
     let stats = dispatcher.stats.clone();

@@ -10,6 +10,7 @@ mod new_plugin;
 mod run;
 mod sign;
 mod status;
+mod store;
 mod tap;
 mod test_plugin;
 
@@ -219,6 +220,42 @@ enum PluginCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Publish a version to the fleet's plugin store (`[plugins.store]` of
+    /// --config) and make it the current version of PIPELINE: every host
+    /// running it with that store loads it (as an upload) and swaps it in.
+    Push {
+        /// The config whose `[plugins.store]` names the store (a host's
+        /// config will do).
+        #[arg(long, value_name = "FILE", default_value = "sluice.toml")]
+        config: PathBuf,
+        /// The pipeline's name.
+        pipeline: String,
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// Its signature line (`sluice plugin sign`). Default: PLUGIN.sig
+        /// when that file exists.
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+    },
+    /// Make the version current before the current one of PIPELINE current
+    /// again, on every host following the store.
+    Rollback {
+        /// The config whose `[plugins.store]` names the store.
+        #[arg(long, value_name = "FILE", default_value = "sluice.toml")]
+        config: PathBuf,
+        /// The pipeline's name.
+        pipeline: String,
+    },
+    /// Show, per pipeline, the store's current version and the version each
+    /// host runs (from their heartbeats); exits 2 when a fleet is split.
+    Fleet {
+        /// The config whose `[plugins.store]` names the store.
+        #[arg(long, value_name = "FILE", default_value = "sluice.toml")]
+        config: PathBuf,
+        /// Only this pipeline. Default: the config's and every one a host
+        /// reports.
+        pipeline: Option<String>,
+    },
     /// Show a component's world, imports, exports, size and digest.
     Inspect {
         /// The component (.wasm).
@@ -313,6 +350,9 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Keygen { name }) => sign::keygen(&name),
         Command::Plugin(PluginCommand::Sign { plugin, key, out }) => sign::sign(&plugin, &key, out),
         Command::Plugin(PluginCommand::Build { dir }) => build_plugin::build(dir.as_deref()),
+        Command::Plugin(PluginCommand::Push { config, pipeline, plugin, signature }) => store::push(&config, &pipeline, &plugin, signature),
+        Command::Plugin(PluginCommand::Rollback { config, pipeline }) => store::rollback(&config, &pipeline),
+        Command::Plugin(PluginCommand::Fleet { config, pipeline }) => store::fleet(&config, pipeline.as_deref()),
         Command::Dlq(DlqCommand::Replay {
             from,
             to,

@@ -102,6 +102,8 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     // Why pipelines that do not run stopped, printed under the table.
     let mut errors = Vec::new();
+    // The fleet of each pipeline following a plugin store, under that.
+    let mut fleets = Vec::new();
     for pipeline in now {
         let name = pipeline["name"].as_str().unwrap_or("?");
         let earlier = before.iter().find(|p| p["name"].as_str() == Some(name));
@@ -140,6 +142,9 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
         if let Some(error) = pipeline["restart"]["last_error"].as_str().or(pipeline["error"].as_str()) {
             errors.push(format!("{name}: {error}"));
         }
+        if plugin["fleet"].is_object() {
+            fleets.push(fleet_lines(name, &plugin["fleet"]));
+        }
     }
     if now.is_empty() {
         return "no pipelines are running\n".into();
@@ -154,6 +159,32 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
     for error in errors {
         out.push_str(&error.replace(['\n', '\r'], " "));
         out.push('\n');
+    }
+    for fleet in fleets {
+        out.push_str(&fleet);
+    }
+    out
+}
+
+/// A pipeline's fleet (`plugin.fleet`): the store's current version, and
+/// per host the version it runs and what it refused.
+fn fleet_lines(name: &str, fleet: &Value) -> String {
+    let short = |digest: &Value| digest.as_str().map(|d| d.get(..12).unwrap_or(d).to_owned()).unwrap_or_else(|| "-".into());
+    let empty = Vec::new();
+    let hosts = fleet["hosts"].as_array().unwrap_or(&empty);
+    let state = if fleet["converged"].as_bool() == Some(true) { "converged" } else { "NOT converged" };
+    let mut out = format!("fleet {name}: store current {}, {} host(s), {state}\n", short(&fleet["current"]), hosts.len());
+    for host in hosts {
+        let refused = match host["refused"]["digest"].as_str() {
+            Some(_) => format!("  refused {}: {}", short(&host["refused"]["digest"]), host["refused"]["reason"].as_str().unwrap_or("?")),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "  {}  {}{}\n",
+            host["host"].as_str().unwrap_or("?"),
+            short(&host["digest"]),
+            refused.replace(['\n', '\r'], " ")
+        ));
     }
     out
 }
@@ -193,6 +224,29 @@ mod tests {
         assert_eq!(lines[2].split_whitespace().nth(1), Some("failed"), "{table}");
         assert_eq!(lines[3], "orders: sink failed: full", "{table}");
         assert_eq!(lines[4], "audit: failed after 5 restart(s)", "{table}");
+    }
+
+    #[test]
+    fn a_split_fleet_shows_each_host_and_what_it_refused() {
+        let sample = json!({ "pipelines": [{
+            "name": "orders", "state": "running", "stats": {},
+            "plugin": { "name": "enricher", "current": { "digest": "aaaaaaaaaaaaaaaa" }, "fleet": {
+                "current": "bbbbbbbbbbbbbbbb", "converged": false, "hosts": [
+                    { "host": "h1", "digest": "bbbbbbbbbbbbbbbb" },
+                    { "host": "h2", "digest": "aaaaaaaaaaaaaaaa", "refused": { "digest": "bbbbbbbbbbbbbbbb", "reason": "init failed" } }
+                ] } }
+        }]});
+        let table = render(&sample, &sample, 1.0);
+        let lines: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            [
+                "fleet orders: store current bbbbbbbbbbbb, 2 host(s), NOT converged",
+                "  h1  bbbbbbbbbbbb",
+                "  h2  aaaaaaaaaaaa  refused bbbbbbbbbbbb: init failed",
+            ],
+            "{table}"
+        );
     }
 
     #[test]

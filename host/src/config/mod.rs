@@ -101,7 +101,11 @@ fn parse_collecting(text: &str, file: &Path, env: impl Fn(&str) -> Option<String
     config.resolve_paths(base);
     let mut broken = validate::validate(&config);
     broken.extend(schemas::load(&mut config));
-    let tables = [("admin", config.admin.as_ref().map(validate::admin)), ("tracing", config.tracing.as_ref().map(validate::tracing))];
+    let tables = [
+        ("admin", config.admin.as_ref().map(validate::admin)),
+        ("tracing", config.tracing.as_ref().map(validate::tracing)),
+        ("plugins", config.plugins.store.as_ref().map(store_rules)),
+    ];
     for (table, found) in tables {
         broken.extend(found.into_iter().flatten().map(|(key, message)| Problem { scope: Scope::Table(table), key: key.into(), message }));
     }
@@ -118,6 +122,30 @@ fn parse_collecting(text: &str, file: &Path, env: impl Fn(&str) -> Option<String
     let broken = broken.into_iter().map(located).collect();
     let shared = files::rules(&config).into_iter().map(located).collect();
     Ok(Parsed { config, broken, shared })
+}
+
+/// `[plugins.store]`'s rules, at keys under `[plugins]`.
+fn store_rules(store: &crate::store::StoreConfig) -> Vec<(&'static str, String)> {
+    store
+        .validate()
+        .into_iter()
+        .map(|(key, message)| {
+            let key: &'static str = match key {
+                "url" => "store.nats",
+                "bucket" => "store.bucket",
+                "token" => "store.token",
+                "user" => "store.user",
+                "password" => "store.password",
+                "nkey" => "store.nkey",
+                "credentials" => "store.credentials",
+                "tls_ca" => "store.tls_ca",
+                "tls_cert" => "store.tls_cert",
+                "tls_key" => "store.tls_key",
+                _ => "store",
+            };
+            (key, message)
+        })
+        .collect()
 }
 
 /// The interpolated config text and where environment values sit in it:

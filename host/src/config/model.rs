@@ -43,6 +43,11 @@ pub struct PluginsConfig {
     /// Read at start: a change needs a restart.
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// `[plugins.store]`: a store on the broker the hosts share, from which
+    /// every host takes its pipelines' current plugin versions (`sluice
+    /// plugin push`). Unset: versions come from the local files.
+    #[serde(default)]
+    pub store: Option<crate::store::StoreConfig>,
 }
 
 /// `[tracing]`: where spans go (OTLP over HTTP).
@@ -1322,6 +1327,9 @@ impl Config {
             fix(dir);
         }
         self.plugins.trusted_keys.iter_mut().for_each(fix);
+        if let Some(store) = self.plugins.store.as_mut() {
+            store.resolve_paths(base);
+        }
         if let Some(admin) = self.admin.as_mut() {
             admin.tls_cert.iter_mut().chain(admin.tls_key.iter_mut()).for_each(fix);
         }

@@ -35,6 +35,8 @@ pub enum Origin {
     Rollback,
     /// The config changed (SIGHUP) in the plugin section only.
     Config,
+    /// The fleet's plugin store (`sluice plugin push` / `rollback`).
+    Store,
 }
 
 /// A version as the admin API shows it.
@@ -70,6 +72,10 @@ pub struct PluginStatus {
     pub reloads: u64,
     pub rejections: u64,
     pub last_rejection: Option<Rejection>,
+    /// The pipeline across the fleet (`[plugins.store]`): what each host
+    /// runs, from their heartbeats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::store::FleetStatus>,
 }
 
 /// Why a reload did not happen.
@@ -89,6 +95,7 @@ struct State {
     reloads: u64,
     rejections: u64,
     last_rejection: Option<Rejection>,
+    fleet: Option<crate::store::FleetStatus>,
 }
 
 /// One pipeline's plugin versions.
@@ -122,6 +129,7 @@ impl PluginVersions {
                 reloads: 0,
                 rejections: 0,
                 last_rejection: None,
+                fleet: None,
             }),
             loading: tokio::sync::Mutex::new(()),
         }
@@ -150,6 +158,32 @@ impl PluginVersions {
         }
         let loaded = LoadedPlugin::from_bytes(&self.runtime, self.spec(), bytes, signature).await;
         self.settle(loaded, Origin::Upload, false)
+    }
+
+    /// Loads a version from the fleet's plugin store: the checks of an
+    /// upload (its sha256 included), then the swap.
+    pub async fn from_store(&self, version: crate::store::StoredVersion) -> Result<VersionInfo, ReloadError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let crate::store::StoredVersion { digest, bytes, signature } = version;
+        let actual = crate::store::digest(&bytes);
+        if actual != digest {
+            return Err(self.reject(Origin::Store, format!("the store's version {digest} has sha256 {actual}")));
+        }
+        let loaded = LoadedPlugin::from_bytes(&self.runtime, self.spec(), bytes, signature).await;
+        self.settle(loaded, Origin::Store, true)
+    }
+
+    /// Records that the store's current version `digest` could not be
+    /// loaded; returns the reason as the heartbeat reports it.
+    pub fn refuse_from_store(&self, digest: &str, error: &str) -> String {
+        self.reject(Origin::Store, format!("the store's version {digest}: {error}")).to_string()
+    }
+
+    /// The fleet status the store last showed.
+    pub fn set_fleet(&self, status: crate::store::FleetStatus) {
+        if let Ok(mut state) = self.state.lock() {
+            state.fleet = Some(status);
+        }
     }
 
     /// Loads the plugin a changed config describes (SIGHUP).
@@ -196,6 +230,7 @@ impl PluginVersions {
             reloads: state.reloads,
             rejections: state.rejections,
             last_rejection: state.last_rejection.clone(),
+            fleet: state.fleet.clone(),
         })
     }
 
@@ -245,6 +280,7 @@ impl PluginVersions {
         let plugin = match loaded {
             Ok(plugin) => plugin,
             Err(err) if origin == Origin::Upload => return Err(self.reject(origin, format!("the uploaded version: {err}"))),
+            Err(err) if origin == Origin::Store => return Err(self.reject(origin, format!("the store's version: {err}"))),
             Err(err) => return Err(self.reject(origin, err.to_string())),
         };
         let mut state = self.state.lock().map_err(|_| ReloadError::Rejected("state poisoned".into()))?;

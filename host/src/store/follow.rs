@@ -1,0 +1,164 @@
+//! A host following the plugin store: for each of its pipelines, the
+//! current version at start, every version pushed after, and a heartbeat.
+//!
+//! A version is loaded through [`PluginVersions::from_store`]: the checks
+//! of an upload (sha256, pin, world, `init`, signature when `[plugins]
+//! trusted_keys` is set), then the lossless swap. One that fails is
+//! refused: the host keeps the version it runs, and its heartbeat says
+//! which version it refused and why, until another one is pushed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use super::{Heartbeat, PluginStore, Pointer, Refusal, StoreConfig, StoreError, StoredVersion};
+use crate::reload::PluginVersions;
+
+/// Time between heartbeats (and fleet status refreshes).
+pub const BEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// Time before watching the store again after the watch failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The process's store, opened on first use (and tried again on the next
+/// use while it cannot be opened).
+pub struct Shared {
+    config: StoreConfig,
+    store: OnceCell<Arc<dyn PluginStore>>,
+}
+
+impl Shared {
+    pub fn new(config: StoreConfig) -> Self {
+        Self { config, store: OnceCell::new() }
+    }
+
+    pub async fn get(&self, connections: &crate::nats::Connections) -> Result<Arc<dyn PluginStore>, StoreError> {
+        self.store.get_or_try_init(|| super::open(&self.config, connections)).await.cloned()
+    }
+}
+
+/// The version of `pipeline` current in the store, to start with; `None`
+/// when nothing was pushed for it, or the store cannot be read (then the
+/// local file is loaded, and [`spawn`] takes the store's version once it
+/// can).
+pub async fn starting_version(shared: &Shared, connections: &crate::nats::Connections, pipeline: &str) -> Option<StoredVersion> {
+    let read = async {
+        let store = shared.get(connections).await?;
+        match store.pointer(pipeline).await? {
+            Some(pointer) => store.get(&pointer.digest).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    match read.await {
+        Ok(version) => version,
+        Err(err) => {
+            tracing::error!(pipeline, "cannot read the plugin store, starting with the local plugin file: {err}");
+            None
+        }
+    }
+}
+
+/// Follows the store for `versions` until `stop` fires.
+pub fn spawn(
+    shared: Arc<Shared>,
+    connections: Arc<crate::pipeline::SinkSet>,
+    versions: Arc<PluginVersions>,
+    pipeline: String,
+    host: String,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut follower = Follower { versions, pipeline, host, refused: None };
+        loop {
+            let watched = async {
+                let store = shared.get(&connections.connections).await?;
+                let watch = store.watch(&follower.pipeline).await?;
+                Ok::<_, StoreError>((store, watch))
+            };
+            let (store, mut watch) = tokio::select! {
+                _ = stop.cancelled() => return,
+                watched = watched => match watched {
+                    Ok(opened) => opened,
+                    Err(err) => {
+                        tracing::warn!(pipeline = %follower.pipeline, "cannot watch the plugin store (trying again): {err}");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(RETRY_AFTER) => continue,
+                        }
+                    }
+                },
+            };
+            let mut beat = tokio::time::interval(BEAT_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = beat.tick() => follower.beat(store.as_ref()).await,
+                    next = watch.next() => match next {
+                        Some(Ok(pointer)) => {
+                            follower.apply(store.as_ref(), &pointer).await;
+                            follower.beat(store.as_ref()).await;
+                        }
+                        Some(Err(err)) => {
+                            tracing::warn!(pipeline = %follower.pipeline, "the plugin store watch failed (watching again): {err}");
+                            break;
+                        }
+                        None => break,
+                    },
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY_AFTER) => {}
+            }
+        }
+    });
+}
+
+struct Follower {
+    versions: Arc<PluginVersions>,
+    pipeline: String,
+    host: String,
+    /// The store's current version, when this host refused it.
+    refused: Option<Refusal>,
+}
+
+impl Follower {
+    /// Makes the pointer's version current here, unless it already is.
+    async fn apply(&mut self, store: &dyn PluginStore, pointer: &Pointer) {
+        if self.versions.current().digest() == pointer.digest {
+            self.refused = None;
+            return;
+        }
+        // A refused version is tried again when it is pushed again (a
+        // signature added, or the hosts' config fixed): each pointer write
+        // is a change the watch delivers.
+        let short = &pointer.digest[..pointer.digest.len().min(12)];
+        tracing::info!(pipeline = %self.pipeline, digest = short, by = %pointer.by, "the plugin store has a new current version; loading it");
+        let loaded = match store.get(&pointer.digest).await {
+            Ok(version) => self.versions.from_store(version).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(err) => Err(self.versions.refuse_from_store(&pointer.digest, &err.to_string())),
+        };
+        self.refused = loaded.err().map(|reason| Refusal { digest: pointer.digest.clone(), reason });
+    }
+
+    async fn beat(&self, store: &dyn PluginStore) {
+        let heartbeat = Heartbeat {
+            host: self.host.clone(),
+            pipeline: self.pipeline.clone(),
+            digest: self.versions.current().digest().to_owned(),
+            refused: self.refused.clone(),
+            at: super::now(),
+        };
+        if let Err(err) = store.beat(&heartbeat).await {
+            tracing::warn!(pipeline = %self.pipeline, "cannot send the heartbeat to the plugin store: {err}");
+            return;
+        }
+        match super::fleet(store, &self.pipeline).await {
+            Ok(status) => self.versions.set_fleet(status),
+            Err(err) => tracing::debug!(pipeline = %self.pipeline, "cannot read the fleet status: {err}"),
+        }
+    }
+}
