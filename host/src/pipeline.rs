@@ -20,10 +20,9 @@ use crate::sink::lines::LineSink;
 use crate::sink::nats::{JetStreamSink, NatsSink};
 use crate::sink::{Sink, SinkError};
 use crate::source::jetstream::{JetStreamSettings, JetStreamSource};
-use crate::source::kafka::{KafkaSettings, KafkaSource};
 use crate::source::lines::LineSource;
 use crate::source::nats::NatsSource;
-use crate::source::{Source, SourceError};
+use crate::source::{Source, SourceContext, SourceError};
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +159,7 @@ pub async fn build(
     let emit_sinks = crate::client::emit_sinks(config);
     for (route, sink) in &emit_sinks {
         let same_cluster = match (&sink, &config.source) {
-            (SinkConfig::Kafka { brokers, .. }, SourceConfig::Kafka { brokers: source, .. }) => brokers == source,
+            (SinkConfig::Kafka { brokers, .. }, SourceConfig::Kafka(source)) => *brokers == source.brokers,
             _ => true,
         };
         let sink = if same_cluster { open(sink).await? } else { sinks.open(sink).await? };
@@ -196,7 +195,7 @@ pub async fn build(
         paused,
         router: Router::new(default, routes)
             .with_replies(source.reply_sink())
-            .with_codec(config.codec, matches!(config.source, SourceConfig::Kafka { .. })),
+            .with_codec(config.codec, matches!(config.source, SourceConfig::Kafka(_))),
         dead_letter,
         retry: RetryPolicy { max_attempts, backoff: policy.backoff.clone() },
         concurrency: policy.concurrency,
@@ -223,31 +222,13 @@ pub async fn build(
 
 /// The transaction of an exactly-once Kafka pipeline.
 async fn open_transaction(name: &str, config: &PipelineConfig) -> Result<Option<Arc<Transaction>>, BuildError> {
-    let SourceConfig::Kafka {
-        brokers,
-        group,
-        exactly_once: true,
-        transactional_id,
-        tls,
-        sasl,
-        options,
-        producer_options,
-        commit_interval,
-        ..
-    } = &config.source
-    else {
+    let SourceConfig::Kafka(kafka) = &config.source else {
         return Ok(None);
     };
-    let id = transactional_id.clone().unwrap_or_else(|| format!("sluice-{group}-{name}-{}", crate::kafka::instance::instance_id()));
-    let mut properties = crate::kafka::producer_config(brokers, &crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options));
-    for (key, value) in producer_options {
-        properties.set(key, &value.0);
-    }
-    let timeout = crate::kafka::transaction::timeout(*commit_interval, &properties);
-    let transaction = Transaction::open(properties, id, timeout)
+    kafka
+        .open_transaction(name)
         .await
-        .map_err(|e| BuildError::Sink(SinkError::Open { what: format!("kafka:{brokers}"), message: e.to_string() }))?;
-    Ok(Some(transaction))
+        .map_err(|message| BuildError::Sink(SinkError::Open { what: format!("kafka:{}", kafka.brokers), message }))
 }
 
 async fn open_source(
@@ -298,21 +279,9 @@ async fn open_source(
             };
             Box::new(JetStreamSource::open(connect().await?, &settings).await?)
         }
-        SourceConfig::Kafka { brokers, group, topics, pattern, start, commit_interval, tls, sasl, options, consumer_options, .. } => {
-            let mut options = crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options);
-            options.extend(consumer_options.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let settings = KafkaSettings {
-                brokers: brokers.clone(),
-                group: group.clone(),
-                topics: topics.clone(),
-                pattern: pattern.clone(),
-                start: *start,
-                commit_interval: *commit_interval,
-                options,
-                lag,
-                partition_state,
-            };
-            Box::new(KafkaSource::open(&settings, transaction).await?)
+        SourceConfig::Kafka(kafka) => {
+            let cx = SourceContext { connections, transaction, lag, state, partition_state, fetch_batch: pipeline.policy.batch_size };
+            Box::new(kafka.build(cx).await?)
         }
     })
 }

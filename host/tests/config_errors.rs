@@ -326,7 +326,7 @@ fn the_documented_example_loads() -> TestResult {
     let config = sluice::config::parse(block, &docs.with_file_name("sluice.toml"), |name| Some(format!("value-of-{name}")))?;
     assert_eq!(config.pipelines.len(), 5);
     let kafka = config.pipelines.get("kafka-orders").ok_or("no pipeline `kafka-orders`")?;
-    assert!(matches!(&kafka.source, sluice::config::SourceConfig::Kafka { exactly_once: true, .. }));
+    assert!(matches!(&kafka.source, sluice::config::SourceConfig::Kafka(k) if k.exactly_once));
     let payments = config.pipelines.get("payments").ok_or("no pipeline `payments`")?;
     assert!(matches!(&payments.source, sluice::config::SourceConfig::Jetstream { stream, .. } if stream == "PAYMENTS"));
     let flat = config.pipelines.get("orders").ok_or("no pipeline `orders`")?.plugin.init_config()?;

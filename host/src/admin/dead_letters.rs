@@ -84,13 +84,9 @@ fn replay_to(source: &SourceConfig) -> Result<(To, Connection), String> {
         }
         SourceConfig::Nats { .. } => Ok(nats(Kind::Nats)),
         SourceConfig::Jetstream { .. } => Ok(nats(Kind::JetStream)),
-        SourceConfig::Kafka { brokers, tls, sasl, options, .. } => Ok((
+        SourceConfig::Kafka(kafka) => Ok((
             To { kind: Kind::Kafka, name: None },
-            Connection {
-                brokers: brokers.clone(),
-                kafka_options: crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options),
-                ..Default::default()
-            },
+            Connection { brokers: kafka.brokers.clone(), kafka_options: kafka.connection_options(), ..Default::default() },
         )),
         SourceConfig::Stdin { .. } => Err("the pipeline reads stdin: replayed events cannot be sent to it".into()),
     }

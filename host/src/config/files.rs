@@ -18,6 +18,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::error::Problem as Violation;
 use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig};
+use crate::source::kafka::KafkaSourceConfig;
 
 /// `path` with symlinks resolved and `.`/`..` removed, even when it (or
 /// its folder) does not exist yet: the longest existing ancestor is
@@ -162,7 +163,9 @@ fn reads(source: &SourceConfig, feed: &Feed) -> bool {
             let patterns = if filter_subjects.is_empty() { subjects } else { filter_subjects };
             url.trim() == server && patterns.iter().any(|pattern| subject_matches(pattern, out))
         }
-        (SourceConfig::Kafka { brokers, topics, .. }, Feed::Topic(cluster, out)) => brokers.trim() == cluster && topics.contains(out),
+        (SourceConfig::Kafka(KafkaSourceConfig { brokers, topics, .. }), Feed::Topic(cluster, out)) => {
+            brokers.trim() == cluster && topics.contains(out)
+        }
         _ => false,
     }
 }
@@ -260,7 +263,7 @@ pub fn environment(config: &Config) -> Vec<Violation> {
         }
         // Kafka TLS files: librdkafka would refuse them at start.
         let source_tls = match &p.source {
-            SourceConfig::Kafka { tls: Some(tls), .. } => Some(("source".to_owned(), tls)),
+            SourceConfig::Kafka(KafkaSourceConfig { tls: Some(tls), .. }) => Some(("source".to_owned(), tls)),
             _ => None,
         };
         let sink_tls = sinks(p).filter_map(|(key, sink)| match sink {

@@ -26,6 +26,8 @@ pub use model::*;
 pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};
 pub use state::{StateBackend, StateConfig};
 pub use validate::valid_topic;
+// Each component's own config, selected by the `kind` of a `source` table.
+pub use crate::source::kafka::{KafkaSourceConfig, StartFrom};
 
 use std::path::Path;
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::source::kafka::KafkaSourceConfig;
+
 /// The whole file: process-wide runtime settings and named pipelines.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -591,68 +593,9 @@ pub enum SourceConfig {
         #[serde(default = "default_max_ack_pending")]
         max_ack_pending: usize,
     },
-    /// Kafka: a consumer group reading topics, at-least-once. An event's
-    /// offset is committed only after its outputs (or its dead-letter record)
-    /// are acknowledged by their sinks, in order per partition even when
-    /// events finish out of order. With `exactly_once`, outputs and offsets
-    /// are committed together in Kafka transactions.
-    Kafka {
-        /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
-        #[serde(default = "default_kafka_brokers")]
-        brokers: String,
-        /// Consumer group. Hosts with the same group share the partitions.
-        group: String,
-        /// Topics to read. Give `topics` or `pattern`, not both.
-        #[serde(default)]
-        topics: Vec<String>,
-        /// A regular expression over topic names (e.g. `^orders\\..*`):
-        /// every matching topic, including ones created later.
-        #[serde(default)]
-        pattern: Option<String>,
-        /// Where a group with no committed offset starts: `earliest`
-        /// (default) or `latest`.
-        #[serde(default)]
-        start: StartFrom,
-        /// How often done offsets are committed. Default 1s. A crash
-        /// redelivers at most this much work (plus what was in flight).
-        #[serde(default = "default_commit_interval", with = "humantime_serde")]
-        commit_interval: Duration,
-        /// Kafka → plugin → Kafka with transactions: outputs, dead letters
-        /// and input offsets of each interval commit together or not at all.
-        /// Every sink of the pipeline must then be a `kafka` sink on the same
-        /// `brokers`, and readers of the outputs should use `read_committed`.
-        #[serde(default)]
-        exactly_once: bool,
-        /// The transactional id of this host's producer (`exactly_once`).
-        /// Must be stable across restarts of one host and differ between
-        /// hosts of a group. Default `sluice-<group>-<pipeline>-<instance>`,
-        /// where `<instance>` is `runtime.instance_id` (default: the host
-        /// name, `-N` added for a second host on one machine).
-        #[serde(default)]
-        transactional_id: Option<String>,
-        /// TLS to the brokers (`security.protocol` `ssl`, or `sasl_ssl` with
-        /// `sasl`). Unset: plaintext, unless `options` say otherwise.
-        #[serde(default)]
-        tls: Option<KafkaTls>,
-        /// SASL authentication (`sasl_plaintext`, or `sasl_ssl` with `tls`).
-        #[serde(default)]
-        sasl: Option<KafkaSasl>,
-        /// Extra librdkafka properties for every client of the source: its
-        /// consumer and, with `exactly_once`, its transactional producer
-        /// (which leaves out the properties only consumers know). Passed as
-        /// they are. Values are never printed.
-        #[serde(default)]
-        options: BTreeMap<String, Secret>,
-        /// librdkafka properties for the consumer only (`session.timeout.ms`,
-        /// `fetch.max.bytes`, …), applied after `options`.
-        #[serde(default)]
-        consumer_options: BTreeMap<String, Secret>,
-        /// librdkafka properties for the exactly-once producer only
-        /// (`transaction.timeout.ms`, `linger.ms`, `compression.type`, …),
-        /// applied after `options`. Only with `exactly_once`.
-        #[serde(default)]
-        producer_options: BTreeMap<String, Secret>,
-    },
+    /// Kafka: a consumer group reading topics, at-least-once; see
+    /// [`KafkaSourceConfig`](crate::source::kafka::KafkaSourceConfig).
+    Kafka(crate::source::kafka::KafkaSourceConfig),
 }
 
 /// `tls = { … }` of a Kafka source or sink: the connection is encrypted and
@@ -716,24 +659,6 @@ impl SaslMechanism {
             Self::Plain => "PLAIN",
         }
     }
-}
-
-/// Where a Kafka consumer group with no committed offset starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StartFrom {
-    /// The oldest offset the partition still holds.
-    #[default]
-    Earliest,
-    /// Only messages produced after the group first joins.
-    Latest,
-}
-
-fn default_kafka_brokers() -> String {
-    "127.0.0.1:9092".into()
-}
-fn default_commit_interval() -> Duration {
-    Duration::from_secs(1)
 }
 
 /// Where a new JetStream consumer starts.
@@ -1068,7 +993,7 @@ pub enum SinkConfig {
     /// (murmur2), so keyed outputs land where a Java producer would put them.
     Kafka {
         /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
-        #[serde(default = "default_kafka_brokers")]
+        #[serde(default = "crate::kafka::default_brokers")]
         brokers: String,
         /// Topic for outputs without a destination; an output's destination
         /// (that names no route) is its topic. Unset: every output needs one.
@@ -1336,7 +1261,7 @@ impl Config {
                 }
                 source => source.nats_paths_mut().into_iter().for_each(fix),
             }
-            if let SourceConfig::Kafka { tls: Some(tls), .. } = &mut pipeline.source {
+            if let SourceConfig::Kafka(KafkaSourceConfig { tls: Some(tls), .. }) = &mut pipeline.source {
                 tls.resolve_paths(base);
             }
             fix(&mut pipeline.plugin.path);

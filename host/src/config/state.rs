@@ -8,6 +8,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use super::SourceConfig;
+use crate::source::kafka::KafkaSourceConfig;
 
 /// Where state is kept. See docs/configuration.md#state for what survives
 /// what with each.
@@ -139,7 +140,7 @@ impl StateConfig {
                         "missing: the embedded backend keeps state in a database file, e.g. `path = \"state.redb\"`".into(),
                     ));
                 }
-                if matches!(source, SourceConfig::Kafka { .. }) {
+                if matches!(source, SourceConfig::Kafka(_)) {
                     out.push((
                         "state.backend",
                         "`embedded` keeps state on this host only, but a Kafka consumer group moves partitions between hosts on a rebalance, and the host that takes a partition would not have its state; use `backend = \"kafka-changelog\"` (with `exactly_once = true`)".into(),
@@ -178,7 +179,7 @@ impl StateConfig {
                 }
                 if !matches!(source, SourceConfig::Nats { .. } | SourceConfig::Jetstream { .. }) {
                     let kind = match source {
-                        SourceConfig::Kafka { .. } => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline; use `backend = \"kafka-changelog\"`",
+                        SourceConfig::Kafka(_) => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline; use `backend = \"kafka-changelog\"`",
                         _ => "a file or stdin source: its position belongs with the file, use `backend = \"embedded\"`",
                     };
                     out.push(("state.backend", format!("`jetstream-kv` works with `nats` and `jetstream` sources only, not {kind}")));
@@ -201,15 +202,15 @@ impl StateConfig {
                     ));
                 }
                 match source {
-                    SourceConfig::Kafka { exactly_once: false, .. } => out.push((
+                    SourceConfig::Kafka(KafkaSourceConfig { exactly_once: false, .. }) => out.push((
                         "state.backend",
                         "`kafka-changelog` needs `exactly_once = true` on the Kafka source: without a transaction, state and offsets commit separately and a crash between them would apply an event's state changes twice".into(),
                     )),
-                    SourceConfig::Kafka { pattern: Some(_), .. } => out.push((
+                    SourceConfig::Kafka(KafkaSourceConfig { pattern: Some(_), .. }) => out.push((
                         "state.backend",
                         "`kafka-changelog` needs the source's `topics`, not a `pattern`: the changelog has one partition per input partition, fixed when it is created".into(),
                     )),
-                    SourceConfig::Kafka { .. } => {}
+                    SourceConfig::Kafka(_) => {}
                     _ => out.push((
                         "state.backend",
                         "`kafka-changelog` works with a `kafka` source only: its changelog partitions follow the input partitions, and its commits ride on the source's Kafka transaction".into(),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::model::{AdminConfig, Config, KafkaSasl, KafkaTls, PipelineConfig, Secret, SinkConfig, SourceConfig, TracingConfig};
 use crate::nats::{publishable_subject, subscribable_subject, valid_name};
+use crate::source::kafka::KafkaSourceConfig;
 
 /// A rule broken, with where.
 pub use super::error::Problem as Violation;
@@ -305,7 +306,7 @@ fn validate_nats_source(source: &SourceConfig, out: &mut Found) {
                 out.push(("source.max_ack_pending", format!("must be between 1 and 1000000, got {max_ack_pending}")));
             }
         }
-        SourceConfig::File { .. } | SourceConfig::Stdin { .. } | SourceConfig::Kafka { .. } => {}
+        SourceConfig::File { .. } | SourceConfig::Stdin { .. } | SourceConfig::Kafka(_) => {}
     }
 }
 
@@ -316,7 +317,7 @@ const KAFKA_SOURCE_OWNED: [&str; 6] =
 const KAFKA_SINK_OWNED: [&str; 5] = ["bootstrap.servers", "enable.idempotence", "acks", "transactional.id", "partitioner"];
 
 fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
-    let SourceConfig::Kafka {
+    let SourceConfig::Kafka(KafkaSourceConfig {
         brokers,
         group,
         topics,
@@ -330,7 +331,7 @@ fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
         consumer_options,
         producer_options,
         ..
-    } = &p.source
+    }) = &p.source
     else {
         return;
     };

@@ -20,7 +20,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::Event;
+use crate::kafka::transaction::Transaction;
+use crate::nats::Connections;
 use crate::sink::Sink;
+
+/// What a source's `build` takes from the pipeline around it (each
+/// source's config type, beside the source, knows which parts it needs).
+pub struct SourceContext<'a> {
+    /// The process's NATS connections, shared by sources and sinks.
+    pub connections: &'a Connections,
+    /// The exactly-once transaction of a Kafka pipeline.
+    pub transaction: Option<Arc<Transaction>>,
+    /// Where the source reports its backlog (the pipeline's lag gauge).
+    pub lag: Arc<std::sync::atomic::AtomicI64>,
+    /// The pipeline's embedded state store: a file source then keeps its
+    /// position there instead of in a checkpoint file.
+    pub state: Option<&'a Arc<crate::state::Store>>,
+    /// Told of every Kafka assignment and revoke (the Kafka changelog state).
+    pub partition_state: Option<Arc<dyn kafka::PartitionState>>,
+    /// Events the pipeline hands its plugin per call: what a pulling
+    /// source asks for at once.
+    pub fetch_batch: usize,
+}
 
 /// One event taken from a source, with what is needed to settle it.
 pub struct Delivery {
