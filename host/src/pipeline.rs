@@ -19,9 +19,6 @@ use crate::sink::kafka::{KafkaSink, Producers};
 use crate::sink::lines::LineSink;
 use crate::sink::nats::{JetStreamSink, NatsSink};
 use crate::sink::{Sink, SinkError};
-use crate::source::jetstream::{JetStreamSettings, JetStreamSource};
-use crate::source::lines::LineSource;
-use crate::source::nats::NatsSource;
 use crate::source::{Source, SourceContext, SourceError};
 use crate::telemetry::Telemetry;
 
@@ -239,51 +236,8 @@ async fn open_source(
     state: Option<&Arc<crate::state::Store>>,
     partition_state: Option<Arc<dyn crate::source::kafka::PartitionState>>,
 ) -> Result<Box<dyn Source>, SourceError> {
-    let config = &pipeline.source;
-    let connect = || async {
-        let server =
-            config.nats_server().ok_or_else(|| SourceError::Broker { what: "source".into(), message: "not a NATS source".into() })?;
-        connections.get(&server).await.map_err(|e| SourceError::Broker { what: format!("source {}", e.url), message: e.message })
-    };
-    Ok(match config {
-        SourceConfig::File { path, format, follow, checkpoint, name } => match state {
-            // The position is committed with the state (config validation
-            // refuses a `checkpoint` file beside it).
-            Some(store) => {
-                let done = store.position(name).await.map_err(|e| SourceError::Broker {
-                    what: format!("source {name}"),
-                    message: format!("cannot read its position from the state database: {e}"),
-                })?;
-                let source = LineSource::file_after(name.clone(), path.clone(), *format, *follow, done.unwrap_or(0)).await?;
-                let ledger = source.ledger();
-                store.track_position(name.clone(), Arc::new(move || ledger.lock().map(|l| l.lines_done()).unwrap_or(0)));
-                Box::new(source)
-            }
-            None => Box::new(LineSource::file(name.clone(), path.clone(), *format, *follow, checkpoint.clone()).await?),
-        },
-        SourceConfig::Stdin { format } => Box::new(LineSource::stdin(*format)),
-        SourceConfig::Nats { subject, queue_group, .. } => {
-            Box::new(NatsSource::subscribe(connect().await?, subject, queue_group.as_deref()).await?)
-        }
-        SourceConfig::Jetstream { stream, subjects, consumer, filter_subjects, deliver, ack_wait, max_ack_pending, .. } => {
-            let settings = JetStreamSettings {
-                stream: stream.clone(),
-                subjects: subjects.clone(),
-                consumer: consumer.clone(),
-                filter_subjects: filter_subjects.clone(),
-                deliver: *deliver,
-                ack_wait: *ack_wait,
-                max_ack_pending: *max_ack_pending,
-                fetch_batch: pipeline.policy.batch_size,
-                lag,
-            };
-            Box::new(JetStreamSource::open(connect().await?, &settings).await?)
-        }
-        SourceConfig::Kafka(kafka) => {
-            let cx = SourceContext { connections, transaction, lag, state, partition_state, fetch_batch: pipeline.policy.batch_size };
-            Box::new(kafka.build(cx).await?)
-        }
-    })
+    let cx = SourceContext { connections, transaction, lag, state, partition_state, fetch_batch: pipeline.policy.batch_size };
+    pipeline.source.build(cx).await
 }
 
 /// The process's open sinks and broker connections, shared: two pipelines

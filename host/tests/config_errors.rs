@@ -35,7 +35,8 @@ use std::path::{Path, PathBuf, MAIN_SEPARATOR};
 use std::time::Duration;
 
 use sluice::config::{
-    Allocator, Codec, Config, IdempotencyKey, LineFormat, Ordering, OtlpProtocol, RecordFormat, SinkConfig, SourceConfig,
+    Allocator, Codec, Config, FileSourceConfig, IdempotencyKey, JetStreamSourceConfig, LineFormat, Ordering, OtlpProtocol, RecordFormat,
+    SinkConfig, SourceConfig, StdinSourceConfig,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -183,7 +184,7 @@ fn valid_configs_load_with_defaults_applied() -> TestResult {
     assert_eq!(config.runtime.shutdown_timeout, Duration::from_secs(30));
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     match &p.source {
-        SourceConfig::File { path, format, follow, checkpoint, .. } => {
+        SourceConfig::File(FileSourceConfig { path, format, follow, checkpoint, .. }) => {
             assert_eq!(path, &dir.join("events.jsonl"), "relative to the config's folder");
             assert_eq!((*format, *follow, checkpoint), (LineFormat::Json, false, &None));
         }
@@ -218,7 +219,7 @@ fn valid_configs_load_with_everything_set() -> TestResult {
 
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     match &p.source {
-        SourceConfig::File { path, format, follow, checkpoint, .. } => {
+        SourceConfig::File(FileSourceConfig { path, format, follow, checkpoint, .. }) => {
             assert_eq!(path, &dir.join("data/orders.jsonl"));
             assert_eq!((*format, *follow), (LineFormat::Json, true));
             assert_eq!(checkpoint, &Some(dir.join("state/orders.checkpoint")));
@@ -265,7 +266,7 @@ fn valid_configs_load_with_everything_set() -> TestResult {
     assert_eq!((backoff.multiplier, backoff.jitter), (3.0, 0.0));
 
     let stdin = config.pipelines.get("console").ok_or("no pipeline `console`")?;
-    assert!(matches!(stdin.source, SourceConfig::Stdin { format: LineFormat::Lines }));
+    assert!(matches!(stdin.source, SourceConfig::Stdin(StdinSourceConfig { format: LineFormat::Lines })));
     assert_eq!(stdin.policy.ordering, Ordering::None);
     assert_eq!((stdin.codec, &stdin.idempotency), (Codec::None, &None), "off by default");
 
@@ -328,7 +329,9 @@ fn the_documented_example_loads() -> TestResult {
     let kafka = config.pipelines.get("kafka-orders").ok_or("no pipeline `kafka-orders`")?;
     assert!(matches!(&kafka.source, sluice::config::SourceConfig::Kafka(k) if k.exactly_once));
     let payments = config.pipelines.get("payments").ok_or("no pipeline `payments`")?;
-    assert!(matches!(&payments.source, sluice::config::SourceConfig::Jetstream { stream, .. } if stream == "PAYMENTS"));
+    assert!(
+        matches!(&payments.source, sluice::config::SourceConfig::Jetstream(JetStreamSourceConfig { stream, .. }) if stream == "PAYMENTS")
+    );
     let flat = config.pipelines.get("orders").ok_or("no pipeline `orders`")?.plugin.init_config()?;
     let keys: Vec<&str> = flat.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["api_token", "max_items", "require", "set.env", "strict"], "as the example's comment says");

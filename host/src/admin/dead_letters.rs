@@ -79,16 +79,16 @@ fn origin_of(sink: Option<&SinkConfig>) -> Result<(Origin, Connection), String> 
 fn replay_to(source: &SourceConfig) -> Result<(To, Connection), String> {
     let nats = |kind| (To { kind, name: None }, Connection { nats: source.nats_server().unwrap_or_default(), ..Default::default() });
     match source {
-        SourceConfig::File { path, .. } => {
-            Ok((To { kind: Kind::File, name: Some(path.to_string_lossy().into_owned()) }, Connection::default()))
+        SourceConfig::File(file) => {
+            Ok((To { kind: Kind::File, name: Some(file.path.to_string_lossy().into_owned()) }, Connection::default()))
         }
-        SourceConfig::Nats { .. } => Ok(nats(Kind::Nats)),
-        SourceConfig::Jetstream { .. } => Ok(nats(Kind::JetStream)),
+        SourceConfig::Nats(_) => Ok(nats(Kind::Nats)),
+        SourceConfig::Jetstream(_) => Ok(nats(Kind::JetStream)),
         SourceConfig::Kafka(kafka) => Ok((
             To { kind: Kind::Kafka, name: None },
             Connection { brokers: kafka.brokers.clone(), kafka_options: kafka.connection_options(), ..Default::default() },
         )),
-        SourceConfig::Stdin { .. } => Err("the pipeline reads stdin: replayed events cannot be sent to it".into()),
+        SourceConfig::Stdin(_) => Err("the pipeline reads stdin: replayed events cannot be sent to it".into()),
     }
 }
 

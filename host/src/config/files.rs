@@ -18,7 +18,10 @@ use std::path::{Component, Path, PathBuf};
 
 use super::error::Problem as Violation;
 use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig};
+use crate::source::jetstream::JetStreamSourceConfig;
 use crate::source::kafka::KafkaSourceConfig;
+use crate::source::lines::FileSourceConfig;
+use crate::source::nats::NatsSourceConfig;
 
 /// `path` with symlinks resolved and `.`/`..` removed, even when it (or
 /// its folder) does not exist yet: the longest existing ancestor is
@@ -58,7 +61,7 @@ pub fn rules(config: &Config) -> Vec<Violation> {
     // Every source and sink file, canonical, for the checkpoint rule.
     let mut data_files: HashMap<PathBuf, String> = HashMap::new();
     for (name, p) in &config.pipelines {
-        if let SourceConfig::File { path, .. } = &p.source {
+        if let SourceConfig::File(FileSourceConfig { path, .. }) = &p.source {
             data_files.entry(canonical(path)).or_insert_with(|| format!("the source of pipeline `{name}`"));
         }
         for (key, sink) in sinks(p) {
@@ -70,7 +73,7 @@ pub fn rules(config: &Config) -> Vec<Violation> {
     for (name, p) in &config.pipelines {
         let mut problem = |key: String, message: String| problems.push(Violation::in_pipeline(name, key, message));
         let source = match &p.source {
-            SourceConfig::File { path, .. } => Some(canonical(path)),
+            SourceConfig::File(FileSourceConfig { path, .. }) => Some(canonical(path)),
             _ => None,
         };
         for (key, sink) in sinks(p) {
@@ -93,7 +96,7 @@ pub fn rules(config: &Config) -> Vec<Violation> {
                 }
             }
         }
-        if let SourceConfig::File { checkpoint: Some(checkpoint), .. } = &p.source {
+        if let SourceConfig::File(FileSourceConfig { checkpoint: Some(checkpoint), .. }) = &p.source {
             let real = canonical(checkpoint);
             if let Some(what) = data_files.get(&real) {
                 problem(
@@ -157,9 +160,11 @@ fn outputs(p: &PipelineConfig) -> Vec<(String, Feed)> {
 /// Whether `source` reads what `feed` writes.
 fn reads(source: &SourceConfig, feed: &Feed) -> bool {
     match (source, feed) {
-        (SourceConfig::File { path, .. }, Feed::File(out)) => canonical(path) == *out,
-        (SourceConfig::Nats { url, subject, .. }, Feed::Subject(server, out)) => url.trim() == server && subject_matches(subject, out),
-        (SourceConfig::Jetstream { url, subjects, filter_subjects, .. }, Feed::Subject(server, out)) => {
+        (SourceConfig::File(FileSourceConfig { path, .. }), Feed::File(out)) => canonical(path) == *out,
+        (SourceConfig::Nats(NatsSourceConfig { url, subject, .. }), Feed::Subject(server, out)) => {
+            url.trim() == server && subject_matches(subject, out)
+        }
+        (SourceConfig::Jetstream(JetStreamSourceConfig { url, subjects, filter_subjects, .. }), Feed::Subject(server, out)) => {
             let patterns = if filter_subjects.is_empty() { subjects } else { filter_subjects };
             url.trim() == server && patterns.iter().any(|pattern| subject_matches(pattern, out))
         }
@@ -244,7 +249,7 @@ pub fn environment(config: &Config) -> Vec<Violation> {
     let mut problems = Vec::new();
     for (name, p) in &config.pipelines {
         let mut problem = |key: String, message: String| problems.push(Violation::in_pipeline(name, key, message));
-        if let SourceConfig::File { path, checkpoint, .. } = &p.source {
+        if let SourceConfig::File(FileSourceConfig { path, checkpoint, .. }) = &p.source {
             if !path.exists() {
                 problem("source.path".into(), format!("{} does not exist", path.display()));
             }

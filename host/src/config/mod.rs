@@ -27,7 +27,10 @@ pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};
 pub use state::{StateBackend, StateConfig};
 pub use validate::valid_topic;
 // Each component's own config, selected by the `kind` of a `source` table.
+pub use crate::source::jetstream::{DeliverFrom, JetStreamSourceConfig};
 pub use crate::source::kafka::{KafkaSourceConfig, StartFrom};
+pub use crate::source::lines::{FileSourceConfig, LineFormat, StdinSourceConfig};
+pub use crate::source::nats::NatsSourceConfig;
 
 use std::path::Path;
 

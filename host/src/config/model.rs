@@ -7,8 +7,6 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::source::kafka::KafkaSourceConfig;
-
 /// The whole file: process-wide runtime settings and named pipelines.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -462,137 +460,19 @@ fn default_idempotency_capacity() -> usize {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
-    /// Lines of a file. Ends at end of file unless `follow` is set.
-    File {
-        /// The file to read.
-        path: PathBuf,
-        /// How each line becomes an event.
-        #[serde(default)]
-        format: LineFormat,
-        /// Keep reading as the file grows (like `tail -f`) instead of ending
-        /// the pipeline at end of file.
-        #[serde(default)]
-        follow: bool,
-        /// A file where the source records how many lines are done (every
-        /// output durably written), so a restart resumes after them instead
-        /// of from the top. Unset: always start at line 1.
-        #[serde(default)]
-        checkpoint: Option<PathBuf>,
-        /// The path as written in the config, before it was resolved: event
-        /// ids (`<name>:<line>`) use it, so they do not change with the
-        /// directory sluice is started from.
-        #[serde(skip)]
-        name: String,
-    },
-    /// Lines of the process's standard input; ends at end of input.
-    Stdin {
-        /// How each line becomes an event.
-        #[serde(default)]
-        format: LineFormat,
-    },
-    /// Core NATS: a subscription. At-most-once: a message that arrives while
-    /// sluice is down, or is in flight when it stops, is gone (use `jetstream`
-    /// when that matters). A message with a reply subject is a request: the
-    /// plugin's reply output (or an error envelope) is published to it.
-    Nats {
-        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "default_nats_url")]
-        url: String,
-        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
-        #[serde(default)]
-        token: Option<Secret>,
-        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
-        #[serde(default)]
-        credentials: Option<PathBuf>,
-        /// User name for user/password authentication (with `password`).
-        #[serde(default)]
-        user: Option<Secret>,
-        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// An NKey user seed (`SU…`) to sign the server's challenge with;
-        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
-        #[serde(default)]
-        nkey: Option<Secret>,
-        /// PEM file of the certificate authority the server's certificate
-        /// must chain to (instead of the system's roots). Implies TLS.
-        #[serde(default)]
-        tls_ca: Option<PathBuf>,
-        /// PEM client certificate, for servers that verify clients (mTLS),
-        /// with `tls_key`. Implies TLS.
-        #[serde(default)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of `tls_cert`.
-        #[serde(default)]
-        tls_key: Option<PathBuf>,
-        /// Subject to subscribe to; wildcards (`orders.*`, `orders.>`) allowed.
-        subject: String,
-        /// Queue group: the hosts subscribed with the same group share the
-        /// messages (each goes to one of them). Unset: every host gets all.
-        #[serde(default)]
-        queue_group: Option<String>,
-    },
-    /// A JetStream stream, read through a durable pull consumer. At-least-once:
-    /// a message is acknowledged only after its outputs (or dead-letter record)
-    /// are durably accepted; otherwise the server delivers it again.
-    Jetstream {
-        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "default_nats_url")]
-        url: String,
-        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
-        #[serde(default)]
-        token: Option<Secret>,
-        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
-        #[serde(default)]
-        credentials: Option<PathBuf>,
-        /// User name for user/password authentication (with `password`).
-        #[serde(default)]
-        user: Option<Secret>,
-        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// An NKey user seed (`SU…`) to sign the server's challenge with;
-        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
-        #[serde(default)]
-        nkey: Option<Secret>,
-        /// PEM file of the certificate authority the server's certificate
-        /// must chain to (instead of the system's roots). Implies TLS.
-        #[serde(default)]
-        tls_ca: Option<PathBuf>,
-        /// PEM client certificate, for servers that verify clients (mTLS),
-        /// with `tls_key`. Implies TLS.
-        #[serde(default)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of `tls_cert`.
-        #[serde(default)]
-        tls_key: Option<PathBuf>,
-        /// The stream to read.
-        stream: String,
-        /// Subjects of the stream, used only to create it when it does not
-        /// exist. Empty (default): the stream must exist.
-        #[serde(default)]
-        subjects: Vec<String>,
-        /// Durable consumer name. Created if missing (with the settings
-        /// below); bound as it is if it exists. Hosts sharing a consumer share
-        /// the messages.
-        consumer: String,
-        /// Only messages on these subjects (of the stream). Empty: all.
-        #[serde(default)]
-        filter_subjects: Vec<String>,
-        /// Where a new consumer starts: `all` (default) or `new`.
-        #[serde(default)]
-        deliver: DeliverFrom,
-        /// How long the server waits for an acknowledgement before delivering
-        /// a message again. Sluice sends in-progress signals for events that
-        /// take longer (a slow handler, retries in place, a slow sink), so
-        /// this only matters when the host dies. Default 30s.
-        #[serde(default = "default_ack_wait", with = "humantime_serde")]
-        ack_wait: Duration,
-        /// Messages delivered but not yet acknowledged, at most: the bound on
-        /// work in flight for this consumer. Default 2048.
-        #[serde(default = "default_max_ack_pending")]
-        max_ack_pending: usize,
-    },
+    /// Lines of a file. Ends at end of file unless `follow` is set; see
+    /// [`FileSourceConfig`](crate::source::lines::FileSourceConfig).
+    File(crate::source::lines::FileSourceConfig),
+    /// Lines of the process's standard input; ends at end of input; see
+    /// [`StdinSourceConfig`](crate::source::lines::StdinSourceConfig).
+    Stdin(crate::source::lines::StdinSourceConfig),
+    /// Core NATS: a subscription, at-most-once; see
+    /// [`NatsSourceConfig`](crate::source::nats::NatsSourceConfig).
+    Nats(crate::source::nats::NatsSourceConfig),
+    /// A JetStream stream, read through a durable pull consumer,
+    /// at-least-once; see
+    /// [`JetStreamSourceConfig`](crate::source::jetstream::JetStreamSourceConfig).
+    Jetstream(crate::source::jetstream::JetStreamSourceConfig),
     /// Kafka: a consumer group reading topics, at-least-once; see
     /// [`KafkaSourceConfig`](crate::source::kafka::KafkaSourceConfig).
     Kafka(crate::source::kafka::KafkaSourceConfig),
@@ -661,24 +541,6 @@ impl SaslMechanism {
     }
 }
 
-/// Where a new JetStream consumer starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeliverFrom {
-    /// From the first message the stream holds.
-    #[default]
-    All,
-    /// Only messages published after the consumer is created.
-    New,
-}
-
-fn default_ack_wait() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_ack_pending() -> usize {
-    2048
-}
-
 /// A NATS server, how to log in to it and its TLS (the `url`, `user`,
 /// `password`, `token`, `nkey`, `credentials` and `tls_*` keys of NATS
 /// sources and sinks; `crate::nats::options` turns it into client options).
@@ -697,30 +559,66 @@ pub struct NatsServer {
     pub tls_key: Option<PathBuf>,
 }
 
+/// The [`NatsServer`] of a config struct with the NATS connection keys
+/// (`url`, `token`, `credentials`, `user`, `password`, `nkey`, `tls_*`):
+/// NATS and JetStream sources and sinks.
+macro_rules! nats_server_of {
+    ($config:expr) => {
+        $crate::config::NatsServer {
+            url: $config.url.clone(),
+            token: $config.token.clone(),
+            credentials: $config.credentials.clone(),
+            user: $config.user.clone(),
+            password: $config.password.clone(),
+            nkey: $config.nkey.clone(),
+            tls_ca: $config.tls_ca.clone(),
+            tls_cert: $config.tls_cert.clone(),
+            tls_key: $config.tls_key.clone(),
+        }
+    };
+}
+pub(crate) use nats_server_of;
+
+/// Makes the files of such a struct's NATS connection keys (credentials,
+/// TLS) relative to `base` when they are relative.
+macro_rules! resolve_nats_paths {
+    ($config:expr, $base:expr) => {
+        for path in [&mut $config.credentials, &mut $config.tls_ca, &mut $config.tls_cert, &mut $config.tls_key].into_iter().flatten() {
+            if path.is_relative() {
+                *path = $base.join(&*path);
+            }
+        }
+    };
+}
+
 impl SourceConfig {
     /// The NATS server of a NATS or JetStream source.
     pub fn nats_server(&self) -> Option<NatsServer> {
         match self {
-            SourceConfig::Nats { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. }
-            | SourceConfig::Jetstream { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. } => {
-                Some(NatsServer {
-                    url: url.clone(),
-                    token: token.clone(),
-                    credentials: credentials.clone(),
-                    user: user.clone(),
-                    password: password.clone(),
-                    nkey: nkey.clone(),
-                    tls_ca: tls_ca.clone(),
-                    tls_cert: tls_cert.clone(),
-                    tls_key: tls_key.clone(),
-                })
-            }
+            SourceConfig::Nats(nats) => Some(nats.server()),
+            SourceConfig::Jetstream(jetstream) => Some(jetstream.server()),
             _ => None,
+        }
+    }
+
+    /// Makes the files the source names relative to `base` (the config
+    /// file's folder).
+    fn resolve_paths(&mut self, base: &Path) {
+        match self {
+            SourceConfig::File(file) => file.resolve_paths(base),
+            SourceConfig::Stdin(_) => {}
+            SourceConfig::Nats(nats) => resolve_nats_paths!(nats, base),
+            SourceConfig::Jetstream(jetstream) => resolve_nats_paths!(jetstream, base),
+            SourceConfig::Kafka(kafka) => {
+                if let Some(tls) = kafka.tls.as_mut() {
+                    tls.resolve_paths(base);
+                }
+            }
         }
     }
 }
 
-/// The files a NATS or JetStream source or sink names (credentials, TLS).
+/// The files a NATS or JetStream sink names (credentials, TLS).
 macro_rules! nats_paths_mut {
     ($value:expr, $enum:ident) => {
         match $value {
@@ -731,12 +629,6 @@ macro_rules! nats_paths_mut {
             _ => Vec::new(),
         }
     };
-}
-
-impl SourceConfig {
-    fn nats_paths_mut(&mut self) -> Vec<&mut PathBuf> {
-        nats_paths_mut!(self, SourceConfig)
-    }
 }
 
 impl SinkConfig {
@@ -764,10 +656,6 @@ impl SinkConfig {
     }
 }
 
-fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".into()
-}
-
 /// A config value that must never be printed: its `Debug` is `***`.
 #[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(transparent)]
@@ -777,18 +665,6 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
     }
-}
-
-/// How a line of text becomes an event.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LineFormat {
-    /// Each line is a JSON object in the event encoding of
-    /// `docs/configuration.md` (payload, key, headers, id…).
-    #[default]
-    Json,
-    /// Each line is the payload, as is.
-    Lines,
 }
 
 /// The plugin of a pipeline.
@@ -910,7 +786,7 @@ pub enum SinkConfig {
     /// subscribed is not known, as always with core NATS.
     Nats {
         /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "default_nats_url")]
+        #[serde(default = "crate::nats::default_url")]
         url: String,
         /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
         #[serde(default)]
@@ -950,7 +826,7 @@ pub enum SinkConfig {
     /// input would otherwise produce (within its duplicate window).
     Jetstream {
         /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "default_nats_url")]
+        #[serde(default = "crate::nats::default_url")]
         url: String,
         /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
         #[serde(default)]
@@ -1251,19 +1127,7 @@ impl Config {
             admin.tls_cert.iter_mut().chain(admin.tls_key.iter_mut()).for_each(fix);
         }
         for pipeline in self.pipelines.values_mut() {
-            match &mut pipeline.source {
-                SourceConfig::File { path, checkpoint, name, .. } => {
-                    *name = path.display().to_string();
-                    fix(path);
-                    if let Some(checkpoint) = checkpoint {
-                        fix(checkpoint);
-                    }
-                }
-                source => source.nats_paths_mut().into_iter().for_each(fix),
-            }
-            if let SourceConfig::Kafka(KafkaSourceConfig { tls: Some(tls), .. }) = &mut pipeline.source {
-                tls.resolve_paths(base);
-            }
+            pipeline.source.resolve_paths(base);
             fix(&mut pipeline.plugin.path);
             if let Some(schemas) = pipeline.schemas.as_mut() {
                 schemas.resolve_paths(base);

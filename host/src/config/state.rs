@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::SourceConfig;
 use crate::source::kafka::KafkaSourceConfig;
+use crate::source::lines::FileSourceConfig;
 
 /// Where state is kept. See docs/configuration.md#state for what survives
 /// what with each.
@@ -118,7 +119,7 @@ impl StateConfig {
     pub fn sync_interval(&self, source: &SourceConfig) -> Duration {
         match (self.sync_interval, source) {
             (Some(interval), _) => interval,
-            (None, SourceConfig::File { .. } | SourceConfig::Stdin { .. }) => DEFAULT_SYNC_INTERVAL,
+            (None, SourceConfig::File(_) | SourceConfig::Stdin(_)) => DEFAULT_SYNC_INTERVAL,
             (None, _) => Duration::ZERO,
         }
     }
@@ -146,15 +147,13 @@ impl StateConfig {
                         "`embedded` keeps state on this host only, but a Kafka consumer group moves partitions between hosts on a rebalance, and the host that takes a partition would not have its state; use `backend = \"kafka-changelog\"` (with `exactly_once = true`)".into(),
                     ));
                 }
-                if let SourceConfig::File { checkpoint: Some(_), .. } = source {
+                if let SourceConfig::File(FileSourceConfig { checkpoint: Some(_), .. }) = source {
                     out.push((
                         "source.checkpoint",
                         "a file source of a pipeline with embedded state keeps its position in the state database, committed with the state (so the two never disagree after a crash): remove `checkpoint`".into(),
                     ));
                 }
-                if self.sync_interval.is_some_and(|i| !i.is_zero())
-                    && !matches!(source, SourceConfig::File { .. } | SourceConfig::Stdin { .. })
-                {
+                if self.sync_interval.is_some_and(|i| !i.is_zero()) && !matches!(source, SourceConfig::File(_) | SourceConfig::Stdin(_)) {
                     out.push((
                         "state.sync_interval",
                         "only a file or stdin source may defer the fsync: this source's acknowledgement leaves the host once a commit returns, and state lost in a crash after that would be lost for good; remove `sync_interval` (or set it to \"0s\")".into(),
@@ -177,7 +176,7 @@ impl StateConfig {
                             .into(),
                     ));
                 }
-                if !matches!(source, SourceConfig::Nats { .. } | SourceConfig::Jetstream { .. }) {
+                if !matches!(source, SourceConfig::Nats(_) | SourceConfig::Jetstream(_)) {
                     let kind = match source {
                         SourceConfig::Kafka(_) => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline; use `backend = \"kafka-changelog\"`",
                         _ => "a file or stdin source: its position belongs with the file, use `backend = \"embedded\"`",

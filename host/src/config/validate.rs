@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use super::model::{AdminConfig, Config, KafkaSasl, KafkaTls, PipelineConfig, Secret, SinkConfig, SourceConfig, TracingConfig};
 use crate::nats::{publishable_subject, subscribable_subject, valid_name};
+use crate::source::jetstream::JetStreamSourceConfig;
 use crate::source::kafka::KafkaSourceConfig;
+use crate::source::nats::NatsSourceConfig;
 
 /// A rule broken, with where.
 pub use super::error::Problem as Violation;
@@ -24,7 +26,7 @@ pub fn validate(config: &Config) -> Vec<Violation> {
         found.push(Violation::in_pipeline(pipeline, key, message));
     };
     let stdin_users: Vec<&String> =
-        config.pipelines.iter().filter(|(_, p)| matches!(p.source, SourceConfig::Stdin { .. })).map(|(name, _)| name).collect();
+        config.pipelines.iter().filter(|(_, p)| matches!(p.source, SourceConfig::Stdin(_))).map(|(name, _)| name).collect();
     if let [first, rest @ ..] = stdin_users.as_slice() {
         for other in rest {
             violation(
@@ -273,7 +275,7 @@ fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
 
 fn validate_nats_source(source: &SourceConfig, out: &mut Found) {
     match source {
-        SourceConfig::Nats { subject, queue_group, url, .. } => {
+        SourceConfig::Nats(NatsSourceConfig { subject, queue_group, url, .. }) => {
             if let Err(m) = validate_url(url) {
                 out.push(("source.url", m));
             }
@@ -286,7 +288,16 @@ fn validate_nats_source(source: &SourceConfig, out: &mut Found) {
                 }
             }
         }
-        SourceConfig::Jetstream { url, stream, subjects, consumer, filter_subjects, ack_wait, max_ack_pending, .. } => {
+        SourceConfig::Jetstream(JetStreamSourceConfig {
+            url,
+            stream,
+            subjects,
+            consumer,
+            filter_subjects,
+            ack_wait,
+            max_ack_pending,
+            ..
+        }) => {
             if let Err(m) = validate_url(url) {
                 out.push(("source.url", m));
             }
@@ -306,7 +317,7 @@ fn validate_nats_source(source: &SourceConfig, out: &mut Found) {
                 out.push(("source.max_ack_pending", format!("must be between 1 and 1000000, got {max_ack_pending}")));
             }
         }
-        SourceConfig::File { .. } | SourceConfig::Stdin { .. } | SourceConfig::Kafka(_) => {}
+        SourceConfig::File(_) | SourceConfig::Stdin(_) | SourceConfig::Kafka(_) => {}
     }
 }
 

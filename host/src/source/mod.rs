@@ -43,6 +43,27 @@ pub struct SourceContext<'a> {
     pub fetch_batch: usize,
 }
 
+impl SourceContext<'_> {
+    /// The shared connection to a NATS source's server.
+    async fn nats(&self, server: &crate::config::NatsServer) -> Result<async_nats::Client, SourceError> {
+        self.connections.get(server).await.map_err(|e| SourceError::Broker { what: format!("source {}", e.url), message: e.message })
+    }
+}
+
+impl crate::config::SourceConfig {
+    /// Opens the source this config selects.
+    pub async fn build(&self, cx: SourceContext<'_>) -> Result<Box<dyn Source>, SourceError> {
+        use crate::config::SourceConfig;
+        Ok(match self {
+            SourceConfig::File(file) => Box::new(file.build(cx).await?),
+            SourceConfig::Stdin(stdin) => Box::new(stdin.build()),
+            SourceConfig::Nats(nats) => Box::new(nats.build(cx).await?),
+            SourceConfig::Jetstream(jetstream) => Box::new(jetstream.build(cx).await?),
+            SourceConfig::Kafka(kafka) => Box::new(kafka.build(cx).await?),
+        })
+    }
+}
+
 /// One event taken from a source, with what is needed to settle it.
 pub struct Delivery {
     pub event: Event,
