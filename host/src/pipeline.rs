@@ -15,10 +15,8 @@ use crate::kafka::transaction::Transaction;
 use crate::nats::Connections;
 use crate::reload::PluginVersions;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
-use crate::sink::kafka::{KafkaSink, Producers};
-use crate::sink::lines::LineSink;
-use crate::sink::nats::{JetStreamSink, NatsSink};
-use crate::sink::{Sink, SinkError};
+use crate::sink::kafka::Producers;
+use crate::sink::{Sink, SinkContext, SinkError};
 use crate::source::{Source, SourceContext, SourceError};
 use crate::telemetry::Telemetry;
 
@@ -156,7 +154,7 @@ pub async fn build(
     let emit_sinks = crate::client::emit_sinks(config);
     for (route, sink) in &emit_sinks {
         let same_cluster = match (&sink, &config.source) {
-            (SinkConfig::Kafka { brokers, .. }, SourceConfig::Kafka(source)) => *brokers == source.brokers,
+            (SinkConfig::Kafka(sink), SourceConfig::Kafka(source)) => sink.brokers == source.brokers,
             _ => true,
         };
         let sink = if same_cluster { open(sink).await? } else { sinks.open(sink).await? };
@@ -260,11 +258,11 @@ impl SinkSet {
         // records were confirmed or handed back, so they go.
         open.retain(|key, sink| !(key.starts_with('#') && Arc::strong_count(sink) == 1));
         let key = match config {
-            SinkConfig::Stdout { format } => format!("stdout:{format:?}"),
-            SinkConfig::File { path, format, .. } => format!("file:{}:{format:?}", path.display()),
+            SinkConfig::Stdout(stdout) => format!("stdout:{:?}", stdout.format),
+            SinkConfig::File(file) => format!("file:{}:{:?}", file.path.display(), file.format),
             // Broker sinks are cheap (the connection is shared); each use
             // gets its own, kept here only to be closed.
-            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } | SinkConfig::Kafka { .. } => {
+            SinkConfig::Nats(_) | SinkConfig::Jetstream(_) | SinkConfig::Kafka(_) => {
                 format!("#{}", self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
             }
         };
@@ -273,18 +271,7 @@ impl SinkSet {
         if let Some(sink) = open.get(&key).filter(|sink| !sink.failed()) {
             return Ok(sink.clone());
         }
-        let sink: Arc<dyn Sink> = match config {
-            SinkConfig::Stdout { format } => Arc::new(LineSink::stdout(*format)),
-            SinkConfig::File { path, format, fsync } => Arc::new(LineSink::file(path.clone(), *format, *fsync).await?),
-            SinkConfig::Nats { subject, .. } => Arc::new(NatsSink::core(self.connect(config).await?, subject.clone())),
-            SinkConfig::Jetstream { subject, stream, .. } => {
-                Arc::new(JetStreamSink::open(self.connect(config).await?, subject.clone(), stream.clone()).await?)
-            }
-            SinkConfig::Kafka { brokers, topic, tls, sasl, options } => {
-                let options = crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options);
-                Arc::new(KafkaSink::new(self.producers.get(brokers, &options).await?, brokers, topic.clone(), &options))
-            }
-        };
+        let sink = config.build(&SinkContext { connections: &self.connections, producers: &self.producers }).await?;
         open.insert(key, sink.clone());
         Ok(sink)
     }
@@ -293,17 +280,9 @@ impl SinkSet {
     /// writes into the pipeline's `transaction` and is its own.
     pub async fn open_for(&self, config: &SinkConfig, transaction: Option<&Arc<Transaction>>) -> Result<Arc<dyn Sink>, SinkError> {
         match (transaction, config) {
-            (Some(transaction), SinkConfig::Kafka { brokers, topic, options, .. }) => {
-                Ok(Arc::new(KafkaSink::transactional(transaction.clone(), brokers, topic.clone(), options)))
-            }
+            (Some(transaction), SinkConfig::Kafka(kafka)) => Ok(Arc::new(kafka.build_transactional(transaction))),
             _ => self.open(config).await,
         }
-    }
-
-    async fn connect(&self, config: &SinkConfig) -> Result<async_nats::Client, SinkError> {
-        let open_error = |url: String, message: String| SinkError::Open { what: format!("sink {url}"), message };
-        let server = config.nats_server().ok_or_else(|| open_error(String::new(), "not a NATS sink".into()))?;
-        self.connections.get(&server).await.map_err(|e| open_error(e.url, e.message))
     }
 
     /// Flushes and closes every sink; returns the first failure.

@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf, MAIN_SEPARATOR};
 use std::time::Duration;
 
 use sluice::config::{
-    Allocator, Codec, Config, FileSourceConfig, IdempotencyKey, JetStreamSourceConfig, LineFormat, Ordering, OtlpProtocol, RecordFormat,
-    SinkConfig, SourceConfig, StdinSourceConfig,
+    Allocator, Codec, Config, FileSinkConfig, FileSourceConfig, IdempotencyKey, JetStreamSourceConfig, LineFormat, Ordering, OtlpProtocol,
+    RecordFormat, SinkConfig, SourceConfig, StdinSourceConfig, StdoutSinkConfig,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -190,7 +190,7 @@ fn valid_configs_load_with_defaults_applied() -> TestResult {
         }
         other => return Err(format!("unexpected source {other:?}").into()),
     }
-    assert!(matches!(p.sink, SinkConfig::Stdout { format: RecordFormat::Json }));
+    assert!(matches!(p.sink, SinkConfig::Stdout(StdoutSinkConfig { format: RecordFormat::Json })));
     assert_eq!(p.plugin.path, dir.join("plugins/enricher.wasm"));
     assert_eq!(p.plugin.sha256, None);
     assert!(p.plugin.init_config()?.is_empty());
@@ -227,17 +227,17 @@ fn valid_configs_load_with_everything_set() -> TestResult {
         other => return Err(format!("unexpected source {other:?}").into()),
     }
     match &p.sink {
-        SinkConfig::File { path, format, fsync } => {
+        SinkConfig::File(FileSinkConfig { path, format, fsync }) => {
             assert_eq!(path, &dir.join("out/orders.jsonl"));
             assert_eq!((*format, *fsync), (RecordFormat::Json, true));
         }
         other => return Err(format!("unexpected sink {other:?}").into()),
     }
     assert!(
-        matches!(p.routes.get("audit"), Some(SinkConfig::File { path, format: RecordFormat::Payload, fsync: false }) if path == &dir.join("out/audit.log"))
+        matches!(p.routes.get("audit"), Some(SinkConfig::File(FileSinkConfig { path, format: RecordFormat::Payload, fsync: false })) if path == &dir.join("out/audit.log"))
     );
-    assert!(matches!(p.routes.get("console"), Some(SinkConfig::Stdout { format: RecordFormat::Payload })));
-    assert!(matches!(&p.dead_letter, Some(SinkConfig::File { path, .. }) if path == &dir.join("out/dead-letter.jsonl")));
+    assert!(matches!(p.routes.get("console"), Some(SinkConfig::Stdout(StdoutSinkConfig { format: RecordFormat::Payload }))));
+    assert!(matches!(&p.dead_letter, Some(SinkConfig::File(FileSinkConfig { path, .. })) if path == &dir.join("out/dead-letter.jsonl")));
 
     let plugin = &p.plugin;
     assert_eq!(plugin.path, dir.join("plugins/enricher.wasm"));
@@ -297,11 +297,11 @@ fn valid_configs_load_with_env_interpolation() -> TestResult {
     let (config, dir) = load_valid("env.toml")?;
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     assert!(
-        matches!(&p.sink, SinkConfig::File { path, .. } if path == Path::new("/var/spool/sluice/orders.jsonl")),
+        matches!(&p.sink, SinkConfig::File(FileSinkConfig { path, .. }) if path == Path::new("/var/spool/sluice/orders.jsonl")),
         "a set variable, absolute path kept"
     );
     assert!(
-        matches!(&p.dead_letter, Some(SinkConfig::File { path, .. }) if path == &dir.join("dead-letter/orders.jsonl")),
+        matches!(&p.dead_letter, Some(SinkConfig::File(FileSinkConfig { path, .. })) if path == &dir.join("dead-letter/orders.jsonl")),
         "the default of an unset variable, then resolved"
     );
     let flat = p.plugin.init_config()?;

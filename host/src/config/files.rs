@@ -17,7 +17,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use super::error::Problem as Violation;
-use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig};
+use super::model::{Config, PipelineConfig, SinkConfig, SourceConfig};
+use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::lines::FileSinkConfig;
+use crate::sink::lines::RecordFormat;
+use crate::sink::nats::{JetStreamSinkConfig, NatsSinkConfig};
 use crate::source::jetstream::JetStreamSourceConfig;
 use crate::source::kafka::KafkaSourceConfig;
 use crate::source::lines::FileSourceConfig;
@@ -65,7 +69,7 @@ pub fn rules(config: &Config) -> Vec<Violation> {
             data_files.entry(canonical(path)).or_insert_with(|| format!("the source of pipeline `{name}`"));
         }
         for (key, sink) in sinks(p) {
-            if let SinkConfig::File { path, .. } = sink {
+            if let SinkConfig::File(FileSinkConfig { path, .. }) = sink {
                 data_files.entry(canonical(path)).or_insert_with(|| format!("`{key}` of pipeline `{name}`"));
             }
         }
@@ -77,7 +81,7 @@ pub fn rules(config: &Config) -> Vec<Violation> {
             _ => None,
         };
         for (key, sink) in sinks(p) {
-            let SinkConfig::File { path, format, fsync } = sink else { continue };
+            let SinkConfig::File(FileSinkConfig { path, format, fsync }) = sink else { continue };
             let real = canonical(path);
             if source.as_ref() == Some(&real) {
                 problem(format!("{key}.path"), format!("{} is also this pipeline's source: it would read its own output", path.display()));
@@ -145,11 +149,12 @@ fn outputs(p: &PipelineConfig) -> Vec<(String, Feed)> {
     std::iter::once(("sink".to_owned(), &p.sink))
         .chain(p.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
         .filter_map(|(key, sink)| match sink {
-            SinkConfig::File { path, .. } => Some((format!("{key}.path"), Feed::File(canonical(path)))),
-            SinkConfig::Nats { url, subject: Some(subject), .. } | SinkConfig::Jetstream { url, subject: Some(subject), .. } => {
+            SinkConfig::File(FileSinkConfig { path, .. }) => Some((format!("{key}.path"), Feed::File(canonical(path)))),
+            SinkConfig::Nats(NatsSinkConfig { url, subject: Some(subject), .. })
+            | SinkConfig::Jetstream(JetStreamSinkConfig { url, subject: Some(subject), .. }) => {
                 Some((format!("{key}.subject"), Feed::Subject(url.trim().to_owned(), subject.clone())))
             }
-            SinkConfig::Kafka { brokers, topic: Some(topic), .. } => {
+            SinkConfig::Kafka(KafkaSinkConfig { brokers, topic: Some(topic), .. }) => {
                 Some((format!("{key}.topic"), Feed::Topic(brokers.trim().to_owned(), topic.clone())))
             }
             _ => None,
@@ -260,7 +265,7 @@ pub fn environment(config: &Config) -> Vec<Violation> {
             }
         }
         for (key, sink) in sinks(p) {
-            if let SinkConfig::File { path, .. } = sink {
+            if let SinkConfig::File(FileSinkConfig { path, .. }) = sink {
                 if let Err(why) = writable(path) {
                     problem(format!("{key}.path"), why);
                 }
@@ -272,7 +277,7 @@ pub fn environment(config: &Config) -> Vec<Violation> {
             _ => None,
         };
         let sink_tls = sinks(p).filter_map(|(key, sink)| match sink {
-            SinkConfig::Kafka { tls: Some(tls), .. } => Some((key, tls)),
+            SinkConfig::Kafka(KafkaSinkConfig { tls: Some(tls), .. }) => Some((key, tls)),
             _ => None,
         });
         for (key, tls) in source_tls.into_iter().chain(sink_tls) {

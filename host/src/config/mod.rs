@@ -26,7 +26,11 @@ pub use model::*;
 pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};
 pub use state::{StateBackend, StateConfig};
 pub use validate::valid_topic;
-// Each component's own config, selected by the `kind` of a `source` table.
+// Each component's own config, selected by the `kind` of its `source` or
+// sink table.
+pub use crate::sink::kafka::KafkaSinkConfig;
+pub use crate::sink::lines::{FileSinkConfig, RecordFormat, StdoutSinkConfig};
+pub use crate::sink::nats::{JetStreamSinkConfig, NatsSinkConfig};
 pub use crate::source::jetstream::{DeliverFrom, JetStreamSourceConfig};
 pub use crate::source::kafka::{KafkaSourceConfig, StartFrom};
 pub use crate::source::lines::{FileSourceConfig, LineFormat, StdinSourceConfig};

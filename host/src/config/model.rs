@@ -618,40 +618,33 @@ impl SourceConfig {
     }
 }
 
-/// The files a NATS or JetStream sink names (credentials, TLS).
-macro_rules! nats_paths_mut {
-    ($value:expr, $enum:ident) => {
-        match $value {
-            $enum::Nats { credentials, tls_ca, tls_cert, tls_key, .. }
-            | $enum::Jetstream { credentials, tls_ca, tls_cert, tls_key, .. } => {
-                vec![credentials, tls_ca, tls_cert, tls_key].into_iter().flatten().collect()
-            }
-            _ => Vec::new(),
-        }
-    };
-}
-
 impl SinkConfig {
-    fn nats_paths_mut(&mut self) -> Vec<&mut PathBuf> {
-        nats_paths_mut!(self, SinkConfig)
-    }
-
     /// The NATS server of a NATS or JetStream sink.
     pub fn nats_server(&self) -> Option<NatsServer> {
         match self {
-            SinkConfig::Nats { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. }
-            | SinkConfig::Jetstream { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. } => Some(NatsServer {
-                url: url.clone(),
-                token: token.clone(),
-                credentials: credentials.clone(),
-                user: user.clone(),
-                password: password.clone(),
-                nkey: nkey.clone(),
-                tls_ca: tls_ca.clone(),
-                tls_cert: tls_cert.clone(),
-                tls_key: tls_key.clone(),
-            }),
+            SinkConfig::Nats(nats) => Some(nats.server()),
+            SinkConfig::Jetstream(jetstream) => Some(jetstream.server()),
             _ => None,
+        }
+    }
+
+    /// Makes the files the sink names relative to `base` (the config
+    /// file's folder).
+    fn resolve_paths(&mut self, base: &Path) {
+        match self {
+            SinkConfig::Stdout(_) => {}
+            SinkConfig::File(file) => {
+                if file.path.is_relative() {
+                    file.path = base.join(&file.path);
+                }
+            }
+            SinkConfig::Nats(nats) => resolve_nats_paths!(nats, base),
+            SinkConfig::Jetstream(jetstream) => resolve_nats_paths!(jetstream, base),
+            SinkConfig::Kafka(kafka) => {
+                if let Some(tls) = kafka.tls.as_mut() {
+                    tls.resolve_paths(base);
+                }
+            }
         }
     }
 }
@@ -763,144 +756,16 @@ pub struct WasiGrants {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SinkConfig {
-    /// The process's standard output.
-    Stdout {
-        /// How each record is written.
-        #[serde(default)]
-        format: RecordFormat,
-    },
-    /// A file, appended to (created if missing).
-    File {
-        /// The file to append to.
-        path: PathBuf,
-        /// How each record is written.
-        #[serde(default)]
-        format: RecordFormat,
-        /// Call fsync before acknowledging (slower; survives a power cut, not
-        /// only a crash).
-        #[serde(default)]
-        fsync: bool,
-    },
-    /// Core NATS publish. A record is accepted once the server has it (a
-    /// flush round trip covers each group of records); whether anyone was
-    /// subscribed is not known, as always with core NATS.
-    Nats {
-        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "crate::nats::default_url")]
-        url: String,
-        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
-        #[serde(default)]
-        token: Option<Secret>,
-        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
-        #[serde(default)]
-        credentials: Option<PathBuf>,
-        /// User name for user/password authentication (with `password`).
-        #[serde(default)]
-        user: Option<Secret>,
-        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// An NKey user seed (`SU…`) to sign the server's challenge with;
-        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
-        #[serde(default)]
-        nkey: Option<Secret>,
-        /// PEM file of the certificate authority the server's certificate
-        /// must chain to (instead of the system's roots). Implies TLS.
-        #[serde(default)]
-        tls_ca: Option<PathBuf>,
-        /// PEM client certificate, for servers that verify clients (mTLS),
-        /// with `tls_key`. Implies TLS.
-        #[serde(default)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of `tls_cert`.
-        #[serde(default)]
-        tls_key: Option<PathBuf>,
-        /// Subject for outputs without a destination; an output's destination
-        /// (that names no route) is its subject. Unset: every output needs one.
-        #[serde(default)]
-        subject: Option<String>,
-    },
-    /// JetStream publish: a record is accepted once the stream acknowledges
-    /// it. Each record carries a `Nats-Msg-Id` made of the input event's id
-    /// and the output's index, so the stream drops the copies a redelivered
-    /// input would otherwise produce (within its duplicate window).
-    Jetstream {
-        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "crate::nats::default_url")]
-        url: String,
-        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
-        #[serde(default)]
-        token: Option<Secret>,
-        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
-        #[serde(default)]
-        credentials: Option<PathBuf>,
-        /// User name for user/password authentication (with `password`).
-        #[serde(default)]
-        user: Option<Secret>,
-        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// An NKey user seed (`SU…`) to sign the server's challenge with;
-        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
-        #[serde(default)]
-        nkey: Option<Secret>,
-        /// PEM file of the certificate authority the server's certificate
-        /// must chain to (instead of the system's roots). Implies TLS.
-        #[serde(default)]
-        tls_ca: Option<PathBuf>,
-        /// PEM client certificate, for servers that verify clients (mTLS),
-        /// with `tls_key`. Implies TLS.
-        #[serde(default)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of `tls_cert`.
-        #[serde(default)]
-        tls_key: Option<PathBuf>,
-        /// Subject for outputs without a destination, as for `nats`.
-        #[serde(default)]
-        subject: Option<String>,
-        /// A stream to create, capturing `subject`, if no stream does yet.
-        /// Unset: a stream must already capture `subject`.
-        #[serde(default)]
-        stream: Option<String>,
-    },
-    /// Kafka produce with an idempotent producer: a record is accepted
-    /// once the partition leader and its in-sync replicas have it
-    /// (`acks=all`). Keys choose partitions the way Java clients do
-    /// (murmur2), so keyed outputs land where a Java producer would put them.
-    Kafka {
-        /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
-        #[serde(default = "crate::kafka::default_brokers")]
-        brokers: String,
-        /// Topic for outputs without a destination; an output's destination
-        /// (that names no route) is its topic. Unset: every output needs one.
-        #[serde(default)]
-        topic: Option<String>,
-        /// TLS to the brokers, as for a Kafka source.
-        #[serde(default)]
-        tls: Option<KafkaTls>,
-        /// SASL authentication, as for a Kafka source.
-        #[serde(default)]
-        sasl: Option<KafkaSasl>,
-        /// Extra librdkafka properties (`compression.type` — `zstd`, `lz4`,
-        /// `snappy`, `gzip` —, `linger.ms`, …). Values are never printed.
-        /// In an exactly-once pipeline, records go through the source's
-        /// producer: the source's `tls`, `sasl`, `options` and
-        /// `producer_options` apply, not these.
-        #[serde(default)]
-        options: BTreeMap<String, Secret>,
-    },
-}
-
-/// How a sink writes a record as a line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RecordFormat {
-    /// One JSON object per record, with payload, key, headers and destination
-    /// (the same encoding a file source reads).
-    #[default]
-    Json,
-    /// The payload alone, followed by a newline.
-    Payload,
+    /// The process's standard output; see [`StdoutSinkConfig`](crate::sink::lines::StdoutSinkConfig).
+    Stdout(crate::sink::lines::StdoutSinkConfig),
+    /// A file, appended to; see [`FileSinkConfig`](crate::sink::lines::FileSinkConfig).
+    File(crate::sink::lines::FileSinkConfig),
+    /// Core NATS publish; see [`NatsSinkConfig`](crate::sink::nats::NatsSinkConfig).
+    Nats(crate::sink::nats::NatsSinkConfig),
+    /// JetStream publish, deduplicated; see [`JetStreamSinkConfig`](crate::sink::nats::JetStreamSinkConfig).
+    Jetstream(crate::sink::nats::JetStreamSinkConfig),
+    /// Kafka produce, idempotent; see [`KafkaSinkConfig`](crate::sink::kafka::KafkaSinkConfig).
+    Kafka(crate::sink::kafka::KafkaSinkConfig),
 }
 
 /// Per-pipeline rules for failures, limits and parallelism.
@@ -1143,11 +1008,7 @@ impl Config {
             }
             let sinks = std::iter::once(&mut pipeline.sink).chain(pipeline.routes.values_mut()).chain(pipeline.dead_letter.as_mut());
             for sink in sinks {
-                match sink {
-                    SinkConfig::File { path, .. } => fix(path),
-                    SinkConfig::Kafka { tls: Some(tls), .. } => tls.resolve_paths(base),
-                    sink => sink.nats_paths_mut().into_iter().for_each(fix),
-                }
+                sink.resolve_paths(base);
             }
         }
     }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use super::model::{AdminConfig, Config, KafkaSasl, KafkaTls, PipelineConfig, Secret, SinkConfig, SourceConfig, TracingConfig};
 use crate::nats::{publishable_subject, subscribable_subject, valid_name};
+use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::nats::{JetStreamSinkConfig, NatsSinkConfig};
 use crate::source::jetstream::JetStreamSourceConfig;
 use crate::source::kafka::KafkaSourceConfig;
 use crate::source::nats::NatsSourceConfig;
@@ -425,8 +427,8 @@ fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
             .chain(p.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));
         for (key, sink) in sinks {
             match sink {
-                SinkConfig::Kafka { brokers: sink_brokers, .. } if sink_brokers == brokers => {}
-                SinkConfig::Kafka { brokers: sink_brokers, .. } => {
+                SinkConfig::Kafka(KafkaSinkConfig { brokers: sink_brokers, .. }) if sink_brokers == brokers => {}
+                SinkConfig::Kafka(KafkaSinkConfig { brokers: sink_brokers, .. }) => {
                     out.push((
                         "source.exactly_once",
                         format!("`{key}` writes to brokers {sink_brokers:?}, the source reads {brokers:?}: a transaction spans one cluster, so with exactly_once every sink must use the source's `brokers`"),
@@ -444,7 +446,7 @@ fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
 }
 
 fn validate_kafka_sink(sink: &SinkConfig, out: &mut Found) {
-    let SinkConfig::Kafka { brokers, topic, tls, sasl, options } = sink else {
+    let SinkConfig::Kafka(KafkaSinkConfig { brokers, topic, tls, sasl, options }) = sink else {
         return;
     };
     if let Err(m) = validate_brokers(brokers) {
@@ -535,9 +537,9 @@ fn validate_brokers(brokers: &str) -> Result<(), String> {
 
 fn validate_nats_sink(sink: &SinkConfig, out: &mut Found) {
     let (url, subject, stream) = match sink {
-        SinkConfig::Nats { url, subject, .. } => (url, subject, &None),
-        SinkConfig::Jetstream { url, subject, stream, .. } => (url, subject, stream),
-        SinkConfig::Stdout { .. } | SinkConfig::File { .. } | SinkConfig::Kafka { .. } => return,
+        SinkConfig::Nats(NatsSinkConfig { url, subject, .. }) => (url, subject, &None),
+        SinkConfig::Jetstream(JetStreamSinkConfig { url, subject, stream, .. }) => (url, subject, stream),
+        SinkConfig::Stdout(_) | SinkConfig::File(_) | SinkConfig::Kafka(_) => return,
     };
     if let Err(m) = validate_url(url) {
         out.push(("url", m));
