@@ -24,6 +24,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// their own.
 pub const KEY_HEADER: &str = "Sluice-Key";
 
+/// The `url` of a NATS source or sink left unset: a server on this machine
+/// at NATS's default port.
+pub fn default_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+
 /// `urls` (comma-separated NATS server URLs) as they may be printed: the
 /// user and password of each (`nats://user:pass@host`) replaced by `***`.
 /// Every error, log line and probe answer that names a server uses this:

@@ -15,15 +15,9 @@ use crate::kafka::transaction::Transaction;
 use crate::nats::Connections;
 use crate::reload::PluginVersions;
 use crate::runtime::{LoadError, LoadedPlugin, PluginSpec, Runtime};
-use crate::sink::kafka::{KafkaSink, Producers};
-use crate::sink::lines::LineSink;
-use crate::sink::nats::{JetStreamSink, NatsSink};
-use crate::sink::{Sink, SinkError};
-use crate::source::jetstream::{JetStreamSettings, JetStreamSource};
-use crate::source::kafka::{KafkaSettings, KafkaSource};
-use crate::source::lines::LineSource;
-use crate::source::nats::NatsSource;
-use crate::source::{Source, SourceError};
+use crate::sink::kafka::Producers;
+use crate::sink::{Sink, SinkContext, SinkError};
+use crate::source::{Source, SourceContext, SourceError};
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +179,7 @@ pub async fn build(
     let emit_sinks = crate::client::emit_sinks(config);
     for (route, sink) in &emit_sinks {
         let same_cluster = match (&sink, &config.source) {
-            (SinkConfig::Kafka { brokers, .. }, SourceConfig::Kafka { brokers: source, .. }) => brokers == source,
+            (SinkConfig::Kafka(sink), SourceConfig::Kafka(source)) => sink.brokers == source.brokers,
             _ => true,
         };
         let sink = if same_cluster { open(sink).await? } else { sinks.open(sink).await? };
@@ -221,7 +215,7 @@ pub async fn build(
         paused,
         router: Router::new(default, routes)
             .with_replies(source.reply_sink())
-            .with_codec(config.codec, matches!(config.source, SourceConfig::Kafka { .. })),
+            .with_codec(config.codec, matches!(config.source, SourceConfig::Kafka(_))),
         dead_letter,
         retry: RetryPolicy { max_attempts, backoff: policy.backoff.clone() },
         concurrency: policy.concurrency,
@@ -248,31 +242,13 @@ pub async fn build(
 
 /// The transaction of an exactly-once Kafka pipeline.
 async fn open_transaction(name: &str, config: &PipelineConfig) -> Result<Option<Arc<Transaction>>, BuildError> {
-    let SourceConfig::Kafka {
-        brokers,
-        group,
-        exactly_once: true,
-        transactional_id,
-        tls,
-        sasl,
-        options,
-        producer_options,
-        commit_interval,
-        ..
-    } = &config.source
-    else {
+    let SourceConfig::Kafka(kafka) = &config.source else {
         return Ok(None);
     };
-    let id = transactional_id.clone().unwrap_or_else(|| format!("sluice-{group}-{name}-{}", crate::kafka::instance::instance_id()));
-    let mut properties = crate::kafka::producer_config(brokers, &crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options));
-    for (key, value) in producer_options {
-        properties.set(key, &value.0);
-    }
-    let timeout = crate::kafka::transaction::timeout(*commit_interval, &properties);
-    let transaction = Transaction::open(properties, id, timeout)
+    kafka
+        .open_transaction(name)
         .await
-        .map_err(|e| BuildError::Sink(SinkError::Open { what: format!("kafka:{brokers}"), message: e.to_string() }))?;
-    Ok(Some(transaction))
+        .map_err(|message| BuildError::Sink(SinkError::Open { what: format!("kafka:{}", kafka.brokers), message }))
 }
 
 async fn open_source(
@@ -283,63 +259,8 @@ async fn open_source(
     state: Option<&Arc<crate::state::Store>>,
     partition_state: Option<Arc<dyn crate::source::kafka::PartitionState>>,
 ) -> Result<Box<dyn Source>, SourceError> {
-    let config = &pipeline.source;
-    let connect = || async {
-        let server =
-            config.nats_server().ok_or_else(|| SourceError::Broker { what: "source".into(), message: "not a NATS source".into() })?;
-        connections.get(&server).await.map_err(|e| SourceError::Broker { what: format!("source {}", e.url), message: e.message })
-    };
-    Ok(match config {
-        SourceConfig::File { path, format, follow, checkpoint, name } => match state {
-            // The position is committed with the state (config validation
-            // refuses a `checkpoint` file beside it).
-            Some(store) => {
-                let done = store.position(name).await.map_err(|e| SourceError::Broker {
-                    what: format!("source {name}"),
-                    message: format!("cannot read its position from the state database: {e}"),
-                })?;
-                let source = LineSource::file_after(name.clone(), path.clone(), *format, *follow, done.unwrap_or(0)).await?;
-                let ledger = source.ledger();
-                store.track_position(name.clone(), Arc::new(move || ledger.lock().map(|l| l.lines_done()).unwrap_or(0)));
-                Box::new(source)
-            }
-            None => Box::new(LineSource::file(name.clone(), path.clone(), *format, *follow, checkpoint.clone()).await?),
-        },
-        SourceConfig::Stdin { format } => Box::new(LineSource::stdin(*format)),
-        SourceConfig::Nats { subject, queue_group, .. } => {
-            Box::new(NatsSource::subscribe(connect().await?, subject, queue_group.as_deref()).await?)
-        }
-        SourceConfig::Jetstream { stream, subjects, consumer, filter_subjects, deliver, ack_wait, max_ack_pending, .. } => {
-            let settings = JetStreamSettings {
-                stream: stream.clone(),
-                subjects: subjects.clone(),
-                consumer: consumer.clone(),
-                filter_subjects: filter_subjects.clone(),
-                deliver: *deliver,
-                ack_wait: *ack_wait,
-                max_ack_pending: *max_ack_pending,
-                fetch_batch: pipeline.policy.batch_size,
-                lag,
-            };
-            Box::new(JetStreamSource::open(connect().await?, &settings).await?)
-        }
-        SourceConfig::Kafka { brokers, group, topics, pattern, start, commit_interval, tls, sasl, options, consumer_options, .. } => {
-            let mut options = crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options);
-            options.extend(consumer_options.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let settings = KafkaSettings {
-                brokers: brokers.clone(),
-                group: group.clone(),
-                topics: topics.clone(),
-                pattern: pattern.clone(),
-                start: *start,
-                commit_interval: *commit_interval,
-                options,
-                lag,
-                partition_state,
-            };
-            Box::new(KafkaSource::open(&settings, transaction).await?)
-        }
-    })
+    let cx = SourceContext { connections, transaction, lag, state, partition_state, fetch_batch: pipeline.policy.batch_size };
+    pipeline.source.build(cx).await
 }
 
 /// The process's open sinks and broker connections, shared: two pipelines
@@ -362,11 +283,11 @@ impl SinkSet {
         // records were confirmed or handed back, so they go.
         open.retain(|key, sink| !(key.starts_with('#') && Arc::strong_count(sink) == 1));
         let key = match config {
-            SinkConfig::Stdout { format } => format!("stdout:{format:?}"),
-            SinkConfig::File { path, format, .. } => format!("file:{}:{format:?}", path.display()),
+            SinkConfig::Stdout(stdout) => format!("stdout:{:?}", stdout.format),
+            SinkConfig::File(file) => format!("file:{}:{:?}", file.path.display(), file.format),
             // Broker sinks are cheap (the connection is shared); each use
             // gets its own, kept here only to be closed.
-            SinkConfig::Nats { .. } | SinkConfig::Jetstream { .. } | SinkConfig::Kafka { .. } => {
+            SinkConfig::Nats(_) | SinkConfig::Jetstream(_) | SinkConfig::Kafka(_) => {
                 format!("#{}", self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
             }
         };
@@ -375,18 +296,7 @@ impl SinkSet {
         if let Some(sink) = open.get(&key).filter(|sink| !sink.failed()) {
             return Ok(sink.clone());
         }
-        let sink: Arc<dyn Sink> = match config {
-            SinkConfig::Stdout { format } => Arc::new(LineSink::stdout(*format)),
-            SinkConfig::File { path, format, fsync } => Arc::new(LineSink::file(path.clone(), *format, *fsync).await?),
-            SinkConfig::Nats { subject, .. } => Arc::new(NatsSink::core(self.connect(config).await?, subject.clone())),
-            SinkConfig::Jetstream { subject, stream, .. } => {
-                Arc::new(JetStreamSink::open(self.connect(config).await?, subject.clone(), stream.clone()).await?)
-            }
-            SinkConfig::Kafka { brokers, topic, tls, sasl, options } => {
-                let options = crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options);
-                Arc::new(KafkaSink::new(self.producers.get(brokers, &options).await?, brokers, topic.clone(), &options))
-            }
-        };
+        let sink = config.build(&SinkContext { connections: &self.connections, producers: &self.producers }).await?;
         open.insert(key, sink.clone());
         Ok(sink)
     }
@@ -395,17 +305,9 @@ impl SinkSet {
     /// writes into the pipeline's `transaction` and is its own.
     pub async fn open_for(&self, config: &SinkConfig, transaction: Option<&Arc<Transaction>>) -> Result<Arc<dyn Sink>, SinkError> {
         match (transaction, config) {
-            (Some(transaction), SinkConfig::Kafka { brokers, topic, options, .. }) => {
-                Ok(Arc::new(KafkaSink::transactional(transaction.clone(), brokers, topic.clone(), options)))
-            }
+            (Some(transaction), SinkConfig::Kafka(kafka)) => Ok(Arc::new(kafka.build_transactional(transaction))),
             _ => self.open(config).await,
         }
-    }
-
-    async fn connect(&self, config: &SinkConfig) -> Result<async_nats::Client, SinkError> {
-        let open_error = |url: String, message: String| SinkError::Open { what: format!("sink {url}"), message };
-        let server = config.nats_server().ok_or_else(|| open_error(String::new(), "not a NATS sink".into()))?;
-        self.connections.get(&server).await.map_err(|e| open_error(e.url, e.message))
     }
 
     /// Flushes and closes every sink; returns the first failure.

@@ -35,7 +35,8 @@ use std::path::{Path, PathBuf, MAIN_SEPARATOR};
 use std::time::Duration;
 
 use sluice::config::{
-    Allocator, Codec, Config, IdempotencyKey, LineFormat, Ordering, OtlpProtocol, RecordFormat, SinkConfig, SourceConfig,
+    Allocator, Codec, Config, FileSinkConfig, FileSourceConfig, IdempotencyKey, JetStreamSourceConfig, LineFormat, Ordering, OtlpProtocol,
+    RecordFormat, SinkConfig, SourceConfig, StdinSourceConfig, StdoutSinkConfig,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -183,13 +184,13 @@ fn valid_configs_load_with_defaults_applied() -> TestResult {
     assert_eq!(config.runtime.shutdown_timeout, Duration::from_secs(30));
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     match &p.source {
-        SourceConfig::File { path, format, follow, checkpoint, .. } => {
+        SourceConfig::File(FileSourceConfig { path, format, follow, checkpoint, .. }) => {
             assert_eq!(path, &dir.join("events.jsonl"), "relative to the config's folder");
             assert_eq!((*format, *follow, checkpoint), (LineFormat::Json, false, &None));
         }
         other => return Err(format!("unexpected source {other:?}").into()),
     }
-    assert!(matches!(p.sink, SinkConfig::Stdout { format: RecordFormat::Json }));
+    assert!(matches!(p.sink, SinkConfig::Stdout(StdoutSinkConfig { format: RecordFormat::Json })));
     assert_eq!(p.plugin.path, dir.join("plugins/enricher.wasm"));
     assert_eq!(p.plugin.sha256, None);
     assert!(p.plugin.init_config()?.is_empty());
@@ -218,7 +219,7 @@ fn valid_configs_load_with_everything_set() -> TestResult {
 
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     match &p.source {
-        SourceConfig::File { path, format, follow, checkpoint, .. } => {
+        SourceConfig::File(FileSourceConfig { path, format, follow, checkpoint, .. }) => {
             assert_eq!(path, &dir.join("data/orders.jsonl"));
             assert_eq!((*format, *follow), (LineFormat::Json, true));
             assert_eq!(checkpoint, &Some(dir.join("state/orders.checkpoint")));
@@ -226,17 +227,17 @@ fn valid_configs_load_with_everything_set() -> TestResult {
         other => return Err(format!("unexpected source {other:?}").into()),
     }
     match &p.sink {
-        SinkConfig::File { path, format, fsync } => {
+        SinkConfig::File(FileSinkConfig { path, format, fsync }) => {
             assert_eq!(path, &dir.join("out/orders.jsonl"));
             assert_eq!((*format, *fsync), (RecordFormat::Json, true));
         }
         other => return Err(format!("unexpected sink {other:?}").into()),
     }
     assert!(
-        matches!(p.routes.get("audit"), Some(SinkConfig::File { path, format: RecordFormat::Payload, fsync: false }) if path == &dir.join("out/audit.log"))
+        matches!(p.routes.get("audit"), Some(SinkConfig::File(FileSinkConfig { path, format: RecordFormat::Payload, fsync: false })) if path == &dir.join("out/audit.log"))
     );
-    assert!(matches!(p.routes.get("console"), Some(SinkConfig::Stdout { format: RecordFormat::Payload })));
-    assert!(matches!(&p.dead_letter, Some(SinkConfig::File { path, .. }) if path == &dir.join("out/dead-letter.jsonl")));
+    assert!(matches!(p.routes.get("console"), Some(SinkConfig::Stdout(StdoutSinkConfig { format: RecordFormat::Payload }))));
+    assert!(matches!(&p.dead_letter, Some(SinkConfig::File(FileSinkConfig { path, .. })) if path == &dir.join("out/dead-letter.jsonl")));
 
     let plugin = &p.plugin;
     assert_eq!(plugin.path, dir.join("plugins/enricher.wasm"));
@@ -265,7 +266,7 @@ fn valid_configs_load_with_everything_set() -> TestResult {
     assert_eq!((backoff.multiplier, backoff.jitter), (3.0, 0.0));
 
     let stdin = config.pipelines.get("console").ok_or("no pipeline `console`")?;
-    assert!(matches!(stdin.source, SourceConfig::Stdin { format: LineFormat::Lines }));
+    assert!(matches!(stdin.source, SourceConfig::Stdin(StdinSourceConfig { format: LineFormat::Lines })));
     assert_eq!(stdin.policy.ordering, Ordering::None);
     assert_eq!((stdin.codec, &stdin.idempotency), (Codec::None, &None), "off by default");
 
@@ -296,11 +297,11 @@ fn valid_configs_load_with_env_interpolation() -> TestResult {
     let (config, dir) = load_valid("env.toml")?;
     let p = config.pipelines.get("orders").ok_or("no pipeline `orders`")?;
     assert!(
-        matches!(&p.sink, SinkConfig::File { path, .. } if path == Path::new("/var/spool/sluice/orders.jsonl")),
+        matches!(&p.sink, SinkConfig::File(FileSinkConfig { path, .. }) if path == Path::new("/var/spool/sluice/orders.jsonl")),
         "a set variable, absolute path kept"
     );
     assert!(
-        matches!(&p.dead_letter, Some(SinkConfig::File { path, .. }) if path == &dir.join("dead-letter/orders.jsonl")),
+        matches!(&p.dead_letter, Some(SinkConfig::File(FileSinkConfig { path, .. })) if path == &dir.join("dead-letter/orders.jsonl")),
         "the default of an unset variable, then resolved"
     );
     let flat = p.plugin.init_config()?;
@@ -326,9 +327,11 @@ fn the_documented_example_loads() -> TestResult {
     let config = sluice::config::parse(block, &docs.with_file_name("sluice.toml"), |name| Some(format!("value-of-{name}")))?;
     assert_eq!(config.pipelines.len(), 5);
     let kafka = config.pipelines.get("kafka-orders").ok_or("no pipeline `kafka-orders`")?;
-    assert!(matches!(&kafka.source, sluice::config::SourceConfig::Kafka { exactly_once: true, .. }));
+    assert!(matches!(&kafka.source, sluice::config::SourceConfig::Kafka(k) if k.exactly_once));
     let payments = config.pipelines.get("payments").ok_or("no pipeline `payments`")?;
-    assert!(matches!(&payments.source, sluice::config::SourceConfig::Jetstream { stream, .. } if stream == "PAYMENTS"));
+    assert!(
+        matches!(&payments.source, sluice::config::SourceConfig::Jetstream(JetStreamSourceConfig { stream, .. }) if stream == "PAYMENTS")
+    );
     let flat = config.pipelines.get("orders").ok_or("no pipeline `orders`")?.plugin.init_config()?;
     let keys: Vec<&str> = flat.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["api_token", "max_items", "require", "set.env", "strict"], "as the example's comment says");

@@ -22,6 +22,7 @@ use super::{find, AdminState, Answer, Failure};
 use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
 use crate::replay::read::{self, Found, MAX_SCAN};
 use crate::replay::{Connection, DeadLetter, Filter, Kind, Origin, ReplayError, Sinks, To};
+use crate::sink::kafka::KafkaSinkConfig;
 use crate::tap::{shown_header, Preview, PREVIEW_BYTES};
 
 /// Dead letters listed when the request names no `limit`.
@@ -51,26 +52,26 @@ fn origin_of(sink: Option<&SinkConfig>) -> Result<(Origin, Connection), String> 
     let nats = |sink: &SinkConfig| Connection { nats: sink.nats_server().unwrap_or_default(), ..Default::default() };
     match sink {
         None => Err("the pipeline has no dead_letter destination".into()),
-        Some(SinkConfig::File { path, format: crate::config::RecordFormat::Json, .. }) => {
-            Ok((Origin::File(path.clone()), Connection::default()))
+        Some(SinkConfig::File(file)) if file.format == crate::config::RecordFormat::Json => {
+            Ok((Origin::File(file.path.clone()), Connection::default()))
         }
-        Some(SinkConfig::File { .. }) => {
+        Some(SinkConfig::File(_)) => {
             Err("the dead-letter file is written with format = \"payload\": the records' reasons and headers are not kept, so there is nothing to list".into())
         }
-        Some(sink @ SinkConfig::Jetstream { subject, stream, .. }) => {
-            Ok((Origin::JetStream { stream: stream.clone(), subject: subject.clone() }, nats(sink)))
+        Some(sink @ SinkConfig::Jetstream(jetstream)) => {
+            Ok((Origin::JetStream { stream: jetstream.stream.clone(), subject: jetstream.subject.clone() }, nats(sink)))
         }
-        Some(SinkConfig::Kafka { brokers, topic: Some(topic), tls, sasl, options }) => Ok((
+        Some(SinkConfig::Kafka(kafka @ KafkaSinkConfig { topic: Some(topic), .. })) => Ok((
             Origin::Kafka(topic.clone()),
             Connection {
-                brokers: brokers.clone(),
-                kafka_options: crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options),
+                brokers: kafka.brokers.clone(),
+                kafka_options: kafka.connection_options(),
                 ..Default::default()
             },
         )),
-        Some(SinkConfig::Kafka { topic: None, .. }) => Err("the dead-letter Kafka sink names no topic to read back".into()),
-        Some(SinkConfig::Stdout { .. }) => Err("dead letters go to stdout: they cannot be read back".into()),
-        Some(SinkConfig::Nats { .. }) => {
+        Some(SinkConfig::Kafka(KafkaSinkConfig { topic: None, .. })) => Err("the dead-letter Kafka sink names no topic to read back".into()),
+        Some(SinkConfig::Stdout(_)) => Err("dead letters go to stdout: they cannot be read back".into()),
+        Some(SinkConfig::Nats(_)) => {
             Err("dead letters go to core NATS, which keeps nothing: use a jetstream dead_letter to list and replay them".into())
         }
     }
@@ -79,20 +80,16 @@ fn origin_of(sink: Option<&SinkConfig>) -> Result<(Origin, Connection), String> 
 fn replay_to(source: &SourceConfig) -> Result<(To, Connection), String> {
     let nats = |kind| (To { kind, name: None }, Connection { nats: source.nats_server().unwrap_or_default(), ..Default::default() });
     match source {
-        SourceConfig::File { path, .. } => {
-            Ok((To { kind: Kind::File, name: Some(path.to_string_lossy().into_owned()) }, Connection::default()))
+        SourceConfig::File(file) => {
+            Ok((To { kind: Kind::File, name: Some(file.path.to_string_lossy().into_owned()) }, Connection::default()))
         }
-        SourceConfig::Nats { .. } => Ok(nats(Kind::Nats)),
-        SourceConfig::Jetstream { .. } => Ok(nats(Kind::JetStream)),
-        SourceConfig::Kafka { brokers, tls, sasl, options, .. } => Ok((
+        SourceConfig::Nats(_) => Ok(nats(Kind::Nats)),
+        SourceConfig::Jetstream(_) => Ok(nats(Kind::JetStream)),
+        SourceConfig::Kafka(kafka) => Ok((
             To { kind: Kind::Kafka, name: None },
-            Connection {
-                brokers: brokers.clone(),
-                kafka_options: crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options),
-                ..Default::default()
-            },
+            Connection { brokers: kafka.brokers.clone(), kafka_options: kafka.connection_options(), ..Default::default() },
         )),
-        SourceConfig::Stdin { .. } => Err("the pipeline reads stdin: replayed events cannot be sent to it".into()),
+        SourceConfig::Stdin(_) => Err("the pipeline reads stdin: replayed events cannot be sent to it".into()),
     }
 }
 

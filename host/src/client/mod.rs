@@ -25,6 +25,8 @@ use std::time::Duration;
 use crate::config::{ClientConfig, ClientUse, Codec, PipelineConfig, SinkConfig, Transport};
 use crate::event::Header;
 use crate::runtime::bindings::current::client::{CallError, Reply};
+use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::nats::NatsSinkConfig;
 
 /// The route name an emit to `destination` is sent through. Routes named
 /// in config are TOML keys a user writes; this one has a prefix no config
@@ -54,7 +56,7 @@ fn emit_sink(client: &ClientConfig) -> Option<SinkConfig> {
     Some(match client.transport {
         Transport::Nats => {
             let server = client.nats_server();
-            SinkConfig::Nats {
+            SinkConfig::Nats(NatsSinkConfig {
                 url: server.url,
                 token: server.token,
                 credentials: server.credentials,
@@ -65,15 +67,15 @@ fn emit_sink(client: &ClientConfig) -> Option<SinkConfig> {
                 tls_cert: server.tls_cert,
                 tls_key: server.tls_key,
                 subject: Some(address),
-            }
+            })
         }
-        Transport::Kafka => SinkConfig::Kafka {
+        Transport::Kafka => SinkConfig::Kafka(KafkaSinkConfig {
             brokers: client.brokers(),
             topic: Some(address),
             tls: client.tls.clone(),
             sasl: client.sasl.clone(),
             options: client.options.clone(),
-        },
+        }),
     })
 }
 

@@ -17,7 +17,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use super::error::Problem as Violation;
-use super::model::{Config, PipelineConfig, RecordFormat, SinkConfig, SourceConfig};
+use super::model::{Config, PipelineConfig, SinkConfig, SourceConfig};
+use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::lines::FileSinkConfig;
+use crate::sink::lines::RecordFormat;
+use crate::sink::nats::{JetStreamSinkConfig, NatsSinkConfig};
+use crate::source::jetstream::JetStreamSourceConfig;
+use crate::source::kafka::KafkaSourceConfig;
+use crate::source::lines::FileSourceConfig;
+use crate::source::nats::NatsSourceConfig;
 
 /// `path` with symlinks resolved and `.`/`..` removed, even when it (or
 /// its folder) does not exist yet: the longest existing ancestor is
@@ -57,11 +65,11 @@ pub fn rules(config: &Config) -> Vec<Violation> {
     // Every source and sink file, canonical, for the checkpoint rule.
     let mut data_files: HashMap<PathBuf, String> = HashMap::new();
     for (name, p) in &config.pipelines {
-        if let SourceConfig::File { path, .. } = &p.source {
+        if let SourceConfig::File(FileSourceConfig { path, .. }) = &p.source {
             data_files.entry(canonical(path)).or_insert_with(|| format!("the source of pipeline `{name}`"));
         }
         for (key, sink) in sinks(p) {
-            if let SinkConfig::File { path, .. } = sink {
+            if let SinkConfig::File(FileSinkConfig { path, .. }) = sink {
                 data_files.entry(canonical(path)).or_insert_with(|| format!("`{key}` of pipeline `{name}`"));
             }
         }
@@ -69,11 +77,11 @@ pub fn rules(config: &Config) -> Vec<Violation> {
     for (name, p) in &config.pipelines {
         let mut problem = |key: String, message: String| problems.push(Violation::in_pipeline(name, key, message));
         let source = match &p.source {
-            SourceConfig::File { path, .. } => Some(canonical(path)),
+            SourceConfig::File(FileSourceConfig { path, .. }) => Some(canonical(path)),
             _ => None,
         };
         for (key, sink) in sinks(p) {
-            let SinkConfig::File { path, format, fsync } = sink else { continue };
+            let SinkConfig::File(FileSinkConfig { path, format, fsync }) = sink else { continue };
             let real = canonical(path);
             if source.as_ref() == Some(&real) {
                 problem(format!("{key}.path"), format!("{} is also this pipeline's source: it would read its own output", path.display()));
@@ -92,7 +100,7 @@ pub fn rules(config: &Config) -> Vec<Violation> {
                 }
             }
         }
-        if let SourceConfig::File { checkpoint: Some(checkpoint), .. } = &p.source {
+        if let SourceConfig::File(FileSourceConfig { checkpoint: Some(checkpoint), .. }) = &p.source {
             let real = canonical(checkpoint);
             if let Some(what) = data_files.get(&real) {
                 problem(
@@ -141,11 +149,12 @@ fn outputs(p: &PipelineConfig) -> Vec<(String, Feed)> {
     std::iter::once(("sink".to_owned(), &p.sink))
         .chain(p.routes.iter().map(|(route, sink)| (format!("routes.{route}"), sink)))
         .filter_map(|(key, sink)| match sink {
-            SinkConfig::File { path, .. } => Some((format!("{key}.path"), Feed::File(canonical(path)))),
-            SinkConfig::Nats { url, subject: Some(subject), .. } | SinkConfig::Jetstream { url, subject: Some(subject), .. } => {
+            SinkConfig::File(FileSinkConfig { path, .. }) => Some((format!("{key}.path"), Feed::File(canonical(path)))),
+            SinkConfig::Nats(NatsSinkConfig { url, subject: Some(subject), .. })
+            | SinkConfig::Jetstream(JetStreamSinkConfig { url, subject: Some(subject), .. }) => {
                 Some((format!("{key}.subject"), Feed::Subject(url.trim().to_owned(), subject.clone())))
             }
-            SinkConfig::Kafka { brokers, topic: Some(topic), .. } => {
+            SinkConfig::Kafka(KafkaSinkConfig { brokers, topic: Some(topic), .. }) => {
                 Some((format!("{key}.topic"), Feed::Topic(brokers.trim().to_owned(), topic.clone())))
             }
             _ => None,
@@ -156,13 +165,17 @@ fn outputs(p: &PipelineConfig) -> Vec<(String, Feed)> {
 /// Whether `source` reads what `feed` writes.
 fn reads(source: &SourceConfig, feed: &Feed) -> bool {
     match (source, feed) {
-        (SourceConfig::File { path, .. }, Feed::File(out)) => canonical(path) == *out,
-        (SourceConfig::Nats { url, subject, .. }, Feed::Subject(server, out)) => url.trim() == server && subject_matches(subject, out),
-        (SourceConfig::Jetstream { url, subjects, filter_subjects, .. }, Feed::Subject(server, out)) => {
+        (SourceConfig::File(FileSourceConfig { path, .. }), Feed::File(out)) => canonical(path) == *out,
+        (SourceConfig::Nats(NatsSourceConfig { url, subject, .. }), Feed::Subject(server, out)) => {
+            url.trim() == server && subject_matches(subject, out)
+        }
+        (SourceConfig::Jetstream(JetStreamSourceConfig { url, subjects, filter_subjects, .. }), Feed::Subject(server, out)) => {
             let patterns = if filter_subjects.is_empty() { subjects } else { filter_subjects };
             url.trim() == server && patterns.iter().any(|pattern| subject_matches(pattern, out))
         }
-        (SourceConfig::Kafka { brokers, topics, .. }, Feed::Topic(cluster, out)) => brokers.trim() == cluster && topics.contains(out),
+        (SourceConfig::Kafka(KafkaSourceConfig { brokers, topics, .. }), Feed::Topic(cluster, out)) => {
+            brokers.trim() == cluster && topics.contains(out)
+        }
         _ => false,
     }
 }
@@ -241,7 +254,7 @@ pub fn environment(config: &Config) -> Vec<Violation> {
     let mut problems = Vec::new();
     for (name, p) in &config.pipelines {
         let mut problem = |key: String, message: String| problems.push(Violation::in_pipeline(name, key, message));
-        if let SourceConfig::File { path, checkpoint, .. } = &p.source {
+        if let SourceConfig::File(FileSourceConfig { path, checkpoint, .. }) = &p.source {
             if !path.exists() {
                 problem("source.path".into(), format!("{} does not exist", path.display()));
             }
@@ -252,7 +265,7 @@ pub fn environment(config: &Config) -> Vec<Violation> {
             }
         }
         for (key, sink) in sinks(p) {
-            if let SinkConfig::File { path, .. } = sink {
+            if let SinkConfig::File(FileSinkConfig { path, .. }) = sink {
                 if let Err(why) = writable(path) {
                     problem(format!("{key}.path"), why);
                 }
@@ -260,11 +273,11 @@ pub fn environment(config: &Config) -> Vec<Violation> {
         }
         // Kafka TLS files: librdkafka would refuse them at start.
         let source_tls = match &p.source {
-            SourceConfig::Kafka { tls: Some(tls), .. } => Some(("source".to_owned(), tls)),
+            SourceConfig::Kafka(KafkaSourceConfig { tls: Some(tls), .. }) => Some(("source".to_owned(), tls)),
             _ => None,
         };
         let sink_tls = sinks(p).filter_map(|(key, sink)| match sink {
-            SinkConfig::Kafka { tls: Some(tls), .. } => Some((key, tls)),
+            SinkConfig::Kafka(KafkaSinkConfig { tls: Some(tls), .. }) => Some((key, tls)),
             _ => None,
         });
         for (key, tls) in source_tls.into_iter().chain(sink_tls) {

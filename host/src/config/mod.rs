@@ -2,6 +2,13 @@
 //! self-documenting. The doc comments on these types are the reference in
 //! `docs/configuration.md`; keep both in step.
 //!
+//! This module holds the document and the pipeline (`model.rs`), the tagged
+//! enums that select a component by its `kind` ([`SourceConfig`],
+//! [`SinkConfig`]), interpolation, validation and error reporting. Each
+//! source and sink owns its config type and its `build()`, beside the
+//! component (`source::kafka::KafkaSourceConfig`, `sink::nats::NatsSinkConfig`,
+//! …); they are re-exported here.
+//!
 //! Loading is three steps: [`interpolate`] `${ENV}` references in the raw
 //! text, deserialize with serde (which names the offending key and line), then
 //! `validate` the cross-field rules serde cannot express, and read and
@@ -26,6 +33,15 @@ pub use model::*;
 pub use schemas::{SchemaEntry, SchemasConfig, Unmatched};
 pub use state::{StateBackend, StateConfig};
 pub use validate::valid_topic;
+// Each component's own config, selected by the `kind` of its `source` or
+// sink table.
+pub use crate::sink::kafka::KafkaSinkConfig;
+pub use crate::sink::lines::{FileSinkConfig, RecordFormat, StdoutSinkConfig};
+pub use crate::sink::nats::{JetStreamSinkConfig, NatsSinkConfig};
+pub use crate::source::jetstream::{DeliverFrom, JetStreamSourceConfig};
+pub use crate::source::kafka::{KafkaSourceConfig, StartFrom};
+pub use crate::source::lines::{FileSourceConfig, LineFormat, StdinSourceConfig};
+pub use crate::source::nats::NatsSourceConfig;
 
 use std::path::Path;
 

@@ -465,199 +465,22 @@ fn default_idempotency_capacity() -> usize {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
-    /// Lines of a file. Ends at end of file unless `follow` is set.
-    File {
-        /// The file to read.
-        path: PathBuf,
-        /// How each line becomes an event.
-        #[serde(default)]
-        format: LineFormat,
-        /// Keep reading as the file grows (like `tail -f`) instead of ending
-        /// the pipeline at end of file.
-        #[serde(default)]
-        follow: bool,
-        /// A file where the source records how many lines are done (every
-        /// output durably written), so a restart resumes after them instead
-        /// of from the top. Unset: always start at line 1.
-        #[serde(default)]
-        checkpoint: Option<PathBuf>,
-        /// The path as written in the config, before it was resolved: event
-        /// ids (`<name>:<line>`) use it, so they do not change with the
-        /// directory sluice is started from.
-        #[serde(skip)]
-        name: String,
-    },
-    /// Lines of the process's standard input; ends at end of input.
-    Stdin {
-        /// How each line becomes an event.
-        #[serde(default)]
-        format: LineFormat,
-    },
-    /// Core NATS: a subscription. At-most-once: a message that arrives while
-    /// sluice is down, or is in flight when it stops, is gone (use `jetstream`
-    /// when that matters). A message with a reply subject is a request: the
-    /// plugin's reply output (or an error envelope) is published to it.
-    Nats {
-        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "default_nats_url")]
-        url: String,
-        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
-        #[serde(default)]
-        token: Option<Secret>,
-        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
-        #[serde(default)]
-        credentials: Option<PathBuf>,
-        /// User name for user/password authentication (with `password`).
-        #[serde(default)]
-        user: Option<Secret>,
-        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// An NKey user seed (`SU…`) to sign the server's challenge with;
-        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
-        #[serde(default)]
-        nkey: Option<Secret>,
-        /// PEM file of the certificate authority the server's certificate
-        /// must chain to (instead of the system's roots). Implies TLS.
-        #[serde(default)]
-        tls_ca: Option<PathBuf>,
-        /// PEM client certificate, for servers that verify clients (mTLS),
-        /// with `tls_key`. Implies TLS.
-        #[serde(default)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of `tls_cert`.
-        #[serde(default)]
-        tls_key: Option<PathBuf>,
-        /// Subject to subscribe to; wildcards (`orders.*`, `orders.>`) allowed.
-        subject: String,
-        /// Queue group: the hosts subscribed with the same group share the
-        /// messages (each goes to one of them). Unset: every host gets all.
-        #[serde(default)]
-        queue_group: Option<String>,
-    },
-    /// A JetStream stream, read through a durable pull consumer. At-least-once:
-    /// a message is acknowledged only after its outputs (or dead-letter record)
-    /// are durably accepted; otherwise the server delivers it again.
-    Jetstream {
-        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "default_nats_url")]
-        url: String,
-        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
-        #[serde(default)]
-        token: Option<Secret>,
-        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
-        #[serde(default)]
-        credentials: Option<PathBuf>,
-        /// User name for user/password authentication (with `password`).
-        #[serde(default)]
-        user: Option<Secret>,
-        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// An NKey user seed (`SU…`) to sign the server's challenge with;
-        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
-        #[serde(default)]
-        nkey: Option<Secret>,
-        /// PEM file of the certificate authority the server's certificate
-        /// must chain to (instead of the system's roots). Implies TLS.
-        #[serde(default)]
-        tls_ca: Option<PathBuf>,
-        /// PEM client certificate, for servers that verify clients (mTLS),
-        /// with `tls_key`. Implies TLS.
-        #[serde(default)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of `tls_cert`.
-        #[serde(default)]
-        tls_key: Option<PathBuf>,
-        /// The stream to read.
-        stream: String,
-        /// Subjects of the stream, used only to create it when it does not
-        /// exist. Empty (default): the stream must exist.
-        #[serde(default)]
-        subjects: Vec<String>,
-        /// Durable consumer name. Created if missing (with the settings
-        /// below); bound as it is if it exists. Hosts sharing a consumer share
-        /// the messages.
-        consumer: String,
-        /// Only messages on these subjects (of the stream). Empty: all.
-        #[serde(default)]
-        filter_subjects: Vec<String>,
-        /// Where a new consumer starts: `all` (default) or `new`.
-        #[serde(default)]
-        deliver: DeliverFrom,
-        /// How long the server waits for an acknowledgement before delivering
-        /// a message again. Sluice sends in-progress signals for events that
-        /// take longer (a slow handler, retries in place, a slow sink), so
-        /// this only matters when the host dies. Default 30s.
-        #[serde(default = "default_ack_wait", with = "humantime_serde")]
-        ack_wait: Duration,
-        /// Messages delivered but not yet acknowledged, at most: the bound on
-        /// work in flight for this consumer. Default 2048.
-        #[serde(default = "default_max_ack_pending")]
-        max_ack_pending: usize,
-    },
-    /// Kafka: a consumer group reading topics, at-least-once. An event's
-    /// offset is committed only after its outputs (or its dead-letter record)
-    /// are acknowledged by their sinks, in order per partition even when
-    /// events finish out of order. With `exactly_once`, outputs and offsets
-    /// are committed together in Kafka transactions.
-    Kafka {
-        /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
-        #[serde(default = "default_kafka_brokers")]
-        brokers: String,
-        /// Consumer group. Hosts with the same group share the partitions.
-        group: String,
-        /// Topics to read. Give `topics` or `pattern`, not both.
-        #[serde(default)]
-        topics: Vec<String>,
-        /// A regular expression over topic names (e.g. `^orders\\..*`):
-        /// every matching topic, including ones created later.
-        #[serde(default)]
-        pattern: Option<String>,
-        /// Where a group with no committed offset starts: `earliest`
-        /// (default) or `latest`.
-        #[serde(default)]
-        start: StartFrom,
-        /// How often done offsets are committed. Default 1s. A crash
-        /// redelivers at most this much work (plus what was in flight).
-        #[serde(default = "default_commit_interval", with = "humantime_serde")]
-        commit_interval: Duration,
-        /// Kafka → plugin → Kafka with transactions: outputs, dead letters
-        /// and input offsets of each interval commit together or not at all.
-        /// Every sink of the pipeline must then be a `kafka` sink on the same
-        /// `brokers`, and readers of the outputs should use `read_committed`.
-        #[serde(default)]
-        exactly_once: bool,
-        /// The transactional id of this host's producer (`exactly_once`).
-        /// Must be stable across restarts of one host and differ between
-        /// hosts of a group. Default `sluice-<group>-<pipeline>-<instance>`,
-        /// where `<instance>` is `runtime.instance_id` (default: the host
-        /// name, `-N` added for a second host on one machine).
-        #[serde(default)]
-        transactional_id: Option<String>,
-        /// TLS to the brokers (`security.protocol` `ssl`, or `sasl_ssl` with
-        /// `sasl`). Unset: plaintext, unless `options` say otherwise.
-        #[serde(default)]
-        tls: Option<KafkaTls>,
-        /// SASL authentication (`sasl_plaintext`, or `sasl_ssl` with `tls`).
-        #[serde(default)]
-        sasl: Option<KafkaSasl>,
-        /// Extra librdkafka properties for every client of the source: its
-        /// consumer and, with `exactly_once`, its transactional producer
-        /// (which leaves out the properties only consumers know). Passed as
-        /// they are. Values are never printed.
-        #[serde(default)]
-        options: BTreeMap<String, Secret>,
-        /// librdkafka properties for the consumer only (`session.timeout.ms`,
-        /// `fetch.max.bytes`, …), applied after `options`.
-        #[serde(default)]
-        consumer_options: BTreeMap<String, Secret>,
-        /// librdkafka properties for the exactly-once producer only
-        /// (`transaction.timeout.ms`, `linger.ms`, `compression.type`, …),
-        /// applied after `options`. Only with `exactly_once`.
-        #[serde(default)]
-        producer_options: BTreeMap<String, Secret>,
-    },
+    /// Lines of a file. Ends at end of file unless `follow` is set; see
+    /// [`FileSourceConfig`](crate::source::lines::FileSourceConfig).
+    File(crate::source::lines::FileSourceConfig),
+    /// Lines of the process's standard input; ends at end of input; see
+    /// [`StdinSourceConfig`](crate::source::lines::StdinSourceConfig).
+    Stdin(crate::source::lines::StdinSourceConfig),
+    /// Core NATS: a subscription, at-most-once; see
+    /// [`NatsSourceConfig`](crate::source::nats::NatsSourceConfig).
+    Nats(crate::source::nats::NatsSourceConfig),
+    /// A JetStream stream, read through a durable pull consumer,
+    /// at-least-once; see
+    /// [`JetStreamSourceConfig`](crate::source::jetstream::JetStreamSourceConfig).
+    Jetstream(crate::source::jetstream::JetStreamSourceConfig),
+    /// Kafka: a consumer group reading topics, at-least-once; see
+    /// [`KafkaSourceConfig`](crate::source::kafka::KafkaSourceConfig).
+    Kafka(crate::source::kafka::KafkaSourceConfig),
 }
 
 /// `tls = { … }` of a Kafka source or sink: the connection is encrypted and
@@ -723,42 +546,6 @@ impl SaslMechanism {
     }
 }
 
-/// Where a Kafka consumer group with no committed offset starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StartFrom {
-    /// The oldest offset the partition still holds.
-    #[default]
-    Earliest,
-    /// Only messages produced after the group first joins.
-    Latest,
-}
-
-fn default_kafka_brokers() -> String {
-    "127.0.0.1:9092".into()
-}
-fn default_commit_interval() -> Duration {
-    Duration::from_secs(1)
-}
-
-/// Where a new JetStream consumer starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeliverFrom {
-    /// From the first message the stream holds.
-    #[default]
-    All,
-    /// Only messages published after the consumer is created.
-    New,
-}
-
-fn default_ack_wait() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_ack_pending() -> usize {
-    2048
-}
-
 /// A NATS server, how to log in to it and its TLS (the `url`, `user`,
 /// `password`, `token`, `nkey`, `credentials` and `tls_*` keys of NATS
 /// sources and sinks; `crate::nats::options` turns it into client options).
@@ -777,75 +564,94 @@ pub struct NatsServer {
     pub tls_key: Option<PathBuf>,
 }
 
-impl SourceConfig {
-    /// The NATS server of a NATS or JetStream source.
-    pub fn nats_server(&self) -> Option<NatsServer> {
-        match self {
-            SourceConfig::Nats { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. }
-            | SourceConfig::Jetstream { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. } => {
-                Some(NatsServer {
-                    url: url.clone(),
-                    token: token.clone(),
-                    credentials: credentials.clone(),
-                    user: user.clone(),
-                    password: password.clone(),
-                    nkey: nkey.clone(),
-                    tls_ca: tls_ca.clone(),
-                    tls_cert: tls_cert.clone(),
-                    tls_key: tls_key.clone(),
-                })
-            }
-            _ => None,
+/// The [`NatsServer`] of a config struct with the NATS connection keys
+/// (`url`, `token`, `credentials`, `user`, `password`, `nkey`, `tls_*`):
+/// NATS and JetStream sources and sinks.
+macro_rules! nats_server_of {
+    ($config:expr) => {
+        $crate::config::NatsServer {
+            url: $config.url.clone(),
+            token: $config.token.clone(),
+            credentials: $config.credentials.clone(),
+            user: $config.user.clone(),
+            password: $config.password.clone(),
+            nkey: $config.nkey.clone(),
+            tls_ca: $config.tls_ca.clone(),
+            tls_cert: $config.tls_cert.clone(),
+            tls_key: $config.tls_key.clone(),
         }
-    }
+    };
 }
+pub(crate) use nats_server_of;
 
-/// The files a NATS or JetStream source or sink names (credentials, TLS).
-macro_rules! nats_paths_mut {
-    ($value:expr, $enum:ident) => {
-        match $value {
-            $enum::Nats { credentials, tls_ca, tls_cert, tls_key, .. }
-            | $enum::Jetstream { credentials, tls_ca, tls_cert, tls_key, .. } => {
-                vec![credentials, tls_ca, tls_cert, tls_key].into_iter().flatten().collect()
+/// Makes the files of such a struct's NATS connection keys (credentials,
+/// TLS) relative to `base` when they are relative.
+macro_rules! resolve_nats_paths {
+    ($config:expr, $base:expr) => {
+        for path in [&mut $config.credentials, &mut $config.tls_ca, &mut $config.tls_cert, &mut $config.tls_key].into_iter().flatten() {
+            if path.is_relative() {
+                *path = $base.join(&*path);
             }
-            _ => Vec::new(),
         }
     };
 }
 
 impl SourceConfig {
-    fn nats_paths_mut(&mut self) -> Vec<&mut PathBuf> {
-        nats_paths_mut!(self, SourceConfig)
-    }
-}
-
-impl SinkConfig {
-    fn nats_paths_mut(&mut self) -> Vec<&mut PathBuf> {
-        nats_paths_mut!(self, SinkConfig)
-    }
-
-    /// The NATS server of a NATS or JetStream sink.
+    /// The NATS server of a NATS or JetStream source.
     pub fn nats_server(&self) -> Option<NatsServer> {
         match self {
-            SinkConfig::Nats { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. }
-            | SinkConfig::Jetstream { url, token, credentials, user, password, nkey, tls_ca, tls_cert, tls_key, .. } => Some(NatsServer {
-                url: url.clone(),
-                token: token.clone(),
-                credentials: credentials.clone(),
-                user: user.clone(),
-                password: password.clone(),
-                nkey: nkey.clone(),
-                tls_ca: tls_ca.clone(),
-                tls_cert: tls_cert.clone(),
-                tls_key: tls_key.clone(),
-            }),
+            SourceConfig::Nats(nats) => Some(nats.server()),
+            SourceConfig::Jetstream(jetstream) => Some(jetstream.server()),
             _ => None,
+        }
+    }
+
+    /// Makes the files the source names relative to `base` (the config
+    /// file's folder).
+    fn resolve_paths(&mut self, base: &Path) {
+        match self {
+            SourceConfig::File(file) => file.resolve_paths(base),
+            SourceConfig::Stdin(_) => {}
+            SourceConfig::Nats(nats) => resolve_nats_paths!(nats, base),
+            SourceConfig::Jetstream(jetstream) => resolve_nats_paths!(jetstream, base),
+            SourceConfig::Kafka(kafka) => {
+                if let Some(tls) = kafka.tls.as_mut() {
+                    tls.resolve_paths(base);
+                }
+            }
         }
     }
 }
 
-fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".into()
+impl SinkConfig {
+    /// The NATS server of a NATS or JetStream sink.
+    pub fn nats_server(&self) -> Option<NatsServer> {
+        match self {
+            SinkConfig::Nats(nats) => Some(nats.server()),
+            SinkConfig::Jetstream(jetstream) => Some(jetstream.server()),
+            _ => None,
+        }
+    }
+
+    /// Makes the files the sink names relative to `base` (the config
+    /// file's folder).
+    fn resolve_paths(&mut self, base: &Path) {
+        match self {
+            SinkConfig::Stdout(_) => {}
+            SinkConfig::File(file) => {
+                if file.path.is_relative() {
+                    file.path = base.join(&file.path);
+                }
+            }
+            SinkConfig::Nats(nats) => resolve_nats_paths!(nats, base),
+            SinkConfig::Jetstream(jetstream) => resolve_nats_paths!(jetstream, base),
+            SinkConfig::Kafka(kafka) => {
+                if let Some(tls) = kafka.tls.as_mut() {
+                    tls.resolve_paths(base);
+                }
+            }
+        }
+    }
 }
 
 /// A config value that must never be printed: its `Debug` is `***`.
@@ -857,18 +663,6 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
     }
-}
-
-/// How a line of text becomes an event.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LineFormat {
-    /// Each line is a JSON object in the event encoding of
-    /// `docs/configuration.md` (payload, key, headers, id…).
-    #[default]
-    Json,
-    /// Each line is the payload, as is.
-    Lines,
 }
 
 /// The plugin of a pipeline.
@@ -967,144 +761,16 @@ pub struct WasiGrants {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SinkConfig {
-    /// The process's standard output.
-    Stdout {
-        /// How each record is written.
-        #[serde(default)]
-        format: RecordFormat,
-    },
-    /// A file, appended to (created if missing).
-    File {
-        /// The file to append to.
-        path: PathBuf,
-        /// How each record is written.
-        #[serde(default)]
-        format: RecordFormat,
-        /// Call fsync before acknowledging (slower; survives a power cut, not
-        /// only a crash).
-        #[serde(default)]
-        fsync: bool,
-    },
-    /// Core NATS publish. A record is accepted once the server has it (a
-    /// flush round trip covers each group of records); whether anyone was
-    /// subscribed is not known, as always with core NATS.
-    Nats {
-        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "default_nats_url")]
-        url: String,
-        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
-        #[serde(default)]
-        token: Option<Secret>,
-        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
-        #[serde(default)]
-        credentials: Option<PathBuf>,
-        /// User name for user/password authentication (with `password`).
-        #[serde(default)]
-        user: Option<Secret>,
-        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// An NKey user seed (`SU…`) to sign the server's challenge with;
-        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
-        #[serde(default)]
-        nkey: Option<Secret>,
-        /// PEM file of the certificate authority the server's certificate
-        /// must chain to (instead of the system's roots). Implies TLS.
-        #[serde(default)]
-        tls_ca: Option<PathBuf>,
-        /// PEM client certificate, for servers that verify clients (mTLS),
-        /// with `tls_key`. Implies TLS.
-        #[serde(default)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of `tls_cert`.
-        #[serde(default)]
-        tls_key: Option<PathBuf>,
-        /// Subject for outputs without a destination; an output's destination
-        /// (that names no route) is its subject. Unset: every output needs one.
-        #[serde(default)]
-        subject: Option<String>,
-    },
-    /// JetStream publish: a record is accepted once the stream acknowledges
-    /// it. Each record carries a `Nats-Msg-Id` made of the input event's id
-    /// and the output's index, so the stream drops the copies a redelivered
-    /// input would otherwise produce (within its duplicate window).
-    Jetstream {
-        /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-        #[serde(default = "default_nats_url")]
-        url: String,
-        /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
-        #[serde(default)]
-        token: Option<Secret>,
-        /// A `.creds` file (JWT and NKey seed), for decentralised auth.
-        #[serde(default)]
-        credentials: Option<PathBuf>,
-        /// User name for user/password authentication (with `password`).
-        #[serde(default)]
-        user: Option<Secret>,
-        /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// An NKey user seed (`SU…`) to sign the server's challenge with;
-        /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
-        #[serde(default)]
-        nkey: Option<Secret>,
-        /// PEM file of the certificate authority the server's certificate
-        /// must chain to (instead of the system's roots). Implies TLS.
-        #[serde(default)]
-        tls_ca: Option<PathBuf>,
-        /// PEM client certificate, for servers that verify clients (mTLS),
-        /// with `tls_key`. Implies TLS.
-        #[serde(default)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key of `tls_cert`.
-        #[serde(default)]
-        tls_key: Option<PathBuf>,
-        /// Subject for outputs without a destination, as for `nats`.
-        #[serde(default)]
-        subject: Option<String>,
-        /// A stream to create, capturing `subject`, if no stream does yet.
-        /// Unset: a stream must already capture `subject`.
-        #[serde(default)]
-        stream: Option<String>,
-    },
-    /// Kafka produce with an idempotent producer: a record is accepted
-    /// once the partition leader and its in-sync replicas have it
-    /// (`acks=all`). Keys choose partitions the way Java clients do
-    /// (murmur2), so keyed outputs land where a Java producer would put them.
-    Kafka {
-        /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
-        #[serde(default = "default_kafka_brokers")]
-        brokers: String,
-        /// Topic for outputs without a destination; an output's destination
-        /// (that names no route) is its topic. Unset: every output needs one.
-        #[serde(default)]
-        topic: Option<String>,
-        /// TLS to the brokers, as for a Kafka source.
-        #[serde(default)]
-        tls: Option<KafkaTls>,
-        /// SASL authentication, as for a Kafka source.
-        #[serde(default)]
-        sasl: Option<KafkaSasl>,
-        /// Extra librdkafka properties (`compression.type` — `zstd`, `lz4`,
-        /// `snappy`, `gzip` —, `linger.ms`, …). Values are never printed.
-        /// In an exactly-once pipeline, records go through the source's
-        /// producer: the source's `tls`, `sasl`, `options` and
-        /// `producer_options` apply, not these.
-        #[serde(default)]
-        options: BTreeMap<String, Secret>,
-    },
-}
-
-/// How a sink writes a record as a line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RecordFormat {
-    /// One JSON object per record, with payload, key, headers and destination
-    /// (the same encoding a file source reads).
-    #[default]
-    Json,
-    /// The payload alone, followed by a newline.
-    Payload,
+    /// The process's standard output; see [`StdoutSinkConfig`](crate::sink::lines::StdoutSinkConfig).
+    Stdout(crate::sink::lines::StdoutSinkConfig),
+    /// A file, appended to; see [`FileSinkConfig`](crate::sink::lines::FileSinkConfig).
+    File(crate::sink::lines::FileSinkConfig),
+    /// Core NATS publish; see [`NatsSinkConfig`](crate::sink::nats::NatsSinkConfig).
+    Nats(crate::sink::nats::NatsSinkConfig),
+    /// JetStream publish, deduplicated; see [`JetStreamSinkConfig`](crate::sink::nats::JetStreamSinkConfig).
+    Jetstream(crate::sink::nats::JetStreamSinkConfig),
+    /// Kafka produce, idempotent; see [`KafkaSinkConfig`](crate::sink::kafka::KafkaSinkConfig).
+    Kafka(crate::sink::kafka::KafkaSinkConfig),
 }
 
 /// Per-pipeline rules for failures, limits and parallelism.
@@ -1334,19 +1000,7 @@ impl Config {
             admin.tls_cert.iter_mut().chain(admin.tls_key.iter_mut()).for_each(fix);
         }
         for pipeline in self.pipelines.values_mut() {
-            match &mut pipeline.source {
-                SourceConfig::File { path, checkpoint, name, .. } => {
-                    *name = path.display().to_string();
-                    fix(path);
-                    if let Some(checkpoint) = checkpoint {
-                        fix(checkpoint);
-                    }
-                }
-                source => source.nats_paths_mut().into_iter().for_each(fix),
-            }
-            if let SourceConfig::Kafka { tls: Some(tls), .. } = &mut pipeline.source {
-                tls.resolve_paths(base);
-            }
+            pipeline.source.resolve_paths(base);
             fix(&mut pipeline.plugin.path);
             if let Some(schemas) = pipeline.schemas.as_mut() {
                 schemas.resolve_paths(base);
@@ -1362,11 +1016,7 @@ impl Config {
             }
             let sinks = std::iter::once(&mut pipeline.sink).chain(pipeline.routes.values_mut()).chain(pipeline.dead_letter.as_mut());
             for sink in sinks {
-                match sink {
-                    SinkConfig::File { path, .. } => fix(path),
-                    SinkConfig::Kafka { tls: Some(tls), .. } => tls.resolve_paths(base),
-                    sink => sink.nats_paths_mut().into_iter().for_each(fix),
-                }
+                sink.resolve_paths(base);
             }
         }
     }

@@ -8,6 +8,8 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use super::SourceConfig;
+use crate::source::kafka::KafkaSourceConfig;
+use crate::source::lines::FileSourceConfig;
 
 /// Where state is kept. See docs/configuration.md#state for what survives
 /// what with each.
@@ -117,7 +119,7 @@ impl StateConfig {
     pub fn sync_interval(&self, source: &SourceConfig) -> Duration {
         match (self.sync_interval, source) {
             (Some(interval), _) => interval,
-            (None, SourceConfig::File { .. } | SourceConfig::Stdin { .. }) => DEFAULT_SYNC_INTERVAL,
+            (None, SourceConfig::File(_) | SourceConfig::Stdin(_)) => DEFAULT_SYNC_INTERVAL,
             (None, _) => Duration::ZERO,
         }
     }
@@ -139,21 +141,19 @@ impl StateConfig {
                         "missing: the embedded backend keeps state in a database file, e.g. `path = \"state.redb\"`".into(),
                     ));
                 }
-                if matches!(source, SourceConfig::Kafka { .. }) {
+                if matches!(source, SourceConfig::Kafka(_)) {
                     out.push((
                         "state.backend",
                         "`embedded` keeps state on this host only, but a Kafka consumer group moves partitions between hosts on a rebalance, and the host that takes a partition would not have its state; use `backend = \"kafka-changelog\"` (with `exactly_once = true`)".into(),
                     ));
                 }
-                if let SourceConfig::File { checkpoint: Some(_), .. } = source {
+                if let SourceConfig::File(FileSourceConfig { checkpoint: Some(_), .. }) = source {
                     out.push((
                         "source.checkpoint",
                         "a file source of a pipeline with embedded state keeps its position in the state database, committed with the state (so the two never disagree after a crash): remove `checkpoint`".into(),
                     ));
                 }
-                if self.sync_interval.is_some_and(|i| !i.is_zero())
-                    && !matches!(source, SourceConfig::File { .. } | SourceConfig::Stdin { .. })
-                {
+                if self.sync_interval.is_some_and(|i| !i.is_zero()) && !matches!(source, SourceConfig::File(_) | SourceConfig::Stdin(_)) {
                     out.push((
                         "state.sync_interval",
                         "only a file or stdin source may defer the fsync: this source's acknowledgement leaves the host once a commit returns, and state lost in a crash after that would be lost for good; remove `sync_interval` (or set it to \"0s\")".into(),
@@ -176,9 +176,9 @@ impl StateConfig {
                             .into(),
                     ));
                 }
-                if !matches!(source, SourceConfig::Nats { .. } | SourceConfig::Jetstream { .. }) {
+                if !matches!(source, SourceConfig::Nats(_) | SourceConfig::Jetstream(_)) {
                     let kind = match source {
-                        SourceConfig::Kafka { .. } => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline; use `backend = \"kafka-changelog\"`",
+                        SourceConfig::Kafka(_) => "a Kafka source: a consumer group moves partitions between hosts, and this backend's commits assume one writer per pipeline; use `backend = \"kafka-changelog\"`",
                         _ => "a file or stdin source: its position belongs with the file, use `backend = \"embedded\"`",
                     };
                     out.push(("state.backend", format!("`jetstream-kv` works with `nats` and `jetstream` sources only, not {kind}")));
@@ -201,15 +201,15 @@ impl StateConfig {
                     ));
                 }
                 match source {
-                    SourceConfig::Kafka { exactly_once: false, .. } => out.push((
+                    SourceConfig::Kafka(KafkaSourceConfig { exactly_once: false, .. }) => out.push((
                         "state.backend",
                         "`kafka-changelog` needs `exactly_once = true` on the Kafka source: without a transaction, state and offsets commit separately and a crash between them would apply an event's state changes twice".into(),
                     )),
-                    SourceConfig::Kafka { pattern: Some(_), .. } => out.push((
+                    SourceConfig::Kafka(KafkaSourceConfig { pattern: Some(_), .. }) => out.push((
                         "state.backend",
                         "`kafka-changelog` needs the source's `topics`, not a `pattern`: the changelog has one partition per input partition, fixed when it is created".into(),
                     )),
-                    SourceConfig::Kafka { .. } => {}
+                    SourceConfig::Kafka(_) => {}
                     _ => out.push((
                         "state.backend",
                         "`kafka-changelog` works with a `kafka` source only: its changelog partitions follow the input partitions, and its commits ride on the source's Kafka transaction".into(),

@@ -4,6 +4,11 @@ use std::collections::BTreeMap;
 
 use super::model::{AdminConfig, Config, KafkaSasl, KafkaTls, PipelineConfig, Secret, SinkConfig, SourceConfig, TracingConfig};
 use crate::nats::{publishable_subject, subscribable_subject, valid_name};
+use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::nats::{JetStreamSinkConfig, NatsSinkConfig};
+use crate::source::jetstream::JetStreamSourceConfig;
+use crate::source::kafka::KafkaSourceConfig;
+use crate::source::nats::NatsSourceConfig;
 
 /// A rule broken, with where.
 pub use super::error::Problem as Violation;
@@ -23,7 +28,7 @@ pub fn validate(config: &Config) -> Vec<Violation> {
         found.push(Violation::in_pipeline(pipeline, key, message));
     };
     let stdin_users: Vec<&String> =
-        config.pipelines.iter().filter(|(_, p)| matches!(p.source, SourceConfig::Stdin { .. })).map(|(name, _)| name).collect();
+        config.pipelines.iter().filter(|(_, p)| matches!(p.source, SourceConfig::Stdin(_))).map(|(name, _)| name).collect();
     if let [first, rest @ ..] = stdin_users.as_slice() {
         for other in rest {
             violation(
@@ -272,7 +277,7 @@ fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
 
 fn validate_nats_source(source: &SourceConfig, out: &mut Found) {
     match source {
-        SourceConfig::Nats { subject, queue_group, url, .. } => {
+        SourceConfig::Nats(NatsSourceConfig { subject, queue_group, url, .. }) => {
             if let Err(m) = validate_url(url) {
                 out.push(("source.url", m));
             }
@@ -285,7 +290,16 @@ fn validate_nats_source(source: &SourceConfig, out: &mut Found) {
                 }
             }
         }
-        SourceConfig::Jetstream { url, stream, subjects, consumer, filter_subjects, ack_wait, max_ack_pending, .. } => {
+        SourceConfig::Jetstream(JetStreamSourceConfig {
+            url,
+            stream,
+            subjects,
+            consumer,
+            filter_subjects,
+            ack_wait,
+            max_ack_pending,
+            ..
+        }) => {
             if let Err(m) = validate_url(url) {
                 out.push(("source.url", m));
             }
@@ -305,7 +319,7 @@ fn validate_nats_source(source: &SourceConfig, out: &mut Found) {
                 out.push(("source.max_ack_pending", format!("must be between 1 and 1000000, got {max_ack_pending}")));
             }
         }
-        SourceConfig::File { .. } | SourceConfig::Stdin { .. } | SourceConfig::Kafka { .. } => {}
+        SourceConfig::File(_) | SourceConfig::Stdin(_) | SourceConfig::Kafka(_) => {}
     }
 }
 
@@ -316,7 +330,7 @@ const KAFKA_SOURCE_OWNED: [&str; 6] =
 const KAFKA_SINK_OWNED: [&str; 5] = ["bootstrap.servers", "enable.idempotence", "acks", "transactional.id", "partitioner"];
 
 fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
-    let SourceConfig::Kafka {
+    let SourceConfig::Kafka(KafkaSourceConfig {
         brokers,
         group,
         topics,
@@ -330,7 +344,7 @@ fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
         consumer_options,
         producer_options,
         ..
-    } = &p.source
+    }) = &p.source
     else {
         return;
     };
@@ -413,8 +427,8 @@ fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
             .chain(p.dead_letter.iter().map(|sink| ("dead_letter".to_owned(), sink)));
         for (key, sink) in sinks {
             match sink {
-                SinkConfig::Kafka { brokers: sink_brokers, .. } if sink_brokers == brokers => {}
-                SinkConfig::Kafka { brokers: sink_brokers, .. } => {
+                SinkConfig::Kafka(KafkaSinkConfig { brokers: sink_brokers, .. }) if sink_brokers == brokers => {}
+                SinkConfig::Kafka(KafkaSinkConfig { brokers: sink_brokers, .. }) => {
                     out.push((
                         "source.exactly_once",
                         format!("`{key}` writes to brokers {sink_brokers:?}, the source reads {brokers:?}: a transaction spans one cluster, so with exactly_once every sink must use the source's `brokers`"),
@@ -432,7 +446,7 @@ fn validate_kafka_source(p: &PipelineConfig, out: &mut Found) {
 }
 
 fn validate_kafka_sink(sink: &SinkConfig, out: &mut Found) {
-    let SinkConfig::Kafka { brokers, topic, tls, sasl, options } = sink else {
+    let SinkConfig::Kafka(KafkaSinkConfig { brokers, topic, tls, sasl, options }) = sink else {
         return;
     };
     if let Err(m) = validate_brokers(brokers) {
@@ -523,9 +537,9 @@ fn validate_brokers(brokers: &str) -> Result<(), String> {
 
 fn validate_nats_sink(sink: &SinkConfig, out: &mut Found) {
     let (url, subject, stream) = match sink {
-        SinkConfig::Nats { url, subject, .. } => (url, subject, &None),
-        SinkConfig::Jetstream { url, subject, stream, .. } => (url, subject, stream),
-        SinkConfig::Stdout { .. } | SinkConfig::File { .. } | SinkConfig::Kafka { .. } => return,
+        SinkConfig::Nats(NatsSinkConfig { url, subject, .. }) => (url, subject, &None),
+        SinkConfig::Jetstream(JetStreamSinkConfig { url, subject, stream, .. }) => (url, subject, stream),
+        SinkConfig::Stdout(_) | SinkConfig::File(_) | SinkConfig::Kafka(_) => return,
     };
     if let Err(m) = validate_url(url) {
         out.push(("url", m));

@@ -19,6 +19,12 @@ use rdkafka::ClientConfig;
 use crate::config::{KafkaSasl, KafkaTls, Secret};
 use crate::event::{Event, Header};
 
+/// The `brokers` of a Kafka source or sink left unset: a broker on this
+/// machine at Kafka's default port.
+pub fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+
 /// How long opening a source or sink waits for the cluster to answer.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::{Receipt, Record, Sink, SinkError};
-use crate::config::{valid_topic, Secret};
+use super::{Receipt, Record, Sink, SinkContext, SinkError};
+use crate::config::{valid_topic, KafkaSasl, KafkaTls, Secret};
 use crate::event::Output;
 use crate::kafka::transaction::Transaction;
 use crate::kafka::{client_config, Context, OPEN_TIMEOUT};
@@ -25,6 +26,56 @@ use crate::kafka::{client_config, Context, OPEN_TIMEOUT};
 /// Kafka's default largest record (`message.max.bytes`), used unless the
 /// sink's options set another.
 const DEFAULT_MAX_BYTES: usize = 1_000_000;
+
+/// Kafka produce with an idempotent producer: a record is accepted
+/// once the partition leader and its in-sync replicas have it
+/// (`acks=all`). Keys choose partitions the way Java clients do
+/// (murmur2), so keyed outputs land where a Java producer would put them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+    #[serde(default = "crate::kafka::default_brokers")]
+    pub brokers: String,
+    /// Topic for outputs without a destination; an output's destination
+    /// (that names no route) is its topic. Unset: every output needs one.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// TLS to the brokers, as for a Kafka source.
+    #[serde(default)]
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication, as for a Kafka source.
+    #[serde(default)]
+    pub sasl: Option<KafkaSasl>,
+    /// Extra librdkafka properties (`compression.type` — `zstd`, `lz4`,
+    /// `snappy`, `gzip` —, `linger.ms`, …). Values are never printed.
+    /// In an exactly-once pipeline, records go through the source's
+    /// producer: the source's `tls`, `sasl`, `options` and
+    /// `producer_options` apply, not these.
+    #[serde(default)]
+    pub options: BTreeMap<String, Secret>,
+}
+
+impl KafkaSinkConfig {
+    /// A sink on the process's shared idempotent producer for these
+    /// brokers and options.
+    pub async fn build(&self, cx: &SinkContext<'_>) -> Result<KafkaSink, SinkError> {
+        let options = self.connection_options();
+        Ok(KafkaSink::new(cx.producers.get(&self.brokers, &options).await?, &self.brokers, self.topic.clone(), &options))
+    }
+
+    /// A sink writing into an exactly-once pipeline's `transaction` (whose
+    /// producer has the source's connection settings).
+    pub fn build_transactional(&self, transaction: &Arc<Transaction>) -> KafkaSink {
+        KafkaSink::transactional(transaction.clone(), &self.brokers, self.topic.clone(), &self.options)
+    }
+
+    /// The librdkafka properties of the sink's producer: TLS, SASL and
+    /// `options`.
+    pub fn connection_options(&self) -> BTreeMap<String, Secret> {
+        crate::kafka::connection_options(self.tls.as_ref(), self.sasl.as_ref(), &self.options)
+    }
+}
 
 /// The process's idempotent producers, one per cluster and option set:
 /// pipelines writing to one cluster share a producer (its threads, buffers

@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 
+use serde::Deserialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Mutex};
 
@@ -20,10 +21,58 @@ type SyncMutex<T> = std::sync::Mutex<T>;
 
 use super::{Durable, Receipt, Record, Sink, SinkError};
 use crate::codec::encode_record;
-use crate::config::RecordFormat;
 
 /// Records queued ahead of the writer; a full queue makes senders wait.
 const QUEUE: usize = 4096;
+
+/// The process's standard output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// How each record is written.
+    #[serde(default)]
+    pub format: RecordFormat,
+}
+
+impl StdoutSinkConfig {
+    pub fn build(&self) -> LineSink {
+        LineSink::stdout(self.format)
+    }
+}
+
+/// A file, appended to (created if missing).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The file to append to.
+    pub path: PathBuf,
+    /// How each record is written.
+    #[serde(default)]
+    pub format: RecordFormat,
+    /// Call fsync before acknowledging (slower; survives a power cut, not
+    /// only a crash).
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+impl FileSinkConfig {
+    /// Opens the file for appending (created if missing).
+    pub async fn build(&self) -> Result<LineSink, SinkError> {
+        LineSink::file(self.path.clone(), self.format, self.fsync).await
+    }
+}
+
+/// How a sink writes a record as a line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordFormat {
+    /// One JSON object per record, with payload, key, headers and destination
+    /// (the same encoding a file source reads).
+    #[default]
+    Json,
+    /// The payload alone, followed by a newline.
+    Payload,
+}
 
 pub struct LineSink {
     what: String,

@@ -18,7 +18,37 @@ use std::pin::Pin;
 
 use tokio::sync::watch;
 
+use crate::nats::Connections;
+
 use crate::event::{Header, Output};
+
+/// What a sink's `build` takes from the process: the shared NATS
+/// connections and Kafka producers.
+pub struct SinkContext<'a> {
+    pub connections: &'a Connections,
+    pub producers: &'a kafka::Producers,
+}
+
+impl SinkContext<'_> {
+    /// The shared connection to a NATS sink's server.
+    async fn nats(&self, server: &crate::config::NatsServer) -> Result<async_nats::Client, SinkError> {
+        self.connections.get(server).await.map_err(|e| SinkError::Open { what: format!("sink {}", e.url), message: e.message })
+    }
+}
+
+impl crate::config::SinkConfig {
+    /// Opens the sink this config selects.
+    pub async fn build(&self, cx: &SinkContext<'_>) -> Result<std::sync::Arc<dyn Sink>, SinkError> {
+        use crate::config::SinkConfig;
+        Ok(match self {
+            SinkConfig::Stdout(stdout) => std::sync::Arc::new(stdout.build()),
+            SinkConfig::File(file) => std::sync::Arc::new(file.build().await?),
+            SinkConfig::Nats(nats) => std::sync::Arc::new(nats.build(cx).await?),
+            SinkConfig::Jetstream(jetstream) => std::sync::Arc::new(jetstream.build(cx).await?),
+            SinkConfig::Kafka(kafka) => std::sync::Arc::new(kafka.build(cx).await?),
+        })
+    }
+}
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]

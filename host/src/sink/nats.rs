@@ -7,6 +7,7 @@
 //! publish retried after a broker fault (or an output produced again from a
 //! redelivered input) is stored once.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,9 +16,11 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, context::Context};
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
+use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
-use super::{Durable, Receipt, Record, Sink, SinkError};
+use super::{Durable, Receipt, Record, Sink, SinkContext, SinkError};
+use crate::config::{nats_server_of, NatsServer, Secret};
 use crate::event::Output;
 use crate::nats::{check_headers, into_nats_headers, publishable_subject, Unpublishable};
 
@@ -27,6 +30,119 @@ const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a publish keeps being retried while no stream answers for its
 /// subject (a restarting server) before the pipeline stops with an error.
 const NO_STREAM_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Core NATS publish. A record is accepted once the server has it (a
+/// flush round trip covers each group of records); whether anyone was
+/// subscribed is not known, as always with core NATS.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    #[serde(default = "crate::nats::default_url")]
+    pub url: String,
+    /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A `.creds` file (JWT and NKey seed), for decentralised auth.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// User name for user/password authentication (with `password`).
+    #[serde(default)]
+    pub user: Option<Secret>,
+    /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// An NKey user seed (`SU…`) to sign the server's challenge with;
+    /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
+    #[serde(default)]
+    pub nkey: Option<Secret>,
+    /// PEM file of the certificate authority the server's certificate
+    /// must chain to (instead of the system's roots). Implies TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (mTLS),
+    /// with `tls_key`. Implies TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Subject for outputs without a destination; an output's destination
+    /// (that names no route) is its subject. Unset: every output needs one.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+impl NatsSinkConfig {
+    /// A publisher on the server's shared connection.
+    pub async fn build(&self, cx: &SinkContext<'_>) -> Result<NatsSink, SinkError> {
+        Ok(NatsSink::core(cx.nats(&self.server()).await?, self.subject.clone()))
+    }
+
+    /// The server and how to log in to it.
+    pub fn server(&self) -> NatsServer {
+        nats_server_of!(self)
+    }
+}
+
+/// JetStream publish: a record is accepted once the stream acknowledges
+/// it. Each record carries a `Nats-Msg-Id` made of the input event's id
+/// and the output's index, so the stream drops the copies a redelivered
+/// input would otherwise produce (within its duplicate window).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamSinkConfig {
+    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    #[serde(default = "crate::nats::default_url")]
+    pub url: String,
+    /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A `.creds` file (JWT and NKey seed), for decentralised auth.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// User name for user/password authentication (with `password`).
+    #[serde(default)]
+    pub user: Option<Secret>,
+    /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// An NKey user seed (`SU…`) to sign the server's challenge with;
+    /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
+    #[serde(default)]
+    pub nkey: Option<Secret>,
+    /// PEM file of the certificate authority the server's certificate
+    /// must chain to (instead of the system's roots). Implies TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (mTLS),
+    /// with `tls_key`. Implies TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Subject for outputs without a destination, as for `nats`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// A stream to create, capturing `subject`, if no stream does yet.
+    /// Unset: a stream must already capture `subject`.
+    #[serde(default)]
+    pub stream: Option<String>,
+}
+
+impl JetStreamSinkConfig {
+    /// A publisher on the server's shared connection; creates `stream`
+    /// when it is named and missing.
+    pub async fn build(&self, cx: &SinkContext<'_>) -> Result<JetStreamSink, SinkError> {
+        JetStreamSink::open(cx.nats(&self.server()).await?, self.subject.clone(), self.stream.clone()).await
+    }
+
+    /// The server and how to log in to it.
+    pub fn server(&self) -> NatsServer {
+        nats_server_of!(self)
+    }
+}
 
 /// Core NATS publish.
 pub struct NatsSink {

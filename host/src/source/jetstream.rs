@@ -21,6 +21,7 @@
 //! to it (see [`Source::max_deliveries`]).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,25 +30,106 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, Subject};
 use futures::StreamExt;
+use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceError};
-use crate::config::DeliverFrom;
+use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceContext, SourceError};
+use crate::config::{nats_server_of, NatsServer, Secret};
 use crate::nats::message_event;
 
-/// The JetStream part of a pipeline's source config.
-pub struct JetStreamSettings {
+/// A JetStream stream, read through a durable pull consumer. At-least-once:
+/// a message is acknowledged only after its outputs (or dead-letter record)
+/// are durably accepted; otherwise the server delivers it again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamSourceConfig {
+    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    #[serde(default = "crate::nats::default_url")]
+    pub url: String,
+    /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A `.creds` file (JWT and NKey seed), for decentralised auth.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// User name for user/password authentication (with `password`).
+    #[serde(default)]
+    pub user: Option<Secret>,
+    /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// An NKey user seed (`SU…`) to sign the server's challenge with;
+    /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
+    #[serde(default)]
+    pub nkey: Option<Secret>,
+    /// PEM file of the certificate authority the server's certificate
+    /// must chain to (instead of the system's roots). Implies TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (mTLS),
+    /// with `tls_key`. Implies TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The stream to read.
     pub stream: String,
+    /// Subjects of the stream, used only to create it when it does not
+    /// exist. Empty (default): the stream must exist.
+    #[serde(default)]
     pub subjects: Vec<String>,
+    /// Durable consumer name. Created if missing (with the settings
+    /// below); bound as it is if it exists. Hosts sharing a consumer share
+    /// the messages.
     pub consumer: String,
+    /// Only messages on these subjects (of the stream). Empty: all.
+    #[serde(default)]
     pub filter_subjects: Vec<String>,
+    /// Where a new consumer starts: `all` (default) or `new`.
+    #[serde(default)]
     pub deliver: DeliverFrom,
+    /// How long the server waits for an acknowledgement before delivering
+    /// a message again. Sluice sends in-progress signals for events that
+    /// take longer (a slow handler, retries in place, a slow sink), so
+    /// this only matters when the host dies. Default 30s.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
     pub ack_wait: Duration,
+    /// Messages delivered but not yet acknowledged, at most: the bound on
+    /// work in flight for this consumer. Default 2048.
+    #[serde(default = "default_max_ack_pending")]
     pub max_ack_pending: usize,
-    /// Messages asked for per pull request.
-    pub fetch_batch: usize,
-    /// Where the consumer's pending count is reported (the pipeline's gauge).
-    pub lag: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Where a new JetStream consumer starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliverFrom {
+    /// From the first message the stream holds.
+    #[default]
+    All,
+    /// Only messages published after the consumer is created.
+    New,
+}
+
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ack_pending() -> usize {
+    2048
+}
+
+impl JetStreamSourceConfig {
+    /// Binds (or creates) the durable consumer on the server's shared
+    /// connection, pulling `cx.fetch_batch` messages at a time.
+    pub async fn build(&self, cx: SourceContext<'_>) -> Result<JetStreamSource, SourceError> {
+        JetStreamSource::open(cx.nats(&self.server()).await?, self, cx.fetch_batch, cx.lag).await
+    }
+
+    /// The server and how to log in to it.
+    pub fn server(&self) -> NatsServer {
+        nats_server_of!(self)
+    }
 }
 
 pub struct JetStreamSource {
@@ -80,7 +162,12 @@ enum AckMessage {
 }
 
 impl JetStreamSource {
-    pub async fn open(client: Client, settings: &JetStreamSettings) -> Result<Self, SourceError> {
+    async fn open(
+        client: Client,
+        settings: &JetStreamSourceConfig,
+        fetch_batch: usize,
+        lag: Arc<std::sync::atomic::AtomicI64>,
+    ) -> Result<Self, SourceError> {
         let describe = format!("jetstream:{}/{}", settings.stream, settings.consumer);
         let failed = |message: String| SourceError::Broker { what: describe.clone(), message };
         let js = jetstream::new(client.clone());
@@ -137,7 +224,7 @@ impl JetStreamSource {
         let ack_wait = bound.ack_wait;
         let messages = consumer
             .stream()
-            .max_messages_per_batch(settings.fetch_batch.max(1))
+            .max_messages_per_batch(fetch_batch.max(1))
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await
@@ -147,7 +234,7 @@ impl JetStreamSource {
         let shared = Arc::new(Shared { in_flight: Mutex::new(HashMap::new()), next_id: std::sync::atomic::AtomicU64::new(0), to_acker });
         let acker = tokio::spawn(run_acker(client, from_sources, describe.clone()));
         let heartbeat = tokio::spawn(run_heartbeat(Arc::downgrade(&shared), ack_wait));
-        let lag = tokio::spawn(report_pending(consumer, settings.lag.clone()));
+        let lag = tokio::spawn(report_pending(consumer, lag));
         Ok(Self { messages, shared, acker, heartbeat, lag, describe, max_deliver, errors_in_a_row: 0 })
     }
 

@@ -23,6 +23,7 @@
 //! librdkafka's prefetch is capped (`queued.max.messages.kbytes`), so a slow
 //! plugin or sink slows consumption instead of growing memory.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,9 +31,10 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde::Deserialize;
 
 use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceError};
-use crate::config::{Secret, StartFrom};
+use crate::config::{KafkaSasl, KafkaTls, Secret};
 use crate::kafka::offsets::{Position, TopicPartition, Tracker};
 use crate::kafka::transaction::Transaction;
 use crate::kafka::{client_config, message_event, Context, OPEN_TIMEOUT};
@@ -54,19 +56,125 @@ pub trait PartitionState: Send + Sync {
     fn revoked(&self, partitions: &[(String, i32)]);
 }
 
-/// The Kafka part of a pipeline's source config.
-pub struct KafkaSettings {
+/// Kafka: a consumer group reading topics, at-least-once. An event's
+/// offset is committed only after its outputs (or its dead-letter record)
+/// are acknowledged by their sinks, in order per partition even when
+/// events finish out of order. With `exactly_once`, outputs and offsets
+/// are committed together in Kafka transactions.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+    #[serde(default = "crate::kafka::default_brokers")]
     pub brokers: String,
+    /// Consumer group. Hosts with the same group share the partitions.
     pub group: String,
+    /// Topics to read. Give `topics` or `pattern`, not both.
+    #[serde(default)]
     pub topics: Vec<String>,
+    /// A regular expression over topic names (e.g. `^orders\\..*`):
+    /// every matching topic, including ones created later.
+    #[serde(default)]
     pub pattern: Option<String>,
+    /// Where a group with no committed offset starts: `earliest`
+    /// (default) or `latest`.
+    #[serde(default)]
     pub start: StartFrom,
+    /// How often done offsets are committed. Default 1s. A crash
+    /// redelivers at most this much work (plus what was in flight).
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
-    pub options: std::collections::BTreeMap<String, Secret>,
-    /// Where the consumer lag is reported (the pipeline's gauge).
-    pub lag: Arc<std::sync::atomic::AtomicI64>,
-    /// Told of every assignment and revoke (the Kafka changelog state).
-    pub partition_state: Option<Arc<dyn PartitionState>>,
+    /// Kafka → plugin → Kafka with transactions: outputs, dead letters
+    /// and input offsets of each interval commit together or not at all.
+    /// Every sink of the pipeline must then be a `kafka` sink on the same
+    /// `brokers`, and readers of the outputs should use `read_committed`.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// The transactional id of this host's producer (`exactly_once`).
+    /// Must be stable across restarts of one host and differ between
+    /// hosts of a group. Default `sluice-<group>-<pipeline>-<instance>`,
+    /// where `<instance>` is `runtime.instance_id` (default: the host
+    /// name, `-N` added for a second host on one machine).
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// TLS to the brokers (`security.protocol` `ssl`, or `sasl_ssl` with
+    /// `sasl`). Unset: plaintext, unless `options` say otherwise.
+    #[serde(default)]
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication (`sasl_plaintext`, or `sasl_ssl` with `tls`).
+    #[serde(default)]
+    pub sasl: Option<KafkaSasl>,
+    /// Extra librdkafka properties for every client of the source: its
+    /// consumer and, with `exactly_once`, its transactional producer
+    /// (which leaves out the properties only consumers know). Passed as
+    /// they are. Values are never printed.
+    #[serde(default)]
+    pub options: BTreeMap<String, Secret>,
+    /// librdkafka properties for the consumer only (`session.timeout.ms`,
+    /// `fetch.max.bytes`, …), applied after `options`.
+    #[serde(default)]
+    pub consumer_options: BTreeMap<String, Secret>,
+    /// librdkafka properties for the exactly-once producer only
+    /// (`transaction.timeout.ms`, `linger.ms`, `compression.type`, …),
+    /// applied after `options`. Only with `exactly_once`.
+    #[serde(default)]
+    pub producer_options: BTreeMap<String, Secret>,
+}
+
+/// Where a Kafka consumer group with no committed offset starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartFrom {
+    /// The oldest offset the partition still holds.
+    #[default]
+    Earliest,
+    /// Only messages produced after the group first joins.
+    Latest,
+}
+
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl KafkaSourceConfig {
+    /// Joins the group and subscribes; exactly-once when `cx` carries the
+    /// pipeline's transaction.
+    pub async fn build(&self, cx: super::SourceContext<'_>) -> Result<KafkaSource, SourceError> {
+        KafkaSource::open(self, cx.transaction, cx.lag, cx.partition_state).await
+    }
+
+    /// The transaction of pipeline `pipeline` when this source is
+    /// exactly-once: its producer has the source's connection settings and
+    /// `producer_options`.
+    pub async fn open_transaction(&self, pipeline: &str) -> Result<Option<Arc<Transaction>>, String> {
+        if !self.exactly_once {
+            return Ok(None);
+        }
+        let id = self
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}-{pipeline}-{}", self.group, crate::kafka::instance::instance_id()));
+        let mut properties = crate::kafka::producer_config(&self.brokers, &self.connection_options());
+        for (key, value) in &self.producer_options {
+            properties.set(key, &value.0);
+        }
+        let timeout = crate::kafka::transaction::timeout(self.commit_interval, &properties);
+        Transaction::open(properties, id, timeout).await.map(Some).map_err(|e| e.to_string())
+    }
+
+    /// The librdkafka properties of every client of the source: TLS, SASL
+    /// and `options`.
+    pub fn connection_options(&self) -> BTreeMap<String, Secret> {
+        crate::kafka::connection_options(self.tls.as_ref(), self.sasl.as_ref(), &self.options)
+    }
+
+    /// The consumer's properties: [`Self::connection_options`], then
+    /// `consumer_options`.
+    fn consumer_options(&self) -> BTreeMap<String, Secret> {
+        let mut options = self.connection_options();
+        options.extend(self.consumer_options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        options
+    }
 }
 
 /// What the source, its acks, the committer and the rebalance callback share.
@@ -280,7 +388,13 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Joins the group and subscribes. `transaction` makes it exactly-once.
-    pub async fn open(settings: &KafkaSettings, transaction: Option<Arc<Transaction>>) -> Result<Self, SourceError> {
+    async fn open(
+        settings: &KafkaSourceConfig,
+        transaction: Option<Arc<Transaction>>,
+        lag: Arc<std::sync::atomic::AtomicI64>,
+        partition_state: Option<Arc<dyn PartitionState>>,
+    ) -> Result<Self, SourceError> {
+        let options = settings.consumer_options();
         let subscription = match &settings.pattern {
             Some(pattern) if pattern.starts_with('^') => vec![pattern.clone()],
             Some(pattern) => vec![format!("^{pattern}")],
@@ -288,7 +402,7 @@ impl KafkaSource {
         };
         let describe = format!("kafka:{}/{}", settings.group, subscription.join(","));
         let failed = |message: String| SourceError::Broker { what: describe.clone(), message };
-        let mut config = client_config(&settings.brokers, &settings.options);
+        let mut config = client_config(&settings.brokers, &options);
         config
             .set("group.id", &settings.group)
             .set("enable.auto.commit", "false")
@@ -301,7 +415,7 @@ impl KafkaSource {
                 },
             )
             .set("isolation.level", if transaction.is_some() { "read_committed" } else { "read_uncommitted" });
-        if !settings.options.contains_key("queued.max.messages.kbytes") {
+        if !options.contains_key("queued.max.messages.kbytes") {
             // Prefetch per partition; the default (64 MiB) is a lot of memory
             // for a host running many pipelines.
             config.set("queued.max.messages.kbytes", "8192");
@@ -318,7 +432,7 @@ impl KafkaSource {
             failure: Mutex::new(None),
             describe: describe.clone(),
         });
-        if !settings.options.contains_key("statistics.interval.ms") {
+        if !options.contains_key("statistics.interval.ms") {
             // Consumer lag for `sluice_source_lag`.
             config.set("statistics.interval.ms", "5000");
         }
@@ -326,8 +440,8 @@ impl KafkaSource {
             base: Context::new(describe.clone()),
             shared: shared.clone(),
             transaction: transaction.clone(),
-            lag: settings.lag.clone(),
-            partition_state: settings.partition_state.clone(),
+            lag,
+            partition_state: partition_state.clone(),
         };
         let consumer: StreamConsumer<SourceContext> =
             config.create_with_context(context).map_err(|e| failed(format!("cannot create the consumer: {e}")))?;
@@ -383,7 +497,7 @@ impl KafkaSource {
             committing: None,
             describe,
             errors_in_a_row: 0,
-            partition_state: settings.partition_state.clone(),
+            partition_state,
         })
     }
 

@@ -6,16 +6,16 @@
 //! are processed at least once across restarts. Blank lines are skipped but
 //! counted, so ids stay stable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use super::progress::Progress;
-use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceError};
+use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceContext, SourceError};
 use crate::codec::decode_event;
-use crate::config::LineFormat;
 use crate::event::{now_ms, Event};
 
 /// How often a moving commit point is written to the checkpoint file.
@@ -25,6 +25,89 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// Longest line accepted; a longer one is dead-lettered, truncated, as a
 /// defect rather than growing memory without bound.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// Lines of a file. Ends at end of file unless `follow` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// The file to read.
+    pub path: PathBuf,
+    /// How each line becomes an event.
+    #[serde(default)]
+    pub format: LineFormat,
+    /// Keep reading as the file grows (like `tail -f`) instead of ending
+    /// the pipeline at end of file.
+    #[serde(default)]
+    pub follow: bool,
+    /// A file where the source records how many lines are done (every
+    /// output durably written), so a restart resumes after them instead
+    /// of from the top. Unset: always start at line 1.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// The path as written in the config, before it was resolved: event
+    /// ids (`<name>:<line>`) use it, so they do not change with the
+    /// directory sluice is started from.
+    #[serde(skip)]
+    pub name: String,
+}
+
+impl FileSourceConfig {
+    /// Opens the file, resuming after the lines done: as the pipeline's
+    /// embedded state recorded them when it has one (the position is then
+    /// committed with the state; config validation refuses a `checkpoint`
+    /// file beside it), else as the `checkpoint` file did.
+    pub async fn build(&self, cx: SourceContext<'_>) -> Result<LineSource, SourceError> {
+        let Some(store) = cx.state else {
+            return LineSource::file(self.name.clone(), self.path.clone(), self.format, self.follow, self.checkpoint.clone()).await;
+        };
+        let done = store.position(&self.name).await.map_err(|e| SourceError::Broker {
+            what: format!("source {}", self.name),
+            message: format!("cannot read its position from the state database: {e}"),
+        })?;
+        let source = LineSource::file_after(self.name.clone(), self.path.clone(), self.format, self.follow, done.unwrap_or(0)).await?;
+        let ledger = source.ledger();
+        store.track_position(self.name.clone(), Arc::new(move || ledger.lock().map(|l| l.lines_done()).unwrap_or(0)));
+        Ok(source)
+    }
+
+    /// Keeps the path as written as the source's name, then makes `path`
+    /// and `checkpoint` relative to `base` (the config file's folder).
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        self.name = self.path.display().to_string();
+        for path in std::iter::once(&mut self.path).chain(self.checkpoint.as_mut()) {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+}
+
+/// Lines of the process's standard input; ends at end of input.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinSourceConfig {
+    /// How each line becomes an event.
+    #[serde(default)]
+    pub format: LineFormat,
+}
+
+impl StdinSourceConfig {
+    pub fn build(&self) -> LineSource {
+        LineSource::stdin(self.format)
+    }
+}
+
+/// How a line of text becomes an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LineFormat {
+    /// Each line is a JSON object in the event encoding of
+    /// `docs/configuration.md` (payload, key, headers, id…).
+    #[default]
+    Json,
+    /// Each line is the payload, as is.
+    Lines,
+}
 
 pub struct LineSource {
     name: String,

@@ -20,7 +20,49 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::Event;
+use crate::kafka::transaction::Transaction;
+use crate::nats::Connections;
 use crate::sink::Sink;
+
+/// What a source's `build` takes from the pipeline around it (each
+/// source's config type, beside the source, knows which parts it needs).
+pub struct SourceContext<'a> {
+    /// The process's NATS connections, shared by sources and sinks.
+    pub connections: &'a Connections,
+    /// The exactly-once transaction of a Kafka pipeline.
+    pub transaction: Option<Arc<Transaction>>,
+    /// Where the source reports its backlog (the pipeline's lag gauge).
+    pub lag: Arc<std::sync::atomic::AtomicI64>,
+    /// The pipeline's embedded state store: a file source then keeps its
+    /// position there instead of in a checkpoint file.
+    pub state: Option<&'a Arc<crate::state::Store>>,
+    /// Told of every Kafka assignment and revoke (the Kafka changelog state).
+    pub partition_state: Option<Arc<dyn kafka::PartitionState>>,
+    /// Events the pipeline hands its plugin per call: what a pulling
+    /// source asks for at once.
+    pub fetch_batch: usize,
+}
+
+impl SourceContext<'_> {
+    /// The shared connection to a NATS source's server.
+    async fn nats(&self, server: &crate::config::NatsServer) -> Result<async_nats::Client, SourceError> {
+        self.connections.get(server).await.map_err(|e| SourceError::Broker { what: format!("source {}", e.url), message: e.message })
+    }
+}
+
+impl crate::config::SourceConfig {
+    /// Opens the source this config selects.
+    pub async fn build(&self, cx: SourceContext<'_>) -> Result<Box<dyn Source>, SourceError> {
+        use crate::config::SourceConfig;
+        Ok(match self {
+            SourceConfig::File(file) => Box::new(file.build(cx).await?),
+            SourceConfig::Stdin(stdin) => Box::new(stdin.build()),
+            SourceConfig::Nats(nats) => Box::new(nats.build(cx).await?),
+            SourceConfig::Jetstream(jetstream) => Box::new(jetstream.build(cx).await?),
+            SourceConfig::Kafka(kafka) => Box::new(kafka.build(cx).await?),
+        })
+    }
+}
 
 /// One event taken from a source, with what is needed to settle it.
 pub struct Delivery {

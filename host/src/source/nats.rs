@@ -5,16 +5,76 @@
 //! subject is a request; its replies go back through [`Source::reply_sink`]
 //! on the same connection.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_nats::{Client, Subscriber};
 use futures::StreamExt;
+use serde::Deserialize;
 
-use super::{Ack, Delivery, Source, SourceError};
+use super::{Ack, Delivery, Source, SourceContext, SourceError};
+use crate::config::{nats_server_of, NatsServer, Secret};
 use crate::event::{now_ms, Header};
 use crate::nats::message_event;
 use crate::sink::nats::NatsSink;
 use crate::sink::Sink;
+
+/// Core NATS: a subscription. At-most-once: a message that arrives while
+/// sluice is down, or is in flight when it stops, is gone (use `jetstream`
+/// when that matters). A message with a reply subject is a request: the
+/// plugin's reply output (or an error envelope) is published to it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSourceConfig {
+    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    #[serde(default = "crate::nats::default_url")]
+    pub url: String,
+    /// Authentication token; keep it in the environment: `token = "${NATS_TOKEN}"`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A `.creds` file (JWT and NKey seed), for decentralised auth.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// User name for user/password authentication (with `password`).
+    #[serde(default)]
+    pub user: Option<Secret>,
+    /// Password for `user`; keep it in the environment: `password = "${NATS_PASSWORD}"`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// An NKey user seed (`SU…`) to sign the server's challenge with;
+    /// keep it in the environment: `nkey = "${NATS_NKEY_SEED}"`.
+    #[serde(default)]
+    pub nkey: Option<Secret>,
+    /// PEM file of the certificate authority the server's certificate
+    /// must chain to (instead of the system's roots). Implies TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (mTLS),
+    /// with `tls_key`. Implies TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Subject to subscribe to; wildcards (`orders.*`, `orders.>`) allowed.
+    pub subject: String,
+    /// Queue group: the hosts subscribed with the same group share the
+    /// messages (each goes to one of them). Unset: every host gets all.
+    #[serde(default)]
+    pub queue_group: Option<String>,
+}
+
+impl NatsSourceConfig {
+    /// Subscribes on the server's shared connection.
+    pub async fn build(&self, cx: SourceContext<'_>) -> Result<NatsSource, SourceError> {
+        NatsSource::subscribe(cx.nats(&self.server()).await?, &self.subject, self.queue_group.as_deref()).await
+    }
+
+    /// The server and how to log in to it.
+    pub fn server(&self) -> NatsServer {
+        nats_server_of!(self)
+    }
+}
 
 pub struct NatsSource {
     subscriber: Subscriber,

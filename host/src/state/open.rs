@@ -76,15 +76,15 @@ pub async fn open_for_pipeline(
         }
         (StateBackend::Embedded, None) => return Err(StateError::Unavailable("the embedded backend needs `state.path`".into())),
         (StateBackend::KafkaChangelog, _) => {
-            let (SourceConfig::Kafka { brokers, topics, options, tls, sasl, .. }, Some(transaction)) = (source, transaction) else {
+            let (SourceConfig::Kafka(kafka), Some(transaction)) = (source, transaction) else {
                 return Err(StateError::Unavailable("the kafka-changelog backend needs an exactly-once Kafka source".into()));
             };
             let options = ChangelogOptions {
                 topic: config.topic.clone().unwrap_or_else(|| default_topic(pipeline)),
                 // The source's connection settings (TLS, SASL), for the
                 // restore consumer and the topic admin.
-                client: crate::kafka::client_config(brokers, &crate::kafka::connection_options(tls.as_ref(), sasl.as_ref(), options)),
-                input_topics: topics.clone(),
+                client: crate::kafka::client_config(&kafka.brokers, &kafka.connection_options()),
+                input_topics: kafka.topics.clone(),
                 restore_timeout: config.restore_timeout,
             };
             let backend = Arc::new(ChangelogBackend::open(transaction.clone(), options).await?);
