@@ -13,6 +13,9 @@
 //   - `event_id_field`: a field name that receives the event's id.
 //   - `fail_on`: a field name; an event whose field is the string `retryable`,
 //     `reject` or `trap` fails that way (for testing error handling).
+//   - `accepts`: comma-separated event versions the plugin declares it
+//     handles (`order-created@1,order-created@2`, `refund@*`); the host
+//     dead-letters the rest as `unsupported`. Default `*`.
 //
 // Filters look at the incoming object, before any field is set.
 package main
@@ -30,6 +33,7 @@ type enricher struct {
 	set          [][2]string
 	eventIDField *string
 	failOn       *string
+	accepts      []string
 }
 
 func optional(c plugin.Config, key string) *string {
@@ -40,13 +44,23 @@ func optional(c plugin.Config, key string) *string {
 }
 
 func newEnricher(c plugin.Config) (plugin.Handler, error) {
-	if err := c.DenyUnknown("require", "drop_if", "set.*", "event_id_field", "fail_on"); err != nil {
+	if err := c.DenyUnknown("require", "drop_if", "set.*", "event_id_field", "fail_on", "accepts"); err != nil {
 		return nil, err
 	}
 	e := &enricher{
 		require:      optional(c, "require"),
 		eventIDField: optional(c, "event_id_field"),
 		failOn:       optional(c, "fail_on"),
+		accepts:      []string{},
+	}
+	list, ok := c.Get("accepts")
+	if !ok {
+		list = "*"
+	}
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			e.accepts = append(e.accepts, s)
+		}
 	}
 	if rule, ok := c.Get("drop_if"); ok {
 		field, value, found := strings.Cut(rule, "=")
@@ -63,6 +77,9 @@ func newEnricher(c plugin.Config) (plugin.Handler, error) {
 	}
 	return e, nil
 }
+
+// Accepts makes the enricher a plugin.Accepter: the `manifest` export.
+func (e *enricher) Accepts() []string { return e.accepts }
 
 func (e *enricher) Handle(ev *plugin.Event) ([]plugin.Output, error) {
 	v, err := plugin.ParseJSON(ev.Payload)

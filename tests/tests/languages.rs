@@ -2,7 +2,8 @@
 //! (`plugins/json_enricher`), JavaScript (`json_enricher_js`), TypeScript
 //! (`json_enricher_ts`), Python (`json_enricher_py`), C (`json_enricher_c`)
 //! and Go (`json_enricher_go`) must give the same outputs for the same events, byte for byte, fail the
-//! same way (retryable, reject, trap) and run in a real pipeline.
+//! same way (retryable, reject, trap), declare the event versions they
+//! accept (`manifest`) and run in a real pipeline.
 //!
 //! Needs `cargo build -p sluice`, `bash scripts/build-plugins.sh` and
 //! `bash scripts/build-lang-plugins.sh` first (`./dev test` does all three).
@@ -163,23 +164,65 @@ fn errors_and_traps_are_the_same_in_every_language() -> Result<()> {
 #[test]
 fn a_refused_config_reads_the_same_in_every_language() -> Result<()> {
     let cases: [(&[&str], &str); 3] = [
-        (&["colour=red"], "unknown config key `colour` (expected one of: require, drop_if, set.*, event_id_field, fail_on{accepts})"),
+        (&["colour=red"], "unknown config key `colour` (expected one of: require, drop_if, set.*, event_id_field, fail_on, accepts)"),
         (&["drop_if=nothing"], "`drop_if` must be `field=value`, got `nothing`"),
         (&["set.=x"], "`set.` needs a field name, as in `set.team`"),
     ];
     let mut all = vec![("rust", plugin("json_enricher"))];
     all.extend(LANGUAGES.iter().map(|(language, name)| (*language, lang_plugin(name))));
     for (language, path) in &all {
-        // Only the Rust enricher also takes `accepts`: the event versions it
-        // declares through the `manifest` export, which only the Rust SDK
-        // offers so far.
-        let accepts = if *language == "rust" { ", accepts" } else { "" };
         for (config, message) in cases {
             let (run, _) = plugin_test(path, "failures.jsonl", config)?;
             run.ensure_failure()?;
-            let want = format!("plugin {} refused its configuration: {}", path.display(), message.replace("{accepts}", accepts));
+            let want = format!("plugin {} refused its configuration: {message}", path.display());
             assert!(run.stderr.contains(&want), "{language}: expected `{want}` in:\n{}", run.stderr);
         }
+    }
+    Ok(())
+}
+
+/// Every SDK exports `manifest`: each enricher declares the event versions
+/// its `accepts` config lists, `sluice check` shows them, and a file
+/// pipeline dead-letters the events they do not cover as `unsupported`
+/// (an untyped one included) without calling the plugin, as with Rust.
+#[test]
+fn every_language_declares_the_versions_it_accepts() -> Result<()> {
+    let typed = |id: &str, kind: &str, version: &str| serde_json::json!({"id": id, "payload": {"id": id}, "headers": {"event-type": kind, "event-version": version}});
+    let events = [
+        typed("t1", "t", "1"),
+        typed("t2", "t", "2"),
+        typed("u7", "u", "7"),
+        serde_json::json!({"id": "untyped", "payload": {"id": "untyped"}}),
+    ];
+    let mut all = vec![("rust", plugin("json_enricher"))];
+    all.extend(LANGUAGES.iter().map(|(language, name)| (*language, lang_plugin(name))));
+    for (language, path) in all {
+        let scratch = Scratch::new()?;
+        let pipeline = one_pipeline("p", "json_enricher", r#"accepts = "t@2, u@*""#, "")
+            .replace(&toml_path(&plugin("json_enricher")), &toml_path(&path));
+        scratch.write("sluice.toml", pipeline)?;
+        scratch.write_events("events.jsonl", &events)?;
+        let checked = scratch.run(&["check", "sluice.toml"])?;
+        checked.ensure_success().with_context(|| language.to_string())?;
+        ensure!(checked.stdout.contains("      accepts: t@2, u@*\n"), "{language}: {}", checked.stdout);
+        scratch.run(&["run", "sluice.toml"])?.ensure_success().with_context(|| language.to_string())?;
+        let out = scratch.read_jsonl("out.jsonl")?;
+        let handled: Vec<Value> = payloads(&out).iter().map(|p| serde_json::from_str(p)).collect::<Result<_, _>>()?;
+        ensure!(handled == [serde_json::json!({"id": "t2"}), serde_json::json!({"id": "u7"})], "{language}: {handled:?}");
+        let mut dead = Vec::new();
+        for record in scratch.read_jsonl("dlq.jsonl")? {
+            let h = |name: &str| header(&record, name).unwrap_or_default().to_owned();
+            dead.push((h("sluice-dlq-event-id"), h("sluice-dlq-reason"), h("sluice-dlq-message")));
+        }
+        dead.sort();
+        let refused = |id: &str, what: &str| (id.to_owned(), "unsupported".to_owned(), format!("{what}; it accepts: t@2, u@*"));
+        ensure!(
+            dead == [
+                refused("t1", "the plugin does not accept event type t@1"),
+                refused("untyped", "the plugin does not accept an event without a `event-type` header"),
+            ],
+            "{language}: {dead:#?}"
+        );
     }
     Ok(())
 }
