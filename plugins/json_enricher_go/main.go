@@ -1,8 +1,9 @@
 // json_enricher_go: the Go twin of plugins/json_enricher (Rust), same config,
-// same outputs byte for byte on the same events.
+// the same outputs on the same events (JSON compared parsed).
 //
-// Filters and enriches JSON-object events. The object keeps its field order;
-// the output has the event's key and headers, with
+// Filters and enriches JSON-object events, with the standard encoding/json:
+// the output object's fields are sorted by name (Go maps have no order).
+// The output has the event's key and headers, with
 // `content-type: application/json` replacing any incoming `content-type`.
 // A payload that is not a JSON object is rejected (dead-lettered).
 //
@@ -21,8 +22,13 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"unicode/utf8"
 
 	"sluice/plugin"
 )
@@ -82,17 +88,13 @@ func newEnricher(c plugin.Config) (plugin.Handler, error) {
 func (e *enricher) Accepts() []string { return e.accepts }
 
 func (e *enricher) Handle(ev *plugin.Event) ([]plugin.Output, error) {
-	v, err := plugin.ParseJSON(ev.Payload)
+	obj, err := parseObject(ev.Payload)
 	if err != nil {
 		return nil, plugin.Reject("payload is not a JSON object: %v", err)
 	}
-	if v.Kind != plugin.ObjectKind {
-		return nil, plugin.Reject("payload is not a JSON object")
-	}
-	obj := v.Obj
 	if e.failOn != nil {
-		if how, ok := obj.Get(*e.failOn); ok && how.Kind == plugin.String {
-			switch how.Str {
+		if how, ok := obj[*e.failOn].(string); ok {
+			switch how {
 			case "retryable":
 				return nil, plugin.Retry("asked to fail (retryable) by field `%s`", *e.failOn)
 			case "reject":
@@ -103,20 +105,28 @@ func (e *enricher) Handle(ev *plugin.Event) ([]plugin.Output, error) {
 		}
 	}
 	if e.require != nil {
-		if _, ok := obj.Get(*e.require); !ok {
+		if _, ok := obj[*e.require]; !ok {
 			return nil, nil
 		}
 	}
 	if e.dropIf != nil {
-		if got, ok := obj.Get(e.dropIf[0]); ok && got.Kind == plugin.String && got.Str == e.dropIf[1] {
+		if got, ok := obj[e.dropIf[0]].(string); ok && got == e.dropIf[1] {
 			return nil, nil
 		}
 	}
 	for _, kv := range e.set {
-		obj.Set(kv[0], plugin.Str(kv[1]))
+		obj[kv[0]] = kv[1]
 	}
 	if e.eventIDField != nil {
-		obj.Set(*e.eventIDField, plugin.Str(ev.ID))
+		obj[*e.eventIDField] = ev.ID
+	}
+	// An Encoder, to keep `<`, `>` and `&` as they are (Marshal escapes
+	// them for HTML); Encode ends the document with a newline.
+	var payload bytes.Buffer
+	enc := json.NewEncoder(&payload)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(obj); err != nil {
+		return nil, plugin.Reject("cannot write the object: %v", err)
 	}
 	var headers []plugin.Header
 	for _, h := range ev.Headers {
@@ -124,8 +134,30 @@ func (e *enricher) Handle(ev *plugin.Event) ([]plugin.Output, error) {
 			headers = append(headers, h)
 		}
 	}
-	out := plugin.Output{Key: ev.Key, Payload: plugin.AppendJSON(nil, v), Headers: headers}
+	out := plugin.Output{Key: ev.Key, Payload: bytes.TrimSuffix(payload.Bytes(), []byte("\n")), Headers: headers}
 	return []plugin.Output{out.WithHeader("content-type", "application/json")}, nil
+}
+
+// parseObject reads a payload that must be one JSON object. Numbers stay
+// json.Number (their text), so integers beyond 2^53 survive the round
+// trip; invalid UTF-8 is refused (encoding/json would replace it).
+func parseObject(payload []byte) (map[string]any, error) {
+	if !utf8.Valid(payload) {
+		return nil, errors.New("invalid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
+	var obj map[string]any
+	if err := dec.Decode(&obj); err != nil {
+		return nil, err
+	}
+	if obj == nil {
+		return nil, errors.New("null")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing characters after the object")
+	}
+	return obj, nil
 }
 
 func init() { plugin.Register(newEnricher) }
