@@ -54,8 +54,8 @@ ensure_adapter() {
 # and `metrics`, which needs no grant but is imported only when used too) from
 # sluice:plugin@0.2.0, and `http` (wasi:http/outgoing-handler@0.2.12, the
 # version the host's wasmtime-wasi-http implements, with the WASI packages
-# it uses from the vendored guest-sdk/wasi-wit), and exports `handler`;
-# build with `--wit DIR` (jco), `-d DIR` (componentize-py), world `plugin`.
+# it uses from the vendored guest-sdk/wasi-wit), and exports `handler`,
+# and `manifest` (the event versions the plugin accepts) when named; build with `--wit DIR` (jco), `-d DIR` (componentize-py), world `plugin`.
 #
 # Why: componentize-js and componentize-py import every interface of the
 # world they are given, used or not, and a plugin importing `state` is
@@ -65,7 +65,7 @@ ensure_adapter() {
 # build scripts name the capabilities a plugin uses by looking at what it
 # imports from the SDK (see there).
 sluice_world() {
-    local dir="$1" capability imports=""
+    local dir="$1" capability imports="" exports=""
     shift
     for capability in "$@"; do
         case "$capability" in
@@ -80,7 +80,10 @@ sluice_world() {
                 mkdir -p "$dir/deps"
                 cp "$_sluice_root"/guest-sdk/wasi-wit/*.wit "$dir/deps/"
                 ;;
-            *) echo "unknown capability $capability (state, client, metrics, http-failure, http)" >&2; return 2 ;;
+            # An export, not an import: `accepts` (C and Go always have it,
+            # JS and Python when the plugin module exports `manifest`).
+            manifest) exports+="    export sluice:plugin/manifest@0.2.0;"$'\n' ;;
+            *) echo "unknown capability $capability (state, client, metrics, http-failure, http, manifest)" >&2; return 2 ;;
         esac
     done
     mkdir -p "$dir/deps/sluice-plugin@0.2.0"
@@ -93,6 +96,6 @@ package sluice:sdk;
 world plugin {
     import sluice:plugin/log@0.2.0;
 ${imports}    export sluice:plugin/handler@0.2.0;
-}
+${exports}}
 WIT
 }

@@ -39,7 +39,7 @@ trap 'rm -rf "$work"' EXIT
 # what the module imports, so a plugin that never calls sluice_state_*
 # (sluice_client_*, sluice_http_request) does not import `state`
 # (`client`, wasi:http), nor `metrics` without sluice_counter_add….
-sluice_world "$work/wit" state client metrics http
+sluice_world "$work/wit" state client metrics http manifest
 "$WIT_BINDGEN" c "$work/wit" --world plugin --out-dir "$work/gen" >/dev/null
 mkdir -p "$(dirname "$out")"
 "$cc" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \

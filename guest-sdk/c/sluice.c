@@ -380,6 +380,28 @@ void exports_sluice_plugin_handler_handle_batch(exports_sluice_plugin_handler_li
     exports_sluice_plugin_handler_list_event_free(events);
 }
 
+// ---- manifest
+
+// The plugin's own definition replaces this one at link time.
+__attribute__((weak)) const char *const *plugin_accepts(void) {
+    static const char *const everything[] = {"*", NULL};
+    return everything;
+}
+
+void exports_sluice_plugin_manifest_accepts(plugin_list_string_t *ret) {
+    // Nothing before a successful init, as in the Rust SDK.
+    const char *const *list = initialised ? plugin_accepts() : NULL;
+    size_t n = 0;
+    while (list && list[n]) n++;
+    ret->len = n;
+    ret->ptr = n ? xmalloc(n * sizeof *ret->ptr) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(list[i]);
+        ret->ptr[i].ptr = dup_bytes(list[i], len);
+        ret->ptr[i].len = len;
+    }
+}
+
 // ---- client
 
 int sluice_failure_call_error(const sluice_failure_t *failure) {

@@ -14,6 +14,18 @@
 //   // retryable failure and the host replaces the instance.
 //   sluice_failure_t *plugin_handle(const sluice_event_t *event, sluice_outputs_t *outputs);
 //
+// A plugin may also declare the event types and versions it handles (the
+// `manifest` export), as selectors such as "order-created@2",
+// "order-created@*" (any version) or "*" (every event):
+//
+//   // A NULL-terminated array the plugin keeps (static, or built in
+//   // plugin_init: the host asks once, after it). Without this function
+//   // the plugin accepts every event ("*").
+//   const char *const *plugin_accepts(void);
+//
+// The host dead-letters an event the list does not cover as `unsupported`
+// without calling plugin_handle.
+//
 // handle-batch is derived from plugin_handle. Memory: everything the SDK
 // hands out is malloc'd and freed by the bindings after the host has read
 // it; the event is freed after plugin_handle returns (copy what you keep).
@@ -274,5 +286,7 @@ void sluice_log(sluice_level_t level, const char *message);
 // Defined by the plugin.
 char *plugin_init(const sluice_config_t *config);
 sluice_failure_t *plugin_handle(const sluice_event_t *event, sluice_outputs_t *outputs);
+// Optional (the SDK's weak default accepts every event).
+const char *const *plugin_accepts(void);
 
 #endif

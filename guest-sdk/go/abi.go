@@ -48,11 +48,11 @@ func mem(ptr, n uint32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(uintptr(ptr))), n)
 }
 
-func u8(a uint32) uint8       { return *(*uint8)(unsafe.Pointer(uintptr(a))) }
-func u32(a uint32) uint32     { return *(*uint32)(unsafe.Pointer(uintptr(a))) }
-func u64(a uint32) uint64     { return *(*uint64)(unsafe.Pointer(uintptr(a))) }
-func put8(a uint32, v uint8)  { *(*uint8)(unsafe.Pointer(uintptr(a))) = v }
-func put32(a, v uint32)       { *(*uint32)(unsafe.Pointer(uintptr(a))) = v }
+func u8(a uint32) uint8        { return *(*uint8)(unsafe.Pointer(uintptr(a))) }
+func u32(a uint32) uint32      { return *(*uint32)(unsafe.Pointer(uintptr(a))) }
+func u64(a uint32) uint64      { return *(*uint64)(unsafe.Pointer(uintptr(a))) }
+func put8(a uint32, v uint8)   { *(*uint8)(unsafe.Pointer(uintptr(a))) = v }
+func put32(a, v uint32)        { *(*uint32)(unsafe.Pointer(uintptr(a))) = v }
 func str(ptr, n uint32) string { return string(mem(ptr, n)) }
 func byts(ptr, n uint32) []byte {
 	out := make([]byte, n)
@@ -198,6 +198,18 @@ func lowerPairs(pairs [][2]string) (uint32, uint32) {
 	return lowerPairList(len(pairs), func(i int) ([]byte, []byte) { return []byte(pairs[i][0]), []byte(pairs[i][1]) })
 }
 
+// lowerStrings writes a list<string>: 8 B per element (ptr, len).
+func lowerStrings(list []string) (uint32, uint32) {
+	n := uint32(len(list))
+	base := alloc(8*n, 4)
+	for i, s := range list {
+		p, l := lower([]byte(s))
+		put32(base+8*uint32(i), p)
+		put32(base+8*uint32(i)+4, l)
+	}
+	return base, n
+}
+
 func writeOutputs(outs []Output) (uint32, uint32) {
 	n := uint32(len(outs))
 	base := alloc(44*n, 4)
@@ -296,6 +308,22 @@ func wasmHandleBatch(ptr, n uint32) uint32 {
 }
 
 // The host has read the results: every buffer of the call can go.
+
+// manifest.accepts: () -> list<string>, returned through a pointer to
+// (ptr, len) as the handler's results are.
+//
+//go:wasmexport sluice:plugin/manifest@0.2.0#accepts
+func wasmAccepts() uint32 {
+	growArena()
+	ret := alloc(8, 4)
+	p, l := lowerStrings(accepts())
+	put32(ret, p)
+	put32(ret+4, l)
+	return ret
+}
+
+//go:wasmexport cabi_post_sluice:plugin/manifest@0.2.0#accepts
+func postAccepts(uint32) { release() }
 
 //go:wasmexport cabi_post_sluice:plugin/handler@0.2.0#init
 func postInit(uint32) { release() }

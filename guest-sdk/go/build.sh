@@ -44,7 +44,7 @@ mkdir -p "$(dirname "$out")"
 # plugin that never calls plugin.State does not import `state` (nor
 # `client` without plugin.Client, nor `metrics` without plugin.Metrics, nor
 # wasi:http without plugin.HTTP).
-sluice_world "$work/wit" state client metrics http
+sluice_world "$work/wit" state client metrics http manifest
 "$WASM_TOOLS" component embed "$work/wit" --world plugin "$work/core-adapted.wasm" -o "$work/embedded.wasm"
 "$WASM_TOOLS" component new "$work/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
 echo "$out"

@@ -186,6 +186,16 @@ type Handler interface {
 	Handle(ev *Event) ([]Output, error)
 }
 
+// Accepter is implemented by a Handler that declares the event types and
+// versions it handles (the `manifest` export): selectors such as
+// `order-created@2`, `order-created@*` (any version) and `*` (every event).
+// The host reads them once per loaded version, after the Factory ran, and
+// dead-letters events they do not cover as `unsupported` without calling
+// Handle. A Handler without it accepts every event (`*`).
+type Accepter interface {
+	Accepts() []string
+}
+
 // Factory builds the handler from the config; an error refuses the config.
 type Factory func(Config) (Handler, error)
 
@@ -207,6 +217,18 @@ func initPlugin(pairs [][2]string) error {
 	}
 	handler = h
 	return nil
+}
+
+// accepts is what the handler declares: nothing before a successful init
+// (as in the Rust SDK), `*` when it is no Accepter.
+func accepts() []string {
+	if handler == nil {
+		return nil
+	}
+	if a, ok := handler.(Accepter); ok {
+		return a.Accepts()
+	}
+	return []string{"*"}
 }
 
 func handleOne(ev *Event) ([]Output, error) {

@@ -1,4 +1,5 @@
-// Prints the capabilities (`state`, `client`, `http`) a plugin uses, one per line, for
+// Prints the capabilities (`state`, `client`, `http`) a plugin uses (and
+// `manifest` when it exports one), one per line, for
 // build.sh to build it against a world that imports those and no others
 // (componentize-js imports every interface of its world, used or not).
 //
@@ -28,6 +29,8 @@ try {
   // Outbound HTTP is the engine's own `fetch` (StarlingMonkey over
   // wasi:http), not an import of ours: a call to it is what tells.
   if (/(^|[^.\w$])fetch\s*\(|globalThis\.fetch\b/.test(code)) console.log('http');
+  // Not a capability: the `manifest` export, when the entry exports it.
+  if (output.some((chunk) => chunk.isEntry && chunk.exports?.includes('manifest'))) console.log('manifest');
 } finally {
   await build.close();
 }

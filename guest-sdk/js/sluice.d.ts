@@ -311,6 +311,19 @@ export interface Plugin<State> {
    * promise settles, within the handler's deadline.
    */
   handle(state: State, event: Event): Output[] | Promise<Output[]>;
+  /**
+   * The event types and versions the plugin handles, as selectors:
+   * `order-created@2`, `order-created@*` (any version), `*` (every event).
+   * Asked once per loaded version, after `init`; the host dead-letters what
+   * the list does not cover as `unsupported`. Default: `['*']`. Takes
+   * effect when the module also exports `manifest = handler.manifest`.
+   */
+  accepts?(state: State): string[];
+}
+
+/** The `manifest` export: `export const manifest = handler.manifest`. */
+export interface Manifest {
+  accepts(): string[];
 }
 
 /** The `handler` export the component model expects. */
@@ -318,6 +331,8 @@ export interface Handler {
   init(pairs: Array<[string, string]>): void;
   handle(raw: RawEvent): Output[] | Promise<Output[]>;
   handleBatch(raws: RawEvent[]): Array<{ tag: 'ok'; val: Output[] } | { tag: 'err'; val: { disposition: Disposition; message: string } }>;
+  /** The plugin's `accepts`, as the `manifest` export. */
+  readonly manifest: Manifest;
 }
 
 /** Builds the `handler` export: `export const handler = plugin({ init, handle })`. */

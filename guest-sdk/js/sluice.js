@@ -944,6 +944,11 @@ export async function fetch(input, init) {
  *   fails by throwing a `HandlerError`. Anything else thrown is a bug: the
  *   call traps, the host counts it as retryable and replaces the instance;
  *   the stack goes to stderr, which the host adds to the trap message.
+ * - `accepts(state)` (optional) lists the event versions the plugin handles
+ *   (`order-created@2`, `order-created@*`, `*`; default `['*']`). The
+ *   returned handler's `manifest` is the `manifest` export: a module that
+ *   exports it (`export const manifest = handler.manifest`) is built for
+ *   world `plugin-with-manifest` (build.sh sees the export).
  */
 export function plugin(impl) {
   let state;
@@ -997,7 +1002,15 @@ export function plugin(impl) {
     return results;
   }
 
-  return {
+  const manifest = {
+    // Nothing before a successful init, as in the Rust SDK.
+    accepts() {
+      if (!ready) return [];
+      return impl.accepts ? impl.accepts(state) : ['*'];
+    },
+  };
+
+  const handler = {
     init(pairs) {
       try {
         state = impl.init ? impl.init(new Config(pairs)) : undefined;
@@ -1027,6 +1040,9 @@ export function plugin(impl) {
       return results;
     },
   };
+  // Not enumerable: the `handler` export has exactly its three functions.
+  Object.defineProperty(handler, 'manifest', { value: manifest });
+  return handler;
 }
 
 function isThenable(value) {

@@ -22,3 +22,6 @@ finder.run_script(os.path.join(app_dir, module + ".py"))
 for capability in ["state", "client", "metrics", "http"]:
     if f"sluice_plugin.{capability}" in finder.modules:
         print(capability)
+# Not a capability: the `manifest` export, when the app defines `Manifest`.
+if "Manifest" in finder.modules["__main__"].globalnames:
+    print("manifest")

@@ -13,6 +13,9 @@
 // - `event_id_field`: a field name that receives the event's id.
 // - `fail_on`: a field name; an event whose field is the string `retryable`,
 //   `reject` or `trap` fails that way (for testing error handling).
+// - `accepts`: comma-separated event versions the plugin declares it
+//   handles (`order-created@1,order-created@2`, `refund@*`); the host
+//   dead-letters the rest as `unsupported`. Default `*`.
 //
 // Filters look at the incoming object, before any field is set.
 #include <stdio.h>
@@ -31,6 +34,7 @@ static struct {
     text_t require, drop_field, drop_value, event_id_field, fail_on;
     text_t *set_fields, *set_values;
     size_t set_count;
+    char **accepts; // NULL-terminated
 } self;
 
 static text_t copy(const char *p, size_t n) {
@@ -47,8 +51,8 @@ static text_t optional(const sluice_config_t *config, const char *key) {
 }
 
 char *plugin_init(const sluice_config_t *config) {
-    static const char *const known[] = {"require", "drop_if", "set.*", "event_id_field", "fail_on"};
-    char *refusal = sluice_config_deny_unknown(config, known, 5);
+    static const char *const known[] = {"require", "drop_if", "set.*", "event_id_field", "fail_on", "accepts"};
+    char *refusal = sluice_config_deny_unknown(config, known, 6);
     if (refusal) return refusal;
     self.require = optional(config, "require");
     self.event_id_field = optional(config, "event_id_field");
@@ -71,7 +75,27 @@ char *plugin_init(const sluice_config_t *config) {
         self.set_fields[self.set_count] = copy((const char *)k->ptr + 4, k->len - 4);
         self.set_values[self.set_count++] = copy((const char *)v->ptr, v->len);
     }
+    const char *list = sluice_config_get(config, "accepts", &n);
+    if (!list) list = "*", n = 1;
+    self.accepts = calloc(n + 2, sizeof(char *)); // at most n/2 + 1 selectors
+    if (!self.accepts) abort();
+    for (size_t start = 0, count = 0; start <= n;) {
+        const char *comma = memchr(list + start, ',', n - start);
+        size_t end = comma ? (size_t)(comma - list) : n, a = start, b = end;
+        while (a < b && list[a] == ' ') a++;
+        while (b > a && list[b - 1] == ' ') b--;
+        if (b > a) {
+            text_t t = copy(list + a, b - a + 1);
+            t.ptr[b - a] = '\0';
+            self.accepts[count++] = t.ptr;
+        }
+        start = end + 1;
+    }
     return NULL;
+}
+
+const char *const *plugin_accepts(void) {
+    return (const char *const *)self.accepts;
 }
 
 sluice_failure_t *plugin_handle(const sluice_event_t *event, sluice_outputs_t *outputs) {

@@ -1,8 +1,9 @@
 // json_enricher_go: the Go twin of plugins/json_enricher (Rust), same config,
-// same outputs byte for byte on the same events.
+// the same outputs on the same events (JSON compared parsed).
 //
-// Filters and enriches JSON-object events. The object keeps its field order;
-// the output has the event's key and headers, with
+// Filters and enriches JSON-object events, with the standard encoding/json:
+// the output object's fields are sorted by name (Go maps have no order).
+// The output has the event's key and headers, with
 // `content-type: application/json` replacing any incoming `content-type`.
 // A payload that is not a JSON object is rejected (dead-lettered).
 //
@@ -13,13 +14,21 @@
 //   - `event_id_field`: a field name that receives the event's id.
 //   - `fail_on`: a field name; an event whose field is the string `retryable`,
 //     `reject` or `trap` fails that way (for testing error handling).
+//   - `accepts`: comma-separated event versions the plugin declares it
+//     handles (`order-created@1,order-created@2`, `refund@*`); the host
+//     dead-letters the rest as `unsupported`. Default `*`.
 //
 // Filters look at the incoming object, before any field is set.
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"unicode/utf8"
 
 	"sluice/plugin"
 )
@@ -30,6 +39,7 @@ type enricher struct {
 	set          [][2]string
 	eventIDField *string
 	failOn       *string
+	accepts      []string
 }
 
 func optional(c plugin.Config, key string) *string {
@@ -40,13 +50,23 @@ func optional(c plugin.Config, key string) *string {
 }
 
 func newEnricher(c plugin.Config) (plugin.Handler, error) {
-	if err := c.DenyUnknown("require", "drop_if", "set.*", "event_id_field", "fail_on"); err != nil {
+	if err := c.DenyUnknown("require", "drop_if", "set.*", "event_id_field", "fail_on", "accepts"); err != nil {
 		return nil, err
 	}
 	e := &enricher{
 		require:      optional(c, "require"),
 		eventIDField: optional(c, "event_id_field"),
 		failOn:       optional(c, "fail_on"),
+		accepts:      []string{},
+	}
+	list, ok := c.Get("accepts")
+	if !ok {
+		list = "*"
+	}
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			e.accepts = append(e.accepts, s)
+		}
 	}
 	if rule, ok := c.Get("drop_if"); ok {
 		field, value, found := strings.Cut(rule, "=")
@@ -64,18 +84,17 @@ func newEnricher(c plugin.Config) (plugin.Handler, error) {
 	return e, nil
 }
 
+// Accepts makes the enricher a plugin.Accepter: the `manifest` export.
+func (e *enricher) Accepts() []string { return e.accepts }
+
 func (e *enricher) Handle(ev *plugin.Event) ([]plugin.Output, error) {
-	v, err := plugin.ParseJSON(ev.Payload)
+	obj, err := parseObject(ev.Payload)
 	if err != nil {
 		return nil, plugin.Reject("payload is not a JSON object: %v", err)
 	}
-	if v.Kind != plugin.ObjectKind {
-		return nil, plugin.Reject("payload is not a JSON object")
-	}
-	obj := v.Obj
 	if e.failOn != nil {
-		if how, ok := obj.Get(*e.failOn); ok && how.Kind == plugin.String {
-			switch how.Str {
+		if how, ok := obj[*e.failOn].(string); ok {
+			switch how {
 			case "retryable":
 				return nil, plugin.Retry("asked to fail (retryable) by field `%s`", *e.failOn)
 			case "reject":
@@ -86,20 +105,28 @@ func (e *enricher) Handle(ev *plugin.Event) ([]plugin.Output, error) {
 		}
 	}
 	if e.require != nil {
-		if _, ok := obj.Get(*e.require); !ok {
+		if _, ok := obj[*e.require]; !ok {
 			return nil, nil
 		}
 	}
 	if e.dropIf != nil {
-		if got, ok := obj.Get(e.dropIf[0]); ok && got.Kind == plugin.String && got.Str == e.dropIf[1] {
+		if got, ok := obj[e.dropIf[0]].(string); ok && got == e.dropIf[1] {
 			return nil, nil
 		}
 	}
 	for _, kv := range e.set {
-		obj.Set(kv[0], plugin.Str(kv[1]))
+		obj[kv[0]] = kv[1]
 	}
 	if e.eventIDField != nil {
-		obj.Set(*e.eventIDField, plugin.Str(ev.ID))
+		obj[*e.eventIDField] = ev.ID
+	}
+	// An Encoder, to keep `<`, `>` and `&` as they are (Marshal escapes
+	// them for HTML); Encode ends the document with a newline.
+	var payload bytes.Buffer
+	enc := json.NewEncoder(&payload)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(obj); err != nil {
+		return nil, plugin.Reject("cannot write the object: %v", err)
 	}
 	var headers []plugin.Header
 	for _, h := range ev.Headers {
@@ -107,8 +134,30 @@ func (e *enricher) Handle(ev *plugin.Event) ([]plugin.Output, error) {
 			headers = append(headers, h)
 		}
 	}
-	out := plugin.Output{Key: ev.Key, Payload: plugin.AppendJSON(nil, v), Headers: headers}
+	out := plugin.Output{Key: ev.Key, Payload: bytes.TrimSuffix(payload.Bytes(), []byte("\n")), Headers: headers}
 	return []plugin.Output{out.WithHeader("content-type", "application/json")}, nil
+}
+
+// parseObject reads a payload that must be one JSON object. Numbers stay
+// json.Number (their text), so integers beyond 2^53 survive the round
+// trip; invalid UTF-8 is refused (encoding/json would replace it).
+func parseObject(payload []byte) (map[string]any, error) {
+	if !utf8.Valid(payload) {
+		return nil, errors.New("invalid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
+	var obj map[string]any
+	if err := dec.Decode(&obj); err != nil {
+		return nil, err
+	}
+	if obj == nil {
+		return nil, errors.New("null")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing characters after the object")
+	}
+	return obj, nil
 }
 
 func init() { plugin.Register(newEnricher) }

@@ -14,13 +14,16 @@
 // - `event_id_field`: a field name that receives the event's id.
 // - `fail_on`: a field name; an event whose field is the string `retryable`,
 //   `reject` or `trap` fails that way (for testing error handling).
+// - `accepts`: comma-separated event versions the plugin declares it
+//   handles (`order-created@1,order-created@2`, `refund@*`); the host
+//   dead-letters the rest as `unsupported`. Default `*`.
 //
 // Filters look at the incoming object, before any field is set.
 import { plugin, HandlerError, Output, Json, utf8 } from 'sluice';
 
 export const handler = plugin({
   init(config) {
-    config.denyUnknown(['require', 'drop_if', 'set.*', 'event_id_field', 'fail_on']);
+    config.denyUnknown(['require', 'drop_if', 'set.*', 'event_id_field', 'fail_on', 'accepts']);
     let dropIf = null;
     const rule = config.get('drop_if');
     if (rule !== null) {
@@ -38,6 +41,10 @@ export const handler = plugin({
       set,
       eventIdField: config.get('event_id_field'),
       failOn: config.get('fail_on'),
+      accepts: (config.get('accepts') ?? '*')
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s !== ''),
     };
   },
 
@@ -66,4 +73,11 @@ export const handler = plugin({
     headers.push({ key: 'content-type', value: 'application/json' });
     return [Output.json(object, { key: event.key, headers })];
   },
+
+  accepts(self) {
+    return self.accepts;
+  },
 });
+
+// The `manifest` export: the versions `accepts` declares reach the host.
+export const manifest = handler.manifest;

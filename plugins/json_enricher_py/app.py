@@ -14,6 +14,9 @@ Config (all optional; any other key refuses the load):
 - `event_id_field`: a field name that receives the event's id.
 - `fail_on`: a field name; an event whose field is the string `retryable`,
   `reject` or `trap` fails that way (for testing error handling).
+- `accepts`: comma-separated event versions the plugin declares it
+  handles (`order-created@1,order-created@2`, `refund@*`); the host
+  dead-letters the rest as `unsupported`. Default `*`.
 
 Filters look at the incoming object, before any field is set.
 """
@@ -25,16 +28,18 @@ from sluice_plugin import Config, ConfigError, Event, HandlerError, Output, Plug
 
 class JsonEnricher(Plugin):
     def __init__(self, require: Optional[str], drop_if: Optional[Tuple[str, str]],
-                 set_fields: List[Tuple[str, str]], event_id_field: Optional[str], fail_on: Optional[str]):
+                 set_fields: List[Tuple[str, str]], event_id_field: Optional[str], fail_on: Optional[str],
+                 accepts: List[str]):
         self.require = require
         self.drop_if = drop_if
         self.set_fields = set_fields
         self.event_id_field = event_id_field
         self.fail_on = fail_on
+        self.accepts_list = accepts
 
     @classmethod
     def init(cls, config: Config) -> "JsonEnricher":
-        config.deny_unknown(["require", "drop_if", "set.*", "event_id_field", "fail_on"])
+        config.deny_unknown(["require", "drop_if", "set.*", "event_id_field", "fail_on", "accepts"])
         drop_if = None
         rule = config.get("drop_if")
         if rule is not None:
@@ -47,7 +52,12 @@ class JsonEnricher(Plugin):
             if not field:
                 raise ConfigError("`set.` needs a field name, as in `set.team`")
             set_fields.append((field, value))
-        return cls(config.get("require"), drop_if, set_fields, config.get("event_id_field"), config.get("fail_on"))
+        accepts = [s.strip() for s in (config.get("accepts") or "*").split(",") if s.strip()]
+        return cls(config.get("require"), drop_if, set_fields, config.get("event_id_field"), config.get("fail_on"),
+                   accepts)
+
+    def accepts(self) -> List[str]:
+        return self.accepts_list
 
     def handle(self, event: Event) -> list:
         try:
@@ -80,3 +90,5 @@ class JsonEnricher(Plugin):
 
 
 Handler = export(JsonEnricher)
+# The `manifest` export: the versions `accepts` declares reach the host.
+Manifest = Handler.Manifest

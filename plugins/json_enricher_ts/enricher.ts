@@ -14,6 +14,9 @@
 // - `event_id_field`: a field name that receives the event's id.
 // - `fail_on`: a field name; an event whose field is the string `retryable`,
 //   `reject` or `trap` fails that way (for testing error handling).
+// - `accepts`: comma-separated event versions the plugin declares it
+//   handles (`order-created@1,order-created@2`, `refund@*`); the host
+//   dead-letters the rest as `unsupported`. Default `*`.
 //
 // Filters look at the incoming object, before any field is set.
 import { plugin, HandlerError, Output, Json, utf8, type Config, type Event, type JsonValue } from 'sluice';
@@ -24,10 +27,11 @@ interface Settings {
   set: Array<[field: string, value: string]>;
   eventIdField: string | null;
   failOn: string | null;
+  accepts: string[];
 }
 
 function init(config: Config): Settings {
-  config.denyUnknown(['require', 'drop_if', 'set.*', 'event_id_field', 'fail_on']);
+  config.denyUnknown(['require', 'drop_if', 'set.*', 'event_id_field', 'fail_on', 'accepts']);
   let dropIf: Settings['dropIf'] = null;
   const rule = config.get('drop_if');
   if (rule !== null) {
@@ -45,6 +49,10 @@ function init(config: Config): Settings {
     set,
     eventIdField: config.get('event_id_field'),
     failOn: config.get('fail_on'),
+    accepts: (config.get('accepts') ?? '*')
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s !== ''),
   };
 }
 
@@ -73,4 +81,6 @@ function handle(self: Settings, event: Event) {
   return [Output.json(object, { key: event.key, headers: [...headers, { key: 'content-type', value: 'application/json' }] })];
 }
 
-export const handler = plugin({ init, handle });
+export const handler = plugin({ init, handle, accepts: (self) => self.accepts });
+// The `manifest` export: the versions `accepts` declares reach the host.
+export const manifest = handler.manifest;

@@ -8,15 +8,17 @@
 // Either way the webhook sees a key it has seen before and can drop the
 // repeat.
 //
-// - 2xx: done (no outputs);
-// - 5xx, or no response (refused, timed out): retryable, with the
-//   pipeline's backoff;
-// - any other status: rejected (dead-lettered with the call listed).
+//   - 2xx: done (no outputs);
+//   - 5xx, or no response (refused, timed out): retryable, with the
+//     pipeline's backoff;
+//   - any other status: rejected (dead-lettered with the call listed).
 //
 // Config: `url` (required): the webhook.
 package main
 
 import (
+	"encoding/json"
+
 	"sluice/plugin"
 )
 
@@ -36,12 +38,13 @@ func init() {
 }
 
 func (n notifier) Handle(ev *plugin.Event) ([]plugin.Output, error) {
-	order, err := plugin.ParseJSON(ev.Payload)
-	if err != nil || order.Kind != plugin.ObjectKind {
+	var order struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(ev.Payload, &order); err != nil {
 		return nil, plugin.Reject("order-created is not a JSON object")
 	}
-	id, ok := order.Obj.Get("id")
-	if !ok || id.Kind != plugin.String || id.Str == "" {
+	if order.ID == "" {
 		return nil, plugin.Reject("order-created has no order id")
 	}
 	response, err := plugin.HTTP.Do(plugin.HTTPRequest{
@@ -49,20 +52,20 @@ func (n notifier) Handle(ev *plugin.Event) ([]plugin.Output, error) {
 		URL:    n.url,
 		Headers: []plugin.Header{
 			{Key: "Content-Type", Value: []byte("application/json")},
-			{Key: "Idempotency-Key", Value: []byte(id.Str)},
+			{Key: "Idempotency-Key", Value: []byte(order.ID)},
 		},
 		Body: ev.Payload,
 	})
 	if err != nil {
-		return nil, plugin.Retry("webhook unreachable for order %s: %v", id.Str, err)
+		return nil, plugin.Retry("webhook unreachable for order %s: %v", order.ID, err)
 	}
 	switch {
 	case response.Status >= 200 && response.Status < 300:
 		return nil, nil
 	case response.Status >= 500:
-		return nil, plugin.Retry("webhook answered %d for order %s", response.Status, id.Str)
+		return nil, plugin.Retry("webhook answered %d for order %s", response.Status, order.ID)
 	default:
-		return nil, plugin.Reject("webhook refused order %s with %d", id.Str, response.Status)
+		return nil, plugin.Reject("webhook refused order %s with %d", order.ID, response.Status)
 	}
 }
 

@@ -347,9 +347,21 @@ class Plugin:
     def handle(self, event: Event) -> List[_t.Output]:
         raise NotImplementedError
 
+    def accepts(self) -> List[str]:
+        """The event types and versions this plugin handles, as selectors:
+        `order-created@2`, `order-created@*` (any version), `*` (every event).
+
+        Asked once per loaded version, after `init`; the host dead-letters
+        what the list does not cover as `unsupported`. Takes effect when the
+        app also exports `Manifest = Handler.Manifest` (build.sh then builds
+        for world `plugin-with-manifest`).
+        """
+        return ["*"]
+
 
 def export(plugin_class: type) -> type:
-    """The `Handler` class componentize-py exports: `Handler = export(MyPlugin)`.
+    """The `Handler` class componentize-py exports: `Handler = export(MyPlugin)`
+    (and `Manifest = Handler.Manifest` for a plugin that overrides `accepts`).
 
     - `init` refuses the config with any exception (`ConfigError` is the
       idiomatic one): its message reaches the user.
@@ -391,5 +403,14 @@ def export(plugin_class: type) -> type:
                     out.append(e)
             return out
 
+    class Manifest(getattr(_exports, "Manifest", object)):  # type: ignore[misc]
+        def accepts(self) -> List[str]:
+            plugin = state.get("plugin")
+            # Nothing before a successful init, as in the Rust SDK.
+            return [] if plugin is None else list(plugin.accepts())
+
     Handler.__name__ = "Handler"
+    # The `manifest` export, for an app that declares `accepts`:
+    # `Manifest = Handler.Manifest`.
+    Handler.Manifest = Manifest  # type: ignore[attr-defined]
     return Handler

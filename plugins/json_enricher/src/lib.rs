@@ -14,8 +14,8 @@
 //!   same in every language's twin, `json_enricher_{js,py,c,go}`).
 //! - `accepts`: comma-separated event versions the plugin declares it
 //!   handles (`order-created@1,order-created@2`, `refund@*`); the host
-//!   dead-letters the rest as `unsupported`. Default `*`. Rust only: the
-//!   other languages' SDKs do not export `manifest` yet.
+//!   dead-letters the rest as `unsupported`. Default `*`. The twins in
+//!   the other languages take it too.
 //!
 //! Filters look at the incoming object, before any field is set.
 
