@@ -258,6 +258,44 @@ fn explain(error: &async_nats::ConnectError) -> String {
     }
 }
 
+/// A JetStream KV bucket (`history = 1`, `max_age` when not zero), created
+/// if missing; a bucket that exists is used as it is (its settings are the
+/// operator's). Used by the state store and the plugin store.
+///
+/// Created as its stream, with the settings async-nats's `create_key_value`
+/// would use: that call first asks for the account's info, whose answer
+/// from nats-server 2.9 async-nats 0.51 cannot parse. The error says which
+/// step failed, naming the bucket.
+pub async fn key_value_bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    use async_nats::jetstream::stream;
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    // Another host (or pipeline) may create it meanwhile: then the create
+    // fails or returns the existing one, and the bucket is there either way.
+    let created = js.create_stream(config).await;
+    js.get_key_value(name).await.map_err(|e| match created {
+        Err(create) => format!("creating KV bucket {name}: {create}"),
+        Ok(_) => format!("opening KV bucket {name}: {e}"),
+    })
+}
+
 /// NATS headers as event headers: every value of every name, in the order
 /// the message carried each name's values. `Sluice-Key` becomes the key.
 pub fn event_headers(map: Option<&HeaderMap>) -> (Vec<Header>, Option<Vec<u8>>) {

@@ -478,35 +478,9 @@ impl Backend for KvBackend {
     }
 }
 
-/// The bucket (`history = 1`, `max_age` when given), created if missing. A
-/// bucket that exists is used as it is (its settings are the operator's).
-///
-/// Created as its stream, with the settings async-nats's
-/// `create_key_value` would use: that call first asks for the account's
-/// info, whose answer from nats-server 2.9 async-nats 0.51 cannot parse.
+/// The bucket, created if missing ([`crate::nats::key_value_bucket`]).
 async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Result<kv::Store, StateError> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    let config = jetstream::stream::Config {
-        name: format!("KV_{name}"),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
-        max_age,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..Default::default()
-    };
-    // Another host (or pipeline) may create it meanwhile: then the create
-    // fails or returns the existing one, and the bucket is there either way.
-    let created = js.create_stream(config).await;
-    js.get_key_value(name).await.map_err(|e| match created {
-        Err(create) => unavailable(&format!("creating bucket {name}"), create),
-        Ok(_) => unavailable(&format!("opening bucket {name}"), e),
-    })
+    crate::nats::key_value_bucket(js, name, max_age).await.map_err(|why| StateError::Unavailable(format!("JetStream KV state: {why}")))
 }
 
 /// Runs the futures with at most [`IN_FLIGHT`] at once; the first error wins

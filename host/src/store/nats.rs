@@ -61,32 +61,9 @@ impl NatsStore {
     }
 }
 
-/// A KV bucket (`history = 1`, `max_age` when not zero), created if
-/// missing, as its stream with the settings `create_key_value` would use:
-/// that call asks for the account's info first, whose answer async-nats
-/// 0.51 cannot parse from some servers (see `state::jetstream_kv`).
+/// A KV bucket, created if missing ([`crate::nats::key_value_bucket`]).
 async fn key_value(js: &jetstream::Context, bucket: String, max_age: Duration) -> Result<kv::Store, StoreError> {
-    if let Ok(store) = js.get_key_value(&bucket).await {
-        return Ok(store);
-    }
-    let config = jetstream::stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_age,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..Default::default()
-    };
-    // Another host may create it meanwhile: the bucket is there either way.
-    let created = js.create_stream(config).await;
-    js.get_key_value(&bucket).await.map_err(|e| match created {
-        Err(create) => unavailable(format!("creating KV bucket {bucket}: {create}")),
-        Ok(_) => unavailable(format!("opening KV bucket {bucket}: {e}")),
-    })
+    crate::nats::key_value_bucket(js, &bucket, max_age).await.map_err(unavailable)
 }
 
 fn pointer_of(entry: &kv::Entry) -> Result<Option<Pointer>, StoreError> {
