@@ -41,6 +41,7 @@
 //! to the broker once, followed by every host running the pipeline.
 //! [`client`] opens the services a plugin may call (`sluice:plugin/client`)
 //! and makes its requests.
+//! [`time`] is how times are written everywhere (RFC 3339, UTC, ms).
 //! [`tap`] captures a sampled live view of a pipeline's inputs, outputs
 //! and dead letters for `sluice tap`.
 //! [`service`] tells systemd (`Type=notify`) when the host is ready,
@@ -69,3 +70,4 @@ pub mod store;
 pub mod supervisor;
 pub mod tap;
 pub mod telemetry;
+pub mod time;

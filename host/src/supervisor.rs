@@ -397,7 +397,7 @@ async fn supervise(name: &str, config: &PipelineConfig, context: &RunContext, st
         }
         match restarts.after_failure(std::time::Instant::now(), ended.up, rand::random_range(-1.0..=1.0)) {
             restart::Verdict::Restart { attempt, delay } => {
-                let next_try = crate::dispatch::dead_letter::rfc3339(std::time::SystemTime::now() + delay);
+                let next_try = crate::time::rfc3339(std::time::SystemTime::now() + delay);
                 // The error is on the line before ("pipeline stopped: …" or
                 // "cannot start pipeline: …"): one line per failure says it.
                 tracing::warn!(
@@ -493,7 +493,7 @@ async fn run_pipeline(
     let handle = Arc::new(PipelineHandle {
         name: name.to_owned(),
         source: built.source.describe(),
-        started_at: crate::dispatch::dead_letter::rfc3339(std::time::SystemTime::now()),
+        started_at: crate::time::rfc3339(std::time::SystemTime::now()),
         versions: versions.clone(),
         pause: built.pause,
         stats: dispatcher.stats.clone(),

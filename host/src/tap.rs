@@ -256,7 +256,7 @@ fn short(digest: &str) -> String {
 fn seen(point: Point, event: &str, key: Option<&[u8]>, headers: &[Header], payload: &[u8]) -> Seen {
     Seen {
         point,
-        at: crate::dispatch::dead_letter::rfc3339(SystemTime::now()),
+        at: crate::time::rfc3339(SystemTime::now()),
         event: event.to_owned(),
         version: None,
         destination: None,

@@ -175,7 +175,7 @@ fn shown(found: Found) -> Shown {
         attempts: record.attempts,
         plugin: record.plugin,
         plugin_digest: record.plugin_digest,
-        time: record.dead_lettered_at.map(crate::dispatch::dead_letter::rfc3339),
+        time: record.dead_lettered_at.map(crate::time::rfc3339),
         pipeline: record.pipeline,
         event_id: record.event_id,
         source: record.source,

@@ -77,7 +77,7 @@ async fn run(options: &Options) -> Result<std::process::ExitCode> {
         }
         let name = to.destination(&record)?;
         if options.dry_run {
-            let at = record.dead_lettered_at.map(sluice::dispatch::dead_letter::rfc3339).unwrap_or_else(|| "?".into());
+            let at = record.dead_lettered_at.map(sluice::time::rfc3339).unwrap_or_else(|| "?".into());
             progress.suspend(|| {
                 println!(
                     "would replay {} (pipeline {}, {} at {}: {}) to {}:{}",

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 use crate::event::{text_header, Event};
 use crate::runtime::CallRecord;
 use crate::sink::Record;
+use crate::time::rfc3339;
 
 /// Why an event is dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,21 +95,4 @@ pub fn record(event: Event, failure: &Failure, pipeline: &str, plugin: &str, dig
         }
     }
     Record { destination: None, key: event.key, payload: event.payload, headers, id: None, partition: None }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn formats_utc_times() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
-    }
 }

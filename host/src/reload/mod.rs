@@ -322,5 +322,5 @@ impl PluginVersions {
 }
 
 fn now() -> String {
-    crate::dispatch::dead_letter::rfc3339(SystemTime::now())
+    crate::time::rfc3339(SystemTime::now())
 }

@@ -116,7 +116,7 @@ impl DeadLetter {
     /// later is a new message. A `Nats-Msg-Id` the event carried is dropped:
     /// the stream would take the replay for the original and discard it.
     pub fn into_record(self, destination: Option<String>) -> Record {
-        let at = self.dead_lettered_at.map(crate::dispatch::dead_letter::rfc3339).unwrap_or_default();
+        let at = self.dead_lettered_at.map(crate::time::rfc3339).unwrap_or_default();
         let headers = self.headers.into_iter().filter(|h| !h.key.eq_ignore_ascii_case("Nats-Msg-Id")).collect();
         Record {
             destination,

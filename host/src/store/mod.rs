@@ -207,7 +207,7 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn now() -> String {
-    crate::dispatch::dead_letter::rfc3339(std::time::SystemTime::now())
+    crate::time::rfc3339(std::time::SystemTime::now())
 }
 
 /// A name as a KV key token: characters other than `[A-Za-z0-9_-]` become
