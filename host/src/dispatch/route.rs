@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::codec::{ErrorReply, Plain, ReplyCodec, Request};
-use crate::event::Output;
+use crate::event::{Header, Output};
 use crate::sink::{Record, Sink};
 
 pub struct Router {
@@ -36,7 +36,7 @@ impl Router {
 
     /// The request an event is, if it expects a reply, as the reply codec
     /// reads it.
-    pub fn request(&self, reply_to: Option<String>, headers: &[crate::event::Header]) -> Option<Request> {
+    pub fn request(&self, reply_to: Option<String>, headers: &[Header]) -> Option<Request> {
         self.codec.request(reply_to, headers)
     }
 
