@@ -8,6 +8,8 @@
 //! 2. [`source`]: where events come from (a file, stdin, core NATS, JetStream).
 //!    A source yields [`source::Delivery`]s: an [`event::Event`] plus an
 //!    acknowledgement handle that is settled only once the event is done.
+//!    A pipeline with a `codec` wraps its source to decode the wire format
+//!    ([`codec::decode`]); replies are encoded back by [`codec::reply`].
 //! 3. [`dispatch`]: the pipeline driver. It refuses inputs over the
 //!    header caps ([`dispatch::limits`]) as it takes them, assigns deliveries
 //!    to ordered lanes, calls the plugin through [`runtime`], applies the retry
@@ -28,7 +30,8 @@
 //! runs many of them in one process, isolated from each other, until they end
 //! or a shutdown signal drains them; one that fails is started again by its
 //! restart policy ([`supervisor::restart`]). [`codec`] holds the JSON-lines encoding
-//! shared by the file and stdio sources and sinks, [`fs`] the atomic file
+//! shared by the file and stdio sources and sinks and the NestJS wire
+//! format at the pipeline's edges, [`fs`] the atomic file
 //! write used by checkpoints and the compiled-component cache, [`nats`] the
 //! connections and header mapping NATS sources and sinks share, [`kafka`]
 //! the client settings, message mapping and transactions of Kafka's.

@@ -215,7 +215,7 @@ pub async fn build(
         paused,
         router: Router::new(default, routes)
             .with_replies(source.reply_sink())
-            .with_codec(config.codec, matches!(config.source, SourceConfig::Kafka(_))),
+            .with_codec(crate::codec::reply::for_pipeline(config.codec, matches!(config.source, SourceConfig::Kafka(_)))),
         dead_letter,
         retry: RetryPolicy { max_attempts, backoff: policy.backoff.clone() },
         concurrency: policy.concurrency,
@@ -259,7 +259,15 @@ async fn open_source(
     state: Option<&Arc<crate::state::Store>>,
     partition_state: Option<Arc<dyn crate::source::kafka::PartitionState>>,
 ) -> Result<Box<dyn Source>, SourceError> {
-    let cx = SourceContext { connections, transaction, lag, state, partition_state, fetch_batch: pipeline.policy.batch_size };
+    let cx = SourceContext {
+        connections,
+        transaction,
+        lag,
+        state,
+        partition_state,
+        fetch_batch: pipeline.policy.batch_size,
+        codec: pipeline.codec,
+    };
     pipeline.source.build(cx).await
 }
 

@@ -18,9 +18,16 @@
 //!   on input.
 //!
 //! [`nestjs`] is the other codec: the NestJS microservices packet format, a
-//! pipeline's optional wire format for payloads (`codec = "nestjs"`).
+//! pipeline's optional wire format for payloads (`codec = "nestjs"`). It is
+//! applied at the pipeline's edges, so the dispatcher between them sees
+//! events and outputs only: [`decode`] wraps the source (inputs are
+//! unwrapped there), [`reply`] is what the router encodes replies and error
+//! replies with.
 
+pub mod decode;
 mod json;
 pub mod nestjs;
+pub mod reply;
 
 pub use json::{decode_event, encode_record, DecodeError};
+pub use reply::{ErrorReply, Plain, ReplyCodec, ReplyPartition, Request};

@@ -16,14 +16,12 @@ use super::breaker::{Outcome, Permit};
 use super::dead_letter::{self, Failure, Reason};
 use super::idempotency::Claim;
 use super::publish::{self, Conclusion, FailedRequest};
-use super::route::Request;
 use super::state::Redelivery;
 use super::stats::ErrorKind;
 use super::trace::{EventTrace, Fate};
 use super::verdict::{self, Attempted, Mode, Rules, Verdict};
 use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
-use crate::codec::nestjs;
-use crate::config::Codec;
+use crate::codec::Request;
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
 use crate::runtime::state::StateAccess;
@@ -127,23 +125,12 @@ impl Lane {
         // (undecodable, a repeat) is concluded after the ones before it,
         // so conclusions, and acks, keep the source's order.
         let mut run = Run::default();
-        let codec = self.d.router.codec();
         let applied = match &self.d.state {
             Some(store) => super::state::applied(store, &batch).await?,
             None => Vec::new(),
         };
         for (index, delivery) in batch.into_iter().enumerate() {
             let Delivery { mut event, defect, ack, .. } = delivery;
-            // The pipeline's wire codec unwraps the payload the plugin sees.
-            let defect = match (defect, codec) {
-                (Some(defect), _) => Some(defect),
-                (None, Codec::None) => None,
-                (None, Codec::Nestjs) if self.d.router.kafka_transport() => {
-                    nestjs::decode_kafka(&mut event);
-                    None
-                }
-                (None, Codec::Nestjs) => nestjs::decode(&mut event).err(),
-            };
             let trace = self.begin(&mut event);
             // Refused before the plugin: undecodable, or failing its schema
             // or the plugin's accepted versions.
@@ -411,7 +398,7 @@ impl Lane {
             // Emitted during the call, so before what it returned.
             outputs.splice(0..0, emitted);
         }
-        let request = Request::of(event.reply_to.take(), &event.headers);
+        let request = self.d.router.request(event.reply_to.take(), &event.headers);
         let checked = forged
             .map_or(Ok(()), Err)
             .and_then(|()| self.within_caps(&outputs))
@@ -476,7 +463,7 @@ impl Lane {
         tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "a repeat of an event already handled (idempotency): skipped");
         Stats::add(&self.d.stats.duplicates, 1);
         self.end(&mut trace, Fate::Duplicate, event.attempt);
-        let request = Request::of(event.reply_to, &event.headers);
+        let request = self.d.router.request(event.reply_to, &event.headers);
         let propagate = std::mem::take(&mut trace.propagate);
         self.concluded.push(Conclusion::Repeat { ack, event_id: event.id, request, propagate });
     }
@@ -566,7 +553,7 @@ impl Lane {
             attempts = failure.attempts,
             "dead-lettering event: {}", failure.message
         );
-        let failed_request = Request::of(event.reply_to.clone(), &event.headers).map(|request| {
+        let failed_request = self.d.router.request(event.reply_to.clone(), &event.headers).map(|request| {
             Box::new(FailedRequest {
                 request,
                 reason: failure.reason,

@@ -252,6 +252,11 @@ impl Dispatcher {
                     delivery.defect = Some(format!("{why}; its headers are left out of this dead-letter record"));
                 }
             }
+            // The source's wire format unwrapped (the pipeline's `codec`):
+            // an event that is not in it is dead-lettered in its turn.
+            if delivery.defect.is_none() {
+                delivery.defect = source.decode(&mut delivery.event).err();
+            }
             let lane = match ordering {
                 Ordering::None => 0,
                 Ordering::Partition => delivery.partition as usize % senders.len(),

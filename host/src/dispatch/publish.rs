@@ -14,11 +14,10 @@ use crate::state::{Store, Ticket};
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::Reason;
-use super::route::{ErrorReply, ReplyPartition, Request};
 use super::trace::replace;
 use super::{DispatchError, Dispatcher, Stats};
+use crate::codec::{ErrorReply, ReplyPartition, Request};
 use crate::event::{text_header, Header, Output};
-use crate::kafka::REPLY_PARTITION_HEADER;
 
 /// The header every output carries: the sha256 of the plugin version that
 /// produced it (dead-letter records carry `sluice-dlq-plugin-digest`).
@@ -253,10 +252,10 @@ async fn send_repeat_reply(
 async fn aim(d: &Dispatcher, request: &Request, sink: &Arc<dyn Sink>, record: &mut Record) {
     let why = match &request.reply_partition {
         ReplyPartition::Unnamed => return,
-        ReplyPartition::Unreadable(value) => format!("{REPLY_PARTITION_HEADER} {value:?} is not a partition number"),
+        ReplyPartition::Unreadable(value) => ReplyPartition::unreadable(value),
         ReplyPartition::Named(partition) => match sink.has_partition(record.destination.as_deref(), *partition).await {
             Ok(()) => return,
-            Err(why) => format!("{REPLY_PARTITION_HEADER} names a partition the reply topic does not have: {why}"),
+            Err(why) => ReplyPartition::missing(&why),
         },
     };
     tracing::warn!(pipeline = %d.pipeline, reply_to = %request.reply_to, "replying on partition 0: {why}");

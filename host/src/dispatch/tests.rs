@@ -819,3 +819,61 @@ async fn inputs_over_the_header_caps_are_dead_lettered_without_a_call() -> Resul
     );
     Ok(())
 }
+
+/// A pipeline with `codec = "nestjs"` over NATS: the source decodes
+/// (after the header caps, on the event as received), the router encodes
+/// replies; the dispatcher in between sees plain events and outputs.
+#[tokio::test(start_paused = true)]
+async fn a_nestjs_source_decodes_after_the_header_caps_and_replies_are_packets() -> Result<(), DispatchError> {
+    use crate::config::Codec;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let saw = seen.clone();
+    let mut h = harness(
+        move |e, _| {
+            if let Ok(mut seen) = saw.lock() {
+                seen.push(String::from_utf8_lossy(&e.payload).into_owned());
+            }
+            Ok(Ok(vec![Output { destination: None, key: None, payload: e.payload.clone(), headers: vec![], reply: true }]))
+        },
+        SinkMode::Ok,
+    );
+    let replies = MemorySink::new(SinkMode::Ok);
+    h.dispatcher.router = Router::new(h.out.clone(), HashMap::new())
+        .with_replies(Some(replies.clone()))
+        .with_codec(crate::codec::reply::for_pipeline(Codec::Nestjs, false));
+    h.dispatcher.header_limits = limits::HeaderLimits { max_headers: 3, max_header_bytes: 1024 };
+    let request = |id: &str, payload: &str, headers: usize| {
+        let mut e = event(id, payload);
+        e.reply_to = Some(format!("_INBOX.{id}"));
+        e.headers = (0..headers).map(|i| crate::event::text_header(&format!("h{i}"), "v")).collect();
+        (e, 0)
+    };
+    let events = vec![
+        // Three headers as received (at the cap); five once decoded.
+        request("a", r#"{"pattern":"get","data":{"n":1},"id":"p-1"}"#, 3),
+        request("b", "not json", 0),
+        // Over the cap as received: refused before any parsing.
+        request("c", r#"{"pattern":"get","data":2,"id":"p-3"}"#, 4),
+    ];
+    let log = Settlements::default();
+    let source = crate::codec::decode::decoding(source(events, &log, false), Codec::Nestjs, false);
+    h.dispatcher.run(source, CancellationToken::new()).await?;
+
+    assert_eq!(seen.lock().map(|s| s.clone()).unwrap_or_default(), vec![r#"{"n":1}"#.to_owned()], "the plugin sees the packet's data");
+    let sent = replies.records.lock().map(|r| r.clone()).unwrap_or_default();
+    let to = |inbox: &str| {
+        sent.iter().find(|r| r.destination.as_deref() == Some(inbox)).map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+    };
+    assert_eq!(to("_INBOX.a").as_deref(), Some(r#"{"response":{"n":1},"isDisposed":true,"id":"p-1"}"#));
+    let undecodable = to("_INBOX.b").unwrap_or_default();
+    assert!(undecodable.starts_with(r#"{"err":{"status":"error","message":"the payload is not a NestJS packet"#), "{undecodable}");
+    assert!(undecodable.contains(r#""reason":"undecodable""#), "{undecodable}");
+    let over = to("_INBOX.c").unwrap_or_default();
+    assert!(over.contains("over policy.max_headers (3)") && !over.contains(r#""id":"p-3""#), "refused as received, not decoded: {over}");
+    assert_eq!(
+        settlements(&log),
+        vec![("a".into(), Settlement::Done), ("b".into(), Settlement::DeadLettered), ("c".into(), Settlement::DeadLettered)],
+        "undecodable events are settled in their turn"
+    );
+    Ok(())
+}

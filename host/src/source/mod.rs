@@ -41,6 +41,9 @@ pub struct SourceContext<'a> {
     /// Events the pipeline hands its plugin per call: what a pulling
     /// source asks for at once.
     pub fetch_batch: usize,
+    /// The pipeline's wire format for payloads: the source is wrapped to
+    /// decode it ([`crate::codec::decode`]).
+    pub codec: crate::config::Codec,
 }
 
 impl SourceContext<'_> {
@@ -51,16 +54,19 @@ impl SourceContext<'_> {
 }
 
 impl crate::config::SourceConfig {
-    /// Opens the source this config selects.
+    /// Opens the source this config selects, decoding the pipeline's
+    /// `codec`.
     pub async fn build(&self, cx: SourceContext<'_>) -> Result<Box<dyn Source>, SourceError> {
         use crate::config::SourceConfig;
-        Ok(match self {
+        let codec = cx.codec;
+        let source: Box<dyn Source> = match self {
             SourceConfig::File(file) => Box::new(file.build(cx).await?),
             SourceConfig::Stdin(stdin) => Box::new(stdin.build()),
             SourceConfig::Nats(nats) => Box::new(nats.build(cx).await?),
             SourceConfig::Jetstream(jetstream) => Box::new(jetstream.build(cx).await?),
             SourceConfig::Kafka(kafka) => Box::new(kafka.build(cx).await?),
-        })
+        };
+        Ok(crate::codec::decode::decoding(source, codec, matches!(self, SourceConfig::Kafka(_))))
     }
 }
 
@@ -157,6 +163,16 @@ pub trait Source: Send + 'static {
     /// not followed). Must be cancel-safe: the dispatcher drops a pending
     /// call to stop intake at shutdown.
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError>;
+
+    /// Unwraps the wire format of an event this source delivered (the
+    /// pipeline's `codec`, see [`crate::codec::decode`]), so the plugin
+    /// sees the payload inside. Intake calls it after its own checks on
+    /// the event as received (the tap, the header caps: a message over
+    /// them is refused before any parsing). `Err`: the event cannot be
+    /// decoded, and is dead-lettered with that reason in its turn.
+    fn decode(&self, _event: &mut Event) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Called once at the end, after every delivery was settled (or dropped
     /// at a shutdown deadline): commit what is done, release connections.
