@@ -131,24 +131,11 @@ pub async fn build(
         None => {
             let spec = plugin_spec(name, config)?;
             let from_store = match stored {
-                Some(version) => match LoadedPlugin::from_bytes(runtime, spec.clone(), version.bytes, version.signature).await {
-                    Ok(plugin) => Some(plugin),
-                    Err(err) => {
-                        tracing::error!(
-                            pipeline = name,
-                            digest = &version.digest[..version.digest.len().min(12)],
-                            "the plugin store's current version is refused, starting with the local plugin file: {err}"
-                        );
-                        None
-                    }
-                },
+                Some(version) => load_stored(runtime, name, spec.clone(), version).await,
                 None => None,
             };
             let plugin = match from_store {
-                Some(plugin) => {
-                    tracing::info!(pipeline = name, "starting with the plugin store's current version");
-                    plugin
-                }
+                Some(plugin) => plugin,
                 None => load_plugin(runtime, spec).await?,
             };
             tracing::info!(
@@ -238,6 +225,26 @@ pub async fn build(
         clients,
     };
     Ok(Built { dispatcher, source, plugin, pause, transaction: fenceable })
+}
+
+/// The fleet store's current version of pipeline `name`, loaded as an
+/// upload is; `None`, logged, when it is refused (the local file is loaded
+/// instead, and the store's follower tries the version again).
+async fn load_stored(runtime: &Runtime, name: &str, spec: PluginSpec, version: crate::store::StoredVersion) -> Option<LoadedPlugin> {
+    match LoadedPlugin::from_bytes(runtime, spec, version.bytes, version.signature).await {
+        Ok(plugin) => {
+            tracing::info!(pipeline = name, "starting with the plugin store's current version");
+            Some(plugin)
+        }
+        Err(err) => {
+            tracing::error!(
+                pipeline = name,
+                digest = &version.digest[..version.digest.len().min(12)],
+                "the plugin store's current version is refused, starting with the local plugin file: {err}"
+            );
+            None
+        }
+    }
 }
 
 /// The transaction of an exactly-once Kafka pipeline.
