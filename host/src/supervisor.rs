@@ -538,8 +538,15 @@ async fn run_pipeline(
             registry.remove(name);
         }
     }
-    let fenced = built.transaction.as_ref().is_some_and(|t| t.fenced());
-    let report = PipelineReport { name: name.to_owned(), stats, error: result.err().map(|e| e.to_string()) };
+    let fenced = built.transaction.as_ref().filter(|t| t.fenced());
+    // The error that stopped the run may predate librdkafka learning of the
+    // fencing (a commit failing with a bare broker error): say it now.
+    let error = result.err().map(|e| match fenced {
+        Some(transaction) if !e.to_string().contains("was fenced") => transaction.explain(e),
+        _ => e.to_string(),
+    });
+    let fenced = fenced.is_some();
+    let report = PipelineReport { name: name.to_owned(), stats, error };
     Ended { report, versions: Some(versions), up, fenced }
 }
 

@@ -142,6 +142,17 @@ impl Transaction {
             self.producer.begin_transaction()
         })();
         result.map(|()| true).map_err(|e| {
+            // A commit can fail before librdkafka knows it was fenced: Kafka 4
+            // may answer a fenced producer's EndTxn with an error code
+            // librdkafka does not name ("Unknown broker error"). Aborting
+            // asks the broker again (a fenced producer's abort fails fatally,
+            // which `fenced` then sees), and an abortable error needs the
+            // abort anyway before this producer can be used again.
+            if !self.fenced() {
+                if let Err(abort) = self.producer.abort_transaction(CALL_TIMEOUT) {
+                    tracing::debug!(transactional_id = %self.id, "abort after a failed commit failed too: {abort}");
+                }
+            }
             if self.fenced() {
                 self.error(self.explain(e))
             } else {
