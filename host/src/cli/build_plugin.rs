@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use sha2::{Digest, Sha256};
+use sluice::runtime::plugin::digest_of;
 
 use super::new_plugin::Lang;
 
@@ -125,7 +125,7 @@ pub fn build(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::metadata(&component)
         .with_context(|| format!("build.sh printed {printed_path}, but there is no {}", component.display()))?
         .len();
-    let digest = hex::encode(Sha256::digest(std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?));
+    let digest = digest_of(&std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?);
     println!("{}", component.display());
     eprintln!(
         "built {} ({} KiB, sha256 {}) in {:.1}s\ntest it: sluice plugin test {} --events {} --expect {}",

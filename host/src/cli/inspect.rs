@@ -2,7 +2,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
+use sluice::runtime::plugin::digest_of;
 use wasmtime::component::{types::ComponentItem, Component};
 
 use sluice::runtime::{Runtime, RuntimeOptions, Target};
@@ -17,7 +17,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
     let ty = component.component_type();
     println!("file:    {}", path.display());
     println!("size:    {} ({} bytes)", bytesize::ByteSize::b(bytes.len() as u64), bytes.len());
-    let digest = hex::encode(Sha256::digest(&bytes));
+    let digest = digest_of(&bytes);
     println!("sha256:  {digest}");
     println!("signed:  {}", signature_note(path, &digest));
     println!("imports:");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
+use sluice::runtime::plugin::digest_of;
 
 use sluice::runtime::signature::{self, Signature};
 
@@ -26,7 +26,7 @@ pub fn sign(plugin: &Path, key: &Path, out: Option<PathBuf>) -> anyhow::Result<E
         anyhow::bail!("{} is not a WebAssembly file (it does not start with `\\0asm`): sign the built component", plugin.display());
     }
     let key = signature::read_signing_key(key)?;
-    let digest = hex::encode(Sha256::digest(&bytes));
+    let digest = digest_of(&bytes);
     let line = Signature::sign(&key, &digest);
     let out = out.unwrap_or_else(|| signature::signature_path(plugin));
     // Written whole under another name, then renamed: a host watching the

@@ -149,8 +149,7 @@ impl PluginVersions {
     pub async fn upload(&self, bytes: Vec<u8>, sha256: Option<String>, signature: Option<String>) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
         if let Some(expected) = &sha256 {
-            use sha2::Digest;
-            let actual = hex::encode(sha2::Sha256::digest(&bytes));
+            let actual = crate::runtime::plugin::digest_of(&bytes);
             if !expected.eq_ignore_ascii_case(&actual) {
                 return Err(self
                     .reject(Origin::Upload, format!("the uploaded version has sha256 {actual}, not the {expected} the request expects")));
@@ -165,7 +164,7 @@ impl PluginVersions {
     pub async fn from_store(&self, version: crate::store::StoredVersion) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
         let crate::store::StoredVersion { digest, bytes, signature } = version;
-        let actual = crate::store::digest(&bytes);
+        let actual = crate::runtime::plugin::digest_of(&bytes);
         if actual != digest {
             return Err(self.reject(Origin::Store, format!("the store's version {digest} has sha256 {actual}")));
         }

@@ -262,11 +262,18 @@ impl LoadedPlugin {
     }
 }
 
+/// What names a plugin version everywhere (config pins, uploads, the
+/// fleet store, signatures, the `sluice-plugin-digest` header): the
+/// sha256 of its bytes, in lower-case hex.
+pub fn digest_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Checks the pin and the header, compiles (or loads from the cache) and
 /// checks the world: everything before the first instance. Blocking.
 fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8], signature: Option<&str>) -> Result<LoadedPlugin, LoadError> {
     let path = spec.path.clone();
-    let digest = hex::encode(Sha256::digest(bytes));
+    let digest = digest_of(bytes);
     if let Some(expected) = &spec.sha256 {
         if !expected.eq_ignore_ascii_case(&digest) {
             return Err(LoadError::DigestMismatch { path, expected: expected.clone(), actual: digest });

@@ -200,12 +200,6 @@ pub async fn fleet(store: &dyn PluginStore, pipeline: &str) -> Result<FleetStatu
     Ok(FleetStatus::new(current, hosts))
 }
 
-/// sha256 of `bytes`, hex.
-pub fn digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 pub(crate) fn now() -> String {
     crate::time::rfc3339(std::time::SystemTime::now())
 }

@@ -78,7 +78,7 @@ fn pointer_of(entry: &kv::Entry) -> Result<Option<Pointer>, StoreError> {
 #[async_trait::async_trait]
 impl PluginStore for NatsStore {
     async fn put(&self, bytes: &[u8], signature: Option<&str>) -> Result<String, StoreError> {
-        let digest = super::digest(bytes);
+        let digest = crate::runtime::plugin::digest_of(bytes);
         let wasm = format!("{digest}.wasm");
         let stored = match self.objects.info(&wasm).await {
             Ok(info) => info.size == bytes.len(),
@@ -98,7 +98,7 @@ impl PluginStore for NatsStore {
 
     async fn get(&self, digest: &str) -> Result<StoredVersion, StoreError> {
         let bytes = self.read(&format!("{digest}.wasm")).await?.ok_or_else(|| StoreError::NoVersion(digest.to_owned()))?;
-        let actual = super::digest(&bytes);
+        let actual = crate::runtime::plugin::digest_of(&bytes);
         if actual != digest {
             return Err(StoreError::Damaged { digest: digest.to_owned(), actual });
         }
