@@ -213,6 +213,7 @@ pub fn key_token(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::plugin::digest_of as digest;
 
     fn beat(host: &str, digest: &str) -> Heartbeat {
         Heartbeat { host: host.into(), pipeline: "p".into(), digest: digest.into(), refused: None, at: String::new() }
