@@ -389,3 +389,52 @@ async fn a_version_over_a_megabyte_goes_in_chunks_and_a_tampered_chunk_is_refuse
     a.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
+
+/// Two pushes at once: the pointer writer of each fences the other's, so
+/// one lands after the other and both are in the pointer (the current
+/// version and, for rollback, the one before it); none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_pushes_both_land() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let topics = Topics::new(broker.bootstrap());
+    let scratch = Scratch::new()?;
+    scratch.write("a.toml", topics.config("a"))?;
+    let (v1, v2) = (sha256_hex(&plugin("tag_v1"))?, sha256_hex(&plugin("tag_v2"))?);
+    // The store's topics exist before the race (created by the first open).
+    scratch.run(&["plugin", "fleet", "--config", "a.toml"])?.ensure_success()?;
+    for round in 0..3 {
+        let push = |name: &str| {
+            Running::spawn(scratch.sluice(&["plugin", "push", "--config", "a.toml", "shared", &plugin(name).display().to_string()]))
+        };
+        let (one, two) = (push("tag_v1")?, push("tag_v2")?);
+        one.wait(WITHIN)?.ensure_success()?;
+        two.wait(WITHIN)?.ensure_success()?;
+        let fleet = scratch.run(&["plugin", "fleet", "--config", "a.toml", "shared"])?;
+        let current = if fleet.stdout.contains(&format!("current {}", &v1[..12])) { &v1 } else { &v2 };
+        let other = if current == &v1 { &v2 } else { &v1 };
+        let back = scratch.run(&["plugin", "rollback", "--config", "a.toml", "shared"])?;
+        back.ensure_success()?;
+        ensure!(
+            back.stdout.contains(&other[..12]),
+            "round {round}: rolling back from {} gives {}: {}",
+            &current[..12],
+            &other[..12],
+            back.stdout
+        );
+    }
+    Ok(())
+}
+
+/// A store topic that exists without compaction is refused, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_topic_that_is_not_compacted_is_refused() -> Result<()> {
+    let broker = KafkaBroker::shared()?;
+    let topics = Topics::new(broker.bootstrap());
+    create_topics(&topics.bootstrap, &[(&topics.store, 1)]).await?;
+    let scratch = Scratch::new()?;
+    scratch.write("a.toml", topics.config("a"))?;
+    let out = scratch.run(&["plugin", "fleet", "--config", "a.toml"])?;
+    out.ensure_failure()?;
+    ensure!(out.stderr.contains(&format!("topic `{}` exists with `cleanup.policy=delete`, not `compact`", topics.store)), "{}", out.stderr);
+    Ok(())
+}

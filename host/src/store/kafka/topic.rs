@@ -25,10 +25,18 @@ pub async fn ensure(client: &ClientConfig, brokers: &str, topic: &str) -> Result
         Some(partitions) => partitions,
         None => {
             create(&admin, topic).await?;
-            partitions(&admin, topic)
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(|| unavailable(format!("topic `{topic}` was created but the brokers do not list it yet; try again")))?
+            // The brokers list a new topic once its metadata has spread:
+            // a moment, usually.
+            let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+            loop {
+                if let Some(partitions) = partitions(&admin, topic).await.map_err(unavailable)? {
+                    break partitions;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(unavailable(format!("topic `{topic}` was created but the brokers do not list it after {OPEN_TIMEOUT:?}")));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     };
     let options = AdminOptions::new().request_timeout(Some(OPEN_TIMEOUT));
