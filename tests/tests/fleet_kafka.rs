@@ -278,7 +278,8 @@ async fn three_hosts_in_a_group_follow_pushes_and_rollbacks_without_losing_an_ev
         }
     }
     let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).take(10).collect();
-    ensure!(twice.is_empty(), "handled more than once: {twice:?}");
+    let where_twice: Vec<_> = all.iter().filter(|(_, s)| twice.contains(&s.id)).collect();
+    ensure!(twice.is_empty(), "handled more than once: {twice:?}: {where_twice:?}");
     let missing: Vec<u64> = (0..total).filter(|id| !ids.contains_key(id)).take(10).collect();
     ensure!(missing.is_empty(), "lost: {missing:?} (of {total})");
     ensure!(ids.len() as u64 == total, "{} ids seen, {total} sent", ids.len());
