@@ -408,8 +408,11 @@ async fn two_concurrent_pushes_both_land() -> Result<()> {
             Running::spawn(scratch.sluice(&["plugin", "push", "--config", "a.toml", "shared", &plugin(name).display().to_string()]))
         };
         let (one, two) = (push("tag_v1")?, push("tag_v2")?);
-        one.wait(WITHIN)?.ensure_success()?;
-        two.wait(WITHIN)?.ensure_success()?;
+        let (one, two) = (one.wait(WITHIN)?, two.wait(WITHIN)?);
+        one.ensure_success()?;
+        two.ensure_success()?;
+        let retried = [&one, &two].iter().filter(|p| p.stderr.contains("trying again")).count();
+        eprintln!("round {round}: {retried} push(es) fenced by the other and tried again");
         let fleet = scratch.run(&["plugin", "fleet", "--config", "a.toml", "shared"])?;
         let current = if fleet.stdout.contains(&format!("current {}", &v1[..12])) { &v1 } else { &v2 };
         let other = if current == &v1 { &v2 } else { &v1 };

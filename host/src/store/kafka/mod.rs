@@ -109,6 +109,7 @@ impl KafkaStore {
     /// Opens (creating if missing) the two topics, starts the tail and
     /// reads the store to its end.
     pub async fn open(config: &KafkaStoreConfig) -> Result<Self, StoreError> {
+        let began = std::time::Instant::now();
         let client = crate::kafka::client_config(&config.brokers, &config.connection_options());
         let partitions = topic::ensure(&client, &config.brokers, &config.topic).await?;
         let chunks_topic = format!("{}-chunks", config.topic);
@@ -126,7 +127,9 @@ impl KafkaStore {
         let stop = CancellationToken::new();
         tokio::spawn(tail(consumer, state.clone(), stop.clone()));
         let store = Self { topic: config.topic.clone(), chunks_topic, client, partitions, producer, state, _tail: stop.drop_guard() };
+        tracing::debug!(topic = %config.topic, elapsed = ?began.elapsed(), "plugin store: topics checked");
         store.sync().await?;
+        tracing::debug!(topic = %config.topic, elapsed = ?began.elapsed(), "plugin store: read to its end");
         Ok(store)
     }
 
@@ -311,11 +314,12 @@ fn now_ms() -> i64 {
 }
 
 /// Error codes that mean another writer started after this one.
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced | RDKafkaErrorCode::InvalidProducerEpoch)
+}
+
 fn fenced(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fenced | RDKafkaErrorCode::InvalidProducerEpoch)
-    )
+    error.rdkafka_error_code().is_some_and(is_fencing)
 }
 
 #[async_trait::async_trait]
@@ -363,7 +367,9 @@ impl PluginStore for KafkaStore {
         pipeline: &str,
         change: &(dyn Fn(Option<Pointer>) -> Result<Pointer, StoreError> + Send + Sync),
     ) -> Result<Pointer, StoreError> {
+        let began = std::time::Instant::now();
         let writer = self.pointer_writer().await?;
+        tracing::debug!(elapsed = ?began.elapsed(), "plugin store: pointer writer started");
         // Every writer before this one is fenced: what is read now is
         // what this one changes.
         self.sync().await?;
@@ -375,21 +381,31 @@ impl PluginStore for KafkaStore {
         let value = serde_json::to_vec(&next).map_err(|e| StoreError::Malformed(e.to_string()))?;
         let (topic, key) = (self.topic.clone(), records::pointer_key(pipeline));
         let committed = tokio::task::spawn_blocking(move || {
-            writer.begin_transaction()?;
+            writer.begin_transaction().map_err(|e| (e, false))?;
             let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).key(key.as_str()).payload(value.as_slice());
             // The delivery is part of the commit, which flushes.
-            let _delivery = writer.send_result(record).map_err(|(e, _)| e)?;
-            writer.commit_transaction(CALL_TIMEOUT).inspect_err(|_| {
-                let _ = writer.abort_transaction(CALL_TIMEOUT);
+            let _delivery = writer.send_result(record).map_err(|(e, _)| (e, false))?;
+            writer.commit_transaction(CALL_TIMEOUT).map_err(|e| {
+                // A fenced commit may come back with a code librdkafka does
+                // not name (Kafka 4); the abort asks again, and a fenced
+                // producer's abort fails fatally with the fencing code.
+                let aborted = writer.abort_transaction(CALL_TIMEOUT);
+                let fatal = writer.client().fatal_error().map(|(code, _)| code);
+                let fenced = fenced(&e) || aborted.as_ref().err().is_some_and(fenced) || fatal.is_some_and(is_fencing);
+                (e, fenced)
             })
         })
         .await
         .map_err(unavailable)?;
         match committed {
             Ok(()) => {}
-            Err(e) if fenced(&e) => return Err(StoreError::Conflict(pipeline.to_owned())),
-            Err(e) => return Err(unavailable(format!("writing the pointer of `{pipeline}`: {e}"))),
+            Err((_, true)) => {
+                tracing::info!(pipeline, "another push or rollback started while this one was writing; trying again");
+                return Err(StoreError::Conflict(pipeline.to_owned()));
+            }
+            Err((e, false)) => return Err(unavailable(format!("writing the pointer of `{pipeline}`: {e}"))),
         }
+        tracing::debug!(elapsed = ?began.elapsed(), "plugin store: pointer committed");
         self.sync().await?;
         Ok(next)
     }
