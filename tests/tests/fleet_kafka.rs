@@ -108,6 +108,13 @@ fn end_offset(bootstrap: &str, topic: &str) -> Result<i64> {
     Ok(consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?.1)
 }
 
+/// Members of consumer group `group` once it is stable (0 before).
+fn group_members(bootstrap: &str, group: &str) -> Result<usize> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let groups = consumer.fetch_group_list(Some(group), Duration::from_secs(10))?;
+    Ok(groups.groups().iter().filter(|g| g.state() == "Stable").map(|g| g.members().len()).sum())
+}
+
 /// One output: the id in its payload and its digest header.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -167,6 +174,15 @@ async fn three_hosts_in_a_group_follow_pushes_and_rollbacks_without_losing_an_ev
         scratch.write(&format!("{host}.toml"), topics.config(host))?;
     }
 
+    let mut a = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
+    let mut b = Running::spawn(scratch.sluice(&["run", "b.toml"]))?;
+    let mut c = Running::spawn(scratch.sluice(&["run", "c.toml"]))?;
+    let (pa, pb, mut pc) = (a.admin_port()?, b.admin_port()?, c.admin_port()?);
+    converge(&[pa, pb, pc], &v1, Instant::now())?;
+    // As with the NATS test, events start once the three hosts are in the
+    // group (a first assignment is not a rollout).
+    poll_until("three hosts in the consumer group", WITHIN, || Ok((group_members(&bootstrap, &topics.group)? == 3).then_some(())))?;
+
     // Events flow all along, about one a millisecond, round the partitions.
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -191,11 +207,6 @@ async fn three_hosts_in_a_group_follow_pushes_and_rollbacks_without_losing_an_ev
         })
     };
 
-    let mut a = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
-    let mut b = Running::spawn(scratch.sluice(&["run", "b.toml"]))?;
-    let mut c = Running::spawn(scratch.sluice(&["run", "c.toml"]))?;
-    let (pa, pb, mut pc) = (a.admin_port()?, b.admin_port()?, c.admin_port()?);
-    converge(&[pa, pb, pc], &v1, Instant::now())?;
     // All three hold partitions: each has written outputs.
     poll_until("every host to handle events", WITHIN, || {
         Ok(done.iter().all(|t| end_offset(&bootstrap, t).unwrap_or(0) > 0).then_some(()))
