@@ -518,13 +518,19 @@ async fn run_pipeline(
             tracing::warn!(pipeline = %name, "cannot watch the plugin file; reload it through the admin API: {err}");
         }
     }
-    if let Some(store) = store {
+    let follower = store.as_ref().map(|store| {
         let host = crate::kafka::instance::instance_id();
-        crate::store::follow::spawn(store.clone(), sinks.clone(), versions.clone(), name.to_owned(), host, watching.clone());
-    }
+        crate::store::follow::spawn(store.clone(), sinks.clone(), versions.clone(), name.to_owned(), host, watching.clone())
+    });
     tracing::info!(pipeline = %name, source = %built.source.describe(), "pipeline started");
     let stats = dispatcher.stats.clone();
     let result = dispatcher.run(built.source, stop).await;
+    if let Some(follower) = follower {
+        // It removes this host's heartbeat: the fleet view drops the host
+        // now, not when the heartbeat expires.
+        watching.cancel();
+        let _ = follower.await;
+    }
     let up = started.elapsed();
     let stats = stats.snapshot();
     match &result {

@@ -22,7 +22,7 @@ mod interpolate;
 mod model;
 mod schemas;
 mod state;
-mod validate;
+pub(crate) mod validate;
 
 pub use client::{ClientConfig, ClientUse, Transport};
 pub use error::{ConfigError, Problem, Scope};
@@ -157,6 +157,15 @@ fn store_rules(store: &crate::store::StoreConfig) -> Vec<(&'static str, String)>
                 "tls_ca" => "store.tls_ca",
                 "tls_cert" => "store.tls_cert",
                 "tls_key" => "store.tls_key",
+                "kafka" => "store.kafka",
+                "kafka.brokers" => "store.kafka.brokers",
+                "kafka.topic" => "store.kafka.topic",
+                "kafka.tls.cert_file" => "store.kafka.tls.cert_file",
+                "kafka.tls.key_file" => "store.kafka.tls.key_file",
+                "kafka.tls.key_password" => "store.kafka.tls.key_password",
+                "kafka.sasl.username" => "store.kafka.sasl.username",
+                "kafka.sasl.password" => "store.kafka.sasl.password",
+                "kafka.options" => "store.kafka.options",
                 _ => "store",
             };
             (key, message)

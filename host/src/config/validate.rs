@@ -480,7 +480,7 @@ fn source_key(key: &'static str) -> &'static str {
 
 /// `tls` and `sasl` of a Kafka source or sink: whole, and not set twice
 /// (again in librdkafka `options`).
-fn validate_kafka_security<const N: usize>(
+pub(crate) fn validate_kafka_security<const N: usize>(
     tls: Option<&KafkaTls>,
     sasl: Option<&KafkaSasl>,
     options: [(&'static str, &BTreeMap<String, Secret>); N],
@@ -521,7 +521,7 @@ pub fn valid_topic(topic: &str) -> bool {
         && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn validate_brokers(brokers: &str) -> Result<(), String> {
+pub(crate) fn validate_brokers(brokers: &str) -> Result<(), String> {
     for broker in brokers.split(',').map(str::trim) {
         let ok = broker
             .rsplit_once(':')

@@ -254,6 +254,9 @@ impl rdkafka::ClientContext for Context {
     }
 }
 
+/// Consumers that only read (the plugin store's) need no rebalance hooks.
+impl rdkafka::consumer::ConsumerContext for Context {}
+
 /// The event a Kafka message carries. Its id is `<topic>/<partition>/<offset>`,
 /// the same on every redelivery. A message with a `kafka_replyTopic` header
 /// is a request.

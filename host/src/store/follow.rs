@@ -23,6 +23,9 @@ pub const BEAT_EVERY: Duration = Duration::from_secs(5);
 /// Time before watching the store again after the watch failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a stopping host tries to remove its heartbeat.
+pub const LEAVE_WITHIN: Duration = Duration::from_secs(3);
+
 /// The process's store, opened on first use (and tried again on the next
 /// use while it cannot be opened).
 pub struct Shared {
@@ -61,7 +64,9 @@ pub async fn starting_version(shared: &Shared, connections: &crate::nats::Connec
     }
 }
 
-/// Follows the store for `versions` until `stop` fires.
+/// Follows the store for `versions` until `stop` fires, then removes the
+/// host's heartbeat (the task ends when it is removed, or after
+/// [`LEAVE_WITHIN`]).
 pub fn spawn(
     shared: Arc<Shared>,
     connections: Arc<crate::pipeline::SinkSet>,
@@ -69,7 +74,7 @@ pub fn spawn(
     pipeline: String,
     host: String,
     stop: CancellationToken,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut follower = Follower { versions, pipeline, host, refused: None };
         loop {
@@ -94,7 +99,7 @@ pub fn spawn(
             let mut beat = tokio::time::interval(BEAT_EVERY);
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return follower.leave(store.as_ref()).await,
                     _ = beat.tick() => follower.beat(store.as_ref()).await,
                     next = watch.next() => match next {
                         Some(Ok(pointer)) => {
@@ -114,7 +119,7 @@ pub fn spawn(
                 _ = tokio::time::sleep(RETRY_AFTER) => {}
             }
         }
-    });
+    })
 }
 
 struct Follower {
@@ -142,6 +147,14 @@ impl Follower {
             Err(err) => Err(self.versions.refuse_from_store(&pointer.digest, &err.to_string())),
         };
         self.refused = loaded.err().map(|reason| Refusal { digest: pointer.digest.clone(), reason });
+    }
+
+    async fn leave(&self, store: &dyn PluginStore) {
+        match tokio::time::timeout(LEAVE_WITHIN, store.leave(&self.pipeline, &self.host)).await {
+            Ok(Ok(())) => tracing::debug!(pipeline = %self.pipeline, "heartbeat removed from the plugin store"),
+            Ok(Err(err)) => tracing::warn!(pipeline = %self.pipeline, "cannot remove the heartbeat from the plugin store: {err}"),
+            Err(_) => tracing::warn!(pipeline = %self.pipeline, "removing the heartbeat from the plugin store took over {LEAVE_WITHIN:?}"),
+        }
     }
 
     async fn beat(&self, store: &dyn PluginStore) {

@@ -14,11 +14,12 @@
 //! [`follow`] is the host's side: it takes the current version at start,
 //! watches the pointer, loads each new version through the same checks as
 //! an upload ([`crate::reload::PluginVersions::from_store`]) and beats.
-//! [`nats`] is the JetStream backend; a Kafka one (a compacted topic) fits
-//! the same trait.
+//! [`nats`] is the JetStream backend, [`kafka`] the Kafka one (a compacted
+//! topic); `[plugins.store]` chooses.
 
 pub mod config;
 pub mod follow;
+pub mod kafka;
 pub mod nats;
 
 use std::sync::Arc;
@@ -30,6 +31,10 @@ pub use config::StoreConfig;
 
 /// How many earlier versions a pointer remembers for rollback.
 pub const HISTORY: usize = 32;
+
+/// How long a heartbeat counts after the host's last one: three beats
+/// ([`follow::BEAT_EVERY`]).
+pub const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One version: the component and the signature line it was pushed with.
 #[derive(Debug, Clone)]
@@ -102,6 +107,8 @@ pub enum StoreError {
     NoPrevious(String),
     #[error("version {digest} in the plugin store is damaged: its bytes hash to {actual}")]
     Damaged { digest: String, actual: String },
+    #[error("chunk {index} of {count} of version {digest} in the plugin store is damaged: its {size} bytes hash to {actual}, its manifest says {expected}")]
+    DamagedChunk { digest: String, index: usize, count: usize, size: usize, actual: String, expected: String },
     #[error("the pointer of pipeline `{0}` changed while it was being updated; try again")]
     Conflict(String),
     #[error("the plugin store holds something this host cannot read: {0}")]
@@ -130,6 +137,11 @@ pub trait PluginStore: Send + Sync {
     async fn watch(&self, pipeline: &str) -> Result<BoxStream<'static, Result<Pointer, StoreError>>, StoreError>;
     /// Records (and keeps fresh) a host's heartbeat.
     async fn beat(&self, heartbeat: &Heartbeat) -> Result<(), StoreError>;
+    /// Removes a host's heartbeat: it stopped cleanly, and is no longer
+    /// part of the fleet (rather than seen until its heartbeat expires).
+    async fn leave(&self, _pipeline: &str, _host: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The heartbeats of hosts that beat recently, of every pipeline.
     async fn heartbeats(&self) -> Result<Vec<Heartbeat>, StoreError>;
 }
@@ -137,7 +149,10 @@ pub trait PluginStore: Send + Sync {
 /// Opens the store `config` describes, on the process's shared
 /// connections.
 pub async fn open(config: &StoreConfig, connections: &crate::nats::Connections) -> Result<Arc<dyn PluginStore>, StoreError> {
-    Ok(Arc::new(nats::NatsStore::open(config, connections).await?))
+    Ok(match config.backend() {
+        config::Backend::Nats => Arc::new(nats::NatsStore::open(config, connections).await?),
+        config::Backend::Kafka(kafka) => Arc::new(kafka::KafkaStore::open(kafka).await?),
+    })
 }
 
 /// How many times a pointer change is tried when another change lands

@@ -18,8 +18,7 @@ use tokio::io::AsyncReadExt;
 
 use super::{key_token, Heartbeat, PluginStore, Pointer, StoreConfig, StoreError, StoredVersion};
 
-/// How long a heartbeat stays after the host's last one: three beats.
-pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+pub use super::HEARTBEAT_TTL;
 
 pub struct NatsStore {
     objects: object_store::ObjectStore,
@@ -155,6 +154,12 @@ impl PluginStore for NatsStore {
         let key = format!("{}.{}", key_token(&heartbeat.pipeline), key_token(&heartbeat.host));
         let value = serde_json::to_vec(heartbeat).map_err(|e| StoreError::Malformed(e.to_string()))?;
         self.hosts.put(key, value.into()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn leave(&self, pipeline: &str, host: &str) -> Result<(), StoreError> {
+        let key = format!("{}.{}", key_token(pipeline), key_token(host));
+        self.hosts.delete(key).await.map_err(unavailable)?;
         Ok(())
     }
 
