@@ -325,14 +325,14 @@ fn fenced(error: &KafkaError) -> bool {
 #[async_trait::async_trait]
 impl PluginStore for KafkaStore {
     async fn put(&self, bytes: &[u8], signature: Option<&str>) -> Result<String, StoreError> {
-        let digest = super::digest(bytes);
+        let digest = crate::runtime::plugin::digest_of(bytes);
         self.sync().await?;
         let stored = self.state.index().manifest(&digest).is_some_and(|m| m.size == bytes.len());
         if !stored {
             let digest = &digest;
             let sends = bytes.chunks(records::CHUNK_SIZE).enumerate().map(|(index, chunk)| async move {
                 let (partition, offset) = self.write(&self.chunks_topic, &records::chunk_key(digest, index), Some(chunk)).await?;
-                Ok::<_, StoreError>(records::ChunkRef { partition, offset, size: chunk.len(), sha256: super::digest(chunk) })
+                Ok::<_, StoreError>(records::ChunkRef { partition, offset, size: chunk.len(), sha256: crate::runtime::plugin::digest_of(chunk) })
             });
             let chunks = futures::future::try_join_all(sends).await?;
             let manifest = Manifest { digest: digest.clone(), size: bytes.len(), chunks };

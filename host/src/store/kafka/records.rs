@@ -52,7 +52,7 @@ impl Manifest {
     pub fn assemble(&self, chunks: Vec<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
         let mut bytes = Vec::with_capacity(self.size);
         for (index, (reference, chunk)) in self.chunks.iter().zip(chunks).enumerate() {
-            let actual = crate::store::digest(&chunk);
+            let actual = crate::runtime::plugin::digest_of(&chunk);
             if actual != reference.sha256 {
                 return Err(StoreError::DamagedChunk {
                     digest: self.digest.clone(),
@@ -65,7 +65,7 @@ impl Manifest {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let actual = crate::store::digest(&bytes);
+        let actual = crate::runtime::plugin::digest_of(&bytes);
         if actual != self.digest {
             return Err(StoreError::Damaged { digest: self.digest.clone(), actual });
         }
@@ -252,8 +252,8 @@ mod tests {
     fn a_damaged_chunk_is_named() {
         let (one, two) = (vec![1u8; 10], vec![2u8; 5]);
         let whole: Vec<u8> = one.iter().chain(&two).copied().collect();
-        let chunk = |bytes: &[u8], offset| ChunkRef { partition: 0, offset, size: bytes.len(), sha256: crate::store::digest(bytes) };
-        let manifest = Manifest { digest: crate::store::digest(&whole), size: 15, chunks: vec![chunk(&one, 0), chunk(&two, 1)] };
+        let chunk = |bytes: &[u8], offset| ChunkRef { partition: 0, offset, size: bytes.len(), sha256: crate::runtime::plugin::digest_of(bytes) };
+        let manifest = Manifest { digest: crate::runtime::plugin::digest_of(&whole), size: 15, chunks: vec![chunk(&one, 0), chunk(&two, 1)] };
         assert_eq!(manifest.assemble(vec![one.clone(), two.clone()]).ok(), Some(whole));
         let err = manifest.assemble(vec![one, vec![3u8; 5]]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("chunk 1 of 2") && err.contains("is damaged"), "{err}");
