@@ -635,7 +635,7 @@ impl Lane {
         let attempt = async {
             let mut handler = match handler {
                 Some(handler) => handler,
-                None => factory.create().await.map_err(CallError::Start)?,
+                None => factory.create().await.map_err(|e| CallError::Start(e.to_string()))?,
             };
             if let Some(scope) = scope {
                 handler.attach(scope);

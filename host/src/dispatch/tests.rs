@@ -196,7 +196,7 @@ impl Handler for ScriptedHandler {
 
 #[async_trait::async_trait]
 impl HandlerFactory for Scripted {
-    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, crate::runtime::LoadError> {
         Ok(Box::new(ScriptedHandler { script: self.script.clone(), calls: self.calls.clone() }))
     }
     fn name(&self) -> &str {

@@ -150,7 +150,7 @@ struct Declaring {
 
 #[async_trait::async_trait]
 impl HandlerFactory for Declaring {
-    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, crate::runtime::LoadError> {
         self.inner.create().await
     }
     fn name(&self) -> &str {
