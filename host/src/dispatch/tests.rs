@@ -358,7 +358,7 @@ async fn per_partition_order_holds_across_lanes() -> Result<(), DispatchError> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn acks_wait_for_durable_receipts() -> Result<(), DispatchError> {
     let h = harness(|e, _| Ok(echo(e)), SinkMode::Held);
     let log = Settlements::default();
@@ -369,6 +369,8 @@ async fn acks_wait_for_durable_receipts() -> Result<(), DispatchError> {
         assert!(Instant::now() < deadline, "output never sent");
         tokio::task::yield_now().await;
     }
+    // The clock is paused: the sleep ends only once every task is idle,
+    // the completer included, waiting for the held receipt.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(settlements(&log).is_empty(), "acked before the sink said durable");
     out.release();
@@ -591,7 +593,7 @@ async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -
 /// A reply promises the caller that the event's other outputs (an emit)
 /// happened: it leaves only once they are durable, so a crash before then
 /// costs the caller a retry, never an acknowledged emit.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_reply_waits_until_the_events_other_outputs_are_durable() -> Result<(), DispatchError> {
     let replies = MemorySink::new(SinkMode::Ok);
     let mut h = harness(
@@ -614,6 +616,8 @@ async fn a_reply_waits_until_the_events_other_outputs_are_durable() -> Result<()
         assert!(Instant::now() < deadline, "the other output was never sent");
         tokio::task::yield_now().await;
     }
+    // The clock is paused: the sleep ends only once every task is idle,
+    // the reply waiting for the held receipt.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(replies.payloads().is_empty(), "replied before the other output was durable");
     out.release();
