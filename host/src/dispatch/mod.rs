@@ -96,6 +96,14 @@ impl LaneError {
     }
 }
 
+impl DispatchError {
+    /// Whether a Kafka exactly-once producer of the pipeline was fenced,
+    /// and the error already says so (and what to do).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, DispatchError::Source(SourceError::Fenced { .. }) | DispatchError::Sink(SinkError::Fenced { .. }))
+    }
+}
+
 /// Everything a pipeline's lanes share.
 pub struct Dispatcher {
     pub pipeline: String,
