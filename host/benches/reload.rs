@@ -428,7 +428,7 @@ struct Timed {
 
 #[async_trait::async_trait]
 impl HandlerFactory for Timed {
-    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, sluice::runtime::LoadError> {
         let start = Instant::now();
         let inner = HandlerFactory::create(&self.plugin).await?;
         self.probe.creates.record(start);

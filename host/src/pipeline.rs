@@ -29,8 +29,8 @@ pub enum BuildError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// `plugin.config` cannot be flattened into the plugin's init config.
-    #[error("{0}")]
-    PluginConfig(String),
+    #[error(transparent)]
+    PluginConfig(#[from] crate::config::PluginConfigError),
     /// The pipeline has no `dead_letter` (the config rules refuse this;
     /// a pipeline built without `config::load` can still get here).
     #[error("no dead_letter sink")]
@@ -51,7 +51,7 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
         pipeline: name.to_owned(),
         path: config.plugin.path.clone(),
         sha256: config.plugin.sha256.clone(),
-        config: config.plugin.init_config().map_err(BuildError::PluginConfig)?,
+        config: config.plugin.init_config()?,
         wasi: config.plugin.wasi.clone(),
         timeout: config.policy.timeout,
         init_timeout: config.policy.init_timeout,

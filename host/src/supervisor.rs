@@ -548,7 +548,7 @@ async fn run_pipeline(
     // The error that stopped the run may predate librdkafka learning of the
     // fencing (a commit failing with a bare broker error): say it now.
     let error = result.err().map(|e| match fenced {
-        Some(transaction) if !e.to_string().contains("was fenced") => transaction.explain(e),
+        Some(transaction) if !e.is_fenced() => transaction.explain(e).into_message(),
         _ => e.to_string(),
     });
     let fenced = fenced.is_some();

@@ -116,15 +116,20 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     // host's subscription held: that is the transport, not the rollout).
     let sent = Arc::new(AtomicU64::new(0));
     let paused = Arc::new(AtomicBool::new(false));
+    // Rounds of the publisher's loop that found it paused: one counted
+    // after a pause began says no publish is under way any more.
+    let held = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
-        let (client, sent, paused, stop) = (client.clone(), sent.clone(), paused.clone(), stop.clone());
+        let (client, sent, paused, held, stop) = (client.clone(), sent.clone(), paused.clone(), held.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 if !paused.load(Ordering::SeqCst) {
                     let id = sent.load(Ordering::SeqCst);
                     client.publish("jobs", format!("job-{id}").into()).await?;
                     sent.store(id + 1, Ordering::SeqCst);
+                } else {
+                    held.fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -138,10 +143,20 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     };
     let pause_and_drain = |what: &str| -> Result<()> {
         paused.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(20));
+        let before = held.load(Ordering::SeqCst);
+        wait_for(&format!("{what}: the publisher to hold"), WITHIN, || held.load(Ordering::SeqCst) > before)?;
         drained(what)
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Events flow on the version the hosts run now: some of its outputs
+    // come back (the ledger's last check needs each version's), rather than
+    // a fixed wait hoping they do.
+    let flowing = |what: &str, digest: &str| -> Result<()> {
+        let mark = seen.lock().map(|s| s.len()).unwrap_or(0);
+        wait_for(&format!("{what}: outputs of {}", &digest[..12]), WITHIN, || {
+            seen.lock().is_ok_and(|s| s.get(mark..).is_some_and(|new| new.iter().filter(|x| x.digest == digest).count() >= 20))
+        })
+    };
+    flowing("before any push", &v1)?;
 
     // Push v2: all three take it.
     let pushed = Instant::now();
@@ -149,7 +164,7 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     let to_v2 = converge(&[pa, pb, pc], &v2, pushed)?;
     ensure!(to_v2 < CONVERGE_WITHIN, "v2 took {to_v2:?} to reach every host");
     eprintln!("fleet: push v2 → 3 hosts converged in {to_v2:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    flowing("after the push of v2", &v2)?;
 
     // Host c goes down; v3 is pushed while it is away.
     pause_and_drain("before stopping c")?;
@@ -160,7 +175,7 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     scratch.run(&["plugin", "push", "--config", "b.toml", "shared", &plugin("uppercase").display().to_string()])?.ensure_success()?;
     let to_v3 = converge(&[pa, pb], &v3, pushed)?;
     eprintln!("fleet: push v3 → 2 hosts converged in {to_v3:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    flowing("after the push of v3", &v3)?;
 
     // c comes back with tag_v1 as its file, and starts on v3.
     pause_and_drain("before restarting c")?;
@@ -172,14 +187,14 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     ensure!(digest == v3, "c restarted on {digest}, not the store's v3: {plugin_status}");
     ensure!(plugin_status["current"]["origin"] == "start", "c's v3 is its start version: {plugin_status}");
     paused.store(false, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(500));
+    flowing("with c back", &v3)?;
 
     // Roll back: v2 again everywhere.
     let rolled = Instant::now();
     scratch.run(&["plugin", "rollback", "--config", "c.toml", "shared"])?.ensure_success()?;
     let back = converge(&[pa, pb, pc], &v2, rolled)?;
     eprintln!("fleet: rollback → 3 hosts converged in {back:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    flowing("after the rollback", &v2)?;
 
     // The fleet view: every host reports v2.
     let fleet = poll_until("the heartbeats to show a converged fleet", WITHIN, || {

@@ -1318,6 +1318,7 @@ async fn a_fenced_exactly_once_host_says_which_transactional_id_and_what_to_do()
         .with_context(|| format!("no failure line:\n{}", fenced.stderr))?;
     assert!(failure.contains("was fenced") && failure.contains(&format!("`{id}`")), "the fencing and the id are named: {failure}");
     assert!(failure.contains("runtime.instance_id"), "what to do is said: {failure}");
+    assert_eq!(failure.matches("was fenced").count(), 1, "said once, not explained again at the end: {failure}");
     producing.await??;
     b.terminate()?;
     b.wait(WITHIN)?.ensure_success()?;

@@ -30,7 +30,7 @@ impl Handler for Native {
 }
 #[async_trait::async_trait]
 impl HandlerFactory for Native {
-    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, sluice::runtime::LoadError> {
         Ok(Box::new(Native))
     }
     fn name(&self) -> &str {

@@ -712,15 +712,25 @@ pub enum InstancePolicy {
 }
 
 impl PluginConfig {
-    /// The `config` table as the flat key/value list handed to `init`.
-    pub fn init_config(&self) -> Result<Vec<(String, String)>, String> {
+    /// The `config` table as the flat key/value list handed to `init`:
+    /// nested tables become dotted keys.
+    pub fn init_config(&self) -> Result<Vec<(String, String)>, PluginConfigError> {
         let mut flat = Vec::new();
         flatten("", &self.config, &mut flat)?;
         Ok(flat)
     }
 }
 
-fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), String> {
+/// Why a plugin's `config` table cannot be handed to `init`, whose
+/// config is a flat list of string pairs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PluginConfigError {
+    /// An array has no single string form `init` could take.
+    #[error("`{key}` is an array; plugin config values are strings, numbers or booleans")]
+    Array { key: String },
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), PluginConfigError> {
     for (key, value) in table {
         let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match value {
@@ -730,7 +740,7 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -
             toml::Value::Boolean(b) => out.push((key, b.to_string())),
             toml::Value::Datetime(d) => out.push((key, d.to_string())),
             toml::Value::Table(t) => flatten(&key, t, out)?,
-            toml::Value::Array(_) => return Err(format!("`{key}` is an array; plugin config values are strings, numbers or booleans")),
+            toml::Value::Array(_) => return Err(PluginConfigError::Array { key }),
         }
     }
     Ok(())
@@ -1029,5 +1039,17 @@ impl KafkaTls {
                 *path = base.join(&*path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod plugin_config_tests {
+    use super::{PluginConfig, PluginConfigError};
+
+    #[test]
+    fn an_array_in_the_plugin_config_is_refused_with_its_dotted_key() -> Result<(), toml::de::Error> {
+        let plugin: PluginConfig = toml::from_str("path = \"p.wasm\"\n[config.set]\ntags = [\"a\", \"b\"]\n")?;
+        assert_eq!(plugin.init_config(), Err(PluginConfigError::Array { key: "set.tags".into() }));
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::InstancePolicy;
 use crate::event::Event;
 use crate::runtime::instance::HandleResult;
-use crate::runtime::{CallError, Capability, EventScope, Instance, LoadedPlugin};
+use crate::runtime::{CallError, Capability, EventScope, Instance, LoadError, LoadedPlugin};
 use crate::schema::Accepts;
 
 /// A live handler, used by one lane. Dropped after any [`CallError`].
@@ -39,7 +39,10 @@ pub trait Handler: Send + 'static {
 /// Makes handlers: one per lane, and a fresh one after a failure.
 #[async_trait::async_trait]
 pub trait HandlerFactory: Send + Sync + 'static {
-    async fn create(&self) -> Result<Box<dyn Handler>, String>;
+    /// A new handler. A plugin's instance may fail to start like its
+    /// first one at load (a trap or timeout in `init`, a refused config):
+    /// the same [`LoadError`], which the lane reports as a start failure.
+    async fn create(&self) -> Result<Box<dyn Handler>, LoadError>;
     /// Plugin name, for logs and dead-letter records.
     fn name(&self) -> &str;
     /// Plugin version (the component's sha256), for dead-letter records.
@@ -111,9 +114,9 @@ impl Handler for FreshPerEvent {
 
 #[async_trait::async_trait]
 impl HandlerFactory for LoadedPlugin {
-    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, LoadError> {
         match self.spec().instance {
-            InstancePolicy::Reuse => self.instantiate().await.map(|i| Box::new(i) as Box<dyn Handler>).map_err(|e| e.to_string()),
+            InstancePolicy::Reuse => self.instantiate().await.map(|i| Box::new(i) as Box<dyn Handler>),
             InstancePolicy::Fresh => Ok(Box::new(FreshPerEvent { plugin: self.clone(), scope: None })),
         }
     }

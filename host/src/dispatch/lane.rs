@@ -20,7 +20,7 @@ use super::state::Redelivery;
 use super::stats::ErrorKind;
 use super::trace::{EventTrace, Fate};
 use super::verdict::{self, Attempted, Mode, Rules, Verdict};
-use super::{DispatchError, Dispatcher, Handler, Inbox, Stats, Version};
+use super::{DispatchError, Dispatcher, Handler, Inbox, LaneError, Stats, Version};
 use crate::codec::Request;
 use crate::event::{Disposition, Event, HandlerError, Output};
 use crate::runtime::instance::HandleResult;
@@ -104,7 +104,7 @@ impl Lane {
             }
         }
         drop(tx);
-        let published = publisher.await.unwrap_or_else(|e| Err(DispatchError::Lane(format!("lane {} publisher: {e}", self.id))));
+        let published = publisher.await.unwrap_or_else(|e| Err(LaneError::joined(format!("lane {} publisher", self.id))(e).into()));
         // A sink failure stops the publisher first and the lane only sees a
         // closed queue: report the cause, not the symptom.
         published.and(outcome)
@@ -291,9 +291,7 @@ impl Lane {
                     Some(next) => p = next,
                     None => return Ok(()),
                 },
-                (verdict, _) => {
-                    return Err(DispatchError::Lane(format!("lane {}: verdict {verdict:?} on an attempt that does not allow it", self.id)))
-                }
+                (verdict, _) => return Err(LaneError::Verdict { lane: self.id, verdict: format!("{verdict:?}") }.into()),
             }
             let Some(permit) = self.permit_unless_handing_back().await else {
                 self.hand_back(p.ack);
@@ -301,7 +299,7 @@ impl Lane {
             };
             let fresh = p.calls.as_ref().and_then(|calls| self.begin_scope(&p.event, calls, &p.trace));
             let (mut alone, next, attempt) = self.call(vec![p.event], permit, fresh).await?;
-            p.event = alone.pop().ok_or_else(|| DispatchError::Lane("event lost in a plugin call".into()))?;
+            p.event = alone.pop().ok_or(LaneError::EventLost { lane: self.id })?;
             result = single(next);
             scope = attempt;
         }
@@ -576,7 +574,7 @@ impl Lane {
         if self.concluded.is_empty() {
             return Ok(());
         }
-        done.send(std::mem::take(&mut self.concluded)).await.map_err(|_| DispatchError::Lane(format!("lane {} publisher stopped", self.id)))
+        Ok(done.send(std::mem::take(&mut self.concluded)).await.map_err(|_| LaneError::PublisherGone { lane: self.id })?)
     }
 
     /// Whether an event's outputs stay within the policy's caps.
@@ -637,7 +635,7 @@ impl Lane {
         let attempt = async {
             let mut handler = match handler {
                 Some(handler) => handler,
-                None => factory.create().await.map_err(CallError::Start)?,
+                None => factory.create().await.map_err(|e| CallError::Start(e.to_string()))?,
             };
             if let Some(scope) = scope {
                 handler.attach(scope);

@@ -56,9 +56,52 @@ pub enum DispatchError {
     #[error("sink failed: {0}")]
     Sink(#[from] SinkError),
     #[error("a lane stopped unexpectedly: {0}")]
-    Lane(String),
+    Lane(#[from] LaneError),
     #[error("plugin state failed: {0}")]
     State(#[from] crate::state::StateError),
+}
+
+/// Why a lane, or a task behind it, stopped where no source, sink, plugin
+/// or state store explains it: a panic in the host or a broken invariant.
+/// A bug to report, never a condition to retry; the variants say which
+/// seam broke so its log line points at the code to read.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    /// A task (a lane, its publisher, the completer) panicked or was
+    /// cancelled before it returned.
+    #[error("{task}: {source}")]
+    Task {
+        task: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The lane's publisher is gone while the lane still hands it events
+    /// (it stops only after the lane, or on a sink failure, which the
+    /// publisher reports itself).
+    #[error("lane {lane}: its publisher stopped")]
+    PublisherGone { lane: usize },
+    /// The verdict for an attempt is one its outcome rules out.
+    #[error("lane {lane}: verdict {verdict} on an attempt that does not allow it")]
+    Verdict { lane: usize, verdict: String },
+    /// A call for one event handed back no event.
+    #[error("lane {lane}: event lost in a plugin call")]
+    EventLost { lane: usize },
+}
+
+impl LaneError {
+    /// Maps the [`tokio::task::JoinError`] of `task` (named for the log).
+    pub fn joined(task: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        let task = task.into();
+        move |source| LaneError::Task { task, source }
+    }
+}
+
+impl DispatchError {
+    /// Whether a Kafka exactly-once producer of the pipeline was fenced,
+    /// and the error already says so (and what to do).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, DispatchError::Source(SourceError::Fenced { .. }) | DispatchError::Sink(SinkError::Fenced { .. }))
+    }
 }
 
 /// Everything a pipeline's lanes share.
@@ -272,7 +315,7 @@ impl Dispatcher {
         drop(senders);
 
         while let Some(joined) = tasks.join_next().await {
-            let result = joined.unwrap_or_else(|e| Err(DispatchError::Lane(e.to_string())));
+            let result = joined.unwrap_or_else(|e| Err(LaneError::joined("lane task")(e).into()));
             if let (Err(err), Ok(())) = (result, &outcome) {
                 outcome = Err(err);
             }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::Reason;
 use super::trace::replace;
-use super::{DispatchError, Dispatcher, Stats};
+use super::{DispatchError, Dispatcher, LaneError, Stats};
 use crate::codec::{ErrorReply, ReplyPartition, Request};
 use crate::event::{text_header, Header, Output};
 
@@ -88,7 +88,7 @@ pub(super) fn start(
     let completer = tokio::spawn(complete(pending_rx, d.stats.clone(), d.state.clone(), failed.clone()));
     let handle = tokio::spawn(async move {
         let published = publish(rx, pending, &d, &failed).await;
-        let completed = completer.await.unwrap_or_else(|e| Err(DispatchError::Lane(format!("completer: {e}"))));
+        let completed = completer.await.unwrap_or_else(|e| Err(LaneError::joined("completer")(e).into()));
         published.and(completed)
     });
     (conclusions, handle)

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +92,8 @@ enum SinkMode {
     Fail,
     /// Receipts resolve only when `release` is fired.
     Held,
+    /// Every send panics (a bug in a sink).
+    Panic,
 }
 
 struct MemorySink {
@@ -119,12 +122,16 @@ impl MemorySink {
 
 #[async_trait::async_trait]
 impl Sink for MemorySink {
+    #[allow(clippy::panic)]
     async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
+        if let SinkMode::Panic = self.mode {
+            panic!("scripted sink panic");
+        }
         if let Ok(mut records) = self.records.lock() {
             records.push(record);
         }
         Ok(match self.mode {
-            SinkMode::Ok => Receipt::ready(Ok(())),
+            SinkMode::Ok | SinkMode::Panic => Receipt::ready(Ok(())),
             SinkMode::Fail => Receipt::ready(Err(SinkError::Write { what: "memory".into(), message: "disk on fire".into() })),
             SinkMode::Held => {
                 let (tx, rx) = oneshot::channel();
@@ -189,7 +196,7 @@ impl Handler for ScriptedHandler {
 
 #[async_trait::async_trait]
 impl HandlerFactory for Scripted {
-    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, crate::runtime::LoadError> {
         Ok(Box::new(ScriptedHandler { script: self.script.clone(), calls: self.calls.clone() }))
     }
     fn name(&self) -> &str {
@@ -351,7 +358,7 @@ async fn per_partition_order_holds_across_lanes() -> Result<(), DispatchError> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn acks_wait_for_durable_receipts() -> Result<(), DispatchError> {
     let h = harness(|e, _| Ok(echo(e)), SinkMode::Held);
     let log = Settlements::default();
@@ -362,10 +369,12 @@ async fn acks_wait_for_durable_receipts() -> Result<(), DispatchError> {
         assert!(Instant::now() < deadline, "output never sent");
         tokio::task::yield_now().await;
     }
+    // The clock is paused: the sleep ends only once every task is idle,
+    // the completer included, waiting for the held receipt.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(settlements(&log).is_empty(), "acked before the sink said durable");
     out.release();
-    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    run.await.map_err(LaneError::joined("the run"))??;
     assert_eq!(settlements(&log), vec![("a".into(), Settlement::Done)]);
     Ok(())
 }
@@ -383,6 +392,18 @@ async fn a_failing_sink_stops_the_pipeline_without_acking() {
     );
 }
 
+/// A panic behind a lane (here: in its sink's publisher) is a host bug:
+/// the pipeline stops with a lane error naming the task that panicked (not
+/// the lane's closed queue that follows), and nothing is acked.
+#[tokio::test]
+async fn a_panicking_publisher_stops_the_pipeline_with_a_lane_error() {
+    let h = harness(|e, _| Ok(echo(e)), SinkMode::Panic);
+    let log = Settlements::default();
+    let result = h.dispatcher.run(source(vec![(event("a", "x"), 0)], &log, false), CancellationToken::new()).await;
+    assert!(matches!(&result, Err(DispatchError::Lane(LaneError::Task { task, .. })) if task == "lane 0 publisher"), "{result:?}");
+    assert!(settlements(&log).iter().all(|(_, s)| *s != Settlement::Done), "{:?}", settlements(&log));
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_hands_back_an_event_waiting_to_retry_and_those_behind_it() -> Result<(), DispatchError> {
     let h = harness(|e, _| Ok(if e.payload == b"flaky" { retryable("busy") } else { echo(e) }), SinkMode::Ok);
@@ -398,7 +419,7 @@ async fn shutdown_hands_back_an_event_waiting_to_retry_and_those_behind_it() -> 
         tokio::task::yield_now().await;
     }
     shutdown.cancel();
-    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    run.await.map_err(LaneError::joined("the run"))??;
     let s = settlements(&log);
     assert!(s.contains(&("a".into(), Settlement::Done)), "{s:?}");
     assert!(s.contains(&("b".into(), Settlement::Abandon)), "{s:?}");
@@ -518,7 +539,7 @@ async fn an_output_naming_an_emit_route_is_rejected() -> Result<(), DispatchErro
 }
 
 #[tokio::test(start_paused = true)]
-async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -> Result<(), DispatchError> {
+async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -> anyhow::Result<()> {
     let replies = MemorySink::new(SinkMode::Ok);
     let mut h = harness(
         |e, _| {
@@ -545,23 +566,23 @@ async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -
     let sent = replies.records.lock().map(|r| r.clone()).unwrap_or_default();
     assert_eq!(sent.len(), 3, "{sent:?}");
     let to = |inbox: &str| sent.iter().find(|r| r.destination.as_deref() == Some(inbox)).cloned();
-    let ok = to("_INBOX.a").ok_or_else(|| DispatchError::Lane("no reply to a".into()))?;
+    let ok = to("_INBOX.a").context("no reply to a")?;
     assert_eq!(ok.payload, b"answer");
     assert_eq!(header(&ok, "X-Correlation-Id"), Some("corr-a"));
     assert_eq!(header(&ok, "unrelated"), None, "only correlation headers are copied");
     assert_eq!(ok.id.as_deref(), Some("a:0"));
 
-    let rejected = to("_INBOX.b").ok_or_else(|| DispatchError::Lane("no reply to b".into()))?;
+    let rejected = to("_INBOX.b").context("no reply to b")?;
     assert_eq!(header(&rejected, "Nats-Service-Error-Code"), Some("400"));
     assert_eq!(header(&rejected, "Nats-Service-Error"), Some("no such user"));
     assert_eq!(header(&rejected, "X-Correlation-Id"), Some("corr-b"));
-    let body: serde_json::Value = serde_json::from_slice(&rejected.payload).map_err(|e| DispatchError::Lane(e.to_string()))?;
+    let body: serde_json::Value = serde_json::from_slice(&rejected.payload)?;
     assert_eq!(body["error"]["reason"], "rejected");
     assert_eq!(body["error"]["event_id"], "b");
 
-    let silent = to("_INBOX.c").ok_or_else(|| DispatchError::Lane("no reply to c".into()))?;
+    let silent = to("_INBOX.c").context("no reply to c")?;
     assert_eq!(header(&silent, "Nats-Service-Error-Code"), Some("500"));
-    let body: serde_json::Value = serde_json::from_slice(&silent.payload).map_err(|e| DispatchError::Lane(e.to_string()))?;
+    let body: serde_json::Value = serde_json::from_slice(&silent.payload)?;
     assert_eq!(body["error"]["reason"], "no-reply");
 
     assert!(h.out.payloads().is_empty(), "replies do not go to the default sink");
@@ -572,7 +593,7 @@ async fn requests_get_their_reply_or_an_error_reply_with_correlation_headers() -
 /// A reply promises the caller that the event's other outputs (an emit)
 /// happened: it leaves only once they are durable, so a crash before then
 /// costs the caller a retry, never an acknowledged emit.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_reply_waits_until_the_events_other_outputs_are_durable() -> Result<(), DispatchError> {
     let replies = MemorySink::new(SinkMode::Ok);
     let mut h = harness(
@@ -595,10 +616,12 @@ async fn a_reply_waits_until_the_events_other_outputs_are_durable() -> Result<()
         assert!(Instant::now() < deadline, "the other output was never sent");
         tokio::task::yield_now().await;
     }
+    // The clock is paused: the sleep ends only once every task is idle,
+    // the reply waiting for the held receipt.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(replies.payloads().is_empty(), "replied before the other output was durable");
     out.release();
-    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    run.await.map_err(LaneError::joined("the run"))??;
     assert_eq!(replies.payloads(), vec!["answer"]);
     assert_eq!(settlements(&log), vec![("a".into(), Settlement::Done)]);
     Ok(())
@@ -669,7 +692,7 @@ async fn an_open_breaker_stops_intake_and_calls_until_a_probe_succeeds() -> Resu
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(gauges.view().map(|v| (v.state, v.opened)), Some(("open", 2)));
     down.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    run.await.map_err(LaneError::joined("the run"))??;
 
     let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
     assert_eq!(h.out.payloads(), expected, "every event delivered, in order, after the breaker closed");
@@ -714,7 +737,7 @@ async fn shutdown_while_open_hands_held_events_back() -> Result<(), DispatchErro
     let run = tokio::spawn(h.dispatcher.run(source(events, &log, true), shutdown.clone()));
     tokio::time::sleep(Duration::from_secs(5)).await;
     shutdown.cancel();
-    run.await.map_err(|e| DispatchError::Lane(e.to_string()))??;
+    run.await.map_err(LaneError::joined("the run"))??;
     let settled = settlements(&log);
     assert!(!settled.is_empty());
     assert!(settled.iter().all(|(_, s)| *s == Settlement::Abandon), "held events go back to the broker: {settled:?}");

@@ -59,6 +59,38 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TransactionError {
     pub id: String,
     pub message: String,
+    /// Its producer was fenced (the message says so, and what to do).
+    pub fenced: bool,
+}
+
+/// A transactional producer's failure in words ([`Transaction::explain`]):
+/// the caller tells a fenced producer (another took over its
+/// transactional id; the words say what to do) from any other failure by
+/// the variant, not by the words.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Explained {
+    Fenced(String),
+    Other(String),
+}
+
+impl Explained {
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Explained::Fenced(_))
+    }
+
+    pub fn into_message(self) -> String {
+        match self {
+            Explained::Fenced(message) | Explained::Other(message) => message,
+        }
+    }
+}
+
+impl std::fmt::Display for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Explained::Fenced(message) | Explained::Other(message) => f.write_str(message),
+        }
+    }
 }
 
 pub struct Transaction {
@@ -75,7 +107,7 @@ impl Transaction {
     /// (aborting its open transaction) and begins the first transaction.
     /// `timeout` is the `transaction.timeout.ms` (see [`timeout`]).
     pub async fn open(mut config: rdkafka::ClientConfig, id: String, timeout: Duration) -> Result<Arc<Self>, TransactionError> {
-        let failed = |e: KafkaError| TransactionError { id: id.clone(), message: e.to_string() };
+        let failed = |e: KafkaError| TransactionError { id: id.clone(), message: e.to_string(), fenced: false };
         config
             .set("transactional.id", &id)
             .set("enable.idempotence", "true")
@@ -93,13 +125,14 @@ impl Transaction {
         })
         .await
         .map_err(|e| {
-            let message = match (fenced(&probe), last_error.get()) {
-                (false, Some(last)) => {
-                    format!("{e}; the last error of its connection to the brokers: {last}; check the source's `tls` and `sasl` settings")
-                }
+            let explained = match (fenced(&probe), last_error.get()) {
+                (false, Some(last)) => Explained::Other(format!(
+                    "{e}; the last error of its connection to the brokers: {last}; check the source's `tls` and `sasl` settings"
+                )),
                 _ => explain_failure(&probe, &id, e),
             };
-            TransactionError { id: id.clone(), message: format!("cannot start transactions: {message}") }
+            let fenced = explained.is_fenced();
+            TransactionError { id: id.clone(), message: format!("cannot start transactions: {explained}"), fenced }
         })?;
         tracing::info!(transactional_id = %id, timeout_ms = timeout.as_millis() as u64, "kafka transactions started");
         Ok(Arc::new(Self { producer, id, gate: std::sync::RwLock::new(()) }))
@@ -107,7 +140,7 @@ impl Transaction {
 
     /// Why a call of this producer failed, in words: a fenced producer is
     /// named as such, with what to do.
-    pub fn explain(&self, error: impl std::fmt::Display) -> String {
+    pub fn explain(&self, error: impl std::fmt::Display) -> Explained {
         explain_failure(&self.producer, &self.id, error.to_string())
     }
 
@@ -154,7 +187,8 @@ impl Transaction {
                 }
             }
             if self.fenced() {
-                self.error(self.explain(e))
+                let explained = self.explain(e);
+                TransactionError { fenced: explained.is_fenced(), ..self.error(explained.into_message()) }
             } else {
                 self.error(format!("commit failed ({e}); the broker aborts the transaction and its events are read again"))
             }
@@ -186,7 +220,7 @@ impl Transaction {
     }
 
     fn error(&self, message: String) -> TransactionError {
-        TransactionError { id: self.id.clone(), message }
+        TransactionError { id: self.id.clone(), message, fenced: false }
     }
 }
 
@@ -203,15 +237,15 @@ fn fenced(producer: &FutureProducer<Context>) -> bool {
 /// `error`, or, when the producer was fenced, what that means and what to
 /// do. After fencing librdkafka fails every queued record with `PurgeQueue`,
 /// which names nothing.
-fn explain_failure(producer: &FutureProducer<Context>, id: &str, error: String) -> String {
+fn explain_failure(producer: &FutureProducer<Context>, id: &str, error: String) -> Explained {
     match producer.client().fatal_error() {
-        Some((code, reason)) if is_fencing(code) => format!(
+        Some((code, reason)) if is_fencing(code) => Explained::Fenced(format!(
             "this host's producer was fenced ({reason}): another producer started with the same transactional id `{id}` and took over. \
              Two hosts running at once must not share a transactional id: give each its own `runtime.instance_id` (or `source.transactional_id`). \
              This pipeline stops; its open transaction is aborted and its events are handled by the other producer's host ({error})"
-        ),
-        Some((code, reason)) => format!("{error} (fatal producer error {code:?}: {reason})"),
-        None => error,
+        )),
+        Some((code, reason)) => Explained::Other(format!("{error} (fatal producer error {code:?}: {reason})")),
+        None => Explained::Other(error),
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use super::{Receipt, Record, Sink, SinkContext, SinkError};
 use crate::config::{valid_topic, KafkaSasl, KafkaTls, Secret};
 use crate::event::Output;
-use crate::kafka::transaction::Transaction;
+use crate::kafka::transaction::{Explained, Transaction};
 use crate::kafka::{client_config, Context, OPEN_TIMEOUT};
 
 /// Kafka's default largest record (`message.max.bytes`), used unless the
@@ -186,10 +186,10 @@ impl KafkaSink {
     }
 
     /// The error in words, naming a fenced transactional producer as such.
-    fn explain(&self, error: KafkaError) -> String {
+    fn explain(&self, error: KafkaError) -> Explained {
         match &self.via {
             Via::Transaction(transaction) => transaction.explain(error),
-            Via::Idempotent(_) => error.to_string(),
+            Via::Idempotent(_) => Explained::Other(error.to_string()),
         }
     }
 
@@ -217,7 +217,21 @@ impl KafkaSink {
     }
 
     fn write_error(&self, topic: &str, error: impl std::fmt::Display) -> SinkError {
-        SinkError::Write { what: format!("{} topic `{topic}`", self.describe), message: error.to_string() }
+        SinkError::Write { what: self.topic_what(topic), message: error.to_string() }
+    }
+
+    /// What a write to `topic` is called in errors.
+    fn topic_what(&self, topic: &str) -> String {
+        format!("{} topic `{topic}`", self.describe)
+    }
+}
+
+/// A failed write to `what`: [`SinkError::Fenced`] when the transactional
+/// producer was fenced, so the pipeline's end can tell.
+fn write_failure(what: String, explained: Explained) -> SinkError {
+    match explained {
+        Explained::Fenced(message) => SinkError::Fenced { what, message },
+        Explained::Other(message) => SinkError::Write { what, message },
     }
 }
 
@@ -259,10 +273,10 @@ impl Sink for KafkaSink {
                     message = returned;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((error, _)) => return Err(self.write_error(topic, self.explain(error))),
+                Err((error, _)) => return Err(write_failure(self.topic_what(topic), self.explain(error))),
             }
         };
-        let what = format!("{} topic `{topic}`", self.describe);
+        let what = self.topic_what(topic);
         // A fenced producer fails its records with `PurgeQueue`: say why.
         let transaction = match &self.via {
             Via::Transaction(transaction) => Some(transaction.clone()),
@@ -271,13 +285,13 @@ impl Sink for KafkaSink {
         Ok(Receipt::pending(Box::pin(async move {
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _))) => Err(SinkError::Write {
+                Ok(Err((error, _))) => Err(write_failure(
                     what,
-                    message: match transaction {
+                    match transaction {
                         Some(transaction) => transaction.explain(error),
-                        None => error.to_string(),
+                        None => Explained::Other(error.to_string()),
                     },
-                }),
+                )),
                 Err(_) => Err(SinkError::Closed { what }),
             }
         })))

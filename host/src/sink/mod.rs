@@ -77,6 +77,10 @@ pub enum SinkError {
     Open { what: String, message: String },
     #[error("cannot write to {what}: {message}")]
     Write { what: String, message: String },
+    /// A Kafka exactly-once producer was fenced: another producer took
+    /// over its transactional id (the message says what to do).
+    #[error("cannot write to {what}: {message}")]
+    Fenced { what: String, message: String },
     #[error("{what} is closed")]
     Closed { what: String },
 }

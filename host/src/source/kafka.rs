@@ -36,7 +36,7 @@ use serde::Deserialize;
 use super::{Ack, Acknowledge, Delivery, Settlement, Source, SourceError};
 use crate::config::{KafkaSasl, KafkaTls, Secret};
 use crate::kafka::offsets::{Position, TopicPartition, Tracker};
-use crate::kafka::transaction::Transaction;
+use crate::kafka::transaction::{Transaction, TransactionError};
 use crate::kafka::{client_config, message_event, Context, OPEN_TIMEOUT};
 
 /// How long a revoke waits for the revoked partitions' events to finish.
@@ -198,8 +198,9 @@ struct Shared {
     closing: std::sync::atomic::AtomicBool,
     /// Exactly-once: when the transaction was last committed.
     last_commit: Mutex<Instant>,
-    /// Exactly-once: a commit by the keeper task failed; the source stops.
-    failure: Mutex<Option<String>>,
+    /// Exactly-once: a commit by the keeper task, or a restore of state in
+    /// a rebalance, failed; the source stops.
+    failure: Mutex<Option<Failure>>,
     describe: String,
 }
 
@@ -268,7 +269,7 @@ impl ConsumerContext for SourceContext {
             if let Err(e) = blocking_wait(|| state.assigned(&assigned)) {
                 tracing::error!(source = %self.shared.describe, "cannot restore the state of the assigned partitions: {e}");
                 self.shared.tainted.store(true, std::sync::atomic::Ordering::SeqCst);
-                *lock(&self.shared.failure) = Some(format!("restoring the state of the assigned partitions failed: {e}"));
+                *lock(&self.shared.failure) = Some(Failure::Restore(format!("restoring the state of the assigned partitions failed: {e}")));
             }
             return;
         }
@@ -380,7 +381,7 @@ pub struct KafkaSource {
     transaction: Option<Arc<Transaction>>,
     commit_interval: Duration,
     /// A transaction commit in progress (kept across a cancelled `next`).
-    committing: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    committing: Option<tokio::task::JoinHandle<Result<(), TransactionError>>>,
     describe: String,
     errors_in_a_row: u32,
     partition_state: Option<Arc<dyn PartitionState>>,
@@ -512,7 +513,7 @@ impl KafkaSource {
     async fn commit_transaction_if_due(&mut self) -> Result<(), SourceError> {
         let Some(transaction) = self.transaction.clone() else { return Ok(()) };
         if let Some(failure) = lock(&self.shared.failure).take() {
-            return Err(self.broker_error(failure));
+            return Err(self.failed(failure));
         }
         if self.committing.is_none() {
             if lock(&self.shared.last_commit).elapsed() < self.commit_interval {
@@ -534,14 +535,14 @@ impl KafkaSource {
                 return Err(self.broker_error("no consumer group metadata for the transaction".into()));
             };
             let settled = settled_points(&self.shared);
-            self.committing =
-                Some(tokio::spawn(async move { transaction.commit(settled, group).await.map(|_| ()).map_err(|e| e.to_string()) }));
+            self.committing = Some(tokio::spawn(async move { transaction.commit(settled, group).await.map(|_| ()) }));
         }
         if let Some(committing) = self.committing.as_mut() {
-            let result = committing.await.unwrap_or_else(|e| Err(format!("commit task stopped: {e}")));
+            let joined = committing.await;
             self.committing = None;
             *lock(&self.shared.last_commit) = Instant::now();
-            result.map_err(|e| self.broker_error(e))?;
+            let result = joined.map_err(|e| self.broker_error(format!("commit task stopped: {e}")))?;
+            result.map_err(|e| self.failed(Failure::Commit(e)))?;
         }
         Ok(())
     }
@@ -549,6 +550,26 @@ impl KafkaSource {
     fn broker_error(&self, message: String) -> SourceError {
         SourceError::Broker { what: self.describe.clone(), message }
     }
+
+    /// The source's error for a failure found by its keeper or in a
+    /// rebalance: [`SourceError::Fenced`] when the transaction's producer
+    /// was fenced, so the pipeline's end can tell.
+    fn failed(&self, failure: Failure) -> SourceError {
+        match failure {
+            Failure::Commit(e) if e.fenced => SourceError::Fenced { what: self.describe.clone(), message: e.to_string() },
+            Failure::Commit(e) => self.broker_error(e.to_string()),
+            Failure::Restore(message) => self.broker_error(message),
+        }
+    }
+}
+
+/// Why an exactly-once source stops, found off its own task.
+#[derive(Debug)]
+enum Failure {
+    /// A transaction commit failed (its producer perhaps fenced).
+    Commit(TransactionError),
+    /// Restoring the state of newly assigned partitions failed.
+    Restore(String),
 }
 
 #[async_trait::async_trait]
@@ -573,7 +594,7 @@ impl Source for KafkaSource {
                     // hand out nothing of the partitions it was for.
                     if self.partition_state.is_some() {
                         if let Some(failure) = lock(&self.shared.failure).take() {
-                            return Err(self.broker_error(failure));
+                            return Err(self.failed(failure));
                         }
                     }
                     if self.errors_in_a_row > 0 {
@@ -625,7 +646,7 @@ impl Source for KafkaSource {
                             outcome =
                                 Err(self.broker_error("events were still in flight at close; the transaction was not committed".into()))
                         }
-                        Err(e) => outcome = Err(self.broker_error(e.to_string())),
+                        Err(e) => outcome = Err(self.failed(Failure::Commit(e))),
                     },
                     _ => {
                         tracing::warn!(source = %self.describe, "exactly-once: events unfinished at close; aborting the open transaction (they are read again)");
@@ -748,7 +769,7 @@ async fn run_transaction_keeper(
             Err(e) => {
                 tracing::error!(source = %shared.describe, "exactly-once: {e}");
                 shared.tainted.store(true, std::sync::atomic::Ordering::SeqCst);
-                *lock(&shared.failure) = Some(e.to_string());
+                *lock(&shared.failure) = Some(Failure::Commit(e));
                 return;
             }
         }

@@ -154,6 +154,10 @@ pub enum SourceError {
     Checkpoint { path: std::path::PathBuf, source: std::io::Error },
     #[error("{what}: {message}")]
     Broker { what: String, message: String },
+    /// The Kafka exactly-once transaction's producer was fenced: another
+    /// took over its transactional id (the message says what to do).
+    #[error("{what}: {message}")]
+    Fenced { what: String, message: String },
 }
 
 /// Where events come from.

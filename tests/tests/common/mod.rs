@@ -139,7 +139,9 @@ pub fn event(payload: &str) -> Value {
 /// address that must stay closed (a client's "cannot connect" path). A
 /// `sluice run` listens on [`ANY_PORT`] and reports its port
 /// ([`Running::admin_port`]); a test's own server binds port 0 in-process
-/// and passes the listener on; brokers retry on a taken port.
+/// and passes the listener on; `nats-server` picks its own ports and
+/// reports them (`nats::NatsServer`); Kafka, whose controller port is in
+/// its config, retries on a taken port (`kafka::KafkaBroker`).
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

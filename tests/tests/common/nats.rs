@@ -3,17 +3,19 @@
 //! touching the others. `scripts/nats-server.sh install` puts the binary on
 //! the machine (`./dev test` runs it).
 //!
-//! Its ports are picked free and handed to the server, which is racy:
-//! another process can take one in between. A restart must keep the port
-//! its clients know, so the server cannot simply bind port 0; instead a
-//! start that fails because a port is taken ("address already in use" in
-//! the server's log) picks fresh ports and tries again, and a restart on
-//! the same port tries again after a pause.
+//! A first start asks the server for any free ports (`-p -1 -m -1`) and
+//! reads the ones it bound from the ports file it writes once it listens
+//! (`--ports_file_dir`): no port is picked and handed over, so nothing can
+//! take it in between. A restart must keep the port its clients know, so
+//! it asks for that port again; the port was free until the kill a moment
+//! before, and should another process take it meanwhile, the restart
+//! ("address already in use" in the server's log) tries again after a
+//! pause.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,10 +23,9 @@ use anyhow::{bail, Context, Result};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
-use crate::common::{free_port, poll_until};
+use crate::common::poll_until;
 
-/// How many times a start or restart tries again after finding a port
-/// taken.
+/// How many times a restart tries again after finding its port taken.
 const BIND_ATTEMPTS: usize = 5;
 
 /// Why a launch failed: the server exited at once because a port it was
@@ -36,6 +37,7 @@ enum LaunchError {
 
 pub struct NatsServer {
     child: Option<Child>,
+    /// The client port: 0 until the first start has bound one.
     pub port: u16,
     monitor: u16,
     store: tempfile::TempDir,
@@ -62,31 +64,30 @@ impl NatsServer {
         Self::start_with(&[])
     }
 
-    /// A server started with `extra` arguments too (a login, TLS).
+    /// A server started with `extra` arguments too (a login, TLS), on
+    /// ports it picks itself.
     pub fn start_with(extra: &[String]) -> Result<Self> {
         let store = tempfile::Builder::new().prefix("sluice-nats-").tempdir()?;
         let mut server = Self { child: None, port: 0, monitor: 0, store, extra: extra.to_vec() };
-        let mut attempt = 1;
-        loop {
-            (server.port, server.monitor) = (free_port()?, free_port()?);
-            match server.launch() {
-                Ok(()) => return Ok(server),
-                Err(LaunchError::PortTaken(err)) if attempt < BIND_ATTEMPTS => {
-                    eprintln!("nats-server: a port was taken ({err:#}); trying fresh ones");
-                }
-                Err(LaunchError::PortTaken(err) | LaunchError::Other(err)) => return Err(err),
-            }
-            attempt += 1;
-        }
+        server.launch().map_err(|(LaunchError::PortTaken(err) | LaunchError::Other(err))| err)?;
+        Ok(server)
     }
 
-    /// Starts the server on its ports and waits until JetStream is ready.
+    /// Starts the server (on its ports, or on any while it has none yet),
+    /// learns the ports it bound, and waits until JetStream is ready.
     fn launch(&mut self) -> std::result::Result<(), LaunchError> {
         let other = LaunchError::Other;
         let log_path = self.store.path().join("server.log");
         let log = std::fs::File::create(&log_path).context("creating the server's log").map_err(other)?;
+        let ports_dir = self.store.path().join("ports");
+        std::fs::create_dir_all(&ports_dir).context("creating the server's ports folder").map_err(other)?;
+        // -1: any free port, which the server reports in its ports file.
+        let asked = |port: u16| if port == 0 { "-1".to_owned() } else { port.to_string() };
         let child = Command::new(binary().map_err(other)?)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string(), "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", &asked(self.port), "-m", &asked(self.monitor), "-js"])
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .arg("-sd")
             .arg(self.store.path())
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -95,33 +96,40 @@ impl NatsServer {
             .spawn()
             .context("starting nats-server")
             .map_err(other)?;
+        let pid = child.id();
         self.child = Some(child);
-        let (port, child) = (self.port, &mut self.child);
+        let child = &mut self.child;
         // Fails at once when the server exits (a port taken, say) rather
-        // than when the wait runs out, or than connecting to whoever took
-        // the port.
+        // than when the wait runs out.
         let mut exited = || -> Result<()> {
             if let Some(status) = child.as_mut().map(Child::try_wait).transpose()?.flatten() {
                 bail!("nats-server exited ({status}) while starting");
             }
             Ok(())
         };
-        let monitor = self.monitor;
-        let outcome = poll_until("nats-server to accept connections", Duration::from_secs(10), || {
+        // The server writes its ports file once it listens on both.
+        let outcome = poll_until("nats-server to report the ports it listens on", Duration::from_secs(10), || {
             exited()?;
-            Ok(TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
+            reported_ports(&ports_dir, pid)
         })
-        .and_then(|()| {
+        .and_then(|(port, monitor)| {
             // JetStream answers only once its store is recovered.
             poll_until("JetStream to be ready", Duration::from_secs(10), || {
                 exited()?;
                 Ok(monitor_get(monitor, "/healthz?js-enabled-only=true").ok().filter(|body| body.contains("ok")).map(|_| ()))
             })
+            .map(|()| (port, monitor))
         });
-        let Err(err) = outcome else { return Ok(()) };
+        let err = match outcome {
+            Ok((port, monitor)) => {
+                (self.port, self.monitor) = (port, monitor);
+                return Ok(());
+            }
+            Err(err) => err,
+        };
         let _ = self.kill();
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let err = err.context(format!("nats-server on ports {} and {}; its log:\n{log}", self.port, self.monitor));
+        let err = err.context(format!("nats-server asked for ports {} and {} (0: any); its log:\n{log}", self.port, self.monitor));
         Err(if log.to_lowercase().contains("address already in use") { LaunchError::PortTaken(err) } else { LaunchError::Other(err) })
     }
 
@@ -177,6 +185,21 @@ impl NatsServer {
             .filter(|c| c["subscriptions_list"].as_array().is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some(subject))))
             .count())
     }
+}
+
+/// The client and monitoring ports server `pid` wrote to its ports file in
+/// `dir` (`<binary name>_<pid>.ports`, JSON lists of URLs), once it is
+/// there and complete; `None` before.
+fn reported_ports(dir: &Path, pid: u32) -> Result<Option<(u16, u16)>> {
+    let suffix = format!("_{pid}.ports");
+    let Some(entry) = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().ends_with(&suffix)) else {
+        return Ok(None);
+    };
+    let Ok(ports) = serde_json::from_slice::<serde_json::Value>(&std::fs::read(entry.path())?) else {
+        return Ok(None); // still being written
+    };
+    let port = |list: &str| -> Option<u16> { ports[list][0].as_str()?.rsplit(':').next()?.parse().ok() };
+    Ok(port("nats").zip(port("monitoring")))
 }
 
 /// A GET on a server's monitoring port.

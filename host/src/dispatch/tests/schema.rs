@@ -39,10 +39,10 @@ fn called(calls: &Calls) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn an_invalid_input_is_dead_lettered_as_invalid_without_calling_the_plugin() -> Result<(), DispatchError> {
+async fn an_invalid_input_is_dead_lettered_as_invalid_without_calling_the_plugin() -> anyhow::Result<()> {
     let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
     let config = SchemasConfig { input: vec![entry("1", order_schema())], ..SchemasConfig::default() };
-    h.dispatcher.schemas = Arc::new(Gate::new(Some(&config)).map_err(DispatchError::Lane)?);
+    h.dispatcher.schemas = Arc::new(Gate::new(Some(&config)).map_err(anyhow::Error::msg)?);
     let stats = h.dispatcher.stats.clone();
     let log = Settlements::default();
     let events = vec![
@@ -75,7 +75,7 @@ async fn an_invalid_input_is_dead_lettered_as_invalid_without_calling_the_plugin
 }
 
 #[tokio::test]
-async fn an_invalid_output_rejects_its_event_saying_which_output_and_why() -> Result<(), DispatchError> {
+async fn an_invalid_output_rejects_its_event_saying_which_output_and_why() -> anyhow::Result<()> {
     // The plugin sends two outputs: the event as it is (typed by its input)
     // and an `audit` of its own type with whatever `audit` field it got.
     let mut h = harness(
@@ -101,7 +101,7 @@ async fn an_invalid_output_rejects_its_event_saying_which_output_and_why() -> Re
         document: Arc::new(json!({"type": "object", "required": ["by"]})),
     };
     let config = SchemasConfig { output: vec![entry("1", order_schema()), audit], ..SchemasConfig::default() };
-    h.dispatcher.schemas = Arc::new(Gate::new(Some(&config)).map_err(DispatchError::Lane)?);
+    h.dispatcher.schemas = Arc::new(Gate::new(Some(&config)).map_err(anyhow::Error::msg)?);
     let stats = h.dispatcher.stats.clone();
     let log = Settlements::default();
     let events = vec![
@@ -150,7 +150,7 @@ struct Declaring {
 
 #[async_trait::async_trait]
 impl HandlerFactory for Declaring {
-    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+    async fn create(&self) -> Result<Box<dyn Handler>, crate::runtime::LoadError> {
         self.inner.create().await
     }
     fn name(&self) -> &str {
@@ -165,11 +165,11 @@ impl HandlerFactory for Declaring {
 }
 
 #[tokio::test]
-async fn versions_the_plugin_does_not_accept_are_dead_lettered_as_unsupported() -> Result<(), DispatchError> {
+async fn versions_the_plugin_does_not_accept_are_dead_lettered_as_unsupported() -> anyhow::Result<()> {
     let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
     let calls = h.calls.clone();
     let script: Arc<Script> = Arc::new(|e, _| Ok(echo(e)));
-    let accepts = Accepts::parse(&["order@2".to_owned()]).map_err(DispatchError::Lane)?;
+    let accepts = Accepts::parse(&["order@2".to_owned()]).map_err(anyhow::Error::msg)?;
     h.dispatcher.plugin = Arc::new(PluginSlot::new(Arc::new(Declaring { inner: Scripted { script, calls }, accepts })));
     let stats = h.dispatcher.stats.clone();
     let log = Settlements::default();
@@ -187,14 +187,14 @@ async fn versions_the_plugin_does_not_accept_are_dead_lettered_as_unsupported() 
 }
 
 #[tokio::test]
-async fn the_accept_list_is_the_current_versions() -> Result<(), DispatchError> {
+async fn the_accept_list_is_the_current_versions() -> anyhow::Result<()> {
     // Version 1 accepts order@1 only; the slot is swapped to version 2,
     // which accepts order@2 only, before the events arrive.
     let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
     let calls = h.calls.clone();
     let script: Arc<Script> = Arc::new(|e, _| Ok(echo(e)));
-    let v1 = Accepts::parse(&["order@1".to_owned()]).map_err(DispatchError::Lane)?;
-    let v2 = Accepts::parse(&["order@2".to_owned()]).map_err(DispatchError::Lane)?;
+    let v1 = Accepts::parse(&["order@1".to_owned()]).map_err(anyhow::Error::msg)?;
+    let v2 = Accepts::parse(&["order@2".to_owned()]).map_err(anyhow::Error::msg)?;
     let slot =
         Arc::new(PluginSlot::new(Arc::new(Declaring { inner: Scripted { script: script.clone(), calls: calls.clone() }, accepts: v1 })));
     slot.swap(Arc::new(Declaring { inner: Scripted { script, calls }, accepts: v2 }));

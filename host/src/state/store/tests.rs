@@ -127,7 +127,7 @@ async fn blind_writes_never_conflict() -> Result {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tickets_readied_out_of_order_commit_in_conclude_order() -> Result {
     let (backend, store) = store();
     let mut early = store.begin("early".into());
@@ -142,6 +142,7 @@ async fn tickets_readied_out_of_order_commit_in_conclude_order() -> Result {
         async move { store.ready(t_late).await }
     });
     // The late ticket is ready but must wait for the early one.
+    // Paused clock: the sleep ends once every task is idle, `waiting` too.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!waiting.is_finished());
     assert!(!backend.was_applied("late").await?);
@@ -156,7 +157,7 @@ async fn tickets_readied_out_of_order_commit_in_conclude_order() -> Result {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_event_without_writes_keeps_its_place_and_its_position() -> Result {
     let (backend, store) = store();
     let mut a = store.begin("a".into());
@@ -168,6 +169,7 @@ async fn an_event_without_writes_keeps_its_place_and_its_position() -> Result {
         let store = Arc::clone(&store);
         async move { store.ready(t_dead).await }
     });
+    // Paused clock: the sleep ends once every task is idle, `waiting` too.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!waiting.is_finished(), "the dead-lettered event waits for the earlier event's commit");
     store.ready(t_a).await?;
@@ -224,7 +226,7 @@ async fn a_batch_readied_at_once_is_one_commit_and_resolves_when_all_are_durable
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_batch_behind_an_unready_ticket_waits_for_it() -> Result {
     let (backend, store) = store();
     let mut first = store.begin("first".into());
@@ -240,6 +242,7 @@ async fn a_batch_behind_an_unready_ticket_waits_for_it() -> Result {
         let store = Arc::clone(&store);
         async move { store.ready_all(batch).await }
     });
+    // Paused clock: the sleep ends once every task is idle, `waiting` too.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!waiting.is_finished(), "committed in conclude order: the batch waits for `first`");
     assert!(store.is_uncommitted("b2") && !backend.was_applied("b1").await?);
