@@ -1,0 +1,89 @@
+//! The lanes' side of a rollout (see [`crate::rollout`]): each lane keeps
+//! its own instance of the candidate version and calls it one event at a
+//! time, with the candidate's own deadline, so a slow or trapping
+//! candidate costs its own call and report, never the current version's
+//! result.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+
+use super::Handler;
+use crate::event::{Event, Output};
+use crate::rollout::compare::{FailureKind, Observed};
+use crate::rollout::Candidate;
+use crate::runtime::{CallError, EventScope};
+
+/// A lane's instance of the candidate.
+#[derive(Default)]
+pub(super) struct CandidateCalls {
+    /// The candidate `handler` belongs to.
+    id: u64,
+    handler: Option<Box<dyn Handler>>,
+}
+
+/// One call of the candidate.
+pub(super) struct Called {
+    pub result: Result<Vec<Output>, (FailureKind, String)>,
+    pub took: Duration,
+    pub scope: Option<EventScope>,
+}
+
+impl Called {
+    pub fn observed(&self) -> Observed {
+        match &self.result {
+            Ok(outputs) => Observed::Outputs(outputs.clone()),
+            Err((kind, message)) => Observed::Failed { kind: *kind, message: message.clone() },
+        }
+    }
+}
+
+impl CandidateCalls {
+    /// Calls `candidate` with `event`, lending it `scope`.
+    pub async fn call(&mut self, candidate: &Candidate, event: &Event, scope: Option<EventScope>) -> Called {
+        if self.id != candidate.id {
+            self.id = candidate.id;
+            if let Some(old) = self.handler.take() {
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+        }
+        let started = Instant::now();
+        let mut handler = match self.handler.take() {
+            Some(handler) => handler,
+            None => match candidate.factory.create().await {
+                Ok(handler) => handler,
+                Err(err) => {
+                    let message = format!("the candidate cannot start: {err}");
+                    return Called { result: Err((FailureKind::Trap, message)), took: started.elapsed(), scope: None };
+                }
+            },
+        };
+        if let Some(scope) = scope {
+            handler.attach(scope);
+        }
+        let events = std::slice::from_ref(event);
+        let call = AssertUnwindSafe(handler.handle(events)).catch_unwind();
+        let result = match tokio::time::timeout(candidate.timeout, call).await {
+            Ok(Ok(Ok(mut results))) => match results.pop() {
+                Some(Ok(outputs)) => Ok(outputs),
+                Some(Err(error)) => Err((FailureKind::of_handler(&error), error.message)),
+                None => Err((FailureKind::Trap, "no result for the event".into())),
+            },
+            Ok(Ok(Err(error))) => Err((FailureKind::of_call(&error), error.to_string())),
+            Ok(Err(_)) => Err((FailureKind::Trap, "the host panicked while calling the candidate".into())),
+            Err(_) => {
+                Err((FailureKind::of_call(&CallError::Timeout(candidate.timeout)), format!("timed out after {:?}", candidate.timeout)))
+            }
+        };
+        let took = started.elapsed();
+        let scope = handler.detach();
+        // An instance whose call failed as a whole is not reused.
+        if !matches!(result, Err((FailureKind::Trap | FailureKind::Timeout, _))) {
+            self.handler = Some(handler);
+        } else {
+            tokio::task::spawn_blocking(move || drop(handler));
+        }
+        Called { result, took, scope }
+    }
+}
