@@ -328,14 +328,17 @@ impl Candidate {
     }
 
     /// Shadow: whether the candidate also handles this event (a sample).
+    /// Once its fate is decided, no more events are given to it.
     pub fn shadows(&self) -> bool {
-        self.trial.mode == RolloutMode::Shadow && (self.trial.sample >= 1.0 || rand::random::<f64>() < self.trial.sample)
+        self.verdict.get().is_none()
+            && self.trial.mode == RolloutMode::Shadow
+            && (self.trial.sample >= 1.0 || rand::random::<f64>() < self.trial.sample)
     }
 
     /// Canary: whether the candidate handles this event for real (its key
     /// falls in the canary fraction; keyless events never do).
     pub fn takes(&self, event: &Event) -> bool {
-        if self.trial.mode != RolloutMode::Canary {
+        if self.trial.mode != RolloutMode::Canary || self.verdict.get().is_some() {
             return false;
         }
         let Some(key) = &event.key else { return false };

@@ -136,9 +136,10 @@ async fn send(
     );
     if context.shadow {
         // A shadowed candidate's effects would be real: it sees a refusal.
-        record.finish(None, Some("refused: a shadowed candidate version makes no outbound calls".into()));
+        const WHY: &str = "a shadowed candidate version makes no outbound calls";
+        record.finish(None, Some(format!("refused: {WHY}")));
         drain(request.into_body(), DRAIN_WITHOUT_GRANT).await;
-        return Err(Error::HttpRequestDenied);
+        return Err(denied_because(WHY));
     }
     if let Some(stubs) = outbound.as_ref().and_then(|o| o.stubs.clone()) {
         return stubbed(&stubs, request, record).await;
