@@ -188,7 +188,9 @@ impl PluginVersions {
     pub async fn promote(&self, id: Option<u64>, reason: &str) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
         let candidate = self.rollout.end(id, Outcome::Promoted, reason).ok_or(ReloadError::NoCandidate)?;
-        self.settle(Ok(candidate.plugin.clone()), Origin::Promotion, false)
+        let plugin =
+            candidate.plugin.clone().ok_or_else(|| ReloadError::Rejected("the candidate has no loaded plugin to promote".into()))?;
+        self.settle(Ok(plugin), Origin::Promotion, false)
     }
 
     /// Stops trying the candidate: rolled back by its rules, or aborted by

@@ -82,7 +82,10 @@ pub struct Trial {
 /// A candidate version being tried.
 pub struct Candidate {
     pub id: u64,
-    pub plugin: LoadedPlugin,
+    /// What a promotion makes current (`None` only for the dispatcher's
+    /// scripted test candidates, which cannot be promoted).
+    pub plugin: Option<LoadedPlugin>,
+    /// What the lanes call.
     pub factory: Arc<dyn HandlerFactory>,
     pub trial: Trial,
     pub timeout: Duration,
@@ -231,9 +234,14 @@ impl Rollout {
     /// Starts trying `plugin`; a candidate already tried is replaced
     /// (its report kept as the last, aborted).
     pub fn begin(&self, plugin: LoadedPlugin, trial: Trial) -> CandidateStatus {
+        self.begin_with(Arc::new(plugin.clone()), Some(plugin), trial)
+    }
+
+    /// [`Rollout::begin`] with the handlers of `factory`.
+    pub(crate) fn begin_with(&self, factory: Arc<dyn HandlerFactory>, plugin: Option<LoadedPlugin>, trial: Trial) -> CandidateStatus {
         let candidate = Arc::new(Candidate {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            factory: Arc::new(plugin.clone()),
+            factory,
             plugin,
             trial,
             timeout: self.config.timeout.unwrap_or(self.default_timeout),
@@ -324,7 +332,7 @@ impl Rollout {
 
 impl Candidate {
     pub fn digest(&self) -> &str {
-        self.plugin.digest()
+        self.factory.digest()
     }
 
     /// Shadow: whether the candidate also handles this event (a sample).

@@ -1,0 +1,111 @@
+//! Rollouts in the lane, with scripted versions: a shadowed candidate's
+//! results are compared and dropped whatever it does; a canary serves its
+//! keys for real, and the events it fails go to the current version, in
+//! order, never to the dead letter.
+
+use super::*;
+use crate::config::{RolloutConfig, RolloutMode};
+use crate::rollout::{Rollout, Trial};
+
+/// A scripted version with its own digest.
+struct Version {
+    inner: Scripted,
+    digest: &'static str,
+}
+
+#[async_trait::async_trait]
+impl HandlerFactory for Version {
+    async fn create(&self) -> Result<Box<dyn Handler>, String> {
+        self.inner.create().await
+    }
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    fn digest(&self) -> &str {
+        self.digest
+    }
+}
+
+fn candidate(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + Send + Sync + 'static) -> (Arc<Version>, Calls) {
+    let calls = Calls::default();
+    (Arc::new(Version { inner: Scripted { script: Arc::new(script), calls: calls.clone() }, digest: "c0ffee" }), calls)
+}
+
+fn keyed(id: &str, payload: &str) -> Event {
+    let mut e = event(id, payload);
+    e.key = Some(id.as_bytes().to_vec());
+    e
+}
+
+fn rollout(config: RolloutConfig) -> Arc<Rollout> {
+    Arc::new(Rollout::new("p", Some(&config), Duration::from_secs(1)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shadow_is_compared_and_dropped_whatever_it_does() -> Result<(), DispatchError> {
+    let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    let (version, calls) = candidate(|e, _| match e.payload.as_slice() {
+        b"trap" => Err(CallError::Trap("boom".into())),
+        b"b" => Ok(Ok(vec![Output { destination: None, key: None, payload: b"B".to_vec(), headers: vec![], reply: false }])),
+        _ => Ok(echo(e)),
+    });
+    let rollout = rollout(RolloutConfig::default());
+    rollout.begin_with(version, None, Trial { mode: RolloutMode::Shadow, sample: 1.0, canary: 0.1 });
+    h.dispatcher.rollout = rollout.clone();
+    let stats = h.dispatcher.stats.clone();
+    let log = Settlements::default();
+    let events = ["a", "b", "trap", "c"].iter().map(|p| (event(p, p), 0)).collect();
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+
+    assert_eq!(h.out.payloads(), ["a", "b", "trap", "c"], "only the current version's outputs");
+    assert!(h.out.records.lock().map(|r| r.iter().all(|r| header(r, "sluice-plugin-digest") == Some("feedface"))).unwrap_or(false));
+    assert!(h.dlq.payloads().is_empty());
+    let shadowed: Vec<String> = calls.lock().map(|c| c.iter().map(|c| c.0.clone()).collect()).unwrap_or_default();
+    assert_eq!(shadowed, ["a", "b", "trap", "c"], "one event per shadow call, each once");
+    let report = rollout.status().candidate.map(|c| (c.counts, c.examples)).unwrap_or_default();
+    let (counts, examples) = report;
+    assert_eq!((counts.handled, counts.same, counts.different, counts.candidate_failures), (4, 2, 2, 1));
+    assert_eq!(
+        examples.iter().map(|e| (e.event_id.as_str(), e.difference.as_str())).collect::<Vec<_>>(),
+        [("b", "output 1: payload"), ("trap", "the candidate failed (with a trap)")]
+    );
+    let s = stats.snapshot();
+    assert_eq!((s.failures, s.dead_lettered, s.acked), (0, 0, 4), "the pipeline saw no failure");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_serves_its_keys_and_the_current_version_takes_what_it_fails_in_order() -> Result<(), DispatchError> {
+    let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    h.dispatcher.retry.max_attempts = 1;
+    let (version, calls) = candidate(|e, _| {
+        let n: u32 = std::str::from_utf8(&e.payload).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
+        Ok(if n % 2 == 1 { retryable("odd") } else { echo(e) })
+    });
+    // Judged late, so it serves every event here.
+    let rollout = rollout(RolloutConfig { judge_after: 1000, ..RolloutConfig::default() });
+    rollout.begin_with(version, None, Trial { mode: RolloutMode::Canary, sample: 1.0, canary: 1.0 });
+    h.dispatcher.rollout = rollout.clone();
+    let log = Settlements::default();
+    let mut events: Vec<(Event, u32)> = (0..10).map(|i| (keyed(&format!("e{i}"), &i.to_string()), 0)).collect();
+    // A keyless event stays on the current version.
+    events.insert(3, (event("nokey", "x"), 0));
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+
+    let records = h.out.records.lock().map(|r| r.clone()).unwrap_or_default();
+    let served: Vec<(String, &str)> = records
+        .iter()
+        .map(|r| (String::from_utf8_lossy(&r.payload).into_owned(), header(r, "sluice-plugin-digest").unwrap_or("-")))
+        .collect();
+    let expected: Vec<(String, &str)> = ["0", "1", "2", "x", "3", "4", "5", "6", "7", "8", "9"]
+        .iter()
+        .map(|p| (p.to_string(), if p.parse::<u32>().is_ok_and(|n| n % 2 == 0) { "c0ffee" } else { "feedface" }))
+        .collect();
+    assert_eq!(served, expected, "each once, in order; the canary's own outputs carry its digest");
+    assert!(h.dlq.payloads().is_empty(), "nothing dead-lettered because of the canary");
+    assert!(settlements(&log).iter().all(|(_, s)| *s == Settlement::Done));
+    assert_eq!(calls.lock().map(|c| c.len()).unwrap_or(0), 10, "the keyless event never reached the canary");
+    let counts = rollout.status().candidate.map(|c| c.counts).unwrap_or_default();
+    assert_eq!((counts.handled, counts.candidate_failures, counts.fallbacks, counts.current_events), (10, 5, 5, 1));
+    Ok(())
+}
