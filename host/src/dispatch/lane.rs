@@ -246,14 +246,12 @@ impl Lane {
                 let started = std::time::Instant::now();
                 let (mut alone, result, scope) = self.call(vec![event], permit, scope).await?;
                 let Some(event) = alone.pop() else { continue };
-                if let Some(candidate) = candidate {
-                    let observed = match &result {
-                        Ok(results) => {
-                            results.last().map_or_else(|| Observed::from_call(&CallError::Contract(String::new())), Observed::from_handler)
-                        }
-                        Err(error) => Observed::from_call(error),
-                    };
-                    self.try_candidate(candidate, &event, &observed, started.elapsed()).await;
+                let current = match &result {
+                    Ok(results) => results.last().map(Current::Handled),
+                    Err(error) => Some(Current::Call(error)),
+                };
+                if let Some((candidate, current)) = candidate.zip(current) {
+                    self.try_candidate(candidate, &event, current, started.elapsed()).await;
                 }
                 self.conclude(event, ack, trace, single(result), scope, Some(calls), done).await?;
             }
@@ -272,7 +270,7 @@ impl Lane {
             Ok(results) => {
                 for (((event, ack), trace), result) in events.into_iter().zip(acks).zip(traces).zip(results) {
                     if let Some(candidate) = candidate {
-                        self.try_candidate(candidate, &event, &Observed::from_handler(&result), took).await;
+                        self.try_candidate(candidate, &event, Current::Handled(&result), took).await;
                     }
                     self.conclude(event, ack, trace, result.map_err(Failed::Handler), None, None, done).await?;
                 }
@@ -280,7 +278,7 @@ impl Lane {
             Err(err) if count == 1 => {
                 for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
                     if let Some(candidate) = candidate {
-                        self.try_candidate(candidate, &event, &Observed::from_call(&err), took).await;
+                        self.try_candidate(candidate, &event, Current::Call(&err), took).await;
                     }
                     self.conclude(event, ack, trace, Err(Failed::Call(err.clone())), None, None, done).await?;
                 }
@@ -375,21 +373,23 @@ impl Lane {
     /// The candidate's outputs are dropped, its state writes discarded
     /// (its scope's state is never concluded) and its outbound calls
     /// refused.
-    async fn try_candidate(&mut self, candidate: &Arc<Candidate>, event: &Event, current: &Observed, took: Duration) {
-        let failed = match current {
-            Observed::Failed { kind, .. } => Some(*kind),
-            Observed::Outputs(_) => None,
-        };
-        candidate.record_current(failed, Some(took));
-        if candidate.is_canary() || !candidate.shadows() {
+    async fn try_candidate(&mut self, candidate: &Arc<Candidate>, event: &Event, current: Current<'_>, took: Duration) {
+        if candidate.is_canary() {
+            candidate.record_current(current.failed(), Some(took));
             return;
         }
+        // Nothing is copied or counted for an event the sample leaves out.
+        if !candidate.shadows() {
+            return;
+        }
+        let current = current.observed();
+        let current = &current;
         let mut scope = self.make_scope(event, &CallLog::default(), &EventTrace::default());
         scope.shadow = true;
         let called = self.candidates.call(candidate, event, Some(scope)).await;
         let refused = called.scope.as_ref().map_or(0, |scope| scope.refused);
         let invalid = called.result.as_ref().ok().and_then(|outputs| self.schema_problem(event, outputs));
-        let shadowed = Shadowed { result: called.observed(), took: called.took, refused, invalid };
+        let shadowed = Shadowed { result: called.observed(), took: called.took, current_took: took, refused, invalid };
         candidate.record_shadow(&self.d.rollout, event, current, shadowed);
     }
 
@@ -962,6 +962,31 @@ fn split_by_bytes(batch: Vec<Delivery>, budget: usize) -> Vec<Vec<Delivery>> {
         calls.push(current);
     }
     calls
+}
+
+/// The current version's first result for an event, as the candidate's
+/// baseline; copied ([`Current::observed`]) only for a shadowed event.
+#[derive(Clone, Copy)]
+enum Current<'a> {
+    Handled(&'a HandleResult),
+    Call(&'a CallError),
+}
+
+impl Current<'_> {
+    fn failed(self) -> Option<FailureKind> {
+        match self {
+            Current::Handled(Ok(_)) => None,
+            Current::Handled(Err(error)) => Some(FailureKind::of_handler(error)),
+            Current::Call(error) => Some(FailureKind::of_call(error)),
+        }
+    }
+
+    fn observed(self) -> Observed {
+        match self {
+            Current::Handled(result) => Observed::from_handler(result),
+            Current::Call(error) => Observed::from_call(error),
+        }
+    }
 }
 
 /// What one plugin call returned.

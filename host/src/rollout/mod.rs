@@ -152,6 +152,9 @@ pub struct Shadowed {
     pub result: Observed,
     /// Its call's time.
     pub took: Duration,
+    /// The current version's call time for the event (a batch's divided
+    /// by its events).
+    pub current_took: Duration,
     /// Its HTTP and service requests, refused.
     pub refused: u64,
     /// Why its outputs fail their schemas, if they do.
@@ -361,7 +364,7 @@ impl Candidate {
 
     /// Shadow: one event both versions handled.
     pub fn record_shadow(&self, rollout: &Rollout, event: &Event, current: &Observed, shadowed: Shadowed) {
-        let Shadowed { result: candidate, took, refused, invalid } = shadowed;
+        let Shadowed { result: candidate, took, current_took, refused, invalid } = shadowed;
         let candidate = &candidate;
         let difference = compare::compare(current, candidate)
             .or_else(|| invalid.as_ref().map(|why| format!("the candidate's outputs fail their schema: {why}")));
@@ -376,6 +379,8 @@ impl Candidate {
             counts.invalid_outputs += u64::from(invalid.is_some());
             counts.candidate_ms_total += took.as_secs_f64() * 1000.0;
             counts.candidate_ms = counts.candidate_ms_total / counts.handled as f64;
+            counts.current_ms_total += current_took.as_secs_f64() * 1000.0;
+            counts.current_ms = counts.current_ms_total / counts.handled as f64;
             match difference {
                 None => counts.same += 1,
                 Some(difference) => {
@@ -414,20 +419,12 @@ impl Candidate {
         });
     }
 
-    /// An event the current version handled while the candidate is tried
-    /// (its first attempt): the baseline the candidate is held to.
+    /// Canary: an event of the other keys the current version handled (its
+    /// first attempt), the baseline the candidate is held to. (Shadow
+    /// counts the current version with each comparison.)
     pub fn record_current(&self, failed: Option<FailureKind>, took: Option<Duration>) {
         self.tally(|tally| {
             let counts = &mut tally.counts;
-            if !self.is_canary() {
-                // Shadow counts the current version with each comparison.
-                if let Some(took) = took {
-                    counts.current_ms_total += took.as_secs_f64() * 1000.0;
-                    counts.current_timed += 1;
-                    counts.current_ms = counts.current_ms_total / counts.current_timed as f64;
-                }
-                return;
-            }
             counts.current_events += 1;
             if let Some(kind) = failed {
                 counts.current_failures += 1;
