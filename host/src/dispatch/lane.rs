@@ -378,8 +378,9 @@ impl Lane {
             candidate.record_current(current.failed(), Some(took));
             return;
         }
-        // Nothing is copied or counted for an event the sample leaves out.
-        if !candidate.shadows() {
+        // Nothing is copied or counted for an event the sample leaves out;
+        // a pipeline that is stopping spends no time on shadows.
+        if self.mode() != Mode::Running || !candidate.shadows() {
             return;
         }
         let current = current.observed();
