@@ -13,6 +13,7 @@ use super::Handler;
 use crate::event::{Event, Output};
 use crate::rollout::compare::{FailureKind, Observed};
 use crate::rollout::Candidate;
+use crate::runtime::instance::HandleResult;
 use crate::runtime::{CallError, EventScope};
 
 /// A lane's instance of the candidate.
@@ -39,9 +40,30 @@ impl Called {
     }
 }
 
+/// A whole call's failure: how, and why.
+type CallFailed = (FailureKind, String);
+
 impl CandidateCalls {
     /// Calls `candidate` with `event`, lending it `scope`.
     pub async fn call(&mut self, candidate: &Candidate, event: &Event, scope: Option<EventScope>) -> Called {
+        let (result, took, scope) = self.call_many(candidate, std::slice::from_ref(event), scope).await;
+        let result = result.and_then(|mut results| match results.pop() {
+            Some(Ok(outputs)) => Ok(outputs),
+            Some(Err(error)) => Err((FailureKind::of_handler(&error), error.message)),
+            None => Err((FailureKind::Trap, "no result for the event".into())),
+        });
+        Called { result, took, scope }
+    }
+
+    /// Calls `candidate` with `events` in one call (its deadline the
+    /// candidate's per event, times their number): a result per event, or
+    /// the failure of the whole call.
+    pub async fn call_many(
+        &mut self,
+        candidate: &Candidate,
+        events: &[Event],
+        scope: Option<EventScope>,
+    ) -> (Result<Vec<HandleResult>, CallFailed>, Duration, Option<EventScope>) {
         if self.id != candidate.id {
             self.id = candidate.id;
             if let Some(old) = self.handler.take() {
@@ -53,37 +75,29 @@ impl CandidateCalls {
             Some(handler) => handler,
             None => match candidate.factory.create().await {
                 Ok(handler) => handler,
-                Err(err) => {
-                    let message = format!("the candidate cannot start: {err}");
-                    return Called { result: Err((FailureKind::Trap, message)), took: started.elapsed(), scope: None };
-                }
+                Err(err) => return (Err((FailureKind::Trap, format!("the candidate cannot start: {err}"))), started.elapsed(), None),
             },
         };
         if let Some(scope) = scope {
             handler.attach(scope);
         }
-        let events = std::slice::from_ref(event);
+        let deadline = candidate.timeout.saturating_mul(events.len().max(1) as u32);
         let call = AssertUnwindSafe(handler.handle(events)).catch_unwind();
-        let result = match tokio::time::timeout(candidate.timeout, call).await {
-            Ok(Ok(Ok(mut results))) => match results.pop() {
-                Some(Ok(outputs)) => Ok(outputs),
-                Some(Err(error)) => Err((FailureKind::of_handler(&error), error.message)),
-                None => Err((FailureKind::Trap, "no result for the event".into())),
-            },
+        let result = match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(Ok(results))) if results.len() == events.len() => Ok(results),
+            Ok(Ok(Ok(results))) => Err((FailureKind::Trap, format!("{} results for {} events", results.len(), events.len()))),
             Ok(Ok(Err(error))) => Err((FailureKind::of_call(&error), error.to_string())),
             Ok(Err(_)) => Err((FailureKind::Trap, "the host panicked while calling the candidate".into())),
-            Err(_) => {
-                Err((FailureKind::of_call(&CallError::Timeout(candidate.timeout)), format!("timed out after {:?}", candidate.timeout)))
-            }
+            Err(_) => Err((FailureKind::of_call(&CallError::Timeout(deadline)), format!("timed out after {deadline:?}"))),
         };
         let took = started.elapsed();
         let scope = handler.detach();
         // An instance whose call failed as a whole is not reused.
-        if !matches!(result, Err((FailureKind::Trap | FailureKind::Timeout, _))) {
+        if result.is_ok() {
             self.handler = Some(handler);
         } else {
             tokio::task::spawn_blocking(move || drop(handler));
         }
-        Called { result, took, scope }
+        (result, took, scope)
     }
 }

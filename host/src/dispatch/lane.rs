@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Outcome, Permit};
-use super::candidate::CandidateCalls;
+use super::candidate::{Called, CandidateCalls};
 use super::dead_letter::{self, Failure, Reason};
 use super::idempotency::Claim;
 use super::publish::{self, Conclusion, FailedRequest};
@@ -251,7 +251,7 @@ impl Lane {
                     Err(error) => Some(Current::Call(error)),
                 };
                 if let Some((candidate, current)) = candidate.zip(current) {
-                    self.try_candidate(candidate, &event, current, started.elapsed()).await;
+                    self.try_candidate(candidate, std::slice::from_ref(&event), &[current], started.elapsed()).await;
                 }
                 self.conclude(event, ack, trace, single(result), scope, Some(calls), done).await?;
             }
@@ -268,18 +268,19 @@ impl Lane {
         let took = started.elapsed() / count as u32;
         match result {
             Ok(results) => {
+                if let Some(candidate) = candidate {
+                    let current: Vec<Current<'_>> = results.iter().map(Current::Handled).collect();
+                    self.try_candidate(candidate, &events, &current, took).await;
+                }
                 for (((event, ack), trace), result) in events.into_iter().zip(acks).zip(traces).zip(results) {
-                    if let Some(candidate) = candidate {
-                        self.try_candidate(candidate, &event, Current::Handled(&result), took).await;
-                    }
                     self.conclude(event, ack, trace, result.map_err(Failed::Handler), None, None, done).await?;
                 }
             }
             Err(err) if count == 1 => {
+                if let Some(candidate) = candidate {
+                    self.try_candidate(candidate, &events, &[Current::Call(&err)], took).await;
+                }
                 for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
-                    if let Some(candidate) = candidate {
-                        self.try_candidate(candidate, &event, Current::Call(&err), took).await;
-                    }
                     self.conclude(event, ack, trace, Err(Failed::Call(err.clone())), None, None, done).await?;
                 }
             }
@@ -367,31 +368,57 @@ impl Lane {
         Some((event, ack, trace))
     }
 
-    /// After the current version's first call on `event` (its result
-    /// `current`, in `took`): counted as the candidate's baseline, and in
-    /// shadow mode (for a sampled event) run on the candidate and compared.
-    /// The candidate's outputs are dropped, its state writes discarded
-    /// (its scope's state is never concluded) and its outbound calls
-    /// refused.
-    async fn try_candidate(&mut self, candidate: &Arc<Candidate>, event: &Event, current: Current<'_>, took: Duration) {
+    /// After the current version's first call on `events` (their results
+    /// `current`, in `took` each): counted as the candidate's baseline
+    /// (canary), or, in shadow mode, run on the candidate (a sample of
+    /// them) and compared. Sampled events go in one call unless an event
+    /// needs its own scope (state, outbound calls); a call that fails as a
+    /// whole is made again one event at a time, to tell which failed.
+    async fn try_candidate(&mut self, candidate: &Arc<Candidate>, events: &[Event], current: &[Current<'_>], took: Duration) {
         if candidate.is_canary() {
-            candidate.record_current(current.failed(), Some(took));
+            current.iter().for_each(|c| candidate.record_current(c.failed(), Some(took)));
             return;
         }
         // Nothing is copied or counted for an event the sample leaves out;
         // a pipeline that is stopping spends no time on shadows.
-        if self.mode() != Mode::Running || !candidate.shadows() {
+        if self.mode() != Mode::Running {
             return;
         }
-        let current = current.observed();
-        let current = &current;
-        let mut scope = self.make_scope(event, &CallLog::default(), &EventTrace::default());
-        scope.shadow = true;
-        let called = self.candidates.call(candidate, event, Some(scope)).await;
+        let picked: Vec<usize> = (0..events.len().min(current.len())).filter(|_| candidate.shadows()).collect();
+        let alone = picked.len() == 1 || self.d.state.is_some() || candidate.factory.per_event();
+        if !alone && !picked.is_empty() {
+            let owned: Vec<Event>;
+            let batch: &[Event] = if picked.len() == events.len() {
+                events
+            } else {
+                owned = picked.iter().map(|&i| events[i].clone()).collect();
+                &owned
+            };
+            let (result, spent, _) = self.candidates.call_many(candidate, batch, None).await;
+            if let Ok(results) = result {
+                let each = spent / batch.len() as u32;
+                for (&i, result) in picked.iter().zip(results) {
+                    let result = result.map_err(|error| (FailureKind::of_handler(&error), error.message));
+                    self.record_shadow(candidate, &events[i], current[i], Called { result, took: each, scope: None }, took);
+                }
+                return;
+            }
+        }
+        for i in picked {
+            let mut scope = self.make_scope(&events[i], &CallLog::default(), &EventTrace::default());
+            scope.shadow = true;
+            let called = self.candidates.call(candidate, &events[i], Some(scope)).await;
+            self.record_shadow(candidate, &events[i], current[i], called, took);
+        }
+    }
+
+    /// Counts a shadowed event: the candidate's result beside the current's.
+    /// Its scope (and the state attempt in it) is dropped unconcluded.
+    fn record_shadow(&self, candidate: &Candidate, event: &Event, current: Current<'_>, called: Called, current_took: Duration) {
         let refused = called.scope.as_ref().map_or(0, |scope| scope.refused);
         let invalid = called.result.as_ref().ok().and_then(|outputs| self.schema_problem(event, outputs));
-        let shadowed = Shadowed { result: called.observed(), took: called.took, current_took: took, refused, invalid };
-        candidate.record_shadow(&self.d.rollout, event, current, shadowed);
+        let shadowed = Shadowed { result: called.observed(), took: called.took, current_took, refused, invalid };
+        candidate.record_shadow(&self.d.rollout, event, &current.observed(), shadowed);
     }
 
     /// Why a candidate's outputs fail their schemas, if they do (not

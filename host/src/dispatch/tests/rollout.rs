@@ -60,8 +60,11 @@ async fn a_shadow_is_compared_and_dropped_whatever_it_does() -> Result<(), Dispa
     assert_eq!(h.out.payloads(), ["a", "b", "trap", "c"], "only the current version's outputs");
     assert!(h.out.records.lock().map(|r| r.iter().all(|r| header(r, "sluice-plugin-digest") == Some("feedface"))).unwrap_or(false));
     assert!(h.dlq.payloads().is_empty());
-    let shadowed: Vec<String> = calls.lock().map(|c| c.iter().map(|c| c.0.clone()).collect()).unwrap_or_default();
-    assert_eq!(shadowed, ["a", "b", "trap", "c"], "one event per shadow call, each once");
+    // One call for the batch; it trapped as a whole, so each event again
+    // alone, to tell which one failed.
+    let shadowed: Vec<(String, usize)> = calls.lock().map(|c| c.iter().map(|c| (c.0.clone(), c.2)).collect()).unwrap_or_default();
+    let expected = [("a", 4), ("b", 4), ("trap", 4), ("a", 1), ("b", 1), ("trap", 1), ("c", 1)];
+    assert_eq!(shadowed, expected.map(|(id, n)| (id.to_owned(), n)));
     let report = rollout.status().candidate.map(|c| (c.counts, c.examples)).unwrap_or_default();
     let (counts, examples) = report;
     assert_eq!((counts.handled, counts.same, counts.different, counts.candidate_failures), (4, 2, 2, 1));
@@ -71,6 +74,27 @@ async fn a_shadow_is_compared_and_dropped_whatever_it_does() -> Result<(), Dispa
     );
     let s = stats.snapshot();
     assert_eq!((s.failures, s.dead_lettered, s.acked), (0, 0, 4), "the pipeline saw no failure");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sample_of_a_batch_is_shadowed_in_one_call() -> Result<(), DispatchError> {
+    let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    let (version, calls) = candidate(|e, _| Ok(echo(e)));
+    let rollout = rollout(RolloutConfig::default());
+    rollout.begin_with(version, None, Trial { mode: RolloutMode::Shadow, sample: 0.5, canary: 0.1 });
+    h.dispatcher.rollout = rollout.clone();
+    let log = Settlements::default();
+    let events = (0..200).map(|i| (event(&format!("e{i}"), "x"), 0)).collect();
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+
+    assert_eq!(h.out.payloads().len(), 200);
+    let calls = calls.lock().map(|c| c.clone()).unwrap_or_default();
+    let counts = rollout.status().candidate.map(|c| c.counts).unwrap_or_default();
+    assert_eq!(counts.handled as usize, calls.len(), "each sampled event shadowed once");
+    assert!((60..140).contains(&calls.len()), "about half of 200 sampled: {}", calls.len());
+    assert!(calls.iter().any(|c| c.2 > 1), "sampled events of a batch go in one call");
+    assert_eq!((counts.same, counts.different), (counts.handled, 0));
     Ok(())
 }
 
