@@ -341,6 +341,30 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_shows_its_fallbacks_and_the_last_candidate_how_it_ended() {
+        let sample = json!({ "pipelines": [{
+            "name": "orders", "state": "running", "stats": {},
+            "plugin": { "name": "enricher", "current": { "digest": "aaaaaaaaaaaaaaaa" }, "rollout": {
+                "candidate": { "digest": "cccccccccccccccc", "mode": "canary", "sample": 1.0, "canary": 0.5, "examples": [],
+                    "counts": { "handled": 20, "candidate_failures": 10, "current_failures": 0, "current_events": 22, "candidate_ms": 1.0, "current_ms": 0.5 },
+                    "pending": "roll back: the candidate failed 50.0% of 20 events" },
+                "last": { "digest": "bbbbbbbbbbbbbbbb", "outcome": "promoted", "at": "2026-12-06T20:00:00Z", "reason": "200 events: 0 differing" }
+            } }
+        }]});
+        let table = render(&sample, &sample, 1.0);
+        let lines: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            [
+                "candidate orders: cccccccccccc canary: 20 handled, 10 failed (fell back to current), current 0 of 22 failed; 1.00 ms/event (current 0.50)",
+                "  decided: roll back: the candidate failed 50.0% of 20 events",
+                "last candidate orders: bbbbbbbbbbbb promoted at 2026-12-06T20:00:00Z: 200 events: 0 differing",
+            ],
+            "{table}"
+        );
+    }
+
+    #[test]
     fn an_open_breaker_shows_in_the_state() {
         let sample = json!({ "pipelines": [{
             "name": "orders", "state": "running", "plugin": {}, "stats": {},
