@@ -44,6 +44,14 @@ impl Called {
 type CallFailed = (FailureKind, String);
 
 impl CandidateCalls {
+    /// Frees the instance of a candidate no longer tried (off the async
+    /// workers: freeing an instance can take a millisecond).
+    pub fn release(&mut self) {
+        if let Some(handler) = self.handler.take() {
+            tokio::task::spawn_blocking(move || drop(handler));
+        }
+    }
+
     /// Calls `candidate` with `event`, lending it `scope`.
     pub async fn call(&mut self, candidate: &Candidate, event: &Event, scope: Option<EventScope>) -> Called {
         let (result, took, scope) = self.call_many(candidate, std::slice::from_ref(event), scope).await;

@@ -212,7 +212,13 @@ impl Lane {
         }
         match self.d.rollout.candidate() {
             Some(candidate) if candidate.is_canary() => self.call_canary(std::mem::take(run), candidate, done).await,
-            candidate => self.call_current(run, candidate.as_ref(), done).await,
+            Some(candidate) => self.call_current(run, Some(&candidate), done).await,
+            None => {
+                // A candidate that ended (promoted, rolled back) leaves no
+                // instance behind in the lane.
+                self.candidates.release();
+                self.call_current(run, None, done).await
+            }
         }
     }
 
