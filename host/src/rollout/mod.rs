@@ -366,8 +366,11 @@ impl Candidate {
     pub fn record_shadow(&self, rollout: &Rollout, event: &Event, current: &Observed, shadowed: Shadowed) {
         let Shadowed { result: candidate, took, current_took, refused, invalid } = shadowed;
         let candidate = &candidate;
-        let difference = compare::compare(current, candidate)
-            .or_else(|| invalid.as_ref().map(|why| format!("the candidate's outputs fail their schema: {why}")));
+        let schema = invalid.as_ref().map(|why| format!("the candidate's outputs fail their schema: {why}"));
+        let difference = match (compare::compare(current, candidate), schema) {
+            (Some(difference), Some(schema)) => Some(format!("{difference}; {schema}")),
+            (difference, schema) => difference.or(schema),
+        };
         rollout.count_shadow(difference.is_some());
         self.tally(|tally| {
             let counts = &mut tally.counts;

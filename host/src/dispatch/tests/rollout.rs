@@ -133,3 +133,38 @@ async fn a_canary_serves_its_keys_and_the_current_version_takes_what_it_fails_in
     assert_eq!((counts.handled, counts.candidate_failures, counts.fallbacks, counts.current_events), (10, 5, 5, 1));
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shadow_whose_outputs_fail_their_schema_is_reported_not_counted_by_the_pipeline() -> Result<(), DispatchError> {
+    use crate::config::{SchemaEntry, SchemasConfig};
+    use crate::event::text_header;
+
+    let mut h = harness(|e, _| Ok(echo(e)), SinkMode::Ok);
+    let order = SchemaEntry {
+        event_type: "order".into(),
+        version: Some("1".into()),
+        path: std::path::PathBuf::from("order.json"),
+        document: Arc::new(serde_json::json!({"type": "object", "properties": {"total": {"type": "number"}}})),
+    };
+    let config = SchemasConfig { output: vec![order], ..SchemasConfig::default() };
+    h.dispatcher.schemas = Arc::new(crate::schema::Gate::new(Some(&config)).map_err(DispatchError::Lane)?);
+    let (version, _) = candidate(|_, _| {
+        Ok(Ok(vec![Output { destination: None, key: None, payload: br#"{"total":"3"}"#.to_vec(), headers: vec![], reply: false }]))
+    });
+    let rollout = rollout(RolloutConfig::default());
+    rollout.begin_with(version, None, Trial { mode: RolloutMode::Shadow, sample: 1.0, canary: 0.1 });
+    h.dispatcher.rollout = rollout.clone();
+    let stats = h.dispatcher.stats.clone();
+    let mut e = event("o1", r#"{"total":3}"#);
+    e.headers = vec![text_header("event-type", "order"), text_header("event-version", "1")];
+    let log = Settlements::default();
+    h.dispatcher.run(source(vec![(e, 0)], &log, false), CancellationToken::new()).await?;
+
+    assert_eq!(h.out.payloads(), [r#"{"total":3}"#]);
+    let (counts, examples) = rollout.status().candidate.map(|c| (c.counts, c.examples)).unwrap_or_default();
+    assert_eq!((counts.handled, counts.different, counts.invalid_outputs), (1, 1, 1));
+    let difference = examples.first().map(|e| e.difference.clone()).unwrap_or_default();
+    assert!(difference.starts_with("output 1: payload; the candidate's outputs fail their schema: output 1: "), "{difference}");
+    assert_eq!(stats.snapshot().invalid_outputs, 0, "the pipeline's own counters are the current version's");
+    Ok(())
+}
