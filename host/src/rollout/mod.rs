@@ -229,11 +229,6 @@ impl Rollout {
         self.candidate.load_full()
     }
 
-    /// Whether a candidate is being tried (cheaper than [`Rollout::candidate`]).
-    pub fn active(&self) -> bool {
-        self.candidate.load().is_some()
-    }
-
     /// Starts trying `plugin`; a candidate already tried is replaced
     /// (its report kept as the last, aborted).
     pub fn begin(&self, plugin: LoadedPlugin, trial: Trial) -> CandidateStatus {
