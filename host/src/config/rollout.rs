@@ -63,9 +63,10 @@ pub struct RolloutConfig {
     /// Differing events kept, side by side, for the report. Default 20.
     #[serde(default = "default_examples")]
     pub examples: usize,
-    /// Shadow: how long the candidate may take on one event; past it the
-    /// shadow call is dropped and counted as a failure of the candidate.
-    /// Default: the pipeline's `policy.timeout`.
+    /// Shadow: how long one call of the candidate may take (the sampled
+    /// events of a batch, or one event); past it the call is dropped and
+    /// counted as a failure of the candidate, and the rest of the batch is
+    /// not shadowed. Default: the pipeline's `policy.timeout`.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
 }

@@ -54,7 +54,7 @@ impl CandidateCalls {
 
     /// Calls `candidate` with `event`, lending it `scope`.
     pub async fn call(&mut self, candidate: &Candidate, event: &Event, scope: Option<EventScope>) -> Called {
-        let (result, took, scope) = self.call_many(candidate, std::slice::from_ref(event), scope).await;
+        let (result, took, scope) = self.call_many(candidate, std::slice::from_ref(event), scope, candidate.timeout).await;
         let result = result.and_then(|mut results| match results.pop() {
             Some(Ok(outputs)) => Ok(outputs),
             Some(Err(error)) => Err((FailureKind::of_handler(&error), error.message)),
@@ -63,14 +63,14 @@ impl CandidateCalls {
         Called { result, took, scope }
     }
 
-    /// Calls `candidate` with `events` in one call (its deadline the
-    /// candidate's per event, times their number): a result per event, or
-    /// the failure of the whole call.
+    /// Calls `candidate` with `events` in one call, within `deadline`: a
+    /// result per event, or the failure of the whole call.
     pub async fn call_many(
         &mut self,
         candidate: &Candidate,
         events: &[Event],
         scope: Option<EventScope>,
+        deadline: Duration,
     ) -> (Result<Vec<HandleResult>, CallFailed>, Duration, Option<EventScope>) {
         if self.id != candidate.id {
             self.id = candidate.id;
@@ -89,7 +89,6 @@ impl CandidateCalls {
         if let Some(scope) = scope {
             handler.attach(scope);
         }
-        let deadline = candidate.timeout.saturating_mul(events.len().max(1) as u32);
         let call = AssertUnwindSafe(handler.handle(events)).catch_unwind();
         let result = match tokio::time::timeout(deadline, call).await {
             Ok(Ok(Ok(results))) if results.len() == events.len() => Ok(results),

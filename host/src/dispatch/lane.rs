@@ -380,6 +380,10 @@ impl Lane {
     /// them) and compared. Sampled events go in one call unless an event
     /// needs its own scope (state, outbound calls); a call that fails as a
     /// whole is made again one event at a time, to tell which failed.
+    /// Each call has the candidate's deadline (`rollout.timeout`), the
+    /// batch call too, and once one overruns it the rest of the run is
+    /// not shadowed: a hanging candidate costs a lane at most two
+    /// deadlines per run.
     async fn try_candidate(&mut self, candidate: &Arc<Candidate>, events: &[Event], current: &[Current<'_>], took: Duration) {
         if candidate.is_canary() {
             current.iter().for_each(|c| candidate.record_current(c.failed(), Some(took)));
@@ -400,7 +404,7 @@ impl Lane {
                 owned = picked.iter().map(|&i| events[i].clone()).collect();
                 &owned
             };
-            let (result, spent, _) = self.candidates.call_many(candidate, batch, None).await;
+            let (result, spent, _) = self.candidates.call_many(candidate, batch, None, candidate.timeout).await;
             if let Ok(results) = result {
                 let each = spent / batch.len() as u32;
                 for (&i, result) in picked.iter().zip(results) {
@@ -414,7 +418,11 @@ impl Lane {
             let mut scope = self.make_scope(&events[i], &CallLog::default(), &EventTrace::default());
             scope.shadow = true;
             let called = self.candidates.call(candidate, &events[i], Some(scope)).await;
+            let overran = matches!(called.result, Err((FailureKind::Timeout, _)));
             self.record_shadow(candidate, &events[i], current[i], called, took);
+            if overran {
+                break;
+            }
         }
     }
 
