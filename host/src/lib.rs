@@ -40,6 +40,8 @@
 //! dead-letters routes. [`telemetry`] exports a span per event, and one per
 //! outbound call of its plugin, to OpenTelemetry when `[tracing]` asks for it.
 //! [`state`] holds plugin state per pipeline, made durable with its events.
+//! [`rollout`] tries a candidate version beside the current one (shadow or
+//! canary) and decides when it is promoted or rolled back.
 //! [`store`] is the fleet's plugin store (`[plugins.store]`): versions pushed
 //! to the broker once, followed by every host running the pipeline.
 //! [`client`] opens the services a plugin may call (`sluice:plugin/client`)
@@ -63,6 +65,7 @@ pub mod nats;
 pub mod pipeline;
 pub mod reload;
 pub mod replay;
+pub mod rollout;
 pub mod runtime;
 pub mod schema;
 pub mod service;

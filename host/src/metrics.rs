@@ -158,7 +158,7 @@ type Timing = fn(&Stats) -> &Histogram;
 type StateCount = fn(&crate::state::metrics::MetricsSnapshot) -> u64;
 
 /// Counters: name (without `_total`), help, value.
-const COUNTERS: [(&str, &str, Counts); 19] = [
+const COUNTERS: [(&str, &str, Counts); 26] = [
     ("sluice_events_received", "Events taken from the source.", |r| r.counts.received),
     ("sluice_plugin_calls", "Calls into the plugin (one per batch).", |r| r.counts.calls),
     ("sluice_outputs", "Outputs sent to sinks, replies included.", |r| r.counts.outputs),
@@ -186,7 +186,25 @@ const COUNTERS: [(&str, &str, Counts); 19] = [
     ("sluice_events_unsupported", "Events dead-lettered because the plugin does not accept their type or version.", |r| {
         r.counts.unsupported
     }),
+    ("sluice_rollout_promotions", "Candidate versions promoted (by their rollout rules or by hand).", |r| rollout(r, |t| &t.promotions)),
+    ("sluice_rollout_rollbacks", "Candidate versions rolled back by their rollout rules.", |r| rollout(r, |t| &t.rollbacks)),
+    ("sluice_rollout_aborts", "Candidate versions aborted by hand (or replaced by another).", |r| rollout(r, |t| &t.aborts)),
+    ("sluice_rollout_shadowed", "Events a shadowed candidate handled beside the current version (compared).", |r| {
+        rollout(r, |t| &t.shadowed)
+    }),
+    ("sluice_rollout_differences", "Shadowed events whose candidate result differed from the current version's.", |r| {
+        rollout(r, |t| &t.differences)
+    }),
+    ("sluice_rollout_canary_events", "Events a canary candidate handled for real.", |r| rollout(r, |t| &t.canary_events)),
+    ("sluice_rollout_canary_fallbacks", "Events a canary failed, handled by the current version instead.", |r| {
+        rollout(r, |t| &t.fallbacks)
+    }),
 ];
+
+/// One of the pipeline's rollout totals.
+fn rollout(row: &Row, counter: fn(&crate::rollout::Totals) -> &std::sync::atomic::AtomicU64) -> u64 {
+    crate::rollout::Totals::get(counter(&row.handle.versions.rollout().totals))
+}
 
 /// Plugin state counters (pipelines with `[state]`).
 const STATE_COUNTERS: [(&str, &str, StateCount); 7] = [

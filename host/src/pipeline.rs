@@ -221,6 +221,10 @@ pub async fn build(
         schemas: Arc::new(crate::schema::Gate::new(config.schemas.as_ref()).map_err(BuildError::Schemas)?),
         tap: Default::default(),
         state: state.map(|s| s.store),
+        rollout: match versions {
+            Some(versions) => versions.rollout(),
+            None => Arc::new(crate::rollout::Rollout::new(name, config.rollout.as_ref(), policy.timeout)),
+        },
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
         clients,
     };

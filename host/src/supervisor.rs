@@ -488,8 +488,9 @@ async fn run_pipeline(
         }
     };
     let dispatcher = built.dispatcher;
-    let versions =
-        versions.unwrap_or_else(|| Arc::new(PluginVersions::new(name, runtime.clone(), dispatcher.plugin.clone(), built.plugin)));
+    let versions = versions.unwrap_or_else(|| {
+        Arc::new(PluginVersions::new(name, runtime.clone(), dispatcher.plugin.clone(), built.plugin, dispatcher.rollout.clone()))
+    });
     let handle = Arc::new(PipelineHandle {
         name: name.to_owned(),
         source: built.source.describe(),
@@ -518,6 +519,7 @@ async fn run_pipeline(
             tracing::warn!(pipeline = %name, "cannot watch the plugin file; reload it through the admin API: {err}");
         }
     }
+    reload::drive_rollout(versions.clone(), watching.clone());
     let follower = store.as_ref().map(|store| {
         let host = crate::kafka::instance::instance_id();
         crate::store::follow::spawn(store.clone(), sinks.clone(), versions.clone(), name.to_owned(), host, watching.clone())

@@ -5,7 +5,8 @@ Starts `target/debug/sluice run` with two file pipelines and an admin token,
 loads /ui, gives the token, and checks what an operator sees: both pipelines
 with their versions, rates that move while events flow, pause and resume,
 uploading a version (the sha256 shown before confirming is the file's) and
-rolling back, live events in the tap, and a pipeline's dead letters: filtered,
+rolling back, a shadowed candidate's differences side by side (and
+aborting it), live events in the tap, and a pipeline's dead letters: filtered,
 headers expanded, two replayed after a dry-run preview. Screenshots go to
 target/console-*.png. Run through `scripts/browser.sh test`.
 
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -285,6 +287,22 @@ def main():
         shot(driver, "refused")
         card(driver, "orders").find_element(By.XPATH, ".//button[text()='Roll back']").click()
         wait("orders back on tag_v1", lambda: (fact(driver, "orders", "Version") or "").startswith(v1[:12]))
+
+        # tag_v2 as a shadowed candidate (through the API): the card shows
+        # its counts and the differing events side by side; abort it there.
+        request = urllib.request.Request(f"http://{addr}/pipelines/orders/candidate", data=v2_path.read_bytes(), method="POST",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert json.load(answer)["candidate"]["digest"] == v2
+        candidate = wait("the candidate on the card", lambda: (fact(driver, "orders", "Candidate") or "") if " different" in (fact(driver, "orders", "Candidate") or "") else None)
+        assert candidate.startswith(f"{v2[:12]} · shadow 1: "), candidate
+        table = wait("the differing events", lambda: driver.execute_script(
+            "return document.querySelector(`article[aria-labelledby='p-orders'] .candidate table`)?.textContent"))
+        assert "output 1: payload" in table and '"payload":"v1:order' in table and '"payload":"v2:order' in table, table
+        shot(driver, "candidate")
+        card(driver, "orders").find_element(By.XPATH, ".//button[text()='Abort candidate']").click()
+        wait("the aborted candidate", lambda: "aborted" in (fact(driver, "orders", "Last candidate") or ""))
+        assert fact(driver, "orders", "Candidate") is None, "no candidate after the abort"
 
         # The live tap on audit: inputs, outputs and dead letters arrive.
         card(driver, "audit").find_element(By.XPATH, ".//button[text()='Live tap']").click()

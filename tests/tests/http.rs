@@ -476,3 +476,45 @@ fn the_python_sdk_calls_out_with_sluice_plugin_http() -> Result<()> {
 fn the_c_sdk_calls_out_with_sluice_http_request() -> Result<()> {
     a_twin_calls_out("http_enrich_c", true)
 }
+
+/// A shadowed candidate that calls out (`http_enrich` beside a current
+/// `passthrough`): its requests are refused before they leave (the server
+/// sees none), the guest is told why, and the report counts them.
+#[test]
+fn a_shadowed_candidates_requests_are_refused_and_counted() -> Result<()> {
+    const TOKEN: &str = "shadow-token";
+    let server = Server::start()?;
+    let scratch = Scratch::new()?;
+    scratch.write("events.jsonl", "")?;
+    let config = config(&server.url("/ok"), Some(&allow(&server)), "", true)
+        .replace(&toml_path(&plugin("http_enrich")), &toml_path(&plugin("passthrough")))
+        .replace("[admin]\n", &format!("[admin]\ntoken = \"{TOKEN}\"\n"));
+    scratch.write("sluice.toml", config)?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
+    host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/pipelines/enrich", None, b"").is_ok_and(|(s, _)| s == 200))?;
+    let candidate = std::fs::read(plugin("http_enrich"))?;
+    let (status, body) = http_request(port, "POST", "/pipelines/enrich/candidate", Some(TOKEN), &candidate)?;
+    ensure!(status == 200, "{status} {body}");
+
+    scratch.append_events("events.jsonl", &events(&["a", "b", "c"]))?;
+    let mut report = Value::Null;
+    host.wait_until("three shadowed events", WITHIN, || {
+        let Ok((200, body)) = http_request(port, "GET", "/pipelines/enrich/candidate", None, b"") else { return false };
+        report = serde_json::from_str(&body).unwrap_or(Value::Null);
+        report["candidate"]["counts"]["handled"] == 3
+    })?;
+    let counts = &report["candidate"]["counts"];
+    ensure!(counts["effects_refused"] == 3 && counts["candidate_failures"] == 3 && counts["different"] == 3, "{counts}");
+    let example = &report["candidate"]["examples"][0];
+    ensure!(example["candidate"]["failure"] == "rejected", "{example}");
+    ensure!(
+        example["candidate"]["message"].as_str().is_some_and(|m| m.contains("shadowed candidate")),
+        "the guest was told why: {example}"
+    );
+    ensure!(server.seen().is_empty(), "no request left the host: {:?}", server.seen());
+    host.wait_until("the current version's outputs", WITHIN, || scratch.count_lines("out.jsonl") == 3)?;
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}

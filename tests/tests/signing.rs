@@ -158,7 +158,14 @@ fn uploads_and_file_changes_need_a_trusted_signature() -> Result<()> {
         let error = body["error"].as_str().unwrap_or_default();
         ensure!(error.contains(reason), "{what}: {error}");
         ensure!(current_digest(port)? == d1, "{what}: the version changed");
+        // A candidate (shadow or canary) is held to the same signature.
+        let (code, body) = http(port, "POST", "/pipelines/tags/candidate", &headers, &v2)?;
+        ensure!(code == 422 && body["error"].as_str().is_some_and(|e| e.contains(reason)), "{what} as a candidate: {code} {body}");
     }
+    let (code, body) = http(port, "POST", "/pipelines/tags/candidate", &[("Sluice-Signature", &by_release)], &v2)?;
+    ensure!(code == 200 && body["candidate"]["digest"] == d2.as_str(), "the signed candidate: {code} {body}");
+    let (code, body) = http(port, "DELETE", "/pipelines/tags/candidate", &[], b"")?;
+    ensure!(code == 200, "abort: {code} {body}");
     let (code, body) = http(port, "PUT", "/pipelines/tags/plugin", &[("Sluice-Signature", &by_release)], &v2)?;
     ensure!(code == 200, "the signed upload: {code} {body}");
     ensure!(current_digest(port)? == d2);

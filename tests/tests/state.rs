@@ -202,3 +202,47 @@ fn the_admin_api_reads_lists_and_deletes_state_keys() -> Result<()> {
     host.wait(WITHIN)?.ensure_success()?;
     Ok(())
 }
+
+/// A shadowed candidate reads the pipeline's state but its writes are
+/// discarded: beside the current `counter`, its C twin computes the same
+/// counts (no difference) and counts nothing itself; promoted by hand
+/// (`sluice plugin promote`), it counts on from the current state.
+#[test]
+fn a_shadowed_candidates_state_writes_are_discarded() -> Result<()> {
+    let twin = root().join("plugins/target/components/counter_c.wasm");
+    ensure!(twin.is_file(), "{} is missing: run `bash scripts/build-lang-plugins.sh c` first", twin.display());
+    let scratch = Scratch::new()?;
+    scratch.write("events.jsonl", "")?;
+    let config = counter_config("").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
+    scratch.write("sluice.toml", format!("[admin]\nlisten = \"{ANY_PORT}\"\ntoken = \"t\"\n{config}"))?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
+    let port = host.admin_port()?;
+    host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/pipelines/counts", None, b"").is_ok_and(|(s, _)| s == 200))?;
+    let admin = format!("127.0.0.1:{port}");
+    let tried = scratch
+        .sluice(&["plugin", "candidate", "counts", &twin.to_string_lossy(), "--admin", &admin])
+        .env("SLUICE_ADMIN_TOKEN", "t")
+        .output()?;
+    ensure!(tried.status.success(), "{}", String::from_utf8_lossy(&tried.stderr));
+    ensure!(String::from_utf8_lossy(&tried.stdout).contains("in shadow mode"), "{}", String::from_utf8_lossy(&tried.stdout));
+
+    let send = |payloads: &[&str]| scratch.append_events("events.jsonl", &payloads.iter().map(|p| event(p)).collect::<Vec<_>>());
+    send(&["a", "a", "b", "a"])?;
+    host.wait_until("four outputs", WITHIN, || scratch.count_lines("out.jsonl") == 4)?;
+    ensure!(payloads(&scratch.read_jsonl("out.jsonl")?) == ["a=1", "a=2", "b=1", "a=3"], "the candidate's increments are not kept");
+    let (_, body) = http_request(port, "GET", "/pipelines/counts/candidate", None, b"")?;
+    let report: Value = serde_json::from_str(&body)?;
+    let counts = &report["candidate"]["counts"];
+    ensure!(counts["handled"] == 4 && counts["same"] == 4, "the candidate read the same state and counted alike: {report}");
+
+    let promoted = scratch.sluice(&["plugin", "promote", "counts", "--admin", &admin]).env("SLUICE_ADMIN_TOKEN", "t").output()?;
+    ensure!(promoted.status.success(), "{}", String::from_utf8_lossy(&promoted.stderr));
+    send(&["a", "b"])?;
+    host.wait_until("two more outputs", WITHIN, || scratch.count_lines("out.jsonl") == 6)?;
+    let outputs = scratch.read_jsonl("out.jsonl")?;
+    ensure!(payloads(&outputs)[4..] == ["a=4", "b=2"], "the promoted version counts on: {outputs:?}");
+    ensure!(header(&outputs[5], "sluice-plugin-digest") == Some(sha256_hex(&twin)?.as_str()), "made by the promoted twin");
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}

@@ -7,6 +7,10 @@
 //! | `POST /pipelines/{name}/reload` | load the plugin file again | yes |
 //! | `PUT /pipelines/{name}/plugin[?sha256=…]` | upload a new version (the body is the `.wasm`; its signature line in `Sluice-Signature` when `[plugins] trusted_keys` is set) | yes |
 //! | `POST /pipelines/{name}/rollback` | back to the previous version | yes |
+//! | `GET /pipelines/{name}/candidate` | the candidate version being tried (shadow or canary): its counts and first differing events, and how the last one ended | read |
+//! | `POST /pipelines/{name}/candidate[?sha256=…&mode=shadow\|canary&sample=…&canary=…]` | try a new version beside the current one (the body is the `.wasm`, checked as an upload; `Sluice-Signature` as for uploads) | yes |
+//! | `POST /pipelines/{name}/candidate/promote` | make the candidate current | yes |
+//! | `DELETE /pipelines/{name}/candidate` | stop trying the candidate | yes |
 //! | `POST /pipelines/{name}/pause`, `/resume` | stop / restart taking events from the source | yes |
 //! | `GET /pipelines/{name}/state?prefix=&after=&limit=` | committed state keys and values, a page at a time | read |
 //! | `GET /pipelines/{name}/state/{key}` | one committed state value | read |
@@ -359,10 +363,13 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/pipelines/{name}/state/{*key}", get(state_get))
         .route("/pipelines/{name}/tap", get(tap::tap))
         .route("/pipelines/{name}/dead-letters", get(dead_letters::list))
+        .route("/pipelines/{name}/candidate", get(candidate_show))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Read, SMALL_BODY), guard));
     let write = Router::new()
         .route("/pipelines/{name}/reload", post(reload))
         .route("/pipelines/{name}/rollback", post(rollback))
+        .route("/pipelines/{name}/candidate/promote", post(candidate_promote))
+        .route("/pipelines/{name}/candidate", axum::routing::delete(candidate_abort))
         .route("/pipelines/{name}/pause", post(pause))
         .route("/pipelines/{name}/resume", post(resume))
         .route("/pipelines/{name}/dead-letters/replay", post(dead_letters::replay))
@@ -372,6 +379,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(SMALL_BODY as usize));
     let upload_route = Router::new()
         .route("/pipelines/{name}/plugin", put(upload))
+        .route("/pipelines/{name}/candidate", post(candidate_upload))
         .route_layer(axum::middleware::from_fn_with_state((state.clone(), Access::Write, state.max_upload), guard));
     let console = Router::new()
         .route("/", get(console::to_console))
@@ -474,7 +482,7 @@ impl From<ReloadError> for Failure {
     fn from(err: ReloadError) -> Self {
         match err {
             ReloadError::Rejected(_) => Failure(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()),
-            ReloadError::NoPrevious => Failure(StatusCode::CONFLICT, err.to_string()),
+            ReloadError::NoPrevious | ReloadError::NoCandidate => Failure(StatusCode::CONFLICT, err.to_string()),
         }
     }
 }
@@ -657,6 +665,17 @@ struct UploadQuery {
     sha256: Option<String>,
 }
 
+/// The signature line (`sluice plugin sign` writes it to FILE.sig):
+/// checked when `[plugins] trusted_keys` is set, ignored otherwise.
+fn signature_of(headers: &HeaderMap) -> Result<Option<String>, Failure> {
+    match headers.get(SIGNATURE_HEADER) {
+        Some(value) => Ok(Some(
+            value.to_str().map_err(|_| Failure(StatusCode::BAD_REQUEST, "the Sluice-Signature header is not text".into()))?.to_owned(),
+        )),
+        None => Ok(None),
+    }
+}
+
 async fn upload(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
@@ -665,17 +684,60 @@ async fn upload(
     body: Body,
 ) -> Answer {
     let pipeline = find(&state, &name)?;
-    // The signature line (`sluice plugin sign` writes it to FILE.sig):
-    // checked when `[plugins] trusted_keys` is set, ignored otherwise.
-    let signature = match headers.get(SIGNATURE_HEADER) {
-        Some(value) => {
-            Some(value.to_str().map_err(|_| Failure(StatusCode::BAD_REQUEST, "the Sluice-Signature header is not text".into()))?.to_owned())
-        }
-        None => None,
-    };
+    let signature = signature_of(&headers)?;
     let wasm = read_body(body, state.max_upload, state.body_timeout).await?;
     let version = pipeline.versions.upload(wasm, query.sha256, signature).await?;
     Ok(Json(json!({ "current": version })).into_response())
+}
+
+#[derive(Deserialize)]
+struct CandidateQuery {
+    sha256: Option<String>,
+    mode: Option<crate::config::RolloutMode>,
+    sample: Option<f64>,
+    canary: Option<f64>,
+}
+
+async fn candidate_show(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Answer {
+    let pipeline = find(&state, &name)?;
+    Ok(Json(pipeline.versions.rollout().status()).into_response())
+}
+
+/// Starts trying an uploaded version beside the current one.
+async fn candidate_upload(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    Query(query): Query<CandidateQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let pipeline = find(&state, &name)?;
+    let mut trial = pipeline.versions.rollout().trial();
+    trial.mode = query.mode.unwrap_or(trial.mode);
+    for (what, given, into) in [("sample", query.sample, &mut trial.sample), ("canary", query.canary, &mut trial.canary)] {
+        if let Some(fraction) = given {
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return Err(Failure(StatusCode::BAD_REQUEST, format!("`{what}` must be greater than 0 and at most 1, got {fraction}")));
+            }
+            *into = fraction;
+        }
+    }
+    let signature = signature_of(&headers)?;
+    let wasm = read_body(body, state.max_upload, state.body_timeout).await?;
+    let candidate = pipeline.versions.candidate(wasm, query.sha256, signature, trial).await?;
+    Ok(Json(json!({ "candidate": candidate })).into_response())
+}
+
+async fn candidate_promote(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Answer {
+    let pipeline = find(&state, &name)?;
+    let version = pipeline.versions.promote(None, "promoted by hand through the admin API").await?;
+    Ok(Json(json!({ "current": version })).into_response())
+}
+
+async fn candidate_abort(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Answer {
+    let pipeline = find(&state, &name)?;
+    let report = pipeline.versions.drop_candidate(None, crate::rollout::Outcome::Aborted, "aborted by hand through the admin API")?;
+    Ok(Json(json!({ "aborted": report })).into_response())
 }
 
 async fn rollback(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Answer {

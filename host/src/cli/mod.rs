@@ -2,6 +2,7 @@
 //! are typed, and this layer adds the context a user needs.
 
 mod build_plugin;
+mod candidate;
 mod check;
 mod dlq;
 mod inspect;
@@ -168,6 +169,27 @@ enum DlqCommand {
     },
 }
 
+/// A running host's admin API, for commands that change what it runs.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API's address (`[admin] listen` of the running host).
+    #[arg(long, default_value = "127.0.0.1:9090", env = "SLUICE_ADMIN")]
+    admin: String,
+    /// `[admin] token`. From the environment only, so it stays out of the
+    /// process list.
+    #[arg(skip = std::env::var("SLUICE_ADMIN_TOKEN").ok())]
+    token: Option<String>,
+    /// PEM file of the CA the admin API's certificate chains to.
+    #[arg(long, value_name = "FILE", env = "SLUICE_ADMIN_CA")]
+    ca_file: Option<std::path::PathBuf>,
+}
+
+impl AdminArgs {
+    fn into_admin(self) -> candidate::Admin {
+        candidate::Admin { admin: self.admin, token: self.token, ca_file: self.ca_file }
+    }
+}
+
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Create a plugin project (code, build.sh, events and expected output)
@@ -245,6 +267,44 @@ enum PluginCommand {
         config: PathBuf,
         /// The pipeline's name.
         pipeline: String,
+    },
+    /// Try a new version of PIPELINE beside its current one on a running
+    /// host (its admin API): shadowed (outputs compared, never published)
+    /// or as a canary (a fraction of keys, for real), promoted or rolled
+    /// back by `[pipelines.NAME.rollout]` or by hand (`plugin promote`,
+    /// `plugin abort`). Progress: `sluice status`.
+    Candidate {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// `shadow` or `canary`. Default: the config's `rollout.mode`.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Shadow: the fraction of events the candidate also handles.
+        #[arg(long)]
+        sample: Option<f64>,
+        /// Canary: the fraction of keys the candidate handles.
+        #[arg(long)]
+        canary: Option<f64>,
+        /// Its signature line. Default: PLUGIN.sig when that file exists.
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make PIPELINE's candidate its current version (a running host's
+    /// admin API); `sluice plugin`'s store `rollback` does not apply.
+    Promote {
+        pipeline: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop trying PIPELINE's candidate; the current version keeps serving.
+    Abort {
+        pipeline: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Show, per pipeline, the store's current version and the version each
     /// host runs (from their heartbeats); exits 2 when a fleet is split.
@@ -352,6 +412,11 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Build { dir }) => build_plugin::build(dir.as_deref()),
         Command::Plugin(PluginCommand::Push { config, pipeline, plugin, signature }) => store::push(&config, &pipeline, &plugin, signature),
         Command::Plugin(PluginCommand::Rollback { config, pipeline }) => store::rollback(&config, &pipeline),
+        Command::Plugin(PluginCommand::Candidate { pipeline, plugin, mode, sample, canary, signature, admin }) => {
+            candidate::candidate(&admin.into_admin(), &pipeline, &plugin, &candidate::Trial { mode, sample, canary, signature })
+        }
+        Command::Plugin(PluginCommand::Promote { pipeline, admin }) => candidate::promote(&admin.into_admin(), &pipeline),
+        Command::Plugin(PluginCommand::Abort { pipeline, admin }) => candidate::abort(&admin.into_admin(), &pipeline),
         Command::Plugin(PluginCommand::Fleet { config, pipeline }) => store::fleet(&config, pipeline.as_deref()),
         Command::Dlq(DlqCommand::Replay {
             from,

@@ -145,6 +145,9 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
         if plugin["fleet"].is_object() {
             fleets.push(fleet_lines(name, &plugin["fleet"]));
         }
+        if plugin["rollout"]["candidate"].is_object() || plugin["rollout"]["last"].is_object() {
+            fleets.push(rollout_lines(name, &plugin["rollout"]));
+        }
     }
     if now.is_empty() {
         return "no pipelines are running\n".into();
@@ -184,6 +187,69 @@ fn fleet_lines(name: &str, fleet: &Value) -> String {
             host["host"].as_str().unwrap_or("?"),
             short(&host["digest"]),
             refused.replace(['\n', '\r'], " ")
+        ));
+    }
+    out
+}
+
+/// A pipeline's rollout (`plugin.rollout`): the candidate's counts and its
+/// first differing events side by side, or how the last one ended.
+fn rollout_lines(name: &str, rollout: &Value) -> String {
+    let short = |digest: &Value| digest.as_str().map(|d| d.get(..12).unwrap_or(d).to_owned()).unwrap_or_else(|| "-".into());
+    let one_line = |text: &str| text.replace(['\n', '\r'], " ");
+    let mut out = String::new();
+    let candidate = &rollout["candidate"];
+    if candidate.is_object() {
+        let c = &candidate["counts"];
+        let n = |field: &str| c[field].as_u64().unwrap_or(0);
+        let mode = candidate["mode"].as_str().unwrap_or("?");
+        let detail = match mode {
+            "canary" => format!(
+                "{} handled, {} failed (fell back to current), current {} of {} failed",
+                n("handled"),
+                n("candidate_failures"),
+                n("current_failures"),
+                n("current_events")
+            ),
+            _ => format!(
+                "{} compared, {} same, {} different, candidate failed {} (current {}), {} call(s) refused",
+                n("handled"),
+                n("same"),
+                n("different"),
+                n("candidate_failures"),
+                n("current_failures"),
+                n("effects_refused")
+            ),
+        };
+        let ms = |field: &str| c[field].as_f64().unwrap_or(0.0);
+        out.push_str(&format!(
+            "candidate {name}: {} {mode}: {detail}; {:.2} ms/event (current {:.2})\n",
+            short(&candidate["digest"]),
+            ms("candidate_ms"),
+            ms("current_ms")
+        ));
+        if let Some(pending) = candidate["pending"].as_str() {
+            out.push_str(&format!("  decided: {}\n", one_line(pending)));
+        }
+        let empty = Vec::new();
+        for example in candidate["examples"].as_array().unwrap_or(&empty) {
+            out.push_str(&format!(
+                "  {}: {}\n    current:   {}\n    candidate: {}\n",
+                example["event_id"].as_str().unwrap_or("?"),
+                one_line(example["difference"].as_str().unwrap_or("?")),
+                example["current"],
+                example["candidate"]
+            ));
+        }
+    }
+    let last = &rollout["last"];
+    if last.is_object() {
+        out.push_str(&format!(
+            "last candidate {name}: {} {} at {}: {}\n",
+            short(&last["digest"]),
+            last["outcome"].as_str().unwrap_or("?"),
+            last["at"].as_str().unwrap_or("?"),
+            one_line(last["reason"].as_str().unwrap_or(""))
         ));
     }
     out
@@ -244,6 +310,55 @@ mod tests {
                 "fleet orders: store current bbbbbbbbbbbb, 2 host(s), NOT converged",
                 "  h1  bbbbbbbbbbbb",
                 "  h2  aaaaaaaaaaaa  refused bbbbbbbbbbbb: init failed",
+            ],
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_shadowed_candidate_shows_its_counts_and_differences_side_by_side() {
+        let sample = json!({ "pipelines": [{
+            "name": "orders", "state": "running", "stats": {},
+            "plugin": { "name": "enricher", "current": { "digest": "aaaaaaaaaaaaaaaa" }, "rollout": { "candidate": {
+                "digest": "bbbbbbbbbbbbbbbb", "mode": "shadow", "sample": 1.0, "canary": 0.1,
+                "counts": { "handled": 10, "same": 9, "different": 1, "candidate_failures": 0, "current_failures": 0, "effects_refused": 2, "candidate_ms": 0.5, "current_ms": 0.25 },
+                "examples": [{ "event_id": "e7", "difference": "output 1: payload",
+                    "current": { "outputs": [{ "payload": "a" }] }, "candidate": { "outputs": [{ "payload": "b" }] } }]
+            } } }
+        }]});
+        let table = render(&sample, &sample, 1.0);
+        let lines: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            [
+                "candidate orders: bbbbbbbbbbbb shadow: 10 compared, 9 same, 1 different, candidate failed 0 (current 0), 2 call(s) refused; 0.50 ms/event (current 0.25)",
+                "  e7: output 1: payload",
+                r#"    current:   {"outputs":[{"payload":"a"}]}"#,
+                r#"    candidate: {"outputs":[{"payload":"b"}]}"#,
+            ],
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_canary_shows_its_fallbacks_and_the_last_candidate_how_it_ended() {
+        let sample = json!({ "pipelines": [{
+            "name": "orders", "state": "running", "stats": {},
+            "plugin": { "name": "enricher", "current": { "digest": "aaaaaaaaaaaaaaaa" }, "rollout": {
+                "candidate": { "digest": "cccccccccccccccc", "mode": "canary", "sample": 1.0, "canary": 0.5, "examples": [],
+                    "counts": { "handled": 20, "candidate_failures": 10, "current_failures": 0, "current_events": 22, "candidate_ms": 1.0, "current_ms": 0.5 },
+                    "pending": "roll back: the candidate failed 50.0% of 20 events" },
+                "last": { "digest": "bbbbbbbbbbbbbbbb", "outcome": "promoted", "at": "2026-12-06T20:00:00Z", "reason": "200 events: 0 differing" }
+            } }
+        }]});
+        let table = render(&sample, &sample, 1.0);
+        let lines: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            [
+                "candidate orders: cccccccccccc canary: 20 handled, 10 failed (fell back to current), current 0 of 22 failed; 1.00 ms/event (current 0.50)",
+                "  decided: roll back: the candidate failed 50.0% of 20 events",
+                "last candidate orders: bbbbbbbbbbbb promoted at 2026-12-06T20:00:00Z: 200 events: 0 differing",
             ],
             "{table}"
         );

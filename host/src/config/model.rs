@@ -272,6 +272,11 @@ pub struct PipelineConfig {
     /// by default it starts again after a backoff.
     #[serde(default)]
     pub restart: RestartConfig,
+    /// How a candidate version is tried (shadow or canary) and when it is
+    /// promoted or rolled back. Unset: candidates are shadowed on every
+    /// event and promoted by hand.
+    #[serde(default)]
+    pub rollout: Option<super::RolloutConfig>,
 }
 
 /// `[pipelines.<name>.restart]`: starting a failed pipeline again.

@@ -137,6 +137,9 @@ fn validate_pipeline(name: &str, p: &PipelineConfig, out: &mut Found) {
     if let Some(state) = &p.state {
         state.validate(&p.source, out);
     }
+    if let Some(rollout) = &p.rollout {
+        rollout.validate(out);
+    }
     if let Some(idempotency) = &p.idempotency {
         if idempotency.capacity == 0 || idempotency.capacity > 10_000_000 {
             out.push(("idempotency.capacity", format!("must be between 1 and 10000000 keys, got {}", idempotency.capacity)));

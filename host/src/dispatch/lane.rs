@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Outcome, Permit};
+use super::candidate::{Called, CandidateCalls};
 use super::dead_letter::{self, Failure, Reason};
 use super::idempotency::Claim;
 use super::publish::{self, Conclusion, FailedRequest};
@@ -23,6 +24,8 @@ use super::verdict::{self, Attempted, Mode, Rules, Verdict};
 use super::{DispatchError, Dispatcher, Handler, Inbox, LaneError, Stats, Version};
 use crate::codec::Request;
 use crate::event::{Disposition, Event, HandlerError, Output};
+use crate::rollout::compare::{FailureKind, Observed};
+use crate::rollout::{Candidate, Shadowed};
 use crate::runtime::instance::HandleResult;
 use crate::runtime::state::StateAccess;
 use crate::runtime::{CallError, CallLog, EventScope};
@@ -80,12 +83,26 @@ pub(super) struct Lane {
     concluded: Vec<Conclusion>,
     /// Linear memory of this lane's instance, as last counted in the gauge.
     memory: u64,
+    /// This lane's instance of the candidate version, while one is tried.
+    candidates: CandidateCalls,
 }
 
 impl Lane {
     pub fn new(id: usize, d: Arc<Dispatcher>, shutdown: CancellationToken, failed: CancellationToken) -> Self {
         let version = d.plugin.current();
-        Self { id, d, handler: None, version, retired: None, shutdown, failed, mode: Mode::Running, concluded: Vec::new(), memory: 0 }
+        Self {
+            id,
+            d,
+            handler: None,
+            version,
+            retired: None,
+            shutdown,
+            failed,
+            mode: Mode::Running,
+            concluded: Vec::new(),
+            memory: 0,
+            candidates: CandidateCalls::default(),
+        }
     }
 
     pub async fn run(mut self, mut inbox: Inbox) -> Result<(), DispatchError> {
@@ -190,6 +207,30 @@ impl Lane {
     /// Calls the plugin with the events of `run` (one call for all, unless
     /// it fails as a whole) and concludes each, in order.
     async fn call_run(&mut self, run: &mut Run, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
+        if run.events.is_empty() {
+            return Ok(());
+        }
+        match self.d.rollout.candidate() {
+            Some(candidate) if candidate.is_canary() => self.call_canary(std::mem::take(run), candidate, done).await,
+            Some(candidate) => self.call_current(run, Some(&candidate), done).await,
+            None => {
+                // A candidate that ended (promoted, rolled back) leaves no
+                // instance behind in the lane.
+                self.candidates.release();
+                self.call_current(run, None, done).await
+            }
+        }
+    }
+
+    /// [`Lane::call_run`] on the current version; `candidate`, when one is
+    /// tried, sees each event's first result (and shadows it, in shadow
+    /// mode) before the event is concluded.
+    async fn call_current(
+        &mut self,
+        run: &mut Run,
+        candidate: Option<&Arc<Candidate>>,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<(), DispatchError> {
         let Run { events, acks, traces } = std::mem::take(run);
         if events.is_empty() {
             return Ok(());
@@ -208,8 +249,16 @@ impl Lane {
                 };
                 let calls = CallLog::default();
                 let scope = self.begin_scope(&event, &calls, &trace);
+                let started = std::time::Instant::now();
                 let (mut alone, result, scope) = self.call(vec![event], permit, scope).await?;
                 let Some(event) = alone.pop() else { continue };
+                let current = match &result {
+                    Ok(results) => results.last().map(Current::Handled),
+                    Err(error) => Some(Current::Call(error)),
+                };
+                if let Some((candidate, current)) = candidate.zip(current) {
+                    self.try_candidate(candidate, std::slice::from_ref(&event), &[current], started.elapsed()).await;
+                }
                 self.conclude(event, ack, trace, single(result), scope, Some(calls), done).await?;
             }
             return Ok(());
@@ -220,14 +269,23 @@ impl Lane {
             acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         };
+        let started = std::time::Instant::now();
         let (events, result, _) = self.call(events, permit, None).await?;
+        let took = started.elapsed() / count as u32;
         match result {
             Ok(results) => {
+                if let Some(candidate) = candidate {
+                    let current: Vec<Current<'_>> = results.iter().map(Current::Handled).collect();
+                    self.try_candidate(candidate, &events, &current, took).await;
+                }
                 for (((event, ack), trace), result) in events.into_iter().zip(acks).zip(traces).zip(results) {
                     self.conclude(event, ack, trace, result.map_err(Failed::Handler), None, None, done).await?;
                 }
             }
             Err(err) if count == 1 => {
+                if let Some(candidate) = candidate {
+                    self.try_candidate(candidate, &events, &[Current::Call(&err)], took).await;
+                }
                 for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
                     self.conclude(event, ack, trace, Err(Failed::Call(err.clone())), None, None, done).await?;
                 }
@@ -249,6 +307,145 @@ impl Lane {
             }
         }
         Ok(())
+    }
+
+    /// A run while a canary is tried: the events of the canary's keys go to
+    /// the candidate, one at a time, the others to the current version in
+    /// runs, in the source's order. An event the candidate fails goes to
+    /// the current version: nothing is dead-lettered because of a canary.
+    async fn call_canary(
+        &mut self,
+        run: Run,
+        candidate: Arc<Candidate>,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<(), DispatchError> {
+        let mut rest = Run::default();
+        for ((event, ack), trace) in run.events.into_iter().zip(run.acks).zip(run.traces) {
+            if !candidate.takes(&event) {
+                rest.events.push(event);
+                rest.acks.push(ack);
+                rest.traces.push(trace);
+                continue;
+            }
+            // Those before it first, to keep the order of conclusions.
+            self.call_current(&mut rest, Some(&candidate), done).await?;
+            if self.handing_back() {
+                self.hand_back(ack);
+                continue;
+            }
+            if let Some((event, ack, trace)) = self.canary(&candidate, event, ack, trace).await {
+                let mut one = Run { events: vec![event], acks: vec![ack], traces: vec![trace] };
+                self.call_current(&mut one, None, done).await?;
+            }
+        }
+        self.call_current(&mut rest, Some(&candidate), done).await
+    }
+
+    /// The candidate handles `event` for real: its outputs are delivered
+    /// (tagged with its digest), or, if it fails, the event is given back
+    /// for the current version.
+    async fn canary(&mut self, candidate: &Candidate, mut event: Event, ack: Ack, trace: EventTrace) -> Option<(Event, Ack, EventTrace)> {
+        let per_event = self.d.state.is_some() || candidate.factory.per_event();
+        let scope = per_event.then(|| self.make_scope(&event, &CallLog::default(), &trace));
+        let called = self.candidates.call(candidate, &event, scope).await;
+        let mut scope = called.scope;
+        let failed = match called.result {
+            Ok(outputs) => match self.examine(&mut event, Ok(outputs), &mut scope) {
+                Examined::Sendable { outputs, request, ticket } => {
+                    candidate.record_canary(&self.d.rollout, None, called.took);
+                    self.deliver_as(event, ack, trace, outputs, request, ticket, candidate.factory.digest_arc());
+                    return None;
+                }
+                // Not the candidate's failure: the current version runs it.
+                Examined::StateConflict => None,
+                Examined::Failed(failed) => Some(match failed {
+                    Failed::Handler(error) => FailureKind::of_handler(&error),
+                    Failed::Call(error) => FailureKind::of_call(&error),
+                }),
+            },
+            Err((kind, message)) => {
+                tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "the canary failed ({kind:?}), the current version handles the event: {message}");
+                Some(kind)
+            }
+        };
+        if let Some(kind) = failed {
+            candidate.record_canary(&self.d.rollout, Some(kind), called.took);
+        }
+        Some((event, ack, trace))
+    }
+
+    /// After the current version's first call on `events` (their results
+    /// `current`, in `took` each): counted as the candidate's baseline
+    /// (canary), or, in shadow mode, run on the candidate (a sample of
+    /// them) and compared. Sampled events go in one call unless an event
+    /// needs its own scope (state, outbound calls); a call that fails as a
+    /// whole is made again one event at a time, to tell which failed.
+    /// Each call has the candidate's deadline (`rollout.timeout`), the
+    /// batch call too, and once one overruns it the rest of the run is
+    /// not shadowed: a hanging candidate costs a lane at most two
+    /// deadlines per run.
+    async fn try_candidate(&mut self, candidate: &Arc<Candidate>, events: &[Event], current: &[Current<'_>], took: Duration) {
+        if candidate.is_canary() {
+            current.iter().for_each(|c| candidate.record_current(c.failed(), Some(took)));
+            return;
+        }
+        // Nothing is copied or counted for an event the sample leaves out;
+        // a pipeline that is stopping spends no time on shadows.
+        if self.mode() != Mode::Running {
+            return;
+        }
+        let picked: Vec<usize> = (0..events.len().min(current.len())).filter(|_| candidate.shadows()).collect();
+        let alone = picked.len() == 1 || self.d.state.is_some() || candidate.factory.per_event();
+        if !alone && !picked.is_empty() {
+            let owned: Vec<Event>;
+            let batch: &[Event] = if picked.len() == events.len() {
+                events
+            } else {
+                owned = picked.iter().map(|&i| events[i].clone()).collect();
+                &owned
+            };
+            let (result, spent, _) = self.candidates.call_many(candidate, batch, None, candidate.timeout).await;
+            if let Ok(results) = result {
+                let each = spent / batch.len() as u32;
+                for (&i, result) in picked.iter().zip(results) {
+                    let result = result.map_err(|error| (FailureKind::of_handler(&error), error.message));
+                    self.record_shadow(candidate, &events[i], current[i], Called { result, took: each, scope: None }, took);
+                }
+                return;
+            }
+        }
+        for i in picked {
+            let mut scope = self.make_scope(&events[i], &CallLog::default(), &EventTrace::default());
+            scope.shadow = true;
+            let called = self.candidates.call(candidate, &events[i], Some(scope)).await;
+            let overran = matches!(called.result, Err((FailureKind::Timeout, _)));
+            self.record_shadow(candidate, &events[i], current[i], called, took);
+            if overran {
+                break;
+            }
+        }
+    }
+
+    /// Counts a shadowed event: the candidate's result beside the current's.
+    /// Its scope (and the state attempt in it) is dropped unconcluded.
+    fn record_shadow(&self, candidate: &Candidate, event: &Event, current: Current<'_>, called: Called, current_took: Duration) {
+        let refused = called.scope.as_ref().map_or(0, |scope| scope.refused);
+        let invalid = called.result.as_ref().ok().and_then(|outputs| self.schema_problem(event, outputs));
+        let shadowed = Shadowed { result: called.observed(), took: called.took, current_took, refused, invalid };
+        candidate.record_shadow(&self.d.rollout, event, &current.observed(), shadowed);
+    }
+
+    /// Why a candidate's outputs fail their schemas, if they do (not
+    /// counted in the pipeline's stats: nothing is rejected).
+    fn schema_problem(&self, event: &Event, outputs: &[Output]) -> Option<String> {
+        let schemas = &self.d.schemas;
+        if !schemas.checks_outputs() {
+            return None;
+        }
+        let input = schemas.kind(&event.headers);
+        outputs.iter().enumerate().find_map(|(i, output)| {
+            schemas.check_output(input.as_ref(), &output.headers, &output.payload).err().map(|why| format!("output {}: {why}", i + 1))
+        })
     }
 
     /// Drives `event` to its verdict (see [`verdict`]): sends its outputs
@@ -429,12 +626,27 @@ impl Lane {
         &mut self,
         event: Event,
         ack: Ack,
-        mut trace: EventTrace,
-        mut outputs: Vec<Output>,
+        trace: EventTrace,
+        outputs: Vec<Output>,
         request: Option<Request>,
         ticket: Option<Ticket>,
     ) {
         let digest = self.version.factory.digest_arc();
+        self.deliver_as(event, ack, trace, outputs, request, ticket, digest);
+    }
+
+    /// [`Lane::deliver`] of outputs made by the version `digest`.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_as(
+        &mut self,
+        event: Event,
+        ack: Ack,
+        mut trace: EventTrace,
+        mut outputs: Vec<Output>,
+        request: Option<Request>,
+        ticket: Option<Ticket>,
+        digest: Arc<str>,
+    ) {
         outputs.iter_mut().for_each(|output| trace.stamp(output));
         self.end(&mut trace, Fate::Delivered { outputs: outputs.len() }, event.attempt);
         let propagate = std::mem::take(&mut trace.propagate);
@@ -501,6 +713,12 @@ impl Lane {
         if !self.per_event() {
             return None;
         }
+        Some(self.make_scope(event, calls, trace))
+    }
+
+    /// A fresh scope for a call on `event`: its state (when the pipeline
+    /// has state), its services, its trace.
+    fn make_scope(&self, event: &Event, calls: &CallLog, trace: &EventTrace) -> EventScope {
         let mut scope = EventScope::new(event, calls.clone());
         // With an exporter, each call gets a span under the event's, and
         // its callee that span as the parent (not the event's upstream).
@@ -515,7 +733,7 @@ impl Lane {
                 .and_then(|config| event.headers.iter().find(|h| h.key.eq_ignore_ascii_case(&config.header)).cloned());
             crate::client::ClientScope::new(clients.clone(), correlation, tokio::time::Instant::now() + self.d.timeout)
         });
-        Some(scope)
+        scope
     }
 
     /// The breaker's leave for one more call, unless the lane is handing
@@ -784,6 +1002,31 @@ fn split_by_bytes(batch: Vec<Delivery>, budget: usize) -> Vec<Vec<Delivery>> {
         calls.push(current);
     }
     calls
+}
+
+/// The current version's first result for an event, as the candidate's
+/// baseline; copied ([`Current::observed`]) only for a shadowed event.
+#[derive(Clone, Copy)]
+enum Current<'a> {
+    Handled(&'a HandleResult),
+    Call(&'a CallError),
+}
+
+impl Current<'_> {
+    fn failed(self) -> Option<FailureKind> {
+        match self {
+            Current::Handled(Ok(_)) => None,
+            Current::Handled(Err(error)) => Some(FailureKind::of_handler(error)),
+            Current::Call(error) => Some(FailureKind::of_call(error)),
+        }
+    }
+
+    fn observed(self) -> Observed {
+        match self {
+            Current::Handled(result) => Observed::from_handler(result),
+            Current::Call(error) => Observed::from_call(error),
+        }
+    }
 }
 
 /// What one plugin call returned.

@@ -17,6 +17,7 @@
 //! instead, and the lane moves on.
 
 pub mod breaker;
+mod candidate;
 pub mod dead_letter;
 pub mod handler;
 pub mod idempotency;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use handler::{Handler, HandlerFactory};
 pub use policy::RetryPolicy;
+pub use publish::VERSION_HEADER;
 pub use route::Router;
 pub use slot::{PluginSlot, Version};
 pub use stats::{Stats, StatsSnapshot};
@@ -163,6 +165,9 @@ pub struct Dispatcher {
     /// The live view `sluice tap` watches: a relaxed load per event while
     /// nobody does.
     pub tap: Arc<crate::tap::Tap>,
+    /// A candidate version tried beside the current one, when there is
+    /// one (see [`crate::rollout`] and [`candidate`]).
+    pub rollout: Arc<crate::rollout::Rollout>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -212,6 +217,7 @@ impl Dispatcher {
             header_limits: limits::HeaderLimits::default(),
             clients: None,
             tap: Arc::default(),
+            rollout: Arc::new(crate::rollout::Rollout::new(pipeline, None, policy.timeout)),
         }
     }
 

@@ -811,6 +811,7 @@ async fn an_undecodable_event_is_settled_in_its_turn() -> Result<(), DispatchErr
     Ok(())
 }
 /// Event schemas and accepted versions.
+mod rollout;
 mod schema;
 
 #[tokio::test(start_paused = true)]

@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::dispatch::{HandlerFactory, PluginSlot};
+use crate::rollout::{CandidateStatus, Outcome, Rollout, Trial};
 use crate::runtime::{LoadedPlugin, PluginSpec, Runtime};
 
 /// What made a version current.
@@ -37,6 +38,10 @@ pub enum Origin {
     Config,
     /// The fleet's plugin store (`sluice plugin push` / `rollback`).
     Store,
+    /// A candidate promoted (by its rollout rules, or by hand).
+    Promotion,
+    /// `POST /pipelines/NAME/candidate` (a candidate to try).
+    Candidate,
 }
 
 /// A version as the admin API shows it.
@@ -76,6 +81,8 @@ pub struct PluginStatus {
     /// runs, from their heartbeats.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<crate::store::FleetStatus>,
+    /// The candidate version being tried, and how the last one ended.
+    pub rollout: crate::rollout::RolloutStatus,
 }
 
 /// Why a reload did not happen.
@@ -86,6 +93,8 @@ pub enum ReloadError {
     Rejected(String),
     #[error("there is no previous version to roll back to")]
     NoPrevious,
+    #[error("there is no candidate version being tried")]
+    NoCandidate,
 }
 
 struct State {
@@ -106,10 +115,12 @@ pub struct PluginVersions {
     state: Mutex<State>,
     /// One load at a time per pipeline, so two quick reloads land in order.
     loading: tokio::sync::Mutex<()>,
+    /// The candidate version tried beside the current one.
+    rollout: Arc<Rollout>,
 }
 
 impl PluginVersions {
-    pub fn new(pipeline: &str, runtime: Runtime, slot: Arc<PluginSlot>, plugin: LoadedPlugin) -> Self {
+    pub fn new(pipeline: &str, runtime: Runtime, slot: Arc<PluginSlot>, plugin: LoadedPlugin, rollout: Arc<Rollout>) -> Self {
         let info = VersionInfo {
             digest: plugin.digest().to_owned(),
             generation: slot.generation(),
@@ -132,7 +143,60 @@ impl PluginVersions {
                 fleet: None,
             }),
             loading: tokio::sync::Mutex::new(()),
+            rollout,
         }
+    }
+
+    /// The pipeline's rollout: a restarted run's dispatcher takes it over
+    /// with the slot, so a candidate keeps being tried.
+    pub fn rollout(&self) -> Arc<Rollout> {
+        self.rollout.clone()
+    }
+
+    /// Loads a candidate version with the checks of an upload (sha256,
+    /// world, `init`, signature) and starts trying it beside the current
+    /// one; `trial` overrides the config's mode and fractions.
+    pub async fn candidate(
+        &self,
+        bytes: Vec<u8>,
+        sha256: Option<String>,
+        signature: Option<String>,
+        trial: Trial,
+    ) -> Result<CandidateStatus, ReloadError> {
+        let _one_at_a_time = self.loading.lock().await;
+        if let Some(expected) = &sha256 {
+            let actual = crate::runtime::plugin::digest_of(&bytes);
+            if !expected.eq_ignore_ascii_case(&actual) {
+                return Err(
+                    self.reject(Origin::Candidate, format!("the candidate has sha256 {actual}, not the {expected} the request expects"))
+                );
+            }
+        }
+        let plugin = match LoadedPlugin::from_bytes(&self.runtime, self.spec(), bytes, signature).await {
+            Ok(plugin) => plugin,
+            Err(err) => return Err(self.reject(Origin::Candidate, format!("the candidate: {err}"))),
+        };
+        if plugin.digest() == self.current().digest() {
+            return Err(ReloadError::Rejected(format!("the candidate {} is the current version", &plugin.digest()[..12])));
+        }
+        Ok(self.rollout.begin(plugin, trial))
+    }
+
+    /// Makes the candidate current (the current one becomes previous, so
+    /// a rollback undoes it). `id`: only that candidate (the rules'
+    /// verdict on it); `None`: whichever is tried (by hand).
+    pub async fn promote(&self, id: Option<u64>, reason: &str) -> Result<VersionInfo, ReloadError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let candidate = self.rollout.end(id, Outcome::Promoted, reason).ok_or(ReloadError::NoCandidate)?;
+        let plugin =
+            candidate.plugin.clone().ok_or_else(|| ReloadError::Rejected("the candidate has no loaded plugin to promote".into()))?;
+        self.settle(Ok(plugin), Origin::Promotion, false)
+    }
+
+    /// Stops trying the candidate: rolled back by its rules, or aborted by
+    /// hand. The current version never stopped serving.
+    pub fn drop_candidate(&self, id: Option<u64>, outcome: Outcome, reason: &str) -> Result<CandidateStatus, ReloadError> {
+        self.rollout.end(id, outcome, reason).map(|candidate| candidate.status()).ok_or(ReloadError::NoCandidate)
     }
 
     /// Loads the plugin file again (the file changed, or an operator asked).
@@ -230,6 +294,7 @@ impl PluginVersions {
             rejections: state.rejections,
             last_rejection: state.last_rejection.clone(),
             fleet: state.fleet.clone(),
+            rollout: self.rollout.status(),
         })
     }
 
@@ -280,6 +345,7 @@ impl PluginVersions {
             Ok(plugin) => plugin,
             Err(err) if origin == Origin::Upload => return Err(self.reject(origin, format!("the uploaded version: {err}"))),
             Err(err) if origin == Origin::Store => return Err(self.reject(origin, format!("the store's version: {err}"))),
+            Err(err) if origin == Origin::Candidate => return Err(self.reject(origin, format!("the candidate: {err}"))),
             Err(err) => return Err(self.reject(origin, err.to_string())),
         };
         let mut state = self.state.lock().map_err(|_| ReloadError::Rejected("state poisoned".into()))?;
@@ -318,6 +384,30 @@ impl PluginVersions {
         }
         ReloadError::Rejected(error)
     }
+}
+
+/// Acts on what a candidate's rollout rules decide, for as long as the
+/// pipeline's run lasts (`stop`).
+pub fn drive_rollout(versions: Arc<PluginVersions>, stop: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let rollout = versions.rollout();
+        loop {
+            let (candidate, verdict) = tokio::select! {
+                _ = stop.cancelled() => return,
+                decided = rollout.decided() => decided,
+            };
+            let acted = match verdict {
+                crate::rollout::rules::Judgement::Promote(why) => versions.promote(Some(candidate.id), &why).await.map(|_| ()),
+                crate::rollout::rules::Judgement::RollBack(why) => {
+                    versions.drop_candidate(Some(candidate.id), Outcome::RolledBack, &why).map(|_| ())
+                }
+                crate::rollout::rules::Judgement::Wait => Ok(()),
+            };
+            if let Err(err) = acted {
+                tracing::debug!(pipeline = %versions.pipeline, "rollout verdict not acted on: {err}");
+            }
+        }
+    });
 }
 
 fn now() -> String {

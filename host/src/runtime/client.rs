@@ -51,6 +51,10 @@ impl client::Host for PluginState {
         timeout_ms: Option<u32>,
     ) -> Result<Reply, CallError> {
         let scope = self.scope.as_mut().ok_or_else(detached)?;
+        if scope.shadow {
+            scope.refused += 1;
+            return Err(CallError::Unavailable("refused: a shadowed candidate version makes no service requests".into()));
+        }
         let client = scope.client.as_mut().ok_or_else(detached)?;
         client.admit(&destination, ClientUse::Request, payload.len())?;
         let clients = client.clients.clone();

@@ -40,6 +40,10 @@ pub struct EventScope {
     /// The pipeline's service destinations (`sluice:plugin/client`), when
     /// it has `[pipelines.<name>.clients.*]`.
     pub client: Option<crate::client::ClientScope>,
+    /// A shadowed candidate's call: its HTTP and service requests are
+    /// refused (the guest sees the error), counted in `refused`.
+    pub shadow: bool,
+    pub refused: u64,
     /// How many idempotency keys were handed out (the `n` of the next).
     next_call: u32,
 }
@@ -57,6 +61,8 @@ impl EventScope {
             calls,
             emits: Vec::new(),
             client: None,
+            shadow: false,
+            refused: 0,
             next_call: 0,
         }
     }

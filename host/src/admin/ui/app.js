@@ -303,7 +303,13 @@ function makeCard(name) {
   refs.noRates = el("p", { class: "empty small", text: "No rates while it is not running.", hidden: true });
   root.append(el("div", { class: "card-body" }, refs.facts, el("div", {}, el("h4", { class: "visually-hidden", text: `Rates of ${name}` }), refs.rates, refs.noRates)));
 
+  // A candidate version being tried: its first differing events, side by side.
+  refs.candidate = el("section", { class: "candidate", hidden: true, "aria-label": `Candidate version of ${name}` });
+  root.append(refs.candidate);
+
   refs.result = el("p", { class: "result", role: "status", "aria-live": "polite" });
+  refs.promote = el("button", { type: "button", class: "ghost", text: "Promote candidate", title: "Make the candidate version current", hidden: true, onclick: () => candidateAct(name, "promote", refs) });
+  refs.abort = el("button", { type: "button", class: "ghost", text: "Abort candidate", title: "Stop trying the candidate version", hidden: true, onclick: () => candidateAct(name, "abort", refs) });
   refs.reload = el("button", { type: "button", class: "ghost", text: "Reload", title: "Load the plugin file again", onclick: () => act(name, "reload", refs) });
   refs.rollback = el("button", { type: "button", class: "ghost", text: "Roll back", title: "Back to the previous version", onclick: () => act(name, "rollback", refs) });
   refs.pause = el("button", { type: "button", class: "ghost", text: "Pause", onclick: () => act(name, refs.pause.dataset.action, refs) });
@@ -311,7 +317,7 @@ function makeCard(name) {
   refs.upload = el("button", { type: "button", class: "ghost", text: "Upload version…", onclick: () => refs.file.click() });
   refs.tap = el("button", { type: "button", text: "Live tap", onclick: () => openTap(name) });
   refs.dlq = el("button", { type: "button", text: "Dead letters", onclick: () => deadLetters.open(name) });
-  root.append(el("div", { class: "actions", role: "group", "aria-label": `Actions on ${name}` }, refs.tap, refs.dlq, refs.reload, refs.rollback, refs.pause, refs.upload, refs.file, refs.result));
+  root.append(el("div", { class: "actions", role: "group", "aria-label": `Actions on ${name}` }, refs.tap, refs.dlq, refs.reload, refs.rollback, refs.pause, refs.upload, refs.file, refs.promote, refs.abort, refs.result));
   return refs;
 }
 
@@ -365,7 +371,11 @@ function updateCard(entry, view, latency) {
     facts.push(["Accepts", !accepts ? "any (no manifest)" : accepts.join(",") === "*" ? "any version (*)" : accepts.join(", ") || "nothing declared"]);
     facts.push(["Previous", p.previous ? `${versionText(p.previous)}, loaded ${formatTime(p.previous.loaded_at)} (${p.previous.origin})` : "none"]);
     facts.push(["Reloads", `${p.reloads} done, ${p.rejections} refused`]);
+    const rollout = p.rollout || {};
+    if (rollout.candidate) facts.push(["Candidate", candidateText(rollout.candidate)]);
+    if (rollout.last) facts.push(["Last candidate", `${rollout.last.digest.slice(0, 12)} ${rollout.last.outcome} ${formatTime(rollout.last.at)}: ${rollout.last.reason}`]);
   }
+  updateCandidate(refs, view.plugin && view.plugin.rollout && view.plugin.rollout.candidate);
   if (view.stats) facts.push(["Breaker", view.breaker ? `${view.breaker.state} (${view.breaker.failures} failures in window, opened ${view.breaker.opened}×)` : "none configured"]);
   facts.push(["Restarts", String(view.restarts ?? 0)]);
   if (view.started_at) facts.push(["Started", formatTime(view.started_at)]);
@@ -406,6 +416,50 @@ function updateCard(entry, view, latency) {
   refs.dlq.disabled = !running;
   refs.pause.dataset.action = view.state === "paused" ? "resume" : "pause";
   refs.pause.textContent = view.state === "paused" ? "Resume" : "Pause";
+}
+
+/** A candidate's mode and counts, in one line. */
+function candidateText(c) {
+  const n = c.counts;
+  const ms = `${n.candidate_ms.toFixed(2)} ms/event (current ${n.current_ms.toFixed(2)})`;
+  if (c.mode === "canary") {
+    return `${c.digest.slice(0, 12)} · canary ${c.canary}: ${n.handled} handled, ${n.candidate_failures} failed and handed to the current version; current ${n.current_failures} of ${n.current_events} failed; ${ms}`;
+  }
+  return `${c.digest.slice(0, 12)} · shadow ${c.sample}: ${n.handled} compared, ${n.different} different, ${n.candidate_failures} failed (current ${n.current_failures}), ${n.effects_refused} calls refused; ${ms}`;
+}
+
+/** The candidate's first differing events as a table, replaced only when they change. */
+function updateCandidate(refs, candidate) {
+  const examples = (candidate && candidate.examples) || [];
+  const key = JSON.stringify(examples) + (candidate ? candidate.digest : "");
+  refs.promote.hidden = !candidate;
+  refs.abort.hidden = !candidate;
+  refs.candidate.hidden = examples.length === 0;
+  if (refs.candidateKey === key) return;
+  refs.candidateKey = key;
+  if (examples.length === 0) return refs.candidate.replaceChildren();
+  const head = el("tr", {}, ...["Event", "Difference", "Current version", "Candidate"].map((t) => el("th", { scope: "col", text: t })));
+  const rows = examples.map((e) =>
+    el("tr", {}, el("td", { text: e.event_id }), el("td", { text: e.difference }), el("td", {}, el("code", { text: JSON.stringify(e.current) })), el("td", {}, el("code", { text: JSON.stringify(e.candidate) }))),
+  );
+  refs.candidate.replaceChildren(
+    el("h4", { text: `Differing events (first ${examples.length})` }),
+    el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)),
+  );
+}
+
+/** Promotes or aborts a pipeline's candidate version. */
+async function candidateAct(name, action, refs) {
+  result(refs, action === "promote" ? "Promoting the candidate…" : "Aborting the candidate…");
+  const path = `/pipelines/${encodeURIComponent(name)}/candidate`;
+  try {
+    const answer = await withToken(() => (action === "promote" ? api("POST", `${path}/promote`) : api("DELETE", path)));
+    if (answer === null) return result(refs, "Cancelled: no token.");
+    result(refs, action === "promote" ? `Promoted: now serving ${answer.current.digest.slice(0, 12)}.` : "Candidate aborted; the current version serves on.", "ok");
+    poll();
+  } catch (error) {
+    result(refs, `${action} failed: ${error.message}`, "error");
+  }
 }
 
 function versionText(v) {

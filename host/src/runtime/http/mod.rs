@@ -105,6 +105,8 @@ pub(crate) struct CallContext {
     pub event: Option<String>,
     /// The call's span, with an exporter; `traceparent` names it.
     pub span: Option<crate::telemetry::CallSpan>,
+    /// Made by a shadowed candidate: refused, never sent.
+    pub shadow: bool,
 }
 
 /// The version of `wasi:http` the host implements (wasmtime 48); guests
@@ -139,6 +141,9 @@ fn handle(
     // the request goes without one and is in no call log.
     let context = match state.scope.as_mut() {
         Some(scope) => {
+            if scope.shadow {
+                scope.refused += 1;
+            }
             let (span, traceparent) = scope.call_trace(super::effects::CallKind::Http);
             CallContext {
                 idempotency_key: Some(scope.next_idempotency_key()),
@@ -147,9 +152,10 @@ fn handle(
                 calls: Some(scope.calls.clone()),
                 event: Some(scope.event_id.clone()),
                 span,
+                shadow: scope.shadow,
             }
         }
-        None => CallContext { idempotency_key: None, traceparent: None, attempt: 0, calls: None, event: None, span: None },
+        None => CallContext { idempotency_key: None, traceparent: None, attempt: 0, calls: None, event: None, span: None, shadow: false },
     };
     state.http.hooks.next = Some(context);
     let mut view = state.http();

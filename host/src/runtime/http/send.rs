@@ -51,6 +51,7 @@ impl WasiHttpHooks for Hooks {
             calls: None,
             event: None,
             span: None,
+            shadow: false,
         });
         // How it ends is kept for `sluice:plugin/http-failure`.
         let ended = context.calls.clone().map(|calls| (calls, context.attempt, target_of(&request)));
@@ -133,6 +134,13 @@ async fn send(
         },
         started,
     );
+    if context.shadow {
+        // A shadowed candidate's effects would be real: it sees a refusal.
+        const WHY: &str = "a shadowed candidate version makes no outbound calls";
+        record.finish(None, Some(format!("refused: {WHY}")));
+        drain(request.into_body(), DRAIN_WITHOUT_GRANT).await;
+        return Err(denied_because(WHY));
+    }
     if let Some(stubs) = outbound.as_ref().and_then(|o| o.stubs.clone()) {
         return stubbed(&stubs, request, record).await;
     }
@@ -335,6 +343,7 @@ mod tests {
             calls: None,
             event: None,
             span: None,
+            shadow: false,
         }
     }
 

@@ -332,7 +332,12 @@ impl PluginStore for KafkaStore {
             let digest = &digest;
             let sends = bytes.chunks(records::CHUNK_SIZE).enumerate().map(|(index, chunk)| async move {
                 let (partition, offset) = self.write(&self.chunks_topic, &records::chunk_key(digest, index), Some(chunk)).await?;
-                Ok::<_, StoreError>(records::ChunkRef { partition, offset, size: chunk.len(), sha256: crate::runtime::plugin::digest_of(chunk) })
+                Ok::<_, StoreError>(records::ChunkRef {
+                    partition,
+                    offset,
+                    size: chunk.len(),
+                    sha256: crate::runtime::plugin::digest_of(chunk),
+                })
             });
             let chunks = futures::future::try_join_all(sends).await?;
             let manifest = Manifest { digest: digest.clone(), size: bytes.len(), chunks };

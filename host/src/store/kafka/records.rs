@@ -252,8 +252,10 @@ mod tests {
     fn a_damaged_chunk_is_named() {
         let (one, two) = (vec![1u8; 10], vec![2u8; 5]);
         let whole: Vec<u8> = one.iter().chain(&two).copied().collect();
-        let chunk = |bytes: &[u8], offset| ChunkRef { partition: 0, offset, size: bytes.len(), sha256: crate::runtime::plugin::digest_of(bytes) };
-        let manifest = Manifest { digest: crate::runtime::plugin::digest_of(&whole), size: 15, chunks: vec![chunk(&one, 0), chunk(&two, 1)] };
+        let chunk =
+            |bytes: &[u8], offset| ChunkRef { partition: 0, offset, size: bytes.len(), sha256: crate::runtime::plugin::digest_of(bytes) };
+        let manifest =
+            Manifest { digest: crate::runtime::plugin::digest_of(&whole), size: 15, chunks: vec![chunk(&one, 0), chunk(&two, 1)] };
         assert_eq!(manifest.assemble(vec![one.clone(), two.clone()]).ok(), Some(whole));
         let err = manifest.assemble(vec![one, vec![3u8; 5]]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("chunk 1 of 2") && err.contains("is damaged"), "{err}");
