@@ -5,7 +5,16 @@
 //!   (copy key, payload and headers into one output).
 //! - `pipeline/*`: the whole dispatcher (intake, lane, plugin, router, sink,
 //!   completer, ack) from an in-memory source to a sink that accepts at once,
-//!   with the wasm plugin and with a native handler.
+//!   with the wasm plugin and with a native handler; `/1worker` runs one lane
+//!   on a tokio runtime with one worker thread (issue 20's one-core case),
+//!   `wasm-nestjs` the same with a source decoding NestJS packets.
+//!
+//! `SLUICE_BENCH_ROUNDS=N` skips criterion and runs the one-worker cases in
+//! N interleaved rounds instead, printing the median and spread of events/s,
+//! CPU time per event (`getrusage`, the whole process) and heap
+//! allocations per event (a counting allocator, switched on for one
+//! separate run of each case so it does not slow the timed ones);
+//! `SLUICE_BENCH_CASE=wasm` keeps only the cases of that name.
 //!
 //! After criterion's own report, a table of events/s and WASM/native ratios
 //! is printed from criterion's estimates. Needs the plugins built
@@ -28,6 +37,46 @@ use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 
 use common::{native_passthrough, MemorySource, Native, NullSink};
 
+/// Counts heap allocations while [`COUNTING`] is on (a relaxed load per
+/// allocation otherwise).
+struct CountingAlloc;
+
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+fn count() {
+    use std::sync::atomic::Ordering::Relaxed;
+    if COUNTING.load(Relaxed) {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
 const SIZES: [(usize, &str); 2] = [(100, "100B"), (10 * 1024, "10KiB")];
 const BATCHES: [usize; 3] = [1, 64, 256];
 const PIPELINE_EVENTS: usize = 20_000;
@@ -41,6 +90,23 @@ fn pipeline_param(label: &str, lanes: usize) -> String {
     match lanes {
         1 => format!("{label}/batch{PIPE_BATCH}"),
         n => format!("{label}/batch{PIPE_BATCH}/lanes{n}"),
+    }
+}
+
+/// The criterion parameter of a one-lane run on a one-worker runtime.
+fn one_worker_param(label: &str) -> String {
+    format!("{label}/batch{PIPE_BATCH}/1worker")
+}
+
+/// A tokio runtime with one worker thread: the pipeline on one core (the
+/// wasm engine's epoch ticker is a thread of its own, asleep between ticks).
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
     }
 }
 
@@ -61,6 +127,25 @@ fn event(i: usize, size: usize) -> Event {
         timestamp_ms: 1_700_000_000_000,
         attempt: 1,
         reply_to: None,
+    }
+}
+
+/// `event` as a NestJS packet of about the same size on the wire
+/// (`{"pattern":…,"data":"xx…","id":"…"}`), for a source decoding them.
+fn nestjs_event(i: usize, size: usize) -> Event {
+    let mut event = event(i, size);
+    let head = format!(r#"{{"pattern":"bench","id":"{i}","data":""#);
+    let data = "x".repeat(size.saturating_sub(head.len() + 2));
+    event.payload = format!(r#"{head}{data}"}}"#).into_bytes();
+    event
+}
+
+/// An in-memory source of `events`, decoding NestJS packets if `nestjs`.
+fn memory_source(events: &[Event], nestjs: bool) -> Box<dyn sluice::source::Source> {
+    let source = Box::new(MemorySource(events.to_vec().into()));
+    match nestjs {
+        true => sluice::codec::decode::decoding(source, sluice::config::Codec::Nestjs, false),
+        false => source,
     }
 }
 
@@ -184,7 +269,128 @@ fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
             });
         }
     }
+    let one = one_worker_runtime();
+    for case in one_worker_cases(plugin) {
+        group.throughput(Throughput::Elements(PIPELINE_EVENTS as u64));
+        let events = case.events(PIPELINE_EVENTS);
+        group.bench_function(BenchmarkId::new(case.name, one_worker_param(case.label)), |b| {
+            b.iter_batched(
+                || memory_source(&events, case.nestjs),
+                |source| run_on_worker(&one, dispatcher(case.factory.clone(), PIPE_BATCH, 1), source),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
+}
+
+/// Runs the pipeline as a task of `rt` (as the host does), so with one
+/// worker its intake shares that thread with the lane, publisher and
+/// completer; `block_on` would poll intake on the bench's own thread.
+fn run_on_worker(rt: &tokio::runtime::Runtime, d: Dispatcher, source: Box<dyn sluice::source::Source>) {
+    let _ = rt.block_on(rt.spawn(d.run(source, CancellationToken::new())));
+}
+
+/// One pipeline of the one-worker runs.
+struct Case {
+    name: &'static str,
+    label: &'static str,
+    size: usize,
+    factory: Arc<dyn HandlerFactory>,
+    nestjs: bool,
+}
+
+impl Case {
+    fn events(&self, count: usize) -> Vec<Event> {
+        let make = if self.nestjs { nestjs_event } else { event };
+        (0..count).map(|i| make(i, self.size)).collect()
+    }
+}
+
+/// Native and wasm at both sizes, and wasm behind a NestJS-decoding source
+/// at 100 B.
+fn one_worker_cases(plugin: &LoadedPlugin) -> Vec<Case> {
+    let native = || Arc::new(Native) as Arc<dyn HandlerFactory>;
+    let wasm = || Arc::new(plugin.clone()) as Arc<dyn HandlerFactory>;
+    let mut cases = Vec::new();
+    for (size, label) in SIZES {
+        cases.push(Case { name: "native", label, size, factory: native(), nestjs: false });
+        cases.push(Case { name: "wasm", label, size, factory: wasm(), nestjs: false });
+    }
+    cases.push(Case { name: "wasm-nestjs", label: "100B", size: 100, factory: wasm(), nestjs: true });
+    cases
+}
+
+/// `SLUICE_BENCH_ROUNDS` rounds of every one-worker case, interleaved
+/// (the order reversed every other round), `count` events per run.
+fn rounds(plugin: &LoadedPlugin, rounds: usize, count: usize) {
+    let rt = one_worker_runtime();
+    // `SLUICE_BENCH_CASE=wasm`: only the cases of that name (to profile one).
+    let only = std::env::var("SLUICE_BENCH_CASE").ok();
+    let cases: Vec<Case> = one_worker_cases(plugin).into_iter().filter(|c| only.as_deref().is_none_or(|n| n == c.name)).collect();
+    let inputs: Vec<Vec<Event>> = cases.iter().map(|c| c.events(count)).collect();
+    let run = |case: &Case, events: &[Event]| {
+        let source = memory_source(events, case.nestjs);
+        let d = dispatcher(case.factory.clone(), PIPE_BATCH, 1);
+        let (cpu, started) = (cpu_seconds(), std::time::Instant::now());
+        run_on_worker(&rt, d, source);
+        (started.elapsed().as_secs_f64(), cpu_seconds() - cpu)
+    };
+    // Warm up, and count allocations in a run of its own.
+    let mut allocations = Vec::new();
+    for (case, events) in cases.iter().zip(&inputs) {
+        run(case, events);
+        ALLOCATIONS.store(0, std::sync::atomic::Ordering::Relaxed);
+        COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
+        run(case, events);
+        COUNTING.store(false, std::sync::atomic::Ordering::Relaxed);
+        allocations.push(ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) as f64 / count as f64);
+    }
+    let mut rates = vec![Vec::new(); cases.len()];
+    let mut cpu = vec![Vec::new(); cases.len()];
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (wall, seconds) = run(&cases[i], &inputs[i]);
+            rates[i].push(count as f64 / wall);
+            cpu[i].push(seconds / count as f64 * 1e6);
+        }
+    }
+    println!("\none lane, one worker, {count} events per run, {rounds} rounds (median, min–max)");
+    println!("| case | events/s | µs CPU per event | allocations per event | events/s ÷ native (per round) |");
+    println!("|---|---:|---:|---:|---:|");
+    for (i, case) in cases.iter().enumerate() {
+        let native = cases.iter().position(|c| c.name == "native" && c.label == case.label).unwrap_or(i);
+        let ratios: Vec<f64> = rates[i].iter().zip(&rates[native]).map(|(r, n)| r / n).collect();
+        let (r, c, q) = (spread(&rates[i]), spread(&cpu[i]), spread(&ratios));
+        println!(
+            "| {} {} | {:.0} ({:.0}–{:.0}) | {:.3} ({:.3}–{:.3}) | {:.1} | {:.2} ({:.2}–{:.2}) |",
+            case.name, case.label, r.0, r.1, r.2, c.0, c.1, c.2, allocations[i], q.0, q.1, q.2
+        );
+    }
+}
+
+/// Median, minimum and maximum.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |i: usize| sorted.get(i).copied().unwrap_or(f64::NAN);
+    (at(sorted.len() / 2), at(0), at(sorted.len().saturating_sub(1)))
+}
+
+/// User and system CPU time of the whole process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Correlation ids made for every event and a recorded span per event
@@ -221,7 +427,10 @@ fn report() {
             rows.push(("pipeline", label, PIPE_BATCH, pipeline_param(label, lanes), PIPELINE_EVENTS as f64));
         }
     }
-    println!("(pipeline rows: `/lanesN` is N lanes, keyed; otherwise one lane)");
+    for (_, label) in SIZES {
+        rows.push(("pipeline", label, PIPE_BATCH, one_worker_param(label), PIPELINE_EVENTS as f64));
+    }
+    println!("(pipeline rows: `/lanesN` is N lanes, keyed; `/1worker` one lane on a one-worker runtime; otherwise one lane)");
     for (group, label, batch, param, per_iter) in rows {
         if let (Some(native), Some(wasm)) = (mean_ns(group, "native", &param), mean_ns(group, "wasm", &param)) {
             let rate = |ns: f64| per_iter / (ns / 1e9);
@@ -241,6 +450,16 @@ fn report() {
             let rate = |ns: f64| PIPELINE_EVENTS as f64 / (ns / 1e9);
             println!("| {label} | {:.0} | {:.0} | {:.2} |", rate(plain), rate(traced), rate(traced) / rate(plain));
         }
+    }
+    let param = one_worker_param("100B");
+    if let (Some(plain), Some(nestjs)) = (mean_ns("pipeline", "wasm", &param), mean_ns("pipeline", "wasm-nestjs", &param)) {
+        let rate = |ns: f64| PIPELINE_EVENTS as f64 / (ns / 1e9);
+        println!(
+            "\none worker, 100 B: wasm {:.0} events/s, NestJS-decoding {:.0} ({:.2})",
+            rate(plain),
+            rate(nestjs),
+            rate(nestjs) / rate(plain)
+        );
     }
 }
 
@@ -273,6 +492,11 @@ fn main() {
         }
     };
     let plugin = load(&runtime);
+    if let Some(n) = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()) {
+        let events = std::env::var("SLUICE_BENCH_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        rounds(&plugin, n, events);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     bench_calls(&mut c, &plugin);
     bench_pipeline(&mut c, &plugin);

@@ -473,7 +473,11 @@ impl Lane {
             }
             let examined = self.examine(&mut p.event, result, &mut scope);
             let rules = Rules { retry: &self.d.retry, redeliver: self.d.redeliver };
-            let verdict = verdict::verdict(examined.attempted(), p.event.attempt, mode, rules, rand::random_range(-1.0..=1.0));
+            let attempted = examined.attempted();
+            // Only a failure's backoff uses the jitter: no random draw per
+            // delivered event.
+            let jitter = if matches!(attempted, Attempted::Failed { .. }) { rand::random_range(-1.0..=1.0) } else { 0.0 };
+            let verdict = verdict::verdict(attempted, p.event.attempt, mode, rules, jitter);
             match (verdict, examined) {
                 (Verdict::Deliver, Examined::Sendable { outputs, request, ticket }) => {
                     self.deliver(p.event, p.ack, p.trace, outputs, request, ticket);

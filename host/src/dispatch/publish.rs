@@ -286,13 +286,8 @@ async fn complete(
         let mut acked = 0;
         let mut events = batch.into_iter();
         while let Some(Pending { ack, settlement, receipts, replies, .. }) = events.next() {
-            let mut waits = Vec::with_capacity(receipts.len() + 1);
-            waits.extend(receipts.into_iter().map(|receipt| futures::future::Either::Left(receipt.wait())));
-            if !replies.is_empty() {
-                waits.push(futures::future::Either::Right(send_replies(replies)));
-            }
-            for wait in waits {
-                if let Err(err) = wait.await {
+            for waited in settled(receipts, replies) {
+                if let Err(err) = waited.await {
                     failed.cancel();
                     Stats::add(&stats.sink_failures, 1);
                     Stats::add(&stats.acked, acked);
@@ -313,6 +308,13 @@ async fn complete(
         stats.progressed();
     }
     Ok(())
+}
+
+/// What an event waits for before its ack, in order: each receipt, then
+/// the replies held back for it (sent once the receipts are durable).
+fn settled(receipts: Vec<Receipt>, replies: Vec<Reply>) -> impl Iterator<Item = impl std::future::Future<Output = Result<(), SinkError>>> {
+    let replies = (!replies.is_empty()).then(|| futures::future::Either::Right(send_replies(replies)));
+    receipts.into_iter().map(|receipt| futures::future::Either::Left(receipt.wait())).chain(replies)
 }
 
 /// Waits for every receipt of the batch, then commits the state of its
