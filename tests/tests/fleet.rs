@@ -8,6 +8,8 @@ mod common;
 #[allow(dead_code)]
 #[path = "common/nats.rs"]
 mod fixture;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use futures::StreamExt;
-use serde_json::Value;
 
 use common::*;
 use fixture::*;
+use fleet::{converge, running};
 
 const WITHIN: Duration = Duration::from_secs(60);
 /// The bound on a push reaching every host (measured well under it).
@@ -41,28 +43,6 @@ fn config(url: &str, host: &str) -> String {
     );
     let pipeline = pipeline.replacen("[runtime]\n", &format!("[runtime]\ninstance_id = \"host-{host}\"\n"), 1);
     format!("{pipeline}\n[admin]\nlisten = \"{ANY_PORT}\"\n\n[plugins.store]\nnats = \"{url}\"\n")
-}
-
-/// The digest host `port` runs for `shared`.
-fn running(port: u16) -> Result<(String, Value)> {
-    let (status, body) = http_request(port, "GET", "/pipelines/shared", None, b"")?;
-    ensure!(status == 200, "/pipelines/shared answered {status}: {body}");
-    let body: Value = serde_json::from_str(&body)?;
-    let plugin = body.get("plugin").cloned().unwrap_or(Value::Null);
-    Ok((plugin["current"]["digest"].as_str().unwrap_or_default().to_owned(), plugin))
-}
-
-/// Waits until every host in `ports` runs `digest`; returns how long it took.
-fn converge(ports: &[u16], digest: &str, since: Instant) -> Result<Duration> {
-    poll_until(&format!("every host to run {}", &digest[..12]), WITHIN, || {
-        for port in ports {
-            // Not registered yet (404) counts as not there yet.
-            if running(*port).map(|(running, _)| running != digest).unwrap_or(true) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(since.elapsed()))
-    })
 }
 
 /// One output seen: its id, the host that made it, the digest header.
@@ -109,7 +89,7 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     let mut c = Running::spawn(scratch.sluice(&["run", "c.toml"]))?;
     let (pa, pb, mut pc) = (a.admin_port()?, b.admin_port()?, c.admin_port()?);
     a.wait_until("three hosts in the queue group", WITHIN, || server.subscribers("jobs").unwrap_or(0) == 3)?;
-    converge(&[pa, pb, pc], &v1, Instant::now())?;
+    converge(&[pa, pb, pc], &v1, Instant::now(), WITHIN)?;
 
     // Events flow all along, one every millisecond; `paused` holds them
     // while a host stops or starts (core NATS drops what a stopping
@@ -161,7 +141,7 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     // Push v2: all three take it.
     let pushed = Instant::now();
     scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &plugin("tag_v2").display().to_string()])?.ensure_success()?;
-    let to_v2 = converge(&[pa, pb, pc], &v2, pushed)?;
+    let to_v2 = converge(&[pa, pb, pc], &v2, pushed, WITHIN)?;
     ensure!(to_v2 < CONVERGE_WITHIN, "v2 took {to_v2:?} to reach every host");
     eprintln!("fleet: push v2 → 3 hosts converged in {to_v2:?}");
     flowing("after the push of v2", &v2)?;
@@ -173,7 +153,7 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     paused.store(false, Ordering::SeqCst);
     let pushed = Instant::now();
     scratch.run(&["plugin", "push", "--config", "b.toml", "shared", &plugin("uppercase").display().to_string()])?.ensure_success()?;
-    let to_v3 = converge(&[pa, pb], &v3, pushed)?;
+    let to_v3 = converge(&[pa, pb], &v3, pushed, WITHIN)?;
     eprintln!("fleet: push v3 → 2 hosts converged in {to_v3:?}");
     flowing("after the push of v3", &v3)?;
 
@@ -192,7 +172,7 @@ async fn three_hosts_follow_pushes_and_rollbacks_without_losing_an_event() -> Re
     // Roll back: v2 again everywhere.
     let rolled = Instant::now();
     scratch.run(&["plugin", "rollback", "--config", "c.toml", "shared"])?.ensure_success()?;
-    let back = converge(&[pa, pb, pc], &v2, rolled)?;
+    let back = converge(&[pa, pb, pc], &v2, rolled, WITHIN)?;
     eprintln!("fleet: rollback → 3 hosts converged in {back:?}");
     flowing("after the rollback", &v2)?;
 
@@ -255,7 +235,7 @@ async fn a_refused_version_keeps_the_old_one_and_is_reported() -> Result<()> {
     scratch.write("a.toml", config(&url, "a"))?;
     let mut a = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
     let port = a.admin_port()?;
-    converge(&[port], &v1, Instant::now())?;
+    converge(&[port], &v1, Instant::now(), WITHIN)?;
 
     let bad = plugin("wrong_world").display().to_string();
     scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &bad])?.ensure_success()?;
@@ -271,7 +251,7 @@ async fn a_refused_version_keeps_the_old_one_and_is_reported() -> Result<()> {
     ensure!(split.code() == Some(2), "`plugin fleet` exits 2 on a split fleet: {:?}", split.code());
 
     scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &plugin("tag_v2").display().to_string()])?.ensure_success()?;
-    converge(&[port], &v2, Instant::now())?;
+    converge(&[port], &v2, Instant::now(), WITHIN)?;
     poll_until("the refusal to clear", WITHIN, || {
         let (_, status) = running(port)?;
         let hosts = &status["fleet"]["hosts"];
@@ -303,7 +283,7 @@ async fn a_signed_fleet_takes_only_signed_versions_from_the_store() -> Result<()
     let mut a = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
     let port = a.admin_port()?;
     let (v1, v2_digest) = (sha256_hex(&plugin("tag_v1"))?, sha256_hex(&plugin("tag_v2"))?);
-    converge(&[port], &v1, Instant::now())?;
+    converge(&[port], &v1, Instant::now(), WITHIN)?;
 
     scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &v2])?.ensure_success()?;
     let reason = poll_until("the unsigned version to be refused", WITHIN, || {
@@ -315,7 +295,7 @@ async fn a_signed_fleet_takes_only_signed_versions_from_the_store() -> Result<()
 
     // Pushed again with its signature: the host tries it again.
     scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &v2, "--signature", "tag_v2.sig"])?.ensure_success()?;
-    converge(&[port], &v2_digest, Instant::now())?;
+    converge(&[port], &v2_digest, Instant::now(), WITHIN)?;
     a.terminate()?;
     a.wait(WITHIN)?.ensure_success()?;
     Ok(())

@@ -9,6 +9,8 @@ mod common;
 #[allow(dead_code)]
 #[path = "common/kafka.rs"]
 mod fixture;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,10 +22,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::Value;
 
 use common::*;
 use fixture::{create_topics, KafkaBroker};
+use fleet::{converge, running};
 
 const WITHIN: Duration = Duration::from_secs(90);
 /// The bound on a push reaching every host (measured well under it).
@@ -75,27 +77,6 @@ impl Topics {
         let pipeline = pipeline.replacen("[runtime]\n", &format!("[runtime]\ninstance_id = \"host-{host}\"\n"), 1);
         format!("{pipeline}\n[admin]\nlisten = \"{ANY_PORT}\"\n\n[plugins.store]\nkafka = {{ brokers = \"{bootstrap}\", topic = \"{store}\" }}\n")
     }
-}
-
-/// The digest host `port` runs for `shared`, and its plugin status.
-fn running(port: u16) -> Result<(String, Value)> {
-    let (status, body) = http_request(port, "GET", "/pipelines/shared", None, b"")?;
-    ensure!(status == 200, "/pipelines/shared answered {status}: {body}");
-    let body: Value = serde_json::from_str(&body)?;
-    let plugin = body.get("plugin").cloned().unwrap_or(Value::Null);
-    Ok((plugin["current"]["digest"].as_str().unwrap_or_default().to_owned(), plugin))
-}
-
-/// Waits until every host in `ports` runs `digest`; returns how long it took.
-fn converge(ports: &[u16], digest: &str, since: Instant) -> Result<Duration> {
-    poll_until(&format!("every host to run {}", &digest[..12]), WITHIN, || {
-        for port in ports {
-            if running(*port).map(|(running, _)| running != digest).unwrap_or(true) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(since.elapsed()))
-    })
 }
 
 /// How many hosts host `port`'s fleet view lists.
@@ -178,7 +159,7 @@ async fn three_hosts_in_a_group_follow_pushes_and_rollbacks_without_losing_an_ev
     let mut b = Running::spawn(scratch.sluice(&["run", "b.toml"]))?;
     let mut c = Running::spawn(scratch.sluice(&["run", "c.toml"]))?;
     let (pa, pb, mut pc) = (a.admin_port()?, b.admin_port()?, c.admin_port()?);
-    converge(&[pa, pb, pc], &v1, Instant::now())?;
+    converge(&[pa, pb, pc], &v1, Instant::now(), WITHIN)?;
     // As with the NATS test, events start once the three hosts are in the
     // group (a first assignment is not a rollout).
     poll_until("three hosts in the consumer group", WITHIN, || Ok((group_members(&bootstrap, &topics.group)? == 3).then_some(())))?;
@@ -216,7 +197,7 @@ async fn three_hosts_in_a_group_follow_pushes_and_rollbacks_without_losing_an_ev
     let pushed = Instant::now();
     scratch.run(&["plugin", "push", "--config", "a.toml", "shared", &plugin("tag_v2").display().to_string()])?.ensure_success()?;
     let pushed_in = pushed.elapsed();
-    let to_v2 = converge(&[pa, pb, pc], &v2, pushed)?;
+    let to_v2 = converge(&[pa, pb, pc], &v2, pushed, WITHIN)?;
     ensure!(to_v2 < CONVERGE_WITHIN, "v2 took {to_v2:?} to reach every host");
     eprintln!("fleet (kafka): `plugin push` took {pushed_in:?}; push v2 → 3 hosts converged in {to_v2:?}");
     std::thread::sleep(Duration::from_millis(300));
@@ -232,7 +213,7 @@ async fn three_hosts_in_a_group_follow_pushes_and_rollbacks_without_losing_an_ev
     // v3 is pushed while c is away.
     let pushed = Instant::now();
     scratch.run(&["plugin", "push", "--config", "b.toml", "shared", &plugin("uppercase").display().to_string()])?.ensure_success()?;
-    let to_v3 = converge(&[pa, pb], &v3, pushed)?;
+    let to_v3 = converge(&[pa, pb], &v3, pushed, WITHIN)?;
     eprintln!("fleet (kafka): push v3 → 2 hosts converged in {to_v3:?}");
     std::thread::sleep(Duration::from_millis(300));
 
@@ -250,7 +231,7 @@ async fn three_hosts_in_a_group_follow_pushes_and_rollbacks_without_losing_an_ev
     // Roll back: v2 again everywhere.
     let rolled = Instant::now();
     scratch.run(&["plugin", "rollback", "--config", "c.toml", "shared"])?.ensure_success()?;
-    let back = converge(&[pa, pb, pc], &v2, rolled)?;
+    let back = converge(&[pa, pb, pc], &v2, rolled, WITHIN)?;
     eprintln!("fleet (kafka): rollback → 3 hosts converged in {back:?}");
     std::thread::sleep(Duration::from_millis(300));
 
@@ -347,7 +328,7 @@ async fn a_version_over_a_megabyte_goes_in_chunks_and_a_tampered_chunk_is_refuse
     scratch.write("a.toml", topics.config("a"))?;
     let mut a = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
     let port = a.admin_port()?;
-    converge(&[port], &sha256_hex(&plugin("tag_v1"))?, Instant::now())?;
+    converge(&[port], &sha256_hex(&plugin("tag_v1"))?, Instant::now(), WITHIN)?;
 
     // 2.5 MB: five chunks.
     let base = std::fs::read(plugin("tag_v2"))?;
@@ -356,7 +337,7 @@ async fn a_version_over_a_megabyte_goes_in_chunks_and_a_tampered_chunk_is_refuse
     scratch.write("big.wasm", &big)?;
     let pushed = Instant::now();
     scratch.run(&["plugin", "push", "--config", "a.toml", "shared", "big.wasm"])?.ensure_success()?;
-    let took = converge(&[port], &big_digest, pushed)?;
+    let took = converge(&[port], &big_digest, pushed, WITHIN)?;
     eprintln!("fleet (kafka): a {} byte version pushed and loaded in {took:?}", big.len());
 
     // Another version whose chunk 1 was altered in the topic: its chunks
