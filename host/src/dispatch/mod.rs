@@ -228,27 +228,10 @@ impl Dispatcher {
         let lanes = self.concurrency.max(1);
         let queue = self.batch_size * 2;
         let failed = CancellationToken::new();
-        let stats = self.stats.clone();
         let ordering = self.ordering;
         let shared = Arc::new(self);
 
-        let (senders, inboxes): (Vec<_>, Vec<_>) = if ordering == Ordering::None {
-            let (tx, rx) = mpsc::channel(queue * lanes);
-            let rx = Arc::new(Mutex::new(rx));
-            (vec![tx], (0..lanes).map(|_| Inbox::Shared(rx.clone())).collect())
-        } else {
-            (0..lanes)
-                .map(|_| {
-                    let (tx, rx) = mpsc::channel(queue);
-                    (tx, Inbox::Own(rx))
-                })
-                .unzip()
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        for (id, inbox) in inboxes.into_iter().enumerate() {
-            let lane = lane::Lane::new(id, shared.clone(), shutdown.clone(), failed.clone());
-            tasks.spawn(lane.run(inbox));
-        }
+        let (senders, mut tasks) = spawn_lanes(&shared, lanes, queue, &shutdown, &failed);
 
         let mut outcome = Ok(());
         let mut paused = shared.paused.clone();
@@ -301,25 +284,7 @@ impl Dispatcher {
                     break;
                 }
             };
-            Stats::add(&stats.received, 1);
-            stats.progressed();
-            shared.tap.input(&delivery.event);
-            // Over the header caps: dead-lettered as a defect, like an
-            // undecodable message, so no lane does per-header work on it.
-            // Its headers are left out of the dead-letter record: that many
-            // would make the record too large for a broker's dead letter
-            // (a failed dead letter stops the pipeline).
-            if delivery.defect.is_none() {
-                if let Err(why) = limits::check_headers(&delivery.event, &shared.header_limits) {
-                    delivery.event.headers = Vec::new();
-                    delivery.defect = Some(format!("{why}; its headers are left out of this dead-letter record"));
-                }
-            }
-            // The source's wire format unwrapped (the pipeline's `codec`):
-            // an event that is not in it is dead-lettered in its turn.
-            if delivery.defect.is_none() {
-                delivery.defect = source.decode(&mut delivery.event).err();
-            }
+            shared.admit(&mut delivery, source.as_ref());
             let lane = match ordering {
                 _ if senders.len() == 1 => 0,
                 Ordering::None => 0,
@@ -364,6 +329,61 @@ impl Dispatcher {
         closed?;
         Ok(())
     }
+}
+
+impl Dispatcher {
+    /// Intake's part of an event, before a lane takes it: counted, tapped
+    /// raw, and marked as a defect (dead-lettered in its turn, no lane
+    /// work on it) when its headers are over the caps or it is not in the
+    /// source's wire format; otherwise decoded.
+    fn admit(&self, delivery: &mut Delivery, source: &dyn Source) {
+        Stats::add(&self.stats.received, 1);
+        self.stats.progressed();
+        self.tap.input(&delivery.event);
+        // Its headers are left out of the dead-letter record: that many
+        // would make the record too large for a broker's dead letter (a
+        // failed dead letter stops the pipeline).
+        if delivery.defect.is_none() {
+            if let Err(why) = limits::check_headers(&delivery.event, &self.header_limits) {
+                delivery.event.headers = Vec::new();
+                delivery.defect = Some(format!("{why}; its headers are left out of this dead-letter record"));
+            }
+        }
+        if delivery.defect.is_none() {
+            delivery.defect = source.decode(&mut delivery.event).err();
+        }
+    }
+}
+
+/// Starts the pipeline's lanes: with `ordering = "none"` they share one
+/// queue (any free lane takes the next event), otherwise each has its own
+/// (intake picks the lane by key or partition). Queues are bounded: a
+/// full one makes intake wait, which is the backpressure on the source.
+fn spawn_lanes(
+    shared: &Arc<Dispatcher>,
+    lanes: usize,
+    queue: usize,
+    shutdown: &CancellationToken,
+    failed: &CancellationToken,
+) -> (Vec<mpsc::Sender<Delivery>>, tokio::task::JoinSet<Result<(), DispatchError>>) {
+    let (senders, inboxes): (Vec<_>, Vec<_>) = if shared.ordering == Ordering::None {
+        let (tx, rx) = mpsc::channel(queue * lanes);
+        let rx = Arc::new(Mutex::new(rx));
+        (vec![tx], (0..lanes).map(|_| Inbox::Shared(rx.clone())).collect())
+    } else {
+        (0..lanes)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(queue);
+                (tx, Inbox::Own(rx))
+            })
+            .unzip()
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, inbox) in inboxes.into_iter().enumerate() {
+        let lane = lane::Lane::new(id, shared.clone(), shutdown.clone(), failed.clone());
+        tasks.spawn(lane.run(inbox));
+    }
+    (senders, tasks)
 }
 
 /// Resolves when intake should pause; never, once nobody can pause it.
