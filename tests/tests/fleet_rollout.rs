@@ -207,3 +207,51 @@ async fn a_fleet_candidate_promotes_once_everywhere_and_a_failing_canary_rolls_b
     ensure!(written == 2, "each candidate decided once for the fleet, not by each host: {written} decisions written");
     Ok(())
 }
+
+/// A store candidate a host cannot load (the wrong world) is refused there
+/// and reported in its heartbeat; one it tries is ended by `sluice plugin
+/// abort --config`, and the current version never stops serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_fleet_candidate_is_reported_and_an_aborted_one_ends_everywhere() -> Result<()> {
+    let server = NatsServer::start()?;
+    let scratch = Scratch::new()?;
+    let client = server.client().await?;
+    for (stream, subject) in [("IN", "in.orders"), ("OUT", "out.orders"), ("DLQ", "dlq.orders")] {
+        create_stream(&client, stream, &[subject]).await?;
+    }
+    let (base, same) = (sha256_hex(&plugin("rollout_base"))?, sha256_hex(&plugin("rollout_same"))?);
+    scratch.write("a.toml", config(&server.url(), "a"))?;
+    scratch.run(&["plugin", "push", "--config", "a.toml", "orders", &plugin("rollout_base").display().to_string()])?.ensure_success()?;
+    let mut host = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
+    let ports = [host.admin_port()?];
+    every_host(&ports, "the host on the base version", |p| p["current"]["digest"] == base.as_str())?;
+
+    let bad = plugin("wrong_world").display().to_string();
+    scratch.run(&["plugin", "candidate", "--config", "a.toml", "orders", &bad])?.ensure_success()?;
+    let refused = every_host(&ports, "the candidate refused and reported", |p| {
+        p["fleet"]["hosts"][0]["candidate_refused"]["reason"].as_str().is_some()
+    })?;
+    ensure!(refused[0]["rollout"]["candidate"].is_null() && refused[0]["current"]["digest"] == base.as_str(), "{}", refused[0]);
+    let fleet = scratch.run(&["plugin", "fleet", "--config", "a.toml", "orders"])?;
+    ensure!(fleet.stdout.contains("refused candidate"), "the fleet view shows the refusal: {}", fleet.stdout);
+
+    // A loadable candidate replaces it; abort ends it on the host.
+    scratch
+        .run(&["plugin", "candidate", "--config", "a.toml", "orders", &plugin("rollout_same").display().to_string()])?
+        .ensure_success()?;
+    every_host(&ports, "the host trying the candidate", |p| {
+        p["rollout"]["candidate"]["digest"] == same.as_str() && p["fleet"]["hosts"][0]["candidate_refused"].is_null()
+    })?;
+    scratch.run(&["plugin", "abort", "--config", "a.toml", "orders"])?.ensure_success()?;
+    every_host(&ports, "the candidate aborted", |p| p["rollout"]["candidate"].is_null() && p["rollout"]["last"]["outcome"] == "aborted")?;
+    let again = scratch.run(&["plugin", "abort", "--config", "a.toml", "orders"])?;
+    ensure!(again.code() != Some(0) && again.stderr.contains("no candidate"), "a second abort says there is none: {}", again.stderr);
+
+    publish(&client, 0..50).await?;
+    let versions = ledger(&outputs(&client, 50).await?, 50)?;
+    ensure!(versions.values().all(|d| *d == base), "the base version served throughout");
+    ensure!(stream_len(&client, "DLQ").await? == 0);
+    host.terminate()?;
+    host.wait(WITHIN)?.ensure_success()?;
+    Ok(())
+}
