@@ -272,7 +272,9 @@ enum PluginCommand {
     /// host (its admin API): shadowed (outputs compared, never published)
     /// or as a canary (a fraction of keys, for real), promoted or rolled
     /// back by `[pipelines.NAME.rollout]` or by hand (`plugin promote`,
-    /// `plugin abort`). Progress: `sluice status`.
+    /// `plugin abort`). Progress: `sluice status`. With `--config`, through
+    /// the fleet's plugin store instead: every host tries it, and the first
+    /// host whose rules decide decides for the fleet.
     Candidate {
         /// The pipeline's name.
         pipeline: String,
@@ -290,19 +292,30 @@ enum PluginCommand {
         /// Its signature line. Default: PLUGIN.sig when that file exists.
         #[arg(long, value_name = "FILE")]
         signature: Option<PathBuf>,
+        /// The config whose `[plugins.store]` names the fleet's store: the
+        /// candidate goes there, not to one host's admin API.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Make PIPELINE's candidate its current version (a running host's
-    /// admin API); `sluice plugin`'s store `rollback` does not apply.
+    /// admin API, or with `--config` the fleet's store).
     Promote {
         pipeline: String,
+        /// Promote the fleet's candidate in this config's `[plugins.store]`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Stop trying PIPELINE's candidate; the current version keeps serving.
+    /// Stop trying PIPELINE's candidate; the current version keeps serving
+    /// (one host's admin API, or with `--config` the whole fleet).
     Abort {
         pipeline: String,
+        /// Clear the fleet's candidate in this config's `[plugins.store]`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -412,11 +425,21 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Build { dir }) => build_plugin::build(dir.as_deref()),
         Command::Plugin(PluginCommand::Push { config, pipeline, plugin, signature }) => store::push(&config, &pipeline, &plugin, signature),
         Command::Plugin(PluginCommand::Rollback { config, pipeline }) => store::rollback(&config, &pipeline),
-        Command::Plugin(PluginCommand::Candidate { pipeline, plugin, mode, sample, canary, signature, admin }) => {
-            candidate::candidate(&admin.into_admin(), &pipeline, &plugin, &candidate::Trial { mode, sample, canary, signature })
+        Command::Plugin(PluginCommand::Candidate { pipeline, plugin, mode, sample, canary, signature, config, admin }) => {
+            let trial = candidate::Trial { mode, sample, canary, signature };
+            match config {
+                Some(config) => store::candidate(&config, &pipeline, &plugin, &trial),
+                None => candidate::candidate(&admin.into_admin(), &pipeline, &plugin, &trial),
+            }
         }
-        Command::Plugin(PluginCommand::Promote { pipeline, admin }) => candidate::promote(&admin.into_admin(), &pipeline),
-        Command::Plugin(PluginCommand::Abort { pipeline, admin }) => candidate::abort(&admin.into_admin(), &pipeline),
+        Command::Plugin(PluginCommand::Promote { pipeline, config, admin }) => match config {
+            Some(config) => store::decide(&config, &pipeline, sluice::store::Decision::Promote),
+            None => candidate::promote(&admin.into_admin(), &pipeline),
+        },
+        Command::Plugin(PluginCommand::Abort { pipeline, config, admin }) => match config {
+            Some(config) => store::decide(&config, &pipeline, sluice::store::Decision::Abort),
+            None => candidate::abort(&admin.into_admin(), &pipeline),
+        },
         Command::Plugin(PluginCommand::Fleet { config, pipeline }) => store::fleet(&config, pipeline.as_deref()),
         Command::Dlq(DlqCommand::Replay {
             from,

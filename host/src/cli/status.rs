@@ -170,23 +170,33 @@ fn render(first: &Value, second: &Value, elapsed: f64) -> String {
 }
 
 /// A pipeline's fleet (`plugin.fleet`): the store's current version, and
-/// per host the version it runs and what it refused.
+/// per host the version it runs, the candidate it tries and what it
+/// refused.
 fn fleet_lines(name: &str, fleet: &Value) -> String {
     let short = |digest: &Value| digest.as_str().map(|d| d.get(..12).unwrap_or(d).to_owned()).unwrap_or_else(|| "-".into());
     let empty = Vec::new();
     let hosts = fleet["hosts"].as_array().unwrap_or(&empty);
     let state = if fleet["converged"].as_bool() == Some(true) { "converged" } else { "NOT converged" };
-    let mut out = format!("fleet {name}: store current {}, {} host(s), {state}\n", short(&fleet["current"]), hosts.len());
+    let candidate = match fleet["candidate"].as_str() {
+        Some(_) => format!(", candidate {}", short(&fleet["candidate"])),
+        None => String::new(),
+    };
+    let mut out = format!("fleet {name}: store current {}{candidate}, {} host(s), {state}\n", short(&fleet["current"]), hosts.len());
     for host in hosts {
-        let refused = match host["refused"]["digest"].as_str() {
-            Some(_) => format!("  refused {}: {}", short(&host["refused"]["digest"]), host["refused"]["reason"].as_str().unwrap_or("?")),
+        let refused = |field: &str, what: &str| match host[field]["digest"].as_str() {
+            Some(_) => format!("  {what} {}: {}", short(&host[field]["digest"]), host[field]["reason"].as_str().unwrap_or("?")),
+            None => String::new(),
+        };
+        let trying = match host["candidate"].as_str() {
+            Some(_) => format!("  trying {}", short(&host["candidate"])),
             None => String::new(),
         };
         out.push_str(&format!(
-            "  {}  {}{}\n",
+            "  {}  {}{trying}{}{}\n",
             host["host"].as_str().unwrap_or("?"),
             short(&host["digest"]),
-            refused.replace(['\n', '\r'], " ")
+            refused("refused", "refused").replace(['\n', '\r'], " "),
+            refused("candidate_refused", "refused candidate").replace(['\n', '\r'], " ")
         ));
     }
     out
@@ -297,9 +307,10 @@ mod tests {
         let sample = json!({ "pipelines": [{
             "name": "orders", "state": "running", "stats": {},
             "plugin": { "name": "enricher", "current": { "digest": "aaaaaaaaaaaaaaaa" }, "fleet": {
-                "current": "bbbbbbbbbbbbbbbb", "converged": false, "hosts": [
-                    { "host": "h1", "digest": "bbbbbbbbbbbbbbbb" },
-                    { "host": "h2", "digest": "aaaaaaaaaaaaaaaa", "refused": { "digest": "bbbbbbbbbbbbbbbb", "reason": "init failed" } }
+                "current": "bbbbbbbbbbbbbbbb", "candidate": "cccccccccccccccc", "converged": false, "hosts": [
+                    { "host": "h1", "digest": "bbbbbbbbbbbbbbbb", "candidate": "cccccccccccccccc" },
+                    { "host": "h2", "digest": "aaaaaaaaaaaaaaaa", "refused": { "digest": "bbbbbbbbbbbbbbbb", "reason": "init failed" },
+                      "candidate_refused": { "digest": "cccccccccccccccc", "reason": "wrong world" } }
                 ] } }
         }]});
         let table = render(&sample, &sample, 1.0);
@@ -307,9 +318,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "fleet orders: store current bbbbbbbbbbbb, 2 host(s), NOT converged",
-                "  h1  bbbbbbbbbbbb",
-                "  h2  aaaaaaaaaaaa  refused bbbbbbbbbbbb: init failed",
+                "fleet orders: store current bbbbbbbbbbbb, candidate cccccccccccc, 2 host(s), NOT converged",
+                "  h1  bbbbbbbbbbbb  trying cccccccccccc",
+                "  h2  aaaaaaaaaaaa  refused bbbbbbbbbbbb: init failed  refused candidate cccccccccccc: wrong world",
             ],
             "{table}"
         );

@@ -117,6 +117,10 @@ pub struct PluginVersions {
     loading: tokio::sync::Mutex<()>,
     /// The candidate version tried beside the current one.
     rollout: Arc<Rollout>,
+    /// The store that named the candidate, and its digest, when the
+    /// candidate came from the fleet's store: a verdict on it is written
+    /// there first, so the whole fleet follows one decision.
+    fleet_candidate: Mutex<Option<(Arc<dyn crate::store::PluginStore>, String)>>,
 }
 
 impl PluginVersions {
@@ -144,6 +148,7 @@ impl PluginVersions {
             }),
             loading: tokio::sync::Mutex::new(()),
             rollout,
+            fleet_candidate: Mutex::new(None),
         }
     }
 
@@ -180,6 +185,30 @@ impl PluginVersions {
             return Err(ReloadError::Rejected(format!("the candidate {} is the current version", &plugin.digest()[..12])));
         }
         Ok(self.rollout.begin(plugin, trial))
+    }
+
+    /// Records that the candidate `digest` came from `store` (`None`: no
+    /// candidate from the store any more).
+    pub fn set_fleet_candidate(&self, from: Option<(Arc<dyn crate::store::PluginStore>, String)>) {
+        if let Ok(mut fleet) = self.fleet_candidate.lock() {
+            *fleet = from;
+        }
+    }
+
+    /// The store that named the candidate `digest`, if one did.
+    fn fleet_candidate(&self, digest: &str) -> Option<Arc<dyn crate::store::PluginStore>> {
+        let fleet = self.fleet_candidate.lock().ok()?;
+        fleet.as_ref().filter(|(_, named)| named == digest).map(|(store, _)| store.clone())
+    }
+
+    /// Whether the candidate `digest` came from the fleet's store.
+    pub fn fleet_candidate_is(&self, digest: &str) -> bool {
+        self.fleet_candidate(digest).is_some()
+    }
+
+    /// The sha256 of the candidate being tried, if any.
+    pub fn candidate_digest(&self) -> Option<String> {
+        self.rollout.status().candidate.map(|c| c.digest)
     }
 
     /// Makes the candidate current (the current one becomes previous, so
@@ -387,8 +416,12 @@ impl PluginVersions {
 }
 
 /// Acts on what a candidate's rollout rules decide, for as long as the
-/// pipeline's run lasts (`stop`).
+/// pipeline's run lasts (`stop`). A candidate named by the fleet's store
+/// is decided there first: when another host decided before this one, the
+/// store says so and this host follows the pointer instead
+/// ([`crate::store::follow`]).
 pub fn drive_rollout(versions: Arc<PluginVersions>, stop: tokio_util::sync::CancellationToken) {
+    use crate::rollout::rules::Judgement;
     tokio::spawn(async move {
         let rollout = versions.rollout();
         loop {
@@ -396,12 +429,33 @@ pub fn drive_rollout(versions: Arc<PluginVersions>, stop: tokio_util::sync::Canc
                 _ = stop.cancelled() => return,
                 decided = rollout.decided() => decided,
             };
-            let acted = match verdict {
-                crate::rollout::rules::Judgement::Promote(why) => versions.promote(Some(candidate.id), &why).await.map(|_| ()),
-                crate::rollout::rules::Judgement::RollBack(why) => {
-                    versions.drop_candidate(Some(candidate.id), Outcome::RolledBack, &why).map(|_| ())
+            let decision = match &verdict {
+                Judgement::Promote(_) => crate::store::Decision::Promote,
+                Judgement::RollBack(_) => crate::store::Decision::RollBack,
+                Judgement::Wait => continue,
+            };
+            let digest = candidate.status().digest;
+            if let Some(store) = versions.fleet_candidate(&digest) {
+                match crate::store::decide(store.as_ref(), &versions.pipeline, Some(&digest), decision).await {
+                    Ok(_) => {
+                        tracing::info!(pipeline = %versions.pipeline, digest = &digest[..digest.len().min(12)], ?decision, "rollout decision written to the plugin store")
+                    }
+                    Err(crate::store::StoreError::NoCandidate(_)) => {
+                        tracing::info!(pipeline = %versions.pipeline, "another host or an operator decided on the candidate first; following the plugin store");
+                        continue;
+                    }
+                    // The store cannot be reached: the decision holds here
+                    // (the current version is safe either way); the
+                    // follower brings this host back to the store's pointer.
+                    Err(err) => {
+                        tracing::warn!(pipeline = %versions.pipeline, "cannot write the rollout decision to the plugin store: {err}")
+                    }
                 }
-                crate::rollout::rules::Judgement::Wait => Ok(()),
+            }
+            let acted = match verdict {
+                Judgement::Promote(why) => versions.promote(Some(candidate.id), &why).await.map(|_| ()),
+                Judgement::RollBack(why) => versions.drop_candidate(Some(candidate.id), Outcome::RolledBack, &why).map(|_| ()),
+                Judgement::Wait => Ok(()),
             };
             if let Err(err) = acted {
                 tracing::debug!(pipeline = %versions.pipeline, "rollout verdict not acted on: {err}");

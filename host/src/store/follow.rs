@@ -6,6 +6,12 @@
 //! trusted_keys` is set), then the lossless swap. One that fails is
 //! refused: the host keeps the version it runs, and its heartbeat says
 //! which version it refused and why, until another one is pushed.
+//!
+//! A candidate the pointer names is tried here too, with the same checks
+//! ([`PluginVersions::candidate`]); one that fails is reported in the
+//! heartbeat (`candidate_refused`). When the pointer's candidate is
+//! cleared, the local trial ends; when it became current (a host's rules
+//! promoted it), the loaded candidate is promoted here as well.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +20,9 @@ use futures::StreamExt;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::{Heartbeat, PluginStore, Pointer, Refusal, StoreConfig, StoreError, StoredVersion};
+use super::{Heartbeat, PluginStore, Pointer, Refusal, StoreConfig, StoreError, StoredCandidate, StoredVersion};
 use crate::reload::PluginVersions;
+use crate::rollout::Outcome;
 
 /// Time between heartbeats (and fleet status refreshes).
 pub const BEAT_EVERY: Duration = Duration::from_secs(5);
@@ -76,7 +83,7 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut follower = Follower { versions, pipeline, host, refused: None };
+        let mut follower = Follower { versions, pipeline, host, refused: None, candidate_refused: None };
         loop {
             let watched = async {
                 let store = shared.get(&connections.connections).await?;
@@ -104,6 +111,7 @@ pub fn spawn(
                     next = watch.next() => match next {
                         Some(Ok(pointer)) => {
                             follower.apply(store.as_ref(), &pointer).await;
+                            follower.try_candidate(&store, &pointer).await;
                             follower.beat(store.as_ref()).await;
                         }
                         Some(Err(err)) => {
@@ -128,6 +136,8 @@ struct Follower {
     host: String,
     /// The store's current version, when this host refused it.
     refused: Option<Refusal>,
+    /// The store's candidate, when this host refused to try it.
+    candidate_refused: Option<Refusal>,
 }
 
 impl Follower {
@@ -136,6 +146,20 @@ impl Follower {
         if self.versions.current().digest() == pointer.digest {
             self.refused = None;
             return;
+        }
+        // Another host's rules (or an operator) promoted the candidate
+        // this host tries: it is loaded already.
+        if self.versions.candidate_digest().as_deref() == Some(pointer.digest.as_str()) {
+            match self.versions.promote(None, "promoted across the fleet (the plugin store's pointer)").await {
+                Ok(_) => {
+                    self.versions.set_fleet_candidate(None);
+                    self.refused = None;
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(pipeline = %self.pipeline, "the candidate ended meanwhile, loading the version from the store: {err}")
+                }
+            }
         }
         // A refused version is tried again when it is pushed again (a
         // signature added, or the hosts' config fixed): each pointer write
@@ -147,6 +171,54 @@ impl Follower {
             Err(err) => Err(self.versions.refuse_from_store(&pointer.digest, &err.to_string())),
         };
         self.refused = loaded.err().map(|reason| Refusal { digest: pointer.digest.clone(), reason });
+    }
+
+    /// Starts trying the pointer's candidate here, or ends the trial of one
+    /// the pointer no longer names.
+    async fn try_candidate(&mut self, store: &Arc<dyn PluginStore>, pointer: &Pointer) {
+        let local = self.versions.candidate_digest();
+        let Some(wanted) = &pointer.candidate else {
+            self.candidate_refused = None;
+            // Only a candidate from the store ends here: one posted to
+            // this host's admin API is the operator's.
+            if let Some(digest) = local.filter(|digest| self.versions.fleet_candidate_is(digest)) {
+                let outcome = if pointer.by == super::Decision::RollBack.by() { Outcome::RolledBack } else { Outcome::Aborted };
+                let why = format!("{} across the fleet (the plugin store's pointer)", pointer.by);
+                if self.versions.drop_candidate(None, outcome, &why).is_ok() {
+                    tracing::info!(pipeline = %self.pipeline, digest = short(&digest), by = %pointer.by, "the plugin store cleared the candidate; its trial ended");
+                }
+                self.versions.set_fleet_candidate(None);
+            }
+            return;
+        };
+        if local.as_deref() == Some(wanted.digest.as_str()) {
+            self.candidate_refused = None;
+            return;
+        }
+        tracing::info!(pipeline = %self.pipeline, digest = short(&wanted.digest), "the plugin store names a candidate; trying it");
+        let tried = match store.get(&wanted.digest).await {
+            Ok(version) => self.start(version, wanted).await,
+            Err(err) => Err(err.to_string()),
+        };
+        self.candidate_refused = match tried {
+            Ok(()) => {
+                self.versions.set_fleet_candidate(Some((store.clone(), wanted.digest.clone())));
+                None
+            }
+            Err(reason) => {
+                tracing::error!(pipeline = %self.pipeline, digest = short(&wanted.digest), "cannot try the plugin store's candidate: {reason}");
+                Some(Refusal { digest: wanted.digest.clone(), reason })
+            }
+        };
+    }
+
+    async fn start(&self, version: StoredVersion, wanted: &StoredCandidate) -> Result<(), String> {
+        let mut trial = self.versions.rollout().trial();
+        trial.mode = wanted.mode.unwrap_or(trial.mode);
+        trial.sample = wanted.sample.unwrap_or(trial.sample);
+        trial.canary = wanted.canary.unwrap_or(trial.canary);
+        let StoredVersion { digest, bytes, signature } = version;
+        self.versions.candidate(bytes, Some(digest), signature, trial).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     async fn leave(&self, store: &dyn PluginStore) {
@@ -163,6 +235,8 @@ impl Follower {
             pipeline: self.pipeline.clone(),
             digest: self.versions.current().digest().to_owned(),
             refused: self.refused.clone(),
+            candidate: self.versions.candidate_digest(),
+            candidate_refused: self.candidate_refused.clone(),
             at: super::now(),
         };
         if let Err(err) = store.beat(&heartbeat).await {
@@ -174,4 +248,8 @@ impl Follower {
             Err(err) => tracing::debug!(pipeline = %self.pipeline, "cannot read the fleet status: {err}"),
         }
     }
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
 }

@@ -8,6 +8,11 @@
 //! - a **pointer** per pipeline: the current version's digest and the
 //!   digests that were current before it (newest last), so a rollback makes
 //!   the previous one current again;
+//! - optionally, the pipeline's **candidate** in the pointer: a version the
+//!   whole fleet tries beside the current one (shadow or canary, with the
+//!   trial's fractions); the first host whose rollout rules decide writes
+//!   the decision back (promotion: the candidate becomes current;
+//!   rollback: it is cleared), and every host follows the pointer;
 //! - **heartbeats**, one per host and pipeline, that expire: the version a
 //!   host runs, or why it refused the current one.
 //!
@@ -45,7 +50,7 @@ pub struct StoredVersion {
 }
 
 /// A pipeline's current version and those current before it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pointer {
     /// sha256 (hex) of the current version.
     pub digest: String,
@@ -54,8 +59,25 @@ pub struct Pointer {
     pub history: Vec<String>,
     /// RFC 3339, UTC: when it was made current.
     pub at: String,
-    /// What made it current: `push` or `rollback`.
+    /// What wrote it last: `push`, `rollback`, `candidate`, `promotion`,
+    /// `candidate-rollback` or `abort`.
     pub by: String,
+    /// The version the fleet tries beside the current one, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<StoredCandidate>,
+}
+
+/// A candidate named in the pointer: its digest and how to try it (unset
+/// fields are each host's `rollout` config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredCandidate {
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::config::RolloutMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<f64>,
 }
 
 /// What a host says about one of its pipelines, every few seconds.
@@ -68,6 +90,12 @@ pub struct Heartbeat {
     /// The store's current version this host refused, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<Refusal>,
+    /// sha256 of the candidate it tries beside the current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// The store's candidate this host refused to try, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_refused: Option<Refusal>,
     /// RFC 3339, UTC.
     pub at: String,
 }
@@ -83,6 +111,9 @@ pub struct Refusal {
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetStatus {
     pub current: Option<String>,
+    /// The candidate the store names, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
     pub hosts: Vec<Heartbeat>,
     pub converged: bool,
 }
@@ -91,7 +122,7 @@ impl FleetStatus {
     pub fn new(current: Option<String>, mut hosts: Vec<Heartbeat>) -> Self {
         hosts.sort_by(|a, b| a.host.cmp(&b.host));
         let converged = current.as_ref().is_some_and(|digest| hosts.iter().all(|h| &h.digest == digest));
-        Self { current, hosts, converged }
+        Self { current, candidate: None, hosts, converged }
     }
 }
 
@@ -103,6 +134,10 @@ pub enum StoreError {
     NoVersion(String),
     #[error("pipeline `{0}` has no version in the plugin store")]
     NoPointer(String),
+    #[error("pipeline `{0}` has no candidate in the plugin store (none was set, or a host or an operator already decided)")]
+    NoCandidate(String),
+    #[error("the candidate {0} is already the current version")]
+    CandidateIsCurrent(String),
     #[error("pipeline `{0}` has no earlier version in the plugin store to roll back to")]
     NoPrevious(String),
     #[error("version {digest} in the plugin store is damaged: its bytes hash to {actual}")]
@@ -177,23 +212,27 @@ async fn update(
 /// Publishes `bytes` and makes it the current version of `pipeline`.
 pub async fn push(store: &dyn PluginStore, pipeline: &str, bytes: &[u8], signature: Option<&str>) -> Result<Pointer, StoreError> {
     let digest = store.put(bytes, signature).await?;
-    update(store, pipeline, &|current| {
-        let mut history = match current {
-            // Pushed again (with its signature, say): the same pointer,
-            // written anew, so hosts that refused it try again.
-            Some(pointer) if pointer.digest == digest => return Ok(Pointer { at: now(), by: "push".into(), ..pointer }),
-            Some(pointer) => {
-                let mut history = pointer.history;
-                history.push(pointer.digest);
-                history
-            }
-            None => Vec::new(),
-        };
-        let excess = history.len().saturating_sub(HISTORY);
-        history.drain(..excess);
-        Ok(Pointer { digest: digest.clone(), history, at: now(), by: "push".into() })
-    })
-    .await
+    update(store, pipeline, &|current| Ok(make_current(current, &digest, "push"))).await
+}
+
+/// `digest` as the current version after `current`, which goes to the
+/// history. A candidate with that digest is no longer a candidate; any
+/// other keeps being tried against the new current version.
+fn make_current(current: Option<Pointer>, digest: &str, by: &str) -> Pointer {
+    let Some(pointer) = current else {
+        return Pointer { digest: digest.to_owned(), history: Vec::new(), at: now(), by: by.into(), candidate: None };
+    };
+    let candidate = pointer.candidate.filter(|c| c.digest != digest);
+    if pointer.digest == digest {
+        // Pushed again (with its signature, say): the same pointer,
+        // written anew, so hosts that refused it try again.
+        return Pointer { at: now(), by: by.into(), candidate, ..pointer };
+    }
+    let mut history = pointer.history;
+    history.push(pointer.digest);
+    let excess = history.len().saturating_sub(HISTORY);
+    history.drain(..excess);
+    Pointer { digest: digest.to_owned(), history, at: now(), by: by.into(), candidate }
 }
 
 /// Makes the version current before the current one of `pipeline` current
@@ -203,16 +242,80 @@ pub async fn rollback(store: &dyn PluginStore, pipeline: &str) -> Result<Pointer
         let pointer = current.ok_or_else(|| StoreError::NoPointer(pipeline.to_owned()))?;
         let mut history = pointer.history;
         let digest = history.pop().ok_or_else(|| StoreError::NoPrevious(pipeline.to_owned()))?;
-        Ok(Pointer { digest, history, at: now(), by: "rollback".into() })
+        let candidate = pointer.candidate.filter(|c| c.digest != digest);
+        Ok(Pointer { digest, history, at: now(), by: "rollback".into(), candidate })
+    })
+    .await
+}
+
+/// Publishes `bytes` and names it the candidate of `pipeline`: every host
+/// following the store tries it beside the current version, which stays
+/// current.
+pub async fn set_candidate(
+    store: &dyn PluginStore,
+    pipeline: &str,
+    bytes: &[u8],
+    signature: Option<&str>,
+    trial: StoredCandidate,
+) -> Result<Pointer, StoreError> {
+    let digest = store.put(bytes, signature).await?;
+    let candidate = StoredCandidate { digest, ..trial };
+    update(store, pipeline, &|current| {
+        let pointer = current.ok_or_else(|| StoreError::NoPointer(pipeline.to_owned()))?;
+        if pointer.digest == candidate.digest {
+            return Err(StoreError::CandidateIsCurrent(candidate.digest.clone()));
+        }
+        Ok(Pointer { candidate: Some(candidate.clone()), at: now(), by: "candidate".into(), ..pointer })
+    })
+    .await
+}
+
+/// What ends a candidate fleet-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// It becomes current (as a push would make it).
+    Promote,
+    /// Its rules rolled it back: it is cleared.
+    RollBack,
+    /// An operator stopped it: it is cleared.
+    Abort,
+}
+
+impl Decision {
+    /// The pointer's `by` for it.
+    pub fn by(self) -> &'static str {
+        match self {
+            Self::Promote => "promotion",
+            Self::RollBack => "candidate-rollback",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// Ends the candidate of `pipeline` with `decision`. `expected`: only if
+/// the candidate is still that digest (a host's rules decided on it: the
+/// first host to decide wins, a later one gets [`StoreError::NoCandidate`]
+/// and follows the pointer).
+pub async fn decide(store: &dyn PluginStore, pipeline: &str, expected: Option<&str>, decision: Decision) -> Result<Pointer, StoreError> {
+    update(store, pipeline, &|current| {
+        let pointer = current.ok_or_else(|| StoreError::NoPointer(pipeline.to_owned()))?;
+        let Some(candidate) = pointer.candidate.clone().filter(|c| expected.is_none_or(|digest| c.digest == digest)) else {
+            return Err(StoreError::NoCandidate(pipeline.to_owned()));
+        };
+        Ok(match decision {
+            Decision::Promote => make_current(Some(pointer), &candidate.digest, decision.by()),
+            Decision::RollBack | Decision::Abort => Pointer { candidate: None, at: now(), by: decision.by().into(), ..pointer },
+        })
     })
     .await
 }
 
 /// The fleet status of `pipeline` from the store.
 pub async fn fleet(store: &dyn PluginStore, pipeline: &str) -> Result<FleetStatus, StoreError> {
-    let current = store.pointer(pipeline).await?.map(|p| p.digest);
+    let pointer = store.pointer(pipeline).await?;
     let hosts = store.heartbeats().await?.into_iter().filter(|h| h.pipeline == pipeline).collect();
-    Ok(FleetStatus::new(current, hosts))
+    let candidate = pointer.as_ref().and_then(|p| p.candidate.as_ref()).map(|c| c.digest.clone());
+    Ok(FleetStatus { candidate, ..FleetStatus::new(pointer.map(|p| p.digest), hosts) })
 }
 
 pub(crate) fn now() -> String {
@@ -231,7 +334,15 @@ mod tests {
     use crate::runtime::plugin::digest_of as digest;
 
     fn beat(host: &str, digest: &str) -> Heartbeat {
-        Heartbeat { host: host.into(), pipeline: "p".into(), digest: digest.into(), refused: None, at: String::new() }
+        Heartbeat {
+            host: host.into(),
+            pipeline: "p".into(),
+            digest: digest.into(),
+            refused: None,
+            candidate: None,
+            candidate_refused: None,
+            at: String::new(),
+        }
     }
 
     #[test]
@@ -312,6 +423,37 @@ mod tests {
         assert_eq!(push(&store, "p", b"a", None).await?.digest, digest(b"a"));
         store.conflicts.store(CONFLICT_TRIES, std::sync::atomic::Ordering::SeqCst);
         assert!(matches!(push(&store, "p", b"b", None).await, Err(StoreError::Conflict(_))));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_candidate_is_decided_once_for_the_fleet() -> Result<(), StoreError> {
+        let store = Memory::default();
+        let trial = StoredCandidate { digest: String::new(), mode: None, sample: None, canary: Some(0.5) };
+        assert!(matches!(set_candidate(&store, "p", b"b", None, trial.clone()).await, Err(StoreError::NoPointer(_))));
+        push(&store, "p", b"a", None).await?;
+        assert!(matches!(set_candidate(&store, "p", b"a", None, trial.clone()).await, Err(StoreError::CandidateIsCurrent(_))));
+        let (a, b) = (digest(b"a"), digest(b"b"));
+        let named = set_candidate(&store, "p", b"b", None, trial.clone()).await?;
+        assert_eq!((named.digest.as_str(), named.candidate.as_ref().map(|c| c.digest.as_str())), (a.as_str(), Some(b.as_str())));
+        // The first host's promotion wins; a second decision on it finds
+        // no candidate, and the pointer stays the first one's.
+        let promoted = decide(&store, "p", Some(&b), Decision::Promote).await?;
+        assert_eq!(
+            (promoted.digest.as_str(), promoted.history.as_slice(), promoted.by.as_str()),
+            (b.as_str(), std::slice::from_ref(&a), "promotion")
+        );
+        assert!(promoted.candidate.is_none());
+        assert!(matches!(decide(&store, "p", Some(&b), Decision::RollBack).await, Err(StoreError::NoCandidate(_))));
+        // A rollback clears the candidate and keeps the current version.
+        set_candidate(&store, "p", b"c", None, trial.clone()).await?;
+        assert!(matches!(decide(&store, "p", Some(&a), Decision::RollBack).await, Err(StoreError::NoCandidate(_))));
+        let cleared = decide(&store, "p", Some(&digest(b"c")), Decision::RollBack).await?;
+        assert_eq!((cleared.digest.as_str(), cleared.candidate.is_none(), cleared.by.as_str()), (b.as_str(), true, "candidate-rollback"));
+        // Pushing the candidate makes it current and clears it.
+        set_candidate(&store, "p", b"c", None, trial).await?;
+        let pushed = push(&store, "p", b"c", None).await?;
+        assert!(pushed.candidate.is_none() && pushed.digest == digest(b"c"));
         Ok(())
     }
 

@@ -207,12 +207,20 @@ mod tests {
     use super::*;
 
     fn pointer(digest: &str) -> Vec<u8> {
-        let pointer = Pointer { digest: digest.into(), history: Vec::new(), at: "now".into(), by: "push".into() };
+        let pointer = Pointer { digest: digest.into(), history: Vec::new(), at: "now".into(), by: "push".into(), candidate: None };
         serde_json::to_vec(&pointer).unwrap_or_default()
     }
 
     fn beat(host: &str) -> Vec<u8> {
-        let beat = Heartbeat { host: host.into(), pipeline: "a/b".into(), digest: "d".into(), refused: None, at: "now".into() };
+        let beat = Heartbeat {
+            host: host.into(),
+            pipeline: "a/b".into(),
+            digest: "d".into(),
+            refused: None,
+            candidate: None,
+            candidate_refused: None,
+            at: "now".into(),
+        };
         serde_json::to_vec(&beat).unwrap_or_default()
     }
 
