@@ -12,7 +12,7 @@
 pub mod watch;
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -442,6 +442,9 @@ pub fn drive_rollout(versions: Arc<PluginVersions>, stop: tokio_util::sync::Canc
                     }
                     Err(crate::store::StoreError::NoCandidate(_)) => {
                         tracing::info!(pipeline = %versions.pipeline, "another host or an operator decided on the candidate first; following the plugin store");
+                        if !until_replaced(&rollout, &candidate, &stop).await {
+                            return;
+                        }
                         continue;
                     }
                     // The store cannot be reached: the decision holds here
@@ -459,9 +462,30 @@ pub fn drive_rollout(versions: Arc<PluginVersions>, stop: tokio_util::sync::Canc
             };
             if let Err(err) = acted {
                 tracing::debug!(pipeline = %versions.pipeline, "rollout verdict not acted on: {err}");
+                if !until_replaced(&rollout, &candidate, &stop).await {
+                    return;
+                }
             }
         }
     });
+}
+
+/// Waits until `candidate` is no longer on trial (the follower or an
+/// operator ended it); `false` when the pipeline stopped first. A decided
+/// candidate left in place would make `decided` return at once, and the
+/// driver spin (writing to the store each turn) until it goes.
+async fn until_replaced(
+    rollout: &crate::rollout::Rollout,
+    candidate: &Arc<crate::rollout::Candidate>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    while rollout.is_trying(candidate) {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    true
 }
 
 fn now() -> String {

@@ -311,6 +311,12 @@ impl Rollout {
         }
     }
 
+    /// Whether `candidate` is still the one on trial (not ended, promoted
+    /// or replaced since its verdict).
+    pub fn is_trying(&self, candidate: &Arc<Candidate>) -> bool {
+        self.candidate.load().as_ref().is_some_and(|trying| Arc::ptr_eq(trying, candidate))
+    }
+
     pub fn status(&self) -> RolloutStatus {
         RolloutStatus {
             candidate: self.candidate.load_full().map(|c| c.status()),
