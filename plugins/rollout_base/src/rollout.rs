@@ -14,6 +14,10 @@ struct Rollout;
 
 impl Plugin for Rollout {
     fn init(_config: Config) -> Result<Self, String> {
+        // Names the variant in the host's log. It also keeps `MODE` in the
+        // component: `base` and `same` must be different builds (another
+        // digest), and with LTO their code is otherwise identical.
+        sluice_plugin::log::debug(&format!("rollout test plugin: the {MODE} build"));
         Ok(Rollout)
     }
 
