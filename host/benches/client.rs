@@ -118,7 +118,7 @@ subject = "bench.echo"
         let config = sluice::config::parse(&text, &root.join("bench.toml"), |_| None)?;
         let pipeline = config.pipelines.get("bench").ok_or_else(|| anyhow::anyhow!("no pipeline"))?;
         let connections = sluice::nats::Connections::default();
-        let producers = sluice::sink::kafka::Producers::default();
+        let producers = sluice::sink::Producers::default();
         let clients = Clients::open("bench", pipeline, &connections, &producers, Arc::default())
             .await?
             .ok_or_else(|| anyhow::anyhow!("no clients"))?;

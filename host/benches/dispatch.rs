@@ -144,7 +144,7 @@ fn nestjs_event(i: usize, size: usize) -> Event {
 fn memory_source(events: &[Event], nestjs: bool) -> Box<dyn sluice::source::Source> {
     let source = Box::new(MemorySource(events.to_vec().into()));
     match nestjs {
-        true => sluice::codec::decode::decoding(source, sluice::config::Codec::Nestjs, false),
+        true => sluice::codec::decoding(source, sluice::config::Codec::Nestjs, false),
         false => source,
     }
 }
@@ -396,10 +396,10 @@ fn cpu_seconds() -> f64 {
 /// Correlation ids made for every event and a recorded span per event
 /// (a tracer with no exporter: the export runs on the SDK's own thread and
 /// is not on the pipeline's path).
-fn traced_pipeline() -> sluice::dispatch::trace::Tracing {
+fn traced_pipeline() -> sluice::dispatch::Tracing {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "bench");
-    sluice::dispatch::trace::Tracing { correlation: Some(sluice::config::CorrelationConfig::default()), tracer: Some(tracer) }
+    sluice::dispatch::Tracing { correlation: Some(sluice::config::CorrelationConfig::default()), tracer: Some(tracer) }
 }
 
 /// Reads criterion's mean estimate (ns per iteration) for one benchmark.

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use sluice::config::{BackoffConfig, WasiGrants};
 use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, PluginSlot, RetryPolicy, Router, StatsSnapshot};
 use sluice::event::Event;
-use sluice::runtime::instance::HandleResult;
+use sluice::runtime::HandleResult;
 use sluice::runtime::{CallError, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::sink::{Receipt, Record, Sink, SinkError};
 use sluice::source::{Ack, Delivery, Source, SourceError};

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use sluice::config::BackoffConfig;
 use sluice::dispatch::{Dispatcher, RetryPolicy, Router};
 use sluice::event::Event;
-use sluice::kafka::transaction::Transaction;
+use sluice::kafka::Transaction;
 use sluice::state::embedded::{EmbeddedDb, EmbeddedOptions};
 use sluice::state::kafka_changelog::{ChangelogBackend, ChangelogOptions};
 use sluice::state::memory::MemoryBackend;

@@ -22,11 +22,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The header that carries an event's key: NATS messages have none of
 /// their own.
-pub const KEY_HEADER: &str = "Sluice-Key";
+pub(crate) const KEY_HEADER: &str = "Sluice-Key";
 
 /// The `url` of a NATS source or sink left unset: a server on this machine
 /// at NATS's default port.
-pub fn default_url() -> String {
+pub(crate) fn default_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
 
@@ -34,7 +34,7 @@ pub fn default_url() -> String {
 /// user and password of each (`nats://user:pass@host`) replaced by `***`.
 /// Every error, log line and probe answer that names a server uses this:
 /// no byte of a credential is printed.
-pub fn redact_url(urls: &str) -> String {
+pub(crate) fn redact_url(urls: &str) -> String {
     urls.split(',')
         .map(|url| {
             let (scheme, rest) = match url.find("://") {
@@ -51,11 +51,13 @@ pub fn redact_url(urls: &str) -> String {
         .join(",")
 }
 
+/// A NATS server that could not be reached or refused the login.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot connect to NATS at {url}: {message}")]
 pub struct ConnectError {
-    /// Redacted ([`redact_url`]).
+    /// The server's URL(s), credentials redacted.
     pub url: String,
+    /// The client's reason.
     pub message: String,
 }
 
@@ -179,7 +181,7 @@ fn wants_tls(server: &NatsServer) -> bool {
 /// The client options for `server`: its login, its TLS settings, and how
 /// the connection behaves. Every NATS connection the host makes (sources,
 /// sinks, dead letters, replies, state, `sluice dlq replay`) is built here.
-pub async fn options(server: &NatsServer) -> Result<(Vec<String>, ConnectOptions), String> {
+pub(crate) async fn options(server: &NatsServer) -> Result<(Vec<String>, ConnectOptions), String> {
     let (urls, url_login) = split_url_logins(&server.url)?;
     let mut options = ConnectOptions::new()
         .name(concat!("sluice/", env!("CARGO_PKG_VERSION")))
@@ -230,7 +232,7 @@ pub async fn options(server: &NatsServer) -> Result<(Vec<String>, ConnectOptions
 }
 
 /// Connects to `server` once, bounded in time: see [`options`].
-pub async fn connect(server: &NatsServer) -> Result<Client, ConnectError> {
+pub(crate) async fn connect(server: &NatsServer) -> Result<Client, ConnectError> {
     let failed = |message: String| ConnectError { url: redact_url(&server.url), message };
     let (urls, options) = options(server).await.map_err(failed)?;
     match tokio::time::timeout(CONNECT_TIMEOUT * 2, options.connect(urls.as_slice())).await {
@@ -266,7 +268,7 @@ fn explain(error: &async_nats::ConnectError) -> String {
 /// would use: that call first asks for the account's info, whose answer
 /// from nats-server 2.9 async-nats 0.51 cannot parse. The error says which
 /// step failed, naming the bucket.
-pub async fn key_value_bucket(
+pub(crate) async fn key_value_bucket(
     js: &async_nats::jetstream::Context,
     name: &str,
     max_age: Duration,
@@ -319,7 +321,7 @@ pub fn event_headers(map: Option<&HeaderMap>) -> (Vec<Header>, Option<Vec<u8>>) 
 /// key and payload. The rest is what only the source knows: the id (which
 /// may come from the headers), the time, the attempt and who waits for a
 /// reply.
-pub fn message_event(
+pub(crate) fn message_event(
     message: &async_nats::Message,
     id: impl FnOnce(&[Header]) -> String,
     timestamp_ms: u64,
@@ -346,18 +348,29 @@ pub fn message_event(
 /// Why a record cannot be published as a NATS message.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Unpublishable {
+    /// A header name NATS cannot carry.
     #[error("header name {0:?} is not valid in NATS (printable ASCII without `:` or spaces)")]
     HeaderName(String),
+    /// A header value NATS cannot carry.
     #[error("header `{0}` has a value NATS cannot carry (it must be UTF-8 without line breaks)")]
     HeaderValue(String),
+    /// A key the `Sluice-Key` header cannot carry.
     #[error("the key is not valid in NATS (the `Sluice-Key` header needs UTF-8 without line breaks)")]
     Key,
+    /// A subject that is not a concrete publish subject.
     #[error("subject {0:?} is not valid for publishing (no spaces, no empty tokens, no wildcards)")]
     Subject(String),
+    /// Neither the output nor the sink names a subject.
     #[error("no subject: the output has no destination and the sink has no default `subject`")]
     NoSubject,
+    /// The message is over the server's `max_payload`.
     #[error("payload of {size} bytes is over the server's limit of {max}")]
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// The message's size in bytes.
+        size: usize,
+        /// The server's `max_payload`.
+        max: usize,
+    },
 }
 
 /// Whether `headers` (and `key`) can be NATS headers, without building them.
@@ -384,7 +397,7 @@ fn valid_value(value: &[u8]) -> bool {
 /// Event headers (and key) as NATS headers, taking their bytes: a name or
 /// value becomes a NATS one without being copied (the publish path's
 /// allocations per header are the client's map entry, nothing more).
-pub fn into_nats_headers(headers: Vec<Header>, key: Option<Vec<u8>>) -> Result<HeaderMap, Unpublishable> {
+pub(crate) fn into_nats_headers(headers: Vec<Header>, key: Option<Vec<u8>>) -> Result<HeaderMap, Unpublishable> {
     let mut map = HeaderMap::new();
     for header in headers {
         let Header { key: name, value } = header;
@@ -429,7 +442,7 @@ pub fn nats_headers(headers: &[Header], key: Option<&[u8]>) -> Result<HeaderMap,
 
 /// Checks a subject for publishing: non-empty dot-separated tokens, no
 /// whitespace, no wildcards.
-pub fn publishable_subject(subject: &str) -> Result<(), Unpublishable> {
+pub(crate) fn publishable_subject(subject: &str) -> Result<(), Unpublishable> {
     let valid = !subject.is_empty()
         && subject.split('.').all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace));
     if valid {
@@ -441,7 +454,7 @@ pub fn publishable_subject(subject: &str) -> Result<(), Unpublishable> {
 
 /// Checks a subscription subject: like [`publishable_subject`], but `*`
 /// tokens and a final `>` are allowed.
-pub fn subscribable_subject(subject: &str) -> bool {
+pub(crate) fn subscribable_subject(subject: &str) -> bool {
     let tokens: Vec<&str> = subject.split('.').collect();
     !subject.is_empty()
         && tokens.iter().enumerate().all(|(i, token)| {
@@ -453,13 +466,13 @@ pub fn subscribable_subject(subject: &str) -> bool {
 }
 
 /// A stream or consumer name: no dots, wildcards, slashes or whitespace.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
 }
 
 /// A partition number for a subject, so `ordering = "partition"` keeps the
 /// messages of one subject in order while subjects run in parallel.
-pub fn subject_partition(subject: &str) -> u32 {
+pub(crate) fn subject_partition(subject: &str) -> u32 {
     // FNV-1a: stable across processes and releases, unlike `DefaultHasher`.
     subject.bytes().fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
 }

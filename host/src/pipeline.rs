@@ -20,12 +20,17 @@ use crate::sink::{Sink, SinkContext, SinkError};
 use crate::source::{Source, SourceContext, SourceError};
 use crate::telemetry::Telemetry;
 
+/// Why a pipeline could not be assembled; the supervisor's restart policy
+/// decides whether it is tried again.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The plugin cannot be loaded (file, digest, signature, world, `init`).
     #[error(transparent)]
     Plugin(#[from] LoadError),
+    /// The source cannot be opened.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A sink (an output's or the dead letter's) cannot be opened.
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// `plugin.config` cannot be flattened into the plugin's init config.
@@ -38,6 +43,7 @@ pub enum BuildError {
     /// A `clients` destination cannot be opened.
     #[error(transparent)]
     Clients(#[from] crate::client::OpenError),
+    /// The `state` backend cannot be opened or recovered.
     #[error("cannot open the pipeline's state: {0}")]
     State(#[from] crate::state::StateError),
     /// The `schemas` table cannot be compiled into a gate.
@@ -67,7 +73,7 @@ pub fn plugin_spec(name: &str, config: &PipelineConfig) -> Result<PluginSpec, Bu
 /// The capabilities `config` grants its plugin: `state` with a `state`
 /// table, `http` with a `plugin.http` table, `client` with at least one
 /// `clients` table.
-pub fn grants(config: &PipelineConfig) -> Vec<crate::runtime::Capability> {
+pub(crate) fn grants(config: &PipelineConfig) -> Vec<crate::runtime::Capability> {
     use crate::runtime::Capability;
     let mut grants = Vec::new();
     if config.state.is_some() {
@@ -89,7 +95,7 @@ pub async fn load_plugin(runtime: &Runtime, spec: PluginSpec) -> Result<LoadedPl
 }
 
 /// A pipeline ready to run, and its handles for hot reload and pausing.
-pub struct Built {
+pub(crate) struct Built {
     pub dispatcher: Dispatcher,
     pub source: Box<dyn Source>,
     /// The version it starts with (also in `dispatcher.plugin`).
@@ -108,7 +114,7 @@ pub struct Built {
 /// A first run of a pipeline whose fleet store has a current version passes
 /// it as `stored`: it starts with that version (checked as an upload is)
 /// rather than its file, unless the version is refused.
-pub async fn build(
+pub(crate) async fn build(
     name: &str,
     config: &PipelineConfig,
     runtime: &Runtime,
@@ -286,7 +292,7 @@ async fn open_source(
 /// writing to stdout or to the same file share one writer, so their lines
 /// never interleave; sources and sinks on one NATS server share a connection.
 #[derive(Default)]
-pub struct SinkSet {
+pub(crate) struct SinkSet {
     open: Mutex<HashMap<String, Arc<dyn Sink>>>,
     /// Broker sinks opened so far: each gets its own key.
     opened: std::sync::atomic::AtomicU64,

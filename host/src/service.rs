@@ -68,6 +68,8 @@ pub fn reloading() {
     }
 }
 
+/// `READY=1` after a reload: the new config is applied (or refused and the
+/// old one kept), and systemd's `reload` returns.
 pub fn reloaded() {
     send(&[NotifyState::Ready]);
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub mod restart;
+pub(crate) mod restart;
 
 use crate::admin::{self, Health, PipelineHandle, PipelineState, Probe, Registry, Restarting};
 use crate::config::{Config, PipelineConfig};
@@ -36,7 +36,9 @@ use crate::telemetry::Telemetry;
 /// How one pipeline ended.
 #[derive(Debug, Clone)]
 pub struct PipelineReport {
+    /// The pipeline's name in the config.
     pub name: String,
+    /// The counters of its last run when it ended.
     pub stats: StatsSnapshot,
     /// `None` when it ran to its end or drained cleanly.
     pub error: Option<String>,
@@ -66,6 +68,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
 /// non-zero with this message.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The wasmtime engine or its compiled-component cache cannot be set up.
     #[error("cannot start the WebAssembly runtime: {0}")]
     Engine(#[from] EngineError),
     /// `[admin] listen` is taken or not ours to bind. Failing the start
@@ -73,9 +76,21 @@ pub enum StartError {
     /// `sluice status` from silently pointing at nothing or at another
     /// process.
     #[error("cannot start the admin API on {listen} (`[admin] listen`): {source}")]
-    Admin { listen: std::net::SocketAddr, source: std::io::Error },
+    Admin {
+        /// The address `[admin] listen` asks for.
+        listen: std::net::SocketAddr,
+        /// Why it cannot be bound.
+        source: std::io::Error,
+    },
+    /// `--admin-addr-file` cannot be written, so whoever waits for it
+    /// would never learn the address.
     #[error("cannot write the admin API's address to {} (--admin-addr-file): {source}", path.display())]
-    AdminAddrFile { path: PathBuf, source: std::io::Error },
+    AdminAddrFile {
+        /// The file asked for.
+        path: PathBuf,
+        /// Why it cannot be written.
+        source: std::io::Error,
+    },
 }
 
 /// How `sluice run` was asked to run, beyond the config itself.

@@ -302,8 +302,8 @@ async fn counts_are_exact_through_kill_9_and_rebalances() -> Result<()> {
 /// transaction to end instead of reading past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_reads_committed_transactions_only() -> Result<()> {
-    use sluice::kafka::transaction::Transaction;
-    use sluice::source::kafka::PartitionState;
+    use sluice::kafka::Transaction;
+    use sluice::source::PartitionState;
     use sluice::state::kafka_changelog::{ChangelogBackend, ChangelogOptions};
     use sluice::state::{Backend, CommitBatch};
     use std::sync::Arc;

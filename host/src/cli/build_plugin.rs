@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use sluice::runtime::plugin::digest_of;
+use sluice::runtime::digest_of;
 
 use super::new_plugin::Lang;
 

@@ -28,7 +28,7 @@ pub struct Trial {
 /// Uploads `plugin` as PIPELINE's candidate and prints what the host says.
 pub fn candidate(admin: &Admin, pipeline: &str, plugin: &Path, trial: &Trial) -> Result<ExitCode> {
     let wasm = std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
-    let mut query = vec![format!("sha256={}", sluice::runtime::plugin::digest_of(&wasm))];
+    let mut query = vec![format!("sha256={}", sluice::runtime::digest_of(&wasm))];
     if let Some(mode) = &trial.mode {
         query.push(format!("mode={mode}"));
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use sluice::replay::{read, Connection, Filter, Positioned, Sinks};
+use sluice::replay::{read_all, Connection, Filter, Positioned, Sinks};
 pub use sluice::replay::{Kind, Origin, To};
 use sluice::sink::Receipt;
 
@@ -54,7 +54,7 @@ async fn run(options: &Options) -> Result<std::process::ExitCode> {
     sluice::nats::check_server(&options.nats).map_err(|(key, message)| anyhow::anyhow!("--nats-{}: {message}", key.replace('_', "-")))?;
     let connection = Connection { nats: options.nats.clone(), brokers: options.brokers.clone(), kafka_options: BTreeMap::new() };
     let (tx, mut records) = tokio::sync::mpsc::channel::<Positioned>(WINDOW);
-    let (total, reader) = read::read_all(&options.from, &connection, tx).await?;
+    let (total, reader) = read_all(&options.from, &connection, tx).await?;
     let progress = ProgressBar::new(total);
     progress.set_style(
         ProgressStyle::with_template("{spinner} {pos}/{len} records [{bar:30}] {msg}")

@@ -2,7 +2,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use sluice::runtime::plugin::digest_of;
+use sluice::runtime::digest_of;
 use wasmtime::component::{types::ComponentItem, Component};
 
 use sluice::runtime::{Runtime, RuntimeOptions, Target};
@@ -36,10 +36,10 @@ pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
         }
         println!("  {name} ({})", kind(&item.ty));
     }
-    let world = sluice::runtime::plugin::WORLD;
+    let world = sluice::runtime::WORLD;
     if let Some(target) = target {
         println!("targets: {target} (exports {})", target.interface("handler"));
-        let capabilities = sluice::runtime::capability::imported(&component, runtime.engine());
+        let capabilities = sluice::runtime::imported(&component, runtime.engine());
         match capabilities.as_slice() {
             [] => println!("capabilities: none"),
             some => {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use sluice::runtime::plugin::digest_of;
+use sluice::runtime::digest_of;
 
 use sluice::runtime::signature::{self, Signature};
 

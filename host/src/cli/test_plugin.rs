@@ -6,15 +6,15 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use sluice::client::stub::StubReplies;
+use sluice::client::StubReplies;
 use sluice::client::{ClientScope, Clients};
 use sluice::codec::encode_record;
 use sluice::config::{LineFormat, WasiGrants};
 use sluice::event::Disposition;
-use sluice::runtime::http::stub::HttpStubs;
+use sluice::runtime::HttpStubs;
 use sluice::runtime::{CallKind, CallLog, CallRecord, EventScope, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::sink::Record;
-use sluice::source::lines::LineSource;
+use sluice::source::LineSource;
 use sluice::source::{Settlement, Source};
 use sluice::state::memory::MemoryBackend;
 use sluice::state::{EventState, Limits, Store};
@@ -105,7 +105,7 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
     // here only if a pipeline would take what it returns.
     let policy = sluice::config::PolicyConfig::default();
     let caps = |outputs: &[sluice::event::Output]| {
-        sluice::dispatch::limits::check_outputs(outputs, policy.max_outputs, policy.max_output_bytes.as_u64())
+        sluice::dispatch::check_outputs(outputs, policy.max_outputs, policy.max_output_bytes.as_u64())
     };
     let rt = super::tokio_runtime()?;
     rt.block_on(async {

@@ -12,11 +12,13 @@
 //! Emits do not go through here at call time: an emit is an output of the
 //! event, routed to the destination's sink (see [`emit_route`]).
 
-pub mod codec;
-pub mod kafka;
-pub mod metrics;
-pub mod nats;
-pub mod stub;
+pub(crate) mod codec;
+pub(crate) mod kafka;
+pub(crate) mod metrics;
+pub(crate) mod nats;
+pub(crate) mod stub;
+
+pub use stub::StubReplies;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use crate::sink::nats::NatsSinkConfig;
 /// The route name an emit to `destination` is sent through. Routes named
 /// in config are TOML keys a user writes; this one has a prefix no config
 /// route is expected to use, so the two do not meet.
-pub fn emit_route(destination: &str) -> String {
+pub(crate) fn emit_route(destination: &str) -> String {
     format!("sluice-client-emit:{destination}")
 }
 
@@ -42,7 +44,7 @@ pub fn emitted_to(route: &str) -> Option<&str> {
 
 /// The sinks emits go to: one per destination that allows `emit`,
 /// publishing to its subject or topic (added to the pipeline's routes).
-pub fn emit_sinks(config: &PipelineConfig) -> BTreeMap<String, SinkConfig> {
+pub(crate) fn emit_sinks(config: &PipelineConfig) -> BTreeMap<String, SinkConfig> {
     config
         .clients
         .iter()
@@ -90,7 +92,7 @@ enum Link {
 }
 
 /// One destination, ready for requests.
-pub struct Destination {
+pub(crate) struct Destination {
     pub name: String,
     pub config: ClientConfig,
     /// The subject or topic requests and emits go to.
@@ -102,13 +104,16 @@ pub struct Destination {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open client destination `{destination}`: {message}")]
 pub struct OpenError {
+    /// The destination's name (`[pipelines.<name>.clients.<destination>]`).
     pub destination: String,
+    /// Why it cannot be opened.
     pub message: String,
 }
 
 /// Every destination of one pipeline.
 pub struct Clients {
     destinations: HashMap<String, Destination>,
+    /// Requests, emits and their latencies per destination, for `/metrics`.
     pub metrics: Arc<metrics::ClientMetrics>,
 }
 
@@ -147,7 +152,7 @@ impl Clients {
         Ok(Some(Arc::new(Self { destinations, metrics })))
     }
 
-    pub fn get(&self, name: &str) -> Option<&Destination> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Destination> {
         self.destinations.get(name)
     }
 
@@ -170,7 +175,7 @@ impl Clients {
 
 /// A request, as the host sends it: the plugin's payload (before the
 /// codec) and headers, plus the ones the host adds.
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     pub payload: Vec<u8>,
     pub headers: Vec<Header>,
     pub timeout: Duration,
@@ -202,7 +207,7 @@ impl Destination {
 }
 
 /// A short, stable word for a call's outcome (metrics label, call log).
-pub fn outcome(result: &Result<Reply, CallError>) -> &'static str {
+pub(crate) fn outcome(result: &Result<Reply, CallError>) -> &'static str {
     match result {
         Ok(_) => "ok",
         Err(CallError::UnknownDestination(_)) => "unknown-destination",
@@ -217,7 +222,7 @@ pub fn outcome(result: &Result<Reply, CallError>) -> &'static str {
 }
 
 /// A call error as one line (the dead letter's call log).
-pub fn describe(error: &CallError) -> String {
+pub(crate) fn describe(error: &CallError) -> String {
     match error {
         CallError::UnknownDestination(name) => format!("unknown destination `{name}`"),
         CallError::NotAllowed(why) => format!("not allowed: {why}"),
@@ -236,6 +241,7 @@ pub fn describe(error: &CallError) -> String {
 /// What one event's call may do with the pipeline's destinations: lent
 /// with the event's scope ([`crate::runtime::EventScope::client`]).
 pub struct ClientScope {
+    /// The pipeline's destinations.
     pub clients: Arc<Clients>,
     /// The event's correlation id header (the pipeline's `correlation`),
     /// passed on with every request and emit.
@@ -247,6 +253,7 @@ pub struct ClientScope {
 }
 
 impl ClientScope {
+    /// A scope for one event's call, with no calls made yet.
     pub fn new(clients: Arc<Clients>, correlation: Option<Header>, deadline: tokio::time::Instant) -> Self {
         Self { clients, correlation, deadline, counts: HashMap::new() }
     }

@@ -24,10 +24,11 @@
 //! unwrapped there), [`reply`] is what the router encodes replies and error
 //! replies with.
 
-pub mod decode;
+pub(crate) mod decode;
 mod json;
-pub mod nestjs;
-pub mod reply;
+pub(crate) mod nestjs;
+pub(crate) mod reply;
 
+pub use decode::decoding;
 pub use json::{decode_event, encode_record, DecodeError};
-pub use reply::{ErrorReply, Plain, ReplyCodec, ReplyPartition, Request};
+pub(crate) use reply::{ErrorReply, Plain, ReplyCodec, ReplyPartition, Request};

@@ -59,7 +59,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// file, a sink folder that cannot be written) listed rather than returned
 /// as an error, so all of them are reported at once.
 pub struct Checked {
+    /// The config as parsed, problems and all.
     pub config: Config,
+    /// Every rule the file or the machine breaks, in file order.
     pub problems: Vec<Problem>,
     /// The pipelines that break a rule of their own (a key out of range, a
     /// schema that does not compile): their plugins are not worth loading,

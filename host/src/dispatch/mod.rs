@@ -16,22 +16,22 @@
 //! (JetStream), a failed event is handed back with the backoff delay
 //! instead, and the lane moves on.
 
-pub mod breaker;
+pub(crate) mod breaker;
 mod candidate;
-pub mod dead_letter;
-pub mod handler;
-pub mod idempotency;
-pub mod lane;
-pub mod limits;
-pub mod policy;
+pub(crate) mod dead_letter;
+pub(crate) mod handler;
+pub(crate) mod idempotency;
+pub(crate) mod lane;
+pub(crate) mod limits;
+pub(crate) mod policy;
 mod publish;
-pub mod route;
-pub mod slot;
-pub mod state;
-pub mod stats;
-pub mod trace;
-pub mod validate;
-pub mod verdict;
+pub(crate) mod route;
+pub(crate) mod slot;
+pub(crate) mod state;
+pub(crate) mod stats;
+pub(crate) mod trace;
+pub(crate) mod validate;
+pub(crate) mod verdict;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -41,11 +41,13 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
 pub use handler::{Handler, HandlerFactory};
+pub use limits::check_outputs;
 pub use policy::RetryPolicy;
 pub use publish::VERSION_HEADER;
 pub use route::Router;
 pub use slot::{PluginSlot, Version};
 pub use stats::{Stats, StatsSnapshot};
+pub use trace::Tracing;
 
 use crate::config::Ordering;
 use crate::sink::{Sink, SinkError};
@@ -54,12 +56,16 @@ use crate::source::{Delivery, Source, SourceError};
 /// Why a pipeline stopped before its source ended.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// The source failed; unacknowledged events come again after a restart.
     #[error("source failed: {0}")]
     Source(#[from] SourceError),
+    /// A sink (an output's or the dead letter's) failed.
     #[error("sink failed: {0}")]
     Sink(#[from] SinkError),
+    /// A bug in the host (see [`LaneError`]).
     #[error("a lane stopped unexpectedly: {0}")]
     Lane(#[from] LaneError),
+    /// The pipeline's state store failed to commit or read.
     #[error("plugin state failed: {0}")]
     State(#[from] crate::state::StateError),
 }
@@ -74,7 +80,9 @@ pub enum LaneError {
     /// cancelled before it returned.
     #[error("{task}: {source}")]
     Task {
+        /// The task, named for the log.
         task: String,
+        /// How it ended.
         #[source]
         source: tokio::task::JoinError,
     },
@@ -82,13 +90,24 @@ pub enum LaneError {
     /// (it stops only after the lane, or on a sink failure, which the
     /// publisher reports itself).
     #[error("lane {lane}: its publisher stopped")]
-    PublisherGone { lane: usize },
+    PublisherGone {
+        /// The lane's index.
+        lane: usize,
+    },
     /// The verdict for an attempt is one its outcome rules out.
     #[error("lane {lane}: verdict {verdict} on an attempt that does not allow it")]
-    Verdict { lane: usize, verdict: String },
+    Verdict {
+        /// The lane's index.
+        lane: usize,
+        /// The verdict, as its `Debug` writes it.
+        verdict: String,
+    },
     /// A call for one event handed back no event.
     #[error("lane {lane}: event lost in a plugin call")]
-    EventLost { lane: usize },
+    EventLost {
+        /// The lane's index.
+        lane: usize,
+    },
 }
 
 impl LaneError {
@@ -109,17 +128,25 @@ impl DispatchError {
 
 /// Everything a pipeline's lanes share.
 pub struct Dispatcher {
+    /// The pipeline's name, for logs, metrics and dead-letter records.
     pub pipeline: String,
     /// The plugin version lanes use; hot reload swaps it between batches.
     pub plugin: Arc<PluginSlot>,
     /// While true, intake stops taking events from the source (they stay
     /// in the broker); in-flight events finish.
     pub paused: watch::Receiver<bool>,
+    /// Which sink each output goes to.
     pub router: Router,
+    /// Where events that fail for good go, as dead-letter records.
     pub dead_letter: Arc<dyn Sink>,
+    /// Attempts and backoff for retryable failures (`policy.max_attempts`,
+    /// `policy.backoff`).
     pub retry: RetryPolicy,
+    /// Lanes, each with its own plugin instance (`policy.concurrency`).
     pub concurrency: usize,
+    /// How deliveries are spread over lanes (`policy.ordering`).
     pub ordering: Ordering,
+    /// Events handed to the plugin per call, at most (`policy.batch_size`).
     pub batch_size: usize,
     /// Payload bytes handed to the plugin per call, at most (a single larger
     /// event still goes alone). Keeps a batch of big events from exhausting
@@ -127,7 +154,7 @@ pub struct Dispatcher {
     pub batch_bytes: usize,
     /// Per-event handler timeout (`policy.timeout`). The runtime enforces it
     /// with epochs; the lane also stops waiting for a call that overruns it
-    /// by [`lane::WATCHDOG_GRACE`] (a guest blocked inside a host call, such
+    /// by `lane::WATCHDOG_GRACE` (a guest blocked inside a host call, such
     /// as a long sleep, cannot be interrupted by an epoch).
     pub timeout: std::time::Duration,
     /// Retryable failures go back to the broker for redelivery after the
@@ -139,7 +166,10 @@ pub struct Dispatcher {
     /// Caps on one event's outputs (`policy.max_outputs`,
     /// `policy.max_output_bytes`); over them, the event is rejected.
     pub max_outputs: usize,
+    /// See `max_outputs`: the bytes of one event's outputs (payloads, keys
+    /// and headers), summed.
     pub max_output_bytes: u64,
+    /// The pipeline's counters, read by `/metrics` and the final report.
     pub stats: Arc<Stats>,
     /// Skips repeats of events already handled (`idempotency`); `None`:
     /// every delivery is handled.
@@ -152,22 +182,22 @@ pub struct Dispatcher {
     /// The services the plugin may call (`[pipelines.<name>.clients.*]`);
     /// `None` without any.
     pub clients: Option<Arc<crate::client::Clients>>,
-    /// Event schemas and header names (`schemas`); checked by [`validate`].
+    /// Event schemas and header names (`schemas`); checked by `validate`.
     pub schemas: Arc<crate::schema::Gate>,
     /// The pipeline's plugin state (`state`); `None`: the plugin has none.
     /// With it, each plugin call handles one event (its writes must be
     /// known to be its own) and each ack waits for the event's state
-    /// commit (see [`state`]).
+    /// commit (see `state`).
     pub state: Option<Arc<crate::state::Store>>,
     /// Caps on an input's headers (`policy.max_headers`,
-    /// `policy.max_header_bytes`), checked at intake by [`limits`]: an
+    /// `policy.max_header_bytes`), checked at intake by `limits`: an
     /// input over them is dead-lettered before any work on it.
     pub header_limits: limits::HeaderLimits,
     /// The live view `sluice tap` watches: a relaxed load per event while
     /// nobody does.
     pub tap: Arc<crate::tap::Tap>,
     /// A candidate version tried beside the current one, when there is
-    /// one (see [`crate::rollout`] and [`candidate`]).
+    /// one (see `rollout` and `candidate`).
     pub rollout: Arc<crate::rollout::Rollout>,
 }
 

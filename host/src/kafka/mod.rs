@@ -5,9 +5,11 @@
 //! pipeline. Only opening is bounded (a metadata round trip), so a wrong
 //! address fails the pipeline at start with a clear error.
 
-pub mod instance;
-pub mod offsets;
-pub mod transaction;
+pub(crate) mod instance;
+pub(crate) mod offsets;
+pub(crate) mod transaction;
+
+pub use transaction::Transaction;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,20 +23,20 @@ use crate::event::{Event, Header};
 
 /// The `brokers` of a Kafka source or sink left unset: a broker on this
 /// machine at Kafka's default port.
-pub fn default_brokers() -> String {
+pub(crate) fn default_brokers() -> String {
     "127.0.0.1:9092".into()
 }
 
 /// How long opening a source or sink waits for the cluster to answer.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Request headers of the NestJS Kafka transport: a request names the topic
 /// (and partition) its reply goes to and a correlation id the reply carries
 /// back. Sluice reads the reply topic from them, so a NestJS `ClientKafka`
 /// (or anything speaking the same convention) can call a pipeline.
-pub const REPLY_TOPIC_HEADER: &str = "kafka_replyTopic";
-pub const REPLY_PARTITION_HEADER: &str = "kafka_replyPartition";
-pub const CORRELATION_HEADER: &str = "kafka_correlationId";
+pub(crate) const REPLY_TOPIC_HEADER: &str = "kafka_replyTopic";
+pub(crate) const REPLY_PARTITION_HEADER: &str = "kafka_replyPartition";
+pub(crate) const CORRELATION_HEADER: &str = "kafka_correlationId";
 
 /// The base client settings for `brokers`, with the user's extra
 /// librdkafka `options` applied last.
@@ -54,7 +56,7 @@ pub fn client_config(brokers: &str, options: &BTreeMap<String, Secret>) -> Clien
 
 /// The librdkafka properties of a source's or sink's `tls` and `sasl`,
 /// then its `options` (validation refuses options that set the same).
-pub fn connection_options(
+pub(crate) fn connection_options(
     tls: Option<&KafkaTls>,
     sasl: Option<&KafkaSasl>,
     options: &BTreeMap<String, Secret>,
@@ -98,7 +100,7 @@ pub fn connection_options(
 
 /// The librdkafka properties `tls` and `sasl` set: `options` may not set
 /// them too when those tables are given.
-pub const SECURITY_PROPERTIES: [&str; 9] = [
+pub(crate) const SECURITY_PROPERTIES: [&str; 9] = [
     "security.protocol",
     "ssl.ca.location",
     "ssl.certificate.location",
@@ -144,7 +146,7 @@ const CONSUMER_ONLY: [&str; 24] = [
 /// [`client_config`] for the producer of an exactly-once source: the
 /// source's `options` without the consumer-only ones (security, SASL and
 /// other shared settings apply to both clients).
-pub fn producer_config(brokers: &str, options: &BTreeMap<String, Secret>) -> ClientConfig {
+pub(crate) fn producer_config(brokers: &str, options: &BTreeMap<String, Secret>) -> ClientConfig {
     let shared: BTreeMap<String, Secret> =
         options.iter().filter(|(key, _)| !CONSUMER_ONLY.contains(&key.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
     client_config(brokers, &shared)
@@ -159,20 +161,22 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// line and as an error; only the error is logged (it names the broker),
 /// and while a broker stays down at most once every 10 s.
 pub struct Context {
-    pub describe: String,
+    /// What the client is for (`sink orders`, `source payments`), in its
+    /// log lines.
+    pub(crate) describe: String,
     /// When an error was last logged, and how many were not logged since.
     last_error: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     last_reason: LastError,
 }
 
 impl Context {
-    pub fn new(describe: String) -> Self {
+    pub(crate) fn new(describe: String) -> Self {
         Self { describe, last_error: std::sync::Mutex::new((None, 0)), last_reason: LastError::default() }
     }
 
     /// The last error this client reports, readable after the context was
     /// moved into the client (a `FutureProducer` does not give it back).
-    pub fn last_error(&self) -> LastError {
+    pub(crate) fn last_error(&self) -> LastError {
         self.last_reason.clone()
     }
 }
@@ -181,7 +185,7 @@ impl Context {
 /// that times out says why (a refused password, an unknown CA). It names the
 /// broker; librdkafka never puts passwords in its errors.
 #[derive(Clone, Default)]
-pub struct LastError(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+pub(crate) struct LastError(std::sync::Arc<std::sync::Mutex<Option<String>>>);
 
 impl LastError {
     pub fn get(&self) -> Option<String> {
@@ -293,7 +297,7 @@ pub fn message_event<M: Message>(message: &M) -> Event {
 }
 
 /// This machine's name, for default transactional ids.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most
     // that many bytes.

@@ -17,10 +17,10 @@ use std::time::SystemTime;
 use crate::event::Header;
 use crate::sink::Record;
 
-pub mod read;
-pub mod send;
+pub(crate) mod read;
+pub(crate) mod send;
 
-pub use read::{Connection, Origin, Positioned};
+pub use read::{read_all, Connection, Origin, Positioned};
 pub use send::{Kind, Sinks, To};
 
 /// Why dead letters could not be read or replayed.
@@ -50,12 +50,16 @@ pub struct NotADeadLetter;
 pub struct DeadLetter {
     /// `rejected`, `retries-exhausted` or `undecodable`.
     pub reason: String,
+    /// The failure's message (`sluice-dlq-message`): the plugin's error, or
+    /// the host's.
     pub message: String,
     /// Attempts made (`sluice-dlq-attempts`), if readable.
     pub attempts: Option<u32>,
+    /// The pipeline that dead-lettered it.
     pub pipeline: String,
-    /// The plugin's name and the sha256 of the version that failed it.
+    /// The plugin's name.
     pub plugin: String,
+    /// The sha256 of the plugin version that failed it.
     pub plugin_digest: String,
     /// The original event's id.
     pub event_id: String,
@@ -64,9 +68,11 @@ pub struct DeadLetter {
     pub source: String,
     /// When it was dead-lettered (`sluice-dlq-last-failure`), if readable.
     pub dead_lettered_at: Option<SystemTime>,
-    /// The original event: key, payload and headers, `sluice-dlq-*` removed.
+    /// The original event's key.
     pub key: Option<Vec<u8>>,
+    /// The original event's payload.
     pub payload: Vec<u8>,
+    /// The original event's headers, `sluice-dlq-*` removed.
     pub headers: Vec<Header>,
 }
 
@@ -132,6 +138,7 @@ impl DeadLetter {
 /// Which records to replay. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Dead-lettered by this pipeline.
     pub pipeline: Option<String>,
     /// Any of these reasons.
     pub reasons: Vec<String>,
@@ -142,6 +149,8 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether `record` passes every set field; a record without a
+    /// readable time fails a time bound.
     pub fn matches(&self, record: &DeadLetter) -> bool {
         let in_time = |bound: Option<SystemTime>, ok: fn(SystemTime, SystemTime) -> bool| match (bound, record.dead_lettered_at) {
             (None, _) => true,

@@ -10,7 +10,7 @@
 //! - [`accepts`]: the versions a plugin declares it handles (its optional
 //!   `manifest` export).
 
-pub mod accepts;
+pub(crate) mod accepts;
 
 use std::collections::HashMap;
 
@@ -94,7 +94,9 @@ pub fn cap(mut message: String) -> String {
 /// An event's type and version, as its headers say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kind<'a> {
+    /// The type header's value.
     pub event_type: &'a str,
+    /// The version header's value; `None` when the event has none.
     pub version: Option<&'a str>,
 }
 

@@ -9,9 +9,11 @@
 //! Implementations: [`lines`] (stdout or a file), [`nats`] (core NATS
 //! and JetStream) and [`kafka`].
 
-pub mod kafka;
-pub mod lines;
-pub mod nats;
+pub(crate) mod kafka;
+pub(crate) mod lines;
+pub(crate) mod nats;
+
+pub use kafka::Producers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,7 +27,9 @@ use crate::event::{Header, Output};
 /// What a sink's `build` takes from the process: the shared NATS
 /// connections and Kafka producers.
 pub struct SinkContext<'a> {
+    /// The process's NATS connections, shared by sources and sinks.
     pub connections: &'a Connections,
+    /// The process's Kafka producers, shared by sinks on one cluster.
     pub producers: &'a kafka::Producers,
 }
 
@@ -55,8 +59,11 @@ impl crate::config::SinkConfig {
 pub struct Record {
     /// Topic or subject on this sink; `None` means the sink's default.
     pub destination: Option<String>,
+    /// The message key (Kafka's key; NATS's `Sluice-Key` header).
     pub key: Option<Vec<u8>>,
+    /// The message body.
     pub payload: Vec<u8>,
+    /// Message headers, in order.
     pub headers: Vec<Header>,
     /// A stable id: the input event's id and this output's index (`<id>:<n>`,
     /// `<id>:dlq` for a dead-letter record). The same input handled twice
@@ -73,16 +80,38 @@ pub struct Record {
 /// events, so they are delivered again after a restart.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
+    /// The sink could not be opened (a folder, a connection, a stream).
     #[error("cannot open {what}: {message}")]
-    Open { what: String, message: String },
+    Open {
+        /// The sink, as its config names it.
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// A write, or the broker's confirmation of it, failed.
     #[error("cannot write to {what}: {message}")]
-    Write { what: String, message: String },
+    Write {
+        /// The sink, as its config names it.
+        what: String,
+        /// Why.
+        message: String,
+    },
     /// A Kafka exactly-once producer was fenced: another producer took
     /// over its transactional id (the message says what to do).
     #[error("cannot write to {what}: {message}")]
-    Fenced { what: String, message: String },
+    Fenced {
+        /// The sink, as its config names it.
+        what: String,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// The sink was already closed, or its writer stopped, when the record
+    /// came.
     #[error("{what} is closed")]
-    Closed { what: String },
+    Closed {
+        /// The sink, as its config names it.
+        what: String,
+    },
 }
 
 /// Resolves when a record is durably accepted.
@@ -104,19 +133,27 @@ enum ReceiptKind {
 /// The durable watermark of an ordered sink, or the error that stopped it.
 #[derive(Debug, Clone)]
 pub enum Durable {
+    /// Every record up to this sequence number (inclusive) is durable.
     UpTo(u64),
+    /// The sink failed: no later record will become durable.
     Failed(SinkError),
 }
 
 impl Receipt {
+    /// The receipt of record `seq` of an ordered sink, which publishes its
+    /// durable watermark on `durable`.
     pub fn watermark(seq: u64, durable: watch::Receiver<Durable>) -> Self {
         Self(ReceiptKind::Watermark { seq, durable })
     }
 
+    /// A receipt already resolved: the record was written synchronously
+    /// (stdout, a file), or failed.
     pub fn ready(result: Result<(), SinkError>) -> Self {
         Self(ReceiptKind::Ready(result))
     }
 
+    /// A receipt that resolves with `confirmation` (a broker's
+    /// acknowledgement of this one record).
     pub fn pending(confirmation: Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>) -> Self {
         Self(ReceiptKind::Pending(confirmation))
     }

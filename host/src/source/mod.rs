@@ -10,11 +10,14 @@
 //! at-most-once), [`jetstream`] (a durable pull consumer) and [`kafka`] (a
 //! consumer group; at-least-once or exactly-once).
 
-pub mod jetstream;
-pub mod kafka;
-pub mod lines;
-pub mod nats;
-pub mod progress;
+pub(crate) mod jetstream;
+pub(crate) mod kafka;
+pub(crate) mod lines;
+pub(crate) mod nats;
+pub(crate) mod progress;
+
+pub use kafka::PartitionState;
+pub use lines::LineSource;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +75,7 @@ impl crate::config::SourceConfig {
 
 /// One event taken from a source, with what is needed to settle it.
 pub struct Delivery {
+    /// The event the plugin is given.
     pub event: Event,
     /// The source's unit of ordering (a Kafka partition; files and stdin are
     /// one partition). Events of one partition stay in order under the
@@ -82,6 +86,8 @@ pub struct Delivery {
     /// goes straight to the dead letter with this reason: nothing is dropped,
     /// and the plugin never sees it.
     pub defect: Option<String>,
+    /// Settled once the event is done (outputs or dead-letter record
+    /// durable), or abandoned.
     pub ack: Ack,
 }
 
@@ -96,7 +102,10 @@ pub enum Settlement {
     DeadLettered,
     /// Ask the broker to deliver it again after `delay` (JetStream nak with
     /// delay). Sources that cannot redeliver treat it as [`Settlement::Abandon`].
-    Redeliver { delay: Duration },
+    Redeliver {
+        /// How long the broker waits before delivering it again.
+        delay: Duration,
+    },
     /// Not done and not committed (shutdown, sink failure): the event must be
     /// delivered again after a restart.
     Abandon,
@@ -104,6 +113,8 @@ pub enum Settlement {
 
 /// The source-specific half of an acknowledgement.
 pub trait Acknowledge: Send + 'static {
+    /// Tells the source how the event ended: commit its position, ask for
+    /// it again, or leave it for redelivery. Called at most once.
     fn settle(self: Box<Self>, settlement: Settlement);
 }
 
@@ -112,6 +123,7 @@ pub trait Acknowledge: Send + 'static {
 pub struct Ack(Option<Box<dyn Acknowledge>>);
 
 impl Ack {
+    /// An ack that settles through the source's `inner` handle.
     pub fn new(inner: impl Acknowledge) -> Self {
         Self(Some(Box::new(inner)))
     }
@@ -121,6 +133,8 @@ impl Ack {
         Self(None)
     }
 
+    /// Settles the event; consuming the handle makes a second settlement
+    /// impossible.
     pub fn settle(mut self, settlement: Settlement) {
         if let Some(inner) = self.0.take() {
             inner.settle(settlement);
@@ -146,18 +160,48 @@ impl std::fmt::Debug for Ack {
 /// redelivered after a restart.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// A file (or stdin) could not be opened.
     #[error("cannot open {what}: {source}")]
-    Open { what: String, source: std::io::Error },
+    Open {
+        /// The source, as its config names it.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reading a file (or stdin) failed.
     #[error("cannot read {what}: {source}")]
-    Read { what: String, source: std::io::Error },
+    Read {
+        /// The source, as its config names it.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file source's checkpoint (its committed position) could not be
+    /// written.
     #[error("cannot write checkpoint {}: {source}", path.display())]
-    Checkpoint { path: std::path::PathBuf, source: std::io::Error },
+    Checkpoint {
+        /// The checkpoint file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The broker (NATS, JetStream, Kafka) refused or failed.
     #[error("{what}: {message}")]
-    Broker { what: String, message: String },
+    Broker {
+        /// The source, as its config names it.
+        what: String,
+        /// The broker's or client's reason.
+        message: String,
+    },
     /// The Kafka exactly-once transaction's producer was fenced: another
     /// took over its transactional id (the message says what to do).
     #[error("{what}: {message}")]
-    Fenced { what: String, message: String },
+    Fenced {
+        /// The source, as its config names it.
+        what: String,
+        /// What happened and what to do.
+        message: String,
+    },
 }
 
 /// Where events come from.

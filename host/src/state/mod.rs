@@ -27,13 +27,13 @@
 //! This module knows nothing of wasmtime, sources or the dispatcher: the
 //! host imports and the dispatcher call it.
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod embedded;
 mod event;
 pub mod jetstream_kv;
 pub mod kafka_changelog;
 pub mod memory;
-pub mod metrics;
+pub(crate) mod metrics;
 mod open;
 mod store;
 
@@ -76,18 +76,48 @@ impl Default for Limits {
 /// because they reach plugin authors and operators as they are.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum StateError {
+    /// A key over `max_key_bytes`.
     #[error("state key of {len} bytes is longer than the limit of {max} bytes")]
-    KeyTooLong { len: usize, max: usize },
+    KeyTooLong {
+        /// Its length, bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value over `max_value_bytes`.
     #[error("state value for key {key:?} is {len} bytes, more than the limit of {max} bytes")]
-    ValueTooLarge { key: String, len: usize, max: usize },
+    ValueTooLarge {
+        /// The key at fault.
+        key: String,
+        /// Its length, bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An event wrote more keys than `max_writes_per_event`.
     #[error("an event may write at most {max} state keys")]
-    TooManyWrites { max: usize },
+    TooManyWrites {
+        /// The limit.
+        max: usize,
+    },
+    /// An event read more keys and scans than `max_reads_per_event`.
     #[error("an event may read at most {max} state keys and scans")]
-    TooManyReads { max: usize },
+    TooManyReads {
+        /// The limit.
+        max: usize,
+    },
+    /// `increment` on a key holding something else than a counter.
     #[error("state key {key:?} does not hold a counter (ASCII decimal text)")]
-    NotACounter { key: String },
+    NotACounter {
+        /// The key at fault.
+        key: String,
+    },
+    /// `increment` past the range of an `i64`.
     #[error("incrementing state key {key:?} overflows a signed 64-bit counter")]
-    Overflow { key: String },
+    Overflow {
+        /// The key at fault.
+        key: String,
+    },
     /// The backend failed, or the store stopped (a failed commit, `abort`).
     #[error("state unavailable: {0}")]
     Unavailable(String),

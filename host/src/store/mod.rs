@@ -22,10 +22,10 @@
 //! [`nats`] is the JetStream backend, [`kafka`] the Kafka one (a compacted
 //! topic); `[plugins.store]` chooses.
 
-pub mod config;
-pub mod follow;
-pub mod kafka;
-pub mod nats;
+pub(crate) mod config;
+pub(crate) mod follow;
+pub(crate) mod kafka;
+pub(crate) mod nats;
 
 use std::sync::Arc;
 
@@ -44,8 +44,12 @@ pub const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(15
 /// One version: the component and the signature line it was pushed with.
 #[derive(Debug, Clone)]
 pub struct StoredVersion {
+    /// sha256 (hex) of `bytes`.
     pub digest: String,
+    /// The component.
     pub bytes: Vec<u8>,
+    /// The `.sig` line pushed with it, checked against the host's
+    /// trusted keys before it runs.
     pub signature: Option<String>,
 }
 
@@ -71,11 +75,15 @@ pub struct Pointer {
 /// fields are each host's `rollout` config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredCandidate {
+    /// sha256 (hex) of the candidate version.
     pub digest: String,
+    /// `shadow` or `canary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<crate::config::RolloutMode>,
+    /// Shadow: the share of events also given to the candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<f64>,
+    /// Canary: the share of events the candidate serves instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<f64>,
 }
@@ -83,7 +91,10 @@ pub struct StoredCandidate {
 /// What a host says about one of its pipelines, every few seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
+    /// The host's instance id (`[runtime] instance_id`, or one claimed
+    /// from its hostname).
     pub host: String,
+    /// The pipeline's name.
     pub pipeline: String,
     /// sha256 of the version it runs.
     pub digest: String,
@@ -100,9 +111,13 @@ pub struct Heartbeat {
     pub at: String,
 }
 
+/// A version a host would not run (its signature or its checks failed):
+/// it keeps the one it has and says so in its heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refusal {
+    /// sha256 of the refused version.
     pub digest: String,
+    /// Why, as the host's load error says it.
     pub reason: String,
 }
 
@@ -110,15 +125,19 @@ pub struct Refusal {
 /// host that beat recently runs, and whether they all run it.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetStatus {
+    /// sha256 of the store's current version; `None` before a first push.
     pub current: Option<String>,
     /// The candidate the store names, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub candidate: Option<String>,
+    /// The hosts that beat recently, by name.
     pub hosts: Vec<Heartbeat>,
+    /// Whether every one of them runs `current`.
     pub converged: bool,
 }
 
 impl FleetStatus {
+    /// The status of `hosts` against `current`, without a candidate.
     pub fn new(current: Option<String>, mut hosts: Vec<Heartbeat>) -> Self {
         hosts.sort_by(|a, b| a.host.cmp(&b.host));
         let converged = current.as_ref().is_some_and(|digest| hosts.iter().all(|h| &h.digest == digest));
@@ -126,26 +145,55 @@ impl FleetStatus {
     }
 }
 
+/// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The broker behind the store cannot be reached or refused.
     #[error("cannot reach the plugin store: {0}")]
     Unavailable(String),
+    /// No version with this digest was pushed.
     #[error("the plugin store has no version {0}")]
     NoVersion(String),
+    /// Nothing was ever pushed for the pipeline.
     #[error("pipeline `{0}` has no version in the plugin store")]
     NoPointer(String),
+    /// A promote or abort found no candidate to decide on.
     #[error("pipeline `{0}` has no candidate in the plugin store (none was set, or a host or an operator already decided)")]
     NoCandidate(String),
+    /// A candidate must differ from the version it is tried beside.
     #[error("the candidate {0} is already the current version")]
     CandidateIsCurrent(String),
+    /// A rollback with no history to go back to.
     #[error("pipeline `{0}` has no earlier version in the plugin store to roll back to")]
     NoPrevious(String),
+    /// A stored version's bytes do not hash to its digest.
     #[error("version {digest} in the plugin store is damaged: its bytes hash to {actual}")]
-    Damaged { digest: String, actual: String },
+    Damaged {
+        /// The digest it was stored under.
+        digest: String,
+        /// What its bytes hash to.
+        actual: String,
+    },
+    /// One chunk of a version stored in chunks (Kafka) is damaged.
     #[error("chunk {index} of {count} of version {digest} in the plugin store is damaged: its {size} bytes hash to {actual}, its manifest says {expected}")]
-    DamagedChunk { digest: String, index: usize, count: usize, size: usize, actual: String, expected: String },
+    DamagedChunk {
+        /// The version's digest.
+        digest: String,
+        /// 0-based index of the chunk.
+        index: usize,
+        /// How many chunks the version has.
+        count: usize,
+        /// The chunk's size in bytes.
+        size: usize,
+        /// What the chunk hashes to.
+        actual: String,
+        /// What the version's manifest says it should hash to.
+        expected: String,
+    },
+    /// Another writer changed the pointer first (compare-and-set lost).
     #[error("the pointer of pipeline `{0}` changed while it was being updated; try again")]
     Conflict(String),
+    /// A record the store holds does not parse (written by a newer host?).
     #[error("the plugin store holds something this host cannot read: {0}")]
     Malformed(String),
 }
