@@ -53,18 +53,25 @@ pub struct ClientConfig {
     /// `password`, `nkey`, `tls_ca`, `tls_cert`, `tls_key`).
     #[serde(default)]
     pub token: Option<Secret>,
+    /// NATS: a `.creds` file (JWT and seed).
     #[serde(default)]
     pub credentials: Option<PathBuf>,
+    /// NATS: user name, with `password`.
     #[serde(default)]
     pub user: Option<Secret>,
+    /// NATS: password, with `user`.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// NATS: an NKey seed to sign the server's challenge with.
     #[serde(default)]
     pub nkey: Option<Secret>,
+    /// NATS: the CA that signed the server's certificate.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// NATS: client certificate for mutual TLS, with `tls_key`.
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
+    /// NATS: the client certificate's private key.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
     /// NATS: the subject requests and emits go to. Default, with
@@ -77,8 +84,10 @@ pub struct ClientConfig {
     /// Kafka: as for a Kafka sink.
     #[serde(default)]
     pub tls: Option<KafkaTls>,
+    /// Kafka: SASL login, as for a Kafka sink.
     #[serde(default)]
     pub sasl: Option<KafkaSasl>,
+    /// Kafka: librdkafka properties passed through as they are.
     #[serde(default)]
     pub options: BTreeMap<String, Secret>,
     /// Kafka: the topic requests and emits go to. Default, with
@@ -137,6 +146,8 @@ fn default_max_payload() -> ByteSize {
 }
 
 impl ClientConfig {
+    /// Whether the table's `allow` lets the plugin use the destination
+    /// this way (`request` or `emit`).
     pub fn allows(&self, what: ClientUse) -> bool {
         self.allow.contains(&what)
     }

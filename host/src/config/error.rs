@@ -5,19 +5,49 @@ use std::path::PathBuf;
 /// tells a user what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config file {}: {source}", file.display())]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A `${NAME}` reference cannot be resolved.
     #[error("{}:{line}: {message}", file.display())]
-    Env { file: PathBuf, line: usize, message: String },
+    Env {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line of the reference.
+        line: usize,
+        /// What is wrong, for a person to read.
+        message: String,
+    },
+    /// Not valid TOML, or a key or value of the wrong type.
     #[error("{}: {message}", file.display())]
-    Syntax { file: PathBuf, message: String },
+    Syntax {
+        /// The config file.
+        file: PathBuf,
+        /// What is wrong, for a person to read.
+        message: String,
+    },
     /// One rule broken, in a pipeline or a top-level table.
     #[error("{}: {problem}", file.display())]
-    Invalid { file: PathBuf, problem: Problem },
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The rule broken.
+        problem: Problem,
+    },
     /// Several problems at once (every rule broken, and files and subjects
     /// shared between pipelines), one per line.
     #[error("{}: {} problems:{}", file.display(), problems.len(), problems.iter().map(|p| format!("\n  {p}")).collect::<String>())]
-    Problems { file: PathBuf, problems: Vec<Problem> },
+    Problems {
+        /// The config file.
+        file: PathBuf,
+        /// Every rule broken, in file order.
+        problems: Vec<Problem>,
+    },
 }
 
 /// Where a rule is broken: a top-level table or a pipeline. Tables sort
@@ -43,9 +73,11 @@ impl Scope {
 /// A rule broken at a key of a pipeline or a top-level table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The pipeline or top-level table the key belongs to.
     pub scope: Scope,
     /// Dotted, relative to the scope, e.g. `sink.path`.
     pub key: String,
+    /// What is wrong and what would be right, for a person to read.
     pub message: String,
 }
 

@@ -52,7 +52,9 @@ fn default_max_concurrent() -> usize {
 /// A scheme a destination may be reached with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpScheme {
+    /// Plain text (port 80 by default).
     Http,
+    /// TLS (port 443 by default).
     Https,
 }
 
@@ -156,9 +158,11 @@ impl AllowEntry {
 /// and the call records name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
+    /// `http` or `https`.
     pub scheme: HttpScheme,
     /// Lowercase host (IPv6 in brackets).
     pub host: String,
+    /// The explicit port, or the scheme's default (80, 443).
     pub port: u16,
 }
 

@@ -7,7 +7,9 @@
 /// An unresolvable reference, with the 1-based line it is on.
 #[derive(Debug)]
 pub struct InterpolateError {
+    /// 1-based line of the reference in the config text.
     pub line: usize,
+    /// What is wrong with the reference (unset variable, unclosed `${`).
     pub message: String,
 }
 

@@ -70,11 +70,15 @@ pub struct TracingConfig {
     pub sample_ratio: f64,
 }
 
+/// How spans are sent to the OpenTelemetry collector (`[tracing] protocol`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum OtlpProtocol {
+    /// `http/protobuf`: OTLP over HTTP, protobuf-encoded (the default, and
+    /// what every collector accepts).
     #[default]
     #[serde(rename = "http/protobuf")]
     HttpProtobuf,
+    /// `http/json`: OTLP over HTTP, JSON-encoded.
     #[serde(rename = "http/json")]
     HttpJson,
 }
@@ -210,8 +214,10 @@ fn default_shutdown_timeout() -> Duration {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Allocator {
+    /// `on-demand`: memory allocated per instance as needed.
     #[default]
     OnDemand,
+    /// `pooling`: slots reserved up front, faster instantiation.
     Pooling,
 }
 
@@ -532,11 +538,14 @@ pub struct KafkaSasl {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SaslMechanism {
+    /// `scram-sha-512` (the default).
     #[default]
     #[serde(rename = "scram-sha-512")]
     ScramSha512,
+    /// `scram-sha-256`.
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// `plain`: the password is sent as it is; use it over TLS.
     Plain,
 }
 
@@ -558,14 +567,23 @@ impl SaslMechanism {
 /// connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct NatsServer {
+    /// Server URL(s), comma-separated.
     pub url: String,
+    /// A token to log in with.
     pub token: Option<Secret>,
+    /// A `.creds` file (JWT and seed).
     pub credentials: Option<PathBuf>,
+    /// User name, with `password`.
     pub user: Option<Secret>,
+    /// Password, with `user`.
     pub password: Option<Secret>,
+    /// An NKey seed to sign the server's challenge with.
     pub nkey: Option<Secret>,
+    /// The CA that signed the server's certificate.
     pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS, with `tls_key`.
     pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key.
     pub tls_key: Option<PathBuf>,
 }
 
@@ -711,8 +729,10 @@ pub struct PluginConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstancePolicy {
+    /// `reuse`: one instance per lane, replaced after a failure.
     #[default]
     Reuse,
+    /// `fresh`: a new instance, and `init`, for every event.
     Fresh,
 }
 
@@ -732,7 +752,10 @@ impl PluginConfig {
 pub enum PluginConfigError {
     /// An array has no single string form `init` could take.
     #[error("`{key}` is an array; plugin config values are strings, numbers or booleans")]
-    Array { key: String },
+    Array {
+        /// The array's dotted key.
+        key: String,
+    },
 }
 
 fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), PluginConfigError> {
