@@ -23,6 +23,7 @@ pub enum Capability {
 }
 
 impl Capability {
+    /// Every capability, in the order messages list them.
     pub const ALL: [Capability; 3] = [Capability::State, Capability::Http, Capability::Client];
 
     /// The name used in config and messages.

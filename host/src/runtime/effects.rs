@@ -43,12 +43,16 @@ pub struct EventScope {
     /// A shadowed candidate's call: its HTTP and service requests are
     /// refused (the guest sees the error), counted in `refused`.
     pub shadow: bool,
+    /// Requests refused because the call was a shadow's.
     pub refused: u64,
     /// How many idempotency keys were handed out (the `n` of the next).
     next_call: u32,
 }
 
 impl EventScope {
+    /// The scope of a call handling `event` (its id, attempt and trace
+    /// context), recording outbound calls into `calls`; state, clients and
+    /// tracing are added by whoever grants them.
     pub fn new(event: &Event, calls: CallLog) -> Self {
         let traceparent =
             event.headers.iter().find(|h| h.key.eq_ignore_ascii_case("traceparent")).and_then(|h| String::from_utf8(h.value.clone()).ok());
@@ -113,12 +117,17 @@ type HttpEnded = (u32, Option<HttpFailure>);
 /// `sluice:plugin/http-failure` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpFailure {
+    /// The request's `host:port`.
     pub target: String,
+    /// The `error-code` variant, in WIT's kebab-case.
     pub code: String,
+    /// The variant's text, for those that carry one (an internal error's,
+    /// a DNS error's rcode).
     pub detail: Option<String>,
 }
 
 impl CallLog {
+    /// Records one outbound call.
     pub fn push(&self, record: CallRecord) {
         if let Ok(mut calls) = self.calls.lock() {
             calls.push(record);
@@ -162,6 +171,7 @@ pub enum CallKind {
 /// a failed event already did to the world.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CallRecord {
+    /// HTTP or a service request.
     pub kind: CallKind,
     /// The attempt that made it.
     pub attempt: u32,
@@ -177,8 +187,12 @@ pub struct CallRecord {
     /// Why it failed (transport error, timeout, denied, service error).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// From the request to its answer or failure (milliseconds in JSON).
     #[serde(serialize_with = "millis")]
     pub duration: Duration,
+    /// The key sent with the request, `<event id>:<n>`: a deterministic
+    /// handler sends the same keys on every attempt, so a service can
+    /// recognise a retry.
     pub idempotency_key: String,
 }
 

@@ -23,10 +23,13 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Process-wide runtime settings, taken from `[runtime]` in the config.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeOptions {
+    /// Pooling (instances from pre-reserved slots) or on-demand.
     pub allocator: Allocator,
     /// The largest memory cap of any pipeline: the pooling allocator reserves
     /// slots of this size.
     pub max_memory: u64,
+    /// Where compiled components are cached, keyed by digest and engine;
+    /// `None`: every load compiles.
     pub cache_dir: Option<PathBuf>,
     /// `[plugins] trusted_keys`: when any, only components signed by one
     /// of them are compiled.
@@ -44,19 +47,27 @@ pub struct Runtime {
     _ticker: Arc<EpochTicker>,
 }
 
+/// Why the runtime could not be set up: nothing can run.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// wasmtime refused the engine's configuration (the pooling
+    /// allocator's reservations, say).
     #[error("cannot configure the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),
+    /// The host's imports or WASI could not be added to the linker.
     #[error("cannot link host functions: {0:#}")]
     Link(wasmtime::Error),
+    /// The thread that advances epochs (deadlines) could not be started.
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(std::io::Error),
+    /// A `[plugins] trusted_keys` file cannot be read or is not a key.
     #[error("[plugins] trusted_keys: {0}")]
     TrustedKeys(#[from] KeyError),
 }
 
 impl Runtime {
+    /// Configures the engine from `options`, links the host's imports and
+    /// starts the epoch ticker: once per process.
     pub fn new(options: &RuntimeOptions) -> Result<Self, EngineError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
@@ -103,6 +114,8 @@ impl Runtime {
         self.trusted.as_deref()
     }
 
+    /// The wasmtime engine, for compiling a component outside a pipeline
+    /// (`sluice plugin inspect`).
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

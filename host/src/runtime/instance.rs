@@ -30,14 +30,24 @@ pub type HandleResult = Result<Vec<Output>, HandlerError>;
 /// attempt for each event of the call (retryable), and the instance is spent.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
+    /// The call ran past `policy.timeout` and was interrupted.
     #[error("handler timed out after {0:?}")]
     Timeout(Duration),
+    /// The guest tried to grow its memory past `policy.memory`.
     #[error("plugin exceeded its memory cap of {limit} bytes")]
-    MemoryLimit { limit: u64 },
+    MemoryLimit {
+        /// The cap, bytes.
+        limit: u64,
+    },
+    /// The guest trapped (a panic, an unreachable, an out-of-bounds access).
     #[error("plugin trapped: {0}")]
     Trap(String),
+    /// The guest returned something the interface rules out (a batch
+    /// answer of the wrong length, say).
     #[error("plugin broke the contract: {0}")]
     Contract(String),
+    /// A new instance could not be made (instantiation or its `init`), or
+    /// the pipeline stopped before the call could finish.
     #[error("cannot start a plugin instance: {0}")]
     Start(String),
 }

@@ -325,6 +325,7 @@ const HOST_FAMILIES: [(&str, Kind); 8] = [
 ];
 
 impl PluginMetrics {
+    /// An empty registry under `limits`.
     pub fn new(limits: MetricsLimits) -> Self {
         let metrics = Self::default();
         metrics.set_limits(limits);
@@ -338,6 +339,7 @@ impl PluginMetrics {
         self.0.max_metrics.store(limits.max_metrics, Ordering::Relaxed);
     }
 
+    /// The caps in force.
     pub fn limits(&self) -> MetricsLimits {
         MetricsLimits { max_series: self.0.max_series.load(Ordering::Relaxed), max_metrics: self.0.max_metrics.load(Ordering::Relaxed) }
     }

@@ -27,11 +27,14 @@ pub const WORLD: &str = "sluice:plugin/plugin@0.2.0";
 pub struct PluginSpec {
     /// Pipeline name, for logs.
     pub pipeline: String,
+    /// The component file.
     pub path: PathBuf,
     /// Expected sha256 (hex); any other file is refused.
     pub sha256: Option<String>,
     /// Handed to `init`.
     pub config: Vec<(String, String)>,
+    /// What of WASI the plugin may use beyond clocks and random numbers
+    /// (environment variables, stdio, directories); denied by default.
     pub wasi: WasiGrants,
     /// Per-event deadline.
     pub timeout: Duration,
@@ -54,34 +57,116 @@ pub struct PluginSpec {
     pub http_stubs: Option<Arc<super::http::stub::HttpStubs>>,
 }
 
+/// Why a plugin could not be loaded: the message names the file and, where
+/// it can, what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file cannot be read.
     #[error("cannot read plugin {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not the one the config's `sha256` pins.
     #[error("plugin {} has sha256 {actual} but the config pins {expected}", path.display())]
-    DigestMismatch { path: PathBuf, expected: String, actual: String },
+    DigestMismatch {
+        /// The plugin file.
+        path: PathBuf,
+        /// The sha256 the config pins.
+        expected: String,
+        /// The file's sha256.
+        actual: String,
+    },
+    /// `[plugins] trusted_keys` is set and the file has no valid signature by one of them.
     #[error("plugin {} is refused: {reason}", path.display())]
-    Unsigned { path: PathBuf, reason: super::signature::SignatureError },
+    Unsigned {
+        /// The plugin file.
+        path: PathBuf,
+        /// Why the signature check failed.
+        reason: super::signature::SignatureError,
+    },
+    /// Not WebAssembly at all (a wrong path, a text file).
     #[error("plugin {} is not a WebAssembly file (it does not start with `\\0asm`)", path.display())]
-    NotWasm { path: PathBuf },
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// A core module where a component is needed.
     #[error("plugin {} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target, or wrap it with `wasm-tools component new`", path.display())]
-    CoreModule { path: PathBuf },
+    CoreModule {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// A component wasmtime cannot compile.
     #[error("plugin {} is not a valid component: {detail}", path.display())]
-    Invalid { path: PathBuf, detail: String },
+    Invalid {
+        /// The plugin file.
+        path: PathBuf,
+        /// wasmtime's or the guest's explanation.
+        detail: String,
+    },
+    /// A component that does not implement Sluice's plugin world.
     #[error("plugin {} does not implement the world {WORLD}: {detail}", path.display())]
-    WrongWorld { path: PathBuf, detail: String },
+    WrongWorld {
+        /// The plugin file.
+        path: PathBuf,
+        /// wasmtime's or the guest's explanation.
+        detail: String,
+    },
+    /// Instantiating the component failed.
     #[error("plugin {} failed to start: {detail}", path.display())]
-    Start { path: PathBuf, detail: String },
+    Start {
+        /// The plugin file.
+        path: PathBuf,
+        /// wasmtime's or the guest's explanation.
+        detail: String,
+    },
+    /// The plugin's `init` returned an error: its configuration is wrong.
     #[error("plugin {} refused its configuration: {message}", path.display())]
-    InitRejected { path: PathBuf, message: String },
+    InitRejected {
+        /// The plugin file.
+        path: PathBuf,
+        /// The plugin's error message.
+        message: String,
+    },
+    /// `init` trapped or ran out of memory or time.
     #[error("plugin {} failed in init: {source}", path.display())]
-    InitFailed { path: PathBuf, source: CallError },
+    InitFailed {
+        /// The plugin file.
+        path: PathBuf,
+        /// The underlying error.
+        source: CallError,
+    },
+    /// Start and `init` took longer than `policy.init_timeout`.
     #[error("plugin {} did not finish starting and `init` within policy.init_timeout ({limit:?}): it loops or waits in `init`", path.display())]
-    InitTimeout { path: PathBuf, limit: Duration },
+    InitTimeout {
+        /// The plugin file.
+        path: PathBuf,
+        /// `policy.init_timeout`.
+        limit: Duration,
+    },
+    /// The optional `manifest` export is malformed.
     #[error("plugin {} exports `{interface}` but: {detail}", path.display())]
-    Manifest { path: PathBuf, interface: String, detail: String },
+    Manifest {
+        /// The plugin file.
+        path: PathBuf,
+        /// The exported interface at fault.
+        interface: String,
+        /// wasmtime's or the guest's explanation.
+        detail: String,
+    },
+    /// The plugin imports a capability its pipeline does not grant.
     #[error("plugin {} imports the `{capability}` capability, which pipeline `{pipeline}` does not grant: {}", path.display(), capability.how_to_grant())]
-    NotGranted { path: PathBuf, pipeline: String, capability: Capability },
+    NotGranted {
+        /// The plugin file.
+        path: PathBuf,
+        /// The pipeline loading it.
+        pipeline: String,
+        /// The capability imported but not granted.
+        capability: Capability,
+    },
 }
 
 /// A compiled, validated plugin from which instances are made. Cheap to
@@ -227,15 +312,19 @@ impl LoadedPlugin {
         self.inner.digest.clone()
     }
 
+    /// sha256 of the component file, hex.
     pub fn digest(&self) -> &str {
         &self.inner.digest
     }
+    /// The component file's size, bytes.
     pub fn size(&self) -> usize {
         self.inner.size
     }
+    /// What it was loaded from and under which limits.
     pub fn spec(&self) -> &PluginSpec {
         &self.inner.spec
     }
+    /// The compiled component.
     pub fn component(&self) -> &Component {
         &self.inner.component
     }

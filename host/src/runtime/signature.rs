@@ -56,7 +56,9 @@ fn message(sha256_hex: &str) -> Vec<u8> {
 /// A parsed signature line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
+    /// The id of the key that made it (see [`key_id`]).
     pub key_id: String,
+    /// The sha256 (hex) of the component it signs.
     pub sha256: String,
     signature: ed25519_dalek::Signature,
 }
@@ -111,29 +113,74 @@ fn clip(text: &str) -> String {
 /// Why a component's signature is refused. Each says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// No signature where `[plugins] trusted_keys` requires one.
     #[error("it is not signed, and `[plugins] trusted_keys` requires a signature by one of the keys {trusted}: sign it with `sluice plugin sign --key KEY FILE` (which writes FILE.sig beside it), or send the signature line in the upload's `Sluice-Signature` header")]
-    Missing { trusted: String },
+    Missing {
+        /// The trusted key ids, for the message.
+        trusted: String,
+    },
+    /// The signature line does not parse.
     #[error("its signature cannot be read: {0}")]
     Malformed(String),
+    /// The signature is for another digest than the component's.
     #[error("its signature is for sha256 {signed}, but the component has sha256 {actual}: it changed after it was signed (or the .sig is another version's); sign this version")]
-    ChangedAfterSigning { signed: String, actual: String },
+    ChangedAfterSigning {
+        /// The digest the signature covers.
+        signed: String,
+        /// The component's digest.
+        actual: String,
+    },
+    /// Signed, but by a key the host does not trust.
     #[error("it is signed by key {key_id}, which is not among `[plugins] trusted_keys` ({trusted})")]
-    UntrustedKey { key_id: String, trusted: String },
+    UntrustedKey {
+        /// The id of the key the signature names.
+        key_id: String,
+        /// The trusted key ids, for the message.
+        trusted: String,
+    },
+    /// The signature does not verify with the key it names.
     #[error("its signature does not verify with the trusted key {key_id}: the signature line was altered")]
-    Invalid { key_id: String },
+    Invalid {
+        /// The id of the key the signature names.
+        key_id: String,
+    },
 }
 
 /// A key file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The key file cannot be read.
     #[error("cannot read key {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not an Ed25519 key in the expected PEM format.
     #[error("key {} is not an Ed25519 {what} key in PEM ({detail}); make one with `sluice plugin keygen NAME` or `openssl genpkey -algorithm ed25519`", path.display())]
-    Parse { path: PathBuf, what: &'static str, detail: String },
+    Parse {
+        /// The key file.
+        path: PathBuf,
+        /// `public` or `private`.
+        what: &'static str,
+        /// The parser's reason.
+        detail: String,
+    },
+    /// `keygen` cannot write a key file.
     #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        /// The key file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `keygen` would overwrite a key file.
     #[error("{} exists already: keygen never overwrites a key", path.display())]
-    Exists { path: PathBuf },
+    Exists {
+        /// The key file.
+        path: PathBuf,
+    },
 }
 
 /// The public keys a host accepts plugin signatures from.
@@ -155,6 +202,7 @@ impl TrustedKeys {
         Ok(Self { keys })
     }
 
+    /// Trusts `keys`, already read.
     pub fn from_keys(keys: impl IntoIterator<Item = VerifyingKey>) -> Self {
         Self { keys: keys.into_iter().map(|k| (key_id(&k), k)).collect() }
     }
@@ -180,11 +228,13 @@ impl TrustedKeys {
     }
 }
 
+/// Reads an Ed25519 public key file (PEM, SPKI).
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
     VerifyingKey::from_public_key_pem(&text).map_err(|e| KeyError::Parse { path: path.to_owned(), what: "public", detail: e.to_string() })
 }
 
+/// Reads an Ed25519 private key file (PEM, PKCS#8), for signing.
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
     // The error names the file and the format only: never a byte of the key.

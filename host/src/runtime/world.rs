@@ -13,7 +13,9 @@ use crate::event::Event;
 /// The package version a plugin was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
+    /// `sluice:plugin@0.2.0`, the current world.
     V0_2,
+    /// `sluice:plugin@0.1.0`, frozen, still run.
     V0_1,
 }
 
