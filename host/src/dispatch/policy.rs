@@ -9,9 +9,14 @@ use std::time::Duration;
 
 use crate::config::BackoffConfig;
 
+/// When a retryable failure is tried again, and after how long
+/// (`policy.max_attempts`, `policy.backoff`).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included; after the last the event is
+    /// dead-lettered (`retries-exhausted`).
     pub max_attempts: u32,
+    /// The wait between attempts: exponential, capped, with jitter.
     pub backoff: BackoffConfig,
 }
 

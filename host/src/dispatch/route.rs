@@ -11,6 +11,8 @@ use crate::codec::{ErrorReply, Plain, ReplyCodec, Request};
 use crate::event::{Header, Output};
 use crate::sink::{Record, Sink};
 
+/// Which sink each output goes to: the one its `route` names, else the
+/// default; replies to their requester.
 pub struct Router {
     default: Arc<dyn Sink>,
     routes: HashMap<String, Arc<dyn Sink>>,
@@ -23,6 +25,8 @@ pub struct Router {
 }
 
 impl Router {
+    /// Outputs naming a route in `routes` go there, all others to
+    /// `default`; replies are plain.
     pub fn new(default: Arc<dyn Sink>, routes: HashMap<String, Arc<dyn Sink>>) -> Self {
         Self { default, routes, replies: None, codec: Arc::new(Plain) }
     }

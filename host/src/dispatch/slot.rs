@@ -15,15 +15,19 @@ pub struct Version {
     /// Increases with every swap (rollbacks included), so a lane can tell
     /// "the same version" from "a new load of the same file".
     pub generation: u64,
+    /// Makes the handlers (plugin instances) lanes call.
     pub factory: Arc<dyn HandlerFactory>,
 }
 
+/// The plugin version a pipeline's lanes use: swapped whole by hot reload
+/// and rollout, read by each lane before each batch.
 pub struct PluginSlot {
     current: ArcSwap<Version>,
     generations: AtomicU64,
 }
 
 impl PluginSlot {
+    /// A slot holding `factory` as generation 1.
     pub fn new(factory: Arc<dyn HandlerFactory>) -> Self {
         Self { current: ArcSwap::from_pointee(Version { generation: 1, factory }), generations: AtomicU64::new(1) }
     }

@@ -10,12 +10,16 @@ use serde::Serialize;
 
 macro_rules! stats {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A pipeline's counters, bumped by its lanes and read by
+        /// `/metrics`, `/pipelines` and the end-of-run report.
         #[derive(Debug, Default)]
         pub struct Stats {
             $($(#[$doc])* pub $name: AtomicU64,)*
             /// Failed attempts by kind.
             pub errors: ErrorCounts,
+            /// Levels that go up and down (in flight, lag).
             pub gauges: Gauges,
+            /// Latency histograms.
             pub timings: Timings,
             /// Service calls (`sluice:plugin/client`) per destination.
             pub clients: Arc<crate::client::metrics::ClientMetrics>,
@@ -41,6 +45,7 @@ macro_rules! stats {
         }
 
         impl Stats {
+            /// The counters now (each read on its own: not one instant).
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
             }
@@ -203,7 +208,7 @@ impl Default for Timings {
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 

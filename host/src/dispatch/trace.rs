@@ -34,6 +34,8 @@ pub const TRACESTATE: &str = "tracestate";
 /// A pipeline's correlation and tracing settings.
 #[derive(Default)]
 pub struct Tracing {
+    /// The pipeline's `correlation` (which header carries the id, and
+    /// whether a missing one is made up); `None`: ids are not handled.
     pub correlation: Option<CorrelationConfig>,
     /// The exporter's tracer (`[tracing]`); `None`: no spans.
     pub tracer: Option<SdkTracer>,
@@ -73,6 +75,8 @@ pub enum Fate<'a> {
 }
 
 impl Tracing {
+    /// Whether there is nothing to do per event (no correlation, no
+    /// exporter): the lane then skips the per-event work.
     pub fn is_off(&self) -> bool {
         self.correlation.is_none() && self.tracer.is_none()
     }
