@@ -14,6 +14,7 @@ use super::StateError;
 pub struct Position {
     /// The source's name, the key under which the position is kept.
     pub source: String,
+    /// Where the source resumes (a line count, a sequence).
     pub offset: u64,
 }
 

@@ -110,6 +110,7 @@ impl EmbeddedDb {
         Ok(Self { db: Arc::new(db), path })
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -63,6 +63,7 @@ impl EventState {
         Self { store, event_id, begin_clock, epoch, overlay: BTreeMap::new(), reads: HashMap::new(), scans: Vec::new(), ended: false }
     }
 
+    /// The id of the event this attempt handles.
     pub fn event_id(&self) -> &str {
         &self.event_id
     }
@@ -92,6 +93,8 @@ impl EventState {
         Ok(self.current(key).await?.map(|b| b.to_vec()))
     }
 
+    /// Writes `value` under `key` in this attempt's overlay: visible to the
+    /// attempt at once, committed with the event.
     pub fn set<K: Key>(&mut self, key: K, value: Vec<u8>) -> Result<(), StateError> {
         let limits = self.store.limits();
         check_key(key.as_ref(), limits)?;
@@ -101,6 +104,7 @@ impl EventState {
         self.write(key, Some(Bytes::from(value)))
     }
 
+    /// Deletes `key` in this attempt's overlay, committed with the event.
     pub fn delete<K: Key>(&mut self, key: K) -> Result<(), StateError> {
         check_key(key.as_ref(), self.store.limits())?;
         self.write(key, None)

@@ -100,6 +100,7 @@ pub struct KvOptions {
 }
 
 impl KvOptions {
+    /// Options for `bucket`, the rest at their defaults.
     pub fn new(bucket: impl Into<String>) -> Self {
         Self { bucket: bucket.into(), marker_retention: DEFAULT_MARKER_RETENTION, max_scan_keys: DEFAULT_MAX_SCAN_KEYS }
     }

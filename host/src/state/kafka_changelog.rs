@@ -95,6 +95,7 @@ pub fn default_topic(pipeline: &str) -> String {
 
 /// How a pipeline's changelog is kept.
 pub struct ChangelogOptions {
+    /// The changelog topic (see [`default_topic`]).
     pub topic: String,
     /// The base client settings (brokers and the source's options) for the
     /// restore consumers and the admin client.
@@ -102,6 +103,9 @@ pub struct ChangelogOptions {
     /// The source's input topics: the changelog needs as many partitions as
     /// the largest.
     pub input_topics: Vec<String>,
+    /// How long restoring assigned partitions may take, waiting out an
+    /// earlier owner's open transaction included; past it the restore
+    /// fails rather than run on partial state.
     pub restore_timeout: Duration,
 }
 
@@ -161,6 +165,7 @@ impl ChangelogBackend {
         })
     }
 
+    /// The changelog topic.
     pub fn topic(&self) -> &str {
         &self.topic
     }

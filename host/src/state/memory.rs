@@ -36,12 +36,32 @@ struct Inner {
 /// Why a seed file was refused.
 #[derive(thiserror::Error, Debug)]
 pub enum SeedError {
+    /// The seed file cannot be read.
     #[error("cannot read state seed file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The seed file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The seed is not a JSON object.
     #[error("state seed {origin} is not a JSON object of key → value: {source}")]
-    Json { origin: String, source: serde_json::Error },
+    Json {
+        /// The seed file (or whatever the caller named the JSON text).
+        origin: String,
+        /// The underlying error.
+        source: serde_json::Error,
+    },
+    /// A value that is neither a string nor `{"base64": "…"}`.
     #[error("state seed {origin}, key {key:?}: {reason}")]
-    Value { origin: String, key: String, reason: String },
+    Value {
+        /// The seed file (or whatever the caller named the JSON text).
+        origin: String,
+        /// The key at fault.
+        key: String,
+        /// Why its value is refused.
+        reason: String,
+    },
 }
 
 impl Default for MemoryBackend {
@@ -51,10 +71,13 @@ impl Default for MemoryBackend {
 }
 
 impl MemoryBackend {
+    /// An empty backend, keeping idempotency markers for the default
+    /// retention.
     pub fn new() -> Self {
         Self::with_retention(DEFAULT_MARKER_RETENTION)
     }
 
+    /// An empty backend keeping idempotency markers for `marker_retention`.
     pub fn with_retention(marker_retention: Duration) -> Self {
         Self { inner: Mutex::new(Inner::default()), marker_retention }
     }

@@ -59,15 +59,23 @@ impl StateMetrics {
 /// The counters of [`StateMetrics`] read at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {
+    /// See [`StateMetrics::reads`].
     pub reads: u64,
+    /// See [`StateMetrics::writes`].
     pub writes: u64,
+    /// See [`StateMetrics::bytes_written`].
     pub bytes_written: u64,
+    /// See [`StateMetrics::commits`].
     pub commits: u64,
+    /// See [`StateMetrics::committed_events`].
     pub committed_events: u64,
+    /// Time spent in backend commits.
     pub commit_time: Duration,
+    /// See [`StateMetrics::conflicts`].
     pub conflicts: u64,
     /// Restores of state from the backend (Kafka changelog: one per
     /// partition assignment) and their time; 0 for other backends.
     pub restores: u64,
+    /// Time spent in those restores.
     pub restore_time: Duration,
 }

@@ -30,7 +30,10 @@ pub async fn open(
 /// An opened state, and what the source must tell of partition changes
 /// (`kafka-changelog`).
 pub struct Opened {
+    /// The pipeline's state.
     pub store: Arc<Store>,
+    /// For the Kafka source: told of assignments and revokes, so each
+    /// partition's state is restored before its events are handled.
     pub partition_state: Option<Arc<dyn PartitionState>>,
 }
 

@@ -51,12 +51,28 @@ pub const MAX_BATCH_EVENTS: usize = 1024;
 /// a fresh [`EventState`]); it is not a failure of the event.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum Conflict {
+    /// A key the attempt read was written by an event committed since.
     #[error("event {event_id}: state key {key:?} was changed by another event after this attempt read it")]
-    Key { event_id: String, key: String },
+    Key {
+        /// The event whose attempt is refused.
+        event_id: String,
+        /// The key changed.
+        key: String,
+    },
+    /// A key in a range the attempt scanned was written since.
     #[error("event {event_id}: a key under prefix {prefix:?} was changed by another event after this attempt scanned it")]
-    Scan { event_id: String, prefix: String },
+    Scan {
+        /// The event whose attempt is refused.
+        event_id: String,
+        /// The scan's prefix.
+        prefix: String,
+    },
+    /// The store was reset since the attempt began.
     #[error("event {event_id}: the state store was reset (abort or failed commit) after this attempt began")]
-    Reset { event_id: String },
+    Reset {
+        /// The event whose attempt is refused.
+        event_id: String,
+    },
 }
 
 /// A concluded event's place in the commit order. Pass it to
@@ -169,6 +185,7 @@ struct Slot {
 }
 
 impl Store {
+    /// A store writing through `backend`, its events held to `limits`.
     pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             backend,
@@ -193,10 +210,12 @@ impl Store {
         self.backend.flush().await
     }
 
+    /// The caps on one event's state use.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
+    /// Reads, writes and commits counted so far.
     pub fn metrics(&self) -> &StateMetrics {
         &self.metrics
     }
