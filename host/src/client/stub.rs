@@ -90,13 +90,15 @@ pub struct StubReplies {
 }
 
 impl StubReplies {
+    /// Reads and checks the rules in the JSON file at `path`.
     pub fn from_file(path: &std::path::Path) -> Result<Self, StubFileError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| StubFileError::Read { path: shown.clone(), source })?;
         Self::parse(&text, &shown)
     }
 
-    pub fn parse(text: &str, path: &str) -> Result<Self, StubFileError> {
+    /// Parses and checks rules from `text`; `path` names it in errors.
+    pub(crate) fn parse(text: &str, path: &str) -> Result<Self, StubFileError> {
         let raw: BTreeMap<String, Rules> =
             serde_json::from_str(text).map_err(|source| StubFileError::Parse { path: path.to_owned(), source })?;
         let mut destinations = BTreeMap::new();

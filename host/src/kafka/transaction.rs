@@ -54,10 +54,14 @@ pub fn timeout(commit_interval: Duration, properties: &rdkafka::ClientConfig) ->
 /// How long a transaction call may take (init, commit, abort).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A transactional producer's call that failed; the transaction is then
+/// aborted or the pipeline stops.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("kafka transaction ({id}): {message}")]
 pub struct TransactionError {
+    /// The transactional id.
     pub id: String,
+    /// What failed, in words.
     pub message: String,
     /// Its producer was fenced (the message says so, and what to do).
     pub fenced: bool,
@@ -69,15 +73,19 @@ pub struct TransactionError {
 /// the variant, not by the words.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Explained {
+    /// Another producer took over the transactional id.
     Fenced(String),
+    /// Any other failure.
     Other(String),
 }
 
 impl Explained {
+    /// Whether the producer was fenced.
     pub fn is_fenced(&self) -> bool {
         matches!(self, Explained::Fenced(_))
     }
 
+    /// The words, whichever the variant.
     pub fn into_message(self) -> String {
         match self {
             Explained::Fenced(message) | Explained::Other(message) => message,
@@ -93,8 +101,13 @@ impl std::fmt::Display for Explained {
     }
 }
 
+/// A Kafka pipeline's exactly-once transaction: one transactional producer
+/// whose transaction carries the outputs, the state changelog and the
+/// consumed offsets, committed together.
 pub struct Transaction {
+    /// The transactional producer.
     pub producer: FutureProducer<Context>,
+    /// Its `transactional.id`.
     pub id: String,
     /// Sends hold it shared while they enqueue; a commit holds it
     /// exclusively, so no record can slip in between sending the offsets and

@@ -43,7 +43,12 @@ pub enum Origin {
     File(PathBuf),
     /// The messages of a JetStream stream (optionally of one subject). No
     /// stream: the one that captures `subject`.
-    JetStream { stream: Option<String>, subject: Option<String> },
+    JetStream {
+        /// The stream; `None`: the one whose subjects capture `subject`.
+        stream: Option<String>,
+        /// Only the messages of this subject.
+        subject: Option<String>,
+    },
     /// Every message of a Kafka topic, all partitions.
     Kafka(String),
 }
@@ -79,8 +84,11 @@ impl std::fmt::Display for Origin {
 /// librdkafka properties (TLS, SASL, options).
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
+    /// The NATS server (JetStream origins and destinations).
     pub nats: NatsServer,
+    /// Kafka bootstrap servers, comma-separated.
     pub brokers: String,
+    /// librdkafka properties for Kafka (TLS, SASL, options).
     pub kafka_options: BTreeMap<String, Secret>,
 }
 
@@ -96,9 +104,14 @@ impl Connection {
 /// A record's parts and where it is.
 #[derive(Debug, Clone)]
 pub struct Positioned {
+    /// Where the record is, as the admin API's dead-letter routes name it
+    /// (a file's byte offset, a stream sequence, a partition and offset).
     pub id: String,
+    /// The message key.
     pub key: Option<Vec<u8>>,
+    /// The message body.
     pub payload: Vec<u8>,
+    /// The message headers.
     pub headers: Vec<Header>,
 }
 

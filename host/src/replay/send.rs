@@ -17,9 +17,13 @@ use crate::sink::{Receipt, Sink};
 /// The kind of destination events are sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A JSON-lines file.
     File,
+    /// Core NATS (no acknowledgement).
     Nats,
+    /// A JetStream stream (acknowledged).
     JetStream,
+    /// A Kafka topic.
     Kafka,
 }
 
@@ -38,7 +42,10 @@ impl std::fmt::Display for Kind {
 /// a name (a path, subject or topic).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct To {
+    /// The kind of destination.
     pub kind: Kind,
+    /// A file path, subject or topic; `None`: each record goes back to
+    /// the source it came from.
     pub name: Option<String>,
 }
 

@@ -89,7 +89,7 @@ pub struct Producers {
 type ClusterKey = (String, BTreeMap<String, Secret>);
 
 impl Producers {
-    pub async fn get(&self, brokers: &str, options: &BTreeMap<String, Secret>) -> Result<FutureProducer<Context>, SinkError> {
+    pub(crate) async fn get(&self, brokers: &str, options: &BTreeMap<String, Secret>) -> Result<FutureProducer<Context>, SinkError> {
         let mut open = self.open.lock().await;
         let key = (brokers.to_owned(), options.clone());
         if let Some(producer) = open.get(&key) {

@@ -35,7 +35,7 @@ pub struct StdoutSinkConfig {
 }
 
 impl StdoutSinkConfig {
-    pub fn build(&self) -> LineSink {
+    pub(crate) fn build(&self) -> LineSink {
         LineSink::stdout(self.format)
     }
 }

@@ -56,7 +56,7 @@ impl FileSourceConfig {
     /// embedded state recorded them when it has one (the position is then
     /// committed with the state; config validation refuses a `checkpoint`
     /// file beside it), else as the `checkpoint` file did.
-    pub async fn build(&self, cx: SourceContext<'_>) -> Result<LineSource, SourceError> {
+    pub(crate) async fn build(&self, cx: SourceContext<'_>) -> Result<LineSource, SourceError> {
         let Some(store) = cx.state else {
             return LineSource::file(self.name.clone(), self.path.clone(), self.format, self.follow, self.checkpoint.clone()).await;
         };
@@ -92,7 +92,7 @@ pub struct StdinSourceConfig {
 }
 
 impl StdinSourceConfig {
-    pub fn build(&self) -> LineSource {
+    pub(crate) fn build(&self) -> LineSource {
         LineSource::stdin(self.format)
     }
 }
@@ -109,6 +109,8 @@ pub enum LineFormat {
     Lines,
 }
 
+/// A source of text lines (a file or stdin), one event per line, with its
+/// progress counted so a file resumes after the lines done.
 pub struct LineSource {
     name: String,
     reader: Box<dyn AsyncBufRead + Send + Unpin>,
@@ -159,7 +161,7 @@ impl LineSource {
     /// Reads `path`, skipping its first `done` lines: for a position kept
     /// elsewhere (a pipeline's state database, committed with its state;
     /// see [`Ledger::lines_done`]).
-    pub async fn file_after(name: String, path: PathBuf, format: LineFormat, follow: bool, done: u64) -> Result<Self, SourceError> {
+    pub(crate) async fn file_after(name: String, path: PathBuf, format: LineFormat, follow: bool, done: u64) -> Result<Self, SourceError> {
         let what = format!("file {}", path.display());
         let file = tokio::fs::File::open(&path).await.map_err(|source| SourceError::Open { what: what.clone(), source })?;
         let mut source = Self::new(name, Box::new(BufReader::with_capacity(256 * 1024, file)), format, follow);
@@ -167,12 +169,13 @@ impl LineSource {
         Ok(source)
     }
 
+    /// Reads the process's stdin (no position: a restart starts over).
     pub fn stdin(format: LineFormat) -> Self {
         Self::new("stdin".into(), Box::new(BufReader::new(tokio::io::stdin())), format, false)
     }
 
     /// Any reader; used by tests and by `sluice plugin test`.
-    pub fn new(name: String, reader: Box<dyn AsyncBufRead + Send + Unpin>, format: LineFormat, follow: bool) -> Self {
+    pub(crate) fn new(name: String, reader: Box<dyn AsyncBufRead + Send + Unpin>, format: LineFormat, follow: bool) -> Self {
         Self {
             name,
             reader,
@@ -187,7 +190,7 @@ impl LineSource {
     }
 
     /// Counts of settled events so far.
-    pub fn ledger(&self) -> Arc<Mutex<Ledger>> {
+    pub(crate) fn ledger(&self) -> Arc<Mutex<Ledger>> {
         self.ledger.clone()
     }
 
