@@ -9,11 +9,12 @@
 //!    A source yields [`source::Delivery`]s: an [`event::Event`] plus an
 //!    acknowledgement handle that is settled only once the event is done.
 //!    A pipeline with a `codec` wraps its source to decode the wire format
-//!    ([`codec::decode`]); replies are encoded back by [`codec::reply`].
+//!    ([`codec::decoding`]); replies are encoded back by `codec::reply`.
 //! 3. [`dispatch`]: the pipeline driver. It refuses inputs over the
-//!    header caps ([`dispatch::limits`]) as it takes them, assigns deliveries
+//!    header caps (`dispatch::limits`) as it takes them, assigns deliveries
 //!    to ordered lanes, calls the plugin through [`runtime`], applies the retry
-//!    [`dispatch::policy`], routes outputs to sinks and dead-letters what fails.
+//!    policy ([`dispatch::RetryPolicy`]), routes outputs to sinks and
+//!    dead-letters what fails.
 //!    Before the call, [`schema`] checks an event against its JSON Schema
 //!    (chosen by its type and version headers) and against the versions the
 //!    plugin accepts; after it, each output against its schema.
@@ -29,7 +30,7 @@
 //! [`pipeline`] assembles one pipeline from its config and [`supervisor`]
 //! runs many of them in one process, isolated from each other, until they end
 //! or a shutdown signal drains them; one that fails is started again by its
-//! restart policy ([`supervisor::restart`]). [`codec`] holds the JSON-lines encoding
+//! restart policy (`supervisor::restart`). [`codec`] holds the JSON-lines encoding
 //! shared by the file and stdio sources and sinks and the NestJS wire
 //! format at the pipeline's edges, `fs` the atomic file
 //! write used by checkpoints and the compiled-component cache, [`nats`] the
@@ -51,7 +52,6 @@
 //! and dead letters for `sluice tap`.
 //! [`service`] tells systemd (`Type=notify`) when the host is ready,
 //! reloading or stopping, and pings its watchdog.
-
 //!
 //! # The public surface
 //!

@@ -3,7 +3,7 @@
 //! keep running. A shutdown drains them all within the configured deadline.
 //!
 //! A pipeline that stops on an error after it started is started again by
-//! its restart policy ([`restart`], `[pipelines.<name>.restart]`): its run
+//! its restart policy (`restart`, `[pipelines.<name>.restart]`): its run
 //! ended as any failed run does (in-flight events handed back to the
 //! source unacknowledged, uncommitted state aborted), and the new run opens
 //! source, sinks and state anew with the plugin version that was current.

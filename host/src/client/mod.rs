@@ -4,13 +4,13 @@
 //!
 //! - [`Clients`]: every destination of one pipeline, by name; shared by its
 //!   lanes and lent to each per-event call through the event's scope.
-//! - [`nats`], [`kafka`]: the transports (request/reply over a NATS inbox;
+//! - `nats`, `kafka`: the transports (request/reply over a NATS inbox;
 //!   a Kafka record with NestJS's reply headers, answered on a reply topic).
-//! - [`codec`]: the NestJS envelope of requests, answers and emits.
-//! - [`metrics`]: requests per destination and outcome, and their latency.
+//! - `codec`: the NestJS envelope of requests, answers and emits.
+//! - `metrics`: requests per destination and outcome, and their latency.
 //!
 //! Emits do not go through here at call time: an emit is an output of the
-//! event, routed to the destination's sink (see [`emit_route`]).
+//! event, routed to the destination's sink (see `emit_route`).
 
 pub(crate) mod codec;
 pub(crate) mod kafka;
@@ -37,7 +37,7 @@ pub(crate) fn emit_route(destination: &str) -> String {
     format!("sluice-client-emit:{destination}")
 }
 
-/// The destination an emit route is for (the inverse of [`emit_route`]).
+/// The destination an emit route is for (the inverse of `emit_route`).
 pub fn emitted_to(route: &str) -> Option<&str> {
     route.strip_prefix("sluice-client-emit:")
 }
@@ -113,7 +113,8 @@ pub struct OpenError {
 /// Every destination of one pipeline.
 pub struct Clients {
     destinations: HashMap<String, Destination>,
-    /// Requests, emits and their latencies per destination, for `/metrics`.
+    /// Requests per destination and outcome, and their latency, for
+    /// `/metrics`.
     pub metrics: Arc<metrics::ClientMetrics>,
 }
 

@@ -17,11 +17,11 @@
 //! - `destination`: written by sinks (where the output was headed); ignored
 //!   on input.
 //!
-//! [`nestjs`] is the other codec: the NestJS microservices packet format, a
+//! `nestjs` is the other codec: the NestJS microservices packet format, a
 //! pipeline's optional wire format for payloads (`codec = "nestjs"`). It is
 //! applied at the pipeline's edges, so the dispatcher between them sees
-//! events and outputs only: [`decode`] wraps the source (inputs are
-//! unwrapped there), [`reply`] is what the router encodes replies and error
+//! events and outputs only: `decode` ([`decoding`]) wraps the source (inputs are
+//! unwrapped there), `reply` is what the router encodes replies and error
 //! replies with.
 
 pub(crate) mod decode;

@@ -254,7 +254,7 @@ impl PluginVersions {
 
     /// Loads a version from the fleet's plugin store: the checks of an
     /// upload (its sha256 included), then the swap.
-    pub async fn from_store(&self, version: crate::store::StoredVersion) -> Result<VersionInfo, ReloadError> {
+    pub async fn load_from_store(&self, version: crate::store::StoredVersion) -> Result<VersionInfo, ReloadError> {
         let _one_at_a_time = self.loading.lock().await;
         let crate::store::StoredVersion { digest, bytes, signature } = version;
         let actual = crate::runtime::plugin::digest_of(&bytes);

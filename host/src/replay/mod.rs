@@ -2,11 +2,11 @@
 //! was, and the filters `sluice dlq replay` applies.
 //!
 //! Shared by `sluice dlq replay` and the admin API's dead-letters routes:
-//! [`read`] reads records from a dead-letter destination (all of them in
-//! order, the newest few, or a few by id), [`send`] sends the original
+//! `read` reads records from a dead-letter destination (all of them in
+//! order, the newest few, or a few by id), `send` sends the original
 //! events back through the sinks a pipeline uses.
 //!
-//! A record (see [`crate::dispatch::dead_letter`]) is the original event's
+//! A record (see `crate::dispatch::dead_letter`) is the original event's
 //! key, payload and headers plus `sluice-dlq-*` headers. Replaying strips
 //! those headers and sends the rest, unchanged, to the event's source
 //! (`sluice-dlq-source`) or to another destination. The reply-to of a

@@ -7,7 +7,7 @@
 //! - [`Gate`]: a pipeline's schemas for inputs and outputs, built from
 //!   `[pipelines.<name>.schemas]`, and the checks the lanes run before and
 //!   after the plugin call (see `dispatch::validate`).
-//! - [`accepts`]: the versions a plugin declares it handles (its optional
+//! - `accepts` ([`Accepts`]): the versions a plugin declares it handles (its optional
 //!   `manifest` export).
 
 pub(crate) mod accepts;

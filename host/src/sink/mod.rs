@@ -6,8 +6,8 @@
 //! accepted: written and flushed for a file, acknowledged for a broker. A
 //! source is acknowledged only after every receipt of its event resolves.
 //!
-//! Implementations: [`lines`] (stdout or a file), [`nats`] (core NATS
-//! and JetStream) and [`kafka`].
+//! Implementations: `lines` (stdout or a file), `nats` (core NATS
+//! and JetStream) and `kafka`.
 
 pub(crate) mod kafka;
 pub(crate) mod lines;

@@ -6,8 +6,8 @@
 //! the whole at-least-once contract: a source commits a position only when
 //! its ack says [`Settlement::Done`]; anything else comes back.
 //!
-//! Implementations: [`lines`] (a file or stdin), [`nats`] (core NATS,
-//! at-most-once), [`jetstream`] (a durable pull consumer) and [`kafka`] (a
+//! Implementations: `lines` (a file or stdin), `nats` (core NATS,
+//! at-most-once), `jetstream` (a durable pull consumer) and `kafka` (a
 //! consumer group; at-least-once or exactly-once).
 
 pub(crate) mod jetstream;
@@ -45,7 +45,7 @@ pub struct SourceContext<'a> {
     /// source asks for at once.
     pub fetch_batch: usize,
     /// The pipeline's wire format for payloads: the source is wrapped to
-    /// decode it ([`crate::codec::decode`]).
+    /// decode it ([`crate::codec::decoding`]).
     pub codec: crate::config::Codec,
 }
 
@@ -213,7 +213,7 @@ pub trait Source: Send + 'static {
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError>;
 
     /// Unwraps the wire format of an event this source delivered (the
-    /// pipeline's `codec`, see [`crate::codec::decode`]), so the plugin
+    /// pipeline's `codec`, see [`crate::codec::decoding`]), so the plugin
     /// sees the payload inside. Intake calls it after its own checks on
     /// the event as received (the tap, the header caps: a message over
     /// them is refused before any parsing). `Err`: the event cannot be

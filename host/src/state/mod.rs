@@ -22,7 +22,7 @@
 //! and [`jetstream_kv`] (a NATS KV bucket per pipeline, commits made atomic
 //! by a redo record) and [`kafka_changelog`] (a compacted topic written in
 //! the exactly-once Kafka transaction, restored on partition assignment).
-//! [`metrics`] counts reads, writes and commits for Prometheus.
+//! `metrics` counts reads, writes and commits for Prometheus.
 //!
 //! This module knows nothing of wasmtime, sources or the dispatcher: the
 //! host imports and the dispatcher call it.

@@ -1,7 +1,7 @@
 //! A host following the plugin store: for each of its pipelines, the
 //! current version at start, every version pushed after, and a heartbeat.
 //!
-//! A version is loaded through [`PluginVersions::from_store`]: the checks
+//! A version is loaded through [`PluginVersions::load_from_store`]: the checks
 //! of an upload (sha256, pin, world, `init`, signature when `[plugins]
 //! trusted_keys` is set), then the lossless swap. One that fails is
 //! refused: the host keeps the version it runs, and its heartbeat says
@@ -167,7 +167,7 @@ impl Follower {
         let short = &pointer.digest[..pointer.digest.len().min(12)];
         tracing::info!(pipeline = %self.pipeline, digest = short, by = %pointer.by, "the plugin store has a new current version; loading it");
         let loaded = match store.get(&pointer.digest).await {
-            Ok(version) => self.versions.from_store(version).await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(version) => self.versions.load_from_store(version).await.map(|_| ()).map_err(|e| e.to_string()),
             Err(err) => Err(self.versions.refuse_from_store(&pointer.digest, &err.to_string())),
         };
         self.refused = loaded.err().map(|reason| Refusal { digest: pointer.digest.clone(), reason });

@@ -16,10 +16,10 @@
 //! - **heartbeats**, one per host and pipeline, that expire: the version a
 //!   host runs, or why it refused the current one.
 //!
-//! [`follow`] is the host's side: it takes the current version at start,
+//! `follow` is the host's side: it takes the current version at start,
 //! watches the pointer, loads each new version through the same checks as
-//! an upload ([`crate::reload::PluginVersions::from_store`]) and beats.
-//! [`nats`] is the JetStream backend, [`kafka`] the Kafka one (a compacted
+//! an upload (`PluginVersions::load_from_store`) and beats.
+//! `nats` is the JetStream backend, `kafka` the Kafka one (a compacted
 //! topic); `[plugins.store]` chooses.
 
 pub(crate) mod config;
