@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 
 use sluice::dispatch::{Handler, HandlerFactory};
 use sluice::event::{Event, Output};
-use sluice::runtime::HandleResult;
 use sluice::runtime::CallError;
+use sluice::runtime::HandleResult;
 use sluice::sink::{Receipt, Record, Sink, SinkError};
 use sluice::source::{Ack, Delivery, Source, SourceError};
 

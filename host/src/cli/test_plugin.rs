@@ -104,9 +104,8 @@ pub fn test(plugin: &Path, events: &Path, options: &Options) -> anyhow::Result<E
     // A pipeline's default caps on one event's outputs: a plugin passes
     // here only if a pipeline would take what it returns.
     let policy = sluice::config::PolicyConfig::default();
-    let caps = |outputs: &[sluice::event::Output]| {
-        sluice::dispatch::check_outputs(outputs, policy.max_outputs, policy.max_output_bytes.as_u64())
-    };
+    let caps =
+        |outputs: &[sluice::event::Output]| sluice::dispatch::check_outputs(outputs, policy.max_outputs, policy.max_output_bytes.as_u64());
     let rt = super::tokio_runtime()?;
     rt.block_on(async {
         let loaded = LoadedPlugin::load(&runtime, spec).await?;
