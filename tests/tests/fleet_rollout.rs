@@ -10,6 +10,8 @@ mod common;
 #[path = "common/nats.rs"]
 #[allow(dead_code)]
 mod fixture;
+#[path = "common/rollout.rs"]
+mod orders;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,42 +25,19 @@ use fixture::*;
 const WITHIN: Duration = Duration::from_secs(60);
 const HOSTS: [&str; 3] = ["a", "b", "c"];
 
-/// Host `host`: pipeline `orders` from the shared consumer `sluice` on IN,
-/// outputs on OUT, dead letters on DLQ, `rollout_base` as its file, and
-/// the store on the same server. The rules: an identical shadow promotes
+/// Host `id` of the fleet (the `orders` pipeline of `common/rollout.rs`):
+/// `rollout_base` as its file, and the store on the same server. The rules: an identical shadow promotes
 /// after 200 compared events; a canary failing more than the current
 /// version by 10 points rolls back after 20.
-fn config(url: &str, host: &str) -> String {
-    let text = format!(
-        r#"{runtime}
-[admin]
-listen = "{ANY_PORT}"
-
-[pipelines.orders]
-source = {{ kind = "jetstream", url = "{url}", stream = "IN", consumer = "sluice" }}
-sink = {{ kind = "jetstream", url = "{url}", subject = "out.orders" }}
-dead_letter = {{ kind = "jetstream", url = "{url}", subject = "dlq.orders" }}
-plugin = {{ path = {plugin} }}
-
-[pipelines.orders.policy]
-# One attempt: an event a canary failed that were not handed to the
-# current version would be dead-lettered at once.
-max_attempts = 1
-concurrency = 2
-ordering = "key"
-
-[pipelines.orders.rollout]
-promote_after = 200
-judge_after = 20
-rollback_margin = 0.1
-
-[plugins.store]
-nats = "{url}"
-"#,
-        runtime = runtime_table(),
-        plugin = toml_path(&plugin("rollout_base")),
-    );
-    text.replacen("[runtime]\n", &format!("[runtime]\ninstance_id = \"host-{host}\"\n"), 1)
+fn host<'a>(url: &'a str, id: &'a str) -> orders::OrdersHost<'a> {
+    orders::OrdersHost {
+        url,
+        current: "rollout_base",
+        rollout: "promote_after = 200\njudge_after = 20\nrollback_margin = 0.1\n",
+        token: None,
+        instance_id: Some(id),
+        store: true,
+    }
 }
 
 async fn publish(client: &async_nats::Client, range: std::ops::Range<u64>) -> Result<()> {
@@ -117,22 +96,20 @@ async fn a_fleet_candidate_promotes_once_everywhere_and_a_failing_canary_rolls_b
     let server = NatsServer::start()?;
     let scratch = Scratch::new()?;
     let client = server.client().await?;
-    for (stream, subject) in [("IN", "in.orders"), ("OUT", "out.orders"), ("DLQ", "dlq.orders")] {
-        create_stream(&client, stream, &[subject]).await?;
-    }
+    orders::create_streams(&client).await?;
     let url = server.url();
     let (base, same, flaky) =
         (sha256_hex(&plugin("rollout_base"))?, sha256_hex(&plugin("rollout_same"))?, sha256_hex(&plugin("rollout_flaky"))?);
-    for host in HOSTS {
-        scratch.write(&format!("{host}.toml"), config(&url, host))?;
+    for name in HOSTS {
+        host(&url, &format!("host-{name}")).write(&scratch, &format!("{name}.toml"))?;
     }
     // The store's first version: the hosts' file.
     scratch.run(&["plugin", "push", "--config", "a.toml", "orders", &plugin("rollout_base").display().to_string()])?.ensure_success()?;
     let mut hosts = Vec::new();
     let mut ports = Vec::new();
-    for host in HOSTS {
-        let mut running = Running::spawn(scratch.sluice(&["run", &format!("{host}.toml")]))?;
-        ports.push(running.admin_port()?);
+    for name in HOSTS {
+        let (running, port) = orders::run(&scratch, &format!("{name}.toml"))?;
+        ports.push(port);
         hosts.push(running);
     }
     every_host(&ports, "every host on the base version", |p| p["current"]["digest"] == base.as_str())?;
@@ -221,14 +198,12 @@ async fn a_refused_fleet_candidate_is_reported_and_an_aborted_one_ends_everywher
     let server = NatsServer::start()?;
     let scratch = Scratch::new()?;
     let client = server.client().await?;
-    for (stream, subject) in [("IN", "in.orders"), ("OUT", "out.orders"), ("DLQ", "dlq.orders")] {
-        create_stream(&client, stream, &[subject]).await?;
-    }
+    orders::create_streams(&client).await?;
     let (base, same) = (sha256_hex(&plugin("rollout_base"))?, sha256_hex(&plugin("rollout_same"))?);
-    scratch.write("a.toml", config(&server.url(), "a"))?;
+    host(&server.url(), "host-a").write(&scratch, "a.toml")?;
     scratch.run(&["plugin", "push", "--config", "a.toml", "orders", &plugin("rollout_base").display().to_string()])?.ensure_success()?;
-    let mut host = Running::spawn(scratch.sluice(&["run", "a.toml"]))?;
-    let ports = [host.admin_port()?];
+    let (host, port) = orders::run(&scratch, "a.toml")?;
+    let ports = [port];
     every_host(&ports, "the host on the base version", |p| p["current"]["digest"] == base.as_str())?;
 
     let bad = plugin("wrong_world").display().to_string();

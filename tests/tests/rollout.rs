@@ -9,6 +9,8 @@ mod common;
 #[path = "common/nats.rs"]
 #[allow(dead_code)]
 mod fixture;
+#[path = "common/rollout.rs"]
+mod orders;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,38 +42,11 @@ async fn rig_with(current: &str, rollout: &str) -> Result<Rig> {
     let server = NatsServer::start()?;
     let scratch = Scratch::new()?;
     let client = server.client().await?;
-    for (stream, subject) in [("IN", "in.orders"), ("OUT", "out.orders"), ("DLQ", "dlq.orders")] {
-        create_stream(&client, stream, &[subject]).await?;
-    }
+    orders::create_streams(&client).await?;
     let url = server.url();
-    let config = format!(
-        r#"{runtime}
-[admin]
-listen = "{ANY_PORT}"
-token = "{TOKEN}"
-
-[pipelines.orders]
-source = {{ kind = "jetstream", url = "{url}", stream = "IN", consumer = "sluice" }}
-sink = {{ kind = "jetstream", url = "{url}", subject = "out.orders" }}
-dead_letter = {{ kind = "jetstream", url = "{url}", subject = "dlq.orders" }}
-plugin = {{ path = {plugin} }}
-
-[pipelines.orders.policy]
-# One attempt: an event a canary failed that were not handed to the
-# current version would be dead-lettered at once.
-max_attempts = 1
-concurrency = 2
-ordering = "key"
-
-[pipelines.orders.rollout]
-{rollout}
-"#,
-        runtime = runtime_table(),
-        plugin = toml_path(&plugin(current)),
-    );
-    scratch.write("sluice.toml", config)?;
-    let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
-    let port = host.admin_port()?;
+    let host = orders::OrdersHost { url: &url, current, rollout, token: Some(TOKEN), instance_id: None, store: false };
+    host.write(&scratch, "sluice.toml")?;
+    let (mut host, port) = orders::run(&scratch, "sluice.toml")?;
     host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/pipelines/orders", None, b"").is_ok_and(|(s, _)| s == 200))?;
     Ok(Rig { _server: server, client, scratch, host, port })
 }
