@@ -1,7 +1,7 @@
 //! The event and output types, shared by every stage.
 //!
 //! They are the WIT records themselves (generated once in
-//! [`crate::runtime::bindings`]), so handing a batch to a plugin copies the
+//! `runtime::bindings`), so handing a batch to a plugin copies the
 //! bytes into guest memory once and nothing is converted on the way.
 
 pub use crate::runtime::bindings::current::types::{Disposition, Event, HandlerError, Header, Output};

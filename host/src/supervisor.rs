@@ -9,7 +9,7 @@
 //! source, sinks and state anew with the plugin version that was current.
 //! The wait before it is cut short by a shutdown or a config reload.
 //!
-//! It also applies a changed config while running ([`Supervisor::reload`],
+//! It also applies a changed config while running (`Supervisor::reload`,
 //! on SIGHUP): pipelines that were added start, removed ones drain and stop,
 //! changed ones restart (or, when only their plugin changed, get the new
 //! version swapped in), and the others are not touched. A config that does

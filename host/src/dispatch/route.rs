@@ -33,19 +33,19 @@ impl Router {
 
     /// Encodes replies and error replies with `codec` (see
     /// [`crate::codec::reply::for_pipeline`]).
-    pub fn with_codec(mut self, codec: Arc<dyn ReplyCodec>) -> Self {
+    pub(crate) fn with_codec(mut self, codec: Arc<dyn ReplyCodec>) -> Self {
         self.codec = codec;
         self
     }
 
     /// The request an event is, if it expects a reply, as the reply codec
     /// reads it.
-    pub fn request(&self, reply_to: Option<String>, headers: &[Header]) -> Option<Request> {
+    pub(crate) fn request(&self, reply_to: Option<String>, headers: &[Header]) -> Option<Request> {
         self.codec.request(reply_to, headers)
     }
 
     /// Sends replies through `sink` instead of the default sink.
-    pub fn with_replies(mut self, sink: Option<Arc<dyn Sink>>) -> Self {
+    pub(crate) fn with_replies(mut self, sink: Option<Arc<dyn Sink>>) -> Self {
         self.replies = sink;
         self
     }
@@ -71,7 +71,7 @@ impl Router {
 
     /// Whether every output can be sent where it is going; the first that
     /// cannot, with why.
-    pub fn check(&self, outputs: &[Output], request: Option<&Request>) -> Result<(), String> {
+    pub(crate) fn check(&self, outputs: &[Output], request: Option<&Request>) -> Result<(), String> {
         for (index, output) in outputs.iter().enumerate() {
             if let Some((sink, destination)) = self.target(output, request) {
                 sink.check(destination, output).map_err(|why| format!("output {index} cannot go to {}: {why}", sink.describe()))?;
@@ -83,7 +83,7 @@ impl Router {
     /// The sink and record for `output`, or `None` for a reply nobody waits
     /// for. `id` makes the record's id (see [`Record::id`]) if its sink
     /// wants one.
-    pub fn route(&self, output: Output, request: Option<&Request>, id: impl FnOnce() -> String) -> Option<(&Arc<dyn Sink>, Record)> {
+    pub(crate) fn route(&self, output: Output, request: Option<&Request>, id: impl FnOnce() -> String) -> Option<(&Arc<dyn Sink>, Record)> {
         let (sink, destination) = self.target(&output, request)?;
         let destination = destination.map(str::to_owned);
         let Output { key, mut payload, mut headers, reply, .. } = output;
@@ -101,7 +101,7 @@ impl Router {
     }
 
     /// The error reply to `request`, and where it goes.
-    pub fn error_reply(&self, request: &Request, error: &ErrorReply<'_>) -> (&Arc<dyn Sink>, Record) {
+    pub(crate) fn error_reply(&self, request: &Request, error: &ErrorReply<'_>) -> (&Arc<dyn Sink>, Record) {
         let (payload, headers) = self.codec.error_reply(request, error);
         let record = Record {
             destination: Some(request.reply_to.clone()),

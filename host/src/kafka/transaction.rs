@@ -118,7 +118,8 @@ pub struct Transaction {
 impl Transaction {
     /// Creates the producer, fences any earlier producer with the same id
     /// (aborting its open transaction) and begins the first transaction.
-    /// `timeout` is the `transaction.timeout.ms` (see [`timeout`]).
+    /// `timeout` is the `transaction.timeout.ms` (see `timeout` in this
+    /// module).
     pub async fn open(mut config: rdkafka::ClientConfig, id: String, timeout: Duration) -> Result<Arc<Self>, TransactionError> {
         let failed = |e: KafkaError| TransactionError { id: id.clone(), message: e.to_string(), fenced: false };
         config

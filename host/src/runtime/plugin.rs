@@ -48,7 +48,7 @@ pub struct PluginSpec {
     /// is refused.
     pub grants: Vec<Capability>,
     /// The pipeline's plugin metrics: one registry for every version, so
-    /// values survive reloads (see [`super::metrics`]).
+    /// values survive reloads (see [`PluginMetrics`](super::PluginMetrics)).
     pub metrics: super::metrics::PluginMetrics,
     /// Outbound HTTP (`[plugin.http]`), when granted.
     pub http: Option<crate::config::HttpConfig>,

@@ -20,7 +20,7 @@ pub struct StoreConfig {
     #[serde(default)]
     pub nats: Option<String>,
     /// A Kafka cluster: the store is a compacted topic (and one for the
-    /// versions' chunks beside it); see [`KafkaStoreConfig`].
+    /// versions' chunks beside it); see `KafkaStoreConfig`.
     #[serde(default)]
     pub kafka: Option<KafkaStoreConfig>,
     /// NATS: the object store bucket. Default `sluice-plugins`; the KV buckets

@@ -38,7 +38,7 @@ pub use config::StoreConfig;
 pub const HISTORY: usize = 32;
 
 /// How long a heartbeat counts after the host's last one: three beats
-/// ([`follow::BEAT_EVERY`]).
+/// (`follow::BEAT_EVERY`).
 pub const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One version: the component and the signature line it was pushed with.
