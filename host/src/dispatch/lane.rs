@@ -328,7 +328,12 @@ impl Lane {
     /// Calls the plugin with each event of `run` alone, lending each call
     /// the event's scope (its state, its identity for outbound calls), and
     /// concludes each in order.
-    async fn call_each(&mut self, run: Run, candidate: Option<&Arc<Candidate>>, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
+    async fn call_each(
+        &mut self,
+        run: Run,
+        candidate: Option<&Arc<Candidate>>,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<(), DispatchError> {
         let Run { events, acks, traces, .. } = run;
         for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
             let Some(permit) = self.permit_unless_handing_back().await else {
@@ -768,7 +773,12 @@ impl Lane {
     /// Whether an attempt's outputs can all be sent (the emits of the call
     /// in `scope` put before them), with the request they may answer; a
     /// refusal rejects the event and gives it its `reply_to` back.
-    fn sendable(&self, event: &mut Event, mut outputs: Vec<Output>, scope: &mut Option<EventScope>) -> Result<(Vec<Output>, Option<Request>), Failed> {
+    fn sendable(
+        &self,
+        event: &mut Event,
+        mut outputs: Vec<Output>,
+        scope: &mut Option<EventScope>,
+    ) -> Result<(Vec<Output>, Option<Request>), Failed> {
         // Emit routes are the host's: an output naming one would publish
         // past the destination's `allow` and limits.
         let forged = outputs.iter().find_map(|o| o.destination.as_deref().filter(|d| crate::client::emitted_to(d).is_some()));

@@ -123,12 +123,26 @@ async fn publish(
                         .await
                         .map(|(receipts, replies)| Pending { ack, settlement: Settlement::Done, receipts, ticket, in_state_batch, replies })
                 }
-                Conclusion::DeadLetter { record, ack, failed_request } => send_dead_letter(d, record, failed_request.as_deref())
-                    .await
-                    .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts, ticket: None, in_state_batch: false, replies: Vec::new() }),
-                Conclusion::Repeat { ack, event_id, request, propagate } => send_repeat_reply(d, &event_id, request.as_ref(), &propagate)
-                    .await
-                    .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket: None, in_state_batch: false, replies: Vec::new() }),
+                Conclusion::DeadLetter { record, ack, failed_request } => {
+                    send_dead_letter(d, record, failed_request.as_deref()).await.map(|receipts| Pending {
+                        ack,
+                        settlement: Settlement::DeadLettered,
+                        receipts,
+                        ticket: None,
+                        in_state_batch: false,
+                        replies: Vec::new(),
+                    })
+                }
+                Conclusion::Repeat { ack, event_id, request, propagate } => {
+                    send_repeat_reply(d, &event_id, request.as_ref(), &propagate).await.map(|receipts| Pending {
+                        ack,
+                        settlement: Settlement::Done,
+                        receipts,
+                        ticket: None,
+                        in_state_batch: false,
+                        replies: Vec::new(),
+                    })
+                }
             };
             match result {
                 Ok(p) => sent.push(p),

@@ -37,7 +37,8 @@ impl Handler for CountingHandler {
         if let Ok(mut calls) = self.calls.lock() {
             calls.push(events.len());
         }
-        let state = self.scope.as_mut().and_then(|scope| scope.state.as_mut()).ok_or_else(|| CallError::Contract("no state lent".into()))?;
+        let state =
+            self.scope.as_mut().and_then(|scope| scope.state.as_mut()).ok_or_else(|| CallError::Contract("no state lent".into()))?;
         let mut results = Vec::new();
         for e in events {
             let text = String::from_utf8_lossy(&e.payload).into_owned();
@@ -142,7 +143,9 @@ impl StateHarness {
             .map(|records| {
                 records
                     .iter()
-                    .map(|r| (String::from_utf8_lossy(&r.payload).into_owned(), header(r, "sluice-dlq-message").unwrap_or_default().to_owned()))
+                    .map(|r| {
+                        (String::from_utf8_lossy(&r.payload).into_owned(), header(r, "sluice-dlq-message").unwrap_or_default().to_owned())
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -201,8 +204,7 @@ async fn a_stateful_plugin_with_an_outbound_capability_is_still_called_per_event
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_retryable_or_rejected_event_runs_the_batch_again_one_by_one_and_only_its_own_writes_are_lost(
-) -> Result<(), DispatchError> {
+async fn a_retryable_or_rejected_event_runs_the_batch_again_one_by_one_and_only_its_own_writes_are_lost() -> Result<(), DispatchError> {
     let ran = state_harness(false, Limits::default()).run(&["a", "b:retry-once", "a:reject", "c", "a"]).await?;
     // The batch, then each event alone (b twice: its retry).
     assert_eq!(ran.calls, vec![5, 1, 1, 1, 1, 1, 1]);
