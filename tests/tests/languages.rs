@@ -679,7 +679,8 @@ fn every_language_records_plugin_metrics() -> Result<()> {
         scratch.write("events.jsonl", "")?;
         // One event per call, so the counts are per attempt whatever the
         // batching (a stateful batch that is not kept counts its events again).
-        let pipeline = stateful_pipeline(&path, "batch_size = 1").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
+        let pipeline =
+            stateful_pipeline(&path, "batch_size = 1").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
         scratch.write("sluice.toml", format!("[admin]\nlisten = \"{ANY_PORT}\"\n{pipeline}"))?;
         let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
         let port = host.admin_port()?;
