@@ -16,8 +16,28 @@
 //!   state is added to once wired in.
 //!
 //! After criterion's report, a table of ns/event and state/pipeline ratios.
+//!
+//! `SLUICE_BENCH_ROUNDS=N` skips criterion and measures whole pipelines
+//! the way users run them instead (one lane on a one-worker runtime, an
+//! in-memory source of 100 B events keyed over 64 keys, a sink that accepts
+//! at once, batch 256): the Rust `passthrough` component without state (the
+//! baseline) against `state_passthrough` (the same plus one `get` and one
+//! `set` of the event's key per event) on `memory`, `embedded` (deferred
+//! fsync, 200 ms) and, with `SLUICE_BENCH_KAFKA`, `kafka-changelog` (the
+//! transaction committed at the end of each run). Each stateful case runs
+//! twice: `batched` as the host calls such a plugin (the lane's batch in
+//! one call) and `per-event` as it did before (one event per call, forced
+//! by declaring the plugin per-event, as an outbound capability would).
+//! N interleaved rounds of `SLUICE_BENCH_EVENTS` events (default 100,000);
+//! printed: median and spread of events/s, CPU µs per event (`getrusage`,
+//! the whole process, so redb's blocking threads and librdkafka's count)
+//! and each round's ratio of CPU per event to the stateless pipeline's.
+//! Needs the plugins built (`./dev plugins`; `SLUICE_PLUGIN_DIR`
+//! overrides where they are).
 
 mod common;
+#[path = "state/pipelines.rs"]
+mod pipelines;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -160,7 +180,7 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path)
         Err(e) => eprintln!("no embedded row: {e}"),
     }
     match std::env::var("SLUICE_BENCH_KAFKA") {
-        Ok(bootstrap) => match rt.block_on(changelog(&bootstrap)) {
+        Ok(bootstrap) => match rt.block_on(changelog(&bootstrap, "loop")) {
             Ok((transaction, store, consumer)) => {
                 let mut last_commit = std::time::Instant::now();
                 group.bench_function(BenchmarkId::new("kafka-changelog", BATCH), |b| {
@@ -202,11 +222,15 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path)
     group.finish();
 }
 
-/// A Kafka changelog on `bootstrap` (a fresh topic), its transaction, and
-/// a consumer for the group metadata a transaction commit needs.
-async fn changelog(bootstrap: &str) -> Result<(Arc<Transaction>, Arc<Store>, rdkafka::consumer::BaseConsumer), Box<dyn std::error::Error>> {
+/// A Kafka changelog on `bootstrap` (a fresh topic, named by the process
+/// and `name`), its transaction, and a consumer for the group metadata a
+/// transaction commit needs.
+async fn changelog(
+    bootstrap: &str,
+    name: &str,
+) -> Result<(Arc<Transaction>, Arc<Store>, rdkafka::consumer::BaseConsumer), Box<dyn std::error::Error>> {
     use rdkafka::consumer::BaseConsumer;
-    let run = std::process::id();
+    let run = format!("{}-{name}", std::process::id());
     let client = sluice::kafka::client_config(bootstrap, &Default::default());
     let transaction = Transaction::open(client.clone(), format!("bench-state-{run}"), std::time::Duration::from_secs(10)).await?;
     let options = ChangelogOptions {
@@ -262,6 +286,11 @@ fn report() {
 }
 
 fn main() {
+    if let Some(n) = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()) {
+        let events = std::env::var("SLUICE_BENCH_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        pipelines::rounds(n, events);
+        return;
+    }
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
         eprintln!("no tokio runtime");
         return;

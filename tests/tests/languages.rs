@@ -677,7 +677,10 @@ fn every_language_records_plugin_metrics() -> Result<()> {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let scratch = Scratch::new()?;
         scratch.write("events.jsonl", "")?;
-        let pipeline = stateful_pipeline(&path, "").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
+        // One event per call, so the counts are per attempt whatever the
+        // batching (a stateful batch that is not kept counts its events again).
+        let pipeline =
+            stateful_pipeline(&path, "batch_size = 1").replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
         scratch.write("sluice.toml", format!("[admin]\nlisten = \"{ANY_PORT}\"\n{pipeline}"))?;
         let mut host = Running::spawn(scratch.sluice(&["run", "sluice.toml"]))?;
         let port = host.admin_port()?;

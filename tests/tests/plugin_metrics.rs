@@ -23,7 +23,11 @@ const TOKEN: &str = "t";
 /// (so label sets are met in file order), at most three label sets per
 /// metric, and an admin API on any free port.
 fn config() -> String {
-    let pipeline = stateful_pipeline(&plugin("counter"), "concurrency = 1")
+    // One event per call: a stateful batch that is not kept (here, the one
+    // holding `a:retry-once`) is an extra attempt for each of its events,
+    // which would make the exact counts below depend on how the file was
+    // batched.
+    let pipeline = stateful_pipeline(&plugin("counter"), "concurrency = 1\nbatch_size = 1")
         .replace("path = \"events.jsonl\"", "path = \"events.jsonl\", follow = true");
     format!("[admin]\nlisten = \"{ANY_PORT}\"\ntoken = \"{TOKEN}\"\n{pipeline}\n[pipelines.counts.plugin.metrics]\nmax_series = 3\n")
 }

@@ -85,6 +85,14 @@ pub(super) struct Lane {
     memory: u64,
     /// This lane's instance of the candidate version, while one is tried.
     candidates: CandidateCalls,
+    /// Stateful batch calls that were not kept, in a row (capped): after
+    /// one, the lane calls the next `2^misses` runs one event per call
+    /// before trying a batch again, so a plugin that fails often, or hot
+    /// keys in conflict between lanes (`ordering = "none"`), do not pay
+    /// every batch twice.
+    state_batch_misses: u32,
+    /// Runs left to call one event per call before the next batch try.
+    state_batch_skips: u32,
 }
 
 impl Lane {
@@ -102,6 +110,8 @@ impl Lane {
             concluded: Vec::new(),
             memory: 0,
             candidates: CandidateCalls::default(),
+            state_batch_misses: 0,
+            state_batch_skips: 0,
         }
     }
 
@@ -147,7 +157,7 @@ impl Lane {
             None => Vec::new(),
         };
         for (index, delivery) in batch.into_iter().enumerate() {
-            let Delivery { mut event, defect, ack, .. } = delivery;
+            let Delivery { mut event, defect, ack, partition } = delivery;
             let trace = self.begin(&mut event);
             // Refused before the plugin: undecodable, or failing its schema
             // or the plugin's accepted versions.
@@ -200,6 +210,7 @@ impl Lane {
             run.events.push(event);
             run.acks.push(ack);
             run.traces.push(trace);
+            run.partitions.push(partition);
         }
         self.call_run(&mut run, done).await
     }
@@ -231,7 +242,7 @@ impl Lane {
         candidate: Option<&Arc<Candidate>>,
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
-        let Run { events, acks, traces } = std::mem::take(run);
+        let Run { events, acks, traces, partitions } = std::mem::take(run);
         if events.is_empty() {
             return Ok(());
         }
@@ -239,30 +250,35 @@ impl Lane {
             acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         }
-        if self.per_event() {
-            // Each write and each outbound call must belong to a known
-            // event: one event per call.
-            for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
-                let Some(permit) = self.permit_unless_handing_back().await else {
-                    self.hand_back(ack);
-                    continue;
+        let run = Run { events, acks, traces, partitions };
+        if self.batches_state(candidate) {
+            // A backend that places writes by their event's partition gets
+            // batches of one partition (see `Backend::places_by_writer`).
+            let parts = match &self.d.state {
+                Some(store) if store.places_by_writer() => run.by_partition(),
+                _ => vec![run],
+            };
+            for part in parts {
+                let back = if part.events.len() == 1 {
+                    Some(part)
+                } else if self.state_batch_skips > 0 {
+                    self.state_batch_skips -= 1;
+                    Some(part)
+                } else {
+                    let back = self.call_state_batch(part, candidate).await?;
+                    self.state_batch_kept(back.is_none());
+                    back
                 };
-                let calls = CallLog::default();
-                let scope = self.begin_scope(&event, &calls, &trace);
-                let started = std::time::Instant::now();
-                let (mut alone, result, scope) = self.call(vec![event], permit, scope).await?;
-                let Some(event) = alone.pop() else { continue };
-                let current = match &result {
-                    Ok(results) => results.last().map(Current::Handled),
-                    Err(error) => Some(Current::Call(error)),
-                };
-                if let Some((candidate, current)) = candidate.zip(current) {
-                    self.try_candidate(candidate, std::slice::from_ref(&event), &[current], started.elapsed()).await;
+                if let Some(back) = back {
+                    self.call_each(back, candidate, done).await?;
                 }
-                self.conclude(event, ack, trace, single(result), scope, Some(calls), done).await?;
             }
             return Ok(());
         }
+        if self.per_event() {
+            return self.call_each(run, candidate, done).await;
+        }
+        let Run { events, acks, traces, .. } = run;
         let count = events.len();
         let Some(permit) = self.permit().await else {
             self.mode = Mode::HandingBack;
@@ -309,6 +325,154 @@ impl Lane {
         Ok(())
     }
 
+    /// Calls the plugin with each event of `run` alone, lending each call
+    /// the event's scope (its state, its identity for outbound calls), and
+    /// concludes each in order.
+    async fn call_each(
+        &mut self,
+        run: Run,
+        candidate: Option<&Arc<Candidate>>,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<(), DispatchError> {
+        let Run { events, acks, traces, .. } = run;
+        for ((event, ack), trace) in events.into_iter().zip(acks).zip(traces) {
+            let Some(permit) = self.permit_unless_handing_back().await else {
+                self.hand_back(ack);
+                continue;
+            };
+            let calls = CallLog::default();
+            let scope = self.begin_scope(&event, &calls, &trace);
+            let started = std::time::Instant::now();
+            let (mut alone, result, scope) = self.call(vec![event], permit, scope).await?;
+            let Some(event) = alone.pop() else { continue };
+            let current = match &result {
+                Ok(results) => results.last().map(Current::Handled),
+                Err(error) => Some(Current::Call(error)),
+            };
+            if let Some((candidate, current)) = candidate.zip(current) {
+                self.try_candidate(candidate, std::slice::from_ref(&event), &[current], started.elapsed()).await;
+            }
+            self.conclude(event, ack, trace, single(result), scope, Some(calls), done).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether runs go to the plugin in one call with one state overlay:
+    /// the pipeline has state and the plugin makes no outbound calls
+    /// (whose idempotency keys and call logs need each event's scope), and
+    /// no shadow candidate compares each event's result with the state
+    /// before that event (a canary only counts the current version's).
+    fn batches_state(&self, candidate: Option<&Arc<Candidate>>) -> bool {
+        self.d.state.is_some() && !self.version.factory.per_event() && candidate.is_none_or(|c| c.is_canary())
+    }
+
+    /// Counts a stateful batch call kept or not (see `state_batch_misses`).
+    fn state_batch_kept(&mut self, kept: bool) {
+        /// At most 64 runs one event per call between two batch tries.
+        const MAX_MISSES: u32 = 6;
+        if kept {
+            self.state_batch_misses = 0;
+        } else {
+            self.state_batch_misses = (self.state_batch_misses + 1).min(MAX_MISSES);
+            self.state_batch_skips = 1 << self.state_batch_misses;
+        }
+    }
+
+    /// A stateful plugin without outbound calls: the whole run in one
+    /// `handle-batch`, over one overlay its events share in order
+    /// ([`crate::state::Store::begin_batch`]; `handle-batch` behaves like
+    /// `handle` on each event in turn, so each reads the writes of those
+    /// before it). The call is kept only if every event comes back with
+    /// outputs that can all be sent, within the batch's state limits and
+    /// without a conflict: then the batch's writes conclude with all its
+    /// events, one ticket for all (on the last event), so they commit in one
+    /// transaction with every event's applied marker and are acked after
+    /// it, as if each had concluded alone. Otherwise nothing of the call is
+    /// kept (its overlay and outputs are dropped) and the run comes back
+    /// (`Some`) to be called one event per call, where failures, retries,
+    /// dead letters, conflicts and limits are each event's own.
+    async fn call_state_batch(&mut self, run: Run, candidate: Option<&Arc<Candidate>>) -> Result<Option<Run>, DispatchError> {
+        let Some(store) = self.d.state.clone() else { return Ok(Some(run)) };
+        let Run { events, acks, traces, partitions } = run;
+        let Some(first) = events.first() else { return Ok(None) };
+        let Some(permit) = self.permit_unless_handing_back().await else {
+            acks.into_iter().for_each(|ack| self.hand_back(ack));
+            return Ok(None);
+        };
+        let count = events.len();
+        let mut scope = EventScope::new(first, CallLog::default());
+        scope.state = Some(Box::new(store.begin_batch(first.id.clone(), count)));
+        let started = std::time::Instant::now();
+        let (mut events, result, scope) = self.call_as(events, permit, Some(scope), true).await?;
+        let took = started.elapsed() / count as u32;
+        let state = scope.and_then(|scope| scope.state).and_then(super::state::recover);
+        let kept = match (result, state) {
+            (Ok(results), Some(state)) if results.len() == count && !state.limited() => {
+                self.keep_state_batch(&store, &mut events, results, state)
+            }
+            _ => None,
+        };
+        let Some((sendable, ticket)) = kept else {
+            tracing::debug!(pipeline = %self.d.pipeline, lane = self.id, "a stateful batch of {count} did not succeed as a whole; handling its events one by one");
+            return Ok(Some(Run { events, acks, traces, partitions }));
+        };
+        if let Some(candidate) = candidate {
+            // A canary's baseline: the current version's results, all good.
+            (0..count).for_each(|_| candidate.record_current(None, Some(took)));
+        }
+        let mut ticket = Some(ticket);
+        let last = count - 1;
+        let digest = self.version.factory.digest_arc();
+        for (i, (((event, ack), trace), (outputs, request))) in events.into_iter().zip(acks).zip(traces).zip(sendable).enumerate() {
+            // No await between these: the batch's conclusions reach the
+            // publisher in one message, whose commit the last one's ticket is.
+            let ticket = if i == last { ticket.take() } else { None };
+            self.deliver_as(event, ack, trace, outputs, request, ticket, digest.clone(), i != last);
+        }
+        Ok(None)
+    }
+
+    /// Checks every result of a stateful batch call and concludes its
+    /// overlay for all its events: the sendable outputs (with the request
+    /// each may answer) and the batch's ticket, or `None` when an event
+    /// failed, an output cannot be sent, or the state conflicts (each event
+    /// taken by a check then gets its `reply_to` back, for the run one by
+    /// one).
+    fn keep_state_batch(
+        &self,
+        store: &Arc<crate::state::Store>,
+        events: &mut [Event],
+        results: Vec<HandleResult>,
+        state: crate::state::EventState,
+    ) -> Option<(Vec<(Vec<Output>, Option<Request>)>, Ticket)> {
+        let mut sendable = Vec::with_capacity(events.len());
+        for (event, result) in events.iter_mut().zip(results) {
+            match result.map_err(Failed::Handler).and_then(|outputs| self.sendable(event, outputs, &mut None)) {
+                Ok(checked) => sendable.push(checked),
+                Err(_) => break,
+            }
+        }
+        let ticket = match sendable.len() == events.len() {
+            false => None,
+            true => match store.conclude_batch(state, events.iter().map(|e| e.id.clone()).collect()) {
+                Ok(ticket) => Some(ticket),
+                Err(conflict) => {
+                    tracing::debug!(pipeline = %self.d.pipeline, lane = self.id, "state conflict in a batch, running its events one by one: {conflict}");
+                    None
+                }
+            },
+        };
+        match ticket {
+            Some(ticket) => Some((sendable, ticket)),
+            None => {
+                for (event, (_, request)) in events.iter_mut().zip(sendable) {
+                    event.reply_to = request.map(|r| r.reply_to);
+                }
+                None
+            }
+        }
+    }
+
     /// A run while a canary is tried: the events of the canary's keys go to
     /// the candidate, one at a time, the others to the current version in
     /// runs, in the source's order. An event the candidate fails goes to
@@ -320,11 +484,12 @@ impl Lane {
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
         let mut rest = Run::default();
-        for ((event, ack), trace) in run.events.into_iter().zip(run.acks).zip(run.traces) {
+        for (((event, ack), trace), partition) in run.events.into_iter().zip(run.acks).zip(run.traces).zip(run.partitions) {
             if !candidate.takes(&event) {
                 rest.events.push(event);
                 rest.acks.push(ack);
                 rest.traces.push(trace);
+                rest.partitions.push(partition);
                 continue;
             }
             // Those before it first, to keep the order of conclusions.
@@ -334,7 +499,7 @@ impl Lane {
                 continue;
             }
             if let Some((event, ack, trace)) = self.canary(&candidate, event, ack, trace).await {
-                let mut one = Run { events: vec![event], acks: vec![ack], traces: vec![trace] };
+                let mut one = Run { events: vec![event], acks: vec![ack], traces: vec![trace], partitions: vec![partition] };
                 self.call_current(&mut one, None, done).await?;
             }
         }
@@ -353,7 +518,7 @@ impl Lane {
             Ok(outputs) => match self.examine(&mut event, Ok(outputs), &mut scope) {
                 Examined::Sendable { outputs, request, ticket } => {
                     candidate.record_canary(&self.d.rollout, None, called.took);
-                    self.deliver_as(event, ack, trace, outputs, request, ticket, candidate.factory.digest_arc());
+                    self.deliver_as(event, ack, trace, outputs, request, ticket, candidate.factory.digest_arc(), false);
                     return None;
                 }
                 // Not the candidate's failure: the current version runs it.
@@ -585,10 +750,35 @@ impl Lane {
     /// taken into the [`Request`] it makes, and given back to the event if
     /// it runs again.
     fn examine(&self, event: &mut Event, result: Result<Vec<Output>, Failed>, scope: &mut Option<EventScope>) -> Examined {
-        let mut outputs = match result {
-            Ok(outputs) => outputs,
+        let (outputs, request) = match result.and_then(|outputs| self.sendable(event, outputs, scope)) {
+            Ok(sendable) => sendable,
             Err(failed) => return Examined::Failed(failed),
         };
+        let attempt_state = scope.take().and_then(|scope| scope.state).and_then(super::state::recover);
+        let ticket = match (&self.d.state, attempt_state) {
+            (Some(store), Some(attempt)) => match store.conclude(attempt) {
+                Ok(ticket) => Some(ticket),
+                Err(conflict) => {
+                    // Computed from a value another event has since changed.
+                    tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "state conflict, running the event again: {conflict}");
+                    event.reply_to = request.map(|r| r.reply_to);
+                    return Examined::StateConflict;
+                }
+            },
+            _ => None,
+        };
+        Examined::Sendable { outputs, request, ticket }
+    }
+
+    /// Whether an attempt's outputs can all be sent (the emits of the call
+    /// in `scope` put before them), with the request they may answer; a
+    /// refusal rejects the event and gives it its `reply_to` back.
+    fn sendable(
+        &self,
+        event: &mut Event,
+        mut outputs: Vec<Output>,
+        scope: &mut Option<EventScope>,
+    ) -> Result<(Vec<Output>, Option<Request>), Failed> {
         // Emit routes are the host's: an output naming one would publish
         // past the destination's `allow` and limits.
         let forged = outputs.iter().find_map(|o| o.destination.as_deref().filter(|d| crate::client::emitted_to(d).is_some()));
@@ -607,22 +797,9 @@ impl Lane {
             // An output that cannot be sent is a plugin bug, like an
             // invalid result: reject the event with why.
             event.reply_to = request.map(|r| r.reply_to);
-            return Examined::Failed(Failed::Handler(HandlerError { disposition: Disposition::Reject, message }));
+            return Err(Failed::Handler(HandlerError { disposition: Disposition::Reject, message }));
         }
-        let attempt_state = scope.take().and_then(|scope| scope.state).and_then(super::state::recover);
-        let ticket = match (&self.d.state, attempt_state) {
-            (Some(store), Some(attempt)) => match store.conclude(attempt) {
-                Ok(ticket) => Some(ticket),
-                Err(conflict) => {
-                    // Computed from a value another event has since changed.
-                    tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "state conflict, running the event again: {conflict}");
-                    event.reply_to = request.map(|r| r.reply_to);
-                    return Examined::StateConflict;
-                }
-            },
-            _ => None,
-        };
-        Examined::Sendable { outputs, request, ticket }
+        Ok((outputs, request))
     }
 
     /// Concludes an event with its outputs, for the publisher to send.
@@ -636,10 +813,12 @@ impl Lane {
         ticket: Option<Ticket>,
     ) {
         let digest = self.version.factory.digest_arc();
-        self.deliver_as(event, ack, trace, outputs, request, ticket, digest);
+        self.deliver_as(event, ack, trace, outputs, request, ticket, digest, false);
     }
 
-    /// [`Lane::deliver`] of outputs made by the version `digest`.
+    /// [`Lane::deliver`] of outputs made by the version `digest`;
+    /// `in_state_batch` for an event of a state batch whose ticket rides on
+    /// a later event (see [`Conclusion::Outputs`]).
     #[allow(clippy::too_many_arguments)]
     fn deliver_as(
         &mut self,
@@ -650,11 +829,12 @@ impl Lane {
         request: Option<Request>,
         ticket: Option<Ticket>,
         digest: Arc<str>,
+        in_state_batch: bool,
     ) {
         outputs.iter_mut().for_each(|output| trace.stamp(output));
         self.end(&mut trace, Fate::Delivered { outputs: outputs.len() }, event.attempt);
         let propagate = std::mem::take(&mut trace.propagate);
-        self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack, propagate, ticket });
+        self.concluded.push(Conclusion::Outputs { outputs, event_id: event.id, request, digest, ack, propagate, ticket, in_state_batch });
     }
 
     /// The lane's mode, moved on to `Draining` once the pipeline starts to
@@ -845,6 +1025,19 @@ impl Lane {
         permit: Permit,
         scope: Option<EventScope>,
     ) -> Result<(Vec<Event>, CallResult, Option<EventScope>), DispatchError> {
+        self.call_as(events, permit, scope, false).await
+    }
+
+    /// [`Lane::call`]; a `provisional` call (a stateful batch, kept only if
+    /// every event succeeds) tells the breaker only when every event
+    /// succeeded: otherwise its events run again one by one, which tell it.
+    async fn call_as(
+        &mut self,
+        events: Vec<Event>,
+        permit: Permit,
+        scope: Option<EventScope>,
+        provisional: bool,
+    ) -> Result<(Vec<Event>, CallResult, Option<EventScope>), DispatchError> {
         Stats::add(&self.d.stats.calls, 1);
         if let Some(retired) = self.retired.take() {
             // Freeing an instance can take a millisecond: not on a worker.
@@ -912,6 +1105,7 @@ impl Lane {
             }
         };
         match &result {
+            Ok(results) if provisional && results.iter().any(Result::is_err) => {}
             Ok(results) => {
                 for result in results {
                     permit.record(match result {
@@ -981,6 +1175,29 @@ struct Run {
     events: Vec<Event>,
     acks: Vec<Ack>,
     traces: Vec<EventTrace>,
+    /// Each event's source partition (see [`Delivery::partition`]).
+    partitions: Vec<u32>,
+}
+
+impl Run {
+    /// Splits the run where the source partition changes, in order.
+    fn by_partition(self) -> Vec<Run> {
+        let mut runs: Vec<Run> = Vec::new();
+        let Run { events, acks, traces, partitions } = self;
+        for (((event, ack), trace), partition) in events.into_iter().zip(acks).zip(traces).zip(partitions) {
+            let same = runs.last().and_then(|run| run.partitions.last()).is_some_and(|&last| last == partition);
+            if !same {
+                runs.push(Run::default());
+            }
+            if let Some(run) = runs.last_mut() {
+                run.events.push(event);
+                run.acks.push(ack);
+                run.traces.push(trace);
+                run.partitions.push(partition);
+            }
+        }
+        runs
+    }
 }
 
 /// Splits deliveries into runs of at most `budget` payload bytes, in order;

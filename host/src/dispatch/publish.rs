@@ -44,6 +44,11 @@ pub(super) enum Conclusion {
         /// With plugin state: the event's place in the state commit order.
         /// Its ack waits for that commit (after its outputs are durable).
         ticket: Option<Ticket>,
+        /// An event of a state batch (one plugin call, one overlay) but its
+        /// last: the batch's one ticket rides on the last event, which the
+        /// lane hands over in the same message, so this event's ack waits
+        /// for that commit too; its replies are held like a ticket's.
+        in_state_batch: bool,
     },
     /// Failed for good: publish this dead-letter record, and tell the caller
     /// if the event was a request.
@@ -69,6 +74,9 @@ struct Pending {
     settlement: Settlement,
     receipts: Vec<Receipt>,
     ticket: Option<Ticket>,
+    /// See [`Conclusion::Outputs`]: its state commits with a later event's
+    /// ticket.
+    in_state_batch: bool,
     /// Replies held back until `receipts` are durable and the state is
     /// committed (see [`send_outputs`]).
     replies: Vec<Reply>,
@@ -106,21 +114,35 @@ async fn publish(
         let mut sent = Vec::with_capacity(batch.len());
         for conclusion in batch {
             let result = match conclusion {
-                Conclusion::Outputs { outputs, event_id, request, digest, ack, propagate, ticket } => {
+                Conclusion::Outputs { outputs, event_id, request, digest, ack, propagate, ticket, in_state_batch } => {
                     if outputs.is_empty() {
                         Stats::add(&stats.filtered, 1);
                     }
-                    let hold = ticket.is_some();
+                    let hold = ticket.is_some() || in_state_batch;
                     send_outputs(d, outputs, &event_id, request.as_ref(), &digest, &propagate, hold)
                         .await
-                        .map(|(receipts, replies)| Pending { ack, settlement: Settlement::Done, receipts, ticket, replies })
+                        .map(|(receipts, replies)| Pending { ack, settlement: Settlement::Done, receipts, ticket, in_state_batch, replies })
                 }
-                Conclusion::DeadLetter { record, ack, failed_request } => send_dead_letter(d, record, failed_request.as_deref())
-                    .await
-                    .map(|receipts| Pending { ack, settlement: Settlement::DeadLettered, receipts, ticket: None, replies: Vec::new() }),
-                Conclusion::Repeat { ack, event_id, request, propagate } => send_repeat_reply(d, &event_id, request.as_ref(), &propagate)
-                    .await
-                    .map(|receipts| Pending { ack, settlement: Settlement::Done, receipts, ticket: None, replies: Vec::new() }),
+                Conclusion::DeadLetter { record, ack, failed_request } => {
+                    send_dead_letter(d, record, failed_request.as_deref()).await.map(|receipts| Pending {
+                        ack,
+                        settlement: Settlement::DeadLettered,
+                        receipts,
+                        ticket: None,
+                        in_state_batch: false,
+                        replies: Vec::new(),
+                    })
+                }
+                Conclusion::Repeat { ack, event_id, request, propagate } => {
+                    send_repeat_reply(d, &event_id, request.as_ref(), &propagate).await.map(|receipts| Pending {
+                        ack,
+                        settlement: Settlement::Done,
+                        receipts,
+                        ticket: None,
+                        in_state_batch: false,
+                        replies: Vec::new(),
+                    })
+                }
             };
             match result {
                 Ok(p) => sent.push(p),
@@ -129,6 +151,15 @@ async fn publish(
                     // completer settle it; everything else is handed back.
                     failed.cancel();
                     Stats::add(&stats.sink_failures, 1);
+                    // A state batch whose last event (with the batch's
+                    // ticket) was not sent cannot commit: its events sent
+                    // so far must not be acked either (handed back).
+                    let mut unfinished = 0;
+                    while sent.last().is_some_and(|p| p.in_state_batch) {
+                        sent.pop();
+                        unfinished += 1;
+                    }
+                    Stats::add(&stats.abandoned, unfinished);
                     let _ = pending.send((started, sent)).await;
                     return Err(err.into());
                 }

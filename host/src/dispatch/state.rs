@@ -2,7 +2,15 @@
 //! the plugin call (the `state` import reads and writes it), and concluded
 //! with the event. Rules, in the lane:
 //!
-//! - one event per plugin call, so every write belongs to a known event;
+//! - a plugin whose only effect is state gets the lane's batch in one call,
+//!   over one overlay ([`Store::begin_batch`]) its events share in order;
+//!   which event made a write is unknown, so the batch is all or nothing:
+//!   every event succeeded → [`Store::conclude_batch`], one ticket and one
+//!   commit for all (writes and every event's applied marker); anything
+//!   else → the overlay and outputs are dropped and the events run again
+//!   one per call, where the rules below are each event's own;
+//! - one event per call otherwise (outbound calls, a shadow candidate, a
+//!   batch run again), so every write belongs to a known event;
 //! - an attempt that fails drops its state: a retry starts from a fresh one;
 //! - outputs accepted → [`Store::conclude`]: the writes become visible to
 //!   later events and the event gets a ticket; a conflict (another event

@@ -813,6 +813,7 @@ async fn an_undecodable_event_is_settled_in_its_turn() -> Result<(), DispatchErr
 /// Event schemas and accepted versions.
 mod rollout;
 mod schema;
+mod state;
 
 #[tokio::test(start_paused = true)]
 async fn inputs_over_the_header_caps_are_dead_lettered_without_a_call() -> Result<(), DispatchError> {

@@ -1,13 +1,23 @@
 //! What a plugin call may do outside the plugin while it handles one event:
 //! read and write state, call out over HTTP, ask another service, emit.
 //!
-//! Each of these belongs to a known event, so a plugin that imports one of
-//! them is called with one event per call, and the lane lends that call an
-//! [`EventScope`]: the event's identity (for idempotency keys and the trace
-//! context the callee gets), its state, and a place to put what the call
-//! did. The lane takes the scope back after the call: the calls made go to
-//! the event's dead letter if it ends there, the emits become outputs if it
+//! Each of these belongs to a known event. A plugin that makes outbound
+//! calls (HTTP, service requests, emits) is called with one event per call,
+//! because each request's idempotency key, trace context and call record
+//! name its event: the lane lends that call an [`EventScope`] with the
+//! event's identity, its state, and a place to put what the call did. The
+//! lane takes the scope back after the call: the calls made go to the
+//! event's dead letter if it ends there, the emits become outputs if it
 //! succeeds, and the state is concluded with the event.
+//!
+//! State alone does not need one event per call: the host cannot tell which
+//! event of a `handle-batch` made a write, but it need not, if the batch is
+//! all or nothing. A plugin whose only effect is state gets the lane's batch
+//! in one call, with a scope whose state is one overlay the events share in
+//! order (`handle-batch` is `handle` on each event in turn); the lane keeps
+//! it only if every event succeeds, and otherwise runs the events again one
+//! per call, each with its own scope (`dispatch/lane.rs`,
+//! `Lane::call_state_batch`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -77,6 +77,15 @@ pub trait Backend: Send + Sync + 'static {
         true
     }
 
+    /// Whether a commit places each write by the input partition of its
+    /// writer ([`CommitBatch::writers`]), as the Kafka changelog does.
+    /// Writes made in one call for several events (a lane batch) are
+    /// attributed to the batch's last event, so such a batch must not mix
+    /// partitions.
+    fn places_by_writer(&self) -> bool {
+        false
+    }
+
     /// [`Backend::was_applied`] for each of a batch of ids (a lane's batch):
     /// one round trip for all where the backend can, instead of one each.
     async fn applied_among(&self, event_ids: &[&str]) -> Result<Vec<bool>, StateError> {

@@ -30,6 +30,13 @@ pub struct EventState {
     /// Keys read from outside the overlay → the clock at the first read.
     reads: HashMap<String, u64>,
     scans: Vec<ScanRead>,
+    /// How many events share this overlay: 1 for one event, the batch's
+    /// size for a lane batch called at once ([`Store::begin_batch`]). The
+    /// per-event write and read limits are multiplied by it.
+    events: usize,
+    /// A write or read was refused for the batch's limit: which event was
+    /// at fault is unknown, so the batch must run again one event per call.
+    limited: bool,
     /// Whether `into_parts` ran (then `Drop` has nothing to unregister).
     ended: bool,
 }
@@ -59,8 +66,46 @@ pub(crate) struct Parts {
 pub type ScanPage = (Vec<(String, Vec<u8>)>, Option<String>);
 
 impl EventState {
-    pub(crate) fn new(store: Arc<Store>, event_id: String, begin_clock: u64, epoch: u64) -> Self {
-        Self { store, event_id, begin_clock, epoch, overlay: BTreeMap::new(), reads: HashMap::new(), scans: Vec::new(), ended: false }
+    pub(crate) fn new(store: Arc<Store>, event_id: String, begin_clock: u64, epoch: u64, events: usize) -> Self {
+        Self {
+            store,
+            event_id,
+            begin_clock,
+            epoch,
+            overlay: BTreeMap::new(),
+            reads: HashMap::new(),
+            scans: Vec::new(),
+            events: events.max(1),
+            limited: false,
+            ended: false,
+        }
+    }
+
+    /// Whether a batch's write or read limit refused a call (see
+    /// [`Store::begin_batch`]): the batch must not conclude, its events run
+    /// again one per call, where the limit names the event at fault.
+    pub fn limited(&self) -> bool {
+        self.limited
+    }
+
+    /// The write limit of this overlay: the per-event one, times the events
+    /// sharing it.
+    fn max_writes(&self) -> usize {
+        self.store.limits().max_writes_per_event.saturating_mul(self.events)
+    }
+
+    /// The read limit of this overlay, like [`EventState::max_writes`].
+    fn max_reads(&self) -> usize {
+        self.store.limits().max_reads_per_event.saturating_mul(self.events)
+    }
+
+    /// A refusal for a limit: marks a batch overlay as limited; the error
+    /// names the per-event limit, which is the one the plugin documents.
+    fn over_limit(&mut self, error: StateError) -> StateError {
+        if self.events > 1 {
+            self.limited = true;
+        }
+        error
     }
 
     /// The id of the event this attempt handles.
@@ -137,8 +182,9 @@ impl EventState {
             check_key(after, limits)?;
         }
         let limit = limit.clamp(1, limits.max_scan);
-        if self.reads.len() + self.scans.len() >= limits.max_reads_per_event {
-            return Err(StateError::TooManyReads { max: limits.max_reads_per_event });
+        if self.reads.len() + self.scans.len() >= self.max_reads() {
+            let max = limits.max_reads_per_event;
+            return Err(self.over_limit(StateError::TooManyReads { max }));
         }
         StateMetrics::add(&self.store.metrics().reads, 1);
 
@@ -214,9 +260,9 @@ impl EventState {
         }
         let (clock, pending) = self.store.read_pending(key.as_ref());
         if !self.reads.contains_key(key.as_ref()) {
-            let max = self.store.limits().max_reads_per_event;
-            if self.reads.len() + self.scans.len() >= max {
-                return Err(StateError::TooManyReads { max });
+            if self.reads.len() + self.scans.len() >= self.max_reads() {
+                let max = self.store.limits().max_reads_per_event;
+                return Err(self.over_limit(StateError::TooManyReads { max }));
             }
             self.reads.insert(key.as_ref().to_owned(), clock);
         }
@@ -227,18 +273,18 @@ impl EventState {
     }
 
     fn write<K: Key>(&mut self, key: K, value: Option<Bytes>) -> Result<(), StateError> {
-        let metrics = self.store.metrics();
         let written = (key.as_ref().len() + value.as_ref().map_or(0, Bytes::len)) as u64;
         // A key written again is updated in place: no copy of the key.
         if let Some(slot) = self.overlay.get_mut(key.as_ref()) {
             *slot = value;
         } else {
-            let max = self.store.limits().max_writes_per_event;
-            if self.overlay.len() >= max {
-                return Err(StateError::TooManyWrites { max });
+            if self.overlay.len() >= self.max_writes() {
+                let max = self.store.limits().max_writes_per_event;
+                return Err(self.over_limit(StateError::TooManyWrites { max }));
             }
             self.overlay.insert(key.into(), value);
         }
+        let metrics = self.store.metrics();
         StateMetrics::add(&metrics.writes, 1);
         StateMetrics::add(&metrics.bytes_written, written);
         Ok(())

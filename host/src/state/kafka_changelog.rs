@@ -318,6 +318,10 @@ fn partition_of(event_id: &str) -> Option<i32> {
 
 #[async_trait]
 impl Backend for ChangelogBackend {
+    fn places_by_writer(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self.cache().values.get(key).map(|(_, v)| v.to_vec()))
     }

@@ -174,6 +174,9 @@ struct Slot {
     event_id: String,
     /// [`Store::id_hash`] of `event_id`.
     id_hash: u64,
+    /// The other events of a batch slot ([`Store::conclude_batch`]), in
+    /// order, with their id hashes; empty for one event.
+    more: Vec<(String, u64)>,
     version: u64,
     writes: BTreeMap<String, Option<Bytes>>,
     position: Option<Position>,
@@ -239,13 +242,26 @@ impl Store {
 
     /// A fresh overlay for one attempt at an event.
     pub fn begin(self: &Arc<Self>, event_id: String) -> EventState {
+        self.begin_batch(event_id, 1)
+    }
+
+    /// A fresh overlay shared by a lane batch of `events` events handled in
+    /// one plugin call, in order (`handle-batch` behaves like `handle` on
+    /// each in turn, so an event reads the writes of those before it, as it
+    /// would after they concluded one by one). `first_id` is the first
+    /// event's, for messages. The per-event write and read limits are
+    /// multiplied by `events`; a refusal marks the overlay
+    /// [`EventState::limited`], and the lane then runs the batch again one
+    /// event per call, where the limit names the event at fault. Conclude
+    /// it with [`Store::conclude_batch`], all or nothing.
+    pub fn begin_batch(self: &Arc<Self>, first_id: String, events: usize) -> EventState {
         let (clock, epoch) = {
             let mut inner = self.inner();
             let clock = inner.clock;
             *inner.active.entry(clock).or_default() += 1;
             (clock, inner.epoch)
         };
-        EventState::new(Arc::clone(self), event_id, clock, epoch)
+        EventState::new(Arc::clone(self), first_id, clock, epoch, events)
     }
 
     /// Validates the attempt's reads and makes its writes visible to later
@@ -253,6 +269,27 @@ impl Store {
     /// (or scanned range) it read was changed by an event that concluded
     /// after the read: the dispatcher re-runs the event.
     pub fn conclude(self: &Arc<Self>, state: EventState) -> Result<Ticket, Conflict> {
+        self.conclude_as(state, Vec::new())
+    }
+
+    /// [`Store::conclude`] for an overlay from [`Store::begin_batch`]:
+    /// `event_ids` are the batch's events, in order (the first is the one it
+    /// began with). One ticket for all of them, one slot in the commit
+    /// order: the batch's writes and every event's applied marker commit in
+    /// one transaction, never a part of them (a crash between two parts
+    /// would leave some events applied without their writes, or the
+    /// writes without their markers, and their redeliveries would run
+    /// again). On a conflict nothing is concluded.
+    pub fn conclude_batch(self: &Arc<Self>, state: EventState, mut event_ids: Vec<String>) -> Result<Ticket, Conflict> {
+        // The first id is already in the overlay.
+        if !event_ids.is_empty() {
+            event_ids.remove(0);
+        }
+        self.conclude_as(state, event_ids)
+    }
+
+    /// Concludes an overlay for its event and `more` events after it.
+    fn conclude_as(self: &Arc<Self>, state: EventState, more: Vec<String>) -> Result<Ticket, Conflict> {
         let parts = state.into_parts();
         let result = {
             let mut inner = self.inner();
@@ -277,7 +314,7 @@ impl Store {
                             }
                         }
                     }
-                    Ok(self.enqueue(&mut inner, parts.event_id, version, parts.overlay))
+                    Ok(self.enqueue(&mut inner, parts.event_id, more, version, parts.overlay))
                 }
             }
         };
@@ -297,17 +334,34 @@ impl Store {
     pub fn conclude_without_writes(self: &Arc<Self>, event_id: String) -> Ticket {
         let mut inner = self.inner();
         let version = inner.clock;
-        self.enqueue(&mut inner, event_id, version, BTreeMap::new())
+        self.enqueue(&mut inner, event_id, Vec::new(), version, BTreeMap::new())
     }
 
-    fn enqueue(self: &Arc<Self>, inner: &mut Inner, event_id: String, version: u64, writes: BTreeMap<String, Option<Bytes>>) -> Ticket {
+    fn enqueue(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        event_id: String,
+        more: Vec<String>,
+        version: u64,
+        writes: BTreeMap<String, Option<Bytes>>,
+    ) -> Ticket {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         // A failed store takes no more work; the ticket's `ready` reports why.
         if inner.failed.is_none() {
             let id_hash = self.id_hash(&event_id);
             *inner.uncommitted.entry(id_hash).or_default() += 1;
-            inner.queue.push_back(Slot { seq, event_id, id_hash, version, writes, position: None, waiter: None, ready: false });
+            let more: Vec<(String, u64)> = more
+                .into_iter()
+                .map(|id| {
+                    let id_hash = self.id_hash(&id);
+                    (id, id_hash)
+                })
+                .collect();
+            for (_, hash) in &more {
+                *inner.uncommitted.entry(*hash).or_default() += 1;
+            }
+            inner.queue.push_back(Slot { seq, event_id, id_hash, more, version, writes, position: None, waiter: None, ready: false });
         }
         Ticket { store: Arc::clone(self), seq, epoch: inner.epoch, position: None, armed: true }
     }
@@ -448,6 +502,13 @@ impl Store {
         self.backend.keeps_markers()
     }
 
+    /// Whether the backend places each write by the input partition of the
+    /// event that made it (see [`Backend::places_by_writer`]): then a lane
+    /// batch called at once must hold events of one partition.
+    pub fn places_by_writer(&self) -> bool {
+        self.backend.places_by_writer()
+    }
+
     /// [`Store::was_applied`] for a batch of ids, in one backend round trip
     /// where the backend can.
     pub async fn applied_among(&self, event_ids: &[&str]) -> Result<Vec<bool>, StateError> {
@@ -535,11 +596,20 @@ async fn commit_loop(store: Arc<Store>) {
             // Events of this batch stay "uncommitted" until the commit returns.
             while applied.len() < MAX_BATCH_EVENTS && inner.queue.front().is_some_and(|s| s.ready) {
                 let Some(slot) = inner.queue.pop_front() else { break };
-                for (key, value) in slot.writes {
-                    writes.insert(key, (value, slot.version, applied.len()));
-                }
                 applied.push(slot.event_id);
                 hashes.push(slot.id_hash);
+                for (event_id, id_hash) in slot.more {
+                    applied.push(event_id);
+                    hashes.push(id_hash);
+                }
+                // A batch slot's writes are its last event's: which event
+                // of the batch made each one is not known (the Kafka
+                // changelog needs only its partition, the same for the
+                // whole batch: the lane batches one partition at a time).
+                let writer = applied.len().saturating_sub(1);
+                for (key, value) in slot.writes {
+                    writes.insert(key, (value, slot.version, writer));
+                }
                 if slot.position.is_some() {
                     position = slot.position;
                 }
@@ -597,6 +667,9 @@ fn reset(inner: &mut Inner, error: StateError) {
     inner.committed.clear();
     for slot in inner.queue.drain(..) {
         forget_uncommitted(&mut inner.uncommitted, slot.id_hash);
+        for (_, id_hash) in &slot.more {
+            forget_uncommitted(&mut inner.uncommitted, *id_hash);
+        }
         if let Some(waiter) = slot.waiter {
             let _ = waiter.send(Err(error.clone()));
         }

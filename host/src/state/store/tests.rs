@@ -600,3 +600,103 @@ async fn a_tracked_position_is_committed_with_the_state_as_read_when_the_commit_
     store.flush().await?;
     Ok(())
 }
+
+/// A backend that keeps a copy of every commit it is given.
+#[derive(Default)]
+struct Recording {
+    inner: MemoryBackend,
+    commits: std::sync::Mutex<Vec<CommitBatch>>,
+}
+
+#[async_trait]
+impl Backend for Recording {
+    async fn get(&self, key: &str) -> std::result::Result<Option<Vec<u8>>, StateError> {
+        self.inner.get(key).await
+    }
+    async fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> std::result::Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.inner.scan(prefix, after, limit).await
+    }
+    async fn commit(&self, batch: CommitBatch) -> std::result::Result<(), StateError> {
+        if let Ok(mut commits) = self.commits.lock() {
+            commits.push(batch.clone());
+        }
+        self.inner.commit(batch).await
+    }
+    async fn was_applied(&self, event_id: &str) -> std::result::Result<bool, StateError> {
+        self.inner.was_applied(event_id).await
+    }
+    async fn position(&self, source: &str) -> std::result::Result<Option<u64>, StateError> {
+        self.inner.position(source).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_overlay_commits_its_writes_with_every_events_marker_in_one_transaction() -> Result {
+    let backend = Arc::new(Recording::default());
+    let store = Store::new(Arc::clone(&backend) as Arc<dyn Backend>, Limits::default());
+    let mut batch = store.begin_batch("b1".into(), 3);
+    // Three events in turn: each sees the one before.
+    assert_eq!(batch.increment("n", 1).await?, 1);
+    assert_eq!(batch.increment("n", 1).await?, 2);
+    batch.set("m", b"x".to_vec())?;
+    assert_eq!(batch.increment("n", 1).await?, 3);
+    let ticket = store.conclude_batch(batch, vec!["b1".into(), "b2".into(), "b3".into()])?;
+    assert!(["b1", "b2", "b3"].iter().all(|id| store.is_uncommitted(id)), "every event of the batch waits for the commit");
+    store.ready(ticket).await?;
+    assert!(!store.is_uncommitted("b2"));
+    let commits = backend.commits.lock().map(|c| c.clone()).unwrap_or_default();
+    assert_eq!(commits.len(), 1);
+    assert_eq!(commits[0].applied, ["b1", "b2", "b3"]);
+    assert_eq!(commits[0].writes.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["m", "n"]);
+    assert_eq!(commits[0].writers, ["b3", "b3"], "a batch's writes are its last event's");
+    assert_eq!(store.applied_among(&["b1", "b2", "b3"]).await?, [true, true, true]);
+    assert_eq!(text(backend.get("n").await?).as_deref(), Some("3"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_conflicts_as_a_whole_and_its_rerun_counts_once() -> Result {
+    let (backend, store) = store();
+    // Two lanes (`ordering = "none"`) each read `n` in a batch.
+    let mut first = store.begin_batch("a1".into(), 2);
+    let mut second = store.begin_batch("b1".into(), 2);
+    first.increment("n", 1).await?;
+    first.increment("n", 1).await?;
+    second.increment("n", 1).await?;
+    second.increment("other", 1).await?;
+    let t1 = store.conclude_batch(first, vec!["a1".into(), "a2".into()])?;
+    let Err(conflict) = store.conclude_batch(second, vec!["b1".into(), "b2".into()]) else {
+        return Err("the second batch read a stale `n` and must conflict".into());
+    };
+    assert_eq!(conflict, Conflict::Key { event_id: "b1".into(), key: "n".into() });
+    assert!(!store.is_uncommitted("b2"), "nothing of a conflicting batch is concluded");
+    // The lane runs those events again (one by one).
+    let mut rerun = store.begin("b1".into());
+    assert_eq!(rerun.increment("n", 1).await?, 3);
+    let t2 = store.conclude(rerun)?;
+    let (r1, r2) = tokio::join!(store.ready(t1), store.ready(t2));
+    r1?;
+    r2?;
+    assert_eq!(text(backend.get("n").await?).as_deref(), Some("3"), "no lost update");
+    assert_eq!(backend.get("other").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_overlay_scales_the_write_limit_and_says_when_it_refused() -> Result {
+    let limits = Limits { max_writes_per_event: 2, ..Limits::default() };
+    let store = Store::new(Arc::new(MemoryBackend::new()) as Arc<dyn Backend>, limits);
+    let mut batch = store.begin_batch("b1".into(), 2);
+    for key in ["a", "b", "c", "d"] {
+        batch.set(key, b"1".to_vec())?;
+    }
+    assert!(!batch.limited());
+    assert!(matches!(batch.set("e", b"1".to_vec()), Err(StateError::TooManyWrites { max: 2 })), "the per-event limit is named");
+    assert!(batch.limited(), "the lane must run the batch one event per call");
+    let mut one = store.begin("e1".into());
+    one.set("a", b"1".to_vec())?;
+    one.set("b", b"1".to_vec())?;
+    assert!(one.set("c", b"1".to_vec()).is_err());
+    assert!(!one.limited(), "one event's limit is its own");
+    Ok(())
+}
