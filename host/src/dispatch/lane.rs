@@ -3,6 +3,8 @@
 //! (waiting and calling again for a retry); `publish` sends what it
 //! concluded and acknowledges the source.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -93,6 +95,8 @@ pub(super) struct Lane {
     state_batch_misses: u32,
     /// Runs left to call one event per call before the next batch try.
     state_batch_skips: u32,
+    /// Hashes event ids to find a repeated id in a stateful run.
+    ids: RandomState,
 }
 
 impl Lane {
@@ -112,6 +116,7 @@ impl Lane {
             candidates: CandidateCalls::default(),
             state_batch_misses: 0,
             state_batch_skips: 0,
+            ids: RandomState::new(),
         }
     }
 
@@ -152,6 +157,8 @@ impl Lane {
         // (undecodable, a repeat) is concluded after the ones before it,
         // so conclusions, and acks, keep the source's order.
         let mut run = Run::default();
+        // The ids of this batch so far (hashed), for stateful pipelines.
+        let mut seen: HashSet<u64> = HashSet::new();
         let applied = match &self.d.state {
             Some(store) => super::state::applied(store, &batch).await?,
             None => Vec::new(),
@@ -192,8 +199,23 @@ impl Lane {
                     }
                 },
             };
+            let mut applied = applied.get(index).copied().unwrap_or(false);
+            if let Some(store) = self.d.state.clone() {
+                // A second copy of an event in one batch (a redelivery that
+                // caught up with the first) would pass the check below
+                // while the first has not concluded, and both would apply
+                // their writes; and the markers were looked up before the
+                // first ran. So a repeated id ends the run first, then asks
+                // again whether the first copy's commit is pending or done.
+                if !seen.insert(self.ids.hash_one(&event.id)) {
+                    self.call_run(&mut run, done).await?;
+                    applied = match store.keeps_markers() {
+                        true => store.applied_among(&[event.id.as_str()]).await?.first().copied().unwrap_or(false),
+                        false => false,
+                    };
+                }
+            }
             if let Some(store) = &self.d.state {
-                let applied = applied.get(index).copied().unwrap_or(false);
                 if let Some(known) = super::state::redelivery(store, &event.id, applied) {
                     self.call_run(&mut run, done).await?;
                     match known {

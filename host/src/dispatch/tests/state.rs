@@ -132,8 +132,15 @@ fn state_harness(outbound: bool, limits: Limits) -> StateHarness {
 
 impl StateHarness {
     async fn run(self, payloads: &[&str]) -> Result<Ran, DispatchError> {
+        let ids: Vec<String> = (0..payloads.len()).map(|i| format!("e{i}")).collect();
+        let events: Vec<(&str, &str)> = ids.iter().map(String::as_str).zip(payloads.iter().copied()).collect();
+        self.run_events(&events).await
+    }
+
+    /// Runs `(id, payload)` events, ids as given (a redelivery repeats one).
+    async fn run_events(self, events: &[(&str, &str)]) -> Result<Ran, DispatchError> {
         let log = Settlements::default();
-        let events = payloads.iter().enumerate().map(|(i, p)| (event(&format!("e{i}"), p), 0)).collect();
+        let events = events.iter().map(|(id, p)| (event(id, p), 0)).collect();
         self.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
         let calls = self.calls.lock().map(|c| c.clone()).unwrap_or_default();
         let dead: Vec<(String, String)> = self
@@ -276,5 +283,19 @@ async fn after_a_batch_that_was_not_kept_the_next_runs_go_one_event_per_call() -
     // event per call; then batches again.
     assert_eq!(ran.calls, vec![2, 1, 1, 1, 1, 1, 1, 2]);
     assert_eq!(ran.outputs, ["b=1", "c=1", "d=1", "e=1", "f=1", "g=1", "h=1"]);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_copy_of_an_event_in_one_batch_is_not_applied_twice() -> Result<(), DispatchError> {
+    // A redelivery that caught up with the first copy in the lane's queue.
+    let ran = state_harness(false, Limits::default()).run_events(&[("e0", "a"), ("e1", "b"), ("e0", "a"), ("e2", "a")]).await?;
+    assert_eq!(ran.committed("count:a").await.as_deref(), Some("2"), "e0 counted once, e2 once");
+    assert_eq!(ran.committed("count:b").await.as_deref(), Some("1"));
+    assert_eq!(ran.outputs, ["a=1", "b=1", "a=2"], "the copy produced nothing");
+    let copies: Vec<Settlement> = ran.settled.iter().filter(|(id, _)| id == "e0").map(|(_, s)| *s).collect();
+    assert_eq!(copies.len(), 2, "both copies settled: {:?}", ran.settled);
+    assert_eq!(copies.iter().filter(|s| **s == Settlement::Done).count(), 1, "one copy done, the other handed back: {copies:?}");
+    assert_eq!(ran.applied(&["e0", "e1", "e2"]).await, [true; 3]);
     Ok(())
 }
