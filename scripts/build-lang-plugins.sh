@@ -3,7 +3,8 @@
 # (plugins/*_js, *_ts, *_py, *_c, *_go: the JSON enricher and the stateful
 # counter in each, and ask_ts/ask_py/ask_c/ask_go: a service call in
 # TypeScript, Python, C and Go; http_enrich_ts/_py/_c/_go: outbound HTTP,
-# the twins of plugins/http_enrich; `shop`: the three services of
+# the twins of plugins/http_enrich; abi_go: the WIT types the others leave
+# out, through the Go SDK's hand-written ABI; `shop`: the three services of
 # examples/shop, shop_*.wasm) with each
 # language's guest-sdk/<lang>/build.sh
 # (TypeScript: the JavaScript one),
@@ -76,6 +77,7 @@ for lang in "${langs[@]}"; do
             build counter_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/counter_go" "$out/counter_go.wasm"
             build ask_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/ask_go" "$out/ask_go.wasm"
             build http_enrich_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/http_enrich_go" "$out/http_enrich_go.wasm"
+            build abi_go go bash "$root/guest-sdk/go/build.sh" "$root/plugins/abi_go" "$out/abi_go.wasm"
             ;;
         shop)
             plugin_dir="$root/examples/shop/order" build shop_order js bash "$root/guest-sdk/js/build.sh" "$root/examples/shop/order/order.ts" "$out/shop_order.wasm"

@@ -6,10 +6,11 @@
 # Steps: `wit-bindgen c` generates the bindings of world `plugin` of
 # sluice:plugin@0.2.0, with wasi:http from guest-sdk/wasi-wit (plugin.h,
 # plugin.c, plugin_component_type.o) into a temporary folder; Debian's
-# clang compiles them with the sources, the SDK (sluice.c, sluice_json.c)
-# and wasi-libc as a WASI preview1 reactor; `wasm-tools component new`
-# wraps the module, mapping wasi-libc's preview1 imports (if any are left
-# after linking) onto WASI 0.2 with the reactor adapter.
+# clang compiles them with the sources, the SDK (sluice.c, sluice_json.c),
+# the vendored cJSON (vendor/cjson) and wasi-libc as a WASI preview1
+# reactor; `wasm-tools component new` wraps the module, mapping wasi-libc's
+# preview1 imports (if any are left after linking) onto WASI 0.2 with the
+# reactor adapter.
 #
 # Needs: clang-16, lld-16, wasi-libc, libclang-rt-16-dev-wasm32 (apt), and
 # wasm-tools + wit-bindgen-cli (crates.io; installed into .cache/ on first
@@ -18,7 +19,7 @@ set -euo pipefail
 
 sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/../.." && pwd)"
-[[ $# -ge 2 ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 out="$1"
 shift
 cc="${CC:-clang-16}"
@@ -44,9 +45,10 @@ sluice_world "$work/wit" state client metrics http manifest
 mkdir -p "$(dirname "$out")"
 "$cc" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
     -Wno-unused-parameter -Wno-missing-field-initializers \
-    -I "$work/gen" -I "$sdk" \
+    -I "$work/gen" -I "$sdk" -I "$sdk/vendor/cjson" -DCJSON_NESTING_LIMIT=128 \
     -o "$work/core.wasm" \
-    "$@" "$sdk/sluice.c" "$sdk/sluice_json.c" "$work/gen/plugin.c" "$work/gen/plugin_component_type.o" \
+    "$@" "$sdk/sluice.c" "$sdk/sluice_json.c" "$sdk/vendor/cjson/cJSON.c" \
+    "$work/gen/plugin.c" "$work/gen/plugin_component_type.o" \
     -Wl,--strip-all
 # The adapter is only linked in if the module imports WASI preview1 (stdio
 # does; a plugin using no libc I/O imports nothing but the contract).

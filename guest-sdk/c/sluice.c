@@ -100,14 +100,21 @@ char *sluice_config_deny_unknown(const sluice_config_t *config, const char *cons
         if (ok) continue;
         if (count == 0)
             return sluice_errorf("unknown config key `%.*s` (this plugin takes no configuration)", (int)k->len, (const char *)k->ptr);
-        sj_buf list = {0};
+        size_t total = 1;
+        for (size_t j = 0; j < count; j++) total += strlen(known[j]) + 2;
+        char *list = xmalloc(total), *end = list;
         for (size_t j = 0; j < count; j++) {
-            if (j) sj_buf_append(&list, ", ", 2);
-            sj_buf_append(&list, known[j], strlen(known[j]));
+            if (j) {
+                memcpy(end, ", ", 2);
+                end += 2;
+            }
+            size_t n = strlen(known[j]);
+            memcpy(end, known[j], n);
+            end += n;
         }
-        char *msg = sluice_errorf("unknown config key `%.*s` (expected one of: %.*s)", (int)k->len, (const char *)k->ptr,
-                                  (int)list.len, (const char *)list.ptr);
-        free(list.ptr);
+        *end = '\0';
+        char *msg = sluice_errorf("unknown config key `%.*s` (expected one of: %s)", (int)k->len, (const char *)k->ptr, list);
+        free(list);
         return msg;
     }
     return NULL;
@@ -166,11 +173,11 @@ void sluice_output_header(sluice_output_t *output, const char *key, size_t key_l
     output->headers.len = n + 1;
 }
 
-sluice_output_t *sluice_output_json(sluice_outputs_t *outputs, const sj_value *value) {
-    sj_buf buf = {0};
-    sj_write(&buf, value);
-    sluice_output_t *o = sluice_output_new(outputs, buf.ptr, buf.len);
-    free(buf.ptr);
+sluice_output_t *sluice_output_json(sluice_outputs_t *outputs, const cJSON *value) {
+    char *text = cJSON_PrintUnformatted(value);
+    if (!text) abort(); // out of memory (cJSON's only failure here): a trap
+    sluice_output_t *o = sluice_output_new(outputs, text, strlen(text));
+    cJSON_free(text);
     return o;
 }
 

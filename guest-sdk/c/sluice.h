@@ -68,8 +68,8 @@ sluice_output_t *sluice_output_new(sluice_outputs_t *outputs, const void *payloa
 void sluice_output_key(sluice_output_t *output, const void *key, size_t len);
 void sluice_output_destination(sluice_output_t *output, const char *destination);
 void sluice_output_header(sluice_output_t *output, const char *key, size_t key_len, const void *value, size_t value_len);
-// Appends an output with `value` as compact JSON (serde_json's format).
-sluice_output_t *sluice_output_json(sluice_outputs_t *outputs, const sj_value *value);
+// Appends an output with `value` as compact JSON (cJSON_PrintUnformatted).
+sluice_output_t *sluice_output_json(sluice_outputs_t *outputs, const cJSON *value);
 
 // ---- failures and messages (printf-style)
 sluice_failure_t *sluice_retryable(const char *format, ...) __attribute__((format(printf, 1, 2)));

@@ -3,13 +3,15 @@
 #
 #   bash guest-sdk/js/build.sh ENTRY.js|ENTRY.ts OUT.wasm [--engine quickjs|starlingmonkey]
 #
-# ENTRY exports `handler` (see sluice.js) and may `import … from 'sluice'`:
-# the SDK is bundled in. A TypeScript entry (.ts, .mts, .cts) is first
-# type-checked by `tsc --noEmit` (strict) against sluice.d.ts; the bundler
-# then strips its types. The first run installs the pinned toolchain
-# (package.json / package-lock.json here: jco, componentize-js, typescript)
-# with `npm ci` into $SLUICE_CACHE/js (default: <repo>/.cache/js), ~25 s;
-# later runs reuse it.
+# ENTRY exports `handler` (see sluice.ts) and may `import … from 'sluice'`:
+# the SDK is bundled in. The SDK is TypeScript: `tsc` compiles sluice.ts
+# into the sluice.js bundled and the sluice.d.ts plugins are checked
+# against (in $SLUICE_CACHE/js/sdk/, once per version of the sources). A
+# TypeScript entry (.ts, .mts, .cts) is first type-checked by `tsc` (strict)
+# against that sluice.d.ts; the bundler then strips its types. The first
+# run installs the pinned toolchain (package.json / package-lock.json here:
+# jco, componentize-js, typescript) with `npm ci` into $SLUICE_CACHE/js
+# (default: <repo>/.cache/js), ~25 s; later runs reuse it.
 #
 # Engines: quickjs (default; ~1.7 MB, builds in ~3 s, cheaper calls) or
 # starlingmonkey (~12 MB, builds in ~10 s, has the web APIs: TextEncoder,
@@ -22,7 +24,7 @@ sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/../.." && pwd)"
 cache="${SLUICE_CACHE:-$root/.cache}/js"
 
-[[ $# -ge 2 ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 entry="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 out="$2"
 engine="${4:-}"
@@ -41,6 +43,32 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
+# shellcheck source=../tools.sh
+source "$root/guest-sdk/tools.sh"
+
+# The SDK: sluice.ts compiled by tsc (strict) into sluice.js and the
+# generated declarations sluice.d.ts, typed against the declarations
+# `jco guest-types` makes from wit/sluice.wit (every interface a plugin may
+# import). Kept in $cache/sdk/<digest of the sources>, so worktrees and
+# versions sharing the cache do not overwrite each other's; ~2 s, once.
+# $cache/sdk/current points at the last one built (for editors: map
+# `sluice` to .cache/js/sdk/current/sluice.d.ts).
+digest="$(cat "$sdk/sluice.ts" "$root/wit/sluice.wit" "$sdk/package-lock.json" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
+gen="$cache/sdk/$digest"
+if [[ ! -f "$gen/sluice.js" ]]; then
+    echo "==> compiling the SDK (guest-sdk/js/sluice.ts, tsc) into $gen" >&2
+    sluice_world "$work/sdk-wit" state client metrics http-failure manifest
+    "$cache/node_modules/.bin/jco" guest-types "$work/sdk-wit" --world-name plugin -o "$work/wit-types" >/dev/null
+    printf '{"compilerOptions": {"strict": true, "declaration": true, "target": "es2022", "module": "esnext",
+  "moduleResolution": "bundler", "lib": ["es2022"], "types": [], "rootDir": %s, "outDir": %s},
+  "files": [%s, %s]}\n' "\"$sdk\"" "\"$work/sdk\"" "\"$sdk/sluice.ts\"" "\"$work/wit-types/plugin.d.ts\"" > "$work/tsconfig.sdk.json"
+    "$cache/node_modules/.bin/tsc" -p "$work/tsconfig.sdk.json" >&2 || { echo "tsc: type errors in guest-sdk/js/sluice.ts (see above)" >&2; exit 1; }
+    mkdir -p "$cache/sdk"
+    # Another build may have made the same one meanwhile: either will do.
+    mv -T "$work/sdk" "$gen" 2>/dev/null || [[ -f "$gen/sluice.js" ]]
+fi
+ln -sfn "$digest" "$cache/sdk/current"
+
 # TypeScript: type-check first (the bundler only strips types). `sluice`
 # resolves to the SDK's declarations; only the ES library, no DOM or Node
 # types (neither engine has those APIs).
@@ -48,7 +76,7 @@ case "$entry" in
     *.ts | *.mts | *.cts)
         printf '{"compilerOptions": {"strict": true, "noEmit": true, "target": "es2022", "module": "esnext",
   "moduleResolution": "bundler", "lib": ["es2022"], "types": [], "skipLibCheck": false,
-  "paths": {"sluice": [%s]}}, "files": [%s]}\n' "\"$sdk/sluice\"" "\"$entry\"" > "$work/tsconfig.json"
+  "paths": {"sluice": [%s]}}, "files": [%s]}\n' "\"$gen/sluice.d.ts\"" "\"$entry\"" > "$work/tsconfig.json"
         "$cache/node_modules/.bin/tsc" -p "$work/tsconfig.json" >&2 || {
             echo "tsc: type errors in $1 (see above)" >&2
             exit 1
@@ -64,11 +92,9 @@ esac
 bundle_config="$work/bundle.mjs"
 printf 'export default { resolve: { alias: { sluice: %s } }, external: [/^sluice:/],
   treeshake: { moduleSideEffects: (id, external) => !(external && id.startsWith("sluice:")) } };\n' \
-    "\"$sdk/sluice.js\"" > "$bundle_config"
+    "\"$gen/sluice.js\"" > "$bundle_config"
 
 # The world: log, the capabilities the bundle imports, and handler.
-# shellcheck source=../tools.sh
-source "$root/guest-sdk/tools.sh"
 capabilities="$(node "$sdk/capabilities.mjs" "$cache" "$entry" "$bundle_config")"
 # `http` (the plugin calls `fetch`) is the engine's, not a WIT import of
 # ours: it picks StarlingMonkey with wasi:http, the only engine with fetch.

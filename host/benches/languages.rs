@@ -13,6 +13,11 @@
 //! (`bash scripts/build-plugins.sh` and `bash scripts/build-lang-plugins.sh`).
 //! Timings are medians of several rounds; one noisy 2-core machine: treat
 //! them as ±15%.
+//!
+//! `SLUICE_BENCH_PLUGINS="label=path,label=path…"` measures those components
+//! instead (the first is the one the "×Rust" column compares with): how an
+//! SDK change is measured, its build before and after in one run,
+//! interleaved (`C before=…,C after=…,C before=…,C after=…`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -26,18 +31,29 @@ use sluice::runtime::{Instance, LoadedPlugin, PluginSpec, Runtime, RuntimeOption
 
 const CONFIG: [(&str, &str); 3] = [("set.env", "bench"), ("set.team", "core"), ("event_id_field", "event_id")];
 
-/// (label, component path relative to the repository)
-fn plugins() -> Vec<(&'static str, PathBuf)> {
+/// (label, component path relative to the repository), or those named by
+/// `SLUICE_BENCH_PLUGINS`.
+fn plugins() -> Vec<(String, PathBuf)> {
+    if let Ok(list) = std::env::var("SLUICE_BENCH_PLUGINS") {
+        return list
+            .split(',')
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(label, path)| (label.trim().to_owned(), PathBuf::from(path.trim())))
+            .collect();
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let rust = root.join("plugins/target/wasm32-wasip2/release");
     let other = root.join("plugins/target/components");
-    vec![
+    [
         ("Rust", rust.join("json_enricher.wasm")),
         ("C", other.join("json_enricher_c.wasm")),
         ("Go", other.join("json_enricher_go.wasm")),
         ("JavaScript (QuickJS)", other.join("json_enricher_js.wasm")),
         ("Python", other.join("json_enricher_py.wasm")),
     ]
+    .into_iter()
+    .map(|(label, path)| (label.to_owned(), path))
+    .collect()
 }
 
 /// A JSON object of about `size` bytes: a few named fields and filler fields.
@@ -65,6 +81,12 @@ fn event(size: usize) -> Event {
         attempt: 1,
         reply_to: None,
     }
+}
+
+/// A JSON document, parsed (None if it is not JSON): outputs are compared
+/// this way, since each SDK writes JSON with its language's library.
+fn parsed(bytes: &[u8]) -> Option<Value> {
+    serde_json::from_slice(bytes).ok()
 }
 
 /// The enricher's logic in native Rust: the baseline.
@@ -131,7 +153,7 @@ fn spec(path: PathBuf) -> PluginSpec {
 }
 
 struct Row {
-    label: &'static str,
+    label: String,
     size: usize,
     compile: Duration,
     load: Duration,
@@ -142,7 +164,7 @@ struct Row {
     memory: u64,
 }
 
-fn measure(label: &'static str, path: PathBuf, small: &Event, large: &Event) -> Result<Row, String> {
+fn measure(label: String, path: PathBuf, small: &Event, large: &Event) -> Result<Row, String> {
     let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e} (build the plugins first)", path.display()))?.len() as usize;
     let cache = tempfile::tempdir().map_err(|e| e.to_string())?;
     let runtime = Runtime::new(&RuntimeOptions { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeOptions::default() })
@@ -167,7 +189,8 @@ fn measure(label: &'static str, path: PathBuf, small: &Event, large: &Event) -> 
     let small_batch = std::slice::from_ref(small);
     let large_batch = std::slice::from_ref(large);
     let check = rt.block_on(instance.handle(small_batch)).map_err(|e| e.to_string())?;
-    if !matches!(check.first(), Some(Ok(outputs)) if outputs.first().map(|o| o.payload.clone()) == Some(native(small))) {
+    let expected = parsed(&native(small));
+    if !matches!(check.first(), Some(Ok(outputs)) if expected.is_some() && outputs.first().and_then(|o| parsed(&o.payload)) == expected) {
         return Err(format!("{label}: the output differs from the native enricher's"));
     }
     let call_small = per_call(&rt, 5, Duration::from_millis(300), async || {
@@ -202,7 +225,7 @@ fn main() {
     let mut rows = Vec::new();
     for (label, path) in plugins() {
         eprintln!("measuring {label}…");
-        match measure(label, path, &small, &large) {
+        match measure(label.clone(), path, &small, &large) {
             Ok(row) => rows.push(row),
             Err(err) => {
                 eprintln!("{label}: {err}");

@@ -1,7 +1,7 @@
 // `ask_ts`: the TypeScript twin of plugins/ask (Rust): asks another service
 // about each event (the `client` capability) and outputs its answer, with
 // the same outputs and failures. Type-checked against
-// guest-sdk/js/sluice.d.ts by build.sh.
+// the SDK's generated sluice.d.ts by build.sh.
 //
 // For each event, the payload is emitted to the `emit` destination (when
 // configured; an output of the event, published only if it succeeds), then

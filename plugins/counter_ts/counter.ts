@@ -1,7 +1,7 @@
 // `counter_ts`: the TypeScript twin of plugins/counter (Rust) and of
 // counter_js: counts events per key in the pipeline's state (the `state`
 // capability) and outputs the new count, with the same outputs and
-// failures. Type-checked against guest-sdk/js/sluice.d.ts by build.sh.
+// failures. Type-checked against the SDK's generated sluice.d.ts by build.sh.
 //
 // For each event, the key is the event's key (or, without one, its payload
 // up to the first `:`): `count:<key>` is incremented by one, and one output

@@ -1,5 +1,6 @@
 // json_enricher_c: the C twin of plugins/json_enricher (Rust), same config,
-// same outputs byte for byte on the same events.
+// same outputs on the same events (JSON compared parsed: this one writes
+// with cJSON, `2000.0` as `2000`).
 //
 // Filters and enriches JSON-object events. The object keeps its field order;
 // the output has the event's key and headers, with
@@ -37,10 +38,12 @@ static struct {
     char **accepts; // NULL-terminated
 } self;
 
+// A NUL-terminated copy (cJSON takes keys and compares strings as C strings).
 static text_t copy(const char *p, size_t n) {
-    text_t t = {malloc(n ? n : 1), n, true};
+    text_t t = {malloc(n + 1), n, true};
     if (!t.ptr) abort();
     memcpy(t.ptr, p, n);
+    t.ptr[n] = '\0';
     return t;
 }
 
@@ -84,11 +87,7 @@ char *plugin_init(const sluice_config_t *config) {
         size_t end = comma ? (size_t)(comma - list) : n, a = start, b = end;
         while (a < b && list[a] == ' ') a++;
         while (b > a && list[b - 1] == ' ') b--;
-        if (b > a) {
-            text_t t = copy(list + a, b - a + 1);
-            t.ptr[b - a] = '\0';
-            self.accepts[count++] = t.ptr;
-        }
+        if (b > a) self.accepts[count++] = copy(list + a, b - a).ptr;
         start = end + 1;
     }
     return NULL;
@@ -100,42 +99,45 @@ const char *const *plugin_accepts(void) {
 
 sluice_failure_t *plugin_handle(const sluice_event_t *event, sluice_outputs_t *outputs) {
     char err[200];
-    sj_value *object = sj_parse(event->payload.ptr, event->payload.len, err, sizeof err);
+    cJSON *object = sluice_json_parse(event->payload.ptr, event->payload.len, err, sizeof err);
     if (!object) return sluice_reject("payload is not a JSON object: %s", err);
-    if (object->kind != SJ_OBJECT) {
-        sj_free(object);
+    if (!cJSON_IsObject(object)) {
+        cJSON_Delete(object);
         return sluice_reject("payload is not a JSON object");
     }
     if (self.fail_on.set) {
-        sj_value *how = sj_get(object, self.fail_on.ptr, self.fail_on.len);
+        const cJSON *how = cJSON_GetObjectItemCaseSensitive(object, self.fail_on.ptr);
         sluice_failure_t *f = NULL;
-        if (sj_is_string(how, "retryable", 9))
-            f = sluice_retryable("asked to fail (retryable) by field `%.*s`", (int)self.fail_on.len, self.fail_on.ptr);
-        else if (sj_is_string(how, "reject", 6))
-            f = sluice_reject("asked to fail (reject) by field `%.*s`", (int)self.fail_on.len, self.fail_on.ptr);
-        else if (sj_is_string(how, "trap", 4)) {
-            fprintf(stderr, "asked to trap by field `%.*s`\n", (int)self.fail_on.len, self.fail_on.ptr);
+        if (sluice_json_is_string(how, "retryable"))
+            f = sluice_retryable("asked to fail (retryable) by field `%s`", self.fail_on.ptr);
+        else if (sluice_json_is_string(how, "reject"))
+            f = sluice_reject("asked to fail (reject) by field `%s`", self.fail_on.ptr);
+        else if (sluice_json_is_string(how, "trap")) {
+            fprintf(stderr, "asked to trap by field `%s`\n", self.fail_on.ptr);
             abort();
         }
         if (f) {
-            sj_free(object);
+            cJSON_Delete(object);
             return f;
         }
     }
-    bool drop = (self.require.set && !sj_get(object, self.require.ptr, self.require.len)) ||
+    bool drop = (self.require.set && !cJSON_GetObjectItemCaseSensitive(object, self.require.ptr)) ||
                 (self.drop_field.set &&
-                 sj_is_string(sj_get(object, self.drop_field.ptr, self.drop_field.len), self.drop_value.ptr, self.drop_value.len));
+                 sluice_json_is_string(cJSON_GetObjectItemCaseSensitive(object, self.drop_field.ptr), self.drop_value.ptr));
     if (drop) {
-        sj_free(object);
+        cJSON_Delete(object);
         return NULL;
     }
     for (size_t i = 0; i < self.set_count; i++)
-        sj_set(object, self.set_fields[i].ptr, self.set_fields[i].len, sj_string(self.set_values[i].ptr, self.set_values[i].len));
-    if (self.event_id_field.set)
-        sj_set(object, self.event_id_field.ptr, self.event_id_field.len, sj_string((const char *)event->id.ptr, event->id.len));
+        sluice_json_set(object, self.set_fields[i].ptr, cJSON_CreateString(self.set_values[i].ptr));
+    if (self.event_id_field.set) {
+        char *id = copy((const char *)event->id.ptr, event->id.len).ptr;
+        sluice_json_set(object, self.event_id_field.ptr, cJSON_CreateString(id));
+        free(id);
+    }
 
     sluice_output_t *out = sluice_output_json(outputs, object);
-    sj_free(object);
+    cJSON_Delete(object);
     if (event->key.is_some) sluice_output_key(out, event->key.val.ptr, event->key.val.len);
     for (size_t i = 0; i < event->headers.len; i++) {
         const sluice_plugin_types_header_t *h = &event->headers.ptr[i];

@@ -1,8 +1,10 @@
 // `json_enricher_js`: the JavaScript twin of plugins/json_enricher (Rust),
-// same config, same outputs byte for byte on the same events (the SDK's
-// `Json` parses and writes JSON the way serde_json does).
+// same config, same outputs on the same events (JSON compared parsed: this
+// uses the engine's `JSON`, which writes `2000.0` as `2000` and puts
+// integer-like keys first).
 //
-// Filters and enriches JSON-object events. The object keeps its field order;
+// Filters and enriches JSON-object events. The object keeps its field order
+// (but for integer-like keys, which JavaScript objects put first);
 // the output has the event's key and headers, with
 // `content-type: application/json` replacing any incoming `content-type`.
 // A payload that is not a JSON object is rejected (dead-lettered).
@@ -19,7 +21,7 @@
 //   dead-letters the rest as `unsupported`. Default `*`.
 //
 // Filters look at the incoming object, before any field is set.
-import { plugin, HandlerError, Output, Json, utf8 } from 'sluice';
+import { plugin, HandlerError, Output, utf8 } from 'sluice';
 
 export const handler = plugin({
   init(config) {
@@ -51,23 +53,23 @@ export const handler = plugin({
   handle(self, event) {
     let object;
     try {
-      object = Json.parse(utf8.decode(event.payload)); // objects are Maps: field order kept
+      object = JSON.parse(utf8.decode(event.payload));
     } catch (e) {
       throw HandlerError.reject(`payload is not a JSON object: ${e.message}`);
     }
-    if (!(object instanceof Map)) throw HandlerError.reject('payload is not a JSON object');
+    if (object === null || typeof object !== 'object' || Array.isArray(object)) throw HandlerError.reject('payload is not a JSON object');
 
     if (self.failOn !== null) {
-      const how = object.get(self.failOn);
+      const how = object[self.failOn];
       if (how === 'retryable' || how === 'reject') {
         throw new HandlerError(how, `asked to fail (${how}) by field \`${self.failOn}\``);
       }
       if (how === 'trap') throw new Error(`asked to trap by field \`${self.failOn}\``);
     }
-    if (self.require !== null && !object.has(self.require)) return [];
-    if (self.dropIf !== null && object.get(self.dropIf[0]) === self.dropIf[1]) return [];
-    for (const [field, value] of self.set) object.set(field, value);
-    if (self.eventIdField !== null) object.set(self.eventIdField, event.id);
+    if (self.require !== null && !Object.hasOwn(object, self.require)) return [];
+    if (self.dropIf !== null && object[self.dropIf[0]] === self.dropIf[1]) return [];
+    for (const [field, value] of self.set) object[field] = value;
+    if (self.eventIdField !== null) object[self.eventIdField] = event.id;
 
     const headers = event.headers.filter((h) => h.key !== 'content-type');
     headers.push({ key: 'content-type', value: 'application/json' });

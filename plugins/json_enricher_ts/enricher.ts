@@ -1,8 +1,9 @@
 // `json_enricher_ts`: the TypeScript twin of plugins/json_enricher (Rust)
-// and of json_enricher_js, same config, same outputs byte for byte on the
-// same events. Type-checked against guest-sdk/js/sluice.d.ts by build.sh.
+// and of json_enricher_js, same config, same outputs on the same events (JSON
+// compared parsed). Type-checked by build.sh against the SDK's generated sluice.d.ts.
 //
-// Filters and enriches JSON-object events. The object keeps its field order;
+// Filters and enriches JSON-object events. The object keeps its field order
+// (but for integer-like keys, which JavaScript objects put first);
 // the output has the event's key and headers, with
 // `content-type: application/json` replacing any incoming `content-type`.
 // A payload that is not a JSON object is rejected (dead-lettered).
@@ -19,7 +20,7 @@
 //   dead-letters the rest as `unsupported`. Default `*`.
 //
 // Filters look at the incoming object, before any field is set.
-import { plugin, HandlerError, Output, Json, utf8, type Config, type Event, type JsonValue } from 'sluice';
+import { plugin, HandlerError, Output, utf8, type Config, type Event, type JsonValue } from 'sluice';
 
 interface Settings {
   require: string | null;
@@ -57,25 +58,26 @@ function init(config: Config): Settings {
 }
 
 function handle(self: Settings, event: Event) {
-  let object: JsonValue;
+  let parsed: JsonValue;
   try {
-    object = Json.parse(utf8.decode(event.payload)); // objects are Maps: field order kept
+    parsed = JSON.parse(utf8.decode(event.payload)) as JsonValue;
   } catch (e) {
     throw HandlerError.reject(`payload is not a JSON object: ${e instanceof Error ? e.message : String(e)}`);
   }
-  if (!(object instanceof Map)) throw HandlerError.reject('payload is not a JSON object');
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw HandlerError.reject('payload is not a JSON object');
+  const object: { [field: string]: JsonValue } = parsed;
 
   if (self.failOn !== null) {
-    const how = object.get(self.failOn);
+    const how = object[self.failOn];
     if (how === 'retryable' || how === 'reject') {
       throw new HandlerError(how, `asked to fail (${how}) by field \`${self.failOn}\``);
     }
     if (how === 'trap') throw new Error(`asked to trap by field \`${self.failOn}\``);
   }
-  if (self.require !== null && !object.has(self.require)) return [];
-  if (self.dropIf !== null && object.get(self.dropIf[0]) === self.dropIf[1]) return [];
-  for (const [field, value] of self.set) object.set(field, value);
-  if (self.eventIdField !== null) object.set(self.eventIdField, event.id);
+  if (self.require !== null && !Object.hasOwn(object, self.require)) return [];
+  if (self.dropIf !== null && object[self.dropIf[0]] === self.dropIf[1]) return [];
+  for (const [field, value] of self.set) object[field] = value;
+  if (self.eventIdField !== null) object[self.eventIdField] = event.id;
 
   const headers = event.headers.filter((h) => h.key !== 'content-type');
   return [Output.json(object, { key: event.key, headers: [...headers, { key: 'content-type', value: 'application/json' }] })];

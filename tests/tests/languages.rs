@@ -704,3 +704,90 @@ fn every_language_records_plugin_metrics() -> Result<()> {
     }
     Ok(())
 }
+
+/// The Go SDK's canonical ABI is written by hand (docs/plugins/go.md says
+/// why), so a test plugin, `abi_go`, sends back every WIT type the other
+/// Go plugins do not reach, through the real host: each field of the event
+/// record as decoded (absent, text and binary keys and payloads, repeated
+/// and binary headers, `timestamp-ms`, `attempt`, `reply-to`), an output's
+/// `destination` and `reply` flag, `state`'s `get` before and after a
+/// `set`, a `scan` paged one entry at a time, a `delete`, and two
+/// `state-error` cases lifted into the event's error.
+#[test]
+fn go_abi_decodes_and_encodes_every_wit_type() -> Result<()> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let scratch = Scratch::new()?;
+    let events = [
+        serde_json::json!({"id": "first", "key": "k1", "payload": "one", "timestamp": 1_700_000_000_123_u64, "reply_to": "inbox.1",
+            "headers": [["to", "audit"], ["h", {"base64": "/wA="}], ["h", "2"]]}),
+        serde_json::json!({"id": "second", "key_base64": "AAH+", "payload_base64": "/wA=", "timestamp": 5}),
+        serde_json::json!({"id": "drop", "payload": ""}),
+        serde_json::json!({"id": "long", "payload": "fail:key-too-long"}),
+        serde_json::json!({"id": "text", "payload": "fail:not-a-counter"}),
+    ];
+    scratch.write_events("events.jsonl", &events)?;
+    let plugin = lang_plugin("abi_go").to_string_lossy().into_owned();
+    let cache = compile_cache().to_string_lossy().into_owned();
+    let run = scratch.run(&["plugin", "test", &plugin, "--events", "events.jsonl", "--cache-dir", &cache])?;
+    let lines = parse_jsonl(&run.stdout)?;
+    ensure!(lines.len() == 5, "one line per event: {}", run.stdout);
+    let echo = |i: usize| -> Result<Value> {
+        let payload = lines[i]["outputs"][0]["payload"].as_str().with_context(|| format!("event {i}: {}", lines[i]))?;
+        Ok(serde_json::from_str(payload)?)
+    };
+    let state = |i: usize| -> Result<Value> {
+        let payload = lines[i]["outputs"][1]["payload"].as_str().with_context(|| format!("event {i}: {}", lines[i]))?;
+        Ok(serde_json::from_str(payload)?)
+    };
+
+    // The event record, as the SDK decoded it.
+    let first = echo(0)?;
+    assert_eq!(first["id"], "first");
+    assert!(first["source"].as_str().is_some_and(|s| !s.is_empty()), "{first}");
+    assert_eq!(first["key"], b64(b"k1"));
+    assert_eq!(first["payload"], b64(b"one"));
+    assert_eq!(first["headers"], serde_json::json!([["to", b64(b"audit")], ["h", b64(&[0xff, 0])], ["h", b64(b"2")]]));
+    assert_eq!(first["timestamp_ms"], 1_700_000_000_123_u64);
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["reply_to"], "inbox.1");
+    let second = echo(1)?;
+    assert_eq!((&second["key"], &second["payload"]), (&Value::from(b64(&[0, 1, 0xfe])), &Value::from(b64(&[0xff, 0]))));
+    assert_eq!((&second["headers"], &second["timestamp_ms"], &second["reply_to"]), (&serde_json::json!([]), &Value::from(5), &Value::Null));
+    let dropped = echo(2)?;
+    assert_eq!((&dropped["key"], &dropped["payload"]), (&Value::Null, &Value::from("")), "{dropped}");
+
+    // The outputs, as the SDK encoded them: destination, reply flag, key,
+    // repeated and binary headers.
+    let out = &lines[0]["outputs"][0];
+    assert_eq!(out["destination"], "audit", "{out}");
+    assert_eq!(out["reply"], true, "{out}");
+    assert_eq!(out["key"], "k1", "{out}");
+    assert_eq!(out["headers"], serde_json::json!([["to", "audit"], ["h", {"base64": "/wA="}], ["h", "2"]]), "{out}");
+    let plain = &lines[1]["outputs"][1];
+    assert!(plain.get("destination").is_none_or(Value::is_null) && plain.get("reply").is_none(), "{plain}");
+    assert_eq!(lines[1]["outputs"][0]["key_base64"], "AAH+", "{}", lines[1]);
+
+    // State: get (absent, present), set, scan page by page, delete.
+    assert_eq!(
+        state(0)?,
+        serde_json::json!({"before": null, "after": b64(b"one"), "scanned": ["abi:first"], "values": [b64(b"one")], "pages": 2, "deleted": false, "after_delete": null})
+    );
+    assert_eq!(state(1)?["scanned"], serde_json::json!(["abi:first", "abi:second"]));
+    assert_eq!(state(1)?["values"], serde_json::json!([b64(b"one"), b64(&[0xff, 0])]));
+    // A full page comes with a cursor (the host cannot know it was the
+    // last), so N entries one per page take N + 1 calls.
+    assert_eq!(state(1)?["pages"], 3);
+    let drop = state(2)?;
+    assert_eq!(drop["scanned"], serde_json::json!(["abi:drop", "abi:first", "abi:second"]), "{drop}");
+    assert_eq!((&drop["pages"], &drop["deleted"], &drop["after_delete"]), (&Value::from(4), &Value::Bool(true), &Value::Null), "{drop}");
+
+    // state-error cases, lifted into the event's error with the Rust SDK's words.
+    assert_eq!(lines[3]["error"]["disposition"], "reject", "{}", lines[3]);
+    ensure!(error_message(&lines[3]).is_some_and(|m| m.starts_with("state key longer than the limit of ")), "{}", lines[3]);
+    assert_eq!(
+        lines[4]["error"],
+        serde_json::json!({"disposition": "reject", "message": "state value is not a counter (ASCII decimal text)"})
+    );
+    Ok(())
+}

@@ -20,11 +20,18 @@
 //
 // Config: `inventory` (default `inventory`) and `events` (default `events`):
 // the client destinations.
-import { plugin, client, CallError, HandlerError, Output, Json, type Config, type Event, type JsonValue } from 'sluice';
+import { plugin, client, CallError, HandlerError, Output, type Config, type Event } from 'sluice';
 
 interface Settings {
   inventory: string;
   events: string;
+}
+
+/** An order as schemas/order.json lets it through (the host checked it). */
+interface Order {
+  id: string;
+  customer: string;
+  items: Array<{ sku: string; qty: number }>;
 }
 
 function init(config: Config): Settings {
@@ -32,20 +39,11 @@ function init(config: Config): Settings {
   return { inventory: config.get('inventory') ?? 'inventory', events: config.get('events') ?? 'events' };
 }
 
-/** A field of a JSON object as parsed by `Json.parse` (objects are Maps). */
-function field(value: JsonValue, name: string): JsonValue {
-  return value instanceof Map ? (value.get(name) ?? null) : null;
-}
-
 function handle(self: Settings, event: Event): Output[] {
-  const order = event.json();
-  const id = field(order, 'id');
-  let reservation: JsonValue;
+  const order = event.json<Order>();
+  let reservation: unknown;
   try {
-    reservation = client.requestJson(self.inventory, new Map<string, JsonValue>([
-      ['order_id', id],
-      ['items', field(order, 'items')],
-    ]));
+    reservation = client.requestJson(self.inventory, { order_id: order.id, items: order.items });
   } catch (e) {
     // The inventory said no (out of stock): the order is refused, and the
     // same order asked again gets the same answer. Anything else (a timeout,
@@ -53,15 +51,9 @@ function handle(self: Settings, event: Event): Output[] {
     if (e instanceof CallError && e.kind === 'service') throw HandlerError.reject(e.service?.message ?? e.message);
     throw e;
   }
-  const created = new Map<string, JsonValue>([
-    ['id', id],
-    ['customer', field(order, 'customer')],
-    ['items', field(order, 'items')],
-    ['status', 'created'],
-    ['reservation', reservation],
-  ]);
+  const created = { id: order.id, customer: order.customer, items: order.items, status: 'created', reservation };
   client.emitJson(self.events, created);
-  return [Output.reply(Json.stringify(created))];
+  return [Output.reply(JSON.stringify(created))];
 }
 
 export const handler = plugin({ init, handle });
