@@ -122,6 +122,10 @@ enum Command {
         /// Rounds; the report shows the median and the range.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Only these plugin languages (`rust`, `python`, `javascript`);
+        /// repeatable. Default: all three.
+        #[arg(long = "lang", value_name = "LANG")]
+        langs: Vec<String>,
         /// A line added to sluice's `[runtime]` table; repeatable.
         #[arg(long = "runtime", value_name = "TOML")]
         runtime: Vec<String>,
@@ -197,9 +201,9 @@ impl Mode {
 async fn main() -> Result<()> {
     let (events, out, runs, rate, latency_secs, core_only) = match Cli::parse().command {
         Command::Dashboard { out } => return dashboard::run(&out),
-        Command::Start { rounds, runtime, env, out } => {
+        Command::Start { rounds, langs, runtime, env, out } => {
             let tweaks = Tweaks::parse(runtime, env)?;
-            return start::run(start::Args { rounds, tweaks, out }).await;
+            return start::run(start::Args { rounds, langs, tweaks, out }).await;
         }
         Command::Memory { rounds, pipelines, events, runtime, env, out } => {
             let tweaks = Tweaks::parse(runtime, env)?;

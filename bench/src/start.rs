@@ -38,6 +38,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// What `sluice-bench start` was asked for.
 pub struct Args {
     pub rounds: usize,
+    /// Only these languages; empty: all.
+    pub langs: Vec<String>,
     /// Settings of the sluice process alone.
     pub tweaks: crate::Tweaks,
     pub out: PathBuf,
@@ -96,7 +98,12 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let setup = SluiceSetup::find()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
-    let plugins = plugins(root);
+    let known = ["rust", "python", "javascript"];
+    if let Some(unknown) = args.langs.iter().find(|l| !known.contains(&l.as_str())) {
+        bail!("--lang {unknown}: the languages are {}", known.join(", "));
+    }
+    let plugins: Vec<Plugin> =
+        plugins(root).into_iter().filter(|p| args.langs.is_empty() || args.langs.iter().any(|l| l == p.lang)).collect();
     let dir = tempfile::Builder::new().prefix("sluice-bench-start-").tempdir()?;
     let events = dir.path().join("events.jsonl");
     std::fs::write(&events, "{\"key\":\"k\",\"payload\":{\"user\":\"u\",\"n\":1}}\n")?;
@@ -138,8 +145,9 @@ pub async fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, table)?;
-    // A run with tweaks is an experiment: the dashboard keeps the defaults'.
-    if args.tweaks.is_empty() {
+    // A run with tweaks or fewer languages is an experiment: the dashboard
+    // keeps the full default run's figures.
+    if args.tweaks.is_empty() && args.langs.is_empty() {
         crate::dashboard::save("start", &ratios(&starter, &cases, &samples))?;
     }
     eprintln!("report written to {}", args.out.display());
