@@ -14,13 +14,27 @@
 //! `sluice-bench kafka` does the same for Kafka → passthrough → Kafka,
 //! at-least-once and exactly-once, against a broker started with
 //! `scripts/kafka.sh` (see [`kafka`]).
+//!
+//! Their latency runs publish at half of the native processor's maximum
+//! rate (its throughput in the first round of the same run), unless
+//! `--rate` says otherwise: a rate both can sustain, high enough that
+//! per-event costs show.
+//!
+//! `sluice-bench start` ([`start`]) times `sluice run` to its first event,
+//! and `sluice-bench memory` ([`memory`]) reads its resident memory, idle
+//! and under load; both beside `sluice-bench native-lines`
+//! ([`native_lines`]), the native file passthrough, and without a broker.
 
 mod dashboard;
 mod kafka;
 mod load;
+mod memory;
+mod native_lines;
 mod processor;
+mod procfs;
 mod report;
 mod server;
+mod start;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -64,9 +78,10 @@ enum Command {
         /// Runs per measurement; the report shows the median.
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Publish rate of the latency runs, events/s.
-        #[arg(long, default_value_t = 5_000)]
-        rate: u64,
+        /// Publish rate of the latency runs, events/s. Default: half of the
+        /// native passthrough's throughput in the first round, per mode.
+        #[arg(long)]
+        rate: Option<u64>,
         /// Length of each latency run after its warm-up, seconds.
         #[arg(long, default_value_t = 3)]
         latency_secs: u64,
@@ -86,9 +101,11 @@ enum Command {
         /// Runs per measurement; the report shows the median.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Produce rate of the latency runs, events/s.
-        #[arg(long, default_value_t = 5_000)]
-        rate: u64,
+        /// Produce rate of the latency runs, events/s. Default: half of the
+        /// native passthrough's throughput with the same guarantee in the
+        /// first round.
+        #[arg(long)]
+        rate: Option<u64>,
         /// Length of each latency run after its warm-up, seconds.
         #[arg(long, default_value_t = 3)]
         latency_secs: u64,
@@ -98,6 +115,62 @@ enum Command {
         /// Leave out the `policy.version_header = false` row.
         #[arg(long)]
         no_header_row: bool,
+    },
+    /// Time from `sluice run` to the first event handled (Rust, Python,
+    /// JavaScript plugin; compile cache warm and cold), vs a native process.
+    Start {
+        /// Rounds; the report shows the median and the range.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Only these plugin languages (`rust`, `python`, `javascript`);
+        /// repeatable. Default: all three.
+        #[arg(long = "lang", value_name = "LANG")]
+        langs: Vec<String>,
+        /// A line added to sluice's `[runtime]` table; repeatable.
+        #[arg(long = "runtime", value_name = "TOML")]
+        runtime: Vec<String>,
+        /// An environment variable for the sluice process only; repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Where the markdown report is written (it is printed too).
+        #[arg(long, default_value = "target/bench/start.md")]
+        out: PathBuf,
+    },
+    /// Resident memory of `sluice run`: idle with one and with N pipelines,
+    /// and under full load, vs a native process.
+    Memory {
+        /// Rounds; the report shows the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Idle pipelines of the "many" case.
+        #[arg(long, default_value_t = 11)]
+        pipelines: usize,
+        /// Events of the full-load run.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// A line added to sluice's `[runtime]` table (`watch_plugins =
+        /// false`, `allocator = "pooling"`), to see what a setting costs;
+        /// repeatable.
+        #[arg(long = "runtime", value_name = "TOML")]
+        runtime: Vec<String>,
+        /// An environment variable for the sluice process only
+        /// (`MALLOC_ARENA_MAX=2`, `LD_PRELOAD=…`); repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Where the markdown report is written (it is printed too).
+        #[arg(long, default_value = "target/bench/memory.md")]
+        out: PathBuf,
+    },
+    /// The native baseline of `start` and `memory` (run by them): JSON
+    /// event lines in, payload lines out.
+    #[command(hide = true)]
+    NativeLines {
+        /// INPUT=OUTPUT (`-`: stdout); repeatable, one task each.
+        #[arg(long = "pipe", required = true)]
+        pipes: Vec<native_lines::Pipe>,
+        /// Keep reading as the files grow, polling every 100 ms.
+        #[arg(long)]
+        follow: bool,
     },
     /// Every benchmark's sluice/native ratios in one markdown table and a PNG
     /// plot, from the results the benchmarks left under target/.
@@ -128,6 +201,15 @@ impl Mode {
 async fn main() -> Result<()> {
     let (events, out, runs, rate, latency_secs, core_only) = match Cli::parse().command {
         Command::Dashboard { out } => return dashboard::run(&out),
+        Command::Start { rounds, langs, runtime, env, out } => {
+            let tweaks = Tweaks::parse(runtime, env)?;
+            return start::run(start::Args { rounds, langs, tweaks, out }).await;
+        }
+        Command::Memory { rounds, pipelines, events, runtime, env, out } => {
+            let tweaks = Tweaks::parse(runtime, env)?;
+            return memory::run(memory::Args { rounds, pipelines, events, tweaks, out }).await;
+        }
+        Command::NativeLines { pipes, follow } => return native_lines::run(pipes, follow).await,
         Command::Nats { events, out, runs, rate, latency_secs, core_only } => (events, out, runs, rate, latency_secs, core_only),
         Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row } => {
             let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row };
@@ -137,20 +219,19 @@ async fn main() -> Result<()> {
     if events == 0 || runs == 0 {
         bail!("--events and --runs must be at least 1");
     }
-    let bench = Bench {
-        server: NatsServer::start().await?,
-        sluice: SluiceSetup::find()?,
-        events,
-        rate,
-        latency: Duration::from_secs(latency_secs),
-    };
+    let bench =
+        Bench { server: NatsServer::start().await?, sluice: SluiceSetup::find()?, events, latency: Duration::from_secs(latency_secs) };
     let mut rows = Vec::new();
+    let mut rates = Vec::new();
     let modes: &[Mode] = if core_only { &[Mode::Core] } else { &[Mode::Core, Mode::Jetstream] };
     for &mode in modes {
         let mut samples = [Vec::new(), Vec::new()];
+        // Native runs first in each round: its first throughput sets the
+        // rate of every latency run of this mode.
+        let mut mode_rate = rate.map(LatencyRate::Fixed);
         for run in 1..=runs {
             for (i, kind) in [Kind::Native, Kind::Sluice].into_iter().enumerate() {
-                let sample = bench.trial(mode, kind).await?;
+                let sample = bench.trial(mode, kind, &mut mode_rate).await?;
                 let cpu = sample.cpu_per_100k.map_or(String::new(), |c| format!(", {c:.3} CPU s/100k events"));
                 eprintln!(
                     "{} {} run {run}/{runs}: {:.0} events/s{cpu}, p50 {} µs, p99 {} µs, lost {}",
@@ -167,8 +248,11 @@ async fn main() -> Result<()> {
         let [native, sluice] = samples;
         rows.push(Row { mode, kind: Kind::Native, samples: native });
         rows.push(Row { mode, kind: Kind::Sluice, samples: sluice });
+        if let Some(rate) = mode_rate {
+            rates.push(format!("{}: {}", mode.name(), rate.describe()));
+        }
     }
-    let setup = report::Setup { events, runs, rate, latency_secs };
+    let setup = report::Setup { events, runs, rates: rates.join("; "), latency_secs };
     let table = report::render(&setup, &rows);
     print!("{table}");
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -180,19 +264,102 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// Settings of the sluice process alone (not the native baseline's), to
+/// see what one costs: lines for its `[runtime]` table, environment
+/// variables (`MALLOC_ARENA_MAX=2`, `LD_PRELOAD=…`).
+#[derive(Debug, Clone, Default)]
+pub struct Tweaks {
+    pub runtime: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Tweaks {
+    fn parse(runtime: Vec<String>, env: Vec<String>) -> Result<Self> {
+        let env = env
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+                _ => bail!("--env `{pair}` is not KEY=VALUE"),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { runtime, env })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runtime.is_empty() && self.env.is_empty()
+    }
+
+    /// The `[runtime]` lines, each ending in a newline.
+    pub fn runtime_lines(&self) -> String {
+        self.runtime.iter().map(|line| format!("{line}\n")).collect()
+    }
+
+    /// For a report's header; empty when there is nothing.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.runtime.is_empty() {
+            parts.push(format!("sluice's `[runtime]` adds `{}`", self.runtime.join("`, `")));
+        }
+        if !self.env.is_empty() {
+            let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.push(format!("sluice's environment adds `{}`", env.join("`, `")));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("{}.\n\n", parts.join("; "))
+        }
+    }
+}
+
+/// The rate of a mode's latency runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LatencyRate {
+    /// `--rate`.
+    Fixed(u64),
+    /// Half of the native processor's throughput, measured in the first
+    /// round of this run.
+    HalfNative { native: f64 },
+}
+
+impl LatencyRate {
+    /// Half of a native throughput, at least 1 event/s.
+    pub fn half_of(native: f64) -> Self {
+        LatencyRate::HalfNative { native }
+    }
+
+    pub fn per_sec(self) -> u64 {
+        match self {
+            LatencyRate::Fixed(rate) => rate,
+            LatencyRate::HalfNative { native } => ((native / 2.0) as u64).max(1),
+        }
+    }
+
+    /// For the report header.
+    pub fn describe(self) -> String {
+        match self {
+            LatencyRate::Fixed(rate) => format!("{rate} events/s (--rate)"),
+            LatencyRate::HalfNative { native } => {
+                format!("{} events/s, half of the native throughput of the first round ({native:.0} events/s)", self.per_sec())
+            }
+        }
+    }
+}
+
 /// What every trial shares.
 struct Bench {
     server: NatsServer,
     sluice: SluiceSetup,
     events: u64,
-    rate: u64,
     latency: Duration,
 }
 
 impl Bench {
     /// One throughput and one latency measurement of `kind` in `mode`, each
-    /// with a fresh processor (and, for JetStream, fresh streams).
-    async fn trial(&self, mode: Mode, kind: Kind) -> Result<Sample> {
+    /// with a fresh processor (and, for JetStream, fresh streams). The
+    /// latency run's rate is `rate`; when unset, the native processor's
+    /// throughput of this trial sets it (to half).
+    async fn trial(&self, mode: Mode, kind: Kind, rate: &mut Option<LatencyRate>) -> Result<Sample> {
         // Separate connections for sending and receiving, as two services would.
         let producer = self.server.client().await?;
         let receiver = self.server.client().await?;
@@ -206,7 +373,8 @@ impl Bench {
                     (Some(before), Some(after)) => Some((after - before) * 100_000.0 / self.events as f64),
                     _ => None,
                 };
-                let latency = load::latency(&producer, &receiver, Publish::Core, self.rate, WARMUP, self.latency).await?;
+                let rate = *rate.get_or_insert(LatencyRate::half_of(throughput.events_per_sec));
+                let latency = load::latency(&producer, &receiver, Publish::Core, rate.per_sec(), WARMUP, self.latency).await?;
                 processor.stop().await?;
                 Ok(Sample { throughput, latency, cpu_per_100k })
             }
@@ -224,7 +392,8 @@ impl Bench {
                 self.fresh_streams(&producer).await?;
                 let mut processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
                 processor.wait_ready(mode, kind, &self.server, &producer).await?;
-                let latency = load::latency(&producer, &receiver, Publish::Jetstream, self.rate, WARMUP, self.latency).await?;
+                let rate = *rate.get_or_insert(LatencyRate::half_of(throughput.events_per_sec));
+                let latency = load::latency(&producer, &receiver, Publish::Jetstream, rate.per_sec(), WARMUP, self.latency).await?;
                 processor.stop().await?;
                 Ok(Sample { throughput, latency, cpu_per_100k: None })
             }
@@ -253,4 +422,19 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LatencyRate;
+
+    #[test]
+    fn the_default_latency_rate_is_half_of_native() {
+        let rate = LatencyRate::half_of(81_234.0);
+        assert_eq!(rate.per_sec(), 40_617);
+        assert!(rate.describe().starts_with("40617 events/s, half of the native throughput"), "{}", rate.describe());
+        assert_eq!(LatencyRate::Fixed(5_000).per_sec(), 5_000);
+        // A native run that saw nothing still gives a rate to publish at.
+        assert_eq!(LatencyRate::half_of(0.0).per_sec(), 1);
+    }
 }

@@ -62,7 +62,8 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 pub struct Setup {
     pub events: u64,
     pub runs: usize,
-    pub rate: u64,
+    /// The latency runs' rate per mode, described.
+    pub rates: String,
     pub latency_secs: u64,
 }
 
@@ -76,9 +77,10 @@ pub fn ratios(rows: &[Row]) -> Vec<crate::dashboard::Ratio> {
             Some(crate::dashboard::Ratio {
                 bench: "nats".into(),
                 case: mode.name().into(),
-                throughput: sluice.throughput() / native.throughput(),
+                throughput: Some(sluice.throughput() / native.throughput()),
                 p50: Some(sluice.p50() / native.p50()),
                 p99: Some(sluice.p99() / native.p99()),
+                ..Default::default()
             })
         })
         .collect()
@@ -145,13 +147,13 @@ pub fn render(setup: &Setup, rows: &[Row]) -> String {
          on its own tokio runtime and thread. Throughput, core: {n} events with at most 8,192 \
          outstanding, from the first publish to the last output. Throughput, JetStream: {n} events \
          stored in `BIN` beforehand, from the first output to the last (start-up excluded); an \
-         input is acked only after its output's publish ack. Latency: {rate} events/s for \
+         input is acked only after its output's publish ack. Latency: {rate}; for \
          {secs} s after a 0.5 s warm-up, send to receive on `bench.out`. lost: over all runs \
          (core: never delivered; JetStream: missing from `BOUT`). CPU: user + system time of \
          the processor (the sluice process; the native passthrough's threads) during the core \
          throughput run, per 100,000 events; native/sluice CPU is the per-event efficiency ratio.",
         n = setup.events,
-        rate = setup.rate,
+        rate = setup.rates,
         secs = setup.latency_secs,
     );
     out
@@ -177,6 +179,15 @@ pub mod machine {
             .or_else(|| output("/usr/sbin/nats-server", &["--version"]))
             .map(|v| v.trim_start_matches("nats-server: ").to_owned())
             .unwrap_or_else(|| "unknown".into())
+    }
+
+    /// The 1-minute load average, from `/proc/loadavg`: the machine is
+    /// shared, and a busy one skews every figure.
+    pub fn load_average() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "?".into())
     }
 
     pub fn date() -> String {

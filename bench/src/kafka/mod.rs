@@ -12,9 +12,10 @@
 //!    output is taken from a `read_uncommitted` receiver (it is visible only
 //!    at the first commit otherwise) and the N-th from a `read_committed`
 //!    one: the time runs until every output is committed.
-//! 2. Latency, on the same processor once the backlog is done: a fixed rate
-//!    after a warm-up, send time in the payload, taken by the receiver
-//!    (`read_committed`).
+//! 2. Latency, on the same processor once the backlog is done: half of the
+//!    native processor's throughput with the same guarantee in the first
+//!    round (or `--rate`), after a warm-up, send time in the payload, taken
+//!    by the receiver (`read_committed`).
 //!
 //! - [`broker`]: the broker and the topics.
 //! - [`processor`]: the native passthroughs and the `sluice` child.
@@ -33,6 +34,7 @@ use anyhow::{bail, Result};
 
 use crate::load::now_ns;
 use crate::processor::SluiceSetup;
+use crate::LatencyRate;
 use broker::{Broker, PARTITIONS};
 use load::{Receiver, StartAt, Watch};
 use processor::{Processor, Topics};
@@ -46,7 +48,8 @@ pub struct Args {
     pub events: u64,
     pub out: PathBuf,
     pub runs: usize,
-    pub rate: u64,
+    /// Fixed latency rate; `None`: half of the native throughput.
+    pub rate: Option<u64>,
     pub latency_secs: u64,
     /// Leave out the exactly-once rows.
     pub no_exactly_once: bool,
@@ -123,13 +126,21 @@ pub async fn run(args: Args) -> Result<()> {
             variants.push(Variant::Sluice { exactly_once: Some(interval), version_header: true });
         }
     }
-    let load_at_start = report::load_average();
-    let bench = Bench { broker, sluice, events: args.events, rate: args.rate, latency: Duration::from_secs(args.latency_secs) };
+    let load_at_start = crate::report::machine::load_average();
+    let bench = Bench { broker, sluice, events: args.events, latency: Duration::from_secs(args.latency_secs) };
     let mut rows: Vec<Row> = variants.iter().map(|&variant| Row { variant, samples: Vec::new() }).collect();
     let mut sluice_log = Vec::new();
+    // Per guarantee (`Variant::mode`): the native variant comes before the
+    // sluice ones of its guarantee, so its first throughput sets the rate.
+    let mut rates: Vec<(String, LatencyRate)> = Vec::new();
     for run in 1..=args.runs {
         for row in &mut rows {
-            let (sample, log) = bench.trial(row.variant, run).await?;
+            let mode = row.variant.mode();
+            let rate = args.rate.map(LatencyRate::Fixed).or_else(|| rates.iter().find(|(m, _)| *m == mode).map(|(_, r)| *r));
+            let (sample, log, rate) = bench.trial(row.variant, run, rate).await?;
+            if !rates.iter().any(|(m, _)| *m == mode) {
+                rates.push((mode, rate));
+            }
             eprintln!(
                 "{} {} run {run}/{}: {:.0} events/s, p50 {} µs, p99 {} µs, lost {}, duplicates {}",
                 row.variant.mode(),
@@ -151,10 +162,10 @@ pub async fn run(args: Args) -> Result<()> {
     let setup = report::Setup {
         events: args.events,
         runs: args.runs,
-        rate: args.rate,
+        rates: rates.iter().map(|(mode, rate)| format!("{mode}: {}", rate.describe())).collect::<Vec<_>>().join("; "),
         latency_secs: args.latency_secs,
         kafka: bench.broker.version(),
-        load: (load_at_start, report::load_average()),
+        load: (load_at_start, crate::report::machine::load_average()),
     };
     let table = report::render(&setup, &rows, &sluice_log);
     print!("{table}");
@@ -172,14 +183,15 @@ struct Bench {
     broker: Broker,
     sluice: SluiceSetup,
     events: u64,
-    rate: u64,
     latency: Duration,
 }
 
 impl Bench {
     /// One throughput and one latency measurement of `variant` on fresh
-    /// topics with a fresh group; also returns sluice's warnings and errors.
-    async fn trial(&self, variant: Variant, run: usize) -> Result<(Sample, Vec<String>)> {
+    /// topics with a fresh group; also returns sluice's warnings and errors,
+    /// and the latency run's rate: `rate`, or when unset half of this
+    /// trial's throughput.
+    async fn trial(&self, variant: Variant, run: usize, rate: Option<LatencyRate>) -> Result<(Sample, Vec<String>, LatencyRate)> {
         let id = format!("{}-{run}-{}", variant.slug(), std::process::id());
         let topics = Topics {
             brokers: self.broker.brokers().to_owned(),
@@ -190,14 +202,14 @@ impl Bench {
         };
         let names = [topics.input.as_str(), topics.output.as_str(), topics.dead_letter.as_str()];
         self.broker.create_topics(&names, PARTITIONS).await?;
-        let result = self.measure(variant, &topics).await;
+        let result = self.measure(variant, &topics, rate).await;
         let deleted = self.broker.delete_topics(&names).await;
         let result = result?;
         deleted?;
         Ok(result)
     }
 
-    async fn measure(&self, variant: Variant, topics: &Topics) -> Result<(Sample, Vec<String>)> {
+    async fn measure(&self, variant: Variant, topics: &Topics, rate: Option<LatencyRate>) -> Result<(Sample, Vec<String>, LatencyRate)> {
         let brokers = topics.brokers.as_str();
         let n = self.events;
         load::prefill(brokers, &topics.input, n).await?;
@@ -231,7 +243,8 @@ impl Bench {
         let mut duplicates = all.duplicates;
 
         // Latency: the same processor, now idle, fed at a fixed rate.
-        let total = (self.rate as f64 * (WARMUP + self.latency).as_secs_f64()) as u64;
+        let rate = rate.unwrap_or(LatencyRate::half_of(events_per_sec));
+        let total = (rate.per_sec() as f64 * (WARMUP + self.latency).as_secs_f64()) as u64;
         let record_from = now_ns() + WARMUP.as_nanos() as u64;
         let receiver = Receiver::start(
             brokers,
@@ -244,7 +257,7 @@ impl Bench {
                 record_from: Some(record_from),
             },
         )?;
-        let sent = load::produce_at_rate(brokers, &topics.input, n..n + total, self.rate).await;
+        let sent = load::produce_at_rate(brokers, &topics.input, n..n + total, rate.per_sec()).await;
         let seen = match sent {
             Ok(()) => wait(&mut processor, receiver).await,
             Err(e) => {
@@ -264,7 +277,7 @@ impl Bench {
             lost,
             duplicates,
         };
-        Ok((sample, log))
+        Ok((sample, log, rate))
     }
 }
 

@@ -42,17 +42,13 @@ impl Row {
 pub struct Setup {
     pub events: u64,
     pub runs: usize,
-    pub rate: u64,
+    /// The latency runs' rate per guarantee, described.
+    pub rates: String,
     pub latency_secs: u64,
     pub kafka: String,
     /// The machine's 1-minute load average at the start and at the end: the
     /// machine is shared, and a busy one skews every figure.
     pub load: (String, String),
-}
-
-/// The 1-minute load average, from `/proc/loadavg`.
-pub fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_else(|| "?".into())
 }
 
 /// Microseconds as milliseconds: one decimal below 100 ms.
@@ -75,9 +71,10 @@ pub fn ratios(rows: &[Row]) -> Vec<crate::dashboard::Ratio> {
             Some(crate::dashboard::Ratio {
                 bench: "kafka".into(),
                 case: format!("{} ({})", row.variant.mode(), row.variant.processor()),
-                throughput: row.throughput() / native.throughput(),
+                throughput: Some(row.throughput() / native.throughput()),
                 p50: Some(row.p50() / native.p50()),
                 p99: Some(row.p99() / native.p99()),
+                ..Default::default()
             })
         })
         .collect()
@@ -138,12 +135,12 @@ pub fn render(setup: &Setup, rows: &[Row], sluice_log: &[String]) -> String {
          transactional BaseProducer on one thread, positions sent to the transaction and \
          committed every interval. Throughput: {n} events stored in the input topic beforehand, \
          from the first output to the {n}-th distinct one (start-up and group join excluded; \
-         exactly-once: first output produced to last output committed). Latency: {rate} events/s \
+         exactly-once: first output produced to last output committed). Latency: {rate}; \
          for {secs} s after a 0.5 s warm-up on the same processor, send to receive (read_committed). \
          lost and duplicates: over all runs, throughput and latency runs together.",
         partitions = super::PARTITIONS,
         n = setup.events,
-        rate = setup.rate,
+        rate = setup.rates,
         secs = setup.latency_secs,
     );
     if !sluice_log.is_empty() {
