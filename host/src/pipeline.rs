@@ -43,6 +43,9 @@ pub enum BuildError {
     /// The `schemas` table cannot be compiled into a gate.
     #[error("{0}")]
     Schemas(String),
+    /// The plugin threads cannot be started.
+    #[error(transparent)]
+    Engine(#[from] crate::runtime::engine::EngineError),
 }
 
 /// The plugin spec a pipeline's config describes.
@@ -227,6 +230,7 @@ pub async fn build(
         },
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
         clients,
+        executor: runtime.executor()?,
     };
     Ok(Built { dispatcher, source, plugin, pause, transaction: fenceable })
 }

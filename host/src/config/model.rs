@@ -188,6 +188,17 @@ pub struct RuntimeConfig {
     /// different users.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Threads that run the pipelines' lanes, and so the plugins: each a
+    /// single-threaded async runtime, lanes spread over them (the least
+    /// loaded first). A lane's plugin calls, and the tasks a call starts
+    /// (an outbound HTTP request, its connection), stay on its thread, and
+    /// a guest burning CPU never delays the admin API, the sources or the
+    /// sinks. Default: one per CPU the process may use. `0`: no plugin
+    /// threads, lanes run on the shared async workers (as before 2026-12;
+    /// outbound HTTP calls then cost ~40 µs more each, see
+    /// docs/benchmarks.md).
+    #[serde(default)]
+    pub plugin_threads: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
@@ -198,6 +209,7 @@ impl Default for RuntimeConfig {
             shutdown_timeout: default_shutdown_timeout(),
             watch_plugins: true,
             instance_id: None,
+            plugin_threads: None,
         }
     }
 }

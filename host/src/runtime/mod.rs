@@ -1,5 +1,7 @@
 //! The WebAssembly runtime: everything that touches wasmtime lives here.
 //!
+//! - [`executor`]: the plugin threads lanes (and so guest code, and the
+//!   tasks a call spawns) run on, off the main runtime's workers.
 //! - [`engine`]: the one process-wide engine and its defaults (epoch ticks for
 //!   deadlines, allocator, the compiled-component cache).
 //! - [`plugin`]: loading and validating a component into a
@@ -24,6 +26,7 @@ pub mod capability;
 mod client;
 pub mod effects;
 pub mod engine;
+pub mod executor;
 mod host;
 pub mod http;
 pub mod instance;
