@@ -198,9 +198,7 @@ fn spinning_guests_do_not_stall_the_admin_api_or_other_pipelines() -> Result<()>
         ensure!(status == 200 && body.contains("pipeline=\"spin\""), "/metrics answered {status}: {body}");
         let started = Instant::now();
         scratch.append_events("healthy.jsonl", &[event(&format!("ok:{i}"))])?;
-        host.wait_until("the healthy pipeline's output beside the spinners", WITHIN, || {
-            scratch.count_lines("healthy-out.jsonl") == i + 2
-        })?;
+        host.wait_until("the healthy pipeline's output beside the spinners", WITHIN, || scratch.count_lines("healthy-out.jsonl") == i + 2)?;
         round_trips.push(started.elapsed());
     }
     let spun_after = scratch.count_lines("spin-dlq.jsonl");
@@ -208,7 +206,10 @@ fn spinning_guests_do_not_stall_the_admin_api_or_other_pipelines() -> Result<()>
         "spinners dead-lettered {spun_before} → {spun_after} of {SPINNERS}; peak threads {peak_threads}; \
          /healthz {healthz:?}; /metrics {metrics:?}; healthy round trips {round_trips:?}"
     );
-    ensure!(spun_after > spun_before && spun_after < SPINNERS, "the measurements ran while the spinners spun ({spun_before} → {spun_after})");
+    ensure!(
+        spun_after > spun_before && spun_after < SPINNERS,
+        "the measurements ran while the spinners spun ({spun_before} → {spun_after})"
+    );
     healthz.sort();
     let (median, slowest) = (healthz[healthz.len() / 2], healthz[healthz.len() - 1]);
     // With the spinners on the admin API's workers (`plugin_threads = 0`),

@@ -928,7 +928,10 @@ async fn lanes_and_the_tasks_their_calls_spawn_run_on_plugin_threads() -> anyhow
         },
         SinkMode::Ok,
     );
-    h.dispatcher.executor = Some(crate::runtime::executor::Executor::start(2)?);
+    // Kept here too: the threads stop with the last clone, and the tasks
+    // the calls spawned may still be queued when the dispatcher returns.
+    let executor = crate::runtime::executor::Executor::start(2)?;
+    h.dispatcher.executor = Some(executor.clone());
     h.dispatcher.concurrency = 4;
     h.dispatcher.ordering = Ordering::Key;
     let events = (0..64)
@@ -959,5 +962,6 @@ async fn lanes_and_the_tasks_their_calls_spawn_run_on_plugin_threads() -> anyhow
         threads.insert(thread.clone());
     }
     assert_eq!(threads.len(), 2, "four lanes spread over both plugin threads: {threads:?}");
+    drop(executor);
     Ok(())
 }

@@ -63,7 +63,8 @@ impl Outbound {
     /// `handler_timeout`.
     pub fn new(pipeline: &str, config: HttpConfig, handler_timeout: Duration) -> Result<Self, String> {
         let timeout = config.timeout.min(handler_timeout);
-        let pool = pool::Pools::new(timeout, config.max_concurrent.max(1)).map_err(|e| format!("cannot set up TLS for outbound HTTP: {e}"))?;
+        let pool =
+            pool::Pools::new(timeout, config.max_concurrent.max(1)).map_err(|e| format!("cannot set up TLS for outbound HTTP: {e}"))?;
         Ok(Self {
             timeout,
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
