@@ -194,8 +194,8 @@ pub struct RuntimeConfig {
     /// (an outbound HTTP request, its connection), stay on its thread, and
     /// a guest burning CPU never delays the admin API, the sources or the
     /// sinks. Default: one per CPU the process may use. `0`: no plugin
-    /// threads, lanes run on the shared async workers (as before 2026-12;
-    /// outbound HTTP calls then cost ~40 µs more each, see
+    /// threads, lanes run on the shared async workers (as before 2026-12,
+    /// where an outbound HTTP call hopped between CPUs, see
     /// docs/benchmarks.md).
     #[serde(default)]
     pub plugin_threads: Option<usize>,
