@@ -266,8 +266,15 @@ impl Sluice {
         };
         // Paths go through JSON string escapes, which are valid TOML escapes.
         let quote = |path: &Path| serde_json::Value::from(path.display().to_string()).to_string();
+        // `SLUICE_BENCH_PLUGIN_THREADS=N`: `[runtime] plugin_threads = N`
+        // (0: lanes on the shared workers), to compare in one session.
+        let threads = std::env::var("SLUICE_BENCH_PLUGIN_THREADS")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(|n| format!("plugin_threads = {n}\n"))
+            .unwrap_or_default();
         let config = format!(
-            "[runtime]\nshutdown_timeout = \"5s\"\ncache_dir = {cache}\n\n\
+            "[runtime]\nshutdown_timeout = \"5s\"\ncache_dir = {cache}\n{threads}\n\
              [pipelines.bench]\nsource = {source}\nsink = {sink}\n\
              dead_letter = {{ kind = \"file\", path = {dlq} }}\n\n\
              [pipelines.bench.plugin]\npath = {plugin}\n",

@@ -8,6 +8,10 @@
 //!   with the wasm plugin and with a native handler; `/1worker` runs one lane
 //!   on a tokio runtime with one worker thread (issue 20's one-core case),
 //!   `wasm-nestjs` the same with a source decoding NestJS packets.
+//!   `*-threads` runs the lanes on plugin threads (`runtime::executor`, as
+//!   the host does by default: one per CPU, one for the `/1worker` rows),
+//!   intake on the runtime; the others run everything on the runtime (as
+//!   the host did before, and does with `[runtime] plugin_threads = 0`).
 //!
 //! `SLUICE_BENCH_ROUNDS=N` skips criterion and runs the one-worker cases in
 //! N interleaved rounds instead, printing the median and spread of events/s,
@@ -33,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use sluice::config::{BackoffConfig, WasiGrants};
 use sluice::dispatch::{Dispatcher, HandlerFactory, RetryPolicy, Router};
 use sluice::event::{Event, Header};
+use sluice::runtime::executor::Executor;
 use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 
 use common::{native_passthrough, MemorySource, Native, NullSink};
@@ -216,8 +221,9 @@ fn bench_calls(c: &mut Criterion, plugin: &LoadedPlugin) {
     group.finish();
 }
 
-fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize, lanes: usize) -> Dispatcher {
+fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize, lanes: usize, executor: Option<&Executor>) -> Dispatcher {
     Dispatcher {
+        executor: executor.cloned(),
         retry: RetryPolicy { max_attempts: 1, backoff: BackoffConfig::default() },
         batch_size: batch,
         concurrency: lanes,
@@ -232,7 +238,19 @@ fn dispatcher(factory: Arc<dyn HandlerFactory>, batch: usize, lanes: usize) -> D
     }
 }
 
+/// Plugin threads, `threads` of them (at least one).
+fn plugin_threads(threads: usize) -> Executor {
+    match Executor::start(threads) {
+        Ok(executor) => executor,
+        Err(e) => {
+            eprintln!("cannot start plugin threads: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
+    let threads = plugin_threads(sluice::runtime::executor::default_threads());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -246,19 +264,22 @@ fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
         let events: Vec<Event> = (0..PIPELINE_EVENTS).map(|i| event(i, size)).collect();
         group.throughput(Throughput::Elements(PIPELINE_EVENTS as u64));
         let variants = [
-            ("native", Arc::new(Native) as Arc<dyn HandlerFactory>, false),
-            ("wasm", Arc::new(plugin.clone()), false),
-            ("wasm-traced", Arc::new(plugin.clone()), true),
+            ("native", Arc::new(Native) as Arc<dyn HandlerFactory>, false, false),
+            ("wasm", Arc::new(plugin.clone()), false, false),
+            ("native-threads", Arc::new(Native) as Arc<dyn HandlerFactory>, false, true),
+            ("wasm-threads", Arc::new(plugin.clone()), false, true),
+            ("wasm-traced", Arc::new(plugin.clone()), true, false),
         ];
-        for ((name, factory, traced), lanes) in variants.into_iter().flat_map(|v| LANES.map(|l| (v.clone(), l))) {
+        for ((name, factory, traced, on_threads), lanes) in variants.into_iter().flat_map(|v| LANES.map(|l| (v.clone(), l))) {
             if traced && lanes > 1 {
                 continue;
             }
+            let executor = on_threads.then_some(&threads);
             group.bench_function(BenchmarkId::new(name, pipeline_param(label, lanes)), |b| {
                 b.iter_batched(
                     || MemorySource(events.clone().into()),
                     |source| {
-                        let mut d = dispatcher(factory.clone(), PIPE_BATCH, lanes);
+                        let mut d = dispatcher(factory.clone(), PIPE_BATCH, lanes, executor);
                         if traced {
                             d.tracing = traced_pipeline();
                         }
@@ -270,13 +291,15 @@ fn bench_pipeline(c: &mut Criterion, plugin: &LoadedPlugin) {
         }
     }
     let one = one_worker_runtime();
+    let one_thread = plugin_threads(1);
     for case in one_worker_cases(plugin) {
         group.throughput(Throughput::Elements(PIPELINE_EVENTS as u64));
         let events = case.events(PIPELINE_EVENTS);
+        let executor = case.threads.then_some(&one_thread);
         group.bench_function(BenchmarkId::new(case.name, one_worker_param(case.label)), |b| {
             b.iter_batched(
                 || memory_source(&events, case.nestjs),
-                |source| run_on_worker(&one, dispatcher(case.factory.clone(), PIPE_BATCH, 1), source),
+                |source| run_on_worker(&one, dispatcher(case.factory.clone(), PIPE_BATCH, 1, executor), source),
                 criterion::BatchSize::LargeInput,
             )
         });
@@ -298,6 +321,8 @@ struct Case {
     size: usize,
     factory: Arc<dyn HandlerFactory>,
     nestjs: bool,
+    /// The lane on a plugin thread.
+    threads: bool,
 }
 
 impl Case {
@@ -314,10 +339,13 @@ fn one_worker_cases(plugin: &LoadedPlugin) -> Vec<Case> {
     let wasm = || Arc::new(plugin.clone()) as Arc<dyn HandlerFactory>;
     let mut cases = Vec::new();
     for (size, label) in SIZES {
-        cases.push(Case { name: "native", label, size, factory: native(), nestjs: false });
-        cases.push(Case { name: "wasm", label, size, factory: wasm(), nestjs: false });
+        cases.push(Case { name: "native", label, size, factory: native(), nestjs: false, threads: false });
+        cases.push(Case { name: "wasm", label, size, factory: wasm(), nestjs: false, threads: false });
+        cases.push(Case { name: "native-threads", label, size, factory: native(), nestjs: false, threads: true });
+        cases.push(Case { name: "wasm-threads", label, size, factory: wasm(), nestjs: false, threads: true });
     }
-    cases.push(Case { name: "wasm-nestjs", label: "100B", size: 100, factory: wasm(), nestjs: true });
+    cases.push(Case { name: "wasm-nestjs", label: "100B", size: 100, factory: wasm(), nestjs: true, threads: false });
+    cases.push(Case { name: "wasm-nestjs-threads", label: "100B", size: 100, factory: wasm(), nestjs: true, threads: true });
     cases
 }
 
@@ -325,13 +353,14 @@ fn one_worker_cases(plugin: &LoadedPlugin) -> Vec<Case> {
 /// (the order reversed every other round), `count` events per run.
 fn rounds(plugin: &LoadedPlugin, rounds: usize, count: usize) {
     let rt = one_worker_runtime();
+    let one_thread = plugin_threads(1);
     // `SLUICE_BENCH_CASE=wasm`: only the cases of that name (to profile one).
     let only = std::env::var("SLUICE_BENCH_CASE").ok();
     let cases: Vec<Case> = one_worker_cases(plugin).into_iter().filter(|c| only.as_deref().is_none_or(|n| n == c.name)).collect();
     let inputs: Vec<Vec<Event>> = cases.iter().map(|c| c.events(count)).collect();
     let run = |case: &Case, events: &[Event]| {
         let source = memory_source(events, case.nestjs);
-        let d = dispatcher(case.factory.clone(), PIPE_BATCH, 1);
+        let d = dispatcher(case.factory.clone(), PIPE_BATCH, 1, case.threads.then_some(&one_thread));
         let (cpu, started) = (cpu_seconds(), std::time::Instant::now());
         run_on_worker(&rt, d, source);
         (started.elapsed().as_secs_f64(), cpu_seconds() - cpu)
@@ -442,6 +471,24 @@ fn report() {
             );
         }
     }
+    println!("\nLanes on plugin threads (`*-threads`) against everything on the runtime, same run:");
+    println!("| pipeline | native events/s | wasm events/s | wasm/native | native-threads events/s | wasm-threads events/s | wasm-threads/native | wasm-threads/native-threads |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut params: Vec<String> = SIZES.iter().flat_map(|(_, label)| LANES.map(|lanes| pipeline_param(label, lanes))).collect();
+    params.extend(SIZES.iter().map(|(_, label)| one_worker_param(label)));
+    for param in params {
+        let rate = |name: &str| mean_ns("pipeline", name, &param).map(|ns| PIPELINE_EVENTS as f64 / (ns / 1e9));
+        if let (Some(native), Some(wasm), Some(native_threads), Some(wasm_threads)) =
+            (rate("native"), rate("wasm"), rate("native-threads"), rate("wasm-threads"))
+        {
+            println!(
+                "| {param} | {native:.0} | {wasm:.0} | {:.2} | {native_threads:.0} | {wasm_threads:.0} | {:.2} | {:.2} |",
+                wasm / native,
+                wasm_threads / native,
+                wasm_threads / native_threads
+            );
+        }
+    }
     println!("\n| payload | wasm events/s | with correlation ids and spans | traced/untraced |");
     println!("|---|---|---|---|");
     for (_, label) in SIZES {
@@ -467,7 +514,7 @@ fn report() {
 fn batch_sizes(plugin: &LoadedPlugin) {
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else { return };
     for (name, factory) in [("native", Arc::new(Native) as Arc<dyn HandlerFactory>), ("wasm", Arc::new(plugin.clone()))] {
-        let d = dispatcher(factory, PIPE_BATCH, 1);
+        let d = dispatcher(factory, PIPE_BATCH, 1, None);
         let stats = d.stats.clone();
         let source = MemorySource((0..PIPELINE_EVENTS).map(|i| event(i, 100)).collect());
         let started = std::time::Instant::now();

@@ -13,8 +13,14 @@
 //! - `http/plugin-no-call`: the same plugin call without the request
 //!   (`passthrough`), to tell the plugin call from the HTTP path.
 //!
-//! Each is timed inside a task on the runtime, as a lane calls a plugin.
-//! Prints the added time per call (plugin minus native) after the report.
+//! The plugin loops run on a plugin thread (`runtime::executor`), where
+//! lanes run; `http/plugin-shared` is `http/plugin` in a task on the
+//! 2-worker runtime instead, where lanes ran before (and run with
+//! `[runtime] plugin_threads = 0`). The native loop runs in a task on the
+//! 2-worker runtime, as a native service would.
+//! Prints the added time per call (plugin minus native) and the voluntary
+//! context switches per call (`getrusage`, the whole process) after the
+//! report.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -119,6 +125,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let in_task = |work: std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + Send>>| -> Duration {
         rt.block_on(async { tokio::spawn(work).await.unwrap_or(Duration::MAX) })
     };
+    let executor = runtime.executor()?.ok_or("no plugin threads")?;
+    let on_plugin_thread = |work: std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + Send>>| -> Duration {
+        rt.block_on(async { executor.spawn(work).await.unwrap_or(Duration::MAX) })
+    };
     let plugin_calls = |iters: u64| {
         let (calling, next) = (calling.clone(), next.clone());
         Box::pin(async move {
@@ -159,28 +169,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut criterion = Criterion::default().configure_from_args().sample_size(50).measurement_time(Duration::from_secs(5));
     let mut group = criterion.benchmark_group("http");
-    group.bench_function("plugin", |b| b.iter_custom(|iters| in_task(plugin_calls(iters))));
+    group.bench_function("plugin", |b| b.iter_custom(|iters| on_plugin_thread(plugin_calls(iters))));
+    group.bench_function("plugin-shared", |b| b.iter_custom(|iters| in_task(plugin_calls(iters))));
     group.bench_function("native", |b| b.iter_custom(|iters| in_task(native_calls(iters))));
-    group.bench_function("plugin-no-call", |b| b.iter_custom(|iters| in_task(bare_calls(iters))));
+    group.bench_function("plugin-no-call", |b| b.iter_custom(|iters| on_plugin_thread(bare_calls(iters))));
     group.finish();
 
-    // A plain mean over many calls for the summary line, interleaved in
-    // rounds of 20 so both see the same machine.
-    let rounds = 100u32;
-    let (mut plugin_time, mut native_time, mut bare_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    for _ in 0..rounds {
-        plugin_time += in_task(plugin_calls(20));
-        native_time += in_task(native_calls(20));
-        bare_time += in_task(bare_calls(20));
+    // A plain mean over many calls for the summary lines, interleaved in
+    // rounds of 20 so all see the same machine; the voluntary context
+    // switches of the whole process counted around each.
+    let rounds = std::env::var("SLUICE_BENCH_HTTP_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(100u32);
+    let mut totals = [(Duration::ZERO, 0i64); 4];
+    for round in 0..rounds {
+        let mut order = [0, 1, 2, 3];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for case in order {
+            let switches = voluntary_switches();
+            let took = match case {
+                0 => on_plugin_thread(plugin_calls(20)),
+                1 => in_task(plugin_calls(20)),
+                2 => in_task(native_calls(20)),
+                _ => on_plugin_thread(bare_calls(20)),
+            };
+            totals[case].0 += took;
+            totals[case].1 += voluntary_switches() - switches;
+        }
     }
-    let rounds = rounds * 20;
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(rounds);
+    let calls = rounds * 20;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(calls);
+    let switches = |n: i64| n as f64 / f64::from(calls);
+    let [(plugin, plugin_cs), (shared, shared_cs), (native, native_cs), (bare, bare_cs)] = totals;
+    println!("\nhttp, {calls} calls each, interleaved (mean; voluntary context switches per call, whole process):");
+    println!("  plugin on a plugin thread  {:7.1} µs  {:.2} cs", per(plugin), switches(plugin_cs));
+    println!("  plugin on the 2 workers    {:7.1} µs  {:.2} cs", per(shared), switches(shared_cs));
+    println!("  native on the 2 workers    {:7.1} µs  {:.2} cs", per(native), switches(native_cs));
+    println!("  plugin-no-call (plugin th.){:7.1} µs  {:.2} cs", per(bare), switches(bare_cs));
     println!(
-        "\nhttp: plugin GET {:.1} µs, native GET {:.1} µs, added {:.1} µs per call (of which the plugin call itself {:.1} µs)",
-        per(plugin_time),
-        per(native_time),
-        per(plugin_time) - per(native_time),
-        per(bare_time)
+        "http: added per call {:.1} µs on a plugin thread, {:.1} µs on the 2 workers (the plugin call itself {:.1} µs)",
+        per(plugin) - per(native),
+        per(shared) - per(native),
+        per(bare)
     );
     Ok(())
+}
+
+/// Voluntary context switches of the whole process so far.
+fn voluntary_switches() -> i64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    usage.ru_nvcsw
 }

@@ -49,6 +49,9 @@ pub enum BuildError {
     /// The `schemas` table cannot be compiled into a gate.
     #[error("{0}")]
     Schemas(String),
+    /// The plugin threads cannot be started.
+    #[error(transparent)]
+    Engine(#[from] crate::runtime::engine::EngineError),
 }
 
 /// The plugin spec a pipeline's config describes.
@@ -233,6 +236,7 @@ pub(crate) async fn build(
         },
         header_limits: crate::dispatch::limits::HeaderLimits::from_policy(policy),
         clients,
+        executor: runtime.executor()?,
     };
     Ok(Built { dispatcher, source, plugin, pause, transaction: fenceable })
 }

@@ -61,6 +61,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         max_memory: config.pipelines.values().map(|p| p.policy.memory.as_u64()).max().unwrap_or(0),
         cache_dir: config.runtime.cache_dir.clone(),
         trusted_keys: config.plugins.trusted_keys.clone(),
+        plugin_threads: config.runtime.plugin_threads,
     }
 }
 

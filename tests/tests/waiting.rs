@@ -65,7 +65,7 @@ fn sleeping_handlers_hold_no_thread_and_stall_nothing_else() -> Result<()> {
 max_attempts = 1
 batch_size = 1"#;
     let config = format!(
-        "{runtime}shutdown_timeout = \"3s\"\n\n[admin]\nlisten = \"{ANY_PORT}\"\n{one}{many}{healthy}{blocked}{waiting}",
+        "{runtime}shutdown_timeout = \"3s\"\nplugin_threads = 2\n\n[admin]\nlisten = \"{ANY_PORT}\"\n{one}{many}{healthy}{blocked}{waiting}",
         runtime = runtime_table(),
         one = pipeline("one-lane", false, "", slow),
         many = pipeline("lanes", false, "", &format!("{slow}\nconcurrency = 64\nordering = \"none\"")),
@@ -149,5 +149,85 @@ fn check_refuses_a_plugin_that_blocks_in_init() -> Result<()> {
     checked.ensure_failure()?;
     ensure!(checked.stdout.contains("did not finish starting and `init` within policy.init_timeout (300ms)"), "{}", checked.stdout);
     ensure!(started.elapsed() < Duration::from_secs(30), "check took {:?}", started.elapsed());
+    Ok(())
+}
+
+/// Guests that burn CPU until their deadline in 64 lanes (32 on each of
+/// two plugin threads, `plugin_threads = 2`) while the admin API is asked for
+/// `/healthz` and `/metrics` and a healthy pipeline gets events one at a
+/// time: the admin API answers (the guests run on the plugin threads, not
+/// on the async workers that serve it, the sources and the sinks); the healthy pipeline's events come through (a lane beside
+/// spinners waits its turn, a tick each, but is never starved); the
+/// spinners are dead-lettered at their deadline, and the host's threads
+/// stay few. (The latencies are printed, not bounded tightly: on a shared
+/// 2-CPU machine they measure the machine's load as much as the host.)
+#[test]
+fn spinning_guests_do_not_stall_the_admin_api_or_other_pipelines() -> Result<()> {
+    const SPINNERS: usize = 10_000;
+    let scratch = Scratch::new()?;
+    scratch.write_events("spin.jsonl", &(0..SPINNERS).map(|_| event("loop")).collect::<Vec<_>>())?;
+    scratch.write("healthy.jsonl", "")?;
+    let config = format!(
+        "{runtime}shutdown_timeout = \"3s\"\n\n[admin]\nlisten = \"{ANY_PORT}\"\n{spin}{healthy}",
+        runtime = runtime_table(),
+        spin = pipeline("spin", false, "", "timeout = \"300ms\"\nmax_attempts = 1\nbatch_size = 1\nconcurrency = 64\nordering = \"none\""),
+        healthy = pipeline("healthy", true, "", "timeout = \"5s\""),
+    );
+    let mut host = start(&scratch, &config, "sluice.toml")?;
+    let port = host.admin_port()?;
+    let pid = host.pid();
+    host.wait_until("the admin API", WITHIN, || http_request(port, "GET", "/healthz", None, b"").is_ok_and(|(s, _)| s == 200))?;
+    scratch.append_events("healthy.jsonl", &[event("ok:warm-up")])?;
+    host.wait_until("the healthy pipeline's first output", WITHIN, || scratch.count_lines("healthy-out.jsonl") == 1)?;
+    // The spinners are at it: some have run into their deadline.
+    host.wait_until("the first spinners' deadlines", WITHIN, || scratch.count_lines("spin-dlq.jsonl") >= 64)?;
+    let spun_before = scratch.count_lines("spin-dlq.jsonl");
+
+    let mut peak_threads = 0;
+    let (mut healthz, mut metrics, mut round_trips) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..10 {
+        peak_threads = peak_threads.max(threads(pid)?);
+        for _ in 0..5 {
+            let started = Instant::now();
+            let (status, _) = http_request(port, "GET", "/healthz", None, b"")?;
+            healthz.push(started.elapsed());
+            ensure!(status == 200, "/healthz answered {status}");
+        }
+        let started = Instant::now();
+        let (status, body) = http_request(port, "GET", "/metrics", None, b"")?;
+        metrics.push(started.elapsed());
+        ensure!(status == 200 && body.contains("pipeline=\"spin\""), "/metrics answered {status}: {body}");
+        let started = Instant::now();
+        scratch.append_events("healthy.jsonl", &[event(&format!("ok:{i}"))])?;
+        host.wait_until("the healthy pipeline's output beside the spinners", WITHIN, || scratch.count_lines("healthy-out.jsonl") == i + 2)?;
+        round_trips.push(started.elapsed());
+    }
+    let spun_after = scratch.count_lines("spin-dlq.jsonl");
+    eprintln!(
+        "spinners dead-lettered {spun_before} → {spun_after} of {SPINNERS}; peak threads {peak_threads}; \
+         /healthz {healthz:?}; /metrics {metrics:?}; healthy round trips {round_trips:?}"
+    );
+    ensure!(
+        spun_after > spun_before && spun_after < SPINNERS,
+        "the measurements ran while the spinners spun ({spun_before} → {spun_after})"
+    );
+    let slowest = healthz.iter().max().copied().unwrap_or_default();
+    ensure!(slowest < Duration::from_secs(2), "/healthz took {slowest:?} beside 64 spinning guests");
+    let slowest = metrics.iter().max().copied().unwrap_or_default();
+    ensure!(slowest < Duration::from_secs(2), "/metrics took {slowest:?} beside 64 spinning guests");
+    let slowest = round_trips.iter().max().copied().unwrap_or_default();
+    ensure!(slowest < Duration::from_secs(10), "the healthy pipeline took {slowest:?} for one event beside 64 spinners: {round_trips:?}");
+    ensure!(peak_threads <= 40, "the host grew to {peak_threads} threads");
+
+    let dead = scratch.read_jsonl("spin-dlq.jsonl")?;
+    for record in dead.iter().take(64) {
+        ensure!(header(record, "sluice-dlq-reason") == Some("timeout"), "{record}");
+    }
+    let healthy = scratch.read_jsonl("healthy-out.jsonl")?;
+    ensure!(healthy.len() == 11, "{} healthy outputs", healthy.len());
+    let started = Instant::now();
+    host.terminate()?;
+    host.wait(Duration::from_secs(30))?;
+    ensure!(started.elapsed() < Duration::from_secs(8), "SIGTERM took {:?} with spinning guests", started.elapsed());
     Ok(())
 }

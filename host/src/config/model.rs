@@ -192,6 +192,17 @@ pub struct RuntimeConfig {
     /// different users.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Threads that run the pipelines' lanes, and so the plugins: each a
+    /// single-threaded async runtime, lanes spread over them (the least
+    /// loaded first). A lane's plugin calls, and the tasks a call starts
+    /// (an outbound HTTP request, its connection), stay on its thread, and
+    /// a guest burning CPU never delays the admin API, the sources or the
+    /// sinks. Default `0`: no plugin threads, lanes run on the shared async
+    /// workers (where an outbound HTTP call hops between CPUs, see
+    /// docs/benchmarks.md); the default changes once the plugin threads
+    /// are measured.
+    #[serde(default)]
+    pub plugin_threads: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
@@ -202,6 +213,7 @@ impl Default for RuntimeConfig {
             shutdown_timeout: default_shutdown_timeout(),
             watch_plugins: true,
             instance_id: None,
+            plugin_threads: None,
         }
     }
 }

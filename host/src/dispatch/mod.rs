@@ -199,6 +199,11 @@ pub struct Dispatcher {
     /// A candidate version tried beside the current one, when there is
     /// one (see `rollout` and `candidate`).
     pub rollout: Arc<crate::rollout::Rollout>,
+    /// The plugin threads the lanes run on (with their publishers and
+    /// completers, and whatever their plugin calls spawn); `None`: on the
+    /// runtime that runs the dispatcher (`[runtime] plugin_threads = 0`,
+    /// and tests that do not ask for them).
+    pub executor: Option<crate::runtime::executor::Executor>,
 }
 
 /// A lane's inbox: its own queue, or the queue all lanes share.
@@ -249,6 +254,7 @@ impl Dispatcher {
             clients: None,
             tap: Arc::default(),
             rollout: Arc::new(crate::rollout::Rollout::new(pipeline, None, policy.timeout)),
+            executor: None,
         }
     }
 
@@ -389,6 +395,8 @@ impl Dispatcher {
 /// queue (any free lane takes the next event), otherwise each has its own
 /// (intake picks the lane by key or partition). Queues are bounded: a
 /// full one makes intake wait, which is the backpressure on the source.
+/// With an executor, each lane runs on a plugin thread (see
+/// [`crate::runtime::executor`]); intake stays on the caller's runtime.
 fn spawn_lanes(
     shared: &Arc<Dispatcher>,
     lanes: usize,
@@ -411,7 +419,12 @@ fn spawn_lanes(
     let mut tasks = tokio::task::JoinSet::new();
     for (id, inbox) in inboxes.into_iter().enumerate() {
         let lane = lane::Lane::new(id, shared.clone(), shutdown.clone(), failed.clone());
-        tasks.spawn(lane.run(inbox));
+        match &shared.executor {
+            Some(executor) => executor.spawn_lane(&mut tasks, lane.run(inbox)),
+            None => {
+                tasks.spawn(lane.run(inbox));
+            }
+        }
     }
     (senders, tasks)
 }

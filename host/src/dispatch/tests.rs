@@ -902,3 +902,67 @@ async fn a_nestjs_source_decodes_after_the_header_caps_and_replies_are_packets()
     );
     Ok(())
 }
+
+/// With plugin threads, each lane runs on one, and so does every task its
+/// plugin calls spawn (as wasmtime's `wasi:http` spawns a request task and
+/// a connection driver): a call's tasks never hop to another thread.
+/// Outputs and acks are what they are without plugin threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_and_the_tasks_their_calls_spawn_run_on_plugin_threads() -> anyhow::Result<()> {
+    type Seen = Arc<Mutex<Vec<(String, &'static str, String)>>>;
+    let seen: Seen = Arc::default();
+    let recording = seen.clone();
+    let mut h = harness(
+        move |e, _| {
+            let thread = || std::thread::current().name().unwrap_or_default().to_owned();
+            if let Ok(mut seen) = recording.lock() {
+                seen.push((e.id.clone(), "call", thread()));
+            }
+            let (spawned, id) = (recording.clone(), e.id.clone());
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                if let Ok(mut seen) = spawned.lock() {
+                    seen.push((id, "spawned", thread()));
+                }
+            });
+            Ok(echo(e))
+        },
+        SinkMode::Ok,
+    );
+    // Kept here too: the threads stop with the last clone, and the tasks
+    // the calls spawned may still be queued when the dispatcher returns.
+    let executor = crate::runtime::executor::Executor::start(2)?;
+    h.dispatcher.executor = Some(executor.clone());
+    h.dispatcher.concurrency = 4;
+    h.dispatcher.ordering = Ordering::Key;
+    let events = (0..64)
+        .map(|i| {
+            let mut e = event(&format!("e{i}"), &i.to_string());
+            e.key = Some(format!("k{i}").into_bytes());
+            (e, 0)
+        })
+        .collect();
+    let log = Settlements::default();
+    h.dispatcher.run(source(events, &log, false), CancellationToken::new()).await?;
+
+    assert_eq!(h.out.payloads().len(), 64);
+    let settled = settlements(&log);
+    assert_eq!(settled.len(), 64);
+    assert!(settled.iter().all(|(_, s)| *s == Settlement::Done), "{settled:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().map(|s| s.len()).unwrap_or(0) < 128 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(seen.len(), 128, "every call and every spawned task reported: {seen:?}");
+    let mut threads = std::collections::BTreeSet::new();
+    for (id, kind, thread) in &seen {
+        assert!(thread.starts_with("sluice-plugin-"), "{kind} of {id} ran on {thread:?}");
+        let call = seen.iter().find(|(i, k, _)| i == id && *k == "call").map(|(_, _, t)| t);
+        assert_eq!(call, Some(thread), "{kind} of {id} ran on {thread}, its call on {call:?}");
+        threads.insert(thread.clone());
+    }
+    assert_eq!(threads.len(), 2, "four lanes spread over both plugin threads: {threads:?}");
+    drop(executor);
+    Ok(())
+}

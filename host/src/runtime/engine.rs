@@ -34,6 +34,10 @@ pub struct RuntimeOptions {
     /// `[plugins] trusted_keys`: when any, only components signed by one
     /// of them are compiled.
     pub trusted_keys: Vec<PathBuf>,
+    /// `[runtime] plugin_threads`: the threads lanes run on (see
+    /// [`super::executor`]). `None` or `Some(0)`: none (the default until
+    /// they are measured), lanes run on the runtime that starts them.
+    pub plugin_threads: Option<usize>,
 }
 
 /// The wasmtime engine, the linker with our imports and WASI, and the
@@ -44,6 +48,8 @@ pub struct Runtime {
     linker: Arc<Linker<PluginState>>,
     cache_dir: Option<PathBuf>,
     trusted: Option<Arc<TrustedKeys>>,
+    /// The plugin threads, started when the first pipeline runs.
+    executor: Arc<super::executor::Lazy>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -63,6 +69,8 @@ pub enum EngineError {
     /// A `[plugins] trusted_keys` file cannot be read or is not a key.
     #[error("[plugins] trusted_keys: {0}")]
     TrustedKeys(#[from] KeyError),
+    #[error("cannot start the plugin threads ([runtime] plugin_threads): {0}")]
+    PluginThreads(std::io::Error),
 }
 
 impl Runtime {
@@ -105,7 +113,21 @@ impl Runtime {
             [] => None,
             paths => Some(Arc::new(TrustedKeys::load(paths)?)),
         };
-        Ok(Self { engine, linker: Arc::new(linker), cache_dir: options.cache_dir.clone(), trusted, _ticker: Arc::new(ticker) })
+        let threads = options.plugin_threads.unwrap_or(0);
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir: options.cache_dir.clone(),
+            trusted,
+            executor: Arc::new(super::executor::Lazy::new(threads)),
+            _ticker: Arc::new(ticker),
+        })
+    }
+
+    /// The plugin threads lanes run on, started on the first call; `None`
+    /// with `plugin_threads = 0` (lanes then run where they are started).
+    pub fn executor(&self) -> Result<Option<super::executor::Executor>, EngineError> {
+        self.executor.get().map_err(EngineError::PluginThreads)
     }
 
     /// The keys a component must be signed by, when `[plugins]

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, ResourceLimiter, Store};
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -136,7 +136,13 @@ impl Instance {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_async_yield_and_update(1);
+        // Yield at every tick through tokio's `yield_now` rather than
+        // wasmtime's own yield: tokio defers the wake-up until the thread
+        // has polled its timers and I/O, so on a plugin thread (a
+        // current-thread runtime, see `executor`) a spinning guest lets the
+        // deadline timers and the sockets of its neighbours run at every
+        // tick, not only every 61st task poll.
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))));
         store
     }
 

@@ -1,5 +1,8 @@
 //! The WebAssembly runtime: everything that touches wasmtime lives here.
 //!
+//! - `executor`: the plugin threads lanes (and so guest code, and the
+//!   tasks a call spawns) can run on, off the main runtime's workers
+//!   (`[runtime] plugin_threads`; public for the benches).
 //! - `engine`: the one process-wide engine and its defaults (epoch ticks for
 //!   deadlines, allocator, the compiled-component cache): [`Runtime`].
 //! - `plugin`: loading and validating a component into a
@@ -29,6 +32,7 @@ pub(crate) mod capability;
 mod client;
 pub(crate) mod effects;
 pub(crate) mod engine;
+pub mod executor;
 mod host;
 pub(crate) mod http;
 pub(crate) mod instance;

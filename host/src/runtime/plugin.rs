@@ -231,13 +231,26 @@ impl LoadedPlugin {
             .await
             .map_err(|e| LoadError::Start { path: path.clone(), detail: format!("the compiler thread stopped: {e}") })??;
         let mut plugin = compiled;
-        if let Some(accepts) = plugin.start(true).await?.1 {
+        if let Some(accepts) = plugin.first_start(runtime).await? {
             let _ = plugin.inner.accepts.set(accepts);
         }
         if let Some(inner) = Arc::get_mut(&mut plugin.inner) {
             inner.load_time = started.elapsed();
         }
         Ok(plugin)
+    }
+
+    /// The first instance and its `init`, on a plugin thread when there
+    /// are any (guest code never runs on the async workers that serve the
+    /// admin API and the sources); returns what `accepts` said.
+    async fn first_start(&self, runtime: &Runtime) -> Result<Option<Accepts>, LoadError> {
+        let Ok(Some(executor)) = runtime.executor() else {
+            return Ok(self.start(true).await?.1);
+        };
+        let plugin = self.clone();
+        executor.spawn(async move { plugin.start(true).await.map(|(_, accepts)| accepts) }).await.unwrap_or_else(|e| {
+            Err(LoadError::Start { path: self.inner.spec.path.clone(), detail: format!("the host failed while starting the plugin: {e}") })
+        })
     }
 
     /// A fresh instance with its config applied through `init`.

@@ -53,8 +53,9 @@ pub struct Outbound {
     /// Answers from a file instead of the network (`sluice plugin test
     /// --http-replies`): the allow list and the limits do not apply.
     pub(crate) stubs: Option<Arc<stub::HttpStubs>>,
-    /// Keep-alive connections, shared by the version's lanes.
-    pub(crate) pool: pool::Pool,
+    /// Keep-alive connections, shared by the version's lanes on each
+    /// plugin thread.
+    pub(crate) pool: pool::Pools,
 }
 
 impl Outbound {
@@ -62,7 +63,8 @@ impl Outbound {
     /// `handler_timeout`.
     pub fn new(pipeline: &str, config: HttpConfig, handler_timeout: Duration) -> Result<Self, String> {
         let timeout = config.timeout.min(handler_timeout);
-        let pool = pool::new(timeout, config.max_concurrent.max(1)).map_err(|e| format!("cannot set up TLS for outbound HTTP: {e}"))?;
+        let pool =
+            pool::Pools::new(timeout, config.max_concurrent.max(1)).map_err(|e| format!("cannot set up TLS for outbound HTTP: {e}"))?;
         Ok(Self {
             timeout,
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),

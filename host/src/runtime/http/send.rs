@@ -183,7 +183,7 @@ async fn send(
     // the deadline holds for the whole body.)
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let first_byte = options.and_then(|o| o.first_byte_timeout).map_or(remaining, |own| own.min(remaining));
-    match tokio::time::timeout(first_byte, outbound.pool.request(request)).await {
+    match tokio::time::timeout(first_byte, outbound.pool.current().request(request)).await {
         Err(_) => Err(timed_out(&mut record, "before the response")),
         Ok(Err(err)) => {
             let err = super::pool::error_code(err);
