@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use sluice::config::{BackoffConfig, WasiGrants};
 use sluice::dispatch::{Dispatcher, Handler, HandlerFactory, RetryPolicy, Router};
 use sluice::event::Event;
-use sluice::kafka::transaction::Transaction;
+use sluice::kafka::Transaction;
 use sluice::runtime::{Capability, LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use sluice::state::embedded::{EmbeddedDb, EmbeddedOptions};
 use sluice::state::memory::MemoryBackend;

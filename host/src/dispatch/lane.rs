@@ -466,7 +466,7 @@ impl Lane {
         events: &mut [Event],
         results: Vec<HandleResult>,
         state: crate::state::EventState,
-    ) -> Option<(Vec<(Vec<Output>, Option<Request>)>, Ticket)> {
+    ) -> Option<(Vec<Sendable>, Ticket)> {
         let mut sendable = Vec::with_capacity(events.len());
         for (event, result) in events.iter_mut().zip(results) {
             match result.map_err(Failed::Handler).and_then(|outputs| self.sendable(event, outputs, &mut None)) {
@@ -1189,6 +1189,10 @@ impl Examined {
         }
     }
 }
+
+/// An event's outputs, checked and ready to send, with the request they may
+/// answer.
+type Sendable = (Vec<Output>, Option<Request>);
 
 /// Events of a batch that go to the plugin together, with their acks and
 /// traces (index for index).

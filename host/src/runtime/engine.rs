@@ -69,6 +69,7 @@ pub enum EngineError {
     /// A `[plugins] trusted_keys` file cannot be read or is not a key.
     #[error("[plugins] trusted_keys: {0}")]
     TrustedKeys(#[from] KeyError),
+    /// The OS refused a plugin thread (`[runtime] plugin_threads`).
     #[error("cannot start the plugin threads ([runtime] plugin_threads): {0}")]
     PluginThreads(std::io::Error),
 }
