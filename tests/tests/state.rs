@@ -192,12 +192,15 @@ fn the_admin_api_reads_lists_and_deletes_state_keys() -> Result<()> {
     host.wait_until("the count to start again", WITHIN, || {
         scratch.read_jsonl("out.jsonl").is_ok_and(|o| payloads(&o).last().map(String::as_str) == Some("a=1"))
     })?;
-    let m = metrics(port)?;
     let labels = r#"{pipeline="counts",plugin="counter"}"#;
+    // The output is written before the event's state commit ends (the ack
+    // waits for both): wait for the commit, not only the output.
+    let committed = format!("sluice_state_committed_events_total{labels}");
+    host.wait_until("the last event's commit", WITHIN, || metrics(port).ok().and_then(|m| m.get(&committed).copied()) == Some(5.0))?;
+    let m = metrics(port)?;
     // Four increments and the operator's delete; four reads (increment reads).
     ensure!(m.get(&format!("sluice_state_writes_total{labels}")) == Some(&5.0), "{m:#?}");
     ensure!(m.get(&format!("sluice_state_reads_total{labels}")) == Some(&4.0), "{m:#?}");
-    ensure!(m.get(&format!("sluice_state_committed_events_total{labels}")) == Some(&5.0), "{m:#?}");
     host.terminate()?;
     host.wait(WITHIN)?.ensure_success()?;
     Ok(())
