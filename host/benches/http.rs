@@ -92,7 +92,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = format!("http://127.0.0.1:{port}/");
 
     let client: NativeClient = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let runtime = Runtime::new(&RuntimeOptions::default())?;
+    let runtime =
+        Runtime::new(&RuntimeOptions { plugin_threads: Some(sluice::runtime::executor::default_threads()), ..RuntimeOptions::default() })?;
     let with_call = rt.block_on(LoadedPlugin::load(&runtime, spec("http_enrich", &url, port)?))?;
     let without = rt.block_on(LoadedPlugin::load(&runtime, spec("passthrough", &url, port)?))?;
     let mut calling = rt.block_on(with_call.instantiate())?;
