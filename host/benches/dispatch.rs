@@ -40,7 +40,7 @@ use sluice::event::{Event, Header};
 use sluice::runtime::executor::Executor;
 use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 
-use common::{native_passthrough, MemorySource, Native, NullSink};
+use common::{cpu_seconds, native_passthrough, spread, MemorySource, Native, NullSink};
 
 /// Counts heap allocations while [`COUNTING`] is on (a relaxed load per
 /// allocation otherwise).
@@ -400,26 +400,6 @@ fn rounds(plugin: &LoadedPlugin, rounds: usize, count: usize) {
             case.name, case.label, r.0, r.1, r.2, c.0, c.1, c.2, allocations[i], q.0, q.1, q.2
         );
     }
-}
-
-/// Median, minimum and maximum.
-fn spread(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |i: usize| sorted.get(i).copied().unwrap_or(f64::NAN);
-    (at(sorted.len() / 2), at(0), at(sorted.len().saturating_sub(1)))
-}
-
-/// User and system CPU time of the whole process so far, in seconds.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Correlation ids made for every event and a recorded span per event

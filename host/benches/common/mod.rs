@@ -67,3 +67,26 @@ impl Sink for NullSink {
         "null".into()
     }
 }
+
+/// Median, minimum and maximum (of the rounds mode of the dispatch and
+/// state benches; each bench is its own crate, and `schema` has no rounds).
+#[allow(dead_code)]
+pub fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |i: usize| sorted.get(i).copied().unwrap_or(f64::NAN);
+    (at(sorted.len() / 2), at(0), at(sorted.len().saturating_sub(1)))
+}
+
+/// User and system CPU time of the whole process so far, in seconds.
+#[allow(dead_code)]
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}

@@ -18,7 +18,7 @@ use sluice::state::embedded::{EmbeddedDb, EmbeddedOptions};
 use sluice::state::memory::MemoryBackend;
 use sluice::state::{Limits, Store};
 
-use super::common::{MemorySource, NullSink};
+use super::common::{cpu_seconds, spread, MemorySource, NullSink};
 
 const BATCH: usize = 256;
 const KEYS: usize = 64;
@@ -244,24 +244,4 @@ fn try_rounds(rounds: usize, count: usize) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Median, minimum and maximum.
-fn spread(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |i: usize| sorted.get(i).copied().unwrap_or(f64::NAN);
-    (at(sorted.len() / 2), at(0), at(sorted.len().saturating_sub(1)))
-}
-
-/// User and system CPU time of the whole process so far, in seconds.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
