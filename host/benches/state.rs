@@ -32,6 +32,8 @@
 //! printed: median and spread of events/s, CPU µs per event (`getrusage`,
 //! the whole process, so redb's blocking threads and librdkafka's count)
 //! and each round's ratio of CPU per event to the stateless pipeline's.
+//! `SLUICE_BENCH_CASE=embedded` keeps the baseline and the cases whose name
+//! has that in it (to profile one).
 //! Needs the plugins built (`./dev plugins`; `SLUICE_PLUGIN_DIR`
 //! overrides where they are).
 

@@ -184,7 +184,13 @@ pub fn rounds(rounds: usize, count: usize) {
 fn try_rounds(rounds: usize, count: usize) -> Result<(), String> {
     let rt = one_worker_runtime()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let cases = cases(&rt, dir.path())?;
+    let mut cases = cases(&rt, dir.path())?;
+    // `SLUICE_BENCH_CASE=embedded`: the stateless baseline and the cases
+    // whose name has that in it (to profile one).
+    if let Ok(only) = std::env::var("SLUICE_BENCH_CASE") {
+        let mut first = true;
+        cases.retain(|case| std::mem::take(&mut first) || case.name.contains(&only));
+    }
     let mut runs = 0;
     let mut run = |case: &Case| -> Result<(f64, f64, u64), String> {
         runs += 1;
