@@ -1,5 +1,5 @@
 //! What `/proc` says about a process's memory and threads, and the exact
-//! peak of a child that has exited (`wait4`'s `ru_maxrss`).
+//! resource usage of a child that has exited (`wait4`).
 //!
 //! - `VmRSS`: resident pages, shared file pages (the mapped binary, a
 //!   compiled component mapped from the cache) counted whole.
@@ -51,8 +51,6 @@ fn field_kib(text: &str, name: &str) -> Option<u64> {
 #[derive(Debug, Clone, Copy)]
 pub struct Exit {
     pub success: bool,
-    /// Its peak resident set, exact (the kernel's own high-water mark).
-    pub max_rss_kib: u64,
     /// User + system CPU seconds over its whole life.
     pub cpu_secs: f64,
 }
@@ -73,7 +71,6 @@ pub async fn wait(pid: u32, timeout: Duration) -> Result<Exit> {
         let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         Ok(Exit {
             success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            max_rss_kib: usage.ru_maxrss as u64,
             cpu_secs: seconds(usage.ru_utime) + seconds(usage.ru_stime),
         })
     });
@@ -129,11 +126,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wait_reports_the_exit_and_peak_of_a_child() -> Result<()> {
+    async fn wait_reports_the_exit_and_cpu_of_a_child() -> Result<()> {
         let child = std::process::Command::new("true").spawn()?;
         let exit = wait(child.id(), Duration::from_secs(10)).await?;
         assert!(exit.success);
-        assert!(exit.max_rss_kib > 0);
+        let busy = std::process::Command::new("sh").args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exit 3"]).spawn()?;
+        let exit = wait(busy.id(), Duration::from_secs(30)).await?;
+        assert!(!exit.success);
+        assert!(exit.cpu_secs > 0.0, "{exit:?}");
         Ok(())
     }
 }
