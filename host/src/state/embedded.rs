@@ -3,10 +3,18 @@
 //! pipeline ([`EmbeddedDb::backend`]):
 //!
 //! - `state:<pipeline>`: key → value;
-//! - `applied:<pipeline>`: event id → commit time (ms since the Unix epoch),
-//!   the applied markers (see [`CommitBatch::applied`] for why they exist);
-//! - `applied_at:<pipeline>`: (commit time, event id) → (), an index of the
-//!   markers by age so pruning reads only what it deletes;
+//! - `markers:<pipeline>:<generation>`: event id (bytes) → (), the applied
+//!   markers (see [`CommitBatch::applied`] for why they exist), in
+//!   generations: a commit writes into the current one, and once it is
+//!   `marker_retention` old the next commit drops the generation before it
+//!   whole and starts a new one. A marker thus lives between one and two
+//!   retentions, and pruning costs no per-marker work (no index by age, no
+//!   range reads);
+//! - `marker_generations`: pipeline → (current generation, its start in ms
+//!   since the Unix epoch);
+//! - `applied:<pipeline>` (event id → ms): the markers of hosts before
+//!   generations, still answered, and dropped at the first rotation (every
+//!   one of them is older than a retention by then);
 //! - `positions`: (pipeline, source) → resume position.
 //!
 //! Every commit is one write transaction: state, markers and position land
@@ -29,7 +37,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,15 +50,10 @@ use super::backend::{Backend, CommitBatch};
 use super::memory::DEFAULT_MARKER_RETENTION;
 use super::StateError;
 
-/// Markers are pruned on every this many commits, not on each: pruning is a
-/// range read plus deletes, worth amortising.
-pub const DEFAULT_PRUNE_EVERY: u64 = 64;
-
-/// Most markers one prune deletes, so a backlog (after a long stop) spreads
-/// over several commits instead of making one transaction huge.
-pub const DEFAULT_PRUNE_MAX: usize = 10_000;
-
 const POSITIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("positions");
+
+/// Pipeline → (current marker generation, its start in ms since the epoch).
+const GENERATIONS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("marker_generations");
 
 /// Most bytes (keys plus values) the read cache of one pipeline holds: the
 /// hot keys of a stream fit many times over; colder ones are read from the
@@ -60,13 +63,10 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// How one pipeline's markers are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbeddedOptions {
-    /// How long an applied marker is kept: it must exceed the longest time a
-    /// source may take to redeliver an unacknowledged event. 24 h default.
+    /// How long an applied marker is kept at least (at most twice that): it
+    /// must exceed the longest time a source may take to redeliver an
+    /// unacknowledged event. 24 h default.
     pub marker_retention: Duration,
-    /// Prune on every `prune_every`-th commit (at least 1).
-    pub prune_every: u64,
-    /// Most markers deleted by one prune.
-    pub prune_max: usize,
     /// Longest time a commit stays without fsync (zero: every commit is
     /// fsynced before it returns). Only for a source whose position is
     /// committed with the state.
@@ -77,13 +77,7 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self {
-            marker_retention: DEFAULT_MARKER_RETENTION,
-            prune_every: DEFAULT_PRUNE_EVERY,
-            prune_max: DEFAULT_PRUNE_MAX,
-            sync_interval: Duration::ZERO,
-            cache_bytes: DEFAULT_CACHE_BYTES,
-        }
+        Self { marker_retention: DEFAULT_MARKER_RETENTION, sync_interval: Duration::ZERO, cache_bytes: DEFAULT_CACHE_BYTES }
     }
 }
 
@@ -129,12 +123,12 @@ impl EmbeddedDb {
             tables: Arc::new(Tables {
                 pipeline: pipeline.to_owned(),
                 state: format!("state:{pipeline}"),
-                applied: format!("applied:{pipeline}"),
-                applied_at: format!("applied_at:{pipeline}"),
+                legacy_applied: format!("applied:{pipeline}"),
+                legacy_applied_at: format!("applied_at:{pipeline}"),
             }),
             cache: Mutex::new(Cache::new(options.cache_bytes)),
-            options: EmbeddedOptions { prune_every: options.prune_every.max(1), ..options },
-            commits: AtomicU64::new(0),
+            options,
+            generation: Arc::new(Mutex::new(None)),
         }
     }
 }
@@ -143,20 +137,79 @@ impl EmbeddedDb {
 struct Tables {
     pipeline: String,
     state: String,
-    applied: String,
-    applied_at: String,
+    legacy_applied: String,
+    legacy_applied_at: String,
+}
+
+/// The name of one generation's markers table.
+fn markers_name(pipeline: &str, generation: u64) -> String {
+    format!("markers:{pipeline}:{generation}")
+}
+
+fn markers(name: &str) -> TableDefinition<'_, &'static [u8], ()> {
+    TableDefinition::new(name)
 }
 
 impl Tables {
     fn state(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
         TableDefinition::new(&self.state)
     }
-    fn applied(&self) -> TableDefinition<'_, &'static str, u64> {
-        TableDefinition::new(&self.applied)
+    fn legacy_applied(&self) -> TableDefinition<'_, &'static str, u64> {
+        TableDefinition::new(&self.legacy_applied)
     }
-    fn applied_at(&self) -> TableDefinition<'_, (u64, &'static str), ()> {
-        TableDefinition::new(&self.applied_at)
+    fn legacy_applied_at(&self) -> TableDefinition<'_, (u64, &'static str), ()> {
+        TableDefinition::new(&self.legacy_applied_at)
     }
+
+    /// Which of `ids` have a marker: in the current generation, the one
+    /// before it, or the legacy table.
+    fn applied_among(&self, txn: &redb::ReadTransaction, ids: &[&[u8]]) -> Result<Vec<bool>, redb::Error> {
+        let mut found = vec![false; ids.len()];
+        let current = match txn.open_table(GENERATIONS) {
+            Ok(table) => table.get(self.pipeline.as_str())?.map(|g| g.value().0),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let names: Vec<String> = match current {
+            Some(g) => [Some(g), g.checked_sub(1)].into_iter().flatten().map(|g| markers_name(&self.pipeline, g)).collect(),
+            None => Vec::new(),
+        };
+        for name in &names {
+            let table = match txn.open_table(markers(name)) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for (i, id) in ids.iter().enumerate() {
+                if !found[i] {
+                    found[i] = table.get(*id)?.is_some();
+                }
+            }
+        }
+        match txn.open_table(self.legacy_applied()) {
+            Ok(table) => {
+                for (i, id) in ids.iter().enumerate() {
+                    if !found[i] {
+                        // A legacy key is a `&str`; an id that is not UTF-8
+                        // was never written there.
+                        if let Ok(id) = std::str::from_utf8(id) {
+                            found[i] = table.get(id)?.is_some();
+                        }
+                    }
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(found)
+    }
+}
+
+/// The current marker generation and when it started (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Generation {
+    number: u64,
+    started_ms: u64,
 }
 
 /// One pipeline's state in the host's database.
@@ -167,7 +220,9 @@ pub struct EmbeddedBackend {
     db: EmbeddedDb,
     tables: Arc<Tables>,
     options: EmbeddedOptions,
-    commits: AtomicU64,
+    /// The current marker generation, read from the file by the first
+    /// commit; this backend is its pipeline's only writer, so it stays true.
+    generation: Arc<Mutex<Option<Generation>>>,
     cache: Mutex<Cache>,
 }
 
@@ -276,16 +331,38 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
-        let prune = self.commits.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.options.prune_every);
         let retention_ms = u64::try_from(self.options.marker_retention.as_millis()).unwrap_or(u64::MAX);
-        let prune_max = self.options.prune_max;
         let durability = if self.options.sync_interval.is_zero() { Durability::Immediate } else { Durability::None };
         let unsynced = Arc::clone(&self.unsynced);
+        let generation = Arc::clone(&self.generation);
         let committed = self
             .run(move |db, tables| {
                 let now = now_ms();
                 let mut txn = db.begin_write()?;
                 txn.set_durability(durability)?;
+                let known = *generation.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut current = match known {
+                    Some(current) => current,
+                    None => {
+                        let table = txn.open_table(GENERATIONS)?;
+                        let stored = table.get(tables.pipeline.as_str())?.map(|g| g.value());
+                        stored.map_or(Generation { number: 0, started_ms: now }, |(number, started_ms)| Generation { number, started_ms })
+                    }
+                };
+                let rotate = now.saturating_sub(current.started_ms) >= retention_ms;
+                if rotate {
+                    // Every marker of the generation before the current one,
+                    // and every legacy marker, is older than a retention.
+                    if let Some(old) = current.number.checked_sub(1) {
+                        txn.delete_table(markers(&markers_name(&tables.pipeline, old)))?;
+                    }
+                    txn.delete_table(tables.legacy_applied())?;
+                    txn.delete_table(tables.legacy_applied_at())?;
+                    current = Generation { number: current.number + 1, started_ms: now };
+                }
+                if rotate || known.is_none() {
+                    txn.open_table(GENERATIONS)?.insert(tables.pipeline.as_str(), (current.number, current.started_ms))?;
+                }
                 {
                     let mut state = txn.open_table(tables.state())?;
                     for (key, value) in &batch.writes {
@@ -294,27 +371,10 @@ impl Backend for EmbeddedBackend {
                             None => drop(state.remove(key.as_str())?),
                         }
                     }
-                    let mut applied = txn.open_table(tables.applied())?;
-                    let mut applied_at = txn.open_table(tables.applied_at())?;
-                    if prune {
-                        let cutoff = now.saturating_sub(retention_ms);
-                        let mut old = Vec::new();
-                        for entry in applied_at.range::<(u64, &str)>(..(cutoff, ""))?.take(prune_max) {
-                            let (key, _) = entry?;
-                            let (at, id) = key.value();
-                            old.push((at, id.to_owned()));
-                        }
-                        for (at, id) in &old {
-                            applied_at.remove((*at, id.as_str()))?;
-                            applied.remove(id.as_str())?;
-                        }
-                    }
+                    let name = markers_name(&tables.pipeline, current.number);
+                    let mut applied = txn.open_table(markers(&name))?;
                     for id in &batch.applied {
-                        let previous = applied.insert(id.as_str(), now)?.map(|at| at.value());
-                        if let Some(at) = previous {
-                            applied_at.remove((at, id.as_str()))?;
-                        }
-                        applied_at.insert((now, id.as_str()), ())?;
+                        applied.insert(id.as_bytes(), ())?;
                     }
                     if let Some(position) = &batch.position {
                         let mut positions = txn.open_table(POSITIONS)?;
@@ -322,6 +382,9 @@ impl Backend for EmbeddedBackend {
                     }
                 }
                 txn.commit()?;
+                // Only once committed: a failed transaction leaves the file's
+                // generation as it was.
+                *generation.lock().unwrap_or_else(PoisonError::into_inner) = Some(current);
                 if matches!(durability, Durability::None) {
                     unsynced.store(true, Ordering::Release);
                 }
@@ -346,17 +409,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn was_applied(&self, event_id: &str) -> Result<bool, StateError> {
-        let event_id = event_id.to_owned();
-        self.run(move |db, tables| {
-            let txn = db.begin_read()?;
-            let table = match txn.open_table(tables.applied()) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(table.get(event_id.as_str())?.is_some())
-        })
-        .await
+        Ok(self.applied_among(&[event_id]).await?.first().copied().unwrap_or(false))
     }
 
     /// One read transaction on one blocking thread for the whole batch.
@@ -364,12 +417,8 @@ impl Backend for EmbeddedBackend {
         let event_ids: Vec<String> = event_ids.iter().map(|id| (*id).to_owned()).collect();
         self.run(move |db, tables| {
             let txn = db.begin_read()?;
-            let table = match txn.open_table(tables.applied()) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(vec![false; event_ids.len()]),
-                Err(e) => return Err(e.into()),
-            };
-            event_ids.iter().map(|id| Ok(table.get(id.as_str())?.is_some())).collect()
+            let ids: Vec<&[u8]> = event_ids.iter().map(|id| id.as_bytes()).collect();
+            tables.applied_among(&txn, &ids)
         })
         .await
     }

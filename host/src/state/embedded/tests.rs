@@ -60,23 +60,60 @@ async fn scan_pages_by_prefix_in_key_order() -> Result {
 }
 
 #[tokio::test]
-async fn old_markers_are_pruned_during_commits() -> Result {
+async fn markers_live_one_to_two_retentions_in_generations() -> Result {
     let dir = tempfile::tempdir()?;
-    let db = EmbeddedDb::open(dir.path().join("m.redb")).await?;
-    let options =
-        EmbeddedOptions { marker_retention: Duration::from_millis(10), prune_every: 2, prune_max: 1, ..EmbeddedOptions::default() };
+    let path = dir.path().join("m.redb");
+    // Long enough that the restarted backend's commit below comes well
+    // within it on a loaded machine.
+    let retention = Duration::from_secs(1);
+    let options = EmbeddedOptions { marker_retention: retention, ..EmbeddedOptions::default() };
+    {
+        let db = EmbeddedDb::open(&path).await?;
+        let backend = db.backend("p", options.clone());
+        backend.commit(batch(&[], &["old1", "old2"], None)).await?; // generation 0
+        tokio::time::sleep(retention).await;
+        backend.commit(batch(&[], &["new1"], None)).await?; // generation 1
+        assert!(backend.was_applied("old1").await?, "the generation before the current one is kept");
+        assert_eq!(backend.applied_among(&["old2", "new1", "never"]).await?, [true, true, false]);
+        tokio::time::sleep(retention).await;
+        backend.commit(batch(&[], &["new2"], None)).await?; // generation 2: 0 is dropped
+        assert_eq!(backend.applied_among(&["old1", "old2", "new1", "new2"]).await?, [false, false, true, true]);
+    }
+    // A new backend (a restarted pipeline) finds the generation in the file:
+    // its first commit, within the retention, does not rotate.
+    let db = EmbeddedDb::open(&path).await?;
     let backend = db.backend("p", options);
-    backend.commit(batch(&[], &["old1", "old2"], None)).await?; // commit 0 prunes (nothing)
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    backend.commit(batch(&[], &["new1"], None)).await?; // commit 1: no prune
-    assert!(backend.was_applied("old1").await?, "pruning is amortised");
-    backend.commit(batch(&[], &["new2"], None)).await?; // commit 2 prunes one (prune_max)
-    assert!(!backend.was_applied("old1").await?);
-    assert!(backend.was_applied("old2").await?, "at most prune_max per commit");
+    backend.commit(batch(&[], &["new3"], None)).await?;
+    assert_eq!(backend.applied_among(&["new1", "new2", "new3"]).await?, [true, true, true]);
+    Ok(())
+}
+
+/// Markers written before generations (`applied:<pipeline>`, keyed by
+/// `&str`) are still answered, and dropped at the first rotation.
+#[tokio::test]
+async fn legacy_markers_count_until_the_first_rotation() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("l.redb");
+    {
+        let db = redb::Database::create(&path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut applied = txn.open_table(TableDefinition::<&str, u64>::new("applied:p"))?;
+            applied.insert("before-upgrade", 1)?;
+            let mut at = txn.open_table(TableDefinition::<(u64, &str), ()>::new("applied_at:p"))?;
+            at.insert((1, "before-upgrade"), ())?;
+        }
+        txn.commit()?;
+    }
+    let retention = Duration::from_millis(300);
+    let db = EmbeddedDb::open(&path).await?;
+    let backend = db.backend("p", EmbeddedOptions { marker_retention: retention, ..EmbeddedOptions::default() });
+    assert!(backend.was_applied("before-upgrade").await?, "answered before any commit");
+    backend.commit(batch(&[], &["after"], None)).await?;
+    assert_eq!(backend.applied_among(&["before-upgrade", "after"]).await?, [true, true]);
+    tokio::time::sleep(retention).await;
     backend.commit(batch(&[], &[], None)).await?;
-    backend.commit(batch(&[], &[], None)).await?; // commit 4 prunes the next
-    assert!(!backend.was_applied("old2").await?);
-    assert!(backend.was_applied("new1").await? && backend.was_applied("new2").await?);
+    assert_eq!(backend.applied_among(&["before-upgrade", "after"]).await?, [false, true]);
     Ok(())
 }
 
