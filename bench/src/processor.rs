@@ -273,11 +273,14 @@ impl Sluice {
             .and_then(|n| n.parse::<usize>().ok())
             .map(|n| format!("plugin_threads = {n}\n"))
             .unwrap_or_default();
+        // `SLUICE_BENCH_POLICY='version_header = false'`: lines for the
+        // pipeline's `[policy]`, to see what a setting costs.
+        let policy = std::env::var("SLUICE_BENCH_POLICY").map(|lines| format!("\n[pipelines.bench.policy]\n{lines}\n")).unwrap_or_default();
         let config = format!(
             "[runtime]\nshutdown_timeout = \"5s\"\ncache_dir = {cache}\n{threads}\n\
              [pipelines.bench]\nsource = {source}\nsink = {sink}\n\
              dead_letter = {{ kind = \"file\", path = {dlq} }}\n\n\
-             [pipelines.bench.plugin]\npath = {plugin}\n",
+             [pipelines.bench.plugin]\npath = {plugin}\n{policy}",
             cache = quote(setup.cache.path()),
             dlq = quote(&dir.path().join("dlq.jsonl")),
             plugin = quote(&setup.plugin),
