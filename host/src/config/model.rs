@@ -198,9 +198,8 @@ pub struct RuntimeConfig {
     /// (an outbound HTTP request, its connection), stay on its thread, and
     /// a guest burning CPU never delays the admin API, the sources or the
     /// sinks. Default `0`: no plugin threads, lanes run on the shared async
-    /// workers (where an outbound HTTP call hops between CPUs, see
-    /// docs/benchmarks.md); the default changes once the plugin threads
-    /// are measured.
+    /// workers. Measured (docs/benchmarks.md, 2026-12-07): no gain for a
+    /// pipeline, ~25% off the added cost of an outbound HTTP call.
     #[serde(default)]
     pub plugin_threads: Option<usize>,
 }

@@ -12,7 +12,10 @@
 //!   lane's own task out of its worker's LIFO slot, an idle worker steals
 //!   it, and the call ping-pongs between CPUs: an outbound HTTP call cost
 //!   ~60 µs more than the same call made natively, ~17 µs when the same
-//!   code ran on one CPU. On one thread there is nobody to steal.
+//!   code ran on one CPU. On one thread there is nobody to steal. (On a
+//!   later, slower VM: 128 µs added on a plugin thread against 172 µs on
+//!   the workers; a pipeline without calls gains nothing, so the pool is
+//!   off by default.)
 //! - Guest code never runs on the main runtime's workers, so a guest
 //!   burning CPU cannot delay the admin API, intake, the sinks or health
 //!   checks there. Guests on the same plugin thread share it: each yields
