@@ -212,6 +212,32 @@ async fn a_plugin_that_blocks_or_loops_in_init_is_refused_within_init_timeout() 
     Ok(())
 }
 
+/// The instance a load validated the plugin with (its `init` run) is the
+/// first one handed out, so a start pays `init` once: with an `init` that
+/// sleeps 1 s, the first `instantiate` after the load does not sleep and
+/// the second does, and both instances handle events.
+#[tokio::test]
+async fn the_first_instance_is_the_one_the_load_started() -> Result {
+    let runtime = Runtime::new(&RuntimeOptions::default())?;
+    let mut spec = spec("chaos", WasiGrants::default());
+    let sleep = Duration::from_secs(1);
+    spec.config = vec![("init_sleep_ms".into(), sleep.as_millis().to_string())];
+    let plugin = LoadedPlugin::load(&runtime, spec).await?;
+    let started = std::time::Instant::now();
+    let mut first = plugin.instantiate().await?;
+    let first_took = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut second = plugin.instantiate().await?;
+    let second_took = started.elapsed();
+    assert!(first_took < sleep, "the first instance ran init again ({first_took:?})");
+    assert!(second_took >= sleep, "the second instance skipped init ({second_took:?})");
+    for instance in [&mut first, &mut second] {
+        let results = instance.handle(&[event("{}")]).await?;
+        assert!(matches!(results.first(), Some(Ok(_))), "{results:?}");
+    }
+    Ok(())
+}
+
 /// A guest waiting in a host call holds no thread: 200 instances sleeping
 /// at once on a two-thread runtime all time out at their deadline, and the
 /// process's thread count does not grow with them.

@@ -190,6 +190,11 @@ struct Inner {
     manifest: Option<ComponentExportIndex>,
     capabilities: Vec<Capability>,
     accepts: std::sync::OnceLock<Accepts>,
+    /// The instance the load started (and ran `init` on) to validate the
+    /// plugin, kept for the first [`LoadedPlugin::instantiate`]: without
+    /// it every start and reload paid one instantiation and one `init`
+    /// twice before its first event (half of a JavaScript plugin's start).
+    spare: std::sync::Mutex<Option<Instance>>,
     /// The HTTP grant, shared by every instance (its concurrency slots are
     /// the pipeline's).
     http: Option<Arc<super::http::Outbound>>,
@@ -231,9 +236,11 @@ impl LoadedPlugin {
             .await
             .map_err(|e| LoadError::Start { path: path.clone(), detail: format!("the compiler thread stopped: {e}") })??;
         let mut plugin = compiled;
-        if let Some(accepts) = plugin.first_start(runtime).await? {
+        let (instance, accepts) = plugin.first_start(runtime).await?;
+        if let Some(accepts) = accepts {
             let _ = plugin.inner.accepts.set(accepts);
         }
+        *plugin.inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(instance);
         if let Some(inner) = Arc::get_mut(&mut plugin.inner) {
             inner.load_time = started.elapsed();
         }
@@ -242,19 +249,25 @@ impl LoadedPlugin {
 
     /// The first instance and its `init`, on a plugin thread when there
     /// are any (guest code never runs on the async workers that serve the
-    /// admin API and the sources); returns what `accepts` said.
-    async fn first_start(&self, runtime: &Runtime) -> Result<Option<Accepts>, LoadError> {
+    /// admin API and the sources); returns the instance and what `accepts`
+    /// said.
+    async fn first_start(&self, runtime: &Runtime) -> Result<(Instance, Option<Accepts>), LoadError> {
         let Ok(Some(executor)) = runtime.executor() else {
-            return Ok(self.start(true).await?.1);
+            return self.start(true).await;
         };
         let plugin = self.clone();
-        executor.spawn(async move { plugin.start(true).await.map(|(_, accepts)| accepts) }).await.unwrap_or_else(|e| {
+        executor.spawn(async move { plugin.start(true).await }).await.unwrap_or_else(|e| {
             Err(LoadError::Start { path: self.inner.spec.path.clone(), detail: format!("the host failed while starting the plugin: {e}") })
         })
     }
 
-    /// A fresh instance with its config applied through `init`.
+    /// A fresh instance with its config applied through `init` (the first
+    /// call gets the one the load validated the plugin with, which has
+    /// handled no event).
     pub async fn instantiate(&self) -> Result<Instance, LoadError> {
+        if let Some(spare) = self.inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            return Ok(spare);
+        }
         self.start(false).await.map(|(instance, _)| instance)
     }
 
@@ -422,6 +435,7 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8], signature: Option<
             manifest,
             capabilities,
             accepts: std::sync::OnceLock::new(),
+            spare: std::sync::Mutex::new(None),
             http,
         }),
     })
