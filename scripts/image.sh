@@ -6,7 +6,8 @@
 #
 #   scripts/image.sh [--binary PATH] [--tag NAME] [--strip]
 #
-#   --binary  the sluice binary to package (default: a release build made here)
+#   --binary  the sluice binary to package (default: a `dist` build made here,
+#             release with fat LTO; see Cargo.toml)
 #   --tag     the image name (default sluice:latest)
 #   --strip   package a stripped copy of the binary (for debug builds)
 #
@@ -30,9 +31,9 @@ if ! command -v buildah >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >/dev/null
 fi
 if [[ -z "$binary" ]]; then
-    echo "==> building sluice (release)" >&2
-    cargo build --release -p sluice --manifest-path "$root/Cargo.toml" >&2
-    binary="$root/target/release/sluice"
+    echo "==> building sluice (the dist profile: release with fat LTO, slower to build, smaller and leaner)" >&2
+    cargo build --profile dist -p sluice --manifest-path "$root/Cargo.toml" >&2
+    binary="$root/target/dist/sluice"
 fi
 
 stage="$(mktemp -d)"
