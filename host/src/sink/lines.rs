@@ -229,8 +229,6 @@ async fn write_loop(
                             format!("{message}; the partly written records could not be cut off ({cut}): they will be at the next start");
                     }
                 }
-                batch.clear();
-                joined.clear();
                 durable.send_replace(Durable::Failed(SinkError::Write { what: what.clone(), message }));
                 return;
             }

@@ -165,43 +165,47 @@ impl Tables {
     /// before it, or the legacy table.
     fn applied_among(&self, txn: &redb::ReadTransaction, ids: &[&[u8]]) -> Result<Vec<bool>, redb::Error> {
         let mut found = vec![false; ids.len()];
-        let current = match txn.open_table(GENERATIONS) {
-            Ok(table) => table.get(self.pipeline.as_str())?.map(|g| g.value().0),
-            Err(TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
+        let current = match open_if_exists(txn, GENERATIONS)? {
+            Some(table) => table.get(self.pipeline.as_str())?.map(|g| g.value().0),
+            None => None,
         };
         let names: Vec<String> = match current {
             Some(g) => [Some(g), g.checked_sub(1)].into_iter().flatten().map(|g| markers_name(&self.pipeline, g)).collect(),
             None => Vec::new(),
         };
         for name in &names {
-            let table = match txn.open_table(markers(name)) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let Some(table) = open_if_exists(txn, markers(name))? else { continue };
             for (i, id) in ids.iter().enumerate() {
                 if !found[i] {
                     found[i] = table.get(*id)?.is_some();
                 }
             }
         }
-        match txn.open_table(self.legacy_applied()) {
-            Ok(table) => {
-                for (i, id) in ids.iter().enumerate() {
-                    if !found[i] {
-                        // A legacy key is a `&str`; an id that is not UTF-8
-                        // was never written there.
-                        if let Ok(id) = std::str::from_utf8(id) {
-                            found[i] = table.get(id)?.is_some();
-                        }
+        if let Some(table) = open_if_exists(txn, self.legacy_applied())? {
+            for (i, id) in ids.iter().enumerate() {
+                if !found[i] {
+                    // A legacy key is a `&str`; an id that is not UTF-8
+                    // was never written there.
+                    if let Ok(id) = std::str::from_utf8(id) {
+                        found[i] = table.get(id)?.is_some();
                     }
                 }
             }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(e.into()),
         }
         Ok(found)
+    }
+}
+
+/// A table as a read sees it, or `None` before the first write made it
+/// (redb creates a table at its first write; until then it reads empty).
+fn open_if_exists<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<'_, K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -293,11 +297,7 @@ impl Backend for EmbeddedBackend {
         let key = key.to_owned();
         self.run(move |db, tables| {
             let txn = db.begin_read()?;
-            let table = match txn.open_table(tables.state()) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
+            let Some(table) = open_if_exists(&txn, tables.state())? else { return Ok(None) };
             Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
         })
         .await
@@ -308,11 +308,7 @@ impl Backend for EmbeddedBackend {
         let after = after.map(str::to_owned);
         self.run(move |db, tables| {
             let txn = db.begin_read()?;
-            let table = match txn.open_table(tables.state()) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
+            let Some(table) = open_if_exists(&txn, tables.state())? else { return Ok(Vec::new()) };
             let start = match after.as_deref() {
                 Some(after) if after >= prefix.as_str() => Bound::Excluded(after),
                 _ => Bound::Included(prefix.as_str()),
@@ -427,11 +423,7 @@ impl Backend for EmbeddedBackend {
         let source = source.to_owned();
         self.run(move |db, tables| {
             let txn = db.begin_read()?;
-            let table = match txn.open_table(POSITIONS) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
+            let Some(table) = open_if_exists(&txn, POSITIONS)? else { return Ok(None) };
             Ok(table.get((tables.pipeline.as_str(), source.as_str()))?.map(|v| v.value()))
         })
         .await
