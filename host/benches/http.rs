@@ -9,18 +9,29 @@
 //!   connection), the capped body read back through `wasi:io` streams, and
 //!   the output;
 //! - `http/native`: the same GET with hyper-util's pooled client (a
-//!   kept-alive connection, as the plugin's), body read whole;
+//!   kept-alive connection, as the plugin's), body read whole, in a task
+//!   on the 2-worker runtime, as a native service would;
+//! - `http/native-plugin-thread`: the same native GET on a plugin thread,
+//!   with a client per thread as the host's pools are: the plugin's own
+//!   placement, so `plugin` minus this is what the plugin path adds;
 //! - `http/plugin-no-call`: the same plugin call without the request
 //!   (`passthrough`), to tell the plugin call from the HTTP path.
 //!
 //! The plugin loops run on a plugin thread (`runtime::executor`), where
-//! lanes run; `http/plugin-shared` is `http/plugin` in a task on the
-//! 2-worker runtime instead, where lanes ran before (and run with
-//! `[runtime] plugin_threads = 0`). The native loop runs in a task on the
-//! 2-worker runtime, as a native service would.
-//! Prints the added time per call (plugin minus native) and the voluntary
-//! context switches per call (`getrusage`, the whole process) after the
-//! report.
+//! lanes run with `[runtime] plugin_threads`; `http/plugin-shared` is
+//! `http/plugin` in a task on the 2-worker runtime instead, where lanes run
+//! by default.
+//!
+//! The server runs on its own thread with its own runtime, as a server in
+//! another process would: every call then waits for another thread to
+//! answer, natively too. (`SLUICE_BENCH_HTTP_SERVER=runtime` serves from the
+//! bench's 2-worker runtime instead, the placement before 2026-12-07: there
+//! the native client and the server share a worker that never sleeps, so a
+//! native call pays no wake-up at all, which no real service gets.)
+//!
+//! After the report, interleaved means of every case with the voluntary
+//! context switches and the CPU time (user + system) per call, both of the
+//! whole process (`getrusage`), and the added time per call.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -85,10 +96,23 @@ async fn native_get(client: &NativeClient, port: u16) -> Result<Bytes, Box<dyn s
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let port = listener.local_addr()?.port();
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let port = std_listener.local_addr()?.port();
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    rt.spawn(async move { axum::serve(listener, app).await });
+    if std::env::var("SLUICE_BENCH_HTTP_SERVER").as_deref() != Ok("runtime") {
+        let server = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let listener = {
+            let _in_server = server.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        std::thread::Builder::new()
+            .name("http-server".into())
+            .spawn(move || server.block_on(async move { axum::serve(listener, app).await }))?;
+    } else {
+        let listener = rt.block_on(async { tokio::net::TcpListener::from_std(std_listener) })?;
+        rt.spawn(async move { axum::serve(listener, app).await });
+    }
     let url = format!("http://127.0.0.1:{port}/");
 
     let client: NativeClient = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
@@ -155,6 +179,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             started.elapsed()
         }) as std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + Send>>
     };
+    // Natively on a plugin thread, with a client per thread, as the host's
+    // pools are: the same placement as the plugin's calls.
+    thread_local! {
+        static LOCAL: NativeClient =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    }
+    let native_local_calls = |iters: u64| {
+        Box::pin(async move {
+            let client = LOCAL.with(Clone::clone);
+            let started = Instant::now();
+            for _ in 0..iters {
+                std::hint::black_box(native_get(&client, port).await.is_ok());
+            }
+            started.elapsed()
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + Send>>
+    };
     let bare_calls = |iters: u64| {
         let (plain, next) = (plain.clone(), next.clone());
         Box::pin(async move {
@@ -173,6 +213,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     group.bench_function("plugin", |b| b.iter_custom(|iters| on_plugin_thread(plugin_calls(iters))));
     group.bench_function("plugin-shared", |b| b.iter_custom(|iters| in_task(plugin_calls(iters))));
     group.bench_function("native", |b| b.iter_custom(|iters| in_task(native_calls(iters))));
+    group.bench_function("native-plugin-thread", |b| b.iter_custom(|iters| on_plugin_thread(native_local_calls(iters))));
     group.bench_function("plugin-no-call", |b| b.iter_custom(|iters| on_plugin_thread(bare_calls(iters))));
     group.finish();
 
@@ -180,37 +221,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // rounds of 20 so all see the same machine; the voluntary context
     // switches of the whole process counted around each.
     let rounds = std::env::var("SLUICE_BENCH_HTTP_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(100u32);
-    let mut totals = [(Duration::ZERO, 0i64); 4];
+    let mut totals = [(Duration::ZERO, 0i64); 5];
+    let mut cpu = [Duration::ZERO; 5];
     for round in 0..rounds {
-        let mut order = [0, 1, 2, 3];
+        let mut order = [0, 1, 2, 3, 4];
         if round % 2 == 1 {
             order.reverse();
         }
         for case in order {
             let switches = voluntary_switches();
+            let cpu_before = cpu_time();
             let took = match case {
                 0 => on_plugin_thread(plugin_calls(20)),
                 1 => in_task(plugin_calls(20)),
                 2 => in_task(native_calls(20)),
-                _ => on_plugin_thread(bare_calls(20)),
+                3 => on_plugin_thread(bare_calls(20)),
+                _ => on_plugin_thread(native_local_calls(20)),
             };
             totals[case].0 += took;
+            cpu[case] += cpu_time() - cpu_before;
             totals[case].1 += voluntary_switches() - switches;
         }
     }
     let calls = rounds * 20;
     let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(calls);
     let switches = |n: i64| n as f64 / f64::from(calls);
-    let [(plugin, plugin_cs), (shared, shared_cs), (native, native_cs), (bare, bare_cs)] = totals;
-    println!("\nhttp, {calls} calls each, interleaved (mean; voluntary context switches per call, whole process):");
-    println!("  plugin on a plugin thread  {:7.1} µs  {:.2} cs", per(plugin), switches(plugin_cs));
-    println!("  plugin on the 2 workers    {:7.1} µs  {:.2} cs", per(shared), switches(shared_cs));
-    println!("  native on the 2 workers    {:7.1} µs  {:.2} cs", per(native), switches(native_cs));
-    println!("  plugin-no-call (plugin th.){:7.1} µs  {:.2} cs", per(bare), switches(bare_cs));
+    let [(plugin, plugin_cs), (shared, shared_cs), (native, native_cs), (bare, bare_cs), (native_pt, native_pt_cs)] = totals;
+    println!("\nhttp, {calls} calls each, interleaved (mean; voluntary context switches and CPU per call, whole process):");
+    println!("  plugin on a plugin thread  {:7.1} µs  {:.2} cs  {:5.1} µs CPU", per(plugin), switches(plugin_cs), per(cpu[0]));
+    println!("  plugin on the 2 workers    {:7.1} µs  {:.2} cs  {:5.1} µs CPU", per(shared), switches(shared_cs), per(cpu[1]));
+    println!("  native on the 2 workers    {:7.1} µs  {:.2} cs  {:5.1} µs CPU", per(native), switches(native_cs), per(cpu[2]));
+    println!("  plugin-no-call (plugin th.){:7.1} µs  {:.2} cs  {:5.1} µs CPU", per(bare), switches(bare_cs), per(cpu[3]));
+    println!("  native on a plugin thread  {:7.1} µs  {:.2} cs  {:5.1} µs CPU", per(native_pt), switches(native_pt_cs), per(cpu[4]));
     println!(
-        "http: added per call {:.1} µs on a plugin thread, {:.1} µs on the 2 workers (the plugin call itself {:.1} µs)",
-        per(plugin) - per(native),
+        "http: added per call {:.1} µs on a plugin thread (over native there), {:.1} µs on the 2 workers (over native there); \
+         CPU added {:.1} / {:.1} µs; the plugin call itself {:.1} µs",
+        per(plugin) - per(native_pt),
         per(shared) - per(native),
+        per(cpu[0]) - per(cpu[4]),
+        per(cpu[1]) - per(cpu[2]),
         per(bare)
     );
     Ok(())
@@ -225,4 +274,16 @@ fn voluntary_switches() -> i64 {
         usage
     };
     usage.ru_nvcsw
+}
+
+/// CPU time (user + system) of the whole process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
