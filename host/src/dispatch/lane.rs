@@ -199,35 +199,17 @@ impl Lane {
                     }
                 },
             };
-            let mut applied = applied.get(index).copied().unwrap_or(false);
-            if let Some(store) = self.d.state.clone() {
-                // A second copy of an event in one batch (a redelivery that
-                // caught up with the first) would pass the check below
-                // while the first has not concluded, and both would apply
-                // their writes; and the markers were looked up before the
-                // first ran. So a repeated id ends the run first, then asks
-                // again whether the first copy's commit is pending or done.
-                if !seen.insert(self.ids.hash_one(&event.id)) {
-                    self.call_run(&mut run, done).await?;
-                    applied = match store.keeps_markers() {
-                        true => store.applied_among(&[event.id.as_str()]).await?.first().copied().unwrap_or(false),
-                        false => false,
-                    };
-                }
-            }
-            if let Some(store) = &self.d.state {
-                if let Some(known) = super::state::redelivery(store, &event.id, applied) {
-                    self.call_run(&mut run, done).await?;
-                    match known {
-                        _ if self.handing_back() => self.hand_back(ack),
-                        Redelivery::Pending => self.hand_back(ack),
-                        Redelivery::Applied => {
-                            tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "a redelivery of an event whose state is committed: acknowledged, not run again");
-                            self.repeat(event, ack, trace);
-                        }
+            let applied = applied.get(index).copied().unwrap_or(false);
+            if let Some(known) = self.known_to_state(&event.id, applied, &mut seen, &mut run, done).await? {
+                match known {
+                    _ if self.handing_back() => self.hand_back(ack),
+                    Redelivery::Pending => self.hand_back(ack),
+                    Redelivery::Applied => {
+                        tracing::debug!(pipeline = %self.d.pipeline, event = %event.id, "a redelivery of an event whose state is committed: acknowledged, not run again");
+                        self.repeat(event, ack, trace);
                     }
-                    continue;
                 }
+                continue;
             }
             run.events.push(event);
             run.acks.push(ack);
@@ -239,6 +221,39 @@ impl Lane {
 
     /// Calls the plugin with the events of `run` (one call for all, unless
     /// it fails as a whole) and concludes each, in order.
+    /// In a stateful pipeline, whether the store already knows event `id`
+    /// (its commit pending, or done when `applied`, as the batch's marker
+    /// lookup found): then the run before it has been called, and the event
+    /// must not run. `seen` holds the batch's ids so far.
+    async fn known_to_state(
+        &mut self,
+        id: &str,
+        mut applied: bool,
+        seen: &mut HashSet<u64>,
+        run: &mut Run,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<Option<Redelivery>, DispatchError> {
+        let Some(store) = self.d.state.clone() else { return Ok(None) };
+        // A second copy of an event in one batch (a redelivery that caught
+        // up with the first) would pass the check below while the first has
+        // not concluded, and both would apply their writes; and the markers
+        // were looked up before the first ran. So a repeated id ends the run
+        // first, then asks again whether the first copy's commit is pending
+        // or done.
+        if !seen.insert(self.ids.hash_one(id)) {
+            self.call_run(run, done).await?;
+            applied = match store.keeps_markers() {
+                true => store.applied_among(&[id]).await?.first().copied().unwrap_or(false),
+                false => false,
+            };
+        }
+        let known = super::state::redelivery(&store, id, applied);
+        if known.is_some() {
+            self.call_run(run, done).await?;
+        }
+        Ok(known)
+    }
+
     async fn call_run(&mut self, run: &mut Run, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
         if run.events.is_empty() {
             return Ok(());
