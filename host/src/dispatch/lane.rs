@@ -289,32 +289,55 @@ impl Lane {
         }
         let run = Run { events, acks, traces, partitions };
         if self.batches_state(candidate) {
-            // A backend that places writes by their event's partition gets
-            // batches of one partition (see `Backend::places_by_writer`).
-            let parts = match &self.d.state {
-                Some(store) if store.places_by_writer() => run.by_partition(),
-                _ => vec![run],
+            self.call_state_batches(run, candidate, done).await
+        } else if self.per_event() {
+            self.call_each(run, candidate, done).await
+        } else {
+            self.call_batch(run, candidate, done).await
+        }
+    }
+
+    /// A stateful plugin's run, in batches sharing one overlay (see
+    /// [`Lane::call_state_batch`]); a batch the store could not keep whole
+    /// runs again one event per call.
+    async fn call_state_batches(
+        &mut self,
+        run: Run,
+        candidate: Option<&Arc<Candidate>>,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<(), DispatchError> {
+        // A backend that places writes by their event's partition gets
+        // batches of one partition (see `Backend::places_by_writer`).
+        let parts = match &self.d.state {
+            Some(store) if store.places_by_writer() => run.by_partition(),
+            _ => vec![run],
+        };
+        for part in parts {
+            let back = if part.events.len() == 1 {
+                Some(part)
+            } else if self.state_batch_skips > 0 {
+                self.state_batch_skips -= 1;
+                Some(part)
+            } else {
+                let back = self.call_state_batch(part, candidate).await?;
+                self.state_batch_kept(back.is_none());
+                back
             };
-            for part in parts {
-                let back = if part.events.len() == 1 {
-                    Some(part)
-                } else if self.state_batch_skips > 0 {
-                    self.state_batch_skips -= 1;
-                    Some(part)
-                } else {
-                    let back = self.call_state_batch(part, candidate).await?;
-                    self.state_batch_kept(back.is_none());
-                    back
-                };
-                if let Some(back) = back {
-                    self.call_each(back, candidate, done).await?;
-                }
+            if let Some(back) = back {
+                self.call_each(back, candidate, done).await?;
             }
-            return Ok(());
         }
-        if self.per_event() {
-            return self.call_each(run, candidate, done).await;
-        }
+        Ok(())
+    }
+
+    /// A stateless run in one plugin call; if the call itself fails, each
+    /// event runs again alone, so only the culprit pays an attempt.
+    async fn call_batch(
+        &mut self,
+        run: Run,
+        candidate: Option<&Arc<Candidate>>,
+        done: &mpsc::Sender<Vec<Conclusion>>,
+    ) -> Result<(), DispatchError> {
         let Run { events, acks, traces, .. } = run;
         let count = events.len();
         let Some(permit) = self.permit().await else {
