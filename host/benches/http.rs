@@ -267,23 +267,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Voluntary context switches of the whole process so far.
 fn voluntary_switches() -> i64 {
-    // SAFETY: getrusage writes into the zeroed struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    usage.ru_nvcsw
+    usage().ru_nvcsw
 }
 
 /// CPU time (user + system) of the whole process so far.
 fn cpu_time() -> Duration {
+    let usage = usage();
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// The whole process's resource usage so far.
+fn usage() -> libc::rusage {
     // SAFETY: getrusage writes into the zeroed struct it is given.
-    let usage = unsafe {
+    unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut usage);
         usage
-    };
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
+    }
 }

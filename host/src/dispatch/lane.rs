@@ -219,8 +219,6 @@ impl Lane {
         self.call_run(&mut run, done).await
     }
 
-    /// Calls the plugin with the events of `run` (one call for all, unless
-    /// it fails as a whole) and concludes each, in order.
     /// In a stateful pipeline, whether the store already knows event `id`
     /// (its commit pending, or done when `applied`, as the batch's marker
     /// lookup found): then the run before it has been called, and the event
@@ -254,6 +252,8 @@ impl Lane {
         Ok(known)
     }
 
+    /// Calls the plugin with the events of `run` (one call for all, unless
+    /// it fails as a whole) and concludes each, in order.
     async fn call_run(&mut self, run: &mut Run, done: &mpsc::Sender<Vec<Conclusion>>) -> Result<(), DispatchError> {
         if run.events.is_empty() {
             return Ok(());
@@ -279,15 +279,14 @@ impl Lane {
         candidate: Option<&Arc<Candidate>>,
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<(), DispatchError> {
-        let Run { events, acks, traces, partitions } = std::mem::take(run);
-        if events.is_empty() {
+        let run = std::mem::take(run);
+        if run.events.is_empty() {
             return Ok(());
         }
         if self.handing_back() {
-            acks.into_iter().for_each(|ack| self.hand_back(ack));
+            run.acks.into_iter().for_each(|ack| self.hand_back(ack));
             return Ok(());
         }
-        let run = Run { events, acks, traces, partitions };
         if self.batches_state(candidate) {
             self.call_state_batches(run, candidate, done).await
         } else if self.per_event() {
