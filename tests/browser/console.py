@@ -307,7 +307,10 @@ def main():
         # The live tap on audit: inputs, outputs and dead letters arrive.
         card(driver, "audit").find_element(By.XPATH, ".//button[text()='Live tap']").click()
         driver.find_element(By.ID, "tap-start").click()
-        wait("tapped outputs and dead letters", lambda: {"output", "dead-letter", "input"} <= {p.text for p in driver.find_elements(By.CSS_SELECTOR, "#tap-rows .point")})
+        # Read in one script call: the tap re-renders its rows as events
+        # arrive, so an element found first and read after may be gone.
+        tapped = 'return [...document.querySelectorAll("#tap-rows .point")].map(p => p.innerText.trim())'
+        wait("tapped outputs and dead letters", lambda: {"output", "dead-letter", "input"} <= set(driver.execute_script(tapped)))
         rows_text = driver.find_element(By.ID, "tap-rows").text
         assert "Authorization: <redacted>" in rows_text and "trace: t-1" in rows_text, "headers shown, credentials redacted"
         assert "hunter2" not in driver.page_source, "a credential never reaches the page"
