@@ -25,6 +25,7 @@
 //! and under load; both beside `sluice-bench native-lines`
 //! ([`native_lines`]), the native file passthrough, and without a broker.
 
+mod affinity;
 mod dashboard;
 mod kafka;
 mod load;
@@ -115,6 +116,10 @@ enum Command {
         /// Leave out the `policy.version_header = false` row.
         #[arg(long)]
         no_header_row: bool,
+        /// Run the processor on the last core alone, and this bench with
+        /// its broker and load generator on the first.
+        #[arg(long)]
+        pin: bool,
     },
     /// Time from `sluice run` to the first event handled (Rust, Python,
     /// JavaScript plugin; compile cache warm and cold), vs a native process.
@@ -163,6 +168,22 @@ enum Command {
     },
     /// The native baseline of `start` and `memory` (run by them): JSON
     /// event lines in, payload lines out.
+    /// The native Kafka passthrough of `kafka`, a process of its own (run by
+    /// the bench; stops on SIGTERM).
+    #[command(hide = true)]
+    NativeKafka {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        /// Transactions committed this often; at-least-once without it.
+        #[arg(long)]
+        exactly_once_ms: Option<u64>,
+    },
     #[command(hide = true)]
     NativeLines {
         /// INPUT=OUTPUT (`-`: stdout); repeatable, one task each.
@@ -211,9 +232,13 @@ async fn main() -> Result<()> {
         }
         Command::NativeLines { pipes, follow } => return native_lines::run(pipes, follow).await,
         Command::Nats { events, out, runs, rate, latency_secs, core_only } => (events, out, runs, rate, latency_secs, core_only),
-        Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row } => {
-            let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row };
+        Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row, pin } => {
+            let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row, pin };
             return kafka::run(args).await;
+        }
+        Command::NativeKafka { brokers, group, input, output, exactly_once_ms } => {
+            let topics = kafka::processor::Topics { brokers, group, input, output, dead_letter: String::new() };
+            return kafka::native::run(topics, exactly_once_ms.map(Duration::from_millis)).await;
         }
     };
     if events == 0 || runs == 0 {

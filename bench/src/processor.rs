@@ -340,7 +340,7 @@ impl Sluice {
 
 /// CPU time from `/proc`, so the figures can be read per event: throughput
 /// on a shared 2-core machine moves with its load, CPU per event much less.
-mod cpu {
+pub(crate) mod cpu {
     /// The name of the native passthrough's runtime threads.
     pub const NATIVE_WORKER: &str = "native-worker";
 

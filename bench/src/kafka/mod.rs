@@ -17,14 +17,23 @@
 //!    round (or `--rate`), after a warm-up, send time in the payload, taken
 //!    by the receiver (`read_committed`).
 //!
+//! Both processors are child processes (the native one is `sluice-bench
+//! native-kafka`, [`native`]), and each throughput run also reports their
+//! CPU seconds per 100k events from the first output to the last: on a
+//! shared 2-core machine CPU per event moves far less than events/s. With
+//! `--pin` the processor runs on the last core alone and this bench with
+//! its broker on the first ([`crate::affinity`]).
+//!
 //! - [`broker`]: the broker and the topics.
-//! - [`processor`]: the native passthroughs and the `sluice` child.
+//! - [`processor`]: the processor child processes.
+//! - [`native`]: the native passthroughs.
 //! - [`load`]: the producer and the receiver.
 //! - [`report`]: medians and the markdown table.
 
 mod broker;
 mod load;
-mod processor;
+pub mod native;
+pub mod processor;
 mod report;
 
 use std::path::PathBuf;
@@ -55,6 +64,8 @@ pub struct Args {
     pub no_exactly_once: bool,
     /// Leave out the `policy.version_header = false` row.
     pub no_header_row: bool,
+    /// Processor on one core, broker and load generator on another.
+    pub pin: bool,
 }
 
 /// A processor and its guarantee: one row of the report.
@@ -115,6 +126,15 @@ pub async fn run(args: Args) -> Result<()> {
         bail!("--events and --runs must be at least 1");
     }
     let sluice = SluiceSetup::find()?;
+    // Before the broker starts, so that it inherits the pinning.
+    let split = match args.pin {
+        true => {
+            let split = crate::affinity::Split::for_this_machine()?;
+            crate::affinity::pin_this_process(split.rest)?;
+            Some(split)
+        }
+        false => None,
+    };
     let broker = Broker::start()?;
     let mut variants = vec![Variant::NativeAtLeastOnce, Variant::Sluice { exactly_once: None, version_header: true }];
     if !args.no_header_row {
@@ -127,7 +147,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     let load_at_start = crate::report::machine::load_average();
-    let bench = Bench { broker, sluice, events: args.events, latency: Duration::from_secs(args.latency_secs) };
+    let bench = Bench { broker, sluice, events: args.events, latency: Duration::from_secs(args.latency_secs), split };
     let mut rows: Vec<Row> = variants.iter().map(|&variant| Row { variant, samples: Vec::new() }).collect();
     let mut sluice_log = Vec::new();
     // Per guarantee (`Variant::mode`): the native variant comes before the
@@ -141,8 +161,9 @@ pub async fn run(args: Args) -> Result<()> {
             if !rates.iter().any(|(m, _)| *m == mode) {
                 rates.push((mode, rate));
             }
+            let cpu = sample.cpu_per_100k.map_or(String::new(), |c| format!(", {c:.3} CPU s/100k events"));
             eprintln!(
-                "{} {} run {run}/{}: {:.0} events/s, p50 {} µs, p99 {} µs, lost {}, duplicates {}",
+                "{} {} run {run}/{}: {:.0} events/s{cpu}, p50 {} µs, p99 {} µs, lost {}, duplicates {}",
                 row.variant.mode(),
                 row.variant.processor(),
                 args.runs,
@@ -165,6 +186,7 @@ pub async fn run(args: Args) -> Result<()> {
         rates: rates.iter().map(|(mode, rate)| format!("{mode}: {}", rate.describe())).collect::<Vec<_>>().join("; "),
         latency_secs: args.latency_secs,
         kafka: bench.broker.version(),
+        pinning: split.map_or("not pinned".into(), |s| s.describe()),
         load: (load_at_start, crate::report::machine::load_average()),
     };
     let table = report::render(&setup, &rows, &sluice_log);
@@ -184,6 +206,8 @@ struct Bench {
     sluice: SluiceSetup,
     events: u64,
     latency: Duration,
+    /// `--pin`: where the processor runs.
+    split: Option<crate::affinity::Split>,
 }
 
 impl Bench {
@@ -225,9 +249,9 @@ impl Bench {
         };
         let first = Receiver::start(brokers, watch(false, true))?;
         let all = Receiver::start(brokers, watch(variant.exactly_once(), false))?;
-        let mut processor = Processor::start(variant, topics, &self.sluice)?;
-        let all = match wait(&mut processor, all).await {
-            Ok(all) => all,
+        let mut processor = Processor::start(variant, topics, &self.sluice, self.split.map(|s| s.processor))?;
+        let (all, cpu_secs) = match drain(&mut processor, &first, all).await {
+            Ok(drained) => drained,
             Err(e) => {
                 let _ = first.cancel().await;
                 let _ = processor.stop().await;
@@ -235,6 +259,7 @@ impl Bench {
             }
         };
         let first = first.cancel().await?;
+        let cpu_per_100k = cpu_secs.filter(|_| all.distinct > 0).map(|s| s * 100_000.0 / all.distinct as f64);
         let events_per_sec = match (first.first, all.last) {
             (Some(first), Some(last)) if last > first => all.distinct as f64 / (last - first).as_secs_f64(),
             _ => 0.0,
@@ -276,9 +301,40 @@ impl Bench {
             p99_us: seen.latency.value_at_quantile(0.99),
             lost,
             duplicates,
+            cpu_per_100k,
         };
         Ok((sample, log, rate))
     }
+}
+
+/// How often [`drain`] looks at the receivers and the processor's CPU time.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// Waits for `all` to see the backlog, failing early if the processor
+/// stops; also returns the processor's CPU seconds from when `first` saw the
+/// first output (within [`DRAIN_POLL`]) to when `all` finished.
+async fn drain(processor: &mut Processor, first: &Receiver, all: Receiver) -> Result<(load::Seen, Option<f64>)> {
+    let started = Instant::now();
+    let mut cpu_at_first = None;
+    while !all.is_finished() {
+        if let Err(e) = processor.check_alive() {
+            let _ = all.cancel().await;
+            return Err(e);
+        }
+        if cpu_at_first.is_none() && first.is_finished() {
+            cpu_at_first = Some(processor.cpu_seconds());
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let cpu = match (cpu_at_first.flatten(), processor.cpu_seconds()) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let seen = all.finish().await?;
+    if seen.first.is_none() {
+        bail!("no output came within {:?}", started.elapsed());
+    }
+    Ok((seen, cpu))
 }
 
 /// Waits for `receiver` to finish, failing early if the processor stops.

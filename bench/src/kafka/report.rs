@@ -16,6 +16,9 @@ pub struct Sample {
     /// Throughput and latency runs together.
     pub lost: u64,
     pub duplicates: u64,
+    /// The processor's CPU seconds (user + system, all its threads) per
+    /// 100,000 events of the throughput run, first output to last.
+    pub cpu_per_100k: Option<f64>,
 }
 
 /// Every run of one variant.
@@ -36,6 +39,16 @@ impl Row {
     fn p99(&self) -> f64 {
         median(self.samples.iter().map(|s| s.p99_us as f64).collect())
     }
+
+    fn cpu_per_100k(&self) -> Option<f64> {
+        let values: Vec<f64> = self.samples.iter().filter_map(|s| s.cpu_per_100k).collect();
+        (!values.is_empty()).then(|| median(values))
+    }
+
+    /// The native processor with this row's guarantee.
+    fn native<'a>(&self, rows: &'a [Row]) -> Option<&'a Row> {
+        rows.iter().find(|r| r.variant.is_native() && r.variant.mode() == self.variant.mode())
+    }
 }
 
 /// What the header says about the run.
@@ -46,6 +59,8 @@ pub struct Setup {
     pub rates: String,
     pub latency_secs: u64,
     pub kafka: String,
+    /// Where the processor and the rest ran (`--pin`).
+    pub pinning: String,
     /// The machine's 1-minute load average at the start and at the end: the
     /// machine is shared, and a busy one skews every figure.
     pub load: (String, String),
@@ -67,7 +82,7 @@ pub fn ratios(rows: &[Row]) -> Vec<crate::dashboard::Ratio> {
     rows.iter()
         .filter(|row| !row.variant.is_native())
         .filter_map(|row| {
-            let native = rows.iter().find(|r| r.variant.is_native() && r.variant.mode() == row.variant.mode())?;
+            let native = row.native(rows)?;
             Some(crate::dashboard::Ratio {
                 bench: "kafka".into(),
                 case: format!("{} ({})", row.variant.mode(), row.variant.processor()),
@@ -86,7 +101,7 @@ pub fn render(setup: &Setup, rows: &[Row], sluice_log: &[String]) -> String {
     let _ = writeln!(
         out,
         "machine: {} ({} CPUs, load average {} at the start, {} at the end) · Apache Kafka {} (KRaft, single node) · \
-         N = {} events of 100 bytes · {} · median of {} runs\n",
+         N = {} events of 100 bytes · {} · {} · median of {} runs\n",
         machine::cpu_model(),
         machine::cpus(),
         setup.load.0,
@@ -94,34 +109,49 @@ pub fn render(setup: &Setup, rows: &[Row], sluice_log: &[String]) -> String {
         setup.kafka,
         setup.events,
         machine::date(),
+        setup.pinning,
         setup.runs,
     );
     let _ = writeln!(
         out,
-        "| guarantee | processor | throughput (events/s) | vs native, same guarantee | vs native at-least-once | p50 ms | p99 ms | lost | duplicates |"
+        "| guarantee | processor | throughput (events/s) | vs native, same guarantee | vs native at-least-once | CPU s / 100k events | native/this CPU, same guarantee | p50 ms | p99 ms | lost | duplicates |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let native_alo = rows.iter().find(|r| r.variant == Variant::NativeAtLeastOnce).map(Row::throughput);
     for row in rows {
-        let native_same = rows.iter().find(|r| r.variant.is_native() && r.variant.mode() == row.variant.mode()).map(Row::throughput);
+        let native_same = row.native(rows).map(Row::throughput);
         let ratio = |base: Option<f64>| base.map_or("–".into(), |n| format!("{:.1}%", 100.0 * row.throughput() / n));
+        let cpu = row.cpu_per_100k().map_or("–".into(), |c| format!("{c:.3}"));
+        let cpu_ratio = match (row.native(rows).and_then(Row::cpu_per_100k), row.cpu_per_100k()) {
+            (Some(native), Some(this)) if this > 0.0 => format!("{:.2}", native / this),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.variant.mode(),
             row.variant.processor(),
             row.throughput(),
             ratio(native_same),
             ratio(native_alo),
+            cpu,
+            cpu_ratio,
             millis(row.p50()),
             millis(row.p99()),
             row.samples.iter().map(|s| s.lost).sum::<u64>(),
             row.samples.iter().map(|s| s.duplicates).sum::<u64>(),
         );
     }
-    let _ = writeln!(out, "\nEvery run, throughput (events/s):\n");
+    let _ = writeln!(out, "\nEvery run, throughput (events/s) and CPU seconds per 100k events:\n");
     for row in rows {
-        let runs: Vec<String> = row.samples.iter().map(|s| format!("{:.0}", s.events_per_sec)).collect();
+        let runs: Vec<String> = row
+            .samples
+            .iter()
+            .map(|s| match s.cpu_per_100k {
+                Some(cpu) => format!("{:.0} ({cpu:.3})", s.events_per_sec),
+                None => format!("{:.0}", s.events_per_sec),
+            })
+            .collect();
         let _ = writeln!(out, "- {} {}: {}", row.variant.mode(), row.variant.processor(), runs.join(", "));
     }
     let _ = writeln!(
@@ -129,13 +159,15 @@ pub fn render(setup: &Setup, rows: &[Row], sluice_log: &[String]) -> String {
         "\nOne broker (loopback) for the whole run; every trial has fresh topics ({partitions} partitions) \
          and a fresh consumer group; runs interleave the variants. Every producer is idempotent, \
          acks=all, linger.ms=5, murmur2_random. sluice: the release binary, a separate process, \
-         running `passthrough.wasm`. native at-least-once: rdkafka StreamConsumer → FutureProducer \
-         on its own tokio runtime and thread, auto-commit every 1 s of offsets stored only after \
+         running `passthrough.wasm`. native: `sluice-bench native-kafka`, also a separate process. \
+         native at-least-once: rdkafka StreamConsumer → FutureProducer \
+         on a tokio runtime, auto-commit every 1 s of offsets stored only after \
          the output's delivery report. native exactly-once: read_committed BaseConsumer and \
          transactional BaseProducer on one thread, positions sent to the transaction and \
          committed every interval. Throughput: {n} events stored in the input topic beforehand, \
          from the first output to the {n}-th distinct one (start-up and group join excluded; \
-         exactly-once: first output produced to last output committed). Latency: {rate}; \
+         exactly-once: first output produced to last output committed); CPU: the processor's user + system \
+         time over the same span, from /proc/<pid>/stat (10 ms ticks, read every 5 ms). Latency: {rate}; \
          for {secs} s after a 0.5 s warm-up on the same processor, send to receive (read_committed). \
          lost and duplicates: over all runs, throughput and latency runs together.",
         partitions = super::PARTITIONS,
