@@ -6,6 +6,11 @@
 //! broker client is in the figure. The compiled component is in a warm
 //! cache (the first, untimed start fills it).
 //!
+//! Before every start the binary and the compiled component are dropped
+//! from the page cache ([`procfs::evict`]): RSS counts the file pages a
+//! process has mapped, and how many one fault maps depends on how the page
+//! cache holds the file (see `Bench::spawn`).
+//!
 //! - idle: each pipeline follows its own file, which holds one event; once
 //!   every output file has its line (so every lane has its instance), the
 //!   process is left alone for [`SETTLE`] and then read: `VmRSS`, `Pss`
@@ -154,7 +159,7 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let load = (load_at_start, machine::load_average());
     let [native, sluice] = &rounds;
-    let table = render(&args, native, sluice, &load);
+    let table = render(&args, &setup.bin, native, sluice, &load);
     print!("{table}");
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -187,6 +192,17 @@ fn event_line(i: u64) -> String {
 impl Bench<'_> {
     /// Starts `kind` with `pipes`, following (idle) or not (drain and exit).
     fn spawn(&self, kind: Kind, dir: &Path, pipes: &[Pipe], follow: bool) -> Result<std::process::Child> {
+        // Each start reads its binary and compiled component from disk, as
+        // after a reboot or a fresh install: how the page cache holds a
+        // file decides how much of it one fault maps (a binary the linker
+        // has just written showed ~2 MiB more RSS than the same file read
+        // back from disk), so a warm cache would measure the build.
+        let program = match kind {
+            Kind::Native => self.native,
+            Kind::Sluice => self.setup.bin.as_path(),
+        };
+        procfs::evict(program);
+        procfs::evict_tree(self.setup.cache.path());
         let mut command = match kind {
             Kind::Native => {
                 let mut command = std::process::Command::new(self.native);
@@ -356,17 +372,18 @@ fn ratios(args: &Args, native: &Rounds, sluice: &Rounds) -> Vec<Ratio> {
     ]
 }
 
-fn render(args: &Args, native: &Rounds, sluice: &Rounds, load: &(String, String)) -> String {
+fn render(args: &Args, bin: &Path, native: &Rounds, sluice: &Rounds, load: &(String, String)) -> String {
     use std::fmt::Write;
     let mut out = String::from("# Memory: resident set of `sluice run`\n\n");
     let _ = writeln!(
         out,
-        "machine: {} ({} CPUs, load average {} at the start, {} at the end) · {} · median of {} rounds\n",
+        "machine: {} ({} CPUs, load average {} at the start, {} at the end) · {} · `{}` · median of {} rounds\n",
         machine::cpu_model(),
         machine::cpus(),
         load.0,
         load.1,
         machine::date(),
+        bin.display(),
         args.rounds,
     );
     out.push_str(&args.tweaks.describe());

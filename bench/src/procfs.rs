@@ -80,6 +80,30 @@ pub async fn wait(pid: u32, timeout: Duration) -> Result<Exit> {
     }
 }
 
+/// Asks the kernel to drop `path`'s pages from the page cache, so the next
+/// process to map it reads it from disk. Best effort: pages that a running
+/// process has mapped stay (the bench's own binary, for one).
+pub fn evict(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(file) = std::fs::File::open(path) {
+        // SAFETY: a valid descriptor; the call only advises the kernel.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
+/// [`evict`] for every file under `dir`.
+pub fn evict_tree(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => evict_tree(&path),
+            Ok(_) => evict(&path),
+            Err(_) => {}
+        }
+    }
+}
+
 /// Sends `signal` to `pid`.
 pub fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
     // SAFETY: a plain syscall on our own child's pid.
