@@ -15,19 +15,31 @@ pub struct Split {
 }
 
 impl Split {
-    /// The last core for the processor, the first for the rest; refuses a
-    /// machine with one core.
+    /// Of the cores this process may use, the last for the processor and
+    /// the first for the rest; refuses fewer than two.
     pub fn for_this_machine() -> Result<Self> {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        if cores < 2 {
-            bail!("--pin needs at least 2 cores, this machine offers {cores}");
+        let cores = usable()?;
+        match (cores.first(), cores.last()) {
+            (Some(&rest), Some(&processor)) if cores.len() >= 2 => Ok(Self { processor, rest }),
+            _ => bail!("--pin needs at least 2 cores, this process may use {}", cores.len()),
         }
-        Ok(Self { processor: cores - 1, rest: 0 })
     }
 
     pub fn describe(self) -> String {
         format!("processor pinned to CPU {}, broker and load generator to CPU {}", self.processor, self.rest)
     }
+}
+
+/// The cores this process may run on (its affinity mask).
+fn usable() -> Result<Vec<usize>> {
+    // SAFETY: `cpu_set_t` is plain data that `sched_getaffinity` fills in.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid set of the size given.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        bail!("cannot read this process's CPU affinity: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: reads a bit of the set filled above.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
 }
 
 fn set_of(cpu: usize) -> libc::cpu_set_t {
@@ -91,8 +103,7 @@ mod tests {
     /// A child started with [`pin_child`] runs on that core only.
     #[tokio::test]
     async fn a_pinned_child_runs_on_its_core_only() -> Result<()> {
-        let cores = std::thread::available_parallelism()?.get();
-        let cpu = cores - 1;
+        let cpu = *usable()?.last().context("no usable core")?;
         let mut command = tokio::process::Command::new("sleep");
         command.arg("5").kill_on_drop(true);
         pin_child(&mut command, cpu);

@@ -120,6 +120,12 @@ enum Command {
         /// its broker and load generator on the first.
         #[arg(long)]
         pin: bool,
+        /// A line added to sluice's `[runtime]` table; repeatable.
+        #[arg(long = "runtime", value_name = "TOML")]
+        runtime: Vec<String>,
+        /// An environment variable for the sluice process only; repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
     },
     /// Time from `sluice run` to the first event handled (Rust, Python,
     /// JavaScript plugin; compile cache warm and cold), vs a native process.
@@ -232,8 +238,9 @@ async fn main() -> Result<()> {
         }
         Command::NativeLines { pipes, follow } => return native_lines::run(pipes, follow).await,
         Command::Nats { events, out, runs, rate, latency_secs, core_only } => (events, out, runs, rate, latency_secs, core_only),
-        Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row, pin } => {
-            let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row, pin };
+        Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row, pin, runtime, env } => {
+            let tweaks = Tweaks::parse(runtime, env)?;
+            let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row, pin, tweaks };
             return kafka::run(args).await;
         }
         Command::NativeKafka { brokers, group, input, output, exactly_once_ms } => {

@@ -161,8 +161,12 @@ pub fn render(setup: &Setup, rows: &[Row]) -> String {
 
 /// Facts about the machine for the header; "unknown" rather than failing.
 pub mod machine {
+    /// The machine's online CPUs (not this process's: `--pin` narrows
+    /// that to one).
     pub fn cpus() -> usize {
-        std::thread::available_parallelism().map_or(0, usize::from)
+        // SAFETY: a plain query.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        usize::try_from(online).ok().filter(|&n| n > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(0, usize::from))
     }
 
     pub fn cpu_model() -> String {

@@ -66,6 +66,8 @@ pub struct Args {
     pub no_header_row: bool,
     /// Processor on one core, broker and load generator on another.
     pub pin: bool,
+    /// Settings of the sluice process alone.
+    pub tweaks: crate::Tweaks,
 }
 
 /// A processor and its guarantee: one row of the report.
@@ -147,7 +149,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     let load_at_start = crate::report::machine::load_average();
-    let bench = Bench { broker, sluice, events: args.events, latency: Duration::from_secs(args.latency_secs), split };
+    let bench = Bench { broker, sluice, events: args.events, latency: Duration::from_secs(args.latency_secs), split, tweaks: args.tweaks };
     let mut rows: Vec<Row> = variants.iter().map(|&variant| Row { variant, samples: Vec::new() }).collect();
     let mut sluice_log = Vec::new();
     // Per guarantee (`Variant::mode`): the native variant comes before the
@@ -189,13 +191,16 @@ pub async fn run(args: Args) -> Result<()> {
         pinning: split.map_or("not pinned".into(), |s| s.describe()),
         load: (load_at_start, crate::report::machine::load_average()),
     };
-    let table = report::render(&setup, &rows, &sluice_log);
+    let table = format!("{}{}", bench.tweaks.describe(), report::render(&setup, &rows, &sluice_log));
     print!("{table}");
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, table)?;
-    crate::dashboard::save("kafka", &report::ratios(&rows))?;
+    // A run with tweaks is an experiment: the dashboard keeps the defaults'.
+    if bench.tweaks.is_empty() {
+        crate::dashboard::save("kafka", &report::ratios(&rows))?;
+    }
     eprintln!("report written to {}", args.out.display());
     Ok(())
 }
@@ -208,6 +213,8 @@ struct Bench {
     latency: Duration,
     /// `--pin`: where the processor runs.
     split: Option<crate::affinity::Split>,
+    /// `--runtime`, `--env`: for sluice only.
+    tweaks: crate::Tweaks,
 }
 
 impl Bench {
@@ -249,7 +256,7 @@ impl Bench {
         };
         let first = Receiver::start(brokers, watch(false, true))?;
         let all = Receiver::start(brokers, watch(variant.exactly_once(), false))?;
-        let mut processor = Processor::start(variant, topics, &self.sluice, self.split.map(|s| s.processor))?;
+        let mut processor = Processor::start(variant, topics, &self.sluice, self.split.map(|s| s.processor), &self.tweaks)?;
         let (all, cpu_secs) = match drain(&mut processor, &first, all).await {
             Ok(drained) => drained,
             Err(e) => {

@@ -41,17 +41,17 @@ pub struct Processor {
 impl Processor {
     /// Starts one, on core `cpu` alone if given; it joins its group on its
     /// own time (the throughput measurement starts at the first output).
-    pub fn start(variant: Variant, topics: &Topics, setup: &SluiceSetup, cpu: Option<usize>) -> Result<Self> {
+    pub fn start(variant: Variant, topics: &Topics, setup: &SluiceSetup, cpu: Option<usize>, tweaks: &crate::Tweaks) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("sluice-bench-run-").tempdir()?;
         let mut command = match variant {
             Variant::NativeAtLeastOnce => native_command(topics, None)?,
             Variant::NativeExactlyOnce(interval) => native_command(topics, Some(interval))?,
             Variant::Sluice { exactly_once, version_header } => {
-                let config = sluice_config(topics, exactly_once, version_header, setup, dir.path());
+                let config = sluice_config(topics, exactly_once, version_header, setup, dir.path(), &tweaks.runtime_lines());
                 let config_path = dir.path().join("sluice.toml");
                 std::fs::write(&config_path, config)?;
                 let mut command = tokio::process::Command::new(&setup.bin);
-                command.arg("run").arg(&config_path);
+                command.arg("run").arg(&config_path).envs(tweaks.env.iter().map(|(k, v)| (k, v)));
                 command
             }
         };
@@ -145,7 +145,14 @@ fn native_command(topics: &Topics, exactly_once: Option<Duration>) -> Result<tok
 
 /// `sluice run`'s config: Kafka → `passthrough.wasm` → Kafka, with the
 /// source and sink defaults but for the guarantee.
-fn sluice_config(topics: &Topics, exactly_once: Option<Duration>, version_header: bool, setup: &SluiceSetup, dir: &Path) -> String {
+fn sluice_config(
+    topics: &Topics,
+    exactly_once: Option<Duration>,
+    version_header: bool,
+    setup: &SluiceSetup,
+    dir: &Path,
+    runtime_lines: &str,
+) -> String {
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     // Paths go through JSON string escapes, which are valid TOML escapes.
     let path = |p: &Path| quote(&p.display().to_string());
@@ -169,7 +176,7 @@ fn sluice_config(topics: &Topics, exactly_once: Option<Duration>, version_header
         format!("{{ kind = \"file\", path = {} }}", path(&dir.join("dlq.jsonl")))
     };
     format!(
-        "[runtime]\nshutdown_timeout = \"5s\"\ncache_dir = {cache}\n\n\
+        "[runtime]\nshutdown_timeout = \"5s\"\ncache_dir = {cache}\n{runtime_lines}\n\
          [pipelines.bench]\nsource = {source}\nsink = {sink}\ndead_letter = {dead_letter}\n\n\
          [pipelines.bench.policy]\nversion_header = {version_header}\n\n\
          [pipelines.bench.plugin]\npath = {plugin}\n",
