@@ -89,6 +89,10 @@ enum Command {
         /// Core NATS only, no JetStream rows.
         #[arg(long)]
         core_only: bool,
+        /// Run the processor on the last core alone, and this bench with
+        /// its server and load generator on the first.
+        #[arg(long)]
+        pin: bool,
     },
     /// Kafka → passthrough → Kafka, at-least-once and exactly-once, sluice vs
     /// native rdkafka.
@@ -174,6 +178,15 @@ enum Command {
     },
     /// The native baseline of `start` and `memory` (run by them): JSON
     /// event lines in, payload lines out.
+    /// The native NATS passthrough of `nats`, a process of its own (run by
+    /// the bench; stops on SIGTERM).
+    #[command(hide = true)]
+    NativeNats {
+        #[arg(long)]
+        url: String,
+        #[arg(long, value_parser = ["core", "jetstream"])]
+        mode: String,
+    },
     /// The native Kafka passthrough of `kafka`, a process of its own (run by
     /// the bench; stops on SIGTERM).
     #[command(hide = true)]
@@ -226,7 +239,7 @@ impl Mode {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let (events, out, runs, rate, latency_secs, core_only) = match Cli::parse().command {
+    let (events, out, runs, rate, latency_secs, core_only, pin) = match Cli::parse().command {
         Command::Dashboard { out } => return dashboard::run(&out),
         Command::Start { rounds, langs, runtime, env, out } => {
             let tweaks = Tweaks::parse(runtime, env)?;
@@ -237,7 +250,11 @@ async fn main() -> Result<()> {
             return memory::run(memory::Args { rounds, pipelines, events, tweaks, out }).await;
         }
         Command::NativeLines { pipes, follow } => return native_lines::run(pipes, follow).await,
-        Command::Nats { events, out, runs, rate, latency_secs, core_only } => (events, out, runs, rate, latency_secs, core_only),
+        Command::Nats { events, out, runs, rate, latency_secs, core_only, pin } => (events, out, runs, rate, latency_secs, core_only, pin),
+        Command::NativeNats { url, mode } => {
+            let mode = if mode == "jetstream" { Mode::Jetstream } else { Mode::Core };
+            return processor::run_native(&url, mode).await;
+        }
         Command::Kafka { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row, pin, runtime, env } => {
             let tweaks = Tweaks::parse(runtime, env)?;
             let args = kafka::Args { events, out, runs, rate, latency_secs, no_exactly_once, no_header_row, pin, tweaks };
@@ -251,8 +268,22 @@ async fn main() -> Result<()> {
     if events == 0 || runs == 0 {
         bail!("--events and --runs must be at least 1");
     }
-    let bench =
-        Bench { server: NatsServer::start().await?, sluice: SluiceSetup::find()?, events, latency: Duration::from_secs(latency_secs) };
+    // Before the server starts, so that it inherits the pinning.
+    let split = match pin {
+        true => {
+            let split = affinity::Split::for_this_machine()?;
+            affinity::pin_this_process(split.rest)?;
+            Some(split)
+        }
+        false => None,
+    };
+    let bench = Bench {
+        server: NatsServer::start().await?,
+        sluice: SluiceSetup::find()?,
+        events,
+        latency: Duration::from_secs(latency_secs),
+        cpu: split.map(|s| s.processor),
+    };
     let mut rows = Vec::new();
     let mut rates = Vec::new();
     let modes: &[Mode] = if core_only { &[Mode::Core] } else { &[Mode::Core, Mode::Jetstream] };
@@ -284,7 +315,8 @@ async fn main() -> Result<()> {
             rates.push(format!("{}: {}", mode.name(), rate.describe()));
         }
     }
-    let setup = report::Setup { events, runs, rates: rates.join("; "), latency_secs };
+    let pinning = split.map_or("not pinned".into(), |s| s.describe());
+    let setup = report::Setup { events, runs, rates: rates.join("; "), latency_secs, pinning };
     let table = report::render(&setup, &rows);
     print!("{table}");
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -384,6 +416,8 @@ struct Bench {
     sluice: SluiceSetup,
     events: u64,
     latency: Duration,
+    /// `--pin`: the processor's core.
+    cpu: Option<usize>,
 }
 
 impl Bench {
@@ -397,7 +431,7 @@ impl Bench {
         let receiver = self.server.client().await?;
         match mode {
             Mode::Core => {
-                let mut processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
+                let mut processor = Processor::start(kind, mode, &self.server, &self.sluice, self.cpu)?;
                 processor.wait_ready(mode, kind, &self.server, &producer).await?;
                 let cpu_before = processor.cpu_seconds();
                 let throughput = load::core_throughput(&producer, &receiver, self.events).await?;
@@ -414,7 +448,7 @@ impl Bench {
                 self.fresh_streams(&producer).await?;
                 load::prefill(&producer, self.events).await?;
                 let timer = load::BacklogTimer::start(&receiver, self.events).await?;
-                let processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
+                let processor = Processor::start(kind, mode, &self.server, &self.sluice, self.cpu)?;
                 let timed = timer.finish().await;
                 processor.stop().await?; // a processor that died says why here
                 let events_per_sec = timed?;
@@ -422,7 +456,7 @@ impl Bench {
                 let throughput = load::Throughput { events_per_sec, lost };
 
                 self.fresh_streams(&producer).await?;
-                let mut processor = Processor::start(kind, mode, &self.server, &self.sluice)?;
+                let mut processor = Processor::start(kind, mode, &self.server, &self.sluice, self.cpu)?;
                 processor.wait_ready(mode, kind, &self.server, &producer).await?;
                 let rate = *rate.get_or_insert(LatencyRate::half_of(throughput.events_per_sec));
                 let latency = load::latency(&producer, &receiver, Publish::Jetstream, rate.per_sec(), WARMUP, self.latency).await?;

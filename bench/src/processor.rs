@@ -1,12 +1,15 @@
 //! The two processors under test. Both read `bench.in` (core) or stream
 //! `BIN` (JetStream) and write every payload unchanged to `bench.out`:
 //!
-//! - [`Native`]: async-nats and nothing else, on its own tokio runtime on its
-//!   own thread inside the bench process, so it does not share worker
-//!   threads with the load generator (sluice, a separate process, does not
-//!   either). It is the ceiling: what the broker and the client allow.
+//! - [`Native`]: async-nats and nothing else (`sluice-bench native-nats`),
+//!   on a tokio runtime in a process of its own. It is the ceiling: what the
+//!   broker and the client allow.
 //! - [`Sluice`]: the real `sluice` binary (release build) running the
-//!   `passthrough` WASM plugin, stopped with SIGTERM like in production.
+//!   `passthrough` WASM plugin.
+//!
+//! Both are separate processes, stopped with SIGTERM like in production,
+//! measured alike (CPU time from `/proc/<pid>/stat`) and, with `--pin`, run
+//! on the same core alone.
 //!
 //! The ratio between the two is the price of the WASM sandbox and of
 //! everything sluice does around it (dispatch, batching, acks).
@@ -84,10 +87,11 @@ pub enum Processor {
 impl Processor {
     /// Starts one; it may still be connecting when this returns (see
     /// [`Processor::wait_ready`]).
-    pub fn start(kind: Kind, mode: Mode, server: &NatsServer, sluice: &SluiceSetup) -> Result<Self> {
+    /// On core `cpu` alone if given (`--pin`).
+    pub fn start(kind: Kind, mode: Mode, server: &NatsServer, sluice: &SluiceSetup, cpu: Option<usize>) -> Result<Self> {
         match kind {
-            Kind::Native => Ok(Processor::Native(Native::start(mode, server.url())?)),
-            Kind::Sluice => Ok(Processor::Sluice(Sluice::start(mode, &server.url(), sluice)?)),
+            Kind::Native => Ok(Processor::Native(Native::start(mode, server.url(), cpu)?)),
+            Kind::Sluice => Ok(Processor::Sluice(Sluice::start(mode, &server.url(), sluice, cpu)?)),
         }
     }
 
@@ -119,12 +123,11 @@ impl Processor {
         }
     }
 
-    /// CPU seconds (user + system) it has used so far: the sluice process,
-    /// or the native passthrough's threads in the bench process. `None` where
-    /// `/proc` cannot say (not Linux).
+    /// CPU seconds (user + system) its process has used so far. `None`
+    /// where `/proc` cannot say (not Linux).
     pub fn cpu_seconds(&self) -> Option<f64> {
         match self {
-            Processor::Native(_) => cpu::native_threads(),
+            Processor::Native(native) => cpu::process(native.pid),
             Processor::Sluice(sluice) => cpu::process(sluice.child.id()?),
         }
     }
@@ -137,49 +140,61 @@ impl Processor {
     }
 }
 
-/// The native passthrough: a thread running its own tokio runtime.
+/// The native passthrough: `sluice-bench native-nats`, a process of its
+/// own as `sluice run` is, so both are measured alike (CPU time from
+/// `/proc/<pid>/stat`, the same core with `--pin`).
 pub struct Native {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
+    child: tokio::process::Child,
+    pid: u32,
 }
 
 impl Native {
-    fn start(mode: Mode, url: String) -> Result<Self> {
-        let (stop, stopped) = oneshot::channel();
-        let thread = std::thread::Builder::new().name("native-passthrough".into()).spawn(move || {
-            // Its threads are named so their CPU time can be told apart from
-            // the load generator's (see [`cpu::native_threads`]).
-            let runtime = tokio::runtime::Builder::new_multi_thread().thread_name(cpu::NATIVE_WORKER).enable_all().build()?;
-            runtime.block_on(async move {
-                match mode {
-                    Mode::Core => native_core(&url, stopped).await,
-                    Mode::Jetstream => native_jetstream(&url, stopped).await,
-                }
-            })
-        })?;
-        Ok(Self { stop: Some(stop), thread: Some(thread) })
+    fn start(mode: Mode, url: String, cpu: Option<usize>) -> Result<Self> {
+        let exe = std::env::current_exe().context("finding sluice-bench itself (the native baseline)")?;
+        let mut command = tokio::process::Command::new(exe);
+        command.args(["native-nats", "--url", &url, "--mode", mode.name()]);
+        if let Some(cpu) = cpu {
+            crate::affinity::pin_child(&mut command, cpu);
+        }
+        let child = command.stdin(Stdio::null()).kill_on_drop(true).spawn().context("starting the native passthrough")?;
+        let pid = child.id().context("the native passthrough has no pid")?;
+        Ok(Self { child, pid })
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            self.join()?;
-            bail!("the native passthrough stopped on its own");
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the native passthrough stopped on its own ({status})");
         }
         Ok(())
     }
 
-    fn join(&mut self) -> Result<()> {
-        match self.thread.take() {
-            Some(thread) => thread.join().map_err(|_| anyhow!("the native passthrough panicked"))?,
-            None => Ok(()),
-        }
-    }
-
     async fn stop(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        crate::procfs::signal(self.pid, libc::SIGTERM)?;
+        let status = match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                self.child.kill().await?;
+                bail!("the native passthrough did not stop within 20s of SIGTERM");
+            }
+        };
+        if !status.success() {
+            bail!("the native passthrough exited with {status}");
         }
-        tokio::task::spawn_blocking(move || self.join()).await?
+        Ok(())
+    }
+}
+
+/// `sluice-bench native-nats`: runs the passthrough of `mode` until SIGTERM.
+pub async fn run_native(url: &str, mode: Mode) -> Result<()> {
+    let (stop, stopped) = oneshot::channel();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        term.recv().await;
+        let _ = stop.send(());
+    });
+    match mode {
+        Mode::Core => native_core(url, stopped).await,
+        Mode::Jetstream => native_jetstream(url, stopped).await,
     }
 }
 
@@ -249,7 +264,7 @@ pub struct Sluice {
 }
 
 impl Sluice {
-    fn start(mode: Mode, url: &str, setup: &SluiceSetup) -> Result<Self> {
+    fn start(mode: Mode, url: &str, setup: &SluiceSetup, cpu: Option<usize>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("sluice-bench-run-").tempdir()?;
         let (source, sink) = match mode {
             Mode::Core => (
@@ -288,7 +303,11 @@ impl Sluice {
         let config_path = dir.path().join("sluice.toml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.path().join("sluice.log"))?;
-        let child = tokio::process::Command::new(&setup.bin)
+        let mut command = tokio::process::Command::new(&setup.bin);
+        if let Some(cpu) = cpu {
+            crate::affinity::pin_child(&mut command, cpu);
+        }
+        let child = command
             .arg("run")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -341,9 +360,6 @@ impl Sluice {
 /// CPU time from `/proc`, so the figures can be read per event: throughput
 /// on a shared 2-core machine moves with its load, CPU per event much less.
 pub(crate) mod cpu {
-    /// The name of the native passthrough's runtime threads.
-    pub const NATIVE_WORKER: &str = "native-worker";
-
     /// Clock ticks per second of `/proc/*/stat` (`USER_HZ`): 100 on every
     /// Linux architecture the bench runs on.
     const TICKS: f64 = 100.0;
@@ -359,18 +375,5 @@ pub(crate) mod cpu {
     /// Every thread of process `pid`, live or exited.
     pub fn process(pid: u32) -> Option<f64> {
         stat_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-    }
-
-    /// The native passthrough's threads in this process: its own thread
-    /// (`native-passthrough`) and its runtime's workers.
-    pub fn native_threads() -> Option<f64> {
-        let mut total = 0.0;
-        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.starts_with("native-") {
-                total += std::fs::read_to_string(task.path().join("stat")).ok().as_deref().and_then(stat_seconds).unwrap_or(0.0);
-            }
-        }
-        Some(total)
     }
 }

@@ -65,6 +65,8 @@ pub struct Setup {
     /// The latency runs' rate per mode, described.
     pub rates: String,
     pub latency_secs: u64,
+    /// Where the processor and the rest ran (`--pin`).
+    pub pinning: String,
 }
 
 /// Each mode's sluice/native ratios, for the dashboard.
@@ -91,12 +93,13 @@ pub fn render(setup: &Setup, rows: &[Row]) -> String {
     let _ = writeln!(out, "# NATS → passthrough → NATS: sluice vs native\n");
     let _ = writeln!(
         out,
-        "machine: {} ({} CPUs) · nats-server {} · N = {} events of 100 bytes · {} · median of {} runs\n",
+        "machine: {} ({} CPUs) · nats-server {} · N = {} events of 100 bytes · {} · {} · median of {} runs\n",
         machine::cpu_model(),
         machine::cpus(),
         machine::nats_server_version(),
         setup.events,
         machine::date(),
+        setup.pinning,
         setup.runs,
     );
     let _ = writeln!(
