@@ -4,10 +4,10 @@
 //! Why: the binary is position independent (so ASLR covers it), and the
 //! dynamic loader applies ~80,000 relative relocations at every start. As
 //! `RELA` records they are a 1.9 MB table that the loader reads whole, and
-//! those pages stay in the process's RSS for its life: about a tenth of an
-//! idle host's memory (docs/benchmarks.md, "Memory"). As `RELR` the same
-//! relocations are a bitmap of a few KiB. Nothing else changes: same code,
-//! same ASLR.
+//! those pages stay in the process's RSS for its life: 1.6–1.9 MiB of an
+//! idle host's ~20 (docs/benchmarks.md, "Idle RSS under 20 MiB"). As
+//! `RELR` the same relocations are a bitmap of a few KiB. Nothing else
+//! changes: same code, same ASLR.
 //!
 //! Only when building for the machine that runs the build script with
 //! glibc ≥ 2.36, the first to load `RELR` (an older one refuses the binary
