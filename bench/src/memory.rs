@@ -270,13 +270,11 @@ impl Bench<'_> {
         }
         .await;
         // SIGTERM drains; the process must end cleanly either way.
-        let _ = procfs::signal(pid, libc::SIGTERM);
-        let exit = procfs::wait(pid, LIMIT).await;
-        if exit.is_err() {
-            let _ = child.kill();
-        }
+        let exit = procfs::terminate(&mut child, LIMIT).await;
         let memory = measured?;
-        exit?;
+        if exit?.is_none() {
+            bail!("process {pid} did not exit within {LIMIT:?}");
+        }
         Ok(memory)
     }
 

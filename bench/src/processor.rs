@@ -169,13 +169,9 @@ impl Native {
     }
 
     async fn stop(mut self) -> Result<()> {
-        crate::procfs::signal(self.pid, libc::SIGTERM)?;
-        let status = match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                self.child.kill().await?;
-                bail!("the native passthrough did not stop within 20s of SIGTERM");
-            }
+        let limit = Duration::from_secs(20);
+        let Some(status) = crate::procfs::terminate(&mut self.child, limit).await? else {
+            bail!("the native passthrough did not stop within {limit:?} of SIGTERM");
         };
         if !status.success() {
             bail!("the native passthrough exited with {status}");
@@ -328,14 +324,9 @@ impl Sluice {
 
     /// SIGTERM, then wait for its drain (bounded by `shutdown_timeout`).
     async fn stop(mut self) -> Result<()> {
-        let pid = self.child.id().context("sluice has already been reaped")?;
-        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
-        let status = match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                self.child.kill().await?;
-                bail!("sluice did not stop within 20s of SIGTERM:\n{}", self.log_tail());
-            }
+        let limit = Duration::from_secs(20);
+        let Some(status) = crate::procfs::terminate(&mut self.child, limit).await? else {
+            bail!("sluice did not stop within {limit:?} of SIGTERM:\n{}", self.log_tail());
         };
         if !status.success() {
             bail!("sluice exited with {status}:\n{}", self.log_tail());

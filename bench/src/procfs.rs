@@ -7,8 +7,11 @@
 //!   by the processes sharing it: what the process really adds to a machine
 //!   running several of it.
 //! - `VmHWM`: the peak of `VmRSS` so far.
+//!
+//! And how a child process is stopped ([`terminate`]).
 
-use std::time::Duration;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -113,6 +116,79 @@ pub fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
     Ok(())
 }
 
+/// A child process of this one that [`terminate`] can stop: `std`'s (the
+/// memory bench reaps its children itself, with `wait4`) or tokio's (the
+/// processors under test, killed on drop should the bench fail).
+pub trait Child {
+    /// Its pid; `None` once reaped.
+    fn pid(&self) -> Option<u32>;
+    /// Its exit status if it has exited (reaping it), without blocking.
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>>;
+}
+
+impl Child for std::process::Child {
+    fn pid(&self) -> Option<u32> {
+        Some(self.id())
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        std::process::Child::try_wait(self)
+    }
+}
+
+impl Child for tokio::process::Child {
+    fn pid(&self) -> Option<u32> {
+        self.id()
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        tokio::process::Child::try_wait(self)
+    }
+}
+
+/// How often [`terminate`] looks whether the child has exited: the most it
+/// adds to a stop time the bench reports (sluice's drain after SIGTERM).
+const EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// Stops `child` as production does: SIGTERM, then up to `timeout` for it
+/// to drain and exit. One still running then gets SIGKILL and is reaped
+/// (within another `timeout`, else an error). Returns how it exited, or
+/// `None` if it had to be killed: the caller says why, with its log.
+///
+/// Polls [`Child::try_wait`], which works alike for `std`'s and tokio's
+/// children; a child that has already exited is reaped and not signalled
+/// (its pid may be another process's by now).
+pub async fn terminate(child: &mut impl Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(Some(status));
+    }
+    let pid = child.pid().context("the child has no pid")?;
+    signal(pid, libc::SIGTERM)?;
+    if let Some(status) = exit_within(child, timeout).await? {
+        return Ok(Some(status));
+    }
+    signal(pid, libc::SIGKILL)?;
+    match exit_within(child, timeout).await? {
+        Some(_) => Ok(None),
+        None => bail!("process {pid} still runs {timeout:?} after SIGKILL"),
+    }
+}
+
+/// `child`'s exit status once it has exited, or `None` if it still runs
+/// after `timeout`.
+async fn exit_within(child: &mut impl Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(EXIT_POLL).await;
+    }
+}
+
 /// Kibibytes as mebibytes, two decimals.
 pub fn mib(kib: f64) -> String {
     format!("{:.2} MiB", kib / 1024.0)
@@ -158,6 +234,61 @@ mod tests {
         let exit = wait(busy.id(), Duration::from_secs(30)).await?;
         assert!(!exit.success);
         assert!(exit.cpu_secs > 0.0, "{exit:?}");
+        Ok(())
+    }
+
+    /// A child that stops on SIGTERM is not waited for any longer than
+    /// that, and its status says SIGTERM ended it.
+    #[tokio::test]
+    async fn terminate_stops_a_child_on_sigterm() -> Result<()> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let started = Instant::now();
+        let status = terminate(&mut child, Duration::from_secs(10)).await?;
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGTERM), "{status:?}");
+        Ok(())
+    }
+
+    /// One that ignores SIGTERM is killed once the timeout is over, and
+    /// reaped; tokio's children alike.
+    #[tokio::test]
+    async fn terminate_kills_a_child_that_ignores_sigterm() -> Result<()> {
+        use std::os::unix::process::ExitStatusExt;
+        // `exec` keeps the trap's ignored disposition and leaves no
+        // grandchild holding the test's output open.
+        let mut child = tokio::process::Command::new("sh").args(["-c", "trap '' TERM; exec sleep 30"]).kill_on_drop(true).spawn()?;
+        // Until the trap is set, SIGTERM would end it: wait for the exec.
+        let pid = child.id().context("no pid")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/comm"))?.trim() != "sleep" {
+            assert!(Instant::now() < deadline, "sh did not exec sleep");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let status = terminate(&mut child, timeout).await?;
+        let took = started.elapsed();
+        assert!(status.is_none(), "{status:?}");
+        assert!(took >= timeout && took < timeout + Duration::from_secs(5), "{took:?}");
+        let reaped = child.try_wait()?;
+        assert_eq!(reaped.and_then(|s| s.signal()), Some(libc::SIGKILL), "{reaped:?}");
+        Ok(())
+    }
+
+    /// A child that has exited already is reaped with its own status.
+    #[tokio::test]
+    async fn terminate_reaps_a_child_that_has_exited() -> Result<()> {
+        let mut child = std::process::Command::new("sh").args(["-c", "exit 3"]).spawn()?;
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A zombie until reaped.
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))?.contains(") Z ") {
+            assert!(Instant::now() < deadline, "sh did not exit");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let status = terminate(&mut child, Duration::from_secs(10)).await?;
+        assert_eq!(status.and_then(|s| s.code()), Some(3), "{status:?}");
         Ok(())
     }
 }

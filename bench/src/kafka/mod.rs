@@ -314,49 +314,52 @@ impl Bench {
     }
 }
 
-/// How often [`drain`] looks at the receivers and the processor's CPU time.
+/// How often [`drain`] looks at the receivers and the processor's CPU time:
+/// the CPU time is taken within this of the first output.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// How often [`wait`] looks: during the latency run this process shares a
+/// core with the broker, so it looks seldom.
+const WAIT_POLL: Duration = Duration::from_millis(50);
 
 /// Waits for `all` to see the backlog, failing early if the processor
 /// stops; also returns the processor's CPU seconds from when `first` saw the
 /// first output (within [`DRAIN_POLL`]) to when `all` finished.
 async fn drain(processor: &mut Processor, first: &Receiver, all: Receiver) -> Result<(load::Seen, Option<f64>)> {
-    let started = Instant::now();
-    let mut cpu_at_first = None;
-    while !all.is_finished() {
-        if let Err(e) = processor.check_alive() {
-            let _ = all.cancel().await;
-            return Err(e);
-        }
-        if cpu_at_first.is_none() && first.is_finished() {
-            cpu_at_first = Some(processor.cpu_seconds());
-        }
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-    let cpu = match (cpu_at_first.flatten(), processor.cpu_seconds()) {
-        (Some(before), Some(after)) => Some(after - before),
-        _ => None,
-    };
-    let seen = all.finish().await?;
-    if seen.first.is_none() {
-        bail!("no output came within {:?}", started.elapsed());
-    }
-    Ok((seen, cpu))
+    follow(processor, all, Some(first), DRAIN_POLL).await
 }
 
 /// Waits for `receiver` to finish, failing early if the processor stops.
 async fn wait(processor: &mut Processor, receiver: Receiver) -> Result<load::Seen> {
+    Ok(follow(processor, receiver, None, WAIT_POLL).await?.0)
+}
+
+/// [`drain`] and [`wait`]: waits for `receiver` to finish, looking every
+/// `poll`, failing early if the processor stops, and failing if no output
+/// came at all. With `first` (a `first_only` receiver), also returns the
+/// processor's CPU seconds from when `first` finished (within `poll`) to
+/// when `receiver` did.
+async fn follow(
+    processor: &mut Processor,
+    receiver: Receiver,
+    first: Option<&Receiver>,
+    poll: Duration,
+) -> Result<(load::Seen, Option<f64>)> {
     let started = Instant::now();
+    let mut cpu_at_first = None;
     while !receiver.is_finished() {
         if let Err(e) = processor.check_alive() {
             let _ = receiver.cancel().await;
             return Err(e);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if cpu_at_first.is_none() && first.is_some_and(Receiver::is_finished) {
+            cpu_at_first = Some(processor.cpu_seconds());
+        }
+        tokio::time::sleep(poll).await;
     }
+    let cpu = cpu_at_first.flatten().and_then(|before| Some(processor.cpu_seconds()? - before));
     let seen = receiver.finish().await?;
     if seen.first.is_none() {
         bail!("no output came within {:?}", started.elapsed());
     }
-    Ok(seen)
+    Ok((seen, cpu))
 }

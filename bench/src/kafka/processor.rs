@@ -91,13 +91,9 @@ impl Processor {
     /// `shutdown_timeout`); returns the WARN and ERROR lines sluice logged.
     pub async fn stop(mut self) -> Result<Vec<String>> {
         let signalled = Instant::now();
-        crate::procfs::signal(self.pid, libc::SIGTERM)?;
-        let status = match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                self.child.kill().await?;
-                bail!("the processor did not stop within 30s of SIGTERM:\n{}", self.log_tail());
-            }
+        let limit = Duration::from_secs(30);
+        let Some(status) = crate::procfs::terminate(&mut self.child, limit).await? else {
+            bail!("the processor did not stop within {limit:?} of SIGTERM:\n{}", self.log_tail());
         };
         if !status.success() {
             bail!("the processor exited with {status}:\n{}", self.log_tail());
