@@ -43,32 +43,39 @@ use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions};
 use common::{cpu_seconds, native_passthrough, spread, MemorySource, Native, NullSink};
 
 /// Counts heap allocations while [`COUNTING`] is on (a relaxed load per
-/// allocation otherwise).
+/// allocation otherwise), then hands them to [`INNER`].
 struct CountingAlloc;
+
+/// The allocator the `sluice` binary is built with (`host/src/main.rs`),
+/// so the pipeline here allocates as the host does.
+#[cfg(feature = "mimalloc")]
+const INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(not(feature = "mimalloc"))]
+const INNER: std::alloc::System = std::alloc::System;
 
 static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-// SAFETY: every call is forwarded to the system allocator unchanged.
+// SAFETY: every call is forwarded to `INNER` unchanged.
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         count();
         // SAFETY: the caller's contract, passed on.
-        unsafe { std::alloc::System.alloc(layout) }
+        unsafe { INNER.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: the caller's contract, passed on.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
+        unsafe { INNER.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         count();
         // SAFETY: the caller's contract, passed on.
-        unsafe { std::alloc::System.alloc_zeroed(layout) }
+        unsafe { INNER.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         count();
         // SAFETY: the caller's contract, passed on.
-        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        unsafe { INNER.realloc(ptr, layout, new_size) }
     }
 }
 
