@@ -18,7 +18,8 @@
 //! CPU time per event (`getrusage`, the whole process) and heap
 //! allocations per event (a counting allocator, switched on for one
 //! separate run of each case so it does not slow the timed ones);
-//! `SLUICE_BENCH_CASE=wasm` keeps only the cases of that name.
+//! `SLUICE_BENCH_CASE=wasm` keeps only the cases of that name
+//! (`SLUICE_BENCH_CASE="wasm 100B"`: of that name and size).
 //!
 //! After criterion's own report, a table of events/s and WASM/native ratios
 //! is printed from criterion's estimates. Needs the plugins built
@@ -363,7 +364,7 @@ fn rounds(plugin: &LoadedPlugin, rounds: usize, count: usize) {
     let one_thread = plugin_threads(1);
     // `SLUICE_BENCH_CASE=wasm`: only the cases of that name (to profile one).
     let only = std::env::var("SLUICE_BENCH_CASE").ok();
-    let cases: Vec<Case> = one_worker_cases(plugin).into_iter().filter(|c| only.as_deref().is_none_or(|n| n == c.name)).collect();
+    let cases: Vec<Case> = one_worker_cases(plugin).into_iter().filter(|c| only.as_deref().is_none_or(|n| n == c.name || n == format!("{} {}", c.name, c.label))).collect();
     let inputs: Vec<Vec<Event>> = cases.iter().map(|c| c.events(count)).collect();
     let run = |case: &Case, events: &[Event]| {
         let source = memory_source(events, case.nestjs);

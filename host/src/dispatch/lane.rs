@@ -102,6 +102,7 @@ pub(super) struct Lane {
 impl Lane {
     pub fn new(id: usize, d: Arc<Dispatcher>, shutdown: CancellationToken, failed: CancellationToken) -> Self {
         let version = d.plugin.current();
+        let concluded = Vec::with_capacity(d.batch_size);
         Self {
             id,
             d,
@@ -111,7 +112,7 @@ impl Lane {
             shutdown,
             failed,
             mode: Mode::Running,
-            concluded: Vec::new(),
+            concluded,
             memory: 0,
             candidates: CandidateCalls::default(),
             state_batch_misses: 0,
@@ -125,7 +126,11 @@ impl Lane {
         let mut batch = Vec::with_capacity(self.d.batch_size);
         let mut outcome = Ok(());
         'lane: while inbox.recv_many(&mut batch, self.d.batch_size).await > 0 {
-            for call in split_by_bytes(std::mem::take(&mut batch), self.d.batch_bytes) {
+            // The next batch gets a buffer of full size: `recv_many` only
+            // pushes, so an empty one would grow (and move every delivery)
+            // eight times on the way to 256.
+            let taken = std::mem::replace(&mut batch, Vec::with_capacity(self.d.batch_size));
+            for call in split_by_bytes(taken, self.d.batch_bytes) {
                 let processed = self.process(call, &tx).await;
                 let flushed = self.flush(&tx).await;
                 if let Err(err) = processed.and(flushed) {
@@ -156,7 +161,7 @@ impl Lane {
         // Events to call the plugin with; an event that skips the plugin
         // (undecodable, a repeat) is concluded after the ones before it,
         // so conclusions, and acks, keep the source's order.
-        let mut run = Run::default();
+        let mut run = Run::with_capacity(batch.len());
         // The ids of this batch so far (hashed), for stateful pipelines.
         let mut seen: HashSet<u64> = HashSet::new();
         let applied = match &self.d.state {
@@ -1035,7 +1040,10 @@ impl Lane {
         if self.concluded.is_empty() {
             return Ok(());
         }
-        Ok(done.send(std::mem::take(&mut self.concluded)).await.map_err(|_| LaneError::PublisherGone { lane: self.id })?)
+        // Replaced at full size, not emptied: the next batch's conclusions
+        // would otherwise grow it (moving each) from nothing again.
+        let concluded = std::mem::replace(&mut self.concluded, Vec::with_capacity(self.d.batch_size));
+        Ok(done.send(concluded).await.map_err(|_| LaneError::PublisherGone { lane: self.id })?)
     }
 
     /// Whether an event's outputs stay within the policy's caps.
@@ -1243,6 +1251,11 @@ struct Run {
 }
 
 impl Run {
+    /// An empty run with room for `n` events.
+    fn with_capacity(n: usize) -> Self {
+        Self { events: Vec::with_capacity(n), acks: Vec::with_capacity(n), traces: Vec::with_capacity(n), partitions: Vec::with_capacity(n) }
+    }
+
     /// Splits the run where the source partition changes, in order.
     fn by_partition(self) -> Vec<Run> {
         let mut runs: Vec<Run> = Vec::new();
