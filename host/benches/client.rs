@@ -9,6 +9,8 @@
 //! Needs `nats-server` on the PATH (scripts/nats-server.sh install). Prints
 //! p50/p99/mean in microseconds; figures in docs/benchmarks.md.
 
+#[path = "common/allocator.rs"]
+mod allocator;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -364,7 +364,10 @@ fn rounds(plugin: &LoadedPlugin, rounds: usize, count: usize) {
     let one_thread = plugin_threads(1);
     // `SLUICE_BENCH_CASE=wasm`: only the cases of that name (to profile one).
     let only = std::env::var("SLUICE_BENCH_CASE").ok();
-    let cases: Vec<Case> = one_worker_cases(plugin).into_iter().filter(|c| only.as_deref().is_none_or(|n| n == c.name || n == format!("{} {}", c.name, c.label))).collect();
+    let cases: Vec<Case> = one_worker_cases(plugin)
+        .into_iter()
+        .filter(|c| only.as_deref().is_none_or(|n| n == c.name || n == format!("{} {}", c.name, c.label)))
+        .collect();
     let inputs: Vec<Vec<Event>> = cases.iter().map(|c| c.events(count)).collect();
     let run = |case: &Case, events: &[Event]| {
         let source = memory_source(events, case.nestjs);

@@ -33,6 +33,8 @@
 //! context switches and the CPU time (user + system) per call, both of the
 //! whole process (`getrusage`), and the added time per call.
 
+#[path = "common/allocator.rs"]
+mod allocator;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -19,6 +19,8 @@
 //! SDK change is measured, its build before and after in one run,
 //! interleaved (`C before=…,C after=…,C before=…,C after=…`).
 
+#[path = "common/allocator.rs"]
+mod allocator;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

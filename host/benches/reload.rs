@@ -28,6 +28,8 @@
 //! (`bash scripts/build-plugins.sh`); `SLUICE_PLUGIN_DIR` overrides where
 //! they are.
 
+#[path = "common/allocator.rs"]
+mod allocator;
 use std::collections::HashMap;
 use std::error::Error;
 use std::fmt::Write as _;

@@ -14,6 +14,8 @@
 //! After criterion's report, a table of events/s and schemas/plain ratios.
 //! Needs the plugins built (`./dev plugins`) for the `wasm` rows.
 
+#[path = "common/allocator.rs"]
+mod allocator;
 mod common;
 
 use std::collections::HashMap;

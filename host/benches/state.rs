@@ -37,6 +37,8 @@
 //! Needs the plugins built (`./dev plugins`; `SLUICE_PLUGIN_DIR`
 //! overrides where they are).
 
+#[path = "common/allocator.rs"]
+mod allocator;
 mod common;
 #[path = "state/pipelines.rs"]
 mod pipelines;

@@ -394,10 +394,11 @@ fn valid_value(value: &[u8]) -> bool {
     std::str::from_utf8(value).is_ok() && !value.iter().any(|b| matches!(b, b'\r' | b'\n'))
 }
 
-/// Event headers (and key) as NATS headers, taking their bytes: a name or
-/// value becomes a NATS one without being copied (the publish path's
-/// allocations per header are the client's map entry, nothing more).
-pub(crate) fn into_nats_headers(headers: Vec<Header>, key: Option<Vec<u8>>) -> Result<HeaderMap, Unpublishable> {
+/// Event headers (and key, and the version that made the record) as NATS
+/// headers, taking their bytes: a name or value becomes a NATS one without
+/// being copied (the publish path's allocations per header are the client's
+/// map entry, nothing more; the shared version value is copied once).
+pub(crate) fn into_nats_headers(headers: Vec<Header>, key: Option<Vec<u8>>, version: Option<&str>) -> Result<HeaderMap, Unpublishable> {
     let mut map = HeaderMap::new();
     for header in headers {
         let Header { key: name, value } = header;
@@ -418,6 +419,10 @@ pub(crate) fn into_nats_headers(headers: Vec<Header>, key: Option<Vec<u8>>) -> R
     if let Some(key) = key {
         let key = String::from_utf8(key).ok().filter(|k| valid_value(k.as_bytes())).ok_or(Unpublishable::Key)?;
         map.insert(HeaderName::from_static(KEY_HEADER), HeaderValue::from(key));
+    }
+    if let Some(version) = version {
+        let value: HeaderValue = version.parse().map_err(|_| Unpublishable::HeaderValue(crate::sink::VERSION_HEADER.to_owned()))?;
+        map.append(HeaderName::from_static(crate::sink::VERSION_HEADER), value);
     }
     Ok(map)
 }
@@ -549,11 +554,15 @@ mod tests {
     fn owned_headers_convert_like_borrowed_ones() {
         let headers = vec![text_header("a", "1"), text_header("a", "2"), text_header("sluice-plugin-digest", "ab12")];
         let borrowed = nats_headers(&headers, Some(b"k-1")).map_err(|e| e.to_string());
-        let owned = into_nats_headers(headers, Some(b"k-1".to_vec())).map_err(|e| e.to_string());
+        let owned = into_nats_headers(headers.clone(), Some(b"k-1".to_vec()), None).map_err(|e| e.to_string());
         assert_eq!(owned, borrowed);
+        // The version kept apart from the headers is sent as the last one.
+        let (front, version) = headers.split_at(2);
+        let apart = into_nats_headers(front.to_vec(), Some(b"k-1".to_vec()), std::str::from_utf8(&version[0].value).ok());
+        assert_eq!(apart.map_err(|e| e.to_string()), borrowed);
         for (bad, key) in [(text_header("x", "a\r\nb"), None), (text_header("a:b", "1"), None), (text_header("a", "1"), Some(vec![0xff]))] {
             let borrowed = nats_headers(std::slice::from_ref(&bad), key.as_deref()).err().map(|e| e.to_string());
-            let owned = into_nats_headers(vec![bad], key).err().map(|e| e.to_string());
+            let owned = into_nats_headers(vec![bad], key, None).err().map(|e| e.to_string());
             assert!(owned.is_some() && owned == borrowed, "{owned:?} vs {borrowed:?}");
         }
     }

@@ -69,7 +69,7 @@ proptest! {
     /// payload and headers (repeated names, binary values, any UTF-8).
     #[test]
     fn an_encoded_record_decodes_to_the_same_event(key in prop::option::of(bytes(32)), payload in bytes(512), headers in headers()) {
-        let record = Record { destination: None, key: key.clone(), payload: payload.clone(), headers: headers.clone(), id: None, partition: None };
+        let record = Record { destination: None, key: key.clone(), payload: payload.clone(), headers: headers.clone(), version: None, id: None, partition: None };
         let line = encode_record(&record);
         let event = decode_event(&line[..line.len() - 1], "prop", "prop:1".into(), 7);
         prop_assert!(event.is_ok(), "{:?} from {}", event.err(), String::from_utf8_lossy(&line));

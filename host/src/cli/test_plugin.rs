@@ -257,7 +257,8 @@ fn output_json(output: sluice::event::Output) -> Value {
     let reply = output.reply;
     let emit = output.destination.as_deref().and_then(sluice::client::emitted_to).map(str::to_owned);
     let destination = if emit.is_some() { None } else { output.destination };
-    let record = Record { destination, key: output.key, payload: output.payload, headers: output.headers, id: None, partition: None };
+    let record =
+        Record { destination, key: output.key, payload: output.payload, headers: output.headers, id: None, partition: None, version: None };
     let mut value: Value = serde_json::from_slice(&encode_record(&record)).unwrap_or(Value::Null);
     if reply {
         value["reply"] = Value::Bool(true);

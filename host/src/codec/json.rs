@@ -101,8 +101,8 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
         bytes_field(&mut object, "key", key);
     }
     bytes_field(&mut object, "payload", &record.payload);
-    if !record.headers.is_empty() {
-        object.insert("headers".into(), encode_headers(&record.headers));
+    if record.header_count() > 0 {
+        object.insert("headers".into(), encode_headers(record.all_headers()));
     }
     let mut line = serde_json::to_vec(&Value::Object(object)).unwrap_or_default();
     line.push(b'\n');
@@ -116,15 +116,15 @@ fn bytes_field(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
     };
 }
 
-fn encode_headers(headers: &[Header]) -> Value {
+fn encode_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> Value {
     let value = |bytes: &[u8]| match std::str::from_utf8(bytes) {
         Ok(text) => Value::String(text.to_owned()),
         Err(_) => serde_json::json!({ "base64": BASE64.encode(bytes) }),
     };
-    if keys_unique(headers) {
-        Value::Object(headers.iter().map(|h| (h.key.clone(), value(&h.value))).collect())
+    if keys_unique(headers.clone()) {
+        Value::Object(headers.map(|(key, bytes)| (key.to_owned(), value(bytes))).collect())
     } else {
-        Value::Array(headers.iter().map(|h| Value::Array(vec![Value::String(h.key.clone()), value(&h.value)])).collect())
+        Value::Array(headers.map(|(key, bytes)| Value::Array(vec![Value::String(key.to_owned()), value(bytes)])).collect())
     }
 }
 
@@ -132,9 +132,9 @@ fn encode_headers(headers: &[Header]) -> Value {
 /// object, otherwise as `[name, value]` pairs). One pass with a hash set:
 /// checking each header against all earlier ones was quadratic, and an
 /// input with 200,000 headers held a tokio worker for ~37 s.
-fn keys_unique(headers: &[Header]) -> bool {
-    let mut seen = std::collections::HashSet::with_capacity(headers.len());
-    headers.iter().all(|h| seen.insert(h.key.as_str()))
+fn keys_unique<'a>(mut headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(headers.size_hint().0);
+    headers.all(|(key, _)| seen.insert(key))
 }
 
 #[cfg(test)]
@@ -179,7 +179,7 @@ mod tests {
         if repeat_last {
             headers.push(Header { key: "h0".into(), value: b"again".to_vec() });
         }
-        Record { destination: None, key: None, payload: b"p".to_vec(), id: None, partition: None, headers }
+        Record { destination: None, key: None, payload: b"p".to_vec(), id: None, partition: None, headers, version: None }
     }
 
     /// 200,000 headers (the 3 MB line of the hardening report) encode in
@@ -201,13 +201,26 @@ mod tests {
 
     #[test]
     fn uniqueness_is_exact() {
-        let h = |k: &str| Header { key: k.into(), value: Vec::new() };
-        assert!(keys_unique(&[]));
-        assert!(keys_unique(&[h("a"), h("b"), h("A")]));
-        assert!(!keys_unique(&[h("a"), h("b"), h("a")]));
+        let unique = |keys: &[&str]| keys_unique(keys.iter().map(|k| (*k, &[][..])));
+        assert!(unique(&[]));
+        assert!(unique(&["a", "b", "A"]));
+        assert!(!unique(&["a", "b", "a"]));
         // A repeat turns the whole set into pairs, so nothing is lost.
         let line = encode_record(&many_headers(3, true));
         assert!(line.starts_with(br#"{"payload":"p","headers":[["h0","v"]"#), "{}", String::from_utf8_lossy(&line));
+    }
+
+    /// The version kept apart from the headers is written as the last one,
+    /// and counts when deciding whether names repeat.
+    #[test]
+    fn the_version_is_the_last_header() {
+        let mut record = many_headers(2, false);
+        record.version = Some("ab12".into());
+        let v: Value = serde_json::from_slice(&encode_record(&record)).unwrap_or(Value::Null);
+        assert_eq!(v["headers"], serde_json::json!({"h0": "v", "h1": "v", "sluice-plugin-digest": "ab12"}));
+        record.headers.push(Header { key: "sluice-plugin-digest".into(), value: b"other".to_vec() });
+        let v: Value = serde_json::from_slice(&encode_record(&record)).unwrap_or(Value::Null);
+        assert_eq!(v["headers"].as_array().and_then(|pairs| pairs.last()), Some(&serde_json::json!(["sluice-plugin-digest", "ab12"])));
     }
 
     #[test]
@@ -219,6 +232,7 @@ mod tests {
             id: None,
             partition: None,
             headers: vec![Header { key: "a".into(), value: b"1".to_vec() }, Header { key: "a".into(), value: vec![0xfe] }],
+            version: None,
         };
         let line = encode_record(&record);
         let back = decode_event(line.trim_ascii_end(), "s", "s:1".into(), 0)?;

@@ -94,5 +94,5 @@ pub fn record(event: Event, failure: &Failure, pipeline: &str, plugin: &str, dig
             headers.push(text_header("sluice-dlq-calls", calls));
         }
     }
-    Record { destination: None, key: event.key, payload: event.payload, headers, id: None, partition: None }
+    Record { destination: None, key: event.key, payload: event.payload, headers, id: None, partition: None, version: None }
 }

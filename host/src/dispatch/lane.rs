@@ -1253,7 +1253,12 @@ struct Run {
 impl Run {
     /// An empty run with room for `n` events.
     fn with_capacity(n: usize) -> Self {
-        Self { events: Vec::with_capacity(n), acks: Vec::with_capacity(n), traces: Vec::with_capacity(n), partitions: Vec::with_capacity(n) }
+        Self {
+            events: Vec::with_capacity(n),
+            acks: Vec::with_capacity(n),
+            traces: Vec::with_capacity(n),
+            partitions: Vec::with_capacity(n),
+        }
     }
 
     /// Splits the run where the source partition changes, in order.

@@ -17,11 +17,9 @@ use super::dead_letter::Reason;
 use super::trace::replace;
 use super::{DispatchError, Dispatcher, LaneError, Stats};
 use crate::codec::{ErrorReply, ReplyPartition, Request};
-use crate::event::{text_header, Header, Output};
+use crate::event::{Header, Output};
 
-/// The header every output carries: the sha256 of the plugin version that
-/// produced it (dead-letter records carry `sluice-dlq-plugin-digest`).
-pub const VERSION_HEADER: &str = "sluice-plugin-digest";
+pub use crate::sink::VERSION_HEADER;
 use crate::sink::{Receipt, Record, Sink, SinkError};
 use crate::source::{Ack, Settlement};
 
@@ -187,7 +185,7 @@ async fn send_outputs(
     outputs: Vec<Output>,
     event_id: &str,
     request: Option<&Request>,
-    digest: &str,
+    digest: &Arc<str>,
     propagate: &[Header],
     hold: bool,
 ) -> Result<(Vec<Receipt>, Vec<Reply>), SinkError> {
@@ -198,14 +196,20 @@ async fn send_outputs(
     for (index, mut output) in outputs.into_iter().enumerate() {
         let reply = output.reply;
         answered |= reply;
-        if d.version_header {
+        if d.version_header && output.headers.iter().any(|h| h.key == VERSION_HEADER) {
             // An input that came from another pipeline carries that one's
             // digest: the output names only the version that made it.
             output.headers.retain(|h| h.key != VERSION_HEADER);
-            output.headers.push(text_header(VERSION_HEADER, digest));
         }
         d.tap.output(event_id, &output, digest);
-        match d.router.route(output, request, || format!("{event_id}:{index}")) {
+        let routed = d.router.route(output, request, || format!("{event_id}:{index}"));
+        let routed = routed.map(|(sink, mut record)| {
+            // The version goes with the record (one shared value), and is
+            // sent as its last header (`Record::all_headers`).
+            record.version = d.version_header.then(|| Arc::clone(digest));
+            (sink, record)
+        });
+        match routed {
             Some((sink, mut record)) if reply => {
                 if let Some(request) = request {
                     aim(d, request, sink, &mut record).await;

@@ -97,7 +97,7 @@ impl Router {
         }
         let id = sink.wants_ids().then(id);
         let partition = if reply { request.map(|r| r.reply_partition.partition()) } else { None };
-        Some((sink, Record { destination, key, payload, headers, id, partition }))
+        Some((sink, Record { destination, key, payload, headers, id, partition, version: None }))
     }
 
     /// The error reply to `request`, and where it goes.
@@ -110,6 +110,7 @@ impl Router {
             headers,
             id: None,
             partition: Some(request.reply_partition.partition()),
+            version: None,
         };
         (self.reply_sink(), record)
     }

@@ -240,8 +240,9 @@ fn harness(script: impl Fn(&Event, usize) -> Result<HandleResult, CallError> + S
     Harness { out, dlq, calls, dispatcher }
 }
 
+/// A header as the record is sent (its version included).
 fn header<'a>(r: &'a Record, key: &str) -> Option<&'a str> {
-    crate::event::header(&r.headers, key).and_then(|v| std::str::from_utf8(v).ok())
+    r.all_headers().find(|(name, _)| *name == key).and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 fn settlements(log: &Settlements) -> Vec<(String, Settlement)> {

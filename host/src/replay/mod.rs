@@ -131,6 +131,7 @@ impl DeadLetter {
             headers,
             id: Some(format!("replay:{}:{at}", self.event_id)),
             partition: None,
+            version: None,
         }
     }
 }

@@ -245,9 +245,9 @@ impl Sink for KafkaSink {
                 message: "an output has no destination and the sink has no `topic`".into(),
             });
         };
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for header in &record.headers {
-            headers = headers.insert(KafkaHeader { key: &header.key, value: Some(&header.value) });
+        let mut headers = OwnedHeaders::new_with_capacity(record.header_count());
+        for (key, value) in record.all_headers() {
+            headers = headers.insert(KafkaHeader { key, value: Some(value) });
         }
         let mut message = FutureRecord::to(topic).payload(&record.payload).headers(headers);
         if let Some(key) = &record.key {
@@ -403,6 +403,7 @@ mod tests {
             headers: vec![Header { key: "h".into(), value: b"v".to_vec() }],
             id: None,
             partition: None,
+            version: None,
         };
         for (destination, topic) in [(None, "out"), (Some("elsewhere"), "elsewhere")] {
             let receipt = sink.send(record(destination)).await?;

@@ -297,7 +297,15 @@ mod tests {
     use super::*;
 
     fn record(payload: &str) -> Record {
-        Record { destination: None, key: None, payload: payload.as_bytes().to_vec(), headers: Vec::new(), id: None, partition: None }
+        Record {
+            destination: None,
+            key: None,
+            payload: payload.as_bytes().to_vec(),
+            headers: Vec::new(),
+            id: None,
+            partition: None,
+            version: None,
+        }
     }
 
     #[tokio::test]

@@ -74,6 +74,29 @@ pub struct Record {
     /// a NestJS Kafka reply goes to the partition its caller listens on.
     /// `None`: the sink's partitioner decides.
     pub partition: Option<i32>,
+    /// The digest of the plugin version that made the record, sent as the
+    /// last header, `sluice-plugin-digest` (see [`Record::headers`]). Kept
+    /// apart from `headers` so that every output of a version shares one
+    /// value instead of allocating a header of its own.
+    pub version: Option<std::sync::Arc<str>>,
+}
+
+/// The header that names the plugin version that made an output.
+pub const VERSION_HEADER: &str = "sluice-plugin-digest";
+
+impl Record {
+    /// Every header the record is sent with, in order: `headers`, then the
+    /// version header when the record has a version. Sinks send these, not
+    /// `headers` alone.
+    pub fn all_headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
+        let version = self.version.as_deref().map(|v| (VERSION_HEADER, v.as_bytes()));
+        self.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())).chain(version)
+    }
+
+    /// How many headers [`Record::all_headers`] yields.
+    pub fn header_count(&self) -> usize {
+        self.headers.len() + usize::from(self.version.is_some())
+    }
 }
 
 /// A sink failure. The pipeline stops without acknowledging the affected

@@ -370,7 +370,7 @@ fn default_subject(subject: Option<&str>) -> Option<Result<Subject, Unpublishabl
 /// published. The record's bytes move into the message: nothing is copied
 /// on the way (the client's `String` subjects would be copied twice).
 fn prepare(record: Record, default: Option<&Result<Subject, Unpublishable>>) -> Result<(Subject, HeaderMap, Bytes), Unpublishable> {
-    let Record { destination, key, payload, headers, .. } = record;
+    let Record { destination, key, payload, headers, version, .. } = record;
     let subject = match destination {
         Some(subject) => {
             publishable_subject(&subject)?;
@@ -378,7 +378,7 @@ fn prepare(record: Record, default: Option<&Result<Subject, Unpublishable>>) -> 
         }
         None => default.ok_or(Unpublishable::NoSubject)?.clone()?,
     };
-    let headers = into_nats_headers(headers, key)?;
+    let headers = into_nats_headers(headers, key, version.as_deref())?;
     Ok((subject, headers, Bytes::from(payload)))
 }
 
