@@ -66,11 +66,15 @@ pub(super) struct FailedRequest {
     pub propagate: Vec<Header>,
 }
 
+/// An event's receipts: inline up to one (most events have one output),
+/// so the publish path allocates nothing for them.
+type Receipts = smallvec::SmallVec<[Receipt; 1]>;
+
 /// An event sent, waiting for its receipts.
 struct Pending {
     ack: Ack,
     settlement: Settlement,
-    receipts: Vec<Receipt>,
+    receipts: Receipts,
     ticket: Option<Ticket>,
     /// See [`Conclusion::Outputs`]: its state commits with a later event's
     /// ticket.
@@ -188,9 +192,9 @@ async fn send_outputs(
     digest: &Arc<str>,
     propagate: &[Header],
     hold: bool,
-) -> Result<(Vec<Receipt>, Vec<Reply>), SinkError> {
+) -> Result<(Receipts, Vec<Reply>), SinkError> {
     let stats = &d.stats;
-    let mut receipts = Vec::with_capacity(outputs.len());
+    let mut receipts = Receipts::with_capacity(outputs.len());
     let mut replies = Vec::new();
     let mut answered = false;
     for (index, mut output) in outputs.into_iter().enumerate() {
@@ -247,8 +251,8 @@ async fn send_replies(replies: Vec<Reply>) -> Result<(), SinkError> {
 }
 
 /// Sends a dead-letter record, and the error reply if the event was a request.
-async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&FailedRequest>) -> Result<Vec<Receipt>, SinkError> {
-    let mut receipts = vec![d.dead_letter.send(record).await?];
+async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&FailedRequest>) -> Result<Receipts, SinkError> {
+    let mut receipts = smallvec::smallvec![d.dead_letter.send(record).await?];
     if let Some(failed) = failed {
         let error = ErrorReply { reason: failed.reason.as_str(), message: &failed.message, event_id: &failed.event_id };
         let (sink, mut record) = d.router.error_reply(&failed.request, &error);
@@ -261,13 +265,8 @@ async fn send_dead_letter(d: &Dispatcher, record: Record, failed: Option<&Failed
 
 /// A repeated request gets an error reply: its first copy's reply went to
 /// the first caller and is not kept.
-async fn send_repeat_reply(
-    d: &Dispatcher,
-    event_id: &str,
-    request: Option<&Request>,
-    propagate: &[Header],
-) -> Result<Vec<Receipt>, SinkError> {
-    let Some(request) = request else { return Ok(Vec::new()) };
+async fn send_repeat_reply(d: &Dispatcher, event_id: &str, request: Option<&Request>, propagate: &[Header]) -> Result<Receipts, SinkError> {
+    let Some(request) = request else { return Ok(Receipts::new()) };
     let error = ErrorReply {
         reason: "duplicate",
         message: "a repeat of a request already handled within the idempotency window; its reply is not kept",
@@ -276,7 +275,7 @@ async fn send_repeat_reply(
     let (sink, mut record) = d.router.error_reply(request, &error);
     replace(propagate, &mut record.headers);
     aim(d, request, sink, &mut record).await;
-    Ok(vec![sink.send(record).await?])
+    Ok(smallvec::smallvec![sink.send(record).await?])
 }
 
 /// Sends a reply (or error reply) to partition 0 when the partition its
@@ -347,7 +346,7 @@ async fn complete(
 
 /// What an event waits for before its ack, in order: each receipt, then
 /// the replies held back for it (sent once the receipts are durable).
-fn settled(receipts: Vec<Receipt>, replies: Vec<Reply>) -> impl Iterator<Item = impl std::future::Future<Output = Result<(), SinkError>>> {
+fn settled(receipts: Receipts, replies: Vec<Reply>) -> impl Iterator<Item = impl std::future::Future<Output = Result<(), SinkError>>> {
     let replies = (!replies.is_empty()).then(|| futures::future::Either::Right(send_replies(replies)));
     receipts.into_iter().map(|receipt| futures::future::Either::Left(receipt.wait())).chain(replies)
 }
