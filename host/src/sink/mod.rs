@@ -75,7 +75,7 @@ pub struct Record {
     /// `None`: the sink's partitioner decides.
     pub partition: Option<i32>,
     /// The digest of the plugin version that made the record, sent as the
-    /// last header, `sluice-plugin-digest` (see [`Record::headers`]). Kept
+    /// last header, `sluice-plugin-digest` (see [`Record::all_headers`]). Kept
     /// apart from `headers` so that every output of a version shares one
     /// value instead of allocating a header of its own.
     pub version: Option<std::sync::Arc<str>>,
