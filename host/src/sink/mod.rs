@@ -81,7 +81,8 @@ pub struct Record {
     pub version: Option<std::sync::Arc<str>>,
 }
 
-/// The header that names the plugin version that made an output.
+/// The header that names the plugin version that made an output (a
+/// dead-letter record names it in `sluice-dlq-plugin-digest` instead).
 pub const VERSION_HEADER: &str = "sluice-plugin-digest";
 
 impl Record {
