@@ -13,13 +13,18 @@
 //!   intake on the runtime; the others run everything on the runtime (as
 //!   the host did before, and does with `[runtime] plugin_threads = 0`).
 //!
+//! `wasm-canonical` is `wasm` with the batch passed through `handle-batch`
+//! (the canonical ABI) although the plugin exports `handle-packed`: what
+//! packing saves, in the same run.
+//!
 //! `SLUICE_BENCH_ROUNDS=N` skips criterion and runs the one-worker cases in
 //! N interleaved rounds instead, printing the median and spread of events/s,
 //! CPU time per event (`getrusage`, the whole process) and heap
 //! allocations per event (a counting allocator, switched on for one
 //! separate run of each case so it does not slow the timed ones);
 //! `SLUICE_BENCH_CASE=wasm` keeps only the cases of that name
-//! (`SLUICE_BENCH_CASE="wasm 100B"`: of that name and size).
+//! (`SLUICE_BENCH_CASE="wasm 100B"`: of that name and size; several,
+//! comma-separated: `"native 100B,wasm 100B,wasm-canonical 100B"`).
 //!
 //! After criterion's own report, a table of events/s and WASM/native ratios
 //! is printed from criterion's estimates. Needs the plugins built
@@ -340,8 +345,30 @@ impl Case {
     }
 }
 
-/// Native and wasm at both sizes, and wasm behind a NestJS-decoding source
-/// at 100 B.
+/// The plugin with its batches sent through `handle-batch` even though it
+/// exports `handle-packed`.
+struct Canonical(LoadedPlugin);
+
+#[async_trait::async_trait]
+impl HandlerFactory for Canonical {
+    async fn create(&self) -> Result<Box<dyn sluice::dispatch::Handler>, sluice::runtime::LoadError> {
+        let mut instance = self.0.instantiate().await?;
+        instance.unpack();
+        Ok(Box::new(instance))
+    }
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn digest(&self) -> &str {
+        self.0.digest()
+    }
+    fn digest_arc(&self) -> Arc<str> {
+        self.0.digest_arc()
+    }
+}
+
+/// Native and wasm at both sizes (wasm packed and canonical), and wasm
+/// behind a NestJS-decoding source at 100 B.
 fn one_worker_cases(plugin: &LoadedPlugin) -> Vec<Case> {
     let native = || Arc::new(Native) as Arc<dyn HandlerFactory>;
     let wasm = || Arc::new(plugin.clone()) as Arc<dyn HandlerFactory>;
@@ -349,6 +376,8 @@ fn one_worker_cases(plugin: &LoadedPlugin) -> Vec<Case> {
     for (size, label) in SIZES {
         cases.push(Case { name: "native", label, size, factory: native(), nestjs: false, threads: false });
         cases.push(Case { name: "wasm", label, size, factory: wasm(), nestjs: false, threads: false });
+        let canonical = Arc::new(Canonical(plugin.clone()));
+        cases.push(Case { name: "wasm-canonical", label, size, factory: canonical, nestjs: false, threads: false });
         cases.push(Case { name: "native-threads", label, size, factory: native(), nestjs: false, threads: true });
         cases.push(Case { name: "wasm-threads", label, size, factory: wasm(), nestjs: false, threads: true });
     }
@@ -366,7 +395,7 @@ fn rounds(plugin: &LoadedPlugin, rounds: usize, count: usize) {
     let only = std::env::var("SLUICE_BENCH_CASE").ok();
     let cases: Vec<Case> = one_worker_cases(plugin)
         .into_iter()
-        .filter(|c| only.as_deref().is_none_or(|n| n == c.name || n == format!("{} {}", c.name, c.label)))
+        .filter(|c| only.as_deref().is_none_or(|names| names.split(',').any(|n| n == c.name || n == format!("{} {}", c.name, c.label))))
         .collect();
     let inputs: Vec<Vec<Event>> = cases.iter().map(|c| c.events(count)).collect();
     let run = |case: &Case, events: &[Event]| {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice::config::{Allocator, WasiGrants};
-use sluice::event::Event;
+use sluice::event::{Disposition, Event, Header};
 use sluice::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeOptions, Target};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -189,6 +189,58 @@ async fn plugins_built_against_the_frozen_0_1_0_contract_run_unchanged() -> Resu
     let current = LoadedPlugin::load(&runtime, spec("uppercase", WasiGrants::default())).await?;
     assert_eq!(current.target(), Target::V0_2);
     assert!(current.capabilities().is_empty(), "a plugin that does not use state does not import it");
+    Ok(())
+}
+
+/// The Rust SDK exports `handle-packed`, and the host prefers it: a batch
+/// covering every field and every kind of answer comes back exactly as
+/// through `handle-batch`. A plugin without it (0.1.0 here) keeps
+/// `handle-batch`.
+#[tokio::test]
+async fn a_packed_batch_gives_what_handle_batch_gives() -> Result {
+    let runtime = Runtime::new(&RuntimeOptions::default())?;
+    let chaos = LoadedPlugin::load(&runtime, spec("chaos", WasiGrants::default())).await?;
+    let header = |key: &str, value: &[u8]| Header { key: key.into(), value: value.to_vec() };
+    let full = Event {
+        id: "orders/3/17".into(),
+        source: "orders".into(),
+        key: Some(vec![0, 255]),
+        payload: b"describe".to_vec(),
+        headers: vec![header("a", b"1"), header("a", &[0xff]), header("traceparent", b"00-4bf9-00f0-01")],
+        timestamp_ms: 1_700_000_000_123,
+        attempt: 3,
+        reply_to: Some("_INBOX.x".into()),
+    };
+    let rules = ["describe", "ok:x", "retry:5", "reject:nope", "fanout:3", "reply:r", "", "ok:\u{e9}t\u{e9}"];
+    let mut batch = vec![full];
+    batch.extend(rules.iter().map(|rule| event(rule)));
+
+    let mut packed = chaos.instantiate().await?;
+    assert!(packed.packed(), "the Rust SDK exports handle-packed and the host uses it");
+    let mut canonical = chaos.instantiate().await?;
+    canonical.unpack();
+    assert!(!canonical.packed());
+    let through_packed = packed.handle(&batch).await?;
+    assert_eq!(through_packed, canonical.handle(&batch).await?);
+
+    let described = through_packed[0].as_ref().map_err(|e| e.message.clone())?;
+    assert_eq!(described[0].destination.as_deref(), Some("described"));
+    assert_eq!((described[0].key.as_deref(), described[0].reply), (Some(&[0, 255][..]), true));
+    assert_eq!(described[0].headers, batch[0].headers);
+    let text = String::from_utf8(described[0].payload.clone())?;
+    for field in ["\"orders/3/17\"", "source: \"orders\"", "1700000000123", "attempt: 3", "Some(\"_INBOX.x\")", "[255]"] {
+        assert!(text.contains(field), "{field} missing from {text}");
+    }
+    let failure = |i: usize| through_packed[i].as_ref().err().map(|e| (e.disposition, e.message.as_str()));
+    assert_eq!(failure(3), Some((Disposition::Retryable, "transient failure (attempt 1 of 5)")));
+    assert_eq!(failure(4), Some((Disposition::Reject, "nope")));
+    assert_eq!(through_packed[5].as_ref().map(Vec::len), Ok(3));
+    assert_eq!(through_packed[6].as_ref().map(|o| o[0].reply), Ok(true));
+
+    let plain = LoadedPlugin::load(&runtime, spec("plain", WasiGrants::default())).await?;
+    let mut old = plain.instantiate().await?;
+    assert!(!old.packed(), "a 0.1.0 plugin has no handle-packed");
+    assert_eq!(old.handle(&[event("a"), event("b")]).await?.len(), 2);
     Ok(())
 }
 

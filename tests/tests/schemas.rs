@@ -271,7 +271,10 @@ fn check_shows_the_versions_the_plugin_accepts() -> Result<()> {
     assert!(finished.stdout.contains("      accepts: order-created@1, order-created@2\n"), "{}", finished.stdout);
     let inspect = scratch.run(&["plugin", "inspect", &plugin("json_enricher").to_string_lossy()])?;
     assert!(inspect.stdout.contains("sluice:plugin/manifest@0.2.0 (instance)"), "{}", inspect.stdout);
+    // The Rust SDK's plugins take their batches packed; a 0.1.0 one cannot.
+    assert!(inspect.stdout.contains("batches: packed (exports sluice:plugin/packed-handler@0.2.0;"), "{}", inspect.stdout);
     let plain = scratch.run(&["plugin", "inspect", &plugin("plain").to_string_lossy()])?;
     assert!(plain.stdout.contains("targets: sluice:plugin@0.1.0") && !plain.stdout.contains("manifest"), "{}", plain.stdout);
+    assert!(!plain.stdout.contains("batches: packed"), "{}", plain.stdout);
     Ok(())
 }

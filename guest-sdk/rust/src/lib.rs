@@ -45,7 +45,8 @@
 //! # Map of the crate
 //!
 //! - [`Plugin`] and [`export!`]: the author's contract, and the glue that keeps
-//!   one plugin value per instance and implements `handle-batch` for you.
+//!   one plugin value per instance and implements `handle-batch` and
+//!   `handle-packed` (the same batch in one buffer each way) for you.
 //! - [`Config`]: the `init` key/value table, with strict-validation helpers.
 //! - [`Event`], [`Output`], [`HandlerError`]: the WIT records, plus helpers
 //!   for headers, UTF-8 and JSON payloads, and building outputs.
@@ -93,6 +94,7 @@ pub mod log;
 pub mod metrics;
 pub mod state;
 mod output;
+mod packed;
 mod plugin;
 
 /// Raw bindings generated from `wit/sluice.wit`.
@@ -104,9 +106,10 @@ pub mod bindings {
     wit_bindgen::generate!({
         // The file, not the folder: `wit/deps/` holds the frozen 0.1.0.
         path: "../../wit/sluice.wit",
-        // `plugin` plus the `manifest` export (`Plugin::accepts`). Hosts
-        // that predate `manifest` ignore the extra export.
-        world: "plugin-with-manifest",
+        // `plugin` plus the `manifest` export (`Plugin::accepts`) and
+        // `packed-handler` (batches in one buffer each way). Hosts that
+        // predate either ignore the extra export.
+        world: "plugin-packed",
         pub_export_macro: true,
         default_bindings_module: "sluice_plugin::bindings",
         // Lets plugin unit tests compare whole events and outputs.
@@ -121,6 +124,6 @@ pub use plugin::Plugin;
 #[doc(hidden)]
 pub mod __private {
     //! Used by the expansion of [`export!`](crate::export); not a public API.
-    pub use crate::plugin::{accepts, handle, handle_batch, init, Slot};
+    pub use crate::plugin::{accepts, handle, handle_batch, handle_packed, init, Slot};
     pub use std::thread_local;
 }

@@ -87,8 +87,27 @@ pub fn handle_batch<T: Plugin>(
         .collect()
 }
 
-/// Exports a [`Plugin`] type as the component's `handler` and `manifest`
-/// interfaces (world `plugin-with-manifest`).
+/// `handle-packed`: `handle-batch` with the batch and its answers each in
+/// one buffer (see `packed-handler` in the WIT). A batch the host packed in
+/// a layout this SDK does not know traps, on purpose: the host then runs
+/// the events through `handle` one by one.
+pub fn handle_packed<T: Plugin>(slot: &'static LocalKey<Slot<T>>, batch: Vec<u8>) -> Vec<u8> {
+    let events = match crate::packed::decode_events(&batch) {
+        Ok(events) => events,
+        Err(e) => panic!("sluice: cannot read the host's packed batch: {e}"),
+    };
+    let answers = handle_batch(slot, events);
+    // One output per event of about the event's size is the common case.
+    let mut packed = Vec::with_capacity(batch.len());
+    drop(batch);
+    if let Err(e) = crate::packed::encode_answers(&answers, &mut packed) {
+        panic!("sluice: cannot pack the answers: {e}");
+    }
+    packed
+}
+
+/// Exports a [`Plugin`] type as the component's `handler`, `manifest` and
+/// `packed-handler` interfaces (world `plugin-packed`).
 ///
 /// Invoke it once, at the top level of the plugin crate:
 ///
@@ -98,8 +117,8 @@ pub fn handle_batch<T: Plugin>(
 ///
 /// It keeps one `MyPlugin` per instance (built by `init`, replaced by a second
 /// `init`), answers `handle` before `init` with a retryable
-/// "plugin not initialised" error, and implements `handle-batch` as `handle`
-/// over each event in order.
+/// "plugin not initialised" error, and implements `handle-batch` (and
+/// `handle-packed`) as `handle` over each event in order.
 #[macro_export]
 macro_rules! export {
     ($plugin:ty) => {
@@ -131,6 +150,12 @@ macro_rules! export {
                     ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError>,
                 > {
                     $crate::__private::handle_batch(&SLUICE_PLUGIN, events)
+                }
+            }
+
+            impl $crate::bindings::exports::sluice::plugin::packed_handler::Guest for SluiceGuest {
+                fn handle_packed(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+                    $crate::__private::handle_packed(&SLUICE_PLUGIN, batch)
                 }
             }
 

@@ -51,6 +51,9 @@ pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
             // The list may depend on the config: `sluice check` prints it.
             println!("manifest: declares the event versions it accepts (read after `init`; `sluice check` shows the list)");
         }
+        if sluice::runtime::find_packed(&component, target).is_some() {
+            println!("batches: packed (exports {}; the host calls it instead of handle-batch)", target.interface("packed-handler"));
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         println!(

@@ -114,6 +114,8 @@ pub struct Instance {
     timeout: Duration,
     memory_limit: u64,
     stderr: StderrTail,
+    /// Where a batch is packed for `handle-packed`, kept between calls.
+    packed: Vec<u8>,
 }
 
 impl Instance {
@@ -148,7 +150,7 @@ impl Instance {
 
     /// Wraps an instantiated store made by [`Instance::store`].
     pub(super) fn new(store: Store<PluginState>, plugin: Bindings, timeout: Duration, memory_limit: u64, stderr: StderrTail) -> Self {
-        Self { store, plugin, timeout, memory_limit, stderr }
+        Self { store, plugin, timeout, memory_limit, stderr, packed: Vec::new() }
     }
 
     /// Calls the plugin's `init` with its configuration, within `budget`.
@@ -175,11 +177,11 @@ impl Instance {
             [first, .., last] => Some(format!("{}..{}", first.id, last.id)),
         };
         let budget = self.budget(events.len());
-        let (plugin, store) = (&self.plugin, &mut self.store);
+        let (plugin, store, scratch) = (&self.plugin, &mut self.store, &mut self.packed);
         let call = async move {
             match events {
                 [event] => plugin.handle(store, event).await.map(|r| vec![r]),
-                _ => plugin.handle_batch(store, events).await,
+                _ => plugin.handle_batch(store, events, scratch).await,
             }
         };
         let result = match tokio::time::timeout(budget, call).await {
@@ -214,6 +216,18 @@ impl Instance {
         self.store.data_mut().scope.take()
     }
 
+    /// Whether batches go through the plugin's `handle-packed` (see
+    /// `wit/sluice.wit`, `packed-handler`) rather than `handle-batch`.
+    pub fn packed(&self) -> bool {
+        self.plugin.packed()
+    }
+
+    /// Sends batches through `handle-batch` even when the plugin exports
+    /// `handle-packed`: for tests and benchmarks that compare the two.
+    pub fn unpack(&mut self) {
+        self.plugin.unpack();
+    }
+
     /// Bytes of linear memory the instance holds (all its memories).
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.total
@@ -225,6 +239,9 @@ impl Instance {
     }
 
     fn classify(&mut self, err: wasmtime::Error) -> CallError {
+        if let Some(malformed) = err.downcast_ref::<super::packed::Malformed>() {
+            return CallError::Contract(malformed.to_string());
+        }
         if self.store.data().limiter.hit {
             return CallError::MemoryLimit { limit: self.memory_limit };
         }

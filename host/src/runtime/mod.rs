@@ -20,7 +20,9 @@
 //! - `http`: outbound HTTP (`wasi:http/outgoing-handler`) under the
 //!   pipeline's `[plugin.http]`.
 //! - `manifest`: the optional `manifest` export (accepted event versions),
-//!   looked up by name so plugins without it load unchanged.
+//!   looked up by name so plugins without it load unchanged; `packed`: the
+//!   optional `packed-handler` export (a batch in one buffer each way),
+//!   preferred to `handle-batch` when a plugin has it.
 //! - [`signature`]: signing plugins and checking their signatures, public
 //!   for `sluice plugin keygen` and `sign`.
 //!
@@ -38,6 +40,7 @@ pub(crate) mod http;
 pub(crate) mod instance;
 pub(crate) mod manifest;
 pub(crate) mod metrics;
+pub(crate) mod packed;
 pub(crate) mod plugin;
 pub mod signature;
 pub(crate) mod state;
@@ -51,5 +54,6 @@ pub use engine::{EngineError, Runtime, RuntimeOptions};
 pub use http::stub::HttpStubs;
 pub use instance::{CallError, HandleResult, Instance};
 pub use metrics::{MetricsLimits, PluginMetrics};
+pub use packed::find as find_packed;
 pub use plugin::{digest_of, LoadError, LoadedPlugin, PluginSpec, WORLD};
 pub use world::Target;

@@ -406,7 +406,7 @@ fn compile(runtime: &Runtime, spec: PluginSpec, bytes: &[u8], signature: Option<
         path: path.clone(),
         detail: format!("it imports something the host does not provide: {e:#}"),
     })?;
-    let pre = Pre::new(instance_pre).map_err(|e| LoadError::WrongWorld { path: path.clone(), detail: format!("{e:#}") })?;
+    let pre = Pre::new(&component, instance_pre).map_err(|e| LoadError::WrongWorld { path: path.clone(), detail: format!("{e:#}") })?;
     let capabilities = super::capability::imported(&component, runtime.engine());
     if let Some(&capability) = capabilities.iter().find(|c| !spec.grants.contains(c)) {
         return Err(LoadError::NotGranted { path, pipeline: spec.pipeline.clone(), capability });

@@ -18,6 +18,7 @@
 //! | `env:<NAME>`     | one output: the variable's value, or `unset` (sandbox tests)        |
 //! | `read:<path>`    | one output: the file's contents, or `denied: <error>` (sandbox tests) |
 //! | `calls`          | one output: how many events this instance has handled, this one included (instance-policy tests) |
+//! | `describe`       | one output to `described`: payload the event's every field (`{:?}`), its key and headers, `reply` set when it has a `reply-to` |
 //! | anything else    | the event unchanged (key, payload, headers)                         |
 //!
 //! A malformed count (`retry:x`, `fanout:-1`) is rejected.
@@ -101,6 +102,17 @@ impl Plugin for Chaos {
         if let Some(text) = rule.strip_prefix("log:") {
             log::with_fields(log::Level::Info, text, &[("event", &event.id)]);
             return Ok(vec![Output::new(text)]);
+        }
+        if rule == "describe" {
+            // Every field of the event, as the plugin received it (to check
+            // that a batch arrives the same whichever way it is passed).
+            return Ok(vec![Output {
+                destination: Some("described".into()),
+                key: event.key.clone(),
+                payload: format!("{event:?}").into_bytes(),
+                headers: event.headers,
+                reply: event.reply_to.is_some(),
+            }]);
         }
         if let Some(text) = rule.strip_prefix("reply:") {
             return Ok(vec![Output::reply(text)]);
