@@ -52,7 +52,10 @@ pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
             println!("manifest: declares the event versions it accepts (read after `init`; `sluice check` shows the list)");
         }
         if sluice::runtime::find_packed(&component, target).is_some() {
-            println!("batches: packed (exports {}; the host calls it instead of handle-batch for events averaging under 1 KiB)", target.interface("packed-handler"));
+            println!(
+                "batches: packed (exports {}; the host calls it instead of handle-batch for events averaging under 1 KiB)",
+                target.interface("packed-handler")
+            );
         }
         Ok(ExitCode::SUCCESS)
     } else {
