@@ -295,7 +295,8 @@ impl LoadedPlugin {
         store.data_mut().http = super::http::HttpState::new(inner.http.clone());
         let start_error = |e: wasmtime::Error| LoadError::Start { path: path.clone(), detail: format!("{e:#}") };
         // The manifest needs the raw instance; other instances use the
-        // indices `PluginPre` resolved once.
+        // indices `PluginPre` resolved once (and the raw instance too when
+        // the plugin takes packed batches, see `world::Pre::instantiate`).
         let (bindings, raw) = match (read_manifest, &inner.manifest) {
             (true, Some(_)) => {
                 let (bindings, raw) = inner.pre.instantiate_raw(&mut store).await.map_err(start_error)?;
