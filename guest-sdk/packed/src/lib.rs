@@ -133,11 +133,6 @@ impl<'a> Writer<'a> {
         self.opt_bytes(text.map(str::as_bytes));
     }
 
-    /// Reserves room for `more` bytes (a size estimate saves regrowths).
-    pub fn reserve(&mut self, more: usize) {
-        self.buf.reserve(more);
-    }
-
     /// Ok unless a length did not fit.
     pub fn finish(self) -> Result<(), Error> {
         match self.overflow {
