@@ -486,7 +486,7 @@ impl Lane {
         }
         let mut ticket = Some(ticket);
         let last = count - 1;
-        let digest = self.version.factory.digest_arc();
+        let digest = Arc::clone(&self.version.digest);
         for (i, (((event, ack), trace), (outputs, request))) in events.into_iter().zip(acks).zip(traces).zip(sendable).enumerate() {
             // No await between these: the batch's conclusions reach the
             // publisher in one message, whose commit the last one's ticket is.
@@ -876,7 +876,7 @@ impl Lane {
         request: Option<Request>,
         ticket: Option<Ticket>,
     ) {
-        let digest = self.version.factory.digest_arc();
+        let digest = Arc::clone(&self.version.digest);
         self.deliver_as(event, ack, trace, outputs, request, ticket, digest, false);
     }
 

@@ -17,6 +17,16 @@ pub struct Version {
     pub generation: u64,
     /// Makes the handlers (plugin instances) lanes call.
     pub factory: Arc<dyn HandlerFactory>,
+    /// The factory's digest, shared once per version: every output carries
+    /// it, and a factory's `digest_arc` may allocate on each call.
+    pub digest: Arc<str>,
+}
+
+impl Version {
+    fn new(generation: u64, factory: Arc<dyn HandlerFactory>) -> Self {
+        let digest = factory.digest_arc();
+        Self { generation, factory, digest }
+    }
 }
 
 /// The plugin version a pipeline's lanes use: swapped whole by hot reload
@@ -29,7 +39,7 @@ pub struct PluginSlot {
 impl PluginSlot {
     /// A slot holding `factory` as generation 1.
     pub fn new(factory: Arc<dyn HandlerFactory>) -> Self {
-        Self { current: ArcSwap::from_pointee(Version { generation: 1, factory }), generations: AtomicU64::new(1) }
+        Self { current: ArcSwap::from_pointee(Version::new(1, factory)), generations: AtomicU64::new(1) }
     }
 
     /// The version to use for the next batch.
@@ -45,7 +55,7 @@ impl PluginSlot {
     /// Makes `factory` the current version; returns the generation it got.
     pub fn swap(&self, factory: Arc<dyn HandlerFactory>) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
-        self.current.store(Arc::new(Version { generation, factory }));
+        self.current.store(Arc::new(Version::new(generation, factory)));
         generation
     }
 }

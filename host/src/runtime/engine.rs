@@ -104,6 +104,13 @@ impl Runtime {
             pool.total_tables(2_000);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
+        // `SLUICE_PERFMAP=1`: names the JIT-compiled guest functions in
+        // `/tmp/perf-<pid>.map`, so `perf report` shows a plugin's own
+        // functions instead of bare addresses (docs/benchmarks.md,
+        // "Profiling"). Off by default: the file grows with every compile.
+        if std::env::var_os("SLUICE_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(EngineError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
