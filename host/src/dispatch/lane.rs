@@ -4,7 +4,7 @@
 //! concluded and acknowledges the source.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,7 +32,7 @@ use crate::runtime::instance::HandleResult;
 use crate::runtime::state::StateAccess;
 use crate::runtime::{CallError, CallLog, EventScope};
 use crate::source::{Ack, Delivery, Settlement};
-use crate::state::Ticket;
+use crate::state::{IdHasher, Ticket};
 
 /// How long past its deadline a call may run before the lane drops it. The
 /// wasm runtime drops its own calls at the deadline; this catches handlers
@@ -96,7 +96,7 @@ pub(super) struct Lane {
     /// Runs left to call one event per call before the next batch try.
     state_batch_skips: u32,
     /// Hashes event ids to find a repeated id in a stateful run.
-    ids: RandomState,
+    ids: foldhash::quality::RandomState,
 }
 
 impl Lane {
@@ -117,7 +117,7 @@ impl Lane {
             candidates: CandidateCalls::default(),
             state_batch_misses: 0,
             state_batch_skips: 0,
-            ids: RandomState::new(),
+            ids: foldhash::quality::RandomState::default(),
         }
     }
 
@@ -163,7 +163,7 @@ impl Lane {
         // so conclusions, and acks, keep the source's order.
         let mut run = Run::with_capacity(batch.len());
         // The ids of this batch so far (hashed), for stateful pipelines.
-        let mut seen: HashSet<u64> = HashSet::new();
+        let mut seen: HashSet<u64, BuildHasherDefault<IdHasher>> = HashSet::default();
         let applied = match &self.d.state {
             Some(store) => super::state::applied(store, &batch).await?,
             None => Vec::new(),
@@ -232,7 +232,7 @@ impl Lane {
         &mut self,
         id: &str,
         mut applied: bool,
-        seen: &mut HashSet<u64>,
+        seen: &mut HashSet<u64, BuildHasherDefault<IdHasher>>,
         run: &mut Run,
         done: &mpsc::Sender<Vec<Conclusion>>,
     ) -> Result<Option<Redelivery>, DispatchError> {

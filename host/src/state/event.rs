@@ -28,7 +28,7 @@ pub struct EventState {
     /// This attempt's writes; `None` is a delete.
     overlay: BTreeMap<String, Option<Bytes>>,
     /// Keys read from outside the overlay → the clock at the first read.
-    reads: HashMap<String, u64>,
+    reads: Reads,
     scans: Vec<ScanRead>,
     /// How many events share this overlay: 1 for one event, the batch's
     /// size for a lane batch called at once ([`Store::begin_batch`]). The
@@ -51,13 +51,18 @@ pub(crate) struct ScanRead {
     pub read_at: u64,
 }
 
+/// Keys an attempt read → the clock at the first read. foldhash, seeded per
+/// map: the keys come from the guest, and SipHash showed in a stateful
+/// pipeline's profile.
+pub(crate) type Reads = HashMap<String, u64, foldhash::quality::RandomState>;
+
 /// What `conclude` needs of an attempt.
 pub(crate) struct Parts {
     pub event_id: String,
     pub begin_clock: u64,
     pub epoch: u64,
     pub overlay: BTreeMap<String, Option<Bytes>>,
-    pub reads: HashMap<String, u64>,
+    pub reads: Reads,
     pub scans: Vec<ScanRead>,
 }
 
@@ -73,7 +78,7 @@ impl EventState {
             begin_clock,
             epoch,
             overlay: BTreeMap::new(),
-            reads: HashMap::new(),
+            reads: Reads::default(),
             scans: Vec::new(),
             events: events.max(1),
             limited: false,

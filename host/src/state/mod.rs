@@ -41,6 +41,7 @@ pub use backend::{Backend, CommitBatch, Position};
 pub use event::{EventState, Key};
 pub use metrics::StateMetrics;
 pub use open::{open, open_for_pipeline, Opened};
+pub(crate) use store::IdHasher;
 pub use store::{Conflict, PositionProbe, Store, Ticket};
 
 /// Limits on what one event may do with state. Each one bounds memory or the
