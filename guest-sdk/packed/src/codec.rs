@@ -1,8 +1,9 @@
 //! The record-level codec, expanded by each side over its own types.
 
-/// Defines, in the calling module, the four functions of the layout over
-/// the caller's types for the WIT records:
+/// Defines, in the calling module, the functions of the layout over the
+/// caller's types for the WIT records:
 ///
+/// - `events_len(&[Event]) -> usize` (what `encode_events` will append)
 /// - `encode_events(&[Event], &mut Vec<u8>) -> Result<(), Error>`
 /// - `decode_events(&[u8]) -> Result<Vec<Event>, Error>`
 /// - `encode_answers(&[Result<Vec<Output>, HandlerError>], &mut Vec<u8>) -> Result<(), Error>`
@@ -46,6 +47,30 @@ macro_rules! codec {
                 headers.push(PackedHeader { key: r.str()?.to_owned(), value: r.bytes()?.to_vec() });
             }
             Ok(headers)
+        }
+
+        /// The bytes [`encode_events`] appends for `events`, exactly: a
+        /// caller reserves them once instead of letting the buffer grow
+        /// (and copy itself) as it fills.
+        #[allow(dead_code)]
+        pub fn events_len(events: &[PackedEvent]) -> usize {
+            let bytes = |len: usize| 4 + len;
+            let optional = |len: Option<usize>| 1 + len.map_or(0, bytes);
+            1 + 4
+                + events
+                    .iter()
+                    .map(|event| {
+                        bytes(event.id.len())
+                            + bytes(event.source.len())
+                            + optional(event.key.as_ref().map(|k| k.len()))
+                            + bytes(event.payload.len())
+                            + 4
+                            + event.headers.iter().map(|h| bytes(h.key.len()) + bytes(h.value.len())).sum::<usize>()
+                            + 8
+                            + 4
+                            + optional(event.reply_to.as_ref().map(|r| r.len()))
+                    })
+                    .sum::<usize>()
         }
 
         /// Appends `events` to `buf` as a packed batch.
@@ -241,7 +266,20 @@ mod tests {
         let mut buf = Vec::new();
         encode_events(&[event()], &mut buf).unwrap();
         assert_eq!(buf, EVENT_BYTES);
+        assert_eq!(events_len(&[event()]), EVENT_BYTES.len());
         assert_eq!(decode_events(&buf).unwrap(), [event()]);
+    }
+
+    #[test]
+    fn events_len_is_what_encode_events_writes() {
+        let full = Event { reply_to: Some("_INBOX.r".into()), key: Some(vec![0; 3]), ..event() };
+        let bare = Event { key: None, headers: vec![], payload: vec![], ..event() };
+        let many = Event { headers: vec![event().headers[0].clone(); 3], ..event() };
+        for batch in [vec![], vec![bare.clone()], vec![full, bare, many]] {
+            let mut buf = Vec::new();
+            encode_events(&batch, &mut buf).unwrap();
+            assert_eq!(events_len(&batch), buf.len(), "{batch:?}");
+        }
     }
 
     #[rustfmt::skip]

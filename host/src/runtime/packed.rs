@@ -65,9 +65,9 @@ pub fn resolve(store: &mut Store<PluginState>, instance: &Raw, index: &Component
 }
 
 /// The most an instance keeps of its packing buffer between calls: a batch
-/// of 256 events of 100 B packs into ~40 KiB. A larger one is given back
-/// after its call, so 64 lanes that once packed large batches do not each
-/// hold one.
+/// of 256 events of 100 B (an id, a key, a header) packs into ~47 KiB. A
+/// larger one is given back after its call, so 64 lanes that once packed
+/// large batches do not each hold one.
 const SCRATCH_KEPT: usize = 64 * 1024;
 
 /// Calls `handle-packed` with `events`; `scratch` is the instance's buffer,
@@ -79,13 +79,22 @@ pub async fn handle(
     events: &[Event],
     scratch: &mut Vec<u8>,
 ) -> wasmtime::Result<Vec<HandleResult>> {
-    scratch.clear();
-    encode_events(events, scratch).map_err(Malformed)?;
+    pack(events, scratch)?;
     let typed = func.typed::<(&[u8],), (Vec<u8>,)>(&*store)?;
     let called = typed.call_async(&mut *store, (scratch.as_slice(),)).await;
     release_if_large(scratch);
     let (answers,) = called?;
     Ok(decode_answers(&answers).map_err(Malformed)?)
+}
+
+/// Packs `events` into `scratch`, in the allocation it already has when it
+/// is large enough. Reserved exactly: grown by doubling, a 47 KiB batch left
+/// the buffer at 70 KiB, over what is kept, so every call regrew it from
+/// nothing (nine reallocations and copies per batch, measured).
+fn pack(events: &[Event], scratch: &mut Vec<u8>) -> Result<(), Malformed> {
+    scratch.clear();
+    scratch.reserve_exact(events_len(events));
+    encode_events(events, scratch).map_err(Malformed)
 }
 
 fn release_if_large(scratch: &mut Vec<u8>) {
@@ -137,6 +146,20 @@ mod tests {
         assert!(worth_packing(&[sized(1500), sized(100)]), "the average decides, not the largest event");
         assert!(!worth_packing(&[sized(1024), sized(1024)]));
         assert!(!worth_packing(&[]), "an empty batch has nothing to save");
+    }
+
+    #[test]
+    fn a_batch_of_256_small_events_packs_into_the_buffer_it_keeps() -> Result {
+        let events: Vec<Event> = (0..256).map(|i| Event { payload: vec![b'x'; 100], ..event(&format!("bench:{i}")) }).collect();
+        let mut scratch = Vec::new();
+        pack(&events, &mut scratch)?;
+        assert_eq!(scratch.len(), events_len(&events));
+        release_if_large(&mut scratch);
+        let (at, capacity) = (scratch.as_ptr(), scratch.capacity());
+        assert!(capacity > 0 && capacity <= SCRATCH_KEPT, "kept: {capacity}");
+        pack(&events, &mut scratch)?;
+        assert_eq!((scratch.as_ptr(), scratch.capacity()), (at, capacity), "the next batch reuses it");
+        Ok(())
     }
 
     #[test]
