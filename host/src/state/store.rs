@@ -590,8 +590,11 @@ async fn commit_loop(store: Arc<Store>) {
                 return;
             }
             let mut writes: BTreeMap<String, (Option<Bytes>, u64, usize)> = BTreeMap::new();
-            let mut applied = Vec::new();
-            let mut hashes = Vec::new();
+            // Sized for the ready prefix: a lane batch's slot alone holds
+            // 256 events, and growing to that costs eight copies of each.
+            let expected = inner.queue.iter().take_while(|s| s.ready).map(|s| 1 + s.more.len()).sum::<usize>().min(MAX_BATCH_EVENTS);
+            let mut applied = Vec::with_capacity(expected);
+            let mut hashes = Vec::with_capacity(expected);
             let mut position = None;
             let mut waiters = Vec::new();
             // Events of this batch stay "uncommitted" until the commit returns.
