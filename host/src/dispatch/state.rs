@@ -95,10 +95,10 @@ impl StateAccess for EventState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, WitError> {
         EventState::get(self, key).await.map_err(to_wit)
     }
-    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), WitError> {
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), WitError> {
         EventState::set(self, key, value).map_err(to_wit)
     }
-    async fn delete(&mut self, key: String) -> Result<(), WitError> {
+    fn delete(&mut self, key: String) -> Result<(), WitError> {
         EventState::delete(self, key).map_err(to_wit)
     }
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, WitError> {

@@ -14,9 +14,16 @@ wasmtime::component::bindgen!({
     // Calls into the guest are futures (see `engine.rs`): a guest waiting
     // in a host call holds no thread, and a deadline drops the call.
     exports: { default: async },
-    // State may wait on a broker (a JetStream KV read): a pending future,
-    // not a blocked thread.
-    imports: { "sluice:plugin/state": async, "sluice:plugin/client": async },
+    // A state read may wait on a broker (a JetStream KV read): a pending
+    // future, not a blocked thread. `set` and `delete` only write the
+    // attempt's overlay, so they are plain calls: an async host call costs
+    // a boxed future and a poll on the guest's fiber each time.
+    imports: {
+        "sluice:plugin/state.get": async,
+        "sluice:plugin/state.increment": async,
+        "sluice:plugin/state.scan": async,
+        "sluice:plugin/client": async,
+    },
     // Tests compare events and outputs; the host never hashes them.
     additional_derives: [PartialEq, Eq],
 });

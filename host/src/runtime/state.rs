@@ -17,8 +17,9 @@ use super::instance::PluginState;
 #[async_trait::async_trait]
 pub trait StateAccess: Send + 'static {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, StateError>;
-    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError>;
-    async fn delete(&mut self, key: String) -> Result<(), StateError>;
+    /// Writes go to the attempt's overlay and never wait.
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError>;
+    fn delete(&mut self, key: String) -> Result<(), StateError>;
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, StateError>;
     async fn scan(&mut self, prefix: String, after: Option<String>, limit: u32) -> Result<Page, StateError>;
     /// Back to the concrete type, once the call is over.
@@ -36,15 +37,15 @@ impl state::Host for PluginState {
             None => Err(detached()),
         }
     }
-    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError> {
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError> {
         match self.scope.as_mut().and_then(|scope| scope.state.as_mut()) {
-            Some(state) => state.set(key, value).await,
+            Some(state) => state.set(key, value),
             None => Err(detached()),
         }
     }
-    async fn delete(&mut self, key: String) -> Result<(), StateError> {
+    fn delete(&mut self, key: String) -> Result<(), StateError> {
         match self.scope.as_mut().and_then(|scope| scope.state.as_mut()) {
-            Some(state) => state.delete(key).await,
+            Some(state) => state.delete(key),
             None => Err(detached()),
         }
     }

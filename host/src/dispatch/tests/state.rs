@@ -64,7 +64,7 @@ impl Handler for CountingHandler {
             if text.ends_with(":wide") {
                 let mut wrote = Ok(());
                 for i in 0..3 {
-                    wrote = wrote.and(state.set(format!("w:{}:{i}", e.id), b"x".to_vec()).await);
+                    wrote = wrote.and(state.set(format!("w:{}:{i}", e.id), b"x".to_vec()));
                 }
                 if let Err(error) = wrote {
                     results.push(rejected(format!("{error:?}")));
