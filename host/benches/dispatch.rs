@@ -362,9 +362,6 @@ impl HandlerFactory for Canonical {
     fn digest(&self) -> &str {
         self.0.digest()
     }
-    fn digest_arc(&self) -> Arc<str> {
-        self.0.digest_arc()
-    }
 }
 
 /// Native and wasm at both sizes (wasm packed and canonical), and wasm

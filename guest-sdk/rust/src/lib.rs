@@ -126,14 +126,14 @@ pub mod bindings {
 }
 
 pub use bindings::sluice::plugin::types::{Disposition, Event, HandlerError, Header, Output};
+pub use config::Config;
+pub use plugin::Plugin;
 
 /// See the `allocator` feature. Wasm components are single-threaded unless
 /// built with `atomics`, which talc's wasm allocator does not support.
 #[cfg(all(feature = "allocator", target_family = "wasm", not(target_feature = "atomics")))]
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
-pub use config::Config;
-pub use plugin::Plugin;
 
 #[doc(hidden)]
 pub mod __private {

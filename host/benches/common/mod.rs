@@ -39,12 +39,6 @@ impl HandlerFactory for Native {
     fn digest(&self) -> &str {
         "native"
     }
-    /// Shared, as a loaded plugin's is: the trait's default makes a new
-    /// `Arc` per event, an allocation the wasm cases do not pay.
-    fn digest_arc(&self) -> std::sync::Arc<str> {
-        static DIGEST: std::sync::LazyLock<std::sync::Arc<str>> = std::sync::LazyLock::new(|| std::sync::Arc::from("native"));
-        DIGEST.clone()
-    }
 }
 
 pub struct MemorySource(pub VecDeque<Event>);

@@ -38,9 +38,6 @@ impl HandlerFactory for PerEvent {
     fn digest(&self) -> &str {
         HandlerFactory::digest(&self.0)
     }
-    fn digest_arc(&self) -> std::sync::Arc<str> {
-        HandlerFactory::digest_arc(&self.0)
-    }
     fn per_event(&self) -> bool {
         true
     }

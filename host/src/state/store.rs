@@ -590,9 +590,16 @@ async fn commit_loop(store: Arc<Store>) {
                 return;
             }
             let mut writes: BTreeMap<String, (Option<Bytes>, u64, usize)> = BTreeMap::new();
-            // Sized for the ready prefix: a lane batch's slot alone holds
-            // 256 events, and growing to that costs eight copies of each.
-            let expected = inner.queue.iter().take_while(|s| s.ready).map(|s| 1 + s.more.len()).sum::<usize>().min(MAX_BATCH_EVENTS);
+            // Sized for what the loop below takes (a lane batch's slot alone
+            // holds 256 events; growing to that cost eight copies of each),
+            // counted no further than it takes.
+            let mut expected = 0;
+            for slot in inner.queue.iter().take_while(|s| s.ready) {
+                if expected >= MAX_BATCH_EVENTS {
+                    break;
+                }
+                expected += 1 + slot.more.len();
+            }
             let mut applied = Vec::with_capacity(expected);
             let mut hashes = Vec::with_capacity(expected);
             let mut position = None;
