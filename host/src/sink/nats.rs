@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 use super::{Durable, Receipt, Record, Sink, SinkContext, SinkError};
 use crate::config::{nats_server_of, NatsServer, Secret};
 use crate::event::Output;
-use crate::nats::{check_headers, into_nats_headers, publishable_subject, Unpublishable};
+use crate::nats::{check_headers, into_nats_headers, publishable_subject, Unpublishable, VersionHeader};
 
 /// How long a JetStream publish waits for its acknowledgement before it is
 /// sent again (with the same `Nats-Msg-Id`, so never stored twice).
@@ -147,10 +147,11 @@ impl JetStreamSinkConfig {
 /// Core NATS publish.
 pub struct NatsSink {
     client: Client,
-    subject: Option<String>,
     /// `subject` as the client's type, made and checked once: publishing to
     /// it clones a reference instead of copying the name twice per message.
     default: Option<Result<Subject, Unpublishable>>,
+    /// The version header, made once per plugin version.
+    version: VersionHeader,
     max_payload: usize,
     describe: String,
     sent: Arc<AtomicU64>,
@@ -168,7 +169,7 @@ impl NatsSink {
         let flusher = tokio::spawn(run_flusher(client.clone(), sent.clone(), kick.clone(), tx));
         let max_payload = client.server_info().max_payload;
         let default = default_subject(subject.as_deref());
-        Self { client, subject, default, max_payload, describe, sent, kick, durable, flusher }
+        Self { client, default, version: VersionHeader::default(), max_payload, describe, sent, kick, durable, flusher }
     }
 }
 
@@ -208,7 +209,7 @@ async fn run_flusher(client: Client, sent: Arc<AtomicU64>, kick: Arc<Notify>, du
 impl Sink for NatsSink {
     async fn send(&self, record: Record) -> Result<Receipt, SinkError> {
         let failed = |message: String| SinkError::Write { what: self.describe.clone(), message };
-        let (subject, headers, payload) = prepare(record, self.default.as_ref()).map_err(|e| failed(e.to_string()))?;
+        let (subject, headers, payload) = prepare(record, self.default.as_ref(), &self.version).map_err(|e| failed(e.to_string()))?;
         let published = if headers.is_empty() {
             self.client.publish(subject, payload).await
         } else {
@@ -221,7 +222,7 @@ impl Sink for NatsSink {
     }
 
     fn check(&self, destination: Option<&str>, output: &Output) -> Result<(), String> {
-        check(self.max_payload, destination.or(self.subject.as_deref()), output)
+        check(self.max_payload, destination, self.default.as_ref(), output)
     }
 
     async fn close(&self) -> Result<(), SinkError> {
@@ -240,9 +241,10 @@ impl Sink for NatsSink {
 pub struct JetStreamSink {
     client: Client,
     js: Context,
-    subject: Option<String>,
     /// `subject` as the client's type (see [`NatsSink`]).
     default: Option<Result<Subject, Unpublishable>>,
+    /// The version header, made once per plugin version.
+    version: VersionHeader,
     max_payload: usize,
     describe: String,
 }
@@ -275,7 +277,7 @@ impl JetStreamSink {
         }
         let max_payload = client.server_info().max_payload;
         let default = default_subject(subject.as_deref());
-        Ok(Self { client, js, subject, default, max_payload, describe })
+        Ok(Self { client, js, default, version: VersionHeader::default(), max_payload, describe })
     }
 }
 
@@ -284,7 +286,7 @@ impl Sink for JetStreamSink {
     async fn send(&self, mut record: Record) -> Result<Receipt, SinkError> {
         let failed = |message: String| SinkError::Write { what: self.describe.clone(), message };
         let id = record.id.take();
-        let (subject, mut headers, payload) = prepare(record, self.default.as_ref()).map_err(|e| failed(e.to_string()))?;
+        let (subject, mut headers, payload) = prepare(record, self.default.as_ref(), &self.version).map_err(|e| failed(e.to_string()))?;
         if let Some(id) = &id {
             let id = id.parse::<async_nats::HeaderValue>().map_err(|_| failed(format!("event id {id:?} cannot be a Nats-Msg-Id")))?;
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
@@ -295,7 +297,7 @@ impl Sink for JetStreamSink {
     }
 
     fn check(&self, destination: Option<&str>, output: &Output) -> Result<(), String> {
-        check(self.max_payload, destination.or(self.subject.as_deref()), output)
+        check(self.max_payload, destination, self.default.as_ref(), output)
     }
 
     fn wants_ids(&self) -> bool {
@@ -369,7 +371,11 @@ fn default_subject(subject: Option<&str>) -> Option<Result<Subject, Unpublishabl
 /// The subject, headers and payload of `record`, or why it cannot be
 /// published. The record's bytes move into the message: nothing is copied
 /// on the way (the client's `String` subjects would be copied twice).
-fn prepare(record: Record, default: Option<&Result<Subject, Unpublishable>>) -> Result<(Subject, HeaderMap, Bytes), Unpublishable> {
+fn prepare(
+    record: Record,
+    default: Option<&Result<Subject, Unpublishable>>,
+    version_header: &VersionHeader,
+) -> Result<(Subject, HeaderMap, Bytes), Unpublishable> {
     let Record { destination, key, payload, headers, version, .. } = record;
     let subject = match destination {
         Some(subject) => {
@@ -378,15 +384,19 @@ fn prepare(record: Record, default: Option<&Result<Subject, Unpublishable>>) -> 
         }
         None => default.ok_or(Unpublishable::NoSubject)?.clone()?,
     };
-    let headers = into_nats_headers(headers, key, version.as_deref())?;
+    let headers = into_nats_headers(headers, key, version_header.map(version.as_ref())?)?;
     Ok((subject, headers, Bytes::from(payload)))
 }
 
-/// Whether `output` can be published to `subject` on a server taking
-/// messages of up to `max` bytes.
-fn check(max: usize, subject: Option<&str>, output: &Output) -> Result<(), String> {
-    let subject = subject.ok_or(Unpublishable::NoSubject).map_err(|e| e.to_string())?;
-    publishable_subject(subject).map_err(|e| e.to_string())?;
+/// Whether `output` can be published to `destination` (or the sink's
+/// `default` subject, checked once when the sink was made) on a server
+/// taking messages of up to `max` bytes.
+fn check(max: usize, destination: Option<&str>, default: Option<&Result<Subject, Unpublishable>>, output: &Output) -> Result<(), String> {
+    match destination {
+        Some(subject) => publishable_subject(subject),
+        None => default.ok_or(Unpublishable::NoSubject).and_then(|subject| subject.as_ref().map(|_| ()).map_err(Clone::clone)),
+    }
+    .map_err(|e| e.to_string())?;
     check_headers(&output.headers, output.key.as_deref()).map_err(|e| e.to_string())?;
     // The limit covers the header block too: `NATS/1.0\r\n`, a line per
     // header, a blank line, and room for the `Nats-Msg-Id` a JetStream sink adds.
